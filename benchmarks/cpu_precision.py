@@ -1,0 +1,78 @@
+"""Training and inference throughput on this machine: fp32 vs bf16 autocast, NCHW vs channels-last.
+
+    python benchmarks/cpu_precision.py [--model mobilenetv2_100] [--size 160] [--batch 32] [--steps 6]
+
+Prints one line per setting (images/s); the numbers behind the default `precision: auto`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from pneumolab.models.registry import create_backbone
+
+
+def throughput(
+    model_name: str, size: int, batch: int, steps: int, bf16: bool, channels_last: bool
+) -> tuple[float, float]:
+    """(training images/s, inference images/s) for random inputs."""
+    torch.manual_seed(0)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = create_backbone(model_name, num_classes=1).to(memory_format=memory_format)
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=memory_format)
+    y = torch.rand(batch, 1)
+
+    def train_step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.binary_cross_entropy_with_logits(model(x).float(), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    def timed(fn, n: int) -> float:
+        fn(), fn()  # warm-up
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return batch * n / (time.perf_counter() - start)
+
+    train_rate = timed(train_step, steps)
+    model.eval()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        infer_rate = timed(lambda: model(x), steps)
+    return train_rate, infer_rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="mobilenetv2_100")
+    parser.add_argument("--size", type=int, default=160)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=6)
+    args = parser.parse_args()
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"
+    )
+    print("| model | size | precision | memory format | train img/s | inference img/s |")
+    print("|---|---|---|---|---|---|")
+    for bf16 in (False, True):
+        for channels_last in (False, True):
+            train_rate, infer_rate = throughput(
+                args.model, args.size, args.batch, args.steps, bf16, channels_last
+            )
+            print(
+                f"| {args.model} | {args.size} | {'bf16 autocast' if bf16 else 'fp32'} | "
+                f"{'channels-last' if channels_last else 'NCHW'} | {train_rate:.1f} | {infer_rate:.1f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""pneumolab: train, evaluate and serve pneumonia classifiers for pediatric chest X-rays.
+
+>>> import pneumolab
+>>> predictor = pneumolab.load_run("runs/demo")              # doctest: +SKIP
+>>> predictor.predict("chest.jpeg")                           # doctest: +SKIP
+Prediction(source='chest.jpeg', probability=0.97, label='PNEUMONIA', threshold=0.41)
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = version("pneumolab")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.0.0+unknown"
+
+if TYPE_CHECKING:
+    from pneumolab.config import TrainConfig
+    from pneumolab.inference.predictor import Prediction, Predictor
+
+__all__ = ["Prediction", "Predictor", "TrainConfig", "__version__", "evaluate", "load_run", "train"]
+
+_LAZY = {
+    "Prediction": "pneumolab.inference.predictor",
+    "Predictor": "pneumolab.inference.predictor",
+    "TrainConfig": "pneumolab.config",
+    "train": "pneumolab.training.train",
+    "evaluate": "pneumolab.evaluation.evaluate",
+}
+
+
+def load_run(run_dir: str, device: str = "cpu") -> Predictor:
+    """Load a finished run directory as a :class:`Predictor`."""
+    from pneumolab.inference.predictor import Predictor
+
+    return Predictor.from_run(run_dir, device=device)
+
+
+def __getattr__(name: str) -> Any:
+    """Import heavy submodules (torch, Lightning) only when their names are used."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pneumolab' has no attribute {name!r}")

@@ -1,0 +1,238 @@
+"""Command-line interface: parse arguments, call the Python API, print results. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+from rich.table import Table
+
+from pneumolab.errors import ImageLoadError, PneumolabError
+
+console = Console(stderr=True, soft_wrap=True)
+METRIC_KEYS = (
+    "n",
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "npv",
+    "f1",
+    "roc_auc",
+    "threshold",
+)
+
+
+def _metrics_table(metrics: dict, title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in METRIC_KEYS:
+        value = metrics.get(key)
+        table.add_row(
+            key,
+            "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value),
+        )
+    (tn, fp), (fn, tp) = metrics["confusion_matrix"]
+    table.add_row(escape("confusion [[tn, fp], [fn, tp]]"), escape(f"[[{tn}, {fp}], [{fn}, {tp}]]"))
+    return table
+
+
+def _robustness_table(report: dict[str, dict[str, float]]) -> Table:
+    table = Table(
+        "perturbation", "roc_auc", "accuracy", "sensitivity", "specificity", title="robustness"
+    )
+    for name, row in report.items():
+        table.add_row(
+            name, *(f"{row[k]:.4f}" for k in ("roc_auc", "accuracy", "sensitivity", "specificity"))
+        )
+    return table
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from pneumolab.data.check import check_dataset
+
+    report = check_dataset(args.data_dir)
+    table = Table(title=f"{report.root}")
+    for column in ("split", "NORMAL", "PNEUMONIA", "patients"):
+        table.add_column(column, justify="right")
+    for split, counts in report.counts.items():
+        table.add_row(
+            split, str(counts["NORMAL"]), str(counts["PNEUMONIA"]), str(report.patients[split])
+        )
+    console.print(table)
+    console.print(
+        f"byte-identical duplicate groups: {len(report.duplicate_groups)} "
+        f"({len(report.cross_split_duplicates)} across splits)"
+    )
+    for group in report.cross_split_duplicates:
+        console.print(f"  [yellow]across splits:[/] {', '.join(map(str, group))}")
+    for pair, ids in report.patient_overlap.items():
+        style = "yellow" if ids else "green"
+        console.print(f"patients in both {pair}: [{style}]{len(ids)}[/] {' '.join(ids[:10])}")
+    console.print(f"unreadable files: {len(report.unreadable)}")
+    for problem in report.unreadable:
+        console.print(f"  [red]{problem}[/]")
+    return 0
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from pneumolab.data.fetch import DEFAULT_URL, fetch
+
+    root = fetch(args.out, url=args.url or DEFAULT_URL, from_zip=args.from_zip, sha256=args.sha256)
+    console.print(f"dataset ready at [bold]{root}[/]")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pneumolab.config import resolve_config
+    from pneumolab.training.train import train
+
+    overrides = {
+        "model": args.model,
+        "epochs": args.epochs,
+        "image_size": args.image_size,
+        "seed": args.seed,
+        "weights": args.weights,
+        "pretrained": args.pretrained,
+        "max_train_images": args.max_train_images,
+        "batch_size": args.batch_size,
+    }
+    config = None if args.resume else resolve_config(args.config, overrides)
+    run = train(args.data, args.out, config, resume=args.resume)
+    meta = run.read_meta()
+    console.print(
+        _metrics_table(meta["val_metrics"], f"validation (patient-grouped) — {meta['model']}")
+    )
+    official = meta.get("official_val_metrics")
+    if official:
+        console.print(
+            f"official val/ folder (reported, not used for selection): n={official['n']}, "
+            f"accuracy {official['accuracy']:.3f}, sensitivity {official['sensitivity']:.3f}, "
+            f"specificity {official['specificity']:.3f}"
+        )
+    console.print(f"trained in {meta['train_seconds']:.0f}s; run written to [bold]{run.root}[/]")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pneumolab.evaluation.evaluate import evaluate
+
+    metrics = evaluate(args.run_dir, args.data, args.split, robustness=args.robustness)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        console.print(_metrics_table(metrics, f"{args.split} — {metrics['model']}"))
+        if args.robustness:
+            console.print(_robustness_table(metrics["robustness"]))
+        console.print(f"written to {Path(args.run_dir) / 'eval' / args.split}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pneumolab.inference.predictor import Predictor
+
+    predictor = Predictor.from_run(args.run_dir)
+    failures = 0
+    table = Table("path", "probability", "label")
+    for result in predictor.predict_paths(args.paths):
+        if isinstance(result, ImageLoadError):
+            failures += 1
+            console.print(f"[red]error:[/] {result}")
+        elif args.json:
+            print(json.dumps(result.to_dict()), flush=True)
+        else:
+            table.add_row(result.source, f"{result.probability:.4f}", result.label)
+    if not args.json:
+        Console().print(table)
+    return 1 if failures else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``pneumolab`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="pneumolab",
+        description="Train, evaluate and apply pneumonia classifiers for pediatric chest X-rays.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="dataset utilities").add_subparsers(
+        dest="data_command", required=True
+    )
+    check = data.add_parser("check", help="counts, patients, duplicates, leakage, unreadable files")
+    check.add_argument("data_dir", type=Path)
+    check.set_defaults(func=cmd_data_check)
+    fetch = data.add_parser("fetch", help="download and extract the public release")
+    fetch.add_argument("--out", type=Path, required=True, help="folder to extract into")
+    fetch.add_argument("--from", dest="from_zip", type=Path, help="use an already downloaded zip")
+    fetch.add_argument("--url", default=None, help="download address (default: Mendeley Data)")
+    fetch.add_argument("--sha256", default=None, help="expected checksum of the zip")
+    fetch.set_defaults(func=cmd_data_fetch)
+
+    train = commands.add_parser("train", help="train a model into a run directory")
+    train.add_argument("--data", type=Path, required=True, help="dataset root (holds train/)")
+    train.add_argument("--out", type=Path, required=True, help="run directory to create")
+    train.add_argument("--config", type=Path, help="YAML config; flags below override it")
+    train.add_argument("--model", help="timm model name or pneumolab CNN")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--image-size", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--weights", help="local ImageNet weights file or folder")
+    train.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None)
+    train.add_argument(
+        "--max-train-images", type=int, help="stratified subset of train (quick runs)"
+    )
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="metrics of a run on a split")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--data", type=Path, required=True)
+    evaluate.add_argument("--split", choices=("val", "test"), default="val")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    evaluate.add_argument(
+        "--robustness",
+        action="store_true",
+        help="also score under contrast/exposure/geometry shifts",
+    )
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="predict images or folders")
+    predict.add_argument("run_dir", type=Path)
+    predict.add_argument("paths", nargs="+", type=Path)
+    predict.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
+    predict.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pneumolab`` console script."""
+    args = build_parser().parse_args(argv)
+    handler = RichHandler(console=console, show_path=False, show_time=False)
+    package_log = logging.getLogger("pneumolab")
+    package_log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if not package_log.handlers:
+        package_log.addHandler(handler)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning-internal deprecation
+    try:
+        return args.func(args)
+    except PneumolabError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]; a training run can be continued with --resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

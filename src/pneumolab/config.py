@@ -1,0 +1,84 @@
+"""Typed training configuration: defaults < YAML file < command-line flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pneumolab.errors import ConfigError
+
+
+class TrainConfig(BaseModel):
+    """Everything that determines a training run (the default recipe was chosen on validation;
+    see the README's 'Choosing the default model')."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = "mobilenetv2_100"
+    pretrained: bool = True
+    weights: str | None = Field(
+        default=None,
+        description="local weights file or folder (else $PNEUMOLAB_WEIGHTS_DIR, else hub)",
+    )
+    image_size: int = Field(default=192, ge=32, le=1024)
+    epochs: int = Field(default=6, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    augment_strength: float = Field(default=1.0, ge=0)
+    intensity: Literal["none", "equalize"] = Field(
+        default="none", description="intensity normalisation of every image (train and inference)"
+    )
+    monitor: Literal["val_auc", "val_loss"] = Field(
+        default="val_auc",
+        description="validation metric for the best checkpoint and early stopping",
+    )
+    seed: int = 0
+    val_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    target_sensitivity: float = Field(default=0.95, gt=0, le=1)
+    early_stopping_patience: int = Field(default=3, ge=1)
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
+    num_workers: int = Field(default=1, ge=0)
+    max_train_images: int | None = Field(
+        default=None, ge=4, description="use a stratified subset of train (for quick tests)"
+    )
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def resolve_config(
+    config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
+    """Merge defaults, then the YAML file, then non-None ``overrides`` (CLI flags)."""
+    values = load_yaml(config_file) if config_file else {}
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return TrainConfig(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
+        )
+        source = f"{config_file}: " if config_file else ""
+        raise ConfigError(f"{source}invalid training config ({problems})") from None
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))

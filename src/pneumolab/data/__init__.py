@@ -1,0 +1,1 @@
+"""Data: layout scanning, patient-grouped splits, image loading, datasets, augmentation, fetching."""

@@ -1,0 +1,72 @@
+"""Audit a dataset folder: counts, patients, duplicates, cross-split leakage, unreadable files."""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+
+from pneumolab.data.imageio import load_image
+from pneumolab.data.layout import CLASS_NAMES, Sample, scan_dataset
+from pneumolab.data.patients import duplicate_groups
+from pneumolab.errors import ImageLoadError
+
+
+@dataclass
+class DataReport:
+    """What ``pneumolab data check`` found."""
+
+    root: Path
+    counts: dict[str, dict[str, int]]
+    patients: dict[str, int]
+    duplicate_groups: list[list[Path]]
+    cross_split_duplicates: list[list[Path]]
+    patient_overlap: dict[str, list[str]]
+    unreadable: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing leaks across splits and every file is readable."""
+        return not (
+            self.unreadable or self.cross_split_duplicates or any(self.patient_overlap.values())
+        )
+
+
+def _unreadable(samples: list[Sample]) -> list[str]:
+    def problem(sample: Sample) -> str | None:
+        try:
+            load_image(sample.path, size_hint=32)
+        except ImageLoadError as exc:
+            return str(exc)
+        return None
+
+    with ThreadPoolExecutor(8) as pool:
+        return [p for p in pool.map(problem, samples) if p]
+
+
+def check_dataset(root: str | Path) -> DataReport:
+    """Scan every split under ``root`` and report; raises DataLayoutError on a wrong layout."""
+    root = Path(root)
+    splits = scan_dataset(root)
+    counts = {
+        split: {name: Counter(s.label for s in samples)[i] for i, name in enumerate(CLASS_NAMES)}
+        for split, samples in splits.items()
+    }
+    patients = {split: {s.patient for s in samples} for split, samples in splits.items()}
+    split_of = {s.path: split for split, samples in splits.items() for s in samples}
+    all_samples = [s for samples in splits.values() for s in samples]
+    groups = duplicate_groups([s.path for s in all_samples])
+    overlap = {
+        f"{a}/{b}": sorted(patients[a] & patients[b]) for a, b in combinations(sorted(splits), 2)
+    }
+    return DataReport(
+        root=root,
+        counts=counts,
+        patients={split: len(ids) for split, ids in patients.items()},
+        duplicate_groups=groups,
+        cross_split_duplicates=[g for g in groups if len({split_of[p] for p in g}) > 1],
+        patient_overlap=overlap,
+        unreadable=_unreadable(all_samples),
+    )

@@ -1,0 +1,80 @@
+"""In-memory X-ray dataset: every image decoded and resized once, so later epochs do no JPEG work."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pneumolab.data.imageio import load_image, resize_square
+from pneumolab.data.layout import Sample
+from pneumolab.data.transforms import normalize_intensity
+from pneumolab.errors import ImageLoadError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DecodedImages:
+    """Images decoded to ``(N, 1, S, S)`` uint8, with the samples kept and those skipped."""
+
+    pixels: torch.Tensor
+    samples: list[Sample]
+    skipped: list[tuple[Sample, str]] = field(default_factory=list)
+
+
+def decode_samples(
+    samples: Sequence[Sample], image_size: int, threads: int | None = None
+) -> DecodedImages:
+    """Decode and resize every sample in parallel; unreadable files are skipped and reported."""
+
+    def decode(sample: Sample) -> np.ndarray | str:
+        try:
+            return resize_square(load_image(sample.path, size_hint=image_size), image_size)
+        except ImageLoadError as exc:
+            return str(exc)
+
+    threads = threads or min(8, (os.cpu_count() or 1) * 2)
+    with ThreadPoolExecutor(threads) as pool:
+        results = list(pool.map(decode, samples))
+    kept = [(s, r) for s, r in zip(samples, results, strict=True) if isinstance(r, np.ndarray)]
+    skipped = [(s, r) for s, r in zip(samples, results, strict=True) if isinstance(r, str)]
+    for _, reason in skipped:
+        log.warning("skipped %s", reason)
+    pixels = (
+        torch.from_numpy(np.stack([r for _, r in kept]))[:, None]
+        if kept
+        else torch.empty((0, 1, image_size, image_size), dtype=torch.uint8)
+    )
+    return DecodedImages(pixels=pixels, samples=[s for s, _ in kept], skipped=skipped)
+
+
+class XrayDataset(Dataset):
+    """Yields ``(image, label)``: image float32 ``(1, S, S)`` in [0, 1], label float32 (1 = pneumonia)."""
+
+    def __init__(
+        self,
+        decoded: DecodedImages,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        intensity: str = "none",
+    ) -> None:
+        self.decoded = decoded
+        self.transform = transform
+        self.intensity = intensity
+        self.labels = torch.tensor([s.label for s in decoded.samples], dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.decoded.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.decoded.pixels[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        image = normalize_intensity(image, self.intensity)
+        return image.float().div_(255.0), self.labels[index]

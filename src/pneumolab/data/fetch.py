@@ -1,0 +1,202 @@
+"""Download, verify and safely extract the Kermany pediatric chest X-ray archive.
+
+Source: Kermany, Zhang & Goldbaum, Mendeley Data, doi:10.17632/rscbjbr9sj (CC BY 4.0).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import re
+import stat
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from pneumolab.errors import FetchError
+
+DEFAULT_URL = "https://data.mendeley.com/public-files/datasets/rscbjbr9sj/files/f12eaf6d-6023-432f-acc9-80c9d7393433/file_downloaded"
+ARCHIVE_NAME = "ChestXRay2017.zip"
+MANUAL_INSTRUCTIONS = (
+    "To get the archive by hand: open https://data.mendeley.com/datasets/rscbjbr9sj/2 in a "
+    f"browser, download {ARCHIVE_NAME} (doi:10.17632/rscbjbr9sj, CC BY 4.0), then run "
+    f"`pneumolab data fetch --out DATA_ROOT --from path/to/{ARCHIVE_NAME}`."
+)
+_CHUNK = 256 * 1024
+_NETWORK_ERRORS = (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException)
+
+
+def _unreachable(url: str, problem: object) -> FetchError:
+    """A download failure that the user can work around by fetching the archive by hand."""
+    return FetchError(f"Could not download {url}: {problem}.\n{MANUAL_INSTRUCTIONS}")
+
+
+def _total_size(response: http.client.HTTPResponse, resumed: bool) -> int | None:
+    """Full archive size announced by the server (Content-Range total or Content-Length)."""
+    if resumed:
+        match = re.fullmatch(r"bytes \d+-\d+/(\d+)", response.headers.get("Content-Range", ""))
+        return int(match.group(1)) if match else None
+    length = response.headers.get("Content-Length")
+    return int(length) if length and length.isdigit() else None
+
+
+def _check_sha256(path: Path, expected: str, *, remove: bool) -> None:
+    """Raise FetchError (deleting ``path`` if ``remove``) when its SHA-256 differs from expected."""
+    with path.open("rb") as fh:
+        actual = hashlib.file_digest(fh, "sha256").hexdigest()
+    if actual != expected.lower():
+        if remove:
+            path.unlink()
+        deleted = "; the file was deleted" if remove else ""
+        raise FetchError(f"{path}: sha256 mismatch: expected {expected}, got {actual}{deleted}")
+
+
+def download(
+    url: str,
+    dest: Path,
+    *,
+    expected_size: int | None = None,
+    sha256: str | None = None,
+    timeout: float = 30.0,
+    progress: bool = True,
+) -> Path:
+    """Download url to dest, resuming a partial `dest.with_suffix(dest.suffix + '.part')` with an
+    HTTP Range request; verify size/sha256; atomically rename .part to dest."""
+    dest = Path(dest)
+    part = dest.with_suffix(dest.suffix + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": "pneumolab-fetch"} | ({"Range": f"bytes={offset}-"} if offset else {})
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not progress,
+    )
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            resumed = offset > 0 and response.status == 206
+            offset = offset if resumed else 0
+            total = _total_size(response, resumed)
+            first = response.read(_CHUNK)
+            kind = response.headers.get_content_type()
+            if kind == "text/html" or not (resumed or first.startswith(b"PK")):
+                problem = f"the server sent {kind} content instead of the zip archive"
+                raise _unreachable(url, problem + " (bot protection?)")
+            with part.open("ab" if resumed else "wb") as fh, bar:
+                task = bar.add_task(dest.name, total=total, completed=offset)
+                chunk = first
+                while chunk:
+                    fh.write(chunk)
+                    bar.advance(task, len(chunk))
+                    chunk = response.read(_CHUNK)
+    except urllib.error.HTTPError as exc:
+        exc.close()  # release the connection held by the error response
+        if exc.code == 416 and offset:  # the partial file is already at or past the end
+            part.unlink()
+            return download(
+                url,
+                dest,
+                expected_size=expected_size,
+                sha256=sha256,
+                timeout=timeout,
+                progress=progress,
+            )
+        hint = " (the site may be blocking scripted downloads)" if exc.code in (403, 429) else ""
+        raise _unreachable(url, f"the server answered HTTP {exc.code} {exc.reason}{hint}") from exc
+    except _NETWORK_ERRORS as exc:
+        raise _unreachable(url, getattr(exc, "reason", None) or exc) from exc
+    except OSError as exc:
+        raise FetchError(f"Could not write {part}: {exc}") from exc
+    size = part.stat().st_size
+    for want in (total, expected_size):
+        if want is not None and size != want:
+            if size > want:
+                part.unlink()
+            hint = "run again to resume" if size < want else "it was deleted, run again"
+            raise FetchError(f"{url}: {part} has {size} bytes but should have {want}; {hint}")
+    if sha256:
+        _check_sha256(part, sha256, remove=True)
+    part.replace(dest)
+    return dest
+
+
+def _is_junk(name: str) -> bool:
+    """macOS metadata that ships inside many zip archives."""
+    path = PurePosixPath(name)
+    return path.parts[:1] == ("__MACOSX",) or path.name.startswith("._") or path.name == ".DS_Store"
+
+
+def _check_entry(zip_path: Path, info: zipfile.ZipInfo, base: Path) -> None:
+    """Raise FetchError for an entry that is a symlink or would be written outside ``base``."""
+    name = info.filename
+    windows = PureWindowsPath(name)  # splits on both separators; anchor catches /, \ and C:
+    if windows.anchor or ".." in windows.parts or not (base / name).resolve().is_relative_to(base):
+        raise FetchError(f"{zip_path}: unsafe entry {name!r} would be extracted outside {base}")
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise FetchError(f"{zip_path}: entry {name!r} is a symlink; refusing to extract it")
+
+
+def extract(zip_path: Path, out_dir: Path) -> Path:
+    """Safely extract zip_path into out_dir (every entry is checked before anything is written)
+    and return the dataset root: the shallowest extracted folder that contains ``train/``."""
+    zip_path, out_dir = Path(zip_path), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = out_dir.resolve()
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            members = [info for info in archive.infolist() if not _is_junk(info.filename)]
+            for info in members:
+                _check_entry(zip_path, info, base)
+            for info in members:
+                archive.extract(info, base)
+    except zipfile.BadZipFile as exc:
+        raise FetchError(f"{zip_path} is not a valid zip archive ({exc}); fetch it again") from exc
+    except OSError as exc:
+        raise FetchError(f"Could not extract {zip_path} into {out_dir}: {exc}") from exc
+    roots = {
+        PurePosixPath(*parts[: parts.index("train")])
+        for info in members
+        if "train" in (parts := PurePosixPath(info.filename).parts)
+    }
+    found = sorted((out_dir / r for r in roots), key=lambda p: (len(p.parts), str(p)))
+    for root in found:
+        if (root / "train").is_dir():
+            return root
+    raise FetchError(f"{zip_path} has no train/ folder; is it the Kermany ChestXRay2017 archive?")
+
+
+def fetch(
+    out_dir: Path,
+    *,
+    url: str = DEFAULT_URL,
+    from_zip: Path | None = None,
+    sha256: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Get the archive (download into out_dir/ChestXRay2017.zip unless from_zip is given or it
+    is already there), verify, extract into out_dir, return the dataset root."""
+    out_dir = Path(out_dir)
+    archive = Path(from_zip) if from_zip is not None else out_dir / ARCHIVE_NAME
+    if from_zip is None and not archive.exists():
+        download(url, archive, sha256=sha256, progress=progress)
+    elif sha256:
+        if not archive.is_file():
+            raise FetchError(f"{archive}: no such file")
+        _check_sha256(archive, sha256, remove=from_zip is None)
+    return extract(archive, out_dir)

@@ -1,0 +1,103 @@
+"""Read X-ray images of any common mode into 8-bit grayscale, fast on large JPEGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pneumolab.errors import ImageLoadError
+
+DEFAULT_MAX_PIXELS = 50_000_000
+"""Largest image accepted (width x height); larger ones are refused as possible decompression bombs."""
+
+
+def _check_pixel_count(width: int, height: int, max_pixels: int, source: str) -> None:
+    if width * height > max_pixels:
+        raise ImageLoadError(
+            f"{source}: {width}x{height} pixels is over the limit of {max_pixels:,} pixels "
+            "(possible decompression bomb); raise max_pixels if the image is genuine"
+        )
+
+
+def to_grayscale(image: Image.Image) -> Image.Image:
+    """Convert a PIL image of any mode (1, L, P, RGB, RGBA, LA, CMYK, I;16, I, F) to mode ``L``.
+
+    High-bit-depth images are rescaled from their own min..max range to 0..255.
+    """
+    if image.mode == "L":
+        return image
+    if image.mode in {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}:
+        return Image.fromarray(_rescale_to_uint8(np.asarray(image, dtype=np.float64)))
+    if image.mode in {"RGBA", "LA", "PA"} or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("L")
+
+
+def _rescale_to_uint8(pixels: np.ndarray) -> np.ndarray:
+    low, high = float(pixels.min()), float(pixels.max())
+    if high <= low:
+        return np.zeros(pixels.shape, dtype=np.uint8)
+    return np.round((pixels - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def array_to_image(array: np.ndarray) -> Image.Image:
+    """Wrap a 2-D (H, W) or 3-D (H, W, C) array as a grayscale PIL image.
+
+    uint8 arrays are taken as they are; other dtypes are rescaled from their min..max range.
+    """
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
+        if array.shape[-1] == 1:
+            array = array[..., 0]
+        elif array.dtype == np.uint8:
+            return Image.fromarray(np.ascontiguousarray(array[..., :3])).convert("L")
+        else:
+            array = array[..., :3].astype(np.float64).mean(axis=-1)
+    if array.ndim != 2:
+        raise ImageLoadError(f"array of shape {array.shape}: expected (H, W) or (H, W, 1|3|4)")
+    if array.dtype == np.uint8:
+        return Image.fromarray(array)
+    return Image.fromarray(_rescale_to_uint8(array.astype(np.float64)))
+
+
+def load_image(
+    path: str | Path, size_hint: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Open an image file as an 8-bit grayscale PIL image, EXIF orientation applied.
+
+    ``size_hint`` lets JPEG decoding work at a reduced scale (DCT scaling) as long as both
+    sides stay at least that large: a 2,500 px X-ray meant for a 224 px model decodes ~8x faster.
+    Raises ImageLoadError naming the file on anything unreadable.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as opened:
+            _check_pixel_count(opened.width, opened.height, max_pixels, str(path))
+            if size_hint and opened.format == "JPEG":
+                opened.draft("L", (size_hint, size_hint))
+            opened.load()
+            image = to_grayscale(ImageOps.exif_transpose(opened))
+            return image.copy() if image is opened else image
+    except ImageLoadError:
+        raise
+    except FileNotFoundError:
+        raise ImageLoadError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ImageLoadError(f"{path}: is a folder, not an image file") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{path}: not an image file (or an unsupported format)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(f"{path}: {exc}") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageLoadError(f"{path}: corrupt or truncated image ({exc})") from None
+
+
+def resize_square(image: Image.Image, size: int) -> np.ndarray:
+    """Resize to ``size`` x ``size`` (aspect ratio not kept, as in the dataset's copies); uint8 array."""
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return np.asarray(image, dtype=np.uint8)

@@ -1,0 +1,75 @@
+"""Scan a dataset root in the Kermany/Kaggle layout: ``ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/*``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pneumolab.data.patients import patient_id
+from pneumolab.errors import DataLayoutError
+
+CLASS_NAMES: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpeg", ".jpg", ".png"})
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image: its path, class index (0 = NORMAL, 1 = PNEUMONIA) and patient ID."""
+
+    path: Path
+    label: int
+    patient: str
+
+
+def _child_dirs_by_name(folder: Path) -> dict[str, Path]:
+    """Map lower-cased names of sub-folders to their paths."""
+    return {p.name.lower(): p for p in folder.iterdir() if p.is_dir()}
+
+
+def find_splits(root: Path) -> dict[str, Path]:
+    """Return the split folders present under ``root`` (``train`` required), matched case-insensitively."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataLayoutError(f"{root}: dataset folder not found (run `pneumolab data fetch`?)")
+    children = _child_dirs_by_name(root)
+    splits = {name: children[name] for name in SPLIT_NAMES if name in children}
+    if "train" not in splits:
+        nested = [c for c in children.values() if "train" in _child_dirs_by_name(c)]
+        hint = f"; did you mean {nested[0]}?" if nested else ""
+        raise DataLayoutError(
+            f"{root}: no 'train' folder; expected ROOT/train/{{NORMAL,PNEUMONIA}}/*.jpeg{hint}"
+        )
+    return splits
+
+
+def scan_split(split_dir: Path) -> list[Sample]:
+    """List the images of one split folder, sorted by path, with labels from the class folders."""
+    split_dir = Path(split_dir)
+    classes = _child_dirs_by_name(split_dir)
+    missing = [c for c in CLASS_NAMES if c.lower() not in classes]
+    if missing:
+        found = sorted(p.name for p in classes.values()) or "none"
+        raise DataLayoutError(
+            f"{split_dir}: missing class folder(s) {missing}; found {found}. "
+            f"Expected one folder per class: {list(CLASS_NAMES)}"
+        )
+    samples: list[Sample] = []
+    for label, name in enumerate(CLASS_NAMES):
+        folder = classes[name.lower()]
+        found = [
+            Sample(path=path, label=label, patient=patient_id(path.name))
+            for path in sorted(folder.rglob("*"))
+            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+        ]
+        if not found:
+            raise DataLayoutError(
+                f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this class folder"
+            )
+        samples += found
+    return samples
+
+
+def scan_dataset(root: Path) -> dict[str, list[Sample]]:
+    """Scan every split present under ``root``."""
+    return {name: scan_split(path) for name, path in find_splits(root).items()}

@@ -1,0 +1,89 @@
+"""Patient IDs from Kermany file names and the patient-grouped validation split."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from pneumolab.errors import DataLayoutError
+
+if TYPE_CHECKING:
+    from pneumolab.data.layout import Sample
+
+# `personNNN_bacteria_K` / `personNNN_virus_K` (bacteria and virus images of one ID are grouped:
+# the names do not settle whether they are the same child), `IM-XXXX-YYYY`, `NORMAL2-IM-XXXX-YYYY`.
+_PATIENT_PATTERNS = (
+    re.compile(r"^(person\d+)_", re.IGNORECASE),
+    re.compile(r"^((?:NORMAL2-)?IM-\d+)-", re.IGNORECASE),
+)
+
+
+def patient_id(file_name: str) -> str:
+    """Patient ID parsed from a file name; an unrecognised name is its own patient (its stem)."""
+    for pattern in _PATIENT_PATTERNS:
+        match = pattern.match(file_name)
+        if match:
+            return match.group(1).lower()
+    return Path(file_name).stem.lower()
+
+
+def file_digest(path: Path) -> str:
+    """SHA-1 of a file's bytes, to find byte-identical duplicates."""
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def duplicate_groups(paths: Sequence[Path]) -> list[list[Path]]:
+    """Groups (size ≥ 2) of byte-identical files."""
+    by_digest: dict[str, list[Path]] = {}
+    for path in paths:
+        by_digest.setdefault(file_digest(path), []).append(Path(path))
+    return [group for group in by_digest.values() if len(group) > 1]
+
+
+def split_groups(samples: Sequence[Sample]) -> list[str]:
+    """Group key per sample: its patient, merged with every patient it shares a duplicate file with."""
+    parent: dict[str, str] = {s.patient: s.patient for s in samples}
+
+    def find(key: str) -> str:
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    patient_of = {s.path: s.patient for s in samples}
+    for group in duplicate_groups([s.path for s in samples]):
+        roots = {find(patient_of[path]) for path in group}
+        first = min(roots)
+        for other in roots:
+            parent[other] = first
+    return [find(s.patient) for s in samples]
+
+
+def grouped_split(
+    samples: Sequence[Sample], val_fraction: float = 0.15, seed: int = 0
+) -> tuple[list[Sample], list[Sample]]:
+    """Seeded, class-stratified, patient-grouped train/validation split.
+
+    No patient (nor any byte-identical duplicate) ends up on both sides.
+    """
+    if not 0.0 < val_fraction < 0.5:
+        raise ValueError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
+    labels = np.array([s.label for s in samples])
+    groups = split_groups(samples)
+    n_splits = max(2, round(1.0 / val_fraction))
+    for label, name in ((0, "NORMAL"), (1, "PNEUMONIA")):
+        n_groups = len({g for g, y in zip(groups, labels, strict=True) if y == label})
+        if n_groups < n_splits:
+            raise DataLayoutError(
+                f"only {n_groups} {name} patient(s): a patient-grouped validation split of "
+                f"{val_fraction:.0%} needs at least {n_splits} per class"
+            )
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    train_idx, val_idx = next(splitter.split(np.zeros(len(samples)), labels, groups))
+    return [samples[i] for i in train_idx], [samples[i] for i in val_idx]

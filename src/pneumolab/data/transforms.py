@@ -1,0 +1,61 @@
+"""Augmentation for chest X-rays, on 8-bit single-channel tensors (torchvision transforms v2).
+
+The official test split differs from train in exposure, contrast and framing, so augmentation
+targets exactly those: scale/crop, small rotations and shifts, brightness, contrast and gamma.
+Horizontal flips are left out: the heart sits on the left, and a mirrored chest is not a
+plausible input.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+INTENSITY_METHODS = ("none", "equalize")
+"""Intensity normalisation applied to every image, in training and inference alike.
+
+``equalize``: global histogram equalisation. Any monotonic change of exposure, contrast or
+gamma leaves an image's equalised version (nearly) unchanged, so the model never sees those
+acquisition differences at all.
+"""
+
+
+def normalize_intensity(pixels: torch.Tensor, method: str) -> torch.Tensor:
+    """Apply intensity normalisation ``method`` to uint8 images ``(..., 1, H, W)``."""
+    if method == "none":
+        return pixels
+    if method == "equalize":
+        return F.equalize(pixels)
+    raise ValueError(f"unknown intensity normalisation {method!r}; choose from {INTENSITY_METHODS}")
+
+
+class RandomGamma(torch.nn.Module):
+    """Apply a random gamma in ``[1/max_gamma, max_gamma]`` (exposure curve of the detector)."""
+
+    def __init__(self, max_gamma: float = 1.5) -> None:
+        super().__init__()
+        self.log_range = float(torch.log(torch.tensor(max_gamma)))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        gamma = float(torch.empty(1).uniform_(-self.log_range, self.log_range).exp())
+        return F.adjust_gamma(image, gamma)
+
+
+def train_augmentation(image_size: int, strength: float = 1.0) -> v2.Compose:
+    """Random geometry and intensity changes; ``strength`` (0 = none) scales every range."""
+    if strength <= 0:
+        return v2.Compose([v2.Resize((image_size, image_size), antialias=True)])
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(
+                image_size,
+                scale=(1.0 - 0.3 * strength, 1.0),
+                ratio=(1.0 - 0.15 * strength, 1.0 + 0.15 * strength),
+                antialias=True,
+            ),
+            v2.RandomAffine(degrees=10 * strength, translate=(0.05 * strength, 0.05 * strength)),
+            v2.ColorJitter(brightness=0.3 * strength, contrast=0.3 * strength),
+            RandomGamma(1.0 + 0.5 * strength),
+        ]
+    )

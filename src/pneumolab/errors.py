@@ -1,0 +1,31 @@
+"""Exceptions that carry a message meant for the user (the CLI prints them without a traceback)."""
+
+from __future__ import annotations
+
+
+class PneumolabError(Exception):
+    """Base class: the message names the file or setting at fault and what to do about it."""
+
+
+class DataLayoutError(PneumolabError):
+    """A dataset folder does not have the expected ``split/CLASS/image`` layout."""
+
+
+class ImageLoadError(PneumolabError):
+    """An image file could not be read (corrupt, not an image, too large, unsupported mode)."""
+
+
+class FetchError(PneumolabError):
+    """Downloading, verifying or extracting the dataset archive failed."""
+
+
+class ModelError(PneumolabError):
+    """Unknown model name, or weights that cannot be found or loaded."""
+
+
+class RunDirError(PneumolabError):
+    """A run directory is missing, incomplete, or would be overwritten."""
+
+
+class ConfigError(PneumolabError):
+    """A configuration file or override is invalid."""

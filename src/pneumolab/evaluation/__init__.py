@@ -1,0 +1,1 @@
+"""Evaluation: clinical metrics, threshold choice, figures and the ``evaluate`` function."""

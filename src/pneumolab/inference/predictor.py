@@ -1,0 +1,144 @@
+"""Load a trained run and predict on paths, PIL images or arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from pneumolab.data.imageio import array_to_image, load_image, resize_square, to_grayscale
+from pneumolab.data.layout import CLASS_NAMES, IMAGE_SUFFIXES
+from pneumolab.data.transforms import normalize_intensity
+from pneumolab.errors import ImageLoadError, RunDirError
+from pneumolab.models.classifier import XrayClassifier
+from pneumolab.models.registry import create_classifier
+from pneumolab.run import RunDir
+
+ImageInput = str | Path | Image.Image | np.ndarray
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result: probability of pneumonia and the label at the run's threshold."""
+
+    source: str
+    probability: float
+    label: str
+    threshold: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_device() -> str:
+    """``cuda`` when a GPU is available, else ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@torch.inference_mode()
+def predict_pixels(
+    model: XrayClassifier, pixels: torch.Tensor, intensity: str = "none", batch_size: int = 64
+) -> np.ndarray:
+    """Pneumonia probabilities for raw uint8 ``(N, 1, S, S)`` pixels, in fp32, batch by batch;
+    ``intensity`` normalisation is applied first, as in training."""
+    model.eval()
+    device = next(model.parameters()).device
+    probs = [
+        torch.sigmoid(model(normalize_intensity(chunk, intensity).to(device).float() / 255.0)).cpu()
+        for chunk in pixels.split(batch_size)
+    ]
+    return torch.cat(probs).numpy() if probs else np.zeros(0, dtype=np.float32)
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given, plus the images (by suffix, recursively, sorted) inside any folder."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.exists():
+            found.append(path)
+        else:
+            raise ImageLoadError(f"{path}: no such file or folder")
+    return found
+
+
+class Predictor:
+    """A trained pneumolab model with its preprocessing and decision threshold.
+
+    >>> predictor = Predictor.from_run("runs/demo")       # doctest: +SKIP
+    >>> predictor.predict("xray.jpeg").probability         # doctest: +SKIP
+    """
+
+    def __init__(self, model: XrayClassifier, meta: dict[str, Any]) -> None:
+        self.model = model.eval()
+        self.meta = meta
+        self.image_size = int(meta["image_size"])
+        self.threshold = float(meta["threshold"])
+        self.intensity = str(meta.get("intensity", "none"))
+        self.class_names = tuple(meta.get("class_names", CLASS_NAMES))
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str = "cpu") -> Predictor:
+        """Load the best weights and metadata of a finished run."""
+        run = RunDir(Path(run_dir))
+        meta = run.read_meta()
+        model = create_classifier(meta["model"], pretrained=False)
+        try:
+            model.load_state_dict(load_file(run.weights))
+        except RuntimeError as exc:
+            raise RunDirError(
+                f"{run.weights}: weights do not match model '{meta['model']}' ({exc})"
+            ) from None
+        return cls(model.to(device), meta)
+
+    def preprocess(self, image: ImageInput) -> torch.Tensor:
+        """Any supported input to uint8 ``(1, S, S)`` pixels, exactly as in training."""
+        if isinstance(image, str | Path):
+            pil = load_image(image, size_hint=self.image_size)
+        elif isinstance(image, Image.Image):
+            pil = to_grayscale(image)
+        else:
+            pil = array_to_image(image)
+        return torch.from_numpy(resize_square(pil, self.image_size).copy())[None]
+
+    def _result(self, source: str, probability: float) -> Prediction:
+        label = self.class_names[int(probability >= self.threshold)]
+        return Prediction(source, float(probability), label, self.threshold)
+
+    def predict(self, image: ImageInput) -> Prediction:
+        """Predict one image (path, PIL image or array)."""
+        probability = predict_pixels(self.model, self.preprocess(image)[None], self.intensity)[0]
+        source = str(image) if isinstance(image, str | Path) else type(image).__name__
+        return self._result(source, probability)
+
+    def predict_paths(
+        self, paths: Sequence[str | Path], batch_size: int = 32
+    ) -> Iterator[Prediction | ImageLoadError]:
+        """Predict files (folders expanded) in batches; unreadable files yield their error instead."""
+        files = expand_paths(paths)
+        for start in range(0, len(files), batch_size):
+            chunk = files[start : start + batch_size]
+            pixels: list[torch.Tensor] = []
+            outcomes: list[ImageLoadError | int] = []
+            for path in chunk:
+                try:
+                    pixels.append(self.preprocess(path))
+                    outcomes.append(len(pixels) - 1)
+                except ImageLoadError as exc:
+                    outcomes.append(exc)
+            probs = (
+                predict_pixels(self.model, torch.stack(pixels), self.intensity) if pixels else []
+            )
+            for path, outcome in zip(chunk, outcomes, strict=True):
+                yield (
+                    outcome
+                    if isinstance(outcome, ImageLoadError)
+                    else self._result(str(path), probs[outcome])
+                )

@@ -1,0 +1,1 @@
+"""Models: the classifier wrapper, pneumolab's CNNs and the timm-backed registry."""

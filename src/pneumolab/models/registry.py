@@ -1,0 +1,106 @@
+"""Build classifiers by name: any timm model, plus pneumolab's own CNNs (registered with timm).
+
+Pretrained ImageNet weights come from a local file (a path, or a folder searched for
+``<architecture>*.safetensors|.pth|.bin``) or, failing that, from timm's usual hub download.
+Offline, the hub is not waited on: the error says how to supply a local file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import timm
+import torch
+from torch import nn
+
+from pneumolab.errors import ModelError
+from pneumolab.models import custom as _custom  # noqa: F401  (registers the custom CNNs with timm)
+from pneumolab.models.classifier import XrayClassifier
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+WEIGHTS_DIR_ENV = "PNEUMOLAB_WEIGHTS_DIR"
+
+
+def check_model_name(name: str) -> None:
+    """Raise ModelError, with the closest known names, when timm has no architecture ``name``."""
+    if not timm.models.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else " See `timm.list_models()`."
+        raise ModelError(f"unknown model '{name}'.{hint}")
+
+
+def find_local_weights(name: str, weights: str | Path | None) -> Path | None:
+    """The local weights file for ``name``: ``weights`` itself if it is a file, else the best match in
+    the folder ``weights`` (or ``$PNEUMOLAB_WEIGHTS_DIR``); None when no folder is given."""
+    location = weights or os.environ.get(WEIGHTS_DIR_ENV)
+    if not location:
+        return None
+    location = Path(location).expanduser()
+    if location.is_file():
+        return location
+    if not location.is_dir():
+        raise ModelError(f"{location}: weights file or folder not found")
+    candidates = sorted(
+        p
+        for p in location.iterdir()
+        if p.suffix in WEIGHT_SUFFIXES and (p.stem == name or p.stem.startswith(name + "."))
+    )
+    return candidates[0] if candidates else None
+
+
+def _hub_host_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
+        return False
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def create_backbone(
+    name: str, pretrained: bool = False, weights: str | Path | None = None, num_classes: int = 1
+) -> nn.Module:
+    """Create timm model ``name`` with a fresh ``num_classes`` head, ImageNet-initialised if asked."""
+    check_model_name(name)
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes)
+    local = find_local_weights(name, weights)
+    if local is None and timm.models.get_pretrained_cfg(name) is None:
+        raise ModelError(
+            f"'{name}' has no published ImageNet weights: train it from scratch with "
+            "--no-pretrained, or pass --weights FILE"
+        )
+    if local is None and not _hub_host_reachable():
+        raise ModelError(
+            f"no local weights for '{name}' and the model hub is unreachable (offline). "
+            f"Pass --weights PATH (a .safetensors/.pth file in timm layout, or a folder holding "
+            f"'{name}.*.safetensors'), set ${WEIGHTS_DIR_ENV}, or use --no-pretrained."
+        )
+    overlay = {"file": str(local)} if local else None
+    try:
+        return timm.create_model(
+            name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay
+        )
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        source = local or "the model hub"
+        raise ModelError(
+            f"could not load ImageNet weights for '{name}' from {source}: {exc}"
+        ) from None
+
+
+def create_classifier(
+    name: str, pretrained: bool = False, weights: str | Path | None = None
+) -> XrayClassifier:
+    """Create a one-logit grayscale X-ray classifier around timm architecture ``name``."""
+    backbone = create_backbone(name, pretrained=pretrained, weights=weights, num_classes=1)
+    cfg = timm.data.resolve_data_config(model=backbone)
+    model = XrayClassifier(backbone, mean=cfg["mean"], std=cfg["std"])
+    return model.to(memory_format=torch.channels_last)

@@ -1,0 +1,120 @@
+"""The run directory: one folder holds everything a training run produced.
+
+```
+RUN_DIR/
+  config.yaml            resolved training config
+  split.csv              every train-folder image with its patient and side (train / val)
+  model.safetensors      best-epoch weights (no pickle)
+  meta.json              model name, image size, preprocessing, threshold, classes, versions, metrics
+  history.csv            per-epoch metrics
+  val_predictions.csv    validation scores of the best model
+  checkpoints/           Lightning checkpoints (last.ckpt for --resume)
+  eval/<split>/          evaluation outputs
+```
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pneumolab.data.layout import Sample
+from pneumolab.errors import RunDirError
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths inside a run directory, and reading/writing its small files."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "split.csv"
+
+    @property
+    def weights(self) -> Path:
+        return self.root / "model.safetensors"
+
+    @property
+    def meta(self) -> Path:
+        return self.root / "meta.json"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.csv"
+
+    @property
+    def val_predictions(self) -> Path:
+        return self.root / "val_predictions.csv"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.ckpt"
+
+    def eval_dir(self, split: str) -> Path:
+        return self.root / "eval" / split
+
+    def is_complete(self) -> bool:
+        return self.meta.is_file() and self.weights.is_file()
+
+    def read_meta(self) -> dict[str, Any]:
+        """Metadata of a finished run; RunDirError if the run is missing or unfinished."""
+        if not self.root.is_dir():
+            raise RunDirError(f"{self.root}: run directory not found")
+        if not self.is_complete():
+            raise RunDirError(
+                f"{self.root}: not a finished run (no meta.json/model.safetensors); "
+                "if training was interrupted, continue it with `pneumolab train --resume --out ...`"
+            )
+        return json.loads(self.meta.read_text())
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        self.meta.write_text(json.dumps(meta, indent=2) + "\n")
+
+    def write_split(self, data_root: Path, train: list[Sample], val: list[Sample]) -> None:
+        """Save the carved split as file lists relative to the data root."""
+        with self.split.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "patient", "subset"])
+            for subset, samples in (("train", train), ("val", val)):
+                for s in samples:
+                    writer.writerow(
+                        [s.path.relative_to(data_root).as_posix(), s.label, s.patient, subset]
+                    )
+
+    def read_split(self, data_root: Path, subset: str) -> list[Sample]:
+        """The samples of one side (``train`` or ``val``) of the saved split, under ``data_root``."""
+        if not self.split.is_file():
+            raise RunDirError(f"{self.split}: split file missing")
+        with self.split.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r["subset"] == subset]
+        samples = [Sample(Path(data_root) / r["path"], int(r["label"]), r["patient"]) for r in rows]
+        missing = [s.path for s in samples if not s.path.is_file()]
+        if missing:
+            raise RunDirError(
+                f"{len(missing)} of the run's {subset} images are not under {data_root} "
+                f"(first: {missing[0]}); pass the --data folder the run was trained on"
+            )
+        return samples
+
+
+def write_predictions(path: Path, samples: list[Sample], probs: np.ndarray) -> None:
+    """Write ``path,label,probability`` rows, one per scored sample."""
+    with Path(path).open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "probability"])
+        writer.writerows((s.path, s.label, f"{p:.6f}") for s, p in zip(samples, probs, strict=True))

@@ -1,0 +1,1 @@
+"""Training: LightningModule, callbacks and the end-to-end ``train`` function."""

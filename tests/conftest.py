@@ -1,0 +1,52 @@
+"""Shared fixtures: offline hub, synthetic datasets, and the shared real data (skipped if absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED_DATA = SHARED / "data" / "chest_xray"
+SHARED_FULLRES = SHARED / "data" / "chest_xray_fullres_sample" / "train"
+SHARED_WEIGHTS = SHARED / "weights"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The shared Kermany train/val copies; the test is skipped where ../shared/data is absent."""
+    if not (SHARED_DATA / "train").is_dir():
+        pytest.skip(f"shared dataset not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def shared_fullres() -> Path:
+    """60 original-resolution X-rays; skipped where absent."""
+    if not SHARED_FULLRES.is_dir():
+        pytest.skip(f"full-resolution sample not found at {SHARED_FULLRES}")
+    return SHARED_FULLRES
+
+
+def write_synthetic_dataset(root: Path, per_class: int = 12, size: int = 48, seed: int = 0) -> Path:
+    """A tiny Kermany-style dataset whose classes differ in brightness (learnable in one epoch)."""
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(("NORMAL", "PNEUMONIA")):
+        folder = root / "train" / name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.normal(80 + 90 * label, 20, (size, size)).clip(0, 255).astype(np.uint8)
+            stem = f"IM-{i:04d}-0001" if label == 0 else f"person{i}_bacteria_{i}"
+            Image.fromarray(pixels).save(folder / f"{stem}.png")
+    return root
+
+
+@pytest.fixture
+def synthetic_data(tmp_path: Path) -> Path:
+    """A tiny synthetic dataset root with ``train/{NORMAL,PNEUMONIA}``."""
+    return write_synthetic_dataset(tmp_path / "data")

@@ -1,0 +1,412 @@
+"""Tests for pneumolab.data.imageio: any image mode to 8-bit grayscale, EXIF, draft, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumolab.data.imageio import (
+    array_to_image,
+    load_image,
+    resize_square,
+    to_grayscale,
+)
+from pneumolab.errors import ImageLoadError
+
+EXIF_ORIENTATION = 0x0112
+
+
+def _noise(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width), dtype=np.uint8)
+
+
+def _stored(path: Path) -> tuple[str, tuple[int, int]]:
+    """Mode and size of the file as stored (file closed again)."""
+    with Image.open(path) as image:
+        return image.mode, image.size
+
+
+def _assert_gray(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    assert isinstance(image, Image.Image)
+    assert image.mode == "L"
+    assert image.size == size
+    return np.asarray(image)
+
+
+# --- modes -----------------------------------------------------------------------------------
+
+
+def test_load_l_png_is_lossless(tmp_path: Path) -> None:
+    pixels = _noise(12, 20)
+    path = tmp_path / "gray.png"
+    Image.fromarray(pixels).save(path)
+    out = _assert_gray(load_image(path), (20, 12))
+    np.testing.assert_array_equal(out, pixels)
+
+
+def test_load_l_jpeg(tmp_path: Path) -> None:
+    path = tmp_path / "IM-0001-0001.jpeg"
+    Image.new("L", (16, 8), 128).save(path, quality=95)
+    out = _assert_gray(load_image(path), (16, 8))
+    assert abs(int(out.mean()) - 128) <= 2
+
+
+def test_load_rgb(tmp_path: Path) -> None:
+    path = tmp_path / "rgb.png"
+    rgb = Image.new("RGB", (10, 6), (255, 0, 0))
+    rgb.save(path)
+    out = _assert_gray(load_image(path), (10, 6))
+    expected = np.asarray(rgb.convert("L"))[0, 0]  # ITU-R 601 luma of pure red: 76
+    assert out[0, 0] == expected
+    assert abs(int(expected) - 76) <= 1
+
+
+def test_load_rgb_jpeg(tmp_path: Path) -> None:
+    path = tmp_path / "rgb.jpg"
+    Image.new("RGB", (10, 6), (90, 90, 90)).save(path, quality=95)
+    out = _assert_gray(load_image(path), (10, 6))
+    assert abs(int(out.mean()) - 90) <= 2
+
+
+def test_load_rgba_composites_alpha_on_black(tmp_path: Path) -> None:
+    path = tmp_path / "rgba.png"
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[0, 0] = (200, 200, 200, 255)  # opaque
+    rgba[0, 1] = (200, 200, 200, 0)  # fully transparent: black background shows
+    rgba[0, 2] = (200, 200, 200, 128)  # half transparent: about half the value
+    rgba[0, 3] = (255, 255, 255, 0)
+    Image.fromarray(rgba, mode="RGBA").save(path)
+    out = _assert_gray(load_image(path), (4, 4))
+    assert out[0, 0] == 200
+    assert out[0, 1] == 0
+    assert out[0, 3] == 0
+    assert abs(int(out[0, 2]) - 100) <= 2
+
+
+def test_load_la_composites_alpha_on_black(tmp_path: Path) -> None:
+    path = tmp_path / "la.png"
+    la = Image.new("LA", (3, 2), (180, 255))
+    la.putpixel((1, 0), (180, 0))
+    la.save(path)
+    assert _stored(path)[0] == "LA"
+    out = _assert_gray(load_image(path), (3, 2))
+    assert out[0, 0] == 180
+    assert out[0, 1] == 0
+
+
+def test_load_palette(tmp_path: Path) -> None:
+    path = tmp_path / "palette.png"
+    image = Image.new("P", (5, 3), 0)
+    image.putpalette([0, 0, 0, 255, 255, 255, 0, 0, 255] + [0] * (256 * 3 - 9))
+    image.putpixel((1, 1), 1)
+    image.putpixel((2, 1), 2)
+    image.save(path)
+    assert _stored(path)[0] == "P"
+    out = _assert_gray(load_image(path), (5, 3))
+    assert out[0, 0] == 0
+    assert out[1, 1] == 255
+    assert abs(int(out[1, 2]) - 29) <= 1  # luma of pure blue
+
+
+def test_load_palette_with_transparency(tmp_path: Path) -> None:
+    path = tmp_path / "palette_t.png"
+    image = Image.new("P", (4, 2), 1)
+    image.putpalette([255, 255, 255, 128, 128, 128] + [0] * (256 * 3 - 6))
+    image.putpixel((0, 0), 0)
+    image.save(path, transparency=0)  # index 0 (white) is transparent
+    out = _assert_gray(load_image(path), (4, 2))
+    assert out[0, 0] == 0
+    assert out[0, 1] == 128
+
+
+def test_load_bilevel(tmp_path: Path) -> None:
+    path = tmp_path / "bilevel.png"
+    image = Image.new("1", (8, 4), 0)
+    image.putpixel((3, 2), 1)
+    image.save(path)
+    assert _stored(path)[0] == "1"
+    out = _assert_gray(load_image(path), (8, 4))
+    assert out[2, 3] == 255
+    assert out[0, 0] == 0
+    assert set(np.unique(out)) == {0, 255}
+
+
+def test_load_16_bit_png_rescaled(tmp_path: Path) -> None:
+    path = tmp_path / "sixteen.png"
+    pixels = np.array([[1000, 2000, 3000], [4000, 20000, 40000]], dtype=np.uint16)
+    Image.fromarray(pixels).save(path)
+    assert _stored(path)[0].startswith("I")
+    out = _assert_gray(load_image(path), (3, 2))
+    assert out.dtype == np.uint8
+    assert out[0, 0] == 0  # min -> 0
+    assert out[1, 2] == 255  # max -> 255
+    expected = np.round((pixels - 1000.0) * 255.0 / 39000.0).astype(np.uint8)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_load_16_bit_constant_image_is_black(tmp_path: Path) -> None:
+    path = tmp_path / "flat16.png"
+    Image.fromarray(np.full((3, 3), 5000, dtype=np.uint16)).save(path)
+    out = _assert_gray(load_image(path), (3, 3))
+    assert not out.any()
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "LA", "P", "1", "I", "F", "CMYK", "I;16"])
+def test_to_grayscale_any_mode(mode: str) -> None:
+    image = Image.new(mode, (6, 5))
+    out = to_grayscale(image)
+    assert out.mode == "L"
+    assert out.size == (6, 5)
+
+
+def test_to_grayscale_float_rescaled() -> None:
+    image = Image.fromarray(np.array([[-1.0, 0.0], [0.5, 3.0]], dtype=np.float32))
+    assert image.mode == "F"
+    out = np.asarray(to_grayscale(image))
+    assert out[0, 0] == 0
+    assert out[1, 1] == 255
+
+
+# --- EXIF orientation and size_hint -----------------------------------------------------------
+
+
+def _jpeg_with_orientation(path: Path, size: tuple[int, int], orientation: int) -> Path:
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    image = Image.new("L", size, 0)
+    # A bright block in the top-left corner to follow the rotation.
+    image.paste(255, (0, 0, size[0] // 4, size[1] // 4))
+    image.save(path, exif=exif, quality=95)
+    return path
+
+
+def test_exif_orientation_applied(tmp_path: Path) -> None:
+    path = _jpeg_with_orientation(tmp_path / "rotated.jpeg", (40, 24), 6)
+    assert _stored(path)[1] == (40, 24)
+    out = _assert_gray(load_image(path), (24, 40))  # width and height swapped
+    # Orientation 6: stored image must be rotated 90° clockwise; top-left goes to top-right.
+    assert out[:5, -5:].mean() > 200
+    assert out[:5, :5].mean() < 50
+
+
+def test_exif_orientation_1_unchanged(tmp_path: Path) -> None:
+    path = _jpeg_with_orientation(tmp_path / "upright.jpeg", (40, 24), 1)
+    out = _assert_gray(load_image(path), (40, 24))
+    assert out[:5, :5].mean() > 200
+
+
+def test_size_hint_decodes_large_jpeg_at_reduced_scale(tmp_path: Path) -> None:
+    path = tmp_path / "large.jpeg"
+    Image.new("L", (2000, 1600), 100).save(path, quality=75)
+    full = load_image(path)
+    assert full.size == (2000, 1600)
+    for hint in (224, 256, 500):
+        image = load_image(path, size_hint=hint)
+        assert image.mode == "L"
+        width, height = image.size
+        assert width >= hint and height >= hint, (hint, image.size)
+        assert width < 2000 and height < 1600, (hint, image.size)
+        assert width * 1600 == height * 2000  # aspect ratio kept (power-of-two DCT scale)
+    assert load_image(path, size_hint=224).size == (500, 400)
+
+
+def test_size_hint_larger_than_image_keeps_full_size(tmp_path: Path) -> None:
+    path = tmp_path / "small.jpeg"
+    Image.new("L", (300, 200), 100).save(path)
+    assert load_image(path, size_hint=512).size == (300, 200)
+
+
+def test_size_hint_ignored_for_png(tmp_path: Path) -> None:
+    path = tmp_path / "large.png"
+    Image.new("L", (640, 480), 100).save(path)
+    assert load_image(path, size_hint=64).size == (640, 480)
+
+
+def test_size_hint_with_exif_rotation(tmp_path: Path) -> None:
+    path = _jpeg_with_orientation(tmp_path / "large_rotated.jpeg", (2000, 1600), 6)
+    width, height = load_image(path, size_hint=224).size
+    assert height > width
+    assert min(width, height) >= 224
+    assert max(width, height) < 2000
+
+
+def test_size_hint_on_rgb_jpeg_gives_gray(tmp_path: Path) -> None:
+    path = tmp_path / "large_rgb.jpeg"
+    Image.new("RGB", (1200, 1000), (60, 60, 60)).save(path)
+    image = load_image(path, size_hint=128)
+    assert image.mode == "L"
+    assert min(image.size) >= 128
+    assert abs(int(np.asarray(image).mean()) - 60) <= 2
+
+
+# --- resize_square ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("size", "target"), [((40, 24), 16), ((10, 30), 64), ((32, 32), 32)])
+def test_resize_square(size: tuple[int, int], target: int) -> None:
+    image = Image.fromarray(_noise(size[1], size[0]))
+    out = resize_square(image, target)
+    assert isinstance(out, np.ndarray)
+    assert out.shape == (target, target)
+    assert out.dtype == np.uint8
+
+
+def test_resize_square_same_size_is_identity() -> None:
+    pixels = _noise(8, 8)
+    np.testing.assert_array_equal(resize_square(Image.fromarray(pixels), 8), pixels)
+
+
+def test_resize_square_keeps_constant_value() -> None:
+    out = resize_square(Image.new("L", (50, 30), 77), 16)
+    assert (out == 77).all()
+
+
+# --- array_to_image --------------------------------------------------------------------------
+
+
+def test_array_to_image_uint8_taken_as_is() -> None:
+    pixels = np.array([[10, 20], [30, 40]], dtype=np.uint8)
+    image = array_to_image(pixels)
+    assert image.mode == "L"
+    assert image.size == (2, 2)
+    np.testing.assert_array_equal(np.asarray(image), pixels)
+
+
+def test_array_to_image_uint16_rescaled() -> None:
+    pixels = np.array([[100, 200], [300, 60000]], dtype=np.uint16)
+    out = np.asarray(array_to_image(pixels))
+    assert out.dtype == np.uint8
+    assert out[0, 0] == 0
+    assert out[1, 1] == 255
+    assert out[0, 1] == round(100 * 255 / 59900)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_array_to_image_float_rescaled(dtype: type) -> None:
+    pixels = np.array([[0.0, 0.25], [0.5, 1.0]], dtype=dtype)
+    out = np.asarray(array_to_image(pixels))
+    np.testing.assert_array_equal(out, [[0, 64], [128, 255]])
+
+
+def test_array_to_image_constant_float_is_black() -> None:
+    out = np.asarray(array_to_image(np.full((3, 4), 0.7)))
+    assert out.shape == (3, 4)
+    assert not out.any()
+
+
+def test_array_to_image_three_channels() -> None:
+    pixels = np.zeros((5, 7, 3), dtype=np.float32)
+    pixels[..., 0] = 0.3
+    pixels[1, 2] = (0.9, 0.9, 0.9)
+    image = array_to_image(pixels)
+    assert image.mode == "L"
+    assert image.size == (7, 5)
+    out = np.asarray(image)
+    assert out[1, 2] == 255
+    assert out[0, 0] == 0
+
+
+def test_array_to_image_four_channels_ignores_alpha() -> None:
+    pixels = np.zeros((2, 2, 4), dtype=np.float64)
+    pixels[0, 0, :3] = 1.0
+    pixels[..., 3] = 5.0
+    out = np.asarray(array_to_image(pixels))
+    np.testing.assert_array_equal(out, [[255, 0], [0, 0]])
+
+
+def test_array_to_image_single_channel() -> None:
+    pixels = np.array([[[10], [20]], [[30], [40]]], dtype=np.uint8)
+    out = np.asarray(array_to_image(pixels))
+    assert out.shape == (2, 2)
+    np.testing.assert_array_equal(out, pixels[..., 0])
+
+    wide = np.array([[[0], [1000]]], dtype=np.uint16)
+    np.testing.assert_array_equal(np.asarray(array_to_image(wide)), [[0, 255]])
+
+
+def test_array_to_image_uint8_rgb_taken_as_is() -> None:
+    pixels = np.full((4, 4, 3), 120, dtype=np.uint8)
+    pixels[0, 0] = 150
+    out = np.asarray(array_to_image(pixels))
+    assert out[0, 0] == 150
+    assert out[1, 1] == 120
+
+
+@pytest.mark.parametrize("shape", [(5,), (2, 3, 5), (2, 3, 2), (1, 2, 3, 3)])
+def test_array_to_image_bad_shape(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ImageLoadError, match="shape"):
+        array_to_image(np.zeros(shape, dtype=np.uint8))
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+def _real_jpeg_bytes() -> bytes:
+    from io import BytesIO
+
+    buffer = BytesIO()
+    Image.fromarray(_noise(64, 64, seed=1)).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def test_text_file_renamed_jpeg(tmp_path: Path) -> None:
+    path = tmp_path / "not_really_an_image.jpeg"
+    path.write_text("this is a text file, not an X-ray\n")
+    with pytest.raises(ImageLoadError, match=r"not_really_an_image\.jpeg") as info:
+        load_image(path)
+    assert "not an image" in str(info.value)
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.jpeg"
+    path.write_bytes(b"")
+    with pytest.raises(ImageLoadError, match=r"empty\.jpeg"):
+        load_image(path)
+
+
+@pytest.mark.parametrize("size_hint", [None, 16])
+def test_truncated_jpeg(tmp_path: Path, size_hint: int | None) -> None:
+    data = _real_jpeg_bytes()
+    path = tmp_path / "person7_bacteria_1.jpeg"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageLoadError, match=r"person7_bacteria_1\.jpeg") as info:
+        load_image(path, size_hint=size_hint)
+    assert "truncated" in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "gone.jpeg"
+    with pytest.raises(ImageLoadError, match=r"gone\.jpeg") as info:
+        load_image(path)
+    assert "not found" in str(info.value)
+
+
+def test_directory_instead_of_file(tmp_path: Path) -> None:
+    path = tmp_path / "folder.jpeg"
+    path.mkdir()
+    with pytest.raises(ImageLoadError, match=r"folder\.jpeg"):
+        load_image(path)
+
+
+def test_image_over_max_pixels(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    Image.new("L", (20, 10), 0).save(path)
+    with pytest.raises(ImageLoadError, match=r"big\.png") as info:
+        load_image(path, max_pixels=100)
+    message = str(info.value)
+    assert "20x10" in message
+    assert "decompression bomb" in message
+
+
+def test_image_at_max_pixels_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "edge.png"
+    Image.new("L", (10, 10), 0).save(path)
+    assert load_image(path, max_pixels=100).size == (10, 10)
+
+
+def test_error_accepts_str_path(tmp_path: Path) -> None:
+    with pytest.raises(ImageLoadError, match=r"nope\.png"):
+        load_image(str(tmp_path / "nope.png"))

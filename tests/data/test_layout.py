@@ -1,0 +1,201 @@
+"""Tests for pneumolab.data.layout: scanning ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/*."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pneumolab.data.layout import (
+    CLASS_NAMES,
+    Sample,
+    find_splits,
+    scan_dataset,
+    scan_split,
+)
+from pneumolab.errors import DataLayoutError
+
+NORMAL_FILES = ("IM-0002-0001.jpeg", "IM-0001-0001.jpeg", "NORMAL2-IM-0413-0001.jpeg")
+PNEUMONIA_FILES = ("person2_bacteria_3.jpeg", "person1_virus_6.jpeg", "person1_bacteria_1.jpeg")
+
+
+def _touch(path: Path, data: bytes = b"x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _make_split(split_dir: Path, normal: str = "NORMAL", pneumonia: str = "PNEUMONIA") -> None:
+    for name in NORMAL_FILES:
+        _touch(split_dir / normal / name)
+    for name in PNEUMONIA_FILES:
+        _touch(split_dir / pneumonia / name)
+
+
+@pytest.fixture
+def dataset_root(tmp_path: Path) -> Path:
+    root = tmp_path / "chest_xray"
+    for split in ("train", "val", "test"):
+        _make_split(root / split)
+    return root
+
+
+def test_scan_dataset_finds_all_splits(dataset_root: Path) -> None:
+    data = scan_dataset(dataset_root)
+    assert set(data) == {"train", "val", "test"}
+    for samples in data.values():
+        assert len(samples) == len(NORMAL_FILES) + len(PNEUMONIA_FILES)
+        assert all(isinstance(s, Sample) for s in samples)
+
+
+def test_labels_and_sorted_order(dataset_root: Path) -> None:
+    samples = scan_split(dataset_root / "train")
+    normal = [s for s in samples if s.label == 0]
+    pneumonia = [s for s in samples if s.label == 1]
+    assert {s.path.name for s in normal} == set(NORMAL_FILES)
+    assert {s.path.name for s in pneumonia} == set(PNEUMONIA_FILES)
+    assert all(s.path.parent.name == "NORMAL" for s in normal)
+    assert all(s.path.parent.name == "PNEUMONIA" for s in pneumonia)
+    # NORMAL (label 0) first, then PNEUMONIA, each class sorted by path.
+    assert [s.label for s in samples] == [0] * len(NORMAL_FILES) + [1] * len(PNEUMONIA_FILES)
+    assert [s.path for s in normal] == sorted(s.path for s in normal)
+    assert [s.path for s in pneumonia] == sorted(s.path for s in pneumonia)
+    assert {s.label for s in samples} == {0, 1}
+
+
+def test_patient_ids_filled_in(dataset_root: Path) -> None:
+    samples = scan_split(dataset_root / "train")
+    by_name = {s.path.name: s.patient for s in samples}
+    assert by_name["IM-0001-0001.jpeg"] == "im-0001"
+    assert by_name["NORMAL2-IM-0413-0001.jpeg"] == "normal2-im-0413"
+    assert by_name["person1_virus_6.jpeg"] == by_name["person1_bacteria_1.jpeg"] == "person1"
+
+
+def test_scan_is_deterministic(dataset_root: Path) -> None:
+    assert scan_dataset(dataset_root) == scan_dataset(dataset_root)
+
+
+def test_folders_matched_case_insensitively(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    _make_split(root / "Train", normal="normal", pneumonia="Pneumonia")
+    _make_split(root / "VAL", normal="Normal", pneumonia="pneumonia")
+    splits = find_splits(root)
+    assert set(splits) == {"train", "val"}
+    assert splits["train"].name == "Train"
+    assert splits["val"].name == "VAL"
+    data = scan_dataset(root)
+    assert [s.label for s in data["train"]] == [0, 0, 0, 1, 1, 1]
+    assert len(data["val"]) == 6
+
+
+def test_only_present_splits_returned(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    _make_split(root / "train")
+    _make_split(root / "test")
+    (root / "notes").mkdir()
+    assert set(find_splits(root)) == {"train", "test"}
+
+
+def test_non_image_files_ignored(tmp_path: Path) -> None:
+    split = tmp_path / "train"
+    _make_split(split)
+    for junk in (".DS_Store", "readme.txt", "Thumbs.db", "image.jpeg.bak", "data.csv"):
+        _touch(split / "NORMAL" / junk)
+        _touch(split / "PNEUMONIA" / junk)
+    (split / "NORMAL" / "folder.jpeg").mkdir()  # a directory with an image suffix
+    _touch(split / "NORMAL" / "UPPER.JPG")
+    _touch(split / "PNEUMONIA" / "scan.Png")
+    samples = scan_split(split)
+    names = {s.path.name for s in samples}
+    assert names == {*NORMAL_FILES, *PNEUMONIA_FILES, "UPPER.JPG", "scan.Png"}
+    assert all(s.path.is_file() for s in samples)
+
+
+def test_missing_root(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DataLayoutError, match="nowhere"):
+        find_splits(missing)
+    with pytest.raises(DataLayoutError, match="not found"):
+        scan_dataset(missing)
+
+
+def test_root_is_a_file(tmp_path: Path) -> None:
+    path = _touch(tmp_path / "archive.zip")
+    with pytest.raises(DataLayoutError, match=r"archive\.zip"):
+        find_splits(path)
+
+
+def test_no_train_folder(tmp_path: Path) -> None:
+    root = tmp_path / "myroot"
+    _make_split(root / "test")
+    with pytest.raises(DataLayoutError) as info:
+        find_splits(root)
+    message = str(info.value)
+    assert "myroot" in message
+    assert "'train'" in message
+    assert "did you mean" not in message
+
+
+def test_no_train_folder_hints_nested_layout(tmp_path: Path) -> None:
+    root = tmp_path / "download"
+    _make_split(root / "chest_xray" / "train")
+    (root / "__MACOSX").mkdir()
+    with pytest.raises(DataLayoutError) as info:
+        find_splits(root)
+    message = str(info.value)
+    assert "'train'" in message
+    assert "did you mean" in message
+    assert str(root / "chest_xray") in message
+
+
+def test_missing_class_folder(tmp_path: Path) -> None:
+    split = tmp_path / "train"
+    _touch(split / "NORMAL" / "IM-0001-0001.jpeg")
+    (split / "other").mkdir()
+    with pytest.raises(DataLayoutError) as info:
+        scan_split(split)
+    message = str(info.value)
+    assert str(split) in message
+    assert "PNEUMONIA" in message
+    assert "other" in message  # lists what it found instead
+
+
+def test_no_class_folders_at_all(tmp_path: Path) -> None:
+    split = tmp_path / "train"
+    split.mkdir()
+    with pytest.raises(DataLayoutError) as info:
+        scan_split(split)
+    message = str(info.value)
+    assert str(split) in message
+    assert all(name in message for name in CLASS_NAMES)
+    assert "none" in message
+
+
+def test_missing_class_folder_through_scan_dataset(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    _make_split(root / "train")
+    _touch(root / "val" / "PNEUMONIA" / "person1_bacteria_1.jpeg")
+    with pytest.raises(DataLayoutError) as info:
+        scan_dataset(root)
+    assert str(root / "val") in str(info.value)
+    assert "NORMAL" in str(info.value)
+
+
+def test_class_folders_without_images(tmp_path: Path) -> None:
+    split = tmp_path / "train"
+    _touch(split / "NORMAL" / "notes.txt")
+    (split / "PNEUMONIA").mkdir(parents=True)
+    with pytest.raises(DataLayoutError) as info:
+        scan_split(split)
+    message = str(info.value)
+    assert str(split) in message
+    assert "no images" in message
+    assert ".jpeg" in message
+
+
+def test_one_class_folder_without_images(tmp_path: Path) -> None:
+    split = tmp_path / "train"
+    _touch(split / "PNEUMONIA" / "person1_bacteria_1.jpeg")
+    _touch(split / "NORMAL" / "notes.txt")
+    with pytest.raises(DataLayoutError, match="NORMAL"):
+        scan_split(split)

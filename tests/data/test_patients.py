@@ -1,0 +1,236 @@
+"""Tests for pneumolab.data.patients: patient IDs and the patient-grouped validation split."""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from pneumolab.data.layout import Sample
+from pneumolab.data.patients import (
+    duplicate_groups,
+    file_digest,
+    grouped_split,
+    patient_id,
+    split_groups,
+)
+from pneumolab.errors import DataLayoutError
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("IM-0115-0001.jpeg", "im-0115"),
+        ("NORMAL2-IM-0413-0001.jpeg", "normal2-im-0413"),
+        ("person1000_bacteria_2931.jpeg", "person1000"),
+        ("person1000_virus_1681.jpeg", "person1000"),
+        ("normal2-im-0413-0002.JPEG", "normal2-im-0413"),
+        ("scan_of_someone.png", "scan_of_someone"),
+        ("Weird.Name.jpeg", "weird.name"),
+    ],
+)
+def test_patient_id(name: str, expected: str) -> None:
+    assert patient_id(name) == expected
+
+
+def test_bacteria_and_virus_images_of_one_person_grouped() -> None:
+    assert patient_id("person1000_bacteria_2931.jpeg") == patient_id("person1000_virus_1681.jpeg")
+    assert patient_id("person1000_bacteria_2931.jpeg") != patient_id("person100_bacteria_1.jpeg")
+
+
+def test_normal2_and_plain_im_are_different_patients() -> None:
+    assert patient_id("IM-0413-0001.jpeg") != patient_id("NORMAL2-IM-0413-0001.jpeg")
+
+
+def test_unrecognised_names_are_their_own_patient() -> None:
+    assert patient_id("a.jpeg") != patient_id("b.jpeg")
+    assert patient_id("IM-0115.jpeg") == "im-0115"  # no image number: falls back to the stem
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _make_samples(
+    root: Path, n_normal: int = 30, n_pneumonia: int = 40, per_patient: int = 3
+) -> list[Sample]:
+    """Distinct small files: NORMAL patients IM-XXXX, PNEUMONIA patients personN."""
+    samples = []
+    for p in range(n_normal):
+        for k in range(per_patient):
+            name = f"IM-{p:04d}-{k + 1:04d}.jpeg"
+            path = _write(root / "NORMAL" / name, f"normal {p} {k}".encode())
+            samples.append(Sample(path=path, label=0, patient=patient_id(name)))
+    for p in range(n_pneumonia):
+        for k in range(per_patient):
+            kind = "bacteria" if k % 2 else "virus"
+            name = f"person{p}_{kind}_{k}.jpeg"
+            path = _write(root / "PNEUMONIA" / name, f"pneumonia {p} {k}".encode())
+            samples.append(Sample(path=path, label=1, patient=patient_id(name)))
+    return samples
+
+
+@pytest.fixture
+def samples(tmp_path: Path) -> list[Sample]:
+    return _make_samples(tmp_path)
+
+
+def _patients(samples: list[Sample]) -> set[str]:
+    return {s.patient for s in samples}
+
+
+def test_grouped_split_partitions_samples(samples: list[Sample]) -> None:
+    train, val = grouped_split(samples, val_fraction=0.2, seed=0)
+    assert len(train) + len(val) == len(samples)
+    assert {s.path for s in train} | {s.path for s in val} == {s.path for s in samples}
+    assert not {s.path for s in train} & {s.path for s in val}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+@pytest.mark.parametrize("val_fraction", [0.1, 0.15, 0.2, 0.3])
+def test_grouped_split_no_patient_on_both_sides(
+    samples: list[Sample], val_fraction: float, seed: int
+) -> None:
+    train, val = grouped_split(samples, val_fraction=val_fraction, seed=seed)
+    assert not _patients(train) & _patients(val)
+    assert {s.label for s in train} == {0, 1}
+    assert {s.label for s in val} == {0, 1}
+    # n_splits = round(1 / val_fraction) folds, so the validation share is roughly the request.
+    share = len(val) / len(samples)
+    assert abs(share - val_fraction) < 0.07, share
+
+
+def test_grouped_split_is_stratified(samples: list[Sample]) -> None:
+    train, val = grouped_split(samples, val_fraction=0.2, seed=3)
+    overall = sum(s.label for s in samples) / len(samples)
+    assert abs(sum(s.label for s in val) / len(val) - overall) < 0.15
+    assert abs(sum(s.label for s in train) / len(train) - overall) < 0.15
+
+
+def test_grouped_split_same_seed_same_split(samples: list[Sample]) -> None:
+    first = grouped_split(samples, val_fraction=0.15, seed=42)
+    second = grouped_split(samples, val_fraction=0.15, seed=42)
+    assert first == second
+
+
+def test_grouped_split_different_seed_different_split(samples: list[Sample]) -> None:
+    vals = {
+        frozenset(s.path for s in grouped_split(samples, val_fraction=0.15, seed=seed)[1])
+        for seed in (0, 1, 2)
+    }
+    assert len(vals) > 1
+
+
+def test_duplicate_files_across_patients_stay_together(tmp_path: Path) -> None:
+    samples = _make_samples(tmp_path, n_normal=25, n_pneumonia=25, per_patient=2)
+    pairs = []
+    for i in range(10):
+        data = f"duplicate image {i}".encode()
+        # Same bytes filed under two unrelated patient names (and in one case across classes).
+        a_name, b_name = f"IM-{900 + i:04d}-0001.jpeg", f"NORMAL2-IM-{900 + i:04d}-0001.jpeg"
+        b_label = 1 if i == 0 else 0
+        a = Sample(_write(tmp_path / "dupA" / a_name, data), 0, patient_id(a_name))
+        b = Sample(_write(tmp_path / "dupB" / b_name, data), b_label, patient_id(b_name))
+        assert a.patient != b.patient
+        pairs.append((a, b))
+        samples += [a, b]
+    for seed in range(4):
+        train, val = grouped_split(samples, val_fraction=0.2, seed=seed)
+        train_paths = {s.path for s in train}
+        for a, b in pairs:
+            assert (a.path in train_paths) == (b.path in train_paths), (seed, a, b)
+        assert not _patients(train) & _patients(val)
+        train_digests = {file_digest(s.path) for s in train}
+        assert not train_digests & {file_digest(s.path) for s in val}
+
+
+def test_duplicate_groups_and_split_groups(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a.jpeg", b"same")
+    b = _write(tmp_path / "b.jpeg", b"same")
+    c = _write(tmp_path / "c.jpeg", b"other")
+    d = _write(tmp_path / "d.jpeg", b"same")
+    groups = duplicate_groups([a, b, c, d])
+    assert len(groups) == 1
+    assert sorted(groups[0]) == [a, b, d]
+    assert file_digest(a) == file_digest(b) != file_digest(c)
+
+    # Patient p2 shares a file with p1 and p3 (chained): all three end up in one group.
+    e = _write(tmp_path / "e.jpeg", b"chain")
+    samples = [
+        Sample(a, 0, "p1"),
+        Sample(b, 0, "p2"),
+        Sample(e, 0, "p2"),
+        Sample(_write(tmp_path / "f.jpeg", b"chain"), 0, "p3"),
+        Sample(c, 1, "p4"),
+    ]
+    keys = split_groups(samples)
+    assert keys[0] == keys[1] == keys[2] == keys[3]
+    assert keys[4] == "p4"
+
+
+@pytest.mark.filterwarnings("ignore:The least populated class:UserWarning")
+def test_too_few_patients_is_a_clear_error(tmp_path: Path) -> None:
+    # 1 normal patient cannot make round(1 / 0.15) = 7 patient-grouped folds.
+    samples = _make_samples(tmp_path, n_normal=1, n_pneumonia=2, per_patient=4)
+    with pytest.raises(DataLayoutError, match="only 1 NORMAL patient"):
+        grouped_split(samples, val_fraction=0.15)
+
+
+@pytest.mark.parametrize("val_fraction", [0.0, -0.1, 0.5, 0.9, 1.0, 1.5])
+def test_invalid_val_fraction(samples: list[Sample], val_fraction: float) -> None:
+    with pytest.raises(ValueError, match="val_fraction"):
+        grouped_split(samples, val_fraction=val_fraction)
+
+
+_layouts = st.lists(
+    st.tuples(
+        st.integers(min_value=0, max_value=1),  # label of the patient
+        st.integers(min_value=1, max_value=4),  # images of the patient
+        st.lists(st.integers(min_value=0, max_value=15), max_size=2),  # duplicate contents
+    ),
+    min_size=10,
+    max_size=20,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    layout=_layouts,
+    val_fraction=st.sampled_from([0.15, 0.2, 0.25, 0.3]),
+    seed=st.integers(min_value=0, max_value=2**31 - 1),
+)
+def test_property_no_patient_or_duplicate_crosses_split(
+    layout: list[tuple[int, int, list[int]]], val_fraction: float, seed: int
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        samples = []
+        for p, (label, n_images, dup_ids) in enumerate(layout):
+            for k in range(n_images):
+                name = f"person{p}_bacteria_{k}.jpeg"
+                samples.append(
+                    Sample(_write(root / name, f"{p}/{k}".encode()), label, patient_id(name))
+                )
+            for k, dup in enumerate(dup_ids):
+                # Shared bytes between random patients: their groups must be merged.
+                name = f"person{p}_virus_{100 + k}.jpeg"
+                samples.append(
+                    Sample(_write(root / name, f"dup {dup}".encode()), label, patient_id(name))
+                )
+        # A grouped split needs at least n_splits = round(1 / val_fraction) groups per class.
+        groups = split_groups(samples)
+        for label in (0, 1):
+            in_class = {g for g, s in zip(groups, samples, strict=True) if s.label == label}
+            assume(len(in_class) >= round(1 / val_fraction))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # sklearn: tiny classes
+            train, val = grouped_split(samples, val_fraction=val_fraction, seed=seed)
+        assert len(train) + len(val) == len(samples)
+        assert not _patients(train) & _patients(val)
+        assert not {file_digest(s.path) for s in train} & {file_digest(s.path) for s in val}

@@ -1,0 +1,65 @@
+"""Model creation by name, and ImageNet weights from local files (offline)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from pneumolab.errors import ModelError
+from pneumolab.models.registry import create_backbone, create_classifier, find_local_weights
+
+
+def test_classifier_takes_grayscale_and_returns_one_logit_per_image():
+    model = create_classifier("pneumolab_cnn_small")
+    assert model(torch.rand(3, 1, 32, 32)).shape == (3,)
+
+
+def test_unknown_name_suggests_close_matches():
+    with pytest.raises(ModelError, match=r"unknown model 'mobilenetv2_10'.*mobilenetv2_100"):
+        create_classifier("mobilenetv2_10")
+
+
+def test_offline_hub_fails_fast_with_instructions(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("PNEUMOLAB_WEIGHTS_DIR", raising=False)
+    started = time.perf_counter()
+    with pytest.raises(ModelError, match="--weights"):
+        create_backbone("resnet18", pretrained=True)
+    assert time.perf_counter() - started < 5
+
+
+def test_custom_cnn_has_no_imagenet_weights():
+    with pytest.raises(ModelError, match="no published ImageNet weights"):
+        create_backbone("pneumolab_cnn_small", pretrained=True)
+
+
+def test_weights_from_a_file_the_test_writes(tmp_path):
+    source = create_backbone("resnet18", num_classes=1000)
+    file = tmp_path / "resnet18.my_in1k.safetensors"
+    save_file(source.state_dict(), file)
+    for location in (file, tmp_path):  # a file, or a folder searched by architecture name
+        loaded = create_backbone("resnet18", pretrained=True, weights=location)
+        assert torch.equal(loaded.conv1.weight, source.conv1.weight)
+        assert loaded.fc.out_features == 1  # new head for the task
+
+
+def test_missing_weights_location_is_an_error(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        find_local_weights("resnet18", tmp_path / "nowhere")
+
+
+def test_shared_mobilenetv2_weights_load_exactly():
+    from conftest import SHARED_WEIGHTS
+
+    file = SHARED_WEIGHTS / "mobilenetv2_100.tv_in1k.safetensors"
+    if not file.is_file():
+        pytest.skip(f"{file} not found")
+    model = create_backbone("mobilenetv2_100", pretrained=True, weights=SHARED_WEIGHTS)
+    expected = load_file(file)
+    state = model.state_dict()
+    body = [k for k in expected if not k.startswith("classifier.")]
+    assert len(body) > 300
+    assert all(torch.equal(state[k], expected[k]) for k in body)

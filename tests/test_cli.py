@@ -1,0 +1,136 @@
+"""The CLI end to end: train one epoch of a tiny model on real X-rays, then evaluate and predict."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import pneumolab
+from pneumolab.cli import main
+
+CORE_KEYS = {
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "f1",
+    "roc_auc",
+    "threshold",
+    "confusion_matrix",
+    "n",
+}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "train").is_dir():
+        pytest.skip(f"shared dataset not found at {SHARED_DATA}")
+    out = tmp_path_factory.mktemp("cli") / "run"
+    code = main(
+        [
+            "train",
+            "--data",
+            str(SHARED_DATA),
+            "--out",
+            str(out),
+            "--model",
+            "pneumolab_cnn_small",
+            "--no-pretrained",
+            "--epochs",
+            "1",
+            "--image-size",
+            "64",
+            "--max-train-images",
+            "240",
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_evaluate_json_on_the_runs_validation_split(trained_run, shared_data, capsys):
+    capsys.readouterr()
+    assert (
+        main(["evaluate", str(trained_run), "--data", str(shared_data), "--split", "val", "--json"])
+        == 0
+    )
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics.keys() >= CORE_KEYS
+    (tn, fp), (fn, tp) = metrics["confusion_matrix"]
+    assert tn + fp + fn + tp == metrics["n"] > 0
+    assert metrics["accuracy"] == pytest.approx((tn + tp) / metrics["n"])
+    written = trained_run / "eval" / "val"
+    assert json.loads((written / "metrics.json").read_text()) == metrics
+    assert (written / "confusion_matrix.png").stat().st_size > 0
+    assert (written / "roc_curve.png").stat().st_size > 0
+
+
+def test_evaluate_test_split_missing_is_a_clear_error(trained_run, shared_data, capsys):
+    assert main(["evaluate", str(trained_run), "--data", str(shared_data), "--split", "test"]) == 2
+    assert "no 'test' folder" in capsys.readouterr().err
+
+
+def test_predict_files_and_folders_at_full_resolution(trained_run, shared_fullres, capsys):
+    capsys.readouterr()
+    one = shared_fullres / "PNEUMONIA" / "person89_virus_168.jpeg"
+    assert (
+        main(["predict", str(trained_run), str(one), str(shared_fullres / "NORMAL"), "--json"]) == 0
+    )
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 1 + 30
+    threshold = json.loads((trained_run / "meta.json").read_text())["threshold"]
+    for result in lines:
+        assert 0.0 <= result["probability"] <= 1.0
+        assert result["label"] == ("PNEUMONIA" if result["probability"] >= threshold else "NORMAL")
+
+
+def test_predict_reports_bad_files_by_name_and_continues(
+    trained_run, shared_fullres, tmp_path, capsys
+):
+    bad = tmp_path / "broken.jpeg"
+    bad.write_text("not an image")
+    good = shared_fullres / "NORMAL" / "IM-0206-0001.jpeg"
+    capsys.readouterr()
+    assert main(["predict", str(trained_run), str(bad), str(good), "--json"]) == 1
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 1
+    assert "broken.jpeg" in captured.err and "not an image" in captured.err
+
+
+def test_python_api_accepts_path_pil_and_array(trained_run, shared_fullres):
+    predictor = pneumolab.load_run(trained_run)
+    path = shared_fullres / "NORMAL" / "IM-0206-0001.jpeg"
+    by_path = predictor.predict(path)
+    by_pil = predictor.predict(Image.open(path))
+    by_array = predictor.predict(np.asarray(Image.open(path).convert("L")))
+    # a path decodes the JPEG at reduced scale (DCT scaling), a PIL image arrives fully decoded
+    assert by_path.probability == pytest.approx(by_pil.probability, abs=0.01)
+    assert by_pil.probability == pytest.approx(by_array.probability, abs=1e-6)
+    assert by_path.label in ("NORMAL", "PNEUMONIA")
+
+
+def test_unknown_model_is_a_clear_cli_error(shared_data, tmp_path, capsys):
+    code = main(
+        ["train", "--data", str(shared_data), "--out", str(tmp_path / "r"), "--model", "resnet_18"]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'resnet_18'" in err and "resnet18" in err
+
+
+def test_wrong_layout_is_a_clear_cli_error(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    assert main(["data", "check", str(tmp_path)]) == 2
+    assert "no 'train' folder" in capsys.readouterr().err
+
+
+def test_data_check_on_real_data(shared_data, capsys):
+    assert main(["data", "check", str(shared_data)]) == 0
+    err = capsys.readouterr().err
+    assert "1341" in err and "3875" in err
+    assert "unreadable files: 0" in err
