@@ -64,10 +64,13 @@ def test_evaluate_json_on_the_runs_validation_split(trained_run, shared_data, ca
     (tn, fp), (fn, tp) = metrics["confusion_matrix"]
     assert tn + fp + fn + tp == metrics["n"] > 0
     assert metrics["accuracy"] == pytest.approx((tn + tp) / metrics["n"])
+    assert "ci95" in metrics and "operating_points" in metrics
+    assert metrics["ci95"]["roc_auc"][0] <= metrics["roc_auc"] <= metrics["ci95"]["roc_auc"][1]
     written = trained_run / "eval" / "val"
     assert json.loads((written / "metrics.json").read_text()) == metrics
     assert (written / "confusion_matrix.png").stat().st_size > 0
     assert (written / "roc_curve.png").stat().st_size > 0
+    assert (written / "reliability.png").stat().st_size > 0
 
 
 def test_evaluate_test_split_missing_is_a_clear_error(trained_run, shared_data, capsys):

@@ -17,7 +17,8 @@ from rich.table import Table
 
 from pneumolab.errors import ImageLoadError, PneumolabError
 
-console = Console(stderr=True, soft_wrap=True)
+console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
+stdout = Console(width=None if sys.stdout.isatty() else 200)  # tables: no truncated paths in logs
 METRIC_KEYS = (
     "n",
     "accuracy",
@@ -26,23 +27,65 @@ METRIC_KEYS = (
     "precision",
     "npv",
     "f1",
+    "balanced_accuracy",
     "roc_auc",
+    "pr_auc",
+    "brier",
+    "ece",
     "threshold",
 )
 
 
+def _format(value: object) -> str:
+    return "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def _metrics_table(metrics: dict, title: str) -> Table:
+    intervals = metrics.get("ci95") or {}
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in METRIC_KEYS:
-        value = metrics.get(key)
-        table.add_row(
-            key,
-            "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value),
-        )
+    if intervals:
+        table.add_column("95% CI (patient bootstrap)", justify="right")
+    for key in (k for k in METRIC_KEYS if k in metrics):
+        row = [key, _format(metrics[key])]
+        if intervals:
+            low_high = intervals.get(key)
+            row.append(f"{low_high[0]:.4f} – {low_high[1]:.4f}" if low_high else "")
+        table.add_row(*row)
     (tn, fp), (fn, tp) = metrics["confusion_matrix"]
     table.add_row(escape("confusion [[tn, fp], [fn, tp]]"), escape(f"[[{tn}, {fp}], [{fn}, {tp}]]"))
+    return table
+
+
+def _operating_points_table(metrics: dict) -> Table:
+    table = Table(
+        "operating point",
+        "threshold",
+        "sensitivity",
+        "specificity",
+        "provenance",
+        title="operating points (chosen on validation)",
+    )
+    for name, point in (metrics.get("operating_points") or {}).items():
+        m = point["metrics"]
+        table.add_row(
+            name,
+            _format(point["threshold"]),
+            _format(m["sensitivity"]),
+            _format(m["specificity"]),
+            point["provenance"],
+        )
+    oracle = metrics.get("oracle")
+    if oracle:
+        m = oracle["metrics"]
+        table.add_row(
+            "[yellow]oracle (diagnosis only)[/]",
+            _format(oracle["threshold"]),
+            _format(m["sensitivity"]),
+            _format(m["specificity"]),
+            oracle["note"],
+        )
     return table
 
 
@@ -55,6 +98,20 @@ def _robustness_table(report: dict[str, dict[str, float]]) -> Table:
             name, *(f"{row[k]:.4f}" for k in ("roc_auc", "accuracy", "sensitivity", "specificity"))
         )
     return table
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from pneumolab.models.catalog import STUDY_MODELS, describe_model
+
+    table = Table("model", "family", "parameters", "input", "ImageNet weights", title="models")
+    for name in args.names or STUDY_MODELS:
+        info = describe_model(name, args.weights)
+        table.add_row(
+            info.name, info.family, f"{info.parameters:,}", str(info.input_size), info.weights
+        )
+    stdout.print(table)
+    console.print("Any other timm architecture name works too (see timm.list_models()).")
+    return 0
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
@@ -131,6 +188,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(metrics))
     else:
         console.print(_metrics_table(metrics, f"{args.split} — {metrics['model']}"))
+        console.print(_operating_points_table(metrics))
         if args.robustness:
             console.print(_robustness_table(metrics["robustness"]))
         console.print(f"written to {Path(args.run_dir) / 'eval' / args.split}")
@@ -140,7 +198,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from pneumolab.inference.predictor import Predictor
 
-    predictor = Predictor.from_run(args.run_dir)
+    predictor = Predictor.from_run(args.run_dir, backend=args.backend)
     failures = 0
     table = Table("path", "probability", "label")
     for result in predictor.predict_paths(args.paths):
@@ -152,8 +210,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
         else:
             table.add_row(result.source, f"{result.probability:.4f}", result.label)
     if not args.json:
-        Console().print(table)
+        stdout.print(table)
     return 1 if failures else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pneumolab.inference.predictor import expand_paths
+    from pneumolab.serving.export import ONNX_FILE_NAME, export_onnx
+
+    out = args.out or args.run_dir / ONNX_FILE_NAME
+    verify = expand_paths(args.verify) if args.verify else None
+    report = export_onnx(args.run_dir, out, verify_images=verify, opset=args.opset)
+    labels = (
+        "identical"
+        if report["labels_identical"]
+        else f"{report['label_flips']} differ (scores within {report['tolerance']:.0e} of it)"
+    )
+    console.print(
+        f"exported [bold]{report['file']}[/] (ONNX opset {report['opset']}); verified on "
+        f"{report['verified_on']}: max |Δprob| vs PyTorch {report['max_abs_diff']:.1e}, "
+        f"labels at the threshold: {labels}"
+    )
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--url", default=None, help="download address (default: Mendeley Data)")
     fetch.add_argument("--sha256", default=None, help="expected checksum of the zip")
     fetch.set_defaults(func=cmd_data_fetch)
+
+    models = commands.add_parser("models", help="list the available models and their weights")
+    models.add_argument("names", nargs="*", help="only these models (any timm name)")
+    models.add_argument("--weights", help="local weights file or folder to look in")
+    models.set_defaults(func=cmd_models)
 
     train = commands.add_parser("train", help="train a model into a run directory")
     train.add_argument("--data", type=Path, required=True, help="dataset root (holds train/)")
@@ -211,7 +294,26 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("run_dir", type=Path)
     predict.add_argument("paths", nargs="+", type=Path)
     predict.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
+    predict.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="onnx: onnxruntime on RUN_DIR/model.onnx (exported on first use)",
+    )
     predict.set_defaults(func=cmd_predict)
+
+    export = commands.add_parser("export", help="export a run for serving, verified vs PyTorch")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("--format", choices=("onnx",), default="onnx")
+    export.add_argument("--out", type=Path, help="file to write (default RUN_DIR/model.onnx)")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    export.add_argument(
+        "--verify",
+        nargs="+",
+        type=Path,
+        help="images or folders to verify on (default: up to 32 of the run's validation images)",
+    )
+    export.set_defaults(func=cmd_export)
     return parser
 
 

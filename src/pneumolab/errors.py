@@ -29,3 +29,7 @@ class RunDirError(PneumolabError):
 
 class ConfigError(PneumolabError):
     """A configuration file or override is invalid."""
+
+
+class ExportError(PneumolabError):
+    """An exported model (ONNX) does not reproduce the PyTorch model's outputs."""

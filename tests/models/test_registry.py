@@ -63,3 +63,50 @@ def test_shared_mobilenetv2_weights_load_exactly():
     body = [k for k in expected if not k.startswith("classifier.")]
     assert len(body) > 300
     assert all(torch.equal(state[k], expected[k]) for k in body)
+
+
+def test_vgg19_from_torchvision_weights_file(tmp_path):
+    """No VGG19 weights are reachable here: a file in torchvision's layout, as users download it
+    (vgg19-dcbb9e9d.pth), is written by the test and must load into timm's vgg19."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    source = torchvision.models.vgg19(weights=None)
+    file = tmp_path / "vgg19-dcbb9e9d.pth"
+    torch.save(source.state_dict(), file)
+    model = create_backbone("vgg19", pretrained=True, weights=file)
+    assert torch.equal(model.features[0].weight, source.features[0].weight)
+    assert torch.equal(model.features[34].weight, source.features[34].weight)
+    # torchvision's first dense layer becomes timm's 7x7 convolution of the same weights
+    assert torch.equal(model.pre_logits.fc1.weight.flatten(1), source.classifier[0].weight)
+    assert model.get_classifier().out_features == 1
+
+
+@pytest.mark.parametrize(
+    "name", ["pneumolab_cnn_small", "pneumolab_cnn_medium", "pneumolab_cnn_separable"]
+)
+def test_custom_cnns_train_one_step(name):
+    torch.manual_seed(0)
+    model = create_classifier(name)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.rand(4, 1, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0])
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_models_command_lists_the_study_lineup(capsys):
+    from pneumolab.cli import main
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in (
+        "pneumolab_cnn_small",
+        "vgg19",
+        "legacy_xception",
+        "mobilenetv2_100",
+        "densenet121",
+    ):
+        assert name in out

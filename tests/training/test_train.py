@@ -38,6 +38,16 @@ def test_run_directory_contents(synthetic_data, tmp_path):
     assert (
         meta["val_metrics"]["sensitivity"] >= 0.95
     )  # the threshold rule, on the split it was chosen on
+    points = meta["operating_points"]
+    assert list(points) == ["sensitivity_95", "youden", "cost_ratio_5"]
+    assert meta["default_operating_point"] == "sensitivity_95"
+    assert points["sensitivity_95"]["threshold"] == meta["threshold"]
+    default_metrics = points["sensitivity_95"]["val_metrics"]
+    assert default_metrics["confusion_matrix"] == meta["val_metrics"]["confusion_matrix"]
+    for point in points.values():
+        assert point["provenance"].startswith("validation split of run, n=")
+        assert point.keys() == {"threshold", "rule", "params", "provenance", "val_metrics"}
+    assert meta["temperature"] > 0
     with run.split.open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 24

@@ -64,6 +64,15 @@ def array_to_image(array: np.ndarray) -> Image.Image:
     return Image.fromarray(_rescale_to_uint8(array.astype(np.float64)))
 
 
+def _has_dicom_header(path: Path) -> bool:
+    """Whether ``path`` is a file with ``DICM`` after the 128-byte DICOM preamble."""
+    try:
+        with path.open("rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
 def load_image(
     path: str | Path, size_hint: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Image.Image:
@@ -71,9 +80,15 @@ def load_image(
 
     ``size_hint`` lets JPEG decoding work at a reduced scale (DCT scaling) as long as both
     sides stay at least that large: a 2,500 px X-ray meant for a 224 px model decodes ~8x faster.
-    Raises ImageLoadError naming the file on anything unreadable.
+    DICOM files (``.dcm``, or any name with the ``DICM`` header) go to
+    :func:`pneumolab.data.dicom.load_dicom`. Raises ImageLoadError naming the file on anything
+    unreadable.
     """
     path = Path(path)
+    if path.suffix.lower() == ".dcm" or _has_dicom_header(path):
+        from pneumolab.data.dicom import load_dicom  # pydicom is imported only when needed
+
+        return load_dicom(path, max_pixels=max_pixels)
     try:
         with Image.open(path) as opened:
             _check_pixel_count(opened.width, opened.height, max_pixels, str(path))

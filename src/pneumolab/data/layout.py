@@ -10,7 +10,7 @@ from pneumolab.errors import DataLayoutError
 
 CLASS_NAMES: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
-IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpeg", ".jpg", ".png"})
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpeg", ".jpg", ".png", ".dcm"})
 
 
 @dataclass(frozen=True)

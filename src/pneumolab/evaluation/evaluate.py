@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import brier_score_loss
 
+import pneumolab
 from pneumolab.data.dataset import decode_samples
 from pneumolab.data.layout import Sample, find_splits, scan_split
 from pneumolab.errors import DataLayoutError
+from pneumolab.evaluation.bootstrap import bootstrap_ci
+from pneumolab.evaluation.calibration import apply_temperature, save_reliability_diagram
 from pneumolab.evaluation.figures import save_confusion_matrix, save_roc_curve
-from pneumolab.evaluation.metrics import binary_metrics
+from pneumolab.evaluation.metrics import (
+    binary_metrics,
+    expected_calibration_error,
+    threshold_metrics,
+)
+from pneumolab.evaluation.operating_points import oracle_threshold
 from pneumolab.evaluation.robustness import robustness_report, summarize
 from pneumolab.inference.predictor import Predictor, default_device, predict_pixels
 from pneumolab.run import RunDir, write_predictions
 
 SPLITS = ("val", "test")
+TEST_LOG = "test_evaluations.jsonl"
 
 
 def split_samples(run: RunDir, data_dir: Path, split: str) -> list[Sample]:
@@ -43,6 +56,82 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _git_commit() -> str | None:
+    """``git rev-parse HEAD`` in the package's source folder, or None (no git, not a checkout)."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(pneumolab.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def log_test_evaluation(run: RunDir) -> int:
+    """Append one line to ``RUN_DIR/test_evaluations.jsonl`` (held-out guard: every look at the
+    test split is recorded) and return how many test evaluations the run has had, this one included."""
+    config_hash = (
+        hashlib.sha256(run.config.read_bytes()).hexdigest() if run.config.is_file() else None
+    )
+    entry = {
+        "time_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "pneumolab_version": pneumolab.__version__,
+        "git_commit": _git_commit(),
+        "config_sha256": config_hash,
+    }
+    with (run.root / TEST_LOG).open("a") as f:
+        f.write(json.dumps(entry) + "\n")
+    return count_test_evaluations(run)
+
+
+def count_test_evaluations(run: RunDir) -> int:
+    """How many times the run has been evaluated on the test split (lines of its log)."""
+    if not (run.root / TEST_LOG).is_file():
+        return 0
+    return sum(1 for line in (run.root / TEST_LOG).read_text().splitlines() if line.strip())
+
+
+def _operating_points(
+    meta: dict[str, Any], labels: np.ndarray, probs: np.ndarray
+) -> dict[str, dict[str, Any]]:
+    """The run's stored operating points (older runs: only the stored threshold), scored here."""
+    stored = meta.get("operating_points") or {
+        "stored": {"threshold": meta["threshold"], "provenance": meta.get("threshold_rule", "")}
+    }
+    return {
+        name: {
+            "threshold": point["threshold"],
+            "provenance": point["provenance"],
+            "metrics": threshold_metrics(labels, probs, point["threshold"]),
+        }
+        for name, point in stored.items()
+    }
+
+
+def _oracle(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any] | None:
+    if len(np.unique(labels)) != 2:
+        return None
+    threshold = oracle_threshold(labels, probs)
+    return {
+        "threshold": threshold,
+        "metrics": threshold_metrics(labels, probs, threshold),
+        "note": "chosen on this split itself: for diagnosis only, not a valid operating point",
+    }
+
+
+def _calibration(labels: np.ndarray, scaled: np.ndarray, temperature: float) -> dict[str, float]:
+    return {
+        "temperature": temperature,
+        "brier": float(brier_score_loss(labels, scaled)),
+        "ece": expected_calibration_error(labels, scaled),
+    }
+
+
 def evaluate(
     run_dir: str | Path,
     data_dir: str | Path,
@@ -50,8 +139,12 @@ def evaluate(
     robustness: bool = False,
     device: str | None = None,
 ) -> dict[str, Any]:
-    """Metrics at the run's stored threshold plus ROC AUC; writes metrics.json, predictions.csv and
-    PNG figures into ``RUN_DIR/eval/<split>/`` and returns the metrics.
+    """Metrics at the run's stored threshold, threshold-free metrics, patient-grouped bootstrap
+    95% intervals (``ci95``), every stored operating point and an oracle threshold scored on this
+    split, and calibration before/after the run's temperature. Writes metrics.json,
+    predictions.csv and PNG figures (confusion matrix, ROC curve, reliability diagram) into
+    ``RUN_DIR/eval/<split>/`` and returns the metrics. Every ``test`` evaluation is logged in
+    ``RUN_DIR/test_evaluations.jsonl``; ``test_evaluations_count`` says how many there have been.
 
     With ``robustness``, also scores the split under acquisition-like perturbations
     (:mod:`pneumolab.evaluation.robustness`) and adds ``robustness`` and ``robustness_summary``.
@@ -63,10 +156,19 @@ def evaluate(
     probs = predict_pixels(predictor.model, decoded.pixels, predictor.intensity)
     labels = np.array([s.label for s in decoded.samples])
     metrics: dict[str, Any] = binary_metrics(labels, probs, predictor.threshold)
+    temperature = predictor.meta.get("temperature")
+    scaled = None if temperature is None else apply_temperature(probs, temperature)
+    patients = [sample.patient for sample in decoded.samples]
+    test_count = log_test_evaluation(run) if split == "test" else count_test_evaluations(run)
     metrics |= {
         "split": split,
         "model": predictor.meta["model"],
         "skipped": [r for _, r in decoded.skipped],
+        "ci95": bootstrap_ci(labels, probs, predictor.threshold, groups=patients),
+        "operating_points": _operating_points(predictor.meta, labels, probs),
+        "oracle": _oracle(labels, probs),
+        "temperature_scaled": None if scaled is None else _calibration(labels, scaled, temperature),
+        "test_evaluations_count": test_count,
     }
     if robustness:
         report = robustness_report(
@@ -83,5 +185,9 @@ def evaluate(
     if len(np.unique(labels)) == 2:
         point = (1 - metrics["specificity"], metrics["sensitivity"])
         save_roc_curve(labels, probs, out / "roc_curve.png", point, title)
+    curves = {"raw": probs}
+    if scaled is not None:
+        curves[f"temperature-scaled (T = {temperature:.2f})"] = scaled
+    save_reliability_diagram(labels, curves, out / "reliability.png", title)
     write_predictions(out / "predictions.csv", decoded.samples, probs)
     return metrics

@@ -3,35 +3,84 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    confusion_matrix,
+    roc_auc_score,
+)
+
+ECE_BINS = 10
+THRESHOLD_METRICS = (
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "npv",
+    "f1",
+    "balanced_accuracy",
+    "confusion_matrix",
+)
+"""The keys of :func:`binary_metrics` that depend on the threshold."""
 
 
 def _ratio(numerator: int, denominator: int) -> float:
     return float(numerator / denominator) if denominator else float("nan")
 
 
-def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, object]:
-    """Accuracy, sensitivity (recall), specificity, precision (PPV), NPV, F1, ROC AUC at ``threshold``.
+def calibration_bins(prob: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
+    """Bin index of every probability: ``n_bins`` equal-width bins over [0, 1], assigned exactly as
+    ``sklearn.calibration.calibration_curve(strategy="uniform")`` does (right edges inclusive)."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)[1:-1]
+    return np.searchsorted(edges, np.asarray(prob, dtype=float))
 
-    A case is called positive when ``prob >= threshold``. Undefined ratios are NaN (ROC AUC is
-    NaN when only one class is present). ``confusion_matrix`` is ``[[tn, fp], [fn, tp]]``.
+
+def expected_calibration_error(
+    y_true: np.ndarray, prob: np.ndarray, n_bins: int = ECE_BINS
+) -> float:
+    """ECE of the pneumonia probability: ``sum_b n_b / n * |observed rate_b - mean prob_b|`` over
+    ``n_bins`` equal-width bins (:func:`calibration_bins`); 0 for a perfectly calibrated model."""
+    y_true = np.asarray(y_true, dtype=float)
+    prob = np.asarray(prob, dtype=float)
+    gaps = np.bincount(calibration_bins(prob, n_bins), weights=y_true - prob, minlength=n_bins)
+    return float(np.abs(gaps).sum() / len(y_true))
+
+
+def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, object]:
+    """Threshold metrics (accuracy, sensitivity/recall, specificity, precision/PPV, NPV, F1,
+    balanced accuracy) at ``threshold`` plus threshold-free ones: ROC AUC, PR AUC (average
+    precision), Brier score and ECE (:func:`expected_calibration_error`).
+
+    A case is called positive when ``prob >= threshold``. Undefined ratios are NaN (ROC AUC and
+    PR AUC are NaN when only one class is present). ``confusion_matrix`` is ``[[tn, fp], [fn, tp]]``.
     """
     y_true = np.asarray(y_true).astype(int)
     prob = np.asarray(prob, dtype=float)
     y_pred = (prob >= threshold).astype(int)
     tn, fp, fn, tp = (int(v) for v in confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel())
     sensitivity = _ratio(tp, tp + fn)
-    precision = _ratio(tp, tp + fp)
+    specificity = _ratio(tn, tn + fp)
     both_classes = len(np.unique(y_true)) == 2
+    nan = float("nan")
     return {
         "n": len(y_true),
         "threshold": float(threshold),
         "accuracy": _ratio(tp + tn, len(y_true)),
         "sensitivity": sensitivity,
-        "specificity": _ratio(tn, tn + fp),
-        "precision": precision,
+        "specificity": specificity,
+        "precision": _ratio(tp, tp + fp),
         "npv": _ratio(tn, tn + fn),
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-        "roc_auc": float(roc_auc_score(y_true, prob)) if both_classes else float("nan"),
+        "balanced_accuracy": (sensitivity + specificity) / 2,
+        "roc_auc": float(roc_auc_score(y_true, prob)) if both_classes else nan,
+        "pr_auc": float(average_precision_score(y_true, prob)) if both_classes else nan,
+        "brier": float(brier_score_loss(y_true, prob)),
+        "ece": expected_calibration_error(y_true, prob),
         "confusion_matrix": [[tn, fp], [fn, tp]],
     }
+
+
+def threshold_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, object]:
+    """Only the :data:`THRESHOLD_METRICS` of :func:`binary_metrics` at ``threshold``."""
+    metrics = binary_metrics(y_true, prob, threshold)
+    return {key: metrics[key] for key in THRESHOLD_METRICS}

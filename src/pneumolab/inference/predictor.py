@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from pneumolab.models.registry import create_classifier
 from pneumolab.run import RunDir
 
 ImageInput = str | Path | Image.Image | np.ndarray
+Backend = Callable[[torch.Tensor], np.ndarray]
+"""Scores uint8 ``(N, 1, S, S)`` pixels, intensity normalisation included: probabilities ``(N,)``."""
+BACKENDS = ("torch", "onnx")
 
 
 @dataclass(frozen=True)
@@ -76,19 +80,42 @@ class Predictor:
     >>> predictor.predict("xray.jpeg").probability         # doctest: +SKIP
     """
 
-    def __init__(self, model: XrayClassifier, meta: dict[str, Any]) -> None:
-        self.model = model.eval()
+    def __init__(
+        self, model: XrayClassifier | None, meta: dict[str, Any], backend: Backend | None = None
+    ) -> None:
+        """``backend`` (e.g. an ONNX session) scores instead of the PyTorch ``model``, which may
+        then be None; both take the same preprocessed uint8 pixels."""
+        if backend is None and model is None:
+            raise ValueError("Predictor needs a model or a backend")
+        self.model = model.eval() if model is not None else None
         self.meta = meta
         self.image_size = int(meta["image_size"])
         self.threshold = float(meta["threshold"])
         self.intensity = str(meta.get("intensity", "none"))
         self.class_names = tuple(meta.get("class_names", CLASS_NAMES))
+        self.backend = backend or partial(predict_pixels, self.model, intensity=self.intensity)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str = "cpu") -> Predictor:
-        """Load the best weights and metadata of a finished run."""
+    def from_run(
+        cls,
+        run_dir: str | Path,
+        device: str = "cpu",
+        backend: str = "torch",
+        onnx_file: str | Path | None = None,
+    ) -> Predictor:
+        """Load the best weights and metadata of a finished run.
+
+        ``backend="onnx"`` scores with onnxruntime (``device`` unused) from ``onnx_file``,
+        by default ``RUN_DIR/model.onnx``, which is exported and verified on first use.
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
         run = RunDir(Path(run_dir))
         meta = run.read_meta()
+        if backend == "onnx":
+            from pneumolab.serving.export import run_onnx_backend  # onnxruntime only when asked
+
+            return cls(None, meta, run_onnx_backend(run.root, onnx_file))
         model = create_classifier(meta["model"], pretrained=False)
         try:
             model.load_state_dict(load_file(run.weights))
@@ -114,7 +141,7 @@ class Predictor:
 
     def predict(self, image: ImageInput) -> Prediction:
         """Predict one image (path, PIL image or array)."""
-        probability = predict_pixels(self.model, self.preprocess(image)[None], self.intensity)[0]
+        probability = self.backend(self.preprocess(image)[None])[0]
         source = str(image) if isinstance(image, str | Path) else type(image).__name__
         return self._result(source, probability)
 
@@ -133,9 +160,7 @@ class Predictor:
                     outcomes.append(len(pixels) - 1)
                 except ImageLoadError as exc:
                     outcomes.append(exc)
-            probs = (
-                predict_pixels(self.model, torch.stack(pixels), self.intensity) if pixels else []
-            )
+            probs = self.backend(torch.stack(pixels)) if pixels else []
             for path, outcome in zip(chunk, outcomes, strict=True):
                 yield (
                     outcome

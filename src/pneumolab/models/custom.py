@@ -1,4 +1,9 @@
-"""The study's own baseline CNNs, registered with timm so ``timm.create_model`` builds them too."""
+"""The study's own baseline CNNs, registered with timm so ``timm.create_model`` builds them too.
+
+Three capacities, in the spirit of the study's hand-designed networks: stacks of
+conv–BN–ReLU–max-pool blocks, global average pooling and a dense head; the largest uses
+depthwise-separable convolutions (Xception's building block) to stay cheap.
+"""
 
 from __future__ import annotations
 
@@ -10,21 +15,36 @@ from timm.models import register_model
 from torch import nn
 
 
-def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-    )
+def _conv(in_channels: int, out_channels: int, separable: bool) -> list[nn.Module]:
+    if not separable:
+        return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)]
+    return [
+        nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False),
+        nn.Conv2d(in_channels, out_channels, 1, bias=False),
+    ]
+
+
+def _conv_block(in_channels: int, out_channels: int, convs: int, separable: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(convs):
+        # the first convolution of the network sees the raw image: a plain convolution
+        sep = separable and (i > 0 or in_channels > 3)
+        layers += [
+            *_conv(in_channels if i == 0 else out_channels, out_channels, sep),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        ]
+    return nn.Sequential(*layers, nn.MaxPool2d(2))
 
 
 class BaselineCNN(nn.Module):
-    """Stacked conv–BN–ReLU–pool blocks, global average pooling and a dense head."""
+    """Conv–BN–ReLU(–conv–BN–ReLU)–pool blocks, global average pooling and a dense head."""
 
     def __init__(
         self,
         widths: Sequence[int] = (16, 32, 64),
+        convs_per_block: int = 1,
+        separable: bool = False,
         num_classes: int = 1,
         in_chans: int = 3,
         head_width: int = 64,
@@ -33,7 +53,9 @@ class BaselineCNN(nn.Module):
     ) -> None:
         super().__init__()
         channels = [in_chans, *widths]
-        self.features = nn.Sequential(*(_conv_block(a, b) for a, b in pairwise(channels)))
+        self.features = nn.Sequential(
+            *(_conv_block(a, b, convs_per_block, separable) for a, b in pairwise(channels))
+        )
         self.num_features = widths[-1]
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Sequential(
@@ -58,3 +80,17 @@ class BaselineCNN(nn.Module):
 def pneumolab_cnn_small(pretrained: bool = False, **kwargs: object) -> BaselineCNN:
     """Three conv blocks (16-32-64 filters): the study's smallest baseline."""
     return BaselineCNN(widths=(16, 32, 64), **kwargs)
+
+
+@register_model
+def pneumolab_cnn_medium(pretrained: bool = False, **kwargs: object) -> BaselineCNN:
+    """Four double-conv blocks (32-64-128-256 filters)."""
+    return BaselineCNN(widths=(32, 64, 128, 256), convs_per_block=2, head_width=128, **kwargs)
+
+
+@register_model
+def pneumolab_cnn_separable(pretrained: bool = False, **kwargs: object) -> BaselineCNN:
+    """Five double-conv blocks with depthwise-separable convolutions (32-64-128-256-512 filters)."""
+    return BaselineCNN(
+        widths=(32, 64, 128, 256, 512), convs_per_block=2, separable=True, head_width=128, **kwargs
+    )

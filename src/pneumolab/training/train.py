@@ -23,8 +23,9 @@ from pneumolab.data.layout import CLASS_NAMES, Sample, find_splits, scan_split
 from pneumolab.data.patients import grouped_split
 from pneumolab.data.transforms import train_augmentation
 from pneumolab.errors import PneumolabError, RunDirError
-from pneumolab.evaluation.metrics import binary_metrics
-from pneumolab.evaluation.thresholds import threshold_for_sensitivity
+from pneumolab.evaluation.calibration import fit_temperature
+from pneumolab.evaluation.metrics import binary_metrics, threshold_metrics
+from pneumolab.evaluation.operating_points import choose_operating_points
 from pneumolab.inference.predictor import predict_pixels
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.models.registry import create_classifier
@@ -114,8 +115,8 @@ def train(
     :class:`TrainingInterrupted` when stopped (Ctrl+C), after the last finished epoch was saved.
     """
     data_root = Path(data_dir).resolve()
-    run = prepare_run_dir(Path(out_dir), resume)
     if resume:
+        run = prepare_run_dir(Path(out_dir), resume)
         config = resolve_config(run.config)
         train_samples, val_samples = (
             run.read_split(data_root, "train"),
@@ -127,6 +128,7 @@ def train(
             scan_split(find_splits(data_root)["train"]), config.max_train_images, config.seed
         )
         train_samples, val_samples = grouped_split(all_train, config.val_fraction, config.seed)
+        run = prepare_run_dir(Path(out_dir), resume)  # only once the data is known to be usable
         save_config(config, run.config)
         run.write_split(data_root, train_samples, val_samples)
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -218,13 +220,17 @@ def _finish_run(
     best_epoch: int | None,
     official_val: Path | None,
 ) -> None:
-    """Score validation with the best weights, choose the threshold, write predictions and meta.
+    """Score validation with the best weights, choose the operating points (the first, at the
+    target sensitivity, is the default threshold) and the temperature, write predictions and meta.
 
     The dataset's own small ``val/`` folder, when present, is scored and reported (not used).
     """
     probs = predict_pixels(model, val_images.pixels, config.intensity)
     labels = np.array([s.label for s in val_images.samples])
-    threshold = threshold_for_sensitivity(labels, probs, config.target_sensitivity)
+    points = choose_operating_points(
+        labels, probs, f"validation split of {run.root.name}", config.target_sensitivity
+    )
+    threshold = points[0].threshold
     write_predictions(run.val_predictions, val_images.samples, probs)
     official_metrics = None
     if official_val is not None:
@@ -247,6 +253,12 @@ def _finish_run(
             },
             "threshold": threshold,
             "threshold_rule": f"highest threshold with validation sensitivity >= {config.target_sensitivity}",
+            "default_operating_point": points[0].name,
+            "operating_points": {
+                p.name: p.to_dict() | {"val_metrics": threshold_metrics(labels, probs, p.threshold)}
+                for p in points
+            },
+            "temperature": fit_temperature(labels, probs),
             "class_names": list(CLASS_NAMES),
             "best_epoch": best_epoch,
             "train_seconds": round(fit_seconds, 1),

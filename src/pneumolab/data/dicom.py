@@ -1,0 +1,119 @@
+"""Read DICOM radiographs into 8-bit grayscale, as a radiologist's viewer would display them.
+
+Pipeline: decode the stored values → modality LUT (Rescale Slope/Intercept or Modality LUT
+Sequence) → VOI transform (VOI LUT Sequence, else the first Window Center/Width, honouring VOI
+LUT Function; without either, the image's own min..max) → 0..255 → MONOCHROME1 inverted (so
+bone is always bright). 8-, 12- and 16-bit, signed or unsigned data all take this path;
+RGB/YBR secondary captures are converted to grayscale as they are.
+
+Refused with an :class:`~pneumolab.errors.ImageLoadError` naming the file: DICOM without pixel
+data (reports, structured reports, presentation states), multi-frame objects (a cine or
+tomosynthesis series is not one radiograph; pick the frame yourself and save it), other
+photometric interpretations (PALETTE COLOR), images over ``max_pixels``, and transfer syntaxes
+no installed decoder handles (the message lists what to install).
+
+Transfer syntaxes, as pydicom 3.0 reports them with only pydicom + Pillow installed:
+uncompressed (implicit/explicit VR little endian, explicit VR big endian, deflated), RLE
+Lossless, JPEG Baseline and Extended (Pillow; 8-bit only — 12-bit JPEG Extended needs
+pylibjpeg or gdcm), JPEG 2000 (Pillow with OpenJPEG). JPEG Lossless (process 14, the common
+one for CR/DX archives) and JPEG-LS need ``pylibjpeg pylibjpeg-libjpeg`` (or gdcm, or
+``pyjpegls`` for JPEG-LS); High-Throughput JPEG 2000 needs ``pylibjpeg pylibjpeg-openjpeg``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
+
+from pneumolab.data.imageio import DEFAULT_MAX_PIXELS, _check_pixel_count, array_to_image
+from pneumolab.errors import ImageLoadError
+
+
+def _check_decodable(ds: Dataset, max_pixels: int, source: str) -> None:
+    """Refuse what cannot become one grayscale image, before decoding anything."""
+    if "PixelData" not in ds:
+        sop_class = ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID")
+        kind = getattr(sop_class, "name", None) or "unknown SOP class"
+        raise ImageLoadError(f"{source}: DICOM without pixel data ({kind}), not an image")
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frames > 1:
+        raise ImageLoadError(
+            f"{source}: multi-frame DICOM ({frames} frames); pneumolab classifies single "
+            "radiographs — save the frame you want as its own file"
+        )
+    _check_pixel_count(int(ds.Columns), int(ds.Rows), max_pixels, source)
+    syntax = ds.file_meta.TransferSyntaxUID
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        raise ImageLoadError(f"{source}: unsupported transfer syntax {syntax.name}") from None
+    if not decoder.is_available:
+        needs = "; ".join(decoder.missing_dependencies)
+        raise ImageLoadError(
+            f"{source}: pixel data compressed as {syntax.name}, which no installed decoder "
+            f"handles; install one of: {needs}"
+        )
+
+
+def _voi(pixels: np.ndarray, ds: Dataset) -> tuple[np.ndarray, float, float] | None:
+    """The VOI transform applied, with its output range; None when the file defines none."""
+    if ds.get("VOILUTSequence"):
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        return apply_voi(np.rint(pixels).astype(np.int64), ds), 0.0, 2.0**bits - 1
+    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        # pydicom maps everything below/above the window to the ends of its output range
+        low, high = apply_windowing(np.array([-np.inf, np.inf]), ds)
+        return apply_windowing(pixels, ds), float(low), float(high)
+    return None
+
+
+def _to_uint8(pixels: np.ndarray, low: float, high: float) -> np.ndarray:
+    if high == low:
+        return np.zeros(pixels.shape, dtype=np.uint8)
+    scaled = (pixels.astype(np.float64) - low) * (255.0 / (high - low))
+    return np.round(scaled.clip(0, 255)).astype(np.uint8)
+
+
+def _monochrome_to_uint8(ds: Dataset) -> np.ndarray:
+    pixels = apply_modality_lut(ds.pixel_array, ds)
+    windowed = _voi(pixels, ds)
+    if windowed is None:
+        image = _to_uint8(pixels, float(pixels.min()), float(pixels.max()))
+    else:
+        image = _to_uint8(*windowed)
+    return 255 - image if ds.PhotometricInterpretation == "MONOCHROME1" else image
+
+
+def load_dicom(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open a DICOM file as an 8-bit grayscale PIL image (mode ``L``), windowed for display.
+
+    Raises ImageLoadError naming the file and the reason on anything that cannot be used.
+    """
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(path)
+        _check_decodable(ds, max_pixels, str(path))
+        photometric = str(ds.PhotometricInterpretation)
+        if photometric in ("MONOCHROME1", "MONOCHROME2"):
+            return Image.fromarray(_monochrome_to_uint8(ds))
+        if photometric == "RGB" or photometric.startswith("YBR"):
+            return array_to_image(ds.pixel_array)
+        raise ImageLoadError(f"{path}: unsupported photometric interpretation {photometric}")
+    except ImageLoadError:
+        raise
+    except FileNotFoundError:
+        raise ImageLoadError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ImageLoadError(f"{path}: is a folder, not an image file") from None
+    except InvalidDicomError:
+        raise ImageLoadError(f"{path}: not a DICOM file (no 'DICM' header)") from None
+    except (AttributeError, KeyError) as exc:
+        raise ImageLoadError(f"{path}: DICOM image without required attribute ({exc})") from None
+    except (OSError, ValueError, RuntimeError, NotImplementedError, EOFError) as exc:
+        raise ImageLoadError(f"{path}: corrupt or undecodable DICOM ({exc})") from None

@@ -1,0 +1,106 @@
+"""Operating points: decision thresholds chosen on validation scores by a stated rule.
+
+Every point records its rule, the rule's parameters and where it was chosen (its provenance), so a
+threshold reported on the test split can be traced back to the validation split it came from.
+:func:`oracle_threshold` is the exception: it is chosen on the split being evaluated and serves to
+diagnose threshold drift only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_curve
+
+from pneumolab.evaluation.thresholds import threshold_for_sensitivity
+
+DEFAULT_COST_RATIO = 5.0
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A threshold (positive when ``prob >= threshold``) with its rule and provenance."""
+
+    name: str
+    threshold: float
+    rule: str
+    params: dict[str, float] = field(default_factory=dict)
+    provenance: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the name (the name is the key where points are stored)."""
+        return {k: v for k, v in asdict(self).items() if k != "name"}
+
+
+def _roc(y_true: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False and true positive counts at every distinct score (highest first) as threshold."""
+    y_true = np.asarray(y_true).astype(int)
+    if len(np.unique(y_true)) != 2:
+        raise ValueError("choosing this operating point needs both classes in the scores")
+    fpr, tpr, thresholds = roc_curve(y_true, prob, drop_intermediate=False)
+    positives = int(y_true.sum())
+    # roc_curve starts at an infinite threshold (no case called positive): skipped
+    fp = np.rint(fpr[1:] * (len(y_true) - positives))
+    tp = np.rint(tpr[1:] * positives)
+    return fp, tp, thresholds[1:]
+
+
+def youden_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """Threshold maximising Youden's J = sensitivity + specificity - 1 (highest one on ties)."""
+    fp, tp, thresholds = _roc(y_true, prob)
+    # J * positives * negatives in integer counts, so that equal J values tie exactly
+    return float(thresholds[np.argmax(tp * fp[-1] - fp * tp[-1])])
+
+
+def cost_threshold(
+    y_true: np.ndarray, prob: np.ndarray, cost_fn: float = DEFAULT_COST_RATIO, cost_fp: float = 1.0
+) -> float:
+    """Threshold minimising ``cost_fn * FN + cost_fp * FP`` (highest one on ties)."""
+    fp, tp, thresholds = _roc(y_true, prob)
+    return float(thresholds[np.argmin(cost_fn * (tp[-1] - tp) + cost_fp * fp)])
+
+
+def oracle_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """Youden-best threshold on the evaluated split itself: an oracle, for diagnosis only (how much
+    a better-placed threshold would recover), never a valid operating point."""
+    return youden_threshold(y_true, prob)
+
+
+def choose_operating_points(
+    y_true: np.ndarray,
+    prob: np.ndarray,
+    source: str,
+    target_sensitivity: float = 0.95,
+    cost_ratio: float = DEFAULT_COST_RATIO,
+) -> list[OperatingPoint]:
+    """The target-sensitivity point (first: the default), Youden's J and the cost-ratio point,
+    all chosen on the validation scores of ``source`` (e.g. ``"validation split of run-1"``)."""
+    where = f"{source}, n={len(y_true)}"
+    sensitivity_rule = f"highest threshold with sensitivity >= {target_sensitivity:g}"
+    cost_rule = f"minimum cost {cost_ratio:g} * FN + 1 * FP"
+    youden_rule = "maximum Youden's J = sensitivity + specificity - 1"
+    return [
+        OperatingPoint(
+            f"sensitivity_{100 * target_sensitivity:g}",
+            threshold_for_sensitivity(y_true, prob, target_sensitivity),
+            sensitivity_rule,
+            {"target_sensitivity": target_sensitivity},
+            f"{where}, rule: {sensitivity_rule}",
+        ),
+        OperatingPoint(
+            "youden",
+            youden_threshold(y_true, prob),
+            youden_rule,
+            {},
+            f"{where}, rule: {youden_rule}",
+        ),
+        OperatingPoint(
+            f"cost_ratio_{cost_ratio:g}",
+            cost_threshold(y_true, prob, cost_ratio, 1.0),
+            cost_rule,
+            {"cost_fn": cost_ratio, "cost_fp": 1.0},
+            f"{where}, rule: {cost_rule}",
+        ),
+    ]

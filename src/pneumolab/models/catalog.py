@@ -1,0 +1,72 @@
+"""The models pneumolab documents and compares: what they are and where their weights come from."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+
+from pneumolab.models.registry import WEIGHTS_DIR_ENV, check_model_name, find_local_weights
+
+STUDY_MODELS: dict[str, str] = {
+    "pneumolab_cnn_small": "custom CNN",
+    "pneumolab_cnn_separable": "custom CNN",
+    "pneumolab_cnn_medium": "custom CNN",
+    "vgg19": "VGG",
+    "legacy_xception": "Xception",
+    "mobilenetv2_100": "MobileNet",
+    "tf_efficientnet_lite0": "EfficientNet",
+    "efficientnet_b0": "EfficientNet",
+    "resnet18": "ResNet",
+    "resnet50": "ResNet",
+    "densenet121": "DenseNet",
+    "convnext_nano": "ConvNeXt",
+}
+"""The study's line-up (custom CNNs, VGG19, Xception) and the modern networks, by family."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One row of ``pneumolab models``."""
+
+    name: str
+    family: str
+    parameters: int
+    input_size: int
+    weights: str
+
+
+def count_parameters(name: str) -> int:
+    """Parameters of ``name`` with a one-logit head, counted without allocating memory."""
+    with torch.device("meta"):
+        model = timm.create_model(name, num_classes=1)
+    return sum(p.numel() for p in model.parameters())
+
+
+def weights_source(name: str, weights: str | Path | None = None) -> str:
+    """Where ImageNet weights for ``name`` would come from here: a local file, the hub, or none."""
+    local = (
+        find_local_weights(name, weights) if (weights or os.environ.get(WEIGHTS_DIR_ENV)) else None
+    )
+    if local is not None:
+        return f"local file {local}"
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return "none (trained from scratch)"
+    hub = cfg.hf_hub_id or cfg.url or "timm hub"
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
+    return f"hub {hub}" + (" (offline here: pass --weights)" if offline else "")
+
+
+def describe_model(name: str, weights: str | Path | None = None) -> ModelInfo:
+    """Family, parameter count, default input size and weights source of one model."""
+    check_model_name(name)
+    cfg = timm.models.get_pretrained_cfg(name)
+    input_size = cfg.input_size[-1] if cfg is not None else 224
+    family = STUDY_MODELS.get(name, "timm")
+    return ModelInfo(
+        name, family, count_parameters(name), input_size, weights_source(name, weights)
+    )

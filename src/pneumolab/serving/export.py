@@ -1,0 +1,164 @@
+"""Export a run's classifier to ONNX, with its preprocessing contract, verified against PyTorch."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+import pneumolab
+from pneumolab.errors import ExportError, RunDirError
+from pneumolab.inference.predictor import Predictor, predict_pixels
+from pneumolab.run import RunDir
+from pneumolab.serving.onnx_backend import INPUT_NAME, OUTPUT_NAME, OnnxBackend
+
+log = logging.getLogger(__name__)
+
+ONNX_FILE_NAME = "model.onnx"
+"""Where a run's ONNX export goes by default: ``RUN_DIR/model.onnx``."""
+TOLERANCE = 1e-4
+"""Largest |probability difference| between onnxruntime and PyTorch that passes verification."""
+MAX_VERIFY_IMAGES = 32
+
+
+class _ProbabilityModel(nn.Module):
+    """The classifier followed by a sigmoid, so the graph outputs probabilities."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(pixels))
+
+
+def weights_digest(run_dir: Path) -> str:
+    """SHA-256 of the run's weights file: ties an ONNX file to the weights it was exported from."""
+    return hashlib.sha256(RunDir(Path(run_dir)).weights.read_bytes()).hexdigest()
+
+
+def _metadata(run_dir: Path, predictor: Predictor) -> dict[str, str]:
+    """The preprocessing contract and provenance, as ONNX ``metadata_props`` (strings)."""
+    model = predictor.model
+    return {
+        "image_size": str(predictor.image_size),
+        "intensity": predictor.intensity,
+        "intensity_applied": "outside the graph, on the uint8 (N,1,S,S) pixels before / 255: "
+        "pneumolab.data.transforms.normalize_intensity",
+        "input": f"{INPUT_NAME}: float32 (N,1,S,S) = grayscale uint8, resized to SxS "
+        "(bilinear, aspect ratio not kept), / 255",
+        "output": f"{OUTPUT_NAME}: float32 (N,) probability of class_names[1]",
+        "mean": json.dumps(model.mean.flatten().tolist()),
+        "std": json.dumps(model.std.flatten().tolist()),
+        "mean_std_applied": "inside the graph",
+        "threshold": repr(predictor.threshold),
+        "class_names": json.dumps(list(predictor.class_names)),
+        "model": str(predictor.meta["model"]),
+        "pneumolab_version": pneumolab.__version__,
+        "weights_sha256": weights_digest(run_dir),
+    }
+
+
+def _verification_pixels(
+    predictor: Predictor, run: RunDir, images: Sequence[Path] | None
+) -> tuple[torch.Tensor, str]:
+    """Pixels to compare the backends on, and where they came from."""
+    if images is None and run.val_predictions.is_file():
+        with run.val_predictions.open(newline="") as f:
+            found = [p for p in (Path(row["path"]) for row in csv.DictReader(f)) if p.is_file()]
+        if found:  # spread over the file, which lists one class after the other
+            picks = np.linspace(0, len(found) - 1, MAX_VERIFY_IMAGES).round().astype(int)
+            paths = [found[i] for i in np.unique(picks)]
+            return torch.stack([predictor.preprocess(p) for p in paths]), "validation images"
+    if images:
+        return torch.stack([predictor.preprocess(p) for p in images]), "images"
+    size = predictor.image_size
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (8, 1, size, size), dtype=torch.uint8, generator=generator)
+    return pixels, "random images (no validation images found)"
+
+
+def export_onnx(
+    run_dir: str | Path,
+    out_file: str | Path,
+    verify_images: Sequence[Path] | None = None,
+    opset: int = 17,
+) -> dict[str, Any]:
+    """Export the run's model to ONNX (dynamic batch, probabilities out, metadata) and verify it.
+
+    Verification scores ``verify_images`` (default: up to 32 of the run's validation images,
+    else random pixels) with onnxruntime and PyTorch; the file is written only when the largest
+    probability difference is at most ``TOLERANCE``, else ExportError. Labels at the stored
+    threshold are compared and reported: with differences this small they can only flip for
+    an image scored within ``TOLERANCE`` of the threshold (which is itself a validation score).
+    """
+    run, out_file = RunDir(Path(run_dir)), Path(out_file)
+    predictor = Predictor.from_run(run.root)
+    size = predictor.image_size
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.with_name(out_file.name + ".partial")
+    try:
+        torch.onnx.export(
+            _ProbabilityModel(predictor.model).eval(),  # eval(): export restores this mode
+            (torch.rand(2, 1, size, size),),
+            str(tmp),
+            dynamo=False,  # the TorchScript exporter: no onnxscript dependency, exact here
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=opset,
+        )
+        graph = onnx.load(str(tmp))
+        onnx.helper.set_model_props(graph, _metadata(run.root, predictor))
+        onnx.checker.check_model(graph)
+        onnx.save(graph, str(tmp))
+        pixels, source = _verification_pixels(predictor, run, verify_images)
+        expected = predict_pixels(predictor.model, pixels, predictor.intensity)
+        got = OnnxBackend(tmp)(pixels)
+        max_diff = float(np.abs(got - expected).max())
+        flips = int(np.sum((got >= predictor.threshold) != (expected >= predictor.threshold)))
+        if max_diff > TOLERANCE:
+            raise ExportError(
+                f"{out_file}: onnxruntime differs from PyTorch by up to {max_diff:.2e} "
+                f"(tolerance {TOLERANCE:.0e}) on {len(pixels)} {source}; {flips} label(s) "
+                "differ at the stored threshold; file not written"
+            )
+        tmp.replace(out_file)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {
+        "file": str(out_file),
+        "opset": opset,
+        "verified_on": f"{len(pixels)} {source}",
+        "max_abs_diff": max_diff,
+        "labels_identical": flips == 0,
+        "label_flips": flips,
+        "tolerance": TOLERANCE,
+    }
+
+
+def run_onnx_backend(run_dir: str | Path, onnx_file: str | Path | None = None) -> OnnxBackend:
+    """The ONNX backend of a run: ``onnx_file`` (default ``RUN_DIR/model.onnx``), exported
+    and verified first when missing; refused when it was exported from other weights."""
+    run_dir = Path(run_dir)
+    onnx_file = Path(onnx_file) if onnx_file else run_dir / ONNX_FILE_NAME
+    if not onnx_file.is_file():
+        log.info("%s not found: exporting the run to ONNX (once)", onnx_file)
+        report = export_onnx(run_dir, onnx_file)
+        log.info("exported; max |Δprob| vs PyTorch %.1e", report["max_abs_diff"])
+    backend = OnnxBackend(onnx_file)
+    if backend.metadata.get("weights_sha256") != weights_digest(run_dir):
+        raise RunDirError(
+            f"{onnx_file}: exported from other weights than {RunDir(run_dir).weights}; "
+            "delete it (it is re-exported on first use) or run `pneumolab export` again"
+        )
+    return backend

@@ -1,0 +1,217 @@
+"""DICOM input: modality LUT, VOI window, MONOCHROME1, bit depths, detection and clear refusals."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pydicom.examples
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.pixels import get_decoder
+from pydicom.uid import (
+    BasicTextSRStorage,
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    JPEGLosslessSV1,
+    generate_uid,
+)
+from safetensors.torch import save_file
+
+from pneumolab.data.dicom import load_dicom
+from pneumolab.data.imageio import load_image
+from pneumolab.errors import ImageLoadError
+from pneumolab.inference.predictor import Predictor, expand_paths
+from pneumolab.models.registry import create_classifier
+from pneumolab.run import RunDir
+
+
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray | None,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int | None = None,
+    syntax: str = ExplicitVRLittleEndian,
+    **attributes,
+) -> Path:
+    """A DX DICOM file (Part 10, with preamble) holding ``pixels``, or no pixel data at all."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = (
+        DigitalXRayImageStorageForPresentation if pixels is not None else BasicTextSRStorage
+    )
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax
+    ds = FileDataset(str(path), Dataset(), file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    if pixels is not None:
+        ds.Rows, ds.Columns = pixels.shape[-2:]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = photometric
+        ds.BitsAllocated = pixels.dtype.itemsize * 8
+        ds.BitsStored = bits_stored or ds.BitsAllocated
+        ds.HighBit = ds.BitsStored - 1
+        ds.PixelRepresentation = 0
+        ds.PixelData = pixels.tobytes()
+    for name, value in attributes.items():
+        setattr(ds, name, value)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+RAMP_12BIT = np.arange(64, dtype=np.uint16).reshape(8, 8) * 65  # 0..4095
+
+
+def write_zeros(path: Path) -> Path:
+    path.write_bytes(bytes(200))
+    return path
+
+
+def test_8bit_monochrome2_keeps_its_pixels(tmp_path):
+    pixels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    image = load_image(write_dicom(tmp_path / "a.dcm", pixels))
+    assert image.mode == "L"
+    assert np.array_equal(np.asarray(image), pixels)
+
+
+def test_12bit_in_16_is_scaled_from_its_range_without_a_window(tmp_path):
+    image = np.asarray(load_dicom(write_dicom(tmp_path / "a.dcm", RAMP_12BIT, bits_stored=12)))
+    assert image.dtype == np.uint8
+    assert image[0, 0] == 0 and image[-1, -1] == 255
+    assert np.all(np.diff(image.ravel().astype(int)) >= 0)
+
+
+def test_monochrome1_is_inverted(tmp_path):
+    path = write_dicom(tmp_path / "a.dcm", RAMP_12BIT, photometric="MONOCHROME1", bits_stored=12)
+    image = np.asarray(load_dicom(path))
+    assert image.flat[RAMP_12BIT.argmax()] == 0  # the largest stored value is displayed dark
+    assert image.flat[RAMP_12BIT.argmin()] == 255
+
+
+def test_window_clips_outside_and_maps_the_centre_to_mid_grey(tmp_path):
+    path = write_dicom(
+        tmp_path / "a.dcm", RAMP_12BIT, bits_stored=12, WindowCenter=2048, WindowWidth=1024
+    )
+    image = np.asarray(load_dicom(path)).ravel()
+    raw = RAMP_12BIT.ravel()
+    assert np.all(image[raw <= 1536] == 0)
+    assert np.all(image[raw >= 2560] == 255)
+    assert abs(int(image[np.abs(raw.astype(int) - 2048).argmin()]) - 128) <= 8
+
+
+def test_rescale_is_applied_before_the_window(tmp_path):
+    # stored r → 2r - 1000; the window [-100, 100] (rescaled units) is r in [450, 550]
+    raw = np.array([[0, 449], [500, 551], [1000, 2000]], dtype=np.uint16)
+    path = write_dicom(
+        tmp_path / "a.dcm",
+        raw,
+        bits_stored=12,
+        RescaleSlope=2,
+        RescaleIntercept=-1000,
+        WindowCenter=0,
+        WindowWidth=200,
+    )
+    image = np.asarray(load_dicom(path))
+    assert image[0, 0] == image[0, 1] == 0
+    assert image[1, 1] == image[2, 0] == image[2, 1] == 255
+    assert abs(int(image[1, 0]) - 128) <= 2
+
+
+def test_voi_lut_sequence_is_applied_over_its_output_range(tmp_path):
+    lut = Dataset()
+    lut.LUTDescriptor = [256, 0, 8]
+    lut.add_new("LUTData", "US", [min(255, 2 * i) for i in range(256)])  # doubles, saturates
+    path = write_dicom(tmp_path / "a.dcm", RAMP_12BIT // 16, bits_stored=8, VOILUTSequence=[lut])
+    raw = (RAMP_12BIT // 16).astype(int)
+    assert np.array_equal(np.asarray(load_dicom(path)), np.minimum(255, 2 * raw))
+
+
+def test_dicom_without_suffix_is_detected_by_its_preamble(tmp_path):
+    pixels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    path = write_dicom(tmp_path / "IM0001", pixels)
+    assert np.array_equal(np.asarray(load_image(path)), pixels)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: write_dicom(p, None), "without pixel data"),
+        (
+            lambda p: write_dicom(p, np.zeros((2, 4, 4), dtype=np.uint8), NumberOfFrames=2),
+            r"multi-frame DICOM \(2 frames\)",
+        ),
+        (write_zeros, "not a DICOM file"),
+    ],
+    ids=["no-pixel-data", "multi-frame", "not-dicom"],
+)
+def test_unusable_dicom_is_refused_by_name(tmp_path, make, message):
+    path = make(tmp_path / "report.dcm")
+    with pytest.raises(ImageLoadError, match=message) as error:
+        load_image(path)
+    assert "report.dcm" in str(error.value)
+
+
+def test_compressed_syntax_without_a_decoder_says_what_to_install(tmp_path):
+    if get_decoder(JPEGLosslessSV1).is_available:
+        pytest.skip("a JPEG Lossless decoder is installed")
+    path = write_dicom(tmp_path / "a.dcm", np.zeros((4, 4), dtype=np.uint16), bits_stored=12)
+    ds = dcmread(path)
+    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xd9"])
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(ImageLoadError, match=r"JPEG Lossless.*install one of.*pylibjpeg"):
+        load_image(path)
+
+
+@pytest.mark.parametrize("name", ["ct", "mr", "overlay", "rgb_color", "jpeg2k"])
+def test_pydicom_example_images_load_as_grayscale(name):
+    path = pydicom.examples.get_path(name)
+    ds = dcmread(path, stop_before_pixels=True)
+    if not get_decoder(ds.file_meta.TransferSyntaxUID).is_available:
+        pytest.skip(f"no decoder installed for {ds.file_meta.TransferSyntaxUID.name}")
+    image = load_image(path)
+    assert image.mode == "L" and image.size == (ds.Columns, ds.Rows)
+    assert np.asarray(image).std() > 10
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("palette_color", "PALETTE COLOR"),
+        ("rt_dose", "multi-frame"),
+        ("ybr_color", "multi-frame"),
+        ("dicomdir", "without pixel data (Media Storage Directory Storage)"),
+    ],
+)
+def test_pydicom_examples_that_are_not_one_radiograph_are_refused(name, message):
+    with pytest.raises(ImageLoadError, match=re.escape(message)):
+        load_image(pydicom.examples.get_path(name))
+
+
+def test_pixel_limit_applies_to_dicom(tmp_path):
+    path = write_dicom(tmp_path / "a.dcm", np.zeros((16, 16), dtype=np.uint8))
+    with pytest.raises(ImageLoadError, match="over the limit"):
+        load_image(path, max_pixels=100)
+
+
+def test_predictor_predicts_a_dicom_end_to_end(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    state = create_classifier("pneumolab_cnn_small", pretrained=False).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, run.weights)
+    run.write_meta(
+        {"model": "pneumolab_cnn_small", "image_size": 32, "intensity": "none", "threshold": 0.5}
+    )
+    (tmp_path / "scans").mkdir()
+    path = write_dicom(tmp_path / "scans" / "chest.dcm", RAMP_12BIT, bits_stored=12)
+    predictor = Predictor.from_run(run.root)
+    result = predictor.predict(path)
+    assert result.source == str(path) and 0.0 <= result.probability <= 1.0
+    same = predictor.predict(np.asarray(load_dicom(path)))
+    assert result.probability == pytest.approx(same.probability, abs=1e-6)
+    assert expand_paths([path.parent]) == [path]

@@ -1,0 +1,89 @@
+"""Bootstrap intervals: agreement with the point metrics, coverage, width, patient grouping."""
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+from pneumolab.evaluation.bootstrap import CI_METRICS, bootstrap_ci, weighted_metrics
+from pneumolab.evaluation.metrics import binary_metrics
+
+
+def _scores(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    return y, np.clip(0.35 * y + 0.65 * rng.random(n), 0, 1)
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.8])
+def test_unit_weights_reproduce_binary_metrics_with_ties(threshold):
+    y, p = _scores(300)
+    p = np.round(p, 1)  # many tied scores
+    point = binary_metrics(y, p, threshold)
+    values = weighted_metrics(y, p, threshold, np.ones((1, len(y))))
+    for name in CI_METRICS:
+        assert values[name][0] == pytest.approx(point[name]), name
+
+
+def test_integer_weights_equal_repeating_the_images():
+    y, p = _scores(50)
+    counts = np.random.default_rng(3).integers(0, 4, 50)
+    repeated = binary_metrics(np.repeat(y, counts), np.repeat(p, counts), 0.5)
+    values = weighted_metrics(y, p, 0.5, counts[None].astype(float))
+    for name in CI_METRICS:
+        assert values[name][0] == pytest.approx(repeated[name]), name
+
+
+def test_intervals_contain_the_point_estimate():
+    y, p = _scores(400)
+    point = binary_metrics(y, p, 0.5)
+    ci = bootstrap_ci(y, p, 0.5, n_resamples=500)
+    assert set(ci) == set(CI_METRICS)
+    for name, (low, high) in ci.items():
+        assert low <= point[name] <= high, name
+
+
+def test_intervals_narrow_with_more_data():
+    small = bootstrap_ci(*_scores(200), 0.5, n_resamples=500)
+    large = bootstrap_ci(*_scores(3200), 0.5, n_resamples=500)
+    for name in ("accuracy", "roc_auc", "sensitivity", "brier"):
+        assert large[name][1] - large[name][0] < 0.5 * (small[name][1] - small[name][0]), name
+
+
+def test_patient_resampling_is_wider_when_images_of_a_patient_agree():
+    # 60 patients with 10 images each; all images of a patient share its label and score
+    y_patient, p_patient = _scores(60, seed=2)
+    y, p = np.repeat(y_patient, 10), np.repeat(p_patient, 10)
+    groups = np.repeat([f"patient{i}" for i in range(60)], 10)
+    by_image = bootstrap_ci(y, p, 0.5, n_resamples=500)
+    by_patient = bootstrap_ci(y, p, 0.5, groups=groups, n_resamples=500)
+    for name in ("accuracy", "roc_auc", "sensitivity", "specificity"):
+        width_image = by_image[name][1] - by_image[name][0]
+        assert by_patient[name][1] - by_patient[name][0] > 2 * width_image, name
+
+
+def test_undefined_resamples_are_skipped():
+    only_positive = bootstrap_ci(np.ones(20), np.linspace(0, 1, 20), 0.5, n_resamples=200)
+    assert all(math.isnan(b) for b in only_positive["specificity"] + only_positive["roc_auc"])
+    assert 0 < only_positive["sensitivity"][0] <= only_positive["sensitivity"][1] < 1
+    # one negative in eight: many resamples miss it, the others still give an AUC interval
+    y = np.r_[0, np.ones(7)]
+    ci = bootstrap_ci(y, np.linspace(0.1, 0.9, 8), 0.5, n_resamples=200)
+    assert ci["roc_auc"] == [1.0, 1.0]
+
+
+def test_reproducible_and_level_checked():
+    y, p = _scores(100)
+    assert bootstrap_ci(y, p, 0.5, seed=4) == bootstrap_ci(y, p, 0.5, seed=4)
+    assert bootstrap_ci(y, p, 0.5, level=0.5)["roc_auc"][0] > bootstrap_ci(y, p, 0.5)["roc_auc"][0]
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_ci(y, p, 0.5, level=95)
+
+
+def test_a_thousand_patient_resamples_of_900_images_are_fast():
+    y, p = _scores(900)
+    groups = np.arange(900) // 3
+    started = time.perf_counter()
+    bootstrap_ci(y, p, 0.5, groups=groups, n_resamples=1000)
+    assert time.perf_counter() - started < 2.0

@@ -1,0 +1,59 @@
+"""Temperature scaling and the reliability diagram."""
+
+import numpy as np
+import pytest
+from scipy.special import expit
+from sklearn.metrics import roc_auc_score
+
+from pneumolab.evaluation.calibration import (
+    apply_temperature,
+    fit_temperature,
+    nll,
+    save_reliability_diagram,
+    to_logits,
+)
+from pneumolab.evaluation.metrics import expected_calibration_error
+
+
+@pytest.fixture
+def overconfident() -> tuple[np.ndarray, np.ndarray]:
+    """Labels drawn from sigmoid(z), scores sigmoid(3 z): logits three times too large."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 2, 20000)
+    y = (rng.random(z.size) < expit(z)).astype(int)
+    return y, expit(3 * z)
+
+
+def test_temperature_recovers_the_scale_and_lowers_nll(overconfident):
+    y, prob = overconfident
+    temperature = fit_temperature(y, prob)
+    assert temperature == pytest.approx(3.0, rel=0.08)
+    scaled = apply_temperature(prob, temperature)
+    assert nll(y, to_logits(scaled)) < nll(y, to_logits(prob)) - 0.05
+    assert expected_calibration_error(y, scaled) < expected_calibration_error(y, prob) / 3
+    assert roc_auc_score(y, scaled) == pytest.approx(roc_auc_score(y, prob))
+
+
+def test_calibrated_scores_keep_temperature_near_one():
+    rng = np.random.default_rng(1)
+    prob = expit(rng.normal(0, 2, 20000))
+    y = (rng.random(prob.size) < prob).astype(int)
+    assert fit_temperature(y, prob) == pytest.approx(1.0, abs=0.1)
+
+
+def test_apply_temperature_handles_saturated_probabilities():
+    prob = np.array([0.0, 0.2, 0.5, 1.0], dtype=np.float32)
+    assert np.allclose(apply_temperature(prob, 1.0), prob, atol=1e-6)
+    softened = apply_temperature(prob, 2.0)
+    assert np.all(np.isfinite(softened)) and 0 < softened[0] < 0.01 and 0.99 < softened[-1] < 1
+    assert softened[2] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="temperature"):
+        apply_temperature(prob, 0.0)
+
+
+def test_reliability_diagram_is_written(overconfident, tmp_path):
+    y, prob = overconfident
+    path = save_reliability_diagram(
+        y, {"raw": prob, "T = 3": apply_temperature(prob, 3.0)}, tmp_path / "r.png", "title"
+    )
+    assert path.stat().st_size > 0

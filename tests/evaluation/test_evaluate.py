@@ -1,0 +1,97 @@
+"""evaluate() end to end on a tiny synthetic run: new keys, figures, test-split log, older runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import write_synthetic_dataset
+from pneumolab.config import TrainConfig
+from pneumolab.evaluation.evaluate import evaluate
+from pneumolab.run import RunDir
+from pneumolab.training.train import train
+
+TINY = dict(
+    model="pneumolab_cnn_small", pretrained=False, image_size=32, batch_size=8, num_workers=0
+)
+NEW_KEYS = {
+    "ci95",
+    "brier",
+    "ece",
+    "pr_auc",
+    "balanced_accuracy",
+    "operating_points",
+    "oracle",
+    "temperature_scaled",
+    "test_evaluations_count",
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """A one-epoch run on synthetic ``train/``, plus a synthetic ``test/`` split."""
+    root = tmp_path_factory.mktemp("evaluate")
+    data = write_synthetic_dataset(root / "data", per_class=20)
+    shutil.move(
+        write_synthetic_dataset(root / "other", per_class=10, seed=1) / "train", data / "test"
+    )
+    run = train(data, root / "run", TrainConfig(epochs=1, **TINY))
+    return run.root, data
+
+
+def test_validation_evaluation_has_the_clinical_keys(trained):
+    run_dir, data = trained
+    metrics = evaluate(run_dir, data, split="val", device="cpu")
+    assert metrics.keys() >= NEW_KEYS
+    assert metrics["test_evaluations_count"] == 0
+    for name in ("accuracy", "roc_auc", "brier"):
+        low, high = metrics["ci95"][name]
+        assert low - 1e-9 <= metrics[name] <= high + 1e-9, name
+    meta = json.loads((run_dir / "meta.json").read_text())
+    points = metrics["operating_points"]
+    assert set(points) == {"sensitivity_95", "youden", "cost_ratio_5"}
+    assert points["sensitivity_95"]["threshold"] == metrics["threshold"] == meta["threshold"]
+    assert points["youden"]["provenance"].startswith("validation split of run, n=")
+    assert points["sensitivity_95"]["metrics"]["sensitivity"] >= 0.95  # chosen on this split
+    assert "diagnosis only" in metrics["oracle"]["note"]
+    assert metrics["temperature_scaled"]["temperature"] == meta["temperature"]
+    written = run_dir / "eval" / "val"
+    assert json.loads((written / "metrics.json").read_text()) == metrics
+    assert (written / "reliability.png").stat().st_size > 0
+
+
+def test_every_test_evaluation_is_logged(trained):
+    run_dir, data = trained
+    log = run_dir / "test_evaluations.jsonl"
+    log.unlink(missing_ok=True)
+    assert evaluate(run_dir, data, split="test", device="cpu")["test_evaluations_count"] == 1
+    assert evaluate(run_dir, data, split="test", device="cpu")["test_evaluations_count"] == 2
+    assert evaluate(run_dir, data, split="val", device="cpu")["test_evaluations_count"] == 2
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(entries) == 2
+    config_hash = hashlib.sha256((run_dir / "config.yaml").read_bytes()).hexdigest()
+    for entry in entries:
+        assert entry.keys() == {"time_utc", "pneumolab_version", "git_commit", "config_sha256"}
+        assert entry["config_sha256"] == config_hash
+        assert entry["time_utc"].endswith("+00:00")
+        assert entry["git_commit"] is None or len(entry["git_commit"]) == 40
+
+
+def test_runs_without_operating_points_or_temperature_still_evaluate(trained, tmp_path):
+    run_dir, data = trained
+    old = tmp_path / "old-run"
+    shutil.copytree(run_dir, old)
+    run = RunDir(old)
+    meta = run.read_meta()
+    for key in ("operating_points", "default_operating_point", "temperature"):
+        del meta[key]
+    run.write_meta(meta)
+    metrics = evaluate(old, data, split="val", device="cpu")
+    assert list(metrics["operating_points"]) == ["stored"]
+    assert metrics["operating_points"]["stored"]["threshold"] == meta["threshold"]
+    assert metrics["temperature_scaled"] is None
+    assert (old / "eval" / "val" / "reliability.png").stat().st_size > 0

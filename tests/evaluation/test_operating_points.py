@@ -1,0 +1,58 @@
+"""Operating points on constructed, hand-checkable score sets."""
+
+import numpy as np
+import pytest
+
+from pneumolab.evaluation.operating_points import (
+    choose_operating_points,
+    cost_threshold,
+    oracle_threshold,
+    youden_threshold,
+)
+
+# threshold:   0.9 0.8 0.7 0.6 0.5 0.4 0.35 0.3 0.2 0.1
+# TP (of 5):    1   2   3   3   4   4   5    5   5   5
+# FP (of 5):    0   0   0   1   1   2   2    3   4   5
+# Youden's J:  .2  .4  .6  .4  .6  .4  .6   .4  .2   0   → 0.7 (highest of the ties)
+# 5*FN + FP:   20  15  10  11   6   7   2    3   4   5   → 0.35
+# FN + FP:      4   3   2   3   2   3   2    3   4   5   → 0.7 (highest of the ties)
+NEGATIVES = [0.1, 0.2, 0.3, 0.4, 0.6]
+POSITIVES = [0.35, 0.5, 0.7, 0.8, 0.9]
+Y = np.r_[np.zeros(5), np.ones(5)]
+P = np.r_[NEGATIVES, POSITIVES]
+
+
+def test_youden_threshold():
+    assert youden_threshold(Y, P) == pytest.approx(0.7)
+    assert oracle_threshold(Y, P) == youden_threshold(Y, P)
+
+
+def test_cost_threshold():
+    assert cost_threshold(Y, P) == pytest.approx(0.35)
+    assert cost_threshold(Y, P, cost_fn=1.0, cost_fp=1.0) == pytest.approx(0.7)
+    assert cost_threshold(Y, P, cost_fn=1.0, cost_fp=10.0) == pytest.approx(0.7)
+
+
+def test_both_classes_are_required():
+    with pytest.raises(ValueError, match="both classes"):
+        youden_threshold(np.ones(3), np.array([0.2, 0.5, 0.9]))
+    with pytest.raises(ValueError, match="both classes"):
+        cost_threshold(np.zeros(3), np.array([0.2, 0.5, 0.9]))
+
+
+def test_chosen_points_carry_rule_params_and_provenance():
+    points = choose_operating_points(Y, P, "validation split of run-1", 0.95)
+    by_name = {p.name: p for p in points}
+    assert [p.name for p in points] == ["sensitivity_95", "youden", "cost_ratio_5"]
+    assert by_name["sensitivity_95"].threshold == pytest.approx(0.35)  # all 5 positives needed
+    assert by_name["youden"].threshold == pytest.approx(0.7)
+    assert by_name["cost_ratio_5"].threshold == pytest.approx(0.35)
+    assert by_name["sensitivity_95"].params == {"target_sensitivity": 0.95}
+    assert by_name["cost_ratio_5"].params == {"cost_fn": 5.0, "cost_fp": 1.0}
+    assert by_name["sensitivity_95"].provenance == (
+        "validation split of run-1, n=10, rule: highest threshold with sensitivity >= 0.95"
+    )
+    assert set(points[1].to_dict()) == {"threshold", "rule", "params", "provenance"}
+    other = choose_operating_points(Y, P, "v", target_sensitivity=0.8, cost_ratio=2)
+    assert [p.name for p in other] == ["sensitivity_80", "youden", "cost_ratio_2"]
+    assert other[0].threshold == pytest.approx(0.5)

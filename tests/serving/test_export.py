@@ -1,0 +1,156 @@
+"""ONNX export: metadata, dynamic batch, agreement with PyTorch, the onnx backend, loud failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pydicom.examples
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from pneumolab.cli import main
+from pneumolab.errors import ExportError, RunDirError
+from pneumolab.inference.predictor import Predictor, predict_pixels
+from pneumolab.models.registry import create_classifier
+from pneumolab.run import RunDir
+from pneumolab.serving.export import export_onnx
+from pneumolab.serving.onnx_backend import OnnxBackend
+
+SIZE = 32
+METADATA_KEYS = {
+    "image_size",
+    "intensity",
+    "mean",
+    "std",
+    "threshold",
+    "class_names",
+    "model",
+    "pneumolab_version",
+    "weights_sha256",
+}
+
+
+def write_images(folder: Path, count: int = 6) -> list[Path]:
+    """PNGs of varied brightness and texture, plus one real DICOM (pydicom's CT example)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(count):
+        pixels = rng.normal(40 + 35 * i, 10 + 8 * i, (48, 40)).clip(0, 255).astype(np.uint8)
+        paths.append(folder / f"img{i}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    return [*paths, Path(pydicom.examples.get_path("ct"))]
+
+
+def write_run(root: Path, images: list[Path], intensity: str = "none", seed: int = 0) -> RunDir:
+    """A finished run of an untrained tiny CNN whose threshold splits ``images`` in two."""
+    torch.manual_seed(seed)
+    model = create_classifier("pneumolab_cnn_small", pretrained=False)
+    last_layer = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    torch.nn.init.normal_(last_layer.weight, std=2.0)  # spread the scores
+    run = RunDir(root)
+    root.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, run.weights)
+    meta = {"model": "pneumolab_cnn_small", "image_size": SIZE, "intensity": intensity}
+    run.write_meta({**meta, "threshold": 0.5})
+    predictor = Predictor.from_run(root)
+    probs = np.sort(predict_pixels(predictor.model, _pixels(predictor, images), intensity))
+    middle = len(probs) // 2
+    run.write_meta({**meta, "threshold": float(probs[middle - 1] + probs[middle]) / 2})
+    run.val_predictions.write_text(
+        "path,label,probability\n" + "".join(f"{p},0,0.5\n" for p in images)
+    )
+    return run
+
+
+def _pixels(predictor: Predictor, images: list[Path]) -> torch.Tensor:
+    return torch.stack([predictor.preprocess(path) for path in images])
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    return write_images(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, images) -> RunDir:
+    return write_run(tmp_path_factory.mktemp("runs") / "run", images)
+
+
+def test_export_writes_the_preprocessing_contract_and_verifies(run, tmp_path):
+    report = export_onnx(run.root, tmp_path / "m.onnx")
+    assert report["verified_on"] == "7 validation images"
+    assert report["max_abs_diff"] <= 1e-5 and report["labels_identical"]
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert props.keys() >= METADATA_KEYS
+    assert props["image_size"] == "32" and props["intensity"] == "none"
+    assert float(props["threshold"]) == run.read_meta()["threshold"]
+    assert json.loads(props["class_names"]) == ["NORMAL", "PNEUMONIA"]
+    assert len(json.loads(props["mean"])) == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no partial file left
+
+
+def test_dynamic_batch_and_agreement_with_torch(run, images, tmp_path):
+    export_onnx(run.root, tmp_path / "m.onnx", verify_images=images[:2])
+    backend, predictor = OnnxBackend(tmp_path / "m.onnx"), Predictor.from_run(run.root)
+    pixels = _pixels(predictor, images)  # includes the DICOM
+    for batch in (pixels[:1], pixels[1:6]):
+        got = backend(batch)
+        assert got.shape == (len(batch),)
+        np.testing.assert_allclose(got, predict_pixels(predictor.model, batch), atol=1e-5)
+
+
+def test_predict_backend_onnx_matches_torch_and_exports_on_first_use(run, images, capsys):
+    paths = [str(p) for p in images]
+    assert main(["predict", str(run.root), *paths, "--json"]) == 0
+    torch_results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    (run.root / "model.onnx").unlink(missing_ok=True)
+    assert main(["predict", str(run.root), *paths, "--json", "--backend", "onnx"]) == 0
+    captured = capsys.readouterr()
+    onnx_results = [json.loads(line) for line in captured.out.splitlines()]
+    assert (run.root / "model.onnx").is_file() and "exporting" in captured.err
+    assert [r["label"] for r in onnx_results] == [r["label"] for r in torch_results]
+    assert {r["label"] for r in torch_results} == {"NORMAL", "PNEUMONIA"}
+    for a, b in zip(onnx_results, torch_results, strict=True):
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-5)
+
+
+def test_equalize_run_matches_torch(images, tmp_path):
+    run = write_run(tmp_path / "run", images, intensity="equalize")
+    torch_predictor = Predictor.from_run(run.root)
+    onnx_predictor = Predictor.from_run(run.root, backend="onnx")
+    assert onnx_predictor.backend.intensity == "equalize"
+    for path in images:
+        expected, got = torch_predictor.predict(path), onnx_predictor.predict(path)
+        assert got.probability == pytest.approx(expected.probability, abs=1e-5)
+        assert got.label == expected.label
+
+
+def test_export_fails_loudly_when_onnxruntime_disagrees(run, tmp_path, monkeypatch, capsys):
+    real_call = OnnxBackend.__call__
+    monkeypatch.setattr(OnnxBackend, "__call__", lambda self, px: real_call(self, px) + 0.01)
+    with pytest.raises(ExportError, match=r"differs from PyTorch by up to 1\.00e-02"):
+        export_onnx(run.root, tmp_path / "m.onnx")
+    assert not list(tmp_path.iterdir())  # nothing written
+    out = tmp_path / "cli.onnx"
+    assert main(["export", str(run.root), "--format", "onnx", "--out", str(out)]) == 2
+    assert "differs from PyTorch" in capsys.readouterr().err and not out.exists()
+
+
+def test_cli_export_reports_the_verification(run, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(run.root), "--format", "onnx", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert out.is_file() and "max |Δprob|" in err and "labels at the threshold: identical" in err
+
+
+def test_onnx_file_of_other_weights_is_refused(run, images, tmp_path):
+    other = write_run(tmp_path / "other", images, seed=1)
+    export_onnx(other.root, tmp_path / "other.onnx")
+    with pytest.raises(RunDirError, match="exported from other weights"):
+        Predictor.from_run(run.root, backend="onnx", onnx_file=tmp_path / "other.onnx")
