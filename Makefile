@@ -26,7 +26,7 @@ demo: $(BIN)/.installed
 	@if [ -z "$(DATA)" ]; then \
 	  echo "No dataset: pass DATA=/path/to/chest_xray, or get it with '$(BIN)/pneumolab data fetch --out data'"; exit 2; fi
 	$(BIN)/pneumolab train --data $(DATA) --out $(RUN) --config configs/default.yaml $(if $(WEIGHTS),--weights $(WEIGHTS),)
-	$(BIN)/pneumolab evaluate $(RUN) --data $(DATA) --split val
+	$(BIN)/pneumolab evaluate $(RUN) --data $(DATA) --split val --robustness
 	@echo "run written to $(RUN)"
 
 test: $(BIN)/.installed

@@ -16,24 +16,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from pneumolab.errors import ImageLoadError, PneumolabError
+from pneumolab.evaluation.metrics import SCALAR_METRICS
 
 console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
 stdout = Console(width=None if sys.stdout.isatty() else 200)  # tables: no truncated paths in logs
-METRIC_KEYS = (
-    "n",
-    "accuracy",
-    "sensitivity",
-    "specificity",
-    "precision",
-    "npv",
-    "f1",
-    "balanced_accuracy",
-    "roc_auc",
-    "pr_auc",
-    "brier",
-    "ece",
-    "threshold",
-)
+METRIC_KEYS = ("n", *SCALAR_METRICS, "threshold")
 
 
 def _format(value: object) -> str:
@@ -199,9 +186,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pneumolab.inference.predictor import Predictor
 
     predictor = Predictor.from_run(args.run_dir, backend=args.backend)
+    if args.out:
+        from pneumolab.inference.batch import predict_to_file
+
+        summary = predict_to_file(predictor, args.paths, args.out, args.batch_size)
+        console.print(
+            f"{summary.written} written to {args.out} ({summary.failed} failed, "
+            f"{summary.already_done} already there from an earlier run)"
+        )
+        return 1 if summary.failed else 0
     failures = 0
     table = Table("path", "probability", "label")
-    for result in predictor.predict_paths(args.paths):
+    for result in predictor.predict_paths(args.paths, args.batch_size):
         if isinstance(result, ImageLoadError):
             failures += 1
             console.print(f"[red]error:[/] {result}")
@@ -294,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("run_dir", type=Path)
     predict.add_argument("paths", nargs="+", type=Path)
     predict.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
+    predict.add_argument(
+        "--out", type=Path, help="stream results to FILE.csv or FILE.jsonl; re-running resumes it"
+    )
+    predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument(
         "--backend",
         choices=("torch", "onnx"),

@@ -23,14 +23,15 @@ class TrainConfig(BaseModel):
         default=None,
         description="local weights file or folder (else $PNEUMOLAB_WEIGHTS_DIR, else hub)",
     )
-    image_size: int = Field(default=192, ge=32, le=1024)
-    epochs: int = Field(default=6, ge=1)
+    image_size: int = Field(default=160, ge=32, le=1024)
+    epochs: int = Field(default=8, ge=1)
     batch_size: int = Field(default=32, ge=1)
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     augment_strength: float = Field(default=1.0, ge=0)
     intensity: Literal["none", "equalize"] = Field(
-        default="none", description="intensity normalisation of every image (train and inference)"
+        default="equalize",
+        description="intensity normalisation of every image (train and inference)",
     )
     monitor: Literal["val_auc", "val_loss"] = Field(
         default="val_auc",

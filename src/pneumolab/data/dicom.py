@@ -31,7 +31,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
 
-from pneumolab.data.imageio import DEFAULT_MAX_PIXELS, _check_pixel_count, array_to_image
+from pneumolab.data.imageio import DEFAULT_MAX_PIXELS, _check_pixel_count, array_to_image, reading
 from pneumolab.errors import ImageLoadError
 
 
@@ -96,24 +96,19 @@ def load_dicom(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     Raises ImageLoadError naming the file and the reason on anything that cannot be used.
     """
     path = Path(path)
-    try:
-        ds = pydicom.dcmread(path)
-        _check_decodable(ds, max_pixels, str(path))
-        photometric = str(ds.PhotometricInterpretation)
-        if photometric in ("MONOCHROME1", "MONOCHROME2"):
-            return Image.fromarray(_monochrome_to_uint8(ds))
-        if photometric == "RGB" or photometric.startswith("YBR"):
-            return array_to_image(ds.pixel_array)
-        raise ImageLoadError(f"{path}: unsupported photometric interpretation {photometric}")
-    except ImageLoadError:
-        raise
-    except FileNotFoundError:
-        raise ImageLoadError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise ImageLoadError(f"{path}: is a folder, not an image file") from None
-    except InvalidDicomError:
-        raise ImageLoadError(f"{path}: not a DICOM file (no 'DICM' header)") from None
-    except (AttributeError, KeyError) as exc:
-        raise ImageLoadError(f"{path}: DICOM image without required attribute ({exc})") from None
-    except (OSError, ValueError, RuntimeError, NotImplementedError, EOFError) as exc:
-        raise ImageLoadError(f"{path}: corrupt or undecodable DICOM ({exc})") from None
+    with reading(path, "DICOM"):
+        try:
+            ds = pydicom.dcmread(path)
+            _check_decodable(ds, max_pixels, str(path))
+            photometric = str(ds.PhotometricInterpretation)
+            if photometric in ("MONOCHROME1", "MONOCHROME2"):
+                return Image.fromarray(_monochrome_to_uint8(ds))
+            if photometric == "RGB" or photometric.startswith("YBR"):
+                return array_to_image(ds.pixel_array)
+            raise ImageLoadError(f"{path}: unsupported photometric interpretation {photometric}")
+        except InvalidDicomError:
+            raise ImageLoadError(f"{path}: not a DICOM file (no 'DICM' header)") from None
+        except (AttributeError, KeyError) as exc:
+            raise ImageLoadError(
+                f"{path}: DICOM image without required attribute ({exc})"
+            ) from None

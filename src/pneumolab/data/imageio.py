@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +75,25 @@ def _has_dicom_header(path: Path) -> bool:
         return False
 
 
+@contextmanager
+def reading(path: Path, kind: str) -> Iterator[None]:
+    """Turn any failure while reading ``path`` into an ImageLoadError that names the file."""
+    try:
+        yield
+    except ImageLoadError:
+        raise
+    except FileNotFoundError:
+        raise ImageLoadError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ImageLoadError(f"{path}: is a folder, not an image file") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{path}: not an image file (or an unsupported format)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(f"{path}: {exc}") from None
+    except (OSError, ValueError, SyntaxError, RuntimeError, NotImplementedError, EOFError) as exc:
+        raise ImageLoadError(f"{path}: corrupt or undecodable {kind} ({exc})") from None
+
+
 def load_image(
     path: str | Path, size_hint: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Image.Image:
@@ -89,26 +110,13 @@ def load_image(
         from pneumolab.data.dicom import load_dicom  # pydicom is imported only when needed
 
         return load_dicom(path, max_pixels=max_pixels)
-    try:
-        with Image.open(path) as opened:
-            _check_pixel_count(opened.width, opened.height, max_pixels, str(path))
-            if size_hint and opened.format == "JPEG":
-                opened.draft("L", (size_hint, size_hint))
-            opened.load()
-            image = to_grayscale(ImageOps.exif_transpose(opened))
-            return image.copy() if image is opened else image
-    except ImageLoadError:
-        raise
-    except FileNotFoundError:
-        raise ImageLoadError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise ImageLoadError(f"{path}: is a folder, not an image file") from None
-    except UnidentifiedImageError:
-        raise ImageLoadError(f"{path}: not an image file (or an unsupported format)") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageLoadError(f"{path}: {exc}") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageLoadError(f"{path}: corrupt or truncated image ({exc})") from None
+    with reading(path, "image"), Image.open(path) as opened:
+        _check_pixel_count(opened.width, opened.height, max_pixels, str(path))
+        if size_hint and opened.format == "JPEG":
+            opened.draft("L", (size_hint, size_hint))
+        opened.load()
+        image = to_grayscale(ImageOps.exif_transpose(opened))
+        return image.copy() if image is opened else image
 
 
 def resize_square(image: Image.Image, size: int) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Augmentation for chest X-rays, on 8-bit single-channel tensors (torchvision transforms v2).
 
 The official test split differs from train in exposure, contrast and framing, so augmentation
-targets exactly those: scale/crop, small rotations and shifts, brightness, contrast and gamma.
+targets exactly those: scale/crop, small rotations and shifts, brightness, contrast and gamma,
+plus blur and sensor noise (without noise augmentation, Gaussian noise of 4% made a model call
+every validation image pneumonia; see benchmarks/README.md).
 Horizontal flips are left out: the heart sits on the left, and a mirrored chest is not a
 plausible input.
 """
@@ -42,6 +44,19 @@ class RandomGamma(torch.nn.Module):
         return F.adjust_gamma(image, gamma)
 
 
+class RandomNoise(torch.nn.Module):
+    """Add Gaussian noise of a random standard deviation in ``[0, max_sigma]`` (fraction of 255)."""
+
+    def __init__(self, max_sigma: float = 0.05) -> None:
+        super().__init__()
+        self.max_sigma = max_sigma
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        sigma = float(torch.empty(1).uniform_(0, self.max_sigma)) * 255
+        noisy = image.float() + torch.randn(image.shape) * sigma
+        return noisy.round_().clamp_(0, 255).to(torch.uint8)
+
+
 def train_augmentation(image_size: int, strength: float = 1.0) -> v2.Compose:
     """Random geometry and intensity changes; ``strength`` (0 = none) scales every range."""
     if strength <= 0:
@@ -57,5 +72,7 @@ def train_augmentation(image_size: int, strength: float = 1.0) -> v2.Compose:
             v2.RandomAffine(degrees=10 * strength, translate=(0.05 * strength, 0.05 * strength)),
             v2.ColorJitter(brightness=0.3 * strength, contrast=0.3 * strength),
             RandomGamma(1.0 + 0.5 * strength),
+            v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5 * strength))], p=0.3),
+            v2.RandomApply([RandomNoise(0.05 * strength)], p=0.5),
         ]
     )

@@ -10,21 +10,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pneumolab.evaluation.metrics import ECE_BINS, calibration_bins
+from pneumolab.evaluation.metrics import ECE_BINS, SCALAR_METRICS, calibration_bins
 
-CI_METRICS = (
-    "accuracy",
-    "sensitivity",
-    "specificity",
-    "precision",
-    "npv",
-    "f1",
-    "balanced_accuracy",
-    "roc_auc",
-    "pr_auc",
-    "brier",
-    "ece",
-)
+CI_METRICS = SCALAR_METRICS
 
 
 def _draw_counts(n_units: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:

@@ -22,6 +22,8 @@ THRESHOLD_METRICS = (
     "confusion_matrix",
 )
 """The keys of :func:`binary_metrics` that depend on the threshold."""
+SCALAR_METRICS = (*THRESHOLD_METRICS[:-1], "roc_auc", "pr_auc", "brier", "ece")
+"""Every number :func:`binary_metrics` reports about the classifier (for tables and intervals)."""
 
 
 def _ratio(numerator: int, denominator: int) -> float:
