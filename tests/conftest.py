@@ -50,3 +50,19 @@ def write_synthetic_dataset(root: Path, per_class: int = 12, size: int = 48, see
 def synthetic_data(tmp_path: Path) -> Path:
     """A tiny synthetic dataset root with ``train/{NORMAL,PNEUMONIA}``."""
     return write_synthetic_dataset(tmp_path / "data")
+
+
+TINY_TRAINING = dict(
+    model="pneumolab_cnn_small", pretrained=False, image_size=32, batch_size=8, num_workers=0
+)
+"""Settings of the tiny CNN that tests train for a few seconds."""
+
+
+def train_tiny_run(root: Path, epochs: int = 1, **overrides: object) -> Path:
+    """Train the tiny CNN for one epoch on a synthetic dataset under ``root``; the run directory."""
+    from pneumolab.config import TrainConfig
+    from pneumolab.training.train import train
+
+    data = write_synthetic_dataset(root / "data")
+    config = TrainConfig(epochs=epochs, **(TINY_TRAINING | overrides))
+    return train(data, root / "run", config).root

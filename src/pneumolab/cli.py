@@ -230,6 +230,37 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from pneumolab.serving.app import create_app
+
+    app = create_app(
+        args.run_dir,
+        backend=args.backend,
+        max_upload_bytes=int(args.max_upload_mb * 1_000_000),
+        cors_origins=args.cors_origin,
+    )
+    console.print(
+        f"serving {args.run_dir} at [bold]http://{args.host}:{args.port}/[/] (API docs at /docs)"
+    )
+    uvicorn.run(app, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from pneumolab.explain.gradcam import explain_paths
+
+    failures = 0
+    for result in explain_paths(args.run_dir, args.images, args.out):
+        if isinstance(result, ImageLoadError):
+            failures += 1
+            console.print(f"[red]error:[/] {result}")
+        else:
+            console.print(f"wrote {result}")
+    return 1 if failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``pneumolab`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -314,6 +345,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="images or folders to verify on (default: up to 32 of the run's validation images)",
     )
     export.set_defaults(func=cmd_export)
+
+    serve = commands.add_parser("serve", help="HTTP API and web page for a run (FastAPI)")
+    serve.add_argument("run_dir", type=Path)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="onnx: onnxruntime on RUN_DIR/model.onnx (no heat maps)",
+    )
+    serve.add_argument("--max-upload-mb", type=float, default=20, help="largest upload (MB)")
+    serve.add_argument(
+        "--cors-origin", action="append", help="allow browser calls from this origin (repeatable)"
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    explain = commands.add_parser("explain", help="Grad-CAM heat maps of predictions, as PNGs")
+    explain.add_argument("run_dir", type=Path)
+    explain.add_argument("images", nargs="+", type=Path, help="image files or folders")
+    explain.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
+    explain.set_defaults(func=cmd_explain)
     return parser
 
 

@@ -7,28 +7,16 @@ import json
 
 import pytest
 
-from pneumolab.config import TrainConfig
 from pneumolab.errors import ConfigError
 from pneumolab.inference.batch import predict_to_file
 from pneumolab.inference.predictor import Predictor
-from pneumolab.training.train import train
 
 
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory):
-    from conftest import write_synthetic_dataset
+    from conftest import train_tiny_run
 
-    root = tmp_path_factory.mktemp("batch")
-    data = write_synthetic_dataset(root / "data")
-    config = TrainConfig(
-        model="pneumolab_cnn_small",
-        pretrained=False,
-        image_size=32,
-        epochs=1,
-        batch_size=8,
-        num_workers=0,
-    )
-    return Predictor.from_run(train(data, root / "run", config).root)
+    return Predictor.from_run(train_tiny_run(tmp_path_factory.mktemp("batch")))
 
 
 @pytest.fixture

@@ -1,0 +1,162 @@
+"""Grad-CAM heat maps of the pneumonia logit (pytorch-grad-cam), as arrays, overlays and figures."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from pneumolab.data.imageio import load_image
+from pneumolab.data.transforms import normalize_intensity
+from pneumolab.errors import ImageLoadError, ModelError
+from pneumolab.inference.predictor import Predictor, expand_paths
+from pneumolab.models.classifier import XrayClassifier
+
+OVERLAY_ALPHA = 0.6
+"""Opacity of the colour map where the heat is highest; it fades to 0 where there is none."""
+FIGURE_PIXELS = 600
+"""Width of the ``explain`` figures: images are decoded for display at least this large."""
+
+
+class _LogitColumn(nn.Module):
+    """The classifier with its ``(B,)`` logit as a ``(B, 1)`` column, the shape grad-cam expects."""
+
+    def __init__(self, model: XrayClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[:, None]
+
+
+def _contains_conv(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in module.modules())
+
+
+@torch.no_grad()
+def find_target_layer(model: XrayClassifier, image_size: int = 224) -> nn.Module:
+    """The backbone module to explain: the last one, in execution order, that contains a
+    convolution and outputs a 4-D feature map, preferring maps larger than 1x1.
+
+    Found with one forward pass of an ``image_size`` input; ModelError when there is none.
+    """
+    found: list[tuple[nn.Module, bool]] = []
+
+    def record(module: nn.Module, _: object, output: object) -> None:
+        if isinstance(output, torch.Tensor) and output.ndim == 4 and _contains_conv(module):
+            found.append((module, output.shape[-1] * output.shape[-2] > 1))
+
+    backbone = model.backbone
+    handles = [m.register_forward_hook(record) for m in backbone.modules() if m is not backbone]
+    try:
+        was_training = model.training
+        model.eval()(torch.zeros(1, 1, image_size, image_size, device=model.mean.device))
+        model.train(was_training)
+    finally:
+        for handle in handles:
+            handle.remove()
+    spatial = [module for module, larger in found if larger]
+    if not found:
+        raise ModelError(
+            f"{type(backbone).__name__}: no convolutional layer with a 2-D feature map found, "
+            "so Grad-CAM has nothing to explain"
+        )
+    return spatial[-1] if spatial else found[-1][0]
+
+
+def gradcam(
+    model: XrayClassifier,
+    pixels: torch.Tensor,
+    intensity: str = "none",
+    layer: nn.Module | None = None,
+) -> np.ndarray:
+    """Grad-CAM of the pneumonia logit for uint8 pixels ``(1, 1, S, S)``: ``(S, S)`` in [0, 1].
+
+    ``intensity`` normalisation is applied first, as in training and prediction; ``layer``
+    defaults to :func:`find_target_layer`'s choice.
+    """
+    if layer is None:
+        layer = find_target_layer(model, int(pixels.shape[-1]))
+    device = model.mean.device
+    inputs = normalize_intensity(pixels, intensity).to(device).float() / 255.0
+    cam = GradCAM(_LogitColumn(model), [layer])
+    try:
+        with torch.enable_grad():
+            heat = cam(inputs, targets=[ClassifierOutputTarget(0)] * len(inputs))
+    finally:
+        cam.activations_and_grads.release()
+        model.zero_grad(set_to_none=True)
+    return np.clip(heat[0], 0.0, 1.0).astype(np.float32)
+
+
+def overlay(gray: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """RGB uint8 image: grayscale ``gray`` (H, W) under the jet-coloured ``heat`` (any size,
+    resized to H x W), opaque where the heat is high and transparent where it is zero."""
+    height, width = gray.shape
+    if heat.shape != gray.shape:
+        resized = Image.fromarray(heat.astype(np.float32), mode="F").resize((width, height))
+        heat = np.clip(np.asarray(resized), 0.0, 1.0)
+    colours = matplotlib.colormaps["jet"](heat)[..., :3]
+    alpha = OVERLAY_ALPHA * heat[..., None]
+    base = np.repeat(gray[..., None].astype(np.float64) / 255.0, 3, axis=-1)
+    return np.round(255 * ((1 - alpha) * base + alpha * colours)).astype(np.uint8)
+
+
+def overlay_png(gray_image: Image.Image | np.ndarray, heat: np.ndarray) -> bytes:
+    """PNG bytes of :func:`overlay` for a grayscale image (PIL mode ``L`` or uint8 array)."""
+    buffer = io.BytesIO()
+    Image.fromarray(overlay(np.asarray(gray_image, dtype=np.uint8), heat)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _figure(image: Image.Image, heat: np.ndarray, title: str, out_file: Path) -> None:
+    """Save the overlay with ``title`` (a pyplot-free Agg figure: no global state)."""
+    width = FIGURE_PIXELS / 100
+    figure = Figure(figsize=(width, width * image.height / image.width + 0.7))
+    axes = figure.subplots()
+    axes.imshow(overlay(np.asarray(image), heat))
+    axes.set_title(title, fontsize=9)
+    axes.axis("off")
+    figure.tight_layout()
+    figure.savefig(out_file, dpi=100)  # FIGURE_PIXELS wide
+
+
+def explain_paths(
+    run_dir: str | Path, paths: Sequence[str | Path], out_dir: str | Path
+) -> Iterator[Path | ImageLoadError]:
+    """Write one PNG per image (folders expanded) into ``out_dir``: the X-ray under its Grad-CAM
+    heat map, probability and label in the title. Unreadable images yield their error instead."""
+    predictor = Predictor.from_run(run_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: set[Path] = set()
+    layer = find_target_layer(predictor.model, predictor.image_size)
+    for path in expand_paths(paths):
+        try:
+            image = load_image(path, size_hint=predictor.image_size)
+        except ImageLoadError as exc:
+            yield exc
+            continue
+        result = predictor.predict(image)
+        pixels = predictor.preprocess(image)[None]
+        heat = gradcam(predictor.model, pixels, predictor.intensity, layer)
+        out_file, n = out_dir / f"{path.stem}.png", 1
+        while out_file in written:
+            n += 1
+            out_file = out_dir / f"{path.stem}-{n}.png"
+        written.add(out_file)
+        title = (
+            f"{path.name}\nP(pneumonia) = {result.probability:.3f} → {result.label} "
+            f"(threshold {result.threshold:.3f}) — research tool, not a diagnosis"
+        )
+        _figure(load_image(path, size_hint=FIGURE_PIXELS), heat, title, out_file)
+        yield out_file

@@ -1,0 +1,212 @@
+"""HTTP API and web page for one trained run (FastAPI): ``create_app(run_dir)``, ``pneumolab serve``."""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from pydantic import BaseModel
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import pneumolab
+from pneumolab.data.imageio import load_image
+from pneumolab.errors import ImageLoadError
+from pneumolab.explain.gradcam import find_target_layer, gradcam, overlay_png
+from pneumolab.inference.predictor import Predictor
+from pneumolab.serving.export import weights_digest
+
+log = logging.getLogger(__name__)
+
+MULTIPART_SLACK = 64 * 1024
+"""Bytes a request body may exceed ``max_upload_bytes`` by (multipart boundaries and headers)."""
+PREVIEW_SIZE = 512
+"""Longest side of the image / heat map previews returned with ``heatmap`` or ``preview``."""
+SIGNATURES = {
+    ".jpeg": (0, b"\xff\xd8\xff"),
+    ".png": (0, b"\x89PNG\r\n\x1a\n"),
+    ".dcm": (128, b"DICM"),
+}
+"""File suffix by magic bytes (offset, bytes): what the upload is, whatever its name says."""
+
+
+class PredictResponse(BaseModel):
+    """One upload's result; the PNGs (base64) only when ``heatmap`` or ``preview`` was asked."""
+
+    probability: float
+    label: str
+    threshold: float
+    threshold_provenance: str
+    model: str
+    model_version: str
+    timing_ms: float
+    image_png_base64: str | None = None
+    heatmap_png_base64: str | None = None
+
+
+class BodyLimit:
+    """ASGI middleware: 413 when a request body is (announced or turns out) larger than ``limit``;
+    the body is counted as it streams in, so an oversized upload is never read to its end."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            return await _too_large(self.limit)(scope, receive, send)
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:  # FastAPI re-raises HTTPExceptions from body parsing
+                raise HTTPException(413, _too_large_text(self.limit))
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _too_large_text(limit: int) -> str:
+    return f"upload too large: the limit is {limit:,} bytes"
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return JSONResponse({"detail": _too_large_text(limit)}, status_code=413)
+
+
+def _png_base64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _decode(data: bytes, filename: str, max_pixels: int, size_hint: int) -> Image.Image:
+    """The upload as a grayscale image, read by pneumolab's loaders; 415 / 422 when it cannot be."""
+    suffix = next((s for s, (at, magic) in SIGNATURES.items() if data.startswith(magic, at)), None)
+    if suffix is None:
+        raise HTTPException(415, f"{filename}: not a JPEG, PNG or DICOM file")
+    with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
+        tmp.write(data)
+        tmp.flush()
+        try:
+            return load_image(tmp.name, size_hint=size_hint, max_pixels=max_pixels)
+        except ImageLoadError as exc:
+            raise HTTPException(422, str(exc).replace(tmp.name, filename)) from None
+
+
+def _model_info(predictor: Predictor, run_name: str, version: str, backend: str) -> dict[str, Any]:
+    meta = predictor.meta
+    points = meta.get("operating_points") or {}
+    default = points.get(meta.get("default_operating_point"), {})
+    keys = ("model", "image_size", "intensity", "class_names", "threshold", "threshold_rule")
+    return {key: meta.get(key) for key in keys} | {
+        "threshold_provenance": default.get("provenance") or meta.get("threshold_rule") or "",
+        "run": run_name,
+        "model_version": version,
+        "backend": backend,
+        "heatmap_available": predictor.model is not None,
+        "default_operating_point": meta.get("default_operating_point"),
+        "operating_points": points,
+        "val_metrics": meta.get("val_metrics"),
+        "best_epoch": meta.get("best_epoch"),
+        "pneumolab_version": meta.get("pneumolab_version"),
+    }
+
+
+def create_app(
+    run_dir: str | Path,
+    backend: str = "torch",
+    max_upload_bytes: int = 20_000_000,
+    max_pixels: int = 50_000_000,
+    cors_origins: Sequence[str] | None = None,
+) -> FastAPI:
+    """The API (``/v1/predict``, ``/v1/model``, ``/healthz``, ``/docs``) and the page at ``/``
+    for the run in ``run_dir``, loaded once; ``backend="onnx"`` serves no heat maps (409)."""
+    run_dir = Path(run_dir)
+    predictor = Predictor.from_run(run_dir, backend=backend)
+    version = f"{pneumolab.__version__}+{weights_digest(run_dir)[:12]}"
+    info = _model_info(predictor, run_dir.name, version, backend)
+    model, size = predictor.model, predictor.image_size
+    layer = find_target_layer(model, size) if model is not None else None
+    lock = threading.Lock()  # one inference at a time; Grad-CAM hooks the shared model
+    index = (Path(__file__).parent / "static" / "index.html").read_text()
+    app = FastAPI(title="pneumolab", version=pneumolab.__version__, description=__doc__)
+    app.add_middleware(BodyLimit, limit=max_upload_bytes + MULTIPART_SLACK)
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["*"])
+    app.mount("/static", StaticFiles(packages=[("pneumolab.serving", "static")]), name="static")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse(index)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/model")
+    def model_info() -> dict[str, Any]:
+        return info
+
+    @app.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True)
+    def predict(
+        file: Annotated[UploadFile, File(description="JPEG, PNG or DICOM X-ray")],
+        heatmap: Annotated[bool, Query(description="add a Grad-CAM overlay (torch only)")] = False,
+        preview: Annotated[bool, Query(description="add the decoded image as a PNG")] = False,
+    ) -> PredictResponse:
+        start = time.perf_counter()
+        if heatmap and model is None:
+            raise HTTPException(
+                409, f"heat maps need the torch backend; this server runs {backend}"
+            )
+        data = file.file.read(max_upload_bytes + 1)
+        if len(data) > max_upload_bytes:
+            raise HTTPException(413, _too_large_text(max_upload_bytes))
+        name = Path(file.filename or "upload").name
+        image = _decode(data, name, max_pixels, size)
+        heat = None
+        with lock:
+            result = predictor.predict(image)
+            if heatmap:
+                pixels = predictor.preprocess(image)[None]
+                heat = gradcam(model, pixels, predictor.intensity, layer)
+        pngs: dict[str, str] = {}
+        if heatmap or preview:
+            shown = _decode(data, name, max_pixels, PREVIEW_SIZE)  # sharper than the model's
+            shown.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
+            pngs["image_png_base64"] = _png_base64(shown)
+            if heat is not None:
+                pngs["heatmap_png_base64"] = base64.b64encode(overlay_png(shown, heat)).decode()
+        return PredictResponse(
+            probability=result.probability,
+            label=result.label,
+            threshold=result.threshold,
+            threshold_provenance=info["threshold_provenance"],
+            model=info["model"],
+            model_version=version,
+            timing_ms=round(1000 * (time.perf_counter() - start), 2),
+            **pngs,
+        )
+
+    return app

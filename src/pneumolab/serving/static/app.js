@@ -1,0 +1,81 @@
+// pneumolab page: send the chosen X-ray to /v1/predict and show the result (no build step).
+"use strict";
+
+const byId = (id) => document.getElementById(id);
+let heatmapAvailable = false;
+let modelReady = Promise.resolve();
+
+function setStatus(text, isError = false) {
+  byId("status").textContent = text;
+  byId("status").classList.toggle("error", isError);
+}
+
+async function loadModel() {
+  try {
+    const response = await fetch("/v1/model");
+    const info = await response.json();
+    heatmapAvailable = info.heatmap_available;
+    byId("model").textContent = `model ${info.model} (${info.model_version}), ` +
+      `${info.image_size} px, ${info.backend} backend` +
+      (heatmapAvailable ? "" : " — heat maps need the torch backend");
+  } catch (error) {
+    byId("model").textContent = "model information unavailable";
+  }
+}
+
+async function predict(file) {
+  setStatus(`Analysing ${file.name}…`);
+  await modelReady;
+  byId("result").hidden = true;
+  const body = new FormData();
+  body.append("file", file);
+  const query = heatmapAvailable ? "heatmap=true" : "preview=true";
+  try {
+    const response = await fetch(`/v1/predict?${query}`, { method: "POST", body });
+    const result = await response.json();
+    if (!response.ok) {
+      const detail = typeof result.detail === "string" ? result.detail : response.statusText;
+      setStatus(`Error ${response.status}: ${detail}`, true);
+      return;
+    }
+    show(result);
+    setStatus(`${file.name}: done in ${Math.round(result.timing_ms)} ms`);
+  } catch (error) {
+    setStatus(`Request failed: ${error}`, true);
+  }
+}
+
+function show(result) {
+  byId("probability").textContent = `${(100 * result.probability).toFixed(1)}%`;
+  byId("label").textContent = result.label;
+  byId("label").className = result.label;
+  const provenance = document.createElement("small");
+  provenance.textContent = ` chosen on ${result.threshold_provenance}`;
+  byId("threshold").replaceChildren(`${(100 * result.threshold).toFixed(1)}%`, provenance);
+  byId("image").src = `data:image/png;base64,${result.image_png_base64}`;
+  byId("heatmap-figure").hidden = !result.heatmap_png_base64;
+  if (result.heatmap_png_base64) {
+    byId("heatmap").src = `data:image/png;base64,${result.heatmap_png_base64}`;
+  }
+  byId("result").hidden = false;
+}
+
+function setUp() {
+  const drop = byId("drop");
+  byId("file-input").addEventListener("change", (event) => {
+    if (event.target.files.length) predict(event.target.files[0]);
+  });
+  drop.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    drop.classList.add("over");
+  });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    if (event.dataTransfer.files.length) predict(event.dataTransfer.files[0]);
+  });
+  modelReady = loadModel();
+}
+
+document.addEventListener("DOMContentLoaded", setUp);

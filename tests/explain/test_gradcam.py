@@ -1,0 +1,92 @@
+"""Grad-CAM: a map in [0, 1] for every model family, a clear error without convolutions, the CLI."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from torch import nn
+
+from pneumolab.cli import main
+from pneumolab.errors import ModelError
+from pneumolab.explain.gradcam import find_target_layer, gradcam, overlay_png
+from pneumolab.models.classifier import XrayClassifier
+from pneumolab.models.registry import create_classifier
+from pneumolab.run import RunDir
+
+FAMILIES = {
+    "pneumolab_cnn_small": "features",
+    "pneumolab_cnn_medium": "features",
+    "pneumolab_cnn_separable": "features",
+    "mobilenetv2_100": "conv_head",
+    "tf_efficientnet_lite0": "conv_head",
+    "legacy_xception": "conv4",
+    "resnet18": "layer4",
+    "densenet121": "features",
+    "vgg19": "features",  # not pre_logits: its 7x7 convolution leaves a 1x1 map
+    "convnext_nano": "stages",
+}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_map_shape_and_range_for_every_family(name):
+    torch.manual_seed(0)
+    model = create_classifier(name, pretrained=False)
+    size = 96 if name == "legacy_xception" else 64  # xception needs at least 71 px
+    layer = find_target_layer(model, size)
+    assert layer is model.backbone.get_submodule(FAMILIES[name])
+    pixels = torch.randint(0, 256, (1, 1, size, size), dtype=torch.uint8)
+    heat = gradcam(model, pixels, "equalize", layer)
+    assert heat.shape == (size, size) and heat.dtype == np.float32
+    assert heat.min() >= 0.0 and heat.max() <= 1.0
+    assert all(p.grad is None for p in model.parameters())  # no gradients left behind
+
+
+def test_model_without_convolutions_is_refused():
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 1))
+    model = XrayClassifier(backbone, mean=(0.5,) * 3, std=(0.25,) * 3)
+    with pytest.raises(ModelError, match="no convolutional layer"):
+        find_target_layer(model, 16)
+
+
+def test_overlay_png_is_rgb_at_the_image_size():
+    gray = np.tile(np.arange(80, dtype=np.uint8), (50, 1))
+    heat = np.zeros((16, 16), dtype=np.float32)
+    cold = Image.open(io.BytesIO(overlay_png(gray, heat)))
+    assert cold.format == "PNG" and cold.mode == "RGB" and cold.size == (80, 50)
+    assert np.array_equal(np.asarray(cold), np.repeat(gray[..., None], 3, axis=-1))  # no heat
+    heat[4:12, 4:12] = 1.0
+    hot = np.asarray(Image.open(io.BytesIO(overlay_png(Image.fromarray(gray), heat))))
+    assert not np.array_equal(hot[25], np.asarray(cold)[25])
+
+
+def test_cli_writes_one_png_per_image(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = create_classifier("pneumolab_cnn_small", pretrained=False)
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, run.weights)
+    run.write_meta({"model": "pneumolab_cnn_small", "image_size": 32, "threshold": 0.5})
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name, shape in (("a.png", (60, 80)), ("b.jpeg", (100, 70))):
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(images / name)
+    (images / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    assert main(["explain", str(run.root), str(images), "--out", str(out)]) == 1
+    assert "broken.png" in capsys.readouterr().err
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["a.png", "b.png"]
+    for path in out.iterdir():
+        assert Image.open(path).format == "PNG"
+
+
+def test_cli_reports_a_missing_run(tmp_path: Path, capsys):
+    assert main(["explain", str(tmp_path / "no-run"), "x.png", "--out", str(tmp_path)]) == 2
+    assert "run directory not found" in capsys.readouterr().err

@@ -1,0 +1,197 @@
+"""HTTP API: predictions equal Predictor's, DICOM, heat maps, every error code, no tracebacks."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+
+from conftest import train_tiny_run
+from pneumolab.inference.predictor import Predictor
+from pneumolab.serving.app import create_app
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return train_tiny_run(tmp_path_factory.mktemp("app"))
+
+
+@pytest.fixture(scope="module")
+def client(run_dir) -> TestClient:
+    return TestClient(create_app(run_dir))
+
+
+@pytest.fixture(scope="module")
+def png_bytes() -> bytes:
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 60), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def write_dicom(path: Path, pixels: np.ndarray) -> Path:
+    """A 12-bit MONOCHROME1 DX radiograph with a VOI window (inverted: bone stays bright)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), Dataset(), file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
+    ds.Modality, ds.PhotometricInterpretation = "DX", "MONOCHROME1"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 16, 12, 11
+    ds.PixelRepresentation, ds.WindowCenter, ds.WindowWidth = 0, 2048, 3000
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def upload(client: TestClient, name: str, data: bytes, **params: object):
+    return client.post("/v1/predict", files={"file": (name, data)}, params=params)
+
+
+def decode_png(text: str) -> Image.Image:
+    image = Image.open(io.BytesIO(base64.b64decode(text)))
+    image.load()
+    assert image.format == "PNG"
+    return image
+
+
+def assert_error(response, status: int, *words: str) -> None:
+    assert response.status_code == status, response.text
+    assert "Traceback" not in response.text
+    detail = str(response.json()["detail"])
+    for word in words:
+        assert word in detail
+
+
+def test_fullres_jpeg_matches_the_predictor(client, run_dir, shared_fullres):
+    path = sorted((shared_fullres / "NORMAL").iterdir())[0]
+    response = upload(client, path.name, path.read_bytes())
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = Predictor.from_run(run_dir).predict(path)
+    assert body["probability"] == pytest.approx(expected.probability, abs=1e-6)
+    assert body["label"] == expected.label and body["threshold"] == expected.threshold
+    assert body["model"] == "pneumolab_cnn_small"
+    assert body["model_version"].startswith("0.") and "+" in body["model_version"]
+    assert "validation split of run" in body["threshold_provenance"]
+    assert body["timing_ms"] > 0
+    assert "heatmap_png_base64" not in body and "image_png_base64" not in body
+
+
+def test_dicom_upload(client, run_dir, tmp_path):
+    pixels = np.random.default_rng(2).integers(0, 4096, (48, 64))
+    path = write_dicom(tmp_path / "chest.dcm", pixels)
+    response = upload(client, "anything.bin", path.read_bytes(), preview=True)
+    assert response.status_code == 200, response.text
+    expected = Predictor.from_run(run_dir).predict(path)
+    assert response.json()["probability"] == pytest.approx(expected.probability, abs=1e-6)
+    assert decode_png(response.json()["image_png_base64"]).size == (64, 48)
+
+
+def test_heatmap_is_a_png_over_the_image(client, png_bytes):
+    body = upload(client, "x.png", png_bytes, heatmap=True).json()
+    image, heat = decode_png(body["image_png_base64"]), decode_png(body["heatmap_png_base64"])
+    assert image.size == heat.size == (60, 40)
+    assert heat.mode == "RGB"
+
+
+def test_model_and_health(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    info = client.get("/v1/model").json()
+    assert info["model"] == "pneumolab_cnn_small" and info["image_size"] == 32
+    assert info["heatmap_available"] and info["backend"] == "torch"
+    assert info["default_operating_point"] in info["operating_points"]
+    assert "roc_auc" in info["val_metrics"]
+    assert client.get("/docs").status_code == 200
+    assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
+
+
+def test_page_and_static_files(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "not a diagnosis" in page.text
+    for name in ("app.js", "style.css"):
+        assert client.get(f"/static/{name}").status_code == 200
+
+
+def test_upload_over_the_size_limit_is_413(run_dir, png_bytes):
+    small = TestClient(create_app(run_dir, max_upload_bytes=100))
+    assert_error(upload(small, "x.png", png_bytes), 413, "100 bytes")  # checked in the endpoint
+    big = png_bytes * 200  # over the body limit: refused from Content-Length, before reading
+    assert_error(upload(small, "x.png", big), 413, "too large")
+
+
+def test_streamed_body_over_the_limit_is_413(run_dir):
+    small = TestClient(create_app(run_dir, max_upload_bytes=100))
+
+    def chunks():  # no Content-Length: the body is counted as it arrives
+        yield b"--b\r\nContent-Disposition: form-data; name=file; filename=x.png\r\n\r\n"
+        for _ in range(200):
+            yield b"\0" * 1024
+
+    response = small.post(
+        "/v1/predict",
+        content=chunks(),
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert_error(response, 413, "too large")
+
+
+def test_too_many_pixels_is_422(run_dir, png_bytes):
+    response = upload(TestClient(create_app(run_dir, max_pixels=1000)), "big.png", png_bytes)
+    assert_error(response, 422, "big.png", "60x40 pixels", "over the limit")
+    assert "/tmp" not in response.text
+
+
+def test_text_file_is_415(client):
+    assert_error(upload(client, "notes.txt", b"hello, not an X-ray\n" * 20), 415, "notes.txt")
+
+
+def test_truncated_jpeg_is_422(client, shared_fullres):
+    data = sorted((shared_fullres / "PNEUMONIA").iterdir())[0].read_bytes()
+    assert_error(upload(client, "cut.jpeg", data[: len(data) // 3]), 422, "cut.jpeg", "corrupt")
+
+
+def test_truncated_png_is_422(client, png_bytes):
+    assert_error(upload(client, "cut.png", png_bytes[:200]), 422, "cut.png")
+
+
+def test_missing_file_field_is_422(client):
+    response = client.post("/v1/predict", files={"other": ("x.png", b"123")})
+    assert response.status_code == 422 and "Traceback" not in response.text
+
+
+def test_unexpected_failure_is_a_plain_500(run_dir, png_bytes, monkeypatch, caplog):
+    app = create_app(run_dir)
+    monkeypatch.setattr(Predictor, "predict", lambda self, image: 1 / 0)
+    response = upload(TestClient(app, raise_server_exceptions=False), "x.png", png_bytes)
+    assert response.status_code == 500
+    assert response.json() == {"detail": "internal server error"}
+    assert "ZeroDivisionError" in caplog.text  # logged server-side only
+
+
+def test_cors_is_off_unless_asked(run_dir):
+    headers = {"Origin": "https://example.org"}
+    plain = TestClient(create_app(run_dir)).get("/healthz", headers=headers)
+    assert "access-control-allow-origin" not in plain.headers
+    cors = TestClient(create_app(run_dir, cors_origins=["https://example.org"]))
+    allowed = cors.get("/healthz", headers=headers)
+    assert allowed.headers["access-control-allow-origin"] == "https://example.org"
+
+
+def test_onnx_backend_refuses_heatmaps_with_409(run_dir, png_bytes):
+    client = TestClient(create_app(run_dir, backend="onnx"))
+    torch_body = upload(TestClient(create_app(run_dir)), "x.png", png_bytes).json()
+    body = upload(client, "x.png", png_bytes, preview=True).json()
+    assert body["probability"] == pytest.approx(torch_body["probability"], abs=1e-5)
+    assert "image_png_base64" in body
+    assert_error(upload(client, "x.png", png_bytes, heatmap=True), 409, "torch backend")
+    assert client.get("/v1/model").json()["heatmap_available"] is False

@@ -1,0 +1,99 @@
+"""The web page in headless Chromium (Playwright): upload an X-ray, see probability, label, heat map."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+
+from conftest import SHARED_FULLRES, train_tiny_run
+from pneumolab.serving.app import create_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python) not installed")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.is_file(), reason=f"{CHROMIUM} not found (Debian: apt-get install chromium)"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[str]:
+    """A tiny trained run served by uvicorn in a thread; yields its base URL."""
+    run_dir = train_tiny_run(tmp_path_factory.mktemp("browser"))
+    port = free_port()
+    config = uvicorn.Config(create_app(run_dir), host="127.0.0.1", port=port, log_level="warning")
+    uvicorn_server = uvicorn.Server(config)
+    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uvicorn_server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    uvicorn_server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def xray(tmp_path) -> Path:
+    """A real full-resolution X-ray when the shared sample is present, else a synthetic PNG."""
+    if SHARED_FULLRES.is_dir():
+        return sorted((SHARED_FULLRES / "PNEUMONIA").iterdir())[0]
+    pixels = np.random.default_rng(0).normal(120, 40, (300, 360)).clip(0, 255)
+    Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / "xray.png")
+    return tmp_path / "xray.png"
+
+
+def test_upload_shows_probability_label_and_heatmap(server, xray, tmp_path):
+    expected = httpx.post(
+        f"{server}/v1/predict", files={"file": (xray.name, xray.read_bytes())}, timeout=60
+    ).json()
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.goto(server)
+            sync_api.expect(page.locator(".notice")).to_contain_text("not a diagnosis")
+            page.set_input_files("#file-input", str(xray))
+            sync_api.expect(page.locator("#result")).to_be_visible(timeout=60_000)
+            page.wait_for_function(
+                "['image', 'heatmap'].every(id => document.getElementById(id).naturalWidth > 0)"
+            )
+            shown = f"{100 * expected['probability']:.1f}%"
+            sync_api.expect(page.locator("#probability")).to_have_text(shown)
+            sync_api.expect(page.locator("#label")).to_have_text(expected["label"])
+            assert page.locator("#status").text_content().startswith(f"{xray.name}: done")
+            screenshot = tmp_path / "page.png"
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    if os.environ.get("PNEUMOLAB_ARTIFACTS"):
+        artifacts = Path(os.environ["PNEUMOLAB_ARTIFACTS"])
+        artifacts.mkdir(parents=True, exist_ok=True)
+        shutil.copy(screenshot, artifacts / "serving_page.png")
