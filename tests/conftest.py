@@ -66,3 +66,32 @@ def train_tiny_run(root: Path, epochs: int = 1, **overrides: object) -> Path:
     data = write_synthetic_dataset(root / "data")
     config = TrainConfig(epochs=epochs, **(TINY_TRAINING | overrides))
     return train(data, root / "run", config).root
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def chromium():
+    """Debian's headless Chromium driven by Playwright (a browser); skipped where either is missing."""
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright (Python) not installed"
+    )
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} not found (Debian: apt-get install chromium)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

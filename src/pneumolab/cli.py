@@ -20,6 +20,7 @@ from pneumolab.evaluation.metrics import SCALAR_METRICS
 
 console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
 stdout = Console(width=None if sys.stdout.isatty() else 200)  # tables: no truncated paths in logs
+TTA_HELP = "average each image over fixed test-time views (zoom 1.1, rotations ±5°)"
 METRIC_KEYS = ("n", *SCALAR_METRICS, "threshold")
 
 
@@ -170,7 +171,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pneumolab.evaluation.evaluate import evaluate
 
-    metrics = evaluate(args.run_dir, args.data, args.split, robustness=args.robustness)
+    metrics = evaluate(
+        args.run_dir, args.data, args.split, robustness=args.robustness, tta=args.tta
+    )
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -185,7 +188,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from pneumolab.inference.predictor import Predictor
 
-    predictor = Predictor.from_run(args.run_dir, backend=args.backend)
+    predictor = Predictor.from_run(args.run_dir, backend=args.backend, tta=args.tta)
     if args.out:
         from pneumolab.inference.batch import predict_to_file
 
@@ -261,6 +264,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pneumolab.reporting.model_card import write_model_card
+    from pneumolab.reporting.report import build_report
+    from pneumolab.run import RunDir
+
+    out = build_report(args.run_dir, args.data, args.split, args.out)
+    card = write_model_card(RunDir(args.run_dir))
+    console.print(f"wrote {out} and {card}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``pneumolab`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -310,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", type=Path, required=True)
     evaluate.add_argument("--split", choices=("val", "test"), default="val")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    evaluate.add_argument("--tta", action="store_true", help=TTA_HELP)
     evaluate.add_argument(
         "--robustness",
         action="store_true",
@@ -325,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="stream results to FILE.csv or FILE.jsonl; re-running resumes it"
     )
     predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--tta", action="store_true", help=TTA_HELP)
     predict.add_argument(
         "--backend",
         choices=("torch", "onnx"),
@@ -367,6 +383,17 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("images", nargs="+", type=Path, help="image files or folders")
     explain.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
     explain.set_defaults(func=cmd_explain)
+
+    report = commands.add_parser(
+        "report", help="self-contained HTML report of a run on a split; refreshes MODEL_CARD.md"
+    )
+    report.add_argument("run_dir", type=Path)
+    report.add_argument("--data", type=Path, required=True)
+    report.add_argument("--split", choices=("val", "test"), default="val")
+    report.add_argument(
+        "--out", type=Path, help="HTML file to write (default RUN_DIR/eval/<split>/report.html)"
+    )
+    report.set_defaults(func=cmd_report)
     return parser
 
 

@@ -19,22 +19,6 @@ from PIL import Image
 from conftest import SHARED_FULLRES, train_tiny_run
 from pneumolab.serving.app import create_app
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python) not installed")
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.is_file(), reason=f"{CHROMIUM} not found (Debian: apt-get install chromium)"
-)
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -70,29 +54,26 @@ def xray(tmp_path) -> Path:
     return tmp_path / "xray.png"
 
 
-def test_upload_shows_probability_label_and_heatmap(server, xray, tmp_path):
+def test_upload_shows_probability_label_and_heatmap(server, xray, tmp_path, chromium):
+    from playwright.sync_api import expect
+
     expected = httpx.post(
         f"{server}/v1/predict", files={"file": (xray.name, xray.read_bytes())}, timeout=60
     ).json()
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            page.goto(server)
-            sync_api.expect(page.locator(".notice")).to_contain_text("not a diagnosis")
-            page.set_input_files("#file-input", str(xray))
-            sync_api.expect(page.locator("#result")).to_be_visible(timeout=60_000)
-            page.wait_for_function(
-                "['image', 'heatmap'].every(id => document.getElementById(id).naturalWidth > 0)"
-            )
-            shown = f"{100 * expected['probability']:.1f}%"
-            sync_api.expect(page.locator("#probability")).to_have_text(shown)
-            sync_api.expect(page.locator("#label")).to_have_text(expected["label"])
-            assert page.locator("#status").text_content().startswith(f"{xray.name}: done")
-            screenshot = tmp_path / "page.png"
-            page.screenshot(path=str(screenshot), full_page=True)
-        finally:
-            browser.close()
+    page = chromium.new_page(viewport={"width": 1100, "height": 900})
+    page.goto(server)
+    expect(page.locator(".notice")).to_contain_text("not a diagnosis")
+    page.set_input_files("#file-input", str(xray))
+    expect(page.locator("#result")).to_be_visible(timeout=60_000)
+    page.wait_for_function(
+        "['image', 'heatmap'].every(id => document.getElementById(id).naturalWidth > 0)"
+    )
+    shown = f"{100 * expected['probability']:.1f}%"
+    expect(page.locator("#probability")).to_have_text(shown)
+    expect(page.locator("#label")).to_have_text(expected["label"])
+    assert page.locator("#status").text_content().startswith(f"{xray.name}: done")
+    screenshot = tmp_path / "page.png"
+    page.screenshot(path=str(screenshot), full_page=True)
     if os.environ.get("PNEUMOLAB_ARTIFACTS"):
         artifacts = Path(os.environ["PNEUMOLAB_ARTIFACTS"])
         artifacts.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,8 @@ plausible input.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
@@ -30,6 +32,15 @@ def normalize_intensity(pixels: torch.Tensor, method: str) -> torch.Tensor:
     if method == "equalize":
         return F.equalize(pixels)
     raise ValueError(f"unknown intensity normalisation {method!r}; choose from {INTENSITY_METHODS}")
+
+
+TTA_VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": lambda x: x,
+    "zoom_in_1.1": lambda x: F.affine(x, angle=0.0, translate=[0, 0], scale=1.1, shear=[0.0, 0.0]),
+    "rotate_+5": lambda x: F.rotate(x, 5.0),
+    "rotate_-5": lambda x: F.rotate(x, -5.0),
+}
+"""Test-time augmentation: fixed, mild views of each raw uint8 image whose scores are averaged."""
 
 
 class RandomGamma(torch.nn.Module):

@@ -27,7 +27,7 @@ from pneumolab.evaluation.metrics import (
 )
 from pneumolab.evaluation.operating_points import oracle_threshold
 from pneumolab.evaluation.robustness import robustness_report, summarize
-from pneumolab.inference.predictor import Predictor, default_device, predict_pixels
+from pneumolab.inference.predictor import Predictor, default_device
 from pneumolab.run import RunDir, write_predictions
 
 SPLITS = ("val", "test")
@@ -138,6 +138,7 @@ def evaluate(
     split: str = "val",
     robustness: bool = False,
     device: str | None = None,
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Metrics at the run's stored threshold, threshold-free metrics, patient-grouped bootstrap
     95% intervals (``ci95``), every stored operating point and an oracle threshold scored on this
@@ -146,14 +147,15 @@ def evaluate(
     ``RUN_DIR/eval/<split>/`` and returns the metrics. Every ``test`` evaluation is logged in
     ``RUN_DIR/test_evaluations.jsonl``; ``test_evaluations_count`` says how many there have been.
 
-    With ``robustness``, also scores the split under acquisition-like perturbations
+    ``tta`` averages each image over fixed test-time views (metrics still at the stored
+    threshold, which was chosen without them). With ``robustness``, also scores the split under acquisition-like perturbations
     (:mod:`pneumolab.evaluation.robustness`) and adds ``robustness`` and ``robustness_summary``.
     """
     run = RunDir(Path(run_dir))
-    predictor = Predictor.from_run(run.root, device=device or default_device())
+    predictor = Predictor.from_run(run.root, device=device or default_device(), tta=tta)
     samples = split_samples(run, Path(data_dir), split)
     decoded = decode_samples(samples, predictor.image_size)
-    probs = predict_pixels(predictor.model, decoded.pixels, predictor.intensity)
+    probs = predictor.backend(decoded.pixels)
     labels = np.array([s.label for s in decoded.samples])
     metrics: dict[str, Any] = binary_metrics(labels, probs, predictor.threshold)
     temperature = predictor.meta.get("temperature")
@@ -162,6 +164,7 @@ def evaluate(
     test_count = log_test_evaluation(run) if split == "test" else count_test_evaluations(run)
     metrics |= {
         "split": split,
+        "tta": tta,
         "model": predictor.meta["model"],
         "skipped": [r for _, r in decoded.skipped],
         "ci95": bootstrap_ci(labels, probs, predictor.threshold, groups=patients),

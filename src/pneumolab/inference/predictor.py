@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from pneumolab.data.imageio import array_to_image, load_image, resize_square, to_grayscale
 from pneumolab.data.layout import CLASS_NAMES, IMAGE_SUFFIXES
-from pneumolab.data.transforms import normalize_intensity
+from pneumolab.data.transforms import TTA_VIEWS, normalize_intensity
 from pneumolab.errors import ImageLoadError, RunDirError
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.models.registry import create_classifier
@@ -60,6 +60,15 @@ def predict_pixels(
     return torch.cat(probs).numpy() if probs else np.zeros(0, dtype=np.float32)
 
 
+def with_tta(backend: Backend) -> Backend:
+    """Average ``backend``'s probabilities over the test-time views of each image (TTA_VIEWS)."""
+
+    def averaged(pixels: torch.Tensor) -> np.ndarray:
+        return np.mean([backend(view(pixels)) for view in TTA_VIEWS.values()], axis=0)
+
+    return averaged
+
+
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     """Files as given, plus the images (by suffix, recursively, sorted) inside any folder."""
     found: list[Path] = []
@@ -102,12 +111,24 @@ class Predictor:
         device: str = "cpu",
         backend: str = "torch",
         onnx_file: str | Path | None = None,
+        tta: bool = False,
     ) -> Predictor:
         """Load the best weights and metadata of a finished run.
 
         ``backend="onnx"`` scores with onnxruntime (``device`` unused) from ``onnx_file``,
         by default ``RUN_DIR/model.onnx``, which is exported and verified on first use.
+        ``tta`` averages each image's score over fixed test-time views (the stored threshold
+        was chosen without them).
         """
+        predictor = cls._load(run_dir, device, backend, onnx_file)
+        if tta:
+            predictor.backend = with_tta(predictor.backend)
+        return predictor
+
+    @classmethod
+    def _load(
+        cls, run_dir: str | Path, device: str, backend: str, onnx_file: str | Path | None
+    ) -> Predictor:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
         run = RunDir(Path(run_dir))

@@ -58,15 +58,15 @@ class BodyLimit:
     """ASGI middleware: 413 when a request body is (announced or turns out) larger than ``limit``;
     the body is counted as it streams in, so an oversized upload is never read to its end."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, file_limit: int) -> None:
+        self.app, self.limit, self.file_limit = app, limit, file_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.limit:
-            return await _too_large(self.limit)(scope, receive, send)
+            return await _too_large(self.file_limit)(scope, receive, send)
         received = 0
 
         async def counted() -> Message:
@@ -74,7 +74,7 @@ class BodyLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.limit:  # FastAPI re-raises HTTPExceptions from body parsing
-                raise HTTPException(413, _too_large_text(self.limit))
+                raise HTTPException(413, _too_large_text(self.file_limit))
             return message
 
         await self.app(scope, counted, send)
@@ -145,7 +145,9 @@ def create_app(
     lock = threading.Lock()  # one inference at a time; Grad-CAM hooks the shared model
     index = (Path(__file__).parent / "static" / "index.html").read_text()
     app = FastAPI(title="pneumolab", version=pneumolab.__version__, description=__doc__)
-    app.add_middleware(BodyLimit, limit=max_upload_bytes + MULTIPART_SLACK)
+    app.add_middleware(
+        BodyLimit, limit=max_upload_bytes + MULTIPART_SLACK, file_limit=max_upload_bytes
+    )
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

@@ -29,6 +29,7 @@ from pneumolab.evaluation.operating_points import choose_operating_points
 from pneumolab.inference.predictor import predict_pixels
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.models.registry import create_classifier
+from pneumolab.reporting.model_card import write_model_card
 from pneumolab.run import RunDir, write_predictions
 from pneumolab.training.callbacks import HistoryCSV
 from pneumolab.training.module import ClassifierModule
@@ -221,7 +222,8 @@ def _finish_run(
     official_val: Path | None,
 ) -> None:
     """Score validation with the best weights, choose the operating points (the first, at the
-    target sensitivity, is the default threshold) and the temperature, write predictions and meta.
+    target sensitivity, is the default threshold) and the temperature, write predictions, meta
+    and MODEL_CARD.md.
 
     The dataset's own small ``val/`` folder, when present, is scored and reported (not used).
     """
@@ -268,3 +270,4 @@ def _finish_run(
             "torch_version": torch.__version__,
         }
     )
+    write_model_card(run)

@@ -1,0 +1,99 @@
+"""Saliency sanity check: does the Grad-CAM heat sit on the chest, or on borders and corners?
+
+A chest X-ray classifier should look at the lungs. Heat concentrated in the image border or
+corners is a warning of shortcut learning (text markers such as "R"/"L", rulers, collimation
+edges, scanner-specific borders). Regions, on the ``S x S`` model input:
+
+- **centre**: the central 60% x 60% box (rows and columns 20%-80%). At the default resize (the
+  whole film squashed to a square) it holds both lung fields and the heart in a frontal view,
+  and little else.
+- **border**: the outer 10% band on every side, without its four corners.
+- **corners**: the four 10% x 10% corner boxes, where markers and labels are usually printed.
+
+Shares are fractions of an image's total heat. The outer band (border + corners) is 36% of the
+area, so heat spread evenly gives an edge share of 0.36; an image is flagged when its edge share
+exceeds :data:`EDGE_FLAG_LEVEL` (0.5: clearly more than its area), and the model is ``flagged``
+when at least :data:`FLAG_FRACTION` of the images are. A map with no heat at all counts as 0
+everywhere (nothing to flag).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pneumolab.explain.gradcam import find_target_layer, gradcam
+from pneumolab.models.classifier import XrayClassifier
+
+CENTRE_MARGIN = 0.2
+"""The centre box leaves this fraction out on each side (central 60% x 60%)."""
+EDGE = 0.1
+"""Width of the border band and side of the corner boxes, as a fraction of the image side."""
+EDGE_FLAG_LEVEL = 0.5
+"""An image is flagged when more than this share of its heat lies in the outer band."""
+FLAG_FRACTION = 0.25
+"""The model is flagged when at least this fraction of the images is."""
+
+
+def region_masks(size: int) -> dict[str, np.ndarray]:
+    """Boolean ``(size, size)`` masks of the ``centre``, ``border`` and ``corners`` regions."""
+    index = np.arange(size)
+    low, high = round(CENTRE_MARGIN * size), size - round(CENTRE_MARGIN * size)
+    edge = max(1, round(EDGE * size))
+    inner = (index >= low) & (index < high)
+    outer = (index < edge) | (index >= size - edge)
+    centre = inner[:, None] & inner[None, :]
+    corners = outer[:, None] & outer[None, :]
+    band = outer[:, None] | outer[None, :]
+    return {"centre": centre, "border": band & ~corners, "corners": corners}
+
+
+def heat_shares(heat: np.ndarray) -> dict[str, float]:
+    """Share of the total heat of a square map in each region (0 everywhere for an empty map)."""
+    total = float(heat.sum())
+    masks = region_masks(heat.shape[-1])
+    if total <= 0:
+        return dict.fromkeys(masks, 0.0)
+    return {name: float(heat[mask].sum()) / total for name, mask in masks.items()}
+
+
+def summarize_shares(per_image: list[dict[str, float]]) -> dict[str, Any]:
+    """Summary statistics and the ``flagged`` verdict for per-image region shares."""
+    centre = np.array([s["centre"] for s in per_image], dtype=float)
+    border = np.array([s["border"] for s in per_image], dtype=float)
+    corners = np.array([s["corners"] for s in per_image], dtype=float)
+    edge = border + corners
+    fraction = float(np.mean(edge > EDGE_FLAG_LEVEL)) if len(edge) else 0.0
+    return {
+        "n": len(per_image),
+        "mean_centre_share": float(centre.mean()) if len(centre) else 0.0,
+        "median_centre_share": float(np.median(centre)) if len(centre) else 0.0,
+        "mean_border_share": float(border.mean()) if len(border) else 0.0,
+        "mean_corner_share": float(corners.mean()) if len(corners) else 0.0,
+        "edge_flag_level": EDGE_FLAG_LEVEL,
+        "fraction_flagged": fraction,
+        "flag_fraction": FLAG_FRACTION,
+        "flagged": bool(len(edge) and fraction >= FLAG_FRACTION),
+        "per_image": per_image,
+    }
+
+
+def saliency_sanity(
+    model: XrayClassifier,
+    pixels: torch.Tensor,
+    intensity: str = "none",
+    layer: nn.Module | None = None,
+) -> dict[str, Any]:
+    """Grad-CAM region shares of uint8 ``(N, 1, S, S)`` images and their summary.
+
+    Returns :func:`summarize_shares`'s dict: ``per_image`` (centre/border/corners shares),
+    mean and median centre share, mean border and corner share, ``fraction_flagged`` and
+    ``flagged`` (possible shortcut learning: heat on borders, corners, text markers).
+    """
+    if layer is None and len(pixels):
+        layer = find_target_layer(model, int(pixels.shape[-1]))
+    per_image = [heat_shares(gradcam(model, image[None], intensity, layer)) for image in pixels]
+    return summarize_shares(per_image)

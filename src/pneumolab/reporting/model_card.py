@@ -1,0 +1,164 @@
+"""MODEL_CARD.md of a run: what the model is, what it is for, how it was trained and how well it
+did on validation, and where it is known to fail. Written from meta.json, config.yaml, split.csv
+and, when present, ``eval/val/metrics.json`` (for the patient-bootstrap 95% intervals)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from pneumolab.config import load_yaml
+from pneumolab.data.layout import CLASS_NAMES
+from pneumolab.run import RunDir
+
+CARD_NAME = "MODEL_CARD.md"
+CARD_METRICS = ("roc_auc", "sensitivity", "specificity", "precision", "npv", "accuracy", "f1")
+LIMITATIONS = (
+    "The validation split is carved from the dataset's `train/` folder; it is much easier than "
+    "the official `test/` split, so validation figures overstate performance elsewhere.",
+    "Models trained on this dataset tend to call normal images of the official test split "
+    "pneumonia (low specificity there).",
+    "Single-site pediatric data (Guangzhou Women and Children's Medical Center, ages 1-5): "
+    "adults, other hospitals, scanners and projections (lateral, AP portable) are untested.",
+    "Inputs are grayscale 8-bit images, resized to a square without keeping the aspect ratio; "
+    "DICOM windowing and bit depth beyond 8 bits are lost.",
+    "The default threshold is chosen on validation at a target sensitivity: the specificity "
+    "it gives elsewhere is whatever it turns out to be, and it may need re-choosing per site.",
+    "No bacterial/viral distinction, no localisation; Grad-CAM maps show where evidence is, "
+    "not why, and may highlight text markers or borders (shortcut learning).",
+)
+
+
+def _fmt(value: Any) -> str:
+    return "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _split_counts(run: RunDir) -> dict[str, Counter[str]]:
+    counts: dict[str, Counter[str]] = {"train": Counter(), "val": Counter()}
+    if run.split.is_file():
+        with run.split.open(newline="") as f:
+            for row in csv.DictReader(f):
+                counts[row["subset"]][CLASS_NAMES[int(row["label"])]] += 1
+    return counts
+
+
+def _patients(run: RunDir) -> int:
+    if not run.split.is_file():
+        return 0
+    with run.split.open(newline="") as f:
+        return len({row["patient"] for row in csv.DictReader(f)})
+
+
+def _metrics_section(run: RunDir, meta: dict[str, Any]) -> list[str]:
+    metrics_file = run.eval_dir("val") / "metrics.json"
+    if metrics_file.is_file():
+        metrics = json.loads(metrics_file.read_text())
+        intervals = metrics.get("ci95") or {}
+        note = "From `eval/val/metrics.json`; 95% CI: percentile bootstrap over patients."
+    else:
+        metrics, intervals = meta.get("val_metrics") or {}, {}
+        note = (
+            "From training (meta.json), **without confidence intervals**: run "
+            "`pneumolab report` or `pneumolab evaluate --split val` to add them."
+        )
+    lines = [note, "", "| metric | value | 95% CI |", "|---|---|---|"]
+    for key in (k for k in CARD_METRICS if k in metrics):
+        ci = intervals.get(key)
+        lines.append(
+            f"| {key} | {_fmt(metrics[key])} | {_fmt(ci[0]) + ' – ' + _fmt(ci[1]) if ci else ''} |"
+        )
+    if "confusion_matrix" in metrics:
+        lines.append(f"| confusion [[tn, fp], [fn, tp]] | {metrics['confusion_matrix']} | |")
+    return lines
+
+
+def _operating_points(meta: dict[str, Any]) -> list[str]:
+    default = meta.get("default_operating_point")
+    lines = [
+        f"- **Threshold: {meta['threshold']:.4f}** (default operating point `{default}`): "
+        f"{meta.get('threshold_rule', '')}.",
+    ]
+    for name, point in (meta.get("operating_points") or {}).items():
+        m = point.get("val_metrics") or {}
+        lines.append(
+            f"- `{name}`: threshold {point['threshold']:.4f}, validation sensitivity "
+            f"{_fmt(m.get('sensitivity'))}, specificity {_fmt(m.get('specificity'))} — "
+            f"{point.get('provenance', '')}"
+        )
+    return lines
+
+
+def model_card_text(run: RunDir) -> str:
+    """The Markdown text of the run's model card."""
+    meta = run.read_meta()
+    config = load_yaml(run.config) if run.config.is_file() else {}
+    counts = _split_counts(run)
+    prep = meta.get("preprocessing") or {}
+    sides = [
+        f"| {side} | {counts[side][CLASS_NAMES[0]]} | {counts[side][CLASS_NAMES[1]]} |"
+        for side in ("train", "val")
+    ]
+    lines = [
+        f"# Model card: {run.root.name}",
+        "",
+        "## Model details",
+        "",
+        f"- Architecture: `{meta['model']}` (pretrained: {config.get('pretrained', '—')})",
+        f"- Input size: {meta['image_size']} × {meta['image_size']} px, 1 channel",
+        f"- Preprocessing: {prep.get('color', '—')}; resize {prep.get('resize', '—')}; "
+        f"scale {prep.get('scale', '—')}",
+        f"- Intensity normalisation: `{meta.get('intensity', 'none')}`",
+        f"- Best epoch: {meta.get('best_epoch')}; training time {meta.get('train_seconds')} s",
+        f"- Versions: pneumolab {meta.get('pneumolab_version')}, torch {meta.get('torch_version')}",
+        "",
+        "## Intended use",
+        "",
+        "Research and teaching on pediatric frontal chest X-rays: NORMAL vs PNEUMONIA.",
+        "**This is not a medical device and must not be used for diagnosis** or any clinical "
+        "decision.",
+        "",
+        "## Training data",
+        "",
+        "Kermany et al. 2018 pediatric chest X-rays (`train/` folder). Validation is a "
+        f"patient-grouped split carved from it ({_patients(run)} patient groups in all, no child on "
+        f"both sides), seed {config.get('seed', '—')}, validation fraction "
+        f"{config.get('val_fraction', '—')}.",
+        "",
+        f"| side | {CLASS_NAMES[0]} | {CLASS_NAMES[1]} |",
+        "|---|---|---|",
+        *sides,
+        "",
+        "## Validation metrics",
+        "",
+        *_metrics_section(run, meta),
+        "",
+        "## Operating point",
+        "",
+        *_operating_points(meta),
+        "",
+        "## Limitations and failure modes",
+        "",
+        *(f"- {item}" for item in LIMITATIONS),
+        "",
+        "## How to evaluate on the held-out test split",
+        "",
+        "```bash",
+        f"pneumolab evaluate {run.root} --data DATA_DIR --split test --json",
+        f"pneumolab report {run.root} --data DATA_DIR --split test --out report-test.html",
+        "```",
+        "",
+        "Every test evaluation is logged in `test_evaluations.jsonl`: look at the test split "
+        "once, after every choice has been made on validation.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(run: RunDir) -> Path:
+    """Write ``RUN_DIR/MODEL_CARD.md`` and return its path."""
+    path = run.root / CARD_NAME
+    path.write_text(model_card_text(run))
+    return path

@@ -1,0 +1,245 @@
+"""One self-contained HTML report of a run on a split: metrics with 95% CIs, curves, confusion
+matrices, calibration, score histograms, the most confident errors with Grad-CAM, sample X-rays
+and the saliency sanity check. Every image is an embedded base64 PNG; nothing is fetched."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import PrecisionRecallDisplay
+
+import pneumolab
+from pneumolab.data.dataset import decode_samples
+from pneumolab.data.imageio import load_image
+from pneumolab.data.layout import CLASS_NAMES
+from pneumolab.evaluation.evaluate import evaluate, split_samples
+from pneumolab.evaluation.figures import save_confusion_matrix
+from pneumolab.evaluation.metrics import SCALAR_METRICS
+from pneumolab.explain.gradcam import find_target_layer, gradcam, overlay_png
+from pneumolab.explain.sanity import saliency_sanity
+from pneumolab.inference.predictor import Predictor
+from pneumolab.run import RunDir
+
+SANITY_IMAGES = 64
+THUMBNAIL = 224
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h2{border-bottom:1px solid #ccc;padding-bottom:.2em}table{border-collapse:collapse;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f3f3f3}
+figure{display:inline-block;margin:.4em;text-align:center;font-size:.85em}
+figure img{width:224px;image-rendering:auto}.plot img{width:auto;max-width:100%}
+.warn{color:#a00;font-weight:bold}footer{margin-top:3em;font-size:.85em;color:#555}"""
+
+
+def _uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _img(png: bytes, caption: str, css: str = "plot") -> str:
+    alt = html.escape(caption)
+    return f'<figure class="{css}"><img src="{_uri(png)}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
+
+
+def _figure_png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def _fmt(value: Any) -> str:
+    return "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _metrics_html(metrics: dict[str, Any]) -> str:
+    rows = ["<tr><th>metric</th><th>value</th><th>95% CI (patient bootstrap)</th></tr>"]
+    for key in ("n", "threshold", *SCALAR_METRICS):
+        ci = (metrics.get("ci95") or {}).get(key)
+        interval = f"{ci[0]:.4f} – {ci[1]:.4f}" if ci else ""
+        rows.append(f"<tr><th>{key}</th><td>{_fmt(metrics.get(key))}</td><td>{interval}</td></tr>")
+    rows.append("<tr><th>operating point</th><th>threshold</th><th>provenance</th></tr>")
+    for name, point in metrics["operating_points"].items():
+        provenance = html.escape(point["provenance"])
+        rows.append(
+            f"<tr><th>{name}</th><td>{point['threshold']:.4f}</td><td>{provenance}</td></tr>"
+        )
+    return f"<table>{''.join(rows)}</table>"
+
+
+def _curves_html(labels: np.ndarray, probs: np.ndarray, eval_dir: Path) -> str:
+    if len(np.unique(labels)) != 2 or not (eval_dir / "roc_curve.png").is_file():
+        return "<p>Curves need both classes in the split.</p>"
+    fig = Figure(figsize=(4.5, 4.5))
+    PrecisionRecallDisplay.from_predictions(labels, probs, ax=fig.subplots(), name="model")
+    roc = _img((eval_dir / "roc_curve.png").read_bytes(), "ROC curve (dot: stored threshold)")
+    return roc + _img(_figure_png(fig), "precision-recall curve")
+
+
+def _confusion_html(points: dict[str, Any]) -> str:
+    parts = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, point in points.items():
+            path = save_confusion_matrix(
+                point["metrics"]["confusion_matrix"], Path(tmp) / f"{name}.png", name
+            )
+            parts.append(_img(path.read_bytes(), f"{name} (threshold {point['threshold']:.4f})"))
+    return "".join(parts)
+
+
+def _scores_html(labels: np.ndarray, probs: np.ndarray, points: dict[str, Any]) -> str:
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.subplots()
+    bins = np.linspace(0, 1, 41)
+    for label, name in enumerate(CLASS_NAMES):
+        ax.hist(
+            probs[labels == label],
+            bins=bins,
+            alpha=0.55,
+            label=f"{name} (n={np.sum(labels == label)})",
+        )
+    for (name, point), colour in zip(
+        points.items(), ("crimson", "darkgreen", "purple", "black"), strict=False
+    ):
+        ax.axvline(
+            point["threshold"],
+            color=colour,
+            linestyle="--",
+            label=f"{name} ({point['threshold']:.3f})",
+        )
+    ax.set(xlabel="P(pneumonia)", ylabel="images", yscale="log")
+    ax.legend(fontsize="small")
+    return _img(_figure_png(fig), "scores per class; dashed: operating points")
+
+
+def _errors_html(predictor: Predictor, rows: list[dict[str, Any]], limit: int) -> str:
+    threshold = predictor.threshold
+    fn = sorted((r for r in rows if r["label"] == 1 and r["p"] < threshold), key=lambda r: r["p"])
+    fp = sorted((r for r in rows if r["label"] == 0 and r["p"] >= threshold), key=lambda r: -r["p"])
+    layer = find_target_layer(predictor.model, predictor.image_size)
+    parts = [f"<p>At the default threshold {threshold:.4f}; Grad-CAM of the pneumonia logit.</p>"]
+    for title, errors in (("False negatives", fn), ("False positives", fp)):
+        parts.append(f"<h3>{title} ({len(errors)})</h3>")
+        if not errors:
+            parts.append("<p>none</p>")
+        for row in errors[:limit]:
+            pixels = predictor.preprocess(row["path"])
+            heat = gradcam(predictor.model, pixels[None], predictor.intensity, layer)
+            png = overlay_png(pixels[0].numpy(), heat)
+            parts.append(_img(png, f"{Path(row['path']).name}: P = {row['p']:.3f}", "thumb"))
+    return "".join(parts)
+
+
+def _samples_html(rows: list[dict[str, Any]], per_class: int) -> str:
+    parts = []
+    for label, name in enumerate(CLASS_NAMES):
+        chosen = [r for r in rows if r["label"] == label][:per_class]
+        parts.append(f"<h3>{name}</h3>" + ("" if chosen else "<p>none</p>"))
+        for row in chosen:
+            image = load_image(row["path"], size_hint=THUMBNAIL)
+            image.thumbnail((THUMBNAIL, THUMBNAIL))
+            buffer = io.BytesIO()
+            image.convert("L").save(buffer, "PNG")
+            parts.append(_img(buffer.getvalue(), Path(row["path"]).name, "thumb"))
+    return "".join(parts)
+
+
+def _saliency_html(predictor: Predictor, run: RunDir, data_dir: Path, split: str) -> str:
+    samples = split_samples(run, data_dir, split)
+    picked = [
+        samples[i]
+        for i in np.linspace(0, len(samples) - 1, min(SANITY_IMAGES, len(samples)), dtype=int)
+    ]
+    pixels = decode_samples(picked, predictor.image_size).pixels
+    result = saliency_sanity(predictor.model, pixels, predictor.intensity)
+    verdict = (
+        '<p class="warn">Flagged: heat often lies on the image edge (possible shortcut learning: '
+        "text markers, borders).</p>"
+        if result["flagged"]
+        else "<p>Not flagged: the heat mostly lies inside the image.</p>"
+    )
+    keys = (
+        "n",
+        "mean_centre_share",
+        "median_centre_share",
+        "mean_border_share",
+        "mean_corner_share",
+        "fraction_flagged",
+        "edge_flag_level",
+        "flag_fraction",
+    )
+    rows = "".join(f"<tr><th>{k}</th><td>{_fmt(result[k])}</td></tr>" for k in keys)
+    note = (
+        "<p>Share of Grad-CAM heat in the central 60% × 60% box, the outer 10% border band "
+        "and the four 10% × 10% corners, over up to 64 images of the split.</p>"
+    )
+    return note + verdict + f"<table>{rows}</table>"
+
+
+def _read_predictions(path: Path) -> list[dict[str, Any]]:
+    with path.open(newline="") as f:
+        return [
+            {"path": r["path"], "label": int(r["label"]), "p": float(r["probability"])}
+            for r in csv.DictReader(f)
+        ]
+
+
+def build_report(
+    run_dir: str | Path,
+    data_dir: str | Path,
+    split: str = "val",
+    out_file: str | Path | None = None,
+    max_gallery: int = 6,
+) -> Path:
+    """Evaluate the run on ``split`` and write one self-contained HTML report; its path.
+
+    ``out_file`` defaults to ``RUN_DIR/eval/<split>/report.html``; ``max_gallery`` caps the
+    images per error gallery and the sample X-rays shown per class.
+    """
+    run = RunDir(Path(run_dir))
+    data_dir = Path(data_dir)
+    metrics = evaluate(run.root, data_dir, split)
+    rows = _read_predictions(run.eval_dir(split) / "predictions.csv")
+    labels = np.array([r["label"] for r in rows])
+    probs = np.array([r["p"] for r in rows])
+    predictor = Predictor.from_run(run.root)
+    eval_dir = run.eval_dir(split)
+    points = metrics["operating_points"]
+    sections = [
+        ("metrics", "Metrics", _metrics_html(metrics)),
+        ("curves", "ROC and precision-recall curves", _curves_html(labels, probs, eval_dir)),
+        ("confusion", "Confusion matrices at the operating points", _confusion_html(points)),
+        (
+            "calibration",
+            "Calibration",
+            _img((eval_dir / "reliability.png").read_bytes(), "reliability diagram"),
+        ),
+        ("scores", "Score distributions", _scores_html(labels, probs, points)),
+        ("errors", "Most confident errors", _errors_html(predictor, rows, max_gallery)),
+        ("samples", "Sample X-rays", _samples_html(rows, max(1, max_gallery // 2))),
+        ("saliency", "Saliency sanity check", _saliency_html(predictor, run, data_dir, split)),
+    ]
+    title = html.escape(f"{run.root.name} — {split} (n={metrics['n']}, {metrics['model']})")
+    body = "".join(
+        f'<section><h2 id="{sid}">{name}</h2>{content}</section>' for sid, name, content in sections
+    )
+    footer = (
+        "<footer><p><strong>Research use only: not a medical device, not a diagnosis.</strong></p>"
+        f"<p>run {html.escape(str(run.root.resolve()))} · split {split} · data "
+        f"{html.escape(str(data_dir.resolve()))} · "
+        f"{datetime.now(UTC).isoformat(timespec='seconds')} · pneumolab {pneumolab.__version__}</p></footer>"
+    )
+    out = Path(out_file) if out_file else eval_dir / "report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{CSS}</style></head><body><h1>{title}</h1>{body}{footer}</body></html>\n"
+    )
+    return out

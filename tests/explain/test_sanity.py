@@ -1,0 +1,66 @@
+"""Saliency sanity: heat in a corner is flagged, heat on the chest is not; a real run end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import train_tiny_run
+from pneumolab.explain import sanity
+from pneumolab.explain.sanity import heat_shares, region_masks, saliency_sanity
+from pneumolab.inference.predictor import Predictor
+from pneumolab.models.registry import create_classifier
+
+SIZE = 40
+
+
+def forced_heat(where: str) -> np.ndarray:
+    heat = np.zeros((SIZE, SIZE), dtype=np.float32)
+    if where == "corner":
+        heat[:3, :3] = 1.0
+    else:
+        heat[15:25, 15:25] = 1.0
+    return heat
+
+
+def test_regions_partition_the_outer_band():
+    masks = region_masks(SIZE)
+    assert not (masks["border"] & masks["corners"]).any()
+    assert not (masks["centre"] & (masks["border"] | masks["corners"])).any()
+    assert masks["corners"].sum() == 4 * 4 * 4
+    assert masks["centre"].sum() == 24 * 24
+    assert heat_shares(np.zeros((SIZE, SIZE))) == {"centre": 0.0, "border": 0.0, "corners": 0.0}
+
+
+@pytest.mark.parametrize(("where", "flagged"), [("corner", True), ("centre", False)])
+def test_forced_heat_is_flagged_only_in_the_corner(monkeypatch, where, flagged):
+    monkeypatch.setattr(sanity, "gradcam", lambda *args: forced_heat(where))
+    model = create_classifier("pneumolab_cnn_small", pretrained=False)
+    pixels = torch.zeros((3, 1, SIZE, SIZE), dtype=torch.uint8)
+    result = saliency_sanity(model, pixels)
+    assert result["flagged"] is flagged
+    assert result["n"] == len(result["per_image"]) == 3
+    if flagged:
+        assert result["per_image"][0]["corners"] == pytest.approx(1.0)
+        assert result["fraction_flagged"] == 1.0
+    else:
+        assert result["median_centre_share"] == pytest.approx(1.0)
+        assert result["mean_border_share"] == 0.0
+
+
+def test_real_run_end_to_end(tmp_path):
+    run_dir = train_tiny_run(tmp_path)
+    predictor = Predictor.from_run(run_dir)
+    pixels = torch.randint(0, 256, (4, 1, predictor.image_size, predictor.image_size))
+    result = saliency_sanity(predictor.model, pixels.to(torch.uint8), predictor.intensity)
+    assert result["n"] == 4
+    assert isinstance(result["flagged"], bool)
+    for key in (
+        "mean_centre_share",
+        "median_centre_share",
+        "mean_border_share",
+        "fraction_flagged",
+    ):
+        assert 0.0 <= result[key] <= 1.0
+    assert set(result["per_image"][0]) == {"centre", "border", "corners"}

@@ -1,0 +1,39 @@
+"""MODEL_CARD.md: written at the end of training, with every section and the threshold."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import train_tiny_run
+from pneumolab.reporting.model_card import write_model_card
+from pneumolab.run import RunDir
+
+SECTIONS = (
+    "## Model details",
+    "## Intended use",
+    "## Training data",
+    "## Validation metrics",
+    "## Operating point",
+    "## Limitations and failure modes",
+    "## How to evaluate on the held-out test split",
+)
+
+
+def test_tiny_run_has_a_model_card(tmp_path):
+    run = RunDir(train_tiny_run(tmp_path))
+    card = (run.root / "MODEL_CARD.md").read_text()
+    for heading in SECTIONS:
+        assert heading in card
+    meta = run.read_meta()
+    assert f"{meta['threshold']:.4f}" in card
+    assert "not a medical device" in card.lower()
+    assert "without confidence intervals" in card
+    for name in meta["operating_points"]:
+        assert f"`{name}`" in card
+
+    (run.eval_dir("val")).mkdir(parents=True)
+    metrics = meta["val_metrics"] | {"ci95": {"roc_auc": [0.125, 0.875]}}
+    (run.eval_dir("val") / "metrics.json").write_text(json.dumps(metrics))
+    card = write_model_card(run).read_text()
+    assert "0.1250 – 0.8750" in card
+    assert "without confidence intervals" not in card

@@ -1,0 +1,68 @@
+"""The HTML report: every section, only embedded PNGs that decode, and it renders in Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import train_tiny_run
+from pneumolab.cli import main
+from pneumolab.run import RunDir
+
+SECTIONS = (
+    "metrics",
+    "curves",
+    "confusion",
+    "calibration",
+    "scores",
+    "errors",
+    "samples",
+    "saliency",
+)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    """A report of a tiny run on its own validation split, written through the CLI."""
+    root = tmp_path_factory.mktemp("report")
+    run_dir = train_tiny_run(root)
+    out = root / "report.html"
+    assert main(["report", str(run_dir), "--data", str(root / "data"), "--out", str(out)]) == 0
+    return out
+
+
+def test_report_is_self_contained(report):
+    text = report.read_text()
+    for section in SECTIONS:
+        assert f'id="{section}"' in text
+    sources = re.findall(r'<img[^>]*\ssrc="([^"]*)"', text)
+    assert len(sources) == text.count("<img") > 0
+    for source in sources:
+        assert source.startswith("data:image/png;base64,")
+        image = Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1])))
+        assert image.format == "PNG"
+        image.verify()
+    assert "http://" not in text and "https://" not in text
+    assert "not a medical device" in text
+
+
+def test_report_refreshes_model_card_with_intervals(report):
+    card = (RunDir(report.parent / "run").root / "MODEL_CARD.md").read_text()
+    assert "95% CI: percentile bootstrap over patients" in card
+
+
+def test_report_renders_in_chromium(report, chromium):
+    from playwright.sync_api import expect
+
+    page = chromium.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(report.as_uri())
+    page.wait_for_load_state("load")
+    widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
+    assert widths and all(width > 0 for width in widths)
+    for section in SECTIONS:
+        expect(page.locator(f"h2#{section}")).to_be_visible()
