@@ -16,16 +16,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from pneumolab.errors import ImageLoadError, PneumolabError
-from pneumolab.evaluation.metrics import SCALAR_METRICS
+from pneumolab.evaluation.metrics import SCALAR_METRICS, format_metric
 
 console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
 stdout = Console(width=None if sys.stdout.isatty() else 200)  # tables: no truncated paths in logs
 TTA_HELP = "average each image over fixed test-time views (zoom 1.1, rotations ±5°)"
 METRIC_KEYS = ("n", *SCALAR_METRICS, "threshold")
-
-
-def _format(value: object) -> str:
-    return "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _metrics_table(metrics: dict, title: str) -> Table:
@@ -36,7 +32,7 @@ def _metrics_table(metrics: dict, title: str) -> Table:
     if intervals:
         table.add_column("95% CI (patient bootstrap)", justify="right")
     for key in (k for k in METRIC_KEYS if k in metrics):
-        row = [key, _format(metrics[key])]
+        row = [key, format_metric(metrics[key])]
         if intervals:
             low_high = intervals.get(key)
             row.append(f"{low_high[0]:.4f} – {low_high[1]:.4f}" if low_high else "")
@@ -59,9 +55,9 @@ def _operating_points_table(metrics: dict) -> Table:
         m = point["metrics"]
         table.add_row(
             name,
-            _format(point["threshold"]),
-            _format(m["sensitivity"]),
-            _format(m["specificity"]),
+            format_metric(point["threshold"]),
+            format_metric(m["sensitivity"]),
+            format_metric(m["specificity"]),
             point["provenance"],
         )
     oracle = metrics.get("oracle")
@@ -69,9 +65,9 @@ def _operating_points_table(metrics: dict) -> Table:
         m = oracle["metrics"]
         table.add_row(
             "[yellow]oracle (diagnosis only)[/]",
-            _format(oracle["threshold"]),
-            _format(m["sensitivity"]),
-            _format(m["specificity"]),
+            format_metric(oracle["threshold"]),
+            format_metric(m["sensitivity"]),
+            format_metric(m["specificity"]),
             oracle["note"],
         )
     return table

@@ -86,3 +86,8 @@ def threshold_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float) ->
     """Only the :data:`THRESHOLD_METRICS` of :func:`binary_metrics` at ``threshold``."""
     metrics = binary_metrics(y_true, prob, threshold)
     return {key: metrics[key] for key in THRESHOLD_METRICS}
+
+
+def format_metric(value: object) -> str:
+    """A metric for a table: floats to 4 decimals, None as a dash."""
+    return "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)

@@ -12,6 +12,7 @@ from typing import Any
 
 from pneumolab.config import load_yaml
 from pneumolab.data.layout import CLASS_NAMES
+from pneumolab.evaluation.metrics import format_metric
 from pneumolab.run import RunDir
 
 CARD_NAME = "MODEL_CARD.md"
@@ -30,10 +31,6 @@ LIMITATIONS = (
     "No bacterial/viral distinction, no localisation; Grad-CAM maps show where evidence is, "
     "not why, and may highlight text markers or borders (shortcut learning).",
 )
-
-
-def _fmt(value: Any) -> str:
-    return "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _split_counts(run: RunDir) -> dict[str, Counter[str]]:
@@ -68,7 +65,7 @@ def _metrics_section(run: RunDir, meta: dict[str, Any]) -> list[str]:
     for key in (k for k in CARD_METRICS if k in metrics):
         ci = intervals.get(key)
         lines.append(
-            f"| {key} | {_fmt(metrics[key])} | {_fmt(ci[0]) + ' – ' + _fmt(ci[1]) if ci else ''} |"
+            f"| {key} | {format_metric(metrics[key])} | {format_metric(ci[0]) + ' – ' + format_metric(ci[1]) if ci else ''} |"
         )
     if "confusion_matrix" in metrics:
         lines.append(f"| confusion [[tn, fp], [fn, tp]] | {metrics['confusion_matrix']} | |")
@@ -85,7 +82,7 @@ def _operating_points(meta: dict[str, Any]) -> list[str]:
         m = point.get("val_metrics") or {}
         lines.append(
             f"- `{name}`: threshold {point['threshold']:.4f}, validation sensitivity "
-            f"{_fmt(m.get('sensitivity'))}, specificity {_fmt(m.get('specificity'))} — "
+            f"{format_metric(m.get('sensitivity'))}, specificity {format_metric(m.get('specificity'))} — "
             f"{point.get('provenance', '')}"
         )
     return lines

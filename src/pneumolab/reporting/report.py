@@ -23,7 +23,7 @@ from pneumolab.data.imageio import load_image
 from pneumolab.data.layout import CLASS_NAMES
 from pneumolab.evaluation.evaluate import evaluate, split_samples
 from pneumolab.evaluation.figures import save_confusion_matrix
-from pneumolab.evaluation.metrics import SCALAR_METRICS
+from pneumolab.evaluation.metrics import SCALAR_METRICS, format_metric
 from pneumolab.explain.gradcam import find_target_layer, gradcam, overlay_png
 from pneumolab.explain.sanity import saliency_sanity
 from pneumolab.inference.predictor import Predictor
@@ -55,16 +55,14 @@ def _figure_png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _fmt(value: Any) -> str:
-    return "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
 def _metrics_html(metrics: dict[str, Any]) -> str:
     rows = ["<tr><th>metric</th><th>value</th><th>95% CI (patient bootstrap)</th></tr>"]
     for key in ("n", "threshold", *SCALAR_METRICS):
         ci = (metrics.get("ci95") or {}).get(key)
         interval = f"{ci[0]:.4f} – {ci[1]:.4f}" if ci else ""
-        rows.append(f"<tr><th>{key}</th><td>{_fmt(metrics.get(key))}</td><td>{interval}</td></tr>")
+        rows.append(
+            f"<tr><th>{key}</th><td>{format_metric(metrics.get(key))}</td><td>{interval}</td></tr>"
+        )
     rows.append("<tr><th>operating point</th><th>threshold</th><th>provenance</th></tr>")
     for name, point in metrics["operating_points"].items():
         provenance = html.escape(point["provenance"])
@@ -175,7 +173,7 @@ def _saliency_html(predictor: Predictor, run: RunDir, data_dir: Path, split: str
         "edge_flag_level",
         "flag_fraction",
     )
-    rows = "".join(f"<tr><th>{k}</th><td>{_fmt(result[k])}</td></tr>" for k in keys)
+    rows = "".join(f"<tr><th>{k}</th><td>{format_metric(result[k])}</td></tr>" for k in keys)
     note = (
         "<p>Share of Grad-CAM heat in the central 60% × 60% box, the outer 10% border band "
         "and the four 10% × 10% corners, over up to 64 images of the split.</p>"
