@@ -118,3 +118,12 @@ def write_predictions(path: Path, samples: list[Sample], probs: np.ndarray) -> N
         writer = csv.writer(f)
         writer.writerow(["path", "label", "probability"])
         writer.writerows((s.path, s.label, f"{p:.6f}") for s, p in zip(samples, probs, strict=True))
+
+
+def read_predictions(path: Path) -> list[dict[str, Any]]:
+    """Rows written by :func:`write_predictions`: ``path`` (str), ``label`` (int), ``probability``."""
+    with Path(path).open(newline="") as f:
+        return [
+            {"path": r["path"], "label": int(r["label"]), "probability": float(r["probability"])}
+            for r in csv.DictReader(f)
+        ]

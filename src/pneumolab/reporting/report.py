@@ -5,7 +5,6 @@ and the saliency sanity check. Every image is an embedded base64 PNG; nothing is
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import tempfile
@@ -27,7 +26,7 @@ from pneumolab.evaluation.metrics import SCALAR_METRICS, format_metric
 from pneumolab.explain.gradcam import find_target_layer, gradcam, overlay_png
 from pneumolab.explain.sanity import saliency_sanity
 from pneumolab.inference.predictor import Predictor
-from pneumolab.run import RunDir
+from pneumolab.run import RunDir, read_predictions
 
 SANITY_IMAGES = 64
 THUMBNAIL = 224
@@ -119,8 +118,14 @@ def _scores_html(labels: np.ndarray, probs: np.ndarray, points: dict[str, Any]) 
 
 def _errors_html(predictor: Predictor, rows: list[dict[str, Any]], limit: int) -> str:
     threshold = predictor.threshold
-    fn = sorted((r for r in rows if r["label"] == 1 and r["p"] < threshold), key=lambda r: r["p"])
-    fp = sorted((r for r in rows if r["label"] == 0 and r["p"] >= threshold), key=lambda r: -r["p"])
+    fn = sorted(
+        (r for r in rows if r["label"] == 1 and r["probability"] < threshold),
+        key=lambda r: r["probability"],
+    )
+    fp = sorted(
+        (r for r in rows if r["label"] == 0 and r["probability"] >= threshold),
+        key=lambda r: -r["probability"],
+    )
     layer = find_target_layer(predictor.model, predictor.image_size)
     parts = [f"<p>At the default threshold {threshold:.4f}; Grad-CAM of the pneumonia logit.</p>"]
     for title, errors in (("False negatives", fn), ("False positives", fp)):
@@ -131,7 +136,9 @@ def _errors_html(predictor: Predictor, rows: list[dict[str, Any]], limit: int) -
             pixels = predictor.preprocess(row["path"])
             heat = gradcam(predictor.model, pixels[None], predictor.intensity, layer)
             png = overlay_png(pixels[0].numpy(), heat)
-            parts.append(_img(png, f"{Path(row['path']).name}: P = {row['p']:.3f}", "thumb"))
+            parts.append(
+                _img(png, f"{Path(row['path']).name}: P = {row['probability']:.3f}", "thumb")
+            )
     return "".join(parts)
 
 
@@ -181,14 +188,6 @@ def _saliency_html(predictor: Predictor, run: RunDir, data_dir: Path, split: str
     return note + verdict + f"<table>{rows}</table>"
 
 
-def _read_predictions(path: Path) -> list[dict[str, Any]]:
-    with path.open(newline="") as f:
-        return [
-            {"path": r["path"], "label": int(r["label"]), "p": float(r["probability"])}
-            for r in csv.DictReader(f)
-        ]
-
-
 def build_report(
     run_dir: str | Path,
     data_dir: str | Path,
@@ -204,9 +203,9 @@ def build_report(
     run = RunDir(Path(run_dir))
     data_dir = Path(data_dir)
     metrics = evaluate(run.root, data_dir, split)
-    rows = _read_predictions(run.eval_dir(split) / "predictions.csv")
+    rows = read_predictions(run.eval_dir(split) / "predictions.csv")
     labels = np.array([r["label"] for r in rows])
-    probs = np.array([r["p"] for r in rows])
+    probs = np.array([r["probability"] for r in rows])
     predictor = Predictor.from_run(run.root)
     eval_dir = run.eval_dir(split)
     points = metrics["operating_points"]

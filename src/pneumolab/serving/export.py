@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -18,7 +17,7 @@ from torch import nn
 import pneumolab
 from pneumolab.errors import ExportError, RunDirError
 from pneumolab.inference.predictor import Predictor, predict_pixels
-from pneumolab.run import RunDir
+from pneumolab.run import RunDir, read_predictions
 from pneumolab.serving.onnx_backend import INPUT_NAME, OUTPUT_NAME, OnnxBackend
 
 log = logging.getLogger(__name__)
@@ -73,8 +72,8 @@ def _verification_pixels(
 ) -> tuple[torch.Tensor, str]:
     """Pixels to compare the backends on, and where they came from."""
     if images is None and run.val_predictions.is_file():
-        with run.val_predictions.open(newline="") as f:
-            found = [p for p in (Path(row["path"]) for row in csv.DictReader(f)) if p.is_file()]
+        rows = read_predictions(run.val_predictions)
+        found = [p for p in (Path(row["path"]) for row in rows) if p.is_file()]
         if found:  # spread over the file, which lists one class after the other
             picks = np.linspace(0, len(found) - 1, MAX_VERIFY_IMAGES).round().astype(int)
             paths = [found[i] for i in np.unique(picks)]
