@@ -1,3 +1,5 @@
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -5,6 +7,7 @@ from torchvision.transforms.v2 import functional as F
 
 from pneumolab.data.transforms import normalize_intensity
 from pneumolab.evaluation.robustness import PERTURBATIONS, robustness_report, summarize
+from pneumolab.inference.predictor import predict_pixels
 from pneumolab.models.registry import create_classifier
 
 
@@ -48,7 +51,8 @@ def test_report_covers_every_perturbation(pixels):
     torch.manual_seed(0)
     model = create_classifier("pneumolab_cnn_small")
     labels = np.array([0, 1, 0, 1, 0, 1])
-    report = robustness_report(model, pixels, labels, threshold=0.5, intensity="equalize")
+    score = partial(predict_pixels, model, intensity="equalize")
+    report = robustness_report(score, pixels, labels, threshold=0.5)
     assert set(report) == set(PERTURBATIONS)
     for row in report.values():
         assert set(row) == {"roc_auc", "accuracy", "sensitivity", "specificity"}

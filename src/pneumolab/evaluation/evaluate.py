@@ -148,8 +148,9 @@ def evaluate(
     ``RUN_DIR/test_evaluations.jsonl``; ``test_evaluations_count`` says how many there have been.
 
     ``tta`` averages each image over fixed test-time views (metrics still at the stored
-    threshold, which was chosen without them). With ``robustness``, also scores the split under acquisition-like perturbations
-    (:mod:`pneumolab.evaluation.robustness`) and adds ``robustness`` and ``robustness_summary``.
+    threshold, which was chosen without them). With ``robustness``, also scores the split under
+    acquisition-like perturbations (:mod:`pneumolab.evaluation.robustness`), with the same
+    backend and TTA, and adds ``robustness`` and ``robustness_summary``.
     """
     run = RunDir(Path(run_dir))
     predictor = Predictor.from_run(run.root, device=device or default_device(), tta=tta)
@@ -174,9 +175,7 @@ def evaluate(
         "test_evaluations_count": test_count,
     }
     if robustness:
-        report = robustness_report(
-            predictor.model, decoded.pixels, labels, predictor.threshold, predictor.intensity
-        )
+        report = robustness_report(predictor.backend, decoded.pixels, labels, predictor.threshold)
         metrics |= {"robustness": report, "robustness_summary": summarize(report)}
     metrics = _json_safe(metrics)
 

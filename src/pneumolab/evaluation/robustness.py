@@ -15,8 +15,7 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 from pneumolab.evaluation.metrics import binary_metrics
-from pneumolab.inference.predictor import predict_pixels
-from pneumolab.models.classifier import XrayClassifier
+from pneumolab.inference.predictor import Backend
 
 Perturbation = Callable[[torch.Tensor], torch.Tensor]
 
@@ -54,17 +53,14 @@ PERTURBATIONS: dict[str, Perturbation] = {
 
 
 def robustness_report(
-    model: XrayClassifier,
-    pixels: torch.Tensor,
-    labels: np.ndarray,
-    threshold: float,
-    intensity: str = "none",
+    score: Backend, pixels: torch.Tensor, labels: np.ndarray, threshold: float
 ) -> dict[str, dict[str, float]]:
     """ROC AUC, accuracy, sensitivity and specificity at ``threshold`` under every perturbation
-    of the raw pixels (applied before the model's own intensity normalisation)."""
+    of the raw pixels, scored by ``score`` (a Predictor's backend: it applies the run's intensity
+    normalisation, and TTA or ONNX when the predictor uses them)."""
     report = {}
     for name, perturb in PERTURBATIONS.items():
-        probs = predict_pixels(model, perturb(pixels), intensity)
+        probs = score(perturb(pixels))
         metrics = binary_metrics(labels, probs, threshold)
         report[name] = {
             k: metrics[k] for k in ("roc_auc", "accuracy", "sensitivity", "specificity")
