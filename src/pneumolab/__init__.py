@@ -20,7 +20,18 @@ if TYPE_CHECKING:
     from pneumolab.config import TrainConfig
     from pneumolab.inference.predictor import Prediction, Predictor
 
-__all__ = ["Prediction", "Predictor", "TrainConfig", "__version__", "evaluate", "load_run", "train"]
+__all__ = [
+    "Prediction",
+    "Predictor",
+    "TrainConfig",
+    "__version__",
+    "build_ensemble",
+    "compare_runs",
+    "evaluate",
+    "load_run",
+    "run_study",
+    "train",
+]
 
 _LAZY = {
     "Prediction": "pneumolab.inference.predictor",
@@ -28,6 +39,9 @@ _LAZY = {
     "TrainConfig": "pneumolab.config",
     "train": "pneumolab.training.train",
     "evaluate": "pneumolab.evaluation.evaluate",
+    "build_ensemble": "pneumolab.training.ensemble",
+    "compare_runs": "pneumolab.evaluation.comparison",
+    "run_study": "pneumolab.study.runner",
 }
 
 

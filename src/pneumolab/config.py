@@ -23,6 +23,28 @@ class TrainConfig(BaseModel):
         default=None,
         description="local weights file or folder (else $PNEUMOLAB_WEIGHTS_DIR, else hub)",
     )
+    task: Literal["binary", "three_class"] = Field(
+        default="binary",
+        description="binary: NORMAL / PNEUMONIA; three_class: NORMAL / BACTERIAL / VIRAL (from the "
+        "pneumonia file names); thresholds always apply to P(pneumonia)",
+    )
+    strategy: Literal["finetune", "frozen", "partial"] = Field(
+        default="finetune",
+        description="finetune: whole network; frozen: head only, on cached backbone features; "
+        "partial: the last `unfreeze_stages` stages and the head",
+    )
+    backbone_lr_scale: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="learning rate of pretrained backbone layers, as a fraction of `lr`",
+    )
+    unfreeze_stages: int = Field(default=2, ge=1, description="stages trained by `partial`")
+    feature_cache: str | None = Field(
+        default=None,
+        description="folder of the frozen strategy's feature cache "
+        "(else $PNEUMOLAB_CACHE_DIR, else ~/.cache/pneumolab/features)",
+    )
     image_size: int = Field(default=160, ge=32, le=1024)
     epochs: int = Field(default=8, ge=1)
     batch_size: int = Field(default=32, ge=1)

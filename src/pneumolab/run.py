@@ -11,6 +11,9 @@ RUN_DIR/
   checkpoints/           Lightning checkpoints (last.ckpt for --resume)
   eval/<split>/          evaluation outputs
 ```
+
+An ensemble's run directory has ``members.json`` (the member run directories, relative to it)
+instead of weights, config and checkpoints; everything else is the same.
 """
 
 from __future__ import annotations
@@ -65,11 +68,25 @@ class RunDir:
     def last_checkpoint(self) -> Path:
         return self.checkpoints / "last.ckpt"
 
+    @property
+    def members(self) -> Path:
+        return self.root / "members.json"
+
     def eval_dir(self, split: str) -> Path:
         return self.root / "eval" / split
 
+    @property
+    def is_ensemble(self) -> bool:
+        return self.members.is_file()
+
     def is_complete(self) -> bool:
-        return self.meta.is_file() and self.weights.is_file()
+        return self.meta.is_file() and (self.weights.is_file() or self.is_ensemble)
+
+    def member_runs(self) -> list[RunDir]:
+        """The member runs of an ensemble (an empty list for a single run)."""
+        if not self.is_ensemble:
+            return []
+        return [RunDir(self.root / p) for p in json.loads(self.members.read_text())]
 
     def read_meta(self) -> dict[str, Any]:
         """Metadata of a finished run; RunDirError if the run is missing or unfinished."""

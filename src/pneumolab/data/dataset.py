@@ -56,18 +56,24 @@ def decode_samples(
 
 
 class XrayDataset(Dataset):
-    """Yields ``(image, label)``: image float32 ``(1, S, S)`` in [0, 1], label float32 (1 = pneumonia)."""
+    """Yields ``(image, target)``: image float32 ``(1, S, S)`` in [0, 1]; target float32
+    (1 = pneumonia) by default, or the given ``targets`` (e.g. subtype indices)."""
 
     def __init__(
         self,
         decoded: DecodedImages,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         intensity: str = "none",
+        targets: torch.Tensor | None = None,
     ) -> None:
         self.decoded = decoded
         self.transform = transform
         self.intensity = intensity
-        self.labels = torch.tensor([s.label for s in decoded.samples], dtype=torch.float32)
+        self.labels = (
+            torch.tensor([s.label for s in decoded.samples], dtype=torch.float32)
+            if targets is None
+            else targets
+        )
 
     def __len__(self) -> int:
         return len(self.decoded.samples)

@@ -1,4 +1,4 @@
-"""Figures of an evaluation: confusion matrix and ROC curve (matplotlib, written as PNG)."""
+"""Figures of evaluations and comparisons (matplotlib, written as PNG)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,53 @@ def save_roc_curve(
     if operating_point is not None:
         ax.plot(*operating_point, "o", color="crimson", label="stored threshold")
         ax.legend(loc="lower right")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def save_sample_grid(samples_by_class: dict[str, list[Path]], path: Path, size: int = 160) -> Path:
+    """A grid of X-rays, one row per class (the study's images figure)."""
+    from pneumolab.data.imageio import load_image
+
+    columns = max(1, max(len(paths) for paths in samples_by_class.values()))
+    fig, axes = plt.subplots(
+        len(samples_by_class),
+        columns,
+        figsize=(1.8 * columns, 2.0 * len(samples_by_class)),
+        dpi=110,
+        squeeze=False,
+    )
+    for row, (name, paths) in zip(axes, samples_by_class.items(), strict=True):
+        for ax in row:
+            ax.axis("off")
+        for ax, image_path in zip(row, paths, strict=False):
+            image = load_image(image_path, size_hint=size)
+            image.thumbnail((size, size))
+            ax.imshow(image, cmap="gray")
+            ax.set_title(f"{name}\n{image_path.name}", fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def save_model_bars(
+    names: list[str], values: dict[str, list[float]], path: Path, title: str = ""
+) -> Path:
+    """Grouped bars: one group per model, one bar per metric (the study's results figure)."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(names) + 2), 4.2), dpi=120)
+    width = 0.8 / max(1, len(values))
+    positions = np.arange(len(names))
+    for i, (metric, heights) in enumerate(values.items()):
+        bars = ax.bar(positions + i * width, heights, width, label=metric)
+        ax.bar_label(bars, fmt="%.2f", fontsize=6, rotation=90, padding=2)
+    ax.set_xticks(positions + width * (len(values) - 1) / 2, names, rotation=20, ha="right")
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel("score")
+    ax.legend(fontsize="small", ncols=len(values), loc="upper center")
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path)

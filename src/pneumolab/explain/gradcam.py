@@ -111,10 +111,13 @@ def overlay(gray: np.ndarray, heat: np.ndarray) -> np.ndarray:
     return np.round(255 * ((1 - alpha) * base + alpha * colours)).astype(np.uint8)
 
 
-def overlay_png(gray_image: Image.Image | np.ndarray, heat: np.ndarray) -> bytes:
-    """PNG bytes of :func:`overlay` for a grayscale image (PIL mode ``L`` or uint8 array)."""
+def overlay_png(gray_image: Image.Image | np.ndarray, heat: np.ndarray | None) -> bytes:
+    """PNG bytes of :func:`overlay` for a grayscale image (PIL mode ``L`` or uint8 array);
+    ``heat=None``: the image alone."""
+    gray = np.asarray(gray_image, dtype=np.uint8)
+    heat = np.zeros(gray.shape, dtype=np.float32) if heat is None else heat
     buffer = io.BytesIO()
-    Image.fromarray(overlay(np.asarray(gray_image, dtype=np.uint8), heat)).save(buffer, "PNG")
+    Image.fromarray(overlay(gray, heat)).save(buffer, "PNG")
     return buffer.getvalue()
 
 
@@ -139,7 +142,8 @@ def explain_paths(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: set[Path] = set()
-    layer = find_target_layer(predictor.model, predictor.image_size)
+    model = predictor.require_model("Grad-CAM")
+    layer = find_target_layer(model, predictor.image_size)
     for path in expand_paths(paths):
         try:
             image = load_image(path, size_hint=predictor.image_size)
@@ -148,7 +152,7 @@ def explain_paths(
             continue
         result = predictor.predict(image)
         pixels = predictor.preprocess(image)[None]
-        heat = gradcam(predictor.model, pixels, predictor.intensity, layer)
+        heat = gradcam(model, pixels, predictor.intensity, layer)
         out_file, n = out_dir / f"{path.stem}.png", 1
         while out_file in written:
             n += 1

@@ -46,25 +46,50 @@ def default_device() -> str:
 
 
 @torch.inference_mode()
+def _batched(
+    score: Callable[[torch.Tensor], torch.Tensor],
+    model: XrayClassifier,
+    pixels: torch.Tensor,
+    intensity: str,
+    batch_size: int,
+) -> np.ndarray:
+    model.eval()
+    device = next(model.parameters()).device
+    scores = [
+        score(normalize_intensity(chunk, intensity).to(device).float() / 255.0).cpu()
+        for chunk in pixels.split(batch_size)
+    ]
+    return torch.cat(scores).numpy() if scores else np.zeros(0, dtype=np.float32)
+
+
 def predict_pixels(
     model: XrayClassifier, pixels: torch.Tensor, intensity: str = "none", batch_size: int = 64
 ) -> np.ndarray:
     """Pneumonia probabilities for raw uint8 ``(N, 1, S, S)`` pixels, in fp32, batch by batch;
     ``intensity`` normalisation is applied first, as in training."""
-    model.eval()
-    device = next(model.parameters()).device
-    probs = [
-        torch.sigmoid(model(normalize_intensity(chunk, intensity).to(device).float() / 255.0)).cpu()
-        for chunk in pixels.split(batch_size)
-    ]
-    return torch.cat(probs).numpy() if probs else np.zeros(0, dtype=np.float32)
+    return _batched(lambda x: torch.sigmoid(model(x)), model, pixels, intensity, batch_size)
+
+
+def predict_class_probabilities(
+    model: XrayClassifier, pixels: torch.Tensor, intensity: str = "none", batch_size: int = 64
+) -> np.ndarray:
+    """``(N, K)`` class probabilities (softmax) of a three-class model, like :func:`predict_pixels`."""
+    return _batched(
+        lambda x: torch.softmax(model.class_logits(x), dim=1), model, pixels, intensity, batch_size
+    )
 
 
 def with_tta(backend: Backend) -> Backend:
     """Average ``backend``'s probabilities over the test-time views of each image (TTA_VIEWS)."""
 
+    return mean_of([lambda pixels, view=view: backend(view(pixels)) for view in TTA_VIEWS.values()])
+
+
+def mean_of(backends: Sequence[Backend]) -> Backend:
+    """The mean probability of several backends (an ensemble's members)."""
+
     def averaged(pixels: torch.Tensor) -> np.ndarray:
-        return np.mean([backend(view(pixels)) for view in TTA_VIEWS.values()], axis=0)
+        return np.mean([backend(pixels) for backend in backends], axis=0)
 
     return averaged
 
@@ -96,6 +121,7 @@ class Predictor:
         then be None; both take the same preprocessed uint8 pixels."""
         if backend is None and model is None:
             raise ValueError("Predictor needs a model or a backend")
+        self.run_dir: Path | None = None
         self.model = model.eval() if model is not None else None
         self.meta = meta
         self.image_size = int(meta["image_size"])
@@ -121,6 +147,7 @@ class Predictor:
         was chosen without them).
         """
         predictor = cls._load(run_dir, device, backend, onnx_file)
+        predictor.run_dir = Path(run_dir)
         if tta:
             predictor.backend = with_tta(predictor.backend)
         return predictor
@@ -133,11 +160,15 @@ class Predictor:
             raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
         run = RunDir(Path(run_dir))
         meta = run.read_meta()
+        if run.is_ensemble:
+            members = [cls._load(m.root, device, backend, None) for m in run.member_runs()]
+            return cls(None, meta, mean_of([m.backend for m in members]))
         if backend == "onnx":
             from pneumolab.serving.export import run_onnx_backend  # onnxruntime only when asked
 
             return cls(None, meta, run_onnx_backend(run.root, onnx_file))
-        model = create_classifier(meta["model"], pretrained=False)
+        subtypes = meta.get("subtype_names") or []
+        model = create_classifier(meta["model"], pretrained=False, num_classes=len(subtypes) or 1)
         try:
             model.load_state_dict(load_file(run.weights))
         except RuntimeError as exc:
@@ -145,6 +176,16 @@ class Predictor:
                 f"{run.weights}: weights do not match model '{meta['model']}' ({exc})"
             ) from None
         return cls(model.to(device), meta)
+
+    def require_model(self, purpose: str) -> XrayClassifier:
+        """The PyTorch model; a clear error for an ensemble or an ONNX-only predictor."""
+        if self.model is None:
+            what = "an ensemble" if "members" in self.meta else "loaded without its PyTorch model"
+            raise RunDirError(
+                f"{self.run_dir or 'this run'} is {what}: {purpose} needs a single PyTorch "
+                "model; use one of the ensemble's member runs (its members.json lists them)"
+            )
+        return self.model
 
     def preprocess(self, image: ImageInput) -> torch.Tensor:
         """Any supported input to uint8 ``(1, S, S)`` pixels, exactly as in training."""

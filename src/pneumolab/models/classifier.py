@@ -8,6 +8,14 @@ import torch
 from torch import nn
 
 
+def pneumonia_logit(class_logits: torch.Tensor) -> torch.Tensor:
+    """The logit of P(pneumonia) from ``(B, K)`` logits: the single logit when K = 1; with
+    subtypes (class 0 = NORMAL), log P(any pneumonia class) - log P(NORMAL)."""
+    if class_logits.shape[-1] == 1:
+        return class_logits.squeeze(-1)
+    return torch.logsumexp(class_logits[:, 1:], dim=1) - class_logits[:, 0]
+
+
 class XrayClassifier(nn.Module):
     """Wrap an RGB backbone so it takes ``(B, 1, H, W)`` grayscale in [0, 1] and returns ``(B,)`` logits.
 
@@ -15,6 +23,10 @@ class XrayClassifier(nn.Module):
     it reproduces the ImageNet features exactly, costs nothing measurable, and keeps every
     timm model usable unchanged. Normalisation lives inside the module, so exported models
     (ONNX) carry it and callers only supply pixels scaled to [0, 1].
+
+    The output is always the pneumonia logit, so thresholds, calibration, Grad-CAM and export
+    work the same for the binary and the three-class (NORMAL / BACTERIAL / VIRAL) task;
+    :meth:`class_logits` gives the per-class logits.
     """
 
     def __init__(self, backbone: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
@@ -23,7 +35,22 @@ class XrayClassifier(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _backbone_input(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.expand(-1, self.mean.shape[1], -1, -1) - self.mean) / self.std
         # channels-last runs oneDNN's fastest convolution kernels on CPU (~1.3x in training)
-        return self.backbone(x.contiguous(memory_format=torch.channels_last)).squeeze(-1)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def class_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's raw ``(B, K)`` logits (K = 1: pneumonia; K = 3: the subtypes)."""
+        return self.backbone(self._backbone_input(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` logits of pneumonia, whatever the number of classes."""
+        return pneumonia_logit(self.class_logits(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``(B, D)`` features the final classifier sees (timm's ``pre_logits``)."""
+        backbone = self.backbone
+        return backbone.forward_head(
+            backbone.forward_features(self._backbone_input(x)), pre_logits=True
+        )

@@ -72,8 +72,23 @@ class BaselineCNN(nn.Module):
             "std": (0.25,) * in_chans,
         }
 
+    def get_classifier(self) -> nn.Module:
+        """The final linear layer (timm convention)."""
+        return self.head[-1]
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, object]:
+        """Parameter groups for timm: the first block is the stem, each later block a stage."""
+        return {"stem": r"^features\.0\.", "blocks": r"^features\.(\d+)"}
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head[:-1](self.pool(x))
+        return x if pre_logits else self.head[-1](x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.features(x)))
+        return self.forward_head(self.forward_features(x))
 
 
 @register_model

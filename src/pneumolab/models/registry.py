@@ -97,10 +97,13 @@ def create_backbone(
 
 
 def create_classifier(
-    name: str, pretrained: bool = False, weights: str | Path | None = None
+    name: str, pretrained: bool = False, weights: str | Path | None = None, num_classes: int = 1
 ) -> XrayClassifier:
-    """Create a one-logit grayscale X-ray classifier around timm architecture ``name``."""
-    backbone = create_backbone(name, pretrained=pretrained, weights=weights, num_classes=1)
+    """Create a grayscale X-ray classifier around timm architecture ``name``: one pneumonia logit,
+    or ``num_classes`` logits (NORMAL first) for the three-class task."""
+    backbone = create_backbone(
+        name, pretrained=pretrained, weights=weights, num_classes=num_classes
+    )
     cfg = timm.data.resolve_data_config(model=backbone)
     model = XrayClassifier(backbone, mean=cfg["mean"], std=cfg["std"])
     return model.to(memory_format=torch.channels_last)

@@ -103,7 +103,9 @@ def model_card_text(run: RunDir) -> str:
         "",
         "## Model details",
         "",
-        f"- Architecture: `{meta['model']}` (pretrained: {config.get('pretrained', '—')})",
+        f"- Architecture: `{meta['model']}` (pretrained: {config.get('pretrained', '—')}, "
+        f"strategy: {meta.get('strategy', 'finetune')})",
+        *(f"- Ensemble member: `{member}`" for member in meta.get("members", [])),
         f"- Input size: {meta['image_size']} × {meta['image_size']} px, 1 channel",
         f"- Preprocessing: {prep.get('color', '—')}; resize {prep.get('resize', '—')}; "
         f"scale {prep.get('scale', '—')}",

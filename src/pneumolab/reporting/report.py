@@ -126,15 +126,19 @@ def _errors_html(predictor: Predictor, rows: list[dict[str, Any]], limit: int) -
         (r for r in rows if r["label"] == 0 and r["probability"] >= threshold),
         key=lambda r: -r["probability"],
     )
-    layer = find_target_layer(predictor.model, predictor.image_size)
-    parts = [f"<p>At the default threshold {threshold:.4f}; Grad-CAM of the pneumonia logit.</p>"]
+    model = predictor.model  # None for an ensemble: no single network to explain
+    layer = find_target_layer(model, predictor.image_size) if model is not None else None
+    shown = "Grad-CAM of the pneumonia logit" if model is not None else "ensemble: no heat maps"
+    parts = [f"<p>At the default threshold {threshold:.4f}; {shown}.</p>"]
     for title, errors in (("False negatives", fn), ("False positives", fp)):
         parts.append(f"<h3>{title} ({len(errors)})</h3>")
         if not errors:
             parts.append("<p>none</p>")
         for row in errors[:limit]:
             pixels = predictor.preprocess(row["path"])
-            heat = gradcam(predictor.model, pixels[None], predictor.intensity, layer)
+            heat = (
+                None if model is None else gradcam(model, pixels[None], predictor.intensity, layer)
+            )
             png = overlay_png(pixels[0].numpy(), heat)
             parts.append(
                 _img(png, f"{Path(row['path']).name}: P = {row['probability']:.3f}", "thumb")
@@ -157,6 +161,8 @@ def _samples_html(rows: list[dict[str, Any]], per_class: int) -> str:
 
 
 def _saliency_html(predictor: Predictor, run: RunDir, data_dir: Path, split: str) -> str:
+    if predictor.model is None:
+        return "<p>Not computed for an ensemble: run the report on each member run.</p>"
     samples = split_samples(run, data_dir, split)
     picked = [
         samples[i]

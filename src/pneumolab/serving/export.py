@@ -47,7 +47,7 @@ def weights_digest(run_dir: Path) -> str:
 
 def _metadata(run_dir: Path, predictor: Predictor) -> dict[str, str]:
     """The preprocessing contract and provenance, as ONNX ``metadata_props`` (strings)."""
-    model = predictor.model
+    model = predictor.require_model("ONNX export")
     return {
         "image_size": str(predictor.image_size),
         "intensity": predictor.intensity,
@@ -102,12 +102,13 @@ def export_onnx(
     """
     run, out_file = RunDir(Path(run_dir)), Path(out_file)
     predictor = Predictor.from_run(run.root)
+    model = predictor.require_model("ONNX export")
     size = predictor.image_size
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_name(out_file.name + ".partial")
     try:
         torch.onnx.export(
-            _ProbabilityModel(predictor.model).eval(),  # eval(): export restores this mode
+            _ProbabilityModel(model).eval(),  # eval(): export restores this mode
             (torch.rand(2, 1, size, size),),
             str(tmp),
             dynamo=False,  # the TorchScript exporter: no onnxscript dependency, exact here
@@ -121,7 +122,7 @@ def export_onnx(
         onnx.checker.check_model(graph)
         onnx.save(graph, str(tmp))
         pixels, source = _verification_pixels(predictor, run, verify_images)
-        expected = predict_pixels(predictor.model, pixels, predictor.intensity)
+        expected = predict_pixels(model, pixels, predictor.intensity)
         got = OnnxBackend(tmp)(pixels)
         max_diff = float(np.abs(got - expected).max())
         flipped = (got >= predictor.threshold) != (expected >= predictor.threshold)

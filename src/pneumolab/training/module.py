@@ -2,57 +2,83 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
-
-from pneumolab.models.classifier import XrayClassifier
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 
 class ClassifierModule(L.LightningModule):
-    """Train an :class:`XrayClassifier` with AdamW and a one-cycle schedule.
+    """Train a one-logit model (an :class:`XrayClassifier`, or a head on cached features) with
+    AdamW and a one-cycle schedule.
 
-    The loss weights each class by the inverse of its frequency, so NORMAL (a quarter of
-    train) counts as much as PNEUMONIA. Validation logs ``val_loss`` (plain, unweighted
+    ``param_groups`` (``[{"params": ..., "lr": ...}]``) give per-group learning rates, e.g. a lower
+    one for a pretrained backbone; by default every trainable parameter trains at ``lr``.
+    Batch-norm layers whose parameters are all frozen stay in eval mode (their running
+    statistics are part of the frozen backbone).
+
+    The loss weights each class by the inverse of its frequency (``class_counts`` in train), so
+    NORMAL (a quarter of train) counts as much as PNEUMONIA: binary cross-entropy on the
+    pneumonia logit for two classes, cross-entropy on the model's ``class_logits`` for more
+    (targets are then class indices, 0 = NORMAL). Validation scores P(pneumonia) and logs ``val_loss`` (plain, unweighted
     log-loss: a proper scoring rule that keeps improving after AUC saturates) and ``val_auc``.
     """
 
     def __init__(
         self,
-        model: XrayClassifier,
-        positive_fraction: float,
+        model: nn.Module,
+        class_counts: Sequence[int],
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
+        param_groups: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.lr = lr
+        self.param_groups = param_groups
         self.weight_decay = weight_decay
-        self.class_weights = (0.5 / (1.0 - positive_fraction), 0.5 / positive_fraction)
+        counts = torch.tensor(class_counts, dtype=torch.float32)
+        weights = counts.sum() / (len(counts) * counts.clamp(min=1))
+        self.register_buffer("class_weights", weights, persistent=False)
+        self.multiclass = len(counts) > 2
         self._val_probs: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def on_train_epoch_start(self) -> None:
+        for module in self.model.modules():
+            if isinstance(module, _BatchNorm) and not any(
+                p.requires_grad for p in module.parameters()
+            ):
+                module.eval()
+
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
-        images, labels = batch
-        logits = self(images).float()
-        weights = torch.where(labels > 0.5, self.class_weights[1], self.class_weights[0])
-        loss = F.binary_cross_entropy_with_logits(logits, labels, weight=weights)
+        images, targets = batch
+        if self.multiclass:
+            logits = self.model.class_logits(images).float()
+            loss = F.cross_entropy(logits, targets, weight=self.class_weights)
+        else:
+            weights = self.class_weights[targets.long()]
+            loss = F.binary_cross_entropy_with_logits(self(images).float(), targets, weight=weights)
         self.log(
-            "train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels)
+            "train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets)
         )
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        images, labels = batch
+        images, targets = batch
         self._val_probs.append(torch.sigmoid(self(images).float()).cpu())
-        self._val_labels.append(labels.cpu())
+        self._val_labels.append((targets > 0).float().cpu())
 
     def on_validation_epoch_end(self) -> None:
         probs = torch.cat(self._val_probs).clamp(1e-7, 1 - 1e-7)
@@ -66,10 +92,13 @@ class ClassifierModule(L.LightningModule):
         self.log("val_auc", float(auc), prog_bar=True)
 
     def configure_optimizers(self) -> dict[str, object]:
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        groups = self.param_groups or [
+            {"params": [p for p in self.parameters() if p.requires_grad], "lr": self.lr}
+        ]
+        optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
-            max_lr=self.lr,
+            max_lr=[group["lr"] for group in groups],
             total_steps=int(self.trainer.estimated_stepping_batches),
             pct_start=0.15,
         )

@@ -6,7 +6,9 @@ import logging
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -14,25 +16,28 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 from safetensors.torch import save_file
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 import pneumolab
 from pneumolab.config import TrainConfig, resolve_config, save_config
 from pneumolab.data.dataset import DecodedImages, XrayDataset, decode_samples
 from pneumolab.data.layout import CLASS_NAMES, Sample, find_splits, scan_split
 from pneumolab.data.patients import grouped_split
+from pneumolab.data.subtypes import SUBTYPE_NAMES, subtype_labels
 from pneumolab.data.transforms import train_augmentation
 from pneumolab.errors import PneumolabError, RunDirError
-from pneumolab.evaluation.calibration import fit_temperature
-from pneumolab.evaluation.metrics import binary_metrics, threshold_metrics
-from pneumolab.evaluation.operating_points import choose_operating_points
-from pneumolab.inference.predictor import predict_pixels
+from pneumolab.evaluation.decision import decision_meta
+from pneumolab.evaluation.metrics import binary_metrics
+from pneumolab.evaluation.subtypes import subtype_metrics
+from pneumolab.inference.predictor import predict_class_probabilities, predict_pixels
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.models.registry import create_classifier
 from pneumolab.reporting.model_card import write_model_card
 from pneumolab.run import RunDir, write_predictions
 from pneumolab.training.callbacks import HistoryCSV
+from pneumolab.training.frozen import cache_for, frozen_datasets
 from pneumolab.training.module import ClassifierModule
+from pneumolab.training.strategies import apply_strategy, optimizer_groups
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +71,18 @@ def _subset(samples: list[Sample], size: int | None, seed: int) -> list[Sample]:
     return sorted(kept, key=lambda s: s.path)
 
 
+def num_classes(task: str) -> int:
+    """Classes of the training targets: 2 (binary) or 3 (NORMAL / BACTERIAL / VIRAL)."""
+    return len(SUBTYPE_NAMES) if task == "three_class" else 2
+
+
+def training_targets(samples: list[Sample], task: str) -> torch.Tensor:
+    """Float 0/1 pneumonia labels (binary), or long subtype indices (three_class)."""
+    if task == "three_class":
+        return torch.tensor(subtype_labels(samples), dtype=torch.long)
+    return torch.tensor([s.label for s in samples], dtype=torch.float32)
+
+
 def prepare_run_dir(out_dir: Path, resume: bool) -> RunDir:
     """Create a fresh run directory, or check that ``--resume`` has something to resume."""
     run = RunDir(Path(out_dir))
@@ -86,8 +103,9 @@ def prepare_run_dir(out_dir: Path, resume: bool) -> RunDir:
     return run
 
 
-def _loader(dataset: XrayDataset, config: TrainConfig, shuffle: bool) -> DataLoader:
-    workers = config.num_workers if shuffle else 0
+def _loader(dataset: Dataset, config: TrainConfig, shuffle: bool) -> DataLoader:
+    # cached features need no worker processes; images are augmented in workers
+    workers = config.num_workers if shuffle and isinstance(dataset, XrayDataset) else 0
     return DataLoader(
         dataset,
         batch_size=config.batch_size if shuffle else 128,
@@ -129,10 +147,24 @@ def train(
             scan_split(find_splits(data_root)["train"]), config.max_train_images, config.seed
         )
         train_samples, val_samples = grouped_split(all_train, config.val_fraction, config.seed)
-        run = prepare_run_dir(Path(out_dir), resume)  # only once the data is known to be usable
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    # before the run directory exists: unknown names and missing weights fail fast, leave nothing.
+    # A resumed checkpoint holds every trained weight, except under `frozen`: the head only.
+    load_pretrained = config.pretrained and (not resume or config.strategy == "frozen")
+    model = create_classifier(
+        config.model,
+        pretrained=load_pretrained,
+        weights=config.weights,
+        num_classes=1 if config.task == "binary" else num_classes(config.task),
+    )
+    apply_strategy(model.backbone, config.strategy, config.unfreeze_stages)
+    feature_cache = cache_for(config) if config.strategy == "frozen" else None
+    if config.task == "three_class":
+        subtype_labels(train_samples + val_samples)  # every pneumonia file name has its subtype
+    if not resume:
+        run = prepare_run_dir(Path(out_dir), resume)
         save_config(config, run.config)
         run.write_split(data_root, train_samples, val_samples)
-    L.seed_everything(config.seed, workers=True, verbose=False)
 
     started = time.perf_counter()
     train_images = decode_samples(train_samples, config.image_size)
@@ -146,12 +178,38 @@ def train(
         time.perf_counter() - started,
     )
 
-    model = create_classifier(
-        config.model, pretrained=config.pretrained and not resume, weights=config.weights
+    precision = resolve_precision(config.precision)
+    train_targets, val_targets = (
+        training_targets(images.samples, config.task) for images in (train_images, val_images)
     )
-    positive_fraction = float(np.mean([s.label for s in train_images.samples]))
+    cache_stats = None
+    if feature_cache is not None:
+        fit_model, train_data, val_data, cache_stats = frozen_datasets(
+            model,
+            feature_cache,
+            config.intensity,
+            train_images,
+            val_images,
+            (train_targets, val_targets),
+            bf16=precision.startswith("bf16"),
+        )
+    else:
+        fit_model = model
+        train_data = XrayDataset(
+            train_images,
+            train_augmentation(config.image_size, config.augment_strength),
+            config.intensity,
+            train_targets,
+        )
+        val_data = XrayDataset(val_images, intensity=config.intensity, targets=val_targets)
+    class_counts = np.bincount(train_targets.long().numpy(), minlength=num_classes(config.task))
+    backbone_lr_scale = config.backbone_lr_scale if config.pretrained else 1.0
     module = ClassifierModule(
-        model, positive_fraction, lr=config.lr, weight_decay=config.weight_decay
+        fit_model,
+        class_counts.tolist(),
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        param_groups=optimizer_groups(model.backbone, config.lr, backbone_lr_scale),
     )
     mode = "max" if config.monitor == "val_auc" else "min"
     checkpoint = ModelCheckpoint(
@@ -161,7 +219,7 @@ def train(
         max_epochs=config.epochs,
         accelerator="auto",
         devices=1,
-        precision=resolve_precision(config.precision),
+        precision=precision,
         callbacks=[
             checkpoint,
             EarlyStopping(
@@ -176,16 +234,8 @@ def train(
         num_sanity_val_steps=0,
         enable_model_summary=False,
     )
-    train_loader = _loader(
-        XrayDataset(
-            train_images,
-            train_augmentation(config.image_size, config.augment_strength),
-            config.intensity,
-        ),
-        config,
-        True,
-    )
-    val_loader = _loader(XrayDataset(val_images, intensity=config.intensity), config, False)
+    train_loader = _loader(train_data, config, True)
+    val_loader = _loader(val_data, config, False)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -203,12 +253,19 @@ def train(
     best = torch.load(
         checkpoint.best_model_path or run.last_checkpoint, map_location="cpu", weights_only=True
     )
-    state = {k.removeprefix("model."): v for k, v in best["state_dict"].items()}
-    model.load_state_dict(state)
+    module.load_state_dict(best["state_dict"])  # module.model is the model or its head
     model = model.cpu().float()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, run.weights)
+    training = {
+        "strategy": config.strategy,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "best_epoch": best.get("epoch"),
+        "train_seconds": round(fit_seconds, 1),
+        "feature_cache": None if cache_stats is None else asdict(cache_stats),
+    }
     official_val = find_splits(data_root).get("val")
-    _finish_run(run, config, model, val_images, fit_seconds, best.get("epoch"), official_val)
+    _finish_run(run, config, model, val_images, training, official_val)
     return run
 
 
@@ -217,29 +274,32 @@ def _finish_run(
     config: TrainConfig,
     model: XrayClassifier,
     val_images: DecodedImages,
-    fit_seconds: float,
-    best_epoch: int | None,
+    training: dict[str, Any],
     official_val: Path | None,
 ) -> None:
-    """Score validation with the best weights, choose the operating points (the first, at the
-    target sensitivity, is the default threshold) and the temperature, write predictions, meta
-    and MODEL_CARD.md.
+    """Score validation with the best weights, choose the decision rule on it
+    (:func:`decision_meta`), write predictions, meta and MODEL_CARD.md. ``training`` (strategy,
+    parameter counts, best epoch, time...) goes into meta.
 
     The dataset's own small ``val/`` folder, when present, is scored and reported (not used).
     """
     probs = predict_pixels(model, val_images.pixels, config.intensity)
     labels = np.array([s.label for s in val_images.samples])
-    points = choose_operating_points(
+    decision = decision_meta(
         labels, probs, f"validation split of {run.root.name}", config.target_sensitivity
     )
-    threshold = points[0].threshold
     write_predictions(run.val_predictions, val_images.samples, probs)
+    if config.task == "three_class":
+        class_probs = predict_class_probabilities(model, val_images.pixels, config.intensity)
+        decision["val_subtype_metrics"] = subtype_metrics(
+            np.array(subtype_labels(val_images.samples)), class_probs
+        )
     official_metrics = None
     if official_val is not None:
         official = decode_samples(scan_split(official_val), config.image_size)
         official_probs = predict_pixels(model, official.pixels, config.intensity)
         official_labels = np.array([s.label for s in official.samples])
-        official_metrics = binary_metrics(official_labels, official_probs, threshold)
+        official_metrics = binary_metrics(official_labels, official_probs, decision["threshold"])
     run.write_meta(
         {
             "model": config.model,
@@ -253,18 +313,11 @@ def _finish_run(
                 "mean": model.mean.flatten().tolist(),
                 "std": model.std.flatten().tolist(),
             },
-            "threshold": threshold,
-            "threshold_rule": f"highest threshold with validation sensitivity >= {config.target_sensitivity}",
-            "default_operating_point": points[0].name,
-            "operating_points": {
-                p.name: p.to_dict() | {"val_metrics": threshold_metrics(labels, probs, p.threshold)}
-                for p in points
-            },
-            "temperature": fit_temperature(labels, probs),
             "class_names": list(CLASS_NAMES),
-            "best_epoch": best_epoch,
-            "train_seconds": round(fit_seconds, 1),
-            "val_metrics": binary_metrics(labels, probs, threshold),
+            "task": config.task,
+            "subtype_names": list(SUBTYPE_NAMES) if config.task == "three_class" else None,
+            **training,
+            **decision,
             "official_val_metrics": official_metrics,
             "pneumolab_version": pneumolab.__version__,
             "torch_version": torch.__version__,

@@ -1,0 +1,243 @@
+"""One function per subcommand: call the Python API, print the result. No logic of their own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from pneumolab.cli.tables import (
+    comparison_table,
+    metrics_table,
+    operating_points_table,
+    robustness_table,
+)
+from pneumolab.errors import ImageLoadError
+
+console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
+stdout = Console(width=None if sys.stdout.isatty() else 200)  # tables: no truncated paths in logs
+
+
+def _config_overrides(args: argparse.Namespace, *fields: str) -> dict[str, Any]:
+    """Training settings given as flags (argparse destinations are TrainConfig field names)."""
+    return {field: getattr(args, field) for field in fields}
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from pneumolab.models.catalog import STUDY_MODELS, describe_model
+
+    table = Table("model", "family", "parameters", "input", "ImageNet weights", title="models")
+    for name in args.names or STUDY_MODELS:
+        info = describe_model(name, args.weights)
+        table.add_row(
+            info.name, info.family, f"{info.parameters:,}", str(info.input_size), info.weights
+        )
+    stdout.print(table)
+    console.print("Any other timm architecture name works too (see timm.list_models()).")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from pneumolab.data.check import check_dataset
+
+    report = check_dataset(args.data_dir)
+    table = Table(title=f"{report.root}")
+    for column in ("split", "NORMAL", "PNEUMONIA", "patients"):
+        table.add_column(column, justify="right")
+    for split, counts in report.counts.items():
+        table.add_row(
+            split, str(counts["NORMAL"]), str(counts["PNEUMONIA"]), str(report.patients[split])
+        )
+    console.print(table)
+    console.print(
+        f"byte-identical duplicate groups: {len(report.duplicate_groups)} "
+        f"({len(report.cross_split_duplicates)} across splits)"
+    )
+    for group in report.cross_split_duplicates:
+        console.print(f"  [yellow]across splits:[/] {', '.join(map(str, group))}")
+    for pair, ids in report.patient_overlap.items():
+        style = "yellow" if ids else "green"
+        console.print(f"patients in both {pair}: [{style}]{len(ids)}[/] {' '.join(ids[:10])}")
+    console.print(f"unreadable files: {len(report.unreadable)}")
+    for problem in report.unreadable:
+        console.print(f"  [red]{problem}[/]")
+    return 0
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from pneumolab.data.fetch import DEFAULT_URL, fetch
+
+    root = fetch(args.out, url=args.url or DEFAULT_URL, from_zip=args.from_zip, sha256=args.sha256)
+    console.print(f"dataset ready at [bold]{root}[/]")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pneumolab.config import resolve_config
+    from pneumolab.training.train import train
+
+    overrides = _config_overrides(
+        args,
+        "model",
+        "epochs",
+        "image_size",
+        "seed",
+        "weights",
+        "pretrained",
+        "max_train_images",
+        "batch_size",
+        "strategy",
+        "unfreeze_stages",
+        "backbone_lr_scale",
+    )
+    config = None if args.resume else resolve_config(args.config, overrides)
+    run = train(args.data, args.out, config, resume=args.resume)
+    meta = run.read_meta()
+    console.print(
+        metrics_table(meta["val_metrics"], f"validation (patient-grouped) — {meta['model']}")
+    )
+    official = meta.get("official_val_metrics")
+    if official:
+        console.print(
+            f"official val/ folder (reported, not used for selection): n={official['n']}, "
+            f"accuracy {official['accuracy']:.3f}, sensitivity {official['sensitivity']:.3f}, "
+            f"specificity {official['specificity']:.3f}"
+        )
+    console.print(f"trained in {meta['train_seconds']:.0f}s; run written to [bold]{run.root}[/]")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pneumolab.evaluation.evaluate import evaluate
+
+    metrics = evaluate(
+        args.run_dir, args.data, args.split, robustness=args.robustness, tta=args.tta
+    )
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        console.print(metrics_table(metrics, f"{args.split} — {metrics['model']}"))
+        console.print(operating_points_table(metrics))
+        if args.robustness:
+            console.print(robustness_table(metrics["robustness"]))
+        console.print(f"written to {Path(args.run_dir) / 'eval' / args.split}")
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from pneumolab.study.runner import run_study
+
+    overrides = _config_overrides(args, "weights", "max_train_images", "epochs", "feature_cache")
+    result = run_study(args.config, args.data, args.out, overrides)
+    stdout.print(comparison_table(result.rows, f"study {args.config} — validation split"))
+    for name, reason in result.failed.items():
+        console.print(f"[bold red]not run:[/] {name}: {escape(reason)}")
+    if result.best:
+        console.print(f"selected on validation: [bold]{result.best}[/] → {args.out / 'best'}")
+    console.print(f"table: {result.outputs.get('markdown')}; chart: {result.outputs.get('chart')}")
+    return 1 if result.failed else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pneumolab.evaluation.comparison import compare_runs
+
+    rows, outputs = compare_runs(args.run_dirs, args.data, args.split, args.out)
+    stdout.print(comparison_table(rows, f"{args.split} split"))
+    console.print(f"table: {outputs['markdown']}; chart: {outputs['chart']}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pneumolab.inference.predictor import Predictor
+
+    predictor = Predictor.from_run(args.run_dir, backend=args.backend, tta=args.tta)
+    if args.out:
+        from pneumolab.inference.batch import predict_to_file
+
+        summary = predict_to_file(predictor, args.paths, args.out, args.batch_size)
+        console.print(
+            f"{summary.written} written to {args.out} ({summary.failed} failed, "
+            f"{summary.already_done} already there from an earlier run)"
+        )
+        return 1 if summary.failed else 0
+    failures = 0
+    table = Table("path", "probability", "label")
+    for result in predictor.predict_paths(args.paths, args.batch_size):
+        if isinstance(result, ImageLoadError):
+            failures += 1
+            console.print(f"[red]error:[/] {result}")
+        elif args.json:
+            print(json.dumps(result.to_dict()), flush=True)
+        else:
+            table.add_row(result.source, f"{result.probability:.4f}", result.label)
+    if not args.json:
+        stdout.print(table)
+    return 1 if failures else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pneumolab.inference.predictor import expand_paths
+    from pneumolab.serving.export import ONNX_FILE_NAME, export_onnx
+
+    out = args.out or args.run_dir / ONNX_FILE_NAME
+    verify = expand_paths(args.verify) if args.verify else None
+    report = export_onnx(args.run_dir, out, verify_images=verify, opset=args.opset)
+    labels = (
+        "identical"
+        if report["labels_identical"]
+        else f"{report['label_flips']} differ (scores within {report['tolerance']:.0e} of it)"
+    )
+    console.print(
+        f"exported [bold]{report['file']}[/] (ONNX opset {report['opset']}); verified on "
+        f"{report['verified_on']}: max |Δprob| vs PyTorch {report['max_abs_diff']:.1e}, "
+        f"labels at the threshold: {labels}"
+    )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from pneumolab.serving.app import create_app
+
+    app = create_app(
+        args.run_dir,
+        backend=args.backend,
+        max_upload_bytes=int(args.max_upload_mb * 1_000_000),
+        cors_origins=args.cors_origin,
+    )
+    console.print(
+        f"serving {args.run_dir} at [bold]http://{args.host}:{args.port}/[/] (API docs at /docs)"
+    )
+    uvicorn.run(app, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from pneumolab.explain.gradcam import explain_paths
+
+    failures = 0
+    for result in explain_paths(args.run_dir, args.images, args.out):
+        if isinstance(result, ImageLoadError):
+            failures += 1
+            console.print(f"[red]error:[/] {result}")
+        else:
+            console.print(f"wrote {result}")
+    return 1 if failures else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pneumolab.reporting.model_card import write_model_card
+    from pneumolab.reporting.report import build_report
+    from pneumolab.run import RunDir
+
+    out = build_report(args.run_dir, args.data, args.split, args.out)
+    card = write_model_card(RunDir(args.run_dir))
+    console.print(f"wrote {out} and {card}")
+    return 0

@@ -1,0 +1,160 @@
+"""The argument parser of the ``pneumolab`` command."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pneumolab.cli import commands as cmd
+
+TTA_HELP = "average each image over fixed test-time views (zoom 1.1, rotations ±5°)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``pneumolab`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="pneumolab",
+        description="Train, evaluate and apply pneumonia classifiers for pediatric chest X-rays.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="dataset utilities").add_subparsers(
+        dest="data_command", required=True
+    )
+    check = data.add_parser("check", help="counts, patients, duplicates, leakage, unreadable files")
+    check.add_argument("data_dir", type=Path)
+    check.set_defaults(func=cmd.cmd_data_check)
+    fetch = data.add_parser("fetch", help="download and extract the public release")
+    fetch.add_argument("--out", type=Path, required=True, help="folder to extract into")
+    fetch.add_argument("--from", dest="from_zip", type=Path, help="use an already downloaded zip")
+    fetch.add_argument("--url", default=None, help="download address (default: Mendeley Data)")
+    fetch.add_argument("--sha256", default=None, help="expected checksum of the zip")
+    fetch.set_defaults(func=cmd.cmd_data_fetch)
+
+    models = commands.add_parser("models", help="list the available models and their weights")
+    models.add_argument("names", nargs="*", help="only these models (any timm name)")
+    models.add_argument("--weights", help="local weights file or folder to look in")
+    models.set_defaults(func=cmd.cmd_models)
+
+    train = commands.add_parser("train", help="train a model into a run directory")
+    train.add_argument("--data", type=Path, required=True, help="dataset root (holds train/)")
+    train.add_argument("--out", type=Path, required=True, help="run directory to create")
+    train.add_argument("--config", type=Path, help="YAML config; flags below override it")
+    train.add_argument("--model", help="timm model name or pneumolab CNN")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--image-size", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--weights", help="local ImageNet weights file or folder")
+    train.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None)
+    train.add_argument(
+        "--strategy",
+        choices=("finetune", "frozen", "partial"),
+        help="finetune: whole network; frozen: head on cached features; partial: last N stages",
+    )
+    train.add_argument("--unfreeze-stages", type=int, help="stages trained by --strategy partial")
+    train.add_argument(
+        "--backbone-lr-scale", type=float, help="pretrained backbone learning rate / head's"
+    )
+    train.add_argument(
+        "--max-train-images", type=int, help="stratified subset of train (quick runs)"
+    )
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    train.set_defaults(func=cmd.cmd_train)
+
+    study = commands.add_parser(
+        "study", help="train and compare every model of a study file; link the best"
+    )
+    study.add_argument("config", type=Path, help="study YAML (see configs/study-*.yaml)")
+    study.add_argument("--data", type=Path, required=True, help="dataset root (holds train/)")
+    study.add_argument("--out", type=Path, required=True, help="study directory (resumable)")
+    study.add_argument("--weights", help="local ImageNet weights folder for every model")
+    study.add_argument("--epochs", type=int, help="override every model's epochs (quick runs)")
+    study.add_argument("--max-train-images", type=int, help="stratified subset of train")
+    study.add_argument("--feature-cache", help="folder of the frozen strategy's feature cache")
+    study.set_defaults(func=cmd.cmd_study)
+
+    compare = commands.add_parser("compare", help="compare finished runs on a split")
+    compare.add_argument("run_dirs", type=Path, nargs="+")
+    compare.add_argument("--data", type=Path, required=True)
+    compare.add_argument("--split", choices=("val", "test"), default="val")
+    compare.add_argument("--out", type=Path, required=True, help="folder for table and figures")
+    compare.set_defaults(func=cmd.cmd_compare)
+
+    evaluate = commands.add_parser("evaluate", help="metrics of a run on a split")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--data", type=Path, required=True)
+    evaluate.add_argument("--split", choices=("val", "test"), default="val")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    evaluate.add_argument("--tta", action="store_true", help=TTA_HELP)
+    evaluate.add_argument(
+        "--robustness",
+        action="store_true",
+        help="also score under contrast/exposure/geometry shifts",
+    )
+    evaluate.set_defaults(func=cmd.cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="predict images or folders")
+    predict.add_argument("run_dir", type=Path)
+    predict.add_argument("paths", nargs="+", type=Path)
+    predict.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
+    predict.add_argument(
+        "--out", type=Path, help="stream results to FILE.csv or FILE.jsonl; re-running resumes it"
+    )
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--tta", action="store_true", help=TTA_HELP)
+    predict.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="onnx: onnxruntime on RUN_DIR/model.onnx (exported on first use)",
+    )
+    predict.set_defaults(func=cmd.cmd_predict)
+
+    export = commands.add_parser("export", help="export a run for serving, verified vs PyTorch")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("--format", choices=("onnx",), default="onnx")
+    export.add_argument("--out", type=Path, help="file to write (default RUN_DIR/model.onnx)")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    export.add_argument(
+        "--verify",
+        nargs="+",
+        type=Path,
+        help="images or folders to verify on (default: up to 32 of the run's validation images)",
+    )
+    export.set_defaults(func=cmd.cmd_export)
+
+    serve = commands.add_parser("serve", help="HTTP API and web page for a run (FastAPI)")
+    serve.add_argument("run_dir", type=Path)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="onnx: onnxruntime on RUN_DIR/model.onnx (no heat maps)",
+    )
+    serve.add_argument("--max-upload-mb", type=float, default=20, help="largest upload (MB)")
+    serve.add_argument(
+        "--cors-origin", action="append", help="allow browser calls from this origin (repeatable)"
+    )
+    serve.set_defaults(func=cmd.cmd_serve)
+
+    explain = commands.add_parser("explain", help="Grad-CAM heat maps of predictions, as PNGs")
+    explain.add_argument("run_dir", type=Path)
+    explain.add_argument("images", nargs="+", type=Path, help="image files or folders")
+    explain.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
+    explain.set_defaults(func=cmd.cmd_explain)
+
+    report = commands.add_parser(
+        "report", help="self-contained HTML report of a run on a split; refreshes MODEL_CARD.md"
+    )
+    report.add_argument("run_dir", type=Path)
+    report.add_argument("--data", type=Path, required=True)
+    report.add_argument("--split", choices=("val", "test"), default="val")
+    report.add_argument(
+        "--out", type=Path, help="HTML file to write (default RUN_DIR/eval/<split>/report.html)"
+    )
+    report.set_defaults(func=cmd.cmd_report)
+    return parser

@@ -1,0 +1,100 @@
+"""Rich tables of the command-line output."""
+
+from __future__ import annotations
+
+from rich.markup import escape
+from rich.table import Table
+
+from pneumolab.evaluation.metrics import SCALAR_METRICS, format_metric
+
+METRIC_KEYS = ("n", *SCALAR_METRICS, "threshold")
+
+
+def metrics_table(metrics: dict, title: str) -> Table:
+    intervals = metrics.get("ci95") or {}
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    if intervals:
+        table.add_column("95% CI (patient bootstrap)", justify="right")
+    for key in (k for k in METRIC_KEYS if k in metrics):
+        row = [key, format_metric(metrics[key])]
+        if intervals:
+            low_high = intervals.get(key)
+            row.append(f"{low_high[0]:.4f} – {low_high[1]:.4f}" if low_high else "")
+        table.add_row(*row)
+    (tn, fp), (fn, tp) = metrics["confusion_matrix"]
+    table.add_row(escape("confusion [[tn, fp], [fn, tp]]"), escape(f"[[{tn}, {fp}], [{fn}, {tp}]]"))
+    return table
+
+
+def operating_points_table(metrics: dict) -> Table:
+    table = Table(
+        "operating point",
+        "threshold",
+        "sensitivity",
+        "specificity",
+        "provenance",
+        title="operating points (chosen on validation)",
+    )
+    for name, point in (metrics.get("operating_points") or {}).items():
+        m = point["metrics"]
+        table.add_row(
+            name,
+            format_metric(point["threshold"]),
+            format_metric(m["sensitivity"]),
+            format_metric(m["specificity"]),
+            point["provenance"],
+        )
+    oracle = metrics.get("oracle")
+    if oracle:
+        m = oracle["metrics"]
+        table.add_row(
+            "[yellow]oracle (diagnosis only)[/]",
+            format_metric(oracle["threshold"]),
+            format_metric(m["sensitivity"]),
+            format_metric(m["specificity"]),
+            oracle["note"],
+        )
+    return table
+
+
+def robustness_table(report: dict[str, dict[str, float]]) -> Table:
+    table = Table(
+        "perturbation", "roc_auc", "accuracy", "sensitivity", "specificity", title="robustness"
+    )
+    for name, row in report.items():
+        table.add_row(
+            name, *(f"{row[k]:.4f}" for k in ("roc_auc", "accuracy", "sensitivity", "specificity"))
+        )
+    return table
+
+
+def comparison_table(rows: list, title: str) -> Table:
+    table = Table(
+        "model",
+        "strategy",
+        "size",
+        "accuracy",
+        "sensitivity",
+        "specificity",
+        "ROC AUC",
+        "params",
+        "train s",
+        "CPU ms/img",
+        title=title,
+    )
+    for r in rows:
+        table.add_row(
+            r.name,
+            r.strategy,
+            str(r.image_size),
+            format_metric(r.accuracy),
+            format_metric(r.sensitivity),
+            format_metric(r.specificity),
+            format_metric(r.roc_auc),
+            f"{r.parameters:,}" if r.parameters else "—",
+            "—" if r.train_seconds is None else f"{r.train_seconds:.0f}",
+            f"{r.cpu_ms_per_image:.1f}",
+        )
+    return table

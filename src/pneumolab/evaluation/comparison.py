@@ -1,0 +1,155 @@
+"""Compare runs side by side: one evaluation per run, a results table (CSV and Markdown), a bar
+chart and one confusion matrix per model."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pneumolab.data.dataset import decode_samples
+from pneumolab.evaluation.evaluate import evaluate, split_samples
+from pneumolab.evaluation.figures import save_confusion_matrix, save_model_bars
+from pneumolab.evaluation.speed import ms_per_image
+from pneumolab.inference.predictor import Predictor
+from pneumolab.run import RunDir
+
+log = logging.getLogger(__name__)
+
+BAR_METRICS = ("accuracy", "sensitivity", "specificity", "roc_auc")
+SPEED_IMAGES = 32
+
+
+@dataclass
+class ComparisonRow:
+    """One model's line of the results table (metrics at its stored default threshold)."""
+
+    name: str
+    model: str
+    strategy: str
+    image_size: int
+    accuracy: float
+    sensitivity: float
+    specificity: float
+    roc_auc: float
+    roc_auc_ci95: str
+    threshold: float
+    parameters: int | None
+    train_seconds: float | None
+    cpu_ms_per_image: float
+    confusion_matrix: list[list[int]]
+    run_dir: str
+
+
+def _cpu_ms_per_image(run: RunDir, data_dir: Path) -> float:
+    predictor = Predictor.from_run(run.root, device="cpu")
+    samples = split_samples(run, data_dir, "val")[:SPEED_IMAGES]
+    return ms_per_image(predictor.backend, decode_samples(samples, predictor.image_size).pixels)
+
+
+def compare_run(name: str, run_dir: str | Path, data_dir: str | Path, split: str) -> ComparisonRow:
+    """Evaluate one run on ``split`` and time its CPU inference (batch of 32 validation images)."""
+    run = RunDir(Path(run_dir))
+    metrics = evaluate(run.root, data_dir, split, device="cpu")
+    meta = run.read_meta()
+    low, high = (metrics.get("ci95") or {}).get("roc_auc") or (None, None)
+    return ComparisonRow(
+        name=name,
+        model=meta["model"],
+        strategy=meta.get("strategy", "finetune"),
+        image_size=meta["image_size"],
+        accuracy=metrics["accuracy"],
+        sensitivity=metrics["sensitivity"],
+        specificity=metrics["specificity"],
+        roc_auc=metrics["roc_auc"],
+        roc_auc_ci95="" if low is None else f"{low:.4f}–{high:.4f}",
+        threshold=metrics["threshold"],
+        parameters=meta.get("parameters"),
+        train_seconds=meta.get("train_seconds"),
+        cpu_ms_per_image=round(_cpu_ms_per_image(run, Path(data_dir)), 2),
+        confusion_matrix=metrics["confusion_matrix"],
+        run_dir=str(run.root),
+    )
+
+
+def _markdown(rows: Sequence[ComparisonRow], split: str, notes: dict[str, str]) -> str:
+    columns = (
+        "model | architecture | strategy | size | accuracy | sensitivity | specificity | "
+        "ROC AUC [95% CI] | params | train s | CPU ms/img"
+    )
+    lines = [
+        f"Results on the {split} split, at each model's default threshold (chosen on its "
+        "validation split).",
+        "",
+        f"| {columns} |",
+        "|---" * (columns.count("|") + 1) + "|",
+    ]
+    for r in rows:
+        params = f"{r.parameters / 1e6:.2f}M" if r.parameters else "—"
+        train = f"{r.train_seconds:.0f}" if r.train_seconds is not None else "—"
+        lines.append(
+            f"| {r.name} | `{r.model}` | {r.strategy} | {r.image_size} | {r.accuracy:.4f} | "
+            f"{r.sensitivity:.4f} | {r.specificity:.4f} | {r.roc_auc:.4f} [{r.roc_auc_ci95}] | "
+            f"{params} | {train} | {r.cpu_ms_per_image:.1f} |"
+        )
+    lines += [f"| {name} | — | not run: {reason} |" + " |" * 8 for name, reason in notes.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(
+    rows: Sequence[ComparisonRow],
+    out_dir: str | Path,
+    split: str,
+    notes: dict[str, str] | None = None,
+) -> dict[str, Path]:
+    """Write ``results.csv``, ``results.md``, ``results.png`` and ``confusion/<name>.png``;
+    ``notes`` (name -> reason) lists models that could not be run."""
+    out = Path(out_dir)
+    (out / "confusion").mkdir(parents=True, exist_ok=True)
+    paths = {
+        "csv": out / "results.csv",
+        "markdown": out / "results.md",
+        "chart": out / "results.png",
+    }
+    with paths["csv"].open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*ComparisonRow.__dataclass_fields__, "status"])
+        writer.writeheader()
+        writer.writerows(asdict(r) | {"status": "ok"} for r in rows)
+        writer.writerows(
+            {"name": name, "status": f"not run: {why}"} for name, why in (notes or {}).items()
+        )
+    paths["markdown"].write_text(_markdown(rows, split, notes or {}))
+    values: dict[str, list[Any]] = {m: [getattr(r, m) for r in rows] for m in BAR_METRICS}
+    save_model_bars([r.name for r in rows], values, paths["chart"], f"{split} split")
+    for r in rows:
+        save_confusion_matrix(
+            r.confusion_matrix, out / "confusion" / f"{r.name}.png", f"{r.name} — {split}"
+        )
+    return paths
+
+
+def _unique_names(run_dirs: Sequence[Path]) -> list[str]:
+    names = [d.name for d in run_dirs]
+    if len(set(names)) == len(names):
+        return names
+    return [f"{d.parent.name}/{d.name}" for d in run_dirs]
+
+
+def compare_runs(
+    run_dirs: Sequence[str | Path], data_dir: str | Path, split: str, out_dir: str | Path
+) -> tuple[list[ComparisonRow], dict[str, Path]]:
+    """Evaluate every run on ``split`` and write the comparison into ``out_dir``."""
+    runs = [RunDir(Path(d)) for d in run_dirs]
+    for run in runs:
+        run.read_meta()  # fail before any evaluation when one of them is not a finished run
+    if split == "val" and len({run.split.read_bytes() for run in runs}) > 1:
+        log.warning(
+            "the runs were validated on different splits (split.csv differs): "
+            "their validation figures are not directly comparable"
+        )
+    names = _unique_names([run.root for run in runs])
+    rows = [compare_run(n, run.root, data_dir, split) for n, run in zip(names, runs, strict=True)]
+    return rows, write_comparison(rows, out_dir, split)

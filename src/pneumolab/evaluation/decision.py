@@ -1,0 +1,31 @@
+"""A trained model's decision rule, chosen on its validation scores: operating points (the first,
+at the target sensitivity, is the default threshold), temperature and validation metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pneumolab.evaluation.calibration import fit_temperature
+from pneumolab.evaluation.metrics import binary_metrics, threshold_metrics
+from pneumolab.evaluation.operating_points import choose_operating_points
+
+
+def decision_meta(
+    labels: np.ndarray, probs: np.ndarray, source: str, target_sensitivity: float
+) -> dict[str, Any]:
+    """The meta.json keys that describe how scores become labels; ``source`` names the split."""
+    points = choose_operating_points(labels, probs, source, target_sensitivity)
+    threshold = points[0].threshold
+    return {
+        "threshold": threshold,
+        "threshold_rule": f"highest threshold with validation sensitivity >= {target_sensitivity}",
+        "default_operating_point": points[0].name,
+        "operating_points": {
+            p.name: p.to_dict() | {"val_metrics": threshold_metrics(labels, probs, p.threshold)}
+            for p in points
+        },
+        "temperature": fit_temperature(labels, probs),
+        "val_metrics": binary_metrics(labels, probs, threshold),
+    }

@@ -1,0 +1,79 @@
+"""The study file: shared training settings, the models (each with its overrides), ensembles."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pneumolab.config import TrainConfig, load_yaml, resolve_config
+from pneumolab.errors import ConfigError
+
+SPLIT_SETTINGS = ("seed", "val_fraction", "max_train_images")
+"""Set once in ``defaults``: every model of a study is validated on the same split."""
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class EnsembleEntry(BaseModel):
+    """An ensemble of models of the study (mean probability, own threshold on validation)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    members: list[str] = Field(min_length=2)
+
+
+class StudyConfig(BaseModel):
+    """A parsed study file; ``models`` maps each model's name to its resolved TrainConfig."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    models: list[dict[str, Any]] = Field(min_length=1)
+    ensembles: list[EnsembleEntry] = Field(default_factory=list)
+    select_by: Literal["roc_auc", "accuracy", "specificity"] = "roc_auc"
+
+    def train_configs(self, overrides: dict[str, Any] | None = None) -> dict[str, TrainConfig]:
+        """Each model's TrainConfig: defaults < the model's entry < ``overrides`` (CLI flags)."""
+        configs: dict[str, TrainConfig] = {}
+        for index, entry in enumerate(self.models):
+            entry = dict(entry)
+            name = str(entry.pop("name", ""))
+            where = f"models[{index}]"
+            if not re.match(NAME_PATTERN, name):
+                raise ConfigError(f"{where}: needs a 'name' of letters, digits, '.', '_' or '-'")
+            if name in configs:
+                raise ConfigError(f"{where}: the name '{name}' is used twice")
+            fixed = sorted(set(entry) & set(SPLIT_SETTINGS))
+            if fixed:
+                raise ConfigError(
+                    f"{where} ({name}): {', '.join(fixed)} can only be set in 'defaults' "
+                    "(every model of a study uses the same validation split)"
+                )
+            try:
+                given = {k: v for k, v in (overrides or {}).items() if v is not None}
+                configs[name] = resolve_config(None, self.defaults | entry | given)
+            except ConfigError as exc:
+                raise ConfigError(f"{where} ({name}): {exc}") from None
+        for ensemble in self.ensembles:
+            unknown = [m for m in ensemble.members if m not in configs]
+            if unknown:
+                raise ConfigError(
+                    f"ensemble '{ensemble.name}': unknown member(s) {', '.join(unknown)}"
+                )
+            if ensemble.name in configs:
+                raise ConfigError(f"ensemble '{ensemble.name}': a model has this name already")
+        return configs
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    """Read and validate a study file, with errors that name it."""
+    try:
+        return StudyConfig(**load_yaml(path))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'study'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"{path}: invalid study file ({problems})") from None

@@ -1,0 +1,144 @@
+"""Run a study: train (or resume, or reuse) every model, build the ensembles, compare them on
+validation, link the best to ``STUDY_DIR/best``.
+
+```
+STUDY_DIR/
+  runs/<name>/         one run directory per model and per ensemble
+  best -> runs/<name>  the model or ensemble selected on validation
+  results.csv|md|png   the comparison table and bar chart (validation split)
+  confusion/<name>.png confusion matrix per model
+  samples.png          sample X-rays per class
+  study.yaml           the study file as run
+```
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pneumolab.config import TrainConfig, load_yaml
+from pneumolab.data.layout import CLASS_NAMES, find_splits, scan_split
+from pneumolab.errors import ConfigError, PneumolabError
+from pneumolab.evaluation.comparison import ComparisonRow, compare_run, write_comparison
+from pneumolab.evaluation.figures import save_sample_grid
+from pneumolab.run import RunDir
+from pneumolab.study.config import load_study
+from pneumolab.training.ensemble import build_ensemble
+from pneumolab.training.train import train
+
+log = logging.getLogger(__name__)
+
+SAMPLES_PER_CLASS = 6
+
+
+@dataclass
+class StudyResult:
+    """The rows of the comparison, the selected model, and the models that could not be run."""
+
+    rows: list[ComparisonRow]
+    best: str | None
+    failed: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+
+def _train_or_reuse(name: str, config: TrainConfig, data_dir: Path, run: RunDir) -> None:
+    """Train ``name``; a finished run is reused (if its config is the same), an interrupted one
+    resumed, and a folder left before the first checkpoint started again."""
+    if run.config.is_file():
+        saved = TrainConfig(**load_yaml(run.config)).model_dump()  # fields added since: defaults
+        wanted = config.model_dump()
+        changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
+        if changed:
+            raise ConfigError(
+                f"{run.root}: trained with other settings ({', '.join(changed)}); rename the "
+                "model in the study file or delete that run directory"
+            )
+    if run.is_complete():
+        log.info("%s: finished earlier, not retrained", name)
+        return
+    if run.last_checkpoint.is_file():
+        log.info("%s: resuming from %s", name, run.last_checkpoint)
+        train(data_dir, run.root, resume=True)
+        return
+    if run.root.exists():  # stopped before its first checkpoint: nothing worth keeping
+        shutil.rmtree(run.root)
+    log.info("%s: training %s (%s)", name, config.model, config.strategy)
+    train(data_dir, run.root, config)
+
+
+def _link_best(study_dir: Path, target: RunDir) -> Path:
+    link = study_dir / "best"
+    tmp = study_dir / ".best.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(os.path.relpath(target.root, study_dir), target_is_directory=True)
+    tmp.replace(link)  # atomic: `best` always points at a finished run
+    return link
+
+
+def _sample_grid(data_dir: Path, path: Path) -> Path:
+    """Evenly spaced training images of each class."""
+    train_samples = scan_split(find_splits(data_dir)["train"])
+    by_class = {}
+    for label, name in enumerate(CLASS_NAMES):
+        paths = [s.path for s in train_samples if s.label == label]
+        picks = np.linspace(0, len(paths) - 1, min(SAMPLES_PER_CLASS, len(paths)), dtype=int)
+        by_class[name] = [paths[i] for i in picks]
+    return save_sample_grid(by_class, path)
+
+
+def run_study(
+    study_file: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    overrides: dict[str, Any] | None = None,
+) -> StudyResult:
+    """Run the study described by ``study_file`` on ``data_dir`` into ``out_dir`` (resumable).
+
+    A model that cannot be trained (e.g. its ImageNet weights are not available offline) is
+    reported in ``failed`` and in the table; the others go on.
+    """
+    study = load_study(study_file)
+    configs = study.train_configs(overrides)
+    data_dir, study_dir = Path(data_dir).resolve(), Path(out_dir)
+    (study_dir / "runs").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(study_file, study_dir / "study.yaml")
+    failed: dict[str, str] = {}
+    finished: dict[str, RunDir] = {}
+    for name, config in configs.items():
+        run = RunDir(study_dir / "runs" / name)
+        try:
+            _train_or_reuse(name, config, data_dir, run)
+            finished[name] = run
+        except ConfigError:
+            raise
+        except PneumolabError as exc:
+            log.error("%s: not trained: %s", name, exc)
+            failed[name] = str(exc)
+    for ensemble in study.ensembles:
+        run = RunDir(study_dir / "runs" / ensemble.name)
+        missing = [m for m in ensemble.members if m not in finished]
+        if missing:
+            failed[ensemble.name] = f"member(s) not trained: {', '.join(missing)}"
+        elif not run.is_complete():
+            shutil.rmtree(run.root, ignore_errors=True)
+            target = configs[ensemble.members[0]].target_sensitivity
+            build_ensemble([finished[m].root for m in ensemble.members], run.root, target)
+            finished[ensemble.name] = run
+        else:
+            finished[ensemble.name] = run
+    rows = [compare_run(name, run.root, data_dir, "val") for name, run in finished.items()]
+    outputs = write_comparison(rows, study_dir, "val", failed)
+    outputs["samples"] = _sample_grid(data_dir, study_dir / "samples.png")
+    best = None
+    if rows:
+        chosen = max(rows, key=lambda r: (getattr(r, study.select_by), r.specificity))
+        best = chosen.name
+        outputs["best"] = _link_best(study_dir, finished[best])
+    return StudyResult(rows, best, failed, outputs)

@@ -1,0 +1,105 @@
+"""On-disk cache of frozen-backbone features, one folder per (model, weights, image size,
+preprocessing), one row per image file (keyed by its path, size and modification time).
+
+A change of any key field lands in another folder, and an edited image file gets a new row, so
+stale features are never reused. Rows are added as new images are seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pneumolab.data.layout import Sample
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "PNEUMOLAB_CACHE_DIR"
+FORMAT_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """``$PNEUMOLAB_CACHE_DIR``, else ``~/.cache/pneumolab/features``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "pneumolab" / "features")
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _entry(sample: Sample) -> str:
+    stat = sample.path.stat()
+    return f"{sample.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+@dataclass
+class CacheStats:
+    """What one lookup did: rows reused from disk and rows computed now."""
+
+    key: str
+    reused: int
+    computed: int
+
+
+class FeatureCache:
+    """Features of one backbone configuration, described by ``key_fields`` (any JSON mapping)."""
+
+    def __init__(self, root: str | Path, key_fields: dict[str, Any]) -> None:
+        canonical = json.dumps({"format": FORMAT_VERSION, **key_fields}, sort_keys=True)
+        self.key = hashlib.sha256(canonical.encode()).hexdigest()[:20]
+        self.folder = Path(root) / self.key
+        self.key_fields = key_fields
+        self._file = self.folder / "features.pt"
+
+    def _load(self) -> tuple[list[str], torch.Tensor | None]:
+        if not self._file.is_file():
+            return [], None
+        try:
+            stored = torch.load(self._file, map_location="cpu", weights_only=True)
+            return list(stored["entries"]), stored["features"]
+        except Exception as exc:  # torn or foreign file: unpickling fails in many ways
+            log.warning("%s: unreadable feature cache, recomputing (%s)", self._file, exc)
+            return [], None
+
+    def _save(self, entries: list[str], features: torch.Tensor) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "key.json").write_text(json.dumps(self.key_fields, indent=2) + "\n")
+        partial = self._file.with_suffix(".tmp")
+        torch.save({"entries": entries, "features": features}, partial)
+        partial.replace(self._file)  # atomic: an interrupted write never leaves a torn cache
+
+    def features(
+        self,
+        samples: Sequence[Sample],
+        pixels: torch.Tensor,
+        compute: Callable[[torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, CacheStats]:
+        """Features ``(N, D)`` of ``samples`` (whose decoded ``pixels`` are given), computing with
+        ``compute`` only the rows the cache does not hold, and saving them."""
+        entries, stored = self._load()
+        row_of = {entry: row for row, entry in enumerate(entries)}
+        wanted = [_entry(s) for s in samples]
+        missing = [i for i, entry in enumerate(wanted) if entry not in row_of]
+        if missing:
+            fresh = compute(pixels[missing]).float().cpu()
+            stored = fresh if stored is None else torch.cat([stored, fresh])
+            for i in missing:
+                row_of[wanted[i]] = len(entries)
+                entries.append(wanted[i])
+            self._save(entries, stored)
+        rows = torch.tensor([row_of[entry] for entry in wanted], dtype=torch.long)
+        selected = stored[rows] if len(rows) else torch.empty(0, 0)
+        return selected, CacheStats(self.key, len(wanted) - len(missing), len(missing))

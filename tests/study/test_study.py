@@ -1,0 +1,141 @@
+"""`pneumolab study` and `pneumolab compare` end to end on a tiny synthetic dataset."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import yaml
+
+from conftest import write_synthetic_dataset
+from pneumolab.cli import main
+from pneumolab.errors import ConfigError
+from pneumolab.study.config import load_study
+
+TINY = {"image_size": 32, "batch_size": 8, "num_workers": 0, "epochs": 1, "pretrained": False}
+
+
+def _study_file(path, models, ensembles=()):
+    study = {"defaults": TINY, "models": models, "ensembles": list(ensembles)}
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    data = write_synthetic_dataset(root / "data")
+    config = _study_file(
+        root / "study.yaml",
+        [
+            {"name": "small", "model": "pneumolab_cnn_small"},
+            {"name": "separable", "model": "pneumolab_cnn_separable", "lr": 0.003},
+            {"name": "vgg", "model": "vgg19", "pretrained": True},  # no weights offline
+        ],
+        [{"name": "pair", "members": ["small", "separable"]}],
+    )
+    code = main(["study", str(config), "--data", str(data), "--out", str(root / "out")])
+    return root, data, config, code
+
+
+def test_study_writes_table_chart_confusions_samples_and_best(study):
+    root, _, _, code = study
+    out = root / "out"
+    assert code == 1  # vgg19 could not be trained (reported, the others went on)
+    with (out / "results.csv").open() as f:
+        rows = {r["name"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"small", "separable", "pair", "vgg"}
+    assert rows["vgg"]["status"].startswith("not run: no local weights for 'vgg19'")
+    for name in ("small", "separable", "pair"):
+        row = rows[name]
+        assert row["status"] == "ok"
+        for key in ("accuracy", "sensitivity", "specificity", "roc_auc", "cpu_ms_per_image"):
+            assert 0 <= float(row[key]) <= (1 if key != "cpu_ms_per_image" else 1e4)
+        assert int(row["parameters"]) > 0 and float(row["train_seconds"]) >= 0
+        assert (out / "confusion" / f"{name}.png").stat().st_size > 1000
+    assert rows["pair"]["strategy"].startswith("ensemble")
+    markdown = (out / "results.md").read_text()
+    assert "| small |" in markdown and "not run:" in markdown
+    assert (out / "results.png").stat().st_size > 1000
+    assert (out / "samples.png").stat().st_size > 1000
+    best = out / "best"
+    assert best.is_symlink() and (best / "meta.json").is_file()
+    chosen = max(
+        (r for r in rows.values() if r["status"] == "ok"),
+        key=lambda r: (float(r["roc_auc"]), float(r["specificity"])),
+    )
+    assert best.resolve() == (out / "runs" / chosen["name"]).resolve()
+
+
+def test_best_is_a_run_that_evaluate_and_predict_accept(study, capsys):
+    root, data, _, _ = study
+    best = root / "out" / "best"
+    assert main(["evaluate", str(best), "--data", str(data), "--split", "val", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["n"] > 0
+    image = next((data / "train" / "NORMAL").iterdir())
+    assert main(["predict", str(best), str(image), "--json"]) == 0
+
+
+def test_resumed_study_does_not_retrain_finished_models(study):
+    root, data, config, _ = study
+    weights = root / "out" / "runs" / "small" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    main(["study", str(config), "--data", str(data), "--out", str(root / "out")])
+    assert weights.stat().st_mtime_ns == stamp
+
+
+def test_changed_settings_of_a_finished_model_are_refused(study, tmp_path, capsys):
+    root, data, _, _ = study
+    changed = _study_file(
+        tmp_path / "changed.yaml", [{"name": "small", "model": "pneumolab_cnn_small", "lr": 0.01}]
+    )
+    assert main(["study", str(changed), "--data", str(data), "--out", str(root / "out")]) == 2
+    assert "trained with other settings (lr)" in capsys.readouterr().err
+
+
+def test_compare_builds_the_same_table_from_runs(study, tmp_path):
+    root, data, _, _ = study
+    runs = [root / "out" / "runs" / name for name in ("small", "separable")]
+    code = main(
+        [
+            "compare",
+            *map(str, runs),
+            "--data",
+            str(data),
+            "--split",
+            "val",
+            "--out",
+            str(tmp_path / "cmp"),
+        ]
+    )
+    assert code == 0
+    with (tmp_path / "cmp" / "results.csv").open() as f:
+        assert [r["name"] for r in csv.DictReader(f)] == ["small", "separable"]
+    assert (tmp_path / "cmp" / "results.png").is_file()
+    assert (tmp_path / "cmp" / "confusion" / "separable.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("models", "message"),
+    [
+        ([{"name": "a", "model": "resnet18", "seed": 3}], "seed can only be set in 'defaults'"),
+        ([{"name": "a"}, {"name": "a"}], "used twice"),
+        ([{"model": "resnet18"}], "needs a 'name'"),
+        ([{"name": "a", "epochs": 0}], "epochs"),
+    ],
+)
+def test_invalid_study_files_are_clear_errors(tmp_path, models, message):
+    path = _study_file(tmp_path / "s.yaml", models)
+    with pytest.raises(ConfigError, match=message):
+        load_study(path).train_configs()
+
+
+def test_shipped_study_files_are_valid():
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    for name in ("study-seed.yaml", "study-best.yaml"):
+        study = load_study(configs / name)
+        assert len(study.train_configs()) >= 2

@@ -1,0 +1,73 @@
+"""Ensembles: mean probability of member runs, own threshold, usable like any run directory."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import TINY_TRAINING, write_synthetic_dataset
+from pneumolab.config import TrainConfig
+from pneumolab.errors import RunDirError
+from pneumolab.evaluation.evaluate import evaluate
+from pneumolab.explain.gradcam import explain_paths
+from pneumolab.inference.predictor import Predictor
+from pneumolab.run import read_predictions
+from pneumolab.serving.export import export_onnx
+from pneumolab.training.ensemble import build_ensemble
+from pneumolab.training.train import train
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ensemble")
+    data = write_synthetic_dataset(root / "data")
+    runs = [
+        train(data, root / name, TrainConfig(epochs=1, **(TINY_TRAINING | {"model": model})))
+        for name, model in (("a", "pneumolab_cnn_small"), ("b", "pneumolab_cnn_separable"))
+    ]
+    return data, runs
+
+
+def test_ensemble_scores_the_mean_with_its_own_threshold(members, tmp_path):
+    data, runs = members
+    ensemble = build_ensemble([r.root for r in runs], tmp_path / "ens")
+    meta = json.loads(ensemble.meta.read_text())
+    member_rows = [read_predictions(r.val_predictions) for r in runs]
+    expected = np.mean([[row["probability"] for row in rows] for rows in member_rows], axis=0)
+    got = [row["probability"] for row in read_predictions(ensemble.val_predictions)]
+    assert np.allclose(sorted(got), sorted(expected), atol=1e-6)
+    members_found = [(ensemble.root / m).resolve() for m in meta["members"]]
+    assert members_found == [r.root.resolve() for r in runs]
+    assert meta["val_metrics"]["sensitivity"] >= 0.95  # its own threshold, chosen on validation
+    assert meta["parameters"] == sum(json.loads(r.meta.read_text())["parameters"] for r in runs)
+    assert (ensemble.root / "MODEL_CARD.md").read_text().count("Ensemble member") == 2
+
+    predictor = Predictor.from_run(ensemble.root)
+    image = runs[0].read_split(data, "val")[0].path
+    singles = [Predictor.from_run(r.root).predict(image).probability for r in runs]
+    assert predictor.predict(image).probability == pytest.approx(np.mean(singles), abs=1e-6)
+    metrics = evaluate(ensemble.root, data, "val")
+    assert metrics["model"].startswith("ensemble(")
+    assert metrics["roc_auc"] == pytest.approx(meta["val_metrics"]["roc_auc"], abs=1e-6)
+
+
+def test_single_network_tools_name_the_members(members, tmp_path):
+    data, runs = members
+    ensemble = build_ensemble([r.root for r in runs], tmp_path / "ens")
+    image = runs[0].read_split(data, "val")[0].path
+    with pytest.raises(RunDirError, match=r"is an ensemble.*member runs"):
+        list(explain_paths(ensemble.root, [image], tmp_path / "maps"))
+    with pytest.raises(RunDirError, match="is an ensemble"):
+        export_onnx(ensemble.root, tmp_path / "model.onnx")
+
+
+def test_members_on_different_splits_are_refused(members, tmp_path):
+    data, runs = members
+    other = train(data, tmp_path / "c", TrainConfig(epochs=1, seed=5, **TINY_TRAINING))
+    with pytest.raises(RunDirError, match="different splits"):
+        build_ensemble([runs[0].root, other.root], tmp_path / "ens")
+    with pytest.raises(RunDirError, match="at least two"):
+        build_ensemble([runs[0].root], tmp_path / "ens1")
+    assert not (tmp_path / "ens").exists()

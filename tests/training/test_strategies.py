@@ -1,0 +1,94 @@
+"""Transfer strategies on every model family: one training step each, the right parameters move."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from pneumolab.errors import ConfigError
+from pneumolab.models.catalog import STUDY_MODELS
+from pneumolab.models.registry import create_classifier
+from pneumolab.training.strategies import (
+    apply_strategy,
+    head_parameters,
+    optimizer_groups,
+    stage_parameter_groups,
+)
+
+
+def _one_step(model: torch.nn.Module) -> list[bool]:
+    """One SGD step on tiny inputs; which parameters changed."""
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    x, y = torch.rand(4, 1, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0])
+    before = [p.detach().clone() for p in model.parameters()]
+    model.train()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    return [not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)]
+
+
+# frozen / partial are generic over timm's group_matcher: checked on one model per kind of layout
+LAYOUTS = ["pneumolab_cnn_small", "mobilenetv2_100", "legacy_xception", "resnet18", "convnext_nano"]
+
+
+@pytest.fixture(scope="module", params=LAYOUTS)
+def family_model(request):
+    torch.manual_seed(0)
+    return create_classifier(request.param)
+
+
+@pytest.mark.parametrize("name", list(STUDY_MODELS))
+def test_every_family_finetunes_one_step(name):
+    torch.manual_seed(0)
+    model = create_classifier(name)
+    apply_strategy(model.backbone, "finetune")
+    head = {id(p) for p in head_parameters(model.backbone)}
+    assert all(p.requires_grad for p in model.parameters())
+    changed = _one_step(model)
+    # backbone and head both move (some layers, e.g. after zero-initialised norms, may not yet)
+    assert any(m for p, m in zip(model.parameters(), changed, strict=True) if id(p) in head)
+    assert any(m for p, m in zip(model.parameters(), changed, strict=True) if id(p) not in head)
+
+
+def test_frozen_trains_the_head_only(family_model):
+    model = copy.deepcopy(family_model)
+    apply_strategy(model.backbone, "frozen")
+    head = {id(p) for p in head_parameters(model.backbone)}
+    changed = _one_step(model)
+    for parameter, moved in zip(model.parameters(), changed, strict=True):
+        assert moved == (id(parameter) in head)
+
+
+def test_partial_trains_the_last_stage_and_the_head(family_model):
+    model = copy.deepcopy(family_model)
+    apply_strategy(model.backbone, "partial", unfreeze_stages=1)
+    stages = stage_parameter_groups(model.backbone)
+    trainable = {id(p) for p in [*head_parameters(model.backbone), *stages[-1]]}
+    assert {id(p) for p in model.parameters() if p.requires_grad} == trainable
+    changed = _one_step(model)
+    assert not any(
+        m for p, m in zip(model.parameters(), changed, strict=True) if id(p) not in trainable
+    )
+    assert any(changed)
+
+
+def test_backbone_learns_slower_than_the_head():
+    model = create_classifier("resnet18")
+    apply_strategy(model.backbone, "finetune")
+    head, body = optimizer_groups(model.backbone, lr=1e-3, backbone_lr_scale=0.1)
+    assert head["lr"] == pytest.approx(1e-3) and body["lr"] == pytest.approx(1e-4)
+    assert {id(p) for p in head["params"]} == {id(p) for p in model.backbone.fc.parameters()}
+    total = len(head["params"]) + len(body["params"])
+    assert total == len(list(model.parameters()))
+
+
+def test_too_many_stages_and_unknown_strategy_are_clear_errors():
+    model = create_classifier("pneumolab_cnn_small")
+    with pytest.raises(ConfigError, match=r"but the model has \d+ stages"):
+        apply_strategy(model.backbone, "partial", unfreeze_stages=9)
+    with pytest.raises(ConfigError, match="unknown strategy"):
+        apply_strategy(model.backbone, "thaw")
