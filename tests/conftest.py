@@ -41,7 +41,8 @@ def write_synthetic_dataset(root: Path, per_class: int = 12, size: int = 48, see
         folder.mkdir(parents=True)
         for i in range(per_class):
             pixels = rng.normal(80 + 90 * label, 20, (size, size)).clip(0, 255).astype(np.uint8)
-            stem = f"IM-{i:04d}-0001" if label == 0 else f"person{i}_bacteria_{i}"
+            subtype = "bacteria" if i % 3 else "virus"
+            stem = f"IM-{i:04d}-0001" if label == 0 else f"person{i}_{subtype}_{i}"
             Image.fromarray(pixels).save(folder / f"{stem}.png")
     return root
 

@@ -1,4 +1,4 @@
-"""Temperature scaling and the reliability diagram."""
+"""Temperature and Platt scaling, and the reliability diagram."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,9 @@ from scipy.special import expit
 from sklearn.metrics import roc_auc_score
 
 from pneumolab.evaluation.calibration import (
+    apply_platt,
     apply_temperature,
+    fit_platt,
     fit_temperature,
     nll,
     save_reliability_diagram,
@@ -57,3 +59,22 @@ def test_reliability_diagram_is_written(overconfident, tmp_path):
         y, {"raw": prob, "T = 3": apply_temperature(prob, 3.0)}, tmp_path / "r.png", "title"
     )
     assert path.stat().st_size > 0
+
+
+def test_platt_removes_a_shift_that_temperature_cannot():
+    """Scores sigmoid(z - 1.5): the shift class-weighted training leaves towards one class."""
+    rng = np.random.default_rng(2)
+    z = rng.normal(0, 2, 20000)
+    y = (rng.random(z.size) < expit(z)).astype(int)
+    prob = expit(z - 1.5)
+    platt = fit_platt(y, prob)
+    assert platt["slope"] == pytest.approx(1.0, abs=0.08)
+    assert platt["intercept"] == pytest.approx(1.5, abs=0.1)
+    by_platt = apply_platt(prob, **platt)
+    by_temperature = apply_temperature(prob, fit_temperature(y, prob))
+    assert expected_calibration_error(y, by_platt) < 0.02
+    assert (
+        expected_calibration_error(y, by_platt) < expected_calibration_error(y, by_temperature) / 3
+    )
+    assert nll(y, to_logits(by_platt)) < nll(y, to_logits(by_temperature))
+    assert roc_auc_score(y, by_platt) == pytest.approx(roc_auc_score(y, prob))

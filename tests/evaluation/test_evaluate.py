@@ -59,6 +59,8 @@ def test_validation_evaluation_has_the_clinical_keys(trained):
     assert points["sensitivity_95"]["metrics"]["sensitivity"] >= 0.95  # chosen on this split
     assert "diagnosis only" in metrics["oracle"]["note"]
     assert metrics["temperature_scaled"]["temperature"] == meta["temperature"]
+    assert metrics["platt_scaled"]["slope"] == meta["platt"]["slope"]
+    assert metrics["platt_scaled"]["ece"] >= 0
     written = run_dir / "eval" / "val"
     assert json.loads((written / "metrics.json").read_text()) == metrics
     assert (written / "reliability.png").stat().st_size > 0

@@ -17,6 +17,7 @@ from pneumolab.cli.tables import (
     metrics_table,
     operating_points_table,
     robustness_table,
+    subtypes_table,
 )
 from pneumolab.errors import ImageLoadError
 
@@ -93,6 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "max_train_images",
         "batch_size",
         "strategy",
+        "task",
         "unfreeze_stages",
         "backbone_lr_scale",
     )
@@ -126,6 +128,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         console.print(operating_points_table(metrics))
         if args.robustness:
             console.print(robustness_table(metrics["robustness"]))
+        if "subtypes" in metrics:
+            console.print(subtypes_table(metrics["subtypes"]))
         console.print(f"written to {Path(args.run_dir) / 'eval' / args.split}")
     return 0
 

@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("finetune", "frozen", "partial"),
         help="finetune: whole network; frozen: head on cached features; partial: last N stages",
     )
+    train.add_argument(
+        "--task",
+        choices=("binary", "three_class"),
+        help="three_class: NORMAL / BACTERIAL / VIRAL from the pneumonia file names",
+    )
     train.add_argument("--unfreeze-stages", type=int, help="stages trained by --strategy partial")
     train.add_argument(
         "--backbone-lr-scale", type=float, help="pretrained backbone learning rate / head's"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
-from pneumolab.evaluation.metrics import SCALAR_METRICS, format_metric
+from pneumolab.evaluation.metrics import SCALAR_METRICS, format_interval, format_metric
 
 METRIC_KEYS = ("n", *SCALAR_METRICS, "threshold")
 
@@ -21,7 +21,7 @@ def metrics_table(metrics: dict, title: str) -> Table:
         row = [key, format_metric(metrics[key])]
         if intervals:
             low_high = intervals.get(key)
-            row.append(f"{low_high[0]:.4f} – {low_high[1]:.4f}" if low_high else "")
+            row.append(format_interval(low_high))
         table.add_row(*row)
     (tn, fp), (fn, tp) = metrics["confusion_matrix"]
     table.add_row(escape("confusion [[tn, fp], [fn, tp]]"), escape(f"[[{tn}, {fp}], [{fn}, {tp}]]"))
@@ -96,5 +96,25 @@ def comparison_table(rows: list, title: str) -> Table:
             f"{r.parameters:,}" if r.parameters else "—",
             "—" if r.train_seconds is None else f"{r.train_seconds:.0f}",
             f"{r.cpu_ms_per_image:.1f}",
+        )
+    return table
+
+
+def subtypes_table(subtypes: dict) -> Table:
+    """Per-class metrics of a three-class run, with its confusion matrix rows."""
+    table = Table("class", "precision", "recall", "F1", "support", *subtypes["classes"])
+    table.title = (
+        f"three classes: accuracy {subtypes['accuracy']:.4f}, bacterial vs viral "
+        f"{format_metric(subtypes['bacterial_vs_viral_accuracy'])} (rows: truth)"
+    )
+    for name, row in zip(subtypes["classes"], subtypes["confusion_matrix"], strict=True):
+        m = subtypes["per_class"][name]
+        table.add_row(
+            name,
+            format_metric(m["precision"]),
+            format_metric(m["recall"]),
+            format_metric(m["f1-score"]),
+            str(m["support"]),
+            *map(str, row),
         )
     return table

@@ -1,8 +1,10 @@
-"""Calibration: temperature scaling fitted on validation, and the reliability diagram.
+"""Calibration fitted on validation (temperature and Platt scaling), and the reliability diagram.
 
 Temperature scaling divides the model's logit by one scalar ``T > 0`` chosen to minimise the
 validation log-loss (Guo et al. 2017). It changes no ranking (ROC AUC is unchanged); ``T > 1``
-softens an overconfident model. It works on stored probabilities, converted back to logits.
+softens an overconfident model. Platt scaling fits a slope *and an intercept* on the logit
+(logistic regression), so it can also remove a constant shift, such as the one class-weighted
+training puts towards the rarer class. Both work on stored probabilities, converted to logits.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, logit
 from sklearn.calibration import calibration_curve
+from sklearn.linear_model import LogisticRegression
 
 from pneumolab.evaluation.metrics import ECE_BINS, expected_calibration_error
 
@@ -50,6 +53,18 @@ def apply_temperature(prob: np.ndarray, temperature: float) -> np.ndarray:
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     return expit(to_logits(prob) / temperature)
+
+
+def fit_platt(y_true: np.ndarray, prob: np.ndarray) -> dict[str, float]:
+    """``slope`` and ``intercept`` of ``sigmoid(slope * logit(prob) + intercept)``, by
+    (practically unregularised) logistic regression on the validation logits."""
+    model = LogisticRegression(C=1e6).fit(to_logits(prob)[:, None], np.asarray(y_true, dtype=int))
+    return {"slope": float(model.coef_[0, 0]), "intercept": float(model.intercept_[0])}
+
+
+def apply_platt(prob: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    """Platt-scaled probabilities ``sigmoid(slope * logit(prob) + intercept)``."""
+    return expit(slope * to_logits(prob) + intercept)
 
 
 def save_reliability_diagram(

@@ -1,5 +1,6 @@
 """A trained model's decision rule, chosen on its validation scores: operating points (the first,
-at the target sensitivity, is the default threshold), temperature and validation metrics."""
+at the target sensitivity, is the default threshold), calibration maps (temperature, Platt) and
+validation metrics."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pneumolab.evaluation.calibration import fit_temperature
+from pneumolab.evaluation.calibration import fit_platt, fit_temperature
 from pneumolab.evaluation.metrics import binary_metrics, threshold_metrics
 from pneumolab.evaluation.operating_points import choose_operating_points
 
@@ -27,5 +28,6 @@ def decision_meta(
             for p in points
         },
         "temperature": fit_temperature(labels, probs),
+        "platt": fit_platt(labels, probs),
         "val_metrics": binary_metrics(labels, probs, threshold),
     }

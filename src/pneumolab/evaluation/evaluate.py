@@ -14,11 +14,16 @@ import numpy as np
 from sklearn.metrics import brier_score_loss
 
 import pneumolab
-from pneumolab.data.dataset import decode_samples
+from pneumolab.data.dataset import DecodedImages, decode_samples
 from pneumolab.data.layout import Sample, find_splits, scan_split
+from pneumolab.data.subtypes import subtype_labels
 from pneumolab.errors import DataLayoutError
 from pneumolab.evaluation.bootstrap import bootstrap_ci
-from pneumolab.evaluation.calibration import apply_temperature, save_reliability_diagram
+from pneumolab.evaluation.calibration import (
+    apply_platt,
+    apply_temperature,
+    save_reliability_diagram,
+)
 from pneumolab.evaluation.figures import save_confusion_matrix, save_roc_curve
 from pneumolab.evaluation.metrics import (
     binary_metrics,
@@ -27,7 +32,8 @@ from pneumolab.evaluation.metrics import (
 )
 from pneumolab.evaluation.operating_points import oracle_threshold
 from pneumolab.evaluation.robustness import robustness_report, summarize
-from pneumolab.inference.predictor import Predictor, default_device
+from pneumolab.evaluation.subtypes import subtype_metrics
+from pneumolab.inference.predictor import Predictor, default_device, predict_class_probabilities
 from pneumolab.run import RunDir, write_predictions
 
 SPLITS = ("val", "test")
@@ -124,12 +130,34 @@ def _oracle(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any] | None:
     }
 
 
-def _calibration(labels: np.ndarray, scaled: np.ndarray, temperature: float) -> dict[str, float]:
-    return {
-        "temperature": temperature,
+def _calibrated(meta: dict[str, Any], probs: np.ndarray) -> dict[str, tuple[str, np.ndarray, dict]]:
+    """The run's calibration maps applied to ``probs``: key -> (curve label, scores, parameters)."""
+    maps = {}
+    if meta.get("temperature") is not None:
+        t = meta["temperature"]
+        maps["temperature_scaled"] = (
+            f"temperature-scaled (T = {t:.2f})",
+            apply_temperature(probs, t),
+            {"temperature": t},
+        )
+    if meta.get("platt"):
+        platt = meta["platt"]
+        label = f"Platt-scaled (a = {platt['slope']:.2f}, b = {platt['intercept']:.2f})"
+        maps["platt_scaled"] = (label, apply_platt(probs, **platt), dict(platt))
+    return maps
+
+
+def _calibration(labels: np.ndarray, scaled: np.ndarray, params: dict) -> dict[str, float]:
+    return params | {
         "brier": float(brier_score_loss(labels, scaled)),
         "ece": expected_calibration_error(labels, scaled),
     }
+
+
+def _subtypes(predictor: Predictor, decoded: DecodedImages) -> dict[str, Any]:
+    """Three-class metrics (argmax of the class probabilities; TTA does not apply)."""
+    probs = predict_class_probabilities(predictor.model, decoded.pixels, predictor.intensity)
+    return subtype_metrics(np.array(subtype_labels(decoded.samples)), probs)
 
 
 def evaluate(
@@ -142,7 +170,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Metrics at the run's stored threshold, threshold-free metrics, patient-grouped bootstrap
     95% intervals (``ci95``), every stored operating point and an oracle threshold scored on this
-    split, and calibration before/after the run's temperature. Writes metrics.json,
+    split, and calibration before/after the run's temperature and Platt maps. Writes metrics.json,
     predictions.csv and PNG figures (confusion matrix, ROC curve, reliability diagram) into
     ``RUN_DIR/eval/<split>/`` and returns the metrics. Every ``test`` evaluation is logged in
     ``RUN_DIR/test_evaluations.jsonl``; ``test_evaluations_count`` says how many there have been.
@@ -150,7 +178,8 @@ def evaluate(
     ``tta`` averages each image over fixed test-time views (metrics still at the stored
     threshold, which was chosen without them). With ``robustness``, also scores the split under
     acquisition-like perturbations (:mod:`pneumolab.evaluation.robustness`), with the same
-    backend and TTA, and adds ``robustness`` and ``robustness_summary``.
+    backend and TTA, and adds ``robustness`` and ``robustness_summary``. A three-class run adds
+    ``subtypes`` (:func:`~pneumolab.evaluation.subtypes.subtype_metrics`) and its 3x3 matrix.
     """
     run = RunDir(Path(run_dir))
     predictor = Predictor.from_run(run.root, device=device or default_device(), tta=tta)
@@ -159,8 +188,7 @@ def evaluate(
     probs = predictor.backend(decoded.pixels)
     labels = np.array([s.label for s in decoded.samples])
     metrics: dict[str, Any] = binary_metrics(labels, probs, predictor.threshold)
-    temperature = predictor.meta.get("temperature")
-    scaled = None if temperature is None else apply_temperature(probs, temperature)
+    calibrated = _calibrated(predictor.meta, probs)
     patients = [sample.patient for sample in decoded.samples]
     test_count = log_test_evaluation(run) if split == "test" else count_test_evaluations(run)
     metrics |= {
@@ -171,9 +199,15 @@ def evaluate(
         "ci95": bootstrap_ci(labels, probs, predictor.threshold, groups=patients),
         "operating_points": _operating_points(predictor.meta, labels, probs),
         "oracle": _oracle(labels, probs),
-        "temperature_scaled": None if scaled is None else _calibration(labels, scaled, temperature),
+        "temperature_scaled": None,
+        **{
+            key: _calibration(labels, scaled, params)
+            for key, (_, scaled, params) in calibrated.items()
+        },
         "test_evaluations_count": test_count,
     }
+    if predictor.meta.get("subtype_names") and predictor.model is not None:
+        metrics["subtypes"] = _subtypes(predictor, decoded)
     if robustness:
         report = robustness_report(predictor.backend, decoded.pixels, labels, predictor.threshold)
         metrics |= {"robustness": report, "robustness_summary": summarize(report)}
@@ -187,9 +221,15 @@ def evaluate(
     if len(np.unique(labels)) == 2:
         point = (1 - metrics["specificity"], metrics["sensitivity"])
         save_roc_curve(labels, probs, out / "roc_curve.png", point, title)
-    curves = {"raw": probs}
-    if scaled is not None:
-        curves[f"temperature-scaled (T = {temperature:.2f})"] = scaled
+    curves = {"raw": probs} | {label: scaled for label, scaled, _ in calibrated.values()}
     save_reliability_diagram(labels, curves, out / "reliability.png", title)
+    if "subtypes" in metrics:
+        subtypes = metrics["subtypes"]
+        save_confusion_matrix(
+            subtypes["confusion_matrix"],
+            out / "confusion_matrix_3class.png",
+            title,
+            subtypes["classes"],
+        )
     write_predictions(out / "predictions.csv", decoded.samples, probs)
     return metrics

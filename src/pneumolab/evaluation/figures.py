@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -14,10 +15,12 @@ from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 from pneumolab.data.layout import CLASS_NAMES
 
 
-def save_confusion_matrix(matrix: list[list[int]], path: Path, title: str = "") -> Path:
-    """Plot ``[[tn, fp], [fn, tp]]`` with class names on the axes."""
+def save_confusion_matrix(
+    matrix: list[list[int]], path: Path, title: str = "", class_names: Sequence[str] = CLASS_NAMES
+) -> Path:
+    """Plot a confusion matrix (rows: truth; binary: ``[[tn, fp], [fn, tp]]``) with class names."""
     fig, ax = plt.subplots(figsize=(4, 4), dpi=120)
-    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=CLASS_NAMES).plot(
+    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=list(class_names)).plot(
         ax=ax, cmap="Blues", colorbar=False, values_format="d"
     )
     ax.set_title(title)

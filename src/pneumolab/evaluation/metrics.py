@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from sklearn.metrics import (
     average_precision_score,
@@ -91,3 +93,8 @@ def threshold_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float) ->
 def format_metric(value: object) -> str:
     """A metric for a table: floats to 4 decimals, None as a dash."""
     return "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def format_interval(interval: Sequence[float | None] | None) -> str:
+    """A ``[low, high]`` interval as ``low – high`` (dashes for missing bounds); empty if None."""
+    return " – ".join(map(format_metric, interval)) if interval else ""

@@ -12,7 +12,7 @@ from typing import Any
 
 from pneumolab.config import load_yaml
 from pneumolab.data.layout import CLASS_NAMES
-from pneumolab.evaluation.metrics import format_metric
+from pneumolab.evaluation.metrics import format_interval, format_metric
 from pneumolab.run import RunDir
 
 CARD_NAME = "MODEL_CARD.md"
@@ -49,6 +49,25 @@ def _patients(run: RunDir) -> int:
         return len({row["patient"] for row in csv.DictReader(f)})
 
 
+def _subtypes_section(meta: dict[str, Any]) -> list[str]:
+    subtypes = meta.get("val_subtype_metrics")
+    if not subtypes:
+        return []
+    lines = [
+        "## Three classes (validation)",
+        "",
+        f"Accuracy {format_metric(subtypes['accuracy'])}; bacterial vs viral among true pneumonia "
+        f"{format_metric(subtypes['bacterial_vs_viral_accuracy'])}.",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in subtypes["per_class"].items():
+        values = " | ".join(format_metric(m[k]) for k in ("precision", "recall", "f1-score"))
+        lines.append(f"| {name} | {values} | {m['support']} |")
+    return [*lines, ""]
+
+
 def _metrics_section(run: RunDir, meta: dict[str, Any]) -> list[str]:
     metrics_file = run.eval_dir("val") / "metrics.json"
     if metrics_file.is_file():
@@ -64,9 +83,7 @@ def _metrics_section(run: RunDir, meta: dict[str, Any]) -> list[str]:
     lines = [note, "", "| metric | value | 95% CI |", "|---|---|---|"]
     for key in (k for k in CARD_METRICS if k in metrics):
         ci = intervals.get(key)
-        lines.append(
-            f"| {key} | {format_metric(metrics[key])} | {format_metric(ci[0]) + ' – ' + format_metric(ci[1]) if ci else ''} |"
-        )
+        lines.append(f"| {key} | {format_metric(metrics[key])} | {format_interval(ci)} |")
     if "confusion_matrix" in metrics:
         lines.append(f"| confusion [[tn, fp], [fn, tp]] | {metrics['confusion_matrix']} | |")
     return lines
@@ -134,6 +151,7 @@ def model_card_text(run: RunDir) -> str:
         "",
         *_metrics_section(run, meta),
         "",
+        *_subtypes_section(meta),
         "## Operating point",
         "",
         *_operating_points(meta),

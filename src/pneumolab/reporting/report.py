@@ -22,7 +22,7 @@ from pneumolab.data.imageio import load_image
 from pneumolab.data.layout import CLASS_NAMES
 from pneumolab.evaluation.evaluate import evaluate, split_samples
 from pneumolab.evaluation.figures import save_confusion_matrix
-from pneumolab.evaluation.metrics import SCALAR_METRICS, format_metric
+from pneumolab.evaluation.metrics import SCALAR_METRICS, format_interval, format_metric
 from pneumolab.explain.gradcam import find_target_layer, gradcam, overlay_png
 from pneumolab.explain.sanity import saliency_sanity
 from pneumolab.inference.predictor import Predictor
@@ -58,7 +58,7 @@ def _metrics_html(metrics: dict[str, Any]) -> str:
     rows = ["<tr><th>metric</th><th>value</th><th>95% CI (patient bootstrap)</th></tr>"]
     for key in ("n", "threshold", *SCALAR_METRICS):
         ci = (metrics.get("ci95") or {}).get(key)
-        interval = f"{ci[0]:.4f} – {ci[1]:.4f}" if ci else ""
+        interval = format_interval(ci)
         rows.append(
             f"<tr><th>{key}</th><td>{format_metric(metrics.get(key))}</td><td>{interval}</td></tr>"
         )
@@ -194,6 +194,26 @@ def _saliency_html(predictor: Predictor, run: RunDir, data_dir: Path, split: str
     return note + verdict + f"<table>{rows}</table>"
 
 
+def _subtypes_html(subtypes: dict[str, Any], eval_dir: Path) -> str:
+    rows = "".join(
+        f"<tr><td>{name}</td>"
+        + "".join(f"<td>{format_metric(m[k])}</td>" for k in ("precision", "recall", "f1-score"))
+        + f"<td>{m['support']}</td></tr>"
+        for name, m in subtypes["per_class"].items()
+    )
+    summary = (
+        f"<p>Accuracy {format_metric(subtypes['accuracy'])}; bacterial vs viral among true "
+        f"pneumonia {format_metric(subtypes['bacterial_vs_viral_accuracy'])}; macro ROC AUC "
+        f"{format_metric(subtypes['macro_roc_auc'])}.</p>"
+    )
+    table = (
+        "<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th>"
+        f"</tr>{rows}</table>"
+    )
+    matrix = _img((eval_dir / "confusion_matrix_3class.png").read_bytes(), "3x3 confusion matrix")
+    return summary + table + matrix
+
+
 def build_report(
     run_dir: str | Path,
     data_dir: str | Path,
@@ -225,6 +245,11 @@ def build_report(
             _img((eval_dir / "reliability.png").read_bytes(), "reliability diagram"),
         ),
         ("scores", "Score distributions", _scores_html(labels, probs, points)),
+        *(
+            [("subtypes", "Three classes", _subtypes_html(metrics["subtypes"], eval_dir))]
+            if "subtypes" in metrics
+            else []
+        ),
         ("errors", "Most confident errors", _errors_html(predictor, rows, max_gallery)),
         ("samples", "Sample X-rays", _samples_html(rows, max(1, max_gallery // 2))),
         ("saliency", "Saliency sanity check", _saliency_html(predictor, run, data_dir, split)),

@@ -1,0 +1,100 @@
+"""Three-class mode: NORMAL / BACTERIAL / VIRAL from the file names, per-class metrics, 3x3."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import train_tiny_run
+from pneumolab.cli import main
+from pneumolab.data.layout import Sample
+from pneumolab.data.subtypes import subtype_labels, subtype_of
+from pneumolab.errors import DataLayoutError
+from pneumolab.evaluation.subtypes import subtype_metrics
+from pneumolab.inference.predictor import Predictor
+from pneumolab.models.classifier import pneumonia_logit
+
+
+@pytest.mark.parametrize(
+    ("name", "label", "expected"),
+    [
+        ("IM-0001-0001.jpeg", 0, 0),
+        ("person12_bacteria_45.jpeg", 1, 1),
+        ("person3_virus_9.jpeg", 1, 2),
+        ("PERSON3_VIRUS_9.JPEG", 1, 2),
+        ("scan.jpeg", 1, None),
+    ],
+)
+def test_subtype_from_file_name(name, label, expected):
+    assert subtype_of(Sample(Path(name), label, "p")) == expected
+
+
+def test_pneumonia_without_subtype_is_a_clear_error():
+    samples = [Sample(Path("person1_bacteria_1.jpeg"), 1, "a"), Sample(Path("x.jpeg"), 1, "b")]
+    with pytest.raises(DataLayoutError, match=r"1 file\(s\) have neither \(first: x.jpeg\)"):
+        subtype_labels(samples)
+
+
+def test_pneumonia_logit_is_the_log_odds_of_any_pneumonia_class():
+    logits = torch.tensor([[0.3, -1.0, 2.0], [1.0, 1.0, 1.0]])
+    probs = torch.softmax(logits, dim=1)
+    expected = torch.logit(probs[:, 1] + probs[:, 2])
+    assert torch.allclose(pneumonia_logit(logits), expected, atol=1e-5)
+    assert torch.equal(pneumonia_logit(torch.tensor([[0.7]])), torch.tensor([0.7]))
+
+
+def test_subtype_metrics_by_hand():
+    true = np.array([0, 0, 1, 1, 2, 2])
+    probs = np.array(
+        [
+            [0.8, 0.1, 0.1],
+            [0.2, 0.7, 0.1],
+            [0.1, 0.8, 0.1],
+            [0.5, 0.1, 0.4],
+            [0.1, 0.2, 0.7],
+            [0.1, 0.6, 0.3],
+        ]
+    )
+    m = subtype_metrics(true, probs)
+    assert m["confusion_matrix"] == [[1, 1, 0], [1, 1, 0], [0, 1, 1]]
+    assert m["accuracy"] == pytest.approx(3 / 6)
+    # among the 4 pneumonias, bacterial vs viral: rows 2 (b), 3 (0.1 vs 0.4 -> v, wrong),
+    # 4 (v), 5 (0.6 vs 0.3 -> b, wrong)
+    assert m["bacterial_vs_viral_accuracy"] == pytest.approx(2 / 4)
+    assert m["per_class"]["BACTERIAL"]["recall"] == pytest.approx(0.5)
+    assert m["per_class"]["BACTERIAL"]["precision"] == pytest.approx(1 / 3)
+    assert m["per_class"]["VIRAL"]["support"] == 2
+
+
+def test_three_class_run_trains_evaluates_and_predicts(tmp_path, capsys):
+    run_dir = train_tiny_run(tmp_path, task="three_class")
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["task"] == "three_class"
+    assert meta["subtype_names"] == ["NORMAL", "BACTERIAL", "VIRAL"]
+    subtypes = meta["val_subtype_metrics"]
+    assert np.array(subtypes["confusion_matrix"]).shape == (3, 3)
+    assert set(subtypes["per_class"]) == {"NORMAL", "BACTERIAL", "VIRAL"}
+    data = tmp_path / "data"
+    capsys.readouterr()  # drop the training output
+    assert main(["evaluate", str(run_dir), "--data", str(data), "--split", "val", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["subtypes"]["confusion_matrix"] == subtypes["confusion_matrix"]
+    assert 0 <= metrics["roc_auc"] <= 1  # the binary metrics still hold, on P(pneumonia)
+    assert (run_dir / "eval" / "val" / "confusion_matrix_3class.png").is_file()
+    assert main(["evaluate", str(run_dir), "--data", str(data), "--split", "val"]) == 0
+    assert "bacterial vs viral" in capsys.readouterr().err
+    image = next((data / "train" / "PNEUMONIA").iterdir())
+    assert 0 <= Predictor.from_run(run_dir).predict(image).probability <= 1
+
+
+def test_three_class_model_card_and_report_show_the_classes(tmp_path):
+    from pneumolab.reporting.report import build_report
+
+    run_dir = train_tiny_run(tmp_path, task="three_class")
+    assert "## Three classes (validation)" in (run_dir / "MODEL_CARD.md").read_text()
+    html = build_report(run_dir, tmp_path / "data", "val").read_text()
+    assert 'id="subtypes"' in html and "bacterial vs viral" in html
