@@ -30,6 +30,9 @@ def test_tiny_run_has_a_model_card(tmp_path):
     assert "without confidence intervals" in card
     for name in meta["operating_points"]:
         assert f"`{name}`" in card
+    assert f"T = {meta['temperature']:.3f}" in card
+    assert f"sigmoid({meta['platt']['slope']:.3f}" in card
+    assert "strategy: finetune" in card
 
     (run.eval_dir("val")).mkdir(parents=True)
     metrics = meta["val_metrics"] | {"ci95": {"roc_auc": [0.125, 0.875]}}

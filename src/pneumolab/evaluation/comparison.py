@@ -53,7 +53,7 @@ def _cpu_ms_per_image(run: RunDir, data_dir: Path) -> float:
 def compare_run(name: str, run_dir: str | Path, data_dir: str | Path, split: str) -> ComparisonRow:
     """Evaluate one run on ``split`` and time its CPU inference (batch of 32 validation images)."""
     run = RunDir(Path(run_dir))
-    metrics = evaluate(run.root, data_dir, split, device="cpu")
+    metrics = evaluate(run.root, data_dir, split)
     meta = run.read_meta()
     low, high = (metrics.get("ci95") or {}).get("roc_auc") or (None, None)
     return ComparisonRow(

@@ -49,6 +49,21 @@ def _patients(run: RunDir) -> int:
         return len({row["patient"] for row in csv.DictReader(f)})
 
 
+def _calibration_lines(meta: dict[str, Any]) -> list[str]:
+    platt, temperature = meta.get("platt"), meta.get("temperature")
+    if not platt and temperature is None:
+        return []
+    lines = ["", "Calibration maps fitted on validation (they change no ranking and no threshold):"]
+    if temperature is not None:
+        lines.append(f"- temperature: T = {temperature:.3f}")
+    if platt:
+        lines.append(
+            f"- Platt: sigmoid({platt['slope']:.3f} · logit(p) + {platt['intercept']:.3f}) — "
+            "removes the shift class-weighted training puts on the raw probability"
+        )
+    return lines
+
+
 def _subtypes_section(meta: dict[str, Any]) -> list[str]:
     subtypes = meta.get("val_subtype_metrics")
     if not subtypes:
@@ -155,6 +170,7 @@ def model_card_text(run: RunDir) -> str:
         "## Operating point",
         "",
         *_operating_points(meta),
+        *_calibration_lines(meta),
         "",
         "## Limitations and failure modes",
         "",
