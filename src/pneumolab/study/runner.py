@@ -31,7 +31,7 @@ from pneumolab.evaluation.figures import save_sample_grid
 from pneumolab.run import RunDir
 from pneumolab.study.config import load_study
 from pneumolab.training.ensemble import build_ensemble
-from pneumolab.training.train import train
+from pneumolab.training.train import TrainingInterrupted, train
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def run_study(
         try:
             _train_or_reuse(name, config, data_dir, run)
             finished[name] = run
-        except ConfigError:
+        except (ConfigError, TrainingInterrupted):  # a wrong study file, or Ctrl+C: stop
             raise
         except PneumolabError as exc:
             log.error("%s: not trained: %s", name, exc)
