@@ -92,3 +92,20 @@ def test_too_many_stages_and_unknown_strategy_are_clear_errors():
         apply_strategy(model.backbone, "partial", unfreeze_stages=9)
     with pytest.raises(ConfigError, match="unknown strategy"):
         apply_strategy(model.backbone, "thaw")
+
+
+def test_frozen_batch_norm_keeps_its_statistics_in_training():
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from pneumolab.training.module import ClassifierModule
+
+    model = create_classifier("pneumolab_cnn_small")
+    apply_strategy(model.backbone, "partial", unfreeze_stages=2)
+    module = ClassifierModule(model, [1, 3])
+    module.train()
+    module.on_train_epoch_start()
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    frozen = [m for m in norms if not any(p.requires_grad for p in m.parameters())]
+    assert frozen and all(not m.training for m in frozen)
+    trainable = [m for m in norms if all(m is not f for f in frozen)]
+    assert trainable and all(m.training for m in trainable)
