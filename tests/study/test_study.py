@@ -97,24 +97,17 @@ def test_changed_settings_of_a_finished_model_are_refused(study, tmp_path, capsy
 
 def test_compare_builds_the_same_table_from_runs(study, tmp_path):
     root, data, _, _ = study
-    runs = [root / "out" / "runs" / name for name in ("small", "separable")]
-    code = main(
-        [
-            "compare",
-            *map(str, runs),
-            "--data",
-            str(data),
-            "--split",
-            "val",
-            "--out",
-            str(tmp_path / "cmp"),
-        ]
-    )
-    assert code == 0
-    with (tmp_path / "cmp" / "results.csv").open() as f:
-        assert [r["name"] for r in csv.DictReader(f)] == ["small", "separable"]
-    assert (tmp_path / "cmp" / "results.png").is_file()
-    assert (tmp_path / "cmp" / "confusion" / "separable.png").is_file()
+    runs = [str(root / "out" / "runs" / name) for name in ("small", "separable")]
+    out = tmp_path / "cmp"
+    args = ["compare", *runs, "--data", str(data), "--split", "val", "--out", str(out)]
+    assert main([*args, "--robustness"]) == 0
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["name"] for r in rows] == ["small", "separable"]
+    assert all(0 <= float(r["worst_roc_auc"]) <= 1 for r in rows)
+    assert "worst AUC / specificity (perturbed)" in (out / "results.md").read_text()
+    assert (out / "results.png").is_file()
+    assert (out / "confusion" / "separable.png").is_file()
 
 
 @pytest.mark.parametrize(
@@ -139,3 +132,10 @@ def test_shipped_study_files_are_valid():
     for name in ("study-seed.yaml", "study-best.yaml"):
         study = load_study(configs / name)
         assert len(study.train_configs()) >= 2
+
+
+def test_worst_case_selection_needs_robustness(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"models": [{"name": "a"}], "select_by": "worst_roc_auc"}))
+    with pytest.raises(ConfigError, match="worst_roc_auc needs robustness: true"):
+        load_study(path)

@@ -151,7 +151,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from pneumolab.evaluation.comparison import compare_runs
 
-    rows, outputs = compare_runs(args.run_dirs, args.data, args.split, args.out)
+    rows, outputs = compare_runs(args.run_dirs, args.data, args.split, args.out, args.robustness)
     stdout.print(comparison_table(rows, f"{args.split} split"))
     console.print(f"table: {outputs['markdown']}; chart: {outputs['chart']}")
     return 0

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--data", type=Path, required=True)
     compare.add_argument("--split", choices=("val", "test"), default="val")
     compare.add_argument("--out", type=Path, required=True, help="folder for table and figures")
+    compare.add_argument(
+        "--robustness", action="store_true", help="add worst-case figures under perturbations"
+    )
     compare.set_defaults(func=cmd.cmd_compare)
 
     evaluate = commands.add_parser("evaluate", help="metrics of a run on a split")

@@ -71,28 +71,19 @@ def robustness_table(report: dict[str, dict[str, float]]) -> Table:
 
 
 def comparison_table(rows: list, title: str) -> Table:
-    table = Table(
-        "model",
-        "strategy",
-        "size",
-        "accuracy",
-        "sensitivity",
-        "specificity",
-        "ROC AUC",
-        "params",
-        "train s",
-        "CPU ms/img",
-        title=title,
-    )
+    """One line per compared model (worst-case AUC when robustness was measured)."""
+    robust = any(r.worst_roc_auc is not None for r in rows)
+    columns = ["model", "strategy", "size", "accuracy", "sensitivity", "specificity", "ROC AUC"]
+    columns += ["worst AUC"] if robust else []
+    table = Table(*columns, "params", "train s", "CPU ms/img", title=title)
     for r in rows:
+        metrics = [r.accuracy, r.sensitivity, r.specificity, r.roc_auc]
+        metrics += [r.worst_roc_auc] if robust else []
         table.add_row(
             r.name,
             r.strategy,
             str(r.image_size),
-            format_metric(r.accuracy),
-            format_metric(r.sensitivity),
-            format_metric(r.specificity),
-            format_metric(r.roc_auc),
+            *map(format_metric, metrics),
             f"{r.parameters:,}" if r.parameters else "—",
             "—" if r.train_seconds is None else f"{r.train_seconds:.0f}",
             f"{r.cpu_ms_per_image:.1f}",

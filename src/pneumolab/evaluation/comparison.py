@@ -13,6 +13,7 @@ from typing import Any
 from pneumolab.data.dataset import decode_samples
 from pneumolab.evaluation.evaluate import evaluate, split_samples
 from pneumolab.evaluation.figures import save_confusion_matrix, save_model_bars
+from pneumolab.evaluation.metrics import format_metric
 from pneumolab.evaluation.speed import ms_per_image
 from pneumolab.inference.predictor import Predictor
 from pneumolab.run import RunDir
@@ -40,6 +41,9 @@ class ComparisonRow:
     parameters: int | None
     train_seconds: float | None
     cpu_ms_per_image: float
+    worst_roc_auc: float | None
+    worst_specificity: float | None
+    official_val_accuracy: float | None
     confusion_matrix: list[list[int]]
     run_dir: str
 
@@ -50,11 +54,16 @@ def _cpu_ms_per_image(run: RunDir, data_dir: Path) -> float:
     return ms_per_image(predictor.backend, decode_samples(samples, predictor.image_size).pixels)
 
 
-def compare_run(name: str, run_dir: str | Path, data_dir: str | Path, split: str) -> ComparisonRow:
-    """Evaluate one run on ``split`` and time its CPU inference (batch of 32 validation images)."""
+def compare_run(
+    name: str, run_dir: str | Path, data_dir: str | Path, split: str, robustness: bool = False
+) -> ComparisonRow:
+    """Evaluate one run on ``split`` (with ``robustness``: also under the perturbations, for the
+    worst-case columns) and time its CPU inference (batch of 32 validation images)."""
     run = RunDir(Path(run_dir))
-    metrics = evaluate(run.root, data_dir, split)
+    metrics = evaluate(run.root, data_dir, split, robustness=robustness)
     meta = run.read_meta()
+    worst = metrics.get("robustness_summary") or {}
+    official = meta.get("official_val_metrics") or {}
     low, high = (metrics.get("ci95") or {}).get("roc_auc") or (None, None)
     return ComparisonRow(
         name=name,
@@ -70,32 +79,42 @@ def compare_run(name: str, run_dir: str | Path, data_dir: str | Path, split: str
         parameters=meta.get("parameters"),
         train_seconds=meta.get("train_seconds"),
         cpu_ms_per_image=round(_cpu_ms_per_image(run, Path(data_dir)), 2),
+        worst_roc_auc=worst.get("worst_roc_auc"),
+        worst_specificity=worst.get("worst_specificity"),
+        official_val_accuracy=official.get("accuracy"),
         confusion_matrix=metrics["confusion_matrix"],
         run_dir=str(run.root),
     )
 
 
 def _markdown(rows: Sequence[ComparisonRow], split: str, notes: dict[str, str]) -> str:
-    columns = (
-        "model | architecture | strategy | size | accuracy | sensitivity | specificity | "
-        "ROC AUC [95% CI] | params | train s | CPU ms/img"
-    )
+    robust = any(r.worst_roc_auc is not None for r in rows)
+    columns = [
+        "model", "architecture", "strategy", "size", "accuracy", "sensitivity", "specificity",
+        "ROC AUC [95% CI]", *(["worst AUC / specificity (perturbed)"] if robust else []),
+        "official val/", "params", "train s", "CPU ms/img",
+    ]  # fmt: skip
     lines = [
         f"Results on the {split} split, at each model's default threshold (chosen on its "
-        "validation split).",
+        "validation split). Official val/: accuracy on the dataset's 16-image val folder "
+        "(reported, not used).",
         "",
-        f"| {columns} |",
-        "|---" * (columns.count("|") + 1) + "|",
+        "| " + " | ".join(columns) + " |",
+        "|---" * len(columns) + "|",
     ]
     for r in rows:
-        params = f"{r.parameters / 1e6:.2f}M" if r.parameters else "—"
-        train = f"{r.train_seconds:.0f}" if r.train_seconds is not None else "—"
-        lines.append(
-            f"| {r.name} | `{r.model}` | {r.strategy} | {r.image_size} | {r.accuracy:.4f} | "
-            f"{r.sensitivity:.4f} | {r.specificity:.4f} | {r.roc_auc:.4f} [{r.roc_auc_ci95}] | "
-            f"{params} | {train} | {r.cpu_ms_per_image:.1f} |"
-        )
-    lines += [f"| {name} | — | not run: {reason} |" + " |" * 8 for name, reason in notes.items()]
+        cells = [
+            r.name, f"`{r.model}`", r.strategy, str(r.image_size), f"{r.accuracy:.4f}",
+            f"{r.sensitivity:.4f}", f"{r.specificity:.4f}", f"{r.roc_auc:.4f} [{r.roc_auc_ci95}]",
+            *([f"{format_metric(r.worst_roc_auc)} / {format_metric(r.worst_specificity)}"] if robust else []),
+            format_metric(r.official_val_accuracy),
+            f"{r.parameters / 1e6:.2f}M" if r.parameters else "—",
+            "—" if r.train_seconds is None else f"{r.train_seconds:.0f}",
+            f"{r.cpu_ms_per_image:.1f}",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    empty = " |" * (len(columns) - 3)
+    lines += [f"| {name} | — | not run: {reason} |{empty}" for name, reason in notes.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -139,7 +158,11 @@ def _unique_names(run_dirs: Sequence[Path]) -> list[str]:
 
 
 def compare_runs(
-    run_dirs: Sequence[str | Path], data_dir: str | Path, split: str, out_dir: str | Path
+    run_dirs: Sequence[str | Path],
+    data_dir: str | Path,
+    split: str,
+    out_dir: str | Path,
+    robustness: bool = False,
 ) -> tuple[list[ComparisonRow], dict[str, Path]]:
     """Evaluate every run on ``split`` and write the comparison into ``out_dir``."""
     runs = [RunDir(Path(d)) for d in run_dirs]
@@ -151,5 +174,8 @@ def compare_runs(
             "their validation figures are not directly comparable"
         )
     names = _unique_names([run.root for run in runs])
-    rows = [compare_run(n, run.root, data_dir, split) for n, run in zip(names, runs, strict=True)]
+    rows = [
+        compare_run(n, run.root, data_dir, split, robustness)
+        for n, run in zip(names, runs, strict=True)
+    ]
     return rows, write_comparison(rows, out_dir, split)

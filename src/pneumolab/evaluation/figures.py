@@ -79,17 +79,19 @@ def save_sample_grid(samples_by_class: dict[str, list[Path]], path: Path, size: 
 def save_model_bars(
     names: list[str], values: dict[str, list[float]], path: Path, title: str = ""
 ) -> Path:
-    """Grouped bars: one group per model, one bar per metric (the study's results figure)."""
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(names) + 2), 4.2), dpi=120)
+    """Grouped bars: one group per model, one bar per metric (the study's results figure). The
+    y axis starts a little below the lowest value, so close models stay distinguishable."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(names) + 2), 4.4), dpi=120)
     width = 0.8 / max(1, len(values))
     positions = np.arange(len(names))
     for i, (metric, heights) in enumerate(values.items()):
         bars = ax.bar(positions + i * width, heights, width, label=metric)
-        ax.bar_label(bars, fmt="%.2f", fontsize=6, rotation=90, padding=2)
+        ax.bar_label(bars, fmt="%.3f", fontsize=6, rotation=90, label_type="center", color="white")
+    lowest = min((v for heights in values.values() for v in heights), default=0.0)
+    ax.set_ylim(max(0.0, np.floor((lowest - 0.05) * 10) / 10), 1.0)
     ax.set_xticks(positions + width * (len(values) - 1) / 2, names, rotation=20, ha="right")
-    ax.set_ylim(0, 1.12)
     ax.set_ylabel("score")
-    ax.legend(fontsize="small", ncols=len(values), loc="upper center")
+    ax.legend(fontsize="small", ncols=len(values), loc="upper center", bbox_to_anchor=(0.5, -0.22))
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path)

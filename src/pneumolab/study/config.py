@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pneumolab.config import TrainConfig, load_yaml, resolve_config
 from pneumolab.errors import ConfigError
@@ -33,7 +33,17 @@ class StudyConfig(BaseModel):
     defaults: dict[str, Any] = Field(default_factory=dict)
     models: list[dict[str, Any]] = Field(min_length=1)
     ensembles: list[EnsembleEntry] = Field(default_factory=list)
-    select_by: Literal["roc_auc", "accuracy", "specificity"] = "roc_auc"
+    select_by: Literal["roc_auc", "worst_roc_auc", "accuracy", "specificity"] = "roc_auc"
+    robustness: bool = Field(
+        default=False,
+        description="also score every model under the perturbations (worst-case columns)",
+    )
+
+    @model_validator(mode="after")
+    def _robustness_for_worst_case(self) -> StudyConfig:
+        if self.select_by == "worst_roc_auc" and not self.robustness:
+            raise ValueError("select_by: worst_roc_auc needs robustness: true")
+        return self
 
     def train_configs(self, overrides: dict[str, Any] | None = None) -> dict[str, TrainConfig]:
         """Each model's TrainConfig: defaults < the model's entry < ``overrides`` (CLI flags)."""

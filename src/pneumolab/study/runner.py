@@ -133,7 +133,10 @@ def run_study(
             finished[ensemble.name] = run
         else:
             finished[ensemble.name] = run
-    rows = [compare_run(name, run.root, data_dir, "val") for name, run in finished.items()]
+    rows = [
+        compare_run(name, run.root, data_dir, "val", study.robustness)
+        for name, run in finished.items()
+    ]
     outputs = write_comparison(rows, study_dir, "val", failed)
     outputs["samples"] = _sample_grid(data_dir, study_dir / "samples.png")
     best = None
