@@ -193,5 +193,5 @@ def test_onnx_backend_refuses_heatmaps_with_409(run_dir, png_bytes):
     body = upload(client, "x.png", png_bytes, preview=True).json()
     assert body["probability"] == pytest.approx(torch_body["probability"], abs=1e-5)
     assert "image_png_base64" in body
-    assert_error(upload(client, "x.png", png_bytes, heatmap=True), 409, "torch backend")
+    assert_error(upload(client, "x.png", png_bytes, heatmap=True), 409, "runs the onnx backend")
     assert client.get("/v1/model").json()["heatmap_available"] is False

@@ -71,3 +71,23 @@ def test_members_on_different_splits_are_refused(members, tmp_path):
     with pytest.raises(RunDirError, match="at least two"):
         build_ensemble([runs[0].root], tmp_path / "ens1")
     assert not (tmp_path / "ens").exists()
+
+
+def test_an_ensemble_is_served(members, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from pneumolab.serving.app import create_app
+
+    data, runs = members
+    ensemble = build_ensemble([r.root for r in runs], tmp_path / "ens")
+    client = TestClient(create_app(ensemble.root))
+    info = client.get("/v1/model").json()
+    assert info["model"].startswith("ensemble(") and info["heatmap_available"] is False
+    image = runs[0].read_split(data, "val")[0].path
+    files = {"file": (image.name, image.read_bytes(), "image/png")}
+    response = client.post("/v1/predict", files=files)
+    assert response.status_code == 200
+    expected = Predictor.from_run(ensemble.root).predict(image).probability
+    assert response.json()["probability"] == pytest.approx(expected, abs=1e-6)
+    refused = client.post("/v1/predict?heatmap=true", files=files)
+    assert refused.status_code == 409 and "ensemble" in refused.json()["detail"]

@@ -179,8 +179,9 @@ def create_app(
     ) -> PredictResponse:
         start = time.perf_counter()
         if heatmap and model is None:
+            served = "an ensemble" if "members" in predictor.meta else f"the {backend} backend"
             raise HTTPException(
-                409, f"heat maps need the torch backend; this server runs {backend}"
+                409, f"heat maps need one PyTorch network; this server runs {served}"
             )
         data = file.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:

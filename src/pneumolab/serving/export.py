@@ -41,8 +41,13 @@ class _ProbabilityModel(nn.Module):
 
 
 def weights_digest(run_dir: Path) -> str:
-    """SHA-256 of the run's weights file: ties an ONNX file to the weights it was exported from."""
-    return hashlib.sha256(RunDir(Path(run_dir)).weights.read_bytes()).hexdigest()
+    """SHA-256 of the run's weights file (ties an ONNX file to the weights it was exported from);
+    for an ensemble, of its members' digests in order."""
+    run = RunDir(Path(run_dir))
+    if run.is_ensemble:
+        members = "".join(weights_digest(member.root) for member in run.member_runs())
+        return hashlib.sha256(members.encode()).hexdigest()
+    return hashlib.sha256(run.weights.read_bytes()).hexdigest()
 
 
 def _metadata(run_dir: Path, predictor: Predictor) -> dict[str, str]:

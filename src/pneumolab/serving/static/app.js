@@ -17,7 +17,7 @@ async function loadModel() {
     heatmapAvailable = info.heatmap_available;
     byId("model").textContent = `model ${info.model} (${info.model_version}), ` +
       `${info.image_size} px, ${info.backend} backend` +
-      (heatmapAvailable ? "" : " — heat maps need the torch backend");
+      (heatmapAvailable ? "" : " — heat maps need one PyTorch network (torch backend, not an ensemble)");
   } catch (error) {
     byId("model").textContent = "model information unavailable";
   }
