@@ -126,13 +126,12 @@ def run_study(
         missing = [m for m in ensemble.members if m not in finished]
         if missing:
             failed[ensemble.name] = f"member(s) not trained: {', '.join(missing)}"
-        elif not run.is_complete():
+            continue
+        if not run.is_complete():
             shutil.rmtree(run.root, ignore_errors=True)
             target = configs[ensemble.members[0]].target_sensitivity
             build_ensemble([finished[m].root for m in ensemble.members], run.root, target)
-            finished[ensemble.name] = run
-        else:
-            finished[ensemble.name] = run
+        finished[ensemble.name] = run
     rows = [
         compare_run(name, run.root, data_dir, "val", study.robustness)
         for name, run in finished.items()
