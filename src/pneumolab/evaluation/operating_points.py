@@ -68,6 +68,18 @@ def oracle_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
     return youden_threshold(y_true, prob)
 
 
+def with_margin(threshold: float, prob: np.ndarray) -> float:
+    """Move a threshold that equals a validation score halfway down to the next lower score.
+
+    Every validation image keeps its label, but the boundary image no longer sits exactly on the
+    threshold, so recomputing the same scores elsewhere (another device, rounding in a CSV, an
+    ensemble's mean) cannot flip it.
+    """
+    lower = np.asarray(prob, dtype=float)
+    lower = lower[lower < threshold]
+    return float((threshold + lower.max()) / 2) if lower.size else float(threshold)
+
+
 def choose_operating_points(
     y_true: np.ndarray,
     prob: np.ndarray,
@@ -76,7 +88,8 @@ def choose_operating_points(
     cost_ratio: float = DEFAULT_COST_RATIO,
 ) -> list[OperatingPoint]:
     """The target-sensitivity point (first: the default), Youden's J and the cost-ratio point,
-    all chosen on the validation scores of ``source`` (e.g. ``"validation split of run-1"``)."""
+    all chosen on the validation scores of ``source`` (e.g. ``"validation split of run-1"``),
+    each placed :func:`with_margin` below the score the rule picked."""
     where = f"{source}, n={len(y_true)}"
     sensitivity_rule = f"highest threshold with sensitivity >= {target_sensitivity:g}"
     cost_rule = f"minimum cost {cost_ratio:g} * FN + 1 * FP"
@@ -84,21 +97,21 @@ def choose_operating_points(
     return [
         OperatingPoint(
             f"sensitivity_{100 * target_sensitivity:g}",
-            threshold_for_sensitivity(y_true, prob, target_sensitivity),
+            with_margin(threshold_for_sensitivity(y_true, prob, target_sensitivity), prob),
             sensitivity_rule,
             {"target_sensitivity": target_sensitivity},
             f"{where}, rule: {sensitivity_rule}",
         ),
         OperatingPoint(
             "youden",
-            youden_threshold(y_true, prob),
+            with_margin(youden_threshold(y_true, prob), prob),
             youden_rule,
             {},
             f"{where}, rule: {youden_rule}",
         ),
         OperatingPoint(
             f"cost_ratio_{cost_ratio:g}",
-            cost_threshold(y_true, prob, cost_ratio, 1.0),
+            with_margin(cost_threshold(y_true, prob, cost_ratio, 1.0), prob),
             cost_rule,
             {"cost_fn": cost_ratio, "cost_fp": 1.0},
             f"{where}, rule: {cost_rule}",
