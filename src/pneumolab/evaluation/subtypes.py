@@ -31,7 +31,8 @@ def subtype_metrics(true: np.ndarray, class_probs: np.ndarray) -> dict[str, Any]
     return {
         "classes": list(SUBTYPE_NAMES),
         "per_class": {
-            name: {k: report[name][k] for k in ("precision", "recall", "f1-score", "support")}
+            name: {k: report[name][k] for k in ("precision", "recall", "f1-score")}
+            | {"support": int(report[name]["support"])}
             for name in SUBTYPE_NAMES
         },
         "accuracy": float(np.mean(predicted == true)),
