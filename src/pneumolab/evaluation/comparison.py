@@ -13,7 +13,7 @@ from typing import Any
 from pneumolab.data.dataset import decode_samples
 from pneumolab.evaluation.evaluate import evaluate, split_samples
 from pneumolab.evaluation.figures import save_confusion_matrix, save_model_bars
-from pneumolab.evaluation.metrics import format_metric
+from pneumolab.evaluation.metrics import format_interval, format_metric
 from pneumolab.evaluation.speed import ms_per_image
 from pneumolab.inference.predictor import Predictor
 from pneumolab.run import RunDir
@@ -64,7 +64,6 @@ def compare_run(
     meta = run.read_meta()
     worst = metrics.get("robustness_summary") or {}
     official = meta.get("official_val_metrics") or {}
-    low, high = (metrics.get("ci95") or {}).get("roc_auc") or (None, None)
     return ComparisonRow(
         name=name,
         model=meta["model"],
@@ -74,7 +73,7 @@ def compare_run(
         sensitivity=metrics["sensitivity"],
         specificity=metrics["specificity"],
         roc_auc=metrics["roc_auc"],
-        roc_auc_ci95="" if low is None else f"{low:.4f}–{high:.4f}",
+        roc_auc_ci95=format_interval((metrics.get("ci95") or {}).get("roc_auc")),
         threshold=metrics["threshold"],
         parameters=meta.get("parameters"),
         train_seconds=meta.get("train_seconds"),

@@ -15,8 +15,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 
 class ClassifierModule(L.LightningModule):
-    """Train a one-logit model (an :class:`XrayClassifier`, or a head on cached features) with
-    AdamW and a one-cycle schedule.
+    """Train a classifier (an :class:`XrayClassifier`, or a head on cached features) with AdamW
+    and a one-cycle schedule.
 
     ``param_groups`` (``[{"params": ..., "lr": ...}]``) give per-group learning rates, e.g. a lower
     one for a pretrained backbone; by default every trainable parameter trains at ``lr``.
@@ -26,8 +26,9 @@ class ClassifierModule(L.LightningModule):
     The loss weights each class by the inverse of its frequency (``class_counts`` in train), so
     NORMAL (a quarter of train) counts as much as PNEUMONIA: binary cross-entropy on the
     pneumonia logit for two classes, cross-entropy on the model's ``class_logits`` for more
-    (targets are then class indices, 0 = NORMAL). Validation scores P(pneumonia) and logs ``val_loss`` (plain, unweighted
-    log-loss: a proper scoring rule that keeps improving after AUC saturates) and ``val_auc``.
+    (targets are then class indices, 0 = NORMAL). Validation scores P(pneumonia) and logs
+    ``val_loss`` (plain, unweighted log-loss: a proper scoring rule that keeps improving after
+    AUC saturates) and ``val_auc``.
     """
 
     def __init__(
