@@ -46,13 +46,15 @@ def default_device() -> str:
 
 
 @torch.inference_mode()
-def _batched(
+def score_batches(
     score: Callable[[torch.Tensor], torch.Tensor],
     model: XrayClassifier,
     pixels: torch.Tensor,
     intensity: str,
     batch_size: int,
 ) -> np.ndarray:
+    """``score`` (a function of ``model``) on raw uint8 ``(N, 1, S, S)`` pixels, batch by batch,
+    in eval mode: ``intensity`` normalisation first, then pixels / 255 on the model's device."""
     model.eval()
     device = next(model.parameters()).device
     scores = [
@@ -67,14 +69,14 @@ def predict_pixels(
 ) -> np.ndarray:
     """Pneumonia probabilities for raw uint8 ``(N, 1, S, S)`` pixels, in fp32, batch by batch;
     ``intensity`` normalisation is applied first, as in training."""
-    return _batched(lambda x: torch.sigmoid(model(x)), model, pixels, intensity, batch_size)
+    return score_batches(lambda x: torch.sigmoid(model(x)), model, pixels, intensity, batch_size)
 
 
 def predict_class_probabilities(
     model: XrayClassifier, pixels: torch.Tensor, intensity: str = "none", batch_size: int = 64
 ) -> np.ndarray:
     """``(N, K)`` class probabilities (softmax) of a three-class model, like :func:`predict_pixels`."""
-    return _batched(
+    return score_batches(
         lambda x: torch.softmax(model.class_logits(x), dim=1), model, pixels, intensity, batch_size
     )
 

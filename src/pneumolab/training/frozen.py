@@ -14,8 +14,8 @@ from torch.utils.data import TensorDataset
 import pneumolab
 from pneumolab.config import TrainConfig
 from pneumolab.data.dataset import DecodedImages
-from pneumolab.data.transforms import normalize_intensity
 from pneumolab.errors import ConfigError
+from pneumolab.inference.predictor import score_batches
 from pneumolab.models.classifier import XrayClassifier, pneumonia_logit
 from pneumolab.models.registry import find_local_weights
 from pneumolab.training.feature_cache import (
@@ -73,24 +73,22 @@ def cache_for(config: TrainConfig) -> FeatureCache:
     return FeatureCache(Path(config.feature_cache or default_cache_dir()), key)
 
 
-@torch.inference_mode()
 def extract_features(
     model: XrayClassifier, pixels: torch.Tensor, intensity: str, bf16: bool, batch_size: int = 64
 ) -> torch.Tensor:
-    """Backbone features of uint8 ``(N, 1, S, S)`` pixels (eval mode, optional bf16 autocast)."""
+    """Backbone features of uint8 ``(N, 1, S, S)`` pixels (eval mode, optional bf16 autocast);
+    the model's training mode is restored afterwards."""
     was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     )
-    chunks = []
     with autocast:
-        for chunk in pixels.split(batch_size):
-            x = normalize_intensity(chunk, intensity).to(device).float() / 255.0
-            chunks.append(model.features(x).float().cpu())
+        features = score_batches(
+            lambda x: model.features(x).float(), model, pixels, intensity, batch_size
+        )
     model.train(was_training)
-    return torch.cat(chunks)
+    return torch.from_numpy(features)
 
 
 def frozen_datasets(
