@@ -51,7 +51,9 @@ def main() -> None:
         calibrated["temperature"][held] = apply_temperature(
             probs[held], fit_temperature(labels[fit], probs[fit])
         )
-        calibrated["platt"][held] = apply_platt(probs[held], **fit_platt(labels[fit], probs[fit]))
+        calibrated["platt"][held] = apply_platt(
+            probs[held], **dict(fit_platt(labels[fit], probs[fit]))
+        )
     print(f"{run.root}: {len(probs)} validation images, {args.folds} patient-grouped folds\n")
     print("| calibration | ECE | Brier | log-loss |")
     print("|---|---|---|---|")

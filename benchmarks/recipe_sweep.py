@@ -59,8 +59,8 @@ def run_recipe(name: str, overrides: dict, data: Path, out: Path) -> dict:
     row = {
         "recipe": name,
         "device": device,
-        "train_seconds": meta["train_seconds"],
-        "best_epoch": meta["best_epoch"],
+        "train_seconds": meta.train_seconds,
+        "best_epoch": meta.best_epoch,
     }
     row |= {
         k: metrics[k] for k in ("roc_auc", "sensitivity", "specificity", "accuracy", "threshold")

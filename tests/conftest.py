@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from PIL import Image
+
+if TYPE_CHECKING:
+    from pneumolab.run_meta import RunMeta
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -67,6 +72,50 @@ def train_tiny_run(root: Path, epochs: int = 1, **overrides: object) -> Path:
     data = write_synthetic_dataset(root / "data")
     config = TrainConfig(epochs=epochs, **(TINY_TRAINING | overrides))
     return train(data, root / "run", config).root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+    """One tiny trained run shared by the tests that only read it: ``(run dir, data root)``.
+    Tests that write into a run (evaluate, model cards) copy it first (:func:`copy_run`)."""
+    root = tmp_path_factory.mktemp("tiny-run")
+    return train_tiny_run(root), root / "data"
+
+
+def copy_run(run_dir: Path, dest: Path) -> Path:
+    """A private copy of a run directory, for tests that write into it."""
+    shutil.copytree(run_dir, dest)
+    return dest
+
+
+def fixed_threshold_meta(
+    model: str, image_size: int, threshold: float, intensity: str = "none"
+) -> RunMeta:
+    """The meta.json of a run made by hand (untrained weights) with a given threshold."""
+    from pneumolab.evaluation.metrics import binary_metrics
+    from pneumolab.results import DecisionRule, StoredOperatingPoint
+    from pneumolab.run_meta import TrainingSummary, describe_run
+
+    rule = "set by the test"
+    decision = DecisionRule(
+        threshold=threshold,
+        threshold_rule=rule,
+        default_operating_point="fixed",
+        operating_points={"fixed": StoredOperatingPoint(threshold=threshold, rule=rule)},
+        temperature=None,
+        platt=None,
+        val_metrics=binary_metrics(np.array([0, 1]), np.array([0.0, 1.0]), threshold),
+    )
+    return describe_run(
+        model=model,
+        image_size=image_size,
+        intensity=intensity,
+        task="binary",
+        mean=None,
+        std=None,
+        training=TrainingSummary(strategy="untrained", parameters=None, train_seconds=None),
+        decision=decision,
+    )
 
 
 CHROMIUM = Path("/usr/bin/chromium")

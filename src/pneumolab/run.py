@@ -5,15 +5,16 @@ RUN_DIR/
   config.yaml            resolved training config
   split.csv              every train-folder image with its patient and side (train / val)
   model.safetensors      best-epoch weights (no pickle)
-  meta.json              model name, image size, preprocessing, threshold, classes, versions, metrics
+  meta.json              RunMeta: model, image size, preprocessing, threshold, classes, versions, metrics
   history.csv            per-epoch metrics
   val_predictions.csv    validation scores of the best model
   checkpoints/           Lightning checkpoints (last.ckpt for --resume)
   eval/<split>/          evaluation outputs
 ```
 
-An ensemble's run directory has ``members.json`` (the member run directories, relative to it)
-instead of weights, config and checkpoints; everything else is the same.
+An ensemble's run directory lists its member run directories (relative to it) in
+``meta.json``'s ``members`` instead of having weights, config and checkpoints; everything else is
+the same. ``meta.json`` is written last: it marks a finished run.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from pneumolab.data.layout import Sample
 from pneumolab.errors import RunDirError
+from pneumolab.run_meta import RunMeta, migrate
 
 
 @dataclass(frozen=True)
@@ -68,39 +71,48 @@ class RunDir:
     def last_checkpoint(self) -> Path:
         return self.checkpoints / "last.ckpt"
 
-    @property
-    def members(self) -> Path:
-        return self.root / "members.json"
-
     def eval_dir(self, split: str) -> Path:
         return self.root / "eval" / split
 
-    @property
-    def is_ensemble(self) -> bool:
-        return self.members.is_file()
-
     def is_complete(self) -> bool:
-        return self.meta.is_file() and (self.weights.is_file() or self.is_ensemble)
+        """A finished run: readable meta.json, and weights unless it is an ensemble."""
+        try:
+            self.read_meta()
+        except RunDirError:
+            return False
+        return True
 
     def member_runs(self) -> list[RunDir]:
         """The member runs of an ensemble (an empty list for a single run)."""
-        if not self.is_ensemble:
-            return []
-        return [RunDir(self.root / p) for p in json.loads(self.members.read_text())]
+        return [RunDir(self.root / p) for p in self.read_meta().members]
 
-    def read_meta(self) -> dict[str, Any]:
-        """Metadata of a finished run; RunDirError if the run is missing or unfinished."""
+    def read_meta(self) -> RunMeta:
+        """Metadata of a finished run (older formats migrated); RunDirError if the run is missing,
+        unfinished or its meta.json unreadable."""
         if not self.root.is_dir():
             raise RunDirError(f"{self.root}: run directory not found")
-        if not self.is_complete():
-            raise RunDirError(
-                f"{self.root}: not a finished run (no meta.json/model.safetensors); "
-                "if training was interrupted, continue it with `pneumolab train --resume --out ...`"
-            )
-        return json.loads(self.meta.read_text())
+        unfinished = RunDirError(
+            f"{self.root}: not a finished run (no meta.json/model.safetensors); "
+            "if training was interrupted, continue it with `pneumolab train --resume --out ...`"
+        )
+        if not self.meta.is_file():
+            raise unfinished
+        try:
+            data = json.loads(self.meta.read_text())
+            if not isinstance(data, dict):
+                raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+            meta = RunMeta.model_validate(migrate(data, str(self.meta)))
+        except (ValueError, ValidationError) as exc:  # JSONDecodeError is a ValueError
+            raise RunDirError(f"{self.meta}: not a valid run metadata file ({exc})") from None
+        if not meta.is_ensemble and not self.weights.is_file():
+            raise unfinished
+        return meta
 
-    def write_meta(self, meta: dict[str, Any]) -> None:
-        self.meta.write_text(json.dumps(meta, indent=2) + "\n")
+    def write_meta(self, meta: RunMeta) -> None:
+        """Write meta.json atomically (last: it marks the run finished)."""
+        partial = self.meta.with_suffix(".json.tmp")
+        partial.write_text(meta.model_dump_json(indent=2) + "\n")
+        partial.replace(self.meta)
 
     def write_split(self, data_root: Path, train: list[Sample], val: list[Sample]) -> None:
         """Save the carved split as file lists relative to the data root."""

@@ -21,6 +21,7 @@ from pydicom.uid import (
 )
 from safetensors.torch import save_file
 
+from conftest import fixed_threshold_meta
 from pneumolab.data.dicom import load_dicom
 from pneumolab.data.imageio import load_image
 from pneumolab.errors import ImageLoadError
@@ -204,9 +205,7 @@ def test_predictor_predicts_a_dicom_end_to_end(tmp_path):
     run.root.mkdir()
     state = create_classifier("pneumolab_cnn_small", pretrained=False).state_dict()
     save_file({k: v.contiguous() for k, v in state.items()}, run.weights)
-    run.write_meta(
-        {"model": "pneumolab_cnn_small", "image_size": 32, "intensity": "none", "threshold": 0.5}
-    )
+    run.write_meta(fixed_threshold_meta("pneumolab_cnn_small", 32, 0.5))
     (tmp_path / "scans").mkdir()
     path = write_dicom(tmp_path / "scans" / "chest.dcm", RAMP_12BIT, bits_stored=12)
     predictor = Predictor.from_run(run.root)

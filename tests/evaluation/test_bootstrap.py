@@ -23,7 +23,7 @@ def test_unit_weights_reproduce_binary_metrics_with_ties(threshold):
     point = binary_metrics(y, p, threshold)
     values = weighted_metrics(y, p, threshold, np.ones((1, len(y))))
     for name in CI_METRICS:
-        assert values[name][0] == pytest.approx(point[name]), name
+        assert values[name][0] == pytest.approx(getattr(point, name)), name
 
 
 def test_integer_weights_equal_repeating_the_images():
@@ -32,7 +32,7 @@ def test_integer_weights_equal_repeating_the_images():
     repeated = binary_metrics(np.repeat(y, counts), np.repeat(p, counts), 0.5)
     values = weighted_metrics(y, p, 0.5, counts[None].astype(float))
     for name in CI_METRICS:
-        assert values[name][0] == pytest.approx(repeated[name]), name
+        assert values[name][0] == pytest.approx(getattr(repeated, name)), name
 
 
 def test_intervals_contain_the_point_estimate():
@@ -41,7 +41,7 @@ def test_intervals_contain_the_point_estimate():
     ci = bootstrap_ci(y, p, 0.5, n_resamples=500)
     assert set(ci) == set(CI_METRICS)
     for name, (low, high) in ci.items():
-        assert low <= point[name] <= high, name
+        assert low <= getattr(point, name) <= high, name
 
 
 def test_intervals_narrow_with_more_data():

@@ -68,9 +68,9 @@ def test_platt_removes_a_shift_that_temperature_cannot():
     y = (rng.random(z.size) < expit(z)).astype(int)
     prob = expit(z - 1.5)
     platt = fit_platt(y, prob)
-    assert platt["slope"] == pytest.approx(1.0, abs=0.08)
-    assert platt["intercept"] == pytest.approx(1.5, abs=0.1)
-    by_platt = apply_platt(prob, **platt)
+    assert platt.slope == pytest.approx(1.0, abs=0.08)
+    assert platt.intercept == pytest.approx(1.5, abs=0.1)
+    by_platt = apply_platt(prob, platt.slope, platt.intercept)
     by_temperature = apply_temperature(prob, fit_temperature(y, prob))
     assert expected_calibration_error(y, by_platt) < 0.02
     assert (

@@ -19,10 +19,10 @@ def test_hand_computed_case():
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
     p = np.array([0.1, 0.2, 0.3, 0.7, 0.4, 0.45, 0.6, 0.8, 0.9, 0.95])
     m = binary_metrics(y, p, 0.5)
-    assert m["balanced_accuracy"] == pytest.approx((4 / 6 + 3 / 4) / 2)
-    assert m["brier"] == pytest.approx(np.mean((p - y) ** 2))
+    assert m.balanced_accuracy == pytest.approx((4 / 6 + 3 / 4) / 2)
+    assert m.brier == pytest.approx(np.mean((p - y) ** 2))
     # average precision: positives ranked 1, 2, 3, 5, 6, 7 → mean of precision at each of them
-    assert m["pr_auc"] == pytest.approx(np.mean([1, 1, 1, 4 / 5, 5 / 6, 6 / 7]))
+    assert m.pr_auc == pytest.approx(np.mean([1, 1, 1, 4 / 5, 5 / 6, 6 / 7]))
 
 
 def test_agrees_with_sklearn_on_random_scores():
@@ -30,9 +30,9 @@ def test_agrees_with_sklearn_on_random_scores():
     y = rng.integers(0, 2, 500)
     p = np.clip(y * 0.3 + rng.random(500) * 0.7, 0, 1)
     m = binary_metrics(y, p, 0.55)
-    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, p >= 0.55))
-    assert m["pr_auc"] == pytest.approx(average_precision_score(y, p))
-    assert m["brier"] == pytest.approx(brier_score_loss(y, p))
+    assert m.balanced_accuracy == pytest.approx(balanced_accuracy_score(y, p >= 0.55))
+    assert m.pr_auc == pytest.approx(average_precision_score(y, p))
+    assert m.brier == pytest.approx(brier_score_loss(y, p))
 
 
 def test_ece_matches_the_reliability_curve():
@@ -58,12 +58,12 @@ def test_ece_is_zero_when_calibrated_and_large_when_overconfident():
 
 def test_single_class_gives_nan_ranking_metrics():
     m = binary_metrics(np.array([1, 1, 1]), np.array([0.2, 0.6, 0.9]), 0.5)
-    assert math.isnan(m["pr_auc"]) and math.isnan(m["balanced_accuracy"])
-    assert m["brier"] == pytest.approx(np.mean([0.64, 0.16, 0.01]))
+    assert math.isnan(m.pr_auc) and math.isnan(m.balanced_accuracy)
+    assert m.brier == pytest.approx(np.mean([0.64, 0.16, 0.01]))
 
 
 def test_threshold_metrics_are_the_threshold_dependent_subset():
     y, p = np.array([0, 1, 1]), np.array([0.2, 0.6, 0.9])
-    assert threshold_metrics(y, p, 0.5) == {
-        k: v for k, v in binary_metrics(y, p, 0.5).items() if k in THRESHOLD_METRICS
-    }
+    subset = threshold_metrics(y, p, 0.5).model_dump()
+    assert list(subset) == list(THRESHOLD_METRICS)
+    assert subset == binary_metrics(y, p, 0.5).model_dump(include=set(THRESHOLD_METRICS))

@@ -1,4 +1,4 @@
-"""evaluate() end to end on a tiny synthetic run: new keys, figures, test-split log, older runs."""
+"""evaluate() end to end on a tiny synthetic run: new keys, figures, test-split log."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import pytest
 from conftest import write_synthetic_dataset
 from pneumolab.config import TrainConfig
 from pneumolab.evaluation.evaluate import evaluate
-from pneumolab.run import RunDir
 from pneumolab.training.train import train
 
 TINY = dict(
@@ -81,19 +80,3 @@ def test_every_test_evaluation_is_logged(trained):
         assert entry["config_sha256"] == config_hash
         assert entry["time_utc"].endswith("+00:00")
         assert entry["git_commit"] is None or len(entry["git_commit"]) == 40
-
-
-def test_runs_without_operating_points_or_temperature_still_evaluate(trained, tmp_path):
-    run_dir, data = trained
-    old = tmp_path / "old-run"
-    shutil.copytree(run_dir, old)
-    run = RunDir(old)
-    meta = run.read_meta()
-    for key in ("operating_points", "default_operating_point", "temperature"):
-        del meta[key]
-    run.write_meta(meta)
-    metrics = evaluate(old, data, split="val", device="cpu")
-    assert list(metrics["operating_points"]) == ["stored"]
-    assert metrics["operating_points"]["stored"]["threshold"] == meta["threshold"]
-    assert metrics["temperature_scaled"] is None
-    assert (old / "eval" / "val" / "reliability.png").stat().st_size > 0

@@ -12,21 +12,21 @@ def test_hand_computed_case():
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
     p = np.array([0.1, 0.2, 0.3, 0.7, 0.4, 0.45, 0.6, 0.8, 0.9, 0.95])
     m = binary_metrics(y, p, 0.5)
-    assert m["confusion_matrix"] == [[3, 1], [2, 4]]
-    assert m["n"] == 10
-    assert m["accuracy"] == pytest.approx(7 / 10)
-    assert m["sensitivity"] == pytest.approx(4 / 6)
-    assert m["specificity"] == pytest.approx(3 / 4)
-    assert m["precision"] == pytest.approx(4 / 5)
-    assert m["npv"] == pytest.approx(3 / 5)
-    assert m["f1"] == pytest.approx(2 * 4 / (2 * 4 + 1 + 2))
+    assert m.confusion_matrix == [[3, 1], [2, 4]]
+    assert m.n == 10
+    assert m.accuracy == pytest.approx(7 / 10)
+    assert m.sensitivity == pytest.approx(4 / 6)
+    assert m.specificity == pytest.approx(3 / 4)
+    assert m.precision == pytest.approx(4 / 5)
+    assert m.npv == pytest.approx(3 / 5)
+    assert m.f1 == pytest.approx(2 * 4 / (2 * 4 + 1 + 2))
     # AUC by pair counting: positives beat negatives in 21 of 24 pairs (0.7 beats 0.4, 0.45, 0.6)
-    assert m["roc_auc"] == pytest.approx(21 / 24)
+    assert m.roc_auc == pytest.approx(21 / 24)
 
 
 def test_threshold_is_inclusive():
     m = binary_metrics(np.array([0, 1]), np.array([0.3, 0.5]), 0.5)
-    assert m["confusion_matrix"] == [[1, 0], [0, 1]]
+    assert m.confusion_matrix == [[1, 0], [0, 1]]
 
 
 def test_agrees_with_sklearn_on_random_scores():
@@ -35,15 +35,15 @@ def test_agrees_with_sklearn_on_random_scores():
     p = np.clip(y * 0.3 + rng.random(500) * 0.7, 0, 1)
     m = binary_metrics(y, p, 0.55)
     pred = (p >= 0.55).astype(int)
-    assert m["sensitivity"] == pytest.approx(recall_score(y, pred))
-    assert m["specificity"] == pytest.approx(recall_score(1 - y, 1 - pred))
-    assert m["precision"] == pytest.approx(precision_score(y, pred))
-    assert m["f1"] == pytest.approx(f1_score(y, pred))
-    assert m["roc_auc"] == pytest.approx(roc_auc_score(y, p))
+    assert m.sensitivity == pytest.approx(recall_score(y, pred))
+    assert m.specificity == pytest.approx(recall_score(1 - y, 1 - pred))
+    assert m.precision == pytest.approx(precision_score(y, pred))
+    assert m.f1 == pytest.approx(f1_score(y, pred))
+    assert m.roc_auc == pytest.approx(roc_auc_score(y, p))
 
 
 def test_single_class_gives_nan_not_error():
     m = binary_metrics(np.array([1, 1, 1]), np.array([0.2, 0.6, 0.9]), 0.5)
-    assert math.isnan(m["roc_auc"])
-    assert math.isnan(m["specificity"])
-    assert m["sensitivity"] == pytest.approx(2 / 3)
+    assert math.isnan(m.roc_auc)
+    assert math.isnan(m.specificity)
+    assert m.sensitivity == pytest.approx(2 / 3)

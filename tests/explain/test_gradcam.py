@@ -12,6 +12,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
+from conftest import fixed_threshold_meta
 from pneumolab.cli import main
 from pneumolab.errors import ModelError
 from pneumolab.explain.gradcam import find_target_layer, gradcam, overlay_png
@@ -71,7 +72,7 @@ def test_cli_writes_one_png_per_image(tmp_path, capsys):
     run = RunDir(tmp_path / "run")
     run.root.mkdir()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, run.weights)
-    run.write_meta({"model": "pneumolab_cnn_small", "image_size": 32, "threshold": 0.5})
+    run.write_meta(fixed_threshold_meta("pneumolab_cnn_small", 32, 0.5))
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(0)

@@ -25,17 +25,17 @@ def test_tiny_run_has_a_model_card(tmp_path):
     for heading in SECTIONS:
         assert heading in card
     meta = run.read_meta()
-    assert f"{meta['threshold']:.4f}" in card
+    assert f"{meta.threshold:.4f}" in card
     assert "not a medical device" in card.lower()
     assert "without confidence intervals" in card
-    for name in meta["operating_points"]:
+    for name in meta.operating_points:
         assert f"`{name}`" in card
-    assert f"T = {meta['temperature']:.3f}" in card
-    assert f"sigmoid({meta['platt']['slope']:.3f}" in card
+    assert f"T = {meta.temperature:.3f}" in card
+    assert f"sigmoid({meta.platt.slope:.3f}" in card
     assert "strategy: finetune" in card
 
     (run.eval_dir("val")).mkdir(parents=True)
-    metrics = meta["val_metrics"] | {"ci95": {"roc_auc": [0.125, 0.875]}}
+    metrics = meta.val_metrics.model_dump() | {"ci95": {"roc_auc": [0.125, 0.875]}}
     (run.eval_dir("val") / "metrics.json").write_text(json.dumps(metrics))
     card = write_model_card(run).read_text()
     assert "0.1250 – 0.8750" in card

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from conftest import fixed_threshold_meta
 from pneumolab.cli import main
 from pneumolab.errors import ExportError, RunDirError
 from pneumolab.inference.predictor import Predictor, predict_pixels
@@ -56,12 +57,12 @@ def write_run(root: Path, images: list[Path], intensity: str = "none", seed: int
     run = RunDir(root)
     root.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, run.weights)
-    meta = {"model": "pneumolab_cnn_small", "image_size": SIZE, "intensity": intensity}
-    run.write_meta({**meta, "threshold": 0.5})
+    run.write_meta(fixed_threshold_meta("pneumolab_cnn_small", SIZE, 0.5, intensity))
     predictor = Predictor.from_run(root)
     probs = np.sort(predict_pixels(predictor.model, _pixels(predictor, images), intensity))
     middle = len(probs) // 2
-    run.write_meta({**meta, "threshold": float(probs[middle - 1] + probs[middle]) / 2})
+    threshold = float(probs[middle - 1] + probs[middle]) / 2
+    run.write_meta(fixed_threshold_meta("pneumolab_cnn_small", SIZE, threshold, intensity))
     run.val_predictions.write_text(
         "path,label,probability\n" + "".join(f"{p},0,0.5\n" for p in images)
     )
@@ -89,7 +90,7 @@ def test_export_writes_the_preprocessing_contract_and_verifies(run, tmp_path):
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
     assert props.keys() >= METADATA_KEYS
     assert props["image_size"] == "32" and props["intensity"] == "none"
-    assert float(props["threshold"]) == run.read_meta()["threshold"]
+    assert float(props["threshold"]) == run.read_meta().threshold
     assert json.loads(props["class_names"]) == ["NORMAL", "PNEUMONIA"]
     assert len(json.loads(props["mean"])) == 3
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no partial file left

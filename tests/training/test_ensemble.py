@@ -43,6 +43,11 @@ def test_ensemble_scores_the_mean_with_its_own_threshold(members, tmp_path):
     assert meta["val_metrics"]["sensitivity"] >= 0.95  # its own threshold, chosen on validation
     assert meta["parameters"] == sum(json.loads(r.meta.read_text())["parameters"] for r in runs)
     assert (ensemble.root / "MODEL_CARD.md").read_text().count("Ensemble member") == 2
+    typed = ensemble.read_meta()  # the fields a single run's meta has, from the same writer
+    assert typed.is_ensemble and not (ensemble.root / "members.json").exists()
+    assert (typed.intensity, typed.task) == ("equalize", "binary")
+    assert typed.preprocessing.intensity == "equalize" and typed.torch_version
+    assert typed.preprocessing.mean == runs[0].read_meta().preprocessing.mean
 
     predictor = Predictor.from_run(ensemble.root)
     image = runs[0].read_split(data, "val")[0].path

@@ -60,14 +60,14 @@ def test_subtype_metrics_by_hand():
         ]
     )
     m = subtype_metrics(true, probs)
-    assert m["confusion_matrix"] == [[1, 1, 0], [1, 1, 0], [0, 1, 1]]
-    assert m["accuracy"] == pytest.approx(3 / 6)
+    assert m.confusion_matrix == [[1, 1, 0], [1, 1, 0], [0, 1, 1]]
+    assert m.accuracy == pytest.approx(3 / 6)
     # among the 4 pneumonias, bacterial vs viral: rows 2 (b), 3 (0.1 vs 0.4 -> v, wrong),
     # 4 (v), 5 (0.6 vs 0.3 -> b, wrong)
-    assert m["bacterial_vs_viral_accuracy"] == pytest.approx(2 / 4)
-    assert m["per_class"]["BACTERIAL"]["recall"] == pytest.approx(0.5)
-    assert m["per_class"]["BACTERIAL"]["precision"] == pytest.approx(1 / 3)
-    assert m["per_class"]["VIRAL"]["support"] == 2
+    assert m.bacterial_vs_viral_accuracy == pytest.approx(2 / 4)
+    assert m.per_class["BACTERIAL"].recall == pytest.approx(0.5)
+    assert m.per_class["BACTERIAL"].precision == pytest.approx(1 / 3)
+    assert m.per_class["VIRAL"].support == 2
 
 
 def test_three_class_run_trains_evaluates_and_predicts(tmp_path, capsys):

@@ -102,16 +102,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     run = train(args.data, args.out, config, resume=args.resume)
     meta = run.read_meta()
     console.print(
-        metrics_table(meta["val_metrics"], f"validation (patient-grouped) — {meta['model']}")
+        metrics_table(meta.val_metrics.model_dump(), f"validation (patient-grouped) — {meta.model}")
     )
-    official = meta.get("official_val_metrics")
-    if official:
+    official = meta.official_val_metrics
+    if official is not None:
         console.print(
-            f"official val/ folder (reported, not used for selection): n={official['n']}, "
-            f"accuracy {official['accuracy']:.3f}, sensitivity {official['sensitivity']:.3f}, "
-            f"specificity {official['specificity']:.3f}"
+            f"official val/ folder (reported, not used for selection): n={official.n}, "
+            f"accuracy {official.accuracy:.3f}, sensitivity {official.sensitivity:.3f}, "
+            f"specificity {official.specificity:.3f}"
         )
-    console.print(f"trained in {meta['train_seconds']:.0f}s; run written to [bold]{run.root}[/]")
+    console.print(f"trained in {meta.train_seconds:.0f}s; run written to [bold]{run.root}[/]")
     return 0
 
 

@@ -23,6 +23,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.linear_model import LogisticRegression
 
 from pneumolab.evaluation.metrics import ECE_BINS, expected_calibration_error
+from pneumolab.results import Platt
 
 EPS = 1e-7
 LOG_T_BOUNDS = (math.log(0.05), math.log(20.0))
@@ -55,11 +56,11 @@ def apply_temperature(prob: np.ndarray, temperature: float) -> np.ndarray:
     return expit(to_logits(prob) / temperature)
 
 
-def fit_platt(y_true: np.ndarray, prob: np.ndarray) -> dict[str, float]:
+def fit_platt(y_true: np.ndarray, prob: np.ndarray) -> Platt:
     """``slope`` and ``intercept`` of ``sigmoid(slope * logit(prob) + intercept)``, by
     (practically unregularised) logistic regression on the validation logits."""
     model = LogisticRegression(C=1e6).fit(to_logits(prob)[:, None], np.asarray(y_true, dtype=int))
-    return {"slope": float(model.coef_[0, 0]), "intercept": float(model.intercept_[0])}
+    return Platt(slope=float(model.coef_[0, 0]), intercept=float(model.intercept_[0]))
 
 
 def apply_platt(prob: np.ndarray, slope: float, intercept: float) -> np.ndarray:

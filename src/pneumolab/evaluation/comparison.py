@@ -63,24 +63,24 @@ def compare_run(
     metrics = evaluate(run.root, data_dir, split, robustness=robustness)
     meta = run.read_meta()
     worst = metrics.get("robustness_summary") or {}
-    official = meta.get("official_val_metrics") or {}
+    official = meta.official_val_metrics
     return ComparisonRow(
         name=name,
-        model=meta["model"],
-        strategy=meta.get("strategy", "finetune"),
-        image_size=meta["image_size"],
+        model=meta.model,
+        strategy=meta.strategy,
+        image_size=meta.image_size,
         accuracy=metrics["accuracy"],
         sensitivity=metrics["sensitivity"],
         specificity=metrics["specificity"],
         roc_auc=metrics["roc_auc"],
         roc_auc_ci95=format_interval((metrics.get("ci95") or {}).get("roc_auc")),
         threshold=metrics["threshold"],
-        parameters=meta.get("parameters"),
-        train_seconds=meta.get("train_seconds"),
+        parameters=meta.parameters,
+        train_seconds=meta.train_seconds,
         cpu_ms_per_image=round(_cpu_ms_per_image(run, Path(data_dir)), 2),
         worst_roc_auc=worst.get("worst_roc_auc"),
         worst_specificity=worst.get("worst_specificity"),
-        official_val_accuracy=official.get("accuracy"),
+        official_val_accuracy=None if official is None else official.accuracy,
         confusion_matrix=metrics["confusion_matrix"],
         run_dir=str(run.root),
     )

@@ -4,30 +4,31 @@ validation metrics."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from pneumolab.evaluation.calibration import fit_platt, fit_temperature
 from pneumolab.evaluation.metrics import binary_metrics, threshold_metrics
 from pneumolab.evaluation.operating_points import choose_operating_points
+from pneumolab.results import DecisionRule, StoredOperatingPoint
 
 
-def decision_meta(
+def decision_rule(
     labels: np.ndarray, probs: np.ndarray, source: str, target_sensitivity: float
-) -> dict[str, Any]:
-    """The meta.json keys that describe how scores become labels; ``source`` names the split."""
+) -> DecisionRule:
+    """How scores become labels, chosen on validation ``probs``; ``source`` names the split."""
     points = choose_operating_points(labels, probs, source, target_sensitivity)
     threshold = points[0].threshold
-    return {
-        "threshold": threshold,
-        "threshold_rule": f"highest threshold with validation sensitivity >= {target_sensitivity}",
-        "default_operating_point": points[0].name,
-        "operating_points": {
-            p.name: p.to_dict() | {"val_metrics": threshold_metrics(labels, probs, p.threshold)}
+    return DecisionRule(
+        threshold=threshold,
+        threshold_rule=f"highest threshold with validation sensitivity >= {target_sensitivity}",
+        default_operating_point=points[0].name,
+        operating_points={
+            p.name: StoredOperatingPoint(
+                **p.to_dict(), val_metrics=threshold_metrics(labels, probs, p.threshold)
+            )
             for p in points
         },
-        "temperature": fit_temperature(labels, probs),
-        "platt": fit_platt(labels, probs),
-        "val_metrics": binary_metrics(labels, probs, threshold),
-    }
+        temperature=fit_temperature(labels, probs),
+        platt=fit_platt(labels, probs),
+        val_metrics=binary_metrics(labels, probs, threshold),
+    )

@@ -35,6 +35,7 @@ from pneumolab.evaluation.robustness import robustness_report, summarize
 from pneumolab.evaluation.subtypes import subtype_metrics
 from pneumolab.inference.predictor import Predictor, default_device, predict_class_probabilities
 from pneumolab.run import RunDir, write_predictions
+from pneumolab.run_meta import RunMeta
 
 SPLITS = ("val", "test")
 TEST_LOG = "test_evaluations.jsonl"
@@ -103,19 +104,16 @@ def count_test_evaluations(run: RunDir) -> int:
 
 
 def _operating_points(
-    meta: dict[str, Any], labels: np.ndarray, probs: np.ndarray
+    meta: RunMeta, labels: np.ndarray, probs: np.ndarray
 ) -> dict[str, dict[str, Any]]:
-    """The run's stored operating points (older runs: only the stored threshold), scored here."""
-    stored = meta.get("operating_points") or {
-        "stored": {"threshold": meta["threshold"], "provenance": meta.get("threshold_rule", "")}
-    }
+    """The run's stored operating points, scored here."""
     return {
         name: {
-            "threshold": point["threshold"],
-            "provenance": point["provenance"],
-            "metrics": threshold_metrics(labels, probs, point["threshold"]),
+            "threshold": point.threshold,
+            "provenance": point.provenance,
+            "metrics": threshold_metrics(labels, probs, point.threshold).model_dump(),
         }
-        for name, point in stored.items()
+        for name, point in meta.operating_points.items()
     }
 
 
@@ -125,25 +123,29 @@ def _oracle(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any] | None:
     threshold = oracle_threshold(labels, probs)
     return {
         "threshold": threshold,
-        "metrics": threshold_metrics(labels, probs, threshold),
+        "metrics": threshold_metrics(labels, probs, threshold).model_dump(),
         "note": "chosen on this split itself: for diagnosis only, not a valid operating point",
     }
 
 
-def _calibrated(meta: dict[str, Any], probs: np.ndarray) -> dict[str, tuple[str, np.ndarray, dict]]:
+def _calibrated(meta: RunMeta, probs: np.ndarray) -> dict[str, tuple[str, np.ndarray, dict]]:
     """The run's calibration maps applied to ``probs``: key -> (curve label, scores, parameters)."""
     maps = {}
-    if meta.get("temperature") is not None:
-        t = meta["temperature"]
+    t = meta.temperature
+    if t is not None:
         maps["temperature_scaled"] = (
             f"temperature-scaled (T = {t:.2f})",
             apply_temperature(probs, t),
             {"temperature": t},
         )
-    if meta.get("platt"):
-        platt = meta["platt"]
-        label = f"Platt-scaled (a = {platt['slope']:.2f}, b = {platt['intercept']:.2f})"
-        maps["platt_scaled"] = (label, apply_platt(probs, **platt), dict(platt))
+    platt = meta.platt
+    if platt is not None:
+        label = f"Platt-scaled (a = {platt.slope:.2f}, b = {platt.intercept:.2f})"
+        maps["platt_scaled"] = (
+            label,
+            apply_platt(probs, platt.slope, platt.intercept),
+            dict(platt),
+        )
     return maps
 
 
@@ -157,7 +159,7 @@ def _calibration(labels: np.ndarray, scaled: np.ndarray, params: dict) -> dict[s
 def _subtypes(predictor: Predictor, decoded: DecodedImages) -> dict[str, Any]:
     """Three-class metrics (argmax of the class probabilities; TTA does not apply)."""
     probs = predict_class_probabilities(predictor.model, decoded.pixels, predictor.intensity)
-    return subtype_metrics(np.array(subtype_labels(decoded.samples)), probs)
+    return subtype_metrics(np.array(subtype_labels(decoded.samples)), probs).model_dump()
 
 
 def evaluate(
@@ -187,14 +189,14 @@ def evaluate(
     decoded = decode_samples(samples, predictor.image_size)
     probs = predictor.backend(decoded.pixels)
     labels = np.array([s.label for s in decoded.samples])
-    metrics: dict[str, Any] = binary_metrics(labels, probs, predictor.threshold)
+    metrics: dict[str, Any] = binary_metrics(labels, probs, predictor.threshold).model_dump()
     calibrated = _calibrated(predictor.meta, probs)
     patients = [sample.patient for sample in decoded.samples]
     test_count = log_test_evaluation(run) if split == "test" else count_test_evaluations(run)
     metrics |= {
         "split": split,
         "tta": tta,
-        "model": predictor.meta["model"],
+        "model": predictor.meta.model,
         "skipped": [r for _, r in decoded.skipped],
         "ci95": bootstrap_ci(labels, probs, predictor.threshold, groups=patients),
         "operating_points": _operating_points(predictor.meta, labels, probs),
@@ -206,7 +208,7 @@ def evaluate(
         },
         "test_evaluations_count": test_count,
     }
-    if predictor.meta.get("subtype_names") and predictor.model is not None:
+    if predictor.meta.subtype_names and predictor.model is not None:
         metrics["subtypes"] = _subtypes(predictor, decoded)
     if robustness:
         report = robustness_report(predictor.backend, decoded.pixels, labels, predictor.threshold)
@@ -216,7 +218,7 @@ def evaluate(
     out = run.eval_dir(split)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    title = f"{predictor.meta['model']} — {split} (n={metrics['n']})"
+    title = f"{predictor.meta.model} — {split} (n={metrics['n']})"
     save_confusion_matrix(metrics["confusion_matrix"], out / "confusion_matrix.png", title)
     if len(np.unique(labels)) == 2:
         point = (1 - metrics["specificity"], metrics["sensitivity"])

@@ -12,6 +12,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from pneumolab.results import BinaryMetrics, ThresholdMetrics
+
 ECE_BINS = 10
 THRESHOLD_METRICS = (
     "accuracy",
@@ -50,7 +52,7 @@ def expected_calibration_error(
     return float(np.abs(gaps).sum() / len(y_true))
 
 
-def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, object]:
+def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float) -> BinaryMetrics:
     """Threshold metrics (accuracy, sensitivity/recall, specificity, precision/PPV, NPV, F1,
     balanced accuracy) at ``threshold`` plus threshold-free ones: ROC AUC, PR AUC (average
     precision), Brier score and ECE (:func:`expected_calibration_error`).
@@ -66,28 +68,27 @@ def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float) -> di
     specificity = _ratio(tn, tn + fp)
     both_classes = len(np.unique(y_true)) == 2
     nan = float("nan")
-    return {
-        "n": len(y_true),
-        "threshold": float(threshold),
-        "accuracy": _ratio(tp + tn, len(y_true)),
-        "sensitivity": sensitivity,
-        "specificity": specificity,
-        "precision": _ratio(tp, tp + fp),
-        "npv": _ratio(tn, tn + fn),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-        "balanced_accuracy": (sensitivity + specificity) / 2,
-        "roc_auc": float(roc_auc_score(y_true, prob)) if both_classes else nan,
-        "pr_auc": float(average_precision_score(y_true, prob)) if both_classes else nan,
-        "brier": float(brier_score_loss(y_true, prob)),
-        "ece": expected_calibration_error(y_true, prob),
-        "confusion_matrix": [[tn, fp], [fn, tp]],
-    }
+    return BinaryMetrics(
+        n=len(y_true),
+        threshold=float(threshold),
+        accuracy=_ratio(tp + tn, len(y_true)),
+        sensitivity=sensitivity,
+        specificity=specificity,
+        precision=_ratio(tp, tp + fp),
+        npv=_ratio(tn, tn + fn),
+        f1=_ratio(2 * tp, 2 * tp + fp + fn),
+        balanced_accuracy=(sensitivity + specificity) / 2,
+        roc_auc=float(roc_auc_score(y_true, prob)) if both_classes else nan,
+        pr_auc=float(average_precision_score(y_true, prob)) if both_classes else nan,
+        brier=float(brier_score_loss(y_true, prob)),
+        ece=expected_calibration_error(y_true, prob),
+        confusion_matrix=[[tn, fp], [fn, tp]],
+    )
 
 
-def threshold_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, object]:
+def threshold_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float) -> ThresholdMetrics:
     """Only the :data:`THRESHOLD_METRICS` of :func:`binary_metrics` at ``threshold``."""
-    metrics = binary_metrics(y_true, prob, threshold)
-    return {key: metrics[key] for key in THRESHOLD_METRICS}
+    return binary_metrics(y_true, prob, threshold).threshold_only()
 
 
 def format_metric(value: object) -> str:

@@ -62,9 +62,9 @@ def robustness_report(
     for name, perturb in PERTURBATIONS.items():
         probs = score(perturb(pixels))
         metrics = binary_metrics(labels, probs, threshold)
-        report[name] = {
-            k: metrics[k] for k in ("roc_auc", "accuracy", "sensitivity", "specificity")
-        }
+        report[name] = metrics.model_dump(
+            include={"roc_auc", "accuracy", "sensitivity", "specificity"}
+        )
     return report
 
 

@@ -14,12 +14,13 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from pneumolab.data.imageio import array_to_image, load_image, resize_square, to_grayscale
-from pneumolab.data.layout import CLASS_NAMES, IMAGE_SUFFIXES
+from pneumolab.data.layout import IMAGE_SUFFIXES
 from pneumolab.data.transforms import TTA_VIEWS, normalize_intensity
 from pneumolab.errors import ImageLoadError, RunDirError
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.models.registry import create_classifier
 from pneumolab.run import RunDir
+from pneumolab.run_meta import RunMeta
 
 ImageInput = str | Path | Image.Image | np.ndarray
 Backend = Callable[[torch.Tensor], np.ndarray]
@@ -117,7 +118,7 @@ class Predictor:
     """
 
     def __init__(
-        self, model: XrayClassifier | None, meta: dict[str, Any], backend: Backend | None = None
+        self, model: XrayClassifier | None, meta: RunMeta, backend: Backend | None = None
     ) -> None:
         """``backend`` (e.g. an ONNX session) scores instead of the PyTorch ``model``, which may
         then be None; both take the same preprocessed uint8 pixels."""
@@ -126,10 +127,10 @@ class Predictor:
         self.run_dir: Path | None = None
         self.model = model.eval() if model is not None else None
         self.meta = meta
-        self.image_size = int(meta["image_size"])
-        self.threshold = float(meta["threshold"])
-        self.intensity = str(meta.get("intensity", "none"))
-        self.class_names = tuple(meta.get("class_names", CLASS_NAMES))
+        self.image_size = meta.image_size
+        self.threshold = meta.threshold
+        self.intensity = meta.intensity
+        self.class_names = tuple(meta.class_names)
         self.backend = backend or partial(predict_pixels, self.model, intensity=self.intensity)
 
     @classmethod
@@ -162,30 +163,30 @@ class Predictor:
             raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
         run = RunDir(Path(run_dir))
         meta = run.read_meta()
-        if run.is_ensemble:
+        if meta.is_ensemble:
             members = [cls._load(m.root, device, backend, None) for m in run.member_runs()]
             return cls(None, meta, mean_of([m.backend for m in members]))
         if backend == "onnx":
             from pneumolab.serving.export import run_onnx_backend  # onnxruntime only when asked
 
             return cls(None, meta, run_onnx_backend(run.root, onnx_file))
-        subtypes = meta.get("subtype_names") or []
-        model = create_classifier(meta["model"], pretrained=False, num_classes=len(subtypes) or 1)
+        subtypes = meta.subtype_names or []
+        model = create_classifier(meta.model, pretrained=False, num_classes=len(subtypes) or 1)
         try:
             model.load_state_dict(load_file(run.weights))
         except RuntimeError as exc:
             raise RunDirError(
-                f"{run.weights}: weights do not match model '{meta['model']}' ({exc})"
+                f"{run.weights}: weights do not match model '{meta.model}' ({exc})"
             ) from None
         return cls(model.to(device), meta)
 
     def require_model(self, purpose: str) -> XrayClassifier:
         """The PyTorch model; a clear error for an ensemble or an ONNX-only predictor."""
         if self.model is None:
-            what = "an ensemble" if "members" in self.meta else "loaded without its PyTorch model"
+            what = "an ensemble" if self.meta.is_ensemble else "loaded without its PyTorch model"
             raise RunDirError(
                 f"{self.run_dir or 'this run'} is {what}: {purpose} needs a single PyTorch "
-                "model; use one of the ensemble's member runs (its members.json lists them)"
+                "model; use one of the ensemble's member runs (its meta.json lists them)"
             )
         return self.model
 

@@ -8,12 +8,12 @@ import csv
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from pneumolab.config import load_yaml
 from pneumolab.data.layout import CLASS_NAMES
 from pneumolab.evaluation.metrics import format_interval, format_metric
 from pneumolab.run import RunDir
+from pneumolab.run_meta import RunMeta
 
 CARD_NAME = "MODEL_CARD.md"
 CARD_METRICS = ("roc_auc", "sensitivity", "specificity", "precision", "npv", "accuracy", "f1")
@@ -49,48 +49,48 @@ def _patients(run: RunDir) -> int:
         return len({row["patient"] for row in csv.DictReader(f)})
 
 
-def _calibration_lines(meta: dict[str, Any]) -> list[str]:
-    platt, temperature = meta.get("platt"), meta.get("temperature")
-    if not platt and temperature is None:
+def _calibration_lines(meta: RunMeta) -> list[str]:
+    platt, temperature = meta.platt, meta.temperature
+    if platt is None and temperature is None:
         return []
     lines = ["", "Calibration maps fitted on validation (they change no ranking and no threshold):"]
     if temperature is not None:
         lines.append(f"- temperature: T = {temperature:.3f}")
-    if platt:
+    if platt is not None:
         lines.append(
-            f"- Platt: sigmoid({platt['slope']:.3f} · logit(p) + {platt['intercept']:.3f}) — "
+            f"- Platt: sigmoid({platt.slope:.3f} · logit(p) + {platt.intercept:.3f}) — "
             "removes the shift class-weighted training puts on the raw probability"
         )
     return lines
 
 
-def _subtypes_section(meta: dict[str, Any]) -> list[str]:
-    subtypes = meta.get("val_subtype_metrics")
-    if not subtypes:
+def _subtypes_section(meta: RunMeta) -> list[str]:
+    subtypes = meta.val_subtype_metrics
+    if subtypes is None:
         return []
     lines = [
         "## Three classes (validation)",
         "",
-        f"Accuracy {format_metric(subtypes['accuracy'])}; bacterial vs viral among true pneumonia "
-        f"{format_metric(subtypes['bacterial_vs_viral_accuracy'])}.",
+        f"Accuracy {format_metric(subtypes.accuracy)}; bacterial vs viral among true pneumonia "
+        f"{format_metric(subtypes.bacterial_vs_viral_accuracy)}.",
         "",
         "| class | precision | recall | F1 | support |",
         "|---|---|---|---|---|",
     ]
-    for name, m in subtypes["per_class"].items():
-        values = " | ".join(format_metric(m[k]) for k in ("precision", "recall", "f1-score"))
-        lines.append(f"| {name} | {values} | {m['support']} |")
+    for name, m in subtypes.per_class.items():
+        values = " | ".join(format_metric(v) for v in (m.precision, m.recall, m.f1))
+        lines.append(f"| {name} | {values} | {m.support} |")
     return [*lines, ""]
 
 
-def _metrics_section(run: RunDir, meta: dict[str, Any]) -> list[str]:
+def _metrics_section(run: RunDir, meta: RunMeta) -> list[str]:
     metrics_file = run.eval_dir("val") / "metrics.json"
     if metrics_file.is_file():
         metrics = json.loads(metrics_file.read_text())
         intervals = metrics.get("ci95") or {}
         note = "From `eval/val/metrics.json`; 95% CI: percentile bootstrap over patients."
     else:
-        metrics, intervals = meta.get("val_metrics") or {}, {}
+        metrics, intervals = meta.val_metrics.model_dump(), {}
         note = (
             "From training (meta.json), **without confidence intervals**: run "
             "`pneumolab report` or `pneumolab evaluate --split val` to add them."
@@ -104,18 +104,18 @@ def _metrics_section(run: RunDir, meta: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _operating_points(meta: dict[str, Any]) -> list[str]:
-    default = meta.get("default_operating_point")
+def _operating_points(meta: RunMeta) -> list[str]:
     lines = [
-        f"- **Threshold: {meta['threshold']:.4f}** (default operating point `{default}`): "
-        f"{meta.get('threshold_rule', '')}.",
+        f"- **Threshold: {meta.threshold:.4f}** (default operating point "
+        f"`{meta.default_operating_point}`): {meta.threshold_rule}.",
     ]
-    for name, point in (meta.get("operating_points") or {}).items():
-        m = point.get("val_metrics") or {}
+    for name, point in meta.operating_points.items():
+        m = point.val_metrics
+        sensitivity, specificity = (None, None) if m is None else (m.sensitivity, m.specificity)
         lines.append(
-            f"- `{name}`: threshold {point['threshold']:.4f}, validation sensitivity "
-            f"{format_metric(m.get('sensitivity'))}, specificity {format_metric(m.get('specificity'))} — "
-            f"{point.get('provenance', '')}"
+            f"- `{name}`: threshold {point.threshold:.4f}, validation sensitivity "
+            f"{format_metric(sensitivity)}, specificity {format_metric(specificity)} — "
+            f"{point.provenance}"
         )
     return lines
 
@@ -125,7 +125,7 @@ def model_card_text(run: RunDir) -> str:
     meta = run.read_meta()
     config = load_yaml(run.config) if run.config.is_file() else {}
     counts = _split_counts(run)
-    prep = meta.get("preprocessing") or {}
+    prep = meta.preprocessing
     sides = [
         f"| {side} | {counts[side][CLASS_NAMES[0]]} | {counts[side][CLASS_NAMES[1]]} |"
         for side in ("train", "val")
@@ -135,15 +135,14 @@ def model_card_text(run: RunDir) -> str:
         "",
         "## Model details",
         "",
-        f"- Architecture: `{meta['model']}` (pretrained: {config.get('pretrained', '—')}, "
-        f"strategy: {meta.get('strategy', 'finetune')})",
-        *(f"- Ensemble member: `{member}`" for member in meta.get("members", [])),
-        f"- Input size: {meta['image_size']} × {meta['image_size']} px, 1 channel",
-        f"- Preprocessing: {prep.get('color', '—')}; resize {prep.get('resize', '—')}; "
-        f"scale {prep.get('scale', '—')}",
-        f"- Intensity normalisation: `{meta.get('intensity', 'none')}`",
-        f"- Best epoch: {meta.get('best_epoch')}; training time {meta.get('train_seconds')} s",
-        f"- Versions: pneumolab {meta.get('pneumolab_version')}, torch {meta.get('torch_version')}",
+        f"- Architecture: `{meta.model}` (pretrained: {config.get('pretrained', '—')}, "
+        f"strategy: {meta.strategy})",
+        *(f"- Ensemble member: `{member}`" for member in meta.members),
+        f"- Input size: {meta.image_size} × {meta.image_size} px, 1 channel",
+        f"- Preprocessing: {prep.color}; resize {prep.resize}; scale {prep.scale}",
+        f"- Intensity normalisation: `{meta.intensity}`",
+        f"- Best epoch: {meta.best_epoch}; training time {meta.train_seconds} s",
+        f"- Versions: pneumolab {meta.pneumolab_version}, torch {meta.torch_version}",
         "",
         "## Intended use",
         "",

@@ -38,6 +38,12 @@ SIGNATURES = {
     ".dcm": (128, b"DICM"),
 }
 """File suffix by magic bytes (offset, bytes): what the upload is, whatever its name says."""
+MODEL_INFO_FIELDS = {
+    "model", "image_size", "intensity", "class_names", "threshold", "threshold_rule",
+    "default_operating_point", "operating_points", "val_metrics", "best_epoch",
+    "pneumolab_version",
+}  # fmt: skip
+"""The fields of a run's meta.json that ``GET /model`` shows."""
 
 
 class PredictResponse(BaseModel):
@@ -110,20 +116,12 @@ def _decode(data: bytes, filename: str, max_pixels: int, size_hint: int) -> Imag
 
 def _model_info(predictor: Predictor, run_name: str, version: str, backend: str) -> dict[str, Any]:
     meta = predictor.meta
-    points = meta.get("operating_points") or {}
-    default = points.get(meta.get("default_operating_point"), {})
-    keys = ("model", "image_size", "intensity", "class_names", "threshold", "threshold_rule")
-    return {key: meta.get(key) for key in keys} | {
-        "threshold_provenance": default.get("provenance") or meta.get("threshold_rule") or "",
+    return meta.model_dump(mode="json", include=MODEL_INFO_FIELDS) | {
+        "threshold_provenance": meta.default_point.provenance or meta.threshold_rule,
         "run": run_name,
         "model_version": version,
         "backend": backend,
         "heatmap_available": predictor.model is not None,
-        "default_operating_point": meta.get("default_operating_point"),
-        "operating_points": points,
-        "val_metrics": meta.get("val_metrics"),
-        "best_epoch": meta.get("best_epoch"),
-        "pneumolab_version": meta.get("pneumolab_version"),
     }
 
 
@@ -179,7 +177,7 @@ def create_app(
     ) -> PredictResponse:
         start = time.perf_counter()
         if heatmap and model is None:
-            served = "an ensemble" if "members" in predictor.meta else f"the {backend} backend"
+            served = "an ensemble" if predictor.meta.is_ensemble else f"the {backend} backend"
             raise HTTPException(
                 409, f"heat maps need one PyTorch network; this server runs {served}"
             )

@@ -44,7 +44,7 @@ def weights_digest(run_dir: Path) -> str:
     """SHA-256 of the run's weights file (ties an ONNX file to the weights it was exported from);
     for an ensemble, of its members' digests in order."""
     run = RunDir(Path(run_dir))
-    if run.is_ensemble:
+    if run.read_meta().is_ensemble:
         members = "".join(weights_digest(member.root) for member in run.member_runs())
         return hashlib.sha256(members.encode()).hexdigest()
     return hashlib.sha256(run.weights.read_bytes()).hexdigest()
@@ -66,7 +66,7 @@ def _metadata(run_dir: Path, predictor: Predictor) -> dict[str, str]:
         "mean_std_applied": "inside the graph",
         "threshold": repr(predictor.threshold),
         "class_names": json.dumps(list(predictor.class_names)),
-        "model": str(predictor.meta["model"]),
+        "model": predictor.meta.model,
         "pneumolab_version": pneumolab.__version__,
         "weights_sha256": weights_digest(run_dir),
     }

@@ -1,12 +1,11 @@
 """Ensembles: the mean probability of finished runs, with its own threshold chosen on validation.
 
 An ensemble is a run directory like any other (``evaluate``, ``predict``, ``serve`` and
-``report`` accept it); it stores the paths of its members instead of weights.
+``report`` accept it); its meta.json lists the paths of its members instead of weights.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -14,18 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
-import pneumolab
-from pneumolab.data.layout import CLASS_NAMES, Sample
+from pneumolab.data.layout import Sample
 from pneumolab.errors import RunDirError
-from pneumolab.evaluation.decision import decision_meta
+from pneumolab.evaluation.decision import decision_rule
 from pneumolab.reporting.model_card import write_model_card
+from pneumolab.results import DecisionRule
 from pneumolab.run import RunDir, read_predictions, write_predictions
+from pneumolab.run_meta import ENSEMBLE_STRATEGY, RunMeta, TrainingSummary, describe_run
 
 
-def _check_compatible(runs: list[RunDir], metas: list[dict]) -> None:
+def _check_compatible(runs: list[RunDir], metas: list[RunMeta]) -> None:
     if len(runs) < 2:
         raise RunDirError("an ensemble needs at least two finished runs")
-    nested = [r.root for r in runs if r.is_ensemble]
+    nested = [r.root for r, meta in zip(runs, metas, strict=True) if meta.is_ensemble]
     if nested:
         raise RunDirError(f"{nested[0]}: is an ensemble; list its members instead")
     first = runs[0]
@@ -35,11 +35,36 @@ def _check_compatible(runs: list[RunDir], metas: list[dict]) -> None:
                 f"{run.root} and {first.root} were trained on different splits (split.csv): "
                 "an ensemble's threshold must be chosen on one validation split"
             )
-        if meta["image_size"] != metas[0]["image_size"]:
-            raise RunDirError(
-                f"{run.root} takes {meta['image_size']} px images, {first.root} "
-                f"{metas[0]['image_size']} px: ensemble members must share the image size"
-            )
+        for what, attribute in (("image size", "image_size"), ("intensity", "intensity")):
+            if getattr(meta, attribute) != getattr(metas[0], attribute):
+                raise RunDirError(
+                    f"{run.root} has {what} {getattr(meta, attribute)!r}, {first.root} "
+                    f"{getattr(metas[0], attribute)!r}: ensemble members must share the {what}"
+                )
+
+
+def _shared(values: list[list[float] | None]) -> list[float] | None:
+    """The members' common value, or None where they differ."""
+    return values[0] if all(v == values[0] for v in values) else None
+
+
+def _ensemble_meta(metas: list[RunMeta], members: list[str], decision: DecisionRule) -> RunMeta:
+    """The ensemble's meta.json: its members' shared input, sums of their sizes and times."""
+    return describe_run(
+        model="ensemble(" + " + ".join(m.model for m in metas) + ")",
+        members=members,
+        image_size=metas[0].image_size,
+        intensity=metas[0].intensity,
+        task="binary",  # the mean of the members' pneumonia probabilities
+        mean=_shared([m.preprocessing.mean for m in metas]),
+        std=_shared([m.preprocessing.std for m in metas]),
+        training=TrainingSummary(
+            strategy=ENSEMBLE_STRATEGY,
+            parameters=sum(m.parameters or 0 for m in metas),
+            train_seconds=round(sum(m.train_seconds or 0 for m in metas), 1),
+        ),
+        decision=decision,
+    )
 
 
 def build_ensemble(
@@ -69,19 +94,7 @@ def build_ensemble(
     ]
     write_predictions(ensemble.val_predictions, samples, probs)
     source = f"validation split of {ensemble.root.name}"
-    ensemble.write_meta(
-        {
-            "model": "ensemble(" + " + ".join(m["model"] for m in metas) + ")",
-            "members": members,
-            "image_size": metas[0]["image_size"],
-            "class_names": list(CLASS_NAMES),
-            "strategy": "ensemble (mean probability)",
-            "parameters": sum(m.get("parameters") or 0 for m in metas),
-            "train_seconds": round(sum(m.get("train_seconds") or 0 for m in metas), 1),
-            **decision_meta(labels, probs, source, target_sensitivity),
-            "pneumolab_version": pneumolab.__version__,
-        }
-    )
-    ensemble.members.write_text(json.dumps(members, indent=2) + "\n")  # last: marks it complete
+    decision = decision_rule(labels, probs, source, target_sensitivity)
+    ensemble.write_meta(_ensemble_meta(metas, members, decision))  # last: marks it complete
     write_model_card(ensemble)
     return ensemble

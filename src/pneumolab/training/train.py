@@ -8,7 +8,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import numpy as np
@@ -18,15 +17,14 @@ from safetensors.torch import save_file
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset
 
-import pneumolab
 from pneumolab.config import TrainConfig, resolve_config, save_config
 from pneumolab.data.dataset import DecodedImages, XrayDataset, decode_samples
-from pneumolab.data.layout import CLASS_NAMES, Sample, find_splits, scan_split
+from pneumolab.data.layout import Sample, find_splits, scan_split
 from pneumolab.data.patients import grouped_split
 from pneumolab.data.subtypes import SUBTYPE_NAMES, subtype_labels
 from pneumolab.data.transforms import train_augmentation
 from pneumolab.errors import PneumolabError, RunDirError
-from pneumolab.evaluation.decision import decision_meta
+from pneumolab.evaluation.decision import decision_rule
 from pneumolab.evaluation.metrics import binary_metrics
 from pneumolab.evaluation.subtypes import subtype_metrics
 from pneumolab.inference.predictor import predict_class_probabilities, predict_pixels
@@ -34,6 +32,7 @@ from pneumolab.models.classifier import XrayClassifier
 from pneumolab.models.registry import create_classifier
 from pneumolab.reporting.model_card import write_model_card
 from pneumolab.run import RunDir, write_predictions
+from pneumolab.run_meta import FeatureCacheStats, TrainingSummary, describe_run
 from pneumolab.training.callbacks import HistoryCSV
 from pneumolab.training.frozen import cache_for, frozen_datasets
 from pneumolab.training.module import ClassifierModule
@@ -256,14 +255,14 @@ def train(
     module.load_state_dict(best["state_dict"])  # module.model is the model or its head
     model = model.cpu().float()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, run.weights)
-    training = {
-        "strategy": config.strategy,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "best_epoch": best.get("epoch"),
-        "train_seconds": round(fit_seconds, 1),
-        "feature_cache": None if cache_stats is None else asdict(cache_stats),
-    }
+    training = TrainingSummary(
+        strategy=config.strategy,
+        parameters=sum(p.numel() for p in model.parameters()),
+        trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        best_epoch=best.get("epoch"),
+        train_seconds=round(fit_seconds, 1),
+        feature_cache=None if cache_stats is None else FeatureCacheStats(**asdict(cache_stats)),
+    )
     official_val = find_splits(data_root).get("val")
     _finish_run(run, config, model, val_images, training, official_val)
     return run
@@ -274,53 +273,42 @@ def _finish_run(
     config: TrainConfig,
     model: XrayClassifier,
     val_images: DecodedImages,
-    training: dict[str, Any],
+    training: TrainingSummary,
     official_val: Path | None,
 ) -> None:
     """Score validation with the best weights, choose the decision rule on it
-    (:func:`decision_meta`), write predictions, meta and MODEL_CARD.md. ``training`` (strategy,
-    parameter counts, best epoch, time...) goes into meta.
+    (:func:`decision_rule`), write predictions, meta and MODEL_CARD.md.
 
     The dataset's own small ``val/`` folder, when present, is scored and reported (not used).
     """
     probs = predict_pixels(model, val_images.pixels, config.intensity)
     labels = np.array([s.label for s in val_images.samples])
-    decision = decision_meta(
+    decision = decision_rule(
         labels, probs, f"validation split of {run.root.name}", config.target_sensitivity
     )
     write_predictions(run.val_predictions, val_images.samples, probs)
+    subtypes = None
     if config.task == "three_class":
         class_probs = predict_class_probabilities(model, val_images.pixels, config.intensity)
-        decision["val_subtype_metrics"] = subtype_metrics(
-            np.array(subtype_labels(val_images.samples)), class_probs
-        )
+        subtypes = subtype_metrics(np.array(subtype_labels(val_images.samples)), class_probs)
     official_metrics = None
     if official_val is not None:
         official = decode_samples(scan_split(official_val), config.image_size)
         official_probs = predict_pixels(model, official.pixels, config.intensity)
         official_labels = np.array([s.label for s in official.samples])
-        official_metrics = binary_metrics(official_labels, official_probs, decision["threshold"])
+        official_metrics = binary_metrics(official_labels, official_probs, decision.threshold)
     run.write_meta(
-        {
-            "model": config.model,
-            "image_size": config.image_size,
-            "intensity": config.intensity,
-            "preprocessing": {
-                "color": "grayscale, replicated to the model's input channels",
-                "resize": f"{config.image_size}x{config.image_size}, bilinear, aspect ratio not kept",
-                "intensity": config.intensity,
-                "scale": "pixels / 255",
-                "mean": model.mean.flatten().tolist(),
-                "std": model.std.flatten().tolist(),
-            },
-            "class_names": list(CLASS_NAMES),
-            "task": config.task,
-            "subtype_names": list(SUBTYPE_NAMES) if config.task == "three_class" else None,
-            **training,
-            **decision,
-            "official_val_metrics": official_metrics,
-            "pneumolab_version": pneumolab.__version__,
-            "torch_version": torch.__version__,
-        }
+        describe_run(
+            model=config.model,
+            image_size=config.image_size,
+            intensity=config.intensity,
+            task=config.task,
+            mean=model.mean.flatten().tolist(),
+            std=model.std.flatten().tolist(),
+            training=training,
+            decision=decision,
+            val_subtype_metrics=subtypes,
+            official_val_metrics=official_metrics,
+        )
     )
     write_model_card(run)

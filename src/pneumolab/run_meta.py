@@ -1,0 +1,164 @@
+"""``meta.json``: what a finished run (a single model or an ensemble) is and how it decides.
+
+One typed, versioned model (:class:`RunMeta`) built by one function (:func:`describe_run`) for
+single runs and ensembles alike, and written by :meth:`pneumolab.run.RunDir.write_meta`. Files
+written before the schema had a version are migrated on read (:func:`migrate`).
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Literal
+
+from pydantic import Field
+
+import pneumolab
+from pneumolab.data.layout import CLASS_NAMES
+from pneumolab.data.subtypes import SUBTYPE_NAMES
+from pneumolab.errors import RunDirError
+from pneumolab.results import BinaryMetrics, DecisionRule, Result, SubtypeMetrics
+
+SCHEMA_VERSION = 2
+"""Version of :class:`RunMeta`. Version 1 is the unversioned format of pneumolab 0.1."""
+
+Task = Literal["binary", "three_class"]
+Intensity = Literal["none", "equalize"]
+ENSEMBLE_STRATEGY = "ensemble (mean probability)"
+
+
+class Preprocessing(Result):
+    """How an image becomes the model's input (the same in training and inference)."""
+
+    color: str = "grayscale, replicated to the model's input channels"
+    resize: str
+    intensity: Intensity
+    scale: str = "pixels / 255"
+    mean: list[float] | None = Field(description="per channel; None: differs between members")
+    std: list[float] | None
+
+
+class FeatureCacheStats(Result):
+    """What the frozen strategy's feature cache did: rows reused from disk and computed now."""
+
+    key: str
+    reused: int
+    computed: int
+
+
+class TrainingSummary(Result):
+    """How the model was trained (an ensemble: the sums over its members)."""
+
+    strategy: str
+    parameters: int | None
+    trainable_parameters: int | None = None
+    best_epoch: int | None = None
+    train_seconds: float | None
+    feature_cache: FeatureCacheStats | None = None
+
+
+class RunMeta(TrainingSummary, DecisionRule):
+    """Everything ``meta.json`` holds; ``members`` (paths relative to the run) marks an ensemble."""
+
+    schema_version: int = SCHEMA_VERSION
+    model: str
+    members: list[str]
+    image_size: int
+    intensity: Intensity
+    preprocessing: Preprocessing
+    class_names: list[str]
+    task: Task
+    subtype_names: list[str] | None
+    val_subtype_metrics: SubtypeMetrics | None = None
+    official_val_metrics: BinaryMetrics | None = None
+    pneumolab_version: str
+    torch_version: str | None
+
+    @property
+    def is_ensemble(self) -> bool:
+        """True for an ensemble (the mean probability of its member runs)."""
+        return bool(self.members)
+
+
+def _torch_version() -> str | None:
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return None
+
+
+def describe_run(
+    *,
+    model: str,
+    image_size: int,
+    intensity: Intensity,
+    task: Task,
+    mean: list[float] | None,
+    std: list[float] | None,
+    training: TrainingSummary,
+    decision: DecisionRule,
+    members: list[str] | None = None,
+    val_subtype_metrics: SubtypeMetrics | None = None,
+    official_val_metrics: BinaryMetrics | None = None,
+) -> RunMeta:
+    """The metadata of a finished run, with the preprocessing and versions filled in."""
+    resize = f"{image_size}x{image_size}, bilinear, aspect ratio not kept"
+    return RunMeta(
+        model=model,
+        members=members or [],
+        image_size=image_size,
+        intensity=intensity,
+        preprocessing=Preprocessing(resize=resize, intensity=intensity, mean=mean, std=std),
+        class_names=list(CLASS_NAMES),
+        task=task,
+        subtype_names=list(SUBTYPE_NAMES) if task == "three_class" else None,
+        **dict(training),
+        **dict(decision),
+        val_subtype_metrics=val_subtype_metrics,
+        official_val_metrics=official_val_metrics,
+        pneumolab_version=pneumolab.__version__,
+        torch_version=_torch_version(),
+    )
+
+
+def migrate(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """``meta.json`` content of any known version as the current version's fields.
+
+    Version 1 (unversioned, pneumolab 0.1): ensembles lack ``intensity``, ``task``,
+    ``preprocessing`` and ``torch_version``; the oldest runs also lack ``operating_points``,
+    ``class_names`` and the calibration maps. Missing fields get the values those runs were
+    trained and scored with.
+    """
+    found = data.get("schema_version", 1)
+    if not isinstance(found, int) or found > SCHEMA_VERSION:
+        raise RunDirError(
+            f"{source}: meta.json schema version {found!r} is newer than this pneumolab "
+            f"understands ({SCHEMA_VERSION}); upgrade pneumolab"
+        )
+    if found == SCHEMA_VERSION:
+        return data
+    old = dict(data)
+    intensity = old.get("intensity", "none")
+    image_size = old.get("image_size")
+    subtypes = old.get("subtype_names")
+    points = old.get("operating_points") or {
+        "stored": {"threshold": old.get("threshold"), "provenance": old.get("threshold_rule", "")}
+    }
+    resize = f"{image_size}x{image_size}, bilinear, aspect ratio not kept"
+    defaults = {
+        "members": [],
+        "intensity": intensity,
+        "preprocessing": {"resize": resize, "intensity": intensity, "mean": None, "std": None},
+        "class_names": list(CLASS_NAMES),
+        "task": "three_class" if subtypes else "binary",
+        "subtype_names": subtypes,
+        "strategy": "finetune",
+        "parameters": None,
+        "train_seconds": None,
+        "threshold_rule": "",
+        "default_operating_point": next(iter(points)),
+        "temperature": None,
+        "platt": None,
+        "pneumolab_version": "unknown",
+        "torch_version": None,
+    }
+    return defaults | old | {"operating_points": points, "schema_version": SCHEMA_VERSION}

@@ -1,0 +1,171 @@
+"""RunDir and RunMeta: reading, writing, the unfinished and broken cases, and the migration of
+run directories written by pneumolab 0.1 (the unversioned meta.json format)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_run, fixed_threshold_meta
+from pneumolab.errors import RunDirError
+from pneumolab.evaluation.evaluate import evaluate
+from pneumolab.inference.predictor import Predictor
+from pneumolab.run import RunDir
+from pneumolab.run_meta import SCHEMA_VERSION
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def legacy_meta(name: str) -> dict:
+    """meta.json exactly as pneumolab 0.1 wrote it (tests/fixtures/meta_v1_*.json, copied from
+    runs trained by main before the schema had a version)."""
+    return json.loads((FIXTURES / f"meta_v1_{name}.json").read_text())
+
+
+def as_legacy_run(run_dir: Path, dest: Path, meta: dict) -> RunDir:
+    """A copy of ``run_dir`` whose meta.json is replaced by ``meta`` in the old format."""
+    run = RunDir(copy_run(run_dir, dest))
+    run.meta.write_text(json.dumps(meta, indent=2) + "\n")
+    return run
+
+
+def test_meta_round_trips_with_nan(tmp_path):
+    run = RunDir(tmp_path)
+    meta = fixed_threshold_meta("pneumolab_cnn_small", 32, 0.25)
+    meta = meta.model_copy(
+        update={"val_metrics": meta.val_metrics.model_copy(update={"roc_auc": math.nan})}
+    )
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    run.write_meta(meta)
+    assert "NaN" in run.meta.read_text()
+    read = run.read_meta()
+    assert math.isnan(read.val_metrics.roc_auc)
+    assert read.model_copy(update={"val_metrics": meta.val_metrics}) == meta
+    assert read.schema_version == SCHEMA_VERSION and not read.is_ensemble
+
+
+def test_tiny_run_meta_is_complete(tiny_run):
+    run_dir, _ = tiny_run
+    meta = RunDir(run_dir).read_meta()
+    assert meta.schema_version == SCHEMA_VERSION
+    assert (meta.intensity, meta.task, meta.strategy) == ("equalize", "binary", "finetune")
+    assert meta.preprocessing.mean == [0.5, 0.5, 0.5] and meta.torch_version
+    assert meta.default_point.threshold == meta.threshold
+    assert json.loads((run_dir / "meta.json").read_text())["schema_version"] == SCHEMA_VERSION
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not a valid run metadata file"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"model": "x"}', "not a valid run metadata file"),
+        (json.dumps({"schema_version": SCHEMA_VERSION + 1}), "newer than this pneumolab"),
+    ],
+)
+def test_broken_meta_is_a_clear_error(tmp_path, content, message):
+    run = RunDir(tmp_path)
+    run.meta.write_text(content)
+    with pytest.raises(RunDirError, match=message) as caught:
+        run.read_meta()
+    assert str(run.meta) in str(caught.value)
+    assert not run.is_complete()
+
+
+def test_missing_and_unfinished_runs(tmp_path):
+    with pytest.raises(RunDirError, match="run directory not found"):
+        RunDir(tmp_path / "nowhere").read_meta()
+    run = RunDir(tmp_path)
+    with pytest.raises(RunDirError, match="not a finished run"):
+        run.read_meta()
+    run.write_meta(fixed_threshold_meta("pneumolab_cnn_small", 32, 0.5))
+    with pytest.raises(RunDirError, match="not a finished run"):  # a single run needs weights
+        run.read_meta()
+    assert not run.is_complete()
+
+
+def test_legacy_single_run_still_predicts_and_evaluates(tiny_run, tmp_path):
+    run_dir, data = tiny_run
+    old = legacy_meta("single")
+    run = as_legacy_run(run_dir, tmp_path / "old", old)
+    meta = run.read_meta()
+    assert (meta.threshold, meta.intensity, meta.task) == (old["threshold"], "equalize", "binary")
+    assert meta.val_metrics.confusion_matrix == old["val_metrics"]["confusion_matrix"]
+    image = next((data / "train" / "PNEUMONIA").iterdir())
+    assert Predictor.from_run(run.root).predict(image).threshold == old["threshold"]
+    metrics = evaluate(run.root, data, split="val", device="cpu")
+    assert list(metrics["operating_points"]) == list(old["operating_points"])
+    assert metrics["platt_scaled"]["slope"] == old["platt"]["slope"]
+
+
+def test_legacy_ensemble_still_predicts_and_evaluates(tiny_run, tmp_path):
+    run_dir, data = tiny_run
+    for name in ("a", "b"):
+        as_legacy_run(run_dir, tmp_path / name, legacy_meta("single"))
+    old = legacy_meta("ensemble")
+    ensemble = RunDir(tmp_path / "ens")
+    ensemble.root.mkdir()
+    shutil.copyfile(run_dir / "split.csv", ensemble.split)
+    ensemble.meta.write_text(json.dumps(old, indent=2))
+    (ensemble.root / "members.json").write_text(json.dumps(old["members"]))
+    meta = ensemble.read_meta()
+    assert meta.is_ensemble and meta.members == ["../a", "../b"]
+    assert meta.torch_version is None and meta.preprocessing.mean is None
+    assert [m.root.name for m in ensemble.member_runs()] == ["a", "b"]
+    predictor = Predictor.from_run(ensemble.root)
+    assert predictor.model is None and predictor.threshold == old["threshold"]
+    metrics = evaluate(ensemble.root, data, split="val", device="cpu")
+    single = Predictor.from_run(tmp_path / "a")
+    image = next((data / "train" / "NORMAL").iterdir())
+    assert predictor.predict(image).probability == pytest.approx(
+        single.predict(image).probability, abs=1e-6
+    )  # two identical members: the mean is the member's score
+    val_rows = [line for line in ensemble.split.read_text().splitlines() if line.endswith(",val")]
+    assert metrics["n"] == len(val_rows) > 0
+
+
+def test_legacy_three_class_meta_keeps_its_subtype_metrics(tmp_path):
+    old = legacy_meta("three_class")
+    run = RunDir(tmp_path)
+    run.meta.write_text(json.dumps(old))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    meta = run.read_meta()
+    assert meta.task == "three_class" and meta.subtype_names == ["NORMAL", "BACTERIAL", "VIRAL"]
+    subtypes = meta.val_subtype_metrics
+    assert subtypes is not None
+    assert (
+        subtypes.per_class["BACTERIAL"].f1
+        == old["val_subtype_metrics"]["per_class"]["BACTERIAL"]["f1-score"]
+    )
+    run.write_meta(meta)
+    rewritten = json.loads(run.meta.read_text())
+    assert rewritten["val_subtype_metrics"] == old["val_subtype_metrics"]
+    assert rewritten["schema_version"] == SCHEMA_VERSION
+
+
+def test_oldest_runs_without_operating_points_or_calibration_still_evaluate(tiny_run, tmp_path):
+    run_dir, data = tiny_run
+    old = legacy_meta("single")
+    for key in ("operating_points", "default_operating_point", "temperature", "platt"):
+        del old[key]
+    for key in ("intensity", "preprocessing", "class_names", "task", "torch_version"):
+        del old[key]
+    run = as_legacy_run(run_dir, tmp_path / "old", old)
+    meta = run.read_meta()
+    assert meta.intensity == "none"  # what those runs were trained with
+    assert list(meta.operating_points) == ["stored"]
+    metrics = evaluate(run.root, data, split="val", device="cpu")
+    assert list(metrics["operating_points"]) == ["stored"]
+    assert metrics["operating_points"]["stored"]["threshold"] == old["threshold"]
+    assert metrics["temperature_scaled"] is None
+    assert (run.root / "eval" / "val" / "reliability.png").stat().st_size > 0
+
+
+def test_ensemble_flag_comes_from_meta_only(tiny_run, tmp_path):
+    run = RunDir(copy_run(tiny_run[0], tmp_path / "run"))
+    (run.root / "members.json").write_text('["../elsewhere"]')  # a stray file changes nothing
+    assert not run.read_meta().is_ensemble and run.member_runs() == []
