@@ -1,0 +1,81 @@
+"""The shift protocol: scenarios change what equalisation cannot undo, deterministically per draw."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pneumolab.data.transforms import normalize_intensity
+from pneumolab.evaluation.shift import (
+    SCENARIOS,
+    acquisition_batch,
+    apply_shift,
+    batch_breakdown,
+    markers,
+    reframe,
+    shift_protocol,
+)
+
+
+@pytest.fixture
+def pixels() -> torch.Tensor:
+    """Eight smooth 64 px 'X-rays': a bright ellipse on a darker field."""
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
+    base = (60 + 140 * (xx**2 / 0.6 + yy**2 / 0.8 < 1).float()).to(torch.uint8)
+    return torch.stack([base[None].clone() for _ in range(8)])
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_each_scenario_keeps_shape_and_dtype_and_changes_the_equalised_image(pixels, name):
+    shifted = apply_shift(pixels, SCENARIOS[name], seed=0)
+    assert shifted.shape == pixels.shape and shifted.dtype == torch.uint8
+    changed = normalize_intensity(shifted, "equalize") != normalize_intensity(pixels, "equalize")
+    assert changed.float().mean() > 0.01
+
+
+def test_draws_are_reproducible_and_differ_between_seeds(pixels):
+    first = apply_shift(pixels, SCENARIOS["compound"], seed=1)
+    assert torch.equal(first, apply_shift(pixels, SCENARIOS["compound"], seed=1))
+    assert not torch.equal(first, apply_shift(pixels, SCENARIOS["compound"], seed=2))
+    # images of one draw get different parameters
+    assert not torch.equal(first[0], first[1])
+
+
+def test_reframe_adds_black_bands_and_markers_add_bright_blocks():
+    flat = torch.full((1, 64, 64), 128, dtype=torch.uint8)
+    banded = [reframe(flat.clone(), np.random.default_rng(s)) for s in range(20)]
+    assert any((b == 0).float().mean() > 0.05 for b in banded)
+    marked = markers(flat.clone(), np.random.default_rng(0))
+    assert (marked >= 200).any() and (marked == 128).float().mean() > 0.8
+
+
+def test_protocol_scores_every_scenario_per_draw():
+    pixels = torch.randint(0, 256, (6, 1, 32, 32), dtype=torch.uint8)
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    calls = []
+
+    def score(batch: torch.Tensor) -> np.ndarray:
+        calls.append(batch.shape[0])
+        return batch.float().mean(dim=(1, 2, 3)).numpy() / 255.0
+
+    results = shift_protocol(score, pixels, labels, threshold=0.5, draws=2)
+    assert [r.scenario for r in results] == list(SCENARIOS)
+    assert calls == [6] * (2 * len(SCENARIOS))
+    summary = results[0].summary()
+    assert summary["min_roc_auc"] <= summary["mean_roc_auc"]
+    assert set(summary) == {
+        f"{s}_{m}" for s in ("mean", "min") for m in ("roc_auc", "specificity", "sensitivity")
+    }
+
+
+def test_batch_breakdown_separates_the_normal_batches():
+    names = ["IM-0001-0001.jpeg", "NORMAL2-IM-0002-0001.jpeg", "person1_virus_1.jpeg"] * 2
+    batches = [acquisition_batch(n) for n in names]
+    assert batches[:3] == ["IM", "NORMAL2", "person"]
+    labels = np.array([0, 0, 1, 0, 0, 1])
+    # IM normals score low, NORMAL2 normals score as high as pneumonia
+    probs = np.array([0.1, 0.9, 0.8, 0.2, 0.95, 0.7])
+    report = batch_breakdown(probs, labels, batches, threshold=0.5)
+    assert report["IM"] == {"n_normal": 2, "roc_auc": 1.0, "specificity": 1.0}
+    assert report["NORMAL2"]["specificity"] == 0.0 and report["NORMAL2"]["roc_auc"] < 0.5
