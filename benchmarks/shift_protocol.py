@@ -34,8 +34,8 @@ def score_run(run_dir: Path, data: Path, draws: int) -> dict[str, float | str]:
     batches = [acquisition_batch(s.path.name) for s in decoded.samples]
     row: dict[str, float | str] = {
         "run": run_dir.name,
-        "clean_roc_auc": clean["roc_auc"],
-        "clean_specificity": clean["specificity"],
+        "clean_roc_auc": clean.roc_auc,
+        "clean_specificity": clean.specificity,
     }
     for batch, figures in batch_breakdown(probs, labels, batches, predictor.threshold).items():
         row[f"{batch}_roc_auc"] = figures["roc_auc"]
@@ -44,8 +44,8 @@ def score_run(run_dir: Path, data: Path, draws: int) -> dict[str, float | str]:
     for result in results:
         for key, value in result.summary().items():
             row[f"{result.scenario}_{key}"] = value
-    official = (predictor.meta.get("official_val_metrics") or {}).get("accuracy")
-    row["official_val_accuracy"] = float("nan") if official is None else official
+    official = predictor.meta.official_val_metrics
+    row["official_val_accuracy"] = float("nan") if official is None else official.accuracy
     return row
 
 

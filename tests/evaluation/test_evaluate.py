@@ -80,3 +80,21 @@ def test_every_test_evaluation_is_logged(trained):
         assert entry["config_sha256"] == config_hash
         assert entry["time_utc"].endswith("+00:00")
         assert entry["git_commit"] is None or len(entry["git_commit"]) == 40
+
+
+def test_shift_protocol_adds_every_scenario_and_the_batch_breakdown(trained):
+    from pneumolab.evaluation.shift import SCENARIOS
+
+    run_dir, data = trained
+    metrics = evaluate(run_dir, data, split="val", device="cpu", shift=True)
+    assert list(metrics["shift"]) == list(SCENARIOS)
+    summary = metrics["shift_summary"]
+    assert summary["compound_roc_auc"] == metrics["shift"]["compound"]["mean_roc_auc"]
+    assert summary["worst_scenario_roc_auc"] <= summary["compound_roc_auc"]
+    # the synthetic normals are all IM- files: one normal batch, with every normal counted
+    batches = metrics["acquisition_batches"]
+    assert list(batches) == ["IM"]
+    assert (
+        batches["IM"]["n_normal"]
+        == metrics["confusion_matrix"][0][0] + metrics["confusion_matrix"][0][1]
+    )

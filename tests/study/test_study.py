@@ -100,12 +100,15 @@ def test_compare_builds_the_same_table_from_runs(study, tmp_path):
     runs = [str(root / "out" / "runs" / name) for name in ("small", "separable")]
     out = tmp_path / "cmp"
     args = ["compare", *runs, "--data", str(data), "--split", "val", "--out", str(out)]
-    assert main([*args, "--robustness"]) == 0
+    assert main([*args, "--robustness", "--shift"]) == 0
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["name"] for r in rows] == ["small", "separable"]
     assert all(0 <= float(r["worst_roc_auc"]) <= 1 for r in rows)
-    assert "worst AUC / specificity (perturbed)" in (out / "results.md").read_text()
+    assert all(0 <= float(r["shift_roc_auc"]) <= 1 for r in rows)
+    table = (out / "results.md").read_text()
+    assert "worst AUC / specificity (perturbed)" in table
+    assert "AUC / specificity (compound shift)" in table
     assert (out / "results.png").is_file()
     assert (out / "confusion" / "separable.png").is_file()
 
@@ -134,8 +137,16 @@ def test_shipped_study_files_are_valid():
         assert len(study.train_configs()) >= 2
 
 
-def test_worst_case_selection_needs_robustness(tmp_path):
+@pytest.mark.parametrize(
+    ("select_by", "needs"),
+    [("worst_roc_auc", "robustness"), ("shift_roc_auc", "shift"), ("shift_specificity", "shift")],
+)
+def test_selection_by_a_score_needs_that_score(tmp_path, select_by, needs):
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({"models": [{"name": "a"}], "select_by": "worst_roc_auc"}))
-    with pytest.raises(ConfigError, match="worst_roc_auc needs robustness: true"):
+    path.write_text(yaml.safe_dump({"models": [{"name": "a"}], "select_by": select_by}))
+    with pytest.raises(ConfigError, match=f"{select_by} needs {needs}: true"):
         load_study(path)
+    path.write_text(
+        yaml.safe_dump({"models": [{"name": "a"}], "select_by": select_by, needs: True})
+    )
+    assert load_study(path).select_by == select_by

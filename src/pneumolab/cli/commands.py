@@ -17,6 +17,7 @@ from pneumolab.cli.tables import (
     metrics_table,
     operating_points_table,
     robustness_table,
+    shift_table,
     subtypes_table,
 )
 from pneumolab.errors import ImageLoadError
@@ -119,7 +120,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pneumolab.evaluation.evaluate import evaluate
 
     metrics = evaluate(
-        args.run_dir, args.data, args.split, robustness=args.robustness, tta=args.tta
+        args.run_dir,
+        args.data,
+        args.split,
+        robustness=args.robustness,
+        tta=args.tta,
+        shift=args.shift,
     )
     if args.json:
         print(json.dumps(metrics))
@@ -128,6 +134,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         console.print(operating_points_table(metrics))
         if args.robustness:
             console.print(robustness_table(metrics["robustness"]))
+        if args.shift:
+            console.print(shift_table(metrics["shift"]))
         if "subtypes" in metrics:
             console.print(subtypes_table(metrics["subtypes"]))
         console.print(f"written to {Path(args.run_dir) / 'eval' / args.split}")
@@ -151,7 +159,9 @@ def cmd_study(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from pneumolab.evaluation.comparison import compare_runs
 
-    rows, outputs = compare_runs(args.run_dirs, args.data, args.split, args.out, args.robustness)
+    rows, outputs = compare_runs(
+        args.run_dirs, args.data, args.split, args.out, args.robustness, args.shift
+    )
     stdout.print(comparison_table(rows, f"{args.split} split"))
     console.print(f"table: {outputs['markdown']}; chart: {outputs['chart']}")
     return 0

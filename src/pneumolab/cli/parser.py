@@ -8,6 +8,7 @@ from pathlib import Path
 from pneumolab.cli import commands as cmd
 
 TTA_HELP = "average each image over fixed test-time views (zoom 1.1, rotations ±5°)"
+SHIFT_HELP = "also score under the shift protocol (compound acquisition shifts, 3 draws each)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--robustness", action="store_true", help="add worst-case figures under perturbations"
     )
+    compare.add_argument("--shift", action="store_true", help=SHIFT_HELP)
     compare.set_defaults(func=cmd.cmd_compare)
 
     evaluate = commands.add_parser("evaluate", help="metrics of a run on a split")
@@ -101,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also score under contrast/exposure/geometry shifts",
     )
+    evaluate.add_argument("--shift", action="store_true", help=SHIFT_HELP)
     evaluate.set_defaults(func=cmd.cmd_evaluate)
 
     predict = commands.add_parser("predict", help="predict images or folders")

@@ -70,6 +70,20 @@ def robustness_table(report: dict[str, dict[str, float]]) -> Table:
     return table
 
 
+def shift_table(report: dict[str, dict[str, float]]) -> Table:
+    """The shift protocol: one line per scenario, mean (min) over its draws."""
+    table = Table("scenario", "roc_auc", "specificity", "sensitivity", title="shift protocol")
+    for name, row in report.items():
+        table.add_row(
+            name,
+            *(
+                f"{row[f'mean_{k}']:.4f} ({row[f'min_{k}']:.4f})"
+                for k in ("roc_auc", "specificity", "sensitivity")
+            ),
+        )
+    return table
+
+
 def comparison_table(rows: list, title: str) -> Table:
     """One line per compared model (worst-case AUC when robustness was measured)."""
     robust = any(r.worst_roc_auc is not None for r in rows)

@@ -43,6 +43,8 @@ class ComparisonRow:
     cpu_ms_per_image: float
     worst_roc_auc: float | None
     worst_specificity: float | None
+    shift_roc_auc: float | None
+    shift_specificity: float | None
     official_val_accuracy: float | None
     confusion_matrix: list[list[int]]
     run_dir: str
@@ -55,14 +57,21 @@ def _cpu_ms_per_image(run: RunDir, data_dir: Path) -> float:
 
 
 def compare_run(
-    name: str, run_dir: str | Path, data_dir: str | Path, split: str, robustness: bool = False
+    name: str,
+    run_dir: str | Path,
+    data_dir: str | Path,
+    split: str,
+    robustness: bool = False,
+    shift: bool = False,
 ) -> ComparisonRow:
     """Evaluate one run on ``split`` (with ``robustness``: also under the perturbations, for the
-    worst-case columns) and time its CPU inference (batch of 32 validation images)."""
+    worst-case columns; with ``shift``: under the shift protocol's compound scenario) and time
+    its CPU inference (batch of 32 validation images)."""
     run = RunDir(Path(run_dir))
-    metrics = evaluate(run.root, data_dir, split, robustness=robustness)
+    metrics = evaluate(run.root, data_dir, split, robustness=robustness, shift=shift)
     meta = run.read_meta()
     worst = metrics.get("robustness_summary") or {}
+    shifted = metrics.get("shift_summary") or {}
     official = meta.official_val_metrics
     return ComparisonRow(
         name=name,
@@ -80,6 +89,8 @@ def compare_run(
         cpu_ms_per_image=round(_cpu_ms_per_image(run, Path(data_dir)), 2),
         worst_roc_auc=worst.get("worst_roc_auc"),
         worst_specificity=worst.get("worst_specificity"),
+        shift_roc_auc=shifted.get("compound_roc_auc"),
+        shift_specificity=shifted.get("compound_specificity"),
         official_val_accuracy=None if official is None else official.accuracy,
         confusion_matrix=metrics["confusion_matrix"],
         run_dir=str(run.root),
@@ -88,9 +99,11 @@ def compare_run(
 
 def _markdown(rows: Sequence[ComparisonRow], split: str, notes: dict[str, str]) -> str:
     robust = any(r.worst_roc_auc is not None for r in rows)
+    shifted = any(r.shift_roc_auc is not None for r in rows)
     columns = [
         "model", "architecture", "strategy", "size", "accuracy", "sensitivity", "specificity",
         "ROC AUC [95% CI]", *(["worst AUC / specificity (perturbed)"] if robust else []),
+        *(["AUC / specificity (compound shift)"] if shifted else []),
         "official val/", "params", "train s", "CPU ms/img",
     ]  # fmt: skip
     lines = [
@@ -106,6 +119,7 @@ def _markdown(rows: Sequence[ComparisonRow], split: str, notes: dict[str, str]) 
             r.name, f"`{r.model}`", r.strategy, str(r.image_size), f"{r.accuracy:.4f}",
             f"{r.sensitivity:.4f}", f"{r.specificity:.4f}", f"{r.roc_auc:.4f} [{r.roc_auc_ci95}]",
             *([f"{format_metric(r.worst_roc_auc)} / {format_metric(r.worst_specificity)}"] if robust else []),
+            *([f"{format_metric(r.shift_roc_auc)} / {format_metric(r.shift_specificity)}"] if shifted else []),
             format_metric(r.official_val_accuracy),
             f"{r.parameters / 1e6:.2f}M" if r.parameters else "—",
             "—" if r.train_seconds is None else f"{r.train_seconds:.0f}",
@@ -162,6 +176,7 @@ def compare_runs(
     split: str,
     out_dir: str | Path,
     robustness: bool = False,
+    shift: bool = False,
 ) -> tuple[list[ComparisonRow], dict[str, Path]]:
     """Evaluate every run on ``split`` and write the comparison into ``out_dir``."""
     runs = [RunDir(Path(d)) for d in run_dirs]
@@ -174,7 +189,7 @@ def compare_runs(
         )
     names = _unique_names([run.root for run in runs])
     rows = [
-        compare_run(n, run.root, data_dir, split, robustness)
+        compare_run(n, run.root, data_dir, split, robustness, shift)
         for n, run in zip(names, runs, strict=True)
     ]
     return rows, write_comparison(rows, out_dir, split)

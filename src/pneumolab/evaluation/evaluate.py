@@ -32,6 +32,12 @@ from pneumolab.evaluation.metrics import (
 )
 from pneumolab.evaluation.operating_points import oracle_threshold
 from pneumolab.evaluation.robustness import robustness_report, summarize
+from pneumolab.evaluation.shift import (
+    acquisition_batch,
+    batch_breakdown,
+    shift_protocol,
+    shift_summary,
+)
 from pneumolab.evaluation.subtypes import subtype_metrics
 from pneumolab.inference.predictor import Predictor, default_device, predict_class_probabilities
 from pneumolab.run import RunDir, write_predictions
@@ -169,6 +175,7 @@ def evaluate(
     robustness: bool = False,
     device: str | None = None,
     tta: bool = False,
+    shift: bool = False,
 ) -> dict[str, Any]:
     """Metrics at the run's stored threshold, threshold-free metrics, patient-grouped bootstrap
     95% intervals (``ci95``), every stored operating point and an oracle threshold scored on this
@@ -182,6 +189,8 @@ def evaluate(
     acquisition-like perturbations (:mod:`pneumolab.evaluation.robustness`), with the same
     backend and TTA, and adds ``robustness`` and ``robustness_summary``. A three-class run adds
     ``subtypes`` (:func:`~pneumolab.evaluation.subtypes.subtype_metrics`) and its 3x3 matrix.
+    With ``shift``, adds the shift protocol (:mod:`pneumolab.evaluation.shift`): ``shift`` (per
+    scenario, mean and min over three draws), ``shift_summary`` and ``acquisition_batches``.
     """
     run = RunDir(Path(run_dir))
     predictor = Predictor.from_run(run.root, device=device or default_device(), tta=tta)
@@ -213,6 +222,14 @@ def evaluate(
     if robustness:
         report = robustness_report(predictor.backend, decoded.pixels, labels, predictor.threshold)
         metrics |= {"robustness": report, "robustness_summary": summarize(report)}
+    if shift:
+        results = shift_protocol(predictor.backend, decoded.pixels, labels, predictor.threshold)
+        batches = [acquisition_batch(s.path.name) for s in decoded.samples]
+        metrics |= {
+            "shift": {r.scenario: r.summary() for r in results},
+            "shift_summary": shift_summary(results),
+            "acquisition_batches": batch_breakdown(probs, labels, batches, predictor.threshold),
+        }
     metrics = _json_safe(metrics)
 
     out = run.eval_dir(split)

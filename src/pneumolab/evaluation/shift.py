@@ -146,12 +146,23 @@ def shift_protocol(
         results.append(
             ShiftResult(
                 scenario=name,
-                roc_auc=[m["roc_auc"] for m in per_draw],
-                specificity=[m["specificity"] for m in per_draw],
-                sensitivity=[m["sensitivity"] for m in per_draw],
+                roc_auc=[m.roc_auc for m in per_draw],
+                specificity=[m.specificity for m in per_draw],
+                sensitivity=[m.sensitivity for m in per_draw],
             )
         )
     return results
+
+
+def shift_summary(results: list[ShiftResult]) -> dict[str, float]:
+    """The protocol's headline figures: mean ROC AUC and specificity under ``compound`` and
+    the worst scenario's mean ROC AUC."""
+    by_name = {r.scenario: r.summary() for r in results}
+    return {
+        "compound_roc_auc": by_name["compound"]["mean_roc_auc"],
+        "compound_specificity": by_name["compound"]["mean_specificity"],
+        "worst_scenario_roc_auc": min(s["mean_roc_auc"] for s in by_name.values()),
+    }
 
 
 def acquisition_batch(path_name: str) -> str:
@@ -176,7 +187,7 @@ def batch_breakdown(
         metrics = binary_metrics(labels[keep], probs[keep], threshold)
         report[batch] = {
             "n_normal": int(normal.sum()),
-            "roc_auc": metrics["roc_auc"],
-            "specificity": metrics["specificity"],
+            "roc_auc": metrics.roc_auc,
+            "specificity": metrics.specificity,
         }
     return report

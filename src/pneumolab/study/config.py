@@ -33,16 +33,24 @@ class StudyConfig(BaseModel):
     defaults: dict[str, Any] = Field(default_factory=dict)
     models: list[dict[str, Any]] = Field(min_length=1)
     ensembles: list[EnsembleEntry] = Field(default_factory=list)
-    select_by: Literal["roc_auc", "worst_roc_auc", "accuracy", "specificity"] = "roc_auc"
+    select_by: Literal[
+        "roc_auc", "worst_roc_auc", "shift_roc_auc", "shift_specificity", "accuracy", "specificity"
+    ] = "roc_auc"
     robustness: bool = Field(
         default=False,
         description="also score every model under the perturbations (worst-case columns)",
     )
+    shift: bool = Field(
+        default=False,
+        description="also score every model under the shift protocol (compound-shift columns)",
+    )
 
     @model_validator(mode="after")
-    def _robustness_for_worst_case(self) -> StudyConfig:
+    def _scores_for_selection(self) -> StudyConfig:
         if self.select_by == "worst_roc_auc" and not self.robustness:
             raise ValueError("select_by: worst_roc_auc needs robustness: true")
+        if self.select_by.startswith("shift_") and not self.shift:
+            raise ValueError(f"select_by: {self.select_by} needs shift: true")
         return self
 
     def train_configs(self, overrides: dict[str, Any] | None = None) -> dict[str, TrainConfig]:

@@ -133,7 +133,7 @@ def run_study(
             build_ensemble([finished[m].root for m in ensemble.members], run.root, target)
         finished[ensemble.name] = run
     rows = [
-        compare_run(name, run.root, data_dir, "val", study.robustness)
+        compare_run(name, run.root, data_dir, "val", study.robustness, study.shift)
         for name, run in finished.items()
     ]
     outputs = write_comparison(rows, study_dir, "val", failed)
