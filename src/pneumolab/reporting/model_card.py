@@ -21,7 +21,11 @@ LIMITATIONS = (
     "The validation split is carved from the dataset's `train/` folder; it is much easier than "
     "the official `test/` split, so validation figures overstate performance elsewhere.",
     "Models trained on this dataset tend to call normal images of the official test split "
-    "pneumonia (low specificity there).",
+    "pneumonia. Measured outside the development loop on 2026-12-01 (`pneumolab evaluate RUN "
+    "--data ROOT --split test --json`), the default recipe (`make demo`: MobileNetV2, 160 px) "
+    "had on the held-out test split accuracy 0.938, sensitivity 0.985, specificity 0.859 "
+    "(33 of 234 normal children called pneumonia) and ROC AUC 0.987, against a validation "
+    "ROC AUC of about 0.998.",
     "Single-site pediatric data (Guangzhou Women and Children's Medical Center, ages 1-5): "
     "adults, other hospitals, scanners and projections (lateral, AP portable) are untested.",
     "Inputs are grayscale 8-bit images, resized to a square without keeping the aspect ratio; "
@@ -59,7 +63,10 @@ def _calibration_lines(meta: RunMeta) -> list[str]:
     if platt is not None:
         lines.append(
             f"- Platt: sigmoid({platt.slope:.3f} · logit(p) + {platt.intercept:.3f}) — "
-            "removes the shift class-weighted training puts on the raw probability"
+            "removes the shift class-weighted training puts on the raw probability on "
+            "validation only: on the held-out test split (default recipe, measured outside "
+            "the loop on 2026-12-01) it raised ECE from 0.026 (raw) to 0.143, so predictions "
+            "report the raw probability"
         )
     return lines
 
