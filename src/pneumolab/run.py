@@ -20,6 +20,7 @@ the same. ``meta.json`` is written last: it marks a finished run.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,3 +157,13 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
             {"path": r["path"], "label": int(r["label"]), "probability": float(r["probability"])}
             for r in csv.DictReader(f)
         ]
+
+
+def weights_digest(run_dir: Path) -> str:
+    """SHA-256 of the run's weights file (ties an exported model to the weights it came from);
+    for an ensemble, of its members' digests in order."""
+    run = RunDir(Path(run_dir))
+    if run.read_meta().is_ensemble:
+        members = "".join(weights_digest(member.root) for member in run.member_runs())
+        return hashlib.sha256(members.encode()).hexdigest()
+    return hashlib.sha256(run.weights.read_bytes()).hexdigest()

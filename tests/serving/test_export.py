@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+import pneumolab
 from conftest import fixed_threshold_meta
 from pneumolab.cli import main
 from pneumolab.errors import ExportError, RunDirError
@@ -155,3 +159,31 @@ def test_onnx_file_of_other_weights_is_refused(run, images, tmp_path):
     export_onnx(other.root, tmp_path / "other.onnx")
     with pytest.raises(RunDirError, match="exported from other weights"):
         Predictor.from_run(run.root, backend="onnx", onnx_file=tmp_path / "other.onnx")
+
+
+HEAVY_MODULES = ("torch", "timm", "lightning", "sklearn", "fastapi", "matplotlib")
+"""What a pneumolab command must not import unless it needs it."""
+
+
+def heavy_imports(*argv: str) -> tuple[int, list[str]]:
+    """Run ``pneumolab ARGV`` in a fresh interpreter: exit code and the heavy modules it loaded."""
+    script = (
+        "import json, sys\nfrom pneumolab.cli import main\ntry:\n    code = main(sys.argv[1:])\n"
+        "except SystemExit as exit:\n    code = exit.code\n"
+        f"print(json.dumps([m for m in {HEAVY_MODULES!r} if m in sys.modules]), file=sys.stderr)\n"
+        "sys.exit(code)"
+    )
+    src = str(Path(pneumolab.__file__).parents[1])
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", script, *argv], capture_output=True, text=True, env=env, check=False
+    )
+    return done.returncode, json.loads(done.stderr.strip().splitlines()[-1])
+
+
+def test_help_and_onnx_predict_load_no_heavy_library(run, images, tmp_path):
+    assert heavy_imports("--help") == (0, [])
+    export_onnx(run.root, run.root / "model.onnx")
+    code, loaded = heavy_imports("predict", str(run.root), *map(str, images), "--backend", "onnx")
+    assert (code, loaded) == (0, [])
+    assert {"timm", "torch"} <= set(heavy_imports("predict", str(run.root), str(images[0]))[1])

@@ -1,4 +1,7 @@
-"""One function per subcommand: call the Python API, print the result. No logic of their own."""
+"""One function per subcommand: call the Python API, print the result. No logic of their own.
+
+Each command imports what it needs when it runs (``pneumolab --help`` and an ONNX ``predict``
+load neither PyTorch nor scikit-learn)."""
 
 from __future__ import annotations
 
@@ -12,14 +15,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pneumolab.cli.tables import (
-    comparison_table,
-    metrics_table,
-    operating_points_table,
-    robustness_table,
-    shift_table,
-    subtypes_table,
-)
 from pneumolab.errors import ImageLoadError
 
 console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
@@ -81,6 +76,7 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from pneumolab.cli.tables import metrics_table
     from pneumolab.config import resolve_config
     from pneumolab.training.train import train
 
@@ -117,6 +113,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pneumolab.cli.tables import (
+        metrics_table,
+        operating_points_table,
+        robustness_table,
+        shift_table,
+        subtypes_table,
+    )
     from pneumolab.evaluation.evaluate import evaluate
 
     metrics = evaluate(
@@ -143,6 +146,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
+    from pneumolab.cli.tables import comparison_table
     from pneumolab.study.runner import run_study
 
     overrides = _config_overrides(args, "weights", "max_train_images", "epochs", "feature_cache")
@@ -157,6 +161,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from pneumolab.cli.tables import comparison_table
     from pneumolab.evaluation.comparison import compare_runs
 
     rows, outputs = compare_runs(
@@ -197,7 +202,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from pneumolab.inference.predictor import expand_paths
-    from pneumolab.serving.export import ONNX_FILE_NAME, export_onnx
+    from pneumolab.serving.export import export_onnx
+    from pneumolab.serving.onnx_backend import ONNX_FILE_NAME
 
     out = args.out or args.run_dir / ONNX_FILE_NAME
     verify = expand_paths(args.verify) if args.verify else None

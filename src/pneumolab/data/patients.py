@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
 from pneumolab.errors import DataLayoutError
 
@@ -84,6 +83,8 @@ def grouped_split(
                 f"only {n_groups} {name} patient(s): a patient-grouped validation split of "
                 f"{val_fraction:.0%} needs at least {n_splits} per class"
             )
+    from sklearn.model_selection import StratifiedGroupKFold  # not on the prediction path
+
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     train_idx, val_idx = next(splitter.split(np.zeros(len(samples)), labels, groups))
     return [samples[i] for i in train_idx], [samples[i] for i in val_idx]

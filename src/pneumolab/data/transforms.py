@@ -16,17 +16,13 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-INTENSITY_METHODS = ("none", "equalize")
-"""Intensity normalisation applied to every image, in training and inference alike.
-
-``equalize``: global histogram equalisation. Any monotonic change of exposure, contrast or
-gamma leaves an image's equalised version (nearly) unchanged, so the model never sees those
-acquisition differences at all.
-"""
+from pneumolab.data.intensity import INTENSITY_METHODS
 
 
 def normalize_intensity(pixels: torch.Tensor, method: str) -> torch.Tensor:
-    """Apply intensity normalisation ``method`` to uint8 images ``(..., 1, H, W)``."""
+    """Apply intensity normalisation ``method`` to uint8 images ``(..., 1, H, W)`` (see
+    :data:`~pneumolab.data.intensity.INTENSITY_METHODS`; NumPy twin without PyTorch:
+    :func:`~pneumolab.data.intensity.normalize_intensity_array`)."""
     if method == "none":
         return pixels
     if method == "equalize":

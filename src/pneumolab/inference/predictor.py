@@ -1,4 +1,8 @@
-"""Load a trained run and predict on paths, PIL images or arrays."""
+"""Load a trained run and predict on paths, PIL images or arrays.
+
+PyTorch is imported only by the torch backend, TTA and :meth:`Predictor.preprocess`: an ONNX
+predictor decodes, preprocesses and scores with PIL, NumPy and onnxruntime alone.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +10,26 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
-import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from pneumolab.data.imageio import array_to_image, load_image, resize_square, to_grayscale
 from pneumolab.data.layout import IMAGE_SUFFIXES
-from pneumolab.data.transforms import TTA_VIEWS, normalize_intensity
 from pneumolab.errors import ImageLoadError, RunDirError
-from pneumolab.models.classifier import XrayClassifier
-from pneumolab.models.registry import create_classifier
 from pneumolab.run import RunDir
 from pneumolab.run_meta import RunMeta
 
+if TYPE_CHECKING:
+    import torch
+
+    from pneumolab.models.classifier import XrayClassifier
+
 ImageInput = str | Path | Image.Image | np.ndarray
-Backend = Callable[[torch.Tensor], np.ndarray]
+Pixels: TypeAlias = "np.ndarray | torch.Tensor"
+"""uint8 ``(N, 1, S, S)`` pixels: a NumPy array or a CPU tensor."""
+Backend: TypeAlias = "Callable[[Pixels], np.ndarray]"
 """Scores uint8 ``(N, 1, S, S)`` pixels, intensity normalisation included: probabilities ``(N,)``."""
 BACKENDS = ("torch", "onnx")
 
@@ -43,55 +49,69 @@ class Prediction:
 
 def default_device() -> str:
     """``cuda`` when a GPU is available, else ``cpu``."""
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@torch.inference_mode()
 def score_batches(
     score: Callable[[torch.Tensor], torch.Tensor],
     model: XrayClassifier,
-    pixels: torch.Tensor,
+    pixels: Pixels,
     intensity: str,
     batch_size: int,
 ) -> np.ndarray:
     """``score`` (a function of ``model``) on raw uint8 ``(N, 1, S, S)`` pixels, batch by batch,
     in eval mode: ``intensity`` normalisation first, then pixels / 255 on the model's device."""
+    import torch
+
+    from pneumolab.data.transforms import normalize_intensity
+
     model.eval()
     device = next(model.parameters()).device
-    scores = [
-        score(normalize_intensity(chunk, intensity).to(device).float() / 255.0).cpu()
-        for chunk in pixels.split(batch_size)
-    ]
+    with torch.inference_mode():
+        scores = [
+            score(normalize_intensity(chunk, intensity).to(device).float() / 255.0).cpu()
+            for chunk in torch.as_tensor(pixels).split(batch_size)
+        ]
     return torch.cat(scores).numpy() if scores else np.zeros(0, dtype=np.float32)
 
 
 def predict_pixels(
-    model: XrayClassifier, pixels: torch.Tensor, intensity: str = "none", batch_size: int = 64
+    model: XrayClassifier, pixels: Pixels, intensity: str = "none", batch_size: int = 64
 ) -> np.ndarray:
     """Pneumonia probabilities for raw uint8 ``(N, 1, S, S)`` pixels, in fp32, batch by batch;
     ``intensity`` normalisation is applied first, as in training."""
-    return score_batches(lambda x: torch.sigmoid(model(x)), model, pixels, intensity, batch_size)
+    return score_batches(lambda x: model(x).sigmoid(), model, pixels, intensity, batch_size)
 
 
 def predict_class_probabilities(
-    model: XrayClassifier, pixels: torch.Tensor, intensity: str = "none", batch_size: int = 64
+    model: XrayClassifier, pixels: Pixels, intensity: str = "none", batch_size: int = 64
 ) -> np.ndarray:
     """``(N, K)`` class probabilities (softmax) of a three-class model, like :func:`predict_pixels`."""
     return score_batches(
-        lambda x: torch.softmax(model.class_logits(x), dim=1), model, pixels, intensity, batch_size
+        lambda x: model.class_logits(x).softmax(dim=1), model, pixels, intensity, batch_size
     )
 
 
 def with_tta(backend: Backend) -> Backend:
     """Average ``backend``'s probabilities over the test-time views of each image (TTA_VIEWS)."""
+    import torch
 
-    return mean_of([lambda pixels, view=view: backend(view(pixels)) for view in TTA_VIEWS.values()])
+    from pneumolab.data.transforms import TTA_VIEWS
+
+    return mean_of(
+        [
+            lambda pixels, view=view: backend(view(torch.as_tensor(pixels)))
+            for view in TTA_VIEWS.values()
+        ]
+    )
 
 
 def mean_of(backends: Sequence[Backend]) -> Backend:
     """The mean probability of several backends (an ensemble's members)."""
 
-    def averaged(pixels: torch.Tensor) -> np.ndarray:
+    def averaged(pixels: Pixels) -> np.ndarray:
         return np.mean([backend(pixels) for backend in backends], axis=0)
 
     return averaged
@@ -167,9 +187,13 @@ class Predictor:
             members = [cls._load(m.root, device, backend, None) for m in run.member_runs()]
             return cls(None, meta, mean_of([m.backend for m in members]))
         if backend == "onnx":
-            from pneumolab.serving.export import run_onnx_backend  # onnxruntime only when asked
+            from pneumolab.serving.onnx_backend import run_onnx_backend  # only when asked
 
             return cls(None, meta, run_onnx_backend(run.root, onnx_file))
+        from safetensors.torch import load_file
+
+        from pneumolab.models.registry import create_classifier
+
         subtypes = meta.subtype_names or []
         model = create_classifier(meta.model, pretrained=False, num_classes=len(subtypes) or 1)
         try:
@@ -190,15 +214,21 @@ class Predictor:
             )
         return self.model
 
-    def preprocess(self, image: ImageInput) -> torch.Tensor:
-        """Any supported input to uint8 ``(1, S, S)`` pixels, exactly as in training."""
+    def preprocess_array(self, image: ImageInput) -> np.ndarray:
+        """Any supported input to uint8 ``(1, S, S)`` NumPy pixels, exactly as in training."""
         if isinstance(image, str | Path):
             pil = load_image(image, size_hint=self.image_size)
         elif isinstance(image, Image.Image):
             pil = to_grayscale(image)
         else:
             pil = array_to_image(image)
-        return torch.from_numpy(resize_square(pil, self.image_size).copy())[None]
+        return resize_square(pil, self.image_size)[None]
+
+    def preprocess(self, image: ImageInput) -> torch.Tensor:
+        """:meth:`preprocess_array` as a tensor (for the PyTorch model, e.g. Grad-CAM)."""
+        import torch
+
+        return torch.from_numpy(self.preprocess_array(image).copy())
 
     def _result(self, source: str, probability: float) -> Prediction:
         label = self.class_names[int(probability >= self.threshold)]
@@ -206,7 +236,7 @@ class Predictor:
 
     def predict(self, image: ImageInput) -> Prediction:
         """Predict one image (path, PIL image or array)."""
-        probability = self.backend(self.preprocess(image)[None])[0]
+        probability = self.backend(self.preprocess_array(image)[None])[0]
         source = str(image) if isinstance(image, str | Path) else type(image).__name__
         return self._result(source, probability)
 
@@ -217,15 +247,15 @@ class Predictor:
         files = expand_paths(paths)
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
-            pixels: list[torch.Tensor] = []
+            pixels: list[np.ndarray] = []
             outcomes: list[ImageLoadError | int] = []
             for path in chunk:
                 try:
-                    pixels.append(self.preprocess(path))
+                    pixels.append(self.preprocess_array(path))
                     outcomes.append(len(pixels) - 1)
                 except ImageLoadError as exc:
                     outcomes.append(exc)
-            probs = self.backend(torch.stack(pixels)) if pixels else []
+            probs = self.backend(np.stack(pixels)) if pixels else []
             for path, outcome in zip(chunk, outcomes, strict=True):
                 yield (
                     outcome

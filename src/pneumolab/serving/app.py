@@ -24,7 +24,7 @@ from pneumolab.data.imageio import load_image
 from pneumolab.errors import ImageLoadError
 from pneumolab.explain.gradcam import find_target_layer, gradcam, overlay_png
 from pneumolab.inference.predictor import Predictor
-from pneumolab.serving.export import weights_digest
+from pneumolab.run import weights_digest
 
 log = logging.getLogger(__name__)
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,15 +13,11 @@ import torch
 from torch import nn
 
 import pneumolab
-from pneumolab.errors import ExportError, RunDirError
+from pneumolab.errors import ExportError
 from pneumolab.inference.predictor import Predictor, predict_pixels
-from pneumolab.run import RunDir, read_predictions
+from pneumolab.run import RunDir, read_predictions, weights_digest
 from pneumolab.serving.onnx_backend import INPUT_NAME, OUTPUT_NAME, OnnxBackend
 
-log = logging.getLogger(__name__)
-
-ONNX_FILE_NAME = "model.onnx"
-"""Where a run's ONNX export goes by default: ``RUN_DIR/model.onnx``."""
 TOLERANCE = 1e-4
 """Largest |probability difference| between onnxruntime and PyTorch that passes verification."""
 MAX_VERIFY_IMAGES = 32
@@ -38,16 +32,6 @@ class _ProbabilityModel(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.model(pixels))
-
-
-def weights_digest(run_dir: Path) -> str:
-    """SHA-256 of the run's weights file (ties an ONNX file to the weights it was exported from);
-    for an ensemble, of its members' digests in order."""
-    run = RunDir(Path(run_dir))
-    if run.read_meta().is_ensemble:
-        members = "".join(weights_digest(member.root) for member in run.member_runs())
-        return hashlib.sha256(members.encode()).hexdigest()
-    return hashlib.sha256(run.weights.read_bytes()).hexdigest()
 
 
 def _metadata(run_dir: Path, predictor: Predictor) -> dict[str, str]:
@@ -154,21 +138,3 @@ def export_onnx(
         "label_flips": flips,
         "tolerance": TOLERANCE,
     }
-
-
-def run_onnx_backend(run_dir: str | Path, onnx_file: str | Path | None = None) -> OnnxBackend:
-    """The ONNX backend of a run: ``onnx_file`` (default ``RUN_DIR/model.onnx``), exported
-    and verified first when missing; refused when it was exported from other weights."""
-    run_dir = Path(run_dir)
-    onnx_file = Path(onnx_file) if onnx_file else run_dir / ONNX_FILE_NAME
-    if not onnx_file.is_file():
-        log.info("%s not found: exporting the run to ONNX (once)", onnx_file)
-        report = export_onnx(run_dir, onnx_file)
-        log.info("exported; max |Δprob| vs PyTorch %.1e", report["max_abs_diff"])
-    backend = OnnxBackend(onnx_file)
-    if backend.metadata.get("weights_sha256") != weights_digest(run_dir):
-        raise RunDirError(
-            f"{onnx_file}: exported from other weights than {RunDir(run_dir).weights}; "
-            "delete it (it is re-exported on first use) or run `pneumolab export` again"
-        )
-    return backend

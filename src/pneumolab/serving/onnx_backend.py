@@ -1,20 +1,25 @@
-"""Score uint8 X-ray pixels with an exported ONNX model in onnxruntime (no PyTorch model needed)."""
+"""Score uint8 X-ray pixels with an exported ONNX model in onnxruntime (PyTorch is not imported)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import torch
 
-from pneumolab.data.transforms import normalize_intensity
-from pneumolab.errors import ModelError
+from pneumolab.data.intensity import normalize_intensity_array
+from pneumolab.errors import ModelError, RunDirError
+from pneumolab.run import RunDir, weights_digest
+
+log = logging.getLogger(__name__)
 
 INPUT_NAME = "pixels"
 """Graph input: float32 ``(N, 1, S, S)`` pixels in [0, 1], after intensity normalisation."""
 OUTPUT_NAME = "probability"
 """Graph output: float32 ``(N,)`` pneumonia probabilities (the sigmoid is inside the graph)."""
+ONNX_FILE_NAME = "model.onnx"
+"""Where a run's ONNX export goes by default: ``RUN_DIR/model.onnx``."""
 REQUIRED_METADATA = ("image_size", "intensity")
 """What the backend needs; export writes more (see :func:`pneumolab.serving.export.export_onnx`)."""
 
@@ -22,18 +27,21 @@ REQUIRED_METADATA = ("image_size", "intensity")
 class OnnxBackend:
     """An onnxruntime session plus the preprocessing contract stored in the model's metadata.
 
-    Called with uint8 pixels ``(N, 1, S, S)``, exactly what :class:`~pneumolab.Predictor`
-    prepares, it applies the run's intensity normalisation (which lives outside the graph),
-    scales to [0, 1] and returns probabilities ``(N,)``, like the PyTorch backend.
+    Called with uint8 pixels ``(N, 1, S, S)`` (a NumPy array or a CPU tensor), exactly what
+    :class:`~pneumolab.Predictor` prepares, it applies the run's intensity normalisation (which
+    lives outside the graph, in NumPy), scales to [0, 1] and returns probabilities ``(N,)``,
+    like the PyTorch backend. ``options`` tune the session (default: :func:`session_options`).
     """
 
-    def __init__(self, onnx_file: str | Path) -> None:
+    def __init__(self, onnx_file: str | Path, options: ort.SessionOptions | None = None) -> None:
         self.file = Path(onnx_file)
         if not self.file.is_file():
             raise ModelError(f"{self.file}: ONNX file not found")
         try:
             self.session = ort.InferenceSession(
-                str(self.file), providers=ort.get_available_providers()
+                str(self.file),
+                sess_options=options or session_options(),
+                providers=ort.get_available_providers(),
             )
         except Exception as exc:  # onnxruntime's errors share no base class below Exception
             raise ModelError(f"{self.file}: not a loadable ONNX model ({exc})") from None
@@ -47,10 +55,11 @@ class OnnxBackend:
         self.image_size = int(self.metadata["image_size"])
         self.intensity = self.metadata["intensity"]
 
-    def __call__(self, pixels: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    def __call__(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Pneumonia probabilities for uint8 ``(N, 1, S, S)`` pixels, batch by batch."""
+        pixels = np.asarray(pixels)
         expected = (1, self.image_size, self.image_size)
-        if pixels.dtype != torch.uint8 or tuple(pixels.shape[1:]) != expected:
+        if pixels.dtype != np.uint8 or tuple(pixels.shape[1:]) != expected:
             raise ValueError(
                 f"expected uint8 pixels of shape (N, {', '.join(map(str, expected))}), "
                 f"got {pixels.dtype} {tuple(pixels.shape)}"
@@ -58,8 +67,42 @@ class OnnxBackend:
         probs = [
             self.session.run(
                 [OUTPUT_NAME],
-                {INPUT_NAME: (normalize_intensity(chunk, self.intensity).float() / 255.0).numpy()},
+                {INPUT_NAME: normalize_intensity_array(chunk, self.intensity) / np.float32(255)},
             )[0]
-            for chunk in pixels.split(batch_size)
+            for chunk in np.split(pixels, range(batch_size, len(pixels), batch_size))
         ]
         return np.concatenate(probs) if probs else np.zeros(0, dtype=np.float32)
+
+
+def session_options(threads: int | None = None, spin: bool = True) -> ort.SessionOptions:
+    """onnxruntime settings for this CPU inference: every graph optimisation, operators run one
+    after another (the network is a chain), ``threads`` intra-op threads (None: one per core),
+    ``spin=False`` so idle intra-op threads yield the cores to image decoding threads."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    options.intra_op_num_threads = threads or 0
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return options
+
+
+def run_onnx_backend(run_dir: str | Path, onnx_file: str | Path | None = None) -> OnnxBackend:
+    """The ONNX backend of a run: ``onnx_file`` (default ``RUN_DIR/model.onnx``), exported
+    and verified first when missing (which loads PyTorch); refused when it was exported from
+    other weights."""
+    run_dir = Path(run_dir)
+    onnx_file = Path(onnx_file) if onnx_file else run_dir / ONNX_FILE_NAME
+    if not onnx_file.is_file():
+        from pneumolab.serving.export import export_onnx  # PyTorch only when exporting
+
+        log.info("%s not found: exporting the run to ONNX (once)", onnx_file)
+        report = export_onnx(run_dir, onnx_file)
+        log.info("exported; max |Δprob| vs PyTorch %.1e", report["max_abs_diff"])
+    backend = OnnxBackend(onnx_file)
+    if backend.metadata.get("weights_sha256") != weights_digest(run_dir):
+        raise RunDirError(
+            f"{onnx_file}: exported from other weights than {RunDir(run_dir).weights}; "
+            "delete it (it is re-exported on first use) or run `pneumolab export` again"
+        )
+    return backend

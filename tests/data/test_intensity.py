@@ -1,0 +1,48 @@
+"""NumPy intensity normalisation (the ONNX path's preprocessing) against torchvision's, bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from pneumolab.data.intensity import equalize_array, normalize_intensity_array
+from pneumolab.data.transforms import normalize_intensity
+
+SHAPES = st.tuples(
+    st.integers(1, 3), st.just(1), st.integers(1, 40), st.integers(1, 40)
+)  # (N, 1, H, W)
+
+
+@st.composite
+def uint8_images(draw) -> np.ndarray:
+    """Full-range noise, a few grey levels (steps of zero and equal-count ties) or one value."""
+    shape = draw(SHAPES)
+    levels = draw(st.sampled_from([256, 3, 2, 1]))
+    values = draw(arrays(np.uint8, shape, elements=st.integers(0, levels - 1)))
+    scale = draw(st.integers(1, 255 // max(levels - 1, 1)))
+    return (values * scale).astype(np.uint8) + draw(st.integers(0, 255 - (levels - 1) * scale))
+
+
+@settings(max_examples=300, deadline=None)
+@given(uint8_images(), st.sampled_from(["none", "equalize"]))
+def test_numpy_path_gives_the_torch_path_model_input_bit_for_bit(pixels, method):
+    expected = (normalize_intensity(torch.from_numpy(pixels), method).float() / 255.0).numpy()
+    got = normalize_intensity_array(pixels, method) / np.float32(255)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_equalize_spreads_a_dark_image_and_keeps_a_flat_one():
+    dark = np.repeat(np.arange(64, dtype=np.uint8), 16).reshape(1, 1, 32, 32)
+    assert equalize_array(dark).max() > 200
+    flat = np.full((2, 1, 5, 5), 77, dtype=np.uint8)
+    np.testing.assert_array_equal(equalize_array(flat), flat)
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="unknown intensity normalisation 'clahe'"):
+        normalize_intensity_array(np.zeros((1, 1, 4, 4), np.uint8), "clahe")
