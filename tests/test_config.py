@@ -1,6 +1,8 @@
+from pathlib import Path
+
 import pytest
 
-from pneumolab.config import TrainConfig, resolve_config, save_config
+from pneumolab.config import TrainConfig, load_yaml, resolve_config, save_config
 from pneumolab.errors import ConfigError
 
 
@@ -41,3 +43,39 @@ def test_bad_config_names_file_and_problem(tmp_path, text, match):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         resolve_config(tmp_path / "nope.yaml")
+
+
+def test_default_yaml_documents_exactly_the_defaults():
+    """configs/default.yaml lists every setting, and TrainConfig() is the recipe it describes."""
+    path = Path(__file__).parents[1] / "configs" / "default.yaml"
+    assert list(load_yaml(path)) == list(TrainConfig.model_fields)
+    assert resolve_config(path) == TrainConfig()
+
+
+def test_train_flags_cover_every_setting_and_default_to_the_recipe():
+    from pneumolab.cli.config_flags import config_overrides
+    from pneumolab.cli.parser import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--data", "D", "--out", "R"])
+    assert set(config_overrides(args)) == set(TrainConfig.model_fields)
+    assert resolve_config(None, config_overrides(args)) == TrainConfig()
+    given = [
+        "train", "--data", "D", "--out", "R", "--strategy", "partial", "--no-pretrained",
+        "--backbone-lr-scale", "0.1", "--precision", "32", "--max-train-images", "40",
+    ]  # fmt: skip
+    config = resolve_config(None, config_overrides(parser.parse_args(given)))
+    assert (config.strategy, config.pretrained, config.backbone_lr_scale) == ("partial", False, 0.1)
+    assert (config.precision, config.max_train_images) == ("32", 40)
+
+
+def test_flag_choices_come_from_the_config_types(capsys):
+    from pneumolab.cli.parser import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--data", "D", "--out", "R", "--strategy", "all"])
+    assert "choose from 'finetune', 'frozen', 'partial'" in capsys.readouterr().err
+    study = build_parser().parse_args(
+        ["study", "s.yaml", "--data", "D", "--out", "O", "--lr", "0.5"]
+    )
+    assert study.lr == 0.5 and not hasattr(study, "model")

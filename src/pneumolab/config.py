@@ -3,38 +3,39 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pneumolab.choices import Intensity, Monitor, Precision, Strategy, Task
 from pneumolab.errors import ConfigError
 
 
 class TrainConfig(BaseModel):
-    """Everything that determines a training run (the default recipe was chosen on validation;
-    see the README's 'Choosing the default model')."""
+    """Everything that determines a training run. The defaults are the default recipe, chosen on
+    validation (README, 'Choosing the default model'); configs/default.yaml documents them."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model: str = "mobilenetv2_100"
-    pretrained: bool = True
+    model: str = Field(default="mobilenetv2_100", description="timm model name or pneumolab CNN")
+    pretrained: bool = Field(default=True, description="start from ImageNet weights")
     weights: str | None = Field(
         default=None,
         description="local weights file or folder (else $PNEUMOLAB_WEIGHTS_DIR, else hub)",
     )
-    task: Literal["binary", "three_class"] = Field(
+    task: Task = Field(
         default="binary",
         description="binary: NORMAL / PNEUMONIA; three_class: NORMAL / BACTERIAL / VIRAL (from the "
         "pneumonia file names); thresholds always apply to P(pneumonia)",
     )
-    strategy: Literal["finetune", "frozen", "partial"] = Field(
+    strategy: Strategy = Field(
         default="finetune",
         description="finetune: whole network; frozen: head only, on cached backbone features; "
         "partial: the last `unfreeze_stages` stages and the head",
     )
     backbone_lr_scale: float = Field(
-        default=0.1,
+        default=1.0,
         gt=0,
         le=1,
         description="learning rate of pretrained backbone layers, as a fraction of `lr`",
@@ -45,26 +46,36 @@ class TrainConfig(BaseModel):
         description="folder of the frozen strategy's feature cache "
         "(else $PNEUMOLAB_CACHE_DIR, else ~/.cache/pneumolab/features)",
     )
-    image_size: int = Field(default=160, ge=32, le=1024)
-    epochs: int = Field(default=8, ge=1)
-    batch_size: int = Field(default=32, ge=1)
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=1e-4, ge=0)
-    augment_strength: float = Field(default=1.0, ge=0)
-    intensity: Literal["none", "equalize"] = Field(
+    image_size: int = Field(default=160, ge=32, le=1024, description="input side in pixels")
+    epochs: int = Field(default=8, ge=1, description="most epochs (early stopping may end sooner)")
+    batch_size: int = Field(default=32, ge=1, description="training batch size")
+    lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate of the head")
+    weight_decay: float = Field(default=1e-4, ge=0, description="AdamW weight decay")
+    augment_strength: float = Field(
+        default=1.0, ge=0, description="scale of the training augmentation (0: none)"
+    )
+    intensity: Intensity = Field(
         default="equalize",
         description="intensity normalisation of every image (train and inference)",
     )
-    monitor: Literal["val_auc", "val_loss"] = Field(
+    monitor: Monitor = Field(
         default="val_auc",
         description="validation metric for the best checkpoint and early stopping",
     )
-    seed: int = 0
-    val_fraction: float = Field(default=0.15, gt=0, lt=0.5)
-    target_sensitivity: float = Field(default=0.95, gt=0, le=1)
-    early_stopping_patience: int = Field(default=3, ge=1)
-    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
-    num_workers: int = Field(default=1, ge=0)
+    seed: int = Field(default=0, description="seed of the split, initialisation and order")
+    val_fraction: float = Field(
+        default=0.15, gt=0, lt=0.5, description="share of patients carved out for validation"
+    )
+    target_sensitivity: float = Field(
+        default=0.95, gt=0, le=1, description="validation sensitivity the default threshold keeps"
+    )
+    early_stopping_patience: int = Field(
+        default=3, ge=1, description="epochs without improvement before stopping"
+    )
+    precision: Precision = Field(
+        default="auto", description="auto: bf16 where the hardware has it, else fp32"
+    )
+    num_workers: int = Field(default=1, ge=0, description="data loader worker processes")
     max_train_images: int | None = Field(
         default=None, ge=4, description="use a stratified subset of train (for quick tests)"
     )

@@ -8,11 +8,12 @@ written before the schema had a version are migrated on read (:func:`migrate`).
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
 import pneumolab
+from pneumolab.choices import Intensity, Task
 from pneumolab.data.layout import CLASS_NAMES
 from pneumolab.data.subtypes import SUBTYPE_NAMES
 from pneumolab.errors import RunDirError
@@ -21,8 +22,6 @@ from pneumolab.results import BinaryMetrics, DecisionRule, Result, SubtypeMetric
 SCHEMA_VERSION = 2
 """Version of :class:`RunMeta`. Version 1 is the unversioned format of pneumolab 0.1."""
 
-Task = Literal["binary", "three_class"]
-Intensity = Literal["none", "equalize"]
 ENSEMBLE_STRATEGY = "ensemble (mean probability)"
 
 

@@ -9,7 +9,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -19,11 +18,6 @@ from pneumolab.errors import ImageLoadError
 
 console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
 stdout = Console(width=None if sys.stdout.isatty() else 200)  # tables: no truncated paths in logs
-
-
-def _config_overrides(args: argparse.Namespace, *fields: str) -> dict[str, Any]:
-    """Training settings given as flags (argparse destinations are TrainConfig field names)."""
-    return {field: getattr(args, field) for field in fields}
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -76,26 +70,12 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from pneumolab.cli.config_flags import config_overrides
     from pneumolab.cli.tables import metrics_table
     from pneumolab.config import resolve_config
     from pneumolab.training.train import train
 
-    overrides = _config_overrides(
-        args,
-        "model",
-        "epochs",
-        "image_size",
-        "seed",
-        "weights",
-        "pretrained",
-        "max_train_images",
-        "batch_size",
-        "strategy",
-        "task",
-        "unfreeze_stages",
-        "backbone_lr_scale",
-    )
-    config = None if args.resume else resolve_config(args.config, overrides)
+    config = None if args.resume else resolve_config(args.config, config_overrides(args))
     run = train(args.data, args.out, config, resume=args.resume)
     meta = run.read_meta()
     console.print(
@@ -146,11 +126,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
+    from pneumolab.cli.config_flags import config_overrides
     from pneumolab.cli.tables import comparison_table
     from pneumolab.study.runner import run_study
 
-    overrides = _config_overrides(args, "weights", "max_train_images", "epochs", "feature_cache")
-    result = run_study(args.config, args.data, args.out, overrides)
+    result = run_study(args.config, args.data, args.out, config_overrides(args))
     stdout.print(comparison_table(result.rows, f"study {args.config} — validation split"))
     for name, reason in result.failed.items():
         console.print(f"[bold red]not run:[/] {name}: {escape(reason)}")

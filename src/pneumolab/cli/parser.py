@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pneumolab.choices import BACKENDS, SPLITS
 from pneumolab.cli import commands as cmd
+from pneumolab.cli.config_flags import add_config_flags
 
 TTA_HELP = "average each image over fixed test-time views (zoom 1.1, rotations ±5°)"
 SHIFT_HELP = "also score under the shift protocol (compound acquisition shifts, 3 draws each)"
@@ -41,32 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model into a run directory")
     train.add_argument("--data", type=Path, required=True, help="dataset root (holds train/)")
     train.add_argument("--out", type=Path, required=True, help="run directory to create")
-    train.add_argument("--config", type=Path, help="YAML config; flags below override it")
-    train.add_argument("--model", help="timm model name or pneumolab CNN")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--image-size", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--seed", type=int)
-    train.add_argument("--weights", help="local ImageNet weights file or folder")
-    train.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None)
     train.add_argument(
-        "--strategy",
-        choices=("finetune", "frozen", "partial"),
-        help="finetune: whole network; frozen: head on cached features; partial: last N stages",
-    )
-    train.add_argument(
-        "--task",
-        choices=("binary", "three_class"),
-        help="three_class: NORMAL / BACTERIAL / VIRAL from the pneumonia file names",
-    )
-    train.add_argument("--unfreeze-stages", type=int, help="stages trained by --strategy partial")
-    train.add_argument(
-        "--backbone-lr-scale", type=float, help="pretrained backbone learning rate / head's"
-    )
-    train.add_argument(
-        "--max-train-images", type=int, help="stratified subset of train (quick runs)"
+        "--config", type=Path, help="YAML config (default: the default recipe); flags override it"
     )
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    add_config_flags(train)
     train.set_defaults(func=cmd.cmd_train)
 
     study = commands.add_parser(
@@ -75,16 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("config", type=Path, help="study YAML (see configs/study-*.yaml)")
     study.add_argument("--data", type=Path, required=True, help="dataset root (holds train/)")
     study.add_argument("--out", type=Path, required=True, help="study directory (resumable)")
-    study.add_argument("--weights", help="local ImageNet weights folder for every model")
-    study.add_argument("--epochs", type=int, help="override every model's epochs (quick runs)")
-    study.add_argument("--max-train-images", type=int, help="stratified subset of train")
-    study.add_argument("--feature-cache", help="folder of the frozen strategy's feature cache")
+    add_config_flags(study, exclude=("model",))  # each flag overrides every model of the study
     study.set_defaults(func=cmd.cmd_study)
 
     compare = commands.add_parser("compare", help="compare finished runs on a split")
     compare.add_argument("run_dirs", type=Path, nargs="+")
     compare.add_argument("--data", type=Path, required=True)
-    compare.add_argument("--split", choices=("val", "test"), default="val")
+    compare.add_argument("--split", choices=SPLITS, default="val")
     compare.add_argument("--out", type=Path, required=True, help="folder for table and figures")
     compare.add_argument(
         "--robustness", action="store_true", help="add worst-case figures under perturbations"
@@ -95,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="metrics of a run on a split")
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--data", type=Path, required=True)
-    evaluate.add_argument("--split", choices=("val", "test"), default="val")
+    evaluate.add_argument("--split", choices=SPLITS, default="val")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     evaluate.add_argument("--tta", action="store_true", help=TTA_HELP)
     evaluate.add_argument(
@@ -117,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--tta", action="store_true", help=TTA_HELP)
     predict.add_argument(
         "--backend",
-        choices=("torch", "onnx"),
+        choices=BACKENDS,
         default="torch",
         help="onnx: onnxruntime on RUN_DIR/model.onnx (exported on first use)",
     )
@@ -142,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
         "--backend",
-        choices=("torch", "onnx"),
+        choices=BACKENDS,
         default="torch",
         help="onnx: onnxruntime on RUN_DIR/model.onnx (no heat maps)",
     )
@@ -163,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("run_dir", type=Path)
     report.add_argument("--data", type=Path, required=True)
-    report.add_argument("--split", choices=("val", "test"), default="val")
+    report.add_argument("--split", choices=SPLITS, default="val")
     report.add_argument(
         "--out", type=Path, help="HTML file to write (default RUN_DIR/eval/<split>/report.html)"
     )

@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.metrics import brier_score_loss
 
 import pneumolab
+from pneumolab.choices import SPLITS
 from pneumolab.data.dataset import DecodedImages, decode_samples
 from pneumolab.data.layout import Sample, find_splits, scan_split
 from pneumolab.data.subtypes import subtype_labels
@@ -43,7 +44,6 @@ from pneumolab.inference.predictor import Predictor, default_device, predict_cla
 from pneumolab.run import RunDir, write_predictions
 from pneumolab.run_meta import RunMeta
 
-SPLITS = ("val", "test")
 TEST_LOG = "test_evaluations.jsonl"
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import numpy as np
 from PIL import Image
 
+from pneumolab.choices import BACKENDS
 from pneumolab.data.imageio import array_to_image, load_image, resize_square, to_grayscale
 from pneumolab.data.layout import IMAGE_SUFFIXES
 from pneumolab.errors import ImageLoadError, RunDirError
@@ -31,7 +32,6 @@ Pixels: TypeAlias = "np.ndarray | torch.Tensor"
 """uint8 ``(N, 1, S, S)`` pixels: a NumPy array or a CPU tensor."""
 Backend: TypeAlias = "Callable[[Pixels], np.ndarray]"
 """Scores uint8 ``(N, 1, S, S)`` pixels, intensity normalisation included: probabilities ``(N,)``."""
-BACKENDS = ("torch", "onnx")
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,8 @@ from typing import Any
 from timm.models import group_parameters
 from torch import nn
 
+from pneumolab.choices import STRATEGIES
 from pneumolab.errors import ConfigError
-
-STRATEGIES = ("finetune", "frozen", "partial")
 
 
 def head_parameters(backbone: nn.Module) -> list[nn.Parameter]:

@@ -1,0 +1,20 @@
+"""Every list of choices in one place: the ``Literal`` types that the config, the run metadata,
+the Python API and the command line share (the CLI derives its ``choices`` from them)."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+Task = Literal["binary", "three_class"]
+Strategy = Literal["finetune", "frozen", "partial"]
+Intensity = Literal["none", "equalize"]
+Monitor = Literal["val_auc", "val_loss"]
+Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
+BackendName = Literal["torch", "onnx"]
+Split = Literal["val", "test"]
+
+TASKS: tuple[str, ...] = get_args(Task)
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+INTENSITIES: tuple[str, ...] = get_args(Intensity)
+BACKENDS: tuple[str, ...] = get_args(BackendName)
+SPLITS: tuple[str, ...] = get_args(Split)
