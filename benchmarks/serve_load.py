@@ -6,7 +6,7 @@
 Each backend gets its own server process (`python -m pneumolab serve`, 127.0.0.1, a free
 port); the clients are threads with one httpx connection each. Prints a Markdown table:
 requests/s, latency percentiles (ms, client side, upload included) and failed requests.
-The onnx backend exports RUN_DIR/model.onnx on first use when it is missing.
+The onnx backend is started with `--export`: RUN_DIR/model.onnx is exported first if missing.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from pneumolab.choices import BACKENDS
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -33,7 +35,8 @@ def start_server(run_dir: Path, backend: str, port: int, timeout: float = 180) -
     """A `pneumolab serve` process, returned once /healthz answers."""
     command = [sys.executable, "-m", "pneumolab", "serve", str(run_dir), "--port", str(port)]
     # stdout: uvicorn's access log, one line per request; stderr (start-up, errors) passes through
-    server = subprocess.Popen([*command, "--backend", backend], stdout=subprocess.DEVNULL)
+    export = ["--export"] if backend == "onnx" else []
+    server = subprocess.Popen([*command, "--backend", backend, *export], stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -81,9 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("image", type=Path, help="JPEG, PNG or DICOM to upload")
-    parser.add_argument(
-        "--backends", nargs="+", choices=("torch", "onnx"), default=["torch", "onnx"]
-    )
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=["torch", "onnx"])
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients")
     parser.add_argument("--seconds", type=float, default=20, help="duration per backend")
     parser.add_argument("--heatmap", action="store_true", help="ask for Grad-CAM (torch only)")

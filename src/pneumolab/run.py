@@ -9,6 +9,7 @@ RUN_DIR/
   history.csv            per-epoch metrics
   val_predictions.csv    validation scores of the best model
   checkpoints/           Lightning checkpoints (last.ckpt for --resume)
+  model.onnx             written by `pneumolab export` only
   eval/<split>/          evaluation outputs
 ```
 
@@ -63,6 +64,10 @@ class RunDir:
     @property
     def val_predictions(self) -> Path:
         return self.root / "val_predictions.csv"
+
+    @property
+    def onnx(self) -> Path:
+        return self.root / "model.onnx"
 
     @property
     def checkpoints(self) -> Path:

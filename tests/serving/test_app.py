@@ -16,6 +16,7 @@ from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittle
 from conftest import train_tiny_run
 from pneumolab.inference.predictor import Predictor
 from pneumolab.serving.app import create_app
+from pneumolab.serving.export import export_onnx
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +189,9 @@ def test_cors_is_off_unless_asked(run_dir):
 
 
 def test_onnx_backend_refuses_heatmaps_with_409(run_dir, png_bytes):
+    onnx_file = run_dir / "model.onnx"
+    if not onnx_file.is_file():
+        export_onnx(run_dir, onnx_file)
     client = TestClient(create_app(run_dir, backend="onnx"))
     torch_body = upload(TestClient(create_app(run_dir)), "x.png", png_bytes).json()
     body = upload(client, "x.png", png_bytes, preview=True).json()

@@ -20,11 +20,11 @@ import pneumolab
 from conftest import fixed_threshold_meta
 from pneumolab.cli import main
 from pneumolab.errors import ExportError, RunDirError
+from pneumolab.inference.onnx_backend import OnnxBackend
 from pneumolab.inference.predictor import Predictor, predict_pixels
 from pneumolab.models.registry import create_classifier
 from pneumolab.run import RunDir
 from pneumolab.serving.export import export_onnx
-from pneumolab.serving.onnx_backend import OnnxBackend
 
 SIZE = 32
 METADATA_KEYS = {
@@ -110,15 +110,26 @@ def test_dynamic_batch_and_agreement_with_torch(run, images, tmp_path):
         np.testing.assert_allclose(got, predict_pixels(predictor.model, batch), atol=1e-5)
 
 
-def test_predict_backend_onnx_matches_torch_and_exports_on_first_use(run, images, capsys):
+def test_loading_the_onnx_backend_never_writes(run):
+    run.onnx.unlink(missing_ok=True)
+    before = sorted(p.name for p in run.root.iterdir())
+    with pytest.raises(RunDirError, match=r"no ONNX export.*`pneumolab export "):
+        Predictor.from_run(run.root, backend="onnx")
+    assert sorted(p.name for p in run.root.iterdir()) == before
+
+
+def test_predict_backend_onnx_matches_torch_and_exports_only_when_asked(run, images, capsys):
     paths = [str(p) for p in images]
     assert main(["predict", str(run.root), *paths, "--json"]) == 0
     torch_results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    (run.root / "model.onnx").unlink(missing_ok=True)
-    assert main(["predict", str(run.root), *paths, "--json", "--backend", "onnx"]) == 0
+    run.onnx.unlink(missing_ok=True)
+    assert main(["predict", str(run.root), *paths, "--json", "--backend", "onnx"]) == 2
+    assert "pneumolab export" in capsys.readouterr().err and not run.onnx.exists()
+    command = ["predict", str(run.root), *paths, "--json", "--backend", "onnx", "--export"]
+    assert main(command) == 0
     captured = capsys.readouterr()
     onnx_results = [json.loads(line) for line in captured.out.splitlines()]
-    assert (run.root / "model.onnx").is_file() and "exporting" in captured.err
+    assert run.onnx.is_file() and "exporting it first (--export)" in captured.err
     assert [r["label"] for r in onnx_results] == [r["label"] for r in torch_results]
     assert {r["label"] for r in torch_results} == {"NORMAL", "PNEUMONIA"}
     for a, b in zip(onnx_results, torch_results, strict=True):
@@ -127,6 +138,7 @@ def test_predict_backend_onnx_matches_torch_and_exports_on_first_use(run, images
 
 def test_equalize_run_matches_torch(images, tmp_path):
     run = write_run(tmp_path / "run", images, intensity="equalize")
+    export_onnx(run.root, run.onnx)
     torch_predictor = Predictor.from_run(run.root)
     onnx_predictor = Predictor.from_run(run.root, backend="onnx")
     assert onnx_predictor.backend.intensity == "equalize"

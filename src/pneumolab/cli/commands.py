@@ -152,9 +152,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_if_asked(args: argparse.Namespace) -> None:
+    """``--backend onnx --export``: export the run (every member of an ensemble) to ONNX first
+    where ``model.onnx`` is missing, and say so. Without ``--export`` nothing is written."""
+    if args.backend != "onnx" or not args.export:
+        return
+    from pneumolab.run import RunDir
+
+    run = RunDir(args.run_dir)
+    missing = [single for single in run.member_runs() or [run] if not single.onnx.is_file()]
+    if missing:
+        from pneumolab.serving.export import export_onnx  # loads PyTorch
+
+    for single in missing:
+        console.print(f"{single.onnx} not found: exporting it first (--export)")
+        report = export_onnx(single.root, single.onnx)
+        console.print(f"exported; max |Δprob| vs PyTorch {report['max_abs_diff']:.1e}")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from pneumolab.inference.predictor import Predictor
 
+    _export_if_asked(args)
     predictor = Predictor.from_run(args.run_dir, backend=args.backend, tta=args.tta)
     if args.out:
         from pneumolab.inference.batch import predict_to_file
@@ -182,10 +201,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from pneumolab.inference.predictor import expand_paths
+    from pneumolab.run import RunDir
     from pneumolab.serving.export import export_onnx
-    from pneumolab.serving.onnx_backend import ONNX_FILE_NAME
 
-    out = args.out or args.run_dir / ONNX_FILE_NAME
+    out = args.out or RunDir(args.run_dir).onnx
     verify = expand_paths(args.verify) if args.verify else None
     report = export_onnx(args.run_dir, out, verify_images=verify, opset=args.opset)
     labels = (
@@ -206,6 +225,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from pneumolab.serving.app import create_app
 
+    _export_if_asked(args)
     app = create_app(
         args.run_dir,
         backend=args.backend,

@@ -11,6 +11,7 @@ from pneumolab.cli.config_flags import add_config_flags
 
 TTA_HELP = "average each image over fixed test-time views (zoom 1.1, rotations ±5°)"
 SHIFT_HELP = "also score under the shift protocol (compound acquisition shifts, 3 draws each)"
+EXPORT_HELP = "with --backend onnx: export RUN_DIR/model.onnx first if it is missing"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         choices=BACKENDS,
         default="torch",
-        help="onnx: onnxruntime on RUN_DIR/model.onnx (exported on first use)",
+        help="onnx: onnxruntime on RUN_DIR/model.onnx (from `pneumolab export`)",
     )
+    predict.add_argument("--export", action="store_true", help=EXPORT_HELP)
     predict.set_defaults(func=cmd.cmd_predict)
 
     export = commands.add_parser("export", help="export a run for serving, verified vs PyTorch")
@@ -122,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         choices=BACKENDS,
         default="torch",
-        help="onnx: onnxruntime on RUN_DIR/model.onnx (no heat maps)",
+        help="onnx: onnxruntime on RUN_DIR/model.onnx (from `pneumolab export`; no heat maps)",
     )
+    serve.add_argument("--export", action="store_true", help=EXPORT_HELP)
     serve.add_argument("--max-upload-mb", type=float, default=20, help="largest upload (MB)")
     serve.add_argument(
         "--cors-origin", action="append", help="allow browser calls from this origin (repeatable)"

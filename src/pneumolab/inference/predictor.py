@@ -165,7 +165,8 @@ class Predictor:
         """Load the best weights and metadata of a finished run.
 
         ``backend="onnx"`` scores with onnxruntime (``device`` unused) from ``onnx_file``,
-        by default ``RUN_DIR/model.onnx``, which is exported and verified on first use.
+        by default ``RUN_DIR/model.onnx``, written by ``pneumolab export`` (loading never
+        writes; a missing file is a RunDirError that says so).
         ``tta`` averages each image's score over fixed test-time views (the stored threshold
         was chosen without them).
         """
@@ -187,7 +188,7 @@ class Predictor:
             members = [cls._load(m.root, device, backend, None) for m in run.member_runs()]
             return cls(None, meta, mean_of([m.backend for m in members]))
         if backend == "onnx":
-            from pneumolab.serving.onnx_backend import run_onnx_backend  # only when asked
+            from pneumolab.inference.onnx_backend import run_onnx_backend  # only when asked
 
             return cls(None, meta, run_onnx_backend(run.root, onnx_file))
         from safetensors.torch import load_file

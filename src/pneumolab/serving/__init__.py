@@ -1,6 +1,7 @@
-"""Serving: export a run to ONNX (verified against PyTorch) and score with onnxruntime.
+"""Serving: export a run to ONNX (verified against PyTorch), the HTTP API and web page.
+Scoring with onnxruntime lives in :mod:`pneumolab.inference.onnx_backend`.
 
-Names are imported on first use, so ``pneumolab.serving.onnx_backend`` loads without PyTorch.
+Names are imported on first use (exporting loads PyTorch).
 """
 
 from __future__ import annotations
@@ -8,13 +9,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["OnnxBackend", "export_onnx", "run_onnx_backend"]
+__all__ = ["export_onnx"]
 
-_LAZY = {
-    "OnnxBackend": "pneumolab.serving.onnx_backend",
-    "run_onnx_backend": "pneumolab.serving.onnx_backend",
-    "export_onnx": "pneumolab.serving.export",
-}
+_LAZY = {"export_onnx": "pneumolab.serving.export"}
 
 
 def __getattr__(name: str) -> Any:

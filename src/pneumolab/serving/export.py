@@ -14,9 +14,9 @@ from torch import nn
 
 import pneumolab
 from pneumolab.errors import ExportError
+from pneumolab.inference.onnx_backend import INPUT_NAME, OUTPUT_NAME, OnnxBackend
 from pneumolab.inference.predictor import Predictor, predict_pixels
 from pneumolab.run import RunDir, read_predictions, weights_digest
-from pneumolab.serving.onnx_backend import INPUT_NAME, OUTPUT_NAME, OnnxBackend
 
 TOLERANCE = 1e-4
 """Largest |probability difference| between onnxruntime and PyTorch that passes verification."""

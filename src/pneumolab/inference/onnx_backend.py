@@ -1,8 +1,11 @@
-"""Score uint8 X-ray pixels with an exported ONNX model in onnxruntime (PyTorch is not imported)."""
+"""Score uint8 X-ray pixels with an exported ONNX model in onnxruntime (PyTorch is not imported).
+
+Loading never writes: the file comes from ``pneumolab export``
+(:func:`pneumolab.serving.export.export_onnx`), which verifies it against PyTorch.
+"""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +15,10 @@ from pneumolab.data.intensity import normalize_intensity_array
 from pneumolab.errors import ModelError, RunDirError
 from pneumolab.run import RunDir, weights_digest
 
-log = logging.getLogger(__name__)
-
 INPUT_NAME = "pixels"
 """Graph input: float32 ``(N, 1, S, S)`` pixels in [0, 1], after intensity normalisation."""
 OUTPUT_NAME = "probability"
 """Graph output: float32 ``(N,)`` pneumonia probabilities (the sigmoid is inside the graph)."""
-ONNX_FILE_NAME = "model.onnx"
-"""Where a run's ONNX export goes by default: ``RUN_DIR/model.onnx``."""
 REQUIRED_METADATA = ("image_size", "intensity")
 """What the backend needs; export writes more (see :func:`pneumolab.serving.export.export_onnx`)."""
 
@@ -88,21 +87,19 @@ def session_options(threads: int | None = None, spin: bool = True) -> ort.Sessio
 
 
 def run_onnx_backend(run_dir: str | Path, onnx_file: str | Path | None = None) -> OnnxBackend:
-    """The ONNX backend of a run: ``onnx_file`` (default ``RUN_DIR/model.onnx``), exported
-    and verified first when missing (which loads PyTorch); refused when it was exported from
-    other weights."""
-    run_dir = Path(run_dir)
-    onnx_file = Path(onnx_file) if onnx_file else run_dir / ONNX_FILE_NAME
+    """The ONNX backend of a run from ``onnx_file`` (default ``RUN_DIR/model.onnx``); a clear
+    error when the file is missing or was exported from other weights. Writes nothing."""
+    run = RunDir(Path(run_dir))
+    onnx_file = Path(onnx_file) if onnx_file else run.onnx
     if not onnx_file.is_file():
-        from pneumolab.serving.export import export_onnx  # PyTorch only when exporting
-
-        log.info("%s not found: exporting the run to ONNX (once)", onnx_file)
-        report = export_onnx(run_dir, onnx_file)
-        log.info("exported; max |Δprob| vs PyTorch %.1e", report["max_abs_diff"])
-    backend = OnnxBackend(onnx_file)
-    if backend.metadata.get("weights_sha256") != weights_digest(run_dir):
         raise RunDirError(
-            f"{onnx_file}: exported from other weights than {RunDir(run_dir).weights}; "
-            "delete it (it is re-exported on first use) or run `pneumolab export` again"
+            f"{onnx_file}: no ONNX export of this run; create it with "
+            f"`pneumolab export {run.root}` (verified against PyTorch), then use --backend onnx"
+        )
+    backend = OnnxBackend(onnx_file)
+    if backend.metadata.get("weights_sha256") != weights_digest(run.root):
+        raise RunDirError(
+            f"{onnx_file}: exported from other weights than {run.weights}; "
+            f"run `pneumolab export {run.root}` again"
         )
     return backend
