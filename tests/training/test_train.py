@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import re
 
 import lightning as L
 import pytest
@@ -101,3 +103,29 @@ def test_stored_preprocessing_reproduces_validation_scores(synthetic_data, tmp_p
     results = list(predictor.predict_paths([row["path"] for row in rows]))
     for row, result in zip(rows, results, strict=True):
         assert result.probability == pytest.approx(float(row["probability"]), abs=1e-5)
+
+
+def test_without_a_terminal_training_prints_one_line_per_epoch(synthetic_data, tmp_path, capfd):
+    capfd.readouterr()
+    train(
+        synthetic_data, tmp_path / "run", TrainConfig(epochs=2, early_stopping_patience=5, **TINY)
+    )
+    out, err = capfd.readouterr()
+    lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2, out
+    pattern = r"epoch (\d)/2: \d+\.\d s, train loss \d\.\d{4}, val loss \d\.\d{4}, val AUC [\d.]+"
+    assert [re.fullmatch(pattern, line).group(1) for line in lines] == ["1", "2"]
+    assert "\r" not in out + err  # no progress bar redrawn into a log
+
+
+def test_on_a_terminal_training_shows_the_progress_bar():
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from pneumolab.training.callbacks import EpochLines, progress_display
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert isinstance(progress_display(Terminal()), RichProgressBar)
+    assert isinstance(progress_display(io.StringIO()), EpochLines)

@@ -1,21 +1,23 @@
-"""Lightning callbacks: per-epoch history as CSV."""
+"""Lightning callbacks: one summary per trained epoch, as a CSV row and as a plain log line."""
 
 from __future__ import annotations
 
 import csv
+import sys
 import time
 from pathlib import Path
+from typing import Any, TextIO
 
 import lightning as L
 
 
-class HistoryCSV(L.Callback):
-    """Append one row per validated epoch (losses, AUC, learning rate, seconds) to a CSV file."""
+class EpochSummary(L.Callback):
+    """Times every training epoch and hands :meth:`write` its summary (epoch, losses, validation
+    AUC, learning rate, seconds) at the epoch's end, after validation."""
 
     fields = ("epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds")
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    def __init__(self) -> None:
         self._epoch_start = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -25,17 +27,62 @@ class HistoryCSV(L.Callback):
         if trainer.sanity_checking:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        row = {
-            "epoch": trainer.current_epoch,
-            "train_loss": metrics.get("train_loss", float("nan")),
-            "val_loss": metrics.get("val_loss", float("nan")),
-            "val_auc": metrics.get("val_auc", float("nan")),
-            "lr": trainer.optimizers[0].param_groups[0]["lr"],
-            "seconds": round(time.perf_counter() - self._epoch_start, 1),
-        }
+        nan = float("nan")
+        self.write(
+            trainer,
+            {
+                "epoch": trainer.current_epoch,
+                "train_loss": metrics.get("train_loss", nan),
+                "val_loss": metrics.get("val_loss", nan),
+                "val_auc": metrics.get("val_auc", nan),
+                "lr": trainer.optimizers[0].param_groups[0]["lr"],
+                "seconds": round(time.perf_counter() - self._epoch_start, 1),
+            },
+        )
+
+    def write(self, trainer: L.Trainer, row: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class HistoryCSV(EpochSummary):
+    """Append one row per trained epoch to a CSV file (``RUN_DIR/history.csv``)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+
+    def write(self, trainer: L.Trainer, row: dict[str, Any]) -> None:
         new_file = not self.path.exists()
         with self.path.open("a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.fields)
             if new_file:
                 writer.writeheader()
             writer.writerow(row)
+
+
+class EpochLines(EpochSummary):
+    """Print one line per trained epoch: the progress display where there is no terminal
+    (CI logs, ``nohup``, cluster jobs), where a live progress bar would print nothing useful."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def write(self, trainer: L.Trainer, row: dict[str, Any]) -> None:
+        print(
+            f"epoch {row['epoch'] + 1}/{trainer.max_epochs}: {row['seconds']:.1f} s, "
+            f"train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
+            f"val AUC {row['val_auc']:.4f}",
+            file=self.stream or sys.stdout,
+            flush=True,
+        )
+
+
+def progress_display(stream: TextIO | None = None) -> L.Callback:
+    """A live progress bar on a terminal, else one printed line per epoch."""
+    stream = stream or sys.stdout
+    if stream.isatty():
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        return RichProgressBar()
+    return EpochLines(stream)

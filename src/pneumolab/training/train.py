@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
 from safetensors.torch import save_file
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset
@@ -33,7 +33,7 @@ from pneumolab.models.registry import create_classifier
 from pneumolab.reporting.model_card import write_model_card
 from pneumolab.run import RunDir, write_predictions
 from pneumolab.run_meta import FeatureCacheStats, TrainingSummary, describe_run
-from pneumolab.training.callbacks import HistoryCSV
+from pneumolab.training.callbacks import HistoryCSV, progress_display
 from pneumolab.training.frozen import cache_for, frozen_datasets
 from pneumolab.training.module import ClassifierModule
 from pneumolab.training.strategies import apply_strategy, optimizer_groups
@@ -214,6 +214,7 @@ def train(
     checkpoint = ModelCheckpoint(
         dirpath=run.checkpoints, filename="best", monitor=config.monitor, mode=mode, save_last=True
     )
+    progress = progress_display()
     trainer = L.Trainer(
         max_epochs=config.epochs,
         accelerator="auto",
@@ -225,10 +226,11 @@ def train(
                 monitor=config.monitor, mode=mode, patience=config.early_stopping_patience
             ),
             HistoryCSV(run.history),
-            RichProgressBar(),
+            progress,
             *callbacks,
         ],
         logger=False,
+        enable_progress_bar=isinstance(progress, ProgressBar),
         deterministic=False,
         num_sanity_val_steps=0,
         enable_model_summary=False,
