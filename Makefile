@@ -1,6 +1,6 @@
 # pneumolab — two commands do all the set-up on a fresh machine:
 #   make demo   train the default model, evaluate it, print the results and where the run went
-#   make test   run the test suite
+#   make test   run the test suite (make test-fast: the quick loop, without the slow tests)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +11,7 @@ DATA ?= $(if $(wildcard $(SHARED_DATA)/train),$(SHARED_DATA),)
 WEIGHTS ?= $(if $(wildcard $(SHARED_WEIGHTS)),$(SHARED_WEIGHTS),)
 RUN ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: demo test lint env
+.PHONY: demo test test-fast lint typecheck env
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
-lint: $(BIN)/.installed
+test-fast: $(BIN)/.installed
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(BIN)/.installed typecheck
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: $(BIN)/.installed
+	$(BIN)/mypy

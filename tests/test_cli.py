@@ -11,6 +11,8 @@ from PIL import Image
 import pneumolab
 from pneumolab.cli import main
 
+pytestmark = pytest.mark.slow  # trains its own models
+
 CORE_KEYS = {
     "accuracy",
     "sensitivity",

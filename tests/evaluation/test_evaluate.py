@@ -5,14 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import write_synthetic_dataset
+import pneumolab
+from conftest import copy_run, write_synthetic_dataset
 from pneumolab.config import TrainConfig
-from pneumolab.evaluation.evaluate import evaluate
+from pneumolab.evaluation.evaluate import evaluate, log_test_evaluation
+from pneumolab.run import RunDir
 from pneumolab.training.train import train
+
+pytestmark = pytest.mark.slow  # trains its own models
 
 TINY = dict(
     model="pneumolab_cnn_small", pretrained=False, image_size=32, batch_size=8, num_workers=0
@@ -79,7 +84,20 @@ def test_every_test_evaluation_is_logged(trained):
         assert entry.keys() == {"time_utc", "pneumolab_version", "git_commit", "config_sha256"}
         assert entry["config_sha256"] == config_hash
         assert entry["time_utc"].endswith("+00:00")
-        assert entry["git_commit"] is None or len(entry["git_commit"]) == 40
+    # the commit of the checkout the package runs from (None outside a git checkout)
+    package = Path(pneumolab.__file__).parent
+    found = subprocess.run(["git", "-C", str(package), "rev-parse", "HEAD"], capture_output=True)
+    expected = found.stdout.decode().strip() if found.returncode == 0 else None
+    assert [entry["git_commit"] for entry in entries] == [expected, expected]
+
+
+def test_test_log_without_git_records_no_commit(trained, tmp_path, monkeypatch):
+    run_dir, _ = trained
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git program to run
+    run = RunDir(copy_run(run_dir, tmp_path / "run"))
+    log_test_evaluation(run)
+    entry = json.loads((run.root / "test_evaluations.jsonl").read_text().splitlines()[-1])
+    assert entry["git_commit"] is None and entry["config_sha256"]
 
 
 def test_shift_protocol_adds_every_scenario_and_the_batch_breakdown(trained):

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import train_tiny_run
 from pneumolab.explain import sanity
 from pneumolab.explain.sanity import heat_shares, region_masks, saliency_sanity
 from pneumolab.inference.predictor import Predictor
@@ -49,8 +48,8 @@ def test_forced_heat_is_flagged_only_in_the_corner(monkeypatch, where, flagged):
         assert result["mean_border_share"] == 0.0
 
 
-def test_real_run_end_to_end(tmp_path):
-    run_dir = train_tiny_run(tmp_path)
+def test_real_run_end_to_end(tiny_run):
+    run_dir = tiny_run[0]
     predictor = Predictor.from_run(run_dir)
     pixels = torch.randint(0, 256, (4, 1, predictor.image_size, predictor.image_size))
     result = saliency_sanity(predictor.model, pixels.to(torch.uint8), predictor.intensity)

@@ -13,10 +13,8 @@ from pneumolab.inference.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
-def predictor(tmp_path_factory):
-    from conftest import train_tiny_run
-
-    return Predictor.from_run(train_tiny_run(tmp_path_factory.mktemp("batch")))
+def predictor(tiny_run):
+    return Predictor.from_run(tiny_run[0])
 
 
 @pytest.fixture

@@ -6,7 +6,9 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
+from conftest import copy_run
 from pneumolab.cli import main
 from pneumolab.data.transforms import TTA_VIEWS
 from pneumolab.evaluation.evaluate import evaluate
@@ -14,10 +16,9 @@ from pneumolab.inference.predictor import Predictor, predict_pixels
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    from conftest import train_tiny_run
-
-    return train_tiny_run(tmp_path_factory.mktemp("tta"))
+def run_dir(tiny_run, tmp_path_factory):
+    """A copy of the shared tiny run (evaluate writes into it)."""
+    return copy_run(tiny_run[0], tmp_path_factory.mktemp("tta") / "run")
 
 
 def test_tta_score_is_the_mean_over_views(run_dir):
@@ -31,11 +32,13 @@ def test_tta_score_is_the_mean_over_views(run_dir):
         axis=0,
     )
     assert tta.backend(pixels) == pytest.approx(expected, abs=1e-6)
-    assert len(TTA_VIEWS) > 1
+    views = [view(pixels) for view in TTA_VIEWS.values()]
+    assert torch.equal(views[0], pixels)  # the image itself, then views that each change it
+    assert len({v.numpy().tobytes() for v in views}) == len(views) >= 3
 
 
-def test_evaluate_and_predict_accept_tta(run_dir, capsys):
-    data = run_dir.parent / "data"
+def test_evaluate_and_predict_accept_tta(run_dir, tiny_run, capsys):
+    data = tiny_run[1]
     metrics = evaluate(run_dir, data, "val", tta=True)
     assert metrics["tta"] is True and 0.0 <= metrics["accuracy"] <= 1.0
     image = next((data / "train" / "NORMAL").iterdir())

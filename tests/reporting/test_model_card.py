@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import train_tiny_run
+from conftest import copy_run
 from pneumolab.reporting.model_card import write_model_card
 from pneumolab.run import RunDir
 
@@ -19,8 +19,8 @@ SECTIONS = (
 )
 
 
-def test_tiny_run_has_a_model_card(tmp_path):
-    run = RunDir(train_tiny_run(tmp_path))
+def test_tiny_run_has_a_model_card(tiny_run, tmp_path):
+    run = RunDir(copy_run(tiny_run[0], tmp_path / "run"))
     card = (run.root / "MODEL_CARD.md").read_text()
     for heading in SECTIONS:
         assert heading in card

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import train_tiny_run
+from conftest import copy_run
 from pneumolab.cli import main
 from pneumolab.run import RunDir
 
@@ -27,12 +27,12 @@ SECTIONS = (
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
-    """A report of a tiny run on its own validation split, written through the CLI."""
+def report(tiny_run, tmp_path_factory) -> Path:
+    """A report of (a copy of) the shared tiny run on its validation split, through the CLI."""
     root = tmp_path_factory.mktemp("report")
-    run_dir = train_tiny_run(root)
+    run_dir = copy_run(tiny_run[0], root / "run")
     out = root / "report.html"
-    assert main(["report", str(run_dir), "--data", str(root / "data"), "--out", str(out)]) == 0
+    assert main(["report", str(run_dir), "--data", str(tiny_run[1]), "--out", str(out)]) == 0
     return out
 
 

@@ -13,15 +13,16 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
-from conftest import train_tiny_run
+from conftest import copy_run
 from pneumolab.inference.predictor import Predictor
 from pneumolab.serving.app import create_app
 from pneumolab.serving.export import export_onnx
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return train_tiny_run(tmp_path_factory.mktemp("app"))
+def run_dir(tiny_run, tmp_path_factory) -> Path:
+    """A copy of the shared tiny run (the ONNX test exports into it)."""
+    return copy_run(tiny_run[0], tmp_path_factory.mktemp("app") / "run")
 
 
 @pytest.fixture(scope="module")

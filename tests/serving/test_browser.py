@@ -16,8 +16,10 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from conftest import SHARED_FULLRES, train_tiny_run
+from conftest import SHARED_FULLRES
 from pneumolab.serving.app import create_app
+
+pytestmark = pytest.mark.slow  # drives a browser (Chromium)
 
 
 def free_port() -> int:
@@ -27,9 +29,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[str]:
-    """A tiny trained run served by uvicorn in a thread; yields its base URL."""
-    run_dir = train_tiny_run(tmp_path_factory.mktemp("browser"))
+def server(tiny_run) -> Iterator[str]:
+    """The shared tiny run served by uvicorn in a thread (it only reads); yields its base URL."""
+    run_dir = tiny_run[0]
     port = free_port()
     config = uvicorn.Config(create_app(run_dir), host="127.0.0.1", port=port, log_level="warning")
     uvicorn_server = uvicorn.Server(config)

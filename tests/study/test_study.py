@@ -13,6 +13,8 @@ from pneumolab.cli import main
 from pneumolab.errors import ConfigError
 from pneumolab.study.config import load_study
 
+pytestmark = pytest.mark.slow  # trains its own models
+
 TINY = {"image_size": 32, "batch_size": 8, "num_workers": 0, "epochs": 1, "pretrained": False}
 
 
@@ -50,8 +52,9 @@ def test_study_writes_table_chart_confusions_samples_and_best(study):
     for name in ("small", "separable", "pair"):
         row = rows[name]
         assert row["status"] == "ok"
-        for key in ("accuracy", "sensitivity", "specificity", "roc_auc", "cpu_ms_per_image"):
-            assert 0 <= float(row[key]) <= (1 if key != "cpu_ms_per_image" else 1e4)
+        for key in ("accuracy", "sensitivity", "specificity", "roc_auc"):
+            assert 0 <= float(row[key]) <= 1
+        assert float(row["cpu_ms_per_image"]) > 0  # measured (timing itself: test_speed.py)
         assert int(row["parameters"]) > 0 and float(row["train_seconds"]) >= 0
         assert (out / "confusion" / f"{name}.png").stat().st_size > 1000
     assert rows["pair"]["strategy"].startswith("ensemble")
@@ -82,8 +85,8 @@ def test_resumed_study_does_not_retrain_finished_models(study):
     root, data, config, _ = study
     weights = root / "out" / "runs" / "small" / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
-    main(["study", str(config), "--data", str(data), "--out", str(root / "out")])
-    assert weights.stat().st_mtime_ns == stamp
+    assert main(["study", str(config), "--data", str(data), "--out", str(root / "out")]) == 1
+    assert weights.stat().st_mtime_ns == stamp  # (1: vgg19 still has no weights offline)
 
 
 def test_changed_settings_of_a_finished_model_are_refused(study, tmp_path, capsys):

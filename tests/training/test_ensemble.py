@@ -18,6 +18,8 @@ from pneumolab.serving.export import export_onnx
 from pneumolab.training.ensemble import build_ensemble
 from pneumolab.training.train import train
 
+pytestmark = pytest.mark.slow  # trains its own models
+
 
 @pytest.fixture(scope="module")
 def members(tmp_path_factory):

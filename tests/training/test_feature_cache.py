@@ -93,6 +93,7 @@ def _weights_file(path, seed):
     return str(path)
 
 
+@pytest.mark.slow
 def test_frozen_training_reuses_features_until_weights_or_size_change(tmp_path):
     data = write_synthetic_dataset(tmp_path / "data")
     base = TINY_TRAINING | dict(

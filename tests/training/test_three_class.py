@@ -70,15 +70,22 @@ def test_subtype_metrics_by_hand():
     assert m.per_class["VIRAL"].support == 2
 
 
-def test_three_class_run_trains_evaluates_and_predicts(tmp_path, capsys):
-    run_dir = train_tiny_run(tmp_path, task="three_class")
+@pytest.fixture(scope="module")
+def three_class_run(tmp_path_factory) -> Path:
+    """One tiny three-class run shared by this module's tests."""
+    return train_tiny_run(tmp_path_factory.mktemp("three-class"), task="three_class")
+
+
+@pytest.mark.slow
+def test_three_class_run_trains_evaluates_and_predicts(three_class_run, capsys):
+    run_dir = three_class_run
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["task"] == "three_class"
     assert meta["subtype_names"] == ["NORMAL", "BACTERIAL", "VIRAL"]
     subtypes = meta["val_subtype_metrics"]
     assert np.array(subtypes["confusion_matrix"]).shape == (3, 3)
     assert set(subtypes["per_class"]) == {"NORMAL", "BACTERIAL", "VIRAL"}
-    data = tmp_path / "data"
+    data = run_dir.parent / "data"
     capsys.readouterr()  # drop the training output
     assert main(["evaluate", str(run_dir), "--data", str(data), "--split", "val", "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
@@ -91,10 +98,11 @@ def test_three_class_run_trains_evaluates_and_predicts(tmp_path, capsys):
     assert 0 <= Predictor.from_run(run_dir).predict(image).probability <= 1
 
 
-def test_three_class_model_card_and_report_show_the_classes(tmp_path):
+@pytest.mark.slow
+def test_three_class_model_card_and_report_show_the_classes(three_class_run):
     from pneumolab.reporting.report import build_report
 
-    run_dir = train_tiny_run(tmp_path, task="three_class")
+    run_dir = three_class_run
     assert "## Three classes (validation)" in (run_dir / "MODEL_CARD.md").read_text()
-    html = build_report(run_dir, tmp_path / "data", "val").read_text()
+    html = build_report(run_dir, run_dir.parent / "data", "val").read_text()
     assert 'id="subtypes"' in html and "bacterial vs viral" in html

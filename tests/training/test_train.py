@@ -10,7 +10,7 @@ import re
 import lightning as L
 import pytest
 
-from pneumolab.config import TrainConfig
+from pneumolab.config import TrainConfig, resolve_config
 from pneumolab.errors import RunDirError
 from pneumolab.run import RunDir
 from pneumolab.training.train import TrainingInterrupted, train
@@ -28,8 +28,8 @@ class StopInSecondEpoch(L.Callback):
             raise KeyboardInterrupt
 
 
-def test_run_directory_contents(synthetic_data, tmp_path):
-    run = train(synthetic_data, tmp_path / "run", TrainConfig(epochs=1, **TINY))
+def test_run_directory_contents(tiny_run):
+    run = RunDir(tiny_run[0])
     for path in (run.config, run.split, run.weights, run.meta, run.history, run.val_predictions):
         assert path.is_file(), path
     meta = json.loads(run.meta.read_text())
@@ -73,6 +73,7 @@ def test_resume_without_checkpoint_is_refused(synthetic_data, tmp_path):
         train(synthetic_data, tmp_path / "empty", resume=True)
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_from_last_checkpoint(synthetic_data, tmp_path):
     out = tmp_path / "run"
     config = TrainConfig(epochs=2, early_stopping_patience=5, **TINY)
@@ -90,12 +91,12 @@ def test_interrupted_training_resumes_from_last_checkpoint(synthetic_data, tmp_p
     assert epochs == [0, 1], "resume must continue at epoch 1, not start over"
 
 
-def test_stored_preprocessing_reproduces_validation_scores(synthetic_data, tmp_path):
+def test_stored_preprocessing_reproduces_validation_scores(tiny_run):
     """A loaded run scores files exactly as training scored them (threshold relies on it)."""
     from pneumolab.inference.predictor import Predictor
 
-    config = TrainConfig(epochs=1, intensity="equalize", **TINY)
-    run = train(synthetic_data, tmp_path / "run", config)
+    run = RunDir(tiny_run[0])
+    assert resolve_config(run.config).intensity == "equalize"
     with run.val_predictions.open() as f:
         rows = list(csv.DictReader(f))
     predictor = Predictor.from_run(run.root)
@@ -105,6 +106,7 @@ def test_stored_preprocessing_reproduces_validation_scores(synthetic_data, tmp_p
         assert result.probability == pytest.approx(float(row["probability"]), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_without_a_terminal_training_prints_one_line_per_epoch(synthetic_data, tmp_path, capfd):
     capfd.readouterr()
     train(

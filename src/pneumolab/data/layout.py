@@ -57,16 +57,16 @@ def scan_split(split_dir: Path) -> list[Sample]:
     samples: list[Sample] = []
     for label, name in enumerate(CLASS_NAMES):
         folder = classes[name.lower()]
-        found = [
+        images = [
             Sample(path=path, label=label, patient=patient_id(path.name))
             for path in sorted(folder.rglob("*"))
             if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
         ]
-        if not found:
+        if not images:
             raise DataLayoutError(
                 f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this class folder"
             )
-        samples += found
+        samples += images
     return samples
 
 

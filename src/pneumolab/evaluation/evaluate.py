@@ -164,7 +164,8 @@ def _calibration(labels: np.ndarray, scaled: np.ndarray, params: dict) -> dict[s
 
 def _subtypes(predictor: Predictor, decoded: DecodedImages) -> dict[str, Any]:
     """Three-class metrics (argmax of the class probabilities; TTA does not apply)."""
-    probs = predict_class_probabilities(predictor.model, decoded.pixels, predictor.intensity)
+    model = predictor.require_model("three-class metrics")
+    probs = predict_class_probabilities(model, decoded.pixels, predictor.intensity)
     return subtype_metrics(np.array(subtype_labels(decoded.samples)), probs).model_dump()
 
 

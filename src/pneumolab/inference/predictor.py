@@ -100,12 +100,10 @@ def with_tta(backend: Backend) -> Backend:
 
     from pneumolab.data.transforms import TTA_VIEWS
 
-    return mean_of(
-        [
-            lambda pixels, view=view: backend(view(torch.as_tensor(pixels)))
-            for view in TTA_VIEWS.values()
-        ]
-    )
+    def viewed(view: Callable[[torch.Tensor], torch.Tensor]) -> Backend:
+        return lambda pixels: backend(view(torch.as_tensor(pixels)))
+
+    return mean_of([viewed(view) for view in TTA_VIEWS.values()])
 
 
 def mean_of(backends: Sequence[Backend]) -> Backend:
@@ -142,8 +140,10 @@ class Predictor:
     ) -> None:
         """``backend`` (e.g. an ONNX session) scores instead of the PyTorch ``model``, which may
         then be None; both take the same preprocessed uint8 pixels."""
-        if backend is None and model is None:
-            raise ValueError("Predictor needs a model or a backend")
+        if backend is None:
+            if model is None:
+                raise ValueError("Predictor needs a model or a backend")
+            backend = partial(predict_pixels, model, intensity=meta.intensity)
         self.run_dir: Path | None = None
         self.model = model.eval() if model is not None else None
         self.meta = meta
@@ -151,7 +151,7 @@ class Predictor:
         self.threshold = meta.threshold
         self.intensity = meta.intensity
         self.class_names = tuple(meta.class_names)
-        self.backend = backend or partial(predict_pixels, self.model, intensity=self.intensity)
+        self.backend = backend
 
     @classmethod
     def from_run(
@@ -256,7 +256,7 @@ class Predictor:
                     outcomes.append(len(pixels) - 1)
                 except ImageLoadError as exc:
                     outcomes.append(exc)
-            probs = self.backend(np.stack(pixels)) if pixels else []
+            probs = self.backend(np.stack(pixels)) if pixels else np.zeros(0)
             for path, outcome in zip(chunk, outcomes, strict=True):
                 yield (
                     outcome

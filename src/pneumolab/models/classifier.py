@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
+
+Backbone = Any
+"""A timm model (``nn.Module`` with ``get_classifier``, ``forward_features``...): timm ships no
+type information, so calls of its methods are not checked."""
 
 
 def pneumonia_logit(class_logits: torch.Tensor) -> torch.Tensor:
@@ -28,6 +33,10 @@ class XrayClassifier(nn.Module):
     work the same for the binary and the three-class (NORMAL / BACTERIAL / VIRAL) task;
     :meth:`class_logits` gives the per-class logits.
     """
+
+    backbone: Backbone
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, backbone: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import pairwise
+from typing import Any
 
 import torch
 from timm.models import register_model
@@ -92,19 +93,19 @@ class BaselineCNN(nn.Module):
 
 
 @register_model
-def pneumolab_cnn_small(pretrained: bool = False, **kwargs: object) -> BaselineCNN:
+def pneumolab_cnn_small(pretrained: bool = False, **kwargs: Any) -> BaselineCNN:
     """Three conv blocks (16-32-64 filters): the study's smallest baseline."""
     return BaselineCNN(widths=(16, 32, 64), **kwargs)
 
 
 @register_model
-def pneumolab_cnn_medium(pretrained: bool = False, **kwargs: object) -> BaselineCNN:
+def pneumolab_cnn_medium(pretrained: bool = False, **kwargs: Any) -> BaselineCNN:
     """Four double-conv blocks (32-64-128-256 filters)."""
     return BaselineCNN(widths=(32, 64, 128, 256), convs_per_block=2, head_width=128, **kwargs)
 
 
 @register_model
-def pneumolab_cnn_separable(pretrained: bool = False, **kwargs: object) -> BaselineCNN:
+def pneumolab_cnn_separable(pretrained: bool = False, **kwargs: Any) -> BaselineCNN:
     """Five double-conv blocks with depthwise-separable convolutions (32-64-128-256-512 filters)."""
     return BaselineCNN(
         widths=(32, 64, 128, 256, 512), convs_per_block=2, separable=True, head_width=128, **kwargs

@@ -94,7 +94,7 @@ def _confusion_html(points: dict[str, Any]) -> str:
 def _scores_html(labels: np.ndarray, probs: np.ndarray, points: dict[str, Any]) -> str:
     fig = Figure(figsize=(7, 3.5))
     ax = fig.subplots()
-    bins = np.linspace(0, 1, 41)
+    bins = np.linspace(0, 1, 41).tolist()
     for label, name in enumerate(CLASS_NAMES):
         ax.hist(
             probs[labels == label],

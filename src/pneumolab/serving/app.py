@@ -189,7 +189,7 @@ def create_app(
         heat = None
         with lock:
             result = predictor.predict(image)
-            if heatmap:
+            if heatmap and model is not None:  # None was refused above (409)
                 pixels = predictor.preprocess(image)[None]
                 heat = gradcam(model, pixels, predictor.intensity, layer)
         pngs: dict[str, str] = {}

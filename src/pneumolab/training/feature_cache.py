@@ -101,5 +101,5 @@ class FeatureCache:
                 entries.append(wanted[i])
             self._save(entries, stored)
         rows = torch.tensor([row_of[entry] for entry in wanted], dtype=torch.long)
-        selected = stored[rows] if len(rows) else torch.empty(0, 0)
+        selected = stored[rows] if stored is not None and len(rows) else torch.empty(0, 0)
         return selected, CacheStats(self.key, len(wanted) - len(missing), len(missing))

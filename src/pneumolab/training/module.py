@@ -9,9 +9,12 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from sklearn.metrics import roc_auc_score
-from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from pneumolab.models.classifier import XrayClassifier
+from pneumolab.training.frozen import FeatureHead
 
 
 class ClassifierModule(L.LightningModule):
@@ -33,7 +36,7 @@ class ClassifierModule(L.LightningModule):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: XrayClassifier | FeatureHead,
         class_counts: Sequence[int],
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
@@ -47,6 +50,7 @@ class ClassifierModule(L.LightningModule):
         counts = torch.tensor(class_counts, dtype=torch.float32)
         weights = counts.sum() / (len(counts) * counts.clamp(min=1))
         self.register_buffer("class_weights", weights, persistent=False)
+        self.class_weights: torch.Tensor
         self.multiclass = len(counts) > 2
         self._val_probs: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
@@ -92,7 +96,7 @@ class ClassifierModule(L.LightningModule):
         self.log("val_loss", loss, prog_bar=True)
         self.log("val_auc", float(auc), prog_bar=True)
 
-    def configure_optimizers(self) -> dict[str, object]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         groups = self.param_groups or [
             {"params": [p for p in self.parameters() if p.requires_grad], "lr": self.lr}
         ]

@@ -13,14 +13,15 @@ from torch import nn
 
 from pneumolab.choices import STRATEGIES
 from pneumolab.errors import ConfigError
+from pneumolab.models.classifier import Backbone
 
 
-def head_parameters(backbone: nn.Module) -> list[nn.Parameter]:
+def head_parameters(backbone: Backbone) -> list[nn.Parameter]:
     """The parameters of the final classifier (timm's ``get_classifier()``)."""
     return list(backbone.get_classifier().parameters())
 
 
-def stage_parameter_groups(backbone: nn.Module) -> list[list[nn.Parameter]]:
+def stage_parameter_groups(backbone: Backbone) -> list[list[nn.Parameter]]:
     """Backbone parameters by stage, input side first, classifier excluded."""
     if not hasattr(backbone, "group_matcher"):
         raise ConfigError(
@@ -34,7 +35,7 @@ def stage_parameter_groups(backbone: nn.Module) -> list[list[nn.Parameter]]:
     return [stage for stage in stages if stage]
 
 
-def apply_strategy(backbone: nn.Module, strategy: str, unfreeze_stages: int = 2) -> None:
+def apply_strategy(backbone: Backbone, strategy: str, unfreeze_stages: int = 2) -> None:
     """Set ``requires_grad``: everything (finetune), the head only (frozen), or the head and the
     last ``unfreeze_stages`` stages (partial)."""
     if strategy not in STRATEGIES:
@@ -56,7 +57,7 @@ def apply_strategy(backbone: nn.Module, strategy: str, unfreeze_stages: int = 2)
 
 
 def optimizer_groups(
-    backbone: nn.Module, lr: float, backbone_lr_scale: float
+    backbone: Backbone, lr: float, backbone_lr_scale: float
 ) -> list[dict[str, Any]]:
     """Parameter groups of the trainable parameters: the head at ``lr``, the rest of the backbone
     at ``lr * backbone_lr_scale``."""

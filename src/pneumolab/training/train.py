@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -15,8 +16,9 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
 from safetensors.torch import save_file
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, TensorDataset
 
+from pneumolab.choices import Precision
 from pneumolab.config import TrainConfig, resolve_config, save_config
 from pneumolab.data.dataset import DecodedImages, XrayDataset, decode_samples
 from pneumolab.data.layout import Sample, find_splits, scan_split
@@ -34,7 +36,7 @@ from pneumolab.reporting.model_card import write_model_card
 from pneumolab.run import RunDir, write_predictions
 from pneumolab.run_meta import FeatureCacheStats, TrainingSummary, describe_run
 from pneumolab.training.callbacks import HistoryCSV, progress_display
-from pneumolab.training.frozen import cache_for, frozen_datasets
+from pneumolab.training.frozen import FeatureHead, cache_for, frozen_datasets
 from pneumolab.training.module import ClassifierModule
 from pneumolab.training.strategies import apply_strategy, optimizer_groups
 
@@ -45,7 +47,7 @@ class TrainingInterrupted(PneumolabError):
     """Training stopped before its last epoch; the run can be resumed from its last checkpoint."""
 
 
-def resolve_precision(requested: str) -> str:
+def resolve_precision(requested: Precision) -> Literal["32", "bf16-mixed", "16-mixed"]:
     """``auto``: bf16 autocast on a GPU that supports it or a CPU with AVX512-BF16/AMX, else fp32."""
     if requested != "auto":
         return requested
@@ -102,7 +104,7 @@ def prepare_run_dir(out_dir: Path, resume: bool) -> RunDir:
     return run
 
 
-def _loader(dataset: Dataset, config: TrainConfig, shuffle: bool) -> DataLoader:
+def _loader(dataset: XrayDataset | TensorDataset, config: TrainConfig, shuffle: bool) -> DataLoader:
     # cached features need no worker processes; images are augmented in workers
     workers = config.num_workers if shuffle and isinstance(dataset, XrayDataset) else 0
     return DataLoader(
@@ -182,6 +184,9 @@ def train(
         training_targets(images.samples, config.task) for images in (train_images, val_images)
     )
     cache_stats = None
+    fit_model: XrayClassifier | FeatureHead
+    train_data: XrayDataset | TensorDataset
+    val_data: XrayDataset | TensorDataset
     if feature_cache is not None:
         fit_model, train_data, val_data, cache_stats = frozen_datasets(
             model,
