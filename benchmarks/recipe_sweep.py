@@ -22,8 +22,8 @@ import yaml
 
 from pneumolab.config import resolve_config
 from pneumolab.evaluation.evaluate import evaluate
+from pneumolab.pipeline.train import train
 from pneumolab.run import RunDir
-from pneumolab.training.train import train
 
 COLUMNS = (
     "recipe",

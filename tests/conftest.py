@@ -67,7 +67,7 @@ TINY_TRAINING = dict(
 def train_tiny_run(root: Path, epochs: int = 1, **overrides: object) -> Path:
     """Train the tiny CNN for one epoch on a synthetic dataset under ``root``; the run directory."""
     from pneumolab.config import TrainConfig
-    from pneumolab.training.train import train
+    from pneumolab.pipeline.train import train
 
     data = write_synthetic_dataset(root / "data")
     config = TrainConfig(epochs=epochs, **(TINY_TRAINING | overrides))
@@ -94,7 +94,7 @@ def fixed_threshold_meta(
     """The meta.json of a run made by hand (untrained weights) with a given threshold."""
     from pneumolab.evaluation.metrics import binary_metrics
     from pneumolab.results import DecisionRule, StoredOperatingPoint
-    from pneumolab.run_meta import TrainingSummary, describe_run
+    from pneumolab.run_meta import RunDescription, TrainingSummary, describe_run
 
     rule = "set by the test"
     decision = DecisionRule(
@@ -106,16 +106,9 @@ def fixed_threshold_meta(
         platt=None,
         val_metrics=binary_metrics(np.array([0, 1]), np.array([0.0, 1.0]), threshold),
     )
-    return describe_run(
-        model=model,
-        image_size=image_size,
-        intensity=intensity,
-        task="binary",
-        mean=None,
-        std=None,
-        training=TrainingSummary(strategy="untrained", parameters=None, train_seconds=None),
-        decision=decision,
-    )
+    training = TrainingSummary(strategy="untrained", parameters=None, train_seconds=None)
+    description = RunDescription(model, image_size, intensity, "binary", None, None, training)
+    return describe_run(description, decision)
 
 
 CHROMIUM = Path("/usr/bin/chromium")

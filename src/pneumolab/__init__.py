@@ -37,9 +37,9 @@ _LAZY = {
     "Prediction": "pneumolab.inference.predictor",
     "Predictor": "pneumolab.inference.predictor",
     "TrainConfig": "pneumolab.config",
-    "train": "pneumolab.training.train",
+    "train": "pneumolab.pipeline.train",
     "evaluate": "pneumolab.evaluation.evaluate",
-    "build_ensemble": "pneumolab.training.ensemble",
+    "build_ensemble": "pneumolab.pipeline.ensemble",
     "compare_runs": "pneumolab.evaluation.comparison",
     "run_study": "pneumolab.study.runner",
 }

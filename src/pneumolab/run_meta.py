@@ -7,6 +7,7 @@ written before the schema had a version are migrated on read (:func:`migrate`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -85,34 +86,42 @@ def _torch_version() -> str | None:
         return None
 
 
+@dataclass(frozen=True)
+class RunDescription:
+    """What a run is, before its decision rule is chosen: the model (or ensemble), its input and
+    how it was trained. ``mean``/``std``: per channel, None where an ensemble's members differ."""
+
+    model: str
+    image_size: int
+    intensity: Intensity
+    task: Task
+    mean: list[float] | None
+    std: list[float] | None
+    training: TrainingSummary
+    members: list[str] = field(default_factory=list)
+    val_subtype_metrics: SubtypeMetrics | None = None
+
+
 def describe_run(
-    *,
-    model: str,
-    image_size: int,
-    intensity: Intensity,
-    task: Task,
-    mean: list[float] | None,
-    std: list[float] | None,
-    training: TrainingSummary,
+    description: RunDescription,
     decision: DecisionRule,
-    members: list[str] | None = None,
-    val_subtype_metrics: SubtypeMetrics | None = None,
     official_val_metrics: BinaryMetrics | None = None,
 ) -> RunMeta:
     """The metadata of a finished run, with the preprocessing and versions filled in."""
-    resize = f"{image_size}x{image_size}, bilinear, aspect ratio not kept"
+    d = description
+    resize = f"{d.image_size}x{d.image_size}, bilinear, aspect ratio not kept"
     return RunMeta(
-        model=model,
-        members=members or [],
-        image_size=image_size,
-        intensity=intensity,
-        preprocessing=Preprocessing(resize=resize, intensity=intensity, mean=mean, std=std),
+        model=d.model,
+        members=d.members,
+        image_size=d.image_size,
+        intensity=d.intensity,
+        preprocessing=Preprocessing(resize=resize, intensity=d.intensity, mean=d.mean, std=d.std),
         class_names=list(CLASS_NAMES),
-        task=task,
-        subtype_names=list(SUBTYPE_NAMES) if task == "three_class" else None,
-        **dict(training),
+        task=d.task,
+        subtype_names=list(SUBTYPE_NAMES) if d.task == "three_class" else None,
+        **dict(d.training),
         **dict(decision),
-        val_subtype_metrics=val_subtype_metrics,
+        val_subtype_metrics=d.val_subtype_metrics,
         official_val_metrics=official_val_metrics,
         pneumolab_version=pneumolab.__version__,
         torch_version=_torch_version(),

@@ -14,8 +14,8 @@ import pneumolab
 from conftest import copy_run, write_synthetic_dataset
 from pneumolab.config import TrainConfig
 from pneumolab.evaluation.evaluate import evaluate, log_test_evaluation
+from pneumolab.pipeline.train import train
 from pneumolab.run import RunDir
-from pneumolab.training.train import train
 
 pytestmark = pytest.mark.slow  # trains its own models
 

@@ -14,8 +14,8 @@ from pneumolab.config import TrainConfig
 from pneumolab.data.layout import Sample
 from pneumolab.errors import ConfigError
 from pneumolab.models.registry import create_backbone
+from pneumolab.pipeline.train import train
 from pneumolab.training.feature_cache import FeatureCache
-from pneumolab.training.train import train
 
 
 class CountingExtractor:

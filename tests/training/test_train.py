@@ -12,8 +12,9 @@ import pytest
 
 from pneumolab.config import TrainConfig, resolve_config
 from pneumolab.errors import RunDirError
+from pneumolab.pipeline.train import train
 from pneumolab.run import RunDir
-from pneumolab.training.train import TrainingInterrupted, train
+from pneumolab.training.fit import TrainingInterrupted
 
 TINY = dict(
     model="pneumolab_cnn_small", pretrained=False, image_size=32, batch_size=8, num_workers=0
@@ -131,3 +132,24 @@ def test_on_a_terminal_training_shows_the_progress_bar():
 
     assert isinstance(progress_display(Terminal()), RichProgressBar)
     assert isinstance(progress_display(io.StringIO()), EpochLines)
+
+
+@pytest.mark.slow
+def test_the_training_phases_leave_an_unfinished_run_until_the_post_training_step(
+    synthetic_data, tmp_path
+):
+    from pneumolab.pipeline.train import describe_trained
+    from pneumolab.training.split import check_run_dir, prepare_split
+    from pneumolab.training.train import train_model
+
+    config = TrainConfig(epochs=1, **TINY)
+    planned = prepare_split(synthetic_data, check_run_dir(tmp_path / "run", False), config, False)
+    assert not (tmp_path / "run").exists()  # planning the split writes nothing
+    patients = [{s.patient for s in side} for side in (planned.train, planned.val)]
+    assert planned.val and not patients[0] & patients[1]
+
+    trained = train_model(synthetic_data, tmp_path / "run", config)
+    assert trained.run.weights.is_file() and not trained.run.is_complete()  # no meta.json yet
+    assert [s.path for s in trained.split.val] == [s.path for s in planned.val]  # same seed
+    description = describe_trained(trained)
+    assert description.model == "pneumolab_cnn_small" and description.training.best_epoch == 0

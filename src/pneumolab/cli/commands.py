@@ -73,7 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pneumolab.cli.config_flags import config_overrides
     from pneumolab.cli.tables import metrics_table
     from pneumolab.config import resolve_config
-    from pneumolab.training.train import train
+    from pneumolab.pipeline.train import train
 
     config = None if args.resume else resolve_config(args.config, config_overrides(args))
     run = train(args.data, args.out, config, resume=args.resume)

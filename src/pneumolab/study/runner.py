@@ -28,10 +28,11 @@ from pneumolab.data.layout import CLASS_NAMES, find_splits, scan_split
 from pneumolab.errors import ConfigError, PneumolabError
 from pneumolab.evaluation.comparison import ComparisonRow, compare_run, write_comparison
 from pneumolab.evaluation.figures import save_sample_grid
+from pneumolab.pipeline.ensemble import build_ensemble
+from pneumolab.pipeline.train import train
 from pneumolab.run import RunDir
 from pneumolab.study.config import load_study
-from pneumolab.training.ensemble import build_ensemble
-from pneumolab.training.train import TrainingInterrupted, train
+from pneumolab.training.fit import TrainingInterrupted
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,9 @@ import numpy as np
 
 from pneumolab.data.layout import Sample
 from pneumolab.errors import RunDirError
-from pneumolab.evaluation.decision import decision_rule
-from pneumolab.reporting.model_card import write_model_card
-from pneumolab.results import DecisionRule
-from pneumolab.run import RunDir, read_predictions, write_predictions
-from pneumolab.run_meta import ENSEMBLE_STRATEGY, RunMeta, TrainingSummary, describe_run
+from pneumolab.pipeline.finalise import finalise
+from pneumolab.run import RunDir, read_predictions
+from pneumolab.run_meta import ENSEMBLE_STRATEGY, RunDescription, RunMeta, TrainingSummary
 
 
 def _check_compatible(runs: list[RunDir], metas: list[RunMeta]) -> None:
@@ -48,11 +46,10 @@ def _shared(values: list[list[float] | None]) -> list[float] | None:
     return values[0] if all(v == values[0] for v in values) else None
 
 
-def _ensemble_meta(metas: list[RunMeta], members: list[str], decision: DecisionRule) -> RunMeta:
-    """The ensemble's meta.json: its members' shared input, sums of their sizes and times."""
-    return describe_run(
+def _describe(metas: list[RunMeta], members: list[str]) -> RunDescription:
+    """The ensemble: its members' shared input, the sums of their sizes and training times."""
+    return RunDescription(
         model="ensemble(" + " + ".join(m.model for m in metas) + ")",
-        members=members,
         image_size=metas[0].image_size,
         intensity=metas[0].intensity,
         task="binary",  # the mean of the members' pneumonia probabilities
@@ -63,7 +60,7 @@ def _ensemble_meta(metas: list[RunMeta], members: list[str], decision: DecisionR
             parameters=sum(m.parameters or 0 for m in metas),
             train_seconds=round(sum(m.train_seconds or 0 for m in metas), 1),
         ),
-        decision=decision,
+        members=members,
     )
 
 
@@ -92,9 +89,5 @@ def build_ensemble(
     samples = [
         Sample(Path(path), int(label), "") for path, label in zip(paths, labels, strict=True)
     ]
-    write_predictions(ensemble.val_predictions, samples, probs)
-    source = f"validation split of {ensemble.root.name}"
-    decision = decision_rule(labels, probs, source, target_sensitivity)
-    ensemble.write_meta(_ensemble_meta(metas, members, decision))  # last: marks it complete
-    write_model_card(ensemble)
+    finalise(ensemble, _describe(metas, members), samples, probs, target_sensitivity)
     return ensemble

@@ -13,10 +13,10 @@ from pneumolab.errors import RunDirError
 from pneumolab.evaluation.evaluate import evaluate
 from pneumolab.explain.gradcam import explain_paths
 from pneumolab.inference.predictor import Predictor
+from pneumolab.pipeline.ensemble import build_ensemble
+from pneumolab.pipeline.train import train
 from pneumolab.run import read_predictions
 from pneumolab.serving.export import export_onnx
-from pneumolab.training.ensemble import build_ensemble
-from pneumolab.training.train import train
 
 pytestmark = pytest.mark.slow  # trains its own models
 

@@ -1,0 +1,38 @@
+"""The post-training step, shared by single runs and ensembles: choose the decision rule on the
+validation scores (operating points, calibration maps), score the dataset's official ``val/``
+folder when given, write ``val_predictions.csv``, ``meta.json`` (last: it marks the run
+finished) and ``MODEL_CARD.md``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pneumolab.data.layout import Sample
+from pneumolab.evaluation.decision import decision_rule
+from pneumolab.evaluation.metrics import binary_metrics
+from pneumolab.reporting.model_card import write_model_card
+from pneumolab.run import RunDir, write_predictions
+from pneumolab.run_meta import RunDescription, RunMeta, describe_run
+
+
+def finalise(
+    run: RunDir,
+    description: RunDescription,
+    val_samples: list[Sample],
+    val_probs: np.ndarray,
+    target_sensitivity: float,
+    official_val: tuple[np.ndarray, np.ndarray] | None = None,
+) -> RunMeta:
+    """Finish ``run`` from its validation scores. ``official_val`` (labels, probabilities of the
+    dataset's small ``val/`` folder) is scored at the chosen threshold and reported, not used."""
+    labels = np.array([s.label for s in val_samples])
+    source = f"validation split of {run.root.name}"
+    decision = decision_rule(labels, val_probs, source, target_sensitivity)
+    official = None
+    if official_val is not None:
+        official = binary_metrics(*official_val, decision.threshold)
+    write_predictions(run.val_predictions, val_samples, val_probs)
+    meta = describe_run(description, decision, official)
+    run.write_meta(meta)
+    write_model_card(run)
+    return meta

@@ -1,0 +1,81 @@
+"""Train a run end to end: the training phases (:func:`pneumolab.training.train.train_model`),
+then the post-training step (:func:`pneumolab.pipeline.finalise.finalise`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+
+from pneumolab.config import TrainConfig
+from pneumolab.data.dataset import decode_samples
+from pneumolab.data.layout import find_splits, scan_split
+from pneumolab.data.subtypes import subtype_labels
+from pneumolab.evaluation.subtypes import subtype_metrics
+from pneumolab.inference.predictor import predict_class_probabilities, predict_pixels
+from pneumolab.models.classifier import XrayClassifier
+from pneumolab.pipeline.finalise import finalise
+from pneumolab.run import RunDir
+from pneumolab.run_meta import RunDescription
+from pneumolab.training.train import TrainedModel, train_model
+
+
+def train(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    resume: bool = False,
+    callbacks: Sequence[L.Callback] = (),
+) -> RunDir:
+    """Train on ``data_dir/train`` into ``out_dir``; with ``resume``, continue an interrupted run.
+
+    ``callbacks`` are added to Lightning's. Returns the finished :class:`RunDir`; raises
+    :class:`~pneumolab.training.fit.TrainingInterrupted` when stopped (Ctrl+C), after the last
+    finished epoch was saved.
+    """
+    trained = train_model(data_dir, out_dir, config, resume, callbacks)
+    config, model = trained.split.config, trained.fitted.model
+    val = trained.fitted.val_images
+    finalise(
+        trained.run,
+        describe_trained(trained),
+        val.samples,
+        predict_pixels(model, val.pixels, config.intensity),
+        config.target_sensitivity,
+        official_val_scores(model, trained.split.data_root, config),
+    )
+    return trained.run
+
+
+def describe_trained(trained: TrainedModel) -> RunDescription:
+    """What the trained model is; a three-class run adds its validation subtype metrics."""
+    config, model = trained.split.config, trained.fitted.model
+    subtypes = None
+    if config.task == "three_class":
+        val = trained.fitted.val_images
+        class_probs = predict_class_probabilities(model, val.pixels, config.intensity)
+        subtypes = subtype_metrics(np.array(subtype_labels(val.samples)), class_probs)
+    return RunDescription(
+        model=config.model,
+        image_size=config.image_size,
+        intensity=config.intensity,
+        task=config.task,
+        mean=model.mean.flatten().tolist(),
+        std=model.std.flatten().tolist(),
+        training=trained.fitted.summary,
+        val_subtype_metrics=subtypes,
+    )
+
+
+def official_val_scores(
+    model: XrayClassifier, data_root: Path, config: TrainConfig
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Labels and probabilities of the dataset's own small ``val/`` folder, when it has one."""
+    folder = find_splits(data_root).get("val")
+    if folder is None:
+        return None
+    official = decode_samples(scan_split(folder), config.image_size)
+    labels = np.array([s.label for s in official.samples])
+    return labels, predict_pixels(model, official.pixels, config.intensity)

@@ -1,0 +1,79 @@
+"""Training phase 1: the patient-grouped split of ``DATA/train`` (new, or read back from the run
+being resumed) and the run directory that records it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sklearn.model_selection import train_test_split
+
+from pneumolab.config import TrainConfig, resolve_config, save_config
+from pneumolab.data.layout import Sample, find_splits, scan_split
+from pneumolab.data.patients import grouped_split
+from pneumolab.data.subtypes import subtype_labels
+from pneumolab.errors import RunDirError
+from pneumolab.run import RunDir
+
+
+@dataclass(frozen=True)
+class Split:
+    """What a run trains and validates on, with the config that chose it."""
+
+    config: TrainConfig
+    data_root: Path
+    train: list[Sample]
+    val: list[Sample]
+
+
+def _subset(samples: list[Sample], size: int | None, seed: int) -> list[Sample]:
+    if size is None or size >= len(samples):
+        return samples
+    labels = [s.label for s in samples]
+    kept, _ = train_test_split(samples, train_size=size, stratify=labels, random_state=seed)
+    return sorted(kept, key=lambda s: s.path)
+
+
+def check_run_dir(out_dir: Path, resume: bool) -> RunDir:
+    """The run directory to train into: one that does not exist or is empty, or (``resume``)
+    an interrupted run with a config and a last checkpoint. Creates nothing."""
+    run = RunDir(Path(out_dir))
+    if resume:
+        if not run.last_checkpoint.is_file() or not run.config.is_file():
+            raise RunDirError(
+                f"{run.root}: nothing to resume (no config.yaml and checkpoints/last.ckpt)"
+            )
+        if run.is_complete():
+            raise RunDirError(f"{run.root}: this run already finished; nothing to resume")
+    elif run.root.exists() and any(run.root.iterdir()):
+        hint = " or add --resume to continue it" if run.last_checkpoint.is_file() else ""
+        raise RunDirError(
+            f"{run.root}: already exists and is not empty; choose another --out{hint}"
+        )
+    return run
+
+
+def prepare_split(
+    data_dir: str | Path, run: RunDir, config: TrainConfig | None, resume: bool
+) -> Split:
+    """The split to train on: read back from ``run`` when resuming (with its config), else
+    carved from ``data_dir/train`` by patient. Writes nothing."""
+    data_root = Path(data_dir).resolve()
+    if resume:
+        config = resolve_config(run.config)
+        train, val = run.read_split(data_root, "train"), run.read_split(data_root, "val")
+    else:
+        config = config or TrainConfig()
+        found = scan_split(find_splits(data_root)["train"])
+        all_train = _subset(found, config.max_train_images, config.seed)
+        train, val = grouped_split(all_train, config.val_fraction, config.seed)
+    if config.task == "three_class":
+        subtype_labels(train + val)  # every pneumonia file name has its subtype
+    return Split(config, data_root, train, val)
+
+
+def start_run(run: RunDir, split: Split) -> None:
+    """Create the run directory and record the config and the split (a new run only)."""
+    run.root.mkdir(parents=True, exist_ok=True)
+    save_config(split.config, run.config)
+    run.write_split(split.data_root, split.train, split.val)
