@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -109,6 +110,18 @@ def fixed_threshold_meta(
     training = TrainingSummary(strategy="untrained", parameters=None, train_seconds=None)
     description = RunDescription(model, image_size, intensity, "binary", None, None, training)
     return describe_run(description, decision)
+
+
+QUICK_MODELS = {"pneumolab_cnn_small", "pneumolab_cnn_separable", "resnet18"}
+"""Networks small enough for the quick loop; tests over other families are marked ``slow``."""
+
+
+def by_size(names: Iterable[str]) -> list[object]:
+    """``names`` as pytest parameters, those outside :data:`QUICK_MODELS` marked ``slow``."""
+    return [
+        name if name in QUICK_MODELS else pytest.param(name, marks=pytest.mark.slow)
+        for name in names
+    ]
 
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -13,7 +13,8 @@ import pytest
 import pneumolab
 from conftest import copy_run, write_synthetic_dataset
 from pneumolab.config import TrainConfig
-from pneumolab.evaluation.evaluate import evaluate, log_test_evaluation
+from pneumolab.evaluation.evaluate import evaluate
+from pneumolab.evaluation.heldout import log_test_evaluation
 from pneumolab.pipeline.train import train
 from pneumolab.run import RunDir
 

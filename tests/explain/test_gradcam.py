@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
-from conftest import fixed_threshold_meta
+from conftest import by_size, fixed_threshold_meta
 from pneumolab.cli import main
 from pneumolab.errors import ModelError
 from pneumolab.explain.gradcam import find_target_layer, gradcam, overlay_png
@@ -34,7 +34,7 @@ FAMILIES = {
 }
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", by_size(FAMILIES))
 def test_map_shape_and_range_for_every_family(name):
     torch.manual_seed(0)
     model = create_classifier(name, pretrained=False)

@@ -65,6 +65,7 @@ def test_shared_mobilenetv2_weights_load_exactly():
     assert all(torch.equal(state[k], expected[k]) for k in body)
 
 
+@pytest.mark.slow
 def test_vgg19_from_torchvision_weights_file(tmp_path):
     """No VGG19 weights are reachable here: a file in torchvision's layout, as users download it
     (vgg19-dcbb9e9d.pth), is written by the test and must load into timm's vgg19."""

@@ -66,3 +66,17 @@ def test_report_renders_in_chromium(report, chromium):
     assert widths and all(width > 0 for width in widths)
     for section in SECTIONS:
         expect(page.locator(f"h2#{section}")).to_be_visible()
+
+
+def test_report_leaves_an_earlier_robustness_evaluation_as_it_is(tiny_run, tmp_path):
+    from pneumolab.evaluation.evaluate import evaluate
+    from pneumolab.reporting.report import build_report
+
+    run_dir, data = copy_run(tiny_run[0], tmp_path / "run"), tiny_run[1]
+    evaluate(run_dir, data, "val", robustness=True, device="cpu")
+    written = RunDir(run_dir).eval_dir("val") / "metrics.json"
+    before = written.read_bytes()
+    assert b'"robustness"' in before
+    build_report(run_dir, data, "val", out_file=tmp_path / "report.html")
+    assert written.read_bytes() == before  # the report computed its metrics in memory
+    assert "95% CI" in (run_dir / "MODEL_CARD.md").read_text()

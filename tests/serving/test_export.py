@@ -193,6 +193,7 @@ def heavy_imports(*argv: str) -> tuple[int, list[str]]:
     return done.returncode, json.loads(done.stderr.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # three fresh interpreters
 def test_help_and_onnx_predict_load_no_heavy_library(run, images, tmp_path):
     assert heavy_imports("--help") == (0, [])
     export_onnx(run.root, run.root / "model.onnx")

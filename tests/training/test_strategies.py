@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+from conftest import by_size
 from pneumolab.errors import ConfigError
 from pneumolab.models.catalog import STUDY_MODELS
 from pneumolab.models.registry import create_classifier
@@ -35,13 +36,13 @@ def _one_step(model: torch.nn.Module) -> list[bool]:
 LAYOUTS = ["pneumolab_cnn_small", "mobilenetv2_100", "legacy_xception", "resnet18", "convnext_nano"]
 
 
-@pytest.fixture(scope="module", params=LAYOUTS)
+@pytest.fixture(scope="module", params=by_size(LAYOUTS))
 def family_model(request):
     torch.manual_seed(0)
     return create_classifier(request.param)
 
 
-@pytest.mark.parametrize("name", list(STUDY_MODELS))
+@pytest.mark.parametrize("name", by_size(STUDY_MODELS))
 def test_every_family_finetunes_one_step(name):
     torch.manual_seed(0)
     model = create_classifier(name)

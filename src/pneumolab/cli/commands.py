@@ -253,11 +253,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pneumolab.reporting.model_card import write_model_card
+    from pneumolab.reporting.model_card import CARD_NAME
     from pneumolab.reporting.report import build_report
-    from pneumolab.run import RunDir
 
     out = build_report(args.run_dir, args.data, args.split, args.out)
-    card = write_model_card(RunDir(args.run_dir))
-    console.print(f"wrote {out} and {card}")
+    console.print(f"wrote {out} and {args.run_dir / CARD_NAME}")
     return 0

@@ -10,12 +10,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pneumolab.data.dataset import decode_samples
-from pneumolab.evaluation.evaluate import evaluate, split_samples
+from pneumolab.evaluation.evaluate import compute_evaluation
 from pneumolab.evaluation.figures import save_confusion_matrix, save_model_bars
 from pneumolab.evaluation.metrics import format_interval, format_metric
+from pneumolab.evaluation.outputs import write_evaluation
 from pneumolab.evaluation.speed import ms_per_image
-from pneumolab.inference.predictor import Predictor
+from pneumolab.inference.predictor import Predictor, default_device
 from pneumolab.run import RunDir
 
 log = logging.getLogger(__name__)
@@ -50,12 +50,6 @@ class ComparisonRow:
     run_dir: str
 
 
-def _cpu_ms_per_image(run: RunDir, data_dir: Path) -> float:
-    predictor = Predictor.from_run(run.root, device="cpu")
-    samples = split_samples(run, data_dir, "val")[:SPEED_IMAGES]
-    return ms_per_image(predictor.backend, decode_samples(samples, predictor.image_size).pixels)
-
-
 def compare_run(
     name: str,
     run_dir: str | Path,
@@ -66,9 +60,16 @@ def compare_run(
 ) -> ComparisonRow:
     """Evaluate one run on ``split`` (with ``robustness``: also under the perturbations, for the
     worst-case columns; with ``shift``: under the shift protocol's compound scenario) and time
-    its CPU inference (batch of 32 validation images)."""
+    its CPU inference (a batch of 32 of the split's images). The run is loaded and its images
+    decoded once for both."""
     run = RunDir(Path(run_dir))
-    metrics = evaluate(run.root, data_dir, split, robustness=robustness, shift=shift)
+    device = default_device()
+    predictor = Predictor.from_run(run.root, device=device)
+    evaluation = compute_evaluation(predictor, data_dir, split, robustness, shift)
+    write_evaluation(evaluation)
+    metrics = evaluation.metrics
+    on_cpu = predictor if device == "cpu" else Predictor.from_run(run.root, device="cpu")
+    cpu_ms = ms_per_image(on_cpu.backend, evaluation.decoded.pixels[:SPEED_IMAGES])
     meta = run.read_meta()
     worst = metrics.get("robustness_summary") or {}
     shifted = metrics.get("shift_summary") or {}
@@ -86,7 +87,7 @@ def compare_run(
         threshold=metrics["threshold"],
         parameters=meta.parameters,
         train_seconds=meta.train_seconds,
-        cpu_ms_per_image=round(_cpu_ms_per_image(run, Path(data_dir)), 2),
+        cpu_ms_per_image=round(cpu_ms, 2),
         worst_roc_auc=worst.get("worst_roc_auc"),
         worst_specificity=worst.get("worst_specificity"),
         shift_roc_auc=shifted.get("compound_roc_auc"),

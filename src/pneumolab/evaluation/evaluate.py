@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import subprocess
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import brier_score_loss
 
-import pneumolab
 from pneumolab.choices import SPLITS
 from pneumolab.data.dataset import DecodedImages, decode_samples
 from pneumolab.data.layout import Sample, find_splits, scan_split
 from pneumolab.data.subtypes import subtype_labels
 from pneumolab.errors import DataLayoutError
 from pneumolab.evaluation.bootstrap import bootstrap_ci
-from pneumolab.evaluation.calibration import (
-    apply_platt,
-    apply_temperature,
-    save_reliability_diagram,
-)
-from pneumolab.evaluation.figures import save_confusion_matrix, save_roc_curve
+from pneumolab.evaluation.calibration import apply_platt, apply_temperature
+from pneumolab.evaluation.heldout import count_test_evaluations
 from pneumolab.evaluation.metrics import (
     binary_metrics,
     expected_calibration_error,
@@ -41,10 +33,8 @@ from pneumolab.evaluation.shift import (
 )
 from pneumolab.evaluation.subtypes import subtype_metrics
 from pneumolab.inference.predictor import Predictor, default_device, predict_class_probabilities
-from pneumolab.run import RunDir, write_predictions
+from pneumolab.run import RunDir
 from pneumolab.run_meta import RunMeta
-
-TEST_LOG = "test_evaluations.jsonl"
 
 
 def split_samples(run: RunDir, data_dir: Path, split: str) -> list[Sample]:
@@ -67,46 +57,6 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
     return value
-
-
-def _git_commit() -> str | None:
-    """``git rev-parse HEAD`` in the package's source folder, or None (no git, not a checkout)."""
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(pneumolab.__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None
-
-
-def log_test_evaluation(run: RunDir) -> int:
-    """Append one line to ``RUN_DIR/test_evaluations.jsonl`` (held-out guard: every look at the
-    test split is recorded) and return how many test evaluations the run has had, this one included."""
-    config_hash = (
-        hashlib.sha256(run.config.read_bytes()).hexdigest() if run.config.is_file() else None
-    )
-    entry = {
-        "time_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "pneumolab_version": pneumolab.__version__,
-        "git_commit": _git_commit(),
-        "config_sha256": config_hash,
-    }
-    with (run.root / TEST_LOG).open("a") as f:
-        f.write(json.dumps(entry) + "\n")
-    return count_test_evaluations(run)
-
-
-def count_test_evaluations(run: RunDir) -> int:
-    """How many times the run has been evaluated on the test split (lines of its log)."""
-    if not (run.root / TEST_LOG).is_file():
-        return 0
-    return sum(1 for line in (run.root / TEST_LOG).read_text().splitlines() if line.strip())
 
 
 def _operating_points(
@@ -169,6 +119,88 @@ def _subtypes(predictor: Predictor, decoded: DecodedImages) -> dict[str, Any]:
     return subtype_metrics(np.array(subtype_labels(decoded.samples)), probs).model_dump()
 
 
+@dataclass
+class Evaluation:
+    """A run scored on one split, held in memory: ``metrics`` (what ``metrics.json`` holds) and
+    what its figures and a report are drawn from."""
+
+    run: RunDir
+    split: str
+    predictor: Predictor
+    decoded: DecodedImages
+    labels: np.ndarray
+    probs: np.ndarray
+    calibrated: dict[str, tuple[str, np.ndarray, dict]]
+    metrics: dict[str, Any]
+
+    @property
+    def title(self) -> str:
+        return f"{self.predictor.meta.model} — {self.split} (n={self.metrics['n']})"
+
+
+def _extra_metrics(
+    predictor: Predictor, decoded: DecodedImages, labels: np.ndarray, probs: np.ndarray,
+    robustness: bool, shift: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """Three-class metrics, robustness and the shift protocol, where asked for and possible."""
+    extra: dict[str, Any] = {}
+    if predictor.meta.subtype_names and predictor.model is not None:
+        extra["subtypes"] = _subtypes(predictor, decoded)
+    if robustness:
+        report = robustness_report(predictor.backend, decoded.pixels, labels, predictor.threshold)
+        extra |= {"robustness": report, "robustness_summary": summarize(report)}
+    if shift:
+        results = shift_protocol(predictor.backend, decoded.pixels, labels, predictor.threshold)
+        batches = [acquisition_batch(s.path.name) for s in decoded.samples]
+        extra |= {
+            "shift": {r.scenario: r.summary() for r in results},
+            "shift_summary": shift_summary(results),
+            "acquisition_batches": batch_breakdown(probs, labels, batches, predictor.threshold),
+        }
+    return extra
+
+
+def compute_evaluation(
+    predictor: Predictor,
+    data_dir: str | Path,
+    split: str = "val",
+    robustness: bool = False,
+    shift: bool = False,
+) -> Evaluation:
+    """Score a loaded run (``Predictor.from_run``, with its device and TTA) on ``split`` and
+    compute every metric of :func:`evaluate`, in memory: no file is written
+    (``test_evaluations_count`` counts this look at the test split, which
+    :func:`~pneumolab.evaluation.outputs.write_evaluation` records)."""
+    if predictor.run_dir is None:
+        raise ValueError("compute_evaluation needs a predictor loaded with Predictor.from_run")
+    run = RunDir(predictor.run_dir)
+    decoded = decode_samples(split_samples(run, Path(data_dir), split), predictor.image_size)
+    probs = predictor.backend(decoded.pixels)
+    labels = np.array([s.label for s in decoded.samples])
+    metrics: dict[str, Any] = binary_metrics(labels, probs, predictor.threshold).model_dump()
+    calibrated = _calibrated(predictor.meta, probs)
+    patients = [sample.patient for sample in decoded.samples]
+    metrics |= {
+        "split": split,
+        "tta": predictor.tta,
+        "model": predictor.meta.model,
+        "skipped": [r for _, r in decoded.skipped],
+        "ci95": bootstrap_ci(labels, probs, predictor.threshold, groups=patients),
+        "operating_points": _operating_points(predictor.meta, labels, probs),
+        "oracle": _oracle(labels, probs),
+        "temperature_scaled": None,
+        **{
+            key: _calibration(labels, scaled, params)
+            for key, (_, scaled, params) in calibrated.items()
+        },
+        "test_evaluations_count": count_test_evaluations(run) + (split == "test"),
+        **_extra_metrics(predictor, decoded, labels, probs, robustness, shift),
+    }
+    return Evaluation(
+        run, split, predictor, decoded, labels, probs, calibrated, _json_safe(metrics)
+    )
+
+
 def evaluate(
     run_dir: str | Path,
     data_dir: str | Path,
@@ -193,63 +225,9 @@ def evaluate(
     With ``shift``, adds the shift protocol (:mod:`pneumolab.evaluation.shift`): ``shift`` (per
     scenario, mean and min over three draws), ``shift_summary`` and ``acquisition_batches``.
     """
-    run = RunDir(Path(run_dir))
-    predictor = Predictor.from_run(run.root, device=device or default_device(), tta=tta)
-    samples = split_samples(run, Path(data_dir), split)
-    decoded = decode_samples(samples, predictor.image_size)
-    probs = predictor.backend(decoded.pixels)
-    labels = np.array([s.label for s in decoded.samples])
-    metrics: dict[str, Any] = binary_metrics(labels, probs, predictor.threshold).model_dump()
-    calibrated = _calibrated(predictor.meta, probs)
-    patients = [sample.patient for sample in decoded.samples]
-    test_count = log_test_evaluation(run) if split == "test" else count_test_evaluations(run)
-    metrics |= {
-        "split": split,
-        "tta": tta,
-        "model": predictor.meta.model,
-        "skipped": [r for _, r in decoded.skipped],
-        "ci95": bootstrap_ci(labels, probs, predictor.threshold, groups=patients),
-        "operating_points": _operating_points(predictor.meta, labels, probs),
-        "oracle": _oracle(labels, probs),
-        "temperature_scaled": None,
-        **{
-            key: _calibration(labels, scaled, params)
-            for key, (_, scaled, params) in calibrated.items()
-        },
-        "test_evaluations_count": test_count,
-    }
-    if predictor.meta.subtype_names and predictor.model is not None:
-        metrics["subtypes"] = _subtypes(predictor, decoded)
-    if robustness:
-        report = robustness_report(predictor.backend, decoded.pixels, labels, predictor.threshold)
-        metrics |= {"robustness": report, "robustness_summary": summarize(report)}
-    if shift:
-        results = shift_protocol(predictor.backend, decoded.pixels, labels, predictor.threshold)
-        batches = [acquisition_batch(s.path.name) for s in decoded.samples]
-        metrics |= {
-            "shift": {r.scenario: r.summary() for r in results},
-            "shift_summary": shift_summary(results),
-            "acquisition_batches": batch_breakdown(probs, labels, batches, predictor.threshold),
-        }
-    metrics = _json_safe(metrics)
+    from pneumolab.evaluation.outputs import write_evaluation
 
-    out = run.eval_dir(split)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    title = f"{predictor.meta.model} — {split} (n={metrics['n']})"
-    save_confusion_matrix(metrics["confusion_matrix"], out / "confusion_matrix.png", title)
-    if len(np.unique(labels)) == 2:
-        point = (1 - metrics["specificity"], metrics["sensitivity"])
-        save_roc_curve(labels, probs, out / "roc_curve.png", point, title)
-    curves = {"raw": probs} | {label: scaled for label, scaled, _ in calibrated.values()}
-    save_reliability_diagram(labels, curves, out / "reliability.png", title)
-    if "subtypes" in metrics:
-        subtypes = metrics["subtypes"]
-        save_confusion_matrix(
-            subtypes["confusion_matrix"],
-            out / "confusion_matrix_3class.png",
-            title,
-            subtypes["classes"],
-        )
-    write_predictions(out / "predictions.csv", decoded.samples, probs)
-    return metrics
+    predictor = Predictor.from_run(run_dir, device=device or default_device(), tta=tta)
+    evaluation = compute_evaluation(predictor, data_dir, split, robustness, shift)
+    write_evaluation(evaluation)
+    return evaluation.metrics

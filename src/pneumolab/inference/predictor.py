@@ -145,6 +145,7 @@ class Predictor:
                 raise ValueError("Predictor needs a model or a backend")
             backend = partial(predict_pixels, model, intensity=meta.intensity)
         self.run_dir: Path | None = None
+        self.tta = False
         self.model = model.eval() if model is not None else None
         self.meta = meta
         self.image_size = meta.image_size
@@ -173,7 +174,7 @@ class Predictor:
         predictor = cls._load(run_dir, device, backend, onnx_file)
         predictor.run_dir = Path(run_dir)
         if tta:
-            predictor.backend = with_tta(predictor.backend)
+            predictor.backend, predictor.tta = with_tta(predictor.backend), True
         return predictor
 
     @classmethod

@@ -8,6 +8,7 @@ import csv
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from pneumolab.config import load_yaml
 from pneumolab.data.layout import CLASS_NAMES
@@ -90,9 +91,14 @@ def _subtypes_section(meta: RunMeta) -> list[str]:
     return [*lines, ""]
 
 
-def _metrics_section(run: RunDir, meta: RunMeta) -> list[str]:
+def _metrics_section(
+    run: RunDir, meta: RunMeta, evaluated: dict[str, Any] | None = None
+) -> list[str]:
     metrics_file = run.eval_dir("val") / "metrics.json"
-    if metrics_file.is_file():
+    if evaluated is not None:
+        metrics, intervals = evaluated, evaluated.get("ci95") or {}
+        note = "From an evaluation on the validation split; 95% CI: percentile bootstrap over patients."
+    elif metrics_file.is_file():
         metrics = json.loads(metrics_file.read_text())
         intervals = metrics.get("ci95") or {}
         note = "From `eval/val/metrics.json`; 95% CI: percentile bootstrap over patients."
@@ -127,8 +133,10 @@ def _operating_points(meta: RunMeta) -> list[str]:
     return lines
 
 
-def model_card_text(run: RunDir) -> str:
-    """The Markdown text of the run's model card."""
+def model_card_text(run: RunDir, val_evaluation: dict[str, Any] | None = None) -> str:
+    """The Markdown text of the run's model card; validation metrics with intervals from
+    ``val_evaluation`` (an evaluation's metrics), else from ``eval/val/metrics.json``, else
+    from meta.json without intervals."""
     meta = run.read_meta()
     config = load_yaml(run.config) if run.config.is_file() else {}
     counts = _split_counts(run)
@@ -170,7 +178,7 @@ def model_card_text(run: RunDir) -> str:
         "",
         "## Validation metrics",
         "",
-        *_metrics_section(run, meta),
+        *_metrics_section(run, meta, val_evaluation),
         "",
         *_subtypes_section(meta),
         "## Operating point",
@@ -196,8 +204,8 @@ def model_card_text(run: RunDir) -> str:
     return "\n".join(lines)
 
 
-def write_model_card(run: RunDir) -> Path:
-    """Write ``RUN_DIR/MODEL_CARD.md`` and return its path."""
+def write_model_card(run: RunDir, val_evaluation: dict[str, Any] | None = None) -> Path:
+    """Write ``RUN_DIR/MODEL_CARD.md`` (see :func:`model_card_text`) and return its path."""
     path = run.root / CARD_NAME
-    path.write_text(model_card_text(run))
+    path.write_text(model_card_text(run, val_evaluation))
     return path

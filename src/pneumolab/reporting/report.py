@@ -13,20 +13,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 from sklearn.metrics import PrecisionRecallDisplay
 
 import pneumolab
-from pneumolab.data.dataset import decode_samples
 from pneumolab.data.imageio import load_image
 from pneumolab.data.layout import CLASS_NAMES
-from pneumolab.evaluation.evaluate import evaluate, split_samples
+from pneumolab.evaluation.evaluate import compute_evaluation
 from pneumolab.evaluation.figures import save_confusion_matrix
 from pneumolab.evaluation.metrics import SCALAR_METRICS, format_interval, format_metric
+from pneumolab.evaluation.outputs import FIGURES, record_look, save_figures
 from pneumolab.explain.gradcam import find_target_layer, gradcam, overlay_png
 from pneumolab.explain.sanity import saliency_sanity
-from pneumolab.inference.predictor import Predictor
-from pneumolab.run import RunDir, read_predictions
+from pneumolab.inference.predictor import Predictor, default_device
+from pneumolab.reporting.model_card import write_model_card
+from pneumolab.run import RunDir
 
 SANITY_IMAGES = 64
 THUMBNAIL = 224
@@ -71,12 +73,12 @@ def _metrics_html(metrics: dict[str, Any]) -> str:
     return f"<table>{''.join(rows)}</table>"
 
 
-def _curves_html(labels: np.ndarray, probs: np.ndarray, eval_dir: Path) -> str:
-    if len(np.unique(labels)) != 2 or not (eval_dir / "roc_curve.png").is_file():
+def _curves_html(labels: np.ndarray, probs: np.ndarray, figures: dict[str, bytes]) -> str:
+    if "roc_curve.png" not in figures:
         return "<p>Curves need both classes in the split.</p>"
     fig = Figure(figsize=(4.5, 4.5))
     PrecisionRecallDisplay.from_predictions(labels, probs, ax=fig.subplots(), name="model")
-    roc = _img((eval_dir / "roc_curve.png").read_bytes(), "ROC curve (dot: stored threshold)")
+    roc = _img(figures["roc_curve.png"], FIGURES["roc_curve.png"])
     return roc + _img(_figure_png(fig), "precision-recall curve")
 
 
@@ -160,16 +162,12 @@ def _samples_html(rows: list[dict[str, Any]], per_class: int) -> str:
     return "".join(parts)
 
 
-def _saliency_html(predictor: Predictor, run: RunDir, data_dir: Path, split: str) -> str:
+def _saliency_html(predictor: Predictor, all_pixels: torch.Tensor) -> str:
     if predictor.model is None:
         return "<p>Not computed for an ensemble: run the report on each member run.</p>"
-    samples = split_samples(run, data_dir, split)
-    picked = [
-        samples[i]
-        for i in np.linspace(0, len(samples) - 1, min(SANITY_IMAGES, len(samples)), dtype=int)
-    ]
-    pixels = decode_samples(picked, predictor.image_size).pixels
-    result = saliency_sanity(predictor.model, pixels, predictor.intensity)
+    count = len(all_pixels)
+    picked = np.unique(np.linspace(0, count - 1, min(SANITY_IMAGES, count), dtype=int))
+    result = saliency_sanity(predictor.model, all_pixels[picked], predictor.intensity)
     verdict = (
         '<p class="warn">Flagged: heat often lies on the image edge (possible shortcut learning: '
         "text markers, borders).</p>"
@@ -194,7 +192,7 @@ def _saliency_html(predictor: Predictor, run: RunDir, data_dir: Path, split: str
     return note + verdict + f"<table>{rows}</table>"
 
 
-def _subtypes_html(subtypes: dict[str, Any], eval_dir: Path) -> str:
+def _subtypes_html(subtypes: dict[str, Any], figures: dict[str, bytes]) -> str:
     rows = "".join(
         f"<tr><td>{name}</td>"
         + "".join(f"<td>{format_metric(m[k])}</td>" for k in ("precision", "recall", "f1-score"))
@@ -210,7 +208,8 @@ def _subtypes_html(subtypes: dict[str, Any], eval_dir: Path) -> str:
         "<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th>"
         f"</tr>{rows}</table>"
     )
-    matrix = _img((eval_dir / "confusion_matrix_3class.png").read_bytes(), "3x3 confusion matrix")
+    name = "confusion_matrix_3class.png"
+    matrix = _img(figures[name], FIGURES[name])
     return summary + table + matrix
 
 
@@ -221,38 +220,42 @@ def build_report(
     out_file: str | Path | None = None,
     max_gallery: int = 6,
 ) -> Path:
-    """Evaluate the run on ``split`` and write one self-contained HTML report; its path.
+    """Evaluate the run on ``split`` in memory and write one self-contained HTML report; its
+    path. Nothing under ``RUN_DIR/eval/`` is written (an evaluation there, with ``--robustness``
+    or not, is left as it is); a look at the test split is recorded in the held-out log, and
+    ``MODEL_CARD.md`` is refreshed (with the intervals of a validation report).
 
     ``out_file`` defaults to ``RUN_DIR/eval/<split>/report.html``; ``max_gallery`` caps the
     images per error gallery and the sample X-rays shown per class.
     """
     run = RunDir(Path(run_dir))
     data_dir = Path(data_dir)
-    metrics = evaluate(run.root, data_dir, split)
-    rows = read_predictions(run.eval_dir(split) / "predictions.csv")
-    labels = np.array([r["label"] for r in rows])
-    probs = np.array([r["probability"] for r in rows])
-    predictor = Predictor.from_run(run.root)
-    eval_dir = run.eval_dir(split)
+    predictor = Predictor.from_run(run.root, device=default_device())
+    evaluation = compute_evaluation(predictor, data_dir, split)
+    record_look(evaluation)
+    metrics, labels, probs = evaluation.metrics, evaluation.labels, evaluation.probs
+    rows = [
+        {"path": str(s.path), "label": s.label, "probability": float(p)}
+        for s, p in zip(evaluation.decoded.samples, probs, strict=True)
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        drawn = save_figures(evaluation, Path(tmp))
+        figures = {name: path.read_bytes() for name, path in drawn.items()}
     points = metrics["operating_points"]
     sections = [
         ("metrics", "Metrics", _metrics_html(metrics)),
-        ("curves", "ROC and precision-recall curves", _curves_html(labels, probs, eval_dir)),
+        ("curves", "ROC and precision-recall curves", _curves_html(labels, probs, figures)),
         ("confusion", "Confusion matrices at the operating points", _confusion_html(points)),
-        (
-            "calibration",
-            "Calibration",
-            _img((eval_dir / "reliability.png").read_bytes(), "reliability diagram"),
-        ),
+        ("calibration", "Calibration", _img(figures["reliability.png"], "reliability diagram")),
         ("scores", "Score distributions", _scores_html(labels, probs, points)),
         *(
-            [("subtypes", "Three classes", _subtypes_html(metrics["subtypes"], eval_dir))]
+            [("subtypes", "Three classes", _subtypes_html(metrics["subtypes"], figures))]
             if "subtypes" in metrics
             else []
         ),
         ("errors", "Most confident errors", _errors_html(predictor, rows, max_gallery)),
         ("samples", "Sample X-rays", _samples_html(rows, max(1, max_gallery // 2))),
-        ("saliency", "Saliency sanity check", _saliency_html(predictor, run, data_dir, split)),
+        ("saliency", "Saliency sanity check", _saliency_html(predictor, evaluation.decoded.pixels)),
     ]
     title = html.escape(f"{run.root.name} — {split} (n={metrics['n']}, {metrics['model']})")
     body = "".join(
@@ -264,10 +267,11 @@ def build_report(
         f"{html.escape(str(data_dir.resolve()))} · "
         f"{datetime.now(UTC).isoformat(timespec='seconds')} · pneumolab {pneumolab.__version__}</p></footer>"
     )
-    out = Path(out_file) if out_file else eval_dir / "report.html"
+    out = Path(out_file) if out_file else run.eval_dir(split) / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
         f"<style>{CSS}</style></head><body><h1>{title}</h1>{body}{footer}</body></html>\n"
     )
+    write_model_card(run, metrics if split == "val" else None)
     return out

@@ -1,0 +1,55 @@
+"""The held-out guard: every look at the test split is recorded in ``RUN_DIR/test_evaluations.jsonl``
+(time, pneumolab version, git commit, config digest), so a reader can tell how often it was seen."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pneumolab
+from pneumolab.run import RunDir
+
+TEST_LOG = "test_evaluations.jsonl"
+
+
+def _git_commit() -> str | None:
+    """``git rev-parse HEAD`` in the package's source folder, or None (no git, not a checkout)."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(pneumolab.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def log_test_evaluation(run: RunDir) -> int:
+    """Append one line to ``RUN_DIR/test_evaluations.jsonl`` (held-out guard: every look at the
+    test split is recorded) and return how many test evaluations the run has had, this one included."""
+    config_hash = (
+        hashlib.sha256(run.config.read_bytes()).hexdigest() if run.config.is_file() else None
+    )
+    entry = {
+        "time_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "pneumolab_version": pneumolab.__version__,
+        "git_commit": _git_commit(),
+        "config_sha256": config_hash,
+    }
+    with (run.root / TEST_LOG).open("a") as f:
+        f.write(json.dumps(entry) + "\n")
+    return count_test_evaluations(run)
+
+
+def count_test_evaluations(run: RunDir) -> int:
+    """How many times the run has been evaluated on the test split (lines of its log)."""
+    if not (run.root / TEST_LOG).is_file():
+        return 0
+    return sum(1 for line in (run.root / TEST_LOG).read_text().splitlines() if line.strip())
