@@ -149,22 +149,13 @@ def _module_and_data(
     return module, *loaders, stats
 
 
-def fit(
+def _trainer(
+    config: TrainConfig,
     run: RunDir,
-    split: Split,
-    built: BuiltModel,
-    resume: bool = False,
-    callbacks: Sequence[L.Callback] = (),
-) -> Fitted:
-    """Train the built model on ``split`` (checkpoints, history.csv in ``run``; ``resume``
-    continues from the last checkpoint) and load the best epoch's weights into it. Ctrl+C raises
-    :class:`TrainingInterrupted` after the last finished epoch was saved."""
-    config, started = split.config, time.perf_counter()
-    images = _decode(split)
-    precision = resolve_precision(config.precision)
-    module, train_loader, val_loader, cache_stats = _module_and_data(
-        config, built, images, bf16=precision.startswith("bf16")
-    )
+    precision: Literal["32", "bf16-mixed", "16-mixed"],
+    callbacks: Sequence[L.Callback],
+) -> tuple[L.Trainer, ModelCheckpoint]:
+    """Lightning's Trainer: best and last checkpoints, early stopping, history.csv, progress."""
     mode = "max" if config.monitor == "val_auc" else "min"
     checkpoint = ModelCheckpoint(
         dirpath=run.checkpoints, filename="best", monitor=config.monitor, mode=mode, save_last=True
@@ -185,6 +176,26 @@ def fit(
         num_sanity_val_steps=0,
         enable_model_summary=False,
     )
+    return trainer, checkpoint
+
+
+def fit(
+    run: RunDir,
+    split: Split,
+    built: BuiltModel,
+    resume: bool = False,
+    callbacks: Sequence[L.Callback] = (),
+) -> Fitted:
+    """Train the built model on ``split`` (checkpoints, history.csv in ``run``; ``resume``
+    continues from the last checkpoint) and load the best epoch's weights into it. Ctrl+C raises
+    :class:`TrainingInterrupted` after the last finished epoch was saved."""
+    config, started = split.config, time.perf_counter()
+    images = _decode(split)
+    precision = resolve_precision(config.precision)
+    module, train_loader, val_loader, cache_stats = _module_and_data(
+        config, built, images, bf16=precision.startswith("bf16")
+    )
+    trainer, checkpoint = _trainer(config, run, precision, callbacks)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
