@@ -7,6 +7,7 @@ Loading never writes: the file comes from ``pneumolab export``
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
@@ -14,6 +15,9 @@ import onnxruntime as ort
 from pneumolab.data.intensity import normalize_intensity_array
 from pneumolab.errors import ModelError, RunDirError
 from pneumolab.run import RunDir, weights_digest
+
+if TYPE_CHECKING:
+    import torch
 
 INPUT_NAME = "pixels"
 """Graph input: float32 ``(N, 1, S, S)`` pixels in [0, 1], after intensity normalisation."""
@@ -54,7 +58,7 @@ class OnnxBackend:
         self.image_size = int(self.metadata["image_size"])
         self.intensity = self.metadata["intensity"]
 
-    def __call__(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    def __call__(self, pixels: np.ndarray | torch.Tensor, batch_size: int = 64) -> np.ndarray:
         """Pneumonia probabilities for uint8 ``(N, 1, S, S)`` pixels, batch by batch."""
         pixels = np.asarray(pixels)
         expected = (1, self.image_size, self.image_size)
