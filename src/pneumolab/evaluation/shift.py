@@ -9,8 +9,8 @@ a spread, not one number):
 
 - ``reframe``: field of view, centring and tilt (zoom 0.75–1.25, shift ±8%, rotation ±7°) and a
   black collimation band on up to two sides;
-- ``degrade``: resolution loss (down to 35–60%, back up), JPEG recompression (quality 15–45) and
-  detector noise;
+- ``degrade``: resolution loss (down to 45–80%, back up), JPEG recompression (quality 25–60) and
+  detector noise (σ 0.5–2% of full scale);
 - ``local_contrast``: a smooth, low-frequency gain field (±30%) — uneven exposure across the film;
 - ``markers``: bright burnt-in text blocks (side markers, "PORTABLE" labels) in the corners;
 - ``compound``: all four in sequence, the closest to an image from another site.
@@ -54,10 +54,10 @@ def reframe(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 def degrade(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     """Resolution loss, JPEG recompression and detector noise."""
     size = image.shape[-1]
-    small = max(8, int(size * rng.uniform(0.35, 0.6)))
+    small = max(8, int(size * rng.uniform(0.45, 0.8)))
     image = F.resize(F.resize(image, [small, small], antialias=True), [size, size], antialias=True)
-    image = decode_jpeg(encode_jpeg(image, quality=int(rng.integers(15, 46))))
-    noise = rng.normal(0.0, rng.uniform(0.01, 0.04) * 255, image.shape)
+    image = decode_jpeg(encode_jpeg(image, quality=int(rng.integers(25, 61))))
+    noise = rng.normal(0.0, rng.uniform(0.005, 0.02) * 255, image.shape)
     return torch.from_numpy((image.numpy() + noise).clip(0, 255).astype(np.uint8))
 
 
