@@ -12,6 +12,7 @@ Monitor = Literal["val_auc", "val_loss"]
 Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
 BackendName = Literal["torch", "onnx"]
 Split = Literal["val", "test"]
+Tracking = Literal["csv", "tensorboard", "mlflow"]
 
 TASKS: tuple[str, ...] = get_args(Task)
 STRATEGIES: tuple[str, ...] = get_args(Strategy)

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pneumolab.choices import Intensity, Monitor, Precision, Strategy, Task
+from pneumolab.choices import Intensity, Monitor, Precision, Strategy, Task, Tracking
 from pneumolab.errors import ConfigError
 
 
@@ -78,6 +78,11 @@ class TrainConfig(BaseModel):
     num_workers: int = Field(default=1, ge=0, description="data loader worker processes")
     max_train_images: int | None = Field(
         default=None, ge=4, description="use a stratified subset of train (for quick tests)"
+    )
+    tracking: Tracking = Field(
+        default="csv",
+        description="experiment tracking: csv (history.csv only), tensorboard "
+        "(RUN_DIR/tensorboard/), mlflow (local store RUN_DIR/mlruns/, or $MLFLOW_TRACKING_URI)",
     )
 
 

@@ -17,8 +17,10 @@ from pneumolab.evaluation.subtypes import subtype_metrics
 from pneumolab.inference.predictor import predict_class_probabilities, predict_pixels
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.pipeline.finalise import finalise
+from pneumolab.reporting.model_card import CARD_NAME
 from pneumolab.run import RunDir
 from pneumolab.run_meta import RunDescription
+from pneumolab.training.tracking import log_run_files
 from pneumolab.training.train import TrainedModel, train_model
 
 
@@ -38,15 +40,18 @@ def train(
     trained = train_model(data_dir, out_dir, config, resume, callbacks)
     config, model = trained.split.config, trained.fitted.model
     val = trained.fitted.val_images
+    run = trained.run
     finalise(
-        trained.run,
+        run,
         describe_trained(trained),
         val.samples,
         predict_pixels(model, val.pixels, config.intensity),
         config.target_sensitivity,
         official_val_scores(model, trained.split.data_root, config),
     )
-    return trained.run
+    files = [run.root / CARD_NAME, run.meta, run.val_predictions, run.history]
+    log_run_files(trained.fitted.logger, files)
+    return run
 
 
 def describe_trained(trained: TrainedModel) -> RunDescription:

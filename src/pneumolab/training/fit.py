@@ -14,6 +14,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
+from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader, TensorDataset
 
 from pneumolab.choices import Precision
@@ -32,6 +33,7 @@ from pneumolab.training.frozen import FeatureHead, frozen_datasets
 from pneumolab.training.module import ClassifierModule
 from pneumolab.training.split import Split
 from pneumolab.training.strategies import optimizer_groups
+from pneumolab.training.tracking import experiment_logger
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,8 @@ class Fitted:
     model: XrayClassifier
     val_images: DecodedImages
     summary: TrainingSummary
+    logger: Logger | None = None
+    """The experiment tracker (``TrainConfig.tracking``), left open for the run's files."""
 
 
 def resolve_precision(requested: Precision) -> Literal["32", "bf16-mixed", "16-mixed"]:
@@ -154,8 +158,10 @@ def _trainer(
     run: RunDir,
     precision: Literal["32", "bf16-mixed", "16-mixed"],
     callbacks: Sequence[L.Callback],
+    logger: Logger | None,
 ) -> tuple[L.Trainer, ModelCheckpoint]:
-    """Lightning's Trainer: best and last checkpoints, early stopping, history.csv, progress."""
+    """Lightning's Trainer: best and last checkpoints, early stopping, history.csv, progress,
+    and the experiment ``logger`` if any."""
     mode = "max" if config.monitor == "val_auc" else "min"
     checkpoint = ModelCheckpoint(
         dirpath=run.checkpoints, filename="best", monitor=config.monitor, mode=mode, save_last=True
@@ -170,7 +176,8 @@ def _trainer(
         devices=1,
         precision=precision,
         callbacks=[checkpoint, stopping, HistoryCSV(run.history), progress, *callbacks],
-        logger=False,
+        logger=logger or False,
+        log_every_n_steps=1,
         enable_progress_bar=isinstance(progress, ProgressBar),
         deterministic=False,
         num_sanity_val_steps=0,
@@ -195,7 +202,8 @@ def fit(
     module, train_loader, val_loader, cache_stats = _module_and_data(
         config, built, images, bf16=precision.startswith("bf16")
     )
-    trainer, checkpoint = _trainer(config, run, precision, callbacks)
+    logger = experiment_logger(config, run)
+    trainer, checkpoint = _trainer(config, run, precision, callbacks, logger)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -221,4 +229,4 @@ def fit(
         train_seconds=round(time.perf_counter() - started, 1),
         feature_cache=cache_stats,
     )
-    return Fitted(model, images[1], summary)
+    return Fitted(model, images[1], summary, logger)

@@ -18,6 +18,7 @@ from pneumolab.training.fit import BuiltModel, Fitted, fit, num_classes
 from pneumolab.training.frozen import cache_for
 from pneumolab.training.split import Split, check_run_dir, prepare_split, start_run
 from pneumolab.training.strategies import apply_strategy
+from pneumolab.training.tracking import check_tracking
 
 
 @dataclass
@@ -57,6 +58,7 @@ def train_model(
     split = prepare_split(data_dir, run, config, resume)
     L.seed_everything(split.config.seed, workers=True, verbose=False)
     built = build_model(split.config, resume)
+    check_tracking(split.config)
     if not resume:
         start_run(run, split)
     fitted = fit(run, split, built, resume, callbacks)

@@ -1,0 +1,70 @@
+"""Experiment tracking with local stores: TensorBoard event files and an MLflow file store hold
+the settings, one value per epoch and the run's files."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import TINY_TRAINING
+from pneumolab.config import TrainConfig
+from pneumolab.pipeline.train import train
+
+pytestmark = pytest.mark.slow  # trains its own models
+
+EPOCHS = 2
+
+
+def _train(data, out, tracking: str):
+    config = TrainConfig(
+        epochs=EPOCHS, early_stopping_patience=5, tracking=tracking, **TINY_TRAINING
+    )
+    return train(data, out, config)
+
+
+def test_csv_tracking_writes_no_logger_folder(synthetic_data, tmp_path):
+    run = _train(synthetic_data, tmp_path / "run", "csv")
+    assert not (run.root / "tensorboard").exists() and not (run.root / "mlruns").exists()
+    assert len(run.history.read_text().splitlines()) == 1 + EPOCHS
+
+
+def test_tensorboard_tracking_records_epochs_and_the_model_card(synthetic_data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = _train(synthetic_data, tmp_path / "run", "tensorboard")
+    events = EventAccumulator(str(run.root / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    assert len(events.Scalars("val_auc")) == EPOCHS
+    assert {"train_loss", "val_loss"} <= set(events.Tags()["scalars"])
+    texts = {tag.split("/")[0] for tag in events.Tags()["tensors"]}
+    assert {"MODEL_CARD.md", "meta.json"} <= texts
+
+
+def test_mlflow_tracking_uses_a_local_store(synthetic_data, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run = _train(synthetic_data, tmp_path / "run", "mlflow")
+    client = MlflowClient(tracking_uri=(run.root / "mlruns").as_uri())
+    (tracked,) = client.search_runs([client.get_experiment_by_name("pneumolab").experiment_id])
+    assert tracked.info.run_name == "run" and tracked.info.status == "FINISHED"
+    assert tracked.data.params["model"] == "pneumolab_cnn_small"
+    assert tracked.data.params["epochs"] == str(EPOCHS)
+    assert len(client.get_metric_history(tracked.info.run_id, "val_auc")) == EPOCHS
+    artifacts = {a.path for a in client.list_artifacts(tracked.info.run_id)}
+    assert {"MODEL_CARD.md", "meta.json", "val_predictions.csv", "history.csv"} <= artifacts
+
+
+def test_a_missing_tracker_package_is_a_clear_error_before_any_file(
+    synthetic_data, tmp_path, monkeypatch
+):
+    import importlib.util
+
+    from pneumolab.errors import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"tracking: mlflow needs the mlflow package"):
+        _train(synthetic_data, tmp_path / "run", "mlflow")
+    assert not (tmp_path / "run").exists()
