@@ -11,7 +11,21 @@ from pneumolab.cli.config_flags import add_config_flags
 
 TTA_HELP = "average each image over fixed test-time views (zoom 1.1, rotations ±5°)"
 SHIFT_HELP = "also score under the shift protocol (compound acquisition shifts, 3 draws each)"
-EXPORT_HELP = "with --backend onnx: export RUN_DIR/model.onnx first if it is missing"
+
+
+def add_backend_flags(parser: argparse.ArgumentParser, onnx_note: str = "") -> None:
+    """``--backend {torch,onnx}`` and ``--export`` (export a missing model.onnx first)."""
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
+        help=f"onnx: onnxruntime on RUN_DIR/model.onnx (from `pneumolab export`{onnx_note})",
+    )
+    parser.add_argument(
+        "--export",
+        action="store_true",
+        help="with --backend onnx: export RUN_DIR/model.onnx first if it is missing",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,13 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--tta", action="store_true", help=TTA_HELP)
-    predict.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="torch",
-        help="onnx: onnxruntime on RUN_DIR/model.onnx (from `pneumolab export`)",
-    )
-    predict.add_argument("--export", action="store_true", help=EXPORT_HELP)
+    add_backend_flags(predict)
     predict.set_defaults(func=cmd.cmd_predict)
 
     export = commands.add_parser("export", help="export a run for serving, verified vs PyTorch")
@@ -120,13 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("run_dir", type=Path)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="torch",
-        help="onnx: onnxruntime on RUN_DIR/model.onnx (from `pneumolab export`; no heat maps)",
-    )
-    serve.add_argument("--export", action="store_true", help=EXPORT_HELP)
+    add_backend_flags(serve, "; no heat maps")
     serve.add_argument("--max-upload-mb", type=float, default=20, help="largest upload (MB)")
     serve.add_argument(
         "--cors-origin", action="append", help="allow browser calls from this origin (repeatable)"
