@@ -10,7 +10,7 @@ Strategy = Literal["finetune", "frozen", "partial"]
 Intensity = Literal["none", "equalize"]
 Monitor = Literal["val_auc", "val_loss"]
 Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
-BackendName = Literal["torch", "onnx"]
+BackendName = Literal["torch", "onnx", "onnx-int8", "openvino"]
 Split = Literal["val", "test"]
 Tracking = Literal["csv", "tensorboard", "mlflow"]
 

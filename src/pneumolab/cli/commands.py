@@ -186,7 +186,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 1 if summary.failed else 0
     failures = 0
     table = Table("path", "probability", "label")
-    for result in predictor.predict_paths(args.paths, args.batch_size):
+    for result in predictor.predict_paths(args.paths, args.batch_size, args.workers):
         if isinstance(result, ImageLoadError):
             failures += 1
             console.print(f"[red]error:[/] {result}")
@@ -200,6 +200,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format != "onnx":
+        from pneumolab.serving.accelerate import export_int8, export_openvino
+
+        export = export_int8 if args.format == "onnx-int8" else export_openvino
+        parity = export(args.run_dir, args.out)
+        console.print(f"exported {args.format}; parity with fp32 on {parity.summary()}")
+        return 0
     from pneumolab.inference.predictor import expand_paths
     from pneumolab.run import RunDir
     from pneumolab.serving.export import export_onnx

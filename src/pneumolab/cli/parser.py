@@ -14,12 +14,13 @@ SHIFT_HELP = "also score under the shift protocol (compound acquisition shifts, 
 
 
 def add_backend_flags(parser: argparse.ArgumentParser, onnx_note: str = "") -> None:
-    """``--backend {torch,onnx}`` and ``--export`` (export a missing model.onnx first)."""
+    """``--backend`` (one of BACKENDS) and ``--export`` (export a missing model.onnx first)."""
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
         default="torch",
-        help=f"onnx: onnxruntime on RUN_DIR/model.onnx (from `pneumolab export`{onnx_note})",
+        help=f"onnx: onnxruntime on RUN_DIR/model.onnx (from `pneumolab export`{onnx_note}); "
+        "onnx-int8, openvino: files written by `pneumolab export --format` after a parity check",
     )
     parser.add_argument(
         "--export",
@@ -109,12 +110,25 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--tta", action="store_true", help=TTA_HELP)
     add_backend_flags(predict)
+    predict.add_argument(
+        "--workers", type=int, help="image decoding threads (default: one per core)"
+    )
     predict.set_defaults(func=cmd.cmd_predict)
 
     export = commands.add_parser("export", help="export a run for serving, verified vs PyTorch")
     export.add_argument("run_dir", type=Path)
-    export.add_argument("--format", choices=("onnx",), default="onnx")
-    export.add_argument("--out", type=Path, help="file to write (default RUN_DIR/model.onnx)")
+    export.add_argument(
+        "--format",
+        choices=("onnx", "onnx-int8", "openvino"),
+        default="onnx",
+        help="onnx-int8 (static quantisation) and openvino are written only after a parity "
+        "check against the fp32 ONNX model on the run's validation images",
+    )
+    export.add_argument(
+        "--out",
+        type=Path,
+        help="file to write (default RUN_DIR/model.onnx, model.int8.onnx, model.openvino.xml)",
+    )
     export.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     export.add_argument(
         "--verify",

@@ -23,18 +23,65 @@ INPUT_NAME = "pixels"
 """Graph input: float32 ``(N, 1, S, S)`` pixels in [0, 1], after intensity normalisation."""
 OUTPUT_NAME = "probability"
 """Graph output: float32 ``(N,)`` pneumonia probabilities (the sigmoid is inside the graph)."""
+INT8_FILE_NAME = "model.int8.onnx"
+"""Where ``pneumolab export --format onnx-int8`` writes by default (in the run directory)."""
 REQUIRED_METADATA = ("image_size", "intensity")
 """What the backend needs; export writes more (see :func:`pneumolab.serving.export.export_onnx`)."""
 
 
-class OnnxBackend:
-    """An onnxruntime session plus the preprocessing contract stored in the model's metadata.
+class ExportedBackend:
+    """An exported model plus the preprocessing contract stored in its metadata.
 
     Called with uint8 pixels ``(N, 1, S, S)`` (a NumPy array or a CPU tensor), exactly what
     :class:`~pneumolab.Predictor` prepares, it applies the run's intensity normalisation (which
     lives outside the graph, in NumPy), scales to [0, 1] and returns probabilities ``(N,)``,
-    like the PyTorch backend. ``options`` tune the session (default: :func:`session_options`).
+    like the PyTorch backend. Subclasses load the file and score float32 batches (``_score``).
     """
+
+    file: Path
+    metadata: dict[str, str]
+
+    def _read_contract(self, metadata: dict[str, str]) -> None:
+        self.metadata = metadata
+        missing = [key for key in REQUIRED_METADATA if key not in metadata]
+        if missing:
+            raise ModelError(
+                f"{self.file}: no pneumolab preprocessing metadata ({', '.join(missing)} missing); "
+                "export it with `pneumolab export`"
+            )
+        self.image_size = int(metadata["image_size"])
+        self.intensity = metadata["intensity"]
+
+    def _score(self, inputs: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, pixels: np.ndarray | torch.Tensor, batch_size: int = 64) -> np.ndarray:
+        """Pneumonia probabilities for uint8 ``(N, 1, S, S)`` pixels, batch by batch."""
+        pixels = np.asarray(pixels)
+        expected = (1, self.image_size, self.image_size)
+        if pixels.dtype != np.uint8 or tuple(pixels.shape[1:]) != expected:
+            raise ValueError(
+                f"expected uint8 pixels of shape (N, {', '.join(map(str, expected))}), "
+                f"got {pixels.dtype} {tuple(pixels.shape)}"
+            )
+        probs = [
+            self._score(normalize_intensity_array(chunk, self.intensity) / np.float32(255))
+            for chunk in np.split(pixels, range(batch_size, len(pixels), batch_size))
+        ]
+        return np.concatenate(probs) if probs else np.zeros(0, dtype=np.float32)
+
+    def check_weights(self, run_dir: Path) -> None:
+        """RunDirError unless this file was exported from ``run_dir``'s weights."""
+        if self.metadata.get("weights_sha256") != weights_digest(run_dir):
+            raise RunDirError(
+                f"{self.file}: exported from other weights than {RunDir(run_dir).weights}; "
+                f"run `pneumolab export {run_dir}` again"
+            )
+
+
+class OnnxBackend(ExportedBackend):
+    """An onnxruntime session of an exported ONNX file (fp32, or INT8 from
+    :mod:`pneumolab.serving.accelerate`); ``options`` tune it (default: :func:`session_options`)."""
 
     def __init__(self, onnx_file: str | Path, options: ort.SessionOptions | None = None) -> None:
         self.file = Path(onnx_file)
@@ -48,39 +95,18 @@ class OnnxBackend:
             )
         except Exception as exc:  # onnxruntime's errors share no base class below Exception
             raise ModelError(f"{self.file}: not a loadable ONNX model ({exc})") from None
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        missing = [key for key in REQUIRED_METADATA if key not in self.metadata]
-        if missing:
-            raise ModelError(
-                f"{self.file}: no pneumolab preprocessing metadata ({', '.join(missing)} missing); "
-                "export it with `pneumolab export`"
-            )
-        self.image_size = int(self.metadata["image_size"])
-        self.intensity = self.metadata["intensity"]
+        self._read_contract(dict(self.session.get_modelmeta().custom_metadata_map))
 
-    def __call__(self, pixels: np.ndarray | torch.Tensor, batch_size: int = 64) -> np.ndarray:
-        """Pneumonia probabilities for uint8 ``(N, 1, S, S)`` pixels, batch by batch."""
-        pixels = np.asarray(pixels)
-        expected = (1, self.image_size, self.image_size)
-        if pixels.dtype != np.uint8 or tuple(pixels.shape[1:]) != expected:
-            raise ValueError(
-                f"expected uint8 pixels of shape (N, {', '.join(map(str, expected))}), "
-                f"got {pixels.dtype} {tuple(pixels.shape)}"
-            )
-        probs = [
-            self.session.run(
-                [OUTPUT_NAME],
-                {INPUT_NAME: normalize_intensity_array(chunk, self.intensity) / np.float32(255)},
-            )[0]
-            for chunk in np.split(pixels, range(batch_size, len(pixels), batch_size))
-        ]
-        return np.concatenate(probs) if probs else np.zeros(0, dtype=np.float32)
+    def _score(self, inputs: np.ndarray) -> np.ndarray:
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: inputs})[0]
 
 
-def session_options(threads: int | None = None, spin: bool = True) -> ort.SessionOptions:
-    """onnxruntime settings for this CPU inference: every graph optimisation, operators run one
-    after another (the network is a chain), ``threads`` intra-op threads (None: one per core),
-    ``spin=False`` so idle intra-op threads yield the cores to image decoding threads."""
+def session_options(threads: int | None = None, spin: bool = False) -> ort.SessionOptions:
+    """onnxruntime settings for CPU inference: every graph optimisation, operators one after
+    another (the network is a chain), ``threads`` intra-op threads (None: one per core) that
+    do not spin while idle (``spin=False``), so they leave the cores to the image decoding
+    threads and to other processes (benchmarks/speed.py measures the variants).
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -101,9 +127,27 @@ def run_onnx_backend(run_dir: str | Path, onnx_file: str | Path | None = None) -
             f"`pneumolab export {run.root}` (verified against PyTorch), then use --backend onnx"
         )
     backend = OnnxBackend(onnx_file)
-    if backend.metadata.get("weights_sha256") != weights_digest(run.root):
-        raise RunDirError(
-            f"{onnx_file}: exported from other weights than {run.weights}; "
-            f"run `pneumolab export {run.root}` again"
-        )
+    backend.check_weights(run.root)
     return backend
+
+
+def run_exported_backend(
+    run_dir: str | Path, backend: str, file: str | Path | None = None
+) -> ExportedBackend:
+    """The run's ``onnx`` (see :func:`run_onnx_backend`), ``onnx-int8`` or ``openvino`` backend;
+    the last two only from files that ``pneumolab export`` accepted after its parity check."""
+    run_dir = Path(run_dir)
+    if backend == "onnx":
+        return run_onnx_backend(run_dir, file)
+    from pneumolab.inference.openvino_backend import OPENVINO_FILE_NAME, OpenVinoBackend
+
+    default = {"onnx-int8": INT8_FILE_NAME, "openvino": OPENVINO_FILE_NAME}[backend]
+    path = Path(file) if file else run_dir / default
+    if not path.is_file():
+        raise ModelError(
+            f"{path}: not found; create it with `pneumolab export {run_dir} --format {backend}` "
+            "(it is written only after a parity check against the fp32 model)"
+        )
+    loaded = OnnxBackend(path) if backend == "onnx-int8" else OpenVinoBackend(path)
+    loaded.check_weights(run_dir)
+    return loaded

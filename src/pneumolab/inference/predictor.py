@@ -19,6 +19,7 @@ from pneumolab.choices import BACKENDS
 from pneumolab.data.imageio import array_to_image, load_image, resize_square, to_grayscale
 from pneumolab.data.layout import IMAGE_SUFFIXES
 from pneumolab.errors import ImageLoadError, RunDirError
+from pneumolab.inference.decoding import decoded_batches
 from pneumolab.run import RunDir
 from pneumolab.run_meta import RunMeta
 
@@ -167,7 +168,10 @@ class Predictor:
 
         ``backend="onnx"`` scores with onnxruntime (``device`` unused) from ``onnx_file``,
         by default ``RUN_DIR/model.onnx``, written by ``pneumolab export`` (loading never
-        writes; a missing file is a RunDirError that says so).
+        writes; a missing file is a RunDirError that says so); ``"onnx-int8"``
+        (``RUN_DIR/model.int8.onnx``) and ``"openvino"`` (``RUN_DIR/model.openvino.xml``) load
+        files that ``pneumolab export --format`` wrote after a parity check against fp32
+        (``onnx_file`` overrides the path).
         ``tta`` averages each image's score over fixed test-time views (the stored threshold
         was chosen without them).
         """
@@ -188,10 +192,10 @@ class Predictor:
         if meta.is_ensemble:
             members = [cls._load(m.root, device, backend, None) for m in run.member_runs()]
             return cls(None, meta, mean_of([m.backend for m in members]))
-        if backend == "onnx":
-            from pneumolab.inference.onnx_backend import run_onnx_backend  # only when asked
+        if backend != "torch":
+            from pneumolab.inference.onnx_backend import run_exported_backend  # only when asked
 
-            return cls(None, meta, run_onnx_backend(run.root, onnx_file))
+            return cls(None, meta, run_exported_backend(run.root, backend, onnx_file))
         from safetensors.torch import load_file
 
         from pneumolab.models.registry import create_classifier
@@ -224,13 +228,13 @@ class Predictor:
             pil = to_grayscale(image)
         else:
             pil = array_to_image(image)
-        return resize_square(pil, self.image_size)[None]
+        return np.array(resize_square(pil, self.image_size))[None]  # writable, for torch
 
     def preprocess(self, image: ImageInput) -> torch.Tensor:
         """:meth:`preprocess_array` as a tensor (for the PyTorch model, e.g. Grad-CAM)."""
         import torch
 
-        return torch.from_numpy(self.preprocess_array(image).copy())
+        return torch.from_numpy(self.preprocess_array(image))
 
     def _result(self, source: str, probability: float) -> Prediction:
         label = self.class_names[int(probability >= self.threshold)]
@@ -243,24 +247,20 @@ class Predictor:
         return self._result(source, probability)
 
     def predict_paths(
-        self, paths: Sequence[str | Path], batch_size: int = 32
+        self, paths: Sequence[str | Path], batch_size: int = 32, workers: int | None = None
     ) -> Iterator[Prediction | ImageLoadError]:
-        """Predict files (folders expanded) in batches; unreadable files yield their error instead."""
+        """Predict files (folders expanded) in batches; unreadable files yield their error instead.
+
+        Files are decoded on ``workers`` threads (default: one per core) while the previous
+        batch is scored (:func:`~pneumolab.inference.decoding.decoded_batches`).
+        """
         files = expand_paths(paths)
-        for start in range(0, len(files), batch_size):
-            chunk = files[start : start + batch_size]
-            pixels: list[np.ndarray] = []
-            outcomes: list[ImageLoadError | int] = []
-            for path in chunk:
-                try:
-                    pixels.append(self.preprocess_array(path))
-                    outcomes.append(len(pixels) - 1)
-                except ImageLoadError as exc:
-                    outcomes.append(exc)
-            probs = self.backend(np.stack(pixels)) if pixels else np.zeros(0)
-            for path, outcome in zip(chunk, outcomes, strict=True):
+        for batch in decoded_batches(files, self.preprocess_array, batch_size, workers):
+            decoded = [pixels for _, pixels in batch if isinstance(pixels, np.ndarray)]
+            probs = iter(self.backend(np.stack(decoded)) if decoded else [])
+            for path, pixels in batch:
                 yield (
-                    outcome
-                    if isinstance(outcome, ImageLoadError)
-                    else self._result(str(path), probs[outcome])
+                    pixels
+                    if isinstance(pixels, ImageLoadError)
+                    else self._result(str(path), next(probs))
                 )

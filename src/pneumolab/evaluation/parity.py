@@ -1,0 +1,78 @@
+"""Parity of a faster backend (INT8, OpenVINO) with the fp32 reference: the check that accepts it.
+
+A backend is accepted when, on validation images, its ROC AUC is within ``MAX_AUC_CHANGE`` of
+the fp32 model's and every label it flips at the stored threshold belongs to an image that the
+fp32 model itself scores within ``LOGIT_MARGIN`` of the threshold (on the logit scale, so the
+margin means the same at a threshold of 0.07 as at 0.5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.special import logit
+from sklearn.metrics import roc_auc_score
+
+MAX_AUC_CHANGE = 0.002
+"""Largest |ROC AUC change| against fp32 that a backend may show."""
+LOGIT_MARGIN = 0.5
+"""A label may flip only for an image whose fp32 logit is this close to the threshold's logit
+(0.5 is a probability band of about ±0.03 around a threshold of 0.07, ±0.12 around 0.5)."""
+
+
+@dataclass(frozen=True)
+class Parity:
+    """How a backend's scores compare with the fp32 reference on the same images."""
+
+    images: int
+    reference_auc: float
+    auc: float
+    max_abs_diff: float
+    label_flips: int
+    flips_outside_margin: int
+    logit_margin: float = LOGIT_MARGIN
+    max_auc_change: float = MAX_AUC_CHANGE
+
+    @property
+    def auc_change(self) -> float:
+        return self.auc - self.reference_auc
+
+    @property
+    def accepted(self) -> bool:
+        return abs(self.auc_change) <= self.max_auc_change and self.flips_outside_margin == 0
+
+    def to_dict(self) -> dict[str, float | int | bool]:
+        return asdict(self) | {"auc_change": self.auc_change, "accepted": self.accepted}
+
+    def summary(self) -> str:
+        return (
+            f"{self.images} validation images: ROC AUC {self.auc:.4f} vs fp32 "
+            f"{self.reference_auc:.4f} (change {self.auc_change:+.4f}, limit "
+            f"±{self.max_auc_change}), max |Δprob| {self.max_abs_diff:.1e}, {self.label_flips} "
+            f"label(s) flipped at the threshold, {self.flips_outside_margin} of them outside "
+            f"±{self.logit_margin} logit of it"
+        )
+
+
+def score_parity(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    labels: np.ndarray,
+    threshold: float,
+    logit_margin: float = LOGIT_MARGIN,
+) -> Parity:
+    """Compare ``candidate`` probabilities with the fp32 ``reference`` ones on labelled images."""
+    reference, candidate = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
+    flipped = (candidate >= threshold) != (reference >= threshold)
+    eps = 1e-7
+    distance = np.abs(logit(reference.clip(eps, 1 - eps)) - logit(np.clip(threshold, eps, 1 - eps)))
+    return Parity(
+        images=len(reference),
+        reference_auc=float(roc_auc_score(labels, reference)),
+        auc=float(roc_auc_score(labels, candidate)),
+        max_abs_diff=float(np.abs(candidate - reference).max()),
+        label_flips=int(flipped.sum()),
+        flips_outside_margin=int((flipped & (distance > logit_margin)).sum()),
+        logit_margin=logit_margin,
+    )

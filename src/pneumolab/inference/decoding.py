@@ -1,0 +1,51 @@
+"""Decode image files on a thread pool, a few batches ahead of the model.
+
+PIL releases the GIL while it decodes and resizes, and onnxruntime (or PyTorch) while it
+computes, so threads spread JPEG decoding over the cores and overlap it with inference.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from pneumolab.errors import ImageLoadError
+
+Decoded = np.ndarray | ImageLoadError
+"""One file's pixels, or the error that names why it could not be read."""
+
+
+def _attempt(load: Callable[[Path], np.ndarray], path: Path) -> Decoded:
+    try:
+        return load(path)
+    except ImageLoadError as exc:
+        return exc
+
+
+def decoded_batches(
+    files: Sequence[Path],
+    load: Callable[[Path], np.ndarray],
+    batch_size: int,
+    workers: int | None = None,
+    ahead: int = 2,
+) -> Iterator[list[tuple[Path, Decoded]]]:
+    """``load`` every file on ``workers`` threads (default: one per core), batch by batch, in
+    order; up to ``ahead`` batches are decoded while the caller works on the current one.
+
+    An ImageLoadError stands in for the pixels of a file that could not be read; any other
+    exception is raised. Memory stays bounded by ``(ahead + 1) * batch_size`` decoded images.
+    """
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        pending: deque[list[tuple[Path, Future[Decoded]]]] = deque()
+        for start in range(0, len(files), batch_size):
+            chunk = files[start : start + batch_size]
+            pending.append([(path, pool.submit(_attempt, load, path)) for path in chunk])
+            if len(pending) > ahead:
+                yield [(path, future.result()) for path, future in pending.popleft()]
+        while pending:
+            yield [(path, future.result()) for path, future in pending.popleft()]

@@ -1,0 +1,65 @@
+"""Score uint8 X-ray pixels with OpenVINO (``pip install openvino``), from a verified IR file."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pneumolab.errors import ModelError
+from pneumolab.inference.onnx_backend import ExportedBackend
+
+OPENVINO_FILE_NAME = "model.openvino.xml"
+"""Where ``pneumolab export --format openvino`` writes the IR (weights beside it, ``.bin``)."""
+METADATA_SECTION = "pneumolab"
+"""The IR's runtime-info section that holds the ONNX file's metadata (the preprocessing contract)."""
+
+
+def import_openvino() -> Any:
+    """The ``openvino`` module, or a ModelError saying how to install it."""
+    try:
+        import openvino
+    except ImportError:
+        raise ModelError(
+            "the openvino backend needs OpenVINO: pip install openvino (or pneumolab[openvino])"
+        ) from None
+    return openvino
+
+
+class OpenVinoBackend(ExportedBackend):
+    """An OpenVINO CPU model compiled from an IR written by ``pneumolab export --format openvino``.
+
+    OpenVINO chooses its CPU precision itself (bf16 on CPUs with AMX or AVX512-BF16, else fp32);
+    the export's parity check ran with the same choice, on the machine that exported it.
+    """
+
+    def __init__(self, xml_file: str | Path, threads: int | None = None) -> None:
+        ov = import_openvino()
+        self.file = Path(xml_file)
+        if not self.file.is_file():
+            raise ModelError(f"{self.file}: OpenVINO file not found")
+        core = ov.Core()
+        try:
+            model = core.read_model(str(self.file))
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
+            raise ModelError(f"{self.file}: not a loadable OpenVINO model ({exc})") from None
+        info = model.get_rt_info()  # an RTMap: `in` and [] work, .get does not
+        section = info[METADATA_SECTION] if METADATA_SECTION in info else {}  # noqa: SIM401
+        self._read_contract({key: section[key].astype(str) for key in section})
+        config: dict[str, str | int] = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.lock = threading.Lock()  # an infer request serves one call at a time
+
+    @property
+    def precision(self) -> str:
+        """The precision OpenVINO runs the model in here (``bf16`` or ``f32``)."""
+        return str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+
+    def _score(self, inputs: np.ndarray) -> np.ndarray:
+        with self.lock:
+            return self.request.infer({0: inputs})[0].copy()

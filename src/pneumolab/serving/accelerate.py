@@ -1,0 +1,191 @@
+"""Faster exports of a run, each accepted only after a parity check against the fp32 ONNX model.
+
+- ``onnx-int8``: onnxruntime static quantisation (QDQ, per-channel INT8 weights, UINT8
+  activations) of the convolutions below 1/4 of the input resolution and the classifier,
+  calibrated on validation images;
+- ``openvino``: the fp32 ONNX graph as an OpenVINO IR (OpenVINO then runs it in bf16 where the
+  CPU has AMX or AVX512-BF16).
+
+Validation images (the run's ``val_predictions.csv``) are split once, seeded: calibration images
+for INT8, and the rest for the parity check (:mod:`pneumolab.evaluation.parity`), which scores
+them with the fp32 ONNX model and the candidate. A candidate that fails is not written.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pneumolab.data.intensity import normalize_intensity_array
+from pneumolab.errors import ExportError, RunDirError
+from pneumolab.evaluation.parity import Parity, score_parity
+from pneumolab.inference.onnx_backend import (
+    INPUT_NAME,
+    INT8_FILE_NAME,
+    ExportedBackend,
+    OnnxBackend,
+    run_onnx_backend,
+)
+from pneumolab.inference.openvino_backend import (
+    METADATA_SECTION,
+    OPENVINO_FILE_NAME,
+    OpenVinoBackend,
+    import_openvino,
+)
+from pneumolab.inference.predictor import Predictor
+from pneumolab.run import RunDir, read_predictions
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_IMAGES = 128
+"""Validation images INT8 calibration sees (at most half); the others are the parity check's."""
+MIN_PARITY_IMAGES = 20
+QUANTIZED_OPS = ["Conv", "Gemm"]
+"""Operators quantised; the sigmoid stays fp32, so probabilities near a low threshold keep
+their resolution."""
+FP32_RESOLUTION = 4
+"""Convolutions whose output is at least 1/4 of the input's side stay fp32: quantising the
+stem and the first stages too moved the default model's logits by 0.42 (median) and flipped
+labels far from the threshold (benchmarks/README.md, INT8)."""
+
+
+@dataclass(frozen=True)
+class ValidationImages:
+    """The run's validation images, preprocessed, split into calibration and parity parts."""
+
+    calibration: np.ndarray
+    parity: np.ndarray
+    parity_labels: np.ndarray
+
+
+def validation_images(predictor: Predictor, run: RunDir, calibration: int) -> ValidationImages:
+    """Decode the run's validation images and split them (seeded) for calibration (up to
+    ``calibration`` images, at most half) and the parity check (the rest)."""
+    if not run.val_predictions.is_file():
+        raise RunDirError(f"{run.val_predictions}: missing; the parity check needs it")
+    rows = [r for r in read_predictions(run.val_predictions) if Path(r["path"]).is_file()]
+    if len(rows) < 2 * MIN_PARITY_IMAGES:
+        raise RunDirError(
+            f"{run.val_predictions}: {len(rows)} readable validation images; calibration and the "
+            f"parity check need at least {2 * MIN_PARITY_IMAGES}"
+        )
+    order = np.random.default_rng(0).permutation(len(rows))
+    pixels = np.stack([predictor.preprocess_array(rows[i]["path"]) for i in order])
+    labels = np.array([rows[i]["label"] for i in order])
+    cut = min(calibration, len(rows) // 2)
+    return ValidationImages(pixels[:cut], pixels[cut:], labels[cut:])
+
+
+def _accept(
+    candidate: ExportedBackend, reference: OnnxBackend, images: ValidationImages, threshold: float
+) -> Parity:
+    parity = score_parity(
+        reference(images.parity), candidate(images.parity), images.parity_labels, threshold
+    )
+    if not parity.accepted:
+        raise ExportError(f"{candidate.file}: parity check against fp32 failed: {parity.summary()}")
+    return parity
+
+
+def _write_verified(
+    run_dir: Path, out_file: Path, write: Callable[[Path, ValidationImages], ExportedBackend]
+) -> Parity:
+    """Export with ``write`` to a temporary name, check parity, then move it to ``out_file``."""
+    run = RunDir(Path(run_dir))
+    reference = run_onnx_backend(run.root)
+    predictor = Predictor(None, run.read_meta(), reference)
+    images = validation_images(predictor, run, CALIBRATION_IMAGES)
+    tmp = out_file.with_name("partial-" + out_file.name)
+    try:
+        parity = _accept(write(tmp, images), reference, images, predictor.threshold)
+        for suffix in (".bin", out_file.suffix):  # OpenVINO's weights first, then its graph
+            if tmp.with_suffix(suffix).is_file():
+                tmp.with_suffix(suffix).replace(out_file.with_suffix(suffix))
+    finally:
+        for suffix in (".bin", out_file.suffix):
+            tmp.with_suffix(suffix).unlink(missing_ok=True)
+    log.info("%s accepted: %s", out_file, parity.summary())
+    return parity
+
+
+class _CalibrationReader:
+    """onnxruntime's CalibrationDataReader protocol over preprocessed uint8 pixels."""
+
+    def __init__(self, pixels: np.ndarray, intensity: str, batch_size: int = 16) -> None:
+        inputs = normalize_intensity_array(pixels, intensity) / np.float32(255)
+        self.batches = iter(np.split(inputs, range(batch_size, len(inputs), batch_size)))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {INPUT_NAME: batch}
+
+
+def _high_resolution_convs(graph: Any, image_size: int) -> list[str]:
+    """Names of the Conv nodes whose output side is at least ``image_size / FP32_RESOLUTION``
+    (``graph``: an ONNX model whose shapes were inferred)."""
+    sides = {
+        value.name: value.type.tensor_type.shape.dim[-1].dim_value
+        for value in graph.graph.value_info
+        if len(value.type.tensor_type.shape.dim) == 4
+    }
+    return [
+        node.name
+        for node in graph.graph.node
+        if node.op_type == "Conv" and sides.get(node.output[0], 0) * FP32_RESOLUTION >= image_size
+    ]
+
+
+def export_int8(run_dir: str | Path, out_file: str | Path | None = None) -> Parity:
+    """INT8 ONNX model of the run (default ``RUN_DIR/model.int8.onnx``), static quantisation
+    calibrated on validation images; written only when parity with fp32 holds."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    run_dir = Path(run_dir)
+    out_file = Path(out_file) if out_file else run_dir / INT8_FILE_NAME
+
+    def write(tmp: Path, images: ValidationImages) -> ExportedBackend:
+        fp32 = RunDir(run_dir).onnx
+        quant_pre_process(str(fp32), str(tmp))  # shape inference + graph clean-up
+        reference = OnnxBackend(fp32)
+        quantize_static(
+            str(tmp),
+            str(tmp),
+            _CalibrationReader(images.calibration, reference.intensity),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=QUANTIZED_OPS,
+            nodes_to_exclude=_high_resolution_convs(onnx.load(str(tmp)), reference.image_size),
+        )
+        graph = onnx.load(str(tmp))
+        onnx.helper.set_model_props(graph, {**reference.metadata, "precision": "int8"})
+        onnx.save(graph, str(tmp))
+        return OnnxBackend(tmp)
+
+    return _write_verified(run_dir, out_file, write)
+
+
+def export_openvino(run_dir: str | Path, out_file: str | Path | None = None) -> Parity:
+    """OpenVINO IR of the run (default ``RUN_DIR/model.openvino.xml`` + ``.bin``), the fp32
+    ONNX graph with its metadata; written only when parity with fp32 holds here."""
+    ov = import_openvino()
+    run_dir = Path(run_dir)
+    out_file = Path(out_file) if out_file else run_dir / OPENVINO_FILE_NAME
+
+    def write(tmp: Path, images: ValidationImages) -> ExportedBackend:
+        fp32 = RunDir(run_dir).onnx
+        model = ov.Core().read_model(str(fp32))
+        for key, value in OnnxBackend(fp32).metadata.items():
+            model.set_rt_info(value, [METADATA_SECTION, key])
+        ov.save_model(model, str(tmp.with_suffix(".xml")), compress_to_fp16=False)
+        return OpenVinoBackend(tmp.with_suffix(".xml"))
+
+    return _write_verified(run_dir, out_file, write)

@@ -1,0 +1,88 @@
+"""INT8 and OpenVINO exports: written only after the parity check, then usable as backends."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_export import SIZE, write_run
+
+from conftest import fixed_threshold_meta
+from pneumolab.cli import main
+from pneumolab.errors import ExportError, ModelError
+from pneumolab.evaluation.parity import Parity
+from pneumolab.inference.predictor import Predictor, predict_pixels
+from pneumolab.run import RunDir
+from pneumolab.serving import accelerate
+from pneumolab.serving.accelerate import export_int8
+from pneumolab.serving.export import export_onnx
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> RunDir:
+    """A tiny run whose 40 validation images are the 20 lowest- and 20 highest-scored of 60
+    (labelled so), with the threshold in the gap: INT8 rounding cannot reorder the classes."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(60):
+        pixels = rng.normal(30 + 3 * i, 12, (40, 36)).clip(0, 255).astype(np.uint8)
+        images.append(folder / f"img{i}.png")
+        Image.fromarray(pixels).save(images[-1])
+    run = write_run(tmp_path_factory.mktemp("runs") / "run", images, intensity="equalize")
+    predictor = Predictor.from_run(run.root)
+    pixels = np.stack([predictor.preprocess_array(p) for p in images])
+    probs = predict_pixels(predictor.model, pixels, predictor.intensity)
+    order = np.argsort(probs)
+    low, high = order[:20], order[-20:]
+    rows = [(images[i], 0) for i in low] + [(images[i], 1) for i in high]
+    run.val_predictions.write_text(
+        "path,label,probability\n" + "".join(f"{p},{y},0.5\n" for p, y in rows)
+    )
+    threshold = float(probs[low[-1]] + probs[high[0]]) / 2
+    run.write_meta(fixed_threshold_meta("pneumolab_cnn_small", SIZE, threshold, "equalize"))
+    export_onnx(run.root, run.onnx)  # the fp32 reference that parity compares with
+    return run
+
+
+def test_int8_export_passes_parity_and_serves_predictions(run, capsys):
+    assert main(["export", str(run.root), "--format", "onnx-int8"]) == 0
+    assert "parity with fp32 on 20 validation images" in capsys.readouterr().err
+    int8 = Predictor.from_run(run.root, backend="onnx-int8")
+    assert int8.backend.metadata["precision"] == "int8"
+    assert int8.backend.metadata["intensity"] == "equalize"
+    fp32 = Predictor.from_run(run.root, backend="onnx")
+    rows = [r.split(",")[0] for r in run.val_predictions.read_text().splitlines()[1:]]
+    got = [p.label for p in int8.predict_paths(rows)]
+    assert got == [p.label for p in fp32.predict_paths(rows)]
+
+
+def test_failed_parity_writes_nothing(run, tmp_path, monkeypatch):
+    failing = Parity(20, 1.0, 0.9, 0.3, 4, 4)
+    monkeypatch.setattr(accelerate, "score_parity", lambda *args: failing)
+    out = tmp_path / "m.int8.onnx"
+    with pytest.raises(ExportError, match=r"parity check against fp32 failed.*change -0\.1000"):
+        export_int8(run.root, out)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_backend_without_its_export_says_how_to_make_it(tmp_path, run):
+    with pytest.raises(ModelError, match=r"--format openvino.*parity check"):
+        Predictor.from_run(run.root, backend="openvino", onnx_file=tmp_path / "none.xml")
+
+
+def test_openvino_export_passes_parity_and_predicts(run, capsys):
+    pytest.importorskip("openvino")
+    assert main(["export", str(run.root), "--format", "openvino"]) == 0
+    assert (run.root / "model.openvino.xml").is_file() and (
+        run.root / "model.openvino.bin"
+    ).is_file()
+    capsys.readouterr()
+    image = run.val_predictions.read_text().splitlines()[1].split(",")[0]
+    assert main(["predict", str(run.root), image, "--json", "--backend", "openvino"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["source"] == image and result["label"] == "NORMAL"
+    assert Path(image).is_file()
