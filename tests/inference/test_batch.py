@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 
@@ -53,6 +54,23 @@ def test_rerun_resumes_and_retries_failures(predictor, images, tmp_path, suffix)
     rows = _read(out)
     assert len(rows) == 11
     assert len({r["source"] for r in rows}) == 11
+
+
+def test_rows_of_finished_batches_survive_an_interruption(predictor, images, tmp_path):
+    folder, _ = images
+    interrupted, calls = copy.copy(predictor), []
+
+    def third_batch_interrupts(pixels):
+        calls.append(len(pixels))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return predictor.backend(pixels)
+
+    interrupted.backend = third_batch_interrupts
+    out = tmp_path / "results.csv"
+    with pytest.raises(KeyboardInterrupt):
+        predict_to_file(interrupted, [folder], out, batch_size=3, progress=False)
+    assert len(_read(out)) == 6  # the two scored batches, nothing torn
 
 
 def test_unknown_output_format(predictor, images, tmp_path):

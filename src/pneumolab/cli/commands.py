@@ -178,7 +178,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.out:
         from pneumolab.inference.batch import predict_to_file
 
-        summary = predict_to_file(predictor, args.paths, args.out, args.batch_size)
+        summary = predict_to_file(
+            predictor, args.paths, args.out, args.batch_size, workers=args.workers
+        )
         console.print(
             f"{summary.written} written to {args.out} ({summary.failed} failed, "
             f"{summary.already_done} already there from an earlier run)"

@@ -59,11 +59,14 @@ def predict_to_file(
     out: str | Path,
     batch_size: int = 32,
     progress: bool = True,
+    workers: int | None = None,
 ) -> BatchSummary:
     """Predict every image under ``paths`` into ``out`` (.csv or .jsonl), one row per image, as it goes.
 
     Images whose row is already in ``out`` (without an error) are skipped, so re-running the same
     command resumes an interrupted job; failed images are retried. Rows are flushed per batch.
+    One stream of :meth:`Predictor.predict_paths` (``workers`` decoding threads) serves the
+    whole job, so decoding stays ahead of the model across batches.
     """
     out = Path(out)
     fmt = _format(out)
@@ -76,16 +79,16 @@ def predict_to_file(
         if not rows and fmt == "csv":
             f.write(",".join(FIELDS) + "\r\n")
         task = bar.add_task("predicting", total=len(todo))
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            for path, result in zip(chunk, predictor.predict_paths(chunk, batch_size), strict=True):
-                if isinstance(result, ImageLoadError):
-                    failed += 1
-                    row = dict.fromkeys(FIELDS) | {"source": str(path), "error": str(result)}
-                else:
-                    row = result.to_dict() | {"error": ""}
-                f.write(_line(row, fmt))
-                written += 1
-            f.flush()
-            bar.advance(task, len(chunk))
+        results = predictor.predict_paths(todo, batch_size, workers)
+        for path, result in zip(todo, results, strict=True):
+            if isinstance(result, ImageLoadError):
+                failed += 1
+                row = dict.fromkeys(FIELDS) | {"source": str(path), "error": str(result)}
+            else:
+                row = result.to_dict() | {"error": ""}
+            f.write(_line(row, fmt))
+            written += 1
+            if written % batch_size == 0 or written == len(todo):
+                f.flush()
+                bar.advance(task, (written - 1) % batch_size + 1)
     return BatchSummary(written=written, already_done=len(files) - len(todo), failed=failed)
