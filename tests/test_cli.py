@@ -91,7 +91,9 @@ def test_predict_files_and_folders_at_full_resolution(trained_run, shared_fullre
     threshold = json.loads((trained_run / "meta.json").read_text())["threshold"]
     for result in lines:
         assert 0.0 <= result["probability"] <= 1.0
-        assert result["label"] == ("PNEUMONIA" if result["probability"] >= threshold else "NORMAL")
+        expected = "PNEUMONIA" if result["probability"] >= threshold else "NORMAL"
+        # the tiny run was trained on synthetic images: real X-rays may be out of its scope
+        assert result["label"] == (expected if result["in_scope"] else "OUT_OF_SCOPE")
 
 
 def test_predict_reports_bad_files_by_name_and_continues(

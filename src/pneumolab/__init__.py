@@ -3,7 +3,7 @@
 >>> import pneumolab
 >>> predictor = pneumolab.load_run("runs/demo")              # doctest: +SKIP
 >>> predictor.predict("chest.jpeg")                           # doctest: +SKIP
-Prediction(source='chest.jpeg', probability=0.97, label='PNEUMONIA', threshold=0.41)
+Prediction(source='chest.jpeg', probability=0.97, label='PNEUMONIA', threshold=0.41, in_scope=True, ...)
 """
 
 from __future__ import annotations
@@ -18,23 +18,26 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 if TYPE_CHECKING:
     from pneumolab.config import TrainConfig
-    from pneumolab.inference.predictor import Prediction, Predictor
+    from pneumolab.inference.prediction import Prediction
+    from pneumolab.inference.predictor import Predictor
 
 __all__ = [
     "Prediction",
     "Predictor",
     "TrainConfig",
     "__version__",
+    "audit_folder",
     "build_ensemble",
     "compare_runs",
     "evaluate",
+    "fit_run_ood",
     "load_run",
     "run_study",
     "train",
 ]
 
 _LAZY = {
-    "Prediction": "pneumolab.inference.predictor",
+    "Prediction": "pneumolab.inference.prediction",
     "Predictor": "pneumolab.inference.predictor",
     "TrainConfig": "pneumolab.config",
     "train": "pneumolab.pipeline.train",
@@ -42,6 +45,8 @@ _LAZY = {
     "build_ensemble": "pneumolab.pipeline.ensemble",
     "compare_runs": "pneumolab.evaluation.comparison",
     "run_study": "pneumolab.study.runner",
+    "fit_run_ood": "pneumolab.pipeline.ood_fit",
+    "audit_folder": "pneumolab.evaluation.audit",
 }
 
 

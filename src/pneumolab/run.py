@@ -8,6 +8,7 @@ RUN_DIR/
   meta.json              RunMeta: model, image size, preprocessing, threshold, classes, versions, metrics
   history.csv            per-epoch metrics
   val_predictions.csv    validation scores of the best model
+  ood.safetensors        the input-scope gate's OOD model and threshold (pneumolab.scope.ood)
   checkpoints/           Lightning checkpoints (last.ckpt for --resume)
   model.onnx             written by `pneumolab export` only
   eval/<split>/          evaluation outputs
@@ -56,6 +57,10 @@ class RunDir:
     @property
     def meta(self) -> Path:
         return self.root / "meta.json"
+
+    @property
+    def ood(self) -> Path:
+        return self.root / "ood.safetensors"
 
     @property
     def history(self) -> Path:
@@ -172,3 +177,9 @@ def weights_digest(run_dir: Path) -> str:
         members = "".join(weights_digest(member.root) for member in run.member_runs())
         return hashlib.sha256(members.encode()).hexdigest()
     return hashlib.sha256(run.weights.read_bytes()).hexdigest()
+
+
+def ood_digest(run_dir: Path) -> str:
+    """SHA-256 of the run's OOD model file (``none`` without one): ties an export to it."""
+    ood = RunDir(Path(run_dir)).ood
+    return hashlib.sha256(ood.read_bytes()).hexdigest() if ood.is_file() else "none"

@@ -16,6 +16,7 @@ from pneumolab.inference.predictor import Predictor
 from pneumolab.pipeline.ensemble import build_ensemble
 from pneumolab.pipeline.train import train
 from pneumolab.run import read_predictions
+from pneumolab.scope.ood import ENSEMBLE_METHOD, OodModel
 from pneumolab.serving.export import export_onnx
 
 pytestmark = pytest.mark.slow  # trains its own models
@@ -98,3 +99,17 @@ def test_an_ensemble_is_served(members, tmp_path):
     assert response.json()["probability"] == pytest.approx(expected, abs=1e-6)
     refused = client.post("/v1/predict?heatmap=true", files=files)
     assert refused.status_code == 409 and "ensemble" in refused.json()["detail"]
+
+
+def test_ensemble_ood_is_the_mean_of_its_members_with_its_own_threshold(members, tmp_path):
+    data, runs = members
+    ensemble = build_ensemble([r.root for r in runs], tmp_path / "ens")
+    ood = OodModel.load(ensemble.ood)
+    member_scores = [OodModel.load(r.ood).val_scores for r in runs]
+    np.testing.assert_allclose(ood.val_scores, np.mean(member_scores, axis=0), rtol=1e-6)
+    assert ood.method == ENSEMBLE_METHOD and ood.val_flagged_fraction <= 0.01
+    image = runs[0].read_split(data, "val")[0].path
+    singles = [Predictor.from_run(r.root).predict(image).ood_score for r in runs]
+    result = Predictor.from_run(ensemble.root).predict(image)
+    assert result.ood_score == pytest.approx(np.mean(singles), rel=1e-5)
+    assert result.ood_threshold == ood.threshold

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
@@ -99,6 +100,24 @@ def test_dicom_upload(client, run_dir, tmp_path):
     assert decode_png(response.json()["image_png_base64"]).size == (64, 48)
 
 
+def test_out_of_scope_uploads_say_why(client, run_dir):
+    ct = Path(get_testdata_file("CT_small.dcm"))
+    body = upload(client, "slice.dcm", ct.read_bytes()).json()
+    assert body["in_scope"] is False and body["label"] == "OUT_OF_SCOPE"
+    assert "DICOM Modality CT: not a radiograph (CR or DX expected)" in body["reasons"]
+    expected = Predictor.from_run(run_dir).predict(ct)
+    assert body["probability"] == pytest.approx(expected.probability, abs=1e-6)
+    assert body["ood_score"] == pytest.approx(expected.ood_score, rel=1e-5)
+    assert body["ood_threshold"] == expected.ood_threshold
+    kept = upload(client, "slice.dcm", ct.read_bytes(), keep_label=True).json()
+    assert kept["in_scope"] is False and kept["label"] in ("NORMAL", "PNEUMONIA")
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((200, 200), dtype=np.uint8)).save(buffer, "PNG")
+    black = upload(client, "black.png", buffer.getvalue()).json()
+    assert black["in_scope"] is False and black["reasons"][0].startswith("empty image")
+    assert client.get("/v1/model").json()["ood"]["method"] == "mahalanobis"
+
+
 def test_heatmap_is_a_png_over_the_image(client, png_bytes):
     body = upload(client, "x.png", png_bytes, heatmap=True).json()
     image, heat = decode_png(body["image_png_base64"]), decode_png(body["heatmap_png_base64"])
@@ -173,7 +192,7 @@ def test_missing_file_field_is_422(client):
 
 def test_unexpected_failure_is_a_plain_500(run_dir, png_bytes, monkeypatch, caplog):
     app = create_app(run_dir)
-    monkeypatch.setattr(Predictor, "predict", lambda self, image: 1 / 0)
+    monkeypatch.setattr(Predictor, "predict", lambda self, *args, **kwargs: 1 / 0)
     response = upload(TestClient(app, raise_server_exceptions=False), "x.png", png_bytes)
     assert response.status_code == 500
     assert response.json() == {"detail": "internal server error"}

@@ -22,8 +22,11 @@ from pneumolab.cli import main
 from pneumolab.errors import ExportError, RunDirError
 from pneumolab.inference.onnx_backend import OnnxBackend
 from pneumolab.inference.predictor import Predictor, predict_pixels
+from pneumolab.inference.scores import Scores
 from pneumolab.models.registry import create_classifier
 from pneumolab.run import RunDir
+from pneumolab.scope.mahalanobis import MahalanobisScore
+from pneumolab.scope.ood import METHOD, OodModel
 from pneumolab.serving.export import export_onnx
 
 SIZE = 32
@@ -106,8 +109,10 @@ def test_dynamic_batch_and_agreement_with_torch(run, images, tmp_path):
     pixels = _pixels(predictor, images)  # includes the DICOM
     for batch in (pixels[:1], pixels[1:6]):
         got = backend(batch)
-        assert got.shape == (len(batch),)
-        np.testing.assert_allclose(got, predict_pixels(predictor.model, batch), atol=1e-5)
+        assert got.probability.shape == (len(batch),) and np.isnan(got.ood).all()  # no OOD model
+        np.testing.assert_allclose(
+            got.probability, predict_pixels(predictor.model, batch), atol=1e-5
+        )
 
 
 def test_loading_the_onnx_backend_never_writes(run):
@@ -120,12 +125,21 @@ def test_loading_the_onnx_backend_never_writes(run):
 
 def test_predict_backend_onnx_matches_torch_and_exports_only_when_asked(run, images, capsys):
     paths = [str(p) for p in images]
-    assert main(["predict", str(run.root), *paths, "--json"]) == 0
+    assert main(["predict", str(run.root), *paths, "--json", "--keep-label"]) == 0
     torch_results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     run.onnx.unlink(missing_ok=True)
     assert main(["predict", str(run.root), *paths, "--json", "--backend", "onnx"]) == 2
     assert "pneumolab export" in capsys.readouterr().err and not run.onnx.exists()
-    command = ["predict", str(run.root), *paths, "--json", "--backend", "onnx", "--export"]
+    command = [
+        "predict",
+        str(run.root),
+        *paths,
+        "--json",
+        "--keep-label",
+        "--backend",
+        "onnx",
+        "--export",
+    ]
     assert main(command) == 0
     captured = capsys.readouterr()
     onnx_results = [json.loads(line) for line in captured.out.splitlines()]
@@ -141,7 +155,7 @@ def test_equalize_run_matches_torch(images, tmp_path):
     export_onnx(run.root, run.onnx)
     torch_predictor = Predictor.from_run(run.root)
     onnx_predictor = Predictor.from_run(run.root, backend="onnx")
-    assert onnx_predictor.backend.intensity == "equalize"
+    assert onnx_predictor.scorer.intensity == "equalize"
     for path in images:
         expected, got = torch_predictor.predict(path), onnx_predictor.predict(path)
         assert got.probability == pytest.approx(expected.probability, abs=1e-5)
@@ -150,7 +164,11 @@ def test_equalize_run_matches_torch(images, tmp_path):
 
 def test_export_fails_loudly_when_onnxruntime_disagrees(run, tmp_path, monkeypatch, capsys):
     real_call = OnnxBackend.__call__
-    monkeypatch.setattr(OnnxBackend, "__call__", lambda self, px: real_call(self, px) + 0.01)
+    monkeypatch.setattr(
+        OnnxBackend,
+        "__call__",
+        lambda self, px: Scores(real_call(self, px).probability + 0.01, real_call(self, px).ood),
+    )
     with pytest.raises(ExportError, match=r"differs from PyTorch by up to 1\.00e-02"):
         export_onnx(run.root, tmp_path / "m.onnx")
     assert not list(tmp_path.iterdir())  # nothing written
@@ -200,3 +218,31 @@ def test_help_and_onnx_predict_load_no_heavy_library(run, images, tmp_path):
     code, loaded = heavy_imports("predict", str(run.root), *map(str, images), "--backend", "onnx")
     assert (code, loaded) == (0, [])
     assert {"timm", "torch"} <= set(heavy_imports("predict", str(run.root), str(images[0]))[1])
+
+
+def with_ood_model(run: RunDir) -> OodModel:
+    """Give ``run`` an OOD model: distance to the origin of its pooled features."""
+    model = Predictor.from_run(run.root).model
+    dim = model.features(torch.zeros(1, 1, SIZE, SIZE)).shape[1]
+    scorer = MahalanobisScore(torch.eye(dim) * 3.0, torch.zeros(2, dim))
+    ood = OodModel.from_validation(METHOD, scorer, np.linspace(0, 1, 100), {})
+    ood.save(run.ood)
+    return ood
+
+
+def test_ood_score_is_a_second_output_that_the_onnx_backend_uses(images, tmp_path):
+    run = write_run(tmp_path / "run", images)
+    ood = with_ood_model(run)
+    report = export_onnx(run.root, run.root / "model.onnx")
+    assert report["ood_score_output"]
+    props = {p.key: p.value for p in onnx.load(str(run.root / "model.onnx")).metadata_props}
+    assert float(props["ood_threshold"]) == ood.threshold and props["ood_method"] == METHOD
+    torch_predictor = Predictor.from_run(run.root)
+    onnx_predictor = Predictor.from_run(run.root, backend="onnx")
+    for path in images:
+        expected, got = torch_predictor.predict(path), onnx_predictor.predict(path)
+        assert got.ood_score == pytest.approx(expected.ood_score, rel=1e-4)
+        assert (got.in_scope, got.label) == (expected.in_scope, expected.label)
+    OodModel.from_validation(METHOD, ood.scorer, np.linspace(0, 2, 100), {}).save(run.ood)
+    with pytest.raises(RunDirError, match="exported before the run's OOD model"):
+        Predictor.from_run(run.root, backend="onnx")

@@ -174,7 +174,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pneumolab.inference.predictor import Predictor
 
     _export_if_asked(args)
-    predictor = Predictor.from_run(args.run_dir, backend=args.backend, tta=args.tta)
+    predictor = Predictor.from_run(
+        args.run_dir, backend=args.backend, tta=args.tta, scope_verdict=not args.keep_label
+    )
     if args.out:
         from pneumolab.inference.batch import predict_to_file
 
@@ -187,7 +189,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
         return 1 if summary.failed else 0
     failures = 0
-    table = Table("path", "probability", "label")
+    table = Table("path", "probability", "label", "in scope", "why not")
     for result in predictor.predict_paths(args.paths, args.batch_size, args.workers):
         if isinstance(result, ImageLoadError):
             failures += 1
@@ -195,10 +197,49 @@ def cmd_predict(args: argparse.Namespace) -> int:
         elif args.json:
             print(json.dumps(result.to_dict()), flush=True)
         else:
-            table.add_row(result.source, f"{result.probability:.4f}", result.label)
+            table.add_row(
+                result.source,
+                f"{result.probability:.4f}",
+                result.label,
+                "yes" if result.in_scope else "[bold red]no[/]",
+                escape("; ".join(result.reasons + result.warnings)),
+            )
     if not args.json:
         stdout.print(table)
     return 1 if failures else 0
+
+
+def cmd_fit_ood(args: argparse.Namespace) -> int:
+    from pneumolab.pipeline.ood_fit import fit_run_ood
+
+    ood = fit_run_ood(args.run_dir, args.data)
+    console.print(
+        f"OOD model ({ood.method}) written to [bold]{args.run_dir / 'ood.safetensors'}[/]: "
+        f"threshold {ood.threshold:.1f}, flags {ood.val_flagged_fraction:.1%} of "
+        f"{len(ood.val_scores)} validation images"
+    )
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from pneumolab.evaluation.audit import audit_folder
+    from pneumolab.reporting.audit_page import write_audit
+
+    audit = audit_folder(args.run_dir, args.folder, args.batch_size)
+    out = args.out or args.run_dir / "audit" / args.folder.resolve().name
+    files = write_audit(audit, out)
+    summary = audit.summary()
+    console.print(
+        f"{summary['images']} images ({summary['unreadable']} unreadable), "
+        f"{summary['out_of_scope_share']:.1%} out of scope; predicted pneumonia "
+        f"{summary['predicted_pneumonia_rate']:.1%} (validation "
+        f"{summary['val_predicted_pneumonia_rate']:.1%})"
+    )
+    console.print(f"[bold]{escape(audit.verdict)}[/]")
+    for reason in audit.verdict_reasons:
+        console.print(f"  - {escape(reason)}")
+    console.print(f"page: {files['html']}; figure: {files['figure']}; per image: {files['csv']}")
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

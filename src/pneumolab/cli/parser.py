@@ -11,6 +11,10 @@ from pneumolab.cli.config_flags import add_config_flags
 
 TTA_HELP = "average each image over fixed test-time views (zoom 1.1, rotations ±5°)"
 SHIFT_HELP = "also score under the shift protocol (compound acquisition shifts, 3 draws each)"
+KEEP_LABEL_HELP = (
+    "give out-of-scope inputs their class label instead of OUT_OF_SCOPE (still flagged: "
+    "in_scope false, with the reasons)"
+)
 
 
 def add_backend_flags(parser: argparse.ArgumentParser, onnx_note: str = "") -> None:
@@ -109,11 +113,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--tta", action="store_true", help=TTA_HELP)
+    predict.add_argument("--keep-label", action="store_true", help=KEEP_LABEL_HELP)
     add_backend_flags(predict)
     predict.add_argument(
         "--workers", type=int, help="image decoding threads (default: one per core)"
     )
     predict.set_defaults(func=cmd.cmd_predict)
+
+    fit_ood = commands.add_parser(
+        "fit-ood", help="fit (or refit) a finished run's OOD model for the input-scope gate"
+    )
+    fit_ood.add_argument("run_dir", type=Path, help="single run or ensemble")
+    fit_ood.add_argument("--data", type=Path, required=True, help="dataset the run trained on")
+    fit_ood.set_defaults(func=cmd.cmd_fit_ood)
+
+    audit = commands.add_parser(
+        "audit", help="site-shift check of a folder of unlabelled images against validation"
+    )
+    audit.add_argument("run_dir", type=Path)
+    audit.add_argument("folder", type=Path, help="the new site's images (searched recursively)")
+    audit.add_argument(
+        "--out",
+        type=Path,
+        help="folder for audit.html/.png/.json, images.csv (default RUN_DIR/audit/<folder name>)",
+    )
+    audit.add_argument("--batch-size", type=int, default=32)
+    audit.set_defaults(func=cmd.cmd_audit)
 
     export = commands.add_parser("export", help="export a run for serving, verified vs PyTorch")
     export.add_argument("run_dir", type=Path)

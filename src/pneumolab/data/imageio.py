@@ -75,6 +75,11 @@ def _has_dicom_header(path: Path) -> bool:
         return False
 
 
+def is_dicom_file(path: Path) -> bool:
+    """Whether ``path`` is read as DICOM: a ``.dcm`` name or the ``DICM`` header."""
+    return path.suffix.lower() == ".dcm" or _has_dicom_header(path)
+
+
 @contextmanager
 def reading(path: Path, kind: str) -> Iterator[None]:
     """Turn any failure while reading ``path`` into an ImageLoadError that names the file."""
@@ -106,7 +111,7 @@ def load_image(
     unreadable.
     """
     path = Path(path)
-    if path.suffix.lower() == ".dcm" or _has_dicom_header(path):
+    if is_dicom_file(path):
         from pneumolab.data.dicom import load_dicom  # pydicom is imported only when needed
 
         return load_dicom(path, max_pixels=max_pixels)

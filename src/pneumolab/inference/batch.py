@@ -14,7 +14,20 @@ from rich.progress import Progress
 from pneumolab.errors import ConfigError, ImageLoadError
 from pneumolab.inference.predictor import Predictor, expand_paths
 
-FIELDS = ("source", "probability", "label", "threshold", "error")
+FIELDS = (
+    "source",
+    "probability",
+    "label",
+    "threshold",
+    "in_scope",
+    "ood_score",
+    "ood_threshold",
+    "reasons",
+    "warnings",
+    "error",
+)
+LIST_SEPARATOR = "; "
+"""Joins a row's reasons and warnings in a CSV cell."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +62,8 @@ def _line(row: dict, fmt: str) -> str:
     if fmt == "jsonl":
         return json.dumps(row) + "\n"
     buffer = io.StringIO()
-    csv.DictWriter(buffer, fieldnames=FIELDS).writerow(row)
+    cells = {k: LIST_SEPARATOR.join(v) if isinstance(v, list) else v for k, v in row.items()}
+    csv.DictWriter(buffer, fieldnames=FIELDS).writerow(cells)
     return buffer.getvalue()
 
 

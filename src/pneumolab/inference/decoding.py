@@ -11,16 +11,15 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-
-import numpy as np
+from typing import TypeVar
 
 from pneumolab.errors import ImageLoadError
 
-Decoded = np.ndarray | ImageLoadError
-"""One file's pixels, or the error that names why it could not be read."""
+T = TypeVar("T")
+"""What ``load`` makes of one file: its pixels (with their scope checks, for the predictor)."""
 
 
-def _attempt(load: Callable[[Path], np.ndarray], path: Path) -> Decoded:
+def _attempt(load: Callable[[Path], T], path: Path) -> T | ImageLoadError:
     try:
         return load(path)
     except ImageLoadError as exc:
@@ -29,11 +28,11 @@ def _attempt(load: Callable[[Path], np.ndarray], path: Path) -> Decoded:
 
 def decoded_batches(
     files: Sequence[Path],
-    load: Callable[[Path], np.ndarray],
+    load: Callable[[Path], T],
     batch_size: int,
     workers: int | None = None,
     ahead: int = 2,
-) -> Iterator[list[tuple[Path, Decoded]]]:
+) -> Iterator[list[tuple[Path, T | ImageLoadError]]]:
     """``load`` every file on ``workers`` threads (default: one per core), batch by batch, in
     order; up to ``ahead`` batches are decoded while the caller works on the current one.
 
@@ -41,7 +40,7 @@ def decoded_batches(
     exception is raised. Memory stays bounded by ``(ahead + 1) * batch_size`` decoded images.
     """
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        pending: deque[list[tuple[Path, Future[Decoded]]]] = deque()
+        pending: deque[list[tuple[Path, Future[T | ImageLoadError]]]] = deque()
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
             pending.append([(path, pool.submit(_attempt, load, path)) for path in chunk])

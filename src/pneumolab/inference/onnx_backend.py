@@ -14,7 +14,8 @@ import onnxruntime as ort
 
 from pneumolab.data.intensity import normalize_intensity_array
 from pneumolab.errors import ModelError, RunDirError
-from pneumolab.run import RunDir, weights_digest
+from pneumolab.inference.scores import Scores
+from pneumolab.run import RunDir, ood_digest, weights_digest
 
 if TYPE_CHECKING:
     import torch
@@ -23,6 +24,9 @@ INPUT_NAME = "pixels"
 """Graph input: float32 ``(N, 1, S, S)`` pixels in [0, 1], after intensity normalisation."""
 OUTPUT_NAME = "probability"
 """Graph output: float32 ``(N,)`` pneumonia probabilities (the sigmoid is inside the graph)."""
+OOD_OUTPUT_NAME = "ood_score"
+"""Second graph output (exports since the input-scope gate): float32 ``(N,)`` OOD scores
+(:mod:`pneumolab.scope.ood`; NaN for a run without an OOD model), from the same pooled features."""
 INT8_FILE_NAME = "model.int8.onnx"
 """Where ``pneumolab export --format onnx-int8`` writes by default (in the run directory)."""
 REQUIRED_METADATA = ("image_size", "intensity")
@@ -34,8 +38,10 @@ class ExportedBackend:
 
     Called with uint8 pixels ``(N, 1, S, S)`` (a NumPy array or a CPU tensor), exactly what
     :class:`~pneumolab.Predictor` prepares, it applies the run's intensity normalisation (which
-    lives outside the graph, in NumPy), scales to [0, 1] and returns probabilities ``(N,)``,
-    like the PyTorch backend. Subclasses load the file and score float32 batches (``_score``).
+    lives outside the graph, in NumPy), scales to [0, 1] and returns probabilities and OOD scores
+    ``(N,)`` (NaN when the file has no ``ood_score`` output), like the PyTorch backend.
+    Subclasses load the file and score float32 batches (``_score``: probabilities, or
+    probabilities and OOD scores).
     """
 
     file: Path
@@ -52,11 +58,11 @@ class ExportedBackend:
         self.image_size = int(metadata["image_size"])
         self.intensity = metadata["intensity"]
 
-    def _score(self, inputs: np.ndarray) -> np.ndarray:
+    def _score(self, inputs: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def __call__(self, pixels: np.ndarray | torch.Tensor, batch_size: int = 64) -> np.ndarray:
-        """Pneumonia probabilities for uint8 ``(N, 1, S, S)`` pixels, batch by batch."""
+    def __call__(self, pixels: np.ndarray | torch.Tensor, batch_size: int = 64) -> Scores:
+        """Probabilities and OOD scores for uint8 ``(N, 1, S, S)`` pixels, batch by batch."""
         pixels = np.asarray(pixels)
         expected = (1, self.image_size, self.image_size)
         if pixels.dtype != np.uint8 or tuple(pixels.shape[1:]) != expected:
@@ -64,11 +70,15 @@ class ExportedBackend:
                 f"expected uint8 pixels of shape (N, {', '.join(map(str, expected))}), "
                 f"got {pixels.dtype} {tuple(pixels.shape)}"
             )
-        probs = [
-            self._score(normalize_intensity_array(chunk, self.intensity) / np.float32(255))
-            for chunk in np.split(pixels, range(batch_size, len(pixels), batch_size))
-        ]
-        return np.concatenate(probs) if probs else np.zeros(0, dtype=np.float32)
+        probs, oods = [], []
+        for chunk in np.split(pixels, range(batch_size, len(pixels), batch_size)):
+            out = self._score(normalize_intensity_array(chunk, self.intensity) / np.float32(255))
+            probability, ood = out if isinstance(out, tuple) else (out, np.full_like(out, np.nan))
+            probs.append(probability)
+            oods.append(ood)
+        if not probs:
+            return Scores(np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32))
+        return Scores(np.concatenate(probs), np.concatenate(oods))
 
     def check_weights(self, run_dir: Path) -> None:
         """RunDirError unless this file was exported from ``run_dir``'s weights."""
@@ -96,9 +106,12 @@ class OnnxBackend(ExportedBackend):
         except Exception as exc:  # onnxruntime's errors share no base class below Exception
             raise ModelError(f"{self.file}: not a loadable ONNX model ({exc})") from None
         self._read_contract(dict(self.session.get_modelmeta().custom_metadata_map))
+        names = [output.name for output in self.session.get_outputs()]
+        self.outputs = [name for name in (OUTPUT_NAME, OOD_OUTPUT_NAME) if name in names]
 
-    def _score(self, inputs: np.ndarray) -> np.ndarray:
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: inputs})[0]
+    def _score(self, inputs: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        results = self.session.run(self.outputs, {INPUT_NAME: inputs})
+        return (results[0], results[1]) if len(results) > 1 else results[0]
 
 
 def session_options(threads: int | None = None, spin: bool = False) -> ort.SessionOptions:
@@ -128,6 +141,11 @@ def run_onnx_backend(run_dir: str | Path, onnx_file: str | Path | None = None) -
         )
     backend = OnnxBackend(onnx_file)
     backend.check_weights(run.root)
+    if backend.metadata.get("ood_sha256", "none") != ood_digest(run.root):
+        raise RunDirError(
+            f"{onnx_file}: exported before the run's OOD model {run.ood} was (re)fitted, so its "
+            f"ood_score output is missing or stale; run `pneumolab export {run.root}` again"
+        )
     return backend
 
 

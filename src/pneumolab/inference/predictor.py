@@ -6,46 +6,44 @@ predictor decodes, preprocesses and scores with PIL, NumPy and onnxruntime alone
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 from PIL import Image
 
 from pneumolab.choices import BACKENDS
-from pneumolab.data.imageio import array_to_image, load_image, resize_square, to_grayscale
+from pneumolab.data.imageio import (
+    array_to_image,
+    is_dicom_file,
+    load_image,
+    resize_square,
+    to_grayscale,
+)
 from pneumolab.data.layout import IMAGE_SUFFIXES
 from pneumolab.errors import ImageLoadError, RunDirError
 from pneumolab.inference.decoding import decoded_batches
+from pneumolab.inference.prediction import Prediction, gated_prediction
+from pneumolab.inference.scores import Scorer, mean_scores, torch_scorer, with_tta
 from pneumolab.run import RunDir
 from pneumolab.run_meta import RunMeta
+from pneumolab.scope.checks import ScopeChecks, image_sanity
+from pneumolab.scope.ood import OodModel
 
 if TYPE_CHECKING:
     import torch
 
     from pneumolab.models.classifier import XrayClassifier
 
+log = logging.getLogger(__name__)
+
 ImageInput = str | Path | Image.Image | np.ndarray
 Pixels: TypeAlias = "np.ndarray | torch.Tensor"
 """uint8 ``(N, 1, S, S)`` pixels: a NumPy array or a CPU tensor."""
 Backend: TypeAlias = "Callable[[Pixels], np.ndarray]"
 """Scores uint8 ``(N, 1, S, S)`` pixels, intensity normalisation included: probabilities ``(N,)``."""
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One image's result: probability of pneumonia and the label at the run's threshold."""
-
-    source: str
-    probability: float
-    label: str
-    threshold: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def default_device() -> str:
@@ -95,27 +93,6 @@ def predict_class_probabilities(
     )
 
 
-def with_tta(backend: Backend) -> Backend:
-    """Average ``backend``'s probabilities over the test-time views of each image (TTA_VIEWS)."""
-    import torch
-
-    from pneumolab.data.transforms import TTA_VIEWS
-
-    def viewed(view: Callable[[torch.Tensor], torch.Tensor]) -> Backend:
-        return lambda pixels: backend(view(torch.as_tensor(pixels)))
-
-    return mean_of([viewed(view) for view in TTA_VIEWS.values()])
-
-
-def mean_of(backends: Sequence[Backend]) -> Backend:
-    """The mean probability of several backends (an ensemble's members)."""
-
-    def averaged(pixels: Pixels) -> np.ndarray:
-        return np.mean([backend(pixels) for backend in backends], axis=0)
-
-    return averaged
-
-
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     """Files as given, plus the images (by suffix, recursively, sorted) inside any folder."""
     found: list[Path] = []
@@ -130,21 +107,30 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
 
 
 class Predictor:
-    """A trained pneumolab model with its preprocessing and decision threshold.
+    """A trained pneumolab model with its preprocessing, decision threshold and scope gate.
 
     >>> predictor = Predictor.from_run("runs/demo")       # doctest: +SKIP
     >>> predictor.predict("xray.jpeg").probability         # doctest: +SKIP
     """
 
     def __init__(
-        self, model: XrayClassifier | None, meta: RunMeta, backend: Backend | None = None
+        self,
+        model: XrayClassifier | None,
+        meta: RunMeta,
+        scorer: Scorer | None = None,
+        ood: OodModel | None = None,
+        scope_verdict: bool = True,
     ) -> None:
-        """``backend`` (e.g. an ONNX session) scores instead of the PyTorch ``model``, which may
-        then be None; both take the same preprocessed uint8 pixels."""
-        if backend is None:
+        """``scorer`` (e.g. an ONNX session) scores instead of the PyTorch ``model``, which may
+        then be None; both take the same preprocessed uint8 pixels. ``ood``: the run's OOD model
+        (its threshold; with a PyTorch model also its scorer). ``scope_verdict``: out-of-scope
+        inputs get the ``OUT_OF_SCOPE`` label (else their class label, flagged all the same)."""
+        if scorer is None:
             if model is None:
-                raise ValueError("Predictor needs a model or a backend")
-            backend = partial(predict_pixels, model, intensity=meta.intensity)
+                raise ValueError("Predictor needs a model or a scorer")
+            module = ood.scorer if ood else None
+            device = next(model.parameters()).device
+            scorer = torch_scorer(model, meta.intensity, module.to(device) if module else None)
         self.run_dir: Path | None = None
         self.tta = False
         self.model = model.eval() if model is not None else None
@@ -153,7 +139,14 @@ class Predictor:
         self.threshold = meta.threshold
         self.intensity = meta.intensity
         self.class_names = tuple(meta.class_names)
-        self.backend = backend
+        self.ood = ood
+        self.scope_verdict = scope_verdict
+        self.scorer = scorer
+
+    @property
+    def backend(self) -> Backend:
+        """Probabilities only (what evaluation and robustness need)."""
+        return lambda pixels: self.scorer(pixels).probability
 
     @classmethod
     def from_run(
@@ -163,8 +156,9 @@ class Predictor:
         backend: str = "torch",
         onnx_file: str | Path | None = None,
         tta: bool = False,
+        scope_verdict: bool = True,
     ) -> Predictor:
-        """Load the best weights and metadata of a finished run.
+        """Load the best weights, metadata and OOD model of a finished run.
 
         ``backend="onnx"`` scores with onnxruntime (``device`` unused) from ``onnx_file``,
         by default ``RUN_DIR/model.onnx``, written by ``pneumolab export`` (loading never
@@ -172,13 +166,21 @@ class Predictor:
         (``RUN_DIR/model.int8.onnx``) and ``"openvino"`` (``RUN_DIR/model.openvino.xml``) load
         files that ``pneumolab export --format`` wrote after a parity check against fp32
         (``onnx_file`` overrides the path).
-        ``tta`` averages each image's score over fixed test-time views (the stored threshold
-        was chosen without them).
+        ``tta`` averages each image's scores over fixed test-time views (the stored thresholds
+        were chosen without them). ``scope_verdict``: see :class:`Predictor`.
         """
         predictor = cls._load(run_dir, device, backend, onnx_file)
         predictor.run_dir = Path(run_dir)
+        predictor.scope_verdict = scope_verdict
+        if predictor.ood is None:
+            log.warning(
+                "%s has no OOD model (ood.safetensors): only the sanity and DICOM checks gate "
+                "inputs; fit one with `pneumolab fit-ood %s --data DATA_DIR`",
+                run_dir,
+                run_dir,
+            )
         if tta:
-            predictor.backend, predictor.tta = with_tta(predictor.backend), True
+            predictor.scorer, predictor.tta = with_tta(predictor.scorer), True
         return predictor
 
     @classmethod
@@ -189,13 +191,14 @@ class Predictor:
             raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
         run = RunDir(Path(run_dir))
         meta = run.read_meta()
+        ood = OodModel.load(run.ood) if run.ood.is_file() else None
         if meta.is_ensemble:
             members = [cls._load(m.root, device, backend, None) for m in run.member_runs()]
-            return cls(None, meta, mean_of([m.backend for m in members]))
+            return cls(None, meta, mean_scores([m.scorer for m in members]), ood)
         if backend != "torch":
             from pneumolab.inference.onnx_backend import run_exported_backend  # only when asked
 
-            return cls(None, meta, run_exported_backend(run.root, backend, onnx_file))
+            return cls(None, meta, run_exported_backend(run.root, backend, onnx_file), ood)
         from safetensors.torch import load_file
 
         from pneumolab.models.registry import create_classifier
@@ -208,7 +211,7 @@ class Predictor:
             raise RunDirError(
                 f"{run.weights}: weights do not match model '{meta.model}' ({exc})"
             ) from None
-        return cls(model.to(device), meta)
+        return cls(model.to(device), meta, ood=ood)
 
     def require_model(self, purpose: str) -> XrayClassifier:
         """The PyTorch model; a clear error for an ensemble or an ONNX-only predictor."""
@@ -220,15 +223,27 @@ class Predictor:
             )
         return self.model
 
-    def preprocess_array(self, image: ImageInput) -> np.ndarray:
-        """Any supported input to uint8 ``(1, S, S)`` NumPy pixels, exactly as in training."""
+    def prepare(self, image: ImageInput) -> tuple[np.ndarray, ScopeChecks]:
+        """Any supported input to uint8 ``(1, S, S)`` NumPy pixels, exactly as in training, and
+        the checks that need no network: a DICOM file's header, the image's size and contrast."""
+        checks = ScopeChecks()
         if isinstance(image, str | Path):
+            if is_dicom_file(Path(image)):
+                from pneumolab.scope.dicom_header import dicom_file_checks  # pydicom when needed
+
+                checks = dicom_file_checks(image)  # the header only, before any pixel work
             pil = load_image(image, size_hint=self.image_size)
         elif isinstance(image, Image.Image):
             pil = to_grayscale(image)
         else:
             pil = array_to_image(image)
-        return np.array(resize_square(pil, self.image_size))[None]  # writable, for torch
+        pixels = resize_square(pil, self.image_size)
+        checks += image_sanity(pil.width, pil.height, pixels)
+        return np.array(pixels)[None], checks  # writable, for torch
+
+    def preprocess_array(self, image: ImageInput) -> np.ndarray:
+        """Any supported input to uint8 ``(1, S, S)`` NumPy pixels, exactly as in training."""
+        return self.prepare(image)[0]
 
     def preprocess(self, image: ImageInput) -> torch.Tensor:
         """:meth:`preprocess_array` as a tensor (for the PyTorch model, e.g. Grad-CAM)."""
@@ -236,15 +251,39 @@ class Predictor:
 
         return torch.from_numpy(self.preprocess_array(image))
 
-    def _result(self, source: str, probability: float) -> Prediction:
-        label = self.class_names[int(probability >= self.threshold)]
-        return Prediction(source, float(probability), label, self.threshold)
+    def _result(
+        self,
+        source: str,
+        probability: float,
+        ood_score: float,
+        checks: ScopeChecks,
+        scope_verdict: bool | None = None,
+    ) -> Prediction:
+        return gated_prediction(
+            source,
+            probability,
+            self.threshold,
+            self.class_names,
+            checks,
+            ood_score=float(ood_score),
+            ood_threshold=self.ood.threshold if self.ood else None,
+            scope_verdict=self.scope_verdict if scope_verdict is None else scope_verdict,
+        )
 
-    def predict(self, image: ImageInput) -> Prediction:
-        """Predict one image (path, PIL image or array)."""
-        probability = self.backend(self.preprocess_array(image)[None])[0]
+    def predict(
+        self,
+        image: ImageInput,
+        header_checks: ScopeChecks | None = None,
+        scope_verdict: bool | None = None,
+    ) -> Prediction:
+        """Predict one image (path, PIL image or array). ``header_checks``: a DICOM header's
+        checks for an image decoded elsewhere (a path's are made here). ``scope_verdict``
+        overrides the predictor's setting for this image."""
+        pixels, checks = self.prepare(image)
+        scores = self.scorer(pixels[None])
         source = str(image) if isinstance(image, str | Path) else type(image).__name__
-        return self._result(source, probability)
+        checks = (header_checks or ScopeChecks()) + checks
+        return self._result(source, scores.probability[0], scores.ood[0], checks, scope_verdict)
 
     def predict_paths(
         self, paths: Sequence[str | Path], batch_size: int = 32, workers: int | None = None
@@ -254,13 +293,24 @@ class Predictor:
         Files are decoded on ``workers`` threads (default: one per core) while the previous
         batch is scored (:func:`~pneumolab.inference.decoding.decoded_batches`).
         """
+        return (outcome for _, outcome, _ in self.score_paths(paths, batch_size, workers))
+
+    def score_paths(
+        self, paths: Sequence[str | Path], batch_size: int = 32, workers: int | None = None
+    ) -> Iterator[tuple[Path, Prediction | ImageLoadError, np.ndarray | None]]:
+        """Like :meth:`predict_paths`, with each file's path and model-input pixels (None when
+        unreadable), for callers that also describe the images (the site audit)."""
         files = expand_paths(paths)
-        for batch in decoded_batches(files, self.preprocess_array, batch_size, workers):
-            decoded = [pixels for _, pixels in batch if isinstance(pixels, np.ndarray)]
-            probs = iter(self.backend(np.stack(decoded)) if decoded else [])
-            for path, pixels in batch:
-                yield (
-                    pixels
-                    if isinstance(pixels, ImageLoadError)
-                    else self._result(str(path), next(probs))
-                )
+        for batch in decoded_batches(files, self.prepare, batch_size, workers):
+            prepared = [item for _, item in batch if not isinstance(item, ImageLoadError)]
+            if prepared:
+                scores = self.scorer(np.stack([pixels for pixels, _ in prepared]))
+            index = 0
+            for path, item in batch:
+                if isinstance(item, ImageLoadError):
+                    yield path, item, None
+                    continue
+                pixels, checks = item
+                probability, ood = scores.probability[index], scores.ood[index]
+                index += 1
+                yield path, self._result(str(path), probability, ood, checks), pixels

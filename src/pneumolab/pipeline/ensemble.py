@@ -1,4 +1,5 @@
-"""Ensembles: the mean probability of finished runs, with its own threshold chosen on validation.
+"""Ensembles: the mean probability of finished runs, with its own threshold chosen on validation
+(and the mean of their OOD scores, with its own OOD threshold).
 
 An ensemble is a run directory like any other (``evaluate``, ``predict``, ``serve`` and
 ``report`` accept it); its meta.json lists the paths of its members instead of weights.
@@ -16,6 +17,7 @@ import numpy as np
 from pneumolab.data.layout import Sample
 from pneumolab.errors import RunDirError
 from pneumolab.pipeline.finalise import finalise
+from pneumolab.pipeline.ood_fit import ensemble_ood
 from pneumolab.run import RunDir, read_predictions
 from pneumolab.run_meta import ENSEMBLE_STRATEGY, RunDescription, RunMeta, TrainingSummary
 
@@ -90,4 +92,7 @@ def build_ensemble(
         Sample(Path(path), int(label), "") for path, label in zip(paths, labels, strict=True)
     ]
     finalise(ensemble, _describe(metas, members), samples, probs, target_sensitivity)
+    ood = ensemble_ood(ensemble)
+    if ood is not None:
+        ood.save(ensemble.ood)
     return ensemble

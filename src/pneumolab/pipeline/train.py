@@ -1,5 +1,7 @@
 """Train a run end to end: the training phases (:func:`pneumolab.training.train.train_model`),
-then the post-training step (:func:`pneumolab.pipeline.finalise.finalise`)."""
+the input-scope gate's OOD model (:mod:`pneumolab.pipeline.ood_fit`; the validation pass scores
+probabilities and OOD scores at once), then the post-training step
+(:func:`pneumolab.pipeline.finalise.finalise`)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pneumolab.evaluation.subtypes import subtype_metrics
 from pneumolab.inference.predictor import predict_class_probabilities, predict_pixels
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.pipeline.finalise import finalise
+from pneumolab.pipeline.ood_fit import fit_scorer, gated_validation_scores
 from pneumolab.reporting.model_card import CARD_NAME
 from pneumolab.run import RunDir
 from pneumolab.run_meta import RunDescription
@@ -41,11 +44,16 @@ def train(
     config, model = trained.split.config, trained.fitted.model
     val = trained.fitted.val_images
     run = trained.run
+    train_images = trained.fitted.train_images
+    assert train_images is not None  # fit() keeps them
+    scorer = fit_scorer(model, config.intensity, train_images, trained.fitted.train_features)
+    scores, ood = gated_validation_scores(model, config.intensity, scorer, val, run.root.name)
+    ood.save(run.ood)
     finalise(
         run,
         describe_trained(trained),
         val.samples,
-        predict_pixels(model, val.pixels, config.intensity),
+        scores.probability,
         config.target_sensitivity,
         official_val_scores(model, trained.split.data_root, config),
     )

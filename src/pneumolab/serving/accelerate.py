@@ -85,7 +85,10 @@ def _accept(
     candidate: ExportedBackend, reference: OnnxBackend, images: ValidationImages, threshold: float
 ) -> Parity:
     parity = score_parity(
-        reference(images.parity), candidate(images.parity), images.parity_labels, threshold
+        reference(images.parity).probability,
+        candidate(images.parity).probability,
+        images.parity_labels,
+        threshold,
     )
     if not parity.accepted:
         raise ExportError(f"{candidate.file}: parity check against fp32 failed: {parity.summary()}")

@@ -25,6 +25,8 @@ from pneumolab.errors import ImageLoadError
 from pneumolab.explain.gradcam import find_target_layer, gradcam, overlay_png
 from pneumolab.inference.predictor import Predictor
 from pneumolab.run import weights_digest
+from pneumolab.scope.checks import ScopeChecks
+from pneumolab.scope.dicom_header import dicom_file_checks
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +49,20 @@ MODEL_INFO_FIELDS = {
 
 
 class PredictResponse(BaseModel):
-    """One upload's result; the PNGs (base64) only when ``heatmap`` or ``preview`` was asked."""
+    """One upload's result; the PNGs (base64) only when ``heatmap`` or ``preview`` was asked.
+
+    ``in_scope`` false: a scope check flagged the input (``reasons`` say which); its ``label``
+    is then ``OUT_OF_SCOPE`` unless ``keep_label`` was asked. ``ood_score`` / ``ood_threshold``
+    are absent for a run without an OOD model."""
 
     probability: float
     label: str
     threshold: float
+    in_scope: bool
+    reasons: list[str]
+    warnings: list[str]
+    ood_score: float | None = None
+    ood_threshold: float | None = None
     threshold_provenance: str
     model: str
     model_version: str
@@ -100,8 +111,11 @@ def _png_base64(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _decode(data: bytes, filename: str, max_pixels: int, size_hint: int) -> Image.Image:
-    """The upload as a grayscale image, read by pneumolab's loaders; 415 / 422 when it cannot be."""
+def _decode(
+    data: bytes, filename: str, max_pixels: int, size_hint: int
+) -> tuple[Image.Image, ScopeChecks]:
+    """The upload as a grayscale image, read by pneumolab's loaders, and a DICOM header's scope
+    checks; 415 / 422 when it cannot be read."""
     suffix = next((s for s, (at, magic) in SIGNATURES.items() if data.startswith(magic, at)), None)
     if suffix is None:
         raise HTTPException(415, f"{filename}: not a JPEG, PNG or DICOM file")
@@ -109,9 +123,10 @@ def _decode(data: bytes, filename: str, max_pixels: int, size_hint: int) -> Imag
         tmp.write(data)
         tmp.flush()
         try:
-            return load_image(tmp.name, size_hint=size_hint, max_pixels=max_pixels)
+            image = load_image(tmp.name, size_hint=size_hint, max_pixels=max_pixels)
         except ImageLoadError as exc:
             raise HTTPException(422, str(exc).replace(tmp.name, filename)) from None
+        return image, dicom_file_checks(tmp.name) if suffix == ".dcm" else ScopeChecks()
 
 
 def _model_info(predictor: Predictor, run_name: str, version: str, backend: str) -> dict[str, Any]:
@@ -122,6 +137,13 @@ def _model_info(predictor: Predictor, run_name: str, version: str, backend: str)
         "model_version": version,
         "backend": backend,
         "heatmap_available": predictor.model is not None,
+        "ood": None
+        if predictor.ood is None
+        else {
+            "method": predictor.ood.method,
+            "threshold": predictor.ood.threshold,
+            "val_flagged_fraction": predictor.ood.val_flagged_fraction,
+        },
     }
 
 
@@ -174,6 +196,9 @@ def create_app(
         file: Annotated[UploadFile, File(description="JPEG, PNG or DICOM X-ray")],
         heatmap: Annotated[bool, Query(description="add a Grad-CAM overlay (torch only)")] = False,
         preview: Annotated[bool, Query(description="add the decoded image as a PNG")] = False,
+        keep_label: Annotated[
+            bool, Query(description="class label even for an out-of-scope input (still flagged)")
+        ] = False,
     ) -> PredictResponse:
         start = time.perf_counter()
         if heatmap and model is None:
@@ -185,16 +210,16 @@ def create_app(
         if len(data) > max_upload_bytes:
             raise HTTPException(413, _too_large_text(max_upload_bytes))
         name = Path(file.filename or "upload").name
-        image = _decode(data, name, max_pixels, size)
+        image, header = _decode(data, name, max_pixels, size)
         heat = None
         with lock:
-            result = predictor.predict(image)
+            result = predictor.predict(image, header, scope_verdict=not keep_label)
             if heatmap and model is not None:  # None was refused above (409)
                 pixels = predictor.preprocess(image)[None]
                 heat = gradcam(model, pixels, predictor.intensity, layer)
         pngs: dict[str, str] = {}
         if heatmap or preview:
-            shown = _decode(data, name, max_pixels, PREVIEW_SIZE)  # sharper than the model's
+            shown = _decode(data, name, max_pixels, PREVIEW_SIZE)[0]  # sharper than the model's
             shown.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
             pngs["image_png_base64"] = _png_base64(shown)
             if heat is not None:
@@ -203,6 +228,11 @@ def create_app(
             probability=result.probability,
             label=result.label,
             threshold=result.threshold,
+            in_scope=result.in_scope,
+            reasons=list(result.reasons),
+            warnings=list(result.warnings),
+            ood_score=result.ood_score,
+            ood_threshold=result.ood_threshold,
             threshold_provenance=info["threshold_provenance"],
             model=info["model"],
             model_version=version,

@@ -10,28 +10,20 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from torch import nn
 
 import pneumolab
 from pneumolab.errors import ExportError
-from pneumolab.inference.onnx_backend import INPUT_NAME, OUTPUT_NAME, OnnxBackend
-from pneumolab.inference.predictor import Predictor, predict_pixels
-from pneumolab.run import RunDir, read_predictions, weights_digest
+from pneumolab.inference.onnx_backend import INPUT_NAME, OOD_OUTPUT_NAME, OUTPUT_NAME, OnnxBackend
+from pneumolab.inference.predictor import Predictor
+from pneumolab.inference.scores import torch_scorer
+from pneumolab.models.scored import ScoredModel
+from pneumolab.run import RunDir, ood_digest, read_predictions, weights_digest
 
 TOLERANCE = 1e-4
 """Largest |probability difference| between onnxruntime and PyTorch that passes verification."""
+OOD_RELATIVE_TOLERANCE = 1e-3
+"""Largest relative OOD-score difference between onnxruntime and PyTorch that passes."""
 MAX_VERIFY_IMAGES = 32
-
-
-class _ProbabilityModel(nn.Module):
-    """The classifier followed by a sigmoid, so the graph outputs probabilities."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model(pixels))
 
 
 def _metadata(run_dir: Path, predictor: Predictor) -> dict[str, str]:
@@ -44,7 +36,12 @@ def _metadata(run_dir: Path, predictor: Predictor) -> dict[str, str]:
         "pneumolab.data.transforms.normalize_intensity",
         "input": f"{INPUT_NAME}: float32 (N,1,S,S) = grayscale uint8, resized to SxS "
         "(bilinear, aspect ratio not kept), / 255",
-        "output": f"{OUTPUT_NAME}: float32 (N,) probability of class_names[1]",
+        "output": f"{OUTPUT_NAME}: float32 (N,) probability of class_names[1]; "
+        f"{OOD_OUTPUT_NAME}: float32 (N,) OOD score (NaN without an OOD model), out of scope "
+        "above ood_threshold",
+        "ood_method": predictor.ood.method if predictor.ood else "none",
+        "ood_threshold": repr(predictor.ood.threshold) if predictor.ood else "none",
+        "ood_sha256": ood_digest(run_dir),
         "mean": json.dumps(model.mean.flatten().tolist()),
         "std": json.dumps(model.std.flatten().tolist()),
         "mean_std_applied": "inside the graph",
@@ -75,19 +72,56 @@ def _verification_pixels(
     return pixels, "random images (no validation images found)"
 
 
+def _verify(
+    predictor: Predictor, onnx_file: Path, pixels: torch.Tensor, source: str, out_file: Path
+) -> dict[str, Any]:
+    """Compare onnxruntime with PyTorch on ``pixels``; ExportError when they disagree."""
+    model = predictor.require_model("ONNX export")
+    ood = predictor.ood.scorer if predictor.ood else None
+    expected = torch_scorer(model, predictor.intensity, ood)(pixels)
+    got = OnnxBackend(onnx_file)(np.asarray(pixels))
+    max_diff = float(np.abs(got.probability - expected.probability).max())
+    flipped = (got.probability >= predictor.threshold) != (
+        expected.probability >= predictor.threshold
+    )
+    flips = int(flipped.sum())
+    # a flip is only acceptable for an image that PyTorch itself scores within TOLERANCE of
+    # the threshold (the threshold is a validation score, so one image sits exactly on it)
+    near = np.abs(expected.probability - predictor.threshold) <= TOLERANCE
+    unexplained = int((flipped & ~near).sum())
+    ood_ok = np.allclose(got.ood, expected.ood, rtol=OOD_RELATIVE_TOLERANCE, equal_nan=True)
+    if max_diff > TOLERANCE or unexplained or not ood_ok:
+        raise ExportError(
+            f"{out_file}: onnxruntime differs from PyTorch by up to {max_diff:.2e} "
+            f"(tolerance {TOLERANCE:.0e}) on {len(pixels)} {source}; {flips} label(s) "
+            f"differ at the stored threshold ({unexplained} not on the threshold); OOD scores "
+            f"{'agree' if ood_ok else 'differ'} (relative tolerance "
+            f"{OOD_RELATIVE_TOLERANCE:.0e}); file not written"
+        )
+    return {
+        "verified_on": f"{len(pixels)} {source}",
+        "max_abs_diff": max_diff,
+        "labels_identical": flips == 0,
+        "label_flips": flips,
+        "tolerance": TOLERANCE,
+        "ood_score_output": ood is not None,
+    }
+
+
 def export_onnx(
     run_dir: str | Path,
     out_file: str | Path,
     verify_images: Sequence[Path] | None = None,
     opset: int = 17,
 ) -> dict[str, Any]:
-    """Export the run's model to ONNX (dynamic batch, probabilities out, metadata) and verify it.
+    """Export the run's model to ONNX (dynamic batch; probabilities and OOD scores out, from one
+    pass; metadata) and verify it.
 
     Verification scores ``verify_images`` (default: up to 32 of the run's validation images,
     else random pixels) with onnxruntime and PyTorch; the file is written only when the largest
-    probability difference is at most ``TOLERANCE``, else ExportError. Labels at the stored
-    threshold must agree, except for an image that PyTorch scores within ``TOLERANCE`` of the
-    threshold (which is itself a validation score); such flips are reported.
+    probability difference is at most ``TOLERANCE`` and the OOD scores agree, else ExportError.
+    Labels at the stored threshold must agree, except for an image that PyTorch scores within
+    ``TOLERANCE`` of the threshold (which is itself a validation score); such flips are reported.
     """
     run, out_file = RunDir(Path(run_dir)), Path(out_file)
     predictor = Predictor.from_run(run.root)
@@ -95,15 +129,16 @@ def export_onnx(
     size = predictor.image_size
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_name(out_file.name + ".partial")
+    outputs = [OUTPUT_NAME, OOD_OUTPUT_NAME]
     try:
         torch.onnx.export(
-            _ProbabilityModel(model).eval(),  # eval(): export restores this mode
+            ScoredModel(model, predictor.ood.scorer if predictor.ood else None).eval(),
             (torch.rand(2, 1, size, size),),
             str(tmp),
             dynamo=False,  # the TorchScript exporter: no onnxscript dependency, exact here
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]},
             opset_version=opset,
         )
         graph = onnx.load(str(tmp))
@@ -111,30 +146,8 @@ def export_onnx(
         onnx.checker.check_model(graph)
         onnx.save(graph, str(tmp))
         pixels, source = _verification_pixels(predictor, run, verify_images)
-        expected = predict_pixels(model, pixels, predictor.intensity)
-        got = OnnxBackend(tmp)(pixels)
-        max_diff = float(np.abs(got - expected).max())
-        flipped = (got >= predictor.threshold) != (expected >= predictor.threshold)
-        flips = int(flipped.sum())
-        # a flip is only acceptable for an image that PyTorch itself scores within TOLERANCE of
-        # the threshold (the threshold is a validation score, so one image sits exactly on it)
-        unexplained = int((flipped & (np.abs(expected - predictor.threshold) > TOLERANCE)).sum())
-        if max_diff > TOLERANCE or unexplained:
-            raise ExportError(
-                f"{out_file}: onnxruntime differs from PyTorch by up to {max_diff:.2e} "
-                f"(tolerance {TOLERANCE:.0e}) on {len(pixels)} {source}; {flips} label(s) "
-                f"differ at the stored threshold ({unexplained} not on the threshold); "
-                "file not written"
-            )
+        report = _verify(predictor, tmp, pixels, source, out_file)
         tmp.replace(out_file)
     finally:
         tmp.unlink(missing_ok=True)
-    return {
-        "file": str(out_file),
-        "opset": opset,
-        "verified_on": f"{len(pixels)} {source}",
-        "max_abs_diff": max_diff,
-        "labels_identical": flips == 0,
-        "label_flips": flips,
-        "tolerance": TOLERANCE,
-    }
+    return {"file": str(out_file), "opset": opset, **report}

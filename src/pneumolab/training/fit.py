@@ -60,6 +60,10 @@ class Fitted:
     summary: TrainingSummary
     logger: Logger | None = None
     """The experiment tracker (``TrainConfig.tracking``), left open for the run's files."""
+    train_images: DecodedImages | None = None
+    """The decoded training images (the OOD model is fitted on their features)."""
+    train_features: np.ndarray | None = None
+    """Their cached backbone features under the ``frozen`` strategy (the trained model's own)."""
 
 
 def resolve_precision(requested: Precision) -> Literal["32", "bf16-mixed", "16-mixed"]:
@@ -229,4 +233,6 @@ def fit(
         train_seconds=round(time.perf_counter() - started, 1),
         feature_cache=cache_stats,
     )
-    return Fitted(model, images[1], summary, logger)
+    cached = train_loader.dataset
+    features = cached.tensors[0].numpy() if isinstance(cached, TensorDataset) else None
+    return Fitted(model, images[1], summary, logger, images[0], features)

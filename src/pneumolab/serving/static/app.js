@@ -52,12 +52,32 @@ function show(result) {
   const provenance = document.createElement("small");
   provenance.textContent = ` chosen on ${result.threshold_provenance}`;
   byId("threshold").replaceChildren(`${(100 * result.threshold).toFixed(1)}%`, provenance);
+  showScope(result);
   byId("image").src = `data:image/png;base64,${result.image_png_base64}`;
   byId("heatmap-figure").hidden = !result.heatmap_png_base64;
   if (result.heatmap_png_base64) {
     byId("heatmap").src = `data:image/png;base64,${result.heatmap_png_base64}`;
   }
   byId("result").hidden = false;
+}
+
+function fillList(id, items) {
+  byId(id).replaceChildren(...items.map((text) => {
+    const item = document.createElement("li");
+    item.textContent = text;
+    return item;
+  }));
+  byId(id).hidden = items.length === 0;
+}
+
+function showScope(result) {
+  byId("scope").hidden = result.in_scope;
+  fillList("scope-reasons", result.reasons);
+  fillList("scope-warnings", result.warnings);
+  const ood = result.ood_score === undefined
+    ? "no OOD model for this run"
+    : `OOD score ${result.ood_score.toFixed(1)} (threshold ${result.ood_threshold.toFixed(1)})`;
+  byId("in-scope").textContent = `${result.in_scope ? "yes" : "no"} — ${ood}`;
 }
 
 function setUp() {

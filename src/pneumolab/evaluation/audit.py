@@ -1,0 +1,241 @@
+"""Site audit: is a folder of a new site's unlabelled images like what the model was validated on?
+
+Every image goes through the predictor (scope gate included); the folder is then compared with
+the run's validation split: share out of scope and why, OOD-score distribution, predicted-
+pneumonia rate, plus image sizes, bit depths, intensities and a DICOM tag summary. A verdict
+with its reasons says whether to trust the model there; nothing here needs labels.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from scipy.stats import ks_2samp
+
+from pneumolab.data.imageio import is_dicom_file
+from pneumolab.errors import ImageLoadError
+from pneumolab.inference.predictor import Predictor
+from pneumolab.run import RunDir, read_predictions
+
+MAX_OUT_OF_SCOPE = 0.02
+"""Share out of scope above which the verdict is a caution (validation: <= 1% by design)."""
+UNUSABLE_OUT_OF_SCOPE = 0.5
+"""Share out of scope above which the folder is called unusable."""
+OOD_REFERENCE_QUANTILE = 0.95
+MAX_ABOVE_REFERENCE = 0.25
+"""Share of in-scope images above validation's 95th OOD percentile (expected: 5%) that cautions."""
+MAX_KS = 0.3
+"""Kolmogorov-Smirnov distance between the folder's and validation's OOD scores that cautions."""
+MAX_RATE_DIFFERENCE = 0.2
+"""|predicted-pneumonia rate − validation's| that cautions (prevalence may differ; say so)."""
+FEW_IMAGES = 20
+BIT_DEPTHS = {"1": 1, "L": 8, "P": 8, "LA": 8, "RGB": 8, "RGBA": 8, "I;16": 16, "I": 32, "F": 32}
+
+
+@dataclass
+class ImageRecord:
+    """One audited file: what it is and what the predictor said (``error`` when unreadable)."""
+
+    path: str
+    width: int | None = None
+    height: int | None = None
+    bit_depth: int | None = None
+    mean_intensity: float | None = None
+    std_intensity: float | None = None
+    probability: float | None = None
+    label: str | None = None
+    in_scope: bool | None = None
+    ood_score: float | None = None
+    reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    dicom_tags: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass
+class SiteAudit:
+    """The folder against the run's validation split, with a verdict and its reasons."""
+
+    run: str
+    folder: str
+    records: list[ImageRecord]
+    val_ood_scores: np.ndarray
+    ood_threshold: float | None
+    val_pneumonia_rate: float
+    verdict: str = ""
+    verdict_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def scored(self) -> list[ImageRecord]:
+        return [r for r in self.records if not r.error]
+
+    @property
+    def out_of_scope_share(self) -> float:
+        return float(np.mean([not r.in_scope for r in self.scored])) if self.scored else 0.0
+
+    @property
+    def ood_scores(self) -> np.ndarray:
+        return np.array([r.ood_score for r in self.scored if r.ood_score is not None])
+
+    @property
+    def pneumonia_rate(self) -> float:
+        """Share of in-scope images at or above the decision threshold."""
+        label = [r.label == "PNEUMONIA" for r in self.scored if r.in_scope]
+        return float(np.mean(label)) if label else float("nan")
+
+    def reason_counts(self) -> Counter[str]:
+        return Counter(reason_kind(reason) for r in self.scored for reason in r.reasons)
+
+    def tag_summary(self) -> dict[str, Counter[str]]:
+        summary: dict[str, Counter[str]] = {}
+        for record in self.scored:
+            for tag, value in record.dicom_tags.items():
+                summary.setdefault(tag, Counter())[value] += 1
+        return summary
+
+    def summary(self) -> dict[str, Any]:
+        """The figures of the audit, JSON-ready."""
+        sizes = np.array([(r.width, r.height) for r in self.scored if r.width], dtype=float)
+        return {
+            "run": self.run,
+            "folder": self.folder,
+            "verdict": self.verdict,
+            "verdict_reasons": self.verdict_reasons,
+            "images": len(self.records),
+            "unreadable": len(self.records) - len(self.scored),
+            "out_of_scope_share": self.out_of_scope_share,
+            "out_of_scope_reasons": dict(self.reason_counts().most_common()),
+            "ood_threshold": self.ood_threshold,
+            "ood_score_median": _median(self.ood_scores),
+            "val_ood_score_median": _median(self.val_ood_scores),
+            "predicted_pneumonia_rate": self.pneumonia_rate,
+            "val_predicted_pneumonia_rate": self.val_pneumonia_rate,
+            "width_median": _median(sizes[:, 0]) if len(sizes) else None,
+            "height_median": _median(sizes[:, 1]) if len(sizes) else None,
+            "bit_depths": dict(Counter(r.bit_depth for r in self.scored)),
+            "mean_intensity_median": _median(
+                np.array([r.mean_intensity for r in self.scored], dtype=float)
+            ),
+            "dicom_tags": {tag: dict(c.most_common()) for tag, c in self.tag_summary().items()},
+        }
+
+
+def _median(values: np.ndarray) -> float | None:
+    return float(np.median(values)) if len(values) else None
+
+
+def reason_kind(reason: str) -> str:
+    """A reason without its particulars: ``image too small (1x1 px ...)`` → ``image too small``."""
+    return re.split(r" \(|: ", reason, maxsplit=1)[0]
+
+
+def _file_facts(path: Path, record: ImageRecord) -> None:
+    """Size, bit depth and DICOM tags from the file's header (no decoding)."""
+    if is_dicom_file(path):
+        from pneumolab.scope.dicom_header import dicom_file_checks
+
+        record.dicom_tags = tags = dicom_file_checks(path).tags
+        record.width, record.height = _int(tags.get("Columns")), _int(tags.get("Rows"))
+        record.bit_depth = _int(tags.get("BitsStored"))
+        return
+    with Image.open(path) as image:
+        record.width, record.height = image.size
+        record.bit_depth = BIT_DEPTHS.get(image.mode)
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text and text.isdigit() else None
+
+
+def _record(path: Path, outcome: Any, pixels: np.ndarray | None) -> ImageRecord:
+    record = ImageRecord(str(path))
+    if isinstance(outcome, ImageLoadError):
+        record.error = str(outcome)
+        return record
+    values = np.asarray(pixels, dtype=np.float32)
+    record.mean_intensity, record.std_intensity = float(values.mean()), float(values.std())
+    record.probability, record.label = outcome.probability, outcome.label
+    record.in_scope, record.ood_score = outcome.in_scope, outcome.ood_score
+    record.reasons, record.warnings = list(outcome.reasons), list(outcome.warnings)
+    _file_facts(path, record)
+    return record
+
+
+def judge(audit: SiteAudit) -> None:
+    """Set the audit's verdict and reasons from its figures (constants above)."""
+    reasons = []
+    share = audit.out_of_scope_share
+    if share > MAX_OUT_OF_SCOPE:
+        top = ", ".join(f"{k} ({n})" for k, n in audit.reason_counts().most_common(3))
+        reasons.append(f"{share:.0%} of the images are out of scope (validation: ≤ 1%): {top}")
+    in_scope = np.array(
+        [r.ood_score for r in audit.scored if r.in_scope and r.ood_score is not None]
+    )
+    if len(in_scope) and len(audit.val_ood_scores):
+        reference = np.quantile(audit.val_ood_scores, OOD_REFERENCE_QUANTILE)
+        above = float(np.mean(in_scope > reference))
+        distance = float(ks_2samp(in_scope, audit.val_ood_scores).statistic)
+        if above > MAX_ABOVE_REFERENCE or distance > MAX_KS:
+            reasons.append(
+                f"in-scope images look unlike validation: {above:.0%} score above validation's "
+                f"95th OOD percentile (expected 5%), KS distance {distance:.2f}"
+            )
+    difference = audit.pneumonia_rate - audit.val_pneumonia_rate
+    if abs(difference) > MAX_RATE_DIFFERENCE:
+        reasons.append(
+            f"predicted-pneumonia rate {audit.pneumonia_rate:.0%} vs {audit.val_pneumonia_rate:.0%} "
+            "on validation (a different prevalence can explain it; a shift can too)"
+        )
+    if len(audit.scored) < FEW_IMAGES:
+        reasons.append(f"only {len(audit.scored)} readable images: every figure here is rough")
+    if share > UNUSABLE_OUT_OF_SCOPE:
+        audit.verdict = "DO NOT USE: most of these images are outside what the model was trained on"
+    elif reasons:
+        audit.verdict = "CAUTION: this site differs from the validation data; check before use"
+    else:
+        audit.verdict = "OK: no shift detected against the validation data"
+    audit.verdict_reasons = reasons
+
+
+def audit_folder(
+    run_dir: str | Path,
+    folder: str | Path,
+    batch_size: int = 32,
+    predictor: Predictor | None = None,
+) -> SiteAudit:
+    """Audit every image under ``folder`` with the run in ``run_dir`` (see the module doc)."""
+    run = RunDir(Path(run_dir))
+    predictor = predictor or Predictor.from_run(run.root)
+    records = [
+        _record(path, outcome, pixels)
+        for path, outcome, pixels in predictor.score_paths([folder], batch_size)
+    ]
+    val_probs = np.array([row["probability"] for row in read_predictions(run.val_predictions)])
+    audit = SiteAudit(
+        run=str(run.root),
+        folder=str(folder),
+        records=records,
+        val_ood_scores=predictor.ood.val_scores if predictor.ood else np.zeros(0),
+        ood_threshold=predictor.ood.threshold if predictor.ood else None,
+        val_pneumonia_rate=float(np.mean(val_probs >= predictor.threshold)),
+    )
+    judge(audit)
+    return audit
+
+
+def records_table(audit: SiteAudit) -> list[dict[str, Any]]:
+    """One flat row per image (lists joined), for CSV."""
+    return [
+        {
+            k: "; ".join(v) if isinstance(v, list) else v
+            for k, v in asdict(r).items()
+            if k != "dicom_tags"
+        }
+        for r in audit.records
+    ]

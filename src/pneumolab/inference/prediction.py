@@ -1,0 +1,78 @@
+"""One image's answer, with the scope gate's verdict folded in."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pneumolab.scope.checks import ScopeChecks
+
+OUT_OF_SCOPE_LABEL = "OUT_OF_SCOPE"
+"""The label of an input the scope gate flagged (unless the predictor keeps class labels)."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result: probability of pneumonia, the label at the run's threshold, and
+    whether the input is within what the model was trained on (``in_scope``, with ``reasons``).
+
+    ``label`` is ``OUT_OF_SCOPE`` for a flagged input unless the predictor was loaded with
+    ``scope_verdict=False``; the probability is always given. ``warnings`` (e.g. an adult's
+    age) do not make an input out of scope. ``ood_score`` and ``ood_threshold`` are None for a
+    run without an OOD model.
+    """
+
+    source: str
+    probability: float
+    label: str
+    threshold: float
+    in_scope: bool = True
+    ood_score: float | None = None
+    ood_threshold: float | None = None
+    reasons: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"reasons": list(self.reasons), "warnings": list(self.warnings)}
+
+
+def ood_reason(ood_score: float, ood_threshold: float | None) -> tuple[str, ...]:
+    """The OOD check's reason, when the score is over the threshold (NaN: no OOD model)."""
+    if ood_threshold is None or math.isnan(ood_score) or ood_score <= ood_threshold:
+        return ()
+    return (
+        f"image content unlike the training X-rays (OOD score {ood_score:.1f} > threshold "
+        f"{ood_threshold:.1f}, chosen to flag at most 1% of validation X-rays)",
+    )
+
+
+def gated_prediction(
+    source: str,
+    probability: float,
+    threshold: float,
+    class_names: Sequence[str],
+    checks: ScopeChecks,
+    *,
+    ood_score: float,
+    ood_threshold: float | None,
+    scope_verdict: bool,
+) -> Prediction:
+    """The prediction for one image: its class at ``threshold``, or ``OUT_OF_SCOPE`` when a
+    check (``checks`` or the OOD score) flagged it and ``scope_verdict`` is on."""
+    reasons = checks.reasons + ood_reason(ood_score, ood_threshold)
+    label = class_names[int(probability >= threshold)]
+    if reasons and scope_verdict:
+        label = OUT_OF_SCOPE_LABEL
+    return Prediction(
+        source,
+        float(probability),
+        label,
+        threshold,
+        in_scope=not reasons,
+        ood_score=None if math.isnan(ood_score) else float(ood_score),
+        ood_threshold=ood_threshold,
+        reasons=reasons,
+        warnings=checks.warnings,
+    )

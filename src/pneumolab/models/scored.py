@@ -1,0 +1,29 @@
+"""The classifier with its OOD score, from one forward pass (what runs and ONNX graphs serve)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pneumolab.models.classifier import XrayClassifier, pneumonia_logit
+
+
+class ScoredModel(nn.Module):
+    """``(probability, ood_score)`` of ``(B, 1, H, W)`` pixels in [0, 1].
+
+    The pooled features the classifier sees (timm's ``pre_logits``) feed both the classifier
+    and ``ood`` (a features → score module); without ``ood`` the score is NaN.
+    """
+
+    def __init__(self, model: XrayClassifier, ood: nn.Module | None) -> None:
+        super().__init__()
+        self.model = model
+        self.ood = ood
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.features(pixels)
+        logits = self.model.backbone.get_classifier()(features)
+        probability = torch.sigmoid(pneumonia_logit(logits))
+        if self.ood is None:
+            return probability, torch.full_like(probability, float("nan"))
+        return probability, self.ood(features)

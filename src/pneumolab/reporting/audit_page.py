@@ -1,0 +1,140 @@
+"""The site audit as files a person would rather look at: a PNG figure, one HTML page, CSV, JSON."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from pneumolab.evaluation.audit import SiteAudit, records_table
+
+
+def audit_figure(audit: SiteAudit) -> bytes:
+    """Four panels: OOD scores and probabilities against validation, why out of scope, sizes."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), dpi=110)
+    scores, val = audit.ood_scores, audit.val_ood_scores
+    ax = axes[0, 0]
+    if len(scores) and len(val):
+        top = np.quantile(np.r_[scores, val], 0.99) * 1.2
+        bins = np.linspace(0, top, 40)
+        ax.hist(np.clip(val, 0, top), bins, density=True, alpha=0.6, label="validation")
+        ax.hist(np.clip(scores, 0, top), bins, density=True, alpha=0.6, label="this folder")
+        if audit.ood_threshold is not None:
+            ax.axvline(audit.ood_threshold, color="k", linestyle="--", label="threshold")
+        ax.legend()
+    ax.set(title="OOD score (right of the line: out of scope)", xlabel="score")
+    ax = axes[0, 1]
+    probs = [r.probability for r in audit.scored if r.in_scope]
+    ax.hist(probs, np.linspace(0, 1, 21), color="tab:orange")
+    ax.set(
+        title=f"P(pneumonia), in-scope images — predicted rate {audit.pneumonia_rate:.0%} "
+        f"(validation {audit.val_pneumonia_rate:.0%})",
+        xlabel="probability",
+    )
+    ax.title.set_fontsize(9)
+    ax = axes[1, 0]
+    counts = audit.reason_counts().most_common(8)
+    if counts:
+        ax.barh([k[:45] for k, _ in counts][::-1], [n for _, n in counts][::-1], color="tab:red")
+    ax.set(title=f"out of scope: {audit.out_of_scope_share:.0%} of images — why", xlabel="images")
+    ax = axes[1, 1]
+    sizes = np.array([(r.width, r.height) for r in audit.scored if r.width], dtype=float)
+    if len(sizes):
+        ax.scatter(sizes[:, 0], sizes[:, 1], s=10, alpha=0.6)
+    ax.set(title="image sizes (px)", xlabel="width", ylabel="height")
+    fig.suptitle(audit.verdict, fontsize=11, fontweight="bold")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _rows(pairs: Sequence[tuple[str, object]]) -> str:
+    return "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in pairs
+    )
+
+
+def audit_html(audit: SiteAudit, figure_png: bytes) -> str:
+    """One self-contained page: verdict, reasons, key figures, the figure, DICOM tags, images."""
+    summary = audit.summary()
+    key = [
+        ("images (unreadable)", f"{summary['images']} ({summary['unreadable']})"),
+        ("out of scope", f"{summary['out_of_scope_share']:.1%}"),
+        (
+            "OOD score median (validation)",
+            f"{summary['ood_score_median']} ({summary['val_ood_score_median']})",
+        ),
+        ("OOD threshold", summary["ood_threshold"]),
+        (
+            "predicted pneumonia, in scope (validation)",
+            f"{summary['predicted_pneumonia_rate']:.1%} ({summary['val_predicted_pneumonia_rate']:.1%})",
+        ),
+        ("median size (px)", f"{summary['width_median']} × {summary['height_median']}"),
+        ("bit depths", summary["bit_depths"]),
+        ("median mean intensity (0–255, model input)", summary["mean_intensity_median"]),
+    ]
+    reasons = (
+        "".join(f"<li>{html.escape(r)}</li>" for r in audit.verdict_reasons) or "<li>none</li>"
+    )
+    tags = _rows(
+        [
+            (tag, ", ".join(f"{v} ({n})" for v, n in values.items()))
+            for tag, values in summary["dicom_tags"].items()
+        ]
+    )
+    flagged = _rows(
+        [(Path(r.path).name, "; ".join(r.reasons)) for r in audit.scored if not r.in_scope][:200]
+    )
+    image = base64.b64encode(figure_png).decode("ascii")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>pneumolab site audit</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2rem auto;padding:0 1rem}}
+table{{border-collapse:collapse}}th,td{{text-align:left;padding:.2rem .6rem;border-bottom:1px solid #ddd}}
+.verdict{{font-size:1.3rem;font-weight:700;padding:.6rem;border:2px solid #8a5300;background:#fff4e0}}</style>
+</head><body>
+<h1>Site audit</h1>
+<p>run {html.escape(audit.run)} · folder {html.escape(audit.folder)}</p>
+<p class="verdict">{html.escape(audit.verdict)}</p>
+<ul>{reasons}</ul>
+<table>{_rows(key)}</table>
+<img src="data:image/png;base64,{image}" alt="OOD scores, probabilities, out-of-scope reasons and image sizes" style="max-width:100%">
+<h2>DICOM tags</h2><table>{tags or "<tr><td>no DICOM files</td></tr>"}</table>
+<h2>Out-of-scope images (first 200)</h2><table>{flagged or "<tr><td>none</td></tr>"}</table>
+<p><small>pneumolab is a research tool, not a medical device. The verdict compares unlabelled
+images with the run's validation split; it cannot tell whether the model is right there.</small></p>
+</body></html>
+"""
+
+
+def write_audit(audit: SiteAudit, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``audit.html``, ``audit.png``, ``audit.json`` and ``images.csv`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figure = audit_figure(audit)
+    files = {
+        "html": out / "audit.html",
+        "figure": out / "audit.png",
+        "json": out / "audit.json",
+        "csv": out / "images.csv",
+    }
+    files["figure"].write_bytes(figure)
+    files["html"].write_text(audit_html(audit, figure))
+    files["json"].write_text(json.dumps(audit.summary(), indent=2) + "\n")
+    rows = records_table(audit)
+    with files["csv"].open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["path"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return files

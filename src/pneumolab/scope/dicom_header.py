@@ -1,0 +1,119 @@
+"""Scope checks from a DICOM header alone (no pixel data read): modality, body part, view, age.
+
+A tag that says the image is out of scope is a reason; a missing or empty tag is not. Ages
+outside the training population (children aged 1–5) are warnings, not reasons: the image is
+still a chest radiograph, only outside the intended use.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from pneumolab.scope.checks import ScopeChecks
+
+RADIOGRAPHY = {"CR": "computed radiography", "DX": "digital radiography"}
+"""Modalities in scope: projection radiographs."""
+CHEST_PARTS = {"CHEST", "THORAX", "LUNG"}
+FRONTAL_VIEWS = {"PA", "AP"}
+TRAINING_AGES = (1.0, 5.0)
+"""Ages (years) of the children in the training data (Kermany et al. 2018)."""
+ADULT_AGE = 18.0
+TAGS = (
+    "Modality",
+    "BodyPartExamined",
+    "ViewPosition",
+    "PresentationIntentType",
+    "PatientAge",
+    "PatientBirthDate",
+    "StudyDate",
+    "ImageType",
+    "Manufacturer",
+    "PhotometricInterpretation",
+    "BitsStored",
+    "Rows",
+    "Columns",
+)
+"""Header tags reported with the checks (and summarised by the site audit)."""
+_AGE_UNITS = {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, pydicom.multival.MultiValue):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def age_in_years(ds: Dataset) -> float | None:
+    """PatientAge (``nnnD/W/M/Y``), else the birth date against the study/acquisition date."""
+    age = _text(ds, "PatientAge").upper()
+    if len(age) == 4 and age[:3].isdigit() and age[3] in _AGE_UNITS and int(age[:3]) > 0:
+        return int(age[:3]) / _AGE_UNITS[age[3]]  # 000Y: the usual anonymised placeholder
+    born = _parse_date(_text(ds, "PatientBirthDate"))
+    taken = next(
+        filter(None, (_parse_date(_text(ds, k)) for k in ("StudyDate", "AcquisitionDate"))), None
+    )
+    if born is None or taken is None or taken < born:
+        return None
+    return (taken - born).days / 365.25
+
+
+def _parse_date(text: str) -> date | None:
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:8])) if len(text) == 8 else None
+    except ValueError:
+        return None
+
+
+def _age_warnings(ds: Dataset) -> tuple[str, ...]:
+    age = age_in_years(ds)
+    low, high = TRAINING_AGES
+    if age is None or low <= age <= high:
+        return ()
+    who = "an adult" if age >= ADULT_AGE else "a child"
+    return (
+        f"patient age {age:.1f} years: {who} outside the intended use (the model was trained on "
+        f"children aged {low:g}–{high:g})",
+    )
+
+
+def header_checks(ds: Dataset) -> ScopeChecks:
+    """Reasons and warnings from a DICOM dataset's header tags."""
+    tags = {keyword: _text(ds, keyword) for keyword in TAGS if _text(ds, keyword)}
+    reasons = []
+    modality = tags.get("Modality", "").upper()
+    if modality and modality not in RADIOGRAPHY:
+        reasons.append(f"DICOM Modality {modality}: not a radiograph (CR or DX expected)")
+    part = tags.get("BodyPartExamined", "").upper()
+    if part and part not in CHEST_PARTS:
+        reasons.append(f"DICOM BodyPartExamined {part}: not a chest (CHEST expected)")
+    view = tags.get("ViewPosition", "").upper()
+    if view and view not in FRONTAL_VIEWS:
+        reasons.append(f"DICOM ViewPosition {view}: not a frontal view (PA or AP expected)")
+    if tags.get("PresentationIntentType", "").upper() == "FOR PROCESSING":
+        reasons.append(
+            "DICOM PresentationIntentType FOR PROCESSING: raw detector data, not the processed "
+            "image a reader sees (FOR PRESENTATION expected)"
+        )
+    if "LOCALIZER" in tags.get("ImageType", "").upper():
+        reasons.append("DICOM ImageType LOCALIZER: a scout/planning image, not a radiograph")
+    return ScopeChecks(tuple(reasons), _age_warnings(ds), tags)
+
+
+def dicom_file_checks(path: str | Path) -> ScopeChecks:
+    """:func:`header_checks` of a DICOM file, reading the header only (stops before pixel data).
+
+    A file that cannot be parsed gives no checks here; the image loader reports it by name.
+    """
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, KeyError):
+        return ScopeChecks()
+    return header_checks(ds)

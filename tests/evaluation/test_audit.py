@@ -1,0 +1,64 @@
+"""Site audit: out-of-scope share and reasons, OOD and rate comparisons, verdict, written files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from conftest import train_tiny_run
+from pneumolab.cli import main
+from pneumolab.evaluation.audit import audit_folder, reason_kind
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return train_tiny_run(tmp_path_factory.mktemp("audit"))
+
+
+def site(root: Path, run_dir: Path, odd: bool) -> Path:
+    """Training-like images, plus (``odd``) a CT slice, a black PNG and a broken file."""
+    root.mkdir()
+    for path in sorted((run_dir.parent / "data" / "train").rglob("*.png"))[::2]:
+        shutil.copy(path, root / path.name)
+    if odd:
+        shutil.copy(get_testdata_file("CT_small.dcm"), root / "ct.dcm")
+        Image.fromarray(np.zeros((100, 100), dtype=np.uint8)).save(root / "black.png")
+        (root / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+def test_reason_kind_drops_the_particulars():
+    assert reason_kind("image too small (1x1 px; at least 32 px)") == "image too small"
+    assert reason_kind("DICOM Modality CT: not a radiograph") == "DICOM Modality CT"
+
+
+def test_an_odd_site_is_flagged_with_its_reasons(run_dir, tmp_path):
+    audit = audit_folder(run_dir, site(tmp_path / "site", run_dir, odd=True))
+    summary = audit.summary()
+    assert summary["unreadable"] == 1 and summary["images"] == len(audit.records)
+    reasons = summary["out_of_scope_reasons"]
+    assert reasons["DICOM Modality CT"] == 1 and reasons["empty image"] == 1
+    assert summary["out_of_scope_share"] >= 2 / len(audit.scored)
+    assert audit.verdict.startswith("CAUTION")
+    assert any("out of scope" in r for r in audit.verdict_reasons)
+    assert summary["dicom_tags"]["Modality"] == {"CT": 1}
+    assert summary["bit_depths"][8] >= 1 and summary["bit_depths"][16] == 1
+
+
+def test_cli_writes_the_page_figure_and_tables(run_dir, tmp_path, capsys):
+    folder = site(tmp_path / "site", run_dir, odd=True)
+    out = tmp_path / "out"
+    assert main(["audit", str(run_dir), str(folder), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "CAUTION" in err and "audit.html" in err
+    page = (out / "audit.html").read_text()
+    assert "DICOM Modality CT" in page and "data:image/png;base64," in page
+    assert (out / "audit.png").read_bytes().startswith(b"\x89PNG")
+    assert json.loads((out / "audit.json").read_text())["unreadable"] == 1
+    assert "broken.png" in (out / "images.csv").read_text()

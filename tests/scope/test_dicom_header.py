@@ -1,0 +1,83 @@
+"""DICOM header scope checks: modality, body part, view, presentation intent, age."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+
+from pneumolab.scope.dicom_header import age_in_years, dicom_file_checks, header_checks
+
+
+def header(**tags: str) -> Dataset:
+    ds = Dataset()
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def test_a_frontal_chest_radiograph_of_a_young_child_passes():
+    checks = header_checks(
+        header(Modality="DX", BodyPartExamined="CHEST", ViewPosition="PA", PatientAge="003Y")
+    )
+    assert checks.reasons == () and checks.warnings == ()
+    assert checks.tags["Modality"] == "DX"
+
+
+def test_missing_tags_are_not_errors():
+    assert header_checks(Dataset()).reasons == ()
+
+
+@pytest.mark.parametrize(
+    ("tags", "message"),
+    [
+        ({"Modality": "CT"}, "Modality CT"),
+        ({"Modality": "MR"}, "Modality MR"),
+        ({"Modality": "MG"}, "Modality MG"),
+        ({"Modality": "OT"}, "Modality OT"),
+        ({"Modality": "CR", "BodyPartExamined": "SKULL"}, "BodyPartExamined SKULL"),
+        ({"Modality": "DX", "ViewPosition": "LL"}, "ViewPosition LL"),
+        ({"Modality": "DX", "ViewPosition": "LATERAL"}, "not a frontal view"),
+        ({"Modality": "DX", "PresentationIntentType": "FOR PROCESSING"}, "raw detector data"),
+        ({"Modality": "CR", "ImageType": ["DERIVED", "LOCALIZER"]}, "LOCALIZER"),
+    ],
+)
+def test_out_of_scope_tags_are_reasons(tags, message):
+    (reason,) = header_checks(header(**tags)).reasons
+    assert message in reason
+
+
+@pytest.mark.parametrize(
+    ("tags", "years"),
+    [
+        ({"PatientAge": "034Y"}, 34.0),
+        ({"PatientAge": "018M"}, 1.5),
+        ({"PatientAge": "000Y"}, None),  # the usual anonymised placeholder
+        ({"PatientBirthDate": "19800101", "StudyDate": "20200101"}, 40.0),
+        ({"PatientBirthDate": "20200101"}, None),  # no date to count to
+        ({"PatientAge": "garbage"}, None),
+    ],
+)
+def test_age_from_the_age_tag_or_the_birth_date(tags, years):
+    age = age_in_years(header(**tags))
+    assert age == pytest.approx(years, abs=0.01) if years is not None else age is None
+
+
+def test_adults_are_warned_but_stay_in_scope():
+    checks = header_checks(header(Modality="CR", PatientAge="045Y"))
+    assert checks.reasons == ()
+    (warning,) = checks.warnings
+    assert "adult" in warning and "1–5" in warning
+
+
+@pytest.mark.parametrize(("name", "modality"), [("CT_small.dcm", "CT"), ("MR_small.dcm", "MR")])
+def test_pydicom_ct_and_mr_files_are_out_of_scope_from_the_header(name, modality):
+    (reason,) = dicom_file_checks(get_testdata_file(name)).reasons
+    assert f"Modality {modality}" in reason
+
+
+def test_an_unreadable_file_gives_no_checks_here(tmp_path):
+    path = tmp_path / "x.dcm"
+    path.write_bytes(np.zeros(10, dtype=np.uint8).tobytes())
+    assert dicom_file_checks(path).reasons == ()

@@ -1,0 +1,119 @@
+"""The scope gate end to end: every answer says whether the input is in scope, and why not."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from conftest import train_tiny_run
+from pneumolab.cli import main
+from pneumolab.inference.prediction import OUT_OF_SCOPE_LABEL
+from pneumolab.inference.predictor import Predictor
+from pneumolab.run import RunDir
+from pneumolab.scope.ood import OodModel
+
+CT = get_testdata_file("CT_small.dcm")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return train_tiny_run(tmp_path_factory.mktemp("gate"))
+
+
+@pytest.fixture(scope="module")
+def odd_images(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("odd")
+    rng = np.random.default_rng(0)
+    arrays = {
+        "black": np.zeros((300, 300), dtype=np.uint8),
+        "one_pixel": np.full((1, 1), 128, dtype=np.uint8),
+        "strip": rng.integers(0, 256, (3, 4000), dtype=np.uint8),
+    }
+    paths = {}
+    for name, pixels in arrays.items():
+        paths[name] = folder / f"{name}.png"
+        Image.fromarray(pixels).save(paths[name])
+    return paths
+
+
+def test_training_stores_an_ood_model_that_flags_at_most_one_percent_of_validation(run_dir):
+    ood = OodModel.load(RunDir(run_dir).ood)
+    assert ood.method == "mahalanobis" and ood.scorer is not None
+    assert len(ood.val_scores) > 0 and ood.val_flagged_fraction <= 0.01
+
+
+def test_training_images_are_in_scope_with_their_class_label(run_dir):
+    image = next((run_dir.parent / "data" / "train" / "PNEUMONIA").iterdir())
+    result = Predictor.from_run(run_dir).predict(image)
+    assert result.in_scope and result.reasons == ()
+    assert result.label in ("NORMAL", "PNEUMONIA")
+    assert result.ood_score is not None and result.ood_threshold is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("black", "empty image"), ("one_pixel", "too small"), ("strip", "aspect ratio")],
+)
+def test_sanity_failures_are_out_of_scope_but_keep_their_probability(
+    run_dir, odd_images, name, reason
+):
+    result = Predictor.from_run(run_dir).predict(odd_images[name])
+    assert not result.in_scope and result.label == OUT_OF_SCOPE_LABEL
+    assert any(reason in r for r in result.reasons), result.reasons
+    assert 0.0 <= result.probability <= 1.0
+
+
+def test_a_ct_slice_is_out_of_scope_from_its_header(run_dir):
+    result = Predictor.from_run(run_dir).predict(CT)
+    assert not result.in_scope and result.label == OUT_OF_SCOPE_LABEL
+    assert "DICOM Modality CT: not a radiograph (CR or DX expected)" in result.reasons
+
+
+def test_scope_verdict_off_keeps_the_class_label_and_the_flag(run_dir):
+    result = Predictor.from_run(run_dir, scope_verdict=False).predict(CT)
+    assert not result.in_scope and result.label in ("NORMAL", "PNEUMONIA")
+
+
+def test_cli_json_and_csv_carry_the_gate(run_dir, odd_images, tmp_path, capsys):
+    paths = [CT, str(odd_images["black"])]
+    assert main(["predict", str(run_dir), *paths, "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["in_scope"] for r in rows] == [False, False]
+    assert all(r["label"] == OUT_OF_SCOPE_LABEL and r["reasons"] for r in rows)
+    assert {"ood_score", "ood_threshold", "warnings"} <= rows[0].keys()
+    assert main(["predict", str(run_dir), *paths, "--json", "--keep-label"]) == 0
+    kept = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert all(r["label"] in ("NORMAL", "PNEUMONIA") and not r["in_scope"] for r in kept)
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(run_dir), *paths, "--out", str(out)]) == 0
+    with out.open(newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["in_scope"] for r in table] == ["False", "False"]
+    assert "Modality CT" in table[0]["reasons"]
+
+
+def test_fit_ood_refits_an_existing_run(run_dir, tmp_path, capsys):
+    run = RunDir(run_dir)
+    before = OodModel.load(run.ood)
+    run.ood.unlink()
+    assert main(["fit-ood", str(run_dir), "--data", str(run_dir.parent / "data")]) == 0
+    assert "threshold" in capsys.readouterr().err
+    after = OodModel.load(run.ood)
+    assert after.threshold == pytest.approx(before.threshold, rel=1e-4)
+    np.testing.assert_allclose(after.val_scores, before.val_scores, rtol=1e-4)
+
+
+def test_a_run_without_an_ood_model_still_gates_by_sanity_and_header(run_dir, tmp_path):
+    copy = tmp_path / "old-run"
+    copy.mkdir()
+    for name in ("meta.json", "model.safetensors"):
+        (copy / name).write_bytes((run_dir / name).read_bytes())
+    result = Predictor.from_run(copy).predict(CT)
+    assert result.ood_score is None and result.ood_threshold is None
+    assert not result.in_scope
