@@ -11,20 +11,19 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from conftest import train_tiny_run
 from pneumolab.cli import main
 from pneumolab.evaluation.audit import audit_folder, reason_kind
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return train_tiny_run(tmp_path_factory.mktemp("audit"))
+@pytest.fixture
+def run_dir(tiny_run) -> Path:
+    return tiny_run[0]
 
 
-def site(root: Path, run_dir: Path, odd: bool) -> Path:
+def site(root: Path, data: Path, odd: bool) -> Path:
     """Training-like images, plus (``odd``) a CT slice, a black PNG and a broken file."""
     root.mkdir()
-    for path in sorted((run_dir.parent / "data" / "train").rglob("*.png"))[::2]:
+    for path in sorted((data / "train").rglob("*.png"))[::2]:
         shutil.copy(path, root / path.name)
     if odd:
         shutil.copy(get_testdata_file("CT_small.dcm"), root / "ct.dcm")
@@ -38,8 +37,8 @@ def test_reason_kind_drops_the_particulars():
     assert reason_kind("DICOM Modality CT: not a radiograph") == "DICOM Modality CT"
 
 
-def test_an_odd_site_is_flagged_with_its_reasons(run_dir, tmp_path):
-    audit = audit_folder(run_dir, site(tmp_path / "site", run_dir, odd=True))
+def test_an_odd_site_is_flagged_with_its_reasons(run_dir, tiny_run, tmp_path):
+    audit = audit_folder(run_dir, site(tmp_path / "site", tiny_run[1], odd=True))
     summary = audit.summary()
     assert summary["unreadable"] == 1 and summary["images"] == len(audit.records)
     reasons = summary["out_of_scope_reasons"]
@@ -51,8 +50,8 @@ def test_an_odd_site_is_flagged_with_its_reasons(run_dir, tmp_path):
     assert summary["bit_depths"][8] >= 1 and summary["bit_depths"][16] == 1
 
 
-def test_cli_writes_the_page_figure_and_tables(run_dir, tmp_path, capsys):
-    folder = site(tmp_path / "site", run_dir, odd=True)
+def test_cli_writes_the_page_figure_and_tables(run_dir, tiny_run, tmp_path, capsys):
+    folder = site(tmp_path / "site", tiny_run[1], odd=True)
     out = tmp_path / "out"
     assert main(["audit", str(run_dir), str(folder), "--out", str(out)]) == 0
     err = capsys.readouterr().err

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from conftest import train_tiny_run
+from conftest import copy_run
 from pneumolab.cli import main
 from pneumolab.inference.prediction import OUT_OF_SCOPE_LABEL
 from pneumolab.inference.predictor import Predictor
@@ -21,9 +21,14 @@ from pneumolab.scope.ood import OodModel
 CT = get_testdata_file("CT_small.dcm")
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return train_tiny_run(tmp_path_factory.mktemp("gate"))
+@pytest.fixture
+def run_dir(tiny_run) -> Path:
+    return tiny_run[0]
+
+
+@pytest.fixture
+def data(tiny_run) -> Path:
+    return tiny_run[1]
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +53,8 @@ def test_training_stores_an_ood_model_that_flags_at_most_one_percent_of_validati
     assert len(ood.val_scores) > 0 and ood.val_flagged_fraction <= 0.01
 
 
-def test_training_images_are_in_scope_with_their_class_label(run_dir):
-    image = next((run_dir.parent / "data" / "train" / "PNEUMONIA").iterdir())
+def test_training_images_are_in_scope_with_their_class_label(run_dir, data):
+    image = next((data / "train" / "PNEUMONIA").iterdir())
     result = Predictor.from_run(run_dir).predict(image)
     assert result.in_scope and result.reasons == ()
     assert result.label in ("NORMAL", "PNEUMONIA")
@@ -98,11 +103,12 @@ def test_cli_json_and_csv_carry_the_gate(run_dir, odd_images, tmp_path, capsys):
     assert "Modality CT" in table[0]["reasons"]
 
 
-def test_fit_ood_refits_an_existing_run(run_dir, tmp_path, capsys):
+def test_fit_ood_refits_an_existing_run(run_dir, data, tmp_path, capsys):
+    run_dir = copy_run(run_dir, tmp_path / "run")
     run = RunDir(run_dir)
     before = OodModel.load(run.ood)
     run.ood.unlink()
-    assert main(["fit-ood", str(run_dir), "--data", str(run_dir.parent / "data")]) == 0
+    assert main(["fit-ood", str(run_dir), "--data", str(data)]) == 0
     assert "threshold" in capsys.readouterr().err
     after = OodModel.load(run.ood)
     assert after.threshold == pytest.approx(before.threshold, rel=1e-4)

@@ -46,6 +46,8 @@ def audit_figure(audit: SiteAudit) -> bytes:
     counts = audit.reason_counts().most_common(8)
     if counts:
         ax.barh([k[:45] for k, _ in counts][::-1], [n for _, n in counts][::-1], color="tab:red")
+    else:
+        ax.text(0.5, 0.5, "no image out of scope", ha="center", va="center")
     ax.set(title=f"out of scope: {audit.out_of_scope_share:.0%} of images — why", xlabel="images")
     ax = axes[1, 1]
     sizes = np.array([(r.width, r.height) for r in audit.scored if r.width], dtype=float)
