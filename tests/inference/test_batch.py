@@ -64,9 +64,9 @@ def test_rows_of_finished_batches_survive_an_interruption(predictor, images, tmp
         calls.append(len(pixels))
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return predictor.backend(pixels)
+        return predictor.scorer(pixels)
 
-    interrupted.backend = third_batch_interrupts
+    interrupted.scorer = third_batch_interrupts
     out = tmp_path / "results.csv"
     with pytest.raises(KeyboardInterrupt):
         predict_to_file(interrupted, [folder], out, batch_size=3, progress=False)

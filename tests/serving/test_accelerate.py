@@ -52,8 +52,8 @@ def test_int8_export_passes_parity_and_serves_predictions(run, capsys):
     assert main(["export", str(run.root), "--format", "onnx-int8"]) == 0
     assert "parity with fp32 on 20 validation images" in capsys.readouterr().err
     int8 = Predictor.from_run(run.root, backend="onnx-int8")
-    assert int8.backend.metadata["precision"] == "int8"
-    assert int8.backend.metadata["intensity"] == "equalize"
+    assert int8.scorer.metadata["precision"] == "int8"
+    assert int8.scorer.metadata["intensity"] == "equalize"
     fp32 = Predictor.from_run(run.root, backend="onnx")
     rows = [r.split(",")[0] for r in run.val_predictions.read_text().splitlines()[1:]]
     got = [p.label for p in int8.predict_paths(rows)]
