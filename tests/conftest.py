@@ -65,6 +65,18 @@ TINY_TRAINING = dict(
 """Settings of the tiny CNN that tests train for a few seconds."""
 
 
+def write_backbone_weights(path: Path, seed: int) -> str:
+    """A random ``pneumolab_cnn_small`` backbone saved as "pretrained" weights; the file's path."""
+    import torch
+    from safetensors.torch import save_file
+
+    from pneumolab.models.registry import create_backbone
+
+    torch.manual_seed(seed)
+    save_file(create_backbone("pneumolab_cnn_small").state_dict(), path)
+    return str(path)
+
+
 def train_tiny_run(root: Path, epochs: int = 1, **overrides: object) -> Path:
     """Train the tiny CNN for one epoch on a synthetic dataset under ``root``; the run directory."""
     from pneumolab.config import TrainConfig

@@ -8,7 +8,18 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pneumolab.choices import Intensity, Monitor, Precision, Strategy, Task, Tracking
+from pneumolab.atomic import write_text_atomically
+from pneumolab.choices import (
+    Accelerator,
+    DistributedStrategy,
+    Intensity,
+    LrScaling,
+    Monitor,
+    Precision,
+    Strategy,
+    Task,
+    Tracking,
+)
 from pneumolab.errors import ConfigError
 
 
@@ -48,7 +59,7 @@ class TrainConfig(BaseModel):
     )
     image_size: int = Field(default=160, ge=32, le=1024, description="input side in pixels")
     epochs: int = Field(default=8, ge=1, description="most epochs (early stopping may end sooner)")
-    batch_size: int = Field(default=32, ge=1, description="training batch size")
+    batch_size: int = Field(default=32, ge=1, description="training batch size per process")
     lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate of the head")
     weight_decay: float = Field(default=1e-4, ge=0, description="AdamW weight decay")
     augment_strength: float = Field(
@@ -76,6 +87,25 @@ class TrainConfig(BaseModel):
         default="auto", description="auto: bf16 where the hardware has it, else fp32"
     )
     num_workers: int = Field(default=1, ge=0, description="data loader worker processes")
+    accelerator: Accelerator = Field(
+        default="auto", description="Lightning accelerator: auto (a GPU when present, else CPU)"
+    )
+    devices: int = Field(
+        default=1,
+        ge=1,
+        description="training processes per node (one per GPU, or CPU processes); "
+        "batch_size is per process",
+    )
+    num_nodes: int = Field(default=1, ge=1, description="machines taking part in training")
+    distributed_strategy: DistributedStrategy = Field(
+        default="auto",
+        description="Lightning strategy across processes (auto: ddp when there are several)",
+    )
+    lr_scaling: LrScaling = Field(
+        default="sqrt",
+        description="learning rate x sqrt(N), x N or unchanged for N = devices x num_nodes "
+        "processes (the effective batch is batch_size x N)",
+    )
     max_train_images: int | None = Field(
         default=None, ge=4, description="use a stratified subset of train (for quick tests)"
     )
@@ -120,4 +150,4 @@ def resolve_config(
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write the resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+    write_text_atomically(path, yaml.safe_dump(config.model_dump(), sort_keys=False))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from pneumolab.atomic import write_text_atomically
 from pneumolab.data.layout import Sample
 from pneumolab.errors import RunDirError
 from pneumolab.run_meta import RunMeta, migrate
@@ -121,20 +123,19 @@ class RunDir:
 
     def write_meta(self, meta: RunMeta) -> None:
         """Write meta.json atomically (last: it marks the run finished)."""
-        partial = self.meta.with_suffix(".json.tmp")
-        partial.write_text(meta.model_dump_json(indent=2) + "\n")
-        partial.replace(self.meta)
+        write_text_atomically(self.meta, meta.model_dump_json(indent=2) + "\n")
 
     def write_split(self, data_root: Path, train: list[Sample], val: list[Sample]) -> None:
         """Save the carved split as file lists relative to the data root."""
-        with self.split.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "label", "patient", "subset"])
-            for subset, samples in (("train", train), ("val", val)):
-                for s in samples:
-                    writer.writerow(
-                        [s.path.relative_to(data_root).as_posix(), s.label, s.patient, subset]
-                    )
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["path", "label", "patient", "subset"])
+        for subset, samples in (("train", train), ("val", val)):
+            for s in samples:
+                writer.writerow(
+                    [s.path.relative_to(data_root).as_posix(), s.label, s.patient, subset]
+                )
+        write_text_atomically(self.split, buffer.getvalue())
 
     def read_split(self, data_root: Path, subset: str) -> list[Sample]:
         """The samples of one side (``train`` or ``val``) of the saved split, under ``data_root``."""
@@ -154,10 +155,11 @@ class RunDir:
 
 def write_predictions(path: Path, samples: list[Sample], probs: np.ndarray) -> None:
     """Write ``path,label,probability`` rows, one per scored sample."""
-    with Path(path).open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "probability"])
-        writer.writerows((s.path, s.label, f"{p:.6f}") for s, p in zip(samples, probs, strict=True))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "label", "probability"])
+    writer.writerows((s.path, s.label, f"{p:.6f}") for s, p in zip(samples, probs, strict=True))
+    write_text_atomically(path, buffer.getvalue())
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:

@@ -43,6 +43,23 @@ class FeatureCacheStats(Result):
     key: str
     reused: int
     computed: int
+    computed_per_rank: list[int] | None = Field(
+        default=None, description="how many each training process computed"
+    )
+
+
+class DistributedTraining(Result):
+    """How many processes trained (Lightning DDP), and the batch size and learning rate that
+    follow: ``effective_batch_size`` = per-process batch × processes; ``lr`` = the config's lr
+    scaled by ``lr_scaling`` (sqrt: × √processes, linear: × processes, none)."""
+
+    processes: int
+    strategy: str
+    accelerator: str
+    batch_size_per_process: int
+    effective_batch_size: int
+    lr_scaling: str
+    lr: float
 
 
 class TrainingSummary(Result):
@@ -54,6 +71,7 @@ class TrainingSummary(Result):
     best_epoch: int | None = None
     train_seconds: float | None
     feature_cache: FeatureCacheStats | None = None
+    distributed: DistributedTraining | None = None
 
 
 class RunMeta(TrainingSummary, DecisionRule):

@@ -7,13 +7,11 @@ import os
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from conftest import TINY_TRAINING, write_synthetic_dataset
+from conftest import TINY_TRAINING, write_backbone_weights, write_synthetic_dataset
 from pneumolab.config import TrainConfig
 from pneumolab.data.layout import Sample
 from pneumolab.errors import ConfigError
-from pneumolab.models.registry import create_backbone
 from pneumolab.pipeline.train import train
 from pneumolab.training.feature_cache import FeatureCache
 
@@ -87,19 +85,13 @@ def test_unreadable_cache_file_is_recomputed(tmp_path):
     assert stats.computed == len(samples)
 
 
-def _weights_file(path, seed):
-    torch.manual_seed(seed)
-    save_file(create_backbone("pneumolab_cnn_small").state_dict(), path)
-    return str(path)
-
-
 @pytest.mark.slow
 def test_frozen_training_reuses_features_until_weights_or_size_change(tmp_path):
     data = write_synthetic_dataset(tmp_path / "data")
     base = TINY_TRAINING | dict(
         pretrained=True,
         strategy="frozen",
-        weights=_weights_file(tmp_path / "a.safetensors", 0),
+        weights=write_backbone_weights(tmp_path / "a.safetensors", 0),
         feature_cache=str(tmp_path / "cache"),
         epochs=2,
     )
@@ -116,7 +108,9 @@ def test_frozen_training_reuses_features_until_weights_or_size_change(tmp_path):
     second = cache_stats("run2", seed=1)  # another split of the same images: all reused
     assert (second["reused"], second["computed"]) == (24, 0)
     assert second["key"] == first["key"]
-    other_weights = cache_stats("run3", weights=_weights_file(tmp_path / "b.safetensors", 1))
+    other_weights = cache_stats(
+        "run3", weights=write_backbone_weights(tmp_path / "b.safetensors", 1)
+    )
     assert other_weights["computed"] == 24 and other_weights["key"] != first["key"]
     other_size = cache_stats("run4", image_size=40)
     assert other_size["computed"] == 24 and other_size["key"] != first["key"]

@@ -74,9 +74,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pneumolab.cli.tables import metrics_table
     from pneumolab.config import resolve_config
     from pneumolab.pipeline.train import train
+    from pneumolab.training.distributed import global_rank
 
     config = None if args.resume else resolve_config(args.config, config_overrides(args))
     run = train(args.data, args.out, config, resume=args.resume)
+    if global_rank() != 0:  # rank 0 finishes the run and reports it
+        return 0
     meta = run.read_meta()
     console.print(
         metrics_table(meta.val_metrics.model_dump(), f"validation (patient-grouped) — {meta.model}")
@@ -129,8 +132,11 @@ def cmd_study(args: argparse.Namespace) -> int:
     from pneumolab.cli.config_flags import config_overrides
     from pneumolab.cli.tables import comparison_table
     from pneumolab.study.runner import run_study
+    from pneumolab.training.distributed import global_rank
 
     result = run_study(args.config, args.data, args.out, config_overrides(args))
+    if global_rank() != 0:  # rank 0 compares the models and reports
+        return 0
     stdout.print(comparison_table(result.rows, f"study {args.config} — validation split"))
     for name, reason in result.failed.items():
         console.print(f"[bold red]not run:[/] {name}: {escape(reason)}")

@@ -38,9 +38,12 @@ def train(
 
     ``callbacks`` are added to Lightning's. Returns the finished :class:`RunDir`; raises
     :class:`~pneumolab.training.fit.TrainingInterrupted` when stopped (Ctrl+C), after the last
-    finished epoch was saved.
+    finished epoch was saved. Under several processes, only rank 0 finishes the run (the others
+    return as soon as training ends).
     """
     trained = train_model(data_dir, out_dir, config, resume, callbacks)
+    if trained is None:  # another rank than 0 of a multi-process run: rank 0 finishes it
+        return RunDir(Path(out_dir))
     config, model = trained.split.config, trained.fitted.model
     val = trained.fitted.val_images
     run = trained.run

@@ -10,11 +10,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from pneumolab.atomic import write_text_atomically
 from pneumolab.config import load_yaml
 from pneumolab.data.layout import CLASS_NAMES
 from pneumolab.evaluation.metrics import format_interval, format_metric
 from pneumolab.run import RunDir
-from pneumolab.run_meta import RunMeta
+from pneumolab.run_meta import DistributedTraining, RunMeta
 
 CARD_NAME = "MODEL_CARD.md"
 CARD_METRICS = ("roc_auc", "sensitivity", "specificity", "precision", "npv", "accuracy", "f1")
@@ -133,6 +134,16 @@ def _operating_points(meta: RunMeta) -> list[str]:
     return lines
 
 
+def _distributed_lines(distributed: DistributedTraining | None) -> list[str]:
+    if distributed is None:
+        return []
+    return [
+        f"- Trained by {distributed.processes} process(es) ({distributed.strategy}, "
+        f"{distributed.accelerator}): effective batch {distributed.effective_batch_size}, "
+        f"learning rate {distributed.lr:.3g} (`lr_scaling: {distributed.lr_scaling}`)"
+    ]
+
+
 def model_card_text(run: RunDir, val_evaluation: dict[str, Any] | None = None) -> str:
     """The Markdown text of the run's model card; validation metrics with intervals from
     ``val_evaluation`` (an evaluation's metrics), else from ``eval/val/metrics.json``, else
@@ -157,6 +168,7 @@ def model_card_text(run: RunDir, val_evaluation: dict[str, Any] | None = None) -
         f"- Preprocessing: {prep.color}; resize {prep.resize}; scale {prep.scale}",
         f"- Intensity normalisation: `{meta.intensity}`",
         f"- Best epoch: {meta.best_epoch}; training time {meta.train_seconds} s",
+        *_distributed_lines(meta.distributed),
         f"- Versions: pneumolab {meta.pneumolab_version}, torch {meta.torch_version}",
         "",
         "## Intended use",
@@ -206,6 +218,4 @@ def model_card_text(run: RunDir, val_evaluation: dict[str, Any] | None = None) -
 
 def write_model_card(run: RunDir, val_evaluation: dict[str, Any] | None = None) -> Path:
     """Write ``RUN_DIR/MODEL_CARD.md`` (see :func:`model_card_text`) and return its path."""
-    path = run.root / CARD_NAME
-    path.write_text(model_card_text(run, val_evaluation))
-    return path
+    return write_text_atomically(run.root / CARD_NAME, model_card_text(run, val_evaluation))

@@ -32,6 +32,7 @@ from pneumolab.pipeline.ensemble import build_ensemble
 from pneumolab.pipeline.train import train
 from pneumolab.run import RunDir
 from pneumolab.study.config import load_study
+from pneumolab.training.distributed import global_rank
 from pneumolab.training.fit import TrainingInterrupted
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def _train_or_reuse(name: str, config: TrainConfig, data_dir: Path, run: RunDir)
         log.info("%s: resuming from %s", name, run.last_checkpoint)
         train(data_dir, run.root, resume=True)
         return
-    if run.root.exists():  # stopped before its first checkpoint: nothing worth keeping
+    if run.root.exists() and global_rank() == 0:  # stopped before its first checkpoint
         shutil.rmtree(run.root)
     log.info("%s: training %s (%s)", name, config.model, config.strategy)
     train(data_dir, run.root, config)
@@ -104,12 +105,17 @@ def run_study(
 
     A model that cannot be trained (e.g. its ImageNet weights are not available offline) is
     reported in ``failed`` and in the table; the others go on.
+
+    Under several training processes every process runs the study; each model trains on all
+    of them, and rank 0 alone writes, builds the ensembles and compares (the other ranks get an
+    empty result).
     """
     study = load_study(study_file)
     configs = study.train_configs(overrides)
     data_dir, study_dir = Path(data_dir).resolve(), Path(out_dir)
-    (study_dir / "runs").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(study_file, study_dir / "study.yaml")
+    if global_rank() == 0:
+        (study_dir / "runs").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(study_file, study_dir / "study.yaml")
     failed: dict[str, str] = {}
     finished: dict[str, RunDir] = {}
     for name, config in configs.items():
@@ -122,6 +128,8 @@ def run_study(
         except PneumolabError as exc:
             log.error("%s: not trained: %s", name, exc)
             failed[name] = str(exc)
+    if global_rank() != 0:
+        return StudyResult([], None, failed)
     for ensemble in study.ensembles:
         run = RunDir(study_dir / "runs" / ensemble.name)
         missing = [m for m in ensemble.members if m not in finished]

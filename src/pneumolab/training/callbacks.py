@@ -13,9 +13,10 @@ import lightning as L
 
 class EpochSummary(L.Callback):
     """Times every training epoch and hands :meth:`write` its summary (epoch, losses, validation
-    AUC, learning rate, seconds) at the epoch's end, after validation."""
+    AUC, validation images scored, learning rate, seconds) at the epoch's end, after validation;
+    under several processes, on rank 0 only."""
 
-    fields = ("epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds")
+    fields = ("epoch", "train_loss", "val_loss", "val_auc", "val_images", "lr", "seconds")
 
     def __init__(self) -> None:
         self._epoch_start = time.perf_counter()
@@ -24,7 +25,7 @@ class EpochSummary(L.Callback):
         self._epoch_start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         nan = float("nan")
@@ -35,6 +36,7 @@ class EpochSummary(L.Callback):
                 "train_loss": metrics.get("train_loss", nan),
                 "val_loss": metrics.get("val_loss", nan),
                 "val_auc": metrics.get("val_auc", nan),
+                "val_images": int(metrics.get("val_images", 0)),
                 "lr": trainer.optimizers[0].param_groups[0]["lr"],
                 "seconds": round(time.perf_counter() - self._epoch_start, 1),
             },
@@ -53,11 +55,18 @@ class HistoryCSV(EpochSummary):
 
     def write(self, trainer: L.Trainer, row: dict[str, Any]) -> None:
         new_file = not self.path.exists()
+        # a run resumed from an older version keeps its file's columns
+        fields = self.fields if new_file else _header(self.path)
         with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.fields)
+            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if new_file:
                 writer.writeheader()
             writer.writerow(row)
+
+
+def _header(path: Path) -> list[str]:
+    with path.open(newline="") as f:
+        return next(csv.reader(f), [])
 
 
 class EpochLines(EpochSummary):
@@ -80,9 +89,8 @@ class EpochLines(EpochSummary):
 
 def progress_display(stream: TextIO | None = None) -> L.Callback:
     """A live progress bar on a terminal, else one printed line per epoch."""
-    stream = stream or sys.stdout
-    if stream.isatty():
+    if (stream or sys.stdout).isatty():
         from lightning.pytorch.callbacks import RichProgressBar
 
         return RichProgressBar()
-    return EpochLines(stream)
+    return EpochLines(stream)  # None: sys.stdout when printing (ddp_spawn pickles callbacks)

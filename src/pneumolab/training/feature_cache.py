@@ -46,12 +46,24 @@ def _entry(sample: Sample) -> str:
 
 
 @dataclass
+class CacheLookup:
+    """The cache's rows on disk, one entry per looked-up sample, and the samples it lacks."""
+
+    entries: list[str]
+    stored: torch.Tensor | None
+    wanted: list[str]
+    missing: list[int]
+
+
+@dataclass
 class CacheStats:
-    """What one lookup did: rows reused from disk and rows computed now."""
+    """What one lookup did: rows reused from disk and rows computed now (by how many per
+    training process, when several shared the work)."""
 
     key: str
     reused: int
     computed: int
+    computed_per_rank: list[int] | None = None
 
 
 class FeatureCache:
@@ -77,9 +89,36 @@ class FeatureCache:
     def _save(self, entries: list[str], features: torch.Tensor) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "key.json").write_text(json.dumps(self.key_fields, indent=2) + "\n")
-        partial = self._file.with_suffix(".tmp")
+        partial = self._file.with_name(f".features.{os.getpid()}.tmp")  # one per writer
         torch.save({"entries": entries, "features": features}, partial)
         partial.replace(self._file)  # atomic: an interrupted write never leaves a torn cache
+
+    def lookup(self, samples: Sequence[Sample]) -> CacheLookup:
+        """What the cache holds for ``samples`` and which of them it lacks."""
+        entries, stored = self._load()
+        wanted = [_entry(s) for s in samples]
+        known = set(entries)
+        missing = [i for i, entry in enumerate(wanted) if entry not in known]
+        return CacheLookup(entries, stored, wanted, missing)
+
+    def complete(
+        self, found: CacheLookup, fresh: torch.Tensor | None
+    ) -> tuple[torch.Tensor, CacheStats]:
+        """Features ``(N, D)`` of the looked-up samples, given the ``fresh`` features of its
+        ``missing`` ones (in that order), which are added to the cache on disk."""
+        entries, stored = list(found.entries), found.stored
+        if found.missing:
+            if fresh is None or len(fresh) != len(found.missing):
+                raise ValueError(f"expected features of {len(found.missing)} missing images")
+            fresh = fresh.float().cpu()
+            stored = fresh if stored is None else torch.cat([stored, fresh])
+            entries += [found.wanted[i] for i in found.missing]
+            self._save(entries, stored)
+        row_of = {entry: row for row, entry in enumerate(entries)}
+        rows = torch.tensor([row_of[entry] for entry in found.wanted], dtype=torch.long)
+        selected = stored[rows] if len(rows) and stored is not None else torch.empty(0, 0)
+        reused = len(found.wanted) - len(found.missing)
+        return selected, CacheStats(self.key, reused, len(found.missing))
 
     def features(
         self,
@@ -88,18 +127,7 @@ class FeatureCache:
         compute: Callable[[torch.Tensor], torch.Tensor],
     ) -> tuple[torch.Tensor, CacheStats]:
         """Features ``(N, D)`` of ``samples`` (whose decoded ``pixels`` are given), computing with
-        ``compute`` only the rows the cache does not hold, and saving them."""
-        entries, stored = self._load()
-        row_of = {entry: row for row, entry in enumerate(entries)}
-        wanted = [_entry(s) for s in samples]
-        missing = [i for i, entry in enumerate(wanted) if entry not in row_of]
-        if missing:
-            fresh = compute(pixels[missing]).float().cpu()
-            stored = fresh if stored is None else torch.cat([stored, fresh])
-            for i in missing:
-                row_of[wanted[i]] = len(entries)
-                entries.append(wanted[i])
-            self._save(entries, stored)
-        rows = torch.tensor([row_of[entry] for entry in wanted], dtype=torch.long)
-        selected = stored[rows] if stored is not None and len(rows) else torch.empty(0, 0)
-        return selected, CacheStats(self.key, len(wanted) - len(missing), len(missing))
+        ``compute`` only the rows the cache does not hold, and saving them (one process; several
+        share the work with :meth:`lookup` and :meth:`complete`)."""
+        found = self.lookup(samples)
+        return self.complete(found, compute(pixels[found.missing]) if found.missing else None)

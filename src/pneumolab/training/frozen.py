@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import lightning as L
 import timm
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 
 import pneumolab
 from pneumolab.config import TrainConfig
-from pneumolab.data.dataset import DecodedImages
+from pneumolab.data.layout import Sample
 from pneumolab.errors import ConfigError
 from pneumolab.inference.predictor import score_batches
 from pneumolab.models.classifier import XrayClassifier, pneumonia_logit
 from pneumolab.models.registry import find_local_weights
+from pneumolab.training.distributed import gather_rows, shard
 from pneumolab.training.feature_cache import (
     CacheStats,
     FeatureCache,
@@ -91,27 +93,45 @@ def extract_features(
     return torch.from_numpy(features)
 
 
-def frozen_datasets(
-    model: XrayClassifier,
-    cache: FeatureCache,
-    intensity: str,
-    train_images: DecodedImages,
-    val_images: DecodedImages,
-    targets: tuple[torch.Tensor, torch.Tensor],
-    bf16: bool,
-) -> tuple[FeatureHead, TensorDataset, TensorDataset, CacheStats]:
-    """The head to train and its (features, target) datasets, features from ``cache``;
-    ``targets`` holds the train and the val targets."""
-    samples = train_images.samples + val_images.samples
-    pixels = torch.cat([train_images.pixels, val_images.pixels])
-    features, stats = cache.features(
-        samples, pixels, lambda p: extract_features(model, p, intensity, bf16)
-    )
-    log.info("feature cache %s: %d reused, %d computed", cache.folder, stats.reused, stats.computed)
-    n_train = len(train_images.samples)
-    return (
-        FeatureHead(model.backbone.get_classifier()),
-        TensorDataset(features[:n_train], targets[0]),
-        TensorDataset(features[n_train:], targets[1]),
-        stats,
-    )
+@dataclass
+class FrozenBackbone:
+    """The frozen strategy's backbone and its feature cache. Rank 0 looks the images up in the
+    cache; every rank computes its share of the missing features; rank 0 adds them to the cache
+    (one writer) and sends every rank the features of all images."""
+
+    model: XrayClassifier
+    cache: FeatureCache
+    intensity: str
+    bf16: bool
+
+    def head(self) -> FeatureHead:
+        """The module that trains: the backbone's classifier, on features."""
+        return FeatureHead(self.model.backbone.get_classifier())
+
+    def features(
+        self, trainer: L.Trainer, samples: list[Sample], pixels: torch.Tensor
+    ) -> tuple[torch.Tensor, CacheStats]:
+        """Features ``(N, D)`` of ``samples`` (decoded ``pixels``), the same on every rank."""
+        strategy = trainer.strategy
+        found = self.cache.lookup(samples) if trainer.is_global_zero else None
+        missing = strategy.broadcast(found.missing if found else None)
+        fresh, per_rank = None, [0] * trainer.world_size
+        if missing:
+            mine = [missing[i] for i in shard(len(missing), trainer)]
+            device = strategy.root_device
+            self.model.to(device)
+            # a rank without a share computes one image it then drops: gathers need a shape
+            part = self._extract(pixels[mine or missing[:1]])[: len(mine)]
+            fresh = gather_rows(trainer, part.to(device)).cpu()
+            self.model.cpu()
+            per_rank = [len(shard(len(missing), trainer, rank)) for rank in range(len(per_rank))]
+        result = None
+        if found is not None:
+            features, stats = self.cache.complete(found, fresh)
+            result = features, replace(stats, computed_per_rank=per_rank)
+        shared = strategy.broadcast(result)
+        assert shared is not None  # rank 0's
+        return shared
+
+    def _extract(self, pixels: torch.Tensor) -> torch.Tensor:
+        return extract_features(self.model, pixels, self.intensity, self.bf16)

@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from pneumolab.models.classifier import XrayClassifier
+from pneumolab.training.distributed import gather_rows, unique_by_index
 from pneumolab.training.frozen import FeatureHead
 
 
@@ -31,13 +32,14 @@ class ClassifierModule(L.LightningModule):
     pneumonia logit for two classes, cross-entropy on the model's ``class_logits`` for more
     (targets are then class indices, 0 = NORMAL). Validation scores P(pneumonia) and logs
     ``val_loss`` (plain, unweighted log-loss: a proper scoring rule that keeps improving after
-    AUC saturates) and ``val_auc``.
+    AUC saturates), ``val_auc`` and ``val_images``, on the whole validation split also when
+    several processes share it.
     """
 
     def __init__(
         self,
         model: XrayClassifier | FeatureHead,
-        class_counts: Sequence[int],
+        class_counts: Sequence[int] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         param_groups: list[dict[str, Any]] | None = None,
@@ -47,13 +49,24 @@ class ClassifierModule(L.LightningModule):
         self.lr = lr
         self.param_groups = param_groups
         self.weight_decay = weight_decay
+        self.class_counts = class_counts
+        if class_counts is not None:
+            self._set_class_weights(class_counts)
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def _set_class_weights(self, class_counts: Sequence[int]) -> None:
         counts = torch.tensor(class_counts, dtype=torch.float32)
         weights = counts.sum() / (len(counts) * counts.clamp(min=1))
         self.register_buffer("class_weights", weights, persistent=False)
         self.class_weights: torch.Tensor
         self.multiclass = len(counts) > 2
-        self._val_probs: list[torch.Tensor] = []
-        self._val_labels: list[torch.Tensor] = []
+
+    def setup(self, stage: str) -> None:
+        """Without ``class_counts``: those of the datamodule's train split (known once its
+        ``setup`` has read the split)."""
+        if self.class_counts is None:
+            self.class_counts = self.trainer.datamodule.class_counts  # type: ignore[attr-defined]
+            self._set_class_weights(self.class_counts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -76,25 +89,40 @@ class ClassifierModule(L.LightningModule):
             weights = self.class_weights[targets.long()]
             loss = F.binary_cross_entropy_with_logits(self(images).float(), targets, weight=weights)
         self.log(
-            "train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets)
+            "train_loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(targets),
+            sync_dist=True,
         )
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        images, targets = batch
-        self._val_probs.append(torch.sigmoid(self(images).float()).cpu())
-        self._val_labels.append((targets > 0).float().cpu())
+    def validation_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> None:
+        """``batch``: images, targets and the images' indices in the validation split."""
+        images, targets, index = batch
+        probs = torch.sigmoid(self(images).float())
+        self._val_outputs.append((index, probs, (targets > 0).float()))
 
     def on_validation_epoch_end(self) -> None:
-        probs = torch.cat(self._val_probs).clamp(1e-7, 1 - 1e-7)
-        labels = torch.cat(self._val_labels)
-        self._val_probs.clear()
-        self._val_labels.clear()
-        loss = F.binary_cross_entropy(probs, labels)
-        both = len(np.unique(labels.numpy())) == 2
-        auc = roc_auc_score(labels.numpy(), probs.numpy()) if both else float("nan")
-        self.log("val_loss", loss, prog_bar=True)
-        self.log("val_auc", float(auc), prog_bar=True)
+        """Loss and AUC on the whole validation split: every rank's scores gathered, the
+        samples the distributed sampler repeated dropped; the same values on every rank."""
+        index, probs, labels = (
+            gather_rows(self.trainer, torch.cat(column))
+            for column in zip(*self._val_outputs, strict=True)
+        )
+        self._val_outputs.clear()
+        probs, labels = unique_by_index(index, probs, labels)
+        loss = F.binary_cross_entropy(probs.clamp(1e-7, 1 - 1e-7), labels)
+        scores, truth = probs.cpu().numpy(), labels.cpu().numpy()
+        auc = roc_auc_score(truth, scores) if len(np.unique(truth)) == 2 else float("nan")
+        # identical on every rank: "max" keeps the value exact where Lightning syncs it
+        self.log("val_loss", loss, prog_bar=True, sync_dist=True, reduce_fx="max")
+        self.log("val_auc", float(auc), prog_bar=True, sync_dist=True, reduce_fx="max")
+        self.log("val_images", float(len(truth)), sync_dist=True, reduce_fx="max")
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         groups = self.param_groups or [

@@ -11,10 +11,13 @@ from pathlib import Path
 import lightning as L
 from safetensors.torch import save_file
 
-from pneumolab.config import TrainConfig
+from pneumolab.atomic import write_atomically
+from pneumolab.config import TrainConfig, resolve_config
+from pneumolab.models.classifier import XrayClassifier
 from pneumolab.models.registry import create_classifier
 from pneumolab.run import RunDir
-from pneumolab.training.fit import BuiltModel, Fitted, fit, num_classes
+from pneumolab.training.datamodule import num_classes
+from pneumolab.training.fit import BuiltModel, Fitted, build_trainer, fit
 from pneumolab.training.frozen import cache_for
 from pneumolab.training.split import Split, check_run_dir, prepare_split, start_run
 from pneumolab.training.strategies import apply_strategy
@@ -51,17 +54,37 @@ def train_model(
     config: TrainConfig | None = None,
     resume: bool = False,
     callbacks: Sequence[L.Callback] = (),
-) -> TrainedModel:
+) -> TrainedModel | None:
     """Prepare the split, build the model (unknown names and missing weights fail before the run
-    directory exists), fit it and save the best weights to ``model.safetensors``."""
-    run = check_run_dir(Path(out_dir), resume)
-    split = prepare_split(data_dir, run, config, resume)
-    L.seed_everything(split.config.seed, workers=True, verbose=False)
-    built = build_model(split.config, resume)
-    check_tracking(split.config)
-    if not resume:
+    directory exists), fit it and save the best weights to ``model.safetensors``.
+
+    Under several processes (``devices × num_nodes``, launched by Lightning, torchrun or SLURM)
+    every process calls this: rank 0 alone computes the split (once) and writes the run
+    directory; the other ranks read the split from it, train, and return None.
+    """
+    run = RunDir(Path(out_dir))
+    if resume:
+        check_run_dir(run.root, resume)  # only reads: every rank checks
+        config = resolve_config(run.config)
+    config = config or TrainConfig()
+    trainer = build_trainer(config, run, callbacks)
+    split = None
+    if trainer.is_global_zero:
+        check_run_dir(run.root, resume)
+        split = prepare_split(data_dir, run, config, resume)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    built = build_model(config, resume)
+    check_tracking(config)
+    if split is not None and not resume:
         start_run(run, split)
-    fitted = fit(run, split, built, resume, callbacks)
-    state = fitted.model.state_dict()
-    save_file({k: v.contiguous() for k, v in state.items()}, run.weights)
+    fitted = fit(trainer, run, config, Path(data_dir).resolve(), built, resume)
+    if split is None or fitted is None:
+        return None
+    save_weights(fitted.model, run.weights)
     return TrainedModel(run, split, fitted)
+
+
+def save_weights(model: XrayClassifier, path: Path) -> None:
+    """The model's weights as safetensors (no pickle), written atomically."""
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    write_atomically(path, lambda partial: save_file(tensors, partial))

@@ -1,0 +1,89 @@
+"""Training on several processes (Lightning DDP): ranks, the learning-rate scale rule, and
+gathering every rank's rows so that validation sees the whole split."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import lightning as L
+import torch
+
+from pneumolab.config import TrainConfig
+from pneumolab.errors import PneumolabError
+
+
+def process_count(config: TrainConfig) -> int:
+    """Data-parallel processes of a config: ``devices × num_nodes``."""
+    return config.devices * config.num_nodes
+
+
+def lr_factor(rule: str, processes: int) -> float:
+    """What ``lr`` is multiplied by for ``processes`` data-parallel processes, each with its own
+    ``batch_size`` (effective batch ``batch_size × processes``): ``sqrt`` (√N, the rule for
+    Adam-type optimisers such as AdamW), ``linear`` (N, the rule for SGD) or ``none`` (1)."""
+    factors = {"sqrt": math.sqrt(processes), "linear": float(processes), "none": 1.0}
+    return factors[rule]
+
+
+def global_rank() -> int:
+    """This process's rank among the training processes: from the process group once training
+    has started, else from the launcher's environment (torchrun, SLURM, Lightning); 0 alone."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0))
+
+
+def shard(count: int, trainer: L.Trainer, rank: int | None = None) -> range:
+    """The contiguous part of ``range(count)`` that ``rank`` (default: this process's) works
+    on; the parts of all ranks cover it once, their sizes differ by one at most."""
+    world = trainer.world_size
+    rank = trainer.global_rank if rank is None else rank
+    return range(count * rank // world, count * (rank + 1) // world)
+
+
+def gather_rows(trainer: L.Trainer, rows: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``rows`` (``(n_rank, ...)``, ``n_rank`` may differ) concatenated in rank
+    order, on every rank. On one process: ``rows`` unchanged. (On GPUs, ``rows`` must be on
+    this rank's device.)"""
+    if trainer.world_size == 1:
+        return rows
+    counts = _all_gather(torch.tensor([len(rows)], device=rows.device))
+    longest = max(int(n) for n in counts)
+    padding = rows.new_zeros((longest - len(rows), *rows.shape[1:]))
+    parts = _all_gather(torch.cat([rows, padding]).contiguous())
+    return torch.cat([part[: int(n)] for part, n in zip(parts, counts, strict=True)])
+
+
+def _all_gather(tensor: torch.Tensor) -> list[torch.Tensor]:
+    parts = [torch.empty_like(tensor) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(parts, tensor)
+    return parts
+
+
+def unique_by_index(index: torch.Tensor, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``values`` ordered by ``index``, one row per distinct index. Lightning's
+    DistributedSampler repeats a few samples so that every rank gets as many; this drops them."""
+    order = torch.argsort(index, stable=True)
+    ordered = index[order]
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    keep = order[first]
+    return tuple(value[keep] for value in values)
+
+
+def check_same_on_every_rank(trainer: L.Trainer, text: str, what: str) -> None:
+    """Raise on every rank unless ``text`` (e.g. the split's file list) is identical on all."""
+    if trainer.world_size == 1:
+        return
+    digest = int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "big")
+    device = trainer.strategy.root_device
+    digests = gather_rows(trainer, torch.tensor([digest], dtype=torch.long, device=device))
+    differing = [rank for rank, d in enumerate(digests.tolist()) if d != digests[0].item()]
+    if differing:
+        raise PneumolabError(
+            f"{what} differs between rank 0 and rank(s) {differing}: every process must see "
+            "the same run directory and data folder (a shared filesystem on several machines)"
+        )

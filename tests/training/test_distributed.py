@@ -1,0 +1,179 @@
+"""Training on two CPU processes (gloo): the split computed once and identical on every rank,
+validation on the whole split, the run written by rank 0, resume under DDP (Lightning's launcher,
+then torchrun), the frozen strategy's features shared out (ddp_spawn)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+from torch.utils.data import DistributedSampler
+
+from conftest import TINY_TRAINING, write_backbone_weights, write_synthetic_dataset
+from pneumolab.config import TrainConfig
+from pneumolab.pipeline.train import train
+from pneumolab.run import RunDir, read_predictions
+from pneumolab.training.distributed import lr_factor, shard, unique_by_index
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def _launch(*command: object) -> subprocess.CompletedProcess:
+    env = os.environ | {"PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run(
+        [str(c) for c in command], env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+def _records(folder: Path) -> list[dict]:
+    return [json.loads((folder / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def ddp(tmp_path_factory):
+    """A 2-process run stopped in its second epoch (Lightning's launcher), resumed by torchrun."""
+    root = tmp_path_factory.mktemp("ddp")
+    data = write_synthetic_dataset(root / "data", per_class=10)  # 5 validation images: odd
+    run = RunDir(root / "run")
+    first, second = root / "first", root / "second"
+    first.mkdir(), second.mkdir()
+    stopped = _launch(sys.executable, WORKER, data, run.root, first, "new", 1)
+    assert stopped.returncode == 3, stopped.stderr[-3000:]
+    interrupted = SimpleNamespace(
+        checkpoint=run.last_checkpoint.is_file(), complete=run.is_complete()
+    )
+    torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", 2)
+    resumed = _launch(sys.executable, *torchrun, WORKER, data, run.root, second, "resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return SimpleNamespace(
+        data=data,
+        run=run,
+        interrupted=interrupted,
+        records=_records(first) + _records(second),
+    )
+
+
+def _val_split(run: RunDir) -> list[str]:
+    with run.split.open(newline="") as f:
+        return [row["path"] for row in csv.DictReader(f) if row["subset"] == "val"]
+
+
+@pytest.mark.slow
+def test_interrupted_ddp_run_resumes_under_torchrun(ddp):
+    assert ddp.interrupted.checkpoint and not ddp.interrupted.complete
+    assert ddp.run.is_complete()
+    with ddp.run.history.open() as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1]
+    assert [r["world_size"] for r in ddp.records] == [2, 2, 2, 2]
+    assert [e["epoch"] for e in ddp.records[2]["epochs"]] == [1]  # resumed, not restarted
+
+
+@pytest.mark.slow
+def test_split_is_the_same_on_every_rank_and_in_the_run(ddp):
+    written = sorted(str(ddp.data / p) for p in _val_split(ddp.run))
+    for record in ddp.records:
+        assert record["val"] == written
+        assert record["train"] == ddp.records[0]["train"]
+    assert not set(ddp.records[0]["train"]) & set(written)
+
+
+@pytest.mark.slow
+def test_validation_covers_the_whole_split_on_every_rank(ddp):
+    n_val = len(_val_split(ddp.run))
+    assert n_val == 5  # odd: the distributed sampler gives each of 2 ranks 3 (one repeated)
+    for record in ddp.records:
+        assert [e["val_images"] for e in record["epochs"]] == [n_val] * len(record["epochs"])
+    with ddp.run.history.open() as f:
+        history = list(csv.DictReader(f))
+    assert [int(row["val_images"]) for row in history] == [n_val, n_val]
+    meta = ddp.run.read_meta()
+    assert meta.val_metrics.n == n_val
+    # the AUC that chose the checkpoint is the AUC of the whole split under the kept weights
+    rows = read_predictions(ddp.run.val_predictions)
+    full_auc = roc_auc_score([r["label"] for r in rows], [r["probability"] for r in rows])
+    best = history[meta.best_epoch]
+    assert float(best["val_auc"]) == pytest.approx(full_auc, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_run_written_by_rank_zero_with_the_effective_batch_and_lr(ddp):
+    meta = ddp.run.read_meta()
+    assert meta.distributed.model_dump() == {
+        "processes": 2,
+        "strategy": "DDPStrategy",
+        "accelerator": "CPUAccelerator",
+        "batch_size_per_process": 8,
+        "effective_batch_size": 16,
+        "lr_scaling": "sqrt",
+        "lr": pytest.approx(1e-3 * 2**0.5),
+    }
+    assert [r["lr"] for r in ddp.records] == [pytest.approx(1e-3 * 2**0.5)] * 4
+    assert "Trained by 2 process(es)" in (ddp.run.root / "MODEL_CARD.md").read_text()
+    leftovers = [p.name for p in ddp.run.root.rglob("*") if p.name.startswith(".")]
+    assert leftovers == []  # no half-written file left by an atomic write
+
+
+@pytest.mark.slow
+def test_one_process_run_validates_the_same_images(ddp, tmp_path):
+    config = TrainConfig(**TINY_TRAINING | dict(epochs=1, val_fraction=0.25, precision="32"))
+    single = train(ddp.data, tmp_path / "single", config)
+    assert single.split.read_text() == ddp.run.split.read_text()
+    assert single.read_meta().val_metrics.n == ddp.run.read_meta().val_metrics.n
+
+
+@pytest.mark.slow
+def test_frozen_features_are_shared_out_across_ranks(tmp_path):
+    data = write_synthetic_dataset(tmp_path / "data")
+    config = TrainConfig(
+        **TINY_TRAINING
+        | dict(
+            pretrained=True,
+            strategy="frozen",
+            weights=write_backbone_weights(tmp_path / "w.safetensors", 0),
+            feature_cache=str(tmp_path / "cache"),
+            epochs=1,
+            precision="32",
+            accelerator="cpu",
+            devices=2,
+            distributed_strategy="ddp_spawn",
+        )
+    )
+    run = train(data, tmp_path / "run", config)
+    meta = run.read_meta()
+    assert meta.feature_cache.computed == 24
+    assert meta.feature_cache.computed_per_rank == [12, 12]
+    assert meta.val_metrics.n == len(_val_split(run))
+    cache_files = list((tmp_path / "cache").rglob("*.pt"))
+    assert len(cache_files) == 1  # one writer: no second file, no leftover temporary
+    assert len(torch.load(cache_files[0], weights_only=True)["entries"]) == 24
+
+
+def test_repeated_samples_of_the_distributed_sampler_are_dropped():
+    dataset = list(range(5))
+    shards = [list(DistributedSampler(dataset, 2, rank, shuffle=False)) for rank in (0, 1)]
+    assert sum(map(len, shards)) == 6  # one repeated to give both ranks 3
+    index = torch.tensor(shards[0] + shards[1])
+    (values,) = unique_by_index(index, index.float() * 10)
+    assert values.tolist() == [0.0, 10.0, 20.0, 30.0, 40.0]
+
+
+@pytest.mark.parametrize("count", [0, 1, 5, 24])
+def test_shards_cover_every_row_once(count):
+    trainer = SimpleNamespace(world_size=3, global_rank=0)
+    parts = [list(shard(count, trainer, rank)) for rank in range(3)]
+    assert [row for part in parts for row in part] == list(range(count))
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_learning_rate_rules():
+    assert [lr_factor(rule, 4) for rule in ("sqrt", "linear", "none")] == [2.0, 4.0, 1.0]
+    assert lr_factor("sqrt", 1) == 1.0
