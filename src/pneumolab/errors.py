@@ -33,3 +33,7 @@ class ConfigError(PneumolabError):
 
 class ExportError(PneumolabError):
     """An exported model (ONNX) does not reproduce the PyTorch model's outputs."""
+
+
+class OutputError(PneumolabError):
+    """An output path would overwrite existing work, a run's own file, or is not writable."""

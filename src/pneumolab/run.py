@@ -37,6 +37,21 @@ from pneumolab.data.layout import Sample
 from pneumolab.errors import RunDirError
 from pneumolab.run_meta import RunMeta, migrate
 
+OWN_FILES = frozenset(
+    {
+        "config.yaml",
+        "split.csv",
+        "model.safetensors",
+        "meta.json",
+        "history.csv",
+        "val_predictions.csv",
+        "MODEL_CARD.md",
+        "test_evaluations.jsonl",
+    }
+)
+"""Files of a run directory that no output flag may write over (``model.onnx`` and ``eval/``
+are outputs: replaced only when asked)."""
+
 
 @dataclass(frozen=True)
 class RunDir:
@@ -98,6 +113,27 @@ class RunDir:
     def member_runs(self) -> list[RunDir]:
         """The member runs of an ensemble (an empty list for a single run)."""
         return [RunDir(self.root / p) for p in self.read_meta().members]
+
+    @property
+    def looks_like_run(self) -> bool:
+        """Whether the folder holds a run's config or metadata."""
+        return self.config.is_file() or self.meta.is_file()
+
+    @classmethod
+    def owning(cls, path: str | Path) -> RunDir | None:
+        """The run directory whose own file (or checkpoint) ``path`` is, else None."""
+        path = Path(path).resolve()
+        if path.name in OWN_FILES and cls(path.parent).looks_like_run:
+            return cls(path.parent)
+        if path.parent.name == "checkpoints" and cls(path.parent.parent).looks_like_run:
+            return cls(path.parent.parent)
+        return None
+
+    def model_version(self) -> str:
+        """``<pneumolab version>+<first 12 hex of the weights' SHA-256>``: which model this is."""
+        from pneumolab import __version__
+
+        return f"{__version__}+{weights_digest(self.root)[:12]}"
 
     def read_meta(self) -> RunMeta:
         """Metadata of a finished run (older formats migrated); RunDirError if the run is missing,

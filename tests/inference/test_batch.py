@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from pneumolab.errors import ConfigError
+from pneumolab.errors import ConfigError, OutputError
 from pneumolab.inference.batch import predict_to_file
 from pneumolab.inference.predictor import Predictor
 
@@ -83,3 +83,80 @@ def _read(out):
         with out.open(newline="") as f:
             return list(csv.DictReader(f))
     return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_relative_and_absolute_paths_are_one_image(predictor, images, tmp_path, monkeypatch):
+    folder = images[0]
+    out = tmp_path / "results.csv"
+    predict_to_file(predictor, [folder], out, progress=False)
+    monkeypatch.chdir(folder.parent)
+    summary = predict_to_file(predictor, ["train", str(folder)], out, progress=False)
+    assert summary.already_done == 10 and summary.written == 1  # only the broken one retried
+    rows = _read(out)
+    assert len(rows) == 11 and len({r["source"] for r in rows}) == 11
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"tta": True}, "tta"),
+        ({"threshold": 0.123}, "threshold"),
+        ({"backend_name": "onnx"}, "backend"),
+        ({"model_version": "0.1+0123456789ab"}, "model_version"),
+    ],
+)
+def test_another_producer_is_refused_untouched(predictor, images, tmp_path, change, named):
+    out = tmp_path / "results.jsonl"
+    predict_to_file(predictor, images[1][:3], out, progress=False)
+    before = out.read_bytes()
+    other = copy.copy(predictor)
+    vars(other).update(change)
+    with pytest.raises(OutputError, match=named) as raised:
+        predict_to_file(other, [images[0]], out, progress=False)
+    assert str(out) in str(raised.value)
+    assert out.read_bytes() == before
+    summary = predict_to_file(other, images[1][:2], out, progress=False, overwrite=True)
+    assert summary.written == 2 and len(_read(out)) == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("other.csv", b"id,value\n1,2\n3,4"),  # no trailing newline: its last line must survive
+        ("other.csv", b"\x89PNG\r\n\x1a\n\x00\x00binary"),
+        ("notes.jsonl", b'{"source": "a.png"}\nthis line is not JSON\n'),
+        ("notes.jsonl", b"[1, 2]\n"),
+    ],
+)
+def test_a_file_that_is_not_a_results_file_is_refused_untouched(
+    predictor, images, tmp_path, name, content
+):
+    out = tmp_path / name
+    out.write_bytes(content)
+    with pytest.raises(OutputError, match="not a pneumolab results file") as raised:
+        predict_to_file(predictor, [images[0]], out, progress=False)
+    assert str(out) in str(raised.value)
+    assert out.read_bytes() == content
+
+
+def test_outputs_that_cannot_be_results_files(predictor, images, tmp_path):
+    (tmp_path / "folder.csv").mkdir()
+    with pytest.raises(OutputError, match="is a folder"):
+        predict_to_file(predictor, [images[0]], tmp_path / "folder.csv", progress=False)
+    run_file = predictor.run_dir / "val_predictions.csv"
+    before = run_file.read_bytes()
+    with pytest.raises(OutputError, match="belongs to the run"):
+        predict_to_file(predictor, [images[0]], run_file, progress=False, overwrite=True)
+    assert run_file.read_bytes() == before
+
+
+def test_missing_paths_and_empty_folders_are_rows_not_aborts(predictor, images, tmp_path):
+    files = images[1]
+    (tmp_path / "y.jpeg").mkdir()
+    out = tmp_path / "results.csv"
+    given = [files[0], tmp_path / "missing.jpeg", tmp_path / "y.jpeg", files[1]]
+    summary = predict_to_file(predictor, given, out, progress=False)
+    assert (summary.written, summary.failed) == (4, 2)
+    errors = {r["source"]: r["error"] for r in _read(out) if r["error"]}
+    assert "file not found" in errors[str(tmp_path / "missing.jpeg")]
+    assert "folder without images" in errors[str(tmp_path / "y.jpeg")]

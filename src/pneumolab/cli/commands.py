@@ -187,7 +187,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from pneumolab.inference.batch import predict_to_file
 
         summary = predict_to_file(
-            predictor, args.paths, args.out, args.batch_size, workers=args.workers
+            predictor,
+            args.paths,
+            args.out,
+            args.batch_size,
+            overwrite=args.overwrite,
+            workers=args.workers,
         )
         console.print(
             f"{summary.written} written to {args.out} ({summary.failed} failed, "

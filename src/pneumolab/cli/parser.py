@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--out", type=Path, help="stream results to FILE.csv or FILE.jsonl; re-running resumes it"
     )
+    predict.add_argument(
+        "--overwrite", action="store_true", help="start --out again instead of resuming it"
+    )
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--tta", action="store_true", help=TTA_HELP)
     predict.add_argument("--keep-label", action="store_true", help=KEEP_LABEL_HELP)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pneumolab.data.formats import ACCEPTED, IMAGE_SUFFIXES, PILLOW_FORMATS, sniff
 from pneumolab.errors import ImageLoadError
 
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -70,9 +71,10 @@ def _has_dicom_header(path: Path) -> bool:
     """Whether ``path`` is a file with ``DICM`` after the 128-byte DICOM preamble."""
     try:
         with path.open("rb") as f:
-            return f.read(132)[128:] == b"DICM"
+            found = sniff(f.read(132))
     except OSError:
         return False
+    return found is not None and found.pillow_name is None
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -90,9 +92,12 @@ def reading(path: Path, kind: str) -> Iterator[None]:
     except FileNotFoundError:
         raise ImageLoadError(f"{path}: file not found") from None
     except IsADirectoryError:
-        raise ImageLoadError(f"{path}: is a folder, not an image file") from None
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise ImageLoadError(f"{path}: a folder without images ({suffixes}) in it") from None
     except UnidentifiedImageError:
-        raise ImageLoadError(f"{path}: not an image file (or an unsupported format)") from None
+        raise ImageLoadError(
+            f"{path}: not an image file of an accepted format ({ACCEPTED})"
+        ) from None
     except Image.DecompressionBombError as exc:
         raise ImageLoadError(f"{path}: {exc}") from None
     except (OSError, ValueError, SyntaxError, RuntimeError, NotImplementedError, EOFError) as exc:
@@ -115,7 +120,7 @@ def load_image(
         from pneumolab.data.dicom import load_dicom  # pydicom is imported only when needed
 
         return load_dicom(path, max_pixels=max_pixels)
-    with reading(path, "image"), Image.open(path) as opened:
+    with reading(path, "image"), Image.open(path, formats=PILLOW_FORMATS) as opened:
         _check_pixel_count(opened.width, opened.height, max_pixels, str(path))
         if size_hint and opened.format == "JPEG":
             opened.draft("L", (size_hint, size_hint))

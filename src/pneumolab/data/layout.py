@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pneumolab.data.formats import IMAGE_SUFFIXES
 from pneumolab.data.patients import patient_id
 from pneumolab.errors import DataLayoutError
 
 CLASS_NAMES: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
-IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpeg", ".jpg", ".png", ".dcm"})
 
 
 @dataclass(frozen=True)
@@ -27,18 +27,20 @@ def _child_dirs_by_name(folder: Path) -> dict[str, Path]:
     return {p.name.lower(): p for p in folder.iterdir() if p.is_dir()}
 
 
-def find_splits(root: Path) -> dict[str, Path]:
-    """Return the split folders present under ``root`` (``train`` required), matched case-insensitively."""
+def find_splits(root: Path, required: str = "train") -> dict[str, Path]:
+    """Return the split folders present under ``root`` (``required`` must be one of them),
+    matched case-insensitively."""
     root = Path(root)
     if not root.is_dir():
         raise DataLayoutError(f"{root}: dataset folder not found (run `pneumolab data fetch`?)")
     children = _child_dirs_by_name(root)
     splits = {name: children[name] for name in SPLIT_NAMES if name in children}
-    if "train" not in splits:
-        nested = [c for c in children.values() if "train" in _child_dirs_by_name(c)]
+    if required not in splits:
+        nested = [c for c in children.values() if required in _child_dirs_by_name(c)]
         hint = f"; did you mean {nested[0]}?" if nested else ""
         raise DataLayoutError(
-            f"{root}: no 'train' folder; expected ROOT/train/{{NORMAL,PNEUMONIA}}/*.jpeg{hint}"
+            f"{root}: no '{required}' folder; expected "
+            f"ROOT/{required}/{{NORMAL,PNEUMONIA}}/*.jpeg{hint}"
         )
     return splits
 

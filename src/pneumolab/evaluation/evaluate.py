@@ -14,7 +14,6 @@ from pneumolab.choices import SPLITS
 from pneumolab.data.dataset import DecodedImages, decode_samples
 from pneumolab.data.layout import Sample, find_splits, scan_split
 from pneumolab.data.subtypes import subtype_labels
-from pneumolab.errors import DataLayoutError
 from pneumolab.evaluation.bootstrap import bootstrap_ci
 from pneumolab.evaluation.calibration import apply_platt, apply_temperature
 from pneumolab.evaluation.heldout import count_test_evaluations
@@ -42,10 +41,7 @@ def split_samples(run: RunDir, data_dir: Path, split: str) -> list[Sample]:
     if split == "val":
         return run.read_split(data_dir, "val")
     if split == "test":
-        splits = find_splits(data_dir)
-        if "test" not in splits:
-            raise DataLayoutError(f"{data_dir}: no 'test' folder to evaluate on")
-        return scan_split(splits["test"])
+        return scan_split(find_splits(data_dir, required="test")["test"])
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 

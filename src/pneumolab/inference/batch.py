@@ -2,32 +2,29 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.progress import Progress
 
-from pneumolab.errors import ConfigError, ImageLoadError
+from pneumolab.errors import ImageLoadError
+from pneumolab.files import atomic_write
+from pneumolab.inference.prediction import Prediction
 from pneumolab.inference.predictor import Predictor, expand_paths
-
-FIELDS = (
-    "source",
-    "probability",
-    "label",
-    "threshold",
-    "in_scope",
-    "ood_score",
-    "ood_threshold",
-    "reasons",
-    "warnings",
-    "error",
+from pneumolab.inference.results_file import (
+    SCOPE_FIELDS,
+    Format,
+    Producer,
+    ResultRow,
+    decode_text,
+    encode,
+    header,
+    plan_resume,
+    results_format,
 )
-LIST_SEPARATOR = "; "
-"""Joins a row's reasons and warnings in a CSV cell."""
+from pneumolab.outputs import check_output
 
 
 @dataclass(frozen=True)
@@ -39,32 +36,37 @@ class BatchSummary:
     failed: int
 
 
-def _format(out: Path) -> str:
-    if out.suffix.lower() == ".csv":
-        return "csv"
-    if out.suffix.lower() in {".jsonl", ".ndjson"}:
-        return "jsonl"
-    raise ConfigError(f"{out}: output must end in .csv or .jsonl")
+def producer_of(predictor: Predictor) -> Producer:
+    """What a predictor's rows will say produced them."""
+    return Producer(
+        predictor.model_version, predictor.threshold, predictor.backend_name, predictor.tta
+    )
 
 
-def _complete_rows(out: Path, fmt: str) -> list[dict]:
-    """Rows already in ``out``; a last line cut off by an interruption is dropped from the file."""
-    text = out.read_text()
-    complete = text[: text.rfind("\n") + 1]
-    if complete != text:
-        out.write_text(complete)
-    if fmt == "jsonl":
-        return [json.loads(line) for line in complete.splitlines() if line.strip()]
-    return list(csv.DictReader(io.StringIO(complete)))
+TEXT = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
+"""How results files are opened: UTF-8, a path's raw non-UTF-8 bytes kept as they are."""
 
 
-def _line(row: dict, fmt: str) -> str:
-    if fmt == "jsonl":
-        return json.dumps(row) + "\n"
-    buffer = io.StringIO()
-    cells = {k: LIST_SEPARATOR.join(v) if isinstance(v, list) else v for k, v in row.items()}
-    csv.DictWriter(buffer, fieldnames=FIELDS).writerow(cells)
-    return buffer.getvalue()
+def _resume(out: Path, fmt: Format, producer: Producer) -> set[str]:
+    """The sources already done in ``out``; the file is rewritten (atomically) without its
+    failed rows and any row cut short by a kill, so retried images are not listed twice."""
+    plan = plan_resume(decode_text(out.read_bytes()), fmt, producer, out)
+    if plan.rewrite:
+        with atomic_write(out, **TEXT) as f:
+            f.write(header(fmt) + "".join(encode(row, fmt) for row in plan.kept))
+    return {row.source for row in plan.kept}
+
+
+def result_row(path: Path, prediction: Prediction, producer: Producer) -> ResultRow:
+    """The row of a predicted image (its scope verdict included)."""
+    verdict = prediction.to_dict()
+    scope = tuple(verdict[k] for k in SCOPE_FIELDS)
+    return ResultRow(str(path), prediction.probability, prediction.label, producer, "", scope)
+
+
+def _unique_resolved(paths: Sequence[str | Path]) -> list[Path]:
+    """Every image under ``paths``, as resolved paths (the resume key), each once, in order."""
+    return list(dict.fromkeys(path.resolve() for path in expand_paths(paths)))
 
 
 def predict_to_file(
@@ -73,36 +75,43 @@ def predict_to_file(
     out: str | Path,
     batch_size: int = 32,
     progress: bool = True,
+    overwrite: bool = False,
     workers: int | None = None,
 ) -> BatchSummary:
     """Predict every image under ``paths`` into ``out`` (.csv or .jsonl), one row per image, as it goes.
 
-    Images whose row is already in ``out`` (without an error) are skipped, so re-running the same
-    command resumes an interrupted job; failed images are retried. Rows are flushed per batch.
-    One stream of :meth:`Predictor.predict_paths` (``workers`` decoding threads) serves the
-    whole job, so decoding stays ahead of the model across batches.
+    Each row records its resolved path and what produced it (model version, threshold, backend,
+    TTA). An existing ``out`` is resumed: images whose row is there are skipped, failed ones are
+    retried; a file written with other settings, or not a results file at all, is refused
+    untouched, unless ``overwrite`` (a run's own files are never written). Rows are flushed and
+    synced per batch; a kill loses at most the rows of the batch being written. One stream of
+    :meth:`Predictor.predict_paths` (``workers`` decoding threads) serves the whole job, so
+    decoding stays ahead of the model across batches.
     """
     out = Path(out)
-    fmt = _format(out)
-    rows = _complete_rows(out, fmt) if out.exists() else []
-    done = {row["source"] for row in rows if not row.get("error")}
-    files = expand_paths(paths)
+    fmt = results_format(out)
+    check_output(out, overwrite=True)
+    producer = producer_of(predictor)
+    done = _resume(out, fmt, producer) if out.exists() and not overwrite else set()
+    if overwrite or not out.exists():
+        with atomic_write(out, **TEXT) as f:
+            f.write(header(fmt))
+    files = _unique_resolved(paths)
     todo = [p for p in files if str(p) not in done]
     written = failed = 0
-    with out.open("a", newline="") as f, Progress(disable=not progress, transient=True) as bar:
-        if not rows and fmt == "csv":
-            f.write(",".join(FIELDS) + "\r\n")
+    with out.open("a", **TEXT) as f, Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("predicting", total=len(todo))
         results = predictor.predict_paths(todo, batch_size, workers)
         for path, result in zip(todo, results, strict=True):
             if isinstance(result, ImageLoadError):
                 failed += 1
-                row = dict.fromkeys(FIELDS) | {"source": str(path), "error": str(result)}
+                row = ResultRow(str(path), None, None, producer, str(result))
             else:
-                row = result.to_dict() | {"error": ""}
-            f.write(_line(row, fmt))
+                row = ResultRow(str(path), result.probability, result.label, producer)
+            f.write(encode(row, fmt))
             written += 1
             if written % batch_size == 0 or written == len(todo):
                 f.flush()
+                os.fsync(f.fileno())
                 bar.advance(task, (written - 1) % batch_size + 1)
     return BatchSummary(written=written, already_done=len(files) - len(todo), failed=failed)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -15,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from pneumolab.choices import BACKENDS
+from pneumolab.data.formats import IMAGE_SUFFIXES
 from pneumolab.data.imageio import (
     array_to_image,
     is_dicom_file,
@@ -22,7 +24,6 @@ from pneumolab.data.imageio import (
     resize_square,
     to_grayscale,
 )
-from pneumolab.data.layout import IMAGE_SUFFIXES
 from pneumolab.errors import ImageLoadError, RunDirError
 from pneumolab.inference.decoding import decoded_batches
 from pneumolab.inference.prediction import Prediction, gated_prediction
@@ -94,15 +95,19 @@ def predict_class_probabilities(
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given, plus the images (by suffix, recursively, sorted) inside any folder."""
+    """Files as given, plus the images (by suffix, recursively, sorted) inside any folder.
+
+    A missing path, or a folder without images, stays in the list as it is, so that reading it
+    fails with an error naming it while the other paths still run.
+    """
     found: list[Path] = []
     for path in map(Path, paths):
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.exists():
-            found.append(path)
-        else:
-            raise ImageLoadError(f"{path}: no such file or folder")
+        inside = (
+            sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if path.is_dir()
+            else []
+        )
+        found += inside or [path]
     return found
 
 
@@ -125,6 +130,7 @@ class Predictor:
         then be None; both take the same preprocessed uint8 pixels. ``ood``: the run's OOD model
         (its threshold; with a PyTorch model also its scorer). ``scope_verdict``: out-of-scope
         inputs get the ``OUT_OF_SCOPE`` label (else their class label, flagged all the same)."""
+        self.backend_name = "torch" if scorer is None else "custom"
         if scorer is None:
             if model is None:
                 raise ValueError("Predictor needs a model or a scorer")
@@ -142,6 +148,11 @@ class Predictor:
         self.ood = ood
         self.scope_verdict = scope_verdict
         self.scorer = scorer
+
+    @cached_property
+    def model_version(self) -> str:
+        """``<pneumolab version>+<weights digest>`` of the run (``unknown`` when not from a run)."""
+        return RunDir(self.run_dir).model_version() if self.run_dir else "unknown"
 
     @property
     def backend(self) -> Backend:
@@ -172,6 +183,7 @@ class Predictor:
         predictor = cls._load(run_dir, device, backend, onnx_file)
         predictor.run_dir = Path(run_dir)
         predictor.scope_verdict = scope_verdict
+        predictor.backend_name, predictor.tta = backend, tta
         if predictor.ood is None:
             log.warning(
                 "%s has no OOD model (ood.safetensors): only the sanity and DICOM checks gate "

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import io
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
 import lightning as L
+
+from pneumolab.files import atomic_write
 
 
 class EpochSummary(L.Callback):
@@ -52,6 +55,23 @@ class HistoryCSV(EpochSummary):
     def __init__(self, path: Path) -> None:
         super().__init__()
         self.path = Path(path)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """On a resume, keep the rows of the epochs the checkpoint holds (a kill may have left
+        a later epoch's row, or half of one)."""
+        if not self.path.exists():
+            return
+        text = self.path.read_text()
+        complete = text[: text.rfind("\n") + 1]
+        rows = [
+            row
+            for row in csv.DictReader(io.StringIO(complete))
+            if row.get("epoch", "").isdigit() and int(row["epoch"]) < trainer.current_epoch
+        ]
+        with atomic_write(self.path, newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.fields)
+            writer.writeheader()
+            writer.writerows(rows)
 
     def write(self, trainer: L.Trainer, row: dict[str, Any]) -> None:
         new_file = not self.path.exists()

@@ -1,0 +1,35 @@
+"""The image formats pneumolab reads: one list for the command line, folder scans and the server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """A readable format: its file suffixes and the bytes it starts with at ``offset``."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    signature: bytes
+    offset: int = 0
+    pillow_name: str | None = None
+    """Pillow's name for the format; None where pydicom reads it."""
+
+
+FORMATS: tuple[ImageFormat, ...] = (
+    ImageFormat("JPEG", (".jpeg", ".jpg"), b"\xff\xd8\xff", pillow_name="JPEG"),
+    ImageFormat("PNG", (".png",), b"\x89PNG\r\n\x1a\n", pillow_name="PNG"),
+    ImageFormat("DICOM", (".dcm",), b"DICM", offset=128),
+)
+IMAGE_SUFFIXES: frozenset[str] = frozenset(s for f in FORMATS for s in f.suffixes)
+"""Suffixes of the files a folder scan picks up (lower case)."""
+PILLOW_FORMATS: tuple[str, ...] = tuple(f.pillow_name for f in FORMATS if f.pillow_name)
+"""The only Pillow decoders pneumolab lets run on a file."""
+ACCEPTED = ", ".join(f.name for f in FORMATS[:-1]) + f" or {FORMATS[-1].name}"
+"""The accepted formats in words, for messages."""
+
+
+def sniff(head: bytes) -> ImageFormat | None:
+    """The format whose signature ``head`` (a file's first bytes, 132 or more) carries, else None."""
+    return next((f for f in FORMATS if head.startswith(f.signature, f.offset)), None)

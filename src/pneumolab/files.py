@@ -1,0 +1,40 @@
+"""Writing files so that a kill never leaves half of one, with the user's umask (a file
+written by one account can be read by the group it was made for)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | Path) -> None:
+    """Give ``path`` the mode a plain ``open()`` would have (0666 minus the umask); for files
+    that a library created with a private temporary-file mode (safetensors writes 0600)."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
+@contextmanager
+def atomic_write(path: str | Path, mode: str = "w", **open_args: Any) -> Iterator[IO]:
+    """Write ``path`` through a temporary file beside it that replaces it on success only;
+    ``open_args`` go to :func:`open` (encoding, newline...)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, mode.replace("w", "x"), **open_args) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,270 @@
+"""The results file of ``pneumolab predict --out``: CSV or JSON lines, one row per image.
+
+Every row names what produced it (``model_version``, ``threshold``, ``backend``, ``tta``), so a
+file says which model scored it, and a resumed job can refuse a file that another run, threshold,
+backend or TTA setting wrote. Rows end in ``\\r\\n`` (CSV) or ``\\n`` (JSON lines); only text after
+the last row end can be a write cut short by a kill, and it is dropped. Anything else that is not
+a valid row (another file's header, a non-JSON line) makes the whole file refused, untouched.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pneumolab.errors import ConfigError, OutputError
+
+SCOPE_FIELDS = ("in_scope", "ood_score", "ood_threshold", "reasons", "warnings")
+"""The scope gate's verdict on an image (:class:`~pneumolab.inference.prediction.Prediction`)."""
+FIELDS = (
+    "source",
+    "probability",
+    "label",
+    "threshold",
+    *SCOPE_FIELDS,
+    "model_version",
+    "backend",
+    "tta",
+    "error",
+)
+LIST_SEPARATOR = "; "
+"""Joins a row's reasons and warnings in a CSV cell."""
+Format = Literal["csv", "jsonl"]
+TERMINATOR = {"csv": "\r\n", "jsonl": "\n"}
+
+
+@dataclass(frozen=True)
+class Producer:
+    """What scored the rows: the model (version + weights digest), its threshold, backend, TTA."""
+
+    model_version: str
+    threshold: float
+    backend: str
+    tta: bool
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One image's row: a probability and label, or the error that stopped it."""
+
+    source: str
+    probability: float | None
+    label: str | None
+    producer: Producer
+    error: str = ""
+    scope: tuple[Any, ...] = (None,) * len(SCOPE_FIELDS)
+    """The values of SCOPE_FIELDS, as the prediction gave them (None: not known)."""
+
+    def record(self) -> dict[str, Any]:
+        """The row as a mapping in column order (the producer flattened into it)."""
+        p = self.producer
+        return {
+            "source": self.source,
+            "probability": self.probability,
+            "label": self.label,
+            "threshold": p.threshold,
+            **dict(zip(SCOPE_FIELDS, self.scope, strict=True)),
+            "model_version": p.model_version,
+            "backend": p.backend,
+            "tta": p.tta,
+            "error": self.error,
+        }
+
+
+class NotAResultsFile(OutputError):
+    """The file at ``--out`` is something else than a pneumolab results file."""
+
+
+def results_format(path: Path) -> Format:
+    """``csv`` or ``jsonl`` from the file name; ConfigError otherwise."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in {".jsonl", ".ndjson"}:
+        return "jsonl"
+    raise ConfigError(f"{path}: output must end in .csv or .jsonl")
+
+
+def header(fmt: Format) -> str:
+    """What a new file starts with: the CSV column names, nothing for JSON lines."""
+    return ",".join(FIELDS) + TERMINATOR["csv"] if fmt == "csv" else ""
+
+
+def encode(row: ResultRow, fmt: Format) -> str:
+    """One row as a complete line (terminator included)."""
+    record = row.record()
+    if fmt == "jsonl":
+        return json.dumps(record) + TERMINATOR["jsonl"]
+    record["tta"] = "true" if row.producer.tta else "false"
+    record |= {k: LIST_SEPARATOR.join(v) for k, v in record.items() if isinstance(v, list)}
+    buffer = io.StringIO()
+    csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator=TERMINATOR["csv"]).writerow(record)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class ParsedResults:
+    """The valid rows of a results file, and whether it ended in a torn (cut-off) row."""
+
+    rows: list[ResultRow]
+    torn: bool
+
+
+_NOT_RESULTS = (
+    f"not a pneumolab results file (expected the columns {', '.join(FIELDS)}); "
+    "left untouched — choose another --out, or pass --overwrite to replace it"
+)
+
+
+def decode_text(data: bytes) -> str:
+    """A results file's bytes as text; bytes that are not UTF-8 (a path's raw bytes, a write
+    cut inside a character) come back as the same bytes when written with ``surrogateescape``."""
+    return data.decode("utf-8", errors="surrogateescape")
+
+
+def parse(text: str, fmt: Format, source: Path) -> ParsedResults:
+    """The rows of a results file's ``text``; NotAResultsFile naming ``source`` and the line."""
+    end = text.rfind(TERMINATOR[fmt])
+    complete = text[: end + len(TERMINATOR[fmt])] if end >= 0 else ""
+    tail = text[len(complete) :]
+    if not complete and tail and not _could_start_a_file(tail, fmt):
+        raise NotAResultsFile(f"{source}: {_NOT_RESULTS}")
+    if fmt == "jsonl":
+        return ParsedResults(_parse_jsonl(complete, source), torn=bool(tail))
+    rows, torn = _parse_csv(complete, source)
+    return ParsedResults(rows, torn=torn or bool(tail))
+
+
+def _could_start_a_file(tail: str, fmt: Format) -> bool:
+    """Whether ``tail`` (no complete line) is what a killed first write would leave."""
+    start = header("csv") if fmt == "csv" else '{"source": '
+    return start.startswith(tail) or tail.startswith(start)
+
+
+def _csv_records(text: str, source: Path) -> tuple[list[list[str]], bool]:
+    """The records of ``text``, and whether the last one was cut inside a quoted field (a path
+    holding a line break, cut by a kill right after it)."""
+    records: list[list[str]] = []
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        records.extend(reader)
+    except csv.Error as exc:
+        if "unexpected end of data" not in str(exc) or not records:
+            raise NotAResultsFile(f"{source}: {_NOT_RESULTS} ({exc})") from None
+        return records, True
+    return records, False
+
+
+def _parse_csv(text: str, source: Path) -> tuple[list[ResultRow], bool]:
+    if not text:
+        return [], False
+    records, torn = _csv_records(text, source)
+    if tuple(records[0]) != FIELDS:
+        raise NotAResultsFile(f"{source}: {_NOT_RESULTS}")
+    rows = []
+    for number, values in enumerate(records[1:], start=2):
+        where = f"{source}: row {number}"
+        if len(values) != len(FIELDS):
+            raise NotAResultsFile(f"{where} has {len(values)} columns; {_NOT_RESULTS}")
+        record: dict[str, Any] = dict(zip(FIELDS, values, strict=True))
+        record["tta"] = {"true": True, "false": False}.get(record["tta"], record["tta"])
+        for key in ("probability", "label", *SCOPE_FIELDS):
+            record[key] = record[key] or None
+        rows.append(_row(record, where, number_text=True))
+    return rows, torn
+
+
+def _parse_jsonl(text: str, source: Path) -> list[ResultRow]:
+    rows = []
+    for number, line in enumerate(text.split("\n")[:-1], start=1):
+        where = f"{source}: line {number}"
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise NotAResultsFile(f"{where} is not JSON; {_NOT_RESULTS}") from None
+        if not isinstance(record, dict) or tuple(record) != FIELDS:
+            raise NotAResultsFile(f"{where}: {_NOT_RESULTS}")
+        rows.append(_row(record, where, number_text=False))
+    return rows
+
+
+def _number(value: Any, text: bool) -> float:
+    number = float(value) if text else value
+    if isinstance(number, bool) or not isinstance(number, int | float) or not math.isfinite(number):
+        raise ValueError(value)
+    return float(number)
+
+
+def _row(record: dict[str, Any], where: str, number_text: bool) -> ResultRow:
+    """A validated row; NotAResultsFile saying what is wrong with it."""
+    try:
+        probability = record["probability"]
+        if probability is not None:
+            probability = _number(probability, number_text)
+        threshold = _number(record["threshold"], number_text)
+        if not isinstance(record["tta"], bool):
+            raise ValueError(record["tta"])
+        strings = [record[k] for k in ("source", "model_version", "backend", "error")]
+        if not all(isinstance(s, str) for s in strings) or not record["source"]:
+            raise ValueError(strings)
+        if (probability is None) == (not record["error"]):
+            raise ValueError("a row has either a probability or an error")
+        if probability is not None and not isinstance(record["label"], str):
+            raise ValueError(record["label"])
+    except ValueError as exc:
+        raise NotAResultsFile(f"{where}: invalid value ({exc}); {_NOT_RESULTS}") from None
+    producer = Producer(record["model_version"], threshold, record["backend"], record["tta"])
+    scope = tuple(record[k] for k in SCOPE_FIELDS)
+    return ResultRow(
+        record["source"], probability, record["label"], producer, record["error"], scope
+    )
+
+
+def check_producer(rows: list[ResultRow], producer: Producer, source: Path) -> None:
+    """OutputError when a row of ``source`` was produced otherwise than ``producer`` would."""
+    other = next((row.producer for row in rows if row.producer != producer), None)
+    if other is None:
+        return
+    names = [
+        n
+        for n in ("model_version", "threshold", "backend", "tta")
+        if getattr(other, n) != getattr(producer, n)
+    ]
+    theirs = ", ".join(f"{n} {getattr(other, n)!r}" for n in names)
+    ours = ", ".join(f"{n} {getattr(producer, n)!r}" for n in names)
+    raise OutputError(
+        f"{source}: its rows were written with {theirs}, but this command has {ours}; "
+        "left untouched — choose another --out, or pass --overwrite to start it again"
+    )
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """What resuming a results file keeps, and whether the file must be rewritten to just that
+    (header + kept rows: a torn last row or failed rows to retry are dropped)."""
+
+    kept: list[ResultRow]
+    rewrite: bool
+
+
+def plan_resume(text: str, fmt: Format, producer: Producer, source: Path) -> ResumePlan:
+    """How to resume the results file ``source`` holding ``text`` with ``producer``'s rows;
+    NotAResultsFile or OutputError (another producer) when it must not be touched."""
+    parsed = parse(text, fmt, source)
+    check_producer(parsed.rows, producer, source)
+    kept = resumable_rows(parsed.rows)
+    return ResumePlan(kept, rewrite=parsed.torn or len(kept) != len(parsed.rows) or not text)
+
+
+def resumable_rows(rows: list[ResultRow]) -> list[ResultRow]:
+    """The rows a resumed job keeps: the first successful row per source (failed ones retry)."""
+    kept: dict[str, ResultRow] = {}
+    for row in rows:
+        if not row.error:
+            kept.setdefault(row.source, row)
+    return list(kept.values())

@@ -1,0 +1,31 @@
+"""Where outputs may go: never over a run's own files, never over existing work unless asked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pneumolab.errors import OutputError
+from pneumolab.run import RunDir
+
+
+def check_output(path: str | Path, overwrite: bool = False, flag: str = "--out") -> Path:
+    """``path`` if a file may be written there; OutputError naming it otherwise.
+
+    Refused: a folder, a path under a file, any file a run directory owns (weights, metadata,
+    split, checkpoints...), and an existing file unless ``overwrite``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give {flag} a file name")
+    owner = RunDir.owning(path)
+    if owner is not None:
+        raise OutputError(
+            f"{path}: belongs to the run {owner.root} and is never overwritten; "
+            f"give {flag} another file name"
+        )
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path}: already exists; pass --overwrite to replace it")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise OutputError(f"{path}: {parent} is a file, not a folder")
+    return path

@@ -1,0 +1,101 @@
+"""Properties of the results file's resume logic: whatever a kill leaves, resuming keeps only
+whole rows of the right producer, drops nothing complete, and lists every image once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pneumolab.errors import OutputError
+from pneumolab.inference.results_file import (
+    NotAResultsFile,
+    Producer,
+    ResultRow,
+    decode_text,
+    encode,
+    header,
+    parse,
+    plan_resume,
+)
+
+PRODUCER = Producer("0.1.0+0123456789ab", 0.4137, "torch", False)
+FILE = Path("results")
+sources = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
+rows = st.builds(
+    lambda source, probability, error: ResultRow(
+        source,
+        None if error else probability,
+        None if error else ("PNEUMONIA" if probability >= PRODUCER.threshold else "NORMAL"),
+        PRODUCER,
+        error,
+    ),
+    sources,
+    st.floats(0, 1),
+    st.sampled_from(["", "x.png: corrupt or undecodable image (truncated)", 'a,"b"\r\nc']),
+)
+formats = st.sampled_from(["csv", "jsonl"])
+
+
+def file_bytes(fmt: str, written: list[ResultRow]) -> bytes:
+    return (header(fmt) + "".join(encode(r, fmt) for r in written)).encode("utf-8")
+
+
+@given(st.lists(rows, max_size=8), formats)
+def test_rows_round_trip(written, fmt):
+    parsed = parse(decode_text(file_bytes(fmt, written)), fmt, FILE)
+    assert parsed.rows == written and not parsed.torn
+
+
+@settings(max_examples=300)
+@given(st.lists(rows, max_size=8), formats, st.data())
+def test_a_kill_at_any_byte_loses_only_the_row_being_written(written, fmt, data):
+    full = file_bytes(fmt, written)
+    cut = data.draw(st.integers(0, len(full)))
+    plan = plan_resume(decode_text(full[:cut]), fmt, PRODUCER, FILE)
+    complete = [r for i, r in enumerate(written) if len(file_bytes(fmt, written[: i + 1])) <= cut]
+    expected = {}
+    for row in complete:
+        if not row.error:
+            expected.setdefault(row.source, row)
+    assert plan.kept == list(expected.values())  # whole rows only, each source once
+    boundaries = {len(file_bytes(fmt, written[:i])) for i in range(len(written) + 1)}
+    torn = cut not in boundaries
+    assert plan.rewrite == (torn or len(expected) != len(complete) or cut == 0)
+
+
+@settings(max_examples=200)
+@given(st.lists(rows, min_size=1, max_size=8), formats, st.data())
+def test_resumed_then_finished_file_has_every_source_once(written, fmt, data):
+    full = file_bytes(fmt, written)
+    cut = data.draw(st.integers(0, len(full)))
+    plan = plan_resume(decode_text(full[:cut]), fmt, PRODUCER, FILE)
+    done = {r.source for r in plan.kept}
+    job = list({r.source: r for r in written}.values())  # a job lists each image once
+    redone = [r for r in job if r.source not in done]
+    final = parse(decode_text(file_bytes(fmt, plan.kept + redone)), fmt, FILE).rows
+    successes = [r for r in final if not r.error]
+    assert len({r.source for r in successes}) == len(successes)
+    assert {r.source for r in final} == {r.source for r in written}
+
+
+@given(st.binary(max_size=200), formats)
+def test_anything_else_is_parsed_or_refused_never_a_crash(data, fmt):
+    try:
+        plan = plan_resume(decode_text(data), fmt, PRODUCER, FILE)
+    except NotAResultsFile as exc:
+        assert str(FILE) in str(exc)
+    else:  # accepted: only what a pneumolab write (or a kill during the first one) leaves
+        assert all(r.producer == PRODUCER for r in plan.kept)
+
+
+@given(st.lists(rows, min_size=1, max_size=4), formats)
+def test_rows_of_another_producer_are_refused(written, fmt):
+    other = Producer(PRODUCER.model_version, PRODUCER.threshold, "onnx", True)
+    with pytest.raises(
+        OutputError,
+        match="with backend 'torch', tta False, but this command has backend 'onnx', tta True",
+    ):
+        plan_resume(decode_text(file_bytes(fmt, written)), fmt, other, FILE)
