@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import pneumolab
+from pneumolab.data.formats import ACCEPTED, sniff
 from pneumolab.data.imageio import load_image
 from pneumolab.errors import ImageLoadError
 from pneumolab.explain.gradcam import find_target_layer, gradcam, overlay_png
@@ -34,12 +35,6 @@ MULTIPART_SLACK = 64 * 1024
 """Bytes a request body may exceed ``max_upload_bytes`` by (multipart boundaries and headers)."""
 PREVIEW_SIZE = 512
 """Longest side of the image / heat map previews returned with ``heatmap`` or ``preview``."""
-SIGNATURES = {
-    ".jpeg": (0, b"\xff\xd8\xff"),
-    ".png": (0, b"\x89PNG\r\n\x1a\n"),
-    ".dcm": (128, b"DICM"),
-}
-"""File suffix by magic bytes (offset, bytes): what the upload is, whatever its name says."""
 MODEL_INFO_FIELDS = {
     "model", "image_size", "intensity", "class_names", "threshold", "threshold_rule",
     "default_operating_point", "operating_points", "val_metrics", "best_epoch",
@@ -116,17 +111,18 @@ def _decode(
 ) -> tuple[Image.Image, ScopeChecks]:
     """The upload as a grayscale image, read by pneumolab's loaders, and a DICOM header's scope
     checks; 415 / 422 when it cannot be read."""
-    suffix = next((s for s, (at, magic) in SIGNATURES.items() if data.startswith(magic, at)), None)
-    if suffix is None:
-        raise HTTPException(415, f"{filename}: not a JPEG, PNG or DICOM file")
-    with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
+    found = sniff(data[:256])  # what the upload is, whatever its name says
+    if found is None:
+        raise HTTPException(415, f"{filename}: not a {ACCEPTED} file")
+    with tempfile.NamedTemporaryFile(suffix=found.suffixes[0]) as tmp:
         tmp.write(data)
         tmp.flush()
         try:
             image = load_image(tmp.name, size_hint=size_hint, max_pixels=max_pixels)
         except ImageLoadError as exc:
             raise HTTPException(422, str(exc).replace(tmp.name, filename)) from None
-        return image, dicom_file_checks(tmp.name) if suffix == ".dcm" else ScopeChecks()
+        is_dicom = found.pillow_name is None
+        return image, dicom_file_checks(tmp.name) if is_dicom else ScopeChecks()
 
 
 def _model_info(predictor: Predictor, run_name: str, version: str, backend: str) -> dict[str, Any]:
