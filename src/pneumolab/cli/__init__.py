@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from rich.logging import RichHandler
 
-from pneumolab.cli.commands import console
+from pneumolab.cli.console import console, report_error, say
 from pneumolab.cli.parser import build_parser
 from pneumolab.errors import PneumolabError
 
@@ -19,7 +19,7 @@ __all__ = ["build_parser", "main"]
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pneumolab`` console script."""
     args = build_parser().parse_args(argv)
-    handler = RichHandler(console=console, show_path=False, show_time=False)
+    handler = RichHandler(console=console, show_path=False, show_time=False, markup=False)
     package_log = logging.getLogger("pneumolab")
     package_log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if not package_log.handlers:
@@ -28,10 +28,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except PneumolabError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        report_error(exc)
+        return 2
+    except OSError as exc:  # a file system refusal pneumolab did not foresee: still no traceback
+        where = " → ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        report_error(Exception(f"{where}: {exc.strerror or exc}" if where else str(exc)))
         return 2
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]; a training run can be continued with --resume")
+        say(("interrupted", "yellow"), "; a training run can be continued with --resume")
         return 130
 
 

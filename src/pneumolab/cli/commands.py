@@ -7,17 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from pneumolab.errors import ImageLoadError
-
-console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
-stdout = Console(width=None if sys.stdout.isatty() else 200)  # tables: no truncated paths in logs
+from pneumolab.cli.console import console, report_error, say, stdout
+from pneumolab.errors import ConfigError, PneumolabError
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -51,21 +47,21 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         f"({len(report.cross_split_duplicates)} across splits)"
     )
     for group in report.cross_split_duplicates:
-        console.print(f"  [yellow]across splits:[/] {', '.join(map(str, group))}")
+        say(("  across splits: ", "yellow"), ", ".join(map(str, group)))
     for pair, ids in report.patient_overlap.items():
         style = "yellow" if ids else "green"
-        console.print(f"patients in both {pair}: [{style}]{len(ids)}[/] {' '.join(ids[:10])}")
+        say(f"patients in both {pair}: ", (str(len(ids)), style), f" {' '.join(ids[:10])}")
     console.print(f"unreadable files: {len(report.unreadable)}")
     for problem in report.unreadable:
-        console.print(f"  [red]{problem}[/]")
-    return 0
+        say(("  " + problem, "red"))
+    return 1 if report.unreadable else 0
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
     from pneumolab.data.fetch import DEFAULT_URL, fetch
 
     root = fetch(args.out, url=args.url or DEFAULT_URL, from_zip=args.from_zip, sha256=args.sha256)
-    console.print(f"dataset ready at [bold]{root}[/]")
+    say("dataset ready at ", (str(root), "bold"))
     return 0
 
 
@@ -76,7 +72,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pneumolab.pipeline.train import train
     from pneumolab.training.distributed import global_rank
 
-    config = None if args.resume else resolve_config(args.config, config_overrides(args))
+    overrides = config_overrides(args)
+    given = [f"--{k.replace('_', '-')}" for k, v in overrides.items() if v is not None]
+    given += ["--config"] if args.config else []
+    if args.resume and given:
+        raise ConfigError(
+            f"--resume continues {args.out} with its stored config.yaml, so {', '.join(given)} "
+            "would be ignored: drop them, or train a new run into another --out"
+        )
+    config = None if args.resume else resolve_config(args.config, overrides)
     run = train(args.data, args.out, config, resume=args.resume)
     if global_rank() != 0:  # rank 0 finishes the run and reports it
         return 0
@@ -91,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"accuracy {official.accuracy:.3f}, sensitivity {official.sensitivity:.3f}, "
             f"specificity {official.specificity:.3f}"
         )
-    console.print(f"trained in {meta.train_seconds:.0f}s; run written to [bold]{run.root}[/]")
+    say(f"trained in {meta.train_seconds:.0f}s; run written to ", (str(run.root), "bold"))
     return 0
 
 
@@ -139,9 +143,9 @@ def cmd_study(args: argparse.Namespace) -> int:
         return 0
     stdout.print(comparison_table(result.rows, f"study {args.config} — validation split"))
     for name, reason in result.failed.items():
-        console.print(f"[bold red]not run:[/] {name}: {escape(reason)}")
+        say(("not run:", "bold red"), f" {name}: {reason}")
     if result.best:
-        console.print(f"selected on validation: [bold]{result.best}[/] → {args.out / 'best'}")
+        say("selected on validation: ", (result.best, "bold"), f" → {args.out / 'best'}")
     console.print(f"table: {result.outputs.get('markdown')}; chart: {result.outputs.get('chart')}")
     return 1 if result.failed else 0
 
@@ -151,7 +155,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from pneumolab.evaluation.comparison import compare_runs
 
     rows, outputs = compare_runs(
-        args.run_dirs, args.data, args.split, args.out, args.robustness, args.shift
+        args.run_dirs,
+        args.data,
+        args.split,
+        args.out,
+        args.robustness,
+        args.shift,
+        overwrite=args.overwrite,
     )
     stdout.print(comparison_table(rows, f"{args.split} split"))
     console.print(f"table: {outputs['markdown']}; chart: {outputs['chart']}")
@@ -202,9 +212,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     failures = 0
     table = Table("path", "probability", "label", "in scope", "why not")
     for result in predictor.predict_paths(args.paths, args.batch_size, args.workers):
-        if isinstance(result, ImageLoadError):
+        if isinstance(result, PneumolabError):
             failures += 1
-            console.print(f"[red]error:[/] {result}")
+            report_error(result)
         elif args.json:
             print(json.dumps(result.to_dict()), flush=True)
         else:
@@ -212,8 +222,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 result.source,
                 f"{result.probability:.4f}",
                 result.label,
-                "yes" if result.in_scope else "[bold red]no[/]",
-                escape("; ".join(result.reasons + result.warnings)),
+                "yes" if result.in_scope else Text("no", style="bold red"),
+                "; ".join(result.reasons + result.warnings),
             )
     if not args.json:
         stdout.print(table)
@@ -224,10 +234,11 @@ def cmd_fit_ood(args: argparse.Namespace) -> int:
     from pneumolab.pipeline.ood_fit import fit_run_ood
 
     ood = fit_run_ood(args.run_dir, args.data)
-    console.print(
-        f"OOD model ({ood.method}) written to [bold]{args.run_dir / 'ood.safetensors'}[/]: "
-        f"threshold {ood.threshold:.1f}, flags {ood.val_flagged_fraction:.1%} of "
-        f"{len(ood.val_scores)} validation images"
+    say(
+        f"OOD model ({ood.method}) written to ",
+        (str(args.run_dir / "ood.safetensors"), "bold"),
+        f": threshold {ood.threshold:.1f}, flags {ood.val_flagged_fraction:.1%} of "
+        f"{len(ood.val_scores)} validation images",
     )
     return 0
 
@@ -246,17 +257,20 @@ def cmd_audit(args: argparse.Namespace) -> int:
         f"{summary['predicted_pneumonia_rate']:.1%} (validation "
         f"{summary['val_predicted_pneumonia_rate']:.1%})"
     )
-    console.print(f"[bold]{escape(audit.verdict)}[/]")
+    say((audit.verdict, "bold"))
     for reason in audit.verdict_reasons:
-        console.print(f"  - {escape(reason)}")
+        console.print(f"  - {reason}")
     console.print(f"page: {files['html']}; figure: {files['figure']}; per image: {files['csv']}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     if args.format != "onnx":
+        from pneumolab.outputs import check_output
         from pneumolab.serving.accelerate import export_int8, export_openvino
 
+        if args.out is not None:
+            check_output(args.out, args.overwrite)
         export = export_int8 if args.format == "onnx-int8" else export_openvino
         parity = export(args.run_dir, args.out)
         console.print(f"exported {args.format}; parity with fp32 on {parity.summary()}")
@@ -267,16 +281,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     out = args.out or RunDir(args.run_dir).onnx
     verify = expand_paths(args.verify) if args.verify else None
-    report = export_onnx(args.run_dir, out, verify_images=verify, opset=args.opset)
+    report = export_onnx(
+        args.run_dir, out, verify_images=verify, opset=args.opset, overwrite=args.overwrite
+    )
     labels = (
         "identical"
         if report["labels_identical"]
         else f"{report['label_flips']} differ (scores within {report['tolerance']:.0e} of it)"
     )
-    console.print(
-        f"exported [bold]{report['file']}[/] (ONNX opset {report['opset']}); verified on "
+    say(
+        "exported ",
+        (report["file"], "bold"),
+        f" (ONNX opset {report['opset']}); verified on "
         f"{report['verified_on']}: max |Δprob| vs PyTorch {report['max_abs_diff']:.1e}, "
-        f"labels at the threshold: {labels}"
+        f"labels at the threshold: {labels}",
     )
     return 0
 
@@ -293,9 +311,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 1_000_000),
         cors_origins=args.cors_origin,
     )
-    console.print(
-        f"serving {args.run_dir} at [bold]http://{args.host}:{args.port}/[/] (API docs at /docs)"
-    )
+    url = f"http://{args.host}:{args.port}/"
+    say(f"serving {args.run_dir} at ", (url, "bold"), " (API docs at /docs)")
     uvicorn.run(app, host=args.host, port=args.port)
     return 0
 
@@ -304,10 +321,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from pneumolab.explain.gradcam import explain_paths
 
     failures = 0
-    for result in explain_paths(args.run_dir, args.images, args.out):
-        if isinstance(result, ImageLoadError):
+    for result in explain_paths(args.run_dir, args.images, args.out, overwrite=args.overwrite):
+        if isinstance(result, PneumolabError):
             failures += 1
-            console.print(f"[red]error:[/] {result}")
+            report_error(result)
         else:
             console.print(f"wrote {result}")
     return 1 if failures else 0
@@ -317,6 +334,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pneumolab.reporting.model_card import CARD_NAME
     from pneumolab.reporting.report import build_report
 
-    out = build_report(args.run_dir, args.data, args.split, args.out)
+    out = build_report(args.run_dir, args.data, args.split, args.out, overwrite=args.overwrite)
     console.print(f"wrote {out} and {args.run_dir / CARD_NAME}")
     return 0

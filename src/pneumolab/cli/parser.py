@@ -8,6 +8,7 @@ from pathlib import Path
 from pneumolab.choices import BACKENDS, SPLITS
 from pneumolab.cli import commands as cmd
 from pneumolab.cli.config_flags import add_config_flags
+from pneumolab.cli.types import PORT, POSITIVE_INT, bounded
 
 TTA_HELP = "average each image over fixed test-time views (zoom 1.1, rotations ±5°)"
 SHIFT_HELP = "also score under the shift protocol (compound acquisition shifts, 3 draws each)"
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--split", choices=SPLITS, default="val")
     compare.add_argument("--out", type=Path, required=True, help="folder for table and figures")
     compare.add_argument(
+        "--overwrite", action="store_true", help="replace the table and figures already in --out"
+    )
+    compare.add_argument(
         "--robustness", action="store_true", help="add worst-case figures under perturbations"
     )
     compare.add_argument("--shift", action="store_true", help=SHIFT_HELP)
@@ -114,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--overwrite", action="store_true", help="start --out again instead of resuming it"
     )
-    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--batch-size", type=POSITIVE_INT, default=32)
     predict.add_argument("--tta", action="store_true", help=TTA_HELP)
     predict.add_argument("--keep-label", action="store_true", help=KEEP_LABEL_HELP)
     add_backend_flags(predict)
@@ -157,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="file to write (default RUN_DIR/model.onnx, model.int8.onnx, model.openvino.xml)",
     )
-    export.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    export.add_argument("--opset", type=bounded(int, 9, 25), default=17, help="ONNX opset version")
     export.add_argument(
         "--verify",
         nargs="+",
@@ -169,9 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="HTTP API and web page for a run (FastAPI)")
     serve.add_argument("run_dir", type=Path)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=PORT, default=8000)
     add_backend_flags(serve, "; no heat maps")
-    serve.add_argument("--max-upload-mb", type=float, default=20, help="largest upload (MB)")
+    serve.add_argument(
+        "--max-upload-mb",
+        type=bounded(float, 0.001, 10_000),
+        default=20,
+        help="largest upload (MB)",
+    )
     serve.add_argument(
         "--cors-origin", action="append", help="allow browser calls from this origin (repeatable)"
     )
@@ -181,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("run_dir", type=Path)
     explain.add_argument("images", nargs="+", type=Path, help="image files or folders")
     explain.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
+    explain.add_argument("--overwrite", action="store_true", help="replace PNGs already in --out")
     explain.set_defaults(func=cmd.cmd_explain)
 
     report = commands.add_parser(
@@ -192,5 +203,6 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--out", type=Path, help="HTML file to write (default RUN_DIR/eval/<split>/report.html)"
     )
+    report.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     report.set_defaults(func=cmd.cmd_report)
     return parser

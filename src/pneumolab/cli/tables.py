@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from pneumolab.evaluation.metrics import SCALAR_METRICS, format_interval, format_metric
 
@@ -24,7 +24,7 @@ def metrics_table(metrics: dict, title: str) -> Table:
             row.append(format_interval(low_high))
         table.add_row(*row)
     (tn, fp), (fn, tp) = metrics["confusion_matrix"]
-    table.add_row(escape("confusion [[tn, fp], [fn, tp]]"), escape(f"[[{tn}, {fp}], [{fn}, {tp}]]"))
+    table.add_row("confusion [[tn, fp], [fn, tp]]", f"[[{tn}, {fp}], [{fn}, {tp}]]")
     return table
 
 
@@ -50,7 +50,7 @@ def operating_points_table(metrics: dict) -> Table:
     if oracle:
         m = oracle["metrics"]
         table.add_row(
-            "[yellow]oracle (diagnosis only)[/]",
+            Text("oracle (diagnosis only)", style="yellow"),
             format_metric(oracle["threshold"]),
             format_metric(m["sensitivity"]),
             format_metric(m["specificity"]),

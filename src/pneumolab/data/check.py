@@ -34,7 +34,9 @@ class DataReport:
         )
 
 
-def _unreadable(samples: list[Sample]) -> list[str]:
+def unreadable(samples: list[Sample]) -> list[str]:
+    """Why each unreadable sample cannot be read (one message naming the file per failure)."""
+
     def problem(sample: Sample) -> str | None:
         try:
             load_image(sample.path, size_hint=32)
@@ -68,5 +70,5 @@ def check_dataset(root: str | Path) -> DataReport:
         duplicate_groups=groups,
         cross_split_duplicates=[g for g in groups if len({split_of[p] for p in g}) > 1],
         patient_overlap=overlap,
-        unreadable=_unreadable(all_samples),
+        unreadable=unreadable(all_samples),
     )

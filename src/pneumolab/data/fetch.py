@@ -79,7 +79,7 @@ def download(
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": "pneumolab-fetch"} | ({"Range": f"bytes={offset}-"} if offset else {})
     bar = Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),

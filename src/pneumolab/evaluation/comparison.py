@@ -16,6 +16,7 @@ from pneumolab.evaluation.metrics import format_interval, format_metric
 from pneumolab.evaluation.outputs import write_evaluation
 from pneumolab.evaluation.speed import ms_per_image
 from pneumolab.inference.predictor import Predictor, default_device
+from pneumolab.outputs import check_output
 from pneumolab.run import RunDir
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,15 @@ def _markdown(rows: Sequence[ComparisonRow], split: str, notes: dict[str, str]) 
     return "\n".join(lines) + "\n"
 
 
+def comparison_files(out_dir: Path) -> dict[str, Path]:
+    """Where :func:`write_comparison` writes its table (CSV, Markdown) and chart."""
+    return {
+        "csv": out_dir / "results.csv",
+        "markdown": out_dir / "results.md",
+        "chart": out_dir / "results.png",
+    }
+
+
 def write_comparison(
     rows: Sequence[ComparisonRow],
     out_dir: str | Path,
@@ -142,11 +152,7 @@ def write_comparison(
     ``notes`` (name -> reason) lists models that could not be run."""
     out = Path(out_dir)
     (out / "confusion").mkdir(parents=True, exist_ok=True)
-    paths = {
-        "csv": out / "results.csv",
-        "markdown": out / "results.md",
-        "chart": out / "results.png",
-    }
+    paths = comparison_files(out)
     with paths["csv"].open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*ComparisonRow.__dataclass_fields__, "status"])
         writer.writeheader()
@@ -178,8 +184,12 @@ def compare_runs(
     out_dir: str | Path,
     robustness: bool = False,
     shift: bool = False,
+    overwrite: bool = False,
 ) -> tuple[list[ComparisonRow], dict[str, Path]]:
-    """Evaluate every run on ``split`` and write the comparison into ``out_dir``."""
+    """Evaluate every run on ``split`` and write the comparison into ``out_dir``; a table or
+    chart already there is refused unless ``overwrite``."""
+    for path in comparison_files(Path(out_dir)).values():
+        check_output(path, overwrite)
     runs = [RunDir(Path(d)) for d in run_dirs]
     for run in runs:
         run.read_meta()  # fail before any evaluation when one of them is not a finished run

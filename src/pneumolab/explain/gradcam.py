@@ -17,9 +17,10 @@ from torch import nn
 
 from pneumolab.data.imageio import load_image
 from pneumolab.data.transforms import normalize_intensity
-from pneumolab.errors import ImageLoadError, ModelError
+from pneumolab.errors import ModelError, OutputError, PneumolabError
 from pneumolab.inference.predictor import Predictor, expand_paths
 from pneumolab.models.classifier import XrayClassifier
+from pneumolab.outputs import check_output
 
 OVERLAY_ALPHA = 0.6
 """Opacity of the colour map where the heat is highest; it fades to 0 where there is none."""
@@ -134,30 +135,34 @@ def _figure(image: Image.Image, heat: np.ndarray, title: str, out_file: Path) ->
 
 
 def explain_paths(
-    run_dir: str | Path, paths: Sequence[str | Path], out_dir: str | Path
-) -> Iterator[Path | ImageLoadError]:
+    run_dir: str | Path, paths: Sequence[str | Path], out_dir: str | Path, overwrite: bool = False
+) -> Iterator[Path | PneumolabError]:
     """Write one PNG per image (folders expanded) into ``out_dir``: the X-ray under its Grad-CAM
-    heat map, probability and label in the title. Unreadable images yield their error instead."""
+    heat map, probability and label in the title. Unreadable images, and PNGs already in
+    ``out_dir`` (unless ``overwrite``), yield their error instead."""
     predictor = Predictor.from_run(run_dir)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"{out_dir}: is a file; --out is the folder for the PNGs")
     out_dir.mkdir(parents=True, exist_ok=True)
     written: set[Path] = set()
     model = predictor.require_model("Grad-CAM")
     layer = find_target_layer(model, predictor.image_size)
     for path in expand_paths(paths):
-        try:
-            image = load_image(path, size_hint=predictor.image_size)
-        except ImageLoadError as exc:
-            yield exc
-            continue
-        result = predictor.predict(image)
-        pixels = predictor.preprocess(image)[None]
-        heat = gradcam(model, pixels, predictor.intensity, layer)
         out_file, n = out_dir / f"{path.stem}.png", 1
         while out_file in written:
             n += 1
             out_file = out_dir / f"{path.stem}-{n}.png"
         written.add(out_file)
+        try:
+            check_output(out_file, overwrite)
+            image = load_image(path, size_hint=predictor.image_size)
+        except PneumolabError as exc:
+            yield exc
+            continue
+        result = predictor.predict(image)
+        pixels = predictor.preprocess(image)[None]
+        heat = gradcam(model, pixels, predictor.intensity, layer)
         title = (
             f"{path.name}\nP(pneumonia) = {result.probability:.3f} → {result.label} "
             f"(threshold {result.threshold:.3f}) — research tool, not a diagnosis"

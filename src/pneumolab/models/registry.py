@@ -89,10 +89,11 @@ def create_backbone(
         return timm.create_model(
             name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay
         )
-    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+    except Exception as exc:  # any file can be given: torch, pickle and safetensors errors
         source = local or "the model hub"
         raise ModelError(
-            f"could not load ImageNet weights for '{name}' from {source}: {exc}"
+            f"could not load ImageNet weights for '{name}' from {source} (a .safetensors or "
+            f"PyTorch state-dict file in timm layout is expected): {type(exc).__name__}: {exc}"
         ) from None
 
 

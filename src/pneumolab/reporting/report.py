@@ -26,7 +26,9 @@ from pneumolab.evaluation.metrics import SCALAR_METRICS, format_interval, format
 from pneumolab.evaluation.outputs import FIGURES, record_look, save_figures
 from pneumolab.explain.gradcam import find_target_layer, gradcam, overlay_png
 from pneumolab.explain.sanity import saliency_sanity
+from pneumolab.files import atomic_write
 from pneumolab.inference.predictor import Predictor, default_device
+from pneumolab.outputs import check_output
 from pneumolab.reporting.model_card import write_model_card
 from pneumolab.run import RunDir
 
@@ -219,6 +221,7 @@ def build_report(
     split: str = "val",
     out_file: str | Path | None = None,
     max_gallery: int = 6,
+    overwrite: bool = False,
 ) -> Path:
     """Evaluate the run on ``split`` in memory and write one self-contained HTML report; its
     path. Nothing under ``RUN_DIR/eval/`` is written (an evaluation there, with ``--robustness``
@@ -226,9 +229,12 @@ def build_report(
     ``MODEL_CARD.md`` is refreshed (with the intervals of a validation report).
 
     ``out_file`` defaults to ``RUN_DIR/eval/<split>/report.html``; ``max_gallery`` caps the
-    images per error gallery and the sample X-rays shown per class.
+    images per error gallery and the sample X-rays shown per class. An existing ``out_file`` is
+    replaced only with ``overwrite`` (the default file is the run's evaluation output, rewritten).
     """
     run = RunDir(Path(run_dir))
+    if out_file is not None:
+        check_output(out_file, overwrite)
     data_dir = Path(data_dir)
     predictor = Predictor.from_run(run.root, device=default_device())
     evaluation = compute_evaluation(predictor, data_dir, split)
@@ -268,10 +274,10 @@ def build_report(
         f"{datetime.now(UTC).isoformat(timespec='seconds')} · pneumolab {pneumolab.__version__}</p></footer>"
     )
     out = Path(out_file) if out_file else run.eval_dir(split) / "report.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-        f"<style>{CSS}</style></head><body><h1>{title}</h1>{body}{footer}</body></html>\n"
-    )
+    with atomic_write(out) as f:
+        f.write(
+            f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+            f"<style>{CSS}</style></head><body><h1>{title}</h1>{body}{footer}</body></html>\n"
+        )
     write_model_card(run, metrics if split == "val" else None)
     return out

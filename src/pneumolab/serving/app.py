@@ -113,7 +113,9 @@ def _decode(
     checks; 415 / 422 when it cannot be read."""
     found = sniff(data[:256])  # what the upload is, whatever its name says
     if found is None:
-        raise HTTPException(415, f"{filename}: not a {ACCEPTED} file")
+        raise HTTPException(
+            415, f"{filename}: not an image file of an accepted format ({ACCEPTED})"
+        )
     with tempfile.NamedTemporaryFile(suffix=found.suffixes[0]) as tmp:
         tmp.write(data)
         tmp.flush()

@@ -17,6 +17,7 @@ from pneumolab.inference.onnx_backend import INPUT_NAME, OOD_OUTPUT_NAME, OUTPUT
 from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.scores import torch_scorer
 from pneumolab.models.scored import ScoredModel
+from pneumolab.outputs import check_output
 from pneumolab.run import RunDir, ood_digest, read_predictions, weights_digest
 
 TOLERANCE = 1e-4
@@ -113,6 +114,7 @@ def export_onnx(
     out_file: str | Path,
     verify_images: Sequence[Path] | None = None,
     opset: int = 17,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Export the run's model to ONNX (dynamic batch; probabilities and OOD scores out, from one
     pass; metadata) and verify it.
@@ -122,8 +124,9 @@ def export_onnx(
     probability difference is at most ``TOLERANCE`` and the OOD scores agree, else ExportError.
     Labels at the stored threshold must agree, except for an image that PyTorch scores within
     ``TOLERANCE`` of the threshold (which is itself a validation score); such flips are reported.
+    An existing ``out_file`` is replaced only with ``overwrite``; a run's own files never are.
     """
-    run, out_file = RunDir(Path(run_dir)), Path(out_file)
+    run, out_file = RunDir(Path(run_dir)), check_output(out_file, overwrite)
     predictor = Predictor.from_run(run.root)
     model = predictor.require_model("ONNX export")
     size = predictor.image_size

@@ -1,0 +1,70 @@
+"""Where the command line prints: rich consoles that cannot be tripped by a file name.
+
+No string is read as rich markup (``markup=False``: a file named ``a[/i].jpeg`` prints as it is;
+styles are given as ``(text, style)`` pairs), and a file name whose bytes are not UTF-8 prints
+with those bytes as ``\\xNN`` instead of failing the write.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+
+from rich.console import Console
+from rich.text import Text
+
+
+def printable(text: str) -> str:
+    """``text`` with the raw bytes of non-UTF-8 file names (surrogate escapes) shown as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+class _PrintableStream(io.TextIOBase):
+    """``sys.stdout`` or ``sys.stderr`` (looked up at each write, as rich does), via printable()."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def _target(self) -> io.TextIOBase:
+        return getattr(sys, self.name)
+
+    def write(self, text: str) -> int:
+        return self._target().write(printable(text))
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def isatty(self) -> bool:
+        return self._target().isatty()
+
+    def fileno(self) -> int:
+        return self._target().fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._target(), "encoding", None) or "utf-8"
+
+
+def _console(name: str, width: int) -> Console:
+    """A console on ``sys.<name>``; a fixed ``width`` when it is not a terminal (no cut paths)."""
+    stream = getattr(sys, name)
+    return Console(
+        file=_PrintableStream(name),
+        markup=False,
+        soft_wrap=name == "stderr",
+        width=None if stream.isatty() else width,
+    )
+
+
+console = _console("stderr", 160)
+stdout = _console("stdout", 200)
+
+
+def say(*parts: str | tuple[str, str]) -> None:
+    """Print plain strings and ``(text, style)`` pairs on stderr, as one line."""
+    console.print(Text.assemble(*parts))
+
+
+def report_error(error: Exception) -> None:
+    """``error: <message>`` on stderr."""
+    say(("error:", "bold red"), f" {error}")

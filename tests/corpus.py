@@ -1,0 +1,76 @@
+"""A corpus of bad and unusual image inputs, written by code (no binary files in git).
+
+``write_corpus(folder)`` returns ``{name: BadInput}``: the file (or folder, or missing path) and
+a fragment the error message about it must contain, for the CLI and for the HTTP API alike.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class BadInput:
+    path: Path
+    problem: str
+    """A fragment of the error message (the CLI's, and the server's ``detail``)."""
+    http_status: int | None = None
+    """The server's answer to an upload of it (None: cannot be uploaded, e.g. a folder)."""
+
+
+def image_bytes(fmt: str, size: tuple[int, int] = (40, 30), mode: str = "L") -> bytes:
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0]), dtype=np.uint8)
+    Image.fromarray(pixels).convert(mode).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def png_header_only(width: int, height: int, bit_depth: int = 16) -> bytes:
+    """A PNG whose header announces ``width`` x ``height`` pixels, followed by a tiny IDAT."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 1024)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def write_corpus(folder: Path) -> dict[str, BadInput]:
+    """Write the bad inputs under ``folder`` (created)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    jpeg, png = image_bytes("JPEG"), image_bytes("PNG")
+    accepted = "accepted format"
+    files: dict[str, tuple[bytes, str, int]] = {
+        "empty.jpeg": (b"", accepted, 415),
+        "text.png": (b"not an image at all\n", accepted, 415),
+        "truncated.jpeg": (jpeg[: len(jpeg) // 2], "corrupt or undecodable", 422),
+        "truncated.png": (png[: len(png) // 2], "corrupt or undecodable", 422),
+        "animation.gif": (image_bytes("GIF"), accepted, 415),
+        "photo.webp": (image_bytes("WEBP"), accepted, 415),
+        "scan.bmp": (image_bytes("BMP"), accepted, 415),
+        "scan.tiff": (image_bytes("TIFF"), accepted, 415),
+        "bomb.png": (png_header_only(30_000, 30_000), "decompression bomb", 422),
+        "dicom-junk.dcm": (b"\0" * 128 + b"DICM" + b"\xff" * 64, "DICOM", 422),
+        "a[/i]junk[bold].png": (b"junk with markup in its name", accepted, 415),
+        os.fsdecode(b"caf\xe9-junk.jpeg"): (b"junk, name not UTF-8", accepted, 415),
+    }
+    corpus = {}
+    for name, (data, problem, status) in files.items():
+        (folder / name).parent.mkdir(exist_ok=True)  # "a[/i]...": a folder "a[" and a file
+        (folder / name).write_bytes(data)
+        corpus[name] = BadInput(folder / name, problem, status)
+    (folder / "y.jpeg").mkdir()
+    corpus["y.jpeg"] = BadInput(folder / "y.jpeg", "folder without images")
+    corpus["missing.jpeg"] = BadInput(folder / "missing.jpeg", "file not found")
+    return corpus

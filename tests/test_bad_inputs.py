@@ -1,0 +1,174 @@
+"""The bad-input corpus (tests/corpus.py) through the CLI and the HTTP API: every case gets a
+clear message naming the file and the problem, the right exit code or status, no traceback;
+and the CLI's other hostile cases: bad flags, outputs over existing work, odd paths."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from conftest import train_tiny_run, write_synthetic_dataset
+from corpus import BadInput, image_bytes, write_corpus
+from pneumolab.cli import main
+from pneumolab.cli.console import printable
+from pneumolab.serving.app import create_app
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return train_tiny_run(tmp_path_factory.mktemp("bad"))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, BadInput]:
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "bad")
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("good") / "good [x].png"
+    path.write_bytes(image_bytes("PNG"))
+    return path
+
+
+def run_cli(capsys, *args: object) -> tuple[int, str, str]:
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit_:  # argparse refuses a flag
+        code = exit_.code
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())  # rich wraps long lines
+
+
+def test_every_bad_input_is_named_and_the_good_one_still_runs(run_dir, corpus, good, capsys):
+    for name, bad in corpus.items():
+        code, out, err = run_cli(capsys, "predict", run_dir, bad.path, good, "--json")
+        assert code == 1, name
+        assert [json.loads(line)["source"] for line in out.splitlines()] == [str(good)], name
+        assert printable(str(bad.path)) in err and bad.problem in err, (name, err)
+
+
+def test_predict_out_records_every_bad_input(run_dir, corpus, good, tmp_path, capsys):
+    out = tmp_path / "results.jsonl"
+    paths = [bad.path for bad in corpus.values()]
+    code, _, err = run_cli(capsys, "predict", run_dir, *paths, good, "--out", out)
+    assert code == 1 and f"{len(corpus)} failed" in one_line(err)
+    rows = {Path(row["source"]).name: row for row in map(json.loads, out.read_text().splitlines())}
+    for name, bad in corpus.items():
+        assert bad.problem in rows[bad.path.name]["error"], name
+    assert rows[good.name]["probability"] is not None
+
+
+def test_data_check_fails_on_unreadable_files(corpus, tmp_path, capsys):
+    data = write_synthetic_dataset(tmp_path / "data", per_class=4)
+    files = [b.path for b in corpus.values() if b.path.is_file()]
+    for path in files:
+        shutil.copy(path, data / "train" / "PNEUMONIA" / path.name)
+    code, _, err = run_cli(capsys, "data", "check", data)
+    assert code == 1
+    listed = [p for p in files if p.suffix.lower() in {".jpeg", ".png", ".dcm"}]
+    assert f"unreadable files: {len(listed)}" in err
+    for path in listed:
+        assert printable(str(data / "train" / "PNEUMONIA" / path.name)) in err
+
+
+def test_train_names_unreadable_images_as_the_cause(tmp_path, capsys):
+    data = write_synthetic_dataset(tmp_path / "data", per_class=12)
+    for path in (data / "train" / "PNEUMONIA").iterdir():
+        path.write_bytes(b"all the same junk")  # identical files: they look like one patient
+    code, _, err = run_cli(
+        capsys, "train", "--data", data, "--out", tmp_path / "run", "--model",
+        "pneumolab_cnn_small", "--no-pretrained", "--epochs", "1", "--image-size", "32",
+    )  # fmt: skip
+    assert code == 2
+    assert "12 of 24 training images are unreadable" in one_line(err)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "nan", "1e9999"])
+def test_numeric_flags_are_checked(run_dir, good, value, capsys):
+    code, _, err = run_cli(capsys, "predict", run_dir, good, "--batch-size", value)
+    assert code == 2 and "--batch-size" in err
+    code, _, err = run_cli(capsys, "serve", run_dir, "--max-upload-mb", value)
+    assert code == 2 and "--max-upload-mb" in err
+
+
+@pytest.mark.parametrize("port", ["-1", "70000"])
+def test_port_range(run_dir, port, capsys):
+    code, _, err = run_cli(capsys, "serve", run_dir, "--port", port)
+    assert code == 2 and "out of range" in err
+
+
+def test_outputs_over_existing_work_are_refused(run_dir, tmp_path, capsys):
+    weights = run_dir / "model.safetensors"
+    before = weights.read_bytes()
+    for flags in (["--out", weights], ["--out", weights, "--overwrite"]):
+        code, _, err = run_cli(capsys, "export", run_dir, *flags)
+        assert code == 2 and "belongs to the run" in one_line(err)
+    assert weights.read_bytes() == before
+    existing = tmp_path / "model.onnx"
+    existing.write_text("keep me")
+    code, _, err = run_cli(capsys, "export", run_dir, "--out", existing)
+    assert code == 2 and "already exists; pass --overwrite" in one_line(err)
+    assert existing.read_text() == "keep me"
+    assert run_cli(capsys, "export", run_dir, "--out", existing, "--overwrite")[0] == 0
+    assert existing.read_bytes() != b"keep me"
+    (tmp_path / "folder.csv").mkdir()
+    code, _, err = run_cli(capsys, "predict", run_dir, existing, "--out", tmp_path / "folder.csv")
+    assert code == 2 and "is a folder" in err
+
+
+def test_report_out_refuses_an_existing_file(run_dir, tmp_path, capsys):
+    existing = tmp_path / "report.html"
+    existing.write_text("keep me")
+    data = run_dir.parent / "data"
+    code, _, err = run_cli(capsys, "report", run_dir, "--data", data, "--out", existing)
+    assert code == 2 and "already exists" in err and existing.read_text() == "keep me"
+
+
+def test_train_out_and_weights_that_are_not_what_they_should_be(tmp_path, capsys):
+    data = write_synthetic_dataset(tmp_path / "data", per_class=12)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a run directory, not weights\n")
+    code, _, err = run_cli(capsys, "train", "--data", data, "--out", a_file)
+    assert code == 2 and "is a file" in err
+    code, _, err = run_cli(
+        capsys, "train", "--data", data, "--out", tmp_path / "run", "--model", "resnet18",
+        "--weights", a_file,
+    )  # fmt: skip
+    assert code == 2 and "notes.txt" in one_line(err) and "could not load" in one_line(err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_flags_it_would_ignore(run_dir, capsys):
+    args = ["train", "--resume", "--data", run_dir.parent / "data", "--out", run_dir]
+    code, _, err = run_cli(capsys, *args, "--epochs", "6", "--model", "resnet18")
+    assert code == 2 and "--model, --epochs would be ignored" in one_line(err)
+
+
+def test_evaluate_test_split_needs_no_train_folder(run_dir, tmp_path, capsys):
+    data = write_synthetic_dataset(tmp_path / "data", per_class=4)
+    (data / "train").rename(data / "test")
+    code, out, _ = run_cli(capsys, "evaluate", run_dir, "--data", data, "--split", "test", "--json")
+    assert code == 0 and json.loads(out)["n"] == 8
+
+
+def test_every_bad_upload_gets_a_json_error(run_dir, corpus):
+    client = TestClient(create_app(run_dir), raise_server_exceptions=False)
+    for name, bad in corpus.items():
+        if bad.http_status is None:
+            continue
+        upload = {"file": (printable(name), bad.path.read_bytes())}  # a header is text
+        response = client.post("/v1/predict", files=upload)
+        assert response.status_code == bad.http_status, (name, response.text)
+        detail = response.json()["detail"]
+        assert bad.problem in detail and "Traceback" not in detail, (name, detail)
