@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -31,12 +32,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(run_dir: Path, backend: str, port: int, timeout: float = 180) -> subprocess.Popen:
-    """A `pneumolab serve` process, returned once /healthz answers."""
+def start_server(
+    run_dir: Path, backend: str, port: int, timeout: float = 180, flags: Sequence[str] = ()
+) -> subprocess.Popen:
+    """A `pneumolab serve` process (with extra ``flags``), returned once /healthz answers."""
     command = [sys.executable, "-m", "pneumolab", "serve", str(run_dir), "--port", str(port)]
     # stdout: uvicorn's access log, one line per request; stderr (start-up, errors) passes through
     export = ["--export"] if backend == "onnx" else []
-    server = subprocess.Popen([*command, "--backend", backend, *export], stdout=subprocess.DEVNULL)
+    command += ["--backend", backend, *export, *flags]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:

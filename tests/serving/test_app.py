@@ -18,6 +18,7 @@ from conftest import copy_run
 from pneumolab.inference.predictor import Predictor
 from pneumolab.serving.app import create_app
 from pneumolab.serving.export import export_onnx
+from pneumolab.serving.limits import ServerLimits
 
 
 @pytest.fixture(scope="module")
@@ -144,14 +145,14 @@ def test_page_and_static_files(client):
 
 
 def test_upload_over_the_size_limit_is_413(run_dir, png_bytes):
-    small = TestClient(create_app(run_dir, max_upload_bytes=100))
+    small = TestClient(create_app(run_dir, limits=ServerLimits(max_upload_bytes=100)))
     assert_error(upload(small, "x.png", png_bytes), 413, "100 bytes")  # checked in the endpoint
     big = png_bytes * 200  # over the body limit: refused from Content-Length, before reading
     assert_error(upload(small, "x.png", big), 413, "too large")
 
 
 def test_streamed_body_over_the_limit_is_413(run_dir):
-    small = TestClient(create_app(run_dir, max_upload_bytes=100))
+    small = TestClient(create_app(run_dir, limits=ServerLimits(max_upload_bytes=100)))
 
     def chunks():  # no Content-Length: the body is counted as it arrives
         yield b"--b\r\nContent-Disposition: form-data; name=file; filename=x.png\r\n\r\n"
@@ -167,7 +168,9 @@ def test_streamed_body_over_the_limit_is_413(run_dir):
 
 
 def test_too_many_pixels_is_422(run_dir, png_bytes):
-    response = upload(TestClient(create_app(run_dir, max_pixels=1000)), "big.png", png_bytes)
+    response = upload(
+        TestClient(create_app(run_dir, limits=ServerLimits(max_pixels=1000))), "big.png", png_bytes
+    )
     assert_error(response, 422, "big.png", "60x40 pixels", "over the limit")
     assert "/tmp" not in response.text
 

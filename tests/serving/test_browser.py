@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,34 +13,20 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from conftest import SHARED_FULLRES
+from conftest import SHARED_FULLRES, free_port, serving
 from pneumolab.serving.app import create_app
 
 pytestmark = pytest.mark.slow  # drives a browser (Chromium)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_run) -> Iterator[str]:
     """The shared tiny run served by uvicorn in a thread (it only reads); yields its base URL."""
-    run_dir = tiny_run[0]
-    port = free_port()
-    config = uvicorn.Config(create_app(run_dir), host="127.0.0.1", port=port, log_level="warning")
-    uvicorn_server = uvicorn.Server(config)
-    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uvicorn_server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    uvicorn_server.should_exit = True
-    thread.join(timeout=10)
+    config = uvicorn.Config(
+        create_app(tiny_run[0]), host="127.0.0.1", port=free_port(), log_level="warning"
+    )
+    with serving(config) as url:
+        yield url
 
 
 @pytest.fixture

@@ -300,20 +300,25 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from pneumolab.serving.app import create_app
+    from pneumolab.serving.limits import ServerLimits, run_server
 
     _export_if_asked(args)
-    app = create_app(
-        args.run_dir,
-        backend=args.backend,
+    limits = ServerLimits(
         max_upload_bytes=int(args.max_upload_mb * 1_000_000),
-        cors_origins=args.cors_origin,
+        max_pixels=int(args.max_megapixels * 1_000_000),
+        max_decodes=args.max_decodes,
+        decode_wait_s=args.decode_wait,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        max_connections=args.max_connections,
+    )
+    app = create_app(
+        args.run_dir, backend=args.backend, limits=limits, cors_origins=args.cors_origin
     )
     url = f"http://{args.host}:{args.port}/"
     say(f"serving {args.run_dir} at ", (url, "bold"), " (API docs at /docs)")
-    uvicorn.run(app, host=args.host, port=args.port)
+    run_server(app, args.host, args.port, limits)
     return 0
 
 

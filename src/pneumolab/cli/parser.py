@@ -183,6 +183,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest upload (MB)",
     )
     serve.add_argument(
+        "--max-megapixels",
+        type=bounded(float, 0.01, 500),
+        default=50,
+        help="largest image decoded (refused from its header)",
+    )
+    serve.add_argument(
+        "--max-decodes", type=bounded(int, 1, 64), default=2, help="images decoded at once"
+    )
+    serve.add_argument(
+        "--decode-wait", type=bounded(float, 0, 600), default=10, help="s a request waits to decode"
+    )
+    serve.add_argument(
+        "--header-timeout", type=bounded(float, 0.1, 600), default=10, help="s to send headers"
+    )
+    serve.add_argument(
+        "--body-timeout", type=bounded(float, 0.1, 3600), default=30, help="s to send the body"
+    )
+    serve.add_argument(
+        "--max-connections", type=bounded(int, 1, 100_000), default=64, help="before 503"
+    )
+    serve.add_argument(
         "--cors-origin", action="append", help="allow browser calls from this origin (repeatable)"
     )
     serve.set_defaults(func=cmd.cmd_serve)

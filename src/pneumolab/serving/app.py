@@ -15,9 +15,9 @@ from typing import Annotated, Any
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 from pydantic import BaseModel
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import pneumolab
 from pneumolab.data.formats import ACCEPTED, sniff
@@ -28,6 +28,7 @@ from pneumolab.inference.predictor import Predictor
 from pneumolab.run import weights_digest
 from pneumolab.scope.checks import ScopeChecks
 from pneumolab.scope.dicom_header import dicom_file_checks
+from pneumolab.serving.limits import BodyLimit, DecodeSlots, ServerLimits, too_large_text
 
 log = logging.getLogger(__name__)
 
@@ -64,40 +65,6 @@ class PredictResponse(BaseModel):
     timing_ms: float
     image_png_base64: str | None = None
     heatmap_png_base64: str | None = None
-
-
-class BodyLimit:
-    """ASGI middleware: 413 when a request body is (announced or turns out) larger than ``limit``;
-    the body is counted as it streams in, so an oversized upload is never read to its end."""
-
-    def __init__(self, app: ASGIApp, limit: int, file_limit: int) -> None:
-        self.app, self.limit, self.file_limit = app, limit, file_limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.limit:
-            return await _too_large(self.file_limit)(scope, receive, send)
-        received = 0
-
-        async def counted() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:  # FastAPI re-raises HTTPExceptions from body parsing
-                raise HTTPException(413, _too_large_text(self.file_limit))
-            return message
-
-        await self.app(scope, counted, send)
-
-
-def _too_large_text(limit: int) -> str:
-    return f"upload too large: the limit is {limit:,} bytes"
-
-
-def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse({"detail": _too_large_text(limit)}, status_code=413)
 
 
 def _png_base64(image: Image.Image) -> str:
@@ -148,12 +115,12 @@ def _model_info(predictor: Predictor, run_name: str, version: str, backend: str)
 def create_app(
     run_dir: str | Path,
     backend: str = "torch",
-    max_upload_bytes: int = 20_000_000,
-    max_pixels: int = 50_000_000,
+    limits: ServerLimits | None = None,
     cors_origins: Sequence[str] | None = None,
 ) -> FastAPI:
-    """The API (``/v1/predict``, ``/v1/model``, ``/healthz``, ``/docs``) and the page at ``/``
-    for the run in ``run_dir``, loaded once; ``backend="onnx"`` serves no heat maps (409)."""
+    """The API (``/v1/predict``, ``/v1/model``, ``/healthz``; docs at ``/docs`` and ``/redoc``,
+    served from local files) and the page at ``/`` for the run in ``run_dir``, loaded once;
+    ``backend="onnx"`` serves no heat maps (409). ``limits`` bound what a request may cost."""
     run_dir = Path(run_dir)
     predictor = Predictor.from_run(run_dir, backend=backend)
     version = f"{pneumolab.__version__}+{weights_digest(run_dir)[:12]}"
@@ -162,9 +129,20 @@ def create_app(
     layer = find_target_layer(model, size) if model is not None else None
     lock = threading.Lock()  # one inference at a time; Grad-CAM hooks the shared model
     index = (Path(__file__).parent / "static" / "index.html").read_text()
-    app = FastAPI(title="pneumolab", version=pneumolab.__version__, description=__doc__)
+    limits = limits or ServerLimits()
+    max_upload_bytes, max_pixels = limits.max_upload_bytes, limits.max_pixels
+    decode_slots = DecodeSlots(limits.max_decodes, limits.decode_wait_s)
+    app = FastAPIOffline(  # Swagger UI and ReDoc from the package's files: no CDN
+        title="pneumolab",
+        version=pneumolab.__version__,
+        description=__doc__,
+        static_url="/docs-assets",
+    )
     app.add_middleware(
-        BodyLimit, limit=max_upload_bytes + MULTIPART_SLACK, file_limit=max_upload_bytes
+        BodyLimit,
+        limit=max_upload_bytes + MULTIPART_SLACK,
+        file_limit=max_upload_bytes,
+        timeout=limits.body_timeout_s,
     )
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -206,9 +184,11 @@ def create_app(
             )
         data = file.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
-            raise HTTPException(413, _too_large_text(max_upload_bytes))
+            raise HTTPException(413, too_large_text(max_upload_bytes))
         name = Path(file.filename or "upload").name
         image, header = _decode(data, name, max_pixels, size)
+        with decode_slots.held():
+            image = _decode(data, name, max_pixels, size)
         heat = None
         with lock:
             result = predictor.predict(image, header, scope_verdict=not keep_label)
@@ -219,6 +199,9 @@ def create_app(
         if heatmap or preview:
             shown = _decode(data, name, max_pixels, PREVIEW_SIZE)[0]  # sharper than the model's
             shown.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
+            with decode_slots.held():  # sharper than the model's
+                shown = _decode(data, name, max_pixels, PREVIEW_SIZE)
+                shown.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
             pngs["image_png_base64"] = _png_base64(shown)
             if heat is not None:
                 pngs["heatmap_png_base64"] = base64.b64encode(overlay_png(shown, heat)).decode()
