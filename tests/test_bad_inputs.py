@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import train_tiny_run, write_synthetic_dataset
+from conftest import copy_run, write_synthetic_dataset
 from corpus import BadInput, image_bytes, write_corpus
 from pneumolab.cli import main
 from pneumolab.cli.console import printable
@@ -19,8 +19,8 @@ from pneumolab.serving.app import create_app
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return train_tiny_run(tmp_path_factory.mktemp("bad"))
+def run_dir(tiny_run, tmp_path_factory) -> Path:
+    return copy_run(tiny_run[0], tmp_path_factory.mktemp("bad") / "run")  # evaluate writes in it
 
 
 @pytest.fixture(scope="module")
@@ -127,10 +127,10 @@ def test_outputs_over_existing_work_are_refused(run_dir, tmp_path, capsys):
     assert code == 2 and "is a folder" in err
 
 
-def test_report_out_refuses_an_existing_file(run_dir, tmp_path, capsys):
+def test_report_out_refuses_an_existing_file(run_dir, tiny_run, tmp_path, capsys):
     existing = tmp_path / "report.html"
     existing.write_text("keep me")
-    data = run_dir.parent / "data"
+    data = tiny_run[1]
     code, _, err = run_cli(capsys, "report", run_dir, "--data", data, "--out", existing)
     assert code == 2 and "already exists" in err and existing.read_text() == "keep me"
 
@@ -149,8 +149,8 @@ def test_train_out_and_weights_that_are_not_what_they_should_be(tmp_path, capsys
     assert not (tmp_path / "run").exists()
 
 
-def test_resume_refuses_flags_it_would_ignore(run_dir, capsys):
-    args = ["train", "--resume", "--data", run_dir.parent / "data", "--out", run_dir]
+def test_resume_refuses_flags_it_would_ignore(run_dir, tiny_run, capsys):
+    args = ["train", "--resume", "--data", tiny_run[1], "--out", run_dir]
     code, _, err = run_cli(capsys, *args, "--epochs", "6", "--model", "resnet18")
     assert code == 2 and "--model, --epochs would be ignored" in one_line(err)
 

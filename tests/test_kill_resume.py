@@ -11,9 +11,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import TINY_TRAINING, train_tiny_run, write_synthetic_dataset
+
+pytestmark = pytest.mark.slow  # trains and starts the command line in subprocesses
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

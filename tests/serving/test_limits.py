@@ -13,7 +13,7 @@ import pytest
 from fastapi import HTTPException
 from fastapi.testclient import TestClient
 
-from conftest import free_port, serving, train_tiny_run
+from conftest import free_port, serving
 from pneumolab.serving.app import create_app
 from pneumolab.serving.limits import DecodeSlots, ServerLimits, uvicorn_config
 
@@ -21,8 +21,8 @@ LIMITS = ServerLimits(header_timeout_s=0.5, body_timeout_s=0.5, max_connections=
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return train_tiny_run(tmp_path_factory.mktemp("limits"))
+def run_dir(tiny_run) -> Path:
+    return tiny_run[0]  # only read
 
 
 @pytest.fixture(scope="module")
