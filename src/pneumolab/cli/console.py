@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import sys
+from typing import IO, cast
 
 from rich.console import Console
 from rich.text import Text
@@ -49,7 +50,7 @@ def _console(name: str, width: int) -> Console:
     """A console on ``sys.<name>``; a fixed ``width`` when it is not a terminal (no cut paths)."""
     stream = getattr(sys, name)
     return Console(
-        file=_PrintableStream(name),
+        file=cast(IO[str], _PrintableStream(name)),  # a text stream, as rich needs
         markup=False,
         soft_wrap=name == "stderr",
         width=None if stream.isatty() else width,

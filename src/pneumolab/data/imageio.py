@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -51,7 +52,7 @@ def _rescale_image(image: Image.Image) -> Image.Image:
     """A 16/32-bit or float PIL image mapped from its own min..max to an 8-bit one, reading it a
     band of rows at a time (no full-size copy: a 16-bit 7000 x 7000 X-ray costs its 98 MB and
     the 49 MB result, not the ~400 MB of a float64 copy)."""
-    low, high = image.getextrema()
+    low, high = cast(tuple[float, float], image.getextrema())  # one band: (min, max)
     width, height = image.size
 
     def rows(start: int, stop: int) -> np.ndarray:

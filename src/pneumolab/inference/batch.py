@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.progress import Progress
 
@@ -43,7 +44,7 @@ def producer_of(predictor: Predictor) -> Producer:
     )
 
 
-TEXT = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
+TEXT: dict[str, Any] = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
 """How results files are opened: UTF-8, a path's raw non-UTF-8 bytes kept as they are."""
 
 
@@ -99,7 +100,7 @@ def predict_to_file(
     files = _unique_resolved(paths)
     todo = [p for p in files if str(p) not in done]
     written = failed = 0
-    with out.open("a", **TEXT) as f, Progress(disable=not progress, transient=True) as bar:
+    with open(out, "a", **TEXT) as f, Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("predicting", total=len(todo))
         results = predictor.predict_paths(todo, batch_size, workers)
         for path, result in zip(todo, results, strict=True):
