@@ -15,6 +15,7 @@ from conftest import copy_run, write_synthetic_dataset
 from corpus import BadInput, image_bytes, write_corpus
 from pneumolab.cli import main
 from pneumolab.cli.console import printable
+from pneumolab.files import current_umask
 from pneumolab.serving.app import create_app
 
 
@@ -172,3 +173,8 @@ def test_every_bad_upload_gets_a_json_error(run_dir, corpus):
         assert response.status_code == bad.http_status, (name, response.text)
         detail = response.json()["detail"]
         assert bad.problem in detail and "Traceback" not in detail, (name, detail)
+
+
+def test_weights_are_written_with_the_umask(tiny_run):
+    mode = (tiny_run[0] / "model.safetensors").stat().st_mode & 0o777
+    assert mode == 0o666 & ~current_umask()  # safetensors alone writes 0600
