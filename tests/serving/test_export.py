@@ -214,7 +214,7 @@ def heavy_imports(*argv: str) -> tuple[int, list[str]]:
 @pytest.mark.slow  # three fresh interpreters
 def test_help_and_onnx_predict_load_no_heavy_library(run, images, tmp_path):
     assert heavy_imports("--help") == (0, [])
-    export_onnx(run.root, run.root / "model.onnx")
+    export_onnx(run.root, run.root / "model.onnx", overwrite=True)  # an earlier test made one
     code, loaded = heavy_imports("predict", str(run.root), *map(str, images), "--backend", "onnx")
     assert (code, loaded) == (0, [])
     assert {"timm", "torch"} <= set(heavy_imports("predict", str(run.root), str(images[0]))[1])
