@@ -87,7 +87,12 @@ def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callba
     anything is written: it knows this process's rank."""
     mode = "max" if config.monitor == "val_auc" else "min"
     checkpoint = ModelCheckpoint(
-        dirpath=run.checkpoints, filename="best", monitor=config.monitor, mode=mode, save_last=True
+        dirpath=run.checkpoints,
+        filename="best",
+        monitor=config.monitor,
+        mode=mode,
+        save_last=True,
+        save_on_train_epoch_end=True,  # after HistoryCSV's row: a resume neither loses nor repeats one
     )
     progress = progress_display()
     stopping = EarlyStopping(

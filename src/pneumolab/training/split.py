@@ -9,10 +9,11 @@ from pathlib import Path
 from sklearn.model_selection import train_test_split
 
 from pneumolab.config import TrainConfig, resolve_config, save_config
+from pneumolab.data.check import unreadable
 from pneumolab.data.layout import Sample, find_splits, scan_split
 from pneumolab.data.patients import grouped_split
 from pneumolab.data.subtypes import subtype_labels
-from pneumolab.errors import RunDirError
+from pneumolab.errors import DataLayoutError, RunDirError
 from pneumolab.run import RunDir
 
 
@@ -34,6 +35,21 @@ def _subset(samples: list[Sample], size: int | None, seed: int) -> list[Sample]:
     return sorted(kept, key=lambda s: s.path)
 
 
+def _grouped_split(samples: list[Sample], config: TrainConfig) -> tuple[list[Sample], list[Sample]]:
+    """:func:`grouped_split`; when it fails, unreadable images are named as the likelier cause
+    (identical junk files count as one patient, so they look like too few patients)."""
+    try:
+        return grouped_split(samples, config.val_fraction, config.seed)
+    except DataLayoutError as exc:
+        problems = unreadable(samples)
+        if not problems:
+            raise
+        raise DataLayoutError(
+            f"{len(problems)} of {len(samples)} training images are unreadable (first: "
+            f"{problems[0]}), and then: {exc}. See them all with `pneumolab data check`"
+        ) from None
+
+
 def check_run_dir(out_dir: Path, resume: bool) -> RunDir:
     """The run directory to train into: one that does not exist or is empty, or (``resume``)
     an interrupted run with a config and a last checkpoint. Creates nothing."""
@@ -45,6 +61,8 @@ def check_run_dir(out_dir: Path, resume: bool) -> RunDir:
             )
         if run.is_complete():
             raise RunDirError(f"{run.root}: this run already finished; nothing to resume")
+    elif run.root.exists() and not run.root.is_dir():
+        raise RunDirError(f"{run.root}: is a file; --out is the run directory to create")
     elif run.root.exists() and any(run.root.iterdir()):
         hint = " or add --resume to continue it" if run.last_checkpoint.is_file() else ""
         raise RunDirError(
@@ -66,7 +84,7 @@ def prepare_split(
         config = config or TrainConfig()
         found = scan_split(find_splits(data_root)["train"])
         all_train = _subset(found, config.max_train_images, config.seed)
-        train, val = grouped_split(all_train, config.val_fraction, config.seed)
+        train, val = _grouped_split(all_train, config)
     if config.task == "three_class":
         subtype_labels(train + val)  # every pneumonia file name has its subtype
     return Split(config, data_root, train, val)

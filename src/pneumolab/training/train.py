@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from pneumolab.atomic import write_atomically
 from pneumolab.config import TrainConfig, resolve_config
+from pneumolab.files import apply_umask
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.models.registry import create_classifier
 from pneumolab.run import RunDir
@@ -87,4 +88,9 @@ def train_model(
 def save_weights(model: XrayClassifier, path: Path) -> None:
     """The model's weights as safetensors (no pickle), written atomically."""
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
-    write_atomically(path, lambda partial: save_file(tensors, partial))
+
+    def write(partial: Path) -> None:
+        save_file(tensors, partial)
+        apply_umask(partial)  # safetensors alone creates 0600: unreadable for a serving account
+
+    write_atomically(path, write)
