@@ -186,9 +186,8 @@ def create_app(
         if len(data) > max_upload_bytes:
             raise HTTPException(413, too_large_text(max_upload_bytes))
         name = Path(file.filename or "upload").name
-        image, header = _decode(data, name, max_pixels, size)
         with decode_slots.held():
-            image = _decode(data, name, max_pixels, size)
+            image, header = _decode(data, name, max_pixels, size)
         heat = None
         with lock:
             result = predictor.predict(image, header, scope_verdict=not keep_label)
@@ -197,10 +196,8 @@ def create_app(
                 heat = gradcam(model, pixels, predictor.intensity, layer)
         pngs: dict[str, str] = {}
         if heatmap or preview:
-            shown = _decode(data, name, max_pixels, PREVIEW_SIZE)[0]  # sharper than the model's
-            shown.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
             with decode_slots.held():  # sharper than the model's
-                shown = _decode(data, name, max_pixels, PREVIEW_SIZE)
+                shown = _decode(data, name, max_pixels, PREVIEW_SIZE)[0]
                 shown.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
             pngs["image_png_base64"] = _png_base64(shown)
             if heat is not None:
