@@ -108,7 +108,7 @@ def predict_to_file(
                 failed += 1
                 row = ResultRow(str(path), None, None, producer, str(result))
             else:
-                row = ResultRow(str(path), result.probability, result.label, producer)
+                row = result_row(path, result, producer)
             f.write(encode(row, fmt))
             written += 1
             if written % batch_size == 0 or written == len(todo):
