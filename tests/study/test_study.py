@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import pytest
 import yaml
@@ -153,3 +154,16 @@ def test_selection_by_a_score_needs_that_score(tmp_path, select_by, needs):
         yaml.safe_dump({"models": [{"name": "a"}], "select_by": select_by, needs: True})
     )
     assert load_study(path).select_by == select_by
+
+
+def test_compare_refuses_a_run_given_twice_and_names_namesakes_by_parent(study, tmp_path, capsys):
+    root, data, _, _ = study
+    run = root / "out" / "runs" / "small"
+    out = tmp_path / "cmp"
+    common = ["--data", str(data), "--split", "val", "--out", str(out)]
+    assert main(["compare", str(run), str(run / ".." / "small"), *common]) == 2
+    assert "the same run is given twice" in capsys.readouterr().err
+    namesake = tmp_path / "copy" / "small"
+    shutil.copytree(run, namesake)
+    assert main(["compare", str(run), str(namesake), *common]) == 0
+    assert {p.name for p in (out / "confusion").iterdir()} == {"runs-small.png", "copy-small.png"}

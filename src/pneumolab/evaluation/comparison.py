@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pneumolab.errors import RunDirError
 from pneumolab.evaluation.evaluate import compute_evaluation
 from pneumolab.evaluation.figures import save_confusion_matrix, save_model_bars
 from pneumolab.evaluation.metrics import format_interval, format_metric
@@ -171,10 +172,16 @@ def write_comparison(
 
 
 def _unique_names(run_dirs: Sequence[Path]) -> list[str]:
+    """Each run's folder name, prefixed with its parent's (``parent-name``: it names files too)
+    where two runs share a folder name; RunDirError when one run is given twice."""
+    resolved = [d.resolve() for d in run_dirs]
+    twice = next((d for i, d in enumerate(run_dirs) if resolved[i] in resolved[:i]), None)
+    if twice is not None:
+        raise RunDirError(f"{twice}: the same run is given twice")
     names = [d.name for d in run_dirs]
     if len(set(names)) == len(names):
         return names
-    return [f"{d.parent.name}/{d.name}" for d in run_dirs]
+    return [f"{d.parent.name}-{d.name}" for d in run_dirs]
 
 
 def compare_runs(
