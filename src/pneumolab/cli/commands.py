@@ -8,12 +8,16 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 from rich.text import Text
 
 from pneumolab.cli.console import console, report_error, say, stdout
 from pneumolab.errors import ConfigError, PneumolabError
+
+if TYPE_CHECKING:
+    from pneumolab.inference.predictor import Predictor
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -186,32 +190,64 @@ def _export_if_asked(args: argparse.Namespace) -> None:
         console.print(f"exported; max |Δprob| vs PyTorch {report['max_abs_diff']:.1e}")
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from pneumolab.inference.predictor import Predictor
+def _predict_to_file(args: argparse.Namespace, predictor: Predictor, paths: list[Path]) -> int:
+    if args.engine == "ray":
+        from pneumolab.inference.predictor import expand_paths
+        from pneumolab.inference.ray_engine import RayOptions, predict_with_ray
 
-    _export_if_asked(args)
-    predictor = Predictor.from_run(
-        args.run_dir, backend=args.backend, tta=args.tta, scope_verdict=not args.keep_label
-    )
-    if args.out:
+        options = RayOptions(
+            address=args.address,
+            num_workers=args.num_workers,
+            cpus_per_worker=args.cpus_per_worker,
+            gpus_per_worker=args.gpus_per_worker,
+            batch_size=args.batch_size,
+        )
+        summary = predict_with_ray(
+            predictor, expand_paths(paths), args.out, options, overwrite=args.overwrite
+        )
+    else:
         from pneumolab.inference.batch import predict_to_file
 
         summary = predict_to_file(
             predictor,
-            args.paths,
+            paths,
             args.out,
             args.batch_size,
             overwrite=args.overwrite,
             workers=args.workers,
         )
-        console.print(
-            f"{summary.written} written to {args.out} ({summary.failed} failed, "
-            f"{summary.already_done} already there from an earlier run)"
-        )
-        return 1 if summary.failed else 0
+    console.print(
+        f"{summary.written} written to {args.out} ({summary.failed} failed, "
+        f"{summary.already_done} already there from an earlier run)"
+    )
+    return 1 if summary.failed else 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pneumolab.inference.predictor import Predictor
+
+    paths = list(args.paths)
+    if args.manifest:
+        from pneumolab.inference.manifest import read_manifest
+
+        paths += read_manifest(args.manifest)
+    if not paths:
+        raise ConfigError("nothing to predict: give image files or folders, or --manifest FILE")
+    if args.engine == "ray":
+        from pneumolab.inference.ray_engine import import_ray
+
+        import_ray()  # before loading anything: without Ray, say how to install it
+        if not args.out:
+            raise ConfigError("--engine ray writes its results to --out FILE.parquet (or .csv)")
+    _export_if_asked(args)
+    predictor = Predictor.from_run(
+        args.run_dir, backend=args.backend, tta=args.tta, scope_verdict=not args.keep_label
+    )
+    if args.out:
+        return _predict_to_file(args, predictor, paths)
     failures = 0
     table = Table("path", "probability", "label", "in scope", "why not")
-    for result in predictor.predict_paths(args.paths, args.batch_size, args.workers):
+    for result in predictor.predict_paths(paths, args.batch_size, args.workers):
         if isinstance(result, PneumolabError):
             failures += 1
             report_error(result)

@@ -110,10 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="predict images or folders")
     predict.add_argument("run_dir", type=Path)
-    predict.add_argument("paths", nargs="+", type=Path)
+    predict.add_argument("paths", nargs="*", type=Path, help="image files or folders")
+    predict.add_argument(
+        "--manifest", type=Path, help="CSV or Parquet file listing images in a 'path' column"
+    )
     predict.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
     predict.add_argument(
-        "--out", type=Path, help="stream results to FILE.csv or FILE.jsonl; re-running resumes it"
+        "--out",
+        type=Path,
+        help="write results to FILE.csv or FILE.jsonl (ray: also FILE.parquet); re-running resumes it",
     )
     predict.add_argument(
         "--overwrite", action="store_true", help="start --out again instead of resuming it"
@@ -125,6 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--workers", type=int, help="image decoding threads (default: one per core)"
     )
+    engine = predict.add_argument_group("engine (README: Scaling)")
+    engine.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="ray: Ray Data, parallel decoding and model-replica actors; needs --out",
+    )
+    engine.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    engine.add_argument("--num-workers", type=int, default=1, help="model replicas (actors)")
+    engine.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per replica")
+    engine.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per replica")
     predict.set_defaults(func=cmd.cmd_predict)
 
     fit_ood = commands.add_parser(

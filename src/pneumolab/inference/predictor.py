@@ -111,6 +111,26 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
+def prepare_image(image: ImageInput, image_size: int) -> tuple[np.ndarray, ScopeChecks]:
+    """Any supported input to uint8 ``(1, S, S)`` NumPy pixels (``S = image_size``), exactly as
+    in training, and the checks that need no network: a DICOM file's header, the image's size
+    and contrast. A function of its own so that decoding workers need no loaded model."""
+    checks = ScopeChecks()
+    if isinstance(image, str | Path):
+        if is_dicom_file(Path(image)):
+            from pneumolab.scope.dicom_header import dicom_file_checks  # pydicom when needed
+
+            checks = dicom_file_checks(image)  # the header only, before any pixel work
+        pil = load_image(image, size_hint=image_size)
+    elif isinstance(image, Image.Image):
+        pil = to_grayscale(image)
+    else:
+        pil = array_to_image(image)
+    pixels = resize_square(pil, image_size)
+    checks += image_sanity(pil.width, pil.height, pixels)
+    return np.array(pixels)[None], checks  # writable, for torch
+
+
 class Predictor:
     """A trained pneumolab model with its preprocessing, decision threshold and scope gate.
 
@@ -237,21 +257,8 @@ class Predictor:
 
     def prepare(self, image: ImageInput) -> tuple[np.ndarray, ScopeChecks]:
         """Any supported input to uint8 ``(1, S, S)`` NumPy pixels, exactly as in training, and
-        the checks that need no network: a DICOM file's header, the image's size and contrast."""
-        checks = ScopeChecks()
-        if isinstance(image, str | Path):
-            if is_dicom_file(Path(image)):
-                from pneumolab.scope.dicom_header import dicom_file_checks  # pydicom when needed
-
-                checks = dicom_file_checks(image)  # the header only, before any pixel work
-            pil = load_image(image, size_hint=self.image_size)
-        elif isinstance(image, Image.Image):
-            pil = to_grayscale(image)
-        else:
-            pil = array_to_image(image)
-        pixels = resize_square(pil, self.image_size)
-        checks += image_sanity(pil.width, pil.height, pixels)
-        return np.array(pixels)[None], checks  # writable, for torch
+        the checks that need no network (:func:`prepare_image` at this run's size)."""
+        return prepare_image(image, self.image_size)
 
     def preprocess_array(self, image: ImageInput) -> np.ndarray:
         """Any supported input to uint8 ``(1, S, S)`` NumPy pixels, exactly as in training."""
@@ -263,7 +270,7 @@ class Predictor:
 
         return torch.from_numpy(self.preprocess_array(image))
 
-    def _result(
+    def result_for(
         self,
         source: str,
         probability: float,
@@ -271,6 +278,8 @@ class Predictor:
         checks: ScopeChecks,
         scope_verdict: bool | None = None,
     ) -> Prediction:
+        """The prediction for ``source`` from its scores and scope checks (the scope gate's
+        verdict folded in); every path that scores images builds its rows here."""
         return gated_prediction(
             source,
             probability,
@@ -295,7 +304,7 @@ class Predictor:
         scores = self.scorer(pixels[None])
         source = str(image) if isinstance(image, str | Path) else type(image).__name__
         checks = (header_checks or ScopeChecks()) + checks
-        return self._result(source, scores.probability[0], scores.ood[0], checks, scope_verdict)
+        return self.result_for(source, scores.probability[0], scores.ood[0], checks, scope_verdict)
 
     def predict_paths(
         self, paths: Sequence[str | Path], batch_size: int = 32, workers: int | None = None
@@ -325,4 +334,4 @@ class Predictor:
                 pixels, checks = item
                 probability, ood = scores.probability[index], scores.ood[index]
                 index += 1
-                yield path, self._result(str(path), probability, ood, checks), pixels
+                yield path, self.result_for(str(path), probability, ood, checks), pixels

@@ -1,0 +1,238 @@
+"""Batch inference at archive scale on Ray Data (``predict --engine ray``).
+
+Ray Data streams the list of images through parallel tasks that decode and resize them (the
+same preprocessing as the single-process path) into a pool of model-replica actors: each actor
+loads the run once and scores batches with the chosen backend (PyTorch or ONNX Runtime).
+Finished blocks are written as Parquet part files into ``OUT.parts/`` as they come, so a killed
+job keeps what it finished; at the end the parts and the earlier rows are merged into ``OUT``
+(Parquet, CSV or JSON lines, one row per image, written atomically) and the parts removed.
+Re-running the same command skips the images already scored and retries the failed ones.
+
+Ray is optional: ``pip install 'pneumolab[distributed]'``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pneumolab.errors import ConfigError, ImageLoadError
+from pneumolab.inference.batch import BatchSummary, producer_of, result_row
+from pneumolab.inference.predictor import Predictor, prepare_image
+from pneumolab.inference.results_file import ResultRow, check_producer
+from pneumolab.inference.results_table import (
+    arrow_schema,
+    merge,
+    read_parts,
+    read_results,
+    table_format,
+    write_results,
+)
+from pneumolab.outputs import check_output
+from pneumolab.scope.checks import ScopeChecks
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'pneumolab[distributed]'"
+
+
+def import_ray() -> Any:
+    """The ``ray`` module with Ray Data, or a clear error saying how to install it."""
+    try:
+        import pyarrow  # noqa: F401
+        import ray
+        import ray.data
+    except ImportError as exc:
+        raise ConfigError(
+            f"--engine ray needs Ray Data and pyarrow ({exc.name} is not installed); "
+            f"install them with: {INSTALL_HINT}"
+        ) from None
+    return ray
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide to run: ``address`` of a running Ray cluster (``auto``: the one
+    ``ray start`` started here; None: a local Ray, or the one already initialised),
+    ``num_workers`` model replicas of ``cpus_per_worker`` CPUs (``gpus_per_worker`` GPUs)
+    each, and images per scored batch."""
+
+    address: str | None = None
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    batch_size: int = 32
+
+
+def decode_batch(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.ndarray]:
+    """Ray task: each ``source`` prepared as the single-process path does
+    (:func:`~pneumolab.inference.predictor.prepare_image`: uint8 ``(S, S)`` pixels and the
+    scope checks, carried as JSON); an unreadable file gets blank pixels and its error.
+    ``chunk`` is passed through."""
+    sources = batch["source"]
+    pixels = np.zeros((len(sources), image_size, image_size), dtype=np.uint8)
+    checks = np.full(len(sources), "", dtype=object)
+    errors = np.full(len(sources), "", dtype=object)
+    for i, source in enumerate(sources):
+        try:
+            prepared, found = prepare_image(source, image_size)
+        except ImageLoadError as exc:
+            errors[i] = str(exc)
+            continue
+        pixels[i] = prepared[0]
+        checks[i] = json.dumps({"reasons": found.reasons, "warnings": found.warnings})
+    return {
+        "source": sources,
+        "chunk": batch["chunk"],
+        "pixels": pixels,
+        "checks": checks,
+        "error": errors,
+    }
+
+
+def _scope_checks(encoded: str) -> ScopeChecks:
+    """The checks :func:`decode_batch` carried as JSON."""
+    found = json.loads(encoded)
+    return ScopeChecks(tuple(found["reasons"]), tuple(found["warnings"]))
+
+
+def decoding_task_resources() -> dict[str, float]:
+    """What each decoding task asks for: one CPU. Given as a function (``ray_remote_args_fn``)
+    so that Ray Data does not fuse decoding into the replicas: decoding then scales over every
+    free CPU of the cluster while the replicas only score."""
+    return {"num_cpus": 1}
+
+
+class ModelReplica:
+    """Ray actor: one run loaded once (``Predictor.from_run`` arguments); scores decoded
+    batches into result rows (an Arrow table of the results-file columns)."""
+
+    def __init__(self, run_dir: str, backend: str, tta: bool, scope_verdict: bool) -> None:
+        self.predictor = Predictor.from_run(
+            run_dir, backend=backend, tta=tta, scope_verdict=scope_verdict
+        )
+        self.producer = producer_of(self.predictor)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Any:
+        """Score whole chunks: the readable images of each chunk in one scorer call, the batch
+        the single-process path makes of the same files (so the scores are the same); rows are
+        built as in the single-process path (scope verdict and producer included)."""
+        import pyarrow as pa
+
+        count = len(batch["source"])
+        probs, ood = np.full(count, np.nan), np.full(count, np.nan)
+        readable = batch["error"] == ""
+        for chunk in np.unique(batch["chunk"]):
+            scored = np.flatnonzero(readable & (batch["chunk"] == chunk))
+            if len(scored):
+                scores = self.predictor.scorer(batch["pixels"][scored][:, None])
+                probs[scored], ood[scored] = scores.probability, scores.ood
+        rows = []
+        for i, (source, error) in enumerate(zip(batch["source"], batch["error"], strict=True)):
+            if error:
+                rows.append(ResultRow(source, None, None, self.producer, error))
+                continue
+            checks = _scope_checks(batch["checks"][i])
+            prediction = self.predictor.result_for(source, probs[i], ood[i], checks)
+            rows.append(result_row(Path(source), prediction, self.producer))
+        return pa.Table.from_pylist([row.record() for row in rows], schema=arrow_schema())
+
+
+def _connect(ray: Any, options: RayOptions) -> None:
+    """Join the cluster at ``options.address`` (or start a local Ray) unless already joined;
+    check that the replicas leave a CPU for the decoding tasks (else the job would wait)."""
+    if not ray.is_initialized():
+        ray.init(address=options.address, log_to_driver=False)
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if cpus - options.cpus_per_worker * options.num_workers < 1:
+        raise ConfigError(
+            f"{options.num_workers} worker(s) of {options.cpus_per_worker:g} CPU leave less "
+            f"than one of the cluster's {cpus:g} CPUs for decoding; use fewer workers or a "
+            "smaller --cpus-per-worker"
+        )
+
+
+def _chunks(todo: list[str], batch_size: int) -> list[Any]:
+    """``todo`` as Arrow tables of ``batch_size`` rows (one Ray block each), in order: the
+    chunks the single-process path scores together."""
+    import pyarrow as pa
+
+    starts = range(0, len(todo), batch_size)
+    parts = [todo[start : start + batch_size] for start in starts]
+    return [
+        pa.table({"source": part, "chunk": [start] * len(part)})
+        for start, part in zip(starts, parts, strict=True)
+    ]
+
+
+def _score(ray: Any, predictor: Predictor, todo: list[str], parts: Path, o: RayOptions) -> None:
+    """Run the Ray Data pipeline over ``todo`` into Parquet part files in ``parts``. Blocks
+    are whole chunks of ``batch_size`` images and stay whole (``batch_size=None``)."""
+    dataset = ray.data.from_arrow(_chunks(todo, o.batch_size))
+    decoded = dataset.map_batches(
+        decode_batch,
+        fn_kwargs={"image_size": predictor.image_size},
+        batch_size=None,
+        ray_remote_args_fn=decoding_task_resources,
+    )
+    scored = decoded.map_batches(
+        ModelReplica,
+        fn_constructor_kwargs={
+            "run_dir": str(predictor.run_dir),
+            "backend": predictor.backend_name,
+            "tta": predictor.tta,
+            "scope_verdict": predictor.scope_verdict,
+        },
+        concurrency=o.num_workers,
+        num_cpus=o.cpus_per_worker,
+        num_gpus=o.gpus_per_worker,
+        batch_size=None,
+    )
+    scored.write_parquet(str(parts))
+
+
+def predict_with_ray(
+    predictor: Predictor,
+    files: Sequence[Path],
+    out: str | Path,
+    options: RayOptions,
+    overwrite: bool = False,
+) -> BatchSummary:
+    """Score ``files`` with ``predictor``'s run, backend and TTA on Ray into ``out``, a results
+    file like :func:`~pneumolab.inference.batch.predict_to_file`'s (or Parquet with the same
+    columns). Resumable: images already scored there are skipped, failed ones retried; a file
+    written with other settings, or not a results file, is refused untouched unless
+    ``overwrite``."""
+    ray = import_ray()
+    out = Path(out)
+    table_format(out)
+    check_output(out, overwrite=True)
+    if predictor.run_dir is None:
+        raise ConfigError("the ray engine loads the run in every worker: pass a run directory")
+    producer = producer_of(predictor)
+    parts = out.with_name(out.name + ".parts")
+    if overwrite:
+        shutil.rmtree(parts, ignore_errors=True)
+        earlier: list[ResultRow] = []
+    else:
+        earlier = merge(read_results(out, producer) + read_parts(parts))
+        check_producer(earlier, producer, parts)
+    done = {row.source for row in earlier if not row.error}
+    sources = list(dict.fromkeys(str(Path(f).resolve()) for f in files))
+    todo = [source for source in sources if source not in done]
+    if todo:
+        _connect(ray, options)
+        _score(ray, predictor, todo, parts, options)
+    fresh = read_parts(parts)
+    write_results(out, merge(earlier + fresh))
+    shutil.rmtree(parts, ignore_errors=True)
+    wanted = set(todo)
+    failed = sum(1 for row in merge(fresh) if row.error and row.source in wanted)
+    return BatchSummary(written=len(todo), already_done=len(sources) - len(todo), failed=failed)

@@ -1,0 +1,139 @@
+"""A whole results file of ``predict --out`` read and written at once, for engines that produce
+rows out of order (Ray): the rows, columns and checks of :mod:`pneumolab.inference.results_file`
+(CSV or JSON lines), plus Parquet with the same columns. Unfinished work is kept in Parquet part
+files beside the output."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pneumolab.errors import ConfigError
+from pneumolab.files import atomic_write
+from pneumolab.inference.batch import TEXT
+from pneumolab.inference.results_file import (
+    FIELDS,
+    SCOPE_FIELDS,
+    NotAResultsFile,
+    Producer,
+    ResultRow,
+    check_producer,
+    decode_text,
+    encode,
+    header,
+    parse,
+    results_format,
+)
+
+log = logging.getLogger(__name__)
+
+
+def table_format(out: Path) -> str:
+    """``parquet``, ``csv`` or ``jsonl`` from the file name; a clear error otherwise."""
+    if out.suffix.lower() == ".parquet":
+        return "parquet"
+    try:
+        return results_format(out)
+    except ConfigError:
+        raise ConfigError(f"{out}: output must end in .parquet, .csv or .jsonl") from None
+
+
+def arrow_schema() -> Any:
+    """The Parquet schema of result rows (pyarrow imported only when needed)."""
+    import pyarrow as pa
+
+    number, texts = pa.float64(), pa.list_(pa.string())
+    types = {
+        "probability": number,
+        "threshold": number,
+        "in_scope": pa.bool_(),
+        "ood_score": number,
+        "ood_threshold": number,
+        "reasons": texts,
+        "warnings": texts,
+        "tta": pa.bool_(),
+    }
+    return pa.schema([(name, types.get(name, pa.string())) for name in FIELDS])
+
+
+def row_from_record(record: dict[str, Any]) -> ResultRow:
+    """A row from a Parquet record (:meth:`ResultRow.record`'s mapping)."""
+    producer = Producer(
+        record["model_version"], record["threshold"], record["backend"], record["tta"]
+    )
+    scope = tuple(record[k] for k in SCOPE_FIELDS)
+    return ResultRow(
+        record["source"], record["probability"], record["label"], producer, record["error"], scope
+    )
+
+
+def _parquet_rows(path: Path) -> list[ResultRow]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    if tuple(table.column_names) != FIELDS:
+        raise NotAResultsFile(
+            f"{path}: not a pneumolab results file (expected the columns {', '.join(FIELDS)}); "
+            "left untouched — choose another --out, or pass --overwrite to replace it"
+        )
+    return [row_from_record(record) for record in table.to_pylist()]
+
+
+def read_results(path: Path, producer: Producer | None = None) -> list[ResultRow]:
+    """The rows of a results file (none when it does not exist); NotAResultsFile for another
+    kind of file, OutputError when ``producer`` is given and the rows were produced otherwise."""
+    if not path.exists():
+        return []
+    fmt = table_format(path)
+    if fmt == "parquet":
+        try:
+            rows = _parquet_rows(path)
+        except (OSError, ValueError) as exc:  # pyarrow's errors are ValueErrors too
+            raise NotAResultsFile(f"{path}: not a readable Parquet results file ({exc})") from None
+    else:
+        rows = parse(decode_text(path.read_bytes()), results_format(path), path).rows
+    if producer is not None:
+        check_producer(rows, producer, path)
+    return rows
+
+
+def read_parts(folder: Path) -> list[ResultRow]:
+    """The rows of every Parquet part file in ``folder``; a part cut short by a kill is
+    deleted (its images are scored again)."""
+    rows: list[ResultRow] = []
+    for part in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+        try:
+            rows += _parquet_rows(part)
+        except (OSError, ValueError) as exc:
+            log.warning("%s: unreadable part (%s); its images are scored again", part, exc)
+            part.unlink()
+    return rows
+
+
+def merge(rows: Iterable[ResultRow]) -> list[ResultRow]:
+    """One row per source, sorted by source: a scored row where there is one, else the last
+    error (a failed image retried successfully is listed once)."""
+    kept: dict[str, ResultRow] = {}
+    for row in rows:
+        earlier = kept.get(row.source)
+        if earlier is None or earlier.error or not row.error:
+            kept[row.source] = row
+    return [kept[source] for source in sorted(kept)]
+
+
+def write_results(path: Path, rows: list[ResultRow]) -> None:
+    """Write ``rows`` as the whole file ``path``, atomically, in its format."""
+    fmt = table_format(path)
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist([row.record() for row in rows], schema=arrow_schema())
+        with atomic_write(path, "wb") as f:
+            pq.write_table(table, f)
+        return
+    text_format = results_format(path)
+    with atomic_write(path, **TEXT) as f:
+        f.write(header(text_format) + "".join(encode(row, text_format) for row in rows))

@@ -1,0 +1,139 @@
+"""predict --engine ray on a local Ray started by the test (2 CPUs): the probabilities and scope
+verdicts of the single-process path, a corrupt file reported by name, resume (of a file the
+single-process path began) without duplicates, a foreign file refused untouched."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+
+import pytest
+from PIL import Image
+
+from conftest import write_synthetic_dataset
+from pneumolab.cli import main
+from pneumolab.errors import ConfigError
+from pneumolab.inference.batch import predict_to_file, producer_of
+from pneumolab.inference.prediction import OUT_OF_SCOPE_LABEL
+from pneumolab.inference.predictor import Predictor, expand_paths
+from pneumolab.inference.ray_engine import RayOptions, import_ray, predict_with_ray
+from pneumolab.inference.results_file import FIELDS, NotAResultsFile
+from pneumolab.inference.results_table import read_results
+
+needs_ray = pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None or importlib.util.find_spec("pyarrow") is None,
+    reason="Ray Data not installed (pip install 'pneumolab[distributed]')",
+)
+TWO_WORKERS = RayOptions(num_workers=2, cpus_per_worker=0.5, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """30 X-rays, a constant gray image (out of scope) and one corrupt file."""
+    root = write_synthetic_dataset(tmp_path_factory.mktemp("ray") / "d", per_class=15)
+    (root / "train" / "NORMAL" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    Image.new("L", (64, 64), 128).save(root / "train" / "NORMAL" / "constant.png")
+    return expand_paths([root / "train"])
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_run):
+    return Predictor.from_run(tiny_run[0])
+
+
+def _single_process(predictor, files):
+    results = predictor.predict_paths(files, TWO_WORKERS.batch_size)
+    return {str(f.resolve()): r for f, r in zip(files, results, strict=True)}
+
+
+@pytest.mark.slow
+@needs_ray
+def test_same_probabilities_as_the_single_process_path(local_ray, predictor, images, tmp_path):
+    out = tmp_path / "results.parquet"
+    summary = predict_with_ray(predictor, images, out, TWO_WORKERS)
+    assert (summary.written, summary.failed, summary.already_done) == (32, 1, 0)
+    rows = read_results(out)
+    assert sorted(r.source for r in rows) == sorted(str(f.resolve()) for f in images)
+    assert {r.producer for r in rows} == {producer_of(predictor)}
+    single = _single_process(predictor, images)
+    scored = [r.record() for r in rows if not r.error]
+    assert len(scored) == 31
+    assert max(abs(r["probability"] - single[r["source"]].probability) for r in scored) <= 1e-6
+    for row in scored:  # the scope verdict, as the single-process path gives it
+        expected = single[row["source"]].to_dict()
+        assert row["label"] == expected["label"]
+        assert row["in_scope"] == expected["in_scope"]
+        assert (row["reasons"], row["warnings"]) == (expected["reasons"], expected["warnings"])
+        assert row["ood_threshold"] == expected["ood_threshold"]
+        if expected["ood_score"] is None:
+            assert row["ood_score"] is None
+        else:
+            assert row["ood_score"] == pytest.approx(expected["ood_score"], rel=1e-6)
+    assert any(r["ood_score"] is not None for r in scored)  # the tiny run has an OOD model
+    (constant,) = [r for r in scored if r["source"].endswith("constant.png")]
+    assert not constant["in_scope"] and constant["label"] == OUT_OF_SCOPE_LABEL
+    assert "constant image" in constant["reasons"][0]
+    (failed,) = [r for r in rows if r.error]
+    assert failed.source.endswith("corrupt.png") and "corrupt.png" in failed.error
+    assert failed.probability is None
+    assert not out.with_name("results.parquet.parts").exists()
+
+
+@pytest.mark.slow
+@needs_ray
+def test_resume_skips_what_is_done_and_writes_no_duplicates(local_ray, predictor, images, tmp_path):
+    out = tmp_path / "results.csv"
+    predict_to_file(predictor, images[:10], out, progress=False)  # the single-process path
+    parts = out.with_name("results.csv.parts")
+    parts.mkdir()
+    (parts / "torn.parquet").write_bytes(b"PAR1 cut short by a kill")
+    summary = predict_with_ray(predictor, images, out, TWO_WORKERS)
+    assert summary.already_done == 10
+    assert summary.written == 22  # the 21 others and the corrupt file, retried
+    with out.open(newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == FIELDS  # the columns of the single-process CSV
+        rows = list(reader)
+    assert len(rows) == len({r["source"] for r in rows}) == 32
+    (constant,) = [r for r in rows if r["source"].endswith("constant.png")]
+    assert constant["in_scope"] == "False" and constant["reasons"].startswith("constant image")
+    again = predict_with_ray(predictor, images, out, TWO_WORKERS)
+    assert (again.written, again.already_done) == (1, 31)  # only the corrupt file is retried
+    assert len(read_results(out)) == 32
+
+
+@needs_ray
+def test_a_file_that_is_not_a_results_file_is_refused_untouched(predictor, images, tmp_path):
+    out = tmp_path / "notes.csv"
+    out.write_text("my notes\n")
+    with pytest.raises(NotAResultsFile, match=r"notes\.csv"):
+        predict_with_ray(predictor, images, out, TWO_WORKERS)
+    assert out.read_text() == "my notes\n"
+
+
+@pytest.mark.slow
+@needs_ray
+def test_cli_with_a_manifest(local_ray, tiny_run, images, tmp_path, capsys):
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("path\n" + "".join(f"{f}\n" for f in images[:5]))
+    out = tmp_path / "r.parquet"
+    command = ["predict", str(tiny_run[0]), "--manifest", str(manifest), "--engine", "ray"]
+    assert main([*command, "--out", str(out), "--num-workers", "1"]) == 0
+    assert len(read_results(out)) == 5
+    assert main(command) == 2  # the ray engine needs --out
+    assert "--out" in capsys.readouterr().err
+
+
+def test_without_ray_the_engine_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails
+    with pytest.raises(ConfigError, match=r"pip install 'pneumolab\[distributed\]'"):
+        import_ray()
