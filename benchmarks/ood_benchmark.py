@@ -174,7 +174,7 @@ def prepare_all(
             prepared, checks = predictor.prepare(image)
         except ImageLoadError:
             continue  # e.g. a multi-frame or compressed DICOM: refused by name, never scored
-        pixels.append(prepared)
+        pixels.append(torch.from_numpy(prepared))
         flagged.append(bool(checks.reasons))
         names.append(name)
     return torch.stack(pixels), np.array(flagged), names
