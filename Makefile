@@ -11,7 +11,7 @@ DATA ?= $(if $(wildcard $(SHARED_DATA)/train),$(SHARED_DATA),)
 WEIGHTS ?= $(if $(wildcard $(SHARED_WEIGHTS)),$(SHARED_WEIGHTS),)
 RUN ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: demo test test-fast lint typecheck env
+.PHONY: demo test test-fast lint typecheck env docs
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,3 +41,6 @@ lint: $(BIN)/.installed typecheck
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
+
+docs: $(BIN)/.installed
+	$(BIN)/mkdocs build --strict

@@ -25,7 +25,7 @@ from pneumolab.errors import ConfigError
 
 class TrainConfig(BaseModel):
     """Everything that determines a training run. The defaults are the default recipe, chosen on
-    validation (README, 'Choosing the default model'); configs/default.yaml documents them."""
+    validation (benchmarks/README.md, 'Choosing the default recipe'); configs/default.yaml documents them."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 

@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--workers", type=int, help="image decoding threads (default: one per core)"
     )
-    engine = predict.add_argument_group("engine (README: Scaling)")
+    engine = predict.add_argument_group("engine (docs/scaling.md)")
     engine.add_argument(
         "--engine",
         choices=("local", "ray"),
