@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pneumolab.choices import BACKENDS, SPLITS
 from pneumolab.cli import commands as cmd
+from pneumolab.cli import run_commands as run_cmd
 from pneumolab.cli.config_flags import add_config_flags
 from pneumolab.cli.types import PORT, POSITIVE_INT, bounded
 
@@ -141,14 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--num-workers", type=int, default=1, help="model replicas (actors)")
     engine.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per replica")
     engine.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per replica")
-    predict.set_defaults(func=cmd.cmd_predict)
+    predict.set_defaults(func=run_cmd.cmd_predict)
 
     fit_ood = commands.add_parser(
         "fit-ood", help="fit (or refit) a finished run's OOD model for the input-scope gate"
     )
     fit_ood.add_argument("run_dir", type=Path, help="single run or ensemble")
     fit_ood.add_argument("--data", type=Path, required=True, help="dataset the run trained on")
-    fit_ood.set_defaults(func=cmd.cmd_fit_ood)
+    fit_ood.set_defaults(func=run_cmd.cmd_fit_ood)
 
     audit = commands.add_parser(
         "audit", help="site-shift check of a folder of unlabelled images against validation"
@@ -161,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for audit.html/.png/.json, images.csv (default RUN_DIR/audit/<folder name>)",
     )
     audit.add_argument("--batch-size", type=int, default=32)
-    audit.set_defaults(func=cmd.cmd_audit)
+    audit.set_defaults(func=run_cmd.cmd_audit)
 
     export = commands.add_parser("export", help="export a run for serving, verified vs PyTorch")
     export.add_argument("run_dir", type=Path)
@@ -185,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="images or folders to verify on (default: up to 32 of the run's validation images)",
     )
-    export.set_defaults(func=cmd.cmd_export)
+    export.set_defaults(func=run_cmd.cmd_export)
 
     serve = commands.add_parser("serve", help="HTTP API and web page for a run (FastAPI)")
     serve.add_argument("run_dir", type=Path)
@@ -222,14 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--cors-origin", action="append", help="allow browser calls from this origin (repeatable)"
     )
-    serve.set_defaults(func=cmd.cmd_serve)
+    serve.set_defaults(func=run_cmd.cmd_serve)
 
     explain = commands.add_parser("explain", help="Grad-CAM heat maps of predictions, as PNGs")
     explain.add_argument("run_dir", type=Path)
     explain.add_argument("images", nargs="+", type=Path, help="image files or folders")
     explain.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
     explain.add_argument("--overwrite", action="store_true", help="replace PNGs already in --out")
-    explain.set_defaults(func=cmd.cmd_explain)
+    explain.set_defaults(func=run_cmd.cmd_explain)
 
     report = commands.add_parser(
         "report", help="self-contained HTML report of a run on a split; refreshes MODEL_CARD.md"
@@ -241,5 +242,5 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="HTML file to write (default RUN_DIR/eval/<split>/report.html)"
     )
     report.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    report.set_defaults(func=cmd.cmd_report)
+    report.set_defaults(func=run_cmd.cmd_report)
     return parser

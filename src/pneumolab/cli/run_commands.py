@@ -1,0 +1,227 @@
+"""Subcommands that apply a trained run: predict, fit-ood, audit, export, serve, explain,
+report. One function each: call the Python API, print the result; imports happen when a command
+runs (an ONNX ``predict`` loads neither PyTorch nor scikit-learn)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.table import Table
+from rich.text import Text
+
+from pneumolab.cli.console import console, report_error, say, stdout
+from pneumolab.errors import ConfigError, PneumolabError
+
+if TYPE_CHECKING:
+    from pneumolab.inference.predictor import Predictor
+
+
+def _export_if_asked(args: argparse.Namespace) -> None:
+    """``--backend onnx --export``: export the run (every member of an ensemble) to ONNX first
+    where ``model.onnx`` is missing, and say so. Without ``--export`` nothing is written."""
+    if args.backend != "onnx" or not args.export:
+        return
+    from pneumolab.run import RunDir
+
+    run = RunDir(args.run_dir)
+    missing = [single for single in run.member_runs() or [run] if not single.onnx.is_file()]
+    if missing:
+        from pneumolab.serving.export import export_onnx  # loads PyTorch
+
+    for single in missing:
+        console.print(f"{single.onnx} not found: exporting it first (--export)")
+        report = export_onnx(single.root, single.onnx)
+        console.print(f"exported; max |Δprob| vs PyTorch {report['max_abs_diff']:.1e}")
+
+
+def _predict_to_file(args: argparse.Namespace, predictor: Predictor, paths: list[Path]) -> int:
+    if args.engine == "ray":
+        from pneumolab.inference.predictor import expand_paths
+        from pneumolab.inference.ray_engine import RayOptions, predict_with_ray
+
+        options = RayOptions(
+            address=args.address,
+            num_workers=args.num_workers,
+            cpus_per_worker=args.cpus_per_worker,
+            gpus_per_worker=args.gpus_per_worker,
+            batch_size=args.batch_size,
+        )
+        summary = predict_with_ray(
+            predictor, expand_paths(paths), args.out, options, overwrite=args.overwrite
+        )
+    else:
+        from pneumolab.inference.batch import predict_to_file
+
+        summary = predict_to_file(
+            predictor,
+            paths,
+            args.out,
+            args.batch_size,
+            overwrite=args.overwrite,
+            workers=args.workers,
+        )
+    console.print(
+        f"{summary.written} written to {args.out} ({summary.failed} failed, "
+        f"{summary.already_done} already there from an earlier run)"
+    )
+    return 1 if summary.failed else 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pneumolab.inference.predictor import Predictor
+
+    paths = list(args.paths)
+    if args.manifest:
+        from pneumolab.inference.manifest import read_manifest
+
+        paths += read_manifest(args.manifest)
+    if not paths:
+        raise ConfigError("nothing to predict: give image files or folders, or --manifest FILE")
+    if args.engine == "ray":
+        from pneumolab.inference.ray_engine import import_ray
+
+        import_ray()  # before loading anything: without Ray, say how to install it
+        if not args.out:
+            raise ConfigError("--engine ray writes its results to --out FILE.parquet (or .csv)")
+    _export_if_asked(args)
+    predictor = Predictor.from_run(
+        args.run_dir, backend=args.backend, tta=args.tta, scope_verdict=not args.keep_label
+    )
+    if args.out:
+        return _predict_to_file(args, predictor, paths)
+    failures = 0
+    table = Table("path", "probability", "label", "in scope", "why not")
+    for result in predictor.predict_paths(paths, args.batch_size, args.workers):
+        if isinstance(result, PneumolabError):
+            failures += 1
+            report_error(result)
+        elif args.json:
+            print(json.dumps(result.to_dict()), flush=True)
+        else:
+            table.add_row(
+                result.source,
+                f"{result.probability:.4f}",
+                result.label,
+                "yes" if result.in_scope else Text("no", style="bold red"),
+                "; ".join(result.reasons + result.warnings),
+            )
+    if not args.json:
+        stdout.print(table)
+    return 1 if failures else 0
+
+
+def cmd_fit_ood(args: argparse.Namespace) -> int:
+    from pneumolab.pipeline.ood_fit import fit_run_ood
+
+    ood = fit_run_ood(args.run_dir, args.data)
+    say(
+        f"OOD model ({ood.method}) written to ",
+        (str(args.run_dir / "ood.safetensors"), "bold"),
+        f": threshold {ood.threshold:.1f}, flags {ood.val_flagged_fraction:.1%} of "
+        f"{len(ood.val_scores)} validation images",
+    )
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from pneumolab.evaluation.audit import audit_folder
+    from pneumolab.reporting.audit_page import write_audit
+
+    audit = audit_folder(args.run_dir, args.folder, args.batch_size)
+    out = args.out or args.run_dir / "audit" / args.folder.resolve().name
+    files = write_audit(audit, out)
+    summary = audit.summary()
+    console.print(
+        f"{summary['images']} images ({summary['unreadable']} unreadable), "
+        f"{summary['out_of_scope_share']:.1%} out of scope; predicted pneumonia "
+        f"{summary['predicted_pneumonia_rate']:.1%} (validation "
+        f"{summary['val_predicted_pneumonia_rate']:.1%})"
+    )
+    say((audit.verdict, "bold"))
+    for reason in audit.verdict_reasons:
+        console.print(f"  - {reason}")
+    console.print(f"page: {files['html']}; figure: {files['figure']}; per image: {files['csv']}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.format != "onnx":
+        from pneumolab.outputs import check_output
+        from pneumolab.serving.accelerate import export_int8, export_openvino
+
+        if args.out is not None:
+            check_output(args.out, args.overwrite)
+        export = export_int8 if args.format == "onnx-int8" else export_openvino
+        parity = export(args.run_dir, args.out)
+        console.print(f"exported {args.format}; parity with fp32 on {parity.summary()}")
+        return 0
+    from pneumolab.inference.predictor import expand_paths
+    from pneumolab.run import RunDir
+    from pneumolab.serving.export import export_onnx
+
+    out = args.out or RunDir(args.run_dir).onnx
+    verify = expand_paths(args.verify) if args.verify else None
+    report = export_onnx(
+        args.run_dir, out, verify_images=verify, opset=args.opset, overwrite=args.overwrite
+    )
+    labels = (
+        "identical"
+        if report["labels_identical"]
+        else f"{report['label_flips']} differ (scores within {report['tolerance']:.0e} of it)"
+    )
+    say(
+        "exported ",
+        (report["file"], "bold"),
+        f" (ONNX opset {report['opset']}); verified on "
+        f"{report['verified_on']}: max |Δprob| vs PyTorch {report['max_abs_diff']:.1e}, "
+        f"labels at the threshold: {labels}",
+    )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pneumolab.serving.app import create_app
+    from pneumolab.serving.limits import ServerLimits, run_server
+
+    _export_if_asked(args)
+    limits = ServerLimits(
+        max_upload_bytes=int(args.max_upload_mb * 1_000_000),
+        max_pixels=int(args.max_megapixels * 1_000_000),
+        max_decodes=args.max_decodes,
+        decode_wait_s=args.decode_wait,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        max_connections=args.max_connections,
+    )
+    app = create_app(
+        args.run_dir, backend=args.backend, limits=limits, cors_origins=args.cors_origin
+    )
+    url = f"http://{args.host}:{args.port}/"
+    say(f"serving {args.run_dir} at ", (url, "bold"), " (API docs at /docs)")
+    run_server(app, args.host, args.port, limits)
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from pneumolab.explain.gradcam import explain_paths
+
+    failures = 0
+    for result in explain_paths(args.run_dir, args.images, args.out, overwrite=args.overwrite):
+        if isinstance(result, PneumolabError):
+            failures += 1
+            report_error(result)
+        else:
+            console.print(f"wrote {result}")
+    return 1 if failures else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pneumolab.reporting.model_card import CARD_NAME
+    from pneumolab.reporting.report import build_report
+
+    out = build_report(args.run_dir, args.data, args.split, args.out, overwrite=args.overwrite)
+    console.print(f"wrote {out} and {args.run_dir / CARD_NAME}")
+    return 0
