@@ -8,7 +8,6 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pneumolab.atomic import write_text_atomically
 from pneumolab.choices import (
     Accelerator,
     DistributedStrategy,
@@ -21,6 +20,7 @@ from pneumolab.choices import (
     Tracking,
 )
 from pneumolab.errors import ConfigError
+from pneumolab.files import write_text_atomically
 
 
 class TrainConfig(BaseModel):

@@ -4,7 +4,7 @@ written by one account can be read by the group it was made for)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -38,3 +38,23 @@ def atomic_write(path: str | Path, mode: str = "w", **open_args: Any) -> Iterato
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call ``write`` on a temporary file beside ``path`` (for libraries that write to a path,
+    such as safetensors), then rename it over ``path``; on failure ``path`` is untouched."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        write(partial)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def write_text_atomically(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through :func:`atomic_write`."""
+    with atomic_write(path) as f:
+        f.write(text)
+    return Path(path)

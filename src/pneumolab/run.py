@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from pneumolab.atomic import write_text_atomically
 from pneumolab.data.layout import Sample
 from pneumolab.errors import RunDirError
+from pneumolab.files import write_text_atomically
 from pneumolab.run_meta import RunMeta, migrate
 
 OWN_FILES = frozenset(

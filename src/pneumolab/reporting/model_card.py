@@ -10,10 +10,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pneumolab.atomic import write_text_atomically
 from pneumolab.config import load_yaml
 from pneumolab.data.layout import CLASS_NAMES
 from pneumolab.evaluation.metrics import format_interval, format_metric
+from pneumolab.files import write_text_atomically
 from pneumolab.run import RunDir
 from pneumolab.run_meta import DistributedTraining, RunMeta
 

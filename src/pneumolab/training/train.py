@@ -11,9 +11,8 @@ from pathlib import Path
 import lightning as L
 from safetensors.torch import save_file
 
-from pneumolab.atomic import write_atomically
 from pneumolab.config import TrainConfig, resolve_config
-from pneumolab.files import apply_umask
+from pneumolab.files import apply_umask, write_atomically
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.models.registry import create_classifier
 from pneumolab.run import RunDir
