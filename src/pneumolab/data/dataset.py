@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -14,7 +14,6 @@ from torch.utils.data import Dataset
 
 from pneumolab.data.imageio import load_image, resize_square
 from pneumolab.data.layout import Sample
-from pneumolab.data.transforms import normalize_intensity
 from pneumolab.errors import ImageLoadError
 
 log = logging.getLogger(__name__)
@@ -56,19 +55,13 @@ def decode_samples(
 
 
 class XrayDataset(Dataset):
-    """Yields ``(image, target)``: image float32 ``(1, S, S)`` in [0, 1]; target float32
-    (1 = pneumonia) by default, or the given ``targets`` (e.g. subtype indices)."""
+    """Yields ``(image, target)``: the decoded uint8 image ``(1, S, S)`` as it is (augmentation,
+    intensity normalisation and scaling run on whole batches: :class:`XrayDataModule`'s batch
+    hook), and its target: float32 (1 = pneumonia) by default, or the given ``targets``
+    (e.g. subtype indices)."""
 
-    def __init__(
-        self,
-        decoded: DecodedImages,
-        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        intensity: str = "none",
-        targets: torch.Tensor | None = None,
-    ) -> None:
+    def __init__(self, decoded: DecodedImages, targets: torch.Tensor | None = None) -> None:
         self.decoded = decoded
-        self.transform = transform
-        self.intensity = intensity
         self.labels = (
             torch.tensor([s.label for s in decoded.samples], dtype=torch.float32)
             if targets is None
@@ -79,8 +72,4 @@ class XrayDataset(Dataset):
         return len(self.decoded.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.decoded.pixels[index]
-        if self.transform is not None:
-            image = self.transform(image)
-        image = normalize_intensity(image, self.intensity)
-        return image.float().div_(255.0), self.labels[index]
+        return self.decoded.pixels[index], self.labels[index]

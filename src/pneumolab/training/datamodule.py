@@ -23,7 +23,7 @@ from pneumolab.config import TrainConfig
 from pneumolab.data.dataset import DecodedImages, XrayDataset, decode_samples
 from pneumolab.data.layout import Sample
 from pneumolab.data.subtypes import SUBTYPE_NAMES, subtype_labels
-from pneumolab.data.transforms import train_augmentation
+from pneumolab.data.transforms import BatchAugmentation, normalize_intensity
 from pneumolab.run import RunDir
 from pneumolab.training.distributed import check_same_on_every_rank
 from pneumolab.training.frozen import FrozenBackbone
@@ -89,6 +89,9 @@ class XrayDataModule(L.LightningDataModule):
         self._train_images: DecodedImages | None = None
         self.train_features: np.ndarray | None = None
         self._datasets: tuple[Dataset, Dataset] | None = None
+        self.augmentation = BatchAugmentation(
+            config.augment_strength, acquisition=config.augmentation == "acquisition"
+        )
 
     @property
     def _trainer(self) -> L.Trainer:
@@ -124,12 +127,22 @@ class XrayDataModule(L.LightningDataModule):
                 TensorDataset(features[n_train:], val_targets),
             )
             return
-        augment = train_augmentation(self.size, self.config.augment_strength)
-        intensity = self.config.intensity
         self._datasets = (
-            XrayDataset(train_images, augment, intensity, train_targets),
-            XrayDataset(val_images, intensity=intensity, targets=val_targets),
+            XrayDataset(train_images, train_targets),
+            XrayDataset(val_images, val_targets),
         )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Image batches arrive as uint8 on the training device: augmented (training only),
+        intensity-normalised and scaled to [0, 1] there, as whole batches (cached features pass
+        through)."""
+        if self.frozen is not None:
+            return batch
+        images, *rest = batch
+        if self._trainer.training:
+            images = self.augmentation(images)
+        images = normalize_intensity(images, self.config.intensity).float().div_(255.0)
+        return (images, *rest)
 
     @property
     def size(self) -> int:
@@ -153,15 +166,13 @@ class XrayDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self._datasets is not None, "setup() first"
         dataset = self._datasets[0]
-        # cached features need no worker processes; images are augmented in workers
-        workers = self.config.num_workers if isinstance(dataset, XrayDataset) else 0
         per_process = math.ceil(len(dataset) / self._trainer.world_size)  # type: ignore[arg-type]
         return DataLoader(
             dataset,
             batch_size=self.config.batch_size,
             shuffle=True,
-            num_workers=workers,
-            persistent_workers=workers > 0,
+            num_workers=self.config.num_workers,
+            persistent_workers=self.config.num_workers > 0,
             drop_last=per_process > self.config.batch_size,
         )
 
