@@ -11,8 +11,8 @@ RT, secondary captures...), rendered text pages (PIL), synthetic noise, gradient
 and blank images, and validation X-rays rotated 90°, inverted, or cut to their top-left corner.
 
 Three content scores from the same forward pass are compared: Mahalanobis distance of the
-pooled features (what runs store), the energy score and 1 − maximum class probability, each
-thresholded at the 99th percentile of validation. For each: ROC AUC of in-distribution vs each
+scope descriptor (what runs store: mean activations of the stage at 1/16 resolution), the
+energy score and 1 − maximum class probability, each thresholded at the 99th percentile of validation. For each: ROC AUC of in-distribution vs each
 OOD family, and the share flagged; ``gate`` adds the sanity and DICOM header checks to the
 stored Mahalanobis threshold (what ``predict`` does).
 """
@@ -141,25 +141,32 @@ def transformed_xrays(paths: list[Path]) -> dict[str, list[tuple[str, ImageInput
     return families
 
 
-def features_and_logits(
+def scope_and_logits(
     model: XrayClassifier, pixels: torch.Tensor, intensity: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    features = torch.from_numpy(
-        score_batches(lambda x: model.features(x).float(), model, pixels, intensity, 64)
+    """The scope descriptors (what the stored score reads) and the class logits, one pass."""
+    both = score_batches(
+        lambda x: torch.cat([part.float() for part in model.features_and_scope(x)], dim=1),
+        model,
+        pixels,
+        intensity,
+        64,
     )
+    width = model.backbone.num_features
+    pooled, scope = torch.from_numpy(both[:, :width]), torch.from_numpy(both[:, width:])
     with torch.no_grad():
-        return features, model.backbone.get_classifier()(features)
+        return scope, model.backbone.get_classifier()(pooled)
 
 
 def content_scores(predictor: Predictor, pixels: torch.Tensor) -> dict[str, np.ndarray]:
     """Higher = more out of distribution, for each candidate score."""
     model = predictor.require_model("the OOD benchmark")
-    features, logits = features_and_logits(model, pixels, predictor.intensity)
+    scope, logits = scope_and_logits(model, pixels, predictor.intensity)
     if logits.shape[1] == 1:  # binary: the logits of (NORMAL, PNEUMONIA) are (0, z)
         logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
     with torch.no_grad():
         return {
-            "mahalanobis": predictor.ood.scorer(features).numpy(),
+            "mahalanobis": predictor.ood.scorer(scope).numpy(),
             "energy": (-torch.logsumexp(logits, dim=1)).numpy(),
             "1 - max probability": (1 - torch.softmax(logits, dim=1).max(dim=1).values).numpy(),
         }

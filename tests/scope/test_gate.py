@@ -16,7 +16,7 @@ from pneumolab.cli import main
 from pneumolab.inference.prediction import OUT_OF_SCOPE_LABEL
 from pneumolab.inference.predictor import Predictor
 from pneumolab.run import RunDir
-from pneumolab.scope.ood import OodModel
+from pneumolab.scope.ood import METHOD, OodModel
 
 CT = get_testdata_file("CT_small.dcm")
 
@@ -49,7 +49,7 @@ def odd_images(tmp_path_factory) -> dict[str, Path]:
 
 def test_training_stores_an_ood_model_that_flags_at_most_one_percent_of_validation(run_dir):
     ood = OodModel.load(RunDir(run_dir).ood)
-    assert ood.method == "mahalanobis" and ood.scorer is not None
+    assert ood.method == METHOD and ood.scorer is not None
     assert len(ood.val_scores) > 0 and ood.val_flagged_fraction <= 0.01
 
 

@@ -16,6 +16,7 @@ from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittle
 
 from conftest import copy_run
 from pneumolab.inference.predictor import Predictor
+from pneumolab.scope.ood import METHOD
 from pneumolab.serving.app import create_app
 from pneumolab.serving.export import export_onnx
 from pneumolab.serving.limits import ServerLimits
@@ -116,7 +117,7 @@ def test_out_of_scope_uploads_say_why(client, run_dir):
     Image.fromarray(np.zeros((200, 200), dtype=np.uint8)).save(buffer, "PNG")
     black = upload(client, "black.png", buffer.getvalue()).json()
     assert black["in_scope"] is False and black["reasons"][0].startswith("empty image")
-    assert client.get("/v1/model").json()["ood"]["method"] == "mahalanobis"
+    assert client.get("/v1/model").json()["ood"]["method"] == METHOD
 
 
 def test_heatmap_is_a_png_over_the_image(client, png_bytes):

@@ -48,4 +48,4 @@ def test_zero_strength_trains_on_the_images_as_validated() -> None:
 
 def test_acquisition_policy_reaches_the_augmentation() -> None:
     assert _datamodule(training=True, augmentation="acquisition").augmentation.acquisition
-    assert not _datamodule(training=True).augmentation.acquisition
+    assert not _datamodule(training=True, augmentation="standard").augmentation.acquisition

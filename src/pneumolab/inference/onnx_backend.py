@@ -26,7 +26,7 @@ OUTPUT_NAME = "probability"
 """Graph output: float32 ``(N,)`` pneumonia probabilities (the sigmoid is inside the graph)."""
 OOD_OUTPUT_NAME = "ood_score"
 """Second graph output (exports since the input-scope gate): float32 ``(N,)`` OOD scores
-(:mod:`pneumolab.scope.ood`; NaN for a run without an OOD model), from the same pooled features."""
+(:mod:`pneumolab.scope.ood`; NaN for a run without an OOD model), from the same forward pass."""
 INT8_FILE_NAME = "model.int8.onnx"
 """Where ``pneumolab export --format onnx-int8`` writes by default (in the run directory)."""
 REQUIRED_METADATA = ("image_size", "intensity")

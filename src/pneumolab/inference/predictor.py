@@ -31,7 +31,7 @@ from pneumolab.inference.scores import Scorer, mean_scores, torch_scorer, with_t
 from pneumolab.run import RunDir
 from pneumolab.run_meta import RunMeta
 from pneumolab.scope.checks import ScopeChecks, image_sanity
-from pneumolab.scope.ood import OodModel
+from pneumolab.scope.ood import LEGACY_METHODS, OodModel
 
 if TYPE_CHECKING:
     import torch
@@ -224,6 +224,14 @@ class Predictor:
         run = RunDir(Path(run_dir))
         meta = run.read_meta()
         ood = OodModel.load(run.ood) if run.ood.is_file() else None
+        if ood is not None and ood.method in LEGACY_METHODS:
+            log.warning(
+                "%s: OOD model of an older pneumolab (pooled features), not used; refit it with "
+                "`pneumolab fit-ood %s --data DATA_DIR`",
+                run.ood,
+                run.root,
+            )
+            ood = None
         if meta.is_ensemble:
             members = [cls._load(m.root, device, backend, None) for m in run.member_runs()]
             return cls(None, meta, mean_scores([m.scorer for m in members]), ood)

@@ -57,6 +57,33 @@ class XrayClassifier(nn.Module):
         """``(B,)`` logits of pneumonia, whatever the number of classes."""
         return pneumonia_logit(self.class_logits(x))
 
+    def scope_stage(self) -> int | None:
+        """The stage (index into timm's ``feature_info``) whose mean activations describe an
+        input for the scope gate: the last one at 1/16 of the input resolution. None when the
+        backbone cannot return intermediate stages; the pooled features serve then."""
+        backbone = self.backbone
+        if not hasattr(backbone, "forward_intermediates") or not hasattr(backbone, "feature_info"):
+            return None
+        matches = [i for i, info in enumerate(backbone.feature_info) if info["reduction"] == 16]
+        return matches[-1] if matches else None
+
+    def features_and_scope(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """From one forward pass: the ``(B, D)`` pooled features the classifier reads, and the
+        scope gate's ``(B, C)`` descriptor (mean activations of :meth:`scope_stage`). Mid-level
+        statistics separate X-rays from other images far better than the pooled features of a
+        network fine-tuned to convergence (benchmarks/README.md, "Which features should the OOD
+        score read?")."""
+        backbone, inputs, stage = self.backbone, self._backbone_input(x), self.scope_stage()
+        if stage is None:
+            pooled = backbone.forward_head(backbone.forward_features(inputs), pre_logits=True)
+            return pooled, pooled
+        final, (middle,) = backbone.forward_intermediates(inputs, indices=[stage])
+        return backbone.forward_head(final, pre_logits=True), middle.float().mean(dim=(2, 3))
+
+    def scope_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The scope gate's descriptor alone (see :meth:`features_and_scope`)."""
+        return self.features_and_scope(x)[1]
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The ``(B, D)`` features the final classifier sees (timm's ``pre_logits``)."""
         backbone = self.backbone

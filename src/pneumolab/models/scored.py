@@ -11,8 +11,9 @@ from pneumolab.models.classifier import XrayClassifier, pneumonia_logit
 class ScoredModel(nn.Module):
     """``(probability, ood_score)`` of ``(B, 1, H, W)`` pixels in [0, 1].
 
-    The pooled features the classifier sees (timm's ``pre_logits``) feed both the classifier
-    and ``ood`` (a features → score module); without ``ood`` the score is NaN.
+    One forward pass gives the pooled features the classifier sees (timm's ``pre_logits``) and
+    the scope descriptor that ``ood`` (a descriptor → score module) reads
+    (:meth:`XrayClassifier.features_and_scope`); without ``ood`` the score is NaN.
     """
 
     def __init__(self, model: XrayClassifier, ood: nn.Module | None) -> None:
@@ -21,9 +22,9 @@ class ScoredModel(nn.Module):
         self.ood = ood
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.model.features(pixels)
+        features, scope = self.model.features_and_scope(pixels)
         logits = self.model.backbone.get_classifier()(features)
         probability = torch.sigmoid(pneumonia_logit(logits))
         if self.ood is None:
             return probability, torch.full_like(probability, float("nan"))
-        return probability, self.ood(features)
+        return probability, self.ood(scope)

@@ -49,7 +49,7 @@ def train(
     run = trained.run
     train_images = trained.fitted.train_images
     assert train_images is not None  # fit() keeps them
-    scorer = fit_scorer(model, config.intensity, train_images, trained.fitted.train_features)
+    scorer = fit_scorer(model, config.intensity, train_images)
     scores, ood = gated_validation_scores(model, config.intensity, scorer, val, run.root.name)
     ood.save(run.ood)
     finalise(

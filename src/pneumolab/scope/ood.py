@@ -1,15 +1,19 @@
-"""Image-content out-of-distribution score: Mahalanobis distance of the network's pooled features.
+"""Image-content out-of-distribution score: Mahalanobis distance of the network's mid-level features.
 
 This module needs no PyTorch (an ONNX predictor reads the threshold here and gets the score from
 the graph); the scorer itself is :class:`pneumolab.scope.mahalanobis.MahalanobisScore`.
 
 The score of an image is its smallest squared Mahalanobis distance to the training-set class
 means, with one covariance shared by the classes (Lee et al. 2018), estimated with Ledoit-Wolf
-shrinkage (scikit-learn) since the features outnumber nothing comfortably (1,280 for
-MobileNetV2). It runs inside the same forward pass as the prediction (the features the
-classifier sees), as one extra ``(D, D)`` matrix product: whitened features against whitened
-class means. Energy and maximum-probability scores from the logits were measured against it
-(``benchmarks/ood_benchmark.py``) and lost, so only this one is stored.
+shrinkage (scikit-learn). The features are the mean activations of the stage at 1/16 of the
+input resolution (96 for MobileNetV2; the pooled features for networks without intermediate
+stages), taken from the same forward pass as the prediction, then one extra ``(D, D)`` matrix
+product. The class means and covariance are fitted on training images plus an augmented copy of
+each (the ``acquisition`` training augmentation), and the threshold on validation images plus an
+augmented copy, so that another site's framing, resolution and exposure count as in scope while
+photos, other modalities and documents do not. The pooled features the classifier reads, and
+energy and maximum-probability scores from the logits, were measured against it
+(``benchmarks/ood_benchmark.py``, ``benchmarks/ood_descriptors.py``) and lost.
 
 A run keeps its OOD model in ``RUN_DIR/ood.safetensors``: the whitening and centres (none for
 an ensemble, whose members score), the validation scores, and the threshold chosen on them.
@@ -33,7 +37,9 @@ if TYPE_CHECKING:
 
 MAX_FLAGGED_VALIDATION = 0.01
 """Largest share of in-distribution validation images the threshold may flag."""
-METHOD = "mahalanobis"
+METHOD = "mahalanobis_stage_mean"
+LEGACY_METHODS = ("mahalanobis",)
+"""Scores of older pneumolab versions (pooled features): not comparable, to be refitted."""
 ENSEMBLE_METHOD = "ensemble_mean"
 """An ensemble's score: the mean of its members' Mahalanobis scores."""
 

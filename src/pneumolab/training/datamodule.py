@@ -87,7 +87,6 @@ class XrayDataModule(L.LightningDataModule):
         self.feature_cache: dict[str, Any] | None = None
         self._val_images: DecodedImages | None = None
         self._train_images: DecodedImages | None = None
-        self.train_features: np.ndarray | None = None
         self._datasets: tuple[Dataset, Dataset] | None = None
         self.augmentation = BatchAugmentation(
             config.augment_strength, acquisition=config.augmentation == "acquisition"
@@ -121,7 +120,6 @@ class XrayDataModule(L.LightningDataModule):
             features, stats = self.frozen.features(self._trainer, samples, pixels)
             self.feature_cache = asdict(stats)
             n_train = len(train_images.samples)
-            self.train_features = features[:n_train].numpy()
             self._datasets = (
                 TensorDataset(features[:n_train], train_targets),
                 TensorDataset(features[n_train:], val_targets),

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import Logger
@@ -60,8 +59,6 @@ class Fitted:
     """The experiment tracker (``TrainConfig.tracking``), left open for the run's files."""
     train_images: DecodedImages | None = None
     """The decoded training images (the OOD model is fitted on their features)."""
-    train_features: np.ndarray | None = None
-    """Their cached backbone features under the ``frozen`` strategy (the trained model's own)."""
 
 
 def resolve_precision(requested: Precision) -> Literal["32", "bf16-mixed", "16-mixed"]:
@@ -201,6 +198,4 @@ def fit(
         feature_cache=FeatureCacheStats(**cache_stats) if cache_stats else None,
         distributed=distributed_summary(trainer, config, module.lr),
     )
-    return Fitted(
-        model, data.val_images(), summary, trainer.logger, data.train_images(), data.train_features
-    )
+    return Fitted(model, data.val_images(), summary, trainer.logger, data.train_images())
