@@ -113,7 +113,7 @@ def process(*argv: str) -> tuple[float, float]:
 
 def _onnx_variant(run_dir: Path, threads: int | None, spin: bool) -> Predictor:
     predictor = Predictor.from_run(run_dir, backend="onnx")
-    predictor.backend = OnnxBackend(run_dir / "model.onnx", session_options(threads, spin))
+    predictor.scorer = OnnxBackend(run_dir / "model.onnx", session_options(threads, spin))
     return predictor
 
 
