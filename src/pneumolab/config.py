@@ -71,6 +71,24 @@ class TrainConfig(BaseModel):
         description="standard: crops, tilt, shift, exposure, blur, noise; acquisition: also "
         "wider fields of view, collimation bands, resolution loss and uneven exposure",
     )
+    label_smoothing: float = Field(
+        default=0.0,
+        ge=0,
+        lt=0.5,
+        description="targets move this far towards uniform (0: hard labels)",
+    )
+    mixup_alpha: float = Field(
+        default=0.0,
+        ge=0,
+        description="mixup of training image pairs, mixing weight ~ Beta(alpha, alpha) (0: off)",
+    )
+    ema_decay: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="keep an exponential moving average of the weights with this decay per "
+        "step; validation, checkpoints and the saved model use it (none: off)",
+    )
     intensity: Intensity = Field(
         default="equalize",
         description="intensity normalisation of every image (train and inference)",

@@ -13,7 +13,12 @@ from typing import Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    EMAWeightAveraging,
+    ModelCheckpoint,
+    ProgressBar,
+)
 from lightning.pytorch.loggers import Logger
 
 from pneumolab.choices import Precision
@@ -81,7 +86,8 @@ def _cpu_has_bf16() -> bool:
 def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callback]) -> L.Trainer:
     """Lightning's Trainer for ``config``: devices, nodes and strategy (DDP across processes),
     precision, best and last checkpoints, early stopping, history.csv, progress. Built before
-    anything is written: it knows this process's rank."""
+    anything is written: it knows this process's rank. With ``ema_decay``, Lightning's
+    EMA callback keeps the averaged weights, which validation scores and checkpoints hold."""
     mode = "max" if config.monitor == "val_auc" else "min"
     checkpoint = ModelCheckpoint(
         dirpath=run.checkpoints,
@@ -95,6 +101,7 @@ def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callba
     stopping = EarlyStopping(
         monitor=config.monitor, mode=mode, patience=config.early_stopping_patience
     )
+    averaging = [EMAWeightAveraging(decay=config.ema_decay)] if config.ema_decay else []
     return L.Trainer(
         max_epochs=config.epochs,
         accelerator=config.accelerator,
@@ -102,7 +109,14 @@ def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callba
         num_nodes=config.num_nodes,
         strategy=config.distributed_strategy,
         precision=resolve_precision(config.precision),
-        callbacks=[checkpoint, stopping, HistoryCSV(run.history), progress, *callbacks],
+        callbacks=[
+            *averaging,
+            checkpoint,
+            stopping,
+            HistoryCSV(run.history),
+            progress,
+            *callbacks,
+        ],
         logger=False,  # the experiment logger joins in fit(), once the run directory exists
         log_every_n_steps=1,
         enable_progress_bar=isinstance(progress, ProgressBar),
@@ -137,6 +151,8 @@ def _module(
         lr=lr,
         weight_decay=config.weight_decay,
         param_groups=optimizer_groups(model.backbone, lr, backbone_lr_scale),
+        label_smoothing=config.label_smoothing,
+        mixup_alpha=config.mixup_alpha,
     )
 
 

@@ -30,7 +30,9 @@ class ClassifierModule(L.LightningModule):
     The loss weights each class by the inverse of its frequency (``class_counts`` in train), so
     NORMAL (a quarter of train) counts as much as PNEUMONIA: binary cross-entropy on the
     pneumonia logit for two classes, cross-entropy on the model's ``class_logits`` for more
-    (targets are then class indices, 0 = NORMAL). Validation scores P(pneumonia) and logs
+    (targets are then class indices, 0 = NORMAL). ``label_smoothing`` moves the targets towards
+    uniform; ``mixup_alpha`` > 0 trains on mixed pairs of images (weight ~ Beta(alpha, alpha))
+    against the same mix of their targets and class weights. Validation scores P(pneumonia) and logs
     ``val_loss`` (plain, unweighted log-loss: a proper scoring rule that keeps improving after
     AUC saturates), ``val_auc`` and ``val_images``, on the whole validation split also when
     several processes share it.
@@ -43,8 +45,12 @@ class ClassifierModule(L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         param_groups: list[dict[str, Any]] | None = None,
+        label_smoothing: float = 0.0,
+        mixup_alpha: float = 0.0,
     ) -> None:
         super().__init__()
+        self.label_smoothing = label_smoothing
+        self.mixup_alpha = mixup_alpha
         self.model = model
         self.lr = lr
         self.param_groups = param_groups
@@ -57,8 +63,9 @@ class ClassifierModule(L.LightningModule):
     def _set_class_weights(self, class_counts: Sequence[int]) -> None:
         counts = torch.tensor(class_counts, dtype=torch.float32)
         weights = counts.sum() / (len(counts) * counts.clamp(min=1))
-        self.register_buffer("class_weights", weights, persistent=False)
-        self.class_weights: torch.Tensor
+        # a plain attribute, not a buffer: it is known only at set-up, after Lightning's EMA
+        # callback has copied the module's buffers
+        self.class_weights = weights
         self.multiclass = len(counts) > 2
 
     def setup(self, stage: str) -> None:
@@ -82,12 +89,20 @@ class ClassifierModule(L.LightningModule):
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
         images, targets = batch
+        class_weights = self.class_weights.to(images.device)
+        soft = F.one_hot(targets.long(), len(class_weights)).float()
+        soft = soft * (1 - self.label_smoothing) + self.label_smoothing / len(class_weights)
+        weights = class_weights[targets.long()]
+        if self.mixup_alpha > 0:
+            images, soft, weights = self._mixup(images, soft, weights)
         if self.multiclass:
             logits = self.model.class_logits(images).float()
-            loss = F.cross_entropy(logits, targets, weight=self.class_weights)
+            losses = -(soft * F.log_softmax(logits, dim=1)).sum(dim=1)
+            loss = (weights * losses).sum() / weights.sum()  # F.cross_entropy's weighted mean
         else:
-            weights = self.class_weights[targets.long()]
-            loss = F.binary_cross_entropy_with_logits(self(images).float(), targets, weight=weights)
+            logits = self(images).float()
+            losses = F.binary_cross_entropy_with_logits(logits, soft[:, 1], reduction="none")
+            loss = (weights * losses).mean()  # F.binary_cross_entropy_with_logits(weight=...)
         self.log(
             "train_loss",
             loss,
@@ -98,6 +113,18 @@ class ClassifierModule(L.LightningModule):
             sync_dist=True,
         )
         return loss
+
+    def _mixup(
+        self, images: torch.Tensor, soft: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each image mixed with another of the batch, one weight ~ Beta(alpha, alpha) per batch."""
+        mix = float(np.random.beta(self.mixup_alpha, self.mixup_alpha))
+        order = torch.randperm(len(images), device=images.device)
+        return (
+            mix * images + (1 - mix) * images[order],
+            mix * soft + (1 - mix) * soft[order],
+            mix * weights + (1 - mix) * weights[order],
+        )
 
     def validation_step(
         self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int

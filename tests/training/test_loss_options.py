@@ -1,0 +1,110 @@
+"""The training loss and its options: class weights, label smoothing, mixup, EMA of the weights."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from conftest import TINY_TRAINING
+from pneumolab.config import TrainConfig
+from pneumolab.models.registry import create_classifier
+from pneumolab.pipeline.train import train
+from pneumolab.run import RunDir
+from pneumolab.training.module import ClassifierModule
+
+
+def _module(classes: int, **options) -> ClassifierModule:
+    counts = [1, 3] if classes == 2 else [1, 2, 3]
+    model = create_classifier("pneumolab_cnn_small", num_classes=1 if classes == 2 else classes)
+    module = ClassifierModule(model, counts, **options)
+    module.log = lambda *args, **kwargs: None  # no trainer attached
+    return module.eval()  # no dropout / batch statistics: the same logits twice
+
+
+def _batch(classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(8, 3, 32, 32, generator=generator)
+    targets = torch.arange(8) % classes
+    return images, targets.float() if classes == 2 else targets
+
+
+def test_without_options_the_loss_is_torchs_class_weighted_loss():
+    module = _module(2)
+    images, targets = _batch(2)
+    weights = module.class_weights[targets.long()]
+    expected = F.binary_cross_entropy_with_logits(module(images), targets, weight=weights)
+    assert torch.allclose(module.training_step((images, targets), 0), expected)
+
+    module = _module(3)
+    images, targets = _batch(3)
+    logits = module.model.class_logits(images)
+    expected = F.cross_entropy(logits, targets, weight=module.class_weights)
+    assert torch.allclose(module.training_step((images, targets), 0), expected)
+
+
+def test_label_smoothing_trains_against_softened_targets():
+    module = _module(2, label_smoothing=0.2)
+    images, targets = _batch(2)
+    weights = module.class_weights[targets.long()]
+    softened = targets * 0.8 + 0.1
+    expected = F.binary_cross_entropy_with_logits(module(images), softened, weight=weights)
+    assert torch.allclose(module.training_step((images, targets), 0), expected)
+
+    module = _module(3, label_smoothing=0.2)
+    images, targets = _batch(3)
+    logits = module.model.class_logits(images)
+    soft = F.one_hot(targets, 3) * 0.8 + 0.2 / 3
+    weights = module.class_weights[targets]
+    per_image = -(soft * F.log_softmax(logits, dim=1)).sum(dim=1)  # each image at its class weight
+    expected = (weights * per_image).sum() / weights.sum()
+    assert torch.allclose(module.training_step((images, targets), 0), expected)
+
+
+def test_mixup_mixes_images_targets_and_weights_alike():
+    module = _module(2, mixup_alpha=0.4)
+    images, targets = _batch(2)
+    soft = F.one_hot(targets.long(), 2).float()
+    weights = module.class_weights[targets.long()]
+    np.random.seed(3)
+    mix = float(np.random.beta(0.4, 0.4))
+    torch.manual_seed(1)
+    order = torch.randperm(8)
+    np.random.seed(3)
+    torch.manual_seed(1)
+    mixed_images, mixed_soft, mixed_weights = module._mixup(images, soft, weights)
+    assert 0 < mix < 1
+    assert torch.allclose(mixed_images, mix * images + (1 - mix) * images[order])
+    assert torch.allclose(mixed_soft, mix * soft + (1 - mix) * soft[order])
+    assert torch.allclose(mixed_weights, mix * weights + (1 - mix) * weights[order])
+    assert torch.allclose(mixed_soft.sum(dim=1), torch.ones(8))
+    loss = module.training_step((images, targets), 0)
+    assert torch.isfinite(loss) and loss > 0
+
+
+def test_ema_training_saves_the_averaged_weights(synthetic_data, tmp_path):
+    config = TrainConfig(**TINY_TRAINING, epochs=2, ema_decay=0.5)
+    out = tmp_path / "ema"
+    train(synthetic_data, out, config)
+    run = RunDir(out)
+    assert json.loads(run.meta.read_text())["model"] == "pneumolab_cnn_small"
+    checkpoint = torch.load(run.checkpoints / "best.ckpt", weights_only=False)
+    assert "current_model_state" in checkpoint  # Lightning's EMA callback kept both
+    saved = load_file(run.weights)
+    averaged = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+    current = {k.removeprefix("model."): v for k, v in checkpoint["current_model_state"].items()}
+    key = next(k for k in saved if k in averaged and saved[k].is_floating_point())
+    assert torch.equal(saved[key], averaged[key].to(saved[key].dtype))
+    assert not all(torch.equal(averaged[k], current[k]) for k in averaged if k in current)
+
+
+@pytest.mark.parametrize("value", [-0.1, 0.5])
+def test_label_smoothing_outside_its_range_is_refused(value):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        TrainConfig(label_smoothing=value)
