@@ -99,8 +99,9 @@ def test_changed_settings_of_a_finished_model_are_refused(study, tmp_path, capsy
     assert "trained with other settings (lr)" in capsys.readouterr().err
 
 
-def test_compare_builds_the_same_table_from_runs(study, tmp_path):
+def test_compare_builds_the_same_table_from_runs(study, tmp_path, capsys):
     root, data, _, _ = study
+    capsys.readouterr()
     runs = [str(root / "out" / "runs" / name) for name in ("small", "separable")]
     out = tmp_path / "cmp"
     args = ["compare", *runs, "--data", str(data), "--split", "val", "--out", str(out)]
@@ -113,6 +114,8 @@ def test_compare_builds_the_same_table_from_runs(study, tmp_path):
     table = (out / "results.md").read_text()
     assert "worst AUC / specificity (perturbed)" in table
     assert "AUC / specificity (compound shift)" in table
+    printed = capsys.readouterr().out
+    assert "worst AUC" in printed and "shift AUC" in printed and "shift spec." in printed
     assert (out / "results.png").is_file()
     assert (out / "confusion" / "separable.png").is_file()
 

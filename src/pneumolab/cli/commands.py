@@ -149,7 +149,11 @@ def cmd_study(args: argparse.Namespace) -> int:
     for name, reason in result.failed.items():
         say(("not run:", "bold red"), f" {name}: {reason}")
     if result.best:
-        say("selected on validation: ", (result.best, "bold"), f" → {args.out / 'best'}")
+        say(
+            f"selected on validation by {result.select_by}: ",
+            (result.best, "bold"),
+            f" → {args.out / 'best'}",
+        )
     console.print(f"table: {result.outputs.get('markdown')}; chart: {result.outputs.get('chart')}")
     return 1 if result.failed else 0
 

@@ -48,6 +48,8 @@ class StudyResult:
     best: str | None
     failed: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, Path] = field(default_factory=dict)
+    select_by: str = "roc_auc"
+    """The study file's selection criterion (a column of ``rows``)."""
 
 
 def _train_or_reuse(name: str, config: TrainConfig, data_dir: Path, run: RunDir) -> None:
@@ -152,4 +154,4 @@ def run_study(
         chosen = max(rows, key=lambda r: (getattr(r, study.select_by), r.specificity))
         best = chosen.name
         outputs["best"] = _link_best(study_dir, finished[best])
-    return StudyResult(rows, best, failed, outputs)
+    return StudyResult(rows, best, failed, outputs, study.select_by)
