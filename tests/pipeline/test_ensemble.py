@@ -113,3 +113,20 @@ def test_ensemble_ood_is_the_mean_of_its_members_with_its_own_threshold(members,
     result = Predictor.from_run(ensemble.root).predict(image)
     assert result.ood_score == pytest.approx(np.mean(singles), rel=1e-5)
     assert result.ood_threshold == ood.threshold
+
+
+def test_a_member_with_an_older_ood_model_leaves_the_ensemble_without_one(
+    members, tmp_path, caplog
+):
+    import dataclasses
+    import shutil
+
+    data, runs = members
+    old = tmp_path / "old"
+    shutil.copytree(runs[0].root, old)
+    model = OodModel.load(old / "ood.safetensors")
+    legacy = dataclasses.replace(model, method="mahalanobis", val_scores=model.val_scores[:3])
+    legacy.save(old / "ood.safetensors")
+    ensemble = build_ensemble([old, runs[1].root], tmp_path / "ens")
+    assert ensemble.is_complete() and not ensemble.ood.is_file()
+    assert "has no current OOD model" in caplog.text and "fit-ood" in caplog.text

@@ -26,7 +26,7 @@ from pneumolab.inference.scores import Scores, torch_scorer
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.run import RunDir
 from pneumolab.scope.mahalanobis import MahalanobisScore, fit_mahalanobis
-from pneumolab.scope.ood import ENSEMBLE_METHOD, METHOD, OodModel
+from pneumolab.scope.ood import ENSEMBLE_METHOD, LEGACY_METHODS, METHOD, OodModel
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +83,22 @@ def gated_validation_scores(
 
 def ensemble_ood(ensemble: RunDir) -> OodModel | None:
     """The OOD model of an ensemble from its members' validation scores; None (with a warning)
-    when a member has none yet."""
+    when a member has none yet, or one of an older pneumolab that predictions ignore."""
     members = ensemble.member_runs()
-    missing = [m.root for m in members if not m.ood.is_file()]
+    models = {m.root: OodModel.load(m.ood) if m.ood.is_file() else None for m in members}
+    missing = [
+        root for root, model in models.items() if model is None or model.method in LEGACY_METHODS
+    ]
     if missing:
         log.warning(
-            "%s: member %s has no OOD model; fit them with `pneumolab fit-ood %s --data DATA_DIR`",
+            "%s: member %s has no current OOD model; fit them with "
+            "`pneumolab fit-ood %s --data DATA_DIR`",
             ensemble.root,
             missing[0],
             ensemble.root,
         )
         return None
-    scores = [OodModel.load(m.ood).val_scores for m in members]
+    scores = [model.val_scores for model in models.values() if model is not None]
     if len({len(s) for s in scores}) > 1:
         raise RunDirError(f"{ensemble.root}: members' OOD models scored different validation sets")
     provenance = {
