@@ -121,7 +121,7 @@ def test_a_member_with_an_older_ood_model_leaves_the_ensemble_without_one(
     import dataclasses
     import shutil
 
-    data, runs = members
+    _, runs = members
     old = tmp_path / "old"
     shutil.copytree(runs[0].root, old)
     model = OodModel.load(old / "ood.safetensors")
