@@ -176,5 +176,6 @@ def test_every_bad_upload_gets_a_json_error(run_dir, corpus):
 
 
 def test_weights_are_written_with_the_umask(tiny_run):
-    mode = (tiny_run[0] / "model.safetensors").stat().st_mode & 0o777
-    assert mode == 0o666 & ~current_umask()  # safetensors alone writes 0600
+    for name in ("model.safetensors", "ood.safetensors"):
+        mode = (tiny_run[0] / name).stat().st_mode & 0o777
+        assert mode == 0o666 & ~current_umask(), name  # safetensors alone writes 0600

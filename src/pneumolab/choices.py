@@ -7,7 +7,7 @@ from typing import Literal, get_args
 
 Task = Literal["binary", "three_class"]
 Strategy = Literal["finetune", "frozen", "partial"]
-Intensity = Literal["none", "equalize"]
+Intensity = Literal["none", "equalize", "clahe"]
 Augmentation = Literal["standard", "acquisition"]
 Monitor = Literal["val_auc", "val_loss"]
 Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]

@@ -98,6 +98,11 @@ class TrainConfig(BaseModel):
         description="validation metric for the best checkpoint and early stopping",
     )
     seed: int = Field(default=0, description="seed of the split, initialisation and order")
+    split_seed: int | None = Field(
+        default=None,
+        description="seed of the train/validation split alone (none: seed); runs that share it "
+        "share their validation split, so they can form an ensemble of seeds",
+    )
     val_fraction: float = Field(
         default=0.15, gt=0, lt=0.5, description="share of patients carved out for validation"
     )
@@ -143,6 +148,11 @@ class TrainConfig(BaseModel):
         description="experiment tracking: csv (history.csv only), tensorboard "
         "(RUN_DIR/tensorboard/), mlflow (local store RUN_DIR/mlruns/, or $MLFLOW_TRACKING_URI)",
     )
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the train/validation split: ``split_seed``, else ``seed``."""
+        return self.seed if self.split_seed is None else self.split_seed
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

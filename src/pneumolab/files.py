@@ -42,11 +42,13 @@ def atomic_write(path: str | Path, mode: str = "w", **open_args: Any) -> Iterato
 
 def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Call ``write`` on a temporary file beside ``path`` (for libraries that write to a path,
-    such as safetensors), then rename it over ``path``; on failure ``path`` is untouched."""
+    such as safetensors), give it the umask's mode (:func:`apply_umask`), then rename it over
+    ``path``; on failure ``path`` is untouched."""
     path = Path(path)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         write(partial)
+        apply_umask(partial)
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)

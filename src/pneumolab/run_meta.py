@@ -31,7 +31,7 @@ class Preprocessing(Result):
 
     color: str = "grayscale, replicated to the model's input channels"
     resize: str
-    intensity: Intensity
+    intensity: Intensity | None = Field(description="None: differs between members")
     scale: str = "pixels / 255"
     mean: list[float] | None = Field(description="per channel; None: differs between members")
     std: list[float] | None
@@ -81,7 +81,8 @@ class RunMeta(TrainingSummary, DecisionRule):
     model: str
     members: list[str]
     image_size: int
-    intensity: Intensity
+    intensity: Intensity | None
+    """None: an ensemble whose members normalise intensity differently (each its own way)."""
     preprocessing: Preprocessing
     class_names: list[str]
     task: Task
@@ -107,11 +108,12 @@ def _torch_version() -> str | None:
 @dataclass(frozen=True)
 class RunDescription:
     """What a run is, before its decision rule is chosen: the model (or ensemble), its input and
-    how it was trained. ``mean``/``std``: per channel, None where an ensemble's members differ."""
+    how it was trained. ``intensity``, ``mean``/``std`` (per channel): None where an ensemble's
+    members differ."""
 
     model: str
     image_size: int
-    intensity: Intensity
+    intensity: Intensity | None
     task: Task
     mean: list[float] | None
     std: list[float] | None

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pneumolab.data.intensity import equalize_array, normalize_intensity_array
+from pneumolab.data.intensity import clahe_array, equalize_array, normalize_intensity_array
 from pneumolab.data.transforms import normalize_intensity
 
 SHAPES = st.tuples(
@@ -28,7 +28,7 @@ def uint8_images(draw) -> np.ndarray:
 
 
 @settings(max_examples=300, deadline=None)
-@given(uint8_images(), st.sampled_from(["none", "equalize"]))
+@given(uint8_images(), st.sampled_from(["none", "equalize", "clahe"]))
 def test_numpy_path_gives_the_torch_path_model_input_bit_for_bit(pixels, method):
     expected = (normalize_intensity(torch.from_numpy(pixels), method).float() / 255.0).numpy()
     got = normalize_intensity_array(pixels, method) / np.float32(255)
@@ -43,6 +43,19 @@ def test_equalize_spreads_a_dark_image_and_keeps_a_flat_one():
     np.testing.assert_array_equal(equalize_array(flat), flat)
 
 
+def test_clahe_works_per_image_and_keeps_a_flat_image_flat():
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (3, 1, 40, 40), dtype=np.uint8)
+    batch[1] //= 8  # a dark image: equalised on its own, whatever its neighbours in the batch
+    out = clahe_array(batch)
+    assert out.shape == batch.shape and out.dtype == np.uint8
+    for image, expected in zip(batch, out, strict=True):
+        np.testing.assert_array_equal(clahe_array(image[None]), expected[None])
+    assert out[1].max() > 4 * batch[1].max() // 2  # local contrast stretched
+    flat = np.full((1, 1, 32, 32), 77, dtype=np.uint8)
+    assert np.unique(clahe_array(flat)).size == 1
+
+
 def test_unknown_method_is_refused():
-    with pytest.raises(ValueError, match="unknown intensity normalisation 'clahe'"):
-        normalize_intensity_array(np.zeros((1, 1, 4, 4), np.uint8), "clahe")
+    with pytest.raises(ValueError, match="unknown intensity normalisation 'wavelet'"):
+        normalize_intensity_array(np.zeros((1, 1, 4, 4), np.uint8), "wavelet")

@@ -81,6 +81,54 @@ def test_members_on_different_splits_are_refused(members, tmp_path):
     assert not (tmp_path / "ens").exists()
 
 
+def test_members_of_different_image_sizes_and_intensities_form_an_ensemble(members, tmp_path):
+    from PIL import Image
+
+    from pneumolab.data.imageio import resize_square
+
+    data, runs = members
+    larger = train(
+        data, tmp_path / "c", TrainConfig(epochs=1, **(TINY_TRAINING | {"image_size": 40}))
+    )
+    ensemble = build_ensemble([runs[0].root, larger.root], tmp_path / "ens")
+    assert ensemble.read_meta().image_size == 40  # decoded at the largest size
+    assert "(32 px)" in (ensemble.root / "MODEL_CARD.md").read_text()
+
+    image = runs[0].read_split(data, "val")[0].path
+    predictor = Predictor.from_run(ensemble.root)
+    pixels = predictor.preprocess_array(image)[None]
+    smaller = resize_square(Image.fromarray(pixels[0, 0]), 32)[None, None]
+    expected = np.mean(
+        [
+            Predictor.from_run(runs[0].root).scorer(smaller).probability,
+            Predictor.from_run(larger.root).scorer(pixels).probability,
+        ]
+    )
+    assert predictor.predict(image).probability == pytest.approx(expected, abs=1e-6)
+
+    # another intensity normalisation: each member normalises its own input
+    raw = train(data, tmp_path / "d", TrainConfig(epochs=1, intensity="clahe", **TINY_TRAINING))
+    mixed = build_ensemble([runs[0].root, raw.root], tmp_path / "ens2")
+    assert mixed.read_meta().intensity is None
+    assert "each member its own" in (mixed.root / "MODEL_CARD.md").read_text()
+    singles = [Predictor.from_run(r).predict(image).probability for r in (runs[0].root, raw.root)]
+    got = Predictor.from_run(mixed.root).predict(image).probability
+    assert got == pytest.approx(np.mean(singles), abs=1e-6)
+
+
+def test_the_ensemble_command(members, tmp_path, capsys):
+    from pneumolab.cli import main
+
+    _, runs = members
+    out = tmp_path / "ens"
+    assert main(["ensemble", str(runs[0].root), str(runs[1].root), "--out", str(out)]) == 0
+    assert out.joinpath("meta.json").is_file() and "ensemble written to" in capsys.readouterr().err
+    assert main(["ensemble", str(runs[0].root), "--out", str(tmp_path / "one")]) == 2
+    assert "at least two finished runs" in capsys.readouterr().err
+    assert main(["ensemble", str(runs[0].root), str(runs[1].root), "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
 def test_an_ensemble_is_served(members, tmp_path):
     from fastapi.testclient import TestClient
 

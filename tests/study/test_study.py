@@ -90,6 +90,28 @@ def test_resumed_study_does_not_retrain_finished_models(study):
     assert weights.stat().st_mtime_ns == stamp  # (1: vgg19 still has no weights offline)
 
 
+def test_seeds_of_one_split_and_a_run_trained_before_split_seed_existed(study, tmp_path):
+    root, data, _, _ = study
+    study_file = tmp_path / "seeds.yaml"
+    models = [
+        {"name": "small", "model": "pneumolab_cnn_small"},
+        {"name": "small_seed3", "model": "pneumolab_cnn_small", "seed": 3},
+    ]
+    study_file.write_text(yaml.safe_dump({"defaults": TINY | {"split_seed": 0}, "models": models}))
+    configs = load_study(study_file).train_configs()
+    assert configs["small_seed3"].seed == 3 and configs["small_seed3"].data_seed == 0
+    # "small" was trained with split_seed unset (= its seed, 0): the same split, so reused
+    shutil.copytree(root / "out" / "runs" / "small", tmp_path / "out" / "runs" / "small")
+    weights = tmp_path / "out" / "runs" / "small" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    models = models[:1]
+    study_file.write_text(yaml.safe_dump({"defaults": TINY | {"split_seed": 0}, "models": models}))
+    assert (
+        main(["study", str(study_file), "--data", str(data), "--out", str(tmp_path / "out")]) == 0
+    )
+    assert weights.stat().st_mtime_ns == stamp
+
+
 def test_changed_settings_of_a_finished_model_are_refused(study, tmp_path, capsys):
     root, data, _, _ = study
     changed = _study_file(
@@ -123,7 +145,8 @@ def test_compare_builds_the_same_table_from_runs(study, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("models", "message"),
     [
-        ([{"name": "a", "model": "resnet18", "seed": 3}], "seed can only be set in 'defaults'"),
+        ([{"name": "a", "split_seed": 3}], "split_seed can only be set in 'defaults'"),
+        ([{"name": "a"}, {"name": "b", "seed": 3}], "seed 3 would move the validation split"),
         ([{"name": "a"}, {"name": "a"}], "used twice"),
         ([{"model": "resnet18"}], "needs a 'name'"),
         ([{"name": "a", "epochs": 0}], "epochs"),
@@ -139,9 +162,9 @@ def test_shipped_study_files_are_valid():
     from pathlib import Path
 
     configs = Path(__file__).resolve().parents[2] / "configs"
-    for name in ("study-seed.yaml", "study-best.yaml"):
-        study = load_study(configs / name)
-        assert len(study.train_configs()) >= 2
+    for path in sorted(configs.glob("study-*.yaml")):
+        study = load_study(path)
+        assert len(study.train_configs()) >= 2, path.name
 
 
 @pytest.mark.parametrize(

@@ -153,3 +153,16 @@ def test_the_training_phases_leave_an_unfinished_run_until_the_post_training_ste
     assert [s.path for s in trained.split.val] == [s.path for s in planned.val]  # same seed
     description = describe_trained(trained)
     assert description.model == "pneumolab_cnn_small" and description.training.best_epoch == 0
+
+
+def test_split_seed_fixes_the_split_while_seed_changes_the_rest(synthetic_data, tmp_path):
+    from pneumolab.training.split import check_run_dir, prepare_split
+
+    def val_paths(**seeds: int) -> list[str]:
+        config = TrainConfig(**TINY, **seeds)
+        split = prepare_split(synthetic_data, check_run_dir(tmp_path / "run", False), config, False)
+        return [str(s.path) for s in split.val]
+
+    assert val_paths(seed=3, split_seed=0) == val_paths(seed=0)
+    assert val_paths(seed=3) != val_paths(seed=0)  # without it, the seed moves the split too
+    assert TrainConfig(seed=3).data_seed == 3 and TrainConfig(seed=3, split_seed=1).data_seed == 1

@@ -34,6 +34,19 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_weights(args: argparse.Namespace) -> int:
+    from pneumolab.models.weights_import import import_weights
+
+    written = import_weights(args.source, args.model, args.out, args.tag, args.overwrite)
+    say(
+        f"'{args.model}' weights written to ",
+        (str(written), "bold"),
+        "; train with --weights ",
+        (str(args.out), "bold"),
+    )
+    return 0
+
+
 def cmd_data_check(args: argparse.Namespace) -> int:
     from pneumolab.data.check import check_dataset
 
@@ -156,6 +169,19 @@ def cmd_study(args: argparse.Namespace) -> int:
         )
     console.print(f"table: {result.outputs.get('markdown')}; chart: {result.outputs.get('chart')}")
     return 1 if result.failed else 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from pneumolab.cli.tables import metrics_table
+    from pneumolab.pipeline.ensemble import build_ensemble
+
+    run = build_ensemble(args.run_dirs, args.out, args.target_sensitivity)
+    meta = run.read_meta()
+    console.print(
+        metrics_table(meta.val_metrics.model_dump(), f"validation (patient-grouped) — {meta.model}")
+    )
+    say("ensemble written to ", (str(run.root), "bold"))
+    return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -62,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--weights", help="local weights file or folder to look in")
     models.set_defaults(func=cmd.cmd_models)
 
+    imports = commands.add_parser(
+        "import-weights", help="convert another port's ImageNet weights to timm's layout"
+    )
+    imports.add_argument("source", type=Path, help=".pth/.pt/.bin/.safetensors state dict")
+    imports.add_argument("--model", required=True, help="timm architecture they belong to")
+    imports.add_argument("--out", type=Path, required=True, help="weights folder to write into")
+    imports.add_argument("--tag", default="imported", help="file name tag (default: imported)")
+    imports.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    imports.set_defaults(func=cmd.cmd_import_weights)
+
     train = commands.add_parser("train", help="train a model into a run directory")
     train.add_argument("--data", type=Path, required=True, help="dataset root (holds train/)")
     train.add_argument("--out", type=Path, required=True, help="run directory to create")
@@ -80,6 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--out", type=Path, required=True, help="study directory (resumable)")
     add_config_flags(study, exclude=("model",))  # each flag overrides every model of the study
     study.set_defaults(func=cmd.cmd_study)
+
+    ensemble = commands.add_parser(
+        "ensemble", help="average finished runs of one split into an ensemble run directory"
+    )
+    ensemble.add_argument("run_dirs", type=Path, nargs="+", help="member runs (two or more)")
+    ensemble.add_argument(
+        "--out", type=Path, required=True, help="ensemble run directory to create"
+    )
+    ensemble.add_argument(
+        "--target-sensitivity",
+        type=float,
+        default=0.95,
+        help="validation sensitivity its threshold keeps (default: 0.95)",
+    )
+    ensemble.set_defaults(func=cmd.cmd_ensemble)
 
     compare = commands.add_parser("compare", help="compare finished runs on a split")
     compare.add_argument("run_dirs", type=Path, nargs="+")

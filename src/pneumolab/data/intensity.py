@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import numpy as np
 
-INTENSITY_METHODS = ("none", "equalize")
+INTENSITY_METHODS = ("none", "equalize", "clahe")
 """Intensity normalisation applied to every image, in training and inference alike.
 
 ``equalize``: global histogram equalisation. Any monotonic change of exposure, contrast or
 gamma leaves an image's equalised version (nearly) unchanged, so the model never sees those
 acquisition differences at all.
+``clahe``: contrast-limited adaptive histogram equalisation (OpenCV; 8 x 8 tiles, clip limit
+2): equalises each region against its own neighbourhood, so local contrast (e.g. an opacity
+against the lung field) is kept where one global mapping would flatten it.
 """
+
+CLAHE_CLIP_LIMIT = 2.0
+CLAHE_TILES = (8, 8)
 
 
 def equalize_array(pixels: np.ndarray) -> np.ndarray:
@@ -39,10 +45,21 @@ def equalize_array(pixels: np.ndarray) -> np.ndarray:
     return np.where(valid[:, None], equalized, planes).reshape(pixels.shape)
 
 
+def clahe_array(pixels: np.ndarray) -> np.ndarray:
+    """CLAHE (OpenCV) of each ``(H, W)`` plane of uint8 ``(..., H, W)`` pixels."""
+    import cv2  # only where CLAHE is asked for
+
+    clahe = cv2.createCLAHE(clipLimit=CLAHE_CLIP_LIMIT, tileGridSize=CLAHE_TILES)
+    planes = np.ascontiguousarray(pixels, dtype=np.uint8).reshape(-1, *pixels.shape[-2:])
+    return np.stack([clahe.apply(plane) for plane in planes]).reshape(pixels.shape)
+
+
 def normalize_intensity_array(pixels: np.ndarray, method: str) -> np.ndarray:
     """Apply intensity normalisation ``method`` to uint8 NumPy images ``(..., H, W)``."""
     if method == "none":
         return pixels
     if method == "equalize":
         return equalize_array(pixels)
+    if method == "clahe":
+        return clahe_array(pixels)
     raise ValueError(f"unknown intensity normalisation {method!r}; choose from {INTENSITY_METHODS}")

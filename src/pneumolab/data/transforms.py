@@ -17,7 +17,7 @@ import torch
 from torch.nn.functional import affine_grid, conv2d, grid_sample, interpolate, pad
 from torchvision.transforms.v2 import functional as F
 
-from pneumolab.data.intensity import INTENSITY_METHODS
+from pneumolab.data.intensity import INTENSITY_METHODS, clahe_array
 
 
 def normalize_intensity(pixels: torch.Tensor, method: str) -> torch.Tensor:
@@ -28,6 +28,9 @@ def normalize_intensity(pixels: torch.Tensor, method: str) -> torch.Tensor:
         return pixels
     if method == "equalize":
         return F.equalize(pixels)
+    if method == "clahe":  # OpenCV on the CPU: no torchvision equivalent
+        planes = clahe_array(pixels.detach().cpu().numpy())
+        return torch.from_numpy(planes).to(pixels.device)
     raise ValueError(f"unknown intensity normalisation {method!r}; choose from {INTENSITY_METHODS}")
 
 

@@ -27,7 +27,7 @@ from pneumolab.data.imageio import (
 from pneumolab.errors import ImageLoadError, RunDirError
 from pneumolab.inference.decoding import decoded_batches
 from pneumolab.inference.prediction import Prediction, gated_prediction
-from pneumolab.inference.scores import Scorer, mean_scores, torch_scorer, with_tta
+from pneumolab.inference.scores import Scorer, at_size, mean_scores, torch_scorer, with_tta
 from pneumolab.run import RunDir
 from pneumolab.run_meta import RunMeta
 from pneumolab.scope.checks import ScopeChecks, image_sanity
@@ -156,6 +156,8 @@ class Predictor:
                 raise ValueError("Predictor needs a model or a scorer")
             module = ood.scorer if ood else None
             device = next(model.parameters()).device
+            if meta.intensity is None:
+                raise RunDirError("a single model's run must record its intensity normalisation")
             scorer = torch_scorer(model, meta.intensity, module.to(device) if module else None)
         self.run_dir: Path | None = None
         self.tta = False
@@ -163,11 +165,20 @@ class Predictor:
         self.meta = meta
         self.image_size = meta.image_size
         self.threshold = meta.threshold
-        self.intensity = meta.intensity
         self.class_names = tuple(meta.class_names)
         self.ood = ood
         self.scope_verdict = scope_verdict
         self.scorer = scorer
+
+    @property
+    def intensity(self) -> str:
+        """The intensity normalisation of the run's input (RunDirError for an ensemble whose
+        members normalise differently: each then scores its own input)."""
+        if self.meta.intensity is None:
+            raise RunDirError(
+                f"{self.run_dir or 'this ensemble'}: its members normalise intensity differently"
+            )
+        return self.meta.intensity
 
     @cached_property
     def model_version(self) -> str:
@@ -234,7 +245,8 @@ class Predictor:
             ood = None
         if meta.is_ensemble:
             members = [cls._load(m.root, device, backend, None) for m in run.member_runs()]
-            return cls(None, meta, mean_scores([m.scorer for m in members]), ood)
+            scorers = [at_size(m.scorer, m.image_size) for m in members]
+            return cls(None, meta, mean_scores(scorers), ood)
         if backend != "torch":
             from pneumolab.inference.onnx_backend import run_exported_backend  # only when asked
 

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
+from PIL import Image
+
+from pneumolab.data.imageio import resize_square
 
 if TYPE_CHECKING:
     import torch
@@ -62,6 +65,22 @@ def mean_scores(scorers: Sequence[Scorer]) -> Scorer:
         )
 
     return averaged
+
+
+def at_size(scorer: Scorer, size: int) -> Scorer:
+    """``scorer`` of a model trained at ``size`` px, fed square pixels of another size: each
+    image is first resized to ``size`` the way training resized the dataset's copies."""
+
+    def resized(pixels: Any) -> Scores:
+        planes = np.asarray(pixels)
+        if planes.shape[-1] == size:
+            return scorer(planes)
+        out = np.zeros((len(planes), 1, size, size), dtype=np.uint8)
+        for index, plane in enumerate(planes):
+            out[index, 0] = resize_square(Image.fromarray(plane[0]), size)
+        return scorer(out)
+
+    return resized
 
 
 def with_tta(scorer: Scorer) -> Scorer:

@@ -19,6 +19,8 @@ STUDY_MODELS: dict[str, str] = {
     "legacy_xception": "Xception",
     "mobilenetv2_100": "MobileNet",
     "tf_efficientnet_lite0": "EfficientNet",
+    "tf_efficientnet_lite1": "EfficientNet",
+    "tf_efficientnet_lite2": "EfficientNet",
     "efficientnet_b0": "EfficientNet",
     "resnet18": "ResNet",
     "resnet50": "ResNet",

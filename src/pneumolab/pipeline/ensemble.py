@@ -1,5 +1,7 @@
 """Ensembles: the mean probability of finished runs, with its own threshold chosen on validation
-(and the mean of their OOD scores, with its own OOD threshold).
+(and the mean of their OOD scores, with its own OOD threshold). Members may differ in
+architecture, seed, image size and intensity normalisation (each scores its own input); they
+share the validation split.
 
 An ensemble is a run directory like any other (``evaluate``, ``predict``, ``serve`` and
 ``report`` accept it); its meta.json lists the paths of its members instead of weights.
@@ -29,18 +31,12 @@ def _check_compatible(runs: list[RunDir], metas: list[RunMeta]) -> None:
     if nested:
         raise RunDirError(f"{nested[0]}: is an ensemble; list its members instead")
     first = runs[0]
-    for run, meta in zip(runs[1:], metas[1:], strict=True):
+    for run in runs[1:]:
         if run.split.read_bytes() != first.split.read_bytes():
             raise RunDirError(
                 f"{run.root} and {first.root} were trained on different splits (split.csv): "
                 "an ensemble's threshold must be chosen on one validation split"
             )
-        for what, attribute in (("image size", "image_size"), ("intensity", "intensity")):
-            if getattr(meta, attribute) != getattr(metas[0], attribute):
-                raise RunDirError(
-                    f"{run.root} has {what} {getattr(meta, attribute)!r}, {first.root} "
-                    f"{getattr(metas[0], attribute)!r}: ensemble members must share the {what}"
-                )
 
 
 def _shared(values: list[list[float] | None]) -> list[float] | None:
@@ -50,10 +46,11 @@ def _shared(values: list[list[float] | None]) -> list[float] | None:
 
 def _describe(metas: list[RunMeta], members: list[str]) -> RunDescription:
     """The ensemble: its members' shared input, the sums of their sizes and training times."""
+    intensities = {m.intensity for m in metas}
     return RunDescription(
         model="ensemble(" + " + ".join(m.model for m in metas) + ")",
-        image_size=metas[0].image_size,
-        intensity=metas[0].intensity,
+        image_size=max(m.image_size for m in metas),  # smaller members resize from it
+        intensity=intensities.pop() if len(intensities) == 1 else None,
         task="binary",  # the mean of the members' pneumonia probabilities
         mean=_shared([m.preprocessing.mean for m in metas]),
         std=_shared([m.preprocessing.std for m in metas]),
@@ -69,7 +66,11 @@ def _describe(metas: list[RunMeta], members: list[str]) -> RunDescription:
 def build_ensemble(
     run_dirs: Sequence[str | Path], out_dir: str | Path, target_sensitivity: float = 0.95
 ) -> RunDir:
-    """Write an ensemble of ``run_dirs`` (same split, same image size) into ``out_dir``."""
+    """Write an ensemble of ``run_dirs`` (trained on the same split) into ``out_dir``.
+
+    Members may differ in image size: the ensemble decodes images at the largest, and each
+    smaller member resizes them to its own size as training resized the dataset's copies.
+    """
     runs = [RunDir(Path(d)) for d in run_dirs]
     metas = [run.read_meta() for run in runs]
     _check_compatible(runs, metas)

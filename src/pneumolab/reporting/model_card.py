@@ -163,10 +163,13 @@ def model_card_text(run: RunDir, val_evaluation: dict[str, Any] | None = None) -
         "",
         f"- Architecture: `{meta.model}` (pretrained: {config.get('pretrained', '—')}, "
         f"strategy: {meta.strategy})",
-        *(f"- Ensemble member: `{member}`" for member in meta.members),
+        *(
+            f"- Ensemble member: `{name}` ({member.read_meta().image_size} px)"
+            for name, member in zip(meta.members, run.member_runs(), strict=True)
+        ),
         f"- Input size: {meta.image_size} × {meta.image_size} px, 1 channel",
         f"- Preprocessing: {prep.color}; resize {prep.resize}; scale {prep.scale}",
-        f"- Intensity normalisation: `{meta.intensity}`",
+        f"- Intensity normalisation: `{meta.intensity or 'each member its own'}`",
         f"- Best epoch: {meta.best_epoch}; training time {meta.train_seconds} s",
         *_distributed_lines(meta.distributed),
         f"- Versions: pneumolab {meta.pneumolab_version}, torch {meta.torch_version}",

@@ -31,6 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
 from pneumolab.errors import RunDirError
+from pneumolab.files import write_atomically
 
 if TYPE_CHECKING:
     from pneumolab.scope.mahalanobis import MahalanobisScore
@@ -107,9 +108,8 @@ class OodModel:
             "val_flagged_fraction": repr(self.val_flagged_fraction),
             "provenance": json.dumps(self.provenance),
         }
-        tmp = path.with_name(path.name + ".partial")
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp, metadata=metadata)
-        tmp.replace(path)
+        contiguous = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+        write_atomically(path, lambda partial: save_file(contiguous, partial, metadata=metadata))
 
     @classmethod
     def load(cls, path: Path) -> OodModel:

@@ -11,8 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pneumolab.config import TrainConfig, load_yaml, resolve_config
 from pneumolab.errors import ConfigError
 
-SPLIT_SETTINGS = ("seed", "val_fraction", "max_train_images")
-"""Set once in ``defaults``: every model of a study is validated on the same split."""
+SPLIT_SETTINGS = ("split_seed", "val_fraction", "max_train_images")
+"""Set once in ``defaults``: every model of a study is validated on the same split (a model may
+set its own ``seed`` when ``defaults`` fix ``split_seed``)."""
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
@@ -75,6 +76,13 @@ class StudyConfig(BaseModel):
                 configs[name] = resolve_config(None, self.defaults | entry | given)
             except ConfigError as exc:
                 raise ConfigError(f"{where} ({name}): {exc}") from None
+        first = next(iter(configs))
+        for name, config in configs.items():
+            if config.data_seed != configs[first].data_seed:
+                raise ConfigError(
+                    f"model '{name}': its seed {config.seed} would move the validation split "
+                    f"away from '{first}''s; set split_seed in 'defaults' to keep one split"
+                )
         for ensemble in self.ensembles:
             unknown = [m for m in ensemble.members if m not in configs]
             if unknown:

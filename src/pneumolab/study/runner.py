@@ -56,8 +56,10 @@ def _train_or_reuse(name: str, config: TrainConfig, data_dir: Path, run: RunDir)
     """Train ``name``; a finished run is reused (if its config is the same), an interrupted one
     resumed, and a folder left before the first checkpoint started again."""
     if run.config.is_file():
-        saved = TrainConfig(**load_yaml(run.config)).model_dump()  # fields added since: defaults
-        wanted = config.model_dump()
+        saved_config = TrainConfig(**load_yaml(run.config))  # fields added since: defaults
+        # split_seed none means "the seed": compare the split each one really used
+        saved = saved_config.model_dump() | {"split_seed": saved_config.data_seed}
+        wanted = config.model_dump() | {"split_seed": config.data_seed}
         changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
         if changed:
             raise ConfigError(

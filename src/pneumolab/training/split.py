@@ -39,7 +39,7 @@ def _grouped_split(samples: list[Sample], config: TrainConfig) -> tuple[list[Sam
     """:func:`grouped_split`; when it fails, unreadable images are named as the likelier cause
     (identical junk files count as one patient, so they look like too few patients)."""
     try:
-        return grouped_split(samples, config.val_fraction, config.seed)
+        return grouped_split(samples, config.val_fraction, config.data_seed)
     except DataLayoutError as exc:
         problems = unreadable(samples)
         if not problems:
@@ -83,7 +83,7 @@ def prepare_split(
     else:
         config = config or TrainConfig()
         found = scan_split(find_splits(data_root)["train"])
-        all_train = _subset(found, config.max_train_images, config.seed)
+        all_train = _subset(found, config.max_train_images, config.data_seed)
         train, val = _grouped_split(all_train, config)
     if config.task == "three_class":
         subtype_labels(train + val)  # every pneumonia file name has its subtype

@@ -12,7 +12,7 @@ import lightning as L
 from safetensors.torch import save_file
 
 from pneumolab.config import TrainConfig, resolve_config
-from pneumolab.files import apply_umask, write_atomically
+from pneumolab.files import write_atomically
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.models.registry import create_classifier
 from pneumolab.run import RunDir
@@ -88,8 +88,4 @@ def save_weights(model: XrayClassifier, path: Path) -> None:
     """The model's weights as safetensors (no pickle), written atomically."""
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
 
-    def write(partial: Path) -> None:
-        save_file(tensors, partial)
-        apply_umask(partial)  # safetensors alone creates 0600: unreadable for a serving account
-
-    write_atomically(path, write)
+    write_atomically(path, lambda partial: save_file(tensors, partial))
