@@ -97,7 +97,7 @@ def test_members_of_different_image_sizes_and_intensities_form_an_ensemble(membe
     image = runs[0].read_split(data, "val")[0].path
     predictor = Predictor.from_run(ensemble.root)
     pixels = predictor.preprocess_array(image)[None]
-    smaller = resize_square(Image.fromarray(pixels[0, 0]), 32)[None, None]
+    smaller = resize_square(Image.fromarray(pixels[0, 0]), 32)[None, None].copy()
     expected = np.mean(
         [
             Predictor.from_run(runs[0].root).scorer(smaller).probability,
