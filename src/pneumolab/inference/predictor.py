@@ -151,18 +151,16 @@ class Predictor:
         (its threshold; with a PyTorch model also its scorer). ``scope_verdict``: out-of-scope
         inputs get the ``OUT_OF_SCOPE`` label (else their class label, flagged all the same)."""
         self.backend_name = "torch" if scorer is None else "custom"
+        self.run_dir: Path | None = None
+        self.meta = meta
         if scorer is None:
             if model is None:
                 raise ValueError("Predictor needs a model or a scorer")
             module = ood.scorer if ood else None
             device = next(model.parameters()).device
-            if meta.intensity is None:
-                raise RunDirError("a single model's run must record its intensity normalisation")
-            scorer = torch_scorer(model, meta.intensity, module.to(device) if module else None)
-        self.run_dir: Path | None = None
+            scorer = torch_scorer(model, self.intensity, module.to(device) if module else None)
         self.tta = False
         self.model = model.eval() if model is not None else None
-        self.meta = meta
         self.image_size = meta.image_size
         self.threshold = meta.threshold
         self.class_names = tuple(meta.class_names)
@@ -172,11 +170,12 @@ class Predictor:
 
     @property
     def intensity(self) -> str:
-        """The intensity normalisation of the run's input (RunDirError for an ensemble whose
-        members normalise differently: each then scores its own input)."""
+        """The intensity normalisation of the run's input (RunDirError where meta.json records
+        none: an ensemble whose members normalise differently, each scoring its own input)."""
         if self.meta.intensity is None:
             raise RunDirError(
-                f"{self.run_dir or 'this ensemble'}: its members normalise intensity differently"
+                f"{self.run_dir or 'this run'}: no single intensity normalisation (an ensemble "
+                "whose members normalise intensity differently)"
             )
         return self.meta.intensity
 
