@@ -19,19 +19,21 @@ from pneumolab.data.dataset import decode_samples
 from pneumolab.evaluation.metrics import binary_metrics
 from pneumolab.evaluation.shift import shift_protocol
 from pneumolab.inference.predictor import Predictor
+from pneumolab.inference.scores import Scorer, with_tta
 from pneumolab.run import RunDir
 
 
-def figures_for(run_dir: Path, data: Path, draws: int, tta: bool) -> dict[str, tuple[float, float]]:
+def figures_for(
+    scorer: Scorer, pixels: np.ndarray, labels: np.ndarray, threshold: float, draws: int
+) -> dict[str, tuple[float, float]]:
     """``{scenario: (mean ROC AUC, mean specificity)}``, clean included."""
-    predictor = Predictor.from_run(run_dir, tta=tta)
-    decoded = decode_samples(RunDir(run_dir).read_split(data, "val"), predictor.image_size)
-    labels = np.array([s.label for s in decoded.samples])
-    clean = binary_metrics(labels, predictor.backend(decoded.pixels), predictor.threshold)
+
+    def backend(images: np.ndarray) -> np.ndarray:
+        return scorer(images).probability
+
+    clean = binary_metrics(labels, backend(pixels), threshold)
     figures = {"clean": (clean.roc_auc, clean.specificity)}
-    for result in shift_protocol(
-        predictor.backend, decoded.pixels, labels, predictor.threshold, draws
-    ):
+    for result in shift_protocol(backend, pixels, labels, threshold, draws):
         summary = result.summary()
         figures[result.scenario] = (summary["mean_roc_auc"], summary["mean_specificity"])
     return figures
@@ -49,7 +51,13 @@ def main() -> None:
         "|---|---|---|---|",
     ]
     for run in args.runs:
-        plain, tta = (figures_for(run, args.data, args.draws, t) for t in (False, True))
+        predictor = Predictor.from_run(run)  # loaded and decoded once, scored both ways
+        decoded = decode_samples(RunDir(run).read_split(args.data, "val"), predictor.image_size)
+        labels = np.array([s.label for s in decoded.samples])
+        plain, tta = (
+            figures_for(scorer, decoded.pixels, labels, predictor.threshold, args.draws)
+            for scorer in (predictor.scorer, with_tta(predictor.scorer))
+        )
         lines += [
             f"| {run.name} | {s} | {plain[s][0]:.4f} / {plain[s][1]:.3f} | "
             f"{tta[s][0]:.4f} / {tta[s][1]:.3f} |"

@@ -52,7 +52,7 @@ def test_tiny_run_meta_is_complete(tiny_run):
     run_dir, _ = tiny_run
     meta = RunDir(run_dir).read_meta()
     assert meta.schema_version == SCHEMA_VERSION
-    assert (meta.intensity, meta.task, meta.strategy) == ("equalize", "binary", "finetune")
+    assert (meta.intensity, meta.task, meta.strategy) == ("clahe", "binary", "finetune")
     assert meta.preprocessing.mean == [0.5, 0.5, 0.5] and meta.torch_version
     assert meta.default_point.threshold == meta.threshold
     assert json.loads((run_dir / "meta.json").read_text())["schema_version"] == SCHEMA_VERSION

@@ -90,8 +90,15 @@ class TrainConfig(BaseModel):
         "step; validation, checkpoints and the saved model use it (none: off)",
     )
     intensity: Intensity = Field(
-        default="equalize",
+        default="clahe",
         description="intensity normalisation of every image (train and inference)",
+    )
+    border_fade: float = Field(
+        default=0.0,
+        ge=0,
+        lt=0.5,
+        description="border suppression: the outer share of each side fades to black inside "
+        "the model, in training and inference alike (0: off)",
     )
     monitor: Monitor = Field(
         default="val_auc",

@@ -35,6 +35,11 @@ class Preprocessing(Result):
     scale: str = "pixels / 255"
     mean: list[float] | None = Field(description="per channel; None: differs between members")
     std: list[float] | None
+    border_fade: float | None = Field(
+        default=0.0,
+        description="share of each side faded to black inside the model (border suppression); "
+        "None: differs between members",
+    )
 
 
 class FeatureCacheStats(Result):
@@ -108,8 +113,8 @@ def _torch_version() -> str | None:
 @dataclass(frozen=True)
 class RunDescription:
     """What a run is, before its decision rule is chosen: the model (or ensemble), its input and
-    how it was trained. ``intensity``, ``mean``/``std`` (per channel): None where an ensemble's
-    members differ."""
+    how it was trained. ``intensity``, ``mean``/``std`` (per channel), ``border_fade``: None where
+    an ensemble's members differ."""
 
     model: str
     image_size: int
@@ -120,6 +125,7 @@ class RunDescription:
     training: TrainingSummary
     members: list[str] = field(default_factory=list)
     val_subtype_metrics: SubtypeMetrics | None = None
+    border_fade: float | None = 0.0
 
 
 def describe_run(
@@ -135,7 +141,13 @@ def describe_run(
         members=d.members,
         image_size=d.image_size,
         intensity=d.intensity,
-        preprocessing=Preprocessing(resize=resize, intensity=d.intensity, mean=d.mean, std=d.std),
+        preprocessing=Preprocessing(
+            resize=resize,
+            intensity=d.intensity,
+            mean=d.mean,
+            std=d.std,
+            border_fade=d.border_fade,
+        ),
         class_names=list(CLASS_NAMES),
         task=d.task,
         subtype_names=list(SUBTYPE_NAMES) if d.task == "three_class" else None,

@@ -12,13 +12,13 @@ def test_timm_backbones_describe_inputs_by_their_stage_at_one_sixteenth() -> Non
     with torch.no_grad():
         pooled, scope = model.features_and_scope(x)
         assert torch.allclose(pooled, model.features(x), atol=1e-5)
-    assert model.backbone.feature_info[model.scope_stage()]["reduction"] == 16
+    assert model.backbone.feature_info[model.scope_stage]["reduction"] == 16
     assert scope.shape == (2, 96)  # MobileNetV2's blocks.4
 
 
 def test_backbones_without_stages_fall_back_to_the_pooled_features() -> None:
     model = create_classifier("pneumolab_cnn_small", pretrained=False, num_classes=1).eval()
-    assert model.scope_stage() is None
+    assert model.scope_stage is None
     with torch.no_grad():
         pooled, scope = model.features_and_scope(torch.rand(2, 1, 32, 32))
     assert torch.equal(pooled, scope)

@@ -48,8 +48,8 @@ def test_ensemble_scores_the_mean_with_its_own_threshold(members, tmp_path):
     assert (ensemble.root / "MODEL_CARD.md").read_text().count("Ensemble member") == 2
     typed = ensemble.read_meta()  # the fields a single run's meta has, from the same writer
     assert typed.is_ensemble and not (ensemble.root / "members.json").exists()
-    assert (typed.intensity, typed.task) == ("equalize", "binary")
-    assert typed.preprocessing.intensity == "equalize" and typed.torch_version
+    assert (typed.intensity, typed.task) == ("clahe", "binary")
+    assert typed.preprocessing.intensity == "clahe" and typed.torch_version
     assert typed.preprocessing.mean == runs[0].read_meta().preprocessing.mean
 
     predictor = Predictor.from_run(ensemble.root)
@@ -106,11 +106,15 @@ def test_members_of_different_image_sizes_and_intensities_form_an_ensemble(membe
     )
     assert predictor.predict(image).probability == pytest.approx(expected, abs=1e-6)
 
-    # another intensity normalisation: each member normalises its own input
-    raw = train(data, tmp_path / "d", TrainConfig(epochs=1, intensity="clahe", **TINY_TRAINING))
+    # another intensity normalisation and border suppression: each member prepares its own input
+    other = TrainConfig(epochs=1, intensity="equalize", border_fade=0.1, **TINY_TRAINING)
+    raw = train(data, tmp_path / "d", other)
     mixed = build_ensemble([runs[0].root, raw.root], tmp_path / "ens2")
     assert mixed.read_meta().intensity is None
-    assert "each member its own" in (mixed.root / "MODEL_CARD.md").read_text()
+    assert mixed.read_meta().preprocessing.border_fade is None
+    card = (mixed.root / "MODEL_CARD.md").read_text()
+    assert "Intensity normalisation: `each member its own`" in card
+    assert "Border suppression: each member its own" in card
     singles = [Predictor.from_run(r).predict(image).probability for r in (runs[0].root, raw.root)]
     got = Predictor.from_run(mixed.root).predict(image).probability
     assert got == pytest.approx(np.mean(singles), abs=1e-6)

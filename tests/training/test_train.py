@@ -97,11 +97,11 @@ def test_stored_preprocessing_reproduces_validation_scores(tiny_run):
     from pneumolab.inference.predictor import Predictor
 
     run = RunDir(tiny_run[0])
-    assert resolve_config(run.config).intensity == "equalize"
+    assert resolve_config(run.config).intensity == "clahe"
     with run.val_predictions.open() as f:
         rows = list(csv.DictReader(f))
     predictor = Predictor.from_run(run.root)
-    assert predictor.intensity == "equalize"
+    assert predictor.intensity == "clahe"
     results = list(predictor.predict_paths([row["path"] for row in rows]))
     for row, result in zip(rows, results, strict=True):
         assert result.probability == pytest.approx(float(row["probability"]), abs=1e-5)

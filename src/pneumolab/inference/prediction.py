@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from pneumolab.scope.checks import ScopeChecks
+from pneumolab.scope.ood import MAX_FLAGGED_VALIDATION
 
 OUT_OF_SCOPE_LABEL = "OUT_OF_SCOPE"
 """The label of an input the scope gate flagged (unless the predictor keeps class labels)."""
@@ -44,7 +45,8 @@ def ood_reason(ood_score: float, ood_threshold: float | None) -> tuple[str, ...]
         return ()
     return (
         f"image content unlike the training X-rays (OOD score {ood_score:.1f} > threshold "
-        f"{ood_threshold:.1f}, chosen to flag at most 1% of validation X-rays)",
+        f"{ood_threshold:.1f}, chosen to flag at most {MAX_FLAGGED_VALIDATION:.0%} of the "
+        "validation X-rays and their augmented copies)",
     )
 
 

@@ -255,7 +255,12 @@ class Predictor:
         from pneumolab.models.registry import create_classifier
 
         subtypes = meta.subtype_names or []
-        model = create_classifier(meta.model, pretrained=False, num_classes=len(subtypes) or 1)
+        model = create_classifier(
+            meta.model,
+            pretrained=False,
+            num_classes=len(subtypes) or 1,
+            border_fade=meta.preprocessing.border_fade or 0.0,
+        )
         try:
             model.load_state_dict(load_file(run.weights))
         except RuntimeError as exc:

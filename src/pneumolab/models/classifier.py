@@ -21,6 +21,28 @@ def pneumonia_logit(class_logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(class_logits[:, 1:], dim=1) - class_logits[:, 0]
 
 
+def border_fade_mask(height: int, width: int, fade: float) -> torch.Tensor:
+    """A ``(height, width)`` weight that is 1 inside and falls to 0 at the image edge along a
+    cosine ramp ``fade`` of each side wide (``fade`` 0.1 at 160 px: the outer 16 px)."""
+
+    def ramp(n: int) -> torch.Tensor:
+        index = torch.arange(n, dtype=torch.float32) + 0.5
+        distance = torch.minimum(index, n - index) / n  # to the nearest edge, as a share of n
+        return 0.5 - 0.5 * torch.cos(torch.pi * (distance / fade).clamp(max=1.0))
+
+    return ramp(height)[:, None] * ramp(width)[None, :]
+
+
+def scope_stage(backbone: Backbone) -> int | None:
+    """The stage (index into timm's ``feature_info``) whose mean activations describe an input
+    for the scope gate: the last one at 1/16 of the input resolution. None when the backbone
+    cannot return intermediate stages; the pooled features serve then."""
+    if not hasattr(backbone, "forward_intermediates") or not hasattr(backbone, "feature_info"):
+        return None
+    matches = [i for i, info in enumerate(backbone.feature_info) if info["reduction"] == 16]
+    return matches[-1] if matches else None
+
+
 class XrayClassifier(nn.Module):
     """Wrap an RGB backbone so it takes ``(B, 1, H, W)`` grayscale in [0, 1] and returns ``(B,)`` logits.
 
@@ -32,19 +54,36 @@ class XrayClassifier(nn.Module):
     The output is always the pneumonia logit, so thresholds, calibration, Grad-CAM and export
     work the same for the binary and the three-class (NORMAL / BACTERIAL / VIRAL) task;
     :meth:`class_logits` gives the per-class logits.
+
+    ``border_fade`` > 0 suppresses the border inside the module (so exported models carry it
+    too): the outer ``border_fade`` of each side fades to black (:func:`border_fade_mask`), after
+    augmentation in training, so the network cannot read collimation, markers or framing there.
     """
 
     backbone: Backbone
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, backbone: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        border_fade: float = 0.0,
+    ) -> None:
         super().__init__()
+        if not 0.0 <= border_fade < 0.5:
+            raise ValueError(f"border_fade must be in [0, 0.5), not {border_fade}")
         self.backbone = backbone
+        self.border_fade = border_fade
+        self.scope_stage = scope_stage(backbone)
+        """The backbone stage the scope descriptor reads (:func:`scope_stage`)."""
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def _backbone_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.border_fade > 0:
+            x = x * border_fade_mask(x.shape[-2], x.shape[-1], self.border_fade).to(x)
         x = (x.expand(-1, self.mean.shape[1], -1, -1) - self.mean) / self.std
         # channels-last runs oneDNN's fastest convolution kernels on CPU (~1.3x in training)
         return x.contiguous(memory_format=torch.channels_last)
@@ -57,23 +96,13 @@ class XrayClassifier(nn.Module):
         """``(B,)`` logits of pneumonia, whatever the number of classes."""
         return pneumonia_logit(self.class_logits(x))
 
-    def scope_stage(self) -> int | None:
-        """The stage (index into timm's ``feature_info``) whose mean activations describe an
-        input for the scope gate: the last one at 1/16 of the input resolution. None when the
-        backbone cannot return intermediate stages; the pooled features serve then."""
-        backbone = self.backbone
-        if not hasattr(backbone, "forward_intermediates") or not hasattr(backbone, "feature_info"):
-            return None
-        matches = [i for i, info in enumerate(backbone.feature_info) if info["reduction"] == 16]
-        return matches[-1] if matches else None
-
     def features_and_scope(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """From one forward pass: the ``(B, D)`` pooled features the classifier reads, and the
-        scope gate's ``(B, C)`` descriptor (mean activations of :meth:`scope_stage`). Mid-level
+        scope gate's ``(B, C)`` descriptor (mean activations of :attr:`scope_stage`). Mid-level
         statistics separate X-rays from other images far better than the pooled features of a
         network fine-tuned to convergence (benchmarks/README.md, "Which features should the OOD
         score read?")."""
-        backbone, inputs, stage = self.backbone, self._backbone_input(x), self.scope_stage()
+        backbone, inputs, stage = self.backbone, self._backbone_input(x), self.scope_stage
         if stage is None:
             pooled = backbone.forward_head(backbone.forward_features(inputs), pre_logits=True)
             return pooled, pooled

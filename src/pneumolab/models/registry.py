@@ -98,13 +98,18 @@ def create_backbone(
 
 
 def create_classifier(
-    name: str, pretrained: bool = False, weights: str | Path | None = None, num_classes: int = 1
+    name: str,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    num_classes: int = 1,
+    border_fade: float = 0.0,
 ) -> XrayClassifier:
     """Create a grayscale X-ray classifier around timm architecture ``name``: one pneumonia logit,
-    or ``num_classes`` logits (NORMAL first) for the three-class task."""
+    or ``num_classes`` logits (NORMAL first) for the three-class task; ``border_fade``: see
+    :class:`XrayClassifier`."""
     backbone = create_backbone(
         name, pretrained=pretrained, weights=weights, num_classes=num_classes
     )
     cfg = timm.data.resolve_data_config(model=backbone)
-    model = XrayClassifier(backbone, mean=cfg["mean"], std=cfg["std"])
+    model = XrayClassifier(backbone, mean=cfg["mean"], std=cfg["std"], border_fade=border_fade)
     return model.to(memory_format=torch.channels_last)

@@ -1,7 +1,7 @@
 """Ensembles: the mean probability of finished runs, with its own threshold chosen on validation
 (and the mean of their OOD scores, with its own OOD threshold). Members may differ in
-architecture, seed, image size and intensity normalisation (each scores its own input); they
-share the validation split.
+architecture, seed, image size, intensity normalisation and border suppression (each scores
+its own input); they share the validation split.
 
 An ensemble is a run directory like any other (``evaluate``, ``predict``, ``serve`` and
 ``report`` accept it); its meta.json lists the paths of its members instead of weights.
@@ -13,6 +13,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -22,6 +23,8 @@ from pneumolab.pipeline.finalise import finalise
 from pneumolab.pipeline.ood_fit import ensemble_ood
 from pneumolab.run import RunDir, read_predictions
 from pneumolab.run_meta import ENSEMBLE_STRATEGY, RunDescription, RunMeta, TrainingSummary
+
+T = TypeVar("T")
 
 
 def _check_compatible(runs: list[RunDir], metas: list[RunMeta]) -> None:
@@ -39,18 +42,17 @@ def _check_compatible(runs: list[RunDir], metas: list[RunMeta]) -> None:
             )
 
 
-def _shared(values: list[list[float] | None]) -> list[float] | None:
+def _shared(values: Sequence[T | None]) -> T | None:
     """The members' common value, or None where they differ."""
     return values[0] if all(v == values[0] for v in values) else None
 
 
 def _describe(metas: list[RunMeta], members: list[str]) -> RunDescription:
     """The ensemble: its members' shared input, the sums of their sizes and training times."""
-    intensities = {m.intensity for m in metas}
     return RunDescription(
         model="ensemble(" + " + ".join(m.model for m in metas) + ")",
         image_size=max(m.image_size for m in metas),  # smaller members resize from it
-        intensity=intensities.pop() if len(intensities) == 1 else None,
+        intensity=_shared([m.intensity for m in metas]),
         task="binary",  # the mean of the members' pneumonia probabilities
         mean=_shared([m.preprocessing.mean for m in metas]),
         std=_shared([m.preprocessing.std for m in metas]),
@@ -60,6 +62,7 @@ def _describe(metas: list[RunMeta], members: list[str]) -> RunDescription:
             train_seconds=round(sum(m.train_seconds or 0 for m in metas), 1),
         ),
         members=members,
+        border_fade=_shared([m.preprocessing.border_fade for m in metas]),
     )
 
 

@@ -82,6 +82,7 @@ def describe_trained(trained: TrainedModel) -> RunDescription:
         std=model.std.flatten().tolist(),
         training=trained.fitted.summary,
         val_subtype_metrics=subtypes,
+        border_fade=config.border_fade,
     )
 
 

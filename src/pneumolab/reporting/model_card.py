@@ -144,6 +144,14 @@ def _distributed_lines(distributed: DistributedTraining | None) -> list[str]:
     ]
 
 
+def _border_lines(border_fade: float | None) -> list[str]:
+    if border_fade == 0:
+        return []
+    if border_fade is None:
+        return ["- Border suppression: each member its own"]
+    return [f"- Border suppression: the outer {border_fade:.0%} of each side fades to black"]
+
+
 def model_card_text(run: RunDir, val_evaluation: dict[str, Any] | None = None) -> str:
     """The Markdown text of the run's model card; validation metrics with intervals from
     ``val_evaluation`` (an evaluation's metrics), else from ``eval/val/metrics.json``, else
@@ -170,6 +178,7 @@ def model_card_text(run: RunDir, val_evaluation: dict[str, Any] | None = None) -
         f"- Input size: {meta.image_size} × {meta.image_size} px, 1 channel",
         f"- Preprocessing: {prep.color}; resize {prep.resize}; scale {prep.scale}",
         f"- Intensity normalisation: `{meta.intensity or 'each member its own'}`",
+        *_border_lines(prep.border_fade),
         f"- Best epoch: {meta.best_epoch}; training time {meta.train_seconds} s",
         *_distributed_lines(meta.distributed),
         f"- Versions: pneumolab {meta.pneumolab_version}, torch {meta.torch_version}",

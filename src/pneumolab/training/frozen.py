@@ -69,6 +69,7 @@ def cache_for(config: TrainConfig) -> FeatureCache:
         "weights": weights_identity(config),
         "image_size": config.image_size,
         "intensity": config.intensity,
+        **({"border_fade": config.border_fade} if config.border_fade else {}),
         "timm": timm.__version__,
         "pneumolab": pneumolab.__version__,
     }

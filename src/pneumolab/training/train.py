@@ -43,6 +43,7 @@ def build_model(config: TrainConfig, resume: bool = False) -> BuiltModel:
         pretrained=load_pretrained,
         weights=config.weights,
         num_classes=1 if config.task == "binary" else num_classes(config.task),
+        border_fade=config.border_fade,
     )
     apply_strategy(model.backbone, config.strategy, config.unfreeze_stages)
     return BuiltModel(model, cache_for(config) if config.strategy == "frozen" else None)
