@@ -38,6 +38,7 @@ from pneumolab.inference.predictor import ImageInput, Predictor, expand_paths, s
 from pneumolab.inference.scores import torch_scorer
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.run import RunDir
+from pneumolab.scope.checks import image_sanity
 from pneumolab.scope.ood import validation_threshold
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -188,26 +189,31 @@ def prepare_all(
     return torch.stack(pixels), np.array(flagged), names
 
 
+def gate_flagged(predictor: Predictor, pixels: torch.Tensor) -> float:
+    """Share of uint8 ``(N, 1, S, S)`` images the gate puts out of scope: the image checks
+    (contrast, polarity) or the stored OOD threshold."""
+    size = pixels.shape[-1]
+    checked = np.array([bool(image_sanity(size, size, p[0].numpy()).reasons) for p in pixels])
+    return float(np.mean(checked | (predictor.scorer(pixels).ood > predictor.ood.threshold)))
+
+
 def perturbed_validation(predictor: Predictor, val_paths: list[Path]) -> dict[str, float]:
-    """Share of validation images the stored threshold flags under each acquisition-like
-    perturbation of ``pneumolab evaluate --robustness`` (in scope by intent: a proxy for the
-    shifted official test split)."""
+    """Share of validation images the gate flags under each acquisition-like perturbation of
+    ``pneumolab evaluate --robustness`` (in scope by intent: a proxy for the shifted official
+    test split)."""
     pixels = torch.stack([predictor.preprocess(p) for p in val_paths])
     return {
-        name: float(np.mean(predictor.scorer(perturb(pixels)).ood > predictor.ood.threshold))
-        for name, perturb in PERTURBATIONS.items()
+        name: gate_flagged(predictor, perturb(pixels)) for name, perturb in PERTURBATIONS.items()
     }
 
 
 def shifted_validation(predictor: Predictor, val_paths: list[Path]) -> dict[str, float]:
-    """Share of validation images the stored threshold flags under each scenario of the shift
-    protocol (:mod:`pneumolab.evaluation.shift`, draw 0): realistic acquisition shifts, in scope
-    by intent, and the closest proxy here for another site's pediatric chest X-rays."""
+    """Share of validation images the gate flags under each scenario of the shift protocol
+    (:mod:`pneumolab.evaluation.shift`, draw 0): realistic acquisition shifts, in scope by
+    intent, and the closest proxy here for another site's pediatric chest X-rays."""
     pixels = torch.stack([predictor.preprocess(p) for p in val_paths])
     return {
-        name: float(
-            np.mean(predictor.scorer(apply_shift(pixels, shift, 0)).ood > predictor.ood.threshold)
-        )
+        name: gate_flagged(predictor, apply_shift(pixels, shift, 0))
         for name, shift in SCENARIOS.items()
     }
 

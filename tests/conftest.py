@@ -40,14 +40,25 @@ def shared_fullres() -> Path:
     return SHARED_FULLRES
 
 
+def xray_like(
+    rng: np.random.Generator, mean: float, std: float, shape: tuple[int, int]
+) -> np.ndarray:
+    """Gaussian noise as uint8 with a brighter central band, as a chest X-ray's spine and
+    mediastinum, so the polarity check takes it for an X-ray rather than a negative."""
+    pixels = rng.normal(mean, std, shape)
+    pixels[:, shape[1] * 2 // 5 : shape[1] * 3 // 5] += 40
+    return pixels.clip(0, 255).astype(np.uint8)
+
+
 def write_synthetic_dataset(root: Path, per_class: int = 12, size: int = 48, seed: int = 0) -> Path:
-    """A tiny Kermany-style dataset whose classes differ in brightness (learnable in one epoch)."""
+    """A tiny Kermany-style dataset of :func:`xray_like` images whose classes differ in
+    brightness (learnable in one epoch)."""
     rng = np.random.default_rng(seed)
     for label, name in enumerate(("NORMAL", "PNEUMONIA")):
         folder = root / "train" / name
         folder.mkdir(parents=True)
         for i in range(per_class):
-            pixels = rng.normal(80 + 90 * label, 20, (size, size)).clip(0, 255).astype(np.uint8)
+            pixels = xray_like(rng, 80 + 90 * label, 20, (size, size))
             subtype = "bacteria" if i % 3 else "virus"
             stem = f"IM-{i:04d}-0001" if label == 0 else f"person{i}_{subtype}_{i}"
             Image.fromarray(pixels).save(folder / f"{stem}.png")

@@ -1,14 +1,16 @@
-"""Sanity checks before the network: size, aspect ratio, empty and constant images."""
+"""Sanity checks before the network: size, aspect ratio, empty, constant and inverted images."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pneumolab.scope.checks import MAX_ASPECT, MIN_SIDE, ScopeChecks, image_sanity
+from pneumolab.data.imageio import load_image, resize_square
+from pneumolab.scope.checks import MAX_ASPECT, MIN_POLARITY, MIN_SIDE, ScopeChecks, image_sanity
 
 RNG = np.random.default_rng(0)
-XRAY_LIKE = RNG.integers(20, 230, (64, 64), dtype=np.uint8)
+XRAY_LIKE = RNG.integers(20, 180, (64, 64), dtype=np.uint8)
+XRAY_LIKE[:, 26:38] += 50  # the spine and mediastinum: brighter than the lungs beside them
 
 
 def test_an_ordinary_image_passes():
@@ -47,3 +49,17 @@ def test_checks_add_up():
     a = ScopeChecks(("a",), ("w",), {"Modality": "CT"})
     b = ScopeChecks(("b",), (), {"ViewPosition": "PA"})
     assert a + b == ScopeChecks(("a", "b"), ("w",), {"Modality": "CT", "ViewPosition": "PA"})
+
+
+def test_a_negative_is_out_of_scope():
+    (reason,) = image_sanity(512, 512, 255 - XRAY_LIKE).reasons
+    assert reason.startswith("looks inverted") and f"< {MIN_POLARITY:g}" in reason
+
+
+def test_real_xrays_pass_and_their_negatives_do_not(shared_data):
+    paths = sorted((shared_data / "train" / "NORMAL").iterdir())[:10]
+    paths += sorted((shared_data / "train" / "PNEUMONIA").iterdir())[:10]
+    for path in paths:
+        pixels = resize_square(load_image(path, size_hint=160), 160)
+        assert image_sanity(224, 224, pixels).reasons == (), path
+        assert "looks inverted" in image_sanity(224, 224, 255 - pixels).reasons[0], path

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from test_export import SIZE, write_run
 
-from conftest import fixed_threshold_meta
+from conftest import fixed_threshold_meta, xray_like
 from pneumolab.cli import main
 from pneumolab.errors import ExportError, ModelError
 from pneumolab.evaluation.parity import Parity
@@ -29,7 +29,7 @@ def run(tmp_path_factory) -> RunDir:
     rng = np.random.default_rng(0)
     images = []
     for i in range(60):
-        pixels = rng.normal(30 + 3 * i, 12, (40, 36)).clip(0, 255).astype(np.uint8)
+        pixels = xray_like(rng, 30 + 3 * i, 12, (40, 36))
         images.append(folder / f"img{i}.png")
         Image.fromarray(pixels).save(images[-1])
     run = write_run(tmp_path_factory.mktemp("runs") / "run", images, intensity="equalize")

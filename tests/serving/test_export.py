@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import pneumolab
-from conftest import fixed_threshold_meta
+from conftest import fixed_threshold_meta, xray_like
 from pneumolab.cli import main
 from pneumolab.errors import ExportError, RunDirError
 from pneumolab.inference.onnx_backend import OnnxBackend
@@ -49,7 +49,7 @@ def write_images(folder: Path, count: int = 6) -> list[Path]:
     rng = np.random.default_rng(1)
     paths = []
     for i in range(count):
-        pixels = rng.normal(40 + 35 * i, 10 + 8 * i, (48, 40)).clip(0, 255).astype(np.uint8)
+        pixels = xray_like(rng, 40 + 35 * i, 10 + 8 * i, (48, 40))
         paths.append(folder / f"img{i}.png")
         Image.fromarray(pixels).save(paths[-1])
     return [*paths, Path(pydicom.examples.get_path("ct"))]
