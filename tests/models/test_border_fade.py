@@ -13,6 +13,7 @@ from pneumolab.config import TrainConfig
 from pneumolab.inference.predictor import Predictor
 from pneumolab.models.classifier import border_fade_mask
 from pneumolab.models.registry import create_classifier
+from pneumolab.run import RunDir
 from pneumolab.serving.export import export_onnx
 
 
@@ -54,8 +55,7 @@ def test_a_fade_of_half_the_side_or_more_is_refused():
 
 def test_a_run_keeps_its_border_fade_through_prediction_and_export(tmp_path):
     run = train_tiny_run(tmp_path, border_fade=0.1)
-    meta = (run / "meta.json").read_text()
-    assert '"border_fade": 0.1' in meta
+    assert RunDir(run).read_meta().preprocessing.border_fade == 0.1
     predictor = Predictor.from_run(run)
     assert predictor.model.border_fade == 0.1
     assert "outer 10% of each side fades to black" in (run / "MODEL_CARD.md").read_text()
