@@ -6,16 +6,19 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import copy_run, fixed_threshold_meta
+from pneumolab.data.layout import Sample
 from pneumolab.errors import RunDirError
 from pneumolab.evaluation.evaluate import evaluate
 from pneumolab.inference.predictor import Predictor
-from pneumolab.run import RunDir
-from pneumolab.run_meta import SCHEMA_VERSION
+from pneumolab.run import RunDir, read_predictions, write_predictions
+from pneumolab.run_meta import RECORDED_LIBRARIES, SCHEMA_VERSION
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -55,6 +58,10 @@ def test_tiny_run_meta_is_complete(tiny_run):
     assert (meta.intensity, meta.task, meta.strategy) == ("clahe", "binary", "finetune")
     assert meta.preprocessing.mean == [0.5, 0.5, 0.5] and meta.torch_version
     assert meta.default_point.threshold == meta.threshold
+    assert set(meta.library_versions) == set(RECORDED_LIBRARIES)  # all installed with pneumolab
+    assert meta.library_versions["timm"] == version("timm")
+    card = (run_dir / "MODEL_CARD.md").read_text()
+    assert f"opencv-python-headless {version('opencv-python-headless')}" in card
     assert json.loads((run_dir / "meta.json").read_text())["schema_version"] == SCHEMA_VERSION
 
 
@@ -169,3 +176,16 @@ def test_ensemble_flag_comes_from_meta_only(tiny_run, tmp_path):
     run = RunDir(copy_run(tiny_run[0], tmp_path / "run"))
     (run.root / "members.json").write_text('["../elsewhere"]')  # a stray file changes nothing
     assert not run.read_meta().is_ensemble and run.member_runs() == []
+
+
+@pytest.mark.parametrize("with_tta", [True, False])
+def test_validation_predictions_round_trip(tmp_path, with_tta):
+    samples = [Sample(Path(f"x/{i}.png"), i % 2, "") for i in range(3)]
+    probs, tta_probs = np.array([0.1, 0.7, 0.25]), np.array([0.2, 0.8, 0.3])
+    write_predictions(tmp_path / "p.csv", samples, probs, tta_probs if with_tta else None)
+    rows = read_predictions(tmp_path / "p.csv")
+    assert [r["path"] for r in rows] == [str(s.path) for s in samples]
+    assert [r["label"] for r in rows] == [0, 1, 0]
+    assert [r["probability"] for r in rows] == pytest.approx(probs.tolist())
+    expected = tta_probs.tolist() if with_tta else [None] * 3
+    assert [r["tta_probability"] for r in rows] == pytest.approx(expected)

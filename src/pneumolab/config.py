@@ -101,8 +101,9 @@ class TrainConfig(BaseModel):
         "the model, in training and inference alike (0: off)",
     )
     monitor: Monitor = Field(
-        default="val_auc",
-        description="validation metric for the best checkpoint and early stopping",
+        default="val_loss",
+        description="validation metric for the best checkpoint and early stopping (val_loss "
+        "keeps discriminating where validation AUC saturates and ties)",
     )
     seed: int = Field(default=0, description="seed of the split, initialisation and order")
     split_seed: int | None = Field(

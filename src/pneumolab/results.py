@@ -94,6 +94,9 @@ class DecisionRule(Result):
     temperature: float | None
     platt: Platt | None
     val_metrics: BinaryMetrics
+    tta_threshold: float | None = None
+    """The default rule's threshold for test-time-augmented scores (``--tta``), chosen on the
+    validation scores averaged over the same views; None for runs of before 2026-12-03."""
 
     @property
     def default_point(self) -> StoredOperatingPoint:

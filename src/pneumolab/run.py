@@ -189,20 +189,37 @@ class RunDir:
         return samples
 
 
-def write_predictions(path: Path, samples: list[Sample], probs: np.ndarray) -> None:
-    """Write ``path,label,probability`` rows, one per scored sample."""
+def write_predictions(
+    path: Path, samples: list[Sample], probs: np.ndarray, tta_probs: np.ndarray | None = None
+) -> None:
+    """Write ``path,label,probability`` rows, one per scored sample, plus a ``tta_probability``
+    column (the test-time-augmented score) when ``tta_probs`` are given."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["path", "label", "probability"])
-    writer.writerows((s.path, s.label, f"{p:.6f}") for s, p in zip(samples, probs, strict=True))
+    columns: list[Any] = [[s.path for s in samples], [s.label for s in samples], probs]
+    header = ["path", "label", "probability"]
+    if tta_probs is not None:
+        columns.append(tta_probs)
+        header.append("tta_probability")
+    writer.writerow(header)
+    for path_, label, *scores in zip(*columns, strict=True):
+        writer.writerow([path_, label, *(f"{p:.6f}" for p in scores)])
     write_text_atomically(path, buffer.getvalue())
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:
-    """Rows written by :func:`write_predictions`: ``path`` (str), ``label`` (int), ``probability``."""
+    """Rows written by :func:`write_predictions`: ``path`` (str), ``label`` (int),
+    ``probability`` and ``tta_probability`` (float; the latter None in files without it)."""
     with Path(path).open(newline="") as f:
         return [
-            {"path": r["path"], "label": int(r["label"]), "probability": float(r["probability"])}
+            {
+                "path": r["path"],
+                "label": int(r["label"]),
+                "probability": float(r["probability"]),
+                "tta_probability": float(r["tta_probability"])
+                if r.get("tta_probability")
+                else None,
+            }
             for r in csv.DictReader(f)
         ]
 

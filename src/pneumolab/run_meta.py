@@ -96,6 +96,9 @@ class RunMeta(TrainingSummary, DecisionRule):
     official_val_metrics: BinaryMetrics | None = None
     pneumolab_version: str
     torch_version: str | None
+    library_versions: dict[str, str] = Field(default_factory=dict)
+    """Installed versions of :data:`RECORDED_LIBRARIES` when the run was written (empty for
+    runs of before 2026-12-03)."""
 
     @property
     def is_ensemble(self) -> bool:
@@ -103,11 +106,30 @@ class RunMeta(TrainingSummary, DecisionRule):
         return bool(self.members)
 
 
-def _torch_version() -> str | None:
+def _installed(name: str) -> str | None:
     try:
-        return version("torch")
+        return version(name)
     except PackageNotFoundError:
         return None
+
+
+RECORDED_LIBRARIES = (
+    "torchvision",
+    "timm",
+    "lightning",
+    "numpy",
+    "opencv-python-headless",
+    "pillow",
+    "scikit-learn",
+)
+"""Libraries besides torch whose version can change a run's numbers (weights, augmentation,
+CLAHE, image decoding, thresholds): each run records them."""
+
+
+def library_versions() -> dict[str, str]:
+    """The installed version of each of :data:`RECORDED_LIBRARIES` (those not installed left out)."""
+    installed = {name: _installed(name) for name in RECORDED_LIBRARIES}
+    return {name: v for name, v in installed.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -156,7 +178,8 @@ def describe_run(
         val_subtype_metrics=d.val_subtype_metrics,
         official_val_metrics=official_val_metrics,
         pneumolab_version=pneumolab.__version__,
-        torch_version=_torch_version(),
+        torch_version=_installed("torch"),
+        library_versions=library_versions(),
     )
 
 

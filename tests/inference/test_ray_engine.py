@@ -77,7 +77,8 @@ def test_same_probabilities_as_the_single_process_path(local_ray, predictor, ima
         if expected["ood_score"] is None:
             assert row["ood_score"] is None
         else:
-            assert row["ood_score"] == pytest.approx(expected["ood_score"], rel=1e-6)
+            # float32 Mahalanobis distances of other batch compositions: a few ulps apart
+            assert row["ood_score"] == pytest.approx(expected["ood_score"], rel=1e-5)
     assert any(r["ood_score"] is not None for r in scored)  # the tiny run has an OOD model
     (constant,) = [r for r in scored if r["source"].endswith("constant.png")]
     assert not constant["in_scope"] and constant["label"] == OUT_OF_SCOPE_LABEL

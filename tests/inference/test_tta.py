@@ -1,8 +1,10 @@
-"""Test-time augmentation: scores are the mean over the fixed views, in predict and evaluate."""
+"""Test-time augmentation: scores are the mean over the fixed views, in predict and evaluate,
+decided at the run's own TTA threshold."""
 
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -12,7 +14,10 @@ from conftest import copy_run
 from pneumolab.cli import main
 from pneumolab.data.transforms import TTA_VIEWS
 from pneumolab.evaluation.evaluate import evaluate
+from pneumolab.evaluation.operating_points import choose_operating_points
 from pneumolab.inference.predictor import Predictor, predict_pixels
+from pneumolab.reporting.model_card import CARD_NAME
+from pneumolab.run import RunDir, read_predictions
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +53,33 @@ def test_evaluate_and_predict_accept_tta(run_dir, tiny_run, capsys):
     assert result["probability"] == pytest.approx(
         Predictor.from_run(run_dir, tta=True).predict(image).probability, abs=1e-6
     )
+
+
+def test_a_trained_run_stores_a_threshold_for_tta_scores(tiny_run):
+    run = RunDir(tiny_run[0])
+    meta = run.read_meta()
+    rows = read_predictions(run.val_predictions)
+    labels = np.array([r["label"] for r in rows])
+    tta_probs = np.array([r["tta_probability"] for r in rows])
+    assert not np.allclose(tta_probs, [r["probability"] for r in rows])  # scored over the views
+    chosen = choose_operating_points(labels, tta_probs, "val", 0.95)[0].threshold
+    assert meta.tta_threshold == pytest.approx(chosen, abs=1e-5)
+    assert "With test-time augmentation (`--tta`): threshold" in (run.root / CARD_NAME).read_text()
+
+
+def test_tta_decides_at_the_tta_threshold(run_dir, tiny_run):
+    meta = RunDir(run_dir).read_meta()
+    assert Predictor.from_run(run_dir).threshold == meta.threshold
+    assert Predictor.from_run(run_dir, tta=True).threshold == meta.tta_threshold
+    points = evaluate(run_dir, tiny_run[1], "val", tta=True)["operating_points"]
+    assert list(points) == ["tta"] and points["tta"]["threshold"] == meta.tta_threshold
+
+
+def test_a_run_without_tta_threshold_keeps_its_threshold_and_says_so(tiny_run, tmp_path, caplog):
+    run = RunDir(copy_run(tiny_run[0], tmp_path / "old"))
+    meta = run.read_meta().model_copy(update={"tta_threshold": None})
+    run.write_meta(meta)
+    with caplog.at_level(logging.WARNING):
+        predictor = Predictor.from_run(run.root, tta=True)
+    assert predictor.threshold == meta.threshold
+    assert "has no TTA threshold" in caplog.text and str(run.root) in caplog.text

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import TINY_TRAINING, write_synthetic_dataset
+from conftest import TINY_TRAINING, copy_run, write_synthetic_dataset
 from pneumolab.config import TrainConfig
+from pneumolab.data.layout import Sample
 from pneumolab.errors import RunDirError
 from pneumolab.evaluation.evaluate import evaluate
 from pneumolab.explain.gradcam import explain_paths
 from pneumolab.inference.predictor import Predictor
 from pneumolab.pipeline.ensemble import build_ensemble
 from pneumolab.pipeline.train import train
-from pneumolab.run import read_predictions
+from pneumolab.run import read_predictions, write_predictions
 from pneumolab.scope.ood import ENSEMBLE_METHOD, OodModel
 from pneumolab.serving.export import export_onnx
 
@@ -182,3 +184,24 @@ def test_a_member_with_an_older_ood_model_leaves_the_ensemble_without_one(
     ensemble = build_ensemble([old, runs[1].root], tmp_path / "ens")
     assert ensemble.is_complete() and not ensemble.ood.is_file()
     assert "has no current OOD model" in caplog.text and "fit-ood" in caplog.text
+
+
+def test_ensemble_tta_threshold_from_its_members_tta_scores(members, tmp_path, caplog):
+    _, runs = members
+    ensemble = build_ensemble([r.root for r in runs], tmp_path / "ens")
+    by_path = [{r["path"]: r for r in read_predictions(run.val_predictions)} for run in runs]
+    for row in read_predictions(ensemble.val_predictions):
+        expected = np.mean([rows[row["path"]]["tta_probability"] for rows in by_path])
+        assert row["tta_probability"] == pytest.approx(expected, abs=1e-6)
+    assert ensemble.read_meta().tta_threshold is not None
+
+    old = copy_run(runs[1].root, tmp_path / "old")  # a member written before the TTA column
+    rows = read_predictions(runs[1].val_predictions)
+    write_predictions(
+        old / "val_predictions.csv",
+        [Sample(Path(r["path"]), r["label"], "") for r in rows],
+        np.array([r["probability"] for r in rows]),
+    )
+    mixed = build_ensemble([runs[0].root, old], tmp_path / "mixed")
+    assert mixed.read_meta().tta_threshold is None
+    assert "no tta_probability" in caplog.text

@@ -11,7 +11,10 @@ from pneumolab.cli import run_commands as run_cmd
 from pneumolab.cli.config_flags import add_config_flags
 from pneumolab.cli.types import PORT, POSITIVE_INT, bounded
 
-TTA_HELP = "average each image over fixed test-time views (zoom 1.1, rotations ±5°)"
+TTA_HELP = (
+    "average each image over fixed test-time views (zoom 1.1, rotations ±5°) and decide at the "
+    "run's TTA threshold (chosen on validation scores averaged over the same views)"
+)
 SHIFT_HELP = "also score under the shift protocol (compound acquisition shifts, 3 draws each)"
 KEEP_LABEL_HELP = (
     "give out-of-scope inputs their class label instead of OUT_OF_SCOPE (still flagged: "

@@ -13,11 +13,23 @@ from pneumolab.results import DecisionRule, StoredOperatingPoint
 
 
 def decision_rule(
-    labels: np.ndarray, probs: np.ndarray, source: str, target_sensitivity: float
+    labels: np.ndarray,
+    probs: np.ndarray,
+    source: str,
+    target_sensitivity: float,
+    tta_probs: np.ndarray | None = None,
 ) -> DecisionRule:
-    """How scores become labels, chosen on validation ``probs``; ``source`` names the split."""
+    """How scores become labels, chosen on validation ``probs``; ``source`` names the split.
+    ``tta_probs`` (the same images scored with test-time augmentation) get their own threshold
+    by the default rule."""
     points = choose_operating_points(labels, probs, source, target_sensitivity)
     threshold = points[0].threshold
+    tta_threshold = None
+    if tta_probs is not None:
+        tta_source = f"{source}, test-time augmented"
+        tta_threshold = choose_operating_points(labels, tta_probs, tta_source, target_sensitivity)[
+            0
+        ].threshold
     return DecisionRule(
         threshold=threshold,
         threshold_rule=f"highest threshold with validation sensitivity >= {target_sensitivity}",
@@ -31,4 +43,5 @@ def decision_rule(
         temperature=fit_temperature(labels, probs),
         platt=fit_platt(labels, probs),
         val_metrics=binary_metrics(labels, probs, threshold),
+        tta_threshold=tta_threshold,
     )

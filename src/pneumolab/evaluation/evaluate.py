@@ -56,9 +56,20 @@ def _json_safe(value: Any) -> Any:
 
 
 def _operating_points(
-    meta: RunMeta, labels: np.ndarray, probs: np.ndarray
+    predictor: Predictor, labels: np.ndarray, probs: np.ndarray
 ) -> dict[str, dict[str, Any]]:
-    """The run's stored operating points, scored here."""
+    """The run's stored operating points, scored here; with test-time augmentation only the TTA
+    threshold (the stored points were chosen on scores without it)."""
+    meta = predictor.meta
+    if predictor.tta:
+        rule = f"{meta.threshold_rule}, on validation scores averaged over the test-time views"
+        return {
+            "tta": {
+                "threshold": predictor.threshold,
+                "provenance": rule if meta.tta_threshold is not None else meta.threshold_rule,
+                "metrics": threshold_metrics(labels, probs, predictor.threshold).model_dump(),
+            }
+        }
     return {
         name: {
             "threshold": point.threshold,
@@ -182,7 +193,7 @@ def compute_evaluation(
         "model": predictor.meta.model,
         "skipped": [r for _, r in decoded.skipped],
         "ci95": bootstrap_ci(labels, probs, predictor.threshold, groups=patients),
-        "operating_points": _operating_points(predictor.meta, labels, probs),
+        "operating_points": _operating_points(predictor, labels, probs),
         "oracle": _oracle(labels, probs),
         "temperature_scaled": None,
         **{

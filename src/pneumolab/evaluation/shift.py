@@ -128,21 +128,24 @@ class ShiftResult:
         }
 
 
-def shift_protocol(
-    score: Backend,
-    pixels: torch.Tensor,
-    labels: np.ndarray,
-    threshold: float,
-    draws: int = 3,
+def shifted_probabilities(
+    score: Backend, pixels: torch.Tensor, draws: int = 3
+) -> dict[str, list[np.ndarray]]:
+    """``score``'s probabilities under every scenario of :data:`SCENARIOS`, one array per draw
+    (scored once, so several thresholds can be read off the same scores)."""
+    return {
+        name: [score(apply_shift(pixels, shift, seed)) for seed in range(draws)]
+        for name, shift in SCENARIOS.items()
+    }
+
+
+def scenario_results(
+    probabilities: dict[str, list[np.ndarray]], labels: np.ndarray, threshold: float
 ) -> list[ShiftResult]:
-    """Every scenario of :data:`SCENARIOS`, ``draws`` times each, scored by ``score`` (a
-    Predictor's backend) at the stored ``threshold``."""
+    """Per-draw metrics of :func:`shifted_probabilities` at ``threshold``."""
     results = []
-    for name, shift in SCENARIOS.items():
-        per_draw = [
-            binary_metrics(labels, score(apply_shift(pixels, shift, seed)), threshold)
-            for seed in range(draws)
-        ]
+    for name, per_draw_probs in probabilities.items():
+        per_draw = [binary_metrics(labels, probs, threshold) for probs in per_draw_probs]
         results.append(
             ShiftResult(
                 scenario=name,
@@ -152,6 +155,18 @@ def shift_protocol(
             )
         )
     return results
+
+
+def shift_protocol(
+    score: Backend,
+    pixels: torch.Tensor,
+    labels: np.ndarray,
+    threshold: float,
+    draws: int = 3,
+) -> list[ShiftResult]:
+    """Every scenario of :data:`SCENARIOS`, ``draws`` times each, scored by ``score`` (a
+    Predictor's backend) at the stored ``threshold``."""
+    return scenario_results(shifted_probabilities(score, pixels, draws), labels, threshold)
 
 
 def shift_summary(results: list[ShiftResult]) -> dict[str, float]:

@@ -207,8 +207,9 @@ class Predictor:
         (``RUN_DIR/model.int8.onnx``) and ``"openvino"`` (``RUN_DIR/model.openvino.xml``) load
         files that ``pneumolab export --format`` wrote after a parity check against fp32
         (``onnx_file`` overrides the path).
-        ``tta`` averages each image's scores over fixed test-time views (the stored thresholds
-        were chosen without them). ``scope_verdict``: see :class:`Predictor`.
+        ``tta`` averages each image's scores over fixed test-time views and decides at the run's
+        TTA threshold (chosen on validation scores averaged over the same views; a run without
+        one keeps its plain threshold, with a warning). ``scope_verdict``: see :class:`Predictor`.
         """
         predictor = cls._load(run_dir, device, backend, onnx_file)
         predictor.run_dir = Path(run_dir)
@@ -223,6 +224,14 @@ class Predictor:
             )
         if tta:
             predictor.scorer, predictor.tta = with_tta(predictor.scorer), True
+            if predictor.meta.tta_threshold is None:
+                log.warning(
+                    "%s has no TTA threshold (trained before pneumolab stored one): TTA scores "
+                    "are judged at the threshold chosen without TTA",
+                    run_dir,
+                )
+            else:
+                predictor.threshold = predictor.meta.tta_threshold
         return predictor
 
     @classmethod

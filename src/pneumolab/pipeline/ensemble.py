@@ -1,5 +1,6 @@
 """Ensembles: the mean probability of finished runs, with its own threshold chosen on validation
-(and the mean of their OOD scores, with its own OOD threshold). Members may differ in
+(and the mean of their OOD scores, with its own OOD threshold; and, where every member stored
+them, the mean of their test-time-augmented validation scores, with its own TTA threshold). Members may differ in
 architecture, seed, image size, intensity normalisation and border suppression (each scores
 its own input); they share the validation split.
 
@@ -9,11 +10,12 @@ An ensemble is a run directory like any other (``evaluate``, ``predict``, ``serv
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -25,6 +27,7 @@ from pneumolab.run import RunDir, read_predictions
 from pneumolab.run_meta import ENSEMBLE_STRATEGY, RunDescription, RunMeta, TrainingSummary
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def _check_compatible(runs: list[RunDir], metas: list[RunMeta]) -> None:
@@ -66,6 +69,17 @@ def _describe(metas: list[RunMeta], members: list[str]) -> RunDescription:
     )
 
 
+def _member_mean(
+    predictions: list[dict[str, dict[str, Any]]], paths: list[str], column: str
+) -> np.ndarray | None:
+    """The members' mean of one validation-score column; None when a member's file lacks it
+    (a run of before the column existed), with a warning for the TTA threshold it costs."""
+    if any(p[path][column] is None for p in predictions for path in paths):
+        log.warning("a member has no %s in its validation predictions: no TTA threshold", column)
+        return None
+    return np.mean([[p[path][column] for path in paths] for p in predictions], axis=0)
+
+
 def build_ensemble(
     run_dirs: Sequence[str | Path], out_dir: str | Path, target_sensitivity: float = 0.95
 ) -> RunDir:
@@ -85,6 +99,7 @@ def build_ensemble(
         raise RunDirError("members scored different validation images (unreadable files?)")
     labels = np.array([predictions[0][path]["label"] for path in paths])
     probs = np.mean([[p[path]["probability"] for path in paths] for p in predictions], axis=0)
+    tta_probs = _member_mean(predictions, paths, "tta_probability")
 
     ensemble = RunDir(Path(out_dir))
     if ensemble.root.exists() and any(ensemble.root.iterdir()):
@@ -95,7 +110,14 @@ def build_ensemble(
     samples = [
         Sample(Path(path), int(label), "") for path, label in zip(paths, labels, strict=True)
     ]
-    finalise(ensemble, _describe(metas, members), samples, probs, target_sensitivity)
+    finalise(
+        ensemble,
+        _describe(metas, members),
+        samples,
+        probs,
+        target_sensitivity,
+        val_tta_probs=tta_probs,
+    )
     ood = ensemble_ood(ensemble)
     if ood is not None:
         ood.save(ensemble.ood)

@@ -22,16 +22,19 @@ def finalise(
     val_probs: np.ndarray,
     target_sensitivity: float,
     official_val: tuple[np.ndarray, np.ndarray] | None = None,
+    val_tta_probs: np.ndarray | None = None,
 ) -> RunMeta:
     """Finish ``run`` from its validation scores. ``official_val`` (labels, probabilities of the
-    dataset's small ``val/`` folder) is scored at the chosen threshold and reported, not used."""
+    dataset's small ``val/`` folder) is scored at the chosen threshold and reported, not used.
+    ``val_tta_probs`` (the validation images scored with test-time augmentation) give the run
+    its TTA threshold."""
     labels = np.array([s.label for s in val_samples])
     source = f"validation split of {run.root.name}"
-    decision = decision_rule(labels, val_probs, source, target_sensitivity)
+    decision = decision_rule(labels, val_probs, source, target_sensitivity, val_tta_probs)
     official = None
     if official_val is not None:
         official = binary_metrics(*official_val, decision.threshold)
-    write_predictions(run.val_predictions, val_samples, val_probs)
+    write_predictions(run.val_predictions, val_samples, val_probs, val_tta_probs)
     meta = describe_run(description, decision, official)
     run.write_meta(meta)
     write_model_card(run)

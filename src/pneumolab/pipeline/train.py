@@ -1,7 +1,8 @@
 """Train a run end to end: the training phases (:func:`pneumolab.training.train.train_model`),
 the input-scope gate's OOD model (:mod:`pneumolab.pipeline.ood_fit`; the validation pass scores
 probabilities and OOD scores at once), then the post-training step
-(:func:`pneumolab.pipeline.finalise.finalise`)."""
+(:func:`pneumolab.pipeline.finalise.finalise`), which also gets the validation images scored with
+test-time augmentation for the run's ``--tta`` threshold."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pneumolab.data.layout import find_splits, scan_split
 from pneumolab.data.subtypes import subtype_labels
 from pneumolab.evaluation.subtypes import subtype_metrics
 from pneumolab.inference.predictor import predict_class_probabilities, predict_pixels
+from pneumolab.inference.scores import torch_scorer, with_tta
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.pipeline.finalise import finalise
 from pneumolab.pipeline.ood_fit import fit_scorer, gated_validation_scores
@@ -59,6 +61,7 @@ def train(
         scores.probability,
         config.target_sensitivity,
         official_val_scores(model, trained.split.data_root, config),
+        with_tta(torch_scorer(model, config.intensity))(val.pixels).probability,
     )
     files = [run.root / CARD_NAME, run.meta, run.val_predictions, run.history]
     log_run_files(trained.fitted.logger, files)

@@ -131,6 +131,11 @@ def _operating_points(meta: RunMeta) -> list[str]:
             f"{format_metric(sensitivity)}, specificity {format_metric(specificity)} — "
             f"{point.provenance}"
         )
+    if meta.tta_threshold is not None:
+        lines.append(
+            f"- With test-time augmentation (`--tta`): threshold {meta.tta_threshold:.4f}, the "
+            "same rule on the validation scores averaged over the test-time views."
+        )
     return lines
 
 
@@ -181,7 +186,8 @@ def model_card_text(run: RunDir, val_evaluation: dict[str, Any] | None = None) -
         *_border_lines(prep.border_fade),
         f"- Best epoch: {meta.best_epoch}; training time {meta.train_seconds} s",
         *_distributed_lines(meta.distributed),
-        f"- Versions: pneumolab {meta.pneumolab_version}, torch {meta.torch_version}",
+        f"- Versions: pneumolab {meta.pneumolab_version}, torch {meta.torch_version}"
+        + "".join(f", {name} {v}" for name, v in meta.library_versions.items()),
         "",
         "## Intended use",
         "",
