@@ -166,3 +166,21 @@ def test_split_seed_fixes_the_split_while_seed_changes_the_rest(synthetic_data, 
     assert val_paths(seed=3, split_seed=0) == val_paths(seed=0)
     assert val_paths(seed=3) != val_paths(seed=0)  # without it, the seed moves the split too
     assert TrainConfig(seed=3).data_seed == 3 and TrainConfig(seed=3, split_seed=1).data_seed == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("monitor", ["last", "val_loss", "val_auc"])
+def test_the_monitor_picks_the_checkpoint_it_names(synthetic_data, tmp_path, monitor):
+    config = TrainConfig(epochs=3, monitor=monitor, lr=0.05, **TINY)
+    run = train(synthetic_data, tmp_path / monitor, config)
+    with run.history.open() as f:
+        history = list(csv.DictReader(f))
+    assert len(history) == 3  # `last` never stops early, the others not within patience 3
+    losses = [float(row["val_loss"]) for row in history]
+    aucs = [float(row["val_auc"]) for row in history]
+    expected = {  # the first of equal values, as Lightning keeps it
+        "last": len(history) - 1,
+        "val_loss": losses.index(min(losses)),
+        "val_auc": aucs.index(max(aucs)),
+    }[monitor]
+    assert run.read_meta().best_epoch == expected

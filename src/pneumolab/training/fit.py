@@ -87,19 +87,24 @@ def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callba
     """Lightning's Trainer for ``config``: devices, nodes and strategy (DDP across processes),
     precision, best and last checkpoints, early stopping, history.csv, progress. Built before
     anything is written: it knows this process's rank. With ``ema_decay``, Lightning's
-    EMA callback keeps the averaged weights, which validation scores and checkpoints hold."""
+    EMA callback keeps the averaged weights, which validation scores and checkpoints hold.
+    ``monitor: last`` keeps the final epoch (``best.ckpt`` is then the latest) and never stops
+    early."""
+    monitor = None if config.monitor == "last" else config.monitor
     mode = "max" if config.monitor == "val_auc" else "min"
     checkpoint = ModelCheckpoint(
         dirpath=run.checkpoints,
         filename="best",
-        monitor=config.monitor,
+        monitor=monitor,
         mode=mode,
         save_last=True,
         save_on_train_epoch_end=True,  # after HistoryCSV's row: a resume neither loses nor repeats one
     )
     progress = progress_display()
-    stopping = EarlyStopping(
-        monitor=config.monitor, mode=mode, patience=config.early_stopping_patience
+    stopping = (
+        [EarlyStopping(monitor=monitor, mode=mode, patience=config.early_stopping_patience)]
+        if monitor
+        else []
     )
     averaging = [EMAWeightAveraging(decay=config.ema_decay)] if config.ema_decay else []
     return L.Trainer(
@@ -112,7 +117,7 @@ def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callba
         callbacks=[
             *averaging,
             checkpoint,
-            stopping,
+            *stopping,
             HistoryCSV(run.history),
             progress,
             *callbacks,
