@@ -101,9 +101,9 @@ class TrainConfig(BaseModel):
         "the model, in training and inference alike (0: off)",
     )
     monitor: Monitor = Field(
-        default="val_loss",
-        description="validation metric for the best checkpoint and early stopping (val_loss "
-        "keeps discriminating where validation AUC saturates and ties)",
+        default="last",
+        description="the epoch a run keeps: last (the end of the schedule, no early stopping), "
+        "or the best by a validation metric, with early stopping on it (val_auc, val_loss)",
     )
     seed: int = Field(default=0, description="seed of the split, initialisation and order")
     split_seed: int | None = Field(
@@ -118,7 +118,7 @@ class TrainConfig(BaseModel):
         default=0.95, gt=0, le=1, description="validation sensitivity the default threshold keeps"
     )
     early_stopping_patience: int = Field(
-        default=3, ge=1, description="epochs without improvement before stopping"
+        default=3, ge=1, description="epochs without improvement before stopping (not with last)"
     )
     precision: Precision = Field(
         default="auto", description="auto: bf16 where the hardware has it, else fp32"
