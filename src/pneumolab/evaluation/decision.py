@@ -27,9 +27,8 @@ def decision_rule(
     tta_threshold = None
     if tta_probs is not None:
         tta_source = f"{source}, test-time augmented"
-        tta_threshold = choose_operating_points(labels, tta_probs, tta_source, target_sensitivity)[
-            0
-        ].threshold
+        tta_points = choose_operating_points(labels, tta_probs, tta_source, target_sensitivity)
+        tta_threshold = tta_points[0].threshold
     return DecisionRule(
         threshold=threshold,
         threshold_rule=f"highest threshold with validation sensitivity >= {target_sensitivity}",

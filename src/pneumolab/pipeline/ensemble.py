@@ -72,10 +72,9 @@ def _describe(metas: list[RunMeta], members: list[str]) -> RunDescription:
 def _member_mean(
     predictions: list[dict[str, dict[str, Any]]], paths: list[str], column: str
 ) -> np.ndarray | None:
-    """The members' mean of one validation-score column; None when a member's file lacks it
-    (a run of before the column existed), with a warning for the TTA threshold it costs."""
+    """The members' mean of one validation-score column, per path; None when a member's file
+    lacks the column (a run of before it existed)."""
     if any(p[path][column] is None for p in predictions for path in paths):
-        log.warning("a member has no %s in its validation predictions: no TTA threshold", column)
         return None
     return np.mean([[p[path][column] for path in paths] for p in predictions], axis=0)
 
@@ -98,8 +97,13 @@ def build_ensemble(
     if any(len(p) != len(paths) for p in predictions):
         raise RunDirError("members scored different validation images (unreadable files?)")
     labels = np.array([predictions[0][path]["label"] for path in paths])
-    probs = np.mean([[p[path]["probability"] for path in paths] for p in predictions], axis=0)
+    probs = _member_mean(predictions, paths, "probability")
+    assert probs is not None  # every validation predictions file has the column
     tta_probs = _member_mean(predictions, paths, "tta_probability")
+    if tta_probs is None:
+        log.warning(
+            "a member has no tta_probability in its validation predictions: no TTA threshold"
+        )
 
     ensemble = RunDir(Path(out_dir))
     if ensemble.root.exists() and any(ensemble.root.iterdir()):
