@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import copy_run, fixed_threshold_meta
 from pneumolab.data.layout import Sample
@@ -19,6 +20,7 @@ from pneumolab.evaluation.evaluate import evaluate
 from pneumolab.inference.predictor import Predictor
 from pneumolab.run import RunDir, read_predictions, write_predictions
 from pneumolab.run_meta import RECORDED_LIBRARIES, SCHEMA_VERSION
+from pneumolab.training.fit import resolve_precision
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -62,6 +64,9 @@ def test_tiny_run_meta_is_complete(tiny_run):
     assert meta.library_versions["timm"] == version("timm")
     card = (run_dir / "MODEL_CARD.md").read_text()
     assert f"opencv-python-headless {version('opencv-python-headless')}" in card
+    assert meta.compute is not None and meta.compute.threads == torch.get_num_threads()
+    assert meta.compute.precision.startswith(resolve_precision("auto"))  # "32" is "32-true"
+    assert f"`{meta.compute.precision}` precision on {meta.compute.device}" in card
     assert json.loads((run_dir / "meta.json").read_text())["schema_version"] == SCHEMA_VERSION
 
 

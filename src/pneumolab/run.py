@@ -224,6 +224,32 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
         ]
 
 
+def write_shift_predictions(
+    path: Path, samples: list[Sample], shifted: dict[str, list[np.ndarray]]
+) -> None:
+    """Write ``path,label,scenario,draw,probability`` rows: every image's score under every
+    scenario and draw of the shift protocol."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "label", "scenario", "draw", "probability"])
+    for scenario, draws in shifted.items():
+        for draw, probs in enumerate(draws):
+            for sample, p in zip(samples, probs, strict=True):
+                writer.writerow([sample.path, sample.label, scenario, draw, f"{p:.6f}"])
+    write_text_atomically(path, buffer.getvalue())
+
+
+def read_shift_predictions(path: Path, scenario: str) -> dict[str, list[float]]:
+    """``{image path: [probability per draw]}`` of one scenario in a file written by
+    :func:`write_shift_predictions`."""
+    scores: dict[str, dict[int, float]] = {}
+    with Path(path).open(newline="") as f:
+        for r in csv.DictReader(f):
+            if r["scenario"] == scenario:
+                scores.setdefault(r["path"], {})[int(r["draw"])] = float(r["probability"])
+    return {image: [by_draw[d] for d in sorted(by_draw)] for image, by_draw in scores.items()}
+
+
 def weights_digest(run_dir: Path) -> str:
     """SHA-256 of the run's weights file (ties an exported model to the weights it came from);
     for an ensemble, of its members' digests in order."""

@@ -67,6 +67,16 @@ class DistributedTraining(Result):
     lr: float
 
 
+class Compute(Result):
+    """Where and in what arithmetic a model was trained. The same recipe and seed give other
+    weights in another precision (``precision: auto`` takes bf16 autocast only where the
+    hardware has native bf16), so a run is reproduced on a machine that matches this."""
+
+    precision: str = Field(description="Lightning's precision, e.g. 32-true or bf16-mixed")
+    device: str = Field(description="GPU name, or CPU name with its vector instructions")
+    threads: int = Field(description="PyTorch's CPU threads")
+
+
 class TrainingSummary(Result):
     """How the model was trained (an ensemble: the sums over its members)."""
 
@@ -77,6 +87,8 @@ class TrainingSummary(Result):
     train_seconds: float | None
     feature_cache: FeatureCacheStats | None = None
     distributed: DistributedTraining | None = None
+    compute: Compute | None = None
+    """None for ensembles (each member has its own) and runs of before 2026-12-03."""
 
 
 class RunMeta(TrainingSummary, DecisionRule):

@@ -5,8 +5,16 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import roc_auc_score
 
-from pneumolab.evaluation.bootstrap import CI_METRICS, bootstrap_ci, weighted_metrics
+from pneumolab.evaluation.bootstrap import (
+    CI_METRICS,
+    bootstrap_ci,
+    paired_auc_difference,
+    weighted_metrics,
+)
 from pneumolab.evaluation.metrics import binary_metrics
 
 
@@ -87,3 +95,45 @@ def test_a_thousand_patient_resamples_of_900_images_are_fast():
     started = time.perf_counter()
     bootstrap_ci(y, p, 0.5, groups=groups, n_resamples=1000)
     assert time.perf_counter() - started < 2.0
+
+
+def test_a_model_against_itself_differs_by_exactly_nothing():
+    y, p = _scores(200)
+    same = paired_auc_difference(y, [p], [p.copy()], n_resamples=200)
+    assert (same.difference, same.low, same.high) == (0.0, 0.0, 0.0)
+    assert not same.resolved
+
+
+def test_a_clearly_better_model_is_told_apart_and_a_close_one_is_not():
+    y, weak = _scores(300)
+    strong = np.clip(0.9 * y + 0.1 * np.random.default_rng(1).random(300), 0, 1)
+    clear = paired_auc_difference(y, [strong], [weak], n_resamples=300)
+    assert clear.difference == pytest.approx(roc_auc_score(y, strong) - roc_auc_score(y, weak))
+    assert clear.low > 0 and clear.resolved
+    nudged = weak + 1e-3 * np.random.default_rng(2).standard_normal(300)
+    close = paired_auc_difference(y, [nudged], [weak], n_resamples=300)
+    assert close.low < 0 < close.high and not close.resolved
+
+
+def test_several_draws_compare_their_mean_auc():
+    y, p = _scores(150)
+    rng = np.random.default_rng(3)
+    draws_a = [np.clip(p + 0.1 * rng.standard_normal(150), 0, 1) for _ in range(3)]
+    draws_b = [np.clip(p + 0.3 * rng.standard_normal(150), 0, 1) for _ in range(2)]
+    expected = np.mean([roc_auc_score(y, d) for d in draws_a]) - np.mean(
+        [roc_auc_score(y, d) for d in draws_b]
+    )
+    paired = paired_auc_difference(y, draws_a, draws_b, n_resamples=100)
+    assert paired.difference == pytest.approx(expected)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), grouped=st.booleans())
+def test_swapping_the_models_negates_the_difference_and_its_interval(seed, grouped):
+    y, a = _scores(80, seed)
+    _, b = _scores(80, seed + 1)
+    groups = np.arange(80) // 2 if grouped else None  # two images per patient
+    ab = paired_auc_difference(y, [a], [b], groups, n_resamples=200, seed=seed)
+    ba = paired_auc_difference(y, [b], [a], groups, n_resamples=200, seed=seed)
+    assert ba.difference == pytest.approx(-ab.difference)
+    assert (ba.low, ba.high) == pytest.approx((-ab.high, -ab.low))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,6 +13,8 @@ import yaml
 from conftest import write_synthetic_dataset
 from pneumolab.cli import main
 from pneumolab.errors import ConfigError
+from pneumolab.evaluation.shift import SCENARIOS
+from pneumolab.run import read_predictions
 from pneumolab.study.config import load_study
 
 pytestmark = pytest.mark.slow  # trains its own models
@@ -70,6 +73,10 @@ def test_study_writes_table_chart_confusions_samples_and_best(study):
         key=lambda r: (float(r["roc_auc"]), float(r["specificity"])),
     )
     assert best.resolve() == (out / "runs" / chosen["name"]).resolve()
+    selection = (out / "selection.md").read_text()
+    assert f"Selected by `roc_auc`: **{chosen['name']}**" in selection
+    for other in {"small", "separable", "pair"} - {chosen["name"]}:
+        assert f"| {other} | " in selection  # its paired AUC difference and interval
 
 
 def test_best_is_a_run_that_evaluate_and_predict_accept(study, capsys):
@@ -133,6 +140,11 @@ def test_compare_builds_the_same_table_from_runs(study, tmp_path, capsys):
     assert [r["name"] for r in rows] == ["small", "separable"]
     assert all(0 <= float(r["worst_roc_auc"]) <= 1 for r in rows)
     assert all(0 <= float(r["shift_roc_auc"]) <= 1 for r in rows)
+    for run in runs:  # every image under every scenario and draw, for paired comparisons
+        with (Path(run) / "eval" / "val" / "shift_predictions.csv").open() as f:
+            shifted = list(csv.DictReader(f))
+        n_val = len(read_predictions(Path(run) / "eval" / "val" / "predictions.csv"))
+        assert len(shifted) == n_val * len(SCENARIOS) * 3
     table = (out / "results.md").read_text()
     assert "worst AUC / specificity (perturbed)" in table
     assert "AUC / specificity (compound shift)" in table

@@ -7,6 +7,7 @@ image and patient (cluster) resampling share one vectorised computation of all m
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -91,19 +92,72 @@ def bootstrap_ci(
     otherwise images are drawn. Resamples where a metric is undefined (e.g. no negatives for
     specificity) are left out for that metric; ``[nan, nan]`` when it is never defined.
     """
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+    weights = resample_weights(len(y), groups, n_resamples, seed)
+    values = weighted_metrics(y, prob, threshold, weights)
+    return {name: _percentile_interval(values[name], level) for name in CI_METRICS}
+
+
+def resample_weights(
+    n_images: int,
+    groups: Sequence[str] | np.ndarray | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> np.ndarray:
+    """``(n_resamples, n_images)``: how often each image counts in each bootstrap resample; with
+    ``groups`` (patient IDs) whole patients are drawn, every image of a drawn patient counting."""
     rng = np.random.default_rng(seed)
     if groups is None:
-        weights = _draw_counts(len(y), n_resamples, rng)
-    else:
-        patients, patient_of_image = np.unique(np.asarray(groups), return_inverse=True)
-        weights = _draw_counts(len(patients), n_resamples, rng)[:, patient_of_image]
-    values = weighted_metrics(y, prob, threshold, weights)
-    tails = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
-    intervals = {}
-    for name in CI_METRICS:
-        defined = values[name][np.isfinite(values[name])]
-        bounds = np.percentile(defined, tails) if defined.size else [np.nan, np.nan]
-        intervals[name] = [float(b) for b in bounds]
-    return intervals
+        return _draw_counts(n_images, n_resamples, rng)
+    patients, patient_of_image = np.unique(np.asarray(groups), return_inverse=True)
+    return _draw_counts(len(patients), n_resamples, rng)[:, patient_of_image]
+
+
+def _percentile_interval(values: np.ndarray, level: float) -> list[float]:
+    """The percentile interval of the finite ``values``; ``[nan, nan]`` when there are none."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    defined = values[np.isfinite(values)]
+    if not defined.size:
+        return [np.nan, np.nan]
+    return [float(b) for b in np.percentile(defined, [50 * (1 - level), 50 * (1 + level)])]
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """ROC AUC of model A minus model B on the same images, with its paired bootstrap interval."""
+
+    difference: float
+    low: float
+    high: float
+
+    @property
+    def resolved(self) -> bool:
+        """True when the interval excludes zero: the data tell the two models apart."""
+        return self.low > 0 or self.high < 0
+
+
+def paired_auc_difference(
+    y: np.ndarray,
+    draws_a: Sequence[np.ndarray],
+    draws_b: Sequence[np.ndarray],
+    groups: Sequence[str] | np.ndarray | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> PairedDifference:
+    """Mean ROC AUC of A's score draws minus B's (one draw per scoring of the same images, e.g.
+    the shift protocol's), and its percentile interval: both models are scored on every
+    resample of the same (patient-grouped) bootstrap, so what they share cancels out."""
+    y = np.asarray(y, dtype=float)
+    weights = np.vstack([np.ones(len(y)), resample_weights(len(y), groups, n_resamples, seed)])
+
+    def mean_auc(draws: Sequence[np.ndarray]) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):  # one-class resamples: NaN, left out
+            per_draw = [
+                _ranking_metrics(y, np.asarray(p, float), weights)["roc_auc"] for p in draws
+            ]
+        return np.mean(per_draw, axis=0)
+
+    difference = mean_auc(draws_a) - mean_auc(draws_b)
+    low, high = _percentile_interval(difference[1:], level)
+    return PairedDifference(float(difference[0]), low, high)

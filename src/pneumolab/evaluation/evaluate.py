@@ -27,8 +27,9 @@ from pneumolab.evaluation.robustness import robustness_report, summarize
 from pneumolab.evaluation.shift import (
     acquisition_batch,
     batch_breakdown,
-    shift_protocol,
+    scenario_results,
     shift_summary,
+    shifted_probabilities,
 )
 from pneumolab.evaluation.subtypes import subtype_metrics
 from pneumolab.inference.predictor import Predictor, default_device, predict_class_probabilities
@@ -139,6 +140,8 @@ class Evaluation:
     probs: np.ndarray
     calibrated: dict[str, tuple[str, np.ndarray, dict]]
     metrics: dict[str, Any]
+    shifted: dict[str, list[np.ndarray]] | None = None
+    """The shift protocol's scores: scenario -> one array per draw (None without ``shift``)."""
 
     @property
     def title(self) -> str:
@@ -147,17 +150,18 @@ class Evaluation:
 
 def _extra_metrics(
     predictor: Predictor, decoded: DecodedImages, labels: np.ndarray, probs: np.ndarray,
-    robustness: bool, shift: bool,
+    robustness: bool, shifted: dict[str, list[np.ndarray]] | None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Three-class metrics, robustness and the shift protocol, where asked for and possible."""
+    """Three-class metrics, robustness and the shift protocol (from its ``shifted`` scores),
+    where asked for and possible."""
     extra: dict[str, Any] = {}
     if predictor.meta.subtype_names and predictor.model is not None:
         extra["subtypes"] = _subtypes(predictor, decoded)
     if robustness:
         report = robustness_report(predictor.backend, decoded.pixels, labels, predictor.threshold)
         extra |= {"robustness": report, "robustness_summary": summarize(report)}
-    if shift:
-        results = shift_protocol(predictor.backend, decoded.pixels, labels, predictor.threshold)
+    if shifted is not None:
+        results = scenario_results(shifted, labels, predictor.threshold)
         batches = [acquisition_batch(s.path.name) for s in decoded.samples]
         extra |= {
             "shift": {r.scenario: r.summary() for r in results},
@@ -187,6 +191,7 @@ def compute_evaluation(
     metrics: dict[str, Any] = binary_metrics(labels, probs, predictor.threshold).model_dump()
     calibrated = _calibrated(predictor.meta, probs)
     patients = [sample.patient for sample in decoded.samples]
+    shifted = shifted_probabilities(predictor.backend, decoded.pixels) if shift else None
     metrics |= {
         "split": split,
         "tta": predictor.tta,
@@ -201,10 +206,10 @@ def compute_evaluation(
             for key, (_, scaled, params) in calibrated.items()
         },
         "test_evaluations_count": count_test_evaluations(run) + (split == "test"),
-        **_extra_metrics(predictor, decoded, labels, probs, robustness, shift),
+        **_extra_metrics(predictor, decoded, labels, probs, robustness, shifted),
     }
     return Evaluation(
-        run, split, predictor, decoded, labels, probs, calibrated, _json_safe(metrics)
+        run, split, predictor, decoded, labels, probs, calibrated, _json_safe(metrics), shifted
     )
 
 
@@ -230,7 +235,8 @@ def evaluate(
     backend and TTA, and adds ``robustness`` and ``robustness_summary``. A three-class run adds
     ``subtypes`` (:func:`~pneumolab.evaluation.subtypes.subtype_metrics`) and its 3x3 matrix.
     With ``shift``, adds the shift protocol (:mod:`pneumolab.evaluation.shift`): ``shift`` (per
-    scenario, mean and min over three draws), ``shift_summary`` and ``acquisition_batches``.
+    scenario, mean and min over three draws), ``shift_summary`` and ``acquisition_batches``,
+    and writes its per-image scores (``shift_predictions.csv``).
     """
     from pneumolab.evaluation.outputs import write_evaluation
 

@@ -1,5 +1,6 @@
 """What an evaluation writes: ``RUN_DIR/eval/<split>/`` (metrics.json, predictions.csv, the
-figures) and, for the test split, its line in the held-out log."""
+figures, shift_predictions.csv after the shift protocol) and, for the test split, its line in
+the held-out log."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from pneumolab.evaluation.calibration import save_reliability_diagram
 from pneumolab.evaluation.evaluate import Evaluation
 from pneumolab.evaluation.figures import save_confusion_matrix, save_roc_curve
 from pneumolab.evaluation.heldout import log_test_evaluation
-from pneumolab.run import write_predictions
+from pneumolab.run import write_predictions, write_shift_predictions
+
+PREDICTIONS = "predictions.csv"
+SHIFT_PREDICTIONS = "shift_predictions.csv"
 
 FIGURES = {
     "confusion_matrix.png": "confusion matrix",
@@ -58,12 +62,17 @@ def record_look(evaluation: Evaluation) -> None:
 
 
 def write_evaluation(evaluation: Evaluation) -> Path:
-    """Write metrics.json, predictions.csv and the figures into ``RUN_DIR/eval/<split>/`` and
-    record a test-split look; the folder."""
+    """Write metrics.json, predictions.csv, the figures and, after the shift protocol,
+    shift_predictions.csv into ``RUN_DIR/eval/<split>/`` and record a test-split look; the
+    folder."""
     out = evaluation.run.eval_dir(evaluation.split)
     out.mkdir(parents=True, exist_ok=True)
     record_look(evaluation)
     (out / "metrics.json").write_text(json.dumps(evaluation.metrics, indent=2) + "\n")
     save_figures(evaluation, out)
-    write_predictions(out / "predictions.csv", evaluation.decoded.samples, evaluation.probs)
+    write_predictions(out / PREDICTIONS, evaluation.decoded.samples, evaluation.probs)
+    if evaluation.shifted is not None:
+        write_shift_predictions(
+            out / SHIFT_PREDICTIONS, evaluation.decoded.samples, evaluation.shifted
+        )
     return out

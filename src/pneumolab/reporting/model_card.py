@@ -15,7 +15,7 @@ from pneumolab.data.layout import CLASS_NAMES
 from pneumolab.evaluation.metrics import format_interval, format_metric
 from pneumolab.files import write_text_atomically
 from pneumolab.run import RunDir
-from pneumolab.run_meta import DistributedTraining, RunMeta
+from pneumolab.run_meta import Compute, DistributedTraining, RunMeta
 
 CARD_NAME = "MODEL_CARD.md"
 CARD_METRICS = ("roc_auc", "sensitivity", "specificity", "precision", "npv", "accuracy", "f1")
@@ -157,6 +157,15 @@ def _border_lines(border_fade: float | None) -> list[str]:
     return [f"- Border suppression: the outer {border_fade:.0%} of each side fades to black"]
 
 
+def _compute_lines(compute: Compute | None) -> list[str]:
+    if compute is None:
+        return []
+    return [
+        f"- Trained in `{compute.precision}` precision on {compute.device}, "
+        f"{compute.threads} CPU thread(s) (another precision gives other weights)"
+    ]
+
+
 def model_card_text(run: RunDir, val_evaluation: dict[str, Any] | None = None) -> str:
     """The Markdown text of the run's model card; validation metrics with intervals from
     ``val_evaluation`` (an evaluation's metrics), else from ``eval/val/metrics.json``, else
@@ -186,6 +195,7 @@ def model_card_text(run: RunDir, val_evaluation: dict[str, Any] | None = None) -
         *_border_lines(prep.border_fade),
         f"- Best epoch: {meta.best_epoch}; training time {meta.train_seconds} s",
         *_distributed_lines(meta.distributed),
+        *_compute_lines(meta.compute),
         f"- Versions: pneumolab {meta.pneumolab_version}, torch {meta.torch_version}"
         + "".join(f", {name} {v}" for name, v in meta.library_versions.items()),
         "",

@@ -5,6 +5,7 @@ validation, link the best to ``STUDY_DIR/best``.
 STUDY_DIR/
   runs/<name>/         one run directory per model and per ensemble
   best -> runs/<name>  the model or ensemble selected on validation
+  selection.md         whether validation tells the selected model from each other one
   results.csv|md|png   the comparison table and bar chart (validation split)
   confusion/<name>.png confusion matrix per model
   samples.png          sample X-rays per class
@@ -28,6 +29,12 @@ from pneumolab.data.layout import CLASS_NAMES, find_splits, scan_split
 from pneumolab.errors import ConfigError, PneumolabError
 from pneumolab.evaluation.comparison import ComparisonRow, compare_run, write_comparison
 from pneumolab.evaluation.figures import save_sample_grid
+from pneumolab.evaluation.selection import (
+    SelectionMargin,
+    margins_markdown,
+    selection_margins,
+    untold,
+)
 from pneumolab.pipeline.ensemble import build_ensemble
 from pneumolab.pipeline.train import train
 from pneumolab.run import RunDir
@@ -50,6 +57,8 @@ class StudyResult:
     outputs: dict[str, Path] = field(default_factory=dict)
     select_by: str = "roc_auc"
     """The study file's selection criterion (a column of ``rows``)."""
+    margins: list[SelectionMargin] | None = None
+    """The selected model's paired AUC margin over each other model (None: not testable)."""
 
 
 def _train_or_reuse(name: str, config: TrainConfig, data_dir: Path, run: RunDir) -> None:
@@ -151,9 +160,19 @@ def run_study(
     ]
     outputs = write_comparison(rows, study_dir, "val", failed)
     outputs["samples"] = _sample_grid(data_dir, study_dir / "samples.png")
-    best = None
-    if rows:
-        chosen = max(rows, key=lambda r: (getattr(r, study.select_by), r.specificity))
-        best = chosen.name
-        outputs["best"] = _link_best(study_dir, finished[best])
-    return StudyResult(rows, best, failed, outputs, study.select_by)
+    if not rows:
+        return StudyResult(rows, None, failed, outputs, study.select_by)
+    best = max(rows, key=lambda r: (getattr(r, study.select_by), r.specificity)).name
+    outputs["best"] = _link_best(study_dir, finished[best])
+    margins = selection_margins(finished, best, study.select_by)
+    outputs["selection"] = study_dir / "selection.md"
+    outputs["selection"].write_text(margins_markdown(best, study.select_by, margins))
+    for tied in untold(margins):
+        log.warning(
+            "%s is not told apart from %s on validation (%s): the 95%% paired interval of the "
+            "AUC difference includes 0",
+            best,
+            tied,
+            study.select_by,
+        )
+    return StudyResult(rows, best, failed, outputs, study.select_by, margins)

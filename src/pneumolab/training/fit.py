@@ -33,6 +33,7 @@ from pneumolab.training.datamodule import XrayDataModule
 from pneumolab.training.distributed import lr_factor
 from pneumolab.training.feature_cache import FeatureCache
 from pneumolab.training.frozen import FrozenBackbone
+from pneumolab.training.hardware import compute_record, cpu_has_bf16
 from pneumolab.training.module import ClassifierModule
 from pneumolab.training.strategies import optimizer_groups
 from pneumolab.training.tracking import experiment_logger
@@ -72,15 +73,7 @@ def resolve_precision(requested: Precision) -> Literal["32", "bf16-mixed", "16-m
         return requested
     if torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if torch.backends.mkldnn.is_available() and _cpu_has_bf16() else "32"
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return "bf16-mixed" if torch.backends.mkldnn.is_available() and cpu_has_bf16() else "32"
 
 
 def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callback]) -> L.Trainer:
@@ -218,5 +211,6 @@ def fit(
         train_seconds=round(time.perf_counter() - started, 1),
         feature_cache=FeatureCacheStats(**cache_stats) if cache_stats else None,
         distributed=distributed_summary(trainer, config, module.lr),
+        compute=compute_record(trainer),
     )
     return Fitted(model, data.val_images(), summary, trainer.logger, data.train_images())

@@ -1,0 +1,58 @@
+"""What the training machine is, as far as it changes a run's numbers.
+
+The same recipe and seed give different weights in bf16 autocast and in fp32, and
+``precision: auto`` picks bf16 only on hardware with native bf16 arithmetic, so each run records
+its precision and device (:class:`pneumolab.run_meta.Compute`).
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from pneumolab.run_meta import Compute
+
+CPU_INFO = Path("/proc/cpuinfo")
+
+
+def _cpu_info() -> str:
+    try:
+        return CPU_INFO.read_text()
+    except OSError:
+        return ""
+
+
+def cpu_has_bf16() -> bool:
+    """True on a CPU with native bf16 arithmetic (AVX512-BF16 or AMX)."""
+    flags = _cpu_info()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; elsewhere what :mod:`platform` knows)."""
+    for line in _cpu_info().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            return value.strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def describe_device(accelerator: str) -> str:
+    """The device training ran on: a GPU's name, or the CPU's with the vector instructions
+    PyTorch uses on it and whether it has native bf16."""
+    if accelerator == "CUDAAccelerator" and torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    bf16 = "native bf16" if cpu_has_bf16() else "no native bf16"
+    return f"{cpu_name()} (CPU, {torch.backends.cpu.get_cpu_capability()}, {bf16})"
+
+
+def compute_record(trainer: L.Trainer) -> Compute:
+    """The precision, device and CPU threads of ``trainer``'s run (this process)."""
+    return Compute(
+        precision=str(trainer.precision),
+        device=describe_device(type(trainer.accelerator).__name__),
+        threads=torch.get_num_threads(),
+    )

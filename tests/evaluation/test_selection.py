@@ -1,0 +1,88 @@
+"""Selection margins: the chosen model's paired AUC lead over each other model, read from their
+evaluations' score files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pneumolab.data.layout import Sample
+from pneumolab.evaluation.outputs import PREDICTIONS, SHIFT_PREDICTIONS
+from pneumolab.evaluation.selection import margins_markdown, selection_margins, untold
+from pneumolab.run import RunDir, read_shift_predictions, write_predictions, write_shift_predictions
+
+N = 120
+
+
+def _samples(n: int = N) -> list[Sample]:
+    labels = np.arange(n) % 2
+    return [
+        Sample(Path(f"/data/val/person{i // 2}_{i}.jpeg"), int(y), f"person{i // 2}")
+        for i, y in enumerate(labels)
+    ]
+
+
+def _scored_run(root: Path, clean: np.ndarray, compound: list[np.ndarray], n: int = N) -> RunDir:
+    """A run directory holding only what an evaluation of ``val`` with the shift protocol writes."""
+    run = RunDir(root)
+    folder = run.eval_dir("val")
+    folder.mkdir(parents=True)
+    samples = _samples(n)
+    write_predictions(folder / PREDICTIONS, samples, clean)
+    shifted = {"reframe": [clean], "compound": compound}
+    write_shift_predictions(folder / SHIFT_PREDICTIONS, samples, shifted)
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path) -> dict[str, RunDir]:
+    rng = np.random.default_rng(0)
+    y = np.arange(N) % 2
+    sharp = np.clip(0.8 * y + 0.2 * rng.random(N), 0, 1)
+    blurry = np.clip(0.3 * y + 0.7 * rng.random(N), 0, 1)
+    near = np.clip(sharp + 0.01 * rng.standard_normal(N), 0, 1)
+    return {
+        "sharp": _scored_run(tmp_path / "sharp", sharp, [sharp, sharp]),
+        "near": _scored_run(tmp_path / "near", near, [near, near]),
+        "blurry": _scored_run(tmp_path / "blurry", blurry, [blurry, blurry]),
+    }
+
+
+@pytest.mark.parametrize("criterion", ["roc_auc", "shift_roc_auc"])
+def test_a_clear_lead_is_resolved_and_a_near_tie_is_not(runs, criterion):
+    margins = selection_margins(runs, "sharp", criterion)
+    assert margins is not None
+    by_name = {m.other: m.margin for m in margins}
+    assert set(by_name) == {"near", "blurry"}
+    assert by_name["blurry"].resolved and by_name["blurry"].difference > 0
+    assert not by_name["near"].resolved
+    assert untold(margins) == ["near"]
+    text = margins_markdown("sharp", criterion, margins)
+    assert f"Selected by `{criterion}`: **sharp**" in text
+    assert "| near |" in text and text.count("| no |") == 1 and text.count("| yes |") == 1
+
+
+def test_criteria_without_per_image_scores_are_not_tested(runs):
+    assert selection_margins(runs, "sharp", "worst_roc_auc") is None
+    assert untold(None) == []
+    assert "no per-image scores" in margins_markdown("sharp", "specificity", None)
+
+
+def test_runs_scored_on_other_images_or_without_scores_are_not_compared(runs, tmp_path):
+    fewer = np.full(N - 2, 0.5)
+    others = runs | {"fewer": _scored_run(tmp_path / "fewer", fewer, [fewer], N - 2)}
+    assert selection_margins(others, "sharp", "roc_auc") is None
+    unscored = runs | {"unscored": RunDir(tmp_path / "unscored")}
+    assert selection_margins(unscored, "sharp", "shift_roc_auc") is None
+
+
+def test_shift_predictions_round_trip(tmp_path):
+    samples = _samples(4)
+    draws = [np.array([0.1, 0.2, 0.3, 0.4]), np.array([0.5, 0.6, 0.7, 0.8])]
+    path = tmp_path / SHIFT_PREDICTIONS
+    write_shift_predictions(path, samples, {"compound": draws, "markers": [draws[0]]})
+    read = read_shift_predictions(path, "compound")
+    assert read == {str(s.path): [draws[0][i], draws[1][i]] for i, s in enumerate(samples)}
+    assert read_shift_predictions(path, "reframe") == {}
