@@ -1,4 +1,4 @@
-"""Selection margins: the chosen model's paired AUC lead over each other model, read from their
+"""Margins: the leading model's paired AUC lead over each other model, read from their
 evaluations' score files."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from pneumolab.data.layout import Sample
 from pneumolab.evaluation.outputs import PREDICTIONS, SHIFT_PREDICTIONS
-from pneumolab.evaluation.selection import margins_markdown, selection_margins, untold
+from pneumolab.evaluation.selection import margins_over
 from pneumolab.run import RunDir, read_shift_predictions, write_predictions, write_shift_predictions
 
 N = 120
@@ -52,30 +52,34 @@ def runs(tmp_path) -> dict[str, RunDir]:
 
 @pytest.mark.parametrize("criterion", ["roc_auc", "shift_roc_auc"])
 def test_a_clear_lead_is_resolved_and_a_near_tie_is_not(runs, criterion):
-    margins = selection_margins(runs, "sharp", criterion)
-    assert margins is not None
-    by_name = {m.other: m.margin for m in margins}
+    margins = margins_over(runs, "sharp", criterion)
+    assert margins.untested is None
+    by_name = {m.other: m.difference for m in margins.margins}
     assert set(by_name) == {"near", "blurry"}
     assert by_name["blurry"].resolved and by_name["blurry"].difference > 0
     assert not by_name["near"].resolved
-    assert untold(margins) == ["near"]
-    text = margins_markdown("sharp", criterion, margins)
-    assert f"Selected by `{criterion}`: **sharp**" in text
+    assert margins.untold == ["near"]
+    text = margins.markdown("val")
+    assert f"## `{criterion}`: **sharp** leads" in text
     assert "| near |" in text and text.count("| no |") == 1 and text.count("| yes |") == 1
 
 
 def test_criteria_without_per_image_scores_are_not_tested(runs):
-    assert selection_margins(runs, "sharp", "worst_roc_auc") is None
-    assert untold(None) == []
-    assert "no per-image scores" in margins_markdown("sharp", "specificity", None)
+    margins = margins_over(runs, "sharp", "worst_roc_auc")
+    assert margins.margins == [] and margins.untold == []
+    assert "Not tested: no per-image scores" in margins.markdown("val")
 
 
 def test_runs_scored_on_other_images_or_without_scores_are_not_compared(runs, tmp_path):
     fewer = np.full(N - 2, 0.5)
     others = runs | {"fewer": _scored_run(tmp_path / "fewer", fewer, [fewer], N - 2)}
-    assert selection_margins(others, "sharp", "roc_auc") is None
+    assert (
+        margins_over(others, "sharp", "roc_auc").untested
+        == "the models were scored on other images"
+    )
     unscored = runs | {"unscored": RunDir(tmp_path / "unscored")}
-    assert selection_margins(unscored, "sharp", "shift_roc_auc") is None
+    missing = margins_over(unscored, "sharp", "shift_roc_auc")
+    assert missing.margins == [] and "scores are missing" in (missing.untested or "")
 
 
 def test_shift_predictions_round_trip(tmp_path):

@@ -53,6 +53,7 @@ def test_ensemble_scores_the_mean_with_its_own_threshold(members, tmp_path):
     assert (typed.intensity, typed.task) == ("clahe", "binary")
     assert typed.preprocessing.intensity == "clahe" and typed.torch_version
     assert typed.preprocessing.mean == runs[0].read_meta().preprocessing.mean
+    assert typed.compute is None and all(r.read_meta().compute for r in runs)  # members have it
 
     predictor = Predictor.from_run(ensemble.root)
     image = runs[0].read_split(data, "val")[0].path

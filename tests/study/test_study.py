@@ -74,7 +74,7 @@ def test_study_writes_table_chart_confusions_samples_and_best(study):
     )
     assert best.resolve() == (out / "runs" / chosen["name"]).resolve()
     selection = (out / "selection.md").read_text()
-    assert f"Selected by `roc_auc`: **{chosen['name']}**" in selection
+    assert f"`best` is **{chosen['name']}**, selected on validation by `roc_auc`" in selection
     for other in {"small", "separable", "pair"} - {chosen["name"]}:
         assert f"| {other} | " in selection  # its paired AUC difference and interval
 
@@ -145,6 +145,9 @@ def test_compare_builds_the_same_table_from_runs(study, tmp_path, capsys):
             shifted = list(csv.DictReader(f))
         n_val = len(read_predictions(Path(run) / "eval" / "val" / "predictions.csv"))
         assert len(shifted) == n_val * len(SCENARIOS) * 3
+    margins = (out / "margins.md").read_text()  # the leader of each criterion against the other
+    assert "## `roc_auc`: **" in margins and "## `shift_roc_auc`: **" in margins
+    assert margins.count("| small |") + margins.count("| separable |") == 2
     table = (out / "results.md").read_text()
     assert "worst AUC / specificity (perturbed)" in table
     assert "AUC / specificity (compound shift)" in table

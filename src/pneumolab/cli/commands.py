@@ -152,7 +152,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_study(args: argparse.Namespace) -> int:
     from pneumolab.cli.config_flags import config_overrides
     from pneumolab.cli.tables import comparison_table
-    from pneumolab.evaluation.selection import untold
     from pneumolab.study.runner import run_study
     from pneumolab.training.distributed import global_rank
 
@@ -168,13 +167,10 @@ def cmd_study(args: argparse.Namespace) -> int:
             (result.best, "bold"),
             f" → {args.out / 'best'}",
         )
-        if tied := untold(result.margins):
-            say(
-                ("not told apart", "bold yellow"),
-                f" on validation from: {', '.join(tied)} (95% paired interval of the AUC "
-                f"difference includes 0; {result.outputs['selection']})",
-            )
-    console.print(f"table: {result.outputs.get('markdown')}; chart: {result.outputs.get('chart')}")
+    console.print(
+        f"table: {result.outputs.get('markdown')}; chart: {result.outputs.get('chart')}; "
+        f"margins of the selection: {result.outputs.get('selection')}"
+    )
     return 1 if result.failed else 0
 
 
@@ -205,5 +201,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     stdout.print(comparison_table(rows, f"{args.split} split"))
-    console.print(f"table: {outputs['markdown']}; chart: {outputs['chart']}")
+    console.print(
+        f"table: {outputs['markdown']}; chart: {outputs['chart']}; margins: {outputs['margins']}"
+    )
     return 0

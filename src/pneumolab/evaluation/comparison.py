@@ -7,6 +7,7 @@ import csv
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from pneumolab.evaluation.evaluate import compute_evaluation
 from pneumolab.evaluation.figures import save_confusion_matrix, save_model_bars
 from pneumolab.evaluation.metrics import format_interval, format_metric
 from pneumolab.evaluation.outputs import write_evaluation
+from pneumolab.evaluation.selection import margins_over, warn_untold
 from pneumolab.evaluation.speed import ms_per_image
 from pneumolab.inference.predictor import Predictor, default_device
 from pneumolab.outputs import check_output
@@ -193,9 +195,11 @@ def compare_runs(
     shift: bool = False,
     overwrite: bool = False,
 ) -> tuple[list[ComparisonRow], dict[str, Path]]:
-    """Evaluate every run on ``split`` and write the comparison into ``out_dir``; a table or
-    chart already there is refused unless ``overwrite``."""
-    for path in comparison_files(Path(out_dir)).values():
+    """Evaluate every run on ``split`` and write the comparison into ``out_dir`` (with
+    ``margins.md``: the paired AUC margin of each criterion's leader over the others, clean and,
+    with ``shift``, compound); a table or chart already there is refused unless ``overwrite``."""
+    margins_file = Path(out_dir) / "margins.md"
+    for path in [*comparison_files(Path(out_dir)).values(), margins_file]:
         check_output(path, overwrite)
     runs = [RunDir(Path(d)) for d in run_dirs]
     for run in runs:
@@ -210,4 +214,24 @@ def compare_runs(
         compare_run(n, run.root, data_dir, split, robustness, shift)
         for n, run in zip(names, runs, strict=True)
     ]
-    return rows, write_comparison(rows, out_dir, split)
+    outputs = write_comparison(rows, out_dir, split)
+    criteria = ("roc_auc", "shift_roc_auc") if shift else ("roc_auc",)
+    _write_margins(rows, dict(zip(names, runs, strict=True)), split, criteria, margins_file)
+    return rows, outputs | {"margins": margins_file}
+
+
+def _write_margins(
+    rows: Sequence[ComparisonRow],
+    runs: dict[str, RunDir],
+    split: str,
+    criteria: Sequence[str],
+    path: Path,
+) -> None:
+    """``margins.md``: for each criterion, its leader's paired AUC margin over the other runs."""
+    sections = []
+    for criterion in criteria:
+        leader = max(rows, key=attrgetter(criterion)).name
+        margins = margins_over(runs, leader, criterion, split)
+        warn_untold(margins, f"the {split} split")
+        sections.append(margins.markdown(split))
+    path.write_text("# Margins\n\n" + "\n".join(sections))

@@ -1,15 +1,16 @@
-"""Can a study's selection tell the chosen model from the others?
+"""Can the data tell the leading model from the others?
 
-The paired, patient-grouped bootstrap of the selection criterion's ROC AUC, chosen model minus
-each other, on the images every model was scored on (their evaluation's ``predictions.csv``, or
+The paired, patient-grouped bootstrap of a criterion's ROC AUC, leading model minus each other,
+on the images every model was scored on (their evaluation's ``predictions.csv``, or
 ``shift_predictions.csv`` for the shift protocol's compound scenario). An interval that includes
-zero means this split cannot tell the two apart, whatever the table's order.
+zero means the split cannot tell the two apart, whatever the table's order. Studies report it
+for their selection (``selection.md``), ``compare`` for the leader of each criterion.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +23,62 @@ from pneumolab.run import RunDir, read_predictions, read_shift_predictions
 log = logging.getLogger(__name__)
 
 SCORED_CRITERIA = {"roc_auc": None, "shift_roc_auc": "compound"}
-"""Selection criteria with per-image scores -> their shift scenario (None: the clean scores)."""
+"""Criteria with per-image scores -> their shift scenario (None: the clean scores)."""
 
 
 @dataclass(frozen=True)
-class SelectionMargin:
-    """The chosen model's ROC AUC minus ``other``'s on the selection criterion's scores."""
+class Margin:
+    """The leader's ROC AUC minus ``other``'s, with its paired bootstrap interval."""
 
     other: str
-    margin: PairedDifference
+    difference: PairedDifference
+
+
+@dataclass(frozen=True)
+class Margins:
+    """How far ``leader`` is ahead of every other model on ``criterion``; ``untested`` says why
+    there are no margins (then ``margins`` is empty)."""
+
+    criterion: str
+    leader: str
+    margins: list[Margin] = field(default_factory=list)
+    untested: str | None = None
+
+    @property
+    def untold(self) -> list[str]:
+        """The models the data cannot tell from the leader (the interval includes 0)."""
+        return [m.other for m in self.margins if not m.difference.resolved]
+
+    def markdown(self, split: str) -> str:
+        """A Markdown section: the leader and the table of margins (or why there is none)."""
+        head = f"## `{self.criterion}`: **{self.leader}** leads\n"
+        if self.untested:
+            return f"{head}\nNot tested: {self.untested}.\n"
+        rows = [
+            f"| {m.other} | {m.difference.difference:+.4f} | [{m.difference.low:+.4f}, "
+            f"{m.difference.high:+.4f}] | {'yes' if m.difference.resolved else 'no'} |"
+            for m in self.margins
+        ]
+        scores = (
+            "under the compound shift, the mean over its draws"
+            if self.criterion.startswith("shift_")
+            else "clean images"
+        )
+        return (
+            "\n".join(
+                [
+                    head,
+                    f"Its ROC AUC minus each other model's on the same {split} images ({scores}), "
+                    "with a 95% interval from a paired, patient-grouped bootstrap (1,000 "
+                    "resamples). Where the interval includes 0 this split cannot tell the two "
+                    "apart: the order between them is not evidence.\n",
+                    "| other model | AUC difference | 95% interval | told apart |",
+                    "|---|---|---|---|",
+                    *rows,
+                ]
+            )
+            + "\n"
+        )
 
 
 def _scores(folder: Path, scenario: str | None) -> dict[str, tuple[int, list[float]]]:
@@ -43,62 +91,44 @@ def _scores(folder: Path, scenario: str | None) -> dict[str, tuple[int, list[flo
     return {path: (labels[path], draws) for path, draws in shifted.items()}
 
 
-def selection_margins(
-    runs: dict[str, RunDir], chosen: str, criterion: str, split: str = "val"
-) -> list[SelectionMargin] | None:
-    """The chosen run's paired ROC AUC margin over each other run, from their evaluations of
-    ``split``; None when ``criterion`` has no per-image scores (:data:`SCORED_CRITERIA`) or the
-    runs were not all scored on the same images."""
+def margins_over(
+    runs: dict[str, RunDir], leader: str, criterion: str, split: str = "val"
+) -> Margins:
+    """The ``leader`` run's paired ROC AUC margin over each other run on ``criterion``, from
+    their evaluations of ``split`` (``RUN/eval/<split>/``)."""
     if criterion not in SCORED_CRITERIA:
-        return None
+        scored = " and ".join(f"`{c}`" for c in SCORED_CRITERIA)
+        return Margins(criterion, leader, untested=f"no per-image scores (only {scored} have)")
     scenario = SCORED_CRITERIA[criterion]
     try:
         scores = {name: _scores(run.eval_dir(split), scenario) for name, run in runs.items()}
     except (OSError, KeyError) as exc:
-        log.warning("selection margins not computed: an evaluation's scores are missing (%s)", exc)
-        return None
-    images = sorted(scores[chosen])
+        return Margins(criterion, leader, untested=f"an evaluation's scores are missing ({exc})")
+    images = sorted(scores[leader])
     if any(sorted(s) != images for s in scores.values()):
-        log.warning("selection margins not computed: the models were scored on other images")
-        return None
-    labels = np.array([scores[chosen][path][0] for path in images])
+        return Margins(criterion, leader, untested="the models were scored on other images")
+    labels = np.array([scores[leader][path][0] for path in images])
     patients = [patient_id(Path(path).name) for path in images]
 
     def draws(name: str) -> list[np.ndarray]:
         return list(np.array([scores[name][path][1] for path in images]).T)  # one per draw
 
-    return [
-        SelectionMargin(name, paired_auc_difference(labels, draws(chosen), draws(name), patients))
+    margins = [
+        Margin(name, paired_auc_difference(labels, draws(leader), draws(name), patients))
         for name in runs
-        if name != chosen
+        if name != leader
     ]
+    return Margins(criterion, leader, margins)
 
 
-def untold(margins: list[SelectionMargin] | None) -> list[str]:
-    """The models the data cannot tell from the chosen one (none when not testable)."""
-    return [m.other for m in margins or [] if not m.margin.resolved]
-
-
-def margins_markdown(chosen: str, criterion: str, margins: list[SelectionMargin] | None) -> str:
-    """The selection and how far the data support it, as Markdown."""
-    lines = [f"# Selection\n\nSelected by `{criterion}`: **{chosen}**.\n"]
-    if margins is None:
-        lines.append(
-            f"`{criterion}` has no per-image scores to test the margin on; only `roc_auc` and "
-            "`shift_roc_auc` do.\n"
+def warn_untold(margins: Margins, split: str) -> None:
+    """Log each model the data cannot tell from the leader."""
+    for other in margins.untold:
+        log.warning(
+            "%s is not told apart from %s on %s (%s): the 95%% paired interval of the AUC "
+            "difference includes 0",
+            margins.leader,
+            other,
+            split,
+            margins.criterion,
         )
-        return "\n".join(lines)
-    lines += [
-        "Its ROC AUC minus each other model's on the same validation images (under the compound "
-        "shift: the mean over draws), with a 95% interval from a paired, patient-grouped "
-        "bootstrap (1,000 resamples). Where the interval includes 0 this split cannot tell the "
-        "two apart: the order between them is not evidence.\n",
-        "| other model | AUC difference | 95% interval | told apart |",
-        "|---|---|---|---|",
-        *(
-            f"| {m.other} | {m.margin.difference:+.4f} | [{m.margin.low:+.4f}, "
-            f"{m.margin.high:+.4f}] | {'yes' if m.margin.resolved else 'no'} |"
-            for m in margins
-        ),
-    ]
-    return "\n".join(lines) + "\n"

@@ -29,12 +29,7 @@ from pneumolab.data.layout import CLASS_NAMES, find_splits, scan_split
 from pneumolab.errors import ConfigError, PneumolabError
 from pneumolab.evaluation.comparison import ComparisonRow, compare_run, write_comparison
 from pneumolab.evaluation.figures import save_sample_grid
-from pneumolab.evaluation.selection import (
-    SelectionMargin,
-    margins_markdown,
-    selection_margins,
-    untold,
-)
+from pneumolab.evaluation.selection import Margins, margins_over, warn_untold
 from pneumolab.pipeline.ensemble import build_ensemble
 from pneumolab.pipeline.train import train
 from pneumolab.run import RunDir
@@ -57,8 +52,8 @@ class StudyResult:
     outputs: dict[str, Path] = field(default_factory=dict)
     select_by: str = "roc_auc"
     """The study file's selection criterion (a column of ``rows``)."""
-    margins: list[SelectionMargin] | None = None
-    """The selected model's paired AUC margin over each other model (None: not testable)."""
+    margins: Margins | None = None
+    """The selected model's paired AUC margin over each other model (None: nothing compared)."""
 
 
 def _train_or_reuse(name: str, config: TrainConfig, data_dir: Path, run: RunDir) -> None:
@@ -164,15 +159,11 @@ def run_study(
         return StudyResult(rows, None, failed, outputs, study.select_by)
     best = max(rows, key=lambda r: (getattr(r, study.select_by), r.specificity)).name
     outputs["best"] = _link_best(study_dir, finished[best])
-    margins = selection_margins(finished, best, study.select_by)
+    margins = margins_over(finished, best, study.select_by)
+    warn_untold(margins, "validation")
     outputs["selection"] = study_dir / "selection.md"
-    outputs["selection"].write_text(margins_markdown(best, study.select_by, margins))
-    for tied in untold(margins):
-        log.warning(
-            "%s is not told apart from %s on validation (%s): the 95%% paired interval of the "
-            "AUC difference includes 0",
-            best,
-            tied,
-            study.select_by,
-        )
+    outputs["selection"].write_text(
+        f"# Selection\n\n`best` is **{best}**, selected on validation by `{study.select_by}` "
+        "(ties: specificity).\n\n" + margins.markdown("validation")
+    )
     return StudyResult(rows, best, failed, outputs, study.select_by, margins)
