@@ -54,31 +54,24 @@ class Margins:
         head = f"## `{self.criterion}`: **{self.leader}** leads\n"
         if self.untested:
             return f"{head}\nNot tested: {self.untested}.\n"
-        rows = [
-            f"| {m.other} | {m.difference.difference:+.4f} | [{m.difference.low:+.4f}, "
-            f"{m.difference.high:+.4f}] | {'yes' if m.difference.resolved else 'no'} |"
-            for m in self.margins
+        shifted = self.criterion.startswith("shift_")
+        scores = "under the compound shift, the mean over its draws" if shifted else "unshifted"
+        lines = [
+            head,
+            f"Its ROC AUC minus each other model's on the same {split} images ({scores}), with a "
+            "95% interval from a paired, patient-grouped bootstrap (1,000 resamples). Where the "
+            "interval includes 0 this split cannot tell the two apart: the order between them "
+            "is not evidence.\n",
+            "| other model | AUC difference | 95% interval | told apart |",
+            "|---|---|---|---|",
         ]
-        scores = (
-            "under the compound shift, the mean over its draws"
-            if self.criterion.startswith("shift_")
-            else "clean images"
-        )
-        return (
-            "\n".join(
-                [
-                    head,
-                    f"Its ROC AUC minus each other model's on the same {split} images ({scores}), "
-                    "with a 95% interval from a paired, patient-grouped bootstrap (1,000 "
-                    "resamples). Where the interval includes 0 this split cannot tell the two "
-                    "apart: the order between them is not evidence.\n",
-                    "| other model | AUC difference | 95% interval | told apart |",
-                    "|---|---|---|---|",
-                    *rows,
-                ]
+        for m in self.margins:
+            d = m.difference
+            told = "yes" if d.resolved else "no"
+            lines.append(
+                f"| {m.other} | {d.difference:+.4f} | [{d.low:+.4f}, {d.high:+.4f}] | {told} |"
             )
-            + "\n"
-        )
+        return "\n".join(lines) + "\n"
 
 
 def _scores(folder: Path, scenario: str | None) -> dict[str, tuple[int, list[float]]]:
