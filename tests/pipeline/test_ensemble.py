@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +13,15 @@ from conftest import TINY_TRAINING, copy_run, write_synthetic_dataset
 from pneumolab.config import TrainConfig
 from pneumolab.data.layout import Sample
 from pneumolab.errors import RunDirError
+from pneumolab.evaluation.comparison import compare_runs
 from pneumolab.evaluation.evaluate import evaluate
+from pneumolab.evaluation.outputs import SHIFT_PREDICTIONS
+from pneumolab.evaluation.shift import SCENARIOS
 from pneumolab.explain.gradcam import explain_paths
 from pneumolab.inference.predictor import Predictor
 from pneumolab.pipeline.ensemble import build_ensemble
 from pneumolab.pipeline.train import train
-from pneumolab.run import read_predictions, write_predictions
+from pneumolab.run import read_predictions, read_shift_predictions, write_predictions
 from pneumolab.scope.ood import ENSEMBLE_METHOD, OodModel
 from pneumolab.serving.export import export_onnx
 
@@ -62,6 +66,31 @@ def test_ensemble_scores_the_mean_with_its_own_threshold(members, tmp_path):
     metrics = evaluate(ensemble.root, data, "val")
     assert metrics["model"].startswith("ensemble(")
     assert metrics["roc_auc"] == pytest.approx(meta["val_metrics"]["roc_auc"], abs=1e-6)
+
+
+def test_a_comparison_scores_members_once_and_the_ensemble_from_their_passes(
+    members, tmp_path, caplog
+):
+    data, runs = members
+    copies = [copy_run(r.root, tmp_path / r.root.name) for r in runs]  # evaluation writes there
+    ensemble = build_ensemble(copies, tmp_path / "ens")
+    with caplog.at_level(logging.INFO, logger="pneumolab"):
+        rows, _ = compare_runs([*copies, ensemble.root], data, "val", tmp_path / "cmp", shift=True)
+    passes = 1 + len(SCENARIOS) * 3  # the clean split, then every scenario's draws
+    # the members' passes were scored once each; all the ensemble's were answered from them
+    assert f"answered from the cache: {2 * passes} of {4 * passes}" in caplog.text
+    assert all(row.cpu_ms_per_image > 0 for row in rows)  # timed without the cache
+
+    scored = {c.name: c / "eval" / "val" / SHIFT_PREDICTIONS for c in copies}
+    scored["ensemble"] = ensemble.eval_dir("val") / SHIFT_PREDICTIONS
+    for scenario in SCENARIOS:
+        by_run = {name: read_shift_predictions(path, scenario) for name, path in scored.items()}
+        for image, draws in by_run["ensemble"].items():
+            mean = np.mean([by_run[c.name][image] for c in copies], axis=0)
+            assert draws == pytest.approx(mean, abs=2e-6)  # files keep 6 decimals
+    uncached = evaluate(ensemble.root, data, "val", shift=True)
+    assert uncached["roc_auc"] == rows[2].roc_auc
+    assert uncached["shift_summary"]["compound_roc_auc"] == rows[2].shift_roc_auc
 
 
 def test_single_network_tools_name_the_members(members, tmp_path):

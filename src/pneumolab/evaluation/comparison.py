@@ -19,6 +19,7 @@ from pneumolab.evaluation.outputs import write_evaluation
 from pneumolab.evaluation.selection import margins_over, warn_untold
 from pneumolab.evaluation.speed import ms_per_image
 from pneumolab.inference.predictor import Predictor, default_device
+from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.outputs import check_output
 from pneumolab.run import RunDir
 
@@ -61,19 +62,20 @@ def compare_run(
     split: str,
     robustness: bool = False,
     shift: bool = False,
+    cache: ScoreCache | None = None,
 ) -> ComparisonRow:
     """Evaluate one run on ``split`` (with ``robustness``: also under the perturbations, for the
     worst-case columns; with ``shift``: under the shift protocol's compound scenario) and time
-    its CPU inference (a batch of 32 of the split's images). The run is loaded and its images
-    decoded once for both."""
+    its CPU inference (a batch of 32 of the split's images, never from ``cache``). ``cache``,
+    shared by the runs of one comparison, spares an ensemble the passes its members made."""
     run = RunDir(Path(run_dir))
     device = default_device()
-    predictor = Predictor.from_run(run.root, device=device)
+    predictor = Predictor.from_run(run.root, device=device, cache=cache)
     evaluation = compute_evaluation(predictor, data_dir, split, robustness, shift)
     write_evaluation(evaluation)
     metrics = evaluation.metrics
-    on_cpu = predictor if device == "cpu" else Predictor.from_run(run.root, device="cpu")
-    cpu_ms = ms_per_image(on_cpu.backend, evaluation.decoded.pixels[:SPEED_IMAGES])
+    timed = predictor if device == "cpu" and cache is None else Predictor.from_run(run.root)
+    cpu_ms = ms_per_image(timed.backend, evaluation.decoded.pixels[:SPEED_IMAGES])
     meta = run.read_meta()
     worst = metrics.get("robustness_summary") or {}
     shifted = metrics.get("shift_summary") or {}
@@ -210,10 +212,12 @@ def compare_runs(
             "their validation figures are not directly comparable"
         )
     names = _unique_names([run.root for run in runs])
+    cache = ScoreCache()
     rows = [
-        compare_run(n, run.root, data_dir, split, robustness, shift)
+        compare_run(n, run.root, data_dir, split, robustness, shift, cache)
         for n, run in zip(names, runs, strict=True)
     ]
+    cache.log_use()
     outputs = write_comparison(rows, out_dir, split)
     criteria = ("roc_auc", "shift_roc_auc") if shift else ("roc_auc",)
     _write_margins(rows, dict(zip(names, runs, strict=True)), split, criteria, margins_file)

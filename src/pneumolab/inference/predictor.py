@@ -27,6 +27,7 @@ from pneumolab.data.imageio import (
 from pneumolab.errors import ImageLoadError, RunDirError
 from pneumolab.inference.decoding import decoded_batches
 from pneumolab.inference.prediction import Prediction, gated_prediction
+from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.inference.scores import Scorer, at_size, mean_scores, torch_scorer, with_tta
 from pneumolab.run import RunDir
 from pneumolab.run_meta import RunMeta
@@ -198,6 +199,7 @@ class Predictor:
         onnx_file: str | Path | None = None,
         tta: bool = False,
         scope_verdict: bool = True,
+        cache: ScoreCache | None = None,
     ) -> Predictor:
         """Load the best weights, metadata and OOD model of a finished run.
 
@@ -210,8 +212,10 @@ class Predictor:
         ``tta`` averages each image's scores over fixed test-time views and decides at the run's
         TTA threshold (chosen on validation scores averaged over the same views; a run without
         one keeps its plain threshold, with a warning). ``scope_verdict``: see :class:`Predictor`.
+        ``cache``: every network (an ensemble's members each) answers pixels it has scored
+        before from this :class:`~pneumolab.inference.score_cache.ScoreCache`.
         """
-        predictor = cls._load(run_dir, device, backend, onnx_file)
+        predictor = cls._load(run_dir, device, backend, onnx_file, cache)
         predictor.run_dir = Path(run_dir)
         predictor.scope_verdict = scope_verdict
         predictor.backend_name, predictor.tta = backend, tta
@@ -236,7 +240,12 @@ class Predictor:
 
     @classmethod
     def _load(
-        cls, run_dir: str | Path, device: str, backend: str, onnx_file: str | Path | None
+        cls,
+        run_dir: str | Path,
+        device: str,
+        backend: str,
+        onnx_file: str | Path | None,
+        cache: ScoreCache | None = None,
     ) -> Predictor:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
@@ -252,13 +261,14 @@ class Predictor:
             )
             ood = None
         if meta.is_ensemble:
-            members = [cls._load(m.root, device, backend, None) for m in run.member_runs()]
+            members = [cls._load(m.root, device, backend, None, cache) for m in run.member_runs()]
             scorers = [at_size(m.scorer, m.image_size) for m in members]
             return cls(None, meta, mean_scores(scorers), ood)
         if backend != "torch":
             from pneumolab.inference.onnx_backend import run_exported_backend  # only when asked
 
-            return cls(None, meta, run_exported_backend(run.root, backend, onnx_file), ood)
+            scorer = run_exported_backend(run.root, backend, onnx_file)
+            return cls(None, meta, cls._cached(scorer, cache, run.root, backend, onnx_file), ood)
         from safetensors.torch import load_file
 
         from pneumolab.models.registry import create_classifier
@@ -276,7 +286,18 @@ class Predictor:
             raise RunDirError(
                 f"{run.weights}: weights do not match model '{meta.model}' ({exc})"
             ) from None
-        return cls(model.to(device), meta, ood=ood)
+        predictor = cls(model.to(device), meta, ood=ood)
+        predictor.scorer = cls._cached(predictor.scorer, cache, run.root, backend, device)
+        return predictor
+
+    @staticmethod
+    def _cached(
+        scorer: Scorer, cache: ScoreCache | None, root: Path, *how: str | Path | None
+    ) -> Scorer:
+        """``scorer`` through ``cache`` (if any), keyed by run folder and how it scores."""
+        if cache is None:
+            return scorer
+        return cache.wrap(scorer, "|".join(map(str, (root.resolve(), *how))))
 
     def require_model(self, purpose: str) -> XrayClassifier:
         """The PyTorch model; a clear error for an ensemble or an ONNX-only predictor."""

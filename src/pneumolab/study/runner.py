@@ -30,6 +30,7 @@ from pneumolab.errors import ConfigError, PneumolabError
 from pneumolab.evaluation.comparison import ComparisonRow, compare_run, write_comparison
 from pneumolab.evaluation.figures import save_sample_grid
 from pneumolab.evaluation.selection import Margins, margins_over, warn_untold
+from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.pipeline.ensemble import build_ensemble
 from pneumolab.pipeline.train import train
 from pneumolab.run import RunDir
@@ -149,10 +150,12 @@ def run_study(
             target = configs[ensemble.members[0]].target_sensitivity
             build_ensemble([finished[m].root for m in ensemble.members], run.root, target)
         finished[ensemble.name] = run
+    cache = ScoreCache()  # members are scored once, not again inside each ensemble
     rows = [
-        compare_run(name, run.root, data_dir, "val", study.robustness, study.shift)
+        compare_run(name, run.root, data_dir, "val", study.robustness, study.shift, cache)
         for name, run in finished.items()
     ]
+    cache.log_use()
     outputs = write_comparison(rows, study_dir, "val", failed)
     outputs["samples"] = _sample_grid(data_dir, study_dir / "samples.png")
     if not rows:
