@@ -18,6 +18,7 @@ import itertools
 from pathlib import Path
 
 import yaml
+from report import publish
 from scipy.stats import kendalltau
 
 HELD_OUT = ("roc_auc", "specificity")
@@ -91,9 +92,7 @@ def main() -> None:
     if missing:
         parser.error(f"not in the tables: {', '.join(missing)}")
     table = order_table(runs, names, reference)
-    print(table)
-    if args.out:
-        args.out.write_text(table)
+    publish(table, args.out)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ table is the same (CPU ms/img aside: it is measured apart from the cache).
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict
 from pathlib import Path
+
+from report import publish, runs_parser
 
 from pneumolab.evaluation.comparison import ComparisonRow, compare_run
 from pneumolab.inference.score_cache import ScoreCache
@@ -39,11 +40,7 @@ def figures(row: ComparisonRow) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, help="also write the Markdown table here")
-    args = parser.parse_args()
+    args = runs_parser(__doc__).parse_args()
     plain_s, plain_rows = timed_comparison(args.runs, args.data, None)
     cache = ScoreCache()
     cached_s, cached_rows = timed_comparison(args.runs, args.data, cache)
@@ -58,10 +55,7 @@ def main() -> None:
         f"Speed-up: {plain_s / cached_s:.2f}x over {len(args.runs)} runs "
         f"({', '.join(d.name for d in args.runs)}).",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    publish("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ accuracy on the official 16-image ``val/`` folder. Nothing here looks at the tes
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
+from report import publish, runs_parser
 
 from pneumolab.data.dataset import decode_samples
 from pneumolab.evaluation.metrics import binary_metrics
@@ -61,19 +61,11 @@ def markdown(rows: list[dict[str, float | str]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--draws", type=int, default=3)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+    args = runs_parser(__doc__, draws=3).parse_args()
     rows = [score_run(run, args.data, args.draws) for run in args.runs]
     table = markdown(rows)
     print(f"scenarios: {', '.join(SCENARIOS)}; {args.draws} draws each\n")
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table)
+    publish(table, args.out)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,8 @@ scores by the run's own rule, as :func:`pneumolab.pipeline.finalise.finalise` no
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
+from report import publish, runs_parser
 
 from pneumolab.data.dataset import decode_samples
 from pneumolab.evaluation.decision import decision_rule
@@ -59,12 +57,7 @@ def cell(figures: Figures, scenario: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--draws", type=int, default=2)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+    args = runs_parser(__doc__, draws=2).parse_args()
     lines = [
         "| run | scenario | plain, stored threshold | TTA, stored threshold | TTA, TTA threshold |",
         "|---|---|---|---|---|",
@@ -91,9 +84,7 @@ def main() -> None:
             f"| {run.name} | {s} | " + " | ".join(cell(c, s) for c in columns) + " |" for s in plain
         ]
     table = "\n".join(lines) + "\n"
-    print(table)
-    if args.out:
-        args.out.write_text(table)
+    publish(table, args.out)
 
 
 if __name__ == "__main__":

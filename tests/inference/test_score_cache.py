@@ -55,3 +55,17 @@ def test_a_caller_writing_to_its_scores_leaves_the_cache_intact():
     expected = scorer(pixels).probability.copy()
     scorer(pixels).probability[:] = -1
     assert np.array_equal(scorer(pixels).probability, expected) and calls == [4]
+
+
+def test_a_bypassed_cache_scores_anew_without_counting_or_storing():
+    cache, calls = ScoreCache(), []
+    scorer = cache.wrap(_counting_scorer(calls), "run-a")
+    pixels = _pixels(2)
+    scorer(pixels)
+    with cache.bypassed():
+        scorer(pixels)  # what a timing needs: the work done again
+        scorer(_pixels(3))
+    scorer(_pixels(3))  # not stored while bypassed
+    assert calls == [4, 4, 4, 4] and (cache.hits, cache.misses) == (0, 2)
+    scorer(pixels)
+    assert cache.hits == 1 and len(calls) == 4

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from operator import attrgetter
 from pathlib import Path
@@ -66,7 +67,7 @@ def compare_run(
 ) -> ComparisonRow:
     """Evaluate one run on ``split`` (with ``robustness``: also under the perturbations, for the
     worst-case columns; with ``shift``: under the shift protocol's compound scenario) and time
-    its CPU inference (a batch of 32 of the split's images, never from ``cache``). ``cache``,
+    its CPU inference (a batch of 32 of the split's images, ``cache`` bypassed). ``cache``,
     shared by the runs of one comparison, spares an ensemble the passes its members made."""
     run = RunDir(Path(run_dir))
     device = default_device()
@@ -74,8 +75,9 @@ def compare_run(
     evaluation = compute_evaluation(predictor, data_dir, split, robustness, shift)
     write_evaluation(evaluation)
     metrics = evaluation.metrics
-    timed = predictor if device == "cpu" and cache is None else Predictor.from_run(run.root)
-    cpu_ms = ms_per_image(timed.backend, evaluation.decoded.pixels[:SPEED_IMAGES])
+    timed = predictor if device == "cpu" else Predictor.from_run(run.root)
+    with cache.bypassed() if cache else nullcontext():
+        cpu_ms = ms_per_image(timed.backend, evaluation.decoded.pixels[:SPEED_IMAGES])
     meta = run.read_meta()
     worst = metrics.get("robustness_summary") or {}
     shifted = metrics.get("shift_summary") or {}

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -30,17 +32,30 @@ def pixels_digest(pixels: Any) -> tuple[tuple[int, ...], str, bytes]:
 class ScoreCache:
     """Memoises single networks' :class:`~pneumolab.inference.scores.Scores` (pass it to
     :meth:`Predictor.from_run <pneumolab.inference.predictor.Predictor.from_run>`). Keep one for
-    the length of a comparison, not for timing: a repeated batch costs nothing."""
+    the length of a comparison; time scoring inside :meth:`bypassed`, as a repeated batch
+    costs nothing here."""
 
     def __init__(self) -> None:
         self._scores: dict[tuple[str, Any], Scores] = {}
+        self._bypassed = False
         self.hits = 0
         self.misses = 0
+
+    @contextmanager
+    def bypassed(self) -> Iterator[None]:
+        """Within this block every wrapped scorer scores anew, uncounted and unstored."""
+        self._bypassed = True
+        try:
+            yield
+        finally:
+            self._bypassed = False
 
     def wrap(self, scorer: Scorer, network: str) -> Scorer:
         """``scorer``, answered from the cache for pixels ``network`` has already scored."""
 
         def cached(pixels: Any) -> Scores:
+            if self._bypassed:
+                return scorer(pixels)
             key = (network, pixels_digest(pixels))
             if key in self._scores:
                 self.hits += 1
