@@ -59,6 +59,16 @@ def test_every_bad_input_is_named_and_the_good_one_still_runs(run_dir, corpus, g
         assert printable(str(bad.path)) in err and bad.problem in err, (name, err)
 
 
+def test_a_table_holds_the_good_inputs_and_none_is_printed_when_every_input_fails(
+    run_dir, corpus, good, capsys
+):
+    bad = next(iter(corpus.values()))
+    code, out, err = run_cli(capsys, "predict", run_dir, bad.path)
+    assert code == 1 and out == "" and bad.problem in err
+    code, out, _ = run_cli(capsys, "predict", run_dir, bad.path, good)
+    assert code == 1 and "probability" in out and good.stem[:4] in out
+
+
 def test_predict_out_records_every_bad_input(run_dir, corpus, good, tmp_path, capsys):
     out = tmp_path / "results.jsonl"
     paths = [bad.path for bad in corpus.values()]

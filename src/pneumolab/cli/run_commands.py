@@ -108,7 +108,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 "yes" if result.in_scope else Text("no", style="bold red"),
                 "; ".join(result.reasons + result.warnings),
             )
-    if not args.json:
+    if not args.json and table.row_count:  # no empty table above the errors
         stdout.print(table)
     return 1 if failures else 0
 
