@@ -12,7 +12,7 @@ from pathlib import Path
 def runs_parser(doc: str | None, draws: int | None = None) -> argparse.ArgumentParser:
     """A parser of run folders, ``--data`` and ``--out`` (and ``--draws``, when given a
     default), described by the first line of ``doc``."""
-    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser = argparse.ArgumentParser(description=(doc or "").partition("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="finished run folders")
     parser.add_argument("--data", type=Path, required=True, help="the dataset root")
     if draws is not None:

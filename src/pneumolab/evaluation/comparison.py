@@ -78,7 +78,7 @@ def compare_run(
     timed = predictor if device == "cpu" else Predictor.from_run(run.root)
     with cache.bypassed() if cache else nullcontext():
         cpu_ms = ms_per_image(timed.backend, evaluation.decoded.pixels[:SPEED_IMAGES])
-    meta = run.read_meta()
+    meta = predictor.meta  # what from_run read from meta.json
     worst = metrics.get("robustness_summary") or {}
     shifted = metrics.get("shift_summary") or {}
     official = meta.official_val_metrics
