@@ -93,7 +93,8 @@ def test_interrupted_training_resumes_from_last_checkpoint(synthetic_data, tmp_p
 
 
 def test_stored_preprocessing_reproduces_validation_scores(tiny_run):
-    """A loaded run scores files exactly as training scored them (threshold relies on it)."""
+    """A loaded run scores files exactly as training scored them, with and without TTA (the
+    thresholds rely on it)."""
     from pneumolab.inference.predictor import Predictor
 
     run = RunDir(tiny_run[0])
@@ -105,6 +106,9 @@ def test_stored_preprocessing_reproduces_validation_scores(tiny_run):
     results = list(predictor.predict_paths([row["path"] for row in rows]))
     for row, result in zip(rows, results, strict=True):
         assert result.probability == pytest.approx(float(row["probability"]), abs=1e-5)
+    with_tta = Predictor.from_run(run.root, tta=True).predict_paths([row["path"] for row in rows])
+    for row, result in zip(rows, with_tta, strict=True):  # the identity view reused, not skipped
+        assert result.probability == pytest.approx(float(row["tta_probability"]), abs=1e-5)
 
 
 @pytest.mark.slow

@@ -110,8 +110,17 @@ class XrayClassifier(nn.Module):
         return backbone.forward_head(final, pre_logits=True), middle.float().mean(dim=(2, 3))
 
     def scope_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The scope gate's descriptor alone (see :meth:`features_and_scope`)."""
-        return self.features_and_scope(x)[1]
+        """The scope gate's descriptor alone (see :meth:`features_and_scope`): the forward pass
+        stops at :attr:`scope_stage` (Xception at 160 px: about 30% less work)."""
+        if self.scope_stage is None:
+            return self.features(x)
+        (middle,) = self.backbone.forward_intermediates(
+            self._backbone_input(x),
+            indices=[self.scope_stage],
+            intermediates_only=True,
+            stop_early=True,
+        )
+        return middle.float().mean(dim=(2, 3))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The ``(B, D)`` features the final classifier sees (timm's ``pre_logits``)."""

@@ -22,7 +22,7 @@ from pneumolab.data.layout import Sample
 from pneumolab.data.transforms import BatchAugmentation
 from pneumolab.errors import RunDirError
 from pneumolab.inference.predictor import Predictor, score_batches
-from pneumolab.inference.scores import Scores, torch_scorer
+from pneumolab.inference.scores import Scorer, Scores, torch_scorer
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.run import RunDir
 from pneumolab.scope.mahalanobis import MahalanobisScore, fit_mahalanobis
@@ -64,14 +64,25 @@ def fit_scorer(model: XrayClassifier, intensity: str, train: DecodedImages) -> M
     return fit_mahalanobis(features, np.tile(labels, 2))
 
 
+def ood_scores(
+    model: XrayClassifier, intensity: str, scorer: MahalanobisScore, pixels: torch.Tensor
+) -> np.ndarray:
+    """OOD scores of uint8 ``(N, 1, S, S)`` pixels, the forward pass stopping at the scope stage."""
+    return score_batches(lambda x: scorer(model.scope_features(x)), model, pixels, intensity, 64)
+
+
 def gated_validation_scores(
-    model: XrayClassifier, intensity: str, scorer: MahalanobisScore, val: DecodedImages, name: str
+    model: XrayClassifier,
+    intensity: str,
+    scorer: MahalanobisScore,
+    val: DecodedImages,
+    name: str,
+    score: Scorer | None = None,
 ) -> tuple[Scores, OodModel]:
-    """Validation probabilities and OOD scores (one pass), and the OOD model thresholded on
-    those scores and on an augmented copy's."""
-    score = torch_scorer(model, intensity, scorer)
-    scores = score(val.pixels)
-    augmented = score(acquisition_copy(val.pixels)).ood
+    """Validation probabilities and OOD scores (one pass of ``score``, by default the model
+    with ``scorer``), and the OOD model thresholded on those scores and on an augmented copy's."""
+    scores = (score or torch_scorer(model, intensity, scorer))(val.pixels)
+    augmented = ood_scores(model, intensity, scorer, acquisition_copy(val.pixels))
     provenance = {
         "fitted_on": f"scope descriptors of the train side of {name}'s split and an augmented copy",
         "threshold_on": f"{len(val.samples)} validation images of {name} and an augmented copy",

@@ -18,6 +18,7 @@ from pneumolab.data.layout import find_splits, scan_split
 from pneumolab.data.subtypes import subtype_labels
 from pneumolab.evaluation.subtypes import subtype_metrics
 from pneumolab.inference.predictor import predict_class_probabilities, predict_pixels
+from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.inference.scores import torch_scorer, with_tta
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.pipeline.finalise import finalise
@@ -52,7 +53,11 @@ def train(
     train_images = trained.fitted.train_images
     assert train_images is not None  # fit() keeps them
     scorer = fit_scorer(model, config.intensity, train_images)
-    scores, ood = gated_validation_scores(model, config.intensity, scorer, val, run.root.name)
+    # the TTA pass's identity view is the validation pass: the cache answers it
+    validation = ScoreCache().wrap(torch_scorer(model, config.intensity, scorer), "validation")
+    scores, ood = gated_validation_scores(
+        model, config.intensity, scorer, val, run.root.name, validation
+    )
     ood.save(run.ood)
     finalise(
         run,
@@ -61,7 +66,7 @@ def train(
         scores.probability,
         config.target_sensitivity,
         official_val_scores(model, trained.split.data_root, config),
-        with_tta(torch_scorer(model, config.intensity))(val.pixels).probability,
+        with_tta(validation)(val.pixels).probability,
     )
     files = [run.root / CARD_NAME, run.meta, run.val_predictions, run.history]
     log_run_files(trained.fitted.logger, files)
