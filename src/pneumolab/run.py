@@ -114,6 +114,11 @@ class RunDir:
         """The member runs of an ensemble (an empty list for a single run)."""
         return [RunDir(self.root / p) for p in self.read_meta().members]
 
+    def missing_onnx(self) -> list[RunDir]:
+        """The networks of this run (each member of an ensemble, else the run itself) that
+        have no ``model.onnx`` yet."""
+        return [single for single in self.member_runs() or [self] if not single.onnx.is_file()]
+
     @property
     def looks_like_run(self) -> bool:
         """Whether the folder holds a run's config or metadata."""

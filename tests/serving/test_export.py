@@ -143,7 +143,7 @@ def test_predict_backend_onnx_matches_torch_and_exports_only_when_asked(run, ima
     assert main(command) == 0
     captured = capsys.readouterr()
     onnx_results = [json.loads(line) for line in captured.out.splitlines()]
-    assert run.onnx.is_file() and "exporting it first (--export)" in captured.err
+    assert run.onnx.is_file() and "was missing: exported (--export)" in captured.err
     assert [r["label"] for r in onnx_results] == [r["label"] for r in torch_results]
     assert {r["label"] for r in torch_results} == {"NORMAL", "PNEUMONIA"}
     for a, b in zip(onnx_results, torch_results, strict=True):

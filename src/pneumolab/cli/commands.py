@@ -9,15 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rich.table import Table
 
 from pneumolab.cli.console import console, say, stdout
+from pneumolab.cli.exports import export_if_asked
 from pneumolab.errors import ConfigError
-
-if TYPE_CHECKING:
-    pass
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -126,6 +123,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     from pneumolab.evaluation.evaluate import evaluate
 
+    export_if_asked(args, [args.run_dir])
     metrics = evaluate(
         args.run_dir,
         args.data,
@@ -133,6 +131,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         robustness=args.robustness,
         tta=args.tta,
         shift=args.shift,
+        backend=args.backend,
     )
     if args.json:
         print(json.dumps(metrics))
@@ -191,6 +190,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from pneumolab.cli.tables import comparison_table
     from pneumolab.evaluation.comparison import compare_runs
 
+    export_if_asked(args, args.run_dirs)
     rows, outputs = compare_runs(
         args.run_dirs,
         args.data,
@@ -199,6 +199,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         args.robustness,
         args.shift,
         overwrite=args.overwrite,
+        backend=args.backend,
     )
     stdout.print(comparison_table(rows, f"{args.split} split"))
     console.print(

@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--robustness", action="store_true", help="add worst-case figures under perturbations"
     )
     compare.add_argument("--shift", action="store_true", help=SHIFT_HELP)
+    add_backend_flags(compare)
     compare.set_defaults(func=cmd.cmd_compare)
 
     evaluate = commands.add_parser("evaluate", help="metrics of a run on a split")
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also score under contrast/exposure/geometry shifts",
     )
     evaluate.add_argument("--shift", action="store_true", help=SHIFT_HELP)
+    add_backend_flags(evaluate)
     evaluate.set_defaults(func=cmd.cmd_evaluate)
 
     predict = commands.add_parser("predict", help="predict images or folders")

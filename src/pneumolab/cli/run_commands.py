@@ -13,28 +13,11 @@ from rich.table import Table
 from rich.text import Text
 
 from pneumolab.cli.console import console, report_error, say, stdout
+from pneumolab.cli.exports import export_if_asked
 from pneumolab.errors import ConfigError, PneumolabError
 
 if TYPE_CHECKING:
     from pneumolab.inference.predictor import Predictor
-
-
-def _export_if_asked(args: argparse.Namespace) -> None:
-    """``--backend onnx --export``: export the run (every member of an ensemble) to ONNX first
-    where ``model.onnx`` is missing, and say so. Without ``--export`` nothing is written."""
-    if args.backend != "onnx" or not args.export:
-        return
-    from pneumolab.run import RunDir
-
-    run = RunDir(args.run_dir)
-    missing = [single for single in run.member_runs() or [run] if not single.onnx.is_file()]
-    if missing:
-        from pneumolab.serving.export import export_onnx  # loads PyTorch
-
-    for single in missing:
-        console.print(f"{single.onnx} not found: exporting it first (--export)")
-        report = export_onnx(single.root, single.onnx)
-        console.print(f"exported; max |Δprob| vs PyTorch {report['max_abs_diff']:.1e}")
 
 
 def _predict_to_file(args: argparse.Namespace, predictor: Predictor, paths: list[Path]) -> int:
@@ -86,7 +69,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         import_ray()  # before loading anything: without Ray, say how to install it
         if not args.out:
             raise ConfigError("--engine ray writes its results to --out FILE.parquet (or .csv)")
-    _export_if_asked(args)
+    export_if_asked(args, [args.run_dir])
     predictor = Predictor.from_run(
         args.run_dir, backend=args.backend, tta=args.tta, scope_verdict=not args.keep_label
     )
@@ -186,7 +169,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pneumolab.serving.app import create_app
     from pneumolab.serving.limits import ServerLimits, run_server
 
-    _export_if_asked(args)
+    export_if_asked(args, [args.run_dir])
     limits = ServerLimits(
         max_upload_bytes=int(args.max_upload_mb * 1_000_000),
         max_pixels=int(args.max_megapixels * 1_000_000),

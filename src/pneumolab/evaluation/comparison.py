@@ -54,6 +54,8 @@ class ComparisonRow:
     official_val_accuracy: float | None
     confusion_matrix: list[list[int]]
     run_dir: str
+    backend: str = "torch"
+    """What scored the model (and timed ``cpu_ms_per_image``): ``torch`` or ``onnx``."""
 
 
 def compare_run(
@@ -64,18 +66,20 @@ def compare_run(
     robustness: bool = False,
     shift: bool = False,
     cache: ScoreCache | None = None,
+    backend: str = "torch",
 ) -> ComparisonRow:
     """Evaluate one run on ``split`` (with ``robustness``: also under the perturbations, for the
     worst-case columns; with ``shift``: under the shift protocol's compound scenario) and time
     its CPU inference (a batch of 32 of the split's images, ``cache`` bypassed). ``cache``,
-    shared by the runs of one comparison, spares an ensemble the passes its members made."""
+    shared by the runs of one comparison, spares an ensemble the passes its members made.
+    ``backend="onnx"`` scores (and times) the exported ``model.onnx`` of each network."""
     run = RunDir(Path(run_dir))
     device = default_device()
-    predictor = Predictor.from_run(run.root, device=device, cache=cache)
+    predictor = Predictor.from_run(run.root, device=device, backend=backend, cache=cache)
     evaluation = compute_evaluation(predictor, data_dir, split, robustness, shift)
     write_evaluation(evaluation)
     metrics = evaluation.metrics
-    timed = predictor if device == "cpu" else Predictor.from_run(run.root)
+    timed = predictor if device == "cpu" or backend != "torch" else Predictor.from_run(run.root)
     with cache.bypassed() if cache else nullcontext():
         cpu_ms = ms_per_image(timed.backend, evaluation.decoded.pixels[:SPEED_IMAGES])
     meta = predictor.meta  # what from_run read from meta.json
@@ -103,6 +107,7 @@ def compare_run(
         official_val_accuracy=None if official is None else official.accuracy,
         confusion_matrix=metrics["confusion_matrix"],
         run_dir=str(run.root),
+        backend=backend,
     )
 
 
@@ -115,10 +120,11 @@ def _markdown(rows: Sequence[ComparisonRow], split: str, notes: dict[str, str]) 
         *(["AUC / specificity (compound shift)"] if shifted else []),
         "official val/", "params", "train s", "CPU ms/img",
     ]  # fmt: skip
+    backends = " and ".join(sorted({r.backend for r in rows})) or "torch"
     lines = [
         f"Results on the {split} split, at each model's default threshold (chosen on its "
         "validation split). Official val/: accuracy on the dataset's 16-image val folder "
-        "(reported, not used).",
+        f"(reported, not used). Scored and timed with the {backends} backend.",
         "",
         "| " + " | ".join(columns) + " |",
         "|---" * len(columns) + "|",
@@ -198,16 +204,20 @@ def compare_runs(
     robustness: bool = False,
     shift: bool = False,
     overwrite: bool = False,
+    backend: str = "torch",
 ) -> tuple[list[ComparisonRow], dict[str, Path]]:
     """Evaluate every run on ``split`` and write the comparison into ``out_dir`` (with
     ``margins.md``: the paired AUC margin of each criterion's leader over the others, clean and,
-    with ``shift``, compound); a table or chart already there is refused unless ``overwrite``."""
+    with ``shift``, compound); a table or chart already there is refused unless ``overwrite``.
+    ``backend``: see :func:`compare_run`."""
     margins_file = Path(out_dir) / "margins.md"
     for path in [*comparison_files(Path(out_dir)).values(), margins_file]:
         check_output(path, overwrite)
     runs = [RunDir(Path(d)) for d in run_dirs]
-    for run in runs:
-        run.read_meta()  # fail before any evaluation when one of them is not a finished run
+    for run in runs:  # fail before any evaluation when one is not a finished run...
+        run.read_meta()
+        if backend != "torch":  # ...or has no current export for the backend
+            Predictor.from_run(run.root, backend=backend)
     if split == "val" and len({run.split.read_bytes() for run in runs}) > 1:
         log.warning(
             "the runs were validated on different splits (split.csv differs): "
@@ -216,7 +226,7 @@ def compare_runs(
     names = _unique_names([run.root for run in runs])
     cache = ScoreCache()
     rows = [
-        compare_run(n, run.root, data_dir, split, robustness, shift, cache)
+        compare_run(n, run.root, data_dir, split, robustness, shift, cache, backend)
         for n, run in zip(names, runs, strict=True)
     ]
     cache.log_use()

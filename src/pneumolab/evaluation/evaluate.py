@@ -195,6 +195,7 @@ def compute_evaluation(
     metrics |= {
         "split": split,
         "tta": predictor.tta,
+        "backend": predictor.backend_name,
         "model": predictor.meta.model,
         "skipped": [r for _, r in decoded.skipped],
         "ci95": bootstrap_ci(labels, probs, predictor.threshold, groups=patients),
@@ -221,6 +222,7 @@ def evaluate(
     device: str | None = None,
     tta: bool = False,
     shift: bool = False,
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """Metrics at the run's stored threshold, threshold-free metrics, patient-grouped bootstrap
     95% intervals (``ci95``), every stored operating point and an oracle threshold scored on this
@@ -236,11 +238,16 @@ def evaluate(
     ``subtypes`` (:func:`~pneumolab.evaluation.subtypes.subtype_metrics`) and its 3x3 matrix.
     With ``shift``, adds the shift protocol (:mod:`pneumolab.evaluation.shift`): ``shift`` (per
     scenario, mean and min over three draws), ``shift_summary`` and ``acquisition_batches``,
-    and writes its per-image scores (``shift_predictions.csv``).
+    and writes its per-image scores (``shift_predictions.csv``). ``backend``: see
+    :meth:`Predictor.from_run <pneumolab.inference.predictor.Predictor.from_run>` (``onnx``
+    evaluates the exported model, the file a deployment serves); ``metrics["backend"]`` says
+    which scored.
     """
     from pneumolab.evaluation.outputs import write_evaluation
 
-    predictor = Predictor.from_run(run_dir, device=device or default_device(), tta=tta)
+    predictor = Predictor.from_run(
+        run_dir, device=device or default_device(), backend=backend, tta=tta
+    )
     evaluation = compute_evaluation(predictor, data_dir, split, robustness, shift)
     write_evaluation(evaluation)
     return evaluation.metrics

@@ -154,3 +154,12 @@ def export_onnx(
     finally:
         tmp.unlink(missing_ok=True)
     return {"file": str(out_file), "opset": opset, **report}
+
+
+def export_missing(run_dir: str | Path) -> dict[Path, dict[str, Any]]:
+    """Export every network of the run (each member of an ensemble) whose ``model.onnx`` is
+    missing, verified as :func:`export_onnx` does; returns each file written with its report."""
+    return {
+        single.onnx: export_onnx(single.root, single.onnx)
+        for single in RunDir(Path(run_dir)).missing_onnx()
+    }

@@ -45,6 +45,11 @@ class StudyConfig(BaseModel):
         default=False,
         description="also score every model under the shift protocol (compound-shift columns)",
     )
+    backend: Literal["torch", "onnx"] = Field(
+        default="torch",
+        description="what scores the comparison: onnx exports each network (verified against "
+        "PyTorch) where model.onnx is missing, then scores with onnxruntime",
+    )
 
     @model_validator(mode="after")
     def _scores_for_selection(self) -> StudyConfig:

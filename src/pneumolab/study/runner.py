@@ -93,6 +93,17 @@ def _link_best(study_dir: Path, target: RunDir) -> Path:
     return link
 
 
+def _export_missing(runs: dict[str, RunDir]) -> None:
+    """Export (and verify) every network of ``runs`` that has no ``model.onnx`` yet."""
+    from pneumolab.serving.export import export_missing  # loads onnx
+
+    for name, run in runs.items():
+        for path, report in export_missing(run.root).items():
+            log.info(
+                "%s: exported %s (max |Δprob| vs PyTorch %.1e)", name, path, report["max_abs_diff"]
+            )
+
+
 def _sample_grid(data_dir: Path, path: Path) -> Path:
     """Evenly spaced training images of each class."""
     train_samples = scan_split(find_splits(data_dir)["train"])
@@ -150,9 +161,13 @@ def run_study(
             target = configs[ensemble.members[0]].target_sensitivity
             build_ensemble([finished[m].root for m in ensemble.members], run.root, target)
         finished[ensemble.name] = run
+    if study.backend == "onnx":
+        _export_missing(finished)
     cache = ScoreCache()  # members are scored once, not again inside each ensemble
     rows = [
-        compare_run(name, run.root, data_dir, "val", study.robustness, study.shift, cache)
+        compare_run(
+            name, run.root, data_dir, "val", study.robustness, study.shift, cache, study.backend
+        )
         for name, run in finished.items()
     ]
     cache.log_use()
