@@ -17,9 +17,13 @@ LrScaling = Literal["sqrt", "linear", "none"]
 BackendName = Literal["torch", "onnx", "onnx-int8", "openvino"]
 Split = Literal["val", "test"]
 Tracking = Literal["csv", "tensorboard", "mlflow"]
+PairedCriterion = Literal["roc_auc", "shift_roc_auc"]
+"""Selection criteria with per-image scores, so a paired bootstrap can tell models apart."""
+SelectBy = Literal[PairedCriterion, "worst_roc_auc", "shift_specificity", "accuracy", "specificity"]
 
 TASKS: tuple[str, ...] = get_args(Task)
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 INTENSITIES: tuple[str, ...] = get_args(Intensity)
 BACKENDS: tuple[str, ...] = get_args(BackendName)
 SPLITS: tuple[str, ...] = get_args(Split)
+PAIRED_CRITERIA: tuple[str, ...] = get_args(PairedCriterion)

@@ -10,7 +10,7 @@ import pytest
 
 from pneumolab.data.layout import Sample
 from pneumolab.evaluation.outputs import PREDICTIONS, SHIFT_PREDICTIONS
-from pneumolab.evaluation.selection import margins_over
+from pneumolab.evaluation.selection import margins_over, smallest_untold
 from pneumolab.run import RunDir, read_shift_predictions, write_predictions, write_shift_predictions
 
 N = 120
@@ -62,6 +62,15 @@ def test_a_clear_lead_is_resolved_and_a_near_tie_is_not(runs, criterion):
     text = margins.markdown("val")
     assert f"## `{criterion}`: **sharp** leads" in text
     assert "| near |" in text and text.count("| no |") == 1 and text.count("| yes |") == 1
+
+
+def test_the_smallest_model_the_data_cannot_tell_from_the_leader(runs):
+    margins = margins_over(runs, "sharp", "shift_roc_auc")  # near: untold; blurry: told apart
+    assert smallest_untold(margins, {"sharp": 20, "near": 5, "blurry": 1}) == "near"
+    assert smallest_untold(margins, {"sharp": 5, "near": 20, "blurry": 1}) == "sharp"
+    assert smallest_untold(margins, {"sharp": 5, "near": 5, "blurry": 1}) == "sharp"  # a tie
+    assert smallest_untold(margins, {"sharp": 5, "near": None, "blurry": 1}) == "sharp"
+    assert smallest_untold(margins, {"sharp": None, "near": 5, "blurry": 1}) == "near"
 
 
 def test_criteria_without_per_image_scores_are_not_tested(runs):

@@ -197,6 +197,42 @@ def test_selection_by_a_score_needs_that_score(tmp_path, select_by, needs):
     assert load_study(path).select_by == select_by
 
 
+def test_prefer_smaller_needs_a_criterion_with_per_image_scores(tmp_path):
+    path = tmp_path / "s.yaml"
+    study = {"models": [{"name": "a"}], "select_by": "accuracy", "prefer_smaller": True}
+    path.write_text(yaml.safe_dump(study))
+    with pytest.raises(ConfigError, match="prefer_smaller needs select_by roc_auc or shift_roc"):
+        load_study(path)
+    path.write_text(yaml.safe_dump(study | {"select_by": "roc_auc"}))
+    assert load_study(path).prefer_smaller
+
+
+def test_prefer_smaller_selects_the_smallest_model_validation_cannot_tell_from_the_leader(
+    study, tmp_path
+):
+    """The wiring (which model the rule picks: test_selection.py)."""
+    root, data, config, _ = study
+    out = tmp_path / "out"
+    shutil.copytree(root / "out" / "runs", out / "runs", ignore=shutil.ignore_patterns("vgg"))
+    settings = yaml.safe_load(config.read_text())
+    settings["models"] = [m for m in settings["models"] if m["name"] != "vgg"]
+    smaller = tmp_path / "smaller.yaml"
+    smaller.write_text(yaml.safe_dump(settings | {"prefer_smaller": True}))
+    assert main(["study", str(smaller), "--data", str(data), "--out", str(out)]) == 0
+    with (out / "results.csv").open() as f:
+        rows = {r["name"]: r for r in csv.DictReader(f)}
+    leader = max(rows.values(), key=lambda r: (float(r["roc_auc"]), float(r["specificity"])))
+    selection = (out / "selection.md").read_text()
+    untold = [
+        line.split(" | ")[0][2:] for line in selection.splitlines() if line.endswith("| no |")
+    ]
+    candidates = [leader["name"], *untold]
+    expected = min(candidates, key=lambda name: int(rows[name]["parameters"]))
+    assert (out / "best").resolve() == (out / "runs" / expected).resolve()
+    assert f"`best` is **{expected}**, the model with the fewest parameters among" in selection
+    assert f"**{leader['name']}**, the leader on validation by `roc_auc`" in selection
+
+
 def test_compare_refuses_a_run_given_twice_and_names_namesakes_by_parent(study, tmp_path, capsys):
     root, data, _, _ = study
     run = root / "out" / "runs" / "small"

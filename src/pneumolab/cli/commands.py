@@ -161,10 +161,14 @@ def cmd_study(args: argparse.Namespace) -> int:
     for name, reason in result.failed.items():
         say(("not run:", "bold red"), f" {name}: {reason}")
     if result.best:
+        leader = result.margins.leader if result.margins else result.best
+        smaller = (
+            "" if leader == result.best else f" (fewest parameters of those {leader} leads untold)"
+        )
         say(
             f"selected on validation by {result.select_by}: ",
             (result.best, "bold"),
-            f" → {args.out / 'best'}",
+            f"{smaller} → {args.out / 'best'}",
         )
     console.print(
         f"table: {result.outputs.get('markdown')}; chart: {result.outputs.get('chart')}; "

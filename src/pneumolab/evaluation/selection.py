@@ -10,11 +10,14 @@ for their selection (``selection.md``), ``compare`` for the leader of each crite
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from pneumolab.choices import PAIRED_CRITERIA
 from pneumolab.data.patients import patient_id
 from pneumolab.evaluation.bootstrap import PairedDifference, paired_auc_difference
 from pneumolab.evaluation.outputs import PREDICTIONS, SHIFT_PREDICTIONS
@@ -22,7 +25,7 @@ from pneumolab.run import RunDir, read_predictions, read_shift_predictions
 
 log = logging.getLogger(__name__)
 
-SCORED_CRITERIA = {"roc_auc": None, "shift_roc_auc": "compound"}
+SCORED_CRITERIA = dict(zip(PAIRED_CRITERIA, (None, "compound"), strict=True))
 """Criteria with per-image scores -> their shift scenario (None: the clean scores)."""
 
 
@@ -112,6 +115,15 @@ def margins_over(
         if name != leader
     ]
     return Margins(criterion, leader, margins)
+
+
+def smallest_untold(margins: Margins, parameters: Mapping[str, int | None]) -> str:
+    """The model with the fewest ``parameters`` among the leader and the models the data cannot
+    tell from it (ties, and models of unknown size, go to the leader's side of the order)."""
+    candidates = [margins.leader, *margins.untold]
+    return min(
+        candidates, key=lambda name: (parameters.get(name) or math.inf, candidates.index(name))
+    )
 
 
 def warn_untold(margins: Margins, split: str) -> None:

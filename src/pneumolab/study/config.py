@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pneumolab.choices import PAIRED_CRITERIA, SelectBy
 from pneumolab.config import TrainConfig, load_yaml, resolve_config
 from pneumolab.errors import ConfigError
 
@@ -34,9 +35,7 @@ class StudyConfig(BaseModel):
     defaults: dict[str, Any] = Field(default_factory=dict)
     models: list[dict[str, Any]] = Field(min_length=1)
     ensembles: list[EnsembleEntry] = Field(default_factory=list)
-    select_by: Literal[
-        "roc_auc", "worst_roc_auc", "shift_roc_auc", "shift_specificity", "accuracy", "specificity"
-    ] = "roc_auc"
+    select_by: SelectBy = "roc_auc"
     robustness: bool = Field(
         default=False,
         description="also score every model under the perturbations (worst-case columns)",
@@ -44,6 +43,13 @@ class StudyConfig(BaseModel):
     shift: bool = Field(
         default=False,
         description="also score every model under the shift protocol (compound-shift columns)",
+    )
+    prefer_smaller: bool = Field(
+        default=False,
+        description="among the models validation cannot tell from the leader by select_by "
+        "(paired 95% interval of the AUC difference includes 0), select the one with the "
+        "fewest parameters (an ensemble counts its members'); select_by roc_auc or "
+        "shift_roc_auc",
     )
     backend: Literal["torch", "onnx"] = Field(
         default="torch",
@@ -57,6 +63,11 @@ class StudyConfig(BaseModel):
             raise ValueError("select_by: worst_roc_auc needs robustness: true")
         if self.select_by.startswith("shift_") and not self.shift:
             raise ValueError(f"select_by: {self.select_by} needs shift: true")
+        if self.prefer_smaller and self.select_by not in PAIRED_CRITERIA:
+            raise ValueError(
+                f"prefer_smaller needs select_by roc_auc or shift_roc_auc, not {self.select_by} "
+                "(only those have per-image scores to tell models apart)"
+            )
         return self
 
     def train_configs(self, overrides: dict[str, Any] | None = None) -> dict[str, TrainConfig]:

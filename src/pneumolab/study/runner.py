@@ -29,7 +29,7 @@ from pneumolab.data.layout import CLASS_NAMES, find_splits, scan_split
 from pneumolab.errors import ConfigError, PneumolabError
 from pneumolab.evaluation.comparison import ComparisonRow, compare_run, write_comparison
 from pneumolab.evaluation.figures import save_sample_grid
-from pneumolab.evaluation.selection import Margins, margins_over, warn_untold
+from pneumolab.evaluation.selection import Margins, margins_over, smallest_untold, warn_untold
 from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.pipeline.ensemble import build_ensemble
 from pneumolab.pipeline.train import train
@@ -54,7 +54,9 @@ class StudyResult:
     select_by: str = "roc_auc"
     """The study file's selection criterion (a column of ``rows``)."""
     margins: Margins | None = None
-    """The selected model's paired AUC margin over each other model (None: nothing compared)."""
+    """The leader's paired AUC margin over each other model (None: nothing compared); the leader
+    is ``best`` unless ``prefer_smaller`` chose a smaller model that validation cannot tell from
+    it."""
 
 
 def _train_or_reuse(name: str, config: TrainConfig, data_dir: Path, run: RunDir) -> None:
@@ -175,13 +177,20 @@ def run_study(
     outputs["samples"] = _sample_grid(data_dir, study_dir / "samples.png")
     if not rows:
         return StudyResult(rows, None, failed, outputs, study.select_by)
-    best = max(rows, key=lambda r: (getattr(r, study.select_by), r.specificity)).name
-    outputs["best"] = _link_best(study_dir, finished[best])
-    margins = margins_over(finished, best, study.select_by)
+    leader = max(rows, key=lambda r: (getattr(r, study.select_by), r.specificity)).name
+    margins = margins_over(finished, leader, study.select_by)
     warn_untold(margins, "validation")
+    best, why = leader, f"selected on validation by `{study.select_by}` (ties: specificity)"
+    if study.prefer_smaller:
+        best = smallest_untold(margins, {r.name: r.parameters for r in rows})
+        why = (
+            f"the model with the fewest parameters among **{leader}**, the leader on validation "
+            f"by `{study.select_by}`, and the models validation cannot tell from it "
+            "(`prefer_smaller: true`)"
+        )
+    outputs["best"] = _link_best(study_dir, finished[best])
     outputs["selection"] = study_dir / "selection.md"
     outputs["selection"].write_text(
-        f"# Selection\n\n`best` is **{best}**, selected on validation by `{study.select_by}` "
-        "(ties: specificity).\n\n" + margins.markdown("validation")
+        f"# Selection\n\n`best` is **{best}**, {why}.\n\n" + margins.markdown("validation")
     )
     return StudyResult(rows, best, failed, outputs, study.select_by, margins)
