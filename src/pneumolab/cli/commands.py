@@ -163,7 +163,9 @@ def cmd_study(args: argparse.Namespace) -> int:
     if result.best:
         leader = result.margins.leader if result.margins else result.best
         smaller = (
-            "" if leader == result.best else f" (fewest parameters of those {leader} leads untold)"
+            ""
+            if leader == result.best
+            else f" (the smallest that validation cannot tell from the leader, {leader})"
         )
         say(
             f"selected on validation by {result.select_by}: ",
