@@ -26,11 +26,14 @@ TIMING_FIELDS = ("cpu_ms_per_image",)
 
 
 def timed_comparison(
-    run_dirs: list[Path], data: Path, cache: ScoreCache | None
+    run_dirs: list[Path], data: Path, cache: ScoreCache | None, backend: str = "torch"
 ) -> tuple[float, list[ComparisonRow]]:
-    """Wall seconds of comparing every run (shift protocol on), and the rows."""
+    """Wall seconds of comparing every run (shift protocol on) with ``backend``, and the rows."""
     started = time.perf_counter()
-    rows = [compare_run(d.name, d, data, "val", shift=True, cache=cache) for d in run_dirs]
+    rows = [
+        compare_run(d.name, d, data, "val", shift=True, cache=cache, backend=backend)
+        for d in run_dirs
+    ]
     return time.perf_counter() - started, rows
 
 
