@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pneumolab.cli.console import console
-from pneumolab.run import RunDir
 
 
 def export_if_asked(args: argparse.Namespace, run_dirs: Sequence[Path]) -> None:
@@ -16,6 +15,8 @@ def export_if_asked(args: argparse.Namespace, run_dirs: Sequence[Path]) -> None:
     written, and PyTorch is loaded only when something is missing."""
     if args.backend != "onnx" or not args.export:
         return
+    from pneumolab.run import RunDir
+
     if not any(RunDir(run_dir).missing_onnx() for run_dir in run_dirs):
         return
     from pneumolab.serving.export import export_missing  # loads PyTorch
