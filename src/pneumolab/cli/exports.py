@@ -17,13 +17,18 @@ def export_if_asked(args: argparse.Namespace, run_dirs: Sequence[Path]) -> None:
         return
     from pneumolab.run import RunDir
 
-    if not any(RunDir(run_dir).missing_onnx() for run_dir in run_dirs):
+    missing = {  # by resolved path: a run given beside an ensemble it is a member of, once
+        single.root.resolve(): single
+        for run_dir in run_dirs
+        for single in RunDir(run_dir).missing_onnx()
+    }
+    if not missing:
         return
-    from pneumolab.serving.export import export_missing  # loads PyTorch
+    from pneumolab.serving.export import export_onnx  # loads PyTorch
 
-    for run_dir in run_dirs:
-        for path, report in export_missing(run_dir).items():
-            console.print(
-                f"{path} was missing: exported (--export); "
-                f"max |Δprob| vs PyTorch {report['max_abs_diff']:.1e}"
-            )
+    for single in missing.values():
+        report = export_onnx(single.root, single.onnx)
+        console.print(
+            f"{single.onnx} was missing: exported (--export); "
+            f"max |Δprob| vs PyTorch {report['max_abs_diff']:.1e}"
+        )

@@ -73,9 +73,24 @@ def compare_run(
     its CPU inference (a batch of 32 of the split's images, ``cache`` bypassed). ``cache``,
     shared by the runs of one comparison, spares an ensemble the passes its members made.
     ``backend="onnx"`` scores (and times) the exported ``model.onnx`` of each network."""
-    run = RunDir(Path(run_dir))
-    device = default_device()
-    predictor = Predictor.from_run(run.root, device=device, backend=backend, cache=cache)
+    predictor = Predictor.from_run(run_dir, device=default_device(), backend=backend, cache=cache)
+    return compare_predictor(name, predictor, data_dir, split, robustness, shift, cache)
+
+
+def compare_predictor(
+    name: str,
+    predictor: Predictor,
+    data_dir: str | Path,
+    split: str,
+    robustness: bool = False,
+    shift: bool = False,
+    cache: ScoreCache | None = None,
+) -> ComparisonRow:
+    """:func:`compare_run` for a run already loaded (``Predictor.from_run`` on
+    :func:`default_device`, with the same ``cache``)."""
+    if predictor.run_dir is None:
+        raise ValueError("compare_predictor needs a predictor loaded with Predictor.from_run")
+    run, backend, device = RunDir(predictor.run_dir), predictor.backend_name, default_device()
     evaluation = compute_evaluation(predictor, data_dir, split, robustness, shift)
     write_evaluation(evaluation)
     metrics = evaluation.metrics
@@ -214,20 +229,20 @@ def compare_runs(
     for path in [*comparison_files(Path(out_dir)).values(), margins_file]:
         check_output(path, overwrite)
     runs = [RunDir(Path(d)) for d in run_dirs]
-    for run in runs:  # fail before any evaluation when one is not a finished run...
-        run.read_meta()
-        if backend != "torch":  # ...or has no current export for the backend
-            Predictor.from_run(run.root, backend=backend)
+    names = _unique_names([run.root for run in runs])
+    cache = ScoreCache()
+    predictors = [  # all load before any is scored: an unfinished run or a missing or stale
+        Predictor.from_run(run.root, default_device(), backend, cache=cache)  # export fails first
+        for run in runs
+    ]
     if split == "val" and len({run.split.read_bytes() for run in runs}) > 1:
         log.warning(
             "the runs were validated on different splits (split.csv differs): "
             "their validation figures are not directly comparable"
         )
-    names = _unique_names([run.root for run in runs])
-    cache = ScoreCache()
     rows = [
-        compare_run(n, run.root, data_dir, split, robustness, shift, cache, backend)
-        for n, run in zip(names, runs, strict=True)
+        compare_predictor(name, predictor, data_dir, split, robustness, shift, cache)
+        for name, predictor in zip(names, predictors, strict=True)
     ]
     cache.log_use()
     outputs = write_comparison(rows, out_dir, split)
