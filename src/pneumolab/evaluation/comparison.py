@@ -199,16 +199,19 @@ def write_comparison(
 
 
 def _unique_names(run_dirs: Sequence[Path]) -> list[str]:
-    """Each run's folder name, prefixed with its parent's (``parent-name``: it names files too)
-    where two runs share a folder name; RunDirError when one run is given twice."""
+    """Each run's folder name, or where two runs share it, the fewest trailing folders of their
+    paths that tell all apart, joined by ``-`` (``flagship-runs-xception``: it names files too);
+    RunDirError when one run is given twice."""
     resolved = [d.resolve() for d in run_dirs]
     twice = next((d for i, d in enumerate(run_dirs) if resolved[i] in resolved[:i]), None)
     if twice is not None:
         raise RunDirError(f"{twice}: the same run is given twice")
-    names = [d.name for d in run_dirs]
-    if len(set(names)) == len(names):
-        return names
-    return [f"{d.parent.name}-{d.name}" for d in run_dirs]
+    folders = [d.parts[1:] for d in resolved]  # without the root
+    for depth in range(1, max(map(len, folders), default=1) + 1):
+        names = ["-".join(parts[-depth:]) for parts in folders]
+        if len(set(names)) == len(names):
+            break
+    return names
 
 
 def compare_runs(

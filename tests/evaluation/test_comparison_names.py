@@ -1,0 +1,25 @@
+"""The names a comparison gives its runs (they name the table's rows and the figures' files)."""
+
+from pathlib import Path
+
+import pytest
+
+from pneumolab.errors import RunDirError
+from pneumolab.evaluation.comparison import _unique_names
+
+
+def test_folder_names_when_they_differ():
+    assert _unique_names([Path("/s/runs/a"), Path("/s/runs/b")]) == ["a", "b"]
+
+
+def test_namesakes_get_as_many_parent_folders_as_tell_them_apart():
+    two_studies = [Path("/w/study1/runs/xception"), Path("/w/study2/runs/xception")]
+    assert _unique_names(two_studies) == ["study1-runs-xception", "study2-runs-xception"]
+    mixed = [Path("/w/copy/small"), Path("/w/a/runs/small"), Path("/w/b/runs/small")]
+    assert _unique_names(mixed) == ["w-copy-small", "a-runs-small", "b-runs-small"]
+    assert _unique_names([Path("/x/a/b"), Path("/a/b")]) == ["x-a-b", "a-b"]
+
+
+def test_a_run_given_twice_is_refused(tmp_path):
+    with pytest.raises(RunDirError, match="the same run is given twice"):
+        _unique_names([tmp_path / "run", tmp_path / "sub" / ".." / "run"])
