@@ -233,7 +233,9 @@ def test_prefer_smaller_selects_the_smallest_model_validation_cannot_tell_from_t
     assert f"**{leader['name']}**, the leader on validation by `roc_auc`" in selection
 
 
-def test_compare_refuses_a_run_given_twice_and_names_namesakes_by_parent(study, tmp_path, capsys):
+def test_compare_refuses_a_run_given_twice_names_namesakes_and_leaves_no_stale_figure(
+    study, tmp_path, capsys
+):
     root, data, _, _ = study
     run = root / "out" / "runs" / "small"
     out = tmp_path / "cmp"
@@ -244,6 +246,8 @@ def test_compare_refuses_a_run_given_twice_and_names_namesakes_by_parent(study, 
     shutil.copytree(run, namesake)
     assert main(["compare", str(run), str(namesake), *common]) == 0
     assert {p.name for p in (out / "confusion").iterdir()} == {"runs-small.png", "copy-small.png"}
+    assert main(["compare", str(run), *common, "--overwrite"]) == 0
+    assert [p.name for p in (out / "confusion").iterdir()] == ["small.png"]  # no stale figure
 
 
 def _twin_runs(study, dest: Path) -> Path:

@@ -176,7 +176,8 @@ def write_comparison(
     split: str,
     notes: dict[str, str] | None = None,
 ) -> dict[str, Path]:
-    """Write ``results.csv``, ``results.md``, ``results.png`` and ``confusion/<name>.png``;
+    """Write ``results.csv``, ``results.md``, ``results.png`` and ``confusion/<name>.png``
+    (removing the figures of models an earlier table there had and this one has not);
     ``notes`` (name -> reason) lists models that could not be run."""
     out = Path(out_dir)
     (out / "confusion").mkdir(parents=True, exist_ok=True)
@@ -191,10 +192,12 @@ def write_comparison(
     paths["markdown"].write_text(_markdown(rows, split, notes or {}))
     values: dict[str, list[Any]] = {m: [getattr(r, m) for r in rows] for m in BAR_METRICS}
     save_model_bars([r.name for r in rows], values, paths["chart"], f"{split} split")
-    for r in rows:
-        save_confusion_matrix(
-            r.confusion_matrix, out / "confusion" / f"{r.name}.png", f"{r.name} — {split}"
-        )
+    figures = {out / "confusion" / f"{r.name}.png": r for r in rows}
+    for path, r in figures.items():
+        save_confusion_matrix(r.confusion_matrix, path, f"{r.name} — {split}")
+    for stale in sorted(set((out / "confusion").glob("*.png")) - set(figures)):
+        stale.unlink()
+        log.info("removed %s: its model is not in the new table", stale)
     return paths
 
 
