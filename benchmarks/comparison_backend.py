@@ -37,7 +37,7 @@ def rounded(row: ComparisonRow) -> dict[str, object]:
 def main() -> None:
     args = runs_parser(__doc__).parse_args()
     started = time.perf_counter()
-    exported = [path for run in args.runs for path in export_missing(run)]
+    exported = list(export_missing(args.runs))
     export_s = time.perf_counter() - started
     torch_s, torch_rows = timed_comparison(args.runs, args.data, ScoreCache(), "torch")
     onnx_s, onnx_rows = timed_comparison(args.runs, args.data, ScoreCache(), "onnx")

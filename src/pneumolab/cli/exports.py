@@ -17,18 +17,12 @@ def export_if_asked(args: argparse.Namespace, run_dirs: Sequence[Path]) -> None:
         return
     from pneumolab.run import RunDir
 
-    missing = {  # by resolved path: a run given beside an ensemble it is a member of, once
-        single.root.resolve(): single
-        for run_dir in run_dirs
-        for single in RunDir(run_dir).missing_onnx()
-    }
-    if not missing:
+    if not any(RunDir(run_dir).missing_onnx() for run_dir in run_dirs):
         return
-    from pneumolab.serving.export import export_onnx  # loads PyTorch
+    from pneumolab.serving.export import export_missing  # loads PyTorch
 
-    for single in missing.values():
-        report = export_onnx(single.root, single.onnx)
+    for path, report in export_missing(run_dirs).items():
         console.print(
-            f"{single.onnx} was missing: exported (--export); "
+            f"{path} was missing: exported (--export); "
             f"max |Δprob| vs PyTorch {report['max_abs_diff']:.1e}"
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,10 +156,13 @@ def export_onnx(
     return {"file": str(out_file), "opset": opset, **report}
 
 
-def export_missing(run_dir: str | Path) -> dict[Path, dict[str, Any]]:
-    """Export every network of the run (each member of an ensemble) whose ``model.onnx`` is
-    missing, verified as :func:`export_onnx` does; returns each file written with its report."""
-    return {
-        single.onnx: export_onnx(single.root, single.onnx)
+def export_missing(run_dirs: Iterable[str | Path]) -> dict[Path, dict[str, Any]]:
+    """Export every network of ``run_dirs`` (each member of an ensemble) whose ``model.onnx`` is
+    missing, verified as :func:`export_onnx` does, each once (a run given beside an ensemble it
+    is a member of, or two ensembles sharing one); returns each file written with its report."""
+    missing = {
+        single.root.resolve(): single
+        for run_dir in run_dirs
         for single in RunDir(Path(run_dir)).missing_onnx()
     }
+    return {single.onnx: export_onnx(single.root, single.onnx) for single in missing.values()}
