@@ -91,8 +91,9 @@ def save_model_bars(
     ax.set_ylim(max(0.0, np.floor((lowest - 0.05) * 10) / 10), 1.0)
     ax.set_xticks(positions + width * (len(values) - 1) / 2, names, rotation=20, ha="right")
     ax.set_ylabel("score")
-    ax.legend(fontsize="small", ncols=len(values), loc="upper center", bbox_to_anchor=(0.5, -0.22))
-    ax.set_title(title)
+    # above the bars, not below: long model names (namesakes get their folders) fill the x axis
+    ax.legend(fontsize="small", ncols=len(values), loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    ax.set_title(title, pad=24)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
