@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pneumolab.choices import (
     Accelerator,
@@ -82,12 +82,30 @@ class TrainConfig(BaseModel):
         ge=0,
         description="mixup of training image pairs, mixing weight ~ Beta(alpha, alpha) (0: off)",
     )
+    cutmix_alpha: float = Field(
+        default=0.0,
+        ge=0,
+        description="cutmix: a box of another training image pasted in, the kept share "
+        "~ Beta(alpha, alpha), targets and class weights mixed by area (0: off; with mixup "
+        "too, each batch takes one of the two at random)",
+    )
     ema_decay: float | None = Field(
         default=None,
         gt=0,
         lt=1,
         description="keep an exponential moving average of the weights with this decay per "
         "step; validation, checkpoints and the saved model use it (none: off)",
+    )
+    swa_epochs: int = Field(
+        default=0,
+        ge=0,
+        description="stochastic weight averaging (Lightning's StochasticWeightAveraging): the "
+        "last N epochs train at `swa_lr`, the weights at the start of each are averaged, and "
+        "one extra forward-only epoch recomputes the batch-norm statistics of the average, "
+        "which the run keeps; needs `monitor: last` (0: off)",
+    )
+    swa_lr: float = Field(
+        default=1e-4, gt=0, description="learning rate of the SWA epochs (`swa_epochs`)"
     )
     intensity: Intensity = Field(
         default="clahe",
@@ -156,6 +174,19 @@ class TrainConfig(BaseModel):
         description="experiment tracking: csv (history.csv only), tensorboard "
         "(RUN_DIR/tensorboard/), mlflow (local store RUN_DIR/mlruns/, or $MLFLOW_TRACKING_URI)",
     )
+
+    @model_validator(mode="after")
+    def _one_weight_average(self) -> TrainConfig:
+        """SWA keeps its average as the final epoch: it cannot share a run with EMA or with a
+        best-epoch ``monitor``, and needs an epoch before its own."""
+        if self.swa_epochs:
+            if self.monitor != "last":
+                raise ValueError("swa_epochs needs monitor: last (the average is the final epoch)")
+            if self.ema_decay is not None:
+                raise ValueError("swa_epochs and ema_decay are two weight averages: choose one")
+            if self.swa_epochs >= self.epochs:
+                raise ValueError("swa_epochs must be fewer than epochs")
+        return self
 
     @property
     def data_seed(self) -> int:

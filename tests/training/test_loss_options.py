@@ -1,4 +1,5 @@
-"""The training loss and its options: class weights, label smoothing, mixup, EMA of the weights."""
+"""The training loss and its options: class weights, label smoothing, mixup, cutmix, EMA and SWA
+of the weights."""
 
 from __future__ import annotations
 
@@ -65,25 +66,69 @@ def test_label_smoothing_trains_against_softened_targets():
     assert torch.allclose(module.training_step((images, targets), 0), expected)
 
 
-def test_mixup_mixes_images_targets_and_weights_alike():
-    module = _module(2, mixup_alpha=0.4)
+def _mixed_batch(module: ClassifierModule, seed: int) -> tuple[torch.Tensor, ...]:
+    """A batch, its targets and class weights, the partner order ``_mix`` draws, and its output."""
     images, targets = _batch(2)
     soft = F.one_hot(targets.long(), 2).float()
     weights = module.class_weights[targets.long()]
+    torch.manual_seed(seed)
+    order = torch.randperm(8)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return images, soft, weights, order, *module._mix(images, soft, weights)
+
+
+def test_mixup_mixes_images_targets_and_weights_alike():
+    module = _module(2, mixup_alpha=0.4)
+    images, soft, weights, order, mixed_images, mixed_soft, mixed_weights = _mixed_batch(module, 3)
     np.random.seed(3)
     mix = float(np.random.beta(0.4, 0.4))
-    torch.manual_seed(1)
-    order = torch.randperm(8)
-    np.random.seed(3)
-    torch.manual_seed(1)
-    mixed_images, mixed_soft, mixed_weights = module._mixup(images, soft, weights)
     assert 0 < mix < 1
     assert torch.allclose(mixed_images, mix * images + (1 - mix) * images[order])
     assert torch.allclose(mixed_soft, mix * soft + (1 - mix) * soft[order])
     assert torch.allclose(mixed_weights, mix * weights + (1 - mix) * weights[order])
     assert torch.allclose(mixed_soft.sum(dim=1), torch.ones(8))
-    loss = module.training_step((images, targets), 0)
+    loss = module.training_step(_batch(2), 0)
     assert torch.isfinite(loss) and loss > 0
+
+
+def test_cutmix_pastes_a_box_and_mixes_targets_and_weights_by_its_area():
+    module = _module(2, cutmix_alpha=1.0)
+    images, soft, weights, order, mixed_images, mixed_soft, mixed_weights = _mixed_batch(module, 5)
+    pasted = (mixed_images != images).any(dim=(0, 1))  # pixels taken from the other images
+    assert pasted.any() and not pasted.all()
+    assert torch.equal(mixed_images[:, :, pasted], images[order][:, :, pasted])
+    assert torch.equal(mixed_images[:, :, ~pasted], images[:, :, ~pasted])
+    keep = 1 - pasted.float().mean()  # the share of each image it keeps
+    assert torch.allclose(mixed_soft, keep * soft + (1 - keep) * soft[order])
+    assert torch.allclose(mixed_weights, keep * weights + (1 - keep) * weights[order])
+
+
+def test_swa_keeps_the_average_with_recomputed_batch_norm_statistics(synthetic_data, tmp_path):
+    config = TrainConfig(**TINY_TRAINING, epochs=3, swa_epochs=2, swa_lr=0.01)
+    run = RunDir(train(synthetic_data, tmp_path / "swa", config).root)
+    history = run.history.read_text().splitlines()
+    assert len(history) == 1 + 3 + 1  # header, the epochs, Lightning's batch-norm epoch
+    last = torch.load(run.checkpoints / "best.ckpt", weights_only=False)
+    assert last["epoch"] == 3  # the run kept the batch-norm epoch, which holds the average
+    saved = load_file(run.weights)
+    state = {k.removeprefix("model."): v for k, v in last["state_dict"].items()}
+    assert all(torch.equal(saved[k], state[k].to(saved[k].dtype)) for k in saved if k in state)
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        (dict(monitor="val_auc"), "monitor: last"),
+        (dict(ema_decay=0.9), "choose one"),
+        (dict(epochs=2), "fewer than epochs"),
+    ],
+)
+def test_swa_refuses_settings_that_would_drop_its_average(settings, problem):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=problem):
+        TrainConfig(**({"swa_epochs": 2} | settings))
 
 
 def test_ema_training_saves_the_averaged_weights(synthetic_data, tmp_path):

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import (
     EMAWeightAveraging,
     ModelCheckpoint,
     ProgressBar,
+    StochasticWeightAveraging,
 )
 from lightning.pytorch.loggers import Logger
 
@@ -80,7 +81,9 @@ def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callba
     """Lightning's Trainer for ``config``: devices, nodes and strategy (DDP across processes),
     precision, best and last checkpoints, early stopping, history.csv, progress. Built before
     anything is written: it knows this process's rank. With ``ema_decay``, Lightning's
-    EMA callback keeps the averaged weights, which validation scores and checkpoints hold.
+    EMA callback keeps the averaged weights, which validation scores and checkpoints hold; with
+    ``swa_epochs``, Lightning's SWA callback replaces the schedule's tail and its final
+    (batch-norm) epoch, which the run keeps, holds the average.
     ``monitor: last`` keeps the final epoch (``best.ckpt`` is then the latest) and never stops
     early."""
     monitor = None if config.monitor == "last" else config.monitor
@@ -99,7 +102,6 @@ def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callba
         if monitor
         else []
     )
-    averaging = [EMAWeightAveraging(decay=config.ema_decay)] if config.ema_decay else []
     return L.Trainer(
         max_epochs=config.epochs,
         accelerator=config.accelerator,
@@ -108,7 +110,7 @@ def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callba
         strategy=config.distributed_strategy,
         precision=resolve_precision(config.precision),
         callbacks=[
-            *averaging,
+            *_weight_averaging(config),
             checkpoint,
             *stopping,
             HistoryCSV(run.history),
@@ -122,6 +124,22 @@ def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callba
         num_sanity_val_steps=0,
         enable_model_summary=False,
     )
+
+
+def _weight_averaging(config: TrainConfig) -> list[L.Callback]:
+    """Lightning's EMA or SWA callback, as the config asks (at most one: the config checks)."""
+    if config.ema_decay:
+        return [EMAWeightAveraging(decay=config.ema_decay)]
+    if config.swa_epochs:
+        return [
+            StochasticWeightAveraging(
+                swa_lrs=config.swa_lr,
+                swa_epoch_start=config.epochs - config.swa_epochs + 1,
+                annealing_epochs=1,
+                device=None,
+            )
+        ]
+    return []
 
 
 def distributed_summary(trainer: L.Trainer, config: TrainConfig, lr: float) -> DistributedTraining:
@@ -151,6 +169,7 @@ def _module(
         param_groups=optimizer_groups(model.backbone, lr, backbone_lr_scale),
         label_smoothing=config.label_smoothing,
         mixup_alpha=config.mixup_alpha,
+        cutmix_alpha=config.cutmix_alpha,
     )
 
 
@@ -162,6 +181,8 @@ def _run_fit(
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            # SWA replaces the per-step one-cycle schedule with its own per-epoch one, as asked
+            warnings.filterwarnings("ignore", message="SWA is currently only supported every epoch")
             resume_from = data.run.last_checkpoint if resume else None
             trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     except SystemExit:  # Lightning turns Ctrl+C into sys.exit(1) after a graceful shutdown

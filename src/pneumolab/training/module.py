@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from sklearn.metrics import roc_auc_score
+from timm.data.mixup import cutmix_bbox_and_lam
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from pneumolab.models.classifier import XrayClassifier
@@ -32,7 +33,9 @@ class ClassifierModule(L.LightningModule):
     pneumonia logit for two classes, cross-entropy on the model's ``class_logits`` for more
     (targets are then class indices, 0 = NORMAL). ``label_smoothing`` moves the targets towards
     uniform; ``mixup_alpha`` > 0 trains on mixed pairs of images (weight ~ Beta(alpha, alpha))
-    against the same mix of their targets and class weights. Validation scores P(pneumonia) and logs
+    against the same mix of their targets and class weights; ``cutmix_alpha`` > 0 pastes a box
+    of another image instead (timm's box sampling), mixing targets and weights by its area.
+    With both, each batch takes one of the two at random. Validation scores P(pneumonia) and logs
     ``val_loss`` (plain, unweighted log-loss: a proper scoring rule that keeps improving after
     AUC saturates), ``val_auc`` and ``val_images``, on the whole validation split also when
     several processes share it.
@@ -47,10 +50,12 @@ class ClassifierModule(L.LightningModule):
         param_groups: list[dict[str, Any]] | None = None,
         label_smoothing: float = 0.0,
         mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
     ) -> None:
         super().__init__()
         self.label_smoothing = label_smoothing
         self.mixup_alpha = mixup_alpha
+        self.cutmix_alpha = cutmix_alpha
         self.model = model
         self.lr = lr
         self.param_groups = param_groups
@@ -93,8 +98,8 @@ class ClassifierModule(L.LightningModule):
         soft = F.one_hot(targets.long(), len(class_weights)).float()
         soft = soft * (1 - self.label_smoothing) + self.label_smoothing / len(class_weights)
         weights = class_weights[targets.long()]
-        if self.mixup_alpha > 0:
-            images, soft, weights = self._mixup(images, soft, weights)
+        if self.mixup_alpha > 0 or self.cutmix_alpha > 0:
+            images, soft, weights = self._mix(images, soft, weights)
         if self.multiclass:
             logits = self.model.class_logits(images).float()
             losses = -(soft * F.log_softmax(logits, dim=1)).sum(dim=1)
@@ -114,16 +119,25 @@ class ClassifierModule(L.LightningModule):
         )
         return loss
 
-    def _mixup(
+    def _mix(
         self, images: torch.Tensor, soft: torch.Tensor, weights: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Each image mixed with another of the batch, one weight ~ Beta(alpha, alpha) per batch."""
-        mix = float(np.random.beta(self.mixup_alpha, self.mixup_alpha))
+        """Each image mixed with another of the batch (mixup, or cutmix's pasted box), one
+        draw per batch; targets and class weights mixed by the share each image keeps."""
+        use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha == 0 or np.random.rand() < 0.5)
+        alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
+        keep = float(np.random.beta(alpha, alpha))
         order = torch.randperm(len(images), device=images.device)
+        if use_cutmix:
+            (top, bottom, left, right), keep = cutmix_bbox_and_lam(images.shape, keep)
+            images = images.clone()
+            images[:, :, top:bottom, left:right] = images[order, :, top:bottom, left:right]
+        else:
+            images = keep * images + (1 - keep) * images[order]
         return (
-            mix * images + (1 - mix) * images[order],
-            mix * soft + (1 - mix) * soft[order],
-            mix * weights + (1 - mix) * weights[order],
+            images,
+            keep * soft + (1 - keep) * soft[order],
+            keep * weights + (1 - keep) * weights[order],
         )
 
     def validation_step(
