@@ -176,9 +176,12 @@ class TrainConfig(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _one_weight_average(self) -> TrainConfig:
-        """SWA keeps its average as the final epoch: it cannot share a run with EMA or with a
-        best-epoch ``monitor``, and needs an epoch before its own."""
+    def _compatible_options(self) -> TrainConfig:
+        """Cutmix pastes image boxes, so it needs images, not the ``frozen`` strategy's cached
+        features. SWA keeps its average as the final epoch: it cannot share a run with EMA or
+        with a best-epoch ``monitor``, and needs an epoch before its own."""
+        if self.cutmix_alpha and self.strategy == "frozen":
+            raise ValueError("cutmix_alpha needs images: strategy frozen trains on cached features")
         if self.swa_epochs:
             if self.monitor != "last":
                 raise ValueError("swa_epochs needs monitor: last (the average is the final epoch)")

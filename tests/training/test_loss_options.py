@@ -122,9 +122,10 @@ def test_swa_keeps_the_average_with_recomputed_batch_norm_statistics(synthetic_d
         (dict(monitor="val_auc"), "monitor: last"),
         (dict(ema_decay=0.9), "choose one"),
         (dict(epochs=2), "fewer than epochs"),
+        (dict(swa_epochs=0, cutmix_alpha=1.0, strategy="frozen"), "needs images"),
     ],
 )
-def test_swa_refuses_settings_that_would_drop_its_average(settings, problem):
+def test_options_that_cannot_work_together_are_refused(settings, problem):
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match=problem):
