@@ -15,15 +15,21 @@ Accelerator = Literal["auto", "cpu", "gpu"]
 DistributedStrategy = Literal["auto", "ddp", "ddp_spawn"]
 LrScaling = Literal["sqrt", "linear", "none"]
 BackendName = Literal["torch", "onnx", "onnx-int8", "openvino"]
+ComparisonBackend = Literal["torch", "onnx"]
+"""What scores a comparison or study: PyTorch, or each network exported to ONNX first."""
+ExportFormat = Literal["onnx", "onnx-int8", "openvino"]
+Engine = Literal["local", "ray"]
+"""What runs batch prediction: this process, or Ray Data."""
 Split = Literal["val", "test"]
 Tracking = Literal["csv", "tensorboard", "mlflow"]
 PairedCriterion = Literal["roc_auc", "shift_roc_auc"]
 """Selection criteria with per-image scores, so a paired bootstrap can tell models apart."""
 SelectBy = Literal[PairedCriterion, "worst_roc_auc", "shift_specificity", "accuracy", "specificity"]
 
-TASKS: tuple[str, ...] = get_args(Task)
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 INTENSITIES: tuple[str, ...] = get_args(Intensity)
 BACKENDS: tuple[str, ...] = get_args(BackendName)
+EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+ENGINES: tuple[str, ...] = get_args(Engine)
 SPLITS: tuple[str, ...] = get_args(Split)
 PAIRED_CRITERIA: tuple[str, ...] = get_args(PairedCriterion)

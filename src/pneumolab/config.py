@@ -222,11 +222,16 @@ def resolve_config(
     try:
         return TrainConfig(**values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
-        )
         source = f"{config_file}: " if config_file else ""
-        raise ConfigError(f"{source}invalid training config ({problems})") from None
+        raise ConfigError(
+            f"{source}invalid training config ({validation_problems(exc, 'config')})"
+        ) from None
+
+
+def validation_problems(exc: ValidationError, root: str) -> str:
+    """One line per pydantic error, joined: ``where.in.the.file: what is wrong`` (``root`` names
+    an error of the whole mapping)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or root}: {e['msg']}" for e in exc.errors())
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:

@@ -11,9 +11,9 @@ from pneumolab.evaluation.calibration import (
     fit_platt,
     fit_temperature,
     nll,
-    save_reliability_diagram,
     to_logits,
 )
+from pneumolab.evaluation.figures import save_reliability_diagram
 from pneumolab.evaluation.metrics import expected_calibration_error
 
 

@@ -33,6 +33,7 @@ def test_tiny_run_has_a_model_card(tiny_run, tmp_path):
     assert f"T = {meta.temperature:.3f}" in card
     assert f"sigmoid({meta.platt.slope:.3f}" in card
     assert "strategy: finetune" in card
+    assert "No bacterial/viral distinction" in card  # a binary run says so
 
     (run.eval_dir("val")).mkdir(parents=True)
     metrics = meta.val_metrics.model_dump() | {"ci95": {"roc_auc": [0.125, 0.875]}}

@@ -103,6 +103,8 @@ def test_three_class_model_card_and_report_show_the_classes(three_class_run):
     from pneumolab.reporting.report import build_report
 
     run_dir = three_class_run
-    assert "## Three classes (validation)" in (run_dir / "MODEL_CARD.md").read_text()
+    card = (run_dir / "MODEL_CARD.md").read_text()
+    assert "## Three classes (validation)" in card
+    assert "No bacterial/viral distinction" not in card
     html = build_report(run_dir, run_dir.parent / "data", "val").read_text()
     assert 'id="subtypes"' in html and "bacterial vs viral" in html

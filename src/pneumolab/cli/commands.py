@@ -18,6 +18,7 @@ from pneumolab.errors import ConfigError
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    """`pneumolab models`: the catalogue of model names, with sizes and offline weights."""
     from pneumolab.models.catalog import STUDY_MODELS, describe_model
 
     table = Table("model", "family", "parameters", "input", "ImageNet weights", title="models")
@@ -32,6 +33,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_import_weights(args: argparse.Namespace) -> int:
+    """`pneumolab import-weights`: convert a weights file to a model's timm keys, verified."""
     from pneumolab.models.weights_import import import_weights
 
     written = import_weights(args.source, args.model, args.out, args.tag, args.overwrite)
@@ -45,6 +47,7 @@ def cmd_import_weights(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
+    """`pneumolab data check`: images per split and class, patients, duplicates, unreadable files."""
     from pneumolab.data.check import check_dataset
 
     report = check_dataset(args.data_dir)
@@ -72,6 +75,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
+    """`pneumolab data fetch`: download the dataset (or unpack a local zip of it) and verify it."""
     from pneumolab.data.fetch import DEFAULT_URL, fetch
 
     root = fetch(args.out, url=args.url or DEFAULT_URL, from_zip=args.from_zip, sha256=args.sha256)
@@ -80,6 +84,7 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """`pneumolab train`: train one model from the config file and flags, print its metrics."""
     from pneumolab.cli.config_flags import config_overrides
     from pneumolab.cli.tables import metrics_table
     from pneumolab.config import resolve_config
@@ -114,6 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """`pneumolab evaluate`: score a run on a split (robustness, shift, TTA on request)."""
     from pneumolab.cli.tables import (
         metrics_table,
         operating_points_table,
@@ -149,6 +155,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
+    """`pneumolab study`: train, compare and select the models and ensembles of a study file."""
     from pneumolab.cli.config_flags import config_overrides
     from pneumolab.cli.tables import comparison_table
     from pneumolab.study.runner import run_study
@@ -180,6 +187,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
+    """`pneumolab ensemble`: combine trained runs into one mean-probability run."""
     from pneumolab.cli.tables import metrics_table
     from pneumolab.pipeline.ensemble import build_ensemble
 
@@ -193,6 +201,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    """`pneumolab compare`: score runs on the same images, with paired margins."""
     from pneumolab.cli.tables import comparison_table
     from pneumolab.evaluation.comparison import compare_runs
 

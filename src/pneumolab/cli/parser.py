@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pneumolab.choices import BACKENDS, SPLITS
+from pneumolab.choices import BACKENDS, ENGINES, EXPORT_FORMATS, SPLITS
 from pneumolab.cli import commands as cmd
 from pneumolab.cli import run_commands as run_cmd
 from pneumolab.cli.config_flags import add_config_flags
@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine = predict.add_argument_group("engine (docs/scaling.md)")
     engine.add_argument(
         "--engine",
-        choices=("local", "ray"),
+        choices=ENGINES,
         default="local",
         help="ray: Ray Data, parallel decoding and model-replica actors; needs --out",
     )
@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir", type=Path)
     export.add_argument(
         "--format",
-        choices=("onnx", "onnx-int8", "openvino"),
+        choices=EXPORT_FORMATS,
         default="onnx",
         help="onnx-int8 (static quantisation) and openvino are written only after a parity "
         "check against the fp32 ONNX model on the run's validation images",

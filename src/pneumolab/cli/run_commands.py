@@ -54,6 +54,7 @@ def _predict_to_file(args: argparse.Namespace, predictor: Predictor, paths: list
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """`pneumolab predict`: classify images or folders, locally or with Ray Data."""
     from pneumolab.inference.predictor import Predictor
 
     paths = list(args.paths)
@@ -97,6 +98,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_ood(args: argparse.Namespace) -> int:
+    """`pneumolab fit-ood`: fit (or refit) a finished run's input-scope gate on its split's images."""
     from pneumolab.pipeline.ood_fit import fit_run_ood
 
     ood = fit_run_ood(args.run_dir, args.data)
@@ -110,6 +112,7 @@ def cmd_fit_ood(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    """`pneumolab audit`: scope and score a site's folder, write the audit page."""
     from pneumolab.evaluation.audit import audit_folder
     from pneumolab.reporting.audit_page import write_audit
 
@@ -131,6 +134,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """`pneumolab export`: write ONNX (fp32, INT8) or OpenVINO files, checked for parity."""
     if args.format != "onnx":
         from pneumolab.outputs import check_output
         from pneumolab.serving.accelerate import export_int8, export_openvino
@@ -166,6 +170,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """`pneumolab serve`: the HTTP API and web page of a run."""
     from pneumolab.serving.app import create_app
     from pneumolab.serving.limits import ServerLimits, run_server
 
@@ -189,6 +194,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    """`pneumolab explain`: Grad-CAM overlays of images."""
     from pneumolab.explain.gradcam import explain_paths
 
     failures = 0
@@ -202,6 +208,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """`pneumolab report`: the HTML report of a run on a split."""
     from pneumolab.reporting.model_card import CARD_NAME
     from pneumolab.reporting.report import build_report
 

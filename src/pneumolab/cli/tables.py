@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from rich.table import Table
 from rich.text import Text
 
+from pneumolab.evaluation.comparison import ComparisonRow
 from pneumolab.evaluation.metrics import SCALAR_METRICS, format_interval, format_metric
 
 METRIC_KEYS = ("n", *SCALAR_METRICS, "threshold")
 
 
-def metrics_table(metrics: dict, title: str) -> Table:
+def metrics_table(metrics: dict[str, Any], title: str) -> Table:
+    """One row per metric of an evaluation (with its 95% interval where bootstrapped)."""
     intervals = metrics.get("ci95") or {}
     table = Table(title=title)
     table.add_column("metric")
@@ -28,7 +33,8 @@ def metrics_table(metrics: dict, title: str) -> Table:
     return table
 
 
-def operating_points_table(metrics: dict) -> Table:
+def operating_points_table(metrics: dict[str, Any]) -> Table:
+    """Sensitivity and specificity at each stored operating point."""
     table = Table(
         "operating point",
         "threshold",
@@ -60,6 +66,7 @@ def operating_points_table(metrics: dict) -> Table:
 
 
 def robustness_table(report: dict[str, dict[str, float]]) -> Table:
+    """Metrics under each perturbation of the robustness suite."""
     table = Table(
         "perturbation", "roc_auc", "accuracy", "sensitivity", "specificity", title="robustness"
     )
@@ -84,7 +91,7 @@ def shift_table(report: dict[str, dict[str, float]]) -> Table:
     return table
 
 
-def comparison_table(rows: list, title: str) -> Table:
+def comparison_table(rows: Sequence[ComparisonRow], title: str) -> Table:
     """One line per compared model (worst-case AUC when robustness was measured, AUC and
     specificity under the compound shift when the shift protocol was)."""
     robust = any(r.worst_roc_auc is not None for r in rows)
@@ -94,7 +101,7 @@ def comparison_table(rows: list, title: str) -> Table:
     columns += ["shift AUC", "shift spec."] if shifted else []
     table = Table(*columns, "params", "train s", "CPU ms/img", title=title)
     for r in rows:
-        metrics = [r.accuracy, r.sensitivity, r.specificity, r.roc_auc]
+        metrics: list[float | None] = [r.accuracy, r.sensitivity, r.specificity, r.roc_auc]
         metrics += [r.worst_roc_auc] if robust else []
         metrics += [r.shift_roc_auc, r.shift_specificity] if shifted else []
         table.add_row(
@@ -109,7 +116,7 @@ def comparison_table(rows: list, title: str) -> Table:
     return table
 
 
-def subtypes_table(subtypes: dict) -> Table:
+def subtypes_table(subtypes: dict[str, Any]) -> Table:
     """Per-class metrics of a three-class run, with its confusion matrix rows."""
     table = Table("class", "precision", "recall", "F1", "support", *subtypes["classes"])
     table.title = (

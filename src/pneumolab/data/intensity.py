@@ -1,15 +1,8 @@
 """Intensity normalisation on uint8 NumPy pixels, for inference paths that do not load PyTorch.
 
 The same result as :func:`pneumolab.data.transforms.normalize_intensity` (torchvision), bit for
-bit (tested), so an ONNX backend can preprocess with NumPy alone.
-"""
-
-from __future__ import annotations
-
-import numpy as np
-
-INTENSITY_METHODS = ("none", "equalize", "clahe")
-"""Intensity normalisation applied to every image, in training and inference alike.
+bit (tested), so an ONNX backend can preprocess with NumPy alone. The methods
+(:data:`pneumolab.choices.INTENSITIES`) apply to every image, in training and inference alike.
 
 ``equalize``: global histogram equalisation. Any monotonic change of exposure, contrast or
 gamma leaves an image's equalised version (nearly) unchanged, so the model never sees those
@@ -18,6 +11,12 @@ acquisition differences at all.
 2): equalises each region against its own neighbourhood, so local contrast (e.g. an opacity
 against the lung field) is kept where one global mapping would flatten it.
 """
+
+from __future__ import annotations
+
+import numpy as np
+
+from pneumolab.choices import INTENSITIES
 
 CLAHE_CLIP_LIMIT = 2.0
 CLAHE_TILES = (8, 8)
@@ -62,4 +61,10 @@ def normalize_intensity_array(pixels: np.ndarray, method: str) -> np.ndarray:
         return equalize_array(pixels)
     if method == "clahe":
         return clahe_array(pixels)
-    raise ValueError(f"unknown intensity normalisation {method!r}; choose from {INTENSITY_METHODS}")
+    raise unknown_intensity(method)
+
+
+def unknown_intensity(method: str) -> ValueError:
+    """The error for an intensity normalisation that is not one of
+    :data:`~pneumolab.choices.INTENSITIES`."""
+    return ValueError(f"unknown intensity normalisation {method!r}; choose from {INTENSITIES}")

@@ -17,12 +17,12 @@ import torch
 from torch.nn.functional import affine_grid, conv2d, grid_sample, interpolate, pad
 from torchvision.transforms.v2 import functional as F
 
-from pneumolab.data.intensity import INTENSITY_METHODS, clahe_array
+from pneumolab.data.intensity import clahe_array, unknown_intensity
 
 
 def normalize_intensity(pixels: torch.Tensor, method: str) -> torch.Tensor:
     """Apply intensity normalisation ``method`` to uint8 images ``(..., 1, H, W)`` (see
-    :data:`~pneumolab.data.intensity.INTENSITY_METHODS`; NumPy twin without PyTorch:
+    :data:`~pneumolab.choices.INTENSITIES`; NumPy twin without PyTorch:
     :func:`~pneumolab.data.intensity.normalize_intensity_array`)."""
     if method == "none":
         return pixels
@@ -31,7 +31,7 @@ def normalize_intensity(pixels: torch.Tensor, method: str) -> torch.Tensor:
     if method == "clahe":  # OpenCV on the CPU: no torchvision equivalent
         planes = clahe_array(pixels.detach().cpu().numpy())
         return torch.from_numpy(planes).to(pixels.device)
-    raise ValueError(f"unknown intensity normalisation {method!r}; choose from {INTENSITY_METHODS}")
+    raise unknown_intensity(method)
 
 
 TTA_VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {

@@ -73,14 +73,17 @@ class SiteAudit:
 
     @property
     def scored(self) -> list[ImageRecord]:
+        """The images that could be read and scored (unreadable files left out)."""
         return [r for r in self.records if not r.error]
 
     @property
     def out_of_scope_share(self) -> float:
+        """Share of the scored images the input-scope gate flagged."""
         return float(np.mean([not r.in_scope for r in self.scored])) if self.scored else 0.0
 
     @property
     def ood_scores(self) -> np.ndarray:
+        """The OOD scores of the scored images that have one."""
         return np.array([r.ood_score for r in self.scored if r.ood_score is not None])
 
     @property
@@ -90,9 +93,11 @@ class SiteAudit:
         return float(np.mean(label)) if label else float("nan")
 
     def reason_counts(self) -> Counter[str]:
+        """How often each kind of out-of-scope reason occurred."""
         return Counter(reason_kind(reason) for r in self.scored for reason in r.reasons)
 
     def tag_summary(self) -> dict[str, Counter[str]]:
+        """For each DICOM tag read, how many images had each value."""
         summary: dict[str, Counter[str]] = {}
         for record in self.scored:
             for tag, value in record.dicom_tags.items():

@@ -1,4 +1,5 @@
-"""Calibration fitted on validation (temperature and Platt scaling), and the reliability diagram.
+"""Calibration fitted on validation: temperature and Platt scaling (the reliability diagram is
+:func:`pneumolab.evaluation.figures.save_reliability_diagram`).
 
 Temperature scaling divides the model's logit by one scalar ``T > 0`` chosen to minimise the
 validation log-loss (Guo et al. 2017). It changes no ranking (ROC AUC is unchanged); ``T > 1``
@@ -10,19 +11,12 @@ training puts towards the rarer class. Both work on stored probabilities, conver
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, logit
-from sklearn.calibration import calibration_curve
 from sklearn.linear_model import LogisticRegression
 
-from pneumolab.evaluation.metrics import ECE_BINS, expected_calibration_error
 from pneumolab.results import Platt
 
 EPS = 1e-7
@@ -66,23 +60,3 @@ def fit_platt(y_true: np.ndarray, prob: np.ndarray) -> Platt:
 def apply_platt(prob: np.ndarray, slope: float, intercept: float) -> np.ndarray:
     """Platt-scaled probabilities ``sigmoid(slope * logit(prob) + intercept)``."""
     return expit(slope * to_logits(prob) + intercept)
-
-
-def save_reliability_diagram(
-    y_true: np.ndarray, curves: dict[str, np.ndarray], path: Path, title: str = ""
-) -> Path:
-    """Observed pneumonia rate against mean predicted probability in 10 equal-width bins, one line
-    per entry of ``curves`` (label -> probabilities), with each curve's ECE in the legend."""
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
-    ax.plot([0, 1], [0, 1], ":", color="gray", label="perfectly calibrated")
-    for label, prob in curves.items():
-        observed, predicted = calibration_curve(y_true, prob, n_bins=ECE_BINS, strategy="uniform")
-        ece = expected_calibration_error(y_true, prob)
-        ax.plot(predicted, observed, "o-", label=f"{label} (ECE {ece:.3f})")
-    ax.set(xlabel="mean predicted probability", ylabel="observed fraction of pneumonia")
-    ax.set(xlim=(0, 1), ylim=(0, 1), title=title)
-    ax.legend(loc="upper left", fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path

@@ -145,6 +145,7 @@ class Evaluation:
 
     @property
     def title(self) -> str:
+        """Model, split and image count, for tables and figures."""
         return f"{self.predictor.meta.model} — {self.split} (n={self.metrics['n']})"
 
 

@@ -10,9 +10,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from sklearn.calibration import calibration_curve
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
 from pneumolab.data.layout import CLASS_NAMES
+from pneumolab.evaluation.metrics import ECE_BINS, expected_calibration_error
+
+
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Lay ``fig`` out tightly, write it to ``path`` and free it; returns ``path``."""
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def save_confusion_matrix(
@@ -24,10 +34,7 @@ def save_confusion_matrix(
         ax=ax, cmap="Blues", colorbar=False, values_format="d"
     )
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def save_roc_curve(
@@ -44,10 +51,7 @@ def save_roc_curve(
         ax.plot(*operating_point, "o", color="crimson", label="stored threshold")
         ax.legend(loc="lower right")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def save_sample_grid(samples_by_class: dict[str, list[Path]], path: Path, size: int = 160) -> Path:
@@ -70,10 +74,7 @@ def save_sample_grid(samples_by_class: dict[str, list[Path]], path: Path, size: 
             image.thumbnail((size, size))
             ax.imshow(image, cmap="gray")
             ax.set_title(f"{name}\n{image_path.name}", fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def save_model_bars(
@@ -94,7 +95,21 @@ def save_model_bars(
     # above the bars, not below: long model names (namesakes get their folders) fill the x axis
     ax.legend(fontsize="small", ncols=len(values), loc="lower center", bbox_to_anchor=(0.5, 1.0))
     ax.set_title(title, pad=24)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
+
+
+def save_reliability_diagram(
+    y_true: np.ndarray, curves: dict[str, np.ndarray], path: Path, title: str = ""
+) -> Path:
+    """Observed pneumonia rate against mean predicted probability in 10 equal-width bins, one line
+    per entry of ``curves`` (label -> probabilities), with each curve's ECE in the legend."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    ax.plot([0, 1], [0, 1], ":", color="gray", label="perfectly calibrated")
+    for label, prob in curves.items():
+        observed, predicted = calibration_curve(y_true, prob, n_bins=ECE_BINS, strategy="uniform")
+        ece = expected_calibration_error(y_true, prob)
+        ax.plot(predicted, observed, "o-", label=f"{label} (ECE {ece:.3f})")
+    ax.set(xlabel="mean predicted probability", ylabel="observed fraction of pneumonia")
+    ax.set(xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.legend(loc="upper left", fontsize="small")
+    return save_figure(fig, path)

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumolab.evaluation.calibration import save_reliability_diagram
 from pneumolab.evaluation.evaluate import Evaluation
-from pneumolab.evaluation.figures import save_confusion_matrix, save_roc_curve
+from pneumolab.evaluation.figures import (
+    save_confusion_matrix,
+    save_reliability_diagram,
+    save_roc_curve,
+)
 from pneumolab.evaluation.heldout import log_test_evaluation
 from pneumolab.run import write_predictions, write_shift_predictions
 

@@ -36,16 +36,20 @@ class Parity:
 
     @property
     def auc_change(self) -> float:
+        """ROC AUC of the checked model minus the fp32 reference's."""
         return self.auc - self.reference_auc
 
     @property
     def accepted(self) -> bool:
+        """Within the AUC limit, and no label flip outside the logit margin."""
         return abs(self.auc_change) <= self.max_auc_change and self.flips_outside_margin == 0
 
     def to_dict(self) -> dict[str, float | int | bool]:
+        """Every field, with the change and the verdict (for meta.json)."""
         return asdict(self) | {"auc_change": self.auc_change, "accepted": self.accepted}
 
     def summary(self) -> str:
+        """One line for the command's output."""
         return (
             f"{self.images} validation images: ROC AUC {self.auc:.4f} vs fp32 "
             f"{self.reference_auc:.4f} (change {self.auc_change:+.4f}, limit "

@@ -36,6 +36,7 @@ class Prediction:
     warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (tuples as lists)."""
         return asdict(self) | {"reasons": list(self.reasons), "warnings": list(self.warnings)}
 
 

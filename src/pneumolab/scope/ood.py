@@ -94,6 +94,7 @@ class OodModel:
 
     @property
     def val_flagged_fraction(self) -> float:
+        """Share of the validation images scored above the threshold."""
         return float(np.mean(self.val_scores > self.threshold)) if len(self.val_scores) else 0.0
 
     def save(self, path: Path) -> None:

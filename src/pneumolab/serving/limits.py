@@ -46,6 +46,7 @@ class ServerLimits:
 
 
 def too_large_text(limit: int) -> str:
+    """The message of a 413 answer for an upload over ``limit`` bytes."""
     return f"upload too large: the limit is {limit:,} bytes"
 
 
@@ -96,6 +97,7 @@ class DecodeSlots:
 
     @contextmanager
     def held(self) -> Iterator[None]:
+        """Hold a slot for the block; 503 when none frees up within ``wait_s``."""
         if not self._slots.acquire(timeout=self.wait_s):
             raise HTTPException(
                 503,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pneumolab.choices import PAIRED_CRITERIA, SelectBy
-from pneumolab.config import TrainConfig, load_yaml, resolve_config
+from pneumolab.choices import PAIRED_CRITERIA, ComparisonBackend, SelectBy
+from pneumolab.config import TrainConfig, load_yaml, resolve_config, validation_problems
 from pneumolab.errors import ConfigError
 
 SPLIT_SETTINGS = ("split_seed", "val_fraction", "max_train_images")
@@ -51,7 +51,7 @@ class StudyConfig(BaseModel):
         "fewest parameters (an ensemble counts its members'); select_by roc_auc or "
         "shift_roc_auc",
     )
-    backend: Literal["torch", "onnx"] = Field(
+    backend: ComparisonBackend = Field(
         default="torch",
         description="what scores the comparison: onnx exports each network (verified against "
         "PyTorch) where model.onnx is missing, then scores with onnxruntime",
@@ -115,7 +115,6 @@ def load_study(path: str | Path) -> StudyConfig:
     try:
         return StudyConfig(**load_yaml(path))
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'study'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"{path}: invalid study file ({problems})") from None
+        raise ConfigError(
+            f"{path}: invalid study file ({validation_problems(exc, 'study')})"
+        ) from None

@@ -9,13 +9,7 @@ import math
 import lightning as L
 import torch
 
-from pneumolab.config import TrainConfig
 from pneumolab.errors import PneumolabError
-
-
-def process_count(config: TrainConfig) -> int:
-    """Data-parallel processes of a config: ``devices × num_nodes``."""
-    return config.devices * config.num_nodes
 
 
 def lr_factor(rule: str, processes: int) -> float:

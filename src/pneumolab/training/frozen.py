@@ -41,6 +41,7 @@ class FeatureHead(nn.Module):
         self.classifier = classifier
 
     def class_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The classifier head's logits for cached backbone features."""
         return self.classifier(features)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
