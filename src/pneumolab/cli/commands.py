@@ -47,7 +47,7 @@ def cmd_import_weights(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    """`pneumolab data check`: images per split and class, patients, duplicates, unreadable files."""
+    """`pneumolab data check`: images per split and class, patients, duplicates, bad files."""
     from pneumolab.data.check import check_dataset
 
     report = check_dataset(args.data_dir)

@@ -98,7 +98,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_ood(args: argparse.Namespace) -> int:
-    """`pneumolab fit-ood`: fit (or refit) a finished run's input-scope gate on its split's images."""
+    """`pneumolab fit-ood`: fit (or refit) a finished run's input-scope gate."""
     from pneumolab.pipeline.ood_fit import fit_run_ood
 
     ood = fit_run_ood(args.run_dir, args.data)

@@ -25,9 +25,9 @@ LIMITATIONS = (
     "Models trained on this dataset tend to call normal images of the official test split "
     "pneumonia. Measured outside the development loop on 2026-12-01 (`pneumolab evaluate RUN "
     "--data ROOT --split test --json`), the default recipe of then (`make demo`: MobileNetV2, "
-    "160 px, 8 epochs, global equalisation, `standard` augmentation) had on the held-out test split accuracy 0.938, sensitivity 0.985, specificity 0.859 "
-    "(33 of 234 normal children called pneumonia) and ROC AUC 0.987, against a validation "
-    "ROC AUC of about 0.998.",
+    "160 px, 8 epochs, global equalisation, `standard` augmentation) had on the held-out test "
+    "split accuracy 0.938, sensitivity 0.985, specificity 0.859 (33 of 234 normal children "
+    "called pneumonia) and ROC AUC 0.987, against a validation ROC AUC of about 0.998.",
     "Single-site pediatric data (Guangzhou Women and Children's Medical Center, ages 1-5): "
     "adults, other hospitals, scanners and projections (lateral, AP portable) are untested.",
     "Inputs are grayscale 8-bit images, resized to a square without keeping the aspect ratio; "
