@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 from rich.text import Text
 
-from pneumolab.evaluation.comparison import ComparisonRow
 from pneumolab.evaluation.metrics import SCALAR_METRICS, format_interval, format_metric
+
+if TYPE_CHECKING:  # the comparison module loads PyTorch; the table only reads its rows
+    from pneumolab.evaluation.comparison import ComparisonRow
 
 METRIC_KEYS = ("n", *SCALAR_METRICS, "threshold")
 
