@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,13 @@ def test_export_writes_the_preprocessing_contract_and_verifies(run, tmp_path):
     assert json.loads(props["class_names"]) == ["NORMAL", "PNEUMONIA"]
     assert len(json.loads(props["mean"])) == 3
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no partial file left
+
+
+def test_export_prints_no_tracer_warning(run, tmp_path):
+    """The head-width branch of ``pneumonia_logit`` is static: the user sees no TorchScript noise."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)
+        export_onnx(run.root, tmp_path / "m.onnx")
 
 
 def test_dynamic_batch_and_agreement_with_torch(run, images, tmp_path):
