@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -141,3 +142,13 @@ def test_data_check_on_real_data(shared_data, capsys):
     err = capsys.readouterr().err
     assert "1341" in err and "3875" in err
     assert "unreadable files: 0" in err
+
+
+def test_train_names_its_compute_and_not_lightnings_banners(synthetic_data, tmp_path, capfd):
+    tiny = ["--model", "pneumolab_cnn_small", "--no-pretrained", "--image-size", "32"]
+    tiny += ["--epochs", "1", "--batch-size", "8", "--num-workers", "0"]
+    capfd.readouterr()
+    assert main(["train", "--data", str(synthetic_data), "--out", str(tmp_path / "r"), *tiny]) == 0
+    out, err = capfd.readouterr()
+    assert re.search(r"training in (32-true|bf16-mixed) on ", out + err)  # precision: auto
+    assert "GPU available" not in out + err and "litlogger" not in out + err

@@ -24,6 +24,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     package_log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if not package_log.handlers:
         package_log.addHandler(handler)
+    # Lightning's info lines (devices, tips) only with -v: pneumolab logs the compute it used.
+    # Its rank-zero logger, as importing lightning.pytorch later resets the package logger's level
+    lightning_info = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    lightning_info.setLevel(logging.INFO if args.verbose else logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning-internal deprecation
     try:
         return args.func(args)

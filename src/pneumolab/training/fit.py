@@ -206,6 +206,11 @@ def fit(
     ``resume`` continues from the last checkpoint) and, on rank 0, load the best epoch's weights
     into it; the other ranks of a multi-process run get None when training ends."""
     started = time.perf_counter()
+    compute = compute_record(trainer)
+    if trainer.is_global_zero:
+        log.info(
+            "training in %s on %s, %d threads", compute.precision, compute.device, compute.threads
+        )
     logger = experiment_logger(config, run)
     if logger is not None:
         trainer.logger = logger
@@ -232,6 +237,6 @@ def fit(
         train_seconds=round(time.perf_counter() - started, 1),
         feature_cache=FeatureCacheStats(**cache_stats) if cache_stats else None,
         distributed=distributed_summary(trainer, config, module.lr),
-        compute=compute_record(trainer),
+        compute=compute,
     )
     return Fitted(model, data.val_images(), summary, trainer.logger, data.train_images())
