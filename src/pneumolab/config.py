@@ -107,6 +107,18 @@ class TrainConfig(BaseModel):
     swa_lr: float = Field(
         default=1e-4, gt=0, description="learning rate of the SWA epochs (`swa_epochs`)"
     )
+    teacher: str | None = Field(
+        default=None,
+        description="knowledge distillation: a finished single-model run whose model scores "
+        "every augmented training batch at its own image size; the student learns towards "
+        "(1 - distill_weight) x label + distill_weight x the teacher's P(pneumonia) (none: off)",
+    )
+    distill_weight: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="share of the teacher's probability in the training target (with `teacher`)",
+    )
     intensity: Intensity = Field(
         default="clahe",
         description="intensity normalisation of every image (train and inference)",
@@ -177,11 +189,16 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _compatible_options(self) -> TrainConfig:
-        """Cutmix pastes image boxes, so it needs images, not the ``frozen`` strategy's cached
-        features. SWA keeps its average as the final epoch: it cannot share a run with EMA or
+        """Cutmix pastes image boxes and a teacher scores images, so both need images, not the
+        ``frozen`` strategy's cached features; a teacher's P(pneumonia) is a binary target. SWA keeps its average as the final epoch: it cannot share a run with EMA or
         with a best-epoch ``monitor``, and needs an epoch before its own."""
-        if self.cutmix_alpha and self.strategy == "frozen":
-            raise ValueError("cutmix_alpha needs images: strategy frozen trains on cached features")
+        for option in ("cutmix_alpha", "teacher"):
+            if getattr(self, option) and self.strategy == "frozen":
+                raise ValueError(
+                    f"{option} needs images: strategy frozen trains on cached features"
+                )
+        if self.teacher and self.task != "binary":
+            raise ValueError("teacher gives P(pneumonia): distillation needs task binary")
         if self.swa_epochs:
             if self.monitor != "last":
                 raise ValueError("swa_epochs needs monitor: last (the average is the final epoch)")

@@ -77,6 +77,15 @@ class Compute(Result):
     threads: int = Field(description="PyTorch's CPU threads")
 
 
+class TeacherRecord(Result):
+    """The run a model was distilled from (``TrainConfig.teacher``)."""
+
+    run: str = Field(description="the teacher's run folder, as given")
+    model: str
+    image_size: int = Field(description="the size the teacher scored the training images at")
+    weights_sha256: str = Field(description="SHA-256 of the teacher's weights file")
+
+
 class TrainingSummary(Result):
     """How the model was trained (an ensemble: the sums over its members)."""
 
@@ -89,6 +98,8 @@ class TrainingSummary(Result):
     distributed: DistributedTraining | None = None
     compute: Compute | None = None
     """None for ensembles (each member has its own) and runs of before 2026-12-03."""
+    teacher: TeacherRecord | None = None
+    """The run it was distilled from; None without distillation."""
 
 
 class RunMeta(TrainingSummary, DecisionRule):

@@ -31,6 +31,7 @@ from pneumolab.run import RunDir
 from pneumolab.run_meta import DistributedTraining, FeatureCacheStats, TrainingSummary
 from pneumolab.training.callbacks import HistoryCSV, progress_display
 from pneumolab.training.datamodule import XrayDataModule
+from pneumolab.training.distill import Teacher
 from pneumolab.training.distributed import lr_factor
 from pneumolab.training.feature_cache import FeatureCache
 from pneumolab.training.frozen import FrozenBackbone
@@ -48,10 +49,12 @@ class TrainingInterrupted(PneumolabError):
 
 @dataclass
 class BuiltModel:
-    """A classifier ready to train (strategy applied) and, under ``frozen``, its feature cache."""
+    """A classifier ready to train (strategy applied) and, under ``frozen``, its feature cache;
+    with distillation, its teacher."""
 
     model: XrayClassifier
     feature_cache: FeatureCache | None = None
+    teacher: Teacher | None = None
 
 
 @dataclass
@@ -156,10 +159,12 @@ def distributed_summary(trainer: L.Trainer, config: TrainConfig, lr: float) -> D
 
 
 def _module(
-    config: TrainConfig, model: XrayClassifier, frozen: FrozenBackbone | None, trainer: L.Trainer
+    config: TrainConfig, built: BuiltModel, frozen: FrozenBackbone | None, trainer: L.Trainer
 ) -> ClassifierModule:
-    """The LightningModule (the model, or its head under ``frozen``), at the learning rate
-    scaled for the number of processes; its class weights come from the data at set-up."""
+    """The LightningModule (the model, or its head under ``frozen``; its teacher, if any), at
+    the learning rate scaled for the number of processes; its class weights come from the data
+    at set-up."""
+    model = built.model
     lr = config.lr * lr_factor(config.lr_scaling, trainer.world_size)
     backbone_lr_scale = config.backbone_lr_scale if config.pretrained else 1.0
     return ClassifierModule(
@@ -170,6 +175,8 @@ def _module(
         label_smoothing=config.label_smoothing,
         mixup_alpha=config.mixup_alpha,
         cutmix_alpha=config.cutmix_alpha,
+        teacher=built.teacher,
+        distill_weight=config.distill_weight,
     )
 
 
@@ -219,7 +226,7 @@ def fit(
         bf16 = str(trainer.precision).startswith("bf16")
         frozen = FrozenBackbone(built.model, built.feature_cache, config.intensity, bf16)
     data = XrayDataModule(run, data_root, config, frozen)
-    module = _module(config, built.model, frozen, trainer)
+    module = _module(config, built, frozen, trainer)
     _run_fit(trainer, module, data, resume)
     if not trainer.is_global_zero:
         return None
@@ -238,5 +245,6 @@ def fit(
         feature_cache=FeatureCacheStats(**cache_stats) if cache_stats else None,
         distributed=distributed_summary(trainer, config, module.lr),
         compute=compute,
+        teacher=module.teacher.record if module.teacher else None,
     )
     return Fitted(model, data.val_images(), summary, trainer.logger, data.train_images())

@@ -15,6 +15,7 @@ from timm.data.mixup import cutmix_bbox_and_lam
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from pneumolab.models.classifier import XrayClassifier
+from pneumolab.training.distill import Teacher
 from pneumolab.training.distributed import gather_rows, unique_by_index
 from pneumolab.training.frozen import FeatureHead
 
@@ -35,7 +36,9 @@ class ClassifierModule(L.LightningModule):
     uniform; ``mixup_alpha`` > 0 trains on mixed pairs of images (weight ~ Beta(alpha, alpha))
     against the same mix of their targets and class weights; ``cutmix_alpha`` > 0 pastes a box
     of another image instead (timm's box sampling), mixing targets and weights by its area.
-    With both, each batch takes one of the two at random. Validation scores P(pneumonia) and logs
+    With both, each batch takes one of the two at random. A ``teacher`` (binary task) scores
+    each training batch as the student sees it, mixed or not, and the target becomes
+    ``(1 - distill_weight) x label + distill_weight x`` its P(pneumonia). Validation scores P(pneumonia) and logs
     ``val_loss`` (plain, unweighted log-loss: a proper scoring rule that keeps improving after
     AUC saturates), ``val_auc`` and ``val_images``, on the whole validation split also when
     several processes share it.
@@ -51,8 +54,12 @@ class ClassifierModule(L.LightningModule):
         label_smoothing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
+        teacher: Teacher | None = None,
+        distill_weight: float = 0.5,
     ) -> None:
         super().__init__()
+        self.teacher = teacher
+        self.distill_weight = distill_weight
         self.label_smoothing = label_smoothing
         self.mixup_alpha = mixup_alpha
         self.cutmix_alpha = cutmix_alpha
@@ -83,6 +90,10 @@ class ClassifierModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+
     def on_train_epoch_start(self) -> None:
         for module in self.model.modules():
             if isinstance(module, _BatchNorm) and not any(
@@ -100,6 +111,10 @@ class ClassifierModule(L.LightningModule):
         weights = class_weights[targets.long()]
         if self.mixup_alpha > 0 or self.cutmix_alpha > 0:
             images, soft, weights = self._mix(images, soft, weights)
+        if self.teacher is not None:
+            taught = self.teacher.probabilities(images).to(soft.dtype)
+            taught_soft = torch.stack([1 - taught, taught], dim=1)
+            soft = (1 - self.distill_weight) * soft + self.distill_weight * taught_soft
         if self.multiclass:
             logits = self.model.class_logits(images).float()
             losses = -(soft * F.log_softmax(logits, dim=1)).sum(dim=1)

@@ -17,6 +17,7 @@ from pneumolab.models.classifier import XrayClassifier
 from pneumolab.models.registry import create_classifier
 from pneumolab.run import RunDir
 from pneumolab.training.datamodule import num_classes
+from pneumolab.training.distill import Teacher
 from pneumolab.training.fit import BuiltModel, Fitted, build_trainer, fit
 from pneumolab.training.frozen import cache_for
 from pneumolab.training.split import Split, check_run_dir, prepare_split, start_run
@@ -35,7 +36,7 @@ class TrainedModel:
 
 def build_model(config: TrainConfig, resume: bool = False) -> BuiltModel:
     """The classifier with its transfer strategy applied (and, under ``frozen``, its feature
-    cache). A resumed checkpoint holds every trained weight, except under ``frozen``: the head
+    cache; with ``teacher``, the run it is distilled from). A resumed checkpoint holds every trained weight, except under ``frozen``: the head
     only, so the pretrained backbone is loaded again."""
     load_pretrained = config.pretrained and (not resume or config.strategy == "frozen")
     model = create_classifier(
@@ -46,7 +47,11 @@ def build_model(config: TrainConfig, resume: bool = False) -> BuiltModel:
         border_fade=config.border_fade,
     )
     apply_strategy(model.backbone, config.strategy, config.unfreeze_stages)
-    return BuiltModel(model, cache_for(config) if config.strategy == "frozen" else None)
+    return BuiltModel(
+        model,
+        cache_for(config) if config.strategy == "frozen" else None,
+        Teacher.from_run(config.teacher, config) if config.teacher else None,
+    )
 
 
 def train_model(
@@ -56,8 +61,8 @@ def train_model(
     resume: bool = False,
     callbacks: Sequence[L.Callback] = (),
 ) -> TrainedModel | None:
-    """Prepare the split, build the model (unknown names and missing weights fail before the run
-    directory exists), fit it and save the best weights to ``model.safetensors``.
+    """Prepare the split, build the model (unknown names, missing weights and an unusable
+    teacher fail before the run directory exists), fit it and save the best weights to ``model.safetensors``.
 
     Under several processes (``devices × num_nodes``, launched by Lightning, torchrun or SLURM)
     every process calls this: rank 0 alone computes the split (once) and writes the run
@@ -78,6 +83,8 @@ def train_model(
     check_tracking(config)
     if split is not None and not resume:
         start_run(run, split)
+        if built.teacher is not None:
+            built.teacher.warn_if_it_saw(run)
     fitted = fit(trainer, run, config, Path(data_dir).resolve(), built, resume)
     if split is None or fitted is None:
         return None

@@ -1,0 +1,81 @@
+"""Knowledge distillation: a trained run (the teacher) scores every training batch, and the
+student learns towards its probabilities as well as towards the labels."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from pneumolab.config import TrainConfig, resolve_config
+from pneumolab.errors import ConfigError
+from pneumolab.inference.predictor import Predictor
+from pneumolab.models.classifier import XrayClassifier
+from pneumolab.run import RunDir, weights_digest
+from pneumolab.run_meta import TeacherRecord
+
+log = logging.getLogger(__name__)
+
+
+class Teacher:
+    """A trained single-model run, frozen, that gives P(pneumonia) of the student's training
+    images: the same augmented view the student sees (consistent teaching), resized to the
+    size the teacher was trained at. Not an ``nn.Module``, so the student's checkpoints and
+    optimiser never hold the teacher's weights."""
+
+    def __init__(self, model: XrayClassifier, image_size: int, record: TeacherRecord) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.image_size = image_size
+        self.record = record
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, config: TrainConfig) -> Teacher:
+        """The model of finished run ``run_dir``: a RunDirError for a missing run or an ensemble,
+        a ConfigError when it normalises intensity otherwise than ``config``."""
+        with torch.random.fork_rng(devices=[]):  # building it leaves the student's seeds alone
+            predictor = Predictor.from_run(run_dir, scope_verdict=False)
+        model = predictor.require_model("a teacher")
+        intensity = predictor.meta.preprocessing.intensity
+        if intensity != config.intensity:
+            raise ConfigError(
+                f"teacher {run_dir} normalises intensity with {intensity!r}, the student with "
+                f"{config.intensity!r}: train the student with --intensity {intensity}"
+            )
+        record = TeacherRecord(
+            run=str(run_dir),
+            model=predictor.meta.model,
+            image_size=predictor.image_size,
+            weights_sha256=weights_digest(Path(run_dir)),
+        )
+        return cls(model, predictor.image_size, record)
+
+    def warn_if_it_saw(self, student: RunDir) -> None:
+        """Warn when the teacher trained on images the student validates on: its knowledge of
+        them would flatter the student's validation figures."""
+        teacher = RunDir(Path(self.record.run))
+        seen = teacher.split_paths("train") & student.split_paths("val")
+        if seen:
+            log.warning(
+                "teacher %s trained on %d of the student's %d validation images: the student's "
+                "validation figures are optimistic; train it on the teacher's split "
+                "(--split-seed %d)",
+                teacher.root,
+                len(seen),
+                len(student.split_paths("val")),
+                resolve_config(teacher.config).data_seed,
+            )
+
+    def to(self, device: torch.device | str) -> Teacher:
+        """Move the teacher's model to ``device`` (the student's)."""
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` P(pneumonia) of ``(B, 1, H, W)`` images in [0, 1], at the teacher's size."""
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            size = (self.image_size, self.image_size)
+            images = F.interpolate(images, size=size, mode="bilinear", antialias=True)
+        return torch.sigmoid(self.model(images).float())
