@@ -190,8 +190,9 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _compatible_options(self) -> TrainConfig:
         """Cutmix pastes image boxes and a teacher scores images, so both need images, not the
-        ``frozen`` strategy's cached features; a teacher's P(pneumonia) is a binary target. SWA keeps its average as the final epoch: it cannot share a run with EMA or
-        with a best-epoch ``monitor``, and needs an epoch before its own."""
+        ``frozen`` strategy's cached features; a teacher's P(pneumonia) is a binary target.
+        SWA keeps its average as the final epoch: it cannot share a run with EMA or with a
+        best-epoch ``monitor``, and needs an epoch before its own."""
         for option in ("cutmix_alpha", "teacher"):
             if getattr(self, option) and self.strategy == "frozen":
                 raise ValueError(

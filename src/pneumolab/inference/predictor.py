@@ -95,6 +95,29 @@ def predict_class_probabilities(
     )
 
 
+def load_network(run: RunDir, meta: RunMeta) -> XrayClassifier:
+    """The trained PyTorch network of single-model run ``run`` (its ``meta``), on the CPU; a
+    RunDirError when the weights file does not fit the architecture."""
+    from safetensors.torch import load_file
+
+    from pneumolab.models.registry import create_classifier
+
+    subtypes = meta.subtype_names or []
+    model = create_classifier(
+        meta.model,
+        pretrained=False,
+        num_classes=len(subtypes) or 1,
+        border_fade=meta.preprocessing.border_fade or 0.0,
+    )
+    try:
+        model.load_state_dict(load_file(run.weights))
+    except RuntimeError as exc:
+        raise RunDirError(
+            f"{run.weights}: weights do not match model '{meta.model}' ({exc})"
+        ) from None
+    return model
+
+
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     """Files as given, plus the images (by suffix, recursively, sorted) inside any folder.
 
@@ -269,24 +292,7 @@ class Predictor:
 
             scorer = run_exported_backend(run.root, backend, onnx_file)
             return cls(None, meta, cls._cached(scorer, cache, run.root, backend, onnx_file), ood)
-        from safetensors.torch import load_file
-
-        from pneumolab.models.registry import create_classifier
-
-        subtypes = meta.subtype_names or []
-        model = create_classifier(
-            meta.model,
-            pretrained=False,
-            num_classes=len(subtypes) or 1,
-            border_fade=meta.preprocessing.border_fade or 0.0,
-        )
-        try:
-            model.load_state_dict(load_file(run.weights))
-        except RuntimeError as exc:
-            raise RunDirError(
-                f"{run.weights}: weights do not match model '{meta.model}' ({exc})"
-            ) from None
-        predictor = cls(model.to(device), meta, ood=ood)
+        predictor = cls(load_network(run, meta).to(device), meta, ood=ood)
         predictor.scorer = cls._cached(predictor.scorer, cache, run.root, backend, device)
         return predictor
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from pneumolab.config import TrainConfig, resolve_config
-from pneumolab.errors import ConfigError
-from pneumolab.inference.predictor import Predictor
+from pneumolab.errors import ConfigError, RunDirError
+from pneumolab.inference.predictor import load_network
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.run import RunDir, weights_digest
 from pneumolab.run_meta import TeacherRecord
@@ -32,30 +32,37 @@ class Teacher:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, config: TrainConfig) -> Teacher:
-        """The model of finished run ``run_dir``: a RunDirError for a missing run or an ensemble,
-        a ConfigError when it normalises intensity otherwise than ``config``."""
-        with torch.random.fork_rng(devices=[]):  # building it leaves the student's seeds alone
-            predictor = Predictor.from_run(run_dir, scope_verdict=False)
-        model = predictor.require_model("a teacher")
-        intensity = predictor.meta.preprocessing.intensity
+        """The network of finished run ``run_dir``: a RunDirError for a missing run or an
+        ensemble, a ConfigError when it normalises intensity otherwise than ``config``."""
+        run = RunDir(Path(run_dir))
+        meta = run.read_meta()
+        if meta.is_ensemble:
+            raise RunDirError(
+                f"{run_dir} is an ensemble: a teacher is a single network; use one of the "
+                "ensemble's member runs (its meta.json lists them)"
+            )
+        intensity = meta.preprocessing.intensity
         if intensity != config.intensity:
             raise ConfigError(
                 f"teacher {run_dir} normalises intensity with {intensity!r}, the student with "
                 f"{config.intensity!r}: train the student with --intensity {intensity}"
             )
+        with torch.random.fork_rng(devices=[]):  # building it leaves the student's seeds alone
+            model = load_network(run, meta)
         record = TeacherRecord(
             run=str(run_dir),
-            model=predictor.meta.model,
-            image_size=predictor.image_size,
-            weights_sha256=weights_digest(Path(run_dir)),
+            model=meta.model,
+            image_size=meta.image_size,
+            weights_sha256=weights_digest(run.root),
         )
-        return cls(model, predictor.image_size, record)
+        return cls(model, meta.image_size, record)
 
     def warn_if_it_saw(self, student: RunDir) -> None:
         """Warn when the teacher trained on images the student validates on: its knowledge of
         them would flatter the student's validation figures."""
         teacher = RunDir(Path(self.record.run))
-        seen = teacher.split_paths("train") & student.split_paths("val")
+        validation = student.split_paths("val")
+        seen = teacher.split_paths("train") & validation
         if seen:
             log.warning(
                 "teacher %s trained on %d of the student's %d validation images: the student's "
@@ -63,7 +70,7 @@ class Teacher:
                 "(--split-seed %d)",
                 teacher.root,
                 len(seen),
-                len(student.split_paths("val")),
+                len(validation),
                 resolve_config(teacher.config).data_seed,
             )
 

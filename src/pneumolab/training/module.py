@@ -38,10 +38,10 @@ class ClassifierModule(L.LightningModule):
     of another image instead (timm's box sampling), mixing targets and weights by its area.
     With both, each batch takes one of the two at random. A ``teacher`` (binary task) scores
     each training batch as the student sees it, mixed or not, and the target becomes
-    ``(1 - distill_weight) x label + distill_weight x`` its P(pneumonia). Validation scores P(pneumonia) and logs
-    ``val_loss`` (plain, unweighted log-loss: a proper scoring rule that keeps improving after
-    AUC saturates), ``val_auc`` and ``val_images``, on the whole validation split also when
-    several processes share it.
+    ``(1 - distill_weight) x label + distill_weight x`` its P(pneumonia). Validation scores
+    P(pneumonia) and logs ``val_loss`` (plain, unweighted log-loss: a proper scoring rule that
+    keeps improving after AUC saturates), ``val_auc`` and ``val_images``, on the whole
+    validation split also when several processes share it.
     """
 
     def __init__(

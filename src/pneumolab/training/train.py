@@ -36,8 +36,9 @@ class TrainedModel:
 
 def build_model(config: TrainConfig, resume: bool = False) -> BuiltModel:
     """The classifier with its transfer strategy applied (and, under ``frozen``, its feature
-    cache; with ``teacher``, the run it is distilled from). A resumed checkpoint holds every trained weight, except under ``frozen``: the head
-    only, so the pretrained backbone is loaded again."""
+    cache; with ``teacher``, the run it is distilled from). A resumed checkpoint holds every
+    trained weight, except under ``frozen``: the head only, so the pretrained backbone is
+    loaded again."""
     load_pretrained = config.pretrained and (not resume or config.strategy == "frozen")
     model = create_classifier(
         config.model,
@@ -62,7 +63,8 @@ def train_model(
     callbacks: Sequence[L.Callback] = (),
 ) -> TrainedModel | None:
     """Prepare the split, build the model (unknown names, missing weights and an unusable
-    teacher fail before the run directory exists), fit it and save the best weights to ``model.safetensors``.
+    teacher fail before the run directory exists), fit it and save the best weights to
+    ``model.safetensors``.
 
     Under several processes (``devices × num_nodes``, launched by Lightning, torchrun or SLURM)
     every process calls this: rank 0 alone computes the split (once) and writes the run
