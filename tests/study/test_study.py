@@ -163,6 +163,7 @@ def test_compare_builds_the_same_table_from_runs(study, tmp_path, capsys):
         ([{"name": "a", "split_seed": 3}], "split_seed can only be set in 'defaults'"),
         ([{"name": "a"}, {"name": "b", "seed": 3}], "seed 3 would move the validation split"),
         ([{"name": "a"}, {"name": "a"}], "used twice"),
+        ([{"name": "a"}, {"name": "b"}], "'a' and 'b' have the same settings; they would train"),
         ([{"model": "resnet18"}], "needs a 'name'"),
         ([{"name": "a", "epochs": 0}], "epochs"),
     ],
@@ -171,6 +172,15 @@ def test_invalid_study_files_are_clear_errors(tmp_path, models, message):
     path = _study_file(tmp_path / "s.yaml", models)
     with pytest.raises(ConfigError, match=message):
         load_study(path).train_configs()
+
+
+def test_models_made_equal_by_a_command_line_flag_are_refused(tmp_path):
+    models = [{"name": "seed0"}, {"name": "seed100", "seed": 100}]
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"defaults": {"split_seed": 0}, "models": models}))
+    assert len(load_study(path).train_configs({"epochs": 2, "seed": None})) == 2
+    with pytest.raises(ConfigError, match="'seed0' and 'seed100' have the same settings: the comm"):
+        load_study(path).train_configs({"seed": 1})
 
 
 def test_shipped_study_files_are_valid():
@@ -250,13 +260,19 @@ def test_compare_refuses_a_run_given_twice_names_namesakes_and_leaves_no_stale_f
     assert [p.name for p in (out / "confusion").iterdir()] == ["small.png"]  # no stale figure
 
 
+TWIN_SETTING = {"num_workers": 1}  # changes no network: the twin is reused, never trained
+
+
 def _twin_runs(study, dest: Path) -> Path:
     """The study's ``small`` run copied twice under ``dest/runs`` (``small``, ``twin``). Not the
     separable CNN: after its one epoch its features barely vary, its OOD whitening reaches 1e7,
-    and onnxruntime's rounding moves its OOD scores by about 1%, so export rightly refuses it."""
+    and onnxruntime's rounding moves its OOD scores by about 1%, so export rightly refuses it.
+    The twin's saved config differs in ``TWIN_SETTING`` alone: a study refuses equal models."""
     small = study[0] / "out" / "runs" / "small"
     for name in ("small", "twin"):
         shutil.copytree(small, dest / "runs" / name, ignore=shutil.ignore_patterns("eval"))
+    twin_config = dest / "runs" / "twin" / "config.yaml"
+    twin_config.write_text(yaml.safe_dump(yaml.safe_load(twin_config.read_text()) | TWIN_SETTING))
     return dest / "runs"
 
 
@@ -304,7 +320,8 @@ def test_a_study_with_backend_onnx_exports_its_networks_and_compares_their_expor
     data = study[1]
     out = tmp_path / "out"
     _twin_runs(study, out)  # trained already: reused, not retrained
-    models = [{"name": name, "model": "pneumolab_cnn_small"} for name in ("small", "twin")]
+    models = [{"name": "small", "model": "pneumolab_cnn_small"}]
+    models.append({"name": "twin", "model": "pneumolab_cnn_small"} | TWIN_SETTING)
     onnx_study = _study_file(
         tmp_path / "onnx.yaml", models, [{"name": "pair", "members": ["small", "twin"]}]
     )

@@ -73,6 +73,7 @@ class StudyConfig(BaseModel):
     def train_configs(self, overrides: dict[str, Any] | None = None) -> dict[str, TrainConfig]:
         """Each model's TrainConfig: defaults < the model's entry < ``overrides`` (CLI flags)."""
         configs: dict[str, TrainConfig] = {}
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
         for index, entry in enumerate(self.models):
             entry = dict(entry)
             name = str(entry.pop("name", ""))
@@ -88,7 +89,6 @@ class StudyConfig(BaseModel):
                     "(every model of a study uses the same validation split)"
                 )
             try:
-                given = {k: v for k, v in (overrides or {}).items() if v is not None}
                 configs[name] = resolve_config(None, self.defaults | entry | given)
             except ConfigError as exc:
                 raise ConfigError(f"{where} ({name}): {exc}") from None
@@ -99,6 +99,7 @@ class StudyConfig(BaseModel):
                     f"model '{name}': its seed {config.seed} would move the validation split "
                     f"away from '{first}''s; set split_seed in 'defaults' to keep one split"
                 )
+        _refuse_twins(configs, given)
         for ensemble in self.ensembles:
             unknown = [m for m in ensemble.members if m not in configs]
             if unknown:
@@ -108,6 +109,22 @@ class StudyConfig(BaseModel):
             if ensemble.name in configs:
                 raise ConfigError(f"ensemble '{ensemble.name}': a model has this name already")
         return configs
+
+
+def _refuse_twins(configs: dict[str, TrainConfig], flags: dict[str, Any]) -> None:
+    """Refuse two models whose settings are equal: they would train one network twice (a seed
+    flag on the command line, say, overriding the seeds that tell the study's models apart)."""
+    first_with: dict[str, str] = {}
+    for name, config in configs.items():
+        settings = config.model_dump_json()
+        if settings in first_with:
+            given = ", ".join(f"--{flag.replace('_', '-')}" for flag in sorted(flags))
+            why = f": the command line's {given} overrides what their entries set" if given else ""
+            raise ConfigError(
+                f"models '{first_with[settings]}' and '{name}' have the same settings{why}; "
+                "they would train the same network twice"
+            )
+        first_with[settings] = name
 
 
 def load_study(path: str | Path) -> StudyConfig:
