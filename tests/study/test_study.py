@@ -181,6 +181,8 @@ def test_models_made_equal_by_a_command_line_flag_are_refused(tmp_path):
     assert len(load_study(path).train_configs({"epochs": 2, "seed": None})) == 2
     with pytest.raises(ConfigError, match="'seed0' and 'seed100' have the same settings: the comm"):
         load_study(path).train_configs({"seed": 1})
+    with pytest.raises(ConfigError, match="command line's --seed overrides"):  # not --epochs
+        load_study(path).train_configs({"seed": 1, "epochs": 2})
 
 
 def test_shipped_study_files_are_valid():

@@ -73,6 +73,7 @@ class StudyConfig(BaseModel):
     def train_configs(self, overrides: dict[str, Any] | None = None) -> dict[str, TrainConfig]:
         """Each model's TrainConfig: defaults < the model's entry < ``overrides`` (CLI flags)."""
         configs: dict[str, TrainConfig] = {}
+        entries: dict[str, dict[str, Any]] = {}
         given = {k: v for k, v in (overrides or {}).items() if v is not None}
         for index, entry in enumerate(self.models):
             entry = dict(entry)
@@ -90,6 +91,7 @@ class StudyConfig(BaseModel):
                 )
             try:
                 configs[name] = resolve_config(None, self.defaults | entry | given)
+                entries[name] = entry
             except ConfigError as exc:
                 raise ConfigError(f"{where} ({name}): {exc}") from None
         first = next(iter(configs))
@@ -99,7 +101,7 @@ class StudyConfig(BaseModel):
                     f"model '{name}': its seed {config.seed} would move the validation split "
                     f"away from '{first}''s; set split_seed in 'defaults' to keep one split"
                 )
-        _refuse_twins(configs, given)
+        _refuse_twins(configs, entries, given)
         for ensemble in self.ensembles:
             unknown = [m for m in ensemble.members if m not in configs]
             if unknown:
@@ -111,17 +113,21 @@ class StudyConfig(BaseModel):
         return configs
 
 
-def _refuse_twins(configs: dict[str, TrainConfig], flags: dict[str, Any]) -> None:
+def _refuse_twins(
+    configs: dict[str, TrainConfig], entries: dict[str, dict[str, Any]], flags: dict[str, Any]
+) -> None:
     """Refuse two models whose settings are equal: they would train one network twice (a seed
     flag on the command line, say, overriding the seeds that tell the study's models apart)."""
     first_with: dict[str, str] = {}
     for name, config in configs.items():
         settings = config.model_dump_json()
         if settings in first_with:
-            given = ", ".join(f"--{flag.replace('_', '-')}" for flag in sorted(flags))
+            twin = first_with[settings]
+            culprits = sorted(f for f in flags if f in entries[twin] or f in entries[name])
+            given = ", ".join(f"--{flag.replace('_', '-')}" for flag in culprits)
             why = f": the command line's {given} overrides what their entries set" if given else ""
             raise ConfigError(
-                f"models '{first_with[settings]}' and '{name}' have the same settings{why}; "
+                f"models '{twin}' and '{name}' have the same settings{why}; "
                 "they would train the same network twice"
             )
         first_with[settings] = name
