@@ -107,10 +107,39 @@ def test_train_names_unreadable_images_as_the_cause(tmp_path, capsys):
 
 @pytest.mark.parametrize("value", ["0", "-1", "abc", "nan", "1e9999"])
 def test_numeric_flags_are_checked(run_dir, good, value, capsys):
-    code, _, err = run_cli(capsys, "predict", run_dir, good, "--batch-size", value)
-    assert code == 2 and "--batch-size" in err
-    code, _, err = run_cli(capsys, "serve", run_dir, "--max-upload-mb", value)
-    assert code == 2 and "--max-upload-mb" in err
+    for command in (
+        ("predict", run_dir, good, "--batch-size", value),
+        ("predict", run_dir, good, "--workers", value),
+        ("predict", run_dir, good, "--engine", "ray", "--num-workers", value),
+        ("audit", run_dir, good, "--batch-size", value),
+        ("serve", run_dir, "--max-upload-mb", value),
+    ):
+        code, _, err = run_cli(capsys, *command)
+        assert code == 2 and command[-2] in err, command
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_replica_shares_are_checked(run_dir, good, value, capsys):
+    for flag in ("--cpus-per-worker", "--gpus-per-worker"):
+        code, _, err = run_cli(capsys, "predict", run_dir, good, "--engine", "ray", flag, value)
+        assert code == 2 and flag in err
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1.5", "nan"])
+def test_ensemble_target_sensitivity_is_checked(run_dir, tmp_path, value, capsys):
+    out = tmp_path / "ens"
+    code, _, err = run_cli(
+        capsys, "ensemble", run_dir, run_dir, "--out", out, "--target-sensitivity", value
+    )
+    assert code == 2 and "--target-sensitivity" in err
+
+
+def test_ensemble_refuses_a_zero_target_before_writing_anything(run_dir, tmp_path, capsys):
+    code, _, err = run_cli(
+        capsys, "ensemble", run_dir, run_dir, "--out", tmp_path / "ens", "--target-sensitivity", "0"
+    )
+    assert code == 2 and "target sensitivity must be in (0, 1], got 0.0" in one_line(err)
+    assert not (tmp_path / "ens").exists()
 
 
 @pytest.mark.parametrize("port", ["-1", "70000"])

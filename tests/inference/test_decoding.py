@@ -52,3 +52,9 @@ def test_other_exceptions_are_raised():
 
     with pytest.raises(RuntimeError, match="bug"):
         list(decoded_batches([Path("a.png")], broken, batch_size=1))
+
+
+@pytest.mark.parametrize(("batch_size", "workers"), [(0, None), (4, 0), (-1, 2)])
+def test_sizes_below_one_are_refused(batch_size, workers):
+    with pytest.raises(ValueError, match="at least 1"):
+        next(decoded_batches([Path("a.png")], Path, batch_size, workers))

@@ -1,11 +1,13 @@
 """predict --engine ray on a local Ray started by the test (2 CPUs): the probabilities and scope
 verdicts of the single-process path, a corrupt file reported by name, resume (of a file the
-single-process path began) without duplicates, a foreign file refused untouched."""
+single-process path began) without duplicates, a foreign file refused untouched, options out of
+range refused."""
 
 from __future__ import annotations
 
 import csv
 import importlib.util
+import re
 import sys
 
 import pytest
@@ -138,3 +140,17 @@ def test_without_ray_the_engine_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails
     with pytest.raises(ConfigError, match=r"pip install 'pneumolab\[distributed\]'"):
         import_ray()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"num_workers": 0}, "num_workers and batch_size must be at least 1, got 0 and 32"),
+        ({"batch_size": 0}, "num_workers and batch_size must be at least 1, got 1 and 0"),
+        ({"cpus_per_worker": -1.0}, "must be >= 0, got -1.0 and 0.0"),
+        ({"gpus_per_worker": float("nan")}, "must be >= 0, got 1.0 and nan"),
+    ],
+)
+def test_options_out_of_range_are_refused(options, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        RayOptions(**options)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TypeAlias
 
 from pneumolab.choices import BACKENDS, ENGINES, EXPORT_FORMATS, SPLITS
 from pneumolab.cli import commands as cmd
@@ -20,6 +21,8 @@ KEEP_LABEL_HELP = (
     "give out-of-scope inputs their class label instead of OUT_OF_SCOPE (still flagged: "
     "in_scope false, with the reasons)"
 )
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+"""What ``add_subparsers`` returns: each ``_add_*`` function adds one command to it."""
 
 
 def add_backend_flags(parser: argparse.ArgumentParser, onnx_note: str = "") -> None:
@@ -38,15 +41,7 @@ def add_backend_flags(parser: argparse.ArgumentParser, onnx_note: str = "") -> N
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``pneumolab`` argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="pneumolab",
-        description="Train, evaluate and apply pneumonia classifiers for pediatric chest X-rays.",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def _add_data(commands: Subcommands) -> None:
     data = commands.add_parser("data", help="dataset utilities").add_subparsers(
         dest="data_command", required=True
     )
@@ -60,11 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--sha256", default=None, help="expected checksum of the zip")
     fetch.set_defaults(func=cmd.cmd_data_fetch)
 
+
+def _add_models(commands: Subcommands) -> None:
     models = commands.add_parser("models", help="list the available models and their weights")
     models.add_argument("names", nargs="*", help="only these models (any timm name)")
     models.add_argument("--weights", help="local weights file or folder to look in")
     models.set_defaults(func=cmd.cmd_models)
 
+
+def _add_import_weights(commands: Subcommands) -> None:
     imports = commands.add_parser(
         "import-weights", help="convert another port's ImageNet weights to timm's layout"
     )
@@ -75,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     imports.add_argument("--overwrite", action="store_true", help="replace an existing file")
     imports.set_defaults(func=cmd.cmd_import_weights)
 
+
+def _add_train(commands: Subcommands) -> None:
     train = commands.add_parser("train", help="train a model into a run directory")
     train.add_argument("--data", type=Path, required=True, help="dataset root (holds train/)")
     train.add_argument("--out", type=Path, required=True, help="run directory to create")
@@ -85,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(train)
     train.set_defaults(func=cmd.cmd_train)
 
+
+def _add_study(commands: Subcommands) -> None:
     study = commands.add_parser(
         "study", help="train and compare every model of a study file; link the best"
     )
@@ -94,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(study, exclude=("model",))  # each flag overrides every model of the study
     study.set_defaults(func=cmd.cmd_study)
 
+
+def _add_ensemble(commands: Subcommands) -> None:
     ensemble = commands.add_parser(
         "ensemble", help="average finished runs of one split into an ensemble run directory"
     )
@@ -103,12 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ensemble.add_argument(
         "--target-sensitivity",
-        type=float,
+        type=bounded(float, 0, 1),
         default=0.95,
         help="validation sensitivity its threshold keeps (default: 0.95)",
     )
     ensemble.set_defaults(func=cmd.cmd_ensemble)
 
+
+def _add_compare(commands: Subcommands) -> None:
     compare = commands.add_parser("compare", help="compare finished runs on a split")
     compare.add_argument("run_dirs", type=Path, nargs="+")
     compare.add_argument("--data", type=Path, required=True)
@@ -124,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend_flags(compare)
     compare.set_defaults(func=cmd.cmd_compare)
 
+
+def _add_evaluate(commands: Subcommands) -> None:
     evaluate = commands.add_parser("evaluate", help="metrics of a run on a split")
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--data", type=Path, required=True)
@@ -139,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend_flags(evaluate)
     evaluate.set_defaults(func=cmd.cmd_evaluate)
 
+
+def _add_predict(commands: Subcommands) -> None:
     predict = commands.add_parser("predict", help="predict images or folders")
     predict.add_argument("run_dir", type=Path)
     predict.add_argument("paths", nargs="*", type=Path, help="image files or folders")
@@ -159,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--keep-label", action="store_true", help=KEEP_LABEL_HELP)
     add_backend_flags(predict)
     predict.add_argument(
-        "--workers", type=int, help="image decoding threads (default: one per core)"
+        "--workers", type=POSITIVE_INT, help="image decoding threads (default: one per core)"
     )
     engine = predict.add_argument_group("engine (docs/scaling.md)")
     engine.add_argument(
@@ -169,11 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="ray: Ray Data, parallel decoding and model-replica actors; needs --out",
     )
     engine.add_argument("--address", help="Ray cluster address (default: a local Ray)")
-    engine.add_argument("--num-workers", type=int, default=1, help="model replicas (actors)")
-    engine.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per replica")
-    engine.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per replica")
+    engine.add_argument(
+        "--num-workers", type=POSITIVE_INT, default=1, help="model replicas (actors)"
+    )
+    engine.add_argument(
+        "--cpus-per-worker", type=bounded(float, 0), default=1.0, help="CPUs per replica"
+    )
+    engine.add_argument(
+        "--gpus-per-worker", type=bounded(float, 0), default=0.0, help="GPUs per replica"
+    )
     predict.set_defaults(func=run_cmd.cmd_predict)
 
+
+def _add_fit_ood(commands: Subcommands) -> None:
     fit_ood = commands.add_parser(
         "fit-ood", help="fit (or refit) a finished run's OOD model for the input-scope gate"
     )
@@ -181,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit_ood.add_argument("--data", type=Path, required=True, help="dataset the run trained on")
     fit_ood.set_defaults(func=run_cmd.cmd_fit_ood)
 
+
+def _add_audit(commands: Subcommands) -> None:
     audit = commands.add_parser(
         "audit", help="site-shift check of a folder of unlabelled images against validation"
     )
@@ -191,9 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="folder for audit.html/.png/.json, images.csv (default RUN_DIR/audit/<folder name>)",
     )
-    audit.add_argument("--batch-size", type=int, default=32)
+    audit.add_argument("--batch-size", type=POSITIVE_INT, default=32)
     audit.set_defaults(func=run_cmd.cmd_audit)
 
+
+def _add_export(commands: Subcommands) -> None:
     export = commands.add_parser("export", help="export a run for serving, verified vs PyTorch")
     export.add_argument("run_dir", type=Path)
     export.add_argument(
@@ -218,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(func=run_cmd.cmd_export)
 
+
+def _add_serve(commands: Subcommands) -> None:
     serve = commands.add_parser("serve", help="HTTP API and web page for a run (FastAPI)")
     serve.add_argument("run_dir", type=Path)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -255,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=run_cmd.cmd_serve)
 
+
+def _add_explain(commands: Subcommands) -> None:
     explain = commands.add_parser("explain", help="Grad-CAM heat maps of predictions, as PNGs")
     explain.add_argument("run_dir", type=Path)
     explain.add_argument("images", nargs="+", type=Path, help="image files or folders")
@@ -262,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--overwrite", action="store_true", help="replace PNGs already in --out")
     explain.set_defaults(func=run_cmd.cmd_explain)
 
+
+def _add_report(commands: Subcommands) -> None:
     report = commands.add_parser(
         "report", help="self-contained HTML report of a run on a split; refreshes MODEL_CARD.md"
     )
@@ -273,4 +302,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     report.set_defaults(func=run_cmd.cmd_report)
+
+
+COMMANDS = (
+    _add_data,
+    _add_models,
+    _add_import_weights,
+    _add_train,
+    _add_study,
+    _add_ensemble,
+    _add_compare,
+    _add_evaluate,
+    _add_predict,
+    _add_fit_ood,
+    _add_audit,
+    _add_export,
+    _add_serve,
+    _add_explain,
+    _add_report,
+)
+"""Each adds one command, in the order ``--help`` lists them."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``pneumolab`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="pneumolab",
+        description="Train, evaluate and apply pneumonia classifiers for pediatric chest X-rays.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add_command in COMMANDS:
+        add_command(commands)
     return parser

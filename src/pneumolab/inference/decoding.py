@@ -39,6 +39,8 @@ def decoded_batches(
     An ImageLoadError stands in for the pixels of a file that could not be read; any other
     exception is raised. Memory stays bounded by ``(ahead + 1) * batch_size`` decoded images.
     """
+    if batch_size < 1 or (workers is not None and workers < 1):
+        raise ValueError(f"batch_size and workers must be at least 1, got {batch_size}, {workers}")
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         pending: deque[list[tuple[Path, Future[T | ImageLoadError]]]] = deque()
         for start in range(0, len(files), batch_size):

@@ -70,6 +70,18 @@ class RayOptions:
     gpus_per_worker: float = 0.0
     batch_size: int = 32
 
+    def __post_init__(self) -> None:
+        if self.num_workers < 1 or self.batch_size < 1:
+            raise ValueError(
+                "RayOptions: num_workers and batch_size must be at least 1, "
+                f"got {self.num_workers} and {self.batch_size}"
+            )
+        if not (self.cpus_per_worker >= 0 and self.gpus_per_worker >= 0):
+            raise ValueError(
+                "RayOptions: cpus_per_worker and gpus_per_worker must be >= 0, "
+                f"got {self.cpus_per_worker} and {self.gpus_per_worker}"
+            )
+
 
 def decode_batch(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.ndarray]:
     """Ray task: each ``source`` prepared as the single-process path does

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from pneumolab.data.layout import Sample
-from pneumolab.errors import RunDirError
+from pneumolab.errors import ConfigError, RunDirError
 from pneumolab.pipeline.finalise import finalise
 from pneumolab.pipeline.ood_fit import ensemble_ood
 from pneumolab.run import RunDir, read_predictions
@@ -87,6 +87,8 @@ def build_ensemble(
     Members may differ in image size: the ensemble decodes images at the largest, and each
     smaller member resizes them to its own size as training resized the dataset's copies.
     """
+    if not 0.0 < target_sensitivity <= 1.0:
+        raise ConfigError(f"target sensitivity must be in (0, 1], got {target_sensitivity}")
     runs = [RunDir(Path(d)) for d in run_dirs]
     metas = [run.read_meta() for run in runs]
     _check_compatible(runs, metas)
