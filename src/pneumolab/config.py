@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from pneumolab.choices import (
     Accelerator,
@@ -22,6 +29,16 @@ from pneumolab.choices import (
 )
 from pneumolab.errors import ConfigError
 from pneumolab.files import write_text_atomically
+
+
+def check_target_sensitivity(value: float) -> float:
+    """``value`` if it is a sensitivity a validation threshold can keep, in (0, 1]; else ValueError.
+
+    The one definition of the range, used by the config, the threshold choice and ensembles.
+    """
+    if not 0.0 < value <= 1.0:  # NaN fails too
+        raise ValueError(f"target sensitivity must be in (0, 1], got {value}")
+    return value
 
 
 class TrainConfig(BaseModel):
@@ -144,8 +161,8 @@ class TrainConfig(BaseModel):
     val_fraction: float = Field(
         default=0.15, gt=0, lt=0.5, description="share of patients carved out for validation"
     )
-    target_sensitivity: float = Field(
-        default=0.95, gt=0, le=1, description="validation sensitivity the default threshold keeps"
+    target_sensitivity: Annotated[float, AfterValidator(check_target_sensitivity)] = Field(
+        default=0.95, description="validation sensitivity the default threshold keeps"
     )
     early_stopping_patience: int = Field(
         default=3, ge=1, description="epochs without improvement before stopping (not with last)"

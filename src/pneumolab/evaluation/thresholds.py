@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from pneumolab.config import check_target_sensitivity
+
 
 def threshold_for_sensitivity(y_true: np.ndarray, prob: np.ndarray, target: float = 0.95) -> float:
     """Highest threshold whose sensitivity (``prob >= t`` on positives) is at least ``target``.
@@ -13,8 +15,7 @@ def threshold_for_sensitivity(y_true: np.ndarray, prob: np.ndarray, target: floa
     The highest such threshold keeps the most specificity; ties in scores can only raise the
     achieved sensitivity above the target.
     """
-    if not 0.0 < target <= 1.0:
-        raise ValueError(f"target sensitivity must be in (0, 1], got {target}")
+    check_target_sensitivity(target)
     positives = np.sort(np.asarray(prob, dtype=float)[np.asarray(y_true) == 1])[::-1]
     if positives.size == 0:
         raise ValueError("cannot choose a threshold for sensitivity: no positive cases")

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from pneumolab.config import check_target_sensitivity
 from pneumolab.data.layout import Sample
 from pneumolab.errors import ConfigError, RunDirError
 from pneumolab.pipeline.finalise import finalise
@@ -87,8 +88,10 @@ def build_ensemble(
     Members may differ in image size: the ensemble decodes images at the largest, and each
     smaller member resizes them to its own size as training resized the dataset's copies.
     """
-    if not 0.0 < target_sensitivity <= 1.0:
-        raise ConfigError(f"target sensitivity must be in (0, 1], got {target_sensitivity}")
+    try:
+        check_target_sensitivity(target_sensitivity)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     runs = [RunDir(Path(d)) for d in run_dirs]
     metas = [run.read_meta() for run in runs]
     _check_compatible(runs, metas)
