@@ -70,6 +70,13 @@ class TrainConfig(BaseModel):
         description="learning rate of pretrained backbone layers, as a fraction of `lr`",
     )
     unfreeze_stages: int = Field(default=2, ge=1, description="stages trained by `partial`")
+    head_epochs: int = Field(
+        default=0,
+        ge=0,
+        description="LP-FT (Kumar et al. 2022): the first N epochs train the head alone on the "
+        "pretrained backbone, frozen with its batch-norm statistics, then the backbone joins "
+        "as `strategy` says (0: off)",
+    )
     feature_cache: str | None = Field(
         default=None,
         description="folder of the frozen strategy's feature cache "
@@ -209,7 +216,8 @@ class TrainConfig(BaseModel):
         """Cutmix pastes image boxes and a teacher scores images, so both need images, not the
         ``frozen`` strategy's cached features; a teacher's P(pneumonia) is a binary target.
         SWA keeps its average as the final epoch: it cannot share a run with EMA or with a
-        best-epoch ``monitor``, and needs an epoch before its own."""
+        best-epoch ``monitor``, and needs an epoch before its own. Head epochs need pretrained
+        features to train on and an epoch of fine-tuning after them."""
         for option in ("cutmix_alpha", "teacher"):
             if getattr(self, option) and self.strategy == "frozen":
                 raise ValueError(
@@ -217,6 +225,14 @@ class TrainConfig(BaseModel):
                 )
         if self.teacher and self.task != "binary":
             raise ValueError("teacher gives P(pneumonia): distillation needs task binary")
+        if self.head_epochs:
+            if self.strategy == "frozen" or not self.pretrained:
+                raise ValueError(
+                    "head_epochs train the head on pretrained features before fine-tuning: "
+                    "needs pretrained weights and strategy finetune or partial"
+                )
+            if self.head_epochs + self.swa_epochs >= self.epochs:
+                raise ValueError("head_epochs (and swa_epochs) must leave an epoch to fine-tune")
         if self.swa_epochs:
             if self.monitor != "last":
                 raise ValueError("swa_epochs needs monitor: last (the average is the final epoch)")

@@ -132,6 +132,22 @@ def test_options_that_cannot_work_together_are_refused(settings, problem):
         TrainConfig(**({"swa_epochs": 2} | settings))
 
 
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        (dict(pretrained=False), "needs pretrained weights"),
+        (dict(strategy="frozen"), "strategy finetune or partial"),
+        (dict(epochs=1), "leave an epoch to fine-tune"),
+        (dict(epochs=3, swa_epochs=2), "leave an epoch to fine-tune"),
+    ],
+)
+def test_head_epochs_that_cannot_work_are_refused(settings, problem):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=problem):
+        TrainConfig(**({"head_epochs": 1} | settings))
+
+
 def test_ema_training_saves_the_averaged_weights(synthetic_data, tmp_path):
     config = TrainConfig(**TINY_TRAINING, epochs=2, ema_decay=0.5)
     out = tmp_path / "ema"

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import copy
 
+import lightning as L
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import by_size
 from pneumolab.errors import ConfigError
 from pneumolab.models.catalog import STUDY_MODELS
 from pneumolab.models.registry import create_classifier
+from pneumolab.training.distributed import lightning_strategy
+from pneumolab.training.module import ClassifierModule
 from pneumolab.training.strategies import (
     apply_strategy,
     head_parameters,
@@ -110,3 +114,48 @@ def test_frozen_batch_norm_keeps_its_statistics_in_training():
     assert frozen and all(not m.training for m in frozen)
     trainable = [m for m in norms if all(m is not f for f in frozen)]
     assert trainable and all(m.training for m in trainable)
+
+
+def _fit(module: ClassifierModule, epochs: int) -> None:
+    """``epochs`` epochs of Lightning on 16 random images, validated on the same."""
+    images, labels = torch.rand(16, 1, 32, 32), torch.tensor([0, 1] * 8)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(
+        module,
+        DataLoader(TensorDataset(images, labels), batch_size=8),
+        DataLoader(TensorDataset(images, labels, torch.arange(16)), batch_size=8),
+    )
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_head_epochs_train_the_head_alone_then_the_backbone(epochs):
+    torch.manual_seed(0)
+    model = create_classifier("pneumolab_cnn_small")
+    apply_strategy(model.backbone, "finetune")
+    groups = optimizer_groups(model.backbone, lr=1e-2, backbone_lr_scale=1.0)
+    head = {id(p) for p in head_parameters(model.backbone)}
+    head_names = {name for name, p in model.named_parameters() if id(p) in head}
+    before = copy.deepcopy(model.state_dict())
+    _fit(ClassifierModule(model, [8, 8], param_groups=groups, head_epochs=1), epochs)
+    moved = {name: not torch.equal(before[name], now) for name, now in model.state_dict().items()}
+    assert all(moved[name] for name in head_names)
+    body_moved = [moved[name] for name in moved if name not in head_names]
+    # the head epoch keeps the backbone's weights and batch-norm statistics; fine-tuning moves them
+    assert any(body_moved) == (epochs == 2)
+    assert all(p.requires_grad for p in model.parameters())  # trainable again after fit
+
+
+def test_head_epochs_on_several_processes_tell_ddp_of_unused_parameters():
+    assert lightning_strategy("auto", 1, head_epochs=1) == "auto"
+    assert lightning_strategy("ddp", 4, head_epochs=0) == "ddp"
+    assert lightning_strategy("auto", 2, head_epochs=1) == "ddp_find_unused_parameters_true"
+    spawn = lightning_strategy("ddp_spawn", 2, head_epochs=1)
+    assert spawn == "ddp_spawn_find_unused_parameters_true"

@@ -20,6 +20,15 @@ def lr_factor(rule: str, processes: int) -> float:
     return factors[rule]
 
 
+def lightning_strategy(strategy: str, processes: int, head_epochs: int) -> str:
+    """Lightning's strategy for ``strategy`` (``auto``, ``ddp``, ``ddp_spawn``): with head
+    epochs on several processes, DDP is told that some parameters get no gradient in some
+    epochs (``find_unused_parameters``), else it waits for gradients that never come."""
+    if not head_epochs or processes == 1:
+        return strategy
+    return f"{'ddp' if strategy == 'auto' else strategy}_find_unused_parameters_true"
+
+
 def global_rank() -> int:
     """This process's rank among the training processes: from the process group once training
     has started, else from the launcher's environment (torchrun, SLURM, Lightning); 0 alone."""

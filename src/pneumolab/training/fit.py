@@ -32,7 +32,7 @@ from pneumolab.run_meta import DistributedTraining, FeatureCacheStats, TrainingS
 from pneumolab.training.callbacks import HistoryCSV, progress_display
 from pneumolab.training.datamodule import XrayDataModule
 from pneumolab.training.distill import Teacher
-from pneumolab.training.distributed import lr_factor
+from pneumolab.training.distributed import lightning_strategy, lr_factor
 from pneumolab.training.feature_cache import FeatureCache
 from pneumolab.training.frozen import FrozenBackbone
 from pneumolab.training.hardware import compute_record, cpu_has_bf16
@@ -110,7 +110,9 @@ def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callba
         accelerator=config.accelerator,
         devices=config.devices,
         num_nodes=config.num_nodes,
-        strategy=config.distributed_strategy,
+        strategy=lightning_strategy(
+            config.distributed_strategy, config.devices * config.num_nodes, config.head_epochs
+        ),
         precision=resolve_precision(config.precision),
         callbacks=[
             *_weight_averaging(config),
@@ -177,6 +179,7 @@ def _module(
         cutmix_alpha=config.cutmix_alpha,
         teacher=built.teacher,
         distill_weight=config.distill_weight,
+        head_epochs=config.head_epochs,
     )
 
 

@@ -18,6 +18,7 @@ from pneumolab.models.classifier import XrayClassifier
 from pneumolab.training.distill import Teacher
 from pneumolab.training.distributed import gather_rows, unique_by_index
 from pneumolab.training.frozen import FeatureHead
+from pneumolab.training.strategies import head_parameters
 
 
 class ClassifierModule(L.LightningModule):
@@ -26,8 +27,10 @@ class ClassifierModule(L.LightningModule):
 
     ``param_groups`` (``[{"params": ..., "lr": ...}]``) give per-group learning rates, e.g. a lower
     one for a pretrained backbone; by default every trainable parameter trains at ``lr``.
-    Batch-norm layers whose parameters are all frozen stay in eval mode (their running
-    statistics are part of the frozen backbone).
+    The first ``head_epochs`` epochs train the classifier head alone (LP-FT: the head fits the
+    pretrained features before fine-tuning can distort them), then every parameter that was
+    trainable at the start. Batch-norm layers whose parameters are all frozen stay in eval mode
+    (their running statistics are part of the frozen backbone).
 
     The loss weights each class by the inverse of its frequency (``class_counts`` in train), so
     NORMAL (a quarter of train) counts as much as PNEUMONIA: binary cross-entropy on the
@@ -56,8 +59,11 @@ class ClassifierModule(L.LightningModule):
         cutmix_alpha: float = 0.0,
         teacher: Teacher | None = None,
         distill_weight: float = 0.5,
+        head_epochs: int = 0,
     ) -> None:
         super().__init__()
+        self.head_epochs = head_epochs
+        self._body: list[torch.nn.Parameter] = []
         self.teacher = teacher
         self.distill_weight = distill_weight
         self.label_smoothing = label_smoothing
@@ -93,13 +99,23 @@ class ClassifierModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.teacher is not None:
             self.teacher.to(self.device)
+        if self.head_epochs:
+            head = {id(p) for p in head_parameters(self.model.backbone)}
+            self._body = [
+                p for p in self.model.parameters() if p.requires_grad and id(p) not in head
+            ]
+
+    def on_fit_end(self) -> None:
+        for parameter in self._body:  # trainable again, also where training stopped early
+            parameter.requires_grad_(True)
 
     def on_train_epoch_start(self) -> None:
+        fine_tuning = self.current_epoch >= self.head_epochs
+        for parameter in self._body:
+            parameter.requires_grad_(fine_tuning)
         for module in self.model.modules():
-            if isinstance(module, _BatchNorm) and not any(
-                p.requires_grad for p in module.parameters()
-            ):
-                module.eval()
+            if isinstance(module, _BatchNorm):
+                module.train(any(p.requires_grad for p in module.parameters()))
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
