@@ -116,27 +116,23 @@ def test_frozen_batch_norm_keeps_its_statistics_in_training():
     assert trainable and all(m.training for m in trainable)
 
 
-def _fit(module: ClassifierModule, epochs: int) -> None:
-    """``epochs`` epochs of Lightning on 16 random images, validated on the same."""
-    images, labels = torch.rand(16, 1, 32, 32), torch.tensor([0, 1] * 8)
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(
-        module,
-        DataLoader(TensorDataset(images, labels), batch_size=8),
-        DataLoader(TensorDataset(images, labels, torch.arange(16)), batch_size=8),
-    )
+class _Recorder(L.Callback):
+    """The head's learning rate at every training step; the weights and buffers after the
+    first epoch."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+        self.after_first_epoch: dict[str, torch.Tensor] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not self.after_first_epoch:
+            self.after_first_epoch = copy.deepcopy(pl_module.model.state_dict())
 
 
-@pytest.mark.parametrize("epochs", [1, 2])
-def test_head_epochs_train_the_head_alone_then_the_backbone(epochs):
+def test_head_epochs_train_the_head_alone_then_the_backbone():
     torch.manual_seed(0)
     model = create_classifier("pneumolab_cnn_small")
     apply_strategy(model.backbone, "finetune")
@@ -144,13 +140,35 @@ def test_head_epochs_train_the_head_alone_then_the_backbone(epochs):
     head = {id(p) for p in head_parameters(model.backbone)}
     head_names = {name for name, p in model.named_parameters() if id(p) in head}
     before = copy.deepcopy(model.state_dict())
-    _fit(ClassifierModule(model, [8, 8], param_groups=groups, head_epochs=1), epochs)
-    moved = {name: not torch.equal(before[name], now) for name, now in model.state_dict().items()}
-    assert all(moved[name] for name in head_names)
-    body_moved = [moved[name] for name in moved if name not in head_names]
+    images, labels = torch.rand(32, 1, 32, 32), torch.tensor([0, 1] * 16)
+    recorder = _Recorder()
+    L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        callbacks=[recorder],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    ).fit(
+        ClassifierModule(model, [16, 16], param_groups=groups, head_epochs=1),
+        DataLoader(TensorDataset(images, labels), batch_size=4),  # 8 steps per epoch
+        DataLoader(TensorDataset(images, labels, torch.arange(32)), batch_size=8),
+    )
+
+    def moved(after: dict[str, torch.Tensor]) -> dict[str, bool]:
+        return {name: not torch.equal(before[name], after[name]) for name in before}
+
+    head_epoch, both = moved(recorder.after_first_epoch), moved(model.state_dict())
+    assert all(head_epoch[name] for name in head_names)
     # the head epoch keeps the backbone's weights and batch-norm statistics; fine-tuning moves them
-    assert any(body_moved) == (epochs == 2)
+    assert not any(head_epoch[name] for name in before if name not in head_names)
+    assert any(both[name] for name in before if name not in head_names)
     assert all(p.requires_grad for p in model.parameters())  # trainable again after fit
+    # each phase has its own one-cycle schedule: fine-tuning warms up anew from a low rate
+    for cycle in recorder.rates[:8], recorder.rates[8:]:
+        assert cycle[0] < 1e-3 and max(cycle) == pytest.approx(1e-2, rel=0.1)
 
 
 def test_head_epochs_on_several_processes_tell_ddp_of_unused_parameters():

@@ -29,7 +29,7 @@ class ClassifierModule(L.LightningModule):
     one for a pretrained backbone; by default every trainable parameter trains at ``lr``.
     The first ``head_epochs`` epochs train the classifier head alone (LP-FT: the head fits the
     pretrained features before fine-tuning can distort them), then every parameter that was
-    trainable at the start. Batch-norm layers whose parameters are all frozen stay in eval mode
+    trainable at the start; each phase has its own one-cycle schedule. Batch-norm layers whose parameters are all frozen stay in eval mode
     (their running statistics are part of the frozen backbone).
 
     The loss weights each class by the inverse of its frequency (``class_counts`` in train), so
@@ -201,13 +201,25 @@ class ClassifierModule(L.LightningModule):
             {"params": [p for p in self.parameters() if p.requires_grad], "lr": self.lr}
         ]
         optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=[group["lr"] for group in groups],
-            total_steps=int(self.trainer.estimated_stepping_batches),
-            pct_start=0.15,
-        )
+        peak = [group["lr"] for group in groups]
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        head_steps = total_steps * self.head_epochs // self.trainer.max_epochs
+        scheduler = _one_cycle(optimizer, peak, total_steps - head_steps)
+        if head_steps:  # the fine-tuning warms up anew from a low rate
+            head_cycle = _one_cycle(optimizer, peak, head_steps)
+            scheduler = torch.optim.lr_scheduler.SequentialLR(
+                optimizer, [head_cycle, scheduler], milestones=[head_steps]
+            )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+def _one_cycle(
+    optimizer: torch.optim.Optimizer, peak: list[float], steps: int
+) -> torch.optim.lr_scheduler.OneCycleLR:
+    """A one-cycle schedule over ``steps`` steps up to the groups' ``peak`` rates (15% warm-up)."""
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=peak, total_steps=steps, pct_start=0.15
+    )
