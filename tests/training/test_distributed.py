@@ -1,6 +1,6 @@
 """Training on two CPU processes (gloo): the split computed once and identical on every rank,
 validation on the whole split, the run written by rank 0, resume under DDP (Lightning's launcher,
-then torchrun), the frozen strategy's features shared out (ddp_spawn)."""
+then torchrun), the frozen strategy's features shared out and LP-FT's head epochs (ddp_spawn)."""
 
 from __future__ import annotations
 
@@ -155,6 +155,28 @@ def test_frozen_features_are_shared_out_across_ranks(tmp_path):
     cache_files = list((tmp_path / "cache").rglob("*.pt"))
     assert len(cache_files) == 1  # one writer: no second file, no leftover temporary
     assert len(torch.load(cache_files[0], weights_only=True)["entries"]) == 24
+
+
+@pytest.mark.slow
+def test_head_epochs_train_on_two_processes(tmp_path):
+    """LP-FT's head epoch leaves the backbone without gradients; DDP, told so, trains on."""
+    data = write_synthetic_dataset(tmp_path / "data")
+    config = TrainConfig(
+        **TINY_TRAINING
+        | dict(
+            pretrained=True,
+            weights=write_backbone_weights(tmp_path / "w.safetensors", 0),
+            epochs=2,
+            head_epochs=1,
+            precision="32",
+            accelerator="cpu",
+            devices=2,
+            distributed_strategy="ddp_spawn",
+        )
+    )
+    run = train(data, tmp_path / "run", config)
+    assert run.read_meta().distributed.processes == 2
+    assert len(run.history.read_text().splitlines()) == 1 + 2  # header, both epochs
 
 
 def test_repeated_samples_of_the_distributed_sampler_are_dropped():
