@@ -203,8 +203,11 @@ class ClassifierModule(L.LightningModule):
         optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
         peak = [group["lr"] for group in groups]
         total_steps = int(self.trainer.estimated_stepping_batches)
-        head_steps = total_steps * self.head_epochs // self.trainer.max_epochs
-        scheduler = _one_cycle(optimizer, peak, total_steps - head_steps)
+        epochs = self.trainer.max_epochs or 1  # build_trainer always sets the run's epochs
+        head_steps = total_steps * self.head_epochs // epochs
+        scheduler: torch.optim.lr_scheduler.LRScheduler = _one_cycle(
+            optimizer, peak, total_steps - head_steps
+        )
         if head_steps:  # the fine-tuning warms up anew from a low rate
             head_cycle = _one_cycle(optimizer, peak, head_steps)
             scheduler = torch.optim.lr_scheduler.SequentialLR(
