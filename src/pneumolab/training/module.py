@@ -29,8 +29,9 @@ class ClassifierModule(L.LightningModule):
     one for a pretrained backbone; by default every trainable parameter trains at ``lr``.
     The first ``head_epochs`` epochs train the classifier head alone (LP-FT: the head fits the
     pretrained features before fine-tuning can distort them), then every parameter that was
-    trainable at the start; each phase has its own one-cycle schedule. Batch-norm layers whose parameters are all frozen stay in eval mode
-    (their running statistics are part of the frozen backbone).
+    trainable at the start; each phase has its own one-cycle schedule. Batch-norm layers whose
+    parameters are all frozen stay in eval mode (their running statistics are part of the
+    frozen backbone).
 
     The loss weights each class by the inverse of its frequency (``class_counts`` in train), so
     NORMAL (a quarter of train) counts as much as PNEUMONIA: binary cross-entropy on the
