@@ -130,22 +130,27 @@ def test_one_process_run_validates_the_same_images(ddp, tmp_path):
     assert single.read_meta().val_metrics.n == ddp.run.read_meta().val_metrics.n
 
 
-@pytest.mark.slow
-def test_frozen_features_are_shared_out_across_ranks(tmp_path):
-    data = write_synthetic_dataset(tmp_path / "data")
-    config = TrainConfig(
+def _pretrained_on_two_processes(tmp_path: Path, **settings: object) -> TrainConfig:
+    """The tiny CNN from "pretrained" weights, trained by two spawned CPU processes."""
+    return TrainConfig(
         **TINY_TRAINING
         | dict(
             pretrained=True,
-            strategy="frozen",
             weights=write_backbone_weights(tmp_path / "w.safetensors", 0),
-            feature_cache=str(tmp_path / "cache"),
-            epochs=1,
             precision="32",
             accelerator="cpu",
             devices=2,
             distributed_strategy="ddp_spawn",
         )
+        | settings
+    )
+
+
+@pytest.mark.slow
+def test_frozen_features_are_shared_out_across_ranks(tmp_path):
+    data = write_synthetic_dataset(tmp_path / "data")
+    config = _pretrained_on_two_processes(
+        tmp_path, strategy="frozen", feature_cache=str(tmp_path / "cache"), epochs=1
     )
     run = train(data, tmp_path / "run", config)
     meta = run.read_meta()
@@ -161,19 +166,7 @@ def test_frozen_features_are_shared_out_across_ranks(tmp_path):
 def test_head_epochs_train_on_two_processes(tmp_path):
     """LP-FT's head epoch leaves the backbone without gradients; DDP, told so, trains on."""
     data = write_synthetic_dataset(tmp_path / "data")
-    config = TrainConfig(
-        **TINY_TRAINING
-        | dict(
-            pretrained=True,
-            weights=write_backbone_weights(tmp_path / "w.safetensors", 0),
-            epochs=2,
-            head_epochs=1,
-            precision="32",
-            accelerator="cpu",
-            devices=2,
-            distributed_strategy="ddp_spawn",
-        )
-    )
+    config = _pretrained_on_two_processes(tmp_path, epochs=2, head_epochs=1)
     run = train(data, tmp_path / "run", config)
     assert run.read_meta().distributed.processes == 2
     assert len(run.history.read_text().splitlines()) == 1 + 2  # header, both epochs

@@ -18,7 +18,7 @@ from pneumolab.models.classifier import XrayClassifier
 from pneumolab.training.distill import Teacher
 from pneumolab.training.distributed import gather_rows, unique_by_index
 from pneumolab.training.frozen import FeatureHead
-from pneumolab.training.strategies import head_parameters
+from pneumolab.training.strategies import trainable_body_parameters
 
 
 class ClassifierModule(L.LightningModule):
@@ -101,10 +101,7 @@ class ClassifierModule(L.LightningModule):
         if self.teacher is not None:
             self.teacher.to(self.device)
         if self.head_epochs:
-            head = {id(p) for p in head_parameters(self.model.backbone)}
-            self._body = [
-                p for p in self.model.parameters() if p.requires_grad and id(p) not in head
-            ]
+            self._body = trainable_body_parameters(self.model.backbone)
 
     def on_fit_end(self) -> None:
         for parameter in self._body:  # trainable again, also where training stopped early

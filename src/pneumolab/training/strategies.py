@@ -56,15 +56,19 @@ def apply_strategy(backbone: Backbone, strategy: str, unfreeze_stages: int = 2) 
         parameter.requires_grad_(True)
 
 
+def trainable_body_parameters(backbone: Backbone) -> list[nn.Parameter]:
+    """The trainable parameters of the backbone outside its classifier head."""
+    head = {id(p) for p in head_parameters(backbone)}
+    return [p for p in backbone.parameters() if p.requires_grad and id(p) not in head]
+
+
 def optimizer_groups(
     backbone: Backbone, lr: float, backbone_lr_scale: float
 ) -> list[dict[str, Any]]:
     """Parameter groups of the trainable parameters: the head at ``lr``, the rest of the backbone
     at ``lr * backbone_lr_scale``."""
-    head = head_parameters(backbone)
-    head_ids = {id(p) for p in head}
-    body = [p for p in backbone.parameters() if p.requires_grad and id(p) not in head_ids]
-    groups = [{"params": [p for p in head if p.requires_grad], "lr": lr}]
+    body = trainable_body_parameters(backbone)
+    groups = [{"params": [p for p in head_parameters(backbone) if p.requires_grad], "lr": lr}]
     if body:
         groups.append({"params": body, "lr": lr * backbone_lr_scale})
     return groups
