@@ -19,6 +19,7 @@ from pneumolab.choices import (
     Accelerator,
     Augmentation,
     DistributedStrategy,
+    HeadInit,
     Intensity,
     LrScaling,
     Monitor,
@@ -70,6 +71,13 @@ class TrainConfig(BaseModel):
         description="learning rate of pretrained backbone layers, as a fraction of `lr`",
     )
     unfreeze_stages: int = Field(default=2, ge=1, description="stages trained by `partial`")
+    head_init: HeadInit = Field(
+        default="zero",
+        description="the fresh classifier head on pretrained weights: zero (weights and bias, "
+        "as in BiT, Kolesnikov et al. 2020: the first logits are 0) or timm (the architecture's "
+        "own init: for the MobileNet/EfficientNet family U(-1, 1) weights on a one-logit "
+        "head, first logits of several units)",
+    )
     head_epochs: int = Field(
         default=0,
         ge=0,

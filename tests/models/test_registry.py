@@ -46,6 +46,20 @@ def test_weights_from_a_file_the_test_writes(tmp_path):
         assert loaded.fc.out_features == 1  # new head for the task
 
 
+@pytest.mark.parametrize("num_classes", [1, 3])
+def test_fresh_head_on_pretrained_weights_starts_at_zero_unless_timm_init_is_asked(
+    tmp_path, num_classes
+):
+    file = tmp_path / "mobilenetv2_100.my_in1k.safetensors"
+    save_file(create_backbone("mobilenetv2_100", num_classes=1000).state_dict(), file)
+    zero = create_backbone("mobilenetv2_100", True, file, num_classes)
+    timm_init = create_backbone("mobilenetv2_100", True, file, num_classes, head_init="timm")
+    assert not zero.get_classifier().weight.any() and not zero.get_classifier().bias.any()
+    # timm's init of this family: U(-1/sqrt(classes), +1/sqrt(classes)), large on few logits
+    assert timm_init.get_classifier().weight.abs().max() > 0.5 / num_classes**0.5
+    assert torch.equal(zero.conv_stem.weight, timm_init.conv_stem.weight)
+
+
 def test_missing_weights_location_is_an_error(tmp_path):
     with pytest.raises(ModelError, match="not found"):
         find_local_weights("resnet18", tmp_path / "nowhere")

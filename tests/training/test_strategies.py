@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import by_size
+from conftest import TINY_TRAINING, by_size, write_backbone_weights
+from pneumolab.config import TrainConfig
 from pneumolab.errors import ConfigError
 from pneumolab.models.catalog import STUDY_MODELS
-from pneumolab.models.registry import create_classifier
+from pneumolab.models.registry import create_classifier, zero_head
 from pneumolab.training.distributed import lightning_strategy
 from pneumolab.training.module import ClassifierModule
 from pneumolab.training.strategies import (
@@ -21,6 +22,7 @@ from pneumolab.training.strategies import (
     optimizer_groups,
     stage_parameter_groups,
 )
+from pneumolab.training.train import build_model
 
 
 def _one_step(model: torch.nn.Module) -> list[bool]:
@@ -130,6 +132,28 @@ class _Recorder(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if not self.after_first_epoch:
             self.after_first_epoch = copy.deepcopy(pl_module.model.state_dict())
+
+
+@pytest.mark.parametrize("head_init", ["zero", "timm"])
+def test_the_fresh_head_on_pretrained_weights_starts_as_configured(tmp_path, head_init):
+    weights = write_backbone_weights(tmp_path / "pneumolab_cnn_small.safetensors", seed=0)
+    settings = {"pretrained": True, "weights": weights, "head_init": head_init}
+    config = TrainConfig(**(TINY_TRAINING | settings))
+    head = build_model(config).model.backbone.get_classifier()
+    assert bool(head.weight.any()) == (head_init == "timm")
+
+
+def test_a_zero_head_learns_first_then_passes_gradients_to_the_body():
+    torch.manual_seed(0)
+    model = create_classifier("pneumolab_cnn_small")
+    zero_head(model.backbone)
+    head_weight = model.backbone.get_classifier().weight
+    is_head = [p is head_weight for p in model.parameters()]
+    first = _one_step(model)
+    assert first[is_head.index(True)]
+    # through a zero head the body's gradient is 0 (the bias too: balanced labels at logit 0)
+    assert not any(moved for moved, head in zip(first, is_head, strict=True) if not head)
+    assert all(_one_step(model)[: is_head.index(True)])
 
 
 def test_head_epochs_train_the_head_alone_then_the_backbone():

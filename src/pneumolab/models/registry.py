@@ -17,9 +17,10 @@ import timm
 import torch
 from torch import nn
 
+from pneumolab.choices import HeadInit
 from pneumolab.errors import ModelError
 from pneumolab.models import custom as _custom  # noqa: F401  (registers the custom CNNs with timm)
-from pneumolab.models.classifier import XrayClassifier
+from pneumolab.models.classifier import Backbone, XrayClassifier
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 WEIGHTS_DIR_ENV = "PNEUMOLAB_WEIGHTS_DIR"
@@ -65,10 +66,25 @@ def _hub_host_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def zero_head(backbone: Backbone) -> Backbone:
+    """Set the classifier head's weights and bias to zero (BiT's fine-tuning init), so training
+    starts from logits of 0 instead of the architecture's random head; returns ``backbone``."""
+    with torch.no_grad():
+        for parameter in backbone.get_classifier().parameters():
+            parameter.zero_()
+    return backbone
+
+
 def create_backbone(
-    name: str, pretrained: bool = False, weights: str | Path | None = None, num_classes: int = 1
+    name: str,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    num_classes: int = 1,
+    head_init: HeadInit = "zero",
 ) -> nn.Module:
-    """Create timm model ``name`` with a fresh ``num_classes`` head, ImageNet-initialised if asked."""
+    """Create timm model ``name`` with a fresh ``num_classes`` head, ImageNet-initialised if asked;
+    on pretrained weights the head starts as ``head_init`` says (zero: :func:`zero_head`; timm:
+    the architecture's own random init)."""
     check_model_name(name)
     if not pretrained:
         return timm.create_model(name, pretrained=False, num_classes=num_classes)
@@ -86,7 +102,7 @@ def create_backbone(
         )
     overlay = {"file": str(local)} if local else None
     try:
-        return timm.create_model(
+        backbone = timm.create_model(
             name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay
         )
     except Exception as exc:  # any file can be given: torch, pickle and safetensors errors
@@ -95,6 +111,7 @@ def create_backbone(
             f"could not load ImageNet weights for '{name}' from {source} (a .safetensors or "
             f"PyTorch state-dict file in timm layout is expected): {type(exc).__name__}: {exc}"
         ) from None
+    return zero_head(backbone) if head_init == "zero" else backbone
 
 
 def create_classifier(
@@ -103,13 +120,12 @@ def create_classifier(
     weights: str | Path | None = None,
     num_classes: int = 1,
     border_fade: float = 0.0,
+    head_init: HeadInit = "zero",
 ) -> XrayClassifier:
     """Create a grayscale X-ray classifier around timm architecture ``name``: one pneumonia logit,
     or ``num_classes`` logits (NORMAL first) for the three-class task; ``border_fade``: see
-    :class:`XrayClassifier`."""
-    backbone = create_backbone(
-        name, pretrained=pretrained, weights=weights, num_classes=num_classes
-    )
+    :class:`XrayClassifier`; ``head_init``: see :func:`create_backbone`."""
+    backbone = create_backbone(name, pretrained, weights, num_classes, head_init)
     cfg = timm.data.resolve_data_config(model=backbone)
     model = XrayClassifier(backbone, mean=cfg["mean"], std=cfg["std"], border_fade=border_fade)
     return model.to(memory_format=torch.channels_last)

@@ -46,6 +46,7 @@ def build_model(config: TrainConfig, resume: bool = False) -> BuiltModel:
         weights=config.weights,
         num_classes=1 if config.task == "binary" else num_classes(config.task),
         border_fade=config.border_fade,
+        head_init=config.head_init,
     )
     apply_strategy(model.backbone, config.strategy, config.unfreeze_stages)
     return BuiltModel(
