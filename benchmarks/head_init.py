@@ -24,7 +24,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_predict
 
-from pneumolab.data.imageio import load_image, resize_square
+from pneumolab.data.dataset import decode_samples
+from pneumolab.data.layout import scan_split
 from pneumolab.models.registry import create_classifier, zero_head
 from pneumolab.training.frozen import extract_features
 
@@ -32,13 +33,14 @@ from pneumolab.training.frozen import extract_features
 def sample_pixels(train: Path, per_class: int, size: int) -> tuple[torch.Tensor, np.ndarray]:
     """``per_class`` random images of each class, decoded to uint8 ``(N, 1, S, S)``; labels."""
     rng = random.Random(0)
-    paths, labels = [], []
-    for label, folder in enumerate(("NORMAL", "PNEUMONIA")):
-        chosen = rng.sample(sorted((train / folder).glob("*.jpeg")), per_class)
-        paths += chosen
-        labels += [label] * per_class
-    pixels = np.stack([resize_square(load_image(p, size_hint=size), size) for p in paths])
-    return torch.from_numpy(pixels)[:, None], np.array(labels)
+    samples = scan_split(train)
+    chosen = [
+        sample
+        for label in (0, 1)
+        for sample in rng.sample([s for s in samples if s.label == label], per_class)
+    ]
+    decoded = decode_samples(chosen, size)
+    return decoded.pixels, np.array([sample.label for sample in decoded.samples])
 
 
 def train_head(
