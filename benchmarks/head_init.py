@@ -1,4 +1,4 @@
-"""How a fresh classifier head starts on pretrained features: zero (BiT) vs timm's own init.
+"""How a fresh classifier head starts on pretrained features: zero (BiT), fan_in, timm's own init.
 
     python benchmarks/head_init.py --data ../shared/data/chest_xray --weights ../shared/weights \
         [--model mobilenetv2_100] [--image-size 160] [--per-class 300] [--epochs 2]
@@ -26,7 +26,7 @@ from sklearn.model_selection import cross_val_predict
 
 from pneumolab.data.dataset import decode_samples
 from pneumolab.data.layout import scan_split
-from pneumolab.models.registry import create_classifier, zero_head
+from pneumolab.models.registry import HEAD_INITS, create_classifier
 from pneumolab.training.frozen import extract_features
 
 
@@ -86,8 +86,11 @@ def main() -> None:
     print(
         f"scikit-learn logistic regression, 5-fold AUC: {roc_auc_score(labels, reference[:, 1]):.4f}"
     )
-    zero = zero_head(copy.deepcopy(model.backbone)).get_classifier()
-    for name, head in (("timm", model.backbone.get_classifier()), ("zero", zero)):
+    heads = {"timm": model.backbone.get_classifier()} | {
+        name: initialise(copy.deepcopy(model.backbone)).get_classifier()
+        for name, initialise in HEAD_INITS.items()
+    }
+    for name, head in heads.items():
         first_logits = head(features).detach()
         losses, aucs = train_head(head, features, labels, args.epochs)
         print(

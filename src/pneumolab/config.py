@@ -74,7 +74,8 @@ class TrainConfig(BaseModel):
     head_init: HeadInit = Field(
         default="zero",
         description="the fresh classifier head on pretrained weights: zero (weights and bias, "
-        "as in BiT, Kolesnikov et al. 2020: the first logits are 0) or timm (the architecture's "
+        "as in BiT, Kolesnikov et al. 2020: the first logits are 0), fan_in (PyTorch's layer "
+        "default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)): small random logits) or timm (the architecture's "
         "own init: for the MobileNet/EfficientNet family U(-1, 1) weights on a one-logit "
         "head, first logits of several units)",
     )

@@ -47,7 +47,7 @@ def test_weights_from_a_file_the_test_writes(tmp_path):
 
 
 @pytest.mark.parametrize("num_classes", [1, 3])
-def test_fresh_head_on_pretrained_weights_starts_at_zero_unless_timm_init_is_asked(
+def test_fresh_head_on_pretrained_weights_starts_as_head_init_says(
     tmp_path, num_classes
 ):
     file = tmp_path / "mobilenetv2_100.my_in1k.safetensors"
@@ -58,6 +58,10 @@ def test_fresh_head_on_pretrained_weights_starts_at_zero_unless_timm_init_is_ask
     # timm's init of this family: U(-1/sqrt(classes), +1/sqrt(classes)), large on few logits
     assert timm_init.get_classifier().weight.abs().max() > 0.5 / num_classes**0.5
     assert torch.equal(zero.conv_stem.weight, timm_init.conv_stem.weight)
+    fan_in = create_backbone("mobilenetv2_100", True, file, num_classes, head_init="fan_in")
+    bound = 1 / fan_in.get_classifier().in_features ** 0.5  # PyTorch's nn.Linear default
+    assert 0.5 * bound < fan_in.get_classifier().weight.abs().max() <= bound
+    assert 0 < fan_in.get_classifier().bias.abs().max() <= bound
 
 
 def test_missing_weights_location_is_an_error(tmp_path):

@@ -75,6 +75,20 @@ def zero_head(backbone: Backbone) -> Backbone:
     return backbone
 
 
+def fan_in_head(backbone: Backbone) -> Backbone:
+    """Re-draw the classifier head with PyTorch's own layer init (weights and bias
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in))): small random logits, whatever the architecture's init
+    (timm's MobileNet/EfficientNet init scales with fan-out instead); returns ``backbone``."""
+    for layer in backbone.get_classifier().modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            layer.reset_parameters()
+    return backbone
+
+
+HEAD_INITS = {"zero": zero_head, "fan_in": fan_in_head}
+"""The head inits that replace the architecture's own (``timm``: none)."""
+
+
 def create_backbone(
     name: str,
     pretrained: bool = False,
@@ -83,8 +97,8 @@ def create_backbone(
     head_init: HeadInit = "zero",
 ) -> nn.Module:
     """Create timm model ``name`` with a fresh ``num_classes`` head, ImageNet-initialised if asked;
-    on pretrained weights the head starts as ``head_init`` says (zero: :func:`zero_head`; timm:
-    the architecture's own random init)."""
+    on pretrained weights the head starts as ``head_init`` says (zero: :func:`zero_head`;
+    fan_in: :func:`fan_in_head`; timm: the architecture's own random init)."""
     check_model_name(name)
     if not pretrained:
         return timm.create_model(name, pretrained=False, num_classes=num_classes)
@@ -111,7 +125,8 @@ def create_backbone(
             f"could not load ImageNet weights for '{name}' from {source} (a .safetensors or "
             f"PyTorch state-dict file in timm layout is expected): {type(exc).__name__}: {exc}"
         ) from None
-    return zero_head(backbone) if head_init == "zero" else backbone
+    initialise = HEAD_INITS.get(head_init)
+    return initialise(backbone) if initialise else backbone
 
 
 def create_classifier(
