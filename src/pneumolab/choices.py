@@ -7,9 +7,9 @@ from typing import Literal, get_args
 
 Task = Literal["binary", "three_class"]
 Strategy = Literal["finetune", "frozen", "partial"]
-HeadInit = Literal["zero", "fan_in", "timm"]
-"""How a pretrained backbone's fresh classifier head starts: all zero (BiT), PyTorch's layer
-default U(-1/sqrt(fan_in), 1/sqrt(fan_in)), or as the architecture initialises it in timm."""
+HeadInit = Literal["fan_in", "zero", "timm"]
+"""How a pretrained backbone's fresh classifier head starts: PyTorch's layer default
+U(-1/sqrt(fan_in), 1/sqrt(fan_in)), all zero (BiT), or as the architecture initialises it in timm."""
 Intensity = Literal["none", "equalize", "clahe"]
 Augmentation = Literal["standard", "acquisition"]
 Monitor = Literal["last", "val_auc", "val_loss"]

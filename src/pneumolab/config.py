@@ -72,12 +72,12 @@ class TrainConfig(BaseModel):
     )
     unfreeze_stages: int = Field(default=2, ge=1, description="stages trained by `partial`")
     head_init: HeadInit = Field(
-        default="zero",
-        description="the fresh classifier head on pretrained weights: zero (weights and bias, "
-        "as in BiT, Kolesnikov et al. 2020: the first logits are 0), fan_in (PyTorch's layer "
-        "default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)): small random logits) or timm (the architecture's "
-        "own init: for the MobileNet/EfficientNet family U(-1, 1) weights on a one-logit "
-        "head, first logits of several units)",
+        default="fan_in",
+        description="the fresh classifier head on pretrained weights: fan_in (PyTorch's layer "
+        "default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)): small random logits), zero (weights and "
+        "bias, as in BiT, Kolesnikov et al. 2020; under AdamW it stalled Xception's training) or "
+        "timm (the architecture's own init: for the MobileNet/EfficientNet family U(-1, 1) "
+        "weights on a one-logit head, first logits of several units)",
     )
     head_epochs: int = Field(
         default=0,

@@ -47,18 +47,16 @@ def test_weights_from_a_file_the_test_writes(tmp_path):
 
 
 @pytest.mark.parametrize("num_classes", [1, 3])
-def test_fresh_head_on_pretrained_weights_starts_as_head_init_says(
-    tmp_path, num_classes
-):
+def test_fresh_head_on_pretrained_weights_starts_as_head_init_says(tmp_path, num_classes):
     file = tmp_path / "mobilenetv2_100.my_in1k.safetensors"
     save_file(create_backbone("mobilenetv2_100", num_classes=1000).state_dict(), file)
-    zero = create_backbone("mobilenetv2_100", True, file, num_classes)
+    zero = create_backbone("mobilenetv2_100", True, file, num_classes, head_init="zero")
     timm_init = create_backbone("mobilenetv2_100", True, file, num_classes, head_init="timm")
     assert not zero.get_classifier().weight.any() and not zero.get_classifier().bias.any()
     # timm's init of this family: U(-1/sqrt(classes), +1/sqrt(classes)), large on few logits
     assert timm_init.get_classifier().weight.abs().max() > 0.5 / num_classes**0.5
     assert torch.equal(zero.conv_stem.weight, timm_init.conv_stem.weight)
-    fan_in = create_backbone("mobilenetv2_100", True, file, num_classes, head_init="fan_in")
+    fan_in = create_backbone("mobilenetv2_100", True, file, num_classes)  # the default
     bound = 1 / fan_in.get_classifier().in_features ** 0.5  # PyTorch's nn.Linear default
     assert 0.5 * bound < fan_in.get_classifier().weight.abs().max() <= bound
     assert 0 < fan_in.get_classifier().bias.abs().max() <= bound

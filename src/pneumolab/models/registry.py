@@ -94,7 +94,7 @@ def create_backbone(
     pretrained: bool = False,
     weights: str | Path | None = None,
     num_classes: int = 1,
-    head_init: HeadInit = "zero",
+    head_init: HeadInit = "fan_in",
 ) -> nn.Module:
     """Create timm model ``name`` with a fresh ``num_classes`` head, ImageNet-initialised if asked;
     on pretrained weights the head starts as ``head_init`` says (zero: :func:`zero_head`;
@@ -135,7 +135,7 @@ def create_classifier(
     weights: str | Path | None = None,
     num_classes: int = 1,
     border_fade: float = 0.0,
-    head_init: HeadInit = "zero",
+    head_init: HeadInit = "fan_in",
 ) -> XrayClassifier:
     """Create a grayscale X-ray classifier around timm architecture ``name``: one pneumonia logit,
     or ``num_classes`` logits (NORMAL first) for the three-class task; ``border_fade``: see
