@@ -86,11 +86,8 @@ def main() -> None:
     print(
         f"scikit-learn logistic regression, 5-fold AUC: {roc_auc_score(labels, reference[:, 1]):.4f}"
     )
-    heads = {"timm": model.backbone.get_classifier()} | {
-        name: initialise(copy.deepcopy(model.backbone)).get_classifier()
-        for name, initialise in HEAD_INITS.items()
-    }
-    for name, head in heads.items():
+    for name, initialise in HEAD_INITS.items():
+        head = initialise(copy.deepcopy(model.backbone)).get_classifier()
         first_logits = head(features).detach()
         losses, aucs = train_head(head, features, labels, args.epochs)
         print(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -85,8 +86,17 @@ def fan_in_head(backbone: Backbone) -> Backbone:
     return backbone
 
 
-HEAD_INITS = {"zero": zero_head, "fan_in": fan_in_head}
-"""The head inits that replace the architecture's own (``timm``: none)."""
+def timm_head(backbone: Backbone) -> Backbone:
+    """Keep the head as the architecture initialised it in timm; returns ``backbone``."""
+    return backbone
+
+
+HEAD_INITS: dict[HeadInit, Callable[[Backbone], Backbone]] = {
+    "fan_in": fan_in_head,
+    "zero": zero_head,
+    "timm": timm_head,
+}
+"""Every ``head_init`` choice and the function that starts the head that way."""
 
 
 def create_backbone(
@@ -97,8 +107,7 @@ def create_backbone(
     head_init: HeadInit = "fan_in",
 ) -> nn.Module:
     """Create timm model ``name`` with a fresh ``num_classes`` head, ImageNet-initialised if asked;
-    on pretrained weights the head starts as ``head_init`` says (zero: :func:`zero_head`;
-    fan_in: :func:`fan_in_head`; timm: the architecture's own random init)."""
+    on pretrained weights the head starts as ``head_init`` says (:data:`HEAD_INITS`)."""
     check_model_name(name)
     if not pretrained:
         return timm.create_model(name, pretrained=False, num_classes=num_classes)
@@ -125,8 +134,7 @@ def create_backbone(
             f"could not load ImageNet weights for '{name}' from {source} (a .safetensors or "
             f"PyTorch state-dict file in timm layout is expected): {type(exc).__name__}: {exc}"
         ) from None
-    initialise = HEAD_INITS.get(head_init)
-    return initialise(backbone) if initialise else backbone
+    return HEAD_INITS[head_init](backbone)
 
 
 def create_classifier(
