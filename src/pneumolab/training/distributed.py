@@ -1,8 +1,10 @@
-"""Training on several processes (Lightning DDP): ranks, the learning-rate scale rule, and
-gathering every rank's rows so that validation sees the whole split."""
+"""Training on several processes (Lightning DDP): ranks, the learning-rate scale rule,
+gathering every rank's rows so that validation sees the whole split, and a clean exit for
+every process."""
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import math
 
@@ -27,6 +29,24 @@ def lightning_strategy(strategy: str, processes: int, head_epochs: int) -> str:
     if not head_epochs or processes == 1:
         return strategy
     return f"{'ddp' if strategy == 'auto' else strategy}_find_unused_parameters_true"
+
+
+class ProcessGroupExit(L.Callback):
+    """Has this process destroy its process group when it exits, whatever launched it
+    (``ddp_spawn``, Lightning's ``ddp`` launcher, torchrun, SLURM) and however training
+    ended; until then a study trains its next model on the same group. Lightning does so
+    only for NCCL: gloo processes that exited at once with their group alive could abort
+    (SIGABRT, "terminate called without an active exception")."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if torch.distributed.is_initialized():
+            atexit.unregister(_destroy_process_group)  # once per process, however many fits
+            atexit.register(_destroy_process_group)
+
+
+def _destroy_process_group() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def global_rank() -> int:

@@ -32,7 +32,7 @@ from pneumolab.run_meta import DistributedTraining, FeatureCacheStats, TrainingS
 from pneumolab.training.callbacks import HistoryCSV, progress_display
 from pneumolab.training.datamodule import XrayDataModule
 from pneumolab.training.distill import Teacher
-from pneumolab.training.distributed import lightning_strategy, lr_factor
+from pneumolab.training.distributed import ProcessGroupExit, lightning_strategy, lr_factor
 from pneumolab.training.feature_cache import FeatureCache
 from pneumolab.training.frozen import FrozenBackbone
 from pneumolab.training.hardware import compute_record, cpu_has_bf16
@@ -121,6 +121,7 @@ def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callba
             HistoryCSV(run.history),
             progress,
             *callbacks,
+            ProcessGroupExit(),
         ],
         logger=False,  # the experiment logger joins in fit(), once the run directory exists
         log_every_n_steps=1,
