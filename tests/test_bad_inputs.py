@@ -149,12 +149,12 @@ def test_port_range(run_dir, port, capsys):
 
 
 def test_outputs_over_existing_work_are_refused(run_dir, tmp_path, capsys):
-    weights = run_dir / "model.safetensors"
-    before = weights.read_bytes()
-    for flags in (["--out", weights], ["--out", weights, "--overwrite"]):
-        code, _, err = run_cli(capsys, "export", run_dir, *flags)
-        assert code == 2 and "belongs to the run" in one_line(err)
-    assert weights.read_bytes() == before
+    for own in (run_dir / "model.safetensors", run_dir / "ood.safetensors"):
+        before = own.read_bytes()
+        for flags in (["--out", own], ["--out", own, "--overwrite"]):
+            code, _, err = run_cli(capsys, "export", run_dir, *flags)
+            assert code == 2 and "belongs to the run" in one_line(err)
+        assert own.read_bytes() == before
     existing = tmp_path / "model.onnx"
     existing.write_text("keep me")
     code, _, err = run_cli(capsys, "export", run_dir, "--out", existing)

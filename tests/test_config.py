@@ -47,6 +47,13 @@ def test_missing_config_file(tmp_path):
         resolve_config(tmp_path / "nope.yaml")
 
 
+def test_binary_config_file_names_file_and_problem(tmp_path):
+    cfg_file = tmp_path / "model.safetensors"
+    cfg_file.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(ConfigError, match=r"model\.safetensors: not a text file"):
+        resolve_config(cfg_file)
+
+
 def test_default_yaml_documents_exactly_the_defaults():
     """configs/default.yaml lists every setting, and TrainConfig() is the recipe it describes."""
     path = Path(__file__).parents[1] / "configs" / "default.yaml"

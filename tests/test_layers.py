@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -45,14 +46,42 @@ def unit_of(module: str) -> str | None:
     return parts[1] if len(parts) > 1 else None
 
 
+def root_name_module(name: str) -> str | None:
+    """The module a name read from the package root loads: a sub-package or module, a lazily
+    exported name (``pneumolab.train``...), ``load_run``; None for ``__version__``."""
+    import pneumolab
+
+    if name in pneumolab._LAZY:
+        return pneumolab._LAZY[name]
+    if name == "load_run":
+        return "pneumolab.inference.predictor"
+    if (PACKAGE / name).is_dir() or (PACKAGE / f"{name}.py").is_file():
+        return f"pneumolab.{name}"
+    return None
+
+
 def package_imports(path: Path) -> set[str]:
-    """Every ``pneumolab.…`` module a file imports, at any depth (lazy imports included)."""
+    """Every ``pneumolab.…`` module a file imports, at any depth (lazy imports included), and
+    the modules behind names it takes from the package root (``from pneumolab import train``,
+    ``pneumolab.train``). A relative import is an error: the layering reads absolute ones."""
     modules: set[str] = set()
+    from_root: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            modules.add(node.module)
+        if isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}:{node.lineno}: relative import; write it absolute"
+            if node.module == "pneumolab":
+                from_root.update(alias.name for alias in node.names)
+            elif node.module:
+                modules.add(node.module)
         elif isinstance(node, ast.Import):
             modules.update(alias.name for alias in node.names)
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "pneumolab"
+        ):
+            from_root.add(node.attr)
+    modules.update(m for name in from_root if (m := root_name_module(name)))
     return {m for m in modules if m == "pneumolab" or m.startswith("pneumolab.")}
 
 
@@ -82,4 +111,21 @@ def test_an_upward_import_is_caught(tmp_path):
     module = tmp_path / "bad.py"
     module.write_text("def f():\n    from pneumolab.serving.app import create_app\n")
     assert package_imports(module) == {"pneumolab.serving.app"}  # found inside a function too
+    module.write_text(
+        "import pneumolab\nfrom pneumolab import study, __version__\npneumolab.train\n"
+    )
+    assert package_imports(module) == {"pneumolab", "pneumolab.study", "pneumolab.pipeline.train"}
+    module.write_text("from .serving import app\n")
+    with pytest.raises(AssertionError, match="relative import"):
+        package_imports(module)
     assert layer_of("serving") > layer_of("data")
+
+
+def test_the_layers_are_those_docs_design_md_lists():
+    design = (PACKAGE.parents[1] / "docs" / "design.md").read_text()
+    listed = design.split("Layers, lowest first", 1)[1]
+    documented = [
+        frozenset(re.findall(r"`([a-z_]+)`", line.split(";")[0]))
+        for line in re.findall(r"^\d+\. (.*)$", listed, flags=re.MULTILINE)
+    ]
+    assert tuple(documented) == LAYERS

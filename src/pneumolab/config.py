@@ -92,7 +92,11 @@ class TrainConfig(BaseModel):
         "(else $PNEUMOLAB_CACHE_DIR, else ~/.cache/pneumolab/features)",
     )
     image_size: int = Field(default=160, ge=32, le=1024, description="input side in pixels")
-    epochs: int = Field(default=4, ge=1, description="most epochs (early stopping may end sooner)")
+    epochs: int = Field(
+        default=4,
+        ge=1,
+        description="most epochs (monitor val_auc or val_loss may stop sooner)",
+    )
     batch_size: int = Field(default=32, ge=1, description="training batch size per process")
     lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate of the head")
     weight_decay: float = Field(default=1e-4, ge=0, description="AdamW weight decay")
@@ -266,6 +270,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: config file not found") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; expected a YAML mapping of settings") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

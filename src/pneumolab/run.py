@@ -4,10 +4,10 @@
 RUN_DIR/
   config.yaml            resolved training config
   split.csv              every train-folder image with its patient and side (train / val)
-  model.safetensors      best-epoch weights (no pickle)
+  model.safetensors      the kept epoch's weights (no pickle)
   meta.json              RunMeta: model, image size, preprocessing, threshold, classes, versions, metrics
   history.csv            per-epoch metrics
-  val_predictions.csv    validation scores of the best model
+  val_predictions.csv    validation scores of the kept weights
   ood.safetensors        the input-scope gate's OOD model and threshold (pneumolab.scope.ood)
   checkpoints/           Lightning checkpoints (last.ckpt for --resume)
   model.onnx             written by `pneumolab export` only
@@ -45,6 +45,7 @@ OWN_FILES = frozenset(
         "meta.json",
         "history.csv",
         "val_predictions.csv",
+        "ood.safetensors",
         "MODEL_CARD.md",
         "test_evaluations.jsonl",
     }

@@ -20,6 +20,7 @@ from pneumolab.evaluation.shift import SCENARIOS
 from pneumolab.explain.gradcam import explain_paths
 from pneumolab.inference.predictor import Predictor
 from pneumolab.pipeline.ensemble import build_ensemble
+from pneumolab.pipeline.ood_fit import fit_run_ood
 from pneumolab.pipeline.train import train
 from pneumolab.run import read_predictions, read_shift_predictions, write_predictions
 from pneumolab.scope.ood import ENSEMBLE_METHOD, OodModel
@@ -199,13 +200,13 @@ def test_ensemble_ood_is_the_mean_of_its_members_with_its_own_threshold(members,
     assert result.ood_threshold == ood.threshold
 
 
-def test_a_member_with_an_older_ood_model_leaves_the_ensemble_without_one(
+def test_a_member_with_an_older_ood_model_leaves_the_ensemble_without_one_until_fit_ood(
     members, tmp_path, caplog
 ):
     import dataclasses
     import shutil
 
-    _, runs = members
+    data, runs = members
     old = tmp_path / "old"
     shutil.copytree(runs[0].root, old)
     model = OodModel.load(old / "ood.safetensors")
@@ -214,6 +215,10 @@ def test_a_member_with_an_older_ood_model_leaves_the_ensemble_without_one(
     ensemble = build_ensemble([old, runs[1].root], tmp_path / "ens")
     assert ensemble.is_complete() and not ensemble.ood.is_file()
     assert "has no current OOD model" in caplog.text and "fit-ood" in caplog.text
+
+    fitted = fit_run_ood(ensemble.root, data)  # refits the older member, then the ensemble
+    assert OodModel.load(old / "ood.safetensors").method != "mahalanobis"
+    assert fitted.method == ENSEMBLE_METHOD and ensemble.ood.is_file()
 
 
 def test_ensemble_tta_threshold_from_its_members_tta_scores(members, tmp_path, caplog):

@@ -12,12 +12,12 @@ from test_export import SIZE, write_run
 
 from conftest import fixed_threshold_meta, xray_like
 from pneumolab.cli import main
-from pneumolab.errors import ExportError, ModelError
+from pneumolab.errors import ExportError, ModelError, OutputError
 from pneumolab.evaluation.parity import Parity
 from pneumolab.inference.predictor import Predictor, predict_pixels
 from pneumolab.run import RunDir
 from pneumolab.serving import accelerate
-from pneumolab.serving.accelerate import export_int8
+from pneumolab.serving.accelerate import export_int8, export_openvino
 from pneumolab.serving.export import export_onnx
 
 
@@ -67,6 +67,32 @@ def test_failed_parity_writes_nothing(run, tmp_path, monkeypatch):
     with pytest.raises(ExportError, match=r"parity check against fp32 failed.*change -0\.1000"):
         export_int8(run.root, out)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_file_is_replaced_only_when_asked(run, tmp_path, capsys):
+    out = tmp_path / "mine.int8.onnx"
+    out.write_text("someone's work")
+    assert main(["export", str(run.root), "--format", "onnx-int8", "--out", str(out)]) == 2
+    assert f"{out}: already exists; pass --overwrite" in capsys.readouterr().err
+    assert out.read_text() == "someone's work"
+    with pytest.raises(OutputError, match="never overwritten"):
+        export_int8(run.root, run.root / "model.safetensors", overwrite=True)
+    export_int8(run.root, out, overwrite=True)
+    assert (
+        Predictor.from_run(run.root, backend="onnx-int8", onnx_file=out).scorer.metadata[
+            "precision"
+        ]
+        == "int8"
+    )
+
+
+def test_openvino_export_needs_an_xml_name_and_keeps_existing_weights(run, tmp_path):
+    with pytest.raises(OutputError, match=r"model\.openvino: an OpenVINO model is an \.xml file"):
+        export_openvino(run.root, tmp_path / "model.openvino")
+    (tmp_path / "m.bin").write_text("someone's weights")
+    with pytest.raises(OutputError, match=r"m\.bin: already exists"):
+        export_openvino(run.root, tmp_path / "m.xml")
+    assert (tmp_path / "m.bin").read_text() == "someone's weights"
 
 
 def test_backend_without_its_export_says_how_to_make_it(tmp_path, run):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from pneumolab.errors import ConfigError
 from pneumolab.evaluation.shift import SCENARIOS
 from pneumolab.run import read_predictions
 from pneumolab.study.config import load_study
+from pneumolab.study.runner import run_study
 
 pytestmark = pytest.mark.slow  # trains its own models
 
@@ -172,6 +174,9 @@ def test_invalid_study_files_are_clear_errors(tmp_path, models, message):
     path = _study_file(tmp_path / "s.yaml", models)
     with pytest.raises(ConfigError, match=message):
         load_study(path).train_configs()
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: .*{message}"):
+        run_study(path, tmp_path / "data", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_models_made_equal_by_a_command_line_flag_are_refused(tmp_path):

@@ -138,6 +138,20 @@ def test_on_a_terminal_training_shows_the_progress_bar():
     assert isinstance(progress_display(io.StringIO()), EpochLines)
 
 
+def test_a_resumed_history_keeps_its_own_columns_and_the_checkpoints_epochs(tmp_path):
+    from types import SimpleNamespace
+
+    from pneumolab.training.callbacks import HistoryCSV
+
+    path = tmp_path / "history.csv"  # an older version's columns, and a row cut by a kill
+    path.write_text("epoch,train_loss,old_column\n0,0.5,x\n1,0.4,y\n2,0.3")
+    history = HistoryCSV(path)
+    history.on_train_start(SimpleNamespace(current_epoch=1), None)
+    assert path.read_text().splitlines() == ["epoch,train_loss,old_column", "0,0.5,x"]
+    history.write(None, {"epoch": 1, "train_loss": 0.25, "val_auc": 0.9})
+    assert path.read_text().splitlines()[-1] == "1,0.25,"
+
+
 @pytest.mark.slow
 def test_the_training_phases_leave_an_unfinished_run_until_the_post_training_step(
     synthetic_data, tmp_path

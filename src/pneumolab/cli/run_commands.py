@@ -136,13 +136,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """`pneumolab export`: write ONNX (fp32, INT8) or OpenVINO files, checked for parity."""
     if args.format != "onnx":
-        from pneumolab.outputs import check_output
         from pneumolab.serving.accelerate import export_int8, export_openvino
 
-        if args.out is not None:
-            check_output(args.out, args.overwrite)
         export = export_int8 if args.format == "onnx-int8" else export_openvino
-        parity = export(args.run_dir, args.out)
+        parity = export(args.run_dir, args.out, overwrite=args.overwrite)
         console.print(f"exported {args.format}; parity with fp32 on {parity.summary()}")
         return 0
     from pneumolab.inference.predictor import expand_paths

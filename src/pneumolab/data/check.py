@@ -26,13 +26,6 @@ class DataReport:
     patient_overlap: dict[str, list[str]]
     unreadable: list[str] = field(default_factory=list)
 
-    @property
-    def ok(self) -> bool:
-        """True when nothing leaks across splits and every file is readable."""
-        return not (
-            self.unreadable or self.cross_split_duplicates or any(self.patient_overlap.values())
-        )
-
 
 def unreadable(samples: list[Sample]) -> list[str]:
     """Why each unreadable sample cannot be read (one message naming the file per failure)."""

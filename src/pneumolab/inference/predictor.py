@@ -224,7 +224,7 @@ class Predictor:
         scope_verdict: bool = True,
         cache: ScoreCache | None = None,
     ) -> Predictor:
-        """Load the best weights, metadata and OOD model of a finished run.
+        """Load the kept weights, metadata and OOD model of a finished run.
 
         ``backend="onnx"`` scores with onnxruntime (``device`` unused) from ``onnx_file``,
         by default ``RUN_DIR/model.onnx``, written by ``pneumolab export`` (loading never

@@ -36,7 +36,7 @@ Scorer: TypeAlias = "Callable[[Any], Scores]"
 def torch_scorer(
     model: XrayClassifier, intensity: str, ood: torch.nn.Module | None = None, batch_size: int = 64
 ) -> Scorer:
-    """Probabilities and OOD scores (``ood`` on the pooled features; NaN without it) of raw
+    """Probabilities and OOD scores (``ood`` on the scope descriptor; NaN without it) of raw
     uint8 pixels, from one forward pass per batch."""
     import torch
 

@@ -92,24 +92,30 @@ def gated_validation_scores(
     return scores, OodModel.from_validation(METHOD, scorer, val_scores, provenance)
 
 
+def _current_ood(run: RunDir) -> OodModel | None:
+    """The run's OOD model; None where it has none, or one of an older pneumolab."""
+    if not run.ood.is_file():
+        return None
+    model = OodModel.load(run.ood)
+    return None if model.method in LEGACY_METHODS else model
+
+
 def ensemble_ood(ensemble: RunDir) -> OodModel | None:
     """The OOD model of an ensemble from its members' validation scores; None (with a warning)
     when a member has none yet, or one of an older pneumolab that predictions ignore."""
     members = ensemble.member_runs()
-    models = {m.root: OodModel.load(m.ood) if m.ood.is_file() else None for m in members}
-    missing = [
-        root for root, model in models.items() if model is None or model.method in LEGACY_METHODS
-    ]
-    if missing:
+    models = [_current_ood(member) for member in members]
+    present = [model for model in models if model is not None]
+    if len(present) < len(models):
         log.warning(
             "%s: member %s has no current OOD model; fit them with "
             "`pneumolab fit-ood %s --data DATA_DIR`",
             ensemble.root,
-            missing[0],
+            members[models.index(None)].root,
             ensemble.root,
         )
         return None
-    scores = [model.val_scores for model in models.values() if model is not None]
+    scores = [model.val_scores for model in present]
     if len({len(s) for s in scores}) > 1:
         raise RunDirError(f"{ensemble.root}: members' OOD models scored different validation sets")
     provenance = {
@@ -127,10 +133,11 @@ def fit_run_ood(run_dir: str | Path, data_dir: str | Path) -> OodModel:
     run = RunDir(Path(run_dir))
     if run.read_meta().is_ensemble:  # also a clear error for a missing or unfinished run
         for member in run.member_runs():
-            if not member.ood.is_file():
+            if _current_ood(member) is None:
                 fit_run_ood(member.root, data_dir)
         ood = ensemble_ood(run)
-        assert ood is not None  # every member was just fitted
+        if ood is None:
+            raise RunDirError(f"{run.root}: a member's OOD model could not be fitted")
     else:
         ood = _fit_single(run, Path(data_dir).resolve())
     ood.save(run.ood)

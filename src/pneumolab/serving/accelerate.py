@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from pneumolab.data.intensity import normalize_intensity_array
-from pneumolab.errors import ExportError, RunDirError
+from pneumolab.errors import ExportError, OutputError, RunDirError
 from pneumolab.evaluation.parity import Parity, score_parity
 from pneumolab.inference.onnx_backend import (
     INPUT_NAME,
@@ -38,6 +38,7 @@ from pneumolab.inference.openvino_backend import (
     import_openvino,
 )
 from pneumolab.inference.predictor import Predictor
+from pneumolab.outputs import check_output
 from pneumolab.run import RunDir, read_predictions
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,14 @@ def _accept(
     return parity
 
 
+def _check_outputs(out_file: Path, overwrite: bool) -> None:
+    """OutputError unless ``out_file`` (and an OpenVINO graph's ``.bin`` beside it) may be
+    written: never a run's own file, an existing one only with ``overwrite``."""
+    weights = [out_file.with_suffix(".bin")] if out_file.suffix == ".xml" else []
+    for path in [out_file, *weights]:
+        check_output(path, overwrite)
+
+
 def _write_verified(
     run_dir: Path, out_file: Path, write: Callable[[Path, ValidationImages], ExportedBackend]
 ) -> Parity:
@@ -143,15 +152,19 @@ def _high_resolution_convs(graph: Any, image_size: int) -> list[str]:
     ]
 
 
-def export_int8(run_dir: str | Path, out_file: str | Path | None = None) -> Parity:
+def export_int8(
+    run_dir: str | Path, out_file: str | Path | None = None, overwrite: bool = False
+) -> Parity:
     """INT8 ONNX model of the run (default ``RUN_DIR/model.int8.onnx``), static quantisation
-    calibrated on validation images; written only when parity with fp32 holds."""
+    calibrated on validation images; written only when parity with fp32 holds, and over an
+    existing file only with ``overwrite``."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     run_dir = Path(run_dir)
     out_file = Path(out_file) if out_file else run_dir / INT8_FILE_NAME
+    _check_outputs(out_file, overwrite)
 
     def write(tmp: Path, images: ValidationImages) -> ExportedBackend:
         fp32 = RunDir(run_dir).onnx
@@ -176,12 +189,21 @@ def export_int8(run_dir: str | Path, out_file: str | Path | None = None) -> Pari
     return _write_verified(run_dir, out_file, write)
 
 
-def export_openvino(run_dir: str | Path, out_file: str | Path | None = None) -> Parity:
+def export_openvino(
+    run_dir: str | Path, out_file: str | Path | None = None, overwrite: bool = False
+) -> Parity:
     """OpenVINO IR of the run (default ``RUN_DIR/model.openvino.xml`` + ``.bin``), the fp32
-    ONNX graph with its metadata; written only when parity with fp32 holds here."""
-    ov = import_openvino()
+    ONNX graph with its metadata; written only when parity with fp32 holds here, and over
+    existing files only with ``overwrite``."""
     run_dir = Path(run_dir)
     out_file = Path(out_file) if out_file else run_dir / OPENVINO_FILE_NAME
+    if out_file.suffix != ".xml":
+        raise OutputError(
+            f"{out_file}: an OpenVINO model is an .xml file (its weights go to a .bin beside it); "
+            "give --out a name ending in .xml"
+        )
+    _check_outputs(out_file, overwrite)
+    ov = import_openvino()
 
     def write(tmp: Path, images: ValidationImages) -> ExportedBackend:
         fp32 = RunDir(run_dir).onnx

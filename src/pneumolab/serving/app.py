@@ -25,7 +25,6 @@ from pneumolab.data.imageio import load_image
 from pneumolab.errors import ImageLoadError
 from pneumolab.explain.gradcam import find_target_layer, gradcam, overlay_png
 from pneumolab.inference.predictor import Predictor
-from pneumolab.run import weights_digest
 from pneumolab.scope.checks import ScopeChecks
 from pneumolab.scope.dicom_header import dicom_file_checks
 from pneumolab.serving.limits import BodyLimit, DecodeSlots, ServerLimits, too_large_text
@@ -123,8 +122,7 @@ def create_app(
     ``backend="onnx"`` serves no heat maps (409). ``limits`` bound what a request may cost."""
     run_dir = Path(run_dir)
     predictor = Predictor.from_run(run_dir, backend=backend)
-    version = f"{pneumolab.__version__}+{weights_digest(run_dir)[:12]}"
-    info = _model_info(predictor, run_dir.name, version, backend)
+    info = _model_info(predictor, run_dir.name, predictor.model_version, backend)
     model, size = predictor.model, predictor.image_size
     layer = find_target_layer(model, size) if model is not None else None
     lock = threading.Lock()  # one inference at a time; Grad-CAM hooks the shared model
@@ -213,7 +211,7 @@ def create_app(
             ood_threshold=result.ood_threshold,
             threshold_provenance=info["threshold_provenance"],
             model=info["model"],
-            model_version=version,
+            model_version=predictor.model_version,
             timing_ms=round(1000 * (time.perf_counter() - start), 2),
             **pngs,
         )

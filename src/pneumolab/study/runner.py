@@ -130,7 +130,10 @@ def run_study(
     empty result).
     """
     study = load_study(study_file)
-    configs = study.train_configs(overrides)
+    try:
+        configs = study.train_configs(overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{study_file}: {exc}") from None
     data_dir, study_dir = Path(data_dir).resolve(), Path(out_dir)
     if global_rank() == 0:
         (study_dir / "runs").mkdir(parents=True, exist_ok=True)

@@ -58,18 +58,19 @@ class HistoryCSV(EpochSummary):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """On a resume, keep the rows of the epochs the checkpoint holds (a kill may have left
-        a later epoch's row, or half of one)."""
+        a later epoch's row, or half of one), under the file's own columns."""
         if not self.path.exists():
             return
         text = self.path.read_text()
         complete = text[: text.rfind("\n") + 1]
+        reader = csv.DictReader(io.StringIO(complete))
         rows = [
             row
-            for row in csv.DictReader(io.StringIO(complete))
+            for row in reader
             if row.get("epoch", "").isdigit() and int(row["epoch"]) < trainer.current_epoch
         ]
         with atomic_write(self.path, newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.fields)
+            writer = csv.DictWriter(f, fieldnames=reader.fieldnames or self.fields)
             writer.writeheader()
             writer.writerows(rows)
 

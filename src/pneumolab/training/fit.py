@@ -1,5 +1,5 @@
 """Training phase 3: fit a built model with Lightning (one process or several: DDP), keep the
-best epoch."""
+epoch its monitor picks (the last by default)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ class BuiltModel:
 
 @dataclass
 class Fitted:
-    """The best epoch's model (on the CPU, fp32), the decoded validation images, and how the
+    """The kept epoch's model (on the CPU, fp32), the decoded validation images, and how the
     training went."""
 
     model: XrayClassifier
