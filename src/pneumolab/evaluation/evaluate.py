@@ -233,9 +233,10 @@ def evaluate(
     ``RUN_DIR/test_evaluations.jsonl``; ``test_evaluations_count`` says how many there have been.
 
     ``tta`` averages each image over fixed test-time views, scored at the run's TTA threshold
-    (chosen on its validation TTA scores) where it has one, else at the stored threshold. With ``robustness``, also scores the split under
-    acquisition-like perturbations (:mod:`pneumolab.evaluation.robustness`), with the same
-    backend and TTA, and adds ``robustness`` and ``robustness_summary``. A three-class run adds
+    (chosen on its validation TTA scores) where it has one, else at the stored threshold. With
+    ``robustness``, also scores the split under acquisition-like perturbations
+    (:mod:`pneumolab.evaluation.robustness`), with the same backend and TTA, and adds
+    ``robustness`` and ``robustness_summary``. A three-class run adds
     ``subtypes`` (:func:`~pneumolab.evaluation.subtypes.subtype_metrics`) and its 3x3 matrix.
     With ``shift``, adds the shift protocol (:mod:`pneumolab.evaluation.shift`): ``shift`` (per
     scenario, mean and min over three draws), ``shift_summary`` and ``acquisition_batches``,

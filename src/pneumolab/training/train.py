@@ -1,6 +1,6 @@
 """Train a classifier in phases: prepare the split, build the model, fit it, save the kept
-epoch's weights. What turns the weights into a finished run (threshold, calibration, meta.json, model
-card) is the post-training step, :mod:`pneumolab.pipeline.finalise`."""
+epoch's weights. What turns the weights into a finished run (threshold, calibration, meta.json,
+model card) is the post-training step, :mod:`pneumolab.pipeline.finalise`."""
 
 from __future__ import annotations
 
