@@ -46,6 +46,26 @@ def png_header_only(width: int, height: int, bit_depth: int = 16) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
+def dicom_with_empty_pixel_data() -> bytes:
+    """A well-formed DX DICOM whose PixelData element is present but empty."""
+    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("empty.dcm", Dataset(), file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, "1.2.3.4"
+    ds.Rows = ds.Columns = 8
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation, ds.PixelData = 7, 0, b""
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
 def write_corpus(folder: Path) -> dict[str, BadInput]:
     """Write the bad inputs under ``folder`` (created)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -62,6 +82,7 @@ def write_corpus(folder: Path) -> dict[str, BadInput]:
         "scan.tiff": (image_bytes("TIFF"), accepted, 415),
         "bomb.png": (png_header_only(30_000, 30_000), "decompression bomb", 422),
         "dicom-junk.dcm": (b"\0" * 128 + b"DICM" + b"\xff" * 64, "DICOM", 422),
+        "no-pixels.dcm": (dicom_with_empty_pixel_data(), "pixel data element is empty", 422),
         "a[/i]junk[bold].png": (b"junk with markup in its name", accepted, 415),
         os.fsdecode(b"caf\xe9-junk.jpeg"): (b"junk, name not UTF-8", accepted, 415),
     }

@@ -83,8 +83,18 @@ def test_predict_out_records_every_bad_input(run_dir, corpus, good, tmp_path, ca
 def test_data_check_fails_on_unreadable_files(corpus, tmp_path, capsys):
     data = write_synthetic_dataset(tmp_path / "data", per_class=4)
     files = [b.path for b in corpus.values() if b.path.is_file()]
+    not_utf8 = [
+        p
+        for p in files
+        if p.name.encode("utf-8", "surrogateescape") != p.name.encode("utf-8", "replace")
+    ]
     for path in files:
         shutil.copy(path, data / "train" / "PNEUMONIA" / path.name)
+    code, _, err = run_cli(capsys, "data", "check", data)  # a dataset's names must be UTF-8
+    assert code == 2 and "caf\\udce9-junk.jpeg: file name is not UTF-8 text" in err
+    for path in not_utf8:
+        (data / "train" / "PNEUMONIA" / path.name).unlink()
+    files = [p for p in files if p not in not_utf8]
     code, _, err = run_cli(capsys, "data", "check", data)
     assert code == 1
     listed = [p for p in files if p.suffix.lower() in {".jpeg", ".png", ".dcm"}]
@@ -165,6 +175,25 @@ def test_outputs_over_existing_work_are_refused(run_dir, tmp_path, capsys):
     (tmp_path / "folder.csv").mkdir()
     code, _, err = run_cli(capsys, "predict", run_dir, existing, "--out", tmp_path / "folder.csv")
     assert code == 2 and "is a folder" in err
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (lambda data: data[:100], "unreadable weights file"),
+        (lambda data: b"", "unreadable weights file"),
+    ],
+    ids=["truncated", "empty"],
+)
+def test_damaged_weights_are_named_not_a_traceback(
+    run_dir, good, tmp_path, damage, problem, capsys
+):
+    damaged = copy_run(run_dir, tmp_path / "damaged")
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(damage(weights.read_bytes()))
+    code, _, err = run_cli(capsys, "predict", damaged, good)
+    assert code == 2 and f"{weights}: {problem}" in one_line(err)
+    assert "Traceback" not in err
 
 
 def test_report_out_refuses_an_existing_file(run_dir, tiny_run, tmp_path, capsys):

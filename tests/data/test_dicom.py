@@ -145,9 +145,13 @@ def test_dicom_without_suffix_is_detected_by_its_preamble(tmp_path):
             lambda p: write_dicom(p, np.zeros((2, 4, 4), dtype=np.uint8), NumberOfFrames=2),
             r"multi-frame DICOM \(2 frames\)",
         ),
+        (
+            lambda p: write_dicom(p, np.zeros((4, 4), dtype=np.uint8), PixelData=b""),
+            "pixel data element is empty",
+        ),
         (write_zeros, "not a DICOM file"),
     ],
-    ids=["no-pixel-data", "multi-frame", "not-dicom"],
+    ids=["no-pixel-data", "multi-frame", "empty-pixel-data", "not-dicom"],
 )
 def test_unusable_dicom_is_refused_by_name(tmp_path, make, message):
     path = make(tmp_path / "report.dcm")

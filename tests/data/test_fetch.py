@@ -163,6 +163,13 @@ def test_connection_refused_fails_fast(tmp_path: Path) -> None:
     assert MANUAL_INSTRUCTIONS in str(info.value)
 
 
+@pytest.mark.parametrize("url", ["notaurl", "ftp://example.org/x.zip", "C:/data/x.zip"])
+def test_an_address_that_is_not_a_url_is_named(tmp_path: Path, url: str) -> None:
+    with pytest.raises(FetchError, match=r"not a download address.*--from FILE\.zip"):
+        download(url, tmp_path / "a.zip", progress=False)
+    assert not list(tmp_path.iterdir())
+
+
 def test_silent_server_times_out(tmp_path: Path) -> None:
     with socket.socket() as sock:  # listening but never answering
         sock.bind(("127.0.0.1", 0))

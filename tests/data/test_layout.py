@@ -111,6 +111,16 @@ def test_non_image_files_ignored(tmp_path: Path) -> None:
     assert all(s.path.is_file() for s in samples)
 
 
+def test_a_file_name_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    import os
+
+    split = tmp_path / "train"
+    _make_split(split)
+    _touch(split / "NORMAL" / os.fsdecode(b"caf\xe9.jpeg"))
+    with pytest.raises(DataLayoutError, match=r"caf\\udce9\.jpeg: file name is not UTF-8 text"):
+        scan_split(split)
+
+
 def test_missing_root(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     with pytest.raises(DataLayoutError, match="nowhere"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -21,7 +22,8 @@ def run_dir(tiny_run) -> Path:
 
 
 def site(root: Path, data: Path, odd: bool) -> Path:
-    """Training-like images, plus (``odd``) a CT slice, a black PNG and a broken file."""
+    """Training-like images, plus (``odd``) a CT slice, a black PNG, a broken file and an
+    image whose name is not UTF-8."""
     root.mkdir()
     for path in sorted((data / "train").rglob("*.png"))[::2]:
         shutil.copy(path, root / path.name)
@@ -29,6 +31,7 @@ def site(root: Path, data: Path, odd: bool) -> Path:
         shutil.copy(get_testdata_file("CT_small.dcm"), root / "ct.dcm")
         Image.fromarray(np.zeros((100, 100), dtype=np.uint8)).save(root / "black.png")
         (root / "broken.png").write_bytes(b"not a png")
+        shutil.copy(path, root / os.fsdecode(b"caf\xe9.png"))  # a name that is not UTF-8
     return root
 
 
@@ -53,11 +56,41 @@ def test_an_odd_site_is_flagged_with_its_reasons(run_dir, tiny_run, tmp_path):
 def test_cli_writes_the_page_figure_and_tables(run_dir, tiny_run, tmp_path, capsys):
     folder = site(tmp_path / "site", tiny_run[1], odd=True)
     out = tmp_path / "out"
-    assert main(["audit", str(run_dir), str(folder), "--out", str(out)]) == 0
+    assert main(["audit", str(run_dir), str(folder), "--out", str(out)]) == 1  # broken.png
     err = capsys.readouterr().err
     assert "CAUTION" in err and "audit.html" in err
     page = (out / "audit.html").read_text()
     assert "DICOM Modality CT" in page and "data:image/png;base64," in page
     assert (out / "audit.png").read_bytes().startswith(b"\x89PNG")
     assert json.loads((out / "audit.json").read_text())["unreadable"] == 1
-    assert "broken.png" in (out / "images.csv").read_text()
+    assert b"broken.png" in (out / "images.csv").read_bytes()
+    assert b"caf\xe9.png" in (out / "images.csv").read_bytes()
+
+
+def test_cli_keeps_an_earlier_audit_unless_asked(run_dir, tiny_run, tmp_path, capsys):
+    folder = site(tmp_path / "site", tiny_run[1], odd=False)
+    out = tmp_path / "out"
+    assert main(["audit", str(run_dir), str(folder), "--out", str(out)]) == 0
+    before = (out / "audit.json").read_text()
+    (out / "audit.json").write_text("an earlier audit")
+    assert main(["audit", str(run_dir), str(folder), "--out", str(out)]) == 2
+    assert "audit.html: already exists; pass --overwrite" in capsys.readouterr().err
+    assert (out / "audit.json").read_text() == "an earlier audit"
+    assert main(["audit", str(run_dir), str(folder), "--out", str(out), "--overwrite"]) == 0
+    assert (out / "audit.json").read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (lambda p: p, "folder not found"),
+        (lambda p: p.mkdir() or p, "no images"),
+        (lambda p: p.write_bytes(b"x") and p, "not a folder"),
+    ],
+    ids=["missing", "empty", "a-file"],
+)
+def test_cli_refuses_a_folder_it_cannot_audit(run_dir, tmp_path, make, problem, capsys):
+    folder = make(tmp_path / "site")
+    assert main(["audit", str(run_dir), str(folder), "--out", str(tmp_path / "out")]) == 2
+    assert f"{folder}: {problem}" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "out").exists()

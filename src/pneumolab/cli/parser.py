@@ -213,6 +213,7 @@ def _add_audit(commands: Subcommands) -> None:
         help="folder for audit.html/.png/.json, images.csv (default RUN_DIR/audit/<folder name>)",
     )
     audit.add_argument("--batch-size", type=POSITIVE_INT, default=32)
+    audit.add_argument("--overwrite", action="store_true", help="replace an earlier audit there")
     audit.set_defaults(func=run_cmd.cmd_audit)
 
 

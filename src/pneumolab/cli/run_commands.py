@@ -114,11 +114,12 @@ def cmd_fit_ood(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     """`pneumolab audit`: scope and score a site's folder, write the audit page."""
     from pneumolab.evaluation.audit import audit_folder
-    from pneumolab.reporting.audit_page import write_audit
+    from pneumolab.reporting.audit_page import audit_files, write_audit
 
-    audit = audit_folder(args.run_dir, args.folder, args.batch_size)
     out = args.out or args.run_dir / "audit" / args.folder.resolve().name
-    files = write_audit(audit, out)
+    audit_files(out, args.overwrite)  # refused before the images are scored
+    audit = audit_folder(args.run_dir, args.folder, args.batch_size)
+    files = write_audit(audit, out, args.overwrite)
     summary = audit.summary()
     console.print(
         f"{summary['images']} images ({summary['unreadable']} unreadable), "
@@ -130,7 +131,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     for reason in audit.verdict_reasons:
         console.print(f"  - {reason}")
     console.print(f"page: {files['html']}; figure: {files['figure']}; per image: {files['csv']}")
-    return 0
+    return 1 if summary["unreadable"] else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -41,6 +41,8 @@ def _check_decodable(ds: Dataset, max_pixels: int, source: str) -> None:
         sop_class = ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID")
         kind = getattr(sop_class, "name", None) or "unknown SOP class"
         raise ImageLoadError(f"{source}: DICOM without pixel data ({kind}), not an image")
+    if not ds.PixelData:
+        raise ImageLoadError(f"{source}: DICOM whose pixel data element is empty")
     frames = int(ds.get("NumberOfFrames") or 1)
     if frames > 1:
         raise ImageLoadError(

@@ -10,6 +10,7 @@ import http.client
 import re
 import stat
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -73,6 +74,11 @@ def download(
 ) -> Path:
     """Download url to dest, resuming a partial `dest.with_suffix(dest.suffix + '.part')` with an
     HTTP Range request; verify size/sha256; atomically rename .part to dest."""
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https", "file"):
+        raise FetchError(
+            f"{url}: not a download address (it needs http://, https:// or file://); "
+            "for a zip already on disk use `pneumolab data fetch --from FILE.zip`"
+        )
     dest = Path(dest)
     part = dest.with_suffix(dest.suffix + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,18 @@ def find_splits(root: Path, required: str = "train") -> dict[str, Path]:
     return splits
 
 
+def _check_utf8_name(path: Path) -> None:
+    """DataLayoutError for a file name that is not UTF-8: a run's split and score files name
+    every image, and they are UTF-8 text."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+        raise DataLayoutError(
+            f"{shown}: file name is not UTF-8 text; rename it (e.g. with `convmv -f latin1 -t utf8`)"
+        ) from None
+
+
 def scan_split(split_dir: Path) -> list[Sample]:
     """List the images of one split folder, sorted by path, with labels from the class folders."""
     split_dir = Path(split_dir)
@@ -68,6 +80,8 @@ def scan_split(split_dir: Path) -> list[Sample]:
             raise DataLayoutError(
                 f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this class folder"
             )
+        for sample in images:
+            _check_utf8_name(sample.path)
         samples += images
     return samples
 

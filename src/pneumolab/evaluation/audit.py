@@ -18,9 +18,10 @@ import numpy as np
 from PIL import Image
 from scipy.stats import ks_2samp
 
+from pneumolab.data.formats import IMAGE_SUFFIXES
 from pneumolab.data.imageio import is_dicom_file
-from pneumolab.errors import ImageLoadError
-from pneumolab.inference.predictor import Predictor
+from pneumolab.errors import DataLayoutError, ImageLoadError
+from pneumolab.inference.predictor import Predictor, expand_paths
 from pneumolab.run import RunDir, read_predictions
 
 MAX_OUT_OF_SCOPE = 0.02
@@ -215,6 +216,13 @@ def audit_folder(
     predictor: Predictor | None = None,
 ) -> SiteAudit:
     """Audit every image under ``folder`` with the run in ``run_dir`` (see the module doc)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        problem = "not a folder" if folder.exists() else "folder not found"
+        raise DataLayoutError(f"{folder}: {problem}; audit reads a folder of a site's images")
+    if expand_paths([folder]) == [folder]:  # a folder without images is kept as itself
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise DataLayoutError(f"{folder}: no images ({suffixes}) in it, at any depth")
     run = RunDir(Path(run_dir))
     predictor = predictor or Predictor.from_run(run.root)
     records = [

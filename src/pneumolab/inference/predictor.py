@@ -97,7 +97,8 @@ def predict_class_probabilities(
 
 def load_network(run: RunDir, meta: RunMeta) -> XrayClassifier:
     """The trained PyTorch network of single-model run ``run`` (its ``meta``), on the CPU; a
-    RunDirError when the weights file does not fit the architecture."""
+    RunDirError when the weights file is unreadable or does not fit the architecture."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from pneumolab.models.registry import create_classifier
@@ -110,10 +111,18 @@ def load_network(run: RunDir, meta: RunMeta) -> XrayClassifier:
         border_fade=meta.preprocessing.border_fade or 0.0,
     )
     try:
-        model.load_state_dict(load_file(run.weights))
-    except RuntimeError as exc:
+        state = load_file(run.weights)
+    except (OSError, SafetensorError) as exc:
         raise RunDirError(
-            f"{run.weights}: weights do not match model '{meta.model}' ({exc})"
+            f"{run.weights}: unreadable weights file ({exc}); restore it or train the run again"
+        ) from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        reason = " ".join(str(exc).split())
+        raise RunDirError(
+            f"{run.weights}: weights do not match model '{meta.model}' "
+            f"({reason[:300]}{'...' if len(reason) > 300 else ''})"
         ) from None
     return model
 

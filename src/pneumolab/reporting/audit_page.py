@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from pneumolab.evaluation.audit import SiteAudit, records_table
+from pneumolab.outputs import check_output
 
 
 def audit_figure(audit: SiteAudit) -> bytes:
@@ -120,22 +121,33 @@ images with the run's validation split; it cannot tell whether the model is righ
 """
 
 
-def write_audit(audit: SiteAudit, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``audit.html``, ``audit.png``, ``audit.json`` and ``images.csv`` into ``out_dir``."""
+def audit_files(out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
+    """The audit's files in ``out_dir``; OutputError where one may not be written (an earlier
+    audit's file is replaced only with ``overwrite``)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    figure = audit_figure(audit)
     files = {
         "html": out / "audit.html",
         "figure": out / "audit.png",
         "json": out / "audit.json",
         "csv": out / "images.csv",
     }
+    for path in files.values():
+        check_output(path, overwrite)
+    return files
+
+
+def write_audit(audit: SiteAudit, out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
+    """Write ``audit.html``, ``audit.png``, ``audit.json`` and ``images.csv`` into ``out_dir``
+    (see :func:`audit_files`)."""
+    files = audit_files(out_dir, overwrite)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    figure = audit_figure(audit)
     files["figure"].write_bytes(figure)
-    files["html"].write_text(audit_html(audit, figure))
+    # a site's file names need not be UTF-8: written back as the bytes they were
+    files["html"].write_text(audit_html(audit, figure), errors="surrogateescape")
     files["json"].write_text(json.dumps(audit.summary(), indent=2) + "\n")
     rows = records_table(audit)
-    with files["csv"].open("w", newline="") as f:
+    with files["csv"].open("w", newline="", errors="surrogateescape") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["path"])
         writer.writeheader()
         writer.writerows(rows)
