@@ -52,3 +52,14 @@ def test_another_architecture_is_refused_and_nothing_is_written(tmp_path):
     with pytest.raises(ModelError, match=r"junk\.pth: not a readable weights file"):
         import_weights(tmp_path / "junk.pth", MODEL, tmp_path / "weights", tag="x")
     assert not (tmp_path / "weights").exists()
+
+
+@pytest.mark.parametrize("tag", ["x/../../escaped", "a/b", "", "spa ce"])
+def test_a_tag_that_is_not_one_file_name_part_is_refused(tmp_path, tag):
+    _, path = _port(tmp_path)
+    with pytest.raises(OutputError, match="a tag is part of one file name"):
+        import_weights(path, MODEL, tmp_path / "weights", tag=tag)
+    assert (
+        not (tmp_path / "weights").exists()
+        and not (tmp_path.parent / "escaped.safetensors").exists()
+    )

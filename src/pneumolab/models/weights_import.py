@@ -11,13 +11,14 @@ written.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import timm
 import torch
 
-from pneumolab.errors import ModelError
+from pneumolab.errors import ModelError, OutputError
 from pneumolab.files import write_atomically
 from pneumolab.models.registry import check_model_name
 from pneumolab.outputs import check_output
@@ -75,6 +76,10 @@ def import_weights(
     (the name a weights folder is searched for); the file's path."""
     from safetensors.torch import save_file
 
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", tag):
+        raise OutputError(
+            f"--tag {tag!r}: a tag is part of one file name; use letters, digits, '.', '_' or '-'"
+        )
     source = Path(source)
     out_file = check_output(Path(out_dir) / f"{model_name}.{tag}.safetensors", overwrite)
     mapped = to_timm_layout(read_state_dict(source), model_name, str(source))
