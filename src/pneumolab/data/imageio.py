@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,10 @@ from pneumolab.errors import ImageLoadError
 
 DEFAULT_MAX_PIXELS = 50_000_000
 """Largest image accepted (width x height); larger ones are refused as possible decompression bombs."""
+
+# Pillow warns on opening an image of 89-179 million pixels; pneumolab's own limit
+# (``max_pixels``, checked right after opening) refuses it by name instead, or was raised on purpose.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def _check_pixel_count(width: int, height: int, max_pixels: int, source: str) -> None:
