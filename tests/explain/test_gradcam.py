@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -76,14 +77,15 @@ def test_cli_writes_one_png_per_image(tmp_path, capsys):
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(0)
-    for name, shape in (("a.png", (60, 80)), ("b.jpeg", (100, 70))):
+    not_utf8 = os.fsdecode(b"caf\xe9.png")  # its name goes into the figure's title
+    for name, shape in (("a.png", (60, 80)), ("b.jpeg", (100, 70)), (not_utf8, (50, 50))):
         Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(images / name)
     (images / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "out"
     assert main(["explain", str(run.root), str(images), "--out", str(out)]) == 1
     assert "broken.png" in capsys.readouterr().err
     written = sorted(p.name for p in out.iterdir())
-    assert written == ["a.png", "b.png"]
+    assert written == ["a.png", "b.png", not_utf8]
     for path in out.iterdir():
         assert Image.open(path).format == "PNG"
 

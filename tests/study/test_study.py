@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import write_synthetic_dataset
+from conftest import copy_run, write_synthetic_dataset
 from pneumolab.cli import main
-from pneumolab.errors import ConfigError
+from pneumolab.errors import ConfigError, OutputError
 from pneumolab.evaluation.shift import SCENARIOS
 from pneumolab.run import read_predictions
 from pneumolab.study.config import load_study
@@ -177,6 +177,15 @@ def test_invalid_study_files_are_clear_errors(tmp_path, models, message):
     with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: .*{message}"):
         run_study(path, tmp_path / "data", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_directory_is_not_a_study_folder(tiny_run, tmp_path):
+    run = copy_run(tiny_run[0], tmp_path / "run")
+    before = sorted(p.name for p in run.iterdir())
+    path = _study_file(tmp_path / "s.yaml", [{"name": "a"}])
+    with pytest.raises(OutputError, match="is a run directory"):
+        run_study(path, tiny_run[1], run)
+    assert sorted(p.name for p in run.iterdir()) == before
 
 
 def test_models_made_equal_by_a_command_line_flag_are_refused(tmp_path):

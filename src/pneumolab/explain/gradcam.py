@@ -128,7 +128,10 @@ def _figure(image: Image.Image, heat: np.ndarray, title: str, out_file: Path) ->
     figure = Figure(figsize=(width, width * image.height / image.width + 0.7))
     axes = figure.subplots()
     axes.imshow(overlay(np.asarray(image), heat))
-    axes.set_title(title, fontsize=9)
+    # a file name that is not UTF-8 shows its undecodable bytes as \x.. escapes
+    axes.set_title(
+        title.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"), fontsize=9
+    )
     axes.axis("off")
     figure.tight_layout()
     figure.savefig(out_file, dpi=100)  # FIGURE_PIXELS wide

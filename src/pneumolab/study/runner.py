@@ -26,7 +26,7 @@ import numpy as np
 
 from pneumolab.config import TrainConfig, load_yaml
 from pneumolab.data.layout import CLASS_NAMES, find_splits, scan_split
-from pneumolab.errors import ConfigError, PneumolabError
+from pneumolab.errors import ConfigError, OutputError, PneumolabError
 from pneumolab.evaluation.comparison import ComparisonRow, compare_run, write_comparison
 from pneumolab.evaluation.figures import save_sample_grid
 from pneumolab.evaluation.selection import Margins, margins_over, smallest_untold, warn_untold
@@ -135,6 +135,8 @@ def run_study(
     except ConfigError as exc:
         raise ConfigError(f"{study_file}: {exc}") from None
     data_dir, study_dir = Path(data_dir).resolve(), Path(out_dir)
+    if RunDir(study_dir).looks_like_run:
+        raise OutputError(f"{study_dir}: is a run directory; give the study a folder of its own")
     if global_rank() == 0:
         (study_dir / "runs").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(study_file, study_dir / "study.yaml")
