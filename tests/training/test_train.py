@@ -15,6 +15,7 @@ from pneumolab.errors import RunDirError
 from pneumolab.pipeline.train import train
 from pneumolab.run import RunDir
 from pneumolab.training.fit import TrainingInterrupted
+from pneumolab.training.split import check_run_dir
 
 TINY = dict(
     model="pneumolab_cnn_small", pretrained=False, image_size=32, batch_size=8, num_workers=0
@@ -70,8 +71,18 @@ def test_existing_run_dir_is_never_overwritten(synthetic_data, tmp_path):
 
 
 def test_resume_without_checkpoint_is_refused(synthetic_data, tmp_path):
-    with pytest.raises(RunDirError, match="nothing to resume"):
+    with pytest.raises(RunDirError, match=r"nothing to resume \(no config.yaml\)"):
         train(synthetic_data, tmp_path / "empty", resume=True)
+
+
+def test_an_attempt_stopped_before_its_first_epoch_says_what_to_do(synthetic_data, tmp_path):
+    run = RunDir(tmp_path / "run")  # what a training stopped after writing its split leaves
+    run.root.mkdir()
+    run.config.write_text("epochs: 1\n")
+    (run.root / "split.csv").write_text("path,label,patient,subset\n")
+    for resume in (False, True):
+        with pytest.raises(RunDirError, match=r"stopped before its first epoch.*delete the folder"):
+            check_run_dir(run.root, resume)
 
 
 @pytest.mark.slow

@@ -54,17 +54,26 @@ def check_run_dir(out_dir: Path, resume: bool) -> RunDir:
     """The run directory to train into: one that does not exist or is empty, or (``resume``)
     an interrupted run with a config and a last checkpoint. Creates nothing."""
     run = RunDir(Path(out_dir))
+    stopped_early = (
+        "it holds no checkpoints/last.ckpt: an attempt that stopped before its first epoch "
+        "ended; delete the folder to train again"
+    )
     if resume:
-        if not run.last_checkpoint.is_file() or not run.config.is_file():
-            raise RunDirError(
-                f"{run.root}: nothing to resume (no config.yaml and checkpoints/last.ckpt)"
-            )
+        if not run.config.is_file():
+            raise RunDirError(f"{run.root}: nothing to resume (no config.yaml)")
+        if not run.last_checkpoint.is_file():
+            raise RunDirError(f"{run.root}: nothing to resume; {stopped_early}")
         if run.is_complete():
             raise RunDirError(f"{run.root}: this run already finished; nothing to resume")
     elif run.root.exists() and not run.root.is_dir():
         raise RunDirError(f"{run.root}: is a file; --out is the run directory to create")
     elif run.root.exists() and any(run.root.iterdir()):
-        hint = " or add --resume to continue it" if run.last_checkpoint.is_file() else ""
+        if run.last_checkpoint.is_file():
+            hint = " or add --resume to continue it"
+        elif run.config.is_file() and not run.is_complete():
+            hint = f"; {stopped_early}"
+        else:
+            hint = ""
         raise RunDirError(
             f"{run.root}: already exists and is not empty; choose another --out{hint}"
         )
