@@ -6,10 +6,12 @@ import csv
 import io
 import json
 import re
+import shutil
 
 import lightning as L
 import pytest
 
+from conftest import copy_run
 from pneumolab.config import TrainConfig, resolve_config
 from pneumolab.errors import RunDirError
 from pneumolab.pipeline.train import train
@@ -83,6 +85,15 @@ def test_an_attempt_stopped_before_its_first_epoch_says_what_to_do(synthetic_dat
     for resume in (False, True):
         with pytest.raises(RunDirError, match=r"stopped before its first epoch.*delete the folder"):
             check_run_dir(run.root, resume)
+
+
+def test_a_finished_run_without_checkpoints_is_never_called_an_early_stop(tiny_run, tmp_path):
+    run = RunDir(copy_run(tiny_run[0], tmp_path / "run"))
+    shutil.rmtree(run.root / "checkpoints", ignore_errors=True)  # removed to save space
+    for resume in (False, True):
+        with pytest.raises(RunDirError) as error:
+            check_run_dir(run.root, resume)
+        assert "delete" not in str(error.value)
 
 
 @pytest.mark.slow

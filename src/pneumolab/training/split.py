@@ -59,12 +59,12 @@ def check_run_dir(out_dir: Path, resume: bool) -> RunDir:
         "ended; delete the folder to train again"
     )
     if resume:
+        if run.is_complete():
+            raise RunDirError(f"{run.root}: this run already finished; nothing to resume")
         if not run.config.is_file():
             raise RunDirError(f"{run.root}: nothing to resume (no config.yaml)")
         if not run.last_checkpoint.is_file():
             raise RunDirError(f"{run.root}: nothing to resume; {stopped_early}")
-        if run.is_complete():
-            raise RunDirError(f"{run.root}: this run already finished; nothing to resume")
     elif run.root.exists() and not run.root.is_dir():
         raise RunDirError(f"{run.root}: is a file; --out is the run directory to create")
     elif run.root.exists() and any(run.root.iterdir()):
