@@ -220,14 +220,15 @@ def audit_folder(
     if not folder.is_dir():
         problem = "not a folder" if folder.exists() else "folder not found"
         raise DataLayoutError(f"{folder}: {problem}; audit reads a folder of a site's images")
-    if expand_paths([folder]) == [folder]:  # a folder without images is kept as itself
+    images = expand_paths([folder])  # listed once: scored below as these files
+    if images == [folder]:  # a folder without images is kept as itself
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise DataLayoutError(f"{folder}: no images ({suffixes}) in it, at any depth")
     run = RunDir(Path(run_dir))
     predictor = predictor or Predictor.from_run(run.root)
     records = [
         _record(path, outcome, pixels)
-        for path, outcome, pixels in predictor.score_paths([folder], batch_size)
+        for path, outcome, pixels in predictor.score_paths(images, batch_size)
     ]
     val_probs = np.array([row["probability"] for row in read_predictions(run.val_predictions)])
     audit = SiteAudit(
