@@ -91,7 +91,7 @@ def test_data_check_fails_on_unreadable_files(corpus, tmp_path, capsys):
     for path in files:
         shutil.copy(path, data / "train" / "PNEUMONIA" / path.name)
     code, _, err = run_cli(capsys, "data", "check", data)  # a dataset's names must be UTF-8
-    assert code == 2 and "caf\\udce9-junk.jpeg: file name is not UTF-8 text" in err
+    assert code == 2 and "caf\\xe9-junk.jpeg: file name is not UTF-8 text" in err
     for path in not_utf8:
         (data / "train" / "PNEUMONIA" / path.name).unlink()
     files = [p for p in files if p not in not_utf8]

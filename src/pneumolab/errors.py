@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def printable(text: str) -> str:
+    """``text`` with the raw bytes of non-UTF-8 file names (surrogate escapes) shown as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class PneumolabError(Exception):
     """Base class: the message names the file or setting at fault and what to do about it."""
 

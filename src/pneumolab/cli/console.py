@@ -14,10 +14,7 @@ from typing import IO, cast
 from rich.console import Console
 from rich.text import Text
 
-
-def printable(text: str) -> str:
-    """``text`` with the raw bytes of non-UTF-8 file names (surrogate escapes) shown as ``\\xNN``."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+from pneumolab.errors import printable
 
 
 class _PrintableStream(io.TextIOBase):

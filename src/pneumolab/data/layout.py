@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pneumolab.data.formats import IMAGE_SUFFIXES
 from pneumolab.data.patients import patient_id
-from pneumolab.errors import DataLayoutError
+from pneumolab.errors import DataLayoutError, printable
 
 CLASS_NAMES: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
@@ -51,9 +51,9 @@ def _check_utf8_name(path: Path) -> None:
     try:
         str(path).encode("utf-8")
     except UnicodeEncodeError:
-        shown = str(path).encode("utf-8", "backslashreplace").decode("utf-8")
         raise DataLayoutError(
-            f"{shown}: file name is not UTF-8 text; rename it (e.g. with `convmv -f latin1 -t utf8`)"
+            f"{printable(str(path))}: file name is not UTF-8 text; rename it "
+            "(e.g. with `convmv -f latin1 -t utf8`)"
         ) from None
 
 

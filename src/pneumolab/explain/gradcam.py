@@ -17,7 +17,7 @@ from torch import nn
 
 from pneumolab.data.imageio import load_image
 from pneumolab.data.transforms import normalize_intensity
-from pneumolab.errors import ModelError, OutputError, PneumolabError
+from pneumolab.errors import ModelError, OutputError, PneumolabError, printable
 from pneumolab.inference.predictor import Predictor, expand_paths
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.outputs import check_output
@@ -128,10 +128,7 @@ def _figure(image: Image.Image, heat: np.ndarray, title: str, out_file: Path) ->
     figure = Figure(figsize=(width, width * image.height / image.width + 0.7))
     axes = figure.subplots()
     axes.imshow(overlay(np.asarray(image), heat))
-    # a file name that is not UTF-8 shows its undecodable bytes as \x.. escapes
-    axes.set_title(
-        title.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"), fontsize=9
-    )
+    axes.set_title(printable(title), fontsize=9)  # a name that is not UTF-8: its bytes as \xNN
     axes.axis("off")
     figure.tight_layout()
     figure.savefig(out_file, dpi=100)  # FIGURE_PIXELS wide
