@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -216,6 +217,45 @@ def test_train_out_and_weights_that_are_not_what_they_should_be(tmp_path, capsys
     )  # fmt: skip
     assert code == 2 and "notes.txt" in one_line(err) and "could not load" in one_line(err)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (("--export",), "--export without --backend onnx"),
+        (("--backend", "onnx-int8", "--export"), "--export without --backend onnx"),
+        (("--overwrite",), "--overwrite without --out"),
+        (("--json", "--out", "r.csv"), "--json with --out"),
+        (("--engine", "ray", "--out", "r.csv", "--workers", "2"), "--workers with --engine ray"),
+        (
+            (
+                "--num-workers",
+                "2",
+            ),
+            "--num-workers without --engine ray",
+        ),
+        (("--address", "auto", "--cpus-per-worker", "2"), "--address without --engine ray"),
+    ],
+)
+def test_flags_that_would_be_ignored_are_refused_before_anything_loads(
+    tmp_path, good, flags, named, capsys
+):
+    missing_run = tmp_path / "no run here"  # refused before the run is read
+    code, out, err = run_cli(capsys, "predict", missing_run, good, *flags)
+    assert code == 2 and not out
+    assert named in one_line(err) and "no run here" not in err
+
+
+def test_serve_says_where_it_cannot_listen_before_loading_the_model(tmp_path, capsys):
+    missing_run = tmp_path / "no run here"
+    code, _, err = run_cli(capsys, "serve", missing_run, "--host", "192.0.2.1")  # TEST-NET-1
+    assert code == 2 and "cannot listen on 192.0.2.1:8000" in one_line(err)
+    assert "no run here" not in err
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        code, _, err = run_cli(capsys, "serve", missing_run, "--port", port)
+    assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in one_line(err)
+    assert "in use" in err
 
 
 def test_resume_refuses_flags_it_would_ignore(run_dir, tiny_run, capsys):

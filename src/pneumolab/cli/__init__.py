@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from rich.logging import RichHandler
 
 from pneumolab.cli.console import console, report_error, say
+from pneumolab.cli.flag_checks import refuse_ignored_flags
 from pneumolab.cli.parser import build_parser
 from pneumolab.errors import PneumolabError
 
@@ -30,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lightning_info.setLevel(logging.INFO if args.verbose else logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning-internal deprecation
     try:
+        refuse_ignored_flags(args)
         return args.func(args)
     except PneumolabError as exc:
         report_error(exc)

@@ -180,14 +180,12 @@ def _add_predict(commands: Subcommands) -> None:
         help="ray: Ray Data, parallel decoding and model-replica actors; needs --out",
     )
     engine.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    engine.add_argument("--num-workers", type=POSITIVE_INT, help="model replicas (default: 1)")
     engine.add_argument(
-        "--num-workers", type=POSITIVE_INT, default=1, help="model replicas (actors)"
+        "--cpus-per-worker", type=bounded(float, 0), help="CPUs per replica (default: 1)"
     )
     engine.add_argument(
-        "--cpus-per-worker", type=bounded(float, 0), default=1.0, help="CPUs per replica"
-    )
-    engine.add_argument(
-        "--gpus-per-worker", type=bounded(float, 0), default=0.0, help="GPUs per replica"
+        "--gpus-per-worker", type=bounded(float, 0), help="GPUs per replica (default: 0)"
     )
     predict.set_defaults(func=run_cmd.cmd_predict)
 

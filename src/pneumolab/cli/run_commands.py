@@ -14,6 +14,7 @@ from rich.text import Text
 
 from pneumolab.cli.console import console, report_error, say, stdout
 from pneumolab.cli.exports import export_if_asked
+from pneumolab.cli.flag_checks import RAY_OPTIONS
 from pneumolab.errors import ConfigError, PneumolabError
 
 if TYPE_CHECKING:
@@ -25,11 +26,9 @@ def _predict_to_file(args: argparse.Namespace, predictor: Predictor, paths: list
         from pneumolab.inference.predictor import expand_paths
         from pneumolab.inference.ray_engine import RayOptions, predict_with_ray
 
+        given = {name: getattr(args, name) for name in RAY_OPTIONS}
         options = RayOptions(
-            address=args.address,
-            num_workers=args.num_workers,
-            cpus_per_worker=args.cpus_per_worker,
-            gpus_per_worker=args.gpus_per_worker,
+            **{name: value for name, value in given.items() if value is not None},
             batch_size=args.batch_size,
         )
         summary = predict_with_ray(
@@ -170,8 +169,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """`pneumolab serve`: the HTTP API and web page of a run."""
     from pneumolab.serving.app import create_app
-    from pneumolab.serving.limits import ServerLimits, run_server
+    from pneumolab.serving.limits import ServerLimits, check_listen_address, run_server
 
+    check_listen_address(args.host, args.port)
     export_if_asked(args, [args.run_dir])
     limits = ServerLimits(
         max_upload_bytes=int(args.max_upload_mb * 1_000_000),

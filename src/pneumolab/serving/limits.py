@@ -2,7 +2,8 @@
 decoded at once, connections, and how long a connection may take to send its request headers.
 
 ``ServerLimits`` holds the numbers (``pneumolab serve`` flags); the app applies the per-request
-ones (:class:`BodyLimit`, :class:`DecodeSlots`), :func:`run_server` the per-connection ones.
+ones (:class:`BodyLimit`, :class:`DecodeSlots`), :func:`run_server` the per-connection ones;
+:func:`check_listen_address` says before anything loads whether the server can listen where asked.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import math
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +24,8 @@ from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from pneumolab.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,17 @@ def release_large_buffers_when_freed(threshold: int = 1 << 20) -> bool:
 
 M_MMAP_THRESHOLD = -3
 """glibc's mallopt() parameter number (malloc.h)."""
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """ConfigError naming ``host:port`` where this machine cannot listen (a name that does not
+    resolve, an address that is not its own, a port in use or reserved); a trial bind, released
+    at once, so that ``pneumolab serve`` says so before it loads a model."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        socket.create_server((host, port), family=family).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def run_server(app: ASGIApp, host: str, port: int, limits: ServerLimits) -> None:
