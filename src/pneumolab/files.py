@@ -4,6 +4,7 @@ written by one account can be read by the group it was made for)."""
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,18 +24,27 @@ def apply_umask(path: str | Path) -> None:
     os.chmod(path, 0o666 & ~current_umask())
 
 
+def _temporary_beside(path: Path, suffix: str) -> Path:
+    """A new, empty file of a unique name in ``path``'s folder (a name a killed writer left
+    behind is never reused, even by a process of the same PID)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(suffix=suffix, prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    return Path(name)
+
+
 @contextmanager
 def atomic_write(path: str | Path, mode: str = "w", **open_args: Any) -> Iterator[IO]:
-    """Write ``path`` through a temporary file beside it that replaces it on success only;
-    ``open_args`` go to :func:`open` (encoding, newline...)."""
+    """Write ``path`` through a temporary file beside it that replaces it on success only, with
+    the umask's mode; ``open_args`` go to :func:`open` (encoding, newline...)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _temporary_beside(path, ".tmp")
     try:
-        with open(tmp, mode.replace("w", "x"), **open_args) as f:
+        with open(tmp, mode, **open_args) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        apply_umask(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -45,7 +55,7 @@ def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
     such as safetensors), give it the umask's mode (:func:`apply_umask`), then rename it over
     ``path``; on failure ``path`` is untouched."""
     path = Path(path)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial = _temporary_beside(path, ".partial")
     try:
         write(partial)
         apply_umask(partial)

@@ -13,6 +13,7 @@ import pytest
 import pneumolab
 from conftest import copy_run, write_synthetic_dataset
 from pneumolab.config import TrainConfig
+from pneumolab.errors import DataLayoutError
 from pneumolab.evaluation.evaluate import evaluate
 from pneumolab.evaluation.heldout import log_test_evaluation
 from pneumolab.pipeline.train import train
@@ -117,3 +118,14 @@ def test_shift_protocol_adds_every_scenario_and_the_batch_breakdown(trained):
         batches["IM"]["n_normal"]
         == metrics["confusion_matrix"][0][0] + metrics["confusion_matrix"][0][1]
     )
+
+
+def test_a_split_with_no_readable_image_is_a_clear_error(trained, tmp_path):
+    run_dir, data = trained
+    broken = tmp_path / "data"
+    for image in (data / "test").rglob("*.png"):
+        copy = broken / image.relative_to(data)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_bytes(b"not an image")
+    with pytest.raises(DataLayoutError, match=r"none of the 20 images of the test split.*read"):
+        evaluate(run_dir, broken, split="test", device="cpu")

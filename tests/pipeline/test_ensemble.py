@@ -112,6 +112,15 @@ def test_members_on_different_splits_are_refused(members, tmp_path):
     with pytest.raises(RunDirError, match="at least two"):
         build_ensemble([runs[0].root], tmp_path / "ens1")
     assert not (tmp_path / "ens").exists()
+    moved = copy_run(runs[1].root, tmp_path / "moved")  # trained from another copy of the data
+    rows = read_predictions(moved / "val_predictions.csv")
+    write_predictions(
+        moved / "val_predictions.csv",
+        [Sample(Path("/elsewhere") / Path(r["path"]).name, r["label"], "") for r in rows],
+        np.array([r["probability"] for r in rows]),
+    )
+    with pytest.raises(RunDirError, match=r"no path in common.*different copies of the dataset"):
+        build_ensemble([runs[0].root, moved], tmp_path / "ens2")
 
 
 def test_members_of_different_image_sizes_and_intensities_form_an_ensemble(members, tmp_path):
@@ -190,6 +199,7 @@ def test_ensemble_ood_is_the_mean_of_its_members_with_its_own_threshold(members,
     data, runs = members
     ensemble = build_ensemble([r.root for r in runs], tmp_path / "ens")
     ood = OodModel.load(ensemble.ood)
+    assert ensemble.ood.stat().st_mtime_ns <= ensemble.meta.stat().st_mtime_ns  # meta.json last
     member_scores = [OodModel.load(r.ood).val_scores for r in runs]
     np.testing.assert_allclose(ood.val_scores, np.mean(member_scores, axis=0), rtol=1e-6)
     assert ood.method == ENSEMBLE_METHOD and ood.val_flagged_fraction <= 0.01

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -15,7 +16,7 @@ from conftest import copy_run, write_synthetic_dataset
 from pneumolab.cli import main
 from pneumolab.errors import ConfigError, OutputError
 from pneumolab.evaluation.shift import SCENARIOS
-from pneumolab.run import read_predictions
+from pneumolab.run import RunDir, read_predictions
 from pneumolab.study.config import load_study
 from pneumolab.study.runner import run_study
 
@@ -99,6 +100,36 @@ def test_resumed_study_does_not_retrain_finished_models(study):
     assert weights.stat().st_mtime_ns == stamp  # (1: vgg19 still has no weights offline)
 
 
+def test_a_study_resumes_from_its_own_copy_and_rebuilds_an_ensemble_whose_member_changed(
+    study, tmp_path, capsys
+):
+    root, data, _, _ = study
+    out = tmp_path / "out"
+    shutil.copytree(root / "out", out, symlinks=True)  # mtimes kept: the ensemble is current
+    pair_meta = out / "runs" / "pair" / "meta.json"
+    command = ["study", str(out / "study.yaml"), "--data", str(data), "--out", str(out)]
+    stamp = pair_meta.stat().st_mtime_ns
+    assert main(command) == 1  # (vgg19 has no weights offline)
+    assert pair_meta.stat().st_mtime_ns == stamp
+    member = out / "runs" / "small" / "model.safetensors"
+    later = pair_meta.stat().st_mtime + 10
+    os.utime(member, (later, later))  # "small" retrained after the ensemble was built
+    assert main(command) == 1
+    assert pair_meta.stat().st_mtime_ns != stamp
+    assert [m.root.name for m in RunDir(out / "runs" / "pair").member_runs()] == [
+        "small",
+        "separable",
+    ]
+    config = out / "runs" / "separable" / "config.yaml"
+    config.write_text(config.read_text() + "a_setting_of_the_future: 1\n")
+    capsys.readouterr()
+    assert main(command) == 2  # a saved setting this version does not know: named, no traceback
+    err = " ".join(capsys.readouterr().err.split())
+    assert (
+        "separable/config.yaml: invalid training config" in err and "a_setting_of_the_future" in err
+    )
+
+
 def test_seeds_of_one_split_and_a_run_trained_before_split_seed_existed(study, tmp_path):
     root, data, _, _ = study
     study_file = tmp_path / "seeds.yaml"
@@ -177,6 +208,21 @@ def test_invalid_study_files_are_clear_errors(tmp_path, models, message):
     with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: .*{message}"):
         run_study(path, tmp_path / "data", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("ensembles", "message"),
+    [
+        ([{"name": "e", "members": ["a", "a"]}], "'e': a member is listed twice"),
+        ([{"name": "e", "members": ["a", "b"]}] * 2, "'e': a model or ensemble has this name"),
+        ([{"name": "a", "members": ["a", "b"]}], "'a': a model or ensemble has this name"),
+    ],
+)
+def test_invalid_ensembles_are_clear_errors(tmp_path, ensembles, message):
+    models = [{"name": "a"}, {"name": "b", "lr": 0.01}]
+    path = _study_file(tmp_path / "s.yaml", models, ensembles)
+    with pytest.raises(ConfigError, match=message):
+        load_study(path).train_configs()
 
 
 def test_a_run_directory_is_not_a_study_folder(tiny_run, tmp_path):

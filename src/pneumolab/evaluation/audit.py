@@ -213,7 +213,6 @@ def audit_folder(
     run_dir: str | Path,
     folder: str | Path,
     batch_size: int = 32,
-    predictor: Predictor | None = None,
 ) -> SiteAudit:
     """Audit every image under ``folder`` with the run in ``run_dir`` (see the module doc)."""
     folder = Path(folder)
@@ -225,7 +224,7 @@ def audit_folder(
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise DataLayoutError(f"{folder}: no images ({suffixes}) in it, at any depth")
     run = RunDir(Path(run_dir))
-    predictor = predictor or Predictor.from_run(run.root)
+    predictor = Predictor.from_run(run.root)
     records = [
         _record(path, outcome, pixels)
         for path, outcome, pixels in predictor.score_paths(images, batch_size)

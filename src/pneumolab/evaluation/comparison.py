@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from pneumolab.evaluation.metrics import format_interval, format_metric
 from pneumolab.evaluation.outputs import write_evaluation
 from pneumolab.evaluation.selection import margins_over, warn_untold
 from pneumolab.evaluation.speed import ms_per_image
+from pneumolab.files import atomic_write, write_text_atomically
 from pneumolab.inference.predictor import Predictor, default_device
 from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.outputs import check_output
@@ -182,14 +183,14 @@ def write_comparison(
     out = Path(out_dir)
     (out / "confusion").mkdir(parents=True, exist_ok=True)
     paths = comparison_files(out)
-    with paths["csv"].open("w", newline="") as f:
+    with atomic_write(paths["csv"], newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*ComparisonRow.__dataclass_fields__, "status"])
         writer.writeheader()
         writer.writerows(asdict(r) | {"status": "ok"} for r in rows)
         writer.writerows(
             {"name": name, "status": f"not run: {why}"} for name, why in (notes or {}).items()
         )
-    paths["markdown"].write_text(_markdown(rows, split, notes or {}))
+    write_text_atomically(paths["markdown"], _markdown(rows, split, notes or {}))
     values: dict[str, list[Any]] = {m: [getattr(r, m) for r in rows] for m in BAR_METRICS}
     save_model_bars([r.name for r in rows], values, paths["chart"], f"{split} split")
     figures = {out / "confusion" / f"{r.name}.png": r for r in rows}
@@ -257,6 +258,17 @@ def compare_runs(
     return rows, outputs | {"margins": margins_file}
 
 
+def leading_model(rows: Sequence[ComparisonRow], criterion: str) -> str:
+    """The name of the row highest by ``criterion`` (ties: specificity); a row without that
+    figure (one its split cannot define) ranks last."""
+
+    def rank(row: ComparisonRow) -> tuple[float, float]:
+        value = getattr(row, criterion)
+        return (-math.inf if value is None else value, row.specificity)
+
+    return max(rows, key=rank).name
+
+
 def _write_margins(
     rows: Sequence[ComparisonRow],
     runs: dict[str, RunDir],
@@ -267,8 +279,8 @@ def _write_margins(
     """``margins.md``: for each criterion, its leader's paired AUC margin over the other runs."""
     sections = []
     for criterion in criteria:
-        leader = max(rows, key=attrgetter(criterion)).name
+        leader = leading_model(rows, criterion)
         margins = margins_over(runs, leader, criterion, split)
         warn_untold(margins, f"the {split} split")
         sections.append(margins.markdown(split))
-    path.write_text("# Margins\n\n" + "\n".join(sections))
+    write_text_atomically(path, "# Margins\n\n" + "\n".join(sections))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from pneumolab.choices import SPLITS
 from pneumolab.data.dataset import DecodedImages, decode_samples
 from pneumolab.data.layout import Sample, find_splits, scan_split
 from pneumolab.data.subtypes import subtype_labels
+from pneumolab.errors import DataLayoutError
 from pneumolab.evaluation.bootstrap import bootstrap_ci
 from pneumolab.evaluation.calibration import apply_platt, apply_temperature
 from pneumolab.evaluation.heldout import count_test_evaluations
@@ -35,6 +37,8 @@ from pneumolab.evaluation.subtypes import subtype_metrics
 from pneumolab.inference.predictor import Predictor, default_device, predict_class_probabilities
 from pneumolab.run import RunDir
 from pneumolab.run_meta import RunMeta
+
+log = logging.getLogger(__name__)
 
 
 def split_samples(run: RunDir, data_dir: Path, split: str) -> list[Sample]:
@@ -156,7 +160,12 @@ def _extra_metrics(
     """Three-class metrics, robustness and the shift protocol (from its ``shifted`` scores),
     where asked for and possible."""
     extra: dict[str, Any] = {}
-    if predictor.meta.subtype_names and predictor.model is not None:
+    if predictor.meta.subtype_names and predictor.model is None:
+        log.warning(
+            "three-class metrics (subtypes) need the torch backend: not computed with %s",
+            predictor.backend_name,
+        )
+    elif predictor.meta.subtype_names:
         extra["subtypes"] = _subtypes(predictor, decoded)
     if robustness:
         report = robustness_report(predictor.backend, decoded.pixels, labels, predictor.threshold)
@@ -187,6 +196,11 @@ def compute_evaluation(
         raise ValueError("compute_evaluation needs a predictor loaded with Predictor.from_run")
     run = RunDir(predictor.run_dir)
     decoded = decode_samples(split_samples(run, Path(data_dir), split), predictor.image_size)
+    if not decoded.samples:
+        raise DataLayoutError(
+            f"{data_dir}: none of the {len(decoded.skipped)} images of the {split} split could "
+            f"be read (the first: {decoded.skipped[0][1]})"
+        )
     probs = predictor.backend(decoded.pixels)
     labels = np.array([s.label for s in decoded.samples])
     metrics: dict[str, Any] = binary_metrics(labels, probs, predictor.threshold).model_dump()

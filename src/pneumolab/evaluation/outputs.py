@@ -16,6 +16,7 @@ from pneumolab.evaluation.figures import (
     save_roc_curve,
 )
 from pneumolab.evaluation.heldout import log_test_evaluation
+from pneumolab.files import write_text_atomically
 from pneumolab.run import write_predictions, write_shift_predictions
 
 PREDICTIONS = "predictions.csv"
@@ -71,7 +72,7 @@ def write_evaluation(evaluation: Evaluation) -> Path:
     out = evaluation.run.eval_dir(evaluation.split)
     out.mkdir(parents=True, exist_ok=True)
     record_look(evaluation)
-    (out / "metrics.json").write_text(json.dumps(evaluation.metrics, indent=2) + "\n")
+    write_text_atomically(out / "metrics.json", json.dumps(evaluation.metrics, indent=2) + "\n")
     save_figures(evaluation, out)
     write_predictions(out / PREDICTIONS, evaluation.decoded.samples, evaluation.probs)
     if evaluation.shifted is not None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.special import logit
 from sklearn.metrics import roc_auc_score
+
+from pneumolab.evaluation.calibration import to_logits
 
 MAX_AUC_CHANGE = 0.002
 """Largest |ROC AUC change| against fp32 that a backend may show."""
@@ -69,8 +70,7 @@ def score_parity(
     """Compare ``candidate`` probabilities with the fp32 ``reference`` ones on labelled images."""
     reference, candidate = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
     flipped = (candidate >= threshold) != (reference >= threshold)
-    eps = 1e-7
-    distance = np.abs(logit(reference.clip(eps, 1 - eps)) - logit(np.clip(threshold, eps, 1 - eps)))
+    distance = np.abs(to_logits(reference) - to_logits(np.array(threshold)))
     return Parity(
         images=len(reference),
         reference_auc=float(roc_auc_score(labels, reference)),

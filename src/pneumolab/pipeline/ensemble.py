@@ -99,6 +99,12 @@ def build_ensemble(
         {row["path"]: row for row in read_predictions(run.val_predictions)} for run in runs
     ]
     paths = sorted(set.intersection(*(set(p) for p in predictions)))
+    if not paths:
+        examples = ", ".join(str(next(iter(p), "none")) for p in predictions)
+        raise RunDirError(
+            "the members' validation images have no path in common: were they trained from "
+            f"different copies of the dataset (--data)? One image of each: {examples}"
+        )
     if any(len(p) != len(paths) for p in predictions):
         raise RunDirError("members scored different validation images (unreadable files?)")
     labels = np.array([predictions[0][path]["label"] for path in paths])
@@ -113,7 +119,10 @@ def build_ensemble(
     ensemble = RunDir(Path(out_dir))
     if ensemble.root.exists() and any(ensemble.root.iterdir()):
         raise RunDirError(f"{ensemble.root}: already exists and is not empty")
+    ood = ensemble_ood(ensemble, runs)
     ensemble.root.mkdir(parents=True, exist_ok=True)
+    if ood is not None:  # before meta.json, which marks the run finished
+        ood.save(ensemble.ood)
     members = [os.path.relpath(run.root.resolve(), ensemble.root.resolve()) for run in runs]
     shutil.copyfile(runs[0].split, ensemble.split)
     samples = [
@@ -127,7 +136,4 @@ def build_ensemble(
         target_sensitivity,
         val_tta_probs=tta_probs,
     )
-    ood = ensemble_ood(ensemble)
-    if ood is not None:
-        ood.save(ensemble.ood)
     return ensemble

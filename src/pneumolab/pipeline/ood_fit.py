@@ -11,6 +11,7 @@ own threshold on the same images.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -100,10 +101,10 @@ def _current_ood(run: RunDir) -> OodModel | None:
     return None if model.method in LEGACY_METHODS else model
 
 
-def ensemble_ood(ensemble: RunDir) -> OodModel | None:
-    """The OOD model of an ensemble from its members' validation scores; None (with a warning)
-    when a member has none yet, or one of an older pneumolab that predictions ignore."""
-    members = ensemble.member_runs()
+def ensemble_ood(ensemble: RunDir, members: Sequence[RunDir]) -> OodModel | None:
+    """The OOD model of the ensemble ``ensemble`` of ``members`` from their validation scores;
+    None (with a warning) when a member has none yet, or one of an older pneumolab that
+    predictions ignore."""
     models = [_current_ood(member) for member in members]
     present = [model for model in models if model is not None]
     if len(present) < len(models):
@@ -135,7 +136,7 @@ def fit_run_ood(run_dir: str | Path, data_dir: str | Path) -> OodModel:
         for member in run.member_runs():
             if _current_ood(member) is None:
                 fit_run_ood(member.root, data_dir)
-        ood = ensemble_ood(run)
+        ood = ensemble_ood(run, run.member_runs())
         if ood is None:
             raise RunDirError(f"{run.root}: a member's OOD model could not be fitted")
     else:

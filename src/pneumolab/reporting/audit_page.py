@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from pneumolab.evaluation.audit import SiteAudit, records_table
+from pneumolab.files import atomic_write, write_text_atomically
 from pneumolab.outputs import check_output
 
 
@@ -142,12 +143,14 @@ def write_audit(audit: SiteAudit, out_dir: str | Path, overwrite: bool = False) 
     files = audit_files(out_dir, overwrite)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     figure = audit_figure(audit)
-    files["figure"].write_bytes(figure)
+    with atomic_write(files["figure"], "wb") as f:
+        f.write(figure)
     # a site's file names need not be UTF-8: written back as the bytes they were
-    files["html"].write_text(audit_html(audit, figure), errors="surrogateescape")
-    files["json"].write_text(json.dumps(audit.summary(), indent=2) + "\n")
+    with atomic_write(files["html"], errors="surrogateescape") as f:
+        f.write(audit_html(audit, figure))
+    write_text_atomically(files["json"], json.dumps(audit.summary(), indent=2) + "\n")
     rows = records_table(audit)
-    with files["csv"].open("w", newline="", errors="surrogateescape") as f:
+    with atomic_write(files["csv"], newline="", errors="surrogateescape") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["path"])
         writer.writeheader()
         writer.writerows(rows)

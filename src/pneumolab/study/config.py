@@ -102,14 +102,20 @@ class StudyConfig(BaseModel):
                     f"away from '{first}''s; set split_seed in 'defaults' to keep one split"
                 )
         _refuse_twins(configs, entries, given)
+        ensemble_names: set[str] = set()
         for ensemble in self.ensembles:
             unknown = [m for m in ensemble.members if m not in configs]
             if unknown:
                 raise ConfigError(
                     f"ensemble '{ensemble.name}': unknown member(s) {', '.join(unknown)}"
                 )
-            if ensemble.name in configs:
-                raise ConfigError(f"ensemble '{ensemble.name}': a model has this name already")
+            if len(set(ensemble.members)) < len(ensemble.members):
+                raise ConfigError(f"ensemble '{ensemble.name}': a member is listed twice")
+            if ensemble.name in configs or ensemble.name in ensemble_names:
+                raise ConfigError(
+                    f"ensemble '{ensemble.name}': a model or ensemble has this name already"
+                )
+            ensemble_names.add(ensemble.name)
         return configs
 
 

@@ -24,12 +24,18 @@ from typing import Any
 
 import numpy as np
 
-from pneumolab.config import TrainConfig, load_yaml
+from pneumolab.config import TrainConfig, resolve_config
 from pneumolab.data.layout import CLASS_NAMES, find_splits, scan_split
 from pneumolab.errors import ConfigError, OutputError, PneumolabError
-from pneumolab.evaluation.comparison import ComparisonRow, compare_run, write_comparison
+from pneumolab.evaluation.comparison import (
+    ComparisonRow,
+    compare_run,
+    leading_model,
+    write_comparison,
+)
 from pneumolab.evaluation.figures import save_sample_grid
 from pneumolab.evaluation.selection import Margins, margins_over, smallest_untold, warn_untold
+from pneumolab.files import write_text_atomically
 from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.pipeline.ensemble import build_ensemble
 from pneumolab.pipeline.train import train
@@ -63,7 +69,7 @@ def _train_or_reuse(name: str, config: TrainConfig, data_dir: Path, run: RunDir)
     """Train ``name``; a finished run is reused (if its config is the same), an interrupted one
     resumed, and a folder left before the first checkpoint started again."""
     if run.config.is_file():
-        saved_config = TrainConfig(**load_yaml(run.config))  # fields added since: defaults
+        saved_config = resolve_config(run.config)  # fields added since: defaults
         # split_seed none means "the seed": compare the split each one really used
         saved = saved_config.model_dump() | {"split_seed": saved_config.data_seed}
         wanted = config.model_dump() | {"split_seed": config.data_seed}
@@ -84,6 +90,18 @@ def _train_or_reuse(name: str, config: TrainConfig, data_dir: Path, run: RunDir)
         shutil.rmtree(run.root)
     log.info("%s: training %s (%s)", name, config.model, config.strategy)
     train(data_dir, run.root, config)
+
+
+def _ensemble_is_current(run: RunDir, members: list[RunDir]) -> bool:
+    """Whether the finished ensemble ``run`` averages exactly ``members`` as they are now (not a
+    member list the study file has since changed, nor weights retrained after it was built)."""
+    if not run.is_complete():
+        return False
+    built_from = [m.root.resolve() for m in run.member_runs()]
+    built_at = run.meta.stat().st_mtime
+    return built_from == [m.root.resolve() for m in members] and all(
+        m.weights.stat().st_mtime <= built_at for m in members
+    )
 
 
 def _link_best(study_dir: Path, target: RunDir) -> Path:
@@ -139,7 +157,9 @@ def run_study(
         raise OutputError(f"{study_dir}: is a run directory; give the study a folder of its own")
     if global_rank() == 0:
         (study_dir / "runs").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(study_file, study_dir / "study.yaml")
+        copy = study_dir / "study.yaml"
+        if not (copy.exists() and copy.samefile(study_file)):  # resumed from its own copy
+            shutil.copyfile(study_file, copy)
     failed: dict[str, str] = {}
     finished: dict[str, RunDir] = {}
     for name, config in configs.items():
@@ -160,10 +180,11 @@ def run_study(
         if missing:
             failed[ensemble.name] = f"member(s) not trained: {', '.join(missing)}"
             continue
-        if not run.is_complete():
+        members = [finished[m] for m in ensemble.members]
+        if not _ensemble_is_current(run, members):
             shutil.rmtree(run.root, ignore_errors=True)
             target = configs[ensemble.members[0]].target_sensitivity
-            build_ensemble([finished[m].root for m in ensemble.members], run.root, target)
+            build_ensemble([member.root for member in members], run.root, target)
         finished[ensemble.name] = run
     if study.backend == "onnx":
         _export_missing(finished)
@@ -179,7 +200,7 @@ def run_study(
     outputs["samples"] = _sample_grid(data_dir, study_dir / "samples.png")
     if not rows:
         return StudyResult(rows, None, failed, outputs, study.select_by)
-    leader = max(rows, key=lambda r: (getattr(r, study.select_by), r.specificity)).name
+    leader = leading_model(rows, study.select_by)
     margins = margins_over(finished, leader, study.select_by)
     warn_untold(margins, "validation")
     best, why = leader, f"selected on validation by `{study.select_by}` (ties: specificity)"
@@ -192,7 +213,8 @@ def run_study(
         )
     outputs["best"] = _link_best(study_dir, finished[best])
     outputs["selection"] = study_dir / "selection.md"
-    outputs["selection"].write_text(
-        f"# Selection\n\n`best` is **{best}**, {why}.\n\n" + margins.markdown("validation")
+    write_text_atomically(
+        outputs["selection"],
+        f"# Selection\n\n`best` is **{best}**, {why}.\n\n" + margins.markdown("validation"),
     )
     return StudyResult(rows, best, failed, outputs, study.select_by, margins)

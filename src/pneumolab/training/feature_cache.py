@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from pneumolab.data.layout import Sample
+from pneumolab.files import write_atomically, write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +89,12 @@ class FeatureCache:
 
     def _save(self, entries: list[str], features: torch.Tensor) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "key.json").write_text(json.dumps(self.key_fields, indent=2) + "\n")
-        partial = self._file.with_name(f".features.{os.getpid()}.tmp")  # one per writer
-        torch.save({"entries": entries, "features": features}, partial)
-        partial.replace(self._file)  # atomic: an interrupted write never leaves a torn cache
+        write_text_atomically(
+            self.folder / "key.json", json.dumps(self.key_fields, indent=2) + "\n"
+        )
+        stored = {"entries": entries, "features": features}
+        # atomic: an interrupted write never leaves a torn cache
+        write_atomically(self._file, lambda partial: torch.save(stored, partial))
 
     def lookup(self, samples: Sequence[Sample]) -> CacheLookup:
         """What the cache holds for ``samples`` and which of them it lacks."""
