@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from test_export import SIZE, write_run
+from test_export import SIZE, with_ood_model, write_run
 
-from conftest import fixed_threshold_meta, xray_like
+from conftest import copy_run, fixed_threshold_meta, xray_like
 from pneumolab.cli import main
-from pneumolab.errors import ExportError, ModelError, OutputError
+from pneumolab.errors import ExportError, ModelError, OutputError, RunDirError
 from pneumolab.evaluation.parity import Parity
 from pneumolab.inference.predictor import Predictor, predict_pixels
 from pneumolab.run import RunDir
+from pneumolab.scope.ood import METHOD, OodModel
 from pneumolab.serving import accelerate
 from pneumolab.serving.accelerate import export_int8, export_openvino
 from pneumolab.serving.export import export_onnx
@@ -112,3 +114,27 @@ def test_openvino_export_passes_parity_and_predicts(run, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["source"] == image and result["label"] == "NORMAL"
     assert Path(image).is_file()
+
+
+def test_both_exports_keep_the_ood_score_and_are_refused_after_a_refit(run, tmp_path):
+    scoped = RunDir(copy_run(run.root, tmp_path / "scoped"))
+    ood = with_ood_model(scoped)
+    export_onnx(scoped.root, scoped.onnx, overwrite=True)
+    pixels = np.stack([Predictor.from_run(scoped.root).preprocess_array(p) for p in _images(run)])
+    expected = Predictor.from_run(scoped.root, backend="onnx").scorer(pixels).ood
+    backends = ["onnx-int8"]
+    export_int8(scoped.root, overwrite=True)  # (copied from the run with the others)
+    if importlib.util.find_spec("openvino"):
+        export_openvino(scoped.root, overwrite=True)
+        backends.append("openvino")
+    for backend in backends:
+        got = Predictor.from_run(scoped.root, backend=backend).scorer(pixels).ood
+        np.testing.assert_allclose(got, expected, rtol=0.05, err_msg=backend)
+    OodModel.from_validation(METHOD, ood.scorer, np.linspace(0, 2, 100), {}).save(scoped.ood)
+    for backend in backends:
+        with pytest.raises(RunDirError, match=f"OOD model.*--format {backend}"):
+            Predictor.from_run(scoped.root, backend=backend)
+
+
+def _images(run: RunDir) -> list[str]:
+    return [row.split(",")[0] for row in run.val_predictions.read_text().splitlines()[1:]]

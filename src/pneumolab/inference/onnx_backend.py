@@ -80,12 +80,19 @@ class ExportedBackend:
             return Scores(np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32))
         return Scores(np.concatenate(probs), np.concatenate(oods))
 
-    def check_weights(self, run_dir: Path) -> None:
-        """RunDirError unless this file was exported from ``run_dir``'s weights."""
-        if self.metadata.get("weights_sha256") != weights_digest(run_dir):
+    def check_run(self, run_dir: Path, export_command: str) -> None:
+        """RunDirError unless this file was exported from ``run_dir``'s weights and its current
+        OOD model (``export_command`` makes it again)."""
+        run = RunDir(run_dir)
+        if self.metadata.get("weights_sha256") != weights_digest(run.root):
             raise RunDirError(
-                f"{self.file}: exported from other weights than {RunDir(run_dir).weights}; "
-                f"run `pneumolab export {run_dir}` again"
+                f"{self.file}: exported from other weights than {run.weights}; "
+                f"run `{export_command}` again"
+            )
+        if self.metadata.get("ood_sha256", "none") != ood_digest(run.root):
+            raise RunDirError(
+                f"{self.file}: exported before the run's OOD model {run.ood} was (re)fitted, so "
+                f"its ood_score output is missing or stale; run `{export_command}` again"
             )
 
 
@@ -140,12 +147,7 @@ def run_onnx_backend(run_dir: str | Path, onnx_file: str | Path | None = None) -
             f"`pneumolab export {run.root}` (verified against PyTorch), then use --backend onnx"
         )
     backend = OnnxBackend(onnx_file)
-    backend.check_weights(run.root)
-    if backend.metadata.get("ood_sha256", "none") != ood_digest(run.root):
-        raise RunDirError(
-            f"{onnx_file}: exported before the run's OOD model {run.ood} was (re)fitted, so its "
-            f"ood_score output is missing or stale; run `pneumolab export {run.root}` again"
-        )
+    backend.check_run(run.root, f"pneumolab export {run.root}")
     return backend
 
 
@@ -167,5 +169,5 @@ def run_exported_backend(
             "(it is written only after a parity check against the fp32 model)"
         )
     loaded = OnnxBackend(path) if backend == "onnx-int8" else OpenVinoBackend(path)
-    loaded.check_weights(run_dir)
+    loaded.check_run(run_dir, f"pneumolab export {run_dir} --format {backend}")
     return loaded

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from pneumolab.errors import ModelError
-from pneumolab.inference.onnx_backend import ExportedBackend
+from pneumolab.inference.onnx_backend import OOD_OUTPUT_NAME, OUTPUT_NAME, ExportedBackend
 
 OPENVINO_FILE_NAME = "model.openvino.xml"
 """Where ``pneumolab export --format openvino`` writes the IR (weights beside it, ``.bin``)."""
@@ -35,7 +35,7 @@ class OpenVinoBackend(ExportedBackend):
     the export's parity check ran with the same choice, on the machine that exported it.
     """
 
-    def __init__(self, xml_file: str | Path, threads: int | None = None) -> None:
+    def __init__(self, xml_file: str | Path) -> None:
         ov = import_openvino()
         self.file = Path(xml_file)
         if not self.file.is_file():
@@ -48,18 +48,23 @@ class OpenVinoBackend(ExportedBackend):
         info = model.get_rt_info()  # an RTMap: `in` and [] work, .get does not
         section = info[METADATA_SECTION] if METADATA_SECTION in info else {}  # noqa: SIM401
         self._read_contract({key: section[key].astype(str) for key in section})
-        config: dict[str, str | int] = {"PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = core.compile_model(model, "CPU", config)
+        self.compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
         self.request = self.compiled.create_infer_request()
         self.lock = threading.Lock()  # an infer request serves one call at a time
+        self.outputs = [  # an output may have several names (ONNX's among them)
+            output
+            for name in (OUTPUT_NAME, OOD_OUTPUT_NAME)
+            for output in self.compiled.outputs
+            if name in output.get_names()
+        ]
+        if not self.outputs or OUTPUT_NAME not in self.outputs[0].get_names():
+            raise ModelError(
+                f"{self.file}: no '{OUTPUT_NAME}' output; write it with "
+                "`pneumolab export RUN_DIR --format openvino`"
+            )
 
-    @property
-    def precision(self) -> str:
-        """The precision OpenVINO runs the model in here (``bf16`` or ``f32``)."""
-        return str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-
-    def _score(self, inputs: np.ndarray) -> np.ndarray:
+    def _score(self, inputs: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         with self.lock:
-            return self.request.infer({0: inputs})[0].copy()
+            results = self.request.infer({0: inputs})
+            scores = [results[output].copy() for output in self.outputs]
+        return (scores[0], scores[1]) if len(scores) > 1 else scores[0]

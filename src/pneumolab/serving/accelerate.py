@@ -85,12 +85,13 @@ def validation_images(predictor: Predictor, run: RunDir, calibration: int) -> Va
 def _accept(
     candidate: ExportedBackend, reference: OnnxBackend, images: ValidationImages, threshold: float
 ) -> Parity:
-    parity = score_parity(
-        reference(images.parity).probability,
-        candidate(images.parity).probability,
-        images.parity_labels,
-        threshold,
-    )
+    expected, got = reference(images.parity), candidate(images.parity)
+    if np.isfinite(expected.ood).all() and not np.isfinite(got.ood).all():
+        raise ExportError(
+            f"{candidate.file}: gives no OOD score (the input-scope gate's) where the fp32 model "
+            "does; not written"
+        )
+    parity = score_parity(expected.probability, got.probability, images.parity_labels, threshold)
     if not parity.accepted:
         raise ExportError(f"{candidate.file}: parity check against fp32 failed: {parity.summary()}")
     return parity

@@ -181,8 +181,8 @@ def check_listen_address(host: str, port: int) -> None:
     resolve, an address that is not its own, a port in use or reserved); a trial bind, released
     at once, so that ``pneumolab serve`` says so before it loads a model."""
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        socket.create_server((host, port), family=family).close()
+        for family, *_, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+            socket.create_server(address, family=family).close()  # each, as uvicorn binds
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
