@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
     BasicTextSRStorage,
+    DeflatedExplicitVRLittleEndian,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
     JPEGLosslessSV1,
@@ -22,12 +24,15 @@ from pydicom.uid import (
 from safetensors.torch import save_file
 
 from conftest import fixed_threshold_meta
+from pneumolab.data import dicom
 from pneumolab.data.dicom import load_dicom
 from pneumolab.data.imageio import load_image
 from pneumolab.errors import ImageLoadError
 from pneumolab.inference.predictor import Predictor, expand_paths
 from pneumolab.models.registry import create_classifier
 from pneumolab.run import RunDir
+from pneumolab.scope import dicom_header
+from pneumolab.scope.dicom_header import dicom_file_checks
 
 
 def write_dicom(
@@ -218,3 +223,35 @@ def test_predictor_predicts_a_dicom_end_to_end(tmp_path):
     same = predictor.predict(np.asarray(load_dicom(path)))
     assert result.probability == pytest.approx(same.probability, abs=1e-6)
     assert expand_paths([path.parent]) == [path]
+
+
+def test_pixel_data_longer_than_its_header_says_is_refused(tmp_path):
+    path = write_dicom(tmp_path / "lies.dcm", np.zeros((64, 64), np.uint8))
+    ds = dcmread(path)
+    ds.PixelData = bytes(64 * 64 * 50)  # 50 frames' worth behind a one-frame header
+    ds.save_as(path)
+    with pytest.raises(ImageLoadError, match=r"lies\.dcm: 204,800 bytes of pixel data.*need 4,096"):
+        load_image(path)
+
+
+def test_a_deflated_dicom_is_read_and_one_that_inflates_too_far_is_refused_unread(
+    tmp_path, monkeypatch
+):
+    pixels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    small = write_dicom(tmp_path / "small.dcm", pixels, syntax=DeflatedExplicitVRLittleEndian)
+    assert np.array_equal(np.asarray(load_image(small)), pixels)
+    bomb = write_dicom(tmp_path / "bomb.dcm", pixels, syntax=DeflatedExplicitVRLittleEndian)
+    ds = dcmread(bomb)
+    ds.PixelData = bytes(20 << 20)  # 20 MB of zeros: a few kB once deflated
+    ds.save_as(bomb)
+    assert bomb.stat().st_size < 100_000
+
+    def never(*args, **kwargs):
+        raise AssertionError("pydicom inflated the file")
+
+    monkeypatch.setattr(dicom.pydicom, "dcmread", never)  # refused while streaming, before it
+    with pytest.raises(ImageLoadError, match=r"bomb\.dcm: deflated DICOM that inflates to more"):
+        load_image(bomb, max_pixels=10_000)
+    small_limit = partial(dicom.check_inflated_size, max_pixels=10_000)
+    monkeypatch.setattr(dicom_header, "check_inflated_size", small_limit)
+    assert dicom_file_checks(bomb).reasons == ()  # the header check does not inflate it either

@@ -9,8 +9,11 @@ RGB/YBR secondary captures are converted to grayscale as they are.
 Refused with an :class:`~pneumolab.errors.ImageLoadError` naming the file: DICOM without pixel
 data (reports, structured reports, presentation states), multi-frame objects (a cine or
 tomosynthesis series is not one radiograph; pick the frame yourself and save it), other
-photometric interpretations (PALETTE COLOR), images over ``max_pixels``, and transfer syntaxes
-no installed decoder handles (the message lists what to install).
+photometric interpretations (PALETTE COLOR), images over ``max_pixels``, uncompressed pixel
+data longer than the header's rows and columns hold, deflate-compressed files that would inflate
+beyond what ``max_pixels`` allows (pydicom inflates the whole file before reading its header,
+so this is checked first, streaming), and transfer syntaxes no installed decoder handles (the
+message lists what to install).
 
 Transfer syntaxes, as pydicom 3.0 reports them with only pydicom + Pillow installed:
 uncompressed (implicit/explicit VR little endian, explicit VR big endian, deflated), RLE
@@ -22,6 +25,7 @@ one for CR/DX archives) and JPEG-LS need ``pylibjpeg pylibjpeg-libjpeg`` (or gdc
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +33,54 @@ import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from pneumolab.data.imageio import DEFAULT_MAX_PIXELS, _check_pixel_count, array_to_image, reading
 from pneumolab.errors import ImageLoadError
+
+MAX_BYTES_PER_PIXEL = 6
+"""16-bit RGB, the largest pixel a radiograph's DICOM holds."""
+HEADER_ALLOWANCE = 16 << 20
+"""Bytes beyond the pixels a deflated dataset may inflate to (tags, overlays, icons)."""
+PART10_META_START = 128 + 4 + 12
+"""Preamble, ``DICM``, then the File Meta group length element; the group follows."""
+
+
+def check_inflated_size(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """ImageLoadError naming ``path`` if it is a deflate-compressed DICOM whose dataset inflates
+    beyond ``max_pixels`` pixels' worth of bytes; counted by streaming, 1 MB at a time, before
+    pydicom inflates it whole (any other file: nothing to check)."""
+    meta = read_file_meta_info(path)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return
+    limit = max_pixels * MAX_BYTES_PER_PIXEL + HEADER_ALLOWANCE
+    inflater, inflated = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    with open(path, "rb") as f:
+        f.seek(PART10_META_START + int(meta.get("FileMetaInformationGroupLength") or 0))
+        for chunk in iter(lambda: f.read(1 << 16), b""):
+            while chunk:
+                inflated += len(inflater.decompress(chunk, 1 << 20))
+                if inflated > limit:
+                    raise ImageLoadError(
+                        f"{path}: deflated DICOM that inflates to more than {limit:,} bytes, "
+                        f"over what {max_pixels:,} pixels need (possible decompression bomb)"
+                    )
+                chunk = inflater.unconsumed_tail
+
+
+def _check_pixel_data_length(ds: Dataset, source: str) -> None:
+    """Uncompressed pixel data must fit the header's single frame (one pad byte allowed)."""
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        return
+    bits = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1)
+    expected = (bits * int(ds.BitsAllocated) + 7) // 8
+    if len(ds.PixelData) > expected + 1:
+        raise ImageLoadError(
+            f"{source}: {len(ds.PixelData):,} bytes of pixel data where its {ds.Rows}x"
+            f"{ds.Columns} pixels need {expected:,}; the header does not describe the data"
+        )
 
 
 def _check_decodable(ds: Dataset, max_pixels: int, source: str) -> None:
@@ -50,6 +98,7 @@ def _check_decodable(ds: Dataset, max_pixels: int, source: str) -> None:
             "radiographs — save the frame you want as its own file"
         )
     _check_pixel_count(int(ds.Columns), int(ds.Rows), max_pixels, source)
+    _check_pixel_data_length(ds, source)
     syntax = ds.file_meta.TransferSyntaxUID
     try:
         decoder = get_decoder(syntax)
@@ -100,6 +149,7 @@ def load_dicom(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     path = Path(path)
     with reading(path, "DICOM"):
         try:
+            check_inflated_size(path, max_pixels)
             ds = pydicom.dcmread(path)
             _check_decodable(ds, max_pixels, str(path))
             photometric = str(ds.PhotometricInterpretation)

@@ -14,6 +14,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from pneumolab.data.dicom import check_inflated_size
+from pneumolab.errors import ImageLoadError
 from pneumolab.scope.checks import ScopeChecks
 
 RADIOGRAPHY = {"CR": "computed radiography", "DX": "digital radiography"}
@@ -113,7 +115,16 @@ def dicom_file_checks(path: str | Path) -> ScopeChecks:
     A file that cannot be parsed gives no checks here; the image loader reports it by name.
     """
     try:
+        check_inflated_size(path)  # pydicom inflates a deflated file whole, header or not
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, KeyError):
+    except (
+        InvalidDicomError,
+        ImageLoadError,
+        OSError,
+        ValueError,
+        EOFError,
+        AttributeError,
+        KeyError,
+    ):
         return ScopeChecks()
     return header_checks(ds)
