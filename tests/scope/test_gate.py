@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from pneumolab.run import RunDir
 from pneumolab.scope.ood import METHOD, OodModel
 
 CT = get_testdata_file("CT_small.dcm")
+gradcam = importlib.import_module("pneumolab.explain.gradcam")  # the module, not the function
 
 
 @pytest.fixture
@@ -82,6 +84,14 @@ def test_a_ct_slice_is_out_of_scope_from_its_header(run_dir):
     result = Predictor.from_run(run_dir).predict(CT)
     assert not result.in_scope and result.label == OUT_OF_SCOPE_LABEL
     assert "DICOM Modality CT: not a radiograph (CR or DX expected)" in result.reasons
+
+
+def test_explain_titles_a_ct_slice_out_of_scope_as_predict_does(run_dir, tmp_path, monkeypatch):
+    titles: list[str] = []
+    monkeypatch.setattr(gradcam, "_figure", lambda image, heat, title, out: titles.append(title))
+    written = list(gradcam.explain_paths(run_dir, [CT], tmp_path / "maps"))
+    assert written == [tmp_path / "maps" / "CT_small.png"]
+    assert f"→ {OUT_OF_SCOPE_LABEL}" in titles[0]
 
 
 def test_scope_verdict_off_keeps_the_class_label_and_the_flag(run_dir):

@@ -18,7 +18,7 @@ from torch import nn
 from pneumolab.data.imageio import load_image
 from pneumolab.data.transforms import normalize_intensity
 from pneumolab.errors import ModelError, OutputError, PneumolabError, printable
-from pneumolab.inference.predictor import Predictor, expand_paths
+from pneumolab.inference.predictor import Predictor, expand_paths, file_header_checks
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.outputs import check_output
 
@@ -160,7 +160,7 @@ def explain_paths(
         except PneumolabError as exc:
             yield exc
             continue
-        result = predictor.predict(image)
+        result = predictor.predict(image, file_header_checks(path))  # a DICOM's scope too
         pixels = predictor.preprocess(image)[None]
         heat = gradcam(model, pixels, predictor.intensity, layer)
         title = (

@@ -144,16 +144,23 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
+def file_header_checks(path: str | Path) -> ScopeChecks:
+    """The scope checks a file's header allows before any pixel work: a DICOM's tags (other
+    formats: none)."""
+    if not is_dicom_file(Path(path)):
+        return ScopeChecks()
+    from pneumolab.scope.dicom_header import dicom_file_checks  # pydicom when needed
+
+    return dicom_file_checks(path)
+
+
 def prepare_image(image: ImageInput, image_size: int) -> tuple[np.ndarray, ScopeChecks]:
     """Any supported input to uint8 ``(1, S, S)`` NumPy pixels (``S = image_size``), exactly as
     in training, and the checks that need no network: a DICOM file's header, the image's size
     and contrast. A function of its own so that decoding workers need no loaded model."""
     checks = ScopeChecks()
     if isinstance(image, str | Path):
-        if is_dicom_file(Path(image)):
-            from pneumolab.scope.dicom_header import dicom_file_checks  # pydicom when needed
-
-            checks = dicom_file_checks(image)  # the header only, before any pixel work
+        checks = file_header_checks(image)
         pil = load_image(image, size_hint=image_size)
     elif isinstance(image, Image.Image):
         pil = to_grayscale(image)
