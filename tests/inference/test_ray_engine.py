@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import os
 import re
+import shutil
 import sys
 
 import pytest
@@ -15,7 +17,7 @@ from PIL import Image
 
 from conftest import write_synthetic_dataset
 from pneumolab.cli import main
-from pneumolab.errors import ConfigError
+from pneumolab.errors import ConfigError, DataLayoutError
 from pneumolab.inference.batch import predict_to_file, producer_of
 from pneumolab.inference.prediction import OUT_OF_SCOPE_LABEL
 from pneumolab.inference.predictor import Predictor, expand_paths
@@ -121,6 +123,17 @@ def test_a_file_that_is_not_a_results_file_is_refused_untouched(predictor, image
     with pytest.raises(NotAResultsFile, match=r"notes\.csv"):
         predict_with_ray(predictor, images, out, TWO_WORKERS)
     assert out.read_text() == "my notes\n"
+
+
+@needs_ray
+def test_a_name_that_is_not_utf8_is_refused_by_name_before_ray_starts(predictor, images, tmp_path):
+    odd = tmp_path / os.fsdecode(b"caf\xe9.png")
+    shutil.copy(images[0], odd)
+    with pytest.raises(
+        DataLayoutError, match=r"caf\\xe9\.png: file name is not UTF-8.*local engine"
+    ):
+        predict_with_ray(predictor, [images[0], odd], tmp_path / "r.parquet", TWO_WORKERS)
+    assert not (tmp_path / "r.parquet").exists()
 
 
 @pytest.mark.slow

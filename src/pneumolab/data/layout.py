@@ -45,15 +45,15 @@ def find_splits(root: Path, required: str = "train") -> dict[str, Path]:
     return splits
 
 
-def _check_utf8_name(path: Path) -> None:
-    """DataLayoutError for a file name that is not UTF-8: a run's split and score files name
-    every image, and they are UTF-8 text."""
+def check_utf8_name(path: str | Path, otherwise: str = "") -> None:
+    """DataLayoutError for a file name that is not UTF-8, where it must be (a run's split and
+    score files, Arrow tables); ``otherwise`` adds another way out to the message."""
     try:
         str(path).encode("utf-8")
     except UnicodeEncodeError:
         raise DataLayoutError(
             f"{printable(str(path))}: file name is not UTF-8 text; rename it "
-            "(e.g. with `convmv -f latin1 -t utf8`)"
+            f"(e.g. with `convmv -f latin1 -t utf8`){otherwise}"
         ) from None
 
 
@@ -81,7 +81,7 @@ def scan_split(split_dir: Path) -> list[Sample]:
                 f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this class folder"
             )
         for sample in images:
-            _check_utf8_name(sample.path)
+            check_utf8_name(sample.path)  # the run's split and score files are UTF-8 text
         samples += images
     return samples
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from pneumolab.data.layout import check_utf8_name
 from pneumolab.errors import ConfigError, ImageLoadError
 from pneumolab.inference.batch import BatchSummary, producer_of, result_row
 from pneumolab.inference.predictor import Predictor, prepare_image
@@ -239,6 +240,8 @@ def predict_with_ray(
     done = {row.source for row in earlier if not row.error}
     sources = list(dict.fromkeys(str(Path(f).resolve()) for f in files))
     todo = [source for source in sources if source not in done]
+    for source in todo:  # before Ray starts: Arrow carries names as UTF-8 strings
+        check_utf8_name(source, "; or score with the local engine (the default), which keeps it")
     if todo:
         _connect(ray, options)
         _score(ray, predictor, todo, parts, options)
