@@ -410,3 +410,12 @@ def test_image_at_max_pixels_accepted(tmp_path: Path) -> None:
 def test_error_accepts_str_path(tmp_path: Path) -> None:
     with pytest.raises(ImageLoadError, match=r"nope\.png"):
         load_image(str(tmp_path / "nope.png"))
+
+
+def test_a_pil_image_is_oriented_as_its_file_is(tmp_path: Path) -> None:
+    from pneumolab.inference.predictor import prepare_image
+
+    path = _jpeg_with_orientation(tmp_path / "rotated.jpeg", (40, 24), 6)
+    by_path, _ = prepare_image(path, 16)
+    by_pil, _ = prepare_image(Image.open(path), 16)
+    assert np.array_equal(by_pil, by_path) and by_path[0, :3, -3:].mean() > 200

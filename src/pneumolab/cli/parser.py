@@ -255,9 +255,9 @@ def _add_serve(commands: Subcommands) -> None:
     )
     serve.add_argument(
         "--max-megapixels",
-        type=bounded(float, 0.01, 500),
+        type=bounded(float, 0.01, 178),  # Pillow refuses more than 2 x its own limit
         default=50,
-        help="largest image decoded (refused from its header)",
+        help="largest image decoded, in megapixels (refused from its header; at most 178)",
     )
     serve.add_argument(
         "--max-decodes", type=bounded(int, 1, 64), default=2, help="images decoded at once"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from pneumolab.choices import BACKENDS
 from pneumolab.data.formats import IMAGE_SUFFIXES
@@ -162,8 +162,8 @@ def prepare_image(image: ImageInput, image_size: int) -> tuple[np.ndarray, Scope
     if isinstance(image, str | Path):
         checks = file_header_checks(image)
         pil = load_image(image, size_hint=image_size)
-    elif isinstance(image, Image.Image):
-        pil = to_grayscale(image)
+    elif isinstance(image, Image.Image):  # EXIF orientation applied, as to files
+        pil = to_grayscale(ImageOps.exif_transpose(image))
     else:
         pil = array_to_image(image)
     pixels = resize_square(pil, image_size)
