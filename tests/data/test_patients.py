@@ -158,6 +158,8 @@ def test_duplicate_groups_and_split_groups(tmp_path: Path) -> None:
     groups = duplicate_groups([a, b, c, d])
     assert len(groups) == 1
     assert sorted(groups[0]) == [a, b, d]
+    gone = tmp_path / "unreadable.jpeg"  # e.g. no read permission: reported by the decoder
+    assert duplicate_groups([a, gone, b]) == [[a, b]]
     assert file_digest(a) == file_digest(b) != file_digest(c)
 
     # Patient p2 shares a file with p1 and p3 (chained): all three end up in one group.

@@ -38,10 +38,15 @@ def file_digest(path: Path) -> str:
 
 
 def duplicate_groups(paths: Sequence[Path]) -> list[list[Path]]:
-    """Groups (size ≥ 2) of byte-identical files."""
+    """Groups (size ≥ 2) of byte-identical files; a file that cannot be read is in none (what
+    decodes it reports it by name)."""
     by_digest: dict[str, list[Path]] = {}
     for path in paths:
-        by_digest.setdefault(file_digest(path), []).append(Path(path))
+        try:
+            digest = file_digest(path)
+        except OSError:
+            continue
+        by_digest.setdefault(digest, []).append(Path(path))
     return [group for group in by_digest.values() if len(group) > 1]
 
 
