@@ -115,7 +115,7 @@ class ParsedResults:
     torn: bool
 
 
-_NOT_RESULTS = (
+NOT_RESULTS = (
     f"not a pneumolab results file (expected the columns {', '.join(FIELDS)}); "
     "left untouched — choose another --out, or pass --overwrite to replace it"
 )
@@ -133,7 +133,7 @@ def parse(text: str, fmt: Format, source: Path) -> ParsedResults:
     complete = text[: end + len(TERMINATOR[fmt])] if end >= 0 else ""
     tail = text[len(complete) :]
     if not complete and tail and not _could_start_a_file(tail, fmt):
-        raise NotAResultsFile(f"{source}: {_NOT_RESULTS}")
+        raise NotAResultsFile(f"{source}: {NOT_RESULTS}")
     if fmt == "jsonl":
         return ParsedResults(_parse_jsonl(complete, source), torn=bool(tail))
     rows, torn = _parse_csv(complete, source)
@@ -155,7 +155,7 @@ def _csv_records(text: str, source: Path) -> tuple[list[list[str]], bool]:
         records.extend(reader)
     except csv.Error as exc:
         if "unexpected end of data" not in str(exc) or not records:
-            raise NotAResultsFile(f"{source}: {_NOT_RESULTS} ({exc})") from None
+            raise NotAResultsFile(f"{source}: {NOT_RESULTS} ({exc})") from None
         return records, True
     return records, False
 
@@ -165,12 +165,12 @@ def _parse_csv(text: str, source: Path) -> tuple[list[ResultRow], bool]:
         return [], False
     records, torn = _csv_records(text, source)
     if tuple(records[0]) != FIELDS:
-        raise NotAResultsFile(f"{source}: {_NOT_RESULTS}")
+        raise NotAResultsFile(f"{source}: {NOT_RESULTS}")
     rows = []
     for number, values in enumerate(records[1:], start=2):
         where = f"{source}: row {number}"
         if len(values) != len(FIELDS):
-            raise NotAResultsFile(f"{where} has {len(values)} columns; {_NOT_RESULTS}")
+            raise NotAResultsFile(f"{where} has {len(values)} columns; {NOT_RESULTS}")
         record: dict[str, Any] = dict(zip(FIELDS, values, strict=True))
         record["tta"] = {"true": True, "false": False}.get(record["tta"], record["tta"])
         for key in ("probability", "label", *SCOPE_FIELDS):
@@ -186,9 +186,9 @@ def _parse_jsonl(text: str, source: Path) -> list[ResultRow]:
         try:
             record = json.loads(line)
         except ValueError:
-            raise NotAResultsFile(f"{where} is not JSON; {_NOT_RESULTS}") from None
+            raise NotAResultsFile(f"{where} is not JSON; {NOT_RESULTS}") from None
         if not isinstance(record, dict) or tuple(record) != FIELDS:
-            raise NotAResultsFile(f"{where}: {_NOT_RESULTS}")
+            raise NotAResultsFile(f"{where}: {NOT_RESULTS}")
         rows.append(_row(record, where, number_text=False))
     return rows
 
@@ -217,7 +217,7 @@ def _row(record: dict[str, Any], where: str, number_text: bool) -> ResultRow:
         if probability is not None and not isinstance(record["label"], str):
             raise ValueError(record["label"])
     except ValueError as exc:
-        raise NotAResultsFile(f"{where}: invalid value ({exc}); {_NOT_RESULTS}") from None
+        raise NotAResultsFile(f"{where}: invalid value ({exc}); {NOT_RESULTS}") from None
     producer = Producer(record["model_version"], threshold, record["backend"], record["tta"])
     scope = tuple(record[k] for k in SCOPE_FIELDS)
     return ResultRow(

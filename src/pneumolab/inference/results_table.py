@@ -15,6 +15,7 @@ from pneumolab.files import atomic_write
 from pneumolab.inference.batch import TEXT
 from pneumolab.inference.results_file import (
     FIELDS,
+    NOT_RESULTS,
     SCOPE_FIELDS,
     NotAResultsFile,
     Producer,
@@ -74,10 +75,7 @@ def _parquet_rows(path: Path) -> list[ResultRow]:
 
     table = pq.read_table(path)
     if tuple(table.column_names) != FIELDS:
-        raise NotAResultsFile(
-            f"{path}: not a pneumolab results file (expected the columns {', '.join(FIELDS)}); "
-            "left untouched — choose another --out, or pass --overwrite to replace it"
-        )
+        raise NotAResultsFile(f"{path}: {NOT_RESULTS}")
     return [row_from_record(record) for record in table.to_pylist()]
 
 
@@ -113,12 +111,13 @@ def read_parts(folder: Path) -> list[ResultRow]:
 
 
 def merge(rows: Iterable[ResultRow]) -> list[ResultRow]:
-    """One row per source, sorted by source: a scored row where there is one, else the last
-    error (a failed image retried successfully is listed once)."""
+    """One row per source, sorted by source: the first scored row where there is one (as a
+    resumed text file keeps), else the last error (a failed image retried successfully is
+    listed once)."""
     kept: dict[str, ResultRow] = {}
     for row in rows:
         earlier = kept.get(row.source)
-        if earlier is None or earlier.error or not row.error:
+        if earlier is None or earlier.error:
             kept[row.source] = row
     return [kept[source] for source in sorted(kept)]
 
