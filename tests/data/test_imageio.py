@@ -419,3 +419,10 @@ def test_a_pil_image_is_oriented_as_its_file_is(tmp_path: Path) -> None:
     by_path, _ = prepare_image(path, 16)
     by_pil, _ = prepare_image(Image.open(path), 16)
     assert np.array_equal(by_pil, by_path) and by_path[0, :3, -3:].mean() > 200
+
+
+def test_colour_becomes_the_same_gray_at_8_and_16_bits() -> None:
+    colours = np.array([[[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 255, 0]]], dtype=np.uint8)
+    eight = np.asarray(array_to_image(colours))
+    sixteen = np.asarray(array_to_image(colours.astype(np.uint16) * 257))
+    assert eight.tolist() == [[0, 255, 76, 150]] and np.array_equal(sixteen, eight)

@@ -92,6 +92,10 @@ def _rescaled(
     return out
 
 
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
+"""ITU-R 601-2 luma: gray from RGB (Pillow's ``convert("L")``)."""
+
+
 def array_to_image(array: np.ndarray) -> Image.Image:
     """Wrap a 2-D (H, W) or 3-D (H, W, C) array as a grayscale PIL image.
 
@@ -103,8 +107,8 @@ def array_to_image(array: np.ndarray) -> Image.Image:
             array = array[..., 0]
         elif array.dtype == np.uint8:
             return Image.fromarray(np.ascontiguousarray(array[..., :3])).convert("L")
-        else:
-            array = array[..., :3].astype(np.float64).mean(axis=-1)
+        else:  # the luma weights Pillow's convert("L") uses, as for 8-bit colour
+            array = array[..., :3].astype(np.float64) @ LUMA_WEIGHTS
     if array.ndim != 2:
         raise ImageLoadError(f"array of shape {array.shape}: expected (H, W) or (H, W, 1|3|4)")
     if array.dtype == np.uint8:
