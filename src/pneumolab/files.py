@@ -3,12 +3,20 @@ written by one account can be read by the group it was made for)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+
+def sha256_of(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex), read in chunks: one hasher for weights, OOD models,
+    downloads, duplicate images and the feature cache's keys."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def current_umask() -> int:

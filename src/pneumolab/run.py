@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from pneumolab.data.layout import Sample
 from pneumolab.errors import RunDirError
-from pneumolab.files import write_text_atomically
+from pneumolab.files import sha256_of, write_text_atomically
 from pneumolab.run_meta import RunMeta, migrate
 
 OWN_FILES = frozenset(
@@ -270,10 +270,10 @@ def weights_digest(run_dir: Path) -> str:
     if run.read_meta().is_ensemble:
         members = "".join(weights_digest(member.root) for member in run.member_runs())
         return hashlib.sha256(members.encode()).hexdigest()
-    return hashlib.sha256(run.weights.read_bytes()).hexdigest()
+    return sha256_of(run.weights)
 
 
 def ood_digest(run_dir: Path) -> str:
     """SHA-256 of the run's OOD model file (``none`` without one): ties an export to it."""
     ood = RunDir(Path(run_dir)).ood
-    return hashlib.sha256(ood.read_bytes()).hexdigest() if ood.is_file() else "none"
+    return sha256_of(ood) if ood.is_file() else "none"

@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 from pneumolab.data.layout import Sample
 from pneumolab.data.patients import (
     duplicate_groups,
-    file_digest,
     grouped_split,
     patient_id,
     split_groups,
 )
 from pneumolab.errors import DataLayoutError
+from pneumolab.files import sha256_of
 
 
 @pytest.mark.parametrize(
@@ -146,8 +146,8 @@ def test_duplicate_files_across_patients_stay_together(tmp_path: Path) -> None:
         for a, b in pairs:
             assert (a.path in train_paths) == (b.path in train_paths), (seed, a, b)
         assert not _patients(train) & _patients(val)
-        train_digests = {file_digest(s.path) for s in train}
-        assert not train_digests & {file_digest(s.path) for s in val}
+        train_digests = {sha256_of(s.path) for s in train}
+        assert not train_digests & {sha256_of(s.path) for s in val}
 
 
 def test_duplicate_groups_and_split_groups(tmp_path: Path) -> None:
@@ -160,7 +160,7 @@ def test_duplicate_groups_and_split_groups(tmp_path: Path) -> None:
     assert sorted(groups[0]) == [a, b, d]
     gone = tmp_path / "unreadable.jpeg"  # e.g. no read permission: reported by the decoder
     assert duplicate_groups([a, gone, b]) == [[a, b]]
-    assert file_digest(a) == file_digest(b) != file_digest(c)
+    assert sha256_of(a) == sha256_of(b) != sha256_of(c)
 
     # Patient p2 shares a file with p1 and p3 (chained): all three end up in one group.
     e = _write(tmp_path / "e.jpeg", b"chain")
@@ -235,4 +235,4 @@ def test_property_no_patient_or_duplicate_crosses_split(
             train, val = grouped_split(samples, val_fraction=val_fraction, seed=seed)
         assert len(train) + len(val) == len(samples)
         assert not _patients(train) & _patients(val)
-        assert not {file_digest(s.path) for s in train} & {file_digest(s.path) for s in val}
+        assert not {sha256_of(s.path) for s in train} & {sha256_of(s.path) for s in val}

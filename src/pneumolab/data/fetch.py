@@ -5,7 +5,6 @@ Source: Kermany, Zhang & Goldbaum, Mendeley Data, doi:10.17632/rscbjbr9sj (CC BY
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import re
 import stat
@@ -26,6 +25,7 @@ from rich.progress import (
 )
 
 from pneumolab.errors import FetchError
+from pneumolab.files import sha256_of
 
 DEFAULT_URL = "https://data.mendeley.com/public-files/datasets/rscbjbr9sj/files/f12eaf6d-6023-432f-acc9-80c9d7393433/file_downloaded"
 ARCHIVE_NAME = "ChestXRay2017.zip"
@@ -54,8 +54,7 @@ def _total_size(response: http.client.HTTPResponse, resumed: bool) -> int | None
 
 def _check_sha256(path: Path, expected: str, *, remove: bool) -> None:
     """Raise FetchError (deleting ``path`` if ``remove``) when its SHA-256 differs from expected."""
-    with path.open("rb") as fh:
-        actual = hashlib.file_digest(fh, "sha256").hexdigest()
+    actual = sha256_of(path)
     if actual != expected.lower():
         if remove:
             path.unlink()

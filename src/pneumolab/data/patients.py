@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pneumolab.errors import DataLayoutError
+from pneumolab.files import sha256_of
 
 if TYPE_CHECKING:
     from pneumolab.data.layout import Sample
@@ -32,18 +32,13 @@ def patient_id(file_name: str) -> str:
     return Path(file_name).stem.lower()
 
 
-def file_digest(path: Path) -> str:
-    """SHA-1 of a file's bytes, to find byte-identical duplicates."""
-    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
-
-
 def duplicate_groups(paths: Sequence[Path]) -> list[list[Path]]:
     """Groups (size ≥ 2) of byte-identical files; a file that cannot be read is in none (what
     decodes it reports it by name)."""
     by_digest: dict[str, list[Path]] = {}
     for path in paths:
         try:
-            digest = file_digest(path)
+            digest = sha256_of(path)
         except OSError:
             continue
         by_digest.setdefault(digest, []).append(Path(path))

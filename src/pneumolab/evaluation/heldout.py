@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pneumolab
+from pneumolab.files import sha256_of
 from pneumolab.run import RunDir
 
 TEST_LOG = "test_evaluations.jsonl"
@@ -34,9 +34,7 @@ def _git_commit() -> str | None:
 def log_test_evaluation(run: RunDir) -> int:
     """Append one line to ``RUN_DIR/test_evaluations.jsonl`` (held-out guard: every look at the
     test split is recorded) and return how many test evaluations the run has had, this one included."""
-    config_hash = (
-        hashlib.sha256(run.config.read_bytes()).hexdigest() if run.config.is_file() else None
-    )
+    config_hash = sha256_of(run.config) if run.config.is_file() else None
     entry = {
         "time_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "pneumolab_version": pneumolab.__version__,

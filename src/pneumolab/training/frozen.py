@@ -16,6 +16,7 @@ import pneumolab
 from pneumolab.config import TrainConfig
 from pneumolab.data.layout import Sample
 from pneumolab.errors import ConfigError
+from pneumolab.files import sha256_of
 from pneumolab.inference.predictor import score_batches
 from pneumolab.models.classifier import XrayClassifier, pneumonia_logit
 from pneumolab.models.registry import find_local_weights
@@ -24,7 +25,6 @@ from pneumolab.training.feature_cache import (
     CacheStats,
     FeatureCache,
     default_cache_dir,
-    file_sha256,
 )
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def weights_identity(config: TrainConfig) -> str:
     """What the pretrained weights are: the local file's SHA-256, else the hub source."""
     local = find_local_weights(config.model, config.weights)
     if local is not None:
-        return f"sha256:{file_sha256(local)}"
+        return f"sha256:{sha256_of(local)}"
     pretrained_cfg = timm.models.get_pretrained_cfg(config.model)
     source = pretrained_cfg and (pretrained_cfg.hf_hub_id or pretrained_cfg.url)
     return f"hub:{source or config.model}"
