@@ -9,7 +9,12 @@ from pathlib import Path
 import timm
 import torch
 
-from pneumolab.models.registry import WEIGHTS_DIR_ENV, check_model_name, find_local_weights
+from pneumolab.models.registry import (
+    WEIGHTS_DIR_ENV,
+    check_model_name,
+    find_local_weights,
+    hub_offline,
+)
 
 STUDY_MODELS: dict[str, str] = {
     "pneumolab_cnn_small": "custom CNN",
@@ -59,8 +64,7 @@ def weights_source(name: str, weights: str | Path | None = None) -> str:
     if cfg is None:
         return "none (trained from scratch)"
     hub = cfg.hf_hub_id or cfg.url or "timm hub"
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
-    return f"hub {hub}" + (" (offline here: pass --weights)" if offline else "")
+    return f"hub {hub}" + (" (offline here: pass --weights)" if hub_offline() else "")
 
 
 def describe_model(name: str, weights: str | Path | None = None) -> ModelInfo:

@@ -54,8 +54,13 @@ def find_local_weights(name: str, weights: str | Path | None) -> Path | None:
     return candidates[0] if candidates else None
 
 
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` asks for no model-hub access."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
+
+
 def _hub_host_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
+    if hub_offline():
         return False
     from huggingface_hub import constants
 
