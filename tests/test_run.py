@@ -173,7 +173,7 @@ def test_oldest_runs_without_operating_points_or_calibration_still_evaluate(tiny
     metrics = evaluate(run.root, data, split="val", device="cpu")
     assert list(metrics["operating_points"]) == ["stored"]
     assert metrics["operating_points"]["stored"]["threshold"] == old["threshold"]
-    assert metrics["temperature_scaled"] is None
+    assert metrics["temperature_scaled"] is None and metrics["platt_scaled"] is None
     assert (run.root / "eval" / "val" / "reliability.png").stat().st_size > 0
 
 

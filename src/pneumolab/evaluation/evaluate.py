@@ -216,7 +216,8 @@ def compute_evaluation(
         "ci95": bootstrap_ci(labels, probs, predictor.threshold, groups=patients),
         "operating_points": _operating_points(predictor, labels, probs),
         "oracle": _oracle(labels, probs),
-        "temperature_scaled": None,
+        "temperature_scaled": None,  # the keys stay for runs whose meta has no such map
+        "platt_scaled": None,
         **{
             key: _calibration(labels, scaled, params)
             for key, (_, scaled, params) in calibrated.items()
