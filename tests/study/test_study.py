@@ -216,10 +216,11 @@ def test_invalid_study_files_are_clear_errors(tmp_path, models, message):
         ([{"name": "e", "members": ["a", "a"]}], "'e': a member is listed twice"),
         ([{"name": "e", "members": ["a", "b"]}] * 2, "'e': a model or ensemble has this name"),
         ([{"name": "a", "members": ["a", "b"]}], "'a': a model or ensemble has this name"),
+        ([{"name": "e", "members": ["a", "c"]}], "'e': its members choose their thresholds"),
     ],
 )
 def test_invalid_ensembles_are_clear_errors(tmp_path, ensembles, message):
-    models = [{"name": "a"}, {"name": "b", "lr": 0.01}]
+    models = [{"name": "a"}, {"name": "b", "lr": 0.01}, {"name": "c", "target_sensitivity": 0.9}]
     path = _study_file(tmp_path / "s.yaml", models, ensembles)
     with pytest.raises(ConfigError, match=message):
         load_study(path).train_configs()

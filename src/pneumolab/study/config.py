@@ -111,6 +111,12 @@ class StudyConfig(BaseModel):
                 )
             if len(set(ensemble.members)) < len(ensemble.members):
                 raise ConfigError(f"ensemble '{ensemble.name}': a member is listed twice")
+            if len({configs[m].target_sensitivity for m in ensemble.members}) > 1:
+                raise ConfigError(
+                    f"ensemble '{ensemble.name}': its members choose their thresholds for "
+                    "different target_sensitivity values; the ensemble needs one (set it in "
+                    "'defaults')"
+                )
             if ensemble.name in configs or ensemble.name in ensemble_names:
                 raise ConfigError(
                     f"ensemble '{ensemble.name}': a model or ensemble has this name already"
