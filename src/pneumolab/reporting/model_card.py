@@ -107,8 +107,8 @@ def _metrics_section(
     else:
         metrics, intervals = meta.val_metrics.model_dump(), {}
         note = (
-            "From training (meta.json), **without confidence intervals**: run "
-            "`pneumolab report` or `pneumolab evaluate --split val` to add them."
+            "From training (meta.json), **without confidence intervals**: "
+            "`pneumolab report RUN_DIR --data DATA_DIR` rewrites this card with them."
         )
     lines = [note, "", "| metric | value | 95% CI |", "|---|---|---|"]
     for key in (k for k in CARD_METRICS if k in metrics):
