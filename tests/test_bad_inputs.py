@@ -70,6 +70,19 @@ def test_a_table_holds_the_good_inputs_and_none_is_printed_when_every_input_fail
     assert code == 1 and "probability" in out and good.stem[:4] in out
 
 
+def test_a_link_whose_target_is_gone_is_named_not_skipped(run_dir, good, tmp_path, capsys):
+    folder = tmp_path / "site"
+    folder.mkdir()
+    shutil.copy(good, folder / "ok.png")
+    (folder / "gone.png").symlink_to(tmp_path / "moved away.png")
+    (folder / "notes.txt").symlink_to(tmp_path / "nothing")  # not an image name: not listed
+    code, out, err = run_cli(capsys, "predict", run_dir, folder, "--json")
+    assert code == 1 and [json.loads(line)["source"] for line in out.splitlines()] == [
+        str(folder / "ok.png")
+    ]
+    assert "gone.png: file not found" in one_line(err) and "notes.txt" not in err
+
+
 def test_predict_out_records_every_bad_input(run_dir, corpus, good, tmp_path, capsys):
     out = tmp_path / "results.jsonl"
     paths = [bad.path for bad in corpus.values()]

@@ -203,6 +203,15 @@ def test_class_folders_without_images(tmp_path: Path) -> None:
     assert ".jpeg" in message
 
 
+def test_a_dangling_link_is_listed_so_that_reading_it_names_it(tmp_path: Path) -> None:
+    split = tmp_path / "train"
+    _touch(split / "NORMAL" / "IM-0001-0001.jpeg")
+    _touch(split / "PNEUMONIA" / "person1_bacteria_1.jpeg")
+    (split / "NORMAL" / "IM-0002-0001.jpeg").symlink_to(tmp_path / "gone.jpeg")
+    names = [s.path.name for s in scan_split(split)]
+    assert names == ["IM-0001-0001.jpeg", "IM-0002-0001.jpeg", "person1_bacteria_1.jpeg"]
+
+
 def test_one_class_folder_without_images(tmp_path: Path) -> None:
     split = tmp_path / "train"
     _touch(split / "PNEUMONIA" / "person1_bacteria_1.jpeg")

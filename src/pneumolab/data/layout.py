@@ -45,6 +45,15 @@ def find_splits(root: Path, required: str = "train") -> dict[str, Path]:
     return splits
 
 
+def listed_as_image(path: Path) -> bool:
+    """Whether a folder scan lists ``path`` as an image: an image suffix on a file, or on a
+    symlink whose target is gone (listed, so that reading it names it instead of skipping it
+    silently)."""
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return False
+    return path.is_file() or (path.is_symlink() and not path.exists())
+
+
 def check_utf8_name(path: str | Path, otherwise: str = "") -> None:
     """DataLayoutError for a file name that is not UTF-8, where it must be (a run's split and
     score files, Arrow tables); ``otherwise`` adds another way out to the message."""
@@ -74,7 +83,7 @@ def scan_split(split_dir: Path) -> list[Sample]:
         images = [
             Sample(path=path, label=label, patient=patient_id(path.name))
             for path in sorted(folder.rglob("*"))
-            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+            if listed_as_image(path)
         ]
         if not images:
             raise DataLayoutError(

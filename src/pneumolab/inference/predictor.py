@@ -16,7 +16,6 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from pneumolab.choices import BACKENDS
-from pneumolab.data.formats import IMAGE_SUFFIXES
 from pneumolab.data.imageio import (
     array_to_image,
     is_dicom_file,
@@ -24,6 +23,7 @@ from pneumolab.data.imageio import (
     resize_square,
     to_grayscale,
 )
+from pneumolab.data.layout import listed_as_image
 from pneumolab.errors import ImageLoadError, RunDirError
 from pneumolab.inference.decoding import decoded_batches
 from pneumolab.inference.prediction import Prediction, gated_prediction
@@ -135,11 +135,7 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     """
     found: list[Path] = []
     for path in map(Path, paths):
-        inside = (
-            sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if path.is_dir()
-            else []
-        )
+        inside = sorted(p for p in path.rglob("*") if listed_as_image(p)) if path.is_dir() else []
         found += inside or [path]
     return found
 
