@@ -70,6 +70,15 @@ def check_inflated_size(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) 
                 chunk = inflater.unconsumed_tail
 
 
+def read_dicom(
+    path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, stop_before_pixels: bool = False
+) -> Dataset:
+    """``pydicom.dcmread`` after :func:`check_inflated_size`: the one way pneumolab opens a
+    DICOM file, for its pixels or its header alone."""
+    check_inflated_size(path, max_pixels)
+    return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+
+
 def _check_pixel_data_length(ds: Dataset, source: str) -> None:
     """Uncompressed pixel data must fit the header's single frame (one pad byte allowed)."""
     if ds.file_meta.TransferSyntaxUID.is_compressed:
@@ -149,8 +158,7 @@ def load_dicom(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     path = Path(path)
     with reading(path, "DICOM"):
         try:
-            check_inflated_size(path, max_pixels)
-            ds = pydicom.dcmread(path)
+            ds = read_dicom(path, max_pixels)
             _check_decodable(ds, max_pixels, str(path))
             photometric = str(ds.PhotometricInterpretation)
             if photometric in ("MONOCHROME1", "MONOCHROME2"):

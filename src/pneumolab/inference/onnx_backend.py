@@ -40,8 +40,8 @@ class ExportedBackend:
     :class:`~pneumolab.Predictor` prepares, it applies the run's intensity normalisation (which
     lives outside the graph, in NumPy), scales to [0, 1] and returns probabilities and OOD scores
     ``(N,)`` (NaN when the file has no ``ood_score`` output), like the PyTorch backend.
-    Subclasses load the file and score float32 batches (``_score``: probabilities, or
-    probabilities and OOD scores).
+    Subclasses load the file and score float32 batches (``_score``: the probabilities, then the
+    OOD scores where the file has them).
     """
 
     file: Path
@@ -58,7 +58,7 @@ class ExportedBackend:
         self.image_size = int(metadata["image_size"])
         self.intensity = metadata["intensity"]
 
-    def _score(self, inputs: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    def _score(self, inputs: np.ndarray) -> list[np.ndarray]:
         raise NotImplementedError
 
     def __call__(self, pixels: np.ndarray | torch.Tensor, batch_size: int = 64) -> Scores:
@@ -72,10 +72,10 @@ class ExportedBackend:
             )
         probs, oods = [], []
         for chunk in np.split(pixels, range(batch_size, len(pixels), batch_size)):
-            out = self._score(normalize_intensity_array(chunk, self.intensity) / np.float32(255))
-            probability, ood = out if isinstance(out, tuple) else (out, np.full_like(out, np.nan))
+            inputs = normalize_intensity_array(chunk, self.intensity) / np.float32(255)
+            probability, *ood = self._score(inputs)
             probs.append(probability)
-            oods.append(ood)
+            oods.append(ood[0] if ood else np.full_like(probability, np.nan))
         if not probs:
             return Scores(np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32))
         return Scores(np.concatenate(probs), np.concatenate(oods))
@@ -116,9 +116,8 @@ class OnnxBackend(ExportedBackend):
         names = [output.name for output in self.session.get_outputs()]
         self.outputs = [name for name in (OUTPUT_NAME, OOD_OUTPUT_NAME) if name in names]
 
-    def _score(self, inputs: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        results = self.session.run(self.outputs, {INPUT_NAME: inputs})
-        return (results[0], results[1]) if len(results) > 1 else results[0]
+    def _score(self, inputs: np.ndarray) -> list[np.ndarray]:
+        return list(self.session.run(self.outputs, {INPUT_NAME: inputs}))
 
 
 def session_options(threads: int | None = None, spin: bool = False) -> ort.SessionOptions:

@@ -63,8 +63,7 @@ class OpenVinoBackend(ExportedBackend):
                 "`pneumolab export RUN_DIR --format openvino`"
             )
 
-    def _score(self, inputs: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    def _score(self, inputs: np.ndarray) -> list[np.ndarray]:
         with self.lock:
             results = self.request.infer({0: inputs})
-            scores = [results[output].copy() for output in self.outputs]
-        return (scores[0], scores[1]) if len(scores) > 1 else scores[0]
+            return [results[output].copy() for output in self.outputs]

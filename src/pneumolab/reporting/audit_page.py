@@ -140,8 +140,7 @@ def audit_files(out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]
 def write_audit(audit: SiteAudit, out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
     """Write ``audit.html``, ``audit.png``, ``audit.json`` and ``images.csv`` into ``out_dir``
     (see :func:`audit_files`)."""
-    files = audit_files(out_dir, overwrite)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    files = audit_files(out_dir, overwrite)  # the writes make the folder
     figure = audit_figure(audit)
     with atomic_write(files["figure"], "wb") as f:
         f.write(figure)

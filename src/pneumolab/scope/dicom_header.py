@@ -14,7 +14,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from pneumolab.data.dicom import check_inflated_size
+from pneumolab.data.dicom import read_dicom
 from pneumolab.errors import ImageLoadError
 from pneumolab.scope.checks import ScopeChecks
 
@@ -115,8 +115,7 @@ def dicom_file_checks(path: str | Path) -> ScopeChecks:
     A file that cannot be parsed gives no checks here; the image loader reports it by name.
     """
     try:
-        check_inflated_size(path)  # pydicom inflates a deflated file whole, header or not
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = read_dicom(path, stop_before_pixels=True)  # a deflated file is bounded first
     except (
         InvalidDicomError,
         ImageLoadError,

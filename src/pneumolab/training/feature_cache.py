@@ -79,8 +79,7 @@ class FeatureCache:
             return [], None
 
     def _save(self, entries: list[str], features: torch.Tensor) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(
+        write_text_atomically(  # (its folder is made by the write)
             self.folder / "key.json", json.dumps(self.key_fields, indent=2) + "\n"
         )
         stored = {"entries": entries, "features": features}
