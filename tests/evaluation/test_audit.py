@@ -94,3 +94,31 @@ def test_cli_refuses_a_folder_it_cannot_audit(run_dir, tmp_path, make, problem, 
     assert main(["audit", str(run_dir), str(folder), "--out", str(tmp_path / "out")]) == 2
     assert f"{folder}: {problem}" in " ".join(capsys.readouterr().err.split())
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_gives_no_verdict_where_nothing_could_be_read(run_dir, tmp_path, capsys):
+    folder = tmp_path / "site"
+    folder.mkdir()
+    for name in ("a.png", "b.jpeg"):
+        (folder / name).write_bytes(b"not an image")
+    out = tmp_path / "out"
+    assert main(["audit", str(run_dir), str(folder), "--out", str(out)]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "NO VERDICT: none of the images could be read" in err
+    assert "— out of scope; predicted pneumonia — (validation" in err
+    summary = json.loads((out / "audit.json").read_text(), parse_constant=pytest.fail)
+    assert summary["out_of_scope_share"] is None and summary["predicted_pneumonia_rate"] is None
+
+
+def test_no_image_in_scope_leaves_the_pneumonia_rate_out(run_dir, tmp_path):
+    folder = tmp_path / "site"
+    folder.mkdir()
+    for index in range(3):  # uniform images: out of scope, every one
+        Image.fromarray(np.full((100, 100), 40 * index, dtype=np.uint8)).save(
+            folder / f"{index}.png"
+        )
+    audit = audit_folder(run_dir, folder)
+    assert audit.summary()["out_of_scope_share"] == 1.0
+    assert audit.pneumonia_rate is None
+    assert audit.verdict.startswith("DO NOT USE")
+    assert not any("predicted-pneumonia rate" in r for r in audit.verdict_reasons)

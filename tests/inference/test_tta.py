@@ -46,6 +46,8 @@ def test_evaluate_and_predict_accept_tta(run_dir, tiny_run, capsys):
     data = tiny_run[1]
     metrics = evaluate(run_dir, data, "val", tta=True)
     assert metrics["tta"] is True and 0.0 <= metrics["accuracy"] <= 1.0
+    # the calibration maps were fitted on scores without the views: not applied to TTA scores
+    assert metrics["temperature_scaled"] is None and metrics["platt_scaled"] is None
     image = next((data / "train" / "NORMAL").iterdir())
     capsys.readouterr()
     assert main(["predict", str(run_dir), str(image), "--json", "--tta"]) == 0

@@ -41,3 +41,18 @@ def test_tiny_run_has_a_model_card(tiny_run, tmp_path):
     card = write_model_card(run).read_text()
     assert "0.1250 – 0.8750" in card
     assert "without confidence intervals" not in card
+
+
+def test_the_card_reads_no_tta_evaluation_and_survives_a_broken_one(tiny_run, tmp_path, caplog):
+    run = RunDir(copy_run(tiny_run[0], tmp_path / "run"))
+    meta = run.read_meta()
+    run.eval_dir("val").mkdir(parents=True)
+    metrics_file = run.eval_dir("val") / "metrics.json"
+    tta = meta.val_metrics.model_dump() | {"tta": True, "ci95": {"roc_auc": [0.125, 0.875]}}
+    metrics_file.write_text(json.dumps(tta))  # figures at the TTA threshold, not the card's
+    card = write_model_card(run).read_text()
+    assert "0.1250 – 0.8750" not in card and "without confidence intervals" in card
+    metrics_file.write_text('{"roc_auc": 0.9')  # cut short
+    card = write_model_card(run).read_text()
+    assert "without confidence intervals" in card
+    assert f"{metrics_file}: unreadable" in caplog.text

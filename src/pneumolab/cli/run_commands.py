@@ -113,6 +113,7 @@ def cmd_fit_ood(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     """`pneumolab audit`: scope and score a site's folder, write the audit page."""
     from pneumolab.evaluation.audit import audit_folder
+    from pneumolab.evaluation.metrics import format_share
     from pneumolab.reporting.audit_page import audit_files, write_audit
 
     out = args.out or args.run_dir / "audit" / args.folder.resolve().name
@@ -122,9 +123,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     summary = audit.summary()
     console.print(
         f"{summary['images']} images ({summary['unreadable']} unreadable), "
-        f"{summary['out_of_scope_share']:.1%} out of scope; predicted pneumonia "
-        f"{summary['predicted_pneumonia_rate']:.1%} (validation "
-        f"{summary['val_predicted_pneumonia_rate']:.1%})"
+        f"{format_share(summary['out_of_scope_share'])} out of scope; predicted pneumonia "
+        f"{format_share(summary['predicted_pneumonia_rate'])} (validation "
+        f"{format_share(summary['val_predicted_pneumonia_rate'])})"
     )
     say((audit.verdict, "bold"))
     for reason in audit.verdict_reasons:

@@ -78,9 +78,9 @@ class SiteAudit:
         return [r for r in self.records if not r.error]
 
     @property
-    def out_of_scope_share(self) -> float:
-        """Share of the scored images the input-scope gate flagged."""
-        return float(np.mean([not r.in_scope for r in self.scored])) if self.scored else 0.0
+    def out_of_scope_share(self) -> float | None:
+        """Share of the scored images the input-scope gate flagged; None where none was read."""
+        return float(np.mean([not r.in_scope for r in self.scored])) if self.scored else None
 
     @property
     def ood_scores(self) -> np.ndarray:
@@ -88,10 +88,11 @@ class SiteAudit:
         return np.array([r.ood_score for r in self.scored if r.ood_score is not None])
 
     @property
-    def pneumonia_rate(self) -> float:
-        """Share of in-scope images at or above the decision threshold."""
+    def pneumonia_rate(self) -> float | None:
+        """Share of in-scope images at or above the decision threshold; None where none is in
+        scope."""
         label = [r.label == "PNEUMONIA" for r in self.scored if r.in_scope]
-        return float(np.mean(label)) if label else float("nan")
+        return float(np.mean(label)) if label else None
 
     def reason_counts(self) -> Counter[str]:
         """How often each kind of out-of-scope reason occurred."""
@@ -175,8 +176,14 @@ def _record(path: Path, outcome: Any, pixels: np.ndarray | None) -> ImageRecord:
 
 def judge(audit: SiteAudit) -> None:
     """Set the audit's verdict and reasons from its figures (constants above)."""
-    reasons = []
     share = audit.out_of_scope_share
+    if share is None:
+        audit.verdict = "NO VERDICT: none of the images could be read"
+        audit.verdict_reasons = [
+            f"{len(audit.records)} files, every one unreadable (images.csv: error)"
+        ]
+        return
+    reasons = []
     if share > MAX_OUT_OF_SCOPE:
         top = ", ".join(f"{k} ({n})" for k, n in audit.reason_counts().most_common(3))
         reasons.append(f"{share:.0%} of the images are out of scope (validation: ≤ 1%): {top}")
@@ -192,10 +199,10 @@ def judge(audit: SiteAudit) -> None:
                 f"in-scope images look unlike validation: {above:.0%} score above validation's "
                 f"95th OOD percentile (expected 5%), KS distance {distance:.2f}"
             )
-    difference = audit.pneumonia_rate - audit.val_pneumonia_rate
-    if abs(difference) > MAX_RATE_DIFFERENCE:
+    rate = audit.pneumonia_rate
+    if rate is not None and abs(rate - audit.val_pneumonia_rate) > MAX_RATE_DIFFERENCE:
         reasons.append(
-            f"predicted-pneumonia rate {audit.pneumonia_rate:.0%} vs {audit.val_pneumonia_rate:.0%} "
+            f"predicted-pneumonia rate {rate:.0%} vs {audit.val_pneumonia_rate:.0%} "
             "on validation (a different prevalence can explain it; a shift can too)"
         )
     if len(audit.scored) < FEW_IMAGES:

@@ -204,7 +204,8 @@ def compute_evaluation(
     probs = predictor.backend(decoded.pixels)
     labels = np.array([s.label for s in decoded.samples])
     metrics: dict[str, Any] = binary_metrics(labels, probs, predictor.threshold).model_dump()
-    calibrated = _calibrated(predictor.meta, probs)
+    # the maps were fitted on scores without test-time views: they do not belong to TTA scores
+    calibrated = {} if predictor.tta else _calibrated(predictor.meta, probs)
     patients = [sample.patient for sample in decoded.samples]
     shifted = shifted_probabilities(predictor.backend, decoded.pixels) if shift else None
     metrics |= {

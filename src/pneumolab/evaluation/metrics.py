@@ -96,6 +96,11 @@ def format_metric(value: object) -> str:
     return "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def format_share(value: float | None, decimals: int = 1) -> str:
+    """A share as a percentage (``decimals`` after the point), None as a dash."""
+    return "—" if value is None else f"{value:.{decimals}%}"
+
+
 def format_interval(interval: Sequence[float | None] | None) -> str:
     """A ``[low, high]`` interval as ``low – high`` (dashes for missing bounds); empty if None."""
     return " – ".join(map(format_metric, interval)) if interval else ""

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from pneumolab.evaluation.audit import SiteAudit, records_table
+from pneumolab.evaluation.metrics import format_share
 from pneumolab.files import atomic_write, write_text_atomically
 from pneumolab.outputs import check_output
 
@@ -39,7 +40,8 @@ def audit_figure(audit: SiteAudit) -> bytes:
     probs = [r.probability for r in audit.scored if r.in_scope]
     ax.hist(probs, np.linspace(0, 1, 21), color="tab:orange")
     ax.set(
-        title=f"P(pneumonia), in-scope images — predicted rate {audit.pneumonia_rate:.0%} "
+        title="P(pneumonia), in-scope images — predicted rate "
+        f"{format_share(audit.pneumonia_rate, 0)} "
         f"(validation {audit.val_pneumonia_rate:.0%})",
         xlabel="probability",
     )
@@ -50,7 +52,8 @@ def audit_figure(audit: SiteAudit) -> bytes:
         ax.barh([k[:45] for k, _ in counts][::-1], [n for _, n in counts][::-1], color="tab:red")
     else:
         ax.text(0.5, 0.5, "no image out of scope", ha="center", va="center")
-    ax.set(title=f"out of scope: {audit.out_of_scope_share:.0%} of images — why", xlabel="images")
+    share = format_share(audit.out_of_scope_share, 0)
+    ax.set(title=f"out of scope: {share} of images — why", xlabel="images")
     ax = axes[1, 1]
     sizes = np.array([(r.width, r.height) for r in audit.scored if r.width], dtype=float)
     if len(sizes):
@@ -75,7 +78,7 @@ def audit_html(audit: SiteAudit, figure_png: bytes) -> str:
     summary = audit.summary()
     key = [
         ("images (unreadable)", f"{summary['images']} ({summary['unreadable']})"),
-        ("out of scope", f"{summary['out_of_scope_share']:.1%}"),
+        ("out of scope", format_share(summary["out_of_scope_share"])),
         (
             "OOD score median (validation)",
             f"{summary['ood_score_median']} ({summary['val_ood_score_median']})",
@@ -83,7 +86,8 @@ def audit_html(audit: SiteAudit, figure_png: bytes) -> str:
         ("OOD threshold", summary["ood_threshold"]),
         (
             "predicted pneumonia, in scope (validation)",
-            f"{summary['predicted_pneumonia_rate']:.1%} ({summary['val_predicted_pneumonia_rate']:.1%})",
+            f"{format_share(summary['predicted_pneumonia_rate'])} "
+            f"({format_share(summary['val_predicted_pneumonia_rate'])})",
         ),
         ("median size (px)", f"{summary['width_median']} × {summary['height_median']}"),
         ("bit depths", summary["bit_depths"]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ LIMITATIONS = (
     "No localisation; Grad-CAM maps show where evidence is, not why, and may highlight text "
     "markers or borders (shortcut learning).",
 )
+log = logging.getLogger(__name__)
+
 BINARY_LIMITATION = "No bacterial/viral distinction (`task: three_class` trains one)."
 
 
@@ -96,13 +99,12 @@ def _subtypes_section(meta: RunMeta) -> list[str]:
 def _metrics_section(
     run: RunDir, meta: RunMeta, evaluated: dict[str, Any] | None = None
 ) -> list[str]:
-    metrics_file = run.eval_dir("val") / "metrics.json"
+    stored = None if evaluated is not None else _stored_val_evaluation(run)
     if evaluated is not None:
         metrics, intervals = evaluated, evaluated.get("ci95") or {}
         note = "From an evaluation on the validation split; 95% CI: percentile bootstrap over patients."
-    elif metrics_file.is_file():
-        metrics = json.loads(metrics_file.read_text())
-        intervals = metrics.get("ci95") or {}
+    elif stored is not None:
+        metrics, intervals = stored, stored.get("ci95") or {}
         note = "From `eval/val/metrics.json`; 95% CI: percentile bootstrap over patients."
     else:
         metrics, intervals = meta.val_metrics.model_dump(), {}
@@ -117,6 +119,25 @@ def _metrics_section(
     if "confusion_matrix" in metrics:
         lines.append(f"| confusion [[tn, fp], [fn, tp]] | {metrics['confusion_matrix']} | |")
     return lines
+
+
+def _stored_val_evaluation(run: RunDir) -> dict[str, Any] | None:
+    """``eval/val/metrics.json`` where it holds figures at the stored threshold; None where there
+    is none, where it was scored with test-time augmentation (at the TTA threshold, which the card
+    does not state), or where it cannot be read (with a warning)."""
+    metrics_file = run.eval_dir("val") / "metrics.json"
+    if not metrics_file.is_file():
+        return None
+    try:
+        metrics = json.loads(metrics_file.read_text())
+    except (OSError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
+        log.warning(
+            "%s: unreadable (%s); the model card uses meta.json's figures", metrics_file, exc
+        )
+        return None
+    if not isinstance(metrics, dict) or metrics.get("tta"):
+        return None
+    return metrics
 
 
 def _operating_points(meta: RunMeta) -> list[str]:
