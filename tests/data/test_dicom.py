@@ -138,6 +138,26 @@ def test_dicom_without_suffix_is_detected_by_its_preamble(tmp_path):
     pixels = np.arange(256, dtype=np.uint8).reshape(16, 16)
     path = write_dicom(tmp_path / "IM0001", pixels)
     assert np.array_equal(np.asarray(load_image(path)), pixels)
+    (tmp_path / "notes").write_text("not an image")
+    assert expand_paths(tmp_path) == [path]  # a PACS export's names: listed by their header
+
+
+def test_a_malformed_voi_lut_is_refused_by_name(tmp_path):
+    lut = Dataset()
+    lut.LUTDescriptor = [256, 0]  # two values where the standard has three
+    lut.add_new("LUTData", "US", list(range(256)))
+    path = write_dicom(tmp_path / "a.dcm", RAMP_12BIT // 16, bits_stored=8, VOILUTSequence=[lut])
+    with pytest.raises(ImageLoadError, match=r"a\.dcm: VOI LUT without a three-value"):
+        load_image(path)
+
+
+def test_monochrome_with_three_samples_becomes_one_gray_plane(tmp_path):
+    pixels = np.zeros((8, 8, 3), dtype=np.uint8) + np.array([30, 60, 90], dtype=np.uint8)
+    path = write_dicom(
+        tmp_path / "a.dcm", pixels, SamplesPerPixel=3, PlanarConfiguration=0, Rows=8, Columns=8
+    )
+    image = load_image(path)
+    assert image.mode == "L" and image.size == (8, 8)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from pneumolab.data.imageio import (
+    SOURCE_SIZE,
     array_to_image,
     load_image,
     resize_square,
@@ -231,6 +232,28 @@ def test_size_hint_with_exif_rotation(tmp_path: Path) -> None:
     assert height > width
     assert min(width, height) >= 224
     assert max(width, height) < 2000
+
+
+def test_a_reduced_decode_keeps_the_files_own_size(tmp_path: Path) -> None:
+    path = tmp_path / "large.jpeg"
+    Image.new("L", (2000, 1600), 100).save(path)
+    image = load_image(path, size_hint=224)
+    assert image.size == (500, 400) and image.info[SOURCE_SIZE] == (2000, 1600)
+    turned = _jpeg_with_orientation(tmp_path / "turned.jpeg", (2000, 1600), 6)
+    assert load_image(turned, size_hint=224).info[SOURCE_SIZE] == (1600, 2000)
+
+
+BROKEN_EXIF = (  # an orientation of 6, then an ASCII entry whose offset runs past the block
+    b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x02\x01\t\x00\x02\x00\x00\x00)\x00\x00\x00&"
+    b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00\x00\x00\x00\x00" + b"x" * 40 + b"\x00\x00"
+)
+
+
+def test_an_unparsable_exif_block_leaves_the_image_as_stored(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "odd.jpeg"
+    Image.new("L", (50, 40), 0).save(path, exif=BROKEN_EXIF)
+    assert _assert_gray(load_image(path), (50, 40)).max() < 10
+    assert f"{path}: EXIF orientation unreadable" in caplog.text
 
 
 def test_size_hint_on_rgb_jpeg_gives_gray(tmp_path: Path) -> None:

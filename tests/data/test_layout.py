@@ -10,6 +10,7 @@ from pneumolab.data.layout import (
     CLASS_NAMES,
     Sample,
     find_splits,
+    image_files,
     scan_dataset,
     scan_split,
 )
@@ -218,3 +219,25 @@ def test_one_class_folder_without_images(tmp_path: Path) -> None:
     _touch(split / "NORMAL" / "notes.txt")
     with pytest.raises(DataLayoutError, match="NORMAL"):
         scan_split(split)
+
+
+def test_linked_folders_are_followed_once_and_unreadable_ones_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    site = tmp_path / "site"
+    _touch(site / "a.jpeg")
+    _touch(tmp_path / "elsewhere" / "b.png")
+    (site / "linked").symlink_to(tmp_path / "elsewhere")
+    (site / "loop").symlink_to(site)  # back up the tree: walked once
+    _touch(site / "locked" / "c.jpeg")
+    scandir = os.scandir
+
+    def refuse_locked(path):  # what a folder without read permission does (tests may run as root)
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse_locked)
+    assert image_files(site) == [site / "a.jpeg", site / "linked" / "b.png", site / "locked"]

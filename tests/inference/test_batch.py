@@ -160,3 +160,45 @@ def test_missing_paths_and_empty_folders_are_rows_not_aborts(predictor, images, 
     errors = {r["source"]: r["error"] for r in _read(out) if r["error"]}
     assert "file not found" in errors[str(tmp_path / "missing.jpeg")]
     assert "folder without images" in errors[str(tmp_path / "y.jpeg")]
+
+
+def test_rows_labelled_with_and_without_keep_label_never_share_a_file(predictor, tmp_path):
+    from PIL import Image
+
+    blank = [tmp_path / f"blank{i}.png" for i in range(2)]
+    for path in blank:
+        Image.new("L", (64, 64), 0).save(path)  # out of scope: an empty image
+    out = tmp_path / "results.csv"
+    predict_to_file(predictor, blank[:1], out, progress=False)
+    assert _read(out)[0]["label"] == "OUT_OF_SCOPE"
+    before = out.read_bytes()
+    keep = copy.copy(predictor)
+    keep.scope_verdict = False
+    with pytest.raises(OutputError, match=r"labelled OUT_OF_SCOPE, but this command labels"):
+        predict_to_file(keep, blank, out, progress=False)
+    assert out.read_bytes() == before
+    predict_to_file(predictor, blank, out, progress=False)  # the same setting resumes
+    assert [r["label"] for r in _read(out)] == ["OUT_OF_SCOPE"] * 2
+
+
+def test_an_unexpected_error_becomes_the_row_of_its_file(predictor, images, tmp_path, caplog):
+    files = images[1]
+    odd = copy.copy(predictor)
+
+    def prepare(image):
+        if str(image).endswith(files[0].name):
+            raise TypeError("a decoder's own error type")
+        return predictor.prepare(image)
+
+    odd.prepare = prepare
+    out = tmp_path / "results.csv"
+    summary = predict_to_file(odd, files[:3], out, progress=False)
+    assert (summary.written, summary.failed) == (3, 1)
+    error = _read(out)[0]["error"]
+    assert str(files[0]) in error and "TypeError: a decoder's own error type" in error
+    assert f"{files[0]}: unexpected error while reading it" in caplog.text
+
+
+def test_a_single_path_is_one_path_not_its_characters(predictor, images, tmp_path):
+    out = tmp_path / "results.csv"
+    assert predict_to_file(predictor, str(images[1][0]), out, progress=False).written == 1

@@ -124,7 +124,12 @@ def _check_decodable(ds: Dataset, max_pixels: int, source: str) -> None:
 def _voi(pixels: np.ndarray, ds: Dataset) -> tuple[np.ndarray, float, float] | None:
     """The VOI transform applied, with its output range; None when the file defines none."""
     if ds.get("VOILUTSequence"):
-        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        descriptor = ds.VOILUTSequence[0].get("LUTDescriptor")
+        if descriptor is None or len(descriptor) != 3:
+            raise ImageLoadError(
+                f"{ds.filename}: VOI LUT without a three-value LUTDescriptor ({descriptor!r})"
+            )
+        bits = int(descriptor[2])
         return apply_voi(np.rint(pixels).astype(np.int64), ds), 0.0, 2.0**bits - 1
     if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
         # pydicom maps everything below/above the window to the ends of its output range
@@ -161,8 +166,8 @@ def load_dicom(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
             ds = read_dicom(path, max_pixels)
             _check_decodable(ds, max_pixels, str(path))
             photometric = str(ds.PhotometricInterpretation)
-            if photometric in ("MONOCHROME1", "MONOCHROME2"):
-                return Image.fromarray(_monochrome_to_uint8(ds))
+            if photometric in ("MONOCHROME1", "MONOCHROME2"):  # one plane, or several to gray
+                return array_to_image(_monochrome_to_uint8(ds))
             if photometric == "RGB" or photometric.startswith("YBR"):
                 return array_to_image(ds.pixel_array)
             raise ImageLoadError(f"{path}: unsupported photometric interpretation {photometric}")

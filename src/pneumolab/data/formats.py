@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -33,3 +34,13 @@ ACCEPTED = ", ".join(f.name for f in FORMATS[:-1]) + f" or {FORMATS[-1].name}"
 def sniff(head: bytes) -> ImageFormat | None:
     """The format whose signature ``head`` (a file's first bytes, 132 or more) carries, else None."""
     return next((f for f in FORMATS if head.startswith(f.signature, f.offset)), None)
+
+
+def has_dicom_header(path: Path) -> bool:
+    """Whether ``path`` is a file with ``DICM`` after the 128-byte DICOM preamble."""
+    try:
+        with path.open("rb") as f:
+            found = sniff(f.read(132))
+    except OSError:
+        return False
+    return found is not None and found.pillow_name is None

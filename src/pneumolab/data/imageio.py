@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -9,11 +11,16 @@ from pathlib import Path
 from typing import cast
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from pneumolab.data.formats import ACCEPTED, IMAGE_SUFFIXES, PILLOW_FORMATS, sniff
+from pneumolab.data.formats import ACCEPTED, IMAGE_SUFFIXES, PILLOW_FORMATS, has_dicom_header
 from pneumolab.errors import ImageLoadError
 
+log = logging.getLogger(__name__)
+
+SOURCE_SIZE = "pneumolab.source_size"
+"""Key of ``Image.info`` where :func:`load_image` keeps the file's own (width, height), upright:
+a JPEG decoded at reduced scale is smaller, and the scope checks judge the file's size."""
 DEFAULT_MAX_PIXELS = 50_000_000
 """Largest image accepted (width x height); larger ones are refused as possible decompression bombs."""
 
@@ -116,19 +123,9 @@ def array_to_image(array: np.ndarray) -> Image.Image:
     return Image.fromarray(_rescale_to_uint8(array))
 
 
-def _has_dicom_header(path: Path) -> bool:
-    """Whether ``path`` is a file with ``DICM`` after the 128-byte DICOM preamble."""
-    try:
-        with path.open("rb") as f:
-            found = sniff(f.read(132))
-    except OSError:
-        return False
-    return found is not None and found.pillow_name is None
-
-
 def is_dicom_file(path: Path) -> bool:
     """Whether ``path`` is read as DICOM: a ``.dcm`` name or the ``DICM`` header."""
-    return path.suffix.lower() == ".dcm" or _has_dicom_header(path)
+    return path.suffix.lower() == ".dcm" or has_dicom_header(path)
 
 
 @contextmanager
@@ -141,8 +138,12 @@ def reading(path: Path, kind: str) -> Iterator[None]:
     except FileNotFoundError:
         raise ImageLoadError(f"{path}: file not found") from None
     except IsADirectoryError:
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise ImageLoadError(f"{path}: folder not readable (permission denied)") from None
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise ImageLoadError(f"{path}: a folder without images ({suffixes}) in it") from None
+    except PermissionError:
+        raise ImageLoadError(f"{path}: file not readable (permission denied)") from None
     except UnidentifiedImageError:
         raise ImageLoadError(
             f"{path}: not an image file of an accepted format ({ACCEPTED})"
@@ -151,6 +152,25 @@ def reading(path: Path, kind: str) -> Iterator[None]:
         raise ImageLoadError(f"{path}: {exc}") from None
     except (OSError, ValueError, SyntaxError, RuntimeError, NotImplementedError, EOFError) as exc:
         raise ImageLoadError(f"{path}: corrupt or undecodable {kind} ({exc})") from None
+    except Exception as exc:  # a decoder's own error types: still one file's problem
+        raise ImageLoadError(
+            f"{path}: corrupt or undecodable {kind} ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def upright(image: Image.Image, source: str) -> Image.Image:
+    """``image`` turned as its EXIF orientation says (itself, not a copy, where it needs no
+    turn); an EXIF block that cannot be parsed leaves it as stored, with a warning naming
+    ``source``."""
+    try:
+        if image.getexif().get(ExifTags.Base.Orientation, 1) == 1:
+            return image  # no copy of a 100 MB image
+        return ImageOps.exif_transpose(image)
+    except Exception as exc:  # Pillow's EXIF parser raises struct.error, TypeError, ...
+        log.warning(
+            "%s: EXIF orientation unreadable (%s); the image is used as stored", source, exc
+        )
+        return image
 
 
 def load_image(
@@ -171,12 +191,15 @@ def load_image(
         return load_dicom(path, max_pixels=max_pixels)
     with reading(path, "image"), Image.open(path, formats=PILLOW_FORMATS) as opened:
         _check_pixel_count(opened.width, opened.height, max_pixels, str(path))
+        stored = opened.size
         if size_hint and opened.format == "JPEG":
             opened.draft("L", (size_hint, size_hint))
         opened.load()
-        ImageOps.exif_transpose(opened, in_place=True)  # no copy of a 100 MB image
-        image = to_grayscale(opened)
-        return image.copy() if image is opened else image
+        decoded = opened.size
+        image = to_grayscale(upright(opened, str(path)))
+        image = image.copy() if image is opened else image  # readable once the file is closed
+        image.info[SOURCE_SIZE] = stored[::-1] if image.size != decoded else stored  # EXIF turns
+        return image
 
 
 def resize_square(image: Image.Image, size: int) -> np.ndarray:

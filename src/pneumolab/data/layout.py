@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pneumolab.data.formats import IMAGE_SUFFIXES
+from pneumolab.data.formats import IMAGE_SUFFIXES, has_dicom_header
 from pneumolab.data.patients import patient_id
 from pneumolab.errors import DataLayoutError, printable
 
@@ -54,6 +55,28 @@ def listed_as_image(path: Path) -> bool:
     return path.is_file() or (path.is_symlink() and not path.exists())
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The images under ``folder`` at any depth, sorted: what :func:`listed_as_image` lists,
+    files of any other name that carry the DICOM header (PACS exports often name files without
+    a suffix), and every subfolder that could not be read (listed, so that reading it names it
+    instead of its images vanishing). Symlinked folders are followed, each real folder once."""
+    found: list[Path] = []
+    walked: set[str] = set()
+    for root, folders, names in os.walk(
+        folder, onerror=lambda error: found.append(Path(error.filename)), followlinks=True
+    ):
+        real = os.path.realpath(root)
+        if real in walked:  # a link back up the tree, or a second link to one folder
+            folders.clear()
+            continue
+        walked.add(real)
+        for name in names:
+            path = Path(root, name)
+            if listed_as_image(path) or (path.is_file() and has_dicom_header(path)):
+                found.append(path)
+    return sorted(found)
+
+
 def check_utf8_name(path: str | Path, otherwise: str = "") -> None:
     """DataLayoutError for a file name that is not UTF-8, where it must be (a run's split and
     score files, Arrow tables); ``otherwise`` adds another way out to the message."""
@@ -82,8 +105,7 @@ def scan_split(split_dir: Path) -> list[Sample]:
         folder = classes[name.lower()]
         images = [
             Sample(path=path, label=label, patient=patient_id(path.name))
-            for path in sorted(folder.rglob("*"))
-            if listed_as_image(path)
+            for path in image_files(folder)
         ]
         if not images:
             raise DataLayoutError(

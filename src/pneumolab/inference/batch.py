@@ -40,7 +40,11 @@ class BatchSummary:
 def producer_of(predictor: Predictor) -> Producer:
     """What a predictor's rows will say produced them."""
     return Producer(
-        predictor.model_version, predictor.threshold, predictor.backend_name, predictor.tta
+        predictor.model_version,
+        predictor.threshold,
+        predictor.backend_name,
+        predictor.tta,
+        predictor.scope_verdict,
     )
 
 
@@ -65,14 +69,14 @@ def result_row(path: Path, prediction: Prediction, producer: Producer) -> Result
     return ResultRow(str(path), prediction.probability, prediction.label, producer, "", scope)
 
 
-def _unique_resolved(paths: Sequence[str | Path]) -> list[Path]:
+def _unique_resolved(paths: str | Path | Sequence[str | Path]) -> list[Path]:
     """Every image under ``paths``, as resolved paths (the resume key), each once, in order."""
     return list(dict.fromkeys(path.resolve() for path in expand_paths(paths)))
 
 
 def predict_to_file(
     predictor: Predictor,
-    paths: Sequence[str | Path],
+    paths: str | Path | Sequence[str | Path],
     out: str | Path,
     batch_size: int = 32,
     progress: bool = True,

@@ -24,7 +24,7 @@ def read_manifest(manifest: str | Path) -> list[Path]:
             table = pq.read_table(manifest)
             values = table.column(COLUMN).to_pylist() if COLUMN in table.column_names else None
         elif suffix == ".csv":
-            with manifest.open(newline="") as f:
+            with manifest.open(newline="", encoding="utf-8-sig") as f:  # Excel's "CSV UTF-8" too
                 reader = csv.DictReader(f)
                 has_column = COLUMN in (reader.fieldnames or [])
                 values = [row[COLUMN] for row in reader] if has_column else None

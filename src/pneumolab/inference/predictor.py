@@ -13,17 +13,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from pneumolab.choices import BACKENDS
 from pneumolab.data.imageio import (
+    SOURCE_SIZE,
     array_to_image,
     is_dicom_file,
     load_image,
     resize_square,
     to_grayscale,
+    upright,
 )
-from pneumolab.data.layout import listed_as_image
+from pneumolab.data.layout import image_files
 from pneumolab.errors import ImageLoadError, RunDirError
 from pneumolab.inference.decoding import decoded_batches
 from pneumolab.inference.prediction import Prediction, gated_prediction
@@ -127,16 +129,16 @@ def load_network(run: RunDir, meta: RunMeta) -> XrayClassifier:
     return model
 
 
-def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given, plus the images (by suffix, recursively, sorted) inside any folder.
+def expand_paths(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+    """Files as given, plus the images inside any folder
+    (:func:`~pneumolab.data.layout.image_files`: at any depth, sorted).
 
     A missing path, or a folder without images, stays in the list as it is, so that reading it
     fails with an error naming it while the other paths still run.
     """
     found: list[Path] = []
-    for path in map(Path, paths):
-        inside = sorted(p for p in path.rglob("*") if listed_as_image(p)) if path.is_dir() else []
-        found += inside or [path]
+    for path in map(Path, [paths] if isinstance(paths, str | Path) else paths):
+        found += (image_files(path) if path.is_dir() else []) or [path]
     return found
 
 
@@ -159,11 +161,12 @@ def prepare_image(image: ImageInput, image_size: int) -> tuple[np.ndarray, Scope
         checks = file_header_checks(image)
         pil = load_image(image, size_hint=image_size)
     elif isinstance(image, Image.Image):  # EXIF orientation applied, as to files
-        pil = to_grayscale(ImageOps.exif_transpose(image))
+        pil = to_grayscale(upright(image, "image"))
     else:
         pil = array_to_image(image)
     pixels = resize_square(pil, image_size)
-    checks += image_sanity(pil.width, pil.height, pixels)
+    width, height = pil.info.get(SOURCE_SIZE, pil.size)  # a JPEG's own, not its reduced decode
+    checks += image_sanity(width, height, pixels)
     return np.array(pixels)[None], checks  # writable, for torch
 
 
@@ -296,6 +299,11 @@ class Predictor:
             )
             ood = None
         if meta.is_ensemble:
+            if onnx_file is not None:
+                raise ValueError(
+                    f"{run.root}: an ensemble scores each member's own exported file; "
+                    "onnx_file names a single model's"
+                )
             members = [cls._load(m.root, device, backend, None, cache) for m in run.member_runs()]
             scorers = [at_size(m.scorer, m.image_size) for m in members]
             return cls(None, meta, mean_scores(scorers), ood)
@@ -379,7 +387,10 @@ class Predictor:
         return self.result_for(source, scores.probability[0], scores.ood[0], checks, scope_verdict)
 
     def predict_paths(
-        self, paths: Sequence[str | Path], batch_size: int = 32, workers: int | None = None
+        self,
+        paths: str | Path | Sequence[str | Path],
+        batch_size: int = 32,
+        workers: int | None = None,
     ) -> Iterator[Prediction | ImageLoadError]:
         """Predict files (folders expanded) in batches; unreadable files yield their error instead.
 
@@ -389,7 +400,10 @@ class Predictor:
         return (outcome for _, outcome, _ in self.score_paths(paths, batch_size, workers))
 
     def score_paths(
-        self, paths: Sequence[str | Path], batch_size: int = 32, workers: int | None = None
+        self,
+        paths: str | Path | Sequence[str | Path],
+        batch_size: int = 32,
+        workers: int | None = None,
     ) -> Iterator[tuple[Path, Prediction | ImageLoadError, np.ndarray | None]]:
         """Like :meth:`predict_paths`, with each file's path and model-input pixels (None when
         unreadable), for callers that also describe the images (the site audit)."""

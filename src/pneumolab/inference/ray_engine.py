@@ -26,6 +26,7 @@ import numpy as np
 from pneumolab.data.layout import check_utf8_name
 from pneumolab.errors import ConfigError, ImageLoadError
 from pneumolab.inference.batch import BatchSummary, producer_of, result_row
+from pneumolab.inference.decoding import attempt
 from pneumolab.inference.predictor import Predictor, prepare_image
 from pneumolab.inference.results_file import ResultRow, check_producer
 from pneumolab.inference.results_table import (
@@ -94,11 +95,11 @@ def decode_batch(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.
     checks = np.full(len(sources), "", dtype=object)
     errors = np.full(len(sources), "", dtype=object)
     for i, source in enumerate(sources):
-        try:
-            prepared, found = prepare_image(source, image_size)
-        except ImageLoadError as exc:
-            errors[i] = str(exc)
+        outcome = attempt(lambda path: prepare_image(path, image_size), Path(source))
+        if isinstance(outcome, ImageLoadError):
+            errors[i] = str(outcome)
             continue
+        prepared, found = outcome
         pixels[i] = prepared[0]
         checks[i] = json.dumps({"reasons": found.reasons, "warnings": found.warnings})
     return {

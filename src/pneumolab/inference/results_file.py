@@ -13,11 +13,12 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pneumolab.errors import ConfigError, OutputError
+from pneumolab.inference.prediction import OUT_OF_SCOPE_LABEL
 
 SCOPE_FIELDS = ("in_scope", "ood_score", "ood_threshold", "reasons", "warnings")
 """The scope gate's verdict on an image (:class:`~pneumolab.inference.prediction.Prediction`)."""
@@ -40,12 +41,15 @@ TERMINATOR = {"csv": "\r\n", "jsonl": "\n"}
 
 @dataclass(frozen=True)
 class Producer:
-    """What scored the rows: the model (version + weights digest), its threshold, backend, TTA."""
+    """What scored the rows: the model (version + weights digest), its threshold, backend, TTA,
+    and whether an out-of-scope image is labelled ``OUT_OF_SCOPE`` (else its class,
+    ``--keep-label``: no column, a row shows it where its image is out of scope)."""
 
     model_version: str
     threshold: float
     backend: str
     tta: bool
+    scope_verdict: bool = field(default=True, compare=False)
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,14 @@ class ResultRow:
     error: str = ""
     scope: tuple[Any, ...] = (None,) * len(SCOPE_FIELDS)
     """The values of SCOPE_FIELDS, as the prediction gave them (None: not known)."""
+
+    def scope_verdict(self) -> bool | None:
+        """Whether this row's out-of-scope image was labelled ``OUT_OF_SCOPE`` (True) or by its
+        class (False); None where the row does not tell (in scope, or failed)."""
+        if self.label == OUT_OF_SCOPE_LABEL:
+            return True
+        out_of_scope = self.scope[0] in (False, "False")  # CSV holds the text
+        return False if out_of_scope and self.label is not None else None
 
     def record(self) -> dict[str, Any]:
         """The row as a mapping in column order (the producer flattened into it)."""
@@ -115,6 +127,7 @@ class ParsedResults:
     torn: bool
 
 
+LEFT = "left untouched — choose another --out, or pass --overwrite to start it again"
 NOT_RESULTS = (
     f"not a pneumolab results file (expected the columns {', '.join(FIELDS)}); "
     "left untouched — choose another --out, or pass --overwrite to replace it"
@@ -226,9 +239,11 @@ def _row(record: dict[str, Any], where: str, number_text: bool) -> ResultRow:
 
 
 def check_producer(rows: list[ResultRow], producer: Producer, source: Path) -> None:
-    """OutputError when a row of ``source`` was produced otherwise than ``producer`` would."""
+    """OutputError when a row of ``source`` was produced otherwise than ``producer`` would
+    (its out-of-scope labels included: :func:`check_scope_labels`)."""
     other = next((row.producer for row in rows if row.producer != producer), None)
     if other is None:
+        check_scope_labels(rows, producer, source)
         return
     names = [
         n
@@ -238,9 +253,19 @@ def check_producer(rows: list[ResultRow], producer: Producer, source: Path) -> N
     theirs = ", ".join(f"{n} {getattr(other, n)!r}" for n in names)
     ours = ", ".join(f"{n} {getattr(producer, n)!r}" for n in names)
     raise OutputError(
-        f"{source}: its rows were written with {theirs}, but this command has {ours}; "
-        "left untouched — choose another --out, or pass --overwrite to start it again"
+        f"{source}: its rows were written with {theirs}, but this command has {ours}; {LEFT}"
     )
+
+
+def check_scope_labels(rows: list[ResultRow], producer: Producer, source: Path) -> None:
+    """OutputError when ``source`` labels out-of-scope images otherwise than ``producer``
+    would (``--keep-label`` on one side only), so that one file's labels mean one thing."""
+    if any(row.scope_verdict() not in (None, producer.scope_verdict) for row in rows):
+        labels = {True: "OUT_OF_SCOPE", False: "by their class (--keep-label)"}
+        raise OutputError(
+            f"{source}: its out-of-scope images are labelled {labels[not producer.scope_verdict]}, "
+            f"but this command labels them {labels[producer.scope_verdict]}; {LEFT}"
+        )
 
 
 @dataclass(frozen=True)
