@@ -46,7 +46,7 @@ class TrainConfig(BaseModel):
     """Everything that determines a training run. The defaults are the default recipe, chosen on
     validation (benchmarks/README.md, 'Choosing the default recipe'); configs/default.yaml documents them."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     model: str = Field(default="mobilenetv2_100", description="timm model name or pneumolab CNN")
     pretrained: bool = Field(default=True, description="start from ImageNet weights")
@@ -139,7 +139,7 @@ class TrainConfig(BaseModel):
         description="stochastic weight averaging (Lightning's StochasticWeightAveraging): the "
         "last N epochs train at `swa_lr`, the weights at the start of each are averaged, and "
         "one extra forward-only epoch recomputes the batch-norm statistics of the average, "
-        "which the run keeps; needs `monitor: last` (0: off)",
+        "which the run keeps; needs `monitor: last`, not with strategy partial (0: off)",
     )
     swa_lr: float = Field(
         default=1e-4, gt=0, description="learning rate of the SWA epochs (`swa_epochs`)"
@@ -172,9 +172,13 @@ class TrainConfig(BaseModel):
         description="the epoch a run keeps: last (the end of the schedule, no early stopping), "
         "or the best by a validation metric, with early stopping on it (val_auc, val_loss)",
     )
-    seed: int = Field(default=0, description="seed of the split, initialisation and order")
+    seed: int = Field(
+        default=0, ge=0, le=2**32 - 1, description="seed of the split, initialisation and order"
+    )
     split_seed: int | None = Field(
         default=None,
+        ge=0,
+        le=2**32 - 1,
         description="seed of the train/validation split alone (none: seed); runs that share it "
         "share their validation split, so they can form an ensemble of seeds",
     )
@@ -229,7 +233,8 @@ class TrainConfig(BaseModel):
         """Cutmix pastes image boxes and a teacher scores images, so both need images, not the
         ``frozen`` strategy's cached features; a teacher's P(pneumonia) is a binary target.
         SWA keeps its average as the final epoch: it cannot share a run with EMA or with a
-        best-epoch ``monitor``, and needs an epoch before its own. Head epochs need pretrained
+        best-epoch ``monitor``, needs an epoch before its own, and recomputes every batch-norm
+        layer's statistics (``partial`` keeps the frozen stages'). Head epochs need pretrained
         features to train on and an epoch of fine-tuning after them."""
         for option in ("cutmix_alpha", "teacher"):
             if getattr(self, option) and self.strategy == "frozen":
@@ -253,6 +258,11 @@ class TrainConfig(BaseModel):
                 raise ValueError("swa_epochs and ema_decay are two weight averages: choose one")
             if self.swa_epochs >= self.epochs:
                 raise ValueError("swa_epochs must be fewer than epochs")
+            if self.strategy == "partial":
+                raise ValueError(
+                    "swa_epochs with strategy partial: SWA's batch-norm epoch would reset the "
+                    "frozen stages' statistics, which partial keeps; use finetune or frozen"
+                )
         return self
 
     @property

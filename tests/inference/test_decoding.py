@@ -46,12 +46,20 @@ def test_look_ahead_is_bounded():
     assert len(list(batches)) == 9
 
 
-def test_other_exceptions_are_raised():
+def test_any_other_exception_becomes_the_error_of_its_file(caplog):
     def broken(path: Path) -> np.ndarray:
-        raise RuntimeError("bug")
+        if path.name == "a.png":
+            raise TypeError("a decoder's own error type")
+        return np.zeros((1, 2, 2), np.uint8)
 
-    with pytest.raises(RuntimeError, match="bug"):
-        list(decoded_batches([Path("a.png")], broken, batch_size=1))
+    [batch] = list(decoded_batches([Path("a.png"), Path("b.png")], broken, batch_size=2))
+    (_, error), (_, pixels) = batch
+    assert isinstance(error, ImageLoadError) and isinstance(pixels, np.ndarray)
+    assert (
+        str(error)
+        == "a.png: unexpected error while reading it (TypeError: a decoder's own error type)"
+    )
+    assert "a.png: unexpected error while reading it" in caplog.text  # with its traceback
 
 
 @pytest.mark.parametrize(("batch_size", "workers"), [(0, None), (4, 0), (-1, 2)])

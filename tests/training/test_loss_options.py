@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -116,6 +117,29 @@ def test_swa_keeps_the_average_with_recomputed_batch_norm_statistics(synthetic_d
     assert all(torch.equal(saved[k], state[k].to(saved[k].dtype)) for k in saved if k in state)
 
 
+@pytest.mark.slow
+def test_swa_without_batch_norm_keeps_the_average(synthetic_data, tmp_path):
+    """Under ``frozen`` the trained head has no batch norm, so no extra epoch: the average
+    reaches the module after the last checkpoint, and the run keeps it all the same."""
+    from conftest import write_backbone_weights
+
+    class FinalHead(L.Callback):
+        def on_train_end(self, trainer, pl_module):
+            self.weight = pl_module.state_dict()["model.classifier.weight"].clone()
+
+    weights = write_backbone_weights(tmp_path / "backbone.safetensors", 0)
+    settings = dict(pretrained=True, weights=weights, feature_cache=str(tmp_path / "cache"))
+    config = TrainConfig(
+        **(TINY_TRAINING | settings), strategy="frozen", epochs=3, swa_epochs=2, swa_lr=0.05
+    )
+    final = FinalHead()
+    run = RunDir(train(synthetic_data, tmp_path / "swa", config, callbacks=[final]).root)
+    last = torch.load(run.checkpoints / "best.ckpt", weights_only=False)["state_dict"]
+    assert not torch.equal(final.weight, last["model.classifier.weight"])  # the average differs
+    saved = load_file(run.weights)
+    assert any(torch.equal(t, final.weight) for t in saved.values())
+
+
 @pytest.mark.parametrize(
     ("settings", "problem"),
     [
@@ -123,6 +147,7 @@ def test_swa_keeps_the_average_with_recomputed_batch_norm_statistics(synthetic_d
         (dict(ema_decay=0.9), "choose one"),
         (dict(epochs=2), "fewer than epochs"),
         (dict(swa_epochs=0, cutmix_alpha=1.0, strategy="frozen"), "needs images"),
+        (dict(strategy="partial"), "frozen stages' statistics"),
     ],
 )
 def test_options_that_cannot_work_together_are_refused(settings, problem):

@@ -10,13 +10,15 @@ import shutil
 
 import lightning as L
 import pytest
+import torch
 
 from conftest import copy_run
 from pneumolab.config import TrainConfig, resolve_config
-from pneumolab.errors import RunDirError
+from pneumolab.errors import ConfigError, RunDirError
 from pneumolab.pipeline.train import train
 from pneumolab.run import RunDir
-from pneumolab.training.fit import TrainingInterrupted
+from pneumolab.training.fit import TrainingInterrupted, build_trainer
+from pneumolab.training.module import TrainingDiverged
 from pneumolab.training.split import check_run_dir
 
 TINY = dict(
@@ -112,6 +114,69 @@ def test_interrupted_training_resumes_from_last_checkpoint(synthetic_data, tmp_p
     with run.history.open() as f:
         epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
     assert epochs == [0, 1], "resume must continue at epoch 1, not start over"
+
+
+class StopInThirdEpoch(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == 2:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_a_monitored_run_moved_elsewhere_resumes_from_its_own_checkpoints(synthetic_data, tmp_path):
+    config = TrainConfig(epochs=4, monitor="val_auc", early_stopping_patience=5, **TINY)
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        train(synthetic_data, tmp_path / "run", config, callbacks=[StopInThirdEpoch()])
+    moved = RunDir(tmp_path / "moved")
+    shutil.move(tmp_path / "run", moved.root)
+    last = torch.load(moved.last_checkpoint, weights_only=False)
+    assert last["epoch"] == 1  # every finished epoch, not only the improving ones
+    train(synthetic_data, moved.root, resume=True)
+    with moved.history.open() as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1, 2, 3]
+    best = torch.load(moved.checkpoints / "best.ckpt", weights_only=False)
+    assert moved.read_meta().best_epoch == best["epoch"]
+
+
+def test_an_interruption_before_the_first_epoch_ended_says_to_start_again(synthetic_data, tmp_path):
+    class StopAtOnce(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted, match="nothing to resume; delete"):
+        train(
+            synthetic_data,
+            tmp_path / "run",
+            TrainConfig(epochs=1, **TINY),
+            callbacks=[StopAtOnce()],
+        )
+
+
+def test_a_diverging_training_says_so(synthetic_data, tmp_path):
+    with pytest.raises(TrainingDiverged, match="lower lr"):
+        train(synthetic_data, tmp_path / "run", TrainConfig(epochs=1, lr=1e30, **TINY))
+
+
+def test_resume_takes_no_config_of_its_own(synthetic_data, tmp_path):
+    with pytest.raises(ConfigError, match="pass no config"):
+        train(synthetic_data, tmp_path / "run", TrainConfig(epochs=8), resume=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU this machine has")
+def test_a_gpu_asked_for_where_there_is_none_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="accelerator gpu"):
+        build_trainer(TrainConfig(accelerator="gpu"), RunDir(tmp_path / "run"), [])
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [dict(seed=-1), dict(split_seed=2**32), dict(lr=float("inf")), dict(lr=float("nan"))],
+)
+def test_seeds_and_rates_out_of_range_are_refused(settings):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        TrainConfig(**settings)
 
 
 def test_stored_preprocessing_reproduces_validation_scores(tiny_run):

@@ -1,17 +1,50 @@
-"""Lightning callbacks: one summary per trained epoch, as a CSV row and as a plain log line."""
+"""Lightning callbacks: one summary per trained epoch, as a CSV row and as a plain log line; a
+checkpoint callback whose state follows its run folder."""
 
 from __future__ import annotations
 
 import csv
 import io
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from pneumolab.files import atomic_write
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, whose restored state follows the run folder: a run moved or
+    copied elsewhere resumes with its own best checkpoint and best score (Lightning keeps just
+    the old folder's best path there, which loads another folder's weights, or none)."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if old and new and str(old) != str(new):
+            state_dict = _rebased(state_dict, str(old), str(new))
+        super().load_state_dict(state_dict)
+
+
+def _rebased(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """``state``'s checkpoint paths under ``old`` moved to the same names under ``new``."""
+
+    def moved(path: Any) -> Any:
+        inside = isinstance(path, str) and path and os.path.dirname(path) == old
+        return os.path.join(new, os.path.basename(path)) if inside else path
+
+    paths = ("best_model_path", "kth_best_model_path", "last_model_path")
+    return (
+        state
+        | {key: moved(state.get(key)) for key in paths if key in state}
+        | {
+            "dirpath": new,
+            "best_k_models": {moved(k): v for k, v in state.get("best_k_models", {}).items()},
+        }
+    )
 
 
 class EpochSummary(L.Callback):

@@ -13,10 +13,10 @@ from typing import Literal
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import (
     EarlyStopping,
     EMAWeightAveraging,
-    ModelCheckpoint,
     ProgressBar,
     StochasticWeightAveraging,
 )
@@ -25,11 +25,11 @@ from lightning.pytorch.loggers import Logger
 from pneumolab.choices import Precision
 from pneumolab.config import TrainConfig
 from pneumolab.data.dataset import DecodedImages
-from pneumolab.errors import PneumolabError
+from pneumolab.errors import ConfigError, PneumolabError
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.run import RunDir
 from pneumolab.run_meta import DistributedTraining, FeatureCacheStats, TrainingSummary
-from pneumolab.training.callbacks import HistoryCSV, progress_display
+from pneumolab.training.callbacks import HistoryCSV, RunCheckpoint, progress_display
 from pneumolab.training.datamodule import XrayDataModule
 from pneumolab.training.distill import Teacher
 from pneumolab.training.distributed import ProcessGroupExit, lightning_strategy, lr_factor
@@ -88,48 +88,63 @@ def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callba
     ``swa_epochs``, Lightning's SWA callback replaces the schedule's tail and its final
     (batch-norm) epoch, which the run keeps, holds the average.
     ``monitor: last`` keeps the final epoch (``best.ckpt`` is then the latest) and never stops
-    early."""
+    early; ``last.ckpt`` holds every finished epoch either way, for ``--resume``. A Lightning
+    configuration error (say, ``accelerator: gpu`` without one) is a ConfigError."""
     monitor = None if config.monitor == "last" else config.monitor
     mode = "max" if config.monitor == "val_auc" else "min"
-    checkpoint = ModelCheckpoint(
-        dirpath=run.checkpoints,
-        filename="best",
-        monitor=monitor,
-        mode=mode,
-        save_last=True,
-        save_on_train_epoch_end=True,  # after HistoryCSV's row: a resume neither loses nor repeats one
-    )
+    # saved after HistoryCSV's row: a resume neither loses nor repeats one
+    checkpoints = [
+        RunCheckpoint(
+            dirpath=run.checkpoints,
+            filename="best",
+            monitor=monitor,
+            mode=mode,
+            save_last=monitor is None,
+            save_on_train_epoch_end=True,
+        )
+    ]
+    if monitor is not None:  # Lightning writes `save_last` only with a new best: its own callback
+        checkpoints.append(
+            RunCheckpoint(dirpath=run.checkpoints, filename="last", save_on_train_epoch_end=True)
+        )
     progress = progress_display()
     stopping = (
         [EarlyStopping(monitor=monitor, mode=mode, patience=config.early_stopping_patience)]
         if monitor
         else []
     )
-    return L.Trainer(
-        max_epochs=config.epochs,
-        accelerator=config.accelerator,
-        devices=config.devices,
-        num_nodes=config.num_nodes,
-        strategy=lightning_strategy(
-            config.distributed_strategy, config.devices * config.num_nodes, config.head_epochs
-        ),
-        precision=resolve_precision(config.precision),
-        callbacks=[
-            *_weight_averaging(config),
-            checkpoint,
-            *stopping,
-            HistoryCSV(run.history),
-            progress,
-            *callbacks,
-            ProcessGroupExit(),
-        ],
-        logger=False,  # the experiment logger joins in fit(), once the run directory exists
-        log_every_n_steps=1,
-        enable_progress_bar=isinstance(progress, ProgressBar),
-        deterministic=False,
-        num_sanity_val_steps=0,
-        enable_model_summary=False,
-    )
+    every = [
+        *_weight_averaging(config),
+        *checkpoints,
+        *stopping,
+        HistoryCSV(run.history),
+        progress,
+        *callbacks,
+        ProcessGroupExit(),
+    ]
+    try:
+        return L.Trainer(
+            max_epochs=config.epochs,
+            accelerator=config.accelerator,
+            devices=config.devices,
+            num_nodes=config.num_nodes,
+            strategy=lightning_strategy(
+                config.distributed_strategy, config.devices * config.num_nodes, config.head_epochs
+            ),
+            precision=resolve_precision(config.precision),
+            callbacks=every,
+            logger=False,  # the experiment logger joins in fit(), once the run directory exists
+            log_every_n_steps=1,
+            enable_progress_bar=isinstance(progress, ProgressBar),
+            deterministic=False,
+            num_sanity_val_steps=0,
+            enable_model_summary=False,
+        )
+    except MisconfigurationException as exc:
+        raise ConfigError(
+            f"accelerator {config.accelerator}, devices {config.devices}, "
+            f"num_nodes {config.num_nodes}: {exc}"
+        ) from None
 
 
 def _weight_averaging(config: TrainConfig) -> list[L.Callback]:
@@ -197,6 +212,11 @@ def _run_fit(
             resume_from = data.run.last_checkpoint if resume else None
             trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     except SystemExit:  # Lightning turns Ctrl+C into sys.exit(1) after a graceful shutdown
+        if trainer.interrupted and not data.run.last_checkpoint.is_file():
+            raise TrainingInterrupted(
+                "training interrupted before its first epoch ended: nothing to resume; delete "
+                f"{data.run.root} and train again"
+            ) from None
         if trainer.interrupted:
             raise TrainingInterrupted(
                 "training interrupted; continue it with `pneumolab train --resume "
@@ -237,7 +257,8 @@ def fit(
     checkpoint = trainer.checkpoint_callback
     best_path = getattr(checkpoint, "best_model_path", "") or run.last_checkpoint
     best = torch.load(best_path, map_location="cpu", weights_only=True)
-    module.load_state_dict(best["state_dict"])  # module.model is the model or its head
+    if not config.swa_epochs:  # SWA's average reaches the module after the last checkpoint
+        module.load_state_dict(best["state_dict"])  # module.model is the model or its head
     model = built.model.cpu().float()
     cache_stats = (best.get(type(data).__qualname__) or {}).get("feature_cache")
     summary = TrainingSummary(

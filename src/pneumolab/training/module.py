@@ -14,11 +14,16 @@ from sklearn.metrics import roc_auc_score
 from timm.data.mixup import cutmix_bbox_and_lam
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from pneumolab.errors import PneumolabError
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.training.distill import Teacher
 from pneumolab.training.distributed import gather_rows, unique_by_index
 from pneumolab.training.frozen import FeatureHead
 from pneumolab.training.strategies import trainable_body_parameters
+
+
+class TrainingDiverged(PneumolabError):
+    """The weights blew up (non-finite scores): a learning rate too high for the model."""
 
 
 class ClassifierModule(L.LightningModule):
@@ -186,6 +191,11 @@ class ClassifierModule(L.LightningModule):
         )
         self._val_outputs.clear()
         probs, labels = unique_by_index(index, probs, labels)
+        if not torch.isfinite(probs).all():
+            raise TrainingDiverged(
+                f"training diverged in epoch {self.current_epoch}: the model's validation "
+                "scores are not finite numbers; train again with a lower lr, into a new --out"
+            )
         loss = F.binary_cross_entropy(probs.clamp(1e-7, 1 - 1e-7), labels)
         scores, truth = probs.cpu().numpy(), labels.cpu().numpy()
         auc = roc_auc_score(truth, scores) if len(np.unique(truth)) == 2 else float("nan")

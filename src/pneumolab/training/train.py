@@ -12,6 +12,7 @@ import lightning as L
 from safetensors.torch import save_file
 
 from pneumolab.config import TrainConfig, resolve_config
+from pneumolab.errors import ConfigError
 from pneumolab.files import write_atomically
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.models.registry import create_classifier
@@ -72,6 +73,10 @@ def train_model(
     directory; the other ranks read the split from it, train, and return None.
     """
     run = RunDir(Path(out_dir))
+    if resume and config is not None:
+        raise ConfigError(
+            f"{run.root}: resume continues with the run's own config.yaml; pass no config"
+        )
     if resume:
         check_run_dir(run.root, resume)  # only reads: every rank checks
         config = resolve_config(run.config)
