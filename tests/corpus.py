@@ -48,6 +48,16 @@ def png_header_only(width: int, height: int, bit_depth: int = 16) -> bytes:
 
 def dicom_with_empty_pixel_data() -> bytes:
     """A well-formed DX DICOM whose PixelData element is present but empty."""
+    return tiny_dicom(b"")
+
+
+def dicom_with_text_window() -> bytes:
+    """An 8 x 8 DX DICOM whose WindowCenter holds text (written as LO), as a broken modality's."""
+    return tiny_dicom(bytes(64), window_center="abcd")
+
+
+def tiny_dicom(pixel_data: bytes, window_center: str | None = None) -> bytes:
+    """An 8 x 8, 8-bit DX DICOM holding ``pixel_data`` (and a ``window_center`` as LO text)."""
     from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
     from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
 
@@ -60,7 +70,10 @@ def dicom_with_empty_pixel_data() -> bytes:
     ds.Rows = ds.Columns = 8
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation, ds.PixelData = 7, 0, b""
+    ds.HighBit, ds.PixelRepresentation, ds.PixelData = 7, 0, pixel_data
+    if window_center is not None:
+        ds.add_new(0x00281050, "LO", window_center)  # WindowCenter, whose VR is DS
+        ds.WindowWidth = 100
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
@@ -83,6 +96,11 @@ def write_corpus(folder: Path) -> dict[str, BadInput]:
         "bomb.png": (png_header_only(30_000, 30_000), "decompression bomb", 422),
         "dicom-junk.dcm": (b"\0" * 128 + b"DICM" + b"\xff" * 64, "DICOM", 422),
         "no-pixels.dcm": (dicom_with_empty_pixel_data(), "pixel data element is empty", 422),
+        "text-window.dcm": (
+            dicom_with_text_window(),
+            "corrupt or undecodable DICOM (TypeError",
+            422,
+        ),
         "a[/i]junk[bold].png": (b"junk with markup in its name", accepted, 415),
         os.fsdecode(b"caf\xe9-junk.jpeg"): (b"junk, name not UTF-8", accepted, 415),
     }

@@ -29,6 +29,10 @@ PairedCriterion = Literal["roc_auc", "shift_roc_auc"]
 """Selection criteria with per-image scores, so a paired bootstrap can tell models apart."""
 SelectBy = Literal[PairedCriterion, "worst_roc_auc", "shift_specificity", "accuracy", "specificity"]
 
+ONNX_OPSETS = range(9, 21)
+"""The ONNX opsets an export may ask for: those of PyTorch's TorchScript exporter."""
+DEFAULT_OPSET = 17
+
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 INTENSITIES: tuple[str, ...] = get_args(Intensity)
 BACKENDS: tuple[str, ...] = get_args(BackendName)

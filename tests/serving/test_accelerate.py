@@ -66,9 +66,45 @@ def test_failed_parity_writes_nothing(run, tmp_path, monkeypatch):
     failing = Parity(20, 1.0, 0.9, 0.3, 4, 4)
     monkeypatch.setattr(accelerate, "score_parity", lambda *args: failing)
     out = tmp_path / "m.int8.onnx"
-    with pytest.raises(ExportError, match=r"parity check against fp32 failed.*change -0\.1000"):
+    with pytest.raises(
+        ExportError, match=r"parity check against fp32 failed.*change -0\.1000"
+    ) as error:
         export_int8(run.root, out)
+    assert str(error.value).startswith(f"{out}: not written")  # the file asked for, not a temporary
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_int8_export_makes_its_folder_and_never_replaces_the_fp32_reference(run, tmp_path):
+    out = tmp_path / "new" / "folder" / "m.int8.onnx"
+    export_int8(run.root, out)
+    assert out.is_file()
+    with pytest.raises(OutputError, match="the parity check compares against"):
+        export_int8(run.root, run.onnx, overwrite=True)
+
+
+def test_an_ensemble_is_exported_member_by_member(run, tmp_path):
+    ensemble = RunDir(copy_run(run.root, tmp_path / "ens"))
+    ensemble.write_meta(ensemble.read_meta().model_copy(update={"members": ["a", "b"]}))
+    for export in (export_int8, export_openvino):
+        with pytest.raises(RunDirError, match="is an ensemble: export each member run"):
+            export(ensemble.root, tmp_path / "m.xml")
+
+
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [
+        (["--format", "onnx-int8", "--opset", "13"], "--opset with --format onnx-int8"),
+        (["--format", "openvino", "--verify", "a.png"], "--verify with --format openvino"),
+        (["--opset", "24"], "24 is out of range: must be >= 9 and <= 20"),
+    ],
+)
+def test_export_flags_that_would_do_nothing_or_fail_are_refused(run, flags, problem, capsys):
+    try:
+        code = main(["export", str(run.root), *flags])
+    except SystemExit as exit:  # argparse's own refusal
+        code = exit.code
+    assert code == 2
+    assert problem in " ".join(capsys.readouterr().err.split())
 
 
 def test_an_existing_file_is_replaced_only_when_asked(run, tmp_path, capsys):

@@ -63,3 +63,19 @@ def test_upload_shows_probability_label_and_heatmap(server, xray, tmp_path, chro
         artifacts = Path(os.environ["PNEUMOLAB_ARTIFACTS"])
         artifacts.mkdir(parents=True, exist_ok=True)
         shutil.copy(screenshot, artifacts / "serving_page.png")
+
+
+def test_a_plain_text_refusal_shows_its_status(server, xray, chromium):
+    """uvicorn's own 503 beyond --max-connections is plain text, not pneumolab's JSON."""
+    from playwright.sync_api import expect
+
+    page = chromium.new_page()
+    page.route(
+        "**/v1/predict*",
+        lambda route: route.fulfill(
+            status=503, body="Service Unavailable", content_type="text/plain"
+        ),
+    )
+    page.goto(server)
+    page.set_input_files("#file-input", str(xray))
+    expect(page.locator("#status")).to_have_text("Error 503: Service Unavailable", timeout=30_000)

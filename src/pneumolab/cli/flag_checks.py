@@ -20,6 +20,12 @@ def ignored_flags(args: argparse.Namespace) -> list[str]:
     ignored = []
     if getattr(args, "export", False) and args.backend != "onnx":
         ignored.append("--export without --backend onnx (it writes the missing model.onnx)")
+    if args.command == "export" and args.format != "onnx":
+        ignored += [
+            f"{flag} with --format {args.format} (it converts the run's model.onnx)"
+            for flag, given in (("--opset", args.opset is not None), ("--verify", args.verify))
+            if given
+        ]
     if args.command != "predict":
         return ignored
     if args.overwrite and args.out is None:

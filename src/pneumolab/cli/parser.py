@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TypeAlias
 
-from pneumolab.choices import BACKENDS, ENGINES, EXPORT_FORMATS, SPLITS
+from pneumolab.choices import BACKENDS, DEFAULT_OPSET, ENGINES, EXPORT_FORMATS, ONNX_OPSETS, SPLITS
 from pneumolab.cli import commands as cmd
 from pneumolab.cli import run_commands as run_cmd
 from pneumolab.cli.config_flags import add_config_flags
@@ -231,7 +231,11 @@ def _add_export(commands: Subcommands) -> None:
         help="file to write (default RUN_DIR/model.onnx, model.int8.onnx, model.openvino.xml)",
     )
     export.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    export.add_argument("--opset", type=bounded(int, 9, 25), default=17, help="ONNX opset version")
+    export.add_argument(
+        "--opset",
+        type=bounded(int, ONNX_OPSETS.start, ONNX_OPSETS.stop - 1),
+        help=f"ONNX opset version of --format onnx (default: {DEFAULT_OPSET})",
+    )
     export.add_argument(
         "--verify",
         nargs="+",

@@ -143,14 +143,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         parity = export(args.run_dir, args.out, overwrite=args.overwrite)
         console.print(f"exported {args.format}; parity with fp32 on {parity.summary()}")
         return 0
+    from pneumolab.choices import DEFAULT_OPSET
     from pneumolab.inference.predictor import expand_paths
     from pneumolab.run import RunDir
     from pneumolab.serving.export import export_onnx
 
     out = args.out or RunDir(args.run_dir).onnx
     verify = expand_paths(args.verify) if args.verify else None
+    opset = DEFAULT_OPSET if args.opset is None else args.opset
     report = export_onnx(
-        args.run_dir, out, verify_images=verify, opset=args.opset, overwrite=args.overwrite
+        args.run_dir, out, verify_images=verify, opset=opset, overwrite=args.overwrite
     )
     labels = (
         "identical"
@@ -186,8 +188,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(
         args.run_dir, backend=args.backend, limits=limits, cors_origins=args.cors_origin
     )
-    url = f"http://{args.host}:{args.port}/"
-    say(f"serving {args.run_dir} at ", (url, "bold"), " (API docs at /docs)")
+    url = f"http://{args.host}:{args.port}/" if args.port else f"{args.host}, on a free port"
+    say(
+        f"serving {args.run_dir} at ",
+        (url, "bold"),
+        " (API docs at /docs; uvicorn logs the address)",
+    )
     run_server(app, args.host, args.port, limits)
     return 0
 

@@ -33,7 +33,8 @@ def _check_pixel_count(width: int, height: int, max_pixels: int, source: str) ->
     if width * height > max_pixels:
         raise ImageLoadError(
             f"{source}: {width}x{height} pixels is over the limit of {max_pixels:,} pixels "
-            "(possible decompression bomb); raise max_pixels if the image is genuine"
+            "(possible decompression bomb); if the image is genuine, raise the limit "
+            "(Python API: max_pixels; pneumolab serve: --max-megapixels)"
         )
 
 

@@ -83,23 +83,44 @@ def validation_images(predictor: Predictor, run: RunDir, calibration: int) -> Va
 
 
 def _accept(
-    candidate: ExportedBackend, reference: OnnxBackend, images: ValidationImages, threshold: float
+    candidate: ExportedBackend,
+    reference: OnnxBackend,
+    images: ValidationImages,
+    threshold: float,
+    out_file: Path,
 ) -> Parity:
+    """The parity of ``candidate`` (to be written as ``out_file``) with the fp32 reference;
+    ExportError naming ``out_file`` where it fails."""
     expected, got = reference(images.parity), candidate(images.parity)
     if np.isfinite(expected.ood).all() and not np.isfinite(got.ood).all():
         raise ExportError(
-            f"{candidate.file}: gives no OOD score (the input-scope gate's) where the fp32 model "
-            "does; not written"
+            f"{out_file}: not written: the exported model gives no OOD score (the input-scope "
+            "gate's) where the fp32 model does"
         )
     parity = score_parity(expected.probability, got.probability, images.parity_labels, threshold)
     if not parity.accepted:
-        raise ExportError(f"{candidate.file}: parity check against fp32 failed: {parity.summary()}")
+        raise ExportError(
+            f"{out_file}: not written: parity check against fp32 failed: {parity.summary()}"
+        )
     return parity
 
 
-def _check_outputs(out_file: Path, overwrite: bool) -> None:
-    """OutputError unless ``out_file`` (and an OpenVINO graph's ``.bin`` beside it) may be
-    written: never a run's own file, an existing one only with ``overwrite``."""
+def _check_outputs(run_dir: Path, out_file: Path, overwrite: bool) -> None:
+    """RunDirError for an ensemble (each member is exported), OutputError unless ``out_file``
+    (and an OpenVINO graph's ``.bin`` beside it) may be written: never a run's own file, nor
+    its fp32 ``model.onnx`` (the parity check's reference), an existing one only with
+    ``overwrite``."""
+    run = RunDir(run_dir)
+    if run.read_meta().is_ensemble:
+        raise RunDirError(
+            f"{run.root} is an ensemble: export each member run (`--backend onnx-int8` or "
+            "`openvino` then loads each member's file)"
+        )
+    if out_file.resolve() == run.onnx.resolve():
+        raise OutputError(
+            f"{out_file}: the run's fp32 ONNX model, which the parity check compares against; "
+            "choose another --out"
+        )
     weights = [out_file.with_suffix(".bin")] if out_file.suffix == ".xml" else []
     for path in [out_file, *weights]:
         check_output(path, overwrite)
@@ -113,9 +134,10 @@ def _write_verified(
     reference = run_onnx_backend(run.root)
     predictor = Predictor(None, run.read_meta(), reference)
     images = validation_images(predictor, run, CALIBRATION_IMAGES)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_name("partial-" + out_file.name)
     try:
-        parity = _accept(write(tmp, images), reference, images, predictor.threshold)
+        parity = _accept(write(tmp, images), reference, images, predictor.threshold, out_file)
         for suffix in (".bin", out_file.suffix):  # OpenVINO's weights first, then its graph
             if tmp.with_suffix(suffix).is_file():
                 tmp.with_suffix(suffix).replace(out_file.with_suffix(suffix))
@@ -165,7 +187,7 @@ def export_int8(
 
     run_dir = Path(run_dir)
     out_file = Path(out_file) if out_file else run_dir / INT8_FILE_NAME
-    _check_outputs(out_file, overwrite)
+    _check_outputs(run_dir, out_file, overwrite)
 
     def write(tmp: Path, images: ValidationImages) -> ExportedBackend:
         fp32 = RunDir(run_dir).onnx
@@ -203,7 +225,7 @@ def export_openvino(
             f"{out_file}: an OpenVINO model is an .xml file (its weights go to a .bin beside it); "
             "give --out a name ending in .xml"
         )
-    _check_outputs(out_file, overwrite)
+    _check_outputs(run_dir, out_file, overwrite)
     ov = import_openvino()
 
     def write(tmp: Path, images: ValidationImages) -> ExportedBackend:

@@ -13,6 +13,7 @@ import onnx
 import torch
 
 import pneumolab
+from pneumolab.choices import DEFAULT_OPSET, ONNX_OPSETS
 from pneumolab.errors import ExportError
 from pneumolab.inference.onnx_backend import INPUT_NAME, OOD_OUTPUT_NAME, OUTPUT_NAME, OnnxBackend
 from pneumolab.inference.predictor import Predictor
@@ -114,7 +115,7 @@ def export_onnx(
     run_dir: str | Path,
     out_file: str | Path,
     verify_images: Sequence[Path] | None = None,
-    opset: int = 17,
+    opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Export the run's model to ONNX (dynamic batch; probabilities and OOD scores out, from one
@@ -127,6 +128,10 @@ def export_onnx(
     ``TOLERANCE`` of the threshold (which is itself a validation score); such flips are reported.
     An existing ``out_file`` is replaced only with ``overwrite``; a run's own files never are.
     """
+    if opset not in ONNX_OPSETS:
+        raise ValueError(
+            f"opset {opset}: PyTorch's exporter writes opsets {ONNX_OPSETS.start}-{ONNX_OPSETS.stop - 1}"
+        )
     run, out_file = RunDir(Path(run_dir)), check_output(out_file, overwrite)
     predictor = Predictor.from_run(run.root)
     model = predictor.require_model("ONNX export")

@@ -32,9 +32,11 @@ async function predict(file) {
   const query = heatmapAvailable ? "heatmap=true" : "preview=true";
   try {
     const response = await fetch(`/v1/predict?${query}`, { method: "POST", body });
-    const result = await response.json();
+    // pneumolab answers JSON; uvicorn's own limit (--max-connections) answers plain text
+    const json = (response.headers.get("content-type") || "").includes("application/json");
+    const result = json ? await response.json() : { detail: await response.text() };
     if (!response.ok) {
-      const detail = typeof result.detail === "string" ? result.detail : response.statusText;
+      const detail = typeof result.detail === "string" && result.detail ? result.detail : response.statusText;
       setStatus(`Error ${response.status}: ${detail}`, true);
       return;
     }
