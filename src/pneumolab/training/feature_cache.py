@@ -68,6 +68,10 @@ class FeatureCache:
         self.key_fields = key_fields
         self._file = self.folder / "features.pt"
 
+    def with_fields(self, **fields: Any) -> FeatureCache:
+        """The cache in the same folder whose key adds ``fields`` (what else shaped the features)."""
+        return FeatureCache(self.folder.parent, self.key_fields | fields)
+
     def _load(self) -> tuple[list[str], torch.Tensor | None]:
         if not self._file.is_file():
             return [], None

@@ -248,7 +248,8 @@ def fit(
     frozen = None
     if built.feature_cache is not None:
         bf16 = str(trainer.precision).startswith("bf16")
-        frozen = FrozenBackbone(built.model, built.feature_cache, config.intensity, bf16)
+        cache = built.feature_cache.with_fields(autocast="bf16" if bf16 else "none")  # bf16 ≠ fp32
+        frozen = FrozenBackbone(built.model, cache, config.intensity, bf16)
     data = XrayDataModule(run, data_root, config, frozen)
     module = _module(config, built, frozen, trainer)
     _run_fit(trainer, module, data, resume)
