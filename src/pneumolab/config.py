@@ -28,6 +28,7 @@ from pneumolab.choices import (
     Task,
     Tracking,
 )
+from pneumolab.data.patients import MAX_VAL_FRACTION
 from pneumolab.errors import ConfigError
 from pneumolab.files import write_text_atomically
 
@@ -101,7 +102,11 @@ class TrainConfig(BaseModel):
     lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate of the head")
     weight_decay: float = Field(default=1e-4, ge=0, description="AdamW weight decay")
     augment_strength: float = Field(
-        default=1.0, ge=0, description="scale of the training augmentation (0: none)"
+        default=1.0,
+        ge=0,
+        le=3,
+        description="scale of the training augmentation's ranges (0: none; beyond 3 crops and "
+        "exposure reach zero)",
     )
     augmentation: Augmentation = Field(
         default="acquisition",
@@ -183,7 +188,11 @@ class TrainConfig(BaseModel):
         "share their validation split, so they can form an ensemble of seeds",
     )
     val_fraction: float = Field(
-        default=0.15, gt=0, lt=0.5, description="share of patients carved out for validation"
+        default=0.15,
+        gt=0,
+        le=MAX_VAL_FRACTION,
+        description="share of patients carved out for validation: one of round(1/val_fraction) "
+        "folds",
     )
     target_sensitivity: Annotated[float, AfterValidator(check_target_sensitivity)] = Field(
         default=0.95, description="validation sensitivity the default threshold keeps"

@@ -223,9 +223,39 @@ def test_symlink_entry_rejected(tmp_path: Path) -> None:
 def test_non_zip_file_raises(tmp_path: Path) -> None:
     junk = tmp_path / "ChestXRay2017.zip"
     junk.write_bytes(b"<html>not a zip</html>")
-    with pytest.raises(FetchError, match="not a valid zip") as info:
+    with pytest.raises(FetchError, match="damaged or not a plain zip") as info:
         fetch(tmp_path / "data", from_zip=junk, progress=False)
     assert str(junk) in str(info.value)
+    assert junk.exists()  # the user's own file is never deleted
+
+
+def _damaged(archive: Path) -> bytes:
+    """``archive`` with a byte of its first member's data changed: its CRC no longer holds."""
+    data = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as zf:
+        first = zf.infolist()[0]
+    offset = first.header_offset + 30 + len(first.filename.encode())  # past the local header
+    data[offset] ^= 0xFF
+    return bytes(data)
+
+
+def test_a_damaged_download_is_deleted_so_that_the_next_fetch_gets_it_again(
+    tmp_path: Path, archive: Path, serve: Serve
+) -> None:
+    out = tmp_path / "data"
+    _, bad_url = serve(_damaged(archive))
+    with pytest.raises(FetchError, match=r"is damaged.*deleted, so that the next"):
+        fetch(out, url=bad_url, progress=False)
+    assert not (out / "ChestXRay2017.zip").exists()
+    _, good_url = serve(archive.read_bytes())
+    assert (fetch(out, url=good_url, progress=False) / "train" / "NORMAL" / "a.jpeg").is_file()
+
+
+def test_a_train_folder_is_found_whatever_its_case(tmp_path: Path) -> None:
+    upper = tmp_path / "upper.zip"
+    with zipfile.ZipFile(upper, "w") as zf:
+        zf.writestr("chest_xray/Train/NORMAL/a.jpeg", b"x")
+    assert extract(upper, tmp_path / "data") == tmp_path / "data" / "chest_xray"
 
 
 def test_archive_without_train_folder_raises(tmp_path: Path) -> None:

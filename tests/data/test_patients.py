@@ -184,7 +184,7 @@ def test_too_few_patients_is_a_clear_error(tmp_path: Path) -> None:
         grouped_split(samples, val_fraction=0.15)
 
 
-@pytest.mark.parametrize("val_fraction", [0.0, -0.1, 0.5, 0.9, 1.0, 1.5])
+@pytest.mark.parametrize("val_fraction", [0.0, -0.1, 0.4, 0.5, 0.9, 1.0, 1.5])
 def test_invalid_val_fraction(samples: list[Sample], val_fraction: float) -> None:
     with pytest.raises(ValueError, match="val_fraction"):
         grouped_split(samples, val_fraction=val_fraction)

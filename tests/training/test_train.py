@@ -14,7 +14,7 @@ import torch
 
 from conftest import copy_run
 from pneumolab.config import TrainConfig, resolve_config
-from pneumolab.errors import ConfigError, RunDirError
+from pneumolab.errors import ConfigError, DataLayoutError, RunDirError
 from pneumolab.pipeline.train import train
 from pneumolab.run import RunDir
 from pneumolab.training.fit import TrainingInterrupted, build_trainer
@@ -168,9 +168,20 @@ def test_a_gpu_asked_for_where_there_is_none_is_a_config_error(tmp_path):
         build_trainer(TrainConfig(accelerator="gpu"), RunDir(tmp_path / "run"), [])
 
 
+def test_a_subset_too_close_to_the_whole_says_which_setting(synthetic_data, tmp_path):
+    with pytest.raises(DataLayoutError, match="max_train_images 23 of 24 images"):
+        train(synthetic_data, tmp_path / "run", TrainConfig(max_train_images=23, **TINY))
+
+
 @pytest.mark.parametrize(
     "settings",
-    [dict(seed=-1), dict(split_seed=2**32), dict(lr=float("inf")), dict(lr=float("nan"))],
+    [
+        dict(seed=-1),
+        dict(split_seed=2**32),
+        dict(lr=float("inf")),
+        dict(lr=float("nan")),
+        dict(augment_strength=4),
+    ],
 )
 def test_seeds_and_rates_out_of_range_are_refused(settings):
     from pydantic import ValidationError

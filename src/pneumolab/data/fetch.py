@@ -12,6 +12,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from rich.console import Console
@@ -141,6 +142,10 @@ def download(
     return dest
 
 
+class DamagedArchive(FetchError):
+    """The archive cannot be extracted: damaged, encrypted or compressed in an unknown way."""
+
+
 def _is_junk(name: str) -> bool:
     """macOS metadata that ships inside many zip archives."""
     path = PurePosixPath(name)
@@ -157,6 +162,13 @@ def _check_entry(zip_path: Path, info: zipfile.ZipInfo, base: Path) -> None:
         raise FetchError(f"{zip_path}: entry {name!r} is a symlink; refusing to extract it")
 
 
+def _above_train(name: str) -> PurePosixPath | None:
+    """The folder above an entry's ``train/`` folder (any case, as dataset scans match it)."""
+    parts = PurePosixPath(name).parts
+    lowered = [part.lower() for part in parts]
+    return PurePosixPath(*parts[: lowered.index("train")]) if "train" in lowered else None
+
+
 def extract(zip_path: Path, out_dir: Path) -> Path:
     """Safely extract zip_path into out_dir (every entry is checked before anything is written)
     and return the dataset root: the shallowest extracted folder that contains ``train/``."""
@@ -170,19 +182,16 @@ def extract(zip_path: Path, out_dir: Path) -> Path:
                 _check_entry(zip_path, info, base)
             for info in members:
                 archive.extract(info, base)
-    except zipfile.BadZipFile as exc:
-        raise FetchError(f"{zip_path} is not a valid zip archive ({exc}); fetch it again") from exc
+    except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as exc:
+        # a broken central directory or stream, a cut member, encryption, an unknown method
+        raise DamagedArchive(f"{zip_path} is damaged or not a plain zip archive ({exc})") from exc
     except OSError as exc:
         raise FetchError(f"Could not extract {zip_path} into {out_dir}: {exc}") from exc
-    roots = {
-        PurePosixPath(*parts[: parts.index("train")])
-        for info in members
-        if "train" in (parts := PurePosixPath(info.filename).parts)
-    }
+    roots = {above for info in members if (above := _above_train(info.filename)) is not None}
     found = sorted((out_dir / r for r in roots), key=lambda p: (len(p.parts), str(p)))
-    for root in found:
-        if (root / "train").is_dir():
-            return root
+    for folder in found:
+        if any(p.is_dir() and p.name.lower() == "train" for p in folder.iterdir()):
+            return folder
     raise FetchError(f"{zip_path} has no train/ folder; is it the Kermany ChestXRay2017 archive?")
 
 
@@ -204,4 +213,12 @@ def fetch(
         if not archive.is_file():
             raise FetchError(f"{archive}: no such file")
         _check_sha256(archive, sha256, remove=from_zip is None)
-    return extract(archive, out_dir)
+    try:
+        return extract(archive, out_dir)
+    except DamagedArchive as exc:
+        if from_zip is not None:
+            raise
+        archive.unlink(missing_ok=True)  # a download of ours: kept, it would be reused forever
+        raise FetchError(
+            f"{exc}; deleted, so that the next `pneumolab data fetch` downloads it again"
+        ) from None

@@ -23,6 +23,11 @@ _PATIENT_PATTERNS = (
 )
 
 
+MAX_VAL_FRACTION = 0.35
+"""The largest validation share: one of round(1 / 0.35) = 3 folds, so validation stays the
+smaller side (0.4 would round to two folds: half the patients)."""
+
+
 def patient_id(file_name: str) -> str:
     """Patient ID parsed from a file name; an unrecognised name is its own patient (its stem)."""
     for pattern in _PATIENT_PATTERNS:
@@ -71,8 +76,8 @@ def grouped_split(
 
     No patient (nor any byte-identical duplicate) ends up on both sides.
     """
-    if not 0.0 < val_fraction < 0.5:
-        raise ValueError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
+    if not 0.0 < val_fraction <= MAX_VAL_FRACTION:
+        raise ValueError(f"val_fraction must be in (0, {MAX_VAL_FRACTION}], got {val_fraction}")
     labels = np.array([s.label for s in samples])
     groups = split_groups(samples)
     n_splits = max(2, round(1.0 / val_fraction))

@@ -47,7 +47,8 @@ class BatchAugmentation(torch.nn.Module):
     """The training augmentation on a whole ``(B, 1, H, W)`` uint8 batch at once: one random draw
     per image, applied with a handful of batched tensor operations (one ``grid_sample`` for the
     geometry), so it runs on the training device beside the model instead of image by image in
-    loader workers (``strength`` 0 = none; every range scales with it).
+    loader workers (``strength`` 0 = none, up to 3; the ranges of the base policy and the wider
+    crops scale with it, the ``acquisition`` steps below do not).
 
     Per image: a random resized crop (area 70-100 %, aspect 0.85-1.15) composed with a rotation
     (±10°) and a shift (±5 %), zero fill; brightness and contrast (±30 %), gamma (1/1.5-1.5);
@@ -55,13 +56,17 @@ class BatchAugmentation(torch.nn.Module):
     (σ up to 5 % of full scale).
 
     ``acquisition`` adds what another site's detector and radiographer change: crops up to 145 %
-    of the area (a wider field of view, black border), and, each with probability 0.5, black
-    collimation bands (3-12 % of the side) on one or two sides, resolution loss (down to 50-80 %
-    and back up) and uneven exposure (a smooth 4x4 gain field, ±25 %).
+    of the area (a wider field of view, black border), and, each step on a random half of the
+    batch, black collimation bands (3-12 % of the side, each side with probability 0.35: of
+    the images that get them, about five in six have one or two banded sides, one in six three
+    or four; 41 % of all images are banded), resolution loss (down to 50-80 % and back up, one factor per
+    batch) and uneven exposure (a smooth 4x4 gain field, ±25 %).
     """
 
     def __init__(self, strength: float = 1.0, acquisition: bool = False) -> None:
         super().__init__()
+        if not 0 <= strength <= 3:
+            raise ValueError(f"augmentation strength {strength}: must be in [0, 3]")
         self.strength = strength
         self.acquisition = acquisition
 

@@ -31,7 +31,13 @@ def _subset(samples: list[Sample], size: int | None, seed: int) -> list[Sample]:
     if size is None or size >= len(samples):
         return samples
     labels = [s.label for s in samples]
-    kept, _ = train_test_split(samples, train_size=size, stratify=labels, random_state=seed)
+    try:
+        kept, _ = train_test_split(samples, train_size=size, stratify=labels, random_state=seed)
+    except ValueError as exc:  # a class too small to be on both sides of the cut
+        raise DataLayoutError(
+            f"max_train_images {size} of {len(samples)} images: no stratified subset ({exc}); "
+            "choose a size that leaves at least two images of each class out, or none"
+        ) from None
     return sorted(kept, key=lambda s: s.path)
 
 
