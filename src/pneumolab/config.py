@@ -280,6 +280,22 @@ class TrainConfig(BaseModel):
         return self.seed if self.split_seed is None else self.split_seed
 
 
+RUN_ENVIRONMENT = frozenset({"num_workers", "tracking", "feature_cache"})
+"""Settings of how a run is carried out (loader processes, experiment tracking, where features
+are cached), not of the network it trains."""
+
+
+def network_settings(config: TrainConfig) -> dict[str, Any]:
+    """The settings that shape the trained network: all but :data:`RUN_ENVIRONMENT`, the split
+    seed as used (``split_seed`` none means the seed) and paths (weights, teacher) resolved, so
+    that two spellings of one file are one setting."""
+    settings = config.model_dump(exclude=set(RUN_ENVIRONMENT)) | {"split_seed": config.data_seed}
+    for key in ("weights", "teacher"):
+        if settings[key] is not None:
+            settings[key] = str(Path(settings[key]).resolve())
+    return settings
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with errors that name the file."""
     path = Path(path)

@@ -161,6 +161,101 @@ def test_changed_settings_of_a_finished_model_are_refused(study, tmp_path, capsy
     assert "trained with other settings (lr)" in capsys.readouterr().err
 
 
+def test_a_refused_study_leaves_its_copy_as_it_was(study, tmp_path, capsys):
+    root, data, _, _ = study
+    out = tmp_path / "out"
+    shutil.copytree(root / "out", out, symlinks=True)
+    before = (out / "study.yaml").read_text()
+    changed = _study_file(
+        tmp_path / "changed.yaml", [{"name": "small", "model": "pneumolab_cnn_small", "lr": 0.01}]
+    )
+    assert main(["study", str(changed), "--data", str(data), "--out", str(out)]) == 2
+    assert (out / "study.yaml").read_text() == before
+
+
+def test_a_model_and_an_ensemble_never_take_each_others_folder(study, tmp_path, capsys):
+    root, data, _, _ = study
+    out = tmp_path / "out"
+    shutil.copytree(root / "out", out, symlinks=True)
+    models = [{"name": "small", "model": "pneumolab_cnn_small"}]
+    as_model = _study_file(
+        tmp_path / "m.yaml",
+        [*models, {"name": "pair", "model": "pneumolab_cnn_small", "lr": 0.003}],
+    )
+    assert main(["study", str(as_model), "--data", str(data), "--out", str(out)]) == 2
+    assert "runs/pair: holds an ensemble" in " ".join(capsys.readouterr().err.split())
+    separable = {"name": "separable", "model": "pneumolab_cnn_separable", "lr": 0.003}
+    as_ensemble = _study_file(
+        tmp_path / "e.yaml",
+        [*models, separable | {"name": "other"}],
+        [{"name": "separable", "members": ["small", "other"]}],
+    )
+    assert main(["study", str(as_ensemble), "--data", str(data), "--out", str(out)]) == 2
+    assert "runs/separable: holds a trained model" in " ".join(capsys.readouterr().err.split())
+    assert (out / "runs" / "separable" / "model.safetensors").is_file()  # never deleted
+
+
+def test_command_line_settings_are_recorded_in_the_copy_and_run_environment_ignored(
+    study, tmp_path
+):
+    root, data, _, _ = study
+    out = tmp_path / "out"
+    shutil.copytree(root / "out" / "runs" / "small", out / "runs" / "small")
+    one = _study_file(tmp_path / "one.yaml", [{"name": "small", "model": "pneumolab_cnn_small"}])
+    weights = out / "runs" / "small" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    flags = ["--num-workers", "1", "--tracking", "tensorboard", "--target-sensitivity", "0.95"]
+    assert main(["study", str(one), "--data", str(data), "--out", str(out), *flags]) == 0
+    assert weights.stat().st_mtime_ns == stamp  # how a run is carried out changes no network
+    copy = yaml.safe_load((out / "study.yaml").read_text())
+    assert copy["overrides"] == {
+        "num_workers": 1,
+        "tracking": "tensorboard",
+        "target_sensitivity": 0.95,
+    }
+    assert main(["study", str(out / "study.yaml"), "--data", str(data), "--out", str(out)]) == 0
+
+
+def test_models_validated_on_different_splits_are_refused(study, tmp_path, capsys):
+    root, data, _, _ = study
+    out = tmp_path / "out"
+    for name in ("small", "separable"):
+        shutil.copytree(root / "out" / "runs" / name, out / "runs" / name)
+    split = out / "runs" / "separable" / "split.csv"
+    rows = split.read_text().splitlines()
+    split.write_text("\n".join([rows[0], *rows[:0:-1]]) + "\n")  # another order: another file
+    models = [
+        {"name": "small", "model": "pneumolab_cnn_small"},
+        {"name": "separable", "model": "pneumolab_cnn_separable", "lr": 0.003},
+    ]
+    assert (
+        main(
+            [
+                "study",
+                str(_study_file(tmp_path / "s.yaml", models)),
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
+    assert "must be validated on one split" in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_study_that_could_run_nothing_leaves_no_earlier_choice(study, tmp_path):
+    root, data, _, _ = study
+    out = tmp_path / "out"
+    shutil.copytree(root / "out", out, symlinks=True)
+    assert (out / "best").is_symlink()
+    nothing = _study_file(
+        tmp_path / "n.yaml", [{"name": "vgg", "model": "vgg19", "pretrained": True}]
+    )
+    assert main(["study", str(nothing), "--data", str(data), "--out", str(out)]) == 1
+    assert not (out / "best").exists() and not (out / "selection.md").exists()
+
+
 def test_compare_builds_the_same_table_from_runs(study, tmp_path, capsys):
     root, data, _, _ = study
     capsys.readouterr()
@@ -323,7 +418,7 @@ def test_compare_refuses_a_run_given_twice_names_namesakes_and_leaves_no_stale_f
     assert [p.name for p in (out / "confusion").iterdir()] == ["small.png"]  # no stale figure
 
 
-TWIN_SETTING = {"num_workers": 1}  # changes no network: the twin is reused, never trained
+TWIN_SETTING = {"label_smoothing": 0.01}  # another network, on paper: reused, never trained
 
 
 def _twin_runs(study, dest: Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pneumolab.choices import PAIRED_CRITERIA, ComparisonBackend, SelectBy
-from pneumolab.config import TrainConfig, load_yaml, resolve_config, validation_problems
+from pneumolab.config import (
+    TrainConfig,
+    load_yaml,
+    network_settings,
+    resolve_config,
+    validation_problems,
+)
 from pneumolab.errors import ConfigError
 
 SPLIT_SETTINGS = ("split_seed", "val_fraction", "max_train_images")
@@ -51,6 +58,11 @@ class StudyConfig(BaseModel):
         "fewest parameters (an ensemble counts its members'); select_by roc_auc or "
         "shift_roc_auc",
     )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="settings applied to every model last, as command-line flags are (a study's "
+        "copy, STUDY_DIR/study.yaml, records the flags it ran with here)",
+    )
     backend: ComparisonBackend = Field(
         default="torch",
         description="what scores the comparison: onnx exports each network (verified against "
@@ -71,10 +83,11 @@ class StudyConfig(BaseModel):
         return self
 
     def train_configs(self, overrides: dict[str, Any] | None = None) -> dict[str, TrainConfig]:
-        """Each model's TrainConfig: defaults < the model's entry < ``overrides`` (CLI flags)."""
+        """Each model's TrainConfig: defaults < the model's entry < the file's ``overrides`` <
+        ``overrides`` (CLI flags)."""
         configs: dict[str, TrainConfig] = {}
         entries: dict[str, dict[str, Any]] = {}
-        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        given = self.overrides | flags_given(overrides)
         for index, entry in enumerate(self.models):
             entry = dict(entry)
             name = str(entry.pop("name", ""))
@@ -125,6 +138,11 @@ class StudyConfig(BaseModel):
         return configs
 
 
+def flags_given(overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The settings a command line set (its unset flags are None)."""
+    return {k: v for k, v in (overrides or {}).items() if v is not None}
+
+
 def _refuse_twins(
     configs: dict[str, TrainConfig], entries: dict[str, dict[str, Any]], flags: dict[str, Any]
 ) -> None:
@@ -132,7 +150,7 @@ def _refuse_twins(
     flag on the command line, say, overriding the seeds that tell the study's models apart)."""
     first_with: dict[str, str] = {}
     for name, config in configs.items():
-        settings = config.model_dump_json()
+        settings = json.dumps(network_settings(config), sort_keys=True)
         if settings in first_with:
             twin = first_with[settings]
             culprits = sorted(f for f in flags if f in entries[twin] or f in entries[name])

@@ -9,7 +9,7 @@ STUDY_DIR/
   results.csv|md|png   the comparison table and bar chart (validation split)
   confusion/<name>.png confusion matrix per model
   samples.png          sample X-rays per class
-  study.yaml           the study file as run
+  study.yaml           the study file as run (its command-line settings as ``overrides``)
 ```
 """
 
@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from pneumolab.config import TrainConfig, resolve_config
+from pneumolab.config import TrainConfig, load_yaml, network_settings, resolve_config
 from pneumolab.data.layout import CLASS_NAMES, find_splits, scan_split
 from pneumolab.errors import ConfigError, OutputError, PneumolabError
 from pneumolab.evaluation.comparison import (
@@ -40,7 +41,7 @@ from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.pipeline.ensemble import build_ensemble
 from pneumolab.pipeline.train import train
 from pneumolab.run import RunDir
-from pneumolab.study.config import load_study
+from pneumolab.study.config import flags_given, load_study
 from pneumolab.training.distributed import global_rank
 from pneumolab.training.fit import TrainingInterrupted
 
@@ -65,20 +66,82 @@ class StudyResult:
     it."""
 
 
-def _train_or_reuse(name: str, config: TrainConfig, data_dir: Path, run: RunDir) -> None:
-    """Train ``name``; a finished run is reused (if its config is the same), an interrupted one
-    resumed, and a folder left before the first checkpoint started again."""
+def _check_model_run(config: TrainConfig, run: RunDir) -> None:
+    """ConfigError where the folder of a model of the study holds another network: one trained
+    with other settings, or an ensemble (a study file that renamed its entries)."""
     if run.config.is_file():
-        saved_config = resolve_config(run.config)  # fields added since: defaults
-        # split_seed none means "the seed": compare the split each one really used
-        saved = saved_config.model_dump() | {"split_seed": saved_config.data_seed}
-        wanted = config.model_dump() | {"split_seed": config.data_seed}
+        saved = network_settings(resolve_config(run.config))  # fields added since: defaults
+        wanted = network_settings(config)
         changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
         if changed:
             raise ConfigError(
                 f"{run.root}: trained with other settings ({', '.join(changed)}); rename the "
                 "model in the study file or delete that run directory"
             )
+    elif run.is_complete():
+        raise ConfigError(
+            f"{run.root}: holds an ensemble (or a run without its config.yaml), not this model; "
+            "rename the model in the study file or delete that run directory"
+        )
+
+
+def _check_ensemble_run(run: RunDir) -> None:
+    """ConfigError where the folder of an ensemble of the study holds a trained model, which
+    rebuilding the ensemble there would delete."""
+    if run.config.is_file() or run.weights.is_file():
+        raise ConfigError(
+            f"{run.root}: holds a trained model, not this ensemble; rename the ensemble in the "
+            "study file or move that run elsewhere"
+        )
+
+
+def _check_outputs(study_dir: Path, configs: dict[str, TrainConfig], ensembles: list[str]) -> None:
+    """Every refusal that needs no training, before anything is written: run folders holding
+    other networks, a ``best`` that is not a link."""
+    for name, config in configs.items():
+        _check_model_run(config, RunDir(study_dir / "runs" / name))
+    for name in ensembles:
+        _check_ensemble_run(RunDir(study_dir / "runs" / name))
+    best = study_dir / "best"
+    if best.exists() and not best.is_symlink():
+        raise OutputError(
+            f"{best}: not a link (a copy?); move it away, the study links its choice there"
+        )
+
+
+def _write_study_copy(study_file: Path, copy: Path, flags: dict[str, Any]) -> None:
+    """``STUDY_DIR/study.yaml``: the study file as run, the command line's settings included
+    (its ``overrides``), so that the study resumes from it alone."""
+    if not flags and copy.exists() and copy.samefile(study_file):  # resumed from its own copy
+        return
+    if not flags:
+        shutil.copyfile(study_file, copy)
+        return
+    text = load_yaml(study_file)
+    text["overrides"] = text.get("overrides", {}) | flags
+    write_text_atomically(copy, yaml.safe_dump(text, sort_keys=False))
+
+
+def _check_one_split(runs: dict[str, RunDir]) -> None:
+    """ConfigError where two models of the study were validated on different splits (a run
+    kept from another ``--data``, or from a pneumolab that split otherwise)."""
+    splits = {name: run.split.read_bytes() for name, run in runs.items() if run.split.is_file()}
+    if not splits:
+        return
+    first = next(iter(splits))
+    for name, split in splits.items():
+        if split != splits[first]:
+            raise ConfigError(
+                f"{runs[name].split} and {runs[first].split} differ: the study's models must be "
+                f"validated on one split; delete the run of '{name}' (or '{first}') to train it "
+                "again on this data"
+            )
+
+
+def _train_or_reuse(name: str, config: TrainConfig, data_dir: Path, run: RunDir) -> None:
+    """Train ``name``; a finished run is reused (:func:`_check_model_run` has checked its
+    settings), an interrupted one resumed, and a folder left before the first checkpoint
+    started again."""
     if run.is_complete():
         log.info("%s: finished earlier, not retrained", name)
         return
@@ -155,11 +218,10 @@ def run_study(
     data_dir, study_dir = Path(data_dir).resolve(), Path(out_dir)
     if RunDir(study_dir).looks_like_run:
         raise OutputError(f"{study_dir}: is a run directory; give the study a folder of its own")
+    _check_outputs(study_dir, configs, [ensemble.name for ensemble in study.ensembles])
     if global_rank() == 0:
         (study_dir / "runs").mkdir(parents=True, exist_ok=True)
-        copy = study_dir / "study.yaml"
-        if not (copy.exists() and copy.samefile(study_file)):  # resumed from its own copy
-            shutil.copyfile(study_file, copy)
+        _write_study_copy(Path(study_file), study_dir / "study.yaml", flags_given(overrides))
     failed: dict[str, str] = {}
     finished: dict[str, RunDir] = {}
     for name, config in configs.items():
@@ -174,6 +236,7 @@ def run_study(
             failed[name] = str(exc)
     if global_rank() != 0:
         return StudyResult([], None, failed)
+    _check_one_split(finished)
     for ensemble in study.ensembles:
         run = RunDir(study_dir / "runs" / ensemble.name)
         missing = [m for m in ensemble.members if m not in finished]
@@ -198,7 +261,9 @@ def run_study(
     cache.log_use()
     outputs = write_comparison(rows, study_dir, "val", failed)
     outputs["samples"] = _sample_grid(data_dir, study_dir / "samples.png")
-    if not rows:
+    if not rows:  # nothing to select: no choice of an earlier study file stays behind
+        (study_dir / "best").unlink(missing_ok=True)
+        (study_dir / "selection.md").unlink(missing_ok=True)
         return StudyResult(rows, None, failed, outputs, study.select_by)
     leader = leading_model(rows, study.select_by)
     margins = margins_over(finished, leader, study.select_by)
