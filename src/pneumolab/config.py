@@ -28,7 +28,6 @@ from pneumolab.choices import (
     Task,
     Tracking,
 )
-from pneumolab.data.patients import MAX_VAL_FRACTION
 from pneumolab.errors import ConfigError
 from pneumolab.files import write_text_atomically
 
@@ -41,6 +40,11 @@ def check_target_sensitivity(value: float) -> float:
     if not 0.0 < value <= 1.0:  # NaN fails too
         raise ValueError(f"target sensitivity must be in (0, 1], got {value}")
     return value
+
+
+MAX_VAL_FRACTION = 0.35
+"""The largest validation share: one of round(1 / 0.35) = 3 folds, so validation stays the
+smaller side (0.4 would round to two folds: half the patients)."""
 
 
 class TrainConfig(BaseModel):

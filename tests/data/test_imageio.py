@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from pneumolab.data.imageio import (
-    SOURCE_SIZE,
     array_to_image,
     load_image,
     resize_square,
+    source_size,
     to_grayscale,
 )
 from pneumolab.errors import ImageLoadError
@@ -238,9 +238,10 @@ def test_a_reduced_decode_keeps_the_files_own_size(tmp_path: Path) -> None:
     path = tmp_path / "large.jpeg"
     Image.new("L", (2000, 1600), 100).save(path)
     image = load_image(path, size_hint=224)
-    assert image.size == (500, 400) and image.info[SOURCE_SIZE] == (2000, 1600)
+    assert image.size == (500, 400) and source_size(image) == (2000, 1600)
+    assert source_size(image.resize((8, 8))) == (8, 8)  # changed since: its own size
     turned = _jpeg_with_orientation(tmp_path / "turned.jpeg", (2000, 1600), 6)
-    assert load_image(turned, size_hint=224).info[SOURCE_SIZE] == (1600, 2000)
+    assert source_size(load_image(turned, size_hint=224)) == (1600, 2000)
 
 
 BROKEN_EXIF = (  # an orientation of 6, then an ASCII entry whose offset runs past the block

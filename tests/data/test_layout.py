@@ -228,6 +228,8 @@ def test_linked_folders_are_followed_once_and_unreadable_ones_listed(
 
     site = tmp_path / "site"
     _touch(site / "a.jpeg")
+    _touch(site / "zreal" / "d.png")
+    (site / "alias").symlink_to(site / "zreal")  # listed under its real name, whatever the order
     _touch(tmp_path / "elsewhere" / "b.png")
     (site / "linked").symlink_to(tmp_path / "elsewhere")
     (site / "loop").symlink_to(site)  # back up the tree: walked once
@@ -240,4 +242,9 @@ def test_linked_folders_are_followed_once_and_unreadable_ones_listed(
         return scandir(path)
 
     monkeypatch.setattr(os, "scandir", refuse_locked)
-    assert image_files(site) == [site / "a.jpeg", site / "linked" / "b.png", site / "locked"]
+    assert image_files(site) == [
+        site / "a.jpeg",
+        site / "linked" / "b.png",
+        site / "locked",
+        site / "zreal" / "d.png",
+    ]

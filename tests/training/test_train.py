@@ -131,11 +131,14 @@ def test_a_monitored_run_moved_elsewhere_resumes_from_its_own_checkpoints(synthe
     shutil.move(tmp_path / "run", moved.root)
     last = torch.load(moved.last_checkpoint, weights_only=False)
     assert last["epoch"] == 1  # every finished epoch, not only the improving ones
+    kept = [key for key in last["callbacks"] if "Checkpoint" in key]
+    assert len(kept) == 2 and all(key.startswith("ModelCheckpoint{") for key in kept)  # as before
     train(synthetic_data, moved.root, resume=True)
     with moved.history.open() as f:
         assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1, 2, 3]
     best = torch.load(moved.checkpoints / "best.ckpt", weights_only=False)
     assert moved.read_meta().best_epoch == best["epoch"]
+    assert sorted(p.name for p in moved.checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
 def test_an_interruption_before_the_first_epoch_ended_says_to_start_again(synthetic_data, tmp_path):

@@ -19,8 +19,9 @@ from pneumolab.errors import ImageLoadError
 log = logging.getLogger(__name__)
 
 SOURCE_SIZE = "pneumolab.source_size"
-"""Key of ``Image.info`` where :func:`load_image` keeps the file's own (width, height), upright:
-a JPEG decoded at reduced scale is smaller, and the scope checks judge the file's size."""
+"""Key of ``Image.info`` where :func:`load_image` keeps the file's own (width, height), upright,
+and the size it decoded to: a JPEG decoded at reduced scale is smaller, and the scope checks
+judge the file's size (:func:`source_size`)."""
 DEFAULT_MAX_PIXELS = 50_000_000
 """Largest image accepted (width x height); larger ones are refused as possible decompression bombs."""
 
@@ -144,7 +145,8 @@ def reading(path: Path, kind: str) -> Iterator[None]:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise ImageLoadError(f"{path}: a folder without images ({suffixes}) in it") from None
     except PermissionError:
-        raise ImageLoadError(f"{path}: file not readable (permission denied)") from None
+        kind = "folder" if path.is_dir() else "file"
+        raise ImageLoadError(f"{path}: {kind} not readable (permission denied)") from None
     except UnidentifiedImageError:
         raise ImageLoadError(
             f"{path}: not an image file of an accepted format ({ACCEPTED})"
@@ -199,8 +201,17 @@ def load_image(
         decoded = opened.size
         image = to_grayscale(upright(opened, str(path)))
         image = image.copy() if image is opened else image  # readable once the file is closed
-        image.info[SOURCE_SIZE] = stored[::-1] if image.size != decoded else stored  # EXIF turns
+        upright_size = stored[::-1] if image.size != decoded else stored  # EXIF turned it
+        image.info[SOURCE_SIZE] = (upright_size, image.size)
         return image
+
+
+def source_size(image: Image.Image) -> tuple[int, int]:
+    """The (width, height) of the file ``image`` was decoded from, where :func:`load_image`
+    recorded it and the image is still as decoded (Pillow copies ``info`` into a resized or
+    cropped image too); else the image's own."""
+    recorded = image.info.get(SOURCE_SIZE)
+    return recorded[0] if recorded and tuple(recorded[1]) == image.size else image.size
 
 
 def resize_square(image: Image.Image, size: int) -> np.ndarray:

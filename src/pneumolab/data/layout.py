@@ -70,6 +70,7 @@ def image_files(folder: Path) -> list[Path]:
             folders.clear()
             continue
         walked.add(real)
+        folders.sort(key=lambda name: os.path.islink(os.path.join(root, name)))  # real first
         for name in names:
             path = Path(root, name)
             if listed_as_image(path) or (path.is_file() and has_dicom_header(path)):

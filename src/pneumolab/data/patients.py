@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pneumolab.config import MAX_VAL_FRACTION
 from pneumolab.errors import DataLayoutError
 from pneumolab.files import sha256_of
 
@@ -21,11 +22,6 @@ _PATIENT_PATTERNS = (
     re.compile(r"^(person\d+)_", re.IGNORECASE),
     re.compile(r"^((?:NORMAL2-)?IM-\d+)-", re.IGNORECASE),
 )
-
-
-MAX_VAL_FRACTION = 0.35
-"""The largest validation share: one of round(1 / 0.35) = 3 folds, so validation stays the
-smaller side (0.4 would round to two folds: half the patients)."""
 
 
 def patient_id(file_name: str) -> str:

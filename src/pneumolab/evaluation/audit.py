@@ -8,6 +8,7 @@ with its reasons says whether to trust the model there; nothing here needs label
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -223,8 +224,14 @@ def audit_folder(
 ) -> SiteAudit:
     """Audit every image under ``folder`` with the run in ``run_dir`` (see the module doc)."""
     folder = Path(folder)
-    if not folder.is_dir():
-        problem = "not a folder" if folder.exists() else "folder not found"
+    if not folder.is_dir() or not os.access(folder, os.R_OK | os.X_OK):
+        problem = (
+            "folder not readable (permission denied)"
+            if folder.is_dir()
+            else "not a folder"
+            if folder.exists()
+            else "folder not found"
+        )
         raise DataLayoutError(f"{folder}: {problem}; audit reads a folder of a site's images")
     images = expand_paths([folder])  # listed once: scored below as these files
     if images == [folder]:  # a folder without images is kept as itself

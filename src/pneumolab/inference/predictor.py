@@ -17,11 +17,11 @@ from PIL import Image
 
 from pneumolab.choices import BACKENDS
 from pneumolab.data.imageio import (
-    SOURCE_SIZE,
     array_to_image,
     is_dicom_file,
     load_image,
     resize_square,
+    source_size,
     to_grayscale,
     upright,
 )
@@ -165,8 +165,7 @@ def prepare_image(image: ImageInput, image_size: int) -> tuple[np.ndarray, Scope
     else:
         pil = array_to_image(image)
     pixels = resize_square(pil, image_size)
-    width, height = pil.info.get(SOURCE_SIZE, pil.size)  # a JPEG's own, not its reduced decode
-    checks += image_sanity(width, height, pixels)
+    checks += image_sanity(*source_size(pil), pixels)  # a JPEG's own, not its reduced decode
     return np.array(pixels)[None], checks  # writable, for torch
 
 

@@ -155,7 +155,12 @@ def _refuse_twins(
             twin = first_with[settings]
             culprits = sorted(f for f in flags if f in entries[twin] or f in entries[name])
             given = ", ".join(f"--{flag.replace('_', '-')}" for flag in culprits)
-            why = f": the command line's {given} overrides what their entries set" if given else ""
+            why = (
+                f": {given} (a command-line flag, or the file's overrides) replaces what their "
+                "entries set"
+                if given
+                else ""
+            )
             raise ConfigError(
                 f"models '{twin}' and '{name}' have the same settings{why}; "
                 "they would train the same network twice"

@@ -20,7 +20,16 @@ from pneumolab.files import atomic_write
 class RunCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint, whose restored state follows the run folder: a run moved or
     copied elsewhere resumes with its own best checkpoint and best score (Lightning keeps just
-    the old folder's best path there, which loads another folder's weights, or none)."""
+    the old folder's best path there, which loads another folder's weights, or none). Its state
+    is filed under ModelCheckpoint's key, so runs checkpointed by that class resume with theirs,
+    and it writes ``best.ckpt`` and ``last.ckpt`` over themselves, never beside (``-v1``)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(enable_version_counter=False, **options)
+
+    @property
+    def state_key(self) -> str:
+        return "ModelCheckpoint" + super().state_key.removeprefix(type(self).__qualname__)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old, new = state_dict.get("dirpath"), self.dirpath
