@@ -84,7 +84,7 @@ def write_backbone_weights(path: Path, seed: int) -> str:
 
     from pneumolab.models.registry import create_backbone
 
-    torch.manual_seed(seed)
+    torch.manual_seed(10_000 + seed)  # not any training's own init: a load is checked by that
     save_file(create_backbone("pneumolab_cnn_small").state_dict(), path)
     return str(path)
 

@@ -8,6 +8,12 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def brief(text: str, limit: int = 300) -> str:
+    """``text`` on one line, cut to ``limit`` characters (a library's error can run to pages)."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
 class PneumolabError(Exception):
     """Base class: the message names the file or setting at fault and what to do about it."""
 

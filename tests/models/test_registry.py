@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -111,3 +112,29 @@ def test_models_command_lists_the_study_lineup(capsys):
         "densenet121",
     ):
         assert name in out
+
+
+def test_a_weights_file_of_another_network_is_refused_not_left_unused(tmp_path):
+    save_file({"foo": torch.zeros(3)}, tmp_path / "junk.safetensors")
+    with pytest.raises(ModelError, match=r"junk\.safetensors: gave no weights to \d+ of the"):
+        create_backbone("mobilenetv2_100", pretrained=True, weights=tmp_path / "junk.safetensors")
+
+
+def test_pneumolabs_own_cnns_load_a_local_weights_file(tmp_path):
+    torch.manual_seed(5)
+    stored = create_backbone("pneumolab_cnn_small").state_dict()
+    save_file(stored, tmp_path / "pneumolab_cnn_small.mine.safetensors")
+    model = create_backbone("pneumolab_cnn_small", pretrained=True, weights=tmp_path)
+    assert torch.equal(model.state_dict()["features.0.0.weight"], stored["features.0.0.weight"])
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("resnet18.bogus", "timm has no tag like that; its tags: resnet18.a1_in1k"),
+        ("coatnet_0_224", "has no published ImageNet weights"),
+    ],
+)
+def test_names_without_weights_to_load_say_so(name, problem):
+    with pytest.raises(ModelError, match=re.escape(problem)):
+        create_backbone(name, pretrained=True)

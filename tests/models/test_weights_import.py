@@ -48,9 +48,20 @@ def test_another_architecture_is_refused_and_nothing_is_written(tmp_path):
     torch.save(swapped, tmp_path / "swapped.pth")
     with pytest.raises(ModelError, match=f"swapped.pth: tensor '{first}'.*does not match"):
         import_weights(tmp_path / "swapped.pth", MODEL, tmp_path / "weights", tag="x")
+    kinds = list(original)  # two tensors of one shape, another kind: a batch norm's, swapped
+    mean = next(k for k in kinds if k.endswith("running_mean"))
+    var = mean.replace("running_mean", "running_var")
+    order = [var if k == mean else mean if k == var else k for k in kinds]
+    torch.save({k: original[k] for k in order}, tmp_path / "kinds.pth")
+    with pytest.raises(ModelError, match=r"kinds.pth: tensor '.*running_var'.*does not match"):
+        import_weights(tmp_path / "kinds.pth", MODEL, tmp_path / "weights", tag="x")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ModelError, match=r"junk\.pth: not a readable weights file"):
+    with pytest.raises(ModelError, match=r"junk\.pth: not a PyTorch state-dict file") as error:
         import_weights(tmp_path / "junk.pth", MODEL, tmp_path / "weights", tag="x")
+    assert len(str(error.value)) < 500  # torch's essay on weights_only, cut short
+    (tmp_path / "port.safetensors").write_bytes(b"")
+    with pytest.raises(ModelError, match="keeps no tensor order"):
+        import_weights(tmp_path / "port.safetensors", MODEL, tmp_path / "weights", tag="x")
     assert not (tmp_path / "weights").exists()
 
 

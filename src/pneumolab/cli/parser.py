@@ -67,7 +67,9 @@ def _add_import_weights(commands: Subcommands) -> None:
     imports = commands.add_parser(
         "import-weights", help="convert another port's ImageNet weights to timm's layout"
     )
-    imports.add_argument("source", type=Path, help=".pth/.pt/.bin/.safetensors state dict")
+    imports.add_argument(
+        "source", type=Path, help="the port's .pth/.pt/.bin state dict (its order)"
+    )
     imports.add_argument("--model", required=True, help="timm architecture they belong to")
     imports.add_argument("--out", type=Path, required=True, help="weights folder to write into")
     imports.add_argument("--tag", default="imported", help="file name tag (default: imported)")

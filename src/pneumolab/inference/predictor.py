@@ -26,7 +26,7 @@ from pneumolab.data.imageio import (
     upright,
 )
 from pneumolab.data.layout import image_files
-from pneumolab.errors import ImageLoadError, RunDirError
+from pneumolab.errors import ImageLoadError, RunDirError, brief
 from pneumolab.inference.decoding import decoded_batches
 from pneumolab.inference.prediction import Prediction, gated_prediction
 from pneumolab.inference.score_cache import ScoreCache
@@ -121,10 +121,8 @@ def load_network(run: RunDir, meta: RunMeta) -> XrayClassifier:
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        reason = " ".join(str(exc).split())
         raise RunDirError(
-            f"{run.weights}: weights do not match model '{meta.model}' "
-            f"({reason[:300]}{'...' if len(reason) > 300 else ''})"
+            f"{run.weights}: weights do not match model '{meta.model}' ({brief(str(exc))})"
         ) from None
     return model
 

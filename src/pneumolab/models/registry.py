@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from pneumolab.choices import HeadInit
-from pneumolab.errors import ModelError
+from pneumolab.errors import ModelError, brief
 from pneumolab.models import custom as _custom  # noqa: F401  (registers the custom CNNs with timm)
 from pneumolab.models.classifier import Backbone, XrayClassifier
 
@@ -28,11 +28,26 @@ WEIGHTS_DIR_ENV = "PNEUMOLAB_WEIGHTS_DIR"
 
 
 def check_model_name(name: str) -> None:
-    """Raise ModelError, with the closest known names, when timm has no architecture ``name``."""
+    """Raise ModelError, with the closest known names, when timm has no architecture ``name``
+    (or, for ``architecture.tag``, no such tag)."""
     if not timm.models.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
         hint = f" Did you mean: {', '.join(close)}?" if close else " See `timm.list_models()`."
         raise ModelError(f"unknown model '{name}'.{hint}")
+    try:
+        timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # is_model strips the tag: "resnet18.bogus" passes it
+        architecture = name.split(".", 1)[0]
+        tags = timm.list_pretrained(f"{architecture}.*")
+        known = f"; its tags: {', '.join(tags)}" if tags else "; it has none"
+        raise ModelError(f"unknown model '{name}': timm has no tag like that{known}") from None
+
+
+def published_weights(name: str) -> bool:
+    """Whether timm knows where ImageNet weights for ``name`` are published (a hub id, a URL or
+    a file; many architectures have a configuration without any)."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    return cfg is not None and bool(cfg.hf_hub_id or cfg.url or cfg.file)
 
 
 def find_local_weights(name: str, weights: str | Path | None) -> Path | None:
@@ -117,10 +132,10 @@ def create_backbone(
     if not pretrained:
         return timm.create_model(name, pretrained=False, num_classes=num_classes)
     local = find_local_weights(name, weights)
-    if local is None and timm.models.get_pretrained_cfg(name) is None:
+    if local is None and not published_weights(name):
         raise ModelError(
             f"'{name}' has no published ImageNet weights: train it from scratch with "
-            "--no-pretrained, or pass --weights FILE"
+            "--no-pretrained, or pass --weights FILE (its own weights, in timm's layout)"
         )
     if local is None and not _hub_host_reachable():
         raise ModelError(
@@ -128,18 +143,67 @@ def create_backbone(
             f"Pass --weights PATH (a .safetensors/.pth file in timm layout, or a folder holding "
             f"'{name}.*.safetensors'), set ${WEIGHTS_DIR_ENV}, or use --no-pretrained."
         )
-    overlay = {"file": str(local)} if local else None
+    initial_state = torch.get_rng_state()  # the init that _check_loaded replays
     try:
-        backbone = timm.create_model(
-            name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay
-        )
+        if local is not None and timm.models.get_pretrained_cfg(name) is None:
+            backbone = _with_local_weights(name, num_classes, local)  # timm would not load it
+        else:
+            overlay = {"file": str(local)} if local else None
+            backbone = timm.create_model(
+                name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay
+            )
     except Exception as exc:  # any file can be given: torch, pickle and safetensors errors
         source = local or "the model hub"
         raise ModelError(
             f"could not load ImageNet weights for '{name}' from {source} (a .safetensors or "
-            f"PyTorch state-dict file in timm layout is expected): {type(exc).__name__}: {exc}"
+            f"PyTorch state-dict file in timm layout is expected): {type(exc).__name__}: "
+            f"{brief(str(exc))}"
         ) from None
+    if local is not None:
+        _check_loaded(backbone, name, num_classes, local, initial_state)
     return HEAD_INITS[head_init](backbone)
+
+
+def _with_local_weights(name: str, num_classes: int, local: Path) -> Backbone:
+    """Model ``name`` (one timm has no pretrained configuration for: pneumolab's own CNNs) with
+    the tensors of ``local`` loaded, its classifier's left out."""
+    backbone = timm.create_model(name, num_classes=num_classes)
+    head = _classifier_keys(backbone)
+    state = {k: v for k, v in timm.models.load_state_dict(str(local)).items() if k not in head}
+    backbone.load_state_dict(state, strict=False)
+    return backbone
+
+
+def _classifier_keys(backbone: Backbone) -> set[str]:
+    """The state-dict keys of ``backbone``'s classifier head (a new head: never loaded)."""
+    head = {id(t) for t in backbone.get_classifier().state_dict(keep_vars=True).values()}
+    return {k for k, t in backbone.state_dict(keep_vars=True).items() if id(t) in head}
+
+
+def _check_loaded(
+    backbone: Backbone, name: str, num_classes: int, local: Path, initial_state: torch.Tensor
+) -> None:
+    """ModelError when parameters of ``backbone`` (outside the head) are still at the random
+    initialisation they got before ``local`` was loaded: another architecture's file, which a
+    lenient load (timm's, with a new head) leaves silently unused. The initialisation is
+    replayed from ``initial_state``, so any layout timm maps (torchvision's too) counts."""
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(initial_state)
+        fresh = timm.create_model(name, num_classes=num_classes).state_dict()
+    head, loaded = _classifier_keys(backbone), backbone.state_dict()
+    # randomly initialised tensors only: a constant init (ones, zeros) may be a true value too
+    drawn = [k for k, _ in backbone.named_parameters() if k not in head and _varies(fresh[k])]
+    unloaded = [k for k in drawn if torch.equal(fresh[k], loaded[k])]
+    if unloaded:
+        raise ModelError(
+            f"{local}: gave no weights to {len(unloaded)} of the {len(drawn)} randomly "
+            f"initialised tensors of '{name}' (first: {', '.join(unloaded[:3])}); is it this "
+            "architecture's weights file, in timm's layout?"
+        )
+
+
+def _varies(tensor: torch.Tensor) -> bool:
+    return tensor.numel() > 1 and bool((tensor != tensor.flatten()[0]).any())
 
 
 def create_classifier(

@@ -18,25 +18,26 @@ from pathlib import Path
 import timm
 import torch
 
-from pneumolab.errors import ModelError, OutputError
+from pneumolab.errors import ModelError, OutputError, brief
 from pneumolab.files import write_atomically
 from pneumolab.models.registry import check_model_name
 from pneumolab.outputs import check_output
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a ``.safetensors`` file or a PyTorch state-dict file (no code executed)."""
+    """The tensors of a PyTorch state-dict file, in their stored order (no code executed)."""
     if not path.is_file():
         raise ModelError(f"{path}: weights file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(path)
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch, pickle and safetensors errors alike
+    if path.suffix == ".safetensors":
         raise ModelError(
-            f"{path}: not a readable weights file ({type(exc).__name__}: {exc})"
+            f"{path}: a .safetensors file keeps no tensor order, which the import matches by; "
+            "give the port's own PyTorch file (.pth, .pt or .bin)"
+        )
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch and pickle errors alike
+        raise ModelError(
+            f"{path}: not a PyTorch state-dict file ({type(exc).__name__}: {brief(str(exc))})"
         ) from None
     state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
     if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
@@ -48,7 +49,8 @@ def to_timm_layout(
     source: Mapping[str, torch.Tensor], model_name: str, origin: str
 ) -> dict[str, torch.Tensor]:
     """``source``'s tensors under timm's names for ``model_name`` (matched in order, shapes
-    checked, loaded strictly as a test); ModelError naming ``origin`` and the first mismatch."""
+    checked, and the kind of each, loaded strictly as a test); ModelError naming ``origin`` and the
+    first mismatch."""
     check_model_name(model_name)
     model = timm.create_model(model_name, pretrained=False)
     target = model.state_dict()
@@ -59,14 +61,21 @@ def to_timm_layout(
         )
     mapped: dict[str, torch.Tensor] = {}
     for (name, tensor), (timm_name, expected) in zip(source.items(), target.items(), strict=True):
-        if tensor.shape != expected.shape:
+        if tensor.shape != expected.shape or not name.endswith(_leaf(timm_name)):
             raise ModelError(
                 f"{origin}: tensor '{name}' {tuple(tensor.shape)} does not match timm's "
-                f"'{timm_name}' {tuple(expected.shape)} of '{model_name}' at the same position"
+                f"'{timm_name}' {tuple(expected.shape)} of '{model_name}' at the same position "
+                "(shape and kind: weight, bias, running_mean...)"
             )
         mapped[timm_name] = tensor.to(expected.dtype).contiguous()
     model.load_state_dict(mapped, strict=True)
     return mapped
+
+
+def _leaf(name: str) -> str:
+    """What kind of tensor timm's ``name`` is (``weight``, ``bias``, ``running_mean``...): its
+    last part, with which ports end their own names for it."""
+    return name.rsplit(".", 1)[-1]
 
 
 def import_weights(
