@@ -56,6 +56,12 @@ def test_model_without_convolutions_is_refused():
         find_target_layer(model, 16)
 
 
+def test_a_transformer_whose_one_convolution_is_its_stem_is_refused():
+    model = create_classifier("vit_tiny_patch16_224")
+    with pytest.raises(ModelError, match="its only convolution is the input stem"):
+        find_target_layer(model, 224)
+
+
 def test_overlay_png_is_rgb_at_the_image_size():
     gray = np.tile(np.arange(80, dtype=np.uint8), (50, 1))
     heat = np.zeros((16, 16), dtype=np.float32)

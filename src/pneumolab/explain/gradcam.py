@@ -10,7 +10,7 @@ import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from PIL import Image
+from PIL import Image, ImageOps
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
@@ -48,7 +48,8 @@ def find_target_layer(model: XrayClassifier, image_size: int = 224) -> nn.Module
     """The backbone module to explain: the last one, in execution order, that contains a
     convolution and outputs a 4-D feature map, preferring maps larger than 1x1.
 
-    Found with one forward pass of an ``image_size`` input; ModelError when there is none.
+    Found with one forward pass of an ``image_size`` input; ModelError when there is none, or
+    when the backbone's one convolution is its stem (a vision transformer's patch embedding).
     """
     found: list[tuple[nn.Module, bool]] = []
 
@@ -57,6 +58,11 @@ def find_target_layer(model: XrayClassifier, image_size: int = 224) -> nn.Module
             found.append((module, output.shape[-1] * output.shape[-2] > 1))
 
     backbone = model.backbone
+    if sum(isinstance(m, nn.Conv2d) for m in backbone.modules()) == 1:
+        raise ModelError(
+            f"{type(backbone).__name__}: its only convolution is the input stem (a "
+            "transformer's patch embedding), so Grad-CAM would explain the stem, not the model"
+        )
     handles = [m.register_forward_hook(record) for m in backbone.modules() if m is not backbone]
     try:
         was_training = model.training
@@ -123,7 +129,10 @@ def overlay_png(gray_image: Image.Image | np.ndarray, heat: np.ndarray | None) -
 
 
 def _figure(image: Image.Image, heat: np.ndarray, title: str, out_file: Path) -> None:
-    """Save the overlay with ``title`` (a pyplot-free Agg figure: no global state)."""
+    """Save the overlay with ``title`` (a pyplot-free Agg figure: no global state), the image
+    first shrunk to twice the figure's width (a 50-megapixel PNG need not be drawn in full)."""
+    if max(image.size) > 2 * FIGURE_PIXELS:
+        image = ImageOps.contain(image, (2 * FIGURE_PIXELS, 2 * FIGURE_PIXELS))
     width = FIGURE_PIXELS / 100
     figure = Figure(figsize=(width, width * image.height / image.width + 0.7))
     axes = figure.subplots()
@@ -144,10 +153,10 @@ def explain_paths(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: is a file; --out is the folder for the PNGs")
+    model = predictor.require_model("Grad-CAM")  # refused before the folder is made
+    layer = find_target_layer(model, predictor.image_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: set[Path] = set()
-    model = predictor.require_model("Grad-CAM")
-    layer = find_target_layer(model, predictor.image_size)
     for path in expand_paths(paths):
         out_file, n = out_dir / f"{path.stem}.png", 1
         while out_file in written:
