@@ -136,10 +136,12 @@ class RunDir:
         return None
 
     def model_version(self) -> str:
-        """``<pneumolab version>+<first 12 hex of the weights' SHA-256>``: which model this is."""
+        """``<pneumolab version>+<first 12 hex of the weights' SHA-256>.<first 8 of the scope
+        gate's>``: which model, with which OOD model (a refitted gate is another version, so a
+        results file is not resumed across it)."""
         from pneumolab import __version__
 
-        return f"{__version__}+{weights_digest(self.root)[:12]}"
+        return f"{__version__}+{weights_digest(self.root)[:12]}.{gate_digest(self.root)[:8]}"
 
     def read_meta(self) -> RunMeta:
         """Metadata of a finished run (older formats migrated); RunDirError if the run is missing,
@@ -271,6 +273,15 @@ def weights_digest(run_dir: Path) -> str:
         members = "".join(weights_digest(member.root) for member in run.member_runs())
         return hashlib.sha256(members.encode()).hexdigest()
     return sha256_of(run.weights)
+
+
+def gate_digest(run_dir: Path) -> str:
+    """SHA-256 of the run's OOD model file and, for an ensemble, of its members' (a member's
+    refit changes the ensemble's scores)."""
+    run = RunDir(Path(run_dir))
+    members = run.member_runs() if run.read_meta().is_ensemble else []
+    parts = [ood_digest(run.root), *(gate_digest(member.root) for member in members)]
+    return hashlib.sha256("".join(parts).encode()).hexdigest()
 
 
 def ood_digest(run_dir: Path) -> str:

@@ -79,3 +79,31 @@ def test_batch_breakdown_separates_the_normal_batches():
     report = batch_breakdown(probs, labels, batches, threshold=0.5)
     assert report["IM"] == {"n_normal": 2, "roc_auc": 1.0, "specificity": 1.0}
     assert report["NORMAL2"]["specificity"] == 0.0 and report["NORMAL2"]["roc_auc"] < 0.5
+
+
+def _marked_corners(image: torch.Tensor) -> list[str]:
+    """The corners (quarters of each side) holding bright marker pixels."""
+    side, quarter = image.shape[-1], image.shape[-1] // 4
+    spans = {"top": slice(0, quarter), "bottom": slice(side - quarter, side)}
+    spans |= {"left": spans["top"], "right": spans["bottom"]}
+    return [
+        f"{row}-{column}"
+        for row in ("top", "bottom")
+        for column in ("left", "right")
+        if (image[0][spans[row], spans[column]] > 150).any()
+    ]
+
+
+@pytest.mark.parametrize("name", ["markers", "compound"])
+def test_a_draw_gives_the_same_shift_at_every_image_size(name):
+    """Models of different input sizes are compared on the same shifts (the markers' places
+    once moved with the number of noise values drawn before them)."""
+    for index in range(30):
+        small, large = (
+            SCENARIOS[name](
+                torch.full((1, size, size), 60, dtype=torch.uint8),
+                np.random.default_rng([0, index]),
+            )
+            for size in (160, 224)
+        )
+        assert _marked_corners(small) == _marked_corners(large), index

@@ -81,3 +81,14 @@ def test_an_unreadable_file_gives_no_checks_here(tmp_path):
     path = tmp_path / "x.dcm"
     path.write_bytes(np.zeros(10, dtype=np.uint8).tobytes())
     assert dicom_file_checks(path).reasons == ()
+
+
+def test_one_unreadable_value_costs_only_its_own_check():
+    ds = header(
+        Modality="CT", ViewPosition="LL", PatientAge="0²5Y"
+    )  # a digit Python reads, int() not
+    ds.add_new(0x00280010, "US", b"\x01\x02\x03")  # Rows: three bytes where a US has two
+    checks = header_checks(ds)
+    assert any("Modality CT" in reason for reason in checks.reasons)
+    assert any("ViewPosition LL" in reason for reason in checks.reasons)
+    assert age_in_years(ds) is None

@@ -137,3 +137,32 @@ def test_a_run_without_an_ood_model_still_gates_by_sanity_and_header(run_dir, tm
     result = Predictor.from_run(copy).predict(CT)
     assert result.ood_score is None and result.ood_threshold is None
     assert not result.in_scope
+
+
+def test_a_missing_ood_score_under_a_threshold_is_out_of_scope():
+    from pneumolab.inference.prediction import ood_reason
+
+    (reason,) = ood_reason(float("nan"), 100.0)
+    assert reason.startswith("OOD score unavailable")
+    assert ood_reason(float("nan"), None) == ()  # no OOD model at all: nothing to say
+
+
+def test_a_refitted_gate_is_another_model_version(run_dir, tmp_path):
+    run = RunDir(copy_run(run_dir, tmp_path / "run"))
+    before = run.model_version()
+    ood = OodModel.load(run.ood)
+    ood.threshold *= 2
+    ood.save(run.ood)
+    after = run.model_version()
+    assert after != before and after.rsplit(".", 1)[0] == before.rsplit(".", 1)[0]  # same weights
+
+
+def test_the_audit_compares_with_the_validation_images_themselves(run_dir, tmp_path):
+    from pneumolab.evaluation.audit import audit_folder
+
+    folder = tmp_path / "site"
+    folder.mkdir()
+    Image.fromarray(np.full((64, 64), 90, np.uint8)).save(folder / "a.png")
+    ood = OodModel.load(RunDir(run_dir).ood)
+    audited = audit_folder(run_dir, folder)
+    assert len(audited.val_ood_scores) == len(ood.val_scores) // 2  # not their augmented copies

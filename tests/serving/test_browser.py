@@ -79,3 +79,25 @@ def test_a_plain_text_refusal_shows_its_status(server, xray, chromium):
     page.goto(server)
     page.set_input_files("#file-input", str(xray))
     expect(page.locator("#status")).to_have_text("Error 503: Service Unavailable", timeout=30_000)
+
+
+def test_an_answer_without_an_ood_threshold_is_shown(server, xray, chromium):
+    """An ensemble without its own OOD model answers a score and no threshold."""
+    import json
+
+    from playwright.sync_api import expect
+
+    answer = httpx.post(
+        f"{server}/v1/predict", files={"file": (xray.name, xray.read_bytes())}, timeout=60
+    ).json()
+    answer.pop("ood_threshold", None)
+    page = chromium.new_page()
+    page.route(
+        "**/v1/predict*",
+        lambda route: route.fulfill(
+            status=200, body=json.dumps(answer), content_type="application/json"
+        ),
+    )
+    page.goto(server)
+    page.set_input_files("#file-input", str(xray))
+    expect(page.locator("#in-scope")).to_contain_text("no OOD model", timeout=30_000)

@@ -248,7 +248,7 @@ def audit_folder(
         run=str(run.root),
         folder=str(folder),
         records=records,
-        val_ood_scores=predictor.ood.val_scores if predictor.ood else np.zeros(0),
+        val_ood_scores=predictor.ood.clean_val_scores if predictor.ood else np.zeros(0),
         ood_threshold=predictor.ood.threshold if predictor.ood else None,
         val_pneumonia_rate=float(np.mean(val_probs >= predictor.threshold)),
     )

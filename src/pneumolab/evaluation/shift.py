@@ -14,6 +14,11 @@ a spread, not one number):
 - ``local_contrast``: a smooth, low-frequency gain field (±30%) — uneven exposure across the film;
 - ``markers``: bright burnt-in text blocks (side markers, "PORTABLE" labels) in the corners;
 - ``compound``: all four in sequence, the closest to an image from another site.
+
+Every parameter is drawn as a share of the image side before any per-pixel random array, so
+image ``i`` of a draw gets the same shift at every input size and models of different sizes are
+compared on the same shifts (since 2026-12-06; before, ``markers`` and ``compound`` drew their
+later parameters after per-pixel noise, so they differed between sizes).
 """
 
 from __future__ import annotations
@@ -70,25 +75,37 @@ def local_contrast(image: torch.Tensor, rng: np.random.Generator) -> torch.Tenso
 
 
 def markers(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """One to three bright blocks of burnt-in text in random corners."""
+    """One to three bright blocks of burnt-in text in random corners (every block's place,
+    size and brightness drawn first, the strokes inside them from a generator of their own: the
+    same blocks at every image size)."""
     size = image.shape[-1]
     marked = image.clone()
-    for corner in rng.choice(4, size=int(rng.integers(1, 4)), replace=False):
-        h, w = (int(rng.uniform(0.04, 0.09) * size), int(rng.uniform(0.06, 0.2) * size))
-        top = int(rng.uniform(0.02, 0.06) * size)
-        left = int(rng.uniform(0.02, 0.06) * size)
+    corners = rng.choice(4, size=int(rng.integers(1, 4)), replace=False)
+    blocks = [
+        (corner, *rng.uniform([0.04, 0.06, 0.02, 0.02], [0.09, 0.2, 0.06, 0.06]))
+        for corner in corners
+    ]
+    brightness = rng.integers(200, 256, size=len(blocks))
+    strokes = rng.spawn(1)[0]
+    for (corner, height, width, top, left), value in zip(blocks, brightness, strict=True):
+        h, w = int(height * size), int(width * size)
+        top, left = int(top * size), int(left * size)
         top = top if corner < 2 else size - top - h
         left = left if corner % 2 == 0 else size - left - w
         block = marked[:, top : top + h, left : left + w]
-        stroke = torch.from_numpy(rng.random(block.shape) < 0.45)
-        block[stroke] = int(rng.integers(200, 256))
+        block[torch.from_numpy(strokes.random(block.shape) < 0.45)] = int(value)
     return marked
 
 
+COMPOUND_STEPS: tuple[ImageShift, ...] = (reframe, local_contrast, degrade, markers)
+
+
 def compound(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Every scenario in sequence: another site's acquisition, roughly."""
-    for shift in (reframe, local_contrast, degrade, markers):
-        image = shift(image, rng)
+    """Every scenario in sequence: another site's acquisition, roughly. Each step draws from a
+    generator of its own, so no step's parameters depend on how many random numbers an earlier
+    one drew for its pixels (models of different input sizes get the same shifts)."""
+    for shift, child in zip(COMPOUND_STEPS, rng.spawn(len(COMPOUND_STEPS)), strict=True):
+        image = shift(image, child)
     return image
 
 

@@ -41,8 +41,16 @@ class Prediction:
 
 
 def ood_reason(ood_score: float, ood_threshold: float | None) -> tuple[str, ...]:
-    """The OOD check's reason, when the score is over the threshold (NaN: no OOD model)."""
-    if ood_threshold is None or math.isnan(ood_score) or ood_score <= ood_threshold:
+    """The OOD check's reason, when the score is over the threshold, or missing where the run
+    has a threshold (an ensemble member without a current OOD model scores none)."""
+    if ood_threshold is None:
+        return ()
+    if not math.isfinite(ood_score):
+        return (
+            "OOD score unavailable (not a finite number; in an ensemble, a member without a "
+            "current OOD model: `pneumolab fit-ood` the ensemble)",
+        )
+    if ood_score <= ood_threshold:
         return ()
     return (
         f"image content unlike the training X-rays (OOD score {ood_score:.1f} > threshold "

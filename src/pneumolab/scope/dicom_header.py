@@ -43,7 +43,12 @@ _AGE_UNITS = {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}
 
 
 def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
+    """The tag's value as text; empty where it is missing or cannot be read (one broken value
+    costs its own check, never the others')."""
+    try:
+        value = ds.get(keyword)
+    except Exception:  # pydicom parses a value on access: wrong length, VR or encoding
+        return ""
     if value is None:
         return ""
     if isinstance(value, pydicom.multival.MultiValue):
@@ -54,7 +59,14 @@ def _text(ds: Dataset, keyword: str) -> str:
 def age_in_years(ds: Dataset) -> float | None:
     """PatientAge (``nnnD/W/M/Y``), else the birth date against the study/acquisition date."""
     age = _text(ds, "PatientAge").upper()
-    if len(age) == 4 and age[:3].isdigit() and age[3] in _AGE_UNITS and int(age[:3]) > 0:
+    digits = age[:3]
+    if (
+        len(age) == 4
+        and digits.isascii()
+        and digits.isdigit()
+        and age[3] in _AGE_UNITS
+        and int(digits) > 0
+    ):
         return int(age[:3]) / _AGE_UNITS[age[3]]  # 000Y: the usual anonymised placeholder
     born = _parse_date(_text(ds, "PatientBirthDate"))
     taken = next(
@@ -113,6 +125,7 @@ def dicom_file_checks(path: str | Path) -> ScopeChecks:
     A file that cannot be parsed gives no checks here; the image loader reports it by name.
     """
     try:
-        return header_checks(read_dicom(path, stop_before_pixels=True))  # deflated: bounded
-    except Exception:  # pydicom raises many types on a broken header; these checks are best-effort
+        ds = read_dicom(path, stop_before_pixels=True)  # a deflated file is bounded first
+    except Exception:  # pydicom raises many types on a broken header; the loader names the file
         return ScopeChecks()
+    return header_checks(ds)

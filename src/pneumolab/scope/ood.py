@@ -93,6 +93,12 @@ class OodModel:
         return MahalanobisScore(torch.from_numpy(self.whitening), torch.from_numpy(self.centers))
 
     @property
+    def clean_val_scores(self) -> np.ndarray:
+        """The scores of the validation images themselves: the first half of ``val_scores``,
+        whose second half scores their augmented copies."""
+        return self.val_scores[: len(self.val_scores) // 2]
+
+    @property
     def val_flagged_fraction(self) -> float:
         """Share of the validation images scored above the threshold."""
         return float(np.mean(self.val_scores > self.threshold)) if len(self.val_scores) else 0.0

@@ -76,7 +76,7 @@ function showScope(result) {
   byId("scope").hidden = result.in_scope;
   fillList("scope-reasons", result.reasons);
   fillList("scope-warnings", result.warnings);
-  const ood = result.ood_score === undefined
+  const ood = result.ood_score == null || result.ood_threshold == null
     ? "no OOD model for this run"
     : `OOD score ${result.ood_score.toFixed(1)} (threshold ${result.ood_threshold.toFixed(1)})`;
   byId("in-scope").textContent = `${result.in_scope ? "yes" : "no"} — ${ood}`;
