@@ -99,6 +99,9 @@ def main() -> int:
     args = parser.parse_args()
 
     recipes = yaml.safe_load(args.recipes.read_text())
+    unknown = sorted(set(args.only or ()) - set(recipes))
+    if unknown:
+        parser.error(f"--only: no recipe named {', '.join(unknown)} in {args.recipes}")
     names = [n for n in recipes if not args.only or n in args.only]
     common = _parse_set(args.set)
     args.out.mkdir(parents=True, exist_ok=True)

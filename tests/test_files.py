@@ -49,3 +49,17 @@ def test_what_a_killed_writer_left_does_not_block_the_next(tmp_path):
         (tmp_path / f".meta.json.{pid}.tmp").write_text("torn")
     write_text_atomically(target, "{}")
     assert target.read_text() == "{}"
+
+
+def test_text_is_written_as_utf8_whatever_the_locale(tmp_path):
+    """Pages declare UTF-8 and cards hold "—": a C locale must not make the write fail."""
+    import os
+    import subprocess
+    import sys
+
+    target = tmp_path / "page.html"
+    text = "'\\u2014 \\u00d7'"  # "— ×" in ASCII (a C locale cannot decode its argv)
+    script = f"from pneumolab.files import write_text_atomically as w; w({str(target)!r}, {text})"
+    env = os.environ | {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True)
+    assert target.read_bytes() == "— ×".encode()

@@ -44,8 +44,11 @@ def _temporary_beside(path: Path, suffix: str) -> Path:
 @contextmanager
 def atomic_write(path: str | Path, mode: str = "w", **open_args: Any) -> Iterator[IO]:
     """Write ``path`` through a temporary file beside it that replaces it on success only, with
-    the umask's mode; ``open_args`` go to :func:`open` (encoding, newline...)."""
+    the umask's mode; ``open_args`` go to :func:`open` (newline...). Text is UTF-8 unless
+    ``encoding`` says otherwise, whatever the locale (pages declare it, cards hold "—")."""
     path = Path(path)
+    if "b" not in mode:
+        open_args.setdefault("encoding", "utf-8")
     tmp = _temporary_beside(path, ".tmp")
     try:
         with open(tmp, mode, **open_args) as f:
