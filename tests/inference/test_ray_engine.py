@@ -167,3 +167,20 @@ def test_without_ray_the_engine_says_how_to_install(monkeypatch):
 def test_options_out_of_range_are_refused(options, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         RayOptions(**options)
+
+
+@needs_ray
+def test_rows_the_workers_did_not_write_here_are_an_error_not_a_silent_gap(
+    predictor, images, tmp_path, monkeypatch
+):
+    """Workers whose part files went elsewhere (a relative --out, once) left a header-only file
+    and exit code 0; now the command says so and keeps what it has."""
+    from pneumolab.errors import OutputError
+    from pneumolab.inference import ray_engine
+
+    monkeypatch.setattr(ray_engine, "_connect", lambda ray, options: None)
+    monkeypatch.setattr(ray_engine, "_score", lambda *args: None)  # wrote nowhere we look
+    out = tmp_path / "rows.csv"
+    with pytest.raises(OutputError, match=r"images scored have no row there"):
+        predict_with_ray(predictor, images[:3], out, RayOptions())
+    assert not out.exists()

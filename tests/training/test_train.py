@@ -165,6 +165,27 @@ def test_resume_takes_no_config_of_its_own(synthetic_data, tmp_path):
         train(synthetic_data, tmp_path / "run", TrainConfig(epochs=8), resume=True)
 
 
+@pytest.mark.parametrize(("world", "strategy"), [("2", "auto"), ("2", "ddp_spawn")])
+def test_a_launcher_that_disagrees_with_the_config_is_refused(
+    tmp_path, monkeypatch, world, strategy
+):
+    monkeypatch.setenv("WORLD_SIZE", world)
+    devices = 1 if strategy == "auto" else 2
+    config = TrainConfig(devices=devices, distributed_strategy=strategy, **TINY)
+    with pytest.raises(ConfigError, match=r"launched as 2 processes|ddp_spawn starts its own"):
+        build_trainer(config, RunDir(tmp_path / "run"), [])
+
+
+def test_precision_auto_follows_the_accelerator(monkeypatch):
+    from pneumolab.training import fit
+
+    monkeypatch.setattr(fit.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(fit.torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(fit, "cpu_has_bf16", lambda: False)
+    assert fit.resolve_precision("auto") == "16-mixed"  # the GPU's rule
+    assert fit.resolve_precision("auto", "cpu") == "32"  # this CPU has no native bf16
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU this machine has")
 def test_a_gpu_asked_for_where_there_is_none_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="accelerator gpu"):

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 
 from pneumolab.data.layout import check_utf8_name
-from pneumolab.errors import ConfigError, ImageLoadError
+from pneumolab.errors import ConfigError, ImageLoadError, OutputError, printable
 from pneumolab.inference.batch import BatchSummary, producer_of, result_row
 from pneumolab.inference.decoding import attempt
-from pneumolab.inference.predictor import Predictor, prepare_image
+from pneumolab.inference.predictor import Predictor, default_device, prepare_image
 from pneumolab.inference.results_file import ResultRow, check_producer
 from pneumolab.inference.results_table import (
     arrow_schema,
@@ -129,8 +129,8 @@ class ModelReplica:
     batches into result rows (an Arrow table of the results-file columns)."""
 
     def __init__(self, run_dir: str, backend: str, tta: bool, scope_verdict: bool) -> None:
-        self.predictor = Predictor.from_run(
-            run_dir, backend=backend, tta=tta, scope_verdict=scope_verdict
+        self.predictor = Predictor.from_run(  # on the worker's GPU where Ray gave it one
+            run_dir, device=default_device(), backend=backend, tta=tta, scope_verdict=scope_verdict
         )
         self.producer = producer_of(self.predictor)
 
@@ -186,9 +186,12 @@ def _chunks(todo: list[str], batch_size: int) -> list[Any]:
     ]
 
 
-def _score(ray: Any, predictor: Predictor, todo: list[str], parts: Path, o: RayOptions) -> None:
-    """Run the Ray Data pipeline over ``todo`` into Parquet part files in ``parts``. Blocks
-    are whole chunks of ``batch_size`` images and stay whole (``batch_size=None``)."""
+def _score(
+    ray: Any, predictor: Predictor, run_dir: Path, todo: list[str], parts: Path, o: RayOptions
+) -> None:
+    """Run the Ray Data pipeline over ``todo`` into Parquet part files in ``parts``, every
+    replica loading ``run_dir`` (absolute: workers start in other folders). Blocks are whole
+    chunks of ``batch_size`` images and stay whole (``batch_size=None``)."""
     dataset = ray.data.from_arrow(_chunks(todo, o.batch_size))
     decoded = dataset.map_batches(
         decode_batch,
@@ -199,7 +202,7 @@ def _score(ray: Any, predictor: Predictor, todo: list[str], parts: Path, o: RayO
     scored = decoded.map_batches(
         ModelReplica,
         fn_constructor_kwargs={
-            "run_dir": str(predictor.run_dir),
+            "run_dir": str(run_dir),
             "backend": predictor.backend_name,
             "tta": predictor.tta,
             "scope_verdict": predictor.scope_verdict,
@@ -225,7 +228,7 @@ def predict_with_ray(
     written with other settings, or not a results file, is refused untouched unless
     ``overwrite``."""
     ray = import_ray()
-    out = Path(out)
+    out = Path(out).resolve()  # the workers write its parts: their working folder is not ours
     table_format(out)
     check_output(out, overwrite=True)
     if predictor.run_dir is None:
@@ -245,10 +248,17 @@ def predict_with_ray(
         check_utf8_name(source, "; or score with the local engine (the default), which keeps it")
     if todo:
         _connect(ray, options)
-        _score(ray, predictor, todo, parts, options)
+        _score(ray, predictor, predictor.run_dir.resolve(), todo, parts, options)
     fresh = read_parts(parts)
+    wanted = set(todo)
+    missing = wanted - {row.source for row in fresh}
+    if missing:  # never a results file that silently lacks rows: the parts are kept
+        raise OutputError(
+            f"{parts}: {len(missing)} of the {len(todo)} images scored have no row there (first: "
+            f"{printable(min(missing))}); the workers wrote elsewhere or failed: run the command "
+            "again to resume"
+        )
     write_results(out, merge(earlier + fresh))
     shutil.rmtree(parts, ignore_errors=True)
-    wanted = set(todo)
     failed = sum(1 for row in merge(fresh) if row.error and row.source in wanted)
     return BatchSummary(written=len(todo), already_done=len(sources) - len(todo), failed=failed)

@@ -7,11 +7,12 @@ from __future__ import annotations
 import atexit
 import hashlib
 import math
+import os
 
 import lightning as L
 import torch
 
-from pneumolab.errors import PneumolabError
+from pneumolab.errors import ConfigError, PneumolabError
 
 
 def lr_factor(rule: str, processes: int) -> float:
@@ -20,6 +21,23 @@ def lr_factor(rule: str, processes: int) -> float:
     Adam-type optimisers such as AdamW), ``linear`` (N, the rule for SGD) or ``none`` (1)."""
     factors = {"sqrt": math.sqrt(processes), "linear": float(processes), "none": 1.0}
     return factors[rule]
+
+
+def check_launch(strategy: str, processes: int) -> None:
+    """ConfigError where an external launcher (torchrun: ``WORLD_SIZE``) started another number
+    of processes than the config's ``devices × num_nodes``, or asks ``ddp_spawn`` to start its
+    own beside them: each process would train alone into the same run folder."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and launched != processes:
+        raise ConfigError(
+            f"launched as {launched} processes (WORLD_SIZE), but devices × num_nodes is "
+            f"{processes}: set --devices and --num-nodes to match the launcher"
+        )
+    if launched > 1 and strategy == "ddp_spawn":
+        raise ConfigError(
+            "distributed_strategy ddp_spawn starts its own processes: not under a launcher "
+            "(torchrun) that started them already; use ddp or auto"
+        )
 
 
 def lightning_strategy(strategy: str, processes: int, head_epochs: int) -> str:

@@ -32,7 +32,12 @@ from pneumolab.run_meta import DistributedTraining, FeatureCacheStats, TrainingS
 from pneumolab.training.callbacks import HistoryCSV, RunCheckpoint, progress_display
 from pneumolab.training.datamodule import XrayDataModule
 from pneumolab.training.distill import Teacher
-from pneumolab.training.distributed import ProcessGroupExit, lightning_strategy, lr_factor
+from pneumolab.training.distributed import (
+    ProcessGroupExit,
+    check_launch,
+    lightning_strategy,
+    lr_factor,
+)
 from pneumolab.training.feature_cache import FeatureCache
 from pneumolab.training.frozen import FrozenBackbone
 from pneumolab.training.hardware import compute_record, cpu_has_bf16
@@ -71,11 +76,14 @@ class Fitted:
     """The decoded training images (the OOD model is fitted on their features)."""
 
 
-def resolve_precision(requested: Precision) -> Literal["32", "bf16-mixed", "16-mixed"]:
-    """``auto``: bf16 autocast on a GPU that supports it or a CPU with AVX512-BF16/AMX, else fp32."""
+def resolve_precision(
+    requested: Precision, accelerator: str = "auto"
+) -> Literal["32", "bf16-mixed", "16-mixed"]:
+    """``auto``: bf16 autocast on a GPU that supports it or a CPU with AVX512-BF16/AMX, else
+    fp32; the GPU's rule where training runs on it (``accelerator`` not ``cpu``)."""
     if requested != "auto":
         return requested
-    if torch.cuda.is_available():
+    if accelerator != "cpu" and torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "bf16-mixed" if torch.backends.mkldnn.is_available() and cpu_has_bf16() else "32"
 
@@ -90,6 +98,7 @@ def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callba
     ``monitor: last`` keeps the final epoch (``best.ckpt`` is then the latest) and never stops
     early; ``last.ckpt`` holds every finished epoch either way, for ``--resume``. A Lightning
     configuration error (say, ``accelerator: gpu`` without one) is a ConfigError."""
+    check_launch(config.distributed_strategy, config.devices * config.num_nodes)
     monitor = None if config.monitor == "last" else config.monitor
     mode = "max" if config.monitor == "val_auc" else "min"
     # saved after HistoryCSV's row: a resume neither loses nor repeats one
@@ -131,7 +140,7 @@ def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callba
             strategy=lightning_strategy(
                 config.distributed_strategy, config.devices * config.num_nodes, config.head_epochs
             ),
-            precision=resolve_precision(config.precision),
+            precision=resolve_precision(config.precision, config.accelerator),
             callbacks=every,
             logger=False,  # the experiment logger joins in fit(), once the run directory exists
             log_every_n_steps=1,
