@@ -67,7 +67,7 @@ def age_in_years(ds: Dataset) -> float | None:
         and age[3] in _AGE_UNITS
         and int(digits) > 0
     ):
-        return int(age[:3]) / _AGE_UNITS[age[3]]  # 000Y: the usual anonymised placeholder
+        return int(digits) / _AGE_UNITS[age[3]]  # 000Y: the usual anonymised placeholder
     born = _parse_date(_text(ds, "PatientBirthDate"))
     taken = next(
         filter(None, (_parse_date(_text(ds, k)) for k in ("StudyDate", "AcquisitionDate"))), None
@@ -98,7 +98,7 @@ def _age_warnings(ds: Dataset) -> tuple[str, ...]:
 
 def header_checks(ds: Dataset) -> ScopeChecks:
     """Reasons and warnings from a DICOM dataset's header tags."""
-    tags = {keyword: _text(ds, keyword) for keyword in TAGS if _text(ds, keyword)}
+    tags = {keyword: text for keyword in TAGS if (text := _text(ds, keyword))}
     reasons = []
     modality = tags.get("Modality", "").upper()
     if modality and modality not in RADIOGRAPHY:
