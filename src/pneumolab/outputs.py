@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from pneumolab.errors import OutputError
 from pneumolab.run import RunDir
@@ -29,3 +33,24 @@ def check_output(path: str | Path, overwrite: bool = False, flag: str = "--out")
         if parent.exists() and not parent.is_dir():
             raise OutputError(f"{path}: {parent} is a file, not a folder")
     return path
+
+
+@contextmanager
+def writing_alone(path: Path, flag: str = "--out") -> Iterator[None]:
+    """Hold ``path``'s lock (the file ``NAME.lock`` beside it) while a job writes ``path``;
+    OutputError naming it when another process holds it: two jobs appending to one results
+    file would interleave their rows."""
+    lock = FileLock(path.with_name(path.name + ".lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise OutputError(
+            f"{path}: another process is writing it (it holds {lock.lock_file}); wait for it "
+            f"to finish, or give {flag} another file name"
+        ) from None
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot make its lock file {lock.lock_file}: {exc}") from None
+    try:
+        yield
+    finally:
+        lock.release()

@@ -202,3 +202,34 @@ def test_an_unexpected_error_becomes_the_row_of_its_file(predictor, images, tmp_
 def test_a_single_path_is_one_path_not_its_characters(predictor, images, tmp_path):
     out = tmp_path / "results.csv"
     assert predict_to_file(predictor, str(images[1][0]), out, progress=False).written == 1
+
+
+def test_a_results_file_another_process_is_writing_is_refused_untouched(
+    predictor, images, tmp_path
+):
+    import subprocess
+    import sys
+
+    folder, files = images
+    out = tmp_path / "results.csv"
+    predict_to_file(predictor, files[:2], out, progress=False)
+    before = out.read_bytes()
+    holder = subprocess.Popen(  # another predict job, mid-way: it holds the file's lock
+        [
+            sys.executable,
+            "-c",
+            f"from filelock import FileLock; l = FileLock({str(out)!r} + '.lock');"
+            " l.acquire(); print('held', flush=True); input()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(OutputError, match=r"results\.csv: another process is writing it"):
+            predict_to_file(predictor, [folder], out, progress=False)
+        assert out.read_bytes() == before
+    finally:
+        holder.communicate("\n")
+    assert predict_to_file(predictor, [folder], out, progress=False).already_done == 2

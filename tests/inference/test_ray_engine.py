@@ -17,7 +17,7 @@ from PIL import Image
 
 from conftest import write_synthetic_dataset
 from pneumolab.cli import main
-from pneumolab.errors import ConfigError, DataLayoutError
+from pneumolab.errors import ConfigError, DataLayoutError, OutputError
 from pneumolab.inference.batch import predict_to_file, producer_of
 from pneumolab.inference.prediction import OUT_OF_SCOPE_LABEL
 from pneumolab.inference.predictor import Predictor, expand_paths
@@ -126,6 +126,19 @@ def test_a_file_that_is_not_a_results_file_is_refused_untouched(predictor, image
 
 
 @needs_ray
+def test_a_results_file_another_job_is_writing_is_refused_before_ray_starts(
+    predictor, images, tmp_path
+):
+    from filelock import FileLock
+
+    out = tmp_path / "r.parquet"
+    with FileLock(f"{out}.lock"):  # another job holds it
+        with pytest.raises(OutputError, match=r"r\.parquet: another process is writing it"):
+            predict_with_ray(predictor, images, out, TWO_WORKERS)
+    assert not out.exists() and not out.with_name("r.parquet.parts").exists()
+
+
+@needs_ray
 def test_a_name_that_is_not_utf8_is_refused_by_name_before_ray_starts(predictor, images, tmp_path):
     odd = tmp_path / os.fsdecode(b"caf\xe9.png")
     shutil.copy(images[0], odd)
@@ -175,7 +188,6 @@ def test_rows_the_workers_did_not_write_here_are_an_error_not_a_silent_gap(
 ):
     """Workers whose part files went elsewhere (a relative --out, once) left a header-only file
     and exit code 0; now the command says so and keeps what it has."""
-    from pneumolab.errors import OutputError
     from pneumolab.inference import ray_engine
 
     monkeypatch.setattr(ray_engine, "_connect", lambda ray, options: None)

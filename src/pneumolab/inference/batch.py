@@ -25,7 +25,7 @@ from pneumolab.inference.results_file import (
     plan_resume,
     results_format,
 )
-from pneumolab.outputs import check_output
+from pneumolab.outputs import check_output, writing_alone
 
 
 @dataclass(frozen=True)
@@ -96,13 +96,29 @@ def predict_to_file(
     out = Path(out)
     fmt = results_format(out)
     check_output(out, overwrite=True)
+    with writing_alone(out):
+        producer = producer_of(predictor)
+        done = _resume(out, fmt, producer) if out.exists() and not overwrite else set()
+        if overwrite or not out.exists():
+            with atomic_write(out, **TEXT) as f:
+                f.write(header(fmt))
+        files = _unique_resolved(paths)
+        todo = [p for p in files if str(p) not in done]
+        failed = _append_rows(predictor, todo, out, fmt, batch_size, progress, workers)
+    return BatchSummary(written=len(todo), already_done=len(files) - len(todo), failed=failed)
+
+
+def _append_rows(
+    predictor: Predictor,
+    todo: list[Path],
+    out: Path,
+    fmt: Format,
+    batch_size: int,
+    progress: bool,
+    workers: int | None,
+) -> int:
+    """Append one row per image of ``todo`` to ``out``, synced per batch; how many failed."""
     producer = producer_of(predictor)
-    done = _resume(out, fmt, producer) if out.exists() and not overwrite else set()
-    if overwrite or not out.exists():
-        with atomic_write(out, **TEXT) as f:
-            f.write(header(fmt))
-    files = _unique_resolved(paths)
-    todo = [p for p in files if str(p) not in done]
     written = failed = 0
     with open(out, "a", **TEXT) as f, Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("predicting", total=len(todo))
@@ -119,4 +135,4 @@ def predict_to_file(
                 f.flush()
                 os.fsync(f.fileno())
                 bar.advance(task, (written - 1) % batch_size + 1)
-    return BatchSummary(written=written, already_done=len(files) - len(todo), failed=failed)
+    return failed

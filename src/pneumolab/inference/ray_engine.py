@@ -37,7 +37,7 @@ from pneumolab.inference.results_table import (
     table_format,
     write_results,
 )
-from pneumolab.outputs import check_output
+from pneumolab.outputs import check_output, writing_alone
 from pneumolab.scope.checks import ScopeChecks
 
 log = logging.getLogger(__name__)
@@ -233,6 +233,20 @@ def predict_with_ray(
     check_output(out, overwrite=True)
     if predictor.run_dir is None:
         raise ConfigError("the ray engine loads the run in every worker: pass a run directory")
+    with writing_alone(out):
+        return _score_into(ray, predictor, predictor.run_dir, files, out, options, overwrite)
+
+
+def _score_into(
+    ray: Any,
+    predictor: Predictor,
+    run_dir: Path,
+    files: Sequence[Path],
+    out: Path,
+    options: RayOptions,
+    overwrite: bool,
+) -> BatchSummary:
+    """:func:`predict_with_ray`'s work once ``out`` is held: resume, score on Ray, merge."""
     producer = producer_of(predictor)
     parts = out.with_name(out.name + ".parts")
     if overwrite:
@@ -248,7 +262,7 @@ def predict_with_ray(
         check_utf8_name(source, "; or score with the local engine (the default), which keeps it")
     if todo:
         _connect(ray, options)
-        _score(ray, predictor, predictor.run_dir.resolve(), todo, parts, options)
+        _score(ray, predictor, run_dir.resolve(), todo, parts, options)
     fresh = read_parts(parts)
     wanted = set(todo)
     missing = wanted - {row.source for row in fresh}
