@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import torch
 
 from pneumolab.config import TrainConfig
 from pneumolab.pipeline.train import train
@@ -48,6 +49,7 @@ class RecordRank(L.Callback):
             "train": sorted(str(s.path) for s in datamodule.train_samples),
             "val": sorted(str(s.path) for s in datamodule.val_images().samples),
             "lr": pl_module.lr,
+            "threads": torch.get_num_threads(),  # the launcher has set them by now
         }
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.distributed as dist
+from lightning.fabric.utilities.distributed import _suggested_max_num_threads
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DistributedSampler
 
@@ -125,6 +126,7 @@ def test_run_written_by_rank_zero_with_the_effective_batch_and_lr(ddp):
         "lr": pytest.approx(1e-3 * 2**0.5),
     }
     assert [r["lr"] for r in ddp.records] == [pytest.approx(1e-3 * 2**0.5)] * 4
+    assert meta.compute.threads == ddp.records[2]["threads"]  # the resumed rank 0's, as it trained
     assert "Trained by 2 process(es)" in (ddp.run.root / "MODEL_CARD.md").read_text()
     leftovers = [p.name for p in ddp.run.root.rglob("*") if p.name.startswith(".")]
     assert leftovers == []  # no half-written file left by an atomic write
@@ -177,6 +179,8 @@ def test_head_epochs_train_on_two_processes(tmp_path):
     config = _pretrained_on_two_processes(tmp_path, epochs=2, head_epochs=1)
     run = train(data, tmp_path / "run", config)
     assert run.read_meta().distributed.processes == 2
+    if "OMP_NUM_THREADS" not in os.environ:  # Lightning's launcher shares the cores out
+        assert run.read_meta().compute.threads == _suggested_max_num_threads(2)
     assert len(run.history.read_text().splitlines()) == 1 + 2  # header, both epochs
 
 

@@ -3,7 +3,6 @@ epoch its monitor picks (the last by default)."""
 
 from __future__ import annotations
 
-import logging
 import time
 import warnings
 from collections.abc import Sequence
@@ -40,12 +39,10 @@ from pneumolab.training.distributed import (
 )
 from pneumolab.training.feature_cache import FeatureCache
 from pneumolab.training.frozen import FrozenBackbone
-from pneumolab.training.hardware import compute_record, cpu_has_bf16
+from pneumolab.training.hardware import TrainingCompute, compute_record, cpu_has_bf16
 from pneumolab.training.module import ClassifierModule
 from pneumolab.training.strategies import optimizer_groups
 from pneumolab.training.tracking import experiment_logger
-
-log = logging.getLogger(__name__)
 
 
 class TrainingInterrupted(PneumolabError):
@@ -127,6 +124,7 @@ def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callba
         *checkpoints,
         *stopping,
         HistoryCSV(run.history),
+        TrainingCompute(),
         progress,
         *callbacks,
         ProcessGroupExit(),
@@ -246,11 +244,6 @@ def fit(
     ``resume`` continues from the last checkpoint) and, on rank 0, load the best epoch's weights
     into it; the other ranks of a multi-process run get None when training ends."""
     started = time.perf_counter()
-    compute = compute_record(trainer)
-    if trainer.is_global_zero:
-        log.info(
-            "training in %s on %s, %d threads", compute.precision, compute.device, compute.threads
-        )
     logger = experiment_logger(config, run)
     if logger is not None:
         trainer.logger = logger
@@ -279,7 +272,7 @@ def fit(
         train_seconds=round(time.perf_counter() - started, 1),
         feature_cache=FeatureCacheStats(**cache_stats) if cache_stats else None,
         distributed=distributed_summary(trainer, config, module.lr),
-        compute=compute,
+        compute=compute_record(trainer),
         teacher=module.teacher.record if module.teacher else None,
     )
     return Fitted(model, data.val_images(), summary, trainer.logger, data.train_images())

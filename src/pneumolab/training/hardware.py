@@ -7,8 +7,10 @@ its precision and device (:class:`pneumolab.run_meta.Compute`).
 
 from __future__ import annotations
 
+import logging
 import platform
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -16,6 +18,9 @@ import torch
 from pneumolab.run_meta import Compute
 
 CPU_INFO = Path("/proc/cpuinfo")
+THREADS_KEY = "pneumolab/threads"
+"""The ``trainer.callback_metrics`` entry in which :class:`TrainingCompute` leaves the thread count."""
+log = logging.getLogger(__name__)
 
 
 def _cpu_info() -> str:
@@ -50,9 +55,29 @@ def describe_device(accelerator: str) -> str:
 
 
 def compute_record(trainer: L.Trainer) -> Compute:
-    """The precision, device and CPU threads of ``trainer``'s run (this process)."""
+    """The precision, device and CPU threads of ``trainer``'s training processes (the threads
+    :class:`TrainingCompute` saw once training started, where it ran)."""
+    threads = trainer.callback_metrics.get(THREADS_KEY)
     return Compute(
         precision=str(trainer.precision),
         device=describe_device(type(trainer.accelerator).__name__),
-        threads=torch.get_num_threads(),
+        threads=torch.get_num_threads() if threads is None else int(threads),
     )
+
+
+class TrainingCompute(L.Callback):
+    """Says, as training starts, what it runs on, and leaves the thread count in
+    ``trainer.callback_metrics`` for :func:`compute_record`: a multi-process launcher lowers
+    the threads of each process only then (inside ``fit``), in a worker that ``ddp_spawn``
+    started, whose metrics are what Lightning carries back to the main process."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        trainer.callback_metrics[THREADS_KEY] = torch.tensor(torch.get_num_threads())
+        if trainer.is_global_zero:
+            compute = compute_record(trainer)
+            log.info(
+                "training in %s on %s, %d threads",
+                compute.precision,
+                compute.device,
+                compute.threads,
+            )
