@@ -9,6 +9,7 @@ RUN_DIR/
   history.csv            per-epoch metrics
   val_predictions.csv    validation scores of the kept weights
   ood.safetensors        the input-scope gate's OOD model and threshold (pneumolab.scope.ood)
+  mlflow_run.json        the MLflow run that tracks it (``tracking: mlflow``): a resume continues it
   checkpoints/           Lightning checkpoints (last.ckpt for --resume)
   model.onnx             written by `pneumolab export` only
   eval/<split>/          evaluation outputs
@@ -46,6 +47,7 @@ OWN_FILES = frozenset(
         "history.csv",
         "val_predictions.csv",
         "ood.safetensors",
+        "mlflow_run.json",
         "MODEL_CARD.md",
         "test_evaluations.jsonl",
     }
@@ -79,6 +81,10 @@ class RunDir:
     @property
     def ood(self) -> Path:
         return self.root / "ood.safetensors"
+
+    @property
+    def mlflow_run(self) -> Path:
+        return self.root / "mlflow_run.json"
 
     @property
     def history(self) -> Path:

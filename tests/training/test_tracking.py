@@ -3,11 +3,13 @@ the settings, one value per epoch and the run's files."""
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
 
 from conftest import TINY_TRAINING
 from pneumolab.config import TrainConfig
 from pneumolab.pipeline.train import train
+from pneumolab.training.fit import TrainingInterrupted
 
 pytestmark = pytest.mark.slow  # trains its own models
 
@@ -52,6 +54,49 @@ def test_mlflow_tracking_uses_a_local_store(synthetic_data, tmp_path, monkeypatc
     assert len(client.get_metric_history(tracked.info.run_id, "val_auc")) == EPOCHS
     artifacts = {a.path for a in client.list_artifacts(tracked.info.run_id)}
     assert {"MODEL_CARD.md", "meta.json", "val_predictions.csv", "history.csv"} <= artifacts
+
+
+class StopInSecondEpoch(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == 1:
+            raise KeyboardInterrupt
+
+
+def test_a_resumed_run_goes_on_in_its_mlflow_run(synthetic_data, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = TrainConfig(
+        epochs=EPOCHS, early_stopping_patience=5, tracking="mlflow", **TINY_TRAINING
+    )
+    with pytest.raises(TrainingInterrupted):
+        train(synthetic_data, tmp_path / "run", config, callbacks=[StopInSecondEpoch()])
+    run = train(synthetic_data, tmp_path / "run", resume=True)
+    client = MlflowClient(tracking_uri=(run.root / "mlruns").as_uri())
+    (tracked,) = client.search_runs([client.get_experiment_by_name("pneumolab").experiment_id])
+    assert tracked.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(tracked.info.run_id, "val_auc")]
+    assert len(steps) == EPOCHS and steps == sorted(set(steps))  # one per epoch, in order
+
+
+def test_a_resume_whose_mlflow_run_is_gone_says_where_to_look(
+    synthetic_data, tmp_path, monkeypatch
+):
+    import shutil
+
+    from pneumolab.errors import ConfigError
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = TrainConfig(
+        epochs=EPOCHS, early_stopping_patience=5, tracking="mlflow", **TINY_TRAINING
+    )
+    with pytest.raises(TrainingInterrupted):
+        train(synthetic_data, tmp_path / "run", config, callbacks=[StopInSecondEpoch()])
+    shutil.rmtree(tmp_path / "run" / "mlruns")
+    with pytest.raises(
+        ConfigError, match=r"mlflow_run\.json: the MLflow run \w+ .*MLFLOW_TRACKING_URI"
+    ):
+        train(synthetic_data, tmp_path / "run", resume=True)
 
 
 def test_a_missing_tracker_package_is_a_clear_error_before_any_file(

@@ -6,6 +6,7 @@ local files: ``RUN_DIR/tensorboard/`` and the MLflow store ``RUN_DIR/mlruns/`` (
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +14,8 @@ from pathlib import Path
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger
 
 from pneumolab.config import TrainConfig
-from pneumolab.errors import ConfigError
+from pneumolab.errors import ConfigError, brief
+from pneumolab.files import write_text_atomically
 from pneumolab.run import RunDir
 
 EXPERIMENT = "pneumolab"
@@ -43,8 +45,35 @@ def experiment_logger(config: TrainConfig, run: RunDir) -> Logger | None:
         uri = os.environ.get("MLFLOW_TRACKING_URI") or (run.root / "mlruns").resolve().as_uri()
         if uri.startswith("file:"):  # MLflow 3 keeps its file store behind an explicit opt-in
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        logger = MLFlowLogger(experiment_name=EXPERIMENT, run_name=run.root.name, tracking_uri=uri)
+        logger = _mlflow_logger(run, uri)
     logger.log_hyperparams(config.model_dump())
+    return logger
+
+
+def _mlflow_logger(run: RunDir, uri: str) -> MLFlowLogger:
+    """The MLflow logger of ``run``: the MLflow run it was tracked in before (a resume goes on in
+    it, its epochs after the earlier ones), else a new one, whose id ``run.mlflow_run`` keeps."""
+    if not run.mlflow_run.is_file():
+        logger = MLFlowLogger(experiment_name=EXPERIMENT, run_name=run.root.name, tracking_uri=uri)
+        # rank 0 has the run's id; the other ranks of a multi-process run track nothing
+        if logger.run_id is not None:
+            record = {"run_id": logger.run_id, "tracking_uri": uri}
+            write_text_atomically(run.mlflow_run, json.dumps(record) + "\n")
+        return logger
+    try:
+        record = json.loads(run.mlflow_run.read_text())
+        run_id = str(record["run_id"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{run.mlflow_run}: not a record of an MLflow run ({exc})") from None
+    logger = MLFlowLogger(experiment_name=EXPERIMENT, tracking_uri=uri, run_id=run_id)
+    try:
+        logger.experiment  # noqa: B018 (looks the run up)
+    except Exception as exc:  # MLflow's stores raise MlflowException, or (file store) Exception
+        raise ConfigError(
+            f"{run.mlflow_run}: the MLflow run {run_id} this run was tracked in (store "
+            f"{record.get('tracking_uri')}) cannot be reached at {uri} ({brief(str(exc))}); "
+            "point MLFLOW_TRACKING_URI at its store"
+        ) from None
     return logger
 
 
