@@ -493,3 +493,34 @@ def test_a_study_with_backend_onnx_exports_its_networks_and_compares_their_expor
     assert {r["backend"] for r in rows.values()} == {"onnx"}
     assert all((out / "runs" / name / "model.onnx").is_file() for name in ("small", "twin"))
     assert not (out / "runs" / "pair" / "model.onnx").exists()  # an ensemble scores its members
+
+
+def test_a_model_that_fails_before_training_is_skipped_on_every_rank(tmp_path):
+    """Rank 0 alone prepared the split: a model whose data check failed there was skipped on
+    rank 0 while the other ranks trained it, against rank 0 training the next model."""
+    import subprocess
+    import sys
+
+    data = write_synthetic_dataset(tmp_path / "data")
+    no_subtype = next((data / "train" / "PNEUMONIA").glob("*virus*"))
+    no_subtype.rename(no_subtype.with_name("person99_99.png"))
+    config = _study_file(
+        tmp_path / "study.yaml",
+        [
+            {"name": "three", "model": "pneumolab_cnn_small", "task": "three_class"},
+            {"name": "binary", "model": "pneumolab_cnn_small"},
+        ],
+    )
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = os.environ | {"PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    worker = Path(__file__).with_name("ddp_study.py")
+    done = subprocess.run(
+        [sys.executable, worker, config, data, tmp_path / "out"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "failed: ['three']; best: binary" in done.stdout
+    assert RunDir(tmp_path / "out" / "runs" / "binary").read_meta().distributed.processes == 2

@@ -69,8 +69,9 @@ def train_model(
     ``model.safetensors``.
 
     Under several processes (``devices × num_nodes``, launched by Lightning, torchrun or SLURM)
-    every process calls this: rank 0 alone computes the split (once) and writes the run
-    directory; the other ranks read the split from it, train, and return None.
+    every process calls this and carves the same split (a data problem stops every rank alike);
+    rank 0 alone writes the run directory; the other ranks train from its split.csv and
+    return None.
     """
     run = RunDir(Path(out_dir))
     if resume and config is not None:
@@ -82,19 +83,20 @@ def train_model(
         config = resolve_config(run.config)
     config = config or TrainConfig()
     trainer = build_trainer(config, run, callbacks)
-    split = None
     if trainer.is_global_zero:
         check_run_dir(run.root, resume)
-        split = prepare_split(data_dir, run, config, resume)
+    # every rank: it writes nothing, and a data problem stops each rank alike (a study then
+    # skips the model on all of them, not on rank 0 alone)
+    split = prepare_split(data_dir, run, config, resume)
     L.seed_everything(config.seed, workers=True, verbose=False)
     built = build_model(config, resume)
     check_tracking(config)
-    if split is not None and not resume:
+    if trainer.is_global_zero and not resume:
         start_run(run, split)
         if built.teacher is not None:
             built.teacher.warn_if_it_saw(run)
     fitted = fit(trainer, run, config, Path(data_dir).resolve(), built, resume)
-    if split is None or fitted is None:
+    if not trainer.is_global_zero or fitted is None:
         return None
     save_weights(fitted.model, run.weights)
     return TrainedModel(run, split, fitted)
