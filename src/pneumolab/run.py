@@ -210,6 +210,13 @@ class RunDir:
         return samples
 
 
+def score_text(probability: float) -> str:
+    """A score as written to a predictions file: exactly (shortest round-trip text). Rounded to
+    six decimals, the confident scores of a strong model tied at 0.000000 or 1.000000, and the
+    paired margins read back from these files disagreed with the AUCs computed before writing."""
+    return repr(float(probability))
+
+
 def write_predictions(
     path: Path, samples: list[Sample], probs: np.ndarray, tta_probs: np.ndarray | None = None
 ) -> None:
@@ -224,7 +231,7 @@ def write_predictions(
         header.append("tta_probability")
     writer.writerow(header)
     for path_, label, *scores in zip(*columns, strict=True):
-        writer.writerow([path_, label, *(f"{p:.6f}" for p in scores)])
+        writer.writerow([path_, label, *(score_text(p) for p in scores)])
     write_text_atomically(path, buffer.getvalue())
 
 
@@ -256,7 +263,7 @@ def write_shift_predictions(
     for scenario, draws in shifted.items():
         for draw, probs in enumerate(draws):
             for sample, p in zip(samples, probs, strict=True):
-                writer.writerow([sample.path, sample.label, scenario, draw, f"{p:.6f}"])
+                writer.writerow([sample.path, sample.label, scenario, draw, score_text(p)])
     write_text_atomically(path, buffer.getvalue())
 
 

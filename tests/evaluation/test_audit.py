@@ -105,7 +105,7 @@ def test_cli_gives_no_verdict_where_nothing_could_be_read(run_dir, tmp_path, cap
     assert main(["audit", str(run_dir), str(folder), "--out", str(out)]) == 1
     err = " ".join(capsys.readouterr().err.split())
     assert "NO VERDICT: none of the images could be read" in err
-    assert "— out of scope; predicted pneumonia — (validation" in err
+    assert "— out of scope; predicted pneumonia — of those in scope (validation" in err
     summary = json.loads((out / "audit.json").read_text(), parse_constant=pytest.fail)
     assert summary["out_of_scope_share"] is None and summary["predicted_pneumonia_rate"] is None
 

@@ -99,3 +99,23 @@ def test_shift_predictions_round_trip(tmp_path):
     read = read_shift_predictions(path, "compound")
     assert read == {str(s.path): [draws[0][i], draws[1][i]] for i, s in enumerate(samples)}
     assert read_shift_predictions(path, "reframe") == {}
+
+
+def test_saturated_scores_keep_the_order_the_table_shows(tmp_path):
+    """Scores rounded to six decimals tied a confident model's positives with its one confident
+    false positive: the margin read back said the table's leader was behind."""
+    from sklearn.metrics import roc_auc_score
+
+    samples = _samples(60)
+    y = np.array([s.label for s in samples])
+    confident = np.where(y == 1, np.float32(0.9999999), 0.1).astype(float)
+    confident[np.flatnonzero(y == 0)[0]] = float(np.float32(0.9999996))  # one confident FP
+    other = np.where(y == 1, np.linspace(0.6, 0.99, 60), 0.1)
+    other[np.flatnonzero(y == 0)[0]] = 0.7
+    runs = {
+        "confident": _scored_run(tmp_path / "a", confident, [confident], n=60),
+        "other": _scored_run(tmp_path / "b", other, [other], n=60),
+    }
+    expected = roc_auc_score(y, confident) - roc_auc_score(y, other)
+    (margin,) = margins_over(runs, "confident", "roc_auc", "val").margins
+    assert expected > 0 and margin.difference.difference == pytest.approx(expected)

@@ -56,3 +56,16 @@ def test_the_card_reads_no_tta_evaluation_and_survives_a_broken_one(tiny_run, tm
     card = write_model_card(run).read_text()
     assert "without confidence intervals" in card
     assert f"{metrics_file}: unreadable" in caplog.text
+
+
+def test_the_card_names_the_export_that_scored_its_figures(tiny_run, tmp_path):
+    run = RunDir(copy_run(tiny_run[0], tmp_path / "run"))
+    run.eval_dir("val").mkdir(parents=True)
+    metrics = run.read_meta().val_metrics.model_dump() | {"ci95": {"roc_auc": [0.125, 0.875]}}
+    for backend, named in (("torch", False), ("onnx-int8", True), ("openvino", True)):
+        (run.eval_dir("val") / "metrics.json").write_text(
+            json.dumps(metrics | {"backend": backend})
+        )
+        card = write_model_card(run).read_text()
+        assert "0.1250 – 0.8750" in card
+        assert (f"scored by the `{backend}` export" in card) is named

@@ -124,8 +124,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     console.print(
         f"{summary['images']} images ({summary['unreadable']} unreadable), "
         f"{format_share(summary['out_of_scope_share'])} out of scope; predicted pneumonia "
-        f"{format_share(summary['predicted_pneumonia_rate'])} (validation "
-        f"{format_share(summary['val_predicted_pneumonia_rate'])})"
+        f"{format_share(summary['predicted_pneumonia_rate'])} of those in scope (validation: "
+        f"{format_share(summary['val_predicted_pneumonia_rate'])} of all its images)"
     )
     say((audit.verdict, "bold"))
     for reason in audit.verdict_reasons:

@@ -11,9 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pneumolab.evaluation.metrics import ECE_BINS, SCALAR_METRICS, calibration_bins
+from pneumolab.evaluation.metrics import SCALAR_METRICS
 
-CI_METRICS = SCALAR_METRICS
+CI_METRICS = tuple(name for name in SCALAR_METRICS if name != "ece")
+"""The metrics given an interval. Not ECE: resampling biases it upwards (duplicated images make
+each bin's gap noisier, never smaller on average), so its percentile interval often lay wholly
+above the estimate it was printed beside."""
 
 
 def _draw_counts(n_units: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -59,7 +62,6 @@ def weighted_metrics(
         weights @ ((1 - y) * ~called),
     )
     n = weights.sum(axis=1)
-    bins = np.eye(ECE_BINS)[calibration_bins(prob)]
     with np.errstate(divide="ignore", invalid="ignore"):
         sensitivity, specificity = tp / (tp + fn), tn / (tn + fp)
         return {
@@ -71,7 +73,6 @@ def weighted_metrics(
             "f1": 2 * tp / (2 * tp + fp + fn),
             "balanced_accuracy": (sensitivity + specificity) / 2,
             "brier": weights @ (prob - y) ** 2 / n,
-            "ece": np.abs(weights @ (bins * (y - prob)[:, None])).sum(axis=1) / n,
             **_ranking_metrics(y, prob, weights),
         }
 

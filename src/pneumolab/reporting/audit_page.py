@@ -85,7 +85,7 @@ def audit_html(audit: SiteAudit, figure_png: bytes) -> str:
         ),
         ("OOD threshold", summary["ood_threshold"]),
         (
-            "predicted pneumonia, in scope (validation)",
+            "predicted pneumonia: in-scope images (validation: all its images)",
             f"{format_share(summary['predicted_pneumonia_rate'])} "
             f"({format_share(summary['val_predicted_pneumonia_rate'])})",
         ),

@@ -102,10 +102,16 @@ def _metrics_section(
     stored = None if evaluated is not None else _stored_val_evaluation(run)
     if evaluated is not None:
         metrics, intervals = evaluated, evaluated.get("ci95") or {}
-        note = "From an evaluation on the validation split; 95% CI: percentile bootstrap over patients."
+        note = (
+            f"From an evaluation on the validation split{_scored_by(metrics)}; 95% CI: "
+            "percentile bootstrap over patients."
+        )
     elif stored is not None:
         metrics, intervals = stored, stored.get("ci95") or {}
-        note = "From `eval/val/metrics.json`; 95% CI: percentile bootstrap over patients."
+        note = (
+            f"From `eval/val/metrics.json`{_scored_by(metrics)}; 95% CI: percentile bootstrap "
+            "over patients."
+        )
     else:
         metrics, intervals = meta.val_metrics.model_dump(), {}
         note = (
@@ -119,6 +125,13 @@ def _metrics_section(
     if "confusion_matrix" in metrics:
         lines.append(f"| confusion [[tn, fp], [fn, tp]] | {metrics['confusion_matrix']} | |")
     return lines
+
+
+def _scored_by(metrics: dict[str, Any]) -> str:
+    """Which exported model scored ``metrics``, where another one than the run's own weights did
+    (an INT8 or OpenVINO export's figures differ slightly from the model's)."""
+    backend = metrics.get("backend", "torch")
+    return "" if backend == "torch" else f", scored by the `{backend}` export"
 
 
 def _stored_val_evaluation(run: RunDir) -> dict[str, Any] | None:
