@@ -132,9 +132,9 @@ def test_a_results_file_another_job_is_writing_is_refused_before_ray_starts(
     from filelock import FileLock
 
     out = tmp_path / "r.parquet"
-    with FileLock(f"{out}.lock"):  # another job holds it
-        with pytest.raises(OutputError, match=r"r\.parquet: another process is writing it"):
-            predict_with_ray(predictor, images, out, TWO_WORKERS)
+    refused = pytest.raises(OutputError, match=r"r\.parquet: another process is writing it")
+    with FileLock(f"{out}.lock"), refused:  # another job holds the lock
+        predict_with_ray(predictor, images, out, TWO_WORKERS)
     assert not out.exists() and not out.with_name("r.parquet.parts").exists()
 
 
