@@ -36,3 +36,20 @@ def test_an_auc_change_beyond_the_limit_is_refused():
     parity = score_parity(REFERENCE, noisy.clip(0, 1), LABELS, threshold=0.999)
     assert abs(parity.auc_change) > MAX_AUC_CHANGE and not parity.accepted
     assert parity.auc_change == pytest.approx(parity.auc - parity.reference_auc)
+
+
+def test_a_scope_verdict_may_flip_near_the_ood_threshold_only():
+    from pneumolab.evaluation.parity import OOD_MARGIN, OodScores
+
+    ood = np.linspace(10.0, 90.0, 100)  # fp32 OOD scores; threshold 100: all in scope
+    near = ood.copy()
+    near[-1] = 101.0  # 90 → 101: flips, but 90 is within the margin of 100
+    parity = score_parity(REFERENCE, REFERENCE, LABELS, 0.35, ood=OodScores(ood, near, 100.0))
+    assert (parity.scope_flips, parity.scope_flips_outside_margin) == (1, 0) and parity.accepted
+    assert parity.max_ood_change == pytest.approx(11 / 90)
+    far = ood.copy()
+    far[0] = 150.0  # a typical X-ray (10) called out of scope
+    parity = score_parity(REFERENCE, REFERENCE, LABELS, 0.35, ood=OodScores(ood, far, 100.0))
+    assert parity.scope_flips_outside_margin == 1 and not parity.accepted
+    assert f"1 of them outside ±{OOD_MARGIN:.0%} of the OOD threshold" in parity.summary()
+    assert score_parity(REFERENCE, REFERENCE, LABELS, 0.35).max_ood_change is None

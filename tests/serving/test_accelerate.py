@@ -52,7 +52,9 @@ def run(tmp_path_factory) -> RunDir:
 
 def test_int8_export_passes_parity_and_serves_predictions(run, capsys):
     assert main(["export", str(run.root), "--format", "onnx-int8"]) == 0
-    assert "parity with fp32 on 20 validation images" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "parity with fp32 on 20 validation images" in err
+    assert "scope verdict" not in err  # the run has no OOD model
     int8 = Predictor.from_run(run.root, backend="onnx-int8")
     assert int8.scorer.metadata["precision"] == "int8"
     assert int8.scorer.metadata["intensity"] == "equalize"
@@ -64,7 +66,7 @@ def test_int8_export_passes_parity_and_serves_predictions(run, capsys):
 
 def test_failed_parity_writes_nothing(run, tmp_path, monkeypatch):
     failing = Parity(20, 1.0, 0.9, 0.3, 4, 4)
-    monkeypatch.setattr(accelerate, "score_parity", lambda *args: failing)
+    monkeypatch.setattr(accelerate, "score_parity", lambda *args, **kwargs: failing)
     out = tmp_path / "m.int8.onnx"
     with pytest.raises(
         ExportError, match=r"parity check against fp32 failed.*change -0\.1000"
@@ -159,10 +161,12 @@ def test_both_exports_keep_the_ood_score_and_are_refused_after_a_refit(run, tmp_
     pixels = np.stack([Predictor.from_run(scoped.root).preprocess_array(p) for p in _images(run)])
     expected = Predictor.from_run(scoped.root, backend="onnx").scorer(pixels).ood
     backends = ["onnx-int8"]
-    export_int8(scoped.root, overwrite=True)  # (copied from the run with the others)
+    parities = [export_int8(scoped.root, overwrite=True)]  # (copied from the run with the others)
     if importlib.util.find_spec("openvino"):
-        export_openvino(scoped.root, overwrite=True)
+        parities.append(export_openvino(scoped.root, overwrite=True))
         backends.append("openvino")
+    for parity in parities:  # the scope gate's scores are part of the parity check
+        assert parity.max_ood_change is not None and parity.scope_flips_outside_margin == 0
     for backend in backends:
         got = Predictor.from_run(scoped.root, backend=backend).scorer(pixels).ood
         np.testing.assert_allclose(got, expected, rtol=0.05, err_msg=backend)

@@ -167,6 +167,21 @@ def prepare_image(image: ImageInput, image_size: int) -> tuple[np.ndarray, Scope
     return np.array(pixels)[None], checks  # writable, for torch
 
 
+def run_ood_model(run: RunDir) -> OodModel | None:
+    """The run's OOD model (the input-scope gate's content check); None where it has none, or
+    one of an older pneumolab that scored pooled features (with a warning saying how to refit)."""
+    ood = OodModel.load(run.ood) if run.ood.is_file() else None
+    if ood is not None and ood.method in LEGACY_METHODS:
+        log.warning(
+            "%s: OOD model of an older pneumolab (pooled features), not used; refit it with "
+            "`pneumolab fit-ood %s --data DATA_DIR`",
+            run.ood,
+            run.root,
+        )
+        return None
+    return ood
+
+
 class Predictor:
     """A trained pneumolab model with its preprocessing, decision threshold and scope gate.
 
@@ -286,15 +301,7 @@ class Predictor:
             raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
         run = RunDir(Path(run_dir))
         meta = run.read_meta()
-        ood = OodModel.load(run.ood) if run.ood.is_file() else None
-        if ood is not None and ood.method in LEGACY_METHODS:
-            log.warning(
-                "%s: OOD model of an older pneumolab (pooled features), not used; refit it with "
-                "`pneumolab fit-ood %s --data DATA_DIR`",
-                run.ood,
-                run.root,
-            )
-            ood = None
+        ood = run_ood_model(run)
         if meta.is_ensemble:
             if onnx_file is not None:
                 raise ValueError(

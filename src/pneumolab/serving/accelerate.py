@@ -23,7 +23,7 @@ import numpy as np
 
 from pneumolab.data.intensity import normalize_intensity_array
 from pneumolab.errors import ExportError, OutputError, RunDirError
-from pneumolab.evaluation.parity import Parity, score_parity
+from pneumolab.evaluation.parity import OodScores, Parity, score_parity
 from pneumolab.inference.onnx_backend import (
     INPUT_NAME,
     INT8_FILE_NAME,
@@ -37,7 +37,7 @@ from pneumolab.inference.openvino_backend import (
     OpenVinoBackend,
     import_openvino,
 )
-from pneumolab.inference.predictor import Predictor
+from pneumolab.inference.predictor import Predictor, run_ood_model
 from pneumolab.outputs import check_output
 from pneumolab.run import RunDir, read_predictions
 
@@ -87,6 +87,7 @@ def _accept(
     reference: OnnxBackend,
     images: ValidationImages,
     threshold: float,
+    ood_threshold: float | None,
     out_file: Path,
 ) -> Parity:
     """The parity of ``candidate`` (to be written as ``out_file``) with the fp32 reference;
@@ -97,7 +98,14 @@ def _accept(
             f"{out_file}: not written: the exported model gives no OOD score (the input-scope "
             "gate's) where the fp32 model does"
         )
-    parity = score_parity(expected.probability, got.probability, images.parity_labels, threshold)
+    ood = (
+        OodScores(expected.ood, got.ood, ood_threshold)
+        if ood_threshold is not None and np.isfinite(expected.ood).all()
+        else None
+    )
+    parity = score_parity(
+        expected.probability, got.probability, images.parity_labels, threshold, ood=ood
+    )
     if not parity.accepted:
         raise ExportError(
             f"{out_file}: not written: parity check against fp32 failed: {parity.summary()}"
@@ -132,12 +140,15 @@ def _write_verified(
     """Export with ``write`` to a temporary name, check parity, then move it to ``out_file``."""
     run = RunDir(Path(run_dir))
     reference = run_onnx_backend(run.root)
-    predictor = Predictor(None, run.read_meta(), reference)
+    predictor = Predictor(None, run.read_meta(), reference, run_ood_model(run))
     images = validation_images(predictor, run, CALIBRATION_IMAGES)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_name("partial-" + out_file.name)
     try:
-        parity = _accept(write(tmp, images), reference, images, predictor.threshold, out_file)
+        ood_threshold = predictor.ood.threshold if predictor.ood else None
+        parity = _accept(
+            write(tmp, images), reference, images, predictor.threshold, ood_threshold, out_file
+        )
         for suffix in (".bin", out_file.suffix):  # OpenVINO's weights first, then its graph
             if tmp.with_suffix(suffix).is_file():
                 tmp.with_suffix(suffix).replace(out_file.with_suffix(suffix))
