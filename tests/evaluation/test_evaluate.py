@@ -129,3 +129,25 @@ def test_a_split_with_no_readable_image_is_a_clear_error(trained, tmp_path):
         copy.write_bytes(b"not an image")
     with pytest.raises(DataLayoutError, match=r"none of the 20 images of the test split.*read"):
         evaluate(run_dir, broken, split="test", device="cpu")
+
+
+def test_a_split_readable_in_one_class_only(trained, tmp_path, capsys):
+    """Evaluate reports what one class allows (dashes elsewhere, robustness and shift tables
+    included: they raised a TypeError); compare, which ranks by AUC, refuses by name."""
+    from pneumolab.cli import main
+
+    run_dir, data = trained
+    one_class = tmp_path / "data"
+    for image in (data / "test").rglob("*.png"):
+        copy = one_class / image.relative_to(data)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_bytes(b"junk" if image.parent.name == "NORMAL" else image.read_bytes())
+    run = copy_run(run_dir, tmp_path / "run")
+    args = ["--data", str(one_class), "--split", "test"]
+    assert main(["evaluate", str(run), *args, "--robustness", "--shift"]) == 0
+    printed = capsys.readouterr().err  # the tables go to stderr
+    assert "robustness" in printed and "shift protocol" in printed and "— (—)" in printed
+    compare = ["compare", str(run), str(run_dir), *args, "--out", str(tmp_path / "cmp")]
+    assert main(compare) == 2
+    assert "the test images that could be read are all of one class" in capsys.readouterr().err
+    assert not (tmp_path / "cmp").exists()

@@ -67,26 +67,29 @@ def operating_points_table(metrics: dict[str, Any]) -> Table:
     return table
 
 
-def robustness_table(report: dict[str, dict[str, float]]) -> Table:
-    """Metrics under each perturbation of the robustness suite."""
+def robustness_table(report: dict[str, dict[str, float | None]]) -> Table:
+    """Metrics under each perturbation of the robustness suite (a dash where undefined: one
+    class only)."""
     table = Table(
         "perturbation", "roc_auc", "accuracy", "sensitivity", "specificity", title="robustness"
     )
     for name, row in report.items():
         table.add_row(
-            name, *(f"{row[k]:.4f}" for k in ("roc_auc", "accuracy", "sensitivity", "specificity"))
+            name,
+            *(format_metric(row[k]) for k in ("roc_auc", "accuracy", "sensitivity", "specificity")),
         )
     return table
 
 
-def shift_table(report: dict[str, dict[str, float]]) -> Table:
-    """The shift protocol: one line per scenario, mean (min) over its draws."""
+def shift_table(report: dict[str, dict[str, float | None]]) -> Table:
+    """The shift protocol: one line per scenario, mean (min) over its draws (dashes where
+    undefined)."""
     table = Table("scenario", "roc_auc", "specificity", "sensitivity", title="shift protocol")
     for name, row in report.items():
         table.add_row(
             name,
             *(
-                f"{row[f'mean_{k}']:.4f} ({row[f'min_{k}']:.4f})"
+                f"{format_metric(row[f'mean_{k}'])} ({format_metric(row[f'min_{k}'])})"
                 for k in ("roc_auc", "specificity", "sensitivity")
             ),
         )

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pneumolab.errors import RunDirError
+from pneumolab.errors import DataLayoutError, RunDirError
 from pneumolab.evaluation.evaluate import compute_evaluation
 from pneumolab.evaluation.figures import save_confusion_matrix, save_model_bars
 from pneumolab.evaluation.metrics import format_interval, format_metric
@@ -93,6 +93,12 @@ def compare_predictor(
         raise ValueError("compare_predictor needs a predictor loaded with Predictor.from_run")
     run, backend, device = RunDir(predictor.run_dir), predictor.backend_name, default_device()
     evaluation = compute_evaluation(predictor, data_dir, split, robustness, shift)
+    if evaluation.metrics["roc_auc"] is None:
+        raise DataLayoutError(
+            f"{name}: the {split} images that could be read are all of one class; a comparison "
+            "ranks models by ROC AUC, which needs both (`pneumolab evaluate` gives one run's "
+            "sensitivity or specificity there)"
+        )
     write_evaluation(evaluation)
     metrics = evaluation.metrics
     timed = predictor if device == "cpu" or backend != "torch" else Predictor.from_run(run.root)
