@@ -39,7 +39,7 @@ from pneumolab.inference.scores import torch_scorer
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.run import RunDir
 from pneumolab.scope.checks import image_sanity
-from pneumolab.scope.ood import validation_threshold
+from pneumolab.scope.ood import OodModel, validation_threshold
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SKIMAGE_SAMPLES = [
@@ -70,6 +70,8 @@ SKIMAGE_SAMPLES = [
 
 
 def skimage_photos() -> Iterator[tuple[str, ImageInput]]:
+    # the optional ``bench`` extra (scikit-image): absent, mypy can't find it; installed, it
+    # ships py.typed, so the ignore is then unused (hence ``unused-ignore`` as well)
     import skimage.data
 
     for name in SKIMAGE_SAMPLES:
@@ -159,15 +161,27 @@ def scope_and_logits(
         return scope, model.backbone.get_classifier()(pooled)
 
 
+def stored_ood(predictor: Predictor) -> OodModel:
+    """The run's OOD model (``main`` refuses a run without one)."""
+    if predictor.ood is None:
+        raise SystemExit(
+            f"{predictor.run_dir or 'this run'} has no OOD model; run `pneumolab fit-ood` first"
+        )
+    return predictor.ood
+
+
 def content_scores(predictor: Predictor, pixels: torch.Tensor) -> dict[str, np.ndarray]:
     """Higher = more out of distribution, for each candidate score."""
     model = predictor.require_model("the OOD benchmark")
     scope, logits = scope_and_logits(model, pixels, predictor.intensity)
+    mahalanobis = stored_ood(predictor).scorer
+    if mahalanobis is None:  # an ensemble's OOD model (its members score)
+        raise SystemExit(f"{predictor.run_dir or 'this run'}: its OOD model has no scorer")
     if logits.shape[1] == 1:  # binary: the logits of (NORMAL, PNEUMONIA) are (0, z)
         logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
     with torch.no_grad():
         return {
-            "mahalanobis": predictor.ood.scorer(scope).numpy(),
+            "mahalanobis": mahalanobis(scope).numpy(),
             "energy": (-torch.logsumexp(logits, dim=1)).numpy(),
             "1 - max probability": (1 - torch.softmax(logits, dim=1).max(dim=1).values).numpy(),
         }
@@ -194,7 +208,8 @@ def gate_flagged(predictor: Predictor, pixels: torch.Tensor) -> float:
     (contrast, polarity) or the stored OOD threshold."""
     size = pixels.shape[-1]
     checked = np.array([bool(image_sanity(size, size, p[0].numpy()).reasons) for p in pixels])
-    return float(np.mean(checked | (predictor.scorer(pixels).ood > predictor.ood.threshold)))
+    threshold = stored_ood(predictor).threshold
+    return float(np.mean(checked | (predictor.scorer(pixels).ood > threshold)))
 
 
 def perturbed_validation(predictor: Predictor, val_paths: list[Path]) -> dict[str, float]:
@@ -263,7 +278,7 @@ def main() -> None:
         raise SystemExit(f"{args.run_dir} has no OOD model; run `pneumolab fit-ood` first")
     val_paths = [s.path for s in RunDir(args.run_dir).read_split(args.data.resolve(), "val")]
     picks = np.linspace(0, len(val_paths) - 1, args.xrays).round().astype(int)
-    in_distribution = {
+    in_distribution: dict[str, list[tuple[str, ImageInput]]] = {
         "validation split": [(p.name, p) for p in val_paths],
         "official val/": [(p.name, p) for p in expand_paths([args.data / "val"])],
     }
@@ -305,7 +320,7 @@ def evaluate_families(
         scored[family] = (content_scores(predictor, pixels), flagged, len(names))
     val_scores = scored["validation split"][0]
     thresholds = {m: validation_threshold(s) for m, s in val_scores.items()}
-    thresholds["mahalanobis"] = predictor.ood.threshold  # the stored one (same rule)
+    thresholds["mahalanobis"] = stored_ood(predictor).threshold  # the stored one (same rule)
     id_all = {m: np.concatenate([scored[f][0][m] for f in in_distribution]) for m in thresholds}
     results: dict[str, dict] = {"thresholds": thresholds, "families": {}}
     for family, (scores, flagged, n) in scored.items():

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,10 @@ from pneumolab.scope.ood import validation_threshold
 Descriptor = Callable[[torch.Tensor], torch.Tensor]
 
 
+def _as_float(describe: Descriptor, x: torch.Tensor) -> torch.Tensor:
+    return describe(x).float()
+
+
 def descriptors(model: XrayClassifier, reference: XrayClassifier | None) -> dict[str, Descriptor]:
     """Feature functions of float pixels in [0, 1] (intensity normalisation already applied)."""
     backbone = model.backbone
@@ -62,9 +67,12 @@ def descriptors(model: XrayClassifier, reference: XrayClassifier | None) -> dict
             model._backbone_input(x), indices=[1, 2, 3, 4], intermediates_only=True
         )
 
+    def stage_mean(x: torch.Tensor, k: int) -> torch.Tensor:
+        return stages(x)[k].float().mean(dim=(2, 3))
+
     found: dict[str, Descriptor] = {"final pooled": model.features}
-    for k in range(4):
-        found[f"stage {k + 1} mean"] = lambda x, k=k: stages(x)[k].float().mean(dim=(2, 3))
+    for k in range(4):  # partial binds k now, as the ``k=k`` lambda default did (mypy types it)
+        found[f"stage {k + 1} mean"] = partial(stage_mean, k=k)
     found["stages 1-4 mean+std"] = lambda x: torch.cat(
         [torch.cat([m.float().mean(dim=(2, 3)), m.float().std(dim=(2, 3))], 1) for m in stages(x)],
         dim=1,
@@ -126,9 +134,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for name, describe in descriptors(model, reference).items():
         features = {
-            key: score_batches(
-                lambda x, d=describe: d(x).float(), model, pixels, predictor.intensity, 64
-            )
+            key: score_batches(partial(_as_float, describe), model, pixels, predictor.intensity, 64)
             for key, pixels in sets.items()
         }
         variants = {name: (["train"], ["val"])}

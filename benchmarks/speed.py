@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,9 @@ class PlainBaseline:
         self.model.eval()
 
     def pixels(self, path: Path) -> torch.Tensor:
-        image = Image.open(path).convert("L").resize((self.size, self.size), Image.BILINEAR)
+        image = (
+            Image.open(path).convert("L").resize((self.size, self.size), Image.Resampling.BILINEAR)
+        )
         return torch.from_numpy(np.asarray(image).copy())[None]
 
     @torch.inference_mode()
@@ -106,8 +109,14 @@ def process(*argv: str) -> tuple[float, float]:
         check=True,
     )
     wall = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", done.stderr)
+    if wall is None:
+        raise RuntimeError(f"no wall clock time in /usr/bin/time -v's output:\n{done.stderr}")
     hours, minutes, seconds = (float(g or 0) for g in wall.groups())
     peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
+    if peak is None:
+        raise RuntimeError(
+            f"no maximum resident set size in /usr/bin/time -v's output:\n{done.stderr}"
+        )
     return 3600 * hours + 60 * minutes + seconds, int(peak.group(1)) / 1024
 
 
@@ -115,6 +124,16 @@ def _onnx_variant(run_dir: Path, threads: int | None, spin: bool) -> Predictor:
     predictor = Predictor.from_run(run_dir, backend="onnx")
     predictor.scorer = OnnxBackend(run_dir / "model.onnx", session_options(threads, spin))
     return predictor
+
+
+def _listed(predictor: Predictor, **options: int) -> Callable[[list[Path]], object]:
+    """``predictor.predict_paths(files, BATCH, **options)``, run to the end (a list)."""
+    return lambda files: list(predictor.predict_paths(files, BATCH, **options))
+
+
+def _field(measure: Callable[[], tuple[float, float]], index: int) -> float:
+    """Item ``index`` of a fresh ``measure()``: of :func:`process`, 0 wall s, 1 peak MB."""
+    return measure()[index]
 
 
 def measurements(run_dir: Path, files: list[Path], passes: int) -> dict[str, Callable[[], float]]:
@@ -135,25 +154,23 @@ def measurements(run_dir: Path, files: list[Path], passes: int) -> dict[str, Cal
         ),
         "batch img/s | plain PIL + timm": lambda: images_per_second(plain.predict_paths, many),
     }
+    # functools.partial binds each loop's predictor/backend now, as the ``pr=predictor`` lambda
+    # defaults did (mypy cannot type a lambda with defaults as a ``Callable[[], float]``)
     for name, predictor in loaded.items():
-        found[f"one image p50 ms | {name}"] = lambda pr=predictor: p50_ms(pr.predict, files)
-        found[f"batch img/s | {name}"] = lambda pr=predictor: images_per_second(
-            lambda fs: list(pr.predict_paths(fs, BATCH)), many
-        )
+        found[f"one image p50 ms | {name}"] = partial(p50_ms, predictor.predict, files)
+        found[f"batch img/s | {name}"] = partial(images_per_second, _listed(predictor), many)
     for name in backends[1:]:
-        found[f"batch img/s | {name}, 1 decoding thread"] = lambda pr=loaded[name]: (
-            images_per_second(lambda fs: list(pr.predict_paths(fs, BATCH, workers=1)), many)
+        found[f"batch img/s | {name}, 1 decoding thread"] = partial(
+            images_per_second, _listed(loaded[name], workers=1), many
         )
     for threads, spin in ((1, False), (None, False), (None, True)):
         variant = _onnx_variant(run_dir, threads, spin)
         label = f"onnx, {threads or 'all'} intra-op thread(s), spinning {'on' if spin else 'off'}"
-        found[f"batch img/s | {label}"] = lambda pr=variant: images_per_second(
-            lambda fs: list(pr.predict_paths(fs, BATCH)), many
-        )
+        found[f"batch img/s | {label}"] = partial(images_per_second, _listed(variant), many)
     for backend in ("onnx", "torch"):
-        run = lambda b=backend: process(*cli, "--backend", b)  # noqa: E731
-        found[f"process s | predict --backend {backend}"] = lambda r=run: r()[0]
-        found[f"process MB | predict --backend {backend}"] = lambda r=run: r()[1]
+        run = partial(process, *cli, "--backend", backend)
+        found[f"process s | predict --backend {backend}"] = partial(_field, run, 0)
+        found[f"process MB | predict --backend {backend}"] = partial(_field, run, 1)
     found["process s | --help"] = lambda: process("-m", "pneumolab", "--help")[0]
     found["process s | python -c 'import torch'"] = lambda: process("-c", "import torch")[0]
     return found

@@ -12,24 +12,29 @@ scores by the run's own rule, as :func:`pneumolab.pipeline.finalise.finalise` no
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from report import publish, runs_parser
 
 from pneumolab.data.dataset import decode_samples
 from pneumolab.evaluation.decision import decision_rule
 from pneumolab.evaluation.shift import scenario_results, shifted_probabilities
-from pneumolab.inference.predictor import Predictor
+from pneumolab.inference.predictor import Pixels, Predictor
 from pneumolab.inference.scores import Scorer, with_tta
 from pneumolab.run import RunDir
+
+if TYPE_CHECKING:
+    import torch
 
 Figures = dict[str, tuple[float, float, float]]
 """``{scenario: (mean ROC AUC, mean specificity, mean sensitivity)}``, clean included."""
 
 
-def scored(scorer: Scorer, pixels: np.ndarray, draws: int) -> dict[str, list[np.ndarray]]:
+def scored(scorer: Scorer, pixels: torch.Tensor, draws: int) -> dict[str, list[np.ndarray]]:
     """Clean and shifted probabilities of ``scorer``, one array per draw."""
 
-    def backend(images: np.ndarray) -> np.ndarray:
+    def backend(images: Pixels) -> np.ndarray:
         return scorer(images).probability
 
     return {"clean": [backend(pixels)], **shifted_probabilities(backend, pixels, draws)}
