@@ -87,6 +87,7 @@ def test_fullres_jpeg_matches_the_predictor(client, run_dir, shared_fullres):
     assert body["label"] == expected.label and body["threshold"] == expected.threshold
     assert body["model"] == "pneumolab_cnn_small"
     assert body["model_version"].startswith("0.") and "+" in body["model_version"]
+    assert body["backend"] == "torch"
     assert "validation split of run" in body["threshold_provenance"]
     assert body["timing_ms"] > 0
     assert "heatmap_png_base64" not in body and "image_png_base64" not in body
@@ -125,10 +126,16 @@ def test_heatmap_is_a_png_over_the_image(client, png_bytes):
     image, heat = decode_png(body["image_png_base64"]), decode_png(body["heatmap_png_base64"])
     assert image.size == heat.size == (60, 40)
     assert heat.mode == "RGB"
+    # the jet colours cover part of the image (an empty map would give the grey image back)
+    plain = np.asarray(image.convert("RGB"), dtype=int)
+    coloured = np.abs(np.asarray(heat, dtype=int) - plain).max(axis=-1) > 0
+    assert coloured.any()
 
 
 def test_model_and_health(client):
     assert client.get("/healthz").json() == {"status": "ok"}
+    for path in ("/", "/healthz", "/v1/model"):  # uptime checkers send HEAD
+        assert client.head(path).status_code == 200, path
     info = client.get("/v1/model").json()
     assert info["model"] == "pneumolab_cnn_small" and info["image_size"] == 32
     assert info["heatmap_available"] and info["backend"] == "torch"
@@ -191,7 +198,19 @@ def test_truncated_png_is_422(client, png_bytes):
 
 def test_missing_file_field_is_422(client):
     response = client.post("/v1/predict", files={"other": ("x.png", b"123")})
-    assert response.status_code == 422 and "Traceback" not in response.text
+    assert_error(response, 422, "body.file: Field required", "multipart/form-data")
+
+
+def test_a_file_sent_without_a_file_name_is_422_and_never_echoed_back(client, png_bytes):
+    """curl -F file=<x.png sends the bytes as a form value: FastAPI's own 422 echoed them."""
+    response = client.post("/v1/predict", data={"file": png_bytes.decode("latin-1")})
+    assert_error(response, 422, "body.file:", "with a file name")
+    assert len(response.content) < 1000
+
+
+def test_an_unknown_query_parameter_is_refused_not_ignored(client, png_bytes):
+    assert_error(upload(client, "x.png", png_bytes, **{"keep-label": "true"}), 422, "keep-label")
+    assert upload(client, "x.png", png_bytes, keep_label="true").status_code == 200
 
 
 def test_unexpected_failure_is_a_plain_500(run_dir, png_bytes, monkeypatch, caplog):
@@ -210,6 +229,11 @@ def test_cors_is_off_unless_asked(run_dir):
     cors = TestClient(create_app(run_dir, cors_origins=["https://example.org"]))
     allowed = cors.get("/healthz", headers=headers)
     assert allowed.headers["access-control-allow-origin"] == "https://example.org"
+    preflight = headers | {  # a browser client behind an authenticating gateway
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    assert cors.options("/v1/predict", headers=preflight).status_code == 200
 
 
 def test_onnx_backend_refuses_heatmaps_with_409(run_dir, png_bytes):

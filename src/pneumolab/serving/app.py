@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
@@ -41,6 +42,12 @@ MODEL_INFO_FIELDS = {
     "pneumolab_version",
 }  # fmt: skip
 """The fields of a run's meta.json that ``GET /model`` shows."""
+PREDICT_OPTIONS = ("heatmap", "preview", "keep_label")
+"""The query parameters of ``POST /v1/predict``: any other is refused (422), not ignored."""
+UPLOAD_HINT = (
+    "send the image as a multipart/form-data file part named `file`, with a file name "
+    "(curl -F file=@image.jpeg)"
+)
 
 
 class PredictResponse(BaseModel):
@@ -61,6 +68,7 @@ class PredictResponse(BaseModel):
     threshold_provenance: str
     model: str
     model_version: str
+    backend: str
     timing_ms: float
     image_png_base64: str | None = None
     heatmap_png_base64: str | None = None
@@ -117,8 +125,8 @@ def create_app(
     limits: ServerLimits | None = None,
     cors_origins: Sequence[str] | None = None,
 ) -> FastAPI:
-    """The API (``/v1/predict``, ``/v1/model``, ``/healthz``; docs at ``/docs`` and ``/redoc``,
-    served from local files) and the page at ``/`` for the run in ``run_dir``, loaded once;
+    """The API (``/v1/predict``, ``/v1/model``, ``/healthz``; docs at ``/docs``, served from
+    local files) and the page at ``/`` for the run in ``run_dir``, loaded once;
     ``backend="onnx"`` serves no heat maps (409). ``limits`` bound what a request may cost."""
     run_dir = Path(run_dir)
     predictor = Predictor.from_run(run_dir, backend=backend)
@@ -130,11 +138,12 @@ def create_app(
     limits = limits or ServerLimits()
     max_upload_bytes, max_pixels = limits.max_upload_bytes, limits.max_pixels
     decode_slots = DecodeSlots(limits.max_decodes, limits.decode_wait_s)
-    app = FastAPIOffline(  # Swagger UI and ReDoc from the package's files: no CDN
+    app = FastAPIOffline(  # Swagger UI from the package's files: no CDN
         title="pneumolab",
         version=pneumolab.__version__,
         description=__doc__,
         static_url="/docs-assets",
+        redoc_url=None,  # ReDoc's bundle fetches its logo from cdn.redoc.ly
     )
     app.add_middleware(
         BodyLimit,
@@ -145,7 +154,12 @@ def create_app(
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["*"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
     app.mount("/static", StaticFiles(packages=[("pneumolab.serving", "static")]), name="static")
 
     @app.exception_handler(Exception)
@@ -153,20 +167,30 @@ def create_app(
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return JSONResponse({"detail": "internal server error"}, status_code=500)
 
-    @app.get("/", include_in_schema=False)
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """What is wrong with the request, in one line (never the upload echoed back)."""
+        errors = exc.errors()
+        problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors]
+        if any(e["loc"][-1:] == ("file",) for e in errors):
+            problems.append(UPLOAD_HINT)
+        return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def page() -> HTMLResponse:
         return HTMLResponse(index)
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/v1/model")
+    @app.api_route("/v1/model", methods=["GET", "HEAD"])
     def model_info() -> dict[str, Any]:
         return info
 
     @app.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True)
     def predict(
+        request: Request,
         file: Annotated[UploadFile, File(description="JPEG, PNG or DICOM X-ray")],
         heatmap: Annotated[bool, Query(description="add a Grad-CAM overlay (torch only)")] = False,
         preview: Annotated[bool, Query(description="add the decoded image as a PNG")] = False,
@@ -175,6 +199,13 @@ def create_app(
         ] = False,
     ) -> PredictResponse:
         start = time.perf_counter()
+        unknown = sorted(set(request.query_params) - set(PREDICT_OPTIONS))
+        if unknown:
+            raise HTTPException(
+                422,
+                f"unknown query parameter(s): {', '.join(unknown)}; accepted: "
+                f"{', '.join(PREDICT_OPTIONS)}",
+            )
         if heatmap and model is None:
             served = "an ensemble" if predictor.meta.is_ensemble else f"the {backend} backend"
             raise HTTPException(
@@ -212,6 +243,7 @@ def create_app(
             threshold_provenance=info["threshold_provenance"],
             model=info["model"],
             model_version=predictor.model_version,
+            backend=backend,
             timing_ms=round(1000 * (time.perf_counter() - start), 2),
             **pngs,
         )
