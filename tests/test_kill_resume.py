@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import TINY_TRAINING, train_tiny_run, write_synthetic_dataset
@@ -59,8 +61,14 @@ def test_predict_out_killed_midway_then_rerun(tmp_path):
     out = tmp_path / "results.csv"
     command = cli("predict", run, folder, "--out", out, "--batch-size", 1)
     kill_when(command, lambda: data_rows(out) >= 5)
-    assert data_rows(out) < 150
-    assert subprocess.run(command, env=env(), capture_output=True).returncode == 0
+    whole = data_rows(out)  # rows the kill left whole (a torn last one is scored again)
+    assert whole < 150
+    rerun = subprocess.run(command, env=env(), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    # the rerun keeps the whole rows and scores only the rest
+    said = re.search(r"(\d+) written to .*?\((\d+) failed, (\d+) already there", rerun.stderr, re.S)
+    assert said, rerun.stderr
+    assert said.groups() == (str(150 - whole), "0", str(whole))
     with out.open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["source"] for r in rows) == sorted(str(p.resolve()) for p in folder.iterdir())
@@ -74,8 +82,17 @@ def test_training_killed_after_an_epoch_then_resumed(tmp_path):
     command = cli("train", "--data", data, "--out", run, "--epochs", 4, "--no-pretrained")
     command += [x for k, v in flags.items() if k != "pretrained" for x in (f"--{k}", str(v))]
     kill_when(command, lambda: (run / "checkpoints" / "last.ckpt").is_file())
-    resumed = subprocess.run(cli("train", "--resume", "--data", data, "--out", run), env=env())
-    assert resumed.returncode == 0
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"]
+    resumed = subprocess.run(
+        cli("train", "--resume", "--data", data, "--out", run),
+        env=env(),
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    # one line per trained epoch (1-based): the resume goes on after the checkpoint's epoch
+    trained = [int(n) for n in re.findall(r"^epoch (\d+)/4:", resumed.stdout, re.MULTILINE)]
+    assert trained == list(range(saved + 2, 5)), resumed.stdout
     with (run / "history.csv").open(newline="") as f:
         epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
     assert epochs == list(range(len(epochs))) and len(epochs) >= 2  # each epoch once, none lost

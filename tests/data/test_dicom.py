@@ -158,6 +158,8 @@ def test_monochrome_with_three_samples_becomes_one_gray_plane(tmp_path):
     )
     image = load_image(path)
     assert image.mode == "L" and image.size == (8, 8)
+    # stretched over 30..90 to planes 0, 128, 255, then luma-weighted: 0.587*128 + 0.114*255
+    assert (np.asarray(image) == 104).all()
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -72,8 +73,22 @@ def test_patient_ids_filled_in(dataset_root: Path) -> None:
     assert by_name["person1_virus_6.jpeg"] == by_name["person1_bacteria_1.jpeg"] == "person1"
 
 
-def test_scan_is_deterministic(dataset_root: Path) -> None:
-    assert scan_dataset(dataset_root) == scan_dataset(dataset_root)
+def test_scan_is_deterministic(dataset_root: Path, monkeypatch) -> None:
+    first = scan_dataset(dataset_root)
+    real_walk = os.walk
+
+    def backwards(top, *args, **kwargs):
+        # the same folders and files, listed the other way round
+        for root, folders, names in real_walk(top, *args, **kwargs):
+            folders.reverse()
+            yield root, folders, names[::-1]
+
+    monkeypatch.setattr(os, "walk", backwards)
+    assert scan_dataset(dataset_root) == first
+    for samples in first.values():
+        for label in (0, 1):
+            paths = [s.path for s in samples if s.label == label]
+            assert paths == sorted(paths)
 
 
 def test_folders_matched_case_insensitively(tmp_path: Path) -> None:

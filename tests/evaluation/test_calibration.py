@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 from scipy.special import expit
+from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score
 
+from pneumolab.evaluation import figures
 from pneumolab.evaluation.calibration import (
     apply_platt,
     apply_temperature,
@@ -13,8 +15,8 @@ from pneumolab.evaluation.calibration import (
     nll,
     to_logits,
 )
-from pneumolab.evaluation.figures import save_reliability_diagram
-from pneumolab.evaluation.metrics import expected_calibration_error
+from pneumolab.evaluation.figures import save_figure, save_reliability_diagram
+from pneumolab.evaluation.metrics import ECE_BINS, expected_calibration_error
 
 
 @pytest.fixture
@@ -53,12 +55,29 @@ def test_apply_temperature_handles_saturated_probabilities():
         apply_temperature(prob, 0.0)
 
 
-def test_reliability_diagram_is_written(overconfident, tmp_path):
+def test_reliability_diagram_is_written(overconfident, tmp_path, monkeypatch):
     y, prob = overconfident
-    path = save_reliability_diagram(
-        y, {"raw": prob, "T = 3": apply_temperature(prob, 3.0)}, tmp_path / "r.png", "title"
-    )
+    curves = {"raw": prob, "T = 3": apply_temperature(prob, 3.0)}
+    drawn = []
+
+    def spy(fig, path):
+        drawn.append(fig)
+        return save_figure(fig, path)
+
+    monkeypatch.setattr(figures, "save_figure", spy)
+    path = save_reliability_diagram(y, curves, tmp_path / "r.png", "title")
     assert path.stat().st_size > 0
+    # the diagonal, then one line per curve: its bins, with its ECE in the legend
+    (ax,) = drawn[0].axes
+    lines = ax.get_lines()
+    assert len(lines) == 1 + len(curves)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[0] == "perfectly calibrated"
+    for line, text, (label, p) in zip(lines[1:], legend[1:], curves.items(), strict=True):
+        assert text == f"{label} (ECE {expected_calibration_error(y, p):.3f})"
+        observed, predicted = calibration_curve(y, p, n_bins=ECE_BINS, strategy="uniform")
+        np.testing.assert_allclose(line.get_xdata(), predicted)
+        np.testing.assert_allclose(line.get_ydata(), observed)
 
 
 def test_platt_removes_a_shift_that_temperature_cannot():

@@ -51,8 +51,18 @@ def test_report_covers_every_perturbation(pixels):
     torch.manual_seed(0)
     model = create_classifier("pneumolab_cnn_small")
     labels = np.array([0, 1, 0, 1, 0, 1])
-    score = partial(predict_pixels, model, intensity="equalize")
+    predict = partial(predict_pixels, model, intensity="equalize")
+    scored = []
+
+    def score(batch):
+        scored.append(batch.clone())
+        return predict(batch)
+
     report = robustness_report(score, pixels, labels, threshold=0.5)
+    # each condition scores its own perturbation of the pixels, in the table's order
+    assert len(scored) == len(PERTURBATIONS)
+    for batch, perturb in zip(scored, PERTURBATIONS.values(), strict=True):
+        assert torch.equal(batch, perturb(pixels))
     assert set(report) == set(PERTURBATIONS)
     for row in report.values():
         assert set(row) == {"roc_auc", "accuracy", "sensitivity", "specificity"}

@@ -56,12 +56,16 @@ def test_protocol_scores_every_scenario_per_draw():
     calls = []
 
     def score(batch: torch.Tensor) -> np.ndarray:
-        calls.append(batch.shape[0])
+        calls.append(batch.clone())
         return batch.float().mean(dim=(1, 2, 3)).numpy() / 255.0
 
     results = shift_protocol(score, pixels, labels, threshold=0.5, draws=2)
     assert [r.scenario for r in results] == list(SCENARIOS)
-    assert calls == [6] * (2 * len(SCENARIOS))
+    # scenario by scenario, draw by draw: the shifted pixels of that draw, never the clean ones
+    expected = [apply_shift(pixels, shift, seed) for shift in SCENARIOS.values() for seed in (0, 1)]
+    assert len(calls) == len(expected)
+    for batch, shifted in zip(calls, expected, strict=True):
+        assert torch.equal(batch, shifted) and not torch.equal(batch, pixels)
     summary = results[0].summary()
     assert summary["min_roc_auc"] <= summary["mean_roc_auc"]
     assert set(summary) == {

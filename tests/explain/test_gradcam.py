@@ -37,7 +37,8 @@ FAMILIES = {
 
 @pytest.mark.parametrize("name", by_size(FAMILIES))
 def test_map_shape_and_range_for_every_family(name):
-    torch.manual_seed(0)
+    # seed 1: no family's untrained net has an all-negative map here (legitimately all zero)
+    torch.manual_seed(1)
     model = create_classifier(name, pretrained=False)
     size = 96 if name == "legacy_xception" else 64  # xception needs at least 71 px
     layer = find_target_layer(model, size)
@@ -46,6 +47,8 @@ def test_map_shape_and_range_for_every_family(name):
     heat = gradcam(model, pixels, "equalize", layer)
     assert heat.shape == (size, size) and heat.dtype == np.float32
     assert heat.min() >= 0.0 and heat.max() <= 1.0
+    # min-max scaled: the hottest place is 1
+    assert heat.max() == pytest.approx(1.0, abs=1e-5)
     assert all(p.grad is None for p in model.parameters())  # no gradients left behind
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pneumolab.errors import OutputError
 from pneumolab.inference.results_file import (
+    TERMINATOR,
     NotAResultsFile,
     Producer,
     ResultRow,
@@ -82,13 +83,20 @@ def test_resumed_then_finished_file_has_every_source_once(written, fmt, data):
 
 
 @given(st.binary(max_size=200), formats)
+@example(b"junk", "csv")
+@example(b"junk", "jsonl")
 def test_anything_else_is_parsed_or_refused_never_a_crash(data, fmt):
+    text = decode_text(data)
     try:
-        plan = plan_resume(decode_text(data), fmt, PRODUCER, FILE)
+        plan = plan_resume(text, fmt, PRODUCER, FILE)
     except NotAResultsFile as exc:
         assert str(FILE) in str(exc)
     else:  # accepted: only what a pneumolab write (or a kill during the first one) leaves
         assert all(r.producer == PRODUCER for r in plan.kept)
+        if TERMINATOR[fmt] not in text:  # no whole line: empty, or a cut first write
+            start = header("csv") if fmt == "csv" else '{"source": '
+            assert start.startswith(text) or text.startswith(start)
+            assert plan.kept == []
 
 
 @given(st.lists(rows, min_size=1, max_size=4), formats)

@@ -48,6 +48,16 @@ def test_evaluate_and_predict_accept_tta(run_dir, tiny_run, capsys):
     assert metrics["tta"] is True and 0.0 <= metrics["accuracy"] <= 1.0
     # the calibration maps were fitted on scores without the views: not applied to TTA scores
     assert metrics["temperature_scaled"] is None and metrics["platt_scaled"] is None
+    # scored over the views: the validation TTA scores stored at training, image by image
+    run = RunDir(run_dir)
+    stored = {r["path"]: r for r in read_predictions(run.val_predictions)}
+    scored = read_predictions(run.eval_dir("val") / "predictions.csv")
+    assert sorted(r["path"] for r in scored) == sorted(stored)
+    for row in scored:
+        assert row["probability"] == pytest.approx(stored[row["path"]]["tta_probability"], abs=1e-6)
+    labels = np.array([stored[r["path"]]["label"] for r in scored])
+    tta_probs = np.array([stored[r["path"]]["tta_probability"] for r in scored])
+    assert metrics["brier"] == pytest.approx(np.mean((tta_probs - labels) ** 2), abs=1e-6)
     image = next((data / "train" / "NORMAL").iterdir())
     capsys.readouterr()
     assert main(["predict", str(run_dir), str(image), "--json", "--tta"]) == 0

@@ -74,10 +74,14 @@ def test_training_images_are_in_scope_with_their_class_label(run_dir, data):
 def test_sanity_failures_are_out_of_scope_but_keep_their_probability(
     run_dir, odd_images, name, reason
 ):
-    result = Predictor.from_run(run_dir).predict(odd_images[name])
+    predictor = Predictor.from_run(run_dir)
+    result = predictor.predict(odd_images[name])
     assert not result.in_scope and result.label == OUT_OF_SCOPE_LABEL
     assert any(reason in r for r in result.reasons), result.reasons
-    assert 0.0 <= result.probability <= 1.0
+    # the network's own probability for those pixels, not a placeholder
+    raw = predictor.backend(predictor.preprocess_array(odd_images[name])[None])[0]
+    assert 0.0 < raw < 1.0
+    assert result.probability == pytest.approx(float(raw), abs=1e-6)
 
 
 def test_a_ct_slice_is_out_of_scope_from_its_header(run_dir):

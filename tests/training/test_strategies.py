@@ -139,8 +139,20 @@ def test_the_fresh_head_on_pretrained_weights_starts_as_configured(tmp_path, hea
     weights = write_backbone_weights(tmp_path / "pneumolab_cnn_small.safetensors", seed=0)
     settings = {"pretrained": True, "weights": weights, "head_init": head_init}
     config = TrainConfig(**(TINY_TRAINING | settings))
+    torch.manual_seed(0)
     head = build_model(config).model.backbone.get_classifier()
     assert bool(head.weight.any()) == (head_init != "zero")
+
+    def direct(init):
+        torch.manual_seed(0)
+        model = create_classifier(config.model, pretrained=True, weights=weights, head_init=init)
+        return model.backbone.get_classifier()
+
+    # the very head that init gives under the same seed, and none of the others' heads
+    for init in ("zero", "fan_in", "timm"):
+        same = torch.equal(head.weight, direct(init).weight)
+        assert same == (init == head_init), init
+    assert torch.equal(head.bias, direct(head_init).bias)
 
 
 def test_a_zero_head_learns_first_then_passes_gradients_to_the_body():
