@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,6 +121,25 @@ def test_python_api_accepts_path_pil_and_array(trained_run, shared_fullres):
     assert by_path.probability == pytest.approx(by_pil.probability, abs=0.01)
     assert by_pil.probability == pytest.approx(by_array.probability, abs=1e-6)
     assert by_path.label in ("NORMAL", "PNEUMONIA")
+
+
+def test_python_api_says_what_it_takes(trained_run, shared_fullres):
+    import typing
+
+    from pneumolab.errors import ImageLoadError, RunDirError
+
+    predictor = pneumolab.load_run(Path(trained_run), scope_verdict=False)
+    assert repr(predictor).startswith("Predictor(run=") and "threshold=" in repr(predictor)
+    with pytest.raises(TypeError, match="a path, a PIL image or an array, not list"):
+        predictor.predict([str(shared_fullres / "NORMAL" / "IM-0206-0001.jpeg")])
+    with pytest.raises(ImageLoadError, match=r"NORMAL: is a folder; predict\(\) takes one image"):
+        predictor.predict(shared_fullres / "NORMAL")
+    weights = Path(trained_run) / "model.safetensors"
+    with pytest.raises(RunDirError, match=r"model\.safetensors: is a file; give the run folder"):
+        pneumolab.load_run(weights)
+    assert {"Predictor", "load_run", "train"} <= set(dir(pneumolab))
+    assert "version" not in dir(pneumolab)  # importlib's, not the package's
+    assert typing.get_type_hints(pneumolab.load_run)["return"] is type(predictor)
 
 
 def test_unknown_model_is_a_clear_cli_error(shared_data, tmp_path, capsys):

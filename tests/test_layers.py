@@ -48,13 +48,11 @@ def unit_of(module: str) -> str | None:
 
 def root_name_module(name: str) -> str | None:
     """The module a name read from the package root loads: a sub-package or module, a lazily
-    exported name (``pneumolab.train``...), ``load_run``; None for ``__version__``."""
+    exported name (``pneumolab.train``, ``pneumolab.load_run``...); None for ``__version__``."""
     import pneumolab
 
     if name in pneumolab._LAZY:
         return pneumolab._LAZY[name]
-    if name == "load_run":
-        return "pneumolab.inference.predictor"
     if (PACKAGE / name).is_dir() or (PACKAGE / f"{name}.py").is_file():
         return f"pneumolab.{name}"
     return None

@@ -8,18 +8,20 @@ Prediction(source='chest.jpeg', probability=0.97, label='PNEUMONIA', threshold=0
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from importlib.metadata import PackageNotFoundError as _NotInstalled
+from importlib.metadata import version as _version
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 try:
-    __version__ = version("pneumolab")
-except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = _version("pneumolab")
+except _NotInstalled:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-if TYPE_CHECKING:
+if _TYPE_CHECKING:
     from pneumolab.config import TrainConfig
     from pneumolab.inference.prediction import Prediction
-    from pneumolab.inference.predictor import Predictor
+    from pneumolab.inference.predictor import Predictor, load_run
 
 __all__ = [
     "Prediction",
@@ -39,6 +41,7 @@ __all__ = [
 _LAZY = {
     "Prediction": "pneumolab.inference.prediction",
     "Predictor": "pneumolab.inference.predictor",
+    "load_run": "pneumolab.inference.predictor",
     "TrainConfig": "pneumolab.config",
     "train": "pneumolab.pipeline.train",
     "evaluate": "pneumolab.evaluation.evaluate",
@@ -50,17 +53,15 @@ _LAZY = {
 }
 
 
-def load_run(run_dir: str, device: str = "cpu") -> Predictor:
-    """Load a finished run directory as a :class:`Predictor`."""
-    from pneumolab.inference.predictor import Predictor
-
-    return Predictor.from_run(run_dir, device=device)
-
-
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     """Import heavy submodules (torch, Lightning) only when their names are used."""
     if name in _LAZY:
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'pneumolab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public names (the lazy ones included), for tab completion."""
+    return sorted(__all__)

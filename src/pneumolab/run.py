@@ -152,6 +152,8 @@ class RunDir:
     def read_meta(self) -> RunMeta:
         """Metadata of a finished run (older formats migrated); RunDirError if the run is missing,
         unfinished or its meta.json unreadable."""
+        if self.root.is_file():
+            raise RunDirError(f"{self.root}: is a file; give the run folder ({self.root.parent})")
         if not self.root.is_dir():
             raise RunDirError(f"{self.root}: run directory not found")
         unfinished = RunDirError(
@@ -205,7 +207,7 @@ class RunDir:
         if missing:
             raise RunDirError(
                 f"{len(missing)} of the run's {subset} images are not under {data_root} "
-                f"(first: {missing[0]}); pass the --data folder the run was trained on"
+                f"(first: {missing[0]}); give the data folder the run was trained on (--data)"
             )
         return samples
 

@@ -155,12 +155,33 @@ def test_load_16_bit_constant_image_is_black(tmp_path: Path) -> None:
     assert not out.any()
 
 
-@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "LA", "P", "1", "I", "F", "CMYK", "I;16"])
-def test_to_grayscale_any_mode(mode: str) -> None:
-    image = Image.new(mode, (6, 5))
+GREY_OF_MODE = [
+    ("L", 77, 77),
+    ("RGB", (200, 100, 50), 124),  # 0.299 * 200 + 0.587 * 100 + 0.114 * 50
+    ("RGBA", (200, 100, 50, 255), 124),
+    ("LA", (90, 255), 90),
+    ("P", (255, 0, 0), 76),  # red: 0.299 * 255
+    ("1", 1, 255),
+    ("CMYK", (0, 255, 255, 0), 76),  # red
+    # high bit depths are stretched over their own range: a flat image is black
+    ("I", 1000, 0),
+    ("F", 2.5, 0),
+    ("I;16", 1000, 0),
+]
+"""(mode, fill colour, the grey it becomes)"""
+
+
+@pytest.mark.parametrize(("mode", "colour", "grey"), GREY_OF_MODE, ids=[c[0] for c in GREY_OF_MODE])
+def test_to_grayscale_any_mode(mode: str, colour, grey: int) -> None:
+    if mode == "P":
+        image = Image.new("RGB", (6, 5), colour).convert("P")  # red is in the web palette
+    else:
+        image = Image.new(mode, (6, 5), colour)
+    assert image.mode == mode
     out = to_grayscale(image)
     assert out.mode == "L"
     assert out.size == (6, 5)
+    assert (np.asarray(out) == grey).all()
 
 
 def test_to_grayscale_float_rescaled() -> None:
@@ -423,6 +444,17 @@ def test_image_over_max_pixels(tmp_path: Path) -> None:
     message = str(info.value)
     assert "20x10" in message
     assert "decompression bomb" in message
+
+
+def test_image_over_the_decoders_own_limit_names_it(tmp_path: Path) -> None:
+    """Over Pillow's own limit the refusal quoted Pillow's text, naming no file and no limit a
+    user could find; the header alone is enough to refuse it (nothing is decoded)."""
+    from corpus import png_header_only
+
+    path = tmp_path / "huge.png"
+    path.write_bytes(png_header_only(14_000, 14_000))
+    with pytest.raises(ImageLoadError, match=r"huge\.png: over the [\d,]+ pixels the image decoder"):
+        load_image(path, max_pixels=300_000_000)
 
 
 def test_image_at_max_pixels_accepted(tmp_path: Path) -> None:

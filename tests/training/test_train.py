@@ -109,11 +109,23 @@ def test_interrupted_training_resumes_from_last_checkpoint(synthetic_data, tmp_p
     with pytest.raises(RunDirError, match="not a finished run"):
         run.read_meta()
 
-    train(synthetic_data, out, resume=True)
+    trained = EpochsTrained()
+    train(synthetic_data, out, resume=True, callbacks=[trained])
+    assert trained.epochs == [1]  # from the checkpoint, not from scratch
     assert run.is_complete()
     with run.history.open() as f:
         epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
     assert epochs == [0, 1], "resume must continue at epoch 1, not start over"
+
+
+class EpochsTrained(L.Callback):
+    """The epochs a fit trains, in order (a resume starts after the checkpoint's epoch)."""
+
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.epochs.append(trainer.current_epoch)
 
 
 class StopInThirdEpoch(L.Callback):
@@ -133,7 +145,9 @@ def test_a_monitored_run_moved_elsewhere_resumes_from_its_own_checkpoints(synthe
     assert last["epoch"] == 1  # every finished epoch, not only the improving ones
     kept = [key for key in last["callbacks"] if "Checkpoint" in key]
     assert len(kept) == 2 and all(key.startswith("ModelCheckpoint{") for key in kept)  # as before
-    train(synthetic_data, moved.root, resume=True)
+    trained = EpochsTrained()
+    train(synthetic_data, moved.root, resume=True, callbacks=[trained])
+    assert trained.epochs == [2, 3]  # after the checkpoint's epoch 1
     with moved.history.open() as f:
         assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1, 2, 3]
     best = torch.load(moved.checkpoints / "best.ckpt", weights_only=False)
@@ -163,6 +177,13 @@ def test_a_diverging_training_says_so(synthetic_data, tmp_path):
 def test_resume_takes_no_config_of_its_own(synthetic_data, tmp_path):
     with pytest.raises(ConfigError, match="pass no config"):
         train(synthetic_data, tmp_path / "run", TrainConfig(epochs=8), resume=True)
+
+
+def test_settings_by_name_are_a_config(synthetic_data, tmp_path):
+    run = train(synthetic_data, tmp_path / "run", dict(TINY, epochs=1))
+    assert run.read_meta().model == TINY["model"]
+    with pytest.raises(ConfigError, match=r"invalid training config \(epochs: "):
+        train(synthetic_data, tmp_path / "other", {"epochs": 0})
 
 
 @pytest.mark.parametrize(("world", "strategy"), [("2", "auto"), ("2", "ddp_spawn")])

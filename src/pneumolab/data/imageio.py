@@ -35,7 +35,7 @@ def _check_pixel_count(width: int, height: int, max_pixels: int, source: str) ->
         raise ImageLoadError(
             f"{source}: {width}x{height} pixels is over the limit of {max_pixels:,} pixels "
             "(possible decompression bomb); if the image is genuine, raise the limit "
-            "(Python API: max_pixels; pneumolab serve: --max-megapixels)"
+            "(pneumolab serve: --max-megapixels; Python: load_image(..., max_pixels=...))"
         )
 
 
@@ -151,8 +151,11 @@ def reading(path: Path, kind: str) -> Iterator[None]:
         raise ImageLoadError(
             f"{path}: not an image file of an accepted format ({ACCEPTED})"
         ) from None
-    except Image.DecompressionBombError as exc:
-        raise ImageLoadError(f"{path}: {exc}") from None
+    except Image.DecompressionBombError:  # over Pillow's own limit, which no setting raises
+        raise ImageLoadError(
+            f"{path}: over the {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels the image decoder opens "
+            "(possible decompression bomb)"
+        ) from None
     except Exception as exc:  # OSError, ValueError... and a decoder's own types: one file's problem
         raise ImageLoadError(
             f"{path}: corrupt or undecodable {kind} ({type(exc).__name__}: {exc})"

@@ -66,8 +66,8 @@ class SiteAudit:
 
     run: str
     folder: str
-    records: list[ImageRecord]
-    val_ood_scores: np.ndarray
+    records: list[ImageRecord] = field(repr=False)  # one per image: thousands in an archive
+    val_ood_scores: np.ndarray = field(repr=False)
     ood_threshold: float | None
     val_pneumonia_rate: float
     verdict: str = ""

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 from PIL import Image
@@ -160,8 +160,13 @@ def prepare_image(image: ImageInput, image_size: int) -> tuple[np.ndarray, Scope
         pil = load_image(image, size_hint=image_size)
     elif isinstance(image, Image.Image):  # EXIF orientation applied, as to files
         pil = to_grayscale(upright(image, "image"))
-    else:
+    elif isinstance(image, np.ndarray) or hasattr(image, "__array__"):  # a tensor too
         pil = array_to_image(image)
+    else:
+        raise TypeError(
+            f"an image is a path, a PIL image or an array, not {type(image).__name__}; "
+            "for many files use predict_paths()"
+        )
     pixels = resize_square(pil, image_size)
     checks += image_sanity(*source_size(pil), pixels)  # a JPEG's own, not its reduced decode
     return np.array(pixels)[None], checks  # writable, for torch
@@ -218,6 +223,13 @@ class Predictor:
         self.ood = ood
         self.scope_verdict = scope_verdict
         self.scorer = scorer
+
+    def __repr__(self) -> str:
+        run = self.run_dir.name if self.run_dir else None
+        return (
+            f"Predictor(run={run!r}, model={self.meta.model!r}, backend={self.backend_name!r}, "
+            f"image_size={self.image_size}, threshold={self.threshold:.4f}, tta={self.tta})"
+        )
 
     @property
     def intensity(self) -> str:
@@ -384,6 +396,11 @@ class Predictor:
         """Predict one image (path, PIL image or array). ``header_checks``: a DICOM header's
         checks for an image decoded elsewhere (a path's are made here). ``scope_verdict``
         overrides the predictor's setting for this image."""
+        if isinstance(image, str | Path) and Path(image).is_dir():
+            raise ImageLoadError(
+                f"{image}: is a folder; predict() takes one image (predict_paths() and "
+                "`pneumolab predict` take folders)"
+            )
         pixels, checks = self.prepare(image)
         scores = self.scorer(pixels[None])
         source = str(image) if isinstance(image, str | Path) else type(image).__name__
@@ -425,3 +442,9 @@ class Predictor:
                 probability, ood = scores.probability[index], scores.ood[index]
                 index += 1
                 yield path, self.result_for(str(path), probability, ood, checks), pixels
+
+
+def load_run(run_dir: str | Path, device: str = "cpu", **options: Any) -> Predictor:
+    """Load a finished run directory as a :class:`Predictor` (``options``: those of
+    :meth:`Predictor.from_run`, such as ``backend="onnx"``, ``tta`` or ``scope_verdict``)."""
+    return Predictor.from_run(run_dir, device=device, **options)

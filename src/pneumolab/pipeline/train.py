@@ -6,8 +6,9 @@ test-time augmentation for the run's ``--tta`` threshold."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -33,11 +34,13 @@ from pneumolab.training.train import TrainedModel, train_model
 def train(
     data_dir: str | Path,
     out_dir: str | Path,
-    config: TrainConfig | None = None,
+    config: TrainConfig | Mapping[str, Any] | None = None,
     resume: bool = False,
     callbacks: Sequence[L.Callback] = (),
 ) -> RunDir:
     """Train on ``data_dir/train`` into ``out_dir``; with ``resume``, continue an interrupted run.
+    ``config``: a :class:`TrainConfig`, or its settings by name (``{"epochs": 2}``; the rest
+    default).
 
     ``callbacks`` are added to Lightning's. Returns the finished :class:`RunDir`; raises
     :class:`~pneumolab.training.fit.TrainingInterrupted` when stopped (Ctrl+C), after the last

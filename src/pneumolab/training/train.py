@@ -4,9 +4,10 @@ model card) is the post-training step, :mod:`pneumolab.pipeline.finalise`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from safetensors.torch import save_file
@@ -60,7 +61,7 @@ def build_model(config: TrainConfig, resume: bool = False) -> BuiltModel:
 def train_model(
     data_dir: str | Path,
     out_dir: str | Path,
-    config: TrainConfig | None = None,
+    config: TrainConfig | Mapping[str, Any] | None = None,
     resume: bool = False,
     callbacks: Sequence[L.Callback] = (),
 ) -> TrainedModel | None:
@@ -74,6 +75,8 @@ def train_model(
     return None.
     """
     run = RunDir(Path(out_dir))
+    if isinstance(config, Mapping):  # settings by name, as in a config file
+        config = resolve_config(overrides=dict(config))
     if resume and config is not None:
         raise ConfigError(
             f"{run.root}: resume continues with the run's own config.yaml; pass no config"
