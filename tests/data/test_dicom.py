@@ -223,6 +223,16 @@ def test_pydicom_examples_that_are_not_one_radiograph_are_refused(name, message)
         load_image(pydicom.examples.get_path(name))
 
 
+@pytest.mark.filterwarnings("ignore:End of file reached before delimiter")
+def test_a_compressed_dicom_cut_short_is_called_truncated(tmp_path):
+    """pydicom keeps the header of an encapsulated file cut inside its pixel data: it was
+    called a DICOM without pixel data, not an image."""
+    path = tmp_path / "cut.dcm"
+    path.write_bytes(Path(pydicom.examples.get_path("jpeg2k")).read_bytes()[:-10])
+    with pytest.raises(ImageLoadError, match=r"cut\.dcm: truncated or corrupt DICOM"):
+        load_image(path)
+
+
 def test_pixel_limit_applies_to_dicom(tmp_path):
     path = write_dicom(tmp_path / "a.dcm", np.zeros((16, 16), dtype=np.uint8))
     with pytest.raises(ImageLoadError, match="over the limit"):

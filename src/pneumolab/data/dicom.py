@@ -25,6 +25,7 @@ one for CR/DX archives) and JPEG-LS need ``pylibjpeg pylibjpeg-libjpeg`` (or gdc
 
 from __future__ import annotations
 
+import mmap
 import zlib
 from pathlib import Path
 
@@ -92,8 +93,23 @@ def _check_pixel_data_length(ds: Dataset, source: str) -> None:
         )
 
 
+PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
+"""(7FE0,0010) as little-endian bytes: where the pixel data element starts."""
+
+
+def _holds_pixel_data_tag(path: Path) -> bool:
+    """Whether the file holds a pixel data element that pydicom did not read (cut short: it
+    stops at the end of the file and keeps the header alone)."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return data.find(PIXEL_DATA_TAG) >= 0
+
+
 def _check_decodable(ds: Dataset, max_pixels: int, source: str) -> None:
     """Refuse what cannot become one grayscale image, before decoding anything."""
+    if "PixelData" not in ds and _holds_pixel_data_tag(Path(source)):
+        raise ImageLoadError(
+            f"{source}: truncated or corrupt DICOM: its pixel data element is cut short"
+        )
     if "PixelData" not in ds:
         sop_class = ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID")
         kind = getattr(sop_class, "name", None) or "unknown SOP class"
