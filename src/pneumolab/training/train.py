@@ -20,6 +20,7 @@ from pneumolab.models.registry import create_classifier
 from pneumolab.run import RunDir
 from pneumolab.training.datamodule import num_classes
 from pneumolab.training.distill import Teacher
+from pneumolab.training.distributed import global_rank
 from pneumolab.training.fit import BuiltModel, Fitted, build_trainer, fit
 from pneumolab.training.frozen import cache_for
 from pneumolab.training.split import Split, check_run_dir, prepare_split, start_run
@@ -85,9 +86,9 @@ def train_model(
         check_run_dir(run.root, resume)  # only reads: every rank checks
         config = resolve_config(run.config)
     config = config or TrainConfig()
-    trainer = build_trainer(config, run, callbacks)
-    if trainer.is_global_zero:
+    if global_rank() == 0:  # before the Trainer, whose banners would come first
         check_run_dir(run.root, resume)
+    trainer = build_trainer(config, run, callbacks)
     # every rank: it writes nothing, and a data problem stops each rank alike (a study then
     # skips the model on all of them, not on rank 0 alone)
     split = prepare_split(data_dir, run, config, resume)
