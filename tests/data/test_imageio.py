@@ -453,7 +453,9 @@ def test_image_over_the_decoders_own_limit_names_it(tmp_path: Path) -> None:
 
     path = tmp_path / "huge.png"
     path.write_bytes(png_header_only(14_000, 14_000))
-    with pytest.raises(ImageLoadError, match=r"huge\.png: over the [\d,]+ pixels the image decoder"):
+    with pytest.raises(
+        ImageLoadError, match=r"huge\.png: over the [\d,]+ pixels the image decoder"
+    ):
         load_image(path, max_pixels=300_000_000)
 
 

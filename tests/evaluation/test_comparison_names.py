@@ -16,8 +16,13 @@ def test_namesakes_get_as_many_parent_folders_as_tell_them_apart():
     two_studies = [Path("/w/study1/runs/xception"), Path("/w/study2/runs/xception")]
     assert _unique_names(two_studies) == ["study1-runs-xception", "study2-runs-xception"]
     mixed = [Path("/w/copy/small"), Path("/w/a/runs/small"), Path("/w/b/runs/small")]
-    assert _unique_names(mixed) == ["w-copy-small", "a-runs-small", "b-runs-small"]
+    assert _unique_names(mixed) == ["copy-small", "a-runs-small", "b-runs-small"]
     assert _unique_names([Path("/x/a/b"), Path("/a/b")]) == ["x-a-b", "a-b"]
+
+
+def test_a_run_whose_name_is_its_own_keeps_it():
+    runs = [Path("/w/seed/runs/small"), Path("/w/s2/runs/small"), Path("/w/api/runs/r2")]
+    assert _unique_names(runs) == ["seed-runs-small", "s2-runs-small", "r2"]
 
 
 def test_a_run_given_twice_is_refused(tmp_path):

@@ -98,10 +98,12 @@ def test_single_network_tools_name_the_members(members, tmp_path):
     data, runs = members
     ensemble = build_ensemble([r.root for r in runs], tmp_path / "ens")
     image = runs[0].read_split(data, "val")[0].path
-    with pytest.raises(RunDirError, match=r"is an ensemble.*member runs"):
+    with pytest.raises(RunDirError, match=r"is an ensemble.*member runs") as refused:
         list(explain_paths(ensemble.root, [image], tmp_path / "maps"))
-    with pytest.raises(RunDirError, match="is an ensemble"):
+    assert all(run.root.name in str(refused.value) for run in runs)  # named, not "see meta.json"
+    with pytest.raises(RunDirError, match="is an ensemble") as refused:
         export_onnx(ensemble.root, tmp_path / "model.onnx")
+    assert all(run.root.name in str(refused.value) for run in runs)
 
 
 def test_members_on_different_splits_are_refused(members, tmp_path):

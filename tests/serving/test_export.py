@@ -195,7 +195,7 @@ def test_cli_export_reports_the_verification(run, tmp_path, capsys):
 def test_onnx_file_of_other_weights_is_refused(run, images, tmp_path):
     other = write_run(tmp_path / "other", images, seed=1)
     export_onnx(other.root, tmp_path / "other.onnx")
-    with pytest.raises(RunDirError, match="exported from other weights"):
+    with pytest.raises(RunDirError, match=r"exported from other weights.*export .* --overwrite`"):
         Predictor.from_run(run.root, backend="onnx", onnx_file=tmp_path / "other.onnx")
 
 

@@ -68,7 +68,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         import_ray()  # before loading anything: without Ray, say how to install it
         if not args.out:
-            raise ConfigError("--engine ray writes its results to --out FILE.parquet (or .csv)")
+            raise ConfigError(
+                "--engine ray writes its results to --out FILE.parquet (or .csv, .jsonl)"
+            )
     export_if_asked(args, [args.run_dir])
     predictor = Predictor.from_run(
         args.run_dir, backend=args.backend, tta=args.tta, scope_verdict=not args.keep_label

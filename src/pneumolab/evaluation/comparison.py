@@ -209,19 +209,26 @@ def write_comparison(
 
 
 def _unique_names(run_dirs: Sequence[Path]) -> list[str]:
-    """Each run's folder name, or where two runs share it, the fewest trailing folders of their
-    paths that tell all apart, joined by ``-`` (``flagship-runs-xception``: it names files too);
-    RunDirError when one run is given twice."""
+    """Each run's folder name, or where runs share it, the fewest trailing folders of their paths
+    that tell them apart, joined by ``-`` (``flagship-runs-xception``: it names files too; a run
+    whose name is its own keeps it); RunDirError when one run is given twice."""
     resolved = [d.resolve() for d in run_dirs]
     twice = next((d for i, d in enumerate(run_dirs) if resolved[i] in resolved[:i]), None)
     if twice is not None:
         raise RunDirError(f"{twice}: the same run is given twice")
     folders = [d.parts[1:] for d in resolved]  # without the root
-    for depth in range(1, max(map(len, folders), default=1) + 1):
-        names = ["-".join(parts[-depth:]) for parts in folders]
-        if len(set(names)) == len(names):
-            break
-    return names
+    depths = [1] * len(folders)
+    while True:
+        names = ["-".join(parts[-depth:]) for parts, depth in zip(folders, depths, strict=True)]
+        clashing = [
+            i
+            for i, name in enumerate(names)
+            if names.count(name) > 1 and depths[i] < len(folders[i])
+        ]
+        if not clashing:
+            return names
+        for i in clashing:
+            depths[i] += 1
 
 
 def compare_runs(

@@ -82,17 +82,17 @@ class ExportedBackend:
 
     def check_run(self, run_dir: Path, export_command: str) -> None:
         """RunDirError unless this file was exported from ``run_dir``'s weights and its current
-        OOD model (``export_command`` makes it again)."""
+        OOD model (``export_command`` writes it again, over the stale file)."""
         run = RunDir(run_dir)
         if self.metadata.get("weights_sha256") != weights_digest(run.root):
             raise RunDirError(
                 f"{self.file}: exported from other weights than {run.weights}; "
-                f"run `{export_command}` again"
+                f"run `{export_command}`"
             )
         if self.metadata.get("ood_sha256", "none") != ood_digest(run.root):
             raise RunDirError(
                 f"{self.file}: exported before the run's OOD model {run.ood} was (re)fitted, so "
-                f"its ood_score output is missing or stale; run `{export_command}` again"
+                f"its ood_score output is missing or stale; run `{export_command}`"
             )
 
 
@@ -146,7 +146,7 @@ def run_onnx_backend(run_dir: str | Path, onnx_file: str | Path | None = None) -
             f"`pneumolab export {run.root}` (verified against PyTorch), then use --backend onnx"
         )
     backend = OnnxBackend(onnx_file)
-    backend.check_run(run.root, f"pneumolab export {run.root}")
+    backend.check_run(run.root, f"pneumolab export {run.root} --overwrite")
     return backend
 
 
@@ -168,5 +168,5 @@ def run_exported_backend(
             "(it is written only after a parity check against the fp32 model)"
         )
     loaded = OnnxBackend(path) if backend == "onnx-int8" else OpenVinoBackend(path)
-    loaded.check_run(run_dir, f"pneumolab export {run_dir} --format {backend}")
+    loaded.check_run(run_dir, f"pneumolab export {run_dir} --format {backend} --overwrite")
     return loaded

@@ -343,11 +343,16 @@ class Predictor:
 
     def require_model(self, purpose: str) -> XrayClassifier:
         """The PyTorch model; a clear error for an ensemble or an ONNX-only predictor."""
-        if self.model is None:
-            what = "an ensemble" if self.meta.is_ensemble else "loaded without its PyTorch model"
+        run = self.run_dir or "this run"
+        if self.model is None and self.meta.is_ensemble:
             raise RunDirError(
-                f"{self.run_dir or 'this run'} is {what}: {purpose} needs a single PyTorch "
-                "model; use one of the ensemble's member runs (its meta.json lists them)"
+                f"{run} is an ensemble: {purpose} needs a single PyTorch model; use one of its "
+                f"member runs ({', '.join(self.meta.members)}, relative to it)"
+            )
+        if self.model is None:
+            raise RunDirError(
+                f"{run} is loaded without its PyTorch model (backend {self.backend_name}): "
+                f"{purpose} needs it; load the run with the torch backend"
             )
         return self.model
 
