@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,26 @@ def test_predict_reports_bad_files_by_name_and_continues(
     captured = capsys.readouterr()
     assert len(captured.out.splitlines()) == 1
     assert "broken.jpeg" in captured.err and "not an image" in captured.err
+
+
+def test_names_with_control_characters_cannot_forge_terminal_lines(
+    trained_run, shared_fullres, tmp_path, capsys
+):
+    """A file named to clear the screen, or to print an error line of its own, shows its
+    control characters as \\xNN: in error lines and in the results table."""
+    (tmp_path / "x.png\nerror: model weights tampered.png").write_text("junk")
+    (tmp_path / "y\x1b[2J\x1b[1;32mALL OK.png").write_text("junk")
+    xray = next((shared_fullres / "NORMAL").glob("*.jpeg"))
+    shutil.copy(xray, tmp_path / "z\x1b[31mRED.jpeg")
+    capsys.readouterr()
+    assert main(["predict", str(trained_run), str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "\x1b" not in err and "\\x1b[2J" in err
+    assert "\x1b" not in captured.out and "z\\x1b[31mRED.jpeg" in captured.out
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        line for line in err.splitlines() if line.strip()
+    ]  # two errors, two lines: none forged
 
 
 def test_python_api_accepts_path_pil_and_array(trained_run, shared_fullres):

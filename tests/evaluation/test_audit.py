@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -65,6 +66,18 @@ def test_cli_writes_the_page_figure_and_tables(run_dir, tiny_run, tmp_path, caps
     assert json.loads((out / "audit.json").read_text())["unreadable"] == 1
     assert b"broken.png" in (out / "images.csv").read_bytes()
     assert b"caf\xe9.png" in (out / "images.csv").read_bytes()
+
+
+def test_images_csv_names_files_by_absolute_path(run_dir, tiny_run, tmp_path, monkeypatch):
+    """Audited from inside the folder, a file named '=HYPERLINK(...).png' began a cell of
+    images.csv, which a spreadsheet runs as a formula."""
+    folder = site(tmp_path / "site", tiny_run[1], odd=False)
+    shutil.copy(next(folder.rglob("*.png")), folder / '=HYPERLINK("x").png')
+    monkeypatch.chdir(folder)
+    assert main(["audit", str(run_dir), ".", "--out", str(tmp_path / "out")]) in (0, 1)
+    with (tmp_path / "out" / "images.csv").open(newline="") as f:
+        paths = [row["path"] for row in csv.DictReader(f)]
+    assert paths and all(Path(p).is_absolute() for p in paths)
 
 
 def test_cli_keeps_an_earlier_audit_unless_asked(run_dir, tiny_run, tmp_path, capsys):

@@ -151,3 +151,25 @@ def test_a_split_readable_in_one_class_only(trained, tmp_path, capsys):
     assert main(compare) == 2
     assert "the test images that could be read are all of one class" in capsys.readouterr().err
     assert not (tmp_path / "cmp").exists()
+
+
+def test_hostile_run_names_stay_inside_their_cells_and_figures(trained, tmp_path):
+    """A run folder named with '|', HTML and mathtext: the Markdown table kept its columns,
+    no markup got through, and the figures drew the '$' as written (matplotlib's mathtext
+    crashed compare after results.csv was written)."""
+    from pneumolab.cli import main
+    from pneumolab.reporting.model_card import write_model_card
+
+    run_dir, data = trained
+    hostile = copy_run(run_dir, tmp_path / "r<img src=x onerror=alert(1)>|$\\foo$")
+    out = tmp_path / "cmp"
+    args = ["compare", str(hostile), str(run_dir), "--data", str(data), "--split", "test"]
+    assert main([*args, "--out", str(out)]) == 0
+    table = (out / "results.md").read_text().splitlines()
+    rows = [line for line in table if line.startswith("| r&lt;img")]
+    assert len(rows) == 1 and rows[0].count("|") == table[2].count("|")  # the header's columns
+    assert "<img" not in (out / "results.md").read_text() + (out / "margins.md").read_text()
+    assert (out / "results.png").is_file()
+    card = write_model_card(RunDir(hostile)).read_text()
+    assert "# Model card: r&lt;img src=x onerror=alert(1)&gt;&#124;$\\foo$" in card
+    assert f"pneumolab evaluate '{hostile}' --data" in card  # quoted for the shell

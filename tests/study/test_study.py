@@ -293,6 +293,7 @@ def test_compare_builds_the_same_table_from_runs(study, tmp_path, capsys):
         ([{"name": "a"}, {"name": "a"}], "used twice"),
         ([{"name": "a"}, {"name": "b"}], "'a' and 'b' have the same settings; they would train"),
         ([{"model": "resnet18"}], "needs a 'name'"),
+        ([{"name": "okmodel\n"}], "needs a 'name'"),  # it made a folder whose name ends in \n
         ([{"name": "a", "epochs": 0}], "epochs"),
     ],
 )

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from rich.logging import RichHandler
 
-from pneumolab.cli.console import console, report_error, say
+from pneumolab.cli.console import TerminalSafe, console, report_error, say
 from pneumolab.cli.flag_checks import refuse_ignored_flags
 from pneumolab.cli.parser import build_parser
 from pneumolab.errors import PneumolabError
@@ -21,6 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pneumolab`` console script."""
     args = build_parser().parse_args(argv)
     handler = RichHandler(console=console, show_path=False, show_time=False, markup=False)
+    handler.addFilter(TerminalSafe())
     package_log = logging.getLogger("pneumolab")
     package_log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if not package_log.handlers:

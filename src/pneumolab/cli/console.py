@@ -8,13 +8,15 @@ with those bytes as ``\\xNN`` instead of failing the write.
 from __future__ import annotations
 
 import io
+import logging
 import sys
-from typing import IO, cast
+from typing import IO, Any, cast
 
 from rich.console import Console
 from rich.text import Text
 
 from pneumolab.errors import printable
+from pneumolab.text import terminal_safe
 
 
 class _PrintableStream(io.TextIOBase):
@@ -43,10 +45,18 @@ class _PrintableStream(io.TextIOBase):
         return getattr(self._target(), "encoding", None) or "utf-8"
 
 
+class _SafeConsole(Console):
+    """A console whose plain strings (print's arguments, table cells) show their control
+    characters as ``\\xNN``: they hold file names and DICOM values."""
+
+    def render_str(self, text: str, **options: Any) -> Text:
+        return super().render_str(terminal_safe(text), **options)
+
+
 def _console(name: str, width: int) -> Console:
     """A console on ``sys.<name>``; a fixed ``width`` when it is not a terminal (no cut paths)."""
     stream = getattr(sys, name)
-    return Console(
+    return _SafeConsole(
         file=cast(IO[str], _PrintableStream(name)),  # a text stream, as rich needs
         markup=False,
         soft_wrap=name == "stderr",
@@ -59,8 +69,19 @@ stdout = _console("stdout", 200)
 
 
 def say(*parts: str | tuple[str, str]) -> None:
-    """Print plain strings and ``(text, style)`` pairs on stderr, as one line."""
-    console.print(Text.assemble(*parts))
+    """Print plain strings and ``(text, style)`` pairs on stderr, as one line (control
+    characters, which a file name may hold, shown as ``\\xNN``)."""
+    safe = [terminal_safe(p) if isinstance(p, str) else (terminal_safe(p[0]), p[1]) for p in parts]
+    console.print(Text.assemble(*safe))
+
+
+class TerminalSafe(logging.Filter):
+    """A log handler's filter: the message with its arguments, control characters shown as
+    ``\\xNN`` (log lines name files)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = terminal_safe(record.getMessage()), None
+        return True
 
 
 def report_error(error: Exception) -> None:

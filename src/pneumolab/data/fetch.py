@@ -41,7 +41,7 @@ _NETWORK_ERRORS = (urllib.error.URLError, TimeoutError, ConnectionError, http.cl
 
 def _unreachable(url: str, problem: object) -> FetchError:
     """A download failure that the user can work around by fetching the archive by hand."""
-    return FetchError(f"Could not download {url}: {problem}.\n{MANUAL_INSTRUCTIONS}")
+    return FetchError(f"Could not download {url}: {problem}. {MANUAL_INSTRUCTIONS}")
 
 
 def _total_size(response: http.client.HTTPResponse, resumed: bool) -> int | None:

@@ -24,6 +24,7 @@ from pneumolab.inference.predictor import Predictor, default_device
 from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.outputs import check_output
 from pneumolab.run import RunDir
+from pneumolab.text import markdown_cell
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def _markdown(rows: Sequence[ComparisonRow], split: str, notes: dict[str, str]) 
     ]
     for r in rows:
         cells = [
-            r.name, f"`{r.model}`", r.strategy, str(r.image_size), f"{r.accuracy:.4f}",
+            markdown_cell(r.name), f"`{r.model}`", r.strategy, str(r.image_size), f"{r.accuracy:.4f}",
             f"{r.sensitivity:.4f}", f"{r.specificity:.4f}", f"{r.roc_auc:.4f} [{r.roc_auc_ci95}]",
             *([f"{format_metric(r.worst_roc_auc)} / {format_metric(r.worst_specificity)}"] if robust else []),
             *([f"{format_metric(r.shift_roc_auc)} / {format_metric(r.shift_specificity)}"] if shifted else []),
@@ -164,7 +165,10 @@ def _markdown(rows: Sequence[ComparisonRow], split: str, notes: dict[str, str]) 
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     empty = " |" * (len(columns) - 3)
-    lines += [f"| {name} | — | not run: {reason} |{empty}" for name, reason in notes.items()]
+    lines += [
+        f"| {markdown_cell(name)} | — | not run: {markdown_cell(reason)} |{empty}"
+        for name, reason in notes.items()
+    ]
     return "\n".join(lines) + "\n"
 
 

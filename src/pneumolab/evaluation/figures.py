@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.text import Text
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
@@ -17,9 +19,17 @@ from pneumolab.data.layout import CLASS_NAMES
 from pneumolab.evaluation.metrics import ECE_BINS, expected_calibration_error
 
 
-def save_figure(fig: plt.Figure, path: Path) -> Path:
+def literal_text(fig: Figure) -> Figure:
+    """``fig`` with every text drawn as written: a ``$`` in a file or run name, or in a DICOM
+    value, would start matplotlib's mathtext (and crash the figure where it does not parse)."""
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
+    return fig
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
     """Lay ``fig`` out tightly, write it to ``path`` and free it; returns ``path``."""
-    fig.tight_layout()
+    literal_text(fig).tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path

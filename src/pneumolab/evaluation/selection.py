@@ -22,6 +22,7 @@ from pneumolab.data.patients import patient_id
 from pneumolab.evaluation.bootstrap import PairedDifference, paired_auc_difference
 from pneumolab.evaluation.outputs import PREDICTIONS, SHIFT_PREDICTIONS
 from pneumolab.run import RunDir, read_predictions, read_shift_predictions
+from pneumolab.text import markdown_cell
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class Margins:
 
     def markdown(self, split: str) -> str:
         """A Markdown section: the leader and the table of margins (or why there is none)."""
-        head = f"## `{self.criterion}`: **{self.leader}** leads\n"
+        head = f"## `{self.criterion}`: **{markdown_cell(self.leader)}** leads\n"
         if self.untested:
             return f"{head}\nNot tested: {self.untested}.\n"
         shifted = self.criterion.startswith("shift_")
@@ -72,7 +73,8 @@ class Margins:
             d = m.difference
             told = "yes" if d.resolved else "no"
             lines.append(
-                f"| {m.other} | {d.difference:+.4f} | [{d.low:+.4f}, {d.high:+.4f}] | {told} |"
+                f"| {markdown_cell(m.other)} | {d.difference:+.4f} | [{d.low:+.4f}, {d.high:+.4f}] "
+                f"| {told} |"
             )
         return "\n".join(lines) + "\n"
 

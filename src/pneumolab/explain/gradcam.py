@@ -18,6 +18,7 @@ from torch import nn
 from pneumolab.data.imageio import load_image
 from pneumolab.data.transforms import normalize_intensity
 from pneumolab.errors import ModelError, OutputError, PneumolabError, printable
+from pneumolab.evaluation.figures import literal_text
 from pneumolab.inference.predictor import Predictor, expand_paths, file_header_checks
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.outputs import check_output
@@ -139,7 +140,7 @@ def _figure(image: Image.Image, heat: np.ndarray, title: str, out_file: Path) ->
     axes.imshow(overlay(np.asarray(image), heat))
     axes.set_title(printable(title), fontsize=9)  # a name that is not UTF-8: its bytes as \xNN
     axes.axis("off")
-    figure.tight_layout()
+    literal_text(figure).tight_layout()
     figure.savefig(out_file, dpi=100)  # FIGURE_PIXELS wide
 
 

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from pneumolab.evaluation.audit import SiteAudit, records_table
+from pneumolab.evaluation.figures import literal_text
 from pneumolab.evaluation.metrics import format_share
 from pneumolab.files import atomic_write, write_text_atomically
 from pneumolab.outputs import check_output
@@ -60,7 +61,7 @@ def audit_figure(audit: SiteAudit) -> bytes:
         ax.scatter(sizes[:, 0], sizes[:, 1], s=10, alpha=0.6)
     ax.set(title="image sizes (px)", xlabel="width", ylabel="height")
     fig.suptitle(audit.verdict, fontsize=11, fontweight="bold")
-    fig.tight_layout()
+    literal_text(fig).tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)

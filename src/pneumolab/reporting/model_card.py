@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shlex
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from pneumolab.evaluation.metrics import format_interval, format_metric
 from pneumolab.files import write_text_atomically
 from pneumolab.run import RunDir
 from pneumolab.run_meta import Compute, DistributedTraining, RunMeta
+from pneumolab.text import markdown_cell
 
 CARD_NAME = "MODEL_CARD.md"
 CARD_METRICS = ("roc_auc", "sensitivity", "specificity", "precision", "npv", "accuracy", "f1")
@@ -127,6 +129,13 @@ def _metrics_section(
     return lines
 
 
+def _shell_path(path: Path) -> str:
+    """``path`` as a shell word for a command to copy (quoted: a folder name can hold ``|`` or
+    ``$(...)``); ``RUN_DIR`` where no quoting keeps it on one line of a code block."""
+    text = str(path)
+    return "RUN_DIR" if set(text) & set("\n\r`") else shlex.quote(text)
+
+
 def _scored_by(metrics: dict[str, Any]) -> str:
     """Which exported model scored ``metrics``, where another one than the run's own weights did
     (an INT8 or OpenVINO export's figures differ slightly from the model's)."""
@@ -214,14 +223,14 @@ def model_card_text(run: RunDir, val_evaluation: dict[str, Any] | None = None) -
         for side in ("train", "val")
     ]
     lines = [
-        f"# Model card: {run.root.name}",
+        f"# Model card: {markdown_cell(run.root.name)}",
         "",
         "## Model details",
         "",
         f"- Architecture: `{meta.model}` (pretrained: {config.get('pretrained', '—')}, "
         f"strategy: {meta.strategy})",
         *(
-            f"- Ensemble member: `{name}` ({member.read_meta().image_size} px)"
+            f"- Ensemble member: {markdown_cell(name)} ({member.read_meta().image_size} px)"
             for name, member in zip(meta.members, run.member_runs(), strict=True)
         ),
         f"- Input size: {meta.image_size} × {meta.image_size} px, 1 channel",
@@ -269,8 +278,9 @@ def model_card_text(run: RunDir, val_evaluation: dict[str, Any] | None = None) -
         "## How to evaluate on the held-out test split",
         "",
         "```bash",
-        f"pneumolab evaluate {run.root} --data DATA_DIR --split test --json",
-        f"pneumolab report {run.root} --data DATA_DIR --split test --out report-test.html",
+        f"pneumolab evaluate {_shell_path(run.root)} --data DATA_DIR --split test --json",
+        f"pneumolab report {_shell_path(run.root)} --data DATA_DIR --split test "
+        "--out report-test.html",
         "```",
         "",
         "Every test evaluation is logged in `test_evaluations.jsonl`: look at the test split "

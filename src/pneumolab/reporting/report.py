@@ -21,7 +21,7 @@ import pneumolab
 from pneumolab.data.imageio import load_image
 from pneumolab.data.layout import CLASS_NAMES
 from pneumolab.evaluation.evaluate import compute_evaluation
-from pneumolab.evaluation.figures import save_confusion_matrix
+from pneumolab.evaluation.figures import literal_text, save_confusion_matrix
 from pneumolab.evaluation.metrics import SCALAR_METRICS, format_interval, format_metric
 from pneumolab.evaluation.outputs import FIGURES, record_look, save_figures
 from pneumolab.explain.gradcam import find_target_layer, gradcam, overlay_png
@@ -53,7 +53,7 @@ def _img(png: bytes, caption: str, css: str = "plot") -> str:
 
 def _figure_png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
-    fig.tight_layout()
+    literal_text(fig).tight_layout()
     fig.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
 

@@ -92,7 +92,7 @@ class StudyConfig(BaseModel):
             entry = dict(entry)
             name = str(entry.pop("name", ""))
             where = f"models[{index}]"
-            if not re.match(NAME_PATTERN, name):
+            if not re.fullmatch(NAME_PATTERN, name):
                 raise ConfigError(f"{where}: needs a 'name' of letters, digits, '.', '_' or '-'")
             if name in configs:
                 raise ConfigError(f"{where}: the name '{name}' is used twice")

@@ -1,0 +1,26 @@
+"""Untrusted text (file and folder names, DICOM values) made safe for where it is written: a
+terminal, a Markdown table."""
+
+from __future__ import annotations
+
+import html
+import re
+
+from pneumolab.errors import printable
+
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+"""Control characters but tab: in a file name or DICOM value they could clear the screen,
+recolour or overwrite a line of the terminal, or forge a line of their own."""
+
+
+def terminal_safe(text: str) -> str:
+    """:func:`~pneumolab.errors.printable`, with control characters (escape, line feed, carriage
+    return...) shown as ``\\xNN``: text from file names or file headers, as a terminal gets it."""
+    return CONTROL_CHARACTERS.sub(lambda found: f"\\x{ord(found[0]):02x}", printable(text))
+
+
+def markdown_cell(text: object) -> str:
+    """``text`` as one Markdown table cell (or bold name): on one line, HTML escaped, ``|``
+    written as its entity, so that a run folder named ``a|b`` or ``<img ...>`` neither splits
+    a row nor injects markup where the Markdown is rendered."""
+    return html.escape(" ".join(str(text).split())).replace("|", "&#124;")
