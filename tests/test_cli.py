@@ -193,3 +193,23 @@ def test_train_names_its_compute_and_not_lightnings_banners(synthetic_data, tmp_
     out, err = capfd.readouterr()
     assert re.search(r"training in (32-true|bf16-mixed) on ", out + err)  # precision: auto
     assert "GPU available" not in out + err and "litlogger" not in out + err
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "said"),
+    [
+        (KeyboardInterrupt, 130, "interrupted\n"),  # nothing to continue: no --resume advice
+        (BrokenPipeError, 141, ""),  # `| head -1` has read what it wanted: nothing to say
+    ],
+)
+def test_an_interrupt_or_a_closed_pipe_says_only_what_applies(
+    monkeypatch, capsys, error, code, said
+):
+    from pneumolab.cli import commands
+
+    def cmd_models(args):
+        raise error
+
+    monkeypatch.setattr(commands, "cmd_models", cmd_models)
+    assert main(["models"]) == code
+    assert capsys.readouterr().err == said

@@ -40,6 +40,7 @@ def test_bad_config_names_file_and_problem(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match) as info:
         resolve_config(cfg_file)
     assert "bad.yaml" in str(info.value)
+    assert "\n" not in str(info.value)  # one line: the terminal shows a line feed as \x0a
 
 
 def test_missing_config_file(tmp_path):

@@ -28,7 +28,7 @@ from pneumolab.choices import (
     Task,
     Tracking,
 )
-from pneumolab.errors import ConfigError
+from pneumolab.errors import ConfigError, brief
 from pneumolab.files import write_text_atomically
 
 
@@ -307,8 +307,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    except yaml.YAMLError as exc:  # PyYAML's message runs over several lines
+        raise ConfigError(f"{path}: invalid YAML ({brief(str(exc))})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file; expected a YAML mapping of settings") from None
     if data is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +42,11 @@ def writing_alone(path: Path, flag: str = "--out") -> Iterator[None]:
     OutputError naming it when another process holds it: two jobs appending to one results
     file would interleave their rows."""
     lock = FileLock(path.with_name(path.name + ".lock"), timeout=0)
+    try:  # made first: filelock reports a lock file it cannot make as a lock held elsewhere
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(lock.lock_file, os.O_CREAT | os.O_WRONLY, 0o644))
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot make its lock file {lock.lock_file}: {exc}") from None
     try:
         lock.acquire()
     except Timeout:
@@ -48,8 +54,6 @@ def writing_alone(path: Path, flag: str = "--out") -> Iterator[None]:
             f"{path}: another process is writing it (it holds {lock.lock_file}); wait for it "
             f"to finish, or give {flag} another file name"
         ) from None
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot make its lock file {lock.lock_file}: {exc}") from None
     try:
         yield
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -233,3 +234,14 @@ def test_a_results_file_another_process_is_writing_is_refused_untouched(
     finally:
         holder.communicate("\n")
     assert predict_to_file(predictor, [folder], out, progress=False).already_done == 2
+
+
+def test_the_progress_bar_stays_off_stdout(predictor, images, tmp_path, capsys):
+    predict_to_file(predictor, images[1][:2], tmp_path / "r.csv", progress=True)
+    assert capsys.readouterr().out == ""  # stdout is the data's: a pipe reads it
+
+
+def test_a_lock_file_that_cannot_be_made_is_not_called_held(predictor, images, tmp_path):
+    out = Path("/proc/results.csv")  # a folder where no file can be made
+    with pytest.raises(OutputError, match=r"results\.csv: cannot make its lock file"):
+        predict_to_file(predictor, images[1][:1], out, progress=False)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -15,6 +17,14 @@ from pneumolab.cli.parser import build_parser
 from pneumolab.errors import PneumolabError
 
 __all__ = ["build_parser", "main"]
+
+
+INTERRUPT_HINTS = {
+    "cmd_train": "; continue it with --resume",
+    "cmd_study": "; run the same command again to continue the study",
+    "cmd_predict": "; with --out, run the same command again to continue",
+}
+"""What to say after Ctrl+C, by command (the others have nothing to continue)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,12 +47,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PneumolabError as exc:
         report_error(exc)
         return 2
+    except BrokenPipeError:  # `| head`: the reader has gone; nothing more to say to it
+        with contextlib.suppress(OSError, ValueError):  # no descriptor: output captured
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:  # a file system refusal pneumolab did not foresee: still no traceback
         where = " → ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
         report_error(Exception(f"{where}: {exc.strerror or exc}" if where else str(exc)))
         return 2
     except KeyboardInterrupt:
-        say(("interrupted", "yellow"), "; a training run can be continued with --resume")
+        say(("interrupted", "yellow"), INTERRUPT_HINTS.get(args.func.__name__, ""))
         return 130
 
 

@@ -26,10 +26,13 @@ class _PrintableStream(io.TextIOBase):
         self.name = name
 
     def _target(self) -> io.TextIOBase:
-        return getattr(sys, self.name)
+        stream = getattr(sys, self.name)  # None where the stream was closed (`>&-`)
+        return stream if stream is not None else io.StringIO()  # written to nowhere
 
     def write(self, text: str) -> int:
-        return self._target().write(printable(text))
+        target = self._target()
+        encoding = getattr(target, "encoding", None) or "utf-8"  # an ASCII or Latin-1 stdout too
+        return target.write(printable(text).encode(encoding, "backslashreplace").decode(encoding))
 
     def flush(self) -> None:
         self._target().flush()
@@ -56,11 +59,12 @@ class _SafeConsole(Console):
 def _console(name: str, width: int) -> Console:
     """A console on ``sys.<name>``; a fixed ``width`` when it is not a terminal (no cut paths)."""
     stream = getattr(sys, name)
+    terminal = stream is not None and stream.isatty()
     return _SafeConsole(
         file=cast(IO[str], _PrintableStream(name)),  # a text stream, as rich needs
         markup=False,
         soft_wrap=name == "stderr",
-        width=None if stream.isatty() else width,
+        width=None if terminal else width,
     )
 
 

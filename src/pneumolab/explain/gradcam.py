@@ -19,6 +19,7 @@ from pneumolab.data.imageio import load_image
 from pneumolab.data.transforms import normalize_intensity
 from pneumolab.errors import ModelError, OutputError, PneumolabError, printable
 from pneumolab.evaluation.figures import literal_text
+from pneumolab.files import write_atomically
 from pneumolab.inference.predictor import Predictor, expand_paths, file_header_checks
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.outputs import check_output
@@ -141,7 +142,10 @@ def _figure(image: Image.Image, heat: np.ndarray, title: str, out_file: Path) ->
     axes.set_title(printable(title), fontsize=9)  # a name that is not UTF-8: its bytes as \xNN
     axes.axis("off")
     literal_text(figure).tight_layout()
-    figure.savefig(out_file, dpi=100)  # FIGURE_PIXELS wide
+    # never a cut PNG under its own name (Ctrl+C mid-write): a rerun would keep it
+    write_atomically(
+        out_file, lambda partial: figure.savefig(partial, dpi=100, format="png")
+    )  # FIGURE_PIXELS wide
 
 
 def explain_paths(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from rich.progress import Progress
 
 from pneumolab.errors import ImageLoadError
@@ -120,7 +121,8 @@ def _append_rows(
     """Append one row per image of ``todo`` to ``out``, synced per batch; how many failed."""
     producer = producer_of(predictor)
     written = failed = 0
-    with open(out, "a", **TEXT) as f, Progress(disable=not progress, transient=True) as bar:
+    bar_on_stderr = Progress(console=Console(stderr=True), disable=not progress, transient=True)
+    with open(out, "a", **TEXT) as f, bar_on_stderr as bar:
         task = bar.add_task("predicting", total=len(todo))
         results = predictor.predict_paths(todo, batch_size, workers)
         for path, result in zip(todo, results, strict=True):
