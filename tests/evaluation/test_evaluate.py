@@ -118,6 +118,10 @@ def test_shift_protocol_adds_every_scenario_and_the_batch_breakdown(trained):
         batches["IM"]["n_normal"]
         == metrics["confusion_matrix"][0][0] + metrics["confusion_matrix"][0][1]
     )
+    shifted = RunDir(run_dir).eval_dir("val") / "shift_predictions.csv"
+    assert shifted.is_file()
+    evaluate(run_dir, data, split="val", device="cpu")  # no shift: no earlier shifted scores
+    assert not shifted.exists()  # (a study's margins would read them as this evaluation's)
 
 
 def test_a_split_with_no_readable_image_is_a_clear_error(trained, tmp_path):

@@ -66,17 +66,19 @@ def record_look(evaluation: Evaluation) -> None:
 
 
 def write_evaluation(evaluation: Evaluation) -> Path:
-    """Write metrics.json, predictions.csv, the figures and, after the shift protocol,
-    shift_predictions.csv into ``RUN_DIR/eval/<split>/`` and record a test-split look; the
-    folder."""
+    """Write predictions.csv, after the shift protocol shift_predictions.csv (else an earlier
+    one is removed: a study's margins read it), the figures and, last, metrics.json into
+    ``RUN_DIR/eval/<split>/``, then record a test-split look; the folder."""
     out = evaluation.run.eval_dir(evaluation.split)
     out.mkdir(parents=True, exist_ok=True)
-    record_look(evaluation)
-    write_text_atomically(out / "metrics.json", json.dumps(evaluation.metrics, indent=2) + "\n")
-    save_figures(evaluation, out)
     write_predictions(out / PREDICTIONS, evaluation.decoded.samples, evaluation.probs)
     if evaluation.shifted is not None:
         write_shift_predictions(
             out / SHIFT_PREDICTIONS, evaluation.decoded.samples, evaluation.shifted
         )
+    else:
+        (out / SHIFT_PREDICTIONS).unlink(missing_ok=True)
+    save_figures(evaluation, out)
+    write_text_atomically(out / "metrics.json", json.dumps(evaluation.metrics, indent=2) + "\n")
+    record_look(evaluation)
     return out

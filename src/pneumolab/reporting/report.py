@@ -238,7 +238,6 @@ def build_report(
     data_dir = Path(data_dir)
     predictor = Predictor.from_run(run.root, device=default_device())
     evaluation = compute_evaluation(predictor, data_dir, split)
-    record_look(evaluation)
     metrics, labels, probs = evaluation.metrics, evaluation.labels, evaluation.probs
     rows = [
         {"path": str(s.path), "label": s.label, "probability": float(p)}
@@ -279,5 +278,6 @@ def build_report(
             f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
             f"<style>{CSS}</style></head><body><h1>{title}</h1>{body}{footer}</body></html>\n"
         )
+    record_look(evaluation)  # once the report exists: an interrupted one showed nothing
     write_model_card(run, metrics if split == "val" else None)
     return out
