@@ -3,8 +3,8 @@ the settings, one value per epoch and the run's files."""
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
+from test_train import StopAtEpoch
 
 from conftest import TINY_TRAINING
 from pneumolab.config import TrainConfig
@@ -56,12 +56,6 @@ def test_mlflow_tracking_uses_a_local_store(synthetic_data, tmp_path, monkeypatc
     assert {"MODEL_CARD.md", "meta.json", "val_predictions.csv", "history.csv"} <= artifacts
 
 
-class StopInSecondEpoch(L.Callback):
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.current_epoch == 1:
-            raise KeyboardInterrupt
-
-
 def test_a_resumed_run_goes_on_in_its_mlflow_run(synthetic_data, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
@@ -70,7 +64,7 @@ def test_a_resumed_run_goes_on_in_its_mlflow_run(synthetic_data, tmp_path, monke
         epochs=EPOCHS, early_stopping_patience=5, tracking="mlflow", **TINY_TRAINING
     )
     with pytest.raises(TrainingInterrupted):
-        train(synthetic_data, tmp_path / "run", config, callbacks=[StopInSecondEpoch()])
+        train(synthetic_data, tmp_path / "run", config, callbacks=[StopAtEpoch(1)])
     run = train(synthetic_data, tmp_path / "run", resume=True)
     client = MlflowClient(tracking_uri=(run.root / "mlruns").as_uri())
     (tracked,) = client.search_runs([client.get_experiment_by_name("pneumolab").experiment_id])
@@ -91,7 +85,7 @@ def test_a_resume_whose_mlflow_run_is_gone_says_where_to_look(
         epochs=EPOCHS, early_stopping_patience=5, tracking="mlflow", **TINY_TRAINING
     )
     with pytest.raises(TrainingInterrupted):
-        train(synthetic_data, tmp_path / "run", config, callbacks=[StopInSecondEpoch()])
+        train(synthetic_data, tmp_path / "run", config, callbacks=[StopAtEpoch(1)])
     shutil.rmtree(tmp_path / "run" / "mlruns")
     with pytest.raises(
         ConfigError, match=r"mlflow_run\.json: the MLflow run \w+ .*MLFLOW_TRACKING_URI"

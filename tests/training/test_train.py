@@ -26,11 +26,14 @@ TINY = dict(
 )
 
 
-class StopInSecondEpoch(L.Callback):
-    """Simulates Ctrl+C at the first batch of the second epoch."""
+class StopAtEpoch(L.Callback):
+    """Simulates Ctrl+C at the first batch of epoch ``epoch`` (counted from 0)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.current_epoch == 1:
+        if trainer.current_epoch == self.epoch:
             raise KeyboardInterrupt
 
 
@@ -103,7 +106,7 @@ def test_interrupted_training_resumes_from_last_checkpoint(synthetic_data, tmp_p
     out = tmp_path / "run"
     config = TrainConfig(epochs=2, early_stopping_patience=5, **TINY)
     with pytest.raises(TrainingInterrupted, match="--resume"):
-        train(synthetic_data, out, config, callbacks=[StopInSecondEpoch()])
+        train(synthetic_data, out, config, callbacks=[StopAtEpoch(1)])
     run = RunDir(out)
     assert run.last_checkpoint.is_file() and not run.is_complete()
     with pytest.raises(RunDirError, match="not a finished run"):
@@ -128,17 +131,11 @@ class EpochsTrained(L.Callback):
         self.epochs.append(trainer.current_epoch)
 
 
-class StopInThirdEpoch(L.Callback):
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.current_epoch == 2:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.slow
 def test_a_monitored_run_moved_elsewhere_resumes_from_its_own_checkpoints(synthetic_data, tmp_path):
     config = TrainConfig(epochs=4, monitor="val_auc", early_stopping_patience=5, **TINY)
     with pytest.raises(TrainingInterrupted, match="--resume"):
-        train(synthetic_data, tmp_path / "run", config, callbacks=[StopInThirdEpoch()])
+        train(synthetic_data, tmp_path / "run", config, callbacks=[StopAtEpoch(2)])
     moved = RunDir(tmp_path / "moved")
     shutil.move(tmp_path / "run", moved.root)
     last = torch.load(moved.last_checkpoint, weights_only=False)

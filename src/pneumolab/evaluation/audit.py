@@ -235,8 +235,9 @@ def audit_folder(
         raise DataLayoutError(f"{folder}: {problem}; audit reads a folder of a site's images")
     # listed once, as absolute paths (as predict records them: a name never starts a cell
     # of images.csv with a spreadsheet formula's "=" or "@")
-    images = expand_paths([folder.absolute()])
-    if images == [folder.absolute()]:  # a folder without images is kept as itself
+    listed = folder.absolute()
+    images = expand_paths([listed])
+    if images == [listed]:  # a folder without images is kept as itself
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise DataLayoutError(f"{folder}: no images ({suffixes}) in it, at any depth")
     run = RunDir(Path(run_dir))
