@@ -1,5 +1,6 @@
 """Atomic writes: the target changes only on success, nothing is left beside it, the mode is
-the umask's, and a writer killed earlier (its temporary file left behind) blocks nothing."""
+the umask's, and a writer killed earlier (its temporary file left behind) blocks nothing; a set
+of files written as one (``staged_files``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumolab.files import atomic_write, write_atomically, write_text_atomically
+from pneumolab.files import atomic_write, staged_files, write_atomically, write_text_atomically
 
 
 @pytest.fixture
@@ -63,3 +64,62 @@ def test_text_is_written_as_utf8_whatever_the_locale(tmp_path):
     env = os.environ | {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""}
     subprocess.run([sys.executable, "-c", script], env=env, check=True)
     assert target.read_bytes() == "— ×".encode()
+
+
+def test_a_full_disk_names_the_file_it_was_writing(tmp_path, monkeypatch):
+    """ENOSPC comes from write() or fsync(), which name no file: the message must."""
+    import errno
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    target = tmp_path / "metrics.json"
+    with pytest.raises(OSError) as raised:
+        write_text_atomically(target, "{}")
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(target)
+    with pytest.raises(OSError) as raised:
+        write_atomically(target, lambda partial: os.fsync(0))
+    assert raised.value.filename == str(target)
+    with pytest.raises(OSError) as raised, staged_files(tmp_path / "val", {"a"}, "a") as staging:
+        (staging / "a").write_text("1")
+        os.fsync(0)
+    assert raised.value.filename == str(tmp_path / "val")
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+OWNED = {"metrics.json", "scores.csv", "roc.png"}
+
+
+def _write_set(folder: Path, names: dict[str, str]) -> None:
+    with staged_files(folder, OWNED, last="metrics.json") as staging:
+        for name, text in names.items():
+            (staging / name).write_text(text)
+
+
+def test_a_set_replaces_the_earlier_one_and_keeps_what_it_does_not_own(tmp_path):
+    folder = tmp_path / "eval" / "val"
+    _write_set(folder, {"scores.csv": "1", "roc.png": "1", "metrics.json": "1"})
+    (folder / "report.html").write_text("a report")
+    _write_set(folder, {"scores.csv": "2", "metrics.json": "2"})  # no ROC this time
+    assert {p.name: p.read_text() for p in folder.iterdir()} == {
+        "scores.csv": "2", "metrics.json": "2", "report.html": "a report",
+    }  # fmt: skip
+    assert [p.name for p in tmp_path.joinpath("eval").iterdir()] == ["val"]  # no staging left
+
+
+def test_a_set_that_fails_leaves_the_earlier_one_whole(tmp_path):
+    folder = tmp_path / "val"
+    _write_set(folder, {"scores.csv": "1", "roc.png": "1", "metrics.json": "1"})
+    with pytest.raises(RuntimeError), staged_files(folder, OWNED, "metrics.json") as staging:
+        (staging / "scores.csv").write_text("2")
+        raise RuntimeError("killed while drawing the figures")
+    assert {p.name: p.read_text() for p in folder.iterdir()} == dict.fromkeys(OWNED, "1")
+    assert [p.name for p in tmp_path.iterdir()] == ["val"]
+
+
+def test_a_set_must_hold_its_last_file_and_only_owned_ones(tmp_path):
+    for names in ({"scores.csv": "1"}, {"metrics.json": "1", "other.txt": "1"}):
+        with pytest.raises(ValueError, match=r"must hold metrics\.json"):
+            _write_set(tmp_path / "val", names)
+    assert not (tmp_path / "val").exists()

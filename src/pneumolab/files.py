@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -42,6 +43,18 @@ def _temporary_beside(path: Path, suffix: str) -> Path:
 
 
 @contextmanager
+def naming_failures(path: str | Path) -> Iterator[None]:
+    """Re-raise an OSError that names no file (a full disk, a size limit: the write fails, not
+    the open) as one naming ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+
+
+@contextmanager
 def atomic_write(path: str | Path, mode: str = "w", **open_args: Any) -> Iterator[IO]:
     """Write ``path`` through a temporary file beside it that replaces it on success only, with
     the umask's mode; ``open_args`` go to :func:`open` (newline...). Text is UTF-8 unless
@@ -51,7 +64,7 @@ def atomic_write(path: str | Path, mode: str = "w", **open_args: Any) -> Iterato
         open_args.setdefault("encoding", "utf-8")
     tmp = _temporary_beside(path, ".tmp")
     try:
-        with open(tmp, mode, **open_args) as f:
+        with naming_failures(path), open(tmp, mode, **open_args) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -68,7 +81,8 @@ def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
     path = Path(path)
     partial = _temporary_beside(path, ".partial")
     try:
-        write(partial)
+        with naming_failures(path):
+            write(partial)
         apply_umask(partial)
         partial.replace(path)
     finally:
@@ -81,3 +95,35 @@ def write_text_atomically(path: str | Path, text: str) -> Path:
     with atomic_write(path) as f:
         f.write(text)
     return Path(path)
+
+
+@contextmanager
+def staged_files(folder: str | Path, owned: Collection[str], last: str) -> Iterator[Path]:
+    """Write a set of files into ``folder`` as one: yield an empty staging folder beside it to
+    write them in; on success ``folder``'s ``last`` file is removed, the staged files are moved
+    in with ``last`` at the end (a folder without ``last`` holds an unfinished set), and the
+    files of ``owned`` that were not staged are removed (an earlier run's leftovers). On failure
+    ``folder`` is untouched. Files in ``folder`` outside ``owned`` are kept."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".staging", dir=folder.parent)
+    )
+    try:
+        with naming_failures(folder):
+            yield staging
+        staged = {entry.name for entry in staging.iterdir()}
+        if last not in staged or not staged <= set(owned):
+            raise ValueError(f"staged {sorted(staged)}: must hold {last} and only {sorted(owned)}")
+        for name in staged:  # on disk before any is moved in
+            with open(staging / name, "rb") as f:
+                os.fsync(f.fileno())
+        folder.mkdir(exist_ok=True)
+        (folder / last).unlink(missing_ok=True)
+        for name in sorted(staged - {last}):
+            os.replace(staging / name, folder / name)
+        for name in set(owned) - staged:
+            (folder / name).unlink(missing_ok=True)
+        os.replace(staging / last, folder / last)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -93,6 +93,28 @@ def test_cli_keeps_an_earlier_audit_unless_asked(run_dir, tiny_run, tmp_path, ca
     assert (out / "audit.json").read_text() == before
 
 
+def test_an_audit_stopped_while_writing_leaves_nothing_that_blocks_its_rerun(
+    run_dir, tiny_run, tmp_path, monkeypatch
+):
+    """Stopped after its figure, an audit left audit.png, and the rerun refused it without
+    --overwrite."""
+    from pneumolab.reporting import audit_page
+
+    folder = site(tmp_path / "site", tiny_run[1], odd=False)
+    out = tmp_path / "out"
+
+    def stopped(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(audit_page, "records_table", stopped)
+        assert main(["audit", str(run_dir), str(folder), "--out", str(out)]) == 130
+    assert not out.exists() or not list(out.iterdir())
+    assert main(["audit", str(run_dir), str(folder), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(audit_page.AUDIT_FILES.values())
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
 @pytest.mark.parametrize(
     ("make", "problem"),
     [

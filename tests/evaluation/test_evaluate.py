@@ -124,6 +124,26 @@ def test_shift_protocol_adds_every_scenario_and_the_batch_breakdown(trained):
     assert not shifted.exists()  # (a study's margins would read them as this evaluation's)
 
 
+def test_an_evaluation_stopped_while_writing_leaves_the_earlier_one_whole(trained, monkeypatch):
+    """A kill (or full disk) while the figures are drawn must not leave the new predictions
+    beside the earlier metrics, which a study's margins and the model card would mix."""
+    from pneumolab.evaluation import outputs
+
+    run_dir, data = trained
+    evaluate(run_dir, data, split="val", device="cpu", shift=True)
+    folder = RunDir(run_dir).eval_dir("val")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def stopped(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(outputs, "save_figures", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(run_dir, data, split="val", device="cpu")  # would drop shift_predictions.csv
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert not [p.name for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging
+
+
 def test_a_split_with_no_readable_image_is_a_clear_error(trained, tmp_path):
     run_dir, data = trained
     broken = tmp_path / "data"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pneumolab.data.layout import Sample
-from pneumolab.evaluation.outputs import PREDICTIONS, SHIFT_PREDICTIONS
+from pneumolab.evaluation.outputs import METRICS, PREDICTIONS, SHIFT_PREDICTIONS
 from pneumolab.evaluation.selection import margins_over, smallest_untold
 from pneumolab.run import RunDir, read_shift_predictions, write_predictions, write_shift_predictions
 
@@ -33,6 +33,7 @@ def _scored_run(root: Path, clean: np.ndarray, compound: list[np.ndarray], n: in
     write_predictions(folder / PREDICTIONS, samples, clean)
     shifted = {"reframe": [clean], "compound": compound}
     write_shift_predictions(folder / SHIFT_PREDICTIONS, samples, shifted)
+    (folder / METRICS).write_text("{}")
     return run
 
 
@@ -89,6 +90,14 @@ def test_runs_scored_on_other_images_or_without_scores_are_not_compared(runs, tm
     unscored = runs | {"unscored": RunDir(tmp_path / "unscored")}
     missing = margins_over(unscored, "sharp", "shift_roc_auc")
     assert missing.margins == [] and "scores are missing" in (missing.untested or "")
+
+
+def test_an_unfinished_evaluation_is_not_compared(runs):
+    """A folder without metrics.json (an evaluation stopped while writing) may hold one
+    evaluation's predictions beside another's shifted scores."""
+    (runs["near"].eval_dir("val") / METRICS).unlink()
+    margins = margins_over(runs, "sharp", "shift_roc_auc")
+    assert margins.margins == [] and "unfinished evaluation" in (margins.untested or "")
 
 
 def test_shift_predictions_round_trip(tmp_path):

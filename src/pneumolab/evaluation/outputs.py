@@ -16,9 +16,10 @@ from pneumolab.evaluation.figures import (
     save_roc_curve,
 )
 from pneumolab.evaluation.heldout import log_test_evaluation
-from pneumolab.files import write_text_atomically
+from pneumolab.files import staged_files, write_text_atomically
 from pneumolab.run import write_predictions, write_shift_predictions
 
+METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"
 SHIFT_PREDICTIONS = "shift_predictions.csv"
 
@@ -30,6 +31,9 @@ FIGURES = {
 }
 """The figures an evaluation draws (file name -> caption); ROC needs both classes, the 3x3
 matrix a three-class run."""
+
+OWNED = {METRICS, PREDICTIONS, SHIFT_PREDICTIONS, *FIGURES}
+"""The files an evaluation writes in ``eval/<split>/`` (a report's page there is not one)."""
 
 
 def save_figures(evaluation: Evaluation, folder: Path) -> dict[str, Path]:
@@ -66,19 +70,18 @@ def record_look(evaluation: Evaluation) -> None:
 
 
 def write_evaluation(evaluation: Evaluation) -> Path:
-    """Write predictions.csv, after the shift protocol shift_predictions.csv (else an earlier
-    one is removed: a study's margins read it), the figures and, last, metrics.json into
-    ``RUN_DIR/eval/<split>/``, then record a test-split look; the folder."""
+    """Write predictions.csv, after the shift protocol shift_predictions.csv, the figures and
+    metrics.json into ``RUN_DIR/eval/<split>/`` as one set (:func:`staged_files`: metrics.json
+    last, and an earlier evaluation's files this one did not make removed: a study's margins
+    read shift_predictions.csv), then record a test-split look; the folder."""
     out = evaluation.run.eval_dir(evaluation.split)
-    out.mkdir(parents=True, exist_ok=True)
-    write_predictions(out / PREDICTIONS, evaluation.decoded.samples, evaluation.probs)
-    if evaluation.shifted is not None:
-        write_shift_predictions(
-            out / SHIFT_PREDICTIONS, evaluation.decoded.samples, evaluation.shifted
-        )
-    else:
-        (out / SHIFT_PREDICTIONS).unlink(missing_ok=True)
-    save_figures(evaluation, out)
-    write_text_atomically(out / "metrics.json", json.dumps(evaluation.metrics, indent=2) + "\n")
+    with staged_files(out, OWNED, last=METRICS) as staging:
+        write_predictions(staging / PREDICTIONS, evaluation.decoded.samples, evaluation.probs)
+        if evaluation.shifted is not None:
+            write_shift_predictions(
+                staging / SHIFT_PREDICTIONS, evaluation.decoded.samples, evaluation.shifted
+            )
+        save_figures(evaluation, staging)
+        write_text_atomically(staging / METRICS, json.dumps(evaluation.metrics, indent=2) + "\n")
     record_look(evaluation)
     return out

@@ -20,7 +20,7 @@ import numpy as np
 from pneumolab.choices import PAIRED_CRITERIA
 from pneumolab.data.patients import patient_id
 from pneumolab.evaluation.bootstrap import PairedDifference, paired_auc_difference
-from pneumolab.evaluation.outputs import PREDICTIONS, SHIFT_PREDICTIONS
+from pneumolab.evaluation.outputs import METRICS, PREDICTIONS, SHIFT_PREDICTIONS
 from pneumolab.run import RunDir, read_predictions, read_shift_predictions
 from pneumolab.text import markdown_cell
 
@@ -80,7 +80,10 @@ class Margins:
 
 
 def _scores(folder: Path, scenario: str | None) -> dict[str, tuple[int, list[float]]]:
-    """``{image path: (label, [score per draw])}`` of one evaluation folder."""
+    """``{image path: (label, [score per draw])}`` of one evaluation folder; FileNotFoundError
+    where its evaluation did not finish (no metrics.json)."""
+    if not (folder / METRICS).is_file():
+        raise FileNotFoundError(f"{folder}: no {METRICS} (an unfinished evaluation)")
     labelled = read_predictions(folder / PREDICTIONS)
     if scenario is None:
         return {r["path"]: (r["label"], [r["probability"]]) for r in labelled}

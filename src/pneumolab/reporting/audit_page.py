@@ -19,7 +19,7 @@ import numpy as np
 from pneumolab.evaluation.audit import SiteAudit, records_table
 from pneumolab.evaluation.figures import literal_text
 from pneumolab.evaluation.metrics import format_share
-from pneumolab.files import atomic_write, write_text_atomically
+from pneumolab.files import staged_files
 from pneumolab.outputs import check_output
 
 
@@ -127,16 +127,19 @@ images with the run's validation split; it cannot tell whether the model is righ
 """
 
 
+AUDIT_FILES = {
+    "html": "audit.html",
+    "figure": "audit.png",
+    "json": "audit.json",
+    "csv": "images.csv",
+}
+"""The audit's files (key -> name); the page is written last."""
+
+
 def audit_files(out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
     """The audit's files in ``out_dir``; OutputError where one may not be written (an earlier
     audit's file is replaced only with ``overwrite``)."""
-    out = Path(out_dir)
-    files = {
-        "html": out / "audit.html",
-        "figure": out / "audit.png",
-        "json": out / "audit.json",
-        "csv": out / "images.csv",
-    }
+    files = {key: Path(out_dir) / name for key, name in AUDIT_FILES.items()}
     for path in files.values():
         check_output(path, overwrite)
     return files
@@ -144,18 +147,18 @@ def audit_files(out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]
 
 def write_audit(audit: SiteAudit, out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
     """Write ``audit.html``, ``audit.png``, ``audit.json`` and ``images.csv`` into ``out_dir``
-    (see :func:`audit_files`)."""
-    files = audit_files(out_dir, overwrite)  # the writes make the folder
-    figure = audit_figure(audit)
-    with atomic_write(files["figure"], "wb") as f:
-        f.write(figure)
-    # a site's file names need not be UTF-8: written back as the bytes they were
-    with atomic_write(files["html"], errors="surrogateescape") as f:
-        f.write(audit_html(audit, figure))
-    write_text_atomically(files["json"], json.dumps(audit.summary(), indent=2) + "\n")
-    rows = records_table(audit)
-    with atomic_write(files["csv"], newline="", errors="surrogateescape") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["path"])
-        writer.writeheader()
-        writer.writerows(rows)
+    as one set (:func:`~pneumolab.files.staged_files`; see :func:`audit_files`)."""
+    files = audit_files(out_dir, overwrite)
+    with staged_files(out_dir, AUDIT_FILES.values(), last=AUDIT_FILES["html"]) as staging:
+        staged = {key: staging / name for key, name in AUDIT_FILES.items()}
+        figure = audit_figure(audit)
+        staged["figure"].write_bytes(figure)
+        # a site's file names need not be UTF-8: written back as the bytes they were
+        staged["html"].write_text(audit_html(audit, figure), "utf-8", "surrogateescape")
+        staged["json"].write_text(json.dumps(audit.summary(), indent=2) + "\n", "utf-8")
+        rows = records_table(audit)
+        with staged["csv"].open("w", encoding="utf-8", newline="", errors="surrogateescape") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["path"])
+            writer.writeheader()
+            writer.writerows(rows)
     return files
