@@ -213,3 +213,22 @@ def test_an_interrupt_or_a_closed_pipe_says_only_what_applies(
     monkeypatch.setattr(commands, "cmd_models", cmd_models)
     assert main(["models"]) == code
     assert capsys.readouterr().err == said
+
+
+def test_an_interrupt_while_the_command_line_loads_is_no_traceback(monkeypatch, capsys):
+    """Ctrl+C in the first fraction of a second (imports, parsing) printed a traceback."""
+    import sys
+
+    from pneumolab.__main__ import main as console_script
+
+    class Interrupted:
+        """A finder that stands for Ctrl+C arriving while ``pneumolab.cli`` is imported."""
+
+        def find_spec(self, name: str, *args: object) -> None:
+            if name == "pneumolab.cli":
+                raise KeyboardInterrupt
+
+    monkeypatch.delitem(sys.modules, "pneumolab.cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupted(), *sys.meta_path])
+    assert console_script() == 130
+    assert capsys.readouterr().err == "interrupted\n"

@@ -8,17 +8,13 @@ Prediction(source='chest.jpeg', probability=0.97, label='PNEUMONIA', threshold=0
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError as _NotInstalled
-from importlib.metadata import version as _version
+from functools import cache as _cache
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
-try:
-    __version__ = _version("pneumolab")
-except _NotInstalled:  # running from a source tree without installation
-    __version__ = "0.0.0+unknown"
-
 if _TYPE_CHECKING:
+    __version__: str
+
     from pneumolab.config import TrainConfig
     from pneumolab.inference.prediction import Prediction
     from pneumolab.inference.predictor import Predictor, load_run
@@ -53,8 +49,22 @@ _LAZY = {
 }
 
 
+@_cache
+def _installed_version() -> str:
+    """The installed distribution's version ("0.0.0+unknown" in a source tree not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pneumolab")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
 def __getattr__(name: str) -> _Any:
-    """Import heavy submodules (torch, Lightning) only when their names are used."""
+    """Import heavy submodules (torch, Lightning) only when their names are used, and read the
+    version only when asked (``importlib.metadata`` costs a command's start 60 ms)."""
+    if name == "__version__":
+        return _installed_version()
     if name in _LAZY:
         import importlib
 

@@ -1,7 +1,21 @@
-"""``python -m pneumolab``."""
+"""``python -m pneumolab`` and the ``pneumolab`` console script: the command line, with a
+Ctrl+C while it loads (imports, argument parsing) answered like one during a command."""
+
+from __future__ import annotations
 
 import sys
 
-from pneumolab.cli import main
 
-sys.exit(main())
+def main() -> int:
+    """Load the command line and run it; 130 on a Ctrl+C before a command handles its own."""
+    try:
+        from pneumolab.cli import main as command_line
+
+        return command_line()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
