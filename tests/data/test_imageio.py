@@ -454,9 +454,25 @@ def test_image_over_the_decoders_own_limit_names_it(tmp_path: Path) -> None:
     path = tmp_path / "huge.png"
     path.write_bytes(png_header_only(14_000, 14_000))
     with pytest.raises(
-        ImageLoadError, match=r"huge\.png: over the [\d,]+ pixels the image decoder"
+        ImageLoadError,
+        match=r"huge\.png: over the [\d,]+ pixels the image decoder.*raise the limit",
     ):
-        load_image(path, max_pixels=300_000_000)
+        load_image(path)
+
+
+def test_a_limit_raised_above_the_decoders_own_is_the_one_that_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pillow refused an image over twice its MAX_IMAGE_PIXELS while opening it, whatever
+    ``max_pixels`` a user had raised on purpose (here Pillow's limit is made small)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)
+    path = tmp_path / "large.png"
+    Image.new("L", (60, 60), 128).save(path)  # 3,600 pixels: over Pillow's 2,000
+    assert load_image(path, max_pixels=5_000).size == (60, 60)
+    assert Image.MAX_IMAGE_PIXELS == 2_501  # raised, never lowered
+    with pytest.raises(ImageLoadError, match="over the limit of 3,000 pixels"):
+        load_image(path, max_pixels=3_000)
+    assert Image.MAX_IMAGE_PIXELS == 2_501
 
 
 def test_image_at_max_pixels_accepted(tmp_path: Path) -> None:

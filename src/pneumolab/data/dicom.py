@@ -38,7 +38,7 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from pneumolab.data.imageio import DEFAULT_MAX_PIXELS, _check_pixel_count, array_to_image, reading
+from pneumolab.data.imageio import DEFAULT_MAX_PIXELS, array_to_image, check_pixel_count, reading
 from pneumolab.errors import ImageLoadError
 
 MAX_BYTES_PER_PIXEL = 6
@@ -122,7 +122,7 @@ def _check_decodable(ds: Dataset, max_pixels: int, source: str) -> None:
             f"{source}: multi-frame DICOM ({frames} frames); pneumolab classifies single "
             "radiographs — save the frame you want as its own file"
         )
-    _check_pixel_count(int(ds.Columns), int(ds.Rows), max_pixels, source)
+    check_pixel_count(int(ds.Columns), int(ds.Rows), max_pixels, source)
     _check_pixel_data_length(ds, source)
     syntax = ds.file_meta.TransferSyntaxUID
     try:

@@ -30,13 +30,27 @@ DEFAULT_MAX_PIXELS = 50_000_000
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
-def _check_pixel_count(width: int, height: int, max_pixels: int, source: str) -> None:
+RAISE_THE_LIMIT = (
+    "if the image is genuine, raise the limit "
+    "(pneumolab serve: --max-megapixels; Python: load_image(..., max_pixels=...))"
+)
+
+
+def check_pixel_count(width: int, height: int, max_pixels: int, source: str) -> None:
+    """ImageLoadError naming ``source`` where ``width`` x ``height`` is over ``max_pixels``."""
     if width * height > max_pixels:
         raise ImageLoadError(
             f"{source}: {width}x{height} pixels is over the limit of {max_pixels:,} pixels "
-            "(possible decompression bomb); if the image is genuine, raise the limit "
-            "(pneumolab serve: --max-megapixels; Python: load_image(..., max_pixels=...))"
+            f"(possible decompression bomb); {RAISE_THE_LIMIT}"
         )
+
+
+def _admit_in_pillow(max_pixels: int) -> None:
+    """Raise Pillow's own limit (it refuses an image of over twice ``Image.MAX_IMAGE_PIXELS``
+    while opening it, before pneumolab's check) where ``max_pixels`` was raised above it on
+    purpose; never lowered, so other users of Pillow in the process keep at least theirs."""
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > 2 * Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels // 2 + 1
 
 
 def to_grayscale(image: Image.Image) -> Image.Image:
@@ -151,10 +165,10 @@ def reading(path: Path, kind: str) -> Iterator[None]:
         raise ImageLoadError(
             f"{path}: not an image file of an accepted format ({ACCEPTED})"
         ) from None
-    except Image.DecompressionBombError:  # over Pillow's own limit, which no setting raises
+    except Image.DecompressionBombError:  # over Pillow's own limit, checked while opening
         raise ImageLoadError(
             f"{path}: over the {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels the image decoder opens "
-            "(possible decompression bomb)"
+            f"(possible decompression bomb); {RAISE_THE_LIMIT}"
         ) from None
     except Exception as exc:  # OSError, ValueError... and a decoder's own types: one file's problem
         raise ImageLoadError(
@@ -193,8 +207,9 @@ def load_image(
         from pneumolab.data.dicom import load_dicom  # pydicom is imported only when needed
 
         return load_dicom(path, max_pixels=max_pixels)
+    _admit_in_pillow(max_pixels)
     with reading(path, "image"), Image.open(path, formats=PILLOW_FORMATS) as opened:
-        _check_pixel_count(opened.width, opened.height, max_pixels, str(path))
+        check_pixel_count(opened.width, opened.height, max_pixels, str(path))
         stored = opened.size
         if size_hint and opened.format == "JPEG":
             opened.draft("L", (size_hint, size_hint))
