@@ -13,7 +13,7 @@ from pneumolab.errors import OutputError
 from pneumolab.run import RunDir
 
 
-def check_output(path: str | Path, overwrite: bool = False, flag: str = "--out") -> Path:
+def check_output(path: str | Path, overwrite: bool = False) -> Path:
     """``path`` if a file may be written there; OutputError naming it otherwise.
 
     Refused: a folder, a path under a file, any file a run directory owns (weights, metadata,
@@ -21,12 +21,12 @@ def check_output(path: str | Path, overwrite: bool = False, flag: str = "--out")
     """
     path = Path(path)
     if path.is_dir():
-        raise OutputError(f"{path}: is a folder; give {flag} a file name")
+        raise OutputError(f"{path}: is a folder; give --out a file name")
     owner = RunDir.owning(path)
     if owner is not None:
         raise OutputError(
             f"{path}: belongs to the run {owner.root} and is never overwritten; "
-            f"give {flag} another file name"
+            f"give --out another file name"
         )
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: already exists; pass --overwrite to replace it")
@@ -37,7 +37,7 @@ def check_output(path: str | Path, overwrite: bool = False, flag: str = "--out")
 
 
 @contextmanager
-def writing_alone(path: Path, flag: str = "--out") -> Iterator[None]:
+def writing_alone(path: Path) -> Iterator[None]:
     """Hold ``path``'s lock (the file ``NAME.lock`` beside it) while a job writes ``path``;
     OutputError naming it when another process holds it: two jobs appending to one results
     file would interleave their rows."""
@@ -52,7 +52,7 @@ def writing_alone(path: Path, flag: str = "--out") -> Iterator[None]:
     except Timeout:
         raise OutputError(
             f"{path}: another process is writing it (it holds {lock.lock_file}); wait for it "
-            f"to finish, or give {flag} another file name"
+            f"to finish, or give --out another file name"
         ) from None
     try:
         yield

@@ -27,6 +27,13 @@ class CountingExtractor:
         return pixels.float().mean(dim=(1, 2, 3))[:, None]
 
 
+def features(cache: FeatureCache, samples, pixels, compute):
+    """One process's use of the cache, as the frozen strategy's loader makes it: look up, compute
+    the missing rows, complete."""
+    found = cache.lookup(samples)
+    return cache.complete(found, compute(pixels[found.missing]) if found.missing else None)
+
+
 def _samples(tmp_path, n=4):
     samples = []
     for i in range(n):
@@ -40,25 +47,25 @@ def test_cache_is_reused_extended_and_refreshed_per_file(tmp_path):
     samples, pixels = _samples(tmp_path)
     key = {"model": "m", "weights": "sha256:abc", "image_size": 2, "intensity": "none"}
     extractor = CountingExtractor()
-    first, stats = FeatureCache(tmp_path / "cache", key).features(
-        samples[:3], pixels[:3], extractor
+    first, stats = features(
+        FeatureCache(tmp_path / "cache", key), samples[:3], pixels[:3], extractor
     )
     assert (stats.reused, stats.computed, extractor.seen) == (0, 3, 3)
-    again, stats = FeatureCache(tmp_path / "cache", key).features(
-        samples[:3], pixels[:3], extractor
+    again, stats = features(
+        FeatureCache(tmp_path / "cache", key), samples[:3], pixels[:3], extractor
     )
     assert (stats.reused, stats.computed, extractor.seen) == (3, 0, 3)
     assert torch.equal(first, again)
     # a new image is computed alone; order follows the request
-    both, stats = FeatureCache(tmp_path / "cache", key).features(
-        samples[::-1], pixels.flip(0), extractor
+    both, stats = features(
+        FeatureCache(tmp_path / "cache", key), samples[::-1], pixels.flip(0), extractor
     )
     assert (stats.reused, stats.computed) == (3, 1)
     assert torch.equal(both[:, 0], torch.tensor([3.0, 2.0, 1.0, 0.0]))
     # an edited file (new modification time) gets a fresh row
     stat = samples[0].path.stat()
     os.utime(samples[0].path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    _, stats = FeatureCache(tmp_path / "cache", key).features(samples, pixels, extractor)
+    _, stats = features(FeatureCache(tmp_path / "cache", key), samples, pixels, extractor)
     assert (stats.reused, stats.computed) == (3, 1)
 
 
@@ -69,9 +76,9 @@ def test_cache_is_reused_extended_and_refreshed_per_file(tmp_path):
 def test_any_key_change_recomputes(tmp_path, change):
     samples, pixels = _samples(tmp_path)
     key = {"model": "m", "weights": "sha256:abc", "image_size": 2, "intensity": "none"}
-    FeatureCache(tmp_path / "cache", key).features(samples, pixels, CountingExtractor())
+    features(FeatureCache(tmp_path / "cache", key), samples, pixels, CountingExtractor())
     changed = FeatureCache(tmp_path / "cache", key | change)
-    _, stats = changed.features(samples, pixels, CountingExtractor())
+    _, stats = features(changed, samples, pixels, CountingExtractor())
     assert stats.computed == len(samples)
     assert changed.folder != FeatureCache(tmp_path / "cache", key).folder
 
@@ -79,9 +86,9 @@ def test_any_key_change_recomputes(tmp_path, change):
 def test_unreadable_cache_file_is_recomputed(tmp_path):
     samples, pixels = _samples(tmp_path)
     cache = FeatureCache(tmp_path / "cache", {"model": "m"})
-    cache.features(samples, pixels, CountingExtractor())
+    features(cache, samples, pixels, CountingExtractor())
     (cache.folder / "features.pt").write_bytes(b"torn")
-    _, stats = cache.features(samples, pixels, CountingExtractor())
+    _, stats = features(cache, samples, pixels, CountingExtractor())
     assert stats.computed == len(samples)
 
 

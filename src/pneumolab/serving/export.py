@@ -15,6 +15,7 @@ import torch
 import pneumolab
 from pneumolab.choices import DEFAULT_OPSET, ONNX_OPSETS
 from pneumolab.errors import ExportError
+from pneumolab.files import write_atomically
 from pneumolab.inference.onnx_backend import INPUT_NAME, OOD_OUTPUT_NAME, OUTPUT_NAME, OnnxBackend
 from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.scores import torch_scorer
@@ -136,10 +137,10 @@ def export_onnx(
     predictor = Predictor.from_run(run.root)
     model = predictor.require_model("ONNX export")
     size = predictor.image_size
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(out_file.name + ".partial")
     outputs = [OUTPUT_NAME, OOD_OUTPUT_NAME]
-    try:
+    report: dict[str, Any] = {}
+
+    def export_and_verify(partial: Path) -> None:
         with warnings.catch_warnings():
             # pneumonia_logit branches on the head's width, fixed per model, so tracing one
             # branch is right; only that module's warning is silenced (a data-dependent branch
@@ -153,22 +154,21 @@ def export_onnx(
             torch.onnx.export(
                 ScoredModel(model, predictor.ood.scorer if predictor.ood else None).eval(),
                 (torch.rand(2, 1, size, size),),
-                str(tmp),
+                str(partial),
                 dynamo=False,  # the TorchScript exporter: no onnxscript dependency, exact here
                 input_names=[INPUT_NAME],
                 output_names=outputs,
                 dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]},
                 opset_version=opset,
             )
-        graph = onnx.load(str(tmp))
+        graph = onnx.load(str(partial))
         onnx.helper.set_model_props(graph, _metadata(run.root, predictor))
         onnx.checker.check_model(graph)
-        onnx.save(graph, str(tmp))
+        onnx.save(graph, str(partial))
         pixels, source = _verification_pixels(predictor, run, verify_images)
-        report = _verify(predictor, tmp, pixels, source, out_file)
-        tmp.replace(out_file)
-    finally:
-        tmp.unlink(missing_ok=True)
+        report.update(_verify(predictor, partial, pixels, source, out_file))
+
+    write_atomically(out_file, export_and_verify)  # written only once verified
     return {"file": str(out_file), "opset": opset, **report}
 
 

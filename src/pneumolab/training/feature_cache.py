@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,15 +116,3 @@ class FeatureCache:
         selected = stored[rows] if len(rows) and stored is not None else torch.empty(0, 0)
         reused = len(found.wanted) - len(found.missing)
         return selected, CacheStats(self.key, reused, len(found.missing))
-
-    def features(
-        self,
-        samples: Sequence[Sample],
-        pixels: torch.Tensor,
-        compute: Callable[[torch.Tensor], torch.Tensor],
-    ) -> tuple[torch.Tensor, CacheStats]:
-        """Features ``(N, D)`` of ``samples`` (whose decoded ``pixels`` are given), computing with
-        ``compute`` only the rows the cache does not hold, and saving them (one process; several
-        share the work with :meth:`lookup` and :meth:`complete`)."""
-        found = self.lookup(samples)
-        return self.complete(found, compute(pixels[found.missing]) if found.missing else None)
