@@ -318,12 +318,17 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def flags_given(overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The settings a command line set (its unset flags are None)."""
+    return {k: v for k, v in (overrides or {}).items() if v is not None}
+
+
 def resolve_config(
     config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
     """Merge defaults, then the YAML file, then non-None ``overrides`` (CLI flags)."""
     values = load_yaml(config_file) if config_file else {}
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    values.update(flags_given(overrides))
     try:
         return TrainConfig(**values)
     except ValidationError as exc:

@@ -26,6 +26,7 @@ import csv
 import hashlib
 import io
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,16 @@ class RunDir:
                 f"(first: {missing[0]}); give the data folder the run was trained on (--data)"
             )
         return samples
+
+
+def split_mismatch(runs: Iterable[RunDir]) -> tuple[RunDir, RunDir] | None:
+    """A run whose split.csv differs from the first run's, with that first run; None where all
+    of them hold the same split (runs without split.csv are skipped)."""
+    with_split = [run for run in runs if run.split.is_file()]
+    for run in with_split[1:]:
+        if run.split.read_bytes() != with_split[0].split.read_bytes():
+            return run, with_split[0]
+    return None
 
 
 def score_text(probability: float) -> str:

@@ -49,15 +49,15 @@ def cmd_import_weights(args: argparse.Namespace) -> int:
 def cmd_data_check(args: argparse.Namespace) -> int:
     """`pneumolab data check`: images per split and class, patients, duplicates, bad files."""
     from pneumolab.data.check import check_dataset
+    from pneumolab.data.layout import CLASS_NAMES
 
     report = check_dataset(args.data_dir)
     table = Table(title=f"{report.root}")
-    for column in ("split", "NORMAL", "PNEUMONIA", "patients"):
+    for column in ("split", *CLASS_NAMES, "patients"):
         table.add_column(column, justify="right")
     for split, counts in report.counts.items():
-        table.add_row(
-            split, str(counts["NORMAL"]), str(counts["PNEUMONIA"]), str(report.patients[split])
-        )
+        classes = [str(counts[name]) for name in CLASS_NAMES]
+        table.add_row(split, *classes, str(report.patients[split]))
     console.print(table)
     console.print(
         f"byte-identical duplicate groups: {len(report.duplicate_groups)} "

@@ -77,7 +77,9 @@ def grouped_split(
     labels = np.array([s.label for s in samples])
     groups = split_groups(samples)
     n_splits = max(2, round(1.0 / val_fraction))
-    for label, name in ((0, "NORMAL"), (1, "PNEUMONIA")):
+    from pneumolab.data.layout import CLASS_NAMES  # layout imports this module
+
+    for label, name in enumerate(CLASS_NAMES):
         n_groups = len({g for g, y in zip(groups, labels, strict=True) if y == label})
         if n_groups < n_splits:
             raise DataLayoutError(

@@ -21,6 +21,7 @@ from scipy.stats import ks_2samp
 
 from pneumolab.data.formats import IMAGE_SUFFIXES
 from pneumolab.data.imageio import is_dicom_file
+from pneumolab.data.layout import CLASS_NAMES
 from pneumolab.errors import DataLayoutError, ImageLoadError
 from pneumolab.inference.predictor import Predictor, expand_paths
 from pneumolab.run import RunDir, read_predictions
@@ -92,7 +93,7 @@ class SiteAudit:
     def pneumonia_rate(self) -> float | None:
         """Share of in-scope images at or above the decision threshold; None where none is in
         scope."""
-        label = [r.label == "PNEUMONIA" for r in self.scored if r.in_scope]
+        label = [r.label == CLASS_NAMES[1] for r in self.scored if r.in_scope]
         return float(np.mean(label)) if label else None
 
     def reason_counts(self) -> Counter[str]:

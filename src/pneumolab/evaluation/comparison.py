@@ -23,7 +23,7 @@ from pneumolab.files import atomic_write, write_text_atomically
 from pneumolab.inference.predictor import Predictor, default_device
 from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.outputs import check_output
-from pneumolab.run import RunDir
+from pneumolab.run import RunDir, split_mismatch
 from pneumolab.text import markdown_cell
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ def compare_runs(
         Predictor.from_run(run.root, default_device(), backend, cache=cache)  # export fails first
         for run in runs
     ]
-    if split == "val" and len({run.split.read_bytes() for run in runs}) > 1:
+    if split == "val" and split_mismatch(runs) is not None:
         log.warning(
             "the runs were validated on different splits (split.csv differs): "
             "their validation figures are not directly comparable"

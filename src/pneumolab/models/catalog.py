@@ -14,7 +14,7 @@ from pneumolab.models.registry import (
     check_model_name,
     find_local_weights,
     hub_offline,
-    published_weights,
+    published_source,
 )
 
 STUDY_MODELS: dict[str, str] = {
@@ -61,10 +61,9 @@ def weights_source(name: str, weights: str | Path | None = None) -> str:
     )
     if local is not None:
         return f"local file {local}"
-    cfg = timm.models.get_pretrained_cfg(name)
-    if cfg is None or not published_weights(name):
+    hub = published_source(name)
+    if hub is None:
         return "none (trained from scratch)"
-    hub = cfg.hf_hub_id or cfg.url or cfg.file
     return f"hub {hub}" + (" (offline here: pass --weights)" if hub_offline() else "")
 
 

@@ -43,11 +43,17 @@ def check_model_name(name: str) -> None:
         raise ModelError(f"unknown model '{name}': timm has no tag like that{known}") from None
 
 
-def published_weights(name: str) -> bool:
-    """Whether timm knows where ImageNet weights for ``name`` are published (a hub id, a URL or
-    a file; many architectures have a configuration without any)."""
+def published_source(name: str) -> str | None:
+    """Where timm knows ImageNet weights for ``name`` are published (a hub id, a URL or a file);
+    None where nowhere (many architectures have a configuration without any)."""
     cfg = timm.models.get_pretrained_cfg(name)
-    return cfg is not None and bool(cfg.hf_hub_id or cfg.url or cfg.file)
+    source = cfg and (cfg.hf_hub_id or cfg.url or cfg.file)
+    return str(source) if source else None
+
+
+def published_weights(name: str) -> bool:
+    """Whether timm knows where ImageNet weights for ``name`` are published."""
+    return published_source(name) is not None
 
 
 def find_local_weights(name: str, weights: str | Path | None) -> Path | None:

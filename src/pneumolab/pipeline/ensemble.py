@@ -24,7 +24,7 @@ from pneumolab.data.layout import Sample
 from pneumolab.errors import ConfigError, RunDirError
 from pneumolab.pipeline.finalise import finalise
 from pneumolab.pipeline.ood_fit import ensemble_ood
-from pneumolab.run import RunDir, read_predictions
+from pneumolab.run import RunDir, read_predictions, split_mismatch
 from pneumolab.run_meta import ENSEMBLE_STRATEGY, RunDescription, RunMeta, TrainingSummary
 
 T = TypeVar("T")
@@ -37,13 +37,13 @@ def _check_compatible(runs: list[RunDir], metas: list[RunMeta]) -> None:
     nested = [r.root for r, meta in zip(runs, metas, strict=True) if meta.is_ensemble]
     if nested:
         raise RunDirError(f"{nested[0]}: is an ensemble; list its members instead")
-    first = runs[0]
-    for run in runs[1:]:
-        if run.split.read_bytes() != first.split.read_bytes():
-            raise RunDirError(
-                f"{run.root} and {first.root} were trained on different splits (split.csv): "
-                "an ensemble's threshold must be chosen on one validation split"
-            )
+    mismatch = split_mismatch(runs)
+    if mismatch is not None:
+        run, first = mismatch
+        raise RunDirError(
+            f"{run.root} and {first.root} were trained on different splits (split.csv): "
+            "an ensemble's threshold must be chosen on one validation split"
+        )
 
 
 def _shared(values: Sequence[T | None]) -> T | None:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pneumolab.choices import PAIRED_CRITERIA, ComparisonBackend, SelectBy
 from pneumolab.config import (
     TrainConfig,
+    flags_given,
     load_yaml,
     network_settings,
     resolve_config,
@@ -136,11 +137,6 @@ class StudyConfig(BaseModel):
                 )
             ensemble_names.add(ensemble.name)
         return configs
-
-
-def flags_given(overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """The settings a command line set (its unset flags are None)."""
-    return {k: v for k, v in (overrides or {}).items() if v is not None}
 
 
 def _refuse_twins(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from pneumolab.config import TrainConfig, load_yaml, network_settings, resolve_config
+from pneumolab.config import TrainConfig, flags_given, load_yaml, network_settings, resolve_config
 from pneumolab.data.layout import CLASS_NAMES, find_splits, scan_split
 from pneumolab.errors import ConfigError, OutputError, PneumolabError
 from pneumolab.evaluation.comparison import (
@@ -40,8 +41,8 @@ from pneumolab.files import write_text_atomically
 from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.pipeline.ensemble import build_ensemble
 from pneumolab.pipeline.train import train
-from pneumolab.run import RunDir
-from pneumolab.study.config import flags_given, load_study
+from pneumolab.run import RunDir, split_mismatch
+from pneumolab.study.config import load_study
 from pneumolab.training.distributed import global_rank
 from pneumolab.training.fit import TrainingInterrupted
 
@@ -122,20 +123,17 @@ def _write_study_copy(study_file: Path, copy: Path, flags: dict[str, Any]) -> No
     write_text_atomically(copy, yaml.safe_dump(text, sort_keys=False))
 
 
-def _check_one_split(runs: dict[str, RunDir]) -> None:
+def _check_one_split(runs: Iterable[RunDir]) -> None:
     """ConfigError where two models of the study were validated on different splits (a run
     kept from another ``--data``, or from a pneumolab that split otherwise)."""
-    splits = {name: run.split.read_bytes() for name, run in runs.items() if run.split.is_file()}
-    if not splits:
-        return
-    first = next(iter(splits))
-    for name, split in splits.items():
-        if split != splits[first]:
-            raise ConfigError(
-                f"{runs[name].split} and {runs[first].split} differ: the study's models must be "
-                f"validated on one split; delete the run of '{name}' (or '{first}') to train it "
-                "again on this data"
-            )
+    mismatch = split_mismatch(runs)
+    if mismatch is not None:
+        run, first = mismatch  # a study's run folder is named after its model
+        raise ConfigError(
+            f"{run.split} and {first.split} differ: the study's models must be validated on one "
+            f"split; delete the run of '{run.root.name}' (or '{first.root.name}') to train it "
+            "again on this data"
+        )
 
 
 def _train_or_reuse(name: str, config: TrainConfig, data_dir: Path, run: RunDir) -> None:
@@ -236,7 +234,7 @@ def run_study(
             failed[name] = str(exc)
     if global_rank() != 0:
         return StudyResult([], None, failed)
-    _check_one_split(finished)
+    _check_one_split(finished.values())
     for ensemble in study.ensembles:
         run = RunDir(study_dir / "runs" / ensemble.name)
         missing = [m for m in ensemble.members if m not in finished]

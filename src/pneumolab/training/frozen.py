@@ -19,7 +19,7 @@ from pneumolab.errors import ConfigError
 from pneumolab.files import sha256_of
 from pneumolab.inference.predictor import score_batches
 from pneumolab.models.classifier import XrayClassifier, pneumonia_logit
-from pneumolab.models.registry import find_local_weights
+from pneumolab.models.registry import find_local_weights, published_source
 from pneumolab.training.distributed import gather_rows, shard
 from pneumolab.training.feature_cache import (
     CacheStats,
@@ -53,9 +53,7 @@ def weights_identity(config: TrainConfig) -> str:
     local = find_local_weights(config.model, config.weights)
     if local is not None:
         return f"sha256:{sha256_of(local)}"
-    pretrained_cfg = timm.models.get_pretrained_cfg(config.model)
-    source = pretrained_cfg and (pretrained_cfg.hf_hub_id or pretrained_cfg.url)
-    return f"hub:{source or config.model}"
+    return f"hub:{published_source(config.model) or config.model}"
 
 
 def cache_for(config: TrainConfig) -> FeatureCache:
