@@ -6,7 +6,6 @@ from scipy.special import expit
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score
 
-from pneumolab.evaluation import figures
 from pneumolab.evaluation.calibration import (
     apply_platt,
     apply_temperature,
@@ -15,7 +14,7 @@ from pneumolab.evaluation.calibration import (
     nll,
     to_logits,
 )
-from pneumolab.evaluation.figures import save_figure, save_reliability_diagram
+from pneumolab.evaluation.figures import reliability_figure, save_figure
 from pneumolab.evaluation.metrics import ECE_BINS, expected_calibration_error
 
 
@@ -55,20 +54,13 @@ def test_apply_temperature_handles_saturated_probabilities():
         apply_temperature(prob, 0.0)
 
 
-def test_reliability_diagram_is_written(overconfident, tmp_path, monkeypatch):
+def test_reliability_diagram_is_drawn(overconfident, tmp_path):
     y, prob = overconfident
     curves = {"raw": prob, "T = 3": apply_temperature(prob, 3.0)}
-    drawn = []
-
-    def spy(fig, path):
-        drawn.append(fig)
-        return save_figure(fig, path)
-
-    monkeypatch.setattr(figures, "save_figure", spy)
-    path = save_reliability_diagram(y, curves, tmp_path / "r.png", "title")
-    assert path.stat().st_size > 0
+    fig = reliability_figure(y, curves, "title")
+    assert save_figure(fig, tmp_path / "r.png").read_bytes().startswith(b"\x89PNG")
     # the diagonal, then one line per curve: its bins, with its ECE in the legend
-    (ax,) = drawn[0].axes
+    (ax,) = fig.axes
     lines = ax.get_lines()
     assert len(lines) == 1 + len(curves)
     legend = [t.get_text() for t in ax.get_legend().get_texts()]

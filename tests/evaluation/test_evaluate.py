@@ -137,7 +137,7 @@ def test_an_evaluation_stopped_while_writing_leaves_the_earlier_one_whole(traine
     def stopped(*args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(outputs, "save_figures", stopped)
+    monkeypatch.setattr(outputs, "evaluation_figures", stopped)
     with pytest.raises(KeyboardInterrupt):
         evaluate(run_dir, data, split="val", device="cpu")  # would drop shift_predictions.csv
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

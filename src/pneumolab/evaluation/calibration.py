@@ -1,5 +1,5 @@
 """Calibration fitted on validation: temperature and Platt scaling (the reliability diagram is
-:func:`pneumolab.evaluation.figures.save_reliability_diagram`).
+:func:`pneumolab.evaluation.figures.reliability_figure`).
 
 Temperature scaling divides the model's logit by one scalar ``T > 0`` chosen to minimise the
 validation log-loss (Guo et al. 2017). It changes no ranking (ROC AUC is unchanged); ``T > 1``

@@ -14,7 +14,7 @@ from typing import Any
 
 from pneumolab.errors import DataLayoutError, RunDirError
 from pneumolab.evaluation.evaluate import compute_evaluation
-from pneumolab.evaluation.figures import save_confusion_matrix, save_model_bars
+from pneumolab.evaluation.figures import confusion_matrix_figure, model_bars_figure, save_figure
 from pneumolab.evaluation.metrics import format_interval, format_metric
 from pneumolab.evaluation.outputs import write_evaluation
 from pneumolab.evaluation.selection import margins_over, warn_untold
@@ -202,10 +202,10 @@ def write_comparison(
         )
     write_text_atomically(paths["markdown"], _markdown(rows, split, notes or {}))
     values: dict[str, list[Any]] = {m: [getattr(r, m) for r in rows] for m in BAR_METRICS}
-    save_model_bars([r.name for r in rows], values, paths["chart"], f"{split} split")
+    save_figure(model_bars_figure([r.name for r in rows], values, f"{split} split"), paths["chart"])
     figures = {out / "confusion" / f"{r.name}.png": r for r in rows}
     for path, r in figures.items():
-        save_confusion_matrix(r.confusion_matrix, path, f"{r.name} — {split}")
+        save_figure(confusion_matrix_figure(r.confusion_matrix, f"{r.name} — {split}"), path)
     for stale in sorted(set((out / "confusion").glob("*.png")) - set(figures)):
         stale.unlink()
         log.info("removed %s: its model is not in the new table", stale)

@@ -1,14 +1,12 @@
-"""Figures of evaluations and comparisons (matplotlib, written as PNG)."""
+"""Figures of evaluations and comparisons: each builder returns a matplotlib Figure (pyplot-free,
+no global state); :func:`figure_png` renders one, :func:`save_figure` writes it."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.text import Text
@@ -27,55 +25,58 @@ def literal_text(fig: Figure) -> Figure:
     return fig
 
 
-def save_figure(fig: Figure, path: Path) -> Path:
-    """Lay ``fig`` out tightly, write it to ``path`` and free it; returns ``path``."""
+def figure_png(fig: Figure, dpi: float | None = None) -> bytes:
+    """``fig`` laid out tightly, its text drawn as written, as PNG bytes (at its own dpi unless
+    ``dpi``)."""
+    buffer = io.BytesIO()
     literal_text(fig).tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    fig.savefig(buffer, format="png", dpi=dpi or "figure")
+    return buffer.getvalue()
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` to ``path`` as PNG (:func:`figure_png`); returns ``path``."""
+    path.write_bytes(figure_png(fig))
     return path
 
 
-def save_confusion_matrix(
-    matrix: list[list[int]], path: Path, title: str = "", class_names: Sequence[str] = CLASS_NAMES
-) -> Path:
-    """Plot a confusion matrix (rows: truth; binary: ``[[tn, fp], [fn, tp]]``) with class names."""
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=120)
+def confusion_matrix_figure(
+    matrix: list[list[int]], title: str = "", class_names: Sequence[str] = CLASS_NAMES
+) -> Figure:
+    """A confusion matrix (rows: truth; binary: ``[[tn, fp], [fn, tp]]``) with class names."""
+    fig = Figure(figsize=(4, 4), dpi=120)
+    ax = fig.subplots()
     ConfusionMatrixDisplay(np.asarray(matrix), display_labels=list(class_names)).plot(
         ax=ax, cmap="Blues", colorbar=False, values_format="d"
     )
     ax.set_title(title)
-    return save_figure(fig, path)
+    return fig
 
 
-def save_roc_curve(
+def roc_curve_figure(
     y_true: np.ndarray,
     prob: np.ndarray,
-    path: Path,
     operating_point: tuple[float, float] | None = None,
     title: str = "",
-) -> Path:
+) -> Figure:
     """ROC curve with its AUC; ``operating_point`` = (1 - specificity, sensitivity) is marked."""
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    fig = Figure(figsize=(4.5, 4.5), dpi=120)
+    ax = fig.subplots()
     RocCurveDisplay.from_predictions(y_true, prob, ax=ax, name="model", plot_chance_level=True)
     if operating_point is not None:
         ax.plot(*operating_point, "o", color="crimson", label="stored threshold")
         ax.legend(loc="lower right")
     ax.set_title(title)
-    return save_figure(fig, path)
+    return fig
 
 
-def save_sample_grid(samples_by_class: dict[str, list[Path]], path: Path, size: int = 160) -> Path:
+def sample_grid_figure(samples_by_class: dict[str, list[Path]], size: int = 160) -> Figure:
     """A grid of X-rays, one row per class (the study's images figure)."""
     from pneumolab.data.imageio import load_image
 
     columns = max(1, max(len(paths) for paths in samples_by_class.values()))
-    fig, axes = plt.subplots(
-        len(samples_by_class),
-        columns,
-        figsize=(1.8 * columns, 2.0 * len(samples_by_class)),
-        dpi=110,
-        squeeze=False,
-    )
+    fig = Figure(figsize=(1.8 * columns, 2.0 * len(samples_by_class)), dpi=110)
+    axes = fig.subplots(len(samples_by_class), columns, squeeze=False)
     for row, (name, paths) in zip(axes, samples_by_class.items(), strict=True):
         for ax in row:
             ax.axis("off")
@@ -84,15 +85,14 @@ def save_sample_grid(samples_by_class: dict[str, list[Path]], path: Path, size: 
             image.thumbnail((size, size))
             ax.imshow(image, cmap="gray")
             ax.set_title(f"{name}\n{image_path.name}", fontsize=6)
-    return save_figure(fig, path)
+    return fig
 
 
-def save_model_bars(
-    names: list[str], values: dict[str, list[float]], path: Path, title: str = ""
-) -> Path:
+def model_bars_figure(names: list[str], values: dict[str, list[float]], title: str = "") -> Figure:
     """Grouped bars: one group per model, one bar per metric (the study's results figure). The
     y axis starts a little below the lowest value, so close models stay distinguishable."""
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(names) + 2), 4.4), dpi=120)
+    fig = Figure(figsize=(max(6.0, 1.4 * len(names) + 2), 4.4), dpi=120)
+    ax = fig.subplots()
     width = 0.8 / max(1, len(values))
     positions = np.arange(len(names))
     for i, (metric, heights) in enumerate(values.items()):
@@ -105,15 +105,16 @@ def save_model_bars(
     # above the bars, not below: long model names (namesakes get their folders) fill the x axis
     ax.legend(fontsize="small", ncols=len(values), loc="lower center", bbox_to_anchor=(0.5, 1.0))
     ax.set_title(title, pad=24)
-    return save_figure(fig, path)
+    return fig
 
 
-def save_reliability_diagram(
-    y_true: np.ndarray, curves: dict[str, np.ndarray], path: Path, title: str = ""
-) -> Path:
+def reliability_figure(
+    y_true: np.ndarray, curves: dict[str, np.ndarray], title: str = ""
+) -> Figure:
     """Observed pneumonia rate against mean predicted probability in 10 equal-width bins, one line
     per entry of ``curves`` (label -> probabilities), with each curve's ECE in the legend."""
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    fig = Figure(figsize=(4.5, 4.5), dpi=120)
+    ax = fig.subplots()
     ax.plot([0, 1], [0, 1], ":", color="gray", label="perfectly calibrated")
     for label, prob in curves.items():
         observed, predicted = calibration_curve(y_true, prob, n_bins=ECE_BINS, strategy="uniform")
@@ -122,4 +123,4 @@ def save_reliability_diagram(
     ax.set(xlabel="mean predicted probability", ylabel="observed fraction of pneumonia")
     ax.set(xlim=(0, 1), ylim=(0, 1), title=title)
     ax.legend(loc="upper left", fontsize="small")
-    return save_figure(fig, path)
+    return fig

@@ -8,12 +8,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from pneumolab.evaluation.evaluate import Evaluation
 from pneumolab.evaluation.figures import (
-    save_confusion_matrix,
-    save_reliability_diagram,
-    save_roc_curve,
+    confusion_matrix_figure,
+    reliability_figure,
+    roc_curve_figure,
+    save_figure,
 )
 from pneumolab.evaluation.heldout import log_test_evaluation
 from pneumolab.files import staged_files, write_text_atomically
@@ -36,29 +38,21 @@ OWNED = {METRICS, PREDICTIONS, SHIFT_PREDICTIONS, *FIGURES}
 """The files an evaluation writes in ``eval/<split>/`` (a report's page there is not one)."""
 
 
-def save_figures(evaluation: Evaluation, folder: Path) -> dict[str, Path]:
-    """Draw the evaluation's figures into ``folder``: file name -> path of those drawn."""
+def evaluation_figures(evaluation: Evaluation) -> dict[str, Figure]:
+    """The evaluation's figures, by file name (see :data:`FIGURES`)."""
     metrics, labels, probs, title = (
         evaluation.metrics, evaluation.labels, evaluation.probs, evaluation.title,
     )  # fmt: skip
-    folder.mkdir(parents=True, exist_ok=True)
-    drawn = {"confusion_matrix.png": folder / "confusion_matrix.png"}
-    save_confusion_matrix(metrics["confusion_matrix"], drawn["confusion_matrix.png"], title)
+    drawn = {"confusion_matrix.png": confusion_matrix_figure(metrics["confusion_matrix"], title)}
     if len(np.unique(labels)) == 2:
-        drawn["roc_curve.png"] = folder / "roc_curve.png"
         point = (1 - metrics["specificity"], metrics["sensitivity"])
-        save_roc_curve(labels, probs, drawn["roc_curve.png"], point, title)
-    drawn["reliability.png"] = folder / "reliability.png"
+        drawn["roc_curve.png"] = roc_curve_figure(labels, probs, point, title)
     scaled = {label: curve for label, curve, _ in evaluation.calibrated.values()}
-    save_reliability_diagram(labels, {"raw": probs} | scaled, drawn["reliability.png"], title)
+    drawn["reliability.png"] = reliability_figure(labels, {"raw": probs} | scaled, title)
     if "subtypes" in metrics:
-        drawn["confusion_matrix_3class.png"] = folder / "confusion_matrix_3class.png"
         subtypes = metrics["subtypes"]
-        save_confusion_matrix(
-            subtypes["confusion_matrix"],
-            drawn["confusion_matrix_3class.png"],
-            title,
-            subtypes["classes"],
+        drawn["confusion_matrix_3class.png"] = confusion_matrix_figure(
+            subtypes["confusion_matrix"], title, subtypes["classes"]
         )
     return drawn
 
@@ -81,7 +75,8 @@ def write_evaluation(evaluation: Evaluation) -> Path:
             write_shift_predictions(
                 staging / SHIFT_PREDICTIONS, evaluation.decoded.samples, evaluation.shifted
             )
-        save_figures(evaluation, staging)
+        for name, figure in evaluation_figures(evaluation).items():
+            save_figure(figure, staging / name)
         write_text_atomically(staging / METRICS, json.dumps(evaluation.metrics, indent=2) + "\n")
     record_look(evaluation)
     return out

@@ -2,30 +2,27 @@
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from pneumolab.evaluation.audit import SiteAudit, records_table
-from pneumolab.evaluation.figures import literal_text
+from pneumolab.evaluation.figures import figure_png
 from pneumolab.evaluation.metrics import format_share
 from pneumolab.files import staged_files
 from pneumolab.outputs import check_output
+from pneumolab.reporting.html import png_data_uri
 
 
 def audit_figure(audit: SiteAudit) -> bytes:
     """Four panels: OOD scores and probabilities against validation, why out of scope, sizes."""
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), dpi=110)
+    fig = Figure(figsize=(11, 7.5), dpi=110)
+    axes = fig.subplots(2, 2)
     scores, val = audit.ood_scores, audit.val_ood_scores
     ax = axes[0, 0]
     if len(scores) and len(val):
@@ -61,11 +58,7 @@ def audit_figure(audit: SiteAudit) -> bytes:
         ax.scatter(sizes[:, 0], sizes[:, 1], s=10, alpha=0.6)
     ax.set(title="image sizes (px)", xlabel="width", ylabel="height")
     fig.suptitle(audit.verdict, fontsize=11, fontweight="bold")
-    literal_text(fig).tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig)
 
 
 def _rows(pairs: Sequence[tuple[str, object]]) -> str:
@@ -106,7 +99,7 @@ def audit_html(audit: SiteAudit, figure_png: bytes) -> str:
     flagged = _rows(
         [(Path(r.path).name, "; ".join(r.reasons)) for r in audit.scored if not r.in_scope][:200]
     )
-    image = base64.b64encode(figure_png).decode("ascii")
+    image = png_data_uri(figure_png)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pneumolab site audit</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2rem auto;padding:0 1rem}}
@@ -118,7 +111,7 @@ table{{border-collapse:collapse}}th,td{{text-align:left;padding:.2rem .6rem;bord
 <p class="verdict">{html.escape(audit.verdict)}</p>
 <ul>{reasons}</ul>
 <table>{_rows(key)}</table>
-<img src="data:image/png;base64,{image}" alt="OOD scores, probabilities, out-of-scope reasons and image sizes" style="max-width:100%">
+<img src="{image}" alt="OOD scores, probabilities, out-of-scope reasons and image sizes" style="max-width:100%">
 <h2>DICOM tags</h2><table>{tags or "<tr><td>no DICOM files</td></tr>"}</table>
 <h2>Out-of-scope images (first 200)</h2><table>{flagged or "<tr><td>none</td></tr>"}</table>
 <p><small>pneumolab is a research tool, not a medical device. The verdict compares unlabelled

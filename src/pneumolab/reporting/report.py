@@ -4,10 +4,8 @@ and the saliency sanity check. Every image is an embedded base64 PNG; nothing is
 
 from __future__ import annotations
 
-import base64
 import html
 import io
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,14 +19,15 @@ import pneumolab
 from pneumolab.data.imageio import load_image
 from pneumolab.data.layout import CLASS_NAMES
 from pneumolab.evaluation.evaluate import compute_evaluation
-from pneumolab.evaluation.figures import literal_text, save_confusion_matrix
+from pneumolab.evaluation.figures import confusion_matrix_figure, figure_png
 from pneumolab.evaluation.metrics import SCALAR_METRICS, format_interval, format_metric
-from pneumolab.evaluation.outputs import FIGURES, record_look, save_figures
+from pneumolab.evaluation.outputs import FIGURES, evaluation_figures, record_look
 from pneumolab.explain.gradcam import find_target_layer, gradcam, overlay_png
 from pneumolab.explain.sanity import saliency_sanity
 from pneumolab.files import atomic_write
 from pneumolab.inference.predictor import Predictor, default_device
 from pneumolab.outputs import check_output
+from pneumolab.reporting.html import figure_html
 from pneumolab.reporting.model_card import write_model_card
 from pneumolab.run import RunDir
 
@@ -40,22 +39,6 @@ td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f
 figure{display:inline-block;margin:.4em;text-align:center;font-size:.85em}
 figure img{width:224px;image-rendering:auto}.plot img{width:auto;max-width:100%}
 .warn{color:#a00;font-weight:bold}footer{margin-top:3em;font-size:.85em;color:#555}"""
-
-
-def _uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def _img(png: bytes, caption: str, css: str = "plot") -> str:
-    alt = html.escape(caption)
-    return f'<figure class="{css}"><img src="{_uri(png)}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
-
-
-def _figure_png(fig: Figure) -> bytes:
-    buffer = io.BytesIO()
-    literal_text(fig).tight_layout()
-    fig.savefig(buffer, format="png", dpi=110)
-    return buffer.getvalue()
 
 
 def _metrics_html(metrics: dict[str, Any]) -> str:
@@ -80,19 +63,18 @@ def _curves_html(labels: np.ndarray, probs: np.ndarray, figures: dict[str, bytes
         return "<p>Curves need both classes in the split.</p>"
     fig = Figure(figsize=(4.5, 4.5))
     PrecisionRecallDisplay.from_predictions(labels, probs, ax=fig.subplots(), name="model")
-    roc = _img(figures["roc_curve.png"], FIGURES["roc_curve.png"])
-    return roc + _img(_figure_png(fig), "precision-recall curve")
+    roc = figure_html(figures["roc_curve.png"], FIGURES["roc_curve.png"])
+    return roc + figure_html(figure_png(fig, dpi=110), "precision-recall curve")
 
 
 def _confusion_html(points: dict[str, Any]) -> str:
-    parts = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, point in points.items():
-            path = save_confusion_matrix(
-                point["metrics"]["confusion_matrix"], Path(tmp) / f"{name}.png", name
-            )
-            parts.append(_img(path.read_bytes(), f"{name} (threshold {point['threshold']:.4f})"))
-    return "".join(parts)
+    return "".join(
+        figure_html(
+            figure_png(confusion_matrix_figure(point["metrics"]["confusion_matrix"], name)),
+            f"{name} (threshold {point['threshold']:.4f})",
+        )
+        for name, point in points.items()
+    )
 
 
 def _scores_html(labels: np.ndarray, probs: np.ndarray, points: dict[str, Any]) -> str:
@@ -117,7 +99,7 @@ def _scores_html(labels: np.ndarray, probs: np.ndarray, points: dict[str, Any]) 
         )
     ax.set(xlabel="P(pneumonia)", ylabel="images", yscale="log")
     ax.legend(fontsize="small")
-    return _img(_figure_png(fig), "scores per class; dashed: operating points")
+    return figure_html(figure_png(fig, dpi=110), "scores per class; dashed: operating points")
 
 
 def _errors_html(predictor: Predictor, rows: list[dict[str, Any]], limit: int) -> str:
@@ -145,7 +127,7 @@ def _errors_html(predictor: Predictor, rows: list[dict[str, Any]], limit: int) -
             )
             png = overlay_png(pixels[0].numpy(), heat)
             parts.append(
-                _img(png, f"{Path(row['path']).name}: P = {row['probability']:.3f}", "thumb")
+                figure_html(png, f"{Path(row['path']).name}: P = {row['probability']:.3f}", "thumb")
             )
     return "".join(parts)
 
@@ -160,7 +142,7 @@ def _samples_html(rows: list[dict[str, Any]], per_class: int) -> str:
             image.thumbnail((THUMBNAIL, THUMBNAIL))
             buffer = io.BytesIO()
             image.convert("L").save(buffer, "PNG")
-            parts.append(_img(buffer.getvalue(), Path(row["path"]).name, "thumb"))
+            parts.append(figure_html(buffer.getvalue(), Path(row["path"]).name, "thumb"))
     return "".join(parts)
 
 
@@ -211,7 +193,7 @@ def _subtypes_html(subtypes: dict[str, Any], figures: dict[str, bytes]) -> str:
         f"</tr>{rows}</table>"
     )
     name = "confusion_matrix_3class.png"
-    matrix = _img(figures[name], FIGURES[name])
+    matrix = figure_html(figures[name], FIGURES[name])
     return summary + table + matrix
 
 
@@ -243,15 +225,17 @@ def build_report(
         {"path": str(s.path), "label": s.label, "probability": float(p)}
         for s, p in zip(evaluation.decoded.samples, probs, strict=True)
     ]
-    with tempfile.TemporaryDirectory() as tmp:
-        drawn = save_figures(evaluation, Path(tmp))
-        figures = {name: path.read_bytes() for name, path in drawn.items()}
+    figures = {name: figure_png(fig) for name, fig in evaluation_figures(evaluation).items()}
     points = metrics["operating_points"]
     sections = [
         ("metrics", "Metrics", _metrics_html(metrics)),
         ("curves", "ROC and precision-recall curves", _curves_html(labels, probs, figures)),
         ("confusion", "Confusion matrices at the operating points", _confusion_html(points)),
-        ("calibration", "Calibration", _img(figures["reliability.png"], "reliability diagram")),
+        (
+            "calibration",
+            "Calibration",
+            figure_html(figures["reliability.png"], "reliability diagram"),
+        ),
         ("scores", "Score distributions", _scores_html(labels, probs, points)),
         *(
             [("subtypes", "Three classes", _subtypes_html(metrics["subtypes"], figures))]

@@ -35,7 +35,7 @@ from pneumolab.evaluation.comparison import (
     leading_model,
     write_comparison,
 )
-from pneumolab.evaluation.figures import save_sample_grid
+from pneumolab.evaluation.figures import sample_grid_figure, save_figure
 from pneumolab.evaluation.selection import Margins, margins_over, smallest_untold, warn_untold
 from pneumolab.files import write_text_atomically
 from pneumolab.inference.score_cache import ScoreCache
@@ -190,7 +190,7 @@ def _sample_grid(data_dir: Path, path: Path) -> Path:
         paths = [s.path for s in train_samples if s.label == label]
         picks = np.linspace(0, len(paths) - 1, min(SAMPLES_PER_CLASS, len(paths)), dtype=int)
         by_class[name] = [paths[i] for i in picks]
-    return save_sample_grid(by_class, path)
+    return save_figure(sample_grid_figure(by_class), path)
 
 
 def run_study(
