@@ -9,6 +9,7 @@ import pytest
 
 from pneumolab.data.layout import (
     CLASS_NAMES,
+    MAX_SCAN_DEPTH,
     Sample,
     find_splits,
     image_files,
@@ -125,6 +126,45 @@ def test_non_image_files_ignored(tmp_path: Path) -> None:
     names = {s.path.name for s in samples}
     assert names == {*NORMAL_FILES, *PNEUMONIA_FILES, "UPPER.JPG", "scan.Png"}
     assert all(s.path.is_file() for s in samples)
+
+
+def test_scan_litter_is_passed_over_and_images_are_known_by_content(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A DICOM CD's DICOMDIR and macOS AppleDouble files became error rows (exit code 1); a JPEG
+    named .jfif, or a PNG without a suffix, vanished from a folder scan without a word."""
+    folder = tmp_path / "site"
+    dicm = b"\0" * 128 + b"DICM"
+    _touch(folder / "DICOMDIR", dicm)
+    _touch(folder / "._scan.jpeg", b"\0\5\26\7")  # AppleDouble: metadata under an image's name
+    _touch(folder / "__MACOSX" / "._scan.jpeg", b"\0\5\26\7")
+    jfif = _touch(folder / "scan.jfif", b"\xff\xd8\xff\xe0")
+    bare = _touch(folder / "1.2.840.99", b"\x89PNG\r\n\x1a\n")
+    _touch(folder / "scan.tif", b"II*\0")
+    _touch(folder / "notes.txt", b"text")
+    with caplog.at_level("INFO", logger="pneumolab"):
+        assert image_files(folder) == sorted([bare, jfif])
+    assert "2 file(s) passed over, not JPEG, PNG or DICOM (notes.txt, scan.tif)" in caplog.text
+
+
+def test_class_folders_differing_only_in_case_are_refused(tmp_path: Path) -> None:
+    """ROOT/test/normal and ROOT/test/NORMAL: one of them was left out without a word."""
+    split = tmp_path / "test"
+    _make_split(split)
+    _touch(split / "normal" / "IM-0009-0001.jpeg")
+    with pytest.raises(DataLayoutError, match="differ only in case"):
+        scan_split(split)
+
+
+def test_folders_nested_too_deep_are_a_clear_error(tmp_path: Path) -> None:
+    deep = path = tmp_path / "site"
+    deep.mkdir()
+    for _ in range(MAX_SCAN_DEPTH + 1):  # 1,100 levels: os.walk's RecursionError traceback
+        path = path / "d"
+        path.mkdir()  # one level at a time (mkdir(parents=True) recurses too)
+    (path / "scan.jpeg").write_bytes(b"x")
+    with pytest.raises(DataLayoutError, match="nested over 100 levels deep"):
+        image_files(deep)
 
 
 def test_a_file_name_that_is_not_utf8_is_named(tmp_path: Path) -> None:

@@ -97,6 +97,24 @@ def test_relative_and_absolute_paths_are_one_image(predictor, images, tmp_path, 
     assert len(rows) == 11 and len({r["source"] for r in rows}) == 11
 
 
+def test_each_symlink_is_a_row_under_its_own_name(predictor, images, tmp_path):
+    """An archive's accession names linking into a content store: the rows were merged into one,
+    under the store's name."""
+    store = next(images[0].rglob("*.png"))
+    folder = tmp_path / "accessions"
+    folder.mkdir()
+    for name in ("ACC1001.png", "ACC2002.png"):
+        (folder / name).symlink_to(store)
+    out = tmp_path / "results.csv"
+    assert predict_to_file(predictor, [folder], out, progress=False).written == 2
+    rows = _read(out)
+    assert sorted(r["source"] for r in rows) == [
+        str(folder / "ACC1001.png"),
+        str(folder / "ACC2002.png"),
+    ]
+    assert rows[0]["probability"] == rows[1]["probability"] != ""
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [

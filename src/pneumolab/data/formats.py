@@ -36,11 +36,16 @@ def sniff(head: bytes) -> ImageFormat | None:
     return next((f for f in FORMATS if head.startswith(f.signature, f.offset)), None)
 
 
-def has_dicom_header(path: Path) -> bool:
-    """Whether ``path`` is a file with ``DICM`` after the 128-byte DICOM preamble."""
+def sniff_file(path: Path) -> ImageFormat | None:
+    """The format ``path``'s first bytes carry; None for other content, or a file not readable."""
     try:
         with path.open("rb") as f:
-            found = sniff(f.read(132))
+            return sniff(f.read(132))
     except OSError:
-        return False
+        return None
+
+
+def has_dicom_header(path: Path) -> bool:
+    """Whether ``path`` is a file with ``DICM`` after the 128-byte DICOM preamble."""
+    found = sniff_file(path)
     return found is not None and found.pillow_name is None

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pneumolab.data.formats import IMAGE_SUFFIXES, has_dicom_header
+from pneumolab.data.formats import ACCEPTED, IMAGE_SUFFIXES, sniff_file
 from pneumolab.data.patients import patient_id
 from pneumolab.errors import DataLayoutError, printable
 
+log = logging.getLogger(__name__)
+
 CLASS_NAMES: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+LAYOUT_NAMES = frozenset(name.lower() for name in CLASS_NAMES + SPLIT_NAMES)
+SCAN_LITTER = frozenset({"dicomdir", "__macosx", "thumbs.db", ".ds_store"})
+"""Names (lower case) a folder scan passes over: a DICOM CD's index, macOS and Windows
+metadata; and any name starting ``._`` (macOS AppleDouble files, never images)."""
+MAX_SCAN_DEPTH = 100
+"""Folder levels a scan goes down (Python 3.11's ``os.walk`` recurses per level: a tree of ~1,000
+levels crashed it)."""
 
 
 @dataclass(frozen=True)
@@ -24,8 +34,18 @@ class Sample:
 
 
 def _child_dirs_by_name(folder: Path) -> dict[str, Path]:
-    """Map lower-cased names of sub-folders to their paths."""
-    return {p.name.lower(): p for p in folder.iterdir() if p.is_dir()}
+    """Map lower-cased names of sub-folders to their paths; DataLayoutError where two split or
+    class folders differ only in case (one of them would be left out)."""
+    children: dict[str, Path] = {}
+    for path in sorted(p for p in folder.iterdir() if p.is_dir()):
+        name = path.name.lower()
+        if name in children and name in LAYOUT_NAMES:
+            raise DataLayoutError(
+                f"{children[name]} and {path}: two folders whose names differ only in case; "
+                "merge them into one"
+            )
+        children[name] = path
+    return children
 
 
 def find_splits(root: Path, required: str = "train") -> dict[str, Path]:
@@ -55,13 +75,22 @@ def listed_as_image(path: Path) -> bool:
     return path.is_file() or (path.is_symlink() and not path.exists())
 
 
+def _litter(name: str) -> bool:
+    return name.lower() in SCAN_LITTER or name.startswith("._")
+
+
 def image_files(folder: Path) -> list[Path]:
     """The images under ``folder`` at any depth, sorted: what :func:`listed_as_image` lists,
-    files of any other name that carry the DICOM header (PACS exports often name files without
-    a suffix), and every subfolder that could not be read (listed, so that reading it names it
-    instead of its images vanishing). Symlinked folders are followed, each real folder once."""
+    files of any other name whose content is an accepted format (PACS exports often name files
+    without a suffix; ``.jfif``), and every subfolder that could not be read (listed, so that
+    reading it names it instead of its images vanishing). Symlinked folders are followed, each
+    real folder once. Other files are passed over with a log line that counts them (a DICOM
+    CD's DICOMDIR and macOS/Windows metadata silently); DataLayoutError for folders nested
+    deeper than :data:`MAX_SCAN_DEPTH`."""
     found: list[Path] = []
+    skipped: list[Path] = []
     walked: set[str] = set()
+    top = len(Path(folder).parts)
     for root, folders, names in os.walk(
         folder, onerror=lambda error: found.append(Path(error.filename)), followlinks=True
     ):
@@ -70,11 +99,30 @@ def image_files(folder: Path) -> list[Path]:
             folders.clear()
             continue
         walked.add(real)
-        folders.sort(key=lambda name: os.path.islink(os.path.join(root, name)))  # real first
+        if folders and len(Path(root).parts) - top >= MAX_SCAN_DEPTH:
+            raise DataLayoutError(f"{folder}: folders nested over {MAX_SCAN_DEPTH} levels deep")
+        folders[:] = sorted(
+            (name for name in folders if not _litter(name)),
+            key=lambda name: os.path.islink(os.path.join(root, name)),  # real first
+        )
         for name in names:
             path = Path(root, name)
-            if listed_as_image(path) or (path.is_file() and has_dicom_header(path)):
+            if _litter(name):
+                continue
+            if listed_as_image(path) or (path.is_file() and sniff_file(path) is not None):
                 found.append(path)
+            else:
+                skipped.append(path)
+    if skipped:
+        examples = ", ".join(printable(p.name) for p in sorted(skipped)[:3])
+        log.info(
+            "%s: %d file(s) passed over, not %s (%s%s)",
+            folder,
+            len(skipped),
+            ACCEPTED,
+            examples,
+            ", ..." if len(skipped) > 3 else "",
+        )
     return sorted(found)
 
 

@@ -70,9 +70,10 @@ def result_row(path: Path, prediction: Prediction, producer: Producer) -> Result
     return ResultRow(str(path), prediction.probability, prediction.label, producer, "", scope)
 
 
-def _unique_resolved(paths: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Every image under ``paths``, as resolved paths (the resume key), each once, in order."""
-    return list(dict.fromkeys(path.resolve() for path in expand_paths(paths)))
+def result_sources(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Every image under ``paths`` as an absolute path, each once, in order: a results file's
+    key, one row per name (two symlinks to one file are two rows, each under its own name)."""
+    return list(dict.fromkeys(Path(os.path.abspath(path)) for path in expand_paths(paths)))
 
 
 def predict_to_file(
@@ -86,7 +87,7 @@ def predict_to_file(
 ) -> BatchSummary:
     """Predict every image under ``paths`` into ``out`` (.csv or .jsonl), one row per image, as it goes.
 
-    Each row records its resolved path and what produced it (model version, threshold, backend,
+    Each row records its absolute path (symlinks kept) and what produced it (model version, threshold, backend,
     TTA). An existing ``out`` is resumed: images whose row is there are skipped, failed ones are
     retried; a file written with other settings, or not a results file at all, is refused
     untouched, unless ``overwrite`` (a run's own files are never written). Rows are flushed and
@@ -103,7 +104,7 @@ def predict_to_file(
         if overwrite or not out.exists():
             with atomic_write(out, **TEXT) as f:
                 f.write(header(fmt))
-        files = _unique_resolved(paths)
+        files = result_sources(paths)
         todo = [p for p in files if str(p) not in done]
         failed = _append_rows(predictor, todo, out, fmt, batch_size, progress, workers)
     return BatchSummary(written=len(todo), already_done=len(files) - len(todo), failed=failed)

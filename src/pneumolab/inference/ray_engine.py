@@ -25,7 +25,7 @@ import numpy as np
 
 from pneumolab.data.layout import check_utf8_name
 from pneumolab.errors import ConfigError, ImageLoadError, OutputError, printable
-from pneumolab.inference.batch import BatchSummary, producer_of, result_row
+from pneumolab.inference.batch import BatchSummary, producer_of, result_row, result_sources
 from pneumolab.inference.decoding import attempt
 from pneumolab.inference.predictor import Predictor, default_device, prepare_image
 from pneumolab.inference.results_file import ResultRow, check_producer
@@ -256,7 +256,7 @@ def _score_into(
         earlier = merge(read_results(out, producer) + read_parts(parts))
         check_producer(earlier, producer, parts)
     done = {row.source for row in earlier if not row.error}
-    sources = list(dict.fromkeys(str(Path(f).resolve()) for f in files))
+    sources = [str(source) for source in result_sources(files)]
     todo = [source for source in sources if source not in done]
     for source in todo:  # before Ray starts: Arrow carries names as UTF-8 strings
         check_utf8_name(source, "; or score with the local engine (the default), which keeps it")
