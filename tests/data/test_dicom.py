@@ -17,6 +17,7 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
+    JPEGExtended12Bit,
     JPEGLosslessSV1,
     generate_uid,
 )
@@ -94,6 +95,38 @@ def test_monochrome1_is_inverted(tmp_path):
     image = np.asarray(load_dicom(path))
     assert image.flat[RAMP_12BIT.argmax()] == 0  # the largest stored value is displayed dark
     assert image.flat[RAMP_12BIT.argmin()] == 255
+
+
+@pytest.mark.parametrize(
+    ("photometric", "shape", "largest_shown"),
+    [
+        ("MONOCHROME2", "INVERSE", 0),
+        ("MONOCHROME1", "INVERSE", 0),
+        ("MONOCHROME2", "IDENTITY", 255),
+    ],
+)
+def test_a_presentation_lut_shape_inverse_is_shown_inverted_once(
+    tmp_path, photometric, shape, largest_shown
+):
+    """MONOCHROME2 with Presentation LUT Shape INVERSE was shown as stored, and the scope gate
+    called it a negative; MONOCHROME1 states INVERSE too (DX): one inversion, not two."""
+    path = write_dicom(
+        tmp_path / "a.dcm", RAMP_12BIT, photometric, bits_stored=12, PresentationLUTShape=shape
+    )
+    assert np.asarray(load_dicom(path)).flat[RAMP_12BIT.argmax()] == largest_shown
+
+
+def test_pixel_padding_is_left_out_of_the_range_and_shown_black(tmp_path):
+    """Padding (65535 in the bands outside the exposed field) set the top of the min..max
+    stretch: the image came out nearly anti-correlated with what a viewer shows."""
+    pixels = RAMP_12BIT.copy()
+    pixels[:, :2] = 65535  # the side band
+    path = write_dicom(tmp_path / "a.dcm", pixels, bits_stored=16, PixelPaddingValue=65535)
+    image = np.asarray(load_dicom(path)).astype(int)
+    inside = RAMP_12BIT[:, 2:]
+    assert (image[:, :2] == 0).all()
+    assert image[:, 2:].min() == 0 and image[:, 2:].max() == 255
+    assert np.corrcoef(image[:, 2:].ravel(), inside.ravel())[0, 1] > 0.99
 
 
 def test_window_clips_outside_and_maps_the_centre_to_mid_grey(tmp_path):
@@ -196,6 +229,16 @@ def test_compressed_syntax_without_a_decoder_says_what_to_install(tmp_path):
     ds.save_as(path, enforce_file_format=True)
     with pytest.raises(ImageLoadError, match=r"JPEG Lossless.*install one of.*pylibjpeg"):
         load_image(path)
+
+
+def test_a_12_bit_jpeg_that_pillow_cannot_decode_says_what_to_install(tmp_path):
+    """It was called 'corrupt or undecodable' with Pillow's message inside."""
+    from pydicom.data import get_testdata_file
+
+    if set(get_decoder(JPEGExtended12Bit).available_plugins) - {"pillow"}:
+        pytest.skip("a 12-bit JPEG decoder is installed")
+    with pytest.raises(ImageLoadError, match=r"12-bit JPEG Extended.*install one of.*pylibjpeg"):
+        load_image(get_testdata_file("JPEG-lossy.dcm"))
 
 
 @pytest.mark.parametrize("name", ["ct", "mr", "overlay", "rgb_color", "jpeg2k"])

@@ -25,6 +25,14 @@ def test_a_frontal_chest_radiograph_of_a_young_child_passes():
     assert checks.tags["Modality"] == "DX"
 
 
+@pytest.mark.parametrize(
+    "part", ["THORAX", "LUNG", "TORAX", "PECHO", "CHEST_PA", "chest ap", "LUNGS"]
+)
+def test_the_chest_in_the_words_vendors_write_passes(part):
+    """TORAX, PECHO, CHEST_PA and LUNGS were refused as 'not a chest'."""
+    assert header_checks(header(Modality="CR", BodyPartExamined=part)).reasons == ()
+
+
 def test_missing_tags_are_not_errors():
     assert header_checks(Dataset()).reasons == ()
 
@@ -37,6 +45,8 @@ def test_missing_tags_are_not_errors():
         ({"Modality": "MG"}, "Modality MG"),
         ({"Modality": "OT"}, "Modality OT"),
         ({"Modality": "CR", "BodyPartExamined": "SKULL"}, "BodyPartExamined SKULL"),
+        ({"Modality": "CR", "BodyPartExamined": "BREAST"}, "BodyPartExamined BREAST"),
+        ({"Modality": "CR", "BodyPartExamined": "ABDOMEN"}, "BodyPartExamined ABDOMEN"),
         ({"Modality": "DX", "ViewPosition": "LL"}, "ViewPosition LL"),
         ({"Modality": "DX", "ViewPosition": "LATERAL"}, "not a frontal view"),
         ({"Modality": "DX", "PresentationIntentType": "FOR PROCESSING"}, "raw detector data"),

@@ -2,8 +2,9 @@
 
 Pipeline: decode the stored values → modality LUT (Rescale Slope/Intercept or Modality LUT
 Sequence) → VOI transform (VOI LUT Sequence, else the first Window Center/Width, honouring VOI
-LUT Function; without either, the image's own min..max) → 0..255 → MONOCHROME1 inverted (so
-bone is always bright). 8-, 12- and 16-bit, signed or unsigned data all take this path;
+LUT Function; without either, the image's own min..max, Pixel Padding Value left out) →
+0..255 → MONOCHROME1, or a Presentation LUT Shape INVERSE, inverted (so bone is always bright)
+→ padding black. 8-, 12- and 16-bit, signed or unsigned data all take this path;
 RGB/YBR secondary captures are converted to grayscale as they are.
 
 Refused with an :class:`~pneumolab.errors.ImageLoadError` naming the file: DICOM without pixel
@@ -36,7 +37,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGExtended12Bit
 
 from pneumolab.data.imageio import DEFAULT_MAX_PIXELS, array_to_image, check_pixel_count, reading
 from pneumolab.errors import ImageLoadError
@@ -129,11 +130,14 @@ def _check_decodable(ds: Dataset, max_pixels: int, source: str) -> None:
         decoder = get_decoder(syntax)
     except NotImplementedError:
         raise ImageLoadError(f"{source}: unsupported transfer syntax {syntax.name}") from None
-    if not decoder.is_available:
+    pillow_only = set(decoder.available_plugins) <= {"pillow"}
+    twelve_bit_jpeg = syntax == JPEGExtended12Bit and int(ds.BitsStored) > 8 and pillow_only
+    if not decoder.is_available or twelve_bit_jpeg:
         needs = "; ".join(decoder.missing_dependencies)
+        depth = f"{ds.BitsStored}-bit " if twelve_bit_jpeg else ""  # Pillow decodes 8-bit only
         raise ImageLoadError(
-            f"{source}: pixel data compressed as {syntax.name}, which no installed decoder "
-            f"handles; install one of: {needs}"
+            f"{source}: pixel data compressed as {depth}{syntax.name}, which no installed "
+            f"decoder handles; install one of: {needs}"
         )
 
 
@@ -161,14 +165,37 @@ def _to_uint8(pixels: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.round(scaled.clip(0, 255)).astype(np.uint8)
 
 
+def _padding(ds: Dataset, stored: np.ndarray) -> np.ndarray | None:
+    """Where ``stored`` holds Pixel Padding Value (up to Pixel Padding Range Limit): the area
+    outside the exposed field, which a viewer leaves black; None where the file has none."""
+    if ds.get("PixelPaddingValue") is None:
+        return None
+    value = int(ds.PixelPaddingValue)
+    limit = ds.get("PixelPaddingRangeLimit")
+    if limit is None:
+        return stored == value
+    low, high = sorted((value, int(limit)))
+    return (stored >= low) & (stored <= high)
+
+
 def _monochrome_to_uint8(ds: Dataset) -> np.ndarray:
-    pixels = apply_modality_lut(ds.pixel_array, ds)
+    stored = ds.pixel_array
+    padding = _padding(ds, stored)
+    pixels = apply_modality_lut(stored, ds)
     windowed = _voi(pixels, ds)
-    if windowed is None:
-        image = _to_uint8(pixels, float(pixels.min()), float(pixels.max()))
-    else:
+    if windowed is not None:
         image = _to_uint8(*windowed)
-    return 255 - image if ds.PhotometricInterpretation == "MONOCHROME1" else image
+    else:  # the image's own range, padding left out (it would set one end of it)
+        shown = pixels if padding is None or padding.all() else pixels[~padding]
+        image = _to_uint8(pixels, float(shown.min()), float(shown.max()))
+    # MONOCHROME1, or a Presentation LUT Shape INVERSE (a DX MONOCHROME1 states both: once)
+    inverse = ds.PhotometricInterpretation == "MONOCHROME1" or (
+        str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
+    )
+    image = 255 - image if inverse else image
+    if padding is not None:
+        image[padding] = 0
+    return image
 
 
 def load_dicom(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

@@ -7,6 +7,7 @@ still a chest radiograph, only outside the intended use.
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from pathlib import Path
 
@@ -18,7 +19,13 @@ from pneumolab.scope.checks import ScopeChecks
 
 RADIOGRAPHY = {"CR": "computed radiography", "DX": "digital radiography"}
 """Modalities in scope: projection radiographs."""
-CHEST_PARTS = {"CHEST", "THORAX", "LUNG"}
+CHEST_WORDS = {
+    "CHEST", "THORAX", "THORACIC", "LUNG", "LUNGS",
+    "TORAX", "PECHO", "TORACE", "BRUST", "BRUSTKORB", "POITRINE",
+}  # fmt: skip
+"""Words of a BodyPartExamined that name the chest (English, and the Spanish, Portuguese,
+Italian, German and French terms vendors write); one of them anywhere in the value will do
+(``CHEST_PA``, ``CHEST AP``)."""
 FRONTAL_VIEWS = {"PA", "AP"}
 TRAINING_AGES = (1.0, 5.0)
 """Ages (years) of the children in the training data (Kermany et al. 2018)."""
@@ -104,7 +111,7 @@ def header_checks(ds: Dataset) -> ScopeChecks:
     if modality and modality not in RADIOGRAPHY:
         reasons.append(f"DICOM Modality {modality}: not a radiograph (CR or DX expected)")
     part = tags.get("BodyPartExamined", "").upper()
-    if part and part not in CHEST_PARTS:
+    if part and not CHEST_WORDS & set(re.findall(r"[A-Z]+", part)):
         reasons.append(f"DICOM BodyPartExamined {part}: not a chest (CHEST expected)")
     view = tags.get("ViewPosition", "").upper()
     if view and view not in FRONTAL_VIEWS:
