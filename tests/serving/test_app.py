@@ -201,6 +201,47 @@ def test_missing_file_field_is_422(client):
     assert_error(response, 422, "body.file: Field required", "multipart/form-data")
 
 
+@pytest.mark.parametrize("second", ["file", "image", "note"])
+def test_a_form_with_more_than_its_one_file_part_is_422(client, png_bytes, second):
+    """Two images were answered 200 with the last one's result; other parts were ignored."""
+    files = [("file", ("a.png", png_bytes)), (second, ("b.png", png_bytes))]
+    response = client.post("/v1/predict", files=files)
+    assert_error(response, 422, "exactly one form part, named `file`", f"file, {second}")
+
+
+def test_the_schema_states_the_error_responses(client):
+    """Generated clients read the errors' shape from the schema: it stated only a 422 of
+    FastAPI's list form, while every refusal is one string."""
+    schema = client.get("/openapi.json").json()
+    responses = schema["paths"]["/v1/predict"]["post"]["responses"]
+    for code in ("408", "409", "413", "415", "422", "503"):
+        assert responses[code]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorResponse"
+        }, code
+    assert (
+        schema["components"]["schemas"]["ErrorResponse"]["properties"]["detail"]["type"] == "string"
+    )
+
+
+def test_a_network_without_a_feature_map_is_served_without_heat_maps(
+    run_dir, png_bytes, monkeypatch
+):
+    """A transformer run (no convolutional feature map for Grad-CAM) failed to start at all."""
+    from pneumolab.errors import ModelError
+    from pneumolab.serving import app as app_module
+
+    def no_feature_map(*args: object) -> None:
+        raise ModelError("VisionTransformer: its only convolution is the input stem")
+
+    monkeypatch.setattr(app_module, "find_target_layer", no_feature_map)
+    client = TestClient(create_app(run_dir))
+    assert client.get("/v1/model").json()["heatmap_available"] is False
+    assert upload(client, "x.png", png_bytes).status_code == 200
+    assert_error(
+        upload(client, "x.png", png_bytes, heatmap=True), 409, "without a convolutional feature map"
+    )
+
+
 def test_a_file_sent_without_a_file_name_is_422_and_never_echoed_back(client, png_bytes):
     """curl -F file=<x.png sends the bytes as a form value: FastAPI's own 422 echoed them."""
     response = client.post("/v1/predict", data={"file": png_bytes.decode("latin-1")})

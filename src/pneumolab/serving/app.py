@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+import torch
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -23,7 +24,7 @@ from pydantic import BaseModel
 import pneumolab
 from pneumolab.data.formats import ACCEPTED, sniff
 from pneumolab.data.imageio import load_image
-from pneumolab.errors import ImageLoadError
+from pneumolab.errors import ImageLoadError, ModelError
 from pneumolab.explain.gradcam import find_target_layer, gradcam, overlay_png
 from pneumolab.inference.predictor import Predictor
 from pneumolab.scope.checks import ScopeChecks
@@ -101,14 +102,61 @@ def _decode(
         return image, dicom_file_checks(tmp.name) if is_dicom else ScopeChecks()
 
 
-def _model_info(predictor: Predictor, run_name: str, version: str, backend: str) -> dict[str, Any]:
+class ErrorResponse(BaseModel):
+    """Every refusal: what was wrong, in one line."""
+
+    detail: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": description}
+    for code, description in {
+        408: "the upload did not arrive in time",
+        409: "a heat map this server cannot draw",
+        413: "an upload over the size limit",
+        415: "not an image of an accepted format",
+        422: "an image that cannot be read, or a malformed request",
+        503: "too many uploads being decoded at once",
+    }.items()
+}
+"""The error responses of ``POST /v1/predict``, as the schema states them."""
+
+
+async def one_file_part(request: Request) -> None:
+    """422 where the form holds other parts beside ``file`` (a second image was ignored; a form
+    without ``file`` is left to the request's validation, which says how to send it)."""
+    parts = [name for name, _ in (await request.form()).multi_items()]
+    if "file" in parts and parts != ["file"]:
+        raise HTTPException(
+            422, f"send exactly one form part, named `file`; got: {', '.join(parts)}"
+        )
+
+
+def _heatmap_layer(predictor: Predictor, backend: str) -> tuple[torch.nn.Module | None, str]:
+    """The layer Grad-CAM explains, or None and what the server runs instead (an ensemble, an
+    exported backend, a network without a convolutional feature map: served without heat
+    maps)."""
+    if predictor.meta.is_ensemble:
+        return None, "an ensemble"
+    if predictor.model is None:
+        return None, f"the {backend} backend"
+    try:
+        return find_target_layer(predictor.model, predictor.image_size), ""
+    except ModelError as exc:
+        log.warning("serving without heat maps: %s", exc)
+        return None, "a network without a convolutional feature map"
+
+
+def _model_info(
+    predictor: Predictor, run_name: str, version: str, backend: str, heatmaps: bool
+) -> dict[str, Any]:
     meta = predictor.meta
     return meta.model_dump(mode="json", include=MODEL_INFO_FIELDS) | {
         "threshold_provenance": meta.default_point.provenance or meta.threshold_rule,
         "run": run_name,
         "model_version": version,
         "backend": backend,
-        "heatmap_available": predictor.model is not None,
+        "heatmap_available": heatmaps,
         "ood": None
         if predictor.ood is None
         else {
@@ -130,9 +178,9 @@ def create_app(
     ``backend="onnx"`` serves no heat maps (409). ``limits`` bound what a request may cost."""
     run_dir = Path(run_dir)
     predictor = Predictor.from_run(run_dir, backend=backend)
-    info = _model_info(predictor, run_dir.name, predictor.model_version, backend)
     model, size = predictor.model, predictor.image_size
-    layer = find_target_layer(model, size) if model is not None else None
+    layer, runs_instead = _heatmap_layer(predictor, backend)
+    info = _model_info(predictor, run_dir.name, predictor.model_version, backend, layer is not None)
     lock = threading.Lock()  # one inference at a time; Grad-CAM hooks the shared model
     index = (Path(__file__).parent / "static" / "index.html").read_text()
     limits = limits or ServerLimits()
@@ -188,7 +236,13 @@ def create_app(
     def model_info() -> dict[str, Any]:
         return info
 
-    @app.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True)
+    @app.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        response_model_exclude_none=True,
+        responses=ERRORS,
+        dependencies=[Depends(one_file_part)],
+    )
     def predict(
         request: Request,
         file: Annotated[UploadFile, File(description="JPEG, PNG or DICOM X-ray")],
@@ -206,10 +260,10 @@ def create_app(
                 f"unknown query parameter(s): {', '.join(unknown)}; accepted: "
                 f"{', '.join(PREDICT_OPTIONS)}",
             )
-        if heatmap and model is None:
-            served = "an ensemble" if predictor.meta.is_ensemble else f"the {backend} backend"
+        if heatmap and layer is None:
             raise HTTPException(
-                409, f"heat maps need one PyTorch network; this server runs {served}"
+                409,
+                f"heat maps need one convolutional PyTorch network; this server runs {runs_instead}",
             )
         data = file.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
@@ -220,7 +274,7 @@ def create_app(
         heat = None
         with lock:
             result = predictor.predict(image, header, scope_verdict=not keep_label)
-            if heatmap and model is not None:  # None was refused above (409)
+            if heatmap and model is not None and layer is not None:  # else refused (409)
                 pixels = predictor.preprocess(image)[None]
                 heat = gradcam(model, pixels, predictor.intensity, layer)
         pngs: dict[str, str] = {}
