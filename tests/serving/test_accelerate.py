@@ -64,6 +64,32 @@ def test_int8_export_passes_parity_and_serves_predictions(run, capsys):
     assert got == [p.label for p in fp32.predict_paths(rows)]
 
 
+def test_int8_keeps_the_logit_in_fp32(run):
+    """The classifier's output was quantised: probabilities in steps of about 0.017 near the
+    threshold, clamped to [2e-5, 0.99997] (docs: the sigmoid's input stays fp32)."""
+    import onnx
+
+    if not run.root.joinpath("model.int8.onnx").is_file():
+        assert main(["export", str(run.root), "--format", "onnx-int8"]) == 0
+    graph = onnx.load(str(run.root / "model.int8.onnx")).graph
+    classifier = [n for n in graph.node if n.op_type == "Gemm"][-1]  # the last: the logit
+    readers = [n.op_type for n in graph.node if classifier.output[0] in n.input]
+    assert readers and "QuantizeLinear" not in readers
+
+
+def test_an_fp32_export_under_the_int8_name_is_not_served_as_int8(run, tmp_path, capsys):
+    """`export --format onnx --out RUN/model.int8.onnx` wrote fp32 weights that the onnx-int8
+    backend then served, its rows saying onnx-int8."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run.root, copy)
+    assert main(["export", str(copy), "--out", str(copy / "model.int8.onnx"), "--overwrite"]) == 0
+    capsys.readouterr()
+    with pytest.raises(ModelError, match=r"not an INT8 export.*--format onnx-int8 --overwrite"):
+        Predictor.from_run(copy, backend="onnx-int8")
+
+
 def test_failed_parity_writes_nothing(run, tmp_path, monkeypatch):
     failing = Parity(20, 1.0, 0.9, 0.3, 4, 4)
     monkeypatch.setattr(accelerate, "score_parity", lambda *args, **kwargs: failing)

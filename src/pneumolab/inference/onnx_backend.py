@@ -168,5 +168,11 @@ def run_exported_backend(
             "(it is written only after a parity check against the fp32 model)"
         )
     loaded = OnnxBackend(path) if backend == "onnx-int8" else OpenVinoBackend(path)
-    loaded.check_run(run_dir, f"pneumolab export {run_dir} --format {backend} --overwrite")
+    remake = f"pneumolab export {run_dir} --format {backend} --overwrite"
+    if backend == "onnx-int8" and loaded.metadata.get("precision") != "int8":
+        raise ModelError(  # an fp32 export written under the INT8 name would pass for one
+            f"{path}: not an INT8 export (its metadata says precision "
+            f"{loaded.metadata.get('precision', 'unset')}); create it with `{remake}`"
+        )
+    loaded.check_run(run_dir, remake)
     return loaded
