@@ -163,6 +163,34 @@ def test_python_api_says_what_it_takes(trained_run, shared_fullres):
     assert typing.get_type_hints(pneumolab.load_run)["return"] is type(predictor)
 
 
+def test_python_api_takes_torch_tensors_and_refuses_arrays_that_are_no_image(trained_run):
+    """A tensor with requires_grad, or in PyTorch's (1, H, W) layout, failed in torch or NumPy;
+    NaN, infinite and empty arrays were scored (p = 0.89); a device this machine lacks failed
+    in torch's words (no NVIDIA driver)."""
+    import torch
+
+    from pneumolab.errors import ImageLoadError, ModelError
+
+    predictor = pneumolab.load_run(trained_run)
+    pixels = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    expected = predictor.predict(pixels).probability
+    tensor = torch.from_numpy(pixels).requires_grad_()
+    assert predictor.predict(tensor).probability == pytest.approx(expected, abs=1e-6)
+    assert predictor.predict(tensor[None]).probability == pytest.approx(expected, abs=1e-6)
+    for bad, problem in [
+        (np.full((64, 64), np.nan), "NaN or infinite"),
+        (np.full((64, 64), np.inf), "NaN or infinite"),
+        (np.zeros((0, 0), np.uint8), "empty"),
+    ]:
+        with pytest.raises(ImageLoadError, match=problem):
+            predictor.predict(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelError, match="no CUDA GPU is available here"):
+            pneumolab.load_run(trained_run, device="cuda")
+    with pytest.raises(ModelError, match="not a device name"):
+        pneumolab.load_run(trained_run, device="gpu0")
+
+
 def test_unknown_model_is_a_clear_cli_error(shared_data, tmp_path, capsys):
     code = main(
         ["train", "--data", str(shared_data), "--out", str(tmp_path / "r"), "--model", "resnet_18"]

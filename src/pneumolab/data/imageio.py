@@ -120,11 +120,18 @@ LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
 
 
 def array_to_image(array: np.ndarray) -> Image.Image:
-    """Wrap a 2-D (H, W) or 3-D (H, W, C) array as a grayscale PIL image.
+    """Wrap a 2-D (H, W), 3-D (H, W, C) or one-channel (1, H, W) array as a grayscale PIL image.
 
     uint8 arrays are taken as they are; other dtypes are rescaled from their min..max range.
+    ImageLoadError for an empty array, or one holding NaN or infinite values.
     """
     array = np.asarray(array)
+    if array.ndim == 3 and array.shape[0] == 1 and array.shape[-1] not in (1, 3, 4):
+        array = array[0]  # PyTorch's layout of one gray image
+    if array.size == 0:
+        raise ImageLoadError(f"array of shape {array.shape}: empty")
+    if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
+        raise ImageLoadError(f"array of shape {array.shape}: holds NaN or infinite values")
     if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
         if array.shape[-1] == 1:
             array = array[..., 0]

@@ -26,7 +26,7 @@ from pneumolab.data.imageio import (
     upright,
 )
 from pneumolab.data.layout import image_files
-from pneumolab.errors import ImageLoadError, RunDirError, brief
+from pneumolab.errors import ImageLoadError, ModelError, RunDirError, brief
 from pneumolab.inference.decoding import decoded_batches
 from pneumolab.inference.prediction import Prediction, gated_prediction
 from pneumolab.inference.score_cache import ScoreCache
@@ -55,6 +55,19 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str) -> None:
+    """ModelError for a device this machine does not have (torch's own error speaks of
+    drivers), or a name torch does not know."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as exc:
+        raise ModelError(f"device {device!r}: not a device name torch knows ({exc})") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r}: no CUDA GPU is available here; use device='cpu'")
 
 
 def score_batches(
@@ -161,7 +174,8 @@ def prepare_image(image: ImageInput, image_size: int) -> tuple[np.ndarray, Scope
     elif isinstance(image, Image.Image):  # EXIF orientation applied, as to files
         pil = to_grayscale(upright(image, "image"))
     elif isinstance(image, np.ndarray) or hasattr(image, "__array__"):  # a tensor too
-        pil = array_to_image(image)
+        detached = image.detach().cpu() if hasattr(image, "detach") else image  # requires_grad
+        pil = array_to_image(np.asarray(detached))
     else:
         raise TypeError(
             f"an image is a path, a PIL image or an array, not {type(image).__name__}; "
@@ -277,6 +291,7 @@ class Predictor:
         ``cache``: every network (an ensemble's members each) answers pixels it has scored
         before from this :class:`~pneumolab.inference.score_cache.ScoreCache`.
         """
+        check_device(device)
         predictor = cls._load(run_dir, device, backend, onnx_file, cache)
         predictor.run_dir = Path(run_dir)
         predictor.scope_verdict = scope_verdict
