@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,3 +103,41 @@ def test_an_answer_without_an_ood_threshold_is_shown(server, xray, chromium):
     page.goto(server)
     page.set_input_files("#file-input", str(xray))
     expect(page.locator("#in-scope")).to_contain_text("no OOD model", timeout=30_000)
+
+
+def test_a_newer_upload_wins_and_the_same_file_can_be_sent_again(server, xray, tmp_path, chromium):
+    """An earlier, slower answer replaced the newer one's; choosing the same file again sent
+    nothing (the input kept its value, so no change event)."""
+    import json
+
+    from playwright.sync_api import expect
+
+    other = tmp_path / "other.png"
+    Image.fromarray(np.full((300, 360), 90, dtype=np.uint8)).save(other)
+    held, sent = [], []
+
+    def answer(route) -> None:
+        sent.append(route.request.url)
+        if len(sent) == 1:
+            held.append(route)  # the first upload's answer comes last
+        else:
+            route.continue_()
+
+    page = chromium.new_page()
+    page.route("**/v1/predict*", answer)
+    page.goto(server)
+    page.set_input_files("#file-input", str(xray))
+    page.set_input_files("#file-input", str(other))
+    expect(page.locator("#status")).to_have_text(re.compile(r"^other\.png: done"), timeout=60_000)
+    stale = {
+        "probability": 0.5, "label": "STALE", "threshold": 0.5, "threshold_provenance": "x",
+        "in_scope": True, "reasons": [], "warnings": [], "timing_ms": 1, "image_png_base64": "",
+    }  # fmt: skip
+    with contextlib.suppress(Exception):  # the page cancelled it: nothing to answer
+        held[0].fulfill(status=200, content_type="application/json", body=json.dumps(stale))
+    page.wait_for_timeout(500)
+    expect(page.locator("#label")).not_to_have_text("STALE")
+    assert page.locator("#status").text_content().startswith("other.png: done")
+    page.set_input_files("#file-input", str(other))
+    page.wait_for_timeout(1_000)
+    assert len(sent) == 3

@@ -4,6 +4,7 @@
 const byId = (id) => document.getElementById(id);
 let heatmapAvailable = false;
 let modelReady = Promise.resolve();
+let inFlight = null;  // the upload being answered: a newer one cancels it
 
 function setStatus(text, isError = false) {
   byId("status").textContent = text;
@@ -13,17 +14,21 @@ function setStatus(text, isError = false) {
 async function loadModel() {
   try {
     const response = await fetch("/v1/model");
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const info = await response.json();
     heatmapAvailable = info.heatmap_available;
     byId("model").textContent = `model ${info.model} (${info.model_version}), ` +
       `${info.image_size} px, ${info.backend} backend` +
-      (heatmapAvailable ? "" : " — heat maps need one PyTorch network (torch backend, not an ensemble)");
+      (heatmapAvailable ? "" : " — no heat maps (they need one convolutional PyTorch network, torch backend)");
   } catch (error) {
     byId("model").textContent = "model information unavailable";
   }
 }
 
 async function predict(file) {
+  if (inFlight) inFlight.abort();  // an earlier, slower answer must not replace this one
+  const request = new AbortController();
+  inFlight = request;
   setStatus(`Analysing ${file.name}…`);
   await modelReady;
   byId("result").hidden = true;
@@ -31,7 +36,7 @@ async function predict(file) {
   body.append("file", file);
   const query = heatmapAvailable ? "heatmap=true" : "preview=true";
   try {
-    const response = await fetch(`/v1/predict?${query}`, { method: "POST", body });
+    const response = await fetch(`/v1/predict?${query}`, { method: "POST", body, signal: request.signal });
     // pneumolab answers JSON; uvicorn's own limit (--max-connections) answers plain text
     const json = (response.headers.get("content-type") || "").includes("application/json");
     const result = json ? await response.json() : { detail: await response.text() };
@@ -43,7 +48,9 @@ async function predict(file) {
     show(result);
     setStatus(`${file.name}: done in ${Math.round(result.timing_ms)} ms`);
   } catch (error) {
-    setStatus(`Request failed: ${error}`, true);
+    if (error.name !== "AbortError") setStatus(`Request failed: ${error}`, true);
+  } finally {
+    if (inFlight === request) inFlight = null;
   }
 }
 
@@ -86,6 +93,7 @@ function setUp() {
   const drop = byId("drop");
   byId("file-input").addEventListener("change", (event) => {
     if (event.target.files.length) predict(event.target.files[0]);
+    event.target.value = "";  // choosing the same file again fires a change again
   });
   drop.addEventListener("dragover", (event) => {
     event.preventDefault();
