@@ -110,7 +110,7 @@ def test_resume_skips_what_is_done_and_writes_no_duplicates(local_ray, predictor
         rows = list(reader)
     assert len(rows) == len({r["source"] for r in rows}) == 32
     (constant,) = [r for r in rows if r["source"].endswith("constant.png")]
-    assert constant["in_scope"] == "False" and constant["reasons"].startswith("constant image")
+    assert constant["in_scope"] == "false" and constant["reasons"].startswith("constant image")
     again = predict_with_ray(predictor, images, out, TWO_WORKERS)
     assert (again.written, again.already_done) == (1, 31)  # only the corrupt file is retried
     assert len(read_results(out)) == 32

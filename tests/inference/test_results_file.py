@@ -26,16 +26,22 @@ PRODUCER = Producer("0.1.0+0123456789ab", 0.4137, "torch", False)
 FILE = Path("results")
 sources = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
 rows = st.builds(
-    lambda source, probability, error: ResultRow(
+    lambda source, probability, error, in_scope: ResultRow(
         source,
         None if error else probability,
-        None if error else ("PNEUMONIA" if probability >= PRODUCER.threshold else "NORMAL"),
+        None
+        if error
+        else "OUT_OF_SCOPE"  # PRODUCER labels flagged images so
+        if in_scope is False
+        else ("PNEUMONIA" if probability >= PRODUCER.threshold else "NORMAL"),
         PRODUCER,
         error,
+        (None if error else in_scope, None, None, None, None),
     ),
     sources,
     st.floats(0, 1),
     st.sampled_from(["", "x.png: corrupt or undecodable image (truncated)", 'a,"b"\r\nc']),
+    st.sampled_from([None, True, False]),  # CSV read in_scope back as the text "True"
 )
 formats = st.sampled_from(["csv", "jsonl"])
 
@@ -48,6 +54,16 @@ def file_bytes(fmt: str, written: list[ResultRow]) -> bytes:
 def test_rows_round_trip(written, fmt):
     parsed = parse(decode_text(file_bytes(fmt, written)), fmt, FILE)
     assert parsed.rows == written and not parsed.torn
+
+
+def test_csv_writes_booleans_alike_and_reads_those_of_before():
+    """in_scope was written True / False beside tta's true / false."""
+    row = ResultRow("a.png", 0.9, "PNEUMONIA", PRODUCER, "", (False, 1.0, 2.0, [], []))
+    line = encode(row, "csv")
+    assert ",false," in line and "False" not in line
+    older = header("csv") + line.replace(",false,", ",False,", 1)
+    (parsed,) = parse(decode_text(older.encode()), "csv", FILE).rows
+    assert parsed.scope[0] is False and parsed.scope_verdict() is False
 
 
 @settings(max_examples=300)

@@ -47,8 +47,8 @@ def ood_reason(ood_score: float, ood_threshold: float | None) -> tuple[str, ...]
         return ()
     if not math.isfinite(ood_score):
         return (
-            "OOD score unavailable (not a finite number; in an ensemble, a member without a "
-            "current OOD model: `pneumolab fit-ood` the ensemble)",
+            "OOD score unavailable (not a finite number, or in an ensemble a member without a "
+            "current OOD model: `pneumolab fit-ood` the ensemble)",  # no '; ': CSV joins by it
         )
     if ood_score <= ood_threshold:
         return ()

@@ -34,6 +34,9 @@ FIELDS = (
     "error",
 )
 LIST_SEPARATOR = "; "
+BOOLEAN_TEXT = {True: "true", False: "false"}
+"""How CSV rows write ``tta`` and ``in_scope``."""
+TEXT_BOOLEAN = {text: value for value, text in BOOLEAN_TEXT.items()}
 """Joins a row's reasons and warnings in a CSV cell."""
 Format = Literal["csv", "jsonl"]
 TERMINATOR = {"csv": "\r\n", "jsonl": "\n"}
@@ -69,7 +72,7 @@ class ResultRow:
         class (False); None where the row does not tell (in scope, or failed)."""
         if self.label == OUT_OF_SCOPE_LABEL:
             return True
-        out_of_scope = self.scope[0] in (False, "False")  # CSV holds the text
+        out_of_scope = self.scope[0] is False
         return False if out_of_scope and self.label is not None else None
 
     def record(self) -> dict[str, Any]:
@@ -112,7 +115,7 @@ def encode(row: ResultRow, fmt: Format) -> str:
     record = row.record()
     if fmt == "jsonl":
         return json.dumps(record) + TERMINATOR["jsonl"]
-    record["tta"] = "true" if row.producer.tta else "false"
+    record |= {k: BOOLEAN_TEXT[v] for k, v in record.items() if isinstance(v, bool)}
     record |= {k: LIST_SEPARATOR.join(v) for k, v in record.items() if isinstance(v, list)}
     buffer = io.StringIO()
     csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator=TERMINATOR["csv"]).writerow(record)
@@ -185,9 +188,10 @@ def _parse_csv(text: str, source: Path) -> tuple[list[ResultRow], bool]:
         if len(values) != len(FIELDS):
             raise NotAResultsFile(f"{where} has {len(values)} columns; {NOT_RESULTS}")
         record: dict[str, Any] = dict(zip(FIELDS, values, strict=True))
-        record["tta"] = {"true": True, "false": False}.get(record["tta"], record["tta"])
+        for key in ("tta", "in_scope"):  # in_scope was written True / False until 2026-12-06
+            record[key] = TEXT_BOOLEAN.get(record[key].lower(), record[key] or None)
         for key in ("probability", "label", *SCOPE_FIELDS):
-            record[key] = record[key] or None
+            record[key] = None if record[key] == "" else record[key]
         rows.append(_row(record, where, number_text=True))
     return rows, torn
 
