@@ -243,6 +243,34 @@ def test_an_interrupt_or_a_closed_pipe_says_only_what_applies(
     assert capsys.readouterr().err == said
 
 
+@pytest.mark.parametrize(
+    ("command", "signal", "code", "said"),
+    [
+        ("cmd_train", "SIGINT", 130, "training interrupted; continue it with `pneumolab train"),
+        ("cmd_train", "SIGTERM", 143, "training interrupted; continue it with `pneumolab train"),
+        ("cmd_study", "SIGINT", 130, "interrupted; run the same command again to continue"),
+    ],
+)
+def test_a_training_stopped_by_a_signal_exits_as_interrupted(
+    monkeypatch, capsys, command, signal, code, said
+):
+    """Ctrl+C and SIGTERM mid-training exited 2, as an error, where docs/cli.md says 130 / 143."""
+    from pneumolab.cli import commands
+    from pneumolab.errors import TrainingInterrupted
+
+    def stopped(args):
+        raise TrainingInterrupted(
+            "training interrupted; continue it with `pneumolab train --resume ...`", signal
+        )
+
+    stopped.__name__ = command  # what the command line tells the commands apart by
+    monkeypatch.setattr(commands, command, stopped)
+    argv = {"cmd_train": ["train"], "cmd_study": ["study", "s.yaml"]}[command]
+    assert main([*argv, "--data", "d", "--out", "o"]) == code
+    err = capsys.readouterr().err
+    assert said in err and "error" not in err
+
+
 def test_an_interrupt_while_the_command_line_loads_is_no_traceback(monkeypatch, capsys):
     """Ctrl+C in the first fraction of a second (imports, parsing) printed a traceback."""
     import sys

@@ -48,3 +48,12 @@ class ExportError(PneumolabError):
 
 class OutputError(PneumolabError):
     """An output path would overwrite existing work, a run's own file, or is not writable."""
+
+
+class TrainingInterrupted(PneumolabError):
+    """Training stopped before its last epoch (by ``signal``: ``SIGINT``, Ctrl+C, or
+    ``SIGTERM``); the run can be resumed from its last checkpoint."""
+
+    def __init__(self, message: str, signal: str = "SIGINT") -> None:
+        super().__init__(message)
+        self.signal = signal

@@ -15,8 +15,8 @@ import lightning as L
 import torch
 
 from pneumolab.config import TrainConfig
+from pneumolab.errors import TrainingInterrupted
 from pneumolab.pipeline.train import train
-from pneumolab.training.fit import TrainingInterrupted
 
 CONFIG = TrainConfig(
     model="pneumolab_cnn_small",

@@ -8,8 +8,8 @@ from test_train import StopAtEpoch
 
 from conftest import TINY_TRAINING
 from pneumolab.config import TrainConfig
+from pneumolab.errors import TrainingInterrupted
 from pneumolab.pipeline.train import train
-from pneumolab.training.fit import TrainingInterrupted
 
 pytestmark = pytest.mark.slow  # trains its own models
 

@@ -14,10 +14,10 @@ import torch
 
 from conftest import copy_run
 from pneumolab.config import TrainConfig, resolve_config
-from pneumolab.errors import ConfigError, DataLayoutError, RunDirError
+from pneumolab.errors import ConfigError, DataLayoutError, RunDirError, TrainingInterrupted
 from pneumolab.pipeline.train import train
 from pneumolab.run import RunDir
-from pneumolab.training.fit import TrainingInterrupted, build_trainer
+from pneumolab.training.fit import build_trainer
 from pneumolab.training.module import TrainingDiverged
 from pneumolab.training.split import check_run_dir
 

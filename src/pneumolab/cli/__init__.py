@@ -14,7 +14,7 @@ from rich.logging import RichHandler
 from pneumolab.cli.console import TerminalSafe, console, report_error, say
 from pneumolab.cli.flag_checks import refuse_ignored_flags
 from pneumolab.cli.parser import build_parser
-from pneumolab.errors import PneumolabError
+from pneumolab.errors import PneumolabError, TrainingInterrupted
 
 __all__ = ["build_parser", "main"]
 
@@ -44,6 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         refuse_ignored_flags(args)
         return args.func(args)
+    except TrainingInterrupted as exc:  # Lightning stopped at the signal, its last epoch saved
+        if args.func.__name__ == "cmd_study":
+            say(("interrupted", "yellow"), INTERRUPT_HINTS["cmd_study"])
+        else:
+            say((str(exc), "yellow"))
+        return 143 if exc.signal == "SIGTERM" else 130
     except PneumolabError as exc:
         report_error(exc)
         return 2

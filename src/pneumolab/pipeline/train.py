@@ -43,7 +43,7 @@ def train(
     default).
 
     ``callbacks`` are added to Lightning's. Returns the finished :class:`RunDir`; raises
-    :class:`~pneumolab.training.fit.TrainingInterrupted` when stopped (Ctrl+C), after the last
+    :class:`~pneumolab.errors.TrainingInterrupted` when stopped (Ctrl+C), after the last
     finished epoch was saved. Under several processes, only rank 0 finishes the run (the others
     return as soon as training ends).
     """

@@ -28,7 +28,7 @@ import yaml
 
 from pneumolab.config import TrainConfig, flags_given, load_yaml, network_settings, resolve_config
 from pneumolab.data.layout import CLASS_NAMES, find_splits, scan_split
-from pneumolab.errors import ConfigError, OutputError, PneumolabError
+from pneumolab.errors import ConfigError, OutputError, PneumolabError, TrainingInterrupted
 from pneumolab.evaluation.comparison import (
     ComparisonRow,
     compare_run,
@@ -44,7 +44,6 @@ from pneumolab.pipeline.train import train
 from pneumolab.run import RunDir, split_mismatch
 from pneumolab.study.config import load_study
 from pneumolab.training.distributed import global_rank
-from pneumolab.training.fit import TrainingInterrupted
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,12 @@ from lightning.pytorch.loggers import Logger
 from pneumolab.choices import Precision
 from pneumolab.config import TrainConfig
 from pneumolab.data.dataset import DecodedImages
-from pneumolab.errors import ConfigError, PneumolabError
+from pneumolab.errors import ConfigError, TrainingInterrupted
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.run import RunDir
 from pneumolab.run_meta import DistributedTraining, FeatureCacheStats, TrainingSummary
 from pneumolab.training.callbacks import HistoryCSV, RunCheckpoint, progress_display
+from pneumolab.training.checkpoint_io import AtomicCheckpointIO, check_checkpoint
 from pneumolab.training.datamodule import XrayDataModule
 from pneumolab.training.distill import Teacher
 from pneumolab.training.distributed import (
@@ -43,10 +44,6 @@ from pneumolab.training.hardware import TrainingCompute, compute_record, cpu_has
 from pneumolab.training.module import ClassifierModule
 from pneumolab.training.strategies import optimizer_groups
 from pneumolab.training.tracking import experiment_logger
-
-
-class TrainingInterrupted(PneumolabError):
-    """Training stopped before its last epoch; the run can be resumed from its last checkpoint."""
 
 
 @dataclass
@@ -146,6 +143,7 @@ def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callba
             deterministic=False,
             num_sanity_val_steps=0,
             enable_model_summary=False,
+            plugins=[AtomicCheckpointIO()],
         )
     except MisconfigurationException as exc:
         raise ConfigError(
@@ -216,20 +214,23 @@ def _run_fit(
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             # SWA replaces the per-step one-cycle schedule with its own per-epoch one, as asked
             warnings.filterwarnings("ignore", message="SWA is currently only supported every epoch")
-            resume_from = data.run.last_checkpoint if resume else None
+            resume_from = check_checkpoint(data.run.last_checkpoint) if resume else None
             trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     except SystemExit:  # Lightning turns Ctrl+C into sys.exit(1) after a graceful shutdown
-        if trainer.interrupted and not data.run.last_checkpoint.is_file():
+        if not trainer.interrupted:
+            raise
+        signal = "SIGTERM" if trainer.received_sigterm else "SIGINT"
+        if not data.run.last_checkpoint.is_file():
             raise TrainingInterrupted(
                 "training interrupted before its first epoch ended: nothing to resume; delete "
-                f"{data.run.root} and train again"
+                f"{data.run.root} and train again",
+                signal,
             ) from None
-        if trainer.interrupted:
-            raise TrainingInterrupted(
-                "training interrupted; continue it with `pneumolab train --resume "
-                f"--data {data.data_root} --out {data.run.root}`"
-            ) from None
-        raise
+        raise TrainingInterrupted(
+            "training interrupted; continue it with `pneumolab train --resume "
+            f"--data {data.data_root} --out {data.run.root}`",
+            signal,
+        ) from None
 
 
 def fit(

@@ -1,0 +1,44 @@
+"""Checkpoints are written atomically, and a damaged one is refused by name on --resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pneumolab.config import TrainConfig
+from pneumolab.errors import RunDirError
+from pneumolab.run import RunDir
+from pneumolab.training.checkpoint_io import AtomicCheckpointIO, check_checkpoint
+from pneumolab.training.fit import build_trainer
+
+
+def test_a_save_cut_short_leaves_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """Lightning copied its temporary file over last.ckpt (another file system): a stop
+    mid-copy left a cut checkpoint that --resume could not read."""
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"epoch": 1}, path)
+
+    def cut_short(checkpoint, partial):
+        partial.write_bytes(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        AtomicCheckpointIO().save_checkpoint({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(check_checkpoint(path), weights_only=False) == {"epoch": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_a_damaged_checkpoint_is_refused_by_name(tmp_path):
+    path = tmp_path / "last.ckpt"
+    torch.save({"epoch": 1, "weights": torch.zeros(1000)}, path)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(RunDirError, match=r"last\.ckpt: not a complete checkpoint.*train again"):
+        check_checkpoint(path)
+
+
+def test_the_trainer_writes_its_checkpoints_atomically(tmp_path):
+    config = TrainConfig(model="pneumolab_cnn_small", pretrained=False, image_size=32)
+    trainer = build_trainer(config, RunDir(tmp_path / "run"), [])
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
