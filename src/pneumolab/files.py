@@ -90,6 +90,14 @@ def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
     return path
 
 
+def write_bytes_atomically(path: str | Path, data: bytes | memoryview) -> Path:
+    """Write ``data`` to ``path`` through :func:`atomic_write` (a library's serialised bytes:
+    written by Python, a full disk is an OSError naming ``path``, not the library's error)."""
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
 def write_text_atomically(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through :func:`atomic_write`."""
     with atomic_write(path) as f:

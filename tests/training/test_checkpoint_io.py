@@ -18,8 +18,8 @@ def test_a_save_cut_short_leaves_the_last_good_checkpoint(tmp_path, monkeypatch)
     path = tmp_path / "checkpoints" / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"epoch": 1}, path)
 
-    def cut_short(checkpoint, partial):
-        partial.write_bytes(b"PK\x03\x04 half a zip")
+    def cut_short(checkpoint, buffer):
+        buffer.write(b"PK\x03\x04 half a zip")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", cut_short)
@@ -42,3 +42,30 @@ def test_the_trainer_writes_its_checkpoints_atomically(tmp_path):
     config = TrainConfig(model="pneumolab_cnn_small", pretrained=False, image_size=32)
     trainer = build_trainer(config, RunDir(tmp_path / "run"), [])
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_a_full_disk_is_an_os_error_naming_the_file(tmp_path):
+    """safetensors and torch write files themselves, and report a full disk in their own error
+    types: the command line printed a traceback. A file-size limit stands for the full disk."""
+    import subprocess
+    import sys
+
+    script = """
+import resource, signal, sys, torch
+from pneumolab.training.checkpoint_io import AtomicCheckpointIO
+from pneumolab.training.train import save_weights
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000))
+for save in (lambda p: save_weights(torch.nn.Linear(100, 100), p),
+             lambda p: AtomicCheckpointIO().save_checkpoint({"w": torch.zeros(10_000)}, p)):
+    try:
+        save(sys.argv[1])
+    except OSError as exc:
+        print(type(exc).__name__, exc.filename)
+"""
+    target = tmp_path / "model.safetensors"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(target)], capture_output=True, text=True
+    )
+    assert done.stdout.splitlines() == [f"OSError {target}"] * 2, done.stderr[-2000:]
+    assert [p.name for p in tmp_path.iterdir()] == []

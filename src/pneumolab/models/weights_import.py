@@ -19,7 +19,7 @@ import timm
 import torch
 
 from pneumolab.errors import ModelError, OutputError, brief
-from pneumolab.files import write_atomically
+from pneumolab.files import write_bytes_atomically
 from pneumolab.models.registry import check_model_name
 from pneumolab.outputs import check_output
 
@@ -83,7 +83,7 @@ def import_weights(
 ) -> Path:
     """Write ``source``'s weights in timm's layout to ``out_dir/<model_name>.<tag>.safetensors``
     (the name a weights folder is searched for); the file's path."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", tag):
         raise OutputError(
@@ -94,4 +94,4 @@ def import_weights(
     mapped = to_timm_layout(read_state_dict(source), model_name, str(source))
     out_file.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"source": source.name, "model": model_name}
-    return write_atomically(out_file, lambda partial: save_file(mapped, partial, metadata=metadata))
+    return write_bytes_atomically(out_file, save(mapped, metadata=metadata))

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 
 from pneumolab.errors import RunDirError
-from pneumolab.files import write_atomically
+from pneumolab.files import write_bytes_atomically
 
 if TYPE_CHECKING:
     from pneumolab.scope.mahalanobis import MahalanobisScore
@@ -116,7 +116,7 @@ class OodModel:
             "provenance": json.dumps(self.provenance),
         }
         contiguous = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-        write_atomically(path, lambda partial: save_file(contiguous, partial, metadata=metadata))
+        write_bytes_atomically(path, save(contiguous, metadata=metadata))
 
     @classmethod
     def load(cls, path: Path) -> OodModel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from pneumolab.errors import RunDirError
-from pneumolab.files import write_atomically
+from pneumolab.files import write_bytes_atomically
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -26,7 +27,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         """Save ``checkpoint`` to ``path`` atomically (``storage_options``: not supported)."""
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        write_atomically(Path(path), lambda partial: torch.save(checkpoint, partial))
+        buffer = io.BytesIO()  # torch's own file writer reports a full disk as a RuntimeError
+        torch.save(checkpoint, buffer)
+        write_bytes_atomically(Path(path), buffer.getbuffer())
 
 
 def check_checkpoint(path: Path) -> Path:

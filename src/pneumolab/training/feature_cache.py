@@ -8,6 +8,7 @@ stale features are never reused. Rows are added as new images are seen.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 
 from pneumolab.data.layout import Sample
-from pneumolab.files import write_atomically, write_text_atomically
+from pneumolab.files import write_bytes_atomically, write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,9 @@ class FeatureCache:
         )
         stored = {"entries": entries, "features": features}
         # atomic: an interrupted write never leaves a torn cache
-        write_atomically(self._file, lambda partial: torch.save(stored, partial))
+        buffer = io.BytesIO()  # torch's own file writer reports a full disk as a RuntimeError
+        torch.save(stored, buffer)
+        write_bytes_atomically(self._file, buffer.getbuffer())
 
     def lookup(self, samples: Sequence[Sample]) -> CacheLookup:
         """What the cache holds for ``samples`` and which of them it lacks."""

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from pneumolab.config import TrainConfig, resolve_config
 from pneumolab.errors import ConfigError
-from pneumolab.files import write_atomically
+from pneumolab.files import write_bytes_atomically
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.models.registry import create_classifier
 from pneumolab.run import RunDir
@@ -109,5 +109,4 @@ def train_model(
 def save_weights(model: XrayClassifier, path: Path) -> None:
     """The model's weights as safetensors (no pickle), written atomically."""
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
-
-    write_atomically(path, lambda partial: save_file(tensors, partial))
+    write_bytes_atomically(path, save(tensors))
