@@ -117,7 +117,7 @@ def test_cli_json_and_csv_carry_the_gate(run_dir, odd_images, tmp_path, capsys):
     assert main(["predict", str(run_dir), *paths, "--out", str(out)]) == 0
     with out.open(newline="") as f:
         table = list(csv.DictReader(f))
-    assert [r["in_scope"] for r in table] == ["False", "False"]
+    assert [r["in_scope"] for r in table] == ["false", "false"]
     assert "Modality CT" in table[0]["reasons"]
 
 
