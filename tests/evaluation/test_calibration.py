@@ -89,3 +89,23 @@ def test_platt_removes_a_shift_that_temperature_cannot():
     )
     assert nll(y, to_logits(by_platt)) < nll(y, to_logits(by_temperature))
     assert roc_auc_score(y, by_platt) == pytest.approx(roc_auc_score(y, prob))
+
+
+def test_a_figure_written_on_a_full_disk_leaves_the_earlier_one(
+    overconfident, tmp_path, monkeypatch
+):
+    """Figures were drawn straight into their file: a full disk left a cut PNG in place."""
+    import errno
+    import os
+
+    y, prob = overconfident
+    path = save_figure(reliability_figure(y, {"raw": prob}), tmp_path / "reliability.png")
+    before = path.read_bytes()
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        save_figure(reliability_figure(y, {"raw": 1 - prob}), path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]

@@ -15,6 +15,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
 from pneumolab.data.layout import CLASS_NAMES
 from pneumolab.evaluation.metrics import ECE_BINS, expected_calibration_error
+from pneumolab.files import write_bytes_atomically
 
 
 def literal_text(fig: Figure) -> Figure:
@@ -35,9 +36,9 @@ def figure_png(fig: Figure, dpi: float | None = None) -> bytes:
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
-    """Write ``fig`` to ``path`` as PNG (:func:`figure_png`); returns ``path``."""
-    path.write_bytes(figure_png(fig))
-    return path
+    """Write ``fig`` to ``path`` as PNG (:func:`figure_png`), atomically (a stop or a full disk
+    never leaves a cut figure in place of a good one); returns ``path``."""
+    return write_bytes_atomically(path, figure_png(fig))
 
 
 def confusion_matrix_figure(
