@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,6 +34,23 @@ def check_output(path: str | Path, overwrite: bool = False) -> Path:
         if parent.exists() and not parent.is_dir():
             raise OutputError(f"{path}: {parent} is a file, not a folder")
     return path
+
+
+def check_apart(out: str | Path, inputs: Iterable[str | Path]) -> None:
+    """OutputError where ``out`` is one of ``inputs`` (a manifest, an image) or lies inside an
+    input folder: an output must never replace an input, nor be read as one by the next run."""
+    target = Path(os.path.realpath(out))
+    for given in inputs:
+        source = Path(os.path.realpath(given))
+        if target == source:
+            raise OutputError(
+                f"{out}: is {given}, an input of this command; give --out another path"
+            )
+        if source.is_dir() and target.is_relative_to(source):
+            raise OutputError(
+                f"{out}: inside {given}, an input folder of this command (its next run would "
+                "read what this one writes); give --out a path outside it"
+            )
 
 
 @contextmanager

@@ -115,6 +115,14 @@ def test_an_audit_stopped_while_writing_leaves_nothing_that_blocks_its_rerun(
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_an_audit_written_inside_its_folder_is_refused(run_dir, tiny_run, tmp_path, capsys):
+    """Its rerun scored its own audit.png as one of the site's images (out of scope)."""
+    folder = site(tmp_path / "site", tiny_run[1], odd=False)
+    assert main(["audit", str(run_dir), str(folder), "--out", str(folder / "audit")]) == 2
+    assert "an input folder of this command" in capsys.readouterr().err
+    assert not (folder / "audit").exists()
+
+
 @pytest.mark.parametrize(
     ("make", "problem"),
     [

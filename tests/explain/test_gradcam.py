@@ -97,6 +97,14 @@ def test_cli_writes_one_png_per_image(tmp_path, capsys):
     assert written == ["a.png", "b.png", not_utf8]
     for path in out.iterdir():
         assert Image.open(path).format == "PNG"
+    # --out the image folder itself, or inside it: --overwrite replaced the X-rays with their
+    # heat maps, and each rerun explained the previous run's figures
+    before = (images / "a.png").read_bytes()
+    for inside in (images, images / "heat"):
+        command = ["explain", str(run.root), str(images), "--out", str(inside), "--overwrite"]
+        assert main(command) == 2
+        assert ", an input" in capsys.readouterr().err
+    assert (images / "a.png").read_bytes() == before and not (images / "heat").exists()
 
 
 def test_cli_reports_a_missing_run(tmp_path: Path, capsys):

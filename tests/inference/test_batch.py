@@ -97,6 +97,19 @@ def test_relative_and_absolute_paths_are_one_image(predictor, images, tmp_path, 
     assert len(rows) == 11 and len({r["source"] for r in rows}) == 11
 
 
+def test_the_manifest_is_never_the_results_file(predictor, images, tmp_path, capsys):
+    """`--manifest m.csv --out m.csv --overwrite` replaced the list of images with results."""
+    from pneumolab.cli import main
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path\n" + "".join(f"{p}\n" for p in sorted(images[0].rglob("*.png"))[:2]))
+    before = manifest.read_text()
+    command = ["--manifest", str(manifest), "--out", str(manifest), "--overwrite"]
+    assert main(["predict", str(predictor.run_dir), *command]) == 2
+    assert "an input of this command" in capsys.readouterr().err
+    assert manifest.read_text() == before
+
+
 def test_each_symlink_is_a_row_under_its_own_name(predictor, images, tmp_path):
     """An archive's accession names linking into a content store: the rows were merged into one,
     under the store's name."""

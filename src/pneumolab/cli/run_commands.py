@@ -59,8 +59,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     paths = list(args.paths)
     if args.manifest:
         from pneumolab.inference.manifest import read_manifest
+        from pneumolab.outputs import check_apart
 
         paths += read_manifest(args.manifest)
+        if args.out:  # --overwrite replaced the manifest with the results
+            check_apart(args.out, [args.manifest])
     if not paths:
         raise ConfigError("nothing to predict: give image files or folders, or --manifest FILE")
     if args.engine == "ray":
@@ -119,7 +122,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from pneumolab.reporting.audit_page import audit_files, write_audit
 
     out = args.out or args.run_dir / "audit" / args.folder.resolve().name
-    audit_files(out, args.overwrite)  # refused before the images are scored
+    audit_files(out, args.folder, args.overwrite)  # refused before the images are scored
     audit = audit_folder(args.run_dir, args.folder, args.batch_size)
     files = write_audit(audit, out, args.overwrite)
     summary = audit.summary()

@@ -22,7 +22,7 @@ from pneumolab.evaluation.figures import literal_text
 from pneumolab.files import write_atomically
 from pneumolab.inference.predictor import Predictor, expand_paths, file_header_checks
 from pneumolab.models.classifier import XrayClassifier
-from pneumolab.outputs import check_output
+from pneumolab.outputs import check_apart, check_output
 
 OVERLAY_ALPHA = 0.6
 """Opacity of the colour map where the heat is highest; it fades to 0 where there is none."""
@@ -153,11 +153,13 @@ def explain_paths(
 ) -> Iterator[Path | PneumolabError]:
     """Write one PNG per image (folders expanded) into ``out_dir``: the X-ray under its Grad-CAM
     heat map, probability and label in the title. Unreadable images, and PNGs already in
-    ``out_dir`` (unless ``overwrite``), yield their error instead."""
+    ``out_dir`` (unless ``overwrite``), yield their error instead; OutputError where ``out_dir``
+    is an input folder or inside one."""
     predictor = Predictor.from_run(run_dir)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: is a file; --out is the folder for the PNGs")
+    check_apart(out_dir, paths)  # --overwrite replaced the X-rays themselves
     model = predictor.require_model("Grad-CAM")  # refused before the folder is made
     layer = find_target_layer(model, predictor.image_size)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from pneumolab.evaluation.audit import SiteAudit, records_table
 from pneumolab.evaluation.figures import figure_png
 from pneumolab.evaluation.metrics import format_share
 from pneumolab.files import staged_files
-from pneumolab.outputs import check_output
+from pneumolab.outputs import check_apart, check_output
 from pneumolab.reporting.html import png_data_uri
 
 
@@ -129,9 +129,13 @@ AUDIT_FILES = {
 """The audit's files (key -> name); the page is written last."""
 
 
-def audit_files(out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
+def audit_files(
+    out_dir: str | Path, audited: str | Path, overwrite: bool = False
+) -> dict[str, Path]:
     """The audit's files in ``out_dir``; OutputError where one may not be written (an earlier
-    audit's file is replaced only with ``overwrite``)."""
+    audit's file is replaced only with ``overwrite``; never inside the ``audited`` folder,
+    whose next audit would score them)."""
+    check_apart(out_dir, [audited])
     files = {key: Path(out_dir) / name for key, name in AUDIT_FILES.items()}
     for path in files.values():
         check_output(path, overwrite)
@@ -141,7 +145,7 @@ def audit_files(out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]
 def write_audit(audit: SiteAudit, out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
     """Write ``audit.html``, ``audit.png``, ``audit.json`` and ``images.csv`` into ``out_dir``
     as one set (:func:`~pneumolab.files.staged_files`; see :func:`audit_files`)."""
-    files = audit_files(out_dir, overwrite)
+    files = audit_files(out_dir, audit.folder, overwrite)
     with staged_files(out_dir, AUDIT_FILES.values(), last=AUDIT_FILES["html"]) as staging:
         staged = {key: staging / name for key, name in AUDIT_FILES.items()}
         figure = audit_figure(audit)
