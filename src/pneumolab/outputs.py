@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
 from pneumolab.errors import OutputError
 from pneumolab.run import RunDir
+
+log = logging.getLogger(__name__)
 
 
 def check_output(path: str | Path, overwrite: bool = False) -> Path:
@@ -75,3 +78,33 @@ def writing_alone(path: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+@contextmanager
+def working_in(folder: Path, job: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` itself (``flock``: no lock file is left) while
+    ``job`` (``training``, ``running a study``) writes in it; OutputError when another process
+    holds it: two trainings into one run folder deleted or mixed each other's epochs. A folder
+    made here and left empty is removed again. Where the file system has no such locks (some
+    network file systems), the job goes on unlocked, with a warning."""
+    import fcntl
+
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(
+                f"{folder}: another process is {job} in it; wait for it to finish, or give "
+                "--out another folder"
+            ) from None
+        except OSError as exc:
+            log.warning("%s: cannot be locked here (%s); run one job on it at a time", folder, exc)
+        yield
+    finally:
+        os.close(handle)
+        if made:
+            with suppress(OSError):  # only an empty folder: what a refused job leaves
+                folder.rmdir()

@@ -7,6 +7,7 @@ test-time augmentation for the run's ``--tta`` threshold."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,13 @@ from pneumolab.inference.predictor import predict_class_probabilities, predict_p
 from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.inference.scores import torch_scorer, with_tta
 from pneumolab.models.classifier import XrayClassifier
+from pneumolab.outputs import working_in
 from pneumolab.pipeline.finalise import finalise
 from pneumolab.pipeline.ood_fit import fit_scorer, gated_validation_scores
 from pneumolab.reporting.model_card import CARD_NAME
 from pneumolab.run import RunDir
 from pneumolab.run_meta import RunDescription
+from pneumolab.training.distributed import global_rank
 from pneumolab.training.tracking import log_run_files
 from pneumolab.training.train import TrainedModel, train_model
 
@@ -45,8 +48,22 @@ def train(
     ``callbacks`` are added to Lightning's. Returns the finished :class:`RunDir`; raises
     :class:`~pneumolab.errors.TrainingInterrupted` when stopped (Ctrl+C), after the last
     finished epoch was saved. Under several processes, only rank 0 finishes the run (the others
-    return as soon as training ends).
+    return as soon as training ends). The run folder is locked while it trains (another
+    process training into it is refused).
     """
+    alone = working_in(Path(out_dir), "training") if global_rank() == 0 else nullcontext()
+    with alone:
+        return _train(data_dir, out_dir, config, resume, callbacks)
+
+
+def _train(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    config: TrainConfig | Mapping[str, Any] | None,
+    resume: bool,
+    callbacks: Sequence[L.Callback],
+) -> RunDir:
+    """:func:`train`'s work, once the run folder is this process's."""
     trained = train_model(data_dir, out_dir, config, resume, callbacks)
     if trained is None:  # another rank than 0 of a multi-process run: rank 0 finishes it
         return RunDir(Path(out_dir))

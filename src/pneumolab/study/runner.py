@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from pneumolab.evaluation.figures import sample_grid_figure, save_figure
 from pneumolab.evaluation.selection import Margins, margins_over, smallest_untold, warn_untold
 from pneumolab.files import write_text_atomically
 from pneumolab.inference.score_cache import ScoreCache
+from pneumolab.outputs import working_in
 from pneumolab.pipeline.ensemble import build_ensemble
 from pneumolab.pipeline.train import train
 from pneumolab.run import RunDir, split_mismatch
@@ -205,8 +207,21 @@ def run_study(
 
     Under several training processes every process runs the study; each model trains on all
     of them, and rank 0 alone writes, builds the ensembles and compares (the other ranks get an
-    empty result).
+    empty result). The study folder is locked while the study runs (a second study on it was
+    deleting or training into the first one's runs).
     """
+    alone = working_in(Path(out_dir), "running a study") if global_rank() == 0 else nullcontext()
+    with alone:
+        return _run_study(study_file, data_dir, out_dir, overrides)
+
+
+def _run_study(
+    study_file: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    overrides: dict[str, Any] | None,
+) -> StudyResult:
+    """:func:`run_study`'s work, once the study folder is this process's."""
     study = load_study(study_file)
     try:
         configs = study.train_configs(overrides)
