@@ -108,6 +108,9 @@ class RunMeta(TrainingSummary, DecisionRule):
     schema_version: int = SCHEMA_VERSION
     model: str
     members: list[str]
+    member_weights: list[str] = Field(default_factory=list)
+    """SHA-256 of each member's weights when the ensemble was built (empty: a single run, or an
+    ensemble of before 2026-12-06): a study rebuilds it only when one differs."""
     image_size: int
     intensity: Intensity | None
     """None: an ensemble whose members normalise intensity differently (each its own way)."""
@@ -169,6 +172,7 @@ class RunDescription:
     std: list[float] | None
     training: TrainingSummary
     members: list[str] = field(default_factory=list)
+    member_weights: list[str] = field(default_factory=list)
     val_subtype_metrics: SubtypeMetrics | None = None
     border_fade: float | None = 0.0
 
@@ -184,6 +188,7 @@ def describe_run(
     return RunMeta(
         model=d.model,
         members=d.members,
+        member_weights=d.member_weights,
         image_size=d.image_size,
         intensity=d.intensity,
         preprocessing=Preprocessing(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from safetensors.torch import load_file, save_file
 
 from conftest import copy_run, write_synthetic_dataset
 from pneumolab.cli import main
@@ -113,9 +114,17 @@ def test_a_study_resumes_from_its_own_copy_and_rebuilds_an_ensemble_whose_member
     assert pair_meta.stat().st_mtime_ns == stamp
     member = out / "runs" / "small" / "model.safetensors"
     later = pair_meta.stat().st_mtime + 10
-    os.utime(member, (later, later))  # "small" retrained after the ensemble was built
+    os.utime(member, (later, later))  # newer, the same weights (copied without their times)
+    (out / "runs" / "pair" / "test_evaluations.jsonl").write_text("{}\n")  # a look at test
+    assert main(command) == 1
+    assert pair_meta.stat().st_mtime_ns == stamp  # not rebuilt: its test log was deleted
+    assert (out / "runs" / "pair" / "test_evaluations.jsonl").is_file()
+    weights = load_file(member)  # "small" retrained after the ensemble was built
+    save_file({k: v + 1e-3 if v.is_floating_point() else v for k, v in weights.items()}, member)
+    capsys.readouterr()
     assert main(command) == 1
     assert pair_meta.stat().st_mtime_ns != stamp
+    assert "pair: its members changed since it was built: built again" in capsys.readouterr().err
     assert [m.root.name for m in RunDir(out / "runs" / "pair").member_runs()] == [
         "small",
         "separable",

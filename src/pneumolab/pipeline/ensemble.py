@@ -24,7 +24,7 @@ from pneumolab.data.layout import Sample
 from pneumolab.errors import ConfigError, RunDirError
 from pneumolab.pipeline.finalise import finalise
 from pneumolab.pipeline.ood_fit import ensemble_ood
-from pneumolab.run import RunDir, read_predictions, split_mismatch
+from pneumolab.run import RunDir, read_predictions, split_mismatch, weights_digest
 from pneumolab.run_meta import ENSEMBLE_STRATEGY, RunDescription, RunMeta, TrainingSummary
 
 T = TypeVar("T")
@@ -51,7 +51,7 @@ def _shared(values: Sequence[T | None]) -> T | None:
     return values[0] if all(v == values[0] for v in values) else None
 
 
-def _describe(metas: list[RunMeta], members: list[str]) -> RunDescription:
+def _describe(metas: list[RunMeta], members: list[str], weights: list[str]) -> RunDescription:
     """The ensemble: its members' shared input, the sums of their sizes and training times."""
     return RunDescription(
         model="ensemble(" + " + ".join(m.model for m in metas) + ")",
@@ -66,6 +66,7 @@ def _describe(metas: list[RunMeta], members: list[str]) -> RunDescription:
             train_seconds=round(sum(m.train_seconds or 0 for m in metas), 1),
         ),
         members=members,
+        member_weights=weights,
         border_fade=_shared([m.preprocessing.border_fade for m in metas]),
     )
 
@@ -130,7 +131,7 @@ def build_ensemble(
     ]
     finalise(
         ensemble,
-        _describe(metas, members),
+        _describe(metas, members, [weights_digest(run.root) for run in runs]),
         samples,
         probs,
         target_sensitivity,

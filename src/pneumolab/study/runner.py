@@ -43,7 +43,7 @@ from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.outputs import working_in
 from pneumolab.pipeline.ensemble import build_ensemble
 from pneumolab.pipeline.train import train
-from pneumolab.run import RunDir, split_mismatch
+from pneumolab.run import RunDir, split_mismatch, weights_digest
 from pneumolab.study.config import load_study
 from pneumolab.training.distributed import global_rank
 
@@ -156,14 +156,17 @@ def _train_or_reuse(name: str, config: TrainConfig, data_dir: Path, run: RunDir)
 
 def _ensemble_is_current(run: RunDir, members: list[RunDir]) -> bool:
     """Whether the finished ensemble ``run`` averages exactly ``members`` as they are now (not a
-    member list the study file has since changed, nor weights retrained after it was built)."""
+    member list the study file has since changed, nor weights retrained after it was built:
+    told by their digests, where the ensemble recorded them, else by modification times)."""
     if not run.is_complete():
         return False
-    built_from = [m.root.resolve() for m in run.member_runs()]
+    if [m.root.resolve() for m in run.member_runs()] != [m.root.resolve() for m in members]:
+        return False
+    recorded = run.read_meta().member_weights
+    if recorded:  # a copy of the folders, or a touched file, has new times but the same weights
+        return recorded == [weights_digest(m.root) for m in members]
     built_at = run.meta.stat().st_mtime
-    return built_from == [m.root.resolve() for m in members] and all(
-        m.weights.stat().st_mtime <= built_at for m in members
-    )
+    return all(m.weights.stat().st_mtime <= built_at for m in members)
 
 
 def _link_best(study_dir: Path, target: RunDir) -> Path:
@@ -257,6 +260,12 @@ def _run_study(
             continue
         members = [finished[m] for m in ensemble.members]
         if not _ensemble_is_current(run, members):
+            if run.root.exists():
+                log.warning(
+                    "%s: its members changed since it was built: built again (its folder, with "
+                    "any evaluations and audits in it, is replaced)",
+                    ensemble.name,
+                )
             shutil.rmtree(run.root, ignore_errors=True)
             target = configs[ensemble.members[0]].target_sensitivity
             build_ensemble([member.root for member in members], run.root, target)
