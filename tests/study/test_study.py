@@ -294,6 +294,31 @@ def test_compare_builds_the_same_table_from_runs(study, tmp_path, capsys):
     assert (out / "confusion" / "separable.png").is_file()
 
 
+def test_a_compare_stopped_while_writing_leaves_nothing_that_blocks_its_rerun(
+    study, tmp_path, monkeypatch
+):
+    """Killed after results.csv and results.md, a compare refused its own rerun without
+    --overwrite (results.csv: already exists), its chart and margins missing."""
+    from pneumolab.evaluation import comparison
+
+    root, data, _, _ = study
+    runs = [str(root / "out" / "runs" / name) for name in ("small", "separable")]
+    out = tmp_path / "cmp"
+    args = ["compare", *runs, "--data", str(data), "--split", "val", "--out", str(out)]
+
+    def stopped(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(comparison, "model_bars_figure", stopped)
+        assert main(args) == 130
+    assert not (out / "results.csv").exists() and not (out / "results.md").exists()
+    assert main(args) == 0
+    assert {"results.csv", "results.md", "results.png", "margins.md"} <= {
+        p.name for p in out.iterdir()
+    }
+
+
 @pytest.mark.parametrize(
     ("models", "message"),
     [

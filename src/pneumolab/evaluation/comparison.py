@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +19,7 @@ from pneumolab.evaluation.metrics import format_interval, format_metric
 from pneumolab.evaluation.outputs import write_evaluation
 from pneumolab.evaluation.selection import margins_over, warn_untold
 from pneumolab.evaluation.speed import ms_per_image
-from pneumolab.files import atomic_write, write_text_atomically
+from pneumolab.files import staged_files
 from pneumolab.inference.predictor import Predictor, default_device
 from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.outputs import check_output
@@ -186,30 +186,39 @@ def write_comparison(
     out_dir: str | Path,
     split: str,
     notes: dict[str, str] | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
-    """Write ``results.csv``, ``results.md``, ``results.png`` and ``confusion/<name>.png``
-    (removing the figures of models an earlier table there had and this one has not);
-    ``notes`` (name -> reason) lists models that could not be run."""
-    out = Path(out_dir)
+    """Write ``confusion/<name>.png`` (removing the figures of models an earlier table there had
+    and this one has not), then ``results.csv``, ``results.png``, the ``extra`` text files (name
+    -> text) and ``results.md`` as one set (:func:`~pneumolab.files.staged_files`: a stop while
+    writing leaves the earlier set, or none, never a part that blocks the rerun); ``notes``
+    (name -> reason) lists models that could not be run."""
+    out, extra = Path(out_dir), extra or {}
     (out / "confusion").mkdir(parents=True, exist_ok=True)
-    paths = comparison_files(out)
-    with atomic_write(paths["csv"], newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*ComparisonRow.__dataclass_fields__, "status"])
-        writer.writeheader()
-        writer.writerows(asdict(r) | {"status": "ok"} for r in rows)
-        writer.writerows(
-            {"name": name, "status": f"not run: {why}"} for name, why in (notes or {}).items()
-        )
-    write_text_atomically(paths["markdown"], _markdown(rows, split, notes or {}))
-    values: dict[str, list[Any]] = {m: [getattr(r, m) for r in rows] for m in BAR_METRICS}
-    save_figure(model_bars_figure([r.name for r in rows], values, f"{split} split"), paths["chart"])
     figures = {out / "confusion" / f"{r.name}.png": r for r in rows}
     for path, r in figures.items():
         save_figure(confusion_matrix_figure(r.confusion_matrix, f"{r.name} — {split}"), path)
     for stale in sorted(set((out / "confusion").glob("*.png")) - set(figures)):
         stale.unlink()
         log.info("removed %s: its model is not in the new table", stale)
-    return paths
+    paths = comparison_files(out)
+    owned = {path.name for path in paths.values()} | set(extra)
+    with staged_files(out, owned, last=paths["markdown"].name) as staging:
+        with (staging / paths["csv"].name).open("w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=[*ComparisonRow.__dataclass_fields__, "status"])
+            writer.writeheader()
+            writer.writerows(asdict(r) | {"status": "ok"} for r in rows)
+            writer.writerows(
+                {"name": name, "status": f"not run: {why}"} for name, why in (notes or {}).items()
+            )
+        values: dict[str, list[Any]] = {m: [getattr(r, m) for r in rows] for m in BAR_METRICS}
+        chart = model_bars_figure([r.name for r in rows], values, f"{split} split")
+        save_figure(chart, staging / paths["chart"].name)
+        for name, text in extra.items():
+            (staging / name).write_text(text, encoding="utf-8")
+        markdown = _markdown(rows, split, notes or {})
+        (staging / paths["markdown"].name).write_text(markdown, encoding="utf-8")
+    return paths | {Path(name).stem: out / name for name in extra}
 
 
 def _unique_names(run_dirs: Sequence[Path]) -> list[str]:
@@ -269,10 +278,10 @@ def compare_runs(
         for name, predictor in zip(names, predictors, strict=True)
     ]
     cache.log_use()
-    outputs = write_comparison(rows, out_dir, split)
     criteria = ("roc_auc", "shift_roc_auc") if shift else ("roc_auc",)
-    _write_margins(rows, dict(zip(names, runs, strict=True)), split, criteria, margins_file)
-    return rows, outputs | {"margins": margins_file}
+    margins = _margins_text(rows, dict(zip(names, runs, strict=True)), split, criteria)
+    outputs = write_comparison(rows, out_dir, split, extra={margins_file.name: margins})
+    return rows, outputs
 
 
 def leading_model(rows: Sequence[ComparisonRow], criterion: str) -> str:
@@ -286,13 +295,9 @@ def leading_model(rows: Sequence[ComparisonRow], criterion: str) -> str:
     return max(rows, key=rank).name
 
 
-def _write_margins(
-    rows: Sequence[ComparisonRow],
-    runs: dict[str, RunDir],
-    split: str,
-    criteria: Sequence[str],
-    path: Path,
-) -> None:
+def _margins_text(
+    rows: Sequence[ComparisonRow], runs: dict[str, RunDir], split: str, criteria: Sequence[str]
+) -> str:
     """``margins.md``: for each criterion, its leader's paired AUC margin over the other runs."""
     sections = []
     for criterion in criteria:
@@ -300,4 +305,4 @@ def _write_margins(
         margins = margins_over(runs, leader, criterion, split)
         warn_untold(margins, f"the {split} split")
         sections.append(margins.markdown(split))
-    write_text_atomically(path, "# Margins\n\n" + "\n".join(sections))
+    return "# Margins\n\n" + "\n".join(sections)
