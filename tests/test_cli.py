@@ -271,6 +271,23 @@ def test_a_training_stopped_by_a_signal_exits_as_interrupted(
     assert said in err and "error" not in err
 
 
+def test_ctrl_c_before_a_run_was_written_advises_no_resume(monkeypatch, capsys, tmp_path):
+    """Stopped while the data was read, train advised --resume, which then found nothing."""
+    from pneumolab.cli import commands
+
+    def cmd_train(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "cmd_train", cmd_train)
+    out = tmp_path / "run"
+    assert main(["train", "--data", "d", "--out", str(out)]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+    out.mkdir()
+    (out / "config.yaml").write_text("epochs: 1\n")
+    assert main(["train", "--data", "d", "--out", str(out)]) == 130
+    assert "--resume" in capsys.readouterr().err
+
+
 def test_an_interrupt_while_the_command_line_loads_is_no_traceback(monkeypatch, capsys):
     """Ctrl+C in the first fraction of a second (imports, parsing) printed a traceback."""
     import sys

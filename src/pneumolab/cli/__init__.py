@@ -8,6 +8,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.logging import RichHandler
 
@@ -62,7 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         report_error(Exception(f"{where}: {exc.strerror or exc}" if where else str(exc)))
         return 2
     except KeyboardInterrupt:
-        say(("interrupted", "yellow"), INTERRUPT_HINTS.get(args.func.__name__, ""))
+        hint = INTERRUPT_HINTS.get(args.func.__name__, "")
+        if args.func.__name__ == "cmd_train" and not (Path(args.out) / "config.yaml").is_file():
+            hint = ""  # stopped before the run was written: nothing to resume
+        say(("interrupted", "yellow"), hint)
         return 130
 
 

@@ -214,6 +214,8 @@ def _run_fit(
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             # SWA replaces the per-step one-cycle schedule with its own per-epoch one, as asked
             warnings.filterwarnings("ignore", message="SWA is currently only supported every epoch")
+            # a resume writes into its own checkpoints folder, as it should
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
             resume_from = check_checkpoint(data.run.last_checkpoint) if resume else None
             trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     except SystemExit:  # Lightning turns Ctrl+C into sys.exit(1) after a graceful shutdown
