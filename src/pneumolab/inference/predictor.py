@@ -291,7 +291,8 @@ class Predictor:
         ``cache``: every network (an ensemble's members each) answers pixels it has scored
         before from this :class:`~pneumolab.inference.score_cache.ScoreCache`.
         """
-        check_device(device)
+        if backend == "torch":  # the exported backends run without PyTorch, device unused
+            check_device(device)
         predictor = cls._load(run_dir, device, backend, onnx_file, cache)
         predictor.run_dir = Path(run_dir)
         predictor.scope_verdict = scope_verdict
