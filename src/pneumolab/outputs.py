@@ -89,6 +89,10 @@ def working_in(folder: Path, job: str) -> Iterator[None]:
     network file systems), the job goes on unlocked, with a warning."""
     import fcntl
 
+    if folder.is_symlink() and not folder.exists():
+        raise OutputError(f"{folder}: a link to {os.readlink(folder)}, which does not exist")
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder}: is a file; --out is a folder")
     made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
