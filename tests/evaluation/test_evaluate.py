@@ -127,7 +127,7 @@ def test_shift_protocol_adds_every_scenario_and_the_batch_breakdown(trained):
 def test_an_evaluation_stopped_while_writing_leaves_the_earlier_one_whole(trained, monkeypatch):
     """A kill (or full disk) while the figures are drawn must not leave the new predictions
     beside the earlier metrics, which a study's margins and the model card would mix."""
-    from pneumolab.evaluation import outputs
+    from pneumolab.evaluation import writer
 
     run_dir, data = trained
     evaluate(run_dir, data, split="val", device="cpu", shift=True)
@@ -137,7 +137,7 @@ def test_an_evaluation_stopped_while_writing_leaves_the_earlier_one_whole(traine
     def stopped(*args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(outputs, "evaluation_figures", stopped)
+    monkeypatch.setattr(writer, "evaluation_figures", stopped)
     with pytest.raises(KeyboardInterrupt):
         evaluate(run_dir, data, split="val", device="cpu")  # would drop shift_predictions.csv
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

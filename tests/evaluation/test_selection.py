@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from pneumolab.data.layout import Sample
-from pneumolab.evaluation.outputs import METRICS, PREDICTIONS, SHIFT_PREDICTIONS
 from pneumolab.evaluation.selection import margins_over, smallest_untold
+from pneumolab.evaluation.writer import METRICS, PREDICTIONS, SHIFT_PREDICTIONS
 from pneumolab.run import RunDir, read_shift_predictions, write_predictions, write_shift_predictions
 
 N = 120

@@ -15,8 +15,8 @@ from pneumolab.data.layout import Sample
 from pneumolab.errors import RunDirError
 from pneumolab.evaluation.comparison import compare_runs
 from pneumolab.evaluation.evaluate import evaluate
-from pneumolab.evaluation.outputs import SHIFT_PREDICTIONS
 from pneumolab.evaluation.shift import SCENARIOS
+from pneumolab.evaluation.writer import SHIFT_PREDICTIONS
 from pneumolab.explain.gradcam import explain_paths
 from pneumolab.inference.predictor import Predictor
 from pneumolab.pipeline.ensemble import build_ensemble

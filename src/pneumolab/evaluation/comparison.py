@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from pneumolab.errors import DataLayoutError, RunDirError
-from pneumolab.evaluation.evaluate import compute_evaluation
 from pneumolab.evaluation.figures import confusion_matrix_figure, model_bars_figure, save_figure
 from pneumolab.evaluation.metrics import format_interval, format_metric
-from pneumolab.evaluation.outputs import write_evaluation
+from pneumolab.evaluation.scoring import compute_evaluation
 from pneumolab.evaluation.selection import margins_over, warn_untold
 from pneumolab.evaluation.speed import ms_per_image
+from pneumolab.evaluation.writer import write_evaluation
 from pneumolab.files import staged_files
 from pneumolab.inference.predictor import Predictor, default_device
 from pneumolab.inference.score_cache import ScoreCache

@@ -20,7 +20,7 @@ import numpy as np
 from pneumolab.choices import PAIRED_CRITERIA
 from pneumolab.data.patients import patient_id
 from pneumolab.evaluation.bootstrap import PairedDifference, paired_auc_difference
-from pneumolab.evaluation.outputs import METRICS, PREDICTIONS, SHIFT_PREDICTIONS
+from pneumolab.evaluation.writer import METRICS, PREDICTIONS, SHIFT_PREDICTIONS
 from pneumolab.run import RunDir, read_predictions, read_shift_predictions
 from pneumolab.text import markdown_cell
 

@@ -18,10 +18,10 @@ from sklearn.metrics import PrecisionRecallDisplay
 import pneumolab
 from pneumolab.data.imageio import load_image
 from pneumolab.data.layout import CLASS_NAMES
-from pneumolab.evaluation.evaluate import compute_evaluation
 from pneumolab.evaluation.figures import confusion_matrix_figure, figure_png
 from pneumolab.evaluation.metrics import SCALAR_METRICS, format_interval, format_metric
-from pneumolab.evaluation.outputs import FIGURES, evaluation_figures, record_look
+from pneumolab.evaluation.scoring import compute_evaluation
+from pneumolab.evaluation.writer import FIGURES, evaluation_figures, record_look
 from pneumolab.explain.gradcam import find_target_layer, gradcam, overlay_png
 from pneumolab.explain.sanity import saliency_sanity
 from pneumolab.files import atomic_write

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from pneumolab.evaluation.evaluate import Evaluation
 from pneumolab.evaluation.figures import (
     confusion_matrix_figure,
     reliability_figure,
@@ -18,6 +17,7 @@ from pneumolab.evaluation.figures import (
     save_figure,
 )
 from pneumolab.evaluation.heldout import log_test_evaluation
+from pneumolab.evaluation.scoring import Evaluation
 from pneumolab.files import staged_files, write_text_atomically
 from pneumolab.run import write_predictions, write_shift_predictions
 

@@ -1,0 +1,233 @@
+"""Score a loaded run on a split and compute every metric of an evaluation, in memory: no file
+is written (:mod:`pneumolab.evaluation.writer` writes them; :func:`~pneumolab.evaluation.evaluate.evaluate`
+does both)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import brier_score_loss
+
+from pneumolab.choices import SPLITS
+from pneumolab.data.dataset import DecodedImages, decode_samples
+from pneumolab.data.layout import Sample, find_splits, scan_split
+from pneumolab.data.subtypes import subtype_labels
+from pneumolab.errors import DataLayoutError
+from pneumolab.evaluation.bootstrap import bootstrap_ci
+from pneumolab.evaluation.calibration import apply_platt, apply_temperature
+from pneumolab.evaluation.heldout import count_test_evaluations
+from pneumolab.evaluation.metrics import (
+    binary_metrics,
+    expected_calibration_error,
+    threshold_metrics,
+)
+from pneumolab.evaluation.operating_points import oracle_threshold
+from pneumolab.evaluation.robustness import robustness_report, summarize
+from pneumolab.evaluation.shift import (
+    acquisition_batch,
+    batch_breakdown,
+    scenario_results,
+    shift_summary,
+    shifted_probabilities,
+)
+from pneumolab.evaluation.subtypes import subtype_metrics
+from pneumolab.inference.predictor import Predictor, predict_class_probabilities
+from pneumolab.run import RunDir
+from pneumolab.run_meta import RunMeta
+
+log = logging.getLogger(__name__)
+
+
+def split_samples(run: RunDir, data_dir: Path, split: str) -> list[Sample]:
+    """``val``: the run's own carved validation split; ``test``: ``data_dir/test``."""
+    if split == "val":
+        return run.read_split(data_dir, "val")
+    if split == "test":
+        return scan_split(find_splits(data_dir, required="test")["test"])
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _operating_points(
+    predictor: Predictor, labels: np.ndarray, probs: np.ndarray
+) -> dict[str, dict[str, Any]]:
+    """The run's stored operating points, scored here; with test-time augmentation only the TTA
+    threshold (the stored points were chosen on scores without it)."""
+    meta = predictor.meta
+    if predictor.tta:
+        rule = f"{meta.threshold_rule}, on validation scores averaged over the test-time views"
+        return {
+            "tta": {
+                "threshold": predictor.threshold,
+                "provenance": rule if meta.tta_threshold is not None else meta.threshold_rule,
+                "metrics": threshold_metrics(labels, probs, predictor.threshold).model_dump(),
+            }
+        }
+    return {
+        name: {
+            "threshold": point.threshold,
+            "provenance": point.provenance,
+            "metrics": threshold_metrics(labels, probs, point.threshold).model_dump(),
+        }
+        for name, point in meta.operating_points.items()
+    }
+
+
+def _oracle(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any] | None:
+    if len(np.unique(labels)) != 2:
+        return None
+    threshold = oracle_threshold(labels, probs)
+    return {
+        "threshold": threshold,
+        "metrics": threshold_metrics(labels, probs, threshold).model_dump(),
+        "note": "chosen on this split itself: for diagnosis only, not a valid operating point",
+    }
+
+
+def _calibrated(meta: RunMeta, probs: np.ndarray) -> dict[str, tuple[str, np.ndarray, dict]]:
+    """The run's calibration maps applied to ``probs``: key -> (curve label, scores, parameters)."""
+    maps = {}
+    t = meta.temperature
+    if t is not None:
+        maps["temperature_scaled"] = (
+            f"temperature-scaled (T = {t:.2f})",
+            apply_temperature(probs, t),
+            {"temperature": t},
+        )
+    platt = meta.platt
+    if platt is not None:
+        label = f"Platt-scaled (a = {platt.slope:.2f}, b = {platt.intercept:.2f})"
+        maps["platt_scaled"] = (
+            label,
+            apply_platt(probs, platt.slope, platt.intercept),
+            dict(platt),
+        )
+    return maps
+
+
+def _calibration(labels: np.ndarray, scaled: np.ndarray, params: dict) -> dict[str, float]:
+    return params | {
+        "brier": float(brier_score_loss(labels, scaled)),
+        "ece": expected_calibration_error(labels, scaled),
+    }
+
+
+def _subtypes(predictor: Predictor, decoded: DecodedImages) -> dict[str, Any]:
+    """Three-class metrics (argmax of the class probabilities; TTA does not apply)."""
+    model = predictor.require_model("three-class metrics")
+    probs = predict_class_probabilities(model, decoded.pixels, predictor.intensity)
+    return subtype_metrics(np.array(subtype_labels(decoded.samples)), probs).model_dump()
+
+
+@dataclass
+class Evaluation:
+    """A run scored on one split, held in memory: ``metrics`` (what ``metrics.json`` holds) and
+    what its figures and a report are drawn from."""
+
+    run: RunDir
+    split: str
+    predictor: Predictor
+    decoded: DecodedImages
+    labels: np.ndarray
+    probs: np.ndarray
+    calibrated: dict[str, tuple[str, np.ndarray, dict]]
+    metrics: dict[str, Any]
+    shifted: dict[str, list[np.ndarray]] | None = None
+    """The shift protocol's scores: scenario -> one array per draw (None without ``shift``)."""
+
+    @property
+    def title(self) -> str:
+        """Model, split and image count, for tables and figures."""
+        return f"{self.predictor.meta.model} — {self.split} (n={self.metrics['n']})"
+
+
+def _extra_metrics(
+    predictor: Predictor, decoded: DecodedImages, labels: np.ndarray, probs: np.ndarray,
+    robustness: bool, shifted: dict[str, list[np.ndarray]] | None,
+) -> dict[str, Any]:  # fmt: skip
+    """Three-class metrics, robustness and the shift protocol (from its ``shifted`` scores),
+    where asked for and possible."""
+    extra: dict[str, Any] = {}
+    if predictor.meta.subtype_names and predictor.model is None:
+        log.warning(
+            "three-class metrics (subtypes) need the torch backend: not computed with %s",
+            predictor.backend_name,
+        )
+    elif predictor.meta.subtype_names:
+        extra["subtypes"] = _subtypes(predictor, decoded)
+    if robustness:
+        report = robustness_report(predictor.backend, decoded.pixels, labels, predictor.threshold)
+        extra |= {"robustness": report, "robustness_summary": summarize(report)}
+    if shifted is not None:
+        results = scenario_results(shifted, labels, predictor.threshold)
+        batches = [acquisition_batch(s.path.name) for s in decoded.samples]
+        extra |= {
+            "shift": {r.scenario: r.summary() for r in results},
+            "shift_summary": shift_summary(results),
+            "acquisition_batches": batch_breakdown(probs, labels, batches, predictor.threshold),
+        }
+    return extra
+
+
+def compute_evaluation(
+    predictor: Predictor,
+    data_dir: str | Path,
+    split: str = "val",
+    robustness: bool = False,
+    shift: bool = False,
+) -> Evaluation:
+    """Score a loaded run (``Predictor.from_run``, with its device and TTA) on ``split`` and
+    compute every metric of :func:`~pneumolab.evaluation.evaluate.evaluate`, in memory: no file is written
+    (``test_evaluations_count`` counts this look at the test split, which
+    :func:`~pneumolab.evaluation.writer.write_evaluation` records)."""
+    if predictor.run_dir is None:
+        raise ValueError("compute_evaluation needs a predictor loaded with Predictor.from_run")
+    run = RunDir(predictor.run_dir)
+    decoded = decode_samples(split_samples(run, Path(data_dir), split), predictor.image_size)
+    if not decoded.samples:
+        raise DataLayoutError(
+            f"{data_dir}: none of the {len(decoded.skipped)} images of the {split} split could "
+            f"be read (the first: {decoded.skipped[0][1]})"
+        )
+    probs = predictor.backend(decoded.pixels)
+    labels = np.array([s.label for s in decoded.samples])
+    metrics: dict[str, Any] = binary_metrics(labels, probs, predictor.threshold).model_dump()
+    # the maps were fitted on scores without test-time views: they do not belong to TTA scores
+    calibrated = {} if predictor.tta else _calibrated(predictor.meta, probs)
+    patients = [sample.patient for sample in decoded.samples]
+    shifted = shifted_probabilities(predictor.backend, decoded.pixels) if shift else None
+    metrics |= {
+        "split": split,
+        "tta": predictor.tta,
+        "backend": predictor.backend_name,
+        "model": predictor.meta.model,
+        "skipped": [r for _, r in decoded.skipped],
+        "ci95": bootstrap_ci(labels, probs, predictor.threshold, groups=patients),
+        "operating_points": _operating_points(predictor, labels, probs),
+        "oracle": _oracle(labels, probs),
+        "temperature_scaled": None,  # the keys stay for runs whose meta has no such map
+        "platt_scaled": None,
+        **{
+            key: _calibration(labels, scaled, params)
+            for key, (_, scaled, params) in calibrated.items()
+        },
+        "test_evaluations_count": count_test_evaluations(run) + (split == "test"),
+        **_extra_metrics(predictor, decoded, labels, probs, robustness, shifted),
+    }
+    return Evaluation(
+        run, split, predictor, decoded, labels, probs, calibrated, _json_safe(metrics), shifted
+    )
