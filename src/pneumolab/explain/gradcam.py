@@ -20,9 +20,11 @@ from pneumolab.data.transforms import normalize_intensity
 from pneumolab.errors import ModelError, OutputError, PneumolabError, printable
 from pneumolab.evaluation.figures import literal_text
 from pneumolab.files import write_atomically
-from pneumolab.inference.predictor import Predictor, expand_paths, file_header_checks
+from pneumolab.inference.prediction import Prediction
+from pneumolab.inference.predictor import ImageInput, Predictor, expand_paths, file_header_checks
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.outputs import check_apart, check_output
+from pneumolab.scope.checks import ScopeChecks
 
 OVERLAY_ALPHA = 0.6
 """Opacity of the colour map where the heat is highest; it fades to 0 where there is none."""
@@ -148,6 +150,22 @@ def _figure(image: Image.Image, heat: np.ndarray, title: str, out_file: Path) ->
     )  # FIGURE_PIXELS wide
 
 
+def explain_image(
+    predictor: Predictor,
+    layer: nn.Module,
+    image: ImageInput,
+    header_checks: ScopeChecks | None = None,
+    scope_verdict: bool | None = None,
+) -> tuple[Prediction, np.ndarray]:
+    """The prediction for ``image`` and the Grad-CAM heat map of ``layer`` (``(S, S)`` in
+    [0, 1]), from one decoding and resizing; ``header_checks`` and ``scope_verdict``: see
+    :meth:`Predictor.predict`."""
+    model = predictor.require_model("Grad-CAM")
+    result, pixels = predictor.predict_with_pixels(image, header_checks, scope_verdict)
+    heat = gradcam(model, torch.from_numpy(pixels)[None], predictor.intensity, layer)
+    return result, heat
+
+
 def explain_paths(
     run_dir: str | Path, paths: Sequence[str | Path], out_dir: str | Path, overwrite: bool = False
 ) -> Iterator[Path | PneumolabError]:
@@ -176,9 +194,7 @@ def explain_paths(
         except PneumolabError as exc:
             yield exc
             continue
-        result = predictor.predict(image, file_header_checks(path))  # a DICOM's scope too
-        pixels = predictor.preprocess(image)[None]
-        heat = gradcam(model, pixels, predictor.intensity, layer)
+        result, heat = explain_image(predictor, layer, image, file_header_checks(path))
         title = (
             f"{path.name}\nP(pneumonia) = {result.probability:.3f} → {result.label} "
             f"(threshold {result.threshold:.3f}) — research tool, not a diagnosis"

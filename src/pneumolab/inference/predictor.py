@@ -417,6 +417,16 @@ class Predictor:
         """Predict one image (path, PIL image or array). ``header_checks``: a DICOM header's
         checks for an image decoded elsewhere (a path's are made here). ``scope_verdict``
         overrides the predictor's setting for this image."""
+        return self.predict_with_pixels(image, header_checks, scope_verdict)[0]
+
+    def predict_with_pixels(
+        self,
+        image: ImageInput,
+        header_checks: ScopeChecks | None = None,
+        scope_verdict: bool | None = None,
+    ) -> tuple[Prediction, np.ndarray]:
+        """:meth:`predict`, and the uint8 ``(1, S, S)`` pixels the network saw (a heat map
+        reads the same ones: the image is decoded and resized once)."""
         if isinstance(image, str | Path) and Path(image).is_dir():
             raise ImageLoadError(
                 f"{image}: is a folder; predict() takes one image (predict_paths() and "
@@ -426,7 +436,10 @@ class Predictor:
         scores = self.scorer(pixels[None])
         source = str(image) if isinstance(image, str | Path) else type(image).__name__
         checks = (header_checks or ScopeChecks()) + checks
-        return self.result_for(source, scores.probability[0], scores.ood[0], checks, scope_verdict)
+        result = self.result_for(
+            source, scores.probability[0], scores.ood[0], checks, scope_verdict
+        )
+        return result, pixels
 
     def predict_paths(
         self,

@@ -25,7 +25,7 @@ import pneumolab
 from pneumolab.data.formats import ACCEPTED, sniff
 from pneumolab.data.imageio import load_image
 from pneumolab.errors import ImageLoadError, ModelError
-from pneumolab.explain.gradcam import find_target_layer, gradcam, overlay_png
+from pneumolab.explain.gradcam import explain_image, find_target_layer, overlay_png
 from pneumolab.inference.predictor import Predictor
 from pneumolab.scope.checks import ScopeChecks
 from pneumolab.scope.dicom_header import dicom_file_checks
@@ -178,7 +178,7 @@ def create_app(
     ``backend="onnx"`` serves no heat maps (409). ``limits`` bound what a request may cost."""
     run_dir = Path(run_dir)
     predictor = Predictor.from_run(run_dir, backend=backend)
-    model, size = predictor.model, predictor.image_size
+    size = predictor.image_size
     layer, runs_instead = _heatmap_layer(predictor, backend)
     info = _model_info(predictor, run_dir.name, predictor.model_version, backend, layer is not None)
     lock = threading.Lock()  # one inference at a time; Grad-CAM hooks the shared model
@@ -273,10 +273,10 @@ def create_app(
             image, header = _decode(data, name, max_pixels, size)
         heat = None
         with lock:
-            result = predictor.predict(image, header, scope_verdict=not keep_label)
-            if heatmap and model is not None and layer is not None:  # else refused (409)
-                pixels = predictor.preprocess(image)[None]
-                heat = gradcam(model, pixels, predictor.intensity, layer)
+            if heatmap and layer is not None:  # else refused above (409)
+                result, heat = explain_image(predictor, layer, image, header, not keep_label)
+            else:
+                result = predictor.predict(image, header, scope_verdict=not keep_label)
         pngs: dict[str, str] = {}
         if heatmap or preview:
             with decode_slots.held():  # sharper than the model's
