@@ -19,6 +19,7 @@ from pathlib import Path
 
 from report import publish, runs_parser
 
+from pneumolab.choices import ComparisonBackend
 from pneumolab.evaluation.comparison import ComparisonRow, compare_run
 from pneumolab.inference.score_cache import ScoreCache
 
@@ -26,7 +27,7 @@ TIMING_FIELDS = ("cpu_ms_per_image",)
 
 
 def timed_comparison(
-    run_dirs: list[Path], data: Path, cache: ScoreCache | None, backend: str = "torch"
+    run_dirs: list[Path], data: Path, cache: ScoreCache | None, backend: ComparisonBackend = "torch"
 ) -> tuple[float, list[ComparisonRow]]:
     """Wall seconds of comparing every run (shift protocol on) with ``backend``, and the rows."""
     started = time.perf_counter()

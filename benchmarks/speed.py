@@ -40,6 +40,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from torchvision.transforms.v2 import functional as F
 
+from pneumolab.choices import BackendName
 from pneumolab.inference.onnx_backend import OnnxBackend, session_options
 from pneumolab.inference.predictor import Predictor, expand_paths
 from pneumolab.models.registry import create_classifier
@@ -139,11 +140,12 @@ def _field(measure: Callable[[], tuple[float, float]], index: int) -> float:
 def measurements(run_dir: Path, files: list[Path], passes: int) -> dict[str, Callable[[], float]]:
     """Name → a function that measures it once (ms, img/s, s or MB)."""
     plain = PlainBaseline(run_dir)
-    backends = ["torch", "onnx"] + [
-        name
-        for name, file in (("onnx-int8", "model.int8.onnx"), ("openvino", "model.openvino.xml"))
-        if (run_dir / file).is_file()
-    ]
+    exported: dict[BackendName, str] = {
+        "onnx-int8": "model.int8.onnx",
+        "openvino": "model.openvino.xml",
+    }
+    backends: list[BackendName] = ["torch", "onnx"]
+    backends += [name for name, file in exported.items() if (run_dir / file).is_file()]
     loaded = {name: Predictor.from_run(run_dir, backend=name) for name in backends}
     many = files * passes
     image = str(files[0])

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pneumolab.choices import ComparisonBackend, Split
 from pneumolab.errors import DataLayoutError, RunDirError
 from pneumolab.evaluation.figures import confusion_matrix_figure, model_bars_figure, save_figure
 from pneumolab.evaluation.metrics import format_interval, format_metric
@@ -64,11 +65,11 @@ def compare_run(
     name: str,
     run_dir: str | Path,
     data_dir: str | Path,
-    split: str,
+    split: Split,
     robustness: bool = False,
     shift: bool = False,
     cache: ScoreCache | None = None,
-    backend: str = "torch",
+    backend: ComparisonBackend = "torch",
 ) -> ComparisonRow:
     """Evaluate one run on ``split`` (with ``robustness``: also under the perturbations, for the
     worst-case columns; with ``shift``: under the shift protocol's compound scenario) and time
@@ -83,7 +84,7 @@ def compare_predictor(
     name: str,
     predictor: Predictor,
     data_dir: str | Path,
-    split: str,
+    split: Split,
     robustness: bool = False,
     shift: bool = False,
     cache: ScoreCache | None = None,
@@ -247,12 +248,12 @@ def _unique_names(run_dirs: Sequence[Path]) -> list[str]:
 def compare_runs(
     run_dirs: Sequence[str | Path],
     data_dir: str | Path,
-    split: str,
+    split: Split,
     out_dir: str | Path,
     robustness: bool = False,
     shift: bool = False,
     overwrite: bool = False,
-    backend: str = "torch",
+    backend: ComparisonBackend = "torch",
 ) -> tuple[list[ComparisonRow], dict[str, Path]]:
     """Evaluate every run on ``split`` and write the comparison into ``out_dir`` (with
     ``margins.md``: the paired AUC margin of each criterion's leader over the others, clean and,

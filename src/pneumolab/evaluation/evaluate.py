@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pneumolab.choices import BackendName, Split
 from pneumolab.evaluation.scoring import compute_evaluation
 from pneumolab.evaluation.writer import write_evaluation
 from pneumolab.inference.predictor import Predictor, default_device
@@ -14,12 +15,12 @@ from pneumolab.inference.predictor import Predictor, default_device
 def evaluate(
     run_dir: str | Path,
     data_dir: str | Path,
-    split: str = "val",
+    split: Split = "val",
     robustness: bool = False,
     device: str | None = None,
     tta: bool = False,
     shift: bool = False,
-    backend: str = "torch",
+    backend: BackendName = "torch",
 ) -> dict[str, Any]:
     """Metrics at the run's stored threshold, threshold-free metrics, patient-grouped bootstrap
     95% intervals (``ci95``), every stored operating point and an oracle threshold scored on this

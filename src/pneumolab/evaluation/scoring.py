@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import brier_score_loss
 
-from pneumolab.choices import SPLITS
+from pneumolab.choices import SPLITS, Split
 from pneumolab.data.dataset import DecodedImages, decode_samples
 from pneumolab.data.layout import Sample, find_splits, scan_split
 from pneumolab.data.subtypes import subtype_labels
@@ -186,7 +186,7 @@ def _extra_metrics(
 def compute_evaluation(
     predictor: Predictor,
     data_dir: str | Path,
-    split: str = "val",
+    split: Split = "val",
     robustness: bool = False,
     shift: bool = False,
 ) -> Evaluation:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnxruntime as ort
 
+from pneumolab.choices import BackendName
 from pneumolab.data.intensity import normalize_intensity_array
 from pneumolab.errors import ModelError, RunDirError
 from pneumolab.inference.scores import Scores
@@ -151,7 +152,7 @@ def run_onnx_backend(run_dir: str | Path, onnx_file: str | Path | None = None) -
 
 
 def run_exported_backend(
-    run_dir: str | Path, backend: str, file: str | Path | None = None
+    run_dir: str | Path, backend: BackendName, file: str | Path | None = None
 ) -> ExportedBackend:
     """The run's ``onnx`` (see :func:`run_onnx_backend`), ``onnx-int8`` or ``openvino`` backend;
     the last two only from files that ``pneumolab export`` accepted after its parity check."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import numpy as np
 from PIL import Image
 
-from pneumolab.choices import BACKENDS
+from pneumolab.choices import BACKENDS, BackendName
 from pneumolab.data.imageio import (
     array_to_image,
     is_dicom_file,
@@ -271,7 +271,7 @@ class Predictor:
         cls,
         run_dir: str | Path,
         device: str = "cpu",
-        backend: str = "torch",
+        backend: BackendName = "torch",
         onnx_file: str | Path | None = None,
         tta: bool = False,
         scope_verdict: bool = True,
@@ -321,7 +321,7 @@ class Predictor:
         cls,
         run_dir: str | Path,
         device: str,
-        backend: str,
+        backend: BackendName,
         onnx_file: str | Path | None,
         cache: ScoreCache | None = None,
     ) -> Predictor:

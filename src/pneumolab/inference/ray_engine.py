@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from pneumolab.choices import BackendName
 from pneumolab.data.layout import check_utf8_name
 from pneumolab.errors import ConfigError, ImageLoadError, OutputError, printable
 from pneumolab.inference.batch import BatchSummary, producer_of, result_row, result_sources
@@ -128,7 +129,7 @@ class ModelReplica:
     """Ray actor: one run loaded once (``Predictor.from_run`` arguments); scores decoded
     batches into result rows (an Arrow table of the results-file columns)."""
 
-    def __init__(self, run_dir: str, backend: str, tta: bool, scope_verdict: bool) -> None:
+    def __init__(self, run_dir: str, backend: BackendName, tta: bool, scope_verdict: bool) -> None:
         self.predictor = Predictor.from_run(  # on the worker's GPU where Ray gave it one
             run_dir, device=default_device(), backend=backend, tta=tta, scope_verdict=scope_verdict
         )

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import PrecisionRecallDisplay
 
 import pneumolab
+from pneumolab.choices import Split
 from pneumolab.data.imageio import load_image
 from pneumolab.data.layout import CLASS_NAMES
 from pneumolab.evaluation.figures import confusion_matrix_figure, figure_png
@@ -200,7 +201,7 @@ def _subtypes_html(subtypes: dict[str, Any], figures: dict[str, bytes]) -> str:
 def build_report(
     run_dir: str | Path,
     data_dir: str | Path,
-    split: str = "val",
+    split: Split = "val",
     out_file: str | Path | None = None,
     max_gallery: int = 6,
     overwrite: bool = False,

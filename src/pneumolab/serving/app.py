@@ -22,6 +22,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 import pneumolab
+from pneumolab.choices import BackendName
 from pneumolab.data.formats import ACCEPTED, sniff
 from pneumolab.data.imageio import load_image
 from pneumolab.errors import ImageLoadError, ModelError
@@ -169,7 +170,7 @@ def _model_info(
 
 def create_app(
     run_dir: str | Path,
-    backend: str = "torch",
+    backend: BackendName = "torch",
     limits: ServerLimits | None = None,
     cors_origins: Sequence[str] | None = None,
 ) -> FastAPI:
