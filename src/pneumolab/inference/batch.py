@@ -6,25 +6,24 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.progress import Progress
 
 from pneumolab.errors import ImageLoadError
-from pneumolab.files import atomic_write
 from pneumolab.inference.prediction import Prediction
 from pneumolab.inference.predictor import Predictor, expand_paths
 from pneumolab.inference.results_file import (
     SCOPE_FIELDS,
+    TEXT,
     Format,
     Producer,
     ResultRow,
     decode_text,
     encode,
-    header,
     plan_resume,
     results_format,
+    write_text_rows,
 )
 from pneumolab.outputs import check_output, writing_alone
 
@@ -49,17 +48,12 @@ def producer_of(predictor: Predictor) -> Producer:
     )
 
 
-TEXT: dict[str, Any] = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
-"""How results files are opened: UTF-8, a path's raw non-UTF-8 bytes kept as they are."""
-
-
 def _resume(out: Path, fmt: Format, producer: Producer) -> set[str]:
     """The sources already done in ``out``; the file is rewritten (atomically) without its
     failed rows and any row cut short by a kill, so retried images are not listed twice."""
     plan = plan_resume(decode_text(out.read_bytes()), fmt, producer, out)
     if plan.rewrite:
-        with atomic_write(out, **TEXT) as f:
-            f.write(header(fmt) + "".join(encode(row, fmt) for row in plan.kept))
+        write_text_rows(out, fmt, plan.kept)
     return {row.source for row in plan.kept}
 
 
@@ -102,8 +96,7 @@ def predict_to_file(
         producer = producer_of(predictor)
         done = _resume(out, fmt, producer) if out.exists() and not overwrite else set()
         if overwrite or not out.exists():
-            with atomic_write(out, **TEXT) as f:
-                f.write(header(fmt))
+            write_text_rows(out, fmt, [])
         files = result_sources(paths)
         todo = [p for p in files if str(p) not in done]
         failed = _append_rows(predictor, todo, out, fmt, batch_size, progress, workers)

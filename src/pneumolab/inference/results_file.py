@@ -13,11 +13,13 @@ import csv
 import io
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pneumolab.errors import ConfigError, OutputError
+from pneumolab.files import atomic_write
 from pneumolab.inference.prediction import OUT_OF_SCOPE_LABEL
 
 SCOPE_FIELDS = ("in_scope", "ood_score", "ood_threshold", "reasons", "warnings")
@@ -75,6 +77,22 @@ class ResultRow:
         out_of_scope = self.scope[0] is False
         return False if out_of_scope and self.label is not None else None
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ResultRow:
+        """The row of a mapping in :meth:`record`'s form (validated by the caller)."""
+        producer = Producer(
+            record["model_version"], record["threshold"], record["backend"], record["tta"]
+        )
+        scope = tuple(record[k] for k in SCOPE_FIELDS)
+        return cls(
+            record["source"],
+            record["probability"],
+            record["label"],
+            producer,
+            record["error"],
+            scope,
+        )
+
     def record(self) -> dict[str, Any]:
         """The row as a mapping in column order (the producer flattened into it)."""
         p = self.producer
@@ -103,6 +121,16 @@ def results_format(path: Path) -> Format:
     if suffix in {".jsonl", ".ndjson"}:
         return "jsonl"
     raise ConfigError(f"{path}: output must end in .csv or .jsonl")
+
+
+TEXT: dict[str, Any] = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
+"""How results files are opened: UTF-8, a path's raw non-UTF-8 bytes kept as they are."""
+
+
+def write_text_rows(path: Path, fmt: Format, rows: Iterable[ResultRow]) -> None:
+    """Write ``rows`` as the whole text results file ``path`` (header included), atomically."""
+    with atomic_write(path, **TEXT) as f:
+        f.write(header(fmt) + "".join(encode(row, fmt) for row in rows))
 
 
 def header(fmt: Format) -> str:
@@ -235,11 +263,7 @@ def _row(record: dict[str, Any], where: str, number_text: bool) -> ResultRow:
             raise ValueError(record["label"])
     except ValueError as exc:
         raise NotAResultsFile(f"{where}: invalid value ({exc}); {NOT_RESULTS}") from None
-    producer = Producer(record["model_version"], threshold, record["backend"], record["tta"])
-    scope = tuple(record[k] for k in SCOPE_FIELDS)
-    return ResultRow(
-        record["source"], probability, record["label"], producer, record["error"], scope
-    )
+    return ResultRow.from_record(record | {"probability": probability, "threshold": threshold})
 
 
 def check_producer(rows: list[ResultRow], producer: Producer, source: Path) -> None:

@@ -12,20 +12,17 @@ from typing import Any
 
 from pneumolab.errors import ConfigError
 from pneumolab.files import atomic_write
-from pneumolab.inference.batch import TEXT
 from pneumolab.inference.results_file import (
     FIELDS,
     NOT_RESULTS,
-    SCOPE_FIELDS,
     NotAResultsFile,
     Producer,
     ResultRow,
     check_producer,
     decode_text,
-    encode,
-    header,
     parse,
     results_format,
+    write_text_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -59,24 +56,13 @@ def arrow_schema() -> Any:
     return pa.schema([(name, types.get(name, pa.string())) for name in FIELDS])
 
 
-def row_from_record(record: dict[str, Any]) -> ResultRow:
-    """A row from a Parquet record (:meth:`ResultRow.record`'s mapping)."""
-    producer = Producer(
-        record["model_version"], record["threshold"], record["backend"], record["tta"]
-    )
-    scope = tuple(record[k] for k in SCOPE_FIELDS)
-    return ResultRow(
-        record["source"], record["probability"], record["label"], producer, record["error"], scope
-    )
-
-
 def _parquet_rows(path: Path) -> list[ResultRow]:
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
     if tuple(table.column_names) != FIELDS:
         raise NotAResultsFile(f"{path}: {NOT_RESULTS}")
-    return [row_from_record(record) for record in table.to_pylist()]
+    return [ResultRow.from_record(record) for record in table.to_pylist()]
 
 
 def read_results(path: Path, producer: Producer | None = None) -> list[ResultRow]:
@@ -133,6 +119,4 @@ def write_results(path: Path, rows: list[ResultRow]) -> None:
         with atomic_write(path, "wb") as f:
             pq.write_table(table, f)
         return
-    text_format = results_format(path)
-    with atomic_write(path, **TEXT) as f:
-        f.write(header(text_format) + "".join(encode(row, text_format) for row in rows))
+    write_text_rows(path, results_format(path), rows)
