@@ -186,11 +186,14 @@ def prepare_image(image: ImageInput, image_size: int) -> tuple[np.ndarray, Scope
     return np.array(pixels)[None], checks  # writable, for torch
 
 
-def run_ood_model(run: RunDir) -> OodModel | None:
+def run_ood_model(run: RunDir, warn: bool = True) -> OodModel | None:
     """The run's OOD model (the input-scope gate's content check); None where it has none, or
-    one of an older pneumolab that scored pooled features (with a warning saying how to refit)."""
+    one of an older pneumolab that scored pooled features (with a warning saying how to refit,
+    unless ``warn`` is false: a refit is under way)."""
     ood = OodModel.load(run.ood) if run.ood.is_file() else None
     if ood is not None and ood.method in LEGACY_METHODS:
+        if not warn:
+            return None
         log.warning(
             "%s: OOD model of an older pneumolab (pooled features), not used; refit it with "
             "`pneumolab fit-ood %s --data DATA_DIR`",

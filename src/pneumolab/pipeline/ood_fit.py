@@ -22,12 +22,12 @@ from pneumolab.data.dataset import DecodedImages, decode_samples
 from pneumolab.data.layout import Sample
 from pneumolab.data.transforms import BatchAugmentation
 from pneumolab.errors import RunDirError
-from pneumolab.inference.predictor import Predictor, score_batches
+from pneumolab.inference.predictor import Predictor, run_ood_model, score_batches
 from pneumolab.inference.scores import Scorer, Scores, torch_scorer
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.run import RunDir
 from pneumolab.scope.mahalanobis import MahalanobisScore, fit_mahalanobis
-from pneumolab.scope.ood import ENSEMBLE_METHOD, LEGACY_METHODS, METHOD, OodModel
+from pneumolab.scope.ood import ENSEMBLE_METHOD, METHOD, OodModel
 
 log = logging.getLogger(__name__)
 
@@ -93,19 +93,11 @@ def gated_validation_scores(
     return scores, OodModel.from_validation(METHOD, scorer, val_scores, provenance)
 
 
-def _current_ood(run: RunDir) -> OodModel | None:
-    """The run's OOD model; None where it has none, or one of an older pneumolab."""
-    if not run.ood.is_file():
-        return None
-    model = OodModel.load(run.ood)
-    return None if model.method in LEGACY_METHODS else model
-
-
 def ensemble_ood(ensemble: RunDir, members: Sequence[RunDir]) -> OodModel | None:
     """The OOD model of the ensemble ``ensemble`` of ``members`` from their validation scores;
     None (with a warning) when a member has none yet, or one of an older pneumolab that
     predictions ignore."""
-    models = [_current_ood(member) for member in members]
+    models = [run_ood_model(member, warn=False) for member in members]
     present = [model for model in models if model is not None]
     if len(present) < len(models):
         log.warning(
@@ -134,7 +126,7 @@ def fit_run_ood(run_dir: str | Path, data_dir: str | Path) -> OodModel:
     run = RunDir(Path(run_dir))
     if run.read_meta().is_ensemble:  # also a clear error for a missing or unfinished run
         for member in run.member_runs():
-            if _current_ood(member) is None:
+            if run_ood_model(member, warn=False) is None:
                 fit_run_ood(member.root, data_dir)
         ood = ensemble_ood(run, run.member_runs())
         if ood is None:

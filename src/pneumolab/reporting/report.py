@@ -54,7 +54,8 @@ def _metrics_html(metrics: dict[str, Any]) -> str:
     for name, point in metrics["operating_points"].items():
         provenance = html.escape(point["provenance"])
         rows.append(
-            f"<tr><th>{name}</th><td>{point['threshold']:.4f}</td><td>{provenance}</td></tr>"
+            f"<tr><th>{html.escape(name)}</th><td>{point['threshold']:.4f}</td>"
+            f"<td>{provenance}</td></tr>"
         )
     return f"<table>{''.join(rows)}</table>"
 
