@@ -61,4 +61,4 @@ def test_a_run_keeps_its_border_fade_through_prediction_and_export(tmp_path):
     assert "outer 10% of each side fades to black" in (run / "MODEL_CARD.md").read_text()
 
     report = export_onnx(run, tmp_path / "m.onnx")  # the ONNX graph fades the border too
-    assert report["max_abs_diff"] <= 1e-5 and report["labels_identical"]
+    assert report.max_abs_diff <= 1e-5 and report.labels_identical

@@ -93,8 +93,8 @@ def run(tmp_path_factory, images) -> RunDir:
 
 def test_export_writes_the_preprocessing_contract_and_verifies(run, tmp_path):
     report = export_onnx(run.root, tmp_path / "m.onnx")
-    assert report["verified_on"] == "7 validation images"
-    assert report["max_abs_diff"] <= 1e-5 and report["labels_identical"]
+    assert report.verified_on == "7 validation images"
+    assert report.max_abs_diff <= 1e-5 and report.labels_identical
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
     assert props.keys() >= METADATA_KEYS
     assert props["image_size"] == "32" and props["intensity"] == "none"
@@ -242,7 +242,7 @@ def test_ood_score_is_a_second_output_that_the_onnx_backend_uses(images, tmp_pat
     run = write_run(tmp_path / "run", images)
     ood = with_ood_model(run)
     report = export_onnx(run.root, run.root / "model.onnx")
-    assert report["ood_score_output"]
+    assert report.ood_score_output
     props = {p.key: p.value for p in onnx.load(str(run.root / "model.onnx")).metadata_props}
     assert float(props["ood_threshold"]) == ood.threshold and props["ood_method"] == METHOD
     torch_predictor = Predictor.from_run(run.root)

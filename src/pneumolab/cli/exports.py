@@ -24,5 +24,5 @@ def export_if_asked(args: argparse.Namespace, run_dirs: Sequence[Path]) -> None:
     for path, report in export_missing(run_dirs).items():
         console.print(
             f"{path} was missing: exported (--export); "
-            f"max |Δprob| vs PyTorch {report['max_abs_diff']:.1e}"
+            f"max |Δprob| vs PyTorch {report.max_abs_diff:.1e}"
         )

@@ -150,26 +150,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     from pneumolab.choices import DEFAULT_OPSET
     from pneumolab.inference.predictor import expand_paths
-    from pneumolab.run import RunDir
     from pneumolab.serving.export import export_onnx
 
-    out = args.out or RunDir(args.run_dir).onnx
     verify = expand_paths(args.verify) if args.verify else None
     opset = DEFAULT_OPSET if args.opset is None else args.opset
     report = export_onnx(
-        args.run_dir, out, verify_images=verify, opset=opset, overwrite=args.overwrite
-    )
-    labels = (
-        "identical"
-        if report["labels_identical"]
-        else f"{report['label_flips']} differ (scores within {report['tolerance']:.0e} of it)"
+        args.run_dir, args.out, verify_images=verify, opset=opset, overwrite=args.overwrite
     )
     say(
-        "exported ",
-        (report["file"], "bold"),
-        f" (ONNX opset {report['opset']}); verified on "
-        f"{report['verified_on']}: max |Δprob| vs PyTorch {report['max_abs_diff']:.1e}, "
-        f"labels at the threshold: {labels}",
+        "exported ", (str(report.file), "bold"), f" (ONNX opset {report.opset}); {report.summary()}"
     )
     return 0
 

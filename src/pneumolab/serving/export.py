@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,35 @@ def _verification_pixels(
     return pixels, "random images (no validation images found)"
 
 
+@dataclass(frozen=True)
+class OnnxExport:
+    """An exported file and its verification against PyTorch."""
+
+    file: Path
+    opset: int
+    verified_on: str
+    """How many images of which kind were scored by both (``32 validation images``)."""
+    max_abs_diff: float
+    labels_identical: bool
+    label_flips: int
+    """Labels that differ at the stored threshold (each scored within ``tolerance`` of it)."""
+    tolerance: float
+    ood_score_output: bool
+    """Whether the graph also outputs the OOD score (the run has an OOD model)."""
+
+    def summary(self) -> str:
+        """The verification in one line."""
+        labels = (
+            "identical"
+            if self.labels_identical
+            else f"{self.label_flips} differ (scores within {self.tolerance:.0e} of it)"
+        )
+        return (
+            f"verified on {self.verified_on}: max |Δprob| vs PyTorch {self.max_abs_diff:.1e}, "
+            f"labels at the threshold: {labels}"
+        )
+
+
 def _verify(
     predictor: Predictor, onnx_file: Path, pixels: torch.Tensor, source: str, out_file: Path
 ) -> dict[str, Any]:
@@ -114,13 +144,13 @@ def _verify(
 
 def export_onnx(
     run_dir: str | Path,
-    out_file: str | Path,
+    out_file: str | Path | None = None,
     verify_images: Sequence[Path] | None = None,
     opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
-) -> dict[str, Any]:
+) -> OnnxExport:
     """Export the run's model to ONNX (dynamic batch; probabilities and OOD scores out, from one
-    pass; metadata) and verify it.
+    pass; metadata) into ``out_file`` (default ``RUN_DIR/model.onnx``) and verify it.
 
     Verification scores ``verify_images`` (default: up to 32 of the run's validation images,
     else random pixels) with onnxruntime and PyTorch; the file is written only when the largest
@@ -133,7 +163,8 @@ def export_onnx(
         raise ValueError(
             f"opset {opset}: PyTorch's exporter writes opsets {ONNX_OPSETS.start}-{ONNX_OPSETS.stop - 1}"
         )
-    run, out_file = RunDir(Path(run_dir)), check_output(out_file, overwrite)
+    run = RunDir(Path(run_dir))
+    out_file = check_output(out_file or run.onnx, overwrite)
     predictor = Predictor.from_run(run.root)
     model = predictor.require_model("ONNX export")
     size = predictor.image_size
@@ -169,10 +200,10 @@ def export_onnx(
         report.update(_verify(predictor, partial, pixels, source, out_file))
 
     write_atomically(out_file, export_and_verify)  # written only once verified
-    return {"file": str(out_file), "opset": opset, **report}
+    return OnnxExport(file=out_file, opset=opset, **report)
 
 
-def export_missing(run_dirs: Iterable[str | Path]) -> dict[Path, dict[str, Any]]:
+def export_missing(run_dirs: Iterable[str | Path]) -> dict[Path, OnnxExport]:
     """Export every network of ``run_dirs`` (each member of an ensemble) whose ``model.onnx`` is
     missing, verified as :func:`export_onnx` does, each once (a run given beside an ensemble it
     is a member of, or two ensembles sharing one); returns each file written with its report."""

@@ -183,7 +183,7 @@ def _export_missing(runs: dict[str, RunDir]) -> None:
     from pneumolab.serving.export import export_missing  # loads onnx
 
     for path, report in export_missing(run.root for run in runs.values()).items():
-        log.info("exported %s (max |Δprob| vs PyTorch %.1e)", path, report["max_abs_diff"])
+        log.info("exported %s (max |Δprob| vs PyTorch %.1e)", path, report.max_abs_diff)
 
 
 def _sample_grid(data_dir: Path, path: Path) -> Path:
