@@ -168,6 +168,85 @@ def _model_info(
     }
 
 
+class PredictionService:
+    """What ``POST /v1/predict`` does with one valid upload: the run, loaded once, scores it
+    (one inference at a time: Grad-CAM hooks the shared model), decoding bounded by ``limits``."""
+
+    def __init__(self, run_dir: Path, backend: BackendName, limits: ServerLimits) -> None:
+        self.predictor = Predictor.from_run(run_dir, backend=backend)
+        self.backend, self.limits = backend, limits
+        self.layer, self.runs_instead = _heatmap_layer(self.predictor, backend)
+        self.info = _model_info(
+            self.predictor,
+            run_dir.name,
+            self.predictor.model_version,
+            backend,
+            self.layer is not None,
+        )
+        self.decode_slots = DecodeSlots(limits.max_decodes, limits.decode_wait_s)
+        self._lock = threading.Lock()
+
+    def answer(
+        self, data: bytes, name: str, heatmap: bool, preview: bool, keep_label: bool
+    ) -> PredictResponse:
+        """The response for the upload ``data`` (file name ``name``); HTTPException for a heat
+        map this server cannot draw (409) or an image it cannot read (415, 422, 503)."""
+        start = time.perf_counter()
+        if heatmap and self.layer is None:
+            raise HTTPException(
+                409,
+                "heat maps need one convolutional PyTorch network; this server runs "
+                f"{self.runs_instead}",
+            )
+        max_pixels, size = self.limits.max_pixels, self.predictor.image_size
+        with self.decode_slots.held():
+            image, header = _decode(data, name, max_pixels, size)
+        heat = None
+        with self._lock:
+            if heatmap and self.layer is not None:  # else refused above (409)
+                result, heat = explain_image(
+                    self.predictor, self.layer, image, header, not keep_label
+                )
+            else:
+                result = self.predictor.predict(image, header, scope_verdict=not keep_label)
+        pngs: dict[str, str] = {}
+        if heatmap or preview:
+            with self.decode_slots.held():  # sharper than the model's
+                shown = _decode(data, name, max_pixels, PREVIEW_SIZE)[0]
+                shown.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
+            pngs["image_png_base64"] = _png_base64(shown)
+            if heat is not None:
+                pngs["heatmap_png_base64"] = base64.b64encode(overlay_png(shown, heat)).decode()
+        return PredictResponse(
+            **result.to_dict(),
+            threshold_provenance=self.info["threshold_provenance"],
+            model=self.info["model"],
+            model_version=self.predictor.model_version,
+            backend=self.backend,
+            timing_ms=round(1000 * (time.perf_counter() - start), 2),
+            **pngs,
+        )
+
+
+def _refusals_in_one_line(app: FastAPI) -> None:
+    """Errors as ``{"detail": "<one line>"}``: a plain 500 for anything unexpected (traceback
+    logged on the server), and one line for what is wrong with a request."""
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """What is wrong with the request, in one line (never the upload echoed back)."""
+        errors = exc.errors()
+        problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors]
+        if any(e["loc"][-1:] == ("file",) for e in errors):
+            problems.append(UPLOAD_HINT)
+        return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+
+
 def create_app(
     run_dir: str | Path,
     backend: BackendName = "torch",
@@ -177,16 +256,10 @@ def create_app(
     """The API (``/v1/predict``, ``/v1/model``, ``/healthz``; docs at ``/docs``, served from
     local files) and the page at ``/`` for the run in ``run_dir``, loaded once;
     ``backend="onnx"`` serves no heat maps (409). ``limits`` bound what a request may cost."""
-    run_dir = Path(run_dir)
-    predictor = Predictor.from_run(run_dir, backend=backend)
-    size = predictor.image_size
-    layer, runs_instead = _heatmap_layer(predictor, backend)
-    info = _model_info(predictor, run_dir.name, predictor.model_version, backend, layer is not None)
-    lock = threading.Lock()  # one inference at a time; Grad-CAM hooks the shared model
-    index = (Path(__file__).parent / "static" / "index.html").read_text()
     limits = limits or ServerLimits()
-    max_upload_bytes, max_pixels = limits.max_upload_bytes, limits.max_pixels
-    decode_slots = DecodeSlots(limits.max_decodes, limits.decode_wait_s)
+    service = PredictionService(Path(run_dir), backend, limits)
+    index = (Path(__file__).parent / "static" / "index.html").read_text()
+    max_upload_bytes = limits.max_upload_bytes
     app = FastAPIOffline(  # Swagger UI from the package's files: no CDN
         title="pneumolab",
         version=pneumolab.__version__,
@@ -210,20 +283,7 @@ def create_app(
             allow_headers=["*"],
         )
     app.mount("/static", StaticFiles(packages=[("pneumolab.serving", "static")]), name="static")
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return JSONResponse({"detail": "internal server error"}, status_code=500)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        """What is wrong with the request, in one line (never the upload echoed back)."""
-        errors = exc.errors()
-        problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors]
-        if any(e["loc"][-1:] == ("file",) for e in errors):
-            problems.append(UPLOAD_HINT)
-        return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+    _refusals_in_one_line(app)
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def page() -> HTMLResponse:
@@ -235,7 +295,7 @@ def create_app(
 
     @app.api_route("/v1/model", methods=["GET", "HEAD"])
     def model_info() -> dict[str, Any]:
-        return info
+        return service.info
 
     @app.post(
         "/v1/predict",
@@ -253,7 +313,6 @@ def create_app(
             bool, Query(description="class label even for an out-of-scope input (still flagged)")
         ] = False,
     ) -> PredictResponse:
-        start = time.perf_counter()
         unknown = sorted(set(request.query_params) - set(PREDICT_OPTIONS))
         if unknown:
             raise HTTPException(
@@ -261,46 +320,10 @@ def create_app(
                 f"unknown query parameter(s): {', '.join(unknown)}; accepted: "
                 f"{', '.join(PREDICT_OPTIONS)}",
             )
-        if heatmap and layer is None:
-            raise HTTPException(
-                409,
-                f"heat maps need one convolutional PyTorch network; this server runs {runs_instead}",
-            )
         data = file.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
             raise HTTPException(413, too_large_text(max_upload_bytes))
         name = Path(file.filename or "upload").name
-        with decode_slots.held():
-            image, header = _decode(data, name, max_pixels, size)
-        heat = None
-        with lock:
-            if heatmap and layer is not None:  # else refused above (409)
-                result, heat = explain_image(predictor, layer, image, header, not keep_label)
-            else:
-                result = predictor.predict(image, header, scope_verdict=not keep_label)
-        pngs: dict[str, str] = {}
-        if heatmap or preview:
-            with decode_slots.held():  # sharper than the model's
-                shown = _decode(data, name, max_pixels, PREVIEW_SIZE)[0]
-                shown.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
-            pngs["image_png_base64"] = _png_base64(shown)
-            if heat is not None:
-                pngs["heatmap_png_base64"] = base64.b64encode(overlay_png(shown, heat)).decode()
-        return PredictResponse(
-            probability=result.probability,
-            label=result.label,
-            threshold=result.threshold,
-            in_scope=result.in_scope,
-            reasons=list(result.reasons),
-            warnings=list(result.warnings),
-            ood_score=result.ood_score,
-            ood_threshold=result.ood_threshold,
-            threshold_provenance=info["threshold_provenance"],
-            model=info["model"],
-            model_version=predictor.model_version,
-            backend=backend,
-            timing_ms=round(1000 * (time.perf_counter() - start), 2),
-            **pngs,
-        )
+        return service.answer(data, name, heatmap, preview, keep_label)
 
     return app
