@@ -44,7 +44,7 @@ from pneumolab.outputs import working_in
 from pneumolab.pipeline.ensemble import build_ensemble
 from pneumolab.pipeline.train import train
 from pneumolab.run import RunDir, split_mismatch, weights_digest
-from pneumolab.study.config import load_study
+from pneumolab.study.config import StudyConfig, load_study
 from pneumolab.training.distributed import global_rank
 
 log = logging.getLogger(__name__)
@@ -237,6 +237,37 @@ def _run_study(
     if global_rank() == 0:
         (study_dir / "runs").mkdir(parents=True, exist_ok=True)
         _write_study_copy(Path(study_file), study_dir / "study.yaml", flags_given(overrides))
+    finished, failed = _train_models(configs, data_dir, study_dir)
+    if global_rank() != 0:
+        return StudyResult([], None, failed)
+    _check_one_split(finished.values())
+    _build_ensembles(study, configs, study_dir, finished, failed)
+    if study.backend == "onnx":
+        _export_missing(finished)
+    cache = ScoreCache()  # members are scored once, not again inside each ensemble
+    rows = [
+        compare_run(
+            name, run.root, data_dir, "val", study.robustness, study.shift, cache, study.backend
+        )
+        for name, run in finished.items()
+    ]
+    cache.log_use()
+    outputs = write_comparison(rows, study_dir, "val", failed)
+    outputs["samples"] = _sample_grid(data_dir, study_dir / "samples.png")
+    if not rows:  # nothing to select: no choice of an earlier study file stays behind
+        (study_dir / "best").unlink(missing_ok=True)
+        (study_dir / "selection.md").unlink(missing_ok=True)
+        return StudyResult(rows, None, failed, outputs, study.select_by)
+    best, margins = _select(study, rows, finished, study_dir)
+    outputs |= {"best": study_dir / "best", "selection": study_dir / "selection.md"}
+    return StudyResult(rows, best, failed, outputs, study.select_by, margins)
+
+
+def _train_models(
+    configs: dict[str, TrainConfig], data_dir: Path, study_dir: Path
+) -> tuple[dict[str, RunDir], dict[str, str]]:
+    """Train (or reuse, or resume) every model: the finished runs, and why the others failed (a
+    wrong study file or Ctrl+C stops the study instead)."""
     failed: dict[str, str] = {}
     finished: dict[str, RunDir] = {}
     for name, config in configs.items():
@@ -244,14 +275,23 @@ def _run_study(
         try:
             _train_or_reuse(name, config, data_dir, run)
             finished[name] = run
-        except (ConfigError, TrainingInterrupted):  # a wrong study file, or Ctrl+C: stop
+        except (ConfigError, TrainingInterrupted):
             raise
         except PneumolabError as exc:
             log.error("%s: not trained: %s", name, exc)
             failed[name] = str(exc)
-    if global_rank() != 0:
-        return StudyResult([], None, failed)
-    _check_one_split(finished.values())
+    return finished, failed
+
+
+def _build_ensembles(
+    study: StudyConfig,
+    configs: dict[str, TrainConfig],
+    study_dir: Path,
+    finished: dict[str, RunDir],
+    failed: dict[str, str],
+) -> None:
+    """Build each ensemble whose members all trained, unless it is current; added to
+    ``finished``, or to ``failed`` with the members it lacks."""
     for ensemble in study.ensembles:
         run = RunDir(study_dir / "runs" / ensemble.name)
         missing = [m for m in ensemble.members if m not in finished]
@@ -270,22 +310,13 @@ def _run_study(
             target = configs[ensemble.members[0]].target_sensitivity
             build_ensemble([member.root for member in members], run.root, target)
         finished[ensemble.name] = run
-    if study.backend == "onnx":
-        _export_missing(finished)
-    cache = ScoreCache()  # members are scored once, not again inside each ensemble
-    rows = [
-        compare_run(
-            name, run.root, data_dir, "val", study.robustness, study.shift, cache, study.backend
-        )
-        for name, run in finished.items()
-    ]
-    cache.log_use()
-    outputs = write_comparison(rows, study_dir, "val", failed)
-    outputs["samples"] = _sample_grid(data_dir, study_dir / "samples.png")
-    if not rows:  # nothing to select: no choice of an earlier study file stays behind
-        (study_dir / "best").unlink(missing_ok=True)
-        (study_dir / "selection.md").unlink(missing_ok=True)
-        return StudyResult(rows, None, failed, outputs, study.select_by)
+
+
+def _select(
+    study: StudyConfig, rows: list[ComparisonRow], finished: dict[str, RunDir], study_dir: Path
+) -> tuple[str, Margins]:
+    """The selected model (``best`` links to it) and the leader's margins, written with the
+    reason in ``selection.md``."""
     leader = leading_model(rows, study.select_by)
     margins = margins_over(finished, leader, study.select_by)
     warn_untold(margins, "validation")
@@ -297,10 +328,9 @@ def _run_study(
             f"by `{study.select_by}`, and the models validation cannot tell from it "
             "(`prefer_smaller: true`)"
         )
-    outputs["best"] = _link_best(study_dir, finished[best])
-    outputs["selection"] = study_dir / "selection.md"
+    _link_best(study_dir, finished[best])
     write_text_atomically(
-        outputs["selection"],
+        study_dir / "selection.md",
         f"# Selection\n\n`best` is **{best}**, {why}.\n\n" + margins.markdown("validation"),
     )
-    return StudyResult(rows, best, failed, outputs, study.select_by, margins)
+    return best, margins
