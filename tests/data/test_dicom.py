@@ -328,3 +328,22 @@ def test_a_deflated_dicom_is_read_and_one_that_inflates_too_far_is_refused_unrea
     bounded = dicom.check_inflated_size
     monkeypatch.setattr(dicom, "check_inflated_size", lambda path, _: bounded(path, 10_000))
     assert dicom_file_checks(bomb).reasons == ()  # the header check does not inflate it either
+
+
+def test_pydicoms_warnings_name_the_file_once(tmp_path, caplog, recwarn):
+    """'Unknown encoding ISO_IR 999' came as a Python warning naming no file, once per read."""
+    from pneumolab.scope.dicom_header import dicom_file_checks
+
+    path = write_dicom(
+        tmp_path / "a.dcm", RAMP_12BIT, bits_stored=12, SpecificCharacterSet="ISO_IR 999"
+    )
+    ds = dcmread(path)
+    ds.PatientName = "M\u00fcller"
+    ds.save_as(path, enforce_file_format=True)
+    recwarn.clear()
+    with caplog.at_level("WARNING", logger="pneumolab"):
+        dicom_file_checks(path)
+        load_image(path)
+    named = [r.getMessage() for r in caplog.records if r.name.startswith("pneumolab")]
+    assert named == [f"{path}: Unknown encoding 'ISO_IR 999' - using default encoding instead"]
+    assert not [w for w in recwarn if "ISO_IR 999" in str(w.message)]

@@ -26,8 +26,12 @@ one for CR/DX archives) and JPEG-LS need ``pylibjpeg pylibjpeg-libjpeg`` (or gdc
 
 from __future__ import annotations
 
+import logging
 import mmap
+import warnings
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +45,8 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGExtended12Bit
 
 from pneumolab.data.imageio import DEFAULT_MAX_PIXELS, array_to_image, check_pixel_count, reading
 from pneumolab.errors import ImageLoadError
+
+log = logging.getLogger(__name__)
 
 MAX_BYTES_PER_PIXEL = 6
 """16-bit RGB, the largest pixel a radiograph's DICOM holds."""
@@ -70,6 +76,17 @@ def check_inflated_size(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) 
                         f"over what {max_pixels:,} pixels need (possible decompression bomb)"
                     )
                 chunk = inflater.unconsumed_tail
+
+
+@contextmanager
+def warnings_naming(path: str | Path) -> Iterator[None]:
+    """pydicom's warnings (an unknown character set, a value of the wrong length...) logged
+    with the file they are about: as Python warnings they named none."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for message in dict.fromkeys(str(warning.message) for warning in caught):  # each once
+        log.warning("%s: %s", path, message)
 
 
 def read_dicom(
@@ -204,7 +221,7 @@ def load_dicom(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     Raises ImageLoadError naming the file and the reason on anything that cannot be used.
     """
     path = Path(path)
-    with reading(path, "DICOM"):
+    with reading(path, "DICOM"), warnings_naming(path):
         try:
             ds = read_dicom(path, max_pixels)
             _check_decodable(ds, max_pixels, str(path))

@@ -8,6 +8,7 @@ still a chest radiograph, only outside the intended use.
 from __future__ import annotations
 
 import re
+import warnings
 from datetime import date
 from pathlib import Path
 
@@ -131,8 +132,10 @@ def dicom_file_checks(path: str | Path) -> ScopeChecks:
 
     A file that cannot be parsed gives no checks here; the image loader reports it by name.
     """
-    try:
-        ds = read_dicom(path, stop_before_pixels=True)  # a deflated file is bounded first
-    except Exception:  # pydicom raises many types on a broken header; the loader names the file
-        return ScopeChecks()
-    return header_checks(ds)
+    with warnings.catch_warnings():  # the image loader reads the file too, and logs them
+        warnings.simplefilter("ignore")
+        try:
+            ds = read_dicom(path, stop_before_pixels=True)  # a deflated file is bounded first
+        except Exception:  # pydicom raises many types on a broken header: the loader names it
+            return ScopeChecks()
+        return header_checks(ds)
