@@ -108,6 +108,18 @@ def test_a_set_replaces_the_earlier_one_and_keeps_what_it_does_not_own(tmp_path)
     assert [p.name for p in tmp_path.joinpath("eval").iterdir()] == ["val"]  # no staging left
 
 
+def test_a_set_goes_into_a_linked_folder_through_the_link(tmp_path):
+    """Staged beside the folder, a set could not be moved into a folder that is a link to (or a
+    mount of) another file system: staged inside it, it always can."""
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (tmp_path / "out").symlink_to(target)
+    _write_set(tmp_path / "out", {"scores.csv": "1", "metrics.json": "1"})
+    assert (tmp_path / "out").is_symlink() and sorted(p.name for p in target.iterdir()) == [
+        "metrics.json", "scores.csv",
+    ]  # fmt: skip
+
+
 def test_a_set_that_fails_leaves_the_earlier_one_whole(tmp_path):
     folder = tmp_path / "val"
     _write_set(folder, {"scores.csv": "1", "roc.png": "1", "metrics.json": "1"})

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
@@ -107,16 +107,17 @@ def write_text_atomically(path: str | Path, text: str) -> Path:
 
 @contextmanager
 def staged_files(folder: str | Path, owned: Collection[str], last: str) -> Iterator[Path]:
-    """Write a set of files into ``folder`` as one: yield an empty staging folder beside it to
-    write them in; on success ``folder``'s ``last`` file is removed, the staged files are moved
+    """Write a set of files into ``folder`` as one: yield an empty staging folder inside it (a
+    hidden one: on the folder's own file system, writable where the folder is) to write them
+    in; on success ``folder``'s ``last`` file is removed, the staged files are moved
     in with ``last`` at the end (a folder without ``last`` holds an unfinished set), and the
     files of ``owned`` that were not staged are removed (an earlier run's leftovers). On failure
-    ``folder`` is untouched. Files in ``folder`` outside ``owned`` are kept."""
+    ``folder`` is untouched (one made here is removed again). Files in ``folder`` outside
+    ``owned`` are kept."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".staging", dir=folder.parent)
-    )
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
     try:
         with naming_failures(folder):
             yield staging
@@ -126,7 +127,6 @@ def staged_files(folder: str | Path, owned: Collection[str], last: str) -> Itera
         for name in staged:  # on disk before any is moved in
             with open(staging / name, "rb") as f:
                 os.fsync(f.fileno())
-        folder.mkdir(exist_ok=True)
         (folder / last).unlink(missing_ok=True)
         for name in sorted(staged - {last}):
             os.replace(staging / name, folder / name)
@@ -135,3 +135,6 @@ def staged_files(folder: str | Path, owned: Collection[str], last: str) -> Itera
         os.replace(staging / last, folder / last)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if made:
+            with suppress(OSError):  # only an empty folder: what a failed set leaves
+                folder.rmdir()
