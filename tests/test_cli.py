@@ -272,7 +272,7 @@ def test_a_training_stopped_by_a_signal_exits_as_interrupted(
 
 
 def test_ctrl_c_before_a_run_was_written_advises_no_resume(monkeypatch, capsys, tmp_path):
-    """Stopped while the data was read, train advised --resume, which then found nothing."""
+    """Stopped before its first checkpoint, train advised --resume, which then found nothing."""
     from pneumolab.cli import commands
 
     def cmd_train(args):
@@ -282,8 +282,11 @@ def test_ctrl_c_before_a_run_was_written_advises_no_resume(monkeypatch, capsys, 
     out = tmp_path / "run"
     assert main(["train", "--data", "d", "--out", str(out)]) == 130
     assert capsys.readouterr().err == "interrupted\n"
-    out.mkdir()
-    (out / "config.yaml").write_text("epochs: 1\n")
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "config.yaml").write_text("epochs: 1\n")  # written, but no checkpoint yet
+    assert main(["train", "--data", "d", "--out", str(out)]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"an epoch")
     assert main(["train", "--data", "d", "--out", str(out)]) == 130
     assert "--resume" in capsys.readouterr().err
 

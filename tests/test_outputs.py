@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from conftest import write_synthetic_dataset
@@ -44,3 +46,26 @@ def test_a_second_training_or_study_into_a_busy_folder_is_refused(tmp_path):
             with pytest.raises(OutputError, match="another process is"):
                 start(busy)
             assert (busy / "checkpoints").is_dir()
+
+
+def test_a_folder_that_cannot_be_locked_is_worked_in_with_a_warning(tmp_path, monkeypatch, caplog):
+    """Without fcntl (Windows) training crashed with a ModuleNotFoundError."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "fcntl", None)
+    with caplog.at_level("WARNING", logger="pneumolab"), working_in(tmp_path / "run", "training"):
+        assert (tmp_path / "run").is_dir()
+    assert "cannot be locked here" in caplog.text
+
+
+def test_a_refused_job_never_removes_a_folder_it_did_not_make(tmp_path, monkeypatch):
+    """Two jobs starting together: the one refused had seen no folder a moment before, removed
+    the winner's still-empty one, and a third job was let in."""
+    run = tmp_path / "run"
+    seen = Path.exists
+    with working_in(run, "training"):
+        with monkeypatch.context() as patch:  # the loser looked just before the winner made it
+            patch.setattr(Path, "exists", lambda self: False if self == run else seen(self))
+            with pytest.raises(OutputError, match="another process"), working_in(run, "training"):
+                pass
+        assert run.is_dir()

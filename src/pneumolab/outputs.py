@@ -85,17 +85,36 @@ def working_in(folder: Path, job: str) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` itself (``flock``: no lock file is left) while
     ``job`` (``training``, ``running a study``) writes in it; OutputError when another process
     holds it: two trainings into one run folder deleted or mixed each other's epochs. A folder
-    made here and left empty is removed again. Where the file system has no such locks (some
-    network file systems), the job goes on unlocked, with a warning."""
-    import fcntl
-
+    made here and left empty is removed again. Where there are no such locks (Windows; NFS,
+    whose emulated locks refuse a folder's read-only handle), the job goes on unlocked, with a
+    warning."""
     if folder.is_symlink() and not folder.exists():
         raise OutputError(f"{folder}: a link to {os.readlink(folder)}, which does not exist")
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{folder}: is a file; --out is a folder")
-    made = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        folder.mkdir(parents=True)
+        made = True
+    except FileExistsError:  # made by someone: never removed here
+        made = False
+    try:
+        with _folder_lock(folder, job):
+            yield
+    finally:
+        if made:
+            with suppress(OSError):  # only an empty folder: what a refused job leaves
+                folder.rmdir()
+
+
+@contextmanager
+def _folder_lock(folder: Path, job: str) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        log.warning("%s: folders cannot be locked here; run one job on it at a time", folder)
+        yield
+        return
+    handle = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -109,6 +128,3 @@ def working_in(folder: Path, job: str) -> Iterator[None]:
         yield
     finally:
         os.close(handle)
-        if made:
-            with suppress(OSError):  # only an empty folder: what a refused job leaves
-                folder.rmdir()

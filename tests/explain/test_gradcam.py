@@ -105,6 +105,10 @@ def test_cli_writes_one_png_per_image(tmp_path, capsys):
         assert main(command) == 2
         assert ", an input" in capsys.readouterr().err
     assert (images / "a.png").read_bytes() == before and not (images / "heat").exists()
+    command = ["explain", str(run.root), str(images / "a.png"), "--out", str(images), "--overwrite"]
+    assert main(command) == 1  # the files themselves given: each refused by name
+    assert "a.png: is one of the images to explain" in capsys.readouterr().err
+    assert (images / "a.png").read_bytes() == before
 
 
 def test_cli_reports_a_missing_run(tmp_path: Path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,16 @@ def test_each_symlink_is_a_row_under_its_own_name(predictor, images, tmp_path):
         str(folder / "ACC2002.png"),
     ]
     assert rows[0]["probability"] == rows[1]["probability"] != ""
+    # folders are resolved, as results files of before were keyed: '..' after a linked folder
+    # leads where the file system says (a lexical abspath read another file, or none)
+    (tmp_path / "archive" / "2024").mkdir(parents=True)
+    shutil.copy(store, tmp_path / "archive" / "2024" / "a.png")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "current").symlink_to(tmp_path / "archive" / "2024")
+    given = tmp_path / "data" / "current" / ".." / "2024" / "a.png"
+    out = tmp_path / "dotdot.csv"
+    assert predict_to_file(predictor, [given], out, progress=False).failed == 0
+    assert [r["source"] for r in _read(out)] == [str(tmp_path / "archive" / "2024" / "a.png")]
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 from rich.logging import RichHandler
 
@@ -16,6 +15,7 @@ from pneumolab.cli.console import TerminalSafe, console, report_error, say
 from pneumolab.cli.flag_checks import refuse_ignored_flags
 from pneumolab.cli.parser import build_parser
 from pneumolab.errors import PneumolabError, TrainingInterrupted
+from pneumolab.run import RunDir
 
 __all__ = ["build_parser", "main"]
 
@@ -64,8 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         hint = INTERRUPT_HINTS.get(args.func.__name__, "")
-        if args.func.__name__ == "cmd_train" and not (Path(args.out) / "config.yaml").is_file():
-            hint = ""  # stopped before the run was written: nothing to resume
+        if args.func.__name__ == "cmd_train" and not RunDir(args.out).last_checkpoint.is_file():
+            hint = ""  # stopped before its first checkpoint: nothing to resume
         say(("interrupted", "yellow"), hint)
         return 130
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -182,13 +183,19 @@ def explain_paths(
     layer = find_target_layer(model, predictor.image_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: set[Path] = set()
-    for path in expand_paths(paths):
+    images = expand_paths(paths)
+    sources = {os.path.realpath(path) for path in images}
+    for path in images:
         out_file, n = out_dir / f"{path.stem}.png", 1
         while out_file in written:
             n += 1
             out_file = out_dir / f"{path.stem}-{n}.png"
         written.add(out_file)
         try:
+            if os.path.realpath(out_file) in sources:  # --overwrite replaced the X-ray itself
+                raise OutputError(
+                    f"{out_file}: is one of the images to explain; give --out another folder"
+                )
             check_output(out_file, overwrite)
             image = load_image(path, size_hint=predictor.image_size)
         except PneumolabError as exc:

@@ -65,9 +65,14 @@ def result_row(path: Path, prediction: Prediction, producer: Producer) -> Result
 
 
 def result_sources(paths: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Every image under ``paths`` as an absolute path, each once, in order: a results file's
-    key, one row per name (two symlinks to one file are two rows, each under its own name)."""
-    return list(dict.fromkeys(Path(os.path.abspath(path)) for path in expand_paths(paths)))
+    """Every image under ``paths``, each once, in order, as a results file's key: its folder
+    resolved (links and ``..`` followed, as files of earlier versions were keyed), its own name
+    kept (two symlinks to one file are two rows, each under its name)."""
+    return list(
+        dict.fromkeys(
+            Path(os.path.realpath(path.parent)) / path.name for path in expand_paths(paths)
+        )
+    )
 
 
 def predict_to_file(
