@@ -177,6 +177,8 @@ def test_python_api_takes_torch_tensors_and_refuses_arrays_that_are_no_image(tra
     tensor = torch.from_numpy(pixels).requires_grad_()
     assert predictor.predict(tensor).probability == pytest.approx(expected, abs=1e-6)
     assert predictor.predict(tensor[None]).probability == pytest.approx(expected, abs=1e-6)
+    half = predictor.predict(tensor.bfloat16()).probability  # NumPy has no bfloat16
+    assert half == pytest.approx(expected, abs=0.02)
     for bad, problem in [
         (np.full((64, 64), np.nan), "NaN or infinite"),
         (np.full((64, 64), np.inf), "NaN or infinite"),
@@ -185,8 +187,10 @@ def test_python_api_takes_torch_tensors_and_refuses_arrays_that_are_no_image(tra
         with pytest.raises(ImageLoadError, match=problem):
             predictor.predict(bad)
     if not torch.cuda.is_available():
-        with pytest.raises(ModelError, match="no CUDA GPU is available here"):
+        with pytest.raises(ModelError, match="no CUDA GPU"):
             pneumolab.load_run(trained_run, device="cuda")
+    with pytest.raises(ModelError, match="CUDA GPU"):
+        pneumolab.load_run(trained_run, device=f"cuda:{torch.cuda.device_count()}")
     with pytest.raises(ModelError, match="not a device name"):
         pneumolab.load_run(trained_run, device="gpu0")
 

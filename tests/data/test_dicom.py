@@ -347,3 +347,23 @@ def test_pydicoms_warnings_name_the_file_once(tmp_path, caplog, recwarn):
     named = [r.getMessage() for r in caplog.records if r.name.startswith("pneumolab")]
     assert named == [f"{path}: Unknown encoding 'ISO_IR 999' - using default encoding instead"]
     assert not [w for w in recwarn if "ISO_IR 999" in str(w.message)]
+
+
+def test_a_raised_pixel_limit_holds_for_a_jpeg_compressed_dicom(tmp_path, monkeypatch):
+    """Pillow decodes the JPEG frame of such a file: its own limit refused it where max_pixels
+    allowed it, unless a PNG or JPEG file had been loaded first in the process."""
+    import io
+
+    from PIL import Image
+    from pydicom.uid import JPEGBaseline8Bit
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)  # Pillow refuses over 2,000 pixels
+    frame = io.BytesIO()
+    Image.fromarray(np.full((60, 60), 120, dtype=np.uint8)).save(frame, "JPEG")
+    path = write_dicom(tmp_path / "a.dcm", np.zeros((60, 60), dtype=np.uint8))
+    ds = dcmread(path)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([frame.getvalue()])
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(path, enforce_file_format=True)
+    assert load_image(path, max_pixels=5_000).size == (60, 60)

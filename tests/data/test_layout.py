@@ -159,7 +159,9 @@ def test_class_folders_differing_only_in_case_are_refused(tmp_path: Path) -> Non
 def test_folders_nested_too_deep_are_a_clear_error(tmp_path: Path) -> None:
     deep = path = tmp_path / "site"
     deep.mkdir()
-    for _ in range(MAX_SCAN_DEPTH + 1):  # 1,100 levels: os.walk's RecursionError traceback
+    for _ in range(
+        MAX_SCAN_DEPTH + 1
+    ):  # refused by depth before os.walk's recursion (~1,000 levels) could fail
         path = path / "d"
         path.mkdir()  # one level at a time (mkdir(parents=True) recurses too)
     (path / "scan.jpeg").write_bytes(b"x")

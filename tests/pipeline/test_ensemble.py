@@ -114,6 +114,11 @@ def test_members_on_different_splits_are_refused(members, tmp_path):
     with pytest.raises(RunDirError, match="at least two"):
         build_ensemble([runs[0].root], tmp_path / "ens1")
     assert not (tmp_path / "ens").exists()
+    unsplit = copy_run(runs[0].root, tmp_path / "unsplit")  # accepted silently, then failed
+    (unsplit / "split.csv").unlink()  # half-built, at copying its split
+    with pytest.raises(RunDirError, match=r"unsplit: has no split\.csv"):
+        build_ensemble([unsplit, runs[1].root], tmp_path / "ens2")
+    assert not (tmp_path / "ens2").exists()
     moved = copy_run(runs[1].root, tmp_path / "moved")  # trained from another copy of the data
     rows = read_predictions(moved / "val_predictions.csv")
     write_predictions(

@@ -214,7 +214,7 @@ def test_the_schema_states_the_error_responses(client):
     FastAPI's list form, while every refusal is one string."""
     schema = client.get("/openapi.json").json()
     responses = schema["paths"]["/v1/predict"]["post"]["responses"]
-    for code in ("408", "409", "413", "415", "422", "503"):
+    for code in ("400", "408", "409", "413", "415", "422", "500", "503"):
         assert responses[code]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/ErrorResponse"
         }, code

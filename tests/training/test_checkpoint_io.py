@@ -14,17 +14,19 @@ from pneumolab.training.fit import build_trainer
 
 def test_a_save_cut_short_leaves_the_last_good_checkpoint(tmp_path, monkeypatch):
     """Lightning copied its temporary file over last.ckpt (another file system): a stop
-    mid-copy left a cut checkpoint that --resume could not read."""
+    mid-copy left a cut checkpoint that --resume could not read. Here the stop comes once the
+    new bytes are written, before they are on disk."""
+    import os
+
     path = tmp_path / "checkpoints" / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"epoch": 1}, path)
 
-    def cut_short(checkpoint, buffer):
-        buffer.write(b"PK\x03\x04 half a zip")
+    def stopped(fd: int) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(torch, "save", cut_short)
+    monkeypatch.setattr(os, "fsync", stopped)
     with pytest.raises(KeyboardInterrupt):
-        AtomicCheckpointIO().save_checkpoint({"epoch": 2}, path)
+        AtomicCheckpointIO().save_checkpoint({"epoch": 2, "weights": torch.zeros(1000)}, path)
     monkeypatch.undo()
     assert torch.load(check_checkpoint(path), weights_only=False) == {"epoch": 1}
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]

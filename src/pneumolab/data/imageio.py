@@ -210,11 +210,11 @@ def load_image(
     unreadable.
     """
     path = Path(path)
+    _admit_in_pillow(max_pixels)  # a JPEG-compressed DICOM is decoded by Pillow too
     if is_dicom_file(path):
         from pneumolab.data.dicom import load_dicom  # pydicom is imported only when needed
 
         return load_dicom(path, max_pixels=max_pixels)
-    _admit_in_pillow(max_pixels)
     with reading(path, "image"), Image.open(path, formats=PILLOW_FORMATS) as opened:
         check_pixel_count(opened.width, opened.height, max_pixels, str(path))
         stored = opened.size

@@ -19,8 +19,7 @@ from torch import nn
 from pneumolab.data.imageio import load_image
 from pneumolab.data.transforms import normalize_intensity
 from pneumolab.errors import ModelError, OutputError, PneumolabError, printable
-from pneumolab.evaluation.figures import literal_text
-from pneumolab.files import write_atomically
+from pneumolab.evaluation.figures import save_figure
 from pneumolab.inference.prediction import Prediction
 from pneumolab.inference.predictor import ImageInput, Predictor, expand_paths, file_header_checks
 from pneumolab.models.classifier import XrayClassifier
@@ -134,21 +133,17 @@ def overlay_png(gray_image: Image.Image | np.ndarray, heat: np.ndarray | None) -
 
 
 def _figure(image: Image.Image, heat: np.ndarray, title: str, out_file: Path) -> None:
-    """Save the overlay with ``title`` (a pyplot-free Agg figure: no global state), the image
+    """Save the overlay with ``title`` (a pyplot-free figure: no global state), the image
     first shrunk to twice the figure's width (a 50-megapixel PNG need not be drawn in full)."""
     if max(image.size) > 2 * FIGURE_PIXELS:
         image = ImageOps.contain(image, (2 * FIGURE_PIXELS, 2 * FIGURE_PIXELS))
     width = FIGURE_PIXELS / 100
-    figure = Figure(figsize=(width, width * image.height / image.width + 0.7))
+    figure = Figure(figsize=(width, width * image.height / image.width + 0.7), dpi=100)
     axes = figure.subplots()
     axes.imshow(overlay(np.asarray(image), heat))
     axes.set_title(printable(title), fontsize=9)  # a name that is not UTF-8: its bytes as \xNN
     axes.axis("off")
-    literal_text(figure).tight_layout()
-    # never a cut PNG under its own name (Ctrl+C mid-write): a rerun would keep it
-    write_atomically(
-        out_file, lambda partial: figure.savefig(partial, dpi=100, format="png")
-    )  # FIGURE_PIXELS wide
+    save_figure(figure, out_file)  # FIGURE_PIXELS wide; atomic: a rerun never keeps a cut PNG
 
 
 def explain_image(

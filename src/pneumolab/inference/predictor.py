@@ -66,8 +66,15 @@ def check_device(device: str) -> None:
         kind = torch.device(device).type
     except RuntimeError as exc:
         raise ModelError(f"device {device!r}: not a device name torch knows ({exc})") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {device!r}: no CUDA GPU is available here; use device='cpu'")
+    index = torch.device(device).index or 0
+    if kind == "cuda" and index >= torch.cuda.device_count():
+        found = torch.cuda.device_count()
+        raise ModelError(
+            f"device {device!r}: {found or 'no'} CUDA GPU(s) available here; use device='cpu'"
+            + (f" or one of cuda:0..{found - 1}" if found else "")
+        )
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"device {device!r}: no Apple GPU (MPS) here; use device='cpu'")
 
 
 def score_batches(
@@ -163,6 +170,15 @@ def file_header_checks(path: str | Path) -> ScopeChecks:
     return dicom_file_checks(path)
 
 
+def _tensor_as_array(image: Any) -> Any:
+    """A tensor as NumPy can take it: detached (``requires_grad``), on the CPU, bfloat16 as
+    float32 (NumPy has no bfloat16); anything else as it is."""
+    if not hasattr(image, "detach"):
+        return image
+    tensor = image.detach().cpu()
+    return tensor.float() if str(tensor.dtype) == "torch.bfloat16" else tensor
+
+
 def prepare_image(image: ImageInput, image_size: int) -> tuple[np.ndarray, ScopeChecks]:
     """Any supported input to uint8 ``(1, S, S)`` NumPy pixels (``S = image_size``), exactly as
     in training, and the checks that need no network: a DICOM file's header, the image's size
@@ -174,8 +190,7 @@ def prepare_image(image: ImageInput, image_size: int) -> tuple[np.ndarray, Scope
     elif isinstance(image, Image.Image):  # EXIF orientation applied, as to files
         pil = to_grayscale(upright(image, "image"))
     elif isinstance(image, np.ndarray) or hasattr(image, "__array__"):  # a tensor too
-        detached = image.detach().cpu() if hasattr(image, "detach") else image  # requires_grad
-        pil = array_to_image(np.asarray(detached))
+        pil = array_to_image(np.asarray(_tensor_as_array(image)))
     else:
         raise TypeError(
             f"an image is a path, a PIL image or an array, not {type(image).__name__}; "

@@ -36,10 +36,10 @@ FIELDS = (
     "error",
 )
 LIST_SEPARATOR = "; "
+"""Joins a row's reasons and warnings in a CSV cell."""
 BOOLEAN_TEXT = {True: "true", False: "false"}
 """How CSV rows write ``tta`` and ``in_scope``."""
 TEXT_BOOLEAN = {text: value for value, text in BOOLEAN_TEXT.items()}
-"""Joins a row's reasons and warnings in a CSV cell."""
 Format = Literal["csv", "jsonl"]
 TERMINATOR = {"csv": "\r\n", "jsonl": "\n"}
 

@@ -21,12 +21,18 @@ from pneumolab.scope.checks import ScopeChecks
 RADIOGRAPHY = {"CR": "computed radiography", "DX": "digital radiography"}
 """Modalities in scope: projection radiographs."""
 CHEST_WORDS = {
-    "CHEST", "THORAX", "THORACIC", "LUNG", "LUNGS",
+    "CHEST", "THORAX", "LUNG", "LUNGS",
     "TORAX", "PECHO", "TORACE", "BRUST", "BRUSTKORB", "POITRINE",
 }  # fmt: skip
 """Words of a BodyPartExamined that name the chest (English, and the Spanish, Portuguese,
 Italian, German and French terms vendors write); one of them anywhere in the value will do
-(``CHEST_PA``, ``CHEST AP``)."""
+(``CHEST_PA``, ``CHEST AP``) unless a word of :data:`NOT_CHEST_WORDS` is there too."""
+NOT_CHEST_WORDS = {
+    "SPINE", "WIRBELSAEULE", "WIRBELSÄULE", "COLUMNA", "ABDOMEN", "ABD", "PELVIS",
+    "SHOULDER", "RIB", "RIBS", "STERNUM", "CLAVICLE",
+}  # fmt: skip
+"""Words that make a chest word name another study (``BRUST WIRBELSAEULE``, the thoracic spine;
+``CHEST_ABDOMEN``)."""
 FRONTAL_VIEWS = {"PA", "AP"}
 TRAINING_AGES = (1.0, 5.0)
 """Ages (years) of the children in the training data (Kermany et al. 2018)."""
@@ -112,7 +118,8 @@ def header_checks(ds: Dataset) -> ScopeChecks:
     if modality and modality not in RADIOGRAPHY:
         reasons.append(f"DICOM Modality {modality}: not a radiograph (CR or DX expected)")
     part = tags.get("BodyPartExamined", "").upper()
-    if part and not CHEST_WORDS & set(re.findall(r"[A-Z]+", part)):
+    words = set(re.findall(r"[^\W\d_]+", part))
+    if part and (not CHEST_WORDS & words or NOT_CHEST_WORDS & words):
         reasons.append(f"DICOM BodyPartExamined {part}: not a chest (CHEST expected)")
     view = tags.get("ViewPosition", "").upper()
     if view and view not in FRONTAL_VIEWS:

@@ -112,12 +112,14 @@ class ErrorResponse(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": description}
     for code, description in {
+        400: "a malformed multipart body",
         408: "the upload did not arrive in time",
         409: "a heat map this server cannot draw",
         413: "an upload over the size limit",
         415: "not an image of an accepted format",
         422: "an image that cannot be read, or a malformed request",
         503: "too many uploads being decoded at once",
+        500: "an unexpected failure (the traceback is logged on the server)",
     }.items()
 }
 """The error responses of ``POST /v1/predict``, as the schema states them."""

@@ -27,9 +27,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         """Save ``checkpoint`` to ``path`` atomically (``storage_options``: not supported)."""
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        buffer = io.BytesIO()  # torch's own file writer reports a full disk as a RuntimeError
-        torch.save(checkpoint, buffer)
-        write_bytes_atomically(Path(path), buffer.getbuffer())
+        save_torch_atomically(checkpoint, Path(path))
+
+
+def save_torch_atomically(obj: Any, path: Path) -> None:
+    """``torch.save`` of ``obj`` to ``path``, serialised in memory and written atomically by
+    Python (torch's own file writer reports a full disk as a RuntimeError naming no file)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomically(path, buffer.getbuffer())
 
 
 def check_checkpoint(path: Path) -> Path:

@@ -8,7 +8,6 @@ stale features are never reused. Rows are added as new images are seen.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -20,7 +19,8 @@ from typing import Any
 import torch
 
 from pneumolab.data.layout import Sample
-from pneumolab.files import write_bytes_atomically, write_text_atomically
+from pneumolab.files import write_text_atomically
+from pneumolab.training.checkpoint_io import save_torch_atomically
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,7 @@ class FeatureCache:
         )
         stored = {"entries": entries, "features": features}
         # atomic: an interrupted write never leaves a torn cache
-        buffer = io.BytesIO()  # torch's own file writer reports a full disk as a RuntimeError
-        torch.save(stored, buffer)
-        write_bytes_atomically(self._file, buffer.getbuffer())
+        save_torch_atomically(stored, self._file)
 
     def lookup(self, samples: Sequence[Sample]) -> CacheLookup:
         """What the cache holds for ``samples`` and which of them it lacks."""
