@@ -93,6 +93,20 @@ def test_every_test_evaluation_is_logged(trained):
     assert [entry["git_commit"] for entry in entries] == [expected, expected]
 
 
+def test_a_look_that_cannot_be_recorded_is_not_taken(trained, tmp_path):
+    """The held-out log could not be written (a read-only run folder): the test figures were
+    written and shown, and the look was not counted."""
+    run_dir, data = trained
+    run = RunDir(copy_run(run_dir, tmp_path / "run"))
+    shutil.rmtree(run.root / "eval", ignore_errors=True)
+    (run.root / "test_evaluations.jsonl").unlink(missing_ok=True)
+    (run.root / "test_evaluations.jsonl").mkdir()  # stands for a log that cannot be appended to
+    with pytest.raises(OSError) as refused:
+        evaluate(run.root, data, split="test", device="cpu")
+    assert refused.value.filename == str(run.root / "test_evaluations.jsonl")
+    assert not (run.root / "eval" / "test").exists()
+
+
 def test_test_log_without_git_records_no_commit(trained, tmp_path, monkeypatch):
     run_dir, _ = trained
     monkeypatch.setenv("PATH", str(tmp_path))  # no git program to run

@@ -31,6 +31,13 @@ def _git_commit() -> str | None:
     return result.stdout.strip() or None
 
 
+def check_test_log(run: RunDir) -> None:
+    """OSError naming the log where a look at the test split could not be recorded (a
+    read-only run folder, say), raised before the look: figures seen are figures counted."""
+    with (run.root / TEST_LOG).open("a"):
+        pass
+
+
 def log_test_evaluation(run: RunDir) -> int:
     """Append one line to ``RUN_DIR/test_evaluations.jsonl`` (held-out guard: every look at the
     test split is recorded) and return how many test evaluations the run has had, this one included."""

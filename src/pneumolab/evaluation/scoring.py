@@ -20,7 +20,7 @@ from pneumolab.data.subtypes import subtype_labels
 from pneumolab.errors import DataLayoutError
 from pneumolab.evaluation.bootstrap import bootstrap_ci
 from pneumolab.evaluation.calibration import apply_platt, apply_temperature
-from pneumolab.evaluation.heldout import count_test_evaluations
+from pneumolab.evaluation.heldout import check_test_log, count_test_evaluations
 from pneumolab.evaluation.metrics import (
     binary_metrics,
     expected_calibration_error,
@@ -44,10 +44,12 @@ log = logging.getLogger(__name__)
 
 
 def split_samples(run: RunDir, data_dir: Path, split: str) -> list[Sample]:
-    """``val``: the run's own carved validation split; ``test``: ``data_dir/test``."""
+    """``val``: the run's own carved validation split; ``test``: ``data_dir/test``, once the
+    run's held-out log is known to take the look (:func:`check_test_log`)."""
     if split == "val":
         return run.read_split(data_dir, "val")
     if split == "test":
+        check_test_log(run)
         return scan_split(find_splits(data_dir, required="test")["test"])
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
