@@ -31,7 +31,8 @@ from sklearn.metrics import roc_auc_score
 
 import pneumolab
 from pneumolab.data.formats import IMAGE_SUFFIXES
-from pneumolab.inference.predictor import Predictor, score_batches
+from pneumolab.inference.predictor import Predictor
+from pneumolab.inference.torch_scoring import score_batches
 
 
 def laterality(pixels: np.ndarray) -> float:

@@ -34,8 +34,10 @@ from pneumolab.data.imageio import load_image, resize_square
 from pneumolab.errors import ImageLoadError
 from pneumolab.evaluation.robustness import PERTURBATIONS
 from pneumolab.evaluation.shift import SCENARIOS, apply_shift
-from pneumolab.inference.predictor import ImageInput, Predictor, expand_paths, score_batches
+from pneumolab.inference.inputs import ImageInput, expand_paths
+from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.scores import torch_scorer
+from pneumolab.inference.torch_scoring import score_batches
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.run import RunDir
 from pneumolab.scope.checks import image_sanity

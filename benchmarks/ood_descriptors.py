@@ -44,7 +44,8 @@ from sklearn.metrics import roc_auc_score
 from pneumolab.data.dataset import decode_samples
 from pneumolab.data.transforms import BatchAugmentation
 from pneumolab.evaluation.shift import SCENARIOS, apply_shift
-from pneumolab.inference.predictor import Predictor, score_batches
+from pneumolab.inference.predictor import Predictor
+from pneumolab.inference.torch_scoring import score_batches
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.models.registry import create_classifier
 from pneumolab.run import RunDir

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from pneumolab.inference.batch import predict_to_file
-from pneumolab.inference.predictor import Predictor, expand_paths
+from pneumolab.inference.inputs import expand_paths
+from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.ray_engine import RayOptions, import_ray, predict_with_ray
 from pneumolab.inference.results_table import read_results
 

@@ -41,8 +41,9 @@ from safetensors.torch import load_file
 from torchvision.transforms.v2 import functional as F
 
 from pneumolab.choices import BackendName
+from pneumolab.inference.inputs import expand_paths
 from pneumolab.inference.onnx_backend import OnnxBackend, session_options
-from pneumolab.inference.predictor import Predictor, expand_paths
+from pneumolab.inference.predictor import Predictor
 from pneumolab.models.registry import create_classifier
 from pneumolab.run import RunDir
 

@@ -20,8 +20,9 @@ from report import publish, runs_parser
 from pneumolab.data.dataset import decode_samples
 from pneumolab.evaluation.decision import decision_rule
 from pneumolab.evaluation.shift import scenario_results, shifted_probabilities
-from pneumolab.inference.predictor import Pixels, Predictor
+from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.scores import Scorer, with_tta
+from pneumolab.inference.torch_scoring import Pixels
 from pneumolab.run import RunDir
 
 if TYPE_CHECKING:

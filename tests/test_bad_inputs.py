@@ -217,6 +217,13 @@ def test_report_out_refuses_an_existing_file(run_dir, tiny_run, tmp_path, capsys
     data = tiny_run[1]
     code, _, err = run_cli(capsys, "report", run_dir, "--data", data, "--out", existing)
     assert code == 2 and "already exists" in err and existing.read_text() == "keep me"
+    xray = next((Path(data) / "train").rglob("*.png"))  # --out one of the images it reads
+    before = xray.read_bytes()
+    code, _, err = run_cli(
+        capsys, "report", run_dir, "--data", data, "--out", xray, "--overwrite"
+    )  # fmt: skip
+    assert code == 2 and "an input folder of this command" in one_line(err)
+    assert xray.read_bytes() == before
 
 
 def test_train_out_and_weights_that_are_not_what_they_should_be(tmp_path, capsys):

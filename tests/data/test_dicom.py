@@ -28,7 +28,8 @@ from pneumolab.data import dicom
 from pneumolab.data.dicom import load_dicom
 from pneumolab.data.imageio import load_image
 from pneumolab.errors import ImageLoadError
-from pneumolab.inference.predictor import Predictor, expand_paths
+from pneumolab.inference.inputs import expand_paths
+from pneumolab.inference.predictor import Predictor
 from pneumolab.models.registry import create_classifier
 from pneumolab.run import RunDir
 from pneumolab.scope.dicom_header import dicom_file_checks

@@ -487,7 +487,7 @@ def test_error_accepts_str_path(tmp_path: Path) -> None:
 
 
 def test_a_pil_image_is_oriented_as_its_file_is(tmp_path: Path) -> None:
-    from pneumolab.inference.predictor import prepare_image
+    from pneumolab.inference.inputs import prepare_image
 
     path = _jpeg_with_orientation(tmp_path / "rotated.jpeg", (40, 24), 6)
     by_path, _ = prepare_image(path, 16)

@@ -7,7 +7,7 @@ from torchvision.transforms.v2 import functional as F
 
 from pneumolab.data.transforms import normalize_intensity
 from pneumolab.evaluation.robustness import PERTURBATIONS, robustness_report, summarize
-from pneumolab.inference.predictor import predict_pixels
+from pneumolab.inference.torch_scoring import predict_pixels
 from pneumolab.models.registry import create_classifier
 
 

@@ -19,8 +19,9 @@ from conftest import write_synthetic_dataset
 from pneumolab.cli import main
 from pneumolab.errors import ConfigError, DataLayoutError, OutputError
 from pneumolab.inference.batch import predict_to_file, producer_of
+from pneumolab.inference.inputs import expand_paths
 from pneumolab.inference.prediction import OUT_OF_SCOPE_LABEL
-from pneumolab.inference.predictor import Predictor, expand_paths
+from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.ray_engine import RayOptions, import_ray, predict_with_ray
 from pneumolab.inference.results_file import FIELDS, NotAResultsFile
 from pneumolab.inference.results_table import read_results

@@ -15,7 +15,8 @@ from pneumolab.cli import main
 from pneumolab.data.transforms import TTA_VIEWS
 from pneumolab.evaluation.evaluate import evaluate
 from pneumolab.evaluation.operating_points import choose_operating_points
-from pneumolab.inference.predictor import Predictor, predict_pixels
+from pneumolab.inference.predictor import Predictor
+from pneumolab.inference.torch_scoring import predict_pixels
 from pneumolab.reporting.model_card import CARD_NAME
 from pneumolab.run import RunDir, read_predictions
 

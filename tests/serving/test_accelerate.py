@@ -15,7 +15,8 @@ from conftest import copy_run, fixed_threshold_meta, xray_like
 from pneumolab.cli import main
 from pneumolab.errors import ExportError, ModelError, OutputError, RunDirError
 from pneumolab.evaluation.parity import Parity
-from pneumolab.inference.predictor import Predictor, predict_pixels
+from pneumolab.inference.predictor import Predictor
+from pneumolab.inference.torch_scoring import predict_pixels
 from pneumolab.run import RunDir
 from pneumolab.scope.ood import METHOD, OodModel
 from pneumolab.serving import accelerate

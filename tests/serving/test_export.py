@@ -22,8 +22,9 @@ from conftest import fixed_threshold_meta, xray_like
 from pneumolab.cli import main
 from pneumolab.errors import ExportError, RunDirError
 from pneumolab.inference.onnx_backend import OnnxBackend
-from pneumolab.inference.predictor import Predictor, predict_pixels
+from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.scores import Scores
+from pneumolab.inference.torch_scoring import predict_pixels
 from pneumolab.models.registry import create_classifier
 from pneumolab.run import RunDir
 from pneumolab.scope.mahalanobis import MahalanobisScore

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 def _predict_to_file(args: argparse.Namespace, predictor: Predictor, paths: list[Path]) -> int:
     if args.engine == "ray":
-        from pneumolab.inference.predictor import expand_paths
+        from pneumolab.inference.inputs import expand_paths
         from pneumolab.inference.ray_engine import RayOptions, predict_with_ray
 
         given = {name: getattr(args, name) for name in RAY_OPTIONS}
@@ -149,7 +149,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         console.print(f"exported {args.format}; parity with fp32 on {parity.summary()}")
         return 0
     from pneumolab.choices import DEFAULT_OPSET
-    from pneumolab.inference.predictor import expand_paths
+    from pneumolab.inference.inputs import expand_paths
     from pneumolab.serving.export import export_onnx
 
     verify = expand_paths(args.verify) if args.verify else None

@@ -23,7 +23,8 @@ from pneumolab.data.formats import IMAGE_SUFFIXES
 from pneumolab.data.imageio import is_dicom_file
 from pneumolab.data.layout import CLASS_NAMES
 from pneumolab.errors import DataLayoutError, ImageLoadError
-from pneumolab.inference.predictor import Predictor, expand_paths
+from pneumolab.inference.inputs import expand_paths
+from pneumolab.inference.predictor import Predictor
 from pneumolab.run import RunDir, read_predictions
 
 MAX_OUT_OF_SCOPE = 0.02

@@ -21,8 +21,9 @@ from pneumolab.evaluation.selection import margins_over, warn_untold
 from pneumolab.evaluation.speed import ms_per_image
 from pneumolab.evaluation.writer import write_evaluation
 from pneumolab.files import staged_files
-from pneumolab.inference.predictor import Predictor, default_device
+from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.score_cache import ScoreCache
+from pneumolab.inference.torch_scoring import default_device
 from pneumolab.outputs import check_output
 from pneumolab.run import RunDir, split_mismatch
 from pneumolab.text import markdown_cell

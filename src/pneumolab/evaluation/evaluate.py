@@ -9,7 +9,8 @@ from typing import Any
 from pneumolab.choices import BackendName, Split
 from pneumolab.evaluation.scoring import compute_evaluation
 from pneumolab.evaluation.writer import write_evaluation
-from pneumolab.inference.predictor import Predictor, default_device
+from pneumolab.inference.predictor import Predictor
+from pneumolab.inference.torch_scoring import default_device
 
 
 def evaluate(

@@ -1,6 +1,7 @@
-"""Score a loaded run on a split and compute every metric of an evaluation, in memory: no file
-is written (:mod:`pneumolab.evaluation.writer` writes them; :func:`~pneumolab.evaluation.evaluate.evaluate`
-does both)."""
+"""Score a loaded run on a split and compute every metric of an evaluation, in memory: no output
+is written (:mod:`pneumolab.evaluation.writer` writes them;
+:func:`~pneumolab.evaluation.evaluate.evaluate` does both). For the test split the held-out log is
+opened first, created if missing, so that a look it cannot record is refused."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ from pneumolab.evaluation.shift import (
     shifted_probabilities,
 )
 from pneumolab.evaluation.subtypes import subtype_metrics
-from pneumolab.inference.predictor import Predictor, predict_class_probabilities
+from pneumolab.inference.predictor import Predictor
+from pneumolab.inference.torch_scoring import predict_class_probabilities
 from pneumolab.run import RunDir
 from pneumolab.run_meta import RunMeta
 

@@ -20,8 +20,9 @@ from pneumolab.data.imageio import load_image
 from pneumolab.data.transforms import normalize_intensity
 from pneumolab.errors import ModelError, OutputError, PneumolabError, printable
 from pneumolab.evaluation.figures import save_figure
+from pneumolab.inference.inputs import ImageInput, expand_paths, file_header_checks
 from pneumolab.inference.prediction import Prediction
-from pneumolab.inference.predictor import ImageInput, Predictor, expand_paths, file_header_checks
+from pneumolab.inference.predictor import Predictor
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.outputs import check_apart, check_output
 from pneumolab.scope.checks import ScopeChecks

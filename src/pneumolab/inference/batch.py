@@ -11,8 +11,9 @@ from rich.console import Console
 from rich.progress import Progress
 
 from pneumolab.errors import ImageLoadError
+from pneumolab.inference.inputs import expand_paths
 from pneumolab.inference.prediction import Prediction
-from pneumolab.inference.predictor import Predictor, expand_paths
+from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.results_file import (
     SCOPE_FIELDS,
     TEXT,
@@ -86,7 +87,7 @@ def predict_to_file(
 ) -> BatchSummary:
     """Predict every image under ``paths`` into ``out`` (.csv or .jsonl), one row per image, as it goes.
 
-    Each row records its absolute path (symlinks kept) and what produced it (model version, threshold, backend,
+    Each row records its path (folder resolved, its own name kept) and what produced it (model version, threshold, backend,
     TTA). An existing ``out`` is resumed: images whose row is there are skipped, failed ones are
     retried; a file written with other settings, or not a results file at all, is refused
     untouched, unless ``overwrite`` (a run's own files are never written). Rows are flushed and

@@ -7,34 +7,26 @@ predictor decodes, preprocesses and scores with PIL, NumPy and onnxruntime alone
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
-from PIL import Image
 
 from pneumolab.choices import BACKENDS, BackendName
-from pneumolab.data.imageio import (
-    array_to_image,
-    is_dicom_file,
-    load_image,
-    resize_square,
-    source_size,
-    to_grayscale,
-    upright,
-)
-from pneumolab.data.layout import image_files
-from pneumolab.errors import ImageLoadError, ModelError, RunDirError, brief
+from pneumolab.errors import ImageLoadError, RunDirError
 from pneumolab.inference.decoding import decoded_batches
+from pneumolab.inference.inputs import ImageInput, expand_paths, prepare_image
 from pneumolab.inference.prediction import Prediction, gated_prediction
+from pneumolab.inference.run_models import load_network, run_ood_model
 from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.inference.scores import Scorer, at_size, mean_scores, torch_scorer, with_tta
+from pneumolab.inference.torch_scoring import Pixels, check_device
 from pneumolab.run import RunDir
 from pneumolab.run_meta import RunMeta
-from pneumolab.scope.checks import ScopeChecks, image_sanity
-from pneumolab.scope.ood import LEGACY_METHODS, OodModel
+from pneumolab.scope.checks import ScopeChecks
+from pneumolab.scope.ood import OodModel
 
 if TYPE_CHECKING:
     import torch
@@ -43,180 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ImageInput = str | Path | Image.Image | np.ndarray
-Pixels: TypeAlias = "np.ndarray | torch.Tensor"
-"""uint8 ``(N, 1, S, S)`` pixels: a NumPy array or a CPU tensor."""
 Backend: TypeAlias = "Callable[[Pixels], np.ndarray]"
 """Scores uint8 ``(N, 1, S, S)`` pixels, intensity normalisation included: probabilities ``(N,)``."""
-
-
-def default_device() -> str:
-    """``cuda`` when a GPU is available, else ``cpu``."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def check_device(device: str) -> None:
-    """ModelError for a device this machine does not have (torch's own error speaks of
-    drivers), or a name torch does not know."""
-    import torch
-
-    try:
-        kind = torch.device(device).type
-    except RuntimeError as exc:
-        raise ModelError(f"device {device!r}: not a device name torch knows ({exc})") from None
-    index = torch.device(device).index or 0
-    if kind == "cuda" and index >= torch.cuda.device_count():
-        found = torch.cuda.device_count()
-        raise ModelError(
-            f"device {device!r}: {found or 'no'} CUDA GPU(s) available here; use device='cpu'"
-            + (f" or one of cuda:0..{found - 1}" if found else "")
-        )
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise ModelError(f"device {device!r}: no Apple GPU (MPS) here; use device='cpu'")
-
-
-def score_batches(
-    score: Callable[[torch.Tensor], torch.Tensor],
-    model: XrayClassifier,
-    pixels: Pixels,
-    intensity: str,
-    batch_size: int,
-) -> np.ndarray:
-    """``score`` (a function of ``model``) on raw uint8 ``(N, 1, S, S)`` pixels, batch by batch,
-    in eval mode: ``intensity`` normalisation first, then pixels / 255 on the model's device."""
-    import torch
-
-    from pneumolab.data.transforms import normalize_intensity
-
-    model.eval()
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        scores = [
-            score(normalize_intensity(chunk, intensity).to(device).float() / 255.0).cpu()
-            for chunk in torch.as_tensor(pixels).split(batch_size)
-        ]
-    return torch.cat(scores).numpy() if scores else np.zeros(0, dtype=np.float32)
-
-
-def predict_pixels(
-    model: XrayClassifier, pixels: Pixels, intensity: str = "none", batch_size: int = 64
-) -> np.ndarray:
-    """Pneumonia probabilities for raw uint8 ``(N, 1, S, S)`` pixels, in fp32, batch by batch;
-    ``intensity`` normalisation is applied first, as in training."""
-    return score_batches(lambda x: model(x).sigmoid(), model, pixels, intensity, batch_size)
-
-
-def predict_class_probabilities(
-    model: XrayClassifier, pixels: Pixels, intensity: str = "none", batch_size: int = 64
-) -> np.ndarray:
-    """``(N, K)`` class probabilities (softmax) of a three-class model, like :func:`predict_pixels`."""
-    return score_batches(
-        lambda x: model.class_logits(x).softmax(dim=1), model, pixels, intensity, batch_size
-    )
-
-
-def load_network(run: RunDir, meta: RunMeta) -> XrayClassifier:
-    """The trained PyTorch network of single-model run ``run`` (its ``meta``), on the CPU; a
-    RunDirError when the weights file is unreadable or does not fit the architecture."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from pneumolab.models.registry import create_classifier
-
-    subtypes = meta.subtype_names or []
-    model = create_classifier(
-        meta.model,
-        pretrained=False,
-        num_classes=len(subtypes) or 1,
-        border_fade=meta.preprocessing.border_fade or 0.0,
-    )
-    try:
-        state = load_file(run.weights)
-    except (OSError, SafetensorError) as exc:
-        raise RunDirError(
-            f"{run.weights}: unreadable weights file ({exc}); restore it or train the run again"
-        ) from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise RunDirError(
-            f"{run.weights}: weights do not match model '{meta.model}' ({brief(str(exc))})"
-        ) from None
-    return model
-
-
-def expand_paths(paths: str | Path | Iterable[str | Path]) -> list[Path]:
-    """Files as given, plus the images inside any folder
-    (:func:`~pneumolab.data.layout.image_files`: at any depth, sorted).
-
-    A missing path, or a folder without images, stays in the list as it is, so that reading it
-    fails with an error naming it while the other paths still run.
-    """
-    found: list[Path] = []
-    for path in map(Path, [paths] if isinstance(paths, str | Path) else paths):
-        found += (image_files(path) if path.is_dir() else []) or [path]
-    return found
-
-
-def file_header_checks(path: str | Path) -> ScopeChecks:
-    """The scope checks a file's header allows before any pixel work: a DICOM's tags (other
-    formats: none)."""
-    if not is_dicom_file(Path(path)):
-        return ScopeChecks()
-    from pneumolab.scope.dicom_header import dicom_file_checks  # pydicom when needed
-
-    return dicom_file_checks(path)
-
-
-def _tensor_as_array(image: Any) -> Any:
-    """A tensor as NumPy can take it: detached (``requires_grad``), on the CPU, bfloat16 as
-    float32 (NumPy has no bfloat16); anything else as it is."""
-    if not hasattr(image, "detach"):
-        return image
-    tensor = image.detach().cpu()
-    return tensor.float() if str(tensor.dtype) == "torch.bfloat16" else tensor
-
-
-def prepare_image(image: ImageInput, image_size: int) -> tuple[np.ndarray, ScopeChecks]:
-    """Any supported input to uint8 ``(1, S, S)`` NumPy pixels (``S = image_size``), exactly as
-    in training, and the checks that need no network: a DICOM file's header, the image's size
-    and contrast. A function of its own so that decoding workers need no loaded model."""
-    checks = ScopeChecks()
-    if isinstance(image, str | Path):
-        checks = file_header_checks(image)
-        pil = load_image(image, size_hint=image_size)
-    elif isinstance(image, Image.Image):  # EXIF orientation applied, as to files
-        pil = to_grayscale(upright(image, "image"))
-    elif isinstance(image, np.ndarray) or hasattr(image, "__array__"):  # a tensor too
-        pil = array_to_image(np.asarray(_tensor_as_array(image)))
-    else:
-        raise TypeError(
-            f"an image is a path, a PIL image or an array, not {type(image).__name__}; "
-            "for many files use predict_paths()"
-        )
-    pixels = resize_square(pil, image_size)
-    checks += image_sanity(*source_size(pil), pixels)  # a JPEG's own, not its reduced decode
-    return np.array(pixels)[None], checks  # writable, for torch
-
-
-def run_ood_model(run: RunDir, warn: bool = True) -> OodModel | None:
-    """The run's OOD model (the input-scope gate's content check); None where it has none, or
-    one of an older pneumolab that scored pooled features (with a warning saying how to refit,
-    unless ``warn`` is false: a refit is under way)."""
-    ood = OodModel.load(run.ood) if run.ood.is_file() else None
-    if ood is not None and ood.method in LEGACY_METHODS:
-        if not warn:
-            return None
-        log.warning(
-            "%s: OOD model of an older pneumolab (pooled features), not used; refit it with "
-            "`pneumolab fit-ood %s --data DATA_DIR`",
-            run.ood,
-            run.root,
-        )
-        return None
-    return ood
 
 
 class Predictor:

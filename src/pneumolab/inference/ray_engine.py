@@ -28,7 +28,8 @@ from pneumolab.data.layout import check_utf8_name
 from pneumolab.errors import ConfigError, ImageLoadError, OutputError, printable
 from pneumolab.inference.batch import BatchSummary, producer_of, result_row, result_sources
 from pneumolab.inference.decoding import attempt
-from pneumolab.inference.predictor import Predictor, default_device, prepare_image
+from pneumolab.inference.inputs import prepare_image
+from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.results_file import ResultRow, check_producer
 from pneumolab.inference.results_table import (
     arrow_schema,
@@ -38,6 +39,7 @@ from pneumolab.inference.results_table import (
     table_format,
     write_results,
 )
+from pneumolab.inference.torch_scoring import default_device
 from pneumolab.outputs import check_output, writing_alone
 from pneumolab.scope.checks import ScopeChecks
 
@@ -88,7 +90,7 @@ class RayOptions:
 
 def decode_batch(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.ndarray]:
     """Ray task: each ``source`` prepared as the single-process path does
-    (:func:`~pneumolab.inference.predictor.prepare_image`: uint8 ``(S, S)`` pixels and the
+    (:func:`~pneumolab.inference.inputs.prepare_image`: uint8 ``(S, S)`` pixels and the
     scope checks, carried as JSON); an unreadable file gets blank pixels and its error.
     ``chunk`` is passed through."""
     sources = batch["source"]

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from pneumolab.data.imageio import resize_square
+from pneumolab.inference.torch_scoring import score_batches
 
 if TYPE_CHECKING:
     import torch
@@ -40,7 +41,6 @@ def torch_scorer(
     uint8 pixels, from one forward pass per batch."""
     import torch
 
-    from pneumolab.inference.predictor import score_batches
     from pneumolab.models.scored import ScoredModel
 
     scored = ScoredModel(model, ood)

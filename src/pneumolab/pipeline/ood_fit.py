@@ -22,8 +22,10 @@ from pneumolab.data.dataset import DecodedImages, decode_samples
 from pneumolab.data.layout import Sample
 from pneumolab.data.transforms import BatchAugmentation
 from pneumolab.errors import RunDirError
-from pneumolab.inference.predictor import Predictor, run_ood_model, score_batches
+from pneumolab.inference.predictor import Predictor
+from pneumolab.inference.run_models import run_ood_model
 from pneumolab.inference.scores import Scorer, Scores, torch_scorer
+from pneumolab.inference.torch_scoring import score_batches
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.run import RunDir
 from pneumolab.scope.mahalanobis import MahalanobisScore, fit_mahalanobis

@@ -19,9 +19,9 @@ from pneumolab.data.dataset import decode_samples
 from pneumolab.data.layout import find_splits, scan_split
 from pneumolab.data.subtypes import subtype_labels
 from pneumolab.evaluation.subtypes import subtype_metrics
-from pneumolab.inference.predictor import predict_class_probabilities, predict_pixels
 from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.inference.scores import torch_scorer, with_tta
+from pneumolab.inference.torch_scoring import predict_class_probabilities, predict_pixels
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.outputs import working_in
 from pneumolab.pipeline.finalise import finalise

@@ -26,8 +26,9 @@ from pneumolab.evaluation.writer import FIGURES, evaluation_figures, record_look
 from pneumolab.explain.gradcam import find_target_layer, gradcam, overlay_png
 from pneumolab.explain.sanity import saliency_sanity
 from pneumolab.files import atomic_write
-from pneumolab.inference.predictor import Predictor, default_device
-from pneumolab.outputs import check_output
+from pneumolab.inference.predictor import Predictor
+from pneumolab.inference.torch_scoring import default_device
+from pneumolab.outputs import check_apart, check_output
 from pneumolab.reporting.html import figure_html
 from pneumolab.reporting.model_card import write_model_card
 from pneumolab.run import RunDir
@@ -219,6 +220,7 @@ def build_report(
     run = RunDir(Path(run_dir))
     if out_file is not None:
         check_output(out_file, overwrite)
+        check_apart(out_file, [data_dir])  # --overwrite replaced one of the split's X-rays
     data_dir = Path(data_dir)
     predictor = Predictor.from_run(run.root, device=default_device())
     evaluation = compute_evaluation(predictor, data_dir, split)

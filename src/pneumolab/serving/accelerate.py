@@ -37,7 +37,8 @@ from pneumolab.inference.openvino_backend import (
     OpenVinoBackend,
     import_openvino,
 )
-from pneumolab.inference.predictor import Predictor, run_ood_model
+from pneumolab.inference.predictor import Predictor
+from pneumolab.inference.run_models import run_ood_model
 from pneumolab.outputs import check_output
 from pneumolab.run import RunDir, read_predictions
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from pneumolab.config import TrainConfig, resolve_config
 from pneumolab.errors import ConfigError, RunDirError
-from pneumolab.inference.predictor import load_network
+from pneumolab.inference.run_models import load_network
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.run import RunDir, weights_digest
 from pneumolab.run_meta import TeacherRecord

@@ -17,7 +17,7 @@ from pneumolab.config import TrainConfig
 from pneumolab.data.layout import Sample
 from pneumolab.errors import ConfigError
 from pneumolab.files import sha256_of
-from pneumolab.inference.predictor import score_batches
+from pneumolab.inference.torch_scoring import score_batches
 from pneumolab.models.classifier import XrayClassifier, pneumonia_logit
 from pneumolab.models.registry import find_local_weights, published_source
 from pneumolab.training.distributed import gather_rows, shard

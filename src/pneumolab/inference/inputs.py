@@ -1,0 +1,79 @@
+"""What a predictor takes: paths (folders expanded), PIL images, arrays or tensors, turned into
+the uint8 pixels the network sees and the scope checks that need no network."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pneumolab.data.imageio import (
+    array_to_image,
+    is_dicom_file,
+    load_image,
+    resize_square,
+    source_size,
+    to_grayscale,
+    upright,
+)
+from pneumolab.data.layout import image_files
+from pneumolab.scope.checks import ScopeChecks, image_sanity
+
+ImageInput = str | Path | Image.Image | np.ndarray
+
+
+def expand_paths(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+    """Files as given, plus the images inside any folder
+    (:func:`~pneumolab.data.layout.image_files`: at any depth, sorted).
+
+    A missing path, or a folder without images, stays in the list as it is, so that reading it
+    fails with an error naming it while the other paths still run.
+    """
+    found: list[Path] = []
+    for path in map(Path, [paths] if isinstance(paths, str | Path) else paths):
+        found += (image_files(path) if path.is_dir() else []) or [path]
+    return found
+
+
+def file_header_checks(path: str | Path) -> ScopeChecks:
+    """The scope checks a file's header allows before any pixel work: a DICOM's tags (other
+    formats: none)."""
+    if not is_dicom_file(Path(path)):
+        return ScopeChecks()
+    from pneumolab.scope.dicom_header import dicom_file_checks  # pydicom when needed
+
+    return dicom_file_checks(path)
+
+
+def _tensor_as_array(image: Any) -> Any:
+    """A tensor as NumPy can take it: detached (``requires_grad``), on the CPU, bfloat16 as
+    float32 (NumPy has no bfloat16); anything else as it is."""
+    if not hasattr(image, "detach"):
+        return image
+    tensor = image.detach().cpu()
+    return tensor.float() if str(tensor.dtype) == "torch.bfloat16" else tensor
+
+
+def prepare_image(image: ImageInput, image_size: int) -> tuple[np.ndarray, ScopeChecks]:
+    """Any supported input to uint8 ``(1, S, S)`` NumPy pixels (``S = image_size``), exactly as
+    in training, and the checks that need no network: a DICOM file's header, the image's size
+    and contrast. A function of its own so that decoding workers need no loaded model."""
+    checks = ScopeChecks()
+    if isinstance(image, str | Path):
+        checks = file_header_checks(image)
+        pil = load_image(image, size_hint=image_size)
+    elif isinstance(image, Image.Image):  # EXIF orientation applied, as to files
+        pil = to_grayscale(upright(image, "image"))
+    elif isinstance(image, np.ndarray) or hasattr(image, "__array__"):  # a tensor too
+        pil = array_to_image(np.asarray(_tensor_as_array(image)))
+    else:
+        raise TypeError(
+            f"an image is a path, a PIL image or an array, not {type(image).__name__}; "
+            "for many files use predict_paths()"
+        )
+    pixels = resize_square(pil, image_size)
+    checks += image_sanity(*source_size(pil), pixels)  # a JPEG's own, not its reduced decode
+    return np.array(pixels)[None], checks  # writable, for torch

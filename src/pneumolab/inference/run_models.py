@@ -1,0 +1,64 @@
+"""What a run directory holds to predict with: its trained network and its OOD model."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from pneumolab.errors import RunDirError, brief
+from pneumolab.run import RunDir
+from pneumolab.run_meta import RunMeta
+from pneumolab.scope.ood import LEGACY_METHODS, OodModel
+
+if TYPE_CHECKING:
+    from pneumolab.models.classifier import XrayClassifier
+
+log = logging.getLogger(__name__)
+
+
+def load_network(run: RunDir, meta: RunMeta) -> XrayClassifier:
+    """The trained PyTorch network of single-model run ``run`` (its ``meta``), on the CPU; a
+    RunDirError when the weights file is unreadable or does not fit the architecture."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from pneumolab.models.registry import create_classifier
+
+    subtypes = meta.subtype_names or []
+    model = create_classifier(
+        meta.model,
+        pretrained=False,
+        num_classes=len(subtypes) or 1,
+        border_fade=meta.preprocessing.border_fade or 0.0,
+    )
+    try:
+        state = load_file(run.weights)
+    except (OSError, SafetensorError) as exc:
+        raise RunDirError(
+            f"{run.weights}: unreadable weights file ({exc}); restore it or train the run again"
+        ) from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise RunDirError(
+            f"{run.weights}: weights do not match model '{meta.model}' ({brief(str(exc))})"
+        ) from None
+    return model
+
+
+def run_ood_model(run: RunDir, warn: bool = True) -> OodModel | None:
+    """The run's OOD model (the input-scope gate's content check); None where it has none, or
+    one of an older pneumolab that scored pooled features (with a warning saying how to refit,
+    unless ``warn`` is false: a refit is under way)."""
+    ood = OodModel.load(run.ood) if run.ood.is_file() else None
+    if ood is not None and ood.method in LEGACY_METHODS:
+        if not warn:
+            return None
+        log.warning(
+            "%s: OOD model of an older pneumolab (pooled features), not used; refit it with "
+            "`pneumolab fit-ood %s --data DATA_DIR`",
+            run.ood,
+            run.root,
+        )
+        return None
+    return ood
