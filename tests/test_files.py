@@ -135,3 +135,23 @@ def test_a_set_must_hold_its_last_file_and_only_owned_ones(tmp_path):
         with pytest.raises(ValueError, match=r"must hold metrics\.json"):
             _write_set(tmp_path / "val", names)
     assert not (tmp_path / "val").exists()
+
+
+def test_a_folder_that_cannot_be_made_says_why(tmp_path):
+    """A link to nowhere, or a file on the way, gave only mkdir's "File exists"."""
+    from pneumolab.errors import OutputError
+    from pneumolab.files import make_folder
+
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(OutputError, match=r"a link to .*nowhere, which does not exist"):
+        make_folder(tmp_path / "dangling")
+    with pytest.raises(OutputError, match=r"a_file/sub: .*a_file is a file, not a folder"):
+        make_folder(tmp_path / "a_file" / "sub")
+    (tmp_path / "audit").symlink_to(tmp_path / "gone")  # an --out folder that is such a link
+    with (
+        pytest.raises(OutputError, match="audit: a link to"),
+        staged_files(tmp_path / "audit", {"a"}, "a"),
+    ):
+        pass
+    assert make_folder(tmp_path / "new") and not make_folder(tmp_path / "new")

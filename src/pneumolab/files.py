@@ -12,6 +12,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
+from pneumolab.errors import OutputError
+
 
 def sha256_of(path: str | Path) -> str:
     """SHA-256 of a file's bytes (hex), read in chunks: one hasher for weights, OOD models,
@@ -105,6 +107,23 @@ def write_text_atomically(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def make_folder(folder: Path) -> bool:
+    """Make ``folder`` (and its parents) where it is missing; whether this call made it (a folder
+    made by another process meanwhile is not). OutputError for a link to nowhere or a file in
+    its place (``mkdir`` said only "File exists")."""
+    if folder.is_symlink() and not folder.exists():
+        raise OutputError(f"{folder}: a link to {os.readlink(folder)}, which does not exist")
+    for place in (folder, *folder.parents):
+        if place.exists() and not place.is_dir():
+            where = "" if place == folder else f"{place} "
+            raise OutputError(f"{folder}: {where}is a file, not a folder")
+    try:
+        folder.mkdir(parents=True)
+    except FileExistsError:
+        return False
+    return True
+
+
 @contextmanager
 def staged_files(folder: str | Path, owned: Collection[str], last: str) -> Iterator[Path]:
     """Write a set of files into ``folder`` as one: yield an empty staging folder inside it (a
@@ -115,8 +134,7 @@ def staged_files(folder: str | Path, owned: Collection[str], last: str) -> Itera
     ``folder`` is untouched (one made here is removed again). Files in ``folder`` outside
     ``owned`` are kept."""
     folder = Path(folder)
-    made = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
+    made = make_folder(folder)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
     try:
         with naming_failures(folder):

@@ -11,6 +11,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from pneumolab.errors import OutputError
+from pneumolab.files import make_folder
 from pneumolab.run import RunDir
 
 log = logging.getLogger(__name__)
@@ -88,15 +89,7 @@ def working_in(folder: Path, job: str) -> Iterator[None]:
     made here and left empty is removed again. Where there are no such locks (Windows; NFS,
     whose emulated locks refuse a folder's read-only handle), the job goes on unlocked, with a
     warning."""
-    if folder.is_symlink() and not folder.exists():
-        raise OutputError(f"{folder}: a link to {os.readlink(folder)}, which does not exist")
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{folder}: is a file; --out is a folder")
-    try:
-        folder.mkdir(parents=True)
-        made = True
-    except FileExistsError:  # made by someone: never removed here
-        made = False
+    made = make_folder(folder)  # made by someone else: never removed here
     try:
         with _folder_lock(folder, job):
             yield

@@ -20,6 +20,7 @@ from pneumolab.data.imageio import load_image
 from pneumolab.data.transforms import normalize_intensity
 from pneumolab.errors import ModelError, OutputError, PneumolabError, printable
 from pneumolab.evaluation.figures import save_figure
+from pneumolab.files import make_folder
 from pneumolab.inference.inputs import ImageInput, expand_paths, file_header_checks
 from pneumolab.inference.prediction import Prediction
 from pneumolab.inference.predictor import Predictor
@@ -177,7 +178,7 @@ def explain_paths(
     check_apart(out_dir, paths)  # --overwrite replaced the X-rays themselves
     model = predictor.require_model("Grad-CAM")  # refused before the folder is made
     layer = find_target_layer(model, predictor.image_size)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     written: set[Path] = set()
     images = expand_paths(paths)
     sources = {os.path.realpath(path) for path in images}
