@@ -500,3 +500,20 @@ def test_colour_becomes_the_same_gray_at_8_and_16_bits() -> None:
     eight = np.asarray(array_to_image(colours))
     sixteen = np.asarray(array_to_image(colours.astype(np.uint16) * 257))
     assert eight.tolist() == [[0, 255, 76, 150]] and np.array_equal(sixteen, eight)
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_a_16_bit_colour_png_keeps_its_low_bits(tmp_path: Path, channels: int) -> None:
+    """Pillow cut each 16-bit sample to its high byte: a 12-bit X-ray saved as 16-bit RGB came
+    out nearly black (gray levels 0..15), not rescaled like a 16-bit gray PNG."""
+    import cv2
+
+    ramp = np.arange(40 * 60, dtype=np.uint16).reshape(40, 60) * 4095 // (40 * 60 - 1)
+    colour = np.repeat(ramp[..., None], channels, axis=-1)
+    if channels == 4:
+        colour[..., 3] = 65535  # opaque
+    cv2.imwrite(str(tmp_path / "xray.png"), colour)
+    cv2.imwrite(str(tmp_path / "gray.png"), ramp)
+    image = np.asarray(load_image(tmp_path / "xray.png")).astype(int)
+    assert image.min() == 0 and image.max() == 255
+    np.testing.assert_allclose(image, np.asarray(load_image(tmp_path / "gray.png")), atol=1)

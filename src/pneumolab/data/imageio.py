@@ -198,6 +198,28 @@ def upright(image: Image.Image, source: str) -> Image.Image:
         return image
 
 
+WIDE_COLOUR_PNG = {2, 4, 6}
+"""PNG colour types (RGB, gray + alpha, RGBA) whose 16-bit samples Pillow cuts to their high
+byte: a 12-bit X-ray stored so came out nearly black."""
+
+
+def _wide_colour_png(path: Path) -> np.ndarray | None:
+    """The full samples of a 16-bit colour or gray + alpha PNG (read by OpenCV; colour as RGB,
+    alpha dropped); None for any other PNG."""
+    with open(path, "rb") as f:
+        header = f.read(26)  # the signature, then IHDR: width, height, bit depth, colour type
+    if len(header) < 26 or header[24] != 16 or header[25] not in WIDE_COLOUR_PNG:
+        return None
+    import cv2
+
+    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise ImageLoadError(f"{path}: corrupt or undecodable image (its 16-bit samples)")
+    if pixels.ndim == 3:  # BGR(A) to RGB, alpha dropped; gray + alpha to gray
+        pixels = pixels[..., 2::-1] if pixels.shape[-1] >= 3 else pixels[..., 0]
+    return pixels
+
+
 def load_image(
     path: str | Path, size_hint: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Image.Image:
@@ -206,8 +228,8 @@ def load_image(
     ``size_hint`` lets JPEG decoding work at a reduced scale (DCT scaling) as long as both
     sides stay at least that large: a 2,500 px X-ray meant for a 224 px model decodes ~8x faster.
     DICOM files (``.dcm``, or any name with the ``DICM`` header) go to
-    :func:`pneumolab.data.dicom.load_dicom`. Raises ImageLoadError naming the file on anything
-    unreadable.
+    :func:`pneumolab.data.dicom.load_dicom`; a 16-bit colour PNG is read in full by OpenCV
+    (Pillow keeps 8 bits of it). Raises ImageLoadError naming the file on anything unreadable.
     """
     path = Path(path)
     _admit_in_pillow(max_pixels)  # a JPEG-compressed DICOM is decoded by Pillow too
@@ -218,6 +240,11 @@ def load_image(
     with reading(path, "image"), Image.open(path, formats=PILLOW_FORMATS) as opened:
         check_pixel_count(opened.width, opened.height, max_pixels, str(path))
         stored = opened.size
+        wide = _wide_colour_png(path) if opened.format == "PNG" else None
+        if wide is not None:  # rescaled from its min..max, as a 16-bit gray PNG is
+            image = array_to_image(wide)
+            image.info[SOURCE_SIZE] = (stored, image.size)
+            return image
         if size_hint and opened.format == "JPEG":
             opened.draft("L", (size_hint, size_hint))
         opened.load()
