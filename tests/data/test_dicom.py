@@ -368,3 +368,20 @@ def test_a_raised_pixel_limit_holds_for_a_jpeg_compressed_dicom(tmp_path, monkey
     ds["PixelData"].is_undefined_length = True
     ds.save_as(path, enforce_file_format=True)
     assert load_image(path, max_pixels=5_000).size == (60, 60)
+
+
+def test_a_dicom_whose_only_image_is_its_icon_is_not_called_truncated(tmp_path):
+    """The pixel data tag found in the icon made it 'truncated or corrupt'."""
+    from pydicom.sequence import Sequence
+
+    path = write_dicom(tmp_path / "a.dcm", None)
+    ds = dcmread(path)
+    icon = Dataset()
+    icon.Rows, icon.Columns, icon.SamplesPerPixel = 4, 4, 1
+    icon.BitsAllocated, icon.BitsStored, icon.HighBit, icon.PixelRepresentation = 8, 8, 7, 0
+    icon.PhotometricInterpretation = "MONOCHROME2"
+    icon.PixelData = bytes(16)
+    ds.IconImageSequence = Sequence([icon])
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(ImageLoadError, match="only image is its icon"):
+        load_image(path)

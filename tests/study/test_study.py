@@ -294,6 +294,19 @@ def test_compare_builds_the_same_table_from_runs(study, tmp_path, capsys):
     assert (out / "confusion" / "separable.png").is_file()
 
 
+def test_a_second_compare_into_one_folder_is_refused(study, tmp_path, capsys):
+    """Two compares into one --out mixed their files, the later table silently replacing the
+    earlier."""
+    from pneumolab.outputs import working_in
+
+    root, data, _, _ = study
+    out = tmp_path / "cmp"
+    args = ["compare", str(root / "out" / "runs" / "small"), "--data", str(data), "--out", str(out)]
+    with working_in(out, "comparing"):
+        assert main(args) == 2
+    assert "another process is comparing in it" in capsys.readouterr().err
+
+
 def test_a_compare_stopped_while_writing_leaves_nothing_that_blocks_its_rerun(
     study, tmp_path, monkeypatch
 ):

@@ -124,6 +124,8 @@ def _holds_pixel_data_tag(path: Path) -> bool:
 
 def _check_decodable(ds: Dataset, max_pixels: int, source: str) -> None:
     """Refuse what cannot become one grayscale image, before decoding anything."""
+    if "PixelData" not in ds and "IconImageSequence" in ds:  # the tag found would be the icon's
+        raise ImageLoadError(f"{source}: DICOM whose only image is its icon, not a radiograph")
     if "PixelData" not in ds and _holds_pixel_data_tag(Path(source)):
         raise ImageLoadError(
             f"{source}: truncated or corrupt DICOM: its pixel data element is cut short"

@@ -24,7 +24,7 @@ from pneumolab.files import staged_files
 from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.inference.torch_scoring import default_device
-from pneumolab.outputs import check_output
+from pneumolab.outputs import check_output, working_in
 from pneumolab.run import RunDir, split_mismatch
 from pneumolab.text import markdown_cell
 
@@ -258,8 +258,26 @@ def compare_runs(
 ) -> tuple[list[ComparisonRow], dict[str, Path]]:
     """Evaluate every run on ``split`` and write the comparison into ``out_dir`` (with
     ``margins.md``: the paired AUC margin of each criterion's leader over the others, clean and,
-    with ``shift``, compound); a table or chart already there is refused unless ``overwrite``.
+    with ``shift``, compound); a table or chart already there is refused unless ``overwrite``,
+    and ``out_dir`` is locked while the comparison runs (another compare into it is refused).
     ``backend``: see :func:`compare_run`."""
+    with working_in(Path(out_dir), "comparing"):  # two compares mixed their files
+        return _compare_into(
+            run_dirs, data_dir, split, Path(out_dir), robustness, shift, overwrite, backend
+        )
+
+
+def _compare_into(
+    run_dirs: Sequence[str | Path],
+    data_dir: str | Path,
+    split: Split,
+    out_dir: Path,
+    robustness: bool,
+    shift: bool,
+    overwrite: bool,
+    backend: ComparisonBackend,
+) -> tuple[list[ComparisonRow], dict[str, Path]]:
+    """:func:`compare_runs`'s work, once ``out_dir`` is this process's."""
     margins_file = Path(out_dir) / "margins.md"
     for path in [*comparison_files(Path(out_dir)).values(), margins_file]:
         check_output(path, overwrite)
