@@ -125,6 +125,19 @@ def make_folder(folder: Path) -> bool:
 
 
 @contextmanager
+def folder_for(folder: Path) -> Iterator[None]:
+    """``folder`` made (:func:`make_folder`) where missing for the block, and removed again if
+    this call made it and the block left it empty (a refused or failed job leaves nothing)."""
+    made = make_folder(folder)
+    try:
+        yield
+    finally:
+        if made:
+            with suppress(OSError):  # only an empty folder
+                folder.rmdir()
+
+
+@contextmanager
 def staged_files(folder: str | Path, owned: Collection[str], last: str) -> Iterator[Path]:
     """Write a set of files into ``folder`` as one: yield an empty staging folder inside it (a
     hidden one: on the folder's own file system, writable where the folder is) to write them
@@ -134,25 +147,27 @@ def staged_files(folder: str | Path, owned: Collection[str], last: str) -> Itera
     ``folder`` is untouched (one made here is removed again). Files in ``folder`` outside
     ``owned`` are kept."""
     folder = Path(folder)
-    made = make_folder(folder)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
-    try:
-        with naming_failures(folder):
-            yield staging
-        staged = {entry.name for entry in staging.iterdir()}
-        if last not in staged or not staged <= set(owned):
-            raise ValueError(f"staged {sorted(staged)}: must hold {last} and only {sorted(owned)}")
-        for name in staged:  # on disk before any is moved in
-            with open(staging / name, "rb") as f:
-                os.fsync(f.fileno())
-        (folder / last).unlink(missing_ok=True)
-        for name in sorted(staged - {last}):
-            os.replace(staging / name, folder / name)
-        for name in set(owned) - staged:
-            (folder / name).unlink(missing_ok=True)
-        os.replace(staging / last, folder / last)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if made:
-            with suppress(OSError):  # only an empty folder: what a failed set leaves
-                folder.rmdir()
+    with folder_for(folder):
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+        try:
+            with naming_failures(folder):
+                yield staging
+            _move_in(staging, folder, owned, last)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_in(staging: Path, folder: Path, owned: Collection[str], last: str) -> None:
+    """:func:`staged_files`' commit: the staged files moved into ``folder``, ``last`` last."""
+    staged = {entry.name for entry in staging.iterdir()}
+    if last not in staged or not staged <= set(owned):
+        raise ValueError(f"staged {sorted(staged)}: must hold {last} and only {sorted(owned)}")
+    for name in staged:  # on disk before any is moved in
+        with open(staging / name, "rb") as f:
+            os.fsync(f.fileno())
+    (folder / last).unlink(missing_ok=True)
+    for name in sorted(staged - {last}):
+        os.replace(staging / name, folder / name)
+    for name in set(owned) - staged:
+        (folder / name).unlink(missing_ok=True)
+    os.replace(staging / last, folder / last)

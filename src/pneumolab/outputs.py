@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
 from pneumolab.errors import OutputError
-from pneumolab.files import make_folder
+from pneumolab.files import folder_for
 from pneumolab.run import RunDir
 
 log = logging.getLogger(__name__)
@@ -89,14 +89,8 @@ def working_in(folder: Path, job: str) -> Iterator[None]:
     made here and left empty is removed again. Where there are no such locks (Windows; NFS,
     whose emulated locks refuse a folder's read-only handle), the job goes on unlocked, with a
     warning."""
-    made = make_folder(folder)  # made by someone else: never removed here
-    try:
-        with _folder_lock(folder, job):
-            yield
-    finally:
-        if made:
-            with suppress(OSError):  # only an empty folder: what a refused job leaves
-                folder.rmdir()
+    with folder_for(folder), _folder_lock(folder, job):
+        yield
 
 
 @contextmanager

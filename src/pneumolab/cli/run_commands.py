@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 def _predict_to_file(args: argparse.Namespace, predictor: Predictor, paths: list[Path]) -> int:
     if args.engine == "ray":
-        from pneumolab.inference.inputs import expand_paths
         from pneumolab.inference.ray_engine import RayOptions, predict_with_ray
 
         given = {name: getattr(args, name) for name in RAY_OPTIONS}
@@ -31,9 +30,7 @@ def _predict_to_file(args: argparse.Namespace, predictor: Predictor, paths: list
             **{name: value for name, value in given.items() if value is not None},
             batch_size=args.batch_size,
         )
-        summary = predict_with_ray(
-            predictor, expand_paths(paths), args.out, options, overwrite=args.overwrite
-        )
+        summary = predict_with_ray(predictor, paths, args.out, options, overwrite=args.overwrite)
     else:
         from pneumolab.inference.batch import predict_to_file
 

@@ -278,8 +278,8 @@ def _compare_into(
     backend: ComparisonBackend,
 ) -> tuple[list[ComparisonRow], dict[str, Path]]:
     """:func:`compare_runs`'s work, once ``out_dir`` is this process's."""
-    margins_file = Path(out_dir) / "margins.md"
-    for path in [*comparison_files(Path(out_dir)).values(), margins_file]:
+    margins_file = out_dir / "margins.md"
+    for path in [*comparison_files(out_dir).values(), margins_file]:
         check_output(path, overwrite)
     runs = [RunDir(Path(d)) for d in run_dirs]
     names = _unique_names([run.root for run in runs])

@@ -220,12 +220,14 @@ def _score(
 
 def predict_with_ray(
     predictor: Predictor,
-    files: Sequence[Path],
+    paths: str | Path | Sequence[str | Path],
     out: str | Path,
     options: RayOptions,
     overwrite: bool = False,
 ) -> BatchSummary:
-    """Score ``files`` with ``predictor``'s run, backend and TTA on Ray into ``out``, a results
+    """Score every image under ``paths`` (folders expanded, as
+    :func:`~pneumolab.inference.batch.predict_to_file` does) with ``predictor``'s run, backend
+    and TTA on Ray into ``out``, a results
     file like :func:`~pneumolab.inference.batch.predict_to_file`'s (or Parquet with the same
     columns). Resumable: images already scored there are skipped, failed ones retried; a file
     written with other settings, or not a results file, is refused untouched unless
@@ -237,14 +239,14 @@ def predict_with_ray(
     if predictor.run_dir is None:
         raise ConfigError("the ray engine loads the run in every worker: pass a run directory")
     with writing_alone(out):
-        return _score_into(ray, predictor, predictor.run_dir, files, out, options, overwrite)
+        return _score_into(ray, predictor, predictor.run_dir, paths, out, options, overwrite)
 
 
 def _score_into(
     ray: Any,
     predictor: Predictor,
     run_dir: Path,
-    files: Sequence[Path],
+    paths: str | Path | Sequence[str | Path],
     out: Path,
     options: RayOptions,
     overwrite: bool,
@@ -259,7 +261,7 @@ def _score_into(
         earlier = merge(read_results(out, producer) + read_parts(parts))
         check_producer(earlier, producer, parts)
     done = {row.source for row in earlier if not row.error}
-    sources = [str(source) for source in result_sources(files)]
+    sources = [str(source) for source in result_sources(paths)]
     todo = [source for source in sources if source not in done]
     for source in todo:  # before Ray starts: Arrow carries names as UTF-8 strings
         check_utf8_name(source, "; or score with the local engine (the default), which keeps it")
