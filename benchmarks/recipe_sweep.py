@@ -62,10 +62,11 @@ def run_recipe(name: str, overrides: dict, data: Path, out: Path) -> dict:
         "train_seconds": meta.train_seconds,
         "best_epoch": meta.best_epoch,
     }
-    row |= {
-        k: metrics[k] for k in ("roc_auc", "sensitivity", "specificity", "accuracy", "threshold")
-    }
-    row |= metrics["robustness_summary"]
+    row |= metrics.model_dump(
+        include={"roc_auc", "sensitivity", "specificity", "accuracy", "threshold"}
+    )
+    assert metrics.robustness_summary is not None  # evaluated with robustness=True
+    row |= metrics.robustness_summary.model_dump()
     (run.root / "sweep_row.json").write_text(json.dumps(row))
     return row
 

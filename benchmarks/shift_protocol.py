@@ -38,11 +38,11 @@ def score_run(run_dir: Path, data: Path, draws: int) -> dict[str, float | str]:
         "clean_specificity": clean.specificity,
     }
     for batch, figures in batch_breakdown(probs, labels, batches, predictor.threshold).items():
-        row[f"{batch}_roc_auc"] = figures["roc_auc"]
-        row[f"{batch}_specificity"] = figures["specificity"]
+        row[f"{batch}_roc_auc"] = figures.roc_auc
+        row[f"{batch}_specificity"] = figures.specificity
     results = shift_protocol(predictor.backend, decoded.pixels, labels, predictor.threshold, draws)
     for result in results:
-        for key, value in result.summary().items():
+        for key, value in result.summary().model_dump().items():
             row[f"{result.scenario}_{key}"] = value
     official = predictor.meta.official_val_metrics
     row["official_val_accuracy"] = float("nan") if official is None else official.accuracy

@@ -49,9 +49,9 @@ def figures_at(
     for result in scenario_results(probabilities, labels, threshold):
         summary = result.summary()
         figures[result.scenario] = (
-            summary["mean_roc_auc"],
-            summary["mean_specificity"],
-            summary["mean_sensitivity"],
+            summary.mean_roc_auc,
+            summary.mean_specificity,
+            summary.mean_sensitivity,
         )
     return figures
 

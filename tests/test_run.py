@@ -110,8 +110,9 @@ def test_legacy_single_run_still_predicts_and_evaluates(tiny_run, tmp_path):
     image = next((data / "train" / "PNEUMONIA").iterdir())
     assert Predictor.from_run(run.root).predict(image).threshold == old["threshold"]
     metrics = evaluate(run.root, data, split="val", device="cpu")
-    assert list(metrics["operating_points"]) == list(old["operating_points"])
-    assert metrics["platt_scaled"]["slope"] == old["platt"]["slope"]
+    assert list(metrics.operating_points) == list(old["operating_points"])
+    assert metrics.platt_scaled is not None
+    assert metrics.platt_scaled.slope == old["platt"]["slope"]
 
 
 def test_legacy_ensemble_still_predicts_and_evaluates(tiny_run, tmp_path):
@@ -137,7 +138,7 @@ def test_legacy_ensemble_still_predicts_and_evaluates(tiny_run, tmp_path):
         single.predict(image).probability, abs=1e-6
     )  # two identical members: the mean is the member's score
     val_rows = [line for line in ensemble.split.read_text().splitlines() if line.endswith(",val")]
-    assert metrics["n"] == len(val_rows) > 0
+    assert metrics.n == len(val_rows) > 0
 
 
 def test_legacy_three_class_meta_keeps_its_subtype_metrics(tmp_path):
@@ -171,9 +172,9 @@ def test_oldest_runs_without_operating_points_or_calibration_still_evaluate(tiny
     assert meta.intensity == "none"  # what those runs were trained with
     assert list(meta.operating_points) == ["stored"]
     metrics = evaluate(run.root, data, split="val", device="cpu")
-    assert list(metrics["operating_points"]) == ["stored"]
-    assert metrics["operating_points"]["stored"]["threshold"] == old["threshold"]
-    assert metrics["temperature_scaled"] is None and metrics["platt_scaled"] is None
+    assert list(metrics.operating_points) == ["stored"]
+    assert metrics.operating_points["stored"].threshold == old["threshold"]
+    assert metrics.temperature_scaled is None and metrics.platt_scaled is None
     assert (run.root / "eval" / "val" / "reliability.png").stat().st_size > 0
 
 

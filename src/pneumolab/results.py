@@ -1,13 +1,29 @@
 """Typed results that travel between layers and into files: metrics at a threshold, stored
-operating points, calibration maps, three-class metrics.
+operating points, calibration maps, three-class metrics, and an evaluation's metrics.
 
-Undefined ratios are NaN (never None); they are written to JSON as ``NaN``, as ``json.dumps``
-does, so files stay readable by :func:`json.loads` and by these models.
+Undefined ratios are NaN (never None); ``meta.json`` writes them as ``NaN``, as ``json.dumps``
+does, so files stay readable by :func:`json.loads` and by these models. An evaluation's
+``metrics.json`` writes them as ``null`` (plain JSON, for other tools); read back, a ``null``
+metric is NaN again.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import json
+import math
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from pneumolab.choices import Split
+
+
+def _nan_for_null(value: object) -> object:
+    return math.nan if value is None else value
+
+
+Metric = Annotated[float, BeforeValidator(_nan_for_null)]
+"""A figure that is NaN where undefined (one class only, an empty denominator)."""
 
 
 class Result(BaseModel):
@@ -19,13 +35,13 @@ class Result(BaseModel):
 class ThresholdMetrics(Result):
     """The metrics of a binary classifier that depend on the decision threshold."""
 
-    accuracy: float
-    sensitivity: float
-    specificity: float
-    precision: float
-    npv: float
-    f1: float
-    balanced_accuracy: float
+    accuracy: Metric
+    sensitivity: Metric
+    specificity: Metric
+    precision: Metric
+    npv: Metric
+    f1: Metric
+    balanced_accuracy: Metric
     confusion_matrix: list[list[int]] = Field(description="[[tn, fp], [fn, tp]]")
 
 
@@ -34,10 +50,10 @@ class BinaryMetrics(ThresholdMetrics):
 
     n: int
     threshold: float
-    roc_auc: float
-    pr_auc: float
-    brier: float
-    ece: float
+    roc_auc: Metric
+    pr_auc: Metric
+    brier: Metric
+    ece: Metric
 
     def threshold_only(self) -> ThresholdMetrics:
         """Only the :class:`ThresholdMetrics` fields."""
@@ -102,3 +118,129 @@ class DecisionRule(Result):
     def default_point(self) -> StoredOperatingPoint:
         """The operating point that gives ``threshold``."""
         return self.operating_points[self.default_operating_point]
+
+
+class ScoredOperatingPoint(Result):
+    """A stored operating point scored on the evaluated split."""
+
+    threshold: float
+    provenance: str
+    metrics: ThresholdMetrics
+
+
+class OracleThreshold(Result):
+    """The best threshold on the evaluated split itself: a diagnosis, never an operating point."""
+
+    threshold: float
+    metrics: ThresholdMetrics
+    note: str
+
+
+class CalibrationScore(Result):
+    """Brier score and ECE of the probabilities after one of the run's calibration maps."""
+
+    brier: Metric
+    ece: Metric
+
+
+class TemperatureScaled(CalibrationScore):
+    """After temperature scaling, with its temperature."""
+
+    temperature: float
+
+
+class PlattScaled(CalibrationScore):
+    """After Platt scaling, with its map."""
+
+    slope: float
+    intercept: float
+
+
+class PerturbationMetrics(Result):
+    """Figures under one perturbation of the robustness suite, at the stored threshold."""
+
+    roc_auc: Metric
+    accuracy: Metric
+    sensitivity: Metric
+    specificity: Metric
+
+
+class RobustnessSummary(Result):
+    """Worst and mean figures over the robustness suite's perturbed conditions."""
+
+    worst_roc_auc: Metric
+    mean_roc_auc: Metric
+    worst_specificity: Metric
+    worst_sensitivity: Metric
+    mean_accuracy: Metric
+
+
+class ScenarioSummary(Result):
+    """One shift-protocol scenario: mean and min over its draws."""
+
+    mean_roc_auc: Metric
+    min_roc_auc: Metric
+    mean_specificity: Metric
+    min_specificity: Metric
+    mean_sensitivity: Metric
+    min_sensitivity: Metric
+
+
+class ShiftSummary(Result):
+    """The shift protocol's headline figures."""
+
+    compound_roc_auc: Metric
+    compound_specificity: Metric
+    worst_scenario_roc_auc: Metric
+
+
+class BatchFigures(Result):
+    """One normal acquisition batch against every pneumonia image."""
+
+    n_normal: int
+    roc_auc: Metric
+    specificity: Metric
+
+
+class EvaluationMetrics(BinaryMetrics):
+    """Everything an evaluation measured on one split (what ``metrics.json`` holds): the
+    metrics at the run's stored threshold, patient-bootstrap 95% intervals (``ci95``: metric ->
+    [low, high]), the stored operating points and an oracle threshold scored here, calibration
+    after the run's maps, and, where asked for, three-class metrics, robustness and the shift
+    protocol."""
+
+    split: Split
+    tta: bool = False
+    backend: str = "torch"
+    model: str
+    skipped: list[str] = Field(default_factory=list)
+    ci95: dict[str, tuple[Metric, Metric]] = Field(default_factory=dict)
+    operating_points: dict[str, ScoredOperatingPoint] = Field(default_factory=dict)
+    oracle: OracleThreshold | None = None
+    temperature_scaled: TemperatureScaled | None = None
+    platt_scaled: PlattScaled | None = None
+    test_evaluations_count: int = 0
+    subtypes: SubtypeMetrics | None = None
+    robustness: dict[str, PerturbationMetrics] | None = None
+    robustness_summary: RobustnessSummary | None = None
+    shift: dict[str, ScenarioSummary] | None = None
+    shift_summary: ShiftSummary | None = None
+    acquisition_batches: dict[str, BatchFigures] | None = None
+
+    def to_json(self, indent: int | None = None) -> str:
+        """The metrics as JSON (``metrics.json`` indents by 2): NaN as ``null``; the parts not
+        computed (three-class, robustness, shift) left out."""
+        optional = {"subtypes", "robustness", "robustness_summary", "shift", "shift_summary",
+                    "acquisition_batches"}  # fmt: skip
+        left_out = {name for name in optional if getattr(self, name) is None}
+        return json.dumps(_null_for_nan(self.model_dump(exclude=left_out)), indent=indent)
+
+
+def _null_for_nan(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _null_for_nan(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_null_for_nan(v) for v in value]
+    return value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,6 +18,7 @@ from pneumolab.errors import DataLayoutError
 from pneumolab.evaluation.evaluate import evaluate
 from pneumolab.evaluation.heldout import log_test_evaluation
 from pneumolab.pipeline.train import train
+from pneumolab.results import EvaluationMetrics
 from pneumolab.run import RunDir
 
 pytestmark = pytest.mark.slow  # trains its own models
@@ -52,33 +54,51 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 def test_validation_evaluation_has_the_clinical_keys(trained):
     run_dir, data = trained
     metrics = evaluate(run_dir, data, split="val", device="cpu")
-    assert metrics.keys() >= NEW_KEYS
-    assert metrics["test_evaluations_count"] == 0
+    assert metrics.test_evaluations_count == 0
     for name in ("accuracy", "roc_auc", "brier"):
-        low, high = metrics["ci95"][name]
-        assert low - 1e-9 <= metrics[name] <= high + 1e-9, name
+        low, high = metrics.ci95[name]
+        assert low - 1e-9 <= getattr(metrics, name) <= high + 1e-9, name
     meta = json.loads((run_dir / "meta.json").read_text())
-    points = metrics["operating_points"]
+    points = metrics.operating_points
     assert set(points) == {"sensitivity_95", "youden", "cost_ratio_5"}
-    assert points["sensitivity_95"]["threshold"] == metrics["threshold"] == meta["threshold"]
-    assert points["youden"]["provenance"].startswith("validation split of run, n=")
-    assert points["sensitivity_95"]["metrics"]["sensitivity"] >= 0.95  # chosen on this split
-    assert "diagnosis only" in metrics["oracle"]["note"]
-    assert metrics["temperature_scaled"]["temperature"] == meta["temperature"]
-    assert metrics["platt_scaled"]["slope"] == meta["platt"]["slope"]
-    assert metrics["platt_scaled"]["ece"] >= 0
-    written = run_dir / "eval" / "val"
-    assert json.loads((written / "metrics.json").read_text()) == metrics
-    assert (written / "reliability.png").stat().st_size > 0
+    assert points["sensitivity_95"].threshold == metrics.threshold == meta["threshold"]
+    assert points["youden"].provenance.startswith("validation split of run, n=")
+    assert points["sensitivity_95"].metrics.sensitivity >= 0.95  # chosen on this split
+    assert metrics.oracle is not None and "diagnosis only" in metrics.oracle.note
+    assert metrics.temperature_scaled is not None and metrics.platt_scaled is not None
+    assert metrics.temperature_scaled.temperature == meta["temperature"]
+    assert metrics.platt_scaled.slope == meta["platt"]["slope"]
+    assert metrics.platt_scaled.ece >= 0
+    written = json.loads((run_dir / "eval" / "val" / "metrics.json").read_text())
+    assert written.keys() >= NEW_KEYS
+    assert EvaluationMetrics.model_validate(written) == metrics  # read back: the same figures
+    assert (run_dir / "eval" / "val" / "reliability.png").stat().st_size > 0
+
+
+def test_metrics_json_writes_undefined_figures_as_null_and_reads_them_back_as_nan(trained):
+    """A split of one class: ROC AUC and specificity are undefined; metrics.json is plain JSON
+    (null, not NaN) and reads back into the same metrics."""
+    run_dir, data = trained
+    metrics = evaluate(run_dir, data, split="val", device="cpu")
+    one_class = metrics.model_copy(update={"roc_auc": math.nan, "specificity": math.nan})
+    text = one_class.to_json(indent=2)
+    assert "NaN" not in text
+    written = json.loads(text)
+    assert written["roc_auc"] is None and written["specificity"] is None
+    assert "robustness" not in written and "shift" not in written  # not computed: left out
+    assert written["temperature_scaled"] is not None and "oracle" in written
+    back = EvaluationMetrics.model_validate_json(text)
+    assert math.isnan(back.roc_auc) and math.isnan(back.specificity)
+    assert back.accuracy == metrics.accuracy and back.ci95 == metrics.ci95
 
 
 def test_every_test_evaluation_is_logged(trained):
     run_dir, data = trained
     log = run_dir / "test_evaluations.jsonl"
     log.unlink(missing_ok=True)
-    assert evaluate(run_dir, data, split="test", device="cpu")["test_evaluations_count"] == 1
-    assert evaluate(run_dir, data, split="test", device="cpu")["test_evaluations_count"] == 2
-    assert evaluate(run_dir, data, split="val", device="cpu")["test_evaluations_count"] == 2
+    assert evaluate(run_dir, data, split="test", device="cpu").test_evaluations_count == 1
+    assert evaluate(run_dir, data, split="test", device="cpu").test_evaluations_count == 2
+    assert evaluate(run_dir, data, split="val", device="cpu").test_evaluations_count == 2
     entries = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(entries) == 2
     config_hash = hashlib.sha256((run_dir / "config.yaml").read_bytes()).hexdigest()
@@ -121,17 +141,15 @@ def test_shift_protocol_adds_every_scenario_and_the_batch_breakdown(trained):
 
     run_dir, data = trained
     metrics = evaluate(run_dir, data, split="val", device="cpu", shift=True)
-    assert list(metrics["shift"]) == list(SCENARIOS)
-    summary = metrics["shift_summary"]
-    assert summary["compound_roc_auc"] == metrics["shift"]["compound"]["mean_roc_auc"]
-    assert summary["worst_scenario_roc_auc"] <= summary["compound_roc_auc"]
+    assert metrics.shift is not None and list(metrics.shift) == list(SCENARIOS)
+    summary = metrics.shift_summary
+    assert summary is not None
+    assert summary.compound_roc_auc == metrics.shift["compound"].mean_roc_auc
+    assert summary.worst_scenario_roc_auc <= summary.compound_roc_auc
     # the synthetic normals are all IM- files: one normal batch, with every normal counted
-    batches = metrics["acquisition_batches"]
-    assert list(batches) == ["IM"]
-    assert (
-        batches["IM"]["n_normal"]
-        == metrics["confusion_matrix"][0][0] + metrics["confusion_matrix"][0][1]
-    )
+    batches = metrics.acquisition_batches
+    assert batches is not None and list(batches) == ["IM"]
+    assert batches["IM"].n_normal == sum(metrics.confusion_matrix[0])
     shifted = RunDir(run_dir).eval_dir("val") / "shift_predictions.csv"
     assert shifted.is_file()
     evaluate(run_dir, data, split="val", device="cpu")  # no shift: no earlier shifted scores

@@ -46,9 +46,9 @@ def test_tta_score_is_the_mean_over_views(run_dir):
 def test_evaluate_and_predict_accept_tta(run_dir, tiny_run, capsys):
     data = tiny_run[1]
     metrics = evaluate(run_dir, data, "val", tta=True)
-    assert metrics["tta"] is True and 0.0 <= metrics["accuracy"] <= 1.0
+    assert metrics.tta is True and 0.0 <= metrics.accuracy <= 1.0
     # the calibration maps were fitted on scores without the views: not applied to TTA scores
-    assert metrics["temperature_scaled"] is None and metrics["platt_scaled"] is None
+    assert metrics.temperature_scaled is None and metrics.platt_scaled is None
     # scored over the views: the validation TTA scores stored at training, image by image
     run = RunDir(run_dir)
     stored = {r["path"]: r for r in read_predictions(run.val_predictions)}
@@ -58,7 +58,7 @@ def test_evaluate_and_predict_accept_tta(run_dir, tiny_run, capsys):
         assert row["probability"] == pytest.approx(stored[row["path"]]["tta_probability"], abs=1e-6)
     labels = np.array([stored[r["path"]]["label"] for r in scored])
     tta_probs = np.array([stored[r["path"]]["tta_probability"] for r in scored])
-    assert metrics["brier"] == pytest.approx(np.mean((tta_probs - labels) ** 2), abs=1e-6)
+    assert metrics.brier == pytest.approx(np.mean((tta_probs - labels) ** 2), abs=1e-6)
     image = next((data / "train" / "NORMAL").iterdir())
     capsys.readouterr()
     assert main(["predict", str(run_dir), str(image), "--json", "--tta"]) == 0
@@ -84,8 +84,8 @@ def test_tta_decides_at_the_tta_threshold(run_dir, tiny_run):
     meta = RunDir(run_dir).read_meta()
     assert Predictor.from_run(run_dir).threshold == meta.threshold
     assert Predictor.from_run(run_dir, tta=True).threshold == meta.tta_threshold
-    points = evaluate(run_dir, tiny_run[1], "val", tta=True)["operating_points"]
-    assert list(points) == ["tta"] and points["tta"]["threshold"] == meta.tta_threshold
+    points = evaluate(run_dir, tiny_run[1], "val", tta=True).operating_points
+    assert list(points) == ["tta"] and points["tta"].threshold == meta.tta_threshold
 
 
 def test_a_run_without_tta_threshold_keeps_its_threshold_and_says_so(tiny_run, tmp_path, caplog):

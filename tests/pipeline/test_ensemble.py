@@ -65,8 +65,8 @@ def test_ensemble_scores_the_mean_with_its_own_threshold(members, tmp_path):
     singles = [Predictor.from_run(r.root).predict(image).probability for r in runs]
     assert predictor.predict(image).probability == pytest.approx(np.mean(singles), abs=1e-6)
     metrics = evaluate(ensemble.root, data, "val")
-    assert metrics["model"].startswith("ensemble(")
-    assert metrics["roc_auc"] == pytest.approx(meta["val_metrics"]["roc_auc"], abs=1e-6)
+    assert metrics.model.startswith("ensemble(")
+    assert metrics.roc_auc == pytest.approx(meta["val_metrics"]["roc_auc"], abs=1e-6)
 
 
 def test_a_comparison_scores_members_once_and_the_ensemble_from_their_passes(
@@ -90,8 +90,9 @@ def test_a_comparison_scores_members_once_and_the_ensemble_from_their_passes(
             mean = np.mean([by_run[c.name][image] for c in copies], axis=0)
             assert draws == pytest.approx(mean, abs=2e-6)  # files keep 6 decimals
     uncached = evaluate(ensemble.root, data, "val", shift=True)
-    assert uncached["roc_auc"] == rows[2].roc_auc
-    assert uncached["shift_summary"]["compound_roc_auc"] == rows[2].shift_roc_auc
+    assert uncached.roc_auc == rows[2].roc_auc
+    assert uncached.shift_summary is not None
+    assert uncached.shift_summary.compound_roc_auc == rows[2].shift_roc_auc
 
 
 def test_single_network_tools_name_the_members(members, tmp_path):

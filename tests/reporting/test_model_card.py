@@ -7,6 +7,7 @@ import json
 from conftest import copy_run
 from pneumolab.reporting.model_card import write_model_card
 from pneumolab.run import RunDir
+from pneumolab.run_meta import RunMeta
 
 SECTIONS = (
     "## Model details",
@@ -36,11 +37,16 @@ def test_tiny_run_has_a_model_card(tiny_run, tmp_path):
     assert "No bacterial/viral distinction" in card  # a binary run says so
 
     (run.eval_dir("val")).mkdir(parents=True)
-    metrics = meta.val_metrics.model_dump() | {"ci95": {"roc_auc": [0.125, 0.875]}}
+    metrics = evaluation_of(meta) | {"ci95": {"roc_auc": [0.125, 0.875]}}
     (run.eval_dir("val") / "metrics.json").write_text(json.dumps(metrics))
     card = write_model_card(run).read_text()
     assert "0.1250 – 0.8750" in card
     assert "without confidence intervals" not in card
+
+
+def evaluation_of(meta: RunMeta) -> dict[str, object]:
+    """A validation evaluation's metrics.json with the run's own validation figures."""
+    return meta.val_metrics.model_dump() | {"split": "val", "model": meta.model}
 
 
 def test_the_card_reads_no_tta_evaluation_and_survives_a_broken_one(tiny_run, tmp_path, caplog):
@@ -48,20 +54,22 @@ def test_the_card_reads_no_tta_evaluation_and_survives_a_broken_one(tiny_run, tm
     meta = run.read_meta()
     run.eval_dir("val").mkdir(parents=True)
     metrics_file = run.eval_dir("val") / "metrics.json"
-    tta = meta.val_metrics.model_dump() | {"tta": True, "ci95": {"roc_auc": [0.125, 0.875]}}
+    tta = evaluation_of(meta) | {"tta": True, "ci95": {"roc_auc": [0.125, 0.875]}}
     metrics_file.write_text(json.dumps(tta))  # figures at the TTA threshold, not the card's
     card = write_model_card(run).read_text()
     assert "0.1250 – 0.8750" not in card and "without confidence intervals" in card
-    metrics_file.write_text('{"roc_auc": 0.9')  # cut short
-    card = write_model_card(run).read_text()
-    assert "without confidence intervals" in card
-    assert f"{metrics_file}: unreadable" in caplog.text
+    for broken in ('{"roc_auc": 0.9', json.dumps({"roc_auc": 0.9})):  # cut short; not metrics
+        caplog.clear()
+        metrics_file.write_text(broken)
+        card = write_model_card(run).read_text()
+        assert "without confidence intervals" in card
+        assert f"{metrics_file}: not readable as an evaluation's metrics" in caplog.text
 
 
 def test_the_card_names_the_export_that_scored_its_figures(tiny_run, tmp_path):
     run = RunDir(copy_run(tiny_run[0], tmp_path / "run"))
     run.eval_dir("val").mkdir(parents=True)
-    metrics = run.read_meta().val_metrics.model_dump() | {"ci95": {"roc_auc": [0.125, 0.875]}}
+    metrics = evaluation_of(run.read_meta()) | {"ci95": {"roc_auc": [0.125, 0.875]}}
     for backend, named in (("torch", False), ("onnx-int8", True), ("openvino", True)):
         (run.eval_dir("val") / "metrics.json").write_text(
             json.dumps(metrics | {"backend": backend})

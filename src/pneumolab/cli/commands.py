@@ -7,7 +7,6 @@ load neither PyTorch nor scikit-learn)."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from rich.table import Table
@@ -104,9 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if global_rank() != 0:  # rank 0 finishes the run and reports it
         return 0
     meta = run.read_meta()
-    console.print(
-        metrics_table(meta.val_metrics.model_dump(), f"validation (patient-grouped) — {meta.model}")
-    )
+    console.print(metrics_table(meta.val_metrics, f"validation (patient-grouped) — {meta.model}"))
     official = meta.official_val_metrics
     if official is not None:
         console.print(
@@ -140,16 +137,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         backend=args.backend,
     )
     if args.json:
-        print(json.dumps(metrics))
+        print(metrics.to_json())
     else:
-        console.print(metrics_table(metrics, f"{args.split} — {metrics['model']}"))
+        console.print(metrics_table(metrics, f"{args.split} — {metrics.model}"))
         console.print(operating_points_table(metrics))
-        if args.robustness:
-            console.print(robustness_table(metrics["robustness"]))
-        if args.shift:
-            console.print(shift_table(metrics["shift"]))
-        if "subtypes" in metrics:
-            console.print(subtypes_table(metrics["subtypes"]))
+        if metrics.robustness is not None:
+            console.print(robustness_table(metrics.robustness))
+        if metrics.shift is not None:
+            console.print(shift_table(metrics.shift))
+        if metrics.subtypes is not None:
+            console.print(subtypes_table(metrics.subtypes))
         console.print(f"written to {Path(args.run_dir) / 'eval' / args.split}")
     return 0
 
@@ -193,9 +190,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
     run = build_ensemble(args.run_dirs, args.out, args.target_sensitivity)
     meta = run.read_meta()
-    console.print(
-        metrics_table(meta.val_metrics.model_dump(), f"validation (patient-grouped) — {meta.model}")
-    )
+    console.print(metrics_table(meta.val_metrics, f"validation (patient-grouped) — {meta.model}"))
     say("ensemble written to ", (str(run.root), "bold"))
     return 0
 

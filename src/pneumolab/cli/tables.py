@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 from rich.text import Text
 
 from pneumolab.evaluation.metrics import SCALAR_METRICS, format_interval, format_metric
+from pneumolab.results import (
+    BinaryMetrics,
+    EvaluationMetrics,
+    PerturbationMetrics,
+    ScenarioSummary,
+    SubtypeMetrics,
+)
 
 if TYPE_CHECKING:  # the comparison module loads PyTorch; the table only reads its rows
     from pneumolab.evaluation.comparison import ComparisonRow
@@ -16,26 +23,25 @@ if TYPE_CHECKING:  # the comparison module loads PyTorch; the table only reads i
 METRIC_KEYS = ("n", *SCALAR_METRICS, "threshold")
 
 
-def metrics_table(metrics: dict[str, Any], title: str) -> Table:
-    """One row per metric of an evaluation (with its 95% interval where bootstrapped)."""
-    intervals = metrics.get("ci95") or {}
+def metrics_table(metrics: BinaryMetrics, title: str) -> Table:
+    """One row per metric (with its 95% interval where an evaluation bootstrapped one)."""
+    intervals = metrics.ci95 if isinstance(metrics, EvaluationMetrics) else {}
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     if intervals:
         table.add_column("95% CI (patient bootstrap)", justify="right")
-    for key in (k for k in METRIC_KEYS if k in metrics):
-        row = [key, format_metric(metrics[key])]
+    for key in METRIC_KEYS:
+        row = [key, format_metric(getattr(metrics, key))]
         if intervals:
-            low_high = intervals.get(key)
-            row.append(format_interval(low_high))
+            row.append(format_interval(intervals.get(key)))
         table.add_row(*row)
-    (tn, fp), (fn, tp) = metrics["confusion_matrix"]
+    (tn, fp), (fn, tp) = metrics.confusion_matrix
     table.add_row("confusion [[tn, fp], [fn, tp]]", f"[[{tn}, {fp}], [{fn}, {tp}]]")
     return table
 
 
-def operating_points_table(metrics: dict[str, Any]) -> Table:
+def operating_points_table(metrics: EvaluationMetrics) -> Table:
     """Sensitivity and specificity at each stored operating point."""
     table = Table(
         "operating point",
@@ -45,29 +51,27 @@ def operating_points_table(metrics: dict[str, Any]) -> Table:
         "provenance",
         title="operating points (chosen on validation)",
     )
-    for name, point in (metrics.get("operating_points") or {}).items():
-        m = point["metrics"]
+    for name, point in metrics.operating_points.items():
         table.add_row(
             name,
-            format_metric(point["threshold"]),
-            format_metric(m["sensitivity"]),
-            format_metric(m["specificity"]),
-            point["provenance"],
+            format_metric(point.threshold),
+            format_metric(point.metrics.sensitivity),
+            format_metric(point.metrics.specificity),
+            point.provenance,
         )
-    oracle = metrics.get("oracle")
-    if oracle:
-        m = oracle["metrics"]
+    oracle = metrics.oracle
+    if oracle is not None:
         table.add_row(
             Text("oracle (diagnosis only)", style="yellow"),
-            format_metric(oracle["threshold"]),
-            format_metric(m["sensitivity"]),
-            format_metric(m["specificity"]),
-            oracle["note"],
+            format_metric(oracle.threshold),
+            format_metric(oracle.metrics.sensitivity),
+            format_metric(oracle.metrics.specificity),
+            oracle.note,
         )
     return table
 
 
-def robustness_table(report: dict[str, dict[str, float | None]]) -> Table:
+def robustness_table(report: dict[str, PerturbationMetrics]) -> Table:
     """Metrics under each perturbation of the robustness suite (a dash where undefined: one
     class only)."""
     table = Table(
@@ -76,12 +80,15 @@ def robustness_table(report: dict[str, dict[str, float | None]]) -> Table:
     for name, row in report.items():
         table.add_row(
             name,
-            *(format_metric(row[k]) for k in ("roc_auc", "accuracy", "sensitivity", "specificity")),
+            *(
+                format_metric(v)
+                for v in (row.roc_auc, row.accuracy, row.sensitivity, row.specificity)
+            ),
         )
     return table
 
 
-def shift_table(report: dict[str, dict[str, float | None]]) -> Table:
+def shift_table(report: dict[str, ScenarioSummary]) -> Table:
     """The shift protocol: one line per scenario, mean (min) over its draws (dashes where
     undefined)."""
     table = Table("scenario", "roc_auc", "specificity", "sensitivity", title="shift protocol")
@@ -89,7 +96,8 @@ def shift_table(report: dict[str, dict[str, float | None]]) -> Table:
         table.add_row(
             name,
             *(
-                f"{format_metric(row[f'mean_{k}'])} ({format_metric(row[f'min_{k}'])})"
+                f"{format_metric(getattr(row, f'mean_{k}'))} "
+                f"({format_metric(getattr(row, f'min_{k}'))})"
                 for k in ("roc_auc", "specificity", "sensitivity")
             ),
         )
@@ -121,21 +129,21 @@ def comparison_table(rows: Sequence[ComparisonRow], title: str) -> Table:
     return table
 
 
-def subtypes_table(subtypes: dict[str, Any]) -> Table:
+def subtypes_table(subtypes: SubtypeMetrics) -> Table:
     """Per-class metrics of a three-class run, with its confusion matrix rows."""
-    table = Table("class", "precision", "recall", "F1", "support", *subtypes["classes"])
+    table = Table("class", "precision", "recall", "F1", "support", *subtypes.classes)
     table.title = (
-        f"three classes: accuracy {subtypes['accuracy']:.4f}, bacterial vs viral "
-        f"{format_metric(subtypes['bacterial_vs_viral_accuracy'])} (rows: truth)"
+        f"three classes: accuracy {subtypes.accuracy:.4f}, bacterial vs viral "
+        f"{format_metric(subtypes.bacterial_vs_viral_accuracy)} (rows: truth)"
     )
-    for name, row in zip(subtypes["classes"], subtypes["confusion_matrix"], strict=True):
-        m = subtypes["per_class"][name]
+    for name, row in zip(subtypes.classes, subtypes.confusion_matrix, strict=True):
+        m = subtypes.per_class[name]
         table.add_row(
             name,
-            format_metric(m["precision"]),
-            format_metric(m["recall"]),
-            format_metric(m["f1-score"]),
-            str(m["support"]),
+            format_metric(m.precision),
+            format_metric(m.recall),
+            format_metric(m.f1),
+            str(m.support),
             *map(str, row),
         )
     return table

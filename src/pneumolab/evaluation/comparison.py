@@ -96,7 +96,7 @@ def compare_predictor(
         raise ValueError("compare_predictor needs a predictor loaded with Predictor.from_run")
     run, backend, device = RunDir(predictor.run_dir), predictor.backend_name, default_device()
     evaluation = compute_evaluation(predictor, data_dir, split, robustness, shift)
-    if evaluation.metrics["roc_auc"] is None:
+    if math.isnan(evaluation.metrics.roc_auc):
         raise DataLayoutError(
             f"{name}: the {split} images that could be read are all of one class; a comparison "
             "ranks models by ROC AUC, which needs both (`pneumolab evaluate` gives one run's "
@@ -108,29 +108,28 @@ def compare_predictor(
     with cache.bypassed() if cache else nullcontext():
         cpu_ms = ms_per_image(timed.backend, evaluation.decoded.pixels[:SPEED_IMAGES])
     meta = predictor.meta  # what from_run read from meta.json
-    worst = metrics.get("robustness_summary") or {}
-    shifted = metrics.get("shift_summary") or {}
+    worst, shifted = metrics.robustness_summary, metrics.shift_summary
     official = meta.official_val_metrics
     return ComparisonRow(
         name=name,
         model=meta.model,
         strategy=meta.strategy,
         image_size=meta.image_size,
-        accuracy=metrics["accuracy"],
-        sensitivity=metrics["sensitivity"],
-        specificity=metrics["specificity"],
-        roc_auc=metrics["roc_auc"],
-        roc_auc_ci95=format_interval((metrics.get("ci95") or {}).get("roc_auc")),
-        threshold=metrics["threshold"],
+        accuracy=metrics.accuracy,
+        sensitivity=metrics.sensitivity,
+        specificity=metrics.specificity,
+        roc_auc=metrics.roc_auc,
+        roc_auc_ci95=format_interval(metrics.ci95.get("roc_auc")),
+        threshold=metrics.threshold,
         parameters=meta.parameters,
         train_seconds=meta.train_seconds,
         cpu_ms_per_image=round(cpu_ms, 2),
-        worst_roc_auc=worst.get("worst_roc_auc"),
-        worst_specificity=worst.get("worst_specificity"),
-        shift_roc_auc=shifted.get("compound_roc_auc"),
-        shift_specificity=shifted.get("compound_specificity"),
+        worst_roc_auc=None if worst is None else worst.worst_roc_auc,
+        worst_specificity=None if worst is None else worst.worst_specificity,
+        shift_roc_auc=None if shifted is None else shifted.compound_roc_auc,
+        shift_specificity=None if shifted is None else shifted.compound_specificity,
         official_val_accuracy=None if official is None else official.accuracy,
-        confusion_matrix=metrics["confusion_matrix"],
+        confusion_matrix=metrics.confusion_matrix,
         run_dir=str(run.root),
         backend=backend,
     )

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pneumolab.choices import BackendName, Split
 from pneumolab.evaluation.scoring import compute_evaluation
 from pneumolab.evaluation.writer import write_evaluation
 from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.torch_scoring import default_device
+from pneumolab.results import EvaluationMetrics
 
 
 def evaluate(
@@ -22,12 +22,13 @@ def evaluate(
     tta: bool = False,
     shift: bool = False,
     backend: BackendName = "torch",
-) -> dict[str, Any]:
+) -> EvaluationMetrics:
     """Metrics at the run's stored threshold, threshold-free metrics, patient-grouped bootstrap
     95% intervals (``ci95``), every stored operating point and an oracle threshold scored on this
     split, and calibration before/after the run's temperature and Platt maps. Writes metrics.json,
     predictions.csv and PNG figures (confusion matrix, ROC curve, reliability diagram) into
-    ``RUN_DIR/eval/<split>/`` and returns the metrics. Every ``test`` evaluation is logged in
+    ``RUN_DIR/eval/<split>/`` and returns the metrics (typed: ``metrics.roc_auc``,
+    ``metrics.ci95["roc_auc"]``; ``metrics.model_dump()`` gives them as a dict). Every ``test`` evaluation is logged in
     ``RUN_DIR/test_evaluations.jsonl``; ``test_evaluations_count`` says how many there have been.
 
     ``tta`` averages each image over fixed test-time views, scored at the run's TTA threshold
@@ -40,7 +41,7 @@ def evaluate(
     scenario, mean and min over three draws), ``shift_summary`` and ``acquisition_batches``,
     and writes its per-image scores (``shift_predictions.csv``). ``backend``: see
     :meth:`Predictor.from_run <pneumolab.inference.predictor.Predictor.from_run>` (``onnx``
-    evaluates the exported model, the file a deployment serves); ``metrics["backend"]`` says
+    evaluates the exported model, the file a deployment serves); ``metrics.backend`` says
     which scored.
     """
     predictor = Predictor.from_run(

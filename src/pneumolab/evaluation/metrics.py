@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -92,8 +93,10 @@ def threshold_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float) ->
 
 
 def format_metric(value: object) -> str:
-    """A metric for a table: floats to 4 decimals, None as a dash."""
-    return "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+    """A metric for a table: floats to 4 decimals, None and NaN (undefined) as a dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def format_share(value: float | None, decimals: int = 1) -> str:

@@ -16,6 +16,7 @@ from torchvision.transforms.v2 import functional as F
 
 from pneumolab.evaluation.metrics import binary_metrics
 from pneumolab.inference.predictor import Backend
+from pneumolab.results import PerturbationMetrics, RobustnessSummary
 
 Perturbation = Callable[[torch.Tensor], torch.Tensor]
 
@@ -54,7 +55,7 @@ PERTURBATIONS: dict[str, Perturbation] = {
 
 def robustness_report(
     score: Backend, pixels: torch.Tensor, labels: np.ndarray, threshold: float
-) -> dict[str, dict[str, float]]:
+) -> dict[str, PerturbationMetrics]:
     """ROC AUC, accuracy, sensitivity and specificity at ``threshold`` under every perturbation
     of the raw pixels, scored by ``score`` (a Predictor's backend: it applies the run's intensity
     normalisation, and TTA or ONNX when the predictor uses them)."""
@@ -62,19 +63,19 @@ def robustness_report(
     for name, perturb in PERTURBATIONS.items():
         probs = score(perturb(pixels))
         metrics = binary_metrics(labels, probs, threshold)
-        report[name] = metrics.model_dump(
-            include={"roc_auc", "accuracy", "sensitivity", "specificity"}
+        report[name] = PerturbationMetrics.model_validate(
+            metrics.model_dump(include=set(PerturbationMetrics.model_fields))
         )
     return report
 
 
-def summarize(report: dict[str, dict[str, float]]) -> dict[str, float]:
+def summarize(report: dict[str, PerturbationMetrics]) -> RobustnessSummary:
     """Worst and mean figures over the perturbed (non-clean) conditions."""
     shifted = [v for k, v in report.items() if k != "clean"]
-    return {
-        "worst_roc_auc": min(v["roc_auc"] for v in shifted),
-        "mean_roc_auc": float(np.mean([v["roc_auc"] for v in shifted])),
-        "worst_specificity": min(v["specificity"] for v in shifted),
-        "worst_sensitivity": min(v["sensitivity"] for v in shifted),
-        "mean_accuracy": float(np.mean([v["accuracy"] for v in shifted])),
-    }
+    return RobustnessSummary(
+        worst_roc_auc=min(v.roc_auc for v in shifted),
+        mean_roc_auc=float(np.mean([v.roc_auc for v in shifted])),
+        worst_specificity=min(v.specificity for v in shifted),
+        worst_sensitivity=min(v.sensitivity for v in shifted),
+        mean_accuracy=float(np.mean([v.accuracy for v in shifted])),
+    )

@@ -6,10 +6,9 @@ opened first, created if missing, so that a look it cannot record is refused."""
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from sklearn.metrics import brier_score_loss
@@ -39,10 +38,19 @@ from pneumolab.evaluation.shift import (
 from pneumolab.evaluation.subtypes import subtype_metrics
 from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.torch_scoring import predict_class_probabilities
+from pneumolab.results import (
+    EvaluationMetrics,
+    OracleThreshold,
+    PlattScaled,
+    ScoredOperatingPoint,
+    SubtypeMetrics,
+    TemperatureScaled,
+)
 from pneumolab.run import RunDir
 from pneumolab.run_meta import RunMeta
 
 log = logging.getLogger(__name__)
+Score = TypeVar("Score", TemperatureScaled, PlattScaled)
 
 
 def split_samples(run: RunDir, data_dir: Path, split: str) -> list[Sample]:
@@ -56,85 +64,86 @@ def split_samples(run: RunDir, data_dir: Path, split: str) -> list[Sample]:
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _operating_points(
     predictor: Predictor, labels: np.ndarray, probs: np.ndarray
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, ScoredOperatingPoint]:
     """The run's stored operating points, scored here; with test-time augmentation only the TTA
     threshold (the stored points were chosen on scores without it)."""
     meta = predictor.meta
     if predictor.tta:
         rule = f"{meta.threshold_rule}, on validation scores averaged over the test-time views"
-        return {
-            "tta": {
-                "threshold": predictor.threshold,
-                "provenance": rule if meta.tta_threshold is not None else meta.threshold_rule,
-                "metrics": threshold_metrics(labels, probs, predictor.threshold).model_dump(),
-            }
+        provenance = rule if meta.tta_threshold is not None else meta.threshold_rule
+        points = {"tta": (predictor.threshold, provenance)}
+    else:
+        points = {
+            name: (point.threshold, point.provenance)
+            for name, point in meta.operating_points.items()
         }
     return {
-        name: {
-            "threshold": point.threshold,
-            "provenance": point.provenance,
-            "metrics": threshold_metrics(labels, probs, point.threshold).model_dump(),
-        }
-        for name, point in meta.operating_points.items()
+        name: ScoredOperatingPoint(
+            threshold=threshold,
+            provenance=provenance,
+            metrics=threshold_metrics(labels, probs, threshold),
+        )
+        for name, (threshold, provenance) in points.items()
     }
 
 
-def _oracle(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any] | None:
+def _oracle(labels: np.ndarray, probs: np.ndarray) -> OracleThreshold | None:
     if len(np.unique(labels)) != 2:
         return None
     threshold = oracle_threshold(labels, probs)
-    return {
-        "threshold": threshold,
-        "metrics": threshold_metrics(labels, probs, threshold).model_dump(),
-        "note": "chosen on this split itself: for diagnosis only, not a valid operating point",
-    }
+    return OracleThreshold(
+        threshold=threshold,
+        metrics=threshold_metrics(labels, probs, threshold),
+        note="chosen on this split itself: for diagnosis only, not a valid operating point",
+    )
 
 
-def _calibrated(meta: RunMeta, probs: np.ndarray) -> dict[str, tuple[str, np.ndarray, dict]]:
-    """The run's calibration maps applied to ``probs``: key -> (curve label, scores, parameters)."""
-    maps = {}
+@dataclass(frozen=True)
+class CalibratedScores:
+    """The evaluated split's probabilities after one of the run's calibration maps."""
+
+    label: str
+    """The curve's label in the reliability diagram."""
+    probs: np.ndarray
+    score: TemperatureScaled | PlattScaled
+
+
+def _calibrated(meta: RunMeta, labels: np.ndarray, probs: np.ndarray) -> list[CalibratedScores]:
+    """The run's calibration maps applied to ``probs``, each scored (Brier score, ECE)."""
+
+    def scored(scaled: np.ndarray) -> dict[str, float]:
+        return {
+            "brier": float(brier_score_loss(labels, scaled)),
+            "ece": expected_calibration_error(labels, scaled),
+        }
+
+    maps = []
     t = meta.temperature
     if t is not None:
-        maps["temperature_scaled"] = (
-            f"temperature-scaled (T = {t:.2f})",
-            apply_temperature(probs, t),
-            {"temperature": t},
-        )
+        scaled = apply_temperature(probs, t)
+        score = TemperatureScaled(temperature=t, **scored(scaled))
+        maps.append(CalibratedScores(f"temperature-scaled (T = {t:.2f})", scaled, score))
     platt = meta.platt
     if platt is not None:
         label = f"Platt-scaled (a = {platt.slope:.2f}, b = {platt.intercept:.2f})"
-        maps["platt_scaled"] = (
-            label,
-            apply_platt(probs, platt.slope, platt.intercept),
-            dict(platt),
-        )
+        scaled = apply_platt(probs, platt.slope, platt.intercept)
+        platt_score = PlattScaled(slope=platt.slope, intercept=platt.intercept, **scored(scaled))
+        maps.append(CalibratedScores(label, scaled, platt_score))
     return maps
 
 
-def _calibration(labels: np.ndarray, scaled: np.ndarray, params: dict) -> dict[str, float]:
-    return params | {
-        "brier": float(brier_score_loss(labels, scaled)),
-        "ece": expected_calibration_error(labels, scaled),
-    }
-
-
-def _subtypes(predictor: Predictor, decoded: DecodedImages) -> dict[str, Any]:
+def _subtypes(predictor: Predictor, decoded: DecodedImages) -> SubtypeMetrics:
     """Three-class metrics (argmax of the class probabilities; TTA does not apply)."""
     model = predictor.require_model("three-class metrics")
     probs = predict_class_probabilities(model, decoded.pixels, predictor.intensity)
-    return subtype_metrics(np.array(subtype_labels(decoded.samples)), probs).model_dump()
+    return subtype_metrics(np.array(subtype_labels(decoded.samples)), probs)
+
+
+def _score_of(calibrated: list[CalibratedScores], kind: type[Score]) -> Score | None:
+    """The score of ``calibrated``'s map of ``kind``, if the run has one."""
+    return next((c.score for c in calibrated if isinstance(c.score, kind)), None)
 
 
 @dataclass
@@ -148,15 +157,15 @@ class Evaluation:
     decoded: DecodedImages
     labels: np.ndarray
     probs: np.ndarray
-    calibrated: dict[str, tuple[str, np.ndarray, dict]]
-    metrics: dict[str, Any]
+    calibrated: list[CalibratedScores]
+    metrics: EvaluationMetrics
     shifted: dict[str, list[np.ndarray]] | None = None
     """The shift protocol's scores: scenario -> one array per draw (None without ``shift``)."""
 
     @property
     def title(self) -> str:
         """Model, split and image count, for tables and figures."""
-        return f"{self.predictor.meta.model} — {self.split} (n={self.metrics['n']})"
+        return f"{self.predictor.meta.model} — {self.split} (n={self.metrics.n})"
 
 
 def _extra_metrics(
@@ -164,7 +173,7 @@ def _extra_metrics(
     robustness: bool, shifted: dict[str, list[np.ndarray]] | None,
 ) -> dict[str, Any]:  # fmt: skip
     """Three-class metrics, robustness and the shift protocol (from its ``shifted`` scores),
-    where asked for and possible."""
+    where asked for and possible: :class:`EvaluationMetrics` fields by name."""
     extra: dict[str, Any] = {}
     if predictor.meta.subtype_names and predictor.model is None:
         log.warning(
@@ -209,29 +218,23 @@ def compute_evaluation(
         )
     probs = predictor.backend(decoded.pixels)
     labels = np.array([s.label for s in decoded.samples])
-    metrics: dict[str, Any] = binary_metrics(labels, probs, predictor.threshold).model_dump()
     # the maps were fitted on scores without test-time views: they do not belong to TTA scores
-    calibrated = {} if predictor.tta else _calibrated(predictor.meta, probs)
+    calibrated = [] if predictor.tta else _calibrated(predictor.meta, labels, probs)
     patients = [sample.patient for sample in decoded.samples]
     shifted = shifted_probabilities(predictor.backend, decoded.pixels) if shift else None
-    metrics |= {
-        "split": split,
-        "tta": predictor.tta,
-        "backend": predictor.backend_name,
-        "model": predictor.meta.model,
-        "skipped": [r for _, r in decoded.skipped],
-        "ci95": bootstrap_ci(labels, probs, predictor.threshold, groups=patients),
-        "operating_points": _operating_points(predictor, labels, probs),
-        "oracle": _oracle(labels, probs),
-        "temperature_scaled": None,  # the keys stay for runs whose meta has no such map
-        "platt_scaled": None,
-        **{
-            key: _calibration(labels, scaled, params)
-            for key, (_, scaled, params) in calibrated.items()
-        },
-        "test_evaluations_count": count_test_evaluations(run) + (split == "test"),
+    metrics = EvaluationMetrics(
+        **dict(binary_metrics(labels, probs, predictor.threshold)),
+        split=split,
+        tta=predictor.tta,
+        backend=predictor.backend_name,
+        model=predictor.meta.model,
+        skipped=[r for _, r in decoded.skipped],
+        ci95=bootstrap_ci(labels, probs, predictor.threshold, groups=patients),
+        operating_points=_operating_points(predictor, labels, probs),
+        oracle=_oracle(labels, probs),
+        temperature_scaled=_score_of(calibrated, TemperatureScaled),
+        platt_scaled=_score_of(calibrated, PlattScaled),
+        test_evaluations_count=count_test_evaluations(run) + (split == "test"),
         **_extra_metrics(predictor, decoded, labels, probs, robustness, shifted),
-    }
-    return Evaluation(
-        run, split, predictor, decoded, labels, probs, calibrated, _json_safe(metrics), shifted
     )
+    return Evaluation(run, split, predictor, decoded, labels, probs, calibrated, metrics, shifted)

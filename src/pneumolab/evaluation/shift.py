@@ -33,6 +33,7 @@ from torchvision.transforms.v2 import functional as F
 
 from pneumolab.evaluation.metrics import binary_metrics
 from pneumolab.inference.predictor import Backend
+from pneumolab.results import BatchFigures, ScenarioSummary, ShiftSummary
 
 ImageShift = Callable[[torch.Tensor, np.random.Generator], torch.Tensor]
 """Shifts one uint8 ``(1, S, S)`` image with parameters drawn from the generator."""
@@ -136,13 +137,15 @@ class ShiftResult:
     specificity: list[float]
     sensitivity: list[float]
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> ScenarioSummary:
         """Mean and min over draws (max for nothing: every figure here is better high)."""
-        return {
-            f"{stat}_{name}": float(fn(getattr(self, name)))
-            for name in ("roc_auc", "specificity", "sensitivity")
-            for stat, fn in (("mean", np.mean), ("min", np.min))
-        }
+        return ScenarioSummary.model_validate(
+            {
+                f"{stat}_{name}": float(fn(getattr(self, name)))
+                for name in ("roc_auc", "specificity", "sensitivity")
+                for stat, fn in (("mean", np.mean), ("min", np.min))
+            }
+        )
 
 
 def shifted_probabilities(
@@ -186,15 +189,15 @@ def shift_protocol(
     return scenario_results(shifted_probabilities(score, pixels, draws), labels, threshold)
 
 
-def shift_summary(results: list[ShiftResult]) -> dict[str, float]:
+def shift_summary(results: list[ShiftResult]) -> ShiftSummary:
     """The protocol's headline figures: mean ROC AUC and specificity under ``compound`` and
     the worst scenario's mean ROC AUC."""
     by_name = {r.scenario: r.summary() for r in results}
-    return {
-        "compound_roc_auc": by_name["compound"]["mean_roc_auc"],
-        "compound_specificity": by_name["compound"]["mean_specificity"],
-        "worst_scenario_roc_auc": min(s["mean_roc_auc"] for s in by_name.values()),
-    }
+    return ShiftSummary(
+        compound_roc_auc=by_name["compound"].mean_roc_auc,
+        compound_specificity=by_name["compound"].mean_specificity,
+        worst_scenario_roc_auc=min(s.mean_roc_auc for s in by_name.values()),
+    )
 
 
 def acquisition_batch(path_name: str) -> str:
@@ -208,7 +211,7 @@ def acquisition_batch(path_name: str) -> str:
 
 def batch_breakdown(
     probs: np.ndarray, labels: np.ndarray, batches: list[str], threshold: float
-) -> dict[str, dict[str, float]]:
+) -> dict[str, BatchFigures]:
     """ROC AUC of each normal batch against all pneumonia images, and its specificity at the
     stored threshold: a model that separates only one normal batch well is batch-bound."""
     pneumonia = labels == 1
@@ -217,9 +220,7 @@ def batch_breakdown(
         normal = np.array([b == batch for b in batches]) & ~pneumonia
         keep = normal | pneumonia
         metrics = binary_metrics(labels[keep], probs[keep], threshold)
-        report[batch] = {
-            "n_normal": int(normal.sum()),
-            "roc_auc": metrics.roc_auc,
-            "specificity": metrics.specificity,
-        }
+        report[batch] = BatchFigures(
+            n_normal=int(normal.sum()), roc_auc=metrics.roc_auc, specificity=metrics.specificity
+        )
     return report

@@ -4,7 +4,6 @@ the held-out log."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -43,16 +42,16 @@ def evaluation_figures(evaluation: Evaluation) -> dict[str, Figure]:
     metrics, labels, probs, title = (
         evaluation.metrics, evaluation.labels, evaluation.probs, evaluation.title,
     )  # fmt: skip
-    drawn = {"confusion_matrix.png": confusion_matrix_figure(metrics["confusion_matrix"], title)}
+    drawn = {"confusion_matrix.png": confusion_matrix_figure(metrics.confusion_matrix, title)}
     if len(np.unique(labels)) == 2:
-        point = (1 - metrics["specificity"], metrics["sensitivity"])
+        point = (1 - metrics.specificity, metrics.sensitivity)
         drawn["roc_curve.png"] = roc_curve_figure(labels, probs, point, title)
-    scaled = {label: curve for label, curve, _ in evaluation.calibrated.values()}
+    scaled = {c.label: c.probs for c in evaluation.calibrated}
     drawn["reliability.png"] = reliability_figure(labels, {"raw": probs} | scaled, title)
-    if "subtypes" in metrics:
-        subtypes = metrics["subtypes"]
+    subtypes = metrics.subtypes
+    if subtypes is not None:
         drawn["confusion_matrix_3class.png"] = confusion_matrix_figure(
-            subtypes["confusion_matrix"], title, subtypes["classes"]
+            subtypes.confusion_matrix, title, subtypes.classes
         )
     return drawn
 
@@ -77,6 +76,6 @@ def write_evaluation(evaluation: Evaluation) -> Path:
             )
         for name, figure in evaluation_figures(evaluation).items():
             save_figure(figure, staging / name)
-        write_text_atomically(staging / METRICS, json.dumps(evaluation.metrics, indent=2) + "\n")
+        write_text_atomically(staging / METRICS, evaluation.metrics.to_json(indent=2) + "\n")
     record_look(evaluation)
     return out

@@ -5,17 +5,16 @@ and, when present, ``eval/val/metrics.json`` (for the patient-bootstrap 95% inte
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import shlex
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from pneumolab.config import load_yaml
 from pneumolab.data.layout import CLASS_NAMES
 from pneumolab.evaluation.metrics import format_interval, format_metric
 from pneumolab.files import write_text_atomically
+from pneumolab.results import BinaryMetrics, EvaluationMetrics
 from pneumolab.run import RunDir
 from pneumolab.run_meta import Compute, DistributedTraining, RunMeta
 from pneumolab.text import markdown_cell
@@ -99,33 +98,34 @@ def _subtypes_section(meta: RunMeta) -> list[str]:
 
 
 def _metrics_section(
-    run: RunDir, meta: RunMeta, evaluated: dict[str, Any] | None = None
+    run: RunDir, meta: RunMeta, evaluated: EvaluationMetrics | None = None
 ) -> list[str]:
     stored = None if evaluated is not None else _stored_val_evaluation(run)
+    metrics: BinaryMetrics
+    intervals: dict[str, tuple[float, float]] = {}
     if evaluated is not None:
-        metrics, intervals = evaluated, evaluated.get("ci95") or {}
+        metrics, intervals = evaluated, evaluated.ci95
         note = (
-            f"From an evaluation on the validation split{_scored_by(metrics)}; 95% CI: "
+            f"From an evaluation on the validation split{_scored_by(evaluated)}; 95% CI: "
             "percentile bootstrap over patients."
         )
     elif stored is not None:
-        metrics, intervals = stored, stored.get("ci95") or {}
+        metrics, intervals = stored, stored.ci95
         note = (
-            f"From `eval/val/metrics.json`{_scored_by(metrics)}; 95% CI: percentile bootstrap "
+            f"From `eval/val/metrics.json`{_scored_by(stored)}; 95% CI: percentile bootstrap "
             "over patients."
         )
     else:
-        metrics, intervals = meta.val_metrics.model_dump(), {}
+        metrics = meta.val_metrics
         note = (
             "From training (meta.json), **without confidence intervals**: "
             "`pneumolab report RUN_DIR --data DATA_DIR` rewrites this card with them."
         )
     lines = [note, "", "| metric | value | 95% CI |", "|---|---|---|"]
-    for key in (k for k in CARD_METRICS if k in metrics):
-        ci = intervals.get(key)
-        lines.append(f"| {key} | {format_metric(metrics[key])} | {format_interval(ci)} |")
-    if "confusion_matrix" in metrics:
-        lines.append(f"| confusion [[tn, fp], [fn, tp]] | {metrics['confusion_matrix']} | |")
+    for key in CARD_METRICS:
+        ci = format_interval(intervals.get(key))
+        lines.append(f"| {key} | {format_metric(getattr(metrics, key))} | {ci} |")
+    lines.append(f"| confusion [[tn, fp], [fn, tp]] | {metrics.confusion_matrix} | |")
     return lines
 
 
@@ -136,14 +136,14 @@ def _shell_path(path: Path) -> str:
     return "RUN_DIR" if set(text) & set("\n\r`") else shlex.quote(text)
 
 
-def _scored_by(metrics: dict[str, Any]) -> str:
+def _scored_by(metrics: EvaluationMetrics) -> str:
     """Which exported model scored ``metrics``, where another one than the run's own weights did
     (an INT8 or OpenVINO export's figures differ slightly from the model's)."""
-    backend = metrics.get("backend", "torch")
+    backend = metrics.backend
     return "" if backend == "torch" else f", scored by the `{backend}` export"
 
 
-def _stored_val_evaluation(run: RunDir) -> dict[str, Any] | None:
+def _stored_val_evaluation(run: RunDir) -> EvaluationMetrics | None:
     """``eval/val/metrics.json`` where it holds figures at the stored threshold; None where there
     is none, where it was scored with test-time augmentation (at the TTA threshold, which the card
     does not state), or where it cannot be read (with a warning)."""
@@ -151,15 +151,17 @@ def _stored_val_evaluation(run: RunDir) -> dict[str, Any] | None:
     if not metrics_file.is_file():
         return None
     try:
-        metrics = json.loads(metrics_file.read_text())
-    except (OSError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
+        metrics = EvaluationMetrics.model_validate_json(metrics_file.read_bytes())
+    except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        reason = str(exc).splitlines()[0]
         log.warning(
-            "%s: unreadable (%s); the model card uses meta.json's figures", metrics_file, exc
+            "%s: not readable as an evaluation's metrics (%s); the model card uses meta.json's "
+            "figures",
+            metrics_file,
+            reason,
         )
         return None
-    if not isinstance(metrics, dict) or metrics.get("tta"):
-        return None
-    return metrics
+    return None if metrics.tta else metrics
 
 
 def _operating_points(meta: RunMeta) -> list[str]:
@@ -210,7 +212,7 @@ def _compute_lines(compute: Compute | None) -> list[str]:
     ]
 
 
-def model_card_text(run: RunDir, val_evaluation: dict[str, Any] | None = None) -> str:
+def model_card_text(run: RunDir, val_evaluation: EvaluationMetrics | None = None) -> str:
     """The Markdown text of the run's model card; validation metrics with intervals from
     ``val_evaluation`` (an evaluation's metrics), else from ``eval/val/metrics.json``, else
     from meta.json without intervals."""
@@ -290,6 +292,6 @@ def model_card_text(run: RunDir, val_evaluation: dict[str, Any] | None = None) -
     return "\n".join(lines)
 
 
-def write_model_card(run: RunDir, val_evaluation: dict[str, Any] | None = None) -> Path:
+def write_model_card(run: RunDir, val_evaluation: EvaluationMetrics | None = None) -> Path:
     """Write ``RUN_DIR/MODEL_CARD.md`` (see :func:`model_card_text`) and return its path."""
     return write_text_atomically(run.root / CARD_NAME, model_card_text(run, val_evaluation))

@@ -31,6 +31,7 @@ from pneumolab.inference.torch_scoring import default_device
 from pneumolab.outputs import check_apart, check_output
 from pneumolab.reporting.html import figure_html
 from pneumolab.reporting.model_card import write_model_card
+from pneumolab.results import EvaluationMetrics, ScoredOperatingPoint, SubtypeMetrics
 from pneumolab.run import RunDir
 
 SANITY_IMAGES = 64
@@ -43,19 +44,17 @@ figure img{width:224px;image-rendering:auto}.plot img{width:auto;max-width:100%}
 .warn{color:#a00;font-weight:bold}footer{margin-top:3em;font-size:.85em;color:#555}"""
 
 
-def _metrics_html(metrics: dict[str, Any]) -> str:
+def _metrics_html(metrics: EvaluationMetrics) -> str:
     rows = ["<tr><th>metric</th><th>value</th><th>95% CI (patient bootstrap)</th></tr>"]
     for key in ("n", "threshold", *SCALAR_METRICS):
-        ci = (metrics.get("ci95") or {}).get(key)
-        interval = format_interval(ci)
-        rows.append(
-            f"<tr><th>{key}</th><td>{format_metric(metrics.get(key))}</td><td>{interval}</td></tr>"
-        )
+        interval = format_interval(metrics.ci95.get(key))
+        value = format_metric(getattr(metrics, key))
+        rows.append(f"<tr><th>{key}</th><td>{value}</td><td>{interval}</td></tr>")
     rows.append("<tr><th>operating point</th><th>threshold</th><th>provenance</th></tr>")
-    for name, point in metrics["operating_points"].items():
-        provenance = html.escape(point["provenance"])
+    for name, point in metrics.operating_points.items():
+        provenance = html.escape(point.provenance)
         rows.append(
-            f"<tr><th>{html.escape(name)}</th><td>{point['threshold']:.4f}</td>"
+            f"<tr><th>{html.escape(name)}</th><td>{point.threshold:.4f}</td>"
             f"<td>{provenance}</td></tr>"
         )
     return f"<table>{''.join(rows)}</table>"
@@ -70,17 +69,19 @@ def _curves_html(labels: np.ndarray, probs: np.ndarray, figures: dict[str, bytes
     return roc + figure_html(figure_png(fig, dpi=110), "precision-recall curve")
 
 
-def _confusion_html(points: dict[str, Any]) -> str:
+def _confusion_html(points: dict[str, ScoredOperatingPoint]) -> str:
     return "".join(
         figure_html(
-            figure_png(confusion_matrix_figure(point["metrics"]["confusion_matrix"], name)),
-            f"{name} (threshold {point['threshold']:.4f})",
+            figure_png(confusion_matrix_figure(point.metrics.confusion_matrix, name)),
+            f"{name} (threshold {point.threshold:.4f})",
         )
         for name, point in points.items()
     )
 
 
-def _scores_html(labels: np.ndarray, probs: np.ndarray, points: dict[str, Any]) -> str:
+def _scores_html(
+    labels: np.ndarray, probs: np.ndarray, points: dict[str, ScoredOperatingPoint]
+) -> str:
     fig = Figure(figsize=(7, 3.5))
     ax = fig.subplots()
     bins = np.linspace(0, 1, 41).tolist()
@@ -95,10 +96,7 @@ def _scores_html(labels: np.ndarray, probs: np.ndarray, points: dict[str, Any]) 
         points.items(), ("crimson", "darkgreen", "purple", "black"), strict=False
     ):
         ax.axvline(
-            point["threshold"],
-            color=colour,
-            linestyle="--",
-            label=f"{name} ({point['threshold']:.3f})",
+            point.threshold, color=colour, linestyle="--", label=f"{name} ({point.threshold:.3f})"
         )
     ax.set(xlabel="P(pneumonia)", ylabel="images", yscale="log")
     ax.legend(fontsize="small")
@@ -179,17 +177,17 @@ def _saliency_html(predictor: Predictor, all_pixels: torch.Tensor) -> str:
     return note + verdict + f"<table>{rows}</table>"
 
 
-def _subtypes_html(subtypes: dict[str, Any], figures: dict[str, bytes]) -> str:
+def _subtypes_html(subtypes: SubtypeMetrics, figures: dict[str, bytes]) -> str:
     rows = "".join(
         f"<tr><td>{name}</td>"
-        + "".join(f"<td>{format_metric(m[k])}</td>" for k in ("precision", "recall", "f1-score"))
-        + f"<td>{m['support']}</td></tr>"
-        for name, m in subtypes["per_class"].items()
+        + "".join(f"<td>{format_metric(v)}</td>" for v in (m.precision, m.recall, m.f1))
+        + f"<td>{m.support}</td></tr>"
+        for name, m in subtypes.per_class.items()
     )
     summary = (
-        f"<p>Accuracy {format_metric(subtypes['accuracy'])}; bacterial vs viral among true "
-        f"pneumonia {format_metric(subtypes['bacterial_vs_viral_accuracy'])}; macro ROC AUC "
-        f"{format_metric(subtypes['macro_roc_auc'])}.</p>"
+        f"<p>Accuracy {format_metric(subtypes.accuracy)}; bacterial vs viral among true "
+        f"pneumonia {format_metric(subtypes.bacterial_vs_viral_accuracy)}; macro ROC AUC "
+        f"{format_metric(subtypes.macro_roc_auc)}.</p>"
     )
     table = (
         "<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th>"
@@ -230,7 +228,7 @@ def build_report(
         for s, p in zip(evaluation.decoded.samples, probs, strict=True)
     ]
     figures = {name: figure_png(fig) for name, fig in evaluation_figures(evaluation).items()}
-    points = metrics["operating_points"]
+    points = metrics.operating_points
     sections = [
         ("metrics", "Metrics", _metrics_html(metrics)),
         ("curves", "ROC and precision-recall curves", _curves_html(labels, probs, figures)),
@@ -242,15 +240,15 @@ def build_report(
         ),
         ("scores", "Score distributions", _scores_html(labels, probs, points)),
         *(
-            [("subtypes", "Three classes", _subtypes_html(metrics["subtypes"], figures))]
-            if "subtypes" in metrics
+            [("subtypes", "Three classes", _subtypes_html(metrics.subtypes, figures))]
+            if metrics.subtypes is not None
             else []
         ),
         ("errors", "Most confident errors", _errors_html(predictor, rows, max_gallery)),
         ("samples", "Sample X-rays", _samples_html(rows, max(1, max_gallery // 2))),
         ("saliency", "Saliency sanity check", _saliency_html(predictor, evaluation.decoded.pixels)),
     ]
-    title = html.escape(f"{run.root.name} — {split} (n={metrics['n']}, {metrics['model']})")
+    title = html.escape(f"{run.root.name} — {split} (n={metrics.n}, {metrics.model})")
     body = "".join(
         f'<section><h2 id="{sid}">{name}</h2>{content}</section>' for sid, name, content in sections
     )
