@@ -89,3 +89,17 @@ def test_flag_choices_come_from_the_config_types(capsys):
         ["study", "s.yaml", "--data", "D", "--out", "O", "--lr", "0.5"]
     )
     assert study.lr == 0.5 and not hasattr(study, "model")
+
+
+@pytest.mark.parametrize("key", ["1", "null", "on", "2.5"])
+def test_a_setting_name_that_yaml_reads_as_no_text_is_a_clear_error(tmp_path, key):
+    """``1: 2`` or ``on: 1`` in a config file: TrainConfig(**values) raised a TypeError
+    (a traceback on the command line), also inside a study's model list."""
+    flat = tmp_path / "flat.yaml"
+    flat.write_text(f"epochs: 2\n{key}: 3\n")
+    with pytest.raises(ConfigError, match=r"flat\.yaml: setting names are text"):
+        resolve_config(flat)
+    nested = tmp_path / "study.yaml"
+    nested.write_text(f"models:\n  - name: a\n    {key}: 3\n")
+    with pytest.raises(ConfigError, match=r"study\.yaml: setting names are text"):
+        load_yaml(nested)

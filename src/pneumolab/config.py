@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -315,7 +316,24 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    for key in _non_text_keys(data):
+        raise ConfigError(
+            f"{path}: setting names are text, got {key!r} ({type(key).__name__}; YAML reads "
+            "1, null, on/off and yes/no as other types: quote the name)"
+        )
     return data
+
+
+def _non_text_keys(data: object) -> Iterator[object]:
+    """Every mapping key at any depth of ``data`` that is not a string (YAML ``1:``, ``on:``)."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if not isinstance(key, str):
+                yield key
+            yield from _non_text_keys(value)
+    elif isinstance(data, list):
+        for item in data:
+            yield from _non_text_keys(item)
 
 
 def flags_given(overrides: dict[str, Any] | None) -> dict[str, Any]:

@@ -517,3 +517,11 @@ def test_a_16_bit_colour_png_keeps_its_low_bits(tmp_path: Path, channels: int) -
     image = np.asarray(load_image(tmp_path / "xray.png")).astype(int)
     assert image.min() == 0 and image.max() == 255
     np.testing.assert_allclose(image, np.asarray(load_image(tmp_path / "gray.png")), atol=1)
+
+
+def test_a_uint64_array_near_its_top_is_rescaled() -> None:
+    """Values of 2**63 and more with a small range: subtracting the minimum overflowed an int64
+    (OverflowError, not an ImageLoadError)."""
+    top = 2**63
+    image = array_to_image(np.array([[top, top + 1], [top + 2, top]], dtype=np.uint64))
+    assert np.asarray(image).tolist() == [[0, 128], [255, 0]]

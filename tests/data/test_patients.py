@@ -232,7 +232,26 @@ def test_property_no_patient_or_duplicate_crosses_split(
             assume(len(in_class) >= round(1 / val_fraction))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # sklearn: tiny classes
-            train, val = grouped_split(samples, val_fraction=val_fraction, seed=seed)
+            try:
+                train, val = grouped_split(samples, val_fraction=val_fraction, seed=seed)
+            except DataLayoutError as refused:  # duplicates merged patients across classes
+                assert "has no" in str(refused)
+                return
         assert len(train) + len(val) == len(samples)
         assert not _patients(train) & _patients(val)
         assert not {sha256_of(s.path) for s in train} & {sha256_of(s.path) for s in val}
+
+
+def test_a_split_that_cannot_hold_both_classes_is_refused_by_name():
+    """Seven patients per class pass the fold-count check, but one patient holds most of each
+    class's images: the validation fold was that one NORMAL patient, with no PNEUMONIA image,
+    and the run failed after training (a ValueError traceback in the threshold choice)."""
+    sizes = {0: [1] * 6 + [50], 1: [1] * 6 + [300]}
+    samples = [
+        Sample(Path(f"/x/{label}_{patient}_{i}.png"), label, f"{label}_{patient}")
+        for label, counts in sizes.items()
+        for patient, n in enumerate(counts)
+        for i in range(n)
+    ]
+    with pytest.raises(DataLayoutError, match=r"validation split .* has no PNEUMONIA image"):
+        grouped_split(samples, val_fraction=0.15, seed=0)

@@ -7,6 +7,7 @@ from pneumolab.evaluation.operating_points import (
     choose_operating_points,
     cost_threshold,
     oracle_threshold,
+    with_margin,
     youden_threshold,
 )
 
@@ -68,3 +69,18 @@ def test_margin_keeps_every_label_and_survives_tiny_score_changes():
     assert np.array_equal(rule <= P, stored <= P)
     assert np.array_equal(stored <= P, stored <= (P - 1e-7))  # the boundary image no longer flips
     assert with_margin(0.1, P) == 0.1  # nothing lower: unchanged
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 1e-300])
+def test_a_margin_between_adjacent_floats_keeps_every_label(threshold):
+    """No float lies between a threshold and the score just below it: the midpoint rounded onto
+    the lower score (0.3), calling that image positive, or onto the threshold (0.5)."""
+    below = np.nextafter(threshold, 0.0)
+    scores = np.array([threshold, below, 0.0])
+    moved = with_margin(threshold, scores)
+    assert moved == threshold
+    assert list(scores >= moved) == [True, False, False]
+
+
+def test_a_margin_moves_halfway_to_the_next_lower_score():
+    assert with_margin(0.5, np.array([0.5, 0.25, 0.9])) == 0.375

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pneumolab.errors import RunDirError
 from pneumolab.models.registry import create_classifier
@@ -49,6 +51,21 @@ def test_threshold_flags_at_most_one_percent_of_validation(n):
     threshold = validation_threshold(scores)
     assert np.mean(scores > threshold) <= 0.01
     assert threshold in scores  # the lowest such threshold is one of the scores
+    lower = scores[scores < threshold]
+    assert not lower.size or np.mean(scores > lower.max()) > 0.01  # and it is the lowest
+
+
+@given(
+    st.lists(st.integers(0, 20), min_size=1, max_size=300),  # many ties
+    st.sampled_from([0.01, 0.05, 0.07, 0.29, 0.5]),
+)
+def test_the_threshold_is_the_lowest_score_flagging_at_most_the_share(scores, share):
+    """With 100 scores and 1% it returned the largest score, flagging none (one was allowed)."""
+    values = np.array(scores, dtype=float)
+    threshold = validation_threshold(values, share)
+    assert np.mean(values > threshold) <= share
+    lower = values[values < threshold]
+    assert not lower.size or np.mean(values > lower.max()) > share
 
 
 def test_ood_model_round_trips_through_its_file(tmp_path):

@@ -93,7 +93,11 @@ def _add_study(commands: Subcommands) -> None:
     study = commands.add_parser(
         "study", help="train and compare every model of a study file; link the best"
     )
-    study.add_argument("config", type=Path, help="study YAML (see configs/study-*.yaml)")
+    study.add_argument(
+        "config",
+        type=Path,
+        help="study YAML (the shipped lineups: configs/study-*.yaml in the source tree and the sdist)",
+    )
     study.add_argument("--data", type=Path, required=True, help="dataset root (holds train/)")
     study.add_argument("--out", type=Path, required=True, help="study directory (resumable)")
     add_config_flags(study, exclude=("model",))  # each flag overrides every model of the study

@@ -109,7 +109,7 @@ def _rescaled(
     for start in range(0, shape[0], band):
         block = rows(start, start + band)
         if table is not None:
-            out[start : start + band] = table[block.astype(np.int64) - int(low)]
+            out[start : start + band] = table[(block - block.dtype.type(low)).astype(np.int64)]
         else:
             out[start : start + band] = np.round((block.astype(np.float64) - low) * scale)
     return out

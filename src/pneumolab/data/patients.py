@@ -90,4 +90,12 @@ def grouped_split(
 
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     train_idx, val_idx = next(splitter.split(np.zeros(len(samples)), labels, groups))
+    for side, indices in (("validation", val_idx), ("training", train_idx)):
+        missing = [name for label, name in enumerate(CLASS_NAMES) if label not in labels[indices]]
+        if missing:  # a few patients hold most of a class's images: the folds cannot balance it
+            raise DataLayoutError(
+                f"the patient-grouped {side} split (seed {seed}, {val_fraction:.0%}) has no "
+                f"{' or '.join(missing)} image: a few patients hold most of that class's images; "
+                "another seed or validation fraction may balance it"
+            )
     return [samples[i] for i in train_idx], [samples[i] for i in val_idx]

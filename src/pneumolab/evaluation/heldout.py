@@ -16,16 +16,23 @@ TEST_LOG = "test_evaluations.jsonl"
 
 
 def _git_commit() -> str | None:
-    """``git rev-parse HEAD`` in the package's source folder, or None (no git, not a checkout)."""
+    """The commit of the git checkout that pneumolab's own files run from, or None (no git, not
+    a checkout; an installed package inside another project's repository is not that project's
+    commit: its files are not tracked there)."""
+    package = Path(pneumolab.__file__).parent
     try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(pneumolab.__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
+        for command in (
+            ["ls-files", "--error-unmatch", "--", "__init__.py"],
+            ["rev-parse", "HEAD"],
+        ):
+            result = subprocess.run(
+                ["git", *command],
+                cwd=package,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            )
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() or None

@@ -77,7 +77,12 @@ def with_margin(threshold: float, prob: np.ndarray) -> float:
     """
     lower = np.asarray(prob, dtype=float)
     lower = lower[lower < threshold]
-    return float((threshold + lower.max()) / 2) if lower.size else float(threshold)
+    if not lower.size:
+        return float(threshold)
+    below = float(lower.max())
+    middle = (threshold + below) / 2
+    # adjacent floats have no number between them: the midpoint rounds onto one of the two
+    return middle if below < middle < threshold else float(threshold)
 
 
 def choose_operating_points(

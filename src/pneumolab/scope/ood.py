@@ -22,6 +22,7 @@ an ensemble, whose members score), the validation scores, and the threshold chos
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,10 +49,11 @@ ENSEMBLE_METHOD = "ensemble_mean"
 def validation_threshold(
     val_scores: np.ndarray, max_flagged: float = MAX_FLAGGED_VALIDATION
 ) -> float:
-    """The lowest threshold that flags (score > threshold) at most ``max_flagged`` of validation."""
-    return float(
-        np.quantile(np.asarray(val_scores, dtype=np.float64), 1 - max_flagged, method="higher")
-    )
+    """The lowest threshold that flags (score > threshold) at most ``max_flagged`` of validation:
+    the score with ``floor(max_flagged * n)`` scores above its position."""
+    scores = np.sort(np.asarray(val_scores, dtype=np.float64))
+    flagged = math.floor(max_flagged * len(scores) + 1e-9)  # 0.01 * 100 is 1, not 0.99999
+    return float(scores[max(0, len(scores) - 1 - flagged)])
 
 
 @dataclass
