@@ -44,14 +44,15 @@ def test_reason_kind_drops_the_particulars():
 def test_an_odd_site_is_flagged_with_its_reasons(run_dir, tiny_run, tmp_path):
     audit = audit_folder(run_dir, site(tmp_path / "site", tiny_run[1], odd=True))
     summary = audit.summary()
-    assert summary["unreadable"] == 1 and summary["images"] == len(audit.records)
-    reasons = summary["out_of_scope_reasons"]
+    assert summary.unreadable == 1 and summary.images == len(audit.records)
+    reasons = summary.out_of_scope_reasons
     assert reasons["DICOM Modality CT"] == 1 and reasons["empty image"] == 1
-    assert summary["out_of_scope_share"] >= 2 / len(audit.scored)
+    assert summary.out_of_scope_share is not None
+    assert summary.out_of_scope_share >= 2 / len(audit.scored)
     assert audit.verdict.startswith("CAUTION")
     assert any("out of scope" in r for r in audit.verdict_reasons)
-    assert summary["dicom_tags"]["Modality"] == {"CT": 1}
-    assert summary["bit_depths"][8] >= 1 and summary["bit_depths"][16] == 1
+    assert summary.dicom_tags["Modality"] == {"CT": 1}
+    assert summary.bit_depths[8] >= 1 and summary.bit_depths[16] == 1
 
 
 def test_cli_writes_the_page_figure_and_tables(run_dir, tiny_run, tmp_path, capsys):
@@ -161,7 +162,7 @@ def test_no_image_in_scope_leaves_the_pneumonia_rate_out(run_dir, tmp_path):
             folder / f"{index}.png"
         )
     audit = audit_folder(run_dir, folder)
-    assert audit.summary()["out_of_scope_share"] == 1.0
+    assert audit.summary().out_of_scope_share == 1.0
     assert audit.pneumonia_rate is None
     assert audit.verdict.startswith("DO NOT USE")
     assert not any("predicted-pneumonia rate" in r for r in audit.verdict_reasons)

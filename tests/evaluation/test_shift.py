@@ -16,6 +16,7 @@ from pneumolab.evaluation.shift import (
     reframe,
     shift_protocol,
 )
+from pneumolab.results import BatchFigures
 
 
 @pytest.fixture
@@ -67,8 +68,8 @@ def test_protocol_scores_every_scenario_per_draw():
     for batch, shifted in zip(calls, expected, strict=True):
         assert torch.equal(batch, shifted) and not torch.equal(batch, pixels)
     summary = results[0].summary()
-    assert summary["min_roc_auc"] <= summary["mean_roc_auc"]
-    assert set(summary) == {
+    assert summary.min_roc_auc <= summary.mean_roc_auc
+    assert set(summary.model_dump()) == {
         f"{s}_{m}" for s in ("mean", "min") for m in ("roc_auc", "specificity", "sensitivity")
     }
 
@@ -81,8 +82,8 @@ def test_batch_breakdown_separates_the_normal_batches():
     # IM normals score low, NORMAL2 normals score as high as pneumonia
     probs = np.array([0.1, 0.9, 0.8, 0.2, 0.95, 0.7])
     report = batch_breakdown(probs, labels, batches, threshold=0.5)
-    assert report["IM"] == {"n_normal": 2, "roc_auc": 1.0, "specificity": 1.0}
-    assert report["NORMAL2"]["specificity"] == 0.0 and report["NORMAL2"]["roc_auc"] < 0.5
+    assert report["IM"] == BatchFigures(n_normal=2, roc_auc=1.0, specificity=1.0)
+    assert report["NORMAL2"].specificity == 0.0 and report["NORMAL2"].roc_auc < 0.5
 
 
 def _marked_corners(image: torch.Tensor) -> list[str]:

@@ -124,16 +124,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
     files = write_audit(audit, out, args.overwrite)
     summary = audit.summary()
     console.print(
-        f"{summary['images']} images ({summary['unreadable']} unreadable), "
-        f"{format_share(summary['out_of_scope_share'])} out of scope; predicted pneumonia "
-        f"{format_share(summary['predicted_pneumonia_rate'])} of those in scope (validation: "
-        f"{format_share(summary['val_predicted_pneumonia_rate'])} of all its images)"
+        f"{summary.images} images ({summary.unreadable} unreadable), "
+        f"{format_share(summary.out_of_scope_share)} out of scope; predicted pneumonia "
+        f"{format_share(summary.predicted_pneumonia_rate)} of those in scope (validation: "
+        f"{format_share(summary.val_predicted_pneumonia_rate)} of all its images)"
     )
     say((audit.verdict, "bold"))
     for reason in audit.verdict_reasons:
         console.print(f"  - {reason}")
     console.print(f"page: {files['html']}; figure: {files['figure']}; per image: {files['csv']}")
-    return 1 if summary["unreadable"] else 0
+    return 1 if summary.unreadable else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from pydantic import BaseModel, ConfigDict
 from scipy.stats import ks_2samp
 
 from pneumolab.data.formats import IMAGE_SUFFIXES
@@ -60,6 +61,33 @@ class ImageRecord:
     warnings: list[str] = field(default_factory=list)
     dicom_tags: dict[str, str] = field(default_factory=dict)
     error: str = ""
+
+
+class AuditSummary(BaseModel):
+    """An audit's figures (``audit.json``): the verdict and its reasons, counts, the share out
+    of scope and why, OOD-score and predicted-pneumonia figures beside validation's, image
+    sizes, bit depths, intensities and DICOM tag values."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run: str
+    folder: str
+    verdict: str
+    verdict_reasons: list[str]
+    images: int
+    unreadable: int
+    out_of_scope_share: float | None
+    out_of_scope_reasons: dict[str, int]
+    ood_threshold: float | None
+    ood_score_median: float | None
+    val_ood_score_median: float | None
+    predicted_pneumonia_rate: float | None
+    val_predicted_pneumonia_rate: float
+    width_median: float | None
+    height_median: float | None
+    bit_depths: dict[int | None, int]
+    mean_intensity_median: float | None
+    dicom_tags: dict[str, dict[str, int]]
 
 
 @dataclass
@@ -109,31 +137,31 @@ class SiteAudit:
                 summary.setdefault(tag, Counter())[value] += 1
         return summary
 
-    def summary(self) -> dict[str, Any]:
-        """The figures of the audit, JSON-ready."""
+    def summary(self) -> AuditSummary:
+        """The figures of the audit (``audit.json``)."""
         sizes = np.array([(r.width, r.height) for r in self.scored if r.width], dtype=float)
-        return {
-            "run": self.run,
-            "folder": self.folder,
-            "verdict": self.verdict,
-            "verdict_reasons": self.verdict_reasons,
-            "images": len(self.records),
-            "unreadable": len(self.records) - len(self.scored),
-            "out_of_scope_share": self.out_of_scope_share,
-            "out_of_scope_reasons": dict(self.reason_counts().most_common()),
-            "ood_threshold": self.ood_threshold,
-            "ood_score_median": _median(self.ood_scores),
-            "val_ood_score_median": _median(self.val_ood_scores),
-            "predicted_pneumonia_rate": self.pneumonia_rate,
-            "val_predicted_pneumonia_rate": self.val_pneumonia_rate,
-            "width_median": _median(sizes[:, 0]) if len(sizes) else None,
-            "height_median": _median(sizes[:, 1]) if len(sizes) else None,
-            "bit_depths": dict(Counter(r.bit_depth for r in self.scored)),
-            "mean_intensity_median": _median(
+        return AuditSummary(
+            run=self.run,
+            folder=self.folder,
+            verdict=self.verdict,
+            verdict_reasons=self.verdict_reasons,
+            images=len(self.records),
+            unreadable=len(self.records) - len(self.scored),
+            out_of_scope_share=self.out_of_scope_share,
+            out_of_scope_reasons=dict(self.reason_counts().most_common()),
+            ood_threshold=self.ood_threshold,
+            ood_score_median=_median(self.ood_scores),
+            val_ood_score_median=_median(self.val_ood_scores),
+            predicted_pneumonia_rate=self.pneumonia_rate,
+            val_predicted_pneumonia_rate=self.val_pneumonia_rate,
+            width_median=_median(sizes[:, 0]) if len(sizes) else None,
+            height_median=_median(sizes[:, 1]) if len(sizes) else None,
+            bit_depths=dict(Counter(r.bit_depth for r in self.scored)),
+            mean_intensity_median=_median(
                 np.array([r.mean_intensity for r in self.scored], dtype=float)
             ),
-            "dicom_tags": {tag: dict(c.most_common()) for tag, c in self.tag_summary().items()},
-        }
+            dicom_tags={tag: dict(c.most_common()) for tag, c in self.tag_summary().items()},
+        )
 
 
 def _median(values: np.ndarray) -> float | None:

@@ -71,21 +71,21 @@ def audit_html(audit: SiteAudit, figure_png: bytes) -> str:
     """One self-contained page: verdict, reasons, key figures, the figure, DICOM tags, images."""
     summary = audit.summary()
     key = [
-        ("images (unreadable)", f"{summary['images']} ({summary['unreadable']})"),
-        ("out of scope", format_share(summary["out_of_scope_share"])),
+        ("images (unreadable)", f"{summary.images} ({summary.unreadable})"),
+        ("out of scope", format_share(summary.out_of_scope_share)),
         (
             "OOD score median (validation)",
-            f"{summary['ood_score_median']} ({summary['val_ood_score_median']})",
+            f"{summary.ood_score_median} ({summary.val_ood_score_median})",
         ),
-        ("OOD threshold", summary["ood_threshold"]),
+        ("OOD threshold", summary.ood_threshold),
         (
             "predicted pneumonia: in-scope images (validation: all its images)",
-            f"{format_share(summary['predicted_pneumonia_rate'])} "
-            f"({format_share(summary['val_predicted_pneumonia_rate'])})",
+            f"{format_share(summary.predicted_pneumonia_rate)} "
+            f"({format_share(summary.val_predicted_pneumonia_rate)})",
         ),
-        ("median size (px)", f"{summary['width_median']} × {summary['height_median']}"),
-        ("bit depths", summary["bit_depths"]),
-        ("median mean intensity (0–255, model input)", summary["mean_intensity_median"]),
+        ("median size (px)", f"{summary.width_median} × {summary.height_median}"),
+        ("bit depths", summary.bit_depths),
+        ("median mean intensity (0–255, model input)", summary.mean_intensity_median),
     ]
     reasons = (
         "".join(f"<li>{html.escape(r)}</li>" for r in audit.verdict_reasons) or "<li>none</li>"
@@ -93,7 +93,7 @@ def audit_html(audit: SiteAudit, figure_png: bytes) -> str:
     tags = _rows(
         [
             (tag, ", ".join(f"{v} ({n})" for v, n in values.items()))
-            for tag, values in summary["dicom_tags"].items()
+            for tag, values in summary.dicom_tags.items()
         ]
     )
     flagged = _rows(
@@ -152,7 +152,9 @@ def write_audit(audit: SiteAudit, out_dir: str | Path, overwrite: bool = False) 
         staged["figure"].write_bytes(figure)
         # a site's file names need not be UTF-8: written back as the bytes they were
         staged["html"].write_text(audit_html(audit, figure), "utf-8", "surrogateescape")
-        staged["json"].write_text(json.dumps(audit.summary(), indent=2) + "\n", "utf-8")
+        staged["json"].write_text(
+            json.dumps(audit.summary().model_dump(), indent=2) + "\n", "utf-8"
+        )
         rows = records_table(audit)
         with staged["csv"].open("w", encoding="utf-8", newline="", errors="surrogateescape") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["path"])
