@@ -9,7 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pneumolab.data.intensity import clahe_array, equalize_array, normalize_intensity_array
+from pneumolab.choices import INTENSITIES
+from pneumolab.data.intensity import (
+    RECIPES,
+    clahe_array,
+    equalize_array,
+    normalize_intensity_array,
+)
 from pneumolab.data.transforms import normalize_intensity
 
 SHAPES = st.tuples(
@@ -59,3 +65,18 @@ def test_clahe_works_per_image_and_keeps_a_flat_image_flat():
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="unknown intensity normalisation 'wavelet'"):
         normalize_intensity_array(np.zeros((1, 1, 4, 4), np.uint8), "wavelet")
+
+
+def test_the_written_recipes_reproduce_the_methods():
+    """An ONNX export's metadata states each method in OpenCV / PIL terms for other runtimes:
+    followed as written, they give pneumolab's pixels."""
+    import cv2
+    from PIL import Image, ImageOps
+
+    plane = np.random.default_rng(0).integers(0, 256, (40, 56), dtype=np.uint8)
+    call = RECIPES["clahe"].removesuffix(" on each image")
+    assert np.array_equal(eval(call, {"cv2": cv2})(plane), clahe_array(plane))
+    assert RECIPES["equalize"].endswith("(PIL ImageOps.equalize)")
+    equalized = np.asarray(ImageOps.equalize(Image.fromarray(plane)))
+    assert np.array_equal(equalized, equalize_array(plane))
+    assert set(RECIPES) == set(INTENSITIES)

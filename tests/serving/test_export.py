@@ -99,6 +99,7 @@ def test_export_writes_the_preprocessing_contract_and_verifies(run, tmp_path):
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
     assert props.keys() >= METADATA_KEYS
     assert props["image_size"] == "32" and props["intensity"] == "none"
+    assert "after the resize, before / 255: nothing" in props["intensity_applied"]
     assert float(props["threshold"]) == run.read_meta().threshold
     assert json.loads(props["class_names"]) == ["NORMAL", "PNEUMONIA"]
     assert len(json.loads(props["mean"])) == 3

@@ -20,6 +20,13 @@ from pneumolab.choices import INTENSITIES
 
 CLAHE_CLIP_LIMIT = 2.0
 CLAHE_TILES = (8, 8)
+RECIPES = {
+    "none": "nothing",
+    "equalize": "global histogram equalisation of each image (PIL ImageOps.equalize)",
+    "clahe": f"cv2.createCLAHE(clipLimit={CLAHE_CLIP_LIMIT}, tileGridSize={CLAHE_TILES}).apply "
+    "on each image",
+}
+"""Each method in terms another runtime can reproduce (an ONNX export's metadata says it)."""
 
 
 def equalize_array(pixels: np.ndarray) -> np.ndarray:

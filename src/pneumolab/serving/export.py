@@ -15,6 +15,7 @@ import torch
 
 import pneumolab
 from pneumolab.choices import DEFAULT_OPSET, ONNX_OPSETS
+from pneumolab.data.intensity import RECIPES as INTENSITY_RECIPES
 from pneumolab.errors import ExportError
 from pneumolab.files import write_atomically
 from pneumolab.inference.onnx_backend import INPUT_NAME, OOD_OUTPUT_NAME, OUTPUT_NAME, OnnxBackend
@@ -37,8 +38,9 @@ def _metadata(run_dir: Path, predictor: Predictor) -> dict[str, str]:
     return {
         "image_size": str(predictor.image_size),
         "intensity": predictor.intensity,
-        "intensity_applied": "outside the graph, on the uint8 (N,1,S,S) pixels before / 255: "
-        "pneumolab.data.transforms.normalize_intensity",
+        "intensity_applied": "outside the graph, on the uint8 (N,1,S,S) pixels after the resize, "
+        f"before / 255: {INTENSITY_RECIPES[predictor.intensity]} "
+        "(pneumolab.data.intensity.normalize_intensity_array)",
         "input": f"{INPUT_NAME}: float32 (N,1,S,S) = grayscale uint8, resized to SxS "
         "(bilinear, aspect ratio not kept), / 255",
         "output": f"{OUTPUT_NAME}: float32 (N,) probability of class_names[1]; "
