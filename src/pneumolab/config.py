@@ -316,12 +316,17 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
-    for key in _non_text_keys(data):
+    odd = next(_non_text_keys(data), _ALL_TEXT)
+    if odd is not _ALL_TEXT:
         raise ConfigError(
-            f"{path}: setting names are text, got {key!r} ({type(key).__name__}; YAML reads "
+            f"{path}: setting names are text, got {odd!r} ({type(odd).__name__}; YAML reads "
             "1, null, on/off and yes/no as other types: quote the name)"
         )
     return data
+
+
+_ALL_TEXT = object()
+"""No key that is not text (a sentinel: a YAML key can itself be None)."""
 
 
 def _non_text_keys(data: object) -> Iterator[object]:

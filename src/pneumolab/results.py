@@ -82,9 +82,9 @@ class ClassMetrics(Result):
 
     model_config = ConfigDict(validate_by_name=True, serialize_by_alias=True)
 
-    precision: float
-    recall: float
-    f1: float = Field(alias="f1-score")
+    precision: Metric
+    recall: Metric
+    f1: Metric = Field(alias="f1-score")
     support: int
 
 
@@ -93,9 +93,9 @@ class SubtypeMetrics(Result):
 
     classes: list[str]
     per_class: dict[str, ClassMetrics]
-    accuracy: float
-    macro_roc_auc: float
-    bacterial_vs_viral_accuracy: float
+    accuracy: Metric
+    macro_roc_auc: Metric
+    bacterial_vs_viral_accuracy: Metric
     confusion_matrix: list[list[int]] = Field(description="rows: truth, columns: prediction")
 
 
@@ -136,33 +136,30 @@ class OracleThreshold(Result):
     note: str
 
 
-class CalibrationScore(Result):
-    """Brier score and ECE of the probabilities after one of the run's calibration maps."""
+class TemperatureScaled(Result):
+    """Brier score and ECE of the probabilities after temperature scaling, with its temperature."""
 
+    temperature: float
     brier: Metric
     ece: Metric
 
 
-class TemperatureScaled(CalibrationScore):
-    """After temperature scaling, with its temperature."""
-
-    temperature: float
-
-
-class PlattScaled(CalibrationScore):
-    """After Platt scaling, with its map."""
+class PlattScaled(Result):
+    """Brier score and ECE of the probabilities after Platt scaling, with its map."""
 
     slope: float
     intercept: float
+    brier: Metric
+    ece: Metric
 
 
 class PerturbationMetrics(Result):
     """Figures under one perturbation of the robustness suite, at the stored threshold."""
 
-    roc_auc: Metric
     accuracy: Metric
     sensitivity: Metric
     specificity: Metric
+    roc_auc: Metric
 
 
 class RobustnessSummary(Result):
@@ -202,6 +199,12 @@ class BatchFigures(Result):
     specificity: Metric
 
 
+def on_request() -> Any:
+    """A part of an evaluation computed only where asked for (three-class metrics, robustness,
+    the shift protocol): None, and left out of its dump and its JSON, when not computed."""
+    return Field(default=None, exclude_if=lambda value: value is None)
+
+
 class EvaluationMetrics(BinaryMetrics):
     """Everything an evaluation measured on one split (what ``metrics.json`` holds): the
     metrics at the run's stored threshold, patient-bootstrap 95% intervals (``ci95``: metric ->
@@ -220,20 +223,16 @@ class EvaluationMetrics(BinaryMetrics):
     temperature_scaled: TemperatureScaled | None = None
     platt_scaled: PlattScaled | None = None
     test_evaluations_count: int = 0
-    subtypes: SubtypeMetrics | None = None
-    robustness: dict[str, PerturbationMetrics] | None = None
-    robustness_summary: RobustnessSummary | None = None
-    shift: dict[str, ScenarioSummary] | None = None
-    shift_summary: ShiftSummary | None = None
-    acquisition_batches: dict[str, BatchFigures] | None = None
+    subtypes: SubtypeMetrics | None = on_request()
+    robustness: dict[str, PerturbationMetrics] | None = on_request()
+    robustness_summary: RobustnessSummary | None = on_request()
+    shift: dict[str, ScenarioSummary] | None = on_request()
+    shift_summary: ShiftSummary | None = on_request()
+    acquisition_batches: dict[str, BatchFigures] | None = on_request()
 
     def to_json(self, indent: int | None = None) -> str:
-        """The metrics as JSON (``metrics.json`` indents by 2): NaN as ``null``; the parts not
-        computed (three-class, robustness, shift) left out."""
-        optional = {"subtypes", "robustness", "robustness_summary", "shift", "shift_summary",
-                    "acquisition_batches"}  # fmt: skip
-        left_out = {name for name in optional if getattr(self, name) is None}
-        return json.dumps(_null_for_nan(self.model_dump(exclude=left_out)), indent=indent)
+        """The metrics as JSON (``metrics.json`` indents by 2): NaN as ``null``."""
+        return json.dumps(_null_for_nan(self.model_dump()), indent=indent)
 
 
 def _null_for_nan(value: Any) -> Any:
@@ -244,3 +243,28 @@ def _null_for_nan(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_null_for_nan(v) for v in value]
     return value
+
+
+class AuditSummary(Result):
+    """An audit's figures (``audit.json``): the verdict and its reasons, counts, the share out
+    of scope and why, OOD-score and predicted-pneumonia figures beside validation's, image
+    sizes, bit depths, intensities and DICOM tag values."""
+
+    run: str
+    folder: str
+    verdict: str
+    verdict_reasons: list[str]
+    images: int
+    unreadable: int
+    out_of_scope_share: float | None
+    out_of_scope_reasons: dict[str, int]
+    ood_threshold: float | None
+    ood_score_median: float | None
+    val_ood_score_median: float | None
+    predicted_pneumonia_rate: float | None
+    val_predicted_pneumonia_rate: float
+    width_median: float | None
+    height_median: float | None
+    bit_depths: dict[int | None, int]
+    mean_intensity_median: float | None
+    dicom_tags: dict[str, dict[str, int]]

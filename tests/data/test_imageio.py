@@ -525,3 +525,9 @@ def test_a_uint64_array_near_its_top_is_rescaled() -> None:
     top = 2**63
     image = array_to_image(np.array([[top, top + 1], [top + 2, top]], dtype=np.uint64))
     assert np.asarray(image).tolist() == [[0, 128], [255, 0]]
+
+
+def test_a_full_range_int16_array_is_rescaled_without_wrapping() -> None:
+    """Subtracting the minimum in int16 wrapped round (a first fix of the uint64 case did)."""
+    image = array_to_image(np.array([[-32768, 0], [16000, 32000]], dtype=np.int16))
+    assert np.asarray(image).tolist() == [[0, 129], [192, 255]]

@@ -18,7 +18,7 @@ from pneumolab.errors import DataLayoutError
 from pneumolab.evaluation.evaluate import evaluate
 from pneumolab.evaluation.heldout import log_test_evaluation
 from pneumolab.pipeline.train import train
-from pneumolab.results import EvaluationMetrics
+from pneumolab.results import EvaluationMetrics, SubtypeMetrics
 from pneumolab.run import RunDir
 
 pytestmark = pytest.mark.slow  # trains its own models
@@ -90,6 +90,19 @@ def test_metrics_json_writes_undefined_figures_as_null_and_reads_them_back_as_na
     back = EvaluationMetrics.model_validate_json(text)
     assert math.isnan(back.roc_auc) and math.isnan(back.specificity)
     assert back.accuracy == metrics.accuracy and back.ci95 == metrics.ci95
+    # a three-class evaluation whose split lacks a subtype: its undefined figures too
+    subtypes = SubtypeMetrics(
+        classes=["NORMAL", "BACTERIAL", "VIRAL"],
+        per_class={},
+        accuracy=0.5,
+        macro_roc_auc=math.nan,
+        bacterial_vs_viral_accuracy=math.nan,
+        confusion_matrix=[[1, 0, 0], [0, 1, 0], [0, 0, 0]],
+    )
+    three = EvaluationMetrics.model_validate_json(
+        one_class.model_copy(update={"subtypes": subtypes}).to_json()
+    )
+    assert three.subtypes is not None and math.isnan(three.subtypes.macro_roc_auc)
 
 
 def test_every_test_evaluation_is_logged(trained):

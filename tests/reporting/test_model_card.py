@@ -64,6 +64,7 @@ def test_the_card_reads_no_tta_evaluation_and_survives_a_broken_one(tiny_run, tm
         card = write_model_card(run).read_text()
         assert "without confidence intervals" in card
         assert f"{metrics_file}: not readable as an evaluation's metrics" in caplog.text
+    assert "(accuracy: Field required)" in caplog.text  # the field is named
 
 
 def test_the_card_names_the_export_that_scored_its_figures(tiny_run, tmp_path):

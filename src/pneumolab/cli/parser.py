@@ -96,7 +96,7 @@ def _add_study(commands: Subcommands) -> None:
     study.add_argument(
         "config",
         type=Path,
-        help="study YAML (the shipped lineups: configs/study-*.yaml in the source tree and the sdist)",
+        help="study YAML (the lineups: configs/study-*.yaml in the source tree and the sdist)",
     )
     study.add_argument("--data", type=Path, required=True, help="dataset root (holds train/)")
     study.add_argument("--out", type=Path, required=True, help="study directory (resumable)")

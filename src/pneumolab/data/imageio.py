@@ -109,10 +109,18 @@ def _rescaled(
     for start in range(0, shape[0], band):
         block = rows(start, start + band)
         if table is not None:
-            out[start : start + band] = table[(block - block.dtype.type(low)).astype(np.int64)]
+            out[start : start + band] = table[_offsets(block, int(low))]
         else:
             out[start : start + band] = np.round((block.astype(np.float64) - low) * scale)
     return out
+
+
+def _offsets(block: np.ndarray, low: int) -> np.ndarray:
+    """``block - low`` as int64 indices, exactly: unsigned arrays subtract in their own type (a
+    uint64 above 2^63 does not fit an int64), signed ones in int64 (their own type would wrap)."""
+    if block.dtype.kind == "u":
+        return (block - block.dtype.type(low)).astype(np.int64)
+    return block.astype(np.int64) - low
 
 
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])

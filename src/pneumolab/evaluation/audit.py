@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict
 from scipy.stats import ks_2samp
 
 from pneumolab.data.formats import IMAGE_SUFFIXES
@@ -26,6 +25,7 @@ from pneumolab.data.layout import CLASS_NAMES
 from pneumolab.errors import DataLayoutError, ImageLoadError
 from pneumolab.inference.inputs import expand_paths
 from pneumolab.inference.predictor import Predictor
+from pneumolab.results import AuditSummary
 from pneumolab.run import RunDir, read_predictions
 
 MAX_OUT_OF_SCOPE = 0.02
@@ -61,33 +61,6 @@ class ImageRecord:
     warnings: list[str] = field(default_factory=list)
     dicom_tags: dict[str, str] = field(default_factory=dict)
     error: str = ""
-
-
-class AuditSummary(BaseModel):
-    """An audit's figures (``audit.json``): the verdict and its reasons, counts, the share out
-    of scope and why, OOD-score and predicted-pneumonia figures beside validation's, image
-    sizes, bit depths, intensities and DICOM tag values."""
-
-    model_config = ConfigDict(frozen=True)
-
-    run: str
-    folder: str
-    verdict: str
-    verdict_reasons: list[str]
-    images: int
-    unreadable: int
-    out_of_scope_share: float | None
-    out_of_scope_reasons: dict[str, int]
-    ood_threshold: float | None
-    ood_score_median: float | None
-    val_ood_score_median: float | None
-    predicted_pneumonia_rate: float | None
-    val_predicted_pneumonia_rate: float
-    width_median: float | None
-    height_median: float | None
-    bit_depths: dict[int | None, int]
-    mean_intensity_median: float | None
-    dicom_tags: dict[str, dict[str, int]]
 
 
 @dataclass

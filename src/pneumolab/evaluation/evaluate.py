@@ -28,8 +28,9 @@ def evaluate(
     split, and calibration before/after the run's temperature and Platt maps. Writes metrics.json,
     predictions.csv and PNG figures (confusion matrix, ROC curve, reliability diagram) into
     ``RUN_DIR/eval/<split>/`` and returns the metrics (typed: ``metrics.roc_auc``,
-    ``metrics.ci95["roc_auc"]``; ``metrics.model_dump()`` gives them as a dict). Every ``test`` evaluation is logged in
-    ``RUN_DIR/test_evaluations.jsonl``; ``test_evaluations_count`` says how many there have been.
+    ``metrics.ci95["roc_auc"]``; ``metrics.model_dump()`` gives them as a dict). Every ``test``
+    evaluation is logged in ``RUN_DIR/test_evaluations.jsonl``; ``test_evaluations_count`` says
+    how many there have been.
 
     ``tta`` averages each image over fixed test-time views, scored at the run's TTA threshold
     (chosen on its validation TTA scores) where it has one, else at the stored threshold. With

@@ -6,9 +6,8 @@ opened first, created if missing, so that a look it cannot record is refused."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
 import numpy as np
 from sklearn.metrics import brier_score_loss
@@ -50,7 +49,6 @@ from pneumolab.run import RunDir
 from pneumolab.run_meta import RunMeta
 
 log = logging.getLogger(__name__)
-Score = TypeVar("Score", TemperatureScaled, PlattScaled)
 
 
 def split_samples(run: RunDir, data_dir: Path, split: str) -> list[Sample]:
@@ -101,16 +99,16 @@ def _oracle(labels: np.ndarray, probs: np.ndarray) -> OracleThreshold | None:
 
 
 @dataclass(frozen=True)
-class CalibratedScores:
-    """The evaluated split's probabilities after one of the run's calibration maps."""
+class Calibrated:
+    """The evaluated split's probabilities after the run's calibration maps, each map scored."""
 
-    label: str
-    """The curve's label in the reliability diagram."""
-    probs: np.ndarray
-    score: TemperatureScaled | PlattScaled
+    curves: dict[str, np.ndarray] = field(default_factory=dict)
+    """Reliability-diagram label -> the probabilities after that map."""
+    temperature_scaled: TemperatureScaled | None = None
+    platt_scaled: PlattScaled | None = None
 
 
-def _calibrated(meta: RunMeta, labels: np.ndarray, probs: np.ndarray) -> list[CalibratedScores]:
+def _calibrated(meta: RunMeta, labels: np.ndarray, probs: np.ndarray) -> Calibrated:
     """The run's calibration maps applied to ``probs``, each scored (Brier score, ECE)."""
 
     def scored(scaled: np.ndarray) -> dict[str, float]:
@@ -119,31 +117,33 @@ def _calibrated(meta: RunMeta, labels: np.ndarray, probs: np.ndarray) -> list[Ca
             "ece": expected_calibration_error(labels, scaled),
         }
 
-    maps = []
+    curves: dict[str, np.ndarray] = {}
+    temperature_scaled = platt_scaled = None
     t = meta.temperature
     if t is not None:
-        scaled = apply_temperature(probs, t)
-        score = TemperatureScaled(temperature=t, **scored(scaled))
-        maps.append(CalibratedScores(f"temperature-scaled (T = {t:.2f})", scaled, score))
+        scaled = curves[f"temperature-scaled (T = {t:.2f})"] = apply_temperature(probs, t)
+        temperature_scaled = TemperatureScaled(temperature=t, **scored(scaled))
     platt = meta.platt
     if platt is not None:
         label = f"Platt-scaled (a = {platt.slope:.2f}, b = {platt.intercept:.2f})"
-        scaled = apply_platt(probs, platt.slope, platt.intercept)
-        platt_score = PlattScaled(slope=platt.slope, intercept=platt.intercept, **scored(scaled))
-        maps.append(CalibratedScores(label, scaled, platt_score))
-    return maps
+        scaled = curves[label] = apply_platt(probs, platt.slope, platt.intercept)
+        platt_scaled = PlattScaled(slope=platt.slope, intercept=platt.intercept, **scored(scaled))
+    return Calibrated(curves, temperature_scaled, platt_scaled)
 
 
-def _subtypes(predictor: Predictor, decoded: DecodedImages) -> SubtypeMetrics:
-    """Three-class metrics (argmax of the class probabilities; TTA does not apply)."""
-    model = predictor.require_model("three-class metrics")
-    probs = predict_class_probabilities(model, decoded.pixels, predictor.intensity)
+def _subtypes(predictor: Predictor, decoded: DecodedImages) -> SubtypeMetrics | None:
+    """Three-class metrics of a three-class run (argmax of the class probabilities; TTA does not
+    apply); None for a binary run, and with a warning for an exported model (no class logits)."""
+    if not predictor.meta.subtype_names:
+        return None
+    if predictor.model is None:
+        log.warning(
+            "three-class metrics (subtypes) need the torch backend: not computed with %s",
+            predictor.backend_name,
+        )
+        return None
+    probs = predict_class_probabilities(predictor.model, decoded.pixels, predictor.intensity)
     return subtype_metrics(np.array(subtype_labels(decoded.samples)), probs)
-
-
-def _score_of(calibrated: list[CalibratedScores], kind: type[Score]) -> Score | None:
-    """The score of ``calibrated``'s map of ``kind``, if the run has one."""
-    return next((c.score for c in calibrated if isinstance(c.score, kind)), None)
 
 
 @dataclass
@@ -157,7 +157,7 @@ class Evaluation:
     decoded: DecodedImages
     labels: np.ndarray
     probs: np.ndarray
-    calibrated: list[CalibratedScores]
+    calibrated: Calibrated
     metrics: EvaluationMetrics
     shifted: dict[str, list[np.ndarray]] | None = None
     """The shift protocol's scores: scenario -> one array per draw (None without ``shift``)."""
@@ -166,34 +166,6 @@ class Evaluation:
     def title(self) -> str:
         """Model, split and image count, for tables and figures."""
         return f"{self.predictor.meta.model} — {self.split} (n={self.metrics.n})"
-
-
-def _extra_metrics(
-    predictor: Predictor, decoded: DecodedImages, labels: np.ndarray, probs: np.ndarray,
-    robustness: bool, shifted: dict[str, list[np.ndarray]] | None,
-) -> dict[str, Any]:  # fmt: skip
-    """Three-class metrics, robustness and the shift protocol (from its ``shifted`` scores),
-    where asked for and possible: :class:`EvaluationMetrics` fields by name."""
-    extra: dict[str, Any] = {}
-    if predictor.meta.subtype_names and predictor.model is None:
-        log.warning(
-            "three-class metrics (subtypes) need the torch backend: not computed with %s",
-            predictor.backend_name,
-        )
-    elif predictor.meta.subtype_names:
-        extra["subtypes"] = _subtypes(predictor, decoded)
-    if robustness:
-        report = robustness_report(predictor.backend, decoded.pixels, labels, predictor.threshold)
-        extra |= {"robustness": report, "robustness_summary": summarize(report)}
-    if shifted is not None:
-        results = scenario_results(shifted, labels, predictor.threshold)
-        batches = [acquisition_batch(s.path.name) for s in decoded.samples]
-        extra |= {
-            "shift": {r.scenario: r.summary() for r in results},
-            "shift_summary": shift_summary(results),
-            "acquisition_batches": batch_breakdown(probs, labels, batches, predictor.threshold),
-        }
-    return extra
 
 
 def compute_evaluation(
@@ -218,23 +190,37 @@ def compute_evaluation(
         )
     probs = predictor.backend(decoded.pixels)
     labels = np.array([s.label for s in decoded.samples])
+    threshold = predictor.threshold
     # the maps were fitted on scores without test-time views: they do not belong to TTA scores
-    calibrated = [] if predictor.tta else _calibrated(predictor.meta, labels, probs)
+    calibrated = Calibrated() if predictor.tta else _calibrated(predictor.meta, labels, probs)
     patients = [sample.patient for sample in decoded.samples]
+    perturbed = (
+        robustness_report(predictor.backend, decoded.pixels, labels, threshold)
+        if robustness
+        else None
+    )
     shifted = shifted_probabilities(predictor.backend, decoded.pixels) if shift else None
+    scenarios = None if shifted is None else scenario_results(shifted, labels, threshold)
+    names = [acquisition_batch(s.path.name) for s in decoded.samples]
+    batches = None if shifted is None else batch_breakdown(probs, labels, names, threshold)
     metrics = EvaluationMetrics(
-        **dict(binary_metrics(labels, probs, predictor.threshold)),
+        **dict(binary_metrics(labels, probs, threshold)),
         split=split,
         tta=predictor.tta,
         backend=predictor.backend_name,
         model=predictor.meta.model,
         skipped=[r for _, r in decoded.skipped],
-        ci95=bootstrap_ci(labels, probs, predictor.threshold, groups=patients),
+        ci95=bootstrap_ci(labels, probs, threshold, groups=patients),
         operating_points=_operating_points(predictor, labels, probs),
         oracle=_oracle(labels, probs),
-        temperature_scaled=_score_of(calibrated, TemperatureScaled),
-        platt_scaled=_score_of(calibrated, PlattScaled),
+        temperature_scaled=calibrated.temperature_scaled,
+        platt_scaled=calibrated.platt_scaled,
         test_evaluations_count=count_test_evaluations(run) + (split == "test"),
-        **_extra_metrics(predictor, decoded, labels, probs, robustness, shifted),
+        subtypes=_subtypes(predictor, decoded),
+        robustness=perturbed,
+        robustness_summary=None if perturbed is None else summarize(perturbed),
+        shift=None if scenarios is None else {r.scenario: r.summary() for r in scenarios},
+        shift_summary=None if scenarios is None else shift_summary(scenarios),
+        acquisition_batches=batches,
     )
     return Evaluation(run, split, predictor, decoded, labels, probs, calibrated, metrics, shifted)

@@ -46,8 +46,8 @@ def evaluation_figures(evaluation: Evaluation) -> dict[str, Figure]:
     if len(np.unique(labels)) == 2:
         point = (1 - metrics.specificity, metrics.sensitivity)
         drawn["roc_curve.png"] = roc_curve_figure(labels, probs, point, title)
-    scaled = {c.label: c.probs for c in evaluation.calibrated}
-    drawn["reliability.png"] = reliability_figure(labels, {"raw": probs} | scaled, title)
+    curves = {"raw": probs} | evaluation.calibrated.curves
+    drawn["reliability.png"] = reliability_figure(labels, curves, title)
     subtypes = metrics.subtypes
     if subtypes is not None:
         drawn["confusion_matrix_3class.png"] = confusion_matrix_figure(

@@ -10,6 +10,8 @@ import shlex
 from collections import Counter
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from pneumolab.config import load_yaml
 from pneumolab.data.layout import CLASS_NAMES
 from pneumolab.evaluation.metrics import format_interval, format_metric
@@ -152,16 +154,20 @@ def _stored_val_evaluation(run: RunDir) -> EvaluationMetrics | None:
         return None
     try:
         metrics = EvaluationMetrics.model_validate_json(metrics_file.read_bytes())
-    except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
-        reason = str(exc).splitlines()[0]
-        log.warning(
-            "%s: not readable as an evaluation's metrics (%s); the model card uses meta.json's "
-            "figures",
-            metrics_file,
-            reason,
-        )
-        return None
-    return None if metrics.tta else metrics
+    except OSError as exc:
+        reason = str(exc)
+    except ValidationError as exc:  # broken JSON too
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        reason = f"{where}: {first['msg']}" if where else first["msg"]
+    else:
+        return None if metrics.tta else metrics
+    log.warning(
+        "%s: not readable as an evaluation's metrics (%s); the model card uses meta.json's figures",
+        metrics_file,
+        reason,
+    )
+    return None
 
 
 def _operating_points(meta: RunMeta) -> list[str]:
