@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -60,6 +60,8 @@ class Predictor:
         inputs get the ``OUT_OF_SCOPE`` label (else their class label, flagged all the same)."""
         self.backend_name = "torch" if scorer is None else "custom"
         self.run_dir: Path | None = None
+        self.reload: Callable[[], Predictor] | None = None
+        """How :meth:`from_run` loaded it, to load it again (pickling); None otherwise."""
         self.meta = meta
         if scorer is None:
             if model is None:
@@ -75,6 +77,17 @@ class Predictor:
         self.ood = ood
         self.scope_verdict = scope_verdict
         self.scorer = scorer
+
+    def __reduce__(self) -> tuple[Callable[[], Predictor], tuple[()]]:
+        """Pickled as the call that loads it again (for worker processes: joblib,
+        multiprocessing): the other process reads the run folder as :meth:`from_run` did here;
+        the network, a score cache and attributes changed since loading do not travel."""
+        if self.reload is None:
+            raise TypeError(
+                "only a Predictor loaded with Predictor.from_run / pneumolab.load_run can be "
+                "pickled (it is loaded again from its run folder in the other process)"
+            )
+        return self.reload, ()
 
     def __repr__(self) -> str:
         run = self.run_dir.name if self.run_dir else None
@@ -133,6 +146,15 @@ class Predictor:
             check_device(device)
         predictor = cls._load(run_dir, device, backend, onnx_file, cache)
         predictor.run_dir = Path(run_dir)
+        predictor.reload = partial(
+            cls.from_run,
+            Path(run_dir).absolute(),
+            device=device,
+            backend=backend,
+            onnx_file=None if onnx_file is None else Path(onnx_file).absolute(),
+            tta=tta,
+            scope_verdict=scope_verdict,
+        )
         predictor.scope_verdict = scope_verdict
         predictor.backend_name, predictor.tta = backend, tta
         if predictor.ood is None:
