@@ -201,8 +201,10 @@ def compute_evaluation(
     )
     shifted = shifted_probabilities(predictor.backend, decoded.pixels) if shift else None
     scenarios = None if shifted is None else scenario_results(shifted, labels, threshold)
-    names = [acquisition_batch(s.path.name) for s in decoded.samples]
-    batches = None if shifted is None else batch_breakdown(probs, labels, names, threshold)
+    batches = None
+    if shifted is not None:
+        names = [acquisition_batch(s.path.name) for s in decoded.samples]
+        batches = batch_breakdown(probs, labels, names, threshold)
     metrics = EvaluationMetrics(
         **dict(binary_metrics(labels, probs, threshold)),
         split=split,

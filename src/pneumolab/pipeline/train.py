@@ -7,7 +7,6 @@ test-time augmentation for the run's ``--tta`` threshold."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from pneumolab.pipeline.ood_fit import fit_scorer, gated_validation_scores
 from pneumolab.reporting.model_card import CARD_NAME
 from pneumolab.run import RunDir
 from pneumolab.run_meta import RunDescription
-from pneumolab.training.distributed import global_rank
+from pneumolab.training.distributed import on_rank_zero
 from pneumolab.training.tracking import log_run_files
 from pneumolab.training.train import TrainedModel, train_model
 
@@ -51,8 +50,7 @@ def train(
     return as soon as training ends). The run folder is locked while it trains (another
     process training into it is refused).
     """
-    alone = working_in(Path(out_dir), "training") if global_rank() == 0 else nullcontext()
-    with alone:
+    with on_rank_zero(working_in(Path(out_dir), "training")):
         return _train(data_dir, out_dir, config, resume, callbacks)
 
 

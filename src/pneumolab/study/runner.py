@@ -19,7 +19,6 @@ import logging
 import os
 import shutil
 from collections.abc import Iterable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from pneumolab.pipeline.ensemble import build_ensemble
 from pneumolab.pipeline.train import train
 from pneumolab.run import RunDir, split_mismatch, weights_digest
 from pneumolab.study.config import StudyConfig, load_study
-from pneumolab.training.distributed import global_rank
+from pneumolab.training.distributed import global_rank, on_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +212,7 @@ def run_study(
     empty result). The study folder is locked while the study runs (a second study on it was
     deleting or training into the first one's runs).
     """
-    alone = working_in(Path(out_dir), "running a study") if global_rank() == 0 else nullcontext()
-    with alone:
+    with on_rank_zero(working_in(Path(out_dir), "running a study")):
         return _run_study(study_file, data_dir, out_dir, overrides)
 
 

@@ -8,6 +8,7 @@ import atexit
 import hashlib
 import math
 import os
+from contextlib import AbstractContextManager, nullcontext
 
 import lightning as L
 import torch
@@ -75,6 +76,12 @@ def global_rank() -> int:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     return int(getattr(rank_zero_only, "rank", 0))
+
+
+def on_rank_zero(context: AbstractContextManager[None]) -> AbstractContextManager[None]:
+    """``context`` in the process of rank 0 (:func:`global_rank`), nothing in the others (a
+    folder lock that every rank took would refuse all ranks but one)."""
+    return context if global_rank() == 0 else nullcontext()
 
 
 def shard(count: int, trainer: L.Trainer, rank: int | None = None) -> range:
