@@ -72,7 +72,8 @@ def test_validation_evaluation_has_the_clinical_keys(trained):
     written = json.loads((run_dir / "eval" / "val" / "metrics.json").read_text())
     assert written.keys() >= NEW_KEYS
     assert EvaluationMetrics.model_validate(written) == metrics  # read back: the same figures
-    assert (run_dir / "eval" / "val" / "reliability.png").stat().st_size > 0
+    for figure in ("reliability.png", "decision_curve.png"):
+        assert (run_dir / "eval" / "val" / figure).stat().st_size > 0
 
 
 def test_metrics_json_writes_undefined_figures_as_null_and_reads_them_back_as_nan(trained):

@@ -19,6 +19,7 @@ SECTIONS = (
     "curves",
     "confusion",
     "calibration",
+    "decision",
     "scores",
     "errors",
     "samples",

@@ -26,8 +26,8 @@ def evaluate(
     """Metrics at the run's stored threshold, threshold-free metrics, patient-grouped bootstrap
     95% intervals (``ci95``), every stored operating point and an oracle threshold scored on this
     split, and calibration before/after the run's temperature and Platt maps. Writes metrics.json,
-    predictions.csv and PNG figures (confusion matrix, ROC curve, reliability diagram) into
-    ``RUN_DIR/eval/<split>/`` and returns the metrics (typed: ``metrics.roc_auc``,
+    predictions.csv and PNG figures (confusion matrix, ROC curve, reliability diagram, decision
+    curve) into ``RUN_DIR/eval/<split>/`` and returns the metrics (typed: ``metrics.roc_auc``,
     ``metrics.ci95["roc_auc"]``; ``metrics.model_dump()`` gives them as a dict). Every ``test``
     evaluation is logged in ``RUN_DIR/test_evaluations.jsonl``; ``test_evaluations_count`` says
     how many there have been.

@@ -14,7 +14,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
 from pneumolab.data.layout import CLASS_NAMES
-from pneumolab.evaluation.metrics import ECE_BINS, expected_calibration_error
+from pneumolab.evaluation.metrics import ECE_BINS, expected_calibration_error, net_benefit
 from pneumolab.files import write_bytes_atomically
 
 
@@ -68,6 +68,32 @@ def roc_curve_figure(
         ax.plot(*operating_point, "o", color="crimson", label="stored threshold")
         ax.legend(loc="lower right")
     ax.set_title(title)
+    return fig
+
+
+DECISION_CURVE_THRESHOLDS = np.linspace(0.01, 0.99, 99)
+"""The threshold probabilities a decision curve is drawn at."""
+
+
+def decision_curve_figure(
+    y_true: np.ndarray, prob: np.ndarray, stored_threshold: float | None = None, title: str = ""
+) -> Figure:
+    """Decision curve: net benefit (:func:`~pneumolab.evaluation.metrics.net_benefit`) of the
+    model's probability against calling every image pneumonia and calling none, over threshold
+    probabilities from 0.01 to 0.99; the model's net benefit at ``stored_threshold`` is marked."""
+    fig = Figure(figsize=(4.5, 4.5), dpi=120)
+    ax = fig.subplots()
+    p_t = DECISION_CURVE_THRESHOLDS
+    ax.plot(p_t, net_benefit(y_true, prob, p_t), label="model")
+    ax.plot(p_t, net_benefit(y_true, np.ones(len(y_true)), p_t), "--", label="call all pneumonia")
+    ax.axhline(0.0, color="gray", linestyle=":", label="call none")
+    if stored_threshold is not None and 0 < stored_threshold < 1:
+        at_threshold = net_benefit(y_true, prob, [stored_threshold])[0]
+        ax.plot(stored_threshold, at_threshold, "o", color="crimson", label="stored threshold")
+    prevalence = float(np.mean(y_true)) if len(y_true) else 1.0
+    ax.set(xlabel="threshold probability", ylabel="net benefit", title=title)
+    ax.set(xlim=(0, 1), ylim=(-0.05, max(prevalence, 0.05) * 1.1))
+    ax.legend(loc="upper right", fontsize="small")
     return fig
 
 

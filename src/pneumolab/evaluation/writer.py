@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from pneumolab.evaluation.figures import (
     confusion_matrix_figure,
+    decision_curve_figure,
     reliability_figure,
     roc_curve_figure,
     save_figure,
@@ -28,10 +29,11 @@ FIGURES = {
     "confusion_matrix.png": "confusion matrix",
     "roc_curve.png": "ROC curve (dot: stored threshold)",
     "reliability.png": "reliability diagram",
+    "decision_curve.png": "decision curve (net benefit; dot: stored threshold)",
     "confusion_matrix_3class.png": "3x3 confusion matrix",
 }
-"""The figures an evaluation draws (file name -> caption); ROC needs both classes, the 3x3
-matrix a three-class run."""
+"""The figures an evaluation draws (file name -> caption); ROC and the decision curve need both
+classes, the 3x3 matrix a three-class run."""
 
 OWNED = {METRICS, PREDICTIONS, SHIFT_PREDICTIONS, *FIGURES}
 """The files an evaluation writes in ``eval/<split>/`` (a report's page there is not one)."""
@@ -46,6 +48,7 @@ def evaluation_figures(evaluation: Evaluation) -> dict[str, Figure]:
     if len(np.unique(labels)) == 2:
         point = (1 - metrics.specificity, metrics.sensitivity)
         drawn["roc_curve.png"] = roc_curve_figure(labels, probs, point, title)
+        drawn["decision_curve.png"] = decision_curve_figure(labels, probs, metrics.threshold, title)
     curves = {"raw": probs} | evaluation.calibrated.curves
     drawn["reliability.png"] = reliability_figure(labels, curves, title)
     subtypes = metrics.subtypes

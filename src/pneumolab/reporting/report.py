@@ -69,6 +69,17 @@ def _curves_html(labels: np.ndarray, probs: np.ndarray, figures: dict[str, bytes
     return roc + figure_html(figure_png(fig, dpi=110), "precision-recall curve")
 
 
+def _decision_html(figures: dict[str, bytes]) -> str:
+    if "decision_curve.png" not in figures:
+        return "<p>A decision curve needs both classes in the split.</p>"
+    return figure_html(figures["decision_curve.png"], FIGURES["decision_curve.png"]) + (
+        "<p>Net benefit = true positives / n − false positives / n × p / (1 − p) at threshold "
+        "probability p, the weight of a false alarm against a missed pneumonia (Vickers and "
+        "Elkin 2006). It depends on this split's prevalence and on the raw probabilities "
+        "being calibrated on it.</p>"
+    )
+
+
 def _confusion_html(points: dict[str, ScoredOperatingPoint]) -> str:
     return "".join(
         figure_html(
@@ -238,6 +249,7 @@ def build_report(
             "Calibration",
             figure_html(figures["reliability.png"], "reliability diagram"),
         ),
+        ("decision", "Decision curve", _decision_html(figures)),
         ("scores", "Score distributions", _scores_html(labels, probs, points)),
         *(
             [("subtypes", "Three classes", _subtypes_html(metrics.subtypes, figures))]
