@@ -1,6 +1,10 @@
-"""Training and inference throughput on this machine: fp32 vs bf16 autocast, NCHW vs channels-last.
+"""Training and inference throughput on this machine: fp32 vs bf16 autocast, NCHW vs channels-last;
+with ``--unfreeze-stages``, also the training step of ``strategy: partial`` (the input-side
+stages frozen, their batch norms in eval mode, as in training) against fine-tuning everything.
 
     python benchmarks/cpu_precision.py [--model mobilenetv2_100] [--size 160] [--batch 32] [--steps 6]
+        [--precision {both,fp32,bf16}] [--memory-format {both,nchw,channels-last}]
+        [--unfreeze-stages K ...]
 
 Prints one line per setting (images/s); the numbers behind the default `precision: auto`.
 """
@@ -12,18 +16,33 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from pneumolab.models.registry import create_backbone
+from pneumolab.training.strategies import apply_strategy
 
 
 def throughput(
-    model_name: str, size: int, batch: int, steps: int, bf16: bool, channels_last: bool
+    model_name: str,
+    size: int,
+    batch: int,
+    steps: int,
+    bf16: bool,
+    channels_last: bool,
+    unfreeze_stages: int | None = None,
 ) -> tuple[float, float]:
-    """(training images/s, inference images/s) for random inputs."""
+    """(training images/s, inference images/s) for random inputs; every parameter trains, or
+    the head and the last ``unfreeze_stages`` stages (``strategy: partial``)."""
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = create_backbone(model_name, num_classes=1).to(memory_format=memory_format)
-    optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
+    if unfreeze_stages is not None:
+        apply_strategy(model, "partial", unfreeze_stages)
+    for module in model.modules():  # frozen batch norms keep their statistics, as in training
+        if isinstance(module, _BatchNorm):
+            module.train(any(p.requires_grad for p in module.parameters()))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, 1e-3)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=memory_format)
     y = torch.rand(batch, 1)
 
@@ -56,22 +75,39 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=160)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--precision", choices=("both", "fp32", "bf16"), default="both")
+    parser.add_argument(
+        "--memory-format", choices=("both", "nchw", "channels-last"), default="both"
+    )
+    parser.add_argument(
+        "--unfreeze-stages",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="K",
+        help="also time strategy partial with K trainable stages (fine-tuning everything first)",
+    )
     args = parser.parse_args()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"
     )
-    print("| model | size | precision | memory format | train img/s | inference img/s |")
-    print("|---|---|---|---|---|---|")
-    for bf16 in (False, True):
-        for channels_last in (False, True):
-            train_rate, infer_rate = throughput(
-                args.model, args.size, args.batch, args.steps, bf16, channels_last
-            )
-            print(
-                f"| {args.model} | {args.size} | {'bf16 autocast' if bf16 else 'fp32'} | "
-                f"{'channels-last' if channels_last else 'NCHW'} | {train_rate:.1f} | {infer_rate:.1f} |",
-                flush=True,
-            )
+    print("| model | size | trained | precision | memory format | train img/s | inference img/s |")
+    print("|---|---|---|---|---|---|---|")
+    for bf16 in {"both": (False, True), "fp32": (False,), "bf16": (True,)}[args.precision]:
+        formats = {"both": (False, True), "nchw": (False,), "channels-last": (True,)}
+        for channels_last in formats[args.memory_format]:
+            for stages in (None, *args.unfreeze_stages):
+                train_rate, infer_rate = throughput(
+                    args.model, args.size, args.batch, args.steps, bf16, channels_last, stages
+                )
+                print(
+                    f"| {args.model} | {args.size} | "
+                    f"{'everything' if stages is None else f'last {stages} stages'} | "
+                    f"{'bf16 autocast' if bf16 else 'fp32'} | "
+                    f"{'channels-last' if channels_last else 'NCHW'} | {train_rate:.1f} | "
+                    f"{infer_rate:.1f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
