@@ -93,7 +93,7 @@ def decision_curve_figure(
     prevalence = float(np.mean(y_true)) if len(y_true) else 1.0
     ax.set(xlabel="threshold probability", ylabel="net benefit", title=title)
     ax.set(xlim=(0, 1), ylim=(-0.05, max(prevalence, 0.05) * 1.1))
-    ax.legend(loc="upper right", fontsize="small")
+    ax.legend(loc="lower left", fontsize="small")
     return fig
 
 
