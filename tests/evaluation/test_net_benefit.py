@@ -45,6 +45,19 @@ def test_refuses_a_threshold_probability_outside_the_open_interval(p_t):
         net_benefit(np.array([0, 1]), np.array([0.2, 0.8]), [p_t])
 
 
+@pytest.mark.parametrize(
+    ("labels", "probs", "message"),
+    [
+        ([0, 0, 1], [np.nan, np.nan, 0.9], "NaN"),  # a NaN was counted as called pneumonia
+        ([0, 1], [0.2, 0.8, 0.9], "labels against"),
+        ([0, 2], [0.2, 0.8], "0 \\(NORMAL\\) or 1"),
+    ],
+)
+def test_refuses_scores_it_cannot_read(labels, probs, message):
+    with pytest.raises(ValueError, match=message):
+        net_benefit(np.array(labels), np.array(probs), [0.5])
+
+
 def test_the_figure_marks_the_stored_threshold():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 200)

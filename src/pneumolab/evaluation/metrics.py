@@ -94,12 +94,20 @@ def net_benefit(
     ``p_t`` in (0, 1): ``TP / n - FP / n * p_t / (1 - p_t)`` (Vickers and Elkin 2006; the decision
     curve). ``p_t`` states how a false alarm weighs against a missed pneumonia: at 0.2 a miss
     costs as much as four false alarms. Calling every image pneumonia ("treat all") is
-    ``prob = 1`` everywhere; calling none has net benefit 0."""
-    y_true = np.asarray(y_true).astype(bool)
+    ``prob = 1`` everywhere; calling none has net benefit 0. ValueError for labels other than
+    0 and 1, a NaN probability, or labels and probabilities of different lengths."""
+    labels = np.asarray(y_true)
     prob = np.asarray(prob, dtype=float)
     p_t = np.asarray(threshold_probabilities, dtype=float)
     if not np.all((p_t > 0) & (p_t < 1)):
         raise ValueError("threshold probabilities must lie strictly between 0 and 1")
+    if labels.shape != prob.shape or labels.ndim != 1:
+        raise ValueError(f"{labels.shape} labels against {prob.shape} probabilities")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("labels must be 0 (NORMAL) or 1 (PNEUMONIA)")
+    if np.isnan(prob).any():
+        raise ValueError("a probability is NaN")
+    y_true = labels.astype(bool)
     n = len(y_true)
     if n == 0:
         return np.full(p_t.shape, np.nan)
