@@ -16,10 +16,9 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from pneumolab.models.registry import create_backbone
-from pneumolab.training.strategies import apply_strategy
+from pneumolab.training.strategies import apply_strategy, train_unfrozen_batch_norms
 
 
 def throughput(
@@ -38,9 +37,7 @@ def throughput(
     model = create_backbone(model_name, num_classes=1).to(memory_format=memory_format)
     if unfreeze_stages is not None:
         apply_strategy(model, "partial", unfreeze_stages)
-    for module in model.modules():  # frozen batch norms keep their statistics, as in training
-        if isinstance(module, _BatchNorm):
-            module.train(any(p.requires_grad for p in module.parameters()))
+    train_unfrozen_batch_norms(model)  # frozen batch norms keep their statistics, as in training
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, 1e-3)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=memory_format)

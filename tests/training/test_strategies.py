@@ -21,6 +21,7 @@ from pneumolab.training.strategies import (
     head_parameters,
     optimizer_groups,
     stage_parameter_groups,
+    train_unfrozen_batch_norms,
 )
 from pneumolab.training.train import build_model
 
@@ -213,3 +214,15 @@ def test_head_epochs_on_several_processes_tell_ddp_of_unused_parameters():
     assert lightning_strategy("auto", 2, head_epochs=1) == "ddp_find_unused_parameters_true"
     spawn = lightning_strategy("ddp_spawn", 2, head_epochs=1)
     assert spawn == "ddp_spawn_find_unused_parameters_true"
+
+
+def test_frozen_batch_norms_keep_their_statistics():
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(2), torch.nn.BatchNorm2d(2))
+    model[0].requires_grad_(False)
+    model.eval()
+    train_unfrozen_batch_norms(model)
+    assert [m.training for m in model] == [False, True]
+    before = model[0].running_mean.clone()
+    model(torch.randn(4, 2, 3, 3) + 5)
+    assert torch.equal(model[0].running_mean, before)
+    assert not torch.equal(model[1].running_mean, torch.zeros(2))

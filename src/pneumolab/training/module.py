@@ -12,14 +12,13 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from sklearn.metrics import roc_auc_score
 from timm.data.mixup import cutmix_bbox_and_lam
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from pneumolab.errors import PneumolabError
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.training.distill import Teacher
 from pneumolab.training.distributed import gather_rows, unique_by_index
 from pneumolab.training.frozen import FeatureHead
-from pneumolab.training.strategies import trainable_body_parameters
+from pneumolab.training.strategies import train_unfrozen_batch_norms, trainable_body_parameters
 
 
 class TrainingDiverged(PneumolabError):
@@ -116,9 +115,7 @@ class ClassifierModule(L.LightningModule):
         fine_tuning = self.current_epoch >= self.head_epochs
         for parameter in self._body:
             parameter.requires_grad_(fine_tuning)
-        for module in self.model.modules():
-            if isinstance(module, _BatchNorm):
-                module.train(any(p.requires_grad for p in module.parameters()))
+        train_unfrozen_batch_norms(self.model)
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int

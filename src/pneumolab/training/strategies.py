@@ -10,6 +10,7 @@ from typing import Any
 
 from timm.models import group_parameters
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from pneumolab.choices import STRATEGIES
 from pneumolab.errors import ConfigError
@@ -54,6 +55,14 @@ def apply_strategy(backbone: Backbone, strategy: str, unfreeze_stages: int = 2) 
         trainable += [p for stage in stages[-unfreeze_stages:] for p in stage]
     for parameter in trainable:
         parameter.requires_grad_(True)
+
+
+def train_unfrozen_batch_norms(model: nn.Module) -> None:
+    """Put each batch-norm layer in training mode where any of its parameters trains, in eval
+    mode where all are frozen (their running statistics are part of the frozen backbone)."""
+    for module in model.modules():
+        if isinstance(module, _BatchNorm):
+            module.train(any(p.requires_grad for p in module.parameters()))
 
 
 def trainable_body_parameters(backbone: Backbone) -> list[nn.Parameter]:
