@@ -1,5 +1,6 @@
 """``python -m pneumolab`` and the ``pneumolab`` console script: the command line, with a
-Ctrl+C while it loads (imports, argument parsing) answered like one during a command."""
+Ctrl+C while it loads (imports, argument parsing) answered like one during a command, and freed
+memory kept for reuse (:mod:`pneumolab.allocator`) from the start."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import sys
 
 
 def main() -> int:
-    """Load the command line and run it; 130 on a Ctrl+C before a command handles its own."""
+    """Keep freed memory for reuse, load the command line and run it; 130 on a Ctrl+C before a
+    command handles its own."""
     try:
+        from pneumolab.allocator import reuse_freed_memory
+
+        reuse_freed_memory()
         from pneumolab.cli import main as command_line
 
         return command_line()
