@@ -8,7 +8,8 @@ each in a fresh process of its own, alternating, in the same run.
 Scoring: ``predict_pixels`` (the pipeline's scoring: CLAHE, batches of 64) of the pipeline's
 classifier on random uint8 images. Training: ``benchmarks/cpu_precision.py``'s fp32
 channels-last training step (batch 32). Prints ms per image, images/s, the minor page faults
-of each part and the peak resident size; the last line gives the ratios.
+of each part (training's include building the network and its warm-up steps) and the peak
+resident size; the last line gives the ratios of the means over the repeats.
 """
 
 from __future__ import annotations
@@ -55,21 +56,24 @@ def measure(model_name: str, size: int, images: int, steps: int, stages: int | N
         "score_minor_faults": score_faults,
         "train_images_per_s": train_rate,
         "train_minor_faults": faults() - before,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
 
 
 def run_worker(args: argparse.Namespace, system_malloc: bool) -> dict:
     """:func:`measure` in a fresh process, with the system's ``malloc`` or pneumolab's setting."""
     env = dict(os.environ)
-    env.pop(SYSTEM_MALLOC_VARIABLE, None)
+    for name in (SYSTEM_MALLOC_VARIABLE, "GLIBC_TUNABLES", "LD_PRELOAD"):
+        env.pop(name, None)
     if system_malloc:
         env[SYSTEM_MALLOC_VARIABLE] = "1"
     command = [sys.executable, __file__, "--worker", "--model", args.model, "--size", str(args.size),
                "--images", str(args.images), "--steps", str(args.steps)]  # fmt: skip
     if args.unfreeze_stages is not None:
         command += ["--unfreeze-stages", str(args.unfreeze_stages)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the worker failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -94,30 +98,30 @@ def main() -> None:
         return
     trained = "everything" if args.unfreeze_stages is None else f"last {args.unfreeze_stages}"
     print(f"{args.model}, {args.size} px, training {trained} stages; {args.repeats} repeats")
-    print("| malloc | score ms/img | score faults | train img/s | train faults | peak RSS GB |")
+    print("| malloc | score ms/img | score faults | train img/s | train faults | peak RSS GiB |")
     print("|---|---|---|---|---|---|")
     results: dict[bool, list[dict]] = {True: [], False: []}
     for _ in range(args.repeats):
         for system_malloc in (True, False):
             figures = run_worker(args, system_malloc)
             if figures["reused"] == system_malloc:
-                raise SystemExit("the worker's malloc setting is not the one asked for")
+                raise SystemExit("the worker's malloc setting is not the one asked for (glibc?)")
             results[system_malloc].append(figures)
             print(
                 f"| {'system' if system_malloc else 'reuse freed'} | "
                 f"{figures['score_ms_per_image']:.1f} | {figures['score_minor_faults']:,} | "
                 f"{figures['train_images_per_s']:.2f} | {figures['train_minor_faults']:,} | "
-                f"{figures['peak_rss_gb']:.2f} |",
+                f"{figures['peak_rss_gib']:.2f} |",
                 flush=True,
             )
 
-    def median(setting: bool, key: str) -> float:
-        return float(np.median([f[key] for f in results[setting]]))
+    def mean(setting: bool, key: str) -> float:
+        return float(np.mean([f[key] for f in results[setting]]))
 
     print(
-        f"scoring {median(True, 'score_ms_per_image') / median(False, 'score_ms_per_image'):.2f}x "
-        f"faster, training {median(False, 'train_images_per_s') / median(True, 'train_images_per_s'):.2f}x "
-        "faster with freed memory reused (medians)"
+        f"scoring {mean(True, 'score_ms_per_image') / mean(False, 'score_ms_per_image'):.2f}x "
+        f"faster, training {mean(False, 'train_images_per_s') / mean(True, 'train_images_per_s'):.2f}x "
+        "faster with freed memory reused (means)"
     )
 
 

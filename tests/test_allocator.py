@@ -1,9 +1,10 @@
-"""Freed memory kept for reuse (pneumolab.allocator): what the ``pneumolab`` command does at start."""
+"""glibc malloc policies (pneumolab.allocator): freed memory kept for reuse by the ``pneumolab``
+command, given back by ``pneumolab serve``."""
 
 from __future__ import annotations
 
+import ctypes
 import os
-import platform
 import subprocess
 import sys
 
@@ -11,13 +12,16 @@ import pytest
 
 from pneumolab import allocator
 
-GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+GLIBC = allocator._glibc_mallopt(
+    {}
+)  # an empty call: True exactly where glibc's mallopt is reachable
 
 FAULTS_OF_REPEATED_BLOCKS = """
-import resource
-from pneumolab.allocator import reuse_freed_memory
+import ctypes, resource, sys
+from pneumolab import allocator
 
-reused = reuse_freed_memory()
+ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE: 4 KiB pages even where THP is always
+applied = [getattr(allocator, policy)() for policy in sys.argv[1:]]
 
 
 def faults_of_five_blocks():
@@ -29,34 +33,46 @@ def faults_of_five_blocks():
 
 
 faults_of_five_blocks()  # the first blocks grow the heap
-print(reused, faults_of_five_blocks())
+print(all(applied), faults_of_five_blocks())
 """
+PAGES_OF_FIVE_BLOCKS = 5 * 64 * 2**20 // 4096
 
 
-def run_blocks(**env: str) -> tuple[bool, int]:
-    """(whether the setting applied, minor page faults of five 64 MiB blocks) in a fresh process."""
-    clean = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "LD_PRELOAD")}
-    clean.pop(allocator.SYSTEM_MALLOC_VARIABLE, None)
+def run_blocks(*policies: str, **env: str) -> tuple[bool, int]:
+    """(whether every policy applied, minor page faults of five 64 MiB blocks) in a fresh
+    process that applied ``policies`` (functions of pneumolab.allocator) in order."""
+    inherited = (allocator.SYSTEM_MALLOC_VARIABLE, "GLIBC_TUNABLES", "LD_PRELOAD")
+    clean = {k: v for k, v in os.environ.items() if k not in inherited}
     done = subprocess.run(
-        [sys.executable, "-c", FAULTS_OF_REPEATED_BLOCKS],
+        [sys.executable, "-c", FAULTS_OF_REPEATED_BLOCKS, *policies],
         env=clean | env,
         capture_output=True,
         text=True,
         check=True,
     )
-    reused, faults = done.stdout.split()
-    return reused == "True", int(faults)
+    applied, faults = done.stdout.split()
+    return applied == "True", int(faults)
 
 
-@pytest.mark.skipif(not GLIBC, reason="the setting is glibc's")
+@pytest.mark.skipif(not GLIBC, reason="the policies are glibc's")
 def test_freed_blocks_are_reused_instead_of_faulted_in_anew():
     """glibc unmapped each freed 64 MiB block: the next one came back as 16,384 fresh pages."""
-    reused, faults = run_blocks()
-    assert reused
+    assert run_blocks()[1] > PAGES_OF_FIVE_BLOCKS // 2  # the baseline really faults: this can fail
+    opted_out, faults = run_blocks("reuse_freed_memory", **{allocator.SYSTEM_MALLOC_VARIABLE: "1"})
+    assert not opted_out
+    assert faults > PAGES_OF_FIVE_BLOCKS // 2
+    applied, faults = run_blocks("reuse_freed_memory")
+    assert applied
     assert faults < 1_000
-    system, system_faults = run_blocks(**{allocator.SYSTEM_MALLOC_VARIABLE: "1"})
-    assert not system
-    assert system_faults > 5 * 16_384 // 2  # the baseline really faults: the check can fail
+
+
+@pytest.mark.skipif(not GLIBC, reason="the policies are glibc's")
+def test_the_servers_policy_undoes_reuse():
+    """`pneumolab serve` runs under the console script, which chose reuse first: its decoded
+    uploads must still go back to the system when freed."""
+    applied, faults = run_blocks("reuse_freed_memory", "release_large_buffers_when_freed")
+    assert applied
+    assert faults > PAGES_OF_FIVE_BLOCKS // 2
 
 
 @pytest.mark.parametrize(
@@ -64,15 +80,35 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_anew():
     [
         (allocator.SYSTEM_MALLOC_VARIABLE, "1"),
         ("GLIBC_TUNABLES", "glibc.malloc.mmap_max=0"),
-        ("LD_PRELOAD", "/usr/lib/libjemalloc.so.2"),
+        ("MALLOC_TRIM_THRESHOLD_", "1000000"),
     ],
 )
-def test_an_allocator_chosen_by_the_user_is_left_alone(monkeypatch, variable, value):
+def test_a_malloc_chosen_by_the_user_is_left_alone(monkeypatch, variable, value):
     monkeypatch.setenv(variable, value)
     called = []
-    monkeypatch.setattr(allocator.ctypes, "CDLL", lambda *a: called.append(a))
+    monkeypatch.setattr(allocator, "_glibc_mallopt", lambda settings: called.append(settings))
     assert allocator.reuse_freed_memory() is False
     assert called == []
+
+
+@pytest.mark.skipif(not GLIBC, reason="the policies are glibc's")
+def test_other_tunables_and_glibcs_own_malloc_are_no_choice(monkeypatch):
+    """Only malloc settings count: an unrelated GLIBC_TUNABLES or preload left reuse off."""
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.pthread.rseq=0")
+    for name in (allocator.SYSTEM_MALLOC_VARIABLE, *allocator.LEGACY_MALLOC_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
+    assert allocator._malloc_chosen_by_user() is None
+
+
+def test_no_reachable_glibc_changes_nothing_and_raises_nothing(monkeypatch):
+    def unreachable(*args: object) -> None:
+        raise OSError("libc.so.6: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", unreachable)
+    monkeypatch.delenv(allocator.SYSTEM_MALLOC_VARIABLE, raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert allocator.reuse_freed_memory() is False
+    assert allocator.release_large_buffers_when_freed() is False
 
 
 def test_the_console_script_sets_it_before_the_command_line_runs(monkeypatch):

@@ -299,7 +299,12 @@ def test_an_interrupt_while_the_command_line_loads_is_no_traceback(monkeypatch, 
     """Ctrl+C in the first fraction of a second (imports, parsing) printed a traceback."""
     import sys
 
+    from pneumolab import allocator
     from pneumolab.__main__ import main as console_script
+
+    monkeypatch.setattr(
+        allocator, "reuse_freed_memory", lambda: False
+    )  # this process keeps its malloc
 
     class Interrupted:
         """A finder that stands for Ctrl+C arriving while ``pneumolab.cli`` is imported."""

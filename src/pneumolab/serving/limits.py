@@ -9,7 +9,6 @@ ones (:class:`BodyLimit`, :class:`DecodeSlots`), :func:`run_server` the per-conn
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import math
 import socket
 import threading
@@ -25,6 +24,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from pneumolab.allocator import release_large_buffers_when_freed
 from pneumolab.errors import ConfigError
 
 
@@ -158,22 +158,6 @@ def uvicorn_config(app: ASGIApp, host: str, port: int, limits: ServerLimits, **o
         h11_max_incomplete_event_size=16 * 1024,
         **options,
     )
-
-
-def release_large_buffers_when_freed(threshold: int = 1 << 20) -> bool:
-    """glibc: allocate every buffer of ``threshold`` bytes or more with mmap, so a decoded
-    image's memory returns to the system when it is freed. Without it glibc raises that
-    threshold to 32 MB after the first large free, and each of its per-thread arenas (up to
-    8 per core) keeps the peak of the decodes its thread ran. False where libc is not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
-    except (OSError, AttributeError):
-        return False
-
-
-M_MMAP_THRESHOLD = -3
-"""glibc's mallopt() parameter number (malloc.h)."""
 
 
 def check_listen_address(host: str, port: int) -> None:
