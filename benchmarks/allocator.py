@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumolab.allocator import SYSTEM_MALLOC_VARIABLE
+from pneumolab.allocator import LEGACY_MALLOC_VARIABLES, SYSTEM_MALLOC_VARIABLE
 
 
 def measure(model_name: str, size: int, images: int, steps: int, stages: int | None) -> dict:
@@ -63,7 +63,7 @@ def measure(model_name: str, size: int, images: int, steps: int, stages: int | N
 def run_worker(args: argparse.Namespace, system_malloc: bool) -> dict:
     """:func:`measure` in a fresh process, with the system's ``malloc`` or pneumolab's setting."""
     env = dict(os.environ)
-    for name in (SYSTEM_MALLOC_VARIABLE, "GLIBC_TUNABLES", "LD_PRELOAD"):
+    for name in (SYSTEM_MALLOC_VARIABLE, "GLIBC_TUNABLES", "LD_PRELOAD", *LEGACY_MALLOC_VARIABLES):
         env.pop(name, None)
     if system_malloc:
         env[SYSTEM_MALLOC_VARIABLE] = "1"

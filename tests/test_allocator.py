@@ -41,7 +41,12 @@ PAGES_OF_FIVE_BLOCKS = 5 * 64 * 2**20 // 4096
 def run_blocks(*policies: str, **env: str) -> tuple[bool, int]:
     """(whether every policy applied, minor page faults of five 64 MiB blocks) in a fresh
     process that applied ``policies`` (functions of pneumolab.allocator) in order."""
-    inherited = (allocator.SYSTEM_MALLOC_VARIABLE, "GLIBC_TUNABLES", "LD_PRELOAD")
+    inherited = (
+        allocator.SYSTEM_MALLOC_VARIABLE,
+        "GLIBC_TUNABLES",
+        "LD_PRELOAD",
+        *allocator.LEGACY_MALLOC_VARIABLES,
+    )
     clean = {k: v for k, v in os.environ.items() if k not in inherited}
     done = subprocess.run(
         [sys.executable, "-c", FAULTS_OF_REPEATED_BLOCKS, *policies],
@@ -52,6 +57,16 @@ def run_blocks(*policies: str, **env: str) -> tuple[bool, int]:
     )
     applied, faults = done.stdout.split()
     return applied == "True", int(faults)
+
+
+def clear_malloc_choices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No malloc choice of the user's in this process's environment."""
+    for name in (
+        allocator.SYSTEM_MALLOC_VARIABLE,
+        "GLIBC_TUNABLES",
+        *allocator.LEGACY_MALLOC_VARIABLES,
+    ):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.mark.skipif(not GLIBC, reason="the policies are glibc's")
@@ -84,6 +99,7 @@ def test_the_servers_policy_undoes_reuse():
     ],
 )
 def test_a_malloc_chosen_by_the_user_is_left_alone(monkeypatch, variable, value):
+    clear_malloc_choices(monkeypatch)
     monkeypatch.setenv(variable, value)
     called = []
     monkeypatch.setattr(allocator, "_glibc_mallopt", lambda settings: called.append(settings))
@@ -91,12 +107,23 @@ def test_a_malloc_chosen_by_the_user_is_left_alone(monkeypatch, variable, value)
     assert called == []
 
 
+def test_serve_keeps_the_users_malloc_settings_but_its_threshold(monkeypatch):
+    clear_malloc_choices(monkeypatch)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1000000")
+    set_by_serve = []
+    monkeypatch.setattr(allocator, "_glibc_mallopt", lambda settings: set_by_serve.append(settings))
+    allocator.release_large_buffers_when_freed()
+    assert set_by_serve == [{allocator.M_MMAP_THRESHOLD: 1 << 20}]
+
+
 @pytest.mark.skipif(not GLIBC, reason="the policies are glibc's")
+@pytest.mark.skipif(
+    bool(os.environ.get("LD_PRELOAD")), reason="a preloaded library may be a malloc"
+)
 def test_other_tunables_and_glibcs_own_malloc_are_no_choice(monkeypatch):
     """Only malloc settings count: an unrelated GLIBC_TUNABLES or preload left reuse off."""
+    clear_malloc_choices(monkeypatch)
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.pthread.rseq=0")
-    for name in (allocator.SYSTEM_MALLOC_VARIABLE, *allocator.LEGACY_MALLOC_VARIABLES):
-        monkeypatch.delenv(name, raising=False)
     assert allocator._malloc_chosen_by_user() is None
 
 
@@ -104,9 +131,8 @@ def test_no_reachable_glibc_changes_nothing_and_raises_nothing(monkeypatch):
     def unreachable(*args: object) -> None:
         raise OSError("libc.so.6: cannot open shared object file")
 
+    clear_malloc_choices(monkeypatch)
     monkeypatch.setattr(ctypes, "CDLL", unreachable)
-    monkeypatch.delenv(allocator.SYSTEM_MALLOC_VARIABLE, raising=False)
-    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     assert allocator.reuse_freed_memory() is False
     assert allocator.release_large_buffers_when_freed() is False
 

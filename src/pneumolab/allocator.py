@@ -7,7 +7,9 @@ largest activation tensors (hundreds of MB at 224 px) come back as fresh pages, 
 by the kernel on first touch. On a 2-core CPU that page-fault churn made PyTorch scoring 1.7–2.2x
 slower (benchmarks/allocator.py). With mappings off (``M_MMAP_MAX`` 0) and the heap trimmed only
 beyond 2 GiB free, freed blocks stay in the process and the next batch reuses them; the price is
-a resident size that stays near its peak. PyTorch's CPU tuning guide recommends jemalloc or
+a resident size that stays near its peak. A block over 64 MiB allocated outside the main thread
+is still mapped and unmapped each time (glibc's thread arenas grow by at most 64 MiB); training
+and scoring allocate theirs on the main thread. PyTorch's CPU tuning guide recommends jemalloc or
 TCMalloc for the same reuse; this gets it without preloading a library.
 
 :func:`release_large_buffers_when_freed`, for ``pneumolab serve``: the opposite, so that a
@@ -42,15 +44,16 @@ LEGACY_MALLOC_VARIABLES = (
 
 
 def _glibc_mallopt(settings: dict[int, int]) -> bool:
-    """``mallopt`` each ``parameter: value``; False (nothing changed) where libc is not glibc
-    or cannot be reached from Python."""
+    """``mallopt`` each ``parameter: value``, all of them tried; False where libc is not glibc
+    or cannot be reached from Python (nothing changed), or where glibc refused one."""
     try:
         import ctypes
 
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (ImportError, OSError, AttributeError):
         return False
-    return all(mallopt(parameter, value) == 1 for parameter, value in settings.items())
+    results = [mallopt(parameter, value) for parameter, value in settings.items()]
+    return all(result == 1 for result in results)
 
 
 def _malloc_chosen_by_user() -> str | None:
@@ -90,14 +93,15 @@ def reuse_freed_memory() -> bool:
 
 def release_large_buffers_when_freed(threshold: int = 1 << 20) -> bool:
     """glibc: allocate every buffer of ``threshold`` bytes or more with mmap, so a decoded
-    image's memory returns to the system when it is freed (undoing :func:`reuse_freed_memory`).
-    Without it glibc raises that threshold to 32 MB after the first large free, and each of its
-    per-thread arenas (up to 8 per core) keeps the peak of the decodes its thread ran. False
-    where libc is not glibc."""
-    return _glibc_mallopt(
-        {
+    image's memory returns to the system when it is freed. Without it glibc raises that
+    threshold to 32 MB after the first large free, and each of its per-thread arenas (up to 8
+    per core) keeps the peak of the decodes its thread ran. Undoes :func:`reuse_freed_memory`
+    (mappings back on, glibc's default trim threshold) unless ``malloc`` is the user's choice,
+    whose other settings are kept. False where libc is not glibc."""
+    settings = {M_MMAP_THRESHOLD: threshold}
+    if _malloc_chosen_by_user() is None:
+        settings = {
             M_MMAP_MAX: DEFAULT_MMAP_MAX,
             M_TRIM_THRESHOLD: DEFAULT_TRIM_THRESHOLD,
-            M_MMAP_THRESHOLD: threshold,
-        }
-    )
+        } | settings
+    return _glibc_mallopt(settings)
