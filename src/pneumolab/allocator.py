@@ -20,6 +20,10 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ctypes
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +47,41 @@ LEGACY_MALLOC_VARIABLES = (
 """glibc's older environment variables for the same settings."""
 
 
-def _glibc_mallopt(settings: dict[int, int]) -> bool:
-    """``mallopt`` each ``parameter: value``, all of them tried; False where libc is not glibc
-    or cannot be reached from Python (nothing changed), or where glibc refused one."""
+def _glibc() -> ctypes.CDLL | None:
+    """glibc, loaded through ctypes; None where libc is not glibc or ctypes is missing."""
     try:
         import ctypes
 
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (ImportError, OSError, AttributeError):
+        return ctypes.CDLL("libc.so.6")
+    except (ImportError, OSError):
+        return None
+
+
+def _glibc_mallopt(settings: dict[int, int]) -> bool:
+    """``mallopt`` each ``parameter: value``, all of them tried; False where libc is not glibc
+    or cannot be reached from Python (nothing changed), or where glibc refused one."""
+    mallopt = getattr(_glibc(), "mallopt", None)
+    if mallopt is None:
         return False
     results = [mallopt(parameter, value) for parameter, value in settings.items()]
     return all(result == 1 for result in results)
+
+
+def _preloaded_malloc() -> bool:
+    """Whether the process's ``malloc`` is another than glibc's (jemalloc or TCMalloc through
+    ``LD_PRELOAD``, a sanitiser): the address the process resolves differs from glibc's own."""
+    glibc = _glibc()
+    if glibc is None:
+        return False
+    import ctypes
+
+    try:
+        process, own = (
+            ctypes.cast(lib.malloc, ctypes.c_void_p).value for lib in (ctypes.CDLL(None), glibc)
+        )
+    except (OSError, AttributeError):
+        return False
+    return process != own
 
 
 def _malloc_chosen_by_user() -> str | None:
@@ -65,16 +93,8 @@ def _malloc_chosen_by_user() -> str | None:
     legacy = next((name for name in LEGACY_MALLOC_VARIABLES if name in os.environ), None)
     if legacy is not None:
         return legacy
-    try:
-        import ctypes
-
-        def address(library: ctypes.CDLL) -> int | None:
-            return ctypes.cast(library.malloc, ctypes.c_void_p).value
-
-        if address(ctypes.CDLL(None)) != address(ctypes.CDLL("libc.so.6")):
-            return "another malloc than glibc's (LD_PRELOAD: jemalloc, tcmalloc...)"
-    except (ImportError, OSError, AttributeError):
-        return None
+    if _preloaded_malloc():
+        return "another malloc than glibc's (LD_PRELOAD: jemalloc, tcmalloc...)"
     return None
 
 
