@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from pneumolab.files import atomic_write, staged_files, write_atomically, write_text_atomically
+from pneumolab.errors import OutputError
+from pneumolab.files import (
+    atomic_write,
+    staged_files,
+    write_atomically,
+    write_bytes_atomically,
+    write_text_atomically,
+)
 
 
 @pytest.fixture
@@ -42,6 +49,34 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     with pytest.raises(RuntimeError):
         write_atomically(target, fail)
     assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_a_new_file_written_meanwhile_by_another_process_is_kept(tmp_path):
+    """Without replace, a file that appeared after the job's check is never replaced."""
+    target = tmp_path / "model.onnx"
+
+    def another_process_wins(partial: Path) -> None:
+        partial.write_bytes(b"mine")
+        target.write_bytes(b"theirs")
+
+    with pytest.raises(OutputError, match=r"model\.onnx: written by another process.*--overwrite"):
+        write_atomically(target, another_process_wins, replace=False)
+    assert target.read_bytes() == b"theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no temporary left
+    write_bytes_atomically(tmp_path / "new.onnx", b"mine", replace=False)
+    assert (tmp_path / "new.onnx").read_bytes() == b"mine"
+
+
+def test_without_hard_links_a_new_file_is_checked_then_renamed(tmp_path, monkeypatch):
+    def no_links(*args):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    write_bytes_atomically(tmp_path / "new.onnx", b"mine", replace=False)
+    assert (tmp_path / "new.onnx").read_bytes() == b"mine"
+    with pytest.raises(OutputError, match=r"new\.onnx: already exists"):
+        write_bytes_atomically(tmp_path / "new.onnx", b"again", replace=False)
+    assert (tmp_path / "new.onnx").read_bytes() == b"mine"
 
 
 def test_what_a_killed_writer_left_does_not_block_the_next(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import write_synthetic_dataset
 from pneumolab.errors import OutputError
-from pneumolab.outputs import working_in
+from pneumolab.outputs import check_output, working_in
 
 
 def test_a_folder_is_one_jobs_at_a_time_and_a_refused_job_leaves_nothing(tmp_path):
@@ -69,3 +69,11 @@ def test_a_refused_job_never_removes_a_folder_it_did_not_make(tmp_path, monkeypa
             with pytest.raises(OutputError, match="another process"), working_in(run, "training"):
                 pass
         assert run.is_dir()
+
+
+def test_a_link_to_nowhere_is_replaced_only_when_asked(tmp_path):
+    link = tmp_path / "model.onnx"
+    link.symlink_to(tmp_path / "gone" / "model.onnx")
+    with pytest.raises(OutputError, match=r"model\.onnx: a link to .*gone.*which does not exist"):
+        check_output(link)
+    assert check_output(link, overwrite=True) == link

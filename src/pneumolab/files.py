@@ -56,11 +56,35 @@ def naming_failures(path: str | Path) -> Iterator[None]:
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
 
 
+def publish(partial: Path, path: Path, replace: bool = True) -> None:
+    """Move the finished ``partial`` to ``path``: renamed over it, or with ``replace=False``
+    linked there, which fails where ``path`` exists: OutputError when another process wrote it
+    since this job checked (two jobs writing one new file: the second never replaces the
+    first's). Where the filesystem has no hard links, checked then renamed."""
+    if replace:
+        os.replace(partial, path)
+        return
+    try:
+        os.link(partial, path)
+    except FileExistsError:
+        raise OutputError(
+            f"{path}: written by another process while this one was writing it; pass "
+            "--overwrite to replace it"
+        ) from None
+    except OSError:  # a filesystem without hard links (FAT, some network shares)
+        if path.exists():
+            raise OutputError(f"{path}: already exists; pass --overwrite to replace it") from None
+        os.replace(partial, path)
+
+
 @contextmanager
-def atomic_write(path: str | Path, mode: str = "w", **open_args: Any) -> Iterator[IO]:
-    """Write ``path`` through a temporary file beside it that replaces it on success only, with
-    the umask's mode; ``open_args`` go to :func:`open` (newline...). Text is UTF-8 unless
-    ``encoding`` says otherwise, whatever the locale (pages declare it, cards hold "—")."""
+def atomic_write(
+    path: str | Path, mode: str = "w", replace: bool = True, **open_args: Any
+) -> Iterator[IO]:
+    """Write ``path`` through a temporary file beside it that :func:`publish` moves there on
+    success only, with the umask's mode; ``open_args`` go to :func:`open` (newline...). Text
+    is UTF-8 unless ``encoding`` says otherwise, whatever the locale (pages declare it, cards
+    hold "—")."""
     path = Path(path)
     if "b" not in mode:
         open_args.setdefault("encoding", "utf-8")
@@ -71,31 +95,35 @@ def atomic_write(path: str | Path, mode: str = "w", **open_args: Any) -> Iterato
             f.flush()
             os.fsync(f.fileno())
         apply_umask(tmp)
-        os.replace(tmp, path)
+        publish(tmp, path, replace)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
+def write_atomically(
+    path: str | Path, write: Callable[[Path], object], replace: bool = True
+) -> Path:
     """Call ``write`` on a temporary file beside ``path`` (for libraries that write to a path,
-    such as safetensors), give it the umask's mode (:func:`apply_umask`), then rename it over
-    ``path``; on failure ``path`` is untouched."""
+    such as safetensors), give it the umask's mode (:func:`apply_umask`), then :func:`publish`
+    it at ``path``; on failure ``path`` is untouched."""
     path = Path(path)
     partial = _temporary_beside(path, ".partial")
     try:
         with naming_failures(path):
             write(partial)
         apply_umask(partial)
-        partial.replace(path)
+        publish(partial, path, replace)
     finally:
         partial.unlink(missing_ok=True)
     return path
 
 
-def write_bytes_atomically(path: str | Path, data: bytes | memoryview) -> Path:
+def write_bytes_atomically(
+    path: str | Path, data: bytes | memoryview, replace: bool = True
+) -> Path:
     """Write ``data`` to ``path`` through :func:`atomic_write` (a library's serialised bytes:
     written by Python, a full disk is an OSError naming ``path``, not the library's error)."""
-    with atomic_write(path, "wb") as f:
+    with atomic_write(path, "wb", replace) as f:
         f.write(data)
     return Path(path)
 

@@ -34,6 +34,11 @@ def check_output(path: str | Path, overwrite: bool = False) -> Path:
         )
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: already exists; pass --overwrite to replace it")
+    if path.is_symlink() and not overwrite:  # to nowhere: a new file would replace the link
+        raise OutputError(
+            f"{path}: a link to {os.readlink(path)}, which does not exist; pass --overwrite to "
+            "replace the link"
+        )
     for parent in path.parents:
         if parent.exists() and not parent.is_dir():
             raise OutputError(f"{path}: {parent} is a file, not a folder")

@@ -308,6 +308,48 @@ def test_pixel_data_longer_than_its_header_says_is_refused(tmp_path):
         load_image(path)
 
 
+def with_pixel_data(path: Path, data: bytes, **header: int) -> Path:
+    """``path`` rewritten with ``data`` as its pixel data (and ``header`` values)."""
+    ds = dcmread(path)
+    ds.PixelData = data
+    for name, value in header.items():
+        setattr(ds, name, value)
+    ds.save_as(path)
+    return path
+
+
+def test_trailing_zero_padding_short_of_a_row_is_stripped_and_named(tmp_path, caplog):
+    caplog.set_level("WARNING")
+    pixels = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)  # rows of 128 bytes
+    padded = write_dicom(tmp_path / "padded.dcm", pixels)
+    with_pixel_data(padded, pixels.tobytes() + bytes(100))  # a vendor's trailing pad
+    plain = write_dicom(tmp_path / "plain.dcm", pixels)
+    assert np.array_equal(np.asarray(load_image(padded)), np.asarray(load_image(plain)))
+    assert any(
+        "padded.dcm" in r.getMessage() and "padding" in r.getMessage() for r in caplog.records
+    )
+    tiny = write_dicom(tmp_path / "tiny.dcm", np.full((1, 1), 7, np.uint8))
+    assert np.asarray(load_image(with_pixel_data(tiny, b"\x07\x00"))).shape == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("extra", "header"),
+    [
+        (bytes(200), {}),  # zeros, but more than a row: not padding
+        (b"\x01" * 100, {}),  # short of a row, but data
+        (b"", {"Columns": 60}),  # the header understates the columns: sheared if read
+    ],
+)
+def test_trailing_bytes_that_are_not_padding_are_refused(tmp_path, extra, header):
+    pixels = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    path = write_dicom(tmp_path / "lies.dcm", pixels)
+    with_pixel_data(path, pixels.tobytes() + extra, **header)
+    with pytest.raises(
+        ImageLoadError, match=r"lies\.dcm: .* bytes of pixel data.*does not describe"
+    ):
+        load_image(path)
+
+
 def test_a_deflated_dicom_is_read_and_one_that_inflates_too_far_is_refused_unread(
     tmp_path, monkeypatch
 ):

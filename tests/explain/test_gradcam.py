@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 from pathlib import Path
@@ -15,8 +16,13 @@ from torch import nn
 
 from conftest import by_size, fixed_threshold_meta
 from pneumolab.cli import main
-from pneumolab.errors import ModelError
-from pneumolab.explain.gradcam import find_target_layer, gradcam, overlay_png
+from pneumolab.errors import ModelError, OutputError
+from pneumolab.explain.gradcam import (
+    explain_paths,
+    find_target_layer,
+    gradcam,
+    overlay_png,
+)
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.models.registry import create_classifier
 from pneumolab.run import RunDir
@@ -76,13 +82,19 @@ def test_overlay_png_is_rgb_at_the_image_size():
     assert not np.array_equal(hot[25], np.asarray(cold)[25])
 
 
-def test_cli_writes_one_png_per_image(tmp_path, capsys):
+def untrained_run(tmp_path: Path) -> RunDir:
+    """A run of an untrained small CNN at 32 px (Grad-CAM needs only its layers)."""
     torch.manual_seed(0)
     model = create_classifier("pneumolab_cnn_small", pretrained=False)
     run = RunDir(tmp_path / "run")
     run.root.mkdir()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, run.weights)
     run.write_meta(fixed_threshold_meta("pneumolab_cnn_small", 32, 0.5))
+    return run
+
+
+def test_cli_writes_one_png_per_image(tmp_path, capsys):
+    run = untrained_run(tmp_path)
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(0)
@@ -109,6 +121,23 @@ def test_cli_writes_one_png_per_image(tmp_path, capsys):
     assert main(command) == 1  # the files themselves given: each refused by name
     assert "a.png: is one of the images to explain" in capsys.readouterr().err
     assert (images / "a.png").read_bytes() == before
+
+
+def test_a_png_another_process_wrote_meanwhile_is_kept(tmp_path, monkeypatch):
+    run = untrained_run(tmp_path)
+    image, out = tmp_path / "a.png", tmp_path / "out"
+    Image.fromarray(np.full((40, 40), 128, np.uint8)).save(image)
+    gradcam_module = importlib.import_module("pneumolab.explain.gradcam")  # not the function
+    draw = gradcam_module._figure
+
+    def another_process_first(*args):
+        (out / "a.png").write_bytes(b"theirs")
+        draw(*args)
+
+    monkeypatch.setattr(gradcam_module, "_figure", another_process_first)
+    (outcome,) = explain_paths(run.root, [image], out)
+    assert isinstance(outcome, OutputError) and "a.png: written by another process" in str(outcome)
+    assert (out / "a.png").read_bytes() == b"theirs"
 
 
 def test_cli_reports_a_missing_run(tmp_path: Path, capsys):

@@ -103,6 +103,51 @@ def test_failed_parity_writes_nothing(run, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("export", "name"), [(export_int8, "m.int8.onnx"), (export_openvino, "m.xml")]
+)
+def test_an_export_finished_meanwhile_by_another_process_is_kept(
+    run, tmp_path, monkeypatch, export, name
+):
+    if export is export_openvino:
+        pytest.importorskip("openvino")
+    out, accept = tmp_path / name, accelerate._accept
+
+    def another_process_finishes_first(*args, **kwargs):
+        out.write_text("their export")  # its graph; OpenVINO's weights of ours are taken back
+        return accept(*args, **kwargs)
+
+    monkeypatch.setattr(accelerate, "_accept", another_process_finishes_first)
+    with pytest.raises(OutputError, match=rf"{name}: written by another process"):
+        export(run.root, out)
+    assert out.read_text() == "their export"
+    assert list(tmp_path.iterdir()) == [out]  # its temporary folder is gone
+
+
+def test_two_exports_at_once_keep_their_own_temporaries(run, tmp_path, monkeypatch):
+    out, accept = tmp_path / "m.int8.onnx", accelerate._accept
+    second: list[Parity] = []
+    checked: list[bytes] = []
+
+    def another_export_meanwhile(exported, *args, **kwargs):
+        checked.append(exported.file.read_bytes())
+        if not second:  # the first export: a second one runs to its end while it checks
+            second.append(accept(exported, *args, **kwargs))
+            second.append(export_int8(run.root, out, overwrite=True))
+            assert exported.file.read_bytes() == checked[0]  # its file untouched by the second
+        return accept(exported, *args, **kwargs)
+
+    monkeypatch.setattr(accelerate, "_accept", another_export_meanwhile)
+    assert export_int8(run.root, out, overwrite=True).accepted and second[1].accepted
+    assert list(tmp_path.iterdir()) == [out]
+    assert (
+        Predictor.from_run(run.root, backend="onnx-int8", onnx_file=out).scorer.metadata[
+            "precision"
+        ]
+        == "int8"
+    )
+
+
 def test_an_int8_export_makes_its_folder_and_never_replaces_the_fp32_reference(run, tmp_path):
     out = tmp_path / "new" / "folder" / "m.int8.onnx"
     export_int8(run.root, out)

@@ -11,7 +11,8 @@ Refused with an :class:`~pneumolab.errors.ImageLoadError` naming the file: DICOM
 data (reports, structured reports, presentation states), multi-frame objects (a cine or
 tomosynthesis series is not one radiograph; pick the frame yourself and save it), other
 photometric interpretations (PALETTE COLOR), images over ``max_pixels``, uncompressed pixel
-data longer than the header's rows and columns hold, deflate-compressed files that would inflate
+data longer than the header's rows and columns hold (but for padding: one byte, or zero bytes
+short of a row), deflate-compressed files that would inflate
 beyond what ``max_pixels`` allows (pydicom inflates the whole file before reading its header,
 so this is checked first, streaming), and transfer syntaxes no installed decoder handles (the
 message lists what to install).
@@ -99,12 +100,18 @@ def read_dicom(
 
 
 def _check_pixel_data_length(ds: Dataset, source: str) -> None:
-    """Uncompressed pixel data must fit the header's single frame (one pad byte allowed)."""
+    """Uncompressed pixel data must hold the header's single frame and no more, but for padding:
+    one pad byte, or zero bytes short of one row (pydicom strips them; its warning names the
+    file). More than that, or anything but zeros, means the header does not describe the data
+    (a header that understates the columns would show the image sheared)."""
     if ds.file_meta.TransferSyntaxUID.is_compressed:
         return
-    bits = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1)
-    expected = (bits * int(ds.BitsAllocated) + 7) // 8
-    if len(ds.PixelData) > expected + 1:
+    samples = int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1)
+    row = samples * int(ds.BitsAllocated) / 8
+    expected = (int(ds.Rows) * samples * int(ds.BitsAllocated) + 7) // 8
+    extra = len(ds.PixelData) - expected
+    padding = extra <= 1 or (extra < row and not ds.PixelData[expected:].strip(b"\0"))
+    if not padding:
         raise ImageLoadError(
             f"{source}: {len(ds.PixelData):,} bytes of pixel data where its {ds.Rows}x"
             f"{ds.Columns} pixels need {expected:,}; the header does not describe the data"

@@ -35,10 +35,11 @@ def figure_png(fig: Figure, dpi: float | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def save_figure(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path, replace: bool = True) -> Path:
     """Write ``fig`` to ``path`` as PNG (:func:`figure_png`), atomically (a stop or a full disk
-    never leaves a cut figure in place of a good one); returns ``path``."""
-    return write_bytes_atomically(path, figure_png(fig))
+    never leaves a cut figure in place of a good one; ``replace``: see
+    :func:`~pneumolab.files.publish`); returns ``path``."""
+    return write_bytes_atomically(path, figure_png(fig), replace)
 
 
 def confusion_matrix_figure(

@@ -134,7 +134,9 @@ def overlay_png(gray_image: Image.Image | np.ndarray, heat: np.ndarray | None) -
     return buffer.getvalue()
 
 
-def _figure(image: Image.Image, heat: np.ndarray, title: str, out_file: Path) -> None:
+def _figure(
+    image: Image.Image, heat: np.ndarray, title: str, out_file: Path, overwrite: bool
+) -> None:
     """Save the overlay with ``title`` (a pyplot-free figure: no global state), the image
     first shrunk to twice the figure's width (a 50-megapixel PNG need not be drawn in full)."""
     if max(image.size) > 2 * FIGURE_PIXELS:
@@ -145,7 +147,7 @@ def _figure(image: Image.Image, heat: np.ndarray, title: str, out_file: Path) ->
     axes.imshow(overlay(np.asarray(image), heat))
     axes.set_title(printable(title), fontsize=9)  # a name that is not UTF-8: its bytes as \xNN
     axes.axis("off")
-    save_figure(figure, out_file)  # FIGURE_PIXELS wide; atomic: a rerun never keeps a cut PNG
+    save_figure(figure, out_file, replace=overwrite)  # atomic: a rerun never keeps a cut PNG
 
 
 def explain_image(
@@ -203,5 +205,9 @@ def explain_paths(
             f"{path.name}\nP(pneumonia) = {result.probability:.3f} → {result.label} "
             f"(threshold {result.threshold:.3f}) — research tool, not a diagnosis"
         )
-        _figure(load_image(path, size_hint=FIGURE_PIXELS), heat, title, out_file)
+        try:  # a PNG another process wrote meanwhile is kept, as one found before
+            _figure(load_image(path, size_hint=FIGURE_PIXELS), heat, title, out_file, overwrite)
+        except OutputError as exc:
+            yield exc
+            continue
         yield out_file

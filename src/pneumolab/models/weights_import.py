@@ -94,4 +94,4 @@ def import_weights(
     mapped = to_timm_layout(read_state_dict(source), model_name, str(source))
     out_file.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"source": source.name, "model": model_name}
-    return write_bytes_atomically(out_file, save(mapped, metadata=metadata))
+    return write_bytes_atomically(out_file, save(mapped, metadata=metadata), replace=overwrite)

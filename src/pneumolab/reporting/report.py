@@ -271,7 +271,7 @@ def build_report(
         f"{datetime.now(UTC).isoformat(timespec='seconds')} · pneumolab {pneumolab.__version__}</p></footer>"
     )
     out = Path(out_file) if out_file else run.eval_dir(split) / "report.html"
-    with atomic_write(out) as f:
+    with atomic_write(out, replace=overwrite or out_file is None) as f:
         f.write(
             f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
             f"<style>{CSS}</style></head><body><h1>{title}</h1>{body}{footer}</body></html>\n"

@@ -14,6 +14,9 @@ them with the fp32 ONNX model and the candidate. A candidate that fails is not w
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,7 @@ import numpy as np
 from pneumolab.data.intensity import normalize_intensity_array
 from pneumolab.errors import ExportError, OutputError, RunDirError
 from pneumolab.evaluation.parity import OodScores, Parity, score_parity
+from pneumolab.files import publish
 from pneumolab.inference.onnx_backend import (
     INPUT_NAME,
     INT8_FILE_NAME,
@@ -138,26 +142,28 @@ def _check_outputs(run_dir: Path, out_file: Path, overwrite: bool) -> None:
 
 
 def _write_verified(
-    run_dir: Path, out_file: Path, write: Callable[[Path, ValidationImages], ExportedBackend]
+    run_dir: Path,
+    out_file: Path,
+    write: Callable[[Path, ValidationImages], ExportedBackend],
+    overwrite: bool,
 ) -> Parity:
-    """Export with ``write`` to a temporary name, check parity, then move it to ``out_file``."""
+    """Export with ``write`` into a temporary folder of its own beside ``out_file`` (two exports
+    at once never share one), check parity, then :func:`~pneumolab.files.publish` it there."""
     run = RunDir(Path(run_dir))
     reference = run_onnx_backend(run.root)
     predictor = Predictor(None, run.read_meta(), reference, run_ood_model(run))
     images = validation_images(predictor, run, CALIBRATION_IMAGES)
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name("partial-" + out_file.name)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_file.name}.", dir=out_file.parent))
+    tmp = staging / out_file.name
     try:
         ood_threshold = predictor.ood.threshold if predictor.ood else None
         parity = _accept(
             write(tmp, images), reference, images, predictor.threshold, ood_threshold, out_file
         )
-        for suffix in (".bin", out_file.suffix):  # OpenVINO's weights first, then its graph
-            if tmp.with_suffix(suffix).is_file():
-                tmp.with_suffix(suffix).replace(out_file.with_suffix(suffix))
+        _publish_pair(tmp, out_file, overwrite)
     finally:
-        for suffix in (".bin", out_file.suffix):
-            tmp.with_suffix(suffix).unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
     log.info("%s accepted: %s", out_file, parity.summary())
     return parity
 
@@ -187,6 +193,20 @@ def _high_resolution_convs(graph: Any, image_size: int) -> list[str]:
         for node in graph.graph.node
         if node.op_type == "Conv" and sides.get(node.output[0], 0) * FP32_RESOLUTION >= image_size
     ]
+
+
+def _publish_pair(tmp: Path, out_file: Path, overwrite: bool) -> None:
+    """Publish the export: OpenVINO's ``.bin`` weights first, then its graph (or the one ONNX
+    file); weights of ours left beside another process's graph are taken back."""
+    weights = tmp.with_suffix(".bin")
+    if weights.is_file():
+        publish(weights, out_file.with_suffix(".bin"), overwrite)
+    try:
+        publish(tmp, out_file, overwrite)
+    except OutputError:
+        if weights.is_file() and os.path.samefile(weights, out_file.with_suffix(".bin")):
+            out_file.with_suffix(".bin").unlink()
+        raise
 
 
 def export_int8(
@@ -224,7 +244,7 @@ def export_int8(
         onnx.save(graph, str(tmp))
         return OnnxBackend(tmp)
 
-    return _write_verified(run_dir, out_file, write)
+    return _write_verified(run_dir, out_file, write, overwrite)
 
 
 def export_openvino(
@@ -251,4 +271,4 @@ def export_openvino(
         ov.save_model(model, str(tmp.with_suffix(".xml")), compress_to_fp16=False)
         return OpenVinoBackend(tmp.with_suffix(".xml"))
 
-    return _write_verified(run_dir, out_file, write)
+    return _write_verified(run_dir, out_file, write, overwrite)

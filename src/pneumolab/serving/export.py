@@ -201,7 +201,7 @@ def export_onnx(
         pixels, source = _verification_pixels(predictor, run, verify_images)
         report.update(_verify(predictor, partial, pixels, source, out_file))
 
-    write_atomically(out_file, export_and_verify)  # written only once verified
+    write_atomically(out_file, export_and_verify, replace=overwrite)  # only once verified
     return OnnxExport(file=out_file, opset=opset, **report)
 
 
