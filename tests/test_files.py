@@ -5,6 +5,7 @@ of files written as one (``staged_files``)."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,16 @@ def test_without_hard_links_a_new_file_is_checked_then_renamed(tmp_path, monkeyp
     with pytest.raises(OutputError, match=r"new\.onnx: already exists"):
         write_bytes_atomically(tmp_path / "new.onnx", b"again", replace=False)
     assert (tmp_path / "new.onnx").read_bytes() == b"mine"
+
+
+def test_a_temporary_that_cannot_be_made_is_named_as_the_file_asked_for(tmp_path, monkeypatch):
+    def refused(suffix, prefix, dir):
+        raise PermissionError(13, "Permission denied", f"{dir}/{prefix}xyz{suffix}")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(PermissionError) as error:
+        write_text_atomically(tmp_path / "r.html", "<p>")
+    assert error.value.filename == str(tmp_path / "r.html")
 
 
 def test_what_a_killed_writer_left_does_not_block_the_next(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,13 @@ def test_a_link_to_nowhere_is_replaced_only_when_asked(tmp_path):
     with pytest.raises(OutputError, match=r"model\.onnx: a link to .*gone.*which does not exist"):
         check_output(link)
     assert check_output(link, overwrite=True) == link
+
+
+def test_a_folder_this_process_cannot_write_in_is_refused_before_any_work(tmp_path, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access  # a read-only folder's answer (tests may run as root)
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
+    with pytest.raises(OutputError, match=r"new/r\.html: cannot write in .*locked \(permission"):
+        check_output(locked / "new" / "r.html")
+    assert check_output(tmp_path / "r.html") == tmp_path / "r.html"

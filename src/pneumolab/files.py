@@ -38,20 +38,21 @@ def apply_umask(path: str | Path) -> None:
 def _temporary_beside(path: Path, suffix: str) -> Path:
     """A new, empty file of a unique name in ``path``'s folder (a name a killed writer left
     behind is never reused, even by a process of the same PID)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(suffix=suffix, prefix=f".{path.name}.", dir=path.parent)
+    with naming_failures(path, replace_name=True):  # not the hidden temporary's name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(suffix=suffix, prefix=f".{path.name}.", dir=path.parent)
     os.close(handle)
     return Path(name)
 
 
 @contextmanager
-def naming_failures(path: str | Path) -> Iterator[None]:
+def naming_failures(path: str | Path, replace_name: bool = False) -> Iterator[None]:
     """Re-raise an OSError that names no file (a full disk, a size limit: the write fails, not
-    the open) as one naming ``path``."""
+    the open), or with ``replace_name`` any OSError, as one naming ``path``."""
     try:
         yield
     except OSError as exc:
-        if exc.filename is not None:
+        if exc.filename is not None and not replace_name:
             raise
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
 

@@ -21,7 +21,8 @@ def check_output(path: str | Path, overwrite: bool = False) -> Path:
     """``path`` if a file may be written there; OutputError naming it otherwise.
 
     Refused: a folder, a path under a file, any file a run directory owns (weights, metadata,
-    split, checkpoints...), and an existing file unless ``overwrite``.
+    split, checkpoints...), an existing file unless ``overwrite``, and a path whose nearest
+    existing folder this process may not write in (before any work, not after it).
     """
     path = Path(path)
     if path.is_dir():
@@ -42,6 +43,9 @@ def check_output(path: str | Path, overwrite: bool = False) -> Path:
     for parent in path.parents:
         if parent.exists() and not parent.is_dir():
             raise OutputError(f"{path}: {parent} is a file, not a folder")
+    folder = next(parent for parent in path.parents if parent.exists())  # where it is made
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot write in {folder} (permission denied)")
     return path
 
 

@@ -14,7 +14,9 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from pneumolab.cli import main
+from pneumolab.evaluation import audit as audit_module
 from pneumolab.evaluation.audit import audit_folder, reason_kind
+from pneumolab.outputs import working_in
 
 
 @pytest.fixture
@@ -92,6 +94,18 @@ def test_cli_keeps_an_earlier_audit_unless_asked(run_dir, tiny_run, tmp_path, ca
     assert (out / "audit.json").read_text() == "an earlier audit"
     assert main(["audit", str(run_dir), str(folder), "--out", str(out), "--overwrite"]) == 0
     assert (out / "audit.json").read_text() == before
+
+
+def test_a_second_audit_on_a_busy_folder_is_refused_before_scoring(
+    run_dir, tiny_run, tmp_path, capsys, monkeypatch
+):
+    """Two audits on one --out both finished: the later one's files replaced the other's."""
+    folder, out = site(tmp_path / "site", tiny_run[1], odd=False), tmp_path / "out"
+    monkeypatch.setattr(audit_module, "Predictor", None)  # scoring would fail loudly
+    with working_in(out, "auditing"):
+        assert main(["audit", str(run_dir), str(folder), "--out", str(out)]) == 2
+    assert "out: another process is auditing in it" in capsys.readouterr().err
+    assert not out.exists()  # nothing written; the empty folder went with the first lock
 
 
 def test_an_audit_stopped_while_writing_leaves_nothing_that_blocks_its_rerun(

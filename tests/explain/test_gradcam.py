@@ -18,6 +18,8 @@ from conftest import by_size, fixed_threshold_meta
 from pneumolab.cli import main
 from pneumolab.errors import ModelError, OutputError
 from pneumolab.explain.gradcam import (
+    FIGURE_PIXELS,
+    TALLEST_FIGURE,
     explain_paths,
     find_target_layer,
     gradcam,
@@ -138,6 +140,22 @@ def test_a_png_another_process_wrote_meanwhile_is_kept(tmp_path, monkeypatch):
     (outcome,) = explain_paths(run.root, [image], out)
     assert isinstance(outcome, OutputError) and "a.png: written by another process" in str(outcome)
     assert (out / "a.png").read_bytes() == b"theirs"
+
+
+def test_a_very_thin_image_makes_a_figure_of_bounded_height(tmp_path):
+    run, thin = untrained_run(tmp_path), tmp_path / "thin.png"
+    Image.fromarray(np.full((200, 1), 128, np.uint8)).save(thin)  # 1 px wide, 200 px tall
+    (figure,) = explain_paths(run.root, [thin], tmp_path / "out")
+    assert isinstance(figure, Path)
+    width, height = Image.open(figure).size
+    assert width == FIGURE_PIXELS and height <= TALLEST_FIGURE * FIGURE_PIXELS + 70
+
+
+def test_a_folder_made_for_no_figure_is_removed_again(tmp_path, capsys):
+    run, broken = untrained_run(tmp_path), tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    assert main(["explain", str(run.root), str(broken), "--out", str(tmp_path / "out")]) == 1
+    assert "broken.png" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_cli_reports_a_missing_run(tmp_path: Path, capsys):

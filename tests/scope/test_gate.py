@@ -92,7 +92,7 @@ def test_a_ct_slice_is_out_of_scope_from_its_header(run_dir):
 
 def test_explain_titles_a_ct_slice_out_of_scope_as_predict_does(run_dir, tmp_path, monkeypatch):
     titles: list[str] = []
-    monkeypatch.setattr(gradcam, "_figure", lambda image, heat, title, out: titles.append(title))
+    monkeypatch.setattr(gradcam, "_figure", lambda image, heat, title, *out: titles.append(title))
     written = list(gradcam.explain_paths(run_dir, [CT], tmp_path / "maps"))
     assert written == [tmp_path / "maps" / "CT_small.png"]
     assert f"→ {OUT_OF_SCOPE_LABEL}" in titles[0]

@@ -116,12 +116,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """`pneumolab audit`: scope and score a site's folder, write the audit page."""
     from pneumolab.evaluation.audit import audit_folder
     from pneumolab.evaluation.metrics import format_share
+    from pneumolab.outputs import working_in
     from pneumolab.reporting.audit_page import audit_files, write_audit
 
     out = args.out or args.run_dir / "audit" / args.folder.resolve().name
-    audit_files(out, args.folder, args.overwrite)  # refused before the images are scored
-    audit = audit_folder(args.run_dir, args.folder, args.batch_size)
-    files = write_audit(audit, out, args.overwrite)
+    with working_in(Path(out), "auditing"):  # a second audit on it is refused before scoring
+        audit_files(out, args.folder, args.overwrite)  # refused before the images are scored
+        audit = audit_folder(args.run_dir, args.folder, args.batch_size)
+        files = write_audit(audit, out, args.overwrite)
     summary = audit.summary()
     console.print(
         f"{summary.images} images ({summary.unreadable} unreadable), "

@@ -20,7 +20,7 @@ from pneumolab.data.imageio import load_image
 from pneumolab.data.transforms import normalize_intensity
 from pneumolab.errors import ModelError, OutputError, PneumolabError, printable
 from pneumolab.evaluation.figures import save_figure
-from pneumolab.files import make_folder
+from pneumolab.files import folder_for
 from pneumolab.inference.inputs import ImageInput, expand_paths, file_header_checks
 from pneumolab.inference.prediction import Prediction
 from pneumolab.inference.predictor import Predictor
@@ -32,6 +32,9 @@ OVERLAY_ALPHA = 0.6
 """Opacity of the colour map where the heat is highest; it fades to 0 where there is none."""
 FIGURE_PIXELS = 600
 """Width of the ``explain`` figures: images are decoded for display at least this large."""
+TALLEST_FIGURE = 3
+"""An ``explain`` figure is at most this many times as tall as it is wide (a 1x2000-pixel image
+made a figure of 1.2 million pixels' height, which ran the machine out of memory)."""
 
 
 class _LogitColumn(nn.Module):
@@ -142,7 +145,8 @@ def _figure(
     if max(image.size) > 2 * FIGURE_PIXELS:
         image = ImageOps.contain(image, (2 * FIGURE_PIXELS, 2 * FIGURE_PIXELS))
     width = FIGURE_PIXELS / 100
-    figure = Figure(figsize=(width, width * image.height / image.width + 0.7), dpi=100)
+    height = width * min(image.height / image.width, TALLEST_FIGURE) + 0.7  # + the title's
+    figure = Figure(figsize=(width, height), dpi=100)
     axes = figure.subplots()
     axes.imshow(overlay(np.asarray(image), heat))
     axes.set_title(printable(title), fontsize=9)  # a name that is not UTF-8: its bytes as \xNN
@@ -180,34 +184,34 @@ def explain_paths(
     check_apart(out_dir, paths)  # --overwrite replaced the X-rays themselves
     model = predictor.require_model("Grad-CAM")  # refused before the folder is made
     layer = find_target_layer(model, predictor.image_size)
-    make_folder(out_dir)
-    written: set[Path] = set()
-    images = expand_paths(paths)
-    sources = {os.path.realpath(path) for path in images}
-    for path in images:
-        out_file, n = out_dir / f"{path.stem}.png", 1
-        while out_file in written:
-            n += 1
-            out_file = out_dir / f"{path.stem}-{n}.png"
-        written.add(out_file)
-        try:
-            if os.path.realpath(out_file) in sources:  # --overwrite replaced the X-ray itself
-                raise OutputError(
-                    f"{out_file}: is one of the images to explain; give --out another folder"
-                )
-            check_output(out_file, overwrite)
-            image = load_image(path, size_hint=predictor.image_size)
-        except PneumolabError as exc:
-            yield exc
-            continue
-        result, heat = explain_image(predictor, layer, image, file_header_checks(path))
-        title = (
-            f"{path.name}\nP(pneumonia) = {result.probability:.3f} → {result.label} "
-            f"(threshold {result.threshold:.3f}) — research tool, not a diagnosis"
-        )
-        try:  # a PNG another process wrote meanwhile is kept, as one found before
-            _figure(load_image(path, size_hint=FIGURE_PIXELS), heat, title, out_file, overwrite)
-        except OutputError as exc:
-            yield exc
-            continue
-        yield out_file
+    with folder_for(out_dir):  # removed again where no PNG was written in it
+        written: set[Path] = set()
+        images = expand_paths(paths)
+        sources = {os.path.realpath(path) for path in images}
+        for path in images:
+            out_file, n = out_dir / f"{path.stem}.png", 1
+            while out_file in written:
+                n += 1
+                out_file = out_dir / f"{path.stem}-{n}.png"
+            written.add(out_file)
+            try:
+                if os.path.realpath(out_file) in sources:  # --overwrite replaced the X-ray itself
+                    raise OutputError(
+                        f"{out_file}: is one of the images to explain; give --out another folder"
+                    )
+                check_output(out_file, overwrite)
+                image = load_image(path, size_hint=predictor.image_size)
+            except PneumolabError as exc:
+                yield exc
+                continue
+            result, heat = explain_image(predictor, layer, image, file_header_checks(path))
+            title = (
+                f"{path.name}\nP(pneumonia) = {result.probability:.3f} → {result.label} "
+                f"(threshold {result.threshold:.3f}) — research tool, not a diagnosis"
+            )
+            try:  # a PNG another process wrote meanwhile is kept, as one found before
+                _figure(load_image(path, size_hint=FIGURE_PIXELS), heat, title, out_file, overwrite)
+            except OutputError as exc:
+                yield exc
+                continue
+            yield out_file

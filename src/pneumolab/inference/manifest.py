@@ -3,31 +3,30 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 from pneumolab.errors import ConfigError
 
 COLUMN = "path"
+SHOWN = 5
+"""How many rows without a path an error names."""
 
 
 def read_manifest(manifest: str | Path) -> list[Path]:
-    """The image paths in ``manifest``'s ``path`` column (CSV with a header row, or Parquet);
-    relative paths are relative to the manifest's folder. Errors name the file."""
+    """The image paths in ``manifest``'s ``path`` column (CSV with a header row, or Parquet; a
+    Parquet column of bytes is decoded as the file system's names); relative paths are relative
+    to the manifest's folder. A blank CSV row (every cell empty) is skipped; a row with data but
+    no path is an error naming its line, as is a column that is not text. Errors name the file."""
     manifest = Path(manifest)
     if not manifest.is_file():
         raise ConfigError(f"{manifest}: manifest file not found")
     suffix = manifest.suffix.lower()
     try:
         if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(manifest)
-            values = table.column(COLUMN).to_pylist() if COLUMN in table.column_names else None
+            rows = _parquet_rows(manifest)
         elif suffix == ".csv":
-            with manifest.open(newline="", encoding="utf-8-sig") as f:  # Excel's "CSV UTF-8" too
-                reader = csv.DictReader(f)
-                has_column = COLUMN in (reader.fieldnames or [])
-                values = [row[COLUMN] for row in reader] if has_column else None
+            rows = _csv_rows(manifest)
         else:
             raise ConfigError(f"{manifest}: a manifest is a .csv or .parquet file")
     except ImportError:
@@ -36,6 +35,52 @@ def read_manifest(manifest: str | Path) -> list[Path]:
         ) from None
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{manifest}: unreadable manifest ({exc})") from None
-    if values is None:
+    missing = [where for where, value in rows if not (value and value.strip())]
+    if missing:
+        more = f" and {len(missing) - SHOWN} more" if len(missing) > SHOWN else ""
+        raise ConfigError(
+            f"{manifest}: no image path at {', '.join(missing[:SHOWN])}{more} (every row needs "
+            f"one in its '{COLUMN}' column)"
+        )
+    return [manifest.parent / value for _, value in rows if value]
+
+
+def _csv_rows(manifest: Path) -> list[tuple[str, str | None]]:
+    """(``line N``, path) for each row that is not blank."""
+    with manifest.open(newline="", encoding="utf-8-sig") as f:  # Excel's "CSV UTF-8" too
+        reader = csv.DictReader(f)
+        if COLUMN not in (reader.fieldnames or []):
+            raise ConfigError(f"{manifest}: no '{COLUMN}' column (one image path per row)")
+        return [(f"line {reader.line_num}", row[COLUMN]) for row in reader if not _blank(row)]
+
+
+def _blank(row: dict[str | None, str | list[str] | None]) -> bool:
+    """Whether every cell of a CSV row is empty (a spreadsheet's blank row); cells past the
+    header's columns come as a list under ``None``, missing ones as ``None``."""
+    extra = row.get(None)
+    cells = [v for k, v in row.items() if k is not None] + (
+        extra if isinstance(extra, list) else []
+    )
+    return not any(isinstance(cell, str) and cell.strip() for cell in cells)
+
+
+def _parquet_rows(manifest: Path) -> list[tuple[str, str | None]]:
+    """(``row N``, path) for each row; bytes decoded with :func:`os.fsdecode`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(manifest)
+    if COLUMN not in table.column_names:
         raise ConfigError(f"{manifest}: no '{COLUMN}' column (one image path per row)")
-    return [manifest.parent / value for value in values if value]
+    column = table.column(COLUMN)
+    text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+    names = pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)
+    if not (text or names):
+        raise ConfigError(
+            f"{manifest}: its '{COLUMN}' column holds {column.type}, not text (image paths)"
+        )
+    values = column.to_pylist()
+    return [
+        (f"row {i}", os.fsdecode(value) if isinstance(value, bytes) else value)
+        for i, value in enumerate(values, start=1)
+    ]

@@ -1,0 +1,42 @@
+"""Manifests: every row with data names an image; what cannot be read is refused by line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pneumolab.errors import ConfigError
+from pneumolab.inference.manifest import read_manifest
+
+
+def test_csv_paths_are_relative_to_the_manifest_and_blank_rows_are_skipped(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,path\n1,a.png\n,\n\n2,/abs/b.png\n")
+    assert read_manifest(manifest) == [tmp_path / "a.png", Path("/abs/b.png")]
+
+
+def test_csv_rows_without_a_path_are_refused_by_line(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text('id,path\n1,a.png\n2,\n3\n4,"  "\n5,b.png\n')
+    with pytest.raises(ConfigError, match=r"m\.csv: no image path at line 3, line 4, line 5 \("):
+        read_manifest(manifest)
+    manifest.write_text("id,path\n" + "".join(f"{i},\n" for i in range(8)))
+    with pytest.raises(ConfigError, match=r"line 6 and 3 more"):
+        read_manifest(manifest)
+
+
+def test_parquet_paths_must_be_text_or_file_system_names(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    manifest = tmp_path / "m.parquet"
+    not_utf8 = b"caf\xe9.png"
+    pq.write_table(pa.table({"path": pa.array([b"a.png", not_utf8])}), manifest)
+    assert read_manifest(manifest) == [tmp_path / "a.png", tmp_path / os.fsdecode(not_utf8)]
+    pq.write_table(pa.table({"path": pa.array([1, 2])}), manifest)
+    with pytest.raises(ConfigError, match=r"m\.parquet: its 'path' column holds int64, not text"):
+        read_manifest(manifest)
+    pq.write_table(pa.table({"path": pa.array(["a.png", None, ""])}), manifest)
+    with pytest.raises(ConfigError, match=r"m\.parquet: no image path at row 2, row 3"):
+        read_manifest(manifest)
