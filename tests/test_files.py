@@ -13,6 +13,7 @@ import pytest
 from pneumolab.errors import OutputError
 from pneumolab.files import (
     atomic_write,
+    folder_for,
     staged_files,
     write_atomically,
     write_bytes_atomically,
@@ -88,6 +89,15 @@ def test_a_temporary_that_cannot_be_made_is_named_as_the_file_asked_for(tmp_path
     with pytest.raises(PermissionError) as error:
         write_text_atomically(tmp_path / "r.html", "<p>")
     assert error.value.filename == str(tmp_path / "r.html")
+
+
+def test_a_failed_job_removes_the_folders_it_made_and_keeps_the_rest(tmp_path):
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(RuntimeError), folder_for(tmp_path / "kept" / "a" / "b" / "c"):
+        raise RuntimeError("refused")
+    assert list(tmp_path.iterdir()) == [tmp_path / "kept"] and not any(
+        (tmp_path / "kept").iterdir()
+    )
 
 
 def test_what_a_killed_writer_left_does_not_block_the_next(tmp_path):

@@ -19,8 +19,8 @@ def test_a_folder_is_one_jobs_at_a_time_and_a_refused_job_leaves_nothing(tmp_pat
         second = working_in(run, "training")
         with pytest.raises(OutputError, match="another process is training in it"), second:
             pass
-    assert not run.exists()  # made here, left empty: removed
-    run.mkdir()
+    assert not (tmp_path / "runs").exists()  # made here, left empty: removed, with its parent
+    run.mkdir(parents=True)
     (run / "config.yaml").write_text("kept")
     with pytest.raises(RuntimeError), working_in(run, "training"):
         raise RuntimeError("the job failed")
@@ -88,3 +88,5 @@ def test_a_folder_this_process_cannot_write_in_is_refused_before_any_work(tmp_pa
     with pytest.raises(OutputError, match=r"new/r\.html: cannot write in .*locked \(permission"):
         check_output(locked / "new" / "r.html")
     assert check_output(tmp_path / "r.html") == tmp_path / "r.html"
+    (locked / "results.csv").write_text("source\n")  # resumed by appending: no new file there
+    assert check_output(locked / "results.csv", overwrite=True) == locked / "results.csv"

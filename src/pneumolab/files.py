@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -38,8 +38,8 @@ def apply_umask(path: str | Path) -> None:
 def _temporary_beside(path: Path, suffix: str) -> Path:
     """A new, empty file of a unique name in ``path``'s folder (a name a killed writer left
     behind is never reused, even by a process of the same PID)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with naming_failures(path, replace_name=True):  # not the hidden temporary's name
-        path.parent.mkdir(parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(suffix=suffix, prefix=f".{path.name}.", dir=path.parent)
     os.close(handle)
     return Path(name)
@@ -136,34 +136,38 @@ def write_text_atomically(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
-def make_folder(folder: Path) -> bool:
-    """Make ``folder`` (and its parents) where it is missing; whether this call made it (a folder
-    made by another process meanwhile is not). OutputError for a link to nowhere or a file in
-    its place (``mkdir`` said only "File exists")."""
+def make_folder(folder: Path) -> list[Path]:
+    """Make ``folder`` (and its parents) where it is missing; the folders this call made, deepest
+    first (none where another process made it meanwhile). OutputError for a link to nowhere or
+    a file in its place (``mkdir`` said only "File exists")."""
     if folder.is_symlink() and not folder.exists():
         raise OutputError(f"{folder}: a link to {os.readlink(folder)}, which does not exist")
     for place in (folder, *folder.parents):
         if place.exists() and not place.is_dir():
             where = "" if place == folder else f"{place} "
             raise OutputError(f"{folder}: {where}is a file, not a folder")
+    missing = [place for place in (folder, *folder.parents) if not place.exists()]
     try:
         folder.mkdir(parents=True)
     except FileExistsError:
-        return False
-    return True
+        return []
+    return missing
 
 
 @contextmanager
 def folder_for(folder: Path) -> Iterator[None]:
-    """``folder`` made (:func:`make_folder`) where missing for the block, and removed again if
-    this call made it and the block left it empty (a refused or failed job leaves nothing)."""
+    """``folder`` made (:func:`make_folder`) where missing for the block, and removed again, with
+    the parents this call made, where the block left them empty (a refused or failed job leaves
+    nothing)."""
     made = make_folder(folder)
     try:
         yield
     finally:
-        if made:
-            with suppress(OSError):  # only an empty folder
-                folder.rmdir()
+        for place in made:  # deepest first; one that holds something stops it
+            try:
+                place.rmdir()
+            except OSError:
+                break
 
 
 @contextmanager

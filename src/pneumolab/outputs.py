@@ -21,7 +21,7 @@ def check_output(path: str | Path, overwrite: bool = False) -> Path:
     """``path`` if a file may be written there; OutputError naming it otherwise.
 
     Refused: a folder, a path under a file, any file a run directory owns (weights, metadata,
-    split, checkpoints...), an existing file unless ``overwrite``, and a path whose nearest
+    split, checkpoints...), an existing file unless ``overwrite``, and a new file whose nearest
     existing folder this process may not write in (before any work, not after it).
     """
     path = Path(path)
@@ -44,7 +44,7 @@ def check_output(path: str | Path, overwrite: bool = False) -> Path:
         if parent.exists() and not parent.is_dir():
             raise OutputError(f"{path}: {parent} is a file, not a folder")
     folder = next(parent for parent in path.parents if parent.exists())  # where it is made
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"{path}: cannot write in {folder} (permission denied)")
     return path
 

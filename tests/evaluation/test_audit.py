@@ -101,6 +101,9 @@ def test_a_second_audit_on_a_busy_folder_is_refused_before_scoring(
 ):
     """Two audits on one --out both finished: the later one's files replaced the other's."""
     folder, out = site(tmp_path / "site", tiny_run[1], odd=False), tmp_path / "out"
+    missing_run = tmp_path / "no-run"
+    assert main(["audit", str(missing_run), str(folder)]) == 2  # out: no-run/audit/site
+    assert "run directory not found" in capsys.readouterr().err and not missing_run.exists()
     monkeypatch.setattr(audit_module, "Predictor", None)  # scoring would fail loudly
     with working_in(out, "auditing"):
         assert main(["audit", str(run_dir), str(folder), "--out", str(out)]) == 2

@@ -143,12 +143,14 @@ def test_a_png_another_process_wrote_meanwhile_is_kept(tmp_path, monkeypatch):
 
 
 def test_a_very_thin_image_makes_a_figure_of_bounded_height(tmp_path):
-    run, thin = untrained_run(tmp_path), tmp_path / "thin.png"
+    run, thin, thinner = untrained_run(tmp_path), tmp_path / "thin.png", tmp_path / "thinner.png"
     Image.fromarray(np.full((200, 1), 128, np.uint8)).save(thin)  # 1 px wide, 200 px tall
-    (figure,) = explain_paths(run.root, [thin], tmp_path / "out")
-    assert isinstance(figure, Path)
-    width, height = Image.open(figure).size
-    assert width == FIGURE_PIXELS and height <= TALLEST_FIGURE * FIGURE_PIXELS + 70
+    Image.fromarray(np.full((3000, 1), 128, np.uint8)).save(thinner)  # shrunk: 0 px wide
+    figures = list(explain_paths(run.root, [thin, thinner], tmp_path / "out"))
+    assert all(isinstance(figure, Path) for figure in figures), figures
+    for figure in figures:
+        width, height = Image.open(figure).size
+        assert width == FIGURE_PIXELS and height <= TALLEST_FIGURE * FIGURE_PIXELS + 70
 
 
 def test_a_folder_made_for_no_figure_is_removed_again(tmp_path, capsys):

@@ -34,9 +34,22 @@ def test_parquet_paths_must_be_text_or_file_system_names(tmp_path):
     not_utf8 = b"caf\xe9.png"
     pq.write_table(pa.table({"path": pa.array([b"a.png", not_utf8])}), manifest)
     assert read_manifest(manifest) == [tmp_path / "a.png", tmp_path / os.fsdecode(not_utf8)]
+    for column in (
+        pa.array(["a.png", "b.png"]).dictionary_encode(),  # a pandas category column
+        pa.array(["a.png", "b.png"], type=pa.string_view()),
+    ):
+        pq.write_table(pa.table({"path": column}), manifest)
+        assert read_manifest(manifest) == [tmp_path / "a.png", tmp_path / "b.png"]
     pq.write_table(pa.table({"path": pa.array([1, 2])}), manifest)
     with pytest.raises(ConfigError, match=r"m\.parquet: its 'path' column holds int64, not text"):
         read_manifest(manifest)
     pq.write_table(pa.table({"path": pa.array(["a.png", None, ""])}), manifest)
     with pytest.raises(ConfigError, match=r"m\.parquet: no image path at row 2, row 3"):
+        read_manifest(manifest)
+
+
+def test_a_csv_the_csv_module_cannot_parse_is_named(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path\n" + "x" * 200_000 + "\n")  # over the csv module's field limit
+    with pytest.raises(ConfigError, match=r"m\.csv: unreadable manifest \(field larger"):
         read_manifest(manifest)

@@ -118,10 +118,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from pneumolab.evaluation.metrics import format_share
     from pneumolab.outputs import working_in
     from pneumolab.reporting.audit_page import audit_files, write_audit
+    from pneumolab.run import RunDir
 
     out = args.out or args.run_dir / "audit" / args.folder.resolve().name
-    with working_in(Path(out), "auditing"):  # a second audit on it is refused before scoring
-        audit_files(out, args.folder, args.overwrite)  # refused before the images are scored
+    RunDir(args.run_dir).read_meta()  # a missing run named as such, before a folder is made in it
+    audit_files(out, args.folder, args.overwrite)  # refused before the images are scored
+    with working_in(Path(out), "auditing"):  # so is a second audit writing the same folder
         audit = audit_folder(args.run_dir, args.folder, args.batch_size)
         files = write_audit(audit, out, args.overwrite)
     summary = audit.summary()

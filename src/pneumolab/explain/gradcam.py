@@ -11,7 +11,7 @@ import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from PIL import Image, ImageOps
+from PIL import Image
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
@@ -33,8 +33,9 @@ OVERLAY_ALPHA = 0.6
 FIGURE_PIXELS = 600
 """Width of the ``explain`` figures: images are decoded for display at least this large."""
 TALLEST_FIGURE = 3
-"""An ``explain`` figure is at most this many times as tall as it is wide (a 1x2000-pixel image
-made a figure of 1.2 million pixels' height, which ran the machine out of memory)."""
+"""An ``explain`` image is drawn at most this many times as tall as the figure is wide, the
+title above it (a 1x2000-pixel image made a figure of 1.2 million pixels' height, which ran the
+machine out of memory)."""
 
 
 class _LogitColumn(nn.Module):
@@ -142,8 +143,11 @@ def _figure(
 ) -> None:
     """Save the overlay with ``title`` (a pyplot-free figure: no global state), the image
     first shrunk to twice the figure's width (a 50-megapixel PNG need not be drawn in full)."""
-    if max(image.size) > 2 * FIGURE_PIXELS:
-        image = ImageOps.contain(image, (2 * FIGURE_PIXELS, 2 * FIGURE_PIXELS))
+    if max(image.size) > 2 * FIGURE_PIXELS:  # at least 1 px each way (contain rounds to 0)
+        scale = 2 * FIGURE_PIXELS / max(image.size)
+        image = image.resize(
+            (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        )
     width = FIGURE_PIXELS / 100
     height = width * min(image.height / image.width, TALLEST_FIGURE) + 0.7  # + the title's
     figure = Figure(figsize=(width, height), dpi=100)

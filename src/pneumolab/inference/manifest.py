@@ -11,6 +11,8 @@ from pneumolab.errors import ConfigError
 COLUMN = "path"
 SHOWN = 5
 """How many rows without a path an error names."""
+TEXT_TYPES = ("string", "large_string", "string_view", "binary", "large_binary", "binary_view")
+"""Arrow types a Parquet path column may hold (or a dictionary of): text, or file names' bytes."""
 
 
 def read_manifest(manifest: str | Path) -> list[Path]:
@@ -33,7 +35,7 @@ def read_manifest(manifest: str | Path) -> list[Path]:
         raise ConfigError(
             f"{manifest}: reading Parquet needs pyarrow: pip install 'pneumolab[distributed]'"
         ) from None
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, UnicodeDecodeError, csv.Error) as exc:
         raise ConfigError(f"{manifest}: unreadable manifest ({exc})") from None
     missing = [where for where, value in rows if not (value and value.strip())]
     if missing:
@@ -50,7 +52,7 @@ def _csv_rows(manifest: Path) -> list[tuple[str, str | None]]:
     with manifest.open(newline="", encoding="utf-8-sig") as f:  # Excel's "CSV UTF-8" too
         reader = csv.DictReader(f)
         if COLUMN not in (reader.fieldnames or []):
-            raise ConfigError(f"{manifest}: no '{COLUMN}' column (one image path per row)")
+            raise _no_column(manifest)
         return [(f"line {reader.line_num}", row[COLUMN]) for row in reader if not _blank(row)]
 
 
@@ -71,11 +73,10 @@ def _parquet_rows(manifest: Path) -> list[tuple[str, str | None]]:
 
     table = pq.read_table(manifest)
     if COLUMN not in table.column_names:
-        raise ConfigError(f"{manifest}: no '{COLUMN}' column (one image path per row)")
+        raise _no_column(manifest)
     column = table.column(COLUMN)
-    text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
-    names = pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)
-    if not (text or names):
+    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    if not any(getattr(pa.types, f"is_{name}")(kind) for name in TEXT_TYPES):
         raise ConfigError(
             f"{manifest}: its '{COLUMN}' column holds {column.type}, not text (image paths)"
         )
@@ -84,3 +85,7 @@ def _parquet_rows(manifest: Path) -> list[tuple[str, str | None]]:
         (f"row {i}", os.fsdecode(value) if isinstance(value, bytes) else value)
         for i, value in enumerate(values, start=1)
     ]
+
+
+def _no_column(manifest: Path) -> ConfigError:
+    return ConfigError(f"{manifest}: no '{COLUMN}' column (one image path per row)")
