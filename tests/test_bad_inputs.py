@@ -157,6 +157,7 @@ def test_ensemble_target_sensitivity_is_checked(run_dir, tmp_path, value, capsys
         capsys, "ensemble", run_dir, run_dir, "--out", out, "--target-sensitivity", value
     )
     assert code == 2 and "--target-sensitivity" in err
+    assert "must be in (0, 1]" in one_line(err)  # the config's range, not [0, 1]
 
 
 def test_ensemble_refuses_a_zero_target_before_writing_anything(run_dir, tmp_path, capsys):

@@ -103,3 +103,13 @@ def test_a_setting_name_that_yaml_reads_as_no_text_is_a_clear_error(tmp_path, ke
     nested.write_text(f"models:\n  - name: a\n    {key}: 3\n")
     with pytest.raises(ConfigError, match=r"study\.yaml: setting names are text"):
         load_yaml(nested)
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
+    """PyYAML kept the last: a second `models:` block replaced the first without a word."""
+    path = tmp_path / "study.yaml"
+    path.write_text("models:\n  a:\n    model: x\nepochs: 1\nepochs: 2\n")
+    with pytest.raises(
+        ConfigError, match=r"study\.yaml: invalid YAML \('epochs' is given twice.*line 5"
+    ):
+        load_yaml(path)

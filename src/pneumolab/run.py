@@ -26,7 +26,7 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,19 @@ class RunDir:
     def member_runs(self) -> list[RunDir]:
         """The member runs of an ensemble (an empty list for a single run)."""
         return [RunDir(self.root / p) for p in self.read_meta().members]
+
+    def changed_members(self) -> list[RunDir] | None:
+        """The members of an ensemble whose weights are no longer those it was built on (its
+        threshold and OOD model were chosen on them); None where it recorded no digests."""
+        recorded = self.read_meta().member_weights
+        if not recorded:
+            return None
+        members = self.member_runs()
+        return [
+            m
+            for m, digest in zip(members, recorded, strict=True)
+            if weights_digest(m.root) != digest
+        ]
 
     def missing_onnx(self) -> list[RunDir]:
         """The networks of this run (each member of an ensemble, else the run itself) that
@@ -289,6 +302,13 @@ def read_shift_predictions(path: Path, scenario: str) -> dict[str, list[float]]:
             if r["scenario"] == scenario:
                 scores.setdefault(r["path"], {})[int(r["draw"])] = float(r["probability"])
     return {image: [by_draw[d] for d in sorted(by_draw)] for image, by_draw in scores.items()}
+
+
+def listed_twice(run_dirs: Sequence[Path]) -> Path | None:
+    """The first of ``run_dirs`` that an earlier one already names (another spelling or a link
+    to the same folder), else None."""
+    resolved = [d.resolve() for d in run_dirs]
+    return next((d for i, d in enumerate(run_dirs) if resolved[i] in resolved[:i]), None)
 
 
 def weights_digest(run_dir: Path) -> str:

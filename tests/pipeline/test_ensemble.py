@@ -114,6 +114,8 @@ def test_members_on_different_splits_are_refused(members, tmp_path):
         build_ensemble([runs[0].root, other.root], tmp_path / "ens")
     with pytest.raises(RunDirError, match="at least two"):
         build_ensemble([runs[0].root], tmp_path / "ens1")
+    with pytest.raises(RunDirError, match=r"a: the same run is given twice"):  # another spelling
+        build_ensemble([runs[0].root, runs[0].root / ".." / "a"], tmp_path / "ens1")
     assert not (tmp_path / "ens").exists()
     unsplit = copy_run(runs[0].root, tmp_path / "unsplit")  # accepted silently, then failed
     (unsplit / "split.csv").unlink()  # half-built, at copying its split
@@ -129,6 +131,17 @@ def test_members_on_different_splits_are_refused(members, tmp_path):
     )
     with pytest.raises(RunDirError, match=r"no path in common.*different copies of the dataset"):
         build_ensemble([runs[0].root, moved], tmp_path / "ens2")
+
+
+def test_an_ensemble_whose_member_was_retrained_is_refused(members, tmp_path):
+    """It kept scoring with the threshold and OOD model chosen on the old weights."""
+    _, runs = members
+    a = copy_run(runs[0].root, tmp_path / "a")
+    ensemble = build_ensemble([a, runs[1].root], tmp_path / "ens")
+    Predictor.from_run(ensemble.root)
+    (a / "model.safetensors").write_bytes((runs[1].root / "model.safetensors").read_bytes())
+    with pytest.raises(RunDirError, match=r"ens: the weights of its member .*a changed since"):
+        Predictor.from_run(ensemble.root)
 
 
 def test_members_of_different_image_sizes_and_intensities_form_an_ensemble(members, tmp_path):

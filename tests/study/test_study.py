@@ -391,6 +391,26 @@ def test_models_made_equal_by_a_command_line_flag_are_refused(tmp_path):
         load_study(path).train_configs({"seed": 1, "epochs": 2})
 
 
+def test_an_unknown_model_or_weights_path_is_refused_before_any_training(tmp_path):
+    """Found only at its turn, after the models before it had trained."""
+    data = write_synthetic_dataset(tmp_path / "data", per_class=2)
+    good = {"name": "good", "model": "pneumolab_cnn_small"}
+    for typo, problem in [
+        (
+            {"name": "typo", "model": "mobilenetv2_10"},
+            r"model typo: unknown model 'mobilenetv2_10'",
+        ),
+        (
+            {"name": "w", "model": "mobilenetv2_100", "pretrained": True, "weights": "gone"},
+            r"model w: gone: weights file or folder not found",
+        ),
+    ]:
+        study_file = _study_file(tmp_path / "s.yaml", [good, typo])
+        with pytest.raises(ConfigError, match=problem):
+            run_study(study_file, data, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+
+
 def test_shipped_study_files_are_valid():
     from pathlib import Path
 

@@ -111,6 +111,13 @@ def test_interrupted_training_resumes_from_last_checkpoint(synthetic_data, tmp_p
     assert run.last_checkpoint.is_file() and not run.is_complete()
     with pytest.raises(RunDirError, match="not a finished run"):
         run.read_meta()
+    as_trained = run.config.read_text()  # edited: a traceback, or two image sizes mixed
+    run.config.write_text(as_trained.replace("image_size: 32", "image_size: 48"))
+    with pytest.raises(
+        RunDirError, match=r"config\.yaml: changed since last\.ckpt.*image_size: 32 -> 48"
+    ):
+        train(synthetic_data, out, resume=True)
+    run.config.write_text(as_trained)
 
     trained = EpochsTrained()
     train(synthetic_data, out, resume=True, callbacks=[trained])

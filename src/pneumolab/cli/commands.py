@@ -176,10 +176,11 @@ def cmd_study(args: argparse.Namespace) -> int:
             (result.best, "bold"),
             f"{smaller} → {args.out / 'best'}",
         )
-    console.print(
-        f"table: {result.outputs.get('markdown')}; chart: {result.outputs.get('chart')}; "
-        f"margins of the selection: {result.outputs.get('selection')}"
-    )
+    written = {"table": "markdown", "chart": "chart", "margins of the selection": "selection"}
+    shown = [
+        f"{what}: {result.outputs[key]}" for what, key in written.items() if key in result.outputs
+    ]
+    console.print("; ".join(shown) or "no model ran: nothing to compare")
     return 1 if result.failed else 0
 
 

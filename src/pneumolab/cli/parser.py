@@ -10,7 +10,7 @@ from pneumolab.choices import BACKENDS, DEFAULT_OPSET, ENGINES, EXPORT_FORMATS, 
 from pneumolab.cli import commands as cmd
 from pneumolab.cli import run_commands as run_cmd
 from pneumolab.cli.config_flags import add_config_flags
-from pneumolab.cli.types import PORT, POSITIVE_INT, bounded
+from pneumolab.cli.types import PORT, POSITIVE_INT, bounded, target_sensitivity
 
 TTA_HELP = (
     "average each image over fixed test-time views (zoom 1.1, rotations ±5°) and decide at the "
@@ -114,7 +114,7 @@ def _add_ensemble(commands: Subcommands) -> None:
     )
     ensemble.add_argument(
         "--target-sensitivity",
-        type=bounded(float, 0, 1),
+        type=target_sensitivity,
         default=0.95,
         help="validation sensitivity its threshold keeps (default: 0.95)",
     )

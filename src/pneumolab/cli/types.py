@@ -6,6 +6,8 @@ import argparse
 import math
 from collections.abc import Callable
 
+from pneumolab.config import check_target_sensitivity
+
 
 def bounded(
     kind: type[int] | type[float], low: float | None = None, high: float | None = None
@@ -36,6 +38,18 @@ def bounded(
 
 def _article(kind: type) -> str:
     return "an integer" if kind is int else "a number"
+
+
+def target_sensitivity(text: str) -> float:
+    """An argparse ``type``: a sensitivity a threshold can keep, in (0, 1] (the config's rule)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    try:
+        return check_target_sensitivity(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 POSITIVE_INT = bounded(int, 1)

@@ -139,7 +139,8 @@ def check_utf8_name(path: str | Path, otherwise: str = "") -> None:
 
 
 def scan_split(split_dir: Path) -> list[Sample]:
-    """List the images of one split folder, sorted by path, with labels from the class folders."""
+    """List the images of one split folder, sorted by path, with labels from the class folders
+    (other folders in it are named in a warning: their images are left out)."""
     split_dir = Path(split_dir)
     classes = _child_dirs_by_name(split_dir)
     missing = [c for c in CLASS_NAMES if c.lower() not in classes]
@@ -148,6 +149,18 @@ def scan_split(split_dir: Path) -> list[Sample]:
         raise DataLayoutError(
             f"{split_dir}: missing class folder(s) {missing}; found {found}. "
             f"Expected one folder per class: {list(CLASS_NAMES)}"
+        )
+    others = [
+        path.name
+        for name, path in classes.items()
+        if name not in LAYOUT_NAMES and name not in SCAN_LITTER and not name.startswith(".")
+    ]
+    if others:
+        log.warning(
+            "%s: folder(s) %s left out: not one of the classes %s",
+            split_dir,
+            ", ".join(map(printable, others)),
+            list(CLASS_NAMES),
         )
     samples: list[Sample] = []
     for label, name in enumerate(CLASS_NAMES):

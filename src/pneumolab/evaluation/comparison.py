@@ -25,7 +25,7 @@ from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.inference.torch_scoring import default_device
 from pneumolab.outputs import check_output, working_in
-from pneumolab.run import RunDir, split_mismatch
+from pneumolab.run import RunDir, listed_twice, split_mismatch
 from pneumolab.text import markdown_cell
 
 log = logging.getLogger(__name__)
@@ -226,10 +226,10 @@ def _unique_names(run_dirs: Sequence[Path]) -> list[str]:
     """Each run's folder name, or where runs share it, the fewest trailing folders of their paths
     that tell them apart, joined by ``-`` (``flagship-runs-xception``: it names files too; a run
     whose name is its own keeps it); RunDirError when one run is given twice."""
-    resolved = [d.resolve() for d in run_dirs]
-    twice = next((d for i, d in enumerate(run_dirs) if resolved[i] in resolved[:i]), None)
+    twice = listed_twice(run_dirs)
     if twice is not None:
         raise RunDirError(f"{twice}: the same run is given twice")
+    resolved = [d.resolve() for d in run_dirs]
     folders = [d.parts[1:] for d in resolved]  # without the root
     depths = [1] * len(folders)
     while True:

@@ -196,6 +196,13 @@ class Predictor:
                     f"{run.root}: an ensemble scores each member's own exported file; "
                     "onnx_file names a single model's"
                 )
+            changed = run.changed_members()
+            if changed:
+                raise RunDirError(
+                    f"{run.root}: the weights of its member {changed[0].root} changed since the "
+                    "ensemble was made (its threshold and OOD model were chosen on the old ones); "
+                    "run `pneumolab ensemble` on the members again"
+                )
             members = [cls._load(m.root, device, backend, None, cache) for m in run.member_runs()]
             scorers = [at_size(m.scorer, m.image_size) for m in members]
             return cls(None, meta, mean_scores(scorers), ood)

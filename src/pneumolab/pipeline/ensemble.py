@@ -24,7 +24,13 @@ from pneumolab.data.layout import Sample
 from pneumolab.errors import ConfigError, RunDirError
 from pneumolab.pipeline.finalise import finalise
 from pneumolab.pipeline.ood_fit import ensemble_ood
-from pneumolab.run import RunDir, read_predictions, split_mismatch, weights_digest
+from pneumolab.run import (
+    RunDir,
+    listed_twice,
+    read_predictions,
+    split_mismatch,
+    weights_digest,
+)
 from pneumolab.run_meta import ENSEMBLE_STRATEGY, RunDescription, RunMeta, TrainingSummary
 
 T = TypeVar("T")
@@ -34,6 +40,9 @@ log = logging.getLogger(__name__)
 def _check_compatible(runs: list[RunDir], metas: list[RunMeta]) -> None:
     if len(runs) < 2:
         raise RunDirError("an ensemble needs at least two finished runs")
+    twice = listed_twice([run.root for run in runs])
+    if twice is not None:  # its one network would be counted twice
+        raise RunDirError(f"{twice}: the same run is given twice; list each member once")
     nested = [r.root for r, meta in zip(runs, metas, strict=True) if meta.is_ensemble]
     if nested:
         raise RunDirError(f"{nested[0]}: is an ensemble; list its members instead")

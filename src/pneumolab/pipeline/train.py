@@ -6,6 +6,7 @@ test-time augmentation for the run's ``--tta`` threshold."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from pneumolab.config import TrainConfig
 from pneumolab.data.dataset import decode_samples
 from pneumolab.data.layout import find_splits, scan_split
 from pneumolab.data.subtypes import subtype_labels
+from pneumolab.errors import DataLayoutError
 from pneumolab.evaluation.subtypes import subtype_metrics
 from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.inference.scores import torch_scorer, with_tta
@@ -31,6 +33,8 @@ from pneumolab.run_meta import RunDescription
 from pneumolab.training.distributed import on_rank_zero
 from pneumolab.training.tracking import log_run_files
 from pneumolab.training.train import TrainedModel, train_model
+
+log = logging.getLogger(__name__)
 
 
 def train(
@@ -115,10 +119,17 @@ def describe_trained(trained: TrainedModel) -> RunDescription:
 def official_val_scores(
     model: XrayClassifier, data_root: Path, config: TrainConfig
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Labels and probabilities of the dataset's own small ``val/`` folder, when it has one."""
+    """Labels and probabilities of the dataset's own small ``val/`` folder, when it has one and
+    it holds both classes (only reported: a bad one is named in a warning, never fails the run
+    after its training)."""
     folder = find_splits(data_root).get("val")
     if folder is None:
         return None
-    official = decode_samples(scan_split(folder), config.image_size)
+    try:
+        samples = scan_split(folder)
+    except DataLayoutError as exc:
+        log.warning("the dataset's val/ folder is not scored: %s", exc)
+        return None
+    official = decode_samples(samples, config.image_size)
     labels = np.array([s.label for s in official.samples])
     return labels, predict_pixels(model, official.pixels, config.intensity)

@@ -28,7 +28,13 @@ import yaml
 
 from pneumolab.config import TrainConfig, flags_given, load_yaml, network_settings, resolve_config
 from pneumolab.data.layout import CLASS_NAMES, find_splits, scan_split
-from pneumolab.errors import ConfigError, OutputError, PneumolabError, TrainingInterrupted
+from pneumolab.errors import (
+    ConfigError,
+    ModelError,
+    OutputError,
+    PneumolabError,
+    TrainingInterrupted,
+)
 from pneumolab.evaluation.comparison import (
     ComparisonRow,
     compare_run,
@@ -39,10 +45,11 @@ from pneumolab.evaluation.figures import sample_grid_figure, save_figure
 from pneumolab.evaluation.selection import Margins, margins_over, smallest_untold, warn_untold
 from pneumolab.files import write_text_atomically
 from pneumolab.inference.score_cache import ScoreCache
+from pneumolab.models.registry import check_model_name, find_local_weights
 from pneumolab.outputs import working_in
 from pneumolab.pipeline.ensemble import build_ensemble
 from pneumolab.pipeline.train import train
-from pneumolab.run import RunDir, split_mismatch, weights_digest
+from pneumolab.run import RunDir, split_mismatch
 from pneumolab.study.config import StudyConfig, load_study
 from pneumolab.training.distributed import global_rank, on_rank_zero
 
@@ -97,9 +104,16 @@ def _check_ensemble_run(run: RunDir) -> None:
 
 
 def _check_outputs(study_dir: Path, configs: dict[str, TrainConfig], ensembles: list[str]) -> None:
-    """Every refusal that needs no training, before anything is written: run folders holding
-    other networks, a ``best`` that is not a link."""
+    """Every refusal that needs no training, before anything is written: unknown architectures,
+    weights paths that do not exist, run folders holding other networks, a ``best`` that is not
+    a link."""
     for name, config in configs.items():
+        try:
+            check_model_name(config.model)
+            if config.pretrained:
+                find_local_weights(config.model, config.weights)
+        except ModelError as exc:
+            raise ConfigError(f"model {name}: {exc}") from None
         _check_model_run(config, RunDir(study_dir / "runs" / name))
     for name in ensembles:
         _check_ensemble_run(RunDir(study_dir / "runs" / name))
@@ -161,9 +175,9 @@ def _ensemble_is_current(run: RunDir, members: list[RunDir]) -> bool:
         return False
     if [m.root.resolve() for m in run.member_runs()] != [m.root.resolve() for m in members]:
         return False
-    recorded = run.read_meta().member_weights
-    if recorded:  # a copy of the folders, or a touched file, has new times but the same weights
-        return recorded == [weights_digest(m.root) for m in members]
+    changed = run.changed_members()
+    if changed is not None:  # a copy of the folders, or a touched file, has new times, same weights
+        return not changed
     built_at = run.meta.stat().st_mtime
     return all(m.weights.stat().st_mtime <= built_at for m in members)
 

@@ -7,12 +7,18 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from pneumolab.config import TrainConfig, network_settings
 from pneumolab.errors import RunDirError
 from pneumolab.files import write_bytes_atomically
+
+HOW_RUN = frozenset({"accelerator", "devices", "num_nodes", "distributed_strategy", "precision"})
+"""Settings a resume may change: where and how it runs, not what it trains (with ``weights``,
+the starting point already in the checkpoint)."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -47,3 +53,42 @@ def check_checkpoint(path: Path) -> Path:
             "disk); the run cannot be resumed from it: delete the run folder and train again"
         )
     return path
+
+
+def resume_settings(config: TrainConfig) -> dict[str, Any]:
+    """What a resumed run must still train with: :func:`~pneumolab.config.network_settings`
+    but the hardware (:data:`HOW_RUN`) and the starting weights."""
+    return {
+        key: value
+        for key, value in network_settings(config).items()
+        if key not in HOW_RUN | {"weights"}
+    }
+
+
+class RunSettings(L.Callback):
+    """Files :func:`resume_settings` in every checkpoint, for :func:`check_resumed_settings`."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.settings = resume_settings(config)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"settings": self.settings}
+
+
+def check_resumed_settings(checkpoint: Path, config: TrainConfig, config_file: Path) -> None:
+    """RunDirError naming the settings of ``config_file`` that differ from those ``checkpoint``
+    was trained with (an edited config.yaml: another architecture failed to load with a
+    traceback, fewer epochs than done too, another image size mixed two sizes silently). A
+    checkpoint from before settings were filed passes."""
+    saved = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)
+    filed = saved.get("callbacks", {}).get(RunSettings.__qualname__, {}).get("settings")
+    if filed is None:
+        return
+    now = resume_settings(config)
+    changed = sorted(key for key in filed.keys() | now.keys() if filed.get(key) != now.get(key))
+    if changed:
+        was = ", ".join(f"{key}: {filed.get(key)!r} -> {now.get(key)!r}" for key in changed)
+        raise RunDirError(
+            f"{config_file}: changed since {checkpoint.name} was saved ({was}); a resume continues "
+            "the training it started: put the settings back, or train a new run"
+        )

@@ -29,7 +29,12 @@ from pneumolab.models.classifier import XrayClassifier
 from pneumolab.run import RunDir
 from pneumolab.run_meta import DistributedTraining, FeatureCacheStats, TrainingSummary
 from pneumolab.training.callbacks import HistoryCSV, RunCheckpoint, progress_display
-from pneumolab.training.checkpoint_io import AtomicCheckpointIO, check_checkpoint
+from pneumolab.training.checkpoint_io import (
+    AtomicCheckpointIO,
+    RunSettings,
+    check_checkpoint,
+    check_resumed_settings,
+)
 from pneumolab.training.datamodule import XrayDataModule
 from pneumolab.training.distill import Teacher
 from pneumolab.training.distributed import (
@@ -121,6 +126,7 @@ def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callba
         *checkpoints,
         *stopping,
         HistoryCSV(run.history),
+        RunSettings(config),
         TrainingCompute(),
         progress,
         *callbacks,
@@ -217,6 +223,8 @@ def _run_fit(
             # a resume writes into its own checkpoints folder, as it should
             warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
             resume_from = check_checkpoint(data.run.last_checkpoint) if resume else None
+            if resume_from is not None:
+                check_resumed_settings(resume_from, data.config, data.run.config)
             trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     except SystemExit:  # Lightning turns Ctrl+C into sys.exit(1) after a graceful shutdown
         if not trainer.interrupted:
