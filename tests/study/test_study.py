@@ -411,6 +411,17 @@ def test_an_unknown_model_or_weights_path_is_refused_before_any_training(tmp_pat
         assert not (tmp_path / "out").exists()
 
 
+def test_a_folder_that_is_not_a_study_is_refused(tmp_path):
+    data = write_synthetic_dataset(tmp_path / "data", per_class=2)
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "results.md").write_text("someone's notes")
+    study_file = _study_file(tmp_path / "s.yaml", [{"name": "a", "model": "pneumolab_cnn_small"}])
+    with pytest.raises(OutputError, match=r"notes: holds results\.md and is not a study's folder"):
+        run_study(study_file, data, out)
+    assert (out / "results.md").read_text() == "someone's notes"
+
+
 def test_shipped_study_files_are_valid():
     from pathlib import Path
 

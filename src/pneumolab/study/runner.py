@@ -245,6 +245,12 @@ def _run_study(
     data_dir, study_dir = Path(data_dir).resolve(), Path(out_dir)
     if RunDir(study_dir).looks_like_run:
         raise OutputError(f"{study_dir}: is a run directory; give the study a folder of its own")
+    held = sorted(p.name for p in study_dir.iterdir() if not p.name.startswith("."))
+    if held and not {"study.yaml", "runs"} & set(held):  # its results.md was replaced silently
+        raise OutputError(
+            f"{study_dir}: holds {', '.join(held[:3])}{'...' if len(held) > 3 else ''} and is not "
+            "a study's folder (no study.yaml, no runs/); give --out a new or empty folder"
+        )
     _check_outputs(study_dir, configs, [ensemble.name for ensemble in study.ensembles])
     if global_rank() == 0:
         (study_dir / "runs").mkdir(parents=True, exist_ok=True)
