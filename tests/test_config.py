@@ -113,3 +113,12 @@ def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
         ConfigError, match=r"study\.yaml: invalid YAML \('epochs' is given twice.*line 5"
     ):
         load_yaml(path)
+
+
+def test_merge_keys_may_be_overridden_and_odd_keys_are_named(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("base: &b {epochs: 1, lr: 0.1}\nmodel:\n  <<: *b\n  epochs: 2\n")
+    assert load_yaml(path)["model"] == {"epochs": 2, "lr": 0.1}
+    path.write_text("? [a, b]\n: 1\n")  # a list as a key
+    with pytest.raises(ConfigError, match=r"study\.yaml: invalid YAML \(.*unhashable key"):
+        load_yaml(path)

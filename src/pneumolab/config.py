@@ -301,6 +301,9 @@ def network_settings(config: TrainConfig) -> dict[str, Any]:
     return settings
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class _UniqueKeysLoader(yaml.SafeLoader):
     """PyYAML's safe loader, refusing a key given twice in one mapping (it kept the last one: a
     second ``models:`` block replaced the first, a second ``epochs:`` won silently)."""
@@ -308,8 +311,12 @@ class _UniqueKeysLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == MERGE_TAG:  # `<<: *defaults`: its keys may be overridden here
+                continue
             key = self.construct_object(key_node, deep=True)
-            if isinstance(key, Hashable) and key in seen:
+            if not isinstance(key, Hashable):  # refused by PyYAML itself, by name
+                continue
+            if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"{key!r} is given twice in one mapping", key_node.start_mark
                 )

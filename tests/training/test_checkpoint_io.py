@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 
 from pneumolab.config import TrainConfig
 from pneumolab.errors import RunDirError
 from pneumolab.run import RunDir
-from pneumolab.training.checkpoint_io import AtomicCheckpointIO, check_checkpoint
+from pneumolab.training.checkpoint_io import (
+    AtomicCheckpointIO,
+    check_checkpoint,
+    check_resumed_settings,
+    resume_settings,
+)
 from pneumolab.training.fit import build_trainer
 
 
@@ -71,3 +78,37 @@ for save in (lambda p: save_weights(torch.nn.Linear(100, 100), p),
     )
     assert done.stdout.splitlines() == [f"OSError {target}"] * 2, done.stderr[-2000:]
     assert [p.name for p in tmp_path.iterdir()] == []
+
+
+class _Runs:
+    """An object whose unpickling runs code (what a run folder from elsewhere could hold)."""
+
+    def __reduce__(self):
+        return (print, ("ran code",))
+
+
+def test_a_resume_compares_the_filed_settings_safely(tmp_path, capsys):
+    config, checkpoint = TrainConfig(), tmp_path / "last.ckpt"
+
+    def filed(**changes):
+        settings = resume_settings(config) | changes
+        settings.pop("head_init")  # filed by a pneumolab from before that setting
+        torch.save({"callbacks": {"RunSettings": {"settings": settings}}}, checkpoint)
+
+    filed()
+    check_resumed_settings(checkpoint, config, tmp_path / "config.yaml")  # the default: passes
+    with pytest.raises(RunDirError, match=r"head_init: 'fan_in' -> 'zero'"):
+        check_resumed_settings(
+            checkpoint, config.model_copy(update={"head_init": "zero"}), tmp_path / "config.yaml"
+        )
+    filed(devices=2)  # the schedule's length depends on the number of processes
+    with pytest.raises(
+        RunDirError, match=r"config\.yaml: changed since last\.ckpt.*devices: 2 -> 1"
+    ):
+        check_resumed_settings(checkpoint, config, tmp_path / "config.yaml")
+    filed(precision="bf16-mixed")  # what it computes on may change
+    check_resumed_settings(checkpoint, config, tmp_path / "config.yaml")
+    torch.save({"callbacks": {"RunSettings": {"settings": _Runs()}}}, checkpoint)
+    with pytest.raises(pickle.UnpicklingError):
+        check_resumed_settings(checkpoint, config, tmp_path / "config.yaml")
+    assert "ran code" not in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -150,18 +151,14 @@ def scan_split(split_dir: Path) -> list[Sample]:
             f"{split_dir}: missing class folder(s) {missing}; found {found}. "
             f"Expected one folder per class: {list(CLASS_NAMES)}"
         )
-    others = [
+    class_names = {name.lower() for name in CLASS_NAMES}
+    others = tuple(
         path.name
         for name, path in classes.items()
-        if name not in LAYOUT_NAMES and name not in SCAN_LITTER and not name.startswith(".")
-    ]
+        if name not in class_names and name not in SCAN_LITTER and not name.startswith(".")
+    )
     if others:
-        log.warning(
-            "%s: folder(s) %s left out: not one of the classes %s",
-            split_dir,
-            ", ".join(map(printable, others)),
-            list(CLASS_NAMES),
-        )
+        _warn_left_out(split_dir, others)
     samples: list[Sample] = []
     for label, name in enumerate(CLASS_NAMES):
         folder = classes[name.lower()]
@@ -177,6 +174,16 @@ def scan_split(split_dir: Path) -> list[Sample]:
             check_utf8_name(sample.path)  # the run's split and score files are UTF-8 text
         samples += images
     return samples
+
+
+@functools.cache
+def _warn_left_out(split_dir: Path, folders: tuple[str, ...]) -> None:
+    """Name the folders of a split that are not classes, once per process (a study scans each
+    split once per model)."""
+    names = ", ".join(map(printable, folders))
+    log.warning(
+        "%s: folder(s) %s left out: not one of the classes %s", split_dir, names, list(CLASS_NAMES)
+    )
 
 
 def scan_dataset(root: Path) -> dict[str, list[Sample]]:

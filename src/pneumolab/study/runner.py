@@ -108,13 +108,15 @@ def _check_outputs(study_dir: Path, configs: dict[str, TrainConfig], ensembles: 
     weights paths that do not exist, run folders holding other networks, a ``best`` that is not
     a link."""
     for name, config in configs.items():
+        run = RunDir(study_dir / "runs" / name)
+        started = run.is_complete() or run.last_checkpoint.is_file()  # its start weights used
         try:
             check_model_name(config.model)
-            if config.pretrained:
+            if config.pretrained and not started:
                 find_local_weights(config.model, config.weights)
         except ModelError as exc:
             raise ConfigError(f"model {name}: {exc}") from None
-        _check_model_run(config, RunDir(study_dir / "runs" / name))
+        _check_model_run(config, run)
     for name in ensembles:
         _check_ensemble_run(RunDir(study_dir / "runs" / name))
     best = study_dir / "best"

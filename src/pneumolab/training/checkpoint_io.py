@@ -16,9 +16,10 @@ from pneumolab.config import TrainConfig, network_settings
 from pneumolab.errors import RunDirError
 from pneumolab.files import write_bytes_atomically
 
-HOW_RUN = frozenset({"accelerator", "devices", "num_nodes", "distributed_strategy", "precision"})
-"""Settings a resume may change: where and how it runs, not what it trains (with ``weights``,
-the starting point already in the checkpoint)."""
+HOW_RUN = frozenset({"accelerator", "distributed_strategy", "precision"})
+"""Settings a resume may change: on what and how it computes, not what it trains (with
+``weights``, the starting point already in the checkpoint). Not the number of processes
+(``devices``, ``num_nodes``): the learning-rate schedule's length depends on it."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -79,16 +80,18 @@ def check_resumed_settings(checkpoint: Path, config: TrainConfig, config_file: P
     """RunDirError naming the settings of ``config_file`` that differ from those ``checkpoint``
     was trained with (an edited config.yaml: another architecture failed to load with a
     traceback, fewer epochs than done too, another image size mixed two sizes silently). A
-    checkpoint from before settings were filed passes."""
-    saved = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)
+    checkpoint from before settings were filed passes. Read with ``weights_only``: a run folder
+    from elsewhere runs no code here."""
+    saved = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=True)
     filed = saved.get("callbacks", {}).get(RunSettings.__qualname__, {}).get("settings")
     if filed is None:
         return
-    now = resume_settings(config)
-    changed = sorted(key for key in filed.keys() | now.keys() if filed.get(key) != now.get(key))
+    now, defaults = resume_settings(config), resume_settings(TrainConfig())
+    was = defaults | filed  # a setting newer than the checkpoint was trained at its default
+    changed = sorted(key for key in now if was[key] != now[key])
     if changed:
-        was = ", ".join(f"{key}: {filed.get(key)!r} -> {now.get(key)!r}" for key in changed)
+        edits = ", ".join(f"{key}: {was[key]!r} -> {now[key]!r}" for key in changed)
         raise RunDirError(
-            f"{config_file}: changed since {checkpoint.name} was saved ({was}); a resume continues "
+            f"{config_file}: changed since {checkpoint.name} was saved ({edits}); a resume continues "
             "the training it started: put the settings back, or train a new run"
         )
