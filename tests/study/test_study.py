@@ -411,6 +411,22 @@ def test_an_unknown_model_or_weights_path_is_refused_before_any_training(tmp_pat
         assert not (tmp_path / "out").exists()
 
 
+def test_a_finished_model_needs_no_starting_weights(tmp_path):
+    from conftest import TINY_TRAINING, write_backbone_weights
+    from pneumolab.config import TrainConfig
+    from pneumolab.pipeline.train import train
+    from pneumolab.study.runner import _check_outputs
+
+    data = write_synthetic_dataset(tmp_path / "data", per_class=8)
+    weights = write_backbone_weights(tmp_path / "w.safetensors", 0)
+    config = TrainConfig(epochs=1, **(TINY_TRAINING | {"pretrained": True, "weights": weights}))
+    train(data, tmp_path / "study" / "runs" / "m", config)
+    Path(weights).unlink()  # the study is re-run to compare again: it reuses the finished model
+    _check_outputs(tmp_path / "study", {"m": config}, [])
+    with pytest.raises(ConfigError, match=r"model new: .*w\.safetensors: weights file or folder"):
+        _check_outputs(tmp_path / "study", {"m": config, "new": config}, [])
+
+
 def test_a_folder_that_is_not_a_study_is_refused(tmp_path):
     data = write_synthetic_dataset(tmp_path / "data", per_class=2)
     out = tmp_path / "notes"
