@@ -295,9 +295,15 @@ def network_settings(config: TrainConfig) -> dict[str, Any]:
     seed as used (``split_seed`` none means the seed) and paths (weights, teacher) resolved, so
     that two spellings of one file are one setting."""
     settings = config.model_dump(exclude=set(RUN_ENVIRONMENT)) | {"split_seed": config.data_seed}
+    return _with_resolved_paths(settings)
+
+
+def _with_resolved_paths(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with the weights and teacher paths absolute (a relative one means another
+    file from another folder)."""
     for key in ("weights", "teacher"):
         if settings[key] is not None:
-            settings[key] = str(Path(settings[key]).resolve())
+            settings[key] = str(Path(settings[key]).expanduser().resolve())
     return settings
 
 
@@ -391,5 +397,7 @@ def validation_problems(exc: ValidationError, root: str) -> str:
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML."""
-    write_text_atomically(path, yaml.safe_dump(config.model_dump(), sort_keys=False))
+    """Write the resolved config as YAML, its weights and teacher paths absolute (a study re-run
+    from another folder compares them as the same files)."""
+    settings = _with_resolved_paths(config.model_dump())
+    write_text_atomically(path, yaml.safe_dump(settings, sort_keys=False))

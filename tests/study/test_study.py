@@ -427,6 +427,25 @@ def test_a_finished_model_needs_no_starting_weights(tmp_path):
         _check_outputs(tmp_path / "study", {"m": config, "new": config}, [])
 
 
+def test_a_weights_path_spelled_from_another_folder_is_the_same_setting(tmp_path, monkeypatch):
+    """Stored as typed, a relative path was compared against the new working folder."""
+    from conftest import TINY_TRAINING, write_backbone_weights
+    from pneumolab.config import TrainConfig
+    from pneumolab.pipeline.train import train
+    from pneumolab.study.runner import _check_outputs
+
+    data = write_synthetic_dataset(tmp_path / "data", per_class=8)
+    (tmp_path / "wk").mkdir()
+    write_backbone_weights(tmp_path / "wk" / "w.safetensors", 0)
+    settings = TINY_TRAINING | {"pretrained": True, "epochs": 1}
+    monkeypatch.chdir(tmp_path / "wk")
+    train(data, tmp_path / "study" / "runs" / "m", TrainConfig(weights="w.safetensors", **settings))
+    monkeypatch.chdir(tmp_path)
+    _check_outputs(
+        tmp_path / "study", {"m": TrainConfig(weights="wk/w.safetensors", **settings)}, []
+    )
+
+
 def test_a_folder_that_is_not_a_study_is_refused(tmp_path):
     data = write_synthetic_dataset(tmp_path / "data", per_class=2)
     out = tmp_path / "notes"
