@@ -457,6 +457,16 @@ def test_a_folder_that_is_not_a_study_is_refused(tmp_path):
     assert (out / "results.md").read_text() == "someone's notes"
 
 
+def test_another_rank_does_not_list_the_folder_rank_0_has_not_made_yet(tmp_path, monkeypatch):
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    data = write_synthetic_dataset(tmp_path / "data", per_class=2)  # too few: fails fast
+    study_file = _study_file(tmp_path / "s.yaml", [{"name": "a", "model": "pneumolab_cnn_small"}])
+    monkeypatch.setattr(rank_zero_only, "rank", 1)  # a DDP rank before the process group
+    result = run_study(study_file, data, tmp_path / "new")  # FileNotFoundError listing it
+    assert list(result.failed) == ["a"] and not (tmp_path / "new").exists()
+
+
 def test_shipped_study_files_are_valid():
     from pathlib import Path
 

@@ -247,7 +247,9 @@ def _run_study(
     data_dir, study_dir = Path(data_dir).resolve(), Path(out_dir)
     if RunDir(study_dir).looks_like_run:
         raise OutputError(f"{study_dir}: is a run directory; give the study a folder of its own")
-    held = sorted(p.name for p in study_dir.iterdir() if not p.name.startswith("."))
+    # rank 0 made the folder; another rank may look before it has
+    entries = study_dir.iterdir() if study_dir.is_dir() else iter(())
+    held = sorted(p.name for p in entries if not p.name.startswith("."))
     if held and not {"study.yaml", "runs"} & set(held):  # its results.md was replaced silently
         raise OutputError(
             f"{study_dir}: holds {', '.join(held[:3])}{'...' if len(held) > 3 else ''} and is not "
