@@ -114,18 +114,11 @@ def cmd_fit_ood(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """`pneumolab audit`: scope and score a site's folder, write the audit page."""
-    from pneumolab.evaluation.audit import audit_folder
     from pneumolab.evaluation.metrics import format_share
-    from pneumolab.outputs import working_in
-    from pneumolab.reporting.audit_page import audit_files, write_audit
-    from pneumolab.run import RunDir
+    from pneumolab.reporting.audit_page import audit_into
 
     out = args.out or args.run_dir / "audit" / args.folder.resolve().name
-    RunDir(args.run_dir).read_meta()  # a missing run named as such, before a folder is made in it
-    audit_files(out, args.folder, args.overwrite)  # refused before the images are scored
-    with working_in(Path(out), "auditing"):  # so is a second audit writing the same folder
-        audit = audit_folder(args.run_dir, args.folder, args.batch_size)
-        files = write_audit(audit, out, args.overwrite)
+    audit, files = audit_into(args.run_dir, args.folder, out, args.overwrite, args.batch_size)
     summary = audit.summary()
     console.print(
         f"{summary.images} images ({summary.unreadable} unreadable), "

@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from pneumolab.evaluation.audit import SiteAudit, records_table
+from pneumolab.evaluation.audit import SiteAudit, audit_folder, records_table
 from pneumolab.evaluation.figures import figure_png
 from pneumolab.evaluation.metrics import format_share
 from pneumolab.files import staged_files
-from pneumolab.outputs import check_apart, check_output
+from pneumolab.outputs import check_apart, check_output, working_in
 from pneumolab.reporting.html import png_data_uri
+from pneumolab.run import RunDir
 
 
 def audit_figure(audit: SiteAudit) -> bytes:
@@ -161,3 +162,21 @@ def write_audit(audit: SiteAudit, out_dir: str | Path, overwrite: bool = False) 
             writer.writeheader()
             writer.writerows(rows)
     return files
+
+
+def audit_into(
+    run_dir: str | Path,
+    folder: str | Path,
+    out_dir: str | Path,
+    overwrite: bool = False,
+    batch_size: int = 32,
+) -> tuple[SiteAudit, dict[str, Path]]:
+    """Audit ``folder`` with the run (:func:`~pneumolab.evaluation.audit.audit_folder`) and write
+    its files into ``out_dir`` (:func:`write_audit`): a missing run and files that may not be
+    written are refused before any image is scored, and ``out_dir`` is locked meanwhile (a
+    second audit writing it is refused, not left to replace the first's files)."""
+    RunDir(Path(run_dir)).read_meta()  # a missing run named as such, before a folder is made
+    audit_files(out_dir, folder, overwrite)
+    with working_in(Path(out_dir), "auditing"):
+        audit = audit_folder(run_dir, folder, batch_size)
+        return audit, write_audit(audit, out_dir, overwrite)
