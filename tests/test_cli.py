@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 import pneumolab
+from conftest import xray_like
 from pneumolab.cli import main
 
 pytestmark = pytest.mark.slow  # trains its own models
@@ -317,3 +318,26 @@ def test_an_interrupt_while_the_command_line_loads_is_no_traceback(monkeypatch, 
     monkeypatch.setattr(sys, "meta_path", [Interrupted(), *sys.meta_path])
     assert console_script() == 130
     assert capsys.readouterr().err == "interrupted\n"
+
+
+@pytest.mark.parametrize("command", ["predict", "audit", "explain"])
+def test_max_megapixels_refuses_larger_images_by_name(tiny_run, tmp_path, capsys, command):
+    """``--max-megapixels`` as ``serve`` has it: an image over it is refused from its header,
+    named, and the others still run; at the default the same image is read."""
+    run_dir, _ = tiny_run
+    folder = tmp_path / "site"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(xray_like(rng, 120, 20, (150, 150))).save(folder / "big.png")  # 22,500 px
+    Image.fromarray(xray_like(rng, 120, 20, (60, 60))).save(folder / "small.png")  # 3,600 px
+    out = tmp_path / "out"
+    where = [] if command == "predict" else ["--out", str(out)]
+    capsys.readouterr()
+    assert main([command, str(run_dir), str(folder), *where, "--max-megapixels", "0.01"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    if command == "audit":  # the audit names each unreadable file in its images.csv
+        errors = [line for line in (out / "images.csv").read_text().splitlines() if "limit" in line]
+    assert len(errors) == 1
+    assert "big.png" in errors[0] and "150x150 pixels is over the limit of 10,000" in errors[0]
+    again = [] if command == "predict" else ["--overwrite"]
+    assert main([command, str(run_dir), str(folder), *where, *again]) == 0

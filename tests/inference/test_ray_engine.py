@@ -22,7 +22,12 @@ from pneumolab.inference.batch import predict_to_file, producer_of
 from pneumolab.inference.inputs import expand_paths
 from pneumolab.inference.prediction import OUT_OF_SCOPE_LABEL
 from pneumolab.inference.predictor import Predictor
-from pneumolab.inference.ray_engine import RayOptions, import_ray, predict_with_ray
+from pneumolab.inference.ray_engine import (
+    RayOptions,
+    decode_batch,
+    import_ray,
+    predict_with_ray,
+)
 from pneumolab.inference.results_file import FIELDS, NotAResultsFile
 from pneumolab.inference.results_table import read_results
 
@@ -197,3 +202,18 @@ def test_rows_the_workers_did_not_write_here_are_an_error_not_a_silent_gap(
     with pytest.raises(OutputError, match=r"images scored have no row there"):
         predict_with_ray(predictor, images[:3], out, RayOptions())
     assert not out.exists()
+
+
+def test_decoding_tasks_keep_the_predictors_pixel_limit(tmp_path):
+    """The Ray decoding task refuses an image over the ``max_pixels`` it is given (the
+    predictor's, ``--max-megapixels``) by name, as the single-process path does."""
+    import numpy as np
+
+    Image.new("L", (100, 100), 90).save(tmp_path / "big.png")
+    Image.new("L", (20, 20), 90).save(tmp_path / "small.png")
+    sources = np.array([str(tmp_path / "big.png"), str(tmp_path / "small.png")], dtype=object)
+    batch = {"source": sources, "chunk": np.zeros(2, dtype=int)}
+    decoded = decode_batch(batch, image_size=32, max_pixels=5_000)
+    assert "big.png: 100x100 pixels is over the limit of 5,000" in decoded["error"][0]
+    assert decoded["error"][1] == ""
+    assert decode_batch(batch, image_size=32)["error"].tolist() == ["", ""]

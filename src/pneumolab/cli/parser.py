@@ -41,6 +41,16 @@ def add_backend_flags(parser: argparse.ArgumentParser, onnx_note: str = "") -> N
     )
 
 
+def add_max_megapixels_flag(parser: argparse.ArgumentParser) -> None:
+    """``--max-megapixels``: the largest image decoded (refused from its header above it)."""
+    parser.add_argument(
+        "--max-megapixels",
+        type=bounded(float, 0.01, 178),  # Pillow refuses more than 2 x its own limit
+        default=50,
+        help="largest image decoded, in megapixels (refused from its header; at most 178)",
+    )
+
+
 def _add_data(commands: Subcommands) -> None:
     data = commands.add_parser("data", help="dataset utilities").add_subparsers(
         dest="data_command", required=True
@@ -178,6 +188,7 @@ def _add_predict(commands: Subcommands) -> None:
     predict.add_argument(
         "--workers", type=POSITIVE_INT, help="image decoding threads (default: one per core)"
     )
+    add_max_megapixels_flag(predict)
     engine = predict.add_argument_group("engine (docs/scaling.md)")
     engine.add_argument(
         "--engine",
@@ -218,6 +229,7 @@ def _add_audit(commands: Subcommands) -> None:
     )
     audit.add_argument("--batch-size", type=POSITIVE_INT, default=32)
     audit.add_argument("--overwrite", action="store_true", help="replace an earlier audit there")
+    add_max_megapixels_flag(audit)
     audit.set_defaults(func=run_cmd.cmd_audit)
 
 
@@ -263,12 +275,7 @@ def _add_serve(commands: Subcommands) -> None:
         default=20,
         help="largest upload (MB)",
     )
-    serve.add_argument(
-        "--max-megapixels",
-        type=bounded(float, 0.01, 178),  # Pillow refuses more than 2 x its own limit
-        default=50,
-        help="largest image decoded, in megapixels (refused from its header; at most 178)",
-    )
+    add_max_megapixels_flag(serve)
     serve.add_argument(
         "--max-decodes", type=bounded(int, 1, 64), default=2, help="images decoded at once"
     )
@@ -296,6 +303,7 @@ def _add_explain(commands: Subcommands) -> None:
     explain.add_argument("images", nargs="+", type=Path, help="image files or folders")
     explain.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
     explain.add_argument("--overwrite", action="store_true", help="replace PNGs already in --out")
+    add_max_megapixels_flag(explain)
     explain.set_defaults(func=run_cmd.cmd_explain)
 
 

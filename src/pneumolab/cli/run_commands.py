@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     from pneumolab.inference.predictor import Predictor
 
 
+def max_pixels(args: argparse.Namespace) -> int:
+    """``--max-megapixels`` in pixels."""
+    return int(args.max_megapixels * 1_000_000)
+
+
 def _predict_to_file(args: argparse.Namespace, predictor: Predictor, paths: list[Path]) -> int:
     if args.engine == "ray":
         from pneumolab.inference.ray_engine import RayOptions, predict_with_ray
@@ -73,7 +78,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             )
     export_if_asked(args, [args.run_dir])
     predictor = Predictor.from_run(
-        args.run_dir, backend=args.backend, tta=args.tta, scope_verdict=not args.keep_label
+        args.run_dir,
+        backend=args.backend,
+        tta=args.tta,
+        scope_verdict=not args.keep_label,
+        max_pixels=max_pixels(args),
     )
     if args.out:
         return _predict_to_file(args, predictor, paths)
@@ -118,7 +127,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from pneumolab.reporting.audit_page import audit_into
 
     out = args.out or args.run_dir / "audit" / args.folder.resolve().name
-    audit, files = audit_into(args.run_dir, args.folder, out, args.overwrite, args.batch_size)
+    audit, files = audit_into(
+        args.run_dir, args.folder, out, args.overwrite, args.batch_size, max_pixels(args)
+    )
     summary = audit.summary()
     console.print(
         f"{summary.images} images ({summary.unreadable} unreadable), "
@@ -166,7 +177,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     export_if_asked(args, [args.run_dir])
     limits = ServerLimits(
         max_upload_bytes=int(args.max_upload_mb * 1_000_000),
-        max_pixels=int(args.max_megapixels * 1_000_000),
+        max_pixels=max_pixels(args),
         max_decodes=args.max_decodes,
         decode_wait_s=args.decode_wait,
         header_timeout_s=args.header_timeout,
@@ -191,7 +202,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from pneumolab.explain.gradcam import explain_paths
 
     failures = 0
-    for result in explain_paths(args.run_dir, args.images, args.out, overwrite=args.overwrite):
+    explained = explain_paths(
+        args.run_dir, args.images, args.out, overwrite=args.overwrite, max_pixels=max_pixels(args)
+    )
+    for result in explained:
         if isinstance(result, PneumolabError):
             failures += 1
             report_error(result)

@@ -32,7 +32,8 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 RAISE_THE_LIMIT = (
     "if the image is genuine, raise the limit "
-    "(pneumolab serve: --max-megapixels; Python: load_image(..., max_pixels=...))"
+    "(pneumolab predict, audit, explain, serve: --max-megapixels; "
+    "Python: Predictor.from_run(..., max_pixels=...))"
 )
 
 

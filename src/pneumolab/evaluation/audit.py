@@ -20,7 +20,7 @@ from PIL import Image
 from scipy.stats import ks_2samp
 
 from pneumolab.data.formats import IMAGE_SUFFIXES
-from pneumolab.data.imageio import is_dicom_file
+from pneumolab.data.imageio import DEFAULT_MAX_PIXELS, is_dicom_file
 from pneumolab.data.layout import CLASS_NAMES
 from pneumolab.errors import DataLayoutError, ImageLoadError
 from pneumolab.inference.inputs import expand_paths
@@ -224,8 +224,10 @@ def audit_folder(
     run_dir: str | Path,
     folder: str | Path,
     batch_size: int = 32,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> SiteAudit:
-    """Audit every image under ``folder`` with the run in ``run_dir`` (see the module doc)."""
+    """Audit every image under ``folder`` with the run in ``run_dir`` (see the module doc);
+    an image over ``max_pixels`` is an unreadable one, named as such."""
     folder = Path(folder)
     if not folder.is_dir() or not os.access(folder, os.R_OK | os.X_OK):
         problem = (
@@ -244,7 +246,7 @@ def audit_folder(
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise DataLayoutError(f"{folder}: no images ({suffixes}) in it, at any depth")
     run = RunDir(Path(run_dir))
-    predictor = Predictor.from_run(run.root)
+    predictor = Predictor.from_run(run.root, max_pixels=max_pixels)
     records = [
         _record(path, outcome, pixels)
         for path, outcome, pixels in predictor.score_paths(images, batch_size)

@@ -16,7 +16,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from pneumolab.data.imageio import load_image
+from pneumolab.data.imageio import DEFAULT_MAX_PIXELS, load_image
 from pneumolab.data.transforms import normalize_intensity
 from pneumolab.errors import ModelError, OutputError, PneumolabError, printable
 from pneumolab.evaluation.figures import save_figure
@@ -175,13 +175,17 @@ def explain_image(
 
 
 def explain_paths(
-    run_dir: str | Path, paths: Sequence[str | Path], out_dir: str | Path, overwrite: bool = False
+    run_dir: str | Path,
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    overwrite: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Iterator[Path | PneumolabError]:
     """Write one PNG per image (folders expanded) into ``out_dir``: the X-ray under its Grad-CAM
     heat map, probability and label in the title. Unreadable images, and PNGs already in
     ``out_dir`` (unless ``overwrite``), yield their error instead; OutputError where ``out_dir``
-    is an input folder or inside one."""
-    predictor = Predictor.from_run(run_dir)
+    is an input folder or inside one. Images over ``max_pixels`` are refused from their header."""
+    predictor = Predictor.from_run(run_dir, max_pixels=max_pixels)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: is a file; --out is the folder for the PNGs")
@@ -204,7 +208,7 @@ def explain_paths(
                         f"{out_file}: is one of the images to explain; give --out another folder"
                     )
                 check_output(out_file, overwrite)
-                image = load_image(path, size_hint=predictor.image_size)
+                image = load_image(path, predictor.image_size, max_pixels)
             except PneumolabError as exc:
                 yield exc
                 continue
@@ -214,7 +218,8 @@ def explain_paths(
                 f"(threshold {result.threshold:.3f}) — research tool, not a diagnosis"
             )
             try:  # a PNG another process wrote meanwhile is kept, as one found before
-                _figure(load_image(path, size_hint=FIGURE_PIXELS), heat, title, out_file, overwrite)
+                figure_image = load_image(path, FIGURE_PIXELS, max_pixels)
+                _figure(figure_image, heat, title, out_file, overwrite)
             except OutputError as exc:
                 yield exc
                 continue

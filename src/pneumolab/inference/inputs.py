@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from pneumolab.data.imageio import (
+    DEFAULT_MAX_PIXELS,
     array_to_image,
     is_dicom_file,
     load_image,
@@ -57,14 +58,17 @@ def _tensor_as_array(image: Any) -> Any:
     return tensor.float() if str(tensor.dtype) == "torch.bfloat16" else tensor
 
 
-def prepare_image(image: ImageInput, image_size: int) -> tuple[np.ndarray, ScopeChecks]:
+def prepare_image(
+    image: ImageInput, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, ScopeChecks]:
     """Any supported input to uint8 ``(1, S, S)`` NumPy pixels (``S = image_size``), exactly as
     in training, and the checks that need no network: a DICOM file's header, the image's size
-    and contrast. A function of its own so that decoding workers need no loaded model."""
+    and contrast. A file over ``max_pixels`` is refused from its header (ImageLoadError). A
+    function of its own so that decoding workers need no loaded model."""
     checks = ScopeChecks()
     if isinstance(image, str | Path):
         checks = file_header_checks(image)
-        pil = load_image(image, size_hint=image_size)
+        pil = load_image(image, size_hint=image_size, max_pixels=max_pixels)
     elif isinstance(image, Image.Image):  # EXIF orientation applied, as to files
         pil = to_grayscale(upright(image, "image"))
     elif isinstance(image, np.ndarray) or hasattr(image, "__array__"):  # a tensor too

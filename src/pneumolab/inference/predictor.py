@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import numpy as np
 
 from pneumolab.choices import BACKENDS, BackendName
+from pneumolab.data.imageio import DEFAULT_MAX_PIXELS
 from pneumolab.errors import ImageLoadError, RunDirError
 from pneumolab.inference.decoding import decoded_batches
 from pneumolab.inference.inputs import ImageInput, expand_paths, prepare_image
@@ -70,6 +71,8 @@ class Predictor:
             device = next(model.parameters()).device
             scorer = torch_scorer(model, self.intensity, module.to(device) if module else None)
         self.tta = False
+        self.max_pixels = DEFAULT_MAX_PIXELS
+        """Largest image file decoded (width x height); larger ones are refused from their header."""
         self.model = model.eval() if model is not None else None
         self.image_size = meta.image_size
         self.threshold = meta.threshold
@@ -127,6 +130,7 @@ class Predictor:
         tta: bool = False,
         scope_verdict: bool = True,
         cache: ScoreCache | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> Predictor:
         """Load the kept weights, metadata and OOD model of a finished run.
 
@@ -141,6 +145,8 @@ class Predictor:
         one keeps its plain threshold, with a warning). ``scope_verdict``: see :class:`Predictor`.
         ``cache``: every network (an ensemble's members each) answers pixels it has scored
         before from this :class:`~pneumolab.inference.score_cache.ScoreCache`.
+        ``max_pixels``: image files larger than this (width x height) are refused from their
+        header as possible decompression bombs.
         """
         if backend == "torch":  # the exported backends run without PyTorch, device unused
             check_device(device)
@@ -154,8 +160,9 @@ class Predictor:
             onnx_file=None if onnx_file is None else Path(onnx_file).absolute(),
             tta=tta,
             scope_verdict=scope_verdict,
+            max_pixels=max_pixels,
         )
-        predictor.scope_verdict = scope_verdict
+        predictor.scope_verdict, predictor.max_pixels = scope_verdict, max_pixels
         predictor.backend_name, predictor.tta = backend, tta
         if predictor.ood is None:
             log.warning(
@@ -242,7 +249,7 @@ class Predictor:
     def prepare(self, image: ImageInput) -> tuple[np.ndarray, ScopeChecks]:
         """Any supported input to uint8 ``(1, S, S)`` NumPy pixels, exactly as in training, and
         the checks that need no network (:func:`prepare_image` at this run's size)."""
-        return prepare_image(image, self.image_size)
+        return prepare_image(image, self.image_size, self.max_pixels)
 
     def preprocess_array(self, image: ImageInput) -> np.ndarray:
         """Any supported input to uint8 ``(1, S, S)`` NumPy pixels, exactly as in training."""

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from pneumolab.choices import BackendName
+from pneumolab.data.imageio import DEFAULT_MAX_PIXELS
 from pneumolab.data.layout import check_utf8_name
 from pneumolab.errors import ConfigError, ImageLoadError, OutputError, printable
 from pneumolab.inference.batch import BatchSummary, producer_of, result_row, result_sources
@@ -88,17 +89,19 @@ class RayOptions:
             )
 
 
-def decode_batch(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.ndarray]:
+def decode_batch(
+    batch: dict[str, np.ndarray], image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> dict[str, np.ndarray]:
     """Ray task: each ``source`` prepared as the single-process path does
     (:func:`~pneumolab.inference.inputs.prepare_image`: uint8 ``(S, S)`` pixels and the
-    scope checks, carried as JSON); an unreadable file gets blank pixels and its error.
-    ``chunk`` is passed through."""
+    scope checks, carried as JSON); an unreadable file, or one over ``max_pixels``, gets blank
+    pixels and its error. ``chunk`` is passed through."""
     sources = batch["source"]
     pixels = np.zeros((len(sources), image_size, image_size), dtype=np.uint8)
     checks = np.full(len(sources), "", dtype=object)
     errors = np.full(len(sources), "", dtype=object)
     for i, source in enumerate(sources):
-        outcome = attempt(lambda path: prepare_image(path, image_size), Path(source))
+        outcome = attempt(lambda path: prepare_image(path, image_size, max_pixels), Path(source))
         if isinstance(outcome, ImageLoadError):
             errors[i] = str(outcome)
             continue
@@ -198,7 +201,7 @@ def _score(
     dataset = ray.data.from_arrow(_chunks(todo, o.batch_size))
     decoded = dataset.map_batches(
         decode_batch,
-        fn_kwargs={"image_size": predictor.image_size},
+        fn_kwargs={"image_size": predictor.image_size, "max_pixels": predictor.max_pixels},
         batch_size=None,
         ray_remote_args_fn=decoding_task_resources,
     )

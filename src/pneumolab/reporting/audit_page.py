@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from pneumolab.data.imageio import DEFAULT_MAX_PIXELS
 from pneumolab.evaluation.audit import SiteAudit, audit_folder, records_table
 from pneumolab.evaluation.figures import figure_png
 from pneumolab.evaluation.metrics import format_share
@@ -170,6 +171,7 @@ def audit_into(
     out_dir: str | Path,
     overwrite: bool = False,
     batch_size: int = 32,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[SiteAudit, dict[str, Path]]:
     """Audit ``folder`` with the run (:func:`~pneumolab.evaluation.audit.audit_folder`) and write
     its files into ``out_dir`` (:func:`write_audit`): a missing run and files that may not be
@@ -178,5 +180,5 @@ def audit_into(
     RunDir(Path(run_dir)).read_meta()  # a missing run named as such, before a folder is made
     audit_files(out_dir, folder, overwrite)
     with working_in(Path(out_dir), "auditing"):
-        audit = audit_folder(run_dir, folder, batch_size)
+        audit = audit_folder(run_dir, folder, batch_size, max_pixels)
         return audit, write_audit(audit, out_dir, overwrite)
