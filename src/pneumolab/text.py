@@ -19,8 +19,17 @@ def terminal_safe(text: str) -> str:
     return CONTROL_CHARACTERS.sub(lambda found: f"\\x{ord(found[0]):02x}", printable(text))
 
 
+MARKDOWN_MARKUP = re.compile(r"([\\`*\[\]])")
+"""Characters that start Markdown markup inside a line (code, emphasis, links), escaped with
+a backslash in :func:`markdown_cell`; ``_`` is left as it is (names are full of it, and GitHub
+Markdown does not emphasise within words)."""
+
+
 def markdown_cell(text: object) -> str:
-    """``text`` as one Markdown table cell (or bold name): on one line, HTML escaped, ``|``
-    written as its entity, so that a run folder named ``a|b`` or ``<img ...>`` neither splits
-    a row nor injects markup where the Markdown is rendered."""
-    return html.escape(" ".join(str(text).split())).replace("|", "&#124;")
+    """``text`` as one Markdown table cell (or bold name): on one line, ``<``, ``>`` and ``&``
+    as HTML entities, ``|`` as its entity, code, emphasis and link markup backslash-escaped, so
+    that a run folder named ``a|b``, ``<img ...>`` or ``[x](url)`` neither splits a row nor
+    injects markup where the Markdown is rendered. Quotes stay as they are (readable in the
+    raw file: they start no markup in text)."""
+    escaped = html.escape(" ".join(str(text).split()), quote=False)
+    return MARKDOWN_MARKUP.sub(r"\\\1", escaped).replace("|", "&#124;")

@@ -242,5 +242,5 @@ def test_hostile_run_names_stay_inside_their_cells_and_figures(trained, tmp_path
     assert "<img" not in (out / "results.md").read_text() + (out / "margins.md").read_text()
     assert (out / "results.png").is_file()
     card = write_model_card(RunDir(hostile)).read_text()
-    assert "# Model card: r&lt;img src=x onerror=alert(1)&gt;&#124;$\\foo$" in card
+    assert "# Model card: r&lt;img src=x onerror=alert(1)&gt;&#124;$\\\\foo$" in card
     assert f"pneumolab evaluate '{hostile}' --data" in card  # quoted for the shell
