@@ -183,3 +183,14 @@ def test_no_image_in_scope_leaves_the_pneumonia_rate_out(run_dir, tmp_path):
     assert audit.pneumonia_rate is None
     assert audit.verdict.startswith("DO NOT USE")
     assert not any("predicted-pneumonia rate" in r for r in audit.verdict_reasons)
+
+
+def test_the_ood_histogram_draws_every_out_of_scope_score_right_of_its_threshold():
+    """A score far beyond the rest (a noise image's 1122 against validation's ~80) is drawn in
+    the histogram's last bin; that bin lay left of the threshold (190) when the axis ended at
+    1.2 x the 99th percentile, showing an out-of-scope image on the in-scope side."""
+    from pneumolab.reporting.audit_page import _ood_axis_end
+
+    scores = np.r_[np.random.default_rng(0).normal(80, 15, 300), 1122.0]
+    assert _ood_axis_end(scores, 190.6) > 190.6
+    assert _ood_axis_end(scores, None) == pytest.approx(np.quantile(scores, 0.99) * 1.2)

@@ -21,6 +21,14 @@ from pneumolab.reporting.html import png_data_uri
 from pneumolab.run import RunDir
 
 
+def _ood_axis_end(scores: np.ndarray, threshold: float | None) -> float:
+    """Where the OOD histogram's axis ends: past the 99th percentile and past the threshold,
+    so that a score drawn in the last bin (every larger one is) lies on the out-of-scope side
+    of the threshold's line whenever it is out of scope."""
+    top = float(np.quantile(scores, 0.99)) * 1.2
+    return top if threshold is None else max(top, threshold * 1.15)
+
+
 def audit_figure(audit: SiteAudit) -> bytes:
     """Four panels: OOD scores and probabilities against validation, why out of scope, sizes."""
     fig = Figure(figsize=(11, 7.5), dpi=110)
@@ -28,24 +36,22 @@ def audit_figure(audit: SiteAudit) -> bytes:
     scores, val = audit.ood_scores, audit.val_ood_scores
     ax = axes[0, 0]
     if len(scores) and len(val):
-        top = np.quantile(np.r_[scores, val], 0.99) * 1.2
+        top = _ood_axis_end(np.r_[scores, val], audit.ood_threshold)
         bins = np.linspace(0, top, 40)
         ax.hist(np.clip(val, 0, top), bins, density=True, alpha=0.6, label="validation")
         ax.hist(np.clip(scores, 0, top), bins, density=True, alpha=0.6, label="this folder")
         if audit.ood_threshold is not None:
             ax.axvline(audit.ood_threshold, color="k", linestyle="--", label="threshold")
         ax.legend()
-    ax.set(title="OOD score (right of the line: out of scope)", xlabel="score")
+    ax.set(title="OOD score (right of the line: out of scope)", xlabel="score (larger: last bin)")
     ax = axes[0, 1]
     probs = [r.probability for r in audit.scored if r.in_scope]
     ax.hist(probs, np.linspace(0, 1, 21), color="tab:orange")
     ax.set(
-        title="P(pneumonia), in-scope images — predicted rate "
-        f"{format_share(audit.pneumonia_rate, 0)} "
-        f"(validation {audit.val_pneumonia_rate:.0%})",
+        title="P(pneumonia) of in-scope images\npredicted pneumonia "
+        f"{format_share(audit.pneumonia_rate, 0)} (validation {audit.val_pneumonia_rate:.0%})",
         xlabel="probability",
     )
-    ax.title.set_fontsize(9)
     ax = axes[1, 0]
     counts = audit.reason_counts().most_common(8)
     if counts:
