@@ -49,6 +49,13 @@ def check_output(path: str | Path, overwrite: bool = False) -> Path:
     return path
 
 
+def check_suffix(path: Path, suffix: str, what: str) -> None:
+    """OutputError unless ``path`` ends in ``suffix`` (any case): ``what`` is written as such a
+    file, and a name that says otherwise (``model.txt``) would mislead whoever opens it."""
+    if path.suffix.lower() != suffix:
+        raise OutputError(f"{path}: {what}; give --out a name ending in {suffix}")
+
+
 def check_apart(out: str | Path, inputs: Iterable[str | Path]) -> None:
     """OutputError where ``out`` is one of ``inputs`` (a manifest, an image) or lies inside an
     input folder: an output must never replace an input, nor be read as one by the next run."""

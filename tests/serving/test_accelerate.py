@@ -159,9 +159,26 @@ def test_an_int8_export_makes_its_folder_and_never_replaces_the_fp32_reference(r
 def test_an_ensemble_is_exported_member_by_member(run, tmp_path):
     ensemble = RunDir(copy_run(run.root, tmp_path / "ens"))
     ensemble.write_meta(ensemble.read_meta().model_copy(update={"members": ["a", "b"]}))
-    for export in (export_int8, export_openvino):
+    for export, name in ((export_int8, "m.int8.onnx"), (export_openvino, "m.xml")):
         with pytest.raises(RunDirError, match="is an ensemble: export each member run"):
-            export(ensemble.root, tmp_path / "m.xml")
+            export(ensemble.root, tmp_path / name)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name", "problem"),
+    [
+        ("onnx", "model.txt", "an ONNX model is an .onnx file; give --out a name ending in .onnx"),
+        ("onnx-int8", "m.int8", "an INT8 ONNX model is an .onnx file"),
+        ("openvino", "m.onnx", "an OpenVINO model is an .xml file"),
+    ],
+)
+def test_an_out_name_of_another_kind_of_file_is_refused(run, tmp_path, capsys, fmt, name, problem):
+    """``export --out model.txt`` wrote ONNX into a .txt file; every format now refuses a name
+    that says it is another kind of file, before anything is exported."""
+    out = tmp_path / name
+    assert main(["export", str(run.root), "--format", fmt, "--out", str(out)]) == 2
+    assert f"{out}: {problem}" in " ".join(capsys.readouterr().err.split())
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,7 @@ from pneumolab.inference.openvino_backend import (
 )
 from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.run_models import run_ood_model
-from pneumolab.outputs import check_output
+from pneumolab.outputs import check_output, check_suffix
 from pneumolab.run import RunDir, read_predictions
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def _check_outputs(run_dir: Path, out_file: Path, overwrite: bool) -> None:
             f"{out_file}: the run's fp32 ONNX model, which the parity check compares against; "
             "choose another --out"
         )
-    weights = [out_file.with_suffix(".bin")] if out_file.suffix == ".xml" else []
+    weights = [out_file.with_suffix(".bin")] if out_file.suffix.lower() == ".xml" else []
     for path in [out_file, *weights]:
         check_output(path, overwrite)
 
@@ -222,6 +222,7 @@ def export_int8(
     run_dir = Path(run_dir)
     out_file = Path(out_file) if out_file else run_dir / INT8_FILE_NAME
     _check_outputs(run_dir, out_file, overwrite)
+    check_suffix(out_file, ".onnx", "an INT8 ONNX model is an .onnx file")
 
     def write(tmp: Path, images: ValidationImages) -> ExportedBackend:
         fp32 = RunDir(run_dir).onnx
@@ -255,11 +256,9 @@ def export_openvino(
     existing files only with ``overwrite``."""
     run_dir = Path(run_dir)
     out_file = Path(out_file) if out_file else run_dir / OPENVINO_FILE_NAME
-    if out_file.suffix != ".xml":
-        raise OutputError(
-            f"{out_file}: an OpenVINO model is an .xml file (its weights go to a .bin beside it); "
-            "give --out a name ending in .xml"
-        )
+    check_suffix(
+        out_file, ".xml", "an OpenVINO model is an .xml file (its weights go to a .bin beside it)"
+    )
     _check_outputs(run_dir, out_file, overwrite)
     ov = import_openvino()
 

@@ -22,7 +22,7 @@ from pneumolab.inference.onnx_backend import INPUT_NAME, OOD_OUTPUT_NAME, OUTPUT
 from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.scores import torch_scorer
 from pneumolab.models.scored import ScoredModel
-from pneumolab.outputs import check_output
+from pneumolab.outputs import check_output, check_suffix
 from pneumolab.run import RunDir, ood_digest, read_predictions, weights_digest
 
 TOLERANCE = 1e-4
@@ -167,6 +167,7 @@ def export_onnx(
         )
     run = RunDir(Path(run_dir))
     out_file = check_output(out_file or run.onnx, overwrite)
+    check_suffix(out_file, ".onnx", "an ONNX model is an .onnx file")
     predictor = Predictor.from_run(run.root)
     model = predictor.require_model("ONNX export")
     size = predictor.image_size
