@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pneumolab.text import markdown_cell
+from pneumolab.text import markdown_cell, spreadsheet_safe
 
 
 @pytest.mark.parametrize(
@@ -22,3 +22,18 @@ from pneumolab.text import markdown_cell
 )
 def test_markdown_cell(name, cell):
     assert markdown_cell(name) == cell
+
+
+@pytest.mark.parametrize(
+    ("name", "cell"),
+    [
+        ('=HYPERLINK("http://example.org","x")', '\'=HYPERLINK("http://example.org","x")'),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("+1", "'+1"),
+        ("-run", "'-run"),
+        ("mobilenetv2_160", "mobilenetv2_160"),
+        ("a=b", "a=b"),
+    ],
+)
+def test_spreadsheet_safe(name, cell):
+    assert spreadsheet_safe(name) == cell

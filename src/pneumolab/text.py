@@ -19,6 +19,17 @@ def terminal_safe(text: str) -> str:
     return CONTROL_CHARACTERS.sub(lambda found: f"\\x{ord(found[0]):02x}", printable(text))
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""What makes a spreadsheet read a CSV cell as a formula (OWASP's CSV injection list)."""
+
+
+def spreadsheet_safe(text: str) -> str:
+    """``text`` as a CSV text cell that a spreadsheet shows as text: one that would start a
+    formula (a run folder named ``=HYPERLINK(...)``) gets a leading ``'``, as OWASP advises;
+    anything else is kept as it is."""
+    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
+
+
 MARKDOWN_MARKUP = re.compile(r"([\\`*\[\]])")
 """Characters that start Markdown markup inside a line (code, emphasis, links), escaped with
 a backslash in :func:`markdown_cell`; ``_`` is left as it is (names are full of it, and GitHub

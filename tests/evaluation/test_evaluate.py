@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import math
@@ -233,9 +234,12 @@ def test_hostile_run_names_stay_inside_their_cells_and_figures(trained, tmp_path
 
     run_dir, data = trained
     hostile = copy_run(run_dir, tmp_path / "r<img src=x onerror=alert(1)>|$\\foo$")
+    formula = copy_run(run_dir, tmp_path / "=HYPERLINK(1)")
     out = tmp_path / "cmp"
-    args = ["compare", str(hostile), str(run_dir), "--data", str(data), "--split", "test"]
-    assert main([*args, "--out", str(out)]) == 0
+    args = ["compare", str(hostile), str(run_dir), str(formula), "--data", str(data)]
+    assert main([*args, "--split", "test", "--out", str(out)]) == 0
+    with (out / "results.csv").open(newline="") as f:  # a spreadsheet shows it as text
+        assert "'=HYPERLINK(1)" in [row["name"] for row in csv.DictReader(f)]
     table = (out / "results.md").read_text().splitlines()
     rows = [line for line in table if line.startswith("| r&lt;img")]
     assert len(rows) == 1 and rows[0].count("|") == table[2].count("|")  # the header's columns

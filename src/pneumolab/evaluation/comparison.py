@@ -26,7 +26,7 @@ from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.inference.torch_scoring import default_device
 from pneumolab.outputs import check_output, working_in
 from pneumolab.run import RunDir, listed_twice, split_mismatch
-from pneumolab.text import markdown_cell
+from pneumolab.text import markdown_cell, spreadsheet_safe
 
 log = logging.getLogger(__name__)
 
@@ -208,9 +208,12 @@ def write_comparison(
         with (staging / paths["csv"].name).open("w", encoding="utf-8", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=[*ComparisonRow.__dataclass_fields__, "status"])
             writer.writeheader()
-            writer.writerows(asdict(r) | {"status": "ok"} for r in rows)
             writer.writerows(
-                {"name": name, "status": f"not run: {why}"} for name, why in (notes or {}).items()
+                asdict(r) | {"name": spreadsheet_safe(r.name), "status": "ok"} for r in rows
+            )
+            writer.writerows(
+                {"name": spreadsheet_safe(name), "status": f"not run: {why}"}
+                for name, why in (notes or {}).items()
             )
         values: dict[str, list[Any]] = {m: [getattr(r, m) for r in rows] for m in BAR_METRICS}
         chart = model_bars_figure([r.name for r in rows], values, f"{split} split")
