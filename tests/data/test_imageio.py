@@ -336,10 +336,21 @@ def test_array_to_image_float_rescaled(dtype: type) -> None:
     np.testing.assert_array_equal(out, [[0, 64], [128, 255]])
 
 
-def test_array_to_image_constant_float_is_black() -> None:
-    out = np.asarray(array_to_image(np.full((3, 4), 0.7)))
+def test_array_to_image_constant_float_outside_0_1_is_black() -> None:
+    out = np.asarray(array_to_image(np.full((3, 4), 1.7)))
     assert out.shape == (3, 4)
     assert not out.any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_float_array_in_0_1_is_the_8_bit_image_it_came_from(dtype: type) -> None:
+    """``pixels / 255`` (or torchvision's ToTensor) gives back the 8-bit pixels, not a
+    stretch of their own range: a low-contrast X-ray stays low-contrast, as its file reads."""
+    pixels = np.random.default_rng(0).integers(40, 180, (16, 16), dtype=np.uint8)
+    np.testing.assert_array_equal(array_to_image(pixels.astype(dtype) / 255), pixels)
+    assert np.asarray(array_to_image(np.full((3, 4), 0.7))).tolist() == [[178] * 4] * 3
+    normalised = (pixels - 100.0) / 50  # values below 0: min..max, as before
+    assert np.asarray(array_to_image(normalised)).max() == 255
 
 
 def test_array_to_image_three_channels() -> None:
@@ -349,9 +360,9 @@ def test_array_to_image_three_channels() -> None:
     image = array_to_image(pixels)
     assert image.mode == "L"
     assert image.size == (7, 5)
-    out = np.asarray(image)
-    assert out[1, 2] == 255
-    assert out[0, 0] == 0
+    out = np.asarray(image)  # luma of values in 0..1, mapped from 0..1
+    assert out[1, 2] == 229  # 0.9 x 255 = 229.5, less the float error of the weights
+    assert out[0, 0] == round(0.3 * 0.299 * 255)
 
 
 def test_array_to_image_four_channels_ignores_alpha() -> None:

@@ -131,7 +131,9 @@ LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
 def array_to_image(array: np.ndarray) -> Image.Image:
     """Wrap a 2-D (H, W), 3-D (H, W, C) or one-channel (1, H, W) array as a grayscale PIL image.
 
-    uint8 arrays are taken as they are; other dtypes are rescaled from their min..max range.
+    uint8 arrays are taken as they are; float arrays with every value in 0..1 (torchvision's
+    convention: ``ToTensor``'s output, ``pixels / 255``) are mapped from 0..1, so that they score
+    as the 8-bit image they came from; other arrays are rescaled from their own min..max range.
     ImageLoadError for an empty array, or one holding NaN or infinite values.
     """
     array = np.asarray(array)
@@ -152,6 +154,8 @@ def array_to_image(array: np.ndarray) -> Image.Image:
         raise ImageLoadError(f"array of shape {array.shape}: expected (H, W) or (H, W, 1|3|4)")
     if array.dtype == np.uint8:
         return Image.fromarray(array)
+    if array.dtype.kind == "f" and array.min() >= 0 and array.max() <= 1:
+        return Image.fromarray(_rescaled(lambda i, j: array[i:j], array.shape, 0.0, 1.0, False))
     return Image.fromarray(_rescale_to_uint8(array))
 
 
