@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -142,7 +143,14 @@ def test_model_and_health(client):
     assert info["default_operating_point"] in info["operating_points"]
     assert "roc_auc" in info["val_metrics"]
     assert client.get("/docs").status_code == 200
-    assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
+    with warnings.catch_warnings():  # GET and HEAD on one route: a duplicate operation ID
+        warnings.simplefilter("error")
+        paths = client.get("/openapi.json").json()["paths"]
+    assert {path: list(methods) for path, methods in paths.items()} == {
+        "/healthz": ["get"],
+        "/v1/model": ["get"],
+        "/v1/predict": ["post"],
+    }
 
 
 def test_page_and_static_files(client):

@@ -291,11 +291,13 @@ def create_app(
     def page() -> HTMLResponse:
         return HTMLResponse(index)
 
-    @app.api_route("/healthz", methods=["GET", "HEAD"])
+    @app.get("/healthz")
+    @app.head("/healthz", include_in_schema=False)  # one operation ID each
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.api_route("/v1/model", methods=["GET", "HEAD"])
+    @app.get("/v1/model")
+    @app.head("/v1/model", include_in_schema=False)  # one operation ID each
     def model_info() -> dict[str, Any]:
         return service.info
 
