@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import signal
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.filereader import read_file_meta_info
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
     BasicTextSRStorage,
@@ -348,6 +351,33 @@ def test_trailing_bytes_that_are_not_padding_are_refused(tmp_path, extra, header
         ImageLoadError, match=r"lies\.dcm: .* bytes of pixel data.*does not describe"
     ):
         load_image(path)
+
+
+def test_a_deflated_dicom_with_bytes_after_its_stream_is_read_not_looped_on(tmp_path):
+    """A black 3001 x 3001 image deflates to 9 kB plus the pad byte that makes its length
+    even; the size check streamed the pad byte back to zlib forever (the stream's last call
+    returned more than 1 MB, leaving it as unconsumed input): a few kB upload froze a server's
+    decoding thread at full CPU. The check now stops at the stream's end."""
+    path = write_dicom(
+        tmp_path / "black.dcm",
+        np.zeros((3001, 3001), np.uint8),
+        syntax=DeflatedExplicitVRLittleEndian,
+    )
+    start = dicom.PART10_META_START + read_file_meta_info(path).FileMetaInformationGroupLength
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflater.decompress(path.read_bytes()[start:])
+    assert inflater.eof and inflater.unused_data  # the case: bytes after the stream's end
+
+    def hung(*args):
+        raise AssertionError("the size check did not return within 20 s")
+
+    signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        dicom.check_inflated_size(path)
+    finally:
+        signal.alarm(0)
+    assert np.asarray(load_image(path, max_pixels=10_000_000)).max() == 0
 
 
 def test_a_deflated_dicom_is_read_and_one_that_inflates_too_far_is_refused_unread(

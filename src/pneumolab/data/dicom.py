@@ -69,7 +69,7 @@ def check_inflated_size(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) 
     with open(path, "rb") as f:
         f.seek(PART10_META_START + int(meta.get("FileMetaInformationGroupLength") or 0))
         for chunk in iter(lambda: f.read(1 << 16), b""):
-            while chunk:
+            while chunk and not inflater.eof:  # bytes after the stream's end are not inflated
                 inflated += len(inflater.decompress(chunk, 1 << 20))
                 if inflated > limit:
                     raise ImageLoadError(
@@ -77,6 +77,8 @@ def check_inflated_size(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) 
                         f"over what {max_pixels:,} pixels need (possible decompression bomb)"
                     )
                 chunk = inflater.unconsumed_tail
+            if inflater.eof:
+                return
 
 
 @contextmanager
