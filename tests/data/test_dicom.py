@@ -366,7 +366,10 @@ def test_a_deflated_dicom_with_bytes_after_its_stream_is_read_not_looped_on(tmp_
     start = dicom.PART10_META_START + read_file_meta_info(path).FileMetaInformationGroupLength
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     inflater.decompress(path.read_bytes()[start:])
-    assert inflater.eof and inflater.unused_data  # the case: bytes after the stream's end
+    if not inflater.unused_data:  # pydicom pads to an even length: the UID's length decides
+        with path.open("ab") as f:
+            f.write(b"\0")
+    assert inflater.eof  # the case: a byte after the stream's end
 
     def hung(*args):
         raise AssertionError("the size check did not return within 20 s")
@@ -440,6 +443,31 @@ def test_a_raised_pixel_limit_holds_for_a_jpeg_compressed_dicom(tmp_path, monkey
     ds["PixelData"].is_undefined_length = True
     ds.save_as(path, enforce_file_format=True)
     assert load_image(path, max_pixels=5_000).size == (60, 60)
+
+
+def test_a_compressed_frame_larger_than_its_header_says_is_refused_before_decoding(tmp_path):
+    """Only the header's Rows and Columns were checked: a 1.7 MB file claiming 256 x 256 held
+    a 10,500 x 10,500 JPEG that the decoder inflated (330 MB) before failing; --max-megapixels
+    did not hold. The frame's own header is now read first."""
+    import io
+
+    from PIL import Image
+    from pydicom.uid import JPEGBaseline8Bit
+
+    frame = io.BytesIO()
+    Image.fromarray(np.full((200, 300), 120, dtype=np.uint8)).save(frame, "JPEG")
+    path = write_dicom(tmp_path / "liar.dcm", np.zeros((64, 64), dtype=np.uint8))
+    ds = dcmread(path)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([frame.getvalue()])
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(ImageLoadError, match=r"liar\.dcm: 300x200 pixels is over the limit"):
+        load_image(path, max_pixels=10_000)
+    with pytest.raises(
+        ImageLoadError, match=r"compressed image is 300x200 pixels, its header says 64x64"
+    ):
+        load_image(path)
 
 
 def test_a_dicom_whose_only_image_is_its_icon_is_not_called_truncated(tmp_path):

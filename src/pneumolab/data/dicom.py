@@ -27,6 +27,7 @@ one for CR/DX archives) and JPEG-LS need ``pylibjpeg pylibjpeg-libjpeg`` (or gdc
 
 from __future__ import annotations
 
+import io
 import logging
 import mmap
 import warnings
@@ -39,9 +40,11 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
+from pydicom.pixels.utils import _get_jpg_parameters  # JPEG-LS headers: no public parser
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGExtended12Bit
 
 from pneumolab.data.imageio import DEFAULT_MAX_PIXELS, array_to_image, check_pixel_count, reading
@@ -153,6 +156,7 @@ def _check_decodable(ds: Dataset, max_pixels: int, source: str) -> None:
         )
     check_pixel_count(int(ds.Columns), int(ds.Rows), max_pixels, source)
     _check_pixel_data_length(ds, source)
+    _check_frame_size(ds, max_pixels, source)
     syntax = ds.file_meta.TransferSyntaxUID
     try:
         decoder = get_decoder(syntax)
@@ -166,6 +170,38 @@ def _check_decodable(ds: Dataset, max_pixels: int, source: str) -> None:
         raise ImageLoadError(
             f"{source}: pixel data compressed as {depth}{syntax.name}, which no installed "
             f"decoder handles; install one of: {needs}"
+        )
+
+
+def _frame_size(ds: Dataset) -> tuple[int, int] | None:
+    """``(width, height)`` that a compressed frame's own header declares (JPEG, JPEG 2000,
+    JPEG-LS), read without decoding it; None for uncompressed pixel data or a codestream whose
+    header is not read here (RLE: decoded to the DICOM header's size)."""
+    if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        return None
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1), b"")
+    try:
+        with Image.open(io.BytesIO(frame)) as opened:
+            return opened.size
+    except Image.DecompressionBombError:
+        return 1 << 16, 1 << 16  # over any limit: the size check below refuses it
+    except (OSError, ValueError, SyntaxError):  # JPEG-LS, or not a codestream Pillow knows
+        parameters = _get_jpg_parameters(frame)
+        return (parameters["width"], parameters["height"]) if parameters else None
+
+
+def _check_frame_size(ds: Dataset, max_pixels: int, source: str) -> None:
+    """Refuse a compressed frame larger than ``max_pixels``, or of another size than the
+    header's Rows and Columns, before it is decoded: the decoders inflate the frame the
+    codestream describes (a 1.7 MB file claiming 256 x 256 held a 10,500 x 10,500 JPEG)."""
+    size = _frame_size(ds)
+    if size is None:
+        return
+    check_pixel_count(*size, max_pixels, source)
+    if size != (int(ds.Columns), int(ds.Rows)):
+        raise ImageLoadError(
+            f"{source}: corrupt DICOM: its compressed image is {size[0]}x{size[1]} pixels, "
+            f"its header says {ds.Columns}x{ds.Rows}"
         )
 
 
