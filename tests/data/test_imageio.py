@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from PIL import Image
 
 from pneumolab.data.imageio import (
     array_to_image,
+    image_to_grayscale,
     load_image,
     resize_square,
     source_size,
@@ -182,6 +184,18 @@ def test_to_grayscale_any_mode(mode: str, colour, grey: int) -> None:
     assert out.mode == "L"
     assert out.size == (6, 5)
     assert (np.asarray(out) == grey).all()
+
+
+@pytest.mark.parametrize("mode", ["I;16B", "I;16L", "I;16N"])
+def test_16_bit_modes_of_either_byte_order_are_rescaled(tmp_path: Path, mode: str) -> None:
+    """A big-endian 16-bit TIFF opens as I;16B, whose extrema Pillow does not read:
+    ``predict(Image.open(...))`` failed with Pillow's 'image has wrong mode'."""
+    dtype = ">u2" if mode == "I;16B" else "<u2"
+    values = np.array([[100, 200], [1100, 4095]], dtype=dtype)
+    image = Image.frombuffer(mode, (2, 2), values.tobytes(), "raw", mode, 0, 1)
+    assert np.asarray(image).astype(int).tolist() == values.astype(int).tolist()
+    out = np.asarray(to_grayscale(image))
+    assert out.tolist() == [[0, round(100 * 255 / 3995)], [round(1000 * 255 / 3995), 255]]
 
 
 def test_to_grayscale_float_rescaled() -> None:
@@ -542,3 +556,33 @@ def test_a_full_range_int16_array_is_rescaled_without_wrapping() -> None:
     """Subtracting the minimum in int16 wrapped round (a first fix of the uint64 case did)."""
     image = array_to_image(np.array([[-32768, 0], [16000, 32000]], dtype=np.int16))
     assert np.asarray(image).tolist() == [[0, 129], [192, 255]]
+
+
+@pytest.mark.parametrize(
+    ("image", "problem"),
+    [
+        (Image.fromarray(np.full((4, 4), np.nan, np.float32)), "mode F and size 4x4: holds NaN"),
+        (Image.fromarray(np.full((4, 4), np.inf, np.float32)), "holds NaN or infinite values"),
+        (Image.new("L", (0, 0)), "mode L and size 0x0: empty"),
+        (Image.new("LAB", (4, 4)), "mode LAB and size 4x4: no grayscale conversion"),
+        (Image.new("La", (4, 4)), "mode La and size 4x4: no grayscale conversion"),
+    ],
+)
+def test_a_pil_image_is_checked_as_arrays_are(image: Image.Image, problem: str) -> None:
+    """A NaN float image scored as a black one (p = 0.999), an empty one was scored, and
+    modes without a grayscale raised Pillow's ValueError: each is now an ImageLoadError."""
+    with pytest.raises(ImageLoadError, match=re.escape(problem)):
+        image_to_grayscale(image)
+
+
+@pytest.mark.parametrize(
+    ("array", "problem"),
+    [
+        (np.zeros((4, 4), complex), "array of dtype complex128: not pixel values"),
+        (np.zeros((4, 4), object), "array of dtype object: not pixel values"),
+        (np.zeros((3, 8, 8)), "expected (H, W), (1, H, W) or (H, W, 1|3|4)"),
+    ],
+)
+def test_arrays_that_hold_no_pixel_values_are_refused(array: np.ndarray, problem: str) -> None:
+    with pytest.raises(ImageLoadError, match=re.escape(problem)):
+        array_to_image(array)

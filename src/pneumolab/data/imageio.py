@@ -61,13 +61,30 @@ def to_grayscale(image: Image.Image) -> Image.Image:
     """
     if image.mode == "L":
         return image
-    if image.mode in {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}:
+    if image.mode in {"I;16B", "I;16L", "I;16N"}:  # Pillow reads no extrema of these modes
+        return Image.fromarray(_rescale_to_uint8(np.asarray(image)))
+    if image.mode in {"I", "I;16", "F"}:
         return _rescale_image(image)
     if image.mode in {"RGBA", "LA", "PA"} or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, image)
     return image.convert("L")
+
+
+def image_to_grayscale(image: Image.Image) -> Image.Image:
+    """A caller's PIL image as :func:`to_grayscale` makes it, checked as arrays are: an empty
+    image, a float image holding NaN or infinite values, and a mode that has no grayscale
+    (``LAB``, ``La``...) are ImageLoadErrors, not a score of a black image or Pillow's error."""
+    described = f"PIL image of mode {image.mode} and size {image.width}x{image.height}"
+    if image.width == 0 or image.height == 0:
+        raise ImageLoadError(f"{described}: empty")
+    if image.mode == "F" and not np.isfinite(np.asarray(image)).all():
+        raise ImageLoadError(f"{described}: holds NaN or infinite values")
+    try:
+        return to_grayscale(image)
+    except ValueError as exc:  # Pillow: "conversion from LAB to L not supported"
+        raise ImageLoadError(f"{described}: no grayscale conversion ({exc})") from None
 
 
 def _rescale_to_uint8(pixels: np.ndarray) -> np.ndarray:
@@ -137,6 +154,8 @@ def array_to_image(array: np.ndarray) -> Image.Image:
     ImageLoadError for an empty array, or one holding NaN or infinite values.
     """
     array = np.asarray(array)
+    if array.dtype.kind not in "biuf":
+        raise ImageLoadError(f"array of dtype {array.dtype}: not pixel values (bool, int or float)")
     if array.ndim == 3 and array.shape[0] == 1 and array.shape[-1] not in (1, 3, 4):
         array = array[0]  # PyTorch's layout of one gray image
     if array.size == 0:
@@ -151,7 +170,9 @@ def array_to_image(array: np.ndarray) -> Image.Image:
         else:  # the luma weights Pillow's convert("L") uses, as for 8-bit colour
             array = array[..., :3].astype(np.float64) @ LUMA_WEIGHTS
     if array.ndim != 2:
-        raise ImageLoadError(f"array of shape {array.shape}: expected (H, W) or (H, W, 1|3|4)")
+        raise ImageLoadError(
+            f"array of shape {array.shape}: expected (H, W), (1, H, W) or (H, W, 1|3|4)"
+        )
     if array.dtype == np.uint8:
         return Image.fromarray(array)
     if array.dtype.kind == "f" and array.min() >= 0 and array.max() <= 1:

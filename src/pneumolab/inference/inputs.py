@@ -13,11 +13,11 @@ from PIL import Image
 from pneumolab.data.imageio import (
     DEFAULT_MAX_PIXELS,
     array_to_image,
+    image_to_grayscale,
     is_dicom_file,
     load_image,
     resize_square,
     source_size,
-    to_grayscale,
     upright,
 )
 from pneumolab.data.layout import image_files
@@ -70,7 +70,7 @@ def prepare_image(
         checks = file_header_checks(image)
         pil = load_image(image, size_hint=image_size, max_pixels=max_pixels)
     elif isinstance(image, Image.Image):  # EXIF orientation applied, as to files
-        pil = to_grayscale(upright(image, "image"))
+        pil = image_to_grayscale(upright(image, "image"))
     elif isinstance(image, np.ndarray) or hasattr(image, "__array__"):  # a tensor too
         pil = array_to_image(np.asarray(_tensor_as_array(image)))
     else:
