@@ -29,6 +29,8 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -93,6 +95,30 @@ def upload_many(url: str, payload: bytes, clients: int, rounds: int) -> Counter:
     return statuses
 
 
+@contextmanager
+def healthz_probe(base: str) -> Iterator[list[float]]:
+    """Seconds each ``/healthz`` took, asked every 0.5 s while the block runs (a liveness
+    check must answer while uploads wait for the decode slots)."""
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            with suppress(httpx.HTTPError):
+                httpx.get(f"{base}/healthz", timeout=60)
+            latencies.append(time.monotonic() - started)
+            stop.wait(0.5)
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    try:
+        yield latencies
+    finally:
+        stop.set()
+        thread.join()
+
+
 def slow_clients(base: str, port: int, count: int, header_timeout: float) -> tuple[int, Counter]:
     """Connections still open ``header_timeout`` + 2 s after they stalled mid-head, and the
     statuses of normal requests sent meanwhile (one every 0.5 s)."""
@@ -136,7 +162,8 @@ def main() -> None:
     port = free_port()
     flags = ["--header-timeout", str(args.header_timeout), *args.serve_flags]
     server = start_server(args.run_dir, args.backend, port, flags=flags)
-    base, rows = f"http://127.0.0.1:{port}", []
+    base = f"http://127.0.0.1:{port}"
+    rows: list[tuple[str, Counter, float, float, float | None]] = []
     url = f"{base}/v1/predict"
     try:
         idle_mb = peak_rss_mb(server.pid)
@@ -152,26 +179,35 @@ def main() -> None:
         ]
         for name, phase in phases:
             started = time.monotonic()
-            statuses = phase()
-            rows.append((name, statuses, time.monotonic() - started, peak_rss_mb(server.pid)))
+            with healthz_probe(base) as latencies:
+                statuses = phase()
+            seconds = time.monotonic() - started
+            rows.append((name, statuses, seconds, peak_rss_mb(server.pid), max(latencies)))
         started = time.monotonic()
         held, statuses = slow_clients(base, port, args.slow, args.header_timeout)
         slow_name = f"{args.slow} slow clients ({held} still held after timeout + 2 s): /healthz"
-        rows.append((slow_name, statuses, time.monotonic() - started, peak_rss_mb(server.pid)))
+        rows.append(
+            (slow_name, statuses, time.monotonic() - started, peak_rss_mb(server.pid), None)
+        )
         started = time.monotonic()
-        statuses = upload_many(url, small.getvalue(), args.clients, 10)
-        rows.append(("small PNG", statuses, time.monotonic() - started, peak_rss_mb(server.pid)))
+        with healthz_probe(base) as latencies:
+            statuses = upload_many(url, small.getvalue(), args.clients, 10)
+        seconds = time.monotonic() - started
+        rows.append(("small PNG", statuses, seconds, peak_rss_mb(server.pid), max(latencies)))
     finally:
         server.terminate()
         server.wait(timeout=30)
     print(f"run `{args.run_dir}`, {args.backend}, {args.clients} clients; server flags {flags}")
     print(f"server peak RSS when idle: {idle_mb:.0f} MB\n")
-    print("| phase | answers (status: count) | errors | s | server peak RSS MB |")
-    print("|---|---|---:|---:|---:|")
-    for name, statuses, seconds, peak in rows:
+    print(
+        "| phase | answers (status: count) | errors | s | server peak RSS MB | slowest /healthz s |"
+    )
+    print("|---|---|---:|---:|---:|---:|")
+    for name, statuses, seconds, peak, slowest in rows:
         errors = sum(n for status, n in statuses.items() if status not in EXPECTED)
         answers = ", ".join(f"{status}: {n}" for status, n in sorted(statuses.items(), key=str))
-        print(f"| {name} | {answers} | {errors} | {seconds:.1f} | {peak:.0f} |")
+        probe = "—" if slowest is None else f"{slowest:.2f}"
+        print(f"| {name} | {answers} | {errors} | {seconds:.1f} | {peak:.0f} | {probe} |")
 
 
 if __name__ == "__main__":

@@ -263,11 +263,16 @@ def test_an_unknown_query_parameter_is_refused_not_ignored(client, png_bytes):
 
 
 def test_unexpected_failure_is_a_plain_500(run_dir, png_bytes, monkeypatch, caplog):
-    app = create_app(run_dir)
+    """Also to a page of an allowed origin: the 500 carried no CORS header, so the browser
+    showed a network error instead of it."""
+    origin = "https://example.org"
+    app = create_app(run_dir, cors_origins=[origin])
     monkeypatch.setattr(Predictor, "predict", lambda self, *args, **kwargs: 1 / 0)
-    response = upload(TestClient(app, raise_server_exceptions=False), "x.png", png_bytes)
+    client = TestClient(app, raise_server_exceptions=False, headers={"Origin": origin})
+    response = upload(client, "x.png", png_bytes)
     assert response.status_code == 500
     assert response.json() == {"detail": "internal server error"}
+    assert response.headers["access-control-allow-origin"] == origin
     assert "ZeroDivisionError" in caplog.text  # logged server-side only
 
 

@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from PIL import Image
 from pydantic import BaseModel
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import pneumolab
 from pneumolab.choices import BackendName
@@ -230,14 +231,37 @@ class PredictionService:
         )
 
 
-def _refusals_in_one_line(app: FastAPI) -> None:
-    """Errors as ``{"detail": "<one line>"}``: a plain 500 for anything unexpected (traceback
-    logged on the server), and one line for what is wrong with a request."""
+class InternalErrors:
+    """ASGI middleware: anything unexpected becomes a plain ``{"detail": "internal server
+    error"}`` 500 (traceback logged on the server). Added inside the CORS middleware, so that a
+    browser page allowed to call the API reads this answer too (FastAPI's handler of
+    ``Exception`` answers outside every middleware: a 500 had no CORS header)."""
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return JSONResponse({"detail": "internal server error"}, status_code=500)
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            log.error("%s %s failed", scope["method"], scope["path"], exc_info=exc)
+            if started:  # the answer is under way: nothing else can be sent
+                raise
+            response = JSONResponse({"detail": "internal server error"}, status_code=500)
+            await response(scope, receive, send)
+
+
+def _refusals_in_one_line(app: FastAPI) -> None:
+    """What is wrong with a request, as ``{"detail": "<one line>"}``."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -269,6 +293,7 @@ def create_app(
         static_url="/docs-assets",
         redoc_url=None,  # ReDoc's bundle fetches its logo from cdn.redoc.ly
     )
+    app.add_middleware(InternalErrors)
     app.add_middleware(
         BodyLimit,
         limit=max_upload_bytes + MULTIPART_SLACK,
@@ -287,18 +312,19 @@ def create_app(
     app.mount("/static", StaticFiles(packages=[("pneumolab.serving", "static")]), name="static")
     _refusals_in_one_line(app)
 
+    # async: answered on the event loop, not behind uploads waiting in the thread pool
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-    def page() -> HTMLResponse:
+    async def page() -> HTMLResponse:
         return HTMLResponse(index)
 
     @app.get("/healthz")
     @app.head("/healthz", include_in_schema=False)  # one operation ID each
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/v1/model")
     @app.head("/v1/model", include_in_schema=False)  # one operation ID each
-    def model_info() -> dict[str, Any]:
+    async def model_info() -> dict[str, Any]:
         return service.info
 
     @app.post(
