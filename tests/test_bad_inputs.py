@@ -225,6 +225,14 @@ def test_report_out_refuses_an_existing_file(run_dir, tiny_run, tmp_path, capsys
     )  # fmt: skip
     assert code == 2 and "an input folder of this command" in one_line(err)
     assert xray.read_bytes() == before
+    evaluation = tmp_path / "eval" / "predictions.csv"  # an evaluation's file: not a report's
+    evaluation.parent.mkdir()
+    evaluation.write_text("path,label,probability\n")
+    code, _, err = run_cli(
+        capsys, "report", run_dir, "--data", data, "--out", evaluation, "--overwrite"
+    )  # fmt: skip
+    assert code == 2 and "a report is an .html file; give --out a name ending in .html" in err
+    assert evaluation.read_text() == "path,label,probability\n"
 
 
 def test_train_out_and_weights_that_are_not_what_they_should_be(tmp_path, capsys):

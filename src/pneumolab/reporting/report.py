@@ -28,7 +28,7 @@ from pneumolab.explain.sanity import saliency_sanity
 from pneumolab.files import atomic_write
 from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.torch_scoring import default_device
-from pneumolab.outputs import check_apart, check_output
+from pneumolab.outputs import check_apart, check_output, check_suffix
 from pneumolab.reporting.html import figure_html
 from pneumolab.reporting.model_card import write_model_card
 from pneumolab.results import EvaluationMetrics, ScoredOperatingPoint, SubtypeMetrics
@@ -230,6 +230,7 @@ def build_report(
     if out_file is not None:
         check_output(out_file, overwrite)
         check_apart(out_file, [data_dir])  # --overwrite replaced one of the split's X-rays
+        check_suffix(Path(out_file), ".html", "a report is an .html file")  # not predictions.csv
     data_dir = Path(data_dir)
     predictor = Predictor.from_run(run.root, device=default_device())
     evaluation = compute_evaluation(predictor, data_dir, split)
