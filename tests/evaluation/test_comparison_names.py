@@ -3,6 +3,8 @@
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pneumolab.errors import RunDirError
 from pneumolab.evaluation.comparison import _unique_names
@@ -28,3 +30,16 @@ def test_a_run_whose_name_is_its_own_keeps_it():
 def test_a_run_given_twice_is_refused(tmp_path):
     with pytest.raises(RunDirError, match="the same run is given twice"):
         _unique_names([tmp_path / "run", tmp_path / "sub" / ".." / "run"])
+
+
+def test_paths_that_read_alike_once_joined_are_numbered_apart():
+    """``a-b/x`` and ``a/b-x`` both joined to ``...-a-b-x`` at full depth: two rows shared a
+    name, one confusion matrix was overwritten and a run fell out of the margins."""
+    runs = [Path("/p/a-b/x"), Path("/p/z/x"), Path("/p/a/b-x"), Path("/p/w/b-x")]
+    assert _unique_names(runs) == ["p-a-b-x", "z-x", "p-a-b-x-2", "w-b-x"]
+
+
+@given(st.lists(st.lists(st.sampled_from(["a", "b", "a-b", "b-a", "x"]), min_size=1, max_size=4)))
+def test_distinct_paths_always_get_distinct_names(paths):
+    runs = list(dict.fromkeys(Path("/", *parts) for parts in paths))
+    assert len(set(_unique_names(runs))) == len(runs)

@@ -228,7 +228,9 @@ def write_comparison(
 def _unique_names(run_dirs: Sequence[Path]) -> list[str]:
     """Each run's folder name, or where runs share it, the fewest trailing folders of their paths
     that tell them apart, joined by ``-`` (``flagship-runs-xception``: it names files too; a run
-    whose name is its own keeps it); RunDirError when one run is given twice."""
+    whose name is its own keeps it). Whole paths that still read alike once joined (``a-b/x``
+    and ``a/b-x``) are told apart by ``-2``, ``-3``... in the order given (``run_dir`` in
+    results.csv says which is which); RunDirError when one run is given twice."""
     twice = listed_twice(run_dirs)
     if twice is not None:
         raise RunDirError(f"{twice}: the same run is given twice")
@@ -243,9 +245,24 @@ def _unique_names(run_dirs: Sequence[Path]) -> list[str]:
             if names.count(name) > 1 and depths[i] < len(folders[i])
         ]
         if not clashing:
-            return names
+            return _numbered_apart(names)
         for i in clashing:
             depths[i] += 1
+
+
+def _numbered_apart(names: list[str]) -> list[str]:
+    """``names`` with each repeat of an earlier one given the first free ``-N`` (N >= 2)."""
+    taken: set[str] = set(names)
+    unique: list[str] = []
+    for name in names:
+        if name in unique:
+            n = 2
+            while f"{name}-{n}" in taken:
+                n += 1
+            name = f"{name}-{n}"
+            taken.add(name)
+        unique.append(name)
+    return unique
 
 
 def compare_runs(
