@@ -121,11 +121,14 @@ def _calibrated(meta: RunMeta, labels: np.ndarray, probs: np.ndarray) -> Calibra
     temperature_scaled = platt_scaled = None
     t = meta.temperature
     if t is not None:
-        scaled = curves[f"temperature-scaled (T = {t:.2f})"] = apply_temperature(probs, t)
+        label = f"temperature-scaled, fitted on validation (T = {t:.2f})"
+        scaled = curves[label] = apply_temperature(probs, t)
         temperature_scaled = TemperatureScaled(temperature=t, **scored(scaled))
     platt = meta.platt
     if platt is not None:
-        label = f"Platt-scaled (a = {platt.slope:.2f}, b = {platt.intercept:.2f})"
+        label = (
+            f"Platt-scaled, fitted on validation (a = {platt.slope:.2f}, b = {platt.intercept:.2f})"
+        )
         scaled = curves[label] = apply_platt(probs, platt.slope, platt.intercept)
         platt_scaled = PlattScaled(slope=platt.slope, intercept=platt.intercept, **scored(scaled))
     return Calibrated(curves, temperature_scaled, platt_scaled)

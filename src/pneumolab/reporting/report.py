@@ -30,7 +30,7 @@ from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.torch_scoring import default_device
 from pneumolab.outputs import check_apart, check_output, check_suffix
 from pneumolab.reporting.html import figure_html
-from pneumolab.reporting.model_card import write_model_card
+from pneumolab.reporting.model_card import PLATT_OFF_DISTRIBUTION, write_model_card
 from pneumolab.results import EvaluationMetrics, ScoredOperatingPoint, SubtypeMetrics
 from pneumolab.run import RunDir
 
@@ -209,6 +209,21 @@ def _subtypes_html(subtypes: SubtypeMetrics, figures: dict[str, bytes]) -> str:
     return summary + table + matrix
 
 
+def _calibration_html(figures: dict[str, bytes], split: Split, maps: bool) -> str:
+    """The reliability diagram, and where its calibration ``maps`` (if it draws any) come from:
+    fitted on validation (so a validation report shows their in-sample ECE), not what
+    predictions report."""
+    diagram = figure_html(figures["reliability.png"], "reliability diagram")
+    if not maps:
+        return diagram
+    where = "these same images: their ECE here is in-sample" if split == "val" else "validation"
+    note = (
+        f"The temperature and Platt maps were fitted on {where}. A map that is excellent "
+        f"in-distribution can be badly wrong off it: {PLATT_OFF_DISTRIBUTION}."
+    )
+    return f"{diagram}<p>{html.escape(note)}</p>"
+
+
 def build_report(
     run_dir: str | Path,
     data_dir: str | Path,
@@ -241,15 +256,12 @@ def build_report(
     ]
     figures = {name: figure_png(fig) for name, fig in evaluation_figures(evaluation).items()}
     points = metrics.operating_points
+    maps = metrics.platt_scaled is not None or metrics.temperature_scaled is not None
     sections = [
         ("metrics", "Metrics", _metrics_html(metrics)),
         ("curves", "ROC and precision-recall curves", _curves_html(labels, probs, figures)),
         ("confusion", "Confusion matrices at the operating points", _confusion_html(points)),
-        (
-            "calibration",
-            "Calibration",
-            figure_html(figures["reliability.png"], "reliability diagram"),
-        ),
+        ("calibration", "Calibration", _calibration_html(figures, split, maps)),
         ("decision", "Decision curve", _decision_html(figures)),
         ("scores", "Score distributions", _scores_html(labels, probs, points)),
         *(
