@@ -84,3 +84,22 @@ def test_report_leaves_an_earlier_robustness_evaluation_as_it_is(tiny_run, tmp_p
     build_report(run_dir, data, "val", out_file=tmp_path / "report.html")
     assert written.read_bytes() == before  # the report computed its metrics in memory
     assert "95% CI" in (run_dir / "MODEL_CARD.md").read_text()
+
+
+def test_unreadable_images_are_named_in_the_report_and_the_comparison(tiny_run, tmp_path):
+    """An image that could not be read dropped out of every figure with only a log line: the
+    report names it, and compare's table gives each run's n."""
+    import shutil
+
+    run_dir = copy_run(tiny_run[0], tmp_path / "run")
+    data = Path(shutil.copytree(tiny_run[1], tmp_path / "data"))
+    broken = data / sorted(RunDir(run_dir).split_paths("val"))[0]
+    broken.write_bytes(b"not an image")
+    out = tmp_path / "report.html"
+    assert main(["report", str(run_dir), "--data", str(data), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "1 image(s) of the split could not be read" in text and broken.name in text
+    compare = ["compare", str(run_dir), "--data", str(data), "--split", "val"]
+    assert main([*compare, "--out", str(tmp_path / "cmp")]) == 0
+    n = len(RunDir(run_dir).split_paths("val")) - 1
+    assert f"| 32 | {n} |" in (tmp_path / "cmp" / "results.md").read_text()  # size, n

@@ -42,6 +42,8 @@ class ComparisonRow:
     model: str
     strategy: str
     image_size: int
+    n: int
+    """Images scored (unreadable ones, logged by name, are left out)."""
     accuracy: float
     sensitivity: float
     specificity: float
@@ -115,6 +117,7 @@ def compare_predictor(
         model=meta.model,
         strategy=meta.strategy,
         image_size=meta.image_size,
+        n=metrics.n,
         accuracy=metrics.accuracy,
         sensitivity=metrics.sensitivity,
         specificity=metrics.specificity,
@@ -139,7 +142,7 @@ def _markdown(rows: Sequence[ComparisonRow], split: str, notes: dict[str, str]) 
     robust = any(r.worst_roc_auc is not None for r in rows)
     shifted = any(r.shift_roc_auc is not None for r in rows)
     columns = [
-        "model", "architecture", "strategy", "size", "accuracy", "sensitivity", "specificity",
+        "model", "architecture", "strategy", "size", "n", "accuracy", "sensitivity", "specificity",
         "ROC AUC [95% CI]", *(["worst AUC / specificity (perturbed)"] if robust else []),
         *(["AUC / specificity (compound shift)"] if shifted else []),
         "official val/", "params", "train s", "CPU ms/img",
@@ -155,7 +158,7 @@ def _markdown(rows: Sequence[ComparisonRow], split: str, notes: dict[str, str]) 
     ]
     for r in rows:
         cells = [
-            markdown_cell(r.name), f"`{r.model}`", r.strategy, str(r.image_size), f"{r.accuracy:.4f}",
+            markdown_cell(r.name), f"`{r.model}`", r.strategy, str(r.image_size), str(r.n), f"{r.accuracy:.4f}",
             f"{r.sensitivity:.4f}", f"{r.specificity:.4f}", f"{r.roc_auc:.4f} [{r.roc_auc_ci95}]",
             *([f"{format_metric(r.worst_roc_auc)} / {format_metric(r.worst_specificity)}"] if robust else []),
             *([f"{format_metric(r.shift_roc_auc)} / {format_metric(r.shift_specificity)}"] if shifted else []),

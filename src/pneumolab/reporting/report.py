@@ -57,7 +57,15 @@ def _metrics_html(metrics: EvaluationMetrics) -> str:
             f"<tr><th>{html.escape(name)}</th><td>{point.threshold:.4f}</td>"
             f"<td>{provenance}</td></tr>"
         )
-    return f"<table>{''.join(rows)}</table>"
+    table = f"<table>{''.join(rows)}</table>"
+    if not metrics.skipped:
+        return table
+    shown = ", ".join(metrics.skipped[:10]) + (" ..." if len(metrics.skipped) > 10 else "")
+    note = (
+        f"{len(metrics.skipped)} image(s) of the split could not be read and are left out of "
+        f"every figure here (n = {metrics.n}): {shown}"
+    )
+    return f'{table}<p class="warning">{html.escape(note)}</p>'
 
 
 def _curves_html(labels: np.ndarray, probs: np.ndarray, figures: dict[str, bytes]) -> str:
