@@ -51,6 +51,7 @@ from pneumolab.pipeline.ensemble import build_ensemble
 from pneumolab.pipeline.train import train
 from pneumolab.run import RunDir, split_mismatch
 from pneumolab.study.config import StudyConfig, load_study
+from pneumolab.text import markdown_cell
 from pneumolab.training.distributed import global_rank, on_rank_zero
 
 log = logging.getLogger(__name__)
@@ -334,6 +335,25 @@ def _build_ensembles(
         finished[ensemble.name] = run
 
 
+def _smaller_choice(best: str, margins: Margins, select_by: str) -> str:
+    """Why ``prefer_smaller`` chose ``best``, in the words that fit how many models validation
+    could not tell from the leader (with none, there was no smaller model to choose)."""
+    leader, untold = markdown_cell(margins.leader), margins.untold
+    led = f"the leader on validation by `{select_by}`"
+    if not untold:
+        return (
+            f"{led}: validation tells it from every other model, so `prefer_smaller: true` "
+            "had no other model to choose"
+        )
+    others = f"the {len(untold)} model(s) validation cannot tell from it"
+    if best == margins.leader:
+        return f"{led} and, of it and {others}, the one with the fewest parameters (`prefer_smaller: true`)"
+    return (
+        f"the model with the fewest parameters among **{leader}**, {led}, and {others} "
+        "(`prefer_smaller: true`)"
+    )
+
+
 def _select(
     study: StudyConfig, rows: list[ComparisonRow], finished: dict[str, RunDir], study_dir: Path
 ) -> tuple[str, Margins]:
@@ -345,11 +365,7 @@ def _select(
     best, why = leader, f"selected on validation by `{study.select_by}` (ties: specificity)"
     if study.prefer_smaller:
         best = smallest_untold(margins, {r.name: r.parameters for r in rows})
-        why = (
-            f"the model with the fewest parameters among **{leader}**, the leader on validation "
-            f"by `{study.select_by}`, and the models validation cannot tell from it "
-            "(`prefer_smaller: true`)"
-        )
+        why = _smaller_choice(best, margins, study.select_by)
     _link_best(study_dir, finished[best])
     write_text_atomically(
         study_dir / "selection.md",
