@@ -52,7 +52,10 @@ def test_ensemble_scores_the_mean_with_its_own_threshold(members, tmp_path):
     assert members_found == [r.root.resolve() for r in runs]
     assert meta["val_metrics"]["sensitivity"] >= 0.95  # its own threshold, chosen on validation
     assert meta["parameters"] == sum(json.loads(r.meta.read_text())["parameters"] for r in runs)
-    assert (ensemble.root / "MODEL_CARD.md").read_text().count("Ensemble member") == 2
+    card = (ensemble.root / "MODEL_CARD.md").read_text()
+    assert card.count("Ensemble member") == 2
+    assert "Best epoch: None" not in card and "- Training: each member's" in card
+    assert "seed 0, validation fraction" in card  # its members' split, not "seed —"
     typed = ensemble.read_meta()  # the fields a single run's meta has, from the same writer
     assert typed.is_ensemble and not (ensemble.root / "members.json").exists()
     assert (typed.intensity, typed.task) == ("clahe", "binary")

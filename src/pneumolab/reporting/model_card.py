@@ -224,12 +224,24 @@ def _compute_lines(compute: Compute | None) -> list[str]:
     ]
 
 
+def _training_lines(meta: RunMeta) -> list[str]:
+    """Best epoch and training time (an ensemble trained nothing itself: its members did)."""
+    if meta.is_ensemble:
+        return ["- Training: each member's (see its model card)"]
+    seconds = "—" if meta.train_seconds is None else f"{meta.train_seconds:.0f} s"
+    return [
+        f"- Best epoch: {'—' if meta.best_epoch is None else meta.best_epoch}; training time {seconds}"
+    ]
+
+
 def model_card_text(run: RunDir, val_evaluation: EvaluationMetrics | None = None) -> str:
     """The Markdown text of the run's model card; validation metrics with intervals from
     ``val_evaluation`` (an evaluation's metrics), else from ``eval/val/metrics.json``, else
     from meta.json without intervals."""
     meta = run.read_meta()
     config = load_yaml(run.config) if run.config.is_file() else {}
+    carved = run.member_runs()[0] if meta.is_ensemble else run  # its members share one split
+    split_config = load_yaml(carved.config) if carved.config.is_file() else {}
     counts = _split_counts(run)
     prep = meta.preprocessing
     sides = [
@@ -251,7 +263,7 @@ def model_card_text(run: RunDir, val_evaluation: EvaluationMetrics | None = None
         f"- Preprocessing: {prep.color}; resize {prep.resize}; scale {prep.scale}",
         f"- Intensity normalisation: `{meta.intensity or 'each member its own'}`",
         *_border_lines(prep.border_fade),
-        f"- Best epoch: {meta.best_epoch}; training time {meta.train_seconds} s",
+        *_training_lines(meta),
         *_distributed_lines(meta.distributed),
         *_compute_lines(meta.compute),
         f"- Versions: pneumolab {meta.pneumolab_version}, torch {meta.torch_version}"
@@ -267,8 +279,8 @@ def model_card_text(run: RunDir, val_evaluation: EvaluationMetrics | None = None
         "",
         "Kermany et al. 2018 pediatric chest X-rays (`train/` folder). Validation is a "
         f"patient-grouped split carved from it ({_patients(run)} patient groups in all, no child on "
-        f"both sides), seed {config.get('seed', '—')}, validation fraction "
-        f"{config.get('val_fraction', '—')}.",
+        f"both sides), seed {split_config.get('seed', '—')}, validation fraction "
+        f"{split_config.get('val_fraction', '—')}.",
         "",
         f"| side | {CLASS_NAMES[0]} | {CLASS_NAMES[1]} |",
         "|---|---|---|",
@@ -292,8 +304,8 @@ def model_card_text(run: RunDir, val_evaluation: EvaluationMetrics | None = None
         "## How to evaluate on the held-out test split",
         "",
         "```bash",
-        f"pneumolab evaluate {_shell_path(run.root)} --data DATA_DIR --split test --json",
-        f"pneumolab report {_shell_path(run.root)} --data DATA_DIR --split test "
+        f"pneumolab evaluate {_shell_path(run.root.absolute())} --data DATA_DIR --split test --json",
+        f"pneumolab report {_shell_path(run.root.absolute())} --data DATA_DIR --split test "
         "--out report-test.html",
         "```",
         "",
