@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pneumolab.data.layout import Sample
-from pneumolab.evaluation.selection import margins_over, smallest_untold
+from pneumolab.evaluation.selection import Margins, margins_over, smallest_untold
 from pneumolab.evaluation.writer import METRICS, PREDICTIONS, SHIFT_PREDICTIONS
 from pneumolab.run import RunDir, read_shift_predictions, write_predictions, write_shift_predictions
 
@@ -128,3 +128,8 @@ def test_saturated_scores_keep_the_order_the_table_shows(tmp_path):
     expected = roc_auc_score(y, confident) - roc_auc_score(y, other)
     (margin,) = margins_over(runs, "confident", "roc_auc", "val").margins
     assert expected > 0 and margin.difference.difference == pytest.approx(expected)
+
+
+def test_a_leader_without_others_says_so_instead_of_an_empty_table():
+    text = Margins("roc_auc", "only").markdown("val")
+    assert "No other model to compare it with." in text and "| other model |" not in text

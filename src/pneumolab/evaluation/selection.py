@@ -58,6 +58,8 @@ class Margins:
         head = f"## `{self.criterion}`: **{markdown_cell(self.leader)}** leads\n"
         if self.untested:
             return f"{head}\nNot tested: {self.untested}.\n"
+        if not self.margins:
+            return f"{head}\nNo other model to compare it with.\n"
         shifted = self.criterion.startswith("shift_")
         scores = "under the compound shift, the mean over its draws" if shifted else "unshifted"
         lines = [
