@@ -425,23 +425,32 @@ def test_pydicoms_warnings_name_the_file_once(tmp_path, caplog, recwarn):
     assert not [w for w in recwarn if "ISO_IR 999" in str(w.message)]
 
 
-def test_a_raised_pixel_limit_holds_for_a_jpeg_compressed_dicom(tmp_path, monkeypatch):
-    """Pillow decodes the JPEG frame of such a file: its own limit refused it where max_pixels
-    allowed it, unless a PNG or JPEG file had been loaded first in the process."""
+def jpeg_dicom(path: Path, jpeg_size: tuple[int, int], header_size: tuple[int, int]) -> Path:
+    """A JPEG-baseline DICOM whose frame is a gray ``jpeg_size`` (rows, columns) JPEG and whose
+    header states ``header_size``."""
     import io
 
     from PIL import Image
     from pydicom.uid import JPEGBaseline8Bit
 
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)  # Pillow refuses over 2,000 pixels
     frame = io.BytesIO()
-    Image.fromarray(np.full((60, 60), 120, dtype=np.uint8)).save(frame, "JPEG")
-    path = write_dicom(tmp_path / "a.dcm", np.zeros((60, 60), dtype=np.uint8))
+    Image.fromarray(np.full(jpeg_size, 120, dtype=np.uint8)).save(frame, "JPEG")
+    write_dicom(path, np.zeros(header_size, dtype=np.uint8))
     ds = dcmread(path)
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     ds.PixelData = encapsulate([frame.getvalue()])
     ds["PixelData"].is_undefined_length = True
     ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_raised_pixel_limit_holds_for_a_jpeg_compressed_dicom(tmp_path, monkeypatch):
+    """Pillow decodes the JPEG frame of such a file: its own limit refused it where max_pixels
+    allowed it, unless a PNG or JPEG file had been loaded first in the process."""
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)  # Pillow refuses over 2,000 pixels
+    path = jpeg_dicom(tmp_path / "a.dcm", jpeg_size=(60, 60), header_size=(60, 60))
     assert load_image(path, max_pixels=5_000).size == (60, 60)
 
 
@@ -449,19 +458,7 @@ def test_a_compressed_frame_larger_than_its_header_says_is_refused_before_decodi
     """Only the header's Rows and Columns were checked: a 1.7 MB file claiming 256 x 256 held
     a 10,500 x 10,500 JPEG that the decoder inflated (330 MB) before failing; --max-megapixels
     did not hold. The frame's own header is now read first."""
-    import io
-
-    from PIL import Image
-    from pydicom.uid import JPEGBaseline8Bit
-
-    frame = io.BytesIO()
-    Image.fromarray(np.full((200, 300), 120, dtype=np.uint8)).save(frame, "JPEG")
-    path = write_dicom(tmp_path / "liar.dcm", np.zeros((64, 64), dtype=np.uint8))
-    ds = dcmread(path)
-    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
-    ds.PixelData = encapsulate([frame.getvalue()])
-    ds["PixelData"].is_undefined_length = True
-    ds.save_as(path, enforce_file_format=True)
+    path = jpeg_dicom(tmp_path / "liar.dcm", jpeg_size=(200, 300), header_size=(64, 64))
     with pytest.raises(ImageLoadError, match=r"liar\.dcm: 300x200 pixels is over the limit"):
         load_image(path, max_pixels=10_000)
     with pytest.raises(
