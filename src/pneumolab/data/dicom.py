@@ -30,6 +30,7 @@ from __future__ import annotations
 import io
 import logging
 import mmap
+import threading
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -84,14 +85,45 @@ def check_inflated_size(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) 
                 return
 
 
+_reading = threading.local()
+"""``messages``: the list collecting pydicom's messages on this thread (None: not collecting)."""
+
+
+class _PydicomMessages(logging.Handler):
+    """pydicom's messages (it logs each warning as well as raising it), kept for the thread
+    that caused them: decoding threads read several files at once, and ``warnings`` filters
+    are one state for the whole process (``catch_warnings`` on threads mixed up files, and
+    could leave a filter behind)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        messages = getattr(_reading, "messages", None)
+        if messages is not None:
+            messages.append(record.getMessage())
+
+
+logging.getLogger("pydicom").addHandler(_PydicomMessages(logging.WARNING))
+warnings.filterwarnings("ignore", module="pydicom")  # the same messages: logged, collected above
+
+
+@contextmanager
+def pydicom_messages() -> Iterator[list[str]]:
+    """The messages pydicom logs on this thread while the block runs."""
+    outer = getattr(_reading, "messages", None)
+    messages: list[str] = []
+    _reading.messages = messages
+    try:
+        yield messages
+    finally:
+        _reading.messages = outer
+
+
 @contextmanager
 def warnings_naming(path: str | Path) -> Iterator[None]:
     """pydicom's warnings (an unknown character set, a value of the wrong length...) logged
-    with the file they are about: as Python warnings they named none."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with the file they are about, each once: as Python warnings they named none."""
+    with pydicom_messages() as messages:
         yield
-    for message in dict.fromkeys(str(warning.message) for warning in caught):  # each once
+    for message in dict.fromkeys(messages):
         log.warning("%s: %s", path, message)
 
 

@@ -8,14 +8,13 @@ still a chest radiograph, only outside the intended use.
 from __future__ import annotations
 
 import re
-import warnings
 from datetime import date
 from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
 
-from pneumolab.data.dicom import read_dicom
+from pneumolab.data.dicom import pydicom_messages, read_dicom
 from pneumolab.scope.checks import ScopeChecks
 
 RADIOGRAPHY = {"CR": "computed radiography", "DX": "digital radiography"}
@@ -139,8 +138,7 @@ def dicom_file_checks(path: str | Path) -> ScopeChecks:
 
     A file that cannot be parsed gives no checks here; the image loader reports it by name.
     """
-    with warnings.catch_warnings():  # the image loader reads the file too, and logs them
-        warnings.simplefilter("ignore")
+    with pydicom_messages():  # dropped: the image loader reads the file too, and logs them
         try:
             ds = read_dicom(path, stop_before_pixels=True)  # a deflated file is bounded first
         except Exception:  # pydicom raises many types on a broken header: the loader names it
