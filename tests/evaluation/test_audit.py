@@ -194,3 +194,39 @@ def test_the_ood_histogram_draws_every_out_of_scope_score_right_of_its_threshold
     scores = np.r_[np.random.default_rng(0).normal(80, 15, 300), 1122.0]
     assert _ood_axis_end(scores, 190.6) > 190.6
     assert _ood_axis_end(scores, None) == pytest.approx(np.quantile(scores, 0.99) * 1.2)
+
+
+def _site(records: list) -> audit_module.SiteAudit:
+    """A judged audit of ``records`` against a validation set they match (OOD ~ 80, 60%
+    pneumonia predicted at 0.5)."""
+    val = np.random.default_rng(0).normal(80, 10, 500)
+    audit = audit_module.SiteAudit("run", "site", records, val, 200.0, 0.6)
+    audit_module.judge(audit)
+    return audit
+
+
+def _readable(i: int, warnings: tuple[str, ...] = ()) -> audit_module.ImageRecord:
+    rng = np.random.default_rng(i)
+    return audit_module.ImageRecord(
+        f"{i}.png", probability=float(i % 5 < 3), in_scope=True,
+        label="PNEUMONIA" if i % 5 < 3 else "NORMAL",
+        ood_score=float(rng.normal(80, 10)), warnings=list(warnings),
+    )  # fmt: skip
+
+
+def test_a_site_of_adults_or_of_mostly_unreadable_files_is_not_called_ok():
+    """Both were 'OK: no shift detected': the verdict looked only at the readable images'
+    scope reasons and scores, not at the scope warnings (an adult's age) or at the share of
+    files that could not be read."""
+    assert _site([_readable(i) for i in range(100)]).verdict.startswith("OK")
+    adult = "patient age 45.0 years: an adult outside the intended use (the model ...)"
+    adults = _site([_readable(i, (adult.replace("45.0", f"{40 + i}.0"),)) for i in range(100)])
+    assert adults.verdict.startswith("CAUTION")
+    assert adults.verdict_reasons == [
+        "100% of the images carry scope warnings (outside the children the model was trained "
+        "on): patient age N years: an adult outside the intended use (100)"
+    ]
+    broken = [audit_module.ImageRecord(f"b{i}.jpeg", error="truncated") for i in range(60)]
+    unreadable = _site([_readable(i) for i in range(100)] + broken)
+    assert unreadable.verdict.startswith("CAUTION")
+    assert unreadable.verdict_reasons[0].startswith("38% of the files could not be read")

@@ -40,6 +40,10 @@ MAX_KS = 0.3
 MAX_RATE_DIFFERENCE = 0.2
 """|predicted-pneumonia rate − validation's| that cautions (prevalence may differ; say so)."""
 FEW_IMAGES = 20
+MAX_UNREADABLE = 0.02
+"""Share of unreadable files above which the verdict is a caution (a site's export may be broken)."""
+MAX_WARNED = 0.1
+"""Share of images with scope warnings (adult patients...) above which the verdict cautions."""
 BIT_DEPTHS = {"1": 1, "L": 8, "P": 8, "LA": 8, "RGB": 8, "RGBA": 8, "I;16": 16, "I": 32, "F": 32}
 
 
@@ -102,6 +106,11 @@ class SiteAudit:
         """How often each kind of out-of-scope reason occurred."""
         return Counter(reason_kind(reason) for r in self.scored for reason in r.reasons)
 
+    def warning_counts(self) -> Counter[str]:
+        """How often each kind of scope warning (outside the training population, not out of
+        scope: an adult patient's age...) occurred."""
+        return Counter(warning_kind(warning) for r in self.scored for warning in r.warnings)
+
     def tag_summary(self) -> dict[str, Counter[str]]:
         """For each DICOM tag read, how many images had each value."""
         summary: dict[str, Counter[str]] = {}
@@ -144,6 +153,12 @@ def _median(values: np.ndarray) -> float | None:
 def reason_kind(reason: str) -> str:
     """A reason without its particulars: ``image too small (1x1 px ...)`` → ``image too small``."""
     return re.split(r" \(|: ", reason, maxsplit=1)[0]
+
+
+def warning_kind(warning: str) -> str:
+    """A warning without its numbers and aside: ``patient age 45.0 years: an adult outside the
+    intended use (...)`` → ``patient age N years: an adult outside the intended use``."""
+    return re.sub(r"\d+(?:\.\d+)?", "N", warning.split(" (", 1)[0])
 
 
 def _file_facts(path: Path, record: ImageRecord) -> None:
@@ -208,6 +223,19 @@ def judge(audit: SiteAudit) -> None:
         reasons.append(
             f"predicted-pneumonia rate {rate:.0%} vs {audit.val_pneumonia_rate:.0%} "
             "on validation (a different prevalence can explain it; a shift can too)"
+        )
+    unreadable = 1 - len(audit.scored) / len(audit.records)
+    if unreadable > MAX_UNREADABLE:
+        reasons.append(
+            f"{unreadable:.0%} of the files could not be read (images.csv: error): the site's "
+            "export may be broken, and the figures here describe only the rest"
+        )
+    warned = float(np.mean([bool(r.warnings) for r in audit.scored]))
+    if warned > MAX_WARNED:
+        top = ", ".join(f"{k} ({n})" for k, n in audit.warning_counts().most_common(3))
+        reasons.append(
+            f"{warned:.0%} of the images carry scope warnings (outside the children the model "
+            f"was trained on): {top}"
         )
     if len(audit.scored) < FEW_IMAGES:
         reasons.append(f"only {len(audit.scored)} readable images: every figure here is rough")
