@@ -247,6 +247,13 @@ def test_train_out_and_weights_that_are_not_what_they_should_be(tmp_path, capsys
     )  # fmt: skip
     assert code == 2 and "notes.txt" in one_line(err) and "could not load" in one_line(err)
     assert not (tmp_path / "run").exists()
+    study = tmp_path / "study.yaml"
+    study.write_text("models:\n  - name: a\n    model: pneumolab_cnn_small\n")
+    inside = data / "train" / "NORMAL" / "run"  # its figures would be NORMAL X-rays next time
+    for command in (("train", "--data", data), ("study", study, "--data", data)):
+        code, _, err = run_cli(capsys, *command, "--out", inside)
+        assert code == 2 and "an input folder of this command" in one_line(err), command
+        assert not inside.exists()
 
 
 @pytest.mark.parametrize(

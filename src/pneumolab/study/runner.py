@@ -46,7 +46,7 @@ from pneumolab.evaluation.selection import Margins, margins_over, smallest_untol
 from pneumolab.files import write_text_atomically
 from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.models.registry import check_model_name, find_local_weights
-from pneumolab.outputs import working_in
+from pneumolab.outputs import check_apart, working_in
 from pneumolab.pipeline.ensemble import build_ensemble
 from pneumolab.pipeline.train import train
 from pneumolab.run import RunDir, split_mismatch
@@ -246,6 +246,7 @@ def _run_study(
     except ConfigError as exc:
         raise ConfigError(f"{study_file}: {exc}") from None
     data_dir, study_dir = Path(data_dir).resolve(), Path(out_dir)
+    check_apart(study_dir, find_splits(data_dir).values())  # its runs' figures: read as X-rays
     if RunDir(study_dir).looks_like_run:
         raise OutputError(f"{study_dir}: is a run directory; give the study a folder of its own")
     # rank 0 made the folder; another rank may look before it has

@@ -13,10 +13,12 @@ import lightning as L
 from safetensors.torch import save
 
 from pneumolab.config import TrainConfig, resolve_config
+from pneumolab.data.layout import find_splits
 from pneumolab.errors import ConfigError
 from pneumolab.files import write_bytes_atomically
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.models.registry import create_classifier
+from pneumolab.outputs import check_apart
 from pneumolab.run import RunDir
 from pneumolab.training.datamodule import num_classes
 from pneumolab.training.distill import Teacher
@@ -86,6 +88,8 @@ def train_model(
         check_run_dir(run.root, resume)  # only reads: every rank checks
         config = resolve_config(run.config)
     config = config or TrainConfig()
+    # a run inside train/ or val/ would be read as images by the next training on this data
+    check_apart(run.root, find_splits(Path(data_dir)).values())
     if global_rank() == 0:  # before the Trainer, whose banners would come first
         check_run_dir(run.root, resume)
     trainer = build_trainer(config, run, callbacks)
