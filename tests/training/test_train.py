@@ -201,6 +201,15 @@ def test_a_launcher_that_disagrees_with_the_config_is_refused(
         build_trainer(config, RunDir(tmp_path / "run"), [])
 
 
+def test_several_nodes_without_a_launcher_are_refused_not_waited_for(tmp_path, monkeypatch):
+    """Started alone, ``--num-nodes 2`` waited for a node that never joins (30 minutes)."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("SLURM_NTASKS", raising=False)
+    config = TrainConfig(num_nodes=2, **TINY)
+    with pytest.raises(ConfigError, match=r"--num-nodes 2 needs a launcher .*torchrun --nnodes 2"):
+        build_trainer(config, RunDir(tmp_path / "run"), [])
+
+
 def test_precision_auto_follows_the_accelerator(monkeypatch):
     from pneumolab.training import fit
 

@@ -24,11 +24,20 @@ def lr_factor(rule: str, processes: int) -> float:
     return factors[rule]
 
 
-def check_launch(strategy: str, processes: int) -> None:
+def check_launch(strategy: str, devices: int, num_nodes: int) -> None:
     """ConfigError where an external launcher (torchrun: ``WORLD_SIZE``) started another number
     of processes than the config's ``devices × num_nodes``, or asks ``ddp_spawn`` to start its
-    own beside them: each process would train alone into the same run folder."""
+    own beside them: each process would train alone into the same run folder; and where several
+    nodes are asked for without a launcher (torchrun, SLURM's srun): the one process started
+    would wait for the other nodes until Lightning's timeout (30 minutes)."""
+    processes = devices * num_nodes
     launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if num_nodes > 1 and launched == 1 and "SLURM_NTASKS" not in os.environ:
+        raise ConfigError(
+            f"--num-nodes {num_nodes} needs a launcher that starts the processes on every node "
+            f"(torchrun --nnodes {num_nodes} --nproc-per-node {devices}, or srun under SLURM); "
+            "started alone, training would wait for nodes that never join"
+        )
     if launched > 1 and launched != processes:
         raise ConfigError(
             f"launched as {launched} processes (WORLD_SIZE), but devices × num_nodes is "

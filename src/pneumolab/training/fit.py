@@ -97,7 +97,7 @@ def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callba
     ``monitor: last`` keeps the final epoch (``best.ckpt`` is then the latest) and never stops
     early; ``last.ckpt`` holds every finished epoch either way, for ``--resume``. A Lightning
     configuration error (say, ``accelerator: gpu`` without one) is a ConfigError."""
-    check_launch(config.distributed_strategy, config.devices * config.num_nodes)
+    check_launch(config.distributed_strategy, config.devices, config.num_nodes)
     monitor = None if config.monitor == "last" else config.monitor
     mode = "max" if config.monitor == "val_auc" else "min"
     # saved after HistoryCSV's row: a resume neither loses nor repeats one
