@@ -49,6 +49,17 @@ def check_output(path: str | Path, overwrite: bool = False) -> Path:
     return path
 
 
+def results_file(path: str | Path, overwrite: bool) -> Path:
+    """The file a resumable job (``predict --out``) writes through ``path``, checked
+    (:func:`check_output`; an existing one is resumed): its real path, links followed, so that
+    two spellings of one file share its lock and a link is written through, not replaced. A
+    link to nowhere is refused unless ``overwrite`` (then the link is replaced by the file)."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        return check_output(path, overwrite)
+    return check_output(os.path.realpath(path), overwrite=True)
+
+
 def check_suffix(path: Path, suffix: str, what: str) -> None:
     """OutputError unless ``path`` ends in ``suffix`` (any case): ``what`` is written as such a
     file, and a name that says otherwise (``model.txt``) would mislead whoever opens it."""

@@ -287,3 +287,29 @@ def test_a_lock_file_that_cannot_be_made_is_not_called_held(predictor, images, t
     out = Path("/proc/results.csv")  # a folder where no file can be made
     with pytest.raises(OutputError, match=r"results\.csv: cannot make its lock file"):
         predict_to_file(predictor, images[1][:1], out, progress=False)
+
+
+def test_a_link_as_out_is_written_through_and_one_to_nowhere_is_refused(
+    predictor, images, tmp_path
+):
+    """Resuming through a link replaced the link by a copy (the real file kept its old rows),
+    two spellings of one file took two locks, and a link to nowhere (an unmounted share) was
+    replaced by a local file without --overwrite."""
+    from filelock import FileLock
+
+    folder, files = images
+    real = tmp_path / "real" / "results.csv"
+    real.parent.mkdir()
+    predict_to_file(predictor, files[:2], real, progress=False)
+    link = tmp_path / "link.csv"
+    link.symlink_to(real)
+    summary = predict_to_file(predictor, [folder], link, progress=False)
+    assert (summary.already_done, summary.written) == (2, 9)
+    assert link.is_symlink() and len(_read(real)) == 11
+    with FileLock(f"{real}.lock"), pytest.raises(OutputError, match="another process is writing"):
+        predict_to_file(predictor, [folder], link, progress=False)  # the real file's lock
+    nowhere = tmp_path / "nowhere.csv"
+    nowhere.symlink_to(tmp_path / "unmounted" / "results.csv")
+    with pytest.raises(OutputError, match="which does not exist; pass --overwrite"):
+        predict_to_file(predictor, [folder], nowhere, progress=False)
+    assert nowhere.is_symlink()

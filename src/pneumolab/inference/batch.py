@@ -26,7 +26,7 @@ from pneumolab.inference.results_file import (
     results_format,
     write_text_rows,
 )
-from pneumolab.outputs import check_output, writing_alone
+from pneumolab.outputs import results_file, writing_alone
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,8 @@ def predict_to_file(
     :meth:`Predictor.predict_paths` (``workers`` decoding threads) serves the whole job, so
     decoding stays ahead of the model across batches.
     """
-    out = Path(out)
+    out = results_file(out, overwrite)
     fmt = results_format(out)
-    check_output(out, overwrite=True)
     with writing_alone(out):
         producer = producer_of(predictor)
         done = _resume(out, fmt, producer) if out.exists() and not overwrite else set()

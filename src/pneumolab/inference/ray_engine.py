@@ -41,7 +41,7 @@ from pneumolab.inference.results_table import (
     write_results,
 )
 from pneumolab.inference.torch_scoring import default_device
-from pneumolab.outputs import check_output, writing_alone
+from pneumolab.outputs import results_file, writing_alone
 from pneumolab.scope.checks import ScopeChecks
 
 log = logging.getLogger(__name__)
@@ -236,9 +236,8 @@ def predict_with_ray(
     written with other settings, or not a results file, is refused untouched unless
     ``overwrite``."""
     ray = import_ray()
-    out = Path(out).resolve()  # the workers write its parts: their working folder is not ours
+    out = results_file(out, overwrite).absolute()  # the workers write its parts elsewhere
     table_format(out)
-    check_output(out, overwrite=True)
     if predictor.run_dir is None:
         raise ConfigError("the ray engine loads the run in every worker: pass a run directory")
     with writing_alone(out):
