@@ -313,3 +313,16 @@ def test_a_link_as_out_is_written_through_and_one_to_nowhere_is_refused(
     with pytest.raises(OutputError, match="which does not exist; pass --overwrite"):
         predict_to_file(predictor, [folder], nowhere, progress=False)
     assert nowhere.is_symlink()
+
+
+def test_an_image_given_as_out_is_never_overwritten(predictor, images, tmp_path):
+    """Images are known by their content whatever their names: an X-ray named scan.csv given
+    as both input and --out (with --overwrite) was replaced by the results."""
+    folder, files = images
+    scan = tmp_path / "scan.csv"
+    shutil.copy(files[0], scan)
+    before = scan.read_bytes()
+    for given in ([scan], [tmp_path]):
+        with pytest.raises(OutputError, match="is one of the images to predict"):
+            predict_to_file(predictor, given, scan, overwrite=True, progress=False)
+    assert scan.read_bytes() == before

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from pneumolab.errors import ImageLoadError
+from pneumolab.errors import ImageLoadError, OutputError
 from pneumolab.inference.inputs import expand_paths
 from pneumolab.inference.prediction import Prediction
 from pneumolab.inference.predictor import Predictor
@@ -76,6 +76,13 @@ def result_sources(paths: str | Path | Sequence[str | Path]) -> list[Path]:
     )
 
 
+def check_not_an_input(out: Path, sources: Sequence[str | Path]) -> None:
+    """OutputError where the results file ``out`` is one of the images (known by content,
+    whatever their names: an X-ray may be called ``scan.csv``)."""
+    if any(os.path.realpath(source) == os.path.realpath(out) for source in sources):
+        raise OutputError(f"{out}: is one of the images to predict; give --out another path")
+
+
 def predict_to_file(
     predictor: Predictor,
     paths: str | Path | Sequence[str | Path],
@@ -97,12 +104,13 @@ def predict_to_file(
     """
     out = results_file(out, overwrite)
     fmt = results_format(out)
+    files = result_sources(paths)
+    check_not_an_input(out, files)
     with writing_alone(out):
         producer = producer_of(predictor)
         done = _resume(out, fmt, producer) if out.exists() and not overwrite else set()
         if overwrite or not out.exists():
             write_text_rows(out, fmt, [])
-        files = result_sources(paths)
         todo = [p for p in files if str(p) not in done]
         failed = _append_rows(predictor, todo, out, fmt, batch_size, progress, workers)
     return BatchSummary(written=len(todo), already_done=len(files) - len(todo), failed=failed)

@@ -27,7 +27,13 @@ from pneumolab.choices import BackendName
 from pneumolab.data.imageio import DEFAULT_MAX_PIXELS
 from pneumolab.data.layout import check_utf8_name
 from pneumolab.errors import ConfigError, ImageLoadError, OutputError, printable
-from pneumolab.inference.batch import BatchSummary, producer_of, result_row, result_sources
+from pneumolab.inference.batch import (
+    BatchSummary,
+    check_not_an_input,
+    producer_of,
+    result_row,
+    result_sources,
+)
 from pneumolab.inference.decoding import attempt
 from pneumolab.inference.inputs import prepare_image
 from pneumolab.inference.predictor import Predictor
@@ -264,6 +270,7 @@ def _score_into(
         check_producer(earlier, producer, parts)
     done = {row.source for row in earlier if not row.error}
     sources = [str(source) for source in result_sources(paths)]
+    check_not_an_input(out, sources)
     todo = [source for source in sources if source not in done]
     for source in todo:  # before Ray starts: Arrow carries names as UTF-8 strings
         check_utf8_name(source, "; or score with the local engine (the default), which keeps it")
