@@ -318,7 +318,7 @@ def test_a_link_as_out_is_written_through_and_one_to_nowhere_is_refused(
 def test_an_image_given_as_out_is_never_overwritten(predictor, images, tmp_path):
     """Images are known by their content whatever their names: an X-ray named scan.csv given
     as both input and --out (with --overwrite) was replaced by the results."""
-    folder, files = images
+    _, files = images
     scan = tmp_path / "scan.csv"
     shutil.copy(files[0], scan)
     before = scan.read_bytes()

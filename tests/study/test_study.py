@@ -673,3 +673,25 @@ def test_a_model_that_fails_before_training_is_skipped_on_every_rank(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "failed: ['three']; best: binary" in done.stdout
     assert RunDir(tmp_path / "out" / "runs" / "binary").read_meta().distributed.processes == 2
+
+
+def test_an_unexpected_failure_of_one_model_leaves_the_others_to_run(tmp_path, monkeypatch):
+    """An exception that was not a PneumolabError (a network's own assertion, a bug) stopped
+    the whole study with a traceback: later models never trained, no table was written."""
+    from pneumolab.config import TrainConfig
+    from pneumolab.study import runner
+
+    trained = []
+
+    def train_or_reuse(name, config, data_dir, run):
+        if name == "a":
+            raise AssertionError("Input height (32) doesn't match model (224).")
+        trained.append(name)
+
+    monkeypatch.setattr(runner, "_train_or_reuse", train_or_reuse)
+    configs = {name: TrainConfig() for name in ("a", "b")}
+    finished, failed = runner._train_models(configs, tmp_path, tmp_path / "study")
+    assert trained == ["b"] and list(finished) == ["b"]
+    assert failed == {
+        "a": "unexpected AssertionError: Input height (32) doesn't match model (224)."
+    }

@@ -358,3 +358,16 @@ def test_the_monitor_picks_the_checkpoint_it_names(synthetic_data, tmp_path, mon
         "val_auc": aucs.index(max(aucs)),
     }[monitor]
     assert run.read_meta().best_epoch == expected
+
+
+def test_a_network_that_cannot_take_the_image_size_is_refused_before_the_run(
+    synthetic_data, tmp_path
+):
+    """A ViT built for 224 px failed in its first forward pass with timm's AssertionError
+    traceback, leaving config.yaml and split.csv that blocked the rerun."""
+    from pneumolab.errors import ModelError
+
+    config = TrainConfig(**(TINY | {"model": "vit_tiny_patch16_224", "pretrained": False}))
+    with pytest.raises(ModelError, match=r"vit_tiny_patch16_224 cannot take 32 x 32 px images"):
+        train(synthetic_data, tmp_path / "run", config)
+    assert not (tmp_path / "run").exists()

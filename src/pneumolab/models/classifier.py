@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pneumolab.errors import ModelError
+
 Backbone = Any
 """A timm model (``nn.Module`` with ``get_classifier``, ``forward_features``...): timm ships no
 type information, so calls of its methods are not checked."""
@@ -91,6 +93,22 @@ class XrayClassifier(nn.Module):
     def class_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone's raw ``(B, K)`` logits (K = 1: pneumonia; K = 3: the subtypes)."""
         return self.backbone(self._backbone_input(x))
+
+    def check_input_size(self, name: str, image_size: int) -> None:
+        """ModelError where the network ``name`` cannot take ``image_size`` px images (a ViT
+        built for 224 px, an Inception too small for its pooling): one forward pass of a blank
+        image, before anything is trained or written."""
+        mode = self.training
+        try:
+            with torch.no_grad():
+                self.eval()(torch.zeros(1, 1, image_size, image_size))
+        except Exception as exc:  # timm raises AssertionError, torch RuntimeError...
+            raise ModelError(
+                f"{name} cannot take {image_size} x {image_size} px images "
+                f"({type(exc).__name__}: {exc}); choose another --image-size or model"
+            ) from None
+        finally:
+            self.train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B,)`` logits of pneumonia, whatever the number of classes."""

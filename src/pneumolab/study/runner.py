@@ -304,6 +304,9 @@ def _train_models(
         except PneumolabError as exc:
             log.error("%s: not trained: %s", name, exc)
             failed[name] = str(exc)
+        except Exception as exc:  # a fault of one model's training: the others still run
+            log.exception("%s: not trained: unexpected %s", name, type(exc).__name__)
+            failed[name] = f"unexpected {type(exc).__name__}: {exc}"
     return finished, failed
 
 

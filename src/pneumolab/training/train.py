@@ -53,6 +53,7 @@ def build_model(config: TrainConfig, resume: bool = False) -> BuiltModel:
         border_fade=config.border_fade,
         head_init=config.head_init,
     )
+    model.check_input_size(config.model, config.image_size)
     apply_strategy(model.backbone, config.strategy, config.unfreeze_stages)
     return BuiltModel(
         model,
