@@ -93,6 +93,8 @@ class TrainingSummary(Result):
     parameters: int | None
     trainable_parameters: int | None = None
     best_epoch: int | None = None
+    """The kept checkpoint's epoch, counted from 0 as Lightning counts (training prints and the
+    model card show it from 1)."""
     train_seconds: float | None
     feature_cache: FeatureCacheStats | None = None
     distributed: DistributedTraining | None = None

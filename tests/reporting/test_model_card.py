@@ -35,6 +35,7 @@ def test_tiny_run_has_a_model_card(tiny_run, tmp_path):
     assert f"sigmoid({meta.platt.slope:.3f}" in card
     assert "strategy: finetune" in card
     assert "No bacterial/viral distinction" in card  # a binary run says so
+    assert meta.best_epoch == 0 and "- Best epoch: 1;" in card  # as training printed it (1/1)
 
     (run.eval_dir("val")).mkdir(parents=True)
     metrics = evaluation_of(meta) | {"ci95": {"roc_auc": [0.125, 0.875]}}

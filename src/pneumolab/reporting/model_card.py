@@ -229,9 +229,8 @@ def _training_lines(meta: RunMeta) -> list[str]:
     if meta.is_ensemble:
         return ["- Training: each member's (see its model card)"]
     seconds = "—" if meta.train_seconds is None else f"{meta.train_seconds:.0f} s"
-    return [
-        f"- Best epoch: {'—' if meta.best_epoch is None else meta.best_epoch}; training time {seconds}"
-    ]
+    best = "—" if meta.best_epoch is None else meta.best_epoch + 1  # as training printed it
+    return [f"- Best epoch: {best}; training time {seconds}"]
 
 
 def model_card_text(run: RunDir, val_evaluation: EvaluationMetrics | None = None) -> str:

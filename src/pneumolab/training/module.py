@@ -190,7 +190,7 @@ class ClassifierModule(L.LightningModule):
         probs, labels = unique_by_index(index, probs, labels)
         if not torch.isfinite(probs).all():
             raise TrainingDiverged(
-                f"training diverged in epoch {self.current_epoch}: the model's validation "
+                f"training diverged in epoch {self.current_epoch + 1}: the model's validation "
                 "scores are not finite numbers; train again with a lower lr, into a new --out"
             )
         loss = F.binary_cross_entropy(probs.clamp(1e-7, 1 - 1e-7), labels)
