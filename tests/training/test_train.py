@@ -118,11 +118,14 @@ def test_interrupted_training_resumes_from_last_checkpoint(synthetic_data, tmp_p
     ):
         train(synthetic_data, out, resume=True)
     run.config.write_text(as_trained)
+    saved = torch.load(run.last_checkpoint, weights_only=True)["callbacks"]["TrainingClock"]
 
     trained = EpochsTrained()
     train(synthetic_data, out, resume=True, callbacks=[trained])
     assert trained.epochs == [1]  # from the checkpoint, not from scratch
     assert run.is_complete()
+    # the first leg's seconds are counted too (the last leg's alone were reported)
+    assert run.read_meta().train_seconds >= round(saved["seconds"], 1) > 0
     with run.history.open() as f:
         epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
     assert epochs == [0, 1], "resume must continue at epoch 1, not start over"

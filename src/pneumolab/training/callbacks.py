@@ -56,6 +56,31 @@ def _rebased(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
     )
 
 
+class TrainingClock(L.Callback):
+    """Seconds spent training, over every leg of a resumed run: each checkpoint files the
+    total so far, and a resume starts from it (a resumed run's ``train_seconds`` counted only
+    its last leg; one resumed with every epoch done reported 0 s)."""
+
+    def __init__(self) -> None:
+        self.earlier = 0.0
+        self.started = time.perf_counter()
+
+    def restart(self) -> None:
+        """Count this leg from now."""
+        self.started = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        """Earlier legs (as the checkpoint resumed from filed them) plus this one so far."""
+        return self.earlier + time.perf_counter() - self.started
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.earlier = float(state_dict.get("seconds", 0.0))
+
+
 class EpochSummary(L.Callback):
     """Times every training epoch and hands :meth:`write` its summary (epoch, losses, validation
     AUC, validation images scored, learning rate, seconds) at the epoch's end, after validation;

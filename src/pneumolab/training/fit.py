@@ -3,7 +3,6 @@ epoch its monitor picks (the last by default)."""
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +27,12 @@ from pneumolab.errors import ConfigError, TrainingInterrupted
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.run import RunDir
 from pneumolab.run_meta import DistributedTraining, FeatureCacheStats, TrainingSummary
-from pneumolab.training.callbacks import HistoryCSV, RunCheckpoint, progress_display
+from pneumolab.training.callbacks import (
+    HistoryCSV,
+    RunCheckpoint,
+    TrainingClock,
+    progress_display,
+)
 from pneumolab.training.checkpoint_io import (
     AtomicCheckpointIO,
     RunSettings,
@@ -126,6 +130,7 @@ def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callba
         *checkpoints,
         *stopping,
         HistoryCSV(run.history),
+        TrainingClock(),
         RunSettings(config),
         TrainingCompute(),
         progress,
@@ -254,7 +259,8 @@ def fit(
     """Train the built model on the run's ``split.csv`` (checkpoints, history.csv in ``run``;
     ``resume`` continues from the last checkpoint) and, on rank 0, load the best epoch's weights
     into it; the other ranks of a multi-process run get None when training ends."""
-    started = time.perf_counter()
+    clock = next(c for c in trainer.callbacks if isinstance(c, TrainingClock))  # type: ignore[attr-defined]
+    clock.restart()
     logger = experiment_logger(config, run)
     if logger is not None:
         trainer.logger = logger
@@ -280,7 +286,7 @@ def fit(
         parameters=sum(p.numel() for p in model.parameters()),
         trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
         best_epoch=best.get("epoch"),
-        train_seconds=round(time.perf_counter() - started, 1),
+        train_seconds=round(clock.seconds, 1),
         feature_cache=FeatureCacheStats(**cache_stats) if cache_stats else None,
         distributed=distributed_summary(trainer, config, module.lr),
         compute=compute_record(trainer),
