@@ -122,3 +122,10 @@ def test_merge_keys_may_be_overridden_and_odd_keys_are_named(tmp_path):
     path.write_text("? [a, b]\n: 1\n")  # a list as a key
     with pytest.raises(ConfigError, match=r"study\.yaml: invalid YAML \(.*unhashable key"):
         load_yaml(path)
+
+
+def test_an_empty_weights_or_teacher_path_is_no_path():
+    """``--teacher ''`` turned distillation off but config.yaml recorded the working folder as
+    the teacher (and ``--weights ''`` as the weights)."""
+    config = TrainConfig(teacher="", weights="  ")
+    assert config.teacher is None and config.weights is None

@@ -13,6 +13,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -241,6 +242,13 @@ class TrainConfig(BaseModel):
         description="experiment tracking: csv (history.csv only), tensorboard "
         "(RUN_DIR/tensorboard/), mlflow (local store RUN_DIR/mlruns/, or $MLFLOW_TRACKING_URI)",
     )
+
+    @field_validator("weights", "teacher", mode="before")
+    @classmethod
+    def _blank_path_is_none(cls, value: Any) -> Any:
+        """An empty path (``--teacher ''``) is no path: it was resolved to the working folder
+        and recorded as such."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _compatible_options(self) -> TrainConfig:
