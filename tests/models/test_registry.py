@@ -68,6 +68,18 @@ def test_missing_weights_location_is_an_error(tmp_path):
         find_local_weights("resnet18", tmp_path / "nowhere")
 
 
+def test_a_folder_with_several_files_for_one_network_is_refused_not_guessed(tmp_path):
+    """The first file by name was taken (an all-zero import sorted before the real weights)
+    with nothing logged or recorded."""
+    for name in ("mobilenetv2_100.a_zeros.safetensors", "mobilenetv2_100.tv_in1k.safetensors"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "resnet18.tv_in1k.safetensors").write_bytes(b"")
+    with pytest.raises(ModelError, match=r"several weights files for mobilenetv2_100 \(mobilenet"):
+        find_local_weights("mobilenetv2_100", tmp_path)
+    assert find_local_weights("resnet18", tmp_path) == tmp_path / "resnet18.tv_in1k.safetensors"
+    assert find_local_weights("mobilenetv2_100", tmp_path / "mobilenetv2_100.tv_in1k.safetensors")
+
+
 def test_shared_mobilenetv2_weights_load_exactly():
     from conftest import SHARED_WEIGHTS
 

@@ -57,8 +57,10 @@ def published_weights(name: str) -> bool:
 
 
 def find_local_weights(name: str, weights: str | Path | None) -> Path | None:
-    """The local weights file for ``name``: ``weights`` itself if it is a file, else the best match in
-    the folder ``weights`` (or ``$PNEUMOLAB_WEIGHTS_DIR``); None when no folder is given."""
+    """The local weights file for ``name``: ``weights`` itself if it is a file, else the one file
+    for it in the folder ``weights`` (or ``$PNEUMOLAB_WEIGHTS_DIR``), ``NAME.*`` or ``NAME.TAG.*``;
+    None when no folder is given. ModelError where the folder holds several (the first by name
+    was taken silently, and not recorded)."""
     location = weights or os.environ.get(WEIGHTS_DIR_ENV)
     if not location:
         return None
@@ -72,6 +74,12 @@ def find_local_weights(name: str, weights: str | Path | None) -> Path | None:
         for p in location.iterdir()
         if p.suffix in WEIGHT_SUFFIXES and (p.stem == name or p.stem.startswith(name + "."))
     )
+    if len(candidates) > 1:
+        names = ", ".join(p.name for p in candidates)
+        raise ModelError(
+            f"{location}: several weights files for {name} ({names}); give --weights the file "
+            "to start from"
+        )
     return candidates[0] if candidates else None
 
 
