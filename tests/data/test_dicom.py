@@ -403,6 +403,21 @@ def test_a_deflated_dicom_with_bytes_after_its_stream_is_read_not_looped_on(tmp_
     assert np.asarray(load_image(path, max_pixels=10_000_000)).max() == 0
 
 
+def test_the_header_checks_read_a_deflated_file_within_the_pixel_limit_given(tmp_path):
+    """The header checks bounded a deflated file by the default limit, whatever the caller's:
+    with --max-megapixels raised, a CT's file was read as an image but its 'Modality CT'
+    reason was dropped."""
+    pixels = np.zeros((16, 16), np.uint8)
+    path = write_dicom(tmp_path / "ct.dcm", pixels, syntax=DeflatedExplicitVRLittleEndian)
+    ds = dcmread(path)
+    ds.Modality, ds.PixelData = "CT", bytes(20 << 20)  # 20 MB: over 16 MB + 6 x 10,000 px
+    ds.Rows = ds.Columns = 2048
+    ds.save_as(path)
+    assert "Modality CT" in dicom_file_checks(path).reasons[0]
+    assert dicom_file_checks(path, max_pixels=10_000).reasons == ()
+    assert "Modality CT" in dicom_file_checks(path, max_pixels=20_000_000).reasons[0]
+
+
 def test_a_deflated_dicom_is_read_and_one_that_inflates_too_far_is_refused_unread(
     tmp_path, monkeypatch
 ):

@@ -161,12 +161,12 @@ def warning_kind(warning: str) -> str:
     return re.sub(r"\d+(?:\.\d+)?", "N", warning.split(" (", 1)[0])
 
 
-def _file_facts(path: Path, record: ImageRecord) -> None:
+def _file_facts(path: Path, record: ImageRecord, max_pixels: int) -> None:
     """Size, bit depth and DICOM tags from the file's header (no decoding)."""
     if is_dicom_file(path):
         from pneumolab.scope.dicom_header import dicom_file_checks
 
-        record.dicom_tags = tags = dicom_file_checks(path).tags
+        record.dicom_tags = tags = dicom_file_checks(path, max_pixels).tags
         record.width, record.height = _int(tags.get("Columns")), _int(tags.get("Rows"))
         record.bit_depth = _int(tags.get("BitsStored"))
         return
@@ -179,7 +179,7 @@ def _int(text: str | None) -> int | None:
     return int(text) if text and text.isdigit() else None
 
 
-def _record(path: Path, outcome: Any, pixels: np.ndarray | None) -> ImageRecord:
+def _record(path: Path, outcome: Any, pixels: np.ndarray | None, max_pixels: int) -> ImageRecord:
     record = ImageRecord(str(path))
     if isinstance(outcome, ImageLoadError):
         record.error = str(outcome)
@@ -189,7 +189,7 @@ def _record(path: Path, outcome: Any, pixels: np.ndarray | None) -> ImageRecord:
     record.probability, record.label = outcome.probability, outcome.label
     record.in_scope, record.ood_score = outcome.in_scope, outcome.ood_score
     record.reasons, record.warnings = list(outcome.reasons), list(outcome.warnings)
-    _file_facts(path, record)
+    _file_facts(path, record, max_pixels)
     return record
 
 
@@ -276,7 +276,7 @@ def audit_folder(
     run = RunDir(Path(run_dir))
     predictor = Predictor.from_run(run.root, max_pixels=max_pixels)
     records = [
-        _record(path, outcome, pixels)
+        _record(path, outcome, pixels, max_pixels)
         for path, outcome, pixels in predictor.score_paths(images, batch_size)
     ]
     val_probs = np.array([row["probability"] for row in read_predictions(run.val_predictions)])

@@ -212,7 +212,9 @@ def explain_paths(
             except PneumolabError as exc:
                 yield exc
                 continue
-            result, heat = explain_image(predictor, layer, image, file_header_checks(path))
+            result, heat = explain_image(
+                predictor, layer, image, file_header_checks(path, max_pixels)
+            )
             title = (
                 f"{path.name}\nP(pneumonia) = {result.probability:.3f} → {result.label} "
                 f"(threshold {result.threshold:.3f}) — research tool, not a diagnosis"

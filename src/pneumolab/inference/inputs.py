@@ -39,14 +39,14 @@ def expand_paths(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def file_header_checks(path: str | Path) -> ScopeChecks:
+def file_header_checks(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ScopeChecks:
     """The scope checks a file's header allows before any pixel work: a DICOM's tags (other
     formats: none)."""
     if not is_dicom_file(Path(path)):
         return ScopeChecks()
     from pneumolab.scope.dicom_header import dicom_file_checks  # pydicom when needed
 
-    return dicom_file_checks(path)
+    return dicom_file_checks(path, max_pixels)
 
 
 def _tensor_as_array(image: Any) -> Any:
@@ -67,7 +67,7 @@ def prepare_image(
     function of its own so that decoding workers need no loaded model."""
     checks = ScopeChecks()
     if isinstance(image, str | Path):
-        checks = file_header_checks(image)
+        checks = file_header_checks(image, max_pixels)
         pil = load_image(image, size_hint=image_size, max_pixels=max_pixels)
     elif isinstance(image, Image.Image):  # EXIF orientation applied, as to files
         pil = image_to_grayscale(upright(image, "image"))

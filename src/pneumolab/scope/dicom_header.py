@@ -15,6 +15,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from pneumolab.data.dicom import pydicom_messages, read_dicom
+from pneumolab.data.imageio import DEFAULT_MAX_PIXELS
 from pneumolab.scope.checks import ScopeChecks
 
 RADIOGRAPHY = {"CR": "computed radiography", "DX": "digital radiography"}
@@ -133,14 +134,15 @@ def header_checks(ds: Dataset) -> ScopeChecks:
     return ScopeChecks(tuple(reasons), _age_warnings(ds), tags)
 
 
-def dicom_file_checks(path: str | Path) -> ScopeChecks:
-    """:func:`header_checks` of a DICOM file, reading the header only (stops before pixel data).
+def dicom_file_checks(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ScopeChecks:
+    """:func:`header_checks` of a DICOM file, reading the header only (stops before pixel data;
+    a deflated file is bounded by ``max_pixels`` first, as its image is).
 
     A file that cannot be parsed gives no checks here; the image loader reports it by name.
     """
     with pydicom_messages():  # dropped: the image loader reads the file too, and logs them
         try:
-            ds = read_dicom(path, stop_before_pixels=True)  # a deflated file is bounded first
+            ds = read_dicom(path, max_pixels, stop_before_pixels=True)
         except Exception:  # pydicom raises many types on a broken header: the loader names it
             return ScopeChecks()
         return header_checks(ds)

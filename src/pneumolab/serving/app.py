@@ -101,7 +101,7 @@ def _decode(
         except ImageLoadError as exc:
             raise HTTPException(422, str(exc).replace(tmp.name, filename)) from None
         is_dicom = found.pillow_name is None
-        return image, dicom_file_checks(tmp.name) if is_dicom else ScopeChecks()
+        return image, dicom_file_checks(tmp.name, max_pixels) if is_dicom else ScopeChecks()
 
 
 class ErrorResponse(BaseModel):
