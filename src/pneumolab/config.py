@@ -258,6 +258,11 @@ class TrainConfig(BaseModel):
         best-epoch ``monitor``, needs an epoch before its own, and recomputes every batch-norm
         layer's statistics (``partial`` keeps the frozen stages'). Head epochs need pretrained
         features to train on and an epoch of fine-tuning after them."""
+        if self.strategy == "frozen" and not self.pretrained:  # before a study trains anything
+            raise ValueError(
+                "strategy 'frozen' needs pretrained weights (a frozen random backbone learns "
+                "nothing); use 'finetune' to train from scratch"
+            )
         for option in ("cutmix_alpha", "teacher"):
             if getattr(self, option) and self.strategy == "frozen":
                 raise ValueError(

@@ -11,7 +11,6 @@ import torch
 from conftest import TINY_TRAINING, write_backbone_weights, write_synthetic_dataset
 from pneumolab.config import TrainConfig
 from pneumolab.data.layout import Sample
-from pneumolab.errors import ConfigError
 from pneumolab.pipeline.train import train
 from pneumolab.training.feature_cache import FeatureCache
 
@@ -126,9 +125,20 @@ def test_frozen_training_reuses_features_until_weights_or_size_change(tmp_path):
     assert first["key"] in (fp32["key"], bf16["key"])  # precision auto: one of the two
 
 
-def test_frozen_without_pretrained_weights_is_refused(tmp_path):
+def test_frozen_without_pretrained_weights_is_refused_as_a_config(tmp_path):
+    """A config error (a study refuses it before training any model; it stopped a study
+    after the models before it had trained)."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="needs pretrained weights"):
+        TrainConfig(**(TINY_TRAINING | dict(strategy="frozen")))
+    study = tmp_path / "study.yaml"
+    study.write_text(
+        "models:\n  - {name: a, model: pneumolab_cnn_small, pretrained: false}\n"
+        "  - {name: f, model: pneumolab_cnn_small, pretrained: false, strategy: frozen}\n"
+    )
     data = write_synthetic_dataset(tmp_path / "data")
-    config = TrainConfig(**(TINY_TRAINING | dict(strategy="frozen")))
-    with pytest.raises(ConfigError, match="needs pretrained weights"):
-        train(data, tmp_path / "run", config)
-    assert not (tmp_path / "run").exists()
+    from pneumolab.cli import main
+
+    assert main(["study", str(study), "--data", str(data), "--out", str(tmp_path / "s")]) == 2
+    assert not (tmp_path / "s").exists()  # refused before model a trained

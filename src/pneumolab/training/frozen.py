@@ -15,7 +15,6 @@ from torch import nn
 import pneumolab
 from pneumolab.config import TrainConfig
 from pneumolab.data.layout import Sample
-from pneumolab.errors import ConfigError
 from pneumolab.files import sha256_of
 from pneumolab.inference.torch_scoring import score_batches
 from pneumolab.models.classifier import XrayClassifier, pneumonia_logit
@@ -58,11 +57,6 @@ def weights_identity(config: TrainConfig) -> str:
 
 def cache_for(config: TrainConfig) -> FeatureCache:
     """The feature cache of this config's backbone, weights, image size and preprocessing."""
-    if not config.pretrained:
-        raise ConfigError(
-            "strategy 'frozen' needs pretrained weights (a frozen random backbone learns nothing); "
-            "use 'finetune' to train from scratch"
-        )
     key = {
         "model": config.model,
         "weights": weights_identity(config),
