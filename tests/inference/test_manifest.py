@@ -53,3 +53,12 @@ def test_a_csv_the_csv_module_cannot_parse_is_named(tmp_path):
     manifest.write_text("path\n" + "x" * 200_000 + "\n")  # over the csv module's field limit
     with pytest.raises(ConfigError, match=r"m\.csv: unreadable manifest \(field larger"):
         read_manifest(manifest)
+
+
+def test_a_manifest_without_rows_says_so(tmp_path):
+    """A header-only manifest gave "nothing to predict: give image files or folders, or
+    --manifest FILE", though a manifest was given."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path\n\n")
+    with pytest.raises(ConfigError, match=r"m\.csv: the manifest lists no images"):
+        read_manifest(manifest)

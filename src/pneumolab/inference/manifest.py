@@ -19,7 +19,8 @@ def read_manifest(manifest: str | Path) -> list[Path]:
     """The image paths in ``manifest``'s ``path`` column (CSV with a header row, or Parquet; a
     Parquet column of bytes is decoded as the file system's names); relative paths are relative
     to the manifest's folder. A blank CSV row (every cell empty) is skipped; a row with data but
-    no path is an error naming its line, as is a column that is not text. Errors name the file."""
+    no path is an error naming its line, as is a column that is not text, and a manifest
+    without rows. Errors name the file."""
     manifest = Path(manifest)
     if not manifest.is_file():
         raise ConfigError(f"{manifest}: manifest file not found")
@@ -44,6 +45,8 @@ def read_manifest(manifest: str | Path) -> list[Path]:
             f"{manifest}: no image path at {', '.join(missing[:SHOWN])}{more} (every row needs "
             f"one in its '{COLUMN}' column)"
         )
+    if not rows:  # predict would say "nothing to predict: give ... --manifest FILE"
+        raise ConfigError(f"{manifest}: the manifest lists no images (no row under its header)")
     return [manifest.parent / value for _, value in rows if value]
 
 
