@@ -341,3 +341,18 @@ def test_max_megapixels_refuses_larger_images_by_name(tiny_run, tmp_path, capsys
     assert "big.png" in errors[0] and "150x150 pixels is over the limit of 10,000" in errors[0]
     again = [] if command == "predict" else ["--overwrite"]
     assert main([command, str(run_dir), str(folder), *where, *again]) == 0
+
+
+def test_data_check_names_an_image_filed_under_both_classes(tmp_path, capsys):
+    """One image in NORMAL and in PNEUMONIA was only counted as a duplicate group: a label
+    conflict in the training data went unmentioned."""
+    from conftest import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "data")
+    normal = sorted((data / "train" / "NORMAL").iterdir())[0]
+    twin = data / "train" / "PNEUMONIA" / "person999_bacteria_1.png"
+    shutil.copy(normal, twin)
+    capsys.readouterr()
+    assert main(["data", "check", str(data)]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "under two classes:" in err and normal.name in err and twin.name in err

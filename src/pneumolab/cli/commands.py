@@ -64,6 +64,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     )
     for group in report.cross_split_duplicates:
         say(("  across splits: ", "yellow"), ", ".join(map(str, group)))
+    for group in report.conflicting_labels:  # one image, two labels: label noise
+        say(("  under two classes: ", "red"), ", ".join(map(str, group)))
     for pair, ids in report.patient_overlap.items():
         style = "yellow" if ids else "green"
         say(f"patients in both {pair}: ", (str(len(ids)), style), f" {' '.join(ids[:10])}")

@@ -23,6 +23,8 @@ class DataReport:
     patients: dict[str, int]
     duplicate_groups: list[list[Path]]
     cross_split_duplicates: list[list[Path]]
+    conflicting_labels: list[list[Path]]
+    """Duplicate groups filed under more than one class: one image, two labels."""
     patient_overlap: dict[str, list[str]]
     unreadable: list[str] = field(default_factory=list)
 
@@ -51,6 +53,7 @@ def check_dataset(root: str | Path) -> DataReport:
     }
     patients = {split: {s.patient for s in samples} for split, samples in splits.items()}
     split_of = {s.path: split for split, samples in splits.items() for s in samples}
+    label_of = {s.path: s.label for samples in splits.values() for s in samples}
     all_samples = [s for samples in splits.values() for s in samples]
     groups = duplicate_groups([s.path for s in all_samples])
     overlap = {
@@ -62,6 +65,7 @@ def check_dataset(root: str | Path) -> DataReport:
         patients={split: len(ids) for split, ids in patients.items()},
         duplicate_groups=groups,
         cross_split_duplicates=[g for g in groups if len({split_of[p] for p in g}) > 1],
+        conflicting_labels=[g for g in groups if len({label_of[p] for p in g}) > 1],
         patient_overlap=overlap,
         unreadable=unreadable(all_samples),
     )
