@@ -213,6 +213,20 @@ def test_several_nodes_without_a_launcher_are_refused_not_waited_for(tmp_path, m
         build_trainer(config, RunDir(tmp_path / "run"), [])
 
 
+def test_fp16_on_a_cpu_is_refused_not_trained_as_bf16(monkeypatch):
+    """Lightning trained ``16-mixed`` on a CPU as bf16-mixed, with a warning of its own, while
+    config.yaml kept 16-mixed."""
+    from pneumolab.training import fit
+
+    monkeypatch.setattr(fit.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="precision 16-mixed .* needs a GPU"):
+        fit.resolve_precision("16-mixed")
+    monkeypatch.setattr(fit.torch.cuda, "is_available", lambda: True)
+    assert fit.resolve_precision("16-mixed") == "16-mixed"
+    with pytest.raises(ConfigError, match="needs a GPU"):
+        fit.resolve_precision("16-mixed", "cpu")
+
+
 def test_precision_auto_follows_the_accelerator(monkeypatch):
     from pneumolab.training import fit
 

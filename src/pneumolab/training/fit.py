@@ -83,10 +83,18 @@ def resolve_precision(
     requested: Precision, accelerator: str = "auto"
 ) -> Literal["32", "bf16-mixed", "16-mixed"]:
     """``auto``: bf16 autocast on a GPU that supports it or a CPU with AVX512-BF16/AMX, else
-    fp32; the GPU's rule where training runs on it (``accelerator`` not ``cpu``)."""
+    fp32; the GPU's rule where training runs on it (``accelerator`` not ``cpu``). ConfigError
+    for ``16-mixed`` on a CPU: Lightning would train in bf16-mixed instead, while config.yaml
+    and the model card said fp16."""
+    on_gpu = accelerator != "cpu" and torch.cuda.is_available()
+    if requested == "16-mixed" and not on_gpu:
+        raise ConfigError(
+            "precision 16-mixed (fp16 autocast) needs a GPU; on a CPU ask for bf16-mixed "
+            "(fast where the CPU has AVX512-BF16 or AMX) or 32"
+        )
     if requested != "auto":
         return requested
-    if accelerator != "cpu" and torch.cuda.is_available():
+    if on_gpu:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "bf16-mixed" if torch.backends.mkldnn.is_available() and cpu_has_bf16() else "32"
 
