@@ -219,7 +219,7 @@ def test_fp16_on_a_cpu_is_refused_not_trained_as_bf16(monkeypatch):
     from pneumolab.training import fit
 
     monkeypatch.setattr(fit.torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ConfigError, match="precision 16-mixed .* needs a GPU"):
+    with pytest.raises(ConfigError, match=r"precision 16-mixed \(fp16 autocast\) needs a GPU"):
         fit.resolve_precision("16-mixed")
     monkeypatch.setattr(fit.torch.cuda, "is_available", lambda: True)
     assert fit.resolve_precision("16-mixed") == "16-mixed"
