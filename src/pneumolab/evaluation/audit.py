@@ -193,6 +193,11 @@ def _record(path: Path, outcome: Any, pixels: np.ndarray | None, max_pixels: int
     return record
 
 
+def _most_common(kinds: Counter[str]) -> str:
+    """The three most frequent kinds with their counts, as a verdict's reason lists them."""
+    return ", ".join(f"{kind} ({n})" for kind, n in kinds.most_common(3))
+
+
 def judge(audit: SiteAudit) -> None:
     """Set the audit's verdict and reasons from its figures (constants above)."""
     share = audit.out_of_scope_share
@@ -204,7 +209,7 @@ def judge(audit: SiteAudit) -> None:
         return
     reasons = []
     if share > MAX_OUT_OF_SCOPE:
-        top = ", ".join(f"{k} ({n})" for k, n in audit.reason_counts().most_common(3))
+        top = _most_common(audit.reason_counts())
         reasons.append(f"{share:.0%} of the images are out of scope (validation: ≤ 1%): {top}")
     in_scope = np.array(
         [r.ood_score for r in audit.scored if r.in_scope and r.ood_score is not None]
@@ -232,7 +237,7 @@ def judge(audit: SiteAudit) -> None:
         )
     warned = float(np.mean([bool(r.warnings) for r in audit.scored]))
     if warned > MAX_WARNED:
-        top = ", ".join(f"{k} ({n})" for k, n in audit.warning_counts().most_common(3))
+        top = _most_common(audit.warning_counts())
         reasons.append(
             f"{warned:.0%} of the images carry scope warnings (outside the children the model "
             f"was trained on): {top}"

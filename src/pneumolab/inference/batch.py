@@ -78,9 +78,14 @@ def result_sources(paths: str | Path | Sequence[str | Path]) -> list[Path]:
 
 def check_not_an_input(out: Path, sources: Sequence[str | Path]) -> None:
     """OutputError where the results file ``out`` is one of the images (known by content,
-    whatever their names: an X-ray may be called ``scan.csv``)."""
-    if any(os.path.realpath(source) == os.path.realpath(out) for source in sources):
-        raise OutputError(f"{out}: is one of the images to predict; give --out another path")
+    whatever their names: an X-ray may be called ``scan.csv``). ``sources`` as
+    :func:`result_sources` gives them, folders resolved: only a linked name is resolved here."""
+    target = os.path.realpath(out)
+    for source in sources:
+        if os.fspath(source) == target or (
+            os.path.islink(source) and os.path.realpath(source) == target
+        ):
+            raise OutputError(f"{out}: is one of the images to predict; give --out another path")
 
 
 def predict_to_file(
