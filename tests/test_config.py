@@ -91,6 +91,27 @@ def test_flag_choices_come_from_the_config_types(capsys):
     assert study.lr == 0.5 and not hasattr(study, "model")
 
 
+def test_the_word_none_switches_off_an_optional_number_the_config_file_set(tmp_path, capsys):
+    """``--ema-decay none`` and ``--split-seed none``: a flag could set these numbers but not
+    undo a config file's value (an unset flag is None, which overrides nothing)."""
+    from pneumolab.cli.config_flags import config_overrides
+    from pneumolab.cli.parser import build_parser
+
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("ema_decay: 0.99\nsplit_seed: 3\nmax_train_images: 40\n")
+    base = ["train", "--data", "D", "--out", "R"]
+    kept = resolve_config(config_file, config_overrides(build_parser().parse_args(base)))
+    assert (kept.ema_decay, kept.split_seed, kept.max_train_images) == (0.99, 3, 40)
+    undo = ["--ema-decay", "none", "--split-seed", "None", "--max-train-images", "NONE"]
+    flags = config_overrides(build_parser().parse_args(base + undo))
+    config = resolve_config(config_file, flags)
+    assert (config.ema_decay, config.split_seed, config.max_train_images) == (None, None, None)
+    assert config.data_seed == config.seed
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--ema-decay", "off"])
+    assert "invalid float or none value: 'off'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("key", ["1", "null", "on", "2.5"])
 def test_a_setting_name_that_yaml_reads_as_no_text_is_a_clear_error(tmp_path, key):
     """``1: 2`` or ``on: 1`` in a config file: TrainConfig(**values) raised a TypeError

@@ -45,6 +45,8 @@ def check_target_sensitivity(value: float) -> float:
 
 
 MAX_VAL_FRACTION = 0.35
+OPTIONAL_NUMBERS = ("ema_decay", "split_seed", "max_train_images")
+"""TrainConfig's numbers that may be none (off, or "as the seed"): the word ``none`` sets them so."""
 """The largest validation share: one of round(1 / 0.35) = 3 folds, so validation stays the
 smaller side (0.4 would round to two folds: half the patients)."""
 
@@ -249,6 +251,13 @@ class TrainConfig(BaseModel):
         """An empty path (``--teacher ''``) is no path: it was resolved to the working folder
         and recorded as such."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator(*OPTIONAL_NUMBERS, mode="before")
+    @classmethod
+    def _none_word_is_none(cls, value: Any) -> Any:
+        """``none`` switches an optional number off, so that a flag (``--ema-decay none``) or a
+        study's ``overrides`` can undo a value the config file set."""
+        return None if isinstance(value, str) and value.strip().lower() == "none" else value
 
     @model_validator(mode="after")
     def _compatible_options(self) -> TrainConfig:

@@ -11,7 +11,18 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic.fields import FieldInfo
 
-from pneumolab.config import TrainConfig
+from pneumolab.config import OPTIONAL_NUMBERS, TrainConfig
+
+
+def _number_or_none(kind: type) -> Any:
+    """An argparse type: a number of ``kind``, or the word ``none`` (TrainConfig reads it as
+    None), so that a flag can switch off what the config file set."""
+
+    def parse(text: str) -> Any:
+        return "none" if text.strip().lower() == "none" else kind(text)
+
+    parse.__name__ = f"{kind.__name__} or none"  # argparse names the type in its error
+    return parse
 
 
 def _value_type(annotation: Any) -> Any:
@@ -23,7 +34,7 @@ def _value_type(annotation: Any) -> Any:
     return annotation
 
 
-def _flag_options(field: FieldInfo) -> dict[str, Any]:
+def _flag_options(name: str, field: FieldInfo) -> dict[str, Any]:
     """``add_argument`` keywords for one field: type or choices or a --flag/--no-flag pair."""
     kind = _value_type(field.annotation)
     default = "none" if field.default is None else field.default
@@ -33,6 +44,8 @@ def _flag_options(field: FieldInfo) -> dict[str, Any]:
         options["action"] = argparse.BooleanOptionalAction
     elif get_origin(kind) is Literal:
         options["choices"] = get_args(kind)
+    elif name in OPTIONAL_NUMBERS:
+        options["type"] = _number_or_none(kind)
     elif kind in (int, float, str):
         options["type"] = kind
     else:
@@ -46,7 +59,7 @@ def add_config_flags(parser: argparse.ArgumentParser, exclude: Collection[str] =
     for name, field in TrainConfig.model_fields.items():
         if name not in exclude:
             flag = "--" + name.replace("_", "-")
-            group.add_argument(flag, dest=name, default=None, **_flag_options(field))
+            group.add_argument(flag, dest=name, default=None, **_flag_options(name, field))
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
