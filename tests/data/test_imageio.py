@@ -473,16 +473,19 @@ def test_image_over_max_pixels(tmp_path: Path) -> None:
 
 def test_image_over_the_decoders_own_limit_names_it(tmp_path: Path) -> None:
     """Over Pillow's own limit the refusal quoted Pillow's text, naming no file and no limit a
-    user could find; the header alone is enough to refuse it (nothing is decoded)."""
+    user could find, then Pillow's limit (178,956,970 pixels) instead of the caller's; the
+    header alone is enough to refuse it (nothing is decoded)."""
     from corpus import png_header_only
 
     path = tmp_path / "huge.png"
     path.write_bytes(png_header_only(14_000, 14_000))
     with pytest.raises(
         ImageLoadError,
-        match=r"huge\.png: over the [\d,]+ pixels the image decoder.*raise the limit",
+        match=r"huge\.png: 196,000,000 pixels is over the limit of 50,000,000 pixels.*raise the",
     ):
         load_image(path)
+    with pytest.raises(ImageLoadError, match="over the limit of 150,000,000 pixels"):
+        load_image(path, max_pixels=150_000_000)
 
 
 def test_a_limit_raised_above_the_decoders_own_is_the_one_that_counts(

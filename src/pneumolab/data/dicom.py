@@ -300,7 +300,7 @@ def load_dicom(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     Raises ImageLoadError naming the file and the reason on anything that cannot be used.
     """
     path = Path(path)
-    with reading(path, "DICOM"), warnings_naming(path):
+    with reading(path, "DICOM", max_pixels), warnings_naming(path):
         try:
             ds = read_dicom(path, max_pixels)
             _check_decodable(ds, max_pixels, str(path))

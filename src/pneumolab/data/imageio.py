@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -186,8 +187,9 @@ def is_dicom_file(path: Path) -> bool:
 
 
 @contextmanager
-def reading(path: Path, kind: str) -> Iterator[None]:
-    """Turn any failure while reading ``path`` into an ImageLoadError that names the file."""
+def reading(path: Path, kind: str, max_pixels: int) -> Iterator[None]:
+    """Turn any failure while reading ``path`` into an ImageLoadError that names the file (and,
+    for an image Pillow refuses as a bomb, the caller's ``max_pixels``)."""
     try:
         yield
     except ImageLoadError:
@@ -206,9 +208,12 @@ def reading(path: Path, kind: str) -> Iterator[None]:
         raise ImageLoadError(
             f"{path}: not an image file of an accepted format ({ACCEPTED})"
         ) from None
-    except Image.DecompressionBombError:  # over Pillow's own limit, checked while opening
+    except Image.DecompressionBombError as exc:  # over Pillow's limit, checked while opening
+        # Pillow's limit is at least max_pixels (_admit_in_pillow), so the image is over both
+        count = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(count[1]):,} pixels" if count else "its size"
         raise ImageLoadError(
-            f"{path}: over the {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels the image decoder opens "
+            f"{path}: {size} is over the limit of {max_pixels:,} pixels "
             f"(possible decompression bomb); {RAISE_THE_LIMIT}"
         ) from None
     except Exception as exc:  # OSError, ValueError... and a decoder's own types: one file's problem
@@ -271,7 +276,7 @@ def load_image(
         from pneumolab.data.dicom import load_dicom  # pydicom is imported only when needed
 
         return load_dicom(path, max_pixels=max_pixels)
-    with reading(path, "image"), Image.open(path, formats=PILLOW_FORMATS) as opened:
+    with reading(path, "image", max_pixels), Image.open(path, formats=PILLOW_FORMATS) as opened:
         check_pixel_count(opened.width, opened.height, max_pixels, str(path))
         stored = opened.size
         wide = _wide_colour_png(path) if opened.format == "PNG" else None
