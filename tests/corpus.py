@@ -33,6 +33,14 @@ def image_bytes(fmt: str, size: tuple[int, int] = (40, 30), mode: str = "L") -> 
     return buffer.getvalue()
 
 
+def animated_png() -> bytes:
+    """A two-frame animated PNG (APNG)."""
+    buffer = io.BytesIO()
+    first, second = Image.new("L", (40, 30), 20), Image.new("L", (40, 30), 220)
+    first.save(buffer, "PNG", save_all=True, append_images=[second])
+    return buffer.getvalue()
+
+
 def png_header_only(width: int, height: int, bit_depth: int = 16) -> bytes:
     """A PNG whose header announces ``width`` x ``height`` pixels, followed by a tiny IDAT."""
 
@@ -94,6 +102,7 @@ def write_corpus(folder: Path) -> dict[str, BadInput]:
         "scan.bmp": (image_bytes("BMP"), accepted, 415),
         "scan.tiff": (image_bytes("TIFF"), accepted, 415),
         "bomb.png": (png_header_only(30_000, 30_000), "decompression bomb", 422),
+        "cine.png": (animated_png(), "animated PNG (2 frames)", 422),
         "dicom-junk.dcm": (b"\0" * 128 + b"DICM" + b"\xff" * 64, "DICOM", 422),
         "no-pixels.dcm": (dicom_with_empty_pixel_data(), "pixel data element is empty", 422),
         "text-window.dcm": (

@@ -589,3 +589,16 @@ def test_a_pil_image_is_checked_as_arrays_are(image: Image.Image, problem: str) 
 def test_arrays_that_hold_no_pixel_values_are_refused(array: np.ndarray, problem: str) -> None:
     with pytest.raises(ImageLoadError, match=re.escape(problem)):
         array_to_image(array)
+
+
+def test_an_animated_png_is_refused_not_scored_by_its_first_frame(tmp_path: Path) -> None:
+    """Only the first frame of an animated PNG was read, without a word; a multi-frame DICOM
+    is refused, and so is this now. A plain PNG still loads."""
+    from corpus import animated_png
+
+    path = tmp_path / "cine.png"
+    path.write_bytes(animated_png())
+    with pytest.raises(ImageLoadError, match=r"cine\.png: animated PNG \(2 frames\)"):
+        load_image(path)
+    Image.open(path).save(tmp_path / "still.png")  # its first frame alone
+    assert load_image(tmp_path / "still.png").size == (40, 30)

@@ -259,6 +259,18 @@ def _wide_colour_png(path: Path) -> np.ndarray | None:
     return pixels
 
 
+def _check_single_frame(opened: Image.Image, path: Path) -> None:
+    """ImageLoadError for an animated PNG: which of its frames is the X-ray is not ours to
+    guess (a multi-frame DICOM is refused alike). A JPEG's extra pictures (MPO previews) are
+    left alone: the first is the photograph."""
+    frames = getattr(opened, "n_frames", 1)
+    if opened.format == "PNG" and frames > 1:
+        raise ImageLoadError(
+            f"{path}: animated PNG ({frames} frames); pneumolab classifies single images: "
+            "save the frame to classify as a plain PNG"
+        )
+
+
 def load_image(
     path: str | Path, size_hint: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Image.Image:
@@ -278,6 +290,7 @@ def load_image(
         return load_dicom(path, max_pixels=max_pixels)
     with reading(path, "image", max_pixels), Image.open(path, formats=PILLOW_FORMATS) as opened:
         check_pixel_count(opened.width, opened.height, max_pixels, str(path))
+        _check_single_frame(opened, path)
         stored = opened.size
         wide = _wide_colour_png(path) if opened.format == "PNG" else None
         if wide is not None:  # rescaled from its min..max, as a 16-bit gray PNG is
