@@ -122,6 +122,21 @@ def test_out_of_scope_uploads_say_why(client, run_dir):
     assert client.get("/v1/model").json()["ood"]["method"] == METHOD
 
 
+def test_a_dicom_whose_preamble_starts_like_a_jpeg_is_read_as_dicom(client, run_dir, tmp_path):
+    """A dual-format file (a JPEG header in the 128-byte preamble, then ``DICM``) was sniffed as
+    a JPEG over HTTP: stored as .jpeg, its DICOM header's scope checks were skipped, while the
+    Python API reads it as DICOM."""
+    data = bytearray(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    data[:3] = b"\xff\xd8\xff"
+    path = tmp_path / "dual.dcm"
+    path.write_bytes(bytes(data))
+    body = upload(client, "dual.jpeg", bytes(data)).json()
+    assert "DICOM Modality CT: not a radiograph (CR or DX expected)" in body["reasons"]
+    assert body["probability"] == pytest.approx(
+        Predictor.from_run(run_dir).predict(path).probability, abs=1e-6
+    )
+
+
 def test_heatmap_is_a_png_over_the_image(client, png_bytes):
     body = upload(client, "x.png", png_bytes, heatmap=True).json()
     image, heat = decode_png(body["image_png_base64"]), decode_png(body["heatmap_png_base64"])

@@ -32,8 +32,11 @@ ACCEPTED = ", ".join(f.name for f in FORMATS[:-1]) + f" or {FORMATS[-1].name}"
 
 
 def sniff(head: bytes) -> ImageFormat | None:
-    """The format whose signature ``head`` (a file's first bytes, 132 or more) carries, else None."""
-    return next((f for f in FORMATS if head.startswith(f.signature, f.offset)), None)
+    """The format whose signature ``head`` (a file's first bytes, 132 or more) carries, else None.
+    DICOM's ``DICM`` after its preamble wins over a signature the preamble starts with: a
+    dual-format file (a JPEG or TIFF header in the preamble) is read as DICOM by name too."""
+    by_offset = sorted(FORMATS, key=lambda f: -f.offset)
+    return next((f for f in by_offset if head.startswith(f.signature, f.offset)), None)
 
 
 def sniff_file(path: Path) -> ImageFormat | None:
