@@ -404,7 +404,16 @@ def test_an_unknown_model_or_weights_path_is_refused_before_any_training(tmp_pat
             {"name": "w", "model": "mobilenetv2_100", "pretrained": True, "weights": "gone"},
             r"model w: gone: weights file or folder not found",
         ),
-    ]:
+        (  # found only when its turn came to train
+            {"name": "deep", "model": "pneumolab_cnn_small", "strategy": "partial",
+             "unfreeze_stages": 40},
+            r"model deep: unfreeze_stages=40, but the model has \d+ stages",
+        ),
+        (
+            {"name": "vit", "model": "vit_tiny_patch16_224", "image_size": 64},
+            r"model vit: vit_tiny_patch16_224 cannot take 64 x 64 px images",
+        ),
+    ]:  # fmt: skip
         study_file = _study_file(tmp_path / "s.yaml", [good, typo])
         with pytest.raises(ConfigError, match=problem):
             run_study(study_file, data, tmp_path / "out")

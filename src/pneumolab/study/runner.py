@@ -53,6 +53,7 @@ from pneumolab.run import RunDir, split_mismatch
 from pneumolab.study.config import StudyConfig, load_study
 from pneumolab.text import markdown_cell
 from pneumolab.training.distributed import global_rank, on_rank_zero
+from pneumolab.training.train import check_buildable
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +114,11 @@ def _check_outputs(study_dir: Path, configs: dict[str, TrainConfig], ensembles: 
         started = run.is_complete() or run.last_checkpoint.is_file()  # its start weights used
         try:
             check_model_name(config.model)
-            if config.pretrained and not started:
-                find_local_weights(config.model, config.weights)
-        except ModelError as exc:
+            if not started:
+                check_buildable(config)
+                if config.pretrained:
+                    find_local_weights(config.model, config.weights)
+        except (ModelError, ConfigError) as exc:
             raise ConfigError(f"model {name}: {exc}") from None
         _check_model_run(config, run)
     for name in ensembles:

@@ -39,15 +39,12 @@ class TrainedModel:
     fitted: Fitted
 
 
-def build_model(config: TrainConfig, resume: bool = False) -> BuiltModel:
-    """The classifier with its transfer strategy applied (and, under ``frozen``, its feature
-    cache; with ``teacher``, the run it is distilled from). A resumed checkpoint holds every
-    trained weight, except under ``frozen``: the head only, so the pretrained backbone is
-    loaded again."""
-    load_pretrained = config.pretrained and (not resume or config.strategy == "frozen")
+def _classifier(config: TrainConfig, pretrained: bool) -> XrayClassifier:
+    """The classifier ``config`` describes, checked against its image size and with its
+    transfer strategy applied."""
     model = create_classifier(
         config.model,
-        pretrained=load_pretrained,
+        pretrained=pretrained,
         weights=config.weights,
         num_classes=1 if config.task == "binary" else num_classes(config.task),
         border_fade=config.border_fade,
@@ -55,8 +52,24 @@ def build_model(config: TrainConfig, resume: bool = False) -> BuiltModel:
     )
     model.check_input_size(config.model, config.image_size)
     apply_strategy(model.backbone, config.strategy, config.unfreeze_stages)
+    return model
+
+
+def check_buildable(config: TrainConfig) -> None:
+    """ModelError or ConfigError where ``config``'s network cannot be built as asked (an image
+    size it cannot take, more ``unfreeze_stages`` than it has), from a blank copy: a study
+    checks every model before it trains the first."""
+    _classifier(config, pretrained=False)
+
+
+def build_model(config: TrainConfig, resume: bool = False) -> BuiltModel:
+    """The classifier with its transfer strategy applied (and, under ``frozen``, its feature
+    cache; with ``teacher``, the run it is distilled from). A resumed checkpoint holds every
+    trained weight, except under ``frozen``: the head only, so the pretrained backbone is
+    loaded again."""
+    load_pretrained = config.pretrained and (not resume or config.strategy == "frozen")
     return BuiltModel(
-        model,
+        _classifier(config, load_pretrained),
         cache_for(config) if config.strategy == "frozen" else None,
         Teacher.from_run(config.teacher, config) if config.teacher else None,
     )
