@@ -47,3 +47,19 @@ def test_single_class_gives_nan_not_error():
     assert math.isnan(m.roc_auc)
     assert math.isnan(m.specificity)
     assert m.sensitivity == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize(
+    ("interval", "text"),
+    [
+        ([0.81234, 0.9], "0.8123 – 0.9000"),
+        ([None, 0.9], "— – 0.9000"),
+        ([None, None], "—"),  # an AUC on one class: it printed "— – —"
+        ([float("nan"), float("nan")], "—"),
+        (None, ""),
+    ],
+)
+def test_an_interval_reads_as_one_dash_where_neither_bound_is_known(interval, text):
+    from pneumolab.evaluation.metrics import format_interval
+
+    assert format_interval(interval) == text

@@ -136,5 +136,9 @@ def format_share(value: float | None, decimals: int = 1) -> str:
 
 
 def format_interval(interval: Sequence[float | None] | None) -> str:
-    """A ``[low, high]`` interval as ``low – high`` (dashes for missing bounds); empty if None."""
-    return " – ".join(map(format_metric, interval)) if interval else ""
+    """A ``[low, high]`` interval as ``low – high`` (a dash for a missing bound; one dash where
+    neither is known, as for an AUC on one class); empty if None."""
+    if not interval:
+        return ""
+    bounds = list(map(format_metric, interval))
+    return "—" if set(bounds) == {"—"} else " – ".join(bounds)
