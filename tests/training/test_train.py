@@ -131,6 +131,22 @@ def test_interrupted_training_resumes_from_last_checkpoint(synthetic_data, tmp_p
     assert epochs == [0, 1], "resume must continue at epoch 1, not start over"
 
 
+@pytest.mark.slow
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(synthetic_data, tmp_path):
+    """The checkpoint files the random number generators' states: a resume replayed the
+    seed's first shuffles and augmentations, so it trained other weights than the same run
+    left alone."""
+    from safetensors.torch import load_file
+
+    config = TrainConfig(epochs=2, mixup_alpha=0.2, **TINY)  # mixup draws from NumPy too
+    train(synthetic_data, tmp_path / "whole", config)
+    with pytest.raises(TrainingInterrupted):
+        train(synthetic_data, tmp_path / "legs", config, callbacks=[StopAtEpoch(1)])
+    train(synthetic_data, tmp_path / "legs", resume=True)
+    whole, legs = (load_file(RunDir(tmp_path / n).weights) for n in ("whole", "legs"))
+    assert all(torch.equal(whole[name], legs[name]) for name in whole)
+
+
 class EpochsTrained(L.Callback):
     """The epochs a fit trains, in order (a resume starts after the checkpoint's epoch)."""
 

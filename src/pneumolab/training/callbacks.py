@@ -1,17 +1,21 @@
 """Lightning callbacks: one summary per trained epoch, as a CSV row and as a plain log line; a
-checkpoint callback whose state follows its run folder."""
+checkpoint callback whose state follows its run folder; the training clock and the random
+states a resume continues from."""
 
 from __future__ import annotations
 
 import csv
 import io
 import os
+import random
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from pneumolab.files import atomic_write
@@ -54,6 +58,31 @@ def _rebased(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
             "best_k_models": {moved(k): v for k, v in state.get("best_k_models", {}).items()},
         }
     )
+
+
+class RandomStates(L.Callback):
+    """Files the random number generators' states (torch's on the CPU and every GPU, NumPy's,
+    Python's) in each checkpoint and restores them on resume, so that a resumed run draws the
+    shuffles, augmentations and mixing weights the uninterrupted run would have drawn: it
+    replayed the seed's first ones instead and ended with other weights. Stored as tensors and
+    plain numbers, which ``torch.load(weights_only=True)`` reads."""
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, position, has_gauss, gauss = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+            "python": random.getstate(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        if state_dict["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+        kind, keys, position, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+        random.setstate(state_dict["python"])
 
 
 class TrainingClock(L.Callback):

@@ -29,6 +29,7 @@ from pneumolab.run import RunDir
 from pneumolab.run_meta import DistributedTraining, FeatureCacheStats, TrainingSummary
 from pneumolab.training.callbacks import (
     HistoryCSV,
+    RandomStates,
     RunCheckpoint,
     TrainingClock,
     progress_display,
@@ -139,6 +140,7 @@ def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callba
         *stopping,
         HistoryCSV(run.history),
         TrainingClock(),
+        RandomStates(),
         RunSettings(config),
         TrainingCompute(),
         progress,
