@@ -157,3 +157,23 @@ def test_swapping_the_models_negates_the_difference_and_its_interval(seed, group
     ba = paired_auc_difference(y, [b], [a], groups, n_resamples=200, seed=seed)
     assert ba.difference == pytest.approx(-ab.difference)
     assert (ba.low, ba.high) == pytest.approx((-ab.high, -ab.low))
+
+
+def test_a_share_of_one_gets_an_exact_interval_over_its_patients_not_one_to_one():
+    """No false positive among 191 normal images of 173 children: every resample gave
+    specificity [1, 1], printed as a 95% interval. Clopper-Pearson over the 173 children
+    allows down to 0.979."""
+    from scipy.stats import binomtest
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(191), np.ones(554)]
+    prob = np.r_[rng.uniform(0, 0.4, 191), rng.uniform(0.3, 1, 554)]
+    children = [f"n{i % 173}" for i in range(191)] + [f"p{i}" for i in range(554)]
+    ci = bootstrap_ci(y, prob, 0.5, groups=children, n_resamples=200)
+    exact = binomtest(173, 173).proportion_ci(method="exact")
+    assert ci["specificity"] == pytest.approx([exact.low, 1.0])
+    assert ci["specificity"][0] == pytest.approx(0.9789, abs=1e-4)
+    assert ci["precision"][1] == 1.0 and ci["precision"][0] < 1.0
+    assert ci["sensitivity"][0] < ci["sensitivity"][1] < 1  # not at a bound: the bootstrap's
+    by_image = bootstrap_ci(y, prob, 0.5, n_resamples=200)
+    assert by_image["specificity"][0] == pytest.approx(0.025 ** (1 / 191))  # (α/2)^(1/n)

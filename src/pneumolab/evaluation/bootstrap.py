@@ -6,10 +6,11 @@ image and patient (cluster) resampling share one vectorised computation of all m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import binomtest
 
 from pneumolab.evaluation.metrics import SCALAR_METRICS
 
@@ -77,6 +78,17 @@ def weighted_metrics(
         }
 
 
+PROPORTIONS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "accuracy": lambda y, called: np.ones_like(called),
+    "sensitivity": lambda y, called: y == 1,
+    "specificity": lambda y, called: y == 0,
+    "precision": lambda y, called: called,
+    "npv": lambda y, called: ~called,
+}
+"""The metrics that are a share of some images (the mask of those images, from the labels and
+the calls): at 0 or 1 every resample agrees, so the bootstrap cannot give them an interval."""
+
+
 def bootstrap_ci(
     y: np.ndarray,
     prob: np.ndarray,
@@ -92,10 +104,27 @@ def bootstrap_ci(
     a drawn patient is counted (cluster bootstrap: images of one child are not independent);
     otherwise images are drawn. Resamples where a metric is undefined (e.g. no negatives for
     specificity) are left out for that metric; ``[nan, nan]`` when it is never defined.
+    A share of 0 or 1 (no false positive: specificity 1) gets the exact Clopper-Pearson
+    interval over its patients (images without ``groups``) instead: every resample gave
+    ``[1, 1]``, which claimed certainty that 191 normal images do not give.
     """
-    weights = resample_weights(len(y), groups, n_resamples, seed)
+    y = np.asarray(y, dtype=float)
+    weights = np.vstack([np.ones(len(y)), resample_weights(len(y), groups, n_resamples, seed)])
     values = weighted_metrics(y, prob, threshold, weights)
-    return {name: _percentile_interval(values[name], level) for name in CI_METRICS}
+    intervals = {name: _percentile_interval(values[name][1:], level) for name in CI_METRICS}
+    called = np.asarray(prob, dtype=float) >= threshold
+    for name, counted in PROPORTIONS.items():
+        if values[name][0] in (0.0, 1.0):
+            mask = counted(y, called)
+            units = len(np.unique(np.asarray(groups)[mask])) if groups is not None else mask.sum()
+            intervals[name] = _exact_interval(int(values[name][0]) * units, units, level)
+    return intervals
+
+
+def _exact_interval(successes: int, trials: int, level: float) -> list[float]:
+    """The Clopper-Pearson interval of ``successes`` in ``trials`` (scipy's binomtest)."""
+    found = binomtest(successes, trials).proportion_ci(confidence_level=level, method="exact")
+    return [float(found.low), float(found.high)]
 
 
 def resample_weights(
