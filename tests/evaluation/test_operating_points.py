@@ -34,6 +34,17 @@ def test_cost_threshold():
     assert cost_threshold(Y, P, cost_fn=1.0, cost_fp=10.0) == pytest.approx(0.7)
 
 
+def test_the_cost_rule_may_call_no_image_positive():
+    """Calling none (cost 5 x 1 positive = 5) was never a candidate: the rule returned 0.95,
+    at a cost of 6 (a review's case)."""
+    y = np.array([0, 0, 0, 0, 1, 0, 0])
+    p = np.array([0.78, 0.23, 0.71, 0.71, 0.09, 0.68, 0.95])
+    threshold = cost_threshold(y, p)
+    assert threshold > p.max()
+    called = p >= threshold
+    assert 5 * np.sum(y & ~called) + np.sum(~y.astype(bool) & called) == 5
+
+
 def test_both_classes_are_required():
     with pytest.raises(ValueError, match="both classes"):
         youden_threshold(np.ones(3), np.array([0.2, 0.5, 0.9]))

@@ -57,8 +57,11 @@ def youden_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
 def cost_threshold(
     y_true: np.ndarray, prob: np.ndarray, cost_fn: float = DEFAULT_COST_RATIO, cost_fp: float = 1.0
 ) -> float:
-    """Threshold minimising ``cost_fn * FN + cost_fp * FP`` (highest one on ties)."""
+    """Threshold minimising ``cost_fn * FN + cost_fp * FP`` (highest one on ties); above every
+    score where calling no image positive costs least (``cost_fn`` x the positives)."""
     fp, tp, thresholds = _roc(y_true, prob)
+    above_all = np.nextafter(thresholds[0], np.inf)  # calls none: no TP, no FP
+    fp, tp, thresholds = np.r_[0, fp], np.r_[0, tp], np.r_[above_all, thresholds]
     return float(thresholds[np.argmin(cost_fn * (tp[-1] - tp) + cost_fp * fp)])
 
 
