@@ -546,18 +546,23 @@ def test_prefer_smaller_selects_the_smallest_model_validation_cannot_tell_from_t
         ("a", [(0.01, 0.02)], "validation tells it from every other model, so `prefer_smaller"),
         ("a", [(-0.01, 0.02)], "and, of it and the 1 model(s) validation cannot tell from it, the"),
         ("b", [(-0.01, 0.02)], "the model with the fewest parameters among **a**, the leader"),
+        ("a", [], "the leader on validation by `roc_auc`, the study's only model"),
+        ("a", None, "kept: the margins between the models were not tested (other images)"),
     ],
 )
 def test_the_reason_for_a_smaller_choice_fits_what_validation_told(best, intervals, words):
     """selection.md called a leader no model was close to 'the model with the fewest
-    parameters among' itself, though it was the largest."""
+    parameters among' itself, though it was the largest; and said validation told the leader
+    from every other model where no margin was tested (None here) or there was no other."""
     from pneumolab.evaluation.bootstrap import PairedDifference
     from pneumolab.evaluation.selection import Margin, Margins
     from pneumolab.study.runner import _smaller_choice
 
-    margins = Margins(
-        "roc_auc", "a", [Margin("b", PairedDifference(0.01, low, high)) for low, high in intervals]
-    )
+    if intervals is None:
+        margins = Margins("roc_auc", "a", untested="other images")
+    else:
+        differences = [PairedDifference(0.01, low, high) for low, high in intervals]
+        margins = Margins("roc_auc", "a", [Margin("b", d) for d in differences])
     assert words in _smaller_choice(best, margins, "roc_auc")
 
 

@@ -347,6 +347,13 @@ def _smaller_choice(best: str, margins: Margins, select_by: str) -> str:
     could not tell from the leader (with none, there was no smaller model to choose)."""
     leader, untold = markdown_cell(margins.leader), margins.untold
     led = f"the leader on validation by `{select_by}`"
+    if margins.untested:
+        return (
+            f"{led}, kept: the margins between the models were not tested "
+            f"({markdown_cell(margins.untested)}), so `prefer_smaller: true` could not apply"
+        )
+    if not margins.margins:
+        return f"{led}, the study's only model"
     if not untold:
         return (
             f"{led}: validation tells it from every other model, so `prefer_smaller: true` "
