@@ -43,3 +43,18 @@ def test_paths_that_read_alike_once_joined_are_numbered_apart():
 def test_distinct_paths_always_get_distinct_names(paths):
     runs = list(dict.fromkeys(Path("/", *parts) for parts in paths))
     assert len(set(_unique_names(runs))) == len(runs)
+
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_a_figure_a_split_cannot_define_ranks_last_in_any_order(order):
+    """With NaN in the criterion, max() answered by the rows' order: NaN compares false."""
+    from pneumolab.evaluation.comparison import ComparisonRow, leading_model
+
+    def row(name: str, auc: float) -> ComparisonRow:
+        return ComparisonRow(
+            name, "m", "finetune", 32, 10, 0.9, 0.9, float("nan"), auc, "", 0.5,
+            None, None, 1.0, None, None, None, None, None, [[1, 0], [0, 1]], name,
+        )  # fmt: skip
+
+    rows = [row("undefined", float("nan")), row("scored", 0.99)][::order]
+    assert leading_model(rows, "roc_auc") == "scored"

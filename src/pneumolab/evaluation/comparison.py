@@ -328,11 +328,13 @@ def _compare_into(
 
 def leading_model(rows: Sequence[ComparisonRow], criterion: str) -> str:
     """The name of the row highest by ``criterion`` (ties: specificity); a row without that
-    figure (one its split cannot define) ranks last."""
+    figure (None or NaN: one its split cannot define) ranks last, wherever it is listed."""
+
+    def known(value: float | None) -> float:
+        return -math.inf if value is None or math.isnan(value) else value
 
     def rank(row: ComparisonRow) -> tuple[float, float]:
-        value = getattr(row, criterion)
-        return (-math.inf if value is None else value, row.specificity)
+        return (known(getattr(row, criterion)), known(row.specificity))
 
     return max(rows, key=rank).name
 
