@@ -6,7 +6,8 @@ depths of the network.
 For the default target layer (the last convolutional map) and for the last module at each of the
 backbone's coarser reductions (timm ``feature_info``: stride 32, 16, 8), prints the Grad-CAM map
 size and the saliency sanity summary (mean centre share, border and corner shares, fraction of
-images flagged) on evenly spaced validation images.
+images flagged, maps without heat counted apart) on evenly spaced PNEUMONIA validation images
+(the pneumonia logit's map of a NORMAL image is often empty).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def main() -> None:
 
     predictor = Predictor.from_run(args.run_dir)
     model = predictor.require_model("the saliency check")
-    samples = RunDir(args.run_dir).read_split(args.data, "val")
+    samples = [s for s in RunDir(args.run_dir).read_split(args.data, "val") if s.label == 1]
     picks = np.linspace(0, len(samples) - 1, min(args.images, len(samples)), dtype=int)
     pixels = decode_samples([samples[i] for i in picks], predictor.image_size).pixels
     backbone = model.backbone
@@ -53,14 +54,19 @@ def main() -> None:
     layers = {"default (last conv map)": find_target_layer(model, predictor.image_size)}
     for info in reversed(getattr(backbone, "feature_info", [])[-3:]):
         layers[f"{info['module']} (stride {info['reduction']})"] = modules[info["module"]]
-    print(f"{args.run_dir}: {len(pixels)} validation images at {predictor.image_size} px\n")
-    print("| layer | map | centre share | border share | corner share | flagged images | flag |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        f"{args.run_dir}: {len(pixels)} PNEUMONIA validation images at {predictor.image_size} px\n"
+    )
+    print(
+        "| layer | map | maps with heat (empty) | centre share | border share | corner share | flagged images | flag |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for name, layer in layers.items():
         result = saliency_sanity(model, pixels, predictor.intensity, layer)
         height, width = _map_size(model, layer, pixels[:1].float() / 255.0)
         print(
-            f"| {name} | {height}x{width} | {result['mean_centre_share']:.3f} | "
+            f"| {name} | {height}x{width} | {result['n']} ({result['empty_maps']}) | "
+            f"{result['mean_centre_share']:.3f} | "
             f"{result['mean_border_share']:.3f} | {result['mean_corner_share']:.3f} | "
             f"{result['fraction_flagged']:.2f} | {result['flagged']} |"
         )

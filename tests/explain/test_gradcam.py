@@ -20,11 +20,13 @@ from pneumolab.errors import ModelError, OutputError
 from pneumolab.explain.gradcam import (
     FIGURE_PIXELS,
     TALLEST_FIGURE,
+    explain_image,
     explain_paths,
     find_target_layer,
     gradcam,
     overlay_png,
 )
+from pneumolab.inference.predictor import Predictor
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.models.registry import create_classifier
 from pneumolab.run import RunDir
@@ -84,15 +86,42 @@ def test_overlay_png_is_rgb_at_the_image_size():
     assert not np.array_equal(hot[25], np.asarray(cold)[25])
 
 
-def untrained_run(tmp_path: Path) -> RunDir:
-    """A run of an untrained small CNN at 32 px (Grad-CAM needs only its layers)."""
+def untrained_run(tmp_path: Path, calls_normal: bool = False) -> RunDir:
+    """A run of an untrained small CNN at 32 px (Grad-CAM needs only its layers); with
+    ``calls_normal``, a head of negative weights and bias makes every feature count for NORMAL."""
     torch.manual_seed(0)
     model = create_classifier("pneumolab_cnn_small", pretrained=False)
+    if calls_normal:
+        head = model.backbone.get_classifier()
+        with torch.no_grad():
+            head.weight.copy_(-head.weight.abs())
+            head.bias.fill_(-1.0)
     run = RunDir(tmp_path / "run")
     run.root.mkdir()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, run.weights)
     run.write_meta(fixed_threshold_meta("pneumolab_cnn_small", 32, 0.5))
     return run
+
+
+def test_an_image_called_normal_is_explained_by_the_evidence_for_normal(tmp_path):
+    """Every image got the pneumonia logit's map: Grad-CAM keeps only what raised the score,
+    so an image called NORMAL (a false negative too) showed as a bare X-ray."""
+    run = untrained_run(tmp_path, calls_normal=True)
+    predictor = Predictor.from_run(run.root)
+    model = predictor.require_model("Grad-CAM")
+    layer = find_target_layer(model, 32)
+    image = np.random.default_rng(0).integers(0, 256, (60, 80), dtype=np.uint8)
+    explained = explain_image(predictor, layer, image)
+    result = explained.prediction  # a noise image: OUT_OF_SCOPE, scored NORMAL
+    assert result.probability < result.threshold and explained.towards == "NORMAL"
+    assert explained.heat.max() == pytest.approx(1.0)
+    assert "evidence for NORMAL" in explained.caption
+    pixels = torch.from_numpy(predictor.preprocess(image).numpy())[None]
+    pneumonia = gradcam(model, pixels, predictor.intensity, layer)  # what it showed
+    assert not pneumonia.any()
+    model.train()
+    gradcam(model, pixels, predictor.intensity, layer, "NORMAL")
+    assert model.training  # grad-cam switched it to eval; a caller mid-training kept that
 
 
 def test_cli_writes_one_png_per_image(tmp_path, capsys):
@@ -150,7 +179,9 @@ def test_a_very_thin_image_makes_a_figure_of_bounded_height(tmp_path):
     assert all(isinstance(figure, Path) for figure in figures), figures
     for figure in figures:
         width, height = Image.open(figure).size
-        assert width == FIGURE_PIXELS and height <= TALLEST_FIGURE * FIGURE_PIXELS + 70
+        assert (
+            width == FIGURE_PIXELS and height <= TALLEST_FIGURE * FIGURE_PIXELS + 90
+        )  # 3 title lines
 
 
 def test_a_folder_made_for_no_figure_is_removed_again(tmp_path, capsys):

@@ -67,3 +67,19 @@ def test_real_run_end_to_end(tiny_run):
     ):
         assert 0.0 <= result[key] <= 1.0
     assert set(result["per_image"][0]) == {"centre", "border", "corners"}
+
+
+def test_maps_without_heat_are_counted_apart_not_as_zero_shares():
+    """An empty map (the pneumonia logit's, on an image called NORMAL) counted as 0 in every
+    region: 17 of 64 such maps lowered a run's mean centre share from 0.40 to 0.29."""
+    from pneumolab.explain.sanity import summarize_shares
+
+    centre, corner = heat_shares(forced_heat("centre")), heat_shares(forced_heat("corner"))
+    empty = heat_shares(np.zeros((SIZE, SIZE)))
+    result = summarize_shares([centre, centre, corner, empty, empty, empty])
+    assert (result["n"], result["empty_maps"]) == (3, 3)
+    assert result["mean_centre_share"] == pytest.approx(2 / 3)
+    assert result["fraction_flagged"] == pytest.approx(1 / 3) and result["flagged"]
+    assert len(result["per_image"]) == 6
+    nothing = summarize_shares([empty])
+    assert (nothing["n"], nothing["empty_maps"], nothing["flagged"]) == (0, 1, False)

@@ -50,6 +50,9 @@ def test_report_is_self_contained(report):
         image.verify()
     assert "http://" not in text and "https://" not in text
     assert "not a medical device" in text
+    # the error galleries say which class each map shows; the saliency check counts empty maps
+    assert "the evidence for NORMAL on a false negative" in text
+    assert "<th>empty_maps</th>" in text
     # the calibration maps' validation ECE is not passed off as what transfers
     assert "were fitted on these same images: their ECE here is in-sample" in text
     assert "raised ECE from 0.026 (raw) to 0.143" in text
@@ -98,7 +101,8 @@ def test_unreadable_images_are_named_in_the_report_and_the_comparison(tiny_run, 
     out = tmp_path / "report.html"
     assert main(["report", str(run_dir), "--data", str(data), "--out", str(out)]) == 0
     text = out.read_text()
-    assert "1 image(s) of the split could not be read" in text and broken.name in text
+    assert '<p class="warn">1 image(s) of the split could not be read' in text  # styled
+    assert broken.name in text
     compare = ["compare", str(run_dir), "--data", str(data), "--split", "val"]
     assert main([*compare, "--out", str(tmp_path / "cmp")]) == 0
     n = len(RunDir(run_dir).split_paths("val")) - 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -142,6 +143,9 @@ def test_heatmap_is_a_png_over_the_image(client, png_bytes):
     image, heat = decode_png(body["image_png_base64"]), decode_png(body["heatmap_png_base64"])
     assert image.size == heat.size == (60, 40)
     assert heat.mode == "RGB"
+    assert re.fullmatch(
+        r"heat: regions that raised the evidence for (NORMAL|PNEUMONIA)", body["heatmap_caption"]
+    )
     # the jet colours cover part of the image (an empty map would give the grey image back)
     plain = np.asarray(image.convert("RGB"), dtype=int)
     coloured = np.abs(np.asarray(heat, dtype=int) - plain).max(axis=-1) > 0

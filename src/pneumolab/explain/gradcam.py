@@ -1,11 +1,16 @@
-"""Grad-CAM heat maps of the pneumonia logit (pytorch-grad-cam), as arrays, overlays and figures."""
+"""Grad-CAM heat maps (pytorch-grad-cam) of the evidence for a class, as arrays, overlays and
+figures: for pneumonia the pneumonia logit, for NORMAL its negative. An image is explained by
+the class it was called: the pneumonia logit's map of an image called NORMAL is usually empty
+(Grad-CAM keeps only what raised the score), which showed a false negative as a bare X-ray."""
 
 from __future__ import annotations
 
 import io
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import matplotlib
 import numpy as np
@@ -38,15 +43,21 @@ title above it (a 1x2000-pixel image made a figure of 1.2 million pixels' height
 machine out of memory)."""
 
 
-class _LogitColumn(nn.Module):
-    """The classifier with its ``(B,)`` logit as a ``(B, 1)`` column, the shape grad-cam expects."""
+ExplainedClass = Literal["PNEUMONIA", "NORMAL"]
+"""The class whose evidence a heat map shows."""
 
-    def __init__(self, model: XrayClassifier) -> None:
+
+class _Evidence(nn.Module):
+    """The classifier's evidence for ``towards`` as a ``(B, 1)`` column, the shape grad-cam
+    expects: the pneumonia logit, or its negative for NORMAL."""
+
+    def __init__(self, model: XrayClassifier, towards: ExplainedClass) -> None:
         super().__init__()
         self.model = model
+        self.sign = 1.0 if towards == "PNEUMONIA" else -1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)[:, None]
+        return self.sign * self.model(x)[:, None]
 
 
 def _contains_conv(module: nn.Module) -> bool:
@@ -95,24 +106,52 @@ def gradcam(
     pixels: torch.Tensor,
     intensity: str = "none",
     layer: nn.Module | None = None,
+    towards: ExplainedClass = "PNEUMONIA",
 ) -> np.ndarray:
-    """Grad-CAM of the pneumonia logit for uint8 pixels ``(1, 1, S, S)``: ``(S, S)`` in [0, 1].
+    """Grad-CAM of the evidence for ``towards`` for uint8 pixels ``(1, 1, S, S)``: ``(S, S)``
+    in [0, 1], all zero where no region raised it.
 
     ``intensity`` normalisation is applied first, as in training and prediction; ``layer``
-    defaults to :func:`find_target_layer`'s choice.
+    defaults to :func:`find_target_layer`'s choice. The model's train/eval mode is kept
+    (grad-cam switches it to eval).
     """
     if layer is None:
         layer = find_target_layer(model, int(pixels.shape[-1]))
     device = model.mean.device
     inputs = normalize_intensity(pixels, intensity).to(device).float() / 255.0
-    cam = GradCAM(_LogitColumn(model), [layer])
+    was_training = model.training
+    cam = GradCAM(_Evidence(model, towards), [layer])
     try:
         with torch.enable_grad():
             heat = cam(inputs, targets=[ClassifierOutputTarget(0)] * len(inputs))
     finally:
         cam.activations_and_grads.release()
         model.zero_grad(set_to_none=True)
+        model.train(was_training)
     return np.clip(heat[0], 0.0, 1.0).astype(np.float32)
+
+
+def called(prediction: Prediction) -> ExplainedClass:
+    """The class ``prediction``'s probability falls on at its threshold (whatever its scope
+    label), the one its heat map explains."""
+    return "PNEUMONIA" if prediction.probability >= prediction.threshold else "NORMAL"
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """An image's prediction and the Grad-CAM map of the class it was called."""
+
+    prediction: Prediction
+    heat: np.ndarray
+    """``(S, S)`` in [0, 1]; all zero where no region raised the evidence."""
+    towards: ExplainedClass
+
+    @property
+    def caption(self) -> str:
+        """What the map shows, in words."""
+        if not self.heat.any():
+            return f"heat map empty: no region raised the evidence for {self.towards}"
+        return f"heat: regions that raised the evidence for {self.towards}"
 
 
 def overlay(gray: np.ndarray, heat: np.ndarray) -> np.ndarray:
@@ -149,7 +188,7 @@ def _figure(
             (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         )
     width = FIGURE_PIXELS / 100
-    height = width * min(image.height / image.width, TALLEST_FIGURE) + 0.7  # + the title's
+    height = width * min(image.height / image.width, TALLEST_FIGURE) + 0.9  # + the title's
     figure = Figure(figsize=(width, height), dpi=100)
     axes = figure.subplots()
     axes.imshow(overlay(np.asarray(image), heat))
@@ -164,14 +203,15 @@ def explain_image(
     image: ImageInput,
     header_checks: ScopeChecks | None = None,
     scope_verdict: bool | None = None,
-) -> tuple[Prediction, np.ndarray]:
-    """The prediction for ``image`` and the Grad-CAM heat map of ``layer`` (``(S, S)`` in
-    [0, 1]), from one decoding and resizing; ``header_checks`` and ``scope_verdict``: see
+) -> Explanation:
+    """The prediction for ``image`` and the Grad-CAM map of ``layer`` for the class it was
+    called, from one decoding and resizing; ``header_checks`` and ``scope_verdict``: see
     :meth:`Predictor.predict`."""
     model = predictor.require_model("Grad-CAM")
     result, pixels = predictor.predict_with_pixels(image, header_checks, scope_verdict)
-    heat = gradcam(model, torch.from_numpy(pixels)[None], predictor.intensity, layer)
-    return result, heat
+    towards = called(result)
+    heat = gradcam(model, torch.from_numpy(pixels)[None], predictor.intensity, layer, towards)
+    return Explanation(result, heat, towards)
 
 
 def explain_paths(
@@ -212,16 +252,16 @@ def explain_paths(
             except PneumolabError as exc:
                 yield exc
                 continue
-            result, heat = explain_image(
-                predictor, layer, image, file_header_checks(path, max_pixels)
-            )
+            explained = explain_image(predictor, layer, image, file_header_checks(path, max_pixels))
+            result = explained.prediction
             title = (
                 f"{path.name}\nP(pneumonia) = {result.probability:.3f} → {result.label} "
-                f"(threshold {result.threshold:.3f}) — research tool, not a diagnosis"
+                f"(threshold {result.threshold:.3f}) — research tool, not a diagnosis\n"
+                f"{explained.caption}"
             )
             try:  # a PNG another process wrote meanwhile is kept, as one found before
                 figure_image = load_image(path, FIGURE_PIXELS, max_pixels)
-                _figure(figure_image, heat, title, out_file, overwrite)
+                _figure(figure_image, explained.heat, title, out_file, overwrite)
             except OutputError as exc:
                 yield exc
                 continue

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from PIL import Image
 from sklearn.metrics import PrecisionRecallDisplay
 
 import pneumolab
@@ -23,7 +24,7 @@ from pneumolab.evaluation.figures import confusion_matrix_figure, figure_png
 from pneumolab.evaluation.metrics import SCALAR_METRICS, format_interval, format_metric
 from pneumolab.evaluation.scoring import compute_evaluation
 from pneumolab.evaluation.writer import FIGURES, evaluation_figures, record_look
-from pneumolab.explain.gradcam import find_target_layer, gradcam, overlay_png
+from pneumolab.explain.gradcam import ExplainedClass, find_target_layer, gradcam, overlay_png
 from pneumolab.explain.sanity import saliency_sanity
 from pneumolab.files import atomic_write
 from pneumolab.inference.predictor import Predictor
@@ -65,7 +66,7 @@ def _metrics_html(metrics: EvaluationMetrics) -> str:
         f"{len(metrics.skipped)} image(s) of the split could not be read and are left out of "
         f"every figure here (n = {metrics.n}): {shown}"
     )
-    return f'{table}<p class="warning">{html.escape(note)}</p>'
+    return f'{table}<p class="warn">{html.escape(note)}</p>'
 
 
 def _curves_html(labels: np.ndarray, probs: np.ndarray, figures: dict[str, bytes]) -> str:
@@ -134,22 +135,38 @@ def _errors_html(predictor: Predictor, rows: list[dict[str, Any]], limit: int) -
     )
     model = predictor.model  # None for an ensemble: no single network to explain
     layer = find_target_layer(model, predictor.image_size) if model is not None else None
-    shown = "Grad-CAM of the pneumonia logit" if model is not None else "ensemble: no heat maps"
+    shown = (
+        "Grad-CAM of the class each image was called: the evidence for NORMAL on a false "
+        "negative, for PNEUMONIA on a false positive"
+        if model is not None
+        else "ensemble: no heat maps"
+    )
     parts = [f"<p>At the default threshold {threshold:.4f}; {shown}.</p>"]
-    for title, errors in (("False negatives", fn), ("False positives", fp)):
+    galleries: tuple[tuple[str, list[dict[str, Any]], ExplainedClass], ...] = (
+        ("False negatives", fn, "NORMAL"),
+        ("False positives", fp, "PNEUMONIA"),
+    )
+    for title, errors, towards in galleries:
         parts.append(f"<h3>{title} ({len(errors)})</h3>")
         if not errors:
             parts.append("<p>none</p>")
         for row in errors[:limit]:
-            pixels = predictor.preprocess(row["path"])
-            heat = (
-                None if model is None else gradcam(model, pixels[None], predictor.intensity, layer)
-            )
-            png = overlay_png(pixels[0].numpy(), heat)
-            parts.append(
-                figure_html(png, f"{Path(row['path']).name}: P = {row['probability']:.3f}", "thumb")
-            )
+            caption = f"{Path(row['path']).name}: P = {row['probability']:.3f}"
+            heat = None
+            if model is not None:
+                pixels = predictor.preprocess(row["path"])
+                heat = gradcam(model, pixels[None], predictor.intensity, layer, towards)
+                caption += "" if heat.any() else " (empty heat map)"
+            png = overlay_png(_thumbnail(row["path"]), heat)  # the film's own proportions
+            parts.append(figure_html(png, caption, "thumb"))
     return "".join(parts)
+
+
+def _thumbnail(path: str) -> Image.Image:
+    """The image at :data:`THUMBNAIL` px on its longer side, its proportions kept."""
+    image = load_image(path, size_hint=THUMBNAIL)
+    image.thumbnail((THUMBNAIL, THUMBNAIL))
+    return image
 
 
 def _samples_html(rows: list[dict[str, Any]], per_class: int) -> str:
@@ -158,19 +175,18 @@ def _samples_html(rows: list[dict[str, Any]], per_class: int) -> str:
         chosen = [r for r in rows if r["label"] == label][:per_class]
         parts.append(f"<h3>{name}</h3>" + ("" if chosen else "<p>none</p>"))
         for row in chosen:
-            image = load_image(row["path"], size_hint=THUMBNAIL)
-            image.thumbnail((THUMBNAIL, THUMBNAIL))
             buffer = io.BytesIO()
-            image.convert("L").save(buffer, "PNG")
+            _thumbnail(row["path"]).convert("L").save(buffer, "PNG")
             parts.append(figure_html(buffer.getvalue(), Path(row["path"]).name, "thumb"))
     return "".join(parts)
 
 
-def _saliency_html(predictor: Predictor, all_pixels: torch.Tensor) -> str:
+def _saliency_html(predictor: Predictor, all_pixels: torch.Tensor, probs: np.ndarray) -> str:
     if predictor.model is None:
         return "<p>Not computed for an ensemble: run the report on each member run.</p>"
-    count = len(all_pixels)
-    picked = np.unique(np.linspace(0, count - 1, min(SANITY_IMAGES, count), dtype=int))
+    positive = np.flatnonzero(probs >= predictor.threshold)  # their pneumonia maps have heat
+    spread = np.linspace(0, len(positive) - 1, min(SANITY_IMAGES, len(positive)), dtype=int)
+    picked = positive[np.unique(spread)]
     result = saliency_sanity(predictor.model, all_pixels[picked], predictor.intensity)
     verdict = (
         '<p class="warn">Flagged: heat often lies on the image edge (possible shortcut learning: '
@@ -180,6 +196,7 @@ def _saliency_html(predictor: Predictor, all_pixels: torch.Tensor) -> str:
     )
     keys = (
         "n",
+        "empty_maps",
         "mean_centre_share",
         "median_centre_share",
         "mean_border_share",
@@ -190,8 +207,11 @@ def _saliency_html(predictor: Predictor, all_pixels: torch.Tensor) -> str:
     )
     rows = "".join(f"<tr><th>{k}</th><td>{format_metric(result[k])}</td></tr>" for k in keys)
     note = (
-        "<p>Share of Grad-CAM heat in the central 60% × 60% box, the outer 10% border band "
-        "and the four 10% × 10% corners, over up to 64 images of the split.</p>"
+        "<p>Share of the pneumonia logit's Grad-CAM heat in the central 60% × 60% box, the "
+        "outer 10% border band and the four 10% × 10% corners, over up to 64 images of the "
+        "split called pneumonia (an image called NORMAL has little or no evidence for "
+        "pneumonia to map); maps without heat are counted apart (<code>empty_maps</code>), "
+        "not in <code>n</code>.</p>"
     )
     return note + verdict + f"<table>{rows}</table>"
 
@@ -279,7 +299,11 @@ def build_report(
         ),
         ("errors", "Most confident errors", _errors_html(predictor, rows, max_gallery)),
         ("samples", "Sample X-rays", _samples_html(rows, max(1, max_gallery // 2))),
-        ("saliency", "Saliency sanity check", _saliency_html(predictor, evaluation.decoded.pixels)),
+        (
+            "saliency",
+            "Saliency sanity check",
+            _saliency_html(predictor, evaluation.decoded.pixels, probs),
+        ),
     ]
     title = html.escape(f"{run.root.name} — {split} (n={metrics.n}, {metrics.model})")
     body = "".join(

@@ -75,6 +75,9 @@ class PredictResponse(BaseModel):
     timing_ms: float
     image_png_base64: str | None = None
     heatmap_png_base64: str | None = None
+    heatmap_caption: str | None = None
+    """With ``heatmap``: what the map shows, the evidence for the class the image was called
+    (``heat: regions that raised the evidence for NORMAL``), or that it is empty."""
 
 
 def _png_base64(image: Image.Image) -> str:
@@ -204,12 +207,11 @@ class PredictionService:
         max_pixels, size = self.limits.max_pixels, self.predictor.image_size
         with self.decode_slots.held():
             image, header = _decode(data, name, max_pixels, size)
-        heat = None
+        explained = None
         with self._lock:
             if heatmap and self.layer is not None:  # else refused above (409)
-                result, heat = explain_image(
-                    self.predictor, self.layer, image, header, not keep_label
-                )
+                explained = explain_image(self.predictor, self.layer, image, header, not keep_label)
+                result = explained.prediction
             else:
                 result = self.predictor.predict(image, header, scope_verdict=not keep_label)
         pngs: dict[str, str] = {}
@@ -218,8 +220,10 @@ class PredictionService:
                 shown = _decode(data, name, max_pixels, PREVIEW_SIZE)[0]
                 shown.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
             pngs["image_png_base64"] = _png_base64(shown)
-            if heat is not None:
-                pngs["heatmap_png_base64"] = base64.b64encode(overlay_png(shown, heat)).decode()
+            if explained is not None:
+                heat_png = overlay_png(shown, explained.heat)
+                pngs["heatmap_png_base64"] = base64.b64encode(heat_png).decode()
+                pngs["heatmap_caption"] = explained.caption
         return PredictResponse(
             **result.to_dict(),
             threshold_provenance=self.info["threshold_provenance"],

@@ -66,6 +66,7 @@ function show(result) {
   byId("heatmap-figure").hidden = !result.heatmap_png_base64;
   if (result.heatmap_png_base64) {
     byId("heatmap").src = `data:image/png;base64,${result.heatmap_png_base64}`;
+    byId("heatmap-caption").textContent = `Grad-CAM — ${result.heatmap_caption}`;
   }
   byId("result").hidden = false;
 }
