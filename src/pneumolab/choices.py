@@ -29,8 +29,9 @@ PairedCriterion = Literal["roc_auc", "shift_roc_auc"]
 """Selection criteria with per-image scores, so a paired bootstrap can tell models apart."""
 SelectBy = Literal[PairedCriterion, "worst_roc_auc", "shift_specificity", "accuracy", "specificity"]
 
-ONNX_OPSETS = range(9, 21)
-"""The ONNX opsets an export may ask for: those of PyTorch's TorchScript exporter."""
+ONNX_OPSETS = range(11, 21)
+"""The ONNX opsets an export may ask for: those of PyTorch's TorchScript exporter from 11, the
+first whose shapes can vary (below it PyTorch warns that the batch axis may not be dynamic)."""
 DEFAULT_OPSET = 17
 
 STRATEGIES: tuple[str, ...] = get_args(Strategy)

@@ -163,7 +163,8 @@ def export_onnx(
     """
     if opset not in ONNX_OPSETS:
         raise ValueError(
-            f"opset {opset}: PyTorch's exporter writes opsets {ONNX_OPSETS.start}-{ONNX_OPSETS.stop - 1}"
+            f"opset {opset}: pneumolab exports opsets {ONNX_OPSETS.start}-{ONNX_OPSETS.stop - 1} "
+            "(below 11 PyTorch cannot keep the batch axis dynamic)"
         )
     run = RunDir(Path(run_dir))
     out_file = check_output(out_file or run.onnx, overwrite)
