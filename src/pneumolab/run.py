@@ -156,8 +156,8 @@ class RunDir:
         return None
 
     def model_version(self) -> str:
-        """``<pneumolab version>+<first 12 hex of the weights' SHA-256>.<first 8 of the scope
-        gate's>``: which model, with which OOD model (a refitted gate is another version, so a
+        """``<pneumolab version>+<first 12 hex of weights_digest>.<first 8 of gate_digest>``:
+        which model, with which OOD model (a refitted gate is another version, so a
         results file is not resumed across it)."""
         from pneumolab import __version__
 

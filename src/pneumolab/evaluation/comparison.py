@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pneumolab.choices import ComparisonBackend, Split
+from pneumolab.choices import BackendName, Split
 from pneumolab.errors import DataLayoutError, RunDirError
 from pneumolab.evaluation.figures import confusion_matrix_figure, model_bars_figure, save_figure
 from pneumolab.evaluation.metrics import format_interval, format_metric
@@ -72,13 +72,14 @@ def compare_run(
     robustness: bool = False,
     shift: bool = False,
     cache: ScoreCache | None = None,
-    backend: ComparisonBackend = "torch",
+    backend: BackendName = "torch",
 ) -> ComparisonRow:
     """Evaluate one run on ``split`` (with ``robustness``: also under the perturbations, for the
     worst-case columns; with ``shift``: under the shift protocol's compound scenario) and time
     its CPU inference (a batch of 32 of the split's images, ``cache`` bypassed). ``cache``,
     shared by the runs of one comparison, spares an ensemble the passes its members made.
-    ``backend="onnx"`` scores (and times) the exported ``model.onnx`` of each network."""
+    ``backend`` other than ``torch`` scores (and times) each network's exported file
+    (``model.onnx``, ``model.int8.onnx``, ``model.openvino.xml``)."""
     predictor = Predictor.from_run(run_dir, device=default_device(), backend=backend, cache=cache)
     return compare_predictor(name, predictor, data_dir, split, robustness, shift, cache)
 
@@ -276,7 +277,7 @@ def compare_runs(
     robustness: bool = False,
     shift: bool = False,
     overwrite: bool = False,
-    backend: ComparisonBackend = "torch",
+    backend: BackendName = "torch",
 ) -> tuple[list[ComparisonRow], dict[str, Path]]:
     """Evaluate every run on ``split`` and write the comparison into ``out_dir`` (with
     ``margins.md``: the paired AUC margin of each criterion's leader over the others, clean and,
@@ -297,7 +298,7 @@ def _compare_into(
     robustness: bool,
     shift: bool,
     overwrite: bool,
-    backend: ComparisonBackend,
+    backend: BackendName,
 ) -> tuple[list[ComparisonRow], dict[str, Path]]:
     """:func:`compare_runs`'s work, once ``out_dir`` is this process's."""
     margins_file = out_dir / "margins.md"
