@@ -11,7 +11,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import lightning as L
 import numpy as np
@@ -68,7 +68,8 @@ class RandomStates(L.Callback):
     plain numbers, which ``torch.load(weights_only=True)`` reads."""
 
     def state_dict(self) -> dict[str, Any]:
-        kind, keys, position, has_gauss, gauss = np.random.get_state()
+        legacy = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
+        kind, keys, position, has_gauss, gauss = legacy
         return {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
