@@ -351,8 +351,14 @@ def test_data_check_names_an_image_filed_under_both_classes(tmp_path, capsys):
     data = write_synthetic_dataset(tmp_path / "data")
     normal = sorted((data / "train" / "NORMAL").iterdir())[0]
     twin = data / "train" / "PNEUMONIA" / "person999_bacteria_1.png"
-    shutil.copy(normal, twin)
     capsys.readouterr()
     assert main(["data", "check", str(data)]) == 0
+    shutil.copy(normal, twin)
+    assert main(["data", "check", str(data)]) == 1  # a check that finds a conflict fails
     err = " ".join(capsys.readouterr().err.split())
     assert "under two classes:" in err and normal.name in err and twin.name in err
+    assert "names without a patient ID" not in err
+    shutil.copy(normal, data / "train" / "NORMAL" / "scan.001")
+    assert main(["data", "check", str(data)]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "names without a patient ID: 1 (each its own patient" in err and "scan.001" in err

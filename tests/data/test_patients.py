@@ -31,6 +31,13 @@ from pneumolab.files import sha256_of
         ("normal2-im-0413-0002.JPEG", "normal2-im-0413"),
         ("scan_of_someone.png", "scan_of_someone"),
         ("Weird.Name.jpeg", "weird.name"),
+        # Mendeley's version-2 names: one patient's images were each their own patient
+        ("NORMAL-1049278-0001.jpeg", "id-1049278"),
+        ("BACTERIA-40699-0002.jpeg", "id-40699"),
+        ("virus-40699-0001.JPEG", "id-40699"),
+        # no image suffix: a dotted tail is part of the name (all were one patient "scan")
+        ("scan.001", "scan.001"),
+        ("scan.002", "scan.002"),
     ],
 )
 def test_patient_id(name: str, expected: str) -> None:
@@ -49,6 +56,36 @@ def test_normal2_and_plain_im_are_different_patients() -> None:
 def test_unrecognised_names_are_their_own_patient() -> None:
     assert patient_id("a.jpeg") != patient_id("b.jpeg")
     assert patient_id("IM-0115.jpeg") == "im-0115"  # no image number: falls back to the stem
+
+
+def test_names_without_a_scheme_are_warned_of_where_the_split_is_carved(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Such names became one patient per image without a word: a patient-grouped split that
+    could put one child on both sides."""
+    from pneumolab.data.patients import unnamed_patients
+
+    samples = _make_samples(tmp_path, n_normal=25, n_pneumonia=25, per_patient=2)
+    assert unnamed_patients(samples) == []
+    odd = [
+        Sample(_write(tmp_path / f"scan{i}.png", b"%d" % i), i % 2, f"scan{i}") for i in range(4)
+    ]
+    assert unnamed_patients(samples + odd) == odd
+    grouped_split(samples + odd, val_fraction=0.2, seed=0)
+    assert "4 of 104 image names follow no patient-ID scheme" in caplog.text
+    assert "first: scan0.png" in caplog.text
+
+
+def test_one_image_under_two_classes_is_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Training took it with both labels, without a word (`data check` named it)."""
+    samples = _make_samples(tmp_path, n_normal=25, n_pneumonia=25, per_patient=2)
+    a = Sample(_write(tmp_path / "n" / "IM-0900-0001.jpeg", b"same"), 0, "im-0900")
+    b = Sample(_write(tmp_path / "p" / "person900_virus_1.jpeg", b"same"), 1, "person900")
+    grouped_split([*samples, a, b], val_fraction=0.2, seed=0)
+    assert "one image filed under two classes, so trained with both labels" in caplog.text
+    assert "IM-0900-0001.jpeg" in caplog.text and "person900_virus_1.jpeg" in caplog.text
 
 
 def _write(path: Path, data: bytes) -> Path:

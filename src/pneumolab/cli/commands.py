@@ -49,6 +49,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     """`pneumolab data check`: images per split and class, patients, duplicates, bad files."""
     from pneumolab.data.check import check_dataset
     from pneumolab.data.layout import CLASS_NAMES
+    from pneumolab.data.patients import PATIENT_SCHEMES
 
     report = check_dataset(args.data_dir)
     table = Table(title=f"{report.root}")
@@ -69,10 +70,16 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     for pair, ids in report.patient_overlap.items():
         style = "yellow" if ids else "green"
         say(f"patients in both {pair}: ", (str(len(ids)), style), f" {' '.join(ids[:10])}")
+    if report.unnamed_patients:
+        say(
+            ("names without a patient ID: ", "yellow"),
+            f"{len(report.unnamed_patients)} (each its own patient; schemes: {PATIENT_SCHEMES}; "
+            f"first: {report.unnamed_patients[0]})",
+        )
     console.print(f"unreadable files: {len(report.unreadable)}")
     for problem in report.unreadable:
         say(("  " + problem, "red"))
-    return 1 if report.unreadable else 0
+    return 1 if report.problems else 0
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:

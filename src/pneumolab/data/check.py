@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pneumolab.data.imageio import load_image
 from pneumolab.data.layout import CLASS_NAMES, Sample, scan_dataset
-from pneumolab.data.patients import duplicate_groups
+from pneumolab.data.patients import duplicate_groups, unnamed_patients
 from pneumolab.errors import ImageLoadError
 
 
@@ -27,6 +27,14 @@ class DataReport:
     """Duplicate groups filed under more than one class: one image, two labels."""
     patient_overlap: dict[str, list[str]]
     unreadable: list[str] = field(default_factory=list)
+    unnamed_patients: list[Path] = field(default_factory=list)
+    """Images whose name follows no patient-ID scheme: each counts as its own patient."""
+
+    @property
+    def problems(self) -> bool:
+        """Whether anything found changes what a training or an evaluation on this data means:
+        unreadable files, one image under two classes, or one image in two splits."""
+        return bool(self.unreadable or self.conflicting_labels or self.cross_split_duplicates)
 
 
 def unreadable(samples: list[Sample]) -> list[str]:
@@ -68,4 +76,5 @@ def check_dataset(root: str | Path) -> DataReport:
         conflicting_labels=[g for g in groups if len({label_of[p] for p in g}) > 1],
         patient_overlap=overlap,
         unreadable=unreadable(all_samples),
+        unnamed_patients=[s.path for s in unnamed_patients(all_samples)],
     )

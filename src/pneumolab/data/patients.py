@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,27 +11,50 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pneumolab.config import MAX_VAL_FRACTION
+from pneumolab.data.formats import IMAGE_SUFFIXES
 from pneumolab.errors import DataLayoutError
 from pneumolab.files import sha256_of
 
 if TYPE_CHECKING:
     from pneumolab.data.layout import Sample
 
+log = logging.getLogger(__name__)
+
 # `personNNN_bacteria_K` / `personNNN_virus_K` (bacteria and virus images of one ID are grouped:
-# the names do not settle whether they are the same child), `IM-XXXX-YYYY`, `NORMAL2-IM-XXXX-YYYY`.
+# the names do not settle whether they are the same child), `IM-XXXX-YYYY`, `NORMAL2-IM-XXXX-YYYY`
+# (the Kaggle copy); `NORMAL-N-K`, `BACTERIA-N-K`, `VIRUS-N-K` (Mendeley's version 2, grouped by N).
 _PATIENT_PATTERNS = (
-    re.compile(r"^(person\d+)_", re.IGNORECASE),
-    re.compile(r"^((?:NORMAL2-)?IM-\d+)-", re.IGNORECASE),
+    (re.compile(r"^(person\d+)_", re.IGNORECASE), ""),
+    (re.compile(r"^((?:NORMAL2-)?IM-\d+)-", re.IGNORECASE), ""),
+    (re.compile(r"^(?:NORMAL|BACTERIA|VIRUS)-(\d+)-", re.IGNORECASE), "id-"),
 )
+PATIENT_SCHEMES = "personN_..., IM-N-..., NORMAL2-IM-N-..., NORMAL|BACTERIA|VIRUS-N-..."
+"""The file-name schemes a patient ID is read from, in words."""
+
+
+def _named_patient(file_name: str) -> str | None:
+    """The patient ID a known naming scheme gives ``file_name``; None for any other name."""
+    for pattern, prefix in _PATIENT_PATTERNS:
+        match = pattern.match(file_name)
+        if match:
+            return prefix + match.group(1).lower()
+    return None
 
 
 def patient_id(file_name: str) -> str:
-    """Patient ID parsed from a file name; an unrecognised name is its own patient (its stem)."""
-    for pattern in _PATIENT_PATTERNS:
-        match = pattern.match(file_name)
-        if match:
-            return match.group(1).lower()
-    return Path(file_name).stem.lower()
+    """Patient ID parsed from a file name; an unrecognised name is its own patient (the name
+    without its image suffix: ``scan.001``, a file without one, is not cut to ``scan``)."""
+    named = _named_patient(file_name)
+    if named is not None:
+        return named
+    path = Path(file_name)
+    return (path.stem if path.suffix.lower() in IMAGE_SUFFIXES else path.name).lower()
+
+
+def unnamed_patients(samples: Sequence[Sample]) -> list[Sample]:
+    """The samples whose file name follows no patient-ID scheme (each counts as its own
+    patient, so one child's images can fall on both sides of a split)."""
+    return [s for s in samples if _named_patient(s.path.name) is None]
 
 
 def duplicate_groups(paths: Sequence[Path]) -> list[list[Path]]:
@@ -57,7 +81,14 @@ def split_groups(samples: Sequence[Sample]) -> list[str]:
         return key
 
     patient_of = {s.path: s.patient for s in samples}
+    label_of = {s.path: s.label for s in samples}
     for group in duplicate_groups([s.path for s in samples]):
+        if len({label_of[path] for path in group}) > 1:
+            log.warning(
+                "one image filed under two classes, so trained with both labels: %s; remove "
+                "the wrong copy (`pneumolab data check` lists every such image)",
+                ", ".join(map(str, group)),
+            )
         roots = {find(patient_of[path]) for path in group}
         first = min(roots)
         for other in roots:
@@ -74,6 +105,17 @@ def grouped_split(
     """
     if not 0.0 < val_fraction <= MAX_VAL_FRACTION:
         raise ValueError(f"val_fraction must be in (0, {MAX_VAL_FRACTION}], got {val_fraction}")
+    unnamed = unnamed_patients(samples)
+    if unnamed:
+        log.warning(
+            "%d of %d image names follow no patient-ID scheme (%s; first: %s): each counts as "
+            "its own patient, so one child's images may fall on both sides of the validation "
+            "split",
+            len(unnamed),
+            len(samples),
+            PATIENT_SCHEMES,
+            unnamed[0].path.name,
+        )
     labels = np.array([s.label for s in samples])
     groups = split_groups(samples)
     n_splits = max(2, round(1.0 / val_fraction))
