@@ -264,3 +264,44 @@ def test_archive_without_train_folder_raises(tmp_path: Path) -> None:
         zf.writestr("stuff/readme.txt", b"hello")
     with pytest.raises(FetchError, match="no train/ folder"):
         extract(other, tmp_path / "data")
+
+
+def test_a_zip_bomb_and_duplicate_entries_are_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    """A 300 KB archive inflated to 300 MB, and of two entries of one name the last silently
+    replaced the first (a damaged image over a good one)."""
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("chest_xray/train/NORMAL/a.jpeg", b"x")
+        zf.writestr("chest_xray/train/NORMAL/zeros.jpeg", bytes(20 << 20))  # ~20 kB deflated
+    with pytest.raises(FetchError, match=r"'chest_xray/train/NORMAL/zeros\.jpeg' would inflate"):
+        extract(bomb, tmp_path / "out1")
+    assert not any((tmp_path / "out1").rglob("*.jpeg"))
+    twice = tmp_path / "twice.zip"
+    with zipfile.ZipFile(twice, "w") as zf, pytest.warns(UserWarning, match="Duplicate name"):
+        zf.writestr("chest_xray/train/NORMAL/a.jpeg", b"good")
+        zf.writestr("chest_xray/train/NORMAL/A.JPEG", b"other")
+        zf.writestr("chest_xray/train/NORMAL/a.jpeg", b"bad")
+    with pytest.raises(
+        FetchError, match=r"entries 'chest_xray/train/NORMAL/a\.jpeg' and '.*A\.JPEG' name one file"
+    ):
+        extract(twice, tmp_path / "out2")
+    assert not any((tmp_path / "out2").rglob("*.jpeg"))
+
+
+def test_a_damaged_archive_leaves_no_partial_dataset(tmp_path: Path, archive: Path) -> None:
+    """The members before a damaged one stayed, and `data check` took the folder for a
+    dataset; files that were there before are kept."""
+    out = tmp_path / "data"
+    (out / "chest_xray").mkdir(parents=True)
+    (out / "chest_xray" / "notes.txt").write_text("mine")
+    damaged = tmp_path / "damaged.zip"
+    data = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as zf:  # the second of its two images
+        last = zf.getinfo("chest_xray/train/PNEUMONIA/b.jpeg")
+    data[last.header_offset + 30 + len(last.filename.encode())] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(FetchError, match=r"damaged.*; the 2 file\(s\) it had extracted were"):
+        extract(damaged, out)
+    assert [p for p in out.rglob("*") if p.is_file()] == [out / "chest_xray" / "notes.txt"]

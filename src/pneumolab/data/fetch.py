@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import re
+import shutil
 import stat
 import urllib.error
 import urllib.parse
@@ -162,6 +163,39 @@ def _check_entry(zip_path: Path, info: zipfile.ZipInfo, base: Path) -> None:
         raise FetchError(f"{zip_path}: entry {name!r} is a symlink; refusing to extract it")
 
 
+MAX_RATIO = 100
+"""The most an entry of over 1 MiB may inflate (its size / its compressed size): JPEGs barely
+compress, so a higher ratio is a zip bomb, not an X-ray archive."""
+
+
+def _check_sizes(zip_path: Path, members: list[zipfile.ZipInfo], base: Path) -> None:
+    """FetchError for an archive that would not fit on the disk, an entry that inflates like a
+    zip bomb, or two entries of one name (any case: they collide on macOS and Windows; the last
+    silently replaced the first). zipfile stops each entry at its declared size, so the
+    declared sizes bound what is written."""
+    seen: dict[str, str] = {}
+    for info in members:
+        if info.is_dir():
+            continue
+        if info.file_size > 1 << 20 and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+            raise FetchError(
+                f"{zip_path}: entry {info.filename!r} would inflate {info.compress_size:,} "
+                f"bytes to {info.file_size:,} (over {MAX_RATIO}x: a zip bomb?); refusing it"
+            )
+        key = info.filename.lower()
+        if key in seen:
+            raise FetchError(
+                f"{zip_path}: entries {seen[key]!r} and {info.filename!r} name one file; the "
+                "archive is not the dataset as published"
+            )
+        seen[key] = info.filename
+    needed, free = sum(info.file_size for info in members), shutil.disk_usage(base).free
+    if needed > free:
+        raise FetchError(
+            f"{zip_path}: extracting needs {needed / 1e9:.1f} GB, {base} has {free / 1e9:.1f} GB free"
+        )
+
+
 def _above_train(name: str) -> PurePosixPath | None:
     """The folder above an entry's ``train/`` folder (any case, as dataset scans match it)."""
     parts = PurePosixPath(name).parts
@@ -175,24 +209,41 @@ def extract(zip_path: Path, out_dir: Path) -> Path:
     zip_path, out_dir = Path(zip_path), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = out_dir.resolve()
+    created: list[Path] = []  # files this extraction made, removed again if it fails
     try:
         with zipfile.ZipFile(zip_path) as archive:
             members = [info for info in archive.infolist() if not _is_junk(info.filename)]
             for info in members:
                 _check_entry(zip_path, info, base)
+            _check_sizes(zip_path, members, base)
             for info in members:
+                target = base / info.filename
+                if not info.is_dir() and not target.exists():
+                    created.append(target)  # before: a damaged entry fails while written
                 archive.extract(info, base)
     except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as exc:
         # a broken central directory or stream, a cut member, encryption, an unknown method
-        raise DamagedArchive(f"{zip_path} is damaged or not a plain zip archive ({exc})") from exc
+        raise DamagedArchive(
+            f"{zip_path} is damaged or not a plain zip archive ({exc}){_removed(created)}"
+        ) from exc
     except OSError as exc:
-        raise FetchError(f"Could not extract {zip_path} into {out_dir}: {exc}") from exc
+        raise FetchError(
+            f"Could not extract {zip_path} into {out_dir}: {exc}{_removed(created)}"
+        ) from exc
     roots = {above for info in members if (above := _above_train(info.filename)) is not None}
     found = sorted((out_dir / r for r in roots), key=lambda p: (len(p.parts), str(p)))
     for folder in found:
         if any(p.is_dir() and p.name.lower() == "train" for p in folder.iterdir()):
             return folder
     raise FetchError(f"{zip_path} has no train/ folder; is it the Kermany ChestXRay2017 archive?")
+
+
+def _removed(created: list[Path]) -> str:
+    """Delete the files a failed extraction made (a partial dataset looked whole to every other
+    command) and say so; files that were there before are left."""
+    for path in created:
+        path.unlink(missing_ok=True)
+    return f"; the {len(created)} file(s) it had extracted were removed" if created else ""
 
 
 def fetch(
