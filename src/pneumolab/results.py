@@ -207,8 +207,8 @@ def on_request() -> Any:
 
 class EvaluationMetrics(BinaryMetrics):
     """Everything an evaluation measured on one split (what ``metrics.json`` holds): the
-    metrics at the run's stored threshold, patient-bootstrap 95% intervals (``ci95``: metric ->
-    [low, high]), the stored operating points and an oracle threshold scored here, calibration
+    metrics at the run's stored threshold, patient-level 95% intervals (``ci95``: metric ->
+    [low, high]; :func:`pneumolab.evaluation.bootstrap.bootstrap_ci`), the stored operating points and an oracle threshold scored here, calibration
     after the run's maps, and, where asked for, three-class metrics, robustness and the shift
     protocol."""
 

@@ -159,10 +159,10 @@ def test_swapping_the_models_negates_the_difference_and_its_interval(seed, group
     assert (ba.low, ba.high) == pytest.approx((-ab.high, -ab.low))
 
 
-def test_a_share_of_one_gets_an_exact_interval_over_its_patients_not_one_to_one():
+def test_a_share_is_never_narrower_than_its_exact_interval_over_its_patients():
     """No false positive among 191 normal images of 173 children: every resample gave
-    specificity [1, 1], printed as a 95% interval. Clopper-Pearson over the 173 children
-    allows down to 0.979."""
+    specificity [1, 1], printed as a 95% interval; Clopper-Pearson over the 173 children
+    allows down to 0.979. And one false positive must not look more certain than none."""
     from scipy.stats import binomtest
 
     rng = np.random.default_rng(0)
@@ -177,3 +177,11 @@ def test_a_share_of_one_gets_an_exact_interval_over_its_patients_not_one_to_one(
     assert ci["sensitivity"][0] < ci["sensitivity"][1] < 1  # not at a bound: the bootstrap's
     by_image = bootstrap_ci(y, prob, 0.5, n_resamples=200)
     assert by_image["specificity"][0] == pytest.approx(0.025 ** (1 / 191))  # (α/2)^(1/n)
+    lows = []
+    for false_positives in (0, 1, 2):
+        called = prob.copy()
+        called[:false_positives] = 0.9
+        lows.append(
+            bootstrap_ci(y, called, 0.5, groups=children, n_resamples=200)["specificity"][0]
+        )
+    assert lows[0] > lows[1] > lows[2]

@@ -40,7 +40,7 @@ def test_the_cost_rule_may_call_no_image_positive():
     y = np.array([0, 0, 0, 0, 1, 0, 0])
     p = np.array([0.78, 0.23, 0.71, 0.71, 0.09, 0.68, 0.95])
     threshold = cost_threshold(y, p)
-    assert threshold > p.max()
+    assert threshold == pytest.approx(0.975)  # halfway to 1: no float32 rescoring crosses it
     called = p >= threshold
     assert 5 * np.sum(y & ~called) + np.sum(~y.astype(bool) & called) == 5
 

@@ -24,13 +24,13 @@ METRIC_KEYS = ("n", *SCALAR_METRICS, "threshold")
 
 
 def metrics_table(metrics: BinaryMetrics, title: str) -> Table:
-    """One row per metric (with its 95% interval where an evaluation bootstrapped one)."""
+    """One row per metric (with its 95% interval over patients where an evaluation has one)."""
     intervals = metrics.ci95 if isinstance(metrics, EvaluationMetrics) else {}
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     if intervals:
-        table.add_column("95% CI (patient bootstrap)", justify="right")
+        table.add_column("95% CI (patients)", justify="right")
     for key in METRIC_KEYS:
         row = [key, format_metric(getattr(metrics, key))]
         if intervals:

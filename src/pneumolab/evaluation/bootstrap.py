@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binomtest
+from scipy.stats import beta
 
 from pneumolab.evaluation.metrics import SCALAR_METRICS
 
@@ -86,7 +86,8 @@ PROPORTIONS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "npv": lambda y, called: ~called,
 }
 """The metrics that are a share of some images (the mask of those images, from the labels and
-the calls): at 0 or 1 every resample agrees, so the bootstrap cannot give them an interval."""
+the calls): near 0 or 1 the percentile bootstrap is too narrow (at 0 or 1 every resample agrees,
+and it gives ``[1, 1]``)."""
 
 
 def bootstrap_ci(
@@ -104,9 +105,10 @@ def bootstrap_ci(
     a drawn patient is counted (cluster bootstrap: images of one child are not independent);
     otherwise images are drawn. Resamples where a metric is undefined (e.g. no negatives for
     specificity) are left out for that metric; ``[nan, nan]`` when it is never defined.
-    A share of 0 or 1 (no false positive: specificity 1) gets the exact Clopper-Pearson
-    interval over its patients (images without ``groups``) instead: every resample gave
-    ``[1, 1]``, which claimed certainty that 191 normal images do not give.
+    A share (:data:`PROPORTIONS`) gets the wider of that interval and the exact Clopper-Pearson
+    interval of its estimate over its patients (images without ``groups``): with no false
+    positive every resample gave specificity ``[1, 1]``, a certainty 191 normal images do not
+    give, and one false positive gave a tighter lower bound than none.
     """
     y = np.asarray(y, dtype=float)
     weights = np.vstack([np.ones(len(y)), resample_weights(len(y), groups, n_resamples, seed)])
@@ -114,17 +116,24 @@ def bootstrap_ci(
     intervals = {name: _percentile_interval(values[name][1:], level) for name in CI_METRICS}
     called = np.asarray(prob, dtype=float) >= threshold
     for name, counted in PROPORTIONS.items():
-        if values[name][0] in (0.0, 1.0):
+        estimate, (low, high) = values[name][0], intervals[name]
+        if np.isfinite(estimate):
             mask = counted(y, called)
             units = len(np.unique(np.asarray(groups)[mask])) if groups is not None else mask.sum()
-            intervals[name] = _exact_interval(int(values[name][0]) * units, units, level)
+            exact_low, exact_high = _exact_interval(estimate, int(units), level)
+            intervals[name] = [min(low, exact_low), max(high, exact_high)]
     return intervals
 
 
-def _exact_interval(successes: int, trials: int, level: float) -> list[float]:
-    """The Clopper-Pearson interval of ``successes`` in ``trials`` (scipy's binomtest)."""
-    found = binomtest(successes, trials).proportion_ci(confidence_level=level, method="exact")
-    return [float(found.low), float(found.high)]
+def _exact_interval(share: float, units: int, level: float) -> tuple[float, float]:
+    """The Clopper-Pearson interval of a ``share`` of ``units`` (its successes need not be a
+    whole number: a share of images counted over patients), from the beta quantiles."""
+    successes, tail = share * units, (1 - level) / 2
+    low = 0.0 if successes <= 0 else float(beta.ppf(tail, successes, units - successes + 1))
+    high = (
+        1.0 if successes >= units else float(beta.ppf(1 - tail, successes + 1, units - successes))
+    )
+    return low, high
 
 
 def resample_weights(

@@ -60,7 +60,8 @@ def cost_threshold(
     """Threshold minimising ``cost_fn * FN + cost_fp * FP`` (highest one on ties); above every
     score where calling no image positive costs least (``cost_fn`` x the positives)."""
     fp, tp, thresholds = _roc(y_true, prob)
-    above_all = np.nextafter(thresholds[0], np.inf)  # calls none: no TP, no FP
+    top = thresholds[0]  # calling none: halfway to 1, so that a rescoring cannot cross it
+    above_all = (top + 1) / 2 if top < 1 else np.nextafter(1.0, 2.0)
     fp, tp, thresholds = np.r_[0, fp], np.r_[0, tp], np.r_[above_all, thresholds]
     return float(thresholds[np.argmin(cost_fn * (tp[-1] - tp) + cost_fp * fp)])
 

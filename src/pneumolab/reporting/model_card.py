@@ -1,6 +1,6 @@
 """MODEL_CARD.md of a run: what the model is, what it is for, how it was trained and how well it
 did on validation, and where it is known to fail. Written from meta.json, config.yaml, split.csv
-and, when present, ``eval/val/metrics.json`` (for the patient-bootstrap 95% intervals)."""
+and, when present, ``eval/val/metrics.json`` (for the patient-level 95% intervals)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,11 @@ LIMITATIONS = (
 log = logging.getLogger(__name__)
 
 BINARY_LIMITATION = "No bacterial/viral distinction (`task: three_class` trains one)."
+
+CI_NOTE = (
+    "95% CI: percentile bootstrap over patients; for accuracy, sensitivity, specificity, PPV "
+    "and NPV at least the exact (Clopper-Pearson) interval over their patients."
+)
 
 
 def _split_counts(run: RunDir) -> dict[str, Counter[str]]:
@@ -113,16 +118,10 @@ def _metrics_section(
     intervals: dict[str, tuple[float, float]] = {}
     if evaluated is not None:
         metrics, intervals = evaluated, evaluated.ci95
-        note = (
-            f"From an evaluation on the validation split{_scored_by(evaluated)}; 95% CI: "
-            "percentile bootstrap over patients."
-        )
+        note = f"From an evaluation on the validation split{_scored_by(evaluated)}; {CI_NOTE}"
     elif stored is not None:
         metrics, intervals = stored, stored.ci95
-        note = (
-            f"From `eval/val/metrics.json`{_scored_by(stored)}; 95% CI: percentile bootstrap "
-            "over patients."
-        )
+        note = f"From `eval/val/metrics.json`{_scored_by(stored)}; {CI_NOTE}"
     else:
         metrics = meta.val_metrics
         note = (
