@@ -29,7 +29,9 @@ def test_regions_partition_the_outer_band():
     assert not (masks["centre"] & (masks["border"] | masks["corners"])).any()
     assert masks["corners"].sum() == 4 * 4 * 4
     assert masks["centre"].sum() == 24 * 24
-    assert heat_shares(np.zeros((SIZE, SIZE))) == {"centre": 0.0, "border": 0.0, "corners": 0.0}
+    assert sum(mask.sum() for mask in masks.values()) == SIZE * SIZE  # a partition
+    assert not (masks["ring"] & (masks["centre"] | masks["border"] | masks["corners"])).any()
+    assert set(heat_shares(np.zeros((SIZE, SIZE))).values()) == {0.0}
 
 
 @pytest.mark.parametrize(("where", "flagged"), [("corner", True), ("centre", False)])
@@ -57,7 +59,7 @@ def test_real_run_end_to_end(tiny_run):
     assert result["n"] == 4
     # the trained net's maps have heat (an empty map would give 0 in every region)
     totals = [sum(shares.values()) for shares in result["per_image"]]
-    assert all(0.0 < t <= 1.0 + 1e-6 for t in totals)
+    assert all(t == pytest.approx(1.0) for t in totals)  # the regions cover the map
     assert isinstance(result["flagged"], bool)
     for key in (
         "mean_centre_share",
@@ -66,7 +68,7 @@ def test_real_run_end_to_end(tiny_run):
         "fraction_flagged",
     ):
         assert 0.0 <= result[key] <= 1.0
-    assert set(result["per_image"][0]) == {"centre", "border", "corners"}
+    assert set(result["per_image"][0]) == {"centre", "border", "corners", "ring"}
 
 
 def test_maps_without_heat_are_counted_apart_not_as_zero_shares():
@@ -83,3 +85,6 @@ def test_maps_without_heat_are_counted_apart_not_as_zero_shares():
     assert len(result["per_image"]) == 6
     nothing = summarize_shares([empty])
     assert (nothing["n"], nothing["empty_maps"], nothing["flagged"]) == (0, 1, False)
+    ring = np.zeros((SIZE, SIZE))
+    ring[5:7, 15:25] = 1.0  # between the outer band and the centre box: heat, not an empty map
+    assert summarize_shares([heat_shares(ring)])["n"] == 1

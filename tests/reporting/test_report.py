@@ -107,3 +107,18 @@ def test_unreadable_images_are_named_in_the_report_and_the_comparison(tiny_run, 
     assert main([*compare, "--out", str(tmp_path / "cmp")]) == 0
     n = len(RunDir(run_dir).split_paths("val")) - 1
     assert f"| 32 | {n} |" in (tmp_path / "cmp" / "results.md").read_text()  # size, n
+
+
+def test_a_saliency_check_of_no_map_says_so(tiny_run):
+    """With no image called pneumonia the report said 'Not flagged: the heat mostly lies inside
+    the image' beside n = 0."""
+    import numpy as np
+    import torch
+
+    from pneumolab.inference.predictor import Predictor
+    from pneumolab.reporting.report import _saliency_html
+
+    predictor = Predictor.from_run(tiny_run[0])
+    pixels = torch.zeros((3, 1, predictor.image_size, predictor.image_size), dtype=torch.uint8)
+    text = _saliency_html(predictor, pixels, np.zeros(3))
+    assert text == "<p>Not computed: no image of the split was called pneumonia.</p>"

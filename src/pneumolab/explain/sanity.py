@@ -9,6 +9,7 @@ edges, scanner-specific borders). Regions, on the ``S x S`` model input:
   and little else.
 - **border**: the outer 10% band on every side, without its four corners.
 - **corners**: the four 10% x 10% corner boxes, where markers and labels are usually printed.
+- **ring**: the rest, between the outer band and the centre box (28% of the area).
 
 Shares are fractions of an image's total heat. The outer band (border + corners) is 36% of the
 area, so heat spread evenly gives an edge share of 0.36; an image is flagged when its edge share
@@ -43,7 +44,8 @@ FLAG_FRACTION = 0.25
 
 
 def region_masks(size: int) -> dict[str, np.ndarray]:
-    """Boolean ``(size, size)`` masks of the ``centre``, ``border`` and ``corners`` regions."""
+    """Boolean ``(size, size)`` masks of the ``centre``, ``border``, ``corners`` and ``ring``
+    regions, which partition the map (so a map's shares sum to 1, 0 for an empty map)."""
     index = np.arange(size)
     low, high = round(CENTRE_MARGIN * size), size - round(CENTRE_MARGIN * size)
     edge = max(1, round(EDGE * size))
@@ -52,7 +54,12 @@ def region_masks(size: int) -> dict[str, np.ndarray]:
     centre = inner[:, None] & inner[None, :]
     corners = outer[:, None] & outer[None, :]
     band = outer[:, None] | outer[None, :]
-    return {"centre": centre, "border": band & ~corners, "corners": corners}
+    return {
+        "centre": centre,
+        "border": band & ~corners,
+        "corners": corners,
+        "ring": ~centre & ~band,
+    }
 
 
 def heat_shares(heat: np.ndarray) -> dict[str, float]:

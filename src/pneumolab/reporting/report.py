@@ -46,7 +46,7 @@ figure img{width:224px;image-rendering:auto}.plot img{width:auto;max-width:100%}
 
 
 def _metrics_html(metrics: EvaluationMetrics) -> str:
-    rows = ["<tr><th>metric</th><th>value</th><th>95% CI (patient bootstrap)</th></tr>"]
+    rows = ["<tr><th>metric</th><th>value</th><th>95% CI (patients)</th></tr>"]
     for key in ("n", "threshold", *SCALAR_METRICS):
         interval = format_interval(metrics.ci95.get(key))
         value = format_metric(getattr(metrics, key))
@@ -188,6 +188,9 @@ def _saliency_html(predictor: Predictor, all_pixels: torch.Tensor, probs: np.nda
     spread = np.linspace(0, len(positive) - 1, min(SANITY_IMAGES, len(positive)), dtype=int)
     picked = positive[np.unique(spread)]
     result = saliency_sanity(predictor.model, all_pixels[picked], predictor.intensity)
+    if not result["n"]:
+        why = "no image of the split was called pneumonia" if not len(picked) else "no map had heat"
+        return f"<p>Not computed: {why}.</p>"
     verdict = (
         '<p class="warn">Flagged: heat often lies on the image edge (possible shortcut learning: '
         "text markers, borders).</p>"

@@ -65,22 +65,27 @@ class RandomStates(L.Callback):
     Python's) in each checkpoint and restores them on resume, so that a resumed run draws the
     shuffles, augmentations and mixing weights the uninterrupted run would have drawn: it
     replayed the seed's first ones instead and ended with other weights. Stored as tensors and
-    plain numbers, which ``torch.load(weights_only=True)`` reads."""
+    plain numbers, which ``torch.load(weights_only=True)`` reads.
+
+    On a GPU only the process's own device's generator is filed and restored to each process's
+    own device: Lightning writes rank 0's checkpoint, and every rank, seeded alike and drawing
+    as many numbers for its equally sized batches, holds the same states on its own device, so
+    rank 0's fit every rank; a resume on fewer GPUs than were visible loses nothing."""
 
     def state_dict(self) -> dict[str, Any]:
         legacy = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
         kind, keys, position, has_gauss, gauss = legacy
         return {
             "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_initialized() else [],
             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
             "python": random.getstate(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         torch.set_rng_state(state_dict["torch"])
-        if state_dict["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state_dict["cuda"])
+        if state_dict["cuda"] and torch.cuda.is_available():  # this process's current device
+            torch.cuda.set_rng_state(state_dict["cuda"][0])
         kind, keys, position, has_gauss, gauss = state_dict["numpy"]
         np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
         random.setstate(state_dict["python"])
