@@ -142,6 +142,9 @@ def test_scan_litter_is_passed_over_and_images_are_known_by_content(
     bare = _touch(folder / "1.2.840.99", b"\x89PNG\r\n\x1a\n")
     _touch(folder / "scan.tif", b"II*\0")
     _touch(folder / "notes.txt", b"text")
+    # thumbnails re-saved by a viewer or a NAS: counted as more X-rays of the class
+    for copies in (".thumbnails", "@eaDir/scan.jfif", "#recycle"):
+        _touch(folder / copies / "thumb.jpeg", b"\xff\xd8\xff\xe0")
     with caplog.at_level("INFO", logger="pneumolab"):
         assert image_files(folder) == sorted([bare, jfif])
     assert "2 file(s) passed over, not JPEG, PNG or DICOM (notes.txt, scan.tif)" in caplog.text

@@ -20,6 +20,9 @@ LAYOUT_NAMES = frozenset(name.lower() for name in CLASS_NAMES + SPLIT_NAMES)
 SCAN_LITTER = frozenset({"dicomdir", "__macosx", "thumbs.db", ".ds_store"})
 """Names (lower case) a folder scan passes over: a DICOM CD's index, macOS and Windows
 metadata; and any name starting ``._`` (macOS AppleDouble files, never images)."""
+SKIPPED_FOLDERS = frozenset({"@eadir", "#recycle", "#snapshot"})
+"""Folders (lower case) a scan does not enter, as it does not enter hidden ones (``.thumbnails``):
+a Synology NAS's thumbnails, recycle bin and snapshots hold re-saved copies of the images."""
 MAX_SCAN_DEPTH = 100
 """Folder levels a scan goes down (Python 3.11's ``os.walk`` recurses per level: a tree of ~1,000
 levels crashed it)."""
@@ -80,6 +83,11 @@ def _litter(name: str) -> bool:
     return name.lower() in SCAN_LITTER or name.startswith("._")
 
 
+def _skipped_folder(name: str) -> bool:
+    """A folder whose images are copies, not the dataset's: hidden, or a NAS's own."""
+    return _litter(name) or name.startswith(".") or name.lower() in SKIPPED_FOLDERS
+
+
 def image_files(folder: Path) -> list[Path]:
     """The images under ``folder`` at any depth, sorted: what :func:`listed_as_image` lists,
     files of any other name whose content is an accepted format (PACS exports often name files
@@ -103,7 +111,7 @@ def image_files(folder: Path) -> list[Path]:
         if folders and len(Path(root).parts) - top >= MAX_SCAN_DEPTH:
             raise DataLayoutError(f"{folder}: folders nested over {MAX_SCAN_DEPTH} levels deep")
         folders[:] = sorted(
-            (name for name in folders if not _litter(name)),
+            (name for name in folders if not _skipped_folder(name)),
             key=lambda name: os.path.islink(os.path.join(root, name)),  # real first
         )
         for name in names:
