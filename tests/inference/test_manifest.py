@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -61,4 +62,20 @@ def test_a_manifest_without_rows_says_so(tmp_path):
     manifest = tmp_path / "m.csv"
     manifest.write_text("path\n\n")
     with pytest.raises(ConfigError, match=r"m\.csv: the manifest lists no images"):
+        read_manifest(manifest)
+
+
+def test_spaces_around_paths_and_names_are_not_part_of_them(tmp_path):
+    """`id, path` had no 'path' column, and `scan.jpeg ` named a file that does not exist."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id, path\n1, a/scan.jpeg \n")
+    assert read_manifest(manifest) == [tmp_path / "a" / "scan.jpeg"]
+
+
+@pytest.mark.parametrize("separator", [";", "\t"])
+def test_a_manifest_saved_with_another_separator_says_so(tmp_path, separator):
+    """A European spreadsheet's `path;label` was refused as having no 'path' column."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path{separator}label\na.jpeg{separator}0\n")
+    with pytest.raises(ConfigError, match=re.escape(f"looks {separator!r}-separated")):
         read_manifest(manifest)

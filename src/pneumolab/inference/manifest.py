@@ -18,7 +18,7 @@ TEXT_TYPES = ("string", "large_string", "string_view", "binary", "large_binary",
 def read_manifest(manifest: str | Path) -> list[Path]:
     """The image paths in ``manifest``'s ``path`` column (CSV with a header row, or Parquet; a
     Parquet column of bytes is decoded as the file system's names); relative paths are relative
-    to the manifest's folder. A blank CSV row (every cell empty) is skipped; a row with data but
+    to the manifest's folder, spaces around them dropped. A blank CSV row (every cell empty) is skipped; a row with data but
     no path is an error naming its line, as is a column that is not text, and a manifest
     without rows. Errors name the file."""
     manifest = Path(manifest)
@@ -47,16 +47,24 @@ def read_manifest(manifest: str | Path) -> list[Path]:
         )
     if not rows:  # predict would say "nothing to predict: give ... --manifest FILE"
         raise ConfigError(f"{manifest}: the manifest lists no images (no row under its header)")
-    return [manifest.parent / value for _, value in rows if value]
+    return [manifest.parent / value.strip() for _, value in rows if value]
 
 
 def _csv_rows(manifest: Path) -> list[tuple[str, str | None]]:
-    """(``line N``, path) for each row that is not blank."""
+    """(``line N``, path) for each row that is not blank; header names are read without the
+    spaces around them (``id, path``)."""
     with manifest.open(newline="", encoding="utf-8-sig") as f:  # Excel's "CSV UTF-8" too
         reader = csv.DictReader(f)
-        if COLUMN not in (reader.fieldnames or []):
-            raise _no_column(manifest)
-        return [(f"line {reader.line_num}", row[COLUMN]) for row in reader if not _blank(row)]
+        header = reader.fieldnames or []
+        names = [name.strip() for name in header]
+        if COLUMN not in names:
+            other = next((d for d in (";", "\t") if any(d in name for name in header)), None)
+            raise _no_column(
+                manifest,
+                f"; it looks {other!r}-separated: save it comma-separated" if other else "",
+            )
+        column = header[names.index(COLUMN)]
+        return [(f"line {reader.line_num}", row[column]) for row in reader if not _blank(row)]
 
 
 def _blank(row: dict[str | None, str | list[str] | None]) -> bool:
@@ -90,5 +98,5 @@ def _parquet_rows(manifest: Path) -> list[tuple[str, str | None]]:
     ]
 
 
-def _no_column(manifest: Path) -> ConfigError:
-    return ConfigError(f"{manifest}: no '{COLUMN}' column (one image path per row)")
+def _no_column(manifest: Path, hint: str = "") -> ConfigError:
+    return ConfigError(f"{manifest}: no '{COLUMN}' column (one image path per row){hint}")
