@@ -305,3 +305,15 @@ def test_a_damaged_archive_leaves_no_partial_dataset(tmp_path: Path, archive: Pa
     with pytest.raises(FetchError, match=r"damaged.*; the 2 file\(s\) it had extracted were"):
         extract(damaged, out)
     assert [p for p in out.rglob("*") if p.is_file()] == [out / "chest_xray" / "notes.txt"]
+
+
+def test_a_link_in_out_is_named_not_blamed_on_the_archive(tmp_path: Path, archive: Path) -> None:
+    """A symlinked folder in --out made a clean archive's first entry 'unsafe'."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "chest_xray").symlink_to(elsewhere)
+    with pytest.raises(FetchError, match=r"data/chest_xray: a link out of .*give --out a folder"):
+        extract(archive, out)
+    assert not any(elsewhere.iterdir())

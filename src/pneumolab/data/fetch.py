@@ -157,8 +157,16 @@ def _check_entry(zip_path: Path, info: zipfile.ZipInfo, base: Path) -> None:
     """Raise FetchError for an entry that is a symlink or would be written outside ``base``."""
     name = info.filename
     windows = PureWindowsPath(name)  # splits on both separators; anchor catches /, \ and C:
-    if windows.anchor or ".." in windows.parts or not (base / name).resolve().is_relative_to(base):
+    target = base / name
+    if windows.anchor or ".." in windows.parts:
         raise FetchError(f"{zip_path}: unsafe entry {name!r} would be extracted outside {base}")
+    if not target.resolve().is_relative_to(base):  # the archive is fine: a link in --out is not
+        inside = [p for p in reversed(target.parents) if p.is_relative_to(base) and p != base]
+        link = next((p for p in [*inside, target] if p.is_symlink()), base)
+        raise FetchError(
+            f"{link}: a link out of {base}, which extracting {name!r} would write through; "
+            "give --out a folder without links in it"
+        )
     if stat.S_ISLNK(info.external_attr >> 16):
         raise FetchError(f"{zip_path}: entry {name!r} is a symlink; refusing to extract it")
 
