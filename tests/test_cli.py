@@ -362,3 +362,17 @@ def test_data_check_names_an_image_filed_under_both_classes(tmp_path, capsys):
     assert main(["data", "check", str(data)]) == 1
     err = " ".join(capsys.readouterr().err.split())
     assert "names without a patient ID: 1 (each its own patient" in err and "scan.001" in err
+
+
+def test_data_check_reports_the_other_splits_when_one_cannot_be_scanned(tmp_path, capsys):
+    """An empty val/NORMAL stopped the check with one line and no report (train only warns)."""
+    from conftest import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "data")
+    (data / "val" / "NORMAL").mkdir(parents=True)  # empty
+    shutil.copytree(data / "train" / "PNEUMONIA", data / "val" / "PNEUMONIA")
+    capsys.readouterr()
+    assert main(["data", "check", str(data)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "val/ not checked: " in err and "val/NORMAL" in err
+    assert "byte-identical duplicate groups" in err  # the rest was checked

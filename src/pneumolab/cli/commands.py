@@ -79,7 +79,9 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     console.print(f"unreadable files: {len(report.unreadable)}")
     for problem in report.unreadable:
         say(("  " + problem, "red"))
-    return 1 if report.problems else 0
+    for split, problem in report.layout_problems.items():
+        say((f"{split}/ not checked: ", "red"), problem)
+    return 2 if report.layout_problems else 1 if report.problems else 0
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 from pneumolab.data.imageio import load_image
 from pneumolab.data.layout import CLASS_NAMES, Sample, scan_dataset
 from pneumolab.data.patients import duplicate_groups, unnamed_patients
-from pneumolab.errors import ImageLoadError
+from pneumolab.errors import DataLayoutError, ImageLoadError
 
 
 @dataclass
@@ -29,6 +29,9 @@ class DataReport:
     unreadable: list[str] = field(default_factory=list)
     unnamed_patients: list[Path] = field(default_factory=list)
     """Images whose name follows no patient-ID scheme: each counts as its own patient."""
+    layout_problems: dict[str, str] = field(default_factory=dict)
+    """Split -> why it could not be scanned (an empty class folder, a name that is not UTF-8):
+    the other splits are still checked."""
 
     @property
     def problems(self) -> bool:
@@ -52,9 +55,14 @@ def unreadable(samples: list[Sample]) -> list[str]:
 
 
 def check_dataset(root: str | Path) -> DataReport:
-    """Scan every split under ``root`` and report; raises DataLayoutError on a wrong layout."""
+    """Scan every split under ``root`` and report; a split that cannot be scanned is reported in
+    ``layout_problems`` and the others checked; DataLayoutError when none can be (or the
+    layout itself is wrong: no train/)."""
     root = Path(root)
-    splits = scan_dataset(root)
+    problems: dict[str, str] = {}
+    splits = scan_dataset(root, problems)
+    if not splits:
+        raise DataLayoutError("; ".join(problems.values()))
     counts = {
         split: {name: Counter(s.label for s in samples)[i] for i, name in enumerate(CLASS_NAMES)}
         for split, samples in splits.items()
@@ -77,4 +85,5 @@ def check_dataset(root: str | Path) -> DataReport:
         patient_overlap=overlap,
         unreadable=unreadable(all_samples),
         unnamed_patients=[s.path for s in unnamed_patients(all_samples)],
+        layout_problems=problems,
     )

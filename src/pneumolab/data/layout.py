@@ -194,6 +194,15 @@ def _warn_left_out(split_dir: Path, folders: tuple[str, ...]) -> None:
     )
 
 
-def scan_dataset(root: Path) -> dict[str, list[Sample]]:
-    """Scan every split present under ``root``."""
-    return {name: scan_split(path) for name, path in find_splits(root).items()}
+def scan_dataset(root: Path, problems: dict[str, str] | None = None) -> dict[str, list[Sample]]:
+    """Scan every split present under ``root``; with ``problems``, a split that cannot be
+    scanned is recorded there (split -> why) and left out instead of raising."""
+    splits = {}
+    for name, path in find_splits(root).items():
+        try:
+            splits[name] = scan_split(path)
+        except DataLayoutError as exc:
+            if problems is None:
+                raise
+            problems[name] = str(exc)
+    return splits
