@@ -45,6 +45,27 @@ def test_pneumonia_logit_is_the_log_odds_of_any_pneumonia_class():
     expected = torch.logit(probs[:, 1] + probs[:, 2])
     assert torch.allclose(pneumonia_logit(logits), expected, atol=1e-5)
     assert torch.equal(pneumonia_logit(torch.tensor([[0.7]])), torch.tensor([0.7]))
+    huge = torch.tensor([[0.0, 1000.0, 999.0]])  # no overflow: the log-sum-exp shifts by its max
+    assert pneumonia_logit(huge).item() == pytest.approx(1000.0 + np.log1p(np.exp(-1.0)))
+
+
+def test_the_pneumonia_logit_exports_to_openvino_image_by_image(tmp_path):
+    """torch.logsumexp's ONNX ReduceLogSumExp was reduced over the whole batch by OpenVINO's
+    converter: every three-class OpenVINO export failed its parity check."""
+    ov = pytest.importorskip("openvino")
+
+    class Head(torch.nn.Module):
+        def forward(self, logits: torch.Tensor) -> torch.Tensor:
+            return pneumonia_logit(logits)
+
+    logits = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    path = tmp_path / "head.onnx"
+    torch.onnx.export(
+        Head(), (logits,), str(path), dynamo=False, opset_version=17,
+        input_names=["logits"], dynamic_axes={"logits": {0: "batch"}},
+    )  # fmt: skip
+    scored = ov.Core().compile_model(str(path), "CPU")(logits.numpy())[0]
+    assert np.allclose(scored, pneumonia_logit(logits).numpy(), atol=1e-5)
 
 
 def test_subtype_metrics_by_hand():

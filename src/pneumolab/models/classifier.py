@@ -17,10 +17,17 @@ type information, so calls of its methods are not checked."""
 
 def pneumonia_logit(class_logits: torch.Tensor) -> torch.Tensor:
     """The logit of P(pneumonia) from ``(B, K)`` logits: the single logit when K = 1; with
-    subtypes (class 0 = NORMAL), log P(any pneumonia class) - log P(NORMAL)."""
+    subtypes (class 0 = NORMAL), log P(any pneumonia class) - log P(NORMAL).
+
+    The log-sum-exp is written out (max, exp, sum, log) rather than ``torch.logsumexp``, whose
+    ONNX ``ReduceLogSumExp`` OpenVINO's converter reduced over the whole batch: every image's
+    score depended on the others in its batch, and no three-class run passed OpenVINO parity."""
     if class_logits.shape[-1] == 1:
         return class_logits.squeeze(-1)
-    return torch.logsumexp(class_logits[:, 1:], dim=1) - class_logits[:, 0]
+    pneumonia = class_logits[:, 1:]
+    top = pneumonia.amax(dim=1, keepdim=True)
+    any_pneumonia = top.squeeze(1) + torch.log(torch.exp(pneumonia - top).sum(dim=1))
+    return any_pneumonia - class_logits[:, 0]
 
 
 def border_fade_mask(height: int, width: int, fade: float) -> torch.Tensor:
