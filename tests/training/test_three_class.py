@@ -80,14 +80,19 @@ def test_subtype_metrics_by_hand():
             [0.1, 0.6, 0.3],
         ]
     )
-    m = subtype_metrics(true, probs)
-    assert m.confusion_matrix == [[1, 1, 0], [1, 1, 0], [0, 1, 1]]
+    m = subtype_metrics(true, probs, probs[:, 1:].sum(axis=1) >= 0.5)
+    # row 3 (P(pneumonia) 0.5, at the threshold) is called VIRAL: the binary decision calls it
+    # pneumonia, and the argmax's NORMAL contradicted that
+    assert m.confusion_matrix == [[1, 1, 0], [0, 1, 1], [0, 1, 1]]
     assert m.accuracy == pytest.approx(3 / 6)
+    strict = subtype_metrics(true, probs, probs[:, 1:].sum(axis=1) >= 0.85)  # 0.9 only
+    assert strict.confusion_matrix == [[2, 0, 0], [1, 1, 0], [0, 1, 1]]
     # among the 4 pneumonias, bacterial vs viral: rows 2 (b), 3 (0.1 vs 0.4 -> v, wrong),
     # 4 (v), 5 (0.6 vs 0.3 -> b, wrong)
     assert m.bacterial_vs_viral_accuracy == pytest.approx(2 / 4)
     assert m.per_class["BACTERIAL"].recall == pytest.approx(0.5)
     assert m.per_class["BACTERIAL"].precision == pytest.approx(1 / 3)
+    assert m.per_class["VIRAL"].recall == pytest.approx(0.5)
     assert m.per_class["VIRAL"].support == 2
 
 
@@ -129,3 +134,32 @@ def test_three_class_model_card_and_report_show_the_classes(three_class_run):
     assert "No bacterial/viral distinction" not in card
     html = build_report(run_dir, run_dir.parent / "data", "val").read_text()
     assert 'id="subtypes"' in html and "bacterial vs viral" in html
+
+
+@pytest.mark.slow
+def test_subtype_calls_agree_with_the_binary_decision_and_outside_names_keep_it(
+    three_class_run, tmp_path, capsys, caplog
+):
+    """The 3x3 matrix took the argmax, not the run's threshold: 258 of 527 pneumonias the
+    binary matrix called PNEUMONIA were 'NORMAL' in it. And images whose names carry no
+    subtype (any outside data) refused the whole evaluation."""
+    import shutil
+
+    data = three_class_run.parent / "data"
+    capsys.readouterr()
+    assert main(["evaluate", str(three_class_run), "--data", str(data), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    (tn, _), (fn, _) = metrics["confusion_matrix"]
+    subtypes = metrics["subtypes"]["confusion_matrix"]
+    assert subtypes[0][0] == tn and subtypes[1][0] + subtypes[2][0] == fn
+    outside = tmp_path / "outside"
+    for label in ("NORMAL", "PNEUMONIA"):
+        folder = outside / "test" / label
+        folder.mkdir(parents=True)
+        for i, image in enumerate(sorted((data / "train" / label).iterdir())[:6]):
+            shutil.copy(image, folder / f"case{i}.png")
+    shutil.copytree(data / "train", outside / "train")
+    command = ["evaluate", str(three_class_run), "--data", str(outside), "--split", "test"]
+    assert main([*command, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out).get("subtypes") is None  # binary metrics kept
+    assert "three-class metrics (subtypes) not computed" in caplog.text

@@ -134,10 +134,20 @@ def _calibrated(meta: RunMeta, labels: np.ndarray, probs: np.ndarray) -> Calibra
     return Calibrated(curves, temperature_scaled, platt_scaled)
 
 
-def _subtypes(predictor: Predictor, decoded: DecodedImages) -> SubtypeMetrics | None:
-    """Three-class metrics of a three-class run (argmax of the class probabilities; TTA does not
-    apply); None for a binary run, and with a warning for an exported model (no class logits)."""
+def _subtypes(
+    predictor: Predictor, decoded: DecodedImages, pneumonia: np.ndarray
+) -> SubtypeMetrics | None:
+    """Three-class metrics of a three-class run: NORMAL where the evaluation's binary decision
+    (``pneumonia``: with ``--tta``, the TTA scores at the TTA threshold) says so, else the more
+    likely subtype by the single-view class probabilities; None for a binary run, and with a warning for an
+    exported model (no class logits) or images whose names carry no subtype (outside data: the
+    binary metrics still stand)."""
     if not predictor.meta.subtype_names:
+        return None
+    try:
+        truth = np.array(subtype_labels(decoded.samples))
+    except DataLayoutError as exc:
+        log.warning("three-class metrics (subtypes) not computed: %s", exc)
         return None
     if predictor.model is None:
         log.warning(
@@ -145,8 +155,8 @@ def _subtypes(predictor: Predictor, decoded: DecodedImages) -> SubtypeMetrics | 
             predictor.backend_name,
         )
         return None
-    probs = predict_class_probabilities(predictor.model, decoded.pixels, predictor.intensity)
-    return subtype_metrics(np.array(subtype_labels(decoded.samples)), probs)
+    class_probs = predict_class_probabilities(predictor.model, decoded.pixels, predictor.intensity)
+    return subtype_metrics(truth, class_probs, pneumonia)
 
 
 @dataclass
@@ -221,7 +231,7 @@ def compute_evaluation(
         temperature_scaled=calibrated.temperature_scaled,
         platt_scaled=calibrated.platt_scaled,
         test_evaluations_count=count_test_evaluations(run) + (split == "test"),
-        subtypes=_subtypes(predictor, decoded),
+        subtypes=_subtypes(predictor, decoded, probs >= threshold),
         robustness=perturbed,
         robustness_summary=None if perturbed is None else summarize(perturbed),
         shift=None if scenarios is None else {r.scenario: r.summary() for r in scenarios},

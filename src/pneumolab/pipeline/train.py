@@ -19,13 +19,12 @@ from pneumolab.data.dataset import decode_samples
 from pneumolab.data.layout import find_splits, scan_split
 from pneumolab.data.subtypes import subtype_labels
 from pneumolab.errors import DataLayoutError
-from pneumolab.evaluation.subtypes import subtype_metrics
 from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.inference.scores import torch_scorer, with_tta
 from pneumolab.inference.torch_scoring import predict_class_probabilities, predict_pixels
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.outputs import working_in
-from pneumolab.pipeline.finalise import finalise
+from pneumolab.pipeline.finalise import SubtypeScores, finalise
 from pneumolab.pipeline.ood_fit import fit_scorer, gated_validation_scores
 from pneumolab.reporting.model_card import CARD_NAME
 from pneumolab.run import RunDir
@@ -81,6 +80,10 @@ def _train(
         model, config.intensity, scorer, val, run.root.name, validation
     )
     ood.save(run.ood)
+    subtypes = None
+    if config.task == "three_class":
+        class_probs = predict_class_probabilities(model, val.pixels, config.intensity)
+        subtypes = SubtypeScores(np.array(subtype_labels(val.samples)), class_probs)
     finalise(
         run,
         describe_trained(trained),
@@ -89,6 +92,7 @@ def _train(
         config.target_sensitivity,
         official_val_scores(model, trained.split.data_root, config),
         with_tta(validation)(val.pixels).probability,
+        subtypes,
     )
     files = [run.root / CARD_NAME, run.meta, run.val_predictions, run.history]
     log_run_files(trained.fitted.logger, files)
@@ -96,13 +100,9 @@ def _train(
 
 
 def describe_trained(trained: TrainedModel) -> RunDescription:
-    """What the trained model is; a three-class run adds its validation subtype metrics."""
+    """What the trained model is (a three-class run's validation subtype metrics are added by
+    :func:`finalise`, at the threshold it chooses)."""
     config, model = trained.split.config, trained.fitted.model
-    subtypes = None
-    if config.task == "three_class":
-        val = trained.fitted.val_images
-        class_probs = predict_class_probabilities(model, val.pixels, config.intensity)
-        subtypes = subtype_metrics(np.array(subtype_labels(val.samples)), class_probs)
     return RunDescription(
         model=config.model,
         image_size=config.image_size,
@@ -111,7 +111,6 @@ def describe_trained(trained: TrainedModel) -> RunDescription:
         mean=model.mean.flatten().tolist(),
         std=model.std.flatten().tolist(),
         training=trained.fitted.summary,
-        val_subtype_metrics=subtypes,
         border_fade=config.border_fade,
     )
 
