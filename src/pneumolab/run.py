@@ -119,8 +119,30 @@ class RunDir:
         return True
 
     def member_runs(self) -> list[RunDir]:
-        """The member runs of an ensemble (an empty list for a single run)."""
-        return [RunDir(self.root / p) for p in self.read_meta().members]
+        """The member runs of an ensemble (an empty list for a single run); RunDirError naming
+        a member that is not where the ensemble stored it (relative to its folder)."""
+        members = []
+        for stored in self.read_meta().members:
+            member = RunDir(self.root / stored)
+            if not member.root.is_dir():
+                raise RunDirError(
+                    f"{self.root}: its member {stored} (stored relative to the ensemble's folder) "
+                    f"is not at {member.root}; keep the ensemble beside its members (move or "
+                    "copy them together), or build it again with `pneumolab ensemble`"
+                )
+            members.append(member)
+        return members
+
+    def check_members(self) -> None:
+        """RunDirError where a member's weights changed since the ensemble was built (its
+        threshold and OOD model were chosen on the old ones)."""
+        changed = self.changed_members()
+        if changed:
+            raise RunDirError(
+                f"{self.root}: the weights of its member {changed[0].root} changed since the "
+                "ensemble was made (its threshold and OOD model were chosen on the old ones); "
+                "run `pneumolab ensemble` on the members again"
+            )
 
     def changed_members(self) -> list[RunDir] | None:
         """The members of an ensemble whose weights are no longer those it was built on (its

@@ -119,6 +119,9 @@ def test_members_on_different_splits_are_refused(members, tmp_path):
         build_ensemble([runs[0].root], tmp_path / "ens1")
     with pytest.raises(RunDirError, match=r"a: the same run is given twice"):  # another spelling
         build_ensemble([runs[0].root, runs[0].root / ".." / "a"], tmp_path / "ens1")
+    twin = copy_run(runs[0].root, tmp_path / "twin")  # a copy: its network counted twice
+    with pytest.raises(RunDirError, match=r"twin and .*a: the same weights \(a copy of one run\)"):
+        build_ensemble([runs[0].root, runs[1].root, twin], tmp_path / "ens1")
     assert not (tmp_path / "ens").exists()
     unsplit = copy_run(runs[0].root, tmp_path / "unsplit")  # accepted silently, then failed
     (unsplit / "split.csv").unlink()  # half-built, at copying its split
@@ -145,6 +148,20 @@ def test_an_ensemble_whose_member_was_retrained_is_refused(members, tmp_path):
     (a / "model.safetensors").write_bytes((runs[1].root / "model.safetensors").read_bytes())
     with pytest.raises(RunDirError, match=r"ens: the weights of its member .*a changed since"):
         Predictor.from_run(ensemble.root)
+    gate = ensemble.ood.read_bytes()  # fit-ood wrote a gate for the new weights, and said OK
+    with pytest.raises(RunDirError, match=r"ens: the weights of its member .*a changed since"):
+        fit_run_ood(ensemble.root, members[0])
+    assert ensemble.ood.read_bytes() == gate
+
+
+def test_an_ensemble_away_from_its_members_says_where_it_looked(members, tmp_path):
+    """A copied ensemble folder said only '.../../a: run directory not found'."""
+    _, runs = members
+    a, b = copy_run(runs[0].root, tmp_path / "a"), copy_run(runs[1].root, tmp_path / "b")
+    ensemble = build_ensemble([a, b], tmp_path / "ens")
+    deployed = copy_run(ensemble.root, tmp_path / "deploy" / "ens")
+    with pytest.raises(RunDirError, match=r"deploy/ens: its member \.\./a \(stored relative to"):
+        Predictor.from_run(deployed)
 
 
 def test_members_of_different_image_sizes_and_intensities_form_an_ensemble(members, tmp_path):
@@ -171,6 +188,19 @@ def test_members_of_different_image_sizes_and_intensities_form_an_ensemble(membe
         ]
     )
     assert predictor.predict(image).probability == pytest.approx(expected, abs=1e-6)
+
+    # with test-time views, each member takes them at its own size, as its stored TTA scores
+    # (the ensemble's TTA threshold was chosen on) did: views of the 48 px image, resized after,
+    # scored otherwise
+    full = train(
+        data, tmp_path / "e", TrainConfig(epochs=1, **(TINY_TRAINING | {"image_size": 48}))
+    )
+    sized = build_ensemble([runs[0].root, full.root], tmp_path / "ens48")  # 48 px: the files'
+    stored = {r["path"]: r["tta_probability"] for r in read_predictions(sized.val_predictions)}
+    viewed = Predictor.from_run(sized.root, tta=True)
+    for sample in runs[0].read_split(data, "val")[:4]:
+        scored = viewed.predict(sample.path).probability
+        assert scored == pytest.approx(stored[str(sample.path)], abs=1e-6)
 
     # another intensity normalisation and border suppression: each member prepares its own input
     other = TrainConfig(epochs=1, intensity="equalize", border_fade=0.1, **TINY_TRAINING)
@@ -274,3 +304,23 @@ def test_ensemble_tta_threshold_from_its_members_tta_scores(members, tmp_path, c
     mixed = build_ensemble([runs[0].root, old], tmp_path / "mixed")
     assert mixed.read_meta().tta_threshold is None
     assert "no tta_probability" in caplog.text
+
+
+def test_an_ensemble_keeps_its_members_target_sensitivity(members, tmp_path):
+    """`pneumolab ensemble` chose for 0.95 whatever its members were trained for, and took
+    members of different targets without a word (a study refuses them)."""
+    from pneumolab.errors import ConfigError
+
+    data, runs = members
+    settings = TINY_TRAINING | {"target_sensitivity": 0.8}
+    low = [
+        train(data, tmp_path / n, TrainConfig(epochs=1, seed=s, split_seed=0, **settings))
+        for n, s in (("l1", 1), ("l2", 2))
+    ]
+    ensemble = build_ensemble([r.root for r in low], tmp_path / "ens")
+    point = low[0].read_meta().default_operating_point
+    assert ensemble.read_meta().default_operating_point == point == "sensitivity_80"
+    with pytest.raises(ConfigError, match=r"different target sensitivities \(\[0\.8, 0\.95\]\)"):
+        build_ensemble([runs[0].root, low[0].root], tmp_path / "mixed")
+    given = build_ensemble([runs[0].root, low[0].root], tmp_path / "given", 0.9)
+    assert given.read_meta().default_operating_point == "sensitivity_90"

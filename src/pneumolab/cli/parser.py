@@ -125,8 +125,9 @@ def _add_ensemble(commands: Subcommands) -> None:
     ensemble.add_argument(
         "--target-sensitivity",
         type=target_sensitivity,
-        default=0.95,
-        help="validation sensitivity its threshold keeps (default: 0.95)",
+        default=None,
+        help="validation sensitivity its threshold keeps (default: the members' own, "
+        "0.95 for runs that recorded none)",
     )
     ensemble.set_defaults(func=cmd.cmd_ensemble)
 

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from pneumolab.config import check_target_sensitivity
+from pneumolab.config import TrainConfig, check_target_sensitivity, resolve_config
 from pneumolab.data.layout import Sample
 from pneumolab.errors import ConfigError, RunDirError
 from pneumolab.pipeline.finalise import finalise
@@ -46,6 +46,7 @@ def _check_compatible(runs: list[RunDir], metas: list[RunMeta]) -> None:
     nested = [r.root for r, meta in zip(runs, metas, strict=True) if meta.is_ensemble]
     if nested:
         raise RunDirError(f"{nested[0]}: is an ensemble; list its members instead")
+
     unsplit = next((run for run in runs if not run.split.is_file()), None)
     if unsplit is not None:  # its threshold would be chosen on images it may have trained on
         raise RunDirError(f"{unsplit.root}: has no split.csv; an ensemble needs each member's")
@@ -56,6 +57,19 @@ def _check_compatible(runs: list[RunDir], metas: list[RunMeta]) -> None:
             f"{run.root} and {first.root} were trained on different splits (split.csv): "
             "an ensemble's threshold must be chosen on one validation split"
         )
+
+
+def _check_distinct(runs: list[RunDir], digests: list[str]) -> None:
+    """RunDirError for two members with the same weights (a copy of one run: its network
+    would count twice in the mean)."""
+    first: dict[str, Path] = {}
+    for run, digest in zip(runs, digests, strict=True):
+        earlier = first.setdefault(digest, run.root)
+        if earlier != run.root:
+            raise RunDirError(
+                f"{run.root} and {earlier}: the same weights (a copy of one run); list each "
+                "network once"
+            )
 
 
 def _shared(values: Sequence[T | None]) -> T | None:
@@ -93,21 +107,42 @@ def _member_mean(
     return np.mean([[p[path][column] for path in paths] for p in predictions], axis=0)
 
 
+def _members_target(runs: list[RunDir]) -> float:
+    """The validation sensitivity the members' thresholds were chosen for (their config.yaml;
+    0.95 where none records one); ConfigError where they differ."""
+    targets = {
+        resolve_config(run.config).target_sensitivity for run in runs if run.config.is_file()
+    }
+    if len(targets) > 1:
+        raise ConfigError(
+            f"the members were trained for different target sensitivities ({sorted(targets)}): "
+            "give the ensemble's own (--target-sensitivity)"
+        )
+    return targets.pop() if targets else TrainConfig().target_sensitivity
+
+
 def build_ensemble(
-    run_dirs: Sequence[str | Path], out_dir: str | Path, target_sensitivity: float = 0.95
+    run_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    target_sensitivity: float | None = None,
 ) -> RunDir:
-    """Write an ensemble of ``run_dirs`` (trained on the same split) into ``out_dir``.
+    """Write an ensemble of ``run_dirs`` (trained on the same split) into ``out_dir``, its
+    threshold chosen for ``target_sensitivity`` on validation (default: the members' own).
 
     Members may differ in image size: the ensemble decodes images at the largest, and each
     smaller member resizes them to its own size as training resized the dataset's copies.
     """
+    runs = [RunDir(Path(d)) for d in run_dirs]
+    metas = [run.read_meta() for run in runs]
+    _check_compatible(runs, metas)
+    if target_sensitivity is None:  # was 0.95 whatever the members were chosen for
+        target_sensitivity = _members_target(runs)
     try:
         check_target_sensitivity(target_sensitivity)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    runs = [RunDir(Path(d)) for d in run_dirs]
-    metas = [run.read_meta() for run in runs]
-    _check_compatible(runs, metas)
+    digests = [weights_digest(run.root) for run in runs]
+    _check_distinct(runs, digests)
     predictions = [
         {row["path"]: row for row in read_predictions(run.val_predictions)} for run in runs
     ]
@@ -143,7 +178,7 @@ def build_ensemble(
     ]
     finalise(
         ensemble,
-        _describe(metas, members, [weights_digest(run.root) for run in runs]),
+        _describe(metas, members, digests),
         samples,
         probs,
         target_sensitivity,

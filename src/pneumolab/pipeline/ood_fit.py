@@ -127,6 +127,7 @@ def fit_run_ood(run_dir: str | Path, data_dir: str | Path) -> OodModel:
     where they have none."""
     run = RunDir(Path(run_dir))
     if run.read_meta().is_ensemble:  # also a clear error for a missing or unfinished run
+        run.check_members()  # a gate fitted on new members beside a threshold for the old
         for member in run.member_runs():
             if run_ood_model(member, warn=False) is None:
                 fit_run_ood(member.root, data_dir)
