@@ -58,7 +58,8 @@ def main() -> None:
         f"{args.run_dir}: {len(pixels)} PNEUMONIA validation images at {predictor.image_size} px\n"
     )
     print(
-        "| layer | map | maps with heat (empty) | centre share | border share | corner share | flagged images | flag |"
+        "| layer | map | maps with heat (empty) | centre share | border share | corner share "
+        "| flagged images | flag |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for name, layer in layers.items():

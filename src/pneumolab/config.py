@@ -48,7 +48,7 @@ MAX_VAL_FRACTION = 0.35
 """The largest validation share: one of round(1 / 0.35) = 3 folds, so validation stays the
 smaller side (0.4 would round to two folds: half the patients)."""
 OPTIONAL_NUMBERS = ("ema_decay", "split_seed", "max_train_images")
-"""TrainConfig's numbers that may be none (off, or "as the seed"): the word ``none`` sets them so."""
+"""TrainConfig's numbers that may be none (off, or "as the seed"), which the word ``none`` sets."""
 
 
 class TrainConfig(BaseModel):

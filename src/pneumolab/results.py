@@ -208,9 +208,9 @@ def on_request() -> Any:
 class EvaluationMetrics(BinaryMetrics):
     """Everything an evaluation measured on one split (what ``metrics.json`` holds): the
     metrics at the run's stored threshold, patient-level 95% intervals (``ci95``: metric ->
-    [low, high]; :func:`pneumolab.evaluation.bootstrap.bootstrap_ci`), the stored operating points and an oracle threshold scored here, calibration
-    after the run's maps, and, where asked for, three-class metrics, robustness and the shift
-    protocol."""
+    [low, high]; :func:`pneumolab.evaluation.bootstrap.bootstrap_ci`), the stored operating
+    points and an oracle threshold scored here, calibration after the run's maps, and, where
+    asked for, three-class metrics, robustness and the shift protocol."""
 
     split: Split
     tta: bool = False

@@ -200,7 +200,8 @@ def _check_sizes(zip_path: Path, members: list[zipfile.ZipInfo], base: Path) -> 
     needed, free = sum(info.file_size for info in members), shutil.disk_usage(base).free
     if needed > free:
         raise FetchError(
-            f"{zip_path}: extracting needs {needed / 1e9:.1f} GB, {base} has {free / 1e9:.1f} GB free"
+            f"{zip_path}: extracting needs {needed / 1e9:.1f} GB, {base} has "
+            f"{free / 1e9:.1f} GB free"
         )
 
 

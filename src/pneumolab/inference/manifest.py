@@ -18,9 +18,9 @@ TEXT_TYPES = ("string", "large_string", "string_view", "binary", "large_binary",
 def read_manifest(manifest: str | Path) -> list[Path]:
     """The image paths in ``manifest``'s ``path`` column (CSV with a header row, or Parquet; a
     Parquet column of bytes is decoded as the file system's names); relative paths are relative
-    to the manifest's folder, spaces around them dropped. A blank CSV row (every cell empty) is skipped; a row with data but
-    no path is an error naming its line, as is a column that is not text, and a manifest
-    without rows. Errors name the file."""
+    to the manifest's folder, spaces around them dropped. A blank CSV row (every cell empty)
+    is skipped; a row with data but no path is an error naming its line, as is a column that
+    is not text, and a manifest without rows. Errors name the file."""
     manifest = Path(manifest)
     if not manifest.is_file():
         raise ConfigError(f"{manifest}: manifest file not found")

@@ -46,7 +46,6 @@ def _check_compatible(runs: list[RunDir], metas: list[RunMeta]) -> None:
     nested = [r.root for r, meta in zip(runs, metas, strict=True) if meta.is_ensemble]
     if nested:
         raise RunDirError(f"{nested[0]}: is an ensemble; list its members instead")
-
     unsplit = next((run for run in runs if not run.split.is_file()), None)
     if unsplit is not None:  # its threshold would be chosen on images it may have trained on
         raise RunDirError(f"{unsplit.root}: has no split.csv; an ensemble needs each member's")
