@@ -211,6 +211,8 @@ def test_members_of_different_image_sizes_and_intensities_form_an_ensemble(membe
     card = (mixed.root / "MODEL_CARD.md").read_text()
     assert "Intensity normalisation: `each member its own`" in card
     assert "Border suppression: each member its own" in card
+    assert "an ensemble averages its members' P(pneumonia)" in card  # not "task: three_class"
+    assert "`task: three_class` trains one" not in card
     singles = [Predictor.from_run(r).predict(image).probability for r in (runs[0].root, raw.root)]
     got = Predictor.from_run(mixed.root).predict(image).probability
     assert got == pytest.approx(np.mean(singles), abs=1e-6)

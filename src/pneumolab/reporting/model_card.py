@@ -44,12 +44,21 @@ LIMITATIONS = (
 log = logging.getLogger(__name__)
 
 BINARY_LIMITATION = "No bacterial/viral distinction (`task: three_class` trains one)."
+ENSEMBLE_LIMITATION = (
+    "No bacterial/viral distinction: an ensemble averages its members' P(pneumonia); the "
+    "subtype outputs of three-class members are not combined."
+)
 
 CI_NOTE = (
     "95% CI: percentile bootstrap over patients; for accuracy, sensitivity, specificity, PPV "
     "and NPV at least the exact (Clopper-Pearson) interval over their patients."
 )
 
+
+
+def _subtype_limitation(meta: RunMeta) -> str:
+    """Why a binary run names no subtype: its task, or (an ensemble) its averaging."""
+    return ENSEMBLE_LIMITATION if meta.is_ensemble else BINARY_LIMITATION
 
 def _split_counts(run: RunDir) -> dict[str, Counter[str]]:
     counts: dict[str, Counter[str]] = {"train": Counter(), "val": Counter()}
@@ -297,7 +306,7 @@ def model_card_text(run: RunDir, val_evaluation: EvaluationMetrics | None = None
         "## Limitations and failure modes",
         "",
         *(f"- {item}" for item in LIMITATIONS),
-        *([f"- {BINARY_LIMITATION}"] if meta.task == "binary" else []),
+        *([f"- {_subtype_limitation(meta)}"] if meta.task == "binary" else []),
         "",
         "## How to evaluate on the held-out test split",
         "",
