@@ -89,6 +89,18 @@ def write_backbone_weights(path: Path, seed: int) -> str:
     return str(path)
 
 
+def nudge_head_bias(run_dir: Path, by: float = 1e-3) -> None:
+    """Move a copied run's classifier bias by ``by``: another network for an ensemble (which
+    refuses a copy of one), scoring almost as the original does."""
+    from safetensors.torch import load_file, save_file
+
+    weights = Path(run_dir) / "model.safetensors"
+    state = load_file(weights)
+    bias = next(name for name in state if name.endswith("bias") and state[name].numel() == 1)
+    state[bias] = state[bias] + by
+    save_file(state, weights)
+
+
 def train_tiny_run(root: Path, epochs: int = 1, **overrides: object) -> Path:
     """Train the tiny CNN for one epoch on a synthetic dataset under ``root``; the run directory."""
     from pneumolab.config import TrainConfig

@@ -590,12 +590,16 @@ def _twin_runs(study, dest: Path) -> Path:
     """The study's ``small`` run copied twice under ``dest/runs`` (``small``, ``twin``). Not the
     separable CNN: after its one epoch its features barely vary, its OOD whitening reaches 1e7,
     and onnxruntime's rounding moves its OOD scores by about 1%, so export rightly refuses it.
-    The twin's saved config differs in ``TWIN_SETTING`` alone: a study refuses equal models."""
+    The twin's saved config differs in ``TWIN_SETTING`` alone (a study refuses equal models),
+    and its head's bias by 1e-3 (an ensemble refuses a copy of one network)."""
+    from conftest import nudge_head_bias
+
     small = study[0] / "out" / "runs" / "small"
     for name in ("small", "twin"):
         shutil.copytree(small, dest / "runs" / name, ignore=shutil.ignore_patterns("eval"))
     twin_config = dest / "runs" / "twin" / "config.yaml"
     twin_config.write_text(yaml.safe_dump(yaml.safe_load(twin_config.read_text()) | TWIN_SETTING))
+    nudge_head_bias(dest / "runs" / "twin")
     return dest / "runs"
 
 

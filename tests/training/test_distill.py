@@ -113,7 +113,10 @@ def test_a_teacher_with_other_intensity_normalisation_is_refused(tiny_run):
 
 
 def test_an_ensemble_cannot_teach(tiny_run, tmp_path):
+    from conftest import nudge_head_bias
+
     member = copy_run(tiny_run[0], tmp_path / "member")
+    nudge_head_bias(member)  # another network: an ensemble refuses a copy of one
     ensemble = build_ensemble([tiny_run[0], member], tmp_path / "ensemble")
     config = TrainConfig(**TINY_TRAINING, teacher=str(ensemble.root))
     with pytest.raises(RunDirError, match="an ensemble"):
