@@ -55,10 +55,10 @@ CI_NOTE = (
 )
 
 
-
 def _subtype_limitation(meta: RunMeta) -> str:
     """Why a binary run names no subtype: its task, or (an ensemble) its averaging."""
     return ENSEMBLE_LIMITATION if meta.is_ensemble else BINARY_LIMITATION
+
 
 def _split_counts(run: RunDir) -> dict[str, Counter[str]]:
     counts: dict[str, Counter[str]] = {"train": Counter(), "val": Counter()}
