@@ -132,6 +132,13 @@ def test_three_class_model_card_and_report_show_the_classes(three_class_run):
     card = (run_dir / "MODEL_CARD.md").read_text()
     assert "## Three classes (validation)" in card
     assert "No bacterial/viral distinction" not in card
+    assert "NORMAL vs PNEUMONIA (and bacterial vs viral pneumonia)." in card
+    # the 3x3 matrix the docs promised: each class's row of calls
+    matrix = json.loads((run_dir / "meta.json").read_text())["val_subtype_metrics"]
+    header = "| class | precision | recall | F1 | support | → NORMAL | → BACTERIAL | → VIRAL |"
+    assert header in card
+    normal_row = next(line for line in card.splitlines() if line.startswith("| NORMAL |"))
+    assert normal_row.endswith(" | ".join(map(str, matrix["confusion_matrix"][0])) + " |")
     html = build_report(run_dir, run_dir.parent / "data", "val").read_text()
     assert 'id="subtypes"' in html and "bacterial vs viral" in html
 

@@ -108,14 +108,19 @@ def _subtypes_section(meta: RunMeta) -> list[str]:
         "## Three classes (validation)",
         "",
         f"Accuracy {format_metric(subtypes.accuracy)}; bacterial vs viral among true pneumonia "
-        f"{format_metric(subtypes.bacterial_vs_viral_accuracy)}.",
+        f"{format_metric(subtypes.bacterial_vs_viral_accuracy)}. An image is called NORMAL "
+        "where P(pneumonia) is under the threshold, else the more likely subtype; the → columns "
+        "are the confusion matrix (rows: truth).",
         "",
-        "| class | precision | recall | F1 | support |",
-        "|---|---|---|---|---|",
+        "| class | precision | recall | F1 | support | "
+        + " | ".join(f"→ {name}" for name in subtypes.classes)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(subtypes.classes),
     ]
-    for name, m in subtypes.per_class.items():
+    rows = zip(subtypes.per_class.items(), subtypes.confusion_matrix, strict=True)
+    for (name, m), called in rows:
         values = " | ".join(format_metric(v) for v in (m.precision, m.recall, m.f1))
-        lines.append(f"| {name} | {values} | {m.support} |")
+        lines.append(f"| {name} | {values} | {m.support} | {' | '.join(map(str, called))} |")
     return [*lines, ""]
 
 
@@ -278,7 +283,8 @@ def model_card_text(run: RunDir, val_evaluation: EvaluationMetrics | None = None
         "",
         "## Intended use",
         "",
-        "Research and teaching on pediatric frontal chest X-rays: NORMAL vs PNEUMONIA.",
+        "Research and teaching on pediatric frontal chest X-rays: NORMAL vs PNEUMONIA"
+        + (" (and bacterial vs viral pneumonia)." if meta.task == "three_class" else "."),
         "**This is not a medical device and must not be used for diagnosis** or any clinical "
         "decision.",
         "",
