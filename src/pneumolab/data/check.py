@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pneumolab.data.imageio import load_image
 from pneumolab.data.layout import CLASS_NAMES, Sample, scan_dataset
-from pneumolab.data.patients import duplicate_groups, unnamed_patients
+from pneumolab.data.patients import duplicate_groups, label_conflicts, unnamed_patients
 from pneumolab.errors import DataLayoutError, ImageLoadError
 
 
@@ -69,7 +69,6 @@ def check_dataset(root: str | Path) -> DataReport:
     }
     patients = {split: {s.patient for s in samples} for split, samples in splits.items()}
     split_of = {s.path: split for split, samples in splits.items() for s in samples}
-    label_of = {s.path: s.label for samples in splits.values() for s in samples}
     all_samples = [s for samples in splits.values() for s in samples]
     groups = duplicate_groups([s.path for s in all_samples])
     overlap = {
@@ -81,7 +80,7 @@ def check_dataset(root: str | Path) -> DataReport:
         patients={split: len(ids) for split, ids in patients.items()},
         duplicate_groups=groups,
         cross_split_duplicates=[g for g in groups if len({split_of[p] for p in g}) > 1],
-        conflicting_labels=[g for g in groups if len({label_of[p] for p in g}) > 1],
+        conflicting_labels=label_conflicts(groups, all_samples),
         patient_overlap=overlap,
         unreadable=unreadable(all_samples),
         unnamed_patients=[s.path for s in unnamed_patients(all_samples)],

@@ -70,6 +70,15 @@ def duplicate_groups(paths: Sequence[Path]) -> list[list[Path]]:
     return [group for group in by_digest.values() if len(group) > 1]
 
 
+def label_conflicts(
+    groups: Sequence[Sequence[Path]], samples: Sequence[Sample]
+) -> list[list[Path]]:
+    """The duplicate ``groups`` filed under more than one class of ``samples``: one image, two
+    labels."""
+    label_of = {s.path: s.label for s in samples}
+    return [list(group) for group in groups if len({label_of[path] for path in group}) > 1]
+
+
 def split_groups(samples: Sequence[Sample]) -> list[str]:
     """Group key per sample: its patient, merged with every patient it shares a duplicate file with."""
     parent: dict[str, str] = {s.patient: s.patient for s in samples}
@@ -81,14 +90,14 @@ def split_groups(samples: Sequence[Sample]) -> list[str]:
         return key
 
     patient_of = {s.path: s.patient for s in samples}
-    label_of = {s.path: s.label for s in samples}
-    for group in duplicate_groups([s.path for s in samples]):
-        if len({label_of[path] for path in group}) > 1:
-            log.warning(
-                "one image filed under two classes, so trained with both labels: %s; remove "
-                "the wrong copy (`pneumolab data check` lists every such image)",
-                ", ".join(map(str, group)),
-            )
+    groups = duplicate_groups([s.path for s in samples])
+    for conflict in label_conflicts(groups, samples):
+        log.warning(
+            "one image filed under two classes, so trained with both labels: %s; remove the "
+            "wrong copy (`pneumolab data check` lists every such image)",
+            ", ".join(map(str, conflict)),
+        )
+    for group in groups:
         roots = {find(patient_of[path]) for path in group}
         first = min(roots)
         for other in roots:
