@@ -64,8 +64,11 @@ def dicom_with_text_window() -> bytes:
     return tiny_dicom(bytes(64), window_center="abcd")
 
 
-def tiny_dicom(pixel_data: bytes, window_center: str | None = None) -> bytes:
-    """An 8 x 8, 8-bit DX DICOM holding ``pixel_data`` (and a ``window_center`` as LO text)."""
+def tiny_dicom(
+    pixel_data: bytes, window_center: str | None = None, patient_id: str | None = None
+) -> bytes:
+    """An 8 x 8, 8-bit DX DICOM holding ``pixel_data`` (and a ``window_center`` as LO text, a
+    ``patient_id`` tag)."""
     from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
     from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
 
@@ -82,6 +85,8 @@ def tiny_dicom(pixel_data: bytes, window_center: str | None = None) -> bytes:
     if window_center is not None:
         ds.add_new(0x00281050, "LO", window_center)  # WindowCenter, whose VR is DS
         ds.WindowWidth = 100
+    if patient_id is not None:
+        ds.PatientID = patient_id
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()

@@ -357,11 +357,11 @@ def test_data_check_names_an_image_filed_under_both_classes(tmp_path, capsys):
     assert main(["data", "check", str(data)]) == 1  # a check that finds a conflict fails
     err = " ".join(capsys.readouterr().err.split())
     assert "under two classes:" in err and normal.name in err and twin.name in err
-    assert "names without a patient ID" not in err
+    assert "images without a patient ID" not in err
     shutil.copy(normal, data / "train" / "NORMAL" / "scan.001")
     assert main(["data", "check", str(data)]) == 1
     err = " ".join(capsys.readouterr().err.split())
-    assert "names without a patient ID: 1 (each its own patient" in err and "scan.001" in err
+    assert "images without a patient ID: 1 (each its own patient" in err and "scan.001" in err
 
 
 def test_data_check_reports_the_other_splits_when_one_cannot_be_scanned(tmp_path, capsys):

@@ -72,7 +72,7 @@ def test_names_without_a_scheme_are_warned_of_where_the_split_is_carved(
     ]
     assert unnamed_patients(samples + odd) == odd
     grouped_split(samples + odd, val_fraction=0.2, seed=0)
-    assert "4 of 104 image names follow no patient-ID scheme" in caplog.text
+    assert "4 of 104 images carry no patient ID" in caplog.text
     assert "first: scan0.png" in caplog.text
 
 
@@ -292,3 +292,40 @@ def test_a_split_that_cannot_hold_both_classes_is_refused_by_name():
     ]
     with pytest.raises(DataLayoutError, match=r"validation split .* has no PNEUMONIA image"):
         grouped_split(samples, val_fraction=0.15, seed=0)
+
+
+def test_dicom_patient_id_tags_group_a_childs_files(tmp_path: Path) -> None:
+    """PACS exports name files by UID: each file was its own patient, so one child's films could
+    fall on both sides of the split. The PatientID tag now groups them; a blank tag or a broken
+    header falls back to the name."""
+    from corpus import tiny_dicom
+    from pneumolab.data.layout import scan_split
+    from pneumolab.data.patients import unnamed_patients
+
+    def dicom(name: str, patient: str | None, seed: int) -> None:
+        _write(tmp_path / name, tiny_dicom(bytes([seed]) * 64, patient_id=patient))
+
+    dicom("NORMAL/1.2.840.1", "P-0042", 1)
+    dicom("NORMAL/1.2.840.2", "P-0042", 2)
+    dicom("PNEUMONIA/1.2.840.3", " ", 3)  # blank: no ID
+    _write(tmp_path / "PNEUMONIA" / "1.2.840.4.dcm", b"\0" * 128 + b"DICM" + b"\xff" * 64)
+    samples = {s.path.name: s for s in scan_split(tmp_path)}
+    assert samples["1.2.840.1"].patient == samples["1.2.840.2"].patient == "dicom:P-0042"
+    assert samples["1.2.840.3"].patient == "1.2.840.3"
+    assert samples["1.2.840.4.dcm"].patient == "1.2.840.4"
+    assert {s.path.name for s in unnamed_patients(list(samples.values()))} == {
+        "1.2.840.3",
+        "1.2.840.4.dcm",
+    }
+
+
+def test_one_anonymised_patient_id_for_every_file_is_named(tmp_path: Path) -> None:
+    from corpus import tiny_dicom
+    from pneumolab.data.patients import patient_of
+
+    samples = []
+    for index in range(20):
+        path = _write(tmp_path / f"{index}.dcm", tiny_dicom(bytes([index]) * 64, patient_id="ANON"))
+        samples.append(Sample(path, index % 2, patient_of(path)))
+    with pytest.raises(DataLayoutError, match=r"only 1 NORMAL patient.*DICOM PatientID tags"):
+        grouped_split(samples, val_fraction=0.2)

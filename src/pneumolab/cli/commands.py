@@ -72,8 +72,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         say(f"patients in both {pair}: ", (str(len(ids)), style), f" {' '.join(ids[:10])}")
     if report.unnamed_patients:
         say(
-            ("names without a patient ID: ", "yellow"),
-            f"{len(report.unnamed_patients)} (each its own patient; schemes: {PATIENT_SCHEMES}; "
+            ("images without a patient ID: ", "yellow"),
+            f"{len(report.unnamed_patients)} (each its own patient; read from {PATIENT_SCHEMES}; "
             f"first: {report.unnamed_patients[0]})",
         )
     console.print(f"unreadable files: {len(report.unreadable)}")

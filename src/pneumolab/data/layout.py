@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pneumolab.data.formats import ACCEPTED, IMAGE_SUFFIXES, sniff_file
-from pneumolab.data.patients import patient_id
+from pneumolab.data.patients import patient_of
 from pneumolab.errors import DataLayoutError, printable
 
 log = logging.getLogger(__name__)
@@ -171,8 +171,7 @@ def scan_split(split_dir: Path) -> list[Sample]:
     for label, name in enumerate(CLASS_NAMES):
         folder = classes[name.lower()]
         images = [
-            Sample(path=path, label=label, patient=patient_id(path.name))
-            for path in image_files(folder)
+            Sample(path=path, label=label, patient=patient_of(path)) for path in image_files(folder)
         ]
         if not images:
             raise DataLayoutError(

@@ -1,4 +1,5 @@
-"""Patient IDs from Kermany file names and the patient-grouped validation split."""
+"""Patient IDs (a DICOM file's PatientID tag, else the Kermany file-name schemes) and the
+patient-grouped validation split."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from pneumolab.config import MAX_VAL_FRACTION
 from pneumolab.data.formats import IMAGE_SUFFIXES
+from pneumolab.data.imageio import is_dicom_file
 from pneumolab.errors import DataLayoutError
 from pneumolab.files import sha256_of
 
@@ -28,8 +30,11 @@ _PATIENT_PATTERNS = (
     (re.compile(r"^((?:NORMAL2-)?IM-\d+)-", re.IGNORECASE), ""),
     (re.compile(r"^(?:NORMAL|BACTERIA|VIRUS)-(\d+)-", re.IGNORECASE), "id-"),
 )
-PATIENT_SCHEMES = "personN_..., IM-N-..., NORMAL2-IM-N-..., NORMAL|BACTERIA|VIRUS-N-..."
-"""The file-name schemes a patient ID is read from, in words."""
+PATIENT_SCHEMES = (
+    "a DICOM PatientID tag; names personN_..., IM-N-..., NORMAL2-IM-N-..., "
+    "NORMAL|BACTERIA|VIRUS-N-..."
+)
+"""Where a patient ID is read from, in words."""
 
 
 def _named_patient(file_name: str) -> str | None:
@@ -39,6 +44,30 @@ def _named_patient(file_name: str) -> str | None:
         if match:
             return prefix + match.group(1).lower()
     return None
+
+
+DICOM_PATIENT_PREFIX = "dicom:"
+"""Marks a patient ID read from a DICOM file's PatientID tag (names are never read for those)."""
+
+
+def _dicom_patient(path: Path) -> str | None:
+    """A DICOM file's PatientID tag, prefixed; None for another format, a blank or missing tag,
+    or a header that cannot be read (what decodes the file reports it by name)."""
+    try:
+        if not is_dicom_file(path):
+            return None
+        from pneumolab.data.dicom import read_dicom  # pydicom only for DICOM files
+
+        tag = str(read_dicom(path, stop_before_pixels=True).get("PatientID") or "").strip()
+    except Exception:  # pydicom raises many kinds for a broken header
+        return None
+    return DICOM_PATIENT_PREFIX + tag if tag else None
+
+
+def patient_of(path: Path) -> str:
+    """The patient of an image file: its DICOM PatientID tag where it has one, else
+    :func:`patient_id` of its name."""
+    return _dicom_patient(Path(path)) or patient_id(Path(path).name)
 
 
 def patient_id(file_name: str) -> str:
@@ -52,9 +81,13 @@ def patient_id(file_name: str) -> str:
 
 
 def unnamed_patients(samples: Sequence[Sample]) -> list[Sample]:
-    """The samples whose file name follows no patient-ID scheme (each counts as its own
-    patient, so one child's images can fall on both sides of a split)."""
-    return [s for s in samples if _named_patient(s.path.name) is None]
+    """The samples whose patient is neither a DICOM PatientID nor read from a file-name scheme
+    (each counts as its own patient, so one child's images can fall on both sides of a split)."""
+    return [
+        s
+        for s in samples
+        if not s.patient.startswith(DICOM_PATIENT_PREFIX) and _named_patient(s.path.name) is None
+    ]
 
 
 def duplicate_groups(paths: Sequence[Path]) -> list[list[Path]]:
@@ -117,7 +150,7 @@ def grouped_split(
     unnamed = unnamed_patients(samples)
     if unnamed:
         log.warning(
-            "%d of %d image names follow no patient-ID scheme (%s; first: %s): each counts as "
+            "%d of %d images carry no patient ID (read from %s; first: %s): each counts as "
             "its own patient, so one child's images may fall on both sides of the validation "
             "split",
             len(unnamed),
@@ -133,9 +166,16 @@ def grouped_split(
     for label, name in enumerate(CLASS_NAMES):
         n_groups = len({g for g, y in zip(groups, labels, strict=True) if y == label})
         if n_groups < n_splits:
+            tagged = any(s.patient.startswith(DICOM_PATIENT_PREFIX) for s in samples)
             raise DataLayoutError(
                 f"only {n_groups} {name} patient(s): a patient-grouped validation split of "
                 f"{val_fraction:.0%} needs at least {n_splits} per class"
+                + (
+                    " (patients are read from DICOM PatientID tags: an anonymiser that gave "
+                    "every file one ID makes them one patient)"
+                    if tagged
+                    else ""
+                )
             )
     from sklearn.model_selection import StratifiedGroupKFold  # not on the prediction path
 

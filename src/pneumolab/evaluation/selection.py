@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumolab.choices import PAIRED_CRITERIA
-from pneumolab.data.patients import patient_id
+from pneumolab.data.patients import patient_of
 from pneumolab.evaluation.bootstrap import PairedDifference, paired_auc_difference
 from pneumolab.evaluation.writer import METRICS, PREDICTIONS, SHIFT_PREDICTIONS
 from pneumolab.run import RunDir, read_predictions, read_shift_predictions
@@ -111,7 +111,7 @@ def margins_over(
     if any(sorted(s) != images for s in scores.values()):
         return Margins(criterion, leader, untested="the models were scored on other images")
     labels = np.array([scores[leader][path][0] for path in images])
-    patients = [patient_id(Path(path).name) for path in images]
+    patients = [patient_of(Path(path)) for path in images]
 
     def draws(name: str) -> list[np.ndarray]:
         return list(np.array([scores[name][path][1] for path in images]).T)  # one per draw
