@@ -109,3 +109,23 @@ def test_a_figure_written_on_a_full_disk_leaves_the_earlier_one(
     with pytest.raises(OSError, match="No space left"):
         save_figure(reliability_figure(y, {"raw": 1 - prob}), path)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_separable_validation_scores_give_finite_maps():
+    """Scores that separate the classes left 0/1 targets without an optimum: the tiny run's four
+    validation scores got a Platt slope of 680, wherever the solver stopped, and mapped its own
+    validation images to 1e-9 and 0.99999 (a step function). Platt's targets (1/4 and 3/4 here)
+    keep the map where the data puts it."""
+    y = np.array([0, 0, 1, 1])
+    prob = np.array([0.4929, 0.4949, 0.4964, 0.4985])
+    platt = fit_platt(y, prob)
+    scaled = apply_platt(prob, platt.slope, platt.intercept)
+    assert np.all((scaled > 0.15) & (scaled < 0.85))
+    assert np.mean(scaled[y == 1]) == pytest.approx(0.75, abs=0.1)  # the positives' target
+
+
+def test_platt_targets_follow_platt_1999():
+    from pneumolab.evaluation.calibration import platt_targets
+
+    targets = platt_targets(np.array([1, 1, 1, 0]))
+    np.testing.assert_allclose(targets, [4 / 5, 4 / 5, 4 / 5, 1 / 3])

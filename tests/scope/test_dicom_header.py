@@ -105,3 +105,34 @@ def test_one_unreadable_value_costs_only_its_own_check():
     assert any("Modality CT" in reason for reason in checks.reasons)
     assert any("ViewPosition LL" in reason for reason in checks.reasons)
     assert age_in_years(ds) is None
+
+
+@pytest.mark.parametrize(
+    ("tags", "warning"),
+    [
+        ({"PatientAge": "005Y"}, None),
+        ({"PatientAge": "065M"}, None),  # 5 years and 5 months: 5 completed years, as 005Y
+        ({"PatientBirthDate": "20200101", "StudyDate": "20250601"}, None),  # was "5.4 years"
+        ({"PatientBirthDate": "20200101", "StudyDate": "20250101"}, None),  # the 5th birthday
+        ({"PatientBirthDate": "20210101", "StudyDate": "20220101"}, None),  # the 1st birthday
+        ({"PatientAge": "364D"}, "patient age 11 months: a child"),  # was "1.0 years"
+        ({"PatientAge": "072M"}, "patient age 6 years: a child"),
+        ({"PatientBirthDate": "20160229", "StudyDate": "20220228"}, None),  # 6 on 1 March
+        ({"PatientBirthDate": "20160229", "StudyDate": "20220301"}, "patient age 6 years"),
+    ],
+)
+def test_ages_are_judged_and_stated_in_completed_years(tags, warning):
+    """One child got opposite verdicts from PatientAge and from the birth date, and a warning
+    could state an age inside the range it said the child was outside of."""
+    warnings = header_checks(header(**tags)).warnings
+    if warning is None:
+        assert warnings == ()
+    else:
+        (text,) = warnings
+        assert text.startswith(warning)
+
+
+def test_film_radiographs_and_worded_frontal_views_are_in_scope():
+    assert header_checks(header(Modality="RG", ViewPosition="AP SUPINE")).reasons == ()
+    (reason,) = header_checks(header(Modality="CR", ViewPosition="LATERAL")).reasons
+    assert "ViewPosition LATERAL" in reason

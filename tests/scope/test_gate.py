@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -127,10 +128,27 @@ def test_fit_ood_refits_an_existing_run(run_dir, data, tmp_path, capsys):
     before = OodModel.load(run.ood)
     run.ood.unlink()
     assert main(["fit-ood", str(run_dir), "--data", str(data)]) == 0
-    assert "threshold" in capsys.readouterr().err
+    n_val = sum(1 for row in csv.DictReader(run.split.open()) if row["subset"] == "val")
+    err = capsys.readouterr().err  # it counted the augmented copies as validation images
+    assert f"of {n_val} validation images and as many augmented copies" in " ".join(err.split())
     after = OodModel.load(run.ood)
     assert after.threshold == pytest.approx(before.threshold, rel=1e-4)
     np.testing.assert_allclose(after.val_scores, before.val_scores, rtol=1e-4)
+
+
+def test_fit_ood_without_one_readable_validation_image_names_the_split(
+    run_dir, data, tmp_path, capsys
+):
+    """It stopped with ``ValueError: need at least one array to stack``, naming no file."""
+    run_dir, broken = copy_run(run_dir, tmp_path / "run"), tmp_path / "data"
+    shutil.copytree(data, broken)
+    for row in csv.DictReader(RunDir(run_dir).split.open()):
+        if row["subset"] == "val":
+            (broken / row["path"]).write_bytes(b"junk")
+    assert main(["fit-ood", str(run_dir), "--data", str(broken)]) != 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "(validation side): none of its" in err and "images could be read" in err
+    assert "Traceback" not in err
 
 
 def test_a_run_without_an_ood_model_still_gates_by_sanity_and_header(run_dir, tmp_path):

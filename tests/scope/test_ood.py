@@ -99,3 +99,14 @@ def test_scored_model_gives_the_classifier_probability_and_the_score_in_one_pass
         torch.testing.assert_close(probability, torch.sigmoid(model(pixels)))
         torch.testing.assert_close(score, (model.features(pixels) ** 2).sum(dim=1))
         assert torch.isnan(ScoredModel(model, None)(pixels)[1]).all()
+
+
+def test_features_that_do_not_vary_are_warned_of(caplog):
+    """A zero covariance made the whitening zero: every score 0, the threshold 0, and every
+    input in scope, without a word."""
+    fit_mahalanobis(np.ones((10, 96)), np.array([0] * 5 + [1] * 5))
+    assert "the scope features do not vary" in caplog.text
+    caplog.clear()
+    rng = np.random.default_rng(0)
+    fit_mahalanobis(rng.normal(size=(10, 4)), np.array([0] * 5 + [1] * 5))
+    assert "do not vary" not in caplog.text

@@ -116,7 +116,7 @@ def cmd_fit_ood(args: argparse.Namespace) -> int:
         f"OOD model ({ood.method}) written to ",
         (str(args.run_dir / "ood.safetensors"), "bold"),
         f": threshold {ood.threshold:.1f}, flags {ood.val_flagged_fraction:.1%} of "
-        f"{len(ood.val_scores)} validation images",
+        f"{len(ood.clean_val_scores)} validation images and as many augmented copies",
     )
     return 0
 

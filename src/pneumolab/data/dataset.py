@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from pneumolab.data.imageio import load_image, resize_square
 from pneumolab.data.layout import Sample
-from pneumolab.errors import ImageLoadError
+from pneumolab.errors import DataLayoutError, ImageLoadError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,18 @@ def decode_samples(
         else torch.empty((0, 1, image_size, image_size), dtype=torch.uint8)
     )
     return DecodedImages(pixels=pixels, samples=[s for s, _ in kept], skipped=skipped)
+
+
+def decode_readable(samples: Sequence[Sample], image_size: int, what: str) -> DecodedImages:
+    """:func:`decode_samples`, refused (DataLayoutError) where not one image of ``what`` (words
+    naming the images, e.g. ``"DATA: the val split"``) could be read."""
+    decoded = decode_samples(samples, image_size)
+    if not decoded.samples:
+        first = f" (the first: {decoded.skipped[0][1]})" if decoded.skipped else ""
+        raise DataLayoutError(
+            f"{what}: none of its {len(decoded.skipped)} images could be read{first}"
+        )
+    return decoded
 
 
 class XrayDataset(Dataset):

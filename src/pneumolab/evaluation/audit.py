@@ -156,7 +156,7 @@ def reason_kind(reason: str) -> str:
 
 
 def warning_kind(warning: str) -> str:
-    """A warning without its numbers and aside: ``patient age 45.0 years: an adult outside the
+    """A warning without its numbers and aside: ``patient age 45 years: an adult outside the
     intended use (...)`` → ``patient age N years: an adult outside the intended use``."""
     return re.sub(r"\d+(?:\.\d+)?", "N", warning.split(" (", 1)[0])
 

@@ -5,7 +5,10 @@ Temperature scaling divides the model's logit by one scalar ``T > 0`` chosen to 
 validation log-loss (Guo et al. 2017). It changes no ranking (ROC AUC is unchanged); ``T > 1``
 softens an overconfident model. Platt scaling fits a slope *and an intercept* on the logit
 (logistic regression), so it can also remove a constant shift, such as the one class-weighted
-training puts towards the rarer class. Both work on stored probabilities, converted to logits.
+training puts towards the rarer class. Both work on stored probabilities, converted to logits,
+and both fit Platt's smoothed targets, ``(N+ + 1) / (N+ + 2)`` and ``1 / (N- + 2)`` (Platt 1999):
+on validation scores that separate the classes, 0/1 targets have no finite optimum, and the fit
+stopped wherever its solver did (a slope of 680; ``T`` at its lower bound).
 """
 
 from __future__ import annotations
@@ -34,11 +37,20 @@ def nll(y_true: np.ndarray, logits: np.ndarray) -> float:
     return float(np.mean(np.logaddexp(0.0, logits) - y_true * logits))
 
 
+def platt_targets(y_true: np.ndarray) -> np.ndarray:
+    """Platt's smoothed targets: ``(N+ + 1) / (N+ + 2)`` for positives, ``1 / (N- + 2)`` for
+    negatives (a finite optimum even where the scores separate the classes)."""
+    y_true = np.asarray(y_true, dtype=int)
+    positives, negatives = int(y_true.sum()), int((1 - y_true).sum())
+    return np.where(y_true == 1, (positives + 1) / (positives + 2), 1 / (negatives + 2))
+
+
 def fit_temperature(y_true: np.ndarray, prob: np.ndarray) -> float:
-    """The temperature ``T`` in [0.05, 20] minimising the log-loss of ``sigmoid(logit(prob) / T)``."""
-    logits = to_logits(prob)
+    """The temperature ``T`` in [0.05, 20] minimising the log-loss of ``sigmoid(logit(prob) / T)``
+    against :func:`platt_targets`."""
+    logits, targets = to_logits(prob), platt_targets(y_true)
     result = minimize_scalar(
-        lambda log_t: nll(y_true, logits / math.exp(log_t)), bounds=LOG_T_BOUNDS, method="bounded"
+        lambda log_t: nll(targets, logits / math.exp(log_t)), bounds=LOG_T_BOUNDS, method="bounded"
     )
     return float(math.exp(result.x))
 
@@ -52,8 +64,15 @@ def apply_temperature(prob: np.ndarray, temperature: float) -> np.ndarray:
 
 def fit_platt(y_true: np.ndarray, prob: np.ndarray) -> Platt:
     """``slope`` and ``intercept`` of ``sigmoid(slope * logit(prob) + intercept)``, by
-    (practically unregularised) logistic regression on the validation logits."""
-    model = LogisticRegression(C=1e6).fit(to_logits(prob)[:, None], np.asarray(y_true, dtype=int))
+    (practically unregularised) logistic regression of :func:`platt_targets` on the validation
+    logits (each image weighted once as a positive by its target, once as a negative by the
+    rest)."""
+    logits, targets = to_logits(prob)[:, None], platt_targets(y_true)
+    model = LogisticRegression(C=1e6).fit(
+        np.concatenate([logits, logits]),
+        np.repeat([1, 0], len(targets)),
+        sample_weight=np.concatenate([targets, 1 - targets]),
+    )
     return Platt(slope=float(model.coef_[0, 0]), intercept=float(model.intercept_[0]))
 
 

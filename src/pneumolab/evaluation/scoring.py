@@ -13,7 +13,7 @@ import numpy as np
 from sklearn.metrics import brier_score_loss
 
 from pneumolab.choices import SPLITS, Split
-from pneumolab.data.dataset import DecodedImages, decode_samples
+from pneumolab.data.dataset import DecodedImages, decode_readable
 from pneumolab.data.layout import Sample, find_splits, scan_split
 from pneumolab.data.subtypes import subtype_labels
 from pneumolab.errors import DataLayoutError
@@ -195,12 +195,8 @@ def compute_evaluation(
     if predictor.run_dir is None:
         raise ValueError("compute_evaluation needs a predictor loaded with Predictor.from_run")
     run = RunDir(predictor.run_dir)
-    decoded = decode_samples(split_samples(run, Path(data_dir), split), predictor.image_size)
-    if not decoded.samples:
-        raise DataLayoutError(
-            f"{data_dir}: none of the {len(decoded.skipped)} images of the {split} split could "
-            f"be read (the first: {decoded.skipped[0][1]})"
-        )
+    samples = split_samples(run, Path(data_dir), split)
+    decoded = decode_readable(samples, predictor.image_size, f"{data_dir}: the {split} split")
     probs = predictor.backend(decoded.pixels)
     labels = np.array([s.label for s in decoded.samples])
     threshold = predictor.threshold

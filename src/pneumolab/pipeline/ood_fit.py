@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import pneumolab
-from pneumolab.data.dataset import DecodedImages, decode_samples
+from pneumolab.data.dataset import DecodedImages, decode_readable
 from pneumolab.data.layout import Sample
 from pneumolab.data.transforms import BatchAugmentation
 from pneumolab.errors import RunDirError
@@ -115,7 +115,10 @@ def ensemble_ood(ensemble: RunDir, members: Sequence[RunDir]) -> OodModel | None
         raise RunDirError(f"{ensemble.root}: members' OOD models scored different validation sets")
     provenance = {
         "fitted_on": "mean of the members' OOD scores",
-        "threshold_on": f"{len(scores[0])} validation images of {ensemble.root.name}",
+        "threshold_on": (
+            f"{len(present[0].clean_val_scores)} validation images of {ensemble.root.name} and "
+            "an augmented copy"
+        ),
         "pneumolab_version": pneumolab.__version__,
     }
     return OodModel.from_validation(ENSEMBLE_METHOD, None, np.mean(scores, axis=0), provenance)
@@ -145,7 +148,8 @@ def _fit_single(run: RunDir, data_root: Path) -> OodModel:
     model = predictor.require_model("fitting the OOD model")
     train_samples: list[Sample] = run.read_split(data_root, "train")
     index = fit_subset(len(train_samples))
-    train = decode_samples([train_samples[i] for i in index], predictor.image_size)
-    val = decode_samples(run.read_split(data_root, "val"), predictor.image_size)
+    size, split = predictor.image_size, f"{data_root}: {run.root}'s split"
+    train = decode_readable([train_samples[i] for i in index], size, f"{split} (train side)")
+    val = decode_readable(run.read_split(data_root, "val"), size, f"{split} (validation side)")
     scorer = fit_scorer(model, predictor.intensity, train)
     return gated_validation_scores(model, predictor.intensity, scorer, val, run.root.name)[1]

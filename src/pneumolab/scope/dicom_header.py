@@ -7,6 +7,7 @@ still a chest radiograph, only outside the intended use.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import date
 from pathlib import Path
@@ -18,7 +19,11 @@ from pneumolab.data.dicom import pydicom_messages, read_dicom
 from pneumolab.data.imageio import DEFAULT_MAX_PIXELS
 from pneumolab.scope.checks import ScopeChecks
 
-RADIOGRAPHY = {"CR": "computed radiography", "DX": "digital radiography"}
+RADIOGRAPHY = {
+    "CR": "computed radiography",
+    "DX": "digital radiography",
+    "RG": "radiographic imaging (film)",
+}
 """Modalities in scope: projection radiographs."""
 CHEST_WORDS = {
     "CHEST", "THORAX", "LUNG", "LUNGS",
@@ -71,7 +76,8 @@ def _text(ds: Dataset, keyword: str) -> str:
 
 
 def age_in_years(ds: Dataset) -> float | None:
-    """PatientAge (``nnnD/W/M/Y``), else the birth date against the study/acquisition date."""
+    """PatientAge (``nnnD/W/M/Y``), else the birth date against the study/acquisition date:
+    the completed years (calendar ones, for dates) plus the share of the year since."""
     age = _text(ds, "PatientAge").upper()
     digits = age[:3]
     if (
@@ -88,7 +94,23 @@ def age_in_years(ds: Dataset) -> float | None:
     )
     if born is None or taken is None or taken < born:
         return None
-    return (taken - born).days / 365.25
+    years = taken.year - born.year - ((taken.month, taken.day) < (born.month, born.day))
+    birthday = _birthday(born, born.year + years)
+    return years + (taken - birthday).days / 366  # the share stays under one year
+
+
+def _birthday(born: date, year: int) -> date:
+    """``born``'s birthday in ``year`` (29 February on the 28th in other years)."""
+    try:
+        return born.replace(year=year)
+    except ValueError:
+        return born.replace(year=year, day=28)
+
+
+def _age_text(age: float) -> str:
+    """An age as a clinician states it: completed months under one year, else completed years."""
+    months = math.floor(age * 12 + 1e-9)
+    return f"{months} months" if months < 12 else f"{math.floor(age + 1e-9)} years"
 
 
 def _parse_date(text: str) -> date | None:
@@ -101,11 +123,11 @@ def _parse_date(text: str) -> date | None:
 def _age_warnings(ds: Dataset) -> tuple[str, ...]:
     age = age_in_years(ds)
     low, high = TRAINING_AGES
-    if age is None or low <= age <= high:
+    if age is None or low <= math.floor(age + 1e-9) <= high:  # completed years, as ages are said
         return ()
     who = "an adult" if age >= ADULT_AGE else "a child"
     return (
-        f"patient age {age:.1f} years: {who} outside the intended use (the model was trained on "
+        f"patient age {_age_text(age)}: {who} outside the intended use (the model was trained on "
         f"children aged {low:g}–{high:g})",
     )
 
@@ -116,13 +138,14 @@ def header_checks(ds: Dataset) -> ScopeChecks:
     reasons = []
     modality = tags.get("Modality", "").upper()
     if modality and modality not in RADIOGRAPHY:
-        reasons.append(f"DICOM Modality {modality}: not a radiograph (CR or DX expected)")
+        expected = ", ".join(RADIOGRAPHY)
+        reasons.append(f"DICOM Modality {modality}: not a radiograph ({expected} expected)")
     part = tags.get("BodyPartExamined", "").upper()
     words = set(re.findall(r"[^\W\d_]+", part))
     if part and (not CHEST_WORDS & words or NOT_CHEST_WORDS & words):
         reasons.append(f"DICOM BodyPartExamined {part}: not a chest (CHEST expected)")
     view = tags.get("ViewPosition", "").upper()
-    if view and view not in FRONTAL_VIEWS:
+    if view and re.split(r"[^A-Z]+", view.strip())[0] not in FRONTAL_VIEWS:  # "AP SUPINE" too
         reasons.append(f"DICOM ViewPosition {view}: not a frontal view (PA or AP expected)")
     if tags.get("PresentationIntentType", "").upper() == "FOR PROCESSING":
         reasons.append(

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 class MahalanobisScore(nn.Module):
@@ -34,6 +38,13 @@ def fit_mahalanobis(features: np.ndarray, labels: np.ndarray) -> MahalanobisScor
     classes, index = np.unique(labels, return_inverse=True)
     features = np.asarray(features, dtype=np.float64)
     means = np.stack([features[index == i].mean(axis=0) for i in range(len(classes))])
+    if not np.any(np.abs(features - means[index]) > 1e-6 * (1 + np.abs(means[index]))):
+        log.warning(  # a zero covariance: the whitening is zero, every score 0, none flagged
+            "the scope features do not vary within a class over the %d fitted images: the "
+            "content (OOD) score is 0 for every input and flags none; only the sanity and DICOM "
+            "checks gate inputs (fit the gate on more, varied images)",
+            len(features),
+        )
     precision = LedoitWolf(assume_centered=True).fit(features - means[index]).precision_
     eigenvalues, eigenvectors = np.linalg.eigh((precision + precision.T) / 2)
     whitening = (eigenvectors * np.sqrt(eigenvalues.clip(min=0))).T  # P = Wᵀ W
