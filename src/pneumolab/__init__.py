@@ -12,12 +12,19 @@ from functools import cache as _cache
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
-if _TYPE_CHECKING:
+if _TYPE_CHECKING:  # what type checkers see of the lazy names below
     __version__: str
 
     from pneumolab.config import TrainConfig
+    from pneumolab.evaluation.audit import audit_folder
+    from pneumolab.evaluation.comparison import compare_runs
+    from pneumolab.evaluation.evaluate import evaluate
     from pneumolab.inference.prediction import Prediction
     from pneumolab.inference.predictor import Predictor, load_run
+    from pneumolab.pipeline.ensemble import build_ensemble
+    from pneumolab.pipeline.ood_fit import fit_run_ood
+    from pneumolab.pipeline.train import train
+    from pneumolab.study.runner import run_study
 
 __all__ = [
     "Prediction",

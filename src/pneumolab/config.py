@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeAlias
 
 import yaml
 from pydantic import (
@@ -395,6 +395,11 @@ def _non_text_keys(data: object) -> Iterator[object]:
 def flags_given(overrides: dict[str, Any] | None) -> dict[str, Any]:
     """The settings a command line set (its unset flags are None)."""
     return {k: v for k, v in (overrides or {}).items() if v is not None}
+
+
+ConfigInput: TypeAlias = "TrainConfig | Mapping[str, Any] | str | Path | None"
+"""What :func:`pneumolab.train` takes as its config: a :class:`TrainConfig`, settings by name
+(``{"epochs": 2}``; the rest default), a YAML file's path (as ``--config FILE``) or None."""
 
 
 def resolve_config(

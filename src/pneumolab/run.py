@@ -26,6 +26,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,9 +60,13 @@ are outputs: replaced only when asked)."""
 
 @dataclass(frozen=True)
 class RunDir:
-    """Paths inside a run directory, and reading/writing its small files."""
+    """Paths inside a run directory, and reading/writing its small files. Path-like (its
+    root): what :func:`pneumolab.train` returns can be passed wherever a run folder is taken."""
 
     root: Path
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.root)
 
     @property
     def config(self) -> Path:

@@ -379,7 +379,19 @@ def test_array_to_image_three_channels() -> None:
     assert out[0, 0] == round(0.3 * 0.299 * 255)
 
 
-def test_array_to_image_four_channels_ignores_alpha() -> None:
+@pytest.mark.parametrize("alpha", [0, 128, 255])
+def test_an_rgba_array_is_composited_on_black_as_the_pil_image_is(alpha: int) -> None:
+    """The array dropped its alpha while the PIL image was composited on black: one transparent
+    image scored 0.05 as an array and 0.999 (and out of scope) as a PIL image."""
+    gray = np.random.default_rng(0).integers(0, 256, (6, 8), dtype=np.uint8)
+    rgba = np.dstack([gray, gray, gray, np.full_like(gray, alpha)])
+    from_pil = np.asarray(image_to_grayscale(Image.fromarray(rgba, "RGBA")))
+    np.testing.assert_array_equal(np.asarray(array_to_image(rgba)), from_pil)
+    as_float = np.asarray(array_to_image(rgba / 255.0))  # alpha 0..1: the same compositing
+    assert np.abs(as_float.astype(int) - from_pil).max() <= 1
+
+
+def test_array_to_image_four_channels_opaque_alpha() -> None:
     pixels = np.zeros((2, 2, 4), dtype=np.float64)
     pixels[0, 0, :3] = 1.0
     pixels[..., 3] = 5.0

@@ -194,3 +194,38 @@ def test_a_folder_made_for_no_figure_is_removed_again(tmp_path, capsys):
 def test_cli_reports_a_missing_run(tmp_path: Path, capsys):
     assert main(["explain", str(tmp_path / "no-run"), "x.png", "--out", str(tmp_path)]) == 2
     assert "run directory not found" in capsys.readouterr().err
+
+
+def test_gradcam_refuses_what_it_would_explain_wrongly(tmp_path):
+    """A misspelt class gave the NORMAL map, a batch lost all but its first image, 0..1 floats
+    were divided by 255 again, and Predictor.preprocess's (1, S, S) failed inside grad-cam."""
+    predictor = Predictor.from_run(untrained_run(tmp_path).root)
+    model = predictor.require_model("Grad-CAM")
+    image = np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)
+    pixels = predictor.preprocess(image)  # (1, S, S)
+    heat = gradcam(model, pixels, predictor.intensity)
+    assert np.array_equal(heat, gradcam(model, pixels[None], predictor.intensity))
+    with pytest.raises(ValueError, match="'PNEUMONIA' or 'NORMAL', not 'PNEUMONIA '"):
+        gradcam(model, pixels, predictor.intensity, towards="PNEUMONIA ")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"one image: .* not \(2, 1, 32, 32\)"):
+        gradcam(model, torch.stack([pixels, pixels]), predictor.intensity)
+    with pytest.raises(TypeError, match="uint8 pixels"):
+        gradcam(model, pixels.float() / 255, predictor.intensity)
+    explained = explain_image(predictor, None, image)  # the layer found for it
+    towards = explained.towards
+    assert np.array_equal(
+        explained.heat, gradcam(model, pixels, predictor.intensity, None, towards)
+    )
+
+
+def test_overlay_png_takes_images_as_predict_does():
+    """An RGB image (the dataset's JPEGs) failed to unpack; a 12-bit one wrapped modulo 256."""
+    gray = np.tile(np.linspace(0, 255, 80).astype(np.uint8), (50, 1))  # 0..255: no stretch
+
+    def drawn(image: Image.Image | np.ndarray) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(overlay_png(image, None))))[..., 0]
+
+    assert np.array_equal(drawn(Image.fromarray(gray).convert("RGB")), gray)
+    twelve_bit = drawn(Image.fromarray(gray.astype(np.uint16) * 16))
+    assert np.abs(twelve_bit.astype(int) - drawn(gray)).max() <= 1  # min..max, not modulo
+    assert np.abs(drawn(gray / 255.0).astype(int) - gray).max() <= 1

@@ -146,6 +146,16 @@ LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
 """ITU-R 601-2 luma: gray from RGB (Pillow's ``convert("L")``)."""
 
 
+def _opacity(array: np.ndarray) -> np.ndarray | float:
+    """An (H, W, 4) array's alpha as 0..1 (of its integer type's range; floats as they are,
+    clipped), to composite on black as Pillow does; 1 for (H, W, 3)."""
+    if array.shape[-1] != 4:
+        return 1.0
+    alpha = array[..., 3].astype(np.float64)
+    full = np.iinfo(array.dtype).max if array.dtype.kind in "iu" else 1.0
+    return np.clip(alpha / full, 0.0, 1.0)
+
+
 def array_to_image(array: np.ndarray) -> Image.Image:
     """Wrap a 2-D (H, W), 3-D (H, W, C) or one-channel (1, H, W) array as a grayscale PIL image.
 
@@ -166,10 +176,11 @@ def array_to_image(array: np.ndarray) -> Image.Image:
     if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
         if array.shape[-1] == 1:
             array = array[..., 0]
-        elif array.dtype == np.uint8:
-            return Image.fromarray(np.ascontiguousarray(array[..., :3])).convert("L")
+        elif array.dtype == np.uint8:  # RGBA composited on black, as a PIL image is
+            mode = "RGBA" if array.shape[-1] == 4 else "RGB"
+            return to_grayscale(Image.fromarray(np.ascontiguousarray(array), mode))
         else:  # the luma weights Pillow's convert("L") uses, as for 8-bit colour
-            array = array[..., :3].astype(np.float64) @ LUMA_WEIGHTS
+            array = array[..., :3].astype(np.float64) @ LUMA_WEIGHTS * _opacity(array)
     if array.ndim != 2:
         raise ImageLoadError(
             f"array of shape {array.shape}: expected (H, W), (1, H, W) or (H, W, 1|3|4)"

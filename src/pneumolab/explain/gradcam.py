@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import matplotlib
 import numpy as np
@@ -21,7 +21,12 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from pneumolab.data.imageio import DEFAULT_MAX_PIXELS, load_image
+from pneumolab.data.imageio import (
+    DEFAULT_MAX_PIXELS,
+    array_to_image,
+    image_to_grayscale,
+    load_image,
+)
 from pneumolab.data.transforms import normalize_intensity
 from pneumolab.errors import ModelError, OutputError, PneumolabError, printable
 from pneumolab.evaluation.figures import save_figure
@@ -104,17 +109,31 @@ def find_target_layer(model: XrayClassifier, image_size: int = 224) -> nn.Module
 def gradcam(
     model: XrayClassifier,
     pixels: torch.Tensor,
-    intensity: str = "none",
+    intensity: str,
     layer: nn.Module | None = None,
     towards: ExplainedClass = "PNEUMONIA",
 ) -> np.ndarray:
-    """Grad-CAM of the evidence for ``towards`` for uint8 pixels ``(1, 1, S, S)``: ``(S, S)``
-    in [0, 1], all zero where no region raised it.
+    """Grad-CAM of the evidence for ``towards`` for one image's uint8 pixels ``(1, 1, S, S)``
+    or ``(1, S, S)`` (what :meth:`Predictor.preprocess` gives): ``(S, S)`` in [0, 1], all zero
+    where no region raised it.
 
-    ``intensity`` normalisation is applied first, as in training and prediction; ``layer``
-    defaults to :func:`find_target_layer`'s choice. The model's train/eval mode is kept
-    (grad-cam switches it to eval).
+    ``intensity`` normalisation (the run's, :attr:`Predictor.intensity`) is applied first, as in
+    training and prediction; ``layer`` defaults to :func:`find_target_layer`'s choice. The
+    model's train/eval mode is kept (grad-cam switches it to eval). ValueError for another
+    ``towards`` or a batch of several images, TypeError for pixels that are not uint8 (0..1
+    floats would be divided by 255 again). :func:`explain_image` takes a predictor instead.
     """
+    if towards not in get_args(ExplainedClass):
+        raise ValueError(f"towards is 'PNEUMONIA' or 'NORMAL', not {towards!r}")
+    if pixels.dtype != torch.uint8:
+        raise TypeError(f"Grad-CAM takes uint8 pixels (Predictor.preprocess), not {pixels.dtype}")
+    if pixels.ndim == 3:
+        pixels = pixels[None]
+    if pixels.ndim != 4 or tuple(pixels.shape[:2]) != (1, 1):
+        raise ValueError(
+            f"Grad-CAM explains one image: pixels of shape (1, 1, S, S) or (1, S, S), not "
+            f"{tuple(pixels.shape)}"
+        )
     if layer is None:
         layer = find_target_layer(model, int(pixels.shape[-1]))
     device = model.mean.device
@@ -123,7 +142,7 @@ def gradcam(
     cam = GradCAM(_Evidence(model, towards), [layer])
     try:
         with torch.enable_grad():
-            heat = cam(inputs, targets=[ClassifierOutputTarget(0)] * len(inputs))
+            heat = cam(inputs, targets=[ClassifierOutputTarget(0)])
     finally:
         cam.activations_and_grads.release()
         model.zero_grad(set_to_none=True)
@@ -167,10 +186,12 @@ def overlay(gray: np.ndarray, heat: np.ndarray) -> np.ndarray:
     return np.round(255 * ((1 - alpha) * base + alpha * colours)).astype(np.uint8)
 
 
-def overlay_png(gray_image: Image.Image | np.ndarray, heat: np.ndarray | None) -> bytes:
-    """PNG bytes of :func:`overlay` for a grayscale image (PIL mode ``L`` or uint8 array);
+def overlay_png(image: Image.Image | np.ndarray, heat: np.ndarray | None) -> bytes:
+    """PNG bytes of :func:`overlay` for an image (PIL or array, made 8-bit grayscale as
+    ``predict`` makes it: an RGB, 12-bit or 0..1 float image is not cut to bytes);
     ``heat=None``: the image alone."""
-    gray = np.asarray(gray_image, dtype=np.uint8)
+    pil = image_to_grayscale(image) if isinstance(image, Image.Image) else array_to_image(image)
+    gray = np.asarray(pil.convert("L"))
     heat = np.zeros(gray.shape, dtype=np.float32) if heat is None else heat
     buffer = io.BytesIO()
     Image.fromarray(overlay(gray, heat)).save(buffer, "PNG")
@@ -199,14 +220,14 @@ def _figure(
 
 def explain_image(
     predictor: Predictor,
-    layer: nn.Module,
+    layer: nn.Module | None,
     image: ImageInput,
     header_checks: ScopeChecks | None = None,
     scope_verdict: bool | None = None,
 ) -> Explanation:
-    """The prediction for ``image`` and the Grad-CAM map of ``layer`` for the class it was
-    called, from one decoding and resizing; ``header_checks`` and ``scope_verdict``: see
-    :meth:`Predictor.predict`."""
+    """The prediction for ``image`` and the Grad-CAM map of ``layer`` (None:
+    :func:`find_target_layer`'s choice) for the class it was called, from one decoding and
+    resizing; ``header_checks`` and ``scope_verdict``: see :meth:`Predictor.predict`."""
     model = predictor.require_model("Grad-CAM")
     result, pixels = predictor.predict_with_pixels(image, header_checks, scope_verdict)
     towards = called(result)

@@ -7,14 +7,13 @@ test-time augmentation for the run's ``--tta`` threshold."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import numpy as np
 
-from pneumolab.config import TrainConfig
+from pneumolab.config import ConfigInput, TrainConfig
 from pneumolab.data.dataset import decode_samples
 from pneumolab.data.layout import find_splits, scan_split
 from pneumolab.data.subtypes import subtype_labels
@@ -39,13 +38,13 @@ log = logging.getLogger(__name__)
 def train(
     data_dir: str | Path,
     out_dir: str | Path,
-    config: TrainConfig | Mapping[str, Any] | None = None,
+    config: ConfigInput = None,
     resume: bool = False,
     callbacks: Sequence[L.Callback] = (),
 ) -> RunDir:
     """Train on ``data_dir/train`` into ``out_dir``; with ``resume``, continue an interrupted run.
-    ``config``: a :class:`TrainConfig`, or its settings by name (``{"epochs": 2}``; the rest
-    default).
+    ``config``: a :class:`TrainConfig`, its settings by name (``{"epochs": 2}``; the rest
+    default), or a YAML config file's path.
 
     ``callbacks`` are added to Lightning's. Returns the finished :class:`RunDir`; raises
     :class:`~pneumolab.errors.TrainingInterrupted` when stopped (Ctrl+C), after the last
@@ -60,7 +59,7 @@ def train(
 def _train(
     data_dir: str | Path,
     out_dir: str | Path,
-    config: TrainConfig | Mapping[str, Any] | None,
+    config: ConfigInput,
     resume: bool,
     callbacks: Sequence[L.Callback],
 ) -> RunDir:

@@ -7,12 +7,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 from safetensors.torch import save
 
-from pneumolab.config import TrainConfig, resolve_config
+from pneumolab.config import ConfigInput, TrainConfig, resolve_config
 from pneumolab.data.layout import find_splits
 from pneumolab.errors import ConfigError
 from pneumolab.files import write_bytes_atomically
@@ -78,7 +77,7 @@ def build_model(config: TrainConfig, resume: bool = False) -> BuiltModel:
 def train_model(
     data_dir: str | Path,
     out_dir: str | Path,
-    config: TrainConfig | Mapping[str, Any] | None = None,
+    config: ConfigInput = None,
     resume: bool = False,
     callbacks: Sequence[L.Callback] = (),
 ) -> TrainedModel | None:
@@ -94,6 +93,13 @@ def train_model(
     run = RunDir(Path(out_dir))
     if isinstance(config, Mapping):  # settings by name, as in a config file
         config = resolve_config(overrides=dict(config))
+    elif isinstance(config, str | Path):  # the config file itself, as `--config FILE`
+        config = resolve_config(config)
+    elif config is not None and not isinstance(config, TrainConfig):
+        raise TypeError(
+            "config is a TrainConfig, a mapping of settings, a YAML file's path or None, not "
+            f"{type(config).__name__}"
+        )
     if resume and config is not None:
         raise ConfigError(
             f"{run.root}: resume continues with the run's own config.yaml; pass no config"
