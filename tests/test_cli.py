@@ -296,6 +296,21 @@ def test_ctrl_c_before_a_run_was_written_advises_no_resume(monkeypatch, capsys, 
     assert "--resume" in capsys.readouterr().err
 
 
+def test_ctrl_c_of_predict_with_overwrite_advises_a_rerun_without_it(monkeypatch, capsys):
+    """The advice, "run the same command again", ran --overwrite again: it emptied the results
+    file and scored every image anew."""
+    from pneumolab.cli import run_commands
+
+    def cmd_predict(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_commands, "cmd_predict", cmd_predict)
+    assert main(["predict", "run", "x.png", "--out", "r.csv", "--overwrite"]) == 130
+    assert "run it again without --overwrite to continue" in capsys.readouterr().err
+    assert main(["predict", "run", "x.png", "--out", "r.csv"]) == 130
+    assert "run the same command again to continue" in capsys.readouterr().err
+
+
 def test_an_interrupt_while_the_command_line_loads_is_no_traceback(monkeypatch, capsys):
     """Ctrl+C in the first fraction of a second (imports, parsing) printed a traceback."""
     import sys

@@ -326,3 +326,37 @@ def test_an_image_given_as_out_is_never_overwritten(predictor, images, tmp_path)
         with pytest.raises(OutputError, match="is one of the images to predict"):
             predict_to_file(predictor, given, scan, overwrite=True, progress=False)
     assert scan.read_bytes() == before
+
+
+def test_a_folder_that_gains_files_meanwhile_never_shifts_rows(
+    predictor, images, tmp_path, monkeypatch
+):
+    """An empty folder stays in the list as itself; the rows were paired by position with a
+    second expansion of the list, so a file dropped into it while the results file was read
+    gave every later image its neighbour's score."""
+    import pneumolab.inference.batch as batch
+
+    files = images[1]
+    drop = tmp_path / "incoming"
+    drop.mkdir()
+    write_rows = batch.write_text_rows
+
+    def write_then_drop(*args, **kwargs):
+        write_rows(*args, **kwargs)
+        shutil.copyfile(files[-1], drop / "late.png")  # after the listing, before the scoring
+
+    monkeypatch.setattr(batch, "write_text_rows", write_then_drop)
+    out = tmp_path / "results.csv"
+    predict_to_file(predictor, [drop, *files[:4]], out, batch_size=2, progress=False)
+    rows = {r["source"]: r for r in _read(out)}
+    assert "a folder without images" in rows[str(drop)]["error"]
+    for file in files[:4]:
+        alone = predictor.predict(file).probability
+        assert float(rows[str(file)]["probability"]) == pytest.approx(alone, abs=1e-6)
+
+
+def test_an_image_given_twice_is_predicted_once(predictor, images, capsys):
+    from pneumolab.inference.inputs import expand_paths
+
+    folder, files = images
+    assert expand_paths([files[0], folder, f"{folder}/"]).count(files[0]) == 1

@@ -217,3 +217,59 @@ def test_decoding_tasks_keep_the_predictors_pixel_limit(tmp_path):
     assert "big.png: 100x100 pixels is over the limit of 5,000" in decoded["error"][0]
     assert decoded["error"][1] == ""
     assert decode_batch(batch, image_size=32)["error"].tolist() == ["", ""]
+
+
+@needs_ray
+def test_replicas_on_gpus_get_a_batch_size(local_ray, predictor, images):
+    """Ray refuses GPU replicas without a batch size (``You must provide `batch_size` to
+    `map_batches` when requesting GPUs``): every --gpus-per-worker run stopped there."""
+    from pneumolab.inference.ray_engine import _pipeline
+
+    options = RayOptions(num_workers=1, gpus_per_worker=0.25, batch_size=8)
+    todo = [str(path) for path in images]
+    assert _pipeline(local_ray, predictor, predictor.run_dir, todo, options) is not None
+
+
+@needs_ray
+def test_overwrite_interrupted_leaves_a_file_a_rerun_resumes(
+    predictor, images, tmp_path, monkeypatch
+):
+    """--overwrite kept the old results file until the end: interrupted, a rerun without it was
+    refused (the old rows came from another model), and a rerun with it started over."""
+    import pneumolab.inference.ray_engine as engine
+    from pneumolab.inference.results_file import Producer
+
+    out = tmp_path / "r.csv"
+    other = Producer("0.0.0+another", 0.5, "torch", False, True)
+    from pneumolab.inference.results_file import ResultRow
+    from pneumolab.inference.results_table import write_results
+
+    write_results(out, [ResultRow(str(images[0]), 0.9, "PNEUMONIA", other, "")])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "_connect", lambda ray, options: None)
+    monkeypatch.setattr(engine, "_pipeline", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        predict_with_ray(predictor, images, out, TWO_WORKERS, overwrite=True)
+    assert read_results(out, producer_of(predictor)) == []  # what a rerun resumes from
+
+
+def test_an_address_nothing_listens_at_is_refused_at_once():
+    """``--address 127.0.0.1:1`` retried without end: only Ray's own "Failed to connect to
+    GCS" lines, for minutes."""
+    import socket
+
+    from pneumolab.inference.ray_engine import check_reachable
+
+    with pytest.raises(ConfigError, match=r"127\.0\.0\.1:1: cannot reach a Ray cluster there"):
+        check_reachable("127.0.0.1:1")
+    with pytest.raises(ConfigError, match="expected auto, HOST:PORT"):
+        check_reachable("head-node")
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        port = listening.getsockname()[1]
+        check_reachable(f"127.0.0.1:{port}")
+        check_reachable(f"ray://127.0.0.1:{port}")
+    for found_by_ray in (None, "auto", "local"):
+        check_reachable(found_by_ray)

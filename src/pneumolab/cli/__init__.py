@@ -66,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = INTERRUPT_HINTS.get(args.func.__name__, "")
         if args.func.__name__ == "cmd_train" and not RunDir(args.out).last_checkpoint.is_file():
             hint = ""  # stopped before its first checkpoint: nothing to resume
+        if args.func.__name__ == "cmd_predict" and getattr(args, "overwrite", False):
+            hint = "; run it again without --overwrite to continue (with it, it starts over)"
         say(("interrupted", "yellow"), hint)
         return 130
 

@@ -282,7 +282,7 @@ def audit_folder(
     predictor = Predictor.from_run(run.root, max_pixels=max_pixels)
     records = [
         _record(path, outcome, pixels, max_pixels)
-        for path, outcome, pixels in predictor.score_paths(images, batch_size)
+        for path, outcome, pixels in predictor.score_files(images, batch_size)
     ]
     val_probs = np.array([row["probability"] for row in read_predictions(run.val_predictions)])
     audit = SiteAudit(

@@ -104,7 +104,7 @@ def predict_to_file(
     retried; a file written with other settings, or not a results file at all, is refused
     untouched, unless ``overwrite`` (a run's own files are never written). Rows are flushed and
     synced per batch; a kill loses at most the rows of the batch being written. One stream of
-    :meth:`Predictor.predict_paths` (``workers`` decoding threads) serves the whole job, so
+    :meth:`Predictor.score_files` (``workers`` decoding threads) serves the whole job, so
     decoding stays ahead of the model across batches.
     """
     out = results_file(out, overwrite)
@@ -136,8 +136,9 @@ def _append_rows(
     bar_on_stderr = Progress(console=Console(stderr=True), disable=not progress, transient=True)
     with open(out, "a", **TEXT) as f, bar_on_stderr as bar:
         task = bar.add_task("predicting", total=len(todo))
-        results = predictor.predict_paths(todo, batch_size, workers)
-        for path, result in zip(todo, results, strict=True):
+        # the files listed, each once: expanding their folders again paired rows with the
+        # wrong images where a folder had gained files meanwhile
+        for path, result, _ in predictor.score_files(todo, batch_size, workers):
             if isinstance(result, ImageLoadError):
                 failed += 1
                 row = ResultRow(str(path), None, None, producer, str(result))

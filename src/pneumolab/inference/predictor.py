@@ -339,8 +339,15 @@ class Predictor:
     ) -> Iterator[tuple[Path, Prediction | ImageLoadError, np.ndarray | None]]:
         """Like :meth:`predict_paths`, with each file's path and model-input pixels (None when
         unreadable), for callers that also describe the images (the site audit)."""
-        files = expand_paths(paths)
-        for batch in decoded_batches(files, self.prepare, batch_size, workers):
+        return self.score_files(expand_paths(paths), batch_size, workers)
+
+    def score_files(
+        self, files: Sequence[Path], batch_size: int = 32, workers: int | None = None
+    ) -> Iterator[tuple[Path, Prediction | ImageLoadError, np.ndarray | None]]:
+        """:meth:`score_paths` of exactly ``files``, in order, none expanded again (a folder is
+        an error): a caller that listed a folder earlier gets a row for each file it listed,
+        even where the folder has gained files since."""
+        for batch in decoded_batches(list(files), self.prepare, batch_size, workers):
             prepared = [item for _, item in batch if not isinstance(item, ImageLoadError)]
             if prepared:
                 scores = self.scorer(np.stack([pixels for pixels, _ in prepared]))

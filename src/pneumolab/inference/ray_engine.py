@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,10 +172,33 @@ class ModelReplica:
         return pa.Table.from_pylist([row.record() for row in rows], schema=arrow_schema())
 
 
+CONNECT_SECONDS = 10.0
+"""How long a cluster address may take to accept a connection before it is called unreachable."""
+
+
+def check_reachable(address: str | None) -> None:
+    """ConfigError where ``address`` (``HOST:PORT`` or ``ray://HOST:PORT``) accepts no
+    connection within :data:`CONNECT_SECONDS`: ``ray.init`` retried such an address without
+    end. ``auto``, ``local`` and None (a local Ray) are Ray's to find."""
+    if address is None or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not port.isdigit():
+        raise ConfigError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), CONNECT_SECONDS).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"--address {address}: cannot reach a Ray cluster there ({exc.strerror or exc}); "
+            "start its head with `ray start --head`, or leave --address out for a local Ray"
+        ) from None
+
+
 def _connect(ray: Any, options: RayOptions) -> None:
     """Join the cluster at ``options.address`` (or start a local Ray) unless already joined;
     check that the replicas leave a CPU for the decoding tasks (else the job would wait)."""
     if not ray.is_initialized():
+        check_reachable(options.address)
         ray.init(address=options.address, log_to_driver=False)
     cpus = ray.cluster_resources().get("CPU", 0)
     if cpus - options.cpus_per_worker * options.num_workers < 1:
@@ -198,12 +222,11 @@ def _chunks(todo: list[str], batch_size: int) -> list[Any]:
     ]
 
 
-def _score(
-    ray: Any, predictor: Predictor, run_dir: Path, todo: list[str], parts: Path, o: RayOptions
-) -> None:
-    """Run the Ray Data pipeline over ``todo`` into Parquet part files in ``parts``, every
+def _pipeline(ray: Any, predictor: Predictor, run_dir: Path, todo: list[str], o: RayOptions) -> Any:
+    """The Ray Data pipeline over ``todo`` (lazy: nothing runs until it is written), every
     replica loading ``run_dir`` (absolute: workers start in other folders). Blocks are whole
-    chunks of ``batch_size`` images and stay whole (``batch_size=None``)."""
+    chunks of ``batch_size`` images and stay whole: ``batch_size=None``, but for replicas on
+    GPUs, for which Ray requires a batch size (the chunk's, so that a batch is still a chunk)."""
     dataset = ray.data.from_arrow(_chunks(todo, o.batch_size))
     decoded = dataset.map_batches(
         decode_batch,
@@ -211,7 +234,7 @@ def _score(
         batch_size=None,
         ray_remote_args_fn=decoding_task_resources,
     )
-    scored = decoded.map_batches(
+    return decoded.map_batches(
         ModelReplica,
         fn_constructor_kwargs={
             "run_dir": str(run_dir),
@@ -222,9 +245,15 @@ def _score(
         concurrency=o.num_workers,
         num_cpus=o.cpus_per_worker,
         num_gpus=o.gpus_per_worker,
-        batch_size=None,
+        batch_size=o.batch_size if o.gpus_per_worker else None,
     )
-    scored.write_parquet(str(parts))
+
+
+def _score(
+    ray: Any, predictor: Predictor, run_dir: Path, todo: list[str], parts: Path, o: RayOptions
+) -> None:
+    """Run :func:`_pipeline` over ``todo`` into Parquet part files in ``parts``."""
+    _pipeline(ray, predictor, run_dir, todo, o).write_parquet(str(parts))
 
 
 def predict_with_ray(
@@ -262,9 +291,10 @@ def _score_into(
     """:func:`predict_with_ray`'s work once ``out`` is held: resume, score on Ray, merge."""
     producer = producer_of(predictor)
     parts = out.with_name(out.name + ".parts")
-    if overwrite:
+    if overwrite:  # emptied now, as the local engine does: a rerun without it then resumes
         shutil.rmtree(parts, ignore_errors=True)
         earlier: list[ResultRow] = []
+        write_results(out, earlier)
     else:
         earlier = merge(read_results(out, producer) + read_parts(parts))
         check_producer(earlier, producer, parts)
