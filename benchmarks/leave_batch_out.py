@@ -32,8 +32,10 @@ from pneumolab.run import RunDir
 
 
 def reduced_root(data: Path, out: Path, batch: str) -> tuple[Path, list[Sample]]:
-    """``out/data``: ``data`` without ``batch``'s normal training images; and those images."""
-    root = out / "data"
+    """``out/data-<batch>``: ``data`` without ``batch``'s normal training images; and those
+    images. One folder per batch: one shared ``out/data`` kept the first batch's tree, so a
+    second batch's run trained on the images it then scored as unseen."""
+    root = out / f"data-{batch}"
     splits = find_splits(data)
     train_samples = scan_split(splits["train"])
     left_out = [
@@ -52,6 +54,9 @@ def reduced_root(data: Path, out: Path, batch: str) -> tuple[Path, list[Sample]]
             link = root / "train" / sample.path.parent.name / sample.path.name
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(sample.path.resolve())
+    trained_on = {s.path.name for s in scan_split(root / "train")}
+    if any(s.path.name in trained_on for s in left_out):
+        raise SystemExit(f"{root}: holds images of batch {batch}; remove the folder and rerun")
     return root, left_out
 
 

@@ -87,6 +87,10 @@ def main() -> None:
     unknown = sorted(set(names.values()) - set(reference))
     if unknown:
         parser.error(f"not in {args.reference}: {', '.join(unknown)}")
+    models = list(names.values())
+    twice = sorted({model for model in models if models.count(model) > 1})
+    if twice:  # keyed by model, one of the runs would silently stand for it alone
+        parser.error(f"one run per reference model: {', '.join(twice)} given more than once")
     runs = read_tables(args.tables)
     missing = sorted(set(names) - set(runs))
     if missing:

@@ -202,11 +202,14 @@ def shift_summary(results: list[ShiftResult]) -> ShiftSummary:
 
 def acquisition_batch(path_name: str) -> str:
     """The acquisition batch a training file name belongs to: ``NORMAL2`` (the separately
-    released normal batch), ``IM`` (the first normal batch) or ``person`` (pneumonia)."""
+    released normal batch), ``IM`` (the first normal batch), ``person`` (pneumonia), or
+    ``other`` for a name of no Kaggle scheme (Mendeley's ``NORMAL-N-K`` normals were called
+    ``person``, the pneumonia batch)."""
     name = path_name.upper()
-    if name.startswith("NORMAL2-"):
-        return "NORMAL2"
-    return "IM" if name.startswith("IM-") else "person"
+    for prefix, batch in (("NORMAL2-", "NORMAL2"), ("IM-", "IM"), ("PERSON", "person")):
+        if name.startswith(prefix):
+            return batch
+    return "other"
 
 
 def batch_breakdown(
