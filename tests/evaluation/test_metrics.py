@@ -57,6 +57,7 @@ def test_single_class_gives_nan_not_error():
         ([None, None], "—"),  # an AUC on one class: it printed "— – —"
         ([float("nan"), float("nan")], "—"),
         (None, ""),
+        ([1.0, 1.0], "no spread (every resample equal)"),  # it read "1.0000 – 1.0000"
     ],
 )
 def test_an_interval_reads_as_one_dash_where_neither_bound_is_known(interval, text):

@@ -135,10 +135,17 @@ def format_share(value: float | None, decimals: int = 1) -> str:
     return "—" if value is None else f"{value:.{decimals}%}"
 
 
+NO_SPREAD = "no spread (every resample equal)"
+"""What a zero-width interval reads as: printed as ``1.0000 – 1.0000`` it looked like certainty."""
+
+
 def format_interval(interval: Sequence[float | None] | None) -> str:
     """A ``[low, high]`` interval as ``low – high`` (a dash for a missing bound; one dash where
-    neither is known, as for an AUC on one class); empty if None."""
+    neither is known, as for an AUC on one class); :data:`NO_SPREAD` where every resample gave
+    the estimate (an AUC of 1: no error seen, which is not certainty); empty if None."""
     if not interval:
         return ""
     bounds = list(map(format_metric, interval))
-    return "—" if set(bounds) == {"—"} else " – ".join(bounds)
+    if set(bounds) == {"—"}:
+        return "—"
+    return NO_SPREAD if len(set(interval)) == 1 else " – ".join(bounds)
