@@ -614,3 +614,16 @@ def test_an_animated_png_is_refused_not_scored_by_its_first_frame(tmp_path: Path
         load_image(path)
     Image.open(path).save(tmp_path / "still.png")  # its first frame alone
     assert load_image(tmp_path / "still.png").size == (40, 30)
+
+
+def test_a_decoders_message_of_several_lines_is_told_in_one() -> None:
+    """pydicom's "Unable to decode as exceptions were raised by all available plugins:\\n
+    pillow: ..." reached the CLI and the HTTP API's one-line ``detail`` with its line breaks."""
+    from pneumolab.data.imageio import reading
+
+    with pytest.raises(ImageLoadError) as caught, reading(Path("x.dcm"), "DICOM", 100):
+        raise RuntimeError("Unable to decode as exceptions were raised by:\n  pillow: broken")
+    assert str(caught.value) == (
+        "x.dcm: corrupt or undecodable DICOM (RuntimeError: Unable to decode as exceptions were "
+        "raised by: pillow: broken)"
+    )

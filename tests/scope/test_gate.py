@@ -88,7 +88,7 @@ def test_sanity_failures_are_out_of_scope_but_keep_their_probability(
 def test_a_ct_slice_is_out_of_scope_from_its_header(run_dir):
     result = Predictor.from_run(run_dir).predict(CT)
     assert not result.in_scope and result.label == OUT_OF_SCOPE_LABEL
-    assert "DICOM Modality CT: not a radiograph (CR or DX expected)" in result.reasons
+    assert "DICOM Modality CT: not a radiograph (CR, DX, RG expected)" in result.reasons
 
 
 def test_explain_titles_a_ct_slice_out_of_scope_as_predict_does(run_dir, tmp_path, monkeypatch):

@@ -109,7 +109,7 @@ def test_out_of_scope_uploads_say_why(client, run_dir):
     ct = Path(get_testdata_file("CT_small.dcm"))
     body = upload(client, "slice.dcm", ct.read_bytes()).json()
     assert body["in_scope"] is False and body["label"] == "OUT_OF_SCOPE"
-    assert "DICOM Modality CT: not a radiograph (CR or DX expected)" in body["reasons"]
+    assert "DICOM Modality CT: not a radiograph (CR, DX, RG expected)" in body["reasons"]
     expected = Predictor.from_run(run_dir).predict(ct)
     assert body["probability"] == pytest.approx(expected.probability, abs=1e-6)
     assert body["ood_score"] == pytest.approx(expected.ood_score, rel=1e-5)
@@ -132,7 +132,7 @@ def test_a_dicom_whose_preamble_starts_like_a_jpeg_is_read_as_dicom(client, run_
     path = tmp_path / "dual.dcm"
     path.write_bytes(bytes(data))
     body = upload(client, "dual.jpeg", bytes(data)).json()
-    assert "DICOM Modality CT: not a radiograph (CR or DX expected)" in body["reasons"]
+    assert "DICOM Modality CT: not a radiograph (CR, DX, RG expected)" in body["reasons"]
     assert body["probability"] == pytest.approx(
         Predictor.from_run(run_dir).predict(path).probability, abs=1e-6
     )
@@ -226,6 +226,34 @@ def test_truncated_png_is_422(client, png_bytes):
 def test_missing_file_field_is_422(client):
     response = client.post("/v1/predict", files={"other": ("x.png", b"123")})
     assert_error(response, 422, "body.file: Field required", "multipart/form-data")
+
+
+def test_an_upload_cut_short_is_400_not_a_missing_part(client, png_bytes):
+    """A body whose part never reached its closing boundary was answered 422 "send the image
+    as a multipart/form-data file part named `file`": the part it had sent."""
+    head = (
+        b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + png_bytes
+    )
+    cut = client.post(
+        "/v1/predict", content=head, headers={"Content-Type": "multipart/form-data; boundary=B"}
+    )
+    assert_error(cut, 400, "ends before its closing boundary (--B--)", "cut short")
+    whole = client.post(
+        "/v1/predict",
+        content=head + b"\r\n--B--\r\n",
+        headers={"Content-Type": "multipart/form-data; boundary=B"},
+    )
+    assert whole.status_code == 200
+
+
+def test_a_query_option_given_twice_is_refused(client, png_bytes):
+    """``keep_label=false&keep_label=true``: the last one won, releasing the class label of an
+    out-of-scope image."""
+    response = client.post(
+        "/v1/predict?keep_label=false&keep_label=true", files={"file": ("a.png", png_bytes)}
+    )
+    assert_error(response, 422, "given more than once: keep_label")
 
 
 @pytest.mark.parametrize("second", ["file", "image", "note"])

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from pneumolab.data.formats import ACCEPTED, IMAGE_SUFFIXES, PILLOW_FORMATS, has_dicom_header
-from pneumolab.errors import ImageLoadError
+from pneumolab.errors import ImageLoadError, brief
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def reading(path: Path, kind: str, max_pixels: int) -> Iterator[None]:
         ) from None
     except Exception as exc:  # OSError, ValueError... and a decoder's own types: one file's problem
         raise ImageLoadError(
-            f"{path}: corrupt or undecodable {kind} ({type(exc).__name__}: {exc})"
+            f"{path}: corrupt or undecodable {kind} ({type(exc).__name__}: {brief(str(exc))})"
         ) from None
 
 

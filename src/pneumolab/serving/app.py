@@ -31,7 +31,13 @@ from pneumolab.explain.gradcam import explain_image, find_target_layer, overlay_
 from pneumolab.inference.predictor import Predictor
 from pneumolab.scope.checks import ScopeChecks
 from pneumolab.scope.dicom_header import dicom_file_checks
-from pneumolab.serving.limits import BodyLimit, DecodeSlots, ServerLimits, too_large_text
+from pneumolab.serving.limits import (
+    BodyLimit,
+    ClosedMultipart,
+    DecodeSlots,
+    ServerLimits,
+    too_large_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -298,6 +304,7 @@ def create_app(
         redoc_url=None,  # ReDoc's bundle fetches its logo from cdn.redoc.ly
     )
     app.add_middleware(InternalErrors)
+    app.add_middleware(ClosedMultipart)  # inside BodyLimit: an endless body is cut there first
     app.add_middleware(
         BodyLimit,
         limit=max_upload_bytes + MULTIPART_SLACK,
@@ -353,6 +360,11 @@ def create_app(
                 422,
                 f"unknown query parameter(s): {', '.join(unknown)}; accepted: "
                 f"{', '.join(PREDICT_OPTIONS)}",
+            )
+        repeated = [k for k in PREDICT_OPTIONS if len(request.query_params.getlist(k)) > 1]
+        if repeated:  # the last one won: keep_label=false&keep_label=true released the label
+            raise HTTPException(
+                422, f"query parameter(s) given more than once: {', '.join(repeated)}"
             )
         data = file.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:

@@ -21,6 +21,7 @@ from typing import Any
 import h11
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
+from python_multipart.multipart import parse_options_header
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -89,6 +90,42 @@ class BodyLimit:
             return message
 
         await self.app(scope, counted, send)
+
+
+class ClosedMultipart:
+    """ASGI middleware: 400 for a multipart body that ends before its closing boundary (an
+    upload cut short). python-multipart drops such an unfinished part without a word, so the
+    client was told to send the ``file`` part it had sent."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind, options = parse_options_header(dict(scope.get("headers", [])).get(b"content-type"))
+        boundary = options.get(b"boundary")
+        if scope["type"] != "http" or kind != b"multipart/form-data" or not boundary:
+            return await self.app(scope, receive, send)
+        close = b"--" + boundary + b"--"
+        tail, closed, body = b"", False, False
+
+        async def watched() -> Message:
+            nonlocal tail, closed, body
+            message = await receive()
+            if message["type"] != "http.request":
+                return message
+            window = tail + message.get("body", b"")
+            body = body or bool(window)
+            closed = closed or close in window
+            tail = window[-len(close) :]
+            if body and not closed and not message.get("more_body", False):
+                raise HTTPException(
+                    400,
+                    "malformed multipart body: it ends before its closing boundary "
+                    f"({close.decode('latin-1')}); was the upload cut short?",
+                )
+            return message
+
+        await self.app(scope, watched, send)
 
 
 class DecodeSlots:
