@@ -295,6 +295,20 @@ def test_serve_says_where_it_cannot_listen_before_loading_the_model(tmp_path, ca
     assert "in use" in err
 
 
+def test_serve_says_where_it_cannot_listen_before_importing_pytorch(tmp_path):
+    """The check ran after the app's imports: 30 s on a busy machine before "cannot listen"."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pneumolab.cli import main; "
+        f"code = main(['serve', {str(tmp_path)!r}, '--host', '192.0.2.1']); "
+        "print(code, 'torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.split() == ["2", "False"]
+
+
 def test_resume_refuses_flags_it_would_ignore(run_dir, tiny_run, capsys):
     args = ["train", "--resume", "--data", tiny_run[1], "--out", run_dir]
     code, _, err = run_cli(capsys, *args, "--epochs", "6", "--model", "resnet18")

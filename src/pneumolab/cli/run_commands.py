@@ -170,10 +170,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """`pneumolab serve`: the HTTP API and web page of a run."""
-    from pneumolab.serving.app import create_app
     from pneumolab.serving.limits import ServerLimits, check_listen_address, run_server
 
-    check_listen_address(args.host, args.port)
+    check_listen_address(args.host, args.port)  # before the app's imports (PyTorch: seconds)
+    from pneumolab.serving.app import create_app
+
     export_if_asked(args, [args.run_dir])
     limits = ServerLimits(
         max_upload_bytes=int(args.max_upload_mb * 1_000_000),
