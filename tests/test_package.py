@@ -59,3 +59,12 @@ def test_train_takes_a_config_file_and_refuses_other_types(tmp_path) -> None:
         pneumolab.train(tmp_path / "data", tmp_path / "run", str(config))
     with pytest.raises(TypeError, match="not int"):
         pneumolab.train(tmp_path / "data", tmp_path / "run", 5)  # type: ignore[arg-type]
+
+
+def test_the_public_functions_type_hints_resolve() -> None:
+    """A quoted alias left ``get_type_hints(pneumolab.train)`` a NameError (Mapping), for tools
+    that read hints at run time (pydantic's validate_call, Sphinx)."""
+    import typing
+
+    for name in ("train", "evaluate", "load_run", "build_ensemble", "run_study"):
+        typing.get_type_hints(getattr(pneumolab, name))

@@ -397,7 +397,7 @@ def flags_given(overrides: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (overrides or {}).items() if v is not None}
 
 
-ConfigInput: TypeAlias = "TrainConfig | Mapping[str, Any] | str | Path | None"
+ConfigInput: TypeAlias = TrainConfig | Mapping[str, Any] | str | Path | None
 """What :func:`pneumolab.train` takes as its config: a :class:`TrainConfig`, settings by name
 (``{"epochs": 2}``; the rest default), a YAML file's path (as ``--config FILE``) or None."""
 

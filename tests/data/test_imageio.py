@@ -391,6 +391,16 @@ def test_an_rgba_array_is_composited_on_black_as_the_pil_image_is(alpha: int) ->
     assert np.abs(as_float.astype(int) - from_pil).max() <= 1
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint16, np.float64])
+def test_opaque_rgba_arrays_of_8_bit_pixels_in_any_dtype_are_the_image(dtype: type) -> None:
+    """Alpha was scaled by the dtype's range: 255 in an int64 array became 3e-17, and the
+    X-ray came out black (0.999, out of scope)."""
+    gray = np.random.default_rng(0).integers(0, 256, (6, 8), dtype=np.uint8)
+    rgba = np.dstack([gray, gray, gray, np.full_like(gray, 255)]).astype(dtype)
+    alone = np.asarray(array_to_image(gray.astype(dtype)))  # the same pixels without alpha
+    np.testing.assert_array_equal(np.asarray(array_to_image(rgba)), alone)
+
+
 def test_array_to_image_four_channels_opaque_alpha() -> None:
     pixels = np.zeros((2, 2, 4), dtype=np.float64)
     pixels[0, 0, :3] = 1.0

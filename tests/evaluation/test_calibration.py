@@ -129,3 +129,13 @@ def test_platt_targets_follow_platt_1999():
 
     targets = platt_targets(np.array([1, 1, 1, 0]))
     np.testing.assert_allclose(targets, [4 / 5, 4 / 5, 4 / 5, 1 / 3])
+
+
+def test_a_temperature_at_its_bound_is_told_as_such():
+    """The tiny run's card stated "T = 0.050" as a fitted map: the search's lower end."""
+    from pneumolab.evaluation.calibration import at_bound
+
+    y = np.array([0, 0, 1, 1])
+    prob = np.array([0.4929, 0.4949, 0.4964, 0.4985])  # logits within 0.02 of each other
+    assert at_bound(fit_temperature(y, prob))
+    assert not at_bound(1.0) and at_bound(20.0)

@@ -199,7 +199,9 @@ def test_a_split_with_no_readable_image_is_a_clear_error(trained, tmp_path):
         copy = broken / image.relative_to(data)
         copy.parent.mkdir(parents=True, exist_ok=True)
         copy.write_bytes(b"not an image")
-    with pytest.raises(DataLayoutError, match=r"none of the 20 images of the test split.*read"):
+    with pytest.raises(
+        DataLayoutError, match=r"the test split: none of its 20 images could be read"
+    ):
         evaluate(run_dir, broken, split="test", device="cpu")
 
 

@@ -355,8 +355,14 @@ def test_a_folder_that_gains_files_meanwhile_never_shifts_rows(
         assert float(rows[str(file)]["probability"]) == pytest.approx(alone, abs=1e-6)
 
 
-def test_an_image_given_twice_is_predicted_once(predictor, images, capsys):
-    from pneumolab.inference.inputs import expand_paths
+def test_an_image_given_twice_is_answered_once_on_stdout(tiny_run, images, capsys):
+    """``predict x.png DIR/`` printed x.png's line twice (with --out it was one row)."""
+    import json
+
+    from pneumolab.cli import main
 
     folder, files = images
-    assert expand_paths([files[0], folder, f"{folder}/"]).count(files[0]) == 1
+    assert main(["predict", str(tiny_run[0]), str(files[0]), str(folder), "--json"]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    sources = [line["source"] for line in lines]
+    assert sources.count(str(files[0])) == 1 and len(sources) == len(files)

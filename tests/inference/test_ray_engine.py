@@ -273,3 +273,15 @@ def test_an_address_nothing_listens_at_is_refused_at_once():
         check_reachable(f"ray://127.0.0.1:{port}")
     for found_by_ray in (None, "auto", "local"):
         check_reachable(found_by_ray)
+
+
+@needs_ray
+def test_overwrite_never_empties_an_input_image(predictor, images, tmp_path):
+    """With --overwrite, the results file was emptied before it was found to be one of the
+    images: the X-ray was replaced by a CSV header, then the command refused."""
+    xray = tmp_path / "scan.csv"
+    shutil.copy(images[0], xray)
+    before = xray.read_bytes()
+    with pytest.raises(OutputError, match="is one of the images to predict"):
+        predict_with_ray(predictor, [xray], xray, TWO_WORKERS, overwrite=True)
+    assert xray.read_bytes() == before

@@ -147,13 +147,14 @@ LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
 
 
 def _opacity(array: np.ndarray) -> np.ndarray | float:
-    """An (H, W, 4) array's alpha as 0..1 (of its integer type's range; floats as they are,
-    clipped), to composite on black as Pillow does; 1 for (H, W, 3)."""
+    """An (H, W, 4) array's alpha as 0..1, to composite on black as Pillow does; 1 for
+    (H, W, 3). Alpha's full scale is the colours' own: 1 where every colour value is within
+    0..1, else 255 or 65535, whichever holds them (an int64 array of 8-bit pixels is 8-bit)."""
     if array.shape[-1] != 4:
         return 1.0
-    alpha = array[..., 3].astype(np.float64)
-    full = np.iinfo(array.dtype).max if array.dtype.kind in "iu" else 1.0
-    return np.clip(alpha / full, 0.0, 1.0)
+    top = float(array[..., :3].max())
+    full = next((scale for scale in (1.0, 255.0, 65535.0) if top <= scale), top)
+    return np.clip(array[..., 3].astype(np.float64) / full, 0.0, 1.0)
 
 
 def array_to_image(array: np.ndarray) -> Image.Image:

@@ -55,6 +55,13 @@ def fit_temperature(y_true: np.ndarray, prob: np.ndarray) -> float:
     return float(math.exp(result.x))
 
 
+def at_bound(temperature: float) -> bool:
+    """Whether a fitted ``temperature`` sits within 2% of an end of its search range (the
+    validation scores wanted a sharper or softer map than it allows; the bounded search stops
+    about 1% short of the end)."""
+    return any(math.isclose(math.log(temperature), end, abs_tol=0.02) for end in LOG_T_BOUNDS)
+
+
 def apply_temperature(prob: np.ndarray, temperature: float) -> np.ndarray:
     """Temperature-scaled probabilities ``sigmoid(logit(prob) / T)``."""
     if temperature <= 0:

@@ -28,8 +28,7 @@ ImageInput = str | Path | Image.Image | np.ndarray
 
 def expand_paths(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     """Files as given, plus the images inside any folder
-    (:func:`~pneumolab.data.layout.image_files`: at any depth, sorted), each path once (a file
-    also under a folder given is listed where it first comes).
+    (:func:`~pneumolab.data.layout.image_files`: at any depth, sorted).
 
     A missing path, or a folder without images, stays in the list as it is, so that reading it
     fails with an error naming it while the other paths still run.
@@ -37,7 +36,7 @@ def expand_paths(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     found: list[Path] = []
     for path in map(Path, [paths] if isinstance(paths, str | Path) else paths):
         found += (image_files(path) if path.is_dir() else []) or [path]
-    return list(dict.fromkeys(found))
+    return found
 
 
 def file_header_checks(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ScopeChecks:

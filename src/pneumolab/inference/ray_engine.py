@@ -226,7 +226,8 @@ def _pipeline(ray: Any, predictor: Predictor, run_dir: Path, todo: list[str], o:
     """The Ray Data pipeline over ``todo`` (lazy: nothing runs until it is written), every
     replica loading ``run_dir`` (absolute: workers start in other folders). Blocks are whole
     chunks of ``batch_size`` images and stay whole: ``batch_size=None``, but for replicas on
-    GPUs, for which Ray requires a batch size (the chunk's, so that a batch is still a chunk)."""
+    GPUs, for which Ray requires a batch size (the chunk's; Ray may then split or join chunks,
+    which changes no image's score: the network scores each image alone, in eval mode)."""
     dataset = ray.data.from_arrow(_chunks(todo, o.batch_size))
     decoded = dataset.map_batches(
         decode_batch,
@@ -291,6 +292,10 @@ def _score_into(
     """:func:`predict_with_ray`'s work once ``out`` is held: resume, score on Ray, merge."""
     producer = producer_of(predictor)
     parts = out.with_name(out.name + ".parts")
+    sources = [str(source) for source in result_sources(paths)]
+    check_not_an_input(out, sources)
+    for source in sources:  # before Ray starts: Arrow carries names as UTF-8 strings
+        check_utf8_name(source, "; or score with the local engine (the default), which keeps it")
     if overwrite:  # emptied now, as the local engine does: a rerun without it then resumes
         shutil.rmtree(parts, ignore_errors=True)
         earlier: list[ResultRow] = []
@@ -299,11 +304,7 @@ def _score_into(
         earlier = merge(read_results(out, producer) + read_parts(parts))
         check_producer(earlier, producer, parts)
     done = {row.source for row in earlier if not row.error}
-    sources = [str(source) for source in result_sources(paths)]
-    check_not_an_input(out, sources)
     todo = [source for source in sources if source not in done]
-    for source in todo:  # before Ray starts: Arrow carries names as UTF-8 strings
-        check_utf8_name(source, "; or score with the local engine (the default), which keeps it")
     if todo:
         _connect(ray, options)
         _score(ray, predictor, run_dir.resolve(), todo, parts, options)

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from pneumolab.config import load_yaml
 from pneumolab.data.layout import CLASS_NAMES
+from pneumolab.evaluation.calibration import at_bound
 from pneumolab.evaluation.metrics import format_interval, format_metric
 from pneumolab.files import write_text_atomically
 from pneumolab.results import BinaryMetrics, EvaluationMetrics
@@ -90,7 +91,8 @@ def _calibration_lines(meta: RunMeta) -> list[str]:
         return []
     lines = ["", "Calibration maps fitted on validation (they change no ranking and no threshold):"]
     if temperature is not None:
-        lines.append(f"- temperature: T = {temperature:.3f}")
+        bound = " (the search's bound: the fit wanted further)" if at_bound(temperature) else ""
+        lines.append(f"- temperature: T = {temperature:.3f}{bound}")
     if platt is not None:
         lines.append(
             f"- Platt: sigmoid({platt.slope:.3f} · logit(p) + {platt.intercept:.3f}) — "
