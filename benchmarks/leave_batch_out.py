@@ -4,7 +4,7 @@
         [--weights WEIGHTS] [KEY=VALUE ...]
 
 The normal training images come in two batches (file names ``IM-`` and ``NORMAL2-``); the
-official test split was collected apart from both. This builds ``DIR/data`` (symbolic links, no
+official test split was collected apart from both. This builds ``DIR/data-BATCH`` (symbolic links, no
 copies: ``train/`` without the ``--batch`` normals, the other splits as they are), trains the
 default recipe with ``KEY=VALUE`` overrides into ``DIR/NAME`` (validation carved from the reduced
 train), and scores the left-out normals against the run's validation pneumonia images: ROC AUC

@@ -39,7 +39,7 @@ def test_forced_heat_is_flagged_only_in_the_corner(monkeypatch, where, flagged):
     monkeypatch.setattr(sanity, "gradcam", lambda *args: forced_heat(where))
     model = create_classifier("pneumolab_cnn_small", pretrained=False)
     pixels = torch.zeros((3, 1, SIZE, SIZE), dtype=torch.uint8)
-    result = saliency_sanity(model, pixels)
+    result = saliency_sanity(model, pixels, "none")
     assert result["flagged"] is flagged
     assert result["n"] == len(result["per_image"]) == 3
     if flagged:

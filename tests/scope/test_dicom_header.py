@@ -119,6 +119,7 @@ def test_one_unreadable_value_costs_only_its_own_check():
         ({"PatientAge": "072M"}, "patient age 6 years: a child"),
         ({"PatientBirthDate": "20160229", "StudyDate": "20220228"}, None),  # 6 on 1 March
         ({"PatientBirthDate": "20160229", "StudyDate": "20220301"}, "patient age 6 years"),
+        ({"PatientBirthDate": "20200101", "StudyDate": "20201201"}, "patient age 11 months"),
     ],
 )
 def test_ages_are_judged_and_stated_in_completed_years(tags, warning):
@@ -133,6 +134,8 @@ def test_ages_are_judged_and_stated_in_completed_years(tags, warning):
 
 
 def test_film_radiographs_and_worded_frontal_views_are_in_scope():
-    assert header_checks(header(Modality="RG", ViewPosition="AP SUPINE")).reasons == ()
-    (reason,) = header_checks(header(Modality="CR", ViewPosition="LATERAL")).reasons
-    assert "ViewPosition LATERAL" in reason
+    for view in ("AP SUPINE", "AP SEMI-ERECT", "PA"):
+        assert header_checks(header(Modality="RG", ViewPosition=view)).reasons == ()
+    for view in ("LATERAL", "PA LATERAL", "AP-LLD"):  # the first word alone let these in
+        (reason,) = header_checks(header(Modality="CR", ViewPosition=view)).reasons
+        assert f"ViewPosition {view}" in reason

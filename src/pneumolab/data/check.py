@@ -28,7 +28,8 @@ class DataReport:
     patient_overlap: dict[str, list[str]]
     unreadable: list[str] = field(default_factory=list)
     unnamed_patients: list[Path] = field(default_factory=list)
-    """Images whose name follows no patient-ID scheme: each counts as its own patient."""
+    """Images with no patient ID (no DICOM PatientID, a name of no scheme): each counts as its
+    own patient."""
     layout_problems: dict[str, str] = field(default_factory=dict)
     """Split -> why it could not be scanned (an empty class folder, a name that is not UTF-8):
     the other splits are still checked."""

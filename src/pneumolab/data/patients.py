@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -122,7 +123,7 @@ def split_groups(samples: Sequence[Sample]) -> list[str]:
             key = parent[key]
         return key
 
-    patient_of = {s.path: s.patient for s in samples}
+    patient_by_path = {s.path: s.patient for s in samples}
     groups = duplicate_groups([s.path for s in samples])
     for conflict in label_conflicts(groups, samples):
         log.warning(
@@ -131,7 +132,7 @@ def split_groups(samples: Sequence[Sample]) -> list[str]:
             ", ".join(map(str, conflict)),
         )
     for group in groups:
-        roots = {find(patient_of[path]) for path in group}
+        roots = {find(patient_by_path[path]) for path in group}
         first = min(roots)
         for other in roots:
             parent[other] = first
@@ -189,4 +190,24 @@ def grouped_split(
                 f"{' or '.join(missing)} image: a few patients hold most of that class's images; "
                 "another seed or validation fraction may balance it"
             )
+    _warn_if_short(groups, len(val_idx), val_fraction)
     return [samples[i] for i in train_idx], [samples[i] for i in val_idx]
+
+
+def _warn_if_short(groups: Sequence[str], n_val: int, val_fraction: float) -> None:
+    """Warn where the validation split holds under half the share asked for: one patient ID
+    held so many images (an anonymiser's placeholder PatientID for every file, say) that the
+    folds could not balance."""
+    if n_val >= val_fraction * len(groups) / 2:
+        return
+    largest, count = Counter(groups).most_common(1)[0]
+    log.warning(
+        "the validation split holds %.1f%% of the images, not the %.0f%% asked: patient %s "
+        "holds %d of %d images (one ID on many files, such as an anonymiser's placeholder, "
+        "makes them one patient)",
+        100 * n_val / len(groups),
+        100 * val_fraction,
+        largest,
+        count,
+        len(groups),
+    )

@@ -98,7 +98,7 @@ def summarize_shares(per_image: list[dict[str, float]]) -> dict[str, Any]:
 def saliency_sanity(
     model: XrayClassifier,
     pixels: torch.Tensor,
-    intensity: str = "none",
+    intensity: str,
     layer: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Region shares of the pneumonia logit's Grad-CAM on uint8 ``(N, 1, S, S)`` images (give

@@ -346,7 +346,10 @@ class Predictor:
     ) -> Iterator[tuple[Path, Prediction | ImageLoadError, np.ndarray | None]]:
         """:meth:`score_paths` of exactly ``files``, in order, none expanded again (a folder is
         an error): a caller that listed a folder earlier gets a row for each file it listed,
-        even where the folder has gained files since."""
+        even where the folder has gained files since. TypeError for one path (a string would be
+        read character by character)."""
+        if isinstance(files, str | Path):
+            raise TypeError("score_files takes a list of files; score_paths takes one path")
         for batch in decoded_batches(list(files), self.prepare, batch_size, workers):
             prepared = [item for _, item in batch if not isinstance(item, ImageLoadError)]
             if prepared:

@@ -7,6 +7,7 @@ still a chest radiograph, only outside the intended use.
 
 from __future__ import annotations
 
+import calendar
 import math
 import re
 from datetime import date
@@ -39,6 +40,11 @@ NOT_CHEST_WORDS = {
 """Words that make a chest word name another study (``BRUST WIRBELSAEULE``, the thoracic spine;
 ``CHEST_ABDOMEN``)."""
 FRONTAL_VIEWS = {"PA", "AP"}
+FRONTAL_QUALIFIERS = {
+    "SUPINE", "ERECT", "UPRIGHT", "PORTABLE", "SEMI", "SEMIERECT", "SITTING", "STANDING",
+}  # fmt: skip
+"""Words a frontal ViewPosition may carry after PA or AP (``AP SUPINE``, ``AP SEMI-ERECT``);
+any other (``PA LATERAL``, ``AP-LLD``, a decubitus) makes it another view."""
 TRAINING_AGES = (1.0, 5.0)
 """Ages (years) of the children in the training data (Kermany et al. 2018)."""
 ADULT_AGE = 18.0
@@ -77,7 +83,7 @@ def _text(ds: Dataset, keyword: str) -> str:
 
 def age_in_years(ds: Dataset) -> float | None:
     """PatientAge (``nnnD/W/M/Y``), else the birth date against the study/acquisition date:
-    the completed years (calendar ones, for dates) plus the share of the year since."""
+    completed calendar months (for dates) as years, plus the share of the month since."""
     age = _text(ds, "PatientAge").upper()
     digits = age[:3]
     if (
@@ -94,17 +100,15 @@ def age_in_years(ds: Dataset) -> float | None:
     )
     if born is None or taken is None or taken < born:
         return None
-    years = taken.year - born.year - ((taken.month, taken.day) < (born.month, born.day))
-    birthday = _birthday(born, born.year + years)
-    return years + (taken - birthday).days / 366  # the share stays under one year
+    months = (taken.year - born.year) * 12 + taken.month - born.month - (taken.day < born.day)
+    return months / 12 + (taken - _months_after(born, months)).days / (31 * 12)  # < 1 month
 
 
-def _birthday(born: date, year: int) -> date:
-    """``born``'s birthday in ``year`` (29 February on the 28th in other years)."""
-    try:
-        return born.replace(year=year)
-    except ValueError:
-        return born.replace(year=year, day=28)
+def _months_after(born: date, months: int) -> date:
+    """The date ``months`` calendar months after ``born`` (the 31st on a shorter month's last)."""
+    year, month = divmod(born.month - 1 + months, 12)
+    year += born.year
+    return date(year, month + 1, min(born.day, calendar.monthrange(year, month + 1)[1]))
 
 
 def _age_text(age: float) -> str:
@@ -118,6 +122,13 @@ def _parse_date(text: str) -> date | None:
         return date(int(text[:4]), int(text[4:6]), int(text[6:8])) if len(text) == 8 else None
     except ValueError:
         return None
+
+
+def is_frontal(view: str) -> bool:
+    """Whether a ViewPosition value names a frontal view: PA or AP, then only
+    :data:`FRONTAL_QUALIFIERS`."""
+    first, *rest = re.findall(r"[A-Z]+", view.upper()) or [""]
+    return first in FRONTAL_VIEWS and set(rest) <= FRONTAL_QUALIFIERS
 
 
 def _age_warnings(ds: Dataset) -> tuple[str, ...]:
@@ -145,7 +156,7 @@ def header_checks(ds: Dataset) -> ScopeChecks:
     if part and (not CHEST_WORDS & words or NOT_CHEST_WORDS & words):
         reasons.append(f"DICOM BodyPartExamined {part}: not a chest (CHEST expected)")
     view = tags.get("ViewPosition", "").upper()
-    if view and re.split(r"[^A-Z]+", view.strip())[0] not in FRONTAL_VIEWS:  # "AP SUPINE" too
+    if view and not is_frontal(view):
         reasons.append(f"DICOM ViewPosition {view}: not a frontal view (PA or AP expected)")
     if tags.get("PresentationIntentType", "").upper() == "FOR PROCESSING":
         reasons.append(
