@@ -218,6 +218,8 @@ class EvaluationMetrics(BinaryMetrics):
     model: str
     skipped: list[str] = Field(default_factory=list)
     ci95: dict[str, tuple[Metric, Metric]] = Field(default_factory=dict)
+    interval_method: str | None = None
+    """How ``ci95`` was computed (``bootstrap.INTERVAL_METHOD``); None: by an earlier version."""
     operating_points: dict[str, ScoredOperatingPoint] = Field(default_factory=dict)
     oracle: OracleThreshold | None = None
     temperature_scaled: TemperatureScaled | None = None

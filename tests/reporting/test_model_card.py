@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from conftest import copy_run
+from pneumolab.evaluation.bootstrap import INTERVAL_METHOD
 from pneumolab.reporting.model_card import write_model_card
 from pneumolab.run import RunDir
 from pneumolab.run_meta import RunMeta
@@ -43,6 +44,12 @@ def test_tiny_run_has_a_model_card(tiny_run, tmp_path):
     card = write_model_card(run).read_text()
     assert "0.1250 – 0.8750" in card
     assert "without confidence intervals" not in card
+    # written before shares were bounded exactly: the card claimed the current method for it
+    assert "by an earlier version's method" in card and "Clopper-Pearson" not in card
+    current = metrics | {"interval_method": INTERVAL_METHOD}
+    (run.eval_dir("val") / "metrics.json").write_text(json.dumps(current))
+    card = write_model_card(run).read_text()
+    assert "Clopper-Pearson" in card and "earlier version" not in card
 
 
 def evaluation_of(meta: RunMeta) -> dict[str, object]:

@@ -20,6 +20,11 @@ each bin's gap noisier, never smaller on average), so its percentile interval of
 above the estimate it was printed beside."""
 
 
+INTERVAL_METHOD = "patient bootstrap; shares at least their exact interval over patients"
+"""How :func:`bootstrap_ci` bounds the metrics, as ``metrics.json`` records it (files without
+it were written before shares were bounded by exact intervals)."""
+
+
 def _draw_counts(n_units: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
     """``(n_resamples, n_units)`` counts of each unit in draws of ``n_units`` with replacement."""
     draws = rng.integers(0, n_units, (n_resamples, n_units))

@@ -17,7 +17,7 @@ from pneumolab.data.dataset import DecodedImages, decode_readable
 from pneumolab.data.layout import Sample, find_splits, scan_split
 from pneumolab.data.subtypes import subtype_labels
 from pneumolab.errors import DataLayoutError
-from pneumolab.evaluation.bootstrap import bootstrap_ci
+from pneumolab.evaluation.bootstrap import INTERVAL_METHOD, bootstrap_ci
 from pneumolab.evaluation.calibration import apply_platt, apply_temperature
 from pneumolab.evaluation.heldout import check_test_log, count_test_evaluations
 from pneumolab.evaluation.metrics import (
@@ -222,6 +222,7 @@ def compute_evaluation(
         model=predictor.meta.model,
         skipped=[r for _, r in decoded.skipped],
         ci95=bootstrap_ci(labels, probs, threshold, groups=patients),
+        interval_method=INTERVAL_METHOD,
         operating_points=_operating_points(predictor, labels, probs),
         oracle=_oracle(labels, probs),
         temperature_scaled=calibrated.temperature_scaled,

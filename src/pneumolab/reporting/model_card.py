@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from pneumolab.config import load_yaml
 from pneumolab.data.layout import CLASS_NAMES
+from pneumolab.evaluation.bootstrap import INTERVAL_METHOD
 from pneumolab.evaluation.calibration import at_bound
 from pneumolab.evaluation.metrics import format_interval, format_metric
 from pneumolab.files import write_text_atomically
@@ -137,7 +138,12 @@ def _metrics_section(
         note = f"From an evaluation on the validation split{_scored_by(evaluated)}; {CI_NOTE}"
     elif stored is not None:
         metrics, intervals = stored, stored.ci95
-        note = f"From `eval/val/metrics.json`{_scored_by(stored)}; {CI_NOTE}"
+        note = f"From `eval/val/metrics.json`{_scored_by(stored)}; " + (
+            CI_NOTE
+            if stored.interval_method == INTERVAL_METHOD
+            else "its 95% CIs by an earlier version's method (percentile bootstrap alone: too "
+            "narrow near 0 or 1); `pneumolab evaluate RUN_DIR --data DATA_DIR` rescores them."
+        )
     else:
         metrics = meta.val_metrics
         note = (

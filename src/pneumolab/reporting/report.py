@@ -325,5 +325,6 @@ def build_report(
             f"<style>{CSS}</style></head><body><h1>{title}</h1>{body}{footer}</body></html>\n"
         )
     record_look(evaluation)  # once the report exists: an interrupted one showed nothing
-    write_model_card(run, metrics if split == "val" else None)
+    if split == "val":  # the card states validation figures: another split's report has none
+        write_model_card(run, metrics)
     return out
