@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -218,3 +219,10 @@ def serving(config) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def dirty_suffix(package: Path) -> str:
+    """``-dirty`` where the package's tracked files differ from the checkout's commit."""
+    status = ["git", "status", "--porcelain", "--untracked-files=no", "--", "."]
+    changed = subprocess.run(status, cwd=package, capture_output=True, text=True).stdout
+    return "-dirty" if changed.strip() else ""

@@ -139,3 +139,36 @@ def test_a_temperature_at_its_bound_is_told_as_such():
     prob = np.array([0.4929, 0.4949, 0.4964, 0.4985])  # logits within 0.02 of each other
     assert at_bound(fit_temperature(y, prob))
     assert not at_bound(1.0) and at_bound(20.0)
+
+
+def test_figures_keep_their_legends_and_read_as_numbers(overconfident):
+    """The reliability legend ran 48 px off a 540 px figure (cutting the calibrated ECEs); a
+    log axis's ticks read ``$\\mathdefault{10^{2}}$`` once mathtext was off; the ROC legend
+    said AUC = 1.00 beside a table's 0.9986."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from pneumolab.evaluation.figures import figure_png, roc_curve_figure
+
+    y, prob = overconfident
+    curves = {
+        "raw": prob,
+        "temperature, fitted on val. (T = 1.46)": apply_temperature(prob, 1.46),
+        "Platt, fitted on val. (a = 1.23, b = 4.40)": apply_platt(prob, 1.23, 4.4),
+    }
+    fig = reliability_figure(y, curves, "title")
+    figure_png(fig)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    legend = fig.axes[0].get_legend().get_window_extent(renderer)
+    assert legend.x0 >= 0 and legend.x1 <= fig.bbox.width and legend.y0 >= 0
+
+    histogram = Figure()
+    ax = histogram.subplots()
+    ax.hist(prob, bins=20)
+    ax.set_yscale("log")
+    figure_png(histogram)
+    ticks = [t.get_text() for t in ax.yaxis.get_ticklabels() if t.get_text()]
+    assert ticks and not any("$" in tick for tick in ticks)
+
+    (auc_line, *_) = roc_curve_figure(y[:200], prob[:200]).axes[0].get_legend().get_texts()
+    assert f"AUC = {roc_auc_score(y[:200], prob[:200]):.4f}" in auc_line.get_text()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import pneumolab
-from conftest import copy_run, write_synthetic_dataset
+from conftest import copy_run, dirty_suffix, write_synthetic_dataset
 from pneumolab.config import TrainConfig
 from pneumolab.errors import DataLayoutError
 from pneumolab.evaluation.evaluate import evaluate
@@ -124,7 +124,9 @@ def test_every_test_evaluation_is_logged(trained):
     # the commit of the checkout the package runs from (None outside a git checkout)
     package = Path(pneumolab.__file__).parent
     found = subprocess.run(["git", "-C", str(package), "rev-parse", "HEAD"], capture_output=True)
-    expected = found.stdout.decode().strip() if found.returncode == 0 else None
+    expected = (
+        found.stdout.decode().strip() + dirty_suffix(package) if found.returncode == 0 else None
+    )
     assert [entry["git_commit"] for entry in entries] == [expected, expected]
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import pneumolab
+from conftest import dirty_suffix
 from pneumolab.evaluation import heldout
 
 
@@ -33,6 +34,11 @@ def test_an_installed_package_inside_another_repository_records_no_commit(tmp_pa
     _git(project, "add", "-f", ".venv/site-packages/pneumolab/__init__.py")  # a vendored copy
     _git(project, *author, "commit", "-q", "-m", "vendor pneumolab")
     assert heldout._git_commit() == _git(project, "rev-parse", "HEAD")
+    (package / "__init__.py").write_text("# edited")  # the code that runs is not the commit's
+    assert heldout._git_commit() == _git(project, "rev-parse", "HEAD") + "-dirty"
+    (project / "notes.txt").write_text("the user's other work")  # outside pneumolab: clean
+    (package / "__init__.py").write_text("")
+    assert heldout._git_commit() == _git(project, "rev-parse", "HEAD")
 
 
 def test_a_checkout_records_its_commit():
@@ -40,4 +46,4 @@ def test_a_checkout_records_its_commit():
     found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=package, capture_output=True)
     if found.returncode != 0:
         pytest.skip("pneumolab does not run from a git checkout here")
-    assert heldout._git_commit() == found.stdout.decode().strip()
+    assert heldout._git_commit() == found.stdout.decode().strip() + dirty_suffix(package)

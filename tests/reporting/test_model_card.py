@@ -86,3 +86,18 @@ def test_the_card_names_the_export_that_scored_its_figures(tiny_run, tmp_path):
         card = write_model_card(run).read_text()
         assert "0.1250 – 0.8750" in card
         assert (f"scored by the `{backend}` export" in card) is named
+
+
+def test_the_operating_points_provenance_is_text_not_markup(tiny_run, tmp_path):
+    """It names the run's folder, and ``r<b>x|[a](http:e)`` rendered as HTML and a link."""
+    run = RunDir(copy_run(tiny_run[0], tmp_path / "run"))
+    meta = run.read_meta()
+    odd = "validation split of r<b>x|[a](http:e)"
+    points = {
+        name: point.model_copy(update={"provenance": odd})
+        for name, point in meta.operating_points.items()
+    }
+    run.write_meta(meta.model_copy(update={"operating_points": points}))
+    card = write_model_card(run).read_text()
+    assert "r<b>x" not in card and "[a](http:e)" not in card
+    assert "r&lt;b&gt;x&#124;\\[a\\](http:e)" in card

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.text import Text
+from matplotlib.ticker import FuncFormatter, NullFormatter
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
@@ -23,6 +24,10 @@ def literal_text(fig: Figure) -> Figure:
     value, would start matplotlib's mathtext (and crash the figure where it does not parse)."""
     for text in fig.findobj(Text):
         text.set_parse_math(False)
+    for axis in (axis for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)):
+        if axis.get_scale() == "log":  # its tick labels are mathtext: "$\\mathdefault{10^{2}}$"
+            axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            axis.set_minor_formatter(NullFormatter())
     return fig
 
 
@@ -64,7 +69,11 @@ def roc_curve_figure(
     """ROC curve with its AUC; ``operating_point`` = (1 - specificity, sensitivity) is marked."""
     fig = Figure(figsize=(4.5, 4.5), dpi=120)
     ax = fig.subplots()
-    RocCurveDisplay.from_predictions(y_true, prob, ax=ax, name="model", plot_chance_level=True)
+    display = RocCurveDisplay.from_predictions(
+        y_true, prob, ax=ax, name="model", plot_chance_level=True
+    )
+    display.line_.set_label(f"model (AUC = {display.roc_auc:.4f})")  # sklearn's 2 decimals
+    ax.legend(loc="lower right")  # read 1.00 beside a table's 0.9986
     if operating_point is not None:
         ax.plot(*operating_point, "o", color="crimson", label="stored threshold")
         ax.legend(loc="lower right")
@@ -141,7 +150,7 @@ def reliability_figure(
 ) -> Figure:
     """Observed pneumonia rate against mean predicted probability in 10 equal-width bins, one line
     per entry of ``curves`` (label -> probabilities), with each curve's ECE in the legend."""
-    fig = Figure(figsize=(4.5, 4.5), dpi=120)
+    fig = Figure(figsize=(4.5, 6.0), dpi=120)
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], ":", color="gray", label="perfectly calibrated")
     for label, prob in curves.items():
@@ -150,5 +159,5 @@ def reliability_figure(
         ax.plot(predicted, observed, "o-", label=f"{label} (ECE {ece:.3f})")
     ax.set(xlabel="mean predicted probability", ylabel="observed fraction of pneumonia")
     ax.set(xlim=(0, 1), ylim=(0, 1), title=title)
-    ax.legend(loc="upper left", fontsize="small")
-    return fig
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), fontsize="small")  # below:
+    return fig  # in the axes, the long labels ran off the figure and hid the curves

@@ -16,26 +16,31 @@ TEST_LOG = "test_evaluations.jsonl"
 
 
 def _git_commit() -> str | None:
-    """The commit of the git checkout that pneumolab's own files run from, or None (no git, not
-    a checkout; an installed package inside another project's repository is not that project's
-    commit: its files are not tracked there)."""
+    """The commit of the git checkout that pneumolab's own files run from, with ``-dirty`` where
+    those files differ from it (the code that ran is then not that commit's), or None (no git,
+    not a checkout; an installed package inside another project's repository is not that
+    project's commit: its files are not tracked there)."""
     package = Path(pneumolab.__file__).parent
     try:
-        for command in (
-            ["ls-files", "--error-unmatch", "--", "__init__.py"],
-            ["rev-parse", "HEAD"],
-        ):
-            result = subprocess.run(
+        outputs = [
+            subprocess.run(
                 ["git", *command],
                 cwd=package,
                 capture_output=True,
                 text=True,
                 timeout=10,
                 check=True,
+            ).stdout.strip()
+            for command in (
+                ["ls-files", "--error-unmatch", "--", "__init__.py"],
+                ["rev-parse", "HEAD"],
+                ["status", "--porcelain", "--untracked-files=no", "--", "."],
             )
+        ]
     except (OSError, subprocess.SubprocessError):
         return None
-    return result.stdout.strip() or None
+    _, commit, changed = outputs
+    return (commit + ("-dirty" if changed else "")) or None
 
 
 def check_test_log(run: RunDir) -> None:

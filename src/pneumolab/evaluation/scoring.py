@@ -121,14 +121,12 @@ def _calibrated(meta: RunMeta, labels: np.ndarray, probs: np.ndarray) -> Calibra
     temperature_scaled = platt_scaled = None
     t = meta.temperature
     if t is not None:
-        label = f"temperature-scaled, fitted on validation (T = {t:.2f})"
+        label = f"temperature, fitted on val. (T = {t:.2f})"
         scaled = curves[label] = apply_temperature(probs, t)
         temperature_scaled = TemperatureScaled(temperature=t, **scored(scaled))
     platt = meta.platt
     if platt is not None:
-        label = (
-            f"Platt-scaled, fitted on validation (a = {platt.slope:.2f}, b = {platt.intercept:.2f})"
-        )
+        label = f"Platt, fitted on val. (a = {platt.slope:.2f}, b = {platt.intercept:.2f})"
         scaled = curves[label] = apply_platt(probs, platt.slope, platt.intercept)
         platt_scaled = PlattScaled(slope=platt.slope, intercept=platt.intercept, **scored(scaled))
     return Calibrated(curves, temperature_scaled, platt_scaled)

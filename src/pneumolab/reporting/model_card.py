@@ -200,7 +200,7 @@ def _stored_val_evaluation(run: RunDir) -> EvaluationMetrics | None:
 def _operating_points(meta: RunMeta) -> list[str]:
     lines = [
         f"- **Threshold: {meta.threshold:.4f}** (default operating point "
-        f"`{meta.default_operating_point}`): {meta.threshold_rule}.",
+        f"`{meta.default_operating_point}`): {markdown_cell(meta.threshold_rule)}.",
     ]
     for name, point in meta.operating_points.items():
         m = point.val_metrics
@@ -208,7 +208,7 @@ def _operating_points(meta: RunMeta) -> list[str]:
         lines.append(
             f"- `{name}`: threshold {point.threshold:.4f}, validation sensitivity "
             f"{format_metric(sensitivity)}, specificity {format_metric(specificity)} — "
-            f"{point.provenance}"
+            f"{markdown_cell(point.provenance)}"  # names the run's folder: any characters
         )
     if meta.tta_threshold is not None:
         lines.append(

@@ -73,7 +73,10 @@ def _curves_html(labels: np.ndarray, probs: np.ndarray, figures: dict[str, bytes
     if "roc_curve.png" not in figures:
         return "<p>Curves need both classes in the split.</p>"
     fig = Figure(figsize=(4.5, 4.5))
-    PrecisionRecallDisplay.from_predictions(labels, probs, ax=fig.subplots(), name="model")
+    ax = fig.subplots()
+    display = PrecisionRecallDisplay.from_predictions(labels, probs, ax=ax, name="model")
+    display.line_.set_label(f"model (AP = {display.average_precision:.4f})")
+    ax.legend(loc="lower left")
     roc = figure_html(figures["roc_curve.png"], FIGURES["roc_curve.png"])
     return roc + figure_html(figure_png(fig, dpi=110), "precision-recall curve")
 
