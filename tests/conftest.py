@@ -86,8 +86,17 @@ def write_backbone_weights(path: Path, seed: int) -> str:
     from pneumolab.models.registry import create_backbone
 
     torch.manual_seed(10_000 + seed)  # not any training's own init: a load is checked by that
-    save_file(create_backbone("pneumolab_cnn_small").state_dict(), path)
+    save_file(trained_like(create_backbone("pneumolab_cnn_small").state_dict()), path)
     return str(path)
+
+
+def trained_like(state: dict) -> dict:
+    """``state`` with its batch norms' running statistics moved off their initial 0 and 1, as
+    a trained network's are (a weights file at the initial ones reads as one without them)."""
+    return {
+        key: value * 1.5 + 0.1 if key.endswith(("running_mean", "running_var")) else value
+        for key, value in state.items()
+    }
 
 
 def nudge_head_bias(run_dir: Path, by: float = 1e-3) -> None:

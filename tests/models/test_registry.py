@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import trained_like
 from pneumolab.errors import ModelError
 from pneumolab.models.registry import create_backbone, create_classifier, find_local_weights
 
@@ -40,7 +41,7 @@ def test_custom_cnn_has_no_imagenet_weights():
 def test_weights_from_a_file_the_test_writes(tmp_path):
     source = create_backbone("resnet18", num_classes=1000)
     file = tmp_path / "resnet18.my_in1k.safetensors"
-    save_file(source.state_dict(), file)
+    save_file(trained_like(source.state_dict()), file)
     for location in (file, tmp_path):  # a file, or a folder searched by architecture name
         loaded = create_backbone("resnet18", pretrained=True, weights=location)
         assert torch.equal(loaded.conv1.weight, source.conv1.weight)
@@ -50,7 +51,7 @@ def test_weights_from_a_file_the_test_writes(tmp_path):
 @pytest.mark.parametrize("num_classes", [1, 3])
 def test_fresh_head_on_pretrained_weights_starts_as_head_init_says(tmp_path, num_classes):
     file = tmp_path / "mobilenetv2_100.my_in1k.safetensors"
-    save_file(create_backbone("mobilenetv2_100", num_classes=1000).state_dict(), file)
+    save_file(trained_like(create_backbone("mobilenetv2_100", num_classes=1000).state_dict()), file)
     zero = create_backbone("mobilenetv2_100", True, file, num_classes, head_init="zero")
     timm_init = create_backbone("mobilenetv2_100", True, file, num_classes, head_init="timm")
     assert not zero.get_classifier().weight.any() and not zero.get_classifier().bias.any()
@@ -132,10 +133,25 @@ def test_a_weights_file_of_another_network_is_refused_not_left_unused(tmp_path):
         create_backbone("mobilenetv2_100", pretrained=True, weights=tmp_path / "junk.safetensors")
 
 
+def test_a_weights_file_without_batch_norm_statistics_is_refused(tmp_path):
+    """Batch norms start constant (weight 1, mean 0, variance 1), which the check of randomly
+    initialised tensors passes over: a file without them trained on without a word."""
+    torch.manual_seed(3)
+    full = trained_like(create_backbone("pneumolab_cnn_small").state_dict())
+    save_file(full, tmp_path / "pneumolab_cnn_small.full.safetensors")
+    create_backbone("pneumolab_cnn_small", pretrained=True, weights=tmp_path)
+    partial = {k: v for k, v in full.items() if "running_" not in k}
+    save_file(partial, tmp_path / "partial.safetensors")
+    with pytest.raises(ModelError, match=r"partial\.safetensors: gave no statistics to \d+ of"):
+        create_backbone(
+            "pneumolab_cnn_small", pretrained=True, weights=tmp_path / "partial.safetensors"
+        )
+
+
 def test_pneumolabs_own_cnns_load_a_local_weights_file(tmp_path):
     torch.manual_seed(5)
     stored = create_backbone("pneumolab_cnn_small").state_dict()
-    save_file(stored, tmp_path / "pneumolab_cnn_small.mine.safetensors")
+    save_file(trained_like(stored), tmp_path / "pneumolab_cnn_small.mine.safetensors")
     model = create_backbone("pneumolab_cnn_small", pretrained=True, weights=tmp_path)
     assert torch.equal(model.state_dict()["features.0.0.weight"], stored["features.0.0.weight"])
 

@@ -214,6 +214,29 @@ def _check_loaded(
             f"initialised tensors of '{name}' (first: {', '.join(unloaded[:3])}); is it this "
             "architecture's weights file, in timm's layout?"
         )
+    # batch norms start constant (mean 0, variance 1): unloaded statistics are still exactly so
+    norms = [n for n, m in backbone.named_modules() if _has_statistics(m)]
+    stale = [
+        n
+        for n in norms
+        if f"{n}.running_var" not in head
+        and all(torch.equal(fresh[f"{n}.{s}"], loaded[f"{n}.{s}"]) for s in STATISTICS)
+    ]
+    if stale:
+        raise ModelError(
+            f"{local}: gave no statistics to {len(stale)} of the {len(norms)} batch norms of "
+            f"'{name}' (first: {', '.join(stale[:3])}); a file of its ImageNet weights holds "
+            "them all"
+        )
+
+
+STATISTICS = ("running_mean", "running_var")
+"""A batch norm's running statistics, as its state dict names them."""
+
+
+def _has_statistics(module: nn.Module) -> bool:
+    """A batch norm that tracks running statistics (its ``running_var`` in the state dict)."""
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
 
 
 def _varies(tensor: torch.Tensor) -> bool:
