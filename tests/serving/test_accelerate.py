@@ -244,6 +244,14 @@ def test_openvino_export_passes_parity_and_predicts(run, capsys):
     assert Path(image).is_file()
 
 
+def test_an_openvino_name_in_capitals_is_refused_up_front(run, tmp_path):
+    """``--out M.XML`` passed the parity check, then failed to publish a graph saved as
+    ``M.xml``, leaving its ``M.bin`` behind (a retry was then refused)."""
+    with pytest.raises(OutputError, match=r"M\.XML: OpenVINO needs .* \.xml, lower case"):
+        export_openvino(run.root, tmp_path / "M.XML")
+    assert not list(tmp_path.iterdir())
+
+
 def test_both_exports_keep_the_ood_score_and_are_refused_after_a_refit(run, tmp_path):
     scoped = RunDir(copy_run(run.root, tmp_path / "scoped"))
     ood = with_ood_model(scoped)

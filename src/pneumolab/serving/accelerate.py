@@ -203,7 +203,7 @@ def _publish_pair(tmp: Path, out_file: Path, overwrite: bool) -> None:
         publish(weights, out_file.with_suffix(".bin"), overwrite)
     try:
         publish(tmp, out_file, overwrite)
-    except OutputError:
+    except BaseException:  # any failure: no weights of ours left without their graph
         if weights.is_file() and os.path.samefile(weights, out_file.with_suffix(".bin")):
             out_file.with_suffix(".bin").unlink()
         raise
@@ -259,6 +259,8 @@ def export_openvino(
     check_suffix(
         out_file, ".xml", "an OpenVINO model is an .xml file (its weights go to a .bin beside it)"
     )
+    if out_file.suffix != ".xml":  # OpenVINO writes and reads no other: M.XML failed at the end
+        raise OutputError(f"{out_file}: OpenVINO needs its model's name to end in .xml, lower case")
     _check_outputs(run_dir, out_file, overwrite)
     ov = import_openvino()
 
@@ -267,7 +269,7 @@ def export_openvino(
         model = ov.Core().read_model(str(fp32))
         for key, value in OnnxBackend(fp32).metadata.items():
             model.set_rt_info(value, [METADATA_SECTION, key])
-        ov.save_model(model, str(tmp.with_suffix(".xml")), compress_to_fp16=False)
-        return OpenVinoBackend(tmp.with_suffix(".xml"))
+        ov.save_model(model, str(tmp), compress_to_fp16=False)
+        return OpenVinoBackend(tmp)
 
     return _write_verified(run_dir, out_file, write, overwrite)
