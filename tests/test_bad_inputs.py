@@ -283,6 +283,14 @@ def test_flags_that_would_be_ignored_are_refused_before_anything_loads(
     assert named in one_line(err) and "no run here" not in err
 
 
+def test_weights_with_no_pretrained_are_refused_not_recorded(tmp_path, capsys):
+    """The file was never read, yet config.yaml recorded it as the run's weights."""
+    args = ["train", "--data", tmp_path, "--out", tmp_path / "run", "--no-pretrained"]
+    code, _, err = run_cli(capsys, *args, "--weights", tmp_path / "w.safetensors")
+    assert code == 2 and "--weights with --no-pretrained" in one_line(err)
+    assert not (tmp_path / "run").exists()
+
+
 def test_serve_says_where_it_cannot_listen_before_loading_the_model(tmp_path, capsys):
     missing_run = tmp_path / "no run here"
     code, _, err = run_cli(capsys, "serve", missing_run, "--host", "192.0.2.1")  # TEST-NET-1

@@ -33,6 +33,15 @@ def test_offline_hub_fails_fast_with_instructions(monkeypatch):
     assert time.perf_counter() - started < 5
 
 
+def test_a_weights_folder_without_the_models_file_is_named(monkeypatch, tmp_path):
+    """Offline, "no local weights" did not say the folder given had been searched; online, the
+    hub's weights came instead without a word."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "mobilenetv2_100_tv.safetensors").write_bytes(b"")  # another name: no match
+    with pytest.raises(ModelError, match=f"in {tmp_path} \\(no resnet18.\\* or resnet18"):
+        create_backbone("resnet18", pretrained=True, weights=tmp_path)
+
+
 def test_custom_cnn_has_no_imagenet_weights():
     with pytest.raises(ModelError, match="no published ImageNet weights"):
         create_backbone("pneumolab_cnn_small", pretrained=True)
@@ -166,3 +175,13 @@ def test_pneumolabs_own_cnns_load_a_local_weights_file(tmp_path):
 def test_names_without_weights_to_load_say_so(name, problem):
     with pytest.raises(ModelError, match=re.escape(problem)):
         create_backbone(name, pretrained=True)
+
+
+def test_the_catalog_does_not_credit_a_given_file_to_every_model(tmp_path):
+    """`models --weights mobilenet.safetensors vgg19` listed the MobileNet file as vgg19's."""
+    from pneumolab.models.catalog import weights_source
+
+    given = tmp_path / "mobilenetv2_100.tv_in1k.safetensors"
+    given.write_bytes(b"")
+    assert weights_source("vgg19", given).endswith("(given; training checks that it fits)")
+    assert weights_source("mobilenetv2_100", tmp_path) == f"local file {given}"  # by its name

@@ -26,6 +26,8 @@ def ignored_flags(args: argparse.Namespace) -> list[str]:
             for flag, given in (("--opset", args.opset is not None), ("--verify", args.verify))
             if given
         ]
+    if args.command == "train" and args.pretrained is False and args.weights:
+        ignored.append("--weights with --no-pretrained (it trains from a random start)")
     if args.command != "predict":
         return ignored
     if args.overwrite and args.out is None:

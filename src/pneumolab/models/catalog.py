@@ -60,7 +60,8 @@ def weights_source(name: str, weights: str | Path | None = None) -> str:
         find_local_weights(name, weights) if (weights or os.environ.get(WEIGHTS_DIR_ENV)) else None
     )
     if local is not None:
-        return f"local file {local}"
+        given = weights is not None and Path(weights).is_file()  # not matched by name
+        return f"local file {local}" + (" (given; training checks that it fits)" if given else "")
     hub = published_source(name)
     if hub is None:
         return "none (trained from scratch)"

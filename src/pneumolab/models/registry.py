@@ -8,6 +8,7 @@ Offline, the hub is not waited on: the error says how to supply a local file.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from pneumolab.choices import HeadInit
 from pneumolab.errors import ModelError, brief
 from pneumolab.models import custom as _custom  # noqa: F401  (registers the custom CNNs with timm)
 from pneumolab.models.classifier import Backbone, XrayClassifier
+
+log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 WEIGHTS_DIR_ENV = "PNEUMOLAB_WEIGHTS_DIR"
@@ -151,11 +154,18 @@ def create_backbone(
             f"'{name}' has no published ImageNet weights: train it from scratch with "
             "--no-pretrained, or pass --weights FILE (its own weights, in timm's layout)"
         )
+    folder = weights or os.environ.get(WEIGHTS_DIR_ENV)
+    searched = f" in {folder} (no {name}.* or {name}.TAG.* file there)" if folder else ""
     if local is None and not _hub_host_reachable():
         raise ModelError(
-            f"no local weights for '{name}' and the model hub is unreachable (offline). "
-            f"Pass --weights PATH (a .safetensors/.pth file in timm layout, or a folder holding "
-            f"'{name}.*.safetensors'), set ${WEIGHTS_DIR_ENV}, or use --no-pretrained."
+            f"no local weights for '{name}'{searched} and the model hub is unreachable "
+            f"(offline). Pass --weights PATH (a .safetensors/.pth file in timm layout, or a "
+            f"folder holding '{name}.*.safetensors'), set ${WEIGHTS_DIR_ENV}, or use "
+            "--no-pretrained."
+        )
+    if local is None and folder:  # a folder for the other models of a study, say
+        log.warning(
+            "no weights file for '%s'%s: its ImageNet weights come from the hub", name, searched
         )
     initial_state = torch.get_rng_state()  # the init that _check_loaded replays
     try:
