@@ -150,3 +150,12 @@ def test_an_empty_weights_or_teacher_path_is_no_path():
     the teacher (and ``--weights ''`` as the weights)."""
     config = TrainConfig(teacher="", weights="  ")
     assert config.teacher is None and config.weights is None
+
+
+def test_weights_are_not_recorded_for_a_network_trained_from_scratch():
+    """A study's --weights reaches its from-scratch models too: config.yaml recorded a file the
+    training never read."""
+    from pneumolab.config import TrainConfig
+
+    assert TrainConfig(pretrained=False, weights="/w/file.safetensors").weights is None
+    assert TrainConfig(weights="/w/file.safetensors").weights == "/w/file.safetensors"

@@ -267,6 +267,8 @@ class TrainConfig(BaseModel):
         best-epoch ``monitor``, needs an epoch before its own, and recomputes every batch-norm
         layer's statistics (``partial`` keeps the frozen stages'). Head epochs need pretrained
         features to train on and an epoch of fine-tuning after them."""
+        if not self.pretrained:  # never read: not recorded as the run's weights either (a
+            self.weights = None  # study gives its --weights to its from-scratch models too)
         if self.strategy == "frozen" and not self.pretrained:  # before a study trains anything
             raise ValueError(
                 "strategy 'frozen' needs pretrained weights (a frozen random backbone learns "

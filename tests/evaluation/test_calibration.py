@@ -169,6 +169,10 @@ def test_figures_keep_their_legends_and_read_as_numbers(overconfident):
     figure_png(histogram)
     ticks = [t.get_text() for t in ax.yaxis.get_ticklabels() if t.get_text()]
     assert ticks and not any("$" in tick for tick in ticks)
+    ax.set_ylim(0.97, 2.07)  # within one decade: the minor ticks carry the labels
+    figure_png(histogram)
+    minor = [t.get_text() for t in ax.yaxis.get_ticklabels(minor=True) if t.get_text()]
+    assert "2" in minor and not any("$" in tick for tick in minor)
 
     (auc_line, *_) = roc_curve_figure(y[:200], prob[:200]).axes[0].get_legend().get_texts()
     assert f"AUC = {roc_auc_score(y[:200], prob[:200]):.4f}" in auc_line.get_text()

@@ -34,6 +34,8 @@ def test_an_installed_package_inside_another_repository_records_no_commit(tmp_pa
     _git(project, "add", "-f", ".venv/site-packages/pneumolab/__init__.py")  # a vendored copy
     _git(project, *author, "commit", "-q", "-m", "vendor pneumolab")
     assert heldout._git_commit() == _git(project, "rev-parse", "HEAD")
+    (package / "__init__.py").chmod(0o755)  # a mode change alone: the same code
+    assert heldout._git_commit() == _git(project, "rev-parse", "HEAD")
     (package / "__init__.py").write_text("# edited")  # the code that runs is not the commit's
     assert heldout._git_commit() == _git(project, "rev-parse", "HEAD") + "-dirty"
     (project / "notes.txt").write_text("the user's other work")  # outside pneumolab: clean

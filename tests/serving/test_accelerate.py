@@ -276,3 +276,30 @@ def test_both_exports_keep_the_ood_score_and_are_refused_after_a_refit(run, tmp_
 
 def _images(run: RunDir) -> list[str]:
     return [row.split(",")[0] for row in run.val_predictions.read_text().splitlines()[1:]]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_weights_are_taken_back_when_their_graph_cannot_follow(tmp_path, monkeypatch, overwrite):
+    """Under --overwrite the weights were moved, so the check by name found nothing to take
+    back: new weights stayed beside the old graph."""
+    import pneumolab.serving.accelerate as accelerate
+
+    staging, out = tmp_path / "staging", tmp_path / "out"
+    staging.mkdir()
+    out.mkdir()
+    (staging / "m.xml").write_text("new graph")
+    (staging / "m.bin").write_text("new weights")
+    if overwrite:
+        (out / "m.xml").write_text("old graph")
+        (out / "m.bin").write_text("old weights")
+    publish = accelerate.publish
+
+    def graph_fails(partial, path, replace=True):
+        if path.suffix == ".xml":
+            raise KeyboardInterrupt
+        publish(partial, path, replace)
+
+    monkeypatch.setattr(accelerate, "publish", graph_fails)
+    with pytest.raises(KeyboardInterrupt):
+        accelerate._publish_pair(staging / "m.xml", out / "m.xml", overwrite)
+    assert not (out / "m.bin").exists() or (out / "m.bin").read_text() != "new weights"

@@ -58,7 +58,7 @@ def fit_temperature(y_true: np.ndarray, prob: np.ndarray) -> float:
 def at_bound(temperature: float) -> bool:
     """Whether a fitted ``temperature`` sits within 2% of an end of its search range (the
     validation scores wanted a sharper or softer map than it allows; the bounded search stops
-    about 1% short of the end)."""
+    just short of the end)."""
     return any(math.isclose(math.log(temperature), end, abs_tol=0.02) for end in LOG_T_BOUNDS)
 
 

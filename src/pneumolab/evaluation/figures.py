@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.text import Text
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import LogFormatter
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
@@ -26,8 +26,8 @@ def literal_text(fig: Figure) -> Figure:
         text.set_parse_math(False)
     for axis in (axis for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)):
         if axis.get_scale() == "log":  # its tick labels are mathtext: "$\\mathdefault{10^{2}}$"
-            axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-            axis.set_minor_formatter(NullFormatter())
+            axis.set_major_formatter(LogFormatter(labelOnlyBase=False))  # plain text, and
+            axis.set_minor_formatter(LogFormatter(labelOnlyBase=False))  # 2, 5 within a decade
     return fig
 
 

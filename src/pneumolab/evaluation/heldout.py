@@ -21,25 +21,27 @@ def _git_commit() -> str | None:
     not a checkout; an installed package inside another project's repository is not that
     project's commit: its files are not tracked there)."""
     package = Path(pneumolab.__file__).parent
+
+    def git(*command: str) -> str:
+        done = subprocess.run(
+            ["git", "-c", "core.fileMode=false", *command],
+            cwd=package,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return done.stdout.strip()
+
     try:
-        outputs = [
-            subprocess.run(
-                ["git", *command],
-                cwd=package,
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=True,
-            ).stdout.strip()
-            for command in (
-                ["ls-files", "--error-unmatch", "--", "__init__.py"],
-                ["rev-parse", "HEAD"],
-                ["status", "--porcelain", "--untracked-files=no", "--", "."],
-            )
-        ]
+        git("ls-files", "--error-unmatch", "--", "__init__.py")
+        commit = git("rev-parse", "HEAD")
     except (OSError, subprocess.SubprocessError):
         return None
-    _, commit, changed = outputs
+    try:  # tracked files only: a mode change is no edit
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    except (OSError, subprocess.SubprocessError):
+        return f"{commit}-unknown" if commit else None  # the commit, unsure of edits
     return (commit + ("-dirty" if changed else "")) or None
 
 

@@ -1,7 +1,8 @@
 """Build classifiers by name: any timm model, plus pneumolab's own CNNs (registered with timm).
 
 Pretrained ImageNet weights come from a local file (a path, or a folder searched for
-``<architecture>*.safetensors|.pth|.bin``) or, failing that, from timm's usual hub download.
+``<architecture>.<ext>`` or ``<architecture>.<tag>.<ext>``, ext one of safetensors, pth, pt, bin)
+or, failing that, from timm's usual hub download.
 Offline, the hub is not waited on: the error says how to supply a local file.
 """
 

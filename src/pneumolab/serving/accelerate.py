@@ -14,7 +14,6 @@ them with the fp32 ONNX model and the candidate. A candidate that fails is not w
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -198,15 +197,25 @@ def _high_resolution_convs(graph: Any, image_size: int) -> list[str]:
 def _publish_pair(tmp: Path, out_file: Path, overwrite: bool) -> None:
     """Publish the export: OpenVINO's ``.bin`` weights first, then its graph (or the one ONNX
     file); weights of ours left beside another process's graph are taken back."""
-    weights = tmp.with_suffix(".bin")
-    if weights.is_file():
-        publish(weights, out_file.with_suffix(".bin"), overwrite)
+    weights, published = tmp.with_suffix(".bin"), out_file.with_suffix(".bin")
+    ours = _identity(weights)  # the file itself: a move (--overwrite) leaves no name to compare
+    if ours is not None:
+        publish(weights, published, overwrite)
     try:
         publish(tmp, out_file, overwrite)
-    except BaseException:  # any failure: no weights of ours left without their graph
-        if weights.is_file() and os.path.samefile(weights, out_file.with_suffix(".bin")):
-            out_file.with_suffix(".bin").unlink()
+    except BaseException:  # any failure: no weights of ours left beside another graph
+        if ours is not None and _identity(published) == ours:
+            published.unlink()
         raise
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """``path``'s device and inode (one file under any name), None where there is none."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def export_int8(
