@@ -211,7 +211,9 @@ def _check_loaded(
     """ModelError when parameters of ``backbone`` (outside the head) are still at the random
     initialisation they got before ``local`` was loaded: another architecture's file, which a
     lenient load (timm's, with a new head) leaves silently unused. The initialisation is
-    replayed from ``initial_state``, so any layout timm maps (torchvision's too) counts."""
+    replayed from ``initial_state``, so any layout timm maps (torchvision's too) counts. Batch
+    norms, which start constant, are refused where their running statistics are still exactly
+    at their start (a file without them)."""
     with torch.random.fork_rng(devices=[]):
         torch.set_rng_state(initial_state)
         fresh = timm.create_model(name, num_classes=num_classes).state_dict()
