@@ -65,6 +65,11 @@ def _dicom_patient(path: Path) -> str | None:
     return DICOM_PATIENT_PREFIX + tag if tag else None
 
 
+def _from_dicom_tag(patient: str) -> bool:
+    """Whether a patient ID was read from a DICOM PatientID tag (:func:`_dicom_patient`)."""
+    return patient.startswith(DICOM_PATIENT_PREFIX)
+
+
 def patient_of(path: Path) -> str:
     """The patient of an image file: its DICOM PatientID tag where it has one, else
     :func:`patient_id` of its name."""
@@ -85,9 +90,7 @@ def unnamed_patients(samples: Sequence[Sample]) -> list[Sample]:
     """The samples whose patient is neither a DICOM PatientID nor read from a file-name scheme
     (each counts as its own patient, so one child's images can fall on both sides of a split)."""
     return [
-        s
-        for s in samples
-        if not s.patient.startswith(DICOM_PATIENT_PREFIX) and _named_patient(s.path.name) is None
+        s for s in samples if not _from_dicom_tag(s.patient) and _named_patient(s.path.name) is None
     ]
 
 
@@ -167,7 +170,7 @@ def grouped_split(
     for label, name in enumerate(CLASS_NAMES):
         n_groups = len({g for g, y in zip(groups, labels, strict=True) if y == label})
         if n_groups < n_splits:
-            tagged = any(s.patient.startswith(DICOM_PATIENT_PREFIX) for s in samples)
+            tagged = any(_from_dicom_tag(s.patient) for s in samples)
             raise DataLayoutError(
                 f"only {n_groups} {name} patient(s): a patient-grouped validation split of "
                 f"{val_fraction:.0%} needs at least {n_splits} per class"

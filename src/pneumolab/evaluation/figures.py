@@ -73,10 +73,9 @@ def roc_curve_figure(
         y_true, prob, ax=ax, name="model", plot_chance_level=True
     )
     display.line_.set_label(f"model (AUC = {display.roc_auc:.4f})")  # sklearn's 2 decimals
-    ax.legend(loc="lower right")  # read 1.00 beside a table's 0.9986
-    if operating_point is not None:
+    if operating_point is not None:  # read 1.00 beside a table's 0.9986
         ax.plot(*operating_point, "o", color="crimson", label="stored threshold")
-        ax.legend(loc="lower right")
+    ax.legend(loc="lower right")
     ax.set_title(title)
     return fig
 

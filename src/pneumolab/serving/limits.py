@@ -106,18 +106,17 @@ class ClosedMultipart:
         if scope["type"] != "http" or kind != b"multipart/form-data" or not boundary:
             return await self.app(scope, receive, send)
         close = b"--" + boundary + b"--"
-        tail, closed, body = b"", False, False
+        tail, closed = b"", False
 
         async def watched() -> Message:
-            nonlocal tail, closed, body
+            nonlocal tail, closed
             message = await receive()
             if message["type"] != "http.request":
                 return message
-            window = tail + message.get("body", b"")
-            body = body or bool(window)
+            window = tail + message.get("body", b"")  # empty only while no byte has come
             closed = closed or close in window
             tail = window[-len(close) :]
-            if body and not closed and not message.get("more_body", False):
+            if window and not closed and not message.get("more_body", False):
                 raise HTTPException(
                     400,
                     "malformed multipart body: it ends before its closing boundary "
