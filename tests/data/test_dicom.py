@@ -517,3 +517,16 @@ def test_a_dicom_whose_only_image_is_its_icon_is_not_called_truncated(tmp_path):
     ds.save_as(path, enforce_file_format=True)
     with pytest.raises(ImageLoadError, match="only image is its icon"):
         load_image(path)
+
+
+@pytest.mark.parametrize("stated_bits", [16, 8])
+def test_a_voi_lut_whose_descriptor_misstates_its_bit_depth_is_shown_over_its_entries(
+    tmp_path, stated_bits
+):
+    lut = Dataset()
+    lut.LUTDescriptor = [4096, 0, stated_bits]  # 12-bit entries: stated as 16, or as 8
+    lut.add_new("LUTData", "US", list(range(4096)))
+    path = write_dicom(tmp_path / "a.dcm", RAMP_12BIT, bits_stored=12, VOILUTSequence=[lut])
+    image = np.asarray(load_dicom(path)).astype(int)
+    assert image.min() == 0 and image.max() == 255
+    assert np.abs(image - np.round(RAMP_12BIT.astype(int) * 255 / 4095)).max() <= 1

@@ -1,7 +1,8 @@
 """Read DICOM radiographs into 8-bit grayscale, as a radiologist's viewer would display them.
 
 Pipeline: decode the stored values → modality LUT (Rescale Slope/Intercept or Modality LUT
-Sequence) → VOI transform (VOI LUT Sequence, else the first Window Center/Width, honouring VOI
+Sequence) → VOI transform (VOI LUT Sequence over its entries' own range, whatever bit depth
+its descriptor states; else the first Window Center/Width, honouring VOI
 LUT Function; without either, the image's own min..max, Pixel Padding Value left out) →
 0..255 → MONOCHROME1, or a Presentation LUT Shape INVERSE, inverted (so bone is always bright)
 → padding black. 8-, 12- and 16-bit, signed or unsigned data all take this path;
@@ -27,6 +28,7 @@ one for CR/DX archives) and JPEG-LS need ``pylibjpeg pylibjpeg-libjpeg`` (or gdc
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import mmap
@@ -237,16 +239,34 @@ def _check_frame_size(ds: Dataset, max_pixels: int, source: str) -> None:
         )
 
 
+def _voi_lut_view(ds: Dataset) -> Dataset:
+    """A dataset holding ``ds``'s first VOI LUT read as 16-bit entries, whatever its
+    LUTDescriptor's third value says: writers state 16 bits for 12-bit tables, or 8 bits for
+    entries above 255 (pydicom then fails on the overflow); the table's own range is used."""
+    descriptor = ds.VOILUTSequence[0].get("LUTDescriptor")
+    if descriptor is None or len(descriptor) != 3:
+        raise ImageLoadError(
+            f"{ds.filename}: VOI LUT without a three-value LUTDescriptor ({descriptor!r})"
+        )
+    table = copy.deepcopy(ds.VOILUTSequence[0])
+    table.LUTDescriptor = [descriptor[0], descriptor[1], 16]
+    view = Dataset()
+    view.file_meta = ds.file_meta  # the byte order of OW table data
+    view.VOILUTSequence = [table]
+    return view
+
+
 def _voi(pixels: np.ndarray, ds: Dataset) -> tuple[np.ndarray, float, float] | None:
-    """The VOI transform applied, with its output range; None when the file defines none."""
+    """The VOI transform applied, with its output range; None when the file defines none.
+
+    A VOI LUT's output range is its entries' own lowest..highest value (a standard table spans
+    its descriptor's bit depth; one whose descriptor misstates it is still shown in full)."""
     if ds.get("VOILUTSequence"):
-        descriptor = ds.VOILUTSequence[0].get("LUTDescriptor")
-        if descriptor is None or len(descriptor) != 3:
-            raise ImageLoadError(
-                f"{ds.filename}: VOI LUT without a three-value LUTDescriptor ({descriptor!r})"
-            )
-        bits = int(descriptor[2])
-        return apply_voi(np.rint(pixels).astype(np.int64), ds), 0.0, 2.0**bits - 1
+        view = _voi_lut_view(ds)
+        entries, first = view.VOILUTSequence[0].LUTDescriptor[:2]
+        table = apply_voi(np.arange(first, first + (entries or 1 << 16)), view)
+        shown = apply_voi(np.rint(pixels).astype(np.int64), view)
+        return shown, float(table.min()), float(table.max())
     if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
         # pydicom maps everything below/above the window to the ends of its output range
         low, high = apply_windowing(np.array([-np.inf, np.inf]), ds)
