@@ -274,7 +274,8 @@ def write_predictions(
     path: Path, samples: list[Sample], probs: np.ndarray, tta_probs: np.ndarray | None = None
 ) -> None:
     """Write ``path,label,probability`` rows, one per scored sample, plus a ``tta_probability``
-    column (the test-time-augmented score) when ``tta_probs`` are given."""
+    column (the test-time-augmented score) when ``tta_probs`` are given, then each image's
+    ``patient`` (what the split and the patient bootstrap grouped by)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     columns: list[Any] = [[s.path for s in samples], [s.label for s in samples], probs]
@@ -282,15 +283,16 @@ def write_predictions(
     if tta_probs is not None:
         columns.append(tta_probs)
         header.append("tta_probability")
-    writer.writerow(header)
-    for path_, label, *scores in zip(*columns, strict=True):
-        writer.writerow([path_, label, *(score_text(p) for p in scores)])
+    writer.writerow([*header, "patient"])
+    for sample, (path_, label, *scores) in zip(samples, zip(*columns, strict=True), strict=True):
+        writer.writerow([path_, label, *(score_text(p) for p in scores), sample.patient])
     write_text_atomically(path, buffer.getvalue())
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:
     """Rows written by :func:`write_predictions`: ``path`` (str), ``label`` (int),
-    ``probability`` and ``tta_probability`` (float; the latter None in files without it)."""
+    ``probability`` and ``tta_probability`` (float; the latter None in files without it),
+    ``patient`` (str; None in files written before it was recorded)."""
     with Path(path).open(newline="") as f:
         return [
             {
@@ -300,6 +302,7 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
                 "tta_probability": float(r["tta_probability"])
                 if r.get("tta_probability")
                 else None,
+                "patient": r.get("patient") or None,
             }
             for r in csv.DictReader(f)
         ]

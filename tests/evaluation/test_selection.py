@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from pneumolab.data.layout import Sample
+from pneumolab.evaluation import selection
+from pneumolab.evaluation.bootstrap import paired_auc_difference
 from pneumolab.evaluation.selection import Margins, margins_over, smallest_untold
 from pneumolab.evaluation.writer import METRICS, PREDICTIONS, SHIFT_PREDICTIONS
 from pneumolab.run import RunDir, read_shift_predictions, write_predictions, write_shift_predictions
@@ -133,3 +135,35 @@ def test_saturated_scores_keep_the_order_the_table_shows(tmp_path):
 def test_a_leader_without_others_says_so_instead_of_an_empty_table():
     text = Margins("roc_auc", "only").markdown("val")
     assert "No other model to compare it with." in text and "| other model |" not in text
+
+
+def test_margins_group_by_the_patients_the_evaluation_recorded(tmp_path, monkeypatch):
+    """A DICOM's patient is its PatientID tag, read when it was evaluated: the margins take it
+    from predictions.csv, not from the path (which may have moved, or name a UID)."""
+    y = (np.arange(N) % 2).astype(float)
+    recorded = [Sample(s.path, s.label, f"dicom:P{i // 4}") for i, s in enumerate(_samples())]
+    runs = {}
+    for name, scores in {"a": y, "b": 1 - y}.items():
+        folder = RunDir(tmp_path / name).eval_dir("val")
+        folder.mkdir(parents=True)
+        write_predictions(folder / PREDICTIONS, recorded, scores)
+        (folder / METRICS).write_text("{}")
+        runs[name] = RunDir(tmp_path / name)
+    seen: list[list[str]] = []
+
+    def recording(labels, leader, other, patients):
+        seen.append(sorted(patients))
+        return paired_auc_difference(labels, leader, other, patients)
+
+    monkeypatch.setattr(selection, "paired_auc_difference", recording)
+    margins_over(runs, "a", "roc_auc")
+    assert seen == [sorted(s.patient for s in recorded)]
+
+    for run in runs.values():  # files written before patients were recorded: read from names
+        rows = (run.eval_dir("val") / PREDICTIONS).read_text().splitlines()
+        (run.eval_dir("val") / PREDICTIONS).write_text(
+            "\n".join(line.rsplit(",", 1)[0] for line in rows) + "\n"
+        )
+    seen.clear()
+    margins_over(runs, "a", "roc_auc")
+    assert seen == [sorted(s.patient for s in _samples())]

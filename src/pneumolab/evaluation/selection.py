@@ -14,6 +14,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -81,17 +82,33 @@ class Margins:
         return "\n".join(lines) + "\n"
 
 
-def _scores(folder: Path, scenario: str | None) -> dict[str, tuple[int, list[float]]]:
-    """``{image path: (label, [score per draw])}`` of one evaluation folder; FileNotFoundError
-    where its evaluation did not finish (no metrics.json)."""
+class ImageScores(NamedTuple):
+    """One image of an evaluation: its label, patient and score per draw."""
+
+    label: int
+    patient: str
+    draws: list[float]
+
+
+def _scores(folder: Path, scenario: str | None) -> dict[str, ImageScores]:
+    """``{image path: ImageScores}`` of one evaluation folder; FileNotFoundError where its
+    evaluation did not finish (no metrics.json). The patient is the one the evaluation grouped
+    by (read again from the image for files written before it was recorded)."""
     if not (folder / METRICS).is_file():
         raise FileNotFoundError(f"{folder}: no {METRICS} (an unfinished evaluation)")
-    labelled = read_predictions(folder / PREDICTIONS)
+    labelled = {r["path"]: r for r in read_predictions(folder / PREDICTIONS)}
     if scenario is None:
-        return {r["path"]: (r["label"], [r["probability"]]) for r in labelled}
-    labels = {r["path"]: r["label"] for r in labelled}
-    shifted = read_shift_predictions(folder / SHIFT_PREDICTIONS, scenario)
-    return {path: (labels[path], draws) for path, draws in shifted.items()}
+        draws = {path: [r["probability"]] for path, r in labelled.items()}
+    else:
+        draws = read_shift_predictions(folder / SHIFT_PREDICTIONS, scenario)
+    return {
+        path: ImageScores(
+            labelled[path]["label"],
+            labelled[path]["patient"] or patient_of(Path(path)),
+            image_draws,
+        )
+        for path, image_draws in draws.items()
+    }
 
 
 def margins_over(
@@ -110,11 +127,11 @@ def margins_over(
     images = sorted(scores[leader])
     if any(sorted(s) != images for s in scores.values()):
         return Margins(criterion, leader, untested="the models were scored on other images")
-    labels = np.array([scores[leader][path][0] for path in images])
-    patients = [patient_of(Path(path)) for path in images]
+    labels = np.array([scores[leader][path].label for path in images])
+    patients = [scores[leader][path].patient for path in images]
 
     def draws(name: str) -> list[np.ndarray]:
-        return list(np.array([scores[name][path][1] for path in images]).T)  # one per draw
+        return list(np.array([scores[name][path].draws for path in images]).T)  # one per draw
 
     margins = [
         Margin(name, paired_auc_difference(labels, draws(leader), draws(name), patients))
