@@ -79,3 +79,10 @@ def test_a_manifest_saved_with_another_separator_says_so(tmp_path, separator):
     manifest.write_text(f"path{separator}label\na.jpeg{separator}0\n")
     with pytest.raises(ConfigError, match=re.escape(f"looks {separator!r}-separated")):
         read_manifest(manifest)
+
+
+def test_a_manifest_that_is_not_utf8_says_how_to_save_it(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes("path\ncafé.png\n".encode("latin-1"))  # Excel's plain "CSV"
+    with pytest.raises(ConfigError, match=r"m\.csv: not UTF-8 text \(byte 8: .*CSV UTF-8"):
+        read_manifest(manifest)

@@ -36,7 +36,12 @@ def read_manifest(manifest: str | Path) -> list[Path]:
         raise ConfigError(
             f"{manifest}: reading Parquet needs pyarrow: pip install 'pneumolab[distributed]'"
         ) from None
-    except (OSError, ValueError, UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError as exc:  # before ValueError, its base class
+        raise ConfigError(
+            f"{manifest}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as "
+            "\"CSV UTF-8\" (Excel) or re-encode it, e.g. iconv -f latin1 -t utf-8"
+        ) from None
+    except (OSError, ValueError, csv.Error) as exc:
         raise ConfigError(f"{manifest}: unreadable manifest ({exc})") from None
     missing = [where for where, value in rows if not (value and value.strip())]
     if missing:
