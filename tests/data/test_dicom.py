@@ -179,6 +179,19 @@ def test_dicom_without_suffix_is_detected_by_its_preamble(tmp_path):
     assert expand_paths(tmp_path) == [path]  # a PACS export's names: listed by their header
 
 
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG"])
+def test_a_jpeg_or_png_named_dcm_is_read_as_what_it_is(tmp_path, image_format):
+    """Archives name every export ``.dcm``; the HTTP API reads uploads by content, so files
+    must be too (the CLI said "not a DICOM file" and training left the image out)."""
+    from PIL import Image
+
+    pixels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    path = tmp_path / "IM-0001-0001.dcm"
+    Image.fromarray(pixels).save(path, format=image_format, quality=100)
+    decoded = np.asarray(load_image(path)).astype(int)
+    assert decoded.shape == (16, 16) and np.abs(decoded - pixels).max() <= 2
+
+
 def test_a_malformed_voi_lut_is_refused_by_name(tmp_path):
     lut = Dataset()
     lut.LUTDescriptor = [256, 0]  # two values where the standard has three

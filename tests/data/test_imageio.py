@@ -17,6 +17,7 @@ from pneumolab.data.imageio import (
     source_size,
     to_grayscale,
 )
+from pneumolab.data.formats import jpeg_variant
 from pneumolab.errors import ImageLoadError
 
 EXIF_ORIENTATION = 0x0112
@@ -637,3 +638,32 @@ def test_a_decoders_message_of_several_lines_is_told_in_one() -> None:
         "x.dcm: corrupt or undecodable DICOM (RuntimeError: Unable to decode as exceptions were "
         "raised by: pillow: broken)"
     )
+
+
+def _jpeg_frame(marker: int, precision: int) -> bytes:
+    """A JPEG start, an APP0 segment, then a one-component frame header of ``marker``."""
+    app0 = b"\xff\xe0" + (16).to_bytes(2, "big") + b"JFIF\0" + bytes(9)
+    frame = bytes([0xFF, marker]) + (11).to_bytes(2, "big") + bytes([precision])
+    frame += (64).to_bytes(2, "big") * 2 + bytes([1, 1, 0x11, 0])
+    return b"\xff\xd8" + app0 + frame + b"\xff\xd9"
+
+
+@pytest.mark.parametrize(
+    ("marker", "precision", "kind"),
+    [(0xC1, 12, "12-bit"), (0xC3, 16, "lossless"), (0xCB, 8, "lossless")],
+)
+def test_a_jpeg_pillow_cannot_decode_is_named_by_its_kind(tmp_path, marker, precision, kind):
+    """A 12-bit or lossless JPEG (CR/DX exports) was "not an image file of an accepted
+    format" or "corrupt": it is a valid file of a kind Pillow does not decode."""
+    path = tmp_path / "x.jpeg"
+    path.write_bytes(_jpeg_frame(marker, precision))
+    with pytest.raises(ImageLoadError, match=rf"x\.jpeg: {kind} JPEG, which Pillow does not"):
+        load_image(path)
+
+
+def test_jpeg_variant_reads_the_frame_header_past_fill_bytes():
+    assert jpeg_variant(_jpeg_frame(0xC0, 8)) is None
+    assert jpeg_variant(_jpeg_frame(0xC2, 8)) is None
+    head = _jpeg_frame(0xC1, 12)
+    assert jpeg_variant(head[:2] + b"\xff" + head[2:]) == "12-bit"
+    assert jpeg_variant(head[:12]) is None  # cut before the frame header

@@ -70,6 +70,11 @@ def test_out_of_scope_tags_are_reasons(tags, message):
         ({"PatientBirthDate": "19800101", "StudyDate": "20200101"}, 40.0),
         ({"PatientBirthDate": "20200101"}, None),  # no date to count to
         ({"PatientAge": "garbage"}, None),
+        ({"PatientAge": "45Y"}, 45.0),  # not padded to three digits: adults went unwarned
+        ({"PatientAge": "45 Y"}, 45.0),
+        ({"PatientAge": "045"}, 45.0),  # no unit: years
+        ({"PatientAge": "0"}, None),
+        ({"PatientAge": "45YY"}, None),
     ],
 )
 def test_age_from_the_age_tag_or_the_birth_date(tags, years):

@@ -52,3 +52,32 @@ def has_dicom_header(path: Path) -> bool:
     """Whether ``path`` is a file with ``DICM`` after the 128-byte DICOM preamble."""
     found = sniff_file(path)
     return found is not None and found.pillow_name is None
+
+
+FRAME_KINDS = {
+    **dict.fromkeys((0xC3, 0xC7, 0xCB, 0xCF), "lossless"),
+    **dict.fromkeys((0xC5, 0xC6, 0xCD, 0xCE), "hierarchical"),
+    **dict.fromkeys((0xC9, 0xCA), "arithmetic-coded"),
+}
+"""JPEG start-of-frame markers of processes other than baseline, extended and progressive
+Huffman (0xC0-0xC2), by what they are."""
+START_OF_FRAME = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+"""Start-of-frame markers (0xC4, 0xC8 and 0xCC are tables and a reserved code)."""
+
+
+def jpeg_variant(head: bytes) -> str | None:
+    """What a JPEG's frame header (found in ``head``, its first bytes) says it is, where that is
+    a kind Pillow's 8-bit decoder may not read: ``"12-bit"``, ``"lossless"``, ``"hierarchical"``
+    or ``"arithmetic-coded"``; None for an 8-bit baseline/progressive frame or none found."""
+    at = 2  # after the start-of-image marker
+    while at + 5 <= len(head) and head[at] == 0xFF:
+        marker = head[at + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            at += 1
+            continue
+        if marker in START_OF_FRAME:
+            if marker in FRAME_KINDS:
+                return FRAME_KINDS[marker]
+            return f"{head[at + 4]}-bit" if head[at + 4] != 8 else None
+        at += 2 + int.from_bytes(head[at + 2 : at + 4], "big")
+    return None

@@ -14,7 +14,14 @@ from typing import cast
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from pneumolab.data.formats import ACCEPTED, IMAGE_SUFFIXES, PILLOW_FORMATS, has_dicom_header
+from pneumolab.data.formats import (
+    ACCEPTED,
+    IMAGE_SUFFIXES,
+    PILLOW_FORMATS,
+    jpeg_variant,
+    sniff,
+    sniff_file,
+)
 from pneumolab.errors import ImageLoadError, brief
 
 log = logging.getLogger(__name__)
@@ -31,6 +38,8 @@ DEFAULT_MAX_PIXELS = 50_000_000
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
+JPEG_HEADER_BYTES = 1 << 18
+"""Bytes read to find a JPEG's frame header: EXIF and ICC segments (64 KB each) come first."""
 RAISE_THE_LIMIT = (
     "if the image is genuine, raise the limit "
     "(pneumolab predict, audit, explain, serve: --max-megapixels; "
@@ -194,8 +203,31 @@ def array_to_image(array: np.ndarray) -> Image.Image:
 
 
 def is_dicom_file(path: Path) -> bool:
-    """Whether ``path`` is read as DICOM: a ``.dcm`` name or the ``DICM`` header."""
-    return path.suffix.lower() == ".dcm" or has_dicom_header(path)
+    """Whether ``path`` is read as DICOM: its content decides (the ``DICM`` header; a JPEG or
+    PNG named ``.dcm`` is read as what it is, as the HTTP API reads uploads); a ``.dcm`` name
+    only where no signature is found (a DICOM written without its preamble)."""
+    found = sniff_file(path)
+    if found is not None:
+        return found.pillow_name is None
+    return path.suffix.lower() == ".dcm"
+
+
+def _refuse_jpeg_variant(path: Path) -> None:
+    """ImageLoadError naming the kind of JPEG ``path`` is, where Pillow failed on a 12-bit,
+    lossless, hierarchical or arithmetic-coded JPEG (CR/DX exports hold such): a valid file,
+    not a corrupt one. Nothing for any other file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(JPEG_HEADER_BYTES)
+    except OSError:
+        return
+    found = sniff(head)
+    variant = jpeg_variant(head) if found is not None and found.name == "JPEG" else None
+    if variant is not None:
+        raise ImageLoadError(
+            f"{path}: {variant} JPEG, which Pillow does not decode; convert it to an 8-bit "
+            "JPEG or a PNG (e.g. with dcmtk or ImageMagick)"
+        ) from None
 
 
 @contextmanager
@@ -217,6 +249,7 @@ def reading(path: Path, kind: str, max_pixels: int) -> Iterator[None]:
         kind = "folder" if path.is_dir() else "file"
         raise ImageLoadError(f"{path}: {kind} not readable (permission denied)") from None
     except UnidentifiedImageError:
+        _refuse_jpeg_variant(path)
         raise ImageLoadError(
             f"{path}: not an image file of an accepted format ({ACCEPTED})"
         ) from None
@@ -229,6 +262,7 @@ def reading(path: Path, kind: str, max_pixels: int) -> Iterator[None]:
             f"(possible decompression bomb); {RAISE_THE_LIMIT}"
         ) from None
     except Exception as exc:  # OSError, ValueError... and a decoder's own types: one file's problem
+        _refuse_jpeg_variant(path)
         raise ImageLoadError(
             f"{path}: corrupt or undecodable {kind} ({type(exc).__name__}: {brief(str(exc))})"
         ) from None

@@ -82,18 +82,12 @@ def _text(ds: Dataset, keyword: str) -> str:
 
 
 def age_in_years(ds: Dataset) -> float | None:
-    """PatientAge (``nnnD/W/M/Y``), else the birth date against the study/acquisition date:
-    completed calendar months (for dates) as years, plus the share of the month since."""
-    age = _text(ds, "PatientAge").upper()
-    digits = age[:3]
-    if (
-        len(age) == 4
-        and digits.isascii()
-        and digits.isdigit()
-        and age[3] in _AGE_UNITS
-        and int(digits) > 0
-    ):
-        return int(digits) / _AGE_UNITS[age[3]]  # 000Y: the usual anonymised placeholder
+    """PatientAge (``nnnD/W/M/Y``; archives also hold ``45Y``, ``45 Y`` or a bare ``045``, read
+    as years), else the birth date against the study/acquisition date: completed calendar
+    months (for dates) as years, plus the share of the month since."""
+    age = re.fullmatch(r"([0-9]{1,3}) ?([DWMY]?)", _text(ds, "PatientAge").upper())
+    if age and int(age[1]) > 0:  # 000Y: the usual anonymised placeholder
+        return int(age[1]) / _AGE_UNITS[age[2] or "Y"]
     born = _parse_date(_text(ds, "PatientBirthDate"))
     taken = next(
         filter(None, (_parse_date(_text(ds, k)) for k in ("StudyDate", "AcquisitionDate"))), None
