@@ -30,7 +30,7 @@ from pneumolab.choices import (
     Task,
     Tracking,
 )
-from pneumolab.errors import ConfigError, brief
+from pneumolab.errors import ConfigError, brief, validation_problems
 from pneumolab.files import write_text_atomically
 
 
@@ -417,12 +417,6 @@ def resolve_config(
         raise ConfigError(
             f"{source}invalid training config ({validation_problems(exc, 'config')})"
         ) from None
-
-
-def validation_problems(exc: ValidationError, root: str) -> str:
-    """One line per pydantic error, joined: ``where.in.the.file: what is wrong`` (``root`` names
-    an error of the whole mapping)."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or root}: {e['msg']}" for e in exc.errors())
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:

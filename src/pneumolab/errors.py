@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 def printable(text: str) -> str:
     """``text`` with the raw bytes of non-UTF-8 file names (surrogate escapes) shown as ``\\xNN``."""
@@ -12,6 +17,12 @@ def brief(text: str, limit: int = 300) -> str:
     """``text`` on one line, cut to ``limit`` characters (a library's error can run to pages)."""
     line = " ".join(text.split())
     return line if len(line) <= limit else line[:limit] + "..."
+
+
+def validation_problems(exc: ValidationError, root: str) -> str:
+    """One line per pydantic error, joined: ``where.in.the.file: what is wrong`` (``root`` names
+    an error of the whole mapping)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or root}: {e['msg']}" for e in exc.errors())
 
 
 class PneumolabError(Exception):

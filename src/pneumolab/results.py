@@ -13,7 +13,7 @@ import json
 import math
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, FiniteFloat
 
 from pneumolab.choices import Split
 
@@ -63,7 +63,7 @@ class BinaryMetrics(ThresholdMetrics):
 class StoredOperatingPoint(Result):
     """An operating point as a run stores it: its rule, provenance and validation metrics."""
 
-    threshold: float
+    threshold: FiniteFloat
     rule: str = ""
     params: dict[str, float] = Field(default_factory=dict)
     provenance: str = ""
@@ -103,14 +103,15 @@ class DecisionRule(Result):
     """How a run turns scores into labels, chosen on its validation scores: the operating points
     (the default one gives ``threshold``), calibration maps and validation metrics."""
 
-    threshold: float
+    threshold: FiniteFloat
+    """Finite, as every stored threshold: NaN would call every image NORMAL."""
     threshold_rule: str
     default_operating_point: str
     operating_points: dict[str, StoredOperatingPoint]
     temperature: float | None
     platt: Platt | None
     val_metrics: BinaryMetrics
-    tta_threshold: float | None = None
+    tta_threshold: FiniteFloat | None = None
     """The default rule's threshold for test-time-augmented scores (``--tta``), chosen on the
     validation scores averaged over the same views; None for runs of before 2026-12-03."""
 

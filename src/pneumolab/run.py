@@ -36,7 +36,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from pneumolab.data.layout import Sample
-from pneumolab.errors import RunDirError
+from pneumolab.errors import RunDirError, validation_problems
 from pneumolab.files import sha256_of, write_text_atomically
 from pneumolab.run_meta import RunMeta, migrate
 
@@ -208,7 +208,12 @@ class RunDir:
             if not isinstance(data, dict):
                 raise ValueError(f"expected a JSON object, got {type(data).__name__}")
             meta = RunMeta.model_validate(migrate(data, str(self.meta)))
-        except (ValueError, ValidationError) as exc:  # JSONDecodeError is a ValueError
+        except ValidationError as exc:  # before ValueError, its base class
+            raise RunDirError(
+                f"{self.meta}: not a valid run metadata file "
+                f"({validation_problems(exc, 'meta.json')})"
+            ) from None
+        except ValueError as exc:  # JSONDecodeError is a ValueError
             raise RunDirError(f"{self.meta}: not a valid run metadata file ({exc})") from None
         if not meta.is_ensemble and not self.weights.is_file():
             raise unfinished

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pneumolab.data.formats import jpeg_variant
 from pneumolab.data.imageio import (
     array_to_image,
     image_to_grayscale,
@@ -17,7 +18,6 @@ from pneumolab.data.imageio import (
     source_size,
     to_grayscale,
 )
-from pneumolab.data.formats import jpeg_variant
 from pneumolab.errors import ImageLoadError
 
 EXIF_ORIENTATION = 0x0112

@@ -15,7 +15,7 @@ import pytest
 import pneumolab
 from conftest import copy_run, dirty_suffix, write_synthetic_dataset
 from pneumolab.config import TrainConfig
-from pneumolab.errors import DataLayoutError
+from pneumolab.errors import DataLayoutError, ModelError
 from pneumolab.evaluation.evaluate import evaluate
 from pneumolab.evaluation.heldout import log_test_evaluation
 from pneumolab.pipeline.train import train
@@ -205,6 +205,26 @@ def test_a_split_with_no_readable_image_is_a_clear_error(trained, tmp_path):
         DataLayoutError, match=r"the test split: none of its 20 images could be read"
     ):
         evaluate(run_dir, broken, split="test", device="cpu")
+
+
+def test_scores_that_are_not_numbers_are_named_not_a_traceback(trained):
+    """sklearn's "Input contains NaN." ended a traceback naming neither run nor image."""
+    from pneumolab.evaluation.scoring import compute_evaluation
+    from pneumolab.inference.predictor import Predictor
+    from pneumolab.inference.scores import Scores
+
+    run_dir, data = trained
+    predictor = Predictor.from_run(run_dir)
+    scorer = predictor.scorer
+
+    def one_nan(pixels):
+        scores = scorer(pixels)
+        scores.probability[1] = math.nan
+        return Scores(scores.probability, scores.ood)
+
+    predictor.scorer = one_nan
+    with pytest.raises(ModelError, match=r"not a finite number for 1 of \d+ images \(first: /"):
+        compute_evaluation(predictor, data, "val")
 
 
 def test_a_split_readable_in_one_class_only(trained, tmp_path, capsys):

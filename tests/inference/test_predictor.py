@@ -37,3 +37,33 @@ def test_max_pixels_refuses_larger_files_from_their_header(tiny_run, tmp_path):
     below = Predictor.from_run(run_dir, max_pixels=width * height - 1)
     with pytest.raises(ImageLoadError, match=f"{image.name}: {width}x{height} pixels is over"):
         below.predict(image)
+
+
+def test_weights_holding_nan_are_refused_by_name(tiny_run, tmp_path):
+    """A corrupt weights file with a NaN bias scored every image NaN, a confident NORMAL."""
+    from safetensors.torch import load_file, save_file
+
+    from conftest import copy_run
+    from pneumolab.errors import RunDirError
+
+    run = copy_run(tiny_run[0], tmp_path / "run")
+    state = load_file(run / "model.safetensors")
+    name = next(n for n in state if n.endswith("bias"))
+    state[name][...] = float("nan")
+    save_file(state, run / "model.safetensors")
+    with pytest.raises(RunDirError, match=rf"model\.safetensors: weights hold NaN .*\({name}"):
+        Predictor.from_run(run)
+
+
+def test_a_stored_threshold_that_is_not_a_number_is_refused(tiny_run, tmp_path):
+    import json
+
+    from conftest import copy_run
+    from pneumolab.errors import RunDirError
+
+    run = copy_run(tiny_run[0], tmp_path / "run")
+    meta = json.loads((run / "meta.json").read_text())
+    meta["threshold"] = float("nan")  # json.dumps writes NaN, as meta.json allows for metrics
+    (run / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(RunDirError, match=r"meta\.json: .*\(threshold: Input should be a finite"):
+        Predictor.from_run(run)

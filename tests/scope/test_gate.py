@@ -169,6 +169,28 @@ def test_a_missing_ood_score_under_a_threshold_is_out_of_scope():
     assert ood_reason(float("nan"), None) == ()  # no OOD model at all: nothing to say
 
 
+@pytest.mark.parametrize("scope_verdict", [True, False])
+def test_a_score_that_is_not_a_number_gives_no_class(scope_verdict):
+    """NaN >= threshold is false: a network whose output was NaN called every image NORMAL,
+    in scope; predict --json then wrote NaN, which is not JSON."""
+    from pneumolab.inference.prediction import gated_prediction
+    from pneumolab.scope.checks import ScopeChecks
+
+    result = gated_prediction(
+        "x.png",
+        float("nan"),
+        0.5,
+        ["NORMAL", "PNEUMONIA"],
+        ScopeChecks(),
+        ood_score=1.0,
+        ood_threshold=10.0,
+        scope_verdict=scope_verdict,
+    )
+    assert result.label == OUT_OF_SCOPE_LABEL and not result.in_scope
+    assert result.reasons == ("the model's output is not a finite number (no class can be given)",)
+    assert json.loads(json.dumps(result.to_dict(), allow_nan=False))["probability"] is None
+
+
 def test_a_refitted_gate_is_another_model_version(run_dir, tmp_path):
     run = RunDir(copy_run(run_dir, tmp_path / "run"))
     before = run.model_version()

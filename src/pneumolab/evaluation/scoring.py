@@ -16,7 +16,7 @@ from pneumolab.choices import SPLITS, Split
 from pneumolab.data.dataset import DecodedImages, decode_readable
 from pneumolab.data.layout import Sample, find_splits, scan_split
 from pneumolab.data.subtypes import subtype_labels
-from pneumolab.errors import DataLayoutError
+from pneumolab.errors import DataLayoutError, ModelError
 from pneumolab.evaluation.bootstrap import INTERVAL_METHOD, bootstrap_ci
 from pneumolab.evaluation.calibration import apply_platt, apply_temperature
 from pneumolab.evaluation.heldout import check_test_log, count_test_evaluations
@@ -179,6 +179,18 @@ class Evaluation:
         return f"{self.predictor.meta.model} — {self.split} (n={self.metrics.n})"
 
 
+def _check_finite(probs: np.ndarray, samples: list[Sample], run: RunDir) -> None:
+    """ModelError naming the run and the first image whose score is not a finite number (no
+    metric is defined over it)."""
+    unscored = np.flatnonzero(~np.isfinite(probs))
+    if unscored.size:
+        raise ModelError(
+            f"{run.root}: the model's output is not a finite number for {unscored.size} of "
+            f"{len(probs)} images (first: {samples[unscored[0]].path}); no metric is defined "
+            "over it"
+        )
+
+
 def compute_evaluation(
     predictor: Predictor,
     data_dir: str | Path,
@@ -196,6 +208,7 @@ def compute_evaluation(
     samples = split_samples(run, Path(data_dir), split)
     decoded = decode_readable(samples, predictor.image_size, f"{data_dir}: the {split} split")
     probs = predictor.backend(decoded.pixels)
+    _check_finite(probs, decoded.samples, run)
     labels = np.array([s.label for s in decoded.samples])
     threshold = predictor.threshold
     # the maps were fitted on scores without test-time views: they do not belong to TTA scores

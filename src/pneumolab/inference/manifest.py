@@ -39,7 +39,7 @@ def read_manifest(manifest: str | Path) -> list[Path]:
     except UnicodeDecodeError as exc:  # before ValueError, its base class
         raise ConfigError(
             f"{manifest}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as "
-            "\"CSV UTF-8\" (Excel) or re-encode it, e.g. iconv -f latin1 -t utf-8"
+            '"CSV UTF-8" (Excel) or re-encode it, e.g. iconv -f latin1 -t utf-8'
         ) from None
     except (OSError, ValueError, csv.Error) as exc:
         raise ConfigError(f"{manifest}: unreadable manifest ({exc})") from None

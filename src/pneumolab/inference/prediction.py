@@ -36,8 +36,13 @@ class Prediction:
     warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (tuples as lists)."""
-        return asdict(self) | {"reasons": list(self.reasons), "warnings": list(self.warnings)}
+        """JSON-ready fields (tuples as lists; a probability that is not a number as None)."""
+        probability = self.probability if math.isfinite(self.probability) else None
+        return asdict(self) | {
+            "probability": probability,
+            "reasons": list(self.reasons),
+            "warnings": list(self.warnings),
+        }
 
 
 def ood_reason(ood_score: float, ood_threshold: float | None) -> tuple[str, ...]:
@@ -71,10 +76,14 @@ def gated_prediction(
     scope_verdict: bool,
 ) -> Prediction:
     """The prediction for one image: its class at ``threshold``, or ``OUT_OF_SCOPE`` when a
-    check (``checks`` or the OOD score) flagged it and ``scope_verdict`` is on."""
+    check (``checks`` or the OOD score) flagged it and ``scope_verdict`` is on, or the network's
+    output is not a number (NaN is below every threshold: it was a confident NORMAL)."""
+    unscored = not math.isfinite(probability)
     reasons = checks.reasons + ood_reason(ood_score, ood_threshold)
+    if unscored:
+        reasons += ("the model's output is not a finite number (no class can be given)",)
     label = class_names[int(probability >= threshold)]
-    if reasons and scope_verdict:
+    if reasons and (scope_verdict or unscored):
         label = OUT_OF_SCOPE_LABEL
     return Prediction(
         source,

@@ -37,6 +37,13 @@ def load_network(run: RunDir, meta: RunMeta) -> XrayClassifier:
         raise RunDirError(
             f"{run.weights}: unreadable weights file ({exc}); restore it or train the run again"
         ) from None
+    broken = [name for name, tensor in state.items() if not tensor.isfinite().all()]
+    if broken:
+        more = f" and {len(broken) - 1} more" if len(broken) > 1 else ""
+        raise RunDirError(
+            f"{run.weights}: weights hold NaN or infinite values ({broken[0]}{more}); the "
+            "file is corrupt: restore it or train the run again"
+        )
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

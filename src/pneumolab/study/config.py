@@ -16,9 +16,8 @@ from pneumolab.config import (
     load_yaml,
     network_settings,
     resolve_config,
-    validation_problems,
 )
-from pneumolab.errors import ConfigError
+from pneumolab.errors import ConfigError, validation_problems
 
 SPLIT_SETTINGS = ("split_seed", "val_fraction", "max_train_images")
 """Set once in ``defaults``: every model of a study is validated on the same split (a model may
