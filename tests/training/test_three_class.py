@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,10 @@ def test_subtype_metrics_by_hand():
     assert m.per_class["BACTERIAL"].precision == pytest.approx(1 / 3)
     assert m.per_class["VIRAL"].recall == pytest.approx(0.5)
     assert m.per_class["VIRAL"].support == 2
+    never_viral = subtype_metrics(true, probs, probs[:, 1:].sum(axis=1) >= 0.95)  # none called
+    assert never_viral.per_class["VIRAL"].recall == 0.0
+    # a class never called has no precision (it was 0.0, "0% of calls", for calls never made)
+    assert math.isnan(never_viral.per_class["VIRAL"].precision)
 
 
 @pytest.fixture(scope="module")

@@ -73,7 +73,8 @@ def oracle_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
 
 
 def with_margin(threshold: float, prob: np.ndarray) -> float:
-    """Move a threshold that equals a validation score halfway down to the next lower score.
+    """Move a threshold that equals a validation score halfway down to the next lower score
+    (to half its value where no score is lower: every image called positive).
 
     Every validation image keeps its label, but the boundary image no longer sits exactly on the
     threshold, so recomputing the same scores elsewhere (another device, rounding in a CSV, an
@@ -81,9 +82,7 @@ def with_margin(threshold: float, prob: np.ndarray) -> float:
     """
     lower = np.asarray(prob, dtype=float)
     lower = lower[lower < threshold]
-    if not lower.size:
-        return float(threshold)
-    below = float(lower.max())
+    below = float(lower.max()) if lower.size else min(0.0, float(threshold))
     middle = (threshold + below) / 2
     # adjacent floats have no number between them: the midpoint rounds onto one of the two
     return middle if below < middle < threshold else float(threshold)

@@ -34,7 +34,7 @@ def subtype_metrics(
         labels=labels,
         target_names=SUBTYPE_NAMES,
         output_dict=True,
-        zero_division=0,
+        zero_division=np.nan,  # a class never called: precision undefined, as in binary metrics
     )
     pneumonia = true > 0
     bacterial_vs_viral = class_probs[pneumonia][:, 1:].argmax(axis=1) + 1
