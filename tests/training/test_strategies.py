@@ -9,11 +9,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import TINY_TRAINING, by_size, write_backbone_weights
+from conftest import TINY_TRAINING, by_size, write_backbone_weights, write_synthetic_dataset
 from pneumolab.config import TrainConfig
 from pneumolab.errors import ConfigError
 from pneumolab.models.catalog import STUDY_MODELS
 from pneumolab.models.registry import create_classifier, zero_head
+from pneumolab.pipeline.train import train
 from pneumolab.training.distributed import lightning_strategy
 from pneumolab.training.module import ClassifierModule
 from pneumolab.training.strategies import (
@@ -226,3 +227,16 @@ def test_frozen_batch_norms_keep_their_statistics():
     model(torch.randn(4, 2, 3, 3) + 5)
     assert torch.equal(model[0].running_mean, before)
     assert not torch.equal(model[1].running_mean, torch.zeros(2))
+
+
+def test_lp_ft_keeps_a_fine_tuned_epoch_and_early_stopping_waits_for_one(tmp_path):
+    """With a monitor, a saturated validation AUC over the head epochs stopped the run and kept
+    a head-only epoch: a "finetune" run whose backbone was the pretrained file, unchanged."""
+    weights = write_backbone_weights(tmp_path / "pneumolab_cnn_small.safetensors", seed=0)
+    settings = {"pretrained": True, "weights": weights, "monitor": "val_auc"}
+    config = TrainConfig(
+        **(TINY_TRAINING | settings), epochs=3, head_epochs=2, early_stopping_patience=1
+    )
+    run = train(write_synthetic_dataset(tmp_path / "data"), tmp_path / "run", config)
+    assert len(run.history.read_text().splitlines()) == 1 + 3  # header, then every epoch
+    assert run.read_meta().best_epoch == 2  # the fine-tuning epoch, 0-based

@@ -16,7 +16,7 @@ from typing import Any, TextIO, cast
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from pneumolab.files import atomic_write
 
@@ -28,8 +28,15 @@ class RunCheckpoint(ModelCheckpoint):
     is filed under ModelCheckpoint's key, so runs checkpointed by that class resume with theirs,
     and it writes ``best.ckpt`` and ``last.ckpt`` over themselves, never beside (``-v1``)."""
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, from_epoch: int = 0, **options: Any) -> None:
         super().__init__(enable_version_counter=False, **options)
+        self.from_epoch = from_epoch
+        """With a ``monitor``: the first epoch (0-based) that may be kept as the best (the head
+        epochs of LP-FT are not: their backbone is the pretrained one, not the fine-tuned)."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.monitor is None or trainer.current_epoch >= self.from_epoch:
+            super().on_train_epoch_end(trainer, pl_module)
 
     @property
     def state_key(self) -> str:
@@ -40,6 +47,24 @@ class RunCheckpoint(ModelCheckpoint):
         if old and new and str(old) != str(new):
             state_dict = _rebased(state_dict, str(old), str(new))
         super().load_state_dict(state_dict)
+
+
+class FineTuningEarlyStopping(EarlyStopping):
+    """Lightning's EarlyStopping, counting from epoch ``from_epoch`` (0-based): the head epochs
+    of LP-FT cannot improve the backbone, and a saturated validation AUC stopped a "finetune"
+    run before it fine-tuned at all."""
+
+    def __init__(self, from_epoch: int = 0, **options: Any) -> None:
+        super().__init__(**options)
+        self.from_epoch = from_epoch
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch >= self.from_epoch:
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch >= self.from_epoch:
+            super().on_validation_end(trainer, pl_module)
 
 
 def _rebased(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:

@@ -13,7 +13,6 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import (
-    EarlyStopping,
     EMAWeightAveraging,
     ProgressBar,
     StochasticWeightAveraging,
@@ -28,6 +27,7 @@ from pneumolab.models.classifier import XrayClassifier
 from pneumolab.run import RunDir
 from pneumolab.run_meta import DistributedTraining, FeatureCacheStats, TrainingSummary
 from pneumolab.training.callbacks import (
+    FineTuningEarlyStopping,
     HistoryCSV,
     RandomStates,
     RunCheckpoint,
@@ -116,6 +116,7 @@ def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callba
     # saved after HistoryCSV's row: a resume neither loses nor repeats one
     checkpoints = [
         RunCheckpoint(
+            from_epoch=config.head_epochs,
             dirpath=run.checkpoints,
             filename="best",
             monitor=monitor,
@@ -130,7 +131,14 @@ def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callba
         )
     progress = progress_display()
     stopping = (
-        [EarlyStopping(monitor=monitor, mode=mode, patience=config.early_stopping_patience)]
+        [
+            FineTuningEarlyStopping(
+                from_epoch=config.head_epochs,
+                monitor=monitor,
+                mode=mode,
+                patience=config.early_stopping_patience,
+            )
+        ]
         if monitor
         else []
     )
