@@ -284,10 +284,27 @@ def test_flags_that_would_be_ignored_are_refused_before_anything_loads(
 
 
 def test_weights_with_no_pretrained_are_refused_not_recorded(tmp_path, capsys):
-    """The file was never read, yet config.yaml recorded it as the run's weights."""
+    """The file was never read, yet config.yaml recorded it as the run's weights; with
+    `pretrained: false` in a config file it was dropped without a word."""
     args = ["train", "--data", tmp_path, "--out", tmp_path / "run", "--no-pretrained"]
     code, _, err = run_cli(capsys, *args, "--weights", tmp_path / "w.safetensors")
-    assert code == 2 and "--weights with --no-pretrained" in one_line(err)
+    assert code == 2 and "--weights without pretrained weights" in one_line(err)
+    scratch = tmp_path / "scratch.yaml"
+    scratch.write_text("pretrained: false\n")
+    args = ["train", "--data", tmp_path, "--out", tmp_path / "run", "--config", scratch]
+    code, _, err = run_cli(capsys, *args, "--weights", tmp_path / "w.safetensors")
+    assert code == 2 and "--weights without pretrained weights" in one_line(err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_flags_the_combination_never_reads_are_refused(tmp_path, capsys):
+    """docs/cli.md: a flag that would do nothing is refused; these trained without a word."""
+    args = ["train", "--data", tmp_path, "--out", tmp_path / "run", "--swa-lr", "0.5"]
+    code, _, err = run_cli(capsys, *args, "--unfreeze-stages", "5", "--distill-weight", "0.9")
+    message = one_line(err)
+    assert code == 2 and "--swa-lr without --swa-epochs" in message
+    assert "--unfreeze-stages with --strategy finetune" in message
+    assert "--distill-weight without --teacher" in message
     assert not (tmp_path / "run").exists()
 
 

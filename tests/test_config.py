@@ -71,11 +71,15 @@ def test_train_flags_cover_every_setting_and_default_to_the_recipe():
     assert set(config_overrides(args)) == set(TrainConfig.model_fields)
     assert resolve_config(None, config_overrides(args)) == TrainConfig()
     given = [
-        "train", "--data", "D", "--out", "R", "--strategy", "partial", "--no-pretrained",
+        "train", "--data", "D", "--out", "R", "--strategy", "partial", "--unfreeze-stages", "3",
         "--backbone-lr-scale", "0.1", "--precision", "32", "--max-train-images", "40",
     ]  # fmt: skip
     config = resolve_config(None, config_overrides(parser.parse_args(given)))
-    assert (config.strategy, config.pretrained, config.backbone_lr_scale) == ("partial", False, 0.1)
+    assert (config.strategy, config.unfreeze_stages, config.backbone_lr_scale) == (
+        "partial",
+        3,
+        0.1,
+    )
     assert (config.precision, config.max_train_images) == ("32", 40)
 
 
@@ -159,3 +163,18 @@ def test_weights_are_not_recorded_for_a_network_trained_from_scratch():
 
     assert TrainConfig(pretrained=False, weights="/w/file.safetensors").weights is None
     assert TrainConfig(weights="/w/file.safetensors").weights == "/w/file.safetensors"
+
+
+def test_settings_the_combination_never_reads_are_recorded_as_their_defaults():
+    """A from-scratch run recorded `backbone_lr_scale: 0.1`, `unfreeze_stages: 5`... that it
+    never applied, and two such runs passed a study's "same network twice" check."""
+    from pneumolab.config import inert_settings
+
+    given = {"pretrained": False, "backbone_lr_scale": 0.1, "unfreeze_stages": 5}
+    config = TrainConfig(**given, head_init="zero", swa_lr=0.5, distill_weight=0.9)
+    assert config == TrainConfig(pretrained=False)
+    assert set(inert_settings(config)) >= {"backbone_lr_scale", "unfreeze_stages", "swa_lr"}
+    frozen = TrainConfig(strategy="frozen", augmentation="standard", augment_strength=2.5)
+    assert frozen == TrainConfig(strategy="frozen")
+    partial = TrainConfig(strategy="partial", unfreeze_stages=3, monitor="val_auc")
+    assert partial.unfreeze_stages == 3 and "unfreeze_stages" not in inert_settings(partial)

@@ -266,9 +266,11 @@ class TrainConfig(BaseModel):
         SWA keeps its average as the final epoch: it cannot share a run with EMA or with a
         best-epoch ``monitor``, needs an epoch before its own, and recomputes every batch-norm
         layer's statistics (``partial`` keeps the frozen stages'). Head epochs need pretrained
-        features to train on and an epoch of fine-tuning after them."""
-        if not self.pretrained:  # never read: not recorded as the run's weights either (a
-            self.weights = None  # study gives its --weights to its from-scratch models too)
+        features to train on and an epoch of fine-tuning after them. Settings this combination
+        never reads (:func:`inert_settings`) are set back to their defaults: the run records
+        what it trained with, and two networks that differ only in them are one network."""
+        for name in inert_settings(self):  # a study's defaults give them to every model
+            setattr(self, name, type(self).model_fields[name].default)
         if self.strategy == "frozen" and not self.pretrained:  # before a study trains anything
             raise ValueError(
                 "strategy 'frozen' needs pretrained weights (a frozen random backbone learns "
@@ -307,6 +309,29 @@ class TrainConfig(BaseModel):
     def data_seed(self) -> int:
         """The seed of the train/validation split: ``split_seed``, else ``seed``."""
         return self.seed if self.split_seed is None else self.split_seed
+
+
+def inert_settings(config: TrainConfig) -> dict[str, str]:
+    """The settings ``config``'s other choices leave unread, each with the reason (as a flag
+    would be told: ``--swa-lr`` + the reason)."""
+    inert: dict[str, str] = {}
+    if not config.pretrained:
+        scratch = "without pretrained weights (it trains from a random start)"
+        inert |= dict.fromkeys(("weights", "backbone_lr_scale", "head_init"), scratch)
+    if config.strategy == "frozen":
+        cached = "with --strategy frozen (it trains on cached features of unaugmented images)"
+        inert |= dict.fromkeys(("augmentation", "augment_strength", "backbone_lr_scale"), cached)
+    else:
+        inert["feature_cache"] = f"with --strategy {config.strategy} (only frozen caches features)"
+    if config.strategy != "partial":
+        inert["unfreeze_stages"] = f"with --strategy {config.strategy} (only partial reads it)"
+    if config.teacher is None:
+        inert["distill_weight"] = "without --teacher"
+    if not config.swa_epochs:
+        inert["swa_lr"] = "without --swa-epochs"
+    if config.monitor == "last":
+        inert["early_stopping_patience"] = "with --monitor last (it never stops early)"
+    return inert
 
 
 RUN_ENVIRONMENT = frozenset({"num_workers", "tracking", "feature_cache"})

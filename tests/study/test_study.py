@@ -339,6 +339,10 @@ def test_a_compare_stopped_while_writing_leaves_nothing_that_blocks_its_rerun(
         ([{"name": "a"}, {"name": "b", "seed": 3}], "seed 3 would move the validation split"),
         ([{"name": "a"}, {"name": "a"}], "used twice"),
         ([{"name": "a"}, {"name": "b"}], "'a' and 'b' have the same settings; they would train"),
+        # unfreeze_stages is read by strategy partial only: one network, trained twice
+        ([{"name": "a"}, {"name": "b", "unfreeze_stages": 3}], "'a' and 'b' have the same"),
+        ([{"name": None}], r"'name' \(None as YAML reads it\) must be text"),
+        ([{"name": True}], r"'name' \(True as YAML reads it\) must be text"),
         ([{"model": "resnet18"}], "needs a 'name'"),
         ([{"name": "okmodel\n"}], "needs a 'name'"),  # it made a folder whose name ends in \n
         ([{"name": "a", "epochs": 0}], "epochs"),

@@ -96,6 +96,7 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """`pneumolab train`: train one model from the config file and flags, print its metrics."""
     from pneumolab.cli.config_flags import config_overrides
+    from pneumolab.cli.flag_checks import refuse_inert_flags
     from pneumolab.cli.tables import metrics_table
     from pneumolab.config import resolve_config
     from pneumolab.pipeline.train import train
@@ -110,6 +111,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             "would be ignored: drop them, or train a new run into another --out"
         )
     config = None if args.resume else resolve_config(args.config, overrides)
+    if config is not None:
+        refuse_inert_flags(config, overrides)
     run = train(args.data, args.out, config, resume=args.resume)
     if global_rank() != 0:  # rank 0 finishes the run and reports it
         return 0

@@ -4,8 +4,13 @@ the command would ignore is refused here, before anything loads, instead of doin
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from pneumolab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pneumolab.config import TrainConfig
 
 RAY_OPTIONS = ("address", "num_workers", "cpus_per_worker", "gpus_per_worker")
 """``predict`` options of the Ray engine (their flags default to None: RayOptions' defaults)."""
@@ -26,8 +31,6 @@ def ignored_flags(args: argparse.Namespace) -> list[str]:
             for flag, given in (("--opset", args.opset is not None), ("--verify", args.verify))
             if given
         ]
-    if args.command == "train" and args.pretrained is False and args.weights:
-        ignored.append("--weights with --no-pretrained (it trains from a random start)")
     if args.command != "predict":
         return ignored
     if args.overwrite and args.out is None:
@@ -48,5 +51,20 @@ def ignored_flags(args: argparse.Namespace) -> list[str]:
 def refuse_ignored_flags(args: argparse.Namespace) -> None:
     """ConfigError listing every flag of ``args`` the command would ignore; None if there is none."""
     ignored = ignored_flags(args)
+    if ignored:
+        raise ConfigError(f"these flags would be ignored: {'; '.join(ignored)}")
+
+
+def refuse_inert_flags(config: TrainConfig, given: Mapping[str, Any]) -> None:
+    """ConfigError listing each training flag ``given`` that ``config`` (the config file and
+    flags together) never reads (:func:`~pneumolab.config.inert_settings`)."""
+    from pneumolab.config import inert_settings
+
+    inert = inert_settings(config)
+    ignored = [
+        f"{_flag(name)} {inert[name]}"
+        for name, value in given.items()
+        if value is not None and name in inert
+    ]
     if ignored:
         raise ConfigError(f"these flags would be ignored: {'; '.join(ignored)}")

@@ -90,8 +90,12 @@ class StudyConfig(BaseModel):
         given = self.overrides | flags_given(overrides)
         for index, entry in enumerate(self.models):
             entry = dict(entry)
-            name = str(entry.pop("name", ""))
+            name = entry.pop("name", "")
             where = f"models[{index}]"
+            if not isinstance(name, str):  # YAML reads `yes` as True, a blank as None
+                raise ConfigError(
+                    f"{where}: its 'name' ({name!r} as YAML reads it) must be text: quote it"
+                )
             if not re.fullmatch(NAME_PATTERN, name):
                 raise ConfigError(f"{where}: needs a 'name' of letters, digits, '.', '_' or '-'")
             if name in configs:
