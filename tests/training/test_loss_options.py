@@ -112,6 +112,7 @@ def test_swa_keeps_the_average_with_recomputed_batch_norm_statistics(synthetic_d
     assert len(history) == 1 + 3 + 1  # header, the epochs, Lightning's batch-norm epoch
     last = torch.load(run.checkpoints / "best.ckpt", weights_only=False)
     assert last["epoch"] == 3  # the run kept the batch-norm epoch, which holds the average
+    assert run.read_meta().best_epoch == 2  # the card said "Best epoch: 4" of a 3-epoch run
     saved = load_file(run.weights)
     state = {k.removeprefix("model."): v for k, v in last["state_dict"].items()}
     assert all(torch.equal(saved[k], state[k].to(saved[k].dtype)) for k in saved if k in state)

@@ -303,7 +303,7 @@ def fit(
         strategy=config.strategy,
         parameters=sum(p.numel() for p in model.parameters()),
         trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        best_epoch=best.get("epoch"),
+        best_epoch=_kept_epoch(best.get("epoch"), config),
         train_seconds=round(clock.seconds, 1),
         feature_cache=FeatureCacheStats(**cache_stats) if cache_stats else None,
         distributed=distributed_summary(trainer, config, module.lr),
@@ -311,3 +311,9 @@ def fit(
         teacher=module.teacher.record if module.teacher else None,
     )
     return Fitted(model, data.val_images(), summary, trainer.logger, data.train_images())
+
+
+def _kept_epoch(epoch: int | None, config: TrainConfig) -> int | None:
+    """The epoch of the schedule whose weights the run kept (0-based): SWA's batch-norm pass is
+    one more checkpointed epoch, yet the average it holds is the last scheduled epoch's."""
+    return None if epoch is None else min(epoch, config.epochs - 1)
