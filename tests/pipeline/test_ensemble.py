@@ -48,6 +48,11 @@ def test_ensemble_scores_the_mean_with_its_own_threshold(members, tmp_path):
     expected = np.mean([[row["probability"] for row in rows] for rows in member_rows], axis=0)
     got = [row["probability"] for row in read_predictions(ensemble.val_predictions)]
     assert np.allclose(sorted(got), sorted(expected), atol=1e-6)
+    patients = {row["path"]: row["patient"] for row in member_rows[0]}
+    assert all(  # the members' patients, not an empty column
+        row["patient"] == patients[row["path"]] and row["patient"]
+        for row in read_predictions(ensemble.val_predictions)
+    )
     members_found = [(ensemble.root / m).resolve() for m in meta["members"]]
     assert members_found == [r.root.resolve() for r in runs]
     assert meta["val_metrics"]["sensitivity"] >= 0.95  # its own threshold, chosen on validation

@@ -108,7 +108,22 @@ def test_a_resume_compares_the_filed_settings_safely(tmp_path, capsys):
         check_resumed_settings(checkpoint, config, tmp_path / "config.yaml")
     filed(precision="bf16-mixed")  # what it computes on may change
     check_resumed_settings(checkpoint, config, tmp_path / "config.yaml")
+    # earlier versions filed settings the run never read as given; config.yaml still says so,
+    # but read now they are at their defaults: "put the settings back" could not be followed
+    filed(early_stopping_patience=5, swa_lr=0.001)  # with monitor last, without SWA
+    check_resumed_settings(checkpoint, config, tmp_path / "config.yaml")
     torch.save({"callbacks": {"RunSettings": {"settings": _Runs()}}}, checkpoint)
     with pytest.raises(pickle.UnpicklingError):
         check_resumed_settings(checkpoint, config, tmp_path / "config.yaml")
     assert "ran code" not in capsys.readouterr().out
+
+
+def test_early_stopping_state_is_filed_under_lightnings_key():
+    """Checkpoints of earlier runs hold EarlyStopping's state under Lightning's key: under
+    another key it was skipped without a word, and a resumed run counted its patience anew."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from pneumolab.training.callbacks import FineTuningEarlyStopping
+
+    ours = FineTuningEarlyStopping(from_epoch=1, monitor="val_auc", mode="max", patience=2)
+    assert ours.state_key == EarlyStopping(monitor="val_auc", mode="max").state_key

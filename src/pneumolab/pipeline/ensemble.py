@@ -21,6 +21,7 @@ import numpy as np
 
 from pneumolab.config import TrainConfig, check_target_sensitivity, resolve_config
 from pneumolab.data.layout import Sample
+from pneumolab.data.patients import patient_of
 from pneumolab.errors import ConfigError, RunDirError
 from pneumolab.pipeline.finalise import finalise
 from pneumolab.pipeline.ood_fit import ensemble_ood
@@ -172,8 +173,9 @@ def build_ensemble(
         ood.save(ensemble.ood)
     members = [os.path.relpath(run.root.resolve(), ensemble.root.resolve()) for run in runs]
     shutil.copyfile(runs[0].split, ensemble.split)
-    samples = [
-        Sample(Path(path), int(label), "") for path, label in zip(paths, labels, strict=True)
+    samples = [  # the members' patients (read again from the image for older members)
+        Sample(Path(path), int(label), predictions[0][path]["patient"] or patient_of(Path(path)))
+        for path, label in zip(paths, labels, strict=True)
     ]
     finalise(
         ensemble,

@@ -58,6 +58,11 @@ class FineTuningEarlyStopping(EarlyStopping):
         super().__init__(**options)
         self.from_epoch = from_epoch
 
+    @property
+    def state_key(self) -> str:
+        """EarlyStopping's key: checkpoints of runs it stopped resume with their patience."""
+        return "EarlyStopping" + super().state_key.removeprefix(type(self).__qualname__)
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch >= self.from_epoch:
             super().on_train_epoch_end(trainer, pl_module)

@@ -12,7 +12,7 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from pneumolab.config import TrainConfig, network_settings
+from pneumolab.config import TrainConfig, inert_settings, network_settings
 from pneumolab.errors import RunDirError
 from pneumolab.files import write_bytes_atomically
 
@@ -88,7 +88,8 @@ def check_resumed_settings(checkpoint: Path, config: TrainConfig, config_file: P
         return
     now, defaults = resume_settings(config), resume_settings(TrainConfig())
     was = defaults | filed  # a setting newer than the checkpoint was trained at its default
-    changed = sorted(key for key in now if was[key] != now[key])
+    unread = inert_settings(config)  # filed as given by earlier versions, now at its default
+    changed = sorted(key for key in now if was[key] != now[key] and key not in unread)
     if changed:
         edits = ", ".join(f"{key}: {was[key]!r} -> {now[key]!r}" for key in changed)
         raise RunDirError(
