@@ -363,3 +363,17 @@ def test_weights_are_written_with_the_umask(tiny_run):
     for name in ("model.safetensors", "ood.safetensors"):
         mode = (tiny_run[0] / name).stat().st_mode & 0o777
         assert mode == 0o666 & ~current_umask(), name  # safetensors alone writes 0600
+
+
+def test_a_dependency_missing_from_a_broken_install_is_one_line(tiny_run, tmp_path, capsys):
+    """`--backend onnx` with onnxruntime gone ended in an ImportError traceback."""
+    import sys
+
+    image = next((tiny_run[1] / "train").rglob("*.png"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "onnxruntime", None)  # what a removed package raises
+        patch.delitem(sys.modules, "pneumolab.inference.onnx_backend", raising=False)
+        code, _, err = run_cli(capsys, "predict", tiny_run[0], image, "--backend", "onnx")
+    assert code == 2
+    assert "the Python package onnxruntime is missing" in one_line(err)
+    assert "Traceback" not in err

@@ -54,6 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PneumolabError as exc:
         report_error(exc)
         return 2
+    except ModuleNotFoundError as exc:  # a dependency pneumolab installs is gone: no traceback
+        report_error(
+            Exception(
+                f"the Python package {exc.name or exc} is missing from this environment (a "
+                "broken or partial installation): reinstall pneumolab with its dependencies"
+            )
+        )
+        return 2
     except BrokenPipeError:  # `| head`: the reader has gone; nothing more to say to it
         with contextlib.suppress(OSError, ValueError):  # no descriptor: output captured
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
