@@ -230,3 +230,24 @@ def test_a_site_of_adults_or_of_mostly_unreadable_files_is_not_called_ok():
     unreadable = _site([_readable(i) for i in range(100)] + broken)
     assert unreadable.verdict.startswith("CAUTION")
     assert unreadable.verdict_reasons[0].startswith("38% of the files could not be read")
+
+
+def test_a_run_without_an_ood_model_is_never_called_ok():
+    """Without the OOD model the content check was skipped, yet the verdict said "OK: no shift
+    detected" (25 photographs among 6 X-rays passed so)."""
+    records = [_readable(i) for i in range(100)]
+    audit = audit_module.SiteAudit("run", "site", records, np.zeros(0), None, 0.6)
+    audit_module.judge(audit)
+    assert audit.verdict.startswith("CAUTION")
+    assert audit.verdict_reasons == [
+        "the run has no OOD model: image content was not compared with the training X-rays "
+        "(`pneumolab fit-ood run --data DATA_DIR` fits one)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("mode", "bits"), [("1", 1), ("L", 8), ("CMYK", 8), ("YCbCr", 8), ("I;16B", 16), ("F", 32)]
+)
+def test_bit_depth_of_every_pillow_mode(mode, bits):
+    """CMYK JPEGs were counted under a bit depth "null" (a table of 9 modes)."""
+    assert audit_module.bits_per_sample(mode) == bits

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageMode
 from scipy.stats import ks_2samp
 
 from pneumolab.data.formats import IMAGE_SUFFIXES
@@ -44,7 +44,6 @@ MAX_UNREADABLE = 0.02
 """Share of unreadable files above which the verdict is a caution (a site's export may be broken)."""
 MAX_WARNED = 0.1
 """Share of images with scope warnings (adult patients...) above which the verdict cautions."""
-BIT_DEPTHS = {"1": 1, "L": 8, "P": 8, "LA": 8, "RGB": 8, "RGBA": 8, "I;16": 16, "I": 32, "F": 32}
 
 
 @dataclass
@@ -172,7 +171,17 @@ def _file_facts(path: Path, record: ImageRecord, max_pixels: int) -> None:
         return
     with Image.open(path) as image:
         record.width, record.height = image.size
-        record.bit_depth = BIT_DEPTHS.get(image.mode)
+        record.bit_depth = bits_per_sample(image.mode)
+
+
+def bits_per_sample(mode: str) -> int | None:
+    """Bits per sample of a Pillow image mode (1 for bilevel; CMYK, YCbCr and the 16-bit
+    modes too), from Pillow's own mode table; None for a mode it does not know."""
+    try:
+        typestr = ImageMode.getmode(mode).typestr
+    except KeyError:
+        return None
+    return 1 if typestr == "|b1" else int(typestr[2:]) * 8
 
 
 def _int(text: str | None) -> int | None:
@@ -208,6 +217,11 @@ def judge(audit: SiteAudit) -> None:
         ]
         return
     reasons = []
+    if audit.ood_threshold is None:  # the check that sees most shifts did not run: never OK
+        reasons.append(
+            f"the run has no OOD model: image content was not compared with the training "
+            f"X-rays (`pneumolab fit-ood {audit.run} --data DATA_DIR` fits one)"
+        )
     if share > MAX_OUT_OF_SCOPE:
         top = _most_common(audit.reason_counts())
         reasons.append(f"{share:.0%} of the images are out of scope (validation: ≤ 1%): {top}")
