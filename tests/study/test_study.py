@@ -586,6 +586,19 @@ def test_compare_refuses_a_run_given_twice_names_namesakes_and_leaves_no_stale_f
     assert main(["compare", str(run), *common, "--overwrite"]) == 0
     assert [p.name for p in (out / "confusion").iterdir()] == ["small.png"]  # no stale figure
 
+    mine = tmp_path / "mine" / "confusion" / "my_figure.png"  # a file compare did not write
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"mine")
+    assert main(["compare", str(run), *common[:-1], str(tmp_path / "mine")]) == 0
+    assert mine.read_bytes() == b"mine"  # removed without --overwrite before
+
+    copy = shutil.copytree(run, tmp_path / "exported" / "small")
+    (copy / "model.onnx").unlink(missing_ok=True)
+    fresh = [*common[:-1], str(tmp_path / "fresh")]
+    twice = ["compare", str(copy), str(copy), *fresh, "--backend", "onnx", "--export"]
+    assert main(twice) == 2 and "given twice" in capsys.readouterr().err
+    assert not (copy / "model.onnx").exists()  # refused before the export wrote anything
+
 
 TWIN_SETTING = {"label_smoothing": 0.01}  # another network, on paper: reused, never trained
 

@@ -213,8 +213,9 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     """`pneumolab compare`: score runs on the same images, with paired margins."""
     from pneumolab.cli.tables import comparison_table
-    from pneumolab.evaluation.comparison import compare_runs
+    from pneumolab.evaluation.comparison import check_comparison, compare_runs
 
+    check_comparison(args.run_dirs, args.out, args.overwrite)  # before an export writes anything
     export_if_asked(args, args.run_dirs)
     rows, outputs = compare_runs(
         args.run_dirs,

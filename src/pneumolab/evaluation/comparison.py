@@ -177,6 +177,10 @@ def _markdown(rows: Sequence[ComparisonRow], split: str, notes: dict[str, str]) 
     return "\n".join(lines) + "\n"
 
 
+MARGINS = "margins.md"
+"""The paired margins of a comparison, beside its table."""
+
+
 def comparison_files(out_dir: Path) -> dict[str, Path]:
     """Where :func:`write_comparison` writes its table (CSV, Markdown) and chart."""
     return {
@@ -192,9 +196,10 @@ def write_comparison(
     split: str,
     notes: dict[str, str] | None = None,
     extra: Mapping[str, str] | None = None,
+    remove_stale: bool = True,
 ) -> dict[str, Path]:
-    """Write ``confusion/<name>.png`` (removing the figures of models an earlier table there had
-    and this one has not), then ``results.csv``, ``results.png``, the ``extra`` text files (name
+    """Write ``confusion/<name>.png`` (with ``remove_stale``, removing the figures of models an
+    earlier table there had and this one has not; else they are left, named in a warning), then ``results.csv``, ``results.png``, the ``extra`` text files (name
     -> text) and ``results.md`` as one set (:func:`~pneumolab.files.staged_files`: a stop while
     writing leaves the earlier set, or none, never a part that blocks the rerun); ``notes``
     (name -> reason) lists models that could not be run."""
@@ -204,8 +209,13 @@ def write_comparison(
     for path, r in figures.items():
         save_figure(confusion_matrix_figure(r.confusion_matrix, f"{r.name} — {split}"), path)
     for stale in sorted(set((out / "confusion").glob("*.png")) - set(figures)):
-        stale.unlink()
-        log.info("removed %s: its model is not in the new table", stale)
+        if remove_stale:
+            stale.unlink()
+            log.info("removed %s: its model is not in the new table", stale)
+        else:
+            log.warning(
+                "%s: not a model of this table, left as it is (--overwrite removes it)", stale
+            )
     paths = comparison_files(out)
     owned = {path.name for path in paths.values()} | set(extra)
     with staged_files(out, owned, last=paths["markdown"].name) as staging:
@@ -269,6 +279,17 @@ def _numbered_apart(names: list[str]) -> list[str]:
     return unique
 
 
+def check_comparison(
+    run_dirs: Sequence[str | Path], out_dir: str | Path, overwrite: bool = False
+) -> list[str]:
+    """What :func:`compare_runs` refuses before it scores anything (a table already in
+    ``out_dir`` without ``overwrite``, a run given twice), for callers that prepare the runs
+    first (an export); the runs' names in the table."""
+    for path in [*comparison_files(Path(out_dir)).values(), Path(out_dir) / MARGINS]:
+        check_output(path, overwrite)
+    return _unique_names([Path(d) for d in run_dirs])
+
+
 def compare_runs(
     run_dirs: Sequence[str | Path],
     data_dir: str | Path,
@@ -301,11 +322,9 @@ def _compare_into(
     backend: BackendName,
 ) -> tuple[list[ComparisonRow], dict[str, Path]]:
     """:func:`compare_runs`'s work, once ``out_dir`` is this process's."""
-    margins_file = out_dir / "margins.md"
-    for path in [*comparison_files(out_dir).values(), margins_file]:
-        check_output(path, overwrite)
+    names = check_comparison(run_dirs, out_dir, overwrite)
     runs = [RunDir(Path(d)) for d in run_dirs]
-    names = _unique_names([run.root for run in runs])
+    margins_file = out_dir / MARGINS
     cache = ScoreCache()
     predictors = [  # all load before any is scored: an unfinished run or a missing or stale
         Predictor.from_run(run.root, default_device(), backend, cache=cache)  # export fails first
@@ -323,7 +342,9 @@ def _compare_into(
     cache.log_use()
     criteria = ("roc_auc", "shift_roc_auc") if shift else ("roc_auc",)
     margins = _margins_text(rows, dict(zip(names, runs, strict=True)), split, criteria)
-    outputs = write_comparison(rows, out_dir, split, extra={margins_file.name: margins})
+    outputs = write_comparison(
+        rows, out_dir, split, extra={margins_file.name: margins}, remove_stale=overwrite
+    )
     return rows, outputs
 
 
