@@ -342,6 +342,8 @@ def test_a_compare_stopped_while_writing_leaves_nothing_that_blocks_its_rerun(
         # unfreeze_stages is read by strategy partial only: one network, trained twice
         ([{"name": "a"}, {"name": "b", "unfreeze_stages": 3}], "'a' and 'b' have the same"),
         ([{"name": None}], r"'name' \(None as YAML reads it\) must be text"),
+        # the launcher's second process re-ran the study and trained b twice, concurrently
+        ([{"name": "a", "devices": 2}, {"name": "b", "lr": 0.01}], "'b' trains on 1 process"),
         ([{"name": True}], r"'name' \(True as YAML reads it\) must be text"),
         ([{"model": "resnet18"}], "needs a 'name'"),
         ([{"name": "okmodel\n"}], "needs a 'name'"),  # it made a folder whose name ends in \n

@@ -229,6 +229,18 @@ def test_several_nodes_without_a_launcher_are_refused_not_waited_for(tmp_path, m
         build_trainer(config, RunDir(tmp_path / "run"), [])
 
 
+@pytest.mark.parametrize("variable", ["SLURM_PROCID", "RANK", "LOCAL_RANK"])
+def test_a_one_process_training_given_another_rank_is_refused(tmp_path, monkeypatch, variable):
+    """srun of a one-process training in a job of several tasks: the task of rank 1 skipped
+    the run folder's check and lock, and trained over the finished run of rank 0."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv(variable, "1")
+    with pytest.raises(ConfigError, match=rf"{variable}=1 in the environment, but devices"):
+        build_trainer(TrainConfig(**TINY), RunDir(tmp_path / "run"), [])
+    monkeypatch.setenv(variable, "0")  # rank 0 of its own job: trains
+    build_trainer(TrainConfig(**TINY), RunDir(tmp_path / "run"), [])
+
+
 def test_fp16_on_a_cpu_is_refused_not_trained_as_bf16(monkeypatch):
     """Lightning trained ``16-mixed`` on a CPU as bf16-mixed, with a warning of its own, while
     config.yaml kept 16-mixed."""

@@ -118,6 +118,14 @@ class StudyConfig(BaseModel):
                     f"model '{name}': its seed {config.seed} would move the validation split "
                     f"away from '{first}''s; set split_seed in 'defaults' to keep one split"
                 )
+            processes = config.devices * config.num_nodes
+            if processes != configs[first].devices * configs[first].num_nodes:
+                raise ConfigError(  # each process runs the whole study, every model in turn
+                    f"model '{name}' trains on {processes} process(es) (devices × num_nodes), "
+                    f"'{first}' on another number; a launcher's processes each run the whole "
+                    "study, so its models share one count: set devices and num_nodes in "
+                    "'defaults'"
+                )
         _refuse_twins(configs, entries, given)
         ensemble_names: set[str] = set()
         for ensemble in self.ensembles:

@@ -24,14 +24,30 @@ def lr_factor(rule: str, processes: int) -> float:
     return factors[rule]
 
 
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID")
+"""Where launchers tell a process its rank (torchrun, Lightning's launcher, SLURM's srun)."""
+
+
 def check_launch(strategy: str, devices: int, num_nodes: int) -> None:
     """ConfigError where an external launcher (torchrun: ``WORLD_SIZE``) started another number
     of processes than the config's ``devices × num_nodes``, or asks ``ddp_spawn`` to start its
     own beside them: each process would train alone into the same run folder; and where several
     nodes are asked for without a launcher (torchrun, SLURM's srun): the one process started
-    would wait for the other nodes until Lightning's timeout (30 minutes)."""
+    would wait for the other nodes until Lightning's timeout (30 minutes); and where a
+    one-process training runs in a process a launcher gave a rank other than 0 (it trained,
+    unlocked, over the folder of the rank-0 process's run)."""
     processes = devices * num_nodes
     launched = int(os.environ.get("WORLD_SIZE", "1"))
+    stray = next(
+        (v for v in RANK_VARIABLES if os.environ.get(v, "0").strip() not in ("", "0")), None
+    )
+    if processes == 1 and launched == 1 and stray is not None:
+        raise ConfigError(
+            f"{stray}={os.environ[stray]} in the environment, but devices × num_nodes is 1: "
+            "this process is not rank 0 of a training, yet would train alone into the run "
+            "folder, over another process's run (srun or a job script started several tasks?); "
+            "set --devices / --num-nodes to the tasks started, or unset the variable"
+        )
     if num_nodes > 1 and launched == 1 and "SLURM_NTASKS" not in os.environ:
         raise ConfigError(
             f"--num-nodes {num_nodes} needs a launcher that starts the processes on every node "
