@@ -12,7 +12,7 @@ import pytest
 from conftest import TINY_TRAINING, copy_run, write_synthetic_dataset
 from pneumolab.config import TrainConfig
 from pneumolab.data.layout import Sample
-from pneumolab.errors import RunDirError
+from pneumolab.errors import DataLayoutError, RunDirError
 from pneumolab.evaluation.comparison import compare_runs
 from pneumolab.evaluation.evaluate import evaluate
 from pneumolab.evaluation.shift import SCENARIOS
@@ -290,6 +290,24 @@ def test_a_member_with_an_older_ood_model_leaves_the_ensemble_without_one_until_
     fitted = fit_run_ood(ensemble.root, data)  # refits the older member, then the ensemble
     assert OodModel.load(old / "ood.safetensors").method != "mahalanobis"
     assert fitted.method == ENSEMBLE_METHOD and ensemble.ood.is_file()
+
+
+def test_a_member_refitted_since_the_ensemble_gate_is_refused_until_fit_ood(members, tmp_path):
+    """After `fit-ood MEMBER` the ensemble averaged the member's new OOD scores against the
+    threshold chosen on its old ones, without a word."""
+    import dataclasses
+
+    data, runs = members
+    member = copy_run(runs[0].root, tmp_path / "m0")
+    ensemble = build_ensemble([member, runs[1].root], tmp_path / "ens")
+    model = OodModel.load(member / "ood.safetensors")  # a refit: other validation scores
+    dataclasses.replace(model, val_scores=model.val_scores * 2).save(member / "ood.safetensors")
+    with pytest.raises(RunDirError, match=r"a member's OOD model changed .*fit-ood"):
+        Predictor.from_run(ensemble.root)
+    with pytest.raises(DataLayoutError, match=r"no data: dataset folder not found"):
+        fit_run_ood(ensemble.root, tmp_path / "no data")
+    fit_run_ood(ensemble.root, data)  # the ensemble's gate, from the members' current ones
+    assert Predictor.from_run(ensemble.root).ood is not None
 
 
 def test_ensemble_tta_threshold_from_its_members_tta_scores(members, tmp_path, caplog):

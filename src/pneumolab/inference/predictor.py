@@ -20,7 +20,7 @@ from pneumolab.errors import ImageLoadError, RunDirError
 from pneumolab.inference.decoding import decoded_batches
 from pneumolab.inference.inputs import ImageInput, expand_paths, prepare_image
 from pneumolab.inference.prediction import Prediction, gated_prediction
-from pneumolab.inference.run_models import load_network, run_ood_model
+from pneumolab.inference.run_models import check_member_gates, load_network, run_ood_model
 from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.inference.scores import Scorer, at_size, mean_scores, torch_scorer, with_tta
 from pneumolab.inference.torch_scoring import Pixels, check_device
@@ -211,6 +211,7 @@ class Predictor:
                     "onnx_file names a single model's"
                 )
             run.check_members()
+            check_member_gates(run, ood)
             members = [cls._load(m.root, device, backend, None, cache) for m in run.member_runs()]
             scorers = [
                 at_size(with_tta(m.scorer) if tta else m.scorer, m.image_size) for m in members

@@ -6,7 +6,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from pneumolab.errors import RunDirError, brief
-from pneumolab.run import RunDir
+from pneumolab.run import RunDir, ood_digest
 from pneumolab.run_meta import RunMeta
 from pneumolab.scope.ood import LEGACY_METHODS, OodModel
 
@@ -69,3 +69,25 @@ def run_ood_model(run: RunDir, warn: bool = True) -> OodModel | None:
         )
         return None
     return ood
+
+
+MEMBER_GATES = "member_gates"
+"""An ensemble's OOD provenance key: its members' OOD model digests, comma-separated."""
+
+
+def member_gates(members: list[RunDir]) -> str:
+    """The digests of ``members``' OOD model files, as an ensemble's gate records them."""
+    return ",".join(ood_digest(member.root) for member in members)
+
+
+def check_member_gates(ensemble: RunDir, ood: OodModel | None) -> None:
+    """RunDirError where a member's OOD model was refitted since the ensemble's gate was fitted
+    (its threshold belongs to the members' old scores); ensembles of before it was recorded
+    pass."""
+    recorded = ood.provenance.get(MEMBER_GATES) if ood is not None else None
+    if recorded and recorded != member_gates(ensemble.member_runs()):
+        raise RunDirError(
+            f"{ensemble.root}: a member's OOD model changed since the ensemble's was fitted (its "
+            f"threshold belongs to the old scores); run `pneumolab fit-ood {ensemble.root} "
+            "--data DATA_DIR` to fit it again"
+        )

@@ -21,9 +21,9 @@ import pneumolab
 from pneumolab.data.dataset import DecodedImages, decode_readable
 from pneumolab.data.layout import Sample
 from pneumolab.data.transforms import BatchAugmentation
-from pneumolab.errors import RunDirError
+from pneumolab.errors import DataLayoutError, RunDirError
 from pneumolab.inference.predictor import Predictor
-from pneumolab.inference.run_models import run_ood_model
+from pneumolab.inference.run_models import MEMBER_GATES, member_gates, run_ood_model
 from pneumolab.inference.scores import Scorer, Scores, torch_scorer
 from pneumolab.inference.torch_scoring import score_batches
 from pneumolab.models.classifier import XrayClassifier
@@ -115,6 +115,7 @@ def ensemble_ood(ensemble: RunDir, members: Sequence[RunDir]) -> OodModel | None
         raise RunDirError(f"{ensemble.root}: members' OOD models scored different validation sets")
     provenance = {
         "fitted_on": "mean of the members' OOD scores",
+        MEMBER_GATES: member_gates(list(members)),
         "threshold_on": (
             f"{len(present[0].clean_val_scores)} validation images of {ensemble.root.name} and "
             "an augmented copy"
@@ -130,6 +131,8 @@ def fit_run_ood(run_dir: str | Path, data_dir: str | Path) -> OodModel:
     where they have none."""
     run = RunDir(Path(run_dir))
     if run.read_meta().is_ensemble:  # also a clear error for a missing or unfinished run
+        if not Path(data_dir).is_dir():  # read only for members without a gate: checked alike
+            raise DataLayoutError(f"{data_dir}: dataset folder not found")
         run.check_members()  # a gate fitted on new members beside a threshold for the old
         for member in run.member_runs():
             if run_ood_model(member, warn=False) is None:
