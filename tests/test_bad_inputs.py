@@ -377,3 +377,27 @@ def test_a_dependency_missing_from_a_broken_install_is_one_line(tiny_run, tmp_pa
     assert code == 2
     assert "the Python package onnxruntime is missing" in one_line(err)
     assert "Traceback" not in err
+
+
+def test_a_missing_module_of_pneumolab_itself_keeps_its_traceback(tmp_path, monkeypatch):
+    """A bug (a misspelt internal import) must not read as "reinstall pneumolab"."""
+    from pneumolab.cli.parser import build_parser
+
+    def broken(args):
+        import pneumolab.no_such_module  # noqa: F401
+
+    args = build_parser().parse_args(["models"])
+    args.func = broken
+    monkeypatch.setattr("pneumolab.cli.build_parser", lambda: _Fixed(args))
+    with pytest.raises(ModuleNotFoundError, match=r"pneumolab\.no_such_module"):
+        main(["models"])
+
+
+class _Fixed:
+    """A parser that answers with ``args`` whatever it is given."""
+
+    def __init__(self, args):
+        self.args = args
+
+    def parse_args(self, argv):
+        return self.args

@@ -240,7 +240,7 @@ def test_a_run_without_an_ood_model_is_never_called_ok():
     audit_module.judge(audit)
     assert audit.verdict.startswith("CAUTION")
     assert audit.verdict_reasons == [
-        "the run has no OOD model: image content was not compared with the training X-rays "
+        "the run has no current OOD model: image content was not compared with the training X-rays "
         "(`pneumolab fit-ood run --data DATA_DIR` fits one)"
     ]
 

@@ -22,9 +22,10 @@ from pneumolab.inference.predictor import Predictor
 from pneumolab.pipeline.ensemble import build_ensemble
 from pneumolab.pipeline.ood_fit import fit_run_ood
 from pneumolab.pipeline.train import train
-from pneumolab.run import read_predictions, read_shift_predictions, write_predictions
+from pneumolab.run import RunDir, read_predictions, read_shift_predictions, write_predictions
 from pneumolab.scope.ood import ENSEMBLE_METHOD, OodModel
 from pneumolab.serving.export import export_onnx
+from pneumolab.study.runner import _ensemble_is_current
 
 pytestmark = pytest.mark.slow  # trains its own models
 
@@ -300,8 +301,11 @@ def test_a_member_refitted_since_the_ensemble_gate_is_refused_until_fit_ood(memb
     data, runs = members
     member = copy_run(runs[0].root, tmp_path / "m0")
     ensemble = build_ensemble([member, runs[1].root], tmp_path / "ens")
+    members_now = [RunDir(member), runs[1]]
+    assert _ensemble_is_current(ensemble, members_now)
     model = OodModel.load(member / "ood.safetensors")  # a refit: other validation scores
     dataclasses.replace(model, val_scores=model.val_scores * 2).save(member / "ood.safetensors")
+    assert not _ensemble_is_current(ensemble, members_now)  # a study's rerun rebuilds it
     with pytest.raises(RunDirError, match=r"a member's OOD model changed .*fit-ood"):
         Predictor.from_run(ensemble.root)
     with pytest.raises(DataLayoutError, match=r"no data: dataset folder not found"):

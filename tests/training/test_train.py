@@ -239,6 +239,10 @@ def test_a_one_process_training_given_another_rank_is_refused(tmp_path, monkeypa
         build_trainer(TrainConfig(**TINY), RunDir(tmp_path / "run"), [])
     monkeypatch.setenv(variable, "0")  # rank 0 of its own job: trains
     build_trainer(TrainConfig(**TINY), RunDir(tmp_path / "run"), [])
+    if variable != "RANK":  # torchrun's RANK=0 inside a SLURM task of rank 1: rank 0, as
+        monkeypatch.setenv(variable, "1")  # Lightning reads the first variable set
+        monkeypatch.setenv("RANK", "0")
+        build_trainer(TrainConfig(**TINY), RunDir(tmp_path / "run"), [])
 
 
 def test_fp16_on_a_cpu_is_refused_not_trained_as_bf16(monkeypatch):

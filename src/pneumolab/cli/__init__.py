@@ -55,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report_error(exc)
         return 2
     except ModuleNotFoundError as exc:  # a dependency pneumolab installs is gone: no traceback
+        if not exc.name or exc.name.split(".")[0] == "pneumolab":
+            raise  # pneumolab's own module: a bug, whose traceback says where
         report_error(
             Exception(
                 f"the Python package {exc.name or exc} is missing from this environment (a "

@@ -219,7 +219,7 @@ def judge(audit: SiteAudit) -> None:
     reasons = []
     if audit.ood_threshold is None:  # the check that sees most shifts did not run: never OK
         reasons.append(
-            f"the run has no OOD model: image content was not compared with the training "
+            f"the run has no current OOD model: image content was not compared with the training "
             f"X-rays (`pneumolab fit-ood {audit.run} --data DATA_DIR` fits one)"
         )
     if share > MAX_OUT_OF_SCOPE:

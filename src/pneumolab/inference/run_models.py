@@ -80,12 +80,17 @@ def member_gates(members: list[RunDir]) -> str:
     return ",".join(ood_digest(member.root) for member in members)
 
 
-def check_member_gates(ensemble: RunDir, ood: OodModel | None) -> None:
-    """RunDirError where a member's OOD model was refitted since the ensemble's gate was fitted
-    (its threshold belongs to the members' old scores); ensembles of before it was recorded
-    pass."""
+def gate_is_stale(ensemble: RunDir, ood: OodModel | None) -> bool:
+    """Whether a member's OOD model was refitted since the ensemble's gate ``ood`` was fitted
+    (its threshold belongs to the members' old scores); False for ensembles of before the
+    members' models were recorded."""
     recorded = ood.provenance.get(MEMBER_GATES) if ood is not None else None
-    if recorded and recorded != member_gates(ensemble.member_runs()):
+    return bool(recorded) and recorded != member_gates(ensemble.member_runs())
+
+
+def check_member_gates(ensemble: RunDir, ood: OodModel | None) -> None:
+    """RunDirError where :func:`gate_is_stale`."""
+    if gate_is_stale(ensemble, ood):
         raise RunDirError(
             f"{ensemble.root}: a member's OOD model changed since the ensemble's was fitted (its "
             f"threshold belongs to the old scores); run `pneumolab fit-ood {ensemble.root} "

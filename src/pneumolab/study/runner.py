@@ -44,6 +44,7 @@ from pneumolab.evaluation.comparison import (
 from pneumolab.evaluation.figures import sample_grid_figure, save_figure
 from pneumolab.evaluation.selection import Margins, margins_over, smallest_untold, warn_untold
 from pneumolab.files import write_text_atomically
+from pneumolab.inference.run_models import gate_is_stale, run_ood_model
 from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.models.registry import check_model_name, find_local_weights
 from pneumolab.outputs import check_apart, working_in
@@ -175,11 +176,14 @@ def _train_or_reuse(name: str, config: TrainConfig, data_dir: Path, run: RunDir)
 
 def _ensemble_is_current(run: RunDir, members: list[RunDir]) -> bool:
     """Whether the finished ensemble ``run`` averages exactly ``members`` as they are now (not a
-    member list the study file has since changed, nor weights retrained after it was built:
+    member list the study file has since changed, nor a member's refitted OOD model, nor
+    weights retrained after it was built:
     told by their digests, where the ensemble recorded them, else by modification times)."""
     if not run.is_complete():
         return False
     if [m.root.resolve() for m in run.member_runs()] != [m.root.resolve() for m in members]:
+        return False
+    if gate_is_stale(run, run_ood_model(run, warn=False)):  # a member's gate refitted since
         return False
     changed = run.changed_members()
     if changed is not None:  # a copy of the folders, or a touched file, has new times, same weights

@@ -25,7 +25,9 @@ def lr_factor(rule: str, processes: int) -> float:
 
 
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID")
-"""Where launchers tell a process its rank (torchrun, Lightning's launcher, SLURM's srun)."""
+"""Where launchers tell a process its rank (torchrun, Lightning's launcher, SLURM's srun), in
+the order Lightning reads them: the first one set is the rank (torchrun's RANK=0 inside a SLURM
+task of rank 1 is rank 0 of its own world)."""
 
 
 def check_launch(strategy: str, devices: int, num_nodes: int) -> None:
@@ -38,9 +40,8 @@ def check_launch(strategy: str, devices: int, num_nodes: int) -> None:
     unlocked, over the folder of the rank-0 process's run)."""
     processes = devices * num_nodes
     launched = int(os.environ.get("WORLD_SIZE", "1"))
-    stray = next(
-        (v for v in RANK_VARIABLES if os.environ.get(v, "0").strip() not in ("", "0")), None
-    )
+    given = next((v for v in RANK_VARIABLES if os.environ.get(v, "").strip()), None)
+    stray = given if given is not None and os.environ[given].strip() != "0" else None
     if processes == 1 and launched == 1 and stray is not None:
         raise ConfigError(
             f"{stray}={os.environ[stray]} in the environment, but devices × num_nodes is 1: "
