@@ -97,6 +97,8 @@ def test_explain_titles_a_ct_slice_out_of_scope_as_predict_does(run_dir, tmp_pat
     written = list(gradcam.explain_paths(run_dir, [CT], tmp_path / "maps"))
     assert written == [tmp_path / "maps" / "CT_small.png"]
     assert f"→ {OUT_OF_SCOPE_LABEL}" in titles[0]
+    # and why, as predict says (the figure named no reason)
+    assert "out of scope: DICOM Modality CT: not a radiograph" in titles[0]
 
 
 def test_scope_verdict_off_keeps_the_class_label_and_the_flag(run_dir):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import textwrap
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,6 +199,33 @@ def overlay_png(image: Image.Image | np.ndarray, heat: np.ndarray | None) -> byt
     return buffer.getvalue()
 
 
+TITLE_WIDTH = 100
+"""Characters per line of an overlay's title."""
+
+
+def _title(path: Path, explained: Explanation) -> str:
+    """An overlay's title: the image's path (files of one name in several folders are told
+    apart by it), the call, what the heat shows, and why the input is out of scope or what it
+    was warned of (as ``predict`` says)."""
+    result = explained.prediction
+    where = str(path) if len(str(path)) <= TITLE_WIDTH else "…" + str(path)[1 - TITLE_WIDTH :]
+    lines = [
+        where,
+        f"P(pneumonia) = {result.probability:.3f} → {result.label} "
+        f"(threshold {result.threshold:.3f}) — research tool, not a diagnosis",
+        explained.caption,
+    ]
+    for heading, notes in (("out of scope", result.reasons), ("warning", result.warnings)):
+        if notes:
+            lines += textwrap.wrap(f"{heading}: {'; '.join(notes)}", TITLE_WIDTH)
+    return "\n".join(lines)
+
+
+def _same(folder: Path, other: Path) -> bool:
+    """Whether two paths name one folder (``other`` may not exist yet)."""
+    return os.path.realpath(folder) == os.path.realpath(other)
+
+
 def _figure(
     image: Image.Image, heat: np.ndarray, title: str, out_file: Path, overwrite: bool
 ) -> None:
@@ -209,7 +237,8 @@ def _figure(
             (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         )
     width = FIGURE_PIXELS / 100
-    height = width * min(image.height / image.width, TALLEST_FIGURE) + 0.9  # + the title's
+    lines = title.count("\n") + 1
+    height = width * min(image.height / image.width, TALLEST_FIGURE) + 0.3 * lines  # + title
     figure = Figure(figsize=(width, height), dpi=100)
     axes = figure.subplots()
     axes.imshow(overlay(np.asarray(image), heat))
@@ -251,6 +280,11 @@ def explain_paths(
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: is a file; --out is the folder for the PNGs")
     check_apart(out_dir, paths)  # --overwrite replaced the X-rays themselves
+    beside = next((p for p in map(Path, paths) if p.is_file() and _same(p.parent, out_dir)), None)
+    if beside is not None:  # its PNGs would sit among (and replace) the X-rays
+        raise OutputError(
+            f"{out_dir}: holds {beside.name}, an image to explain; give --out another folder"
+        )
     model = predictor.require_model("Grad-CAM")  # refused before the folder is made
     layer = find_target_layer(model, predictor.image_size)
     with folder_for(out_dir):  # removed again where no PNG was written in it
@@ -274,12 +308,7 @@ def explain_paths(
                 yield exc
                 continue
             explained = explain_image(predictor, layer, image, file_header_checks(path, max_pixels))
-            result = explained.prediction
-            title = (
-                f"{path.name}\nP(pneumonia) = {result.probability:.3f} → {result.label} "
-                f"(threshold {result.threshold:.3f}) — research tool, not a diagnosis\n"
-                f"{explained.caption}"
-            )
+            title = _title(path, explained)
             try:  # a PNG another process wrote meanwhile is kept, as one found before
                 figure_image = load_image(path, FIGURE_PIXELS, max_pixels)
                 _figure(figure_image, explained.heat, title, out_file, overwrite)
