@@ -233,6 +233,16 @@ def test_gradcam_refuses_what_it_would_explain_wrongly(tmp_path):
     assert np.array_equal(
         explained.heat, gradcam(model, pixels, predictor.intensity, None, towards)
     )
+    # a layer of another model, or its name as text, failed inside grad-cam (AttributeError)
+    name, chosen = next(
+        (n, m) for n, m in model.named_modules() if m is find_target_layer(model, 32)
+    )
+    assert np.array_equal(heat, gradcam(model, pixels, predictor.intensity, name))
+    assert np.array_equal(heat, gradcam(model, pixels, predictor.intensity, chosen))
+    with pytest.raises(ValueError, match="layer Conv2d: not a module of the model"):
+        gradcam(model, pixels, predictor.intensity, torch.nn.Conv2d(1, 1, 1))
+    with pytest.raises(ValueError, match="layer 'conv_head' is not a module of the model"):
+        gradcam(model, pixels, predictor.intensity, "conv_head")
 
 
 def test_overlay_png_takes_images_as_predict_does():

@@ -111,7 +111,7 @@ def gradcam(
     model: XrayClassifier,
     pixels: torch.Tensor,
     intensity: str,
-    layer: nn.Module | None = None,
+    layer: nn.Module | str | None = None,
     towards: ExplainedClass = "PNEUMONIA",
 ) -> np.ndarray:
     """Grad-CAM of the evidence for ``towards`` for one image's uint8 pixels ``(1, 1, S, S)``
@@ -119,7 +119,8 @@ def gradcam(
     where no region raised it.
 
     ``intensity`` normalisation (the run's, :attr:`Predictor.intensity`) is applied first, as in
-    training and prediction; ``layer`` defaults to :func:`find_target_layer`'s choice. The
+    training and prediction; ``layer`` (a module of ``model``, or its name) defaults to
+    :func:`find_target_layer`'s choice. The
     model's train/eval mode is kept (grad-cam switches it to eval). ValueError for another
     ``towards`` or a batch of several images, TypeError for pixels that are not uint8 (0..1
     floats would be divided by 255 again). :func:`explain_image` takes a predictor instead.
@@ -135,8 +136,7 @@ def gradcam(
             f"Grad-CAM explains one image: pixels of shape (1, 1, S, S) or (1, S, S), not "
             f"{tuple(pixels.shape)}"
         )
-    if layer is None:
-        layer = find_target_layer(model, int(pixels.shape[-1]))
+    layer = _target_layer(model, layer, int(pixels.shape[-1]))
     device = model.mean.device
     inputs = normalize_intensity(pixels, intensity).to(device).float() / 255.0
     was_training = model.training
@@ -149,6 +149,25 @@ def gradcam(
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     return np.clip(heat[0], 0.0, 1.0).astype(np.float32)
+
+
+def _target_layer(model: XrayClassifier, layer: nn.Module | str | None, size: int) -> nn.Module:
+    """``layer`` as a module of ``model`` (a module, or its name as ``named_modules`` gives
+    it), else :func:`find_target_layer`'s choice; ValueError for a module of another model or
+    an unknown name (pytorch-grad-cam failed on them with AttributeErrors)."""
+    if layer is None:
+        return find_target_layer(model, size)
+    if isinstance(layer, str):
+        named = dict(model.named_modules())
+        if layer not in named:
+            raise ValueError(
+                f"layer {layer!r} is not a module of the model; model.named_modules() "
+                "lists their names"
+            )
+        return named[layer]
+    if not any(module is layer for module in model.modules()):
+        raise ValueError(f"layer {type(layer).__name__}: not a module of the model")
+    return layer
 
 
 def called(prediction: Prediction) -> ExplainedClass:
@@ -249,7 +268,7 @@ def _figure(
 
 def explain_image(
     predictor: Predictor,
-    layer: nn.Module | None,
+    layer: nn.Module | str | None,
     image: ImageInput,
     header_checks: ScopeChecks | None = None,
     scope_verdict: bool | None = None,
