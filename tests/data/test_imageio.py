@@ -650,14 +650,19 @@ def _jpeg_frame(marker: int, precision: int) -> bytes:
 
 @pytest.mark.parametrize(
     ("marker", "precision", "kind"),
-    [(0xC1, 12, "12-bit"), (0xC3, 16, "lossless"), (0xCB, 8, "lossless")],
+    [
+        (0xC1, 12, "12-bit JPEG"),
+        (0xC3, 16, "lossless JPEG"),
+        (0xCB, 8, "lossless JPEG"),
+        (0xF7, 8, "JPEG-LS"),
+    ],
 )
 def test_a_jpeg_pillow_cannot_decode_is_named_by_its_kind(tmp_path, marker, precision, kind):
     """A 12-bit or lossless JPEG (CR/DX exports) was "not an image file of an accepted
     format" or "corrupt": it is a valid file of a kind Pillow does not decode."""
     path = tmp_path / "x.jpeg"
     path.write_bytes(_jpeg_frame(marker, precision))
-    with pytest.raises(ImageLoadError, match=rf"x\.jpeg: {kind} JPEG, which Pillow does not"):
+    with pytest.raises(ImageLoadError, match=rf"x\.jpeg: {kind}, which Pillow does not"):
         load_image(path)
 
 
@@ -665,5 +670,5 @@ def test_jpeg_variant_reads_the_frame_header_past_fill_bytes():
     assert jpeg_variant(_jpeg_frame(0xC0, 8)) is None
     assert jpeg_variant(_jpeg_frame(0xC2, 8)) is None
     head = _jpeg_frame(0xC1, 12)
-    assert jpeg_variant(head[:2] + b"\xff" + head[2:]) == "12-bit"
+    assert jpeg_variant(head[:2] + b"\xff" + head[2:]) == "12-bit JPEG"
     assert jpeg_variant(head[:12]) is None  # cut before the frame header

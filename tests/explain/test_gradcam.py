@@ -196,9 +196,18 @@ def test_files_of_one_name_are_told_apart_and_their_folder_is_no_out(tmp_path, m
     monkeypatch.setattr(gradcam_module, "_figure", lambda image, heat, t, *out: titles.append(t))
     images = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"]
     list(explain_paths(run.root, images, tmp_path / "out"))
-    assert [t.splitlines()[0] for t in titles] == [str(i) for i in images]
+    for title, image in zip(titles, images, strict=True):  # the path, wrapped, never cut
+        lines = title.splitlines()
+        path_lines = lines[: next(i for i, t in enumerate(lines) if t.startswith("P(pneumonia)"))]
+        assert "".join(path_lines) == str(image)
+        wrapped = [line for line in lines if not line.startswith("P(pneumonia)")]
+        assert all(len(line) <= 80 for line in wrapped)  # what the 600 px figure holds
     with pytest.raises(OutputError, match=r"a: holds x\.png, an image to explain"):
         list(explain_paths(run.root, images[:1], tmp_path / "a", overwrite=True))
+    (tmp_path / "links").mkdir()  # a link to a/x.png: its real folder is a
+    (tmp_path / "links" / "y.png").symlink_to(tmp_path / "a" / "x.png")
+    with pytest.raises(OutputError, match=r"a: holds y\.png, an image to explain"):
+        list(explain_paths(run.root, [tmp_path / "links"], tmp_path / "a", overwrite=True))
 
 
 def test_a_folder_made_for_no_figure_is_removed_again(tmp_path, capsys):

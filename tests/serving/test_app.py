@@ -348,3 +348,37 @@ def test_onnx_backend_refuses_heatmaps_with_409(run_dir, png_bytes):
     assert "image_png_base64" in body
     assert_error(upload(client, "x.png", png_bytes, heatmap=True), 409, "runs the onnx backend")
     assert client.get("/v1/model").json()["heatmap_available"] is False
+
+
+def test_a_network_output_that_is_not_a_number_is_out_of_scope_with_a_null_probability(
+    run_dir, png_bytes, monkeypatch
+):
+    """It was a 500 (the response model took no null), and its heat map a black square
+    captioned as evidence for NORMAL."""
+    from pneumolab.inference.scores import Scores
+
+    loaded = Predictor.from_run.__func__  # type: ignore[attr-defined]
+
+    def not_a_number(cls, *args, **kwargs):
+        predictor = loaded(cls, *args, **kwargs)
+        scorer = predictor.scorer
+
+        def scored(pixels):
+            scores = scorer(pixels)
+            return Scores(scores.probability * np.nan, scores.ood)
+
+        predictor.scorer = scored
+        return predictor
+
+    monkeypatch.setattr(Predictor, "from_run", classmethod(not_a_number))
+    client = TestClient(create_app(run_dir))
+    for params in ({}, {"heatmap": True}, {"keep_label": True}):
+        response = upload(client, "x.png", png_bytes, **params)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["probability"] is None and body["label"] == "OUT_OF_SCOPE"
+        assert "the model's output is not a finite number" in body["reasons"][-1]
+        assert "ood_threshold" in body  # the run has an OOD model
+        assert ("image_png_base64" in body) == ("heatmap" in params)  # unasked PNGs: absent
+    heat = upload(client, "x.png", png_bytes, heatmap=True).json()
+    assert heat["heatmap_caption"].startswith("no heat map: the model's output is not a number")

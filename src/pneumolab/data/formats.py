@@ -55,20 +55,22 @@ def has_dicom_header(path: Path) -> bool:
 
 
 FRAME_KINDS = {
-    **dict.fromkeys((0xC3, 0xC7, 0xCB, 0xCF), "lossless"),
-    **dict.fromkeys((0xC5, 0xC6, 0xCD, 0xCE), "hierarchical"),
-    **dict.fromkeys((0xC9, 0xCA), "arithmetic-coded"),
+    **dict.fromkeys((0xC3, 0xC7, 0xCB, 0xCF), "lossless JPEG"),
+    **dict.fromkeys((0xC5, 0xC6, 0xCD, 0xCE), "hierarchical JPEG"),
+    **dict.fromkeys((0xC9, 0xCA), "arithmetic-coded JPEG"),
+    0xF7: "JPEG-LS",
 }
 """JPEG start-of-frame markers of processes other than baseline, extended and progressive
 Huffman (0xC0-0xC2), by what they are."""
-START_OF_FRAME = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-"""Start-of-frame markers (0xC4, 0xC8 and 0xCC are tables and a reserved code)."""
+START_OF_FRAME = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
+"""Start-of-frame markers (0xC4, 0xC8 and 0xCC are tables and a reserved code; 0xF7 is
+JPEG-LS's)."""
 
 
 def jpeg_variant(head: bytes) -> str | None:
     """What a JPEG's frame header (found in ``head``, its first bytes) says it is, where that is
-    a kind Pillow's 8-bit decoder may not read: ``"12-bit"``, ``"lossless"``, ``"hierarchical"``
-    or ``"arithmetic-coded"``; None for an 8-bit baseline/progressive frame or none found."""
+    a kind Pillow's 8-bit decoder may not read: ``"12-bit JPEG"``, ``"lossless JPEG"``,
+    ``"hierarchical JPEG"``, ``"arithmetic-coded JPEG"`` or ``"JPEG-LS"``; None for an 8-bit baseline/progressive frame or none found."""
     at = 2  # after the start-of-image marker
     while at + 5 <= len(head) and head[at] == 0xFF:
         marker = head[at + 1]
@@ -78,6 +80,6 @@ def jpeg_variant(head: bytes) -> str | None:
         if marker in START_OF_FRAME:
             if marker in FRAME_KINDS:
                 return FRAME_KINDS[marker]
-            return f"{head[at + 4]}-bit" if head[at + 4] != 8 else None
+            return f"{head[at + 4]}-bit JPEG" if head[at + 4] != 8 else None
         at += 2 + int.from_bytes(head[at + 2 : at + 4], "big")
     return None

@@ -225,7 +225,7 @@ def _refuse_jpeg_variant(path: Path) -> None:
     variant = jpeg_variant(head) if found is not None and found.name == "JPEG" else None
     if variant is not None:
         raise ImageLoadError(
-            f"{path}: {variant} JPEG, which Pillow does not decode; convert it to an 8-bit "
+            f"{path}: {variant}, which Pillow does not decode; convert it to an 8-bit "
             "JPEG or a PNG (e.g. with dcmtk or ImageMagick)"
         ) from None
 

@@ -6,6 +6,7 @@ the class it was called: the pneumonia logit's map of an image called NORMAL is 
 from __future__ import annotations
 
 import io
+import math
 import os
 import textwrap
 from collections.abc import Iterator, Sequence
@@ -188,6 +189,8 @@ class Explanation:
     @property
     def caption(self) -> str:
         """What the map shows, in words."""
+        if not math.isfinite(self.prediction.probability):
+            return "no heat map: the model's output is not a number (no class was called)"
         if not self.heat.any():
             return f"heat map empty: no region raised the evidence for {self.towards}"
         return f"heat: regions that raised the evidence for {self.towards}"
@@ -218,25 +221,25 @@ def overlay_png(image: Image.Image | np.ndarray, heat: np.ndarray | None) -> byt
     return buffer.getvalue()
 
 
-TITLE_WIDTH = 100
-"""Characters per line of an overlay's title."""
+TITLE_WIDTH = 80
+"""Characters per line of an overlay's title: what a 600 px figure holds at 9 pt."""
 
 
 def _title(path: Path, explained: Explanation) -> str:
     """An overlay's title: the image's path (files of one name in several folders are told
-    apart by it), the call, what the heat shows, and why the input is out of scope or what it
-    was warned of (as ``predict`` says)."""
+    apart by it; wrapped, never cut), the call, what the heat shows, and why the input is out
+    of scope or what it was warned of (as ``predict`` says). Non-UTF-8 bytes are shown as
+    ``\\xNN`` before the lines are measured."""
     result = explained.prediction
-    where = str(path) if len(str(path)) <= TITLE_WIDTH else "…" + str(path)[1 - TITLE_WIDTH :]
-    lines = [
-        where,
+    lines = textwrap.wrap(printable(str(path)), TITLE_WIDTH, break_on_hyphens=False)
+    lines += [
         f"P(pneumonia) = {result.probability:.3f} → {result.label} "
         f"(threshold {result.threshold:.3f}) — research tool, not a diagnosis",
         explained.caption,
     ]
     for heading, notes in (("out of scope", result.reasons), ("warning", result.warnings)):
         if notes:
-            lines += textwrap.wrap(f"{heading}: {'; '.join(notes)}", TITLE_WIDTH)
+            lines += textwrap.wrap(printable(f"{heading}: {'; '.join(notes)}"), TITLE_WIDTH)
     return "\n".join(lines)
 
 
@@ -257,7 +260,7 @@ def _figure(
         )
     width = FIGURE_PIXELS / 100
     lines = title.count("\n") + 1
-    height = width * min(image.height / image.width, TALLEST_FIGURE) + 0.3 * lines  # + title
+    height = width * min(image.height / image.width, TALLEST_FIGURE) + 0.3 + 0.2 * lines
     figure = Figure(figsize=(width, height), dpi=100)
     axes = figure.subplots()
     axes.imshow(overlay(np.asarray(image), heat))
@@ -279,6 +282,8 @@ def explain_image(
     model = predictor.require_model("Grad-CAM")
     result, pixels = predictor.predict_with_pixels(image, header_checks, scope_verdict)
     towards = called(result)
+    if not math.isfinite(result.probability):  # its gradients are not numbers either: no map
+        return Explanation(result, np.zeros(pixels.shape[-2:], np.float32), towards)
     heat = gradcam(model, torch.from_numpy(pixels)[None], predictor.intensity, layer, towards)
     return Explanation(result, heat, towards)
 
@@ -299,7 +304,8 @@ def explain_paths(
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: is a file; --out is the folder for the PNGs")
     check_apart(out_dir, paths)  # --overwrite replaced the X-rays themselves
-    beside = next((p for p in map(Path, paths) if p.is_file() and _same(p.parent, out_dir)), None)
+    images = expand_paths(paths)
+    beside = next((i for i in images if _same(Path(os.path.realpath(i)).parent, out_dir)), None)
     if beside is not None:  # its PNGs would sit among (and replace) the X-rays
         raise OutputError(
             f"{out_dir}: holds {beside.name}, an image to explain; give --out another folder"
@@ -308,7 +314,6 @@ def explain_paths(
     layer = find_target_layer(model, predictor.image_size)
     with folder_for(out_dir):  # removed again where no PNG was written in it
         written: set[Path] = set()
-        images = expand_paths(paths)
         sources = {os.path.realpath(path) for path in images}
         for path in images:
             out_file, n = out_dir / f"{path.stem}.png", 1

@@ -64,9 +64,11 @@ class PredictResponse(BaseModel):
 
     ``in_scope`` false: a scope check flagged the input (``reasons`` say which); its ``label``
     is then ``OUT_OF_SCOPE`` unless ``keep_label`` was asked. ``ood_score`` / ``ood_threshold``
-    are absent for a run without an OOD model."""
+    are absent for a run without an OOD model; ``ood_score`` is null where the run has one but
+    the image's score is not a number. ``probability`` is null where the network's output is
+    not a number (then ``OUT_OF_SCOPE``, with that reason)."""
 
-    probability: float
+    probability: float | None
     label: str
     threshold: float
     in_scope: bool
@@ -230,8 +232,11 @@ class PredictionService:
                 heat_png = overlay_png(shown, explained.heat)
                 pngs["heatmap_png_base64"] = base64.b64encode(heat_png).decode()
                 pngs["heatmap_caption"] = explained.caption
+        fields = result.to_dict()
+        if fields["ood_threshold"] is None:  # a run without an OOD model: both absent
+            del fields["ood_score"], fields["ood_threshold"]
         return PredictResponse(
-            **result.to_dict(),
+            **fields,
             threshold_provenance=self.info["threshold_provenance"],
             model=self.info["model"],
             model_version=self.predictor.model_version,
@@ -341,7 +346,7 @@ def create_app(
     @app.post(
         "/v1/predict",
         response_model=PredictResponse,
-        response_model_exclude_none=True,
+        response_model_exclude_unset=True,  # a null probability is sent; unasked PNGs are not
         responses=ERRORS,
         dependencies=[Depends(one_file_part)],
     )

@@ -55,7 +55,9 @@ async function predict(file) {
 }
 
 function show(result) {
-  byId("probability").textContent = `${(100 * result.probability).toFixed(1)}%`;
+  byId("probability").textContent = result.probability == null
+    ? "not available (the model's output is not a number)"
+    : `${(100 * result.probability).toFixed(1)}%`;
   byId("label").textContent = result.label;
   byId("label").className = result.label;
   const provenance = document.createElement("small");
@@ -84,9 +86,11 @@ function showScope(result) {
   byId("scope").hidden = result.in_scope;
   fillList("scope-reasons", result.reasons);
   fillList("scope-warnings", result.warnings);
-  const ood = result.ood_score == null || result.ood_threshold == null
+  const ood = result.ood_threshold == null
     ? "no OOD model for this run"
-    : `OOD score ${result.ood_score.toFixed(1)} (threshold ${result.ood_threshold.toFixed(1)})`;
+    : result.ood_score == null
+      ? `OOD score unavailable (threshold ${result.ood_threshold.toFixed(1)})`
+      : `OOD score ${result.ood_score.toFixed(1)} (threshold ${result.ood_threshold.toFixed(1)})`;
   byId("in-scope").textContent = `${result.in_scope ? "yes" : "no"} — ${ood}`;
 }
 
