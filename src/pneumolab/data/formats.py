@@ -48,12 +48,6 @@ def sniff_file(path: Path) -> ImageFormat | None:
         return None
 
 
-def has_dicom_header(path: Path) -> bool:
-    """Whether ``path`` is a file with ``DICM`` after the 128-byte DICOM preamble."""
-    found = sniff_file(path)
-    return found is not None and found.pillow_name is None
-
-
 FRAME_KINDS = {
     **dict.fromkeys((0xC3, 0xC7, 0xCB, 0xCF), "lossless JPEG"),
     **dict.fromkeys((0xC5, 0xC6, 0xCD, 0xCE), "hierarchical JPEG"),
@@ -70,7 +64,8 @@ JPEG-LS's)."""
 def jpeg_variant(head: bytes) -> str | None:
     """What a JPEG's frame header (found in ``head``, its first bytes) says it is, where that is
     a kind Pillow's 8-bit decoder may not read: ``"12-bit JPEG"``, ``"lossless JPEG"``,
-    ``"hierarchical JPEG"``, ``"arithmetic-coded JPEG"`` or ``"JPEG-LS"``; None for an 8-bit baseline/progressive frame or none found."""
+    ``"hierarchical JPEG"``, ``"arithmetic-coded JPEG"`` or ``"JPEG-LS"``; None for an 8-bit
+    baseline/progressive frame, or where none is found."""
     at = 2  # after the start-of-image marker
     while at + 5 <= len(head) and head[at] == 0xFF:
         marker = head[at + 1]

@@ -199,8 +199,9 @@ def write_comparison(
     remove_stale: bool = True,
 ) -> dict[str, Path]:
     """Write ``confusion/<name>.png`` (with ``remove_stale``, removing the figures of models an
-    earlier table there had and this one has not; else they are left, named in a warning), then ``results.csv``, ``results.png``, the ``extra`` text files (name
-    -> text) and ``results.md`` as one set (:func:`~pneumolab.files.staged_files`: a stop while
+    earlier table there had and this one has not; else they are left, named in a warning),
+    then ``results.csv``, ``results.png``, the ``extra`` text files (name -> text) and
+    ``results.md`` as one set (:func:`~pneumolab.files.staged_files`: a stop while
     writing leaves the earlier set, or none, never a part that blocks the rerun); ``notes``
     (name -> reason) lists models that could not be run."""
     out, extra = Path(out_dir), extra or {}
@@ -324,7 +325,6 @@ def _compare_into(
     """:func:`compare_runs`'s work, once ``out_dir`` is this process's."""
     names = check_comparison(run_dirs, out_dir, overwrite)
     runs = [RunDir(Path(d)) for d in run_dirs]
-    margins_file = out_dir / MARGINS
     cache = ScoreCache()
     predictors = [  # all load before any is scored: an unfinished run or a missing or stale
         Predictor.from_run(run.root, default_device(), backend, cache=cache)  # export fails first
@@ -343,7 +343,7 @@ def _compare_into(
     criteria = ("roc_auc", "shift_roc_auc") if shift else ("roc_auc",)
     margins = _margins_text(rows, dict(zip(names, runs, strict=True)), split, criteria)
     outputs = write_comparison(
-        rows, out_dir, split, extra={margins_file.name: margins}, remove_stale=overwrite
+        rows, out_dir, split, extra={MARGINS: margins}, remove_stale=overwrite
     )
     return rows, outputs
 

@@ -121,10 +121,10 @@ def gradcam(
 
     ``intensity`` normalisation (the run's, :attr:`Predictor.intensity`) is applied first, as in
     training and prediction; ``layer`` (a module of ``model``, or its name) defaults to
-    :func:`find_target_layer`'s choice. The
-    model's train/eval mode is kept (grad-cam switches it to eval). ValueError for another
-    ``towards`` or a batch of several images, TypeError for pixels that are not uint8 (0..1
-    floats would be divided by 255 again). :func:`explain_image` takes a predictor instead.
+    :func:`find_target_layer`'s choice. The model's train/eval mode is kept (grad-cam switches
+    it to eval). ValueError for another ``towards``, a batch of several images or a layer not of
+    ``model``; TypeError for pixels that are not uint8 (0..1 floats would be divided by 255
+    again). :func:`explain_image` takes a predictor instead.
     """
     if towards not in get_args(ExplainedClass):
         raise ValueError(f"towards is 'PNEUMONIA' or 'NORMAL', not {towards!r}")
@@ -243,11 +243,6 @@ def _title(path: Path, explained: Explanation) -> str:
     return "\n".join(lines)
 
 
-def _same(folder: Path, other: Path) -> bool:
-    """Whether two paths name one folder (``other`` may not exist yet)."""
-    return os.path.realpath(folder) == os.path.realpath(other)
-
-
 def _figure(
     image: Image.Image, heat: np.ndarray, title: str, out_file: Path, overwrite: bool
 ) -> None:
@@ -305,7 +300,8 @@ def explain_paths(
         raise OutputError(f"{out_dir}: is a file; --out is the folder for the PNGs")
     check_apart(out_dir, paths)  # --overwrite replaced the X-rays themselves
     images = expand_paths(paths)
-    beside = next((i for i in images if _same(Path(os.path.realpath(i)).parent, out_dir)), None)
+    real_out = os.path.realpath(out_dir)  # a link to an image, or to --out, is followed
+    beside = next((i for i in images if os.path.dirname(os.path.realpath(i)) == real_out), None)
     if beside is not None:  # its PNGs would sit among (and replace) the X-rays
         raise OutputError(
             f"{out_dir}: holds {beside.name}, an image to explain; give --out another folder"
