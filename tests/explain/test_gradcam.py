@@ -250,8 +250,41 @@ def test_gradcam_refuses_what_it_would_explain_wrongly(tmp_path):
     assert np.array_equal(heat, gradcam(model, pixels, predictor.intensity, chosen))
     with pytest.raises(ValueError, match="layer Conv2d: not a module of the model"):
         gradcam(model, pixels, predictor.intensity, torch.nn.Conv2d(1, 1, 1))
-    with pytest.raises(ValueError, match="layer 'conv_head' is not a module of the model"):
+    with pytest.raises(ModelError, match="layer 'conv_head': not a layer of the model"):
         gradcam(model, pixels, predictor.intensity, "conv_head")
+
+
+def test_explain_takes_a_layer_by_name_and_lists_the_candidates_for_an_unknown_one(
+    tmp_path, monkeypatch, capsys
+):
+    """explain always showed the last feature map: a user could not look at an earlier, finer
+    one (the saliency check's stride-16 layer) without writing Python."""
+    run, image = untrained_run(tmp_path), tmp_path / "a.png"
+    Image.fromarray(np.full((40, 40), 128, np.uint8)).save(image)
+    gradcam_module = importlib.import_module("pneumolab.explain.gradcam")
+    layers, titles = [], []
+    explain = gradcam_module.explain_image
+
+    def spy(predictor, layer, *args):
+        layers.append(next(n for n, m in predictor.model.named_modules() if m is layer))
+        return explain(predictor, layer, *args)
+
+    monkeypatch.setattr(gradcam_module, "explain_image", spy)
+    monkeypatch.setattr(gradcam_module, "_figure", lambda image, heat, t, *out: titles.append(t))
+    command = ["explain", str(run.root), str(image), "--out", str(tmp_path / "maps")]
+    assert main([*command, "--layer", "backbone.features.0"]) == 0
+    assert "(layer backbone.features.0)" in " ".join(titles[0].split())  # wrapped
+    assert main([*command, "--overwrite"]) == 0  # the default: the last map larger than 1x1
+    assert layers == ["backbone.features.0", "backbone.features"] and "(layer" not in titles[1]
+    capsys.readouterr()
+    for wrong in ("backbone.features.O", "head"):  # a typo; a module without a feature map
+        command = ["explain", str(run.root), str(image), "--out", str(tmp_path / "x")]
+        assert main([*command, "--layer", wrong]) == 2
+        err = " ".join(capsys.readouterr().err.split())  # unwrapped
+        assert f"layer '{wrong}': not a layer of the model" in err and "Traceback" not in err
+        assert "backbone.features (4x4), backbone.features.2.0 (8x8)" in err
+        assert ("did you mean" in err) == (wrong != "head")
+        assert not (tmp_path / "x").exists()
 
 
 def test_overlay_png_takes_images_as_predict_does():

@@ -304,6 +304,13 @@ def _add_explain(commands: Subcommands) -> None:
     explain.add_argument("images", nargs="+", type=Path, help="image files or folders")
     explain.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
     explain.add_argument("--overwrite", action="store_true", help="replace PNGs already in --out")
+    explain.add_argument(
+        "--layer",
+        metavar="NAME",
+        help="the network's module to explain, by its name in torch's named_modules() (e.g. "
+        "backbone.blocks.5; an unknown name lists the candidates); default: the last "
+        "convolutional feature map larger than 1x1",
+    )
     add_max_megapixels_flag(explain)
     explain.set_defaults(func=run_cmd.cmd_explain)
 

@@ -206,7 +206,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     failures = 0
     explained = explain_paths(
-        args.run_dir, args.images, args.out, overwrite=args.overwrite, max_pixels=max_pixels(args)
+        args.run_dir,
+        args.images,
+        args.out,
+        overwrite=args.overwrite,
+        max_pixels=max_pixels(args),
+        layer=args.layer,
     )
     for result in explained:
         if isinstance(result, PneumolabError):

@@ -5,6 +5,7 @@ the class it was called: the pneumonia logit's map of an image called NORMAL is 
 
 from __future__ import annotations
 
+import difflib
 import io
 import math
 import os
@@ -72,25 +73,18 @@ def _contains_conv(module: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def find_target_layer(model: XrayClassifier, image_size: int = 224) -> nn.Module:
-    """The backbone module to explain: the last one, in execution order, that contains a
-    convolution and outputs a 4-D feature map, preferring maps larger than 1x1.
-
-    Found with one forward pass of an ``image_size`` input; ModelError when there is none, or
-    when the backbone's one convolution is its stem (a vision transformer's patch embedding).
-    """
-    found: list[tuple[nn.Module, bool]] = []
+def feature_map_layers(model: XrayClassifier, image_size: int = 224) -> dict[str, tuple[int, int]]:
+    """The backbone's modules that contain a convolution and output a 4-D feature map, by their
+    names in ``model.named_modules()``, in execution order, with their map's height and width
+    (found with one forward pass of an ``image_size`` input)."""
+    found: dict[str, tuple[int, int]] = {}
+    names = {module: name for name, module in model.named_modules()}
 
     def record(module: nn.Module, _: object, output: object) -> None:
         if isinstance(output, torch.Tensor) and output.ndim == 4 and _contains_conv(module):
-            found.append((module, output.shape[-1] * output.shape[-2] > 1))
+            found[names[module]] = (int(output.shape[-2]), int(output.shape[-1]))
 
     backbone = model.backbone
-    if sum(isinstance(m, nn.Conv2d) for m in backbone.modules()) == 1:
-        raise ModelError(
-            f"{type(backbone).__name__}: its only convolution is the input stem (a "
-            "transformer's patch embedding), so Grad-CAM would explain the stem, not the model"
-        )
     handles = [m.register_forward_hook(record) for m in backbone.modules() if m is not backbone]
     try:
         was_training = model.training
@@ -99,13 +93,47 @@ def find_target_layer(model: XrayClassifier, image_size: int = 224) -> nn.Module
     finally:
         for handle in handles:
             handle.remove()
-    spatial = [module for module, larger in found if larger]
+    return found
+
+
+def find_target_layer(model: XrayClassifier, image_size: int = 224) -> nn.Module:
+    """The backbone module to explain: the last one, in execution order, that contains a
+    convolution and outputs a 4-D feature map, preferring maps larger than 1x1.
+
+    Found with one forward pass of an ``image_size`` input; ModelError when there is none, or
+    when the backbone's one convolution is its stem (a vision transformer's patch embedding).
+    """
+    backbone = model.backbone
+    if sum(isinstance(m, nn.Conv2d) for m in backbone.modules()) == 1:
+        raise ModelError(
+            f"{type(backbone).__name__}: its only convolution is the input stem (a "
+            "transformer's patch embedding), so Grad-CAM would explain the stem, not the model"
+        )
+    found = feature_map_layers(model, image_size)
     if not found:
         raise ModelError(
             f"{type(backbone).__name__}: no convolutional layer with a 2-D feature map found, "
             "so Grad-CAM has nothing to explain"
         )
-    return spatial[-1] if spatial else found[-1][0]
+    spatial = [name for name, (height, width) in found.items() if height * width > 1]
+    return model.get_submodule(spatial[-1] if spatial else next(reversed(found)))
+
+
+def layer_named(model: XrayClassifier, name: str, image_size: int = 224) -> nn.Module:
+    """The module called ``name`` in ``model.named_modules()``, where it outputs a convolutional
+    feature map; ModelError otherwise, naming close names and, for each map size, the last
+    layer with a map of that size (what ``explain --layer`` may take)."""
+    found = feature_map_layers(model, image_size)
+    if name in found:
+        return model.get_submodule(name)
+    last_of_size = {size: layer for layer, size in found.items()}  # a later layer replaces
+    listed = [f"{layer} ({h}x{w})" for (h, w), layer in reversed(last_of_size.items())]
+    close = difflib.get_close_matches(name, list(found), n=3)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    raise ModelError(
+        f"layer {name!r}: not a layer of the model with a convolutional feature map{hint}; "
+        f"the last layer of each map size at {image_size} px: {', '.join(listed) or 'none'}"
+    )
 
 
 def gradcam(
@@ -154,18 +182,12 @@ def gradcam(
 
 def _target_layer(model: XrayClassifier, layer: nn.Module | str | None, size: int) -> nn.Module:
     """``layer`` as a module of ``model`` (a module, or its name as ``named_modules`` gives
-    it), else :func:`find_target_layer`'s choice; ValueError for a module of another model or
-    an unknown name (pytorch-grad-cam failed on them with AttributeErrors)."""
+    it: :func:`layer_named`), else :func:`find_target_layer`'s choice; ValueError for a module
+    of another model (pytorch-grad-cam failed on it, and on unknown names, with AttributeErrors)."""
     if layer is None:
         return find_target_layer(model, size)
     if isinstance(layer, str):
-        named = dict(model.named_modules())
-        if layer not in named:
-            raise ValueError(
-                f"layer {layer!r} is not a module of the model; model.named_modules() "
-                "lists their names"
-            )
-        return named[layer]
+        return layer_named(model, layer, size)
     if not any(module is layer for module in model.modules()):
         raise ValueError(f"layer {type(layer).__name__}: not a module of the model")
     return layer
@@ -225,18 +247,19 @@ TITLE_WIDTH = 80
 """Characters per line of an overlay's title: what a 600 px figure holds at 9 pt."""
 
 
-def _title(path: Path, explained: Explanation) -> str:
+def _title(path: Path, explained: Explanation, layer: str | None = None) -> str:
     """An overlay's title: the image's path (files of one name in several folders are told
-    apart by it; wrapped, never cut), the call, what the heat shows, and why the input is out
-    of scope or what it was warned of (as ``predict`` says). Non-UTF-8 bytes are shown as
-    ``\\xNN`` before the lines are measured."""
+    apart by it; wrapped, never cut), the call, what the heat shows (at ``layer``, where one
+    was chosen), and why the input is out of scope or what it was warned of (as ``predict``
+    says). Non-UTF-8 bytes are shown as ``\\xNN`` before the lines are measured."""
     result = explained.prediction
     lines = textwrap.wrap(printable(str(path)), TITLE_WIDTH, break_on_hyphens=False)
     lines += [
         f"P(pneumonia) = {result.probability:.3f} → {result.label} "
         f"(threshold {result.threshold:.3f}) — research tool, not a diagnosis",
-        explained.caption,
     ]
+    at_layer = f" (layer {printable(layer)})" if layer else ""
+    lines += textwrap.wrap(explained.caption + at_layer, TITLE_WIDTH, break_on_hyphens=False)
     for heading, notes in (("out of scope", result.reasons), ("warning", result.warnings)):
         if notes:
             lines += textwrap.wrap(printable(f"{heading}: {'; '.join(notes)}"), TITLE_WIDTH)
@@ -289,11 +312,14 @@ def explain_paths(
     out_dir: str | Path,
     overwrite: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    layer: str | None = None,
 ) -> Iterator[Path | PneumolabError]:
     """Write one PNG per image (folders expanded) into ``out_dir``: the X-ray under its Grad-CAM
     heat map, probability and label in the title. Unreadable images, and PNGs already in
     ``out_dir`` (unless ``overwrite``), yield their error instead; OutputError where ``out_dir``
-    is an input folder or inside one. Images over ``max_pixels`` are refused from their header."""
+    is an input folder or inside one. Images over ``max_pixels`` are refused from their header.
+    ``layer``: the module to explain, by name (:func:`layer_named`; named in each title), else
+    :func:`find_target_layer`'s choice."""
     predictor = Predictor.from_run(run_dir, max_pixels=max_pixels)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -307,7 +333,7 @@ def explain_paths(
             f"{out_dir}: holds {beside.name}, an image to explain; give --out another folder"
         )
     model = predictor.require_model("Grad-CAM")  # refused before the folder is made
-    layer = find_target_layer(model, predictor.image_size)
+    target = _target_layer(model, layer, predictor.image_size)
     with folder_for(out_dir):  # removed again where no PNG was written in it
         written: set[Path] = set()
         sources = {os.path.realpath(path) for path in images}
@@ -327,8 +353,10 @@ def explain_paths(
             except PneumolabError as exc:
                 yield exc
                 continue
-            explained = explain_image(predictor, layer, image, file_header_checks(path, max_pixels))
-            title = _title(path, explained)
+            explained = explain_image(
+                predictor, target, image, file_header_checks(path, max_pixels)
+            )
+            title = _title(path, explained, layer)
             try:  # a PNG another process wrote meanwhile is kept, as one found before
                 figure_image = load_image(path, FIGURE_PIXELS, max_pixels)
                 _figure(figure_image, explained.heat, title, out_file, overwrite)
