@@ -192,6 +192,30 @@ def test_a_jpeg_or_png_named_dcm_is_read_as_what_it_is(tmp_path, image_format):
     assert decoded.shape == (16, 16) and np.abs(decoded - pixels).max() <= 2
 
 
+@pytest.mark.parametrize(
+    ("descriptor", "data", "stated", "held"),
+    [
+        ([0, 0, 16], list(range(256)), "65,536", "256"),
+        ([512, 0, 16], list(range(256)), "512", "256"),
+        ([256, 0, 16], None, "256", "0"),
+        ([256, 0, 16], bytes(200), "256", "100"),
+    ],
+)
+def test_a_voi_lut_shorter_than_its_descriptor_is_refused_by_name(
+    tmp_path, descriptor, data, stated, held
+):
+    """Descriptor 0 (65,536 entries) over a short table failed as "corrupt or undecodable
+    DICOM (IndexError: index 256 is out of bounds...)"; a table without data, a TypeError."""
+    lut = Dataset()
+    lut.LUTDescriptor = descriptor
+    if data is not None:
+        lut.add_new("LUTData", "OW" if isinstance(data, bytes) else "US", data)
+    path = write_dicom(tmp_path / "a.dcm", RAMP_12BIT, bits_stored=12, VOILUTSequence=[lut])
+    message = rf"a\.dcm: corrupt VOI LUT: its LUTDescriptor states {stated} entries, its LUTData holds {held}$"
+    with pytest.raises(ImageLoadError, match=message):
+        load_dicom(path)
+
+
 def test_a_malformed_voi_lut_is_refused_by_name(tmp_path):
     lut = Dataset()
     lut.LUTDescriptor = [256, 0]  # two values where the standard has three

@@ -35,7 +35,7 @@ import mmap
 import threading
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -248,12 +248,27 @@ def _voi_lut_view(ds: Dataset) -> Dataset:
         raise ImageLoadError(
             f"{ds.filename}: VOI LUT without a three-value LUTDescriptor ({descriptor!r})"
         )
+    stated, held = descriptor[0] or 1 << 16, _lut_entries(ds.VOILUTSequence[0].get("LUTData"))
+    if held < stated:  # pydicom failed on an IndexError (or a TypeError without data)
+        raise ImageLoadError(
+            f"{ds.filename}: corrupt VOI LUT: its LUTDescriptor states {stated:,} entries, "
+            f"its LUTData holds {held:,}"
+        )
     table = copy.deepcopy(ds.VOILUTSequence[0])
     table.LUTDescriptor = [descriptor[0], descriptor[1], 16]
     view = Dataset()
     view.file_meta = ds.file_meta  # the byte order of OW table data
     view.VOILUTSequence = [table]
     return view
+
+
+def _lut_entries(data: bytes | int | Sequence[int] | None) -> int:
+    """How many 16-bit entries a LUTData value holds (OW bytes, one US value, or a list)."""
+    if data is None:
+        return 0
+    if isinstance(data, bytes | bytearray):
+        return len(data) // 2
+    return 1 if isinstance(data, int) else len(data)
 
 
 def _voi(pixels: np.ndarray, ds: Dataset) -> tuple[np.ndarray, float, float] | None:
