@@ -58,6 +58,9 @@ def test_single_class_gives_nan_not_error():
         ([float("nan"), float("nan")], "—"),
         (None, ""),
         ([1.0, 1.0], "no spread (every resample equal)"),  # it read "1.0000 – 1.0000"
+        # a Brier score of 0.04 in every resample, summed with weights: equal to the last bit
+        ([0.039999999999999994, 0.04000000000000001], "no spread (every resample equal)"),
+        ([0.04, 0.0401], "0.0400 – 0.0401"),
     ],
 )
 def test_an_interval_reads_as_one_dash_where_neither_bound_is_known(interval, text):

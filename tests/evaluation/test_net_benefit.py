@@ -69,3 +69,13 @@ def test_the_figure_marks_the_stored_threshold():
     marked = ax.get_lines()[-1]
     assert marked.get_ydata()[0] == pytest.approx(net_benefit(y, p, [0.3])[0])
     assert figure_png(fig).startswith(b"\x89PNG")
+
+
+def test_the_curve_passes_through_its_stored_threshold_dot():
+    """Scores bunched near the threshold (between two of the curve's points) left the dot at
+    net benefit 0.5 while the line drawn there read 0.009."""
+    y, p, threshold = np.array([0, 0, 1, 1]), np.array([0.4929, 0.4949, 0.4964, 0.4985]), 0.49565
+    (ax,) = decision_curve_figure(y, p, stored_threshold=threshold).axes
+    curve, dot = ax.get_lines()[0], ax.get_lines()[-1]
+    on_curve = np.interp(threshold, curve.get_xdata(), curve.get_ydata())
+    assert on_curve == pytest.approx(dot.get_ydata()[0]) == pytest.approx(0.5)

@@ -55,7 +55,7 @@ def test_report_is_self_contained(report):
     assert "<th>empty_maps</th>" in text
     # the calibration maps' validation ECE is not passed off as what transfers
     assert "were fitted on these same images: their ECE here is in-sample" in text
-    assert "raised ECE from 0.026 (raw) to 0.143" in text
+    assert "raised ECE from 0.026 (raw) to 0.143 (the Platt fit of before 2026-12-07" in text
 
 
 def test_report_refreshes_model_card_with_intervals(report):

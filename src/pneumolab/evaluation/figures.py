@@ -92,13 +92,16 @@ def decision_curve_figure(
     probabilities from 0.01 to 0.99; the model's net benefit at ``stored_threshold`` is marked."""
     fig = Figure(figsize=(4.5, 4.5), dpi=120)
     ax = fig.subplots()
-    p_t = DECISION_CURVE_THRESHOLDS
+    inside = stored_threshold is not None and 0 < stored_threshold < 1
+    marked = stored_threshold if inside else None
+    # the curve passes through its dot (scores bunched near it left the dot far off the line)
+    p_t = np.union1d(DECISION_CURVE_THRESHOLDS, [] if marked is None else [marked])
     ax.plot(p_t, net_benefit(y_true, prob, p_t), label="model")
     ax.plot(p_t, net_benefit(y_true, np.ones(len(y_true)), p_t), "--", label="call all pneumonia")
     ax.axhline(0.0, color="gray", linestyle=":", label="call none")
-    if stored_threshold is not None and 0 < stored_threshold < 1:
-        at_threshold = net_benefit(y_true, prob, [stored_threshold])[0]
-        ax.plot(stored_threshold, at_threshold, "o", color="crimson", label="stored threshold")
+    if marked is not None:
+        at_threshold = net_benefit(y_true, prob, [marked])[0]
+        ax.plot(marked, at_threshold, "o", color="crimson", label="stored threshold")
     prevalence = float(np.mean(y_true)) if len(y_true) else 1.0
     ax.set(xlabel="threshold probability", ylabel="net benefit", title=title)
     ax.set(xlim=(0, 1), ylim=(-0.05, max(prevalence, 0.05) * 1.1))

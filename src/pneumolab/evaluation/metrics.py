@@ -148,4 +148,6 @@ def format_interval(interval: Sequence[float | None] | None) -> str:
     bounds = list(map(format_metric, interval))
     if set(bounds) == {"—"}:
         return "—"
-    return NO_SPREAD if len(set(interval)) == 1 else " – ".join(bounds)
+    low, high = interval
+    no_spread = low is not None and high is not None and math.isclose(low, high, rel_tol=1e-9)
+    return NO_SPREAD if no_spread else " – ".join(bounds)  # isclose: a weighted sum's last bit

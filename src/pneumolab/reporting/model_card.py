@@ -80,7 +80,9 @@ def _patients(run: RunDir) -> int:
 
 PLATT_OFF_DISTRIBUTION = (
     "on the held-out test split (the default recipe of 2026-12-01, measured outside the loop) "
-    "Platt scaling raised ECE from 0.026 (raw) to 0.143, so predictions report the raw probability"
+    "Platt scaling raised ECE from 0.026 (raw) to 0.143 (the Platt fit of before 2026-12-07, on "
+    "0/1 targets; the smoothed targets' map of today is gentler, its held-out ECE unmeasured), "
+    "so predictions report the raw probability"
 )
 """What a validation-fitted calibration map did off its distribution: the model card and the
 report say it wherever the map's validation ECE is shown."""
