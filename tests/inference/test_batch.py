@@ -58,6 +58,51 @@ def test_rerun_resumes_and_retries_failures(predictor, images, tmp_path, suffix)
     assert len({r["source"] for r in rows}) == 11
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_job_over_other_images_keeps_the_earlier_failures(predictor, images, tmp_path, suffix):
+    """Resuming dropped every failed row, also of images the new job did not score: a file
+    fed one folder a day lost the record of each earlier unreadable image."""
+    from conftest import write_synthetic_dataset
+
+    folder, _ = images
+    other = write_synthetic_dataset(tmp_path / "other", per_class=1) / "train"
+    out = tmp_path / f"results{suffix}"
+    predict_to_file(predictor, [folder], out, progress=False)
+    summary = predict_to_file(predictor, [other], out, progress=False)
+    assert (summary.written, summary.already_done, summary.failed) == (2, 0, 0)
+    rows = _read(out)
+    assert len(rows) == 13 and sum("broken.png" in r["error"] for r in rows) == 1
+    summary = predict_to_file(predictor, [folder], out, progress=False)  # retried: listed once
+    assert (summary.written, summary.already_done, summary.failed) == (1, 10, 1)
+    rows = _read(out)
+    assert len(rows) == 13 and len({r["source"] for r in rows}) == 13
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_rows(predictor, images, tmp_path, monkeypatch):
+    """The error was "[Errno 28] No space left on device", naming no file."""
+    import errno
+
+    from pneumolab.inference import batch
+
+    folder, _ = images
+    out, encode, calls = tmp_path / "results.csv", batch.encode, []
+
+    def disk_full_at_the_fifth_row(*args):
+        calls.append(1)
+        if len(calls) == 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return encode(*args)
+
+    monkeypatch.setattr(batch, "encode", disk_full_at_the_fifth_row)
+    message = r"results\.csv: No space left on device; the rows written so far are kept"
+    with pytest.raises(OutputError, match=message):
+        predict_to_file(predictor, [folder], out, batch_size=3, progress=False)
+    assert len(_read(out)) == 4
+    monkeypatch.setattr(batch, "encode", encode)
+    assert predict_to_file(predictor, [folder], out, progress=False).already_done == 4
+    assert len(_read(out)) == 11
+
+
 def test_rows_of_finished_batches_survive_an_interruption(predictor, images, tmp_path):
     folder, _ = images
     interrupted, calls = copy.copy(predictor), []

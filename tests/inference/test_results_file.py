@@ -71,12 +71,14 @@ def test_csv_writes_booleans_alike_and_reads_those_of_before():
 def test_a_kill_at_any_byte_loses_only_the_row_being_written(written, fmt, data):
     full = file_bytes(fmt, written)
     cut = data.draw(st.integers(0, len(full)))
-    plan = plan_resume(decode_text(full[:cut]), fmt, PRODUCER, FILE)
+    retried = data.draw(st.sets(st.sampled_from([r.source for r in written] or ["x"])))
+    plan = plan_resume(decode_text(full[:cut]), fmt, PRODUCER, FILE, retried)
     complete = [r for i, r in enumerate(written) if len(file_bytes(fmt, written[: i + 1])) <= cut]
-    expected = {}
+    expected: dict[str, ResultRow] = {}  # first success, else an error of a source not retried
     for row in complete:
-        if not row.error:
-            expected.setdefault(row.source, row)
+        succeeded = row.source in expected and not expected[row.source].error
+        if not succeeded and not (row.error and row.source in retried):
+            expected[row.source] = row
     assert plan.kept == list(expected.values())  # whole rows only, each source once
     boundaries = {len(file_bytes(fmt, written[:i])) for i in range(len(written) + 1)}
     torn = cut not in boundaries
@@ -88,9 +90,9 @@ def test_a_kill_at_any_byte_loses_only_the_row_being_written(written, fmt, data)
 def test_resumed_then_finished_file_has_every_source_once(written, fmt, data):
     full = file_bytes(fmt, written)
     cut = data.draw(st.integers(0, len(full)))
-    plan = plan_resume(decode_text(full[:cut]), fmt, PRODUCER, FILE)
-    done = {r.source for r in plan.kept}
     job = list({r.source: r for r in written}.values())  # a job lists each image once
+    plan = plan_resume(decode_text(full[:cut]), fmt, PRODUCER, FILE, {r.source for r in job})
+    done = {r.source for r in plan.kept}
     redone = [r for r in job if r.source not in done]
     final = parse(decode_text(file_bytes(fmt, plan.kept + redone)), fmt, FILE).rows
     successes = [r for r in final if not r.error]
@@ -104,7 +106,7 @@ def test_resumed_then_finished_file_has_every_source_once(written, fmt, data):
 def test_anything_else_is_parsed_or_refused_never_a_crash(data, fmt):
     text = decode_text(data)
     try:
-        plan = plan_resume(text, fmt, PRODUCER, FILE)
+        plan = plan_resume(text, fmt, PRODUCER, FILE, set())
     except NotAResultsFile as exc:
         assert str(FILE) in str(exc)
     else:  # accepted: only what a pneumolab write (or a kill during the first one) leaves
@@ -122,4 +124,4 @@ def test_rows_of_another_producer_are_refused(written, fmt):
         OutputError,
         match="with backend 'torch', tta False, but this command has backend 'onnx', tta True",
     ):
-        plan_resume(decode_text(file_bytes(fmt, written)), fmt, other, FILE)
+        plan_resume(decode_text(file_bytes(fmt, written)), fmt, other, FILE, set())

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,13 +50,15 @@ def producer_of(predictor: Predictor) -> Producer:
     )
 
 
-def _resume(out: Path, fmt: Format, producer: Producer) -> set[str]:
-    """The sources already done in ``out``; the file is rewritten (atomically) without its
-    failed rows and any row cut short by a kill, so retried images are not listed twice."""
-    plan = plan_resume(decode_text(out.read_bytes()), fmt, producer, out)
+def _resume(out: Path, fmt: Format, producer: Producer, sources: Sequence[Path]) -> set[str]:
+    """The sources already done in ``out``; the file is rewritten (atomically) without the
+    failed rows of ``sources`` (this job retries them: never listed twice) and any row cut
+    short by a kill. Failed rows of images this job does not score are kept."""
+    text = decode_text(out.read_bytes())
+    plan = plan_resume(text, fmt, producer, out, {str(source) for source in sources})
     if plan.rewrite:
         write_text_rows(out, fmt, plan.kept)
-    return {row.source for row in plan.kept}
+    return {row.source for row in plan.kept if not row.error}
 
 
 def result_row(path: Path, prediction: Prediction, producer: Producer) -> ResultRow:
@@ -113,7 +116,7 @@ def predict_to_file(
     check_not_an_input(out, files)
     with writing_alone(out):
         producer = producer_of(predictor)
-        done = _resume(out, fmt, producer) if out.exists() and not overwrite else set()
+        done = _resume(out, fmt, producer, files) if out.exists() and not overwrite else set()
         if overwrite or not out.exists():
             write_text_rows(out, fmt, [])
         todo = [p for p in files if str(p) not in done]
@@ -134,7 +137,7 @@ def _append_rows(
     producer = producer_of(predictor)
     written = failed = 0
     bar_on_stderr = Progress(console=Console(stderr=True), disable=not progress, transient=True)
-    with open(out, "a", **TEXT) as f, bar_on_stderr as bar:
+    with _kept_on_failure(out), open(out, "a", **TEXT) as f, bar_on_stderr as bar:
         task = bar.add_task("predicting", total=len(todo))
         # the files listed, each once: expanding their folders again paired rows with the
         # wrong images where a folder had gained files meanwhile
@@ -151,3 +154,16 @@ def _append_rows(
                 os.fsync(f.fileno())
                 bar.advance(task, (written - 1) % batch_size + 1)
     return failed
+
+
+@contextmanager
+def _kept_on_failure(out: Path) -> Iterator[None]:
+    """An OSError while appending (a full disk: it named no file) as an OutputError naming
+    ``out`` and saying that the rows written so far stay, for the next run to resume."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(
+            f"{out}: {exc.strerror or exc}; the rows written so far are kept: run the command "
+            "again to continue"
+        ) from exc

@@ -13,7 +13,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -305,19 +305,25 @@ class ResumePlan:
     rewrite: bool
 
 
-def plan_resume(text: str, fmt: Format, producer: Producer, source: Path) -> ResumePlan:
-    """How to resume the results file ``source`` holding ``text`` with ``producer``'s rows;
+def plan_resume(
+    text: str, fmt: Format, producer: Producer, source: Path, retried: Collection[str]
+) -> ResumePlan:
+    """How to resume the results file ``source`` holding ``text`` with ``producer``'s rows,
+    for a job that scores ``retried`` (sources) unless a row of theirs succeeded already;
     NotAResultsFile or OutputError (another producer) when it must not be touched."""
     parsed = parse(text, fmt, source)
     check_producer(parsed.rows, producer, source)
-    kept = resumable_rows(parsed.rows)
+    kept = resumable_rows(parsed.rows, retried)
     return ResumePlan(kept, rewrite=parsed.torn or len(kept) != len(parsed.rows) or not text)
 
 
-def resumable_rows(rows: list[ResultRow]) -> list[ResultRow]:
-    """The rows a resumed job keeps: the first successful row per source (failed ones retry)."""
+def resumable_rows(rows: list[ResultRow], retried: Collection[str]) -> list[ResultRow]:
+    """The rows a resumed job keeps, one per source in the file's order: its first successful
+    row, else (a failed image) its error row where the job does not score that source again
+    (a job over other folders dropped the record of every earlier unreadable image)."""
     kept: dict[str, ResultRow] = {}
     for row in rows:
-        if not row.error:
-            kept.setdefault(row.source, row)
+        earlier = kept.get(row.source)
+        if (earlier is None or earlier.error) and (not row.error or row.source not in retried):
+            kept[row.source] = row
     return list(kept.values())
