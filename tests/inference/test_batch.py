@@ -411,3 +411,9 @@ def test_an_image_given_twice_is_answered_once_on_stdout(tiny_run, images, capsy
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     sources = [line["source"] for line in lines]
     assert sources.count(str(files[0])) == 1 and len(sources) == len(files)
+    # other spellings of one file (as --out counts them): once, under the first
+    again = [files[0].parent / ".." / files[0].parent.name / files[0].name, files[0].absolute()]
+    assert main(["predict", str(tiny_run[0]), str(files[0]), *map(str, again), "--json"]) == 0
+    assert [json.loads(line)["source"] for line in capsys.readouterr().out.splitlines()] == [
+        str(files[0])
+    ]

@@ -56,7 +56,7 @@ def _predict_to_file(args: argparse.Namespace, predictor: Predictor, paths: list
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """`pneumolab predict`: classify images or folders, locally or with Ray Data."""
-    from pneumolab.inference.inputs import expand_paths
+    from pneumolab.inference.batch import each_image_once
     from pneumolab.inference.predictor import Predictor
 
     paths = list(args.paths)
@@ -89,7 +89,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return _predict_to_file(args, predictor, paths)
     failures = 0
     table = Table("path", "probability", "label", "in scope", "why not")
-    files = list(dict.fromkeys(expand_paths(paths)))  # one answer per image, as with --out
+    files = each_image_once(paths)  # one answer per image, as with --out
     for _, result, _ in predictor.score_files(files, args.batch_size, args.workers):
         if isinstance(result, PneumolabError):
             failures += 1

@@ -68,15 +68,25 @@ def result_row(path: Path, prediction: Prediction, producer: Producer) -> Result
     return ResultRow(str(path), prediction.probability, prediction.label, producer, "", scope)
 
 
+def source_key(path: Path) -> Path:
+    """An image's key in a results file: its folder resolved (links and ``..`` followed, as
+    files of earlier versions were keyed), its own name kept (two symlinks to one file are two
+    rows, each under its name)."""
+    return Path(os.path.realpath(path.parent)) / path.name
+
+
 def result_sources(paths: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Every image under ``paths``, each once, in order, as a results file's key: its folder
-    resolved (links and ``..`` followed, as files of earlier versions were keyed), its own name
-    kept (two symlinks to one file are two rows, each under its name)."""
-    return list(
-        dict.fromkeys(
-            Path(os.path.realpath(path.parent)) / path.name for path in expand_paths(paths)
-        )
-    )
+    """Every image under ``paths``, each once, in order, as its :func:`source_key`."""
+    return list(dict.fromkeys(map(source_key, expand_paths(paths))))
+
+
+def each_image_once(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Every image under ``paths`` as first spelt there, each once as a results file counts
+    it (:func:`source_key`: ``a/x.png``, ``a/b/../x.png`` and its absolute path are one)."""
+    first: dict[Path, Path] = {}
+    for path in expand_paths(paths):
+        first.setdefault(source_key(path), path)
+    return list(first.values())
 
 
 def check_not_an_input(out: Path, sources: Sequence[str | Path]) -> None:
