@@ -3,6 +3,8 @@ whole rows of the right producer, drops nothing complete, and lists every image 
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from hypothesis import strategies as st
 
 from pneumolab.errors import OutputError
 from pneumolab.inference.results_file import (
+    LIST_SEPARATOR,
     TERMINATOR,
     NotAResultsFile,
     Producer,
@@ -125,3 +128,14 @@ def test_rows_of_another_producer_are_refused(written, fmt):
         match="with backend 'torch', tta False, but this command has backend 'onnx', tta True",
     ):
         plan_resume(decode_text(file_bytes(fmt, written)), fmt, other, FILE, set())
+
+
+def test_a_csv_cell_splits_back_into_its_reasons():
+    """A DICOM tag's own "; " (BodyPartExamined "CHEST; ABDOMEN") made one reason two."""
+    reasons = ["DICOM BodyPartExamined CHEST; ABDOMEN: not a chest", "image too small"]
+    row = ResultRow("a.png", 0.9, "OUT_OF_SCOPE", PRODUCER, "", (False, 1.0, 2.0, reasons, []))
+    (record,) = csv.DictReader(io.StringIO(header("csv") + encode(row, "csv")))
+    assert record["reasons"].split(LIST_SEPARATOR) == [
+        "DICOM BodyPartExamined CHEST, ABDOMEN: not a chest",
+        "image too small",
+    ]

@@ -31,6 +31,16 @@ def test_tiny_and_strip_images_are_out_of_scope(width, height, message):
     assert any(message in reason for reason in reasons), reasons
 
 
+def test_no_reason_holds_the_separator_a_csv_cell_joins_reasons_by():
+    """ "image too small (30x40 px; at least 32 px...)" split into two reasons in a CSV."""
+    from pneumolab.inference.results_file import LIST_SEPARATOR
+
+    reasons = (
+        image_sanity(30, 40, XRAY_LIKE).reasons + image_sanity(900, 60, 255 - XRAY_LIKE).reasons
+    )
+    assert len(reasons) == 3 and not any(LIST_SEPARATOR in reason for reason in reasons)
+
+
 def test_the_widest_real_kermany_shape_stays_in_scope():
     assert image_sanity(445, 140, XRAY_LIKE).reasons == ()  # 3.2:1, in the original train split
 

@@ -25,6 +25,7 @@ from pneumolab.data.layout import CLASS_NAMES
 from pneumolab.errors import DataLayoutError, ImageLoadError
 from pneumolab.inference.inputs import expand_paths
 from pneumolab.inference.predictor import Predictor
+from pneumolab.inference.results_file import list_cell
 from pneumolab.results import AuditSummary
 from pneumolab.run import RunDir, read_predictions
 
@@ -312,10 +313,10 @@ def audit_folder(
 
 
 def records_table(audit: SiteAudit) -> list[dict[str, Any]]:
-    """One flat row per image (lists joined), for CSV."""
+    """One flat row per image (lists joined: :func:`list_cell`), for CSV."""
     return [
         {
-            k: "; ".join(v) if isinstance(v, list) else v
+            k: list_cell(v) if isinstance(v, list) else v
             for k, v in asdict(r).items()
             if k != "dicom_tags"
         }

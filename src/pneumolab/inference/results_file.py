@@ -36,7 +36,8 @@ FIELDS = (
     "error",
 )
 LIST_SEPARATOR = "; "
-"""Joins a row's reasons and warnings in a CSV cell."""
+"""Joins a row's reasons and warnings in a CSV cell; an item's own ``"; "`` (a DICOM tag's
+text) is written ``", "`` there, so that the cell splits back into its items."""
 BOOLEAN_TEXT = {True: "true", False: "false"}
 """How CSV rows write ``tta`` and ``in_scope``."""
 TEXT_BOOLEAN = {text: value for value, text in BOOLEAN_TEXT.items()}
@@ -138,13 +139,18 @@ def header(fmt: Format) -> str:
     return ",".join(FIELDS) + TERMINATOR["csv"] if fmt == "csv" else ""
 
 
+def list_cell(items: Iterable[str]) -> str:
+    """A CSV cell of ``items`` that splits back into them at :data:`LIST_SEPARATOR`."""
+    return LIST_SEPARATOR.join(item.replace(LIST_SEPARATOR, ", ") for item in items)
+
+
 def encode(row: ResultRow, fmt: Format) -> str:
     """One row as a complete line (terminator included)."""
     record = row.record()
     if fmt == "jsonl":
         return json.dumps(record) + TERMINATOR["jsonl"]
     record |= {k: BOOLEAN_TEXT[v] for k, v in record.items() if isinstance(v, bool)}
-    record |= {k: LIST_SEPARATOR.join(v) for k, v in record.items() if isinstance(v, list)}
+    record |= {k: list_cell(v) for k, v in record.items() if isinstance(v, list)}
     buffer = io.StringIO()
     csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator=TERMINATOR["csv"]).writerow(record)
     return buffer.getvalue()

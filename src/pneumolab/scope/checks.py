@@ -55,12 +55,12 @@ def image_sanity(width: int, height: int, pixels: np.ndarray) -> ScopeChecks:
     reasons = []
     if min(width, height) < MIN_SIDE:
         reasons.append(
-            f"image too small ({width}x{height} px; at least {MIN_SIDE} px a side expected)"
+            f"image too small ({width}x{height} px, at least {MIN_SIDE} px a side expected)"
         )
     aspect = max(width, height) / max(min(width, height), 1)
     if aspect > MAX_ASPECT:
         reasons.append(
-            f"absurd aspect ratio {aspect:.1f}:1 ({width}x{height} px; a chest X-ray is at most "
+            f"absurd aspect ratio {aspect:.1f}:1 ({width}x{height} px, a chest X-ray is at most "
             f"{MAX_ASPECT:g}:1)"
         )
     low, high = np.percentile(pixels, [1, 99])
@@ -72,7 +72,7 @@ def image_sanity(width: int, height: int, pixels: np.ndarray) -> ScopeChecks:
     elif (score := polarity(pixels)) < MIN_POLARITY:
         reasons.append(
             f"looks inverted (a negative): the middle of the chest is darker than the lung fields "
-            f"(polarity {score:.2f} < {MIN_POLARITY:g}; a chest X-ray shows bone and mediastinum "
+            f"(polarity {score:.2f} < {MIN_POLARITY:g}: a chest X-ray shows bone and mediastinum "
             "bright)"
         )
     return ScopeChecks(tuple(reasons))
