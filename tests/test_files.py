@@ -91,6 +91,17 @@ def test_a_temporary_that_cannot_be_made_is_named_as_the_file_asked_for(tmp_path
     assert error.value.filename == str(tmp_path / "r.html")
 
 
+@pytest.mark.parametrize("replace", [True, False])
+def test_a_folder_where_the_file_goes_is_named_and_kept(tmp_path, replace):
+    """It said "Is a directory: '.x.png.k9pof6i6.tmp' -> 'x.png'" (replace) or "written by
+    another process while this one was writing it" (not)."""
+    (tmp_path / "x.png" / "inside").mkdir(parents=True)
+    with pytest.raises(OutputError, match=r"x\.png: is a folder, not a file"):
+        write_bytes_atomically(tmp_path / "x.png", b"png", replace)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
+    assert (tmp_path / "x.png" / "inside").is_dir()
+
+
 def test_a_failed_job_removes_the_folders_it_made_and_keeps_the_rest(tmp_path):
     (tmp_path / "kept").mkdir()
     with pytest.raises(RuntimeError), folder_for(tmp_path / "kept" / "a" / "b" / "c"):

@@ -37,7 +37,11 @@ def apply_umask(path: str | Path) -> None:
 
 def _temporary_beside(path: Path, suffix: str) -> Path:
     """A new, empty file of a unique name in ``path``'s folder (a name a killed writer left
-    behind is never reused, even by a process of the same PID)."""
+    behind is never reused, even by a process of the same PID); OutputError where ``path`` is a
+    folder, which the file could never replace (the error named the temporary, or blamed
+    another process)."""
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder, not a file; move it away or write elsewhere")
     path.parent.mkdir(parents=True, exist_ok=True)
     with naming_failures(path, replace_name=True):  # not the hidden temporary's name
         handle, name = tempfile.mkstemp(suffix=suffix, prefix=f".{path.name}.", dir=path.parent)
