@@ -283,6 +283,14 @@ def test_flags_that_would_be_ignored_are_refused_before_anything_loads(
     assert named in one_line(err) and "no run here" not in err
 
 
+def test_report_overwrite_without_out_is_refused(tmp_path, capsys):
+    """The run's own report.html is always replaced: the flag did nothing, silently."""
+    missing_run = tmp_path / "no run here"
+    code, _, err = run_cli(capsys, "report", missing_run, "--data", tmp_path, "--overwrite")
+    assert code == 2 and "--overwrite without --out" in one_line(err)
+    assert "no run here" not in err
+
+
 def test_weights_with_no_pretrained_are_refused_not_recorded(tmp_path, capsys):
     """The file was never read, yet config.yaml recorded it as the run's weights; with
     `pretrained: false` in a config file it was dropped without a word."""

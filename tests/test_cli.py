@@ -213,9 +213,9 @@ def test_wrong_layout_is_a_clear_cli_error(tmp_path, capsys):
 
 def test_data_check_on_real_data(shared_data, capsys):
     assert main(["data", "check", str(shared_data)]) == 0
-    err = capsys.readouterr().err
-    assert "1341" in err and "3875" in err
-    assert "unreadable files: 0" in err
+    printed = capsys.readouterr()
+    assert "1341" in printed.out and "3875" in printed.out and not printed.err  # a result: stdout
+    assert "unreadable files: 0" in printed.out
 
 
 def test_train_names_its_compute_and_not_lightnings_banners(synthetic_data, tmp_path, capfd):
@@ -370,13 +370,13 @@ def test_data_check_names_an_image_filed_under_both_classes(tmp_path, capsys):
     assert main(["data", "check", str(data)]) == 0
     shutil.copy(normal, twin)
     assert main(["data", "check", str(data)]) == 1  # a check that finds a conflict fails
-    err = " ".join(capsys.readouterr().err.split())
-    assert "under two classes:" in err and normal.name in err and twin.name in err
-    assert "images without a patient ID" not in err
+    out = " ".join(capsys.readouterr().out.split())
+    assert "under two classes:" in out and normal.name in out and twin.name in out
+    assert "images without a patient ID" not in out
     shutil.copy(normal, data / "train" / "NORMAL" / "scan.001")
     assert main(["data", "check", str(data)]) == 1
-    err = " ".join(capsys.readouterr().err.split())
-    assert "images without a patient ID: 1 (each its own patient" in err and "scan.001" in err
+    out = " ".join(capsys.readouterr().out.split())
+    assert "images without a patient ID: 1 (each its own patient" in out and "scan.001" in out
 
 
 def test_data_check_reports_the_other_splits_when_one_cannot_be_scanned(tmp_path, capsys):
@@ -388,6 +388,6 @@ def test_data_check_reports_the_other_splits_when_one_cannot_be_scanned(tmp_path
     shutil.copytree(data / "train" / "PNEUMONIA", data / "val" / "PNEUMONIA")
     capsys.readouterr()
     assert main(["data", "check", str(data)]) == 2
-    err = " ".join(capsys.readouterr().err.split())
-    assert "val/ not checked: " in err and "val/NORMAL" in err
-    assert "byte-identical duplicate groups" in err  # the rest was checked
+    out = " ".join(capsys.readouterr().out.split())
+    assert "val/ not checked: " in out and "val/NORMAL" in out
+    assert "byte-identical duplicate groups" in out  # the rest was checked

@@ -61,8 +61,8 @@ def test_cli_writes_the_page_figure_and_tables(run_dir, tiny_run, tmp_path, caps
     folder = site(tmp_path / "site", tiny_run[1], odd=True)
     out = tmp_path / "out"
     assert main(["audit", str(run_dir), str(folder), "--out", str(out)]) == 1  # broken.png
-    err = capsys.readouterr().err
-    assert "CAUTION" in err and "audit.html" in err
+    printed = capsys.readouterr()  # the verdict is the result (stdout), the page's path a note
+    assert "CAUTION" in printed.out and "audit.html" in printed.err
     page = (out / "audit.html").read_text()
     assert "DICOM Modality CT" in page and "data:image/png;base64," in page
     assert (out / "audit.png").read_bytes().startswith(b"\x89PNG")
@@ -164,9 +164,9 @@ def test_cli_gives_no_verdict_where_nothing_could_be_read(run_dir, tmp_path, cap
         (folder / name).write_bytes(b"not an image")
     out = tmp_path / "out"
     assert main(["audit", str(run_dir), str(folder), "--out", str(out)]) == 1
-    err = " ".join(capsys.readouterr().err.split())
-    assert "NO VERDICT: none of the images could be read" in err
-    assert "— out of scope; predicted pneumonia — of those in scope (validation" in err
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "NO VERDICT: none of the images could be read" in printed
+    assert "— out of scope; predicted pneumonia — of those in scope (validation" in printed
     summary = json.loads((out / "audit.json").read_text(), parse_constant=pytest.fail)
     assert summary["out_of_scope_share"] is None and summary["predicted_pneumonia_rate"] is None
 

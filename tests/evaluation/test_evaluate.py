@@ -241,7 +241,7 @@ def test_a_split_readable_in_one_class_only(trained, tmp_path, capsys):
     run = copy_run(run_dir, tmp_path / "run")
     args = ["--data", str(one_class), "--split", "test"]
     assert main(["evaluate", str(run), *args, "--robustness", "--shift"]) == 0
-    printed = capsys.readouterr().err  # the tables go to stderr
+    printed = capsys.readouterr().out  # the tables are the result: stdout (they went to stderr)
     assert "robustness" in printed and "shift protocol" in printed and "— (—)" in printed
     compare = ["compare", str(run), str(run_dir), *args, "--out", str(tmp_path / "cmp")]
     assert main(compare) == 2

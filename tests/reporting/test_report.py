@@ -63,7 +63,7 @@ def test_report_refreshes_model_card_with_intervals(report):
     assert "95% CI: percentile bootstrap over patients" in card
 
 
-def test_a_report_on_another_split_leaves_the_card_alone(tiny_run, tmp_path):
+def test_a_report_on_another_split_leaves_the_card_alone(tiny_run, tmp_path, capsys):
     """A test-split report rewrote the card from eval/val/metrics.json: a stale file's figures,
     or none ("without confidence intervals") right after a validation report had given them."""
     run_dir = copy_run(tiny_run[0], tmp_path / "run")
@@ -74,8 +74,10 @@ def test_a_report_on_another_split_leaves_the_card_alone(tiny_run, tmp_path):
     for split in ("train", "test"):  # a test split: the training images again, for a report
         (data / split).symlink_to(tiny_run[1] / "train", target_is_directory=True)
     args = ["report", str(run_dir), "--data", str(data), "--split", "test"]
+    capsys.readouterr()
     assert main([*args, "--out", str(tmp_path / "test.html")]) == 0
     assert card.read_text() == "the card of a validation report\n"
+    assert "MODEL_CARD.md" not in capsys.readouterr().err  # it said it had written the card
 
 
 def test_report_renders_in_chromium(report, chromium):

@@ -124,7 +124,7 @@ def test_three_class_run_trains_evaluates_and_predicts(three_class_run, capsys):
     assert 0 <= metrics["roc_auc"] <= 1  # the binary metrics still hold, on P(pneumonia)
     assert (run_dir / "eval" / "val" / "confusion_matrix_3class.png").is_file()
     assert main(["evaluate", str(run_dir), "--data", str(data), "--split", "val"]) == 0
-    assert "bacterial vs viral" in capsys.readouterr().err
+    assert "bacterial vs viral" in capsys.readouterr().out
     image = next((data / "train" / "PNEUMONIA").iterdir())
     assert 0 <= Predictor.from_run(run_dir).predict(image).probability <= 1
 

@@ -58,29 +58,35 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     for split, counts in report.counts.items():
         classes = [str(counts[name]) for name in CLASS_NAMES]
         table.add_row(split, *classes, str(report.patients[split]))
-    console.print(table)
-    console.print(
+    stdout.print(table)
+    stdout.print(
         f"byte-identical duplicate groups: {len(report.duplicate_groups)} "
         f"({len(report.cross_split_duplicates)} across splits)"
     )
     for group in report.cross_split_duplicates:
-        say(("  across splits: ", "yellow"), ", ".join(map(str, group)))
+        say(("  across splits: ", "yellow"), ", ".join(map(str, group)), on=stdout)
     for group in report.conflicting_labels:  # one image, two labels: label noise
-        say(("  under two classes: ", "red"), ", ".join(map(str, group)))
+        say(("  under two classes: ", "red"), ", ".join(map(str, group)), on=stdout)
     for pair, ids in report.patient_overlap.items():
         style = "yellow" if ids else "green"
-        say(f"patients in both {pair}: ", (str(len(ids)), style), f" {' '.join(ids[:10])}")
+        say(
+            f"patients in both {pair}: ",
+            (str(len(ids)), style),
+            f" {' '.join(ids[:10])}",
+            on=stdout,
+        )
     if report.unnamed_patients:
         say(
             ("images without a patient ID: ", "yellow"),
             f"{len(report.unnamed_patients)} (each its own patient; read from {PATIENT_SCHEMES}; "
             f"first: {report.unnamed_patients[0]})",
+            on=stdout,
         )
-    console.print(f"unreadable files: {len(report.unreadable)}")
+    stdout.print(f"unreadable files: {len(report.unreadable)}")
     for problem in report.unreadable:
-        say(("  " + problem, "red"))
+        say(("  " + problem, "red"), on=stdout)
     for split, problem in report.layout_problems.items():
-        say((f"{split}/ not checked: ", "red"), problem)
+        say((f"{split}/ not checked: ", "red"), problem, on=stdout)
     return 2 if report.layout_problems else 1 if report.problems else 0
 
 
@@ -153,14 +159,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(metrics.to_json())
     else:
-        console.print(metrics_table(metrics, f"{args.split} — {metrics.model}"))
-        console.print(operating_points_table(metrics))
+        stdout.print(metrics_table(metrics, f"{args.split} — {metrics.model}"))
+        stdout.print(operating_points_table(metrics))
         if metrics.robustness is not None:
-            console.print(robustness_table(metrics.robustness))
+            stdout.print(robustness_table(metrics.robustness))
         if metrics.shift is not None:
-            console.print(shift_table(metrics.shift))
+            stdout.print(shift_table(metrics.shift))
         if metrics.subtypes is not None:
-            console.print(subtypes_table(metrics.subtypes))
+            stdout.print(subtypes_table(metrics.subtypes))
         console.print(f"written to {Path(args.run_dir) / 'eval' / args.split}")
     return 0
 

@@ -72,11 +72,11 @@ console = _console("stderr", 160)
 stdout = _console("stdout", 200)
 
 
-def say(*parts: str | tuple[str, str]) -> None:
-    """Print plain strings and ``(text, style)`` pairs on stderr, as one line (control
-    characters, which a file name may hold, shown as ``\\xNN``)."""
+def say(*parts: str | tuple[str, str], on: Console = console) -> None:
+    """Print plain strings and ``(text, style)`` pairs as one line, on stderr unless ``on``
+    says otherwise (control characters, which a file name may hold, shown as ``\\xNN``)."""
     safe = [terminal_safe(p) if isinstance(p, str) else (terminal_safe(p[0]), p[1]) for p in parts]
-    console.print(Text.assemble(*safe))
+    on.print(Text.assemble(*safe))
 
 
 class TerminalSafe(logging.Filter):

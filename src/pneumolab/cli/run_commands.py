@@ -133,15 +133,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
         args.run_dir, args.folder, out, args.overwrite, args.batch_size, max_pixels(args)
     )
     summary = audit.summary()
-    console.print(
+    stdout.print(
         f"{summary.images} images ({summary.unreadable} unreadable), "
         f"{format_share(summary.out_of_scope_share)} out of scope; predicted pneumonia "
         f"{format_share(summary.predicted_pneumonia_rate)} of those in scope (validation: "
         f"{format_share(summary.val_predicted_pneumonia_rate)} of all its images)"
     )
-    say((audit.verdict, "bold"))
+    say((audit.verdict, "bold"), on=stdout)
     for reason in audit.verdict_reasons:
-        console.print(f"  - {reason}")
+        stdout.print(f"  - {reason}")
     console.print(f"page: {files['html']}; figure: {files['figure']}; per image: {files['csv']}")
     return 1 if summary.unreadable else 0
 
@@ -225,8 +225,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """`pneumolab report`: the HTML report of a run on a split."""
     from pneumolab.reporting.model_card import CARD_NAME
-    from pneumolab.reporting.report import build_report
+    from pneumolab.reporting.report import CARD_SPLIT, build_report
 
     out = build_report(args.run_dir, args.data, args.split, args.out, overwrite=args.overwrite)
-    console.print(f"wrote {out} and {args.run_dir / CARD_NAME}")
+    card = f" and {args.run_dir / CARD_NAME}" if args.split == CARD_SPLIT else ""
+    console.print(f"wrote {out}{card}")
     return 0

@@ -258,6 +258,10 @@ def _calibration_html(figures: dict[str, bytes], split: Split, maps: bool) -> st
     return f"{diagram}<p>{html.escape(note)}</p>"
 
 
+CARD_SPLIT: Split = "val"
+"""The split whose report rewrites the model card: the card states validation figures."""
+
+
 def build_report(
     run_dir: str | Path,
     data_dir: str | Path,
@@ -269,7 +273,7 @@ def build_report(
     """Evaluate the run on ``split`` in memory and write one self-contained HTML report; its
     path. Nothing under ``RUN_DIR/eval/`` is written (an evaluation there, with ``--robustness``
     or not, is left as it is); a look at the test split is recorded in the held-out log, and
-    ``MODEL_CARD.md`` is refreshed (with the intervals of a validation report).
+    a report of the :data:`CARD_SPLIT` refreshes ``MODEL_CARD.md`` with its intervals.
 
     ``out_file`` defaults to ``RUN_DIR/eval/<split>/report.html``; ``max_gallery`` caps the
     images per error gallery and the sample X-rays shown per class. An existing ``out_file`` is
@@ -328,6 +332,6 @@ def build_report(
             f"<style>{CSS}</style></head><body><h1>{title}</h1>{body}{footer}</body></html>\n"
         )
     record_look(evaluation)  # once the report exists: an interrupted one showed nothing
-    if split == "val":  # the card states validation figures: another split's report has none
+    if split == CARD_SPLIT:
         write_model_card(run, metrics)
     return out
