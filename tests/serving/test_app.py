@@ -304,6 +304,40 @@ def test_a_file_sent_without_a_file_name_is_422_and_never_echoed_back(client, pn
     assert len(response.content) < 1000
 
 
+def test_loader_warnings_name_the_upload_not_a_temporary(client, tmp_path, caplog):
+    """The server's log said "/tmp/tmpr8y6m8he.dcm: Unknown encoding 'ISO_IR 999'", twice
+    under two names with a preview (decoded twice)."""
+    import logging
+
+    import pydicom
+
+    path = write_dicom(tmp_path / "a.dcm", np.full((64, 64), 2000))
+    ds = pydicom.dcmread(path)
+    ds.SpecificCharacterSet, ds.PatientName = "ISO_IR 999", "X"
+    ds.save_as(path)
+    with caplog.at_level(logging.WARNING):
+        response = upload(client, "ward3-bed7.dcm", path.read_bytes(), preview="true")
+    assert response.status_code == 200, response.text
+    ours = [r for r in caplog.records if r.name.startswith("pneumolab")]
+    lines = [r.getMessage() for r in ours if "ISO_IR 999" in r.getMessage()]
+    assert lines and all("ward3-bed7.dcm: " in line for line in lines), lines
+
+
+@pytest.mark.parametrize("name", [".", "/", "x" * 300 + ".png"])
+def test_an_upload_name_no_file_can_have_is_still_answered(client, png_bytes, name):
+    """ "." and "/" gave ": not an image file" (no name); the temporary under the upload's name
+    must not fail on a name the file system refuses."""
+    response = upload(client, name, b"not an image")
+    expected = Path(name).name or "upload"
+    assert_error(response, 415, f"{expected}: not an image file")
+    assert upload(client, name, png_bytes).status_code == 200
+
+
+def test_the_model_info_names_a_run_served_from_inside_it(run_dir, monkeypatch):
+    monkeypatch.chdir(run_dir)
+    assert TestClient(create_app(Path("."))).get("/v1/model").json()["run"] == run_dir.name
+
+
 def test_an_unknown_query_parameter_is_refused_not_ignored(client, png_bytes):
     assert_error(upload(client, "x.png", png_bytes, **{"keep-label": "true"}), 422, "keep-label")
     assert upload(client, "x.png", png_bytes, keep_label="true").status_code == 200

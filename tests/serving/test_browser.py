@@ -140,3 +140,34 @@ def test_a_newer_upload_wins_and_the_same_file_can_be_sent_again(server, xray, t
     assert page.locator("#status").text_content().startswith("other.png: done")
     with page.expect_request("**/v1/predict*"):  # the same file again: sent again
         page.set_input_files("#file-input", str(other))
+
+
+def test_a_drop_of_several_files_or_of_none_says_so(server, xray, chromium):
+    """Three dropped X-rays showed one answer and "done", the other two silently left out; a
+    link dragged from a viewer (no file) did nothing at all."""
+    from playwright.sync_api import expect
+
+    page = chromium.new_page()
+    page.goto(server)
+    data = xray.read_bytes()
+
+    def drop(count: int) -> None:
+        page.evaluate(
+            """([count, bytes]) => {
+                const transfer = new DataTransfer();
+                for (let i = 0; i < count; i++) {
+                    transfer.items.add(new File([new Uint8Array(bytes)], `x${i}.jpeg`));
+                }
+                const drop = document.getElementById("drop");
+                drop.dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true }));
+            }""",
+            [count, list(data)],
+        )
+
+    drop(0)
+    expect(page.locator("#status")).to_have_text(re.compile("^No file in what was dropped"))
+    drop(3)
+    expect(page.locator("#status")).to_have_text(
+        re.compile(r"^x0\.jpeg: done .*\(3 files dropped: only this one is analysed"),
+        timeout=60_000,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -104,15 +105,27 @@ def _decode(
         raise HTTPException(
             415, f"{filename}: not an image file of an accepted format ({ACCEPTED})"
         )
-    with tempfile.NamedTemporaryFile(suffix=found.suffixes[0]) as tmp:
-        tmp.write(data)
-        tmp.flush()
+    with tempfile.TemporaryDirectory(prefix="pneumolab-upload-") as folder:
+        # under the upload's own name: the loaders' log lines (a DICOM's odd character set)
+        # named a random temporary, which told the server's log reader nothing
+        path = Path(folder) / _usable_name(filename, found.suffixes[0])
+        path.write_bytes(data)
         try:
-            image = load_image(tmp.name, size_hint=size_hint, max_pixels=max_pixels)
+            image = load_image(path, size_hint=size_hint, max_pixels=max_pixels)
         except ImageLoadError as exc:
-            raise HTTPException(422, str(exc).replace(tmp.name, filename)) from None
+            raise HTTPException(422, str(exc).replace(str(path), filename)) from None
         is_dicom = found.pillow_name is None
-        return image, dicom_file_checks(tmp.name, max_pixels) if is_dicom else ScopeChecks()
+        return image, dicom_file_checks(path, max_pixels) if is_dicom else ScopeChecks()
+
+
+def _usable_name(filename: str, suffix: str) -> str:
+    """``filename`` where the file system takes it as a file's name, else ``upload<suffix>``."""
+    try:
+        encoded = os.fsencode(filename)
+    except UnicodeEncodeError:  # a name the file system's encoding cannot hold
+        return f"upload{suffix}"
+    usable = filename not in ("", ".", "..") and b"\0" not in encoded and len(encoded) <= 200
+    return filename if usable else f"upload{suffix}"
 
 
 class ErrorResponse(BaseModel):
@@ -192,7 +205,7 @@ class PredictionService:
         self.layer, self.runs_instead = _heatmap_layer(self.predictor, backend)
         self.info = _model_info(
             self.predictor,
-            run_dir.name,
+            run_dir.resolve().name,  # `serve .` named no run
             self.predictor.model_version,
             backend,
             self.layer is not None,
@@ -374,7 +387,7 @@ def create_app(
         data = file.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
             raise HTTPException(413, too_large_text(max_upload_bytes))
-        name = Path(file.filename or "upload").name
+        name = Path(file.filename or "").name or "upload"  # "/" or "." has no name
         return service.answer(data, name, heatmap, preview, keep_label)
 
     return app

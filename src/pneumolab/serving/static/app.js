@@ -25,11 +25,11 @@ async function loadModel() {
   }
 }
 
-async function predict(file) {
+async function predict(file, note = "") {
   if (inFlight) inFlight.abort();  // an earlier, slower answer must not replace this one
   const request = new AbortController();
   inFlight = request;
-  setStatus(`Analysing ${file.name}…`);
+  setStatus(`Analysing ${file.name}…${note}`);
   await modelReady;
   byId("result").hidden = true;
   const body = new FormData();
@@ -46,7 +46,7 @@ async function predict(file) {
       return;
     }
     show(result);
-    setStatus(`${file.name}: done in ${Math.round(result.timing_ms)} ms`);
+    setStatus(`${file.name}: done in ${Math.round(result.timing_ms)} ms${note}`);
   } catch (error) {
     if (error.name !== "AbortError") setStatus(`Request failed: ${error}`, true);
   } finally {
@@ -94,6 +94,17 @@ function showScope(result) {
   byId("in-scope").textContent = `${result.in_scope ? "yes" : "no"} — ${ood}`;
 }
 
+// one image per answer, as the API gives: a drop of several says which one was analysed, and
+// a drop without a file (a link dragged from a viewer) says so instead of doing nothing
+function dropped(files) {
+  if (!files.length) {
+    setStatus("No file in what was dropped: drop an image file (JPEG, PNG or DICOM) from a folder", true);
+    return;
+  }
+  const note = files.length > 1 ? ` (${files.length} files dropped: only this one is analysed, one image at a time)` : "";
+  predict(files[0], note);
+}
+
 function setUp() {
   const drop = byId("drop");
   byId("file-input").addEventListener("change", (event) => {
@@ -108,7 +119,7 @@ function setUp() {
   drop.addEventListener("drop", (event) => {
     event.preventDefault();
     drop.classList.remove("over");
-    if (event.dataTransfer.files.length) predict(event.dataTransfer.files[0]);
+    dropped(event.dataTransfer.files);
   });
   modelReady = loadModel();
 }
