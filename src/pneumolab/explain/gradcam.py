@@ -150,9 +150,10 @@ def gradcam(
     ``intensity`` normalisation (the run's, :attr:`Predictor.intensity`) is applied first, as in
     training and prediction; ``layer`` (a module of ``model``, or its name) defaults to
     :func:`find_target_layer`'s choice. The model's train/eval mode is kept (grad-cam switches
-    it to eval). ValueError for another ``towards``, a batch of several images or a layer not of
-    ``model``; TypeError for pixels that are not uint8 (0..1 floats would be divided by 255
-    again). :func:`explain_image` takes a predictor instead.
+    it to eval). ValueError for another ``towards``, a batch of several images or a module not
+    of ``model``; ModelError for a name that is not one of its feature-map layers
+    (:func:`layer_named`); TypeError for pixels that are not uint8 (0..1 floats would be divided
+    by 255 again). :func:`explain_image` takes a predictor instead.
     """
     if towards not in get_args(ExplainedClass):
         raise ValueError(f"towards is 'PNEUMONIA' or 'NORMAL', not {towards!r}")
