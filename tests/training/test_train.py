@@ -92,6 +92,20 @@ def test_an_attempt_stopped_before_its_first_epoch_says_what_to_do(synthetic_dat
             check_run_dir(run.root, resume)
 
 
+def test_a_folder_of_the_users_own_files_is_never_called_an_attempt_to_delete(tmp_path):
+    """An experiment folder holding its config.yaml and notes was called a stopped attempt,
+    and the user told to delete it."""
+    run = RunDir(tmp_path / "exp1")
+    run.root.mkdir()
+    run.config.write_text("epochs: 1\n")
+    (run.root / "notes.md").write_text("precious")
+    for resume in (False, True):
+        with pytest.raises(RunDirError) as error:
+            check_run_dir(run.root, resume)
+        assert "delete" not in str(error.value) and "stopped" not in str(error.value)
+    assert (run.root / "notes.md").read_text() == "precious"
+
+
 def test_a_finished_run_without_checkpoints_is_never_called_an_early_stop(tiny_run, tmp_path):
     run = RunDir(copy_run(tiny_run[0], tmp_path / "run"))
     shutil.rmtree(run.root / "checkpoints", ignore_errors=True)  # removed to save space
@@ -132,19 +146,56 @@ def test_interrupted_training_resumes_from_last_checkpoint(synthetic_data, tmp_p
 
 
 @pytest.mark.slow
-def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(synthetic_data, tmp_path):
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
+    synthetic_data, tmp_path, num_workers
+):
     """The checkpoint files the random number generators' states: a resume replayed the
     seed's first shuffles and augmentations, so it trained other weights than the same run
-    left alone."""
+    left alone. With loader workers, persistent ones drew their seed once per fit: once more
+    after a resume."""
     from safetensors.torch import load_file
 
-    config = TrainConfig(epochs=2, mixup_alpha=0.2, **TINY)  # mixup draws from NumPy too
+    settings = TINY | {"num_workers": num_workers}
+    config = TrainConfig(epochs=2, mixup_alpha=0.2, **settings)  # mixup draws from NumPy too
     train(synthetic_data, tmp_path / "whole", config)
     with pytest.raises(TrainingInterrupted):
         train(synthetic_data, tmp_path / "legs", config, callbacks=[StopAtEpoch(1)])
     train(synthetic_data, tmp_path / "legs", resume=True)
     whole, legs = (load_file(RunDir(tmp_path / n).weights) for n in ("whole", "legs"))
     assert all(torch.equal(whole[name], legs[name]) for name in whole)
+
+
+@pytest.mark.slow
+def test_a_run_stopped_early_then_interrupted_while_finishing_trains_no_more(
+    synthetic_data, tmp_path, monkeypatch
+):
+    """Lightning does not checkpoint its stop: interrupted while being finished, an early-
+    stopped run resumed into the epochs it had stopped before, and kept another model."""
+    from safetensors.torch import load_file
+
+    from pneumolab.pipeline import train as pipeline
+
+    config = TrainConfig(
+        epochs=6, monitor="val_loss", early_stopping_patience=1, lr=0.008, **TINY
+    )
+    whole = train(synthetic_data, tmp_path / "whole", config)
+    stopped_after = len(whole.history.read_text().splitlines()) - 1
+    assert stopped_after < config.epochs  # early stopping did stop it
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "fit_scorer", interrupted)  # after fit, before the files
+        with pytest.raises(KeyboardInterrupt):
+            train(synthetic_data, tmp_path / "legs", config)
+    trained = EpochsTrained()
+    legs = train(synthetic_data, tmp_path / "legs", resume=True, callbacks=[trained])
+    assert trained.epochs == []
+    assert len(legs.history.read_text().splitlines()) - 1 == stopped_after
+    first, second = load_file(whole.weights), load_file(legs.weights)
+    assert all(torch.equal(first[name], second[name]) for name in first)
 
 
 class EpochsTrained(L.Callback):

@@ -63,6 +63,12 @@ class FineTuningEarlyStopping(EarlyStopping):
         """EarlyStopping's key: checkpoints of runs it stopped resume with their patience."""
         return "EarlyStopping" + super().state_key.removeprefix(type(self).__qualname__)
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A fit resumed from a run this callback had stopped stays stopped (Lightning does not
+        checkpoint ``should_stop``: a run interrupted while it was being finished trained on)."""
+        if self.stopped_epoch:
+            trainer.should_stop = True
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch >= self.from_epoch:
             super().on_train_epoch_end(trainer, pl_module)

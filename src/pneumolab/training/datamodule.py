@@ -170,7 +170,9 @@ class XrayDataModule(L.LightningDataModule):
             batch_size=self.config.batch_size,
             shuffle=True,
             num_workers=self.config.num_workers,
-            persistent_workers=self.config.num_workers > 0,
+            # not persistent: persistent workers draw their seed from the torch RNG once per
+            # fit, so a resumed fit drew once more and shuffled and augmented otherwise after
+            persistent_workers=False,
             drop_last=per_process > self.config.batch_size,
         )
 

@@ -14,7 +14,7 @@ from pneumolab.data.layout import Sample, find_splits, scan_split
 from pneumolab.data.patients import grouped_split
 from pneumolab.data.subtypes import subtype_labels
 from pneumolab.errors import DataLayoutError, RunDirError
-from pneumolab.run import RunDir
+from pneumolab.run import OWN_FILES, RunDir
 
 
 @dataclass(frozen=True)
@@ -70,13 +70,14 @@ def check_run_dir(out_dir: Path, resume: bool) -> RunDir:
         if not run.config.is_file():
             raise RunDirError(f"{run.root}: nothing to resume (no config.yaml)")
         if not run.last_checkpoint.is_file():
-            raise RunDirError(f"{run.root}: nothing to resume; {stopped_early}")
+            why = stopped_early if _holds_only_run_files(run) else "no checkpoints/last.ckpt"
+            raise RunDirError(f"{run.root}: nothing to resume; {why}")
     elif run.root.exists() and not run.root.is_dir():
         raise RunDirError(f"{run.root}: is a file; --out is the run directory to create")
     elif run.root.exists() and any(run.root.iterdir()):
         if run.last_checkpoint.is_file():
             hint = " or add --resume to continue it"
-        elif run.config.is_file() and not run.is_complete():
+        elif run.config.is_file() and not run.is_complete() and _holds_only_run_files(run):
             hint = f"; {stopped_early}"
         else:
             hint = ""
@@ -84,6 +85,16 @@ def check_run_dir(out_dir: Path, resume: bool) -> RunDir:
             f"{run.root}: already exists and is not empty; choose another --out{hint}"
         )
     return run
+
+
+RUN_FOLDERS = frozenset({"checkpoints", "tensorboard", "mlruns", "eval"})
+"""Folders a training writes into its run directory."""
+
+
+def _holds_only_run_files(run: RunDir) -> bool:
+    """Whether everything in ``run.root`` is what a training writes there: a folder holding
+    the user's own files beside a config.yaml of theirs is no stopped attempt to delete."""
+    return all(p.name in OWN_FILES or p.name in RUN_FOLDERS for p in run.root.iterdir())
 
 
 def prepare_split(
