@@ -176,9 +176,7 @@ def test_a_run_stopped_early_then_interrupted_while_finishing_trains_no_more(
 
     from pneumolab.pipeline import train as pipeline
 
-    config = TrainConfig(
-        epochs=6, monitor="val_loss", early_stopping_patience=1, lr=0.008, **TINY
-    )
+    config = TrainConfig(epochs=6, monitor="val_loss", early_stopping_patience=1, lr=0.008, **TINY)
     whole = train(synthetic_data, tmp_path / "whole", config)
     stopped_after = len(whole.history.read_text().splitlines()) - 1
     assert stopped_after < config.epochs  # early stopping did stop it
