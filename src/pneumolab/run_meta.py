@@ -75,6 +75,15 @@ class Compute(Result):
     precision: str = Field(description="Lightning's precision, e.g. 32-true or bf16-mixed")
     device: str = Field(description="GPU name, or CPU name with its vector instructions")
     threads: int = Field(description="PyTorch's CPU threads")
+    earlier_legs: list[Compute] = Field(
+        default_factory=list,
+        description="a resumed run's earlier legs that trained in another precision or on "
+        "another device (its weights are then of no single one)",
+    )
+
+    def same_arithmetic(self, other: Compute) -> bool:
+        """Whether ``other`` trained in this precision on this device (threads aside)."""
+        return (self.precision, self.device) == (other.precision, other.device)
 
 
 class TeacherRecord(Result):

@@ -196,6 +196,27 @@ def test_a_run_stopped_early_then_interrupted_while_finishing_trains_no_more(
     assert all(torch.equal(first[name], second[name]) for name in first)
 
 
+@pytest.mark.slow
+def test_a_run_resumed_in_another_precision_says_so(synthetic_data, tmp_path):
+    """meta.json and the card named the last leg's precision alone, as if the whole run had
+    trained in it."""
+    out = tmp_path / "run"
+    config = TrainConfig(epochs=2, precision="32", **TINY)
+    with pytest.raises(TrainingInterrupted):
+        train(synthetic_data, out, config, callbacks=[StopAtEpoch(1)])
+    run = RunDir(out)
+    run.config.write_text(
+        run.config.read_text().replace("precision: '32'", "precision: bf16-mixed")
+    )
+    assert "precision: bf16-mixed" in run.config.read_text()
+    train(synthetic_data, out, resume=True)
+    compute = run.read_meta().compute
+    assert compute is not None and compute.precision == "bf16-mixed"
+    assert [leg.precision for leg in compute.earlier_legs] == ["32-true"]
+    card = (run.root / "MODEL_CARD.md").read_text()
+    assert "Resumed: earlier epochs trained in `32-true`" in card
+
+
 class EpochsTrained(L.Callback):
     """The epochs a fit trains, in order (a resume starts after the checkpoint's epoch)."""
 

@@ -241,10 +241,16 @@ def _border_lines(border_fade: float | None) -> list[str]:
 def _compute_lines(compute: Compute | None) -> list[str]:
     if compute is None:
         return []
-    return [
+    lines = [
         f"- Trained in `{compute.precision}` precision on {compute.device}, "
         f"{compute.threads} CPU thread(s) (another precision gives other weights)"
     ]
+    lines += [
+        f"- Resumed: earlier epochs trained in `{leg.precision}` on {leg.device} (the weights "
+        "are of no single precision and device)"
+        for leg in compute.earlier_legs
+    ]
+    return lines
 
 
 def _training_lines(meta: RunMeta) -> list[str]:

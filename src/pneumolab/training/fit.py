@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import lightning as L
 import torch
@@ -50,10 +50,12 @@ from pneumolab.training.distributed import (
 )
 from pneumolab.training.feature_cache import FeatureCache
 from pneumolab.training.frozen import FrozenBackbone
-from pneumolab.training.hardware import TrainingCompute, compute_record, cpu_has_bf16
+from pneumolab.training.hardware import TrainingCompute, cpu_has_bf16
 from pneumolab.training.module import ClassifierModule
 from pneumolab.training.strategies import optimizer_groups
 from pneumolab.training.tracking import experiment_logger
+
+CallbackT = TypeVar("CallbackT", bound=L.Callback)
 
 
 @dataclass
@@ -277,7 +279,7 @@ def fit(
     """Train the built model on the run's ``split.csv`` (checkpoints, history.csv in ``run``;
     ``resume`` continues from the last checkpoint) and, on rank 0, load the best epoch's weights
     into it; the other ranks of a multi-process run get None when training ends."""
-    clock = next(c for c in trainer.callbacks if isinstance(c, TrainingClock))  # type: ignore[attr-defined]
+    clock = _callback(trainer, TrainingClock)
     clock.restart()
     logger = experiment_logger(config, run)
     if logger is not None:
@@ -307,10 +309,15 @@ def fit(
         train_seconds=round(clock.seconds, 1),
         feature_cache=FeatureCacheStats(**cache_stats) if cache_stats else None,
         distributed=distributed_summary(trainer, config, module.lr),
-        compute=compute_record(trainer),
+        compute=_callback(trainer, TrainingCompute).record(trainer),
         teacher=module.teacher.record if module.teacher else None,
     )
     return Fitted(model, data.val_images(), summary, trainer.logger, data.train_images())
+
+
+def _callback(trainer: L.Trainer, kind: type[CallbackT]) -> CallbackT:
+    """``trainer``'s callback of class ``kind`` (:func:`build_trainer` adds one of each)."""
+    return next(c for c in trainer.callbacks if isinstance(c, kind))  # type: ignore[attr-defined]
 
 
 def _kept_epoch(epoch: int | None, config: TrainConfig) -> int | None:

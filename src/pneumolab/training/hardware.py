@@ -69,10 +69,32 @@ class TrainingCompute(L.Callback):
     """Says, as training starts, what it runs on, and leaves the thread count in
     ``trainer.callback_metrics`` for :func:`compute_record`: a multi-process launcher lowers
     the threads of each process only then (inside ``fit``), in a worker that ``ddp_spawn``
-    started, whose metrics are what Lightning carries back to the main process."""
+    started, whose metrics are what Lightning carries back to the main process. Checkpoints
+    file every leg's record, so that a run resumed in another precision or on another device
+    says so (:meth:`record`)."""
+
+    def __init__(self) -> None:
+        self.legs: list[Compute] = []
+        """The legs the checkpoint resumed from filed, and this one once it started."""
+
+    def record(self, trainer: L.Trainer) -> Compute:
+        """This leg's :func:`compute_record`, with the earlier legs that differed from it."""
+        final = compute_record(trainer)
+        other: list[Compute] = []
+        for leg in self.legs:
+            if not final.same_arithmetic(leg) and not any(leg.same_arithmetic(o) for o in other):
+                other.append(leg)
+        return final.model_copy(update={"earlier_legs": other})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"legs": [leg.model_dump() for leg in self.legs]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.legs = [Compute(**leg) for leg in state_dict.get("legs", [])]
 
     def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         trainer.callback_metrics[THREADS_KEY] = torch.tensor(torch.get_num_threads())
+        self.legs.append(compute_record(trainer))
         if trainer.is_global_zero:
             compute = compute_record(trainer)
             log.info(
