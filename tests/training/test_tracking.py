@@ -73,6 +73,41 @@ def test_a_resumed_run_goes_on_in_its_mlflow_run(synthetic_data, tmp_path, monke
     assert len(steps) == EPOCHS and steps == sorted(set(steps))  # one per epoch, in order
 
 
+def test_a_moved_run_resumes_into_its_own_mlflow_store(synthetic_data, tmp_path, monkeypatch):
+    """The file store keeps absolute artifact locations: a moved run's resume logged its files
+    into the old folder, made again for them."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = TrainConfig(
+        epochs=EPOCHS, early_stopping_patience=5, tracking="mlflow", **TINY_TRAINING
+    )
+    with pytest.raises(TrainingInterrupted):
+        train(synthetic_data, tmp_path / "run", config, callbacks=[StopAtEpoch(1)])
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    run = train(synthetic_data, tmp_path / "moved", resume=True)
+    assert not (tmp_path / "run").exists()
+    client = MlflowClient(tracking_uri=(run.root / "mlruns").as_uri())
+    (tracked,) = client.search_runs([client.get_experiment_by_name("pneumolab").experiment_id])
+    artifacts = {a.path for a in client.list_artifacts(tracked.info.run_id)}
+    assert {"MODEL_CARD.md", "meta.json"} <= artifacts
+    assert (run.root / "mlruns").as_uri() in run.mlflow_run.read_text()
+
+
+def test_two_trainings_in_one_process_track_in_their_own_stores(
+    synthetic_data, tmp_path, monkeypatch
+):
+    """MLflow writes the store it is given into MLFLOW_TRACKING_URI: the second run of a
+    process logged into the first one's store, and had none of its own."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in ("first", "second"):
+        run = _train(synthetic_data, tmp_path / name, "mlflow")
+        assert (run.root / "mlruns").is_dir()
+        assert (run.root / "mlruns").as_uri() in run.mlflow_run.read_text()
+
+
 def test_a_resume_whose_mlflow_run_is_gone_says_where_to_look(
     synthetic_data, tmp_path, monkeypatch
 ):

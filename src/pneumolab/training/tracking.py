@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,12 +43,29 @@ def experiment_logger(config: TrainConfig, run: RunDir) -> Logger | None:
     if config.tracking == "tensorboard":
         logger = TensorBoardLogger(save_dir=run.root, name="tensorboard", version="")
     else:
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (run.root / "mlruns").resolve().as_uri()
+        uri = _tracking_uri(run)
         if uri.startswith("file:"):  # MLflow 3 keeps its file store behind an explicit opt-in
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         logger = _mlflow_logger(run, uri)
     logger.log_hyperparams(config.model_dump())
     return logger
+
+
+RUN_STORES: set[str] = set()
+"""The runs' own stores this process tracked in: MLflow writes the store it is given into
+``MLFLOW_TRACKING_URI``, which then is no choice of the user's."""
+
+
+def _tracking_uri(run: RunDir) -> str:
+    """``$MLFLOW_TRACKING_URI`` where the user set it, else the run's own store ``RUN_DIR/mlruns``
+    (a second training in one process logged into the first one's store, which MLflow had
+    put in the variable)."""
+    given = os.environ.get("MLFLOW_TRACKING_URI")
+    if given and given not in RUN_STORES:
+        return given
+    own = (run.root / "mlruns").resolve().as_uri()
+    RUN_STORES.add(own)
+    return own
 
 
 def _mlflow_logger(run: RunDir, uri: str) -> MLFlowLogger:
@@ -65,6 +83,9 @@ def _mlflow_logger(run: RunDir, uri: str) -> MLFlowLogger:
         run_id = str(record["run_id"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{run.mlflow_run}: not a record of an MLflow run ({exc})") from None
+    if _moved_with_its_store(run, record.get("tracking_uri"), uri):
+        _rebase_store(run, str(record["tracking_uri"]), uri)
+        record["tracking_uri"] = uri
     logger = MLFlowLogger(experiment_name=EXPERIMENT, tracking_uri=uri, run_id=run_id)
     try:
         logger.experiment  # noqa: B018 (looks the run up)
@@ -75,6 +96,32 @@ def _mlflow_logger(run: RunDir, uri: str) -> MLFlowLogger:
             "point MLFLOW_TRACKING_URI at its store"
         ) from None
     return logger
+
+
+def _moved_with_its_store(run: RunDir, recorded: object, uri: str) -> bool:
+    """Whether ``run`` was tracked in its own local store (``RUN_DIR/mlruns``) at another place,
+    and now is: the folder was moved or copied with it."""
+    own = (run.root / "mlruns").resolve().as_uri()
+    return (
+        isinstance(recorded, str)
+        and uri == own
+        and recorded != own
+        and recorded.startswith("file:")
+        and recorded.endswith("/mlruns")
+    )
+
+
+def _rebase_store(run: RunDir, old: str, new: str) -> None:
+    """Point a moved run's local MLflow store at its new place: the file store keeps absolute
+    artifact locations, so a resume logged the run's files into the old folder (made again
+    there, or into the copy's original); ``mlflow_run.json`` records the new store."""
+    at_old = re.compile(re.escape(old) + r"(?=/|\s|'|\"|$)", re.MULTILINE)
+    for meta in (run.root / "mlruns").rglob("meta.yaml"):
+        text = meta.read_text(encoding="utf-8")
+        if at_old.search(text):
+            write_text_atomically(meta, at_old.sub(new, text))
+    record = json.loads(run.mlflow_run.read_text()) | {"tracking_uri": new}
+    write_text_atomically(run.mlflow_run, json.dumps(record) + "\n")
 
 
 def log_run_files(logger: Logger | None, files: Sequence[Path]) -> None:
