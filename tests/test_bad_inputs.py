@@ -110,12 +110,12 @@ def test_data_check_fails_on_unreadable_files(corpus, tmp_path, capsys):
     for path in not_utf8:
         (data / "train" / "PNEUMONIA" / path.name).unlink()
     files = [p for p in files if p not in not_utf8]
-    code, _, err = run_cli(capsys, "data", "check", data)
+    code, out, _ = run_cli(capsys, "data", "check", data)  # the report: stdout
     assert code == 1
     listed = [p for p in files if p.suffix.lower() in {".jpeg", ".png", ".dcm"}]
-    assert f"unreadable files: {len(listed)}" in err
+    assert f"unreadable files: {len(listed)}" in out
     for path in listed:
-        assert printable(str(data / "train" / "PNEUMONIA" / path.name)) in err
+        assert printable(str(data / "train" / "PNEUMONIA" / path.name)) in out
 
 
 def test_train_names_unreadable_images_as_the_cause(tmp_path, capsys):
