@@ -317,6 +317,18 @@ def test_a_compressed_dicom_cut_short_is_called_truncated(tmp_path):
         load_image(path)
 
 
+def test_an_image_object_cut_off_in_its_header_is_called_truncated(tmp_path):
+    """A copy stopped inside a long private element: pydicom read the header alone, and the
+    radiograph was "DICOM without pixel data (Digital X-Ray Image Storage...), not an image"."""
+    path = write_dicom(tmp_path / "a.dcm", RAMP_12BIT, bits_stored=12)
+    ds = pydicom.dcmread(path)
+    ds.add_new((0x0009, 0x1011), "OB", bytes(50_000))
+    ds.save_as(path)
+    path.write_bytes(path.read_bytes()[:30_000])
+    with pytest.raises(ImageLoadError, match=r"a\.dcm: truncated or corrupt DICOM: an image"):
+        load_image(path)
+
+
 def test_pixel_limit_applies_to_dicom(tmp_path):
     path = write_dicom(tmp_path / "a.dcm", np.zeros((16, 16), dtype=np.uint8))
     with pytest.raises(ImageLoadError, match="over the limit"):

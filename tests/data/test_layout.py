@@ -308,3 +308,13 @@ def test_linked_folders_are_followed_once_and_unreadable_ones_listed(
         site / "locked",
         site / "zreal" / "d.png",
     ]
+
+
+def test_a_link_above_the_folder_scanned_never_pulls_in_its_siblings(tmp_path: Path) -> None:
+    """``PNEUMONIA/loop -> ..`` walked the whole split: every NORMAL image was listed again
+    under PNEUMONIA (trained and scored with the wrong label)."""
+    split = tmp_path / "train"
+    _make_split(split)
+    (split / "PNEUMONIA" / "loop").symlink_to("..")
+    (split / "PNEUMONIA" / "root").symlink_to(tmp_path)
+    assert image_files(split / "PNEUMONIA") == sorted((split / "PNEUMONIA").glob("*.jpeg"))

@@ -179,6 +179,10 @@ def _check_decodable(ds: Dataset, max_pixels: int, source: str) -> None:
     if "PixelData" not in ds:
         sop_class = ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID")
         kind = getattr(sop_class, "name", None) or "unknown SOP class"
+        if "Image Storage" in kind:  # an image object: cut off before its pixels (a copy
+            raise ImageLoadError(  # stopped inside the header), not a report or a state
+                f"{source}: truncated or corrupt DICOM: an image object ({kind}) without pixel data"
+            )
         raise ImageLoadError(f"{source}: DICOM without pixel data ({kind}), not an image")
     if not ds.PixelData:
         raise ImageLoadError(f"{source}: DICOM whose pixel data element is empty")

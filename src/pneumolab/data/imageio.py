@@ -249,6 +249,8 @@ def reading(path: Path, kind: str, max_pixels: int) -> Iterator[None]:
         kind = "folder" if path.is_dir() else "file"
         raise ImageLoadError(f"{path}: {kind} not readable (permission denied)") from None
     except UnidentifiedImageError:
+        if path.is_file() and path.stat().st_size == 0:
+            raise ImageLoadError(f"{path}: empty file (0 bytes)") from None
         _refuse_jpeg_variant(path)
         raise ImageLoadError(
             f"{path}: not an image file of an accepted format ({ACCEPTED})"

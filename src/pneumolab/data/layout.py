@@ -99,13 +99,14 @@ def image_files(folder: Path) -> list[Path]:
     found: list[Path] = []
     skipped: list[Path] = []
     walked: set[str] = set()
-    top = len(Path(folder).parts)
+    top, top_real = len(Path(folder).parts), os.path.realpath(folder)
     for root, folders, names in os.walk(
         folder, onerror=lambda error: found.append(Path(error.filename)), followlinks=True
     ):
         real = os.path.realpath(root)
-        if real in walked:  # a link back up the tree, or a second link to one folder
-            folders.clear()
+        above = real != top_real and top_real.startswith(real.rstrip(os.sep) + os.sep)
+        if real in walked or above:  # a link back up the tree (beyond the folder scanned: its
+            folders.clear()  # class's siblings under this class), or a second link to one folder
             continue
         walked.add(real)
         if folders and len(Path(root).parts) - top >= MAX_SCAN_DEPTH:
