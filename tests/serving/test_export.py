@@ -133,6 +133,20 @@ def test_loading_the_onnx_backend_never_writes(run):
     assert sorted(p.name for p in run.root.iterdir()) == before
 
 
+def test_an_onnxruntime_that_cannot_be_imported_is_one_line(run, images, monkeypatch, capsys):
+    """A broken install (a wheel without its platform, a missing system library) ended every
+    exported backend in a traceback."""
+    import sys
+
+    from pneumolab.cli import main
+
+    export_onnx(run.root, run.onnx)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what a failing import does
+    assert main(["predict", str(run.root), str(images[0]), "--backend", "onnx"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "need onnxruntime, which cannot be imported here" in err and "Traceback" not in err
+
+
 def test_predict_backend_onnx_matches_torch_and_exports_only_when_asked(run, images, capsys):
     paths = [str(p) for p in images]
     assert main(["predict", str(run.root), *paths, "--json", "--keep-label"]) == 0

@@ -7,10 +7,9 @@ Loading never writes: the file comes from ``pneumolab export``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
 
 from pneumolab.choices import BackendName
 from pneumolab.data.intensity import normalize_intensity_array
@@ -19,6 +18,7 @@ from pneumolab.inference.scores import Scores
 from pneumolab.run import RunDir, ood_digest, weights_digest
 
 if TYPE_CHECKING:
+    import onnxruntime as ort
     import torch
 
 INPUT_NAME = "pixels"
@@ -97,6 +97,19 @@ class ExportedBackend:
             )
 
 
+def import_onnxruntime() -> Any:
+    """The ``onnxruntime`` module, or a ModelError saying it cannot be imported (a broken or
+    partial installation: the exported backends ended in a traceback)."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ModelError(
+            f"the onnx and openvino backends need onnxruntime, which cannot be imported here "
+            f"({exc}): reinstall it (pip install onnxruntime)"
+        ) from None
+    return onnxruntime
+
+
 class OnnxBackend(ExportedBackend):
     """An onnxruntime session of an exported ONNX file (fp32, or INT8 from
     :mod:`pneumolab.serving.accelerate`); ``options`` tune it (default: :func:`session_options`)."""
@@ -105,6 +118,7 @@ class OnnxBackend(ExportedBackend):
         self.file = Path(onnx_file)
         if not self.file.is_file():
             raise ModelError(f"{self.file}: ONNX file not found")
+        ort = import_onnxruntime()
         try:
             self.session = ort.InferenceSession(
                 str(self.file),
@@ -127,6 +141,7 @@ def session_options(threads: int | None = None, spin: bool = False) -> ort.Sessi
     do not spin while idle (``spin=False``), so they leave the cores to the image decoding
     threads and to other processes (benchmarks/speed.py measures the variants).
     """
+    ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

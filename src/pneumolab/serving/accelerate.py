@@ -163,7 +163,7 @@ def _write_verified(
         _publish_pair(tmp, out_file, overwrite)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("%s accepted: %s", out_file, parity.summary())
+    log.debug("%s accepted: %s", out_file, parity.summary())  # the caller reports it
     return parity
 
 
