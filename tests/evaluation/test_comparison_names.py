@@ -58,3 +58,19 @@ def test_a_figure_a_split_cannot_define_ranks_last_in_any_order(order):
 
     rows = [row("undefined", float("nan")), row("scored", 0.99)][::order]
     assert leading_model(rows, "roc_auc") == "scored"
+
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_one_auc_told_apart_by_its_last_bit_is_a_tie_for_specificity(order):
+    """153/200 came out of scikit-learn as 0.765 and as 0.7649999999999999: that bit, not the
+    stated tie-break (specificity), chose the model."""
+    from pneumolab.evaluation.comparison import ComparisonRow, leading_model
+
+    def row(name: str, auc: float, specificity: float) -> ComparisonRow:
+        return ComparisonRow(
+            name, "m", "finetune", 32, 10, 0.9, 0.9, specificity, auc, "", 0.5,
+            None, None, 1.0, None, None, None, None, None, [[1, 0], [0, 1]], name,
+        )  # fmt: skip
+
+    rows = [row("less_specific", 0.765, 0.25), row("more_specific", 0.7649999999999999, 0.5)]
+    assert leading_model(rows[::order], "roc_auc") == "more_specific"

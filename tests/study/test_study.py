@@ -112,6 +112,13 @@ def test_a_study_resumes_from_its_own_copy_and_rebuilds_an_ensemble_whose_member
     stamp = pair_meta.stat().st_mtime_ns
     assert main(command) == 1  # (vgg19 has no weights offline)
     assert pair_meta.stat().st_mtime_ns == stamp
+    as_written = (out / "study.yaml").read_text()  # its members in another order: one mean
+    reordered = yaml.safe_load(as_written)
+    reordered["ensembles"][0]["members"].reverse()
+    (out / "study.yaml").write_text(yaml.safe_dump(reordered))
+    assert main(command) == 1
+    assert pair_meta.stat().st_mtime_ns == stamp  # not built again: its folder (audits) kept
+    (out / "study.yaml").write_text(as_written)
     member = out / "runs" / "small" / "model.safetensors"
     later = pair_meta.stat().st_mtime + 10
     os.utime(member, (later, later))  # newer, the same weights (copied without their times)
@@ -292,6 +299,21 @@ def test_compare_builds_the_same_table_from_runs(study, tmp_path, capsys):
     assert "worst AUC" in printed and "shift AUC" in printed and "shift spec." in printed
     assert (out / "results.png").is_file()
     assert (out / "confusion" / "separable.png").is_file()
+
+
+def test_a_compare_of_runs_validated_on_other_splits_says_so_in_its_table(study, tmp_path):
+    """Only the console said it: results.md ranked models scored on other images, no note."""
+    root, data, _, _ = study
+    runs = [
+        shutil.copytree(root / "out" / "runs" / n, tmp_path / n) for n in ("small", "separable")
+    ]
+    split = runs[1] / "split.csv"
+    rows = split.read_text().splitlines()
+    split.write_text("\n".join([rows[0], *rows[:0:-1]]) + "\n")  # another order: another file
+    out = tmp_path / "cmp"
+    assert main(["compare", *map(str, runs), "--data", str(data), "--out", str(out)]) == 0
+    table = " ".join((out / "results.md").read_text().split())
+    assert "**Caution: the runs were validated on different splits" in table
 
 
 def test_a_second_compare_into_one_folder_is_refused(study, tmp_path, capsys):

@@ -139,7 +139,9 @@ def compare_predictor(
     )
 
 
-def _markdown(rows: Sequence[ComparisonRow], split: str, notes: dict[str, str]) -> str:
+def _markdown(
+    rows: Sequence[ComparisonRow], split: str, notes: dict[str, str], caveat: str = ""
+) -> str:
     robust = any(r.worst_roc_auc is not None for r in rows)
     shifted = any(r.shift_roc_auc is not None for r in rows)
     columns = [
@@ -153,6 +155,7 @@ def _markdown(rows: Sequence[ComparisonRow], split: str, notes: dict[str, str]) 
         f"Results on the {split} split, at each model's default threshold (chosen on its "
         "validation split). Official val/: accuracy on the dataset's 16-image val folder "
         f"(reported, not used). Scored and timed with the {backends} backend.",
+        *(["", f"**Caution: {caveat}.**"] if caveat else []),
         "",
         "| " + " | ".join(columns) + " |",
         "|---" * len(columns) + "|",
@@ -177,6 +180,10 @@ def _markdown(rows: Sequence[ComparisonRow], split: str, notes: dict[str, str]) 
     return "\n".join(lines) + "\n"
 
 
+SPLITS_DIFFER = (
+    "the runs were validated on different splits (split.csv differs): their validation "
+    "figures are not directly comparable"
+)
 MARGINS = "margins.md"
 """The paired margins of a comparison, beside its table."""
 
@@ -197,13 +204,14 @@ def write_comparison(
     notes: dict[str, str] | None = None,
     extra: Mapping[str, str] | None = None,
     remove_stale: bool = True,
+    caveat: str = "",
 ) -> dict[str, Path]:
     """Write ``confusion/<name>.png`` (with ``remove_stale``, removing the figures of models an
     earlier table there had and this one has not; else they are left, named in a warning),
     then ``results.csv``, ``results.png``, the ``extra`` text files (name -> text) and
     ``results.md`` as one set (:func:`~pneumolab.files.staged_files`: a stop while
     writing leaves the earlier set, or none, never a part that blocks the rerun); ``notes``
-    (name -> reason) lists models that could not be run."""
+    (name -> reason) lists models that could not be run; a ``caveat`` heads the table."""
     out, extra = Path(out_dir), extra or {}
     (out / "confusion").mkdir(parents=True, exist_ok=True)
     figures = {out / "confusion" / f"{r.name}.png": r for r in rows}
@@ -235,7 +243,7 @@ def write_comparison(
         save_figure(chart, staging / paths["chart"].name)
         for name, text in extra.items():
             (staging / name).write_text(text, encoding="utf-8")
-        markdown = _markdown(rows, split, notes or {})
+        markdown = _markdown(rows, split, notes or {}, caveat)
         (staging / paths["markdown"].name).write_text(markdown, encoding="utf-8")
     return paths | {Path(name).stem: out / name for name in extra}
 
@@ -330,11 +338,10 @@ def _compare_into(
         Predictor.from_run(run.root, default_device(), backend, cache=cache)  # export fails first
         for run in runs
     ]
-    if split == "val" and split_mismatch(runs) is not None:
-        log.warning(
-            "the runs were validated on different splits (split.csv differs): "
-            "their validation figures are not directly comparable"
-        )
+    mismatch = split == "val" and split_mismatch(runs) is not None
+    caveat = SPLITS_DIFFER if mismatch else ""  # in results.md too: the console's line is gone
+    if caveat:
+        log.warning(caveat)
     rows = [
         compare_predictor(name, predictor, data_dir, split, robustness, shift, cache)
         for name, predictor in zip(names, predictors, strict=True)
@@ -343,7 +350,7 @@ def _compare_into(
     criteria = ("roc_auc", "shift_roc_auc") if shift else ("roc_auc",)
     margins = _margins_text(rows, dict(zip(names, runs, strict=True)), split, criteria)
     outputs = write_comparison(
-        rows, out_dir, split, extra={MARGINS: margins}, remove_stale=overwrite
+        rows, out_dir, split, extra={MARGINS: margins}, remove_stale=overwrite, caveat=caveat
     )
     return rows, outputs
 
@@ -353,7 +360,9 @@ def leading_model(rows: Sequence[ComparisonRow], criterion: str) -> str:
     figure (None or NaN: one its split cannot define) ranks last, wherever it is listed."""
 
     def known(value: float | None) -> float:
-        return -math.inf if value is None or math.isnan(value) else value
+        # rounded: one exact AUC (153/200) came out of scikit-learn as 0.765 and as
+        # 0.7649999999999999, and that last bit, not specificity, broke the tie
+        return -math.inf if value is None or math.isnan(value) else round(value, 9)
 
     def rank(row: ComparisonRow) -> tuple[float, float]:
         return (known(getattr(row, criterion)), known(row.specificity))

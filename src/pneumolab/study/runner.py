@@ -181,7 +181,8 @@ def _ensemble_is_current(run: RunDir, members: list[RunDir]) -> bool:
     told by their digests, where the ensemble recorded them, else by modification times)."""
     if not run.is_complete():
         return False
-    if [m.root.resolve() for m in run.member_runs()] != [m.root.resolve() for m in members]:
+    built_of = sorted(m.root.resolve() for m in run.member_runs())
+    if built_of != sorted(m.root.resolve() for m in members):  # their order: the same mean
         return False
     if gate_is_stale(run, run_ood_model(run, warn=False)):  # a member's gate refitted since
         return False
