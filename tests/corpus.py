@@ -98,7 +98,7 @@ def write_corpus(folder: Path) -> dict[str, BadInput]:
     jpeg, png = image_bytes("JPEG"), image_bytes("PNG")
     accepted = "accepted format"
     files: dict[str, tuple[bytes, str, int]] = {
-        "empty.jpeg": (b"", accepted, 415),
+        "empty.jpeg": (b"", "empty file (0 bytes)", 415),
         "text.png": (b"not an image at all\n", accepted, 415),
         "truncated.jpeg": (jpeg[: len(jpeg) // 2], "corrupt or undecodable", 422),
         "truncated.png": (png[: len(png) // 2], "corrupt or undecodable", 422),

@@ -374,16 +374,19 @@ def test_weights_are_written_with_the_umask(tiny_run):
 
 
 def test_a_dependency_missing_from_a_broken_install_is_one_line(tiny_run, tmp_path, capsys):
-    """`--backend onnx` with onnxruntime gone ended in an ImportError traceback."""
-    import sys
+    """A third-party module gone from the environment ended in an ImportError traceback."""
+    from pneumolab.cli.parser import build_parser
 
-    image = next((tiny_run[1] / "train").rglob("*.png"))
+    def broken(args):
+        import a_package_of_the_environment  # noqa: F401
+
+    args = build_parser().parse_args(["models"])
+    args.func = broken
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(sys.modules, "onnxruntime", None)  # what a removed package raises
-        patch.delitem(sys.modules, "pneumolab.inference.onnx_backend", raising=False)
-        code, _, err = run_cli(capsys, "predict", tiny_run[0], image, "--backend", "onnx")
+        patch.setattr("pneumolab.cli.build_parser", lambda: _Fixed(args))
+        code, _, err = run_cli(capsys, "models")
     assert code == 2
-    assert "the Python package onnxruntime is missing" in one_line(err)
+    assert "the Python package a_package_of_the_environment is missing" in one_line(err)
     assert "Traceback" not in err
 
 

@@ -101,6 +101,8 @@ def _decode(
     """The upload as a grayscale image, read by pneumolab's loaders, and a DICOM header's scope
     checks; 415 / 422 when it cannot be read."""
     found = sniff(data[:256])  # what the upload is, whatever its name says
+    if not data:  # as predict says of an empty file
+        raise HTTPException(415, f"{filename}: empty file (0 bytes)")
     if found is None:
         raise HTTPException(
             415, f"{filename}: not an image file of an accepted format ({ACCEPTED})"
