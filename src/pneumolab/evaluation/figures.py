@@ -92,8 +92,7 @@ def decision_curve_figure(
     probabilities from 0.01 to 0.99; the model's net benefit at ``stored_threshold`` is marked."""
     fig = Figure(figsize=(4.5, 4.5), dpi=120)
     ax = fig.subplots()
-    inside = stored_threshold is not None and 0 < stored_threshold < 1
-    marked = stored_threshold if inside else None
+    marked = stored_threshold if stored_threshold is not None and 0 < stored_threshold < 1 else None
     # the curve passes through its dot (scores bunched near it left the dot far off the line)
     p_t = np.union1d(DECISION_CURVE_THRESHOLDS, [] if marked is None else [marked])
     ax.plot(p_t, net_benefit(y_true, prob, p_t), label="model")

@@ -324,12 +324,18 @@ def plan_resume(
 
 
 def resumable_rows(rows: list[ResultRow], retried: Collection[str]) -> list[ResultRow]:
-    """The rows a resumed job keeps, one per source in the file's order: its first successful
-    row, else (a failed image) its error row where the job does not score that source again
-    (a job over other folders dropped the record of every earlier unreadable image)."""
+    """The rows a resumed job keeps (:func:`one_row_per_source`), less the error rows of the
+    sources it scores again (a job over other folders dropped the record of every earlier
+    unreadable image)."""
+    return one_row_per_source(r for r in rows if not (r.error and r.source in retried))
+
+
+def one_row_per_source(rows: Iterable[ResultRow]) -> list[ResultRow]:
+    """One row per source, in the order sources first come: the first scored row where there
+    is one, else the last error (a failed image retried successfully is listed once)."""
     kept: dict[str, ResultRow] = {}
     for row in rows:
         earlier = kept.get(row.source)
-        if (earlier is None or earlier.error) and (not row.error or row.source not in retried):
+        if earlier is None or earlier.error:
             kept[row.source] = row
     return list(kept.values())

@@ -20,6 +20,7 @@ from pneumolab.inference.results_file import (
     ResultRow,
     check_producer,
     decode_text,
+    one_row_per_source,
     parse,
     results_format,
     write_text_rows,
@@ -97,15 +98,8 @@ def read_parts(folder: Path) -> list[ResultRow]:
 
 
 def merge(rows: Iterable[ResultRow]) -> list[ResultRow]:
-    """One row per source, sorted by source: the first scored row where there is one (as a
-    resumed text file keeps), else the last error (a failed image retried successfully is
-    listed once)."""
-    kept: dict[str, ResultRow] = {}
-    for row in rows:
-        earlier = kept.get(row.source)
-        if earlier is None or earlier.error:
-            kept[row.source] = row
-    return [kept[source] for source in sorted(kept)]
+    """:func:`one_row_per_source`, sorted by source."""
+    return sorted(one_row_per_source(rows), key=lambda row: row.source)
 
 
 def write_results(path: Path, rows: list[ResultRow]) -> None:

@@ -94,9 +94,9 @@ class TrainingCompute(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         trainer.callback_metrics[THREADS_KEY] = torch.tensor(torch.get_num_threads())
-        self.legs.append(compute_record(trainer))
+        compute = compute_record(trainer)
+        self.legs.append(compute)
         if trainer.is_global_zero:
-            compute = compute_record(trainer)
             log.info(
                 "training in %s on %s, %d threads",
                 compute.precision,

@@ -63,9 +63,14 @@ def _tracking_uri(run: RunDir) -> str:
     given = os.environ.get("MLFLOW_TRACKING_URI")
     if given and given not in RUN_STORES:
         return given
-    own = (run.root / "mlruns").resolve().as_uri()
+    own = _own_store(run)
     RUN_STORES.add(own)
     return own
+
+
+def _own_store(run: RunDir) -> str:
+    """The URI of ``run``'s own local MLflow store, ``RUN_DIR/mlruns``."""
+    return (run.root / "mlruns").resolve().as_uri()
 
 
 def _mlflow_logger(run: RunDir, uri: str) -> MLFlowLogger:
@@ -85,7 +90,8 @@ def _mlflow_logger(run: RunDir, uri: str) -> MLFlowLogger:
         raise ConfigError(f"{run.mlflow_run}: not a record of an MLflow run ({exc})") from None
     if _moved_with_its_store(run, record.get("tracking_uri"), uri):
         _rebase_store(run, str(record["tracking_uri"]), uri)
-        record["tracking_uri"] = uri
+        record["tracking_uri"] = uri  # the record follows its store
+        write_text_atomically(run.mlflow_run, json.dumps(record) + "\n")
     logger = MLFlowLogger(experiment_name=EXPERIMENT, tracking_uri=uri, run_id=run_id)
     try:
         logger.experiment  # noqa: B018 (looks the run up)
@@ -101,7 +107,7 @@ def _mlflow_logger(run: RunDir, uri: str) -> MLFlowLogger:
 def _moved_with_its_store(run: RunDir, recorded: object, uri: str) -> bool:
     """Whether ``run`` was tracked in its own local store (``RUN_DIR/mlruns``) at another place,
     and now is: the folder was moved or copied with it."""
-    own = (run.root / "mlruns").resolve().as_uri()
+    own = _own_store(run)
     return (
         isinstance(recorded, str)
         and uri == own
@@ -114,14 +120,12 @@ def _moved_with_its_store(run: RunDir, recorded: object, uri: str) -> bool:
 def _rebase_store(run: RunDir, old: str, new: str) -> None:
     """Point a moved run's local MLflow store at its new place: the file store keeps absolute
     artifact locations, so a resume logged the run's files into the old folder (made again
-    there, or into the copy's original); ``mlflow_run.json`` records the new store."""
+    there, or into the copy's original)."""
     at_old = re.compile(re.escape(old) + r"(?=/|\s|'|\"|$)", re.MULTILINE)
     for meta in (run.root / "mlruns").rglob("meta.yaml"):
         text = meta.read_text(encoding="utf-8")
         if at_old.search(text):
             write_text_atomically(meta, at_old.sub(new, text))
-    record = json.loads(run.mlflow_run.read_text()) | {"tracking_uri": new}
-    write_text_atomically(run.mlflow_run, json.dumps(record) + "\n")
 
 
 def log_run_files(logger: Logger | None, files: Sequence[Path]) -> None:
