@@ -33,6 +33,12 @@ def read_tables(paths: list[Path]) -> dict[str, dict[str, float]]:
     for path in paths:
         lines = [line for line in path.read_text().splitlines() if line.startswith("|")]
         names = [cell.strip() for cell in lines[0].strip("|").split("|")][1:]
+        repeated = sorted({n for n in names if names.count(n) > 1} | (set(names) & set(runs)))
+        if repeated:  # the last column would silently stand for every run of that name
+            raise SystemExit(
+                f"{path}: the run name(s) {', '.join(repeated)} head two columns of the tables; "
+                "each column must be its own run (rename folders like seed0/mnv2, seed1/mnv2)"
+            )
         for line in lines[2:]:
             figure, *cells = (cell.strip() for cell in line.strip("|").split("|"))
             for name, cell in zip(names, cells, strict=True):

@@ -62,6 +62,9 @@ def markdown(rows: list[dict[str, float | str]]) -> str:
 
 def main() -> None:
     args = runs_parser(__doc__, draws=3).parse_args()
+    names = [run.name for run in args.runs]
+    if len(set(names)) < len(names):  # the table's columns are named by folder
+        raise SystemExit(f"two runs share a folder name ({', '.join(names)}): rename one")
     rows = [score_run(run, args.data, args.draws) for run in args.runs]
     table = markdown(rows)
     print(f"scenarios: {', '.join(SCENARIOS)}; {args.draws} draws each\n")

@@ -190,6 +190,8 @@ class ShiftSummary(Result):
     compound_roc_auc: Metric
     compound_specificity: Metric
     worst_scenario_roc_auc: Metric
+    compound_sensitivity: Metric = math.nan
+    """NaN in evaluations written before 2026-12-07, which did not record it."""
 
 
 class BatchFigures(Result):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import signal
 import zlib
@@ -142,6 +143,20 @@ def test_window_clips_outside_and_maps_the_centre_to_mid_grey(tmp_path):
     assert np.all(image[raw <= 1536] == 0)
     assert np.all(image[raw >= 2560] == 255)
     assert abs(int(image[np.abs(raw.astype(int) - 2048).argmin()]) - 128) <= 8
+
+
+@pytest.mark.parametrize(("width", "first"), [(0, 0), ([0, 400], 0), (-5, -5)])
+def test_a_window_of_width_below_one_is_ignored_with_a_warning(tmp_path, caplog, width, first):
+    """pydicom refuses it (the standard asks for >= 1) and the image was refused as corrupt;
+    a viewer shows it over its own range, and so does pneumolab now, saying so."""
+    path = write_dicom(
+        tmp_path / "a.dcm", RAMP_12BIT, bits_stored=12, WindowCenter=2048, WindowWidth=width
+    )
+    with caplog.at_level(logging.WARNING, logger="pneumolab"):
+        image = np.asarray(load_dicom(path)).astype(int)
+    assert image.min() == 0 and image.max() == 255
+    assert np.corrcoef(image.ravel(), RAMP_12BIT.ravel())[0, 1] > 0.99
+    assert f"{path}: Window Width {first} is no window" in caplog.text
 
 
 def test_rescale_is_applied_before_the_window(tmp_path):

@@ -53,7 +53,7 @@ def test_a_figure_a_split_cannot_define_ranks_last_in_any_order(order):
     def row(name: str, auc: float) -> ComparisonRow:
         return ComparisonRow(
             name, "m", "finetune", 32, 10, 0.9, 0.9, float("nan"), auc, "", 0.5,
-            None, None, 1.0, None, None, None, None, None, [[1, 0], [0, 1]], name,
+            None, None, 1.0, None, None, None, None, None, None, [[1, 0], [0, 1]], name,
         )  # fmt: skip
 
     rows = [row("undefined", float("nan")), row("scored", 0.99)][::order]
@@ -69,8 +69,40 @@ def test_one_auc_told_apart_by_its_last_bit_is_a_tie_for_specificity(order):
     def row(name: str, auc: float, specificity: float) -> ComparisonRow:
         return ComparisonRow(
             name, "m", "finetune", 32, 10, 0.9, 0.9, specificity, auc, "", 0.5,
-            None, None, 1.0, None, None, None, None, None, [[1, 0], [0, 1]], name,
+            None, None, 1.0, None, None, None, None, None, None, [[1, 0], [0, 1]], name,
         )  # fmt: skip
 
     rows = [row("less_specific", 0.765, 0.25), row("more_specific", 0.7649999999999999, 0.5)]
     assert leading_model(rows[::order], "roc_auc") == "more_specific"
+
+
+def _shifted(name: str, sensitivity: float, specificity: float):
+    from pneumolab.evaluation.comparison import ComparisonRow
+
+    return ComparisonRow(
+        name, "m", "finetune", 32, 10, 0.9, 0.97, 0.9, 0.99, "", 0.5,
+        None, None, 1.0, None, None, 0.9, specificity, sensitivity, None, [[1, 0], [0, 1]], name,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_shift_specificity_ranks_only_models_that_keep_the_target_sensitivity(order):
+    """A model calling nearly every shifted image NORMAL (sensitivity 0.017) had the best
+    shift specificity (1.0) and became the study's best."""
+    from pneumolab.evaluation.comparison import leading_model
+
+    rows = [_shifted("misses_pneumonia", 0.017, 1.0), _shifted("keeps_target", 0.98, 0.6)]
+    assert leading_model(rows[::order], "shift_specificity", 0.97) == "keeps_target"
+    assert leading_model(rows[::order], "shift_specificity") == "misses_pneumonia"  # no floor
+
+
+def test_shift_specificity_without_a_model_at_the_floor_takes_the_closest_and_says_so():
+    from pneumolab.evaluation.comparison import leading_model
+    from pneumolab.study.runner import _floor_reason
+
+    rows = [_shifted("far", 0.2, 1.0), _shifted("closest", 0.9, 0.3), _shifted("none", None, 1.0)]
+    leader = leading_model(rows, "shift_specificity", 0.97)
+    assert leader == "closest"
+    reason = _floor_reason(rows[1], 0.97)
+    assert "0.9000" in reason and "no model kept the target sensitivity 0.97" in reason
+    assert "at least the target 0.97" in _floor_reason(_shifted("kept", 0.97, 0.5), 0.97)

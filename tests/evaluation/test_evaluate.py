@@ -162,6 +162,7 @@ def test_shift_protocol_adds_every_scenario_and_the_batch_breakdown(trained):
     summary = metrics.shift_summary
     assert summary is not None
     assert summary.compound_roc_auc == metrics.shift["compound"].mean_roc_auc
+    assert summary.compound_sensitivity == metrics.shift["compound"].mean_sensitivity
     assert summary.worst_scenario_roc_auc <= summary.compound_roc_auc
     # the synthetic normals are all IM- files: one normal batch, with every normal counted
     batches = metrics.acquisition_batches

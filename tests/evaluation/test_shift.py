@@ -14,6 +14,7 @@ from pneumolab.evaluation.shift import (
     acquisition_batch,
     apply_shift,
     batch_breakdown,
+    local_contrast,
     markers,
     reframe,
     shift_protocol,
@@ -152,3 +153,14 @@ def test_a_draw_gives_the_same_shift_at_every_image_size(name):
             for size in (160, 224)
         )
         assert _marked_corners(small) == _marked_corners(large), index
+
+
+def test_the_local_contrast_field_spans_what_its_docstring_says():
+    """Stated as gains in 0.7–1.3; bicubic upsampling overshoots that at a draw's extremes."""
+    flat = torch.full((1, 64, 64), 100, dtype=torch.uint8)
+    gains = np.stack(
+        [local_contrast(flat, np.random.default_rng([0, i])).numpy() / 100 for i in range(300)]
+    )
+    low, high = np.percentile(gains, [1, 99])
+    assert 0.68 <= low <= 0.70 and 1.30 <= high <= 1.32
+    assert 0.55 <= gains.min() < 0.7 and 1.3 < gains.max() <= 1.45  # the overshoot, bounded

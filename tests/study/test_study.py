@@ -448,6 +448,31 @@ def test_an_unknown_model_or_weights_path_is_refused_before_any_training(tmp_pat
         assert not (tmp_path / "out").exists()
 
 
+def test_a_distillation_teacher_is_checked_before_any_training(tiny_run, tmp_path):
+    """A teacher was read only when its student's turn came, after the models before it."""
+    from conftest import TINY_TRAINING
+    from pneumolab.config import TrainConfig
+    from pneumolab.study.runner import _check_outputs
+
+    run_dir, _ = tiny_run
+    study, plain = tmp_path / "study", TrainConfig(**TINY_TRAINING)
+    taught = TrainConfig(**TINY_TRAINING, teacher=str(study / "runs" / "teacher"))
+    with pytest.raises(ConfigError, match="model student: its teacher is the study's model "
+                       "teacher, listed after it: list teacher first"):  # fmt: skip
+        _check_outputs(study, {"student": taught, "teacher": plain}, [])
+    _check_outputs(study, {"teacher": plain, "student": taught}, [])  # trained before it
+    with pytest.raises(ConfigError, match="model teacher: .*a model cannot teach itself"):
+        _check_outputs(study, {"teacher": taught}, [])
+    gone = TrainConfig(**TINY_TRAINING, teacher=str(tmp_path / "gone"))
+    with pytest.raises(ConfigError, match=r"model student: .*gone: run directory not found"):
+        _check_outputs(study, {"a": plain, "student": gone}, [])
+    other = "clahe" if plain.intensity != "clahe" else "none"
+    unlike = TrainConfig(**(TINY_TRAINING | {"intensity": other}), teacher=str(run_dir))
+    with pytest.raises(ConfigError, match=f"model student: teacher .* the student with '{other}'"):
+        _check_outputs(study, {"student": unlike}, [])
+    _check_outputs(study, {"student": TrainConfig(**TINY_TRAINING, teacher=str(run_dir))}, [])
+
+
 def test_a_finished_model_needs_no_starting_weights(tmp_path):
     from conftest import TINY_TRAINING, write_backbone_weights
     from pneumolab.config import TrainConfig

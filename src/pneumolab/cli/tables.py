@@ -105,18 +105,18 @@ def shift_table(report: dict[str, ScenarioSummary]) -> Table:
 
 
 def comparison_table(rows: Sequence[ComparisonRow], title: str) -> Table:
-    """One line per compared model (worst-case AUC when robustness was measured, AUC and
-    specificity under the compound shift when the shift protocol was)."""
+    """One line per compared model (worst-case AUC when robustness was measured, AUC,
+    sensitivity and specificity under the compound shift when the shift protocol was)."""
     robust = any(r.worst_roc_auc is not None for r in rows)
     shifted = any(r.shift_roc_auc is not None for r in rows)
     columns = ["model", "strategy", "size", "accuracy", "sensitivity", "specificity", "ROC AUC"]
     columns += ["worst AUC"] if robust else []
-    columns += ["shift AUC", "shift spec."] if shifted else []
+    columns += ["shift AUC", "shift sens.", "shift spec."] if shifted else []
     table = Table(*columns, "params", "train s", "CPU ms/img", title=title)
     for r in rows:
         metrics: list[float | None] = [r.accuracy, r.sensitivity, r.specificity, r.roc_auc]
         metrics += [r.worst_roc_auc] if robust else []
-        metrics += [r.shift_roc_auc, r.shift_specificity] if shifted else []
+        metrics += [r.shift_roc_auc, r.shift_sensitivity, r.shift_specificity] if shifted else []
         table.add_row(
             r.name,
             r.strategy,

@@ -287,10 +287,25 @@ def _voi(pixels: np.ndarray, ds: Dataset) -> tuple[np.ndarray, float, float] | N
         shown = apply_voi(np.rint(pixels).astype(np.int64), view)
         return shown, float(table.min()), float(table.max())
     if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        width = float(_first(ds.WindowWidth))
+        exact = str(ds.get("VOILUTFunction", "")).upper() == "LINEAR_EXACT"
+        if not (width > 0 if exact else width >= 1):  # what pydicom refuses, as a viewer would
+            log.warning(
+                "%s: Window Width %g is no window (the standard asks for at least 1): shown "
+                "over the image's own range instead",
+                ds.filename,
+                width,
+            )
+            return None
         # pydicom maps everything below/above the window to the ends of its output range
         low, high = apply_windowing(np.array([-np.inf, np.inf]), ds)
         return apply_windowing(pixels, ds), float(low), float(high)
     return None
+
+
+def _first(value: object) -> object:
+    """The first of a multi-valued element's values (the window pydicom applies), else it."""
+    return value[0] if isinstance(value, Sequence) and not isinstance(value, str) else value
 
 
 def _to_uint8(pixels: np.ndarray, low: float, high: float) -> np.ndarray:

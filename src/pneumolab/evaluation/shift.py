@@ -11,7 +11,8 @@ a spread, not one number):
   black collimation band on up to two sides;
 - ``degrade``: resolution loss (down to 45–80%, back up), JPEG recompression (quality 25–60) and
   detector noise (σ 0.5–2% of full scale);
-- ``local_contrast``: a smooth, low-frequency gain field (±30%) — uneven exposure across the film;
+- ``local_contrast``: a smooth, low-frequency gain field (±30%; bicubic overshoot takes its most
+  extreme pixels to 0.55–1.44) — uneven exposure across the film;
 - ``markers``: bright burnt-in text blocks (side markers, "PORTABLE" labels) in the corners;
 - ``compound``: all four in sequence, the closest to an image from another site.
 
@@ -68,7 +69,10 @@ def degrade(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 
 
 def local_contrast(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Multiply by a smooth gain field (a 4x4 grid of gains in 0.7–1.3, upsampled bicubically)."""
+    """Multiply by a smooth gain field (a 4x4 grid of gains in 0.7–1.3, upsampled bicubically:
+    98% of the field stays within 0.69–1.31; the overshoot reaches 0.55–1.44 at the extremes,
+    measured on 5,000 draws. Left unclamped: the protocol's agreement with the held-out split
+    was measured with this field)."""
     size = image.shape[-1]
     grid = torch.from_numpy(rng.uniform(0.7, 1.3, (1, 1, 4, 4))).float()
     gain = torch.nn.functional.interpolate(grid, size=(size, size), mode="bicubic")[0]
@@ -190,13 +194,14 @@ def shift_protocol(
 
 
 def shift_summary(results: list[ShiftResult]) -> ShiftSummary:
-    """The protocol's headline figures: mean ROC AUC and specificity under ``compound`` and
-    the worst scenario's mean ROC AUC."""
+    """The protocol's headline figures: mean ROC AUC, specificity and sensitivity under
+    ``compound`` and the worst scenario's mean ROC AUC."""
     by_name = {r.scenario: r.summary() for r in results}
     return ShiftSummary(
         compound_roc_auc=by_name["compound"].mean_roc_auc,
         compound_specificity=by_name["compound"].mean_specificity,
         worst_scenario_roc_auc=min(s.mean_roc_auc for s in by_name.values()),
+        compound_sensitivity=by_name["compound"].mean_sensitivity,
     )
 
 

@@ -33,6 +33,7 @@ from pneumolab.errors import (
     ModelError,
     OutputError,
     PneumolabError,
+    RunDirError,
     TrainingInterrupted,
 )
 from pneumolab.evaluation.comparison import (
@@ -42,6 +43,7 @@ from pneumolab.evaluation.comparison import (
     write_comparison,
 )
 from pneumolab.evaluation.figures import sample_grid_figure, save_figure
+from pneumolab.evaluation.metrics import format_metric
 from pneumolab.evaluation.selection import Margins, margins_over, smallest_untold, warn_untold
 from pneumolab.files import write_text_atomically
 from pneumolab.inference.run_models import gate_is_stale, run_ood_model
@@ -54,6 +56,7 @@ from pneumolab.run import RunDir, split_mismatch
 from pneumolab.study.config import StudyConfig, load_study
 from pneumolab.text import markdown_cell
 from pneumolab.training.distributed import global_rank, on_rank_zero
+from pneumolab.training.distill import check_teacher
 from pneumolab.training.train import check_buildable
 
 log = logging.getLogger(__name__)
@@ -106,10 +109,23 @@ def _check_ensemble_run(run: RunDir) -> None:
         )
 
 
+def _check_study_teacher(name: str, teacher: Path, study_dir: Path, names: list[str]) -> None:
+    """Refuse model ``name``'s ``teacher`` where it is a model of this study not trained before
+    it: itself, or one listed after it."""
+    later = [n for n in names if (study_dir / "runs" / n).resolve() == teacher.resolve()]
+    if later == [name]:
+        raise ConfigError("its teacher is its own run folder: a model cannot teach itself")
+    if later:
+        raise ConfigError(
+            f"its teacher is the study's model {later[0]}, listed after it: list {later[0]} "
+            "first, so it is trained before its student"
+        )
 def _check_outputs(study_dir: Path, configs: dict[str, TrainConfig], ensembles: list[str]) -> None:
     """Every refusal that needs no training, before anything is written: unknown architectures,
     weights paths that do not exist, run folders holding other networks, a ``best`` that is not
-    a link."""
+    a link, a distillation teacher that is not a finished single-network run (nor a model of
+    the study listed before its student)."""
+    trained_before: set[Path] = set()
     for name, config in configs.items():
         run = RunDir(study_dir / "runs" / name)
         started = run.is_complete() or run.last_checkpoint.is_file()  # its start weights used
@@ -119,8 +135,12 @@ def _check_outputs(study_dir: Path, configs: dict[str, TrainConfig], ensembles: 
                 check_buildable(config)
                 if config.pretrained:
                     find_local_weights(config.model, config.weights)
-        except (ModelError, ConfigError) as exc:
+                if config.teacher and Path(config.teacher).resolve() not in trained_before:
+                    _check_study_teacher(name, Path(config.teacher), study_dir, list(configs))
+                    check_teacher(config.teacher, config)
+        except (ModelError, ConfigError, RunDirError) as exc:
             raise ConfigError(f"model {name}: {exc}") from None
+        trained_before.add(run.root.resolve())
         _check_model_run(config, run)
     for name in ensembles:
         _check_ensemble_run(RunDir(study_dir / "runs" / name))
@@ -290,7 +310,8 @@ def _run_study(
         (study_dir / "best").unlink(missing_ok=True)
         (study_dir / "selection.md").unlink(missing_ok=True)
         return StudyResult(rows, None, failed, outputs, study.select_by)
-    best, margins = _select(study, rows, finished, study_dir)
+    floor = min(config.target_sensitivity for config in configs.values())
+    best, margins = _select(study, rows, finished, study_dir, floor)
     outputs |= {"best": study_dir / "best", "selection": study_dir / "selection.md"}
     return StudyResult(rows, best, failed, outputs, study.select_by, margins)
 
@@ -373,15 +394,38 @@ def _smaller_choice(best: str, margins: Margins, select_by: str) -> str:
     )
 
 
+def _floor_reason(leader: ComparisonRow, floor: float) -> str:
+    """Why ``shift_specificity`` chose ``leader``: among the models keeping the target
+    sensitivity under the compound shift, or, where none does, the one closest to it."""
+    kept = leader.shift_sensitivity is not None and round(leader.shift_sensitivity, 9) >= floor
+    if kept:
+        return (
+            "selected on validation by `shift_specificity` among the models whose sensitivity "
+            f"under the compound shift is at least the target {floor:g} (ties: specificity)"
+        )
+    return (
+        f"selected on validation by its sensitivity under the compound shift "
+        f"({format_metric(leader.shift_sensitivity)}): no model kept the target sensitivity "
+        f"{floor:g} there, so `shift_specificity` could not rank them"
+    )
+
+
 def _select(
-    study: StudyConfig, rows: list[ComparisonRow], finished: dict[str, RunDir], study_dir: Path
+    study: StudyConfig,
+    rows: list[ComparisonRow],
+    finished: dict[str, RunDir],
+    study_dir: Path,
+    sensitivity_floor: float,
 ) -> tuple[str, Margins]:
     """The selected model (``best`` links to it) and the leader's margins, written with the
-    reason in ``selection.md``."""
-    leader = leading_model(rows, study.select_by)
+    reason in ``selection.md``; ``shift_specificity`` ranks first the models whose sensitivity
+    under the compound shift meets ``sensitivity_floor`` (the models' target sensitivity)."""
+    leader = leading_model(rows, study.select_by, sensitivity_floor)
     margins = margins_over(finished, leader, study.select_by)
     warn_untold(margins, "validation")
     best, why = leader, f"selected on validation by `{study.select_by}` (ties: specificity)"
+    if study.select_by == "shift_specificity":
+        why = _floor_reason(next(r for r in rows if r.name == leader), sensitivity_floor)
     if study.prefer_smaller:
         best = smallest_untold(margins, {r.name: r.parameters for r in rows})
         why = _smaller_choice(best, margins, study.select_by)

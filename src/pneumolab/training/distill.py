@@ -14,9 +14,27 @@ from pneumolab.errors import ConfigError, RunDirError
 from pneumolab.inference.run_models import load_network
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.run import RunDir, weights_digest
-from pneumolab.run_meta import TeacherRecord
+from pneumolab.run_meta import RunMeta, TeacherRecord
 
 log = logging.getLogger(__name__)
+
+
+def check_teacher(run_dir: str | Path, config: TrainConfig) -> RunMeta:
+    """The metadata of the run ``config`` would be distilled from: a RunDirError for a missing
+    or unfinished run or an ensemble, a ConfigError when it normalises intensity otherwise."""
+    meta = RunDir(Path(run_dir)).read_meta()
+    if meta.is_ensemble:
+        raise RunDirError(
+            f"{run_dir} is an ensemble: a teacher is a single network; use one of the "
+            "ensemble's member runs (its meta.json lists them)"
+        )
+    intensity = meta.preprocessing.intensity
+    if intensity != config.intensity:
+        raise ConfigError(
+            f"teacher {run_dir} normalises intensity with {intensity!r}, the student with "
+            f"{config.intensity!r}: train the student with --intensity {intensity}"
+        )
+    return meta
 
 
 class Teacher:
@@ -35,18 +53,7 @@ class Teacher:
         """The network of finished run ``run_dir``: a RunDirError for a missing run or an
         ensemble, a ConfigError when it normalises intensity otherwise than ``config``."""
         run = RunDir(Path(run_dir))
-        meta = run.read_meta()
-        if meta.is_ensemble:
-            raise RunDirError(
-                f"{run_dir} is an ensemble: a teacher is a single network; use one of the "
-                "ensemble's member runs (its meta.json lists them)"
-            )
-        intensity = meta.preprocessing.intensity
-        if intensity != config.intensity:
-            raise ConfigError(
-                f"teacher {run_dir} normalises intensity with {intensity!r}, the student with "
-                f"{config.intensity!r}: train the student with --intensity {intensity}"
-            )
+        meta = check_teacher(run_dir, config)
         with torch.random.fork_rng(devices=[]):  # building it leaves the student's seeds alone
             model = load_network(run, meta)
         record = TeacherRecord(
