@@ -461,7 +461,7 @@ def test_a_distillation_teacher_is_checked_before_any_training(tiny_run, tmp_pat
                        "teacher, listed after it: list teacher first"):  # fmt: skip
         _check_outputs(study, {"student": taught, "teacher": plain}, [])
     _check_outputs(study, {"teacher": plain, "student": taught}, [])  # trained before it
-    with pytest.raises(ConfigError, match="model teacher: .*a model cannot teach itself"):
+    with pytest.raises(ConfigError, match=r"model teacher: .*a model cannot teach itself"):
         _check_outputs(study, {"teacher": taught}, [])
     gone = TrainConfig(**TINY_TRAINING, teacher=str(tmp_path / "gone"))
     with pytest.raises(ConfigError, match=r"model student: .*gone: run directory not found"):

@@ -6,6 +6,7 @@ Loading never writes: the file comes from ``pneumolab export``
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,17 +98,21 @@ class ExportedBackend:
             )
 
 
-def import_onnxruntime() -> Any:
-    """The ``onnxruntime`` module, or a ModelError saying it cannot be imported (a broken or
-    partial installation: the exported backends ended in a traceback)."""
+def import_runtime(module: str, needed: str, install: str) -> Any:
+    """The runtime ``module`` an exported backend runs on, or a ModelError: what ``needed`` it,
+    that it cannot be imported (missing, or a broken install: the exported backends ended in a
+    traceback) and how to ``install`` it."""
     try:
-        import onnxruntime
+        return importlib.import_module(module)
     except ImportError as exc:
-        raise ModelError(
-            f"the onnx and openvino backends need onnxruntime, which cannot be imported here "
-            f"({exc}): reinstall it (pip install onnxruntime)"
-        ) from None
-    return onnxruntime
+        raise ModelError(f"{needed}, which cannot be imported here ({exc}): {install}") from None
+
+
+def import_onnxruntime() -> Any:
+    """The ``onnxruntime`` module (:func:`import_runtime`)."""
+    return import_runtime(
+        "onnxruntime", "the onnx and openvino backends need onnxruntime", "pip install onnxruntime"
+    )
 
 
 class OnnxBackend(ExportedBackend):

@@ -9,7 +9,12 @@ from typing import Any
 import numpy as np
 
 from pneumolab.errors import ModelError
-from pneumolab.inference.onnx_backend import OOD_OUTPUT_NAME, OUTPUT_NAME, ExportedBackend
+from pneumolab.inference.onnx_backend import (
+    OOD_OUTPUT_NAME,
+    OUTPUT_NAME,
+    ExportedBackend,
+    import_runtime,
+)
 
 OPENVINO_FILE_NAME = "model.openvino.xml"
 """Where ``pneumolab export --format openvino`` writes the IR (weights beside it, ``.bin``)."""
@@ -18,14 +23,12 @@ METADATA_SECTION = "pneumolab"
 
 
 def import_openvino() -> Any:
-    """The ``openvino`` module, or a ModelError saying how to install it."""
-    try:
-        import openvino
-    except ImportError:
-        raise ModelError(
-            "the openvino backend needs OpenVINO: pip install openvino (or pneumolab[openvino])"
-        ) from None
-    return openvino
+    """The ``openvino`` module (:func:`~pneumolab.inference.onnx_backend.import_runtime`)."""
+    return import_runtime(
+        "openvino",
+        "the openvino backend needs OpenVINO",
+        "pip install openvino (or pneumolab[openvino])",
+    )
 
 
 class OpenVinoBackend(ExportedBackend):

@@ -55,8 +55,8 @@ from pneumolab.pipeline.train import train
 from pneumolab.run import RunDir, split_mismatch
 from pneumolab.study.config import StudyConfig, load_study
 from pneumolab.text import markdown_cell
-from pneumolab.training.distributed import global_rank, on_rank_zero
 from pneumolab.training.distill import check_teacher
+from pneumolab.training.distributed import global_rank, on_rank_zero
 from pneumolab.training.train import check_buildable
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,8 @@ def _check_study_teacher(name: str, teacher: Path, study_dir: Path, names: list[
             f"its teacher is the study's model {later[0]}, listed after it: list {later[0]} "
             "first, so it is trained before its student"
         )
+
+
 def _check_outputs(study_dir: Path, configs: dict[str, TrainConfig], ensembles: list[str]) -> None:
     """Every refusal that needs no training, before anything is written: unknown architectures,
     weights paths that do not exist, run folders holding other networks, a ``best`` that is not
