@@ -251,3 +251,35 @@ def test_a_run_without_an_ood_model_is_never_called_ok():
 def test_bit_depth_of_every_pillow_mode(mode, bits):
     """CMYK JPEGs were counted under a bit depth "null" (a table of 9 modes)."""
     assert audit_module.bits_per_sample(mode) == bits
+
+
+def test_the_page_names_flagged_images_by_their_place_in_the_folder(run_dir, tmp_path):
+    """PACS exports repeat names like IM-0001 in every study folder: the page named the file
+    alone, pointing at either study's image."""
+    from pneumolab.reporting.audit_page import write_audit
+
+    for study in ("studyA", "studyB"):
+        (tmp_path / "site" / study).mkdir(parents=True)
+        Image.fromarray(np.zeros((100, 100), np.uint8)).save(tmp_path / "site" / study / "IM.png")
+    audit = audit_folder(run_dir, tmp_path / "site")
+    page = (write_audit(audit, tmp_path / "out")["html"]).read_text()
+    assert f"<th>studyA{os.sep}IM.png</th>" in page and f"<th>studyB{os.sep}IM.png</th>" in page
+
+
+def test_sizes_are_upright_and_a_16_bit_colour_png_is_16_bit(run_dir, tmp_path):
+    """An EXIF-turned JPEG was measured as stored (portrait for a landscape film), and a
+    16-bit RGB PNG, which Pillow opens as 8-bit, was counted as 8-bit."""
+    import cv2
+
+    folder = tmp_path / "site"
+    folder.mkdir()
+    film = (np.indices((140, 445)).sum(axis=0) % 256).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: turn 90° clockwise to show
+    Image.fromarray(film.T.copy()).save(folder / "turned.jpeg", exif=exif)
+    cv2.imwrite(str(folder / "rgb16.png"), np.repeat(film[..., None], 3, 2).astype(np.uint16) * 257)
+    Image.fromarray(film).convert("P").save(folder / "palette.png")
+    records = {Path(r.path).name: r for r in audit_folder(run_dir, folder).records}
+    turned = records["turned.jpeg"]
+    assert (turned.width, turned.height) == (140, 445)[::-1] and turned.bit_depth == 8
+    assert records["rgb16.png"].bit_depth == 16 and records["palette.png"].bit_depth == 8

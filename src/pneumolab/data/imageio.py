@@ -270,6 +270,20 @@ def reading(path: Path, kind: str, max_pixels: int) -> Iterator[None]:
         ) from None
 
 
+EXIF_SIDES_SWAPPED = {5, 6, 7, 8}
+"""EXIF orientations that turn the image a quarter: its upright width is its stored height."""
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """``image``'s (width, height) once its EXIF orientation is applied, as :func:`upright`
+    shows it (as stored where the EXIF block cannot be parsed)."""
+    try:
+        turned = image.getexif().get(ExifTags.Base.Orientation, 1) in EXIF_SIDES_SWAPPED
+    except Exception:  # Pillow's EXIF parser raises struct.error, TypeError, ...
+        turned = False
+    return (image.height, image.width) if turned else image.size
+
+
 def upright(image: Image.Image, source: str) -> Image.Image:
     """``image`` turned as its EXIF orientation says (itself, not a copy, where it needs no
     turn); an EXIF block that cannot be parsed leaves it as stored, with a warning naming
@@ -290,12 +304,22 @@ WIDE_COLOUR_PNG = {2, 4, 6}
 byte: a 12-bit X-ray stored so came out nearly black."""
 
 
+PNG_PALETTE = 3
+"""The PNG colour type whose IHDR bit depth counts palette indices, not samples."""
+
+
+def png_depth_and_colour(path: Path) -> tuple[int, int] | None:
+    """A PNG's IHDR bit depth (bits per sample; per palette index for colour type 3) and colour
+    type; None for a file too short to hold them."""
+    with open(path, "rb") as f:
+        header = f.read(26)  # the signature, then IHDR: width, height, bit depth, colour type
+    return (header[24], header[25]) if len(header) == 26 else None
+
+
 def _wide_colour_png(path: Path) -> np.ndarray | None:
     """The full samples of a 16-bit colour or gray + alpha PNG (read by OpenCV; colour as RGB,
     alpha dropped); None for any other PNG."""
-    with open(path, "rb") as f:
-        header = f.read(26)  # the signature, then IHDR: width, height, bit depth, colour type
-    if len(header) < 26 or header[24] != 16 or header[25] not in WIDE_COLOUR_PNG:
+    if png_depth_and_colour(path) not in {(16, colour) for colour in WIDE_COLOUR_PNG}:
         return None
     import cv2
 

@@ -20,7 +20,13 @@ from PIL import Image, ImageMode
 from scipy.stats import ks_2samp
 
 from pneumolab.data.formats import IMAGE_SUFFIXES
-from pneumolab.data.imageio import DEFAULT_MAX_PIXELS, is_dicom_file
+from pneumolab.data.imageio import (
+    DEFAULT_MAX_PIXELS,
+    PNG_PALETTE,
+    is_dicom_file,
+    png_depth_and_colour,
+    upright_size,
+)
 from pneumolab.data.layout import CLASS_NAMES
 from pneumolab.errors import DataLayoutError, ImageLoadError
 from pneumolab.inference.inputs import expand_paths
@@ -162,7 +168,8 @@ def warning_kind(warning: str) -> str:
 
 
 def _file_facts(path: Path, record: ImageRecord, max_pixels: int) -> None:
-    """Size, bit depth and DICOM tags from the file's header (no decoding)."""
+    """Size (upright, as the model sees it), bit depth and DICOM tags from the file's header
+    (no decoding)."""
     if is_dicom_file(path):
         from pneumolab.scope.dicom_header import dicom_file_checks
 
@@ -171,8 +178,11 @@ def _file_facts(path: Path, record: ImageRecord, max_pixels: int) -> None:
         record.bit_depth = _int(tags.get("BitsStored"))
         return
     with Image.open(path) as image:
-        record.width, record.height = image.size
+        record.width, record.height = upright_size(image)
         record.bit_depth = bits_per_sample(image.mode)
+        png = png_depth_and_colour(path) if image.format == "PNG" else None
+    if png is not None and png[1] != PNG_PALETTE:  # Pillow opens 16-bit colour PNGs as 8-bit
+        record.bit_depth = png[0]
 
 
 def bits_per_sample(mode: str) -> int | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import html
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -105,7 +106,11 @@ def audit_html(audit: SiteAudit, figure_png: bytes) -> str:
         ]
     )
     flagged = _rows(
-        [(Path(r.path).name, "; ".join(r.reasons)) for r in audit.scored if not r.in_scope][:200]
+        [
+            (os.path.relpath(r.path, audit.folder), "; ".join(r.reasons))
+            for r in audit.scored
+            if not r.in_scope
+        ][:200]
     )
     image = png_data_uri(figure_png)
     return f"""<!doctype html>
