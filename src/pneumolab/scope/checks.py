@@ -70,9 +70,12 @@ def image_sanity(width: int, height: int, pixels: np.ndarray) -> ScopeChecks:
             f"{kind}: gray levels span {high - low:.0f} of 255 between the 1st and 99th percentile"
         )
     elif (score := polarity(pixels)) < MIN_POLARITY:
+        # the check measures a dark middle, which a negative has, and so may a rotated or
+        # cropped X-ray or a photo: the reason names what was seen and what it may mean
         reasons.append(
-            f"looks inverted (a negative): the middle of the chest is darker than the lung fields "
-            f"(polarity {score:.2f} < {MIN_POLARITY:g}: a chest X-ray shows bone and mediastinum "
-            "bright)"
+            f"middle darker than its sides: a negative (inverted X-ray), or not a centred "
+            f"frontal chest X-ray (rotated, cropped, not an X-ray) (polarity {score:.2f} < "
+            f"{MIN_POLARITY:g}: a frontal chest X-ray shows mediastinum and spine brighter "
+            "than the lungs)"
         )
     return ScopeChecks(tuple(reasons))
