@@ -153,6 +153,25 @@ def test_fit_ood_without_one_readable_validation_image_names_the_split(
     assert "Traceback" not in err
 
 
+def test_fit_ood_on_a_data_folder_mostly_unreadable_keeps_the_gate_it_had(
+    run_dir, data, tmp_path, capsys
+):
+    """With all but two training images unreadable it fitted a gate on those two, replaced the
+    run's own and said OK."""
+    run_dir, broken = copy_run(run_dir, tmp_path / "run"), tmp_path / "data"
+    shutil.copytree(data, broken)
+    train = [
+        r["path"] for r in csv.DictReader(RunDir(run_dir).split.open()) if r["subset"] == "train"
+    ]
+    for path in train[2:]:
+        (broken / path).write_bytes(b"junk")
+    gate = RunDir(run_dir).ood.read_bytes()
+    assert main(["fit-ood", str(run_dir), "--data", str(broken)]) != 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"(train side): only 2 of its {len(train)} images could be read; at least 90%" in err
+    assert RunDir(run_dir).ood.read_bytes() == gate and "Traceback" not in err
+
+
 def test_a_run_without_an_ood_model_still_gates_by_sanity_and_header(run_dir, tmp_path):
     copy = tmp_path / "old-run"
     copy.mkdir()

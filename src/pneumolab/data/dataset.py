@@ -54,15 +54,19 @@ def decode_samples(
     return DecodedImages(pixels=pixels, samples=[s for s, _ in kept], skipped=skipped)
 
 
-def decode_readable(samples: Sequence[Sample], image_size: int, what: str) -> DecodedImages:
+def decode_readable(
+    samples: Sequence[Sample], image_size: int, what: str, min_share: float = 0.0
+) -> DecodedImages:
     """:func:`decode_samples`, refused (DataLayoutError) where not one image of ``what`` (words
-    naming the images, e.g. ``"DATA: the val split"``) could be read."""
+    naming the images, e.g. ``"DATA: the val split"``) could be read, or fewer than
+    ``min_share`` of them."""
     decoded = decode_samples(samples, image_size)
-    if not decoded.samples:
+    read, total = len(decoded.samples), len(decoded.samples) + len(decoded.skipped)
+    if not read or read < min_share * total:
         first = f" (the first: {decoded.skipped[0][1]})" if decoded.skipped else ""
-        raise DataLayoutError(
-            f"{what}: none of its {len(decoded.skipped)} images could be read{first}"
-        )
+        count = "none" if not read else f"only {read}"
+        needed = f"; at least {min_share:.0%} must be" if read else ""
+        raise DataLayoutError(f"{what}: {count} of its {total} images could be read{needed}{first}")
     return decoded
 
 

@@ -125,6 +125,10 @@ def ensemble_ood(ensemble: RunDir, members: Sequence[RunDir]) -> OodModel | None
     return OodModel.from_validation(ENSEMBLE_METHOD, None, np.mean(scores, axis=0), provenance)
 
 
+MIN_READABLE_SHARE = 0.9
+"""The share of a run's split images that must be readable for ``fit-ood`` to fit a gate."""
+
+
 def fit_run_ood(run_dir: str | Path, data_dir: str | Path) -> OodModel:
     """Fit (or refit) the OOD model of a finished run from its split's images under
     ``data_dir``, and write ``RUN_DIR/ood.safetensors``. An ensemble's members are fitted first
@@ -152,7 +156,13 @@ def _fit_single(run: RunDir, data_root: Path) -> OodModel:
     train_samples: list[Sample] = run.read_split(data_root, "train")
     index = fit_subset(len(train_samples))
     size, split = predictor.image_size, f"{data_root}: {run.root}'s split"
-    train = decode_readable([train_samples[i] for i in index], size, f"{split} (train side)")
-    val = decode_readable(run.read_split(data_root, "val"), size, f"{split} (validation side)")
+    # a data folder whose images mostly fail to read (a bad mount, a partial copy) would
+    # replace the run's gate with one fitted on a handful: refused before anything is written
+    train = decode_readable(
+        [train_samples[i] for i in index], size, f"{split} (train side)", MIN_READABLE_SHARE
+    )
+    val = decode_readable(
+        run.read_split(data_root, "val"), size, f"{split} (validation side)", MIN_READABLE_SHARE
+    )
     scorer = fit_scorer(model, predictor.intensity, train)
     return gated_validation_scores(model, predictor.intensity, scorer, val, run.root.name)[1]
