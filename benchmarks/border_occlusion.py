@@ -18,6 +18,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from pneumolab.data.dataset import decode_samples
+from pneumolab.explain.occlusion import occlusions
 from pneumolab.inference.predictor import Predictor
 from pneumolab.run import RunDir
 
@@ -46,13 +47,8 @@ def main() -> None:
     print("| images | ROC AUC | specificity | sensitivity |\n|---|---|---|---|")
     print(_row("clean", predictor, pixels, labels))
     for band in args.bands:
-        masked = pixels.clone()
-        masked[..., :band, :] = masked[..., -band:, :] = 0
-        masked[..., :, :band] = masked[..., :, -band:] = 0
-        print(_row(f"outer {band} px black", predictor, masked, labels))
-    border_only = pixels.clone()
-    border_only[..., 16:-16, 16:-16] = 0
-    print(_row("only the outer 16 px kept", predictor, border_only, labels))
+        print(_row(f"outer {band} px black", predictor, occlusions(pixels, band)[0], labels))
+    print(_row("only the outer 16 px kept", predictor, occlusions(pixels, 16)[1], labels))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ SECTIONS = (
     "errors",
     "samples",
     "saliency",
+    "occlusion",
 )
 
 
@@ -53,6 +54,7 @@ def test_report_is_self_contained(report):
     # the error galleries say which class each map shows; the saliency check counts empty maps
     assert "the evidence for NORMAL on a false negative" in text
     assert "<th>empty_maps</th>" in text
+    assert "<th>only the outer 3 px kept</th>" in text  # 10% of the tiny run's 32 px
     # the calibration maps' validation ECE is not passed off as what transfers
     assert "were fitted on these same images: their ECE here is in-sample" in text
     assert "raised ECE from 0.026 (raw) to 0.143 (the Platt fit of before 2026-12-07" in text

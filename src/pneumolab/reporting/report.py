@@ -25,6 +25,7 @@ from pneumolab.evaluation.metrics import SCALAR_METRICS, format_interval, format
 from pneumolab.evaluation.scoring import compute_evaluation
 from pneumolab.evaluation.writer import FIGURES, evaluation_figures, record_look
 from pneumolab.explain.gradcam import ExplainedClass, find_target_layer, gradcam, overlay_png
+from pneumolab.explain.occlusion import AUC_LOSS_FLAG, BORDER_ONLY_FLAG, border_occlusion
 from pneumolab.explain.sanity import saliency_sanity
 from pneumolab.files import atomic_write
 from pneumolab.inference.predictor import Predictor
@@ -198,7 +199,8 @@ def _saliency_html(predictor: Predictor, all_pixels: torch.Tensor, probs: np.nda
         '<p class="warn">Flagged: heat often lies on the image edge (possible shortcut learning: '
         "text markers, borders).</p>"
         if result["flagged"]
-        else "<p>Not flagged: the heat mostly lies inside the image.</p>"
+        else "<p>Not flagged: the heat mostly lies inside the image (a coarse map cannot rule "
+        "out an edge shortcut: the border occlusion below asks the model itself).</p>"
     )
     keys = (
         "n",
@@ -220,6 +222,34 @@ def _saliency_html(predictor: Predictor, all_pixels: torch.Tensor, probs: np.nda
         "not in <code>n</code>.</p>"
     )
     return note + verdict + f"<table>{rows}</table>"
+
+
+def _occlusion_html(predictor: Predictor, pixels: torch.Tensor, labels: np.ndarray) -> str:
+    if len(np.unique(labels)) < 2:
+        return "<p>Not computed: the split holds one class only (ROC AUC needs both).</p>"
+    result = border_occlusion(predictor.backend, pixels, labels)
+    verdict = (
+        '<p class="warn">Flagged: the model needs the image border or can work from it alone '
+        "(possible shortcut learning: text markers, collimation edges).</p>"
+        if result.flagged
+        else "<p>Not flagged: the model keeps its ranking without the border and cannot rank "
+        "the images from the border alone.</p>"
+    )
+    rows = "".join(
+        f"<tr><th>{name}</th><td>{format_metric(value)}</td></tr>"
+        for name, value in (
+            ("as they are", result.clean_roc_auc),
+            (f"outer {result.band_px} px black", result.border_black_roc_auc),
+            (f"only the outer {result.band_px} px kept", result.border_only_roc_auc),
+        )
+    )
+    note = (
+        f"<p>ROC AUC of the split scored again with its outer 10% band ({result.band_px} px at "
+        "the model's input size) set to black, and with only that band kept. Flagged when "
+        f"blacking the band out costs more than {AUC_LOSS_FLAG:g} of ROC AUC, or the band alone "
+        f"ranks the images above {BORDER_ONLY_FLAG:g}.</p>"
+    )
+    return note + verdict + f"<table><tr><th>images</th><th>ROC AUC</th></tr>{rows}</table>"
 
 
 def _subtypes_html(subtypes: SubtypeMetrics, figures: dict[str, bytes]) -> str:
@@ -313,6 +343,11 @@ def build_report(
             "saliency",
             "Saliency sanity check",
             _saliency_html(predictor, evaluation.decoded.pixels, probs),
+        ),
+        (
+            "occlusion",
+            "Border occlusion",
+            _occlusion_html(predictor, evaluation.decoded.pixels, labels),
         ),
     ]
     title = html.escape(f"{run.root.name} — {split} (n={metrics.n}, {metrics.model})")
