@@ -30,6 +30,8 @@ def test_round_trip(tmp_path):
         ("target_sensitivity: 0\n", r"target sensitivity must be in \(0, 1\], got 0.0"),
         ("target_sensitivity: .nan\n", "target_sensitivity: Input should be a finite number"),
         ("no_such_setting: 1\n", "no_such_setting"),
+        ("epohcs: 1\n", r"unknown setting\(s\): epohcs \(did you mean epochs\?\)"),
+        ("image-size: 96\n", r"image-size \(did you mean image_size\?\)"),
         ("- a\n- b\n", "mapping"),
         ("epochs: [\n", "invalid YAML"),
     ],
@@ -178,3 +180,22 @@ def test_settings_the_combination_never_reads_are_recorded_as_their_defaults():
     assert frozen == TrainConfig(strategy="frozen")
     partial = TrainConfig(strategy="partial", unfreeze_stages=3, monitor="val_auc")
     assert partial.unfreeze_stages == 3 and "unfreeze_stages" not in inert_settings(partial)
+
+
+def test_precision_written_as_a_number_in_yaml_is_its_name(tmp_path):
+    """YAML reads `precision: 32` as the number 32, which was refused by a message listing '32'."""
+    path = tmp_path / "c.yaml"
+    path.write_text("precision: 32\n")
+    assert resolve_config(path).precision == "32"
+    path.write_text("precision: true\n")
+    with pytest.raises(ConfigError, match="precision"):
+        resolve_config(path)
+
+
+def test_settings_by_name_read_a_null_as_a_config_file_does():
+    """A null in a mapping (or a study's model entry) was dropped as an unset flag: the model
+    trained the built-in default network, where a config file refuses it."""
+    with pytest.raises(ConfigError, match="model: Input should be a valid string"):
+        resolve_config(settings={"model": None})
+    assert resolve_config(settings={"ema_decay": None}).ema_decay is None
+    assert resolve_config(None, {"epochs": None}, {"epochs": 9}).epochs == 9  # unset flag

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Hashable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeAlias
@@ -245,6 +246,12 @@ class TrainConfig(BaseModel):
         "(RUN_DIR/tensorboard/), mlflow (local store RUN_DIR/mlruns/, or $MLFLOW_TRACKING_URI)",
     )
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _number_precision_is_its_name(cls, value: Any) -> Any:
+        """``precision: 32`` in YAML is the number 32; the setting is the text ``"32"``."""
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
     @field_validator("weights", "teacher", mode="before")
     @classmethod
     def _blank_path_is_none(cls, value: Any) -> Any:
@@ -429,16 +436,35 @@ ConfigInput: TypeAlias = TrainConfig | Mapping[str, Any] | str | Path | None
 (``{"epochs": 2}``; the rest default), a YAML file's path (as ``--config FILE``) or None."""
 
 
+def unknown_settings(names: Iterator[str] | list[str]) -> str:
+    """The names that are no training setting, each with the closest ones (``epohcs`` →
+    ``epohcs (did you mean epochs?)``); empty when every name is one."""
+    fields = list(TrainConfig.model_fields)
+    unknown = []
+    for name in names:
+        if name not in fields:
+            close = difflib.get_close_matches(name.replace("-", "_"), fields, n=1, cutoff=0.6)
+            unknown.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return ", ".join(unknown)
+
+
 def resolve_config(
-    config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> TrainConfig:
-    """Merge defaults, then the YAML file, then non-None ``overrides`` (CLI flags)."""
+    """Merge defaults, then the YAML file, then ``settings`` (by name, as in a config file: a
+    None is a null there), then non-None ``overrides`` (CLI flags: an unset flag is None)."""
     values = load_yaml(config_file) if config_file else {}
+    values.update(settings or {})
     values.update(flags_given(overrides))
+    source = f"{config_file}: " if config_file else ""
+    unknown = unknown_settings(list(values))
+    if unknown:
+        raise ConfigError(f"{source}invalid training config (unknown setting(s): {unknown})")
     try:
         return TrainConfig(**values)
     except ValidationError as exc:
-        source = f"{config_file}: " if config_file else ""
         raise ConfigError(
             f"{source}invalid training config ({validation_problems(exc, 'config')})"
         ) from None

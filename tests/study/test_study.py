@@ -370,6 +370,8 @@ def test_a_compare_stopped_while_writing_leaves_nothing_that_blocks_its_rerun(
         ([{"model": "resnet18"}], "needs a 'name'"),
         ([{"name": "okmodel\n"}], "needs a 'name'"),  # it made a folder whose name ends in \n
         ([{"name": "a", "epochs": 0}], "epochs"),
+        # a null trained the built-in default network, not the one of 'defaults'
+        ([{"name": "a", "model": None}], r"\(a\): invalid training config \(model: Input should"),
     ],
 )
 def test_invalid_study_files_are_clear_errors(tmp_path, models, message):
@@ -379,6 +381,17 @@ def test_invalid_study_files_are_clear_errors(tmp_path, models, message):
     with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: .*{message}"):
         run_study(path, tmp_path / "data", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("block", ["defaults", "overrides"])
+def test_an_unknown_setting_of_the_shared_blocks_is_named_in_its_block(tmp_path, block):
+    """It was blamed on the first model: models[0] (a): invalid training config (bogus: ...)."""
+    path = tmp_path / "s.yaml"
+    study = {"defaults": dict(TINY), "models": [{"name": "a"}]}
+    study[block] = study.get(block, {}) | {"epohcs": 2}
+    path.write_text(yaml.safe_dump(study))
+    with pytest.raises(ConfigError, match=rf"^'{block}': unknown .*epohcs \(did you mean epochs"):
+        load_study(path).train_configs()
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from pneumolab.config import (
     load_yaml,
     network_settings,
     resolve_config,
+    unknown_settings,
 )
 from pneumolab.errors import ConfigError, validation_problems
 
@@ -87,6 +88,10 @@ class StudyConfig(BaseModel):
         ``overrides`` (CLI flags)."""
         configs: dict[str, TrainConfig] = {}
         entries: dict[str, dict[str, Any]] = {}
+        for block in ("defaults", "overrides"):
+            unknown = unknown_settings(list(getattr(self, block)))
+            if unknown:
+                raise ConfigError(f"'{block}': unknown training setting(s): {unknown}")
         given = self.overrides | flags_given(overrides)
         for index, entry in enumerate(self.models):
             entry = dict(entry)
@@ -107,7 +112,9 @@ class StudyConfig(BaseModel):
                     "(every model of a study uses the same validation split)"
                 )
             try:
-                configs[name] = resolve_config(None, self.defaults | entry | given)
+                configs[name] = resolve_config(
+                    None, flags_given(overrides), self.defaults | entry | self.overrides
+                )
                 entries[name] = entry
             except ConfigError as exc:
                 raise ConfigError(f"{where} ({name}): {exc}") from None

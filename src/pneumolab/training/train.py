@@ -92,7 +92,7 @@ def train_model(
     """
     run = RunDir(Path(out_dir))
     if isinstance(config, Mapping):  # settings by name, as in a config file
-        config = resolve_config(overrides=dict(config))
+        config = resolve_config(settings=config)
     elif isinstance(config, str | Path):  # the config file itself, as `--config FILE`
         config = resolve_config(config)
     elif config is not None and not isinstance(config, TrainConfig):
