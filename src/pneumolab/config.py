@@ -268,8 +268,9 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _compatible_options(self) -> TrainConfig:
-        """Cutmix pastes image boxes and a teacher scores images, so both need images, not the
-        ``frozen`` strategy's cached features; a teacher's P(pneumonia) is a binary target.
+        """Mixup blends image pairs, cutmix pastes image boxes and a teacher scores images, so all
+        three need images, not the ``frozen`` strategy's cached features (mixup mixed the
+        feature vectors there, under an image setting's name); a teacher's P(pneumonia) is a binary target.
         SWA keeps its average as the final epoch: it cannot share a run with EMA or with a
         best-epoch ``monitor``, needs an epoch before its own, and recomputes every batch-norm
         layer's statistics (``partial`` keeps the frozen stages'). Head epochs need pretrained
@@ -283,7 +284,7 @@ class TrainConfig(BaseModel):
                 "strategy 'frozen' needs pretrained weights (a frozen random backbone learns "
                 "nothing); use 'finetune' to train from scratch"
             )
-        for option in ("cutmix_alpha", "teacher"):
+        for option in ("mixup_alpha", "cutmix_alpha", "teacher"):
             if getattr(self, option) and self.strategy == "frozen":
                 raise ValueError(
                     f"{option} needs images: strategy frozen trains on cached features"

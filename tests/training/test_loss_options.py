@@ -148,6 +148,8 @@ def test_swa_without_batch_norm_keeps_the_average(synthetic_data, tmp_path):
         (dict(ema_decay=0.9), "choose one"),
         (dict(epochs=2), "fewer than epochs"),
         (dict(swa_epochs=0, cutmix_alpha=1.0, strategy="frozen"), "needs images"),
+        # it mixed the cached feature vectors, recorded as image mixup
+        (dict(swa_epochs=0, mixup_alpha=0.4, strategy="frozen"), "mixup_alpha needs images"),
         (dict(strategy="partial"), "frozen stages' statistics"),
     ],
 )

@@ -48,7 +48,8 @@ class BatchAugmentation(torch.nn.Module):
     per image, applied with a handful of batched tensor operations (one ``grid_sample`` for the
     geometry), so it runs on the training device beside the model instead of image by image in
     loader workers (``strength`` 0 = none, up to 3; the ranges of the base policy and the wider
-    crops scale with it, the ``acquisition`` steps below do not).
+    crops scale with it, and so does the ``acquisition`` uneven exposure, ±25 % x strength;
+    its collimation bands and resolution loss do not).
 
     Per image: a random resized crop (area 70-100 %, aspect 0.85-1.15) composed with a rotation
     (±10°) and a shift (±5 %), zero fill; brightness and contrast (±30 %), gamma (1/1.5-1.5);
@@ -60,8 +61,8 @@ class BatchAugmentation(torch.nn.Module):
     batch, black collimation bands (3-12 % of the side, each side with probability 0.35: of
     the images that get them, about five in six have one or two banded sides, one in six three
     or four; 41 % of all images are banded), resolution loss (down to 50-80 % and back up, one factor per
-    batch) and uneven exposure (a smooth 4x4 gain field, ±25 %, upsampled bicubically: 98 % of it
-    within ±26 %, its overshoot reaching 0.63-1.36 at the extremes).
+    batch) and uneven exposure (a smooth 4x4 gain field, ±25 % at strength 1, upsampled
+    bicubically: 98 % of it within ±26 %, its overshoot reaching 0.63-1.36 at the extremes).
     """
 
     def __init__(self, strength: float = 1.0, acquisition: bool = False) -> None:
