@@ -195,6 +195,40 @@ def test_fetch_from_zip_needs_no_network(
     assert archive.exists()
 
 
+def test_a_digest_written_with_its_prefix_or_spaces_is_the_digest(tmp_path: Path, archive: Path):
+    """`sha256:<hex>` (as registries write it) failed the check after the whole download, which
+    was then deleted."""
+    sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+    root = fetch(
+        tmp_path / "data", from_zip=archive, sha256=f" sha256:{sha.upper()} ", progress=False
+    )
+    assert (root / "train").is_dir()
+
+
+@pytest.mark.parametrize("digest", ["abc", "g" * 64, "0" * 63])
+def test_a_digest_that_cannot_be_one_is_refused_before_downloading(tmp_path: Path, digest: str):
+    with pytest.raises(FetchError, match=r"not a SHA-256 digest \(64 hexadecimal digits\)"):
+        fetch(tmp_path / "data", url="http://127.0.0.1:9/never.zip", sha256=digest)
+    assert not (tmp_path / "data").exists()
+
+
+def test_url_with_from_is_refused_as_ignored(tmp_path: Path, capsys):
+    from pneumolab.cli import main
+
+    command = [
+        "data",
+        "fetch",
+        "--out",
+        str(tmp_path / "d"),
+        "--from",
+        "a.zip",
+        "--url",
+        "http://x",
+    ]
+    assert main(command) == 2
+    assert "--url with --from (the local zip is unpacked" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", ["../evil.txt", "chest_xray/../../evil.txt", "ABSOLUTE"])
 def test_zip_slip_rejected(tmp_path: Path, name: str) -> None:
     outside = tmp_path / "outside" / "evil.txt"

@@ -31,6 +31,8 @@ def ignored_flags(args: argparse.Namespace) -> list[str]:
             for flag, given in (("--opset", args.opset is not None), ("--verify", args.verify))
             if given
         ]
+    if args.command == "data" and args.data_command == "fetch" and args.from_zip and args.url:
+        ignored.append("--url with --from (the local zip is unpacked, nothing is downloaded)")
     if args.command == "report" and args.overwrite and args.out is None:
         ignored.append("--overwrite without --out (the run's own report.html is always replaced)")
     if args.command != "predict":

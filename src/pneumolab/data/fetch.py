@@ -54,6 +54,16 @@ def _total_size(response: http.client.HTTPResponse, resumed: bool) -> int | None
     return int(length) if length and length.isdigit() else None
 
 
+def sha256_digest(text: str) -> str:
+    """An expected SHA-256 as 64 lowercase hex digits (spaces and a ``sha256:`` prefix, as
+    checksum files and registries write it, dropped); FetchError for anything else, before a
+    download that a wrong digest would have deleted."""
+    digest = text.strip().lower().removeprefix("sha256:").strip()
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise FetchError(f"--sha256 {text!r}: not a SHA-256 digest (64 hexadecimal digits)")
+    return digest
+
+
 def _check_sha256(path: Path, expected: str, *, remove: bool) -> None:
     """Raise FetchError (deleting ``path`` if ``remove``) when its SHA-256 differs from expected."""
     actual = sha256_of(path)
@@ -75,6 +85,7 @@ def download(
 ) -> Path:
     """Download url to dest, resuming a partial `dest.with_suffix(dest.suffix + '.part')` with an
     HTTP Range request; verify size/sha256; atomically rename .part to dest."""
+    sha256 = sha256_digest(sha256) if sha256 else None
     if urllib.parse.urlsplit(url).scheme not in ("http", "https", "file"):
         raise FetchError(
             f"{url}: not a download address (it needs http://, https:// or file://); "
@@ -266,6 +277,7 @@ def fetch(
     """Get the archive (download into out_dir/ChestXRay2017.zip unless from_zip is given or it
     is already there), verify, extract into out_dir, return the dataset root."""
     out_dir = Path(out_dir)
+    sha256 = sha256_digest(sha256) if sha256 else None
     archive = Path(from_zip) if from_zip is not None else out_dir / ARCHIVE_NAME
     if from_zip is None and not archive.exists():
         download(url, archive, sha256=sha256, progress=progress)
