@@ -410,6 +410,22 @@ def test_invalid_ensembles_are_clear_errors(tmp_path, ensembles, message):
         load_study(path).train_configs()
 
 
+def test_a_flag_no_model_of_the_study_reads_is_refused(tmp_path, capsys):
+    """It was recorded in the study's copy as applied, while every run trained without it."""
+    models = [{"name": "a", "model": "pneumolab_cnn_small"}, {"name": "b", "swa_epochs": 1, "epochs": 2,
+              "monitor": "last", "model": "pneumolab_cnn_small", "lr": 0.01}]  # fmt: skip
+    path = _study_file(tmp_path / "s.yaml", models)
+    out, data = tmp_path / "out", tmp_path / "data"
+    command = ["study", str(path), "--data", str(data), "--out", str(out)]
+    assert main([*command, "--early-stopping-patience", "9", "--unfreeze-stages", "4"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "these flags would be ignored: --unfreeze-stages with --strategy finetune" in err
+    assert "--early-stopping-patience with --monitor last" in err and not out.exists()
+    # read by one model (b averages weights): not refused here; it fails on the missing data
+    assert main([*command, "--swa-lr", "0.5"]) == 2
+    assert "would be ignored" not in capsys.readouterr().err
+
+
 def test_a_run_directory_is_not_a_study_folder(tiny_run, tmp_path):
     run = copy_run(tiny_run[0], tmp_path / "run")
     before = sorted(p.name for p in run.iterdir())

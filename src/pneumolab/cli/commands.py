@@ -118,7 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     config = None if args.resume else resolve_config(args.config, overrides)
     if config is not None:
-        refuse_inert_flags(config, overrides)
+        refuse_inert_flags([config], overrides)
     run = train(args.data, args.out, config, resume=args.resume)
     if global_rank() != 0:  # rank 0 finishes the run and reports it
         return 0
@@ -174,11 +174,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_study(args: argparse.Namespace) -> int:
     """`pneumolab study`: train, compare and select the models and ensembles of a study file."""
     from pneumolab.cli.config_flags import config_overrides
+    from pneumolab.cli.flag_checks import refuse_inert_flags
     from pneumolab.cli.tables import comparison_table
+    from pneumolab.study.config import load_study
     from pneumolab.study.runner import run_study
     from pneumolab.training.distributed import global_rank
 
-    result = run_study(args.config, args.data, args.out, config_overrides(args))
+    overrides = config_overrides(args)
+    try:  # run_study reads the file again and names it in any problem
+        configs = load_study(args.config).train_configs(overrides)
+    except ConfigError:
+        configs = {}
+    refuse_inert_flags(list(configs.values()), overrides)
+    result = run_study(args.config, args.data, args.out, overrides)
     if global_rank() != 0:  # rank 0 compares the models and reports
         return 0
     stdout.print(comparison_table(result.rows, f"study {args.config} — validation split"))

@@ -4,7 +4,7 @@ the command would ignore is refused here, before anything loads, instead of doin
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pneumolab.errors import ConfigError
@@ -59,16 +59,16 @@ def refuse_ignored_flags(args: argparse.Namespace) -> None:
         raise ConfigError(f"these flags would be ignored: {'; '.join(ignored)}")
 
 
-def refuse_inert_flags(config: TrainConfig, given: Mapping[str, Any]) -> None:
-    """ConfigError listing each training flag ``given`` that ``config`` (the config file and
-    flags together) never reads (:func:`~pneumolab.config.inert_settings`)."""
+def refuse_inert_flags(configs: Sequence[TrainConfig], given: Mapping[str, Any]) -> None:
+    """ConfigError listing each training flag ``given`` that none of ``configs`` (the config
+    file and flags together; a study's models) reads (:func:`~pneumolab.config.inert_settings`)."""
     from pneumolab.config import inert_settings
 
-    inert = inert_settings(config)
+    inert = [inert_settings(config) for config in configs]
     ignored = [
-        f"{_flag(name)} {inert[name]}"
+        f"{_flag(name)} {inert[0][name]}"
         for name, value in given.items()
-        if value is not None and name in inert
+        if value is not None and inert and all(name in settings for settings in inert)
     ]
     if ignored:
         raise ConfigError(f"these flags would be ignored: {'; '.join(ignored)}")
