@@ -106,3 +106,14 @@ def test_shift_specificity_without_a_model_at_the_floor_takes_the_closest_and_sa
     reason = _floor_reason(rows[1], 0.97)
     assert "0.9000" in reason and "no model kept the target sensitivity 0.97" in reason
     assert "at least the target 0.97" in _floor_reason(_shifted("kept", 0.97, 0.5), 0.97)
+
+
+def test_a_comparison_into_a_run_directory_is_refused(tiny_run, capsys):
+    """It wrote results.*, margins.md and confusion/ among the run's own files."""
+    from pneumolab.cli import main
+
+    run_dir, data = tiny_run
+    before = sorted(p.name for p in run_dir.iterdir())
+    assert main(["compare", str(run_dir), "--data", str(data), "--out", str(run_dir)]) == 2
+    assert "is a run directory; give the comparison a folder of its own" in capsys.readouterr().err
+    assert sorted(p.name for p in run_dir.iterdir()) == before

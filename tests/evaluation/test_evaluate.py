@@ -202,10 +202,14 @@ def test_a_split_with_no_readable_image_is_a_clear_error(trained, tmp_path):
         copy = broken / image.relative_to(data)
         copy.parent.mkdir(parents=True, exist_ok=True)
         copy.write_bytes(b"not an image")
+    run = RunDir(copy_run(run_dir, tmp_path / "run"))
+    (run.root / "test_evaluations.jsonl").unlink(missing_ok=True)
     with pytest.raises(
         DataLayoutError, match=r"the test split: none of its 20 images could be read"
     ):
-        evaluate(run_dir, broken, split="test", device="cpu")
+        evaluate(run.root, broken, split="test", device="cpu")
+    # a look that failed left an empty held-out log behind, as if the run had one
+    assert not (run.root / "test_evaluations.jsonl").exists()
 
 
 def test_scores_that_are_not_numbers_are_named_not_a_traceback(trained):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumolab.choices import BackendName, Split
-from pneumolab.errors import DataLayoutError, RunDirError
+from pneumolab.errors import DataLayoutError, OutputError, RunDirError
 from pneumolab.evaluation.figures import confusion_matrix_figure, model_bars_figure, save_figure
 from pneumolab.evaluation.metrics import format_interval, format_metric
 from pneumolab.evaluation.scoring import compute_evaluation
@@ -295,7 +295,10 @@ def check_comparison(
 ) -> list[str]:
     """What :func:`compare_runs` refuses before it scores anything (a table already in
     ``out_dir`` without ``overwrite``, a run given twice), for callers that prepare the runs
-    first (an export); the runs' names in the table."""
+    first (an export); the runs' names in the table. A run directory as ``out_dir`` is
+    refused (its tables and confusion figures would sit among the run's files)."""
+    if RunDir(Path(out_dir)).looks_like_run:
+        raise OutputError(f"{out_dir}: is a run directory; give the comparison a folder of its own")
     for path in [*comparison_files(Path(out_dir)).values(), Path(out_dir) / MARGINS]:
         check_output(path, overwrite)
     return _unique_names([Path(d) for d in run_dirs])

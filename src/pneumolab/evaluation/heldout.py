@@ -47,9 +47,15 @@ def _git_commit() -> str | None:
 
 def check_test_log(run: RunDir) -> None:
     """OSError naming the log where a look at the test split could not be recorded (a
-    read-only run folder, say), raised before the look: figures seen are figures counted."""
-    with (run.root / TEST_LOG).open("a"):
+    read-only run folder, say), raised before the look: figures seen are figures counted. A
+    log it had to create to find out is removed again (a look that then fails left an empty
+    one behind)."""
+    log = run.root / TEST_LOG
+    existed = log.exists()
+    with log.open("a"):
         pass
+    if not existed:
+        log.unlink()
 
 
 def log_test_evaluation(run: RunDir) -> int:
