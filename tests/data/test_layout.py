@@ -188,6 +188,9 @@ def test_missing_root(tmp_path: Path) -> None:
         find_splits(missing)
     with pytest.raises(DataLayoutError, match="not found"):
         scan_dataset(missing)
+    missing.write_text("a file")  # it said "dataset folder not found" of a file that is there
+    with pytest.raises(DataLayoutError, match=r"nowhere: a file, not a dataset folder"):
+        find_splits(missing)
 
 
 def test_root_is_a_file(tmp_path: Path) -> None:

@@ -86,3 +86,11 @@ def test_a_manifest_that_is_not_utf8_says_how_to_save_it(tmp_path):
     manifest.write_bytes("path\ncafé.png\n".encode("latin-1"))  # Excel's plain "CSV"
     with pytest.raises(ConfigError, match=r"m\.csv: not UTF-8 text \(byte 8: .*CSV UTF-8"):
         read_manifest(manifest)
+
+
+def test_a_folder_given_as_the_manifest_is_called_a_folder(tmp_path):
+    """It said "manifest file not found" of a folder that is there."""
+    with pytest.raises(ConfigError, match=r": a folder, not a manifest file"):
+        read_manifest(tmp_path)
+    with pytest.raises(ConfigError, match=r"gone\.csv: manifest file not found"):
+        read_manifest(tmp_path / "gone.csv")

@@ -56,6 +56,8 @@ def find_splits(root: Path, required: str = "train") -> dict[str, Path]:
     """Return the split folders present under ``root`` (``required`` must be one of them),
     matched case-insensitively."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DataLayoutError(f"{root}: a file, not a dataset folder (ROOT/train/CLASS/images)")
     if not root.is_dir():
         raise DataLayoutError(f"{root}: dataset folder not found (run `pneumolab data fetch`?)")
     children = _child_dirs_by_name(root)

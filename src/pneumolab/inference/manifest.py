@@ -23,7 +23,10 @@ def read_manifest(manifest: str | Path) -> list[Path]:
     is not text, and a manifest without rows. Errors name the file."""
     manifest = Path(manifest)
     if not manifest.is_file():
-        raise ConfigError(f"{manifest}: manifest file not found")
+        problem = (
+            "a folder, not a manifest file" if manifest.is_dir() else "manifest file not found"
+        )
+        raise ConfigError(f"{manifest}: {problem}")
     suffix = manifest.suffix.lower()
     try:
         if suffix == ".parquet":
