@@ -294,9 +294,11 @@ def test_compare_builds_the_same_table_from_runs(study, tmp_path, capsys):
     assert margins.count("| small |") + margins.count("| separable |") == 2
     table = (out / "results.md").read_text()
     assert "worst AUC / specificity (perturbed)" in table
-    assert "AUC / specificity (compound shift)" in table
+    assert "AUC / sensitivity / specificity (compound shift)" in table
+    assert all(0 <= float(r["shift_sensitivity"]) <= 1 for r in rows)
     printed = capsys.readouterr().out
     assert "worst AUC" in printed and "shift AUC" in printed and "shift spec." in printed
+    assert "shift sens." in printed
     assert (out / "results.png").is_file()
     assert (out / "confusion" / "separable.png").is_file()
 
