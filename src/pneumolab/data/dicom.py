@@ -38,6 +38,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -303,7 +304,7 @@ def _voi(pixels: np.ndarray, ds: Dataset) -> tuple[np.ndarray, float, float] | N
     return None
 
 
-def _first(value: object) -> object:
+def _first(value: Any) -> Any:
     """The first of a multi-valued element's values (the window pydicom applies), else it."""
     return value[0] if isinstance(value, Sequence) and not isinstance(value, str) else value
 

@@ -89,9 +89,9 @@ class StudyConfig(BaseModel):
         configs: dict[str, TrainConfig] = {}
         entries: dict[str, dict[str, Any]] = {}
         for block in ("defaults", "overrides"):
-            unknown = unknown_settings(list(getattr(self, block)))
-            if unknown:
-                raise ConfigError(f"'{block}': unknown training setting(s): {unknown}")
+            strangers = unknown_settings(list(getattr(self, block)))
+            if strangers:
+                raise ConfigError(f"'{block}': unknown training setting(s): {strangers}")
         given = self.overrides | flags_given(overrides)
         for index, entry in enumerate(self.models):
             entry = dict(entry)
