@@ -268,9 +268,8 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _compatible_options(self) -> TrainConfig:
-        """Mixup blends image pairs, cutmix pastes image boxes and a teacher scores images, so all
-        three need images, not the ``frozen`` strategy's cached features (mixup mixed the
-        feature vectors there, under an image setting's name); a teacher's P(pneumonia) is a binary target.
+        """Cutmix pastes image boxes and a teacher scores images, so both need images, not the
+        ``frozen`` strategy's cached features (mixup too: :func:`check_new_training`); a teacher's P(pneumonia) is a binary target.
         SWA keeps its average as the final epoch: it cannot share a run with EMA or with a
         best-epoch ``monitor``, needs an epoch before its own, and recomputes every batch-norm
         layer's statistics (``partial`` keeps the frozen stages'). Head epochs need pretrained
@@ -284,7 +283,7 @@ class TrainConfig(BaseModel):
                 "strategy 'frozen' needs pretrained weights (a frozen random backbone learns "
                 "nothing); use 'finetune' to train from scratch"
             )
-        for option in ("mixup_alpha", "cutmix_alpha", "teacher"):
+        for option in ("cutmix_alpha", "teacher"):
             if getattr(self, option) and self.strategy == "frozen":
                 raise ValueError(
                     f"{option} needs images: strategy frozen trains on cached features"
@@ -435,6 +434,17 @@ def flags_given(overrides: dict[str, Any] | None) -> dict[str, Any]:
 ConfigInput: TypeAlias = TrainConfig | Mapping[str, Any] | str | Path | None
 """What :func:`pneumolab.train` takes as its config: a :class:`TrainConfig`, settings by name
 (``{"epochs": 2}``; the rest default), a YAML file's path (as ``--config FILE``) or None."""
+
+
+def check_new_training(config: TrainConfig) -> None:
+    """ConfigError for what a new training refuses though a finished run's config.yaml may
+    hold it (such runs still load): mixup under ``frozen``, which mixed the cached feature
+    vectors under an image setting's name until 2026-12-07."""
+    if config.strategy == "frozen" and config.mixup_alpha:
+        raise ConfigError(
+            "mixup_alpha needs images: strategy frozen trains on cached features (mixup there "
+            "would mix feature vectors)"
+        )
 
 
 def unknown_settings(names: Iterator[str] | list[str]) -> str:

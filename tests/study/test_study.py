@@ -492,12 +492,16 @@ def test_a_distillation_teacher_is_checked_before_any_training(tiny_run, tmp_pat
                        "teacher, listed after it: list teacher first"):  # fmt: skip
         _check_outputs(study, {"student": taught, "teacher": plain}, [])
     _check_outputs(study, {"teacher": plain, "student": taught}, [])  # trained before it
+    other = "clahe" if plain.intensity != "clahe" else "none"
+    unlike_first = TrainConfig(**(TINY_TRAINING | {"intensity": other}))
+    with pytest.raises(ConfigError, match="model student: its teacher, the study's model teacher, "
+                       f"normalises intensity with '{other}'"):  # fmt: skip
+        _check_outputs(study, {"teacher": unlike_first, "student": taught}, [])  # once it trained
     with pytest.raises(ConfigError, match=r"model teacher: .*a model cannot teach itself"):
         _check_outputs(study, {"teacher": taught}, [])
     gone = TrainConfig(**TINY_TRAINING, teacher=str(tmp_path / "gone"))
     with pytest.raises(ConfigError, match=r"model student: .*gone: run directory not found"):
         _check_outputs(study, {"a": plain, "student": gone}, [])
-    other = "clahe" if plain.intensity != "clahe" else "none"
     unlike = TrainConfig(**(TINY_TRAINING | {"intensity": other}), teacher=str(run_dir))
     with pytest.raises(ConfigError, match=f"model student: teacher .* the student with '{other}'"):
         _check_outputs(study, {"student": unlike}, [])

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from conftest import TINY_TRAINING
 from pneumolab.config import TrainConfig
+from pneumolab.errors import ConfigError
 from pneumolab.models.registry import create_classifier
 from pneumolab.pipeline.train import train
 from pneumolab.run import RunDir
@@ -148,8 +149,6 @@ def test_swa_without_batch_norm_keeps_the_average(synthetic_data, tmp_path):
         (dict(ema_decay=0.9), "choose one"),
         (dict(epochs=2), "fewer than epochs"),
         (dict(swa_epochs=0, cutmix_alpha=1.0, strategy="frozen"), "needs images"),
-        # it mixed the cached feature vectors, recorded as image mixup
-        (dict(swa_epochs=0, mixup_alpha=0.4, strategy="frozen"), "mixup_alpha needs images"),
         (dict(strategy="partial"), "frozen stages' statistics"),
     ],
 )
@@ -198,3 +197,17 @@ def test_label_smoothing_outside_its_range_is_refused(value):
 
     with pytest.raises(ValidationError):
         TrainConfig(label_smoothing=value)
+
+
+def test_mixup_under_frozen_is_refused_for_a_new_training_only(tmp_path):
+    """It mixed the cached feature vectors, recorded as image mixup; runs trained so before
+    still load (an ensemble, a resume and a teacher read their config.yaml)."""
+    from pneumolab.config import check_new_training
+
+    config = TrainConfig(strategy="frozen", pretrained=True, mixup_alpha=0.4)
+    with pytest.raises(ConfigError, match="mixup_alpha needs images"):
+        check_new_training(config)
+    with pytest.raises(ConfigError, match="mixup_alpha needs images"):
+        train(tmp_path / "data", tmp_path / "run", config)
+    assert not (tmp_path / "run").exists()
+    check_new_training(TrainConfig(strategy="frozen", pretrained=True))

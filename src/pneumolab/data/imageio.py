@@ -349,23 +349,25 @@ JPEG_MISSING_FILL = 128
 
 def _refuse_cut_jpeg(opened: Image.Image, path: Path) -> None:
     """ImageLoadError for a JPEG cut short but closed with its end marker (a copy interrupted,
-    then finished): the decoder fills the missing lower part with flat grey and Pillow shows
-    no sign of it (a JPEG cut without its marker fails in Pillow itself). Two or more bottom
-    rows of that exact grey, under an image that is not all of it: no complete X-ray of the
-    training set (5,276 checked) ends so; 104 of 106 cut copies did."""
+    then finished): the decoder fills the missing lower part with flat grey and Pillow hides
+    libjpeg's warning (a JPEG cut without its marker fails in Pillow itself). A decoded bottom
+    row of that exact grey is only a suspicion (an X-ray padded with grey ends so too): the
+    file is then decoded again by libjpeg-turbo with its warnings as errors (simplejpeg's
+    strict mode), and refused where that decoder says its data ended early."""
     if opened.format != "JPEG" or opened.mode not in ("L", "RGB"):
         return
-    pixels = np.asarray(opened)
-    if not (pixels[-1] == JPEG_MISSING_FILL).all():
+    bottom = np.asarray(opened.crop((0, opened.height - 1, opened.width, opened.height)))
+    if not (bottom == JPEG_MISSING_FILL).all():
         return
-    flat = (pixels == JPEG_MISSING_FILL).reshape(len(pixels), -1).all(axis=1)[::-1]
-    rows = len(flat) if flat.all() else int(np.argmin(flat))
-    if 2 <= rows < len(flat):
+    import simplejpeg
+
+    try:
+        simplejpeg.decode_jpeg(path.read_bytes(), colorspace="GRAY", strict=True, min_width=8)
+    except ValueError as exc:
         raise ImageLoadError(
-            f"{path}: truncated JPEG: its lowest {100 * rows / len(flat):.1f}% is the flat grey "
-            f"({JPEG_MISSING_FILL}) a decoder fills in where the image data ends early; copy "
-            "the file again from its source"
-        )
+            f"{path}: truncated or corrupt JPEG ({brief(str(exc))}): the decoder fills what "
+            "is missing with flat grey; copy the file again from its source"
+        ) from None
 
 
 def load_image(

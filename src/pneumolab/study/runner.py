@@ -26,7 +26,14 @@ from typing import Any
 import numpy as np
 import yaml
 
-from pneumolab.config import TrainConfig, flags_given, load_yaml, network_settings, resolve_config
+from pneumolab.config import (
+    TrainConfig,
+    check_new_training,
+    flags_given,
+    load_yaml,
+    network_settings,
+    resolve_config,
+)
 from pneumolab.data.layout import CLASS_NAMES, find_splits, scan_split
 from pneumolab.errors import (
     ConfigError,
@@ -109,40 +116,51 @@ def _check_ensemble_run(run: RunDir) -> None:
         )
 
 
-def _check_study_teacher(name: str, teacher: Path, study_dir: Path, names: list[str]) -> None:
-    """Refuse model ``name``'s ``teacher`` where it is a model of this study not trained before
-    it: itself, or one listed after it."""
-    later = [n for n in names if (study_dir / "runs" / n).resolve() == teacher.resolve()]
-    if later == [name]:
+def _check_study_teacher(
+    name: str, config: TrainConfig, study_dir: Path, configs: dict[str, TrainConfig]
+) -> None:
+    """Refuse model ``name``'s teacher where it is one of this study's models that could not
+    teach it: itself, one listed after it (not trained yet), or one that normalises intensity
+    otherwise (found only once that model had trained); a teacher outside the study is checked
+    as a finished run (:func:`check_teacher`)."""
+    teacher = Path(str(config.teacher)).resolve()
+    names = list(configs)
+    found = next((n for n in names if (study_dir / "runs" / n).resolve() == teacher), None)
+    if found is None:
+        check_teacher(teacher, config)
+    elif found == name:
         raise ConfigError("its teacher is its own run folder: a model cannot teach itself")
-    if later:
+    elif names.index(found) > names.index(name):
         raise ConfigError(
-            f"its teacher is the study's model {later[0]}, listed after it: list {later[0]} "
+            f"its teacher is the study's model {found}, listed after it: list {found} "
             "first, so it is trained before its student"
+        )
+    elif configs[found].intensity != config.intensity:
+        raise ConfigError(
+            f"its teacher, the study's model {found}, normalises intensity with "
+            f"{configs[found].intensity!r}, it with {config.intensity!r}: give them one intensity"
         )
 
 
 def _check_outputs(study_dir: Path, configs: dict[str, TrainConfig], ensembles: list[str]) -> None:
     """Every refusal that needs no training, before anything is written: unknown architectures,
     weights paths that do not exist, run folders holding other networks, a ``best`` that is not
-    a link, a distillation teacher that is not a finished single-network run (nor a model of
-    the study listed before its student)."""
-    trained_before: set[Path] = set()
+    a link, a distillation teacher that could not teach its student
+    (:func:`_check_study_teacher`)."""
     for name, config in configs.items():
         run = RunDir(study_dir / "runs" / name)
         started = run.is_complete() or run.last_checkpoint.is_file()  # its start weights used
         try:
             check_model_name(config.model)
             if not started:
+                check_new_training(config)
                 check_buildable(config)
                 if config.pretrained:
                     find_local_weights(config.model, config.weights)
-                if config.teacher and Path(config.teacher).resolve() not in trained_before:
-                    _check_study_teacher(name, Path(config.teacher), study_dir, list(configs))
-                    check_teacher(config.teacher, config)
+                if config.teacher:
+                    _check_study_teacher(name, config, study_dir, configs)
         except (ModelError, ConfigError, RunDirError) as exc:
             raise ConfigError(f"model {name}: {exc}") from None
-        trained_before.add(run.root.resolve())
         _check_model_run(config, run)
     for name in ensembles:
         _check_ensemble_run(RunDir(study_dir / "runs" / name))

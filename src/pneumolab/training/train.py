@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 from safetensors.torch import save
 
-from pneumolab.config import ConfigInput, TrainConfig, resolve_config
+from pneumolab.config import ConfigInput, TrainConfig, check_new_training, resolve_config
 from pneumolab.data.layout import find_splits
 from pneumolab.errors import ConfigError
 from pneumolab.files import write_bytes_atomically
@@ -108,6 +108,8 @@ def train_model(
         check_run_dir(run.root, resume)  # only reads: every rank checks
         config = resolve_config(run.config)
     config = config or TrainConfig()
+    if not resume:
+        check_new_training(config)
     # a run inside train/ or val/ would be read as images by the next training on this data
     check_apart(run.root, find_splits(Path(data_dir)).values())
     if global_rank() == 0:  # before the Trainer, whose banners would come first
