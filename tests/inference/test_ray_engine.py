@@ -220,6 +220,17 @@ def test_decoding_tasks_keep_the_predictors_pixel_limit(tmp_path):
 
 
 @needs_ray
+def test_gpus_the_cluster_lacks_are_refused_at_once(local_ray):
+    """On a machine without a GPU, --gpus-per-worker 1 waited for one without end."""
+    from pneumolab.inference.ray_engine import _connect
+
+    options = RayOptions(num_workers=1, cpus_per_worker=0.5, gpus_per_worker=1, batch_size=8)
+    with pytest.raises(ConfigError, match=r"1 worker\(s\) of 1 GPU need more than the cluster's 0"):
+        _connect(local_ray, options)
+    _connect(local_ray, RayOptions(num_workers=1, cpus_per_worker=0.5, batch_size=8))
+
+
+@needs_ray
 def test_replicas_on_gpus_get_a_batch_size(local_ray, predictor, images):
     """Ray refuses GPU replicas without a batch size (``You must provide `batch_size` to
     `map_batches` when requesting GPUs``): every --gpus-per-worker run stopped there."""

@@ -196,16 +196,24 @@ def check_reachable(address: str | None) -> None:
 
 def _connect(ray: Any, options: RayOptions) -> None:
     """Join the cluster at ``options.address`` (or start a local Ray) unless already joined;
-    check that the replicas leave a CPU for the decoding tasks (else the job would wait)."""
+    check that the replicas leave a CPU for the decoding tasks and find the GPUs they ask for
+    (else the job would wait for them without end)."""
     if not ray.is_initialized():
         check_reachable(options.address)
         ray.init(address=options.address, log_to_driver=False)
-    cpus = ray.cluster_resources().get("CPU", 0)
+    resources = ray.cluster_resources()
+    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
     if cpus - options.cpus_per_worker * options.num_workers < 1:
         raise ConfigError(
             f"{options.num_workers} worker(s) of {options.cpus_per_worker:g} CPU leave less "
             f"than one of the cluster's {cpus:g} CPUs for decoding; use fewer workers or a "
             "smaller --cpus-per-worker"
+        )
+    if options.gpus_per_worker * options.num_workers > gpus:
+        raise ConfigError(
+            f"{options.num_workers} worker(s) of {options.gpus_per_worker:g} GPU need more than "
+            f"the cluster's {gpus:g} GPUs (they would wait for them without end); use fewer "
+            "workers, a smaller --gpus-per-worker, or leave it out to score on CPUs"
         )
 
 
