@@ -101,3 +101,42 @@ def test_the_operating_points_provenance_is_text_not_markup(tiny_run, tmp_path):
     card = write_model_card(run).read_text()
     assert "r<b>x" not in card and "[a](http:e)" not in card
     assert "r&lt;b&gt;x&#124;\\[a\\](http:e)" in card
+
+
+def test_a_card_edited_since_pneumolab_wrote_it_is_kept(tiny_run, tmp_path, caplog):
+    """A site's note in the card was deleted, without a word, by the next report."""
+    run = RunDir(copy_run(tiny_run[0], tmp_path / "run"))
+    card = write_model_card(run)
+    write_model_card(run)  # as pneumolab wrote it: rewritten, nothing kept
+    assert sorted(p.name for p in run.root.glob("MODEL_CARD*")) == ["MODEL_CARD.md"]
+    card.write_text(
+        card.read_text().replace("## Intended use", "Site sign-off: 2026-12-07\n\n## Intended use")
+    )
+    edited = card.read_text()
+    write_model_card(run)
+    (kept,) = run.root.glob("MODEL_CARD.edited-*.md")
+    assert kept.read_text() == edited and "Site sign-off" not in card.read_text()
+    assert f"that version is kept as {kept.name}" in caplog.text
+    write_model_card(run)  # the rewritten card is pneumolab's again: no second copy
+    assert len(list(run.root.glob("MODEL_CARD.edited-*.md"))) == 1
+
+
+def test_the_card_names_the_seed_that_drew_the_split_and_the_images_left_out(tiny_run, tmp_path):
+    """It named `seed` where `split_seed` drew the split (a study's members), and stated
+    figures over the images it could read as the validation split's."""
+    import yaml
+
+    run = RunDir(copy_run(tiny_run[0], tmp_path / "run"))
+    config = yaml.safe_load(run.config.read_text())
+    run.config.write_text(yaml.safe_dump(config | {"seed": 3, "split_seed": 7}))
+    run.eval_dir("val").mkdir(parents=True)
+    skipped = {"skipped": ["/data/train/NORMAL/IM-0005-0001.png"], "n": 3}
+    metrics = evaluation_of(run.read_meta()) | skipped
+    (run.eval_dir("val") / "metrics.json").write_text(json.dumps(metrics))
+    card = write_model_card(run).read_text()
+    assert "no child on both sides), seed 7," in card
+    assert (
+        "1 image(s) of the split could not be read and are left out of these figures (n = 3)"
+        in card
+    )
+    assert "IM-0005-0001.png" in card

@@ -5,9 +5,13 @@ and, when present, ``eval/val/metrics.json`` (for the patient-level 95% interval
 from __future__ import annotations
 
 import csv
+import hashlib
+import itertools
 import logging
 import shlex
+import shutil
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -129,6 +133,26 @@ def _subtypes_section(meta: RunMeta) -> list[str]:
     return [*lines, ""]
 
 
+def _split_seed(settings: dict[str, object]) -> object:
+    """The seed that drew the split (``TrainConfig.data_seed``: ``split_seed``, else ``seed``)."""
+    split_seed = settings.get("split_seed")
+    return settings.get("seed", "—") if split_seed is None else split_seed
+
+
+def _skipped_line(metrics: BinaryMetrics) -> list[str]:
+    """The images of the split an evaluation could not read, which its figures leave out."""
+    skipped = getattr(metrics, "skipped", [])
+    if not skipped:
+        return []
+    shown = ", ".join(markdown_cell(path) for path in skipped[:10])
+    more = " ..." if len(skipped) > 10 else ""
+    return [
+        f"**{len(skipped)} image(s) of the split could not be read and are left out of these "
+        f"figures (n = {metrics.n})**: {shown}{more}",
+        "",
+    ]
+
+
 def _metrics_section(
     run: RunDir, meta: RunMeta, evaluated: EvaluationMetrics | None = None
 ) -> list[str]:
@@ -152,7 +176,7 @@ def _metrics_section(
             "From training (meta.json), **without confidence intervals**: "
             "`pneumolab report RUN_DIR --data DATA_DIR` rewrites this card with them."
         )
-    lines = [note, "", "| metric | value | 95% CI |", "|---|---|---|"]
+    lines = [note, "", *_skipped_line(metrics), "| metric | value | 95% CI |", "|---|---|---|"]
     for key in CARD_METRICS:
         ci = format_interval(intervals.get(key))
         lines.append(f"| {key} | {format_metric(getattr(metrics, key))} | {ci} |")
@@ -308,7 +332,7 @@ def model_card_text(run: RunDir, val_evaluation: EvaluationMetrics | None = None
         "",
         "Kermany et al. 2018 pediatric chest X-rays (`train/` folder). Validation is a "
         f"patient-grouped split carved from it ({_patients(run)} patient groups in all, no child on "
-        f"both sides), seed {split_config.get('seed', '—')}, validation fraction "
+        f"both sides), seed {_split_seed(split_config)}, validation fraction "
         f"{split_config.get('val_fraction', '—')}.",
         "",
         f"| side | {CLASS_NAMES[0]} | {CLASS_NAMES[1]} |",
@@ -345,6 +369,46 @@ def model_card_text(run: RunDir, val_evaluation: EvaluationMetrics | None = None
     return "\n".join(lines)
 
 
+CARD_MARK = "<!-- pneumolab model card; sha256 of the text above: "
+"""The card's last line begins so: the digest tells a card pneumolab wrote from an edited one."""
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _edited(card: Path) -> bool:
+    """Whether ``card`` differs from what pneumolab last wrote there (a card without the mark,
+    written before 2026-12-07 or with its last line removed, counts as edited)."""
+    body, found, mark = card.read_text(errors="replace").rpartition(f"\n{CARD_MARK}")
+    return not found or mark.split(" ", 1)[0] != _digest(body)
+
+
+def _keep_edited(card: Path) -> None:
+    """Copy an edited ``card`` to ``MODEL_CARD.edited-<UTC time>.md`` beside it, with a warning:
+    a site's notes (validation, sign-off) were lost when a report rewrote the card."""
+    if not card.is_file() or not _edited(card):
+        return
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    kept = card.with_name(f"MODEL_CARD.edited-{stamp}.md")
+    for number in itertools.count(2):
+        if not kept.exists():
+            break
+        kept = card.with_name(f"MODEL_CARD.edited-{stamp}-{number}.md")
+    shutil.copy2(card, kept)
+    log.warning(
+        "%s: not as pneumolab last wrote it (edited, or written before 2026-12-07): that "
+        "version is kept as %s",
+        card,
+        kept.name,
+    )
+
+
 def write_model_card(run: RunDir, val_evaluation: EvaluationMetrics | None = None) -> Path:
-    """Write ``RUN_DIR/MODEL_CARD.md`` (see :func:`model_card_text`) and return its path."""
-    return write_text_atomically(run.root / CARD_NAME, model_card_text(run, val_evaluation))
+    """Write ``RUN_DIR/MODEL_CARD.md`` (see :func:`model_card_text`), its last line a mark of
+    its digest, and return its path; a card edited since pneumolab wrote it is kept in a copy
+    first (:func:`_keep_edited`)."""
+    card = run.root / CARD_NAME
+    _keep_edited(card)
+    text = model_card_text(run, val_evaluation)
+    return write_text_atomically(card, f"{text}\n{CARD_MARK}{_digest(text)} -->\n")
