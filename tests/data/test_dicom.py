@@ -156,7 +156,11 @@ def test_a_window_of_width_below_one_is_ignored_with_a_warning(tmp_path, caplog,
         image = np.asarray(load_dicom(path)).astype(int)
     assert image.min() == 0 and image.max() == 255
     assert np.corrcoef(image.ravel(), RAMP_12BIT.ravel())[0, 1] > 0.99
-    assert f"{path}: Window Width {first} is no window" in caplog.text
+    assert f"{path}: DICOM Window Width {first} is no window" in caplog.text
+    # and in every result's warnings (predict, serve, audit): the image is not shown as its
+    # header asks
+    (warning,) = dicom_file_checks(path).warnings
+    assert warning.startswith(f"DICOM Window Width {first} is no window")
 
 
 def test_rescale_is_applied_before_the_window(tmp_path):

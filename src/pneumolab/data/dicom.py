@@ -276,6 +276,26 @@ def _lut_entries(data: bytes | int | Sequence[int] | None) -> int:
     return 1 if isinstance(data, int) else len(data)
 
 
+def unusable_window(ds: Dataset) -> str | None:
+    """Why the header's window cannot be applied (a width the standard does not allow, which
+    pydicom refuses), so the image is shown over its own range, as a viewer would; None where
+    the window is usable, absent or not the one applied (a VOI LUT goes first)."""
+    if ds.get("VOILUTSequence") or ds.get("WindowCenter") is None:
+        return None
+    try:
+        width = float(_first(ds.get("WindowWidth")))
+    except (TypeError, ValueError):  # absent, or no number: the loader names the latter
+        return None
+    exact = str(ds.get("VOILUTFunction", "")).upper() == "LINEAR_EXACT"
+    if width > 0 if exact else width >= 1:
+        return None
+    least = "more than 0" if exact else "at least 1"
+    return (
+        f"DICOM Window Width {width:g} is no window (the standard asks for {least}): shown over "
+        "the image's own range instead"
+    )
+
+
 def _voi(pixels: np.ndarray, ds: Dataset) -> tuple[np.ndarray, float, float] | None:
     """The VOI transform applied, with its output range; None when the file defines none.
 
@@ -288,15 +308,9 @@ def _voi(pixels: np.ndarray, ds: Dataset) -> tuple[np.ndarray, float, float] | N
         shown = apply_voi(np.rint(pixels).astype(np.int64), view)
         return shown, float(table.min()), float(table.max())
     if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
-        width = float(_first(ds.WindowWidth))
-        exact = str(ds.get("VOILUTFunction", "")).upper() == "LINEAR_EXACT"
-        if not (width > 0 if exact else width >= 1):  # what pydicom refuses, as a viewer would
-            log.warning(
-                "%s: Window Width %g is no window (the standard asks for at least 1): shown "
-                "over the image's own range instead",
-                ds.filename,
-                width,
-            )
+        problem = unusable_window(ds)
+        if problem:
+            log.warning("%s: %s", ds.filename, problem)
             return None
         # pydicom maps everything below/above the window to the ends of its output range
         low, high = apply_windowing(np.array([-np.inf, np.inf]), ds)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
-from pneumolab.data.dicom import pydicom_messages, read_dicom
+from pneumolab.data.dicom import pydicom_messages, read_dicom, unusable_window
 from pneumolab.data.imageio import DEFAULT_MAX_PIXELS
 from pneumolab.scope.checks import ScopeChecks
 
@@ -159,7 +159,8 @@ def header_checks(ds: Dataset) -> ScopeChecks:
         )
     if "LOCALIZER" in tags.get("ImageType", "").upper():
         reasons.append("DICOM ImageType LOCALIZER: a scout/planning image, not a radiograph")
-    return ScopeChecks(tuple(reasons), _age_warnings(ds), tags)
+    window = unusable_window(ds)
+    return ScopeChecks(tuple(reasons), (*_age_warnings(ds), *([window] if window else [])), tags)
 
 
 def dicom_file_checks(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ScopeChecks:
