@@ -598,3 +598,14 @@ def test_a_voi_lut_whose_descriptor_misstates_its_bit_depth_is_shown_over_its_en
     image = np.asarray(load_dicom(path)).astype(int)
     assert image.min() == 0 and image.max() == 255
     assert np.abs(image - np.round(RAMP_12BIT.astype(int) * 255 / 4095)).max() <= 1
+
+
+def test_a_sigmoid_window_below_one_is_a_window(tmp_path):
+    """The standard asks LINEAR for a width of at least 1, SIGMOID (and LINEAR_EXACT) for more
+    than 0: a SIGMOID width of 0.5 was dropped, with a warning in every result."""
+    path = write_dicom(
+        tmp_path / "a.dcm", RAMP_12BIT, bits_stored=12, WindowCenter=2048, WindowWidth=0.5,
+        VOILUTFunction="SIGMOID",
+    )  # fmt: skip
+    assert dicom_file_checks(path).warnings == ()
+    assert np.asarray(load_dicom(path)).max() > 0

@@ -484,6 +484,19 @@ def test_a_jpeg_cut_short_but_closed_with_its_end_marker_is_refused(tmp_path, si
         load_image(path, size_hint=size_hint)
 
 
+def test_a_grey_padded_jpeg_with_a_harmless_decoder_warning_loads(tmp_path):
+    """libjpeg warns of extraneous bytes or an unknown JFIF revision in whole files: only its
+    "premature end" says the data ended early."""
+    pixels = _noise(64, 64, seed=3)
+    pixels[40:] = 128
+    path = tmp_path / "padded.jpeg"
+    Image.fromarray(pixels).save(path, quality=90)
+    data = path.read_bytes()
+    assert data[6:11] == b"JFIF\x00"
+    path.write_bytes(data[:11] + b"\x02\x01" + data[13:])  # "unknown JFIF revision number 2.01"
+    assert load_image(path).mode == "L"
+
+
 @pytest.mark.parametrize("bottom", [0, 128])
 @pytest.mark.parametrize("progressive", [False, True])
 def test_a_whole_jpeg_with_a_flat_bottom_band_loads(tmp_path, bottom, progressive):

@@ -225,9 +225,26 @@ def test_gpus_the_cluster_lacks_are_refused_at_once(local_ray):
     from pneumolab.inference.ray_engine import _connect
 
     options = RayOptions(num_workers=1, cpus_per_worker=0.5, gpus_per_worker=1, batch_size=8)
-    with pytest.raises(ConfigError, match=r"1 worker\(s\) of 1 GPU need more than the cluster's 0"):
+    with pytest.raises(ConfigError, match=r"1 worker\(s\) of 1 GPU: the cluster's GPUs \(0 per"):
         _connect(local_ray, options)
     _connect(local_ray, RayOptions(num_workers=1, cpus_per_worker=0.5, batch_size=8))
+
+
+@pytest.mark.parametrize(
+    ("node_gpus", "per_worker", "slots"),
+    [
+        ([2], 0.6, 2),  # 0.6 + 0.6 does not fit on one GPU: 3 workers passed a total of 1.8
+        ([2], 0.25, 8),
+        ([1, 1], 2, 0),  # two GPUs, but on two nodes
+        ([4, 1], 2, 2),
+        ([0], 0.5, 0),
+        ([2], 0, 0),
+    ],
+)
+def test_gpu_slots_place_workers_as_ray_does(node_gpus, per_worker, slots):
+    from pneumolab.inference.ray_engine import gpu_slots
+
+    assert gpu_slots(node_gpus, per_worker) == slots
 
 
 @needs_ray

@@ -119,6 +119,28 @@ def test_a_card_edited_since_pneumolab_wrote_it_is_kept(tiny_run, tmp_path, capl
     assert f"that version is kept as {kept.name}" in caplog.text
     write_model_card(run)  # the rewritten card is pneumolab's again: no second copy
     assert len(list(run.root.glob("MODEL_CARD.edited-*.md"))) == 1
+    with card.open("a", encoding="utf-8") as f:  # a sign-off under the mark was not seen
+        f.write("Signed off: Dr X\n")
+    write_model_card(run)
+    assert len(list(run.root.glob("MODEL_CARD.edited-*.md"))) == 2
+
+
+def test_an_unedited_card_is_not_kept_under_a_locale_that_is_not_utf8(tiny_run, tmp_path):
+    """Read back in the locale's encoding, its dashes and × differed: a copy at every report."""
+    import os
+    import subprocess
+    import sys
+
+    run = RunDir(copy_run(tiny_run[0], tmp_path / "run"))
+    write_model_card(run)
+    env = os.environ | {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    code = (
+        "import sys; from pneumolab.reporting.model_card import write_model_card; "
+        "from pathlib import Path; from pneumolab.run import RunDir; "
+        "write_model_card(RunDir(Path(sys.argv[1])))"
+    )
+    subprocess.run([sys.executable, "-c", code, str(run.root)], env=env, check=True)
+    assert sorted(p.name for p in run.root.glob("MODEL_CARD*")) == ["MODEL_CARD.md"]
 
 
 def test_the_card_names_the_seed_that_drew_the_split_and_the_images_left_out(tiny_run, tmp_path):

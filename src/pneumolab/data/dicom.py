@@ -286,10 +286,11 @@ def unusable_window(ds: Dataset) -> str | None:
         width = float(_first(ds.get("WindowWidth")))
     except (TypeError, ValueError):  # absent, or no number: the loader names the latter
         return None
-    exact = str(ds.get("VOILUTFunction", "")).upper() == "LINEAR_EXACT"
-    if width > 0 if exact else width >= 1:
+    # LINEAR asks for a width of at least 1; LINEAR_EXACT and SIGMOID for more than 0
+    linear = str(ds.get("VOILUTFunction", "LINEAR")).upper() in ("", "LINEAR")
+    if width >= 1 if linear else width > 0:
         return None
-    least = "more than 0" if exact else "at least 1"
+    least = "at least 1" if linear else "more than 0"
     return (
         f"DICOM Window Width {width:g} is no window (the standard asks for {least}): shown over "
         "the image's own range instead"

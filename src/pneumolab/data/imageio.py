@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import cast
 
 import numpy as np
+import simplejpeg
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from pneumolab.data.formats import (
@@ -353,17 +354,18 @@ def _refuse_cut_jpeg(opened: Image.Image, path: Path) -> None:
     libjpeg's warning (a JPEG cut without its marker fails in Pillow itself). A decoded bottom
     row of that exact grey is only a suspicion (an X-ray padded with grey ends so too): the
     file is then decoded again by libjpeg-turbo with its warnings as errors (simplejpeg's
-    strict mode), and refused where that decoder says its data ended early."""
+    strict mode), and refused where that decoder says its data ended early (libjpeg's
+    "premature end of data segment" or "of JPEG file"; its other warnings pass)."""
     if opened.format != "JPEG" or opened.mode not in ("L", "RGB"):
         return
     bottom = np.asarray(opened.crop((0, opened.height - 1, opened.width, opened.height)))
     if not (bottom == JPEG_MISSING_FILL).all():
         return
-    import simplejpeg
-
     try:
         simplejpeg.decode_jpeg(path.read_bytes(), colorspace="GRAY", strict=True, min_width=8)
     except ValueError as exc:
+        if "premature end" not in str(exc).lower():  # another warning: the data is all there
+            return
         raise ImageLoadError(
             f"{path}: truncated or corrupt JPEG ({brief(str(exc))}): the decoder fills what "
             "is missing with flat grey; copy the file again from its source"

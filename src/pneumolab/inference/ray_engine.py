@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import socket
 from collections.abc import Sequence
@@ -194,6 +195,16 @@ def check_reachable(address: str | None) -> None:
         ) from None
 
 
+def gpu_slots(node_gpus: list[float], per_worker: float) -> int:
+    """How many workers of ``per_worker`` GPUs the nodes' GPUs can place: Ray puts a fraction
+    of a GPU on one GPU (``floor(1 / share)`` workers each) and whole GPUs on one node."""
+    if per_worker <= 0:
+        return 0
+    if per_worker < 1:
+        return sum(math.floor(gpus) * math.floor(1 / per_worker + 1e-9) for gpus in node_gpus)
+    return sum(math.floor(gpus / per_worker + 1e-9) for gpus in node_gpus)
+
+
 def _connect(ray: Any, options: RayOptions) -> None:
     """Join the cluster at ``options.address`` (or start a local Ray) unless already joined;
     check that the replicas leave a CPU for the decoding tasks and find the GPUs they ask for
@@ -201,19 +212,21 @@ def _connect(ray: Any, options: RayOptions) -> None:
     if not ray.is_initialized():
         check_reachable(options.address)
         ray.init(address=options.address, log_to_driver=False)
-    resources = ray.cluster_resources()
-    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    cpus = ray.cluster_resources().get("CPU", 0)
+    node_gpus = [node["Resources"].get("GPU", 0) for node in ray.nodes() if node.get("Alive")]
     if cpus - options.cpus_per_worker * options.num_workers < 1:
         raise ConfigError(
             f"{options.num_workers} worker(s) of {options.cpus_per_worker:g} CPU leave less "
             f"than one of the cluster's {cpus:g} CPUs for decoding; use fewer workers or a "
             "smaller --cpus-per-worker"
         )
-    if options.gpus_per_worker * options.num_workers > gpus:
+    slots = gpu_slots(node_gpus, options.gpus_per_worker)
+    if options.gpus_per_worker and slots < options.num_workers:
         raise ConfigError(
-            f"{options.num_workers} worker(s) of {options.gpus_per_worker:g} GPU need more than "
-            f"the cluster's {gpus:g} GPUs (they would wait for them without end); use fewer "
-            "workers, a smaller --gpus-per-worker, or leave it out to score on CPUs"
+            f"{options.num_workers} worker(s) of {options.gpus_per_worker:g} GPU: the cluster's "
+            f"GPUs ({', '.join(f'{g:g}' for g in node_gpus) or 'none'} per node) hold {slots} "
+            "(the others would wait for one without end); use fewer workers, a smaller "
+            "--gpus-per-worker, or leave it out to score on CPUs"
         )
 
 

@@ -380,8 +380,9 @@ def _digest(text: str) -> str:
 def _edited(card: Path) -> bool:
     """Whether ``card`` differs from what pneumolab last wrote there (a card without the mark,
     written before 2026-12-07 or with its last line removed, counts as edited)."""
-    body, found, mark = card.read_text(errors="replace").rpartition(f"\n{CARD_MARK}")
-    return not found or mark.split(" ", 1)[0] != _digest(body)
+    text = card.read_text(encoding="utf-8", errors="replace")  # as written, whatever the locale
+    body, found, mark = text.rpartition(f"\n{CARD_MARK}")
+    return not found or mark != f"{_digest(body)} -->\n"  # a line added after the mark too
 
 
 def _keep_edited(card: Path) -> None:
