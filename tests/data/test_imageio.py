@@ -471,12 +471,14 @@ def test_truncated_jpeg(tmp_path: Path, size_hint: int | None) -> None:
 
 
 @pytest.mark.parametrize("size_hint", [None, 16, 4])
-def test_a_jpeg_cut_short_but_closed_with_its_end_marker_is_refused(tmp_path, size_hint):
-    """Decoded without a word, its lower half the decoder's flat grey: a copy interrupted and
-    then finished, scored as a whole X-ray (at any decoding scale)."""
+@pytest.mark.parametrize("kept", [0.5, 0.95])
+def test_a_jpeg_cut_short_but_closed_with_its_end_marker_is_refused(tmp_path, size_hint, kept):
+    """Decoded without a word, its lower part the decoder's flat grey: a copy interrupted and
+    then finished, scored as a whole X-ray (at any decoding scale; cut inside its last row of
+    blocks too, where the bottom row is grey only at its right end)."""
     data = _real_jpeg_bytes()
     path = tmp_path / "person7_bacteria_1.jpeg"
-    path.write_bytes(data[: len(data) // 2] + b"\xff\xd9")
+    path.write_bytes(data[: int(len(data) * kept)] + b"\xff\xd9")
     with pytest.raises(
         ImageLoadError,
         match=r"person7_bacteria_1\.jpeg: truncated or corrupt JPEG \(Corrupt JPEG data: premature",

@@ -417,3 +417,44 @@ def test_an_image_given_twice_is_answered_once_on_stdout(tiny_run, images, capsy
     assert [json.loads(line)["source"] for line in capsys.readouterr().out.splitlines()] == [
         str(files[0])
     ]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_folder_unlisted_then_listed_loses_its_error_row(predictor, images, tmp_path, suffix):
+    """An empty inbox's "folder without images" row stayed beside the images it later held."""
+    inbox, out = tmp_path / "inbox", tmp_path / f"results{suffix}"
+    inbox.mkdir()
+    assert predict_to_file(predictor, [inbox], out, progress=False).failed == 1
+    shutil.copy(images[1][0], inbox / images[1][0].name)
+    summary = predict_to_file(predictor, [inbox], out, progress=False)
+    assert (summary.written, summary.failed) == (1, 0)
+    rows = _read(out)
+    assert [r["source"] for r in rows] == [str(inbox / images[1][0].name)]
+    assert not rows[0]["error"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_an_output_that_is_not_a_number_is_an_error_row_a_rerun_retries(
+    predictor, images, tmp_path, suffix
+):
+    """A NaN was written as a probability: the job said nothing failed, JSONL held a bare NaN,
+    and the next run refused the file as not a results file."""
+    import numpy as np
+
+    from pneumolab.inference.prediction import NOT_A_NUMBER
+    from pneumolab.inference.scores import Scores
+
+    broken = copy.copy(predictor)
+    scorer = predictor.scorer
+
+    def nan_scorer(pixels):
+        scores = scorer(pixels)
+        return Scores(np.full_like(scores.probability, np.nan), scores.ood)
+
+    broken.scorer = nan_scorer
+    out = tmp_path / f"results{suffix}"
+    summary = predict_to_file(broken, images[1][:2], out, progress=False)
+    assert (summary.written, summary.failed) == (2, 2)
+    assert [r["error"] for r in _read(out)] == [NOT_A_NUMBER] * 2
+    summary = predict_to_file(predictor, images[1][:2], out, progress=False)  # retried
+    assert (summary.written, summary.failed) == (2, 0)

@@ -96,3 +96,6 @@ def test_a_run_without_tta_threshold_keeps_its_threshold_and_says_so(tiny_run, t
         predictor = Predictor.from_run(run.root, tta=True)
     assert predictor.threshold == meta.threshold
     assert "has no TTA threshold" in caplog.text and str(run.root) in caplog.text
+    # its evaluation's metrics.json said so too (the log line is gone once the run ends)
+    (point,) = evaluate(run.root, tiny_run[1], "val", tta=True).operating_points.values()
+    assert "on validation scores WITHOUT test-time views" in point.provenance

@@ -350,16 +350,20 @@ JPEG_MISSING_FILL = 128
 
 def _refuse_cut_jpeg(opened: Image.Image, path: Path) -> None:
     """ImageLoadError for a JPEG cut short but closed with its end marker (a copy interrupted,
-    then finished): the decoder fills the missing lower part with flat grey and Pillow hides
-    libjpeg's warning (a JPEG cut without its marker fails in Pillow itself). A decoded bottom
-    row of that exact grey is only a suspicion (an X-ray padded with grey ends so too): the
-    file is then decoded again by libjpeg-turbo with its warnings as errors (simplejpeg's
-    strict mode), and refused where that decoder says its data ended early (libjpeg's
-    "premature end of data segment" or "of JPEG file"; its other warnings pass)."""
+    then finished): the decoder fills the missing blocks with flat grey and Pillow hides
+    libjpeg's warning (a JPEG cut without its marker fails in Pillow itself). A bottom-right
+    pixel of that exact grey (the last block is always among the missing ones) is only a
+    suspicion (an X-ray padded with grey ends so too): the file is then decoded again by
+    libjpeg-turbo with its warnings as errors (simplejpeg's strict mode), and refused where that
+    decoder says its data ended early (libjpeg's "premature end of data segment" or "of JPEG
+    file"; its other warnings pass). A cut inside the last block, whose pixels are then not
+    that grey, passes: at most the last 16 rows of the image differ."""
     if opened.format != "JPEG" or opened.mode not in ("L", "RGB"):
         return
-    bottom = np.asarray(opened.crop((0, opened.height - 1, opened.width, opened.height)))
-    if not (bottom == JPEG_MISSING_FILL).all():
+    corner = np.asarray(
+        opened.crop((opened.width - 1, opened.height - 1, opened.width, opened.height))
+    )
+    if not (corner == JPEG_MISSING_FILL).all():
         return
     try:
         simplejpeg.decode_jpeg(path.read_bytes(), colorspace="GRAY", strict=True, min_width=8)

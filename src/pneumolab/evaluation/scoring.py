@@ -69,8 +69,12 @@ def _operating_points(
     threshold (the stored points were chosen on scores without it)."""
     meta = predictor.meta
     if predictor.tta:
-        rule = f"{meta.threshold_rule}, on validation scores averaged over the test-time views"
-        provenance = rule if meta.tta_threshold is not None else meta.threshold_rule
+        provenance = (
+            f"{meta.threshold_rule}, on validation scores averaged over the test-time views"
+            if meta.tta_threshold is not None
+            else f"{meta.threshold_rule}, on validation scores WITHOUT test-time views (the run "
+            "stores no TTA threshold: it was trained before 2026-12-03)"
+        )
         points = {"tta": (predictor.threshold, provenance)}
     else:
         points = {

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from rich.progress import Progress
 
 from pneumolab.errors import ImageLoadError, OutputError
 from pneumolab.inference.inputs import expand_paths
-from pneumolab.inference.prediction import Prediction
+from pneumolab.inference.prediction import NOT_A_NUMBER, Prediction
 from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.results_file import (
     SCOPE_FIELDS,
@@ -50,19 +51,43 @@ def producer_of(predictor: Predictor) -> Producer:
     )
 
 
-def _resume(out: Path, fmt: Format, producer: Producer, sources: Sequence[Path]) -> set[str]:
+class RetriedSources(Container[str]):
+    """The sources a job scores again: its images, and the folders under the paths it was given
+    (an earlier run's error row of a folder it could not list, empty or unreadable then, is
+    retried: listed again, the folder gives its images or a new error row)."""
+
+    def __init__(self, sources: Iterable[str | Path], paths: Iterable[str | Path]) -> None:
+        self.sources = {str(source) for source in sources}
+        self.roots = [Path(os.path.realpath(path)) for path in paths]
+
+    def __contains__(self, source: object) -> bool:
+        if source in self.sources:
+            return True
+        folder = Path(str(source))
+        return folder.is_dir() and any(r == folder or r in folder.parents for r in self.roots)
+
+
+def _resume(out: Path, fmt: Format, producer: Producer, retried: RetriedSources) -> set[str]:
     """The sources already done in ``out``; the file is rewritten (atomically) without the
-    failed rows of ``sources`` (this job retries them: never listed twice) and any row cut
-    short by a kill. Failed rows of images this job does not score are kept."""
+    failed rows of the ``retried`` sources (never listed twice) and any row cut short by a
+    kill. Failed rows of images this job does not score are kept."""
     text = decode_text(out.read_bytes())
-    plan = plan_resume(text, fmt, producer, out, {str(source) for source in sources})
+    plan = plan_resume(text, fmt, producer, out, retried)
     if plan.rewrite:
         write_text_rows(out, fmt, plan.kept)
     return {row.source for row in plan.kept if not row.error}
 
 
+def given_paths(paths: str | Path | Sequence[str | Path]) -> list[str | Path]:
+    """The paths a job was given, as a list (one path alone too)."""
+    return [paths] if isinstance(paths, str | Path) else list(paths)
+
+
 def result_row(path: Path, prediction: Prediction, producer: Producer) -> ResultRow:
-    """The row of a predicted image (its scope verdict included)."""
+    """The row of a predicted image (its scope verdict included); an error row where the
+    model's output is not a number (a row of NaN made the file unreadable to a resume)."""
+    if not math.isfinite(prediction.probability):
+        return ResultRow(str(path), None, None, producer, NOT_A_NUMBER)
     verdict = prediction.to_dict()
     scope = tuple(verdict[k] for k in SCOPE_FIELDS)
     return ResultRow(str(path), prediction.probability, prediction.label, producer, "", scope)
@@ -126,7 +151,12 @@ def predict_to_file(
     check_not_an_input(out, files)
     with writing_alone(out):
         producer = producer_of(predictor)
-        done = _resume(out, fmt, producer, files) if out.exists() and not overwrite else set()
+        resumed = out.exists() and not overwrite
+        done = (
+            _resume(out, fmt, producer, RetriedSources(files, given_paths(paths)))
+            if resumed
+            else set()
+        )
         if overwrite or not out.exists():
             write_text_rows(out, fmt, [])
         todo = [p for p in files if str(p) not in done]
@@ -153,10 +183,10 @@ def _append_rows(
         # wrong images where a folder had gained files meanwhile
         for path, result, _ in predictor.score_files(todo, batch_size, workers):
             if isinstance(result, ImageLoadError):
-                failed += 1
                 row = ResultRow(str(path), None, None, producer, str(result))
             else:
                 row = result_row(path, result, producer)
+            failed += bool(row.error)
             f.write(encode(row, fmt))
             written += 1
             if written % batch_size == 0 or written == len(todo):

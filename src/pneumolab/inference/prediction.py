@@ -11,6 +11,8 @@ from pneumolab.scope.checks import ScopeChecks
 from pneumolab.scope.ood import MAX_FLAGGED_VALIDATION
 
 OUT_OF_SCOPE_LABEL = "OUT_OF_SCOPE"
+NOT_A_NUMBER = "the model's output is not a finite number (no class can be given)"
+"""The reason (and, in a results file, the error) of an image whose score is not a number."""
 """The label of an input the scope gate flagged (unless the predictor keeps class labels)."""
 
 
@@ -81,7 +83,7 @@ def gated_prediction(
     unscored = not math.isfinite(probability)
     reasons = checks.reasons + ood_reason(ood_score, ood_threshold)
     if unscored:
-        reasons += ("the model's output is not a finite number (no class can be given)",)
+        reasons += (NOT_A_NUMBER,)
     label = class_names[int(probability >= threshold)]
     if reasons and (scope_verdict or unscored):
         label = OUT_OF_SCOPE_LABEL

@@ -31,7 +31,9 @@ from pneumolab.data.layout import check_utf8_name
 from pneumolab.errors import ConfigError, ImageLoadError, OutputError, printable
 from pneumolab.inference.batch import (
     BatchSummary,
+    RetriedSources,
     check_not_an_input,
+    given_paths,
     producer_of,
     result_row,
     result_sources,
@@ -39,7 +41,7 @@ from pneumolab.inference.batch import (
 from pneumolab.inference.decoding import attempt
 from pneumolab.inference.inputs import prepare_image
 from pneumolab.inference.predictor import Predictor
-from pneumolab.inference.results_file import ResultRow, check_producer
+from pneumolab.inference.results_file import ResultRow, check_producer, resumable_rows
 from pneumolab.inference.results_table import (
     arrow_schema,
     merge,
@@ -338,7 +340,9 @@ def _score_into(
             f"{printable(min(missing))}); the workers wrote elsewhere or failed: run the command "
             "again to resume"
         )
-    write_results(out, merge(earlier + fresh))
+    # the earlier error rows of what this job listed again: a folder then unlisted included
+    retried = RetriedSources(sources, given_paths(paths))
+    write_results(out, merge(resumable_rows(earlier, retried) + fresh))
     shutil.rmtree(parts, ignore_errors=True)
     failed = sum(1 for row in merge(fresh) if row.error and row.source in wanted)
     return BatchSummary(written=len(todo), already_done=len(sources) - len(todo), failed=failed)

@@ -13,7 +13,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Collection, Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -312,7 +312,7 @@ class ResumePlan:
 
 
 def plan_resume(
-    text: str, fmt: Format, producer: Producer, source: Path, retried: Collection[str]
+    text: str, fmt: Format, producer: Producer, source: Path, retried: Container[str]
 ) -> ResumePlan:
     """How to resume the results file ``source`` holding ``text`` with ``producer``'s rows,
     for a job that scores ``retried`` (sources) unless a row of theirs succeeded already;
@@ -323,7 +323,7 @@ def plan_resume(
     return ResumePlan(kept, rewrite=parsed.torn or len(kept) != len(parsed.rows) or not text)
 
 
-def resumable_rows(rows: list[ResultRow], retried: Collection[str]) -> list[ResultRow]:
+def resumable_rows(rows: list[ResultRow], retried: Container[str]) -> list[ResultRow]:
     """The rows a resumed job keeps (:func:`one_row_per_source`), less the error rows of the
     sources it scores again (a job over other folders dropped the record of every earlier
     unreadable image)."""
