@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeAlias
 
@@ -269,7 +269,8 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _compatible_options(self) -> TrainConfig:
         """Cutmix pastes image boxes and a teacher scores images, so both need images, not the
-        ``frozen`` strategy's cached features (mixup too: :func:`check_new_training`); a teacher's P(pneumonia) is a binary target.
+        ``frozen`` strategy's cached features (mixup too: :func:`check_new_training`); a
+        teacher's P(pneumonia) is a binary target.
         SWA keeps its average as the final epoch: it cannot share a run with EMA or with a
         best-epoch ``monitor``, needs an epoch before its own, and recomputes every batch-norm
         layer's statistics (``partial`` keeps the frozen stages'). Head epochs need pretrained
@@ -447,8 +448,8 @@ def check_new_training(config: TrainConfig) -> None:
         )
 
 
-def unknown_settings(names: Iterator[str] | list[str]) -> str:
-    """The names that are no training setting, each with the closest ones (``epohcs`` →
+def unknown_settings(names: Iterable[str]) -> str:
+    """The names that are no training setting, each with the closest one (``epohcs`` →
     ``epohcs (did you mean epochs?)``); empty when every name is one."""
     fields = list(TrainConfig.model_fields)
     unknown = []
