@@ -486,6 +486,21 @@ def test_a_jpeg_cut_short_but_closed_with_its_end_marker_is_refused(tmp_path, si
         load_image(path, size_hint=size_hint)
 
 
+def test_a_progressive_jpeg_cut_short_is_refused(tmp_path):
+    """Its earlier scans leave a coarse image, not the grey: it passed every check."""
+    from io import BytesIO
+
+    buffer = BytesIO()
+    Image.fromarray(_noise(64, 64, seed=4)).save(buffer, format="JPEG", progressive=True)
+    data = buffer.getvalue()
+    path = tmp_path / "progressive.jpeg"
+    path.write_bytes(data[: len(data) // 2] + b"\xff\xd9")
+    with pytest.raises(ImageLoadError, match=r"progressive\.jpeg: truncated or corrupt JPEG"):
+        load_image(path, size_hint=16)
+    path.write_bytes(data)
+    assert load_image(path, size_hint=16).mode == "L"
+
+
 def test_a_grey_padded_jpeg_with_a_harmless_decoder_warning_loads(tmp_path):
     """libjpeg warns of extraneous bytes or an unknown JFIF revision in whole files: only its
     "premature end" says the data ended early."""

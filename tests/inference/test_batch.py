@@ -458,3 +458,44 @@ def test_an_output_that_is_not_a_number_is_an_error_row_a_rerun_retries(
     assert [r["error"] for r in _read(out)] == [NOT_A_NUMBER] * 2
     summary = predict_to_file(predictor, images[1][:2], out, progress=False)  # retried
     assert (summary.written, summary.failed) == (2, 0)
+
+
+def test_a_linked_folder_unlisted_then_listed_loses_its_error_row(predictor, images, tmp_path):
+    """Rows name a linked folder by its own name; the roots were compared resolved."""
+    real, link, out = tmp_path / "real", tmp_path / "link", tmp_path / "results.csv"
+    real.mkdir()
+    link.symlink_to(real)
+    assert predict_to_file(predictor, [link], out, progress=False).failed == 1
+    shutil.copy(images[1][0], real / "x.png")
+    predict_to_file(predictor, [link], out, progress=False)
+    assert [r["source"] for r in _read(out)] == [str(real / "x.png")]  # its folder resolved
+
+
+def test_an_earlier_row_of_a_folder_that_cannot_be_looked_at_is_kept(monkeypatch):
+    """A stat refused (EACCES, a stale mount) on another folder's row refused the whole job."""
+    from pneumolab.inference.batch import RetriedSources
+
+    def refused(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "is_dir", refused)
+    assert "/elsewhere/bad.jpeg" not in RetriedSources(["/here/a.png"], ["/here"])
+    assert "/here/a.png" in RetriedSources(["/here/a.png"], ["/here"])
+
+
+def test_an_output_that_is_not_a_number_fails_without_out_too(
+    predictor, images, monkeypatch, capsys
+):
+    """Without --out it exited 0 and printed `nan`; with it, an error row and exit code 1."""
+    import numpy as np
+
+    from pneumolab.cli import main
+    from pneumolab.inference.scores import Scores
+
+    broken = copy.copy(predictor)
+    scorer = predictor.scorer
+    broken.scorer = lambda pixels: Scores(np.full(len(pixels), np.nan), scorer(pixels).ood)
+    monkeypatch.setattr(Predictor, "from_run", lambda *args, **kwargs: broken)
+    assert main(["predict", "run", str(images[1][0])]) == 1
+    printed = capsys.readouterr().out
+    assert "nan" not in printed and "not a finite number" in printed

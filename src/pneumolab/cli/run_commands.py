@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,6 +57,7 @@ def _predict_to_file(args: argparse.Namespace, predictor: Predictor, paths: list
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """`pneumolab predict`: classify images or folders, locally or with Ray Data."""
+    from pneumolab.evaluation.metrics import format_metric
     from pneumolab.inference.batch import each_image_once
     from pneumolab.inference.predictor import Predictor
 
@@ -94,12 +96,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if isinstance(result, PneumolabError):
             failures += 1
             report_error(result)
-        elif args.json:
+            continue
+        failures += not math.isfinite(result.probability)  # an error row with --out too
+        if args.json:
             print(json.dumps(result.to_dict()), flush=True)
         else:
             table.add_row(
                 result.source,
-                f"{result.probability:.4f}",
+                format_metric(result.probability),
                 result.label,
                 "yes" if result.in_scope else Text("no", style="bold red"),
                 "; ".join(result.reasons + result.warnings),

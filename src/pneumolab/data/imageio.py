@@ -356,14 +356,17 @@ def _refuse_cut_jpeg(opened: Image.Image, path: Path) -> None:
     suspicion (an X-ray padded with grey ends so too): the file is then decoded again by
     libjpeg-turbo with its warnings as errors (simplejpeg's strict mode), and refused where that
     decoder says its data ended early (libjpeg's "premature end of data segment" or "of JPEG
-    file"; its other warnings pass). A cut inside the last block, whose pixels are then not
-    that grey, passes: at most the last 16 rows of the image differ."""
+    file"; its other warnings pass). A progressive JPEG is always checked so. A baseline JPEG
+    cut inside its last block, whose pixels are then not that grey, passes: at most the last
+    16 rows of the image differ."""
     if opened.format != "JPEG" or opened.mode not in ("L", "RGB"):
         return
     corner = np.asarray(
         opened.crop((opened.width - 1, opened.height - 1, opened.width, opened.height))
     )
-    if not (corner == JPEG_MISSING_FILL).all():
+    # a progressive JPEG cut short keeps its earlier scans' coarse image, not the grey: checked
+    # always (they are rare in X-ray archives)
+    if not (corner == JPEG_MISSING_FILL).all() and not opened.info.get("progressive"):
         return
     try:
         simplejpeg.decode_jpeg(path.read_bytes(), colorspace="GRAY", strict=True, min_width=8)

@@ -72,8 +72,8 @@ def _operating_points(
         provenance = (
             f"{meta.threshold_rule}, on validation scores averaged over the test-time views"
             if meta.tta_threshold is not None
-            else f"{meta.threshold_rule}, on validation scores WITHOUT test-time views (the run "
-            "stores no TTA threshold: it was trained before 2026-12-03)"
+            else f"{meta.threshold_rule}, on validation scores WITHOUT test-time views (the run, "
+            "or a member of it, was trained before 2026-12-03 and stores no TTA threshold)"
         )
         points = {"tta": (predictor.threshold, provenance)}
     else:

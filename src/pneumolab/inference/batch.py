@@ -54,17 +54,24 @@ def producer_of(predictor: Predictor) -> Producer:
 class RetriedSources(Container[str]):
     """The sources a job scores again: its images, and the folders under the paths it was given
     (an earlier run's error row of a folder it could not list, empty or unreadable then, is
-    retried: listed again, the folder gives its images or a new error row)."""
+    retried: a folder given gives its images or a new error row; an empty folder inside one
+    given is walked past without a row, as a first run walks past it)."""
 
     def __init__(self, sources: Iterable[str | Path], paths: Iterable[str | Path]) -> None:
         self.sources = {str(source) for source in sources}
-        self.roots = [Path(os.path.realpath(path)) for path in paths]
+        given = [Path(path) for path in paths]  # as rows name them (a link's own name), resolved
+        self.roots = {*map(source_key, given), *(Path(os.path.realpath(p)) for p in given)}
 
     def __contains__(self, source: object) -> bool:
         if source in self.sources:
             return True
         folder = Path(str(source))
-        return folder.is_dir() and any(r == folder or r in folder.parents for r in self.roots)
+        try:  # a row about a folder this job cannot even look at is kept, not a refusal
+            if not folder.is_dir():
+                return False
+        except (OSError, ValueError):
+            return False
+        return any(r == folder or r in folder.parents for r in self.roots)
 
 
 def _resume(out: Path, fmt: Format, producer: Producer, retried: RetriedSources) -> set[str]:

@@ -11,9 +11,9 @@ from pneumolab.scope.checks import ScopeChecks
 from pneumolab.scope.ood import MAX_FLAGGED_VALIDATION
 
 OUT_OF_SCOPE_LABEL = "OUT_OF_SCOPE"
+"""The label of an input the scope gate flagged (unless the predictor keeps class labels)."""
 NOT_A_NUMBER = "the model's output is not a finite number (no class can be given)"
 """The reason (and, in a results file, the error) of an image whose score is not a number."""
-"""The label of an input the scope gate flagged (unless the predictor keeps class labels)."""
 
 
 @dataclass(frozen=True)
