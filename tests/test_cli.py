@@ -296,6 +296,24 @@ def test_ctrl_c_before_a_run_was_written_advises_no_resume(monkeypatch, capsys, 
     assert "--resume" in capsys.readouterr().err
 
 
+def test_ctrl_c_while_a_run_is_finished_advises_no_resume(monkeypatch, capsys, tiny_run, tmp_path):
+    """Stopped after meta.json was written, train advised --resume, which refused the run as
+    finished; its model card could be missing."""
+    from conftest import copy_run
+    from pneumolab.cli import commands
+
+    def cmd_train(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "cmd_train", cmd_train)
+    out = copy_run(tiny_run[0], tmp_path / "run")
+    (out / "checkpoints").mkdir(exist_ok=True)
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"an epoch")
+    assert main(["train", "--data", "d", "--out", str(out)]) == 130
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--resume" not in err and "the run had finished" in err and "pneumolab report" in err
+
+
 def test_ctrl_c_of_predict_with_overwrite_advises_a_rerun_without_it(monkeypatch, capsys):
     """The advice, "run the same command again", ran --overwrite again: it emptied the results
     file and scored every image anew."""

@@ -199,3 +199,10 @@ def test_settings_by_name_read_a_null_as_a_config_file_does():
         resolve_config(settings={"model": None})
     assert resolve_config(settings={"ema_decay": None}).ema_decay is None
     assert resolve_config(None, {"epochs": None}, {"epochs": 9}).epochs == 9  # unset flag
+
+
+def test_a_setting_name_that_is_not_text_in_a_mapping_is_a_clear_error():
+    """`pneumolab.train(data, out, {None: 2})` ended in AttributeError."""
+    for key in (None, 1):
+        with pytest.raises(ConfigError, match=f"setting names are text, got {key!r}"):
+            resolve_config(settings={key: 2})

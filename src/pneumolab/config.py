@@ -471,6 +471,9 @@ def resolve_config(
     values.update(settings or {})
     values.update(flags_given(overrides))
     source = f"{config_file}: " if config_file else ""
+    odd = [key for key in values if not isinstance(key, str)]
+    if odd:  # a YAML file's are refused by load_yaml; a mapping's reached str methods
+        raise ConfigError(f"{source}setting names are text, got {odd[0]!r}")
     unknown = unknown_settings(list(values))
     if unknown:
         raise ConfigError(f"{source}invalid training config (unknown setting(s): {unknown})")

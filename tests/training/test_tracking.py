@@ -73,6 +73,30 @@ def test_a_resumed_run_goes_on_in_its_mlflow_run(synthetic_data, tmp_path, monke
     assert len(steps) == EPOCHS and steps == sorted(set(steps))  # one per epoch, in order
 
 
+def test_a_resume_in_another_precision_goes_on_in_its_mlflow_run(
+    synthetic_data, tmp_path, monkeypatch
+):
+    """A change a resume allows (precision, accelerator, workers...) ended the resume in
+    MLflow's "Changing param values is not allowed" traceback."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = TrainConfig(
+        epochs=EPOCHS, early_stopping_patience=5, tracking="mlflow", **TINY_TRAINING
+    )
+    with pytest.raises(TrainingInterrupted):
+        train(synthetic_data, tmp_path / "run", config, callbacks=[StopAtEpoch(1)])
+    stored = tmp_path / "run" / "config.yaml"
+    stored.write_text(yaml.safe_dump(yaml.safe_load(stored.read_text()) | {"precision": "32"}))
+    run = train(synthetic_data, tmp_path / "run", resume=True)
+    client = MlflowClient(tracking_uri=(run.root / "mlruns").as_uri())
+    (tracked,) = client.search_runs([client.get_experiment_by_name("pneumolab").experiment_id])
+    assert tracked.info.status == "FINISHED"
+    assert tracked.data.params["precision"] == "auto"  # as the first leg logged it
+    assert tracked.data.tags["resumed.precision"] == "32"
+
+
 def test_a_moved_run_resumes_into_its_own_mlflow_store(synthetic_data, tmp_path, monkeypatch):
     """The file store keeps absolute artifact locations: a moved run's resume logged its files
     into the old folder, made again for them."""

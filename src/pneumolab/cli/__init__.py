@@ -76,6 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = INTERRUPT_HINTS.get(args.func.__name__, "")
         if args.func.__name__ == "cmd_train" and not RunDir(args.out).last_checkpoint.is_file():
             hint = ""  # stopped before its first checkpoint: nothing to resume
+        elif args.func.__name__ == "cmd_train" and RunDir(args.out).is_complete():
+            hint = (  # stopped while finishing: a resume would be refused as finished
+                "; the run had finished (meta.json written): `pneumolab report RUN_DIR --data "
+                "DATA_DIR` writes its model card again if it is missing"
+            )
         if args.func.__name__ == "cmd_predict" and getattr(args, "overwrite", False):
             hint = "; run it again without --overwrite to continue (with it, it starts over)"
         say(("interrupted", "yellow"), hint)

@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger
 
@@ -37,19 +38,41 @@ def check_tracking(config: TrainConfig) -> None:
 def experiment_logger(config: TrainConfig, run: RunDir) -> Logger | None:
     """The Lightning logger of ``config.tracking`` for ``run`` (None for ``csv``), with the
     settings logged as hyperparameters."""
-    logger: Logger
     if config.tracking == "csv":
         return None
     if config.tracking == "tensorboard":
         logger = TensorBoardLogger(save_dir=run.root, name="tensorboard", version="")
+        logger.log_hyperparams(config.model_dump())
+        return logger
+    uri = _tracking_uri(run)
+    if uri.startswith("file:"):  # MLflow 3 keeps its file store behind an explicit opt-in
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    resumed = run.mlflow_run.is_file()
+    mlflow = _mlflow_logger(run, uri)
+    if resumed:
+        _log_resumed_settings(mlflow, config.model_dump())
     else:
-        uri = _tracking_uri(run)
-        if uri.startswith("file:"):  # MLflow 3 keeps its file store behind an explicit opt-in
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        logger = _mlflow_logger(run, uri)
-    logger.log_hyperparams(config.model_dump())
-    return logger
+        mlflow.log_hyperparams(config.model_dump())
+    return mlflow
 
+
+def _log_resumed_settings(logger: MLFlowLogger, settings: dict[str, Any]) -> None:
+    """Log on a resumed MLflow run the settings it has not logged yet, and a changed one (a
+    resume may change precision, accelerator, strategy, workers, tracking) as a tag
+    ``resumed.<setting>``: MLflow refuses to change a logged parameter, and the resume ended in
+    its traceback."""
+    logged = logger.experiment.get_run(logger.run_id).data.params
+    as_logged = {key: str(value)[:MLFLOW_PARAM_CHARS] for key, value in settings.items()}
+    new = {key: settings[key] for key in settings if key not in logged}
+    if new:
+        logger.log_hyperparams(new)
+    for key, value in as_logged.items():
+        if key in logged and logged[key] != value:
+            logger.experiment.set_tag(logger.run_id, f"resumed.{key}", value)
+
+
+MLFLOW_PARAM_CHARS = 250
+"""How much of a parameter's text Lightning's MLflow logger keeps."""
 
 RUN_STORES: set[str] = set()
 """The runs' own stores this process tracked in: MLflow writes the store it is given into
