@@ -57,7 +57,6 @@ def _predict_to_file(args: argparse.Namespace, predictor: Predictor, paths: list
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """`pneumolab predict`: classify images or folders, locally or with Ray Data."""
-    from pneumolab.evaluation.metrics import format_metric
     from pneumolab.inference.batch import each_image_once
     from pneumolab.inference.predictor import Predictor
 
@@ -97,13 +96,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             failures += 1
             report_error(result)
             continue
-        failures += not math.isfinite(result.probability)  # an error row with --out too
+        scored = math.isfinite(result.probability)
+        failures += not scored  # an error row with --out too
         if args.json:
             print(json.dumps(result.to_dict()), flush=True)
         else:
             table.add_row(
                 result.source,
-                format_metric(result.probability),
+                f"{result.probability:.4f}" if scored else "—",
                 result.label,
                 "yes" if result.in_scope else Text("no", style="bold red"),
                 "; ".join(result.reasons + result.warnings),
