@@ -111,6 +111,9 @@ class TrainingSummary(Result):
     """None for ensembles (each member has its own) and runs of before 2026-12-03."""
     teacher: TeacherRecord | None = None
     """The run it was distilled from; None without distillation."""
+    unreadable: list[str] = Field(default_factory=list)
+    """Images of split.csv the (last leg of) training could not read, so left out of training
+    and of the validation figures; empty too in runs of before 2026-12-07, which kept no record."""
 
 
 class RunMeta(TrainingSummary, DecisionRule):

@@ -279,6 +279,21 @@ def test_settings_by_name_are_a_config(synthetic_data, tmp_path):
         train(synthetic_data, tmp_path / "other", {"epochs": 0})
 
 
+def test_images_training_could_not_read_are_recorded_and_named_in_the_card(
+    synthetic_data, tmp_path
+):
+    """The card's table counted split.csv's rows, the images left out only in a log line."""
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data, data)
+    broken = sorted((data / "train" / "NORMAL").iterdir())[0]
+    broken.write_text("not an image")
+    run = train(data, tmp_path / "run", dict(TINY, epochs=1))
+    assert run.read_meta().unreadable == [str(broken)]
+    card = " ".join((run.root / "MODEL_CARD.md").read_text().split())
+    assert "1 image(s) of these could not be read when the model was trained" in card
+    assert broken.name in card
+
+
 @pytest.mark.parametrize(("world", "strategy"), [("2", "auto"), ("2", "ddp_spawn")])
 def test_a_launcher_that_disagrees_with_the_config_is_refused(
     tmp_path, monkeypatch, world, strategy

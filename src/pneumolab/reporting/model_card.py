@@ -139,18 +139,13 @@ def _split_seed(settings: dict[str, object]) -> object:
     return settings.get("seed", "—") if split_seed is None else split_seed
 
 
-def _skipped_line(metrics: BinaryMetrics) -> list[str]:
-    """The images of the split an evaluation could not read, which its figures leave out."""
-    skipped = getattr(metrics, "skipped", [])
-    if not skipped:
+def _left_out(paths: list[str], why: str) -> list[str]:
+    """A bold line naming how many images ``why`` (up to ten of them), or nothing."""
+    if not paths:
         return []
-    shown = ", ".join(markdown_cell(path) for path in skipped[:10])
-    more = " ..." if len(skipped) > 10 else ""
-    return [
-        f"**{len(skipped)} image(s) of the split could not be read and are left out of these "
-        f"figures (n = {metrics.n})**: {shown}{more}",
-        "",
-    ]
+    shown = ", ".join(markdown_cell(path) for path in paths[:10])
+    more = " ..." if len(paths) > 10 else ""
+    return [f"**{len(paths)} image(s) {why}**: {shown}{more}", ""]
 
 
 def _metrics_section(
@@ -176,7 +171,9 @@ def _metrics_section(
             "From training (meta.json), **without confidence intervals**: "
             "`pneumolab report RUN_DIR --data DATA_DIR` rewrites this card with them."
         )
-    lines = [note, "", *_skipped_line(metrics), "| metric | value | 95% CI |", "|---|---|---|"]
+    skipped = getattr(metrics, "skipped", [])  # an evaluation's; meta.json's figures name none
+    why = f"of the split could not be read and are left out of these figures (n = {metrics.n})"
+    lines = [note, "", *_left_out(skipped, why), "| metric | value | 95% CI |", "|---|---|---|"]
     for key in CARD_METRICS:
         ci = format_interval(intervals.get(key))
         lines.append(f"| {key} | {format_metric(getattr(metrics, key))} | {ci} |")
@@ -339,6 +336,11 @@ def model_card_text(run: RunDir, val_evaluation: EvaluationMetrics | None = None
         "|---|---|---|",
         *sides,
         "",
+        *_left_out(
+            meta.unreadable,
+            "of these could not be read when the model was trained and were left out of "
+            "training and validation",
+        ),
         "## Validation metrics",
         "",
         *_metrics_section(run, meta, val_evaluation),

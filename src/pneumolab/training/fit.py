@@ -311,6 +311,10 @@ def fit(
         distributed=distributed_summary(trainer, config, module.lr),
         compute=_callback(trainer, TrainingCompute).record(trainer),
         teacher=module.teacher.record if module.teacher else None,
+        unreadable=[
+            str(sample.path)
+            for sample, _ in (*data.train_images().skipped, *data.val_images().skipped)
+        ],
     )
     return Fitted(model, data.val_images(), summary, trainer.logger, data.train_images())
 
