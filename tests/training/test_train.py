@@ -283,7 +283,7 @@ def test_images_training_could_not_read_are_recorded_and_named_in_the_card(
     synthetic_data, tmp_path
 ):
     """The card's table counted split.csv's rows, the images left out only in a log line."""
-    data = tmp_path / "data"
+    data = tmp_path / "copy"
     shutil.copytree(synthetic_data, data)
     broken = sorted((data / "train" / "NORMAL").iterdir())[0]
     broken.write_text("not an image")
