@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from pneumolab.errors import ImageLoadError, OutputError
-from pneumolab.inference.inputs import expand_paths
+from pneumolab.inference.inputs import expand_paths, given_paths
 from pneumolab.inference.prediction import NOT_A_NUMBER, Prediction
 from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.results_file import (
@@ -57,9 +57,11 @@ class RetriedSources(Container[str]):
     retried: a folder given gives its images or a new error row; an empty folder inside one
     given is walked past without a row, as a first run walks past it)."""
 
-    def __init__(self, sources: Iterable[str | Path], paths: Iterable[str | Path]) -> None:
+    def __init__(
+        self, sources: Iterable[str | Path], paths: str | Path | Iterable[str | Path]
+    ) -> None:
         self.sources = {str(source) for source in sources}
-        given = [Path(path) for path in paths]  # as rows name them (a link's own name), resolved
+        given = given_paths(paths)  # as rows name them (a link's own name), and resolved
         self.roots = {*map(source_key, given), *(Path(os.path.realpath(p)) for p in given)}
 
     def __contains__(self, source: object) -> bool:
@@ -83,11 +85,6 @@ def _resume(out: Path, fmt: Format, producer: Producer, retried: RetriedSources)
     if plan.rewrite:
         write_text_rows(out, fmt, plan.kept)
     return {row.source for row in plan.kept if not row.error}
-
-
-def given_paths(paths: str | Path | Sequence[str | Path]) -> list[str | Path]:
-    """The paths a job was given, as a list (one path alone too)."""
-    return [paths] if isinstance(paths, str | Path) else list(paths)
 
 
 def result_row(path: Path, prediction: Prediction, producer: Producer) -> ResultRow:
@@ -159,11 +156,7 @@ def predict_to_file(
     with writing_alone(out):
         producer = producer_of(predictor)
         resumed = out.exists() and not overwrite
-        done = (
-            _resume(out, fmt, producer, RetriedSources(files, given_paths(paths)))
-            if resumed
-            else set()
-        )
+        done = _resume(out, fmt, producer, RetriedSources(files, paths)) if resumed else set()
         if overwrite or not out.exists():
             write_text_rows(out, fmt, [])
         todo = [p for p in files if str(p) not in done]

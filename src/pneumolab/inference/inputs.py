@@ -26,6 +26,11 @@ from pneumolab.scope.checks import ScopeChecks, image_sanity
 ImageInput = str | Path | Image.Image | np.ndarray
 
 
+def given_paths(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+    """The paths a job was given, as a list (one path alone too, not its characters)."""
+    return [Path(path) for path in ([paths] if isinstance(paths, str | Path) else paths)]
+
+
 def expand_paths(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     """Files as given, plus the images inside any folder
     (:func:`~pneumolab.data.layout.image_files`: at any depth, sorted).
@@ -34,7 +39,7 @@ def expand_paths(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     fails with an error naming it while the other paths still run.
     """
     found: list[Path] = []
-    for path in map(Path, [paths] if isinstance(paths, str | Path) else paths):
+    for path in given_paths(paths):
         found += (image_files(path) if path.is_dir() else []) or [path]
     return found
 

@@ -33,7 +33,6 @@ from pneumolab.inference.batch import (
     BatchSummary,
     RetriedSources,
     check_not_an_input,
-    given_paths,
     producer_of,
     result_row,
     result_sources,
@@ -341,7 +340,7 @@ def _score_into(
             "again to resume"
         )
     # the earlier error rows of what this job listed again: a folder then unlisted included
-    retried = RetriedSources(sources, given_paths(paths))
+    retried = RetriedSources(sources, paths)
     write_results(out, merge(resumable_rows(earlier, retried) + fresh))
     shutil.rmtree(parts, ignore_errors=True)
     failed = sum(1 for row in merge(fresh) if row.error and row.source in wanted)
