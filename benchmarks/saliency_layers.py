@@ -66,10 +66,10 @@ def main() -> None:
         result = saliency_sanity(model, pixels, predictor.intensity, layer)
         height, width = _map_size(model, layer, pixels[:1].float() / 255.0)
         print(
-            f"| {name} | {height}x{width} | {result['n']} ({result['empty_maps']}) | "
-            f"{result['mean_centre_share']:.3f} | "
-            f"{result['mean_border_share']:.3f} | {result['mean_corner_share']:.3f} | "
-            f"{result['fraction_flagged']:.2f} | {result['flagged']} |"
+            f"| {name} | {height}x{width} | {result.n} ({result.empty_maps}) | "
+            f"{result.mean_centre_share:.3f} | "
+            f"{result.mean_border_share:.3f} | {result.mean_corner_share:.3f} | "
+            f"{result.fraction_flagged:.2f} | {result.flagged} |"
         )
 
 

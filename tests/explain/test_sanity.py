@@ -40,14 +40,14 @@ def test_forced_heat_is_flagged_only_in_the_corner(monkeypatch, where, flagged):
     model = create_classifier("pneumolab_cnn_small", pretrained=False)
     pixels = torch.zeros((3, 1, SIZE, SIZE), dtype=torch.uint8)
     result = saliency_sanity(model, pixels, "none")
-    assert result["flagged"] is flagged
-    assert result["n"] == len(result["per_image"]) == 3
+    assert result.flagged is flagged
+    assert result.n == len(result.per_image) == 3
     if flagged:
-        assert result["per_image"][0]["corners"] == pytest.approx(1.0)
-        assert result["fraction_flagged"] == 1.0
+        assert result.per_image[0]["corners"] == pytest.approx(1.0)
+        assert result.fraction_flagged == 1.0
     else:
-        assert result["median_centre_share"] == pytest.approx(1.0)
-        assert result["mean_border_share"] == 0.0
+        assert result.median_centre_share == pytest.approx(1.0)
+        assert result.mean_border_share == 0.0
 
 
 def test_real_run_end_to_end(tiny_run):
@@ -56,19 +56,19 @@ def test_real_run_end_to_end(tiny_run):
     size = predictor.image_size
     pixels = torch.randint(0, 256, (4, 1, size, size), generator=torch.Generator().manual_seed(0))
     result = saliency_sanity(predictor.model, pixels.to(torch.uint8), predictor.intensity)
-    assert result["n"] == 4
+    assert result.n == 4
     # the trained net's maps have heat (an empty map would give 0 in every region)
-    totals = [sum(shares.values()) for shares in result["per_image"]]
+    totals = [sum(shares.values()) for shares in result.per_image]
     assert all(t == pytest.approx(1.0) for t in totals)  # the regions cover the map
-    assert isinstance(result["flagged"], bool)
+    assert isinstance(result.flagged, bool)
     for key in (
         "mean_centre_share",
         "median_centre_share",
         "mean_border_share",
         "fraction_flagged",
     ):
-        assert 0.0 <= result[key] <= 1.0
-    assert set(result["per_image"][0]) == {"centre", "border", "corners", "ring"}
+        assert 0.0 <= getattr(result, key) <= 1.0
+    assert set(result.per_image[0]) == {"centre", "border", "corners", "ring"}
 
 
 def test_maps_without_heat_are_counted_apart_not_as_zero_shares():
@@ -79,12 +79,12 @@ def test_maps_without_heat_are_counted_apart_not_as_zero_shares():
     centre, corner = heat_shares(forced_heat("centre")), heat_shares(forced_heat("corner"))
     empty = heat_shares(np.zeros((SIZE, SIZE)))
     result = summarize_shares([centre, centre, corner, empty, empty, empty])
-    assert (result["n"], result["empty_maps"]) == (3, 3)
-    assert result["mean_centre_share"] == pytest.approx(2 / 3)
-    assert result["fraction_flagged"] == pytest.approx(1 / 3) and result["flagged"]
-    assert len(result["per_image"]) == 6
+    assert (result.n, result.empty_maps) == (3, 3)
+    assert result.mean_centre_share == pytest.approx(2 / 3)
+    assert result.fraction_flagged == pytest.approx(1 / 3) and result.flagged
+    assert len(result.per_image) == 6
     nothing = summarize_shares([empty])
-    assert (nothing["n"], nothing["empty_maps"], nothing["flagged"]) == (0, 1, False)
+    assert (nothing.n, nothing.empty_maps, nothing.flagged) == (0, 1, False)
     ring = np.zeros((SIZE, SIZE))
     ring[5:7, 15:25] = 1.0  # between the outer band and the centre box: heat, not an empty map
-    assert summarize_shares([heat_shares(ring)])["n"] == 1
+    assert summarize_shares([heat_shares(ring)]).n == 1

@@ -24,7 +24,7 @@ the edge.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -71,28 +71,58 @@ def heat_shares(heat: np.ndarray) -> dict[str, float]:
     return {name: float(heat[mask].sum()) / total for name, mask in masks.items()}
 
 
-def summarize_shares(per_image: list[dict[str, float]]) -> dict[str, Any]:
-    """Summary statistics and the ``flagged`` verdict for per-image region shares; the maps
-    without heat (every share 0) are counted as ``empty_maps``, not in ``n`` or the figures."""
+@dataclass(frozen=True)
+class SaliencySanity:
+    """Region shares of Grad-CAM heat over a set of images, and the shortcut verdict.
+
+    ``per_image`` holds every image's centre/border/corners/ring shares; the figures count only
+    the ``n`` maps with heat (``empty_maps`` apart); ``flagged`` (possible shortcut learning:
+    heat on borders, corners, text markers) when at least ``flag_fraction`` of them put more
+    than ``edge_flag_level`` of their heat on the outer band."""
+
+    n: int
+    empty_maps: int
+    mean_centre_share: float
+    median_centre_share: float
+    mean_border_share: float
+    mean_corner_share: float
+    fraction_flagged: float
+    edge_flag_level: float
+    flag_fraction: float
+    flagged: bool
+    per_image: list[dict[str, float]]
+
+    def figures(self) -> dict[str, float]:
+        """Every field but ``flagged`` and ``per_image``, by name, in declaration order."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("flagged", "per_image")
+        }
+
+
+def summarize_shares(per_image: list[dict[str, float]]) -> SaliencySanity:
+    """The summary and verdict of per-image region shares; the maps without heat (every share
+    0) are counted as ``empty_maps``, not in ``n`` or the figures."""
     with_heat = [shares for shares in per_image if sum(shares.values()) > 0]
     centre = np.array([s["centre"] for s in with_heat], dtype=float)
     border = np.array([s["border"] for s in with_heat], dtype=float)
     corners = np.array([s["corners"] for s in with_heat], dtype=float)
     edge = border + corners
     fraction = float(np.mean(edge > EDGE_FLAG_LEVEL)) if len(edge) else 0.0
-    return {
-        "n": len(with_heat),
-        "empty_maps": len(per_image) - len(with_heat),
-        "mean_centre_share": float(centre.mean()) if len(centre) else 0.0,
-        "median_centre_share": float(np.median(centre)) if len(centre) else 0.0,
-        "mean_border_share": float(border.mean()) if len(border) else 0.0,
-        "mean_corner_share": float(corners.mean()) if len(corners) else 0.0,
-        "edge_flag_level": EDGE_FLAG_LEVEL,
-        "fraction_flagged": fraction,
-        "flag_fraction": FLAG_FRACTION,
-        "flagged": bool(len(edge) and fraction >= FLAG_FRACTION),
-        "per_image": per_image,
-    }
+    return SaliencySanity(
+        n=len(with_heat),
+        empty_maps=len(per_image) - len(with_heat),
+        mean_centre_share=float(centre.mean()) if len(centre) else 0.0,
+        median_centre_share=float(np.median(centre)) if len(centre) else 0.0,
+        mean_border_share=float(border.mean()) if len(border) else 0.0,
+        mean_corner_share=float(corners.mean()) if len(corners) else 0.0,
+        fraction_flagged=fraction,
+        edge_flag_level=EDGE_FLAG_LEVEL,
+        flag_fraction=FLAG_FRACTION,
+        flagged=bool(len(edge) and fraction >= FLAG_FRACTION),
+        per_image=per_image,
+    )
 
 
 def saliency_sanity(
@@ -100,15 +130,9 @@ def saliency_sanity(
     pixels: torch.Tensor,
     intensity: str,
     layer: nn.Module | None = None,
-) -> dict[str, Any]:
+) -> SaliencySanity:
     """Region shares of the pneumonia logit's Grad-CAM on uint8 ``(N, 1, S, S)`` images (give
-    images the model calls pneumonia) and their summary.
-
-    Returns :func:`summarize_shares`'s dict: ``per_image`` (centre/border/corners shares, every
-    image's), ``n`` maps with heat and ``empty_maps``, mean and median centre share, mean border
-    and corner share, ``fraction_flagged`` and ``flagged`` (possible shortcut learning: heat on
-    borders, corners, text markers).
-    """
+    images the model calls pneumonia), summarised by :func:`summarize_shares`."""
     if layer is None and len(pixels):
         layer = find_target_layer(model, int(pixels.shape[-1]))
     per_image = [heat_shares(gradcam(model, image[None], intensity, layer)) for image in pixels]

@@ -192,28 +192,20 @@ def _saliency_html(predictor: Predictor, all_pixels: torch.Tensor, probs: np.nda
     spread = np.linspace(0, len(positive) - 1, min(SANITY_IMAGES, len(positive)), dtype=int)
     picked = positive[np.unique(spread)]
     result = saliency_sanity(predictor.model, all_pixels[picked], predictor.intensity)
-    if not result["n"]:
+    if not result.n:
         why = "no image of the split was called pneumonia" if not len(picked) else "no map had heat"
         return f"<p>Not computed: {why}.</p>"
     verdict = (
         '<p class="warn">Flagged: heat often lies on the image edge (possible shortcut learning: '
         "text markers, borders).</p>"
-        if result["flagged"]
+        if result.flagged
         else "<p>Not flagged: the heat mostly lies inside the image (a coarse map cannot rule "
         "out an edge shortcut: the border occlusion below asks the model itself).</p>"
     )
-    keys = (
-        "n",
-        "empty_maps",
-        "mean_centre_share",
-        "median_centre_share",
-        "mean_border_share",
-        "mean_corner_share",
-        "fraction_flagged",
-        "edge_flag_level",
-        "flag_fraction",
+    rows = "".join(
+        f"<tr><th>{name}</th><td>{format_metric(value)}</td></tr>"
+        for name, value in result.figures().items()
     )
-    rows = "".join(f"<tr><th>{k}</th><td>{format_metric(result[k])}</td></tr>" for k in keys)
     note = (
         "<p>Share of the pneumonia logit's Grad-CAM heat in the central 60% × 60% box, the "
         "outer 10% border band and the four 10% × 10% corners, over up to 64 images of the "
