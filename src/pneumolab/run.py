@@ -235,19 +235,21 @@ class RunDir:
                 )
         write_text_atomically(self.split, buffer.getvalue())
 
-    def _split_rows(self, subset: str) -> list[dict[str, str]]:
+    def split_rows(self, subset: str | None = None) -> list[dict[str, str]]:
+        """The saved split's rows (``path``, ``label``, ``patient``, ``subset``), of one side
+        (``train`` or ``val``) or, without ``subset``, of both."""
         if not self.split.is_file():
             raise RunDirError(f"{self.split}: split file missing")
         with self.split.open(newline="") as f:
-            return [r for r in csv.DictReader(f) if r["subset"] == subset]
+            return [r for r in csv.DictReader(f) if subset in (None, r["subset"])]
 
     def split_paths(self, subset: str) -> set[str]:
         """The dataset-relative paths of one side (``train`` or ``val``) of the saved split."""
-        return {r["path"] for r in self._split_rows(subset)}
+        return {r["path"] for r in self.split_rows(subset)}
 
     def read_split(self, data_root: Path, subset: str) -> list[Sample]:
         """The samples of one side (``train`` or ``val``) of the saved split, under ``data_root``."""
-        rows = self._split_rows(subset)
+        rows = self.split_rows(subset)
         samples = [Sample(Path(data_root) / r["path"], int(r["label"]), r["patient"]) for r in rows]
         missing = [s.path for s in samples if not s.path.is_file()]
         if missing:

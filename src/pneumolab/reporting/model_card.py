@@ -4,7 +4,6 @@ and, when present, ``eval/val/metrics.json`` (for the patient-level 95% interval
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import itertools
 import logging
@@ -66,20 +65,12 @@ def _subtype_limitation(meta: RunMeta) -> str:
     return ENSEMBLE_LIMITATION if meta.is_ensemble else BINARY_LIMITATION
 
 
-def _split_counts(run: RunDir) -> dict[str, Counter[str]]:
+def _split_counts(rows: list[dict[str, str]]) -> dict[str, Counter[str]]:
+    """Images per class on each side of the split."""
     counts: dict[str, Counter[str]] = {"train": Counter(), "val": Counter()}
-    if run.split.is_file():
-        with run.split.open(newline="") as f:
-            for row in csv.DictReader(f):
-                counts[row["subset"]][CLASS_NAMES[int(row["label"])]] += 1
+    for row in rows:
+        counts[row["subset"]][CLASS_NAMES[int(row["label"])]] += 1
     return counts
-
-
-def _patients(run: RunDir) -> int:
-    if not run.split.is_file():
-        return 0
-    with run.split.open(newline="") as f:
-        return len({row["patient"] for row in csv.DictReader(f)})
 
 
 PLATT_OFF_DISTRIBUTION = (
@@ -291,7 +282,9 @@ def model_card_text(run: RunDir, val_evaluation: EvaluationMetrics | None = None
     config = load_yaml(run.config) if run.config.is_file() else {}
     carved = run.member_runs()[0] if meta.is_ensemble else run  # its members share one split
     split_config = load_yaml(carved.config) if carved.config.is_file() else {}
-    counts = _split_counts(run)
+    split_rows = run.split_rows() if run.split.is_file() else []
+    counts = _split_counts(split_rows)
+    patients = len({row["patient"] for row in split_rows})
     prep = meta.preprocessing
     sides = [
         f"| {side} | {counts[side][CLASS_NAMES[0]]} | {counts[side][CLASS_NAMES[1]]} |"
@@ -328,7 +321,7 @@ def model_card_text(run: RunDir, val_evaluation: EvaluationMetrics | None = None
         "## Training data",
         "",
         "Kermany et al. 2018 pediatric chest X-rays (`train/` folder). Validation is a "
-        f"patient-grouped split carved from it ({_patients(run)} patient groups in all, no child on "
+        f"patient-grouped split carved from it ({patients} patient groups in all, no child on "
         f"both sides), seed {_split_seed(split_config)}, validation fraction "
         f"{split_config.get('val_fraction', '—')}.",
         "",
