@@ -237,6 +237,8 @@ def test_gradcam_refuses_what_it_would_explain_wrongly(tmp_path):
         gradcam(model, torch.stack([pixels, pixels]), predictor.intensity)
     with pytest.raises(TypeError, match="uint8 pixels"):
         gradcam(model, pixels.float() / 255, predictor.intensity)
+    with pytest.raises(TypeError, match=r"a torch tensor of uint8 pixels .* not ndarray"):
+        gradcam(model, pixels.numpy(), predictor.intensity)  # type: ignore[arg-type]
     explained = explain_image(predictor, None, image)  # the layer found for it
     towards = explained.towards
     assert np.array_equal(
@@ -298,3 +300,26 @@ def test_overlay_png_takes_images_as_predict_does():
     twelve_bit = drawn(Image.fromarray(gray.astype(np.uint16) * 16))
     assert np.abs(twelve_bit.astype(int) - drawn(gray)).max() <= 1  # min..max, not modulo
     assert np.abs(drawn(gray / 255.0).astype(int) - gray).max() <= 1
+
+
+def test_maps_and_predictions_from_several_threads_are_those_of_one_thread(tmp_path):
+    """Grad-CAM hooks the model's layers: a map or a prediction running beside it in another
+    thread mixed its activations into the map (maps off by up to 1.0, or torch errors)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    predictor = Predictor.from_run(untrained_run(tmp_path).root)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (40, 40), dtype=np.uint8) for _ in range(6)]
+    alone = [explain_image(predictor, None, image).heat for image in images]
+
+    def explain_or_predict(i: int) -> np.ndarray | None:
+        if i % 3 == 2:
+            predictor.predict(images[i % 6])
+            return None
+        return explain_image(predictor, None, images[i % 6]).heat
+
+    with ThreadPoolExecutor(4) as pool:
+        beside = list(pool.map(explain_or_predict, range(120)))
+    for i, heat in enumerate(beside):
+        if heat is not None:
+            assert np.array_equal(heat, alone[i % 6]), i

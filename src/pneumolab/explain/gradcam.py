@@ -37,7 +37,7 @@ from pneumolab.files import folder_for
 from pneumolab.inference.inputs import ImageInput, expand_paths, file_header_checks
 from pneumolab.inference.prediction import Prediction
 from pneumolab.inference.predictor import Predictor
-from pneumolab.models.classifier import XrayClassifier
+from pneumolab.models.classifier import XrayClassifier, passes_lock
 from pneumolab.outputs import check_apart, check_output
 from pneumolab.scope.checks import ScopeChecks
 
@@ -153,10 +153,16 @@ def gradcam(
     it to eval). ValueError for another ``towards``, a batch of several images or a module not
     of ``model``; ModelError for a name that is not one of its feature-map layers
     (:func:`layer_named`); TypeError for pixels that are not uint8 (0..1 floats would be divided
-    by 255 again). :func:`explain_image` takes a predictor instead.
+    by 255 again). :func:`explain_image` takes a predictor instead. Safe across threads: one
+    model's maps and predictions run one at a time (:func:`~pneumolab.models.classifier.passes_lock`).
     """
     if towards not in get_args(ExplainedClass):
         raise ValueError(f"towards is 'PNEUMONIA' or 'NORMAL', not {towards!r}")
+    if not isinstance(pixels, torch.Tensor):
+        raise TypeError(
+            "Grad-CAM takes a torch tensor of uint8 pixels (torch.from_numpy of "
+            f"Predictor.preprocess's array), not {type(pixels).__name__}"
+        )
     if pixels.dtype != torch.uint8:
         raise TypeError(f"Grad-CAM takes uint8 pixels (Predictor.preprocess), not {pixels.dtype}")
     if pixels.ndim == 3:
@@ -166,18 +172,19 @@ def gradcam(
             f"Grad-CAM explains one image: pixels of shape (1, 1, S, S) or (1, S, S), not "
             f"{tuple(pixels.shape)}"
         )
-    layer = _target_layer(model, layer, int(pixels.shape[-1]))
-    device = model.mean.device
-    inputs = normalize_intensity(pixels, intensity).to(device).float() / 255.0
-    was_training = model.training
-    cam = GradCAM(_Evidence(model, towards), [layer])
-    try:
-        with torch.enable_grad():
-            heat = cam(inputs, targets=[ClassifierOutputTarget(0)])
-    finally:
-        cam.activations_and_grads.release()
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
+    with passes_lock(model):  # the hooks see every pass through the model, any thread's
+        layer = _target_layer(model, layer, int(pixels.shape[-1]))  # a pass of its own
+        device = model.mean.device
+        inputs = normalize_intensity(pixels, intensity).to(device).float() / 255.0
+        was_training = model.training
+        cam = GradCAM(_Evidence(model, towards), [layer])
+        try:
+            with torch.enable_grad():
+                heat = cam(inputs, targets=[ClassifierOutputTarget(0)])
+        finally:
+            cam.activations_and_grads.release()
+            model.zero_grad(set_to_none=True)
+            model.train(was_training)
     return np.clip(heat[0], 0.0, 1.0).astype(np.float32)
 
 

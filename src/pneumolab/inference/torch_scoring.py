@@ -53,14 +53,16 @@ def score_batches(
     batch_size: int,
 ) -> np.ndarray:
     """``score`` (a function of ``model``) on raw uint8 ``(N, 1, S, S)`` pixels, batch by batch,
-    in eval mode: ``intensity`` normalisation first, then pixels / 255 on the model's device."""
+    in eval mode: ``intensity`` normalisation first, then pixels / 255 on the model's device;
+    one thread at a time per model (:func:`~pneumolab.models.classifier.passes_lock`)."""
     import torch
 
     from pneumolab.data.transforms import normalize_intensity
+    from pneumolab.models.classifier import passes_lock
 
-    model.eval()
-    device = next(model.parameters()).device
-    with torch.inference_mode():
+    with passes_lock(model), torch.inference_mode():
+        model.eval()
+        device = next(model.parameters()).device
         scores = [
             score(normalize_intensity(chunk, intensity).to(device).float() / 255.0).cpu()
             for chunk in torch.as_tensor(pixels).split(batch_size)

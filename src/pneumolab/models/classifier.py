@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import torch
 from torch import nn
 
 from pneumolab.errors import ModelError
+
+_PASS_LOCKS: WeakKeyDictionary[nn.Module, threading.RLock] = WeakKeyDictionary()
+_PASS_LOCKS_GUARD = threading.Lock()
+
+
+def passes_lock(model: nn.Module) -> threading.RLock:
+    """The lock that keeps ``model``'s passes one at a time across threads: Grad-CAM hooks its
+    layers, and a pass beside it (another map, a prediction) mixed its activations into the map
+    (maps off by up to 1.0, or torch errors). Scoring and Grad-CAM take it."""
+    with _PASS_LOCKS_GUARD:
+        return _PASS_LOCKS.setdefault(model, threading.RLock())
+
 
 Backbone = Any
 """A timm model (``nn.Module`` with ``get_classifier``, ``forward_features``...): timm ships no
