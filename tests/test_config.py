@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from pneumolab.config import TrainConfig, load_yaml, resolve_config, save_config
 from pneumolab.errors import ConfigError
@@ -206,3 +207,21 @@ def test_a_setting_name_that_is_not_text_in_a_mapping_is_a_clear_error():
     for key in (None, 1):
         with pytest.raises(ConfigError, match=f"setting names are text, got {key!r}"):
             resolve_config(settings={key: 2})
+
+
+def test_a_setting_changed_after_the_config_is_built_is_checked_as_when_built():
+    """``config.epochs = 0`` was taken; training then failed in torch's loader, leaving a run
+    folder that refused the retry."""
+    config = TrainConfig(epochs=2)
+    with pytest.raises(ValidationError, match="epochs"):
+        config.epochs = 0
+    assert config.epochs == 2
+    config.epochs = 3
+    assert config.epochs == 3
+    config.swa_lr = 0.5  # never read without SWA: back to its default, as when built
+    assert config.swa_lr == TrainConfig().swa_lr
+
+
+def test_a_folder_given_as_the_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="a folder, not a config file"):
+        resolve_config(tmp_path)

@@ -56,7 +56,9 @@ class TrainConfig(BaseModel):
     """Everything that determines a training run. The defaults are the default recipe, chosen on
     validation (benchmarks/README.md, 'Choosing the default recipe'); configs/default.yaml documents them."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", protected_namespaces=(), allow_inf_nan=False, validate_assignment=True
+    )
 
     model: str = Field(default="mobilenetv2_100", description="timm model name or pneumolab CNN")
     pretrained: bool = Field(default=True, description="start from ImageNet weights")
@@ -278,7 +280,7 @@ class TrainConfig(BaseModel):
         never reads (:func:`inert_settings`) are set back to their defaults: the run records
         what it trained with, and two networks that differ only in them are one network."""
         for name in inert_settings(self):  # a study's defaults give them to every model
-            setattr(self, name, type(self).model_fields[name].default)
+            self.__dict__[name] = type(self).model_fields[name].default  # not validated again
         if self.strategy == "frozen" and not self.pretrained:  # before a study trains anything
             raise ValueError(
                 "strategy 'frozen' needs pretrained weights (a frozen random backbone learns "
@@ -394,6 +396,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.load(path.read_text(), Loader=_UniqueKeysLoader)  # a SafeLoader
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a config file (YAML)") from None
+    except OSError as exc:  # permission denied, a device...
+        raise ConfigError(f"{path}: config file not readable ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:  # PyYAML's message runs over several lines
         raise ConfigError(f"{path}: invalid YAML ({brief(str(exc))})") from None
     except UnicodeDecodeError:
