@@ -341,6 +341,14 @@ def read_shift_predictions(path: Path, scenario: str) -> dict[str, list[float]]:
     return {image: [by_draw[d] for d in sorted(by_draw)] for image, by_draw in scores.items()}
 
 
+def run_list(run_dirs: Sequence[str | Path], taker: str) -> list[RunDir]:
+    """``run_dirs`` as runs; TypeError for one path given alone (a string was read character
+    by character: ``/: not a finished run``), naming ``taker``, the function given it."""
+    if isinstance(run_dirs, str | Path):
+        raise TypeError(f"{taker} takes a list of run folders, not one path: [{str(run_dirs)!r}]")
+    return [RunDir(Path(d)) for d in run_dirs]
+
+
 def listed_twice(run_dirs: Sequence[Path]) -> Path | None:
     """The first of ``run_dirs`` that an earlier one already names (another spelling or a link
     to the same folder), else None."""

@@ -117,3 +117,19 @@ def test_a_comparison_into_a_run_directory_is_refused(tiny_run, capsys):
     assert main(["compare", str(run_dir), "--data", str(data), "--out", str(run_dir)]) == 2
     assert "is a run directory; give the comparison a folder of its own" in capsys.readouterr().err
     assert sorted(p.name for p in run_dir.iterdir()) == before
+
+
+@pytest.mark.parametrize("one", ["/w/runs/a", Path("/w/runs/a")])
+def test_one_run_path_given_alone_is_refused_not_read_letter_by_letter(tmp_path, one):
+    """``compare_runs("/w/runs/a", ...)`` said "/: the same run is given twice", and
+    ``build_ensemble`` "/: not a finished run"; neither makes its output folder."""
+    from pneumolab.evaluation.comparison import compare_runs
+    from pneumolab.pipeline.ensemble import build_ensemble
+
+    with pytest.raises(
+        TypeError, match=r"compare_runs takes a list of run folders.*\['/w/runs/a'\]"
+    ):
+        compare_runs(one, tmp_path, "val", tmp_path / "cmp")
+    with pytest.raises(TypeError, match="build_ensemble takes a list of run folders"):
+        build_ensemble(one, tmp_path / "ens")
+    assert not (tmp_path / "cmp").exists() and not (tmp_path / "ens").exists()

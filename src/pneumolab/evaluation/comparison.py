@@ -25,7 +25,7 @@ from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.inference.torch_scoring import default_device
 from pneumolab.outputs import check_output, working_in
-from pneumolab.run import RunDir, listed_twice, split_mismatch
+from pneumolab.run import RunDir, listed_twice, run_list, split_mismatch
 from pneumolab.text import markdown_cell, spreadsheet_safe
 
 log = logging.getLogger(__name__)
@@ -297,11 +297,12 @@ def check_comparison(
     ``out_dir`` without ``overwrite``, a run given twice), for callers that prepare the runs
     first (an export); the runs' names in the table. A run directory as ``out_dir`` is
     refused (its tables and confusion figures would sit among the run's files)."""
+    runs = run_list(run_dirs, "compare_runs")
     if RunDir(Path(out_dir)).looks_like_run:
         raise OutputError(f"{out_dir}: is a run directory; give the comparison a folder of its own")
     for path in [*comparison_files(Path(out_dir)).values(), Path(out_dir) / MARGINS]:
         check_output(path, overwrite)
-    return _unique_names([Path(d) for d in run_dirs])
+    return _unique_names([run.root for run in runs])
 
 
 def compare_runs(
@@ -319,6 +320,7 @@ def compare_runs(
     with ``shift``, compound); a table or chart already there is refused unless ``overwrite``,
     and ``out_dir`` is locked while the comparison runs (another compare into it is refused).
     ``backend``: see :func:`compare_run`."""
+    run_list(run_dirs, "compare_runs")  # before out_dir is made
     with working_in(Path(out_dir), "comparing"):  # two compares mixed their files
         return _compare_into(
             run_dirs, data_dir, split, Path(out_dir), robustness, shift, overwrite, backend

@@ -29,6 +29,7 @@ from pneumolab.run import (
     RunDir,
     listed_twice,
     read_predictions,
+    run_list,
     split_mismatch,
     weights_digest,
 )
@@ -132,7 +133,7 @@ def build_ensemble(
     Members may differ in image size: the ensemble decodes images at the largest, and each
     smaller member resizes them to its own size as training resized the dataset's copies.
     """
-    runs = [RunDir(Path(d)) for d in run_dirs]
+    runs = run_list(run_dirs, "build_ensemble")
     metas = [run.read_meta() for run in runs]
     _check_compatible(runs, metas)
     if target_sensitivity is None:  # was 0.95 whatever the members were chosen for
