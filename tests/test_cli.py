@@ -409,3 +409,21 @@ def test_data_check_reports_the_other_splits_when_one_cannot_be_scanned(tmp_path
     out = " ".join(capsys.readouterr().out.split())
     assert "val/ not checked: " in out and "val/NORMAL" in out
     assert "byte-identical duplicate groups" in out  # the rest was checked
+
+
+def test_a_table_whose_reader_went_away_exits_141_as_a_print_does(monkeypatch):
+    """rich answers a closed pipe with exit 1 ("some inputs failed"): `data check | head`
+    exited 1 where the same command unpiped exits 0."""
+    import importlib
+
+    consoles = importlib.import_module("pneumolab.cli.console")
+
+    class GoneReader:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError
+
+        def flush(self) -> None:
+            raise BrokenPipeError
+
+    monkeypatch.setattr(consoles.stdout, "file", GoneReader())
+    assert main(["models"]) == 141

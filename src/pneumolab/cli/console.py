@@ -55,6 +55,13 @@ class _SafeConsole(Console):
     def render_str(self, text: str, **options: Any) -> Text:
         return super().render_str(terminal_safe(text), **options)
 
+    def on_broken_pipe(self) -> None:
+        """The reader went away (``| head``): quiet from now on, and the BrokenPipeError the
+        command line answers with 141, as for plain prints (rich exited with 1, which says
+        "some inputs failed")."""
+        self.quiet = True
+        raise BrokenPipeError
+
 
 def _console(name: str, width: int) -> Console:
     """A console on ``sys.<name>``; a fixed ``width`` when it is not a terminal (no cut paths)."""
