@@ -226,6 +226,10 @@ def test_train_names_its_compute_and_not_lightnings_banners(synthetic_data, tmp_
     out, err = capfd.readouterr()
     assert re.search(r"training in (32-true|bf16-mixed) on ", out + err)  # precision: auto
     assert "GPU available" not in out + err and "litlogger" not in out + err
+    # results on stdout, progress and messages on stderr: `train > log` kept the epoch lines
+    # and lost the table
+    assert "validation (patient-grouped)" in out and "epoch 1/1" not in out
+    assert "epoch 1/1" in err and "validation (patient-grouped)" not in err
 
 
 @pytest.mark.parametrize(

@@ -408,8 +408,9 @@ def test_without_a_terminal_training_prints_one_line_per_epoch(synthetic_data, t
         synthetic_data, tmp_path / "run", TrainConfig(epochs=2, early_stopping_patience=5, **TINY)
     )
     out, err = capfd.readouterr()
-    lines = [line for line in out.splitlines() if line.startswith("epoch ")]
-    assert len(lines) == 2, out
+    lines = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2, err
+    assert "epoch " not in out  # progress is a message: stdout holds results
     pattern = r"epoch (\d)/2: \d+\.\d s, train loss \d\.\d{4}, val loss \d\.\d{4}, val AUC [\d.]+"
     assert [re.fullmatch(pattern, line).group(1) for line in lines] == ["1", "2"]
     assert "\r" not in out + err  # no progress bar redrawn into a log

@@ -123,10 +123,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if global_rank() != 0:  # rank 0 finishes the run and reports it
         return 0
     meta = run.read_meta()
-    console.print(metrics_table(meta.val_metrics, f"validation (patient-grouped) — {meta.model}"))
+    stdout.print(metrics_table(meta.val_metrics, f"validation (patient-grouped) — {meta.model}"))
     official = meta.official_val_metrics
     if official is not None:
-        console.print(
+        stdout.print(
             f"official val/ folder (reported, not used for selection): n={official.n}, "
             f"accuracy {official.accuracy:.3f}, sensitivity {official.sensitivity:.3f}, "
             f"specificity {official.specificity:.3f}"
@@ -219,7 +219,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
     run = build_ensemble(args.run_dirs, args.out, args.target_sensitivity)
     meta = run.read_meta()
-    console.print(metrics_table(meta.val_metrics, f"validation (patient-grouped) — {meta.model}"))
+    stdout.print(metrics_table(meta.val_metrics, f"validation (patient-grouped) — {meta.model}"))
     say("ensemble written to ", (str(run.root), "bold"))
     return 0
 

@@ -241,15 +241,16 @@ class EpochLines(EpochSummary):
             f"epoch {row['epoch'] + 1}/{trainer.max_epochs}: {row['seconds']:.1f} s, "
             f"train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
             f"val AUC {row['val_auc']:.4f}",
-            file=self.stream or sys.stdout,
+            file=self.stream or sys.stderr,
             flush=True,
         )
 
 
 def progress_display(stream: TextIO | None = None) -> L.Callback:
-    """A live progress bar on a terminal, else one printed line per epoch."""
-    if (stream or sys.stdout).isatty():
+    """A live progress bar on a terminal, else one printed line per epoch; on stderr, with the
+    other messages (stdout holds results: the validation table)."""
+    if (stream or sys.stderr).isatty():
         from lightning.pytorch.callbacks import RichProgressBar
 
-        return RichProgressBar()
-    return EpochLines(stream)  # None: sys.stdout when printing (ddp_spawn pickles callbacks)
+        return RichProgressBar(console_kwargs={"stderr": True})
+    return EpochLines(stream)  # None: sys.stderr when printing (ddp_spawn pickles callbacks)
