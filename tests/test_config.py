@@ -225,3 +225,21 @@ def test_a_setting_changed_after_the_config_is_built_is_checked_as_when_built():
 def test_a_folder_given_as_the_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="a folder, not a config file"):
         resolve_config(tmp_path)
+
+
+def test_a_bad_value_given_as_a_flag_is_not_blamed_on_the_config_file(tmp_path):
+    """``--config FILE --epochs 0`` said "FILE: invalid training config (epochs: ...)"; the
+    file held ``epochs: 1``."""
+    config = tmp_path / "recipe.yaml"
+    config.write_text("epochs: 1\npretrained: false\n")
+    with pytest.raises(ConfigError) as flagged:
+        resolve_config(config, {"epochs": 0, "lr": 0.01})
+    assert str(flagged.value).startswith("invalid training config (epochs:")
+    assert str(flagged.value).endswith("(given as --epochs)")
+    with pytest.raises(ConfigError, match=r"^.*recipe\.yaml: .*frozen.* \(with --strategy\)$"):
+        resolve_config(config, {"strategy": "frozen"})  # the file's and the flag's together
+    config.write_text("epochs: 0\n")
+    with pytest.raises(
+        ConfigError, match=r"recipe\.yaml: invalid training config \(epochs: [^)]*\)$"
+    ):
+        resolve_config(config, {"lr": 0.01})

@@ -473,9 +473,9 @@ def resolve_config(
 ) -> TrainConfig:
     """Merge defaults, then the YAML file, then ``settings`` (by name, as in a config file: a
     None is a null there), then non-None ``overrides`` (CLI flags: an unset flag is None)."""
-    values = load_yaml(config_file) if config_file else {}
-    values.update(settings or {})
-    values.update(flags_given(overrides))
+    from_file = load_yaml(config_file) if config_file else {}
+    flags = flags_given(overrides)
+    values = from_file | dict(settings or {}) | flags
     source = f"{config_file}: " if config_file else ""
     odd = [key for key in values if not isinstance(key, str)]
     if odd:  # a YAML file's are refused by load_yaml; a mapping's reached str methods
@@ -486,9 +486,25 @@ def resolve_config(
     try:
         return TrainConfig(**values)
     except ValidationError as exc:
-        raise ConfigError(
-            f"{source}invalid training config ({validation_problems(exc, 'config')})"
-        ) from None
+        raise ConfigError(_invalid_where(exc, config_file, from_file, flags)) from None
+
+
+def _invalid_where(
+    exc: ValidationError,
+    config_file: str | Path | None,
+    from_file: Mapping[str, Any],
+    flags: Mapping[str, Any],
+) -> str:
+    """The message of an invalid merged config, blaming what gave the faulty values: the file
+    where a value at fault came from it (a flag's value was blamed on it), the flags by name
+    (``--epochs``), and for a combination (no one setting at fault) the flags given too."""
+    faulty = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+    named = sorted(faulty & flags.keys()) if faulty else sorted(flags)
+    in_file = bool(config_file) and (not faulty or bool(faulty & (from_file.keys() - flags.keys())))
+    source = f"{config_file}: " if in_file else ""
+    given = ", ".join(f"--{name.replace('_', '-')}" for name in named)
+    flagged = f" ({'given as' if faulty else 'with'} {given})" if given else ""
+    return f"{source}invalid training config ({validation_problems(exc, 'config')}){flagged}"
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
