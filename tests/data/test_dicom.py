@@ -268,8 +268,12 @@ def test_monochrome_with_three_samples_becomes_one_gray_plane(tmp_path):
             "pixel data element is empty",
         ),
         (write_zeros, "not a DICOM file"),
+        (  # was "truncated or corrupt DICOM: an image object ... without pixel data"
+            lambda p: write_dicom(p, None, FloatPixelData=np.zeros(16, "<f4").tobytes()),
+            r"floating-point pixels \(FloatPixelData",
+        ),
     ],
-    ids=["no-pixel-data", "multi-frame", "empty-pixel-data", "not-dicom"],
+    ids=["no-pixel-data", "multi-frame", "empty-pixel-data", "not-dicom", "float-pixels"],
 )
 def test_unusable_dicom_is_refused_by_name(tmp_path, make, message):
     path = make(tmp_path / "report.dcm")
@@ -609,3 +613,21 @@ def test_a_sigmoid_window_below_one_is_a_window(tmp_path):
     )  # fmt: skip
     assert dicom_file_checks(path).warnings == ()
     assert np.asarray(load_dicom(path)).max() > 0
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_a_legacy_dicom_without_file_meta_is_read_in_the_encoding_it_was_written_in(
+    tmp_path, implicit
+):
+    """Old archives hold DICOM written before Part 10: no preamble, no file meta, so no
+    transfer syntax. It was refused with Python's AttributeError text ('FileMetaDataset'
+    object has no attribute 'TransferSyntaxUID'); pydicom reads it in the encoding found."""
+    pixels = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 4096).astype(np.uint16)
+    part10 = write_dicom(tmp_path / "part10.dcm", pixels, bits_stored=12)
+    ds = dcmread(part10)
+    ds.file_meta = FileMetaDataset()
+    ds.preamble = None
+    legacy = tmp_path / "legacy.dcm"
+    ds.save_as(legacy, implicit_vr=implicit, little_endian=True, enforce_file_format=False)
+    assert legacy.read_bytes()[128:132] != b"DICM"
+    assert np.array_equal(np.asarray(load_image(legacy)), np.asarray(load_image(part10)))

@@ -729,3 +729,12 @@ def test_jpeg_variant_reads_the_frame_header_past_fill_bytes():
     head = _jpeg_frame(0xC1, 12)
     assert jpeg_variant(head[:2] + b"\xff" + head[2:]) == "12-bit JPEG"
     assert jpeg_variant(head[:12]) is None  # cut before the frame header
+
+
+def test_a_loop_of_symbolic_links_is_named_as_such(tmp_path):
+    """It was "corrupt or undecodable image (OSError: [Errno 40] Too many levels of symbolic
+    links...)"."""
+    (tmp_path / "a.jpg").symlink_to(tmp_path / "b.jpg")
+    (tmp_path / "b.jpg").symlink_to(tmp_path / "a.jpg")
+    with pytest.raises(ImageLoadError, match=r"a\.jpg: a loop of symbolic links"):
+        load_image(tmp_path / "a.jpg")

@@ -49,7 +49,14 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
 from pydicom.pixels.utils import _get_jpg_parameters  # JPEG-LS headers: no public parser
-from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGExtended12Bit
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGExtended12Bit,
+)
 
 from pneumolab.data.imageio import DEFAULT_MAX_PIXELS, array_to_image, check_pixel_count, reading
 from pneumolab.errors import ImageLoadError
@@ -134,9 +141,27 @@ def read_dicom(
     path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, stop_before_pixels: bool = False
 ) -> Dataset:
     """``pydicom.dcmread`` after :func:`check_inflated_size`: the one way pneumolab opens a
-    DICOM file, for its pixels or its header alone."""
-    check_inflated_size(path, max_pixels)
-    return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    DICOM file, for its pixels or its header alone. A file written before Part 10 (no
+    preamble, no file meta: old archives) is read as pydicom finds it encoded."""
+    try:
+        check_inflated_size(path, max_pixels)
+        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:  # no 'DICM' (a .dcm name sent it here): DICOM before Part 10?
+        # (never deflated: that needs the file meta)
+        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+        if "SOPClassUID" not in ds and "Rows" not in ds:  # nothing an image object holds
+            raise
+    if "TransferSyntaxUID" not in ds.file_meta:  # no file meta: the encoding it was read in
+        ds.file_meta.TransferSyntaxUID = _syntax_read(ds)
+    return ds
+
+
+def _syntax_read(ds: Dataset) -> UID:
+    """The uncompressed transfer syntax pydicom found ``ds`` written in."""
+    implicit, little_endian = ds.original_encoding
+    if not little_endian:
+        return ExplicitVRBigEndian
+    return ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
 
 
 def _check_pixel_data_length(ds: Dataset, source: str) -> None:
@@ -173,6 +198,12 @@ def _check_decodable(ds: Dataset, max_pixels: int, source: str) -> None:
     """Refuse what cannot become one grayscale image, before decoding anything."""
     if "PixelData" not in ds and "IconImageSequence" in ds:  # the tag found would be the icon's
         raise ImageLoadError(f"{source}: DICOM whose only image is its icon, not a radiograph")
+    floats = next((k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds), None)
+    if "PixelData" not in ds and floats:
+        raise ImageLoadError(
+            f"{source}: DICOM with floating-point pixels ({floats}: a parametric map or "
+            "derived image), not a radiograph's stored pixel values"
+        )
     if "PixelData" not in ds and _holds_pixel_data_tag(Path(source)):
         raise ImageLoadError(
             f"{source}: truncated or corrupt DICOM: its pixel data element is cut short"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -265,6 +266,10 @@ def reading(path: Path, kind: str, max_pixels: int) -> Iterator[None]:
             f"(possible decompression bomb); {RAISE_THE_LIMIT}"
         ) from None
     except Exception as exc:  # OSError, ValueError... and a decoder's own types: one file's problem
+        if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
+            raise ImageLoadError(
+                f"{path}: a loop of symbolic links (leads back to itself)"
+            ) from None
         _refuse_jpeg_variant(path)
         raise ImageLoadError(
             f"{path}: corrupt or undecodable {kind} ({type(exc).__name__}: {brief(str(exc))})"
