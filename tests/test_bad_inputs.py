@@ -16,6 +16,7 @@ from conftest import copy_run, write_synthetic_dataset
 from corpus import BadInput, image_bytes, write_corpus
 from pneumolab.cli import main
 from pneumolab.cli.console import printable
+from pneumolab.data.formats import IMAGE_SUFFIXES, UNREAD_IMAGE_SUFFIXES
 from pneumolab.files import current_umask
 from pneumolab.serving.app import create_app
 
@@ -56,7 +57,11 @@ def test_every_bad_input_is_named_and_the_good_one_still_runs(run_dir, corpus, g
     for name, bad in corpus.items():
         code, out, err = run_cli(capsys, "predict", run_dir, bad.path, good, "--json")
         assert code == 1, name
-        assert [json.loads(line)["source"] for line in out.splitlines()] == [str(good)], name
+        lines = [json.loads(line) for line in out.splitlines()]  # the error a line of its own
+        assert [(line["source"], "error" in line) for line in lines] == [
+            (str(bad.path), True),
+            (str(good), False),
+        ], name
         assert printable(str(bad.path)) in err and bad.problem in err, (name, err)
 
 
@@ -78,7 +83,8 @@ def test_a_link_whose_target_is_gone_is_named_not_skipped(run_dir, good, tmp_pat
     (folder / "notes.txt").symlink_to(tmp_path / "nothing")  # not an image name: passed over
     code, out, err = run_cli(capsys, "predict", run_dir, folder, "--json")
     assert code == 1 and [json.loads(line)["source"] for line in out.splitlines()] == [
-        str(folder / "ok.png")
+        str(folder / "gone.png"),  # its error line
+        str(folder / "ok.png"),
     ]
     errors = one_line(err).split("error:")[1:]  # notes.txt: only in the passed-over count
     assert len(errors) == 1 and "gone.png: file not found" in errors[0]
@@ -112,7 +118,7 @@ def test_data_check_fails_on_unreadable_files(corpus, tmp_path, capsys):
     files = [p for p in files if p not in not_utf8]
     code, out, _ = run_cli(capsys, "data", "check", data)  # the report: stdout
     assert code == 1
-    listed = [p for p in files if p.suffix.lower() in {".jpeg", ".png", ".dcm"}]
+    listed = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES | UNREAD_IMAGE_SUFFIXES]
     assert f"unreadable files: {len(listed)}" in out
     for path in listed:
         assert printable(str(data / "train" / "PNEUMONIA" / path.name)) in out

@@ -109,7 +109,9 @@ def test_predict_reports_bad_files_by_name_and_continues(
     capsys.readouterr()
     assert main(["predict", str(trained_run), str(bad), str(good), "--json"]) == 1
     captured = capsys.readouterr()
-    assert len(captured.out.splitlines()) == 1
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert [line["source"] for line in lines] == [str(bad), str(good)]  # every file: a line
+    assert "not an image" in lines[0]["error"] and "probability" not in lines[0]
     assert "broken.jpeg" in captured.err and "not an image" in captured.err
 
 

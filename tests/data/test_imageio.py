@@ -738,3 +738,22 @@ def test_a_loop_of_symbolic_links_is_named_as_such(tmp_path):
     (tmp_path / "b.jpg").symlink_to(tmp_path / "a.jpg")
     with pytest.raises(ImageLoadError, match=r"a\.jpg: a loop of symbolic links"):
         load_image(tmp_path / "a.jpg")
+
+
+def test_a_jpeg_decoded_at_reduced_scale_keeps_its_gray_and_records_its_colour(tmp_path):
+    """A colour JPEG is decoded as YCbCr to measure its colour: its gray must stay the plane
+    libjpeg gives when asked for gray (the model's pixels did not change)."""
+    from pneumolab.data.colour import colour_share_of
+
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (300, 400), dtype=np.uint8)
+    tinted = np.stack([gray, gray // 2, gray], -1)
+    for name, rgb in (("gray", np.stack([gray] * 3, -1)), ("tinted", tinted)):
+        Image.fromarray(rgb).save(tmp_path / f"{name}.jpeg", quality=90)
+        with Image.open(tmp_path / f"{name}.jpeg") as opened:
+            opened.draft("L", (100, 100))
+            expected = np.asarray(opened.convert("L"))
+        loaded = load_image(tmp_path / f"{name}.jpeg", size_hint=100)
+        assert np.array_equal(np.asarray(loaded), expected)
+        share = colour_share_of(loaded)
+        assert share == 0.0 if name == "gray" else share > 0.3, (name, share)

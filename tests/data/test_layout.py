@@ -16,7 +16,7 @@ from pneumolab.data.layout import (
     scan_dataset,
     scan_split,
 )
-from pneumolab.errors import DataLayoutError
+from pneumolab.errors import DataLayoutError, ImageLoadError
 
 NORMAL_FILES = ("IM-0002-0001.jpeg", "IM-0001-0001.jpeg", "NORMAL2-IM-0413-0001.jpeg")
 PNEUMONIA_FILES = ("person2_bacteria_3.jpeg", "person1_virus_6.jpeg", "person1_bacteria_1.jpeg")
@@ -146,8 +146,8 @@ def test_scan_litter_is_passed_over_and_images_are_known_by_content(
     for copies in (".thumbnails", "@eaDir/scan.jfif", "#recycle"):
         _touch(folder / copies / "thumb.jpeg", b"\xff\xd8\xff\xe0")
     with caplog.at_level("INFO", logger="pneumolab"):
-        assert image_files(folder) == sorted([bare, jfif])
-    assert "2 file(s) passed over, not JPEG, PNG or DICOM (notes.txt, scan.tif)" in caplog.text
+        assert image_files(folder) == sorted([bare, jfif, folder / "scan.tif"])  # tif: refused
+    assert "1 file(s) passed over, not JPEG, PNG or DICOM (notes.txt)" in caplog.text
 
 
 def test_class_folders_differing_only_in_case_are_refused(tmp_path: Path) -> None:
@@ -321,3 +321,17 @@ def test_a_link_above_the_folder_scanned_never_pulls_in_its_siblings(tmp_path: P
     (split / "PNEUMONIA" / "loop").symlink_to("..")
     (split / "PNEUMONIA" / "root").symlink_to(tmp_path)
     assert image_files(split / "PNEUMONIA") == sorted((split / "PNEUMONIA").glob("*.jpeg"))
+
+
+def test_images_of_formats_not_read_are_listed_to_be_refused_by_name(tmp_path):
+    """A 16-bit TIFF export vanished from a results file, counted only in a log line."""
+    from PIL import Image
+
+    from pneumolab.data.imageio import load_image
+
+    for name in ("scan.tif", "film.BMP", "clip.gif"):
+        Image.new("L", (40, 40)).save(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert [p.name for p in image_files(tmp_path)] == ["clip.gif", "film.BMP", "scan.tif"]
+    with pytest.raises(ImageLoadError, match=r"scan\.tif: a TIFF image, not an image file of an"):
+        load_image(tmp_path / "scan.tif")

@@ -409,8 +409,11 @@ def test_an_image_given_twice_is_answered_once_on_stdout(tiny_run, images, capsy
     folder, files = images
     assert main(["predict", str(tiny_run[0]), str(files[0]), str(folder), "--json"]) == 1
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    sources = [line["source"] for line in lines]
+    sources = [line["source"] for line in lines if "error" not in line]
     assert sources.count(str(files[0])) == 1 and len(sources) == len(files)
+    assert [line["source"] for line in lines if "error" in line] == [
+        str(folder / "NORMAL" / "broken.png")
+    ]
     # other spellings of one file (as --out counts them): once, under the first
     again = [files[0].parent / ".." / files[0].parent.name / files[0].name, files[0].absolute()]
     assert main(["predict", str(tiny_run[0]), str(files[0]), *map(str, again), "--json"]) == 0

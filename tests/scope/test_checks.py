@@ -76,3 +76,36 @@ def test_real_xrays_pass_and_their_negatives_do_not(shared_data):
         pixels = resize_square(load_image(path, size_hint=160), 160)
         assert image_sanity(224, 224, pixels).reasons == (), path
         assert "a negative" in image_sanity(224, 224, 255 - pixels).reasons[0], path
+
+
+def _tinted_copies(tmp_path, shared_data):
+    """A shared NORMAL X-ray as magenta (JPEG, PNG, PIL, 0..1 float array), and gray as RGB."""
+    from PIL import Image
+
+    source = next(iter(sorted((shared_data / "val" / "NORMAL").glob("*.jpeg"))))
+    gray = np.asarray(Image.open(source).convert("L"))
+    magenta = np.stack([gray, np.zeros_like(gray), gray], -1)
+    for suffix in (".jpeg", ".png"):
+        Image.fromarray(magenta).save(tmp_path / f"magenta{suffix}")
+    Image.fromarray(np.stack([gray] * 3, -1)).save(tmp_path / "gray_rgb.jpeg")
+    return [
+        tmp_path / "magenta.jpeg",
+        tmp_path / "magenta.png",
+        Image.fromarray(magenta),
+        magenta.astype(np.float32) / 255,
+    ], tmp_path / "gray_rgb.jpeg"
+
+
+def test_a_colour_image_is_out_of_scope_and_a_gray_one_stored_as_rgb_is_not(tmp_path, shared_data):
+    """A magenta copy of a NORMAL X-ray was scored 0.62, PNEUMONIA, in scope (the original:
+    0.05); an X-ray has no colour."""
+    from pneumolab.inference.inputs import prepare_image
+
+    tinted, gray_rgb = _tinted_copies(tmp_path, shared_data)
+    for image in tinted:
+        reasons = prepare_image(image, 64)[1].reasons
+        assert len(reasons) == 1 and reasons[0].startswith("colour image: 8"), (image, reasons)
+    assert prepare_image(gray_rgb, 64)[1].reasons == ()
+    flat = np.full((64, 64), 128, np.uint8)  # "constant image" either way
+    coloured = [" ".join(image_sanity(64, 64, flat, share).reasons) for share in (0.05, 0.5)]
+    assert "colour image" not in coloured[0] and "colour image: 50%" in coloured[1]

@@ -91,10 +91,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     failures = 0
     table = Table("path", "probability", "label", "in scope", "why not")
     files = each_image_once(paths)  # one answer per image, as with --out
-    for _, result, _ in predictor.score_files(files, args.batch_size, args.workers):
+    for path, result, _ in predictor.score_files(files, args.batch_size, args.workers):
         if isinstance(result, PneumolabError):
             failures += 1
             report_error(result)
+            if args.json:  # a program reading the lines learns of every file given
+                print(json.dumps({"source": str(path), "error": str(result)}), flush=True)
             continue
         scored = math.isfinite(result.probability)
         failures += not scored  # an error row with --out too

@@ -29,6 +29,12 @@ PILLOW_FORMATS: tuple[str, ...] = tuple(f.pillow_name for f in FORMATS if f.pill
 """The only Pillow decoders pneumolab lets run on a file."""
 ACCEPTED = ", ".join(f.name for f in FORMATS[:-1]) + f" or {FORMATS[-1].name}"
 """The accepted formats in words, for messages."""
+UNREAD_IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    (".tif", ".tiff", ".gif", ".webp", ".bmp", ".jp2", ".j2k", ".heic", ".heif", ".avif")
+)
+"""Suffixes of image formats pneumolab does not read: a folder scan lists them all the same,
+so that each is answered with an error naming its format (a 16-bit TIFF export vanished from a
+results file with only a count in a log line)."""
 
 
 def sniff(head: bytes) -> ImageFormat | None:

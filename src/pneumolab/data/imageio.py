@@ -16,6 +16,12 @@ import numpy as np
 import simplejpeg
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from pneumolab.data.colour import (
+    COLOUR_SHARE,
+    SAMPLE_SIDE,
+    coloured_share,
+    image_coloured_share,
+)
 from pneumolab.data.formats import (
     ACCEPTED,
     IMAGE_SUFFIXES,
@@ -66,8 +72,14 @@ def _admit_in_pillow(max_pixels: int) -> None:
         Image.MAX_IMAGE_PIXELS = max_pixels // 2 + 1
 
 
+GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "F"}
+"""Pillow modes without colour channels."""
+
+
 def to_grayscale(image: Image.Image) -> Image.Image:
-    """Convert a PIL image of any mode (1, L, P, RGB, RGBA, LA, CMYK, I;16, I, F) to mode ``L``.
+    """Convert a PIL image of any mode (1, L, P, RGB, RGBA, LA, CMYK, YCbCr, I;16, I, F) to mode
+    ``L``; a colour image's share of clearly coloured pixels is kept in its ``info``
+    (:func:`~pneumolab.data.colour.colour_share_of`).
 
     High-bit-depth images are rescaled from their own min..max range to 0..255.
     """
@@ -81,7 +93,13 @@ def to_grayscale(image: Image.Image) -> Image.Image:
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, image)
-    return image.convert("L")
+    if image.mode in GRAY_MODES:
+        return image.convert("L")
+    share = image_coloured_share(image)
+    # a JPEG decoded as YCbCr: its Y plane is the gray libjpeg gives (draft "L") exactly
+    gray = image.getchannel(0) if image.mode == "YCbCr" else image.convert("L")
+    gray.info[COLOUR_SHARE] = share
+    return gray
 
 
 def image_to_grayscale(image: Image.Image) -> Image.Image:
@@ -192,16 +210,42 @@ def array_to_image(array: np.ndarray) -> Image.Image:
             mode = "RGBA" if array.shape[-1] == 4 else "RGB"
             return to_grayscale(Image.fromarray(np.ascontiguousarray(array), mode))
         else:  # the luma weights Pillow's convert("L") uses, as for 8-bit colour
-            array = array[..., :3].astype(np.float64) @ LUMA_WEIGHTS * _opacity(array)
+            share = _array_coloured_share(array)
+            gray = _gray_array_to_image(
+                array[..., :3].astype(np.float64) @ LUMA_WEIGHTS * _opacity(array)
+            )
+            gray.info[COLOUR_SHARE] = share
+            return gray
     if array.ndim != 2:
         raise ImageLoadError(
             f"array of shape {array.shape}: expected (H, W), (1, H, W) or (H, W, 1|3|4)"
         )
+    return _gray_array_to_image(array)
+
+
+def _gray_array_to_image(array: np.ndarray) -> Image.Image:
+    """A 2-D array as :func:`array_to_image` maps it: uint8 as it is, 0..1 floats from 0..1,
+    anything else from its own min..max."""
     if array.dtype == np.uint8:
         return Image.fromarray(array)
     if array.dtype.kind == "f" and array.min() >= 0 and array.max() <= 1:
         return Image.fromarray(_rescaled(lambda i, j: array[i:j], array.shape, 0.0, 1.0, False))
     return Image.fromarray(_rescale_to_uint8(array))
+
+
+def _array_coloured_share(array: np.ndarray) -> float:
+    """:func:`~pneumolab.data.colour.coloured_share` of an ``(H, W, 3|4)`` array that is not
+    uint8, on the scale its gray image gets (0..1 floats from 0..1, else its own min..max),
+    transparent pixels black; judged on every n-th row and column (about 128 on the shorter
+    side)."""
+    step = max(1, min(array.shape[:2]) // SAMPLE_SIDE)
+    opacity = _opacity(array)
+    if isinstance(opacity, np.ndarray):
+        opacity = opacity[::step, ::step, None]
+    rgb = array[::step, ::step, :3].astype(np.float64) * opacity
+    unit = array.dtype.kind == "f" and array.min() >= 0 and array.max() <= 1
+    low, high = (0.0, 1.0) if unit else (float(rgb.min()), float(rgb.max()))
+    return coloured_share((rgb - low) * (255.0 / max(high - low, 1e-12)))
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -254,8 +298,10 @@ def reading(path: Path, kind: str, max_pixels: int) -> Iterator[None]:
         if path.is_file() and path.stat().st_size == 0:
             raise ImageLoadError(f"{path}: empty file (0 bytes)") from None
         _refuse_jpeg_variant(path)
+        other = _other_format(path)
         raise ImageLoadError(
-            f"{path}: not an image file of an accepted format ({ACCEPTED})"
+            f"{path}: {f'a {other} image, ' if other else ''}not an image file of an accepted "
+            f"format ({ACCEPTED}){'; convert it to PNG' if other else ''}"
         ) from None
     except Image.DecompressionBombError as exc:  # over Pillow's limit, checked while opening
         # Pillow's limit is at least max_pixels (_admit_in_pillow), so the image is over both
@@ -274,6 +320,16 @@ def reading(path: Path, kind: str, max_pixels: int) -> Iterator[None]:
         raise ImageLoadError(
             f"{path}: corrupt or undecodable {kind} ({type(exc).__name__}: {brief(str(exc))})"
         ) from None
+
+
+def _other_format(path: Path) -> str | None:
+    """The name of the image format Pillow finds ``path`` in, where it is one pneumolab does not
+    read (TIFF, GIF, WebP, BMP...: only the header is parsed); None for anything else."""
+    try:
+        with Image.open(path) as opened:
+            return opened.format
+    except Exception:  # not an image at all, or one over Pillow's size limit
+        return None
 
 
 EXIF_SIDES_SWAPPED = {5, 6, 7, 8}
@@ -364,7 +420,7 @@ def _refuse_cut_jpeg(opened: Image.Image, path: Path) -> None:
     file"; its other warnings pass). A progressive JPEG is always checked so. A baseline JPEG
     cut inside its last block, whose pixels are then not that grey, passes: at most the last
     16 rows of the image differ."""
-    if opened.format != "JPEG" or opened.mode not in ("L", "RGB"):
+    if opened.format != "JPEG" or opened.mode not in ("L", "RGB", "YCbCr"):
         return
     corner = np.asarray(
         opened.crop((opened.width - 1, opened.height - 1, opened.width, opened.height))
@@ -410,8 +466,8 @@ def load_image(
             image = array_to_image(wide)
             image.info[SOURCE_SIZE] = (stored, image.size)
             return image
-        if size_hint and opened.format == "JPEG":
-            opened.draft("L", (size_hint, size_hint))
+        if size_hint and opened.format == "JPEG":  # YCbCr: its gray plane, and its colour
+            opened.draft("YCbCr" if opened.mode == "RGB" else "L", (size_hint, size_hint))
         opened.load()
         _refuse_cut_jpeg(opened, path)
         decoded = opened.size

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pneumolab.data.formats import ACCEPTED, IMAGE_SUFFIXES, sniff_file
+from pneumolab.data.formats import ACCEPTED, IMAGE_SUFFIXES, UNREAD_IMAGE_SUFFIXES, sniff_file
 from pneumolab.data.patients import patient_of
 from pneumolab.errors import DataLayoutError, printable
 
@@ -81,6 +81,12 @@ def listed_as_image(path: Path) -> bool:
     return path.is_file() or (path.is_symlink() and not path.exists())
 
 
+def _image_content(path: Path) -> bool:
+    """A file of another name whose content is an accepted format, or whose name is that of an
+    image format pneumolab does not read (listed to be refused by name)."""
+    return path.suffix.lower() in UNREAD_IMAGE_SUFFIXES or sniff_file(path) is not None
+
+
 def _litter(name: str) -> bool:
     return name.lower() in SCAN_LITTER or name.startswith("._")
 
@@ -121,7 +127,7 @@ def image_files(folder: Path) -> list[Path]:
             path = Path(root, name)
             if _litter(name):
                 continue
-            if listed_as_image(path) or (path.is_file() and sniff_file(path) is not None):
+            if listed_as_image(path) or (path.is_file() and _image_content(path)):
                 found.append(path)
             else:
                 skipped.append(path)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pneumolab.data.colour import colour_share_of
 from pneumolab.data.imageio import (
     DEFAULT_MAX_PIXELS,
     array_to_image,
@@ -84,5 +85,6 @@ def prepare_image(
             "for many files use predict_paths()"
         )
     pixels = resize_square(pil, image_size)
-    checks += image_sanity(*source_size(pil), pixels)  # a JPEG's own, not its reduced decode
+    # a JPEG's own size, not its reduced decode's
+    checks += image_sanity(*source_size(pil), pixels, colour_share_of(pil))
     return np.array(pixels)[None], checks  # writable, for torch

@@ -12,6 +12,10 @@ MAX_ASPECT = 4.0
 """Largest accepted ratio of the long to the short side (the original Kermany files reach ~3.2)."""
 MIN_INTENSITY_SPREAD = 8
 """Smallest accepted spread (gray levels, 8-bit) between the 1st and 99th percentile."""
+MAX_COLOURED_SHARE = 0.1
+"""Largest accepted share of clearly coloured pixels (:data:`pneumolab.data.colour.COLOURED_CHROMA`):
+coloured annotations on an X-ray (a ruler, a marker) stay well below it; every image of the
+shared train/val copies and originals has none."""
 MIN_POLARITY = -0.1
 """Lowest accepted :func:`polarity`. All 5,292 X-rays of the shared train/val copies and
 full-resolution originals score above -0.02 at 160 px (1st percentile 0.34), and all but 0.15%
@@ -50,9 +54,16 @@ def polarity(pixels: np.ndarray) -> float:
     return float((band(0.43, 0.57).mean() - lungs.mean()) / (image.std() + 1e-6))
 
 
-def image_sanity(width: int, height: int, pixels: np.ndarray) -> ScopeChecks:
-    """Size, shape, contrast and polarity of a decoded image (``pixels``: its uint8 resized copy)."""
+def image_sanity(width: int, height: int, pixels: np.ndarray, coloured: float = 0.0) -> ScopeChecks:
+    """Size, shape, colour, contrast and polarity of a decoded image (``pixels``: its uint8
+    resized copy; ``coloured``: the share of clearly coloured pixels of the image it came from,
+    :func:`~pneumolab.data.colour.colour_share_of`)."""
     reasons = []
+    if coloured > MAX_COLOURED_SHARE:
+        reasons.append(
+            f"colour image: {coloured:.0%} of its pixels clearly coloured (an X-ray is gray: a "
+            "photo, a tinted or false-colour export, or colours decoded wrongly)"
+        )
     if min(width, height) < MIN_SIDE:
         reasons.append(
             f"image too small ({width}x{height} px, at least {MIN_SIDE} px a side expected)"
