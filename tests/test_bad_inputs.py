@@ -95,6 +95,7 @@ def test_predict_out_records_every_bad_input(run_dir, corpus, good, tmp_path, ca
     paths = [bad.path for bad in corpus.values()]
     code, _, err = run_cli(capsys, "predict", run_dir, *paths, good, "--out", out)
     assert code == 1 and f"{len(corpus)} failed" in one_line(err)
+    assert "the failed images are named in its error column" in one_line(err)
     rows = {Path(row["source"]).name: row for row in map(json.loads, out.read_text().splitlines())}
     for name, bad in corpus.items():
         assert bad.problem in rows[bad.path.name]["error"], name

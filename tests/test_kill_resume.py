@@ -91,8 +91,8 @@ def test_training_killed_after_an_epoch_then_resumed(tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr
     # one line per trained epoch (1-based): the resume goes on after the checkpoint's epoch
-    trained = [int(n) for n in re.findall(r"^epoch (\d+)/4:", resumed.stdout, re.MULTILINE)]
-    assert trained == list(range(saved + 2, 5)), resumed.stdout
+    trained = [int(n) for n in re.findall(r"^epoch (\d+)/4:", resumed.stderr, re.MULTILINE)]
+    assert trained == list(range(saved + 2, 5)), resumed.stderr
     with (run / "history.csv").open(newline="") as f:
         epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
     assert epochs == list(range(len(epochs))) and len(epochs) >= 2  # each epoch once, none lost

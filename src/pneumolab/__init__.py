@@ -19,22 +19,30 @@ if _TYPE_CHECKING:  # what type checkers see of the lazy names below
     from pneumolab.evaluation.audit import audit_folder
     from pneumolab.evaluation.comparison import compare_runs
     from pneumolab.evaluation.evaluate import evaluate
+    from pneumolab.explain.gradcam import explain_image
     from pneumolab.inference.prediction import Prediction
     from pneumolab.inference.predictor import Predictor, load_run
     from pneumolab.pipeline.ensemble import build_ensemble
     from pneumolab.pipeline.ood_fit import fit_run_ood
     from pneumolab.pipeline.train import train
+    from pneumolab.results import EvaluationMetrics
+    from pneumolab.run import RunDir
+    from pneumolab.serving.export import export_onnx
     from pneumolab.study.runner import run_study
 
 __all__ = [
+    "EvaluationMetrics",
     "Prediction",
     "Predictor",
+    "RunDir",
     "TrainConfig",
     "__version__",
     "audit_folder",
     "build_ensemble",
     "compare_runs",
     "evaluate",
+    "explain_image",
+    "export_onnx",
     "fit_run_ood",
     "load_run",
     "run_study",
@@ -53,6 +61,10 @@ _LAZY = {
     "run_study": "pneumolab.study.runner",
     "fit_run_ood": "pneumolab.pipeline.ood_fit",
     "audit_folder": "pneumolab.evaluation.audit",
+    "explain_image": "pneumolab.explain.gradcam",
+    "export_onnx": "pneumolab.serving.export",
+    "RunDir": "pneumolab.run",
+    "EvaluationMetrics": "pneumolab.results",
 }
 
 

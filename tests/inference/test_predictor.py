@@ -37,6 +37,19 @@ def test_max_pixels_refuses_larger_files_from_their_header(tiny_run, tmp_path):
     below = Predictor.from_run(run_dir, max_pixels=width * height - 1)
     with pytest.raises(ImageLoadError, match=f"{image.name}: {width}x{height} pixels is over"):
         below.predict(image)
+    for nonsense in (0, -1):  # every file was then refused: "over the limit of -1 pixels"
+        with pytest.raises(ValueError, match=f"at least 1\\), not {nonsense}"):
+            Predictor.from_run(run_dir, max_pixels=nonsense)
+
+
+def test_an_image_in_memory_given_as_a_path_names_predict(tiny_run):
+    """``predict_paths([array])`` failed in pathlib: "expected str, bytes or os.PathLike
+    object, not ndarray"."""
+    import numpy as np
+
+    predictor = Predictor.from_run(tiny_run[0])
+    with pytest.raises(TypeError, match=r"not ndarray; an image in memory .* Predictor.predict"):
+        list(predictor.predict_paths([np.zeros((40, 40), np.uint8)]))
 
 
 def test_weights_holding_nan_are_refused_by_name(tiny_run, tmp_path):

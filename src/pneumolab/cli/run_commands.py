@@ -51,6 +51,7 @@ def _predict_to_file(args: argparse.Namespace, predictor: Predictor, paths: list
     console.print(
         f"{summary.written} written to {args.out} ({summary.failed} failed, "
         f"{summary.already_done} already there from an earlier run)"
+        + ("; the failed images are named in its error column" if summary.failed else "")
     )
     return 1 if summary.failed else 0
 

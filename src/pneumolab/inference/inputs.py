@@ -3,6 +3,7 @@ the uint8 pixels the network sees and the scope checks that need no network."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,16 @@ ImageInput = str | Path | Image.Image | np.ndarray
 
 
 def given_paths(paths: str | Path | Iterable[str | Path]) -> list[Path]:
-    """The paths a job was given, as a list (one path alone too, not its characters)."""
-    return [Path(path) for path in ([paths] if isinstance(paths, str | Path) else paths)]
+    """The paths a job was given, as a list (one path alone too, not its characters); TypeError
+    for an image in memory (pathlib's own message named no way out)."""
+    given = [paths] if isinstance(paths, str | Path) else list(paths)
+    odd = next((p for p in given if not isinstance(p, str | os.PathLike)), None)
+    if odd is not None:
+        raise TypeError(
+            f"paths are file or folder names, not {type(odd).__name__}; an image in memory "
+            "(array, PIL image, tensor) goes to Predictor.predict"
+        )
+    return [Path(path) for path in given]
 
 
 def expand_paths(paths: str | Path | Iterable[str | Path]) -> list[Path]:

@@ -146,8 +146,10 @@ class Predictor:
         ``cache``: every network (an ensemble's members each) answers pixels it has scored
         before from this :class:`~pneumolab.inference.score_cache.ScoreCache`.
         ``max_pixels``: image files larger than this (width x height) are refused from their
-        header as possible decompression bombs.
+        header as possible decompression bombs (ValueError below 1: every file was refused).
         """
+        if max_pixels < 1:
+            raise ValueError(f"max_pixels is a number of pixels (at least 1), not {max_pixels}")
         if backend == "torch":  # the exported backends run without PyTorch, device unused
             check_device(device)
         predictor = cls._load(run_dir, device, backend, onnx_file, cache, tta)
