@@ -75,7 +75,7 @@ def test_a_trained_run_stores_a_threshold_for_tta_scores(tiny_run):
     labels = np.array([r["label"] for r in rows])
     tta_probs = np.array([r["tta_probability"] for r in rows])
     assert not np.allclose(tta_probs, [r["probability"] for r in rows])  # scored over the views
-    chosen = choose_operating_points(labels, tta_probs, "val", 0.95)[0].threshold
+    chosen = choose_operating_points(labels, tta_probs, "val", 0.95)["sensitivity_95"].threshold
     assert meta.tta_threshold == pytest.approx(chosen, abs=1e-5)
     assert "With test-time augmentation (`--tta`): threshold" in (run.root / CARD_NAME).read_text()
 

@@ -9,7 +9,7 @@ import numpy as np
 from pneumolab.evaluation.calibration import fit_platt, fit_temperature
 from pneumolab.evaluation.metrics import binary_metrics, threshold_metrics
 from pneumolab.evaluation.operating_points import choose_operating_points
-from pneumolab.results import DecisionRule, StoredOperatingPoint
+from pneumolab.results import DecisionRule
 
 
 def decision_rule(
@@ -23,21 +23,22 @@ def decision_rule(
     ``tta_probs`` (the same images scored with test-time augmentation) get their own threshold
     by the default rule."""
     points = choose_operating_points(labels, probs, source, target_sensitivity)
-    threshold = points[0].threshold
+    default = next(iter(points))  # the target-sensitivity point
+    threshold = points[default].threshold
     tta_threshold = None
     if tta_probs is not None:
         tta_source = f"{source}, test-time augmented"
         tta_points = choose_operating_points(labels, tta_probs, tta_source, target_sensitivity)
-        tta_threshold = tta_points[0].threshold
+        tta_threshold = tta_points[default].threshold
     return DecisionRule(
         threshold=threshold,
         threshold_rule=f"highest threshold with validation sensitivity >= {target_sensitivity}",
-        default_operating_point=points[0].name,
+        default_operating_point=default,
         operating_points={
-            p.name: StoredOperatingPoint(
-                **p.to_dict(), val_metrics=threshold_metrics(labels, probs, p.threshold)
+            name: p.model_copy(
+                update={"val_metrics": threshold_metrics(labels, probs, p.threshold)}
             )
-            for p in points
+            for name, p in points.items()
         },
         temperature=fit_temperature(labels, probs),
         platt=fit_platt(labels, probs),

@@ -8,30 +8,13 @@ diagnose threshold drift only.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
-
 import numpy as np
 from sklearn.metrics import roc_curve
 
 from pneumolab.evaluation.thresholds import threshold_for_sensitivity
+from pneumolab.results import StoredOperatingPoint
 
 DEFAULT_COST_RATIO = 5.0
-
-
-@dataclass(frozen=True)
-class OperatingPoint:
-    """A threshold (positive when ``prob >= threshold``) with its rule and provenance."""
-
-    name: str
-    threshold: float
-    rule: str
-    params: dict[str, float] = field(default_factory=dict)
-    provenance: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Everything but the name (the name is the key where points are stored)."""
-        return {k: v for k, v in asdict(self).items() if k != "name"}
 
 
 def _roc(y_true: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -94,34 +77,33 @@ def choose_operating_points(
     source: str,
     target_sensitivity: float = 0.95,
     cost_ratio: float = DEFAULT_COST_RATIO,
-) -> list[OperatingPoint]:
-    """The target-sensitivity point (first: the default), Youden's J and the cost-ratio point,
+) -> dict[str, StoredOperatingPoint]:
+    """The target-sensitivity point (first: the default), Youden's J and the cost-ratio point, by
+    name (their validation metrics are the caller's to add),
     all chosen on the validation scores of ``source`` (e.g. ``"validation split of run-1"``),
     each placed :func:`with_margin` below the score the rule picked."""
     where = f"{source}, n={len(y_true)}"
     sensitivity_rule = f"highest threshold with sensitivity >= {target_sensitivity:g}"
     cost_rule = f"minimum cost {cost_ratio:g} * FN + 1 * FP"
     youden_rule = "maximum Youden's J = sensitivity + specificity - 1"
-    return [
-        OperatingPoint(
-            f"sensitivity_{100 * target_sensitivity:g}",
-            with_margin(threshold_for_sensitivity(y_true, prob, target_sensitivity), prob),
-            sensitivity_rule,
-            {"target_sensitivity": target_sensitivity},
-            f"{where}, rule: {sensitivity_rule}",
+    return {
+        f"sensitivity_{100 * target_sensitivity:g}": StoredOperatingPoint(
+            threshold=with_margin(
+                threshold_for_sensitivity(y_true, prob, target_sensitivity), prob
+            ),
+            rule=sensitivity_rule,
+            params={"target_sensitivity": target_sensitivity},
+            provenance=f"{where}, rule: {sensitivity_rule}",
         ),
-        OperatingPoint(
-            "youden",
-            with_margin(youden_threshold(y_true, prob), prob),
-            youden_rule,
-            {},
-            f"{where}, rule: {youden_rule}",
+        "youden": StoredOperatingPoint(
+            threshold=with_margin(youden_threshold(y_true, prob), prob),
+            rule=youden_rule,
+            provenance=f"{where}, rule: {youden_rule}",
         ),
-        OperatingPoint(
-            f"cost_ratio_{cost_ratio:g}",
-            with_margin(cost_threshold(y_true, prob, cost_ratio, 1.0), prob),
-            cost_rule,
-            {"cost_fn": cost_ratio, "cost_fp": 1.0},
-            f"{where}, rule: {cost_rule}",
+        f"cost_ratio_{cost_ratio:g}": StoredOperatingPoint(
+            threshold=with_margin(cost_threshold(y_true, prob, cost_ratio, 1.0), prob),
+            rule=cost_rule,
+            params={"cost_fn": cost_ratio, "cost_fp": 1.0},
+            provenance=f"{where}, rule: {cost_rule}",
         ),
-    ]
+    }
