@@ -156,7 +156,7 @@ def session_options(threads: int | None = None, spin: bool = False) -> ort.Sessi
     return options
 
 
-def run_onnx_backend(run_dir: str | Path, onnx_file: str | Path | None = None) -> OnnxBackend:
+def load_onnx_backend(run_dir: str | Path, onnx_file: str | Path | None = None) -> OnnxBackend:
     """The ONNX backend of a run from ``onnx_file`` (default ``RUN_DIR/model.onnx``); a clear
     error when the file is missing or was exported from other weights. Writes nothing."""
     run = RunDir(Path(run_dir))
@@ -171,14 +171,14 @@ def run_onnx_backend(run_dir: str | Path, onnx_file: str | Path | None = None) -
     return backend
 
 
-def run_exported_backend(
+def load_exported_backend(
     run_dir: str | Path, backend: BackendName, file: str | Path | None = None
 ) -> ExportedBackend:
-    """The run's ``onnx`` (see :func:`run_onnx_backend`), ``onnx-int8`` or ``openvino`` backend;
+    """The run's ``onnx`` (see :func:`load_onnx_backend`), ``onnx-int8`` or ``openvino`` backend;
     the last two only from files that ``pneumolab export`` accepted after its parity check."""
     run_dir = Path(run_dir)
     if backend == "onnx":
-        return run_onnx_backend(run_dir, file)
+        return load_onnx_backend(run_dir, file)
     from pneumolab.inference.openvino_backend import OPENVINO_FILE_NAME, OpenVinoBackend
 
     default = {"onnx-int8": INT8_FILE_NAME, "openvino": OPENVINO_FILE_NAME}[backend]

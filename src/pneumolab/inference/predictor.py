@@ -220,9 +220,9 @@ class Predictor:
             ]
             return cls(None, meta, mean_scores(scorers), ood)
         if backend != "torch":
-            from pneumolab.inference.onnx_backend import run_exported_backend  # only when asked
+            from pneumolab.inference.onnx_backend import load_exported_backend  # only when asked
 
-            scorer = run_exported_backend(run.root, backend, onnx_file)
+            scorer = load_exported_backend(run.root, backend, onnx_file)
             return cls(None, meta, cls._cached(scorer, cache, run.root, backend, onnx_file), ood)
         predictor = cls(load_network(run, meta).to(device), meta, ood=ood)
         predictor.scorer = cls._cached(predictor.scorer, cache, run.root, backend, device)

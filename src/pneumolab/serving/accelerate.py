@@ -32,7 +32,7 @@ from pneumolab.inference.onnx_backend import (
     INT8_FILE_NAME,
     ExportedBackend,
     OnnxBackend,
-    run_onnx_backend,
+    load_onnx_backend,
 )
 from pneumolab.inference.openvino_backend import (
     METADATA_SECTION,
@@ -149,7 +149,7 @@ def _write_verified(
     """Export with ``write`` into a temporary folder of its own beside ``out_file`` (two exports
     at once never share one), check parity, then :func:`~pneumolab.files.publish` it there."""
     run = RunDir(Path(run_dir))
-    reference = run_onnx_backend(run.root)
+    reference = load_onnx_backend(run.root)
     predictor = Predictor(None, run.read_meta(), reference, run_ood_model(run))
     images = validation_images(predictor, run, CALIBRATION_IMAGES)
     out_file.parent.mkdir(parents=True, exist_ok=True)
