@@ -283,3 +283,15 @@ def test_sizes_are_upright_and_a_16_bit_colour_png_is_16_bit(run_dir, tmp_path):
     turned = records["turned.jpeg"]
     assert (turned.width, turned.height) == (140, 445)[::-1] and turned.bit_depth == 8
     assert records["rgb16.png"].bit_depth == 16 and records["palette.png"].bit_depth == 8
+
+
+def test_a_content_shift_names_the_figure_that_tripped_its_limit():
+    """Scores spread unlike validation's but with fewer above its 95th percentile than expected
+    read "4% score above validation's 95th OOD percentile (expected 5%)" as the evidence."""
+    narrow = [_readable(i) for i in range(100)]
+    for record in narrow:  # within validation's range, far narrower: KS large, few above p95
+        record.ood_score = 80.0 + (record.ood_score - 80.0) / 10
+    reason = next(r for r in _site(narrow).verdict_reasons if "unlike validation" in r)
+    assert "their OOD scores are spread unlike validation's (KS distance" in reason
+    assert reason.endswith("0% above validation's 95th percentile, 5% expected)")
+    assert not reason.startswith("in-scope images look unlike validation: 0% score above")
