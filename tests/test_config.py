@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from pneumolab.config import TrainConfig, load_yaml, resolve_config, save_config
 from pneumolab.errors import ConfigError
@@ -209,17 +208,25 @@ def test_a_setting_name_that_is_not_text_in_a_mapping_is_a_clear_error():
             resolve_config(settings={key: 2})
 
 
-def test_a_setting_changed_after_the_config_is_built_is_checked_as_when_built():
-    """``config.epochs = 0`` was taken; training then failed in torch's loader, leaving a run
-    folder that refused the retry."""
+def test_a_setting_changed_after_the_config_is_built_is_checked_when_training_starts(tmp_path):
+    """``config.epochs = 0`` was taken; training failed in torch's loader, leaving a run folder
+    that refused the retry. Settings are checked together when training starts (checked one by
+    one as they are set, their order mattered: ``swa_lr`` set before ``swa_epochs`` was reset as
+    unused), and nothing is written first."""
+    from pneumolab import train
+
     config = TrainConfig(epochs=2)
-    with pytest.raises(ValidationError, match="epochs"):
-        config.epochs = 0
-    assert config.epochs == 2
-    config.epochs = 3
-    assert config.epochs == 3
-    config.swa_lr = 0.5  # never read without SWA: back to its default, as when built
-    assert config.swa_lr == TrainConfig().swa_lr
+    config.epochs = 0
+    with pytest.raises(ConfigError, match=r"invalid training config \(epochs: "):
+        train(tmp_path / "data", tmp_path / "run", config)
+    assert not (tmp_path / "run" / "config.yaml").exists()
+    config = TrainConfig(pretrained=False)
+    config.strategy = "frozen"
+    with pytest.raises(ConfigError, match="strategy 'frozen' needs pretrained weights"):
+        train(tmp_path / "data", tmp_path / "run", config)
+    config = TrainConfig()
+    config.swa_lr, config.swa_epochs = 0.5, 2
+    assert config.swa_lr == 0.5  # not reset while SWA was still off
 
 
 def test_a_folder_given_as_the_config_file_is_named(tmp_path):
@@ -243,3 +250,12 @@ def test_a_bad_value_given_as_a_flag_is_not_blamed_on_the_config_file(tmp_path):
         ConfigError, match=r"recipe\.yaml: invalid training config \(epochs: [^)]*\)$"
     ):
         resolve_config(config, {"lr": 0.01})
+
+
+def test_a_bad_value_given_as_a_setting_over_a_file_is_not_blamed_on_the_file(tmp_path):
+    config = tmp_path / "recipe.yaml"
+    config.write_text("epochs: 1\n")
+    with pytest.raises(ConfigError) as given:
+        resolve_config(config, settings={"epochs": 0})
+    assert str(given.value).startswith("invalid training config (epochs:")
+    assert str(given.value).endswith("(given as settings['epochs'])")

@@ -56,9 +56,7 @@ class TrainConfig(BaseModel):
     """Everything that determines a training run. The defaults are the default recipe, chosen on
     validation (benchmarks/README.md, 'Choosing the default recipe'); configs/default.yaml documents them."""
 
-    model_config = ConfigDict(
-        extra="forbid", protected_namespaces=(), allow_inf_nan=False, validate_assignment=True
-    )
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     model: str = Field(default="mobilenetv2_100", description="timm model name or pneumolab CNN")
     pretrained: bool = Field(default=True, description="start from ImageNet weights")
@@ -280,7 +278,7 @@ class TrainConfig(BaseModel):
         never reads (:func:`inert_settings`) are set back to their defaults: the run records
         what it trained with, and two networks that differ only in them are one network."""
         for name in inert_settings(self):  # a study's defaults give them to every model
-            self.__dict__[name] = type(self).model_fields[name].default  # not validated again
+            setattr(self, name, type(self).model_fields[name].default)
         if self.strategy == "frozen" and not self.pretrained:  # before a study trains anything
             raise ValueError(
                 "strategy 'frozen' needs pretrained weights (a frozen random backbone learns "
@@ -486,25 +484,35 @@ def resolve_config(
     try:
         return TrainConfig(**values)
     except ValidationError as exc:
-        raise ConfigError(_invalid_where(exc, config_file, from_file, flags)) from None
+        raise ConfigError(
+            _invalid_where(exc, config_file, from_file, settings or {}, flags)
+        ) from None
 
 
 def _invalid_where(
     exc: ValidationError,
     config_file: str | Path | None,
     from_file: Mapping[str, Any],
+    settings: Mapping[str, Any],
     flags: Mapping[str, Any],
 ) -> str:
-    """The message of an invalid merged config, blaming what gave the faulty values: the file
-    where a value at fault came from it (a flag's value was blamed on it), the flags by name
-    (``--epochs``), and for a combination (no one setting at fault) the flags given too."""
+    """The message of an invalid merged config, blaming what gave the faulty values: the config
+    file only where a value at fault came from it (a flag's value was blamed on it), and the
+    flags (``--epochs``) or settings given over the file by name; for a combination (no one
+    setting at fault) the file and whatever was given over it."""
+    problems = f"invalid training config ({validation_problems(exc, 'config')})"
+    if not config_file:
+        return problems
     faulty = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
-    named = sorted(faulty & flags.keys()) if faulty else sorted(flags)
-    in_file = bool(config_file) and (not faulty or bool(faulty & (from_file.keys() - flags.keys())))
-    source = f"{config_file}: " if in_file else ""
-    given = ", ".join(f"--{name.replace('_', '-')}" for name in named)
-    flagged = f" ({'given as' if faulty else 'with'} {given})" if given else ""
-    return f"{source}invalid training config ({validation_problems(exc, 'config')}){flagged}"
+    over_file = settings.keys() | flags.keys()
+    in_file = not faulty or bool(faulty & (from_file.keys() - over_file))
+    named = [
+        f"--{name.replace('_', '-')}" for name in sorted((faulty or flags.keys()) & flags.keys())
+    ]
+    mapped = (faulty or settings.keys()) & (settings.keys() - flags.keys())
+    named += [f"settings[{name!r}]" for name in sorted(mapped)]
+    given = f" ({'given as' if faulty else 'with'} {', '.join(named)})" if named else ""
+    return f"{config_file}: " * in_file + problems + given
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:

@@ -753,7 +753,7 @@ def test_a_jpeg_decoded_at_reduced_scale_keeps_its_gray_and_records_its_colour(t
         with Image.open(tmp_path / f"{name}.jpeg") as opened:
             opened.draft("L", (100, 100))
             expected = np.asarray(opened.convert("L"))
-        loaded = load_image(tmp_path / f"{name}.jpeg", size_hint=100)
+        loaded = load_image(tmp_path / f"{name}.jpeg", size_hint=100, colour=True)
         assert np.array_equal(np.asarray(loaded), expected)
         share = colour_share_of(loaded)
         assert share == 0.0 if name == "gray" else share > 0.3, (name, share)

@@ -146,8 +146,8 @@ def test_scan_litter_is_passed_over_and_images_are_known_by_content(
     for copies in (".thumbnails", "@eaDir/scan.jfif", "#recycle"):
         _touch(folder / copies / "thumb.jpeg", b"\xff\xd8\xff\xe0")
     with caplog.at_level("INFO", logger="pneumolab"):
-        assert image_files(folder) == sorted([bare, jfif, folder / "scan.tif"])  # tif: refused
-    assert "1 file(s) passed over, not JPEG, PNG or DICOM (notes.txt)" in caplog.text
+        assert image_files(folder) == sorted([bare, jfif])
+    assert "2 file(s) passed over, not JPEG, PNG or DICOM (notes.txt, scan.tif)" in caplog.text
 
 
 def test_class_folders_differing_only_in_case_are_refused(tmp_path: Path) -> None:
@@ -324,7 +324,8 @@ def test_a_link_above_the_folder_scanned_never_pulls_in_its_siblings(tmp_path: P
 
 
 def test_images_of_formats_not_read_are_listed_to_be_refused_by_name(tmp_path):
-    """A 16-bit TIFF export vanished from a results file, counted only in a log line."""
+    """A 16-bit TIFF export vanished from a results file, counted only in a log line; a dataset
+    scan still passes them over (listed, they joined the validation split's grouping)."""
     from PIL import Image
 
     from pneumolab.data.imageio import load_image
@@ -332,6 +333,8 @@ def test_images_of_formats_not_read_are_listed_to_be_refused_by_name(tmp_path):
     for name in ("scan.tif", "film.BMP", "clip.gif"):
         Image.new("L", (40, 40)).save(tmp_path / name)
     (tmp_path / "notes.txt").write_text("not an image")
-    assert [p.name for p in image_files(tmp_path)] == ["clip.gif", "film.BMP", "scan.tif"]
+    listed = image_files(tmp_path, unread_formats=True)
+    assert [p.name for p in listed] == ["clip.gif", "film.BMP", "scan.tif"]
+    assert image_files(tmp_path) == []
     with pytest.raises(ImageLoadError, match=r"scan\.tif: a TIFF image, not an image file of an"):
         load_image(tmp_path / "scan.tif")

@@ -109,3 +109,26 @@ def test_a_colour_image_is_out_of_scope_and_a_gray_one_stored_as_rgb_is_not(tmp_
     flat = np.full((64, 64), 128, np.uint8)  # "constant image" either way
     coloured = [" ".join(image_sanity(64, 64, flat, share).reasons) for share in (0.05, 0.5)]
     assert "colour image" not in coloured[0] and "colour image: 50%" in coloured[1]
+
+
+def test_the_colour_verdict_does_not_depend_on_how_the_pixels_arrive(tmp_path, shared_data):
+    """Noisy pixels (±45 a channel, not colour) were flagged from a float or 16-bit array, sampled pixel by
+    pixel, and passed from a file or uint8 array, averaged: every input is now judged alike."""
+    from PIL import Image
+
+    from pneumolab.inference.inputs import prepare_image
+
+    source = next(iter(sorted((shared_data / "val" / "NORMAL").glob("*.jpeg"))))
+    gray = np.asarray(Image.open(source).convert("L")).astype(np.int16)
+    noise = np.random.default_rng(0).integers(-45, 46, (*gray.shape, 3))
+    rgb = np.clip(gray[..., None] + noise, 0, 255).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "noisy.png")
+    inputs = [
+        tmp_path / "noisy.png",
+        Image.fromarray(rgb),
+        rgb,
+        rgb / 255.0,
+        rgb.astype(np.uint16) * 257,
+    ]
+    verdicts = {" ".join(prepare_image(image, 64)[1].reasons) for image in inputs}
+    assert verdicts == {""}, verdicts

@@ -416,3 +416,13 @@ def test_a_network_output_that_is_not_a_number_is_out_of_scope_with_a_null_proba
         assert ("image_png_base64" in body) == ("heatmap" in params)  # unasked PNGs: absent
     heat = upload(client, "x.png", png_bytes, heatmap=True).json()
     assert heat["heatmap_caption"].startswith("no heat map: the model's output is not a number")
+
+
+@pytest.mark.parametrize("suffix", ["png", "jpeg"])
+def test_a_colour_upload_is_out_of_scope_as_from_predict(client, run_dir, shared_fullres, suffix):
+    """The colour check reads the decoded file's colour: the server decodes uploads itself."""
+    gray = np.asarray(Image.open(sorted((shared_fullres / "NORMAL").iterdir())[0]).convert("L"))
+    buffer = io.BytesIO()
+    Image.fromarray(np.stack([gray, gray // 4, gray], -1)).save(buffer, suffix.upper())
+    body = upload(client, f"tinted.{suffix}", buffer.getvalue()).json()
+    assert not body["in_scope"] and any(r.startswith("colour image") for r in body["reasons"])

@@ -14,7 +14,7 @@ COLOURED_CHROMA = 24.0
 """Chroma (the larger of \\|Cb\\| and \\|Cr\\| of JPEG's YCbCr, on the 0..255 scale) above which a
 pixel counts as clearly coloured: a gray image's JPEG noise stays within a few levels, a
 colour cast over a whole image (a photo of a screen) mostly below it."""
-SAMPLE_SIDE = 128
+SAMPLE_SIDE = 64
 """The colour is judged on a copy reduced to about this many pixels on its shorter side."""
 
 _CB = np.array([-0.168736, -0.331264, 0.5], dtype=np.float32)

@@ -16,12 +16,7 @@ import numpy as np
 import simplejpeg
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from pneumolab.data.colour import (
-    COLOUR_SHARE,
-    SAMPLE_SIDE,
-    coloured_share,
-    image_coloured_share,
-)
+from pneumolab.data.colour import COLOUR_SHARE, image_coloured_share
 from pneumolab.data.formats import (
     ACCEPTED,
     IMAGE_SUFFIXES,
@@ -76,10 +71,10 @@ GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "F"}
 """Pillow modes without colour channels."""
 
 
-def to_grayscale(image: Image.Image) -> Image.Image:
+def to_grayscale(image: Image.Image, colour: bool = True) -> Image.Image:
     """Convert a PIL image of any mode (1, L, P, RGB, RGBA, LA, CMYK, YCbCr, I;16, I, F) to mode
-    ``L``; a colour image's share of clearly coloured pixels is kept in its ``info``
-    (:func:`~pneumolab.data.colour.colour_share_of`).
+    ``L``; with ``colour``, a colour image's share of clearly coloured pixels is kept in its
+    ``info`` (:func:`~pneumolab.data.colour.colour_share_of`; the scope checks read it).
 
     High-bit-depth images are rescaled from their own min..max range to 0..255.
     """
@@ -93,8 +88,8 @@ def to_grayscale(image: Image.Image) -> Image.Image:
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, image)
-    if image.mode in GRAY_MODES:
-        return image.convert("L")
+    if image.mode in GRAY_MODES or not colour:
+        return image.getchannel(0) if image.mode == "YCbCr" else image.convert("L")
     share = image_coloured_share(image)
     # a JPEG decoded as YCbCr: its Y plane is the gray libjpeg gives (draft "L") exactly
     gray = image.getchannel(0) if image.mode == "YCbCr" else image.convert("L")
@@ -234,18 +229,17 @@ def _gray_array_to_image(array: np.ndarray) -> Image.Image:
 
 
 def _array_coloured_share(array: np.ndarray) -> float:
-    """:func:`~pneumolab.data.colour.coloured_share` of an ``(H, W, 3|4)`` array that is not
-    uint8, on the scale its gray image gets (0..1 floats from 0..1, else its own min..max),
-    transparent pixels black; judged on every n-th row and column (about 128 on the shorter
-    side)."""
-    step = max(1, min(array.shape[:2]) // SAMPLE_SIDE)
+    """:func:`~pneumolab.data.colour.image_coloured_share` of an ``(H, W, 3|4)`` array that is
+    not uint8, as 8-bit RGB on the scale its gray image gets (0..1 floats from 0..1, else its own
+    min..max), transparent pixels black: judged as the same pixels in a file or a PIL image."""
     opacity = _opacity(array)
-    if isinstance(opacity, np.ndarray):
-        opacity = opacity[::step, ::step, None]
-    rgb = array[::step, ::step, :3].astype(np.float64) * opacity
+    rgb = array[..., :3].astype(np.float64) * (
+        opacity[..., None] if isinstance(opacity, np.ndarray) else opacity
+    )
     unit = array.dtype.kind == "f" and array.min() >= 0 and array.max() <= 1
     low, high = (0.0, 1.0) if unit else (float(rgb.min()), float(rgb.max()))
-    return coloured_share((rgb - low) * (255.0 / max(high - low, 1e-12)))
+    scaled = np.clip(np.rint((rgb - low) * (255.0 / max(high - low, 1e-12))), 0, 255)
+    return image_coloured_share(Image.fromarray(scaled.astype(np.uint8), "RGB"))
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -441,7 +435,10 @@ def _refuse_cut_jpeg(opened: Image.Image, path: Path) -> None:
 
 
 def load_image(
-    path: str | Path, size_hint: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: str | Path,
+    size_hint: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    colour: bool = False,
 ) -> Image.Image:
     """Open an image file as an 8-bit grayscale PIL image, EXIF orientation applied.
 
@@ -449,7 +446,9 @@ def load_image(
     sides stay at least that large: a 2,500 px X-ray meant for a 224 px model decodes ~8x faster.
     DICOM files (``.dcm``, or any name with the ``DICM`` header) go to
     :func:`pneumolab.data.dicom.load_dicom`; a 16-bit colour PNG is read in full by OpenCV
-    (Pillow keeps 8 bits of it). Raises ImageLoadError naming the file on anything unreadable.
+    (Pillow keeps 8 bits of it). ``colour``: record how coloured the file is, for the scope
+    checks (:func:`to_grayscale`; what a prediction needs, not training). Raises ImageLoadError
+    naming the file on anything unreadable.
     """
     path = Path(path)
     _admit_in_pillow(max_pixels)  # a JPEG-compressed DICOM is decoded by Pillow too
@@ -467,11 +466,12 @@ def load_image(
             image.info[SOURCE_SIZE] = (stored, image.size)
             return image
         if size_hint and opened.format == "JPEG":  # YCbCr: its gray plane, and its colour
-            opened.draft("YCbCr" if opened.mode == "RGB" else "L", (size_hint, size_hint))
+            as_colour = colour and opened.mode == "RGB"
+            opened.draft("YCbCr" if as_colour else "L", (size_hint, size_hint))
         opened.load()
         _refuse_cut_jpeg(opened, path)
         decoded = opened.size
-        image = to_grayscale(upright(opened, str(path)))
+        image = to_grayscale(upright(opened, str(path)), colour)
         image = image.copy() if image is opened else image  # readable once the file is closed
         upright_size = stored[::-1] if image.size != decoded else stored  # EXIF turned it
         image.info[SOURCE_SIZE] = (upright_size, image.size)

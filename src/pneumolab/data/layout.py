@@ -81,12 +81,6 @@ def listed_as_image(path: Path) -> bool:
     return path.is_file() or (path.is_symlink() and not path.exists())
 
 
-def _image_content(path: Path) -> bool:
-    """A file of another name whose content is an accepted format, or whose name is that of an
-    image format pneumolab does not read (listed to be refused by name)."""
-    return path.suffix.lower() in UNREAD_IMAGE_SUFFIXES or sniff_file(path) is not None
-
-
 def _litter(name: str) -> bool:
     return name.lower() in SCAN_LITTER or name.startswith("._")
 
@@ -96,14 +90,16 @@ def _skipped_folder(name: str) -> bool:
     return _litter(name) or name.startswith(".") or name.lower() in SKIPPED_FOLDERS
 
 
-def image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path, unread_formats: bool = False) -> list[Path]:
     """The images under ``folder`` at any depth, sorted: what :func:`listed_as_image` lists,
     files of any other name whose content is an accepted format (PACS exports often name files
     without a suffix; ``.jfif``), and every subfolder that could not be read (listed, so that
     reading it names it instead of its images vanishing). Symlinked folders are followed, each
-    real folder once. Other files are passed over with a log line that counts them (a DICOM
-    CD's DICOMDIR and macOS/Windows metadata silently); DataLayoutError for folders nested
-    deeper than :data:`MAX_SCAN_DEPTH`."""
+    real folder once. With ``unread_formats`` (a job that answers every file: predict), images of
+    formats pneumolab does not read (TIFF, GIF...) too, to be refused by name; else, as in a
+    dataset (whose split they would join), they are passed over with the other files: in a log
+    line that counts them (a DICOM CD's DICOMDIR and macOS/Windows metadata silently).
+    DataLayoutError for folders nested deeper than :data:`MAX_SCAN_DEPTH`."""
     found: list[Path] = []
     skipped: list[Path] = []
     walked: set[str] = set()
@@ -127,7 +123,8 @@ def image_files(folder: Path) -> list[Path]:
             path = Path(root, name)
             if _litter(name):
                 continue
-            if listed_as_image(path) or (path.is_file() and _image_content(path)):
+            unread = unread_formats and path.suffix.lower() in UNREAD_IMAGE_SUFFIXES
+            if listed_as_image(path) or (path.is_file() and (unread or sniff_file(path))):
                 found.append(path)
             else:
                 skipped.append(path)

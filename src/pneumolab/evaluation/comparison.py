@@ -320,7 +320,7 @@ def compare_runs(
     with ``shift``, compound); a table or chart already there is refused unless ``overwrite``,
     and ``out_dir`` is locked while the comparison runs (another compare into it is refused).
     ``backend``: see :func:`compare_run`."""
-    run_list(run_dirs, "compare_runs")  # before out_dir is made
+    run_dirs = [run.root for run in run_list(run_dirs, "compare_runs")]  # before out_dir is made
     with working_in(Path(out_dir), "comparing"):  # two compares mixed their files
         return _compare_into(
             run_dirs, data_dir, split, Path(out_dir), robustness, shift, overwrite, backend

@@ -357,7 +357,7 @@ def explain_paths(
                         f"{out_file}: is one of the images to explain; give --out another folder"
                     )
                 check_output(out_file, overwrite)
-                image = load_image(path, predictor.image_size, max_pixels)
+                image = load_image(path, predictor.image_size, max_pixels, colour=True)
             except PneumolabError as exc:
                 yield exc
                 continue

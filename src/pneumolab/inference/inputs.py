@@ -43,14 +43,15 @@ def given_paths(paths: str | Path | Iterable[str | Path]) -> list[Path]:
 
 def expand_paths(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     """Files as given, plus the images inside any folder
-    (:func:`~pneumolab.data.layout.image_files`: at any depth, sorted).
+    (:func:`~pneumolab.data.layout.image_files`: at any depth, sorted; images of formats not
+    read too, so that each is answered with its error).
 
     A missing path, or a folder without images, stays in the list as it is, so that reading it
     fails with an error naming it while the other paths still run.
     """
     found: list[Path] = []
     for path in given_paths(paths):
-        found += (image_files(path) if path.is_dir() else []) or [path]
+        found += (image_files(path, unread_formats=True) if path.is_dir() else []) or [path]
     return found
 
 
@@ -83,7 +84,7 @@ def prepare_image(
     checks = ScopeChecks()
     if isinstance(image, str | Path):
         checks = file_header_checks(image, max_pixels)
-        pil = load_image(image, size_hint=image_size, max_pixels=max_pixels)
+        pil = load_image(image, size_hint=image_size, max_pixels=max_pixels, colour=True)
     elif isinstance(image, Image.Image):  # EXIF orientation applied, as to files
         pil = image_to_grayscale(upright(image, "image"))
     elif isinstance(image, np.ndarray) or hasattr(image, "__array__"):  # a tensor too

@@ -113,7 +113,7 @@ def _decode(
         path = Path(folder) / _usable_name(filename, found.suffixes[0])
         path.write_bytes(data)
         try:
-            image = load_image(path, size_hint=size_hint, max_pixels=max_pixels)
+            image = load_image(path, size_hint=size_hint, max_pixels=max_pixels, colour=True)
         except ImageLoadError as exc:
             raise HTTPException(422, str(exc).replace(str(path), filename)) from None
         is_dicom = found.pillow_name is None

@@ -95,7 +95,9 @@ def train_model(
         config = resolve_config(settings=config)
     elif isinstance(config, str | Path):  # the config file itself, as `--config FILE`
         config = resolve_config(config)
-    elif config is not None and not isinstance(config, TrainConfig):
+    elif isinstance(config, TrainConfig):  # checked again: a setting changed since it was built
+        config = resolve_config(settings=config.model_dump())
+    elif config is not None:
         raise TypeError(
             "config is a TrainConfig, a mapping of settings, a YAML file's path or None, not "
             f"{type(config).__name__}"
