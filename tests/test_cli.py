@@ -432,4 +432,6 @@ def test_a_table_whose_reader_went_away_exits_141_as_a_print_does(monkeypatch):
             raise BrokenPipeError
 
     monkeypatch.setattr(consoles.stdout, "file", GoneReader())
+    monkeypatch.setattr(consoles.stdout, "quiet", False)  # set for good by the closed pipe
     assert main(["models"]) == 141
+    assert consoles.stdout.quiet  # nothing more is written to the gone reader
