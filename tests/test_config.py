@@ -259,3 +259,12 @@ def test_a_bad_value_given_as_a_setting_over_a_file_is_not_blamed_on_the_file(tm
         resolve_config(config, settings={"epochs": 0})
     assert str(given.value).startswith("invalid training config (epochs:")
     assert str(given.value).endswith("(given as settings['epochs'])")
+
+
+def test_a_study_flag_that_fails_is_named_over_the_model_entry():
+    """``study s.yaml --epochs 0`` said "s.yaml: models[0] (a): invalid training config
+    (epochs: ...)", as for a file holding epochs: 0 (its entry held epochs: 1)."""
+    with pytest.raises(ConfigError, match=r"\(epochs: [^)]*\) \(given as --epochs\)$"):
+        resolve_config(None, {"epochs": 0}, {"epochs": 1})
+    with pytest.raises(ConfigError, match=r"\(epochs: [^)]*\)$"):
+        resolve_config(None, None, {"epochs": 0})

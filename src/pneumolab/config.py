@@ -497,21 +497,20 @@ def _invalid_where(
     flags: Mapping[str, Any],
 ) -> str:
     """The message of an invalid merged config, blaming what gave the faulty values: the config
-    file only where a value at fault came from it (a flag's value was blamed on it), and the
-    flags (``--epochs``) or settings given over the file by name; for a combination (no one
-    setting at fault) the file and whatever was given over it."""
-    problems = f"invalid training config ({validation_problems(exc, 'config')})"
-    if not config_file:
-        return problems
+    file only where a value at fault came from it (a flag's value was blamed on it), the flags
+    (``--epochs``) that gave one, and the settings given over a file by name; for a combination
+    (no one setting at fault) the file and whatever was given over it."""
     faulty = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
     over_file = settings.keys() | flags.keys()
-    in_file = not faulty or bool(faulty & (from_file.keys() - over_file))
+    in_file = bool(config_file) and (not faulty or bool(faulty & (from_file.keys() - over_file)))
     named = [
         f"--{name.replace('_', '-')}" for name in sorted((faulty or flags.keys()) & flags.keys())
     ]
-    mapped = (faulty or settings.keys()) & (settings.keys() - flags.keys())
-    named += [f"settings[{name!r}]" for name in sorted(mapped)]
+    if config_file:  # without a file, the settings are where every value came from
+        mapped = (faulty or settings.keys()) & (settings.keys() - flags.keys())
+        named += [f"settings[{name!r}]" for name in sorted(mapped)]
     given = f" ({'given as' if faulty else 'with'} {', '.join(named)})" if named else ""
+    problems = f"invalid training config ({validation_problems(exc, 'config')})"
     return f"{config_file}: " * in_file + problems + given
 
 

@@ -132,3 +132,18 @@ def test_the_colour_verdict_does_not_depend_on_how_the_pixels_arrive(tmp_path, s
     ]
     verdicts = {" ".join(prepare_image(image, 64)[1].reasons) for image in inputs}
     assert verdicts == {""}, verdicts
+
+
+def test_colour_is_measured_where_a_prediction_reads_it_not_in_training(tmp_path):
+    """Training decoded 16-bit colour PNGs and RGB DICOMs twice as slowly for a measure it never
+    reads; a prediction's decode still records it."""
+    import cv2
+
+    from pneumolab.data.colour import colour_share_of
+    from pneumolab.data.imageio import load_image
+
+    magenta = np.zeros((64, 64, 3), np.uint16)
+    magenta[..., 0] = magenta[..., 2] = np.linspace(0, 65535, 64, dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "wide.png"), magenta[..., ::-1])  # BGR
+    assert colour_share_of(load_image(tmp_path / "wide.png")) == 0.0  # not measured
+    assert colour_share_of(load_image(tmp_path / "wide.png", colour=True)) > 0.5

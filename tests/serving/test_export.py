@@ -270,3 +270,16 @@ def test_ood_score_is_a_second_output_that_the_onnx_backend_uses(images, tmp_pat
     OodModel.from_validation(METHOD, ood.scorer, np.linspace(0, 2, 100), {}).save(run.ood)
     with pytest.raises(RunDirError, match="exported before the run's OOD model"):
         Predictor.from_run(run.root, backend="onnx")
+
+
+def test_a_verification_folder_holding_a_tiff_verifies_on_its_images(run, images, tmp_path):
+    """Listed since predict answers TIFFs by name, a TIFF in --verify FOLDER stopped the export
+    (it was passed over before, and is again: these are images to score, not to answer)."""
+    folder = tmp_path / "verify"
+    folder.mkdir()
+    for image in images[:3]:
+        (folder / image.name).write_bytes(image.read_bytes())
+    Image.new("L", (40, 40)).save(folder / "scan.tif")
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(run.root), "--verify", str(folder), "--out", str(out)]) == 0
+    assert out.is_file()

@@ -166,7 +166,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from pneumolab.inference.inputs import expand_paths
     from pneumolab.serving.export import export_onnx
 
-    verify = expand_paths(args.verify) if args.verify else None
+    # images to score, not files to answer: one of a format not read is passed over
+    verify = expand_paths(args.verify, unread_formats=False) if args.verify else None
     opset = DEFAULT_OPSET if args.opset is None else args.opset
     report = export_onnx(
         args.run_dir, args.out, verify_images=verify, opset=opset, overwrite=args.overwrite

@@ -395,8 +395,11 @@ def _monochrome_to_uint8(ds: Dataset) -> np.ndarray:
     return image
 
 
-def load_dicom(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open a DICOM file as an 8-bit grayscale PIL image (mode ``L``), windowed for display.
+def load_dicom(
+    path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, colour: bool = False
+) -> Image.Image:
+    """Open a DICOM file as an 8-bit grayscale PIL image (mode ``L``), windowed for display;
+    ``colour``: record how coloured an RGB or YBR image is (:func:`load_image`'s).
 
     Raises ImageLoadError naming the file and the reason on anything that cannot be used.
     """
@@ -409,7 +412,7 @@ def load_dicom(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
             if photometric in ("MONOCHROME1", "MONOCHROME2"):  # one plane, or several to gray
                 return array_to_image(_monochrome_to_uint8(ds))
             if photometric == "RGB" or photometric.startswith("YBR"):
-                return array_to_image(ds.pixel_array)
+                return array_to_image(ds.pixel_array, colour)
             raise ImageLoadError(f"{path}: unsupported photometric interpretation {photometric}")
         except InvalidDicomError:
             raise ImageLoadError(f"{path}: not a DICOM file (no 'DICM' header)") from None

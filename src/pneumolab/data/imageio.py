@@ -181,13 +181,14 @@ def _opacity(array: np.ndarray) -> np.ndarray | float:
     return np.clip(array[..., 3].astype(np.float64) / full, 0.0, 1.0)
 
 
-def array_to_image(array: np.ndarray) -> Image.Image:
+def array_to_image(array: np.ndarray, colour: bool = True) -> Image.Image:
     """Wrap a 2-D (H, W), 3-D (H, W, C) or one-channel (1, H, W) array as a grayscale PIL image.
 
     uint8 arrays are taken as they are; float arrays with every value in 0..1 (torchvision's
     convention: ``ToTensor``'s output, ``pixels / 255``) are mapped from 0..1, so that they score
     as the 8-bit image they came from; other arrays are rescaled from their own min..max range.
-    ImageLoadError for an empty array, or one holding NaN or infinite values.
+    ``colour``: record how coloured a colour array is (:func:`to_grayscale`). ImageLoadError for
+    an empty array, or one holding NaN or infinite values.
     """
     array = np.asarray(array)
     if array.dtype.kind not in "biuf":
@@ -203,13 +204,13 @@ def array_to_image(array: np.ndarray) -> Image.Image:
             array = array[..., 0]
         elif array.dtype == np.uint8:  # RGBA composited on black, as a PIL image is
             mode = "RGBA" if array.shape[-1] == 4 else "RGB"
-            return to_grayscale(Image.fromarray(np.ascontiguousarray(array), mode))
+            return to_grayscale(Image.fromarray(np.ascontiguousarray(array), mode), colour)
         else:  # the luma weights Pillow's convert("L") uses, as for 8-bit colour
-            share = _array_coloured_share(array)
             gray = _gray_array_to_image(
                 array[..., :3].astype(np.float64) @ LUMA_WEIGHTS * _opacity(array)
             )
-            gray.info[COLOUR_SHARE] = share
+            if colour:
+                gray.info[COLOUR_SHARE] = _array_coloured_share(array)
             return gray
     if array.ndim != 2:
         raise ImageLoadError(
@@ -455,14 +456,14 @@ def load_image(
     if is_dicom_file(path):
         from pneumolab.data.dicom import load_dicom  # pydicom is imported only when needed
 
-        return load_dicom(path, max_pixels=max_pixels)
+        return load_dicom(path, max_pixels=max_pixels, colour=colour)
     with reading(path, "image", max_pixels), Image.open(path, formats=PILLOW_FORMATS) as opened:
         check_pixel_count(opened.width, opened.height, max_pixels, str(path))
         _check_single_frame(opened, path)
         stored = opened.size
         wide = _wide_colour_png(path) if opened.format == "PNG" else None
         if wide is not None:  # rescaled from its min..max, as a 16-bit gray PNG is
-            image = array_to_image(wide)
+            image = array_to_image(wide, colour)
             image.info[SOURCE_SIZE] = (stored, image.size)
             return image
         if size_hint and opened.format == "JPEG":  # YCbCr: its gray plane, and its colour

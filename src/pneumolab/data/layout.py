@@ -95,10 +95,11 @@ def image_files(folder: Path, unread_formats: bool = False) -> list[Path]:
     files of any other name whose content is an accepted format (PACS exports often name files
     without a suffix; ``.jfif``), and every subfolder that could not be read (listed, so that
     reading it names it instead of its images vanishing). Symlinked folders are followed, each
-    real folder once. With ``unread_formats`` (a job that answers every file: predict), images of
-    formats pneumolab does not read (TIFF, GIF...) too, to be refused by name; else, as in a
-    dataset (whose split they would join), they are passed over with the other files: in a log
-    line that counts them (a DICOM CD's DICOMDIR and macOS/Windows metadata silently).
+    real folder once. With ``unread_formats`` (a job that answers every file: predict, audit,
+    explain), images of formats pneumolab does not read (TIFF, GIF...) too, to be refused by
+    name; else, as in a dataset (whose split they would join), they are passed over with the
+    other files: in a log line that counts them (a DICOM CD's DICOMDIR and macOS/Windows
+    metadata silently).
     DataLayoutError for folders nested deeper than :data:`MAX_SCAN_DEPTH`."""
     found: list[Path] = []
     skipped: list[Path] = []

@@ -41,17 +41,19 @@ def given_paths(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     return [Path(path) for path in given]
 
 
-def expand_paths(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+def expand_paths(
+    paths: str | Path | Iterable[str | Path], unread_formats: bool = True
+) -> list[Path]:
     """Files as given, plus the images inside any folder
-    (:func:`~pneumolab.data.layout.image_files`: at any depth, sorted; images of formats not
-    read too, so that each is answered with its error).
+    (:func:`~pneumolab.data.layout.image_files`: at any depth, sorted; with ``unread_formats``,
+    images of formats not read too, so that a job that answers every file names each).
 
     A missing path, or a folder without images, stays in the list as it is, so that reading it
     fails with an error naming it while the other paths still run.
     """
     found: list[Path] = []
     for path in given_paths(paths):
-        found += (image_files(path, unread_formats=True) if path.is_dir() else []) or [path]
+        found += (image_files(path, unread_formats) if path.is_dir() else []) or [path]
     return found
 
 

@@ -96,7 +96,7 @@ def train_model(
     elif isinstance(config, str | Path):  # the config file itself, as `--config FILE`
         config = resolve_config(config)
     elif isinstance(config, TrainConfig):  # checked again: a setting changed since it was built
-        config = resolve_config(settings=config.model_dump())
+        config = resolve_config(settings=config.model_dump(warnings=False))
     elif config is not None:
         raise TypeError(
             "config is a TrainConfig, a mapping of settings, a YAML file's path or None, not "
