@@ -435,3 +435,25 @@ def test_a_table_whose_reader_went_away_exits_141_as_a_print_does(monkeypatch):
     monkeypatch.setattr(consoles.stdout, "quiet", False)  # set for good by the closed pipe
     assert main(["models"]) == 141
     assert consoles.stdout.quiet  # nothing more is written to the gone reader
+
+
+def test_an_error_whose_reader_went_away_keeps_its_exit_code(monkeypatch, tmp_path):
+    """``predict MISSING x.jpeg 2>&1 | true`` exited 1 (the closed pipe, uncaught while the
+    error was said) where unpiped it exits 2."""
+    import importlib
+
+    consoles = importlib.import_module("pneumolab.cli.console")
+
+    class GoneReader:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError
+
+        def flush(self) -> None:
+            raise BrokenPipeError
+
+    silenced = []
+    monkeypatch.setattr(consoles.console, "file", GoneReader())
+    monkeypatch.setattr(consoles.console, "quiet", False)
+    monkeypatch.setattr(consoles.os, "dup2", lambda *fds: silenced.append(fds))
+    assert main(["predict", str(tmp_path / "missing_run"), str(tmp_path / "x.jpeg")]) == 2
+    assert silenced  # stderr pointed at /dev/null: nothing fails at exit either

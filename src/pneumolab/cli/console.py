@@ -7,8 +7,10 @@ with those bytes as ``\\xNN`` instead of failing the write.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import os
 import sys
 from typing import IO, Any, cast
 
@@ -96,5 +98,10 @@ class TerminalSafe(logging.Filter):
 
 
 def report_error(error: Exception) -> None:
-    """``error: <message>`` on stderr."""
-    say(("error:", "bold red"), f" {error}")
+    """``error: <message>`` on stderr; nothing where stderr's reader has gone (``2>&1 | head``),
+    so that the exit code still says what happened (it became 1, an uncaught closed pipe)."""
+    try:
+        say(("error:", "bold red"), f" {error}")
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError):  # no descriptor: output captured
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
