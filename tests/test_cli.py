@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shutil
@@ -417,20 +418,23 @@ def test_data_check_reports_the_other_splits_when_one_cannot_be_scanned(tmp_path
     assert "byte-identical duplicate groups" in out  # the rest was checked
 
 
+class GoneReader:
+    """A console's stream whose reader has gone (``| head`` has read what it wanted)."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError
+
+    def flush(self) -> None:
+        raise BrokenPipeError
+
+
+CONSOLES = importlib.import_module("pneumolab.cli.console")  # the package exports `console`
+
+
 def test_a_table_whose_reader_went_away_exits_141_as_a_print_does(monkeypatch):
     """rich answers a closed pipe with exit 1 ("some inputs failed"): `data check | head`
     exited 1 where the same command unpiped exits 0."""
-    import importlib
-
-    consoles = importlib.import_module("pneumolab.cli.console")
-
-    class GoneReader:
-        def write(self, text: str) -> int:
-            raise BrokenPipeError
-
-        def flush(self) -> None:
-            raise BrokenPipeError
-
+    consoles = CONSOLES
     monkeypatch.setattr(consoles.stdout, "file", GoneReader())
     monkeypatch.setattr(consoles.stdout, "quiet", False)  # set for good by the closed pipe
     assert main(["models"]) == 141
@@ -440,17 +444,7 @@ def test_a_table_whose_reader_went_away_exits_141_as_a_print_does(monkeypatch):
 def test_an_error_whose_reader_went_away_keeps_its_exit_code(monkeypatch, tmp_path):
     """``predict MISSING x.jpeg 2>&1 | true`` exited 1 (the closed pipe, uncaught while the
     error was said) where unpiped it exits 2."""
-    import importlib
-
-    consoles = importlib.import_module("pneumolab.cli.console")
-
-    class GoneReader:
-        def write(self, text: str) -> int:
-            raise BrokenPipeError
-
-        def flush(self) -> None:
-            raise BrokenPipeError
-
+    consoles = CONSOLES
     silenced = []
     monkeypatch.setattr(consoles.console, "file", GoneReader())
     monkeypatch.setattr(consoles.console, "quiet", False)
