@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import sys
 import warnings
 from collections.abc import Sequence
 
 from rich.logging import RichHandler
 
-from pneumolab.cli.console import TerminalSafe, console, report_error, say
+from pneumolab.cli.console import TerminalSafe, console, report_error, say, to_devnull
 from pneumolab.cli.flag_checks import refuse_ignored_flags
 from pneumolab.cli.parser import build_parser
 from pneumolab.errors import PneumolabError, TrainingInterrupted
@@ -65,8 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     except BrokenPipeError:  # `| head`: the reader has gone; nothing more to say to it
-        with contextlib.suppress(OSError, ValueError):  # no descriptor: output captured
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        to_devnull(sys.stdout)
         return 141
     except OSError as exc:  # a file system refusal pneumolab did not foresee: still no traceback
         where = " → ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)

@@ -103,5 +103,11 @@ def report_error(error: Exception) -> None:
     try:
         say(("error:", "bold red"), f" {error}")
     except BrokenPipeError:
-        with contextlib.suppress(OSError, ValueError):  # no descriptor: output captured
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+        to_devnull(sys.stderr)
+
+
+def to_devnull(stream: IO[str]) -> None:
+    """Point ``stream``'s descriptor at /dev/null, its reader gone: nothing written later (a
+    flush at exit included) fails; nothing where it has no descriptor (output captured)."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())

@@ -88,12 +88,10 @@ def to_grayscale(image: Image.Image, colour: bool = True) -> Image.Image:
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, image)
-    if image.mode in GRAY_MODES or not colour:
-        return image.getchannel(0) if image.mode == "YCbCr" else image.convert("L")
-    share = image_coloured_share(image)
     # a JPEG decoded as YCbCr: its Y plane is the gray libjpeg gives (draft "L") exactly
     gray = image.getchannel(0) if image.mode == "YCbCr" else image.convert("L")
-    gray.info[COLOUR_SHARE] = share
+    if colour and image.mode not in GRAY_MODES:
+        gray.info[COLOUR_SHARE] = image_coloured_share(image)
     return gray
 
 
