@@ -39,9 +39,9 @@ def main() -> None:
     with run.split.open(newline="") as f:
         patient_of = {Path(r["path"]).name: r["patient"] for r in csv.DictReader(f)}
     rows = read_predictions(run.val_predictions)
-    labels = np.array([r["label"] for r in rows])
-    probs = np.array([r["probability"] for r in rows])
-    groups = [patient_of[Path(r["path"]).name] for r in rows]
+    labels = np.array([r.label for r in rows])
+    probs = np.array([r.probability for r in rows])
+    groups = [patient_of[Path(r.path).name] for r in rows]
     calibrated = {
         "raw": probs.copy(),
         "temperature": np.zeros_like(probs),

@@ -190,8 +190,8 @@ def test_validation_predictions_round_trip(tmp_path, with_tta):
     probs, tta_probs = np.array([0.1, 0.7, 0.25]), np.array([0.2, 0.8, 0.3])
     write_predictions(tmp_path / "p.csv", samples, probs, tta_probs if with_tta else None)
     rows = read_predictions(tmp_path / "p.csv")
-    assert [r["path"] for r in rows] == [str(s.path) for s in samples]
-    assert [r["label"] for r in rows] == [0, 1, 0]
-    assert [r["probability"] for r in rows] == pytest.approx(probs.tolist())
+    assert [r.path for r in rows] == [str(s.path) for s in samples]
+    assert [r.label for r in rows] == [0, 1, 0]
+    assert [r.probability for r in rows] == pytest.approx(probs.tolist())
     expected = tta_probs.tolist() if with_tta else [None] * 3
-    assert [r["tta_probability"] for r in rows] == pytest.approx(expected)
+    assert [r.tta_probability for r in rows] == pytest.approx(expected)

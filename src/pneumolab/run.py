@@ -9,10 +9,15 @@ RUN_DIR/
   history.csv            per-epoch metrics
   val_predictions.csv    validation scores of the kept weights
   ood.safetensors        the input-scope gate's OOD model and threshold (pneumolab.scope.ood)
+  MODEL_CARD.md          the model card (written when training ends; `pneumolab report` refreshes it)
+  test_evaluations.jsonl every `--split test` evaluation, logged and counted
   mlflow_run.json        the MLflow run that tracks it (``tracking: mlflow``): a resume continues it
+  mlruns/, tensorboard/  the local tracking stores (``tracking: mlflow`` / ``tensorboard``)
   checkpoints/           Lightning checkpoints (last.ckpt for --resume)
-  model.onnx             written by `pneumolab export` only
+  model.onnx             written by `pneumolab export` only (model.int8.onnx and
+                         model.openvino.xml: `--format onnx-int8` / `openvino`)
   eval/<split>/          evaluation outputs
+  audit/<folder>/        `pneumolab audit` outputs (without --out)
 ```
 
 An ensemble's run directory lists its member run directories (relative to it) in
@@ -296,21 +301,28 @@ def write_predictions(
     write_text_atomically(path, buffer.getvalue())
 
 
-def read_predictions(path: Path) -> list[dict[str, Any]]:
-    """Rows written by :func:`write_predictions`: ``path`` (str), ``label`` (int),
-    ``probability`` and ``tta_probability`` (float; the latter None in files without it),
-    ``patient`` (str; None in files written before it was recorded)."""
+@dataclass(frozen=True)
+class PredictionRow:
+    """One scored image of a predictions file written by :func:`write_predictions`."""
+
+    path: str
+    label: int
+    probability: float
+    tta_probability: float | None  # None in files written without test-time views
+    patient: str | None  # None in files written before the patient was recorded
+
+
+def read_predictions(path: Path) -> list[PredictionRow]:
+    """The rows written by :func:`write_predictions`, in file order."""
     with Path(path).open(newline="") as f:
         return [
-            {
-                "path": r["path"],
-                "label": int(r["label"]),
-                "probability": float(r["probability"]),
-                "tta_probability": float(r["tta_probability"])
-                if r.get("tta_probability")
-                else None,
-                "patient": r.get("patient") or None,
-            }
+            PredictionRow(
+                path=r["path"],
+                label=int(r["label"]),
+                probability=float(r["probability"]),
+                tta_probability=float(r["tta_probability"]) if r.get("tta_probability") else None,
+                patient=r.get("patient") or None,
+            )
             for r in csv.DictReader(f)
         ]
 

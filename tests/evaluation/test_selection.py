@@ -73,7 +73,7 @@ def test_the_smallest_model_the_data_cannot_tell_from_the_leader(runs):
     assert smallest_untold(margins, {"sharp": 5, "near": 20, "blurry": 1}) == "sharp"
     assert smallest_untold(margins, {"sharp": 5, "near": 5, "blurry": 1}) == "sharp"  # a tie
     assert smallest_untold(margins, {"sharp": 5, "near": None, "blurry": 1}) == "sharp"
-    assert smallest_untold(margins, {"sharp": None, "near": 5, "blurry": 1}) == "near"
+    assert smallest_untold(margins, {"sharp": None, "near": 5, "blurry": 1}) == "sharp"  # unknown
 
 
 def test_criteria_without_per_image_scores_are_not_tested(runs):

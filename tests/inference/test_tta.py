@@ -53,11 +53,11 @@ def test_evaluate_and_predict_accept_tta(run_dir, tiny_run, capsys):
     run = RunDir(run_dir)
     stored = {r["path"]: r for r in read_predictions(run.val_predictions)}
     scored = read_predictions(run.eval_dir("val") / "predictions.csv")
-    assert sorted(r["path"] for r in scored) == sorted(stored)
+    assert sorted(r.path for r in scored) == sorted(stored)
     for row in scored:
-        assert row["probability"] == pytest.approx(stored[row["path"]]["tta_probability"], abs=1e-6)
-    labels = np.array([stored[r["path"]]["label"] for r in scored])
-    tta_probs = np.array([stored[r["path"]]["tta_probability"] for r in scored])
+        assert row.probability == pytest.approx(stored[row.path].tta_probability, abs=1e-6)
+    labels = np.array([stored[r.path].label for r in scored])
+    tta_probs = np.array([stored[r.path].tta_probability for r in scored])
     assert metrics.brier == pytest.approx(np.mean((tta_probs - labels) ** 2), abs=1e-6)
     image = next((data / "train" / "NORMAL").iterdir())
     capsys.readouterr()
@@ -72,9 +72,9 @@ def test_a_trained_run_stores_a_threshold_for_tta_scores(tiny_run):
     run = RunDir(tiny_run[0])
     meta = run.read_meta()
     rows = read_predictions(run.val_predictions)
-    labels = np.array([r["label"] for r in rows])
-    tta_probs = np.array([r["tta_probability"] for r in rows])
-    assert not np.allclose(tta_probs, [r["probability"] for r in rows])  # scored over the views
+    labels = np.array([r.label for r in rows])
+    tta_probs = np.array([r.tta_probability for r in rows])
+    assert not np.allclose(tta_probs, [r.probability for r in rows])  # scored over the views
     chosen = choose_operating_points(labels, tta_probs, "val", 0.95)["sensitivity_95"].threshold
     assert meta.tta_threshold == pytest.approx(chosen, abs=1e-5)
     assert "With test-time augmentation (`--tta`): threshold" in (run.root / CARD_NAME).read_text()

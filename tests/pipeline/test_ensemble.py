@@ -46,12 +46,12 @@ def test_ensemble_scores_the_mean_with_its_own_threshold(members, tmp_path):
     ensemble = build_ensemble([r.root for r in runs], tmp_path / "ens")
     meta = json.loads(ensemble.meta.read_text())
     member_rows = [read_predictions(r.val_predictions) for r in runs]
-    expected = np.mean([[row["probability"] for row in rows] for rows in member_rows], axis=0)
-    got = [row["probability"] for row in read_predictions(ensemble.val_predictions)]
+    expected = np.mean([[row.probability for row in rows] for rows in member_rows], axis=0)
+    got = [row.probability for row in read_predictions(ensemble.val_predictions)]
     assert np.allclose(sorted(got), sorted(expected), atol=1e-6)
-    patients = {row["path"]: row["patient"] for row in member_rows[0]}
+    patients = {row.path: row.patient for row in member_rows[0]}
     assert all(  # the members' patients, not an empty column
-        row["patient"] == patients[row["path"]] and row["patient"]
+        row.patient == patients[row.path] and row.patient
         for row in read_predictions(ensemble.val_predictions)
     )
     members_found = [(ensemble.root / m).resolve() for m in meta["members"]]
@@ -138,8 +138,8 @@ def test_members_on_different_splits_are_refused(members, tmp_path):
     rows = read_predictions(moved / "val_predictions.csv")
     write_predictions(
         moved / "val_predictions.csv",
-        [Sample(Path("/elsewhere") / Path(r["path"]).name, r["label"], "") for r in rows],
-        np.array([r["probability"] for r in rows]),
+        [Sample(Path("/elsewhere") / Path(r.path).name, r.label, "") for r in rows],
+        np.array([r.probability for r in rows]),
     )
     with pytest.raises(RunDirError, match=r"no path in common.*different copies of the dataset"):
         build_ensemble([runs[0].root, moved], tmp_path / "ens2")
@@ -158,6 +158,18 @@ def test_an_ensemble_whose_member_was_retrained_is_refused(members, tmp_path):
     with pytest.raises(RunDirError, match=r"ens: the weights of its member .*a changed since"):
         fit_run_ood(ensemble.root, members[0])
     assert ensemble.ood.read_bytes() == gate
+
+
+def test_an_ensemble_with_a_member_of_unknown_size_is_of_unknown_size(members, tmp_path):
+    """A member whose meta.json records no parameter count (an older run) counted as 0, so the
+    ensemble looked smaller than its other member to a study's `prefer_smaller`."""
+    _, runs = members
+    a = copy_run(runs[0].root, tmp_path / "a")
+    meta = json.loads((a / "meta.json").read_text())
+    meta["parameters"] = None
+    (a / "meta.json").write_text(json.dumps(meta))
+    ensemble = build_ensemble([a, runs[1].root], tmp_path / "ens")
+    assert json.loads(ensemble.meta.read_text())["parameters"] is None
 
 
 def test_an_ensemble_away_from_its_members_says_where_it_looked(members, tmp_path):
@@ -202,7 +214,7 @@ def test_members_of_different_image_sizes_and_intensities_form_an_ensemble(membe
         data, tmp_path / "e", TrainConfig(epochs=1, **(TINY_TRAINING | {"image_size": 48}))
     )
     sized = build_ensemble([runs[0].root, full.root], tmp_path / "ens48")  # 48 px: the files'
-    stored = {r["path"]: r["tta_probability"] for r in read_predictions(sized.val_predictions)}
+    stored = {r.path: r.tta_probability for r in read_predictions(sized.val_predictions)}
     viewed = Predictor.from_run(sized.root, tta=True)
     for sample in runs[0].read_split(data, "val")[:4]:
         scored = viewed.predict(sample.path).probability
@@ -317,18 +329,18 @@ def test_a_member_refitted_since_the_ensemble_gate_is_refused_until_fit_ood(memb
 def test_ensemble_tta_threshold_from_its_members_tta_scores(members, tmp_path, caplog):
     _, runs = members
     ensemble = build_ensemble([r.root for r in runs], tmp_path / "ens")
-    by_path = [{r["path"]: r for r in read_predictions(run.val_predictions)} for run in runs]
+    by_path = [{r.path: r for r in read_predictions(run.val_predictions)} for run in runs]
     for row in read_predictions(ensemble.val_predictions):
-        expected = np.mean([rows[row["path"]]["tta_probability"] for rows in by_path])
-        assert row["tta_probability"] == pytest.approx(expected, abs=1e-6)
+        expected = np.mean([rows[row.path].tta_probability for rows in by_path])
+        assert row.tta_probability == pytest.approx(expected, abs=1e-6)
     assert ensemble.read_meta().tta_threshold is not None
 
     old = copy_run(runs[1].root, tmp_path / "old")  # a member written before the TTA column
     rows = read_predictions(runs[1].val_predictions)
     write_predictions(
         old / "val_predictions.csv",
-        [Sample(Path(r["path"]), r["label"], "") for r in rows],
-        np.array([r["probability"] for r in rows]),
+        [Sample(Path(r.path), r.label, "") for r in rows],
+        np.array([r.probability for r in rows]),
     )
     mixed = build_ensemble([runs[0].root, old], tmp_path / "mixed")
     assert mixed.read_meta().tta_threshold is None

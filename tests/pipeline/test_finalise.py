@@ -34,6 +34,6 @@ def test_finalise_chooses_the_rule_and_writes_the_run(tmp_path):
     assert meta.official_val_metrics is not None  # scored at the chosen threshold
     assert meta.official_val_metrics.confusion_matrix == [[1, 0], [1, 1]]
     rows = read_predictions(run.val_predictions)
-    assert [r["probability"] for r in rows] == pytest.approx(probs, abs=1e-6)
+    assert [r.probability for r in rows] == pytest.approx(probs, abs=1e-6)
     assert f"{meta.threshold:.4f}" in (run.root / "MODEL_CARD.md").read_text()
     assert json.loads(run.meta.read_text())["preprocessing"]["mean"] == [0.5]

@@ -108,7 +108,7 @@ def test_validation_covers_the_whole_split_on_every_rank(ddp):
     assert meta.val_metrics.n == n_val
     # the AUC that chose the checkpoint is the AUC of the whole split under the kept weights
     rows = read_predictions(ddp.run.val_predictions)
-    full_auc = roc_auc_score([r["label"] for r in rows], [r["probability"] for r in rows])
+    full_auc = roc_auc_score([r.label for r in rows], [r.probability for r in rows])
     best = history[meta.best_epoch]
     assert float(best["val_auc"]) == pytest.approx(full_auc, abs=1e-6)
 

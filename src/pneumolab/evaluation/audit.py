@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageMode
 from scipy.stats import ks_2samp
 
+from pneumolab.data.classes import CLASS_NAMES
 from pneumolab.data.formats import IMAGE_SUFFIXES
 from pneumolab.data.imageio import (
     DEFAULT_MAX_PIXELS,
@@ -27,7 +28,6 @@ from pneumolab.data.imageio import (
     png_depth_and_colour,
     upright_size,
 )
-from pneumolab.data.layout import CLASS_NAMES
 from pneumolab.errors import DataLayoutError, ImageLoadError
 from pneumolab.inference.inputs import expand_paths
 from pneumolab.inference.predictor import Predictor
@@ -316,7 +316,7 @@ def audit_folder(
         _record(path, outcome, pixels, max_pixels)
         for path, outcome, pixels in predictor.score_files(images, batch_size)
     ]
-    val_probs = np.array([row["probability"] for row in read_predictions(run.val_predictions)])
+    val_probs = np.array([row.probability for row in read_predictions(run.val_predictions)])
     audit = SiteAudit(
         run=str(run.root),
         folder=str(folder),

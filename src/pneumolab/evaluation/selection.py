@@ -10,7 +10,6 @@ for their selection (``selection.md``), ``compare`` for the leader of each crite
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,15 +95,15 @@ def _scores(folder: Path, scenario: str | None) -> dict[str, ImageScores]:
     by (read again from the image for files written before it was recorded)."""
     if not (folder / METRICS).is_file():
         raise FileNotFoundError(f"{folder}: no {METRICS} (an unfinished evaluation)")
-    labelled = {r["path"]: r for r in read_predictions(folder / PREDICTIONS)}
+    labelled = {r.path: r for r in read_predictions(folder / PREDICTIONS)}
     if scenario is None:
-        draws = {path: [r["probability"]] for path, r in labelled.items()}
+        draws = {path: [r.probability] for path, r in labelled.items()}
     else:
         draws = read_shift_predictions(folder / SHIFT_PREDICTIONS, scenario)
     return {
         path: ImageScores(
-            labelled[path]["label"],
-            labelled[path]["patient"] or patient_of(Path(path)),
+            labelled[path].label,
+            labelled[path].patient or patient_of(Path(path)),
             image_draws,
         )
         for path, image_draws in draws.items()
@@ -143,11 +142,14 @@ def margins_over(
 
 def smallest_untold(margins: Margins, parameters: Mapping[str, int | None]) -> str:
     """The model with the fewest ``parameters`` among the leader and the models the data cannot
-    tell from it (ties, and models of unknown size, go to the leader's side of the order)."""
+    tell from it (ties go to the leader's side of the order); the leader itself where any of
+    them is of unknown size (a run of an older version): sizes that cannot be compared choose
+    nothing."""
     candidates = [margins.leader, *margins.untold]
-    return min(
-        candidates, key=lambda name: (parameters.get(name) or math.inf, candidates.index(name))
-    )
+    known = {name: size for name in candidates if (size := parameters.get(name)) is not None}
+    if len(known) < len(candidates):
+        return margins.leader
+    return min(candidates, key=lambda name: (known[name], candidates.index(name)))
 
 
 def warn_untold(margins: Margins, split: str) -> None:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from pneumolab.errors import ConfigError, RunDirError
 from pneumolab.pipeline.finalise import finalise
 from pneumolab.pipeline.ood_fit import ensemble_ood
 from pneumolab.run import (
+    PredictionRow,
     RunDir,
     listed_twice,
     read_predictions,
@@ -89,7 +90,9 @@ def _describe(metas: list[RunMeta], members: list[str], weights: list[str]) -> R
         std=_shared([m.preprocessing.std for m in metas]),
         training=TrainingSummary(
             strategy=ENSEMBLE_STRATEGY,
-            parameters=sum(m.parameters or 0 for m in metas),
+            parameters=None  # unknown where a member's is (a run of an older version)
+            if any(m.parameters is None for m in metas)
+            else sum(m.parameters or 0 for m in metas),
             train_seconds=round(sum(m.train_seconds or 0 for m in metas), 1),
         ),
         members=members,
@@ -99,13 +102,16 @@ def _describe(metas: list[RunMeta], members: list[str], weights: list[str]) -> R
 
 
 def _member_mean(
-    predictions: list[dict[str, dict[str, Any]]], paths: list[str], column: str
+    predictions: list[dict[str, PredictionRow]],
+    paths: list[str],
+    score: Callable[[PredictionRow], float | None],
 ) -> np.ndarray | None:
-    """The members' mean of one validation-score column, per path; None when a member's file
-    lacks the column (a run of before it existed)."""
-    if any(p[path][column] is None for p in predictions for path in paths):
+    """The members' mean of one validation score, per path; None when a member's file lacks
+    it (a run of before it was recorded)."""
+    scores = [[score(p[path]) for path in paths] for p in predictions]
+    if any(value is None for member in scores for value in member):
         return None
-    return np.mean([[p[path][column] for path in paths] for p in predictions], axis=0)
+    return np.mean(np.array(scores, dtype=float), axis=0)
 
 
 def _members_target(runs: list[RunDir]) -> float:
@@ -144,9 +150,7 @@ def build_ensemble(
         raise ConfigError(str(error)) from None
     digests = [weights_digest(run.root) for run in runs]
     _check_distinct(runs, digests)
-    predictions = [
-        {row["path"]: row for row in read_predictions(run.val_predictions)} for run in runs
-    ]
+    predictions = [{row.path: row for row in read_predictions(run.val_predictions)} for run in runs]
     paths = sorted(set.intersection(*(set(p) for p in predictions)))
     if not paths:
         examples = ", ".join(str(next(iter(p), "none")) for p in predictions)
@@ -156,10 +160,10 @@ def build_ensemble(
         )
     if any(len(p) != len(paths) for p in predictions):
         raise RunDirError("members scored different validation images (unreadable files?)")
-    labels = np.array([predictions[0][path]["label"] for path in paths])
-    probs = _member_mean(predictions, paths, "probability")
+    labels = np.array([predictions[0][path].label for path in paths])
+    probs = _member_mean(predictions, paths, lambda row: row.probability)
     assert probs is not None  # every validation predictions file has the column
-    tta_probs = _member_mean(predictions, paths, "tta_probability")
+    tta_probs = _member_mean(predictions, paths, lambda row: row.tta_probability)
     if tta_probs is None:
         log.warning(
             "a member has no tta_probability in its validation predictions: no TTA threshold"
@@ -175,7 +179,7 @@ def build_ensemble(
     members = [os.path.relpath(run.root.resolve(), ensemble.root.resolve()) for run in runs]
     shutil.copyfile(runs[0].split, ensemble.split)
     samples = [  # the members' patients (read again from the image for older members)
-        Sample(Path(path), int(label), predictions[0][path]["patient"] or patient_of(Path(path)))
+        Sample(Path(path), int(label), predictions[0][path].patient or patient_of(Path(path)))
         for path, label in zip(paths, labels, strict=True)
     ]
     finalise(

@@ -75,15 +75,15 @@ def validation_images(predictor: Predictor, run: RunDir, calibration: int) -> Va
     ``calibration`` images, at most half) and the parity check (the rest)."""
     if not run.val_predictions.is_file():
         raise RunDirError(f"{run.val_predictions}: missing; the parity check needs it")
-    rows = [r for r in read_predictions(run.val_predictions) if Path(r["path"]).is_file()]
+    rows = [r for r in read_predictions(run.val_predictions) if Path(r.path).is_file()]
     if len(rows) < 2 * MIN_PARITY_IMAGES:
         raise RunDirError(
             f"{run.val_predictions}: {len(rows)} readable validation images; calibration and the "
             f"parity check need at least {2 * MIN_PARITY_IMAGES}"
         )
     order = np.random.default_rng(0).permutation(len(rows))
-    pixels = np.stack([predictor.preprocess_array(rows[i]["path"]) for i in order])
-    labels = np.array([rows[i]["label"] for i in order])
+    pixels = np.stack([predictor.preprocess_array(rows[i].path) for i in order])
+    labels = np.array([rows[i].label for i in order])
     cut = min(calibration, len(rows) // 2)
     return ValidationImages(pixels[:cut], pixels[cut:], labels[cut:])
 

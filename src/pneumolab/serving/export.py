@@ -66,7 +66,7 @@ def _verification_pixels(
     """Pixels to compare the backends on, and where they came from."""
     if images is None and run.val_predictions.is_file():
         rows = read_predictions(run.val_predictions)
-        found = [p for p in (Path(row["path"]) for row in rows) if p.is_file()]
+        found = [p for p in (Path(row.path) for row in rows) if p.is_file()]
         if found:  # spread over the file, which lists one class after the other
             picks = np.linspace(0, len(found) - 1, MAX_VERIFY_IMAGES).round().astype(int)
             paths = [found[i] for i in np.unique(picks)]
