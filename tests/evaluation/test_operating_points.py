@@ -81,7 +81,7 @@ def test_margin_keeps_every_label_and_survives_tiny_score_changes():
     assert P.min() == 0.1
     # nothing lower (every image called positive): half way to 0, not on the lowest score,
     # which a rescoring a hair lower (ONNX, an ensemble's mean) would call NORMAL
-    assert with_margin(0.1, P) == 0.05
+    assert with_margin(0.1, P) == float(np.float32(0.05))  # thresholds are float32 values
 
 
 @pytest.mark.parametrize("threshold", [0.3, 0.5, 1e-300])
@@ -97,3 +97,38 @@ def test_a_margin_between_adjacent_floats_keeps_every_label(threshold):
 
 def test_a_margin_moves_halfway_to_the_next_lower_score():
     assert with_margin(0.5, np.array([0.5, 0.25, 0.9])) == 0.375
+
+
+@pytest.mark.parametrize("steps_down", [0, 1, 2, 3])
+def test_float32_scores_keep_the_labels_the_metrics_counted(steps_down):
+    """A positive one float32 step above a negative: the float64 midpoint rounded (to even) onto
+    the negative's score on every other such pair when NumPy compared the float32 scores with it
+    in float32 (served labels, the subtype and report masks), calling that negative pneumonia
+    though the metrics had called it normal."""
+    positive = np.float32(0.99999)
+    for _ in range(steps_down):
+        positive = np.nextafter(positive, np.float32(0))
+    negative = np.nextafter(positive, np.float32(0))
+    scores = np.array([positive, negative, 0.2, 0.1, 0.999995, 0.999999], dtype=np.float32)
+    labels = np.array([1, 0, 0, 0, 1, 1])
+    points = choose_operating_points(labels, scores, "val", target_sensitivity=1.0)
+    for point in points.values():
+        assert list(scores >= point.threshold) == list(scores.astype(float) >= point.threshold)
+    assert list(scores >= points["sensitivity_100"].threshold) == [
+        True,
+        False,
+        False,
+        False,
+        True,
+        True,
+    ]
+
+
+def test_calling_none_stays_above_a_saturated_float32_score():
+    """Ten negatives at exactly 1.0 (a saturated sigmoid) and one positive: calling none is
+    cheapest, at a threshold that 1.0 in float32 must not reach (1 + 2**-52 rounds to 1.0)."""
+    scores = np.r_[np.float32(0.2), np.ones(10, np.float32)].astype(np.float32)
+    labels = np.r_[1, np.zeros(10, int)]
+    threshold = choose_operating_points(labels, scores, "val")["cost_ratio_5"].threshold
+    assert not (scores >= threshold).any()
+    assert not (scores.astype(float) >= threshold).any()

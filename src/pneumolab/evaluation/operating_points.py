@@ -43,8 +43,10 @@ def cost_threshold(
     """Threshold minimising ``cost_fn * FN + cost_fp * FP`` (highest one on ties); above every
     score where calling no image positive costs least (``cost_fn`` x the positives)."""
     fp, tp, thresholds = _roc(y_true, prob)
-    top = thresholds[0]  # calling none: halfway to 1, so that a rescoring cannot cross it
-    above_all = (top + 1) / 2 if top < 1 else np.nextafter(1.0, 2.0)
+    top = float(thresholds[0])  # calling none: halfway to 1, so that a rescoring cannot cross it
+    above_all = float32_between(top, 1.0)
+    if above_all is None:  # no float32 between: just above 1, where no probability reaches
+        above_all = float(np.nextafter(np.float32(max(top, 1.0)), np.float32(2.0)))
     fp, tp, thresholds = np.r_[0, fp], np.r_[0, tp], np.r_[above_all, thresholds]
     return float(thresholds[np.argmin(cost_fn * (tp[-1] - tp) + cost_fp * fp)])
 
@@ -55,9 +57,19 @@ def oracle_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
     return youden_threshold(y_true, prob)
 
 
+def float32_between(low: float, high: float) -> float | None:
+    """The midpoint of ``low`` and ``high`` rounded to float32, where that lies strictly between
+    them; None where it does not (adjacent floats). A float32 threshold compares alike in float32
+    and float64: networks score in float32, and NumPy compares a float32 score with a Python
+    float in float32, which rounded a float64 midpoint onto a score and flipped that image."""
+    middle = float(np.float32((low + high) / 2))
+    return middle if low < middle < high else None
+
+
 def with_margin(threshold: float, prob: np.ndarray) -> float:
     """Move a threshold that equals a validation score halfway down to the next lower score
-    (to half its value where no score is lower: every image called positive).
+    (to half its value where no score is lower: every image called positive), as a float32
+    value (:func:`float32_between`).
 
     Every validation image keeps its label, but the boundary image no longer sits exactly on the
     threshold, so recomputing the same scores elsewhere (another device, rounding in a CSV, an
@@ -66,9 +78,9 @@ def with_margin(threshold: float, prob: np.ndarray) -> float:
     lower = np.asarray(prob, dtype=float)
     lower = lower[lower < threshold]
     below = float(lower.max()) if lower.size else min(0.0, float(threshold))
-    middle = (threshold + below) / 2
-    # adjacent floats have no number between them: the midpoint rounds onto one of the two
-    return middle if below < middle < threshold else float(threshold)
+    middle = float32_between(below, float(threshold))
+    # adjacent floats have no float32 between them: the threshold stays on its score
+    return float(threshold) if middle is None else middle
 
 
 def choose_operating_points(

@@ -84,7 +84,7 @@ def gated_prediction(
     reasons = checks.reasons + ood_reason(ood_score, ood_threshold)
     if unscored:
         reasons += (NOT_A_NUMBER,)
-    label = class_names[int(probability >= threshold)]
+    label = class_names[int(float(probability) >= threshold)]  # float64, as the metrics compare
     if reasons and (scope_verdict or unscored):
         label = OUT_OF_SCOPE_LABEL
     return Prediction(
