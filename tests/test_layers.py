@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import graphlib
 import re
 from pathlib import Path
 
@@ -127,3 +128,66 @@ def test_the_layers_are_those_docs_design_md_lists():
         for line in re.findall(r"^\d+\. (.*)$", listed, flags=re.MULTILINE)
     ]
     assert tuple(documented) == LAYERS
+
+
+LAZY_CYCLES = {("pneumolab.data.imageio", "pneumolab.data.dicom")}
+"""Imports that close a cycle, each inside a function on purpose: a DICOM file is decoded by
+``data.dicom`` (pydicom, imported only for a DICOM file), which builds on ``data.imageio``."""
+
+
+def module_of(path: Path) -> str:
+    """The dotted name of a source file (a package's ``__init__.py``: the package)."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(("pneumolab", *(parts[:-1] if parts[-1] == "__init__" else parts)))
+
+
+def runtime_imports(path: Path) -> set[str]:
+    """The ``pneumolab.…`` modules a file imports when it runs, lazy imports included and
+    ``if TYPE_CHECKING:`` blocks left out; ``from package import submodule`` names the
+    submodule."""
+    modules: set[str] = set()
+    pending: list[ast.AST] = [ast.parse(path.read_text(), filename=str(path))]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            pending.extend(node.orelse)
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                is_module = (PACKAGE.parent / submodule.replace(".", "/")).with_suffix(".py")
+                modules.add(submodule if is_module.is_file() else node.module)
+        elif isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        pending.extend(ast.iter_child_nodes(node))
+    return {m for m in modules if m.startswith("pneumolab.")}
+
+
+def import_graph(sources: list[Path]) -> dict[str, set[str]]:
+    """Each module's runtime imports of other modules of the package."""
+    graph = {module_of(path): runtime_imports(path) for path in sources}
+    return {module: {m for m in imported if m in graph} for module, imported in graph.items()}
+
+
+def test_no_two_modules_import_each_other():
+    """A cycle hidden by a function-level import (``data.layout`` and ``data.patients``, the ONNX
+    and OpenVINO backends) works until someone moves the import to the top of the file."""
+    graph = import_graph(SOURCES)
+    for importer, imported in LAZY_CYCLES:
+        graph[importer].discard(imported)
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as error:
+        pytest.fail(f"modules import each other: {' -> '.join(error.args[1])}")
+
+
+def test_lazy_imports_are_read_and_type_checking_ones_are_not(tmp_path):
+    (tmp_path / "pneumolab").mkdir()
+    first, second = tmp_path / "pneumolab" / "first.py", tmp_path / "pneumolab" / "second.py"
+    first.write_text("from pneumolab.second import g\n")
+    second.write_text("def g():\n    from pneumolab.first import f\n")
+    assert runtime_imports(second) == {"pneumolab.first"}
+    second.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pneumolab.first\n"
+    )
+    assert runtime_imports(second) == set()

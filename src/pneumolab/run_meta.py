@@ -15,7 +15,7 @@ from pydantic import Field
 
 import pneumolab
 from pneumolab.choices import Intensity, Task
-from pneumolab.data.layout import CLASS_NAMES
+from pneumolab.data.classes import CLASS_NAMES
 from pneumolab.data.subtypes import SUBTYPE_NAMES
 from pneumolab.errors import RunDirError
 from pneumolab.results import BinaryMetrics, DecisionRule, Result, SubtypeMetrics

@@ -48,7 +48,7 @@ def cmd_import_weights(args: argparse.Namespace) -> int:
 def cmd_data_check(args: argparse.Namespace) -> int:
     """`pneumolab data check`: images per split and class, patients, duplicates, bad files."""
     from pneumolab.data.check import check_dataset
-    from pneumolab.data.layout import CLASS_NAMES
+    from pneumolab.data.classes import CLASS_NAMES
     from pneumolab.data.patients import PATIENT_SCHEMES
 
     report = check_dataset(args.data_dir)

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
+from pneumolab.data.classes import CLASS_NAMES
 from pneumolab.data.imageio import load_image
-from pneumolab.data.layout import CLASS_NAMES, Sample, scan_dataset
+from pneumolab.data.layout import Sample, scan_dataset
 from pneumolab.data.patients import duplicate_groups, label_conflicts, unnamed_patients
 from pneumolab.errors import DataLayoutError, ImageLoadError
 

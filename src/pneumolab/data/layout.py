@@ -8,14 +8,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pneumolab.data.classes import CLASS_NAMES, SPLIT_NAMES
 from pneumolab.data.formats import ACCEPTED, IMAGE_SUFFIXES, UNREAD_IMAGE_SUFFIXES, sniff_file
 from pneumolab.data.patients import patient_of
 from pneumolab.errors import DataLayoutError, printable
 
 log = logging.getLogger(__name__)
 
-CLASS_NAMES: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
-SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 LAYOUT_NAMES = frozenset(name.lower() for name in CLASS_NAMES + SPLIT_NAMES)
 SCAN_LITTER = frozenset({"dicomdir", "__macosx", "thumbs.db", ".ds_store"})
 """Names (lower case) a folder scan passes over: a DICOM CD's index, macOS and Windows

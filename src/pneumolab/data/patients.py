@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pneumolab.config import MAX_VAL_FRACTION
+from pneumolab.data.classes import CLASS_NAMES
 from pneumolab.data.formats import IMAGE_SUFFIXES
 from pneumolab.data.imageio import is_dicom_file
 from pneumolab.errors import DataLayoutError
@@ -165,8 +166,6 @@ def grouped_split(
     labels = np.array([s.label for s in samples])
     groups = split_groups(samples)
     n_splits = max(2, round(1.0 / val_fraction))
-    from pneumolab.data.layout import CLASS_NAMES  # layout imports this module
-
     for label, name in enumerate(CLASS_NAMES):
         n_groups = len({g for g, y in zip(groups, labels, strict=True) if y == label})
         if n_groups < n_splits:

@@ -14,7 +14,7 @@ from matplotlib.ticker import LogFormatter
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
-from pneumolab.data.layout import CLASS_NAMES
+from pneumolab.data.classes import CLASS_NAMES
 from pneumolab.evaluation.metrics import ECE_BINS, expected_calibration_error, net_benefit
 from pneumolab.files import write_bytes_atomically
 

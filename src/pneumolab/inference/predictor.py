@@ -112,7 +112,8 @@ class Predictor:
 
     @cached_property
     def model_version(self) -> str:
-        """``<pneumolab version>+<weights digest>`` of the run (``unknown`` when not from a run)."""
+        """``<pneumolab version>+<weights digest, 12 hex>.<scope gate digest, 8 hex>`` of the
+        run (:meth:`RunDir.model_version`; ``unknown`` when not from a run)."""
         return RunDir(self.run_dir).model_version() if self.run_dir else "unknown"
 
     @property
@@ -220,7 +221,7 @@ class Predictor:
             ]
             return cls(None, meta, mean_scores(scorers), ood)
         if backend != "torch":
-            from pneumolab.inference.onnx_backend import load_exported_backend  # only when asked
+            from pneumolab.inference.exported import load_exported_backend  # only when asked
 
             scorer = load_exported_backend(run.root, backend, onnx_file)
             return cls(None, meta, cls._cached(scorer, cache, run.root, backend, onnx_file), ood)

@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from pneumolab.config import load_yaml
-from pneumolab.data.layout import CLASS_NAMES
+from pneumolab.data.classes import CLASS_NAMES
 from pneumolab.evaluation.bootstrap import INTERVAL_METHOD
 from pneumolab.evaluation.calibration import at_bound
 from pneumolab.evaluation.metrics import format_interval, format_metric

@@ -18,8 +18,8 @@ from sklearn.metrics import PrecisionRecallDisplay
 
 import pneumolab
 from pneumolab.choices import Split
+from pneumolab.data.classes import CLASS_NAMES
 from pneumolab.data.imageio import load_image
-from pneumolab.data.layout import CLASS_NAMES
 from pneumolab.evaluation.figures import confusion_matrix_figure, figure_png
 from pneumolab.evaluation.metrics import SCALAR_METRICS, format_interval, format_metric
 from pneumolab.evaluation.scoring import compute_evaluation

@@ -34,7 +34,8 @@ from pneumolab.config import (
     network_settings,
     resolve_config,
 )
-from pneumolab.data.layout import CLASS_NAMES, find_splits, scan_split
+from pneumolab.data.classes import CLASS_NAMES
+from pneumolab.data.layout import find_splits, scan_split
 from pneumolab.errors import (
     ConfigError,
     ModelError,
