@@ -51,7 +51,7 @@ MODEL_INFO_FIELDS = {
     "default_operating_point", "operating_points", "val_metrics", "best_epoch",
     "pneumolab_version",
 }  # fmt: skip
-"""The fields of a run's meta.json that ``GET /model`` shows."""
+"""The fields of a run's meta.json that ``GET /v1/model`` shows."""
 PREDICT_OPTIONS = ("heatmap", "preview", "keep_label")
 """The query parameters of ``POST /v1/predict``: any other is refused (422), not ignored."""
 UPLOAD_HINT = (
