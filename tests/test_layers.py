@@ -59,19 +59,27 @@ def root_name_module(name: str) -> str | None:
     return None
 
 
-def package_imports(path: Path) -> set[str]:
-    """Every ``pneumolab.…`` module a file imports, at any depth (lazy imports included), and
-    the modules behind names it takes from the package root (``from pneumolab import train``,
-    ``pneumolab.train``). A relative import is an error: the layering reads absolute ones."""
+def package_imports(path: Path, runtime_only: bool = False) -> set[str]:
+    """Every ``pneumolab.…`` module a file imports, at any depth (lazy imports included;
+    ``from package import submodule`` names the submodule), and the modules behind names it
+    takes from the package root (``from pneumolab import train``, ``pneumolab.train``);
+    ``runtime_only`` leaves out ``if TYPE_CHECKING:`` blocks. A relative import is an error:
+    the layering reads absolute ones."""
     modules: set[str] = set()
     from_root: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    pending: list[ast.AST] = [ast.parse(path.read_text(), filename=str(path))]
+    while pending:
+        node = pending.pop()
+        if runtime_only and isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            pending.extend(node.orelse)
+            continue
+        pending.extend(ast.iter_child_nodes(node))
         if isinstance(node, ast.ImportFrom):
             assert node.level == 0, f"{path}:{node.lineno}: relative import; write it absolute"
             if node.module == "pneumolab":
                 from_root.update(alias.name for alias in node.names)
             elif node.module:
-                modules.add(node.module)
+                modules.update(_imported_module(node.module, alias.name) for alias in node.names)
         elif isinstance(node, ast.Import):
             modules.update(alias.name for alias in node.names)
         elif (
@@ -82,6 +90,14 @@ def package_imports(path: Path) -> set[str]:
             from_root.add(node.attr)
     modules.update(m for name in from_root if (m := root_name_module(name)))
     return {m for m in modules if m == "pneumolab" or m.startswith("pneumolab.")}
+
+
+def _imported_module(module: str, name: str) -> str:
+    """``module.name`` where that is a module of the package (``from pneumolab.cli import
+    commands``), else ``module``."""
+    submodule = f"{module}.{name}"
+    source = PACKAGE.parent.joinpath(*submodule.split("."))
+    return submodule if source.with_suffix(".py").is_file() or source.is_dir() else module
 
 
 SOURCES = sorted(
@@ -141,31 +157,9 @@ def module_of(path: Path) -> str:
     return ".".join(("pneumolab", *(parts[:-1] if parts[-1] == "__init__" else parts)))
 
 
-def runtime_imports(path: Path) -> set[str]:
-    """The ``pneumolab.…`` modules a file imports when it runs, lazy imports included and
-    ``if TYPE_CHECKING:`` blocks left out; ``from package import submodule`` names the
-    submodule."""
-    modules: set[str] = set()
-    pending: list[ast.AST] = [ast.parse(path.read_text(), filename=str(path))]
-    while pending:
-        node = pending.pop()
-        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
-            pending.extend(node.orelse)
-            continue
-        if isinstance(node, ast.ImportFrom) and node.module:
-            for alias in node.names:
-                submodule = f"{node.module}.{alias.name}"
-                is_module = (PACKAGE.parent / submodule.replace(".", "/")).with_suffix(".py")
-                modules.add(submodule if is_module.is_file() else node.module)
-        elif isinstance(node, ast.Import):
-            modules.update(alias.name for alias in node.names)
-        pending.extend(ast.iter_child_nodes(node))
-    return {m for m in modules if m.startswith("pneumolab.")}
-
-
 def import_graph(sources: list[Path]) -> dict[str, set[str]]:
     """Each module's runtime imports of other modules of the package."""
-    graph = {module_of(path): runtime_imports(path) for path in sources}
+    graph = {module_of(path): package_imports(path, runtime_only=True) for path in sources}
     return {module: {m for m in imported if m in graph} for module, imported in graph.items()}
 
 
@@ -182,12 +176,13 @@ def test_no_two_modules_import_each_other():
 
 
 def test_lazy_imports_are_read_and_type_checking_ones_are_not(tmp_path):
-    (tmp_path / "pneumolab").mkdir()
-    first, second = tmp_path / "pneumolab" / "first.py", tmp_path / "pneumolab" / "second.py"
-    first.write_text("from pneumolab.second import g\n")
-    second.write_text("def g():\n    from pneumolab.first import f\n")
-    assert runtime_imports(second) == {"pneumolab.first"}
-    second.write_text(
-        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pneumolab.first\n"
+    module = tmp_path / "second.py"
+    module.write_text("def g():\n    from pneumolab.data.layout import Sample\n")
+    assert package_imports(module, runtime_only=True) == {"pneumolab.data.layout"}
+    module.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pneumolab.data.layout\n"
     )
-    assert runtime_imports(second) == set()
+    assert package_imports(module, runtime_only=True) == set()
+    assert package_imports(module) == {"pneumolab.data.layout"}  # the layering reads it
+    module.write_text("from pneumolab.cli import commands\n")
+    assert package_imports(module) == {"pneumolab.cli.commands"}

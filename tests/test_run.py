@@ -195,3 +195,17 @@ def test_validation_predictions_round_trip(tmp_path, with_tta):
     assert [r.probability for r in rows] == pytest.approx(probs.tolist())
     expected = tta_probs.tolist() if with_tta else [None] * 3
     assert [r.tta_probability for r in rows] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("column", ["probability", "tta_probability"])
+def test_a_score_that_is_not_a_number_names_its_file_and_line(tmp_path, column):
+    """An edited validation file with a NaN chose an ensemble's threshold below its target
+    sensitivity (NaN sorts first and is never called positive), or failed in scikit-learn."""
+    samples = [Sample(Path(f"x/{i}.png"), i % 2, "") for i in range(3)]
+    probs = np.array([0.1, 0.7, 0.25])
+    scores = {"probability": probs.copy(), "tta_probability": probs.copy()}
+    scores[column][1] = np.nan
+    path = tmp_path / "p.csv"
+    write_predictions(path, samples, scores["probability"], scores["tta_probability"])
+    with pytest.raises(RunDirError, match=r"p\.csv: line 3: a score that is not a finite number"):
+        read_predictions(path)

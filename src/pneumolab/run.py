@@ -313,18 +313,28 @@ class PredictionRow:
 
 
 def read_predictions(path: Path) -> list[PredictionRow]:
-    """The rows written by :func:`write_predictions`, in file order."""
+    """The rows written by :func:`write_predictions`, in file order; RunDirError naming the
+    file and line where a score is not a finite number (the files hold none: an edited or
+    damaged one would choose thresholds below their target, or fail in scikit-learn)."""
+    rows = []
     with Path(path).open(newline="") as f:
-        return [
-            PredictionRow(
+        reader = csv.DictReader(f)
+        for r in reader:
+            row = PredictionRow(
                 path=r["path"],
                 label=int(r["label"]),
                 probability=float(r["probability"]),
                 tta_probability=float(r["tta_probability"]) if r.get("tta_probability") else None,
                 patient=r.get("patient") or None,
             )
-            for r in csv.DictReader(f)
-        ]
+            scores = (row.probability, row.tta_probability or 0.0)
+            if not all(np.isfinite(scores)):
+                raise RunDirError(
+                    f"{path}: line {reader.line_num}: a score that is not a finite number "
+                    f"({r['probability']}, {r.get('tta_probability') or 'no TTA score'})"
+                )
+            rows.append(row)
+    return rows
 
 
 def write_shift_predictions(

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from pneumolab.data.classes import CLASS_NAMES
 from pneumolab.data.layout import (
-    CLASS_NAMES,
     MAX_SCAN_DEPTH,
     Sample,
     find_splits,

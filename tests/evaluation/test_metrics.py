@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
-from pneumolab.evaluation.metrics import binary_metrics
+from pneumolab.evaluation.metrics import binary_metrics, called_positive
 
 
 def test_hand_computed_case():
@@ -67,3 +67,13 @@ def test_an_interval_reads_as_one_dash_where_neither_bound_is_known(interval, te
     from pneumolab.evaluation.metrics import format_interval
 
     assert format_interval(interval) == text
+
+
+def test_float32_scores_are_called_as_the_metrics_count_them():
+    """A float32 score just below a float64 threshold that rounds onto it in float32 (thresholds
+    stored before they were float32 values): NumPy's own comparison called it positive."""
+    scores = np.array([np.float32(0.9999899), np.float32(0.5)], dtype=np.float32)
+    threshold = float(scores[0]) + 1e-12
+    assert (scores >= threshold)[0]  # NumPy compares in float32
+    assert list(called_positive(scores, threshold)) == [False, False]
+    assert binary_metrics(np.array([0, 0]), scores, threshold).specificity == 1.0

@@ -132,3 +132,15 @@ def test_calling_none_stays_above_a_saturated_float32_score():
     threshold = choose_operating_points(labels, scores, "val")["cost_ratio_5"].threshold
     assert not (scores >= threshold).any()
     assert not (scores.astype(float) >= threshold).any()
+
+
+def test_scores_within_a_float32_step_keep_the_positive_when_served_in_float32():
+    """An ensemble's validation scores are float64 means, served as float32 ones: two within a
+    float32 step round to one score, and no threshold keeps both labels; the positive's is kept
+    (a float32 threshold at or below the higher score's float32 value), not the negative's."""
+    step = float(np.spacing(np.float32(0.7)))
+    centre = float(np.float32(0.7))
+    below, threshold = centre - 0.3 * step, centre + 0.4 * step
+    moved = with_margin(threshold, np.array([threshold, below]))
+    assert below < moved < threshold  # on validation, in float64, both labels kept
+    assert float(np.float32(threshold)) >= moved  # served in float32, the positive stays one

@@ -231,26 +231,3 @@ def test_the_audit_compares_with_the_validation_images_themselves(run_dir, tmp_p
     ood = OodModel.load(RunDir(run_dir).ood)
     audited = audit_folder(run_dir, folder)
     assert len(audited.val_ood_scores) == len(ood.val_scores) // 2  # not their augmented copies
-
-
-def test_a_float32_score_is_labelled_as_the_metrics_count_it():
-    """A network's float32 score just below a float64 threshold that rounds onto it in float32
-    (a threshold stored before thresholds were float32 values): the metrics, in float64, call it
-    NORMAL, and the served label did not (NumPy compared in float32)."""
-    from pneumolab.inference.prediction import gated_prediction
-    from pneumolab.scope.checks import ScopeChecks
-
-    score = np.float32(0.9999899)
-    threshold = float(score) + 1e-12  # above the score in float64, equal to it in float32
-    assert score >= threshold and not float(score) >= threshold
-    result = gated_prediction(
-        "x.png",
-        score,
-        threshold,
-        ["NORMAL", "PNEUMONIA"],
-        ScopeChecks(),
-        ood_score=1.0,
-        ood_threshold=10.0,
-        scope_verdict=True,
-    )
-    assert result.label == "NORMAL"

@@ -629,16 +629,37 @@ def test_prefer_smaller_selects_the_smallest_model_validation_cannot_tell_from_t
 
 
 @pytest.mark.parametrize(
-    ("best", "intervals", "words"),
+    ("best", "intervals", "words", "sizes"),
     [
-        ("a", [(0.01, 0.02)], "validation tells it from every other model, so `prefer_smaller"),
-        ("a", [(-0.01, 0.02)], "and, of it and the 1 model(s) validation cannot tell from it, the"),
-        ("b", [(-0.01, 0.02)], "the model with the fewest parameters among **a**, the leader"),
-        ("a", [], "the leader on validation by `roc_auc`, the study's only model"),
-        ("a", None, "kept: the margins between the models were not tested (other images)"),
+        (
+            "a",
+            [(0.01, 0.02)],
+            "validation tells it from every other model, so `prefer_smaller",
+            None,
+        ),
+        (
+            "a",
+            [(-0.01, 0.02)],
+            "kept: of it and the 1 model(s) validation cannot tell from it, b recorded no",
+            {"a": 5, "b": None},
+        ),
+        (
+            "a",
+            [(-0.01, 0.02)],
+            "and, of it and the 1 model(s) validation cannot tell from it, the",
+            None,
+        ),
+        (
+            "b",
+            [(-0.01, 0.02)],
+            "the model with the fewest parameters among **a**, the leader",
+            None,
+        ),
+        ("a", [], "the leader on validation by `roc_auc`, the study's only model", None),
+        ("a", None, "kept: the margins between the models were not tested (other images)", None),
     ],
 )
-def test_the_reason_for_a_smaller_choice_fits_what_validation_told(best, intervals, words):
+def test_the_reason_for_a_smaller_choice_fits_what_validation_told(best, intervals, words, sizes):
     """selection.md called a leader no model was close to 'the model with the fewest
     parameters among' itself, though it was the largest; and said validation told the leader
     from every other model where no margin was tested (None here) or there was no other."""
@@ -651,7 +672,7 @@ def test_the_reason_for_a_smaller_choice_fits_what_validation_told(best, interva
     else:
         differences = [PairedDifference(0.01, low, high) for low, high in intervals]
         margins = Margins("roc_auc", "a", [Margin("b", d) for d in differences])
-    assert words in _smaller_choice(best, margins, "roc_auc")
+    assert words in _smaller_choice(best, margins, "roc_auc", sizes or {"a": 5, "b": 1})
 
 
 def test_compare_refuses_a_run_given_twice_names_namesakes_and_leaves_no_stale_figure(

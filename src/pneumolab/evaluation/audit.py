@@ -29,6 +29,7 @@ from pneumolab.data.imageio import (
     upright_size,
 )
 from pneumolab.errors import DataLayoutError, ImageLoadError
+from pneumolab.evaluation.metrics import called_positive
 from pneumolab.inference.inputs import expand_paths
 from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.results_file import list_cell
@@ -323,7 +324,7 @@ def audit_folder(
         records=records,
         val_ood_scores=predictor.ood.clean_val_scores if predictor.ood else np.zeros(0),
         ood_threshold=predictor.ood.threshold if predictor.ood else None,
-        val_pneumonia_rate=float(np.mean(val_probs >= predictor.threshold)),
+        val_pneumonia_rate=float(np.mean(called_positive(val_probs, predictor.threshold))),
     )
     judge(audit)
     return audit

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import beta
 
-from pneumolab.evaluation.metrics import SCALAR_METRICS
+from pneumolab.evaluation.metrics import SCALAR_METRICS, called_positive
 
 CI_METRICS = tuple(name for name in SCALAR_METRICS if name != "ece")
 """The metrics given an interval. Not ECE: resampling biases it upwards (duplicated images make
@@ -60,7 +60,7 @@ def weighted_metrics(
     NaN where a metric is undefined. A row of ones gives :func:`binary_metrics`' values."""
     y = np.asarray(y, dtype=float)
     prob = np.asarray(prob, dtype=float)
-    called = prob >= threshold
+    called = called_positive(prob, threshold)
     tp, fp, fn, tn = (
         weights @ (y * called),
         weights @ ((1 - y) * called),
@@ -119,7 +119,7 @@ def bootstrap_ci(
     weights = np.vstack([np.ones(len(y)), resample_weights(len(y), groups, n_resamples, seed)])
     values = weighted_metrics(y, prob, threshold, weights)
     intervals = {name: _percentile_interval(values[name][1:], level) for name in CI_METRICS}
-    called = np.asarray(prob, dtype=float) >= threshold
+    called = called_positive(prob, threshold)
     for name, counted in PROPORTIONS.items():
         estimate, (low, high) = values[name][0], intervals[name]
         if np.isfinite(estimate):

@@ -53,6 +53,13 @@ def expected_calibration_error(
     return float(np.abs(gaps).sum() / len(y_true))
 
 
+def called_positive(prob: np.ndarray, threshold: float) -> np.ndarray:
+    """Which scores are called pneumonia at ``threshold`` (``prob >= threshold``), compared in
+    float64: NumPy compares float32 scores with a Python float in float32, which can round a
+    threshold stored in float64 onto a score and call that image otherwise than the metrics."""
+    return np.asarray(prob, dtype=np.float64) >= threshold
+
+
 def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float) -> BinaryMetrics:
     """Threshold metrics (accuracy, sensitivity/recall, specificity, precision/PPV, NPV, F1,
     balanced accuracy) at ``threshold`` plus threshold-free ones: ROC AUC, PR AUC (average
@@ -63,7 +70,7 @@ def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float) -> Bi
     """
     y_true = np.asarray(y_true).astype(int)
     prob = np.asarray(prob, dtype=float)
-    y_pred = (prob >= threshold).astype(int)
+    y_pred = called_positive(prob, threshold).astype(int)
     tn, fp, fn, tp = (int(v) for v in confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel())
     sensitivity = _ratio(tp, tp + fn)
     specificity = _ratio(tn, tn + fp)

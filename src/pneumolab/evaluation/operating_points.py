@@ -61,7 +61,11 @@ def float32_between(low: float, high: float) -> float | None:
     """The midpoint of ``low`` and ``high`` rounded to float32, where that lies strictly between
     them; None where it does not (adjacent floats). A float32 threshold compares alike in float32
     and float64: networks score in float32, and NumPy compares a float32 score with a Python
-    float in float32, which rounded a float64 midpoint onto a score and flipped that image."""
+    float in float32, which rounded a float64 midpoint onto a score and flipped that image.
+    Two float64 scores (an ensemble's validation means) less than a float32 step apart round
+    to one float32 score where served: no threshold keeps both labels there, and this one,
+    at or below the higher score's float32 value, keeps the positive's (a missed pneumonia is
+    the costly error)."""
     middle = float(np.float32((low + high) / 2))
     return middle if low < middle < high else None
 

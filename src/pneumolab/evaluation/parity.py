@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from pneumolab.evaluation.calibration import to_logits
+from pneumolab.evaluation.metrics import called_positive
 
 MAX_AUC_CHANGE = 0.002
 """Largest |ROC AUC change| against fp32 that a backend may show."""
@@ -105,7 +106,7 @@ def score_parity(
     """Compare ``candidate`` probabilities (and ``ood`` scores, where the run has an OOD model)
     with the fp32 ``reference`` ones on labelled images."""
     reference, candidate = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
-    flipped = (candidate >= threshold) != (reference >= threshold)
+    flipped = called_positive(candidate, threshold) != called_positive(reference, threshold)
     distance = np.abs(to_logits(reference) - to_logits(np.array(threshold)))
     return Parity(
         images=len(reference),

@@ -22,6 +22,7 @@ from pneumolab.evaluation.calibration import apply_platt, apply_temperature
 from pneumolab.evaluation.heldout import check_test_log, count_test_evaluations
 from pneumolab.evaluation.metrics import (
     binary_metrics,
+    called_positive,
     expected_calibration_error,
     threshold_metrics,
 )
@@ -243,7 +244,7 @@ def compute_evaluation(
         temperature_scaled=calibrated.temperature_scaled,
         platt_scaled=calibrated.platt_scaled,
         test_evaluations_count=count_test_evaluations(run) + (split == "test"),
-        subtypes=_subtypes(predictor, decoded, probs >= threshold),
+        subtypes=_subtypes(predictor, decoded, called_positive(probs, threshold)),
         robustness=perturbed,
         robustness_summary=None if perturbed is None else summarize(perturbed),
         shift=None if scenarios is None else {r.scenario: r.summary() for r in scenarios},

@@ -90,9 +90,7 @@ def _describe(metas: list[RunMeta], members: list[str], weights: list[str]) -> R
         std=_shared([m.preprocessing.std for m in metas]),
         training=TrainingSummary(
             strategy=ENSEMBLE_STRATEGY,
-            parameters=None  # unknown where a member's is (a run of an older version)
-            if any(m.parameters is None for m in metas)
-            else sum(m.parameters or 0 for m in metas),
+            parameters=_total_size([m.parameters for m in metas]),
             train_seconds=round(sum(m.train_seconds or 0 for m in metas), 1),
         ),
         members=members,
@@ -112,6 +110,13 @@ def _member_mean(
     if any(value is None for member in scores for value in member):
         return None
     return np.mean(np.array(scores, dtype=float), axis=0)
+
+
+def _total_size(sizes: list[int | None]) -> int | None:
+    """The members' parameters together; None where a member's count is unknown (a run of an
+    older version): counted as 0, the ensemble looked smaller than its members."""
+    known = [size for size in sizes if size is not None]
+    return sum(known) if len(known) == len(sizes) else None
 
 
 def _members_target(runs: list[RunDir]) -> float:

@@ -11,7 +11,7 @@ import numpy as np
 
 from pneumolab.data.layout import Sample
 from pneumolab.evaluation.decision import decision_rule
-from pneumolab.evaluation.metrics import binary_metrics
+from pneumolab.evaluation.metrics import binary_metrics, called_positive
 from pneumolab.evaluation.subtypes import subtype_metrics
 from pneumolab.reporting.model_card import write_model_card
 from pneumolab.run import RunDir, write_predictions
@@ -45,7 +45,9 @@ def finalise(
     source = f"validation split of {run.root.name}"
     decision = decision_rule(labels, val_probs, source, target_sensitivity, val_tta_probs)
     if val_subtypes is not None:
-        called = val_probs >= decision.threshold  # the binary decision the subtypes refine
+        called = called_positive(
+            val_probs, decision.threshold
+        )  # the binary decision the subtypes refine
         metrics = subtype_metrics(val_subtypes.truth, val_subtypes.class_probs, called)
         description = replace(description, val_subtype_metrics=metrics)
     official = None

@@ -21,7 +21,12 @@ from pneumolab.choices import Split
 from pneumolab.data.classes import CLASS_NAMES
 from pneumolab.data.imageio import load_image
 from pneumolab.evaluation.figures import confusion_matrix_figure, figure_png
-from pneumolab.evaluation.metrics import SCALAR_METRICS, format_interval, format_metric
+from pneumolab.evaluation.metrics import (
+    SCALAR_METRICS,
+    called_positive,
+    format_interval,
+    format_metric,
+)
 from pneumolab.evaluation.scoring import compute_evaluation
 from pneumolab.evaluation.writer import FIGURES, evaluation_figures, record_look
 from pneumolab.explain.gradcam import ExplainedClass, find_target_layer, gradcam, overlay_png
@@ -188,7 +193,9 @@ def _samples_html(rows: list[dict[str, Any]], per_class: int) -> str:
 def _saliency_html(predictor: Predictor, all_pixels: torch.Tensor, probs: np.ndarray) -> str:
     if predictor.model is None:
         return "<p>Not computed for an ensemble: run the report on each member run.</p>"
-    positive = np.flatnonzero(probs >= predictor.threshold)  # their pneumonia maps have heat
+    positive = np.flatnonzero(
+        called_positive(probs, predictor.threshold)
+    )  # their pneumonia maps have heat
     spread = np.linspace(0, len(positive) - 1, min(SANITY_IMAGES, len(positive)), dtype=int)
     picked = positive[np.unique(spread)]
     result = saliency_sanity(predictor.model, all_pixels[picked], predictor.intensity)

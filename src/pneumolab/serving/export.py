@@ -17,6 +17,7 @@ import pneumolab
 from pneumolab.choices import DEFAULT_OPSET, ONNX_OPSETS
 from pneumolab.data.intensity import RECIPES as INTENSITY_RECIPES
 from pneumolab.errors import ExportError
+from pneumolab.evaluation.metrics import called_positive
 from pneumolab.files import write_atomically
 from pneumolab.inference.onnx_backend import INPUT_NAME, OOD_OUTPUT_NAME, OUTPUT_NAME, OnnxBackend
 from pneumolab.inference.predictor import Predictor
@@ -117,8 +118,8 @@ def _verify(
     expected = torch_scorer(model, predictor.intensity, ood)(pixels)
     got = OnnxBackend(onnx_file)(np.asarray(pixels))
     max_diff = float(np.abs(got.probability - expected.probability).max())
-    flipped = (got.probability >= predictor.threshold) != (
-        expected.probability >= predictor.threshold
+    flipped = called_positive(got.probability, predictor.threshold) != called_positive(
+        expected.probability, predictor.threshold
     )
     flips = int(flipped.sum())
     # a flip is only acceptable for an image that PyTorch itself scores within TOLERANCE of

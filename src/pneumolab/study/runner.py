@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -389,9 +389,12 @@ def _build_ensembles(
         finished[ensemble.name] = run
 
 
-def _smaller_choice(best: str, margins: Margins, select_by: str) -> str:
+def _smaller_choice(
+    best: str, margins: Margins, select_by: str, sizes: Mapping[str, int | None]
+) -> str:
     """Why ``prefer_smaller`` chose ``best``, in the words that fit how many models validation
-    could not tell from the leader (with none, there was no smaller model to choose)."""
+    could not tell from the leader (with none, there was no smaller model to choose) and
+    whether their sizes were known."""
     leader, untold = markdown_cell(margins.leader), margins.untold
     led = f"the leader on validation by `{select_by}`"
     if margins.untested:
@@ -407,6 +410,13 @@ def _smaller_choice(best: str, margins: Margins, select_by: str) -> str:
             "had no other model to choose"
         )
     others = f"the {len(untold)} model(s) validation cannot tell from it"
+    unknown = [name for name in (margins.leader, *untold) if sizes.get(name) is None]
+    if unknown:
+        return (
+            f"{led}, kept: of it and {others}, {', '.join(map(markdown_cell, unknown))} recorded no "
+            "parameter "
+            "count (a run of an older version), so `prefer_smaller: true` could not compare sizes"
+        )
     if best == margins.leader:
         return f"{led} and, of it and {others}, the one with the fewest parameters (`prefer_smaller: true`)"
     return (
@@ -448,8 +458,9 @@ def _select(
     if study.select_by == "shift_specificity":
         why = _floor_reason(next(r for r in rows if r.name == leader), sensitivity_floor)
     if study.prefer_smaller:
-        best = smallest_untold(margins, {r.name: r.parameters for r in rows})
-        why = _smaller_choice(best, margins, study.select_by)
+        sizes = {r.name: r.parameters for r in rows}
+        best = smallest_untold(margins, sizes)
+        why = _smaller_choice(best, margins, study.select_by, sizes)
     _link_best(study_dir, finished[best])
     write_text_atomically(
         study_dir / "selection.md",
