@@ -330,6 +330,65 @@ def test_a_one_process_training_given_another_rank_is_refused(tmp_path, monkeypa
         build_trainer(TrainConfig(**TINY), RunDir(tmp_path / "run"), [])
 
 
+SLURM_TASK = {
+    "SLURM_NTASKS": "1",
+    "SLURM_JOB_NAME": "train",
+    "SLURM_JOB_ID": "7",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODEID": "0",
+    "SLURM_NODELIST": "node1",
+}
+
+
+def _slurm(monkeypatch, **variables):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_NTASKS_PER_NODE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in (SLURM_TASK | variables).items():
+        monkeypatch.setenv(name, value)
+
+
+def test_under_slurm_nothing_is_requeued_or_resumed_from_the_working_directory(
+    tmp_path, monkeypatch
+):
+    """Lightning's SLURM default saved hpc_ckpt_N.ckpt into the working directory on SIGUSR1
+    and requeued the job (which then ran without --resume), and a later training started in
+    that directory resumed from it silently."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    _slurm(monkeypatch)
+    run = RunDir(tmp_path / "run")
+    trainer = build_trainer(TrainConfig(**TINY), run, [])
+    environment = trainer._accelerator_connector.cluster_environment
+    assert isinstance(environment, SLURMEnvironment) and not environment.auto_requeue
+    assert trainer.default_root_dir == str(run.root)
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"SLURM_NTASKS": "4"}, r"SLURM started 4 task\(s\) \(SLURM_NTASKS\), but devices"),
+        (
+            {"SLURM_NTASKS": "4", "SLURM_JOB_NAME": "interactive"},
+            r"SLURM started 4 tasks in a job named 'interactive', which Lightning does not",
+        ),
+    ],
+)
+def test_slurm_tasks_that_are_not_the_training_processes_are_refused(
+    tmp_path, monkeypatch, variables, message
+):
+    """Each of several srun tasks in an interactive job (named bash or interactive, which
+    Lightning passes over) trained as rank 0 into one folder; a batch job with other tasks
+    than processes waited for the ones missing, or failed inside training."""
+    _slurm(monkeypatch, **variables)
+    config = TrainConfig(**TINY | {"devices": 2})
+    with pytest.raises(ConfigError, match=message):
+        build_trainer(config, RunDir(tmp_path / "run"), [])
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # one task: Lightning starts the processes itself
+    monkeypatch.setenv("SLURM_JOB_NAME", "interactive")
+    build_trainer(config, RunDir(tmp_path / "run"), [])
+
+
 def test_fp16_on_a_cpu_is_refused_not_trained_as_bf16(monkeypatch):
     """Lightning trained ``16-mixed`` on a CPU as bf16-mixed, with a warning of its own, while
     config.yaml kept 16-mixed."""

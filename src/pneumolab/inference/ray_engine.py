@@ -336,8 +336,10 @@ def _score_into(
     if missing:  # never a results file that silently lacks rows: the parts are kept
         raise OutputError(
             f"{parts}: {len(missing)} of the {len(todo)} images scored have no row there (first: "
-            f"{printable(min(missing))}); the workers wrote elsewhere or failed: run the command "
-            "again to resume"
+            f"{printable(min(missing))}); the workers failed, or wrote elsewhere: on a cluster "
+            "of several machines --out must be on storage every node sees (the workers write "
+            "its parts folder), or each node keeps its own rows; then run the command again "
+            "to resume"
         )
     # the earlier error rows of what this job listed again: a folder then unlisted included
     retried = RetriedSources(sources, paths)

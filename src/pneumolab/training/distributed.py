@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 
 from pneumolab.errors import ConfigError, PneumolabError
 
@@ -37,9 +38,12 @@ def check_launch(strategy: str, devices: int, num_nodes: int) -> None:
     nodes are asked for without a launcher (torchrun, SLURM's srun): the one process started
     would wait for the other nodes until Lightning's timeout (30 minutes); and where a
     one-process training runs in a process a launcher gave a rank other than 0 (it trained,
-    unlocked, over the folder of the rank-0 process's run)."""
+    unlocked, over the folder of the rank-0 process's run); and where SLURM started another
+    number of tasks than that (:func:`check_slurm_tasks`)."""
     processes = devices * num_nodes
     launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched == 1:  # torchrun's WORLD_SIZE, where set, says what was started
+        check_slurm_tasks(processes)
     given = next((v for v in RANK_VARIABLES if os.environ.get(v, "").strip()), None)
     stray = given if given is not None and os.environ[given].strip() != "0" else None
     if processes == 1 and launched == 1 and stray is not None:
@@ -65,6 +69,43 @@ def check_launch(strategy: str, devices: int, num_nodes: int) -> None:
             "distributed_strategy ddp_spawn starts its own processes: not under a launcher "
             "(torchrun) that started them already; use ddp or auto"
         )
+
+
+INTERACTIVE_JOB_NAMES = ("bash", "interactive")
+"""SLURM job names that Lightning does not treat as a SLURM cluster (it launches the processes)."""
+
+
+def check_slurm_tasks(processes: int) -> None:
+    """ConfigError where SLURM started tasks (``SLURM_NTASKS``) that do not match ``processes``
+    (``devices × num_nodes``): in a batch job Lightning takes each task for one process and the
+    ones missing were waited for (or a ValueError came from inside training, after the run
+    folder was written); in an interactive job (named ``bash`` or ``interactive``) Lightning
+    passes SLURM over, so each of several tasks trained as rank 0, unlocked, into one folder."""
+    tasks = os.environ.get("SLURM_NTASKS", "").strip()
+    if not tasks.isdigit():
+        return
+    interactive = os.environ.get("SLURM_JOB_NAME", "").strip() in INTERACTIVE_JOB_NAMES
+    if interactive and int(tasks) > 1:
+        raise ConfigError(
+            f"SLURM started {tasks} tasks in a job named {os.environ['SLURM_JOB_NAME']!r}, which "
+            "Lightning does not treat as a SLURM cluster: each task would train alone into the "
+            "same run folder; start one task (training starts --devices processes itself), or "
+            "name the job otherwise (srun --job-name train) with one task per process"
+        )
+    if not interactive and int(tasks) != processes:
+        raise ConfigError(
+            f"SLURM started {tasks} task(s) (SLURM_NTASKS), but devices × num_nodes is "
+            f"{processes}: under SLURM each task is one training process; set --devices and "
+            "--num-nodes to the tasks (srun --ntasks-per-node D --nodes N)"
+        )
+
+
+def cluster_plugins() -> list[SLURMEnvironment]:
+    """SLURM's environment without Lightning's auto-requeue where Lightning detects SLURM: on
+    SIGUSR1 it saved ``hpc_ckpt_N.ckpt`` into the working directory and requeued the job,
+    which then ran without ``--resume`` (refused: the run folder exists), and a later training
+    started there resumed from that checkpoint silently (rerun with ``--resume`` instead)."""
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
 
 
 def lightning_strategy(strategy: str, processes: int, head_epochs: int) -> str:

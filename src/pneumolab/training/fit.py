@@ -45,6 +45,7 @@ from pneumolab.training.distill import Teacher
 from pneumolab.training.distributed import (
     ProcessGroupExit,
     check_launch,
+    cluster_plugins,
     lightning_strategy,
     lr_factor,
 )
@@ -174,7 +175,8 @@ def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callba
             deterministic=False,
             num_sanity_val_steps=0,
             enable_model_summary=False,
-            plugins=[AtomicCheckpointIO()],
+            plugins=[AtomicCheckpointIO(), *cluster_plugins()],
+            default_root_dir=run.root,  # nothing of Lightning's own in the working directory
         )
     except MisconfigurationException as exc:
         raise ConfigError(

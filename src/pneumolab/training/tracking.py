@@ -19,6 +19,7 @@ from pneumolab.config import TrainConfig
 from pneumolab.errors import ConfigError, brief
 from pneumolab.files import write_text_atomically
 from pneumolab.run import RunDir
+from pneumolab.training.distributed import global_rank
 
 EXPERIMENT = "pneumolab"
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
@@ -37,8 +38,10 @@ def check_tracking(config: TrainConfig) -> None:
 
 def experiment_logger(config: TrainConfig, run: RunDir) -> Logger | None:
     """The Lightning logger of ``config.tracking`` for ``run`` (None for ``csv``), with the
-    settings logged as hyperparameters."""
-    if config.tracking == "csv":
+    settings logged as hyperparameters; None in the processes of rank above 0, as Lightning's
+    loggers write from rank 0 alone (the others found rank 0's MLflow record, took the run for
+    a resumed one and failed reading it through the logger's stand-in experiment)."""
+    if config.tracking == "csv" or global_rank() != 0:
         return None
     if config.tracking == "tensorboard":
         logger = TensorBoardLogger(save_dir=run.root, name="tensorboard", version="")
