@@ -10,8 +10,6 @@ from conftest import TINY_TRAINING
 from pneumolab.config import TrainConfig
 from pneumolab.errors import TrainingInterrupted
 from pneumolab.pipeline.train import train
-from pneumolab.run import RunDir
-from pneumolab.training.tracking import experiment_logger
 
 pytestmark = pytest.mark.slow  # trains its own models
 
@@ -168,21 +166,3 @@ def test_a_missing_tracker_package_is_a_clear_error_before_any_file(
     with pytest.raises(ConfigError, match=r"tracking: mlflow needs the mlflow package"):
         _train(synthetic_data, tmp_path / "run", "mlflow")
     assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.parametrize("tracking", ["mlflow", "tensorboard"])
-def test_only_rank_zero_tracks(tmp_path, monkeypatch, tracking):
-    """Under several processes rank 0 writes the MLflow record before the others start; each
-    of them then took the run for a resumed one and failed reading it ('NoneType' object has
-    no attribute 'data'): every multi-process training with tracking: mlflow."""
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    run = RunDir(tmp_path / "run")
-    run.root.mkdir()
-    config = TrainConfig(tracking=tracking, **TINY_TRAINING)
-    assert experiment_logger(config, run) is not None  # rank 0
-    written = sorted(tmp_path.rglob("*"))
-    monkeypatch.setattr(rank_zero_only, "rank", 1, raising=False)
-    assert experiment_logger(config, run) is None
-    assert sorted(tmp_path.rglob("*")) == written  # nothing written by rank 1

@@ -332,6 +332,7 @@ def test_a_one_process_training_given_another_rank_is_refused(tmp_path, monkeypa
 
 SLURM_TASK = {
     "SLURM_NTASKS": "1",
+    "SLURM_NTASKS_PER_NODE": "1",
     "SLURM_JOB_NAME": "train",
     "SLURM_JOB_ID": "7",
     "SLURM_PROCID": "0",
@@ -341,11 +342,20 @@ SLURM_TASK = {
 }
 
 
-def _slurm(monkeypatch, **variables):
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_NTASKS_PER_NODE"):
+def _slurm(monkeypatch: pytest.MonkeyPatch, **variables: str) -> None:
+    """This process as a task of a SLURM job (one task of one node, unless ``variables`` say
+    otherwise; a value of ``""`` unsets the variable), under no other launcher; the rank that
+    Lightning records while building a Trainer is restored after the test."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    monkeypatch.setattr(rank_zero_only, "rank", 0, raising=False)
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(name, raising=False)
     for name, value in (SLURM_TASK | variables).items():
-        monkeypatch.setenv(name, value)
+        if value:
+            monkeypatch.setenv(name, value)
+        else:
+            monkeypatch.delenv(name, raising=False)
 
 
 def test_under_slurm_nothing_is_requeued_or_resumed_from_the_working_directory(
@@ -356,37 +366,72 @@ def test_under_slurm_nothing_is_requeued_or_resumed_from_the_working_directory(
     that directory resumed from it silently."""
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
-    _slurm(monkeypatch)
+    _slurm(monkeypatch, SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="2")
     run = RunDir(tmp_path / "run")
-    trainer = build_trainer(TrainConfig(**TINY), run, [])
-    environment = trainer._accelerator_connector.cluster_environment
+    trainer = build_trainer(TrainConfig(**TINY | {"devices": 2}), run, [])
+    environment = trainer.strategy.cluster_environment
     assert isinstance(environment, SLURMEnvironment) and not environment.auto_requeue
     assert trainer.default_root_dir == str(run.root)
 
 
+def test_torchrun_inside_a_slurm_job_keeps_its_ranks(tmp_path, monkeypatch):
+    """torchrun's variables come first, as in Lightning: SLURM's environment, forced, made
+    each torchrun worker rank 0 of a world of one."""
+    _slurm(monkeypatch)
+    for name, value in {
+        "TORCHELASTIC_RUN_ID": "job",
+        "WORLD_SIZE": "2",
+        "RANK": "1",
+        "LOCAL_RANK": "1",
+        "GROUP_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29500",
+    }.items():
+        monkeypatch.setenv(name, value)
+    trainer = build_trainer(TrainConfig(**TINY | {"devices": 2}), RunDir(tmp_path / "run"), [])
+    assert (trainer.world_size, trainer.global_rank) == (2, 1)
+
+
 @pytest.mark.parametrize(
-    ("variables", "message"),
+    ("variables", "devices", "message"),
     [
-        ({"SLURM_NTASKS": "4"}, r"SLURM started 4 task\(s\) \(SLURM_NTASKS\), but devices"),
         (
-            {"SLURM_NTASKS": "4", "SLURM_JOB_NAME": "interactive"},
-            r"SLURM started 4 tasks in a job named 'interactive', which Lightning does not",
+            {"SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "4"},
+            2,
+            r"SLURM started 4 task\(s\) \(SLURM_NTASKS\), but devices × num_nodes is 2",
+        ),
+        ({}, 2, r"SLURM started 1 task\(s\) \(SLURM_NTASKS\), but devices × num_nodes is 2"),
+        (
+            {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": ""},
+            2,
+            r"SLURM started 2 tasks with --ntasks, which Lightning does not read",
+        ),
+        (
+            {"SLURM_NTASKS": "4", "SLURM_JOB_NAME": "interactive", "SLURM_PROCID": "1"},
+            4,
+            r"SLURM task 1 of 4 in a job named 'interactive', which Lightning does not",
         ),
     ],
 )
 def test_slurm_tasks_that_are_not_the_training_processes_are_refused(
-    tmp_path, monkeypatch, variables, message
+    tmp_path, monkeypatch, variables, devices, message
 ):
     """Each of several srun tasks in an interactive job (named bash or interactive, which
-    Lightning passes over) trained as rank 0 into one folder; a batch job with other tasks
-    than processes waited for the ones missing, or failed inside training."""
+    Lightning passes over) trained as rank 0 into one folder; a batch job of one task trained
+    two devices' worth on one process without a word, and other mismatches failed inside
+    Lightning, the last after the run folder was written."""
     _slurm(monkeypatch, **variables)
-    config = TrainConfig(**TINY | {"devices": 2})
+    config = TrainConfig(**TINY | {"devices": devices})
     with pytest.raises(ConfigError, match=message):
         build_trainer(config, RunDir(tmp_path / "run"), [])
-    monkeypatch.setenv("SLURM_NTASKS", "1")  # one task: Lightning starts the processes itself
-    monkeypatch.setenv("SLURM_JOB_NAME", "interactive")
-    build_trainer(config, RunDir(tmp_path / "run"), [])
+
+
+def test_one_task_of_an_interactive_slurm_job_starts_its_own_processes(tmp_path, monkeypatch):
+    """salloc -n 4 and one command: Lightning starts the four processes (SLURM_NTASKS is the
+    allocation's, not the copies running)."""
+    _slurm(monkeypatch, SLURM_NTASKS="4", SLURM_JOB_NAME="interactive")
+    trainer = build_trainer(TrainConfig(**TINY | {"devices": 4}), RunDir(tmp_path / "run"), [])
+    assert trainer.world_size == 4
 
 
 def test_fp16_on_a_cpu_is_refused_not_trained_as_bf16(monkeypatch):

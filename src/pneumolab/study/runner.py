@@ -64,7 +64,7 @@ from pneumolab.run import RunDir, split_mismatch
 from pneumolab.study.config import StudyConfig, load_study
 from pneumolab.text import markdown_cell
 from pneumolab.training.distill import check_teacher
-from pneumolab.training.distributed import global_rank, on_rank_zero
+from pneumolab.training.distributed import check_launch, global_rank, on_rank_zero
 from pneumolab.training.train import check_buildable
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,10 @@ def _check_outputs(study_dir: Path, configs: dict[str, TrainConfig], ensembles: 
     """Every refusal that needs no training, before anything is written: unknown architectures,
     weights paths that do not exist, run folders holding other networks, a ``best`` that is not
     a link, a distillation teacher that could not teach its student
-    (:func:`_check_study_teacher`)."""
+    (:func:`_check_study_teacher`), a launcher that started another number of processes
+    (:func:`~pneumolab.training.distributed.check_launch`)."""
+    for config in configs.values():  # one number of processes for all: the study checks
+        check_launch(config.distributed_strategy, config.devices, config.num_nodes)
     for name, config in configs.items():
         run = RunDir(study_dir / "runs" / name)
         started = run.is_complete() or run.last_checkpoint.is_file()  # its start weights used

@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 import lightning as L
 import torch
-from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
 from pneumolab.errors import ConfigError, PneumolabError
 
@@ -76,23 +76,37 @@ INTERACTIVE_JOB_NAMES = ("bash", "interactive")
 
 
 def check_slurm_tasks(processes: int) -> None:
-    """ConfigError where SLURM started tasks (``SLURM_NTASKS``) that do not match ``processes``
-    (``devices × num_nodes``): in a batch job Lightning takes each task for one process and the
-    ones missing were waited for (or a ValueError came from inside training, after the run
-    folder was written); in an interactive job (named ``bash`` or ``interactive``) Lightning
-    passes SLURM over, so each of several tasks trained as rank 0, unlocked, into one folder."""
+    """ConfigError, before anything is written, where SLURM's tasks cannot be the training's
+    processes. In a batch job Lightning takes each task (``SLURM_NTASKS``) for one process:
+    fewer tasks than ``processes`` (``devices × num_nodes``) trained on one process without a
+    word, more failed inside Lightning (``--ntasks`` without ``--ntasks-per-node``: a
+    RuntimeError; a per-node count other than ``devices``: a ValueError from inside training,
+    after the run folder was written). In an interactive job (named ``bash`` or
+    ``interactive``) Lightning passes SLURM over and starts the processes itself, from one
+    task: the others of an srun of several each trained as rank 0, unlocked, into one folder.
+    Not caught: a batch script that starts the command without srun (SLURM's variables say
+    more tasks than are running) waits for the others."""
     tasks = os.environ.get("SLURM_NTASKS", "").strip()
-    if not tasks.isdigit():
+    if not tasks.isdigit() or TorchElasticEnvironment.detect():  # torchrun says what it started
         return
-    interactive = os.environ.get("SLURM_JOB_NAME", "").strip() in INTERACTIVE_JOB_NAMES
-    if interactive and int(tasks) > 1:
+    if os.environ.get("SLURM_JOB_NAME", "").strip() in INTERACTIVE_JOB_NAMES:
+        task = os.environ.get("SLURM_PROCID", "0").strip() or "0"
+        if task != "0":
+            raise ConfigError(
+                f"SLURM task {task} of {tasks} in a job named {os.environ['SLURM_JOB_NAME']!r}, "
+                "which Lightning does not treat as a SLURM cluster: this task would train alone "
+                "into the same run folder as task 0; start one task (training starts --devices "
+                "processes itself), or name the job otherwise (srun --job-name train) with one "
+                "task per process"
+            )
+        return
+    per_node = os.environ.get("SLURM_NTASKS_PER_NODE", "").strip()
+    if int(tasks) > 1 and not per_node:
         raise ConfigError(
-            f"SLURM started {tasks} tasks in a job named {os.environ['SLURM_JOB_NAME']!r}, which "
-            "Lightning does not treat as a SLURM cluster: each task would train alone into the "
-            "same run folder; start one task (training starts --devices processes itself), or "
-            "name the job otherwise (srun --job-name train) with one task per process"
+            f"SLURM started {tasks} tasks with --ntasks, which Lightning does not read: set "
+            "--ntasks-per-node to --devices and --nodes to --num-nodes"
         )
-    if not interactive and int(tasks) != processes:
+    if int(tasks) != processes:
         raise ConfigError(
             f"SLURM started {tasks} task(s) (SLURM_NTASKS), but devices × num_nodes is "
             f"{processes}: under SLURM each task is one training process; set --devices and "
@@ -101,11 +115,14 @@ def check_slurm_tasks(processes: int) -> None:
 
 
 def cluster_plugins() -> list[SLURMEnvironment]:
-    """SLURM's environment without Lightning's auto-requeue where Lightning detects SLURM: on
-    SIGUSR1 it saved ``hpc_ckpt_N.ckpt`` into the working directory and requeued the job,
-    which then ran without ``--resume`` (refused: the run folder exists), and a later training
-    started there resumed from that checkpoint silently (rerun with ``--resume`` instead)."""
-    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+    """SLURM's environment without Lightning's auto-requeue where Lightning would pick SLURM
+    (not under torchrun, whose environment comes first): on SIGUSR1 Lightning saved
+    ``hpc_ckpt_N.ckpt`` into the working directory and requeued the job, which then ran without
+    ``--resume`` (refused: the run folder exists), and a later training started there resumed
+    from that checkpoint silently. A job is continued with ``--resume`` instead."""
+    if TorchElasticEnvironment.detect() or not SLURMEnvironment.detect():
+        return []
+    return [SLURMEnvironment(auto_requeue=False)]
 
 
 def lightning_strategy(strategy: str, processes: int, head_epochs: int) -> str:
