@@ -51,7 +51,7 @@ def test_evaluate_and_predict_accept_tta(run_dir, tiny_run, capsys):
     assert metrics.temperature_scaled is None and metrics.platt_scaled is None
     # scored over the views: the validation TTA scores stored at training, image by image
     run = RunDir(run_dir)
-    stored = {r["path"]: r for r in read_predictions(run.val_predictions)}
+    stored = {r.path: r for r in read_predictions(run.val_predictions)}
     scored = read_predictions(run.eval_dir("val") / "predictions.csv")
     assert sorted(r.path for r in scored) == sorted(stored)
     for row in scored:
