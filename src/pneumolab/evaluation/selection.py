@@ -146,10 +146,16 @@ def smallest_untold(margins: Margins, parameters: Mapping[str, int | None]) -> s
     them is of unknown size (a run of an older version): sizes that cannot be compared choose
     nothing."""
     candidates = [margins.leader, *margins.untold]
-    known = {name: size for name in candidates if (size := parameters.get(name)) is not None}
-    if len(known) < len(candidates):
+    if unknown_sizes(margins, parameters):
         return margins.leader
-    return min(candidates, key=lambda name: (known[name], candidates.index(name)))
+    # every size is known here: `or 0` only tells the type checker so
+    return min(candidates, key=lambda name: (parameters[name] or 0, candidates.index(name)))
+
+
+def unknown_sizes(margins: Margins, parameters: Mapping[str, int | None]) -> list[str]:
+    """The leader and the models the data cannot tell from it whose size is unknown (runs of
+    an older version): where there is one, :func:`smallest_untold` keeps the leader."""
+    return [name for name in (margins.leader, *margins.untold) if parameters.get(name) is None]
 
 
 def warn_untold(margins: Margins, split: str) -> None:

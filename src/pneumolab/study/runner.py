@@ -52,7 +52,13 @@ from pneumolab.evaluation.comparison import (
 )
 from pneumolab.evaluation.figures import sample_grid_figure, save_figure
 from pneumolab.evaluation.metrics import format_metric
-from pneumolab.evaluation.selection import Margins, margins_over, smallest_untold, warn_untold
+from pneumolab.evaluation.selection import (
+    Margins,
+    margins_over,
+    smallest_untold,
+    unknown_sizes,
+    warn_untold,
+)
 from pneumolab.files import write_text_atomically
 from pneumolab.inference.run_models import gate_is_stale, run_ood_model
 from pneumolab.inference.score_cache import ScoreCache
@@ -413,12 +419,11 @@ def _smaller_choice(
             "had no other model to choose"
         )
     others = f"the {len(untold)} model(s) validation cannot tell from it"
-    unknown = [name for name in (margins.leader, *untold) if sizes.get(name) is None]
+    unknown = ", ".join(map(markdown_cell, unknown_sizes(margins, sizes)))
     if unknown:
         return (
-            f"{led}, kept: of it and {others}, {', '.join(map(markdown_cell, unknown))} recorded no "
-            "parameter "
-            "count (a run of an older version), so `prefer_smaller: true` could not compare sizes"
+            f"{led}, kept: of it and {others}, {unknown} recorded no parameter count (a run of "
+            "an older version), so `prefer_smaller: true` could not compare sizes"
         )
     if best == margins.leader:
         return f"{led} and, of it and {others}, the one with the fewest parameters (`prefer_smaller: true`)"
