@@ -339,12 +339,14 @@ SLURM_TASK = {
     "SLURM_LOCALID": "0",
     "SLURM_NODEID": "0",
     "SLURM_NODELIST": "node1",
+    "SLURM_STEP_ID": "0",
 }
 
 
 def _slurm(monkeypatch: pytest.MonkeyPatch, **variables: str) -> None:
-    """This process as a task of a SLURM job (one task of one node, unless ``variables`` say
-    otherwise; a value of ``""`` unsets the variable), under no other launcher; the rank that
+    """This process as a task of a SLURM job (one task of one node, started by srun, unless
+    ``variables`` say otherwise; a value of ``""`` unsets the variable: ``SLURM_STEP_ID=""``
+    is the job's batch script or an salloc shell), under no other launcher; the rank that
     Lightning records while building a Trainer is restored after the test."""
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
@@ -411,6 +413,11 @@ def test_torchrun_inside_a_slurm_job_keeps_its_ranks(tmp_path, monkeypatch):
             4,
             r"SLURM task 1 of 4 in a job named 'interactive', which Lightning does not",
         ),
+        (
+            {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_STEP_ID": ""},
+            2,
+            r"SLURM_NTASKS is 2, but this process was not started by srun .*start it with srun",
+        ),
     ],
 )
 def test_slurm_tasks_that_are_not_the_training_processes_are_refused(
@@ -419,7 +426,8 @@ def test_slurm_tasks_that_are_not_the_training_processes_are_refused(
     """Each of several srun tasks in an interactive job (named bash or interactive, which
     Lightning passes over) trained as rank 0 into one folder; a batch job of one task trained
     two devices' worth on one process without a word, and other mismatches failed inside
-    Lightning, the last after the run folder was written."""
+    Lightning, the last after the run folder was written; a batch script of two tasks that
+    started the training without srun waited at the rendezvous for the task never started."""
     _slurm(monkeypatch, **variables)
     config = TrainConfig(**TINY | {"devices": devices})
     with pytest.raises(ConfigError, match=message):
@@ -428,10 +436,20 @@ def test_slurm_tasks_that_are_not_the_training_processes_are_refused(
 
 def test_one_task_of_an_interactive_slurm_job_starts_its_own_processes(tmp_path, monkeypatch):
     """salloc -n 4 and one command: Lightning starts the four processes (SLURM_NTASKS is the
-    allocation's, not the copies running)."""
-    _slurm(monkeypatch, SLURM_NTASKS="4", SLURM_JOB_NAME="interactive")
-    trainer = build_trainer(TrainConfig(**TINY | {"devices": 4}), RunDir(tmp_path / "run"), [])
-    assert trainer.world_size == 4
+    allocation's, not the copies running), in the salloc shell (no srun step) or in one srun
+    task."""
+    for step in ("", "0"):
+        _slurm(monkeypatch, SLURM_NTASKS="4", SLURM_JOB_NAME="interactive", SLURM_STEP_ID=step)
+        config = TrainConfig(**TINY | {"devices": 4})
+        assert build_trainer(config, RunDir(tmp_path / "run"), []).world_size == 4
+
+
+def test_a_one_task_batch_job_trains_without_srun(tmp_path, monkeypatch):
+    """sbatch --ntasks-per-node 1 and ``pneumolab train`` in the script itself: one task, one
+    process, nothing to wait for (only several tasks need srun)."""
+    _slurm(monkeypatch, SLURM_STEP_ID="", SLURM_STEPID="")
+    trainer = build_trainer(TrainConfig(**TINY), RunDir(tmp_path / "run"), [])
+    assert (trainer.world_size, trainer.global_rank) == (1, 0)
 
 
 def test_fp16_on_a_cpu_is_refused_not_trained_as_bf16(monkeypatch):

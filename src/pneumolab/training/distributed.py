@@ -84,8 +84,9 @@ def check_slurm_tasks(processes: int) -> None:
     after the run folder was written). In an interactive job (named ``bash`` or
     ``interactive``) Lightning passes SLURM over and starts the processes itself, from one
     task: the others of an srun of several each trained as rank 0, unlocked, into one folder.
-    Not caught: a batch script that starts the command without srun (SLURM's variables say
-    more tasks than are running) waits for the others."""
+    A batch script (or an ``salloc`` shell) that starts a training of several tasks without
+    srun: SLURM's variables describe the job's tasks, not the one process running, and process
+    0 waited for the others without end (:func:`in_slurm_step`)."""
     tasks = os.environ.get("SLURM_NTASKS", "").strip()
     if not tasks.isdigit() or TorchElasticEnvironment.detect():  # torchrun says what it started
         return
@@ -100,6 +101,13 @@ def check_slurm_tasks(processes: int) -> None:
                 "task per process"
             )
         return
+    if int(tasks) > 1 and not in_slurm_step():
+        raise ConfigError(
+            f"SLURM_NTASKS is {tasks}, but this process was not started by srun (no "
+            "SLURM_STEP_ID: the job's batch script or an salloc shell): it would wait without "
+            f"end for {int(tasks) - 1} task(s) that never start; start it with srun "
+            "(srun pneumolab train ...), which starts one process per task"
+        )
     per_node = os.environ.get("SLURM_NTASKS_PER_NODE", "").strip()
     if int(tasks) > 1 and not per_node:
         raise ConfigError(
@@ -112,6 +120,17 @@ def check_slurm_tasks(processes: int) -> None:
             f"{processes}: under SLURM each task is one training process; set --devices and "
             "--num-nodes to the tasks (srun --ntasks-per-node D --nodes N)"
         )
+
+
+STEP_VARIABLES = ("SLURM_STEP_ID", "SLURM_STEPID")
+"""Where SLURM tells a task its job step: set by slurmstepd for the tasks of an srun step
+(steps 0, 1, ...), not in the batch step that runs the job script, nor in an salloc shell."""
+
+
+def in_slurm_step() -> bool:
+    """Whether this process is a task of an srun step (``SLURM_STEP_ID`` set): only there do
+    ``SLURM_NTASKS`` and ``SLURM_PROCID`` describe processes that are running."""
+    return any(os.environ.get(name, "").strip() for name in STEP_VARIABLES)
 
 
 def cluster_plugins() -> list[SLURMEnvironment]:
