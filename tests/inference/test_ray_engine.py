@@ -197,6 +197,7 @@ def test_rows_the_workers_did_not_write_here_are_an_error_not_a_silent_gap(
     from pneumolab.inference import ray_engine
 
     monkeypatch.setattr(ray_engine, "_connect", lambda ray, options: None)
+    monkeypatch.setattr(ray_engine, "check_every_node_sees", lambda *args: None)
     monkeypatch.setattr(ray_engine, "_score", lambda *args: None)  # wrote nowhere we look
     out = tmp_path / "rows.csv"
     with pytest.raises(OutputError, match=r"images scored have no row there"):
@@ -278,6 +279,7 @@ def test_overwrite_interrupted_leaves_a_file_a_rerun_resumes(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(engine, "_connect", lambda ray, options: None)
+    monkeypatch.setattr(engine, "check_every_node_sees", lambda *args: None)
     monkeypatch.setattr(engine, "_pipeline", interrupted)
     with pytest.raises(KeyboardInterrupt):
         predict_with_ray(predictor, images, out, TWO_WORKERS, overwrite=True)
@@ -313,3 +315,76 @@ def test_overwrite_never_empties_an_input_image(predictor, images, tmp_path):
     with pytest.raises(OutputError, match="is one of the images to predict"):
         predict_with_ray(predictor, [xray], xray, TWO_WORKERS, overwrite=True)
     assert xray.read_bytes() == before
+
+
+@needs_ray
+def test_out_every_node_sees_passes_and_leaves_the_parts_folder_as_it_was(local_ray, tmp_path):
+    """One machine: the node sees the probe; no probe is left, nor a parts folder made for it,
+    and a parts folder that was there (a killed job's) keeps its files."""
+    from pneumolab.inference.ray_nodes import check_every_node_sees
+
+    parts, out = tmp_path / "r.csv.parts", tmp_path / "r.csv"
+    check_every_node_sees(local_ray, parts, out)
+    assert list(tmp_path.iterdir()) == []
+    parts.mkdir()
+    (parts / "kept.parquet").write_bytes(b"PAR1")
+    check_every_node_sees(local_ray, parts, out)
+    assert [path.name for path in parts.iterdir()] == ["kept.parquet"]
+
+
+def test_a_node_finds_the_probe_or_says_it_does_not(tmp_path):
+    from pneumolab.inference.ray_nodes import node_view
+
+    assert node_view(str(tmp_path), ".probe-1") == "does not see it"
+    (tmp_path / ".probe-1").write_bytes(b"")
+    assert node_view(str(tmp_path), ".probe-1") == ""
+    assert [path.name for path in tmp_path.iterdir()] == [".probe-1"]  # its own file removed
+    assert node_view(str(tmp_path / "elsewhere"), ".probe-1") == "does not see it"
+
+
+@needs_ray
+def test_out_a_node_does_not_see_is_refused_before_anything_is_scored(
+    local_ray, predictor, images, tmp_path, monkeypatch
+):
+    """On a cluster of several machines an --out on the driver's own disk was found out only
+    after every image was scored (the workers' parts went elsewhere); now the node that does
+    not see it is named first. A node here stands for one with its own disk."""
+    from pneumolab.inference import ray_engine, ray_nodes
+
+    def own_disk(folder, probe):  # a closure: sent to the Ray worker by value
+        return "does not see it"
+
+    def scored(*args):
+        raise AssertionError("scored before --out was checked")
+
+    monkeypatch.setattr(ray_nodes, "node_view", own_disk)
+    monkeypatch.setattr(ray_engine, "_score", scored)
+    out = tmp_path / "r.parquet"
+    (node,) = [n for n in local_ray.nodes() if n["Alive"]]
+    refused = rf"--out {re.escape(str(out))}: its parts folder .*r\.parquet\.parts.* not shared by"
+    with pytest.raises(OutputError, match=refused) as error:
+        predict_with_ray(predictor, images[:3], out, TWO_WORKERS)
+    assert f"{node['NodeManagerAddress']} (node {node['NodeID'][:8]}) does not see it" in str(
+        error.value
+    )
+    assert "nothing was scored" in str(error.value)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["r.parquet.lock"]
+
+
+@needs_ray
+def test_a_node_that_does_not_answer_is_named_and_the_job_goes_on(
+    local_ray, tmp_path, monkeypatch, caplog
+):
+    from pneumolab.inference import ray_nodes
+
+    def busy(folder, probe):
+        import time
+
+        time.sleep(30)
+        return ""
+
+    monkeypatch.setattr(ray_nodes, "node_view", busy)
+    monkeypatch.setattr(ray_nodes, "ANSWER_SECONDS", 0.5)
+    ray_nodes.check_every_node_sees(local_ray, tmp_path / "r.csv.parts", tmp_path / "r.csv")
+    assert "did not say within 0.5 s whether they see it; scoring goes on" in caplog.text
+    assert list(tmp_path.iterdir()) == []

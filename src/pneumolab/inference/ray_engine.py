@@ -3,8 +3,9 @@
 Ray Data streams the list of images through parallel tasks that decode and resize them (the
 same preprocessing as the single-process path) into a pool of model-replica actors: each actor
 loads the run once and scores batches with the chosen backend (PyTorch or ONNX Runtime).
-Finished blocks are written as Parquet part files into ``OUT.parts/`` as they come, so a killed
-job keeps what it finished; at the end the parts and the earlier rows are merged into ``OUT``
+Finished blocks are written as Parquet part files into ``OUT.parts/`` as they come (every node
+of the cluster is first checked to see that folder: :mod:`~pneumolab.inference.ray_nodes`), so
+a killed job keeps what it finished; at the end the parts and the earlier rows are merged into ``OUT``
 (Parquet, CSV or JSON lines, one row per image, written atomically) and the parts removed.
 Re-running the same command skips the images already scored and retries the failed ones.
 
@@ -40,6 +41,7 @@ from pneumolab.inference.batch import (
 from pneumolab.inference.decoding import attempt
 from pneumolab.inference.inputs import prepare_image
 from pneumolab.inference.predictor import Predictor
+from pneumolab.inference.ray_nodes import check_every_node_sees
 from pneumolab.inference.results_file import ResultRow, check_producer, resumable_rows
 from pneumolab.inference.results_table import (
     arrow_schema,
@@ -329,6 +331,7 @@ def _score_into(
     todo = [source for source in sources if source not in done]
     if todo:
         _connect(ray, options)
+        check_every_node_sees(ray, parts, out)
         _score(ray, predictor, run_dir.resolve(), todo, parts, options)
     fresh = read_parts(parts)
     wanted = set(todo)
@@ -336,10 +339,10 @@ def _score_into(
     if missing:  # never a results file that silently lacks rows: the parts are kept
         raise OutputError(
             f"{parts}: {len(missing)} of the {len(todo)} images scored have no row there (first: "
-            f"{printable(min(missing))}); the workers failed, or wrote elsewhere: on a cluster "
-            "of several machines --out must be on storage every node sees (the workers write "
-            "its parts folder), or each node keeps its own rows; then run the command again "
-            "to resume"
+            f"{printable(min(missing))}); the workers failed, or wrote elsewhere (--out must "
+            "be on storage every node sees: the workers write its parts folder; the nodes of "
+            "the cluster were checked before scoring, but not one that joined it later); then "
+            "run the command again to resume"
         )
     # the earlier error rows of what this job listed again: a folder then unlisted included
     retried = RetriedSources(sources, paths)
