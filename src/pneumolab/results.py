@@ -208,6 +208,20 @@ def on_request() -> Any:
     return Field(default=None, exclude_if=lambda value: value is None)
 
 
+class ResampleCounts(Result):
+    """How many bootstrap resamples ``ci95`` drew and, per metric, in how many it was defined (a
+    resample of one class has no ROC AUC, one without negatives no specificity): the others are
+    left out of its interval, and where more than ``max_dropped`` are, it has none (null)."""
+
+    drawn: int
+    max_dropped: int
+    used: dict[str, int]
+
+    def dropped(self, metric: str) -> int:
+        """The resamples left out of ``metric``'s interval (0 for a metric not counted)."""
+        return self.drawn - self.used.get(metric, self.drawn)
+
+
 class EvaluationMetrics(BinaryMetrics):
     """Everything an evaluation measured on one split (what ``metrics.json`` holds): the
     metrics at the run's stored threshold, patient-level 95% intervals (``ci95``: metric ->
@@ -223,6 +237,9 @@ class EvaluationMetrics(BinaryMetrics):
     ci95: dict[str, tuple[Metric, Metric]] = Field(default_factory=dict)
     interval_method: str | None = None
     """How ``ci95`` was computed (``bootstrap.INTERVAL_METHOD``); None: by an earlier version."""
+    ci95_resamples: ResampleCounts | None = None
+    """The resamples behind each ``ci95`` interval; None in files written before they were
+    counted (2026-12-07), whose intervals may rest on fewer resamples than drawn, unsaid."""
     operating_points: dict[str, ScoredOperatingPoint] = Field(default_factory=dict)
     oracle: OracleThreshold | None = None
     temperature_scaled: TemperatureScaled | None = None

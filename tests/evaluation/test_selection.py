@@ -10,8 +10,8 @@ import pytest
 
 from pneumolab.data.layout import Sample
 from pneumolab.evaluation import selection
-from pneumolab.evaluation.bootstrap import paired_auc_difference
-from pneumolab.evaluation.selection import Margins, margins_over, smallest_untold
+from pneumolab.evaluation.bootstrap import PairedDifference, paired_auc_difference
+from pneumolab.evaluation.selection import Margin, Margins, margins_over, smallest_untold
 from pneumolab.evaluation.writer import METRICS, PREDICTIONS, SHIFT_PREDICTIONS
 from pneumolab.run import RunDir, read_shift_predictions, write_predictions, write_shift_predictions
 
@@ -135,6 +135,21 @@ def test_saturated_scores_keep_the_order_the_table_shows(tmp_path):
 def test_a_leader_without_others_says_so_instead_of_an_empty_table():
     text = Margins("roc_auc", "only").markdown("val")
     assert "No other model to compare it with." in text and "| other model |" not in text
+
+
+def test_margins_say_how_many_resamples_an_interval_rests_on_and_where_there_is_none():
+    """Resamples with one class had no AUC difference and were left out unsaid; where so many
+    were that a tail of the interval could be among them, the table gave one all the same."""
+    kept = PairedDifference(0.02, -0.01, 0.05, 990, 1000, 24)
+    withheld = PairedDifference(0.02, float("nan"), float("nan"), 900, 1000, 24)
+    whole = PairedDifference(0.02, 0.01, 0.05, 1000, 1000, 24)
+    margins = Margins("roc_auc", "lead", [Margin("a", kept), Margin("b", withheld)])
+    text = margins.markdown("val")
+    assert "| a | +0.0200 | [-0.0100, +0.0500] (990 of 1,000 resamples) | no |" in text
+    assert "| b | +0.0200 | none (900 of 1,000 resamples define it) | no |" in text
+    assert "with more than 24 of 1,000 left out it has none" in text and "nan" not in text
+    text = Margins("roc_auc", "lead", [Margin("c", whole)]).markdown("val")
+    assert "| c | +0.0200 | [+0.0100, +0.0500] | yes |" in text and "left out" not in text
 
 
 def test_margins_group_by_the_patients_the_evaluation_recorded(tmp_path, monkeypatch):

@@ -670,7 +670,7 @@ def test_the_reason_for_a_smaller_choice_fits_what_validation_told(best, interva
     if intervals is None:
         margins = Margins("roc_auc", "a", untested="other images")
     else:
-        differences = [PairedDifference(0.01, low, high) for low, high in intervals]
+        differences = [PairedDifference(0.01, low, high, 1000, 1000, 24) for low, high in intervals]
         margins = Margins("roc_auc", "a", [Margin("b", d) for d in differences])
     assert words in _smaller_choice(best, margins, "roc_auc", sizes or {"a": 5, "b": 1})
 

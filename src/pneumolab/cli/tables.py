@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 from rich.text import Text
 
-from pneumolab.evaluation.metrics import SCALAR_METRICS, format_interval, format_metric
+from pneumolab.evaluation.bootstrap import interval_text, left_out_note
+from pneumolab.evaluation.metrics import SCALAR_METRICS, format_metric
 from pneumolab.results import (
     BinaryMetrics,
     EvaluationMetrics,
@@ -24,17 +25,19 @@ METRIC_KEYS = ("n", *SCALAR_METRICS, "threshold")
 
 
 def metrics_table(metrics: BinaryMetrics, title: str) -> Table:
-    """One row per metric (with its 95% interval over patients where an evaluation has one)."""
-    intervals = metrics.ci95 if isinstance(metrics, EvaluationMetrics) else {}
-    table = Table(title=title)
+    """One row per metric (with its 95% interval over patients where an evaluation has one; a
+    caption where resamples were left out of one)."""
+    scored = metrics if isinstance(metrics, EvaluationMetrics) and metrics.ci95 else None
+    caption = None if scored is None else left_out_note(scored, METRIC_KEYS) or None
+    table = Table(title=title, caption=caption)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    if intervals:
+    if scored is not None:
         table.add_column("95% CI (patients)", justify="right")
     for key in METRIC_KEYS:
         row = [key, format_metric(getattr(metrics, key))]
-        if intervals:
-            row.append(format_interval(intervals.get(key)))
+        if scored is not None:
+            row.append(interval_text(scored, key))
         table.add_row(*row)
     (tn, fp), (fn, tp) = metrics.confusion_matrix
     table.add_row("confusion [[tn, fp], [fn, tp]]", f"[[{tn}, {fp}], [{fn}, {tp}]]")

@@ -2,17 +2,26 @@
 
 Every resample is represented by how often it draws each image (a ``(B, n)`` weight matrix), so
 image and patient (cluster) resampling share one vectorised computation of all metrics.
+
+A resample where a metric is undefined (one class only: no ROC AUC; no negatives: no
+specificity) is left out of that metric's interval and counted (:class:`ResampleCounts`). Where
+more are left out than one tail of the interval holds (:func:`most_dropped`: 24 of 1,000 at
+95%), the left-out ones could have been that whole tail and the bound is unknown: the metric gets
+no interval (NaN bounds), as ``scipy.stats.bootstrap`` gives none (NaN, with a warning) where its
+statistic is undefined in any resample.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import beta
 
-from pneumolab.evaluation.metrics import SCALAR_METRICS, called_positive
+from pneumolab.evaluation.metrics import SCALAR_METRICS, called_positive, format_interval
+from pneumolab.results import EvaluationMetrics, ResampleCounts
 
 CI_METRICS = tuple(name for name in SCALAR_METRICS if name != "ece")
 """The metrics given an interval. Not ECE: resampling biases it upwards (duplicated images make
@@ -95,6 +104,14 @@ the calls): near 0 or 1 the percentile bootstrap is too narrow (at 0 or 1 every 
 and it gives ``[1, 1]``)."""
 
 
+@dataclass(frozen=True)
+class BootstrapIntervals:
+    """:func:`bootstrap_ci`'s intervals ``metric -> [low, high]`` and the resamples behind them."""
+
+    bounds: dict[str, list[float]]
+    resamples: ResampleCounts
+
+
 def bootstrap_ci(
     y: np.ndarray,
     prob: np.ndarray,
@@ -103,13 +120,14 @@ def bootstrap_ci(
     n_resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
-) -> dict[str, list[float]]:
+) -> BootstrapIntervals:
     """Percentile bootstrap intervals ``metric -> [low, high]`` of the :data:`CI_METRICS`.
 
     With ``groups`` (patient IDs), whole patients are drawn with replacement and every image of
     a drawn patient is counted (cluster bootstrap: images of one child are not independent);
     otherwise images are drawn. Resamples where a metric is undefined (e.g. no negatives for
-    specificity) are left out for that metric; ``[nan, nan]`` when it is never defined.
+    specificity) are left out for that metric and counted; ``[nan, nan]`` where more than
+    :func:`most_dropped` are (so when it is never defined).
     A share (:data:`PROPORTIONS`) gets the wider of that interval and the exact Clopper-Pearson
     interval of its estimate over its patients (images without ``groups``): with no false
     positive every resample gave specificity ``[1, 1]``, a certainty 191 normal images do not
@@ -122,12 +140,16 @@ def bootstrap_ci(
     called = called_positive(prob, threshold)
     for name, counted in PROPORTIONS.items():
         estimate, (low, high) = values[name][0], intervals[name]
-        if np.isfinite(estimate):
+        if np.isfinite(estimate) and np.isfinite(low):  # no interval stays none
             mask = counted(y, called)
             units = len(np.unique(np.asarray(groups)[mask])) if groups is not None else mask.sum()
             exact_low, exact_high = _exact_interval(estimate, int(units), level)
             intervals[name] = [min(low, exact_low), max(high, exact_high)]
-    return intervals
+    used = {name: int(np.isfinite(values[name][1:]).sum()) for name in CI_METRICS}
+    counts = ResampleCounts(
+        drawn=n_resamples, max_dropped=most_dropped(n_resamples, level), used=used
+    )
+    return BootstrapIntervals(intervals, counts)
 
 
 def _exact_interval(share: float, units: int, level: float) -> tuple[float, float]:
@@ -156,23 +178,80 @@ def resample_weights(
     return _draw_counts(len(patients), n_resamples, rng)[:, patient_of_image]
 
 
-def _percentile_interval(values: np.ndarray, level: float) -> list[float]:
-    """The percentile interval of the finite ``values``; ``[nan, nan]`` when there are none."""
+def most_dropped(n_resamples: int, level: float) -> int:
+    """The most resamples that may be left out of a percentile interval at ``level`` (its metric
+    undefined there) for it still to be given: fewer than one tail holds, ``(1 - level) / 2`` of
+    them (24 of 1,000 at 95%). As many could all have lain beyond every defined one, and the
+    bound would be one of them, unknown."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
+    return math.ceil(round((1 - level) / 2 * n_resamples, 9)) - 1
+
+
+def _percentile_interval(values: np.ndarray, level: float) -> list[float]:
+    """The percentile interval of the finite ``values``; ``[nan, nan]`` where more than
+    :func:`most_dropped` of them are not finite."""
     defined = values[np.isfinite(values)]
-    if not defined.size:
+    if values.size - defined.size > most_dropped(values.size, level):
         return [np.nan, np.nan]
     return [float(b) for b in np.percentile(defined, [50 * (1 - level), 50 * (1 + level)])]
 
 
+def resamples_text(used: int, drawn: int) -> str:
+    """How many resamples an interval rests on, for a table cell: ``976 of 1,000 resamples``."""
+    return f"{used:,} of {drawn:,} resamples"
+
+
+def _partly_left_out(counts: ResampleCounts, metric: str) -> bool:
+    """Whether some resamples, not all, were left out of ``metric``'s interval (one never defined,
+    as an AUC on one class, has no figure to bound either)."""
+    return 0 < counts.dropped(metric) < counts.drawn
+
+
+def interval_text(metrics: EvaluationMetrics, metric: str) -> str:
+    """``metric``'s interval as :func:`format_interval` writes it, with the resamples it rests
+    on where some were left out, or ``none (...)`` where too many were for an interval."""
+    interval, counts = metrics.ci95.get(metric), metrics.ci95_resamples
+    text = format_interval(interval)
+    if counts is None or not _partly_left_out(counts, metric):
+        return text
+    rests_on = resamples_text(counts.used[metric], counts.drawn)
+    withheld = counts.dropped(metric) > counts.max_dropped
+    return f"none ({rests_on} define it)" if withheld else f"{text} ({rests_on})"
+
+
+def left_out_note(metrics: EvaluationMetrics, shown: Sequence[str]) -> str:
+    """:func:`left_out_rule` where resamples were left out of an interval of the ``shown``
+    metrics; "" where none was (or the file predates the count)."""
+    counts = metrics.ci95_resamples
+    if counts is None or not any(_partly_left_out(counts, name) for name in shown):
+        return ""
+    return left_out_rule(counts.max_dropped, counts.drawn)
+
+
+def left_out_rule(max_dropped: int, drawn: int) -> str:
+    """What the bootstrap does with resamples where a metric is undefined, in a sentence."""
+    return (
+        "Bootstrap resamples where a metric is undefined (a class, or a decision, absent from "
+        "the resample: no ROC AUC on one class) are left out of its interval, which then rests "
+        f"on fewer than drawn; with more than {max_dropped:,} of {drawn:,} left out it has "
+        "none: they could have held a whole tail of it."
+    )
+
+
 @dataclass(frozen=True)
 class PairedDifference:
-    """ROC AUC of model A minus model B on the same images, with its paired bootstrap interval."""
+    """ROC AUC of model A minus model B on the same images, with its paired bootstrap interval
+    (NaN bounds where too few resamples define it: :func:`most_dropped`)."""
 
     difference: float
     low: float
     high: float
+    used: int
+    """The resamples the interval rests on: those with both classes."""
+    drawn: int
+    max_dropped: int
+    """The most resamples that could be left out with an interval given (:func:`most_dropped`)."""
 
     @property
     def resolved(self) -> bool:
@@ -204,4 +283,7 @@ def paired_auc_difference(
 
     difference = mean_auc(draws_a) - mean_auc(draws_b)
     low, high = _percentile_interval(difference[1:], level)
-    return PairedDifference(float(difference[0]), low, high)
+    used = int(np.isfinite(difference[1:]).sum())
+    return PairedDifference(
+        float(difference[0]), low, high, used, n_resamples, most_dropped(n_resamples, level)
+    )

@@ -14,8 +14,9 @@ from typing import Any
 
 from pneumolab.choices import BackendName, Split
 from pneumolab.errors import DataLayoutError, OutputError, RunDirError
+from pneumolab.evaluation.bootstrap import interval_text
 from pneumolab.evaluation.figures import confusion_matrix_figure, model_bars_figure, save_figure
-from pneumolab.evaluation.metrics import format_interval, format_metric
+from pneumolab.evaluation.metrics import format_metric
 from pneumolab.evaluation.scoring import compute_evaluation
 from pneumolab.evaluation.selection import margins_over, warn_untold
 from pneumolab.evaluation.speed import ms_per_image
@@ -49,6 +50,8 @@ class ComparisonRow:
     specificity: float
     roc_auc: float
     roc_auc_ci95: str
+    """Its 95% interval as tables print it, with the resamples it rests on where some were left
+    out (:func:`~pneumolab.evaluation.bootstrap.interval_text`)."""
     threshold: float
     parameters: int | None
     train_seconds: float | None
@@ -124,7 +127,7 @@ def compare_predictor(
         sensitivity=metrics.sensitivity,
         specificity=metrics.specificity,
         roc_auc=metrics.roc_auc,
-        roc_auc_ci95=format_interval(metrics.ci95.get("roc_auc")),
+        roc_auc_ci95=interval_text(metrics, "roc_auc"),
         threshold=metrics.threshold,
         parameters=meta.parameters,
         train_seconds=meta.train_seconds,

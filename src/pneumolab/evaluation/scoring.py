@@ -17,7 +17,7 @@ from pneumolab.data.dataset import DecodedImages, decode_readable
 from pneumolab.data.layout import Sample, find_splits, scan_split
 from pneumolab.data.subtypes import subtype_labels
 from pneumolab.errors import DataLayoutError, ModelError
-from pneumolab.evaluation.bootstrap import INTERVAL_METHOD, bootstrap_ci
+from pneumolab.evaluation.bootstrap import INTERVAL_METHOD, bootstrap_ci, resamples_text
 from pneumolab.evaluation.calibration import apply_platt, apply_temperature
 from pneumolab.evaluation.heldout import check_test_log, count_test_evaluations
 from pneumolab.evaluation.metrics import (
@@ -42,6 +42,7 @@ from pneumolab.results import (
     EvaluationMetrics,
     OracleThreshold,
     PlattScaled,
+    ResampleCounts,
     ScoredOperatingPoint,
     SubtypeMetrics,
     TemperatureScaled,
@@ -196,6 +197,23 @@ def _check_finite(probs: np.ndarray, samples: list[Sample], run: RunDir) -> None
         )
 
 
+def _warn_withheld(counts: ResampleCounts, where: str) -> None:
+    """Warn, naming ``where``, of the metrics given no interval though some resamples define
+    them: too few do (never-defined ones, as an AUC on one class, have no figure either)."""
+    withheld = [
+        f"{name} ({resamples_text(used, counts.drawn)})"
+        for name, used in counts.used.items()
+        if used and counts.dropped(name) > counts.max_dropped
+    ]
+    if withheld:
+        log.warning(
+            "%s: no 95%% interval for %s: too few patient resamples define them (the others "
+            "lack a class, or a decision)",
+            where,
+            ", ".join(withheld),
+        )
+
+
 def compute_evaluation(
     predictor: Predictor,
     data_dir: str | Path,
@@ -230,6 +248,8 @@ def compute_evaluation(
     if shifted is not None:
         names = [acquisition_batch(s.path.name) for s in decoded.samples]
         batches = batch_breakdown(probs, labels, names, threshold)
+    intervals = bootstrap_ci(labels, probs, threshold, groups=patients)
+    _warn_withheld(intervals.resamples, f"{run.root}, {split} split")
     metrics = EvaluationMetrics(
         **dict(binary_metrics(labels, probs, threshold)),
         split=split,
@@ -237,8 +257,9 @@ def compute_evaluation(
         backend=predictor.backend_name,
         model=predictor.meta.model,
         skipped=[r for _, r in decoded.skipped],
-        ci95=bootstrap_ci(labels, probs, threshold, groups=patients),
+        ci95=intervals.bounds,
         interval_method=INTERVAL_METHOD,
+        ci95_resamples=intervals.resamples,
         operating_points=_operating_points(predictor, labels, probs),
         oracle=_oracle(labels, probs),
         temperature_scaled=calibrated.temperature_scaled,

@@ -10,6 +10,7 @@ for their selection (``selection.md``), ``compare`` for the leader of each crite
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,12 @@ import numpy as np
 
 from pneumolab.choices import PAIRED_CRITERIA
 from pneumolab.data.patients import patient_of
-from pneumolab.evaluation.bootstrap import PairedDifference, paired_auc_difference
+from pneumolab.evaluation.bootstrap import (
+    PairedDifference,
+    left_out_rule,
+    paired_auc_difference,
+    resamples_text,
+)
 from pneumolab.evaluation.writer import METRICS, PREDICTIONS, SHIFT_PREDICTIONS
 from pneumolab.run import RunDir, read_predictions, read_shift_predictions
 from pneumolab.text import markdown_cell
@@ -75,10 +81,22 @@ class Margins:
             d = m.difference
             told = "yes" if d.resolved else "no"
             lines.append(
-                f"| {markdown_cell(m.other)} | {d.difference:+.4f} | [{d.low:+.4f}, {d.high:+.4f}] "
-                f"| {told} |"
+                f"| {markdown_cell(m.other)} | {d.difference:+.4f} | {_interval_cell(d)} | {told} |"
             )
+        left_out = [m.difference for m in self.margins if m.difference.used < m.difference.drawn]
+        if left_out:
+            d = left_out[0]
+            lines.append(f"\n{left_out_rule(d.max_dropped, d.drawn)}")
         return "\n".join(lines) + "\n"
+
+
+def _interval_cell(d: PairedDifference) -> str:
+    """``[low, high]``, with the resamples it rests on where some had one class only; ``none``
+    where too many had."""
+    if math.isnan(d.low):
+        return f"none ({resamples_text(d.used, d.drawn)} define it)"
+    interval = f"[{d.low:+.4f}, {d.high:+.4f}]"
+    return interval if d.used == d.drawn else f"{interval} ({resamples_text(d.used, d.drawn)})"
 
 
 class ImageScores(NamedTuple):

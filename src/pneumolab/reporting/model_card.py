@@ -17,9 +17,9 @@ from pydantic import ValidationError
 
 from pneumolab.config import load_yaml
 from pneumolab.data.classes import CLASS_NAMES
-from pneumolab.evaluation.bootstrap import INTERVAL_METHOD
+from pneumolab.evaluation.bootstrap import INTERVAL_METHOD, interval_text, left_out_note
 from pneumolab.evaluation.calibration import at_bound
-from pneumolab.evaluation.metrics import format_interval, format_metric
+from pneumolab.evaluation.metrics import format_metric
 from pneumolab.files import write_text_atomically
 from pneumolab.results import BinaryMetrics, EvaluationMetrics
 from pneumolab.run import RunDir
@@ -143,13 +143,10 @@ def _metrics_section(
     run: RunDir, meta: RunMeta, evaluated: EvaluationMetrics | None = None
 ) -> list[str]:
     stored = None if evaluated is not None else _stored_val_evaluation(run)
-    metrics: BinaryMetrics
-    intervals: dict[str, tuple[float, float]] = {}
+    scored = evaluated if evaluated is not None else stored  # the figures with intervals
     if evaluated is not None:
-        metrics, intervals = evaluated, evaluated.ci95
         note = f"From an evaluation on the validation split{_scored_by(evaluated)}; {CI_NOTE}"
     elif stored is not None:
-        metrics, intervals = stored, stored.ci95
         note = f"From `eval/val/metrics.json`{_scored_by(stored)}; " + (
             CI_NOTE
             if stored.interval_method == INTERVAL_METHOD
@@ -157,19 +154,20 @@ def _metrics_section(
             "narrow near 0 or 1); `pneumolab evaluate RUN_DIR --data DATA_DIR` rescores them."
         )
     else:
-        metrics = meta.val_metrics
         note = (
             "From training (meta.json), **without confidence intervals**: "
             "`pneumolab report RUN_DIR --data DATA_DIR` rewrites this card with them."
         )
+    metrics: BinaryMetrics = meta.val_metrics if scored is None else scored
     skipped = getattr(metrics, "skipped", [])  # an evaluation's; meta.json's figures name none
     why = f"of the split could not be read and are left out of these figures (n = {metrics.n})"
     lines = [note, "", *_left_out(skipped, why), "| metric | value | 95% CI |", "|---|---|---|"]
     for key in CARD_METRICS:
-        ci = format_interval(intervals.get(key))
+        ci = "" if scored is None else interval_text(scored, key)
         lines.append(f"| {key} | {format_metric(getattr(metrics, key))} | {ci} |")
     lines.append(f"| confusion [[tn, fp], [fn, tp]] | {metrics.confusion_matrix} | |")
-    return lines
+    left_out = "" if scored is None else left_out_note(scored, CARD_METRICS)
+    return [*lines, *(["", left_out] if left_out else [])]
 
 
 def _shell_path(path: Path) -> str:

@@ -20,13 +20,9 @@ import pneumolab
 from pneumolab.choices import Split
 from pneumolab.data.classes import CLASS_NAMES
 from pneumolab.data.imageio import load_image
+from pneumolab.evaluation.bootstrap import interval_text, left_out_note
 from pneumolab.evaluation.figures import confusion_matrix_figure, figure_png
-from pneumolab.evaluation.metrics import (
-    SCALAR_METRICS,
-    called_positive,
-    format_interval,
-    format_metric,
-)
+from pneumolab.evaluation.metrics import SCALAR_METRICS, called_positive, format_metric
 from pneumolab.evaluation.scoring import compute_evaluation
 from pneumolab.evaluation.writer import FIGURES, evaluation_figures, record_look
 from pneumolab.explain.gradcam import ExplainedClass, find_target_layer, gradcam, overlay_png
@@ -54,7 +50,7 @@ figure img{width:224px;image-rendering:auto}.plot img{width:auto;max-width:100%}
 def _metrics_html(metrics: EvaluationMetrics) -> str:
     rows = ["<tr><th>metric</th><th>value</th><th>95% CI (patients)</th></tr>"]
     for key in ("n", "threshold", *SCALAR_METRICS):
-        interval = format_interval(metrics.ci95.get(key))
+        interval = html.escape(interval_text(metrics, key))
         value = format_metric(getattr(metrics, key))
         rows.append(f"<tr><th>{key}</th><td>{value}</td><td>{interval}</td></tr>")
     rows.append("<tr><th>operating point</th><th>threshold</th><th>provenance</th></tr>")
@@ -65,6 +61,9 @@ def _metrics_html(metrics: EvaluationMetrics) -> str:
             f"<td>{provenance}</td></tr>"
         )
     table = f"<table>{''.join(rows)}</table>"
+    left_out = left_out_note(metrics, SCALAR_METRICS)
+    if left_out:
+        table += f'<p class="warn">{html.escape(left_out)}</p>'
     if not metrics.skipped:
         return table
     shown = ", ".join(metrics.skipped[:10]) + (" ..." if len(metrics.skipped) > 10 else "")
