@@ -111,8 +111,9 @@ def test_legacy_single_run_still_predicts_and_evaluates(tiny_run, tmp_path):
     assert Predictor.from_run(run.root).predict(image).threshold == old["threshold"]
     metrics = evaluate(run.root, data, split="val", device="cpu")
     assert list(metrics.operating_points) == list(old["operating_points"])
-    assert metrics.platt_scaled is not None
-    assert metrics.platt_scaled.slope == old["platt"]["slope"]
+    # its stored Platt map has slope 0 (every score one probability): not applied, and why
+    assert old["platt"]["slope"] == 0 and metrics.platt_scaled is None
+    assert metrics.platt_refused is not None and "slope 0" in metrics.platt_refused
 
 
 def test_legacy_ensemble_still_predicts_and_evaluates(tiny_run, tmp_path):

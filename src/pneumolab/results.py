@@ -13,7 +13,15 @@ import json
 import math
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, FiniteFloat
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    ValidationError,
+    model_validator,
+)
 
 from pneumolab.choices import Split
 
@@ -76,6 +84,20 @@ class Platt(Result):
     slope: float
     intercept: float
 
+    def not_increasing(self) -> str | None:
+        """Why this map cannot calibrate (a slope not above 0 maps a higher score to a lower
+        probability, or every score to one); None where it increases with the score."""
+        if self.slope > 0:
+            return None
+        if self.slope < 0:
+            effect = "a higher score a lower probability (the scores rank the classes backwards)"
+        else:  # 0, or not a number
+            effect = "every score one probability (the scores do not tell the classes apart)"
+        return (
+            f"the Platt fit on validation has slope {self.slope:.3g}: it would give {effect}; "
+            "no Platt map is kept"
+        )
+
 
 class ClassMetrics(Result):
     """One class of a three-class classifier."""
@@ -110,10 +132,26 @@ class DecisionRule(Result):
     operating_points: dict[str, StoredOperatingPoint]
     temperature: float | None
     platt: Platt | None
+    platt_refused: str | None = None
+    """Why ``platt`` is None though a map was fitted: it did not increase with the score
+    (:meth:`Platt.not_increasing`). A stored map that does not, written before 2026-12-07, is
+    read as refused so."""
     val_metrics: BinaryMetrics
     tta_threshold: FiniteFloat | None = None
     """The default rule's threshold for test-time-augmented scores (``--tta``), chosen on the
     validation scores averaged over the same views; None for runs of before 2026-12-03."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_a_map_that_does_not_increase(cls, data: Any) -> Any:
+        """``platt`` None and ``platt_refused`` its reason where the map does not increase."""
+        if not isinstance(data, dict) or data.get("platt") is None:
+            return data
+        try:
+            reason = Platt.model_validate(data["platt"]).not_increasing()
+        except ValidationError:
+            return data  # the field's own validation names what is wrong
+        return data if reason is None else data | {"platt": None, "platt_refused": reason}
 
     @property
     def default_point(self) -> StoredOperatingPoint:
@@ -244,6 +282,8 @@ class EvaluationMetrics(BinaryMetrics):
     oracle: OracleThreshold | None = None
     temperature_scaled: TemperatureScaled | None = None
     platt_scaled: PlattScaled | None = None
+    platt_refused: str | None = None
+    """Why the run has no Platt map to score (its ``platt_refused``); None where it has one."""
     test_evaluations_count: int = 0
     subtypes: SubtypeMetrics | None = on_request()
     robustness: dict[str, PerturbationMetrics] | None = on_request()

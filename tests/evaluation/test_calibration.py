@@ -176,3 +176,48 @@ def test_figures_keep_their_legends_and_read_as_numbers(overconfident):
 
     (auc_line, *_) = roc_curve_figure(y[:200], prob[:200]).axes[0].get_legend().get_texts()
     assert f"AUC = {roc_auc_score(y[:200], prob[:200]):.4f}" in auc_line.get_text()
+
+
+def test_a_platt_fit_that_does_not_increase_is_refused_with_its_reason(caplog):
+    """Validation scores that rank the classes backwards got a Platt slope of -0.86, and the
+    "calibrated" probability ran backwards (0.87 for a score of 0.1, 0.13 for 0.9); constant
+    scores a slope of 0 (one probability for every score). Neither is kept as a map."""
+    from pneumolab.evaluation.decision import decision_rule
+
+    y = np.array([0, 0, 0, 1, 1, 1])
+    backwards = np.array([0.9, 0.8, 0.7, 0.3, 0.2, 0.1])
+    assert fit_platt(y, backwards).slope < 0  # what the fit gives: the map must not be kept
+    rule = decision_rule(y, backwards, "validation split of run", 0.95)
+    assert rule.platt is None and rule.platt_refused is not None
+    assert "slope -0.861" in rule.platt_refused and "a higher score a lower" in rule.platt_refused
+    assert f"validation split of run: {rule.platt_refused}" in caplog.text
+    flat = decision_rule(y, np.full(6, 0.5), "validation split of run", 0.95)
+    assert flat.platt is None and "every score one probability" in (flat.platt_refused or "")
+    kept = decision_rule(y, backwards[::-1], "validation split of run", 0.95)
+    assert kept.platt is not None and kept.platt.slope > 0 and kept.platt_refused is None
+
+
+def test_a_stored_platt_map_that_does_not_increase_is_read_as_refused():
+    """meta.json of before 2026-12-07 may hold such a map: it is not applied, nor shown."""
+    from pneumolab.results import DecisionRule, Platt
+
+    stored = {
+        "threshold": 0.5,
+        "threshold_rule": "",
+        "default_operating_point": "stored",
+        "operating_points": {"stored": {"threshold": 0.5}},
+        "temperature": 1.0,
+        "val_metrics": {
+            **dict.fromkeys(("accuracy", "sensitivity", "specificity", "precision", "npv")),
+            **dict.fromkeys(("f1", "balanced_accuracy", "roc_auc", "pr_auc", "brier", "ece")),
+            "confusion_matrix": [[0, 0], [0, 0]],
+            "n": 0,
+            "threshold": 0.5,
+        },
+    }
+    rule = DecisionRule.model_validate(stored | {"platt": {"slope": -0.5, "intercept": 0.2}})
+    assert rule.platt is None and "slope -0.5" in (rule.platt_refused or "")
+    back = DecisionRule.model_validate_json(rule.model_dump_json())  # written and read again
+    assert back.platt is None and back.platt_refused == rule.platt_refused
+    kept = DecisionRule.model_validate(stored | {"platt": {"slope": 0.9, "intercept": 0.2}})
+    assert kept.platt == Platt(slope=0.9, intercept=0.2) and kept.platt_refused is None

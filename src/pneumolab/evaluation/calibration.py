@@ -73,7 +73,8 @@ def fit_platt(y_true: np.ndarray, prob: np.ndarray) -> Platt:
     """``slope`` and ``intercept`` of ``sigmoid(slope * logit(prob) + intercept)``, by
     (practically unregularised) logistic regression of :func:`platt_targets` on the validation
     logits (each image weighted once as a positive by its target, once as a negative by the
-    rest)."""
+    rest). The slope may come out at or below 0 (scores that rank the classes backwards, or
+    constant ones): :class:`~pneumolab.results.DecisionRule` keeps no such map."""
     logits, targets = to_logits(prob)[:, None], platt_targets(y_true)
     model = LogisticRegression(C=1e6).fit(
         np.concatenate([logits, logits]),

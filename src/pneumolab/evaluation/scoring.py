@@ -264,6 +264,7 @@ def compute_evaluation(
         oracle=_oracle(labels, probs),
         temperature_scaled=calibrated.temperature_scaled,
         platt_scaled=calibrated.platt_scaled,
+        platt_refused=predictor.meta.platt_refused,
         test_evaluations_count=count_test_evaluations(run) + (split == "test"),
         subtypes=_subtypes(predictor, decoded, called_positive(probs, threshold)),
         robustness=perturbed,

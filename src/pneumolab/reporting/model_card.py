@@ -85,7 +85,7 @@ report say it wherever the map's validation ECE is shown."""
 
 def _calibration_lines(meta: RunMeta) -> list[str]:
     platt, temperature = meta.platt, meta.temperature
-    if platt is None and temperature is None:
+    if platt is None and temperature is None and meta.platt_refused is None:
         return []
     lines = ["", "Calibration maps fitted on validation (they change no ranking and no threshold):"]
     if temperature is not None:
@@ -97,6 +97,8 @@ def _calibration_lines(meta: RunMeta) -> list[str]:
             "removes the shift class-weighted training puts on the raw probability on "
             f"validation only: {PLATT_OFF_DISTRIBUTION}"
         )
+    if meta.platt_refused is not None:
+        lines.append(f"- Platt: none — {meta.platt_refused}")
     return lines
 
 

@@ -271,19 +271,24 @@ def _subtypes_html(subtypes: SubtypeMetrics, figures: dict[str, bytes]) -> str:
     return summary + table + matrix
 
 
-def _calibration_html(figures: dict[str, bytes], split: Split, maps: bool) -> str:
-    """The reliability diagram, and where its calibration ``maps`` (if it draws any) come from:
+def _calibration_html(figures: dict[str, bytes], split: Split, metrics: EvaluationMetrics) -> str:
+    """The reliability diagram, and where the calibration maps it draws (if any) come from:
     fitted on validation (so a validation report shows their in-sample ECE), not what
-    predictions report."""
+    predictions report; why there is no Platt map where it was refused."""
     diagram = figure_html(figures["reliability.png"], "reliability diagram")
-    if not maps:
-        return diagram
-    where = "these same images: their ECE here is in-sample" if split == "val" else "validation"
-    note = (
-        f"The temperature and Platt maps were fitted on {where}. A map that is excellent "
-        f"in-distribution can be badly wrong off it: {PLATT_OFF_DISTRIBUTION}."
-    )
-    return f"{diagram}<p>{html.escape(note)}</p>"
+    scored = {"temperature": metrics.temperature_scaled, "Platt": metrics.platt_scaled}
+    maps = [name for name, scaled in scored.items() if scaled is not None]
+    notes = []
+    if maps:
+        where = "these same images: their ECE here is in-sample" if split == "val" else "validation"
+        notes.append(
+            f"The {' and '.join(maps)} map{'s were' if len(maps) > 1 else ' was'} fitted on "
+            f"{where}. A map that is excellent in-distribution can be badly wrong off it: "
+            f"{PLATT_OFF_DISTRIBUTION}."
+        )
+    if metrics.platt_refused is not None:
+        notes.append(f"No Platt map: {metrics.platt_refused}.")
+    return diagram + "".join(f"<p>{html.escape(note)}</p>" for note in notes)
 
 
 CARD_SPLIT: Split = "val"
@@ -322,12 +327,11 @@ def build_report(
     ]
     figures = {name: figure_png(fig) for name, fig in evaluation_figures(evaluation).items()}
     points = metrics.operating_points
-    maps = metrics.platt_scaled is not None or metrics.temperature_scaled is not None
     sections = [
         ("metrics", "Metrics", _metrics_html(metrics)),
         ("curves", "ROC and precision-recall curves", _curves_html(labels, probs, figures)),
         ("confusion", "Confusion matrices at the operating points", _confusion_html(points)),
-        ("calibration", "Calibration", _calibration_html(figures, split, maps)),
+        ("calibration", "Calibration", _calibration_html(figures, split, metrics)),
         ("decision", "Decision curve", _decision_html(figures)),
         ("scores", "Score distributions", _scores_html(labels, probs, points)),
         *(
