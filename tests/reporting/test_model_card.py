@@ -162,3 +162,17 @@ def test_the_card_names_the_seed_that_drew_the_split_and_the_images_left_out(tin
         in card
     )
     assert "IM-0005-0001.png" in card
+
+
+def test_evaluate_on_validation_rewrites_the_card_with_its_intervals(tiny_run, tmp_path, capsys):
+    """The card pointed at ``eval/val/metrics.json``, but nothing rewrote it after
+    ``evaluate --split val``: it kept training's figures without intervals."""
+    from pneumolab.cli import main
+
+    run = RunDir(copy_run(tiny_run[0], tmp_path / "run"))
+    card = run.root / "MODEL_CARD.md"
+    assert "without confidence intervals" in card.read_text()
+    assert main(["evaluate", str(run.root), "--data", str(tiny_run[1]), "--split", "val"]) == 0
+    assert "without confidence intervals" not in card.read_text()
+    assert "From `eval/val/metrics.json`" in card.read_text()
+    assert f"rewrote {card}" in capsys.readouterr().err

@@ -58,6 +58,8 @@ def test_report_is_self_contained(report):
     # the calibration maps' validation ECE is not passed off as what transfers
     assert "were fitted on these same images: their ECE here is in-sample" in text
     assert "raised ECE from 0.026 (raw) to 0.143 (the Platt fit of before 2026-12-07" in text
+    # a validation report's figures at its own threshold are in-sample, and it says so
+    assert "chosen on these same images: the figures at them are in-sample" in text
 
 
 def test_report_refreshes_model_card_with_intervals(report):
@@ -79,6 +81,7 @@ def test_a_report_on_another_split_leaves_the_card_alone(tiny_run, tmp_path, cap
     capsys.readouterr()
     assert main([*args, "--out", str(tmp_path / "test.html")]) == 0
     assert card.read_text() == "the card of a validation report\n"
+    assert "figures at them are in-sample" not in (tmp_path / "test.html").read_text()
     assert "MODEL_CARD.md" not in capsys.readouterr().err  # it said it had written the card
 
 

@@ -136,7 +136,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """`pneumolab evaluate`: score a run on a split (robustness, shift, TTA on request)."""
+    """`pneumolab evaluate`: score a run on a split (robustness, shift, TTA on request); on
+    validation, the model card is rewritten with the evaluation's intervals."""
     from pneumolab.cli.tables import (
         metrics_table,
         operating_points_table,
@@ -145,6 +146,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         subtypes_table,
     )
     from pneumolab.evaluation.evaluate import evaluate
+    from pneumolab.reporting.model_card import write_model_card
+    from pneumolab.reporting.report import CARD_SPLIT
+    from pneumolab.run import RunDir
 
     export_if_asked(args, [args.run_dir])
     metrics = evaluate(
@@ -168,6 +172,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if metrics.subtypes is not None:
             stdout.print(subtypes_table(metrics.subtypes))
         console.print(f"written to {Path(args.run_dir) / 'eval' / args.split}")
+    if args.split == CARD_SPLIT:  # the card reads this evaluation (where it is at the threshold)
+        console.print(f"rewrote {write_model_card(RunDir(args.run_dir))}")
     return 0
 
 

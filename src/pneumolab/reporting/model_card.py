@@ -158,6 +158,7 @@ def _metrics_section(
     else:
         note = (
             "From training (meta.json), **without confidence intervals**: "
+            "`pneumolab evaluate RUN_DIR --data DATA_DIR` (validation, without `--tta`) or "
             "`pneumolab report RUN_DIR --data DATA_DIR` rewrites this card with them."
         )
     metrics: BinaryMetrics = meta.val_metrics if scored is None else scored

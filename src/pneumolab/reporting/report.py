@@ -47,7 +47,16 @@ figure img{width:224px;image-rendering:auto}.plot img{width:auto;max-width:100%}
 .warn{color:#a00;font-weight:bold}footer{margin-top:3em;font-size:.85em;color:#555}"""
 
 
-def _metrics_html(metrics: EvaluationMetrics) -> str:
+VALIDATION_IN_SAMPLE = (
+    "The validation split is carved from the dataset's train/ folder (patient-grouped), not its "
+    "val/ folder, and the threshold and operating points were chosen on these same images: the "
+    "figures at them are in-sample, and overstate performance on other data."
+)
+
+
+def _metrics_html(metrics: EvaluationMetrics, split: Split) -> str:
+    """The metrics table with its intervals, saying where a validation report's figures are
+    in-sample and which images could not be read."""
     rows = ["<tr><th>metric</th><th>value</th><th>95% CI (patients)</th></tr>"]
     for key in ("n", "threshold", *SCALAR_METRICS):
         interval = html.escape(interval_text(metrics, key))
@@ -61,6 +70,8 @@ def _metrics_html(metrics: EvaluationMetrics) -> str:
             f"<td>{provenance}</td></tr>"
         )
     table = f"<table>{''.join(rows)}</table>"
+    if split == "val":
+        table = f"<p>{html.escape(VALIDATION_IN_SAMPLE)}</p>{table}"
     left_out = left_out_note(metrics, SCALAR_METRICS)
     if left_out:
         table += f'<p class="warn">{html.escape(left_out)}</p>'
@@ -328,7 +339,7 @@ def build_report(
     figures = {name: figure_png(fig) for name, fig in evaluation_figures(evaluation).items()}
     points = metrics.operating_points
     sections = [
-        ("metrics", "Metrics", _metrics_html(metrics)),
+        ("metrics", "Metrics", _metrics_html(metrics, split)),
         ("curves", "ROC and precision-recall curves", _curves_html(labels, probs, figures)),
         ("confusion", "Confusion matrices at the operating points", _confusion_html(points)),
         ("calibration", "Calibration", _calibration_html(figures, split, metrics)),
