@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from pneumolab.data.transforms import normalize_intensity
 from pneumolab.explain.occlusion import border_occlusion, occlusions
 
 SIZE = 40
@@ -42,7 +43,7 @@ def test_occlusions_split_the_image_into_its_band_and_the_rest(images):
 
 
 def test_a_model_reading_the_chest_is_not_flagged(images):
-    result = border_occlusion(centre_reader, *images)
+    result = border_occlusion(centre_reader, *images, "none")
     assert result.band_px == 4 and result.clean_roc_auc == 1.0
     assert result.border_black_roc_auc == 1.0 and result.border_only_roc_auc == 0.5
     assert not result.flagged
@@ -50,7 +51,7 @@ def test_a_model_reading_the_chest_is_not_flagged(images):
 
 def test_a_model_reading_a_corner_marker_is_flagged(images):
     """Its Grad-CAM at a 5 x 5 map had most heat near the centre, and was not flagged."""
-    result = border_occlusion(corner_reader, *images)
+    result = border_occlusion(corner_reader, *images, "none")
     assert result.clean_roc_auc == 1.0 and result.border_only_roc_auc == 1.0
     assert result.border_black_roc_auc == 0.5 and result.flagged
 
@@ -58,4 +59,24 @@ def test_a_model_reading_a_corner_marker_is_flagged(images):
 def test_one_class_is_refused(images):
     pixels, labels = images
     with pytest.raises(ValueError, match="both classes"):
-        border_occlusion(centre_reader, pixels[:20], labels[:20])
+        border_occlusion(centre_reader, pixels[:20], labels[:20], "none")
+
+
+@pytest.mark.parametrize("intensity", ["equalize", "clahe"])
+def test_the_band_is_blacked_out_in_the_image_the_model_sees(images, intensity):
+    """The band was blacked out before intensity normalisation, which then remapped the whole
+    image around the new black: equalisation moved the chest of 20 NORMAL images by 28.9 grey
+    levels on average, so the AUC loss mixed the border with the chest's grey levels."""
+    pixels, labels = images
+    seen: list[torch.Tensor] = []
+
+    def recorder(normalised: torch.Tensor) -> np.ndarray:
+        seen.append(normalised)
+        return centre_reader(normalised)
+
+    border_occlusion(recorder, pixels, labels, intensity)
+    clean, black, only = seen
+    assert torch.equal(clean, normalize_intensity(pixels, intensity))
+    inside = (..., slice(4, -4), slice(4, -4))
+    assert torch.equal(black[inside], clean[inside])  # the chest as the model sees it clean
+    assert torch.equal(black + only, clean) and not black[..., :4, :].any()

@@ -144,3 +144,46 @@ def test_a_saliency_check_of_no_map_says_so(tiny_run):
     pixels = torch.zeros((3, 1, predictor.image_size, predictor.image_size), dtype=torch.uint8)
     text = _saliency_html(predictor, pixels, np.zeros(3))
     assert text == "<p>Not computed: no image of the split was called pneumonia.</p>"
+
+
+def test_the_border_occlusion_leaves_the_chest_as_the_model_sees_it(tmp_path):
+    """The report blacked out the band on the raw pixels and the backend equalised afterwards:
+    the model saw the chest's grey levels shifted too (28.9 levels on average, 20 NORMAL images
+    at 160 px), and the AUC loss mixed that shift with the border's evidence."""
+    import numpy as np
+    import torch
+
+    from conftest import fixed_threshold_meta, xray_like
+    from pneumolab.inference.predictor import Predictor
+    from pneumolab.models.registry import create_classifier
+    from pneumolab.reporting.report import _occlusion_html
+
+    torch.manual_seed(0)
+    model = create_classifier("pneumolab_cnn_small", pretrained=False)
+    predictor = Predictor(model, fixed_threshold_meta("pneumolab_cnn_small", 40, 0.5, "equalize"))
+    rng = np.random.default_rng(0)
+    pixels = torch.from_numpy(np.stack([xray_like(rng, 90, 30, (40, 40))[None] for _ in range(6)]))
+    seen: list[torch.Tensor] = []  # what the first convolution is given, per pass
+    stem = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    stem.register_forward_pre_hook(lambda _module, args: seen.append(args[0].detach().clone()))
+    text = _occlusion_html(predictor, pixels, np.array([0, 1] * 3))
+    assert "<th>outer 4 px black</th>" in text
+    clean, black = seen[0], seen[1]
+    assert torch.equal(black[..., 4:-4, 4:-4], clean[..., 4:-4, 4:-4])
+    assert not torch.equal(black, clean)
+
+
+def test_an_ensembles_border_occlusion_says_why_it_is_not_computed():
+    """Each member normalises, and so would occlude, its own input: no single image to black out."""
+    import numpy as np
+    import torch
+
+    from conftest import fixed_threshold_meta
+    from pneumolab.inference.predictor import Predictor
+    from pneumolab.reporting.report import _occlusion_html
+
+    meta = fixed_threshold_meta("pneumolab_cnn_small", 40, 0.5, "equalize")
+    predictor = Predictor(None, meta, scorer=lambda pixels: None)
+    pixels = torch.zeros((2, 1, 40, 40), dtype=torch.uint8)
+    text = _occlusion_html(predictor, pixels, np.array([0, 1]))
+    assert text == "<p>Not computed for an ensemble: run the report on each member run.</p>"

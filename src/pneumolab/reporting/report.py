@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import io
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from pneumolab.explain.occlusion import AUC_LOSS_FLAG, border_occlusion
 from pneumolab.explain.sanity import saliency_sanity
 from pneumolab.files import atomic_write
 from pneumolab.inference.predictor import Predictor
-from pneumolab.inference.torch_scoring import default_device
+from pneumolab.inference.torch_scoring import default_device, predict_pixels
 from pneumolab.outputs import check_apart, check_output, check_suffix
 from pneumolab.reporting.html import figure_html
 from pneumolab.reporting.model_card import PLATT_OFF_DISTRIBUTION, write_model_card
@@ -234,9 +235,13 @@ def _saliency_html(predictor: Predictor, all_pixels: torch.Tensor, probs: np.nda
 
 
 def _occlusion_html(predictor: Predictor, pixels: torch.Tensor, labels: np.ndarray) -> str:
+    model = predictor.model
+    if model is None:  # each member normalises, and so occludes, its own input
+        return "<p>Not computed for an ensemble: run the report on each member run.</p>"
     if len(np.unique(labels)) < 2:
         return "<p>Not computed: the split holds one class only (ROC AUC needs both).</p>"
-    result = border_occlusion(predictor.backend, pixels, labels)
+    normalised = partial(predict_pixels, model)  # the band is blacked out after normalisation
+    result = border_occlusion(normalised, pixels, labels, predictor.intensity)
     verdict = (
         '<p class="warn">Flagged: the model needs the image border (possible shortcut '
         "learning: text markers, collimation edges).</p>"
@@ -253,7 +258,9 @@ def _occlusion_html(predictor: Predictor, pixels: torch.Tensor, labels: np.ndarr
     )
     note = (
         f"<p>ROC AUC of the split scored again with its outer 10% band ({result.band_px} px at "
-        "the model's input size) set to black, and with only that band kept. Flagged when "
+        "the model's input size) set to black, and with only that band kept, in the image the "
+        "model sees (after intensity normalisation, so the chest keeps its grey levels). "
+        "Flagged when "
         f"blacking the band out costs more than {AUC_LOSS_FLAG:g} of ROC AUC. The band alone is "
         "shown, not judged: it holds the edges of the lung fields, so a model reading the chest "
         "ranks above chance from it too; near 1.0 with a large loss above is a shortcut.</p>"
