@@ -24,6 +24,7 @@ from pneumolab.explain.gradcam import (
     explain_paths,
     find_target_layer,
     gradcam,
+    layer_named,
     overlay_png,
 )
 from pneumolab.inference.predictor import Predictor
@@ -62,8 +63,15 @@ def test_map_shape_and_range_for_every_family(name):
     assert all(p.grad is None for p in model.parameters())  # no gradients left behind
 
 
+class DenseBackbone(nn.Sequential):
+    """A backbone of dense layers only, with timm's ``forward_features`` (its whole pass)."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)
+
+
 def test_model_without_convolutions_is_refused():
-    backbone = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 1))
+    backbone = DenseBackbone(nn.Flatten(), nn.Linear(3 * 16 * 16, 1))
     model = XrayClassifier(backbone, mean=(0.5,) * 3, std=(0.25,) * 3)
     with pytest.raises(ModelError, match="no convolutional layer"):
         find_target_layer(model, 16)
@@ -323,3 +331,13 @@ def test_maps_and_predictions_from_several_threads_are_those_of_one_thread(tmp_p
     for i, heat in enumerate(beside):
         if heat is not None:
             assert np.array_equal(heat, alone[i % 6]), i
+
+
+@pytest.mark.slow  # an untrained VGG19 at 256 px: a few seconds
+def test_vgg19_at_256_px_explains_its_features_not_its_head():
+    """From 256 px timm's VGG head (``pre_logits``: fc6/fc7 as convolutions) outputs a 2x2
+    map, which was chosen as the last map larger than 1x1: the map explained the head."""
+    model = create_classifier("vgg19", pretrained=False)
+    assert find_target_layer(model, 256) is model.backbone.features
+    with pytest.raises(ModelError, match=r"'backbone\.pre_logits': not a layer of the model"):
+        layer_named(model, "backbone.pre_logits", 256)

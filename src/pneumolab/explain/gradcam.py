@@ -74,9 +74,13 @@ def _contains_conv(module: nn.Module) -> bool:
 
 @torch.no_grad()
 def feature_map_layers(model: XrayClassifier, image_size: int = 224) -> dict[str, tuple[int, int]]:
-    """The backbone's modules that contain a convolution and output a 4-D feature map, by their
-    names in ``model.named_modules()``, in execution order, with their map's height and width
-    (found with one forward pass of an ``image_size`` input)."""
+    """The modules of the backbone's feature extractor (timm's ``forward_features``, not its
+    head) that contain a convolution and output a 4-D feature map, by their names in
+    ``model.named_modules()``, in execution order, with their map's height and width (found
+    with one pass of an ``image_size`` input).
+
+    The head is left out: VGG's ``pre_logits`` (fc6/fc7 as convolutions) outputs a 2 x 2 map at
+    256 px, which was chosen over ``features`` and explained the classifier head."""
     found: dict[str, tuple[int, int]] = {}
     names = {module: name for name, module in model.named_modules()}
 
@@ -88,7 +92,9 @@ def feature_map_layers(model: XrayClassifier, image_size: int = 224) -> dict[str
     handles = [m.register_forward_hook(record) for m in backbone.modules() if m is not backbone]
     try:
         was_training = model.training
-        model.eval()(torch.zeros(1, 1, image_size, image_size, device=model.mean.device))
+        model.eval().feature_map(
+            torch.zeros(1, 1, image_size, image_size, device=model.mean.device)
+        )
         model.train(was_training)
     finally:
         for handle in handles:
@@ -97,8 +103,8 @@ def feature_map_layers(model: XrayClassifier, image_size: int = 224) -> dict[str
 
 
 def find_target_layer(model: XrayClassifier, image_size: int = 224) -> nn.Module:
-    """The backbone module to explain: the last one, in execution order, that contains a
-    convolution and outputs a 4-D feature map, preferring maps larger than 1x1.
+    """The backbone module to explain: the last one of :func:`feature_map_layers` (the
+    feature extractor's, never the head's), preferring maps larger than 1x1.
 
     Found with one forward pass of an ``image_size`` input; ModelError when there is none, or
     when the backbone's one convolution is its stem (a vision transformer's patch embedding).
@@ -131,7 +137,8 @@ def layer_named(model: XrayClassifier, name: str, image_size: int = 224) -> nn.M
     close = difflib.get_close_matches(name, list(found), n=3)
     hint = f" (did you mean {' or '.join(close)}?)" if close else ""
     raise ModelError(
-        f"layer {name!r}: not a layer of the model with a convolutional feature map{hint}; "
+        f"layer {name!r}: not a layer of the model with a convolutional feature map before its "
+        f"head{hint}; "
         f"the last layer of each map size at {image_size} px: {', '.join(listed) or 'none'}"
     )
 

@@ -161,9 +161,11 @@ class XrayClassifier(nn.Module):
         )
         return middle.float().mean(dim=(2, 3))
 
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's last ``(B, C, h, w)`` feature map (timm's ``forward_features``): what
+        its head (pooling, VGG's fc6/fc7 ``pre_logits``, the classifier) reads."""
+        return self.backbone.forward_features(self._backbone_input(x))
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The ``(B, D)`` features the final classifier sees (timm's ``pre_logits``)."""
-        backbone = self.backbone
-        return backbone.forward_head(
-            backbone.forward_features(self._backbone_input(x)), pre_logits=True
-        )
+        return self.backbone.forward_head(self.feature_map(x), pre_logits=True)
