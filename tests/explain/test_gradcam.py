@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from conftest import by_size, fixed_threshold_meta
+from mean_reader import mean_reader
 from pneumolab.cli import main
 from pneumolab.errors import ModelError, OutputError
 from pneumolab.explain.gradcam import (
@@ -24,6 +25,7 @@ from pneumolab.explain.gradcam import (
     explain_paths,
     find_target_layer,
     gradcam,
+    gradcam_maps,
     layer_named,
     overlay_png,
 )
@@ -94,11 +96,13 @@ def test_overlay_png_is_rgb_at_the_image_size():
     assert not np.array_equal(hot[25], np.asarray(cold)[25])
 
 
-def untrained_run(tmp_path: Path, calls_normal: bool = False) -> RunDir:
-    """A run of an untrained small CNN at 32 px (Grad-CAM needs only its layers); with
+def untrained_run(
+    tmp_path: Path, calls_normal: bool = False, name: str = "pneumolab_cnn_small"
+) -> RunDir:
+    """A run of an untrained CNN ``name`` at 32 px (Grad-CAM needs only its layers); with
     ``calls_normal``, a head of negative weights and bias makes every feature count for NORMAL."""
     torch.manual_seed(0)
-    model = create_classifier("pneumolab_cnn_small", pretrained=False)
+    model = create_classifier(name, pretrained=False)
     if calls_normal:
         head = model.backbone.get_classifier()
         with torch.no_grad():
@@ -107,7 +111,7 @@ def untrained_run(tmp_path: Path, calls_normal: bool = False) -> RunDir:
     run = RunDir(tmp_path / "run")
     run.root.mkdir()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, run.weights)
-    run.write_meta(fixed_threshold_meta("pneumolab_cnn_small", 32, 0.5))
+    run.write_meta(fixed_threshold_meta(name, 32, 0.5))
     return run
 
 
@@ -341,3 +345,37 @@ def test_vgg19_at_256_px_explains_its_features_not_its_head():
     assert find_target_layer(model, 256) is model.backbone.features
     with pytest.raises(ModelError, match=r"'backbone\.pre_logits': not a layer of the model"):
         layer_named(model, "backbone.pre_logits", 256)
+
+
+def test_the_raw_map_is_unscaled_and_the_shown_one_stretched_per_image():
+    """The mean reader's unscaled map is its input image: the display map stretches it from
+    its minimum to its maximum, the raw one keeps it (times one positive number)."""
+    image = np.full((40, 40), 100, np.uint8)
+    image[15:25, 15:25] = 200
+    maps = gradcam_maps(mean_reader(), torch.from_numpy(image)[None, None], "none")
+    assert maps.raw.shape == maps.stretched.shape == (40, 40)
+    assert np.allclose(maps.raw / maps.raw[0, 0], image / 100.0, rtol=1e-4)
+    assert np.allclose(maps.stretched, (image - 100.0) / 100.0, atol=1e-5)
+    assert np.array_equal(
+        maps.stretched, gradcam(mean_reader(), torch.from_numpy(image)[None, None], "none")
+    )
+
+
+def test_a_layer_with_a_1x1_map_is_refused_not_shown_empty(tmp_path, capsys):
+    """A 1x1 map is one value per image: stretched per image it was all zero, and every image
+    was captioned "heat map empty: no region raised the evidence"."""
+    model, pixels = mean_reader(kernel=8), torch.full((1, 1, 8, 8), 100, dtype=torch.uint8)
+    one_cell = r"layer '{}': its feature map is 1x1 at 8 px, one value per image"
+    with pytest.raises(ModelError, match=one_cell.format("backbone.features") + ".*no layer"):
+        find_target_layer(model, 8)  # the default choice: every map is 1x1
+    with pytest.raises(ModelError, match=one_cell.format("backbone.features.1")):
+        gradcam(model, pixels, "none", model.get_submodule("backbone.features.1"))
+    run, image = untrained_run(tmp_path, name="pneumolab_cnn_separable"), tmp_path / "a.png"
+    Image.fromarray(np.full((40, 40), 128, np.uint8)).save(image)
+    command = ["explain", str(run.root), str(image), "--out", str(tmp_path / "maps")]
+    assert main([*command, "--layer", "backbone.features"]) == 2  # 1x1 at 32 px
+    err = " ".join(capsys.readouterr().err.split())
+    assert "layer 'backbone.features': its feature map is 1x1 at 32 px" in err
+    assert "choose one of backbone.features.4.5 (2x2), backbone.features.3.5 (4x4)" in err
+    assert "Traceback" not in err and not (tmp_path / "maps").exists()
+    assert main(command) == 0  # the default: backbone.features.4.5, its last map larger than 1x1

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from mean_reader import mean_reader
 from pneumolab.explain import sanity
+from pneumolab.explain.gradcam import GradCamMaps
 from pneumolab.explain.sanity import heat_shares, region_masks, saliency_sanity
 from pneumolab.inference.predictor import Predictor
 from pneumolab.models.registry import create_classifier
@@ -36,7 +38,8 @@ def test_regions_partition_the_outer_band():
 
 @pytest.mark.parametrize(("where", "flagged"), [("corner", True), ("centre", False)])
 def test_forced_heat_is_flagged_only_in_the_corner(monkeypatch, where, flagged):
-    monkeypatch.setattr(sanity, "gradcam", lambda *args: forced_heat(where))
+    heat = forced_heat(where)
+    monkeypatch.setattr(sanity, "gradcam_maps", lambda *args: GradCamMaps(heat, heat))
     model = create_classifier("pneumolab_cnn_small", pretrained=False)
     pixels = torch.zeros((3, 1, SIZE, SIZE), dtype=torch.uint8)
     result = saliency_sanity(model, pixels, "none")
@@ -88,3 +91,14 @@ def test_maps_without_heat_are_counted_apart_not_as_zero_shares():
     ring = np.zeros((SIZE, SIZE))
     ring[5:7, 15:25] = 1.0  # between the outer band and the centre box: heat, not an empty map
     assert summarize_shares([heat_shares(ring)]).n == 1
+
+
+def test_shares_are_fractions_of_the_unscaled_map():
+    """The shares were taken from grad-cam's display map, stretched per image from its minimum:
+    a map warm everywhere (100) and hotter on a 10 x 10 centre block (200) gave the centre all
+    of its heat (1.0), not the 0.40 of its sum that lies there."""
+    image = np.full((SIZE, SIZE), 100, np.uint8)
+    image[15:25, 15:25] = 200  # the mean reader's unscaled map is the image itself
+    result = saliency_sanity(mean_reader(), torch.from_numpy(image)[None, None], "none")
+    assert result.per_image[0] == pytest.approx(heat_shares(image.astype(float)), abs=1e-4)
+    assert result.mean_centre_share == pytest.approx((576 * 100 + 100 * 100) / 170_000, abs=1e-4)

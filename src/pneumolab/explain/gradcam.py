@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
+import cv2
 import matplotlib
 import numpy as np
 import torch
@@ -104,9 +105,10 @@ def feature_map_layers(model: XrayClassifier, image_size: int = 224) -> dict[str
 
 def find_target_layer(model: XrayClassifier, image_size: int = 224) -> nn.Module:
     """The backbone module to explain: the last one of :func:`feature_map_layers` (the
-    feature extractor's, never the head's), preferring maps larger than 1x1.
+    feature extractor's, never the head's) with a map larger than 1x1.
 
-    Found with one forward pass of an ``image_size`` input; ModelError when there is none, or
+    Found with one pass of an ``image_size`` input; ModelError when there is none (a 1x1 map
+    is one number per channel: its Grad-CAM, stretched per image, is empty for every image), or
     when the backbone's one convolution is its stem (a vision transformer's patch embedding).
     """
     backbone = model.backbone
@@ -121,19 +123,37 @@ def find_target_layer(model: XrayClassifier, image_size: int = 224) -> nn.Module
             f"{type(backbone).__name__}: no convolutional layer with a 2-D feature map found, "
             "so Grad-CAM has nothing to explain"
         )
-    spatial = [name for name, (height, width) in found.items() if height * width > 1]
-    return model.get_submodule(spatial[-1] if spatial else next(reversed(found)))
+    spatial = [name for name, size in found.items() if size != (1, 1)]
+    if not spatial:
+        raise _one_cell(next(reversed(found)), image_size, [])
+    return model.get_submodule(spatial[-1])
+
+
+def _one_cell(name: str, image_size: int, larger: list[str] | None) -> ModelError:
+    """The error for layer ``name``, whose feature map is 1x1 at ``image_size`` px; ``larger``:
+    the layers to offer instead (None: not looked up)."""
+    if larger is None:
+        instead = "choose a layer with a larger map (feature_map_layers gives their sizes)"
+    else:
+        instead = f"choose one of {', '.join(larger)}" if larger else "no layer has a larger map"
+    return ModelError(
+        f"layer {name!r}: its feature map is 1x1 at {image_size} px, one value per image, so "
+        f"its Grad-CAM (stretched per image) would be empty for every image; {instead}"
+    )
 
 
 def layer_named(model: XrayClassifier, name: str, image_size: int = 224) -> nn.Module:
     """The module called ``name`` in ``model.named_modules()``, where it outputs a convolutional
-    feature map; ModelError otherwise, naming close names and, for each map size, the last
-    layer with a map of that size (what ``explain --layer`` may take)."""
+    feature map larger than 1x1 (:func:`feature_map_layers`); ModelError otherwise: for a 1x1
+    map, naming the layer and its size; else naming close names and, for each map size, the
+    last layer with a map of that size (what ``explain --layer`` may take)."""
     found = feature_map_layers(model, image_size)
-    if name in found:
-        return model.get_submodule(name)
     last_of_size = {size: layer for layer, size in found.items()}  # a later layer replaces
     listed = [f"{layer} ({h}x{w})" for (h, w), layer in reversed(last_of_size.items())]
+    if found.get(name) == (1, 1):
+        raise _one_cell(name, image_size, [line for line in listed if not line.endswith("(1x1)")])
+    if name in found:
+        return model.get_submodule(name)
     close = difflib.get_close_matches(name, list(found), n=3)
     hint = f" (did you mean {' or '.join(close)}?)" if close else ""
     raise ModelError(
@@ -143,25 +163,40 @@ def layer_named(model: XrayClassifier, name: str, image_size: int = 224) -> nn.M
     )
 
 
-def gradcam(
+@dataclass(frozen=True)
+class GradCamMaps:
+    """One image's Grad-CAM at its input size ``(S, S)``, as measured and as shown."""
+
+    raw: np.ndarray
+    """The map as grad-cam computes it before scaling: the channel-weighted activations of the
+    layer, negatives set to 0, resized (bilinear) to the input. Region shares are fractions of
+    its sum; all zero where no region raised the evidence."""
+    stretched: np.ndarray
+    """``raw`` stretched per image to [0, 1] (its minimum to 0, its maximum to 1), as grad-cam
+    scales it: for display only, since the minimum subtracted and the scale differ from image
+    to image (a map spread evenly shows as empty)."""
+
+
+def gradcam_maps(
     model: XrayClassifier,
     pixels: torch.Tensor,
     intensity: str,
     layer: nn.Module | str | None = None,
     towards: ExplainedClass = "PNEUMONIA",
-) -> np.ndarray:
+) -> GradCamMaps:
     """Grad-CAM of the evidence for ``towards`` for one image's uint8 pixels ``(1, 1, S, S)``
-    or ``(1, S, S)`` (what :meth:`Predictor.preprocess` gives): ``(S, S)`` in [0, 1], all zero
-    where no region raised it.
+    or ``(1, S, S)`` (what :meth:`Predictor.preprocess` gives), raw and stretched, from one
+    pass.
 
     ``intensity`` normalisation (the run's, :attr:`Predictor.intensity`) is applied first, as in
     training and prediction; ``layer`` (a module of ``model``, or its name) defaults to
     :func:`find_target_layer`'s choice. The model's train/eval mode is kept (grad-cam switches
     it to eval). ValueError for another ``towards``, a batch of several images or a module not
     of ``model``; ModelError for a name that is not one of its feature-map layers
-    (:func:`layer_named`); TypeError for pixels that are not uint8 (0..1 floats would be divided
-    by 255 again). :func:`explain_image` takes a predictor instead. Safe across threads: one
-    model's maps and predictions run one at a time (:func:`~pneumolab.models.classifier.passes_lock`).
+    (:func:`layer_named`) and for a layer whose map is 1x1 (its stretched map is always
+    empty); TypeError for pixels that are not uint8 (0..1 floats would be divided by 255
+    again). :func:`explain_image` takes a predictor instead. Safe across threads: one model's
+    maps and predictions run one at a time (:func:`~pneumolab.models.classifier.passes_lock`).
     """
     if towards not in get_args(ExplainedClass):
         raise ValueError(f"towards is 'PNEUMONIA' or 'NORMAL', not {towards!r}")
@@ -179,20 +214,44 @@ def gradcam(
             f"Grad-CAM explains one image: pixels of shape (1, 1, S, S) or (1, S, S), not "
             f"{tuple(pixels.shape)}"
         )
+    size = int(pixels.shape[-1])
     with passes_lock(model):  # the hooks see every pass through the model, any thread's
-        layer = _target_layer(model, layer, int(pixels.shape[-1]))  # a pass of its own
+        layer = _target_layer(model, layer, size)  # a pass of its own
         device = model.mean.device
         inputs = normalize_intensity(pixels, intensity).to(device).float() / 255.0
         was_training = model.training
         cam = GradCAM(_Evidence(model, towards), [layer])
+        targets = [ClassifierOutputTarget(0)]
         try:
             with torch.enable_grad():
-                heat = cam(inputs, targets=[ClassifierOutputTarget(0)])
+                stretched = cam(inputs, targets=targets)
+            stored = cam.activations_and_grads
+            activations, gradients = stored.activations[0], stored.gradients[0]
+            if activations.shape[-2:] == (1, 1):  # a module given: not checked by name
+                name = next(n for n, m in model.named_modules() if m is layer)
+                raise _one_cell(name, size, None)
+            weighted = cam.get_cam_image(
+                inputs, layer, targets, activations.numpy(), gradients.numpy()
+            )
         finally:
             cam.activations_and_grads.release()
             model.zero_grad(set_to_none=True)
             model.train(was_training)
-    return np.clip(heat[0], 0.0, 1.0).astype(np.float32)
+    width_height = (int(pixels.shape[-1]), int(pixels.shape[-2]))  # grad-cam's resize, unscaled
+    raw = cv2.resize(np.maximum(weighted[0], 0.0).astype(np.float32), width_height)
+    return GradCamMaps(raw, np.clip(stretched[0], 0.0, 1.0).astype(np.float32))
+
+
+def gradcam(
+    model: XrayClassifier,
+    pixels: torch.Tensor,
+    intensity: str,
+    layer: nn.Module | str | None = None,
+    towards: ExplainedClass = "PNEUMONIA",
+) -> np.ndarray:
+    """The map :func:`gradcam_maps` shows: ``(S, S)`` in [0, 1], stretched per image, all
+    zero where no region raised the evidence for ``towards``."""
+    return gradcam_maps(model, pixels, intensity, layer, towards).stretched
 
 
 def _target_layer(model: XrayClassifier, layer: nn.Module | str | None, size: int) -> nn.Module:
@@ -220,7 +279,8 @@ class Explanation:
 
     prediction: Prediction
     heat: np.ndarray
-    """``(S, S)`` in [0, 1]; all zero where no region raised the evidence."""
+    """``(S, S)`` in [0, 1], stretched per image (:attr:`GradCamMaps.stretched`): not comparable
+    across images; all zero where no region raised the evidence."""
     towards: ExplainedClass
 
     @property

@@ -11,8 +11,11 @@ edges, scanner-specific borders). Regions, on the ``S x S`` model input:
 - **corners**: the four 10% x 10% corner boxes, where markers and labels are usually printed.
 - **ring**: the rest, between the outer band and the centre box (28% of the area).
 
-Shares are fractions of an image's total heat. The outer band (border + corners) is 36% of the
-area, so heat spread evenly gives an edge share of 0.36; an image is flagged when its edge share
+Shares are fractions of an image's total heat: of the sum of its unscaled map
+(:attr:`~pneumolab.explain.gradcam.GradCamMaps.raw`), not of the map ``explain`` shows, which
+grad-cam stretches per image from the map's minimum (the shares were once taken from that
+stretched map: its floor, subtracted first, moved them by an amount that varied from image to
+image). The outer band (border + corners) is 36% of the area, so heat spread evenly gives an edge share of 0.36; an image is flagged when its edge share
 exceeds :data:`EDGE_FLAG_LEVEL` (0.5: clearly more than its area), and the model is ``flagged``
 when at least :data:`FLAG_FRACTION` of the images with heat are. A map with no heat at all
 (Grad-CAM keeps only what raised the score: an image the model calls NORMAL often has none) is
@@ -30,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pneumolab.explain.gradcam import find_target_layer, gradcam
+from pneumolab.explain.gradcam import find_target_layer, gradcam_maps
 from pneumolab.models.classifier import XrayClassifier
 
 CENTRE_MARGIN = 0.2
@@ -132,8 +135,11 @@ def saliency_sanity(
     layer: nn.Module | None = None,
 ) -> SaliencySanity:
     """Region shares of the pneumonia logit's Grad-CAM on uint8 ``(N, 1, S, S)`` images (give
-    images the model calls pneumonia), summarised by :func:`summarize_shares`."""
+    images the model calls pneumonia), summarised by :func:`summarize_shares`: shares of each
+    unscaled map (:attr:`~pneumolab.explain.gradcam.GradCamMaps.raw`)."""
     if layer is None and len(pixels):
         layer = find_target_layer(model, int(pixels.shape[-1]))
-    per_image = [heat_shares(gradcam(model, image[None], intensity, layer)) for image in pixels]
+    per_image = [
+        heat_shares(gradcam_maps(model, image[None], intensity, layer).raw) for image in pixels
+    ]
     return summarize_shares(per_image)

@@ -174,7 +174,7 @@ def _heatmap_layer(predictor: Predictor, backend: str) -> tuple[torch.nn.Module 
         return find_target_layer(predictor.model, predictor.image_size), ""
     except ModelError as exc:
         log.warning("serving without heat maps: %s", exc)
-        return None, "a network without a convolutional feature map"
+        return None, "a network without a convolutional feature map (larger than 1x1)"
 
 
 def _model_info(
