@@ -110,6 +110,11 @@ def write_corpus(folder: Path) -> dict[str, BadInput]:
         "cine.png": (animated_png(), "animated PNG (2 frames)", 422),
         "dicom-junk.dcm": (b"\0" * 128 + b"DICM" + b"\xff" * 64, "DICOM", 422),
         "no-pixels.dcm": (dicom_with_empty_pixel_data(), "pixel data element is empty", 422),
+        "cut-pixels.dcm": (  # pydicom's message spoke of group 0028 and transfer syntaxes
+            tiny_dicom(bytes(10)),
+            "truncated or corrupt DICOM: 10 bytes of pixel data where its 8x8 pixels need 64",
+            422,
+        ),
         "text-window.dcm": (
             dicom_with_text_window(),
             "corrupt or undecodable DICOM (TypeError",

@@ -21,8 +21,10 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
     JPEGExtended12Bit,
     JPEGLosslessSV1,
+    RLELossless,
     generate_uid,
 )
 from safetensors.torch import save_file
@@ -74,6 +76,11 @@ def write_dicom(
 
 
 RAMP_12BIT = np.arange(64, dtype=np.uint16).reshape(8, 8) * 65  # 0..4095
+
+
+def write_empty(path: Path) -> Path:
+    path.write_bytes(b"")
+    return path
 
 
 def write_zeros(path: Path) -> Path:
@@ -268,12 +275,13 @@ def test_monochrome_with_three_samples_becomes_one_gray_plane(tmp_path):
             "pixel data element is empty",
         ),
         (write_zeros, "not a DICOM file"),
+        (write_empty, r"report\.dcm: empty file \(0 bytes\)$"),  # was "not a DICOM file"
         (  # was "truncated or corrupt DICOM: an image object ... without pixel data"
             lambda p: write_dicom(p, None, FloatPixelData=np.zeros(16, "<f4").tobytes()),
             r"floating-point pixels \(FloatPixelData",
         ),
     ],
-    ids=["no-pixel-data", "multi-frame", "empty-pixel-data", "not-dicom", "float-pixels"],
+    ids=["no-pixel-data", "multi-frame", "empty-pixel-data", "not-dicom", "empty", "float-pixels"],
 )
 def test_unusable_dicom_is_refused_by_name(tmp_path, make, message):
     path = make(tmp_path / "report.dcm")
@@ -381,6 +389,44 @@ def test_pixel_data_longer_than_its_header_says_is_refused(tmp_path):
     ds.save_as(path)
     with pytest.raises(ImageLoadError, match=r"lies\.dcm: 204,800 bytes of pixel data.*need 4,096"):
         load_image(path)
+
+
+def test_pixel_data_shorter_than_its_header_says_is_called_truncated(tmp_path):
+    """pydicom's own message came through: "The number of bytes of pixel data is less than
+    expected (100 vs 4096 bytes) - the dataset may be corrupted, have an invalid group 0028
+    element value, or the transfer syntax may be incorrect"."""
+    path = write_dicom(tmp_path / "cut.dcm", np.zeros((64, 64), np.uint8))
+    with_pixel_data(path, bytes(100))
+    with pytest.raises(ImageLoadError) as error:
+        load_image(path)
+    assert str(error.value) == (
+        f"{path}: truncated or corrupt DICOM: 100 bytes of pixel data where its 64x64 pixels "
+        "need 4,096 (the file was cut short, or its header does not describe the data)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("syntax", "frame"),
+    [(JPEGBaseline8Bit, b"\xff\xd8 not a JPEG " * 8), (RLELossless, bytes(8) + b"junk" * 8)],
+    ids=["jpeg", "rle"],
+)
+def test_compressed_pixel_data_no_decoder_can_read_is_named_in_plain_words(tmp_path, syntax, frame):
+    """pydicom's RuntimeError came through: "Unable to decode as exceptions were raised by all
+    available plugins: pillow: cannot identify image file <_io.BytesIO object at 0x7f...>"."""
+    path = write_dicom(tmp_path / "junk.dcm", np.zeros((8, 8), np.uint8))
+    ds = dcmread(path)
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PixelData = encapsulate([frame])
+    ds.save_as(path, enforce_file_format=True)
+    if not get_decoder(syntax).is_available:
+        pytest.skip(f"no decoder installed for {syntax.name}")
+    with pytest.raises(ImageLoadError) as error:
+        load_image(path)
+    message = str(error.value)
+    assert message.startswith(
+        f"{path}: corrupt DICOM: its {syntax.name} pixel data cannot be decoded ("
+    )
+    assert "Unable to decode" not in message and " at 0x" not in message
 
 
 def with_pixel_data(path: Path, data: bytes, **header: int) -> Path:

@@ -13,7 +13,8 @@ data (reports, structured reports, presentation states), multi-frame objects (a 
 tomosynthesis series is not one radiograph; pick the frame yourself and save it), other
 photometric interpretations (PALETTE COLOR), images over ``max_pixels``, uncompressed pixel
 data longer than the header's rows and columns hold (but for padding: one byte, or zero bytes
-short of a row), deflate-compressed files that would inflate
+short of a row) or shorter (a file cut short), compressed pixel data that no installed decoder
+can read, deflate-compressed files that would inflate
 beyond what ``max_pixels`` allows (pydicom inflates the whole file before reading its header,
 so this is checked first, streaming), and transfer syntaxes no installed decoder handles (the
 message lists what to install).
@@ -32,6 +33,7 @@ import copy
 import io
 import logging
 import mmap
+import re
 import threading
 import warnings
 import zlib
@@ -59,7 +61,7 @@ from pydicom.uid import (
 )
 
 from pneumolab.data.imageio import DEFAULT_MAX_PIXELS, array_to_image, check_pixel_count, reading
-from pneumolab.errors import ImageLoadError
+from pneumolab.errors import ImageLoadError, brief
 
 log = logging.getLogger(__name__)
 
@@ -168,13 +170,22 @@ def _check_pixel_data_length(ds: Dataset, source: str) -> None:
     """Uncompressed pixel data must hold the header's single frame and no more, but for padding:
     one pad byte, or zero bytes short of one row (pydicom strips them; its warning names the
     file). More than that, or anything but zeros, means the header does not describe the data
-    (a header that understates the columns would show the image sheared)."""
+    (a header that understates the columns would show the image sheared); less, that the file
+    was cut short (pydicom's message spoke of group 0028 and transfer syntaxes)."""
     if ds.file_meta.TransferSyntaxUID.is_compressed:
         return
     samples = int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1)
     row = samples * int(ds.BitsAllocated) / 8
     expected = (int(ds.Rows) * samples * int(ds.BitsAllocated) + 7) // 8
+    if str(ds.get("PhotometricInterpretation")) == "YBR_FULL_422":  # two samples per pixel
+        expected = expected // 3 * 2
     extra = len(ds.PixelData) - expected
+    if extra < 0:
+        raise ImageLoadError(
+            f"{source}: truncated or corrupt DICOM: {len(ds.PixelData):,} bytes of pixel data "
+            f"where its {ds.Rows}x{ds.Columns} pixels need {expected:,} (the file was cut short, "
+            "or its header does not describe the data)"
+        )
     padding = extra <= 1 or (extra < row and not ds.PixelData[expected:].strip(b"\0"))
     if not padding:
         raise ImageLoadError(
@@ -375,8 +386,28 @@ def _padding(ds: Dataset, stored: np.ndarray) -> np.ndarray | None:
     return (stored >= low) & (stored <= high)
 
 
+UNDECODED_DETAIL = re.compile(r" ?<[^<>]* at 0x[0-9a-fA-F]+>")
+"""An object's address in a decoder's message (``<_io.BytesIO object at 0x7f...>``): no help."""
+
+
+def _stored_pixels(ds: Dataset) -> np.ndarray:
+    """``ds.pixel_array``; ImageLoadError naming the file and the transfer syntax where no
+    installed decoder can read the compressed pixel data (pydicom's RuntimeError began "Unable to
+    decode as exceptions were raised by all available plugins", with objects' addresses)."""
+    try:
+        return ds.pixel_array
+    except RuntimeError as exc:
+        reasons = str(exc).partition("plugins:")[2] or str(exc)
+        detail = brief(UNDECODED_DETAIL.sub("", reasons))
+        syntax = ds.file_meta.TransferSyntaxUID
+        raise ImageLoadError(
+            f"{ds.filename}: corrupt DICOM: its {syntax.name} pixel data cannot be decoded "
+            f"({detail})"
+        ) from None
+
+
 def _monochrome_to_uint8(ds: Dataset) -> np.ndarray:
-    stored = ds.pixel_array
+    stored = _stored_pixels(ds)
     padding = _padding(ds, stored)
     pixels = apply_modality_lut(stored, ds)
     windowed = _voi(pixels, ds)
@@ -412,9 +443,11 @@ def load_dicom(
             if photometric in ("MONOCHROME1", "MONOCHROME2"):  # one plane, or several to gray
                 return array_to_image(_monochrome_to_uint8(ds))
             if photometric == "RGB" or photometric.startswith("YBR"):
-                return array_to_image(ds.pixel_array, colour)
+                return array_to_image(_stored_pixels(ds), colour)
             raise ImageLoadError(f"{path}: unsupported photometric interpretation {photometric}")
         except InvalidDicomError:
+            if path.stat().st_size == 0:  # as an empty JPEG or PNG is named
+                raise ImageLoadError(f"{path}: empty file (0 bytes)") from None
             raise ImageLoadError(f"{path}: not a DICOM file (no 'DICM' header)") from None
         except (AttributeError, KeyError) as exc:
             raise ImageLoadError(
