@@ -58,7 +58,7 @@ def test_every_bad_input_is_named_and_the_good_one_still_runs(run_dir, corpus, g
         code, out, err = run_cli(capsys, "predict", run_dir, bad.path, good, "--json")
         assert code == 1, name
         lines = [json.loads(line) for line in out.splitlines()]  # the error a line of its own
-        assert [(line["source"], "error" in line) for line in lines] == [
+        assert [(line["source"], bool(line["error"])) for line in lines] == [
             (str(bad.path), True),
             (str(good), False),
         ], name

@@ -112,7 +112,7 @@ def test_predict_reports_bad_files_by_name_and_continues(
     captured = capsys.readouterr()
     lines = [json.loads(line) for line in captured.out.splitlines()]
     assert [line["source"] for line in lines] == [str(bad), str(good)]  # every file: a line
-    assert "not an image" in lines[0]["error"] and "probability" not in lines[0]
+    assert "not an image" in lines[0]["error"] and lines[0]["probability"] is None
     assert "broken.jpeg" in captured.err and "not an image" in captured.err
 
 

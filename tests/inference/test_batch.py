@@ -409,9 +409,9 @@ def test_an_image_given_twice_is_answered_once_on_stdout(tiny_run, images, capsy
     folder, files = images
     assert main(["predict", str(tiny_run[0]), str(files[0]), str(folder), "--json"]) == 1
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    sources = [line["source"] for line in lines if "error" not in line]
+    sources = [line["source"] for line in lines if not line["error"]]
     assert sources.count(str(files[0])) == 1 and len(sources) == len(files)
-    assert [line["source"] for line in lines if "error" in line] == [
+    assert [line["source"] for line in lines if line["error"]] == [
         str(folder / "NORMAL" / "broken.png")
     ]
     # other spellings of one file (as --out counts them): once, under the first
@@ -502,3 +502,45 @@ def test_an_output_that_is_not_a_number_fails_without_out_too(
     assert main(["predict", "run", str(images[1][0])]) == 1
     printed = capsys.readouterr().out
     assert "nan" not in printed and "not a finite number" in printed
+
+
+def test_every_json_line_has_the_keys_of_a_results_file_row(
+    predictor, images, tmp_path, monkeypatch, capsys
+):
+    """A failed image's line held only ``source`` and ``error``, a prediction's no ``error``:
+    a reader of the lines (``pandas.read_json(lines=True)``, a typed schema) met two shapes.
+    Every line now has the keys of ``--out``'s JSON lines but the provenance, in their order."""
+    import numpy as np
+
+    from pneumolab.cli import main
+    from pneumolab.inference.prediction import NOT_A_NUMBER
+    from pneumolab.inference.results_file import FIELDS
+    from pneumolab.inference.scores import Scores
+
+    folder, files = images
+    run = str(predictor.run_dir)
+    assert main(["predict", run, str(tmp_path / "gone.png"), str(folder), "--json"]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    keys = tuple(k for k in FIELDS if k not in ("model_version", "backend", "tta"))
+    assert len(lines) == 12 and all(tuple(line) == keys for line in lines)
+    failed = [line for line in lines if line["error"]]
+    assert [line["source"] for line in failed] == [
+        str(tmp_path / "gone.png"),
+        str(folder / "NORMAL" / "broken.png"),
+    ]
+    assert all(f"{line['source']}: " in line["error"] for line in failed)
+    scope = ("probability", "label", "in_scope", "ood_score", "ood_threshold", "reasons")
+    assert [[line[k] for k in (*scope, "warnings")] for line in failed] == [[None] * 7] * 2
+    assert all(line["threshold"] == predictor.threshold for line in lines)
+    scored = [line for line in lines if not line["error"]]
+    assert len(scored) == 10 and all(line["error"] == "" for line in scored)
+    assert all(line["probability"] is not None and line["label"] for line in scored)
+    # a score that is not a number: an error line, as its row in a results file
+    broken = copy.copy(predictor)
+    scorer = predictor.scorer
+    broken.scorer = lambda pixels: Scores(np.full(len(pixels), np.nan), scorer(pixels).ood)
+    monkeypatch.setattr(Predictor, "from_run", lambda *args, **kwargs: broken)
+    assert main(["predict", run, str(files[0]), "--json"]) == 1
+    (line,) = map(json.loads, capsys.readouterr().out.splitlines())
+    assert tuple(line) == keys and line["error"] == NOT_A_NUMBER
+    assert line["probability"] is None and line["label"] is None

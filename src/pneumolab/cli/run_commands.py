@@ -60,6 +60,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """`pneumolab predict`: classify images or folders, locally or with Ray Data."""
     from pneumolab.inference.batch import each_image_once
     from pneumolab.inference.predictor import Predictor
+    from pneumolab.inference.results_file import json_line
 
     paths = list(args.paths)
     if args.manifest:
@@ -93,17 +94,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     table = Table("path", "probability", "label", "in scope", "why not")
     files = each_image_once(paths)  # one answer per image, as with --out
     for path, result, _ in predictor.score_files(files, args.batch_size, args.workers):
+        if args.json:  # every file given a line, each of the same keys (docs/cli.md)
+            print(json.dumps(json_line(str(path), result, predictor.threshold)), flush=True)
         if isinstance(result, PneumolabError):
             failures += 1
             report_error(result)
-            if args.json:  # a program reading the lines learns of every file given
-                print(json.dumps({"source": str(path), "error": str(result)}), flush=True)
             continue
         scored = math.isfinite(result.probability)
         failures += not scored  # an error row with --out too
-        if args.json:
-            print(json.dumps(result.to_dict()), flush=True)
-        else:
+        if not args.json:
             table.add_row(
                 result.source,
                 f"{result.probability:.4f}" if scored else "—",

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pneumolab.errors import ConfigError, OutputError
 from pneumolab.files import atomic_write
-from pneumolab.inference.prediction import OUT_OF_SCOPE_LABEL
+from pneumolab.inference.prediction import NOT_A_NUMBER, OUT_OF_SCOPE_LABEL, Prediction
 
 SCOPE_FIELDS = ("in_scope", "ood_score", "ood_threshold", "reasons", "warnings")
 """The scope gate's verdict on an image (:class:`~pneumolab.inference.prediction.Prediction`)."""
@@ -35,6 +35,10 @@ FIELDS = (
     "tta",
     "error",
 )
+LINE_FIELDS = (*FIELDS[: FIELDS.index("model_version")], "error")
+"""The keys of every ``predict --json`` line, in order: a results file's columns but those that
+say what produced the rows (``model_version`` digests the weights: a one-image call would read
+them all for it)."""
 LIST_SEPARATOR = "; "
 """Joins a row's reasons and warnings in a CSV cell; an item's own ``"; "`` (a DICOM tag's
 text) is written ``", "`` there, so that the cell splits back into its items."""
@@ -108,6 +112,16 @@ class ResultRow:
             "tta": p.tta,
             "error": self.error,
         }
+
+
+def json_line(source: str, outcome: Prediction | Exception, threshold: float) -> dict[str, Any]:
+    """An image's ``predict --json`` line: :data:`LINE_FIELDS` for every image, valued as a
+    results file's JSON lines are: ``error`` empty for a prediction; for an image that failed
+    (unreadable, or a score that is not a number) its reason, the prediction's values null."""
+    if isinstance(outcome, Prediction) and math.isfinite(outcome.probability):
+        return outcome.to_dict() | {"error": ""}
+    error = NOT_A_NUMBER if isinstance(outcome, Prediction) else str(outcome)
+    return dict.fromkeys(LINE_FIELDS) | {"source": source, "threshold": threshold, "error": error}
 
 
 class NotAResultsFile(OutputError):
