@@ -9,7 +9,7 @@ import pytest
 
 from conftest import write_synthetic_dataset
 from pneumolab.errors import OutputError
-from pneumolab.outputs import check_output, working_in
+from pneumolab.outputs import check_output, results_file, working_in
 
 
 def test_a_folder_is_one_jobs_at_a_time_and_a_refused_job_leaves_nothing(tmp_path):
@@ -90,3 +90,19 @@ def test_a_folder_this_process_cannot_write_in_is_refused_before_any_work(tmp_pa
     assert check_output(tmp_path / "r.html") == tmp_path / "r.html"
     (locked / "results.csv").write_text("source\n")  # resumed by appending: no new file there
     assert check_output(locked / "results.csv", overwrite=True) == locked / "results.csv"
+
+
+def test_a_results_file_this_process_cannot_write_is_refused_before_any_work(tmp_path, monkeypatch):
+    """A read-only results file was resumed: its append failed with "Permission denied; the
+    rows written so far are kept: run the command again to continue" (none were written, and
+    a rerun failed alike), and a resume that rewrote it (a torn row) or the Ray engine, which
+    writes the whole file at the end, replaced it by a writable one."""
+    out = tmp_path / "results.csv"
+    out.write_text("source\n")
+    real_access = os.access  # a read-only file's answer (tests may run as root)
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != out and real_access(p, mode))
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match=r"results\.csv: read-only \(permission denied\)"):
+            results_file(out, overwrite)
+    assert out.read_text() == "source\n"
+    assert results_file(tmp_path / "other.csv", overwrite=False) == tmp_path / "other.csv"

@@ -53,11 +53,19 @@ def results_file(path: str | Path, overwrite: bool) -> Path:
     """The file a resumable job (``predict --out``) writes through ``path``, checked
     (:func:`check_output`; an existing one is resumed): its real path, links followed, so that
     two spellings of one file share its lock and a link is written through, not replaced. A
-    link to nowhere is refused unless ``overwrite`` (then the link is replaced by the file)."""
+    link to nowhere is refused unless ``overwrite`` (then the link is replaced by the file); an
+    existing file this process may not write, always (it is appended to, or replaced whole: a
+    read-only file is someone's protected results)."""
     path = Path(path)
     if path.is_symlink() and not path.exists():
         return check_output(path, overwrite)
-    return check_output(os.path.realpath(path), overwrite=True)
+    real = check_output(os.path.realpath(path), overwrite=True)
+    if real.exists() and not os.access(real, os.W_OK):
+        raise OutputError(
+            f"{real}: read-only (permission denied); make it writable to continue it, or give "
+            "--out another path"
+        )
+    return real
 
 
 def check_suffix(path: Path, suffix: str, what: str) -> None:
