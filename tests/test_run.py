@@ -100,6 +100,25 @@ def test_missing_and_unfinished_runs(tmp_path):
     assert not run.is_complete()
 
 
+def test_a_file_given_as_the_run_is_pointed_to_its_run_only_when_it_is_in_one(tmp_path):
+    """``predict x.png y.png`` (the run forgotten) was told "x.png: is a file; give the run
+    folder (<the images' folder>)", which is no run either."""
+    image = tmp_path / "images" / "x.png"
+    image.parent.mkdir()
+    image.write_bytes(b"png")
+    with pytest.raises(RunDirError) as error:
+        RunDir(image).read_meta()
+    assert str(error.value) == (
+        f"{image}: is a file, not a run folder (one holds meta.json and model.safetensors; "
+        "`pneumolab predict` takes the run first, then the images)"
+    )
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    run.write_meta(fixed_threshold_meta("pneumolab_cnn_small", 32, 0.5))
+    with pytest.raises(RunDirError, match=r"meta\.json: is a file; give the run folder \(.*run\)$"):
+        RunDir(run.meta).read_meta()
+
+
 def test_legacy_single_run_still_predicts_and_evaluates(tiny_run, tmp_path):
     run_dir, data = tiny_run
     old = legacy_meta("single")

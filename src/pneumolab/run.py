@@ -198,8 +198,13 @@ class RunDir:
     def read_meta(self) -> RunMeta:
         """Metadata of a finished run (older formats migrated); RunDirError if the run is missing,
         unfinished or its meta.json unreadable."""
-        if self.root.is_file():
+        if self.root.is_file() and RunDir(self.root.parent).meta.is_file():  # one of its files
             raise RunDirError(f"{self.root}: is a file; give the run folder ({self.root.parent})")
+        if self.root.is_file():  # an image, given where the run goes
+            raise RunDirError(
+                f"{self.root}: is a file, not a run folder (one holds meta.json and "
+                "model.safetensors; `pneumolab predict` takes the run first, then the images)"
+            )
         if not self.root.is_dir():
             raise RunDirError(f"{self.root}: run directory not found")
         unfinished = RunDirError(
