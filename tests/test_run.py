@@ -119,6 +119,20 @@ def test_a_file_given_as_the_run_is_pointed_to_its_run_only_when_it_is_in_one(tm
         RunDir(run.meta).read_meta()
 
 
+def test_a_data_folder_that_does_not_exist_is_named_as_such(tiny_run, tmp_path):
+    """``--data`` mistyped was "4 of the run's val images are not under d/nope (first: ...)"."""
+    from pneumolab.errors import DataLayoutError
+
+    run = RunDir(tiny_run[0])
+    with pytest.raises(DataLayoutError, match=r"nope: not found; give the data folder the run"):
+        run.read_split(tmp_path / "nope", "val")
+    (tmp_path / "data.zip").write_bytes(b"zip")
+    with pytest.raises(DataLayoutError, match=r"data\.zip: is a file, not a dataset folder"):
+        run.read_split(tmp_path / "data.zip", "val")
+    with pytest.raises(RunDirError, match=r"4 of the run's val images are not under"):
+        run.read_split(tmp_path, "val")  # a folder, without the images: as before
+
+
 def test_legacy_single_run_still_predicts_and_evaluates(tiny_run, tmp_path):
     run_dir, data = tiny_run
     old = legacy_meta("single")

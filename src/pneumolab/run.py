@@ -41,7 +41,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from pneumolab.data.layout import Sample
-from pneumolab.errors import RunDirError, validation_problems
+from pneumolab.errors import DataLayoutError, RunDirError, validation_problems
 from pneumolab.files import sha256_of, write_text_atomically
 from pneumolab.run_meta import RunMeta, migrate
 
@@ -262,6 +262,11 @@ class RunDir:
         rows = self.split_rows(subset)
         samples = [Sample(Path(data_root) / r["path"], int(r["label"]), r["patient"]) for r in rows]
         missing = [s.path for s in samples if not s.path.is_file()]
+        if missing and not Path(data_root).is_dir():  # a mistyped --data: say so, not "N of"
+            what = "is a file, not a dataset folder" if Path(data_root).exists() else "not found"
+            raise DataLayoutError(
+                f"{data_root}: {what}; give the data folder the run was trained on (--data)"
+            )
         if missing:
             raise RunDirError(
                 f"{len(missing)} of the run's {subset} images are not under {data_root} "
