@@ -81,13 +81,19 @@ def test_a_link_whose_target_is_gone_is_named_not_skipped(run_dir, good, tmp_pat
     shutil.copy(good, folder / "ok.png")
     (folder / "gone.png").symlink_to(tmp_path / "moved away.png")
     (folder / "notes.txt").symlink_to(tmp_path / "nothing")  # not an image name: passed over
+    (folder / "scan.dcm").symlink_to("/unmounted/pacs/scan.dcm")
     code, out, err = run_cli(capsys, "predict", run_dir, folder, "--json")
     assert code == 1 and [json.loads(line)["source"] for line in out.splitlines()] == [
         str(folder / "gone.png"),  # its error line
         str(folder / "ok.png"),
+        str(folder / "scan.dcm"),
     ]
     errors = one_line(err).split("error:")[1:]  # notes.txt: only in the passed-over count
-    assert len(errors) == 1 and "gone.png: file not found" in errors[0]
+    # was "file not found", of a name that `ls` lists
+    assert [e.strip() for e in errors] == [
+        f"{folder / 'gone.png'}: a link to {tmp_path / 'moved away.png'}, which does not exist",
+        f"{folder / 'scan.dcm'}: a link to /unmounted/pacs/scan.dcm, which does not exist",
+    ]
 
 
 def test_predict_out_records_every_bad_input(run_dir, corpus, good, tmp_path, capsys):

@@ -278,6 +278,9 @@ def reading(path: Path, kind: str, max_pixels: int) -> Iterator[None]:
     except ImageLoadError:
         raise
     except FileNotFoundError:
+        if path.is_symlink():  # the name is there (`ls` lists it); what it points to is not
+            target = os.readlink(path)
+            raise ImageLoadError(f"{path}: a link to {target}, which does not exist") from None
         raise ImageLoadError(f"{path}: file not found") from None
     except IsADirectoryError:
         if not os.access(path, os.R_OK | os.X_OK):
