@@ -135,7 +135,8 @@ def results_format(path: Path) -> Format:
         return "csv"
     if suffix in {".jsonl", ".ndjson"}:
         return "jsonl"
-    raise ConfigError(f"{path}: output must end in .csv or .jsonl")
+    ray = "; .parquet with --engine ray" if suffix == ".parquet" else ""
+    raise ConfigError(f"{path}: output must end in .csv or .jsonl{ray}")
 
 
 TEXT: dict[str, Any] = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
