@@ -170,6 +170,21 @@ def test_a_window_of_width_below_one_is_ignored_with_a_warning(tmp_path, caplog,
     assert warning.startswith(f"DICOM Window Width {first} is no window")
 
 
+def test_a_window_centre_of_text_is_ignored_with_a_warning(tmp_path, caplog):
+    """A broken modality wrote text as Window Center: the file was refused as "corrupt or
+    undecodable DICOM (TypeError: unsupported operand type(s) for -=: 'str' and 'float')";
+    it is shown over its own range, as a width below 1 is, saying so."""
+    from corpus import dicom_with_text_window
+
+    path = tmp_path / "text-window.dcm"
+    path.write_bytes(dicom_with_text_window())
+    with caplog.at_level(logging.WARNING, logger="pneumolab"):
+        load_dicom(path)
+    assert f"{path}: DICOM Window Center 'abcd' is not a number" in caplog.text
+    (warning,) = dicom_file_checks(path).warnings
+    assert warning.startswith("DICOM Window Center 'abcd' is not a number: shown over")
+
+
 def test_rescale_is_applied_before_the_window(tmp_path):
     # stored r → 2r - 1000; the window [-100, 100] (rescaled units) is r in [450, 550]
     raw = np.array([[0, 449], [500, 551], [1000, 2000]], dtype=np.uint16)

@@ -319,15 +319,24 @@ def _lut_entries(data: bytes | int | Sequence[int] | None) -> int:
 
 
 def unusable_window(ds: Dataset) -> str | None:
-    """Why the header's window cannot be applied (a width the standard does not allow, which
-    pydicom refuses), so the image is shown over its own range, as a viewer would; None where
-    the window is usable, absent or not the one applied (a VOI LUT goes first)."""
+    """Why the header's window cannot be applied (a centre or width that is not a number, as a
+    broken modality writes text there, or a width the standard does not allow: pydicom fails on
+    both), so the image is shown over its own range, as a viewer would; None where the window is
+    usable, absent or not the one applied (a VOI LUT goes first)."""
     if ds.get("VOILUTSequence") or ds.get("WindowCenter") is None:
         return None
-    try:
-        width = float(_first(ds.get("WindowWidth")))
-    except (TypeError, ValueError):  # absent, or no number: the loader names the latter
+    if ds.get("WindowWidth") is None:  # a centre alone is no window: none is applied
         return None
+    for name, tag in (("Window Center", "WindowCenter"), ("Window Width", "WindowWidth")):
+        value = _first(ds.get(tag))
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            return (
+                f"DICOM {name} {str(value)!r} is not a number: shown over the image's own "
+                "range instead"
+            )
+    width = float(_first(ds.get("WindowWidth")))
     # LINEAR asks for a width of at least 1; LINEAR_EXACT and SIGMOID for more than 0
     linear = str(ds.get("VOILUTFunction", "LINEAR")).upper() in ("", "LINEAR")
     if width >= 1 if linear else width > 0:
