@@ -82,8 +82,10 @@ def test_a_link_whose_target_is_gone_is_named_not_skipped(run_dir, good, tmp_pat
     (folder / "gone.png").symlink_to(tmp_path / "moved away.png")
     (folder / "notes.txt").symlink_to(tmp_path / "nothing")  # not an image name: passed over
     (folder / "scan.dcm").symlink_to("/unmounted/pacs/scan.dcm")
+    (folder / "chain.png").symlink_to("gone.png")  # a link to that link: the end is named
     code, out, err = run_cli(capsys, "predict", run_dir, folder, "--json")
     assert code == 1 and [json.loads(line)["source"] for line in out.splitlines()] == [
+        str(folder / "chain.png"),
         str(folder / "gone.png"),  # its error line
         str(folder / "ok.png"),
         str(folder / "scan.dcm"),
@@ -91,6 +93,7 @@ def test_a_link_whose_target_is_gone_is_named_not_skipped(run_dir, good, tmp_pat
     errors = one_line(err).split("error:")[1:]  # notes.txt: only in the passed-over count
     # was "file not found", of a name that `ls` lists
     assert [e.strip() for e in errors] == [
+        f"{folder / 'chain.png'}: a link to {tmp_path / 'moved away.png'}, which does not exist",
         f"{folder / 'gone.png'}: a link to {tmp_path / 'moved away.png'}, which does not exist",
         f"{folder / 'scan.dcm'}: a link to /unmounted/pacs/scan.dcm, which does not exist",
     ]

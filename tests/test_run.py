@@ -110,7 +110,7 @@ def test_a_file_given_as_the_run_is_pointed_to_its_run_only_when_it_is_in_one(tm
         RunDir(image).read_meta()
     assert str(error.value) == (
         f"{image}: is a file, not a run folder (one holds meta.json and model.safetensors; "
-        "`pneumolab predict` takes the run first, then the images)"
+        "a command takes the run folder first, then its other inputs)"
     )
     run = RunDir(tmp_path / "run")
     run.root.mkdir()

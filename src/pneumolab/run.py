@@ -203,7 +203,7 @@ class RunDir:
         if self.root.is_file():  # an image, given where the run goes
             raise RunDirError(
                 f"{self.root}: is a file, not a run folder (one holds meta.json and "
-                "model.safetensors; `pneumolab predict` takes the run first, then the images)"
+                "model.safetensors; a command takes the run folder first, then its other inputs)"
             )
         if not self.root.is_dir():
             raise RunDirError(f"{self.root}: run directory not found")

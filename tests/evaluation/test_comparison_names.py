@@ -143,7 +143,9 @@ def test_a_confusion_figure_already_there_is_refused_not_replaced(tiny_run, tmp_
     figure = tmp_path / "cmp" / "confusion" / f"{run_dir.name}.png"
     figure.parent.mkdir(parents=True)
     figure.write_bytes(b"someone's figure")
-    assert main(["compare", str(run_dir), "--data", str(data), "--out", str(figure.parents[1])]) == 2
+    assert (
+        main(["compare", str(run_dir), "--data", str(data), "--out", str(figure.parents[1])]) == 2
+    )
     assert f"{figure}: already exists; pass --overwrite" in capsys.readouterr().err
     assert figure.read_bytes() == b"someone's figure"
     assert not (tmp_path / "cmp" / "results.md").exists()

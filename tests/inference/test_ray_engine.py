@@ -386,5 +386,21 @@ def test_a_node_that_does_not_answer_is_named_and_the_job_goes_on(
     monkeypatch.setattr(ray_nodes, "node_view", busy)
     monkeypatch.setattr(ray_nodes, "ANSWER_SECONDS", 0.5)
     ray_nodes.check_every_node_sees(local_ray, tmp_path / "r.csv.parts", tmp_path / "r.csv")
-    assert "did not say within 0.5 s whether they see it; scoring goes on" in caplog.text
+    assert "did not answer within 0.5 s); scoring goes on" in caplog.text
     assert list(tmp_path.iterdir()) == []
+
+
+@needs_ray
+def test_a_node_where_the_check_fails_is_named_as_such_not_as_late(
+    local_ray, tmp_path, monkeypatch, caplog
+):
+    """A task that failed on its node was reported as one that "did not say within 60 s"."""
+    from pneumolab.inference import ray_nodes
+
+    def broken(folder, probe):
+        raise OSError("stale file handle")
+
+    monkeypatch.setattr(ray_nodes, "node_view", broken)
+    ray_nodes.check_every_node_sees(local_ray, tmp_path / "r.csv.parts", tmp_path / "r.csv")
+    assert "could not run the check (RayTaskError" in caplog.text
+    assert "did not answer" not in caplog.text and "scoring goes on" in caplog.text

@@ -46,10 +46,16 @@ def test_tiny_run_has_a_model_card(tiny_run, tmp_path):
     assert "without confidence intervals" not in card
     # written before shares were bounded exactly: the card claimed the current method for it
     assert "by an earlier version's method" in card and "Clopper-Pearson" not in card
-    current = metrics | {"interval_method": INTERVAL_METHOD}
+    uncounted = metrics | {"interval_method": INTERVAL_METHOD}  # before resamples were counted
+    (run.eval_dir("val") / "metrics.json").write_text(json.dumps(uncounted))
+    card = write_model_card(run).read_text()
+    assert "written before the resamples behind them were counted" in card
+    counts = {"drawn": 1000, "max_dropped": 24, "used": {"roc_auc": 1000}}
+    current = uncounted | {"ci95_resamples": counts}
     (run.eval_dir("val") / "metrics.json").write_text(json.dumps(current))
     card = write_model_card(run).read_text()
     assert "Clopper-Pearson" in card and "earlier version" not in card
+    assert "were counted" not in card
 
 
 def evaluation_of(meta: RunMeta) -> dict[str, object]:
@@ -176,3 +182,7 @@ def test_evaluate_on_validation_rewrites_the_card_with_its_intervals(tiny_run, t
     assert "without confidence intervals" not in card.read_text()
     assert "From `eval/val/metrics.json`" in card.read_text()
     assert f"rewrote {card}" in capsys.readouterr().err
+    written = card.read_text()  # a TTA evaluation, at another threshold, leaves it as it is
+    evaluate = ["evaluate", str(run.root), "--data", str(tiny_run[1]), "--split", "val", "--tta"]
+    assert main(evaluate) == 0
+    assert card.read_text() == written and "rewrote" not in capsys.readouterr().err

@@ -74,12 +74,14 @@ def test_the_cli_table_and_the_report_say_so():
     console.print(metrics_table(few, "val"))
     shown = console.export_text()
     assert WITHHELD in shown and RULE in shown
-    html = _metrics_html(few)
+    html = _metrics_html(few, "val")
     assert WITHHELD in html and RULE in html
     whole = _evaluation(20, 20)  # no resample lacks a class: nothing to say
     console = Console(width=250, record=True)
     console.print(metrics_table(whole, "val"))
-    assert "resamples" not in console.export_text() and "resamples" not in _metrics_html(whole)
+    assert "resamples" not in console.export_text() and "resamples" not in _metrics_html(
+        whole, "val"
+    )
 
 
 def test_the_model_card_says_so(tiny_run, tmp_path):

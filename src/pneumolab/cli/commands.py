@@ -146,8 +146,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         subtypes_table,
     )
     from pneumolab.evaluation.evaluate import evaluate
-    from pneumolab.reporting.model_card import write_model_card
-    from pneumolab.reporting.report import CARD_SPLIT
+    from pneumolab.reporting.model_card import CARD_SPLIT, write_model_card
     from pneumolab.run import RunDir
 
     export_if_asked(args, [args.run_dir])
@@ -172,7 +171,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if metrics.subtypes is not None:
             stdout.print(subtypes_table(metrics.subtypes))
         console.print(f"written to {Path(args.run_dir) / 'eval' / args.split}")
-    if args.split == CARD_SPLIT:  # the card reads this evaluation (where it is at the threshold)
+    if args.split == CARD_SPLIT and not args.tta:  # a TTA evaluation's figures are at another
+        # threshold: the card would fall back on training's, dropping a report's intervals
         console.print(f"rewrote {write_model_card(RunDir(args.run_dir))}")
     return 0
 

@@ -231,8 +231,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """`pneumolab report`: the HTML report of a run on a split."""
-    from pneumolab.reporting.model_card import CARD_NAME
-    from pneumolab.reporting.report import CARD_SPLIT, build_report
+    from pneumolab.reporting.model_card import CARD_NAME, CARD_SPLIT
+    from pneumolab.reporting.report import build_report
 
     out = build_report(args.run_dir, args.data, args.split, args.out, overwrite=args.overwrite)
     card = f" and {args.run_dir / CARD_NAME}" if args.split == CARD_SPLIT else ""

@@ -279,7 +279,7 @@ def reading(path: Path, kind: str, max_pixels: int) -> Iterator[None]:
         raise
     except FileNotFoundError:
         if path.is_symlink():  # the name is there (`ls` lists it); what it points to is not
-            target = os.readlink(path)
+            target = os.path.realpath(path)  # the end of a chain of links, as an absolute path
             raise ImageLoadError(f"{path}: a link to {target}, which does not exist") from None
         raise ImageLoadError(f"{path}: file not found") from None
     except IsADirectoryError:

@@ -202,6 +202,16 @@ def resamples_text(used: int, drawn: int) -> str:
     return f"{used:,} of {drawn:,} resamples"
 
 
+def interval_cell(interval: str, used: int, drawn: int, withheld: bool) -> str:
+    """A table cell of an ``interval`` (as text) resting on ``used`` of ``drawn`` resamples: as
+    it is where all define it, else with their count, or ``none (... define it)`` where
+    ``withheld`` (too few define it for an interval)."""
+    if used == drawn:
+        return interval
+    rests_on = resamples_text(used, drawn)
+    return f"none ({rests_on} define it)" if withheld else f"{interval} ({rests_on})"
+
+
 def _partly_left_out(counts: ResampleCounts, metric: str) -> bool:
     """Whether some resamples, not all, were left out of ``metric``'s interval (one never defined,
     as an AUC on one class, has no figure to bound either)."""
@@ -215,9 +225,8 @@ def interval_text(metrics: EvaluationMetrics, metric: str) -> str:
     text = format_interval(interval)
     if counts is None or not _partly_left_out(counts, metric):
         return text
-    rests_on = resamples_text(counts.used[metric], counts.drawn)
     withheld = counts.dropped(metric) > counts.max_dropped
-    return f"none ({rests_on} define it)" if withheld else f"{text} ({rests_on})"
+    return interval_cell(text, counts.used[metric], counts.drawn, withheld)
 
 
 def left_out_note(metrics: EvaluationMetrics, shown: Sequence[str]) -> str:

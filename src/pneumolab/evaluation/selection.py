@@ -22,9 +22,9 @@ from pneumolab.choices import PAIRED_CRITERIA
 from pneumolab.data.patients import patient_of
 from pneumolab.evaluation.bootstrap import (
     PairedDifference,
+    interval_cell,
     left_out_rule,
     paired_auc_difference,
-    resamples_text,
 )
 from pneumolab.evaluation.writer import METRICS, PREDICTIONS, SHIFT_PREDICTIONS
 from pneumolab.run import RunDir, read_predictions, read_shift_predictions
@@ -93,10 +93,8 @@ class Margins:
 def _interval_cell(d: PairedDifference) -> str:
     """``[low, high]``, with the resamples it rests on where some had one class only; ``none``
     where too many had."""
-    if math.isnan(d.low):
-        return f"none ({resamples_text(d.used, d.drawn)} define it)"
     interval = f"[{d.low:+.4f}, {d.high:+.4f}]"
-    return interval if d.used == d.drawn else f"{interval} ({resamples_text(d.used, d.drawn)})"
+    return interval_cell(interval, d.used, d.drawn, withheld=math.isnan(d.low))
 
 
 class ImageScores(NamedTuple):

@@ -15,8 +15,8 @@ Shares are fractions of an image's total heat: of the sum of its unscaled map
 (:attr:`~pneumolab.explain.gradcam.GradCamMaps.raw`), not of the map ``explain`` shows, which
 grad-cam stretches per image from the map's minimum (the shares were once taken from that
 stretched map: its floor, subtracted first, moved them by an amount that varied from image to
-image). The outer band (border + corners) is 36% of the area, so heat spread evenly gives an edge share of 0.36; an image is flagged when its edge share
-exceeds :data:`EDGE_FLAG_LEVEL` (0.5: clearly more than its area), and the model is ``flagged``
+image). The outer band (border + corners) is 36% of the area, so heat spread evenly gives an
+edge share of 0.36; an image is flagged when its edge share exceeds :data:`EDGE_FLAG_LEVEL` (0.5: clearly more than its area), and the model is ``flagged``
 when at least :data:`FLAG_FRACTION` of the images with heat are. A map with no heat at all
 (Grad-CAM keeps only what raised the score: an image the model calls NORMAL often has none) is
 counted as ``empty_maps`` and left out of the figures: counted as 0 everywhere, such maps

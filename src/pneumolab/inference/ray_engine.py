@@ -5,8 +5,9 @@ same preprocessing as the single-process path) into a pool of model-replica acto
 loads the run once and scores batches with the chosen backend (PyTorch or ONNX Runtime).
 Finished blocks are written as Parquet part files into ``OUT.parts/`` as they come (every node
 of the cluster is first checked to see that folder: :mod:`~pneumolab.inference.ray_nodes`), so
-a killed job keeps what it finished; at the end the parts and the earlier rows are merged into ``OUT``
-(Parquet, CSV or JSON lines, one row per image, written atomically) and the parts removed.
+a killed job keeps what it finished; at the end the parts and the earlier rows are merged into
+``OUT`` (Parquet, CSV or JSON lines, one row per image, written atomically) and the parts
+removed.
 Re-running the same command skips the images already scored and retries the failed ones.
 
 Ray is optional: ``pip install 'pneumolab[distributed]'``.

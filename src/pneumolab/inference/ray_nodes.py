@@ -38,7 +38,8 @@ def check_every_node_sees(ray: Any, parts: Path, out: Path) -> None:
     not see ``parts``, the folder its workers write (a node's own disk: its rows would stay
     there, and the job fail after scoring everything). Each node is asked by a task of no CPU
     pinned to it (``NodeAffinitySchedulingStrategy``); a node that does not answer within
-    :data:`ANSWER_SECONDS`, or is gone, is named in a warning and the job goes on. Leaves
+    :data:`ANSWER_SECONDS`, or where the task fails, is named in a warning, with why, and the
+    job goes on. Leaves
     ``parts`` as it found it."""
     made = not parts.exists()
     probe = parts / f".probe-{uuid.uuid4().hex}"
@@ -48,21 +49,19 @@ def check_every_node_sees(ray: Any, parts: Path, out: Path) -> None:
     except OSError as exc:
         raise OutputError(f"--out {out}: cannot write its parts folder {parts}: {exc}") from None
     try:
-        answers = _ask_every_node(ray, str(parts), probe.name)
+        views, unanswered = _ask_every_node(ray, str(parts), probe.name)
     finally:
         probe.unlink(missing_ok=True)
         if made:
             with contextlib.suppress(OSError):
                 parts.rmdir()
-    silent = sorted(node for node, answer in answers.items() if answer is None)
-    if silent:
+    if unanswered:
         log.warning(
-            "%s: node(s) %s did not say within %g s whether they see it; scoring goes on",
+            "%s: not known whether node(s) see it (%s); scoring goes on",
             parts,
-            ", ".join(silent),
-            ANSWER_SECONDS,
+            "; ".join(f"{node} {why}" for node, why in sorted(unanswered.items())),
         )
-    blind = sorted(f"{node} {answer}" for node, answer in answers.items() if answer)
+    blind = sorted(f"{node} {view}" for node, view in views.items() if view)
     if blind:
         raise OutputError(
             f"--out {out}: its parts folder {parts}, which the workers write and the driver "
@@ -71,9 +70,10 @@ def check_every_node_sees(ray: Any, parts: Path, out: Path) -> None:
         )
 
 
-def _ask_every_node(ray: Any, folder: str, probe: str) -> dict[str, str | None]:
-    """Each alive node's :func:`node_view` of ``folder``, by its address and id; None where it
-    did not answer in time or could not run the task."""
+def _ask_every_node(ray: Any, folder: str, probe: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Each alive node's :func:`node_view` of ``folder``, by its address and id; and apart,
+    the nodes that gave none, with why: no answer within :data:`ANSWER_SECONDS`, or the task
+    failed there."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     task = ray.remote(num_cpus=0, max_retries=0)(node_view)
@@ -85,12 +85,15 @@ def _ask_every_node(ray: Any, folder: str, probe: str) -> dict[str, str | None]:
         if node.get("Alive")
     }
     if not asked:
-        return {}
+        return {}, {}
     ready, late = ray.wait(list(asked), num_returns=len(asked), timeout=ANSWER_SECONDS)
-    answers: dict[str, str | None] = dict.fromkeys(asked.values())
+    views: dict[str, str] = {}
+    unanswered = {asked[ref]: f"did not answer within {ANSWER_SECONDS:g} s" for ref in late}
     for ref in ready:
-        with contextlib.suppress(ray.exceptions.RayError):
-            answers[asked[ref]] = ray.get(ref)
+        try:
+            views[asked[ref]] = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            unanswered[asked[ref]] = f"could not run the check ({type(exc).__name__})"
     for ref in late:
         ray.cancel(ref)
-    return answers
+    return views, unanswered

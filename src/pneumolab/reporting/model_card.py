@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from pneumolab.choices import Split
 from pneumolab.config import load_yaml
 from pneumolab.data.classes import CLASS_NAMES
 from pneumolab.evaluation.bootstrap import INTERVAL_METHOD, interval_text, left_out_note
@@ -27,6 +28,8 @@ from pneumolab.run_meta import Compute, DistributedTraining, RunMeta
 from pneumolab.text import markdown_cell
 
 CARD_NAME = "MODEL_CARD.md"
+CARD_SPLIT: Split = "val"
+"""The split whose evaluation or report rewrites the model card: it states validation figures."""
 CARD_METRICS = ("roc_auc", "sensitivity", "specificity", "precision", "npv", "accuracy", "f1")
 LIMITATIONS = (
     "The validation split is carved from the dataset's `train/` folder; it is much easier than "
@@ -149,12 +152,7 @@ def _metrics_section(
     if evaluated is not None:
         note = f"From an evaluation on the validation split{_scored_by(evaluated)}; {CI_NOTE}"
     elif stored is not None:
-        note = f"From `eval/val/metrics.json`{_scored_by(stored)}; " + (
-            CI_NOTE
-            if stored.interval_method == INTERVAL_METHOD
-            else "its 95% CIs by an earlier version's method (percentile bootstrap alone: too "
-            "narrow near 0 or 1); `pneumolab evaluate RUN_DIR --data DATA_DIR` rescores them."
-        )
+        note = f"From `eval/val/metrics.json`{_scored_by(stored)}; " + _stored_intervals(stored)
     else:
         note = (
             "From training (meta.json), **without confidence intervals**: "
@@ -171,6 +169,22 @@ def _metrics_section(
     lines.append(f"| confusion [[tn, fp], [fn, tp]] | {metrics.confusion_matrix} | |")
     left_out = "" if scored is None else left_out_note(scored, CARD_METRICS)
     return [*lines, *(["", left_out] if left_out else [])]
+
+
+def _stored_intervals(stored: EvaluationMetrics) -> str:
+    """What a stored evaluation's intervals are: the current method's, or an earlier one's."""
+    rescore = "`pneumolab evaluate RUN_DIR --data DATA_DIR` rescores them."
+    if stored.interval_method != INTERVAL_METHOD:
+        return (
+            "its 95% CIs by an earlier version's method (percentile bootstrap alone: too narrow "
+            f"near 0 or 1); {rescore}"
+        )
+    if stored.ci95_resamples is None:
+        return (
+            "its 95% CIs written before the resamples behind them were counted (an interval may "
+            f"rest on fewer than drawn, unsaid); {rescore}"
+        )
+    return CI_NOTE
 
 
 def _shell_path(path: Path) -> str:

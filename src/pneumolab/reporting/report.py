@@ -34,7 +34,7 @@ from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.torch_scoring import default_device, predict_pixels
 from pneumolab.outputs import check_apart, check_output, check_suffix
 from pneumolab.reporting.html import figure_html
-from pneumolab.reporting.model_card import PLATT_OFF_DISTRIBUTION, write_model_card
+from pneumolab.reporting.model_card import CARD_SPLIT, PLATT_OFF_DISTRIBUTION, write_model_card
 from pneumolab.results import EvaluationMetrics, ScoredOperatingPoint, SubtypeMetrics
 from pneumolab.run import RunDir
 
@@ -307,10 +307,6 @@ def _calibration_html(figures: dict[str, bytes], split: Split, metrics: Evaluati
     if metrics.platt_refused is not None:
         notes.append(f"No Platt map: {metrics.platt_refused}.")
     return diagram + "".join(f"<p>{html.escape(note)}</p>" for note in notes)
-
-
-CARD_SPLIT: Split = "val"
-"""The split whose report rewrites the model card: the card states validation figures."""
 
 
 def build_report(
