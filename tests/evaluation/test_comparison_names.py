@@ -133,19 +133,3 @@ def test_one_run_path_given_alone_is_refused_not_read_letter_by_letter(tmp_path,
     with pytest.raises(TypeError, match="build_ensemble takes a list of run folders"):
         build_ensemble(one, tmp_path / "ens")
     assert not (tmp_path / "cmp").exists() and not (tmp_path / "ens").exists()
-
-
-def test_a_confusion_figure_already_there_is_refused_not_replaced(tiny_run, tmp_path, capsys):
-    """A folder with ``confusion/<name>.png`` but no table: compare replaced the figure."""
-    from pneumolab.cli import main
-
-    run_dir, data = tiny_run
-    figure = tmp_path / "cmp" / "confusion" / f"{run_dir.name}.png"
-    figure.parent.mkdir(parents=True)
-    figure.write_bytes(b"someone's figure")
-    assert (
-        main(["compare", str(run_dir), "--data", str(data), "--out", str(figure.parents[1])]) == 2
-    )
-    assert f"{figure}: already exists; pass --overwrite" in capsys.readouterr().err
-    assert figure.read_bytes() == b"someone's figure"
-    assert not (tmp_path / "cmp" / "results.md").exists()

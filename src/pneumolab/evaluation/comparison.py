@@ -299,18 +299,13 @@ def check_comparison(
     """What :func:`compare_runs` refuses before it scores anything (a table already in
     ``out_dir`` without ``overwrite``, a run given twice), for callers that prepare the runs
     first (an export); the runs' names in the table. A run directory as ``out_dir`` is
-    refused (its tables and confusion figures would sit among the run's files), and so is a
-    ``confusion/<name>.png`` already there without ``overwrite`` (a folder holding figures but
-    no table had them replaced)."""
+    refused (its tables and confusion figures would sit among the run's files)."""
     runs = run_list(run_dirs, "compare_runs")
-    out = Path(out_dir)
-    if RunDir(out).looks_like_run:
+    if RunDir(Path(out_dir)).looks_like_run:
         raise OutputError(f"{out_dir}: is a run directory; give the comparison a folder of its own")
-    names = _unique_names([run.root for run in runs])
-    figures = [out / "confusion" / f"{name}.png" for name in names]
-    for path in [*comparison_files(out).values(), out / MARGINS, *figures]:
+    for path in [*comparison_files(Path(out_dir)).values(), Path(out_dir) / MARGINS]:
         check_output(path, overwrite)
-    return names
+    return _unique_names([run.root for run in runs])
 
 
 def compare_runs(
