@@ -259,6 +259,10 @@ class ResampleCounts(Result):
         """The resamples left out of ``metric``'s interval (0 for a metric not counted)."""
         return self.drawn - self.used.get(metric, self.drawn)
 
+    def withheld(self, metric: str) -> bool:
+        """Whether ``metric`` has no interval: more than ``max_dropped`` resamples left out."""
+        return self.dropped(metric) > self.max_dropped
+
 
 class EvaluationMetrics(BinaryMetrics):
     """Everything an evaluation measured on one split (what ``metrics.json`` holds): the

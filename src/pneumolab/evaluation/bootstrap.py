@@ -225,8 +225,7 @@ def interval_text(metrics: EvaluationMetrics, metric: str) -> str:
     text = format_interval(interval)
     if counts is None or not _partly_left_out(counts, metric):
         return text
-    withheld = counts.dropped(metric) > counts.max_dropped
-    return interval_cell(text, counts.used[metric], counts.drawn, withheld)
+    return interval_cell(text, counts.used[metric], counts.drawn, counts.withheld(metric))
 
 
 def left_out_note(metrics: EvaluationMetrics, shown: Sequence[str]) -> str:

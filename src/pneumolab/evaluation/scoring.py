@@ -203,7 +203,7 @@ def _warn_withheld(counts: ResampleCounts, where: str) -> None:
     withheld = [
         f"{name} ({resamples_text(used, counts.drawn)})"
         for name, used in counts.used.items()
-        if used and counts.dropped(name) > counts.max_dropped
+        if used and counts.withheld(name)
     ]
     if withheld:
         log.warning(
