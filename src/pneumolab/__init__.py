@@ -18,11 +18,11 @@ if _TYPE_CHECKING:  # what type checkers see of the lazy names below
     from pneumolab.config import TrainConfig
     from pneumolab.evaluation.audit import audit_folder
     from pneumolab.evaluation.comparison import compare_runs
-    from pneumolab.evaluation.evaluate import evaluate
     from pneumolab.explain.gradcam import explain_image
     from pneumolab.inference.prediction import Prediction
     from pneumolab.inference.predictor import Predictor, load_run
     from pneumolab.pipeline.ensemble import build_ensemble
+    from pneumolab.pipeline.evaluate import evaluate
     from pneumolab.pipeline.ood_fit import fit_run_ood
     from pneumolab.pipeline.train import train
     from pneumolab.results import EvaluationMetrics
@@ -55,7 +55,7 @@ _LAZY = {
     "load_run": "pneumolab.inference.predictor",
     "TrainConfig": "pneumolab.config",
     "train": "pneumolab.pipeline.train",
-    "evaluate": "pneumolab.evaluation.evaluate",
+    "evaluate": "pneumolab.pipeline.evaluate",
     "build_ensemble": "pneumolab.pipeline.ensemble",
     "compare_runs": "pneumolab.evaluation.comparison",
     "run_study": "pneumolab.study.runner",

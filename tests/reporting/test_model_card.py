@@ -186,3 +186,21 @@ def test_evaluate_on_validation_rewrites_the_card_with_its_intervals(tiny_run, t
     evaluate = ["evaluate", str(run.root), "--data", str(tiny_run[1]), "--split", "val", "--tta"]
     assert main(evaluate) == 0
     assert card.read_text() == written and "rewrote" not in capsys.readouterr().err
+
+
+def test_the_python_evaluate_rewrites_the_card_as_the_command_does(tiny_run, tmp_path):
+    """``pneumolab.evaluate`` (the Python API) left the card with training's figures while
+    ``eval/val`` held the evaluation's: only the command line rewrote it."""
+    import pneumolab
+    from pneumolab.evaluation.bootstrap import interval_text
+
+    run = RunDir(copy_run(tiny_run[0], tmp_path / "run"))
+    card = run.root / "MODEL_CARD.md"
+    assert "without confidence intervals" in card.read_text()
+    metrics = pneumolab.evaluate(str(run.root), str(tiny_run[1]), split="val", device="cpu")
+    written = card.read_text()
+    assert "without confidence intervals" not in written
+    assert "From `eval/val/metrics.json`" in written
+    assert f"| accuracy | {metrics.accuracy:.4f} | {interval_text(metrics, 'accuracy')} |" in written
+    pneumolab.evaluate(run, tiny_run[1], split="val", device="cpu", tta=True)  # another threshold
+    assert card.read_text() == written

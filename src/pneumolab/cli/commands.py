@@ -145,9 +145,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         shift_table,
         subtypes_table,
     )
-    from pneumolab.evaluation.evaluate import evaluate
-    from pneumolab.reporting.model_card import CARD_SPLIT, write_model_card
-    from pneumolab.run import RunDir
+    from pneumolab.pipeline.evaluate import evaluate, refreshes_card
+    from pneumolab.reporting.model_card import CARD_NAME
 
     export_if_asked(args, [args.run_dir])
     metrics = evaluate(
@@ -171,9 +170,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if metrics.subtypes is not None:
             stdout.print(subtypes_table(metrics.subtypes))
         console.print(f"written to {Path(args.run_dir) / 'eval' / args.split}")
-    if args.split == CARD_SPLIT and not args.tta:  # a TTA evaluation's figures are at another
-        # threshold: the card would fall back on training's, dropping a report's intervals
-        console.print(f"rewrote {write_model_card(RunDir(args.run_dir))}")
+    if refreshes_card(args.split, args.tta):
+        console.print(f"rewrote {Path(args.run_dir) / CARD_NAME}")
     return 0
 
 

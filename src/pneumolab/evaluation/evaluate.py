@@ -43,7 +43,8 @@ def evaluate(
     and writes its per-image scores (``shift_predictions.csv``). ``backend``: see
     :meth:`Predictor.from_run <pneumolab.inference.predictor.Predictor.from_run>` (``onnx``
     evaluates the exported model, the file a deployment serves); ``metrics.backend`` says
-    which scored.
+    which scored. The run's model card is left as it is: :func:`pneumolab.evaluate` (what
+    ``pneumolab evaluate`` calls) also rewrites it with a validation evaluation's intervals.
     """
     predictor = Predictor.from_run(
         run_dir, device=device or default_device(), backend=backend, tta=tta
