@@ -31,6 +31,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ from pneumolab.data.layout import Sample
 from pneumolab.errors import DataLayoutError, RunDirError, validation_problems
 from pneumolab.files import sha256_of, write_text_atomically
 from pneumolab.run_meta import RunMeta, migrate
+
+log = logging.getLogger(__name__)
 
 OWN_FILES = frozenset(
     {
@@ -61,6 +64,27 @@ OWN_FILES = frozenset(
 )
 """Files of a run directory that no output flag may write over (``model.onnx`` and ``eval/``
 are outputs: replaced only when asked)."""
+
+
+_TOLD_PLATT_IGNORED: set[Path] = set()
+"""Runs (resolved folders) already told of their ignored Platt map in this process."""
+
+
+def _tell_stored_platt_ignored(root: Path, reason: str) -> None:
+    """Warn, once per run folder and process, that the Platt map ``root``'s meta.json stores
+    (written before 2026-12-07, when such maps were not yet refused) does not increase with the
+    score, so is ignored (:attr:`~pneumolab.results.DecisionRule.platt_refused`)."""
+    key = Path(os.path.realpath(root))
+    if key in _TOLD_PLATT_IGNORED:
+        return
+    _TOLD_PLATT_IGNORED.add(key)
+    log.warning(
+        "%s: the Platt calibration map its meta.json stores (written before 2026-12-07, when "
+        "such maps were still kept) is ignored: %s. Its predictions are the network's raw "
+        "probabilities, as they always were; evaluations show no Platt-calibrated figures",
+        root,
+        reason,
+    )
 
 
 @dataclass(frozen=True)
@@ -217,7 +241,8 @@ class RunDir:
             data = json.loads(self.meta.read_text())
             if not isinstance(data, dict):
                 raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-            meta = RunMeta.model_validate(migrate(data, str(self.meta)))
+            data = migrate(data, str(self.meta))
+            meta = RunMeta.model_validate(data)
         except ValidationError as exc:  # before ValueError, its base class
             raise RunDirError(
                 f"{self.meta}: not a valid run metadata file "
@@ -227,6 +252,8 @@ class RunDir:
             raise RunDirError(f"{self.meta}: not a valid run metadata file ({exc})") from None
         if not meta.is_ensemble and not self.weights.is_file():
             raise unfinished
+        if data.get("platt") is not None and meta.platt_refused is not None:
+            _tell_stored_platt_ignored(self.root, meta.platt_refused)
         return meta
 
     def write_meta(self, meta: RunMeta) -> None:
