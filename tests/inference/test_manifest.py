@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -94,3 +95,53 @@ def test_a_folder_given_as_the_manifest_is_called_a_folder(tmp_path):
         read_manifest(tmp_path)
     with pytest.raises(ConfigError, match=r"gone\.csv: manifest file not found"):
         read_manifest(tmp_path / "gone.csv")
+
+
+def missing_told(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "images it lists" in r.getMessage()]
+
+
+def test_listed_images_that_do_not_exist_are_named_by_manifest_line(tmp_path, caplog):
+    """A missing image's error named the image, not where a long manifest lists it."""
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "here.png").write_bytes(b"")
+    manifest = tmp_path / "lists" / "m.csv"
+    gone = tmp_path / "elsewhere" / "gone.png"
+    manifest.write_text(f"id,path\n1,here.png\n2,scans/x.png\n\n,\n3, {gone} \n")
+    with caplog.at_level(logging.WARNING, logger="pneumolab"):
+        paths = read_manifest(manifest)
+    assert paths == [manifest.parent / "here.png", manifest.parent / "scans" / "x.png", gone]
+    assert missing_told(caplog) == [
+        f"{manifest}: 2 of the 3 images it lists not found (each is answered with an error, the "
+        f"others still run): {manifest}:3: {manifest.parent / 'scans' / 'x.png'}, "
+        f"{manifest}:6: {gone}"  # line 4 empty, line 5 blank cells: as an editor counts them
+    ]
+    caplog.clear()
+    manifest.write_text("path\n" + "".join(f"{i}.png\n" for i in range(7)))
+    with caplog.at_level(logging.WARNING, logger="pneumolab"):
+        read_manifest(manifest)
+    assert missing_told(caplog) == [
+        f"{manifest}: none of the 7 images it lists found (relative paths are read from the "
+        f"manifest's folder, {manifest.parent}): "
+        + ", ".join(f"{manifest}:{i + 2}: {manifest.parent / f'{i}.png'}" for i in range(5))
+        + " and 2 more"
+    ]
+    caplog.clear()
+    manifest.write_text("path\nhere.png\n")
+    with caplog.at_level(logging.WARNING, logger="pneumolab"):
+        read_manifest(manifest)
+    assert missing_told(caplog) == []
+
+
+def test_a_parquet_manifest_names_a_missing_image_by_row(tmp_path, caplog):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    (tmp_path / "a.png").write_bytes(b"")
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"path": ["a.png", "b.png"]}), manifest)
+    with caplog.at_level(logging.WARNING, logger="pneumolab"):
+        read_manifest(manifest)
+    assert missing_told(caplog) == [
+        f"{manifest}: 1 of the 2 images it lists not found (each is answered with an error, the "
+        f"others still run): {manifest} row 2: {tmp_path / 'b.png'}"
+    ]
