@@ -201,6 +201,7 @@ def test_the_python_evaluate_rewrites_the_card_as_the_command_does(tiny_run, tmp
     written = card.read_text()
     assert "without confidence intervals" not in written
     assert "From `eval/val/metrics.json`" in written
-    assert f"| accuracy | {metrics.accuracy:.4f} | {interval_text(metrics, 'accuracy')} |" in written
+    row = f"| accuracy | {metrics.accuracy:.4f} | {interval_text(metrics, 'accuracy')} |"
+    assert row in written
     pneumolab.evaluate(run, tiny_run[1], split="val", device="cpu", tta=True)  # another threshold
     assert card.read_text() == written
