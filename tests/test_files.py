@@ -187,6 +187,22 @@ def test_a_set_goes_into_a_linked_folder_through_the_link(tmp_path):
     ]  # fmt: skip
 
 
+def test_a_set_moves_its_sub_folders_files_in_and_removes_the_owned_ones_it_lacks(tmp_path):
+    """A comparison's confusion figures (``confusion/<name>.png``) are part of its set."""
+    folder = tmp_path / "cmp"
+    owned = {"results.md", "confusion/a.png", "confusion/b.png", "confusion/c.png"}
+    for figures in (["a", "b"], ["c"]):
+        with staged_files(folder, owned, last="results.md") as staging:
+            (staging / "confusion").mkdir()
+            for name in figures:
+                (staging / "confusion" / f"{name}.png").write_text(name)
+            (staging / "results.md").write_text(" ".join(figures))
+    assert {p.relative_to(folder).as_posix() for p in folder.rglob("*")} == {
+        "confusion", "confusion/c.png", "results.md",
+    }  # fmt: skip
+    assert (folder / "results.md").read_text() == "c"
+
+
 def test_a_set_that_fails_leaves_the_earlier_one_whole(tmp_path):
     folder = tmp_path / "val"
     _write_set(folder, {"scores.csv": "1", "roc.png": "1", "metrics.json": "1"})

@@ -178,9 +178,10 @@ def folder_for(folder: Path) -> Iterator[None]:
 def staged_files(folder: str | Path, owned: Collection[str], last: str) -> Iterator[Path]:
     """Write a set of files into ``folder`` as one: yield an empty staging folder inside it (a
     hidden one: on the folder's own file system, writable where the folder is) to write them
-    in; on success ``folder``'s ``last`` file is removed, the staged files are moved
-    in with ``last`` at the end (a folder without ``last`` holds an unfinished set), and the
-    files of ``owned`` that were not staged are removed (an earlier run's leftovers). On failure
+    in, sub-folders included; on success ``folder``'s ``last`` file is removed, the staged files
+    are moved in with ``last`` at the end (a folder without ``last`` holds an unfinished set),
+    and the files of ``owned`` that were not staged are removed (an earlier run's leftovers).
+    ``owned`` names files by their path in ``folder`` (``confusion/a.png``). On failure
     ``folder`` is untouched (one made here is removed again). Files in ``folder`` outside
     ``owned`` are kept."""
     folder = Path(folder)
@@ -196,7 +197,9 @@ def staged_files(folder: str | Path, owned: Collection[str], last: str) -> Itera
 
 def _move_in(staging: Path, folder: Path, owned: Collection[str], last: str) -> None:
     """:func:`staged_files`' commit: the staged files moved into ``folder``, ``last`` last."""
-    staged = {entry.name for entry in staging.iterdir()}
+    staged = {
+        entry.relative_to(staging).as_posix() for entry in staging.rglob("*") if entry.is_file()
+    }
     if last not in staged or not staged <= set(owned):
         raise ValueError(f"staged {sorted(staged)}: must hold {last} and only {sorted(owned)}")
     for name in staged:  # on disk before any is moved in
@@ -204,6 +207,7 @@ def _move_in(staging: Path, folder: Path, owned: Collection[str], last: str) -> 
             os.fsync(f.fileno())
     (folder / last).unlink(missing_ok=True)
     for name in sorted(staged - {last}):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging / name, folder / name)
     for name in set(owned) - staged:
         (folder / name).unlink(missing_ok=True)

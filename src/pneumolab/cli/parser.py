@@ -139,7 +139,7 @@ def _add_compare(commands: Subcommands) -> None:
     compare.add_argument("--split", choices=SPLITS, default="val")
     compare.add_argument("--out", type=Path, required=True, help="folder for table and figures")
     compare.add_argument(
-        "--overwrite", action="store_true", help="replace the table and figures already in --out"
+        "--overwrite", action="store_true", help="replace an earlier comparison in --out"
     )
     compare.add_argument(
         "--robustness", action="store_true", help="add worst-case figures under perturbations"

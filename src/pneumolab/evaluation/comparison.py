@@ -191,6 +191,8 @@ SPLITS_DIFFER = (
 )
 MARGINS = "margins.md"
 """The paired margins of a comparison, beside its table."""
+FIGURES = "confusion"
+"""The folder of a comparison's confusion matrices, ``<name>.png`` per model."""
 
 
 def comparison_files(out_dir: Path) -> dict[str, Path]:
@@ -202,6 +204,14 @@ def comparison_files(out_dir: Path) -> dict[str, Path]:
     }
 
 
+def _earlier_files(out_dir: Path) -> list[Path]:
+    """The files of an earlier comparison in ``out_dir`` (results.*, margins.md,
+    ``confusion/*.png``), links to nowhere included."""
+    tables = [*comparison_files(out_dir).values(), out_dir / MARGINS]
+    figures = [path for path in sorted((out_dir / FIGURES).glob("*.png")) if not path.is_dir()]
+    return [path for path in tables if path.exists() or path.is_symlink()] + figures
+
+
 def write_comparison(
     rows: Sequence[ComparisonRow],
     out_dir: str | Path,
@@ -211,28 +221,25 @@ def write_comparison(
     remove_stale: bool = True,
     caveat: str = "",
 ) -> dict[str, Path]:
-    """Write ``confusion/<name>.png`` (with ``remove_stale``, removing the figures of models an
-    earlier table there had and this one has not; else they are left, named in a warning),
-    then ``results.csv``, ``results.png``, the ``extra`` text files (name -> text) and
-    ``results.md`` as one set (:func:`~pneumolab.files.staged_files`: a stop while
-    writing leaves the earlier set, or none, never a part that blocks the rerun); ``notes``
-    (name -> reason) lists models that could not be run; a ``caveat`` heads the table."""
+    """Write ``confusion/<name>.png``, ``results.csv``, ``results.png``, the ``extra`` text
+    files (name -> text) and ``results.md`` as one set (:func:`~pneumolab.files.staged_files`):
+    all are drawn before any is moved in, and then replace the earlier comparison there; a
+    stop while drawing leaves the earlier set, or none, untouched. With ``remove_stale`` the
+    other figures in ``confusion/`` (models an earlier table had and this one has not) are
+    removed with it; else they are kept, named in a warning. ``notes`` (name -> reason) lists
+    models that could not be run; a ``caveat`` heads the table."""
     out, extra = Path(out_dir), extra or {}
-    (out / "confusion").mkdir(parents=True, exist_ok=True)
-    figures = {out / "confusion" / f"{r.name}.png": r for r in rows}
-    for path, r in figures.items():
-        save_figure(confusion_matrix_figure(r.confusion_matrix, f"{r.name} — {split}"), path)
-    for stale in sorted(set((out / "confusion").glob("*.png")) - set(figures)):
-        if remove_stale:
-            stale.unlink()
-            log.info("removed %s: its model is not in the new table", stale)
-        else:
-            log.warning(
-                "%s: not a model of this table, left as it is (--overwrite removes it)", stale
-            )
     paths = comparison_files(out)
-    owned = {path.name for path in paths.values()} | set(extra)
+    figures = {f"{FIGURES}/{r.name}.png": r for r in rows}
+    earlier = {path.relative_to(out).as_posix() for path in _earlier_files(out)}
+    stale = sorted(name for name in earlier - set(figures) if name.startswith(f"{FIGURES}/"))
+    owned = {path.name for path in paths.values()} | set(extra) | set(figures)
+    owned |= set(stale) if remove_stale else set()
     with staged_files(out, owned, last=paths["markdown"].name) as staging:
+        (staging / FIGURES).mkdir()
+        for name, r in figures.items():
+            figure = confusion_matrix_figure(r.confusion_matrix, f"{r.name} — {split}")
+            save_figure(figure, staging / name)
         with (staging / paths["csv"].name).open("w", encoding="utf-8", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=[*ComparisonRow.__dataclass_fields__, "status"])
             writer.writeheader()
@@ -250,6 +257,13 @@ def write_comparison(
             (staging / name).write_text(text, encoding="utf-8")
         markdown = _markdown(rows, split, notes or {}, caveat)
         (staging / paths["markdown"].name).write_text(markdown, encoding="utf-8")
+    for name in stale:
+        if remove_stale:
+            log.info("removed %s: its model is not in the new table", out / name)
+        else:
+            log.warning(
+                "%s: not a model of this table, left as it is (--overwrite removes it)", out / name
+            )
     return paths | {Path(name).stem: out / name for name in extra}
 
 
@@ -296,16 +310,39 @@ def _numbered_apart(names: list[str]) -> list[str]:
 def check_comparison(
     run_dirs: Sequence[str | Path], out_dir: str | Path, overwrite: bool = False
 ) -> list[str]:
-    """What :func:`compare_runs` refuses before it scores anything (a table already in
-    ``out_dir`` without ``overwrite``, a run given twice), for callers that prepare the runs
-    first (an export); the runs' names in the table. A run directory as ``out_dir`` is
-    refused (its tables and confusion figures would sit among the run's files)."""
-    runs = run_list(run_dirs, "compare_runs")
-    if RunDir(Path(out_dir)).looks_like_run:
+    """What :func:`compare_runs` refuses before it scores anything (without ``overwrite``, an
+    earlier comparison's table, chart or margins in ``out_dir``, or a confusion figure of this
+    one's name; a run given twice), for callers that prepare the runs first (an export); the
+    runs' names in the table. A run directory as ``out_dir`` is refused (its tables and
+    confusion figures would sit among the run's files)."""
+    out = Path(out_dir)
+    names = _unique_names([run.root for run in run_list(run_dirs, "compare_runs")])
+    if RunDir(out).looks_like_run:
         raise OutputError(f"{out_dir}: is a run directory; give the comparison a folder of its own")
-    for path in [*comparison_files(Path(out_dir)).values(), Path(out_dir) / MARGINS]:
-        check_output(path, overwrite)
-    return _unique_names([run.root for run in runs])
+    figures = [out / FIGURES / f"{name}.png" for name in names]
+    earlier = [p for p in _earlier_files(out) if p.parent != out / FIGURES or p in figures]
+    if earlier and not overwrite:
+        raise OutputError(_earlier_refused(out, earlier))
+    for path in [*comparison_files(out).values(), out / MARGINS, *figures]:
+        check_output(path, overwrite=True)  # a folder in its place, a run's file, no permission
+    return names
+
+
+def _earlier_refused(out: Path, earlier: Sequence[Path]) -> str:
+    """Why ``out``, holding ``earlier`` (:func:`_earlier_files`), is refused without
+    --overwrite: a finished comparison (it has results.md), or files of its names."""
+    shown = ", ".join(path.relative_to(out).as_posix() for path in earlier[:3])
+    more = f" and {len(earlier) - 3} more" if len(earlier) > 3 else ""
+    what = (
+        f"an earlier comparison ({shown}{more})"
+        if comparison_files(out)["markdown"] in earlier
+        else f"files this comparison would write, without a results.md (a comparison that "
+        f"did not finish, or someone's own files: {shown}{more})"
+    )
+    return (
+        f"{out}: holds {what}; pass --overwrite to replace them as one set (the tables, "
+        f"{MARGINS} and every figure in {FIGURES}/), or give --out another folder"
+    )
 
 
 def compare_runs(
@@ -320,8 +357,10 @@ def compare_runs(
 ) -> tuple[list[ComparisonRow], dict[str, Path]]:
     """Evaluate every run on ``split`` and write the comparison into ``out_dir`` (with
     ``margins.md``: the paired AUC margin of each criterion's leader over the others, clean and,
-    with ``shift``, compound); a table or chart already there is refused unless ``overwrite``,
-    and ``out_dir`` is locked while the comparison runs (another compare into it is refused).
+    with ``shift``, compound); an earlier comparison there (:func:`check_comparison`) is
+    refused unless ``overwrite``, and then replaced whole once the new one is drawn (other
+    files in ``out_dir`` are kept); ``out_dir`` is locked while the comparison runs (another
+    compare into it is refused).
     ``backend``: see :func:`compare_run`."""
     run_dirs = [run.root for run in run_list(run_dirs, "compare_runs")]  # before out_dir is made
     with working_in(Path(out_dir), "comparing"):  # two compares mixed their files
