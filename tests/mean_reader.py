@@ -9,6 +9,7 @@ of ``features`` is the (window-averaged) image itself, times that number.
 from __future__ import annotations
 
 import torch
+from timm.models import register_model
 from torch import nn
 
 from pneumolab.models.classifier import XrayClassifier
@@ -48,3 +49,16 @@ def mean_reader(kernel: int = 1) -> XrayClassifier:
     """The classifier of :class:`MeanReaderBackbone`, its input taken as it is (mean 0, std 1):
     a ``kernel``-px window per feature-map cell (an S px image with ``kernel = S``: a 1x1 map)."""
     return XrayClassifier(MeanReaderBackbone(kernel), mean=(0.0,) * 3, std=(1.0,) * 3).eval()
+
+
+@register_model
+def pneumolab_test_mean_reader(pretrained: bool = False, **_: object) -> MeanReaderBackbone:
+    """The mean reader as a timm architecture, for runs made by hand (ImageNet's mean and std
+    normalise its input there: an image darker than about 115 reads as NORMAL)."""
+    return MeanReaderBackbone(kernel=1)
+
+
+@register_model
+def pneumolab_test_one_cell(pretrained: bool = False, **_: object) -> MeanReaderBackbone:
+    """The mean reader of 32 x 32 windows: at 32 px every feature map it has is 1x1."""
+    return MeanReaderBackbone(kernel=32)

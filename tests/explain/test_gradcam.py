@@ -361,6 +361,29 @@ def test_the_raw_map_is_unscaled_and_the_shown_one_stretched_per_image():
     )
 
 
+def test_an_evenly_spread_map_is_captioned_as_such_not_as_empty():
+    """A flat image gives the mean reader the same evidence everywhere: the raw map is one
+    positive number, which the stretch takes to 0, and the caption said "heat map empty: no
+    region raised the evidence"."""
+    predictor = Predictor(mean_reader(), fixed_threshold_meta("pneumolab_cnn_small", 32, 0.5))
+    flat = np.full((32, 32), 100, np.uint8)
+    explained = explain_image(predictor, None, flat)
+    raw = gradcam_maps(mean_reader(), torch.from_numpy(flat)[None, None], "none").raw
+    assert explained.towards == "PNEUMONIA" and raw.min() > 0
+    assert not explained.heat.any()  # nothing to draw...
+    assert explained.caption == (  # ...but not empty
+        "heat spread evenly: every region raised the evidence for PNEUMONIA alike, so none "
+        "stands out"
+    )
+    normal = gradcam_maps(mean_reader(), torch.from_numpy(flat)[None, None], "none", None, "NORMAL")
+    assert not normal.raw.any()  # every pixel lowers the evidence for NORMAL
+    assert normal.blank("NORMAL") == "heat map empty: no region raised the evidence for NORMAL"
+    flat[10:20, 10:20] = 200
+    assert explain_image(predictor, None, flat).caption == (
+        "heat: regions that raised the evidence for PNEUMONIA"
+    )
+
+
 def test_a_layer_with_a_1x1_map_is_refused_not_shown_empty(tmp_path, capsys):
     """A 1x1 map is one value per image: stretched per image it was all zero, and every image
     was captioned "heat map empty: no region raised the evidence"."""

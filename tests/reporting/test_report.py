@@ -138,11 +138,11 @@ def test_a_saliency_check_of_no_map_says_so(tiny_run):
     import torch
 
     from pneumolab.inference.predictor import Predictor
-    from pneumolab.reporting.report import _saliency_html
+    from pneumolab.reporting.report import _heat_layer, _saliency_html
 
     predictor = Predictor.from_run(tiny_run[0])
     pixels = torch.zeros((3, 1, predictor.image_size, predictor.image_size), dtype=torch.uint8)
-    text = _saliency_html(predictor, pixels, np.zeros(3))
+    text = _saliency_html(predictor, _heat_layer(predictor), pixels, np.zeros(3))
     assert text == "<p>Not computed: no image of the split was called pneumonia.</p>"
 
 
@@ -187,3 +187,65 @@ def test_an_ensembles_border_occlusion_says_why_it_is_not_computed():
     pixels = torch.zeros((2, 1, 40, 40), dtype=torch.uint8)
     text = _occlusion_html(predictor, pixels, np.array([0, 1]))
     assert text == "<p>Not computed for an ensemble: run the report on each member run.</p>"
+
+
+def _hand_made_run(root: Path, model: str, shades: dict[str, int]) -> tuple[Path, Path]:
+    """A run of the registered timm ``model`` (tests/mean_reader.py) at 32 px, threshold 0.5,
+    and a data folder whose test split holds four flat images of each class's shade."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    import mean_reader  # noqa: F401  (registers the models)
+    from conftest import fixed_threshold_meta
+    from pneumolab.models.registry import create_classifier
+
+    for name, shade in shades.items():
+        folder = root / "data" / "test" / name
+        folder.mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((40, 40), shade, np.uint8)).save(folder / f"{name}-{i}.png")
+    torch.manual_seed(0)
+    run = RunDir(root / "run")
+    run.root.mkdir()
+    state = create_classifier(model).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, run.weights)
+    run.write_meta(fixed_threshold_meta(model, 32, 0.5))
+    return run.root, root / "data"
+
+
+def _report_of(run_dir: Path, data: Path, capsys) -> str:
+    out = run_dir.parent / "report.html"
+    command = ["report", str(run_dir), "--data", str(data), "--split", "test", "--out", str(out)]
+    code = main(command)
+    err = capsys.readouterr().err
+    assert code == 0 and "Traceback" not in err, err
+    return out.read_text()
+
+
+def test_a_network_with_no_map_larger_than_1x1_still_gets_its_report(tmp_path, capsys):
+    """find_target_layer's refusal (every map 1x1: nothing to locate) stopped the whole report,
+    exit 2, nothing written."""
+    shades = {"NORMAL": 200, "PNEUMONIA": 200}  # all called pneumonia: 4 false positives
+    run_dir, data = _hand_made_run(tmp_path, "pneumolab_test_one_cell", shades)
+    page = " ".join(_report_of(run_dir, data, capsys).split())
+    why = (
+        "this network has no feature map that Grad-CAM can show: layer &#x27;backbone.features"
+        "&#x27;: its feature map is 1x1 at 32 px"
+    )
+    assert f"no heat maps: {why}" in page  # the error gallery, its X-rays without maps
+    assert page.count('<figure class="thumb">') == 4 + 2 * 3  # 4 false positives, 3 samples each
+    saliency = page.split('<h2 id="saliency">Saliency sanity check</h2>')[1]
+    assert saliency.startswith(f"<p>Not computed: {why}")
+
+
+def test_an_evenly_spread_map_is_not_captioned_empty(tmp_path, capsys):
+    """The mean reader's map of a flat image is one positive number everywhere: stretched per
+    image it is all zero, and the gallery captioned it "(empty heat map)"."""
+    shades = {"NORMAL": 200, "PNEUMONIA": 60}  # every image called the other class
+    run_dir, data = _hand_made_run(tmp_path, "pneumolab_test_mean_reader", shades)
+    page = _report_of(run_dir, data, capsys)
+    assert "empty heat map" not in page and "heat map empty" not in page
+    for towards in ("NORMAL", "PNEUMONIA"):  # false negatives, false positives
+        spread = f"heat spread evenly: every region raised the evidence for {towards} alike"
+        assert page.count(spread) == 2 * 4  # each of 4 maps: caption and alt text

@@ -174,7 +174,21 @@ class GradCamMaps:
     stretched: np.ndarray
     """``raw`` stretched per image to [0, 1] (its minimum to 0, its maximum to 1), as grad-cam
     scales it: for display only, since the minimum subtracted and the scale differ from image
-    to image (a map spread evenly shows as empty)."""
+    to image (a map spread evenly, its minimum its maximum, is all zero here: see
+    :meth:`blank`)."""
+
+    def blank(self, towards: ExplainedClass) -> str:
+        """Why the map shown is blank, in words, or "" where it shows regions: ``raw`` all zero
+        (no region raised the evidence for ``towards``), or the same everywhere (every region
+        raised it alike, which the stretch takes to 0: an even map is not an empty one)."""
+        if not self.raw.any():
+            return f"heat map empty: no region raised the evidence for {towards}"
+        if not self.stretched.any():
+            return (
+                f"heat spread evenly: every region raised the evidence for {towards} alike, so "
+                "none stands out"
+            )
+        return ""
 
 
 def gradcam_maps(
@@ -250,7 +264,8 @@ def gradcam(
     towards: ExplainedClass = "PNEUMONIA",
 ) -> np.ndarray:
     """The map :func:`gradcam_maps` shows: ``(S, S)`` in [0, 1], stretched per image, all
-    zero where no region raised the evidence for ``towards``."""
+    zero where no region raised the evidence for ``towards`` or every region raised it alike
+    (:meth:`GradCamMaps.blank` tells which)."""
     return gradcam_maps(model, pixels, intensity, layer, towards).stretched
 
 
@@ -275,22 +290,26 @@ def called(prediction: Prediction) -> ExplainedClass:
 
 @dataclass(frozen=True)
 class Explanation:
-    """An image's prediction and the Grad-CAM map of the class it was called."""
+    """An image's prediction and the Grad-CAM maps of the class it was called."""
 
     prediction: Prediction
-    heat: np.ndarray
-    """``(S, S)`` in [0, 1], stretched per image (:attr:`GradCamMaps.stretched`): not comparable
-    across images; all zero where no region raised the evidence."""
+    maps: GradCamMaps
     towards: ExplainedClass
+
+    @property
+    def heat(self) -> np.ndarray:
+        """The map shown, ``(S, S)`` in [0, 1], stretched per image (:attr:`GradCamMaps.stretched`):
+        not comparable across images; all zero where it is blank (:attr:`caption` says why)."""
+        return self.maps.stretched
 
     @property
     def caption(self) -> str:
         """What the map shows, in words."""
         if not math.isfinite(self.prediction.probability):
             return "no heat map: the model's output is not a number (no class was called)"
-        if not self.heat.any():
-            return f"heat map empty: no region raised the evidence for {self.towards}"
-        return f"heat: regions that raised the evidence for {self.towards}"
+        return self.maps.blank(self.towards) or (
+            f"heat: regions that raised the evidence for {self.towards}"
+        )
 
 
 def overlay(gray: np.ndarray, heat: np.ndarray) -> np.ndarray:
@@ -376,9 +395,11 @@ def explain_image(
     result, pixels = predictor.predict_with_pixels(image, header_checks, scope_verdict)
     towards = called(result)
     if not math.isfinite(result.probability):  # its gradients are not numbers either: no map
-        return Explanation(result, np.zeros(pixels.shape[-2:], np.float32), towards)
-    heat = gradcam(model, torch.from_numpy(pixels)[None], predictor.intensity, layer, towards)
-    return Explanation(result, heat, towards)
+        none = np.zeros(pixels.shape[-2:], np.float32)
+        return Explanation(result, GradCamMaps(none, none), towards)
+    tensor = torch.from_numpy(pixels)[None]
+    maps = gradcam_maps(model, tensor, predictor.intensity, layer, towards)
+    return Explanation(result, maps, towards)
 
 
 def explain_paths(

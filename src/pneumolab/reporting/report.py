@@ -16,17 +16,19 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.metrics import PrecisionRecallDisplay
+from torch import nn
 
 import pneumolab
 from pneumolab.choices import Split
 from pneumolab.data.classes import CLASS_NAMES
 from pneumolab.data.imageio import load_image
+from pneumolab.errors import ModelError
 from pneumolab.evaluation.bootstrap import interval_text, left_out_note
 from pneumolab.evaluation.figures import confusion_matrix_figure, figure_png
 from pneumolab.evaluation.metrics import SCALAR_METRICS, called_positive, format_metric
 from pneumolab.evaluation.scoring import compute_evaluation
 from pneumolab.evaluation.writer import FIGURES, evaluation_figures, record_look
-from pneumolab.explain.gradcam import ExplainedClass, find_target_layer, gradcam, overlay_png
+from pneumolab.explain.gradcam import ExplainedClass, find_target_layer, gradcam_maps, overlay_png
 from pneumolab.explain.occlusion import AUC_LOSS_FLAG, border_occlusion
 from pneumolab.explain.sanity import saliency_sanity
 from pneumolab.files import atomic_write
@@ -143,7 +145,23 @@ def _scores_html(
     return figure_html(figure_png(fig, dpi=110), "scores per class; dashed: operating points")
 
 
-def _errors_html(predictor: Predictor, rows: list[dict[str, Any]], limit: int) -> str:
+def _heat_layer(predictor: Predictor) -> tuple[nn.Module | None, str]:
+    """The layer the report's Grad-CAM maps explain (:func:`find_target_layer`), or None and
+    why this single network has none, in words ("" for an ensemble: no single network)."""
+    if predictor.model is None:
+        return None, ""
+    try:
+        return find_target_layer(predictor.model, predictor.image_size), ""
+    except ModelError as exc:  # a report without maps, not no report
+        return None, f"this network has no feature map that Grad-CAM can show: {exc}"
+
+
+def _errors_html(
+    predictor: Predictor,
+    heat_layer: tuple[nn.Module | None, str],
+    rows: list[dict[str, Any]],
+    limit: int,
+) -> str:
     threshold = predictor.threshold
     fn = sorted(
         (r for r in rows if r["label"] == 1 and r["probability"] < threshold),
@@ -153,15 +171,15 @@ def _errors_html(predictor: Predictor, rows: list[dict[str, Any]], limit: int) -
         (r for r in rows if r["label"] == 0 and r["probability"] >= threshold),
         key=lambda r: -r["probability"],
     )
-    model = predictor.model  # None for an ensemble: no single network to explain
-    layer = find_target_layer(model, predictor.image_size) if model is not None else None
-    shown = (
-        "Grad-CAM of the class each image was called: the evidence for NORMAL on a false "
-        "negative, for PNEUMONIA on a false positive"
-        if model is not None
-        else "ensemble: no heat maps"
-    )
-    parts = [f"<p>At the default threshold {threshold:.4f}; {shown}.</p>"]
+    model, (layer, why_none) = predictor.model, heat_layer  # model None: an ensemble
+    if layer is not None:
+        shown = (
+            "Grad-CAM of the class each image was called: the evidence for NORMAL on a false "
+            "negative, for PNEUMONIA on a false positive"
+        )
+    else:
+        shown = f"no heat maps: {why_none}" if why_none else "ensemble: no heat maps"
+    parts = [f"<p>At the default threshold {threshold:.4f}; {html.escape(shown)}.</p>"]
     galleries: tuple[tuple[str, list[dict[str, Any]], ExplainedClass], ...] = (
         ("False negatives", fn, "NORMAL"),
         ("False positives", fp, "PNEUMONIA"),
@@ -173,10 +191,11 @@ def _errors_html(predictor: Predictor, rows: list[dict[str, Any]], limit: int) -
         for row in errors[:limit]:
             caption = f"{Path(row['path']).name}: P = {row['probability']:.3f}"
             heat = None
-            if model is not None:
+            if model is not None and layer is not None:
                 pixels = predictor.preprocess(row["path"])
-                heat = gradcam(model, pixels[None], predictor.intensity, layer, towards)
-                caption += "" if heat.any() else " (empty heat map)"
+                maps = gradcam_maps(model, pixels[None], predictor.intensity, layer, towards)
+                heat, blank = maps.stretched, maps.blank(towards)
+                caption += f" ({blank})" if blank else ""
             png = overlay_png(_thumbnail(row["path"]), heat)  # the film's own proportions
             parts.append(figure_html(png, caption, "thumb"))
     return "".join(parts)
@@ -201,15 +220,23 @@ def _samples_html(rows: list[dict[str, Any]], per_class: int) -> str:
     return "".join(parts)
 
 
-def _saliency_html(predictor: Predictor, all_pixels: torch.Tensor, probs: np.ndarray) -> str:
+def _saliency_html(
+    predictor: Predictor,
+    heat_layer: tuple[nn.Module | None, str],
+    all_pixels: torch.Tensor,
+    probs: np.ndarray,
+) -> str:
+    layer, why_none = heat_layer
     if predictor.model is None:
         return "<p>Not computed for an ensemble: run the report on each member run.</p>"
+    if layer is None:
+        return f"<p>Not computed: {html.escape(why_none)}.</p>"
     positive = np.flatnonzero(
         called_positive(probs, predictor.threshold)
     )  # their pneumonia maps have heat
     spread = np.linspace(0, len(positive) - 1, min(SANITY_IMAGES, len(positive)), dtype=int)
     picked = positive[np.unique(spread)]
-    result = saliency_sanity(predictor.model, all_pixels[picked], predictor.intensity)
+    result = saliency_sanity(predictor.model, all_pixels[picked], predictor.intensity, layer)
     if not result.n:
         why = "no image of the split was called pneumonia" if not len(picked) else "no map had heat"
         return f"<p>Not computed: {why}.</p>"
@@ -341,6 +368,7 @@ def build_report(
     ]
     figures = {name: figure_png(fig) for name, fig in evaluation_figures(evaluation).items()}
     points = metrics.operating_points
+    heat_layer = _heat_layer(predictor)
     sections = [
         ("metrics", "Metrics", _metrics_html(metrics, split)),
         ("curves", "ROC and precision-recall curves", _curves_html(labels, probs, figures)),
@@ -353,12 +381,12 @@ def build_report(
             if metrics.subtypes is not None
             else []
         ),
-        ("errors", "Most confident errors", _errors_html(predictor, rows, max_gallery)),
+        ("errors", "Most confident errors", _errors_html(predictor, heat_layer, rows, max_gallery)),
         ("samples", "Sample X-rays", _samples_html(rows, max(1, max_gallery // 2))),
         (
             "saliency",
             "Saliency sanity check",
-            _saliency_html(predictor, evaluation.decoded.pixels, probs),
+            _saliency_html(predictor, heat_layer, evaluation.decoded.pixels, probs),
         ),
         (
             "occlusion",
