@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from pneumolab.data.layout import Sample
 from pneumolab.errors import DataLayoutError
 
@@ -31,3 +33,11 @@ def subtype_labels(samples: Sequence[Sample]) -> list[int]:
             f"{len(unknown)} file(s) have neither (first: {unknown[0]})"
         )
     return labels  # type: ignore[return-value]
+
+
+def subtype_calls(class_probs: np.ndarray, pneumonia: np.ndarray) -> np.ndarray:
+    """The class each image is called: NORMAL (0) where the binary decision (``pneumonia``,
+    one bool per image: P(pneumonia) at or over the run's threshold) says NORMAL; else the more
+    likely of BACTERIAL (1) and VIRAL (2) by ``class_probs`` (``(N, 3)``). The rule of the
+    evaluation's 3 x 3 matrix and of every prediction's subtype."""
+    return np.where(pneumonia, 1 + class_probs[:, 1:].argmax(axis=1), 0)

@@ -5,15 +5,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
 
-from pneumolab.data.subtypes import SUBTYPE_NAMES
+from pneumolab.data.subtypes import SUBTYPE_NAMES, subtype_calls
 from pneumolab.results import ClassMetrics, SubtypeMetrics
-
-
-def subtype_calls(class_probs: np.ndarray, pneumonia: np.ndarray) -> np.ndarray:
-    """The class each image is called: NORMAL (0) where the binary decision (``pneumonia``,
-    one bool per image: P(pneumonia) at or over the run's threshold) says NORMAL; else the more
-    likely of BACTERIAL (1) and VIRAL (2)."""
-    return np.where(pneumonia, 1 + class_probs[:, 1:].argmax(axis=1), 0)
 
 
 def subtype_metrics(
