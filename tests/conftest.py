@@ -15,6 +15,8 @@ import pytest
 from PIL import Image
 
 if TYPE_CHECKING:
+    from pneumolab.choices import Task
+    from pneumolab.run import RunDir
     from pneumolab.run_meta import RunMeta
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -136,7 +138,7 @@ def copy_run(run_dir: Path, dest: Path) -> Path:
 
 
 def fixed_threshold_meta(
-    model: str, image_size: int, threshold: float, intensity: str = "none"
+    model: str, image_size: int, threshold: float, intensity: str = "none", task: Task = "binary"
 ) -> RunMeta:
     """The meta.json of a run made by hand (untrained weights) with a given threshold."""
     from pneumolab.evaluation.metrics import binary_metrics
@@ -154,8 +156,47 @@ def fixed_threshold_meta(
         val_metrics=binary_metrics(np.array([0, 1]), np.array([0.0, 1.0]), threshold),
     )
     training = TrainingSummary(strategy="untrained", parameters=None, train_seconds=None)
-    description = RunDescription(model, image_size, intensity, "binary", None, None, training)
+    description = RunDescription(model, image_size, intensity, task, None, None, training)
     return describe_run(description, decision)
+
+
+def write_run(
+    root: Path,
+    images: list[Path],
+    intensity: str = "none",
+    seed: int = 0,
+    task: Task = "binary",
+    size: int = 32,
+) -> RunDir:
+    """A finished run of an untrained tiny CNN (three logits for ``task="three_class"``) at
+    ``size`` px whose threshold splits ``images`` in two; they are its validation images."""
+    import torch
+    from safetensors.torch import save_file
+
+    from pneumolab.inference.predictor import Predictor
+    from pneumolab.inference.torch_scoring import predict_pixels
+    from pneumolab.models.registry import create_classifier
+    from pneumolab.run import RunDir
+
+    torch.manual_seed(seed)
+    classes = 3 if task == "three_class" else 1
+    model = create_classifier("pneumolab_cnn_small", pretrained=False, num_classes=classes)
+    last_layer = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    torch.nn.init.normal_(last_layer.weight, std=2.0)  # spread the scores
+    run = RunDir(root)
+    root.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, run.weights)
+    run.write_meta(fixed_threshold_meta("pneumolab_cnn_small", size, 0.5, intensity, task))
+    predictor = Predictor.from_run(root)
+    pixels = np.stack([predictor.preprocess_array(path) for path in images])
+    probs = np.sort(predict_pixels(predictor.model, pixels, intensity))
+    middle = len(probs) // 2
+    threshold = float(probs[middle - 1] + probs[middle]) / 2
+    run.write_meta(fixed_threshold_meta("pneumolab_cnn_small", size, threshold, intensity, task))
+    run.val_predictions.write_text(
+        "path,label,probability\n" + "".join(f"{p},0,0.5\n" for p in images)
+    )
+    return run
 
 
 QUICK_MODELS = {"pneumolab_cnn_small", "pneumolab_cnn_separable", "resnet18"}

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_export import SIZE, with_ood_model, write_run
+from test_export import SIZE, with_ood_model
 
-from conftest import copy_run, fixed_threshold_meta, xray_like
+from conftest import copy_run, fixed_threshold_meta, write_run, xray_like
 from pneumolab.cli import main
 from pneumolab.errors import ExportError, ModelError, OutputError, RunDirError
 from pneumolab.evaluation.parity import Parity

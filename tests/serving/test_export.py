@@ -15,17 +15,15 @@ import pydicom.examples
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 import pneumolab
-from conftest import fixed_threshold_meta, xray_like
+from conftest import write_run, xray_like
 from pneumolab.cli import main
 from pneumolab.errors import ExportError, RunDirError
 from pneumolab.inference.onnx_backend import OnnxBackend
 from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.scores import Scores
 from pneumolab.inference.torch_scoring import predict_pixels
-from pneumolab.models.registry import create_classifier
 from pneumolab.run import RunDir
 from pneumolab.scope.mahalanobis import MahalanobisScore
 from pneumolab.scope.ood import METHOD, OodModel
@@ -55,27 +53,6 @@ def write_images(folder: Path, count: int = 6) -> list[Path]:
         paths.append(folder / f"img{i}.png")
         Image.fromarray(pixels).save(paths[-1])
     return [*paths, Path(pydicom.examples.get_path("ct"))]
-
-
-def write_run(root: Path, images: list[Path], intensity: str = "none", seed: int = 0) -> RunDir:
-    """A finished run of an untrained tiny CNN whose threshold splits ``images`` in two."""
-    torch.manual_seed(seed)
-    model = create_classifier("pneumolab_cnn_small", pretrained=False)
-    last_layer = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-    torch.nn.init.normal_(last_layer.weight, std=2.0)  # spread the scores
-    run = RunDir(root)
-    root.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, run.weights)
-    run.write_meta(fixed_threshold_meta("pneumolab_cnn_small", SIZE, 0.5, intensity))
-    predictor = Predictor.from_run(root)
-    probs = np.sort(predict_pixels(predictor.model, _pixels(predictor, images), intensity))
-    middle = len(probs) // 2
-    threshold = float(probs[middle - 1] + probs[middle]) / 2
-    run.write_meta(fixed_threshold_meta("pneumolab_cnn_small", SIZE, threshold, intensity))
-    run.val_predictions.write_text(
-        "path,label,probability\n" + "".join(f"{p},0,0.5\n" for p in images)
-    )
-    return run
 
 
 def _pixels(predictor: Predictor, images: list[Path]) -> torch.Tensor:
