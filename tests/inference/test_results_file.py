@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from pneumolab.errors import OutputError
 from pneumolab.inference.results_file import (
+    LEGACY_FIELDS,
     LIST_SEPARATOR,
     TERMINATOR,
     NotAResultsFile,
@@ -28,8 +30,10 @@ from pneumolab.inference.results_file import (
 PRODUCER = Producer("0.1.0+0123456789ab", 0.4137, "torch", False)
 FILE = Path("results")
 sources = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
+SUBTYPES = [(None,) * 4, ("VIRAL", 0.1, 0.2, 0.7), (None, 0.625, 0.25, 0.125)]
+"""A three-class run's subtype cells (a binary run's: all empty)."""
 rows = st.builds(
-    lambda source, probability, error, in_scope: ResultRow(
+    lambda source, probability, error, in_scope, subtype: ResultRow(
         source,
         None if error else probability,
         None
@@ -40,11 +44,13 @@ rows = st.builds(
         PRODUCER,
         error,
         (None if error else in_scope, None, None, None, None),
+        SUBTYPES[0] if error else subtype,
     ),
     sources,
     st.floats(0, 1),
     st.sampled_from(["", "x.png: corrupt or undecodable image (truncated)", 'a,"b"\r\nc']),
     st.sampled_from([None, True, False]),  # CSV read in_scope back as the text "True"
+    st.sampled_from(SUBTYPES),
 )
 formats = st.sampled_from(["csv", "jsonl"])
 
@@ -139,3 +145,24 @@ def test_a_csv_cell_splits_back_into_its_reasons():
         "DICOM BodyPartExamined CHEST, ABDOMEN: not a chest",
         "image too small",
     ]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_file_of_before_the_subtype_columns_is_read_and_rewritten_on_resume(fmt):
+    """Files written before the subtype columns were added (2026-12-07) were refused as 'not a
+    pneumolab results file' by the new header."""
+    row = ResultRow("a.png", 0.9, "PNEUMONIA", PRODUCER, "", (True, None, None, None, None))
+    record = {k: v for k, v in row.record().items() if k in LEGACY_FIELDS}
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=LEGACY_FIELDS, lineterminator="\r\n")
+        writer.writeheader()
+        writer.writerow(record | {"tta": "false", "in_scope": "true"})
+        text = buffer.getvalue()
+    else:
+        text = json.dumps(record) + "\n"
+    parsed = parse(text, fmt, FILE)
+    assert parsed.rows == [row] and parsed.legacy
+    plan = plan_resume(text, fmt, PRODUCER, FILE, set())
+    assert plan.kept == [row] and plan.rewrite  # then written with every column
+    assert not parse(header(fmt) + encode(row, fmt), fmt, FILE).legacy

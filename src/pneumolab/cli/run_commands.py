@@ -91,7 +91,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.out:
         return _predict_to_file(args, predictor, paths)
     failures = 0
-    table = Table("path", "probability", "label", "in scope", "why not")
+    subtypes = bool(predictor.meta.subtype_names)  # a three-class run: a subtype column
+    subtype_column = ["subtype"] if subtypes else []
+    table = Table("path", "probability", "label", *subtype_column, "in scope", "why not")
     files = each_image_once(paths)  # one answer per image, as with --out
     for path, result, _ in predictor.score_files(files, args.batch_size, args.workers):
         if args.json:  # every file given a line, each of the same keys (docs/cli.md)
@@ -107,6 +109,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 result.source,
                 f"{result.probability:.4f}" if scored else "—",
                 result.label,
+                *([result.subtype or "—"] if subtypes else []),
                 "yes" if result.in_scope else Text("no", style="bold red"),
                 "; ".join(result.reasons + result.warnings),
             )

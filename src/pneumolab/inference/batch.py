@@ -14,7 +14,7 @@ from rich.progress import Progress
 
 from pneumolab.errors import ImageLoadError, OutputError
 from pneumolab.inference.inputs import expand_paths, given_paths
-from pneumolab.inference.prediction import NOT_A_NUMBER, Prediction
+from pneumolab.inference.prediction import NOT_A_NUMBER, SUBTYPE_FIELDS, Prediction
 from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.results_file import (
     SCOPE_FIELDS,
@@ -88,13 +88,17 @@ def _resume(out: Path, fmt: Format, producer: Producer, retried: RetriedSources)
 
 
 def result_row(path: Path, prediction: Prediction, producer: Producer) -> ResultRow:
-    """The row of a predicted image (its scope verdict included); an error row where the
-    model's output is not a number (a row of NaN made the file unreadable to a resume)."""
+    """The row of a predicted image (its scope verdict and, for a three-class run, subtype
+    included); an error row where the model's output is not a number (a row of NaN made the
+    file unreadable to a resume)."""
     if not math.isfinite(prediction.probability):
         return ResultRow(str(path), None, None, producer, NOT_A_NUMBER)
     verdict = prediction.to_dict()
     scope = tuple(verdict[k] for k in SCOPE_FIELDS)
-    return ResultRow(str(path), prediction.probability, prediction.label, producer, "", scope)
+    subtype = tuple(verdict[k] for k in SUBTYPE_FIELDS)
+    return ResultRow(
+        str(path), prediction.probability, prediction.label, producer, "", scope, subtype
+    )
 
 
 def source_key(path: Path) -> Path:

@@ -7,6 +7,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
+from pneumolab.data.subtypes import SUBTYPE_NAMES, subtype_calls
 from pneumolab.scope.checks import ScopeChecks
 from pneumolab.scope.ood import MAX_FLAGGED_VALIDATION
 
@@ -14,6 +17,10 @@ OUT_OF_SCOPE_LABEL = "OUT_OF_SCOPE"
 """The label of an input the scope gate flagged (unless the predictor keeps class labels)."""
 NOT_A_NUMBER = "the model's output is not a finite number (no class can be given)"
 """The reason (and, in a results file, the error) of an image whose score is not a number."""
+CLASS_PROBABILITY_FIELDS = tuple(f"p_{name.lower()}" for name in SUBTYPE_NAMES)
+"""A three-class run's class probabilities, one field per class of SUBTYPE_NAMES, in order."""
+SUBTYPE_FIELDS = ("subtype", *CLASS_PROBABILITY_FIELDS)
+"""A three-class run's subtype call and class probabilities (``Prediction``'s last fields)."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,11 @@ class Prediction:
     ``scope_verdict=False``; the probability is always given. ``warnings`` (e.g. an adult's
     age) do not make an input out of scope. ``ood_score`` and ``ood_threshold`` are None for a
     run without an OOD model.
+
+    A three-class run scored by its PyTorch network without TTA also gives ``p_normal``,
+    ``p_bacterial`` and ``p_viral`` (softmax of its three logits) and, for an in-scope image
+    called ``PNEUMONIA``, its ``subtype``: the more likely of ``BACTERIAL`` and ``VIRAL``. All
+    four are None otherwise (a binary run, a backend or TTA that gives no class logits).
     """
 
     source: str
@@ -36,6 +48,10 @@ class Prediction:
     ood_threshold: float | None = None
     reasons: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    subtype: str | None = None
+    p_normal: float | None = None
+    p_bacterial: float | None = None
+    p_viral: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (tuples as lists; a probability that is not a number as None)."""
@@ -76,17 +92,26 @@ def gated_prediction(
     ood_score: float,
     ood_threshold: float | None,
     scope_verdict: bool,
+    class_probs: np.ndarray | None = None,
 ) -> Prediction:
     """The prediction for one image: its class at ``threshold``, or ``OUT_OF_SCOPE`` when a
     check (``checks`` or the OOD score) flagged it and ``scope_verdict`` is on, or the network's
-    output is not a number (NaN is below every threshold: it was a confident NORMAL)."""
+    output is not a number (NaN is below every threshold: it was a confident NORMAL).
+    ``class_probs``: a three-class network's three probabilities, given with the subtype call
+    of an in-scope image called pneumonia (:func:`subtype_calls`, the evaluation's rule)."""
     unscored = not math.isfinite(probability)
     reasons = checks.reasons + ood_reason(ood_score, ood_threshold)
     if unscored:
         reasons += (NOT_A_NUMBER,)
-    label = class_names[int(float(probability) >= threshold)]  # float64, as the metrics compare
+    pneumonia = bool(float(probability) >= threshold)  # float64, as the metrics compare
+    label = class_names[int(pneumonia)]
     if reasons and (scope_verdict or unscored):
         label = OUT_OF_SCOPE_LABEL
+    subtypes: dict[str, Any] = {}
+    if class_probs is not None and np.isfinite(class_probs).all():
+        subtypes = dict(zip(CLASS_PROBABILITY_FIELDS, map(float, class_probs), strict=True))
+        call = int(subtype_calls(class_probs[None], np.array([pneumonia and not reasons]))[0])
+        subtypes["subtype"] = SUBTYPE_NAMES[call] if call else None
     return Prediction(
         source,
         float(probability),
@@ -97,4 +122,5 @@ def gated_prediction(
         ood_threshold=ood_threshold,
         reasons=reasons,
         warnings=checks.warnings,
+        **subtypes,
     )

@@ -69,7 +69,12 @@ class Predictor:
                 raise ValueError("Predictor needs a model or a scorer")
             module = ood.scorer if ood else None
             device = next(model.parameters()).device
-            scorer = torch_scorer(model, self.intensity, module.to(device) if module else None)
+            scorer = torch_scorer(
+                model,
+                self.intensity,
+                module.to(device) if module else None,
+                classes=len(meta.subtype_names or ()),
+            )
         self.tta = False
         self.max_pixels = DEFAULT_MAX_PIXELS
         """Largest image file decoded (width x height); larger ones are refused from their header."""
@@ -186,6 +191,16 @@ class Predictor:
                 )
             else:
                 predictor.threshold = predictor.meta.tta_threshold
+        if predictor.meta.subtype_names and (backend != "torch" or tta):
+            log.warning(
+                "%s is a three-class run, but its subtypes (BACTERIAL / VIRAL) are unavailable "
+                "here: %s; predictions leave subtype, p_normal, p_bacterial and p_viral empty "
+                "(the torch backend without TTA gives them)",
+                run_dir,
+                "TTA averages P(pneumonia) over views (a subtype is called on one)"
+                if tta
+                else f"the {backend} backend's exported model carries the pneumonia logit only",
+            )
         return predictor
 
     @classmethod
@@ -275,9 +290,11 @@ class Predictor:
         ood_score: float,
         checks: ScopeChecks,
         scope_verdict: bool | None = None,
+        class_probs: np.ndarray | None = None,
     ) -> Prediction:
-        """The prediction for ``source`` from its scores and scope checks (the scope gate's
-        verdict folded in); every path that scores images builds its rows here."""
+        """The prediction for ``source`` from its scores (``class_probs``: a three-class
+        network's, where its scorer gives them) and scope checks (the scope gate's verdict
+        folded in); every path that scores images builds its rows here."""
         return gated_prediction(
             source,
             probability,
@@ -287,6 +304,7 @@ class Predictor:
             ood_score=float(ood_score),
             ood_threshold=self.ood.threshold if self.ood else None,
             scope_verdict=self.scope_verdict if scope_verdict is None else scope_verdict,
+            class_probs=class_probs,
         )
 
     def predict(
@@ -318,7 +336,12 @@ class Predictor:
         source = str(image) if isinstance(image, str | Path) else type(image).__name__
         checks = (header_checks or ScopeChecks()) + checks
         result = self.result_for(
-            source, scores.probability[0], scores.ood[0], checks, scope_verdict
+            source,
+            scores.probability[0],
+            scores.ood[0],
+            checks,
+            scope_verdict,
+            scores.class_probs_of(0),
         )
         return result, pixels
 
@@ -365,8 +388,10 @@ class Predictor:
                     continue
                 pixels, checks = item
                 probability, ood = scores.probability[index], scores.ood[index]
+                classes = scores.class_probs_of(index)
                 index += 1
-                yield path, self.result_for(str(path), probability, ood, checks), pixels
+                result = self.result_for(str(path), probability, ood, checks, None, classes)
+                yield path, result, pixels
 
 
 def load_run(run_dir: str | Path, device: str = "cpu", **options: Any) -> Predictor:

@@ -160,19 +160,26 @@ class ModelReplica:
 
         count = len(batch["source"])
         probs, ood = np.full(count, np.nan), np.full(count, np.nan)
+        classes: np.ndarray | None = None  # a three-class network's, where its scorer gives them
         readable = batch["error"] == ""
         for chunk in np.unique(batch["chunk"]):
             scored = np.flatnonzero(readable & (batch["chunk"] == chunk))
             if len(scored):
                 scores = self.predictor.scorer(batch["pixels"][scored][:, None])
                 probs[scored], ood[scored] = scores.probability, scores.ood
+                if scores.class_probs is not None:
+                    if classes is None:
+                        classes = np.full((count, scores.class_probs.shape[1]), np.nan)
+                    classes[scored] = scores.class_probs
         rows = []
         for i, (source, error) in enumerate(zip(batch["source"], batch["error"], strict=True)):
             if error:
                 rows.append(ResultRow(source, None, None, self.producer, error))
                 continue
             checks = _scope_checks(batch["checks"][i])
-            prediction = self.predictor.result_for(source, probs[i], ood[i], checks)
+            prediction = self.predictor.result_for(
+                source, probs[i], ood[i], checks, None, None if classes is None else classes[i]
+            )
             rows.append(result_row(Path(source), prediction, self.producer))
         return pa.Table.from_pylist([row.record() for row in rows], schema=arrow_schema())
 

@@ -20,7 +20,12 @@ from typing import Any, Literal
 
 from pneumolab.errors import ConfigError, OutputError
 from pneumolab.files import atomic_write
-from pneumolab.inference.prediction import NOT_A_NUMBER, OUT_OF_SCOPE_LABEL, Prediction
+from pneumolab.inference.prediction import (
+    NOT_A_NUMBER,
+    OUT_OF_SCOPE_LABEL,
+    SUBTYPE_FIELDS,
+    Prediction,
+)
 
 SCOPE_FIELDS = ("in_scope", "ood_score", "ood_threshold", "reasons", "warnings")
 """The scope gate's verdict on an image (:class:`~pneumolab.inference.prediction.Prediction`)."""
@@ -34,8 +39,15 @@ FIELDS = (
     "backend",
     "tta",
     "error",
+    *SUBTYPE_FIELDS,
 )
-LINE_FIELDS = (*FIELDS[: FIELDS.index("model_version")], "error")
+"""A results file's columns: a three-class run's subtype and class probabilities last (empty
+for a binary run), so that the columns of before stay where they were."""
+LEGACY_FIELDS = FIELDS[: FIELDS.index("error") + 1]
+"""The columns of the files written before 2026-12-07, without the subtype columns: read (their
+rows with no subtype), and rewritten with :data:`FIELDS` when resumed."""
+PRODUCER_FIELDS = ("model_version", "backend", "tta")
+LINE_FIELDS = tuple(name for name in FIELDS if name not in PRODUCER_FIELDS)
 """The keys of every ``predict --json`` line, in order: a results file's columns but those that
 say what produced the rows (``model_version`` digests the weights: a one-image call would read
 them all for it)."""
@@ -73,6 +85,8 @@ class ResultRow:
     error: str = ""
     scope: tuple[Any, ...] = (None,) * len(SCOPE_FIELDS)
     """The values of SCOPE_FIELDS, as the prediction gave them (None: not known)."""
+    subtype: tuple[Any, ...] = (None,) * len(SUBTYPE_FIELDS)
+    """The values of SUBTYPE_FIELDS, as the prediction gave them (None: not given)."""
 
     def scope_verdict(self) -> bool | None:
         """Whether this row's out-of-scope image was labelled ``OUT_OF_SCOPE`` (True) or by its
@@ -89,6 +103,7 @@ class ResultRow:
             record["model_version"], record["threshold"], record["backend"], record["tta"]
         )
         scope = tuple(record[k] for k in SCOPE_FIELDS)
+        subtype = tuple(record.get(k) for k in SUBTYPE_FIELDS)  # absent from LEGACY_FIELDS
         return cls(
             record["source"],
             record["probability"],
@@ -96,6 +111,7 @@ class ResultRow:
             producer,
             record["error"],
             scope,
+            subtype,
         )
 
     def record(self) -> dict[str, Any]:
@@ -111,6 +127,7 @@ class ResultRow:
             "backend": p.backend,
             "tta": p.tta,
             "error": self.error,
+            **dict(zip(SUBTYPE_FIELDS, self.subtype, strict=True)),
         }
 
 
@@ -119,7 +136,8 @@ def json_line(source: str, outcome: Prediction | Exception, threshold: float) ->
     results file's JSON lines are: ``error`` empty for a prediction; for an image that failed
     (unreadable, or a score that is not a number) its reason, the prediction's values null."""
     if isinstance(outcome, Prediction) and math.isfinite(outcome.probability):
-        return outcome.to_dict() | {"error": ""}
+        fields = outcome.to_dict() | {"error": ""}
+        return {name: fields[name] for name in LINE_FIELDS}
     error = NOT_A_NUMBER if isinstance(outcome, Prediction) else str(outcome)
     return dict.fromkeys(LINE_FIELDS) | {"source": source, "threshold": threshold, "error": error}
 
@@ -177,6 +195,8 @@ class ParsedResults:
 
     rows: list[ResultRow]
     torn: bool
+    legacy: bool = False
+    """Written with :data:`LEGACY_FIELDS` (before the subtype columns)."""
 
 
 LEFT = "left untouched — choose another --out, or pass --overwrite to start it again"
@@ -200,9 +220,10 @@ def parse(text: str, fmt: Format, source: Path) -> ParsedResults:
     if not complete and tail and not _could_start_a_file(tail, fmt):
         raise NotAResultsFile(f"{source}: {NOT_RESULTS}")
     if fmt == "jsonl":
-        return ParsedResults(_parse_jsonl(complete, source), torn=bool(tail))
-    rows, torn = _parse_csv(complete, source)
-    return ParsedResults(rows, torn=torn or bool(tail))
+        rows, legacy = _parse_jsonl(complete, source)
+        return ParsedResults(rows, torn=bool(tail), legacy=legacy)
+    rows, torn, legacy = _parse_csv(complete, source)
+    return ParsedResults(rows, torn=torn or bool(tail), legacy=legacy)
 
 
 def _could_start_a_file(tail: str, fmt: Format) -> bool:
@@ -225,38 +246,42 @@ def _csv_records(text: str, source: Path) -> tuple[list[list[str]], bool]:
     return records, False
 
 
-def _parse_csv(text: str, source: Path) -> tuple[list[ResultRow], bool]:
+def _parse_csv(text: str, source: Path) -> tuple[list[ResultRow], bool, bool]:
+    """The rows, whether the last was cut, whether the file has :data:`LEGACY_FIELDS`."""
     if not text:
-        return [], False
+        return [], False, False
     records, torn = _csv_records(text, source)
-    if tuple(records[0]) != FIELDS:
+    columns = tuple(records[0])
+    if columns not in (FIELDS, LEGACY_FIELDS):
         raise NotAResultsFile(f"{source}: {NOT_RESULTS}")
     rows = []
     for number, values in enumerate(records[1:], start=2):
         where = f"{source}: row {number}"
-        if len(values) != len(FIELDS):
+        if len(values) != len(columns):
             raise NotAResultsFile(f"{where} has {len(values)} columns; {NOT_RESULTS}")
-        record: dict[str, Any] = dict(zip(FIELDS, values, strict=True))
+        record: dict[str, Any] = dict(zip(columns, values, strict=True))
         for key in ("tta", "in_scope"):  # in_scope was written True / False until 2026-12-06
             record[key] = TEXT_BOOLEAN.get(record[key].lower(), record[key] or None)
-        for key in ("probability", "label", *SCOPE_FIELDS):
-            record[key] = None if record[key] == "" else record[key]
+        for key in ("probability", "label", *SCOPE_FIELDS, *SUBTYPE_FIELDS):
+            record[key] = None if record.get(key, "") == "" else record[key]
         rows.append(_row(record, where, number_text=True))
-    return rows, torn
+    return rows, torn, columns == LEGACY_FIELDS
 
 
-def _parse_jsonl(text: str, source: Path) -> list[ResultRow]:
-    rows = []
+def _parse_jsonl(text: str, source: Path) -> tuple[list[ResultRow], bool]:
+    """The rows, and whether a line has :data:`LEGACY_FIELDS`."""
+    rows, legacy = [], False
     for number, line in enumerate(text.split("\n")[:-1], start=1):
         where = f"{source}: line {number}"
         try:
             record = json.loads(line)
         except ValueError:
             raise NotAResultsFile(f"{where} is not JSON; {NOT_RESULTS}") from None
-        if not isinstance(record, dict) or tuple(record) != FIELDS:
+        if not isinstance(record, dict) or tuple(record) not in (FIELDS, LEGACY_FIELDS):
             raise NotAResultsFile(f"{where}: {NOT_RESULTS}")
+        legacy = legacy or tuple(record) == LEGACY_FIELDS
         rows.append(_row(record, where, number_text=False))
-    return rows
+    return rows, legacy
 
 
 def _number(value: Any, text: bool) -> float:
@@ -282,9 +307,16 @@ def _row(record: dict[str, Any], where: str, number_text: bool) -> ResultRow:
             raise ValueError("a row has either a probability or an error")
         if probability is not None and not isinstance(record["label"], str):
             raise ValueError(record["label"])
+        subtype, *class_probs = (record.get(k) for k in SUBTYPE_FIELDS)
+        if subtype is not None and not isinstance(subtype, str):
+            raise ValueError(subtype)
+        numbers = [None if p is None else _number(p, number_text) for p in class_probs]
     except ValueError as exc:
         raise NotAResultsFile(f"{where}: invalid value ({exc}); {NOT_RESULTS}") from None
-    return ResultRow.from_record(record | {"probability": probability, "threshold": threshold})
+    read = dict(zip(SUBTYPE_FIELDS, [subtype, *numbers], strict=True))
+    return ResultRow.from_record(
+        record | read | {"probability": probability, "threshold": threshold}
+    )
 
 
 def check_producer(rows: list[ResultRow], producer: Producer, source: Path) -> None:
@@ -320,7 +352,8 @@ def check_scope_labels(rows: list[ResultRow], producer: Producer, source: Path) 
 @dataclass(frozen=True)
 class ResumePlan:
     """What resuming a results file keeps, and whether the file must be rewritten to just that
-    (header + kept rows: a torn last row or failed rows to retry are dropped)."""
+    (header + kept rows: a torn last row or failed rows to retry are dropped, a file of
+    :data:`LEGACY_FIELDS` gets every column)."""
 
     kept: list[ResultRow]
     rewrite: bool
@@ -335,7 +368,8 @@ def plan_resume(
     parsed = parse(text, fmt, source)
     check_producer(parsed.rows, producer, source)
     kept = resumable_rows(parsed.rows, retried)
-    return ResumePlan(kept, rewrite=parsed.torn or len(kept) != len(parsed.rows) or not text)
+    rewrite = parsed.torn or parsed.legacy or len(kept) != len(parsed.rows) or not text
+    return ResumePlan(kept, rewrite=rewrite)
 
 
 def resumable_rows(rows: list[ResultRow], retried: Container[str]) -> list[ResultRow]:

@@ -12,8 +12,10 @@ from typing import Any
 
 from pneumolab.errors import ConfigError
 from pneumolab.files import atomic_write
+from pneumolab.inference.prediction import CLASS_PROBABILITY_FIELDS
 from pneumolab.inference.results_file import (
     FIELDS,
+    LEGACY_FIELDS,
     NOT_RESULTS,
     NotAResultsFile,
     Producer,
@@ -53,6 +55,7 @@ def arrow_schema() -> Any:
         "reasons": texts,
         "warnings": texts,
         "tta": pa.bool_(),
+        **dict.fromkeys(CLASS_PROBABILITY_FIELDS, number),
     }
     return pa.schema([(name, types.get(name, pa.string())) for name in FIELDS])
 
@@ -61,7 +64,7 @@ def _parquet_rows(path: Path) -> list[ResultRow]:
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
-    if tuple(table.column_names) != FIELDS:
+    if tuple(table.column_names) not in (FIELDS, LEGACY_FIELDS):
         raise NotAResultsFile(f"{path}: {NOT_RESULTS}")
     return [ResultRow.from_record(record) for record in table.to_pylist()]
 

@@ -9,6 +9,7 @@ larger images is resized first and keyed on what it really sees.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from collections.abc import Iterator
@@ -62,8 +63,7 @@ class ScoreCache:
             else:
                 self.misses += 1
                 self._scores[key] = scorer(pixels)
-            kept = self._scores[key]
-            return Scores(kept.probability.copy(), kept.ood.copy())  # callers may write to theirs
+            return copy.deepcopy(self._scores[key])  # callers may write to theirs
 
         return cached
 

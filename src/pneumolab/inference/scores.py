@@ -1,4 +1,5 @@
-"""What a backend computes for a batch: pneumonia probabilities and OOD scores, in one pass.
+"""What a backend computes for a batch: pneumonia probabilities and OOD scores (and a
+three-class network's class probabilities), in one pass.
 
 PyTorch is imported only by :func:`torch_scorer` and :func:`with_tta` (an ONNX predictor never
 calls them).
@@ -24,10 +25,18 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Scores:
-    """Per-image ``probability`` of pneumonia and ``ood`` score (NaN: the run has no OOD model)."""
+    """Per-image ``probability`` of pneumonia and ``ood`` score (NaN: the run has no OOD model);
+    ``class_probs``: the ``(N, K)`` softmax of a three-class network's logits (NORMAL,
+    BACTERIAL, VIRAL), None where the scorer gives none (a binary network, an exported model,
+    which carries the pneumonia logit only, TTA, an ensemble)."""
 
     probability: np.ndarray
     ood: np.ndarray
+    class_probs: np.ndarray | None = None
+
+    def class_probs_of(self, index: int) -> np.ndarray | None:
+        """Image ``index``'s class probabilities (None where the scorer gives none)."""
+        return None if self.class_probs is None else self.class_probs[index]
 
 
 Scorer: TypeAlias = "Callable[[Any], Scores]"
@@ -35,27 +44,38 @@ Scorer: TypeAlias = "Callable[[Any], Scores]"
 
 
 def torch_scorer(
-    model: XrayClassifier, intensity: str, ood: torch.nn.Module | None = None, batch_size: int = 64
+    model: XrayClassifier,
+    intensity: str,
+    ood: torch.nn.Module | None = None,
+    batch_size: int = 64,
+    classes: int = 0,
 ) -> Scorer:
     """Probabilities and OOD scores (``ood`` on the scope descriptor; NaN without it) of raw
-    uint8 pixels, from one forward pass per batch."""
+    uint8 pixels, from one forward pass per batch; with ``classes`` (a three-class network's
+    3), the class probabilities too (softmax of its logits, from the same pass)."""
     import torch
 
     from pneumolab.models.scored import ScoredModel
 
     scored = ScoredModel(model, ood)
 
+    def outputs(x: torch.Tensor) -> torch.Tensor:
+        probability, ood_score, logits = scored.with_class_logits(x)
+        columns = [probability[:, None], ood_score[:, None]]
+        return torch.cat(columns + ([logits.softmax(dim=1)] if classes else []), dim=1)
+
     def score(pixels: Any) -> Scores:
-        both = score_batches(
-            lambda x: torch.stack(scored(x), dim=1), model, pixels, intensity, batch_size
-        ).reshape(-1, 2)
-        return Scores(both[:, 0], both[:, 1])
+        every = score_batches(outputs, model, pixels, intensity, batch_size)
+        every = every.reshape(-1, 2 + classes)
+        return Scores(every[:, 0], every[:, 1], every[:, 2:] if classes else None)
 
     return score
 
 
 def mean_scores(scorers: Sequence[Scorer]) -> Scorer:
-    """The mean probability and mean OOD score of several scorers (an ensemble, TTA views)."""
+    """The mean probability and mean OOD score of several scorers (an ensemble, TTA views);
+    no class probabilities (a subtype call is made on one view of one network, as the
+    evaluation's 3 x 3 matrix makes it)."""
 
     def averaged(pixels: Any) -> Scores:
         results = [scorer(pixels) for scorer in scorers]

@@ -22,9 +22,17 @@ class ScoredModel(nn.Module):
         self.ood = ood
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probability, ood_score, _ = self.with_class_logits(pixels)
+        return probability, ood_score
+
+    def with_class_logits(
+        self, pixels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward`'s ``(probability, ood_score)`` and the ``(B, K)`` class logits the
+        probability comes from (a three-class network's subtypes), from the same pass."""
         features, scope = self.model.features_and_scope(pixels)
         logits = self.model.backbone.get_classifier()(features)
         probability = torch.sigmoid(pneumonia_logit(logits))
         if self.ood is None:
-            return probability, torch.full_like(probability, float("nan"))
-        return probability, self.ood(scope)
+            return probability, torch.full_like(probability, float("nan")), logits
+        return probability, self.ood(scope), logits

@@ -29,6 +29,7 @@ from pneumolab.data.formats import ACCEPTED, sniff
 from pneumolab.data.imageio import load_image
 from pneumolab.errors import ImageLoadError, ModelError
 from pneumolab.explain.gradcam import explain_image, find_target_layer, overlay_png
+from pneumolab.inference.prediction import SUBTYPE_FIELDS
 from pneumolab.inference.predictor import Predictor
 from pneumolab.scope.checks import ScopeChecks
 from pneumolab.scope.dicom_header import dicom_file_checks
@@ -67,7 +68,12 @@ class PredictResponse(BaseModel):
     is then ``OUT_OF_SCOPE`` unless ``keep_label`` was asked. ``ood_score`` / ``ood_threshold``
     are absent for a run without an OOD model; ``ood_score`` is null where the run has one but
     the image's score is not a number. ``probability`` is null where the network's output is
-    not a number (then ``OUT_OF_SCOPE``, with that reason)."""
+    not a number (then ``OUT_OF_SCOPE``, with that reason).
+
+    A three-class run adds ``subtype`` (``BACTERIAL`` or ``VIRAL`` for an in-scope image called
+    ``PNEUMONIA``, else null) and ``p_normal``, ``p_bacterial``, ``p_viral`` (softmax of its
+    three logits); all four null where the backend gives no class logits (onnx, onnx-int8,
+    openvino), absent for a binary run."""
 
     probability: float | None
     label: str
@@ -87,6 +93,10 @@ class PredictResponse(BaseModel):
     heatmap_caption: str | None = None
     """With ``heatmap``: what the map shows, the evidence for the class the image was called
     (``heat: regions that raised the evidence for NORMAL``), or that it is empty."""
+    subtype: str | None = None
+    p_normal: float | None = None
+    p_bacterial: float | None = None
+    p_viral: float | None = None
 
 
 def _png_base64(image: Image.Image) -> str:
@@ -250,6 +260,8 @@ class PredictionService:
         fields = result.to_dict()
         if fields["ood_threshold"] is None:  # a run without an OOD model: both absent
             del fields["ood_score"], fields["ood_threshold"]
+        if not self.predictor.meta.subtype_names:  # a binary run: no subtype fields
+            fields = {k: v for k, v in fields.items() if k not in SUBTYPE_FIELDS}
         return PredictResponse(
             **fields,
             threshold_provenance=self.info["threshold_provenance"],
