@@ -171,3 +171,44 @@ def test_a_drop_of_several_files_or_of_none_says_so(server, xray, chromium):
         re.compile(r"^x0\.jpeg: done .*\(3 files dropped: only this one is analysed"),
         timeout=60_000,
     )
+
+
+@pytest.mark.parametrize(
+    ("fields", "shown"),
+    [
+        (
+            {"subtype": "VIRAL", "p_normal": 0.1, "p_bacterial": 0.2, "p_viral": 0.7},
+            "VIRAL — NORMAL 10.0%, BACTERIAL 20.0%, VIRAL 70.0%",
+        ),
+        (
+            {"backend": "onnx", "subtype": None, "p_normal": None, "p_bacterial": None}
+            | {"p_viral": None},
+            "not available (the onnx backend gives the probability of pneumonia only)",
+        ),
+        ({}, None),  # a binary run's answer: no subtype row
+    ],
+)
+def test_a_three_class_answer_shows_its_subtype(server, xray, chromium, fields, shown):
+    import json
+
+    from playwright.sync_api import expect
+
+    answer = httpx.post(
+        f"{server}/v1/predict", files={"file": (xray.name, xray.read_bytes())}, timeout=60
+    ).json()
+    page = chromium.new_page()
+    page.route(
+        "**/v1/predict*",
+        lambda route: route.fulfill(
+            status=200, body=json.dumps(answer | fields), content_type="application/json"
+        ),
+    )
+    page.goto(server)
+    page.set_input_files("#file-input", str(xray))
+    expect(page.locator("#result")).to_be_visible(timeout=30_000)
+    if shown is None:
+        expect(page.locator("#subtype")).to_be_hidden()
+        expect(page.locator("#subtype-term")).to_be_hidden()
+    else:
+        expect(page.locator("#subtype")).to_have_text(shown)
+        expect(page.locator("#subtype-term")).to_be_visible()

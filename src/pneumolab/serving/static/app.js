@@ -2,6 +2,7 @@
 "use strict";
 
 const byId = (id) => document.getElementById(id);
+const percent = (p) => `${(100 * p).toFixed(1)}%`;
 let heatmapAvailable = false;
 let modelReady = Promise.resolve();
 let inFlight = null;  // the upload being answered: a newer one cancels it
@@ -57,12 +58,13 @@ async function predict(file, note = "") {
 function show(result) {
   byId("probability").textContent = result.probability == null
     ? "not available (the model's output is not a number)"
-    : `${(100 * result.probability).toFixed(1)}%`;
+    : percent(result.probability);
   byId("label").textContent = result.label;
   byId("label").className = result.label;
   const provenance = document.createElement("small");
   provenance.textContent = ` chosen on ${result.threshold_provenance}`;
-  byId("threshold").replaceChildren(`${(100 * result.threshold).toFixed(1)}%`, provenance);
+  byId("threshold").replaceChildren(percent(result.threshold), provenance);
+  showSubtype(result);
   showScope(result);
   byId("image").src = `data:image/png;base64,${result.image_png_base64}`;
   byId("heatmap-figure").hidden = !result.heatmap_png_base64;
@@ -71,6 +73,21 @@ function show(result) {
     byId("heatmap-caption").textContent = `Grad-CAM — ${result.heatmap_caption}`;
   }
   byId("result").hidden = false;
+}
+
+// a three-class run's answer has the subtype fields (a binary run's has none: row hidden)
+function showSubtype(result) {
+  const threeClass = "p_normal" in result;
+  byId("subtype-term").hidden = !threeClass;
+  byId("subtype").hidden = !threeClass;
+  if (!threeClass) return;
+  const call = result.subtype || "none (given only for an in-scope image called PNEUMONIA)";
+  byId("subtype").textContent = result.probability == null
+    ? "not available (the model's output is not a number)"
+    : result.p_normal == null
+      ? `not available (the ${result.backend} backend gives the probability of pneumonia only)`
+      : `${call} — NORMAL ${percent(result.p_normal)}, BACTERIAL ${percent(result.p_bacterial)}, ` +
+        `VIRAL ${percent(result.p_viral)}`;
 }
 
 function fillList(id, items) {
