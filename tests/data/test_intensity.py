@@ -33,7 +33,7 @@ def uint8_images(draw) -> np.ndarray:
     return (values * scale).astype(np.uint8) + draw(st.integers(0, 255 - (levels - 1) * scale))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(uint8_images(), st.sampled_from(["none", "equalize", "clahe"]))
 def test_numpy_path_gives_the_torch_path_model_input_bit_for_bit(pixels, method):
     expected = (normalize_intensity(torch.from_numpy(pixels), method).float() / 255.0).numpy()

@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from pneumolab.data.layout import Sample
@@ -238,7 +238,7 @@ _layouts = st.lists(
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25)
 @given(
     layout=_layouts,
     val_fraction=st.sampled_from([0.15, 0.2, 0.25, 0.3]),

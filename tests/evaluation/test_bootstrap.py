@@ -213,7 +213,7 @@ def test_several_draws_compare_their_mean_auc():
     assert paired.difference == pytest.approx(expected)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25)
 @given(seed=st.integers(0, 10_000), grouped=st.booleans())
 def test_swapping_the_models_negates_the_difference_and_its_interval(seed, grouped):
     y, a = _scores(80, seed)

@@ -24,7 +24,7 @@ def test_requires_positives_and_valid_target():
         threshold_for_sensitivity(np.ones(3), np.array([0.1, 0.2, 0.3]), 1.5)
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50)
 @given(
     scores=st.lists(st.floats(0, 1), min_size=2, max_size=60),
     target=st.floats(0.05, 1.0),

@@ -17,7 +17,7 @@ from pneumolab.run import RunDir
 from pneumolab.serving.export import export_onnx
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50)
 @given(st.integers(32, 300), st.integers(32, 300), st.floats(0.05, 0.45))
 def test_the_mask_fades_the_edges_and_keeps_the_centre(height, width, fade):
     mask = border_fade_mask(height, width, fade)
