@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import copy_run, write_run, xray_like
+from conftest import copy_run, write_run, write_synthetic_dataset, xray_like
 from pneumolab.cli import main
 from pneumolab.data.subtypes import SUBTYPE_NAMES, subtype_calls
 from pneumolab.inference.batch import predict_to_file
@@ -209,6 +209,35 @@ def test_backends_without_class_logits_say_so_once_and_give_no_subtype(
         if "backend" in options:
             assert [r.label for r in results] == [
                 expected[Path(r.source).name].label for r in results
+            ]
+
+
+def test_an_evaluation_with_tta_or_an_exported_backend_does_not_warn_of_predictions(
+    tmp_path, caplog
+):
+    """Loading a three-class run with TTA or an exported backend warned that its subtypes were
+    unavailable: ``evaluate --tta`` said so while it computed the 3 x 3 matrix, and an ONNX
+    evaluation said it beside its own warning. Only predictions, which leave the four fields
+    empty, say so (above)."""
+    from pneumolab.evaluation.evaluate import evaluate
+    from pneumolab.serving.export import export_onnx
+
+    data = write_synthetic_dataset(tmp_path / "data")
+    (data / "train").rename(data / "test")
+    images = sorted((data / "test").rglob("*.png"))
+    run = write_run(tmp_path / "run", images, task="three_class").root
+    export_onnx(run, run / "model.onnx")
+    for options in ({"tta": True}, {"backend": "onnx"}):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            metrics = evaluate(run, data, split="test", device="cpu", **options)  # type: ignore[arg-type]
+        said = [r.getMessage() for r in caplog.records if "three-class" in r.getMessage()]
+        if "tta" in options:
+            assert metrics.subtypes is not None and said == []
+        else:
+            assert metrics.subtypes is None
+            assert said == [
+                "three-class metrics (subtypes) need the torch backend: not computed with onnx"
             ]
 
 

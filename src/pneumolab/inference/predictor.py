@@ -85,6 +85,7 @@ class Predictor:
         self.ood = ood
         self.scope_verdict = scope_verdict
         self.scorer = scorer
+        self._told_no_subtypes = False
 
     def __reduce__(self) -> tuple[Callable[[], Predictor], tuple[()]]:
         """Pickled as the call that loads it again (for worker processes: joblib,
@@ -191,16 +192,6 @@ class Predictor:
                 )
             else:
                 predictor.threshold = predictor.meta.tta_threshold
-        if predictor.meta.subtype_names and (backend != "torch" or tta):
-            log.warning(
-                "%s is a three-class run, but its subtypes (BACTERIAL / VIRAL) are unavailable "
-                "here: %s; predictions leave subtype, p_normal, p_bacterial and p_viral empty "
-                "(the torch backend without TTA gives them)",
-                run_dir,
-                "TTA averages P(pneumonia) over views (a subtype is called on one)"
-                if tta
-                else f"the {backend} backend's exported model carries the pneumonia logit only",
-            )
         return predictor
 
     @classmethod
@@ -294,7 +285,11 @@ class Predictor:
     ) -> Prediction:
         """The prediction for ``source`` from its scores (``class_probs``: a three-class
         network's, where its scorer gives them) and scope checks (the scope gate's verdict
-        folded in); every path that scores images builds its rows here."""
+        folded in); every path that scores images builds its rows here. A three-class run
+        whose scorer gives no class probabilities says so with its first prediction
+        (:meth:`_tell_no_subtypes`)."""
+        if class_probs is None and self.meta.subtype_names:
+            self._tell_no_subtypes()
         return gated_prediction(
             source,
             probability,
@@ -305,6 +300,30 @@ class Predictor:
             ood_threshold=self.ood.threshold if self.ood else None,
             scope_verdict=self.scope_verdict if scope_verdict is None else scope_verdict,
             class_probs=class_probs,
+        )
+
+    def _tell_no_subtypes(self) -> None:
+        """Warn, once per predictor, that this three-class run's predictions leave their
+        subtype and class probabilities empty, and why. Said where a prediction is made, not on
+        loading: an evaluation with TTA or an exported backend loads the run so too, and its
+        3 x 3 matrix is computed apart (or says itself that it is not)."""
+        if self._told_no_subtypes:
+            return
+        self._told_no_subtypes = True
+        if self.tta:
+            why = "TTA averages P(pneumonia) over views (a subtype is called on one)"
+        elif self.backend_name in BACKENDS and self.backend_name != "torch":
+            why = (
+                f"the {self.backend_name} backend's exported model carries the pneumonia logit only"
+            )
+        else:  # a scorer given to Predictor
+            why = "its scorer gives no class probabilities"
+        log.warning(
+            "%s is a three-class run, but its subtypes (BACTERIAL / VIRAL) are unavailable "
+            "here: %s; predictions leave subtype, p_normal, p_bacterial and p_viral empty "
+            "(the torch backend without TTA gives them)",
+            self.run_dir or "this run",
+            why,
         )
 
     def predict(
