@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -451,3 +452,31 @@ def test_an_error_whose_reader_went_away_keeps_its_exit_code(monkeypatch, tmp_pa
     monkeypatch.setattr(consoles.os, "dup2", lambda *fds: silenced.append(fds))
     assert main(["predict", str(tmp_path / "missing_run"), str(tmp_path / "x.jpeg")]) == 2
     assert silenced  # stderr pointed at /dev/null: nothing fails at exit either
+
+
+def _logging_models(monkeypatch, message: str) -> None:
+    """`pneumolab models` logging ``message`` as a warning, with the CLI's log handler made anew."""
+    from pneumolab.cli import commands
+
+    def cmd_models(args):
+        logging.getLogger("pneumolab.test").warning(message)
+        return 0
+
+    monkeypatch.setattr(commands, "cmd_models", cmd_models)
+    monkeypatch.setattr(logging.getLogger("pneumolab"), "handlers", [])
+
+
+def test_a_log_line_to_a_pipe_is_one_line_without_padding(monkeypatch, capsys):
+    """Rich's handler wrapped a long warning at the console's width (160) and padded it with
+    spaces in a log file: a command it suggested was cut in two."""
+    message = "see `pneumolab fit-ood " + "runs/" + "x" * 200 + " --data DATA_DIR`"
+    _logging_models(monkeypatch, message)
+    assert main(["models"]) == 0
+    assert capsys.readouterr().err == f"WARNING  {message}\n"
+
+
+def test_a_log_line_whose_reader_went_away_exits_141(monkeypatch):
+    _logging_models(monkeypatch, "a warning")
+    monkeypatch.setattr(CONSOLES.console, "file", GoneReader())
+    monkeypatch.setattr(CONSOLES.os, "dup2", lambda *fds: None)
+    assert main(["models"]) == 141

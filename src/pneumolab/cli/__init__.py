@@ -26,10 +26,31 @@ INTERRUPT_HINTS = {
 """What to say after Ctrl+C, by command (the others have nothing to continue)."""
 
 
+class _PlainLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """``LEVEL message`` lines on the console's stream; a reader gone (``2>&1 | head``) stops
+    the command as rich's handler does (exit 141), not with logging's "Logging error"."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            raise  # the BrokenPipeError being handled
+        super().handleError(record)
+
+
+def _log_handler() -> logging.Handler:
+    """Rich's log handler on a terminal; elsewhere (a pipe, a log file) plain ``LEVEL message``
+    lines: rich wrapped them at the console's width and padded them with spaces, splitting the
+    commands they suggest."""
+    if console.is_terminal:
+        return RichHandler(console=console, show_path=False, show_time=False, markup=False)
+    handler = _PlainLogHandler(console.file)
+    handler.setFormatter(logging.Formatter("%(levelname)-8s %(message)s"))
+    return handler
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pneumolab`` console script."""
     args = build_parser().parse_args(argv)
-    handler = RichHandler(console=console, show_path=False, show_time=False, markup=False)
+    handler = _log_handler()
     handler.addFilter(TerminalSafe())
     package_log = logging.getLogger("pneumolab")
     package_log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
