@@ -26,7 +26,7 @@ INTERRUPT_HINTS = {
 """What to say after Ctrl+C, by command (the others have nothing to continue)."""
 
 
-class _PlainLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _PlainLogHandler(logging.StreamHandler):
     """``LEVEL message`` lines on the console's stream; a reader gone (``2>&1 | head``) stops
     the command as rich's handler does (exit 141), not with logging's "Logging error"."""
 
