@@ -298,16 +298,17 @@ class EvaluationMetrics(BinaryMetrics):
 
     def to_json(self, indent: int | None = None) -> str:
         """The metrics as JSON (``metrics.json`` indents by 2): NaN as ``null``."""
-        return json.dumps(_null_for_nan(self.model_dump()), indent=indent)
+        return json.dumps(null_for_nan(self.model_dump()), indent=indent)
 
 
-def _null_for_nan(value: Any) -> Any:
+def null_for_nan(value: Any) -> Any:
+    """``value`` (dicts and lists at any depth) with every NaN float as None: JSON ``null``."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
-        return {k: _null_for_nan(v) for k, v in value.items()}
+        return {k: null_for_nan(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_null_for_nan(v) for v in value]
+        return [null_for_nan(v) for v in value]
     return value
 
 

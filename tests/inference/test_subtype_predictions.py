@@ -284,3 +284,28 @@ def test_the_http_api_answers_the_subtype_of_a_three_class_run_only(
     export_onnx(run, run / "model.onnx")
     exported = answer(run, backend="onnx")
     assert [exported[k] for k in SUBTYPE_FIELDS] == [None] * 4
+    info = TestClient(create_app(run, backend="onnx")).get("/v1/model").json()
+    assert info["task"] == "three_class" and info["subtypes_available"] is False  # as answered
+
+
+def test_the_model_endpoint_says_whether_predictions_carry_subtypes(three_class, binary):
+    """``GET /v1/model`` did not say whether the served run gives subtypes: an API client
+    learnt whether to expect the four fields from its first answer. It says so now, typed in
+    the OpenAPI schema (the endpoint's schema was an untyped object)."""
+    from fastapi.testclient import TestClient
+
+    from pneumolab.serving.app import create_app
+
+    offered = {}
+    for run in (three_class, binary):
+        client = TestClient(create_app(run))
+        info = client.get("/v1/model").json()
+        offered[info["task"]] = (info["subtype_names"], info["subtypes_available"])
+    assert offered == {"three_class": (list(SUBTYPE_NAMES), True), "binary": (None, False)}
+    schema = client.get("/openapi.json").json()
+    answer = schema["paths"]["/v1/model"]["get"]["responses"]["200"]["content"]
+    assert answer["application/json"]["schema"] == {"$ref": "#/components/schemas/ModelInfo"}
+    fields = schema["components"]["schemas"]["ModelInfo"]["properties"]
+    assert fields["task"]["enum"] == ["binary", "three_class"]
+    assert fields["subtypes_available"]["type"] == "boolean"
+    assert "p_bacterial" in fields["subtype_names"]["description"]

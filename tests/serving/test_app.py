@@ -16,7 +16,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
-from conftest import copy_run
+from conftest import copy_run, write_run
 from pneumolab.inference.predictor import Predictor
 from pneumolab.scope.ood import METHOD
 from pneumolab.serving.app import create_app
@@ -426,3 +426,22 @@ def test_a_colour_upload_is_out_of_scope_as_from_predict(client, run_dir, shared
     Image.fromarray(np.stack([gray, gray // 4, gray], -1)).save(buffer, suffix.upper())
     body = upload(client, f"tinted.{suffix}", buffer.getvalue()).json()
     assert not body["in_scope"] and any(r.startswith("colour image") for r in body["reasons"])
+
+
+def test_an_undefined_metric_is_null_in_the_model_info(tmp_path, png_bytes):
+    """meta.json keeps an undefined metric as NaN, which is not JSON to a browser: /v1/model
+    sends it as null, now that its answer is a typed model whose metrics write NaN."""
+    import json
+    import math
+
+    (tmp_path / "x.png").write_bytes(png_bytes)
+    run = write_run(tmp_path / "run", [tmp_path / "x.png"] * 2)
+    meta = run.read_meta()
+    undefined = meta.val_metrics.model_copy(update={"npv": math.nan})
+    run.write_meta(meta.model_copy(update={"val_metrics": undefined}))
+    text = TestClient(create_app(run.root)).get("/v1/model").text
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    assert json.loads(text, parse_constant=refuse)["val_metrics"]["npv"] is None

@@ -212,3 +212,41 @@ def test_a_three_class_answer_shows_its_subtype(server, xray, chromium, fields, 
     else:
         expect(page.locator("#subtype")).to_have_text(shown)
         expect(page.locator("#subtype-term")).to_be_visible()
+
+
+THREE = {"task": "three_class", "subtype_names": ["NORMAL", "BACTERIAL", "VIRAL"]}
+
+
+@pytest.mark.parametrize(
+    ("fields", "shown"),
+    [
+        (
+            THREE | {"subtypes_available": True},
+            "torch backend, three classes (NORMAL / BACTERIAL / VIRAL)",
+        ),
+        (
+            THREE | {"subtypes_available": False, "backend": "onnx"},
+            "three classes (NORMAL / BACTERIAL / VIRAL) — no subtypes with the onnx backend",
+        ),
+        ({}, None),  # the binary run served: no classes named
+    ],
+)
+def test_the_model_line_names_a_three_class_runs_classes(server, chromium, fields, shown):
+    import json
+
+    from playwright.sync_api import expect
+
+    info = httpx.get(f"{server}/v1/model", timeout=60).json()
+    page = chromium.new_page()
+    page.route(
+        "**/v1/model",
+        lambda route: route.fulfill(
+            status=200, body=json.dumps(info | fields), content_type="application/json"
+        ),
+    )
+    page.goto(server)
+    expect(page.locator("#model")).to_contain_text(f"model {info['model']}")
+    if shown is None:
+        expect(page.locator("#model")).not_to_contain_text("three classes")
+    else:
+        expect(page.locator("#model")).to_contain_text(shown)

@@ -20,17 +20,18 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from PIL import Image
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import pneumolab
-from pneumolab.choices import BackendName
+from pneumolab.choices import BackendName, Intensity, Task
 from pneumolab.data.formats import ACCEPTED, sniff
 from pneumolab.data.imageio import load_image
 from pneumolab.errors import ImageLoadError, ModelError
 from pneumolab.explain.gradcam import explain_image, find_target_layer, overlay_png
 from pneumolab.inference.prediction import SUBTYPE_FIELDS
 from pneumolab.inference.predictor import Predictor
+from pneumolab.results import BinaryMetrics, StoredOperatingPoint, null_for_nan
 from pneumolab.scope.checks import ScopeChecks
 from pneumolab.scope.dicom_header import dicom_file_checks
 from pneumolab.serving.limits import (
@@ -47,12 +48,6 @@ MULTIPART_SLACK = 64 * 1024
 """Bytes a request body may exceed ``max_upload_bytes`` by (multipart boundaries and headers)."""
 PREVIEW_SIZE = 512
 """Longest side of the image / heat map previews returned with ``heatmap`` or ``preview``."""
-MODEL_INFO_FIELDS = {
-    "model", "image_size", "intensity", "class_names", "threshold", "threshold_rule",
-    "default_operating_point", "operating_points", "val_metrics", "best_epoch",
-    "pneumolab_version",
-}  # fmt: skip
-"""The fields of a run's meta.json that ``GET /v1/model`` shows."""
 PREDICT_OPTIONS = ("heatmap", "preview", "keep_label")
 """The query parameters of ``POST /v1/predict``: any other is refused (422), not ignored."""
 UPLOAD_HINT = (
@@ -97,6 +92,52 @@ class PredictResponse(BaseModel):
     p_normal: float | None = None
     p_bacterial: float | None = None
     p_viral: float | None = None
+
+
+class OodInfo(BaseModel):
+    """The run's out-of-distribution check: its method, threshold and the share of the
+    validation X-rays it flags."""
+
+    method: str
+    threshold: float
+    val_flagged_fraction: float
+
+
+class ModelInfo(BaseModel):
+    """What ``GET /v1/model`` says of the served run: its meta.json's model, input, decision
+    rule and validation figures (an undefined metric, NaN, is null), and what this server's
+    ``POST /v1/predict`` answers: heat maps, a three-class run's subtype fields."""
+
+    run: str
+    model: str
+    model_version: str
+    pneumolab_version: str
+    backend: str
+    image_size: int
+    intensity: Intensity | None
+    class_names: list[str]
+    task: Task = Field(
+        description="binary: NORMAL / PNEUMONIA; three_class: its predictions also carry "
+        "subtype, p_normal, p_bacterial and p_viral"
+    )
+    subtype_names: list[str] | None = Field(
+        description="a three-class run's classes, those of p_normal, p_bacterial, p_viral in "
+        "order; null for a binary run, whose predictions have none of the four fields"
+    )
+    subtypes_available: bool = Field(
+        description="whether predictions fill subtype and the class probabilities: a "
+        "three-class run on the torch backend (an exported backend leaves them null: it "
+        "carries the pneumonia logit only); false for a binary run"
+    )
+    threshold: float
+    threshold_rule: str
+    threshold_provenance: str
+    default_operating_point: str
+    operating_points: dict[str, StoredOperatingPoint]
+    val_metrics: BinaryMetrics
+    best_epoch: int | None
+    heatmap_available: bool
+    ood: OodInfo | None
 
 
 def _png_base64(image: Image.Image) -> str:
@@ -189,22 +230,25 @@ def _heatmap_layer(predictor: Predictor, backend: str) -> tuple[torch.nn.Module 
 
 def _model_info(
     predictor: Predictor, run_name: str, version: str, backend: str, heatmaps: bool
-) -> dict[str, Any]:
-    meta = predictor.meta
-    return meta.model_dump(mode="json", include=MODEL_INFO_FIELDS) | {
-        "threshold_provenance": meta.default_point.provenance or meta.threshold_rule,
-        "run": run_name,
-        "model_version": version,
-        "backend": backend,
-        "heatmap_available": heatmaps,
-        "ood": None
-        if predictor.ood is None
-        else {
-            "method": predictor.ood.method,
-            "threshold": predictor.ood.threshold,
-            "val_flagged_fraction": predictor.ood.val_flagged_fraction,
-        },
-    }
+) -> ModelInfo:
+    meta, ood = predictor.meta, predictor.ood
+    from_meta = ModelInfo.model_fields.keys() & type(meta).model_fields.keys()
+    return ModelInfo(
+        **{name: getattr(meta, name) for name in from_meta},
+        threshold_provenance=meta.default_point.provenance or meta.threshold_rule,
+        run=run_name,
+        model_version=version,
+        backend=backend,
+        subtypes_available=bool(meta.subtype_names) and backend == "torch",  # no TTA served
+        heatmap_available=heatmaps,
+        ood=None
+        if ood is None
+        else OodInfo(
+            method=ood.method,
+            threshold=ood.threshold,
+            val_flagged_fraction=ood.val_flagged_fraction,
+        ),
+    )
 
 
 class PredictionService:
@@ -264,8 +308,8 @@ class PredictionService:
             fields = {k: v for k, v in fields.items() if k not in SUBTYPE_FIELDS}
         return PredictResponse(
             **fields,
-            threshold_provenance=self.info["threshold_provenance"],
-            model=self.info["model"],
+            threshold_provenance=self.info.threshold_provenance,
+            model=self.info.model,
             model_version=self.predictor.model_version,
             backend=self.backend,
             timing_ms=round(1000 * (time.perf_counter() - start), 2),
@@ -365,10 +409,14 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/v1/model")
+    # NaN as null: the metrics' models write NaN (meta.json keeps it so), which a browser's
+    # JSON.parse refuses
+    info = null_for_nan(service.info.model_dump(mode="json"))
+
+    @app.get("/v1/model", response_model=ModelInfo)
     @app.head("/v1/model", include_in_schema=False)  # one operation ID each
-    async def model_info() -> dict[str, Any]:
-        return service.info
+    async def model_info() -> JSONResponse:
+        return JSONResponse(info)
 
     @app.post(
         "/v1/predict",

@@ -19,11 +19,19 @@ async function loadModel() {
     const info = await response.json();
     heatmapAvailable = info.heatmap_available;
     byId("model").textContent = `model ${info.model} (${info.model_version}), ` +
-      `${info.image_size} px, ${info.backend} backend` +
+      `${info.image_size} px, ${info.backend} backend` + classesText(info) +
       (heatmapAvailable ? "" : " — no heat maps (they need one convolutional PyTorch network, torch backend)");
   } catch (error) {
     byId("model").textContent = "model information unavailable";
   }
+}
+
+// a three-class run names its classes, and says where this server gives no subtypes
+function classesText(info) {
+  if (!info.subtype_names) return "";
+  const none = info.subtypes_available ? ""
+    : ` — no subtypes with the ${info.backend} backend (it gives the probability of pneumonia only)`;
+  return `, three classes (${info.subtype_names.join(" / ")})${none}`;
 }
 
 async function predict(file, note = "") {
