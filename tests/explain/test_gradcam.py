@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
-from conftest import by_size, fixed_threshold_meta
+from conftest import by_size, fixed_threshold_meta, write_run, xray_like
 from mean_reader import mean_reader
 from pneumolab.cli import main
 from pneumolab.errors import ModelError, OutputError
@@ -164,6 +164,39 @@ def test_cli_writes_one_png_per_image(tmp_path, capsys):
     assert main(command) == 2  # the files themselves given: their folder is refused
     assert "images: holds a.png, an image to explain" in capsys.readouterr().err
     assert (images / "a.png").read_bytes() == before
+
+
+def test_a_three_class_runs_titles_carry_the_subtype_and_class_probabilities(tmp_path, monkeypatch):
+    """A three-class run's figures were titled with P(pneumonia) and the label only: the
+    subtype that ``predict`` gives was missing. A binary run's titles are unchanged."""
+    rng = np.random.default_rng(2)
+    images = []
+    for i in range(8):
+        images.append(tmp_path / f"img{i}.png")
+        Image.fromarray(xray_like(rng, 40 + 20 * i, 10 + 3 * i, (48, 40))).save(images[-1])
+    gradcam_module = importlib.import_module("pneumolab.explain.gradcam")
+    titles: dict[str, str] = {}  # by image name
+    monkeypatch.setattr(
+        gradcam_module, "_figure", lambda image, heat, t, out, _: titles.update({out.stem: t})
+    )
+    for task in ("three_class", "binary"):
+        run = write_run(tmp_path / task, images, task=task)  # half called PNEUMONIA
+        predictions = list(Predictor.from_run(run.root).predict_paths(images))
+        titles.clear()
+        list(explain_paths(run.root, images, tmp_path / f"{task}-out"))
+        assert len(titles) == len(images)
+        for result in predictions:
+            title = titles[Path(result.source).stem]
+            subtype = [line for line in title.splitlines() if "subtype" in line]
+            if task == "binary":
+                assert subtype == [] and "P(viral)" not in title
+                continue
+            assert subtype == [
+                f"P(normal) = {result.p_normal:.3f}, P(bacterial) = {result.p_bacterial:.3f}, "
+                f"P(viral) = {result.p_viral:.3f} → subtype {result.subtype or 'none'}"
+            ]
+        if task == "three_class":
+            assert {r.subtype for r in predictions} > {None}  # called and not called
 
 
 def test_a_png_another_process_wrote_meanwhile_is_kept(tmp_path, monkeypatch):

@@ -31,12 +31,13 @@ from pneumolab.data.imageio import (
     image_to_grayscale,
     load_image,
 )
+from pneumolab.data.subtypes import SUBTYPE_NAMES
 from pneumolab.data.transforms import normalize_intensity
 from pneumolab.errors import ModelError, OutputError, PneumolabError, printable
 from pneumolab.evaluation.figures import save_figure
 from pneumolab.files import folder_for
 from pneumolab.inference.inputs import ImageInput, expand_paths, file_header_checks
-from pneumolab.inference.prediction import Prediction
+from pneumolab.inference.prediction import CLASS_PROBABILITY_FIELDS, Prediction
 from pneumolab.inference.predictor import Predictor
 from pneumolab.models.classifier import XrayClassifier, passes_lock
 from pneumolab.outputs import check_apart, check_output
@@ -341,17 +342,32 @@ TITLE_WIDTH = 80
 """Characters per line of an overlay's title: what a 600 px figure holds at 9 pt."""
 
 
+def _subtype_text(result: Prediction) -> str:
+    """A three-class run's class probabilities and subtype call, as ``predict`` gives them
+    (none: the image was not called PNEUMONIA in scope); "" where the prediction has none (a
+    binary run, an output that is not a number)."""
+    probabilities = [getattr(result, field) for field in CLASS_PROBABILITY_FIELDS]
+    if None in probabilities:
+        return ""
+    listed = ", ".join(
+        f"P({name.lower()}) = {p:.3f}" for name, p in zip(SUBTYPE_NAMES, probabilities, strict=True)
+    )
+    return f"{listed} → subtype {result.subtype or 'none'}"
+
+
 def _title(path: Path, explained: Explanation, layer: str | None = None) -> str:
     """An overlay's title: the image's path (files of one name in several folders are told
-    apart by it; wrapped, never cut), the call, what the heat shows (at ``layer``, where one
-    was chosen), and why the input is out of scope or what it was warned of (as ``predict``
-    says). Non-UTF-8 bytes are shown as ``\\xNN`` before the lines are measured."""
+    apart by it; wrapped, never cut), the call (with a three-class run's subtype and class
+    probabilities), what the heat shows (at ``layer``, where one was chosen), and why the
+    input is out of scope or what it was warned of (as ``predict`` says). Non-UTF-8 bytes are
+    shown as ``\\xNN`` before the lines are measured."""
     result = explained.prediction
     lines = textwrap.wrap(printable(str(path)), TITLE_WIDTH, break_on_hyphens=False)
     lines += [
         f"P(pneumonia) = {result.probability:.3f} → {result.label} "
         f"(threshold {result.threshold:.3f}) — research tool, not a diagnosis",
     ]
+    lines += textwrap.wrap(_subtype_text(result), TITLE_WIDTH)
     at_layer = f" (layer {printable(layer)})" if layer else ""
     lines += textwrap.wrap(explained.caption + at_layer, TITLE_WIDTH, break_on_hyphens=False)
     for heading, notes in (("out of scope", result.reasons), ("warning", result.warnings)):
@@ -411,11 +427,11 @@ def explain_paths(
     layer: str | None = None,
 ) -> Iterator[Path | PneumolabError]:
     """Write one PNG per image (folders expanded) into ``out_dir``: the X-ray under its Grad-CAM
-    heat map, probability and label in the title. Unreadable images, and PNGs already in
-    ``out_dir`` (unless ``overwrite``), yield their error instead; OutputError where ``out_dir``
-    is an input folder or inside one. Images over ``max_pixels`` are refused from their header.
-    ``layer``: the module to explain, by name (:func:`layer_named`; named in each title), else
-    :func:`find_target_layer`'s choice."""
+    heat map, probability and label (and a three-class run's subtype) in the title. Unreadable
+    images, and PNGs already in ``out_dir`` (unless ``overwrite``), yield their error instead;
+    OutputError where ``out_dir`` is an input folder or inside one. Images over ``max_pixels``
+    are refused from their header. ``layer``: the module to explain, by name
+    (:func:`layer_named`; named in each title), else :func:`find_target_layer`'s choice."""
     predictor = Predictor.from_run(run_dir, max_pixels=max_pixels)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
