@@ -1,10 +1,13 @@
 """Atomic writes: the target changes only on success, nothing is left beside it, the mode is
 the umask's, and a writer killed earlier (its temporary file left behind) blocks nothing; a set
-of files written as one (``staged_files``)."""
+of files written as one (``staged_files``), and the staging folder a killed one left behind."""
 
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -211,6 +214,113 @@ def test_a_set_that_fails_leaves_the_earlier_one_whole(tmp_path):
         raise RuntimeError("killed while drawing the figures")
     assert {p.name: p.read_text() for p in folder.iterdir()} == dict.fromkeys(OWNED, "1")
     assert [p.name for p in tmp_path.iterdir()] == ["val"]
+
+
+KILLED = """
+import os, sys
+from pneumolab.files import staged_files
+with staged_files(sys.argv[1], {"metrics.json"}, "metrics.json") as staging:
+    (staging / "metrics.json").write_text("half")
+    print(staging.name, os.getpid(), flush=True)
+    os._exit(9)  # SIGKILL, the OOM killer, a power cut: no cleanup runs
+"""
+
+
+@pytest.fixture
+def killed(tmp_path):
+    """A folder holding a finished set and the staging folder of a process killed while
+    writing the next one (which no longer runs), and that process's PID."""
+    folder = tmp_path / "val"
+    _write_set(folder, {"scores.csv": "1", "roc.png": "1", "metrics.json": "1"})
+    done = subprocess.run([sys.executable, "-c", KILLED, folder], capture_output=True, text=True)
+    assert done.returncode == 9, done.stderr[-2000:]
+    name, pid = done.stdout.split()
+    assert (folder / name / "metrics.json").read_text() == "half"
+    return folder, folder / name, int(pid)
+
+
+def test_the_staging_folder_of_a_killed_run_goes_with_the_next_set(killed, caplog):
+    folder, leftover, pid = killed
+    with (
+        caplog.at_level(logging.WARNING, logger="pneumolab"),
+        pytest.raises(RuntimeError),
+        staged_files(folder, OWNED, "metrics.json") as staging,
+    ):
+        assert staging.parent == folder and not leftover.exists()
+        raise RuntimeError("stopped: the earlier set stays whole")
+    assert {p.name: p.read_text() for p in folder.iterdir()} == dict.fromkeys(OWNED, "1")
+    assert caplog.messages == [
+        f"removed leftover staging folder {leftover} of an interrupted run (pid {pid})"
+    ]
+
+
+def test_staging_folders_that_may_be_a_live_runs_are_kept_and_named_once(killed, caplog):
+    """Another host's (or another PID namespace's: a container) PID says nothing here; one named
+    before names carried host and PID may be an older pneumolab's at work. A file or a link of
+    such a name is no staging folder."""
+    folder, leftover, pid = killed
+    outside = folder.parent / "outside"
+    outside.mkdir()
+    (outside / "kept").write_text("x")
+    others = [
+        leftover.rename(folder / f".staging-elsewhere.example-{pid}-abcd1234"),
+        folder / ".staging-k2j4abcd",
+    ]
+    if "@" in leftover.name:  # the PID namespace is known (Linux)
+        others.append(folder / leftover.name.replace("@", "@9", 1))
+        others[-1].mkdir()
+    others[1].mkdir()
+    (folder / ".staging-a-note").write_text("x")
+    (folder / leftover.name).symlink_to(outside)
+    before = sorted(p.relative_to(folder.parent) for p in folder.parent.rglob("*"))
+    with caplog.at_level(logging.WARNING, logger="pneumolab"):
+        _write_set(folder, {"scores.csv": "2", "metrics.json": "2"})
+    assert sorted(p.relative_to(folder.parent) for p in folder.parent.rglob("*")) == [
+        p for p in before if p.name != "roc.png"
+    ]
+    assert len(caplog.messages) == len(others)
+    for other, message in zip(sorted(others), caplog.messages, strict=True):
+        assert message.startswith(f"{other}: staging folder of ")
+        assert message.endswith(f"it can be deleted if no pneumolab run is writing to {folder}")
+
+
+def test_a_concurrent_runs_staging_folder_is_kept(tmp_path, caplog):
+    """Two runs writing one folder at once: the one that starts second leaves the first's
+    staging folder alone (its PID runs), and both sets are written, the later one last."""
+    folder = tmp_path / "val"
+    with staged_files(folder, OWNED, "metrics.json") as first:
+        (first / "metrics.json").write_text("first")
+        with caplog.at_level(logging.WARNING, logger="pneumolab"):
+            _write_set(folder, {"metrics.json": "second"})
+        assert caplog.messages == [
+            f"{first}: staging folder of process {os.getpid()}, which is still running; left "
+            f"alone: it can be deleted if no pneumolab run is writing to {folder}"
+        ]
+    assert [(p.name, p.read_text()) for p in folder.iterdir()] == [("metrics.json", "first")]
+
+
+def test_a_pid_of_another_user_is_alive(killed, monkeypatch, caplog):
+    """``os.kill(pid, 0)`` on another account's process fails with PermissionError: it runs."""
+    folder, leftover, pid = killed
+
+    def not_yours(pid: int, signal: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "kill", not_yours)
+    with caplog.at_level(logging.WARNING, logger="pneumolab"):
+        _write_set(folder, {"metrics.json": "2"})
+    assert leftover.is_dir() and f"process {pid}, which is still running" in caplog.text
+
+
+def test_a_killed_runs_staging_folder_that_cannot_be_removed_is_named(killed, monkeypatch, caplog):
+    folder, leftover, pid = killed
+    monkeypatch.setattr("shutil.rmtree", lambda path, ignore_errors: None)  # a read-only mount
+    with caplog.at_level(logging.WARNING, logger="pneumolab"):
+        _write_set(folder, {"metrics.json": "2"})
+    assert leftover.is_dir() and caplog.messages == [
+        f"{leftover}: staging folder of an interrupted run (pid {pid}), which could not be "
+        f"removed; left alone: it can be deleted if no pneumolab run is writing to {folder}"
+    ]
 
 
 def test_a_set_must_hold_its_last_file_and_only_owned_ones(tmp_path):

@@ -4,8 +4,11 @@ written by one account can be read by the group it was made for)."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -13,6 +16,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from pneumolab.errors import OutputError
+
+log = logging.getLogger(__name__)
+
+_STAGING = ".staging-"  # staged_files' folder: .staging-<machine>-<pid>-<mkdtemp's part>
+_STAGING_NAME = re.compile(r"\.staging-(?P<machine>.+)-(?P<pid>\d+)-[a-z0-9_]+")
 
 
 def sha256_of(path: str | Path) -> str:
@@ -183,10 +191,13 @@ def staged_files(folder: str | Path, owned: Collection[str], last: str) -> Itera
     and the files of ``owned`` that were not staged are removed (an earlier run's leftovers).
     ``owned`` names files by their path in ``folder`` (``confusion/a.png``). On failure
     ``folder`` is untouched (one made here is removed again). Files in ``folder`` outside
-    ``owned`` are kept."""
+    ``owned`` are kept. The staging folder's name carries this machine and process; one left by
+    a killed process is removed by the next call on ``folder`` (:func:`_clear_leftover_staging`)."""
     folder = Path(folder)
     with folder_for(folder):
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+        _clear_leftover_staging(folder)
+        prefix = f"{_STAGING}{_machine()}-{os.getpid()}-"
+        staging = Path(tempfile.mkdtemp(prefix=prefix, dir=folder))
         try:
             with naming_failures(folder):
                 yield staging
@@ -212,3 +223,64 @@ def _move_in(staging: Path, folder: Path, owned: Collection[str], last: str) -> 
     for name in set(owned) - staged:
         (folder / name).unlink(missing_ok=True)
     os.replace(staging / last, folder / last)
+
+
+def _machine() -> str:
+    """Where a PID names one process, as a staging folder's name carries it: the host name
+    (characters a file name may not hold replaced) and, on Linux, the PID namespace (a container
+    that shares the host name and the folder numbers its processes apart)."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:64] or "_"
+    try:
+        return f"{host}@{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return host
+
+
+def _is_dead(pid: int) -> bool:
+    """Whether no process of ``pid`` runs here: True only where that is certain (a process of
+    another user answers PermissionError: it runs; off POSIX ``os.kill`` would end it)."""
+    if os.name != "posix" or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):
+        return False
+    return False
+
+
+def _clear_leftover_staging(folder: Path) -> None:
+    """Remove the staging folders in ``folder`` that :func:`staged_files` of a killed process
+    left (SIGKILL, out of memory, power loss): those whose name says this machine and a PID that
+    runs no more, each logged. Any other ``.staging-*`` folder (another machine's, a live PID's:
+    a run writing there now, or one named before names carried host and PID) is left alone and
+    warned about. Nothing else is touched; links are not followed."""
+    here = _machine()
+    for entry in sorted(folder.iterdir()):
+        if not entry.name.startswith(_STAGING) or entry.is_symlink() or not entry.is_dir():
+            continue
+        name = _STAGING_NAME.fullmatch(entry.name)
+        if name and name["machine"] == here and _is_dead(int(name["pid"])):
+            shutil.rmtree(entry, ignore_errors=True)  # another run may be clearing it too
+            if not entry.exists():
+                log.warning(
+                    "removed leftover staging folder %s of an interrupted run (pid %s)",
+                    entry,
+                    name["pid"],
+                )
+                continue
+            owner = f"an interrupted run (pid {name['pid']}), which could not be removed"
+        elif name is None:
+            owner = "a run of an older pneumolab, which did not name its process"
+        elif name["machine"] != here:
+            owner = f"process {name['pid']} on {name['machine']}"
+        else:
+            owner = f"process {name['pid']}, which is still running"
+        log.warning(
+            "%s: staging folder of %s; left alone: it can be deleted if no pneumolab run is "
+            "writing to %s",
+            entry,
+            owner,
+            folder,
+        )
