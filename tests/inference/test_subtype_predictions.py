@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import copy_run, write_run, write_synthetic_dataset, xray_like
@@ -239,6 +240,40 @@ def test_an_evaluation_with_tta_or_an_exported_backend_does_not_warn_of_predicti
             assert said == [
                 "three-class metrics (subtypes) need the torch backend: not computed with onnx"
             ]
+
+
+def test_a_three_class_evaluation_scores_each_image_once(tmp_path, monkeypatch):
+    """An evaluation of a three-class run scored the split twice: the binary scores, then the
+    3 x 3 matrix's class probabilities in a second pass over the same images. Both come from
+    one pass now, and the matrix is the one the separate pass gave."""
+    from pneumolab.data.layout import Sample
+    from pneumolab.data.subtypes import subtype_labels
+    from pneumolab.evaluation.evaluate import evaluate
+    from pneumolab.evaluation.subtypes import subtype_metrics
+    from pneumolab.models.classifier import XrayClassifier
+
+    data = write_synthetic_dataset(tmp_path / "data", per_class=6)
+    (data / "train").rename(data / "test")
+    images = sorted((data / "test").rglob("*.png"))
+    run = write_run(tmp_path / "run", images, task="three_class").root
+    predictor = Predictor.from_run(run)
+    pixels = np.stack([predictor.preprocess_array(path) for path in images])
+    probs = predictor.backend(pixels)
+    class_probs = predict_class_probabilities(predictor.model, pixels)  # the separate pass
+    truth = np.array(subtype_labels([Sample(p, int("PNEUMONIA" in p.parts), "") for p in images]))
+    expected = subtype_metrics(truth, class_probs, probs >= predictor.threshold)
+    seen: list[int] = []  # images through the network, pass by pass
+    network_input = XrayClassifier._backbone_input
+
+    def counted(self: XrayClassifier, x: torch.Tensor) -> torch.Tensor:
+        seen.append(len(x))
+        return network_input(self, x)
+
+    monkeypatch.setattr(XrayClassifier, "_backbone_input", counted)
+    metrics = evaluate(run, data, split="test", device="cpu")
+    assert seen == [len(images)]
+    assert metrics.subtypes is not None  # NaN (a class never called) as text, to compare
+    assert json.dumps(metrics.subtypes.model_dump()) == json.dumps(expected.model_dump())
 
 
 def test_the_ray_replicas_rows_carry_the_subtype(three_class, images, expected, tmp_path):

@@ -37,6 +37,7 @@ from pneumolab.evaluation.shift import (
 )
 from pneumolab.evaluation.subtypes import subtype_metrics
 from pneumolab.inference.predictor import Predictor
+from pneumolab.inference.scores import Scores
 from pneumolab.inference.torch_scoring import predict_class_probabilities
 from pneumolab.results import (
     EvaluationMetrics,
@@ -139,13 +140,17 @@ def _calibrated(meta: RunMeta, labels: np.ndarray, probs: np.ndarray) -> Calibra
 
 
 def _subtypes(
-    predictor: Predictor, decoded: DecodedImages, pneumonia: np.ndarray
+    predictor: Predictor,
+    decoded: DecodedImages,
+    scores: Scores,
+    pneumonia: np.ndarray,
 ) -> SubtypeMetrics | None:
     """Three-class metrics of a three-class run: NORMAL where the evaluation's binary decision
     (``pneumonia``: with ``--tta``, the TTA scores at the TTA threshold) says so, else the more
-    likely subtype by the single-view class probabilities. None for a binary run, and, with a
-    warning, for an exported model (no class logits) or images whose names carry no subtype
-    (outside data: the binary metrics still stand)."""
+    likely subtype by the single-view class probabilities: those of the evaluation's own pass
+    (``scores``), or, where it gives none (TTA averages views), one pass of the single view.
+    None for a binary run, and, with a warning, for an exported model (no class logits) or
+    images whose names carry no subtype (outside data: the binary metrics still stand)."""
     if not predictor.meta.subtype_names:
         return None
     try:
@@ -159,7 +164,11 @@ def _subtypes(
             predictor.backend_name,
         )
         return None
-    class_probs = predict_class_probabilities(predictor.model, decoded.pixels, predictor.intensity)
+    class_probs = scores.class_probs
+    if class_probs is None:
+        class_probs = predict_class_probabilities(
+            predictor.model, decoded.pixels, predictor.intensity
+        )
     return subtype_metrics(truth, class_probs, pneumonia)
 
 
@@ -230,7 +239,8 @@ def compute_evaluation(
     run = RunDir(predictor.run_dir)
     samples = split_samples(run, Path(data_dir), split)
     decoded = decode_readable(samples, predictor.image_size, f"{data_dir}: the {split} split")
-    probs = predictor.backend(decoded.pixels)
+    scores = predictor.scorer(decoded.pixels)  # a three-class network's classes too: one pass
+    probs = scores.probability
     _check_finite(probs, decoded.samples, run)
     labels = np.array([s.label for s in decoded.samples])
     threshold = predictor.threshold
@@ -266,7 +276,7 @@ def compute_evaluation(
         platt_scaled=calibrated.platt_scaled,
         platt_refused=predictor.meta.platt_refused,
         test_evaluations_count=count_test_evaluations(run) + (split == "test"),
-        subtypes=_subtypes(predictor, decoded, called_positive(probs, threshold)),
+        subtypes=_subtypes(predictor, decoded, scores, called_positive(probs, threshold)),
         robustness=perturbed,
         robustness_summary=None if perturbed is None else summarize(perturbed),
         shift=None if scenarios is None else {r.scenario: r.summary() for r in scenarios},
