@@ -243,3 +243,20 @@ def test_a_score_that_is_not_a_number_names_its_file_and_line(tmp_path, column):
     write_predictions(path, samples, scores["probability"], scores["tta_probability"])
     with pytest.raises(RunDirError, match=r"p\.csv: line 3: a score that is not a finite number"):
         read_predictions(path)
+
+
+def test_split_mismatch_reads_each_split_file_once(tmp_path, monkeypatch):
+    """The first run's split.csv was read again beside every other run's: n - 1 times."""
+    from pneumolab.run import split_mismatch
+
+    runs = [RunDir(tmp_path / name) for name in ("a", "b", "c", "d")]
+    for run in runs:
+        run.root.mkdir()
+        run.split.write_text("path,label,patient,subset\nx.png,0,p,val\n")
+    read: list[Path] = []
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda path: read.append(path) or real(path))
+    assert split_mismatch(runs) is None
+    assert sorted(read) == sorted(run.split for run in runs)
+    runs[2].split.write_text("path,label,patient,subset\ny.png,0,p,val\n")
+    assert split_mismatch(runs) == (runs[2], runs[0])

@@ -306,8 +306,11 @@ def split_mismatch(runs: Iterable[RunDir]) -> tuple[RunDir, RunDir] | None:
     """A run whose split.csv differs from the first run's, with that first run; None where all
     of them hold the same split (runs without split.csv are skipped)."""
     with_split = [run for run in runs if run.split.is_file()]
+    if not with_split:
+        return None
+    first = with_split[0].split.read_bytes()  # once: it was read again beside every other run
     for run in with_split[1:]:
-        if run.split.read_bytes() != with_split[0].split.read_bytes():
+        if run.split.read_bytes() != first:
             return run, with_split[0]
     return None
 
