@@ -145,3 +145,42 @@ def test_a_compare_stopped_while_drawing_keeps_the_earlier_one_and_runs_again(
     assert main(fresh) == 0  # the stopped job's rerun, no flag needed
     assert main([*compare, "--overwrite"]) == 0
     assert sorted(_files(out)) == sorted(earlier)
+
+
+def test_the_margins_pair_the_evaluations_in_memory_not_their_files_read_back(
+    tmp_path, monkeypatch
+):
+    """``compare`` wrote each run's ``eval/<split>/`` and then read every run's score files
+    back for each criterion's margins (``predictions.csv`` twice with ``--shift``, once per
+    criterion, and ``shift_predictions.csv``). It pairs the scores it holds now: no score file
+    is read, and the margins are those the files give."""
+    from conftest import write_run, write_synthetic_dataset
+    from pneumolab.evaluation import selection
+    from pneumolab.evaluation.selection import margins_over
+
+    data = write_synthetic_dataset(tmp_path / "data", per_class=6)
+    images = sorted((data / "train").rglob("*.png"))
+    split = "path,label,patient,subset\n" + "".join(
+        f"{p.relative_to(data).as_posix()},{int('PNEUMONIA' in p.parts)},{p.stem},val\n"
+        for p in images
+    )
+    runs = {}
+    for seed, name in enumerate(("a", "b")):
+        runs[name] = write_run(tmp_path / "runs" / name, images, seed=seed)
+        runs[name].split.write_text(split)
+    read: list[str] = []
+    for reader in ("read_predictions", "read_shift_predictions"):
+        real = getattr(selection, reader)
+        monkeypatch.setattr(
+            selection, reader, lambda *a, real=real, reader=reader: read.append(reader) or real(*a)
+        )
+    rows, outputs = comparison.compare_runs(
+        list(runs.values()), data, "val", tmp_path / "cmp", shift=True
+    )
+    assert read == []
+    expected = [
+        margins_over(runs, comparison.leading_model(rows, criterion), criterion).markdown("val")
+        for criterion in ("roc_auc", "shift_roc_auc")
+    ]  # from the files the evaluations wrote
+    assert read  # the spies see a read from the files
+    assert outputs["margins"].read_text() == "# Margins\n\n" + "\n".join(expected)

@@ -17,8 +17,13 @@ from pneumolab.errors import DataLayoutError, OutputError, RunDirError
 from pneumolab.evaluation.bootstrap import interval_text
 from pneumolab.evaluation.figures import confusion_matrix_figure, model_bars_figure, save_figure
 from pneumolab.evaluation.metrics import format_metric
-from pneumolab.evaluation.scoring import compute_evaluation
-from pneumolab.evaluation.selection import margins_over, warn_untold
+from pneumolab.evaluation.scoring import Evaluation, compute_evaluation
+from pneumolab.evaluation.selection import (
+    ImageScores,
+    evaluation_scores,
+    margins_between,
+    warn_untold,
+)
 from pneumolab.evaluation.speed import ms_per_image
 from pneumolab.evaluation.writer import write_evaluation
 from pneumolab.files import staged_files
@@ -99,9 +104,22 @@ def compare_predictor(
 ) -> ComparisonRow:
     """:func:`compare_run` for a run already loaded (``Predictor.from_run`` on
     :func:`default_device`, with the same ``cache``)."""
+    evaluation = _evaluated(name, predictor, data_dir, split, robustness, shift)
+    return _row(name, evaluation, cache)
+
+
+def _evaluated(
+    name: str,
+    predictor: Predictor,
+    data_dir: str | Path,
+    split: Split,
+    robustness: bool,
+    shift: bool,
+) -> Evaluation:
+    """The run's evaluation on ``split``, written into its ``eval/<split>/``; DataLayoutError
+    where it has no ROC AUC (a comparison ranks by it)."""
     if predictor.run_dir is None:
         raise ValueError("compare_predictor needs a predictor loaded with Predictor.from_run")
-    run, backend, device = RunDir(predictor.run_dir), predictor.backend_name, default_device()
     evaluation = compute_evaluation(predictor, data_dir, split, robustness, shift)
     if math.isnan(evaluation.metrics.roc_auc):
         raise DataLayoutError(
@@ -110,7 +128,14 @@ def compare_predictor(
             "sensitivity or specificity there)"
         )
     write_evaluation(evaluation)
-    metrics = evaluation.metrics
+    return evaluation
+
+
+def _row(name: str, evaluation: Evaluation, cache: ScoreCache | None) -> ComparisonRow:
+    """The evaluation's line of the table, with the run's CPU time per image (``cache``
+    bypassed: see :func:`compare_run`)."""
+    predictor, run, metrics = evaluation.predictor, evaluation.run, evaluation.metrics
+    backend, device = predictor.backend_name, default_device()
     timed = predictor if device == "cpu" or backend != "torch" else Predictor.from_run(run.root)
     with cache.bypassed() if cache else nullcontext():
         cpu_ms = ms_per_image(timed.backend, evaluation.decoded.pixels[:SPEED_IMAGES])
@@ -362,15 +387,15 @@ def compare_runs(
     files in ``out_dir`` are kept); ``out_dir`` is locked while the comparison runs (another
     compare into it is refused).
     ``backend``: see :func:`compare_run`."""
-    run_dirs = [run.root for run in run_list(run_dirs, "compare_runs")]  # before out_dir is made
+    runs = run_list(run_dirs, "compare_runs")  # before out_dir is made
     with working_in(Path(out_dir), "comparing"):  # two compares mixed their files
         return _compare_into(
-            run_dirs, data_dir, split, Path(out_dir), robustness, shift, overwrite, backend
+            runs, data_dir, split, Path(out_dir), robustness, shift, overwrite, backend
         )
 
 
 def _compare_into(
-    run_dirs: Sequence[str | Path],
+    runs: list[RunDir],
     data_dir: str | Path,
     split: Split,
     out_dir: Path,
@@ -379,9 +404,9 @@ def _compare_into(
     overwrite: bool,
     backend: BackendName,
 ) -> tuple[list[ComparisonRow], dict[str, Path]]:
-    """:func:`compare_runs`'s work, once ``out_dir`` is this process's."""
-    names = check_comparison(run_dirs, out_dir, overwrite)
-    runs = [RunDir(Path(d)) for d in run_dirs]
+    """:func:`compare_runs`'s work, once ``out_dir`` is this process's. Each run's evaluation
+    is held only until its row and per-image scores (what the margins pair) are taken."""
+    names = check_comparison([run.root for run in runs], out_dir, overwrite)
     cache = ScoreCache()
     predictors = [  # all load before any is scored: an unfinished run or a missing or stale
         Predictor.from_run(run.root, default_device(), backend, cache=cache)  # export fails first
@@ -391,13 +416,16 @@ def _compare_into(
     caveat = SPLITS_DIFFER if mismatch else ""  # in results.md too: the console's line is gone
     if caveat:
         log.warning(caveat)
-    rows = [
-        compare_predictor(name, predictor, data_dir, split, robustness, shift, cache)
-        for name, predictor in zip(names, predictors, strict=True)
-    ]
-    cache.log_use()
     criteria = ("roc_auc", "shift_roc_auc") if shift else ("roc_auc",)
-    margins = _margins_text(rows, dict(zip(names, runs, strict=True)), split, criteria)
+    rows: list[ComparisonRow] = []
+    scores: dict[str, dict[str, dict[str, ImageScores]]] = {c: {} for c in criteria}
+    for name, predictor in zip(names, predictors, strict=True):
+        evaluation = _evaluated(name, predictor, data_dir, split, robustness, shift)
+        rows.append(_row(name, evaluation, cache))
+        for criterion in criteria:
+            scores[criterion][name] = evaluation_scores(evaluation, criterion)
+    cache.log_use()
+    margins = _margins_text(rows, scores, split)
     outputs = write_comparison(
         rows, out_dir, split, extra={MARGINS: margins}, remove_stale=overwrite, caveat=caveat
     )
@@ -431,13 +459,16 @@ def leading_model(
 
 
 def _margins_text(
-    rows: Sequence[ComparisonRow], runs: dict[str, RunDir], split: str, criteria: Sequence[str]
+    rows: Sequence[ComparisonRow],
+    scores: Mapping[str, Mapping[str, Mapping[str, ImageScores]]],
+    split: str,
 ) -> str:
-    """``margins.md``: for each criterion, its leader's paired AUC margin over the other runs."""
+    """``margins.md``: for each criterion of ``scores`` (criterion -> model name -> its
+    per-image scores), its leader's paired AUC margin over the other runs."""
     sections = []
-    for criterion in criteria:
+    for criterion, scored in scores.items():
         leader = leading_model(rows, criterion)
-        margins = margins_over(runs, leader, criterion, split)
+        margins = margins_between(scored, leader, criterion)
         warn_untold(margins, f"the {split} split")
         sections.append(margins.markdown(split))
     return "# Margins\n\n" + "\n".join(sections)

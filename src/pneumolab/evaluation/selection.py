@@ -2,7 +2,8 @@
 
 The paired, patient-grouped bootstrap of a criterion's ROC AUC, leading model minus each other,
 on the images every model was scored on (their evaluation's ``predictions.csv``, or
-``shift_predictions.csv`` for the shift protocol's compound scenario). An interval that includes
+``shift_predictions.csv`` for the shift protocol's compound scenario; ``compare`` pairs the scores
+of its evaluations in memory, the same numbers). An interval that includes
 zero means the split cannot tell the two apart, whatever the table's order. Studies report it
 for their selection (``selection.md``), ``compare`` for the leader of each criterion.
 """
@@ -11,14 +12,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from pneumolab.choices import PAIRED_CRITERIA
+from pneumolab.data.layout import Sample
 from pneumolab.data.patients import patient_of
 from pneumolab.evaluation.bootstrap import (
     PairedDifference,
@@ -29,6 +31,9 @@ from pneumolab.evaluation.bootstrap import (
 from pneumolab.evaluation.writer import METRICS, PREDICTIONS, SHIFT_PREDICTIONS
 from pneumolab.run import RunDir, read_predictions, read_shift_predictions
 from pneumolab.text import markdown_cell
+
+if TYPE_CHECKING:
+    from pneumolab.evaluation.scoring import Evaluation
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +110,30 @@ class ImageScores(NamedTuple):
     draws: list[float]
 
 
+def image_scores(samples: Sequence[Sample], draws: Sequence[np.ndarray]) -> dict[str, ImageScores]:
+    """``{image path: ImageScores}`` of scored ``samples`` (``draws``: their scores, one array
+    per draw), keyed as an evaluation's files write the paths."""
+    return {
+        str(sample.path): ImageScores(
+            sample.label,
+            sample.patient or patient_of(sample.path),
+            [float(scores[index]) for scores in draws],
+        )
+        for index, sample in enumerate(samples)
+    }
+
+
+def evaluation_scores(evaluation: Evaluation, criterion: str) -> dict[str, ImageScores]:
+    """The per-image scores an evaluation in memory holds for ``criterion`` (one of
+    :data:`SCORED_CRITERIA`), as :func:`margins_over` reads them from its files."""
+    scenario = SCORED_CRITERIA[criterion]
+    if scenario is None:
+        return image_scores(evaluation.decoded.samples, [evaluation.probs])
+    if evaluation.shifted is None:
+        raise ValueError(f"{criterion}: the evaluation was made without the shift protocol")
+    return image_scores(evaluation.decoded.samples, evaluation.shifted[scenario])
+
+
 def _scores(folder: Path, scenario: str | None) -> dict[str, ImageScores]:
     """``{image path: ImageScores}`` of one evaluation folder; FileNotFoundError where its
     evaluation did not finish (no metrics.json). The patient is the one the evaluation grouped
@@ -139,6 +168,14 @@ def margins_over(
         scores = {name: _scores(run.eval_dir(split), scenario) for name, run in runs.items()}
     except (OSError, KeyError) as exc:
         return Margins(criterion, leader, untested=f"an evaluation's scores are missing ({exc})")
+    return margins_between(scores, leader, criterion)
+
+
+def margins_between(
+    scores: Mapping[str, Mapping[str, ImageScores]], leader: str, criterion: str
+) -> Margins:
+    """:func:`margins_over` of per-image scores already at hand (model name -> image path ->
+    its scores for ``criterion``: :func:`evaluation_scores`), in the order of ``scores``."""
     images = sorted(scores[leader])
     if any(sorted(s) != images for s in scores.values()):
         return Margins(criterion, leader, untested="the models were scored on other images")
@@ -150,7 +187,7 @@ def margins_over(
 
     margins = [
         Margin(name, paired_auc_difference(labels, draws(leader), draws(name), patients))
-        for name in runs
+        for name in scores
         if name != leader
     ]
     return Margins(criterion, leader, margins)
