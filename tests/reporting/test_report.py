@@ -249,3 +249,44 @@ def test_an_evenly_spread_map_is_not_captioned_empty(tmp_path, capsys):
     for towards in ("NORMAL", "PNEUMONIA"):  # false negatives, false positives
         spread = f"heat spread evenly: every region raised the evidence for {towards} alike"
         assert page.count(spread) == 2 * 4  # each of 4 maps: caption and alt text
+
+
+def test_each_gallery_image_is_decoded_once_for_its_thumbnail_only(tmp_path, monkeypatch):
+    """The error galleries decoded each image twice: again for its Grad-CAM (the evaluation
+    held its pixels already), then for its thumbnail; an image in both galleries (an error and
+    a sample X-ray) had its thumbnail decoded twice as well. The heat maps are drawn from the
+    evaluation's pixels now, and each thumbnail is decoded once."""
+    from collections import Counter
+
+    from conftest import write_run, write_synthetic_dataset
+    from pneumolab.inference.predictor import Predictor
+    from pneumolab.reporting import report
+    from pneumolab.reporting.report import build_report
+
+    data = write_synthetic_dataset(tmp_path / "data", per_class=6)
+    images = sorted((data / "train").rglob("*.png"))
+    run = write_run(tmp_path / "run", images)
+    run.split.write_text(  # every other label flipped: errors on both sides
+        "path,label,patient,subset\n"
+        + "".join(
+            f"{p.relative_to(data).as_posix()},{int('PNEUMONIA' in p.parts) ^ (i % 2)},{p.stem},val\n"
+            for i, p in enumerate(images)
+        )
+    )
+    thumbnails: Counter[str] = Counter()
+    prepared: list[object] = []
+    load_image, prepare = report.load_image, Predictor.prepare
+    monkeypatch.setattr(
+        report, "load_image", lambda path, **kw: thumbnails.update([path]) or load_image(path, **kw)
+    )
+    monkeypatch.setattr(
+        Predictor, "prepare", lambda self, image: prepared.append(image) or prepare(self, image)
+    )
+    text = build_report(run.root, data, "val", out_file=tmp_path / "report.html").read_text()
+    shown = re.findall(r"<figcaption>([^<:]+\.png)", text)
+    assert re.search(r"False negatives \([1-9]", text)
+    assert re.search(r"False positives \([1-9]", text)
+    assert len(shown) > len(set(shown))  # an image in both galleries
+    assert prepared == []
+    assert sorted(Path(p).name for p in thumbnails) == sorted(set(shown))
+    assert set(thumbnails.values()) == {1}

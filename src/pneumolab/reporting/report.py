@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import html
 import io
+from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -160,8 +161,13 @@ def _errors_html(
     predictor: Predictor,
     heat_layer: tuple[nn.Module | None, str],
     rows: list[dict[str, Any]],
+    all_pixels: torch.Tensor,
+    thumbnail: Callable[[str], Image.Image],
     limit: int,
 ) -> str:
+    """The galleries of the most confident false negatives and false positives, each image's
+    Grad-CAM drawn from the pixels the evaluation scored (``all_pixels``, by each row's
+    ``index``: the file is decoded again only for its ``thumbnail``)."""
     threshold = predictor.threshold
     fn = sorted(
         (r for r in rows if r["label"] == 1 and r["probability"] < threshold),
@@ -192,11 +198,11 @@ def _errors_html(
             caption = f"{Path(row['path']).name}: P = {row['probability']:.3f}"
             heat = None
             if model is not None and layer is not None:
-                pixels = predictor.preprocess(row["path"])
-                maps = gradcam_maps(model, pixels[None], predictor.intensity, layer, towards)
+                pixels = all_pixels[row["index"]][None]
+                maps = gradcam_maps(model, pixels, predictor.intensity, layer, towards)
                 heat, blank = maps.stretched, maps.blank(towards)
                 caption += f" ({blank})" if blank else ""
-            png = overlay_png(_thumbnail(row["path"]), heat)  # the film's own proportions
+            png = overlay_png(thumbnail(row["path"]), heat)  # the film's own proportions
             parts.append(figure_html(png, caption, "thumb"))
     return "".join(parts)
 
@@ -208,14 +214,16 @@ def _thumbnail(path: str) -> Image.Image:
     return image
 
 
-def _samples_html(rows: list[dict[str, Any]], per_class: int) -> str:
+def _samples_html(
+    rows: list[dict[str, Any]], per_class: int, thumbnail: Callable[[str], Image.Image]
+) -> str:
     parts = []
     for label, name in enumerate(CLASS_NAMES):
         chosen = [r for r in rows if r["label"] == label][:per_class]
         parts.append(f"<h3>{name}</h3>" + ("" if chosen else "<p>none</p>"))
         for row in chosen:
             buffer = io.BytesIO()
-            _thumbnail(row["path"]).convert("L").save(buffer, "PNG")
+            thumbnail(row["path"]).convert("L").save(buffer, "PNG")
             parts.append(figure_html(buffer.getvalue(), Path(row["path"]).name, "thumb"))
     return "".join(parts)
 
@@ -362,10 +370,11 @@ def build_report(
     predictor = Predictor.from_run(run.root, device=default_device())
     evaluation = compute_evaluation(predictor, data_dir, split)
     metrics, labels, probs = evaluation.metrics, evaluation.labels, evaluation.probs
-    rows = [
-        {"path": str(s.path), "label": s.label, "probability": float(p)}
-        for s, p in zip(evaluation.decoded.samples, probs, strict=True)
+    rows = [  # index: the image's row of evaluation.decoded.pixels
+        {"path": str(s.path), "label": s.label, "probability": float(p), "index": i}
+        for i, (s, p) in enumerate(zip(evaluation.decoded.samples, probs, strict=True))
     ]
+    thumbnails = cache(_thumbnail)  # an image in both galleries is decoded once
     figures = {name: figure_png(fig) for name, fig in evaluation_figures(evaluation).items()}
     points = metrics.operating_points
     heat_layer = _heat_layer(predictor)
@@ -381,8 +390,14 @@ def build_report(
             if metrics.subtypes is not None
             else []
         ),
-        ("errors", "Most confident errors", _errors_html(predictor, heat_layer, rows, max_gallery)),
-        ("samples", "Sample X-rays", _samples_html(rows, max(1, max_gallery // 2))),
+        (
+            "errors",
+            "Most confident errors",
+            _errors_html(
+                predictor, heat_layer, rows, evaluation.decoded.pixels, thumbnails, max_gallery
+            ),
+        ),
+        ("samples", "Sample X-rays", _samples_html(rows, max(1, max_gallery // 2), thumbnails)),
         (
             "saliency",
             "Saliency sanity check",
