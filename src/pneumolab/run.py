@@ -33,6 +33,7 @@ import io
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,8 @@ are outputs: replaced only when asked)."""
 
 _TOLD_PLATT_IGNORED: set[Path] = set()
 """Runs (resolved folders) already told of their ignored Platt map in this process."""
+_TOLD_PLATT_IGNORED_LOCK = threading.Lock()
+"""Makes the check and the add one step: the HTTP server loads runs on several threads."""
 
 
 def _tell_stored_platt_ignored(root: Path, reason: str) -> None:
@@ -75,9 +78,10 @@ def _tell_stored_platt_ignored(root: Path, reason: str) -> None:
     (written before 2026-12-07, when such maps were not yet refused) does not increase with the
     score, so is ignored (:attr:`~pneumolab.results.DecisionRule.platt_refused`)."""
     key = Path(os.path.realpath(root))
-    if key in _TOLD_PLATT_IGNORED:
-        return
-    _TOLD_PLATT_IGNORED.add(key)
+    with _TOLD_PLATT_IGNORED_LOCK:
+        if key in _TOLD_PLATT_IGNORED:
+            return
+        _TOLD_PLATT_IGNORED.add(key)
     log.warning(
         "%s: the Platt calibration map its meta.json stores (written before 2026-12-07, when "
         "such maps were still kept) is ignored: %s. Its predictions are the network's raw "
