@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -135,6 +135,71 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     Tests that write into a run (evaluate, model cards) copy it first (:func:`copy_run`)."""
     root = tmp_path_factory.mktemp("tiny-run")
     return train_tiny_run(root), root / "data"
+
+
+@pytest.fixture
+def lock(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """``lock(path)``: ``path`` behaves as ``chmod 000`` makes it for a user who is not root (a
+    file or a folder that exists but cannot be opened, nothing under a folder reachable);
+    ``lock(folder, listable=True)`` as ``chmod 644`` does (its names listed, none reachable).
+    The OS calls are refused as the kernel would: tests may run as root, whom permission bits
+    do not stop."""
+    import builtins
+    import errno
+    import io
+
+    locked: list[tuple[Path, bool]] = []
+    real_stat, real_lstat, real_scandir, real_access, real_open = (
+        os.stat,
+        os.lstat,
+        os.scandir,
+        os.access,
+        builtins.open,
+    )
+
+    def where(path: object) -> tuple[Path, bool] | None:
+        """The locked path ``path`` is or is under, and whether it is that path itself."""
+        if not isinstance(path, str | bytes | os.PathLike):
+            return None  # a file descriptor
+        absolute = Path(os.path.abspath(os.fsdecode(path)))
+        for root, _ in locked:
+            if absolute == root or root in absolute.parents:
+                return root, absolute == root
+        return None
+
+    def refuse(path: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", os.fsdecode(path))
+
+    def checked(real: Callable[..., Any], listing: bool = False) -> Callable[..., Any]:
+        def call(path: Any = ".", *args: Any, **kwargs: Any) -> Any:
+            found = where(path)
+            if found is not None:
+                root, itself = found
+                listable = dict(locked)[root]
+                if not itself or (listing and not listable) or (real is real_open):
+                    refuse(path)
+            return real(path, *args, **kwargs)
+
+        return call
+
+    def access(path: Any, mode: int, *args: Any, **kwargs: Any) -> bool:
+        found = where(path)
+        if found is None:
+            return real_access(path, mode, *args, **kwargs)
+        root, itself = found  # a listable folder may be read, not entered
+        return itself and dict(locked)[root] and not mode & os.X_OK
+
+    monkeypatch.setattr(os, "stat", checked(real_stat))
+    monkeypatch.setattr(os, "lstat", checked(real_lstat))
+    monkeypatch.setattr(os, "scandir", checked(real_scandir, listing=True))
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(builtins, "open", checked(real_open))
+    monkeypatch.setattr(io, "open", checked(real_open))
+
+    def lock_path(path: Path, listable: bool = False) -> None:
+        locked.append((Path(os.path.abspath(path)), listable))
+
+    return lock_path
 
 
 def copy_run(run_dir: Path, dest: Path) -> Path:

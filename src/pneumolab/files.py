@@ -1,5 +1,6 @@
 """Writing files so that a kill never leaves half of one, with the user's umask (a file
-written by one account can be read by the group it was made for)."""
+written by one account can be read by the group it was made for); and saying why an input
+cannot be read where the file system refuses it."""
 
 from __future__ import annotations
 
@@ -28,6 +29,34 @@ def sha256_of(path: str | Path) -> str:
     downloads, duplicate images and the feature cache's keys."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def blocked_by(path: str | Path) -> Path | None:
+    """The first folder above ``path``, from the top, that exists and that this process may not
+    enter (no search permission): it hides whether ``path`` exists. None where there is none."""
+    above = reversed(Path(path).parents)
+    return next((p for p in above if os.path.isdir(p) and not os.access(p, os.X_OK)), None)
+
+
+def permission_problem(path: str | Path) -> str:
+    """What a PermissionError on ``path`` means, for an error naming it: a folder above it that
+    exists but cannot be read, or ``path`` itself (a file or a folder) that cannot be. Never
+    "not found": the path is there, the process may not read it."""
+    blocker = blocked_by(path)
+    if blocker is not None:
+        return (
+            f"cannot be reached: the folder {blocker} exists but cannot be read (permission denied)"
+        )
+    kind = "folder" if os.path.isdir(path) else "file"
+    return f"{kind} exists but cannot be read (permission denied)"
+
+
+def unreadable_folder(folder: str | Path) -> str | None:
+    """:func:`permission_problem` of ``folder`` where it is a folder this process may not list
+    or enter, or one a folder above it hides; None otherwise (readable, or not there)."""
+    if os.path.isdir(folder):
+        return None if os.access(folder, os.R_OK | os.X_OK) else permission_problem(folder)
+    return permission_problem(folder) if blocked_by(folder) is not None else None
 
 
 def current_umask() -> int:

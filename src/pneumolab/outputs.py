@@ -85,7 +85,7 @@ def check_apart(out: str | Path, inputs: Iterable[str | Path]) -> None:
             raise OutputError(
                 f"{out}: is {given}, an input of this command; give --out another path"
             )
-        if source.is_dir() and target.is_relative_to(source):
+        if os.path.isdir(source) and target.is_relative_to(source):  # False where unreachable
             raise OutputError(
                 f"{out}: inside {given}, an input folder of this command (its next run would "
                 "read what this one writes); give --out a path outside it"

@@ -44,7 +44,7 @@ from pydantic import ValidationError
 
 from pneumolab.data.layout import Sample
 from pneumolab.errors import DataLayoutError, RunDirError, validation_problems
-from pneumolab.files import sha256_of, write_text_atomically
+from pneumolab.files import sha256_of, unreadable_folder, write_text_atomically
 from pneumolab.run_meta import RunMeta, migrate
 
 log = logging.getLogger(__name__)
@@ -292,9 +292,12 @@ class RunDir:
         """The samples of one side (``train`` or ``val``) of the saved split, under ``data_root``."""
         rows = self.split_rows(subset)
         samples = [Sample(Path(data_root) / r["path"], int(r["label"]), r["patient"]) for r in rows]
-        missing = [s.path for s in samples if not s.path.is_file()]
-        if missing and not Path(data_root).is_dir():  # a mistyped --data: say so, not "N of"
-            what = "is a file, not a dataset folder" if Path(data_root).exists() else "not found"
+        missing = [s.path for s in samples if not os.path.isfile(s.path)]  # never raises
+        unreadable = unreadable_folder(data_root) if missing else None
+        if missing and (unreadable or not Path(data_root).is_dir()):  # say so, not "N of"
+            what = unreadable or (
+                "is a file, not a dataset folder" if Path(data_root).exists() else "not found"
+            )
             raise DataLayoutError(
                 f"{data_root}: {what}; give the data folder the run was trained on (--data)"
             )

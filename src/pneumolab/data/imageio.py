@@ -26,6 +26,7 @@ from pneumolab.data.formats import (
     sniff_file,
 )
 from pneumolab.errors import ImageLoadError, brief
+from pneumolab.files import permission_problem
 
 log = logging.getLogger(__name__)
 
@@ -284,12 +285,11 @@ def reading(path: Path, kind: str, max_pixels: int) -> Iterator[None]:
         raise ImageLoadError(f"{path}: file not found") from None
     except IsADirectoryError:
         if not os.access(path, os.R_OK | os.X_OK):
-            raise ImageLoadError(f"{path}: folder not readable (permission denied)") from None
+            raise ImageLoadError(f"{path}: {permission_problem(path)}") from None
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise ImageLoadError(f"{path}: a folder without images ({suffixes}) in it") from None
-    except PermissionError:
-        kind = "folder" if path.is_dir() else "file"
-        raise ImageLoadError(f"{path}: {kind} not readable (permission denied)") from None
+    except PermissionError:  # its own permissions, or a folder above it
+        raise ImageLoadError(f"{path}: {permission_problem(path)}") from None
     except UnidentifiedImageError:
         if path.is_file() and path.stat().st_size == 0:
             raise ImageLoadError(f"{path}: empty file (0 bytes)") from None

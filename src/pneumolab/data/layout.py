@@ -12,6 +12,7 @@ from pneumolab.data.classes import CLASS_NAMES, SPLIT_NAMES
 from pneumolab.data.formats import ACCEPTED, IMAGE_SUFFIXES, UNREAD_IMAGE_SUFFIXES, sniff_file
 from pneumolab.data.patients import patient_of
 from pneumolab.errors import DataLayoutError, printable
+from pneumolab.files import unreadable_folder
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,9 @@ def find_splits(root: Path, required: str = "train") -> dict[str, Path]:
     """Return the split folders present under ``root`` (``required`` must be one of them),
     matched case-insensitively."""
     root = Path(root)
+    problem = unreadable_folder(root)
+    if problem is not None:
+        raise DataLayoutError(f"{root}: {problem}")
     if root.exists() and not root.is_dir():
         raise DataLayoutError(f"{root}: a file, not a dataset folder (ROOT/train/CLASS/images)")
     if not root.is_dir():
@@ -92,13 +96,13 @@ def _skipped_folder(name: str) -> bool:
 def image_files(folder: Path, unread_formats: bool = False) -> list[Path]:
     """The images under ``folder`` at any depth, sorted: what :func:`listed_as_image` lists,
     files of any other name whose content is an accepted format (PACS exports often name files
-    without a suffix; ``.jfif``), and every subfolder that could not be read (listed, so that
-    reading it names it instead of its images vanishing). Symlinked folders are followed, each
-    real folder once. With ``unread_formats`` (a job that answers every file: predict, audit,
-    explain), images of formats pneumolab does not read (TIFF, GIF...) too, to be refused by
-    name; else, as in a dataset (whose split they would join), they are passed over with the
-    other files: in a log line that counts them (a DICOM CD's DICOMDIR and macOS/Windows
-    metadata silently).
+    without a suffix; ``.jfif``), and every folder that could not be read or entered (listed,
+    so that reading it names it instead of its images vanishing). Symlinked folders are
+    followed, each real folder once. With ``unread_formats`` (a job that answers every file:
+    predict, audit, explain), images of formats pneumolab does not read (TIFF, GIF...) too, to
+    be refused by name; else, as in a dataset (whose split they would join), they are passed
+    over with the other files: in a log line that counts them (a DICOM CD's DICOMDIR and
+    macOS/Windows metadata silently).
     DataLayoutError for folders nested deeper than :data:`MAX_SCAN_DEPTH`."""
     found: list[Path] = []
     skipped: list[Path] = []
@@ -113,6 +117,10 @@ def image_files(folder: Path, unread_formats: bool = False) -> list[Path]:
             folders.clear()  # class's siblings under this class), or a second link to one folder
             continue
         walked.add(real)
+        if not os.access(root, os.X_OK):  # listed, not entered (read without search permission):
+            found.append(Path(root))  # its files cannot be opened; listed as an unreadable one
+            folders.clear()
+            continue
         if folders and len(Path(root).parts) - top >= MAX_SCAN_DEPTH:
             raise DataLayoutError(f"{folder}: folders nested over {MAX_SCAN_DEPTH} levels deep")
         folders[:] = sorted(

@@ -8,7 +8,6 @@ with its reasons says whether to trust the model there; nothing here needs label
 
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ from pneumolab.data.imageio import (
 )
 from pneumolab.errors import DataLayoutError, ImageLoadError
 from pneumolab.evaluation.metrics import called_positive
+from pneumolab.files import unreadable_folder
 from pneumolab.inference.inputs import expand_paths
 from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.results_file import list_cell
@@ -295,14 +295,10 @@ def audit_folder(
     """Audit every image under ``folder`` with the run in ``run_dir`` (see the module doc);
     an image over ``max_pixels`` is an unreadable one, named as such."""
     folder = Path(folder)
-    if not folder.is_dir() or not os.access(folder, os.R_OK | os.X_OK):
-        problem = (
-            "folder not readable (permission denied)"
-            if folder.is_dir()
-            else "not a folder"
-            if folder.exists()
-            else "folder not found"
-        )
+    problem = unreadable_folder(folder)
+    if problem is None and not folder.is_dir():
+        problem = "not a folder" if folder.exists() else "folder not found"
+    if problem is not None:
         raise DataLayoutError(f"{folder}: {problem}; audit reads a folder of a site's images")
     # listed once, as absolute paths (as predict records them: a name never starts a cell
     # of images.csv with a spreadsheet formula's "=" or "@")

@@ -48,12 +48,13 @@ def expand_paths(
     (:func:`~pneumolab.data.layout.image_files`: at any depth, sorted; with ``unread_formats``,
     images of formats not read too, so that a job that answers every file names each).
 
-    A missing path, or a folder without images, stays in the list as it is, so that reading it
-    fails with an error naming it while the other paths still run.
+    A missing path, one this process may not reach (a folder above it it may not read), or a
+    folder without images, stays in the list as it is, so that reading it fails with an error
+    naming it while the other paths still run.
     """
     found: list[Path] = []
-    for path in given_paths(paths):
-        found += (image_files(path, unread_formats) if path.is_dir() else []) or [path]
+    for path in given_paths(paths):  # os.path.isdir: False, not PermissionError, where blocked
+        found += (image_files(path, unread_formats) if os.path.isdir(path) else []) or [path]
     return found
 
 
