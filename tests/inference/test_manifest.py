@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from conftest import write_run, xray_like
+from pneumolab.cli import main
 from pneumolab.errors import ConfigError
-from pneumolab.inference.manifest import read_manifest
+from pneumolab.inference.manifest import manifest_images, read_manifest
 
 
 def test_csv_paths_are_relative_to_the_manifest_and_blank_rows_are_skipped(tmp_path):
@@ -144,4 +150,120 @@ def test_a_parquet_manifest_names_a_missing_image_by_row(tmp_path, caplog):
     assert missing_told(caplog) == [
         f"{manifest}: 1 of the 2 images it lists not found (each is answered with an error, the "
         f"others still run): {manifest} row 2: {tmp_path / 'b.png'}"
+    ]
+
+
+def test_a_manifest_that_may_not_be_read_says_so(tmp_path, lock):
+    """A manifest behind a folder the user may not read stopped ``predict`` with a bare
+    "Permission denied" (the Python API: a PermissionError); one not readable itself said
+    "unreadable manifest ([Errno 13] ...)". ``lock``: the kernel's refusals, as a user who is
+    not root meets them (tests may run as root)."""
+    shut = tmp_path / "shut"
+    shut.mkdir()
+    (shut / "m.csv").write_text("path\na.png\n")
+    own = tmp_path / "own.csv"
+    own.write_text("path\na.png\n")
+    lock(shut)
+    lock(own)
+    reached = rf"cannot be reached: the folder {re.escape(str(shut))} exists but cannot be read"
+    with pytest.raises(ConfigError, match=rf"m\.csv: {reached} \(permission denied\)$"):
+        read_manifest(shut / "m.csv")
+    with pytest.raises(ConfigError, match=r"own\.csv: file exists but cannot be read \(permission"):
+        read_manifest(own)
+    with pytest.raises(ConfigError, match=r"gone\.csv: manifest file not found"):
+        read_manifest(tmp_path / "gone.csv")
+
+
+def test_listed_images_behind_a_folder_that_may_not_be_read_are_not_called_missing(
+    tmp_path, caplog, lock
+):
+    """An image in a folder the user may not read was warned about as not found."""
+    (tmp_path / "here.png").write_bytes(b"")
+    (tmp_path / "shut").mkdir()
+    (tmp_path / "shut" / "x.png").write_bytes(b"")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path\nhere.png\nshut/x.png\ngone.png\n")
+    lock(tmp_path / "shut")
+    with caplog.at_level(logging.WARNING, logger="pneumolab"):
+        read_manifest(manifest)
+    answered = "(each is answered with an error, the others still run)"
+    assert missing_told(caplog) == [
+        f"{manifest}: 1 of the 3 images it lists not found {answered}: "
+        f"{manifest}:4: {tmp_path / 'gone.png'}",
+        f"{manifest}: 1 of the 3 images it lists cannot be reached: a folder on the way exists "
+        f"but cannot be read (permission denied) {answered}: {manifest}:3: "
+        f"{tmp_path / 'shut' / 'x.png'}",
+    ]
+
+
+def test_an_error_is_told_after_where_the_manifest_lists_its_image(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path\na.png\nb.png\na.png\n")
+    images = manifest_images(manifest)
+    assert images.noted(tmp_path / "b.png", "E") == f"{manifest}:3: E"
+    assert images.noted(tmp_path / "x" / ".." / "a.png", "E") == f"{manifest}:2: E"  # first
+    assert images.noted(tmp_path / "b.png", f"{manifest}:3: E") == f"{manifest}:3: E"  # once
+    assert images.noted(tmp_path / "other.png", "E") == "E"
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory) -> tuple[Path, list[Path]]:
+    """An untrained tiny run and the four images its threshold was set on."""
+    folder = tmp_path_factory.mktemp("scans")
+    rng = np.random.default_rng(0)
+    images = [folder / f"scan{i}.png" for i in range(4)]
+    for i, path in enumerate(images):
+        Image.fromarray(xray_like(rng, 60 + 20 * i, 15, (40, 40))).save(path)
+    return write_run(tmp_path_factory.mktemp("runs") / "run", images).root, images
+
+
+def test_an_unreadable_listed_image_is_answered_with_its_manifest_line(
+    scored, tmp_path, capsys, caplog
+):
+    """A listed image that failed to decode was answered naming the image only, not where the
+    manifest lists it (only a missing one's warning did): the --json line, the error on stderr
+    and the results file's error column now begin with ``MANIFEST:LINE: ``; a resumed file
+    retries it and names it once."""
+    run, images = scored
+    (tmp_path / "broken.png").write_text("not an image")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path\n{images[0]}\nbroken.png\n")
+    refused = "not an image file of an accepted format (JPEG, PNG or DICOM)"
+    assert main(["predict", str(run), "--manifest", str(manifest), "--json"]) == 1
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    told = f"{manifest}:3: {tmp_path / 'broken.png'}: {refused}"
+    assert [line["error"] for line in lines] == ["", told]
+    assert told in " ".join(captured.err.split())  # wrapped or not
+    out = tmp_path / "results.csv"
+    for _ in range(2):  # the second run retries the failed image
+        assert main(["predict", str(run), "--manifest", str(manifest), "--out", str(out)]) == 1
+        with out.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert [row["error"] for row in rows] == [
+            "",
+            f"{manifest}:3: {rows[1]['source']}: {refused}",
+        ]
+
+
+def test_a_refused_out_is_all_a_manifest_job_prints(scored, tmp_path, capsys, caplog):
+    """With a manifest listing missing images and an --out that is refused (not a results
+    file), the warning about the images came before the refusal; it comes once --out is
+    accepted, before scoring."""
+    run, images = scored
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path\n{images[0]}\ngone.png\n")
+    mine = tmp_path / "mine.csv"
+    mine.write_text("id,notes\n1,keep me\n")
+    command = ["predict", str(run), "--manifest", str(manifest), "--out"]
+    with caplog.at_level(logging.WARNING, logger="pneumolab"):
+        assert main([*command, str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert "not a pneumolab results file" in err and "images it lists" not in err
+    assert missing_told(caplog) == [] and mine.read_text() == "id,notes\n1,keep me\n"
+    with caplog.at_level(logging.WARNING, logger="pneumolab"):
+        assert main([*command, str(tmp_path / "results.csv")]) == 1
+    assert missing_told(caplog) == [
+        f"{manifest}: 1 of the 2 images it lists not found (each is answered with an error, the "
+        f"others still run): {manifest}:3: {tmp_path / 'gone.png'}"
     ]

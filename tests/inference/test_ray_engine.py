@@ -168,6 +168,23 @@ def test_cli_with_a_manifest(local_ray, tiny_run, images, tmp_path, capsys):
     assert "--out" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+@needs_ray
+def test_a_listed_image_the_workers_cannot_read_names_its_manifest_line(
+    local_ray, tiny_run, images, tmp_path
+):
+    """The workers' error row named the image only, not where the manifest lists it."""
+    corrupt = next(f for f in images if f.name == "corrupt.png")
+    manifest = tmp_path / "list.csv"
+    manifest.write_text(f"path\n{images[0]}\n{corrupt}\n")
+    out = tmp_path / "r.csv"
+    command = ["predict", str(tiny_run[0]), "--manifest", str(manifest), "--engine", "ray"]
+    assert main([*command, "--out", str(out), "--num-workers", "1"]) == 1
+    errors = {row.source: row.error for row in read_results(out)}
+    assert errors[str(images[0])] == ""
+    assert errors[str(corrupt)].startswith(f"{manifest}:3: {corrupt}: ")
+
+
 def test_without_ray_the_engine_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails
     with pytest.raises(ConfigError, match=r"pip install 'pneumolab\[distributed\]'"):

@@ -16,9 +16,10 @@ from rich.text import Text
 from pneumolab.cli.console import console, report_error, say, stdout
 from pneumolab.cli.exports import export_if_asked
 from pneumolab.cli.flag_checks import RAY_OPTIONS
-from pneumolab.errors import ConfigError, PneumolabError
+from pneumolab.errors import ConfigError, ImageLoadError, PneumolabError
 
 if TYPE_CHECKING:
+    from pneumolab.inference.manifest import ManifestImages
     from pneumolab.inference.predictor import Predictor
 
 
@@ -27,7 +28,12 @@ def max_pixels(args: argparse.Namespace) -> int:
     return int(args.max_megapixels * 1_000_000)
 
 
-def _predict_to_file(args: argparse.Namespace, predictor: Predictor, paths: list[Path]) -> int:
+def _predict_to_file(
+    args: argparse.Namespace,
+    predictor: Predictor,
+    paths: list[Path],
+    manifest: ManifestImages | None,
+) -> int:
     if args.engine == "ray":
         from pneumolab.inference.ray_engine import RayOptions, predict_with_ray
 
@@ -36,7 +42,9 @@ def _predict_to_file(args: argparse.Namespace, predictor: Predictor, paths: list
             **{name: value for name, value in given.items() if value is not None},
             batch_size=args.batch_size,
         )
-        summary = predict_with_ray(predictor, paths, args.out, options, overwrite=args.overwrite)
+        summary = predict_with_ray(
+            predictor, paths, args.out, options, overwrite=args.overwrite, manifest=manifest
+        )
     else:
         from pneumolab.inference.batch import predict_to_file
 
@@ -47,6 +55,7 @@ def _predict_to_file(args: argparse.Namespace, predictor: Predictor, paths: list
             args.batch_size,
             overwrite=args.overwrite,
             workers=args.workers,
+            manifest=manifest,
         )
     console.print(
         f"{summary.written} written to {args.out} ({summary.failed} failed, "
@@ -63,13 +72,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pneumolab.inference.results_file import json_line
 
     paths = list(args.paths)
+    manifest = None
     if args.manifest:
-        from pneumolab.inference.manifest import read_manifest
+        from pneumolab.inference.manifest import manifest_images
         from pneumolab.outputs import check_apart
 
-        paths += read_manifest(args.manifest)
         if args.out:  # --overwrite replaced the manifest with the results
             check_apart(args.out, [args.manifest])
+        # its images not found are warned about before scoring: a refused --out says only that
+        manifest = manifest_images(args.manifest)
+        paths += manifest.paths
     if not paths:
         raise ConfigError("nothing to predict: give image files or folders, or --manifest FILE")
     if args.engine == "ray":
@@ -89,15 +101,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
         max_pixels=max_pixels(args),
     )
     if args.out:
-        return _predict_to_file(args, predictor, paths)
+        return _predict_to_file(args, predictor, paths, manifest)
+    if manifest is not None:
+        manifest.warn_missing()
     failures = 0
     subtypes = bool(predictor.meta.subtype_names)  # a three-class run: a subtype column
     subtype_column = ["subtype"] if subtypes else []
     table = Table("path", "probability", "label", *subtype_column, "in scope", "why not")
     files = each_image_once(paths)  # one answer per image, as with --out
     for path, result, _ in predictor.score_files(files, args.batch_size, args.workers):
+        if isinstance(result, ImageLoadError) and manifest is not None:
+            result = ImageLoadError(manifest.noted(path, str(result)))
         if args.json:  # every file given a line, each of the same keys (docs/cli.md)
-            print(json.dumps(json_line(str(path), result, predictor.threshold)), flush=True)
+            line = json_line(str(path), result, predictor.threshold)
+            if line["error"] and manifest is not None:  # a score that is not a number
+                line["error"] = manifest.noted(path, line["error"])
+            print(json.dumps(line), flush=True)
         if isinstance(result, PneumolabError):
             failures += 1
             report_error(result)

@@ -6,14 +6,15 @@ import math
 import os
 from collections.abc import Container, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import Progress
 
 from pneumolab.errors import ImageLoadError, OutputError
-from pneumolab.inference.inputs import expand_paths, given_paths
+from pneumolab.inference.inputs import expand_paths, given_paths, source_key
+from pneumolab.inference.manifest import ManifestImages
 from pneumolab.inference.prediction import NOT_A_NUMBER, SUBTYPE_FIELDS, Prediction
 from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.results_file import (
@@ -101,13 +102,6 @@ def result_row(path: Path, prediction: Prediction, producer: Producer) -> Result
     )
 
 
-def source_key(path: Path) -> Path:
-    """An image's key in a results file: its folder resolved (links and ``..`` followed, as
-    files of earlier versions were keyed), its own name kept (two symlinks to one file are two
-    rows, each under its name)."""
-    return Path(os.path.realpath(path.parent)) / path.name
-
-
 def result_sources(paths: str | Path | Sequence[str | Path]) -> list[Path]:
     """Every image under ``paths``, each once, in order, as its :func:`source_key`."""
     return list(dict.fromkeys(map(source_key, expand_paths(paths))))
@@ -142,6 +136,7 @@ def predict_to_file(
     progress: bool = True,
     overwrite: bool = False,
     workers: int | None = None,
+    manifest: ManifestImages | None = None,
 ) -> BatchSummary:
     """Predict every image under ``paths`` into ``out`` (.csv or .jsonl), one row per image, as it goes.
 
@@ -151,7 +146,9 @@ def predict_to_file(
     untouched, unless ``overwrite`` (a run's own files are never written). Rows are flushed and
     synced per batch; a kill loses at most the rows of the batch being written. One stream of
     :meth:`Predictor.score_files` (``workers`` decoding threads) serves the whole job, so
-    decoding stays ahead of the model across batches.
+    decoding stays ahead of the model across batches. Where ``manifest`` lists some of
+    ``paths``, their error rows say where it lists them, and the images it lists that cannot
+    be found are warned about once ``out`` is accepted (a refused job prints only its refusal).
     """
     out = results_file(out, overwrite)
     fmt = results_format(out)
@@ -164,7 +161,9 @@ def predict_to_file(
         if overwrite or not out.exists():
             write_text_rows(out, fmt, [])
         todo = [p for p in files if str(p) not in done]
-        failed = _append_rows(predictor, todo, out, fmt, batch_size, progress, workers)
+        if manifest is not None:
+            manifest.warn_missing()
+        failed = _append_rows(predictor, todo, out, fmt, batch_size, progress, workers, manifest)
     return BatchSummary(written=len(todo), already_done=len(files) - len(todo), failed=failed)
 
 
@@ -176,8 +175,10 @@ def _append_rows(
     batch_size: int,
     progress: bool,
     workers: int | None,
+    manifest: ManifestImages | None,
 ) -> int:
-    """Append one row per image of ``todo`` to ``out``, synced per batch; how many failed."""
+    """Append one row per image of ``todo`` to ``out``, synced per batch, an error after where
+    ``manifest`` lists its image; how many failed."""
     producer = producer_of(predictor)
     written = failed = 0
     bar_on_stderr = Progress(console=Console(stderr=True), disable=not progress, transient=True)
@@ -190,6 +191,8 @@ def _append_rows(
                 row = ResultRow(str(path), None, None, producer, str(result))
             else:
                 row = result_row(path, result, producer)
+            if row.error and manifest is not None:
+                row = replace(row, error=manifest.noted(path, row.error))
             failed += bool(row.error)
             f.write(encode(row, fmt))
             written += 1

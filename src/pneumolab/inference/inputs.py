@@ -58,6 +58,13 @@ def expand_paths(
     return found
 
 
+def source_key(path: Path) -> Path:
+    """An image's key in a results file: its folder resolved (links and ``..`` followed, as
+    files of earlier versions were keyed), its own name kept (two symlinks to one file are two
+    rows, each under its name)."""
+    return Path(os.path.realpath(path.parent)) / path.name
+
+
 def file_header_checks(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ScopeChecks:
     """The scope checks a file's header allows before any pixel work: a DICOM's tags (other
     formats: none)."""

@@ -21,7 +21,7 @@ import math
 import shutil
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from pneumolab.inference.batch import (
 )
 from pneumolab.inference.decoding import attempt
 from pneumolab.inference.inputs import prepare_image
+from pneumolab.inference.manifest import ManifestImages
 from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.ray_nodes import check_every_node_sees
 from pneumolab.inference.results_file import ResultRow, check_producer, resumable_rows
@@ -295,6 +296,7 @@ def predict_with_ray(
     out: str | Path,
     options: RayOptions,
     overwrite: bool = False,
+    manifest: ManifestImages | None = None,
 ) -> BatchSummary:
     """Score every image under ``paths`` (folders expanded, as
     :func:`~pneumolab.inference.batch.predict_to_file` does) with ``predictor``'s run, backend
@@ -302,14 +304,18 @@ def predict_with_ray(
     file like :func:`~pneumolab.inference.batch.predict_to_file`'s (or Parquet with the same
     columns). Resumable: images already scored there are skipped, failed ones retried; a file
     written with other settings, or not a results file, is refused untouched unless
-    ``overwrite``."""
+    ``overwrite``. ``manifest``: as :func:`~pneumolab.inference.batch.predict_to_file` takes it
+    (its images' errors say where it lists them; a warning on those not found, once ``out`` is
+    accepted)."""
     ray = import_ray()
     out = results_file(out, overwrite).absolute()  # the workers write its parts elsewhere
     table_format(out)
     if predictor.run_dir is None:
         raise ConfigError("the ray engine loads the run in every worker: pass a run directory")
     with writing_alone(out):
-        return _score_into(ray, predictor, predictor.run_dir, paths, out, options, overwrite)
+        return _score_into(
+            ray, predictor, predictor.run_dir, paths, out, options, overwrite, manifest
+        )
 
 
 def _score_into(
@@ -320,6 +326,7 @@ def _score_into(
     out: Path,
     options: RayOptions,
     overwrite: bool,
+    manifest: ManifestImages | None,
 ) -> BatchSummary:
     """:func:`predict_with_ray`'s work once ``out`` is held: resume, score on Ray, merge."""
     producer = producer_of(predictor)
@@ -340,8 +347,14 @@ def _score_into(
     if todo:
         _connect(ray, options)
         check_every_node_sees(ray, parts, out)
+        if manifest is not None:
+            manifest.warn_missing()
         _score(ray, predictor, run_dir.resolve(), todo, parts, options)
     fresh = read_parts(parts)
+    if manifest is not None:  # the workers' error rows, after where the manifest lists each
+        fresh = [
+            replace(r, error=manifest.noted(r.source, r.error)) if r.error else r for r in fresh
+        ]
     wanted = set(todo)
     missing = wanted - {row.source for row in fresh}
     if missing:  # never a results file that silently lacks rows: the parts are kept
