@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pneumolab import files
 from pneumolab.errors import OutputError
 from pneumolab.files import (
     atomic_write,
@@ -297,6 +298,40 @@ def test_a_concurrent_runs_staging_folder_is_kept(tmp_path, caplog):
             f"alone: it can be deleted if no pneumolab run is writing to {folder}"
         ]
     assert [(p.name, p.read_text()) for p in folder.iterdir()] == [("metrics.json", "first")]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/ns/pid"), reason="no /proc (not Linux)")
+def test_a_staging_folder_of_another_boot_with_this_host_name_is_kept(killed, tmp_path, caplog):
+    """Two hosts of one name (cloned VMs; containers in the initial PID namespace, whose number
+    is the same on every host) writing one shared (NFS) folder: a staging folder the other left,
+    named with this host name and a PID that runs no more here, may be its live run. Names
+    carried host and PID namespace only, so each host removed the other's live staging folder;
+    they carry this boot now (a name of the earlier form is another's, or a pneumolab's of
+    before)."""
+    folder, leftover, pid = killed
+    other_boot = tmp_path / "boot_id"
+    other_boot.write_text("0b5e4c3a-1111-4222-8333-444455556666\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(files, "BOOT_ID", str(other_boot))
+        there = files._machine()
+    host, namespace = there.split("@")[0], os.stat(files.PID_NAMESPACE).st_ino
+    assert host == files._machine().split("@")[0] and there != files._machine()
+    machines = {folder / f".staging-{m}-{pid}-abcd1234": m for m in (there, f"{host}@{namespace}")}
+    leftover.rename(folder / f".staging-{there}-{pid}-abcd1234")
+    (folder / f".staging-{host}@{namespace}-{pid}-abcd1234").mkdir()  # as named before
+    with caplog.at_level(logging.WARNING, logger="pneumolab"):
+        _write_set(folder, {"scores.csv": "2", "metrics.json": "2"})
+    assert all(other.is_dir() for other in machines)
+    assert caplog.messages == [
+        f"{other}: staging folder of process {pid} on {machines[other]} (another host, boot or "
+        f"container); left alone: it can be deleted if no pneumolab run is writing to {folder}"
+        for other in sorted(machines)
+    ]
+
+
+def test_without_proc_the_machine_is_the_host_name(monkeypatch, tmp_path):
+    monkeypatch.setattr(files, "BOOT_ID", str(tmp_path / "no-proc" / "boot_id"))
+    assert "@" not in files._machine() and files._machine()
 
 
 def test_a_pid_of_another_user_is_alive(killed, monkeypatch, caplog):

@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 _STAGING = ".staging-"  # staged_files' folder: .staging-<machine>-<pid>-<mkdtemp's part>
 _STAGING_NAME = re.compile(r"\.staging-(?P<machine>.+)-(?P<pid>\d+)-[a-z0-9_]+")
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+"""Linux's identifier of this boot of this machine (new at every boot; a cloned VM's differs)."""
+PID_NAMESPACE = "/proc/self/ns/pid"
+"""This process's PID namespace (its inode number tells namespaces of one boot apart)."""
 
 
 def sha256_of(path: str | Path) -> str:
@@ -256,13 +260,18 @@ def _move_in(staging: Path, folder: Path, owned: Collection[str], last: str) -> 
 
 def _machine() -> str:
     """Where a PID names one process, as a staging folder's name carries it: the host name
-    (characters a file name may not hold replaced) and, on Linux, the PID namespace (a container
-    that shares the host name and the folder numbers its processes apart)."""
+    (characters a file name may not hold replaced) and, on Linux, ``@`` and 12 hex digits of
+    SHA-256 of this boot (:data:`BOOT_ID`: two hosts of one name, a cloned VM, differ) and the
+    PID namespace (a container that shares the host name and the folder numbers its processes
+    apart; the initial namespace's number is the same on every host). Without /proc, the host
+    name alone."""
     host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:64] or "_"
     try:
-        return f"{host}@{os.stat('/proc/self/ns/pid').st_ino}"
+        boot = Path(BOOT_ID).read_bytes().strip()
+        namespace = os.stat(PID_NAMESPACE).st_ino
     except OSError:
         return host
+    return f"{host}@{hashlib.sha256(b'%s %d' % (boot, namespace)).hexdigest()[:12]}"
 
 
 def _is_dead(pid: int) -> bool:
@@ -303,7 +312,7 @@ def _clear_leftover_staging(folder: Path) -> None:
         elif name is None:
             owner = "a run of an older pneumolab, which did not name its process"
         elif name["machine"] != here:
-            owner = f"process {name['pid']} on {name['machine']}"
+            owner = f"process {name['pid']} on {name['machine']} (another host, boot or container)"
         else:
             owner = f"process {name['pid']}, which is still running"
         log.warning(
