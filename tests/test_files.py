@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -332,6 +333,31 @@ def test_a_staging_folder_of_another_boot_with_this_host_name_is_kept(killed, tm
 def test_without_proc_the_machine_is_the_host_name(monkeypatch, tmp_path):
     monkeypatch.setattr(files, "BOOT_ID", str(tmp_path / "no-proc" / "boot_id"))
     assert "@" not in files._machine() and files._machine()
+
+
+def test_a_folder_that_may_be_written_but_not_listed_takes_a_set(tmp_path, monkeypatch, caplog):
+    """A drop box (mode 0333: written to and entered, never listed) failed with a bare
+    PermissionError before anything was written, looking for leftover staging folders. As root,
+    whom the mode does not stop, the listing is refused as the kernel refuses a user."""
+    folder = tmp_path / "dropbox"
+    folder.mkdir()
+    folder.chmod(0o333)
+    real = Path.iterdir
+
+    def unlisted(path: Path) -> Iterator[Path]:
+        if path == folder:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    if os.geteuid() == 0:
+        monkeypatch.setattr(Path, "iterdir", unlisted)
+    try:
+        with caplog.at_level(logging.WARNING, logger="pneumolab"):
+            _write_set(folder, {"scores.csv": "1", "metrics.json": "1"})
+    finally:
+        folder.chmod(0o755)
+    assert (folder / "metrics.json").read_text() == "1" and caplog.messages == []
+    assert sorted(p.name for p in real(folder)) == ["metrics.json", "scores.csv"]
 
 
 def test_a_pid_of_another_user_is_alive(killed, monkeypatch, caplog):

@@ -293,9 +293,15 @@ def _clear_leftover_staging(folder: Path) -> None:
     left (SIGKILL, out of memory, power loss): those whose name says this machine and a PID that
     runs no more, each logged. Any other ``.staging-*`` folder (another machine's, a live PID's:
     a run writing there now, or one named before names carried host and PID) is left alone and
-    warned about. Nothing else is touched; links are not followed."""
+    warned about. Nothing else is touched; links are not followed. A folder this process may
+    not list (a drop box) is not looked in."""
+    try:
+        entries = sorted(folder.iterdir())
+    except PermissionError:  # a drop box (mode 0333): written to and entered, never listed
+        log.debug("%s: cannot be listed; its leftover staging folders are not looked for", folder)
+        return
     here = _machine()
-    for entry in sorted(folder.iterdir()):
+    for entry in entries:
         if not entry.name.startswith(_STAGING) or entry.is_symlink() or not entry.is_dir():
             continue
         name = _STAGING_NAME.fullmatch(entry.name)
