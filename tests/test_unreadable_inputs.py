@@ -95,3 +95,25 @@ def test_audit_evaluate_and_datasets_name_a_folder_they_may_not_read(tmp_path, l
         run.read_split(behind, "val")
     with pytest.raises(DataLayoutError, match=rf"data: folder {re.escape(DENIED)}$"):
         find_splits(closed)
+
+
+def test_evaluate_data_names_a_class_folder_it_may_not_read(tmp_path, lock):
+    """A class folder of ``--data`` that may not be read (``val/PNEUMONIA`` chmod 000) made its
+    images "not under DATA", though the folder is there (docs/cli.md: never named not found)."""
+    data = tmp_path / "data"
+    for name in ("NORMAL", "PNEUMONIA"):
+        (data / "val" / name).mkdir(parents=True)
+        (data / "val" / name / "x.png").write_bytes(b"")
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    run.split.write_text(
+        "path,label,patient,subset\nval/NORMAL/x.png,0,a,val\nval/PNEUMONIA/x.png,1,b,val\n"
+    )
+    shut = data / "val" / "PNEUMONIA"
+    lock(shut)
+    told = (
+        f"{shut / 'x.png'}: cannot be reached: the folder {shut} {DENIED}; 1 of the run's val "
+        "images are behind such a folder: give this account read permission"
+    )
+    with pytest.raises(DataLayoutError, match=f"^{re.escape(told)}$"):
+        run.read_split(data, "val")

@@ -44,7 +44,13 @@ from pydantic import ValidationError
 
 from pneumolab.data.layout import Sample
 from pneumolab.errors import DataLayoutError, RunDirError, validation_problems
-from pneumolab.files import sha256_of, unreadable_folder, write_text_atomically
+from pneumolab.files import (
+    blocked_by,
+    permission_problem,
+    sha256_of,
+    unreadable_folder,
+    write_text_atomically,
+)
 from pneumolab.run_meta import RunMeta, migrate
 
 log = logging.getLogger(__name__)
@@ -300,6 +306,12 @@ class RunDir:
             )
             raise DataLayoutError(
                 f"{data_root}: {what}; give the data folder the run was trained on (--data)"
+            )
+        hidden = [path for path in missing if blocked_by(path) is not None]
+        if hidden:  # there, or may be: a class folder the user may not read
+            raise DataLayoutError(
+                f"{hidden[0]}: {permission_problem(hidden[0])}; {len(hidden)} of the run's "
+                f"{subset} images are behind such a folder: give this account read permission"
             )
         if missing:
             raise RunDirError(
