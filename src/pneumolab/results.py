@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     FiniteFloat,
     ValidationError,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -30,8 +31,19 @@ def _nan_for_null(value: object) -> object:
     return math.nan if value is None else value
 
 
-Metric = Annotated[float, BeforeValidator(_nan_for_null)]
-"""A figure that is NaN where undefined (one class only, an empty denominator)."""
+Metric = Annotated[
+    float,
+    BeforeValidator(_nan_for_null),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "number"}, {"type": "null"}],
+            "description": "null where undefined (one class only, an empty denominator)",
+        }
+    ),
+]
+"""A figure that is NaN where undefined (one class only, an empty denominator). Its JSON
+schema says number or null: JSON has no NaN, and the files and answers meant for other tools
+(``metrics.json``, ``GET /v1/model``) write it as null, which it reads back as NaN."""
 
 
 class Result(BaseModel):

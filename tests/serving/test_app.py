@@ -445,3 +445,25 @@ def test_an_undefined_metric_is_null_in_the_model_info(tmp_path, png_bytes):
         raise AssertionError(f"{constant} is not JSON")
 
     assert json.loads(text, parse_constant=refuse)["val_metrics"]["npv"] is None
+
+
+def test_the_schema_of_the_model_info_allows_an_undefined_metric_null(client):
+    """``GET /v1/model`` sends an undefined metric as null, while its schema declared numbers
+    only: a generated client refused the answer of a run with a single-class validation split.
+    An operating point's metrics are such figures too."""
+    schema = client.get("/openapi.json").json()
+    schemas = schema["components"]["schemas"]
+
+    def fields(ref: dict) -> dict:
+        return schemas[ref["$ref"].rsplit("/", 1)[1]]["properties"]
+
+    info = schemas["ModelInfo"]["properties"]
+    point = fields(info["operating_points"]["additionalProperties"])
+    for metrics, name in (
+        (fields(info["val_metrics"]), "roc_auc"),
+        (fields(info["val_metrics"]), "npv"),
+        (fields(point["val_metrics"]["anyOf"][0]), "precision"),
+    ):
+        assert {"type": "null"} in metrics[name]["anyOf"], name
+        assert {"type": "number"} in metrics[name]["anyOf"], name
+    assert fields(info["val_metrics"])["n"]["type"] == "integer"  # counts are never null
