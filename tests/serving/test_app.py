@@ -467,3 +467,20 @@ def test_the_schema_of_the_model_info_allows_an_undefined_metric_null(client):
         assert {"type": "null"} in metrics[name]["anyOf"], name
         assert {"type": "number"} in metrics[name]["anyOf"], name
     assert fields(info["val_metrics"])["n"]["type"] == "integer"  # counts are never null
+
+
+def test_the_model_info_takes_only_its_listed_fields_from_meta(run_dir):
+    """``GET /v1/model`` took every field its answer shares by name with meta.json's: a field
+    meta.json gains later (here a ``backend``) changed the answer, or broke the server."""
+    from types import SimpleNamespace
+
+    from pneumolab.run_meta import RunMeta
+    from pneumolab.serving.app import _model_info
+
+    class LaterMeta(RunMeta):
+        backend: str = "onnx"
+
+    predictor = Predictor.from_run(run_dir)
+    later = LaterMeta.model_validate(predictor.meta.model_dump())
+    info = _model_info(SimpleNamespace(meta=later, ood=predictor.ood), "run", "v", "torch", False)
+    assert info == _model_info(predictor, "run", "v", "torch", False) and info.backend == "torch"

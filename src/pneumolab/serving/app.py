@@ -48,6 +48,13 @@ MULTIPART_SLACK = 64 * 1024
 """Bytes a request body may exceed ``max_upload_bytes`` by (multipart boundaries and headers)."""
 PREVIEW_SIZE = 512
 """Longest side of the image / heat map previews returned with ``heatmap`` or ``preview``."""
+MODEL_INFO_FROM_META = (
+    "model", "pneumolab_version", "image_size", "intensity", "class_names", "task",
+    "subtype_names", "threshold", "threshold_rule", "default_operating_point",
+    "operating_points", "val_metrics", "best_epoch",
+)  # fmt: skip
+"""The fields of :class:`ModelInfo` taken as the run's meta.json holds them (the others are
+this server's: a field meta.json gains later changes nothing ``GET /v1/model`` says)."""
 PREDICT_OPTIONS = ("heatmap", "preview", "keep_label")
 """The query parameters of ``POST /v1/predict``: any other is refused (422), not ignored."""
 UPLOAD_HINT = (
@@ -231,10 +238,11 @@ def _heatmap_layer(predictor: Predictor, backend: str) -> tuple[torch.nn.Module 
 def _model_info(
     predictor: Predictor, run_name: str, version: str, backend: str, heatmaps: bool
 ) -> ModelInfo:
+    """What ``GET /v1/model`` answers: :data:`MODEL_INFO_FROM_META` from the run's meta.json,
+    the rest from this server (its backend, heat maps, OOD model)."""
     meta, ood = predictor.meta, predictor.ood
-    from_meta = ModelInfo.model_fields.keys() & type(meta).model_fields.keys()
     return ModelInfo(
-        **{name: getattr(meta, name) for name in from_meta},
+        **{name: getattr(meta, name) for name in MODEL_INFO_FROM_META},
         threshold_provenance=meta.default_point.provenance or meta.threshold_rule,
         run=run_name,
         model_version=version,
