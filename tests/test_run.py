@@ -262,42 +262,31 @@ def test_split_mismatch_reads_each_split_file_once(tmp_path, monkeypatch):
     assert split_mismatch(runs) == (runs[2], runs[0])
 
 
-def test_two_threads_loading_a_run_with_a_backwards_platt_map_warn_once(
-    tmp_path, monkeypatch, caplog
-):
+def test_the_platt_warning_checks_and_adds_its_run_under_one_lock(tmp_path, monkeypatch, caplog):
     """The once-per-run warning checked its set and added to it in two steps: two threads
     loading the run at once (the HTTP server loads on threads) both passed the check and both
-    warned. Here the check waits (up to 2 s) for the other thread to reach it too."""
-    import contextlib
+    warned. The check and the add are made holding the module's lock (asserted by the set
+    itself, so no thread timing is needed), and a run is told once."""
     import logging
-    import threading
 
-    from PIL import Image
-
-    from conftest import write_run, xray_like
     from pneumolab import run as run_module
 
-    image = tmp_path / "x.png"
-    Image.fromarray(xray_like(np.random.default_rng(0), 90, 20, (40, 40))).save(image)
-    run = write_run(tmp_path / "run", [image, image])
-    meta = json.loads(run.meta.read_text())
-    meta["platt"] = {"slope": -0.861, "intercept": 0.0}  # stored before such maps were refused
-    run.meta.write_text(json.dumps(meta))
-    both = threading.Barrier(2, timeout=2)
+    steps: list[str] = []
 
-    class SlowToCheck(set):
+    class HeldOnly(set):
         def __contains__(self, key: object) -> bool:
-            told = super().__contains__(key)
-            with contextlib.suppress(threading.BrokenBarrierError):  # the other never came
-                both.wait()
-            return told
+            assert run_module._TOLD_PLATT_IGNORED_LOCK.locked(), "checked without the lock"
+            steps.append("check")
+            return super().__contains__(key)
 
-    monkeypatch.setattr(run_module, "_TOLD_PLATT_IGNORED", SlowToCheck())
-    threads = [threading.Thread(target=run.read_meta) for _ in range(2)]
+        def add(self, key: object) -> None:
+            assert run_module._TOLD_PLATT_IGNORED_LOCK.locked(), "added without the lock"
+            steps.append("add")
+            super().add(key)
+
+    monkeypatch.setattr(run_module, "_TOLD_PLATT_IGNORED", HeldOnly())
     with caplog.at_level(logging.WARNING, logger="pneumolab.run"):
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    told = [r for r in caplog.records if "Platt calibration map" in r.getMessage()]
-    assert len(told) == 1
+        for _ in range(2):
+            run_module._tell_stored_platt_ignored(tmp_path, "its slope is -0.861")
+    assert steps == ["check", "add", "check"]
+    assert len([r for r in caplog.records if "Platt calibration map" in r.getMessage()]) == 1
