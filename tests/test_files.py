@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -363,8 +364,11 @@ def test_a_folder_that_may_be_written_but_not_listed_takes_a_set(tmp_path, monke
 def test_a_pid_of_another_user_is_alive(killed, monkeypatch, caplog):
     """``os.kill(pid, 0)`` on another account's process fails with PermissionError: it runs."""
     folder, leftover, pid = killed
+    real = os.kill
 
-    def not_yours(pid: int, signal: int) -> None:
+    def not_yours(to: int, signal: int) -> None:
+        if to != pid:  # any other process as it is
+            return real(to, signal)
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(os, "kill", not_yours)
@@ -375,7 +379,13 @@ def test_a_pid_of_another_user_is_alive(killed, monkeypatch, caplog):
 
 def test_a_killed_runs_staging_folder_that_cannot_be_removed_is_named(killed, monkeypatch, caplog):
     folder, leftover, pid = killed
-    monkeypatch.setattr("shutil.rmtree", lambda path, ignore_errors: None)  # a read-only mount
+    real = shutil.rmtree
+
+    def read_only(path: Path, ignore_errors: bool = False) -> None:
+        if path != leftover:  # only the leftover stays (a read-only mount)
+            real(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(shutil, "rmtree", read_only)
     with caplog.at_level(logging.WARNING, logger="pneumolab"):
         _write_set(folder, {"metrics.json": "2"})
     assert leftover.is_dir() and caplog.messages == [
