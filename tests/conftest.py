@@ -270,6 +270,17 @@ def write_run(
     return run
 
 
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory) -> tuple[Path, list[Path]]:
+    """An untrained tiny run and the four images its threshold was set on."""
+    folder = tmp_path_factory.mktemp("scans")
+    rng = np.random.default_rng(0)
+    images = [folder / f"scan{i}.png" for i in range(4)]
+    for i, path in enumerate(images):
+        Image.fromarray(xray_like(rng, 60 + 20 * i, 15, (40, 40))).save(path)
+    return write_run(tmp_path_factory.mktemp("runs") / "run", images).root, images
+
+
 QUICK_MODELS = {"pneumolab_cnn_small", "pneumolab_cnn_separable", "resnet18"}
 """Networks small enough for the quick loop; tests over other families are marked ``slow``."""
 

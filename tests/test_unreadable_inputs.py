@@ -10,11 +10,8 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import write_run, xray_like
 from pneumolab.cli import main
 from pneumolab.data.layout import find_splits
 from pneumolab.errors import DataLayoutError
@@ -22,17 +19,6 @@ from pneumolab.evaluation.audit import audit_folder
 from pneumolab.run import RunDir
 
 DENIED = "exists but cannot be read (permission denied)"
-
-
-@pytest.fixture(scope="module")
-def scored(tmp_path_factory) -> tuple[Path, list[Path]]:
-    """An untrained tiny run and the four images its threshold was set on."""
-    folder = tmp_path_factory.mktemp("scans")
-    rng = np.random.default_rng(0)
-    images = [folder / f"scan{i}.png" for i in range(4)]
-    for i, path in enumerate(images):
-        Image.fromarray(xray_like(rng, 60 + 20 * i, 15, (40, 40))).save(path)
-    return write_run(tmp_path_factory.mktemp("runs") / "run", images).root, images
 
 
 def _folder_with(folder: Path, image: Path) -> Path:

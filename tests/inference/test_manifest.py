@@ -9,11 +9,8 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import write_run, xray_like
 from pneumolab.cli import main
 from pneumolab.errors import ConfigError
 from pneumolab.inference.manifest import manifest_images, read_manifest
@@ -204,17 +201,6 @@ def test_an_error_is_told_after_where_the_manifest_lists_its_image(tmp_path):
     assert images.noted(tmp_path / "x" / ".." / "a.png", "E") == f"{manifest}:2: E"  # first
     assert images.noted(tmp_path / "b.png", f"{manifest}:3: E") == f"{manifest}:3: E"  # once
     assert images.noted(tmp_path / "other.png", "E") == "E"
-
-
-@pytest.fixture(scope="module")
-def scored(tmp_path_factory) -> tuple[Path, list[Path]]:
-    """An untrained tiny run and the four images its threshold was set on."""
-    folder = tmp_path_factory.mktemp("scans")
-    rng = np.random.default_rng(0)
-    images = [folder / f"scan{i}.png" for i in range(4)]
-    for i, path in enumerate(images):
-        Image.fromarray(xray_like(rng, 60 + 20 * i, 15, (40, 40))).save(path)
-    return write_run(tmp_path_factory.mktemp("runs") / "run", images).root, images
 
 
 def test_an_unreadable_listed_image_is_answered_with_its_manifest_line(
