@@ -13,23 +13,23 @@ import pytest
 
 from pneumolab.cli import main
 from pneumolab.errors import ConfigError
-from pneumolab.inference.manifest import manifest_images, read_manifest
+from pneumolab.inference.manifest import manifest_images
 
 
 def test_csv_paths_are_relative_to_the_manifest_and_blank_rows_are_skipped(tmp_path):
     manifest = tmp_path / "m.csv"
     manifest.write_text("id,path\n1,a.png\n,\n\n2,/abs/b.png\n")
-    assert read_manifest(manifest) == [tmp_path / "a.png", Path("/abs/b.png")]
+    assert manifest_images(manifest).paths == (tmp_path / "a.png", Path("/abs/b.png"))
 
 
 def test_csv_rows_without_a_path_are_refused_by_line(tmp_path):
     manifest = tmp_path / "m.csv"
     manifest.write_text('id,path\n1,a.png\n2,\n3\n4,"  "\n5,b.png\n')
     with pytest.raises(ConfigError, match=r"m\.csv: no image path at line 3, line 4, line 5 \("):
-        read_manifest(manifest)
+        manifest_images(manifest)
     manifest.write_text("id,path\n" + "".join(f"{i},\n" for i in range(8)))
     with pytest.raises(ConfigError, match=r"line 6 and 3 more"):
-        read_manifest(manifest)
+        manifest_images(manifest)
 
 
 def test_parquet_paths_must_be_text_or_file_system_names(tmp_path):
@@ -38,26 +38,26 @@ def test_parquet_paths_must_be_text_or_file_system_names(tmp_path):
     manifest = tmp_path / "m.parquet"
     not_utf8 = b"caf\xe9.png"
     pq.write_table(pa.table({"path": pa.array([b"a.png", not_utf8])}), manifest)
-    assert read_manifest(manifest) == [tmp_path / "a.png", tmp_path / os.fsdecode(not_utf8)]
+    assert manifest_images(manifest).paths == (tmp_path / "a.png", tmp_path / os.fsdecode(not_utf8))
     for column in (
         pa.array(["a.png", "b.png"]).dictionary_encode(),  # a pandas category column
         pa.array(["a.png", "b.png"], type=pa.string_view()),
     ):
         pq.write_table(pa.table({"path": column}), manifest)
-        assert read_manifest(manifest) == [tmp_path / "a.png", tmp_path / "b.png"]
+        assert manifest_images(manifest).paths == (tmp_path / "a.png", tmp_path / "b.png")
     pq.write_table(pa.table({"path": pa.array([1, 2])}), manifest)
     with pytest.raises(ConfigError, match=r"m\.parquet: its 'path' column holds int64, not text"):
-        read_manifest(manifest)
+        manifest_images(manifest)
     pq.write_table(pa.table({"path": pa.array(["a.png", None, ""])}), manifest)
     with pytest.raises(ConfigError, match=r"m\.parquet: no image path at row 2, row 3"):
-        read_manifest(manifest)
+        manifest_images(manifest)
 
 
 def test_a_csv_the_csv_module_cannot_parse_is_named(tmp_path):
     manifest = tmp_path / "m.csv"
     manifest.write_text("path\n" + "x" * 200_000 + "\n")  # over the csv module's field limit
     with pytest.raises(ConfigError, match=r"m\.csv: unreadable manifest \(field larger"):
-        read_manifest(manifest)
+        manifest_images(manifest)
 
 
 def test_a_manifest_without_rows_says_so(tmp_path):
@@ -66,14 +66,14 @@ def test_a_manifest_without_rows_says_so(tmp_path):
     manifest = tmp_path / "m.csv"
     manifest.write_text("path\n\n")
     with pytest.raises(ConfigError, match=r"m\.csv: the manifest lists no images"):
-        read_manifest(manifest)
+        manifest_images(manifest)
 
 
 def test_spaces_around_paths_and_names_are_not_part_of_them(tmp_path):
     """`id, path` had no 'path' column, and `scan.jpeg ` named a file that does not exist."""
     manifest = tmp_path / "m.csv"
     manifest.write_text("id, path\n1, a/scan.jpeg \n")
-    assert read_manifest(manifest) == [tmp_path / "a" / "scan.jpeg"]
+    assert manifest_images(manifest).paths == (tmp_path / "a" / "scan.jpeg",)
 
 
 @pytest.mark.parametrize("separator", [";", "\t"])
@@ -82,22 +82,22 @@ def test_a_manifest_saved_with_another_separator_says_so(tmp_path, separator):
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"path{separator}label\na.jpeg{separator}0\n")
     with pytest.raises(ConfigError, match=re.escape(f"looks {separator!r}-separated")):
-        read_manifest(manifest)
+        manifest_images(manifest)
 
 
 def test_a_manifest_that_is_not_utf8_says_how_to_save_it(tmp_path):
     manifest = tmp_path / "m.csv"
     manifest.write_bytes("path\ncafé.png\n".encode("latin-1"))  # Excel's plain "CSV"
     with pytest.raises(ConfigError, match=r"m\.csv: not UTF-8 text \(byte 8: .*CSV UTF-8"):
-        read_manifest(manifest)
+        manifest_images(manifest)
 
 
 def test_a_folder_given_as_the_manifest_is_called_a_folder(tmp_path):
     """It said "manifest file not found" of a folder that is there."""
     with pytest.raises(ConfigError, match=r": a folder, not a manifest file"):
-        read_manifest(tmp_path)
+        manifest_images(tmp_path)
     with pytest.raises(ConfigError, match=r"gone\.csv: manifest file not found"):
-        read_manifest(tmp_path / "gone.csv")
+        manifest_images(tmp_path / "gone.csv")
 
 
 def missing_told(caplog) -> list[str]:
@@ -112,8 +112,9 @@ def test_listed_images_that_do_not_exist_are_named_by_manifest_line(tmp_path, ca
     gone = tmp_path / "elsewhere" / "gone.png"
     manifest.write_text(f"id,path\n1,here.png\n2,scans/x.png\n\n,\n3, {gone} \n")
     with caplog.at_level(logging.WARNING, logger="pneumolab"):
-        paths = read_manifest(manifest)
-    assert paths == [manifest.parent / "here.png", manifest.parent / "scans" / "x.png", gone]
+        images = manifest_images(manifest)
+        images.warn_missing()
+    assert images.paths == (manifest.parent / "here.png", manifest.parent / "scans" / "x.png", gone)
     assert missing_told(caplog) == [
         f"{manifest}: 2 of the 3 images it lists not found (each is answered with an error, the "
         f"others still run): {manifest}:3: {manifest.parent / 'scans' / 'x.png'}, "
@@ -122,7 +123,7 @@ def test_listed_images_that_do_not_exist_are_named_by_manifest_line(tmp_path, ca
     caplog.clear()
     manifest.write_text("path\n" + "".join(f"{i}.png\n" for i in range(7)))
     with caplog.at_level(logging.WARNING, logger="pneumolab"):
-        read_manifest(manifest)
+        manifest_images(manifest).warn_missing()
     assert missing_told(caplog) == [
         f"{manifest}: none of the 7 images it lists found (relative paths are read from the "
         f"manifest's folder, {manifest.parent}): "
@@ -132,7 +133,7 @@ def test_listed_images_that_do_not_exist_are_named_by_manifest_line(tmp_path, ca
     caplog.clear()
     manifest.write_text("path\nhere.png\n")
     with caplog.at_level(logging.WARNING, logger="pneumolab"):
-        read_manifest(manifest)
+        manifest_images(manifest).warn_missing()
     assert missing_told(caplog) == []
 
 
@@ -143,7 +144,7 @@ def test_a_parquet_manifest_names_a_missing_image_by_row(tmp_path, caplog):
     manifest = tmp_path / "m.parquet"
     pq.write_table(pa.table({"path": ["a.png", "b.png"]}), manifest)
     with caplog.at_level(logging.WARNING, logger="pneumolab"):
-        read_manifest(manifest)
+        manifest_images(manifest).warn_missing()
     assert missing_told(caplog) == [
         f"{manifest}: 1 of the 2 images it lists not found (each is answered with an error, the "
         f"others still run): {manifest} row 2: {tmp_path / 'b.png'}"
@@ -164,11 +165,11 @@ def test_a_manifest_that_may_not_be_read_says_so(tmp_path, lock):
     lock(own)
     reached = rf"cannot be reached: the folder {re.escape(str(shut))} exists but cannot be read"
     with pytest.raises(ConfigError, match=rf"m\.csv: {reached} \(permission denied\)$"):
-        read_manifest(shut / "m.csv")
+        manifest_images(shut / "m.csv")
     with pytest.raises(ConfigError, match=r"own\.csv: file exists but cannot be read \(permission"):
-        read_manifest(own)
+        manifest_images(own)
     with pytest.raises(ConfigError, match=r"gone\.csv: manifest file not found"):
-        read_manifest(tmp_path / "gone.csv")
+        manifest_images(tmp_path / "gone.csv")
 
 
 def test_listed_images_behind_a_folder_that_may_not_be_read_are_not_called_missing(
@@ -182,7 +183,7 @@ def test_listed_images_behind_a_folder_that_may_not_be_read_are_not_called_missi
     manifest.write_text("path\nhere.png\nshut/x.png\ngone.png\n")
     lock(tmp_path / "shut")
     with caplog.at_level(logging.WARNING, logger="pneumolab"):
-        read_manifest(manifest)
+        manifest_images(manifest).warn_missing()
     answered = "(each is answered with an error, the others still run)"
     assert missing_told(caplog) == [
         f"{manifest}: 1 of the 3 images it lists not found {answered}: "

@@ -69,14 +69,6 @@ class ManifestImages:
             )
 
 
-def read_manifest(manifest: str | Path) -> list[Path]:
-    """The image paths of :func:`manifest_images`, after a warning naming where the manifest
-    lists images that cannot be found (:meth:`ManifestImages.warn_missing`)."""
-    images = manifest_images(manifest)
-    images.warn_missing()
-    return list(images.paths)
-
-
 def manifest_images(manifest: str | Path) -> ManifestImages:
     """The image paths in ``manifest``'s ``path`` column (CSV with a header row, or Parquet; a
     Parquet column of bytes is decoded as the file system's names), and where it lists each;
