@@ -175,3 +175,47 @@ def test_subtype_calls_agree_with_the_binary_decision_and_outside_names_keep_it(
     assert main([*command, "--json"]) == 0
     assert json.loads(capsys.readouterr().out).get("subtypes") is None  # binary metrics kept
     assert "three-class metrics (subtypes) not computed" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_three_class_training_scores_the_validation_images_once(tmp_path, monkeypatch):
+    """The end of a three-class training scored the validation images twice: probabilities and
+    OOD scores, then the subtype metrics' class probabilities in a second pass over the same
+    pixels. One pass gives both now (the other views of the TTA pass and the augmented copy the
+    OOD threshold reads are other pixels), and the metrics are the ones the second pass gave."""
+    import pneumolab.pipeline.train as pipeline
+    from pneumolab.data.dataset import decode_samples
+    from pneumolab.data.transforms import normalize_intensity
+    from pneumolab.inference.torch_scoring import predict_class_probabilities
+    from pneumolab.models.classifier import XrayClassifier
+    from pneumolab.run import RunDir
+
+    validation: list[torch.Tensor] = []  # the validation images as the trained network gets them
+    passes: list[int] = []  # images in each pass over them
+    train_model, network_input = pipeline.train_model, XrayClassifier._backbone_input
+
+    def trained(*args: object) -> object:
+        result = train_model(*args)
+        pixels = result.fitted.val_images.pixels
+        intensity = result.split.config.intensity
+        validation.append(normalize_intensity(pixels, intensity).float() / 255.0)
+        return result
+
+    def counted(self: XrayClassifier, x: torch.Tensor) -> torch.Tensor:
+        if validation and x.shape == validation[0].shape and torch.equal(x, validation[0]):
+            passes.append(len(x))
+        return network_input(self, x)
+
+    monkeypatch.setattr(pipeline, "train_model", trained)
+    monkeypatch.setattr(XrayClassifier, "_backbone_input", counted)
+    run_dir = train_tiny_run(tmp_path, task="three_class")
+    assert passes == [len(validation[0])]
+    monkeypatch.undo()
+    predictor = Predictor.from_run(run_dir)
+    samples = RunDir(run_dir).read_split(run_dir.parent / "data", "val")
+    pixels = decode_samples(samples, predictor.image_size).pixels
+    called = predictor.backend(pixels) >= predictor.threshold
+    class_probs = predict_class_probabilities(predictor.model, pixels, predictor.intensity)
+    expected = subtype_metrics(np.array(subtype_labels(samples)), class_probs, called)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert json.dumps(meta["val_subtype_metrics"]) == json.dumps(expected.model_dump())

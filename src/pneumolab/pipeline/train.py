@@ -1,8 +1,8 @@
 """Train a run end to end: the training phases (:func:`pneumolab.training.train.train_model`),
 the input-scope gate's OOD model (:mod:`pneumolab.pipeline.ood_fit`; the validation pass scores
-probabilities and OOD scores at once), then the post-training step
-(:func:`pneumolab.pipeline.finalise.finalise`), which also gets the validation images scored with
-test-time augmentation for the run's ``--tta`` threshold."""
+probabilities, OOD scores and a three-class network's class probabilities at once), then the
+post-training step (:func:`pneumolab.pipeline.finalise.finalise`), which also gets the validation
+images scored with test-time augmentation for the run's ``--tta`` threshold."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import numpy as np
 from pneumolab.config import ConfigInput, TrainConfig
 from pneumolab.data.dataset import decode_samples
 from pneumolab.data.layout import find_splits, scan_split
-from pneumolab.data.subtypes import subtype_labels
+from pneumolab.data.subtypes import SUBTYPE_NAMES, subtype_labels
 from pneumolab.errors import DataLayoutError
 from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.inference.scores import torch_scorer, with_tta
-from pneumolab.inference.torch_scoring import predict_class_probabilities, predict_pixels
+from pneumolab.inference.torch_scoring import predict_pixels
 from pneumolab.models.classifier import XrayClassifier
 from pneumolab.outputs import working_in
 from pneumolab.pipeline.finalise import SubtypeScores, finalise
@@ -73,16 +73,18 @@ def _train(
     train_images = trained.fitted.train_images
     assert train_images is not None  # fit() keeps them
     scorer = fit_scorer(model, config.intensity, train_images)
-    # the TTA pass's identity view is the validation pass: the cache answers it
-    validation = ScoreCache().wrap(torch_scorer(model, config.intensity, scorer), "validation")
+    # one validation pass gives the probabilities, the OOD scores and a three-class network's
+    # class probabilities; the TTA pass's identity view is that pass: the cache answers it
+    classes = len(SUBTYPE_NAMES) if config.task == "three_class" else 0
+    network = torch_scorer(model, config.intensity, scorer, classes=classes)
+    validation = ScoreCache().wrap(network, "validation")
     scores, ood = gated_validation_scores(
         model, config.intensity, scorer, val, run.root.name, validation
     )
     ood.save(run.ood)
     subtypes = None
-    if config.task == "three_class":
-        class_probs = predict_class_probabilities(model, val.pixels, config.intensity)
-        subtypes = SubtypeScores(np.array(subtype_labels(val.samples)), class_probs)
+    if scores.class_probs is not None:
+        subtypes = SubtypeScores(np.array(subtype_labels(val.samples)), scores.class_probs)
     finalise(
         run,
         describe_trained(trained),
