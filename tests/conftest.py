@@ -17,6 +17,7 @@ from PIL import Image
 
 if TYPE_CHECKING:
     from pneumolab.choices import Task
+    from pneumolab.once import Once
     from pneumolab.run import RunDir
     from pneumolab.run_meta import RunMeta
 
@@ -200,6 +201,28 @@ def lock(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
         locked.append((Path(os.path.abspath(path)), listable))
 
     return lock_path
+
+
+def held_only(once: Once) -> list[str]:
+    """Make ``once`` assert, at each check and claim of a key, that its lock is held (a check
+    and a claim in two steps let two threads both be first; asserted so, no thread timing is
+    needed); the steps it makes, in order: ``"check"``, ``"claim"``."""
+    steps: list[str] = []
+    lock = once._lock
+
+    class HeldOnly(set):
+        def __contains__(self, key: object) -> bool:
+            assert lock.locked(), "checked without the lock"
+            steps.append("check")
+            return super().__contains__(key)
+
+        def add(self, key: object) -> None:
+            assert lock.locked(), "claimed without the lock"
+            steps.append("claim")
+            super().add(key)
+
+    once._claimed = HeldOnly(once._claimed)
+    return steps
 
 
 def copy_run(run_dir: Path, dest: Path) -> Path:

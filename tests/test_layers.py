@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pneumolab"
 LAYERS: tuple[frozenset[str], ...] = tuple(
     frozenset(names.split())
     for names in (
-        "errors choices files results config text allocator",
+        "errors choices files results config text allocator once",
         "data",
         "run_meta run outputs",
         "models scope",

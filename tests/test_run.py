@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import copy_run, fixed_threshold_meta
+from conftest import copy_run, fixed_threshold_meta, held_only
 from pneumolab.data.layout import Sample
 from pneumolab.errors import RunDirError
 from pneumolab.evaluation.evaluate import evaluate
@@ -265,28 +265,17 @@ def test_split_mismatch_reads_each_split_file_once(tmp_path, monkeypatch):
 def test_the_platt_warning_checks_and_adds_its_run_under_one_lock(tmp_path, monkeypatch, caplog):
     """The once-per-run warning checked its set and added to it in two steps: two threads
     loading the run at once (the HTTP server loads on threads) both passed the check and both
-    warned. The check and the add are made holding the module's lock (asserted by the set
-    itself, so no thread timing is needed), and a run is told once."""
+    warned. The check and the add are one step under a lock (:class:`pneumolab.once.Once`,
+    asserted by a stand-in, so no thread timing is needed), and a run is told once."""
     import logging
 
     from pneumolab import run as run_module
+    from pneumolab.once import Once
 
-    steps: list[str] = []
-
-    class HeldOnly(set):
-        def __contains__(self, key: object) -> bool:
-            assert run_module._TOLD_PLATT_IGNORED_LOCK.locked(), "checked without the lock"
-            steps.append("check")
-            return super().__contains__(key)
-
-        def add(self, key: object) -> None:
-            assert run_module._TOLD_PLATT_IGNORED_LOCK.locked(), "added without the lock"
-            steps.append("add")
-            super().add(key)
-
-    monkeypatch.setattr(run_module, "_TOLD_PLATT_IGNORED", HeldOnly())
+    monkeypatch.setattr(run_module, "_TOLD_PLATT_IGNORED", Once())
+    steps = held_only(run_module._TOLD_PLATT_IGNORED)
     with caplog.at_level(logging.WARNING, logger="pneumolab.run"):
         for _ in range(2):
             run_module._tell_stored_platt_ignored(tmp_path, "its slope is -0.861")
-    assert steps == ["check", "add", "check"]
+    assert steps == ["check", "claim", "check"]
     assert len([r for r in caplog.records if "Platt calibration map" in r.getMessage()]) == 1

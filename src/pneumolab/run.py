@@ -33,7 +33,6 @@ import io
 import json
 import logging
 import os
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +50,7 @@ from pneumolab.files import (
     unreadable_folder,
     write_text_atomically,
 )
+from pneumolab.once import Once
 from pneumolab.run_meta import RunMeta, migrate
 
 log = logging.getLogger(__name__)
@@ -73,21 +73,16 @@ OWN_FILES = frozenset(
 are outputs: replaced only when asked)."""
 
 
-_TOLD_PLATT_IGNORED: set[Path] = set()
+_TOLD_PLATT_IGNORED = Once()
 """Runs (resolved folders) already told of their ignored Platt map in this process."""
-_TOLD_PLATT_IGNORED_LOCK = threading.Lock()
-"""Makes the check and the add one step: the HTTP server loads runs on several threads."""
 
 
 def _tell_stored_platt_ignored(root: Path, reason: str) -> None:
     """Warn, once per run folder and process, that the Platt map ``root``'s meta.json stores
     (written before 2026-12-07, when such maps were not yet refused) does not increase with the
     score, so is ignored (:attr:`~pneumolab.results.DecisionRule.platt_refused`)."""
-    key = Path(os.path.realpath(root))
-    with _TOLD_PLATT_IGNORED_LOCK:
-        if key in _TOLD_PLATT_IGNORED:
-            return
-        _TOLD_PLATT_IGNORED.add(key)
+    if not _TOLD_PLATT_IGNORED.first(Path(os.path.realpath(root))):
+        return
     log.warning(
         "%s: the Platt calibration map its meta.json stores (written before 2026-12-07, when "
         "such maps were still kept) is ignored: %s. Its predictions are the network's raw "

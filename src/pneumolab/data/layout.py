@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from pneumolab.data.formats import ACCEPTED, IMAGE_SUFFIXES, UNREAD_IMAGE_SUFFIX
 from pneumolab.data.patients import patient_of
 from pneumolab.errors import DataLayoutError, printable
 from pneumolab.files import unreadable_folder
+from pneumolab.once import Once
 
 log = logging.getLogger(__name__)
 
@@ -197,10 +197,15 @@ def scan_split(split_dir: Path) -> list[Sample]:
     return samples
 
 
-@functools.cache
+_TOLD_LEFT_OUT = Once()
+"""Splits (with the folders in them that are not classes) already named in this process."""
+
+
 def _warn_left_out(split_dir: Path, folders: tuple[str, ...]) -> None:
     """Name the folders of a split that are not classes, once per process (a study scans each
     split once per model)."""
+    if not _TOLD_LEFT_OUT.first((split_dir, folders)):
+        return
     names = ", ".join(map(printable, folders))
     log.warning(
         "%s: folder(s) %s left out: not one of the classes %s", split_dir, names, list(CLASS_NAMES)
