@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import copy_run, write_run, write_synthetic_dataset, xray_like
+from conftest import copy_run, held_only, write_run, write_synthetic_dataset, xray_like
 from pneumolab.cli import main
 from pneumolab.data.subtypes import SUBTYPE_NAMES, subtype_calls
 from pneumolab.inference.batch import predict_to_file
@@ -211,6 +211,21 @@ def test_backends_without_class_logits_say_so_once_and_give_no_subtype(
             assert [r.label for r in results] == [
                 expected[Path(r.source).name].label for r in results
             ]
+
+
+def test_the_missing_subtypes_are_told_once_under_the_predictors_lock(three_class, images, caplog):
+    """The warn-once flag was checked and then set, in two steps: two threads predicting at
+    once (the HTTP server's) could both pass the check and both warn. The check and the claim
+    are one step under the predictor's lock now (:class:`pneumolab.once.Once`, asserted by a
+    stand-in, so no thread timing is needed), and the warning is said once."""
+    predictor = Predictor.from_run(three_class, tta=True)
+    steps = held_only(predictor._no_subtypes_told)
+    with caplog.at_level(logging.WARNING):
+        list(predictor.predict_paths(images[:2]))
+        predictor.predict(images[2])
+    said = [r for r in caplog.records if "three-class run" in r.getMessage()]
+    assert len(said) == 1 and "TTA" in said[0].getMessage()
+    assert steps == ["check", "claim", "check", "check"]
 
 
 def test_an_evaluation_with_tta_or_an_exported_backend_does_not_warn_of_predictions(

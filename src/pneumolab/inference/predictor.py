@@ -24,6 +24,7 @@ from pneumolab.inference.run_models import check_member_gates, load_network, run
 from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.inference.scores import Scorer, at_size, mean_scores, torch_scorer, with_tta
 from pneumolab.inference.torch_scoring import Pixels, check_device
+from pneumolab.once import Once
 from pneumolab.run import RunDir
 from pneumolab.run_meta import RunMeta
 from pneumolab.scope.checks import ScopeChecks
@@ -85,7 +86,8 @@ class Predictor:
         self.ood = ood
         self.scope_verdict = scope_verdict
         self.scorer = scorer
-        self._told_no_subtypes = False
+        self._no_subtypes_told = Once()
+        """Whether :meth:`_tell_no_subtypes` has warned (predictions run on several threads)."""
 
     def __reduce__(self) -> tuple[Callable[[], Predictor], tuple[()]]:
         """Pickled as the call that loads it again (for worker processes: joblib,
@@ -307,9 +309,8 @@ class Predictor:
         subtype and class probabilities empty, and why. Said where a prediction is made, not on
         loading: an evaluation with TTA or an exported backend loads the run so too, and its
         3 x 3 matrix is computed apart (or says itself that it is not)."""
-        if self._told_no_subtypes:
+        if not self._no_subtypes_told.first():
             return
-        self._told_no_subtypes = True
         if self.tta:
             why = "TTA averages P(pneumonia) over views (a subtype is called on one)"
         elif self.backend_name in BACKENDS and self.backend_name != "torch":
