@@ -173,6 +173,20 @@ def test_a_drop_of_several_files_or_of_none_says_so(server, xray, chromium):
     )
 
 
+def _page_answering(chromium, pattern: str, body: dict):
+    """A new page on which requests matching ``pattern`` are answered with ``body`` (JSON)."""
+    import json
+
+    page = chromium.new_page()
+    page.route(
+        pattern,
+        lambda route: route.fulfill(
+            status=200, body=json.dumps(body), content_type="application/json"
+        ),
+    )
+    return page
+
+
 @pytest.mark.parametrize(
     ("fields", "shown"),
     [
@@ -189,20 +203,13 @@ def test_a_drop_of_several_files_or_of_none_says_so(server, xray, chromium):
     ],
 )
 def test_a_three_class_answer_shows_its_subtype(server, xray, chromium, fields, shown):
-    import json
 
     from playwright.sync_api import expect
 
     answer = httpx.post(
         f"{server}/v1/predict", files={"file": (xray.name, xray.read_bytes())}, timeout=60
     ).json()
-    page = chromium.new_page()
-    page.route(
-        "**/v1/predict*",
-        lambda route: route.fulfill(
-            status=200, body=json.dumps(answer | fields), content_type="application/json"
-        ),
-    )
+    page = _page_answering(chromium, "**/v1/predict*", answer | fields)
     page.goto(server)
     page.set_input_files("#file-input", str(xray))
     expect(page.locator("#result")).to_be_visible(timeout=30_000)
@@ -232,18 +239,11 @@ THREE = {"task": "three_class", "subtype_names": ["NORMAL", "BACTERIAL", "VIRAL"
     ],
 )
 def test_the_model_line_names_a_three_class_runs_classes(server, chromium, fields, shown):
-    import json
 
     from playwright.sync_api import expect
 
     info = httpx.get(f"{server}/v1/model", timeout=60).json()
-    page = chromium.new_page()
-    page.route(
-        "**/v1/model",
-        lambda route: route.fulfill(
-            status=200, body=json.dumps(info | fields), content_type="application/json"
-        ),
-    )
+    page = _page_answering(chromium, "**/v1/model", info | fields)
     page.goto(server)
     expect(page.locator("#model")).to_contain_text(f"model {info['model']}")
     if shown is None:
