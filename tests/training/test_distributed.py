@@ -1,7 +1,7 @@
 """Training on two CPU processes (gloo): the split computed once and identical on every rank,
 validation on the whole split, the run written by rank 0, resume under DDP (Lightning's launcher,
 then torchrun), the frozen strategy's features shared out and LP-FT's head epochs (ddp_spawn),
-the process group destroyed at exit."""
+the process group destroyed at exit, a SIGTERM to either rank stopping both at the same step."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import atexit
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,6 +20,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from lightning.fabric.utilities.distributed import _suggested_max_num_threads
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DistributedSampler
 
@@ -31,15 +34,19 @@ from pneumolab.training.distributed import (
     shard,
     unique_by_index,
 )
+from pneumolab.training.sigterm import SynchronisedSigterm
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
+def _env() -> dict[str, str]:
+    return os.environ | {"PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
 def _launch(*command: object) -> subprocess.CompletedProcess:
-    env = os.environ | {"PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     return subprocess.run(
-        [str(c) for c in command], env=env, capture_output=True, text=True, timeout=900
+        [str(c) for c in command], env=_env(), capture_output=True, text=True, timeout=900
     )
 
 
@@ -69,6 +76,79 @@ def ddp(tmp_path_factory):
         interrupted=interrupted,
         records=_records(first) + _records(second),
     )
+
+
+def _pids(records: Path, training: subprocess.Popen) -> list[int]:
+    """Both ranks' process ids, once both have filed them (their first batch of epoch 1)."""
+    files = [records / f"pid{rank}" for rank in (0, 1)]
+    deadline = time.monotonic() + 300
+    while not all(f.exists() for f in files):
+        assert training.poll() is None, training.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "training never reached epoch 1"
+        time.sleep(0.1)
+    return [int(f.read_text()) for f in files]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signalled", [0, 1])
+def test_a_sigterm_to_one_rank_stops_both_at_the_same_step(tmp_path, signalled):
+    """Lightning's SIGTERM handler broadcast inside the signal handler, while the other rank
+    was in DDP's gradient all-reduce: the training hung, or ended in a gloo error."""
+    data = write_synthetic_dataset(tmp_path / "data", per_class=10)
+    run = RunDir(tmp_path / "run")
+    records = tmp_path / "records"
+    records.mkdir()
+    command = [sys.executable, WORKER, data, run.root, records, "sigterm"]
+    training = subprocess.Popen(
+        [str(c) for c in command],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: both ranks, to kill on a hang
+    )
+    try:
+        pids = _pids(records, training)
+        os.kill(pids[signalled], signal.SIGTERM)
+        (records / "signalled").touch()  # rank 0 trains on: the signal came mid-batch
+        stderr = training.communicate(timeout=120)[1]  # both ranks' stderr: it ends with both
+    finally:
+        if training.poll() is None:
+            os.killpg(training.pid, signal.SIGKILL)
+    assert training.returncode == 143, stderr[-3000:]
+    assert [(records / f"exit{rank}").read_text() for rank in (0, 1)] == ["143", "143"]
+    assert "continue it with `pneumolab train --resume" in stderr
+    assert "Traceback" not in stderr and "terminate called" not in stderr, stderr[-3000:]
+    with pytest.raises(ProcessLookupError):
+        os.kill(pids[1], 0)  # rank 0 ended after rank 1, which it started
+    assert run.last_checkpoint.is_file() and not run.is_complete()
+    assert torch.load(run.last_checkpoint, weights_only=True)["epoch"] == 0
+
+    resumed = _launch(sys.executable, WORKER, data, run.root, records, "resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert run.is_complete()
+    with run.history.open() as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("processes", "launcher", "replaced"),
+    [
+        (1, None, False),  # one process: Lightning's own handler stays
+        (2, None, True),  # torchrun, srun (Lightning's launcher: the same)
+        (2, _MultiProcessingLauncher.__new__(_MultiProcessingLauncher), False),  # ddp_spawn
+    ],
+)
+def test_the_sigterm_handler_is_replaced_only_where_processes_stop_together(
+    processes, launcher, replaced
+):
+    before = signal.getsignal(signal.SIGTERM)
+    trainer = SimpleNamespace(world_size=processes, strategy=SimpleNamespace(launcher=launcher))
+    try:
+        SynchronisedSigterm().on_train_start(trainer, None)
+        assert (signal.getsignal(signal.SIGTERM) != before) == replaced
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _val_split(run: RunDir) -> list[str]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import shutil
+import signal
 
 import lightning as L
 import pytest
@@ -249,6 +251,27 @@ def test_a_monitored_run_moved_elsewhere_resumes_from_its_own_checkpoints(synthe
     best = torch.load(moved.checkpoints / "best.ckpt", weights_only=False)
     assert moved.read_meta().best_epoch == best["epoch"]
     assert sorted(p.name for p in moved.checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+@pytest.mark.slow
+def test_a_sigterm_stops_a_one_process_training_resumably(synthetic_data, tmp_path):
+    """Lightning's own SIGTERM handling, kept on one process: stopped in the batch signalled,
+    the last finished epoch kept, the signal named (the command line exits 143)."""
+
+    class SigtermAtEpoch1(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.current_epoch == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    out = tmp_path / "run"
+    config = TrainConfig(epochs=2, early_stopping_patience=5, **TINY)
+    with pytest.raises(TrainingInterrupted, match="--resume") as stopped:
+        train(synthetic_data, out, config, callbacks=[SigtermAtEpoch1()])
+    assert stopped.value.signal == "SIGTERM"
+    assert torch.load(RunDir(out).last_checkpoint, weights_only=True)["epoch"] == 0
+    trained = EpochsTrained()
+    train(synthetic_data, out, resume=True, callbacks=[trained])
+    assert trained.epochs == [1]
 
 
 def test_an_interruption_before_the_first_epoch_ended_says_to_start_again(synthetic_data, tmp_path):

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import (
     StochasticWeightAveraging,
 )
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from pneumolab.choices import Precision
 from pneumolab.config import TrainConfig
@@ -53,6 +54,7 @@ from pneumolab.training.feature_cache import FeatureCache
 from pneumolab.training.frozen import FrozenBackbone
 from pneumolab.training.hardware import TrainingCompute, cpu_has_bf16
 from pneumolab.training.module import ClassifierModule
+from pneumolab.training.sigterm import SynchronisedSigterm
 from pneumolab.training.strategies import optimizer_groups
 from pneumolab.training.tracking import experiment_logger
 
@@ -157,6 +159,7 @@ def build_trainer(config: TrainConfig, run: RunDir, callbacks: Sequence[L.Callba
         progress,
         *callbacks,
         ProcessGroupExit(),
+        SynchronisedSigterm(),
     ]
     try:
         return L.Trainer(
@@ -240,8 +243,9 @@ def _module(
 def _run_fit(
     trainer: L.Trainer, module: ClassifierModule, data: XrayDataModule, resume: bool
 ) -> None:
-    """``trainer.fit`` (from the last checkpoint when resuming); Ctrl+C raises
-    :class:`TrainingInterrupted` after the last finished epoch was saved."""
+    """``trainer.fit`` (from the last checkpoint when resuming); Ctrl+C and SIGTERM raise
+    :class:`TrainingInterrupted` after the last finished epoch was saved (on several processes,
+    a SIGTERM to any stops all at the same step: :class:`SynchronisedSigterm`)."""
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -253,10 +257,11 @@ def _run_fit(
             if resume_from is not None:
                 check_resumed_settings(resume_from, data.config, data.run.config)
             trainer.fit(module, datamodule=data, ckpt_path=resume_from)
-    except SystemExit:  # Lightning turns Ctrl+C into sys.exit(1) after a graceful shutdown
+    except SystemExit as exc:  # Lightning turns Ctrl+C into sys.exit(1) after a graceful shutdown
         if not trainer.interrupted:
             raise
-        signal = "SIGTERM" if trainer.received_sigterm else "SIGINT"
+        sigterm = trainer.received_sigterm or isinstance(exc, SIGTERMException)
+        signal = "SIGTERM" if sigterm else "SIGINT"
         if not data.run.last_checkpoint.is_file():
             raise TrainingInterrupted(
                 "training interrupted before its first epoch ended: nothing to resume; delete "
