@@ -258,21 +258,17 @@ def test_the_staging_folder_of_a_killed_run_goes_with_the_next_set(killed, caplo
 
 
 def test_staging_folders_that_may_be_a_live_runs_are_kept_and_named_once(killed, caplog):
-    """Another host's (or another PID namespace's: a container) PID says nothing here; one named
-    before names carried host and PID may be an older pneumolab's at work. A file or a link of
-    such a name is no staging folder."""
+    """Another host's (or another PID namespace's: a container) PID says nothing here. A file
+    or a link of such a name is no staging folder."""
     folder, leftover, pid = killed
     outside = folder.parent / "outside"
     outside.mkdir()
     (outside / "kept").write_text("x")
-    others = [
-        leftover.rename(folder / f".staging-elsewhere.example-{pid}-abcd1234"),
-        folder / ".staging-k2j4abcd",
-    ]
-    if "@" in leftover.name:  # the PID namespace is known (Linux)
-        others.append(folder / leftover.name.replace("@", "@9", 1))
+    others = [leftover.rename(folder / f".staging-elsewhere.example-{pid}-abcd1234")]
+    if "@" in leftover.name:  # the PID namespace is known (Linux): another one's token
+        token = files._machine().split("@")[1]
+        others.append(folder / leftover.name.replace(token, f"{int(token, 16) ^ 1:012x}"))
         others[-1].mkdir()
-    others[1].mkdir()
     (folder / ".staging-a-note").write_text("x")
     (folder / leftover.name).symlink_to(outside)
     before = sorted(p.relative_to(folder.parent) for p in folder.parent.rglob("*"))
@@ -318,17 +314,38 @@ def test_a_staging_folder_of_another_boot_with_this_host_name_is_kept(killed, tm
         there = files._machine()
     host, namespace = there.split("@")[0], os.stat(files.PID_NAMESPACE).st_ino
     assert host == files._machine().split("@")[0] and there != files._machine()
-    machines = {folder / f".staging-{m}-{pid}-abcd1234": m for m in (there, f"{host}@{namespace}")}
-    leftover.rename(folder / f".staging-{there}-{pid}-abcd1234")
-    (folder / f".staging-{host}@{namespace}-{pid}-abcd1234").mkdir()  # as named before
+    other = leftover.rename(folder / f".staging-{there}-{pid}-abcd1234")
+    before = folder / f".staging-{host}@{namespace}-{pid}-abcd1234"  # as named before
+    before.mkdir()
     with caplog.at_level(logging.WARNING, logger="pneumolab"):
         _write_set(folder, {"scores.csv": "2", "metrics.json": "2"})
-    assert all(other.is_dir() for other in machines)
+    assert other.is_dir() and before.is_dir()
     assert caplog.messages == [
-        f"{other}: staging folder of process {pid} on {machines[other]} (another host, boot or "
-        f"container); left alone: it can be deleted if no pneumolab run is writing to {folder}"
-        for other in sorted(machines)
+        f"{before}: {OLDER}{folder}",
+        f"{other}: staging folder of process {pid} on {there} (another host, boot or "
+        f"container); left alone: it can be deleted if no pneumolab run is writing to {folder}",
     ]
+
+
+OLDER = (
+    "a hidden staging folder left by an older pneumolab: the files of an unfinished write, kept "
+    "because its name cannot tell whether that run has ended; it is safe to delete once no "
+    "other job writes to "
+)
+
+
+def test_an_older_pneumolabs_staging_folder_is_named_once_per_process(tmp_path, caplog):
+    """A staging folder named before names carried the boot (or host and PID) is never removed:
+    it was warned about at every write into its folder, forever, as possibly a live run's."""
+    folder = tmp_path / "val"
+    older = [folder / ".staging-k2j4abcd", folder / ".staging-host@4026531836-123-abcd1234"]
+    for leftover in older:
+        leftover.mkdir(parents=True)
+    with caplog.at_level(logging.WARNING, logger="pneumolab"):
+        for text in "12":
+            _write_set(folder, {"scores.csv": text, "metrics.json": text})
+    assert all(leftover.is_dir() for leftover in older)
+    assert caplog.messages == [f"{leftover}: {OLDER}{folder}" for leftover in sorted(older)]
 
 
 def test_without_proc_the_machine_is_the_host_name(monkeypatch, tmp_path):

@@ -17,11 +17,16 @@ from pathlib import Path
 from typing import IO, Any
 
 from pneumolab.errors import OutputError
+from pneumolab.once import Once
 
 log = logging.getLogger(__name__)
 
 _STAGING = ".staging-"  # staged_files' folder: .staging-<machine>-<pid>-<mkdtemp's part>
 _STAGING_NAME = re.compile(r"\.staging-(?P<machine>.+)-(?P<pid>\d+)-[a-z0-9_]+")
+_MACHINE = re.compile(r"[^@]+(@[0-9a-f]{12})?")
+"""A machine as :func:`_machine` names it; ``host@<digits>`` (the PID namespace alone) is how
+names read before they carried the boot."""
+_TOLD_OLDER_STAGING = Once()
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 """Linux's identifier of this boot of this machine (new at every boot; a cloned VM's differs)."""
 PID_NAMESPACE = "/proc/self/ns/pid"
@@ -292,9 +297,10 @@ def _clear_leftover_staging(folder: Path) -> None:
     """Remove the staging folders in ``folder`` that :func:`staged_files` of a killed process
     left (SIGKILL, out of memory, power loss): those whose name says this machine and a PID that
     runs no more, each logged. Any other ``.staging-*`` folder (another machine's, a live PID's:
-    a run writing there now, or one named before names carried host and PID) is left alone and
-    warned about. Nothing else is touched; links are not followed. A folder this process may
-    not list (a drop box) is not looked in."""
+    a run writing there now) is left alone and warned about; one named by an older pneumolab
+    (before names carried the boot), which is never removed, is warned about once per process.
+    Nothing else is touched; links are not followed. A folder this process may not list (a drop
+    box) is not looked in."""
     try:
         entries = sorted(folder.iterdir())
     except PermissionError:  # a drop box (mode 0333): written to and entered, never listed
@@ -305,7 +311,17 @@ def _clear_leftover_staging(folder: Path) -> None:
         if not entry.name.startswith(_STAGING) or entry.is_symlink() or not entry.is_dir():
             continue
         name = _STAGING_NAME.fullmatch(entry.name)
-        if name and name["machine"] == here and _is_dead(int(name["pid"])):
+        if name is None or not _MACHINE.fullmatch(name["machine"]):
+            if _TOLD_OLDER_STAGING.first(entry):
+                log.warning(
+                    "%s: a hidden staging folder left by an older pneumolab: the files of an "
+                    "unfinished write, kept because its name cannot tell whether that run has "
+                    "ended; it is safe to delete once no other job writes to %s",
+                    entry,
+                    folder,
+                )
+            continue
+        if name["machine"] == here and _is_dead(int(name["pid"])):
             shutil.rmtree(entry, ignore_errors=True)  # another run may be clearing it too
             if not entry.exists():
                 log.warning(
@@ -315,8 +331,6 @@ def _clear_leftover_staging(folder: Path) -> None:
                 )
                 continue
             owner = f"an interrupted run (pid {name['pid']}), which could not be removed"
-        elif name is None:
-            owner = "a run of an older pneumolab, which did not name its process"
         elif name["machine"] != here:
             owner = f"process {name['pid']} on {name['machine']} (another host, boot or container)"
         else:
