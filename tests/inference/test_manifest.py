@@ -254,3 +254,31 @@ def test_a_refused_out_is_all_a_manifest_job_prints(scored, tmp_path, capsys, ca
         f"{manifest}: 1 of the 2 images it lists not found (each is answered with an error, the "
         f"others still run): {manifest}:3: {tmp_path / 'gone.png'}"
     ]
+
+
+def test_a_score_that_is_not_a_number_names_its_manifest_line_in_the_table(
+    scored, tmp_path, monkeypatch, capsys
+):
+    """A listed image whose score was NaN got a table row whose reason named no manifest line,
+    though its --json line and its results file row name it, as every other failed image's."""
+    import numpy as np
+
+    from pneumolab.inference.prediction import NOT_A_NUMBER
+    from pneumolab.inference.predictor import Predictor
+    from pneumolab.inference.scores import Scores
+
+    run, images = scored
+    monkeypatch.chdir(tmp_path)  # a short manifest path: the table's cell holds it unwrapped
+    manifest = Path("m.csv")
+    manifest.write_text(f"path\n{images[0]}\n")
+    loaded = Predictor.from_run
+
+    def broken(*args, **kwargs):
+        predictor = loaded(*args, **kwargs)
+        scorer = predictor.scorer
+        predictor.scorer = lambda pixels: Scores(np.full(len(pixels), np.nan), scorer(pixels).ood)
+        return predictor
+
+    monkeypatch.setattr(Predictor, "from_run", broken)
+    assert main(["predict", str(run), "--manifest", str(manifest)]) == 1
+    assert f"{manifest}:2: {NOT_A_NUMBER}" in capsys.readouterr().out

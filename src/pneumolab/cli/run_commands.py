@@ -124,13 +124,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         scored = math.isfinite(result.probability)
         failures += not scored  # an error row with --out too
         if not args.json:
+            why = "; ".join(result.reasons + result.warnings)
+            if not scored and manifest is not None:  # an error, as its --json line says it
+                why = manifest.noted(path, why)
             table.add_row(
                 result.source,
                 f"{result.probability:.4f}" if scored else "—",
                 result.label,
                 *([result.subtype or "—"] if subtypes else []),
                 "yes" if result.in_scope else Text("no", style="bold red"),
-                "; ".join(result.reasons + result.warnings),
+                why,
             )
     if not args.json and table.row_count:  # no empty table above the errors
         stdout.print(table)
