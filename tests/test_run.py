@@ -245,21 +245,19 @@ def test_a_score_that_is_not_a_number_names_its_file_and_line(tmp_path, column):
         read_predictions(path)
 
 
-def test_split_mismatch_reads_each_split_file_once(tmp_path, monkeypatch):
-    """The first run's split.csv was read again beside every other run's: n - 1 times."""
+def test_split_mismatch_names_a_run_of_another_split_and_the_first(tmp_path):
+    """It compares the splits as the caller read them (each once: the first run's was read
+    again beside every other run's, then each again for its images)."""
     from pneumolab.run import split_mismatch
 
     runs = [RunDir(tmp_path / name) for name in ("a", "b", "c", "d")]
     for run in runs:
         run.root.mkdir()
         run.split.write_text("path,label,patient,subset\nx.png,0,p,val\n")
-    read: list[Path] = []
-    real = Path.read_bytes
-    monkeypatch.setattr(Path, "read_bytes", lambda path: read.append(path) or real(path))
-    assert split_mismatch(runs) is None
-    assert sorted(read) == sorted(run.split for run in runs)
+    assert split_mismatch(run.saved_split() for run in runs) is None
     runs[2].split.write_text("path,label,patient,subset\ny.png,0,p,val\n")
-    assert split_mismatch(runs) == (runs[2], runs[0])
+    assert split_mismatch(run.saved_split() for run in runs) == (runs[2], runs[0])
+    assert split_mismatch([]) is None
 
 
 def test_the_platt_warning_checks_and_adds_its_run_under_one_lock(tmp_path, monkeypatch, caplog):

@@ -277,21 +277,44 @@ class RunDir:
                 )
         write_text_atomically(self.split, buffer.getvalue())
 
-    def split_rows(self, subset: str | None = None) -> list[dict[str, str]]:
-        """The saved split's rows (``path``, ``label``, ``patient``, ``subset``), of one side
-        (``train`` or ``val``) or, without ``subset``, of both."""
+    def saved_split(self) -> SavedSplit:
+        """The saved split, read once (compared with another run's and turned into samples from
+        that one read); RunDirError where the run has none."""
         if not self.split.is_file():
             raise RunDirError(f"{self.split}: split file missing")
         with self.split.open(newline="") as f:
-            return [r for r in csv.DictReader(f) if subset in (None, r["subset"])]
+            return SavedSplit(self, f.read())
+
+    def split_rows(self, subset: str | None = None) -> list[dict[str, str]]:
+        """The saved split's rows (:meth:`SavedSplit.rows`)."""
+        return self.saved_split().rows(subset)
 
     def split_paths(self, subset: str) -> set[str]:
         """The dataset-relative paths of one side (``train`` or ``val``) of the saved split."""
         return {r["path"] for r in self.split_rows(subset)}
 
     def read_split(self, data_root: Path, subset: str) -> list[Sample]:
-        """The samples of one side (``train`` or ``val``) of the saved split, under ``data_root``."""
-        rows = self.split_rows(subset)
+        """The samples of one side of the saved split (:meth:`SavedSplit.samples`)."""
+        return self.saved_split().samples(data_root, subset)
+
+
+@dataclass(frozen=True)
+class SavedSplit:
+    """A run's ``split.csv`` as :meth:`RunDir.saved_split` read it: ``text``, its contents."""
+
+    run: RunDir
+    text: str
+
+    def rows(self, subset: str | None = None) -> list[dict[str, str]]:
+        """The rows (``path``, ``label``, ``patient``, ``subset``), of one side (``train`` or
+        ``val``) or, without ``subset``, of both."""
+        reader = csv.DictReader(io.StringIO(self.text, newline=""))
+        return [r for r in reader if subset in (None, r["subset"])]
+
+    def samples(self, data_root: Path, subset: str) -> list[Sample]:
+        """The samples of one side (``train`` or ``val``), under ``data_root``; an error naming
+        ``data_root`` (or a folder in it) where it does not hold them."""
+        rows = self.rows(subset)
         samples = [Sample(Path(data_root) / r["path"], int(r["label"]), r["patient"]) for r in rows]
         missing = [s.path for s in samples if not os.path.isfile(s.path)]  # never raises
         unreadable = unreadable_folder(data_root) if missing else None
@@ -316,17 +339,12 @@ class RunDir:
         return samples
 
 
-def split_mismatch(runs: Iterable[RunDir]) -> tuple[RunDir, RunDir] | None:
-    """A run whose split.csv differs from the first run's, with that first run; None where all
-    of them hold the same split (runs without split.csv are skipped)."""
-    with_split = [run for run in runs if run.split.is_file()]
-    if not with_split:
-        return None
-    first = with_split[0].split.read_bytes()  # once: it was read again beside every other run
-    for run in with_split[1:]:
-        if run.split.read_bytes() != first:
-            return run, with_split[0]
-    return None
+def split_mismatch(splits: Iterable[SavedSplit]) -> tuple[RunDir, RunDir] | None:
+    """A run whose saved split differs from the first one's, with that first run; None where
+    all of them hold the same split."""
+    listed = list(splits)
+    differing = next((s for s in listed[1:] if s.text != listed[0].text), None)
+    return None if differing is None else (differing.run, listed[0].run)
 
 
 def score_text(probability: float) -> str:

@@ -31,7 +31,7 @@ from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.score_cache import ScoreCache
 from pneumolab.inference.torch_scoring import default_device
 from pneumolab.outputs import check_output, working_in
-from pneumolab.run import RunDir, listed_twice, run_list, split_mismatch
+from pneumolab.run import RunDir, SavedSplit, listed_twice, run_list, split_mismatch
 from pneumolab.text import markdown_cell, spreadsheet_safe
 
 log = logging.getLogger(__name__)
@@ -115,12 +115,14 @@ def _evaluated(
     split: Split,
     robustness: bool,
     shift: bool,
+    saved_split: SavedSplit | None = None,
 ) -> Evaluation:
     """The run's evaluation on ``split``, written into its ``eval/<split>/``; DataLayoutError
-    where it has no ROC AUC (a comparison ranks by it)."""
+    where it has no ROC AUC (a comparison ranks by it). ``saved_split``: its split as read
+    already (:meth:`RunDir.saved_split`)."""
     if predictor.run_dir is None:
         raise ValueError("compare_predictor needs a predictor loaded with Predictor.from_run")
-    evaluation = compute_evaluation(predictor, data_dir, split, robustness, shift)
+    evaluation = compute_evaluation(predictor, data_dir, split, robustness, shift, saved_split)
     if math.isnan(evaluation.metrics.roc_auc):
         raise DataLayoutError(
             f"{name}: the {split} images that could be read are all of one class; a comparison "
@@ -412,15 +414,17 @@ def _compare_into(
         Predictor.from_run(run.root, default_device(), backend, cache=cache)  # export fails first
         for run in runs
     ]
-    mismatch = split == "val" and split_mismatch(runs) is not None
+    # each run's split.csv read once: compared, then its validation images taken from it
+    saved = [run.saved_split() if split == "val" else None for run in runs]
+    mismatch = split_mismatch(filter(None, saved)) is not None
     caveat = SPLITS_DIFFER if mismatch else ""  # in results.md too: the console's line is gone
     if caveat:
         log.warning(caveat)
     criteria = ("roc_auc", "shift_roc_auc") if shift else ("roc_auc",)
     rows: list[ComparisonRow] = []
     scores: dict[str, dict[str, dict[str, ImageScores]]] = {c: {} for c in criteria}
-    for name, predictor in zip(names, predictors, strict=True):
-        evaluation = _evaluated(name, predictor, data_dir, split, robustness, shift)
+    for name, predictor, read in zip(names, predictors, saved, strict=True):
+        evaluation = _evaluated(name, predictor, data_dir, split, robustness, shift, read)
         rows.append(_row(name, evaluation, cache))
         for criterion in criteria:
             scores[criterion][name] = evaluation_scores(evaluation, criterion)

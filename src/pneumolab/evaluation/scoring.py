@@ -48,17 +48,20 @@ from pneumolab.results import (
     SubtypeMetrics,
     TemperatureScaled,
 )
-from pneumolab.run import RunDir
+from pneumolab.run import RunDir, SavedSplit
 from pneumolab.run_meta import RunMeta
 
 log = logging.getLogger(__name__)
 
 
-def split_samples(run: RunDir, data_dir: Path, split: str) -> list[Sample]:
-    """``val``: the run's own carved validation split; ``test``: ``data_dir/test``, once the
-    run's held-out log is known to take the look (:func:`check_test_log`)."""
+def split_samples(
+    run: RunDir, data_dir: Path, split: str, saved_split: SavedSplit | None = None
+) -> list[Sample]:
+    """``val``: the run's own carved validation split (from ``saved_split``, where the caller
+    has read it already); ``test``: ``data_dir/test``, once the run's held-out log is known to
+    take the look (:func:`check_test_log`)."""
     if split == "val":
-        return run.read_split(data_dir, "val")
+        return (saved_split or run.saved_split()).samples(data_dir, "val")
     if split == "test":
         check_test_log(run)
         return scan_split(find_splits(data_dir, required="test")["test"])
@@ -229,15 +232,17 @@ def compute_evaluation(
     split: Split = "val",
     robustness: bool = False,
     shift: bool = False,
+    saved_split: SavedSplit | None = None,
 ) -> Evaluation:
     """Score a loaded run (``Predictor.from_run``, with its device and TTA) on ``split`` and
     compute every metric of :func:`~pneumolab.evaluation.evaluate.evaluate`, in memory: no file is written
     (``test_evaluations_count`` counts this look at the test split, which
-    :func:`~pneumolab.evaluation.writer.write_evaluation` records)."""
+    :func:`~pneumolab.evaluation.writer.write_evaluation` records). ``saved_split``: the run's
+    split as the caller read it already (:meth:`RunDir.saved_split`), not read again."""
     if predictor.run_dir is None:
         raise ValueError("compute_evaluation needs a predictor loaded with Predictor.from_run")
     run = RunDir(predictor.run_dir)
-    samples = split_samples(run, Path(data_dir), split)
+    samples = split_samples(run, Path(data_dir), split, saved_split)
     decoded = decode_readable(samples, predictor.image_size, f"{data_dir}: the {split} split")
     scores = predictor.scorer(decoded.pixels)  # a three-class network's classes too: one pass
     probs = scores.probability

@@ -52,7 +52,7 @@ def _check_compatible(runs: list[RunDir], metas: list[RunMeta]) -> None:
     unsplit = next((run for run in runs if not run.split.is_file()), None)
     if unsplit is not None:  # its threshold would be chosen on images it may have trained on
         raise RunDirError(f"{unsplit.root}: has no split.csv; an ensemble needs each member's")
-    mismatch = split_mismatch(runs)
+    mismatch = split_mismatch(run.saved_split() for run in runs)
     if mismatch is not None:
         run, first = mismatch
         raise RunDirError(

@@ -197,7 +197,7 @@ def _write_study_copy(study_file: Path, copy: Path, flags: dict[str, Any]) -> No
 def _check_one_split(runs: Iterable[RunDir]) -> None:
     """ConfigError where two models of the study were validated on different splits (a run
     kept from another ``--data``, or from a pneumolab that split otherwise)."""
-    mismatch = split_mismatch(runs)
+    mismatch = split_mismatch(run.saved_split() for run in runs if run.split.is_file())
     if mismatch is not None:
         run, first = mismatch  # a study's run folder is named after its model
         raise ConfigError(
