@@ -1,6 +1,6 @@
 """A three-class run's predictions carry its subtype call and class probabilities wherever they
 are given (Python API, ``predict --json`` and ``--out``, the Ray replicas, the HTTP API); a
-binary run's carry none, and a backend without class logits (ONNX) or TTA says so and gives none.
+binary run's carry none, and a backend without class logits (ONNX) says so and gives none.
 Predictions were NORMAL / PNEUMONIA only: a three-class model's subtypes could not be had."""
 
 from __future__ import annotations
@@ -198,19 +198,33 @@ def test_backends_without_class_logits_say_so_once_and_give_no_subtype(
 
     run = copy_run(three_class, tmp_path / "run")
     export_onnx(run, run / "model.onnx")
-    for options, named in (({"backend": "onnx"}, "the onnx backend's"), ({"tta": True}, "TTA")):
-        caplog.clear()
-        with caplog.at_level(logging.WARNING):
-            predictor = Predictor.from_run(run, **options)
-            results = list(predictor.predict_paths(images))
-        said = [r.getMessage() for r in caplog.records if "three-class run" in r.getMessage()]
-        assert len(said) == 1 and "subtypes (BACTERIAL / VIRAL) are unavailable" in said[0]
-        assert named in said[0]
-        assert all(subtype_values(r) == [None] * 4 for r in results)
-        if "backend" in options:
-            assert [r.label for r in results] == [
-                expected[Path(r.source).name].label for r in results
-            ]
+    with caplog.at_level(logging.WARNING):
+        results = list(Predictor.from_run(run, backend="onnx").predict_paths(images))
+    said = [r.getMessage() for r in caplog.records if "three-class run" in r.getMessage()]
+    assert len(said) == 1 and "subtypes (BACTERIAL / VIRAL) are unavailable" in said[0]
+    assert "the onnx backend's" in said[0]
+    assert all(subtype_values(r) == [None] * 4 for r in results)
+    assert [r.label for r in results] == [expected[Path(r.source).name].label for r in results]
+
+
+def test_tta_predictions_carry_the_class_probabilities_averaged_over_the_views(
+    three_class, images, caplog
+):
+    """TTA averaged P(pneumonia) over the views and gave no subtype (a warning said so): the
+    softmax is averaged as the probability is, so p_normal stays 1 - P(pneumonia)."""
+    from pneumolab.data.transforms import TTA_VIEWS
+
+    predictor = Predictor.from_run(three_class)
+    pixels = torch.as_tensor(np.stack([predictor.preprocess_array(path) for path in images]))
+    views = [predict_class_probabilities(predictor.model, v(pixels)) for v in TTA_VIEWS.values()]
+    with caplog.at_level(logging.WARNING):
+        results = list(Predictor.from_run(three_class, tta=True).predict_paths(images))
+    assert not [r for r in caplog.records if "three-class run" in r.getMessage()]
+    for result, probabilities in zip(results, np.mean(views, axis=0), strict=True):
+        got = [result.p_normal, result.p_bacterial, result.p_viral]
+        assert got == pytest.approx(probabilities.tolist(), abs=1e-6)
+        assert result.p_normal == pytest.approx(1 - result.probability, abs=1e-6)
+        assert (result.subtype is None) == (result.label == "NORMAL")
 
 
 def test_the_missing_subtypes_are_told_once_under_the_predictors_lock(three_class, images, caplog):
@@ -218,13 +232,17 @@ def test_the_missing_subtypes_are_told_once_under_the_predictors_lock(three_clas
     once (the HTTP server's) could both pass the check and both warn. The check and the claim
     are one step under the predictor's lock now (:class:`pneumolab.once.Once`, asserted by a
     stand-in, so no thread timing is needed), and the warning is said once."""
-    predictor = Predictor.from_run(three_class, tta=True)
+    from dataclasses import replace
+
+    predictor = Predictor.from_run(three_class)
+    scorer = predictor.scorer
+    predictor.scorer = lambda pixels: replace(scorer(pixels), class_probs=None)
     steps = held_only(predictor._no_subtypes_told)
     with caplog.at_level(logging.WARNING):
         list(predictor.predict_paths(images[:2]))
         predictor.predict(images[2])
     said = [r for r in caplog.records if "three-class run" in r.getMessage()]
-    assert len(said) == 1 and "TTA" in said[0].getMessage()
+    assert len(said) == 1 and "its scorer gives no class probabilities" in said[0].getMessage()
     assert steps == ["check", "claim", "check", "check"]
 
 
@@ -287,6 +305,41 @@ def test_a_three_class_evaluation_scores_each_image_once(tmp_path, monkeypatch):
     monkeypatch.setattr(XrayClassifier, "_backbone_input", counted)
     metrics = evaluate(run, data, split="test", device="cpu")
     assert seen == [len(images)]
+    assert metrics.subtypes is not None  # NaN (a class never called) as text, to compare
+    assert json.dumps(metrics.subtypes.model_dump()) == json.dumps(expected.model_dump())
+
+
+def test_a_three_class_evaluation_with_tta_scores_each_image_once_per_view(tmp_path, monkeypatch):
+    """With --tta, the 3 x 3 matrix's class probabilities took a pass of their own over the
+    single view, after the views' passes: they are the views' mean softmax now, from those
+    passes, as P(pneumonia) is."""
+    from pneumolab.data.layout import Sample
+    from pneumolab.data.subtypes import subtype_labels
+    from pneumolab.data.transforms import TTA_VIEWS
+    from pneumolab.evaluation.evaluate import evaluate
+    from pneumolab.evaluation.subtypes import subtype_metrics
+    from pneumolab.models.classifier import XrayClassifier
+
+    data = write_synthetic_dataset(tmp_path / "data", per_class=6)
+    (data / "train").rename(data / "test")
+    images = sorted((data / "test").rglob("*.png"))
+    run = write_run(tmp_path / "run", images, task="three_class").root
+    predictor = Predictor.from_run(run, tta=True)
+    pixels = torch.as_tensor(np.stack([predictor.preprocess_array(path) for path in images]))
+    views = [predict_class_probabilities(predictor.model, v(pixels)) for v in TTA_VIEWS.values()]
+    truth = np.array(subtype_labels([Sample(p, int("PNEUMONIA" in p.parts), "") for p in images]))
+    called = predictor.backend(pixels) >= predictor.threshold
+    expected = subtype_metrics(truth, np.mean(views, axis=0), called)
+    seen: list[int] = []  # images through the network, pass by pass
+    network_input = XrayClassifier._backbone_input
+
+    def counted(self: XrayClassifier, x: torch.Tensor) -> torch.Tensor:
+        seen.append(len(x))
+        return network_input(self, x)
+
+    monkeypatch.setattr(XrayClassifier, "_backbone_input", counted)
+    metrics = evaluate(run, data, split="test", device="cpu", tta=True)
+    assert seen == [len(images)] * len(TTA_VIEWS)
     assert metrics.subtypes is not None  # NaN (a class never called) as text, to compare
     assert json.dumps(metrics.subtypes.model_dump()) == json.dumps(expected.model_dump())
 

@@ -38,7 +38,6 @@ from pneumolab.evaluation.shift import (
 from pneumolab.evaluation.subtypes import subtype_metrics
 from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.scores import Scores
-from pneumolab.inference.torch_scoring import predict_class_probabilities
 from pneumolab.results import (
     EvaluationMetrics,
     OracleThreshold,
@@ -150,9 +149,8 @@ def _subtypes(
 ) -> SubtypeMetrics | None:
     """Three-class metrics of a three-class run: NORMAL where the evaluation's binary decision
     (``pneumonia``: with ``--tta``, the TTA scores at the TTA threshold) says so, else the more
-    likely subtype by the single-view class probabilities: those of the evaluation's own pass
-    (``scores``), or, where it gives none (TTA averages views), one pass of the single view.
-    None for a binary run, and, with a warning, for an exported model (no class logits) or
+    likely subtype by the class probabilities of the evaluation's own pass (``scores``; with
+    ``--tta``, their mean over the views). None for a binary run, and, with a warning, for an exported model (no class logits) or
     images whose names carry no subtype (outside data: the binary metrics still stand)."""
     if not predictor.meta.subtype_names:
         return None
@@ -161,18 +159,13 @@ def _subtypes(
     except DataLayoutError as exc:
         log.warning("three-class metrics (subtypes) not computed: %s", exc)
         return None
-    if predictor.model is None:
+    if scores.class_probs is None:
         log.warning(
             "three-class metrics (subtypes) need the torch backend: not computed with %s",
             predictor.backend_name,
         )
         return None
-    class_probs = scores.class_probs
-    if class_probs is None:
-        class_probs = predict_class_probabilities(
-            predictor.model, decoded.pixels, predictor.intensity
-        )
-    return subtype_metrics(truth, class_probs, pneumonia)
+    return subtype_metrics(truth, scores.class_probs, pneumonia)
 
 
 @dataclass

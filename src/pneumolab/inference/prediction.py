@@ -33,10 +33,10 @@ class Prediction:
     age) do not make an input out of scope. ``ood_score`` and ``ood_threshold`` are None for a
     run without an OOD model.
 
-    A three-class run scored by its PyTorch network without TTA also gives ``p_normal``,
-    ``p_bacterial`` and ``p_viral`` (softmax of its three logits) and, for an in-scope image
-    called ``PNEUMONIA``, its ``subtype``: the more likely of ``BACTERIAL`` and ``VIRAL``. All
-    four are None otherwise (a binary run, a backend or TTA that gives no class logits).
+    A three-class run scored by its PyTorch network also gives ``p_normal``, ``p_bacterial``
+    and ``p_viral`` (softmax of its three logits; with TTA, its mean over the views) and, for an
+    in-scope image called ``PNEUMONIA``, its ``subtype``: the more likely of ``BACTERIAL`` and
+    ``VIRAL``. All four are None otherwise (a binary run, a backend that gives no class logits).
     """
 
     source: str

@@ -307,13 +307,11 @@ class Predictor:
     def _tell_no_subtypes(self) -> None:
         """Warn, once per predictor, that this three-class run's predictions leave their
         subtype and class probabilities empty, and why. Said where a prediction is made, not on
-        loading: an evaluation with TTA or an exported backend loads the run so too, and its
-        3 x 3 matrix is computed apart (or says itself that it is not)."""
+        loading: an evaluation with an exported backend loads the run so too, and says itself
+        that its 3 x 3 matrix is not computed."""
         if not self._no_subtypes_told.first():
             return
-        if self.tta:
-            why = "TTA averages P(pneumonia) over views (a subtype is called on one)"
-        elif self.backend_name in BACKENDS and self.backend_name != "torch":
+        if self.backend_name in BACKENDS and self.backend_name != "torch":
             why = (
                 f"the {self.backend_name} backend's exported model carries the pneumonia logit only"
             )
@@ -322,7 +320,7 @@ class Predictor:
         log.warning(
             "%s is a three-class run, but its subtypes (BACTERIAL / VIRAL) are unavailable "
             "here: %s; predictions leave subtype, p_normal, p_bacterial and p_viral empty "
-            "(the torch backend without TTA gives them)",
+            "(the torch backend gives them)",
             self.run_dir or "this run",
             why,
         )

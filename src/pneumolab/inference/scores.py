@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 class Scores:
     """Per-image ``probability`` of pneumonia and ``ood`` score (NaN: the run has no OOD model);
     ``class_probs``: the ``(N, K)`` softmax of a three-class network's logits (NORMAL,
-    BACTERIAL, VIRAL), None where the scorer gives none (a binary network, an exported model,
-    which carries the pneumonia logit only, TTA, an ensemble)."""
+    BACTERIAL, VIRAL; with TTA their mean over the views), None where the scorer gives none (a
+    binary network, an exported model, which carries the pneumonia logit only, an ensemble)."""
 
     probability: np.ndarray
     ood: np.ndarray
@@ -72,16 +72,20 @@ def torch_scorer(
     return score
 
 
-def mean_scores(scorers: Sequence[Scorer]) -> Scorer:
+def mean_scores(scorers: Sequence[Scorer], class_probs: bool = False) -> Scorer:
     """The mean probability and mean OOD score of several scorers (an ensemble, TTA views);
-    no class probabilities (a subtype call is made on one view of one network, as the
-    evaluation's 3 x 3 matrix makes it)."""
+    with ``class_probs`` (the views of one network) the mean class probabilities too, where
+    every scorer gives them: ``p_normal`` stays 1 - P(pneumonia), a mean of both. An
+    ensemble's mean gives none (a subtype is called by one network)."""
 
     def averaged(pixels: Any) -> Scores:
         results = [scorer(pixels) for scorer in scorers]
+        classes = [r.class_probs for r in results if r.class_probs is not None]
+        given = class_probs and len(classes) == len(results)
         return Scores(
             np.mean([r.probability for r in results], axis=0),
             np.mean([r.ood for r in results], axis=0),
+            np.mean(classes, axis=0) if given else None,
         )
 
     return averaged
@@ -104,7 +108,8 @@ def at_size(scorer: Scorer, size: int) -> Scorer:
 
 
 def with_tta(scorer: Scorer) -> Scorer:
-    """Average ``scorer`` over the test-time views of each image (TTA_VIEWS)."""
+    """Average ``scorer`` over the test-time views of each image (TTA_VIEWS), its class
+    probabilities included."""
     import torch
 
     from pneumolab.data.transforms import TTA_VIEWS
@@ -112,4 +117,4 @@ def with_tta(scorer: Scorer) -> Scorer:
     def viewed(view: Callable[[torch.Tensor], torch.Tensor]) -> Scorer:
         return lambda pixels: scorer(view(torch.as_tensor(pixels)))
 
-    return mean_scores([viewed(view) for view in TTA_VIEWS.values()])
+    return mean_scores([viewed(view) for view in TTA_VIEWS.values()], class_probs=True)
