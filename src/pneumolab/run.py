@@ -243,7 +243,7 @@ class RunDir:
         if not self.meta.is_file():
             raise unfinished
         try:
-            data = json.loads(self.meta.read_text())
+            data = json.loads(self.meta.read_text(encoding="utf-8"))
             if not isinstance(data, dict):
                 raise ValueError(f"expected a JSON object, got {type(data).__name__}")
             data = migrate(data, str(self.meta))
@@ -282,7 +282,7 @@ class RunDir:
         that one read); RunDirError where the run has none."""
         if not self.split.is_file():
             raise RunDirError(f"{self.split}: split file missing")
-        with self.split.open(newline="") as f:
+        with self.split.open(newline="", encoding="utf-8") as f:
             return SavedSplit(self, f.read())
 
     def split_rows(self, subset: str | None = None) -> list[dict[str, str]]:
@@ -389,7 +389,7 @@ def read_predictions(path: Path) -> list[PredictionRow]:
     file and line where a score is not a finite number (the files hold none: an edited or
     damaged one would choose thresholds below their target, or fail in scikit-learn)."""
     rows = []
-    with Path(path).open(newline="") as f:
+    with Path(path).open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         for r in reader:
             row = PredictionRow(
@@ -428,7 +428,7 @@ def read_shift_predictions(path: Path, scenario: str) -> dict[str, list[float]]:
     """``{image path: [probability per draw]}`` of one scenario in a file written by
     :func:`write_shift_predictions`."""
     scores: dict[str, dict[int, float]] = {}
-    with Path(path).open(newline="") as f:
+    with Path(path).open(newline="", encoding="utf-8") as f:
         for r in csv.DictReader(f):
             if r["scenario"] == scenario:
                 scores.setdefault(r["path"], {})[int(r["draw"])] = float(r["probability"])

@@ -68,7 +68,7 @@ def log_test_evaluation(run: RunDir) -> int:
         "git_commit": _git_commit(),
         "config_sha256": config_hash,
     }
-    with (run.root / TEST_LOG).open("a") as f:
+    with (run.root / TEST_LOG).open("a", encoding="utf-8") as f:
         f.write(json.dumps(entry) + "\n")
     return count_test_evaluations(run)
 
@@ -77,4 +77,6 @@ def count_test_evaluations(run: RunDir) -> int:
     """How many times the run has been evaluated on the test split (lines of its log)."""
     if not (run.root / TEST_LOG).is_file():
         return 0
-    return sum(1 for line in (run.root / TEST_LOG).read_text().splitlines() if line.strip())
+    return sum(
+        1 for line in (run.root / TEST_LOG).read_text(encoding="utf-8").splitlines() if line.strip()
+    )

@@ -378,7 +378,7 @@ def create_app(
     ``backend="onnx"`` serves no heat maps (409). ``limits`` bound what a request may cost."""
     limits = limits or ServerLimits()
     service = PredictionService(Path(run_dir), backend, limits)
-    index = (Path(__file__).parent / "static" / "index.html").read_text()
+    index = (Path(__file__).parent / "static" / "index.html").read_text(encoding="utf-8")
     max_upload_bytes = limits.max_upload_bytes
     app = FastAPIOffline(  # Swagger UI from the package's files: no CDN
         title="pneumolab",

@@ -199,7 +199,7 @@ class HistoryCSV(EpochSummary):
         a later epoch's row, or half of one), under the file's own columns."""
         if not self.path.exists():
             return
-        text = self.path.read_text()
+        text = self.path.read_text(encoding="utf-8")
         complete = text[: text.rfind("\n") + 1]
         reader = csv.DictReader(io.StringIO(complete))
         rows = [
@@ -216,7 +216,7 @@ class HistoryCSV(EpochSummary):
         new_file = not self.path.exists()
         # a run resumed from an older version keeps its file's columns
         fields = self.fields if new_file else _header(self.path)
-        with self.path.open("a", newline="") as f:
+        with self.path.open("a", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if new_file:
                 writer.writeheader()
@@ -224,7 +224,7 @@ class HistoryCSV(EpochSummary):
 
 
 def _header(path: Path) -> list[str]:
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8") as f:
         return next(csv.reader(f), [])
 
 

@@ -98,7 +98,9 @@ class XrayDataModule(L.LightningDataModule):
         return self.trainer
 
     def setup(self, stage: str) -> None:
-        check_same_on_every_rank(self._trainer, self.run.split.read_text(), str(self.run.split))
+        check_same_on_every_rank(
+            self._trainer, self.run.split.read_text(encoding="utf-8"), str(self.run.split)
+        )
         started = time.perf_counter()
         train_images = self.train_images()
         val_images = self.val_images()

@@ -110,7 +110,7 @@ def _mlflow_logger(run: RunDir, uri: str) -> MLFlowLogger:
             write_text_atomically(run.mlflow_run, json.dumps(record) + "\n")
         return logger
     try:
-        record = json.loads(run.mlflow_run.read_text())
+        record = json.loads(run.mlflow_run.read_text(encoding="utf-8"))
         run_id = str(record["run_id"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{run.mlflow_run}: not a record of an MLflow run ({exc})") from None
@@ -163,7 +163,7 @@ def log_run_files(logger: Logger | None, files: Sequence[Path]) -> None:
             logger.experiment.log_artifact(logger.run_id, str(path))
     elif isinstance(logger, TensorBoardLogger):
         for path in (p for p in present if p.suffix in (".md", ".json")):
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
             logger.experiment.add_text(path.name, text if path.suffix == ".md" else f"    {text}")
     if logger is not None:
         logger.finalize("success")
