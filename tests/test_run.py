@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -243,6 +246,25 @@ def test_a_score_that_is_not_a_number_names_its_file_and_line(tmp_path, column):
     write_predictions(path, samples, scores["probability"], scores["tta_probability"])
     with pytest.raises(RunDirError, match=r"p\.csv: line 3: a score that is not a finite number"):
         read_predictions(path)
+
+
+def test_files_written_as_utf8_are_read_back_as_utf8_under_an_ascii_locale(tmp_path):
+    """split.csv and the prediction files are written as UTF-8; they were read back in the
+    locale's encoding, so a non-ASCII image name failed to decode under LC_ALL=C."""
+    samples = [Sample(Path("x/é.png"), 0, "p")]
+    write_predictions(tmp_path / "p.csv", samples, np.array([0.25]), None)
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    run.split.write_text("path,label,patient,subset\nx/é.png,0,p,val\n", encoding="utf-8")
+    script = (
+        "import sys; from pathlib import Path; from pneumolab.run import RunDir, read_predictions; "
+        "assert sys.flags.utf8_mode == 0; "
+        f"print(read_predictions(Path({str(tmp_path / 'p.csv')!r}))[0].path == 'x/\\u00e9.png', "
+        f"RunDir(Path({str(run.root)!r})).saved_split().rows('val')[0]['path'] == 'x/\\u00e9.png')"
+    )
+    env = os.environ | {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.stdout.split() == ["True", "True"], done.stderr[-2000:]
 
 
 def test_split_mismatch_names_a_run_of_another_split_and_the_first(tmp_path):
