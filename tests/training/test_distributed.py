@@ -20,7 +20,10 @@ import pytest
 import torch
 import torch.distributed as dist
 from lightning.fabric.utilities.distributed import _suggested_max_num_threads
-from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+from lightning.pytorch.strategies.launchers import (
+    _MultiProcessingLauncher,
+    _SubprocessScriptLauncher,
+)
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DistributedSampler
 
@@ -28,6 +31,7 @@ from conftest import TINY_TRAINING, write_backbone_weights, write_synthetic_data
 from pneumolab.config import TrainConfig
 from pneumolab.pipeline.train import train
 from pneumolab.run import RunDir, read_predictions
+from pneumolab.training import sigterm
 from pneumolab.training.distributed import (
     ProcessGroupExit,
     lr_factor,
@@ -149,6 +153,31 @@ def test_the_sigterm_handler_is_replaced_only_where_processes_stop_together(
         assert (signal.getsignal(signal.SIGTERM) != before) == replaced
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def _launcher(procs: list) -> _SubprocessScriptLauncher:
+    launcher = _SubprocessScriptLauncher.__new__(_SubprocessScriptLauncher)
+    launcher.procs = procs
+    return launcher
+
+
+def test_a_later_fit_of_a_study_stops_after_the_processes_the_first_fit_started(monkeypatch):
+    """Lightning's launcher starts the other processes at a process's first fit only (it has
+    set LOCAL_RANK: a study's later fits find them running): the process that started them
+    exited without waiting for them, while its watcher, which SIGKILLs every process once a
+    child exits with 143, still read the first fit's list."""
+    monkeypatch.setattr(sigterm, "_started", [], raising=False)  # this process started none yet
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(143)"])
+    started = [child]  # the list the first fit's launcher filled, which its watcher reads
+    for procs in (started, []):  # the study's first model, then its second
+        trainer = SimpleNamespace(world_size=2, strategy=SimpleNamespace(launcher=_launcher(procs)))
+        before = signal.getsignal(signal.SIGTERM)
+        try:
+            SynchronisedSigterm().on_train_start(trainer, None)
+        finally:
+            signal.signal(signal.SIGTERM, before)
+    sigterm._end_children()  # at a stop in the second model
+    assert child.returncode == 143 and started == []
 
 
 def _val_split(run: RunDir) -> list[str]:

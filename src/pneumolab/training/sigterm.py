@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import threading
+import time
 from types import FrameType
 
 import lightning as L
@@ -19,6 +20,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 CHILD_EXIT_SECONDS = 30.0
 """How long the process that started the others (Lightning's launcher) waits for them to end
 after a stop, before it kills them."""
+
+_started: list[subprocess.Popen] = []
+"""The processes Lightning's launcher started from this one, at its first fit (the list its
+watcher reads): a study's later fits find them running and start none."""
 
 
 class SynchronisedSigterm(L.Callback):
@@ -49,6 +54,10 @@ class SynchronisedSigterm(L.Callback):
         )
         if self.active:
             signal.signal(signal.SIGTERM, self._ask)
+            launcher = trainer.strategy.launcher
+            if isinstance(launcher, _SubprocessScriptLauncher) and launcher.procs:
+                global _started
+                _started = launcher.procs
 
     def _ask(self, signum: int, frame: FrameType | None) -> None:
         self.asked = True
@@ -76,23 +85,22 @@ class SynchronisedSigterm(L.Callback):
         asked = torch.tensor([int(self.asked)], device=trainer.strategy.root_device)
         torch.distributed.all_reduce(asked, op=torch.distributed.ReduceOp.MAX)
         if asked.item():
-            _end_children(trainer)
+            _end_children()
             raise SIGTERMException
 
 
-def _end_children(trainer: L.Trainer) -> None:
-    """In the process of Lightning's launcher, which started the others: wait until they end
-    (they stop at the same step), killing those still running after ``CHILD_EXIT_SECONDS``.
-    Its watcher, which kills every process (SIGKILL) once a child exits with a non-zero code
-    (143 here), is left no child to watch: the launcher exits last, with 143 too."""
-    launcher = trainer.strategy.launcher
-    if not isinstance(launcher, _SubprocessScriptLauncher):
-        return
-    children = list(launcher.procs)
-    launcher.procs.clear()  # the list the watcher reads
+def _end_children() -> None:
+    """In the process of Lightning's launcher, which started the others (at this process's
+    first fit: a study's later fits start none): wait until they end (they stop at the same
+    step), killing those still running after ``CHILD_EXIT_SECONDS`` in all. Its watcher, which
+    kills every process (SIGKILL) once a child exits with a non-zero code (143 here), is left
+    no child to watch: the launcher exits last, with 143 too."""
+    children = list(_started)
+    _started.clear()  # the list the watcher reads
+    deadline = time.monotonic() + CHILD_EXIT_SECONDS
     for child in children:
         try:
-            child.wait(CHILD_EXIT_SECONDS)
+            child.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
