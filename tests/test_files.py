@@ -320,11 +320,14 @@ def test_a_staging_folder_of_another_boot_with_this_host_name_is_kept(killed, tm
     with caplog.at_level(logging.WARNING, logger="pneumolab"):
         _write_set(folder, {"scores.csv": "2", "metrics.json": "2"})
     assert other.is_dir() and before.is_dir()
-    assert caplog.messages == [
-        f"{before}: {OLDER}{folder}",
-        f"{other}: staging folder of process {pid} on {there} (another host, boot or "
-        f"container); left alone: it can be deleted if no pneumolab run is writing to {folder}",
-    ]
+    # in the folder's order, which the PID namespace's number decides (the token is its hash)
+    assert caplog.messages == sorted(
+        [
+            f"{before}: {OLDER}{folder}",
+            f"{other}: staging folder of process {pid} on {there} (another host, boot or "
+            f"container); left alone: it can be deleted if no pneumolab run is writing to {folder}",
+        ]
+    )
 
 
 OLDER = (
