@@ -24,6 +24,7 @@ from lightning.pytorch.strategies.launchers import (
     _MultiProcessingLauncher,
     _SubprocessScriptLauncher,
 )
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DistributedSampler
 
@@ -147,7 +148,9 @@ def test_the_sigterm_handler_is_replaced_only_where_processes_stop_together(
     processes, launcher, replaced
 ):
     before = signal.getsignal(signal.SIGTERM)
-    trainer = SimpleNamespace(world_size=processes, strategy=SimpleNamespace(launcher=launcher))
+    trainer = SimpleNamespace(
+        world_size=processes, received_sigterm=False, strategy=SimpleNamespace(launcher=launcher)
+    )
     try:
         SynchronisedSigterm().on_train_start(trainer, None)
         assert (signal.getsignal(signal.SIGTERM) != before) == replaced
@@ -170,7 +173,8 @@ def test_a_later_fit_of_a_study_stops_after_the_processes_the_first_fit_started(
     child = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(143)"])
     started = [child]  # the list the first fit's launcher filled, which its watcher reads
     for procs in (started, []):  # the study's first model, then its second
-        trainer = SimpleNamespace(world_size=2, strategy=SimpleNamespace(launcher=_launcher(procs)))
+        strategy = SimpleNamespace(launcher=_launcher(procs))
+        trainer = SimpleNamespace(world_size=2, received_sigterm=False, strategy=strategy)
         before = signal.getsignal(signal.SIGTERM)
         try:
             SynchronisedSigterm().on_train_start(trainer, None)
@@ -178,6 +182,27 @@ def test_a_later_fit_of_a_study_stops_after_the_processes_the_first_fit_started(
             signal.signal(signal.SIGTERM, before)
     sigterm._end_children()  # at a stop in the second model
     assert child.returncode == 143 and started == []
+
+
+def test_a_sigterm_lightning_took_before_training_started_stops_every_process(tmp_path):
+    """Lightning's handler takes a SIGTERM from its registration (after set-up) until
+    on_train_start: only the signalled process had received_sigterm, on which Lightning's loop
+    stopped that process alone while the others waited in their next collective."""
+    trainer = SimpleNamespace(
+        world_size=2,
+        received_sigterm=True,  # as Lightning's handler left it
+        strategy=SimpleNamespace(launcher=None, root_device=torch.device("cpu")),
+    )
+    before = signal.getsignal(signal.SIGTERM)
+    dist.init_process_group("gloo", f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        callback = SynchronisedSigterm()
+        callback.on_train_start(trainer, None)
+        with pytest.raises(SIGTERMException):  # all processes agree at the first epoch's start
+            callback.on_train_epoch_start(trainer, None)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        dist.destroy_process_group()
 
 
 def _val_split(run: RunDir) -> list[str]:

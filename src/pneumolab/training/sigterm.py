@@ -46,7 +46,8 @@ class SynchronisedSigterm(L.Callback):
         """Whether this fit stops at a SIGTERM this way (the same on every process)."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.asked = False
+        # a SIGTERM since Lightning set its handler (after set-up) went to it: asked here too
+        self.asked = bool(trainer.received_sigterm)
         self.active = (
             trainer.world_size > 1
             and not isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
