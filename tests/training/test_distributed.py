@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -184,17 +185,22 @@ def test_a_later_fit_of_a_study_stops_after_the_processes_the_first_fit_started(
     assert child.returncode == 143 and started == []
 
 
-def test_a_sigterm_lightning_took_before_training_started_stops_every_process(tmp_path):
+def _agreeing(decisions: list[bool]) -> SimpleNamespace:
+    """A strategy whose ``reduce_boolean_decision(any)`` sees the other processes' ``decisions``."""
+
+    def reduce_boolean_decision(decision: bool, all: bool = True) -> bool:
+        assert not all  # a stop asked by any process stops every process
+        return decision or any(decisions)
+
+    return SimpleNamespace(launcher=None, reduce_boolean_decision=reduce_boolean_decision)
+
+
+def test_a_sigterm_lightning_took_before_training_started_stops_every_process():
     """Lightning's handler takes a SIGTERM from its registration (after set-up) until
     on_train_start: only the signalled process had received_sigterm, on which Lightning's loop
     stopped that process alone while the others waited in their next collective."""
-    trainer = SimpleNamespace(
-        world_size=2,
-        received_sigterm=True,  # as Lightning's handler left it
-        strategy=SimpleNamespace(launcher=None, root_device=torch.device("cpu")),
-    )
+    trainer = SimpleNamespace(world_size=2, received_sigterm=True, strategy=_agreeing([False]))
     before = signal.getsignal(signal.SIGTERM)
-    dist.init_process_group("gloo", f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         callback = SynchronisedSigterm()
         callback.on_train_start(trainer, None)
@@ -202,7 +208,19 @@ def test_a_sigterm_lightning_took_before_training_started_stops_every_process(tm
             callback.on_train_epoch_start(trainer, None)
     finally:
         signal.signal(signal.SIGTERM, before)
-        dist.destroy_process_group()
+
+
+def test_a_process_training_off_the_main_thread_still_stops_with_the_others():
+    """Where signal.signal cannot be called (a training on another thread), the callback used
+    to switch itself off on that process alone: it left the agreement the others wait in."""
+    trainer = SimpleNamespace(world_size=2, received_sigterm=False, strategy=_agreeing([True]))
+    callback = SynchronisedSigterm()
+    worker = threading.Thread(target=callback.on_train_start, args=(trainer, None))
+    worker.start()
+    worker.join()
+    assert callback.active
+    with pytest.raises(SIGTERMException):  # another process was signalled
+        callback.on_train_batch_end(trainer, None, None, None, 0)
 
 
 def _val_split(run: RunDir) -> list[str]:

@@ -10,7 +10,6 @@ import time
 from types import FrameType
 
 import lightning as L
-import torch
 from lightning.pytorch.strategies.launchers import (
     _MultiProcessingLauncher,
     _SubprocessScriptLauncher,
@@ -29,8 +28,9 @@ watcher reads): a study's later fits find them running and start none."""
 class SynchronisedSigterm(L.Callback):
     """On several processes, a SIGTERM only records that a stop was asked; at every training
     step, at each epoch's start (the last finished epoch checkpointed) and at the end of
-    training, all processes agree (one all-reduce of a 1-element tensor) and, where any was
-    signalled, all raise Lightning's :class:`SIGTERMException` there. Lightning's own handler
+    training, all processes agree (Lightning's ``reduce_boolean_decision``: one all-reduce)
+    and, where any was signalled, all raise Lightning's :class:`SIGTERMException` there.
+    Lightning's own handler
     broadcast inside the signal handler, at whatever point the signalled process was, while
     the others were in another collective (DDP's gradient all-reduce): the training hung or
     ended in a gloo error. On one process Lightning's handling stays as it is, and so it does
@@ -48,13 +48,12 @@ class SynchronisedSigterm(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # a SIGTERM since Lightning set its handler (after set-up) went to it: asked here too
         self.asked = bool(trainer.received_sigterm)
-        self.active = (
-            trainer.world_size > 1
-            and not isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
-            and threading.current_thread() is threading.main_thread()  # signal.signal's rule
+        self.active = trainer.world_size > 1 and not isinstance(
+            trainer.strategy.launcher, _MultiProcessingLauncher
         )
         if self.active:
-            signal.signal(signal.SIGTERM, self._ask)
+            if threading.current_thread() is threading.main_thread():  # signal.signal's rule
+                signal.signal(signal.SIGTERM, self._ask)  # elsewhere only Lightning's flag counts
             launcher = trainer.strategy.launcher
             if isinstance(launcher, _SubprocessScriptLauncher) and launcher.procs:
                 global _started
@@ -83,9 +82,7 @@ class SynchronisedSigterm(L.Callback):
         """Raise SIGTERMException on every process where any process was signalled."""
         if not self.active:
             return
-        asked = torch.tensor([int(self.asked)], device=trainer.strategy.root_device)
-        torch.distributed.all_reduce(asked, op=torch.distributed.ReduceOp.MAX)
-        if asked.item():
+        if trainer.strategy.reduce_boolean_decision(self.asked, all=False):
             _end_children()
             raise SIGTERMException
 
