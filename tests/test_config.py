@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,6 +58,16 @@ def test_binary_config_file_names_file_and_problem(tmp_path):
     cfg_file.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
     with pytest.raises(ConfigError, match=r"model\.safetensors: not a text file"):
         resolve_config(cfg_file)
+
+
+def test_a_utf8_config_file_is_read_under_an_ascii_locale(tmp_path):
+    """YAML is UTF-8; a comment with an accent was "not a text file" under LC_ALL=C."""
+    cfg_file = tmp_path / "recipe.yaml"
+    cfg_file.write_text("# r\u00e9sum\u00e9 of the recipe\nepochs: 3\n", encoding="utf-8")
+    script = f"from pneumolab.config import load_yaml; print(load_yaml({str(cfg_file)!r}))"
+    env = os.environ | {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.stdout.strip() == "{'epochs': 3}", done.stderr[-2000:]
 
 
 def test_default_yaml_documents_exactly_the_defaults():

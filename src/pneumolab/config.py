@@ -391,7 +391,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping (a key given twice is refused), with errors that name the file."""
     path = Path(path)
     try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeysLoader)  # a SafeLoader
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeysLoader)  # SafeLoader
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except IsADirectoryError:
