@@ -381,3 +381,13 @@ def dirty_suffix(package: Path) -> str:
     status = ["git", "status", "--porcelain", "--untracked-files=no", "--", "."]
     changed = subprocess.run(status, cwd=package, capture_output=True, text=True).stdout
     return "-dirty" if changed.strip() else ""
+
+
+def class_probabilities(model: Any, pixels: Any, intensity: str = "none") -> np.ndarray:
+    """``(N, K)`` softmax class probabilities of a three-class model for raw uint8 pixels, in
+    a pass of its own: the reference the scoring pass's probabilities are checked against."""
+    from pneumolab.inference.torch_scoring import score_batches
+
+    return score_batches(
+        lambda x: model.class_logits(x).softmax(dim=1), model, pixels, intensity, 64
+    )

@@ -15,7 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import copy_run, held_only, write_run, write_synthetic_dataset, xray_like
+from conftest import (
+    class_probabilities,
+    copy_run,
+    held_only,
+    write_run,
+    write_synthetic_dataset,
+    xray_like,
+)
 from pneumolab.cli import main
 from pneumolab.data.subtypes import SUBTYPE_NAMES, subtype_calls
 from pneumolab.inference.batch import predict_to_file
@@ -28,7 +35,6 @@ from pneumolab.inference.prediction import (
 )
 from pneumolab.inference.predictor import Predictor
 from pneumolab.inference.results_file import FIELDS, LEGACY_FIELDS, LINE_FIELDS
-from pneumolab.inference.torch_scoring import predict_class_probabilities
 from pneumolab.scope.checks import ScopeChecks
 
 
@@ -72,7 +78,7 @@ def test_each_prediction_carries_the_subtype_the_evaluation_would_call(three_cla
     predictor = Predictor.from_run(three_class)
     results = list(predictor.predict_paths(images))
     pixels = np.stack([predictor.preprocess_array(path) for path in images])
-    class_probs = predict_class_probabilities(predictor.model, pixels)  # the evaluation's pass
+    class_probs = class_probabilities(predictor.model, pixels)  # the evaluation's pass
     probs = np.array([r.probability for r in results])
     calls = subtype_calls(class_probs, probs >= predictor.threshold)  # its 3 x 3 matrix's rule
     for result, probabilities, call in zip(results, class_probs, calls, strict=True):
@@ -216,7 +222,7 @@ def test_tta_predictions_carry_the_class_probabilities_averaged_over_the_views(
 
     predictor = Predictor.from_run(three_class)
     pixels = torch.as_tensor(np.stack([predictor.preprocess_array(path) for path in images]))
-    views = [predict_class_probabilities(predictor.model, v(pixels)) for v in TTA_VIEWS.values()]
+    views = [class_probabilities(predictor.model, v(pixels)) for v in TTA_VIEWS.values()]
     with caplog.at_level(logging.WARNING):
         results = list(Predictor.from_run(three_class, tta=True).predict_paths(images))
     assert not [r for r in caplog.records if "three-class run" in r.getMessage()]
@@ -292,7 +298,7 @@ def test_a_three_class_evaluation_scores_each_image_once(tmp_path, monkeypatch):
     predictor = Predictor.from_run(run)
     pixels = np.stack([predictor.preprocess_array(path) for path in images])
     probs = predictor.backend(pixels)
-    class_probs = predict_class_probabilities(predictor.model, pixels)  # the separate pass
+    class_probs = class_probabilities(predictor.model, pixels)  # the separate pass
     truth = np.array(subtype_labels([Sample(p, int("PNEUMONIA" in p.parts), "") for p in images]))
     expected = subtype_metrics(truth, class_probs, probs >= predictor.threshold)
     seen: list[int] = []  # images through the network, pass by pass
@@ -326,7 +332,7 @@ def test_a_three_class_evaluation_with_tta_scores_each_image_once_per_view(tmp_p
     run = write_run(tmp_path / "run", images, task="three_class").root
     predictor = Predictor.from_run(run, tta=True)
     pixels = torch.as_tensor(np.stack([predictor.preprocess_array(path) for path in images]))
-    views = [predict_class_probabilities(predictor.model, v(pixels)) for v in TTA_VIEWS.values()]
+    views = [class_probabilities(predictor.model, v(pixels)) for v in TTA_VIEWS.values()]
     truth = np.array(subtype_labels([Sample(p, int("PNEUMONIA" in p.parts), "") for p in images]))
     called = predictor.backend(pixels) >= predictor.threshold
     expected = subtype_metrics(truth, np.mean(views, axis=0), called)

@@ -184,9 +184,9 @@ def test_a_three_class_training_scores_the_validation_images_once(tmp_path, monk
     pixels. One pass gives both now (the other views of the TTA pass and the augmented copy the
     OOD threshold reads are other pixels), and the metrics are the ones the second pass gave."""
     import pneumolab.pipeline.train as pipeline
+    from conftest import class_probabilities
     from pneumolab.data.dataset import decode_samples
     from pneumolab.data.transforms import normalize_intensity
-    from pneumolab.inference.torch_scoring import predict_class_probabilities
     from pneumolab.models.classifier import XrayClassifier
     from pneumolab.run import RunDir
 
@@ -215,7 +215,7 @@ def test_a_three_class_training_scores_the_validation_images_once(tmp_path, monk
     samples = RunDir(run_dir).read_split(run_dir.parent / "data", "val")
     pixels = decode_samples(samples, predictor.image_size).pixels
     called = predictor.backend(pixels) >= predictor.threshold
-    class_probs = predict_class_probabilities(predictor.model, pixels, predictor.intensity)
+    class_probs = class_probabilities(predictor.model, pixels, predictor.intensity)
     expected = subtype_metrics(np.array(subtype_labels(samples)), class_probs, called)
     meta = json.loads((run_dir / "meta.json").read_text())
     assert json.dumps(meta["val_subtype_metrics"]) == json.dumps(expected.model_dump())

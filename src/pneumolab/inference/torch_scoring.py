@@ -76,12 +76,3 @@ def predict_pixels(
     """Pneumonia probabilities for raw uint8 ``(N, 1, S, S)`` pixels, in fp32, batch by batch;
     ``intensity`` normalisation is applied first, as in training."""
     return score_batches(lambda x: model(x).sigmoid(), model, pixels, intensity, batch_size)
-
-
-def predict_class_probabilities(
-    model: XrayClassifier, pixels: Pixels, intensity: str = "none", batch_size: int = 64
-) -> np.ndarray:
-    """``(N, K)`` class probabilities (softmax) of a three-class model, like :func:`predict_pixels`."""
-    return score_batches(
-        lambda x: model.class_logits(x).softmax(dim=1), model, pixels, intensity, batch_size
-    )
