@@ -1,12 +1,28 @@
-"""Sanity checks before the network: size, aspect ratio, empty, constant and inverted images."""
+"""Sanity checks before the network: size, aspect ratio, empty, constant, framed and inverted
+images."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
+from PIL import Image
 
+from conftest import xray_like
 from pneumolab.data.imageio import load_image, resize_square
-from pneumolab.scope.checks import MAX_ASPECT, MIN_POLARITY, MIN_SIDE, ScopeChecks, image_sanity
+from pneumolab.scope.checks import (
+    BRIGHT_FRAME,
+    MAX_ASPECT,
+    MAX_BRIGHT_FRAME_SHARE,
+    MAX_FRAME_SHARE,
+    MIN_POLARITY,
+    MIN_SIDE,
+    ScopeChecks,
+    frame_bands,
+    frame_share,
+    image_sanity,
+)
 
 RNG = np.random.default_rng(0)
 XRAY_LIKE = RNG.integers(20, 180, (64, 64), dtype=np.uint8)
@@ -70,12 +86,14 @@ def test_a_negative_is_out_of_scope():
 
 
 def test_real_xrays_pass_and_their_negatives_do_not(shared_data):
+    """A negative's black collimation band turns white: it is a bright frame too (IM-0133)."""
     paths = sorted((shared_data / "train" / "NORMAL").iterdir())[:10]
     paths += sorted((shared_data / "train" / "PNEUMONIA").iterdir())[:10]
     for path in paths:
         pixels = resize_square(load_image(path, size_hint=160), 160)
         assert image_sanity(224, 224, pixels).reasons == (), path
-        assert "a negative" in image_sanity(224, 224, 255 - pixels).reasons[0], path
+        reasons = image_sanity(224, 224, 255 - pixels).reasons
+        assert "a negative" in reasons[-1] and len(reasons) <= 2, (path, reasons)
 
 
 def _tinted_copies(tmp_path, shared_data):
@@ -147,3 +165,98 @@ def test_colour_is_measured_where_a_prediction_reads_it_not_in_training(tmp_path
     cv2.imwrite(str(tmp_path / "wide.png"), magenta[..., ::-1])  # BGR
     assert colour_share_of(load_image(tmp_path / "wide.png")) == 0.0  # not measured
     assert colour_share_of(load_image(tmp_path / "wide.png", colour=True)) > 0.5
+
+
+SIDE = 160
+
+
+def framed(pixels: np.ndarray, share: float, value: int, rows: bool = True, cols: bool = True):
+    """``pixels`` inside bands of ``share`` of the framed side (top and bottom with ``rows``,
+    left and right with ``cols``), resized to SIDE px as a prediction resizes a file."""
+    pad = [round(share * side / (1 - 2 * share)) for side in pixels.shape]
+    widths = ((pad[0],) * 2 if rows else (0, 0), (pad[1],) * 2 if cols else (0, 0))
+    return resize_square(Image.fromarray(np.pad(pixels, widths, constant_values=value)), SIDE)
+
+
+def chest(seed: int = 0, mean: float = 110) -> np.ndarray:
+    return xray_like(np.random.default_rng(seed), mean, 30, (224, 224))
+
+
+def widths(pixels: np.ndarray) -> tuple[float, ...]:
+    return tuple(band.share for band in frame_bands(pixels))
+
+
+@pytest.mark.parametrize("value", [0, 128, 255])
+@pytest.mark.parametrize("share", [0.05, 0.1, 0.2, 0.3])
+def test_a_uniform_frame_of_any_gray_and_width_is_measured(value, share):
+    bands = frame_bands(framed(chest(), share, value))
+    assert [band.share for band in bands] == pytest.approx([share] * 4, abs=1.5 / SIDE), bands
+    assert {band.level for band in bands} == {value}
+    assert frame_share(bands) == pytest.approx(1 - (1 - 2 * share) ** 2, abs=4 / SIDE)
+    assert frame_share(bands, bright=True) == (frame_share(bands) if value >= BRIGHT_FRAME else 0.0)
+    top_bottom = widths(framed(chest(), share, value, cols=False))
+    assert top_bottom[:2] == (0.0, 0.0)
+    assert top_bottom[2:] == pytest.approx((share,) * 2, abs=1.5 / SIDE)
+
+
+@pytest.mark.parametrize("mean", [40, 110, 200])
+def test_an_unframed_xray_like_image_has_no_frame(mean):
+    for seed in range(5):
+        pixels = resize_square(Image.fromarray(chest(seed, mean)), SIDE)
+        assert widths(pixels) == (0.0, 0.0, 0.0, 0.0)
+        assert image_sanity(224, 224, pixels).reasons == ()
+
+
+def test_a_marker_burnt_into_the_band_leaves_it_a_band():
+    pixels = np.pad(chest(), 40)
+    pixels[5:12, 100:104] = 255  # an "R" in the top band: 4 of 304 pixels of a line
+    top = widths(resize_square(Image.fromarray(pixels), SIDE))[2]
+    assert top == pytest.approx(40 / 304, abs=1.5 / SIDE)
+
+
+def frame_reason_of(pixels: np.ndarray, width: int = 300, height: int = 300) -> str:
+    (reason,) = image_sanity(width, height, pixels).reasons
+    return reason
+
+
+@pytest.mark.parametrize("value", [0, 255])
+def test_a_wide_frame_is_out_of_scope_and_says_to_crop_it(value):
+    found = re.fullmatch(
+        r"framed image: a uniform (bright )?frame covers (\d+)% of the image \(at most "
+        r"(\d+)% expected\): crop it to the chest, .*",
+        frame_reason_of(framed(chest(), 0.1, value)),
+    )
+    assert found and 33 <= int(found[2]) <= 36, found  # 36%, less the resize's blended line
+    limit = MAX_BRIGHT_FRAME_SHARE if value else MAX_FRAME_SHARE
+    assert (bool(found[1]), int(found[3])) == (value > 0, round(100 * limit))
+    letterbox = frame_reason_of(framed(chest(), 0.2, value, cols=False), 224, 320)
+    assert re.search(r"frame covers 3[89]% of the image", letterbox), letterbox  # 40%
+
+
+def test_a_narrow_black_frame_as_real_collimation_has_stays_in_scope():
+    """The shared X-rays have black bands of up to 12.5% of a side (20% of the area)."""
+    assert image_sanity(250, 250, framed(chest(), 0.05, 0)).reasons == ()
+    assert image_sanity(224, 280, framed(chest(), 0.1, 0, cols=False)).reasons == ()
+
+
+def test_a_narrow_white_frame_is_out_of_scope_and_a_white_line_is_not():
+    """White letterbox bars of 10% of the height cut the default model's sensitivity; the
+    shared X-rays have bright bands of at most 2 px of 160."""
+    reason = frame_reason_of(framed(chest(), 0.05, 255, cols=False), 224, 250)
+    assert reason.startswith("framed image: a uniform bright frame covers 9% of the image")
+    assert image_sanity(224, 226, framed(chest(), 0.005, 255, cols=False)).reasons == ()
+
+
+def test_the_audit_groups_framed_images_under_one_kind():
+    from pneumolab.evaluation.audit import reason_kind
+
+    assert reason_kind(frame_reason_of(framed(chest(), 0.3, 0))) == "framed image"
+    assert reason_kind(frame_reason_of(framed(chest(), 0.3, 255))) == "framed image"
+
+
+def test_a_framed_negative_is_told_a_negative_and_a_framed_xray_is_not():
+    """Polarity is judged inside the frame: the frame moves the chest off its fixed bands."""
+    xray = framed(chest(), 0.2, 0)
+    assert not any("a negative" in r for r in image_sanity(300, 300, xray).reasons)
+    negative = image_sanity(300, 300, framed(255 - chest(), 0.2, 0)).reasons
+    assert len(negative) == 2 and "a negative" in negative[1], negative

@@ -484,3 +484,17 @@ def test_the_model_info_takes_only_its_listed_fields_from_meta(run_dir):
     later = LaterMeta.model_validate(predictor.meta.model_dump())
     info = _model_info(SimpleNamespace(meta=later, ood=predictor.ood), "run", "v", "torch", False)
     assert info == _model_info(predictor, "run", "v", "torch", False) and info.backend == "torch"
+
+
+def test_a_framed_upload_is_out_of_scope_and_says_to_crop_it(client, shared_fullres):
+    """A chest shrunk inside a wide white frame (a padded export): the frame check's reason, first
+    of the answer's reasons, says what to do."""
+    gray = np.asarray(Image.open(sorted((shared_fullres / "NORMAL").iterdir())[0]).convert("L"))
+    buffer = io.BytesIO()
+    Image.fromarray(
+        np.pad(gray, [(side // 3, side // 3) for side in gray.shape], constant_values=255)
+    ).save(buffer, "PNG")
+    body = upload(client, "padded.png", buffer.getvalue()).json()
+    assert not body["in_scope"] and body["label"] == "OUT_OF_SCOPE"
+    assert body["reasons"][0].startswith("framed image: a uniform bright frame covers")
+    assert "crop it to the chest" in body["reasons"][0]
