@@ -4,6 +4,7 @@ images."""
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -260,3 +261,12 @@ def test_a_framed_negative_is_told_a_negative_and_a_framed_xray_is_not():
     assert not any("a negative" in r for r in image_sanity(300, 300, xray).reasons)
     negative = image_sanity(300, 300, framed(255 - chest(), 0.2, 0)).reasons
     assert len(negative) == 2 and "a negative" in negative[1], negative
+
+
+def test_a_frame_with_almost_nothing_inside_is_told_a_frame_only():
+    pixels = np.zeros((160, 160), np.uint8)
+    pixels[50:110, 77:84] = 200  # 7 px wide: polarity has no central band to read there
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "mean of empty slice"
+        (reason,) = image_sanity(160, 160, pixels).reasons
+    assert reason.startswith("framed image: a uniform frame covers")
