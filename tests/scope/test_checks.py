@@ -220,18 +220,25 @@ def frame_reason_of(pixels: np.ndarray, width: int = 300, height: int = 300) -> 
     return reason
 
 
-@pytest.mark.parametrize("value", [0, 255])
-def test_a_wide_frame_is_out_of_scope_and_says_to_crop_it(value):
+@pytest.mark.parametrize(("value", "share", "covered"), [(0, 0.2, (61, 64)), (255, 0.1, (33, 36))])
+def test_a_wide_frame_is_out_of_scope_and_says_to_crop_it(value, share, covered):
     found = re.fullmatch(
         r"framed image: a uniform (bright )?frame covers (\d+)% of the image \(at most "
         r"(\d+)% expected\): crop it to the chest, .*",
-        frame_reason_of(framed(chest(), 0.1, value)),
+        frame_reason_of(framed(chest(), share, value)),
     )
-    assert found and 33 <= int(found[2]) <= 36, found  # 36%, less the resize's blended line
+    assert found and covered[0] <= int(found[2]) <= covered[1], found  # less the resize's blend
     limit = MAX_BRIGHT_FRAME_SHARE if value else MAX_FRAME_SHARE
     assert (bool(found[1]), int(found[3])) == (value > 0, round(100 * limit))
     letterbox = frame_reason_of(framed(chest(), 0.2, value, cols=False), 224, 320)
     assert re.search(r"frame covers 3[89]% of the image", letterbox), letterbox  # 40%
+
+
+def test_a_black_frame_the_augmentation_trains_on_stays_in_scope():
+    """The `acquisition` augmentation's widest field of view is a black frame of about 31% of
+    the area: a black frame of 10% of each side (36%) was out of scope at the first limit
+    (25%) though the default model keeps its operating point there (specificity 0.979)."""
+    assert image_sanity(300, 300, framed(chest(), 0.1, 0)).reasons == ()
 
 
 def test_a_narrow_black_frame_as_real_collimation_has_stays_in_scope():
