@@ -18,7 +18,6 @@ put out of scope. Nothing here looks at the test split.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from framed_images import framed
 from PIL import Image
+from polarity import xray_files_from_arguments
 
 from pneumolab.data.imageio import load_image, resize_square
 from pneumolab.evaluation.robustness import PERTURBATIONS
@@ -57,13 +57,9 @@ def _row(name: str, pixels: list[np.ndarray]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--size", type=int, default=160)
-    args = parser.parse_args()
-    paths = sorted(p for p in args.data.rglob("*") if p.suffix.lower() in {".jpeg", ".png"})
-    images = [load_image(p, size_hint=args.size) for p in paths]
-    pixels = [resize_square(image, args.size) for image in images]
+    paths, size = xray_files_from_arguments(__doc__.splitlines()[0])
+    images = [load_image(p, size_hint=size) for p in paths]
+    pixels = [resize_square(image, size) for image in images]
     header = " | ".join(f"q{q:g}" for q in QUANTILES)
     lines = [
         f"| images | n | frame share {header} | widest band | bright frame share q1 | flagged |",
@@ -78,9 +74,9 @@ def main() -> None:
                 frame = framed(width / 100, value, rows, cols)
                 copies = [Image.fromarray(frame(np.asarray(images[i]))) for i in train]
                 name = f"X-rays, {colour} frame {width} %, {where}"
-                lines.append(_row(name, [resize_square(c, args.size) for c in copies]))
+                lines.append(_row(name, [resize_square(c, size) for c in copies]))
                 if where == "4 sides" and width == 10:  # as an archive's JPEG
-                    as_jpeg = [_jpeg(c, args.size) for c in copies]
+                    as_jpeg = [_jpeg(c, size) for c in copies]
                     lines.append(_row(f"{name}, as JPEG quality {JPEG_QUALITY}", as_jpeg))
     sample = torch.from_numpy(np.stack([pixels[i] for i in train]))[:, None]
     shifted = {f"perturbation {n}": f(sample) for n, f in PERTURBATIONS.items()}

@@ -33,13 +33,20 @@ def _row(name: str, scores: np.ndarray) -> str:
     return f"| {name} | {len(scores)} | {cells} | {np.mean(scores < MIN_POLARITY):.4f} |"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def xray_files_from_arguments(description: str) -> tuple[list[Path], int]:
+    """The ``--data`` folder's X-ray files (``*.jpeg`` / ``*.png``, sorted) and ``--size``,
+    from the command line of a script that measures a scope check on the shared X-rays."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--size", type=int, default=160)
     args = parser.parse_args()
     paths = sorted(p for p in args.data.rglob("*") if p.suffix.lower() in {".jpeg", ".png"})
-    pixels = [resize_square(load_image(p, size_hint=args.size), args.size) for p in paths]
+    return paths, args.size
+
+
+def main() -> None:
+    paths, size = xray_files_from_arguments(__doc__.splitlines()[0])
+    pixels = [resize_square(load_image(p, size_hint=size), size) for p in paths]
     originals = np.array([polarity(p) for p in pixels])
     negatives = np.array([polarity(255 - p) for p in pixels])
     header = " | ".join(f"q{q:g}" for q in QUANTILES)

@@ -281,6 +281,21 @@ def test_an_evaluation_with_tta_or_an_exported_backend_does_not_warn_of_predicti
             ]
 
 
+def _network_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of images of each pass through any network, as they happen."""
+    from pneumolab.models.classifier import XrayClassifier
+
+    seen: list[int] = []
+    network_input = XrayClassifier._backbone_input
+
+    def counted(self: XrayClassifier, x: torch.Tensor) -> torch.Tensor:
+        seen.append(len(x))
+        return network_input(self, x)
+
+    monkeypatch.setattr(XrayClassifier, "_backbone_input", counted)
+    return seen
+
+
 def test_a_three_class_evaluation_scores_each_image_once(tmp_path, monkeypatch):
     """An evaluation of a three-class run scored the split twice: the binary scores, then the
     3 x 3 matrix's class probabilities in a second pass over the same images. Both come from
@@ -289,7 +304,6 @@ def test_a_three_class_evaluation_scores_each_image_once(tmp_path, monkeypatch):
     from pneumolab.data.subtypes import subtype_labels
     from pneumolab.evaluation.evaluate import evaluate
     from pneumolab.evaluation.subtypes import subtype_metrics
-    from pneumolab.models.classifier import XrayClassifier
 
     data = write_synthetic_dataset(tmp_path / "data", per_class=6)
     (data / "train").rename(data / "test")
@@ -301,14 +315,7 @@ def test_a_three_class_evaluation_scores_each_image_once(tmp_path, monkeypatch):
     class_probs = class_probabilities(predictor.model, pixels)  # the separate pass
     truth = np.array(subtype_labels([Sample(p, int("PNEUMONIA" in p.parts), "") for p in images]))
     expected = subtype_metrics(truth, class_probs, probs >= predictor.threshold)
-    seen: list[int] = []  # images through the network, pass by pass
-    network_input = XrayClassifier._backbone_input
-
-    def counted(self: XrayClassifier, x: torch.Tensor) -> torch.Tensor:
-        seen.append(len(x))
-        return network_input(self, x)
-
-    monkeypatch.setattr(XrayClassifier, "_backbone_input", counted)
+    seen = _network_passes(monkeypatch)
     metrics = evaluate(run, data, split="test", device="cpu")
     assert seen == [len(images)]
     assert metrics.subtypes is not None  # NaN (a class never called) as text, to compare
@@ -324,7 +331,6 @@ def test_a_three_class_evaluation_with_tta_scores_each_image_once_per_view(tmp_p
     from pneumolab.data.transforms import TTA_VIEWS
     from pneumolab.evaluation.evaluate import evaluate
     from pneumolab.evaluation.subtypes import subtype_metrics
-    from pneumolab.models.classifier import XrayClassifier
 
     data = write_synthetic_dataset(tmp_path / "data", per_class=6)
     (data / "train").rename(data / "test")
@@ -336,14 +342,7 @@ def test_a_three_class_evaluation_with_tta_scores_each_image_once_per_view(tmp_p
     truth = np.array(subtype_labels([Sample(p, int("PNEUMONIA" in p.parts), "") for p in images]))
     called = predictor.backend(pixels) >= predictor.threshold
     expected = subtype_metrics(truth, np.mean(views, axis=0), called)
-    seen: list[int] = []  # images through the network, pass by pass
-    network_input = XrayClassifier._backbone_input
-
-    def counted(self: XrayClassifier, x: torch.Tensor) -> torch.Tensor:
-        seen.append(len(x))
-        return network_input(self, x)
-
-    monkeypatch.setattr(XrayClassifier, "_backbone_input", counted)
+    seen = _network_passes(monkeypatch)
     metrics = evaluate(run, data, split="test", device="cpu", tta=True)
     assert seen == [len(images)] * len(TTA_VIEWS)
     assert metrics.subtypes is not None  # NaN (a class never called) as text, to compare
