@@ -132,14 +132,14 @@ def frame_reason(bands: Sequence[Band]) -> str | None:
     :data:`MAX_BRIGHT_FRAME_SHARE`; else None."""
     share, bright = frame_share(bands), frame_share(bands, bright=True)
     if bright > MAX_BRIGHT_FRAME_SHARE:
-        found, kind, limit = bright, "bright frame", MAX_BRIGHT_FRAME_SHARE
+        found, kind, limit, unseen = bright, "bright frame", MAX_BRIGHT_FRAME_SHARE, "none"
     elif share > MAX_FRAME_SHARE:
-        found, kind, limit = share, "frame", MAX_FRAME_SHARE
+        found, kind, limit, unseen = share, "frame", MAX_FRAME_SHARE, "none this wide"
     else:
         return None
     return (
         f"{FRAME_REASON}: a uniform {kind} covers {found:.0%} of the image (at most {limit:.0%} "
-        "expected): crop it to the chest, as the model was trained on X-rays that fill the image"
+        f"expected): crop it to the chest, as the model was trained on {unseen}"
     )
 
 
