@@ -150,8 +150,9 @@ def _subtypes(
     """Three-class metrics of a three-class run: NORMAL where the evaluation's binary decision
     (``pneumonia``: with ``--tta``, the TTA scores at the TTA threshold) says so, else the more
     likely subtype by the class probabilities of the evaluation's own pass (``scores``; with
-    ``--tta``, their mean over the views). None for a binary run, and, with a warning, for an exported model (no class logits) or
-    images whose names carry no subtype (outside data: the binary metrics still stand)."""
+    ``--tta``, their mean over the views). None for a binary run, and, with a warning, for an
+    exported model (no class logits) or images whose names carry no subtype (outside data: the
+    binary metrics still stand)."""
     if not predictor.meta.subtype_names:
         return None
     try:
